@@ -1,0 +1,184 @@
+"""GPU hardware profiles: datasheet ceilings, price, and the cost model's efficiencies.
+
+A profile is one YAML file in `hardware_profiles/`, looked up by its short name (`h100-sxm`).
+Display units in the file (GiB, GB/s, TFLOP/s, µs); SI on the properties the simulator reads.
+Calibrated profiles carry a `calibration` block; its fitted efficiencies are the ones used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simulator.errors import ConfigError, one_line
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
+
+GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpEfficiency(_Strict):
+    """Roofline efficiencies of one operation group.
+
+    Time of one kernel with F FLOPs moving B bytes:
+    max((F + compute_ramp_flops) / (compute · peak), (B + memory_ramp_bytes) / (memory · bandwidth)) + launch_s.
+    The ramps make efficiency grow smoothly with problem size: F / (F + ramp) of the asymptote.
+    """
+
+    compute: float = Field(gt=0, le=1.0, description="asymptotic fraction of peak FLOP/s")
+    memory: float = Field(gt=0, le=1.0, description="asymptotic fraction of datasheet memory bandwidth")
+    compute_ramp_flops: float = Field(0.0, ge=0, description="FLOPs at which compute efficiency is half its asymptote")
+    memory_ramp_bytes: float = Field(0.0, ge=0, description="bytes at which bandwidth efficiency is half its asymptote")
+    launch_s: float = Field(0.0, ge=0, description="fixed time per kernel (launch, tail), seconds")
+
+
+class Efficiencies(_Strict):
+    gemm: OpEfficiency
+    attention_prefill: OpEfficiency
+    attention_decode: OpEfficiency
+    elementwise: OpEfficiency
+    step_overhead_s: float = Field(ge=0, description="fixed time per model step (scheduling, sampling, graph launch)")
+    per_sequence_s: float = Field(0.0, ge=0, description="host time per sequence in a step (bookkeeping, sampling)")
+
+
+class Interconnect(_Strict):
+    kind: str = Field(description="nvlink, pcie, infinity-fabric, ...")
+    bandwidth_gbps: float = Field(gt=0, description="per-GPU unidirectional bandwidth, GB/s")
+    latency_us: float = Field(ge=0, description="one-way latency of a small message, µs")
+
+
+class Price(_Strict):
+    usd_per_hour: float = Field(ge=0)
+    source: str
+
+
+class PeakTflops(_Strict):
+    """Dense (no sparsity) peak rates of the matrix units, TFLOP/s (TOP/s for int8)."""
+
+    fp32: float | None = Field(None, gt=0)
+    tf32: float | None = Field(None, gt=0)
+    fp16: float | None = Field(None, gt=0)
+    bf16: float | None = Field(None, gt=0)
+    fp8: float | None = Field(None, gt=0)
+    int8: float | None = Field(None, gt=0)
+
+
+class Calibration(BaseModel):
+    """Provenance of a measured profile (free-form beyond the named fields)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    status: Literal["measured", "transferred"] = "measured"
+    date: str = ""
+    gpu: str = ""
+    notes: str = ""
+
+
+class HardwareProfile(_Strict):
+    name: str
+    display_name: str
+    vendor: Literal["nvidia", "amd", "other"] = "nvidia"
+    memory_gib: float = Field(gt=0)
+    memory_bandwidth_gbps: float = Field(gt=0, description="datasheet memory bandwidth, GB/s")
+    peak_tflops: PeakTflops
+    interconnect: Interconnect
+    pcie_bandwidth_gbps: float = Field(gt=0, description="host link, unidirectional GB/s")
+    tdp_w: float | None = Field(None, gt=0)
+    price: Price
+    efficiency: Efficiencies
+    sources: dict[str, str] = Field(description="where each figure comes from")
+    calibration: Calibration | None = None
+
+    @model_validator(mode="after")
+    def _has_a_16bit_rate(self) -> HardwareProfile:
+        if not (self.peak_tflops.fp16 or self.peak_tflops.bf16):
+            raise ValueError("peak_tflops needs fp16 or bf16")
+        return self
+
+    # ---------------------------------------------------------------- SI views
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gib * 2**30
+
+    @property
+    def memory_bandwidth(self) -> float:
+        """Datasheet bytes/s."""
+        return self.memory_bandwidth_gbps * 1e9
+
+    def peak_flops(self, dtype: str) -> float:
+        """FLOP/s the matrix units run for operands of `dtype` (int4 weight-only runs at 16-bit)."""
+        p = self.peak_tflops
+        order = {
+            "fp32": ("tf32", "fp32"),
+            "bf16": ("bf16", "fp16"),
+            "fp16": ("fp16", "bf16"),
+            "fp8": ("fp8", "fp16", "bf16"),
+            "int8": ("int8", "fp16", "bf16"),
+            "int4": ("bf16", "fp16"),
+        }.get(dtype, ("bf16", "fp16"))
+        for d in order:
+            v = getattr(p, d)
+            if v:
+                return v * 1e12
+        raise ConfigError(f"profile {self.name}: no peak rate for {dtype}")
+
+    def native_dtype(self, dtype: str) -> bool:
+        """Whether the matrix units run `dtype` natively (no fallback)."""
+        return bool(getattr(self.peak_tflops, dtype, None))
+
+    @property
+    def is_calibrated(self) -> bool:
+        return self.calibration is not None and self.calibration.status == "measured"
+
+
+def profile_dirs() -> list[Path]:
+    extra = os.environ.get("INFERPLAN_PROFILES")
+    dirs = [Path(d) for d in extra.split(os.pathsep)] if extra else []
+    return dirs + [Path.cwd() / "hardware_profiles", PROFILE_DIR]
+
+
+def profile_names() -> list[str]:
+    names: set[str] = set()
+    for d in profile_dirs():
+        names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def read_profile(path: Path) -> HardwareProfile:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a profile must be a YAML mapping")
+    try:
+        return HardwareProfile.model_validate(data)
+    except ValidationError as e:
+        raise one_line(e, str(path)) from None
+
+
+def load_profile(name_or_path: str) -> HardwareProfile:
+    """A profile by short name (searched in $INFERPLAN_PROFILES, ./hardware_profiles, the package's) or path."""
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise ConfigError(f"hardware profile {str(p)!r} does not exist")
+        return read_profile(p)
+    for d in profile_dirs():
+        f = d / f"{name_or_path.lower()}.yaml"
+        if f.exists():
+            return read_profile(f)
+    raise ConfigError(f"GPU {name_or_path!r} has no profile; use one of {', '.join(profile_names())} or a .yaml path")
+
+
+def write_profile(profile: HardwareProfile, path: Path) -> None:
+    """Write a profile as YAML (fields in declaration order)."""
+    data = profile.model_dump(mode="json", exclude_none=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False, width=120))

@@ -1,0 +1,360 @@
+"""A model's architecture, read from a Hugging Face `config.json`, and what follows from it.
+
+Parameter counts, weight bytes per dtype, FLOPs per token, KV bytes per token (GQA, MLA,
+sliding-window layers) and the GEMM shapes a forward pass runs. Field names are the ones
+Hugging Face writes; multimodal configs use their `text_config`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from simulator.errors import ConfigError
+
+CATALOGUE_DIR = Path(__file__).parent / "catalogue"
+
+# Bytes per element of each storage dtype. int4 carries one 16-bit scale per group of 128
+# weights (GPTQ/AWQ default group size), hence 0.5 + 2/128.
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5 + 2.0 / 128,
+}
+
+
+def dtype_bytes(dtype: str) -> float:
+    """Bytes per element for a dtype name, with a clear error for unknown names."""
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ConfigError(f"dtype {dtype!r} is unknown; use one of {', '.join(DTYPE_BYTES)}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Gemm:
+    """One weight matrix applied to every token: y[T, n] = x[T, k] @ W[k, n], present in `layers` layers."""
+
+    name: str
+    k: int
+    n: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The architecture numbers the planner needs, derived from a Hugging Face config."""
+
+    name: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    norms_per_layer: int = 2
+    qk_norm: bool = False
+    # MoE (0 experts = dense). Layers before `first_dense_layers` use a dense MLP.
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    num_shared_experts: int = 0
+    shared_expert_intermediate_size: int = 0
+    first_dense_layers: int = 0
+    # MLA (DeepSeek-V2/V3): kv_lora_rank > 0 switches it on.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
+    # Sliding-window layers: window in tokens and which layers use it.
+    sliding_window: int = 0
+    sliding_layers: int = 0
+    max_position_embeddings: int = 0
+    config: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    # ---------------------------------------------------------------- structure
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def moe_layers(self) -> int:
+        return self.num_layers - self.first_dense_layers if self.is_moe else 0
+
+    @property
+    def dense_mlp_layers(self) -> int:
+        return self.num_layers - self.moe_layers
+
+    @property
+    def full_attention_layers(self) -> int:
+        return self.num_layers - self.sliding_layers
+
+    @property
+    def q_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim if self.is_mla else self.head_dim
+
+    @cached_property
+    def attention_gemms(self) -> list[Gemm]:
+        h, L = self.hidden_size, self.num_layers
+        if self.is_mla:
+            nq, qd = self.num_heads, self.q_head_dim
+            g = []
+            if self.q_lora_rank:
+                g += [Gemm("q_a", h, self.q_lora_rank, L), Gemm("q_b", self.q_lora_rank, nq * qd, L)]
+            else:
+                g += [Gemm("q", h, nq * qd, L)]
+            g += [
+                Gemm("kv_a", h, self.kv_lora_rank + self.qk_rope_head_dim, L),
+                Gemm("kv_b", self.kv_lora_rank, nq * (self.qk_nope_head_dim + self.v_head_dim), L),
+                Gemm("o", nq * self.v_head_dim, h, L),
+            ]
+            return g
+        qkv = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        return [Gemm("qkv", h, qkv, L), Gemm("o", self.num_heads * self.head_dim, h, L)]
+
+    @cached_property
+    def dense_gemms(self) -> list[Gemm]:
+        """GEMMs every token runs through (attention projections, dense MLPs, shared experts, router)."""
+        h = self.hidden_size
+        g = list(self.attention_gemms)
+        if self.dense_mlp_layers:
+            g += [
+                Gemm("gate_up", h, 2 * self.intermediate_size, self.dense_mlp_layers),
+                Gemm("down", self.intermediate_size, h, self.dense_mlp_layers),
+            ]
+        if self.is_moe:
+            g.append(Gemm("router", h, self.num_experts, self.moe_layers))
+            if self.num_shared_experts:
+                si = self.shared_expert_intermediate_size or self.moe_intermediate_size * self.num_shared_experts
+                g += [Gemm("shared_gate_up", h, 2 * si, self.moe_layers), Gemm("shared_down", si, h, self.moe_layers)]
+        return g
+
+    @cached_property
+    def expert_gemms(self) -> list[Gemm]:
+        """One routed expert's GEMMs (per MoE layer); each token visits `experts_per_token` of them."""
+        if not self.is_moe:
+            return []
+        h, i = self.hidden_size, self.moe_intermediate_size
+        return [Gemm("expert_gate_up", h, 2 * i, self.moe_layers), Gemm("expert_down", i, h, self.moe_layers)]
+
+    @property
+    def lm_head(self) -> Gemm:
+        return Gemm("lm_head", self.hidden_size, self.vocab_size, 1)
+
+    # ---------------------------------------------------------------- counts
+    @staticmethod
+    def _params(gemms: list[Gemm]) -> int:
+        return sum(g.k * g.n * g.layers for g in gemms)
+
+    @cached_property
+    def linear_params(self) -> int:
+        """Weights of the per-layer matrices (all experts), excluding embeddings and LM head."""
+        return self._params(self.dense_gemms) + self.num_experts * self._params(self.expert_gemms)
+
+    @cached_property
+    def other_params(self) -> int:
+        """Embeddings, LM head, norms, biases: kept in 16-bit even when linear weights are quantized."""
+        h, L = self.hidden_size, self.num_layers
+        n = self.vocab_size * h * (1 if self.tie_embeddings else 2)
+        n += L * self.norms_per_layer * h + h
+        if self.qk_norm:
+            n += L * 2 * self.head_dim
+        if self.qkv_bias:
+            n += L * (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        if self.is_mla:
+            n += L * (self.kv_lora_rank + (self.q_lora_rank or 0))  # the latent norms
+        return n
+
+    @property
+    def param_count(self) -> int:
+        return self.linear_params + self.other_params
+
+    @cached_property
+    def active_param_count(self) -> int:
+        """Parameters one token touches (MoE: top-k routed experts instead of all of them)."""
+        inactive = (self.num_experts - self.experts_per_token) * self._params(self.expert_gemms)
+        return self.param_count - inactive
+
+    def weight_bytes(self, dtype: str = "bf16") -> float:
+        """Bytes of all weights with linear layers stored in `dtype` (embeddings, norms in 16-bit)."""
+        return self.linear_params * dtype_bytes(dtype) + self.other_params * 2.0
+
+    # ---------------------------------------------------------------- KV cache
+    def kv_bytes_per_token(self, dtype: str = "bf16") -> float:
+        """KV bytes one token adds, summed over full-attention layers (sliding layers: see below)."""
+        return self.kv_elems_per_token_per_layer * self.full_attention_layers * dtype_bytes(dtype)
+
+    def sliding_kv_bytes_per_token(self, dtype: str = "bf16") -> float:
+        """KV bytes per token in the sliding-window layers; a sequence keeps at most `sliding_window` of these."""
+        return self.kv_elems_per_token_per_layer * self.sliding_layers * dtype_bytes(dtype)
+
+    @property
+    def kv_elems_per_token_per_layer(self) -> int:
+        if self.is_mla:  # the compressed latent plus the shared rope key
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.num_kv_heads * self.head_dim
+
+    # ---------------------------------------------------------------- FLOPs
+    @property
+    def attn_flops_per_pair(self) -> float:
+        """FLOPs of one (query token, key token) pair in one layer: QK^T and PV over all heads."""
+        if self.is_mla:  # absorbed form, as decode kernels (FlashMLA) run it
+            return 2.0 * self.num_heads * (2 * self.kv_lora_rank + self.qk_rope_head_dim)
+        return 2.0 * self.num_heads * self.head_dim * 2
+
+    def flops_per_token(self, context: int = 0) -> float:
+        """Forward FLOPs for one token attending to `context` earlier tokens (2 per MAC)."""
+        linear = 2.0 * (self._params(self.dense_gemms) + self.experts_per_token * self._params(self.expert_gemms))
+        linear += 2.0 * self.hidden_size * self.vocab_size
+        attn_ctx = self.full_attention_layers * context + self.sliding_layers * min(context, self.sliding_window)
+        return linear + self.attn_flops_per_pair * attn_ctx
+
+
+def _text_config(cfg: dict) -> dict:
+    inner = cfg.get("text_config")
+    if isinstance(inner, dict):
+        merged = {**inner}
+        for k in ("tie_word_embeddings", "architectures"):
+            if k in cfg and k not in merged:
+                merged[k] = cfg[k]
+        return merged
+    return cfg
+
+
+def _need(cfg: dict, key: str, source: str):
+    if key not in cfg:
+        raise ConfigError(f"{source}: `{key}` is missing from the model config; add it (Hugging Face config.json field)")
+    return cfg[key]
+
+
+def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json") -> ModelSpec:
+    """Build a ModelSpec from a Hugging Face config dict."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: a model config must be a JSON object")
+    c = _text_config(cfg)
+    mt = str(c.get("model_type", cfg.get("model_type", "llama")))
+    h = int(_need(c, "hidden_size", source))
+    L = int(_need(c, "num_hidden_layers", source))
+    nh = int(_need(c, "num_attention_heads", source))
+    nkv = int(c.get("num_key_value_heads") or nh)
+    hd = int(c.get("head_dim") or h // nh)
+    inter = int(_need(c, "intermediate_size", source))
+    vocab = int(_need(c, "vocab_size", source))
+    for key, val in (("hidden_size", h), ("num_hidden_layers", L), ("num_attention_heads", nh), ("vocab_size", vocab)):
+        if val <= 0:
+            raise ConfigError(f"{source}: `{key}` must be positive (got {val})")
+    if nh % nkv:
+        raise ConfigError(f"{source}: num_attention_heads ({nh}) must be a multiple of num_key_value_heads ({nkv})")
+
+    # Sliding window: Mistral/Qwen2 apply it to all layers when used; Gemma 3 interleaves.
+    window = int(c.get("sliding_window") or 0)
+    sliding = 0
+    if window:
+        if isinstance(c.get("layer_types"), list):
+            sliding = sum(1 for t in c["layer_types"] if t == "sliding_attention")
+        elif c.get("sliding_window_pattern"):
+            p = int(c["sliding_window_pattern"])
+            sliding = L - L // p  # every p-th layer is global
+        elif mt.startswith("gemma3"):
+            sliding = L - L // 6  # Gemma 3 default pattern: 5 local, 1 global
+        elif c.get("use_sliding_window", True):
+            sliding = L
+        if window >= int(c.get("max_position_embeddings") or 0) > 0:
+            sliding = 0  # a window as long as the context is no window
+    window = window if sliding else 0
+
+    n_exp = int(c.get("num_local_experts") or c.get("n_routed_experts") or c.get("num_experts") or 0)
+    topk = int(c.get("num_experts_per_tok") or 0) if n_exp else 0
+    moe_i = int(c.get("moe_intermediate_size") or (inter if n_exp else 0))
+    n_shared = int(c.get("n_shared_experts") or 0)
+    shared_i = int(c.get("shared_expert_intermediate_size") or 0)
+    if shared_i and not n_shared:
+        n_shared = 1
+    first_dense = int(c.get("first_k_dense_replace") or 0) if n_exp else 0
+    if n_exp and not topk:
+        raise ConfigError(f"{source}: MoE config needs `num_experts_per_tok`")
+
+    gemma = mt.startswith("gemma")
+    return ModelSpec(
+        name=name,
+        model_type=mt,
+        hidden_size=h,
+        num_layers=L,
+        num_heads=nh,
+        num_kv_heads=nkv,
+        head_dim=hd,
+        intermediate_size=inter,
+        vocab_size=vocab,
+        tie_embeddings=bool(c.get("tie_word_embeddings", gemma)),
+        qkv_bias=bool(c.get("attention_bias", mt.startswith("qwen2"))),
+        norms_per_layer=4 if gemma else 2,
+        qk_norm=mt.startswith(("gemma3", "qwen3")),
+        num_experts=n_exp,
+        experts_per_token=topk,
+        moe_intermediate_size=moe_i,
+        num_shared_experts=n_shared,
+        shared_expert_intermediate_size=shared_i,
+        first_dense_layers=first_dense,
+        kv_lora_rank=int(c.get("kv_lora_rank") or 0),
+        q_lora_rank=int(c.get("q_lora_rank") or 0),
+        qk_rope_head_dim=int(c.get("qk_rope_head_dim") or 0),
+        qk_nope_head_dim=int(c.get("qk_nope_head_dim") or 0),
+        v_head_dim=int(c.get("v_head_dim") or 0),
+        sliding_window=window,
+        sliding_layers=sliding,
+        max_position_embeddings=int(c.get("max_position_embeddings") or 0),
+        config=cfg,
+    )
+
+
+def catalogue_names() -> list[str]:
+    """Names of the shipped model configs."""
+    return sorted(p.stem for p in CATALOGUE_DIR.glob("*.json"))
+
+
+def load_model(name_or_path: str) -> ModelSpec:
+    """A catalogue name (`llama-3.1-8b`) or a path to a Hugging Face config.json (or its folder)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        p = p / "config.json"
+    if p.suffix == ".json" or p.exists():
+        if not p.exists():
+            raise ConfigError(f"model config {str(p)!r} does not exist; give a catalogue name or a config.json path")
+        try:
+            cfg = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"model config {str(p)!r} is not valid JSON ({e})") from None
+        return spec_from_config(cfg, name=p.parent.name if p.name == "config.json" else p.stem, source=str(p))
+    key = name_or_path.lower()
+    cat = CATALOGUE_DIR / f"{key}.json"
+    if not cat.exists():
+        names = catalogue_names()
+        close = [n for n in names if key.split("-")[0] in n]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(
+            f"model {name_or_path!r} is not in the catalogue{hint}; use one of {', '.join(names)} or a config.json path"
+        )
+    return spec_from_config(json.loads(cat.read_text()), name=key, source=str(cat))
+
+
+def human_count(n: float) -> str:
+    """12_345_678_901 -> '12.3B'."""
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.{1 if n / div < 100 else 0}f}{unit}"
+    return str(int(n)) if math.isfinite(n) else str(n)
