@@ -58,8 +58,15 @@ def chunk_pairs(prior: int, chunk: int, window: int = 0) -> float:
     return s_below + (chunk - below) * window
 
 
-def op_time(eff: OpEfficiency, flops, nbytes, peak_flops: float, bandwidth: float):
-    """Roofline time of one kernel; works on floats and numpy arrays."""
+def op_time(eff: OpEfficiency, flops: float, nbytes: float, peak_flops: float, bandwidth: float) -> float:
+    """Roofline time of one kernel."""
+    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops)
+    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth)
+    return (t_c if t_c > t_m else t_m) + eff.launch_s
+
+
+def op_times(eff: OpEfficiency, flops: np.ndarray, nbytes: np.ndarray, peak_flops: float, bandwidth: float) -> np.ndarray:
+    """Roofline time of one kernel over arrays of problem sizes."""
     t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops)
     t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth)
     return np.maximum(t_c, t_m) + eff.launch_s
@@ -87,6 +94,7 @@ class CostModel:
         self.kv_sliding_tok_bytes = model.sliding_kv_bytes_per_token(kv_dtype)
         self.pair_flops = model.attn_flops_per_pair
         self._gemm_cache: dict[int, float] = {}
+        self._fixed_cache: dict[int, float] = {}
         m = model
         q_width = m.num_heads * m.q_head_dim
         # per token per layer, bytes of q in / o out of attention kernels
@@ -109,18 +117,18 @@ class CostModel:
             for g in m.dense_gemms:
                 f = 2.0 * tokens * g.k * g.n
                 b = g.k * g.n * wb + tokens * (g.k + g.n) * ACT_BYTES
-                t += g.layers * float(op_time(e, f, b, peak, bw))
+                t += g.layers * op_time(e, f, b, peak, bw)
             if m.is_moe:
                 touched = self.experts_touched(tokens)
                 for g in m.expert_gemms:
                     f = 2.0 * tokens * m.experts_per_token * g.k * g.n
                     b = touched * g.k * g.n * wb + tokens * m.experts_per_token * (g.k + g.n) * ACT_BYTES
-                    t += g.layers * float(op_time(e, f, b, peak, bw))
+                    t += g.layers * op_time(e, f, b, peak, bw)
         if logits_tokens:
             g = m.lm_head  # stays in 16-bit
             f = 2.0 * logits_tokens * g.k * g.n
             b = g.k * g.n * 2.0 + logits_tokens * (g.k + g.n) * ACT_BYTES
-            t += float(op_time(e, f, b, self.attn_peak, bw))
+            t += op_time(e, f, b, self.attn_peak, bw)
         if len(self._gemm_cache) < 200_000:
             self._gemm_cache[key] = t
         return t
@@ -140,25 +148,32 @@ class CostModel:
         io = b.prefill_tokens * self._attn_io_per_token * m.num_layers
         # one kernel per layer: divide the work evenly over layers for the efficiency curve
         L = m.num_layers
-        return L * float(op_time(self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw))
+        return L * op_time(self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw)
 
-    def attention_decode_time(self, n: int, ctx_tokens):
-        """Decode attention for n sequences with `ctx_tokens` context in total (float or array)."""
-        if not n:
-            return 0.0 * ctx_tokens
+    def _decode_attn_work(self, n: int, ctx_tokens):
+        """Per-layer FLOPs and bytes of decode attention for n sequences with `ctx_tokens` in total."""
         m = self.model
         L = m.num_layers
-        ctx_sliding = np.minimum(ctx_tokens, n * m.sliding_window) if m.sliding_layers else 0.0
-        flops = self.pair_flops * (ctx_tokens * m.full_attention_layers + ctx_sliding * m.sliding_layers)
-        nbytes = ctx_tokens * self.kv_tok_bytes + ctx_sliding * self.kv_sliding_tok_bytes
-        nbytes = nbytes + n * self._attn_io_per_token * L
-        return L * op_time(self.eff.attention_decode, flops / L, nbytes / L, self.attn_peak, self.bw)
+        if m.sliding_layers:
+            ctx_sliding = np.minimum(ctx_tokens, n * m.sliding_window)
+        else:
+            ctx_sliding = 0.0
+        flops = self.pair_flops * (ctx_tokens * m.full_attention_layers + ctx_sliding * m.sliding_layers) / L
+        nbytes = (ctx_tokens * self.kv_tok_bytes + ctx_sliding * self.kv_sliding_tok_bytes) / L
+        return flops, nbytes + n * self._attn_io_per_token
+
+    def attention_decode_time(self, n: int, ctx_tokens: float) -> float:
+        """Decode attention for n sequences with `ctx_tokens` context in total."""
+        if not n:
+            return 0.0
+        f, b = self._decode_attn_work(n, float(ctx_tokens))
+        return self.model.num_layers * op_time(self.eff.attention_decode, float(f), float(b), self.attn_peak, self.bw)
 
     def elementwise_time(self, tokens: int) -> float:
         if not tokens:
             return 0.0
         L = self.model.num_layers
-        return L * float(op_time(self.eff.elementwise, 0.0, tokens * self._elementwise_bytes_per_token, self.attn_peak, self.bw))
+        return L * op_time(self.eff.elementwise, 0.0, tokens * self._elementwise_bytes_per_token, self.attn_peak, self.bw)
 
     def overhead_time(self, seqs: int) -> float:
         return self.eff.step_overhead_s + seqs * self.eff.per_sequence_s
@@ -171,7 +186,7 @@ class CostModel:
         return {
             "gemm": self.gemm_time(tokens, logits),
             "attention_prefill": self.attention_prefill_time(b),
-            "attention_decode": float(self.attention_decode_time(b.decode_seqs, b.decode_context_tokens)),
+            "attention_decode": self.attention_decode_time(b.decode_seqs, b.decode_context_tokens),
             "elementwise": self.elementwise_time(tokens),
             "overhead": self.overhead_time(b.decode_seqs + b.prefill_seqs) if tokens else 0.0,
         }
@@ -180,10 +195,41 @@ class CostModel:
         """Seconds for one step of the batch."""
         return sum(self.breakdown(b).values())
 
+    def _decode_fixed(self, n: int) -> float:
+        """The part of a decode-only step of n sequences that does not depend on context."""
+        t = self._fixed_cache.get(n)
+        if t is None:
+            t = self.gemm_time(n, n) + self.elementwise_time(n) + self.overhead_time(n)
+            self._fixed_cache[n] = t
+        return t
+
     def decode_step_times(self, n: int, ctx_tokens: np.ndarray) -> np.ndarray:
         """Times of consecutive decode-only steps of n sequences whose total context is `ctx_tokens[i]`."""
-        fixed = self.gemm_time(n, n) + self.elementwise_time(n) + self.overhead_time(n)
-        return fixed + self.attention_decode_time(n, np.asarray(ctx_tokens, dtype=float))
+        f, b = self._decode_attn_work(n, np.asarray(ctx_tokens, dtype=float))
+        attn = self.model.num_layers * op_times(self.eff.attention_decode, f, b, self.attn_peak, self.bw)
+        return self._decode_fixed(n) + attn
+
+    def decode_step_line(self, n: int, ctx0: float, k: int) -> tuple[float, float] | None:
+        """(a, b) with step j of k consecutive decode-only steps taking exactly a + b·j seconds, or None.
+
+        The context grows by n tokens a step, so each roofline term is linear in j; the step time is
+        linear over the run when the same term dominates at both ends (no kink inside).
+        """
+        m = self.model
+        ctx1 = ctx0 + n * (k - 1)
+        if m.sliding_layers and (ctx0 < n * m.sliding_window) != (ctx1 < n * m.sliding_window):
+            return None
+        e, L = self.eff.attention_decode, m.num_layers
+        rc, rm = e.compute * self.attn_peak, e.memory * self.bw
+        f0, b0 = self._decode_attn_work(n, float(ctx0))
+        f1, b1 = self._decode_attn_work(n, float(ctx1))
+        c0, m0 = (f0 + e.compute_ramp_flops) / rc, (b0 + e.memory_ramp_bytes) / rm
+        c1, m1 = (f1 + e.compute_ramp_flops) / rc, (b1 + e.memory_ramp_bytes) / rm
+        if (c0 >= m0) != (c1 >= m1):
+            return None
+        t0, t1 = max(c0, m0), max(c1, m1)
+        a = self._decode_fixed(n) + L * (t0 + e.launch_s)
+        return a, (L * (t1 - t0) / (k - 1) if k > 1 else 0.0)
 
     def weight_read_floor(self) -> float:
         """Seconds to read every weight once at datasheet bandwidth (the decode floor at batch 1)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from simulator.errors import ConfigError, one_line
 
@@ -96,11 +96,13 @@ class HardwareProfile(_Strict):
     sources: dict[str, str] = Field(description="where each figure comes from")
     calibration: Calibration | None = None
 
-    @model_validator(mode="after")
-    def _has_a_16bit_rate(self) -> HardwareProfile:
-        if not (self.peak_tflops.fp16 or self.peak_tflops.bf16):
-            raise ValueError("peak_tflops needs fp16 or bf16")
-        return self
+    @field_validator("peak_tflops")
+    @classmethod
+    def _has_a_16bit_rate(cls, v: PeakTflops) -> PeakTflops:
+        # a field validator, so the error is reported at `peak_tflops`, not at the top level
+        if not (v.fp16 or v.bf16):
+            raise ValueError("needs an fp16 or bf16 rate")
+        return v
 
     # ---------------------------------------------------------------- SI views
     @property

@@ -225,15 +225,35 @@ class ModelSpec:
         return linear + self.attn_flops_per_pair * attn_ctx
 
 
+# Fields a published config.json may leave to the defaults of transformers' config class, which
+# then fill them in: google/gemma-3-{4b,12b,27b}-it ship a text_config without head_dim or
+# vocab_size (and 4b without its head counts). Keyed by model_type less "_text"; values are
+# transformers' Gemma3TextConfig defaults.
+_HF_DEFAULTS: dict[str, dict] = {
+    "gemma3": {
+        "vocab_size": 262_208,
+        "hidden_size": 2304,
+        "intermediate_size": 9216,
+        "num_hidden_layers": 26,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "max_position_embeddings": 131_072,
+        "sliding_window": 4096,
+    },
+}
+
+
 def _text_config(cfg: dict) -> dict:
     inner = cfg.get("text_config")
+    c = cfg
     if isinstance(inner, dict):
-        merged = {**inner}
-        for k in ("tie_word_embeddings", "architectures"):
-            if k in cfg and k not in merged:
-                merged[k] = cfg[k]
-        return merged
-    return cfg
+        c = {**inner}
+        for k in ("tie_word_embeddings", "architectures", "model_type"):
+            if k in cfg and k not in c:
+                c[k] = cfg[k]
+    defaults = _HF_DEFAULTS.get(str(c.get("model_type", "")).removesuffix("_text"))
+    return {**defaults, **c} if defaults else c
 
 
 def _need(cfg: dict, key: str, source: str):

@@ -1,0 +1,82 @@
+"""Command line: `python -m calibrate [options]`, `python -m calibrate validate PROFILE`, `python -m calibrate fit DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from simulator.errors import ConfigError
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m calibrate",
+        description="Measure this GPU with the engine, fit the cost model's efficiencies, write a profile. "
+                    "Verbs: (none) calibrate; `validate PROFILE` checks a profile on held-out steps; "
+                    "`fit DIR` refits stored measurements without a device.",
+    )
+    p.add_argument("--quick", action="store_true", help="a smaller sweep (under 2 minutes on an H100)")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a tiny plan, for tests)")
+    p.add_argument("--model", default="llama-3.1-8b", help="catalogue name or config.json path whose shapes to sweep")
+    p.add_argument("--name", help="profile name to write (default: the base profile's name, e.g. h100-sxm)")
+    p.add_argument("--base", help="datasheet profile to start from (default: detected from the GPU's name)")
+    p.add_argument("--out-dir", default="hardware_profiles", help="folder for the profile (default: hardware_profiles)")
+    p.add_argument("--work-dir", help="folder for raw measurements and plots (default: calibration_runs/NAME)")
+    p.add_argument("--fresh", action="store_true", help="discard earlier measurements in the work dir")
+    return p
+
+
+def _validate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m calibrate validate",
+                                description="Time held-out whole steps and compare with the profile's prediction.")
+    p.add_argument("profile", help="profile name (h100-sxm) or .yaml path")
+    p.add_argument("--model", default="llama-3.1-8b")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--work-dir", help="where validate.jsonl goes (default: calibration_runs/PROFILE)")
+    p.add_argument("--out", help="write the table as Markdown to this file")
+    return p
+
+
+def _fit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m calibrate fit", description="Refit a work dir's measurements.")
+    p.add_argument("work_dir")
+    p.add_argument("--name", help="profile name to write (default: the run's base profile)")
+    p.add_argument("--model", help="model whose accounting to use (default: the run's)")
+    p.add_argument("--out-dir", default="hardware_profiles")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = "python -m calibrate " + shlex.join(argv) if argv else "python -m calibrate"
+    from calibrate.calibration import NoDevice
+
+    try:
+        if argv and argv[0] == "validate":
+            a = _validate_parser().parse_args(argv[1:])
+            from calibrate.validate import validate
+
+            validate(a.profile, a.model, a.device, a.work_dir, a.out, command=command)
+        elif argv and argv[0] == "fit":
+            a = _fit_parser().parse_args(argv[1:])
+            from calibrate.calibration import refit
+
+            refit(a.work_dir, a.name, a.out_dir, a.model)
+        else:
+            a = _run_parser().parse_args(argv)
+            from calibrate.calibration import Options, run
+
+            run(Options(quick=a.quick, device=a.device, model=a.model, name=a.name, base=a.base,
+                        out_dir=a.out_dir, work_dir=a.work_dir, fresh=a.fresh, command=command))
+    except (ConfigError, NoDevice) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; measurements so far are kept: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

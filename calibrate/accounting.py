@@ -1,0 +1,124 @@
+"""FLOPs and bytes of each microbenchmark, counted the way `simulator.cost_model` counts them.
+
+Each group's efficiency is fitted to kernels timed alone, so their work must be counted with the
+cost model's own constants (a `CostModel` instance supplies them); `tests/calibrate` checks that
+these counts, summed over a model step, give back `CostModel.breakdown` group by group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
+from simulator.model_spec import dtype_bytes
+
+GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
+STEP_KINDS = ("step_prefill", "step_decode", "step_mixed")
+
+
+@dataclass(slots=True)
+class Work:
+    """Per-kernel work of a set of measured points of one group, as arrays."""
+
+    flops: np.ndarray
+    nbytes: np.ndarray
+    peak: np.ndarray
+    label: list[str]
+
+
+def gemm_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    d = p.get("dtype", "bf16")
+    flops = 2.0 * p["m"] * p["k"] * p["n"]
+    nbytes = p["k"] * p["n"] * dtype_bytes(d) + p["m"] * (p["k"] + p["n"]) * ACT_BYTES
+    return flops, nbytes, cm.profile.peak_flops(d)
+
+
+def _per_layer(cm: CostModel) -> tuple[float, float]:
+    """KV bytes per token and attention q/o bytes per token, for one full-attention layer."""
+    m = cm.model
+    return cm.kv_tok_bytes / max(m.full_attention_layers, 1), cm._attn_io_per_token
+
+
+def attention_prefill_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    kv, io = _per_layer(cm)
+    c, prior = p["chunk"], p["prior"]
+    flops = cm.pair_flops * chunk_pairs(prior, c)
+    nbytes = prior * kv + c * kv + c * io
+    return flops, nbytes, cm.attn_peak
+
+
+def attention_decode_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    kv, io = _per_layer(cm)
+    lens = p["context_lens"]
+    ctx = float(sum(lens))
+    flops = cm.pair_flops * ctx
+    nbytes = ctx * kv + len(lens) * io
+    return flops, nbytes, cm.attn_peak
+
+
+def elementwise_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    """One decoder layer's element-wise kernels for `tokens` tokens (the engine times them as a set)."""
+    return 0.0, p["tokens"] * cm._elementwise_bytes_per_token, cm.attn_peak
+
+
+WORK = {
+    "gemm": gemm_work,
+    "attention_prefill": attention_prefill_work,
+    "attention_decode": attention_decode_work,
+    "elementwise": elementwise_work,
+}
+
+
+def work(cm: CostModel, group: str, params: list[dict]) -> Work:
+    rows = [WORK[group](cm, p) for p in params]
+    arr = np.array(rows, dtype=float).reshape(-1, 3)
+    return Work(arr[:, 0], arr[:, 1], arr[:, 2], [label(group, p) for p in params])
+
+
+def label(kind: str, p: dict) -> str:
+    if kind in ("gemm", "ceiling_gemm"):
+        return f"{p.get('dtype', 'bf16')} m={p['m']} k={p['k']} n={p['n']}"
+    if kind == "attention_prefill":
+        return f"chunk={p['chunk']} prior={p['prior']}"
+    if kind in ("attention_decode", "step_decode"):
+        lens = p["context_lens"]
+        return f"batch={len(lens)} ctx={sum(lens) // max(len(lens), 1)}"
+    if kind == "elementwise":
+        return f"tokens={p['tokens']}"
+    if kind == "step_prefill":
+        return f"prompts={p['prompt_lens'][:3]}{'…' if len(p['prompt_lens']) > 3 else ''} prior={max(p['prior_lens'])}"
+    if kind == "step_mixed":
+        lens = p["decode_context_lens"]
+        return f"chunks={[c for c, _ in p['chunks']]} decodes={len(lens)}"
+    return ",".join(f"{k}={v}" for k, v in p.items() if not isinstance(v, list))
+
+
+# ------------------------------------------------------------------ whole steps
+def step_shape(cm: CostModel, kind: str, p: dict, logits: str = "last") -> BatchShape:
+    """The BatchShape of a whole step as the engine runs it (logits for each sequence's last token)."""
+    m = cm.model
+    window = m.sliding_window if m.sliding_layers else 0
+    if kind == "step_prefill":
+        chunks = list(zip(p["prompt_lens"], p["prior_lens"], strict=True))
+        decodes: list[int] = []
+    elif kind == "step_decode":
+        chunks, decodes = [], list(p["context_lens"])
+    elif kind == "step_mixed":
+        chunks = [(c, prior) for c, prior in p["chunks"]]
+        decodes = list(p["decode_context_lens"])
+    else:
+        raise ValueError(f"not a step kind: {kind}")
+    b = BatchShape(
+        prefill_tokens=sum(c for c, _ in chunks),
+        prefill_seqs=len(chunks),
+        prefill_pairs=float(sum(chunk_pairs(prior, c) for c, prior in chunks)),
+        sliding_prefill_pairs=float(sum(chunk_pairs(prior, c, window) for c, prior in chunks)) if window else 0.0,
+        prefill_context_tokens=sum(prior for _, prior in chunks),
+        decode_seqs=len(decodes),
+        decode_context_tokens=sum(decodes),
+    )
+    if logits == "all":
+        b.logits_tokens = b.tokens
+    return b

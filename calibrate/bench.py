@@ -1,0 +1,120 @@
+"""Time one sweep point on the device through `engine/` (torch is imported here, lazily by callers)."""
+
+from __future__ import annotations
+
+import torch
+
+from calibrate.plan import Limits, Point
+from engine import kernels
+from engine.timing import copies_for_cache, measure_graph, random_like_nonzero, rotating
+from simulator.model_spec import ModelSpec
+
+# Below this many rows a GEMM is timed replayed from a CUDA graph, as it runs inside a captured
+# decode step (no host launch gap); larger ones are long enough for per-call events.
+GRAPH_GEMM_MAX_M = 512
+
+
+class Bench:
+    """Dispatches sweep points to the engine's timers; builds the whole model only when a step is asked for."""
+
+    def __init__(self, spec: ModelSpec, device: str, limits: Limits, quick: bool = False) -> None:
+        self.spec, self.device, self.limits = spec, device, limits
+        self.cpu = torch.device(device).type == "cpu"
+        self.repeat = 3 if self.cpu else (10 if quick else 20)
+        self.warmup = 1 if self.cpu else 3
+        self._runner = None
+
+    # ------------------------------------------------------------ microbenchmarks
+    def measure(self, p: Point) -> float:
+        q = p.params
+        if p.kind in ("gemm", "ceiling_gemm"):
+            return self._gemm(q["m"], q["k"], q["n"], q.get("dtype", "bf16"))
+        if p.kind == "attention_prefill":
+            return kernels.time_attention_prefill(q["chunk"], q["prior"], q["num_heads"], q["num_kv_heads"],
+                                                  q["head_dim"], device=self.device, warmup=self.warmup,
+                                                  repeat=self.repeat)
+        if p.kind == "attention_decode":
+            lens = q["context_lens"]
+            return kernels.time_attention_decode(len(lens), list(lens), q["num_heads"], q["num_kv_heads"],
+                                                 q["head_dim"], device=self.device, warmup=self.warmup,
+                                                 repeat=self.repeat)
+        if p.kind == "elementwise":
+            s, _ = kernels.time_elementwise(q["tokens"], q["hidden"], device=self.device,
+                                            intermediate=q.get("intermediate"), head_dim=self.spec.head_dim,
+                                            warmup=self.warmup, repeat=self.repeat)
+            return s
+        if p.kind == "copy":
+            s, _ = kernels.time_copy(q["nbytes"], device=self.device, warmup=self.warmup, repeat=self.repeat)
+            return s
+        if p.kind == "allreduce":
+            s = kernels.time_allreduce(q["nbytes"], q.get("world"))
+            if s is None:
+                raise RuntimeError("all-reduce needs two or more GPUs")
+            return s
+        if p.kind.startswith("step_"):
+            return self._step(p)
+        raise ValueError(f"unknown point kind {p.kind!r}")
+
+    def _gemm(self, m: int, k: int, n: int, dtype: str) -> float:
+        if self.cpu or dtype != "bf16" or m > GRAPH_GEMM_MAX_M:
+            return kernels.time_gemm(m, k, n, dtype, device=self.device, warmup=self.warmup, repeat=self.repeat)
+        dev = torch.device(self.device)
+        copies = max(4, copies_for_cache(k * n * 2 + m * k * 2, dev))
+        bufs = [(random_like_nonzero((m, k), torch.bfloat16, dev),
+                 random_like_nonzero((n, k), torch.bfloat16, dev, scale=k**-0.5)) for _ in range(copies)]
+        # the engine's Dense layer: a Triton GEMV streams the weight for one row, cuBLAS otherwise
+        if m == 1 and self._uses_gemv():
+            from engine.fused import gemv
+            fn = rotating(bufs, gemv)
+        else:
+            fn = rotating(bufs, torch.nn.functional.linear)
+        return measure_graph(fn, dev, calls=copies, repeat=self.repeat, warmup=self.warmup)
+
+    def _uses_gemv(self) -> bool:
+        try:
+            from engine import steps
+        except ImportError:
+            return False
+        return bool(getattr(steps, "DECODE_GEMV", True))
+
+    # ------------------------------------------------------------ whole steps
+    def _runner_for_steps(self):
+        if self._runner is None:
+            from engine.model import build_model
+            from engine.steps import StepRunner
+
+            model = build_model(self.spec, "bf16", self.device)
+            self._runner = StepRunner(model, max_batch=self.limits.max_batch, max_context=self.limits.max_context,
+                                      device=self.device, cuda_graphs=not self.cpu,
+                                      **self._pool_kwargs())
+        return self._runner
+
+    def _pool_kwargs(self) -> dict:
+        import inspect
+
+        from engine.steps import StepRunner
+
+        params = inspect.signature(StepRunner).parameters
+        for name in ("pool_tokens", "kv_tokens", "max_tokens"):
+            if name in params:
+                return {name: self.limits.max_kv_tokens}
+        return {}
+
+    def _step(self, p: Point) -> float:
+        r = self._runner_for_steps()
+        q = p.params
+        if p.kind == "step_prefill":
+            return r.prefill(list(q["prompt_lens"]), list(q["prior_lens"]))
+        if p.kind == "step_decode":
+            return r.decode(list(q["context_lens"]))
+        if p.kind == "step_mixed":
+            return r.mixed([tuple(c) for c in q["chunks"]], list(q["decode_context_lens"]))
+        raise ValueError(f"unknown step kind {p.kind!r}")
+
+    def recover(self) -> None:
+        """After an out-of-memory point: drop cached blocks so the next point starts clean."""
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

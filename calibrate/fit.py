@@ -1,0 +1,230 @@
+"""Fit the cost model's efficiencies to measurements (scipy least squares on log-time residuals).
+
+Stage 1, one operation group at a time from its microbenchmarks: the cost model's kernel time
+max((F + Rf)/(c·P), (B + Rb)/(m·W)) + launch is, for the data, max(F/(c·P) + A, B/(m·W) + Bm) with
+A = Rf/(c·P) + launch and Bm = Rb/(m·W) + launch: launch and the two ramps trade off exactly, so
+we fit (c, m, A, Bm) and write the canonical split launch = min(A, Bm) (one ramp is then zero).
+Stage 2, from whole model steps: the fixed step overhead and the per-sequence cost, with the
+groups' efficiencies held at their stage-1 values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from calibrate.accounting import GROUPS, STEP_KINDS, Work, label, step_shape, work
+from calibrate.measurements import Record
+from simulator.cost_model import CostModel
+from simulator.hardware import Efficiencies, HardwareProfile, OpEfficiency
+from simulator.model_spec import ModelSpec
+
+# Groups whose compute term never binds in practice (decode attention moves ~4 FLOP per KV byte;
+# element-wise kernels are counted with no FLOPs): their compute efficiency is not identifiable
+# and stays at the base profile's value.
+MEMORY_ONLY = {"attention_decode", "elementwise"}
+
+
+@dataclass
+class Errors:
+    """Absolute percentage errors of predicted vs measured time."""
+
+    median_pct: float = float("nan")
+    p90_pct: float = float("nan")
+    n: int = 0
+
+    @classmethod
+    def of(cls, predicted, measured) -> Errors:
+        p, m = np.asarray(predicted, float), np.asarray(measured, float)
+        if not len(m):
+            return cls()
+        e = np.abs(p / m - 1.0) * 100.0
+        return cls(float(np.median(e)), float(np.percentile(e, 90)), int(len(e)))
+
+    def as_dict(self) -> dict:
+        if not self.n:
+            return {"n": 0}
+        return {"median_pct": round(self.median_pct, 2), "p90_pct": round(self.p90_pct, 2), "n": self.n}
+
+
+@dataclass
+class GroupFit:
+    group: str
+    eff: OpEfficiency | None
+    train: Errors
+    holdout: Errors
+    rows: list[dict] = field(default_factory=list)  # label, measured_s, predicted_s, holdout
+
+    def errors_dict(self) -> dict:
+        return {"train": self.train.as_dict(), "holdout": self.holdout.as_dict()}
+
+
+# ------------------------------------------------------------------ stage 1
+def roofline(theta, flops, nbytes, peak, bw):
+    """max(F/(c·P) + A, B/(m·W) + Bm) with theta = (c, m, A, Bm)."""
+    c, m, a, b = theta
+    return np.maximum(flops / (c * peak) + a, nbytes / (m * bw) + b)
+
+
+def to_efficiency(theta, peak: float, bw: float) -> OpEfficiency:
+    """The canonical OpEfficiency for fitted (c, m, A, Bm): launch = min(A, Bm)."""
+    c, m, a, b = (float(x) for x in theta)
+    launch = min(a, b)
+    return OpEfficiency(
+        compute=min(c, 1.0), memory=min(m, 1.0),
+        compute_ramp_flops=max(0.0, (a - launch) * c * peak),
+        memory_ramp_bytes=max(0.0, (b - launch) * m * bw),
+        launch_s=max(0.0, launch),
+    )
+
+
+def fit_roofline(w: Work, seconds, bw: float, compute_fixed: float | None = None):
+    """Least squares on log(predicted / measured) over bounded (c, m, A, Bm); returns theta."""
+    from scipy.optimize import least_squares
+
+    t = np.asarray(seconds, float)
+    f, b, p = w.flops, w.nbytes, w.peak
+    tmin = float(t.min())
+    # starting points from the data's envelopes: the best rate seen in each regime
+    c0 = float(np.clip(np.max(np.where(f > 0, f / (p * t), 0.0)), 1e-3, 1.0)) if f.any() else 0.5
+    m0 = float(np.clip(np.max(b / (bw * t)), 1e-3, 1.0))
+    lo = np.array([1e-4, 1e-4, 0.0, 0.0])
+    hi = np.array([1.0, 1.0, 10.0 * tmin + 1e-3, 10.0 * tmin + 1e-3])
+    fixed_c = compute_fixed is not None
+
+    def unpack(x):
+        return (compute_fixed, x[0], x[1], x[2]) if fixed_c else tuple(x)
+
+    def resid(x):
+        return np.log(roofline(unpack(x), f, b, p, bw)) - np.log(t)
+
+    best = None
+    for cs in (c0, 0.9 * c0 + 0.1, 0.5 * c0):
+        for ms in (m0, 0.9 * m0 + 0.1):
+            for frac in (0.2, 0.8):
+                x0 = [cs, ms, frac * tmin, frac * tmin]
+                x0 = x0[1:] if fixed_c else x0
+                lb, ub = (lo[1:], hi[1:]) if fixed_c else (lo, hi)
+                x0 = np.clip(x0, lb + 1e-12, ub - 1e-12)
+                r = least_squares(resid, x0, bounds=(lb, ub), x_scale="jac", method="trf",
+                                  xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=4000)
+                if best is None or r.cost < best.cost:
+                    best = r
+                if fixed_c:
+                    break
+            if fixed_c:
+                break
+    return np.array(unpack(best.x), float)
+
+
+def fit_group(cm: CostModel, group: str, records: list[Record], base: OpEfficiency) -> GroupFit:
+    """Fit one group's efficiency on its non-held-out points; errors on both sets."""
+    train = [r for r in records if not r.holdout]
+    if len(train) < 3:
+        return GroupFit(group, None, Errors(), Errors())
+    w_all = work(cm, group, [r.params for r in records])
+    t_all = np.array([r.seconds for r in records], float)
+    hold = np.array([r.holdout for r in records])
+    w_train = Work(w_all.flops[~hold], w_all.nbytes[~hold], w_all.peak[~hold], [])
+    bw = cm.bw
+    fixed = base.compute if group in MEMORY_ONLY else None
+    theta = fit_roofline(w_train, t_all[~hold], bw, fixed)
+    if group in MEMORY_ONLY:  # the compute term never binds: give it the memory term's constant
+        theta[2] = theta[3]
+    pred = roofline(theta, w_all.flops, w_all.nbytes, w_all.peak, bw)
+    peak = float(np.median(w_all.peak))
+    eff = to_efficiency(theta, peak, bw)
+    rows = [{"label": lab, "measured_s": float(m), "predicted_s": float(p), "holdout": bool(h)}
+            for lab, m, p, h in zip(w_all.label, t_all, pred, hold, strict=True)]
+    return GroupFit(group, eff, Errors.of(pred[~hold], t_all[~hold]), Errors.of(pred[hold], t_all[hold]), rows)
+
+
+# ------------------------------------------------------------------ stage 2
+def with_efficiency(profile: HardwareProfile, eff: Efficiencies) -> HardwareProfile:
+    return profile.model_copy(update={"efficiency": eff})
+
+
+def step_predictions(cm: CostModel, steps: list[Record]) -> tuple[np.ndarray, np.ndarray]:
+    """(time of the groups without overheads, sequences) per step, from the cost model itself."""
+    groups, seqs = [], []
+    for r in steps:
+        b = step_shape(cm, r.kind, r.params)
+        parts = cm.breakdown(b)
+        groups.append(sum(v for k, v in parts.items() if k != "overhead"))
+        seqs.append(b.decode_seqs + b.prefill_seqs)
+    return np.array(groups, float), np.array(seqs, float)
+
+
+def fit_overheads(groups_s: np.ndarray, seqs: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """step_overhead_s and per_sequence_s (both ≥ 0) minimising log-time error over whole steps."""
+    from scipy.optimize import least_squares
+
+    t = np.asarray(measured, float)
+
+    def resid(x):
+        return np.log(groups_s + x[0] + x[1] * seqs) - np.log(t)
+
+    gap = np.clip(t - groups_s, 0.0, None)
+    x0 = [float(np.median(gap)) + 1e-6, 1e-7]
+    hi = [float(t.max()), float(t.max()) / max(seqs.max(), 1.0)]
+    r = least_squares(resid, np.clip(x0, [0, 0], hi), bounds=([0.0, 0.0], hi), x_scale="jac",
+                      xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    return float(r.x[0]), float(r.x[1])
+
+
+@dataclass
+class FitResult:
+    efficiency: Efficiencies
+    groups: dict[str, GroupFit]
+    extra_gemm: dict[str, GroupFit] = field(default_factory=dict)  # fp8 / int8 GEMMs, for the record
+
+    def errors(self) -> dict:
+        out = {g: f.errors_dict() for g, f in self.groups.items() if f.train.n or f.holdout.n}
+        for d, f in self.extra_gemm.items():
+            out[f"gemm_{d}"] = f.errors_dict()
+        return out
+
+
+def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record]) -> FitResult:
+    """Both stages over every ok record; groups without data keep the base profile's values."""
+    base = profile.efficiency
+    cm = CostModel(profile, model)
+    by: dict[str, list[Record]] = {}
+    for r in records:
+        if r.status == "ok":
+            by.setdefault(r.kind, []).append(r)
+
+    fits: dict[str, GroupFit] = {}
+    extra: dict[str, GroupFit] = {}
+    new = {}
+    for g in GROUPS:
+        recs = by.get(g, [])
+        if g == "gemm":
+            for d in sorted({r.params.get("dtype", "bf16") for r in recs} - {"bf16"}):
+                extra[d] = fit_group(cm, g, [r for r in recs if r.params.get("dtype") == d], base.gemm)
+            recs = [r for r in recs if r.params.get("dtype", "bf16") == "bf16"]
+        f = fit_group(cm, g, recs, getattr(base, g))
+        fits[g] = f
+        new[g] = f.eff if f.eff is not None else getattr(base, g)
+
+    eff = Efficiencies(**new, step_overhead_s=base.step_overhead_s, per_sequence_s=base.per_sequence_s)
+    steps = [r for k in STEP_KINDS for r in by.get(k, [])]
+    if steps:
+        cm2 = CostModel(with_efficiency(profile, eff), model)
+        g_s, seqs = step_predictions(cm2, steps)
+        t = np.array([r.seconds for r in steps], float)
+        hold = np.array([r.holdout for r in steps])
+        train = ~hold if (~hold).sum() >= 2 else np.ones_like(hold)
+        o, s = fit_overheads(g_s[train], seqs[train], t[train])
+        eff = eff.model_copy(update={"step_overhead_s": o, "per_sequence_s": s})
+        pred = g_s + o + s * seqs
+        rows = [{"label": f"{r.kind[5:]} {label(r.kind, r.params)}", "measured_s": float(m), "predicted_s": float(p),
+                 "holdout": bool(h)} for r, m, p, h in zip(steps, t, pred, hold, strict=True)]
+        fits["step"] = GroupFit("step", None, Errors.of(pred[~hold], t[~hold]), Errors.of(pred[hold], t[hold]), rows)
+        for k in STEP_KINDS:
+            sel = np.array([r.kind == k for r in steps])
+            if sel.any():
+                fits[k] = GroupFit(k, None, Errors.of(pred[sel & ~hold], t[sel & ~hold]),
+                                   Errors.of(pred[sel & hold], t[sel & hold]))
+    return FitResult(eff, fits, extra)

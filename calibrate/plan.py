@@ -1,0 +1,231 @@
+"""The sweep plan: which microbenchmarks and whole steps to time, and which are held out.
+
+A point's role (fit or held out) is a property of the point, fixed by its place in the full grid,
+so the quick plan is a subset of the full one with the same roles. The CPU plan is a tiny grid for
+tests and for trying the tool without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from simulator.model_spec import ModelSpec
+
+Mode = Literal["quick", "full", "cpu"]
+
+# Token counts for GEMMs and element-wise kernels, 1..16k, roughly ×1.5 apart. Every 4th from
+# index 2 is held out of the fit (interior points, so held-out error measures interpolation).
+TOKENS_FULL = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048,
+               3072, 4096, 6144, 8192, 12288, 16384]
+TOKENS_CPU = [1, 2, 4, 8, 16, 32, 64, 128]
+
+PREFILL_CHUNKS = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+PREFILL_PRIORS = [0, 1024, 4096, 16384]
+DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+DECODE_CONTEXTS = [128, 512, 2048, 8192, 32768]
+
+STEP_DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+STEP_DECODE_CONTEXTS = [256, 1024, 4096]
+STEP_PREFILL = [[128], [512], [1024], [2048], [4096], [8192], [16384], [256] * 4, [512] * 8, [2048] * 2,
+                [1024] * 4]
+STEP_CHUNKED = [(2048, 2048), (1024, 8192), (4096, 4096)]  # (chunk, prior) prefill after a cached prefix
+STEP_MIXED = [(256, 8), (1024, 8), (2048, 8), (256, 32), (1024, 32), (2048, 32), (512, 128), (2048, 128)]
+MIXED_DECODE_CONTEXT = 1024
+
+
+@dataclass(slots=True)
+class Point:
+    """One thing to time: a kind (`gemm`, `attention_decode`, `step_mixed`, ...) and its parameters."""
+
+    kind: str
+    params: dict
+    holdout: bool = False
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = point_key(self.kind, self.params)
+
+
+def point_key(kind: str, params: dict) -> str:
+    return kind + ":" + json.dumps(params, sort_keys=True, separators=(",", ":"))
+
+
+def mixed_lengths(n: int, mean: int, seed: int, spread: float = 0.8) -> list[int]:
+    """n context lengths, lognormal around `mean` (deterministic for the seed), at least 16."""
+    rng = np.random.default_rng(seed)
+    x = rng.lognormal(0.0, spread, n)
+    x = x / x.mean() * mean
+    return [int(max(16, round(v))) for v in x]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the device can hold: KV tokens the step runner may keep, the largest single batch."""
+
+    max_kv_tokens: int = 400_000
+    max_batch: int = 256
+    max_context: int = 32_768
+
+
+def _grid_points(values: list[int], quick: bool) -> list[tuple[int, bool]]:
+    """(value, holdout) pairs; quick keeps every other value, roles unchanged."""
+    out = []
+    for i, v in enumerate(values):
+        if quick and i % 2:
+            continue
+        out.append((v, i % 4 == 2))
+    return out
+
+
+def microbench_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], n_gpus: int = 1) -> list[Point]:
+    quick = mode == "quick"
+    cpu = mode == "cpu"
+    pts: list[Point] = []
+
+    # ceilings first: the fit reports efficiencies against them and the CPU base profile is built from them
+    big = 512 if cpu else 8192
+    pts.append(Point("copy", {"nbytes": (16 if cpu else 2048) * 2**20}))
+    for d in gemm_dtypes:
+        pts.append(Point("ceiling_gemm", {"m": big, "k": big, "n": big, "dtype": d}))
+
+    tokens = _grid_points(TOKENS_CPU if cpu else TOKENS_FULL, quick)
+    shapes = {(g.k, g.n) for g in model.dense_gemms} | {(model.lm_head.k, model.lm_head.n)}
+    for d in gemm_dtypes:
+        for k, n in sorted(shapes):
+            if d != "bf16" and (k, n) == (model.lm_head.k, model.lm_head.n):
+                continue  # the LM head stays in 16-bit
+            for m, hold in tokens:
+                if d != "bf16" and hold and quick:
+                    continue
+                pts.append(Point("gemm", {"m": m, "k": k, "n": n, "dtype": d}, hold))
+
+    heads = {"num_heads": model.num_heads, "num_kv_heads": model.num_kv_heads, "head_dim": model.head_dim}
+    chunks = [c for c in PREFILL_CHUNKS if c <= 64] if cpu else PREFILL_CHUNKS
+    priors = [0, 64] if cpu else PREFILL_PRIORS
+    for ci, c in enumerate(chunks):
+        for pi, p in enumerate(priors):
+            if c + p > 2 * max(chunks) or (quick and (ci % 2 or pi % 2)):
+                continue
+            pts.append(Point("attention_prefill", {"chunk": c, "prior": p, **heads}, (ci + pi) % 4 == 3))
+
+    batches = [1, 2, 4, 8] if cpu else DECODE_BATCHES
+    contexts = [16, 64, 256] if cpu else DECODE_CONTEXTS
+    max_tokens = 4096 if cpu else 2**20
+    for bi, b in enumerate(batches):
+        for ci, c in enumerate(contexts):
+            if b * c > max_tokens or (quick and (bi % 2 or ci % 2)):
+                continue
+            hold = (bi + ci) % 4 == 3
+            pts.append(Point("attention_decode", {"context_lens": [c] * b, **heads}, hold))
+            if b >= 4 and ci % 2 == 0:  # ragged batch: same mean context, lognormal spread
+                lens = mixed_lengths(b, c, seed=1000 * b + c)
+                pts.append(Point("attention_decode", {"context_lens": lens, **heads}, not hold))
+
+    for t, hold in tokens:
+        pts.append(Point("elementwise", {"tokens": t, "hidden": model.hidden_size,
+                                         "intermediate": model.intermediate_size}, hold))
+
+    if n_gpus > 1:
+        for mib in ([1, 16, 256] if quick else [0.0625, 1, 4, 16, 64, 256]):
+            pts.append(Point("allreduce", {"nbytes": int(mib * 2**20), "world": n_gpus}))
+    return pts
+
+
+def step_plan(mode: Mode, limits: Limits) -> list[Point]:
+    """Whole model steps: prefill (single, batched, chunked after a prefix), decode, mixed."""
+    quick, cpu = mode == "quick", mode == "cpu"
+    pts: list[Point] = []
+
+    def fits(ctx_lens: list[int]) -> bool:
+        return (len(ctx_lens) <= limits.max_batch and sum(ctx_lens) <= limits.max_kv_tokens
+                and max(ctx_lens) <= limits.max_context)
+
+    def add(kind: str, params: dict, ctx: list[int]) -> None:
+        if fits(ctx):
+            pts.append(Point(kind, params))
+
+    if cpu:
+        for lens in ([8], [32], [16, 16], [64]):
+            add("step_prefill", {"prompt_lens": lens, "prior_lens": [0] * len(lens)}, lens)
+        for b in (1, 2, 4):
+            for c in (16, 64):
+                add("step_decode", {"context_lens": [c] * b}, [c] * b)
+        for chunk, b in ((16, 2), (32, 4)):
+            dec = [32] * b
+            add("step_mixed", {"chunks": [[chunk, 0]], "decode_context_lens": dec}, dec + [chunk])
+    else:
+        prefill = STEP_PREFILL[::2] if quick else STEP_PREFILL
+        for lens in prefill:
+            add("step_prefill", {"prompt_lens": lens, "prior_lens": [0] * len(lens)}, lens)
+        for chunk, prior in (STEP_CHUNKED[:1] if quick else STEP_CHUNKED):
+            add("step_prefill", {"prompt_lens": [chunk], "prior_lens": [prior]}, [chunk + prior])
+        batches = STEP_DECODE_BATCHES[::2] if quick else STEP_DECODE_BATCHES
+        contexts = STEP_DECODE_CONTEXTS[::2] if quick else STEP_DECODE_CONTEXTS
+        for b in batches:
+            for c in contexts:
+                add("step_decode", {"context_lens": [c] * b}, [c] * b)
+            if b >= 8:
+                lens = mixed_lengths(b, 1024, seed=7 * b)
+                add("step_decode", {"context_lens": lens}, lens)
+        for chunk, b in (STEP_MIXED[::2] if quick else STEP_MIXED):
+            dec = mixed_lengths(b, MIXED_DECODE_CONTEXT, seed=11 * b + chunk)
+            add("step_mixed", {"chunks": [[chunk, 0]], "decode_context_lens": dec}, dec + [chunk])
+    # hold out every 4th step of each kind, counted over the full plan's order
+    seen: dict[str, int] = {}
+    for p in pts:
+        i = seen.get(p.kind, 0)
+        seen[p.kind] = i + 1
+        p.holdout = i % 4 == 3
+    return pts
+
+
+def make_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], limits: Limits, n_gpus: int = 1) -> list[Point]:
+    """The whole sweep in the order it runs: ceilings, microbenchmarks, then whole steps."""
+    pts = microbench_plan(model, mode, gemm_dtypes, n_gpus) + step_plan(mode, limits)
+    seen: set[str] = set()
+    out = []
+    for p in pts:
+        if p.key not in seen:
+            seen.add(p.key)
+            out.append(p)
+    return out
+
+
+def sweep_ranges(points: list[Point]) -> dict:
+    """A summary of what the plan covers, for the profile's provenance block."""
+    def span(vals):
+        return [min(vals), max(vals)] if vals else []
+
+    by = {}
+    for p in points:
+        by.setdefault(p.kind, []).append(p.params)
+    out: dict = {k: {"points": len(v)} for k, v in by.items()}
+    if "gemm" in by:
+        out["gemm"].update(tokens=span([q["m"] for q in by["gemm"]]),
+                           dtypes=sorted({q["dtype"] for q in by["gemm"]}))
+    if "attention_prefill" in by:
+        out["attention_prefill"].update(chunk=span([q["chunk"] for q in by["attention_prefill"]]),
+                                        prior=span([q["prior"] for q in by["attention_prefill"]]))
+    if "attention_decode" in by:
+        out["attention_decode"].update(batch=span([len(q["context_lens"]) for q in by["attention_decode"]]),
+                                       context=span([c for q in by["attention_decode"] for c in q["context_lens"]]))
+    if "elementwise" in by:
+        out["elementwise"].update(tokens=span([q["tokens"] for q in by["elementwise"]]))
+    for k in ("step_decode", "step_prefill", "step_mixed"):
+        if k in by:
+            seqs = [len(q.get("context_lens", q.get("prompt_lens", []))) + len(q.get("chunks", [])) +
+                    len(q.get("decode_context_lens", [])) for q in by[k]]
+            out[k].update(seqs=span(seqs))
+    return out
+
+
+def kv_token_budget(free_bytes: float, kv_bytes_per_token: float, reserve: float = 0.85) -> int:
+    """KV tokens that fit in `reserve` of the free memory left after weights and activations."""
+    if kv_bytes_per_token <= 0:
+        return 0
+    return int(math.floor(free_bytes * reserve / kv_bytes_per_token))

@@ -1,0 +1,200 @@
+"""Whole model steps (prefill, decode, mixed) on the GPU, timed as an engine runs them.
+
+A step is a list of sequences, each with q new tokens after p cached ones (decode: q = 1).
+Steps of up to `graph_max_tokens` tokens run as CUDA graphs captured per padded size, as vLLM
+does (its capture sizes: 1, 2, 4, then multiples of 8): the token count, the sequence count and
+the longest context are rounded up to a bucket; padding tokens form dummy sequences in slots
+after the real ones, so no real sequence reads more keys than its own. Larger steps run eagerly,
+where the host launch time is small next to the GPU work.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+from engine.attention import StepLayout, make_layout, plan_layout
+from engine.model import Transformer
+from engine.timing import measure
+from simulator.cost_model import BatchShape, chunk_pairs
+
+
+def capture_sizes(max_tokens: int) -> list[int]:
+    """vLLM's default CUDA-graph batch sizes (1, 2, 4, 8, 16, 24, ...) up to `max_tokens`."""
+    sizes = [s for s in (1, 2, 4) if s <= max_tokens] + list(range(8, max_tokens + 1, 8))
+    if sizes[-1] < max_tokens:
+        sizes.append(max_tokens)
+    return sizes
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def extrapolate_layers(t_a: float, layers_a: int, t_b: float, layers_b: int, layers_full: int) -> float:
+    """Step time of the full model from steps of two partial builds (per-layer slope plus the fixed part)."""
+    per_layer = (t_b - t_a) / (layers_b - layers_a)
+    return t_a + (layers_full - layers_a) * per_layer
+
+
+class StepRunner:
+    """Runs and times model steps with a token-pool KV cache of `kv_tokens` slots per layer."""
+
+    def __init__(self, model: Transformer, max_batch: int, max_context: int, device: str = "cuda",
+                 cuda_graphs: bool = True, kv_tokens: int | None = None, graph_max_tokens: int = 512,
+                 gemv: bool | None = None, seed: int = 0) -> None:
+        self.model, self.device = model, torch.device(device)
+        self.max_batch, self.max_context = max_batch, max_context
+        self.graph_max_tokens = graph_max_tokens
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.sizes = capture_sizes(graph_max_tokens)
+        self.kv_tokens = kv_tokens or max_batch * max_context + graph_max_tokens
+        # the batch-1 GEMV kernel streams weights faster than cuBLAS on Hopper (benchmarks/engine_bars.py)
+        model.set_gemv(self.device.type == "cuda" if gemv is None else gemv)
+        model.allocate_kv(self.kv_tokens, seed=seed)
+        self.vocab = model.spec.vocab_size
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.graphs: dict[tuple[int, int, int, int], dict] = {}
+        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    # ------------------------------------------------------------------ public steps
+    def prefill(self, prompt_lens: list[int], prior_lens: list[int] | None = None, return_shape: bool = False,
+                warmup: int = 2, repeat: int = 5):
+        """Seconds of one step prefilling chunks of `prompt_lens` tokens after `prior_lens` cached ones."""
+        prior = list(prior_lens) if prior_lens is not None else [0] * len(prompt_lens)
+        return self._timed(list(prompt_lens), prior, 0, return_shape, warmup, repeat)
+
+    def decode(self, context_lens: list[int], return_shape: bool = False, warmup: int = 3, repeat: int = 20):
+        """Seconds of one decode step; sequence i's new token attends to context_lens[i] keys (itself included)."""
+        ctx = list(context_lens)
+        return self._timed([1] * len(ctx), [c - 1 for c in ctx], len(ctx), return_shape, warmup, repeat)
+
+    def mixed(self, prefill_chunks: list[tuple[int, int]], decode_context_lens: list[int],
+              return_shape: bool = False, warmup: int = 2, repeat: int = 10):
+        """Seconds of one step with prefill chunks (chunk, prior) and decodes (context incl. the new token)."""
+        q = [c for c, _ in prefill_chunks] + [1] * len(decode_context_lens)
+        p = [pr for _, pr in prefill_chunks] + [c - 1 for c in decode_context_lens]
+        return self._timed(q, p, len(decode_context_lens), return_shape, warmup, repeat)
+
+    def logits(self, q_lens: list[int], prior_lens: list[int], tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Run one step once and return the logits of each sequence's last new token [S, vocab]."""
+        fn, out = self._prepare(q_lens, prior_lens, tokens)
+        fn()
+        return out()
+
+    def batch_shape(self, q_lens: list[int], prior_lens: list[int], n_decode: int) -> BatchShape:
+        """The cost model's summary of a step whose last `n_decode` sequences are decodes."""
+        window = self.model.spec.sliding_window
+        n_pre = len(q_lens) - n_decode
+        pre = list(zip(q_lens[:n_pre], prior_lens[:n_pre], strict=True))
+        return BatchShape(
+            prefill_tokens=sum(c for c, _ in pre),
+            prefill_seqs=n_pre,
+            prefill_pairs=sum(chunk_pairs(p, c) for c, p in pre),
+            sliding_prefill_pairs=sum(chunk_pairs(p, c, window) for c, p in pre),
+            prefill_context_tokens=sum(p for _, p in pre),
+            decode_seqs=n_decode,
+            decode_context_tokens=sum(p + 1 for p in prior_lens[n_pre:]),
+            logits_tokens=len(q_lens),
+        )
+
+    # ------------------------------------------------------------------ machinery
+    def _timed(self, q_lens, prior_lens, n_decode, return_shape, warmup, repeat):
+        fn, _ = self._prepare(q_lens, prior_lens)
+        seconds = measure(fn, self.device, warmup=warmup, repeat=repeat)
+        return (seconds, self.batch_shape(q_lens, prior_lens, n_decode)) if return_shape else seconds
+
+    def _check(self, q_lens, prior_lens, extra_tokens: int) -> None:
+        if not q_lens or min(q_lens) < 1 or min(prior_lens) < 0:
+            raise ValueError("a step needs at least one sequence, each with >= 1 new token and >= 0 cached")
+        longest = max(p + q for p, q in zip(prior_lens, q_lens, strict=True))
+        if longest > self.max_context:
+            raise ValueError(f"a sequence of {longest} tokens exceeds max_context={self.max_context}")
+        need = sum(p + q for p, q in zip(prior_lens, q_lens, strict=True)) + extra_tokens
+        if need > self.kv_tokens:
+            raise ValueError(f"the step needs {need} KV slots but the pool has {self.kv_tokens}; "
+                             "pass a larger kv_tokens or a smaller batch")
+
+    def _tokens(self, n: int) -> torch.Tensor:
+        return torch.randint(1, self.vocab, (n,), generator=self.gen).to(self.device)
+
+    def _prepare(self, q_lens, prior_lens, tokens=None):
+        """(callable running the step, callable returning the real sequences' logits)."""
+        t = sum(q_lens)
+        if self.use_graphs and t <= self.graph_max_tokens:
+            return self._prepare_graph(q_lens, prior_lens, tokens)
+        self._check(q_lens, prior_lens, 0)
+        lay = make_layout(q_lens, prior_lens, self.device)
+        toks = tokens.to(self.device) if tokens is not None else self._tokens(t)
+        last = (lay.cu_q[1:] - 1).to(torch.int64)
+        box: dict[str, torch.Tensor] = {}
+
+        def run():
+            box["out"] = self.model(toks, lay, last)
+
+        return run, lambda: box["out"]
+
+    def _prepare_graph(self, q_lens, prior_lens, tokens):
+        n, t = len(q_lens), sum(q_lens)
+        tb = self.sizes[bisect.bisect_left(self.sizes, t)]
+        pad = tb - t
+        sb = self.sizes[bisect.bisect_left(self.sizes, n + (1 if pad else 0))]
+        dummies = sb - n
+        dq = [0] * dummies  # padding tokens, one per dummy sequence, the rest on the last one
+        for j in range(dummies):
+            dq[j] = min(1, pad - sum(dq)) if j < dummies - 1 else pad - sum(dq)
+        self._check(q_lens, prior_lens, pad)
+        decode_only = max(q_lens) == 1 and max(dq, default=0) <= 1
+        max_q = 1 if decode_only else tb
+        max_k = min(_pow2(max(p + q for p, q in zip(prior_lens, q_lens, strict=True))), _pow2(self.max_context))
+        max_k = max(max_k, tb)
+        plan = plan_layout(list(q_lens) + dq, list(prior_lens) + [0] * dummies)
+        key = (tb, sb, max_q, max_k)
+        g = self.graphs.get(key)
+        if g is None:
+            g = self._capture(key, plan, tokens)
+        self._fill(g, plan, tokens, tb)
+        rows = g["out"]
+        return g["graph"].replay, lambda: rows[:n]
+
+    def _fill(self, g, plan, tokens, tb):
+        s = g["static"]
+        toks = tokens.to(self.device) if tokens is not None else self._tokens(len(plan["positions"]))
+        s["tokens"][: len(toks)].copy_(toks)
+        s["positions"].copy_(torch.tensor(plan["positions"]))
+        s["slots"].copy_(torch.tensor(plan["slots"]))
+        s["cu_q"].copy_(torch.tensor(plan["cu_q"]))
+        s["cu_k"].copy_(torch.tensor(plan["cu_k"]))
+        s["seqused_k"].copy_(torch.tensor(plan["k_lens"]))
+        last = [max(0, c - 1) for c in plan["cu_q"][1:]]
+        s["last"].copy_(torch.tensor(last))
+
+    def _capture(self, key, plan, tokens) -> dict:
+        tb, sb, max_q, max_k = key
+        dev = self.device
+        static = {
+            "tokens": self._tokens(tb),
+            "positions": torch.zeros(tb, dtype=torch.int64, device=dev),
+            "slots": torch.zeros(tb, dtype=torch.int64, device=dev),
+            "cu_q": torch.zeros(sb + 1, dtype=torch.int32, device=dev),
+            "cu_k": torch.zeros(sb + 1, dtype=torch.int32, device=dev),
+            "seqused_k": torch.zeros(sb, dtype=torch.int32, device=dev),
+            "last": torch.zeros(sb, dtype=torch.int64, device=dev),
+        }
+        g = {"static": static}
+        self._fill(g, plan, tokens, tb)
+        lay = StepLayout(plan["q_lens"], plan["k_lens"], plan["k_starts"], static["cu_q"], static["cu_k"],
+                         static["seqused_k"], static["positions"], static["slots"], max_q, max_k)
+        stream = torch.cuda.Stream(dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream):  # warm-up compiles the Triton kernels and sets up cuBLAS
+            for _ in range(2):
+                self.model(static["tokens"], lay, static["last"])
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self.model(static["tokens"], lay, static["last"])
+        g.update(graph=graph, out=out)
+        self.graphs[key] = g
+        return g

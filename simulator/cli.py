@@ -1,0 +1,124 @@
+"""`python -m simulator`: run a scenario, list models and GPUs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from simulator.errors import ConfigError
+from simulator.hardware import load_profile, profile_names
+from simulator.model_spec import catalogue_names, human_count, load_model
+from simulator.scenario import DEFAULT_SCENARIO, LENGTH_HELP, apply_overrides, field_help, parse_scenario
+
+
+def _scenario_data(path: str | None) -> tuple[dict, str]:
+    if path is None:
+        return yaml.safe_load(yaml.safe_dump(DEFAULT_SCENARIO)), "default scenario"
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"scenario file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a scenario must be a YAML mapping")
+    return data, path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from simulator.results import format_summary, write_results
+    from simulator.simulation import simulate
+
+    data, source = _scenario_data(args.scenario)
+    data = apply_overrides(data, args.set or [])
+    if args.requests:
+        data.setdefault("workload", {})["num_requests"] = args.requests
+        data["workload"].pop("duration_s", None)
+    sc = parse_scenario(data, source)
+    forecast = simulate(sc)
+    out = write_results(forecast, args.out or sc.output.dir)
+    print(format_summary(forecast))
+    print(f"\nwrote {out}/summary.json" + (", requests.csv, timeline.csv" if forecast.table is not None else ""))
+    return 0 if forecast.fits else 3
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    print(f"{'name':<20}{'params':>9}{'active':>9}{'layers':>8}{'KV/token bf16':>15}  notes")
+    for name in catalogue_names():
+        m = load_model(name)
+        notes = []
+        if m.is_moe:
+            notes.append(f"MoE {m.num_experts} experts, top-{m.experts_per_token}")
+        if m.is_mla:
+            notes.append("MLA")
+        if m.sliding_layers:
+            notes.append(f"{m.sliding_layers}/{m.num_layers} layers sliding {m.sliding_window}")
+        kv = m.kv_bytes_per_token("bf16") + m.sliding_kv_bytes_per_token("bf16")
+        print(
+            f"{name:<20}{human_count(m.param_count):>9}{human_count(m.active_param_count):>9}{m.num_layers:>8}"
+            f"{kv / 1024:>12.0f} KiB  {', '.join(notes)}"
+        )
+    return 0
+
+
+def cmd_gpus(_: argparse.Namespace) -> int:
+    print(f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'fp8':>8}{'$/h':>7}  profile")
+    for name in profile_names():
+        p = load_profile(name)
+        pk = p.peak_tflops
+        status = "calibrated" if p.is_calibrated else "datasheet"
+        print(
+            f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
+            f"{(pk.fp8 or 0):>8.0f}{p.price.usd_per_hour:>7.2f}  {status}"
+        )
+    return 0
+
+
+RUN_EPILOG = (
+    "Scenario fields (YAML, nested as shown; override any with --set field.path=value):\n"
+    + "\n".join(field_help())
+    + "\n\n"
+    + LENGTH_HELP
+    + "\n\nWith no SCENARIO, runs the built-in default: Llama-3.1-8B bf16 on one H100 SXM replaying the"
+    "\nconversation trace (Azure LLM inference trace 2023, CC-BY-4.0) at its own arrival times."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m simulator", description="inferplan: forecast LLM serving on GPUs.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser(
+        "run",
+        help="simulate a scenario and write summary.json, requests.csv, timeline.csv",
+        description="Simulate one scenario file (or the built-in default).",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("scenario", nargs="?", help="scenario YAML (default: the built-in default scenario)")
+    r.add_argument("--out", help="output folder (default: the scenario's output.dir)")
+    r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. serving.max_num_seqs=64")
+    r.add_argument("--requests", type=int, help="number of requests (overrides workload.num_requests/duration_s)")
+    r.set_defaults(fn=cmd_run)
+    sub.add_parser("models", help="list catalogue models").set_defaults(fn=cmd_models)
+    sub.add_parser("gpus", help="list GPU profiles").set_defaults(fn=cmd_gpus)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Memory per GPU: weights + activations + runtime reserve + paged KV blocks must fit.
+
+Follows how vLLM sizes its KV pool: usable = gpu_memory_utilization × capacity; the KV pool is what
+is left after weights, the peak activations of a max-sized step, and the runtime's own memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from simulator.hardware import HardwareProfile
+from simulator.model_spec import ModelSpec
+from simulator.scenario import Serving
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    capacity_bytes: float
+    usable_bytes: float
+    weight_bytes: float
+    activation_bytes: float
+    reserved_bytes: float
+    sliding_reserve_bytes: float
+    kv_bytes: float
+    block_bytes: float
+    num_blocks: int
+    max_model_len: int
+
+    block_size: int
+
+    @property
+    def fits(self) -> bool:
+        """Weights, activations and runtime fit, with room for at least one KV block."""
+        return self.num_blocks >= 1
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens the KV pool holds (full-attention layers)."""
+        return self.num_blocks * self.block_size
+
+    def explain(self) -> str:
+        """One line with the numbers, for the 'does not fit' report."""
+        g = lambda b: f"{b / GIB:.1f} GiB"  # noqa: E731
+        return (
+            f"weights {g(self.weight_bytes)} + activations {g(self.activation_bytes)} + runtime {g(self.reserved_bytes)}"
+            f" of {g(self.usable_bytes)} usable ({g(self.capacity_bytes)} × utilisation) per GPU; "
+            f"KV room left {g(self.kv_bytes)} = {self.num_blocks} blocks"
+        )
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["kv_tokens"] = self.kv_tokens
+        return d
+
+
+def activation_bytes(model: ModelSpec, serving: Serving, tp: int = 1) -> float:
+    """Peak activations of a step of max_num_batched_tokens tokens, plus fp32 logits for every sequence.
+
+    A few live [tokens, width] buffers in 16-bit: residual and normed hidden (2h), fused qkv, the MLP's
+    gate_up output (2I) and its activation (I); only one layer's worth is live at a time.
+    """
+    t = serving.max_num_batched_tokens
+    h = model.hidden_size
+    inter = (model.moe_intermediate_size * model.experts_per_token) if model.is_moe else model.intermediate_size
+    qkv = (model.num_heads + 2 * model.num_kv_heads) * model.head_dim
+    per_token = 2.0 * (2 * h + qkv / tp + 3 * inter / tp)
+    logits = min(serving.max_num_seqs, t) * model.vocab_size * 4.0 / tp
+    return t * per_token + logits
+
+
+def plan_memory(profile: HardwareProfile, model: ModelSpec, serving: Serving, tp: int = 1) -> MemoryPlan:
+    """Size the KV pool per GPU after sharding `tp` ways."""
+    capacity = profile.memory_bytes
+    usable = serving.gpu_memory_utilization * capacity
+    weights = model.weight_bytes(serving.weight_dtype) / tp
+    acts = activation_bytes(model, serving, tp)
+    reserved = serving.runtime_reserved_gib * GIB
+    max_len = serving.max_model_len or model.max_position_embeddings or 32768
+    # Sliding-window layers keep at most `window` tokens per sequence: reserve that for every slot.
+    sliding = 0.0
+    if model.sliding_layers:
+        sliding = serving.max_num_seqs * min(model.sliding_window, max_len) * model.sliding_kv_bytes_per_token(
+            serving.kv_dtype
+        ) / tp
+    kv = usable - weights - acts - reserved - sliding
+    block_bytes = serving.block_size * model.kv_bytes_per_token(serving.kv_dtype) / tp
+    blocks = int(kv // block_bytes) if kv > 0 and block_bytes > 0 else 0
+    return MemoryPlan(
+        capacity_bytes=capacity,
+        usable_bytes=usable,
+        weight_bytes=weights,
+        activation_bytes=acts,
+        reserved_bytes=reserved,
+        sliding_reserve_bytes=sliding,
+        kv_bytes=kv,
+        block_bytes=block_bytes,
+        num_blocks=blocks,
+        max_model_len=max_len,
+        block_size=serving.block_size,
+    )

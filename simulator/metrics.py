@@ -1,0 +1,138 @@
+"""From per-request records and step statistics to the numbers a planner reads.
+
+Latency percentiles (TTFT, TPOT, ITL, end-to-end, queueing), throughput, goodput under the SLOs,
+utilisation, KV occupancy, and cost per million tokens (GPU time split between prompt and output
+work by the cost model's breakdown; idle time shared in the same proportion).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.records import itl_percentiles
+
+QUANTILES = (50, 90, 95, 99)
+
+
+def percentiles(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {f"p{q}": float("nan") for q in QUANTILES} | {"mean": float("nan")}
+    vals = np.percentile(x, QUANTILES)
+    return {f"p{q}": float(v) for q, v in zip(QUANTILES, vals, strict=True)} | {"mean": float(x.mean())}
+
+
+def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float) -> dict:
+    """The summary dictionary written to summary.json and printed by the CLI."""
+    hw = scenario.hardware
+    price = hw.price_per_gpu_hour_usd if hw.price_per_gpu_hour_usd is not None else profile.price.usd_per_hour
+    gpus = hw.gpus_per_replica
+    out: dict = {
+        "scenario": scenario.name,
+        "model": {
+            "name": model.name,
+            "params": model.param_count,
+            "active_params": model.active_param_count,
+            "weight_dtype": scenario.serving.weight_dtype,
+            "kv_dtype": scenario.serving.kv_dtype,
+            "kv_bytes_per_token": model.kv_bytes_per_token(scenario.serving.kv_dtype),
+        },
+        "hardware": {
+            "gpu": profile.name,
+            "display_name": profile.display_name,
+            "gpus": gpus,
+            "calibrated": profile.is_calibrated,
+            "price_per_gpu_hour_usd": price,
+        },
+        "memory": mem.as_dict() | {"fits": mem.fits, "explain": mem.explain()},
+        "fits": mem.fits,
+    }
+    if table is None:
+        return out
+
+    n = len(table)
+    done = np.isfinite(table.finish_s)
+    arrival = table.arrival_s
+    ttft = table.first_token_s - arrival
+    e2e = table.finish_s - arrival
+    queue = table.scheduled_s - arrival
+    outs = table.output_tokens.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(outs > 1, (table.finish_s - table.first_token_s) / (outs - 1), np.nan)
+    first = float(arrival.min()) if n else 0.0
+    last = float(np.nanmax(table.finish_s)) if done.any() else first
+    makespan = max(last - first, 1e-12)
+    in_tok = int(table.prompt_tokens[done].sum())
+    out_tok = int(table.output_tokens[done].sum())
+
+    slo = scenario.slo
+    ok = done.copy()
+    if slo.ttft_s is not None:
+        ok &= ttft <= slo.ttft_s
+    if slo.tpot_s is not None:
+        ok &= ~(tpot > slo.tpot_s)  # NaN (single-token outputs) passes
+    if slo.e2e_s is not None:
+        ok &= e2e <= slo.e2e_s
+
+    busy = stats.busy_s
+    cost_usd = price * gpus * makespan / 3600.0
+    share_in = stats.prefill_s / busy if busy else 0.0
+    out |= {
+        "requests": {
+            "total": n,
+            "finished": int(done.sum()),
+            "rejected": int(table.rejected.sum()),
+            "unfinished": int(n - done.sum() - table.rejected.sum()),
+            "preemptions": int(table.preemptions.sum()),
+        },
+        "latency_s": {
+            "ttft": percentiles(ttft),
+            "tpot": percentiles(tpot),
+            "itl": itl_percentiles(stats.itl_hist, QUANTILES),
+            "e2e": percentiles(e2e),
+            "queueing": percentiles(queue),
+        },
+        "throughput": {
+            "duration_s": makespan,
+            "requests_per_s": int(done.sum()) / makespan,
+            "input_tokens_per_s": in_tok / makespan,
+            "output_tokens_per_s": out_tok / makespan,
+        },
+        "goodput": {
+            "slo": slo.model_dump(exclude_none=True),
+            "requests_per_s": int(ok.sum()) / makespan,
+            "fraction": float(ok.sum() / max(done.sum(), 1)),
+        },
+        "utilisation": {
+            "busy_fraction": min(busy / makespan, 1.0),
+            "steps": stats.steps,
+            "mean_batch_seqs": stats.batch_seq_steps / max(stats.steps, 1),
+            "recomputed_prefill_tokens": int(max(stats.prefill_tokens - table.prompt_tokens[done].sum(), 0)),
+        },
+        "kv_cache": {
+            "blocks": mem.num_blocks,
+            "block_size": mem.block_size,
+            "mean_occupancy": stats.kv_block_seconds / max(busy, 1e-12) / max(mem.num_blocks, 1),
+            "peak_occupancy": (sched.pool.peak_used / max(mem.num_blocks, 1)) if sched else float("nan"),
+        },
+        "cost": {
+            "total_usd": cost_usd,
+            "usd_per_1m_input_tokens": cost_usd * share_in / in_tok * 1e6 if in_tok else float("nan"),
+            "usd_per_1m_output_tokens": cost_usd * (1 - share_in) / out_tok * 1e6 if out_tok else float("nan"),
+            "usd_per_1m_tokens": cost_usd / (in_tok + out_tok) * 1e6 if in_tok + out_tok else float("nan"),
+        },
+        "simulation": {
+            "wall_s": wall_s,
+            "requests_per_wall_s": n / wall_s if wall_s else float("nan"),
+            "steps_per_wall_s": stats.steps / wall_s if wall_s else float("nan"),
+        },
+    }
+    api = scenario.hosted_api
+    if api is not None:
+        api_cost = (in_tok * api.usd_per_1m_input + out_tok * api.usd_per_1m_output) / 1e6
+        out["cost"]["hosted_api"] = {
+            "name": api.name,
+            "same_tokens_usd": api_cost,
+            "self_hosted_over_api": cost_usd / api_cost if api_cost else float("nan"),
+        }
+    return out

@@ -1,0 +1,252 @@
+"""One model replica as a SimPy process: one event per model step (or per run of identical steps).
+
+The replica asks the scheduler for a batch, asks the cost model what the step costs, advances the
+clock by that, and records what the step produced. When only decodes can run and nothing changes
+until the next finish, the steps up to that finish are costed together with numpy and taken as one
+timeout; an arrival during such a run ends it at the next step boundary, exactly where a real
+engine would admit the new request. The per-step results are identical to stepping one by one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import simpy
+
+from simulator.cost_model import BatchShape, CostModel, chunk_pairs
+from simulator.kv_cache import BlockPool
+from simulator.records import RequestTable, StepStats
+from simulator.scheduler import Batch, Scheduler, Sequence
+
+RUN_CAP = 4096  # most decode steps costed in one event
+
+
+class Replica:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        scheduler: Scheduler,
+        cost: CostModel,
+        table: RequestTable,
+        stats: StepStats,
+        static: bool = False,
+    ) -> None:
+        self.env, self.index = env, index
+        self.scheduler, self.cost, self.table, self.stats = scheduler, cost, table, stats
+        self.pool: BlockPool = scheduler.pool
+        self.wake: simpy.Event | None = None
+        self.fresh: list[Sequence] = []  # joined decoding since the last decode step
+        self.last_decode_end = 0.0
+        self.outstanding_tokens = 0  # for least-loaded routing
+        self._last_token: dict[int, float] = {}  # last token time of sequences not in the decode set
+        self.next_arrival = lambda: math.inf  # time of the next request into the system (set by the cluster)
+        self.process = env.process(self._static_loop() if static else self._loop())
+
+    # ------------------------------------------------------------------ arrivals
+    def submit(self, rid: int) -> None:
+        t = self.table
+        prompt, output = int(t.prompt_tokens[rid]), int(t.output_tokens[rid])
+        t.replica[rid] = self.index
+        self.scheduler.add(Sequence(rid, prompt, output))
+        self.outstanding_tokens += prompt + output
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    def _idle(self):
+        self.wake = self.env.event()
+        yield self.wake
+        self.wake = None
+
+    # ------------------------------------------------------------------ continuous batching
+    def _loop(self):
+        sched, env = self.scheduler, self.env
+        while True:
+            if not sched.has_work():
+                yield from self._idle()
+                continue
+            run = sched.decode_run(RUN_CAP)
+            if run is not None and run[0] > 1:
+                yield from self._decode_run(*run)
+                continue
+            batch = sched.schedule()
+            if batch is None:  # waiting work that cannot start until something arrives
+                yield from self._idle()
+                continue
+            parts = self.cost.breakdown(batch.shape)
+            dt = sum(parts.values())
+            start = env.now
+            yield env.timeout(dt)
+            self._record_step(batch, parts, dt, start)
+
+    def _record_step(self, batch: Batch, parts: dict[str, float], dt: float, start: float) -> None:
+        sched, t, st, end = self.scheduler, self.table, self.stats, self.env.now
+        res = sched.complete(batch)
+        shape = batch.shape
+        st.steps += 1
+        st.busy_s += dt
+        frac = shape.prefill_tokens / shape.tokens if shape.tokens else 0.0
+        shared = parts["gemm"] + parts["elementwise"] + parts["overhead"]
+        st.prefill_s += shared * frac + parts["attention_prefill"]
+        st.decode_s += shared * (1.0 - frac) + parts["attention_decode"]
+        st.prefill_tokens += shape.prefill_tokens
+        st.kv_block_seconds += self.pool.used * dt
+        st.batch_seq_steps += shape.decode_seqs + shape.prefill_seqs
+        for s in batch.preempted:
+            t.preemptions[s.rid] += 1
+            if s.generated:  # its last token came at the last decode step, unless it only just joined
+                self._last_token.setdefault(s.rid, self.last_decode_end)
+        for s, _ in batch.prefills:
+            if math.isnan(t.scheduled_s[s.rid]):
+                t.scheduled_s[s.rid] = start
+        if batch.num_decodes:
+            self._decode_itl(batch.num_decodes, end)
+        for s in res.first_tokens:
+            if math.isnan(t.first_token_s[s.rid]):
+                t.first_token_s[s.rid] = end
+            else:  # recomputed after preemption: the gap since its last token before it
+                st.add_itl(end - self._last_token[s.rid], 1)
+            if s.decoding:
+                self.fresh.append(s)
+                self._last_token[s.rid] = end
+        self._finish(res.finished, end)
+        st.sample(end, len(sched.waiting), len(sched.running), self.pool.used, shape.decode_seqs + shape.prefill_seqs)
+
+    def _decode_itl(self, n: int, end: float) -> None:
+        """ITL samples of a decode step: the gap since each sequence's previous token."""
+        st, counted = self.stats, 0
+        for s in self.fresh:
+            if s.decoding:
+                st.add_itl(end - self._last_token.pop(s.rid, self.last_decode_end), 1)
+                counted += 1
+        self.fresh.clear()
+        st.add_itl(end - self.last_decode_end, n - counted)
+        self.last_decode_end = end
+
+    def _finish(self, finished: list[Sequence], end: float) -> None:
+        t = self.table
+        for s in finished:
+            t.finish_s[s.rid] = end
+            self._last_token.pop(s.rid, None)
+            self.outstanding_tokens -= s.orig_prompt + s.output
+
+    def _decode_run(self, k: int, blocks: int):
+        """Up to k decode-only steps costed at once, as one event.
+
+        If the next arrival could join the batch, the run ends at the first step boundary after it
+        (where a real engine would admit it): the source's arrival times are known in advance.
+        """
+        sched, env, st = self.scheduler, self.env, self.stats
+        n = sched.n_decoding
+        line = self.cost.decode_step_line(n, sched.decode_context, k)
+        if line is None:  # a kink in the roofline inside the run: cost each step
+            times = self.cost.decode_step_times(n, sched.decode_context + n * np.arange(k))
+            ends = np.cumsum(times)
+        else:
+            a, b = line
+        m = k
+        if not sched.waiting and len(sched.running) < sched.max_seqs:
+            wait = self.next_arrival() - env.now
+            if line is None:
+                m = min(int(np.searchsorted(ends, wait, side="right")) + 1, k)
+            elif wait < k * a + b * k * (k - 1) / 2:
+                m = min(_steps_done(a, b, wait) + 1, k)
+        if m < k:
+            blocks = sched.blocks_over(m)
+        done = float(ends[m - 1]) if line is None else m * a + b * m * (m - 1) / 2
+        start = env.now
+        yield env.timeout(done)
+        st.steps += m
+        st.busy_s += done
+        st.decode_s += done
+        st.kv_block_seconds += (self.pool.used + blocks / 2) * done  # blocks grow evenly over the run
+        st.batch_seq_steps += n * m
+        self._decode_itl(n, start + (float(times[0]) if line is None else a))
+        if m > 1:
+            if line is None:
+                st.add_itl_many(times[1:m], n)
+            else:
+                st.add_itl_line(a, b, 1, m, n)
+        self.last_decode_end = start + done
+        self._finish(sched.advance_decodes(m, blocks), env.now)
+        st.sample(env.now, len(sched.waiting), len(sched.running), self.pool.used, n)
+
+    # ------------------------------------------------------------------ static batching
+    def _static_loop(self):
+        sched, env, t, st, pool, cost = self.scheduler, self.env, self.table, self.stats, self.pool, self.cost
+        while True:
+            if not sched.waiting:
+                yield from self._idle()
+                continue
+            seqs = [sched.waiting.popleft() for _ in range(min(sched.max_seqs, len(sched.waiting)))]
+            # pad to the longest prompt and output; shrink the batch until its static KV fits
+            while True:
+                p_max = max(s.prompt for s in seqs)
+                o_max = max(s.output for s in seqs)
+                per_seq = pool.blocks_for(p_max + o_max)
+                if len(seqs) * per_seq <= pool.free or len(seqs) == 1:
+                    break
+                sched.waiting.appendleft(seqs.pop())
+            n = len(seqs)
+            pool.allocate(n * per_seq)
+            start = env.now
+            for s in seqs:
+                t.scheduled_s[s.rid] = start
+            # prefill, as many padded prompts per step as the token budget allows
+            per_step = max(1, sched.max_tokens // p_max)
+            for i in range(0, n, per_step):
+                m = min(per_step, n - i)
+                shape = BatchShape(
+                    prefill_tokens=m * p_max,
+                    prefill_seqs=m,
+                    prefill_pairs=m * chunk_pairs(0, p_max),
+                    sliding_prefill_pairs=m * chunk_pairs(0, p_max, sched.window) if sched.window else 0.0,
+                    logits_tokens=m,
+                )
+                dt = cost.step_time(shape)
+                yield env.timeout(dt)
+                st.steps += 1
+                st.busy_s += dt
+                st.prefill_s += dt
+                st.prefill_tokens += m * p_max
+                st.kv_block_seconds += pool.used * dt
+                st.batch_seq_steps += m
+            first = env.now
+            outs = np.array([s.output for s in seqs])
+            for s in seqs:
+                t.first_token_s[s.rid] = first
+            # decode all n rows until the longest output is done
+            if o_max > 1:
+                times = cost.decode_step_times(n, n * (p_max + np.arange(1, o_max)))
+                ends = first + np.cumsum(times)
+                yield env.timeout(float(ends[-1] - first))
+                counts = np.array([(outs >= j + 2).sum() for j in range(o_max - 1)])
+                idx = np.arange(o_max - 1)
+                for j in np.unique(counts):
+                    if j:
+                        st.add_itl_many(times[idx[counts == j]], int(j))
+                busy = float(times.sum())
+                st.steps += o_max - 1
+                st.busy_s += busy
+                st.decode_s += busy
+                st.kv_block_seconds += pool.used * busy
+                st.batch_seq_steps += n * (o_max - 1)
+            for s in seqs:
+                t.finish_s[s.rid] = first if s.output == 1 else float(ends[s.output - 2])
+            pool.release(n * per_seq)
+            st.sample(env.now, len(sched.waiting), n, pool.used, n)
+
+
+def _steps_done(a: float, b: float, elapsed: float) -> int:
+    """Largest m with m·a + b·m·(m−1)/2 <= elapsed (steps of a + b·j seconds)."""
+    if b <= 0:
+        m = int(elapsed / a)
+    else:
+        h = a - b / 2
+        m = int((-h + math.sqrt(h * h + 2 * b * elapsed)) / b)
+    while m > 0 and m * a + b * m * (m - 1) / 2 > elapsed:
+        m -= 1
+    while (m + 1) * a + b * (m + 1) * m / 2 <= elapsed:
+        m += 1
+    return m

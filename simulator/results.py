@@ -1,0 +1,135 @@
+"""Result files a user owns: summary.json, requests.csv (one row per request), timeline.csv, and the text table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from simulator.errors import ConfigError
+from simulator.simulation import Forecast
+
+
+def write_results(f: Forecast, out_dir: str | Path) -> Path:
+    """Write the forecast's files into `out_dir` (created); returns the folder."""
+    d = Path(out_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output.dir {str(d)!r} is not writable ({e.strerror}); choose another folder") from None
+    (d / "scenario.yaml").write_text(yaml.safe_dump(f.scenario.model_dump(mode="json"), sort_keys=False))
+    (d / "summary.json").write_text(json.dumps(_clean(f.summary), indent=2) + "\n")
+    if f.table is not None and f.scenario.output.per_request_csv:
+        t = f.table
+        with np.errstate(invalid="ignore"):
+            cols = {
+                "request_id": np.arange(len(t)),
+                "replica": t.replica,
+                "arrival_s": t.arrival_s,
+                "prompt_tokens": t.prompt_tokens,
+                "output_tokens": t.output_tokens,
+                "scheduled_s": t.scheduled_s,
+                "first_token_s": t.first_token_s,
+                "finish_s": t.finish_s,
+                "ttft_s": t.first_token_s - t.arrival_s,
+                "tpot_s": np.where(
+                    t.output_tokens > 1, (t.finish_s - t.first_token_s) / np.maximum(t.output_tokens - 1, 1), np.nan
+                ),
+                "e2e_s": t.finish_s - t.arrival_s,
+                "preemptions": t.preemptions,
+                "rejected": t.rejected.astype(int),
+            }
+        _write_csv(d / "requests.csv", cols)
+    if f.stats is not None and f.stats.timeline:
+        arr = np.array(f.stats.timeline)
+        names = ["time_s", "waiting", "running", "kv_blocks_used", "batch_seqs"]
+        cols = {n: arr[:, i] if i == 0 else arr[:, i].astype(np.int64) for i, n in enumerate(names)}
+        cols["kv_occupancy"] = arr[:, 3] / max(f.memory.num_blocks, 1)
+        _write_csv(d / "timeline.csv", cols)
+    return d
+
+
+def _write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
+    names = list(cols)
+    fmts = ["%d" if np.issubdtype(np.asarray(c).dtype, np.integer) else "%.6f" for c in cols.values()]
+    data = np.column_stack([np.asarray(c, dtype=float) for c in cols.values()])
+    np.savetxt(path, data, delimiter=",", header=",".join(names), comments="", fmt=fmts)
+    # NaN renders as 'nan'; empty cells read better in spreadsheets
+    text = path.read_text().replace(",nan", ",").replace("\nnan,", "\n,")
+    path.write_text(text)
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _ms(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else (f"{x * 1e3:,.1f}" if x < 100 else f"{x * 1e3:,.0f}")
+
+
+def format_summary(f: Forecast) -> str:
+    """A terminal table of the forecast."""
+    s = f.summary
+    hw, m = s["hardware"], s["model"]
+    cal = "calibrated" if hw["calibrated"] else "datasheet"
+    lines = [
+        f"{s['scenario']}: {m['name']} ({m['params'] / 1e9:.1f}B, weights {m['weight_dtype']}, KV {m['kv_dtype']})"
+        f" on {hw['gpus']}× {hw['display_name']} [{cal} profile]",
+    ]
+    if not s["fits"]:
+        lines.append(f"DOES NOT FIT: {s['memory']['explain']}")
+        return "\n".join(lines)
+    mem = s["memory"]
+    lines.append(f"memory per GPU: {mem['explain']}")
+    r = s["requests"]
+    lines.append(
+        f"requests: {r['total']:,} total, {r['finished']:,} finished, {r['unfinished']:,} unfinished, "
+        f"{r['rejected']:,} rejected, {r['preemptions']:,} preemptions"
+    )
+    lines.append("")
+    lines.append(f"{'latency (ms)':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
+    for key, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"), ("queueing", "queueing")):
+        p = s["latency_s"][key]
+        lines.append(f"{label:<14}{_ms(p['p50']):>10}{_ms(p['p90']):>10}{_ms(p['p99']):>10}{_ms(p['mean']):>10}")
+    t, g, u, kv, c = s["throughput"], s["goodput"], s["utilisation"], s["kv_cache"], s["cost"]
+    lines.append("")
+    lines.append(
+        f"throughput: {t['requests_per_s']:.2f} req/s, {t['input_tokens_per_s']:,.0f} input tok/s, "
+        f"{t['output_tokens_per_s']:,.0f} output tok/s over {t['duration_s']:,.0f} s"
+    )
+    slo = ", ".join(f"{k} ≤ {v * 1e3:g} ms" for k, v in g["slo"].items()) or "no SLO set"
+    lines.append(f"goodput: {g['requests_per_s']:.2f} req/s ({g['fraction']:.1%} of finished meet {slo})")
+    lines.append(
+        f"GPU busy {u['busy_fraction']:.1%}, mean batch {u['mean_batch_seqs']:.1f} seqs, {u['steps']:,} steps; "
+        f"KV cache {kv['blocks']:,} blocks, occupancy mean {kv['mean_occupancy']:.1%} / peak {kv['peak_occupancy']:.1%}"
+    )
+    lines.append(
+        f"cost: ${c['usd_per_1m_input_tokens']:.3f} per 1M input tokens, ${c['usd_per_1m_output_tokens']:.3f} per 1M "
+        f"output tokens (${c['usd_per_1m_tokens']:.3f} per 1M blended) at ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour"
+    )
+    if "hosted_api" in c:
+        h = c["hosted_api"]
+        lines.append(
+            f"vs {h['name']}: the same tokens cost ${h['same_tokens_usd']:.2f} there, ${c['total_usd']:.2f} self-hosted "
+            f"({h['self_hosted_over_api']:.2f}×)"
+        )
+    sim = s["simulation"]
+    lines.append(
+        f"simulated in {sim['wall_s']:.2f} s ({sim['requests_per_wall_s']:,.0f} requests/s, "
+        f"{sim['steps_per_wall_s']:,.0f} steps/s)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""The scenario a user writes: model, hardware, serving settings, workload, SLOs, output.
+
+Small nested YAML validated by pydantic; every field has a description that `run --help` prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simulator.errors import ConfigError, one_line
+
+Dtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
+KvDtype = Literal["bf16", "fp16", "fp8"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- lengths
+class Fixed(_Spec):
+    dist: Literal["fixed"] = "fixed"
+    value: int = Field(ge=1, description="every request has this many tokens")
+
+
+class Uniform(_Spec):
+    dist: Literal["uniform"]
+    min: int = Field(ge=1, description="smallest length (inclusive)")
+    max: int = Field(ge=1, description="largest length (inclusive)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class Lognormal(_Spec):
+    dist: Literal["lognormal"]
+    median: float = Field(gt=0, description="median length in tokens")
+    sigma: float = Field(gt=0, le=5, description="standard deviation of log(length)")
+    min: int = Field(1, ge=1, description="lengths are clipped to at least this")
+    max: int = Field(1_000_000, ge=1, description="lengths are clipped to at most this")
+
+
+class Exponential(_Spec):
+    dist: Literal["exponential"]
+    mean: float = Field(gt=0, description="mean length in tokens (geometric on the integers >= 1)")
+
+
+class FromTrace(_Spec):
+    dist: Literal["trace"]
+
+
+Length = Annotated[Fixed | Uniform | Lognormal | Exponential | FromTrace, Field(discriminator="dist")]
+
+
+# ---------------------------------------------------------------- workload
+class Arrival(_Spec):
+    process: Literal["poisson", "gamma", "constant", "trace"] = Field(
+        "poisson", description="poisson, gamma (bursty, set cv), constant spacing, or the trace's own arrival times"
+    )
+    rate_per_s: float | None = Field(
+        None, gt=0, description="mean requests per second (for trace: rescales the trace's times to this rate)"
+    )
+    cv: float = Field(1.0, gt=0, description="gamma: coefficient of variation of gaps (1 = Poisson, >1 bursty)")
+
+
+class Workload(_Spec):
+    trace: str | None = Field(
+        None,
+        description="trace for lengths and/or arrivals: a built-in name (conversation, code, summarization) "
+        "or a CSV path with arrived_at, num_prefill_tokens, num_decode_tokens (trace rows are reused in a loop)",
+    )
+    arrival: Arrival = Field(default_factory=Arrival)
+    prompt_tokens: Length = Field(default_factory=lambda: Fixed(value=512), description="prompt length distribution")
+    output_tokens: Length = Field(default_factory=lambda: Fixed(value=128), description="output length distribution")
+    num_requests: int | None = Field(None, ge=1, description="how many requests (default: the trace's rows, or 1000)")
+    duration_s: float | None = Field(None, gt=0, description="alternatively, generate arrivals for this long")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Workload:
+        uses_trace = self.arrival.process == "trace" or "trace" in (self.prompt_tokens.dist, self.output_tokens.dist)
+        if uses_trace and not self.trace:
+            raise ValueError("a trace-driven setting needs `trace` (conversation, code, summarization, or a CSV path)")
+        if self.arrival.process in ("poisson", "gamma", "constant") and self.arrival.rate_per_s is None:
+            raise ValueError(f"arrival.process {self.arrival.process!r} needs arrival.rate_per_s")
+        if self.num_requests and self.duration_s:
+            raise ValueError("give num_requests or duration_s, not both")
+        return self
+
+
+# ---------------------------------------------------------------- hardware and serving
+class Hardware(_Spec):
+    gpu: str = Field("h100-sxm", description="GPU profile name from hardware_profiles/ (or a .yaml path)")
+    gpus_per_replica: int = Field(1, ge=1, description="GPUs serving one model copy (tensor parallel when > 1)")
+    price_per_gpu_hour_usd: float | None = Field(None, ge=0, description="override the profile's on-demand price")
+
+
+class Serving(_Spec):
+    batching: Literal["continuous", "static"] = Field(
+        "continuous", description="continuous (iteration-level, vLLM-style) or static (whole batches, padded)"
+    )
+    max_num_seqs: int = Field(256, ge=1, description="most sequences in one step")
+    max_num_batched_tokens: int = Field(8192, ge=1, description="most tokens (prefill + decode) in one step")
+    chunked_prefill: bool = Field(
+        True, description="split long prompts into chunks and mix them with decodes (False: prefill-first steps)"
+    )
+    block_size: int = Field(16, ge=1, le=1024, description="tokens per paged-KV block")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1.0, description="fraction of GPU memory the engine may use")
+    runtime_reserved_gib: float = Field(
+        1.0, ge=0, description="memory held by the runtime (CUDA context, workspaces, CUDA graphs) per GPU"
+    )
+    weight_dtype: Dtype = Field("bf16", description="weight storage: bf16, fp16, fp8, int8, int4 (weight-only)")
+    kv_dtype: KvDtype = Field("bf16", description="KV-cache storage: bf16, fp16, fp8")
+    max_model_len: int | None = Field(
+        None, ge=1, description="longest prompt + output allowed (default: the model's max_position_embeddings)"
+    )
+    preemption: Literal["recompute"] = Field("recompute", description="what happens when KV blocks run out")
+
+
+class Slo(_Spec):
+    ttft_s: float | None = Field(None, gt=0, description="time to first token target")
+    tpot_s: float | None = Field(None, gt=0, description="time per output token target (mean over a request)")
+    e2e_s: float | None = Field(None, gt=0, description="end-to-end latency target")
+
+
+class HostedApi(_Spec):
+    name: str = Field("hosted API", description="label for the comparison")
+    usd_per_1m_input: float = Field(ge=0, description="price per million input tokens")
+    usd_per_1m_output: float = Field(ge=0, description="price per million output tokens")
+
+
+class Output(_Spec):
+    dir: str = Field("results", description="folder for summary.json, requests.csv, timeline.csv")
+    per_request_csv: bool = Field(True, description="write one CSV row per request")
+
+
+class Scenario(_Spec):
+    name: str = Field("scenario", description="label used in reports and output file names")
+    seed: int = Field(0, description="every random choice flows from this seed")
+    model: str = Field("llama-3.1-8b", description="catalogue name or path to a Hugging Face config.json")
+    hardware: Hardware = Field(default_factory=Hardware)
+    serving: Serving = Field(default_factory=Serving)
+    workload: Workload
+    slo: Slo = Field(default_factory=Slo)
+    hosted_api: HostedApi | None = Field(None, description="a hosted API's prices to compare cost with")
+    output: Output = Field(default_factory=Output)
+
+
+DEFAULT_SCENARIO = {
+    "name": "default-llama-3.1-8b-h100-conversation",
+    "seed": 0,
+    "model": "llama-3.1-8b",
+    "hardware": {"gpu": "h100-sxm"},
+    "serving": {"batching": "continuous", "max_num_seqs": 256, "max_num_batched_tokens": 8192},
+    "workload": {
+        "trace": "conversation",
+        "arrival": {"process": "trace"},
+        "prompt_tokens": {"dist": "trace"},
+        "output_tokens": {"dist": "trace"},
+    },
+    "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
+    "output": {"dir": "results/default"},
+}
+
+
+def parse_scenario(data: object, source: str = "scenario") -> Scenario:
+    """Validate a scenario mapping; errors become one line naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a scenario must be a YAML mapping (got {type(data).__name__})")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise one_line(e, source) from None
+
+
+def load_scenario(path: str | Path | None) -> Scenario:
+    """Read a scenario YAML file; None gives the built-in default."""
+    if path is None:
+        return parse_scenario(DEFAULT_SCENARIO, "default scenario")
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"scenario file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_scenario(data, str(p))
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a scenario mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like field.path=value, e.g. serving.max_num_seqs=128")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def field_help(model: type[BaseModel] = Scenario, prefix: str = "") -> list[str]:
+    """One line per field, nested, for `run --help`."""
+    lines = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        sub = _submodel(ann)
+        path = f"{prefix}{name}"
+        if sub is not None and sub not in (Fixed,):
+            lines.append(f"  {path}: {f.description or ''}".rstrip())
+            lines += field_help(sub, path + ".")
+            continue
+        default = "" if f.is_required() else f" [default: {_show_default(f)}]"
+        lines.append(f"  {path}: {f.description or ''}{default}")
+    return lines
+
+
+def _submodel(ann) -> type[BaseModel] | None:
+    for cand in (ann, *getattr(ann, "__args__", ())):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def _show_default(f) -> str:
+    if f.default_factory is not None:
+        v = f.default_factory()
+        return v.model_dump_json(exclude_defaults=False) if isinstance(v, BaseModel) else repr(v)
+    return repr(f.default)
+
+
+LENGTH_HELP = """\
+  length distributions (prompt_tokens, output_tokens), chosen by `dist`:
+    {dist: fixed, value: N}
+    {dist: uniform, min: A, max: B}
+    {dist: lognormal, median: M, sigma: S, min: 1, max: 1000000}
+    {dist: exponential, mean: M}            geometric on 1, 2, ...
+    {dist: trace}                           the trace's column (needs workload.trace)"""

@@ -1,0 +1,306 @@
+"""The batching policy: given waiting and running sequences and free KV blocks, the next batch.
+
+No clock here (STYLE.md, "one scheduler, two executors"): the SimPy replica advances time by the
+cost model's step time, the engine's serving loop runs the same batch on a GPU.
+
+Continuous batching follows vLLM. With chunked prefill (V1 and V0-chunked), a step first gives every
+decoding sequence one token, then spends the rest of the token budget on prompt chunks (running
+prefills first, then waiting requests in arrival order). Without it (V0 default), a step is either
+all prefills (whole prompts, as many as fit) or all decodes, prefills first. When a decode needs a
+block and none is free, the most recently admitted sequence is preempted and recomputed later.
+
+Decoding sequences are never visited one by one in a step. They share a step counter `dstep`, so a
+sequence's context is `c + dstep` with `c` fixed when it joins; the batch's total context is
+`sum(c) + n·dstep`, the blocks a step needs are counted per phase of `dstep` modulo the block size,
+and finishes come off a heap keyed by the step they finish on. A step is O(1) plus its admissions.
+
+Static batching takes up to `max_num_seqs` requests, pads prompts to the longest, prefills, then
+decodes all of them until the longest output is done; tokens stream as they are produced, but slots
+(and padded compute) are released only when the whole batch completes.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.cost_model import BatchShape, chunk_pairs
+from simulator.kv_cache import BlockPool
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """A request inside the engine. `prompt` grows on recompute to include tokens already generated."""
+
+    rid: int
+    prompt: int
+    output: int
+    orig_prompt: int = 0
+    generated: int = 0  # tokens generated before the current prefill (valid while not decoding)
+    computed: int = 0  # prompt tokens whose KV is computed
+    blocks: int = 0  # blocks held while prefilling
+    decoding: bool = False
+    c: int = 0  # while decoding: total tokens = c + dstep
+    finish_at: int = 0  # dstep after which it is done
+    epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.orig_prompt:
+            self.orig_prompt = self.prompt
+
+
+@dataclass(slots=True)
+class Batch:
+    """One step's work: prompt chunks (sequence, tokens) and how many sequences decode."""
+
+    prefills: list[tuple[Sequence, int]] = field(default_factory=list)
+    num_decodes: int = 0
+    decode_context: int = 0
+    preempted: list[Sequence] = field(default_factory=list)
+    shape: BatchShape = field(default_factory=BatchShape)
+
+
+@dataclass(slots=True)
+class StepResult:
+    first_tokens: list[Sequence]  # sequences whose prefill finished this step (a token was sampled)
+    finished: list[Sequence]  # sequences whose output is complete
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: BlockPool,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        chunked_prefill: bool = True,
+        sliding_window: int = 0,
+        watermark: float = 0.01,
+    ) -> None:
+        self.pool = pool
+        self.B = pool.block_size
+        self.max_seqs = max_num_seqs
+        self.max_tokens = max_num_batched_tokens
+        self.chunked = chunked_prefill
+        self.window = sliding_window
+        self.watermark = int(watermark * pool.num_blocks)  # admission keeps a few blocks for decodes
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # admission order; preemption takes from the end
+        self.prefilling: list[Sequence] = []  # running sequences with prompt left to compute
+        # decode state
+        self.dstep = 0
+        self.n_decoding = 0
+        self.c_sum = 0
+        self.phase = [0] * self.B
+        self.finish_heap: list[tuple[int, int, int, Sequence]] = []
+        self.num_preemptions = 0
+
+    # ------------------------------------------------------------------ queries
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def decode_context(self) -> int:
+        return self.c_sum + self.n_decoding * self.dstep
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def _admissible(self, budget: int) -> bool:
+        """Could the head of the waiting queue start this step?"""
+        if not self.waiting or len(self.running) >= self.max_seqs or budget <= 0:
+            return False
+        head = self.waiting[0]
+        if self.chunked:
+            need = self.pool.blocks_for(min(head.prompt, budget))
+        else:
+            if head.prompt > budget:
+                return False
+            need = self.pool.blocks_for(head.prompt)
+        return self.pool.can_allocate(need, self.watermark)
+
+    def decode_run(self, cap: int) -> tuple[int, int] | None:
+        """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take.
+
+        The run stops at the next finish and before blocks run out; None whenever a prefill could be
+        scheduled or a decode step would need a preemption.
+        """
+        if not self.n_decoding or self.prefilling:
+            return None
+        if self._admissible(self.max_tokens - self.n_decoding if self.chunked else self.max_tokens):
+            return None
+        k = min(cap, self.finish_heap[0][0] - self.dstep)
+        need = self.blocks_over(k)
+        if need <= self.pool.free:
+            return k, need
+        per_step = np.asarray(self.phase)[(self.dstep + np.arange(k)) % self.B]
+        k = int(np.searchsorted(np.cumsum(per_step), self.pool.free, side="right"))
+        return (k, int(per_step[:k].sum())) if k else None
+
+    def blocks_over(self, k: int) -> int:
+        """New blocks the next k decode steps take: one per sequence per block_size steps, by phase."""
+        full, part = divmod(k, self.B)
+        d, B, ph = self.dstep, self.B, self.phase
+        return self.n_decoding * full + sum(ph[(d + i) % B] for i in range(part))
+
+    # ------------------------------------------------------------------ decode bookkeeping
+    def _join_decode(self, s: Sequence) -> None:
+        s.decoding = True
+        s.c = s.orig_prompt + s.generated - self.dstep
+        s.finish_at = self.dstep + s.output - s.generated
+        self.n_decoding += 1
+        self.c_sum += s.c
+        self.phase[(1 - s.c) % self.B] += 1
+        heapq.heappush(self.finish_heap, (s.finish_at, s.rid, s.epoch, s))
+
+    def _leave_decode(self, s: Sequence) -> int:
+        """Remove from the decode set; returns the blocks it holds."""
+        s.decoding = False
+        self.n_decoding -= 1
+        self.c_sum -= s.c
+        self.phase[(1 - s.c) % self.B] -= 1
+        s.generated = s.c + self.dstep - s.orig_prompt
+        return self.pool.blocks_for(s.c + self.dstep - 1)
+
+    def _preempt(self, victim: Sequence) -> None:
+        self.running.remove(victim)
+        if victim.decoding:
+            held = self._leave_decode(victim)
+        else:
+            held = victim.blocks
+            self.prefilling.remove(victim)
+        self.pool.release(held)
+        victim.epoch += 1
+        victim.blocks = 0
+        victim.computed = 0
+        victim.prompt = victim.orig_prompt + victim.generated
+        self.waiting.appendleft(victim)
+        self.num_preemptions += 1
+
+    # ------------------------------------------------------------------ scheduling
+    def schedule(self) -> Batch | None:
+        """Build the next step's batch, allocating its KV blocks; None when nothing can run."""
+        if not self.chunked and self.waiting and self._admissible(self.max_tokens):
+            return self._prefill_only()
+        b = Batch()
+        budget = self.max_tokens
+        if self.n_decoding:
+            need = self.phase[self.dstep % self.B]
+            while need > self.pool.free and self.running:
+                victim = self.running[-1]
+                was_decoding_here = victim.decoding and (1 - victim.c) % self.B == self.dstep % self.B
+                self._preempt(victim)
+                b.preempted.append(victim)
+                need -= was_decoding_here
+            if self.n_decoding:
+                self.pool.allocate(need)
+                b.num_decodes = self.n_decoding
+                b.decode_context = self.decode_context
+                budget -= self.n_decoding
+        if self.chunked:
+            for s in list(self.prefilling):  # continue partial prefills
+                if budget <= 0:
+                    break
+                chunk = min(s.prompt - s.computed, budget)
+                if not self._grow(s, chunk, b):
+                    break
+                budget -= chunk
+            while self._admissible(budget):
+                s = self.waiting.popleft()
+                chunk = min(s.prompt, budget)
+                self._start(s)
+                self._grow(s, chunk, b)
+                budget -= chunk
+        if not b.prefills and not b.num_decodes:
+            return None
+        b.shape = self._shape(b)
+        return b
+
+    def _prefill_only(self) -> Batch:
+        b = Batch()
+        budget = self.max_tokens
+        while self._admissible(budget):
+            s = self.waiting.popleft()
+            self._start(s)
+            self._grow(s, s.prompt, b)
+            budget -= s.prompt
+        b.shape = self._shape(b)
+        return b
+
+    def _start(self, s: Sequence) -> None:
+        self.running.append(s)
+        self.prefilling.append(s)
+
+    def _grow(self, s: Sequence, chunk: int, b: Batch) -> bool:
+        """Allocate blocks for the next `chunk` prompt tokens of `s` and put the chunk in the batch."""
+        need = self.pool.blocks_for(s.computed + chunk) - s.blocks
+        if need > self.pool.free:
+            return False
+        self.pool.allocate(need)
+        s.blocks += need
+        b.prefills.append((s, chunk))
+        return True
+
+    def _shape(self, b: Batch) -> BatchShape:
+        tokens = pairs = spairs = ctx = 0
+        logits = b.num_decodes
+        for s, chunk in b.prefills:
+            tokens += chunk
+            pairs += chunk_pairs(s.computed, chunk)
+            if self.window:
+                spairs += chunk_pairs(s.computed, chunk, self.window)
+            ctx += s.computed
+            logits += s.computed + chunk == s.prompt
+        return BatchShape(
+            prefill_tokens=tokens,
+            prefill_seqs=len(b.prefills),
+            prefill_pairs=pairs,
+            sliding_prefill_pairs=spairs,
+            prefill_context_tokens=ctx,
+            decode_seqs=b.num_decodes,
+            decode_context_tokens=b.decode_context,
+            logits_tokens=logits,
+        )
+
+    # ------------------------------------------------------------------ completion
+    def complete(self, b: Batch) -> StepResult:
+        """Apply a finished step: prompt progress, sampled tokens, finishes."""
+        first, finished = [], []
+        if b.num_decodes:
+            self.dstep += 1
+            finished += self._pop_finished()
+        for s, chunk in b.prefills:
+            s.computed += chunk
+            if s.computed < s.prompt:
+                continue
+            self.prefilling.remove(s)
+            s.generated += 1
+            first.append(s)
+            if s.generated >= s.output:
+                self.running.remove(s)
+                self.pool.release(s.blocks)
+                s.blocks = 0
+                finished.append(s)
+            else:
+                self._join_decode(s)
+        return StepResult(first, finished)
+
+    def advance_decodes(self, k: int, blocks: int) -> list[Sequence]:
+        """Apply k decode-only steps taking `blocks` new blocks (from `decode_run`); returns finishes."""
+        self.pool.allocate(blocks)
+        self.dstep += k
+        return self._pop_finished()
+
+    def _pop_finished(self) -> list[Sequence]:
+        finished = []
+        heap = self.finish_heap
+        while heap and heap[0][0] <= self.dstep:
+            _, _, epoch, s = heapq.heappop(heap)
+            if epoch != s.epoch or not s.decoding:
+                continue
+            self.pool.release(self._leave_decode(s))
+            self.running.remove(s)
+            finished.append(s)
+        return finished

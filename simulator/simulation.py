@@ -1,0 +1,114 @@
+"""Run a scenario: build the model, profile, memory plan and workload, then the SimPy cluster."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from simulator.cost_model import CostModel
+from simulator.hardware import HardwareProfile, load_profile
+from simulator.kv_cache import BlockPool
+from simulator.memory import MemoryPlan, plan_memory
+from simulator.metrics import summarize
+from simulator.model_spec import ModelSpec, load_model
+from simulator.records import RequestTable, StepStats
+from simulator.replica import Replica
+from simulator.scenario import Scenario
+from simulator.scheduler import Scheduler
+from simulator.workload import Requests, generate
+
+
+@dataclass
+class Forecast:
+    """Everything a run produced: inputs resolved, per-request records, step statistics, summary."""
+
+    scenario: Scenario
+    model: ModelSpec
+    profile: HardwareProfile
+    memory: MemoryPlan
+    requests: Requests | None
+    table: RequestTable | None
+    stats: StepStats | None
+    summary: dict
+    wall_s: float
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.fits
+
+
+class Source:
+    """Requests enter at their arrival times; replicas may peek at the next one."""
+
+    def __init__(self, env: simpy.Environment, arrival_s: np.ndarray, submit) -> None:
+        self.times = arrival_s.tolist()
+        self.next = 0
+        self.submit = submit
+        env.process(self._run(env))
+
+    def next_arrival(self) -> float:
+        return self.times[self.next] if self.next < len(self.times) else math.inf
+
+    def _run(self, env: simpy.Environment):
+        times, submit = self.times, self.submit
+        for rid, t in enumerate(times):
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            self.next = rid + 1
+            submit(rid)
+
+
+def simulate(scenario: Scenario, requests: Requests | None = None) -> Forecast:
+    """Forecast one scenario. A model that does not fit is returned unsimulated, with the numbers."""
+    wall0 = time.perf_counter()
+    model = load_model(scenario.model)
+    profile = load_profile(scenario.hardware.gpu)
+    sv = scenario.serving
+    tp = scenario.hardware.gpus_per_replica
+    mem = plan_memory(profile, model, sv, tp)
+    if not mem.fits:
+        summary = summarize(scenario, model, profile, mem, None, None, None, 0.0)
+        return Forecast(scenario, model, profile, mem, None, None, None, summary, time.perf_counter() - wall0)
+
+    reqs = requests if requests is not None else generate(scenario.workload, scenario.seed)
+    table = RequestTable(reqs.arrival_s, reqs.prompt_tokens, reqs.output_tokens)
+    horizon = float(reqs.arrival_s[-1]) if len(reqs) else 1.0
+    stats = StepStats(timeline_interval_s=max(horizon / 2000.0, 1e-3))
+    cost = CostModel(profile, model, sv.weight_dtype, sv.kv_dtype)
+    pool = BlockPool(mem.num_blocks, sv.block_size)
+    sched = Scheduler(
+        pool, sv.max_num_seqs, sv.max_num_batched_tokens, sv.chunked_prefill, sliding_window=model.sliding_window
+    )
+    env = simpy.Environment()
+    replica = Replica(env, 0, sched, cost, table, stats, static=sv.batching == "static")
+
+    max_len = mem.max_model_len
+    total = reqs.prompt_tokens + reqs.output_tokens
+    too_long = total > max_len
+    # a sequence that needs more blocks than the whole pool can never run
+    too_big = -(-(total - 1) // sv.block_size) > pool.num_blocks
+    if sv.batching == "static":
+        too_big = -(-total // sv.block_size) > pool.num_blocks
+    no_chunk = (~np.asarray(sv.chunked_prefill)) & (reqs.prompt_tokens > sv.max_num_batched_tokens)
+    table.rejected[:] = too_long | too_big | no_chunk
+    rejected = table.rejected
+
+    def submit(rid: int) -> None:
+        if not rejected[rid]:
+            replica.submit(rid)
+
+    source = Source(env, reqs.arrival_s, submit)
+    replica.next_arrival = source.next_arrival
+    env.run()
+    wall = time.perf_counter() - wall0
+    summary = summarize(scenario, model, profile, mem, table, stats, sched, wall)
+    summary["rejected_reasons"] = {
+        "longer_than_max_model_len": int(too_long.sum()),
+        "larger_than_kv_pool": int((too_big & ~too_long).sum()),
+        "prompt_over_token_budget_without_chunking": int((no_chunk & ~too_long & ~too_big).sum()),
+    }
+    return Forecast(scenario, model, profile, mem, reqs, table, stats, summary, wall)

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from engine.model import build_model
+from engine.steps import StepRunner, capture_sizes, extrapolate_layers
+from simulator.cost_model import chunk_pairs
+
+
+@pytest.fixture
+def runner(tiny_spec):
+    model = build_model(tiny_spec, dtype="fp32", device="cpu")
+    return StepRunner(model, max_batch=4, max_context=64, device="cpu")
+
+
+def test_steps_time_and_describe(runner):
+    s, shape = runner.prefill([10, 6], return_shape=True, warmup=0, repeat=2)
+    assert s > 0 and shape.prefill_tokens == 16 and shape.prefill_seqs == 2
+    assert shape.prefill_pairs == chunk_pairs(0, 10) + chunk_pairs(0, 6)
+    s, shape = runner.decode([5, 17, 1], return_shape=True, warmup=0, repeat=2)
+    assert s > 0 and shape.decode_seqs == 3 and shape.decode_context_tokens == 23 and shape.prefill_tokens == 0
+    s, shape = runner.mixed([(8, 4)], [3, 9], return_shape=True, warmup=0, repeat=2)
+    assert shape.prefill_tokens == 8 and shape.prefill_context_tokens == 4
+    assert shape.prefill_pairs == chunk_pairs(4, 8) and shape.decode_context_tokens == 12 and shape.tokens == 10
+
+
+def test_step_limits_are_clear(runner):
+    with pytest.raises(ValueError, match="max_context"):
+        runner.decode([65])
+    with pytest.raises(ValueError, match="KV slots"):
+        runner.prefill([60, 60, 60, 60, 60])
+
+
+def test_logits_of_a_step_match_the_model(runner, tiny_spec):
+    toks = torch.randint(1, tiny_spec.vocab_size, (7,))
+    out = runner.logits([7], [0], toks)
+    assert out.shape == (1, tiny_spec.vocab_size)
+    again = runner.logits([7], [0], toks)
+    assert torch.allclose(out, again)
+
+
+def test_capture_sizes_and_extrapolation():
+    assert capture_sizes(32) == [1, 2, 4, 8, 16, 24, 32]
+    assert capture_sizes(20)[-1] == 20
+    assert extrapolate_layers(3.0, 2, 5.0, 4, 32) == pytest.approx(33.0)
