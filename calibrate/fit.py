@@ -228,3 +228,75 @@ def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record]) -
                 fits[k] = GroupFit(k, None, Errors.of(pred[sel & ~hold], t[sel & ~hold]),
                                    Errors.of(pred[sel & hold], t[sel & hold]))
     return FitResult(eff, fits, extra)
+
+
+# ------------------------------------------------------------------ stage 3
+def _theta_of(eff: OpEfficiency, peak: float, bw: float) -> list[float]:
+    """(c, m, A, Bm) of an OpEfficiency: the inverse of `to_efficiency`."""
+    a = eff.compute_ramp_flops / (eff.compute * peak) + eff.launch_s
+    b = eff.memory_ramp_bytes / (eff.memory * bw) + eff.launch_s
+    return [eff.compute, eff.memory, a, b]
+
+
+def refine_on_steps(profile: HardwareProfile, model: ModelSpec, eff: Efficiencies, micro: dict[str, list[Record]],
+                    steps: list[Record], prior_weight: float = 0.3) -> Efficiencies:
+    """Refit every group and the overheads jointly on whole steps, the microbenchmarks acting as a prior.
+
+    Kernels inside a model step do not run quite as they do alone (clocks under sustained load, L2
+    shared with the neighbouring kernels, launch gaps inside CUDA graphs), so the step times get the
+    last word; each group's microbenchmarks keep its parameters where the steps say little.
+    `prior_weight` is the microbenchmarks' total weight relative to the steps'.
+    """
+    from scipy.optimize import least_squares
+
+    bw = profile.memory_bandwidth
+    peak = profile.peak_flops("bf16")
+    cm0 = CostModel(profile, model)
+    shapes = [step_shape(cm0, r.kind, r.params) for r in steps]
+    t_steps = np.array([r.seconds for r in steps], float)
+    groups = [g for g in GROUPS if micro.get(g)]
+    works = {g: work(cm0, g, [r.params for r in micro[g]]) for g in groups}
+    t_micro = {g: np.array([r.seconds for r in micro[g]], float) for g in groups}
+    w_micro = {g: np.sqrt(prior_weight * len(steps) / len(groups) / len(micro[g])) for g in groups}
+
+    # parameter layout: per group (c, m, A, Bm) or (m, A, Bm) for memory-only groups; then (o, s)
+    x0, lo, hi, slots = [], [], [], {}
+    for g in GROUPS:
+        th = _theta_of(getattr(eff, g), peak, bw)
+        tmin = float(t_micro[g].min()) if g in t_micro else 1e-5
+        names = (1, 2, 3) if g in MEMORY_ONLY else (0, 1, 2, 3)
+        slots[g] = (len(x0), names, th)
+        for i in names:
+            x0.append(th[i])
+            lo.append(1e-4 if i < 2 else 0.0)
+            hi.append(1.0 if i < 2 else 10 * tmin + 1e-3)
+    x0 += [eff.step_overhead_s, eff.per_sequence_s]
+    lo += [0.0, 0.0]
+    hi += [float(t_steps.max()), 1e-3]
+
+    def unpack(x) -> tuple[dict[str, list[float]], Efficiencies]:
+        thetas, new = {}, {}
+        for g in GROUPS:
+            start, names, th = slots[g]
+            th = list(th)
+            for j, i in enumerate(names):
+                th[i] = x[start + j]
+            if g in MEMORY_ONLY:
+                th[2] = th[3]
+            thetas[g] = th
+            new[g] = to_efficiency(th, peak, bw)
+        return thetas, Efficiencies(**new, step_overhead_s=float(x[-2]), per_sequence_s=float(x[-1]))
+
+    def resid(x):
+        thetas, e = unpack(x)
+        cm = CostModel(with_efficiency(profile, e), model)
+        r = [np.log(np.array([cm.step_time(b) for b in shapes]) / t_steps)]
+        for g in groups:
+            w = works[g]
+            r.append(w_micro[g] * np.log(roofline(thetas[g], w.flops, w.nbytes, w.peak, bw) / t_micro[g]))
+        return np.concatenate(r)
+
+    x0 = np.clip(np.array(x0, float), np.array(lo) + 1e-15, np.array(hi) - 1e-15)
+    res = least_squares(resid, x0, bounds=(lo, hi), x_scale="jac", xtol=1e-10, ftol=1e-10, gtol=1e-10,
+                        max_nfev=300)
+    return unpack(res.x)[1]

@@ -48,13 +48,13 @@ class StepLayout:
         return sum(self.q_lens)
 
 
-def plan_layout(q_lens: list[int], prior_lens: list[int], base: int = 0, starts: list[int] | None = None) -> dict:
+def plan_layout(q_lens: list[int], prior_lens: list[int], base: int = 0, starts: list | None = None) -> dict:
     """Host-side layout: regions laid end to end from slot `base` (or at `starts`), new tokens after each prefix."""
     k_lens = [p + q for p, q in zip(prior_lens, q_lens, strict=True)]
     k_starts, positions, slots = [], [], []
     off = base
     for i, (q, p, k) in enumerate(zip(q_lens, prior_lens, k_lens, strict=True)):
-        start = off if starts is None else starts[i]
+        start = off if starts is None or starts[i] is None else starts[i]
         k_starts.append(start)
         positions.extend(range(p, p + q))
         slots.extend(range(start + p, start + p + q))

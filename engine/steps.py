@@ -77,9 +77,13 @@ class StepRunner:
         p = [pr for _, pr in prefill_chunks] + [c - 1 for c in decode_context_lens]
         return self._timed(q, p, len(decode_context_lens), return_shape, warmup, repeat)
 
-    def logits(self, q_lens: list[int], prior_lens: list[int], tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Run one step once and return the logits of each sequence's last new token [S, vocab]."""
-        fn, out = self._prepare(q_lens, prior_lens, tokens)
+    def logits(self, q_lens: list[int], prior_lens: list[int], tokens: torch.Tensor | None = None,
+               starts: list[int] | None = None) -> torch.Tensor:
+        """Run one step once and return the logits of each sequence's last new token [S, vocab].
+
+        `starts` pins each sequence's first KV slot, so that consecutive steps of a sequence share its cache.
+        """
+        fn, out = self._prepare(q_lens, prior_lens, tokens, starts)
         fn()
         return out()
 
@@ -119,13 +123,13 @@ class StepRunner:
     def _tokens(self, n: int) -> torch.Tensor:
         return torch.randint(1, self.vocab, (n,), generator=self.gen).to(self.device)
 
-    def _prepare(self, q_lens, prior_lens, tokens=None):
+    def _prepare(self, q_lens, prior_lens, tokens=None, starts=None):
         """(callable running the step, callable returning the real sequences' logits)."""
         t = sum(q_lens)
         if self.use_graphs and t <= self.graph_max_tokens:
-            return self._prepare_graph(q_lens, prior_lens, tokens)
+            return self._prepare_graph(q_lens, prior_lens, tokens, starts)
         self._check(q_lens, prior_lens, 0)
-        lay = make_layout(q_lens, prior_lens, self.device)
+        lay = make_layout(q_lens, prior_lens, self.device, starts=starts)
         toks = tokens.to(self.device) if tokens is not None else self._tokens(t)
         last = (lay.cu_q[1:] - 1).to(torch.int64)
         box: dict[str, torch.Tensor] = {}
@@ -135,7 +139,7 @@ class StepRunner:
 
         return run, lambda: box["out"]
 
-    def _prepare_graph(self, q_lens, prior_lens, tokens):
+    def _prepare_graph(self, q_lens, prior_lens, tokens, starts=None):
         n, t = len(q_lens), sum(q_lens)
         tb = self.sizes[bisect.bisect_left(self.sizes, t)]
         pad = tb - t
@@ -149,7 +153,8 @@ class StepRunner:
         max_q = 1 if decode_only else tb
         max_k = min(_pow2(max(p + q for p, q in zip(prior_lens, q_lens, strict=True))), _pow2(self.max_context))
         max_k = max(max_k, tb)
-        plan = plan_layout(list(q_lens) + dq, list(prior_lens) + [0] * dummies)
+        pinned = None if starts is None else list(starts) + [None] * dummies
+        plan = plan_layout(list(q_lens) + dq, list(prior_lens) + [0] * dummies, starts=pinned)
         key = (tb, sb, max_q, max_k)
         g = self.graphs.get(key)
         if g is None:

@@ -195,6 +195,14 @@ class CostModel:
         """Seconds for one step of the batch."""
         return sum(self.breakdown(b).values())
 
+    def step_split(self, b: BatchShape) -> tuple[float, float]:
+        """(step seconds, the part spent on prompt tokens): attention by kind, the rest by token share."""
+        p = self.breakdown(b)
+        shared = p["gemm"] + p["elementwise"] + p["overhead"]
+        frac = b.prefill_tokens / b.tokens if b.tokens else 0.0
+        total = shared + p["attention_prefill"] + p["attention_decode"]
+        return total, shared * frac + p["attention_prefill"]
+
     def _decode_fixed(self, n: int) -> float:
         """The part of a decode-only step of n sequences that does not depend on context."""
         t = self._fixed_cache.get(n)

@@ -22,7 +22,6 @@ class MemoryPlan:
     weight_bytes: float
     activation_bytes: float
     reserved_bytes: float
-    sliding_reserve_bytes: float
     kv_bytes: float
     block_bytes: float
     num_blocks: int
@@ -71,20 +70,18 @@ def activation_bytes(model: ModelSpec, serving: Serving, tp: int = 1) -> float:
 
 
 def plan_memory(profile: HardwareProfile, model: ModelSpec, serving: Serving, tp: int = 1) -> MemoryPlan:
-    """Size the KV pool per GPU after sharding `tp` ways."""
+    """Size the KV pool per GPU after sharding `tp` ways.
+
+    Blocks are sized by the full-attention layers' KV; sliding-window layers draw from the same pool
+    (see `Scheduler.window_blocks`), as vLLM's hybrid allocator does.
+    """
     capacity = profile.memory_bytes
     usable = serving.gpu_memory_utilization * capacity
     weights = model.weight_bytes(serving.weight_dtype) / tp
     acts = activation_bytes(model, serving, tp)
     reserved = serving.runtime_reserved_gib * GIB
     max_len = serving.max_model_len or model.max_position_embeddings or 32768
-    # Sliding-window layers keep at most `window` tokens per sequence: reserve that for every slot.
-    sliding = 0.0
-    if model.sliding_layers:
-        sliding = serving.max_num_seqs * min(model.sliding_window, max_len) * model.sliding_kv_bytes_per_token(
-            serving.kv_dtype
-        ) / tp
-    kv = usable - weights - acts - reserved - sliding
+    kv = usable - weights - acts - reserved
     block_bytes = serving.block_size * model.kv_bytes_per_token(serving.kv_dtype) / tp
     blocks = int(kv // block_bytes) if kv > 0 and block_bytes > 0 else 0
     return MemoryPlan(
@@ -93,7 +90,6 @@ def plan_memory(profile: HardwareProfile, model: ModelSpec, serving: Serving, tp
         weight_bytes=weights,
         activation_bytes=acts,
         reserved_bytes=reserved,
-        sliding_reserve_bytes=sliding,
         kv_bytes=kv,
         block_bytes=block_bytes,
         num_blocks=blocks,

@@ -13,19 +13,33 @@ _EDGE = 10 ** (1 / ITL_BINS_PER_DECADE)
 
 
 class RequestTable:
-    """Timestamps and counts per request id (NaN: never happened)."""
+    """Timestamps and counts per request id (NaN: never happened).
+
+    While a simulation runs the per-request fields are plain lists (cheap to index one element at a
+    time); `freeze()` turns them into numpy arrays for the metrics.
+    """
+
+    _LIVE = ("scheduled_s", "first_token_s", "finish_s", "preemptions", "replica", "generated")
 
     def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
         n = len(arrival_s)
         self.arrival_s = arrival_s
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
-        self.scheduled_s = np.full(n, np.nan)
-        self.first_token_s = np.full(n, np.nan)
-        self.finish_s = np.full(n, np.nan)
-        self.preemptions = np.zeros(n, dtype=np.int32)
-        self.replica = np.full(n, -1, dtype=np.int32)
+        nan = float("nan")
+        self.scheduled_s: list | np.ndarray = [nan] * n
+        self.first_token_s: list | np.ndarray = [nan] * n
+        self.finish_s: list | np.ndarray = [nan] * n
+        self.preemptions: list | np.ndarray = [0] * n
+        self.replica: list | np.ndarray = [-1] * n
+        self.generated: list | np.ndarray = [0] * n  # output tokens produced, checked against output_tokens
         self.rejected = np.zeros(n, dtype=bool)
+
+    def freeze(self) -> None:
+        for name in self._LIVE:
+            v = getattr(self, name)
+            if isinstance(v, list):
+                setattr(self, name, np.array(v, dtype=float if name.endswith("_s") else np.int64))
 
     def __len__(self) -> int:
         return len(self.arrival_s)

@@ -42,6 +42,7 @@ class Replica:
         self.outstanding_tokens = 0  # for least-loaded routing
         self._last_token: dict[int, float] = {}  # last token time of sequences not in the decode set
         self.next_arrival = lambda: math.inf  # time of the next request into the system (set by the cluster)
+        self.run_cap = RUN_CAP  # 1: step one decode at a time (for checking the run shortcut)
         self.process = env.process(self._static_loop() if static else self._loop())
 
     # ------------------------------------------------------------------ arrivals
@@ -66,7 +67,7 @@ class Replica:
             if not sched.has_work():
                 yield from self._idle()
                 continue
-            run = sched.decode_run(RUN_CAP)
+            run = sched.decode_run(self.run_cap)
             if run is not None and run[0] > 1:
                 yield from self._decode_run(*run)
                 continue
@@ -74,22 +75,19 @@ class Replica:
             if batch is None:  # waiting work that cannot start until something arrives
                 yield from self._idle()
                 continue
-            parts = self.cost.breakdown(batch.shape)
-            dt = sum(parts.values())
+            dt, prefill_s = self.cost.step_split(batch.shape)
             start = env.now
             yield env.timeout(dt)
-            self._record_step(batch, parts, dt, start)
+            self._record_step(batch, dt, prefill_s, start)
 
-    def _record_step(self, batch: Batch, parts: dict[str, float], dt: float, start: float) -> None:
+    def _record_step(self, batch: Batch, dt: float, prefill_s: float, start: float) -> None:
         sched, t, st, end = self.scheduler, self.table, self.stats, self.env.now
         res = sched.complete(batch)
         shape = batch.shape
         st.steps += 1
         st.busy_s += dt
-        frac = shape.prefill_tokens / shape.tokens if shape.tokens else 0.0
-        shared = parts["gemm"] + parts["elementwise"] + parts["overhead"]
-        st.prefill_s += shared * frac + parts["attention_prefill"]
-        st.decode_s += shared * (1.0 - frac) + parts["attention_decode"]
+        st.prefill_s += prefill_s
+        st.decode_s += dt - prefill_s
         st.prefill_tokens += shape.prefill_tokens
         st.kv_block_seconds += self.pool.used * dt
         st.batch_seq_steps += shape.decode_seqs + shape.prefill_seqs
@@ -128,6 +126,7 @@ class Replica:
         t = self.table
         for s in finished:
             t.finish_s[s.rid] = end
+            t.generated[s.rid] = s.generated
             self._last_token.pop(s.rid, None)
             self.outstanding_tokens -= s.orig_prompt + s.output
 
@@ -184,7 +183,7 @@ class Replica:
             while True:
                 p_max = max(s.prompt for s in seqs)
                 o_max = max(s.output for s in seqs)
-                per_seq = pool.blocks_for(p_max + o_max)
+                per_seq = pool.blocks_for(p_max + o_max) + sched.window_blocks(p_max + o_max)
                 if len(seqs) * per_seq <= pool.free or len(seqs) == 1:
                     break
                 sched.waiting.appendleft(seqs.pop())
@@ -234,6 +233,7 @@ class Replica:
                 st.batch_seq_steps += n * (o_max - 1)
             for s in seqs:
                 t.finish_s[s.rid] = first if s.output == 1 else float(ends[s.output - 2])
+                t.generated[s.rid] = s.output
             pool.release(n * per_seq)
             st.sample(env.now, len(sched.waiting), n, pool.used, n)
 

@@ -76,7 +76,7 @@ class Workload(_Spec):
         description="trace for lengths and/or arrivals: a built-in name (conversation, code, summarization) "
         "or a CSV path with arrived_at, num_prefill_tokens, num_decode_tokens (trace rows are reused in a loop)",
     )
-    arrival: Arrival = Field(default_factory=Arrival)
+    arrival: Arrival = Field(default_factory=Arrival, description="when requests arrive")
     prompt_tokens: Length = Field(default_factory=lambda: Fixed(value=512), description="prompt length distribution")
     output_tokens: Length = Field(default_factory=lambda: Fixed(value=128), description="output length distribution")
     num_requests: int | None = Field(None, ge=1, description="how many requests (default: the trace's rows, or 1000)")
@@ -144,12 +144,12 @@ class Scenario(_Spec):
     name: str = Field("scenario", description="label used in reports and output file names")
     seed: int = Field(0, description="every random choice flows from this seed")
     model: str = Field("llama-3.1-8b", description="catalogue name or path to a Hugging Face config.json")
-    hardware: Hardware = Field(default_factory=Hardware)
-    serving: Serving = Field(default_factory=Serving)
-    workload: Workload
-    slo: Slo = Field(default_factory=Slo)
+    hardware: Hardware = Field(default_factory=Hardware, description="which GPUs serve the model, and their price")
+    serving: Serving = Field(default_factory=Serving, description="how the engine batches and stores KV")
+    workload: Workload = Field(description="the traffic: arrivals and prompt/output lengths")
+    slo: Slo = Field(default_factory=Slo, description="latency targets for goodput (unset: no target)")
     hosted_api: HostedApi | None = Field(None, description="a hosted API's prices to compare cost with")
-    output: Output = Field(default_factory=Output)
+    output: Output = Field(default_factory=Output, description="where result files go")
 
 
 DEFAULT_SCENARIO = {

@@ -42,6 +42,7 @@ class Sequence:
     generated: int = 0  # tokens generated before the current prefill (valid while not decoding)
     computed: int = 0  # prompt tokens whose KV is computed
     blocks: int = 0  # blocks held while prefilling
+    window_blocks: int = 0  # sliding-window layers' KV, held from admission to finish
     decoding: bool = False
     c: int = 0  # while decoding: total tokens = c + dstep
     finish_at: int = 0  # dstep after which it is done
@@ -77,6 +78,7 @@ class Scheduler:
         max_num_batched_tokens: int,
         chunked_prefill: bool = True,
         sliding_window: int = 0,
+        sliding_ratio: float = 0.0,
         watermark: float = 0.01,
     ) -> None:
         self.pool = pool
@@ -85,6 +87,9 @@ class Scheduler:
         self.max_tokens = max_num_batched_tokens
         self.chunked = chunked_prefill
         self.window = sliding_window
+        # Sliding-window layers keep at most `window` tokens per sequence; their KV, in units of the
+        # full-attention layers' blocks (ratio of bytes per token), is reserved when a sequence starts.
+        self.sliding_ratio = sliding_ratio
         self.watermark = int(watermark * pool.num_blocks)  # admission keeps a few blocks for decodes
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order; preemption takes from the end
@@ -106,7 +111,13 @@ class Scheduler:
         return self.c_sum + self.n_decoding * self.dstep
 
     def add(self, seq: Sequence) -> None:
+        if self.sliding_ratio:
+            seq.window_blocks = self.window_blocks(seq.orig_prompt + seq.output)
         self.waiting.append(seq)
+
+    def window_blocks(self, tokens: int) -> int:
+        """Blocks (full-layer units) the sliding-window layers need for a sequence of `tokens`."""
+        return -(-int(min(tokens, self.window) * self.sliding_ratio) // self.B) if self.sliding_ratio else 0
 
     def _admissible(self, budget: int) -> bool:
         """Could the head of the waiting queue start this step?"""
@@ -119,7 +130,7 @@ class Scheduler:
             if head.prompt > budget:
                 return False
             need = self.pool.blocks_for(head.prompt)
-        return self.pool.can_allocate(need, self.watermark)
+        return self.pool.can_allocate(need + head.window_blocks, self.watermark)
 
     def decode_run(self, cap: int) -> tuple[int, int] | None:
         """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take.
@@ -171,7 +182,7 @@ class Scheduler:
         else:
             held = victim.blocks
             self.prefilling.remove(victim)
-        self.pool.release(held)
+        self.pool.release(held + victim.window_blocks)
         victim.epoch += 1
         victim.blocks = 0
         victim.computed = 0
@@ -230,6 +241,7 @@ class Scheduler:
         return b
 
     def _start(self, s: Sequence) -> None:
+        self.pool.allocate(s.window_blocks)
         self.running.append(s)
         self.prefilling.append(s)
 
@@ -280,7 +292,7 @@ class Scheduler:
             first.append(s)
             if s.generated >= s.output:
                 self.running.remove(s)
-                self.pool.release(s.blocks)
+                self.pool.release(s.blocks + s.window_blocks)
                 s.blocks = 0
                 finished.append(s)
             else:
@@ -300,7 +312,7 @@ class Scheduler:
             _, _, epoch, s = heapq.heappop(heap)
             if epoch != s.epoch or not s.decoding:
                 continue
-            self.pool.release(self._leave_decode(s))
+            self.pool.release(self._leave_decode(s) + s.window_blocks)
             self.running.remove(s)
             finished.append(s)
         return finished

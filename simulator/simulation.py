@@ -62,8 +62,11 @@ class Source:
             submit(rid)
 
 
-def simulate(scenario: Scenario, requests: Requests | None = None) -> Forecast:
-    """Forecast one scenario. A model that does not fit is returned unsimulated, with the numbers."""
+def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step: bool = False) -> Forecast:
+    """Forecast one scenario. A model that does not fit is returned unsimulated, with the numbers.
+
+    `step_by_step` turns off costing runs of decode steps together (same results, slower; for checks).
+    """
     wall0 = time.perf_counter()
     model = load_model(scenario.model)
     profile = load_profile(scenario.hardware.gpu)
@@ -81,18 +84,28 @@ def simulate(scenario: Scenario, requests: Requests | None = None) -> Forecast:
     cost = CostModel(profile, model, sv.weight_dtype, sv.kv_dtype)
     pool = BlockPool(mem.num_blocks, sv.block_size)
     sched = Scheduler(
-        pool, sv.max_num_seqs, sv.max_num_batched_tokens, sv.chunked_prefill, sliding_window=model.sliding_window
+        pool,
+        sv.max_num_seqs,
+        sv.max_num_batched_tokens,
+        sv.chunked_prefill,
+        sliding_window=model.sliding_window,
+        sliding_ratio=model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
+        if model.sliding_layers
+        else 0.0,
     )
     env = simpy.Environment()
     replica = Replica(env, 0, sched, cost, table, stats, static=sv.batching == "static")
+    if step_by_step:
+        replica.run_cap = 1
 
     max_len = mem.max_model_len
     total = reqs.prompt_tokens + reqs.output_tokens
     too_long = total > max_len
     # a sequence that needs more blocks than the whole pool can never run
-    too_big = -(-(total - 1) // sv.block_size) > pool.num_blocks
+    window = np.array([sched.window_blocks(int(x)) for x in total]) if model.sliding_layers else 0
+    too_big = -(-(total - 1) // sv.block_size) + window > pool.num_blocks
     if sv.batching == "static":
-        too_big = -(-total // sv.block_size) > pool.num_blocks
+        too_big = -(-total // sv.block_size) + window > pool.num_blocks
     no_chunk = (~np.asarray(sv.chunked_prefill)) & (reqs.prompt_tokens > sv.max_num_batched_tokens)
     table.rejected[:] = too_long | too_big | no_chunk
     rejected = table.rejected
@@ -104,6 +117,7 @@ def simulate(scenario: Scenario, requests: Requests | None = None) -> Forecast:
     source = Source(env, reqs.arrival_s, submit)
     replica.next_arrival = source.next_arrival
     env.run()
+    table.freeze()
     wall = time.perf_counter() - wall0
     summary = summarize(scenario, model, profile, mem, table, stats, sched, wall)
     summary["rejected_reasons"] = {

@@ -27,7 +27,7 @@ def test_step_limits_are_clear(runner):
     with pytest.raises(ValueError, match="max_context"):
         runner.decode([65])
     with pytest.raises(ValueError, match="KV slots"):
-        runner.prefill([60, 60, 60, 60, 60])
+        runner.prefill([60] * 14)
 
 
 def test_logits_of_a_step_match_the_model(runner, tiny_spec):
@@ -42,3 +42,13 @@ def test_capture_sizes_and_extrapolation():
     assert capture_sizes(32) == [1, 2, 4, 8, 16, 24, 32]
     assert capture_sizes(20)[-1] == 20
     assert extrapolate_layers(3.0, 2, 5.0, 4, 32) == pytest.approx(33.0)
+
+
+def test_runner_decode_continues_its_prefill(runner, tiny_spec):
+    lens, starts = [5, 12, 3], [0, 16, 32]
+    toks = [torch.randint(1, tiny_spec.vocab_size, (n,)) for n in lens]
+    full = runner.logits(lens, [0, 0, 0], torch.cat(toks), starts)
+    pre = [n - 1 for n in lens]
+    runner.logits(pre, [0, 0, 0], torch.cat([t[:-1] for t in toks]), starts)
+    inc = runner.logits([1, 1, 1], pre, torch.stack([t[-1] for t in toks]), starts)
+    assert torch.allclose(full, inc, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,102 @@
+"""Cost model: monotone in the work, exact closed forms, and the decode-run shortcut equals stepping."""
+
+import numpy as np
+import pytest
+
+from simulator.cost_model import BatchShape, CostModel, chunk_pairs, step_time
+from simulator.hardware import load_profile
+from simulator.model_spec import load_model
+
+
+@pytest.fixture(scope="module")
+def cm():
+    return CostModel(load_profile("h100-sxm"), load_model("llama-3.1-8b"))
+
+
+def prefill(n: int, prior: int = 0) -> BatchShape:
+    return BatchShape(prefill_tokens=n, prefill_seqs=1, prefill_pairs=chunk_pairs(prior, n), prefill_context_tokens=prior)
+
+
+def decode(n: int, ctx_each: int) -> BatchShape:
+    return BatchShape(decode_seqs=n, decode_context_tokens=n * ctx_each)
+
+
+@pytest.mark.parametrize("prior,chunk,window", [(0, 1, 0), (0, 7, 0), (5, 3, 0), (0, 20, 8), (6, 5, 8), (30, 4, 8), (3, 2, 8)])
+def test_chunk_pairs_matches_brute_force(prior, chunk, window):
+    brute = sum(min(pos, window) if window else pos for pos in range(prior + 1, prior + chunk + 1))
+    assert chunk_pairs(prior, chunk, window) == pytest.approx(brute)
+
+
+def test_prefill_time_grows_with_prompt(cm):
+    times = [cm.step_time(prefill(n)) for n in (1, 16, 128, 512, 2048, 8192, 16384)]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    # long prompts are compute bound: doubling the prompt roughly doubles the time (attention adds a bit more)
+    assert 1.9 < times[-1] / times[-2] < 2.4
+
+
+def test_decode_time_grows_with_batch_and_context(cm):
+    by_batch = [cm.step_time(decode(n, 1024)) for n in (1, 8, 64, 256)]
+    by_ctx = [cm.step_time(decode(32, c)) for c in (128, 1024, 8192, 32768)]
+    assert all(b > a for a, b in zip(by_batch, by_batch[1:]))
+    assert all(b > a for a, b in zip(by_ctx, by_ctx[1:]))
+    # small-batch decode is weight-read bound: batch 8 costs barely more than batch 1
+    assert by_batch[1] / by_batch[0] < 1.1
+
+
+def test_decode_at_batch_one_is_near_the_weight_read_floor(cm):
+    t = cm.step_time(decode(1, 512))
+    floor = cm.weight_read_floor()
+    assert floor < t < 1.6 * floor
+
+
+def test_fp8_weights_speed_up_decode_and_prefill():
+    p, m = load_profile("h100-sxm"), load_model("llama-3.1-8b")
+    bf16, fp8 = CostModel(p, m, "bf16"), CostModel(p, m, "fp8")
+    assert fp8.step_time(decode(1, 512)) < 0.7 * bf16.step_time(decode(1, 512))
+    assert fp8.step_time(prefill(8192)) < 0.75 * bf16.step_time(prefill(8192))
+
+
+def test_faster_gpu_is_faster():
+    m = load_model("llama-3.1-8b")
+    shape = decode(16, 2048)
+    times = {g: step_time(load_profile(g), m, shape) for g in ("t4", "a100-80gb-sxm", "h100-sxm", "h200")}
+    assert times["t4"] > times["a100-80gb-sxm"] > times["h100-sxm"] > times["h200"]
+
+
+def test_mixed_step_costs_less_than_separate_steps(cm):
+    mixed = BatchShape(
+        prefill_tokens=512, prefill_seqs=1, prefill_pairs=chunk_pairs(0, 512), decode_seqs=32, decode_context_tokens=32 * 1000
+    )
+    assert cm.step_time(mixed) < cm.step_time(prefill(512)) + cm.step_time(decode(32, 1000))
+    assert cm.step_time(mixed) > max(cm.step_time(prefill(512)), cm.step_time(decode(32, 1000)))
+
+
+def test_breakdown_sums_to_step_time_and_split_is_consistent(cm):
+    b = BatchShape(prefill_tokens=300, prefill_seqs=2, prefill_pairs=chunk_pairs(0, 300), decode_seqs=10, decode_context_tokens=9000)
+    parts = cm.breakdown(b)
+    assert set(parts) == {"gemm", "attention_prefill", "attention_decode", "elementwise", "overhead"}
+    assert sum(parts.values()) == pytest.approx(cm.step_time(b))
+    total, pre = cm.step_split(b)
+    assert total == pytest.approx(cm.step_time(b))
+    assert parts["attention_prefill"] < pre < total
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "gemma-3-12b", "mixtral-8x7b", "deepseek-v2-lite"])
+def test_decode_line_equals_step_by_step(model):
+    c = CostModel(load_profile("h100-sxm"), load_model(model))
+    for n, ctx0, k in ((1, 100, 50), (8, 4000, 300), (64, 64 * 900, 2000), (3, 3 * 1000, 40)):
+        steps = c.decode_step_times(n, ctx0 + n * np.arange(k))
+        singles = [c.step_time(BatchShape(decode_seqs=n, decode_context_tokens=ctx0 + n * j)) for j in (0, k // 2, k - 1)]
+        assert steps[[0, k // 2, k - 1]] == pytest.approx(singles, rel=1e-12)
+        line = c.decode_step_line(n, ctx0, k)
+        if line is not None:
+            a, b = line
+            assert a + b * np.arange(k) == pytest.approx(steps, rel=1e-9)
+
+
+def test_moe_small_batch_reads_only_touched_experts():
+    c = CostModel(load_profile("h100-sxm"), load_model("mixtral-8x7b"))
+    assert c.experts_touched(1) == pytest.approx(2.0)
+    assert 7.9 < c.experts_touched(256) <= 8.0
+    # batch 1 reads ~2 of 8 experts: much cheaper than a batch that touches all of them
+    assert c.step_time(decode(1, 512)) < 0.5 * c.step_time(decode(64, 512))

@@ -1,0 +1,54 @@
+"""Memory plan: what fits, what does not, with the numbers."""
+
+import pytest
+
+from simulator.hardware import load_profile
+from simulator.memory import GIB, plan_memory
+from simulator.model_spec import load_model
+from simulator.scenario import Serving
+
+
+def test_llama8b_on_h100_numbers():
+    m, p = load_model("llama-3.1-8b"), load_profile("h100-sxm")
+    plan = plan_memory(p, m, Serving())
+    assert plan.fits
+    assert plan.weight_bytes == pytest.approx(m.param_count * 2)
+    expected_kv = 0.9 * 80 * GIB - plan.weight_bytes - plan.activation_bytes - 1 * GIB
+    assert plan.kv_bytes == pytest.approx(expected_kv)
+    assert plan.num_blocks == int(expected_kv // (16 * 131072))
+    assert plan.kv_tokens == plan.num_blocks * 16
+
+
+def test_70b_does_not_fit_one_h100_but_fits_four():
+    m, p = load_model("llama-3.1-70b"), load_profile("h100-sxm")
+    one = plan_memory(p, m, Serving())
+    assert not one.fits and one.num_blocks == 0
+    text = one.explain()
+    assert "weights 131.4 GiB" in text and "KV room left -" in text
+    four = plan_memory(p, m, Serving(), tp=4)
+    assert four.fits and four.weight_bytes == pytest.approx(one.weight_bytes / 4)
+
+
+def test_quantization_frees_room_for_kv():
+    m, p = load_model("llama-3.1-8b"), load_profile("l4")
+    bf16 = plan_memory(p, m, Serving())
+    int4 = plan_memory(p, m, Serving(weight_dtype="int4"))
+    fp8kv = plan_memory(p, m, Serving(weight_dtype="int4", kv_dtype="fp8"))
+    assert int4.kv_bytes > bf16.kv_bytes
+    assert fp8kv.num_blocks == pytest.approx(2 * int4.num_blocks, abs=1)
+
+
+def test_utilisation_and_sliding_window_blocks():
+    m, p = load_model("gemma-3-12b"), load_profile("h100-sxm")
+    lo = plan_memory(p, m, Serving(gpu_memory_utilization=0.5))
+    hi = plan_memory(p, m, Serving(gpu_memory_utilization=0.9))
+    assert hi.num_blocks > lo.num_blocks > 0
+    # blocks are sized by the 8 global layers; the 40 sliding layers cost 5x that per token, up to 1024 tokens
+    assert hi.block_bytes == pytest.approx(16 * m.kv_bytes_per_token("bf16"))
+    ratio = m.sliding_kv_bytes_per_token("bf16") / m.kv_bytes_per_token("bf16")
+    assert ratio == pytest.approx(5.0)
+    from simulator.kv_cache import BlockPool
+    from simulator.scheduler import Scheduler
+
+    s = Scheduler(BlockPool(1000, 16), 8, 8192, sliding_window=m.sliding_window, sliding_ratio=ratio)
+    assert s.window_blocks(100) == 32 and s.window_blocks(5000) == 320

@@ -1,0 +1,181 @@
+"""End-to-end simulation: invariants on random scenarios, the decode-run shortcut, batching policies."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simulator.scenario import parse_scenario
+from simulator.simulation import simulate
+
+
+def scenario(**kw):
+    base = {
+        "seed": kw.pop("seed", 0),
+        "model": kw.pop("model", "qwen2.5-0.5b"),
+        "hardware": {"gpu": kw.pop("gpu", "l4")},
+        "serving": kw.pop("serving", {}),
+        "workload": kw.pop(
+            "workload",
+            {
+                "arrival": {"process": "poisson", "rate_per_s": kw.pop("rate", 20.0)},
+                "prompt_tokens": {"dist": "lognormal", "median": 300, "sigma": 1.0, "max": 6000},
+                "output_tokens": {"dist": "lognormal", "median": 60, "sigma": 1.0, "max": 800},
+                "num_requests": kw.pop("n", 300),
+            },
+        ),
+    }
+    base.update(kw)
+    return parse_scenario(base)
+
+
+def check_invariants(f):
+    t = f.table
+    done = np.isfinite(t.finish_s)
+    # every request is accounted for: finished or rejected (the run goes until the queue drains)
+    assert np.all(done | t.rejected)
+    assert not np.any(done & t.rejected)
+    # tokens out equal tokens asked
+    assert np.array_equal(t.generated[done], t.output_tokens[done])
+    # times are ordered
+    a, s, ft, fin = t.arrival_s[done], t.scheduled_s[done], t.first_token_s[done], t.finish_s[done]
+    assert np.all(a <= s + 1e-12) and np.all(s < ft) and np.all(ft <= fin)
+    # output length 1: finish with the first token
+    one = done & (t.output_tokens == 1)
+    assert np.array_equal(t.first_token_s[one], t.finish_s[one])
+    # KV blocks: never more than the pool, all returned at the end
+    kv = f.summary["kv_cache"]
+    assert 0 <= kv["peak_occupancy"] <= 1.0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    rate=st.floats(1.0, 200.0),
+    max_num_seqs=st.integers(1, 64),
+    max_tokens=st.sampled_from([64, 512, 2048, 8192]),
+    chunked=st.booleans(),
+    block_size=st.sampled_from([1, 8, 16, 32]),
+    util=st.floats(0.05, 0.9),
+    static=st.booleans(),
+)
+def test_invariants_on_random_scenarios(seed, rate, max_num_seqs, max_tokens, chunked, block_size, util, static):
+    sc = scenario(
+        seed=seed,
+        rate=rate,
+        n=120,
+        serving={
+            "batching": "static" if static else "continuous",
+            "max_num_seqs": max_num_seqs,
+            "max_num_batched_tokens": max_tokens,
+            "chunked_prefill": chunked,
+            "block_size": block_size,
+            "gpu_memory_utilization": util,
+        },
+    )
+    f = simulate(sc)
+    if not f.fits:
+        return
+    check_invariants(f)
+
+
+def test_memory_pressure_preempts_and_still_finishes_everything():
+    # a tiny KV pool forces recomputation
+    sc = scenario(gpu="t4", rate=50.0, n=300, serving={"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0, "max_num_seqs": 256})
+    f = simulate(sc)
+    assert f.fits
+    check_invariants(f)
+    assert f.summary["requests"]["preemptions"] > 0
+    assert f.summary["utilisation"]["recomputed_prefill_tokens"] > 0
+    assert f.summary["kv_cache"]["peak_occupancy"] > 0.9
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+@pytest.mark.parametrize("pressure", [False, True])
+def test_decode_runs_equal_stepping_one_by_one(chunked, pressure):
+    serving = {"chunked_prefill": chunked}
+    if pressure:  # a pool small enough to preempt
+        serving |= {"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0}
+    sc = scenario(gpu="t4", rate=50.0 if pressure else 8.0, n=150, serving=serving)
+    fast, slow = simulate(sc), simulate(sc, step_by_step=True)
+    if pressure:
+        assert slow.summary["requests"]["preemptions"] > 0
+    for col in ("scheduled_s", "first_token_s", "finish_s", "preemptions"):
+        assert np.allclose(getattr(fast.table, col), getattr(slow.table, col), rtol=1e-9, atol=1e-12, equal_nan=True)
+    assert fast.stats.steps == slow.stats.steps
+    assert fast.summary["latency_s"]["itl"] == pytest.approx(slow.summary["latency_s"]["itl"], rel=1e-9)
+
+
+def test_same_seed_same_forecast():
+    a, b = simulate(scenario(seed=5)), simulate(scenario(seed=5))
+    assert np.array_equal(a.table.finish_s, b.table.finish_s)
+    c = simulate(scenario(seed=6))
+    assert not np.array_equal(a.table.finish_s, c.table.finish_s)
+
+
+def test_chunked_prefill_respects_token_budget_and_helps_tail_itl():
+    wl = {
+        "arrival": {"process": "poisson", "rate_per_s": 3.0},
+        "prompt_tokens": {"dist": "fixed", "value": 6000},
+        "output_tokens": {"dist": "fixed", "value": 200},
+        "num_requests": 200,
+    }
+    chunked = simulate(scenario(model="llama-3.1-8b", gpu="h100-sxm", workload=wl, serving={"max_num_batched_tokens": 1024}))
+    first = simulate(
+        scenario(model="llama-3.1-8b", gpu="h100-sxm", workload=wl, serving={"chunked_prefill": False, "max_num_batched_tokens": 8192})
+    )
+    check_invariants(chunked)
+    check_invariants(first)
+    # with 1024-token chunks a 6000-token prompt needs at least 6 steps
+    assert chunked.stats.steps > first.stats.steps
+    # prefill-first stalls every decode for a whole 6000-token prefill: far worse tail ITL
+    assert first.summary["latency_s"]["itl"]["p99"] > 2 * chunked.summary["latency_s"]["itl"]["p99"]
+    # ...but chunking delays the first token
+    assert chunked.summary["latency_s"]["ttft"]["p50"] > first.summary["latency_s"]["ttft"]["p50"]
+
+
+def test_static_batching_waits_for_the_longest_and_is_slower_under_load():
+    wl = {
+        "arrival": {"process": "poisson", "rate_per_s": 30.0},
+        "prompt_tokens": {"dist": "uniform", "min": 100, "max": 1000},
+        "output_tokens": {"dist": "uniform", "min": 10, "max": 400},
+        "num_requests": 400,
+    }
+    cont = simulate(scenario(gpu="a100-80gb-sxm", model="llama-3.1-8b", workload=wl, serving={"max_num_seqs": 32}))
+    stat = simulate(scenario(gpu="a100-80gb-sxm", model="llama-3.1-8b", workload=wl, serving={"batching": "static", "max_num_seqs": 32}))
+    check_invariants(stat)
+    assert stat.summary["latency_s"]["e2e"]["p50"] > 1.5 * cont.summary["latency_s"]["e2e"]["p50"]
+    assert stat.summary["latency_s"]["queueing"]["mean"] > cont.summary["latency_s"]["queueing"]["mean"]
+
+
+def test_requests_that_can_never_run_are_rejected_with_reasons():
+    sc = scenario(
+        serving={"max_model_len": 1000, "chunked_prefill": False, "max_num_batched_tokens": 512},
+        workload={
+            "arrival": {"process": "constant", "rate_per_s": 5},
+            "prompt_tokens": {"dist": "uniform", "min": 100, "max": 1500},
+            "output_tokens": {"dist": "fixed", "value": 10},
+            "num_requests": 200,
+        },
+    )
+    f = simulate(sc)
+    reasons = f.summary["rejected_reasons"]
+    assert reasons["longer_than_max_model_len"] > 0 and reasons["prompt_over_token_budget_without_chunking"] > 0
+    assert f.summary["requests"]["rejected"] == sum(reasons.values())
+    check_invariants(f)
+
+
+def test_model_that_does_not_fit_is_reported_not_simulated():
+    f = simulate(scenario(model="llama-3.1-70b", gpu="l4"))
+    assert not f.fits and f.table is None
+    assert "weights 131.4 GiB" in f.summary["memory"]["explain"]
+
+
+def test_cost_and_throughput_are_consistent():
+    f = simulate(scenario(n=400, rate=10.0))
+    s = f.summary
+    t, c = s["throughput"], s["cost"]
+    tokens = (t["input_tokens_per_s"] + t["output_tokens_per_s"]) * t["duration_s"]
+    assert c["usd_per_1m_tokens"] == pytest.approx(c["total_usd"] / tokens * 1e6)
+    hours = t["duration_s"] / 3600
+    assert c["total_usd"] == pytest.approx(hours * s["hardware"]["price_per_gpu_hour_usd"])
