@@ -44,16 +44,21 @@ def attention_checks(dev):
     torch.manual_seed(0)
     bf = torch.bfloat16
     for name, q_lens, prior, window in [
-        ("decode, mixed contexts", [1, 1, 1, 1], [0, 17, 300, 4095], 0),
+        ("triton decode, mixed contexts", [1, 1, 1, 1], [0, 17, 300, 4095], 0),
+        ("triton decode, window 100", [1, 1, 1], [50, 99, 1000], 100),
+        ("triton decode, batch 40", [1] * 40, list(range(0, 4000, 100)), 0),
         ("chunked prefill + decodes", [64, 1, 129], [100, 50, 0], 0),
         ("sliding window 32", [1, 40, 1], [200, 70, 5], 32),
+        ("cudnn fresh prompts", [300, 300], [0, 0], 0),
     ]:
         lay = make_layout(q_lens, prior, dev)
-        k = torch.randn(sum(lay.k_lens) + 8, 2, 128, device=dev, dtype=bf)
-        v = torch.randn_like(k)
-        q = torch.randn(sum(q_lens), 8, 128, device=dev, dtype=bf)
-        out = varlen_attention(q, k, v, lay, 128**-0.5, window)
-        check(f"flash varlen attention ({name})", rel(out, reference_attention(q, k, v, lay, 128**-0.5, window)), 2e-2)
+        for nh, nkv, d in ((8, 2, 128), (4, 4, 64)):
+            k = torch.randn(sum(lay.k_lens) + 8, nkv, d, device=dev, dtype=bf)
+            v = torch.randn_like(k)
+            q = torch.randn(sum(q_lens), nh, d, device=dev, dtype=bf)
+            out = varlen_attention(q, k, v, lay, d**-0.5, window)
+            ref = reference_attention(q, k, v, lay, d**-0.5, window)
+            check(f"attention {name} ({nh}/{nkv} heads, d {d})", rel(out, ref), 2e-2)
 
 
 def fused_checks(dev):

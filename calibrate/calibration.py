@@ -83,15 +83,19 @@ def gemm_dtypes(base: HardwareProfile | None, device: str) -> list[str]:
     return out
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
 def ceilings(store: Store) -> dict:
     """Copy bandwidth (bytes read + written) and large-GEMM rate per dtype, from the sweep."""
     out: dict = {}
     for r in store.ok("copy"):
         n = r.params["nbytes"] // 2 * 2
-        out["copy_bandwidth_gbps"] = round(2 * n / r.seconds / 1e9, 1)
+        out["copy_bandwidth_gbps"] = _sig(2 * n / r.seconds / 1e9)
     for r in store.ok("ceiling_gemm"):
         q = r.params
-        out[f"gemm_{q['dtype']}_tflops"] = round(2.0 * q["m"] * q["k"] * q["n"] / r.seconds / 1e12, 1)
+        out[f"gemm_{q['dtype']}_tflops"] = _sig(2.0 * q["m"] * q["k"] * q["n"] / r.seconds / 1e12)
         out[f"gemm_{q['dtype']}_shape"] = f"{q['m']}x{q['k']}x{q['n']}"
     return out
 

@@ -186,8 +186,42 @@ class FitResult:
         return out
 
 
-def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record]) -> FitResult:
-    """Both stages over every ok record; groups without data keep the base profile's values."""
+def evaluate_group(cm: CostModel, group: str, records: list[Record], eff: OpEfficiency) -> GroupFit:
+    """Errors of `eff` on a group's microbenchmarks (fitted and held-out points separately)."""
+    if not records:
+        return GroupFit(group, eff, Errors(), Errors())
+    w = work(cm, group, [r.params for r in records])
+    t = np.array([r.seconds for r in records], float)
+    hold = np.array([r.holdout for r in records])
+    pred = roofline(_theta_of(eff, float(np.median(w.peak)), cm.bw), w.flops, w.nbytes, w.peak, cm.bw)
+    rows = [{"label": lab, "measured_s": float(m), "predicted_s": float(p), "holdout": bool(h)}
+            for lab, m, p, h in zip(w.label, t, pred, hold, strict=True)]
+    return GroupFit(group, eff, Errors.of(pred[~hold], t[~hold]), Errors.of(pred[hold], t[hold]), rows)
+
+
+def evaluate_steps(profile: HardwareProfile, model: ModelSpec, eff: Efficiencies, steps: list[Record]) -> dict:
+    """Whole-step errors of the profile with `eff`, overall ('step') and per step kind."""
+    cm = CostModel(with_efficiency(profile, eff), model)
+    pred = np.array([cm.step_time(step_shape(cm, r.kind, r.params)) for r in steps])
+    t = np.array([r.seconds for r in steps], float)
+    hold = np.array([r.holdout for r in steps])
+    rows = [{"label": f"{r.kind[5:]} {label(r.kind, r.params)}", "measured_s": float(m), "predicted_s": float(p),
+             "holdout": bool(h)} for r, m, p, h in zip(steps, t, pred, hold, strict=True)]
+    out = {"step": GroupFit("step", None, Errors.of(pred[~hold], t[~hold]), Errors.of(pred[hold], t[hold]), rows)}
+    for k in STEP_KINDS:
+        sel = np.array([r.kind == k for r in steps])
+        if sel.any():
+            out[k] = GroupFit(k, None, Errors.of(pred[sel & ~hold], t[sel & ~hold]),
+                              Errors.of(pred[sel & hold], t[sel & hold]))
+    return out
+
+
+def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record], refine: bool = True) -> FitResult:
+    """All stages over every ok record; groups without data keep the base profile's values.
+
+    Errors are those of the final efficiencies: on each group's microbenchmarks and on whole steps,
+    training and held-out points apart.
+    """
     base = profile.efficiency
     cm = CostModel(profile, model)
     by: dict[str, list[Record]] = {}
@@ -195,38 +229,34 @@ def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record]) -
         if r.status == "ok":
             by.setdefault(r.kind, []).append(r)
 
-    fits: dict[str, GroupFit] = {}
     extra: dict[str, GroupFit] = {}
     new = {}
+    micro: dict[str, list[Record]] = {}
     for g in GROUPS:
         recs = by.get(g, [])
         if g == "gemm":
             for d in sorted({r.params.get("dtype", "bf16") for r in recs} - {"bf16"}):
                 extra[d] = fit_group(cm, g, [r for r in recs if r.params.get("dtype") == d], base.gemm)
             recs = [r for r in recs if r.params.get("dtype", "bf16") == "bf16"]
+        micro[g] = recs
         f = fit_group(cm, g, recs, getattr(base, g))
-        fits[g] = f
         new[g] = f.eff if f.eff is not None else getattr(base, g)
 
     eff = Efficiencies(**new, step_overhead_s=base.step_overhead_s, per_sequence_s=base.per_sequence_s)
     steps = [r for k in STEP_KINDS for r in by.get(k, [])]
-    if steps:
+    train = [r for r in steps if not r.holdout]
+    if len(train) >= 2:
         cm2 = CostModel(with_efficiency(profile, eff), model)
-        g_s, seqs = step_predictions(cm2, steps)
-        t = np.array([r.seconds for r in steps], float)
-        hold = np.array([r.holdout for r in steps])
-        train = ~hold if (~hold).sum() >= 2 else np.ones_like(hold)
-        o, s = fit_overheads(g_s[train], seqs[train], t[train])
+        g_s, seqs = step_predictions(cm2, train)
+        o, s = fit_overheads(g_s, seqs, np.array([r.seconds for r in train], float))
         eff = eff.model_copy(update={"step_overhead_s": o, "per_sequence_s": s})
-        pred = g_s + o + s * seqs
-        rows = [{"label": f"{r.kind[5:]} {label(r.kind, r.params)}", "measured_s": float(m), "predicted_s": float(p),
-                 "holdout": bool(h)} for r, m, p, h in zip(steps, t, pred, hold, strict=True)]
-        fits["step"] = GroupFit("step", None, Errors.of(pred[~hold], t[~hold]), Errors.of(pred[hold], t[hold]), rows)
-        for k in STEP_KINDS:
-            sel = np.array([r.kind == k for r in steps])
-            if sel.any():
-                fits[k] = GroupFit(k, None, Errors.of(pred[sel & ~hold], t[sel & ~hold]),
-                                   Errors.of(pred[sel & hold], t[sel & hold]))
+    if refine and len(train) >= 8:
+        fitted = {g: [r for r in micro[g] if not r.holdout] for g in GROUPS}
+        eff = refine_on_steps(profile, model, eff, fitted, train)
+
+    fits = {g: evaluate_group(cm, g, micro[g], getattr(eff, g)) for g in GROUPS}
+    if steps:
+        fits.update(evaluate_steps(profile, model, eff, steps))
     return FitResult(eff, fits, extra)
 
 
@@ -239,7 +269,7 @@ def _theta_of(eff: OpEfficiency, peak: float, bw: float) -> list[float]:
 
 
 def refine_on_steps(profile: HardwareProfile, model: ModelSpec, eff: Efficiencies, micro: dict[str, list[Record]],
-                    steps: list[Record], prior_weight: float = 0.3) -> Efficiencies:
+                    steps: list[Record], prior_weight: float = 0.1) -> Efficiencies:
     """Refit every group and the overheads jointly on whole steps, the microbenchmarks acting as a prior.
 
     Kernels inside a model step do not run quite as they do alone (clocks under sustained load, L2

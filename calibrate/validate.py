@@ -29,11 +29,11 @@ def validation_points(mode: str, limits: Limits) -> list[Point]:
         mixed = [(24, 3), (40, 5)]
         ragged = [(5, 30)]
     else:
-        decode = [(b, c) for b in (3, 12, 24, 48, 96, 192) for c in (700, 2500)]
+        decode = [(b, c) for b in (3, 12, 48, 192) for c in (700, 2500)]
         prefill = [[200], [700], [3000], [6000], [12000], [300] * 6, [1500] * 3, [5000, 1000]]
         chunked = [(1500, 3000), (3000, 10000)]
         mixed = [(384, 16), (768, 48), (1536, 24), (3000, 96), (1200, 200), (96, 40)]
-        ragged = [(40, 1800), (160, 600)]
+        ragged = [(6, 1500), (12, 700), (24, 2500), (40, 1800), (96, 700), (160, 600)]
     for b, c in decode:
         pts.append(Point("step_decode", {"context_lens": [c] * b}))
     for b, c in ragged:

@@ -12,8 +12,12 @@ assume), takes grouped KV heads natively, aligns the causal mask bottom-right, h
 windows, and its arguments are device tensors of fixed shape, so a decode step can be captured
 in a CUDA graph and replayed with other context lengths. We chose it over flex_attention (a
 block mask rebuilt per batch, compile time) and over a gather of padded contexts plus SDPA
-(reads max-context bytes for every sequence). Elsewhere a per-sequence masked SDPA serves as
-the reference and the CPU path.
+(reads max-context bytes for every sequence). Decode-only steps (one query per sequence) use our
+own Triton flash-decoding kernel instead (engine.fused.decode_attention): FA2's varlen kernel gives
+one CTA per (sequence, query head), so it re-reads each KV head for every query head of its group
+and leaves most SMs idle at small batch (measured on an H100 at batch 1, context 512: 22 µs a
+layer for 2 MB of KV). Whole fresh prompts of equal length go through SDPA's cuDNN backend, faster
+than FA2 on Hopper for long causal prefills. Elsewhere a per-sequence masked SDPA serves as the reference and the CPU path.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from engine.fused import decode_attention, decode_attention_supported
 
 
 @dataclass(slots=True)
@@ -92,6 +98,12 @@ def flash_available(device) -> bool:
 
 def varlen_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int = 0) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its region; q [T, H, d] → [T, H, d]."""
+    if lay.max_q == 1 and decode_attention_supported(q, k_pool):
+        return decode_attention(q, k_pool, v_pool, lay.cu_k, lay.seqused_k, scale, window, lay.max_k)
+    if flash_available(q.device) and _cudnn_state["ok"] is not False and _uniform_fresh_prompts(lay, window):
+        out = _cudnn_prefill(q, k_pool, v_pool, lay, scale)
+        if out is not None:
+            return out
     if flash_available(q.device):
         out = torch.ops.aten._flash_attention_forward(
             q, k_pool, v_pool, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k, 0.0, True, False,
@@ -100,6 +112,44 @@ def varlen_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window: i
         )[0]
         return out
     return reference_attention(q, k_pool, v_pool, lay, scale, window)
+
+
+_cudnn_state: dict[str, bool | None] = {"ok": None, "gqa": True}
+
+
+def _uniform_fresh_prompts(lay: StepLayout, window: int) -> bool:
+    """Equal-length prompts with no cached prefix, laid back to back: a dense causal batch."""
+    q0 = lay.q_lens[0]
+    return (not window and q0 > 1 and all(q == q0 for q in lay.q_lens) and lay.k_lens == lay.q_lens
+            and all(s == lay.k_starts[0] + i * q0 for i, s in enumerate(lay.k_starts)))
+
+
+def _cudnn_prefill(q, k_pool, v_pool, lay: StepLayout, scale: float):
+    """Whole prompts through SDPA's cuDNN backend (about 1.5x FA2's rate on Hopper); None if unavailable."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    n, t = len(lay.q_lens), lay.q_lens[0]
+    nh, nkv, d = q.shape[1], k_pool.shape[1], q.shape[2]
+    s0 = lay.k_starts[0]
+    qb = q.view(n, t, nh, d).transpose(1, 2)
+    kb = k_pool[s0:s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
+    vb = v_pool[s0:s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
+    try:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            if _cudnn_state["gqa"]:
+                try:
+                    o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale, enable_gqa=nkv != nh)
+                except RuntimeError:
+                    _cudnn_state["gqa"] = False
+            if not _cudnn_state["gqa"]:
+                rep = nh // nkv
+                o = F.scaled_dot_product_attention(qb, kb.repeat_interleave(rep, 1), vb.repeat_interleave(rep, 1),
+                                                   is_causal=True, scale=scale)
+    except RuntimeError:
+        _cudnn_state["ok"] = False
+        return None
+    _cudnn_state["ok"] = True
+    return o.transpose(1, 2).reshape(n * t, nh, d)
 
 
 def reference_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int = 0) -> torch.Tensor:

@@ -138,6 +138,61 @@ if triton is not None:
         tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
 
 
+    @triton.jit
+    def _decode_attn_kernel(Q, K, V, OP, LP, CU_K, SEQUSED, scale, k_stride, window,
+                            NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
+                            D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr):
+        s = tl.program_id(0)
+        kvh = tl.program_id(1)
+        sp = tl.program_id(2)
+        k_len = tl.load(SEQUSED + s)
+        start = tl.load(CU_K + s).to(tl.int64)
+        lo_all = tl.maximum(k_len - window, 0)
+        chunk = tl.cdiv(tl.cdiv(k_len - lo_all, SPLITS), BLOCK_N) * BLOCK_N
+        lo = lo_all + sp * chunk
+        hi = tl.minimum(lo + chunk, k_len)
+        g = tl.arange(0, G_PAD)
+        d = tl.arange(0, D)
+        gmask = g < G
+        q = tl.load(Q + (s * NH + kvh * G + g)[:, None] * D + d[None, :], mask=gmask[:, None], other=0.0)
+        m_i = tl.full((G_PAD,), float("-inf"), tl.float32)
+        l_i = tl.zeros((G_PAD,), tl.float32)
+        acc = tl.zeros((G_PAD, D), tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            nm = n < hi
+            off = (start + n)[:, None] * k_stride + kvh * D + d[None, :]
+            k = tl.load(K + off, mask=nm[:, None], other=0.0)
+            v = tl.load(V + off, mask=nm[:, None], other=0.0)
+            sc = tl.dot(q, tl.trans(k)) * scale
+            sc = tl.where(nm[None, :], sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        heads = kvh * G + g
+        has = l_i > 0
+        o = acc / tl.where(has, l_i, 1.0)[:, None]
+        lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+        base = (s * NH + heads) * SPLITS + sp
+        tl.store(OP + base[:, None] * D + d[None, :], o, mask=gmask[:, None])
+        tl.store(LP + base, lse, mask=gmask)
+
+    @triton.jit
+    def _decode_combine_kernel(OP, LP, OUT, D: tl.constexpr, SPLITS: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)  # (sequence, head)
+        sp = tl.arange(0, SPLITS)
+        d = tl.arange(0, D)
+        lse = tl.load(LP + row * SPLITS + sp)
+        m = tl.max(lse, 0)
+        w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)
+        o = tl.load(OP + (row * SPLITS + sp)[:, None] * D + d[None, :])
+        out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+        tl.store(OUT + row * D + d, out.to(OUT.dtype.element_ty))
+
+
 # ---------------------------------------------------------------- dispatch
 def add_rmsnorm(x, residual, weight, eps: float, offset: float = 0.0):
     """(rmsnorm(x + residual) · (w + offset), x + residual); residual may be None (first layer)."""
@@ -196,3 +251,33 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
     )
     return y
+
+
+def decode_attention_supported(q: torch.Tensor, k_pool: torch.Tensor) -> bool:
+    d = q.shape[-1]
+    return use_triton(q) and d in (64, 128, 256) and q.dtype == k_pool.dtype and k_pool.stride(-2) == d
+
+
+def decode_attention(q, k_pool, v_pool, cu_k, seqused_k, scale: float, window: int = 0, max_k: int = 0):
+    """Flash-decoding for one query per sequence: the keys are split over CTAs, then combined.
+
+    One program loads a KV block once for all the query heads that share it (GQA), so KV bytes are
+    read once per step, and long contexts are split so that batch 1 still fills the GPU.
+    """
+    s, nh, d = q.shape
+    nkv = k_pool.shape[1]
+    group = nh // nkv
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    block_n = 64
+    splits = max(1, min(32, triton.cdiv(2 * sms, s * nkv), triton.cdiv(max(max_k, 1), block_n)))
+    splits = triton.next_power_of_2(splits)
+    op = torch.empty((s, nh, splits, d), dtype=torch.float32, device=q.device)
+    lp = torch.empty((s, nh, splits), dtype=torch.float32, device=q.device)
+    _decode_attn_kernel[(s, nkv, splits)](
+        q.contiguous(), k_pool, v_pool, op, lp, cu_k, seqused_k, scale, k_pool.stride(0), window if window > 0 else 1 << 30,
+        NH=nh, NKV=nkv, G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d,
+        BLOCK_N=block_n, SPLITS=splits, num_warps=4, num_stages=2,
+    )
+    out = torch.empty_like(q)
+    _decode_combine_kernel[(s * nh,)](op, lp, out, D=d, SPLITS=splits, num_warps=4)
+    return out

@@ -103,6 +103,13 @@ class StepRunner:
             logits_tokens=len(q_lens),
         )
 
+    def reset_graphs(self) -> None:
+        """Drop captured graphs (after changing the model, e.g. `set_gemv`), with a fresh memory pool."""
+        self.graphs.clear()
+        if self.use_graphs:
+            torch.cuda.synchronize(self.device)
+            self.pool = torch.cuda.graph_pool_handle()
+
     # ------------------------------------------------------------------ machinery
     def _timed(self, q_lens, prior_lens, n_decode, return_shape, warmup, repeat):
         fn, _ = self._prepare(q_lens, prior_lens)

@@ -114,11 +114,13 @@ class Replica:
     def _decode_itl(self, n: int, end: float) -> None:
         """ITL samples of a decode step: the gap since each sequence's previous token."""
         st, counted = self.stats, 0
-        for s in self.fresh:
-            if s.decoding:
-                st.add_itl(end - self._last_token.pop(s.rid, self.last_decode_end), 1)
-                counted += 1
-        self.fresh.clear()
+        if self.fresh:
+            last = self._last_token
+            for s in self.fresh:
+                if s.decoding:
+                    st.add_itl(end - last.pop(s.rid, self.last_decode_end), 1)
+                    counted += 1
+            self.fresh.clear()
         st.add_itl(end - self.last_decode_end, n - counted)
         self.last_decode_end = end
 
@@ -142,6 +144,7 @@ class Replica:
         if line is None:  # a kink in the roofline inside the run: cost each step
             times = self.cost.decode_step_times(n, sched.decode_context + n * np.arange(k))
             ends = np.cumsum(times)
+            a = float(times[0])
         else:
             a, b = line
         m = k
@@ -161,15 +164,18 @@ class Replica:
         st.decode_s += done
         st.kv_block_seconds += (self.pool.used + blocks / 2) * done  # blocks grow evenly over the run
         st.batch_seq_steps += n * m
-        self._decode_itl(n, start + (float(times[0]) if line is None else a))
+        self._decode_itl(n, start + a)
         if m > 1:
             if line is None:
                 st.add_itl_many(times[1:m], n)
             else:
                 st.add_itl_line(a, b, 1, m, n)
         self.last_decode_end = start + done
-        self._finish(sched.advance_decodes(m, blocks), env.now)
-        st.sample(env.now, len(sched.waiting), len(sched.running), self.pool.used, n)
+        finished = sched.advance_decodes(m, blocks)
+        if finished:
+            self._finish(finished, env.now)
+        if env.now >= st.next_sample:
+            st.sample(env.now, len(sched.waiting), len(sched.running), self.pool.used, n)
 
     # ------------------------------------------------------------------ static batching
     def _static_loop(self):

@@ -153,8 +153,12 @@ class Scheduler:
     def blocks_over(self, k: int) -> int:
         """New blocks the next k decode steps take: one per sequence per block_size steps, by phase."""
         full, part = divmod(k, self.B)
-        d, B, ph = self.dstep, self.B, self.phase
-        return self.n_decoding * full + sum(ph[(d + i) % B] for i in range(part))
+        if not part:
+            return self.n_decoding * full
+        i, ph = self.dstep % self.B, self.phase
+        j = i + part
+        extra = sum(ph[i:j]) if j <= self.B else sum(ph[i:]) + sum(ph[: j - self.B])
+        return self.n_decoding * full + extra
 
     # ------------------------------------------------------------------ decode bookkeeping
     def _join_decode(self, s: Sequence) -> None:

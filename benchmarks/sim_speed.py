@@ -1,0 +1,69 @@
+"""Simulator speed: simulated requests and model steps per wall-clock second on one core.
+
+The default scenario (Llama-3.1-8B on one H100, conversation trace at its own arrival times), with the
+trace looped to N requests; also at 4× the trace's rate (bigger batches) and with prefill-first
+scheduling. Target (DESIGN.md): 1,000,000 requests in under 60 s.
+
+    python benchmarks/sim_speed.py                 # 1,000,000 requests per row
+    python benchmarks/sim_speed.py --requests 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from simulator.scenario import DEFAULT_SCENARIO, apply_overrides, parse_scenario  # noqa: E402
+from simulator.simulation import simulate  # noqa: E402
+
+VARIANTS = {
+    "default (chunked prefill, trace rate)": [],
+    "4x trace rate": ["workload.arrival.rate_per_s=22"],
+    "prefill-first (no chunking)": ["serving.chunked_prefill=false", "serving.max_num_batched_tokens=16384"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=1_000_000)
+    ap.add_argument("--only", choices=list(VARIANTS), help="run one variant")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sim_speed.md"))
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
+    rows = []
+    for name, overrides in VARIANTS.items():
+        if args.only and name != args.only:
+            continue
+        import copy
+
+        data = apply_overrides(copy.deepcopy(DEFAULT_SCENARIO), overrides)
+        data["workload"]["num_requests"] = args.requests
+        sc = parse_scenario(data)
+        t0 = time.perf_counter()
+        f = simulate(sc)
+        wall = time.perf_counter() - t0
+        s = f.summary
+        row = (name, args.requests, wall, args.requests / wall, f.stats.steps, f.stats.steps / wall,
+               s["utilisation"]["mean_batch_seqs"], s["throughput"]["duration_s"])  # fmt: skip
+        rows.append(row)
+        print(f"{name}: {wall:.1f} s, {row[3]:,.0f} req/s, {row[5]:,.0f} steps/s, mean batch {row[6]:.1f}", flush=True)
+    head = "| scenario | requests | wall (s) | requests/s | steps | steps/s | mean batch | simulated time (h) |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r[0]} | {r[1]:,} | {r[2]:.1f} | {r[3]:,.0f} | {r[4]:,} | {r[5]:,.0f} | {r[6]:.1f} | {r[7] / 3600:.1f} |")
+    cpu = platform.processor() or platform.machine()
+    text = "\n".join(lines) + f"\n\nOne core of {cpu}, Python {platform.python_version()}.\n"
+    print("\n" + text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(f"# Simulator speed\n\n`python benchmarks/sim_speed.py --requests {args.requests}`\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()

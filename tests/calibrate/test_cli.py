@@ -1,0 +1,87 @@
+"""The command line on the CPU: bad inputs give one line and exit 2; a tiny end-to-end run works."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calibrate.__main__ import main
+from calibrate.measurements import Store
+from simulator.hardware import load_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "calibrate", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def one_clear_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_no_gpu_is_a_clear_message_and_exit_2(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = run_cli("--out-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert "--device cpu" in one_clear_line(r.stderr)
+
+
+def test_wrong_model_name(tmp_path, capsys):
+    assert main(["--model", "llama-9000", "--device", "cpu", "--out-dir", str(tmp_path)]) == 2
+    line = one_clear_line(capsys.readouterr().err)
+    assert "llama-9000" in line and "catalogue" in line
+
+
+def test_unwritable_out_dir(tmp_path, tiny_config, capsys):
+    pytest.importorskip("torch")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["--device", "cpu", "--model", str(tiny_config), "--out-dir", str(blocker / "profiles"),
+                 "--work-dir", str(tmp_path / "run")])
+    assert code == 2
+    assert "output folder" in one_clear_line(capsys.readouterr().err)
+
+
+def test_validate_unknown_profile_and_fit_without_measurements(tmp_path, capsys):
+    assert main(["validate", "no-such-gpu", "--device", "cpu"]) == 2
+    assert "no-such-gpu" in one_clear_line(capsys.readouterr().err)
+    assert main(["fit", str(tmp_path / "empty")]) == 2
+    assert "does not exist" in one_clear_line(capsys.readouterr().err)
+
+
+def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("scipy")
+    out, work = tmp_path / "profiles", tmp_path / "run"
+    args = ["--device", "cpu", "--quick", "--model", str(tiny_config), "--name", "cpu-tiny",
+            "--out-dir", str(out), "--work-dir", str(work)]
+    assert main(args) == 0
+    prof = load_profile(str(out / "cpu-tiny.yaml"))
+    assert prof.is_calibrated and prof.calibration.model_extra["fit_errors_pct"]["gemm"]["train"]["n"] > 5
+    store = Store.open(work / "measurements.jsonl")
+    n = len(store.records)
+    assert n > 30 and not store.skipped_lines
+
+    # a corrupt line (a kill mid-write) is skipped with a warning and that point measured again
+    lines = (work / "measurements.jsonl").read_text().splitlines()
+    lines[5] = lines[5][:20]
+    (work / "measurements.jsonl").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "corrupt measurement line" in err and f"{n - 1} points already measured" in err
+    assert len(Store.open(work / "measurements.jsonl").records) == n
+
+    monkeypatch.setenv("INFERPLAN_PROFILES", str(out))
+    md = tmp_path / "validate.md"
+    assert main(["validate", "cpu-tiny", "--device", "cpu", "--model", str(tiny_config),
+                 "--work-dir", str(work), "--out", str(md)]) == 0
+    text = md.read_text()
+    assert "median abs. error" in text and "| decode |" in text
