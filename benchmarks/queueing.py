@@ -37,9 +37,13 @@ def service_law(kind: str, max_tokens: int = 5000) -> tuple[np.ndarray, np.ndarr
     """(service times, probabilities) of the service law, computed from the cost model alone."""
     cm = CostModel(load_profile(GPU), load_model(MODEL))
     if kind == "D":
-        s = cm.step_time(BatchShape(prefill_tokens=D_PROMPT, prefill_seqs=1, prefill_pairs=chunk_pairs(0, D_PROMPT)))
+        s = cm.step_time(
+            BatchShape(prefill_tokens=D_PROMPT, prefill_seqs=1, prefill_pairs=chunk_pairs(0, D_PROMPT))
+        )
         return np.array([s]), np.array([1.0])
-    pre = cm.step_time(BatchShape(prefill_tokens=G_PROMPT, prefill_seqs=1, prefill_pairs=chunk_pairs(0, G_PROMPT)))
+    pre = cm.step_time(
+        BatchShape(prefill_tokens=G_PROMPT, prefill_seqs=1, prefill_pairs=chunk_pairs(0, G_PROMPT))
+    )
     dec = cm.decode_step_times(1, G_PROMPT + np.arange(1, max_tokens))  # decode step j sees prompt + j tokens
     n = np.arange(1, max_tokens + 1)
     s = pre + np.concatenate([[0.0], np.cumsum(dec)])  # output of n tokens: prefill + (n − 1) decode steps

@@ -53,16 +53,25 @@ def main() -> None:
         row = (name, args.requests, wall, args.requests / wall, f.stats.steps, f.stats.steps / wall,
                s["utilisation"]["mean_batch_seqs"], s["throughput"]["duration_s"])  # fmt: skip
         rows.append(row)
-        print(f"{name}: {wall:.1f} s, {row[3]:,.0f} req/s, {row[5]:,.0f} steps/s, mean batch {row[6]:.1f}", flush=True)
-    head = "| scenario | requests | wall (s) | requests/s | steps | steps/s | mean batch | simulated time (h) |"
+        print(
+            f"{name}: {wall:.1f} s, {row[3]:,.0f} req/s, {row[5]:,.0f} steps/s, mean batch {row[6]:.1f}",
+            flush=True,
+        )
+    head = (
+        "| scenario | requests | wall (s) | requests/s | steps | steps/s | mean batch | simulated time (h) |"
+    )
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r[0]} | {r[1]:,} | {r[2]:.1f} | {r[3]:,.0f} | {r[4]:,} | {r[5]:,.0f} | {r[6]:.1f} | {r[7] / 3600:.1f} |")
+        lines.append(
+            f"| {r[0]} | {r[1]:,} | {r[2]:.1f} | {r[3]:,.0f} | {r[4]:,} | {r[5]:,.0f} | {r[6]:.1f} | {r[7] / 3600:.1f} |"
+        )
     cpu = platform.processor() or platform.machine()
     text = "\n".join(lines) + f"\n\nOne core of {cpu}, Python {platform.python_version()}.\n"
     print("\n" + text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(f"# Simulator speed\n\n`python benchmarks/sim_speed.py --requests {args.requests}`\n\n{text}")
+    Path(args.out).write_text(
+        f"# Simulator speed\n\n`python benchmarks/sim_speed.py --requests {args.requests}`\n\n{text}"
+    )
 
 
 if __name__ == "__main__":

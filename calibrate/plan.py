@@ -118,7 +118,7 @@ def microbench_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], n_gpus
         for pi, p in enumerate(priors):
             if c + p > 2 * max(chunks) or (quick and (ci % 2 or pi % 2)):
                 continue
-            pts.append(Point("attention_prefill", {"chunk": c, "prior": p, **heads}, (ci + 2 * pi) % 4 == 2))
+            pts.append(Point("attention_prefill", {"chunk": c, "prior": p, **heads}, (ci + pi) % 3 == 2))
 
     batches = [1, 2, 4, 8] if cpu else DECODE_BATCHES
     contexts = [16, 64, 256] if cpu else DECODE_CONTEXTS

@@ -42,7 +42,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     forecast = simulate(sc)
     out = write_results(forecast, args.out or sc.output.dir)
     print(format_summary(forecast))
-    print(f"\nwrote {out}/summary.json" + (", requests.csv, timeline.csv" if forecast.table is not None else ""))
+    print(
+        f"\nwrote {out}/summary.json" + (", requests.csv, timeline.csv" if forecast.table is not None else "")
+    )
     return 0 if forecast.fits else 3
 
 
@@ -89,7 +91,9 @@ RUN_EPILOG = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m simulator", description="inferplan: forecast LLM serving on GPUs.")
+    p = argparse.ArgumentParser(
+        prog="python -m simulator", description="inferplan: forecast LLM serving on GPUs."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser(
         "run",
@@ -100,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("scenario", nargs="?", help="scenario YAML (default: the built-in default scenario)")
     r.add_argument("--out", help="output folder (default: the scenario's output.dir)")
-    r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. serving.max_num_seqs=64")
-    r.add_argument("--requests", type=int, help="number of requests (overrides workload.num_requests/duration_s)")
+    r.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. serving.max_num_seqs=64"
+    )
+    r.add_argument(
+        "--requests", type=int, help="number of requests (overrides workload.num_requests/duration_s)"
+    )
     r.set_defaults(fn=cmd_run)
     sub.add_parser("models", help="list catalogue models").set_defaults(fn=cmd_models)
     sub.add_parser("gpus", help="list GPU profiles").set_defaults(fn=cmd_gpus)

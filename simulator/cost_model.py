@@ -65,7 +65,9 @@ def op_time(eff: OpEfficiency, flops: float, nbytes: float, peak_flops: float, b
     return (t_c if t_c > t_m else t_m) + eff.launch_s
 
 
-def op_times(eff: OpEfficiency, flops: np.ndarray, nbytes: np.ndarray, peak_flops: float, bandwidth: float) -> np.ndarray:
+def op_times(
+    eff: OpEfficiency, flops: np.ndarray, nbytes: np.ndarray, peak_flops: float, bandwidth: float
+) -> np.ndarray:
     """Roofline time of one kernel over arrays of problem sizes."""
     t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops)
     t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth)
@@ -142,13 +144,17 @@ class CostModel:
         if not b.prefill_tokens:
             return 0.0
         m = self.model
-        flops = self.pair_flops * (b.prefill_pairs * m.full_attention_layers + b.sliding_prefill_pairs * m.sliding_layers)
+        flops = self.pair_flops * (
+            b.prefill_pairs * m.full_attention_layers + b.sliding_prefill_pairs * m.sliding_layers
+        )
         kv_read = b.prefill_context_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
         kv_write = b.prefill_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
         io = b.prefill_tokens * self._attn_io_per_token * m.num_layers
         # one kernel per layer: divide the work evenly over layers for the efficiency curve
         L = m.num_layers
-        return L * op_time(self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw)
+        return L * op_time(
+            self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw
+        )
 
     def _decode_attn_work(self, n: int, ctx_tokens):
         """Per-layer FLOPs and bytes of decode attention for n sequences with `ctx_tokens` in total."""
@@ -167,13 +173,17 @@ class CostModel:
         if not n:
             return 0.0
         f, b = self._decode_attn_work(n, float(ctx_tokens))
-        return self.model.num_layers * op_time(self.eff.attention_decode, float(f), float(b), self.attn_peak, self.bw)
+        return self.model.num_layers * op_time(
+            self.eff.attention_decode, float(f), float(b), self.attn_peak, self.bw
+        )
 
     def elementwise_time(self, tokens: int) -> float:
         if not tokens:
             return 0.0
         L = self.model.num_layers
-        return L * op_time(self.eff.elementwise, 0.0, tokens * self._elementwise_bytes_per_token, self.attn_peak, self.bw)
+        return L * op_time(
+            self.eff.elementwise, 0.0, tokens * self._elementwise_bytes_per_token, self.attn_peak, self.bw
+        )
 
     def overhead_time(self, seqs: int) -> float:
         return self.eff.step_overhead_s + seqs * self.eff.per_sequence_s
@@ -244,6 +254,12 @@ class CostModel:
         return self.model.weight_bytes(self.weight_dtype) / self.bw
 
 
-def step_time(profile: HardwareProfile, model: ModelSpec, batch: BatchShape, weight_dtype: str = "bf16", kv_dtype: str = "bf16") -> float:
+def step_time(
+    profile: HardwareProfile,
+    model: ModelSpec,
+    batch: BatchShape,
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+) -> float:
     """The cost model as one function of (profile, model, batch)."""
     return CostModel(profile, model, weight_dtype, kv_dtype).step_time(batch)

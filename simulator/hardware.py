@@ -35,8 +35,12 @@ class OpEfficiency(_Strict):
 
     compute: float = Field(gt=0, le=1.0, description="asymptotic fraction of peak FLOP/s")
     memory: float = Field(gt=0, le=1.0, description="asymptotic fraction of datasheet memory bandwidth")
-    compute_ramp_flops: float = Field(0.0, ge=0, description="FLOPs at which compute efficiency is half its asymptote")
-    memory_ramp_bytes: float = Field(0.0, ge=0, description="bytes at which bandwidth efficiency is half its asymptote")
+    compute_ramp_flops: float = Field(
+        0.0, ge=0, description="FLOPs at which compute efficiency is half its asymptote"
+    )
+    memory_ramp_bytes: float = Field(
+        0.0, ge=0, description="bytes at which bandwidth efficiency is half its asymptote"
+    )
     launch_s: float = Field(0.0, ge=0, description="fixed time per kernel (launch, tail), seconds")
 
 
@@ -45,8 +49,12 @@ class Efficiencies(_Strict):
     attention_prefill: OpEfficiency
     attention_decode: OpEfficiency
     elementwise: OpEfficiency
-    step_overhead_s: float = Field(ge=0, description="fixed time per model step (scheduling, sampling, graph launch)")
-    per_sequence_s: float = Field(0.0, ge=0, description="host time per sequence in a step (bookkeeping, sampling)")
+    step_overhead_s: float = Field(
+        ge=0, description="fixed time per model step (scheduling, sampling, graph launch)"
+    )
+    per_sequence_s: float = Field(
+        0.0, ge=0, description="host time per sequence in a step (bookkeeping, sampling)"
+    )
 
 
 class Interconnect(_Strict):
@@ -177,7 +185,9 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         f = d / f"{name_or_path.lower()}.yaml"
         if f.exists():
             return read_profile(f)
-    raise ConfigError(f"GPU {name_or_path!r} has no profile; use one of {', '.join(profile_names())} or a .yaml path")
+    raise ConfigError(
+        f"GPU {name_or_path!r} has no profile; use one of {', '.join(profile_names())} or a .yaml path"
+    )
 
 
 def write_profile(profile: HardwareProfile, path: Path) -> None:

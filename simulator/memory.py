@@ -62,7 +62,9 @@ def activation_bytes(model: ModelSpec, serving: Serving, tp: int = 1) -> float:
     """
     t = serving.max_num_batched_tokens
     h = model.hidden_size
-    inter = (model.moe_intermediate_size * model.experts_per_token) if model.is_moe else model.intermediate_size
+    inter = (
+        (model.moe_intermediate_size * model.experts_per_token) if model.is_moe else model.intermediate_size
+    )
     qkv = (model.num_heads + 2 * model.num_kv_heads) * model.head_dim
     per_token = 2.0 * (2 * h + qkv / tp + 3 * inter / tp)
     logits = min(serving.max_num_seqs, t) * model.vocab_size * 4.0 / tp

@@ -118,7 +118,9 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float)
         "cost": {
             "total_usd": cost_usd,
             "usd_per_1m_input_tokens": cost_usd * share_in / in_tok * 1e6 if in_tok else float("nan"),
-            "usd_per_1m_output_tokens": cost_usd * (1 - share_in) / out_tok * 1e6 if out_tok else float("nan"),
+            "usd_per_1m_output_tokens": cost_usd * (1 - share_in) / out_tok * 1e6
+            if out_tok
+            else float("nan"),
             "usd_per_1m_tokens": cost_usd / (in_tok + out_tok) * 1e6 if in_tok + out_tok else float("nan"),
         },
         "simulation": {

@@ -140,8 +140,14 @@ class ModelSpec:
         if self.is_moe:
             g.append(Gemm("router", h, self.num_experts, self.moe_layers))
             if self.num_shared_experts:
-                si = self.shared_expert_intermediate_size or self.moe_intermediate_size * self.num_shared_experts
-                g += [Gemm("shared_gate_up", h, 2 * si, self.moe_layers), Gemm("shared_down", si, h, self.moe_layers)]
+                si = (
+                    self.shared_expert_intermediate_size
+                    or self.moe_intermediate_size * self.num_shared_experts
+                )
+                g += [
+                    Gemm("shared_gate_up", h, 2 * si, self.moe_layers),
+                    Gemm("shared_down", si, h, self.moe_layers),
+                ]
         return g
 
     @cached_property
@@ -219,9 +225,13 @@ class ModelSpec:
 
     def flops_per_token(self, context: int = 0) -> float:
         """Forward FLOPs for one token attending to `context` earlier tokens (2 per MAC)."""
-        linear = 2.0 * (self._params(self.dense_gemms) + self.experts_per_token * self._params(self.expert_gemms))
+        linear = 2.0 * (
+            self._params(self.dense_gemms) + self.experts_per_token * self._params(self.expert_gemms)
+        )
         linear += 2.0 * self.hidden_size * self.vocab_size
-        attn_ctx = self.full_attention_layers * context + self.sliding_layers * min(context, self.sliding_window)
+        attn_ctx = self.full_attention_layers * context + self.sliding_layers * min(
+            context, self.sliding_window
+        )
         return linear + self.attn_flops_per_pair * attn_ctx
 
 
@@ -258,7 +268,9 @@ def _text_config(cfg: dict) -> dict:
 
 def _need(cfg: dict, key: str, source: str):
     if key not in cfg:
-        raise ConfigError(f"{source}: `{key}` is missing from the model config; add it (Hugging Face config.json field)")
+        raise ConfigError(
+            f"{source}: `{key}` is missing from the model config; add it (Hugging Face config.json field)"
+        )
     return cfg[key]
 
 
@@ -275,11 +287,18 @@ def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json
     hd = int(c.get("head_dim") or h // nh)
     inter = int(_need(c, "intermediate_size", source))
     vocab = int(_need(c, "vocab_size", source))
-    for key, val in (("hidden_size", h), ("num_hidden_layers", L), ("num_attention_heads", nh), ("vocab_size", vocab)):
+    for key, val in (
+        ("hidden_size", h),
+        ("num_hidden_layers", L),
+        ("num_attention_heads", nh),
+        ("vocab_size", vocab),
+    ):
         if val <= 0:
             raise ConfigError(f"{source}: `{key}` must be positive (got {val})")
     if nh % nkv:
-        raise ConfigError(f"{source}: num_attention_heads ({nh}) must be a multiple of num_key_value_heads ({nkv})")
+        raise ConfigError(
+            f"{source}: num_attention_heads ({nh}) must be a multiple of num_key_value_heads ({nkv})"
+        )
 
     # Sliding window: Mistral/Qwen2 apply it to all layers when used; Gemma 3 interleaves.
     window = int(c.get("sliding_window") or 0)
@@ -354,7 +373,9 @@ def load_model(name_or_path: str) -> ModelSpec:
         p = p / "config.json"
     if p.suffix == ".json" or p.exists():
         if not p.exists():
-            raise ConfigError(f"model config {str(p)!r} does not exist; give a catalogue name or a config.json path")
+            raise ConfigError(
+                f"model config {str(p)!r} does not exist; give a catalogue name or a config.json path"
+            )
         try:
             cfg = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -72,7 +72,9 @@ class StepStats:
     def add_itl_many(self, seconds: np.ndarray, count: int) -> None:
         if count > 0 and len(seconds):
             idx = np.clip(
-                np.floor(np.log10(np.maximum(seconds, ITL_LO) / ITL_LO) * ITL_BINS_PER_DECADE), 0, len(self.itl_hist) - 1
+                np.floor(np.log10(np.maximum(seconds, ITL_LO) / ITL_LO) * ITL_BINS_PER_DECADE),
+                0,
+                len(self.itl_hist) - 1,
             ).astype(np.int64)
             np.add.at(self.itl_hist, idx, count)
 

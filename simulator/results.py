@@ -22,7 +22,9 @@ def write_results(f: Forecast, out_dir: str | Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"output.dir {str(d)!r} is not writable ({e.strerror}); choose another folder") from None
+        raise ConfigError(
+            f"output.dir {str(d)!r} is not writable ({e.strerror}); choose another folder"
+        ) from None
     (d / "scenario.yaml").write_text(yaml.safe_dump(f.scenario.model_dump(mode="json"), sort_keys=False))
     (d / "summary.json").write_text(json.dumps(_clean(f.summary), indent=2) + "\n")
     if f.table is not None and f.scenario.output.per_request_csv:
@@ -39,7 +41,9 @@ def write_results(f: Forecast, out_dir: str | Path) -> Path:
                 "finish_s": t.finish_s,
                 "ttft_s": t.first_token_s - t.arrival_s,
                 "tpot_s": np.where(
-                    t.output_tokens > 1, (t.finish_s - t.first_token_s) / np.maximum(t.output_tokens - 1, 1), np.nan
+                    t.output_tokens > 1,
+                    (t.finish_s - t.first_token_s) / np.maximum(t.output_tokens - 1, 1),
+                    np.nan,
                 ),
                 "e2e_s": t.finish_s - t.arrival_s,
                 "preemptions": t.preemptions,
@@ -102,9 +106,17 @@ def format_summary(f: Forecast) -> str:
     )
     lines.append("")
     lines.append(f"{'latency (ms)':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
-    for key, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"), ("queueing", "queueing")):
+    for key, label in (
+        ("ttft", "TTFT"),
+        ("tpot", "TPOT"),
+        ("itl", "ITL"),
+        ("e2e", "end-to-end"),
+        ("queueing", "queueing"),
+    ):
         p = s["latency_s"][key]
-        lines.append(f"{label:<14}{_ms(p['p50']):>10}{_ms(p['p90']):>10}{_ms(p['p99']):>10}{_ms(p['mean']):>10}")
+        lines.append(
+            f"{label:<14}{_ms(p['p50']):>10}{_ms(p['p90']):>10}{_ms(p['p99']):>10}{_ms(p['mean']):>10}"
+        )
     t, g, u, kv, c = s["throughput"], s["goodput"], s["utilisation"], s["kv_cache"], s["cost"]
     lines.append("")
     lines.append(

@@ -62,12 +62,17 @@ Length = Annotated[Fixed | Uniform | Lognormal | Exponential | FromTrace, Field(
 # ---------------------------------------------------------------- workload
 class Arrival(_Spec):
     process: Literal["poisson", "gamma", "constant", "trace"] = Field(
-        "poisson", description="poisson, gamma (bursty, set cv), constant spacing, or the trace's own arrival times"
+        "poisson",
+        description="poisson, gamma (bursty, set cv), constant spacing, or the trace's own arrival times",
     )
     rate_per_s: float | None = Field(
-        None, gt=0, description="mean requests per second (for trace: rescales the trace's times to this rate)"
+        None,
+        gt=0,
+        description="mean requests per second (for trace: rescales the trace's times to this rate)",
     )
-    cv: float = Field(1.0, gt=0, description="gamma: coefficient of variation of gaps (1 = Poisson, >1 bursty)")
+    cv: float = Field(
+        1.0, gt=0, description="gamma: coefficient of variation of gaps (1 = Poisson, >1 bursty)"
+    )
 
 
 class Workload(_Spec):
@@ -77,16 +82,27 @@ class Workload(_Spec):
         "or a CSV path with arrived_at, num_prefill_tokens, num_decode_tokens (trace rows are reused in a loop)",
     )
     arrival: Arrival = Field(default_factory=Arrival, description="when requests arrive")
-    prompt_tokens: Length = Field(default_factory=lambda: Fixed(value=512), description="prompt length distribution")
-    output_tokens: Length = Field(default_factory=lambda: Fixed(value=128), description="output length distribution")
-    num_requests: int | None = Field(None, ge=1, description="how many requests (default: the trace's rows, or 1000)")
+    prompt_tokens: Length = Field(
+        default_factory=lambda: Fixed(value=512), description="prompt length distribution"
+    )
+    output_tokens: Length = Field(
+        default_factory=lambda: Fixed(value=128), description="output length distribution"
+    )
+    num_requests: int | None = Field(
+        None, ge=1, description="how many requests (default: the trace's rows, or 1000)"
+    )
     duration_s: float | None = Field(None, gt=0, description="alternatively, generate arrivals for this long")
 
     @model_validator(mode="after")
     def _consistent(self) -> Workload:
-        uses_trace = self.arrival.process == "trace" or "trace" in (self.prompt_tokens.dist, self.output_tokens.dist)
+        uses_trace = self.arrival.process == "trace" or "trace" in (
+            self.prompt_tokens.dist,
+            self.output_tokens.dist,
+        )
         if uses_trace and not self.trace:
-            raise ValueError("a trace-driven setting needs `trace` (conversation, code, summarization, or a CSV path)")
+            raise ValueError(
+                "a trace-driven setting needs `trace` (conversation, code, summarization, or a CSV path)"
+            )
         if self.arrival.process in ("poisson", "gamma", "constant") and self.arrival.rate_per_s is None:
             raise ValueError(f"arrival.process {self.arrival.process!r} needs arrival.rate_per_s")
         if self.num_requests and self.duration_s:
@@ -97,8 +113,12 @@ class Workload(_Spec):
 # ---------------------------------------------------------------- hardware and serving
 class Hardware(_Spec):
     gpu: str = Field("h100-sxm", description="GPU profile name from hardware_profiles/ (or a .yaml path)")
-    gpus_per_replica: int = Field(1, ge=1, description="GPUs serving one model copy (tensor parallel when > 1)")
-    price_per_gpu_hour_usd: float | None = Field(None, ge=0, description="override the profile's on-demand price")
+    gpus_per_replica: int = Field(
+        1, ge=1, description="GPUs serving one model copy (tensor parallel when > 1)"
+    )
+    price_per_gpu_hour_usd: float | None = Field(
+        None, ge=0, description="override the profile's on-demand price"
+    )
 
 
 class Serving(_Spec):
@@ -108,17 +128,24 @@ class Serving(_Spec):
     max_num_seqs: int = Field(256, ge=1, description="most sequences in one step")
     max_num_batched_tokens: int = Field(8192, ge=1, description="most tokens (prefill + decode) in one step")
     chunked_prefill: bool = Field(
-        True, description="split long prompts into chunks and mix them with decodes (False: prefill-first steps)"
+        True,
+        description="split long prompts into chunks and mix them with decodes (False: prefill-first steps)",
     )
     block_size: int = Field(16, ge=1, le=1024, description="tokens per paged-KV block")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1.0, description="fraction of GPU memory the engine may use")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1.0, description="fraction of GPU memory the engine may use"
+    )
     runtime_reserved_gib: float = Field(
         1.0, ge=0, description="memory held by the runtime (CUDA context, workspaces, CUDA graphs) per GPU"
     )
-    weight_dtype: Dtype = Field("bf16", description="weight storage: bf16, fp16, fp8, int8, int4 (weight-only)")
+    weight_dtype: Dtype = Field(
+        "bf16", description="weight storage: bf16, fp16, fp8, int8, int4 (weight-only)"
+    )
     kv_dtype: KvDtype = Field("bf16", description="KV-cache storage: bf16, fp16, fp8")
     max_model_len: int | None = Field(
-        None, ge=1, description="longest prompt + output allowed (default: the model's max_position_embeddings)"
+        None,
+        ge=1,
+        description="longest prompt + output allowed (default: the model's max_position_embeddings)",
     )
     preemption: Literal["recompute"] = Field("recompute", description="what happens when KV blocks run out")
 
@@ -144,7 +171,9 @@ class Scenario(_Spec):
     name: str = Field("scenario", description="label used in reports and output file names")
     seed: int = Field(0, description="every random choice flows from this seed")
     model: str = Field("llama-3.1-8b", description="catalogue name or path to a Hugging Face config.json")
-    hardware: Hardware = Field(default_factory=Hardware, description="which GPUs serve the model, and their price")
+    hardware: Hardware = Field(
+        default_factory=Hardware, description="which GPUs serve the model, and their price"
+    )
     serving: Serving = Field(default_factory=Serving, description="how the engine batches and stores KV")
     workload: Workload = Field(description="the traffic: arrivals and prompt/output lengths")
     slo: Slo = Field(default_factory=Slo, description="latency targets for goodput (unset: no target)")
@@ -197,7 +226,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` overrides (values parsed as YAML) to a scenario mapping."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like field.path=value, e.g. serving.max_num_seqs=128")
+            raise ConfigError(
+                f"override {item!r} must look like field.path=value, e.g. serving.max_num_seqs=128"
+            )
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")

@@ -68,7 +68,9 @@ def _times(values: list[str], column: str, source: str) -> np.ndarray:
         try:
             t = np.array(values, dtype="datetime64[us]").astype(np.int64) / 1e6
         except ValueError:
-            raise ConfigError(f"{source}: column {column!r} has values that are neither seconds nor dates") from None
+            raise ConfigError(
+                f"{source}: column {column!r} has values that are neither seconds nor dates"
+            ) from None
     return t - t.min()
 
 
@@ -156,7 +158,9 @@ def generate(w: Workload, seed: int) -> Requests:
     arr_rng, p_rng, o_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     trace = read_trace(w.trace) if w.trace else None
     if w.arrival.process == "trace" and trace is not None and trace.arrival_s is None:
-        raise ConfigError(f"workload.trace {w.trace!r} has no arrival times; use arrival.process poisson/gamma/constant")
+        raise ConfigError(
+            f"workload.trace {w.trace!r} has no arrival times; use arrival.process poisson/gamma/constant"
+        )
 
     if w.arrival.process == "trace":
         t0 = trace.arrival_s

@@ -14,14 +14,18 @@ def cm():
 
 
 def prefill(n: int, prior: int = 0) -> BatchShape:
-    return BatchShape(prefill_tokens=n, prefill_seqs=1, prefill_pairs=chunk_pairs(prior, n), prefill_context_tokens=prior)
+    return BatchShape(
+        prefill_tokens=n, prefill_seqs=1, prefill_pairs=chunk_pairs(prior, n), prefill_context_tokens=prior
+    )
 
 
 def decode(n: int, ctx_each: int) -> BatchShape:
     return BatchShape(decode_seqs=n, decode_context_tokens=n * ctx_each)
 
 
-@pytest.mark.parametrize("prior,chunk,window", [(0, 1, 0), (0, 7, 0), (5, 3, 0), (0, 20, 8), (6, 5, 8), (30, 4, 8), (3, 2, 8)])
+@pytest.mark.parametrize(
+    "prior,chunk,window", [(0, 1, 0), (0, 7, 0), (5, 3, 0), (0, 20, 8), (6, 5, 8), (30, 4, 8), (3, 2, 8)]
+)
 def test_chunk_pairs_matches_brute_force(prior, chunk, window):
     brute = sum(min(pos, window) if window else pos for pos in range(prior + 1, prior + chunk + 1))
     assert chunk_pairs(prior, chunk, window) == pytest.approx(brute)
@@ -65,14 +69,24 @@ def test_faster_gpu_is_faster():
 
 def test_mixed_step_costs_less_than_separate_steps(cm):
     mixed = BatchShape(
-        prefill_tokens=512, prefill_seqs=1, prefill_pairs=chunk_pairs(0, 512), decode_seqs=32, decode_context_tokens=32 * 1000
+        prefill_tokens=512,
+        prefill_seqs=1,
+        prefill_pairs=chunk_pairs(0, 512),
+        decode_seqs=32,
+        decode_context_tokens=32 * 1000,
     )
     assert cm.step_time(mixed) < cm.step_time(prefill(512)) + cm.step_time(decode(32, 1000))
     assert cm.step_time(mixed) > max(cm.step_time(prefill(512)), cm.step_time(decode(32, 1000)))
 
 
 def test_breakdown_sums_to_step_time_and_split_is_consistent(cm):
-    b = BatchShape(prefill_tokens=300, prefill_seqs=2, prefill_pairs=chunk_pairs(0, 300), decode_seqs=10, decode_context_tokens=9000)
+    b = BatchShape(
+        prefill_tokens=300,
+        prefill_seqs=2,
+        prefill_pairs=chunk_pairs(0, 300),
+        decode_seqs=10,
+        decode_context_tokens=9000,
+    )
     parts = cm.breakdown(b)
     assert set(parts) == {"gemm", "attention_prefill", "attention_decode", "elementwise", "overhead"}
     assert sum(parts.values()) == pytest.approx(cm.step_time(b))
@@ -86,7 +100,10 @@ def test_decode_line_equals_step_by_step(model):
     c = CostModel(load_profile("h100-sxm"), load_model(model))
     for n, ctx0, k in ((1, 100, 50), (8, 4000, 300), (64, 64 * 900, 2000), (3, 3 * 1000, 40)):
         steps = c.decode_step_times(n, ctx0 + n * np.arange(k))
-        singles = [c.step_time(BatchShape(decode_seqs=n, decode_context_tokens=ctx0 + n * j)) for j in (0, k // 2, k - 1)]
+        singles = [
+            c.step_time(BatchShape(decode_seqs=n, decode_context_tokens=ctx0 + n * j))
+            for j in (0, k // 2, k - 1)
+        ]
         assert steps[[0, k // 2, k - 1]] == pytest.approx(singles, rel=1e-12)
         line = c.decode_step_line(n, ctx0, k)
         if line is not None:

@@ -23,19 +23,43 @@ def test_minimal_scenario_gets_defaults():
 @pytest.mark.parametrize(
     "patch,expect",
     [
-        ({"serving": {"max_num_seqs": 0}}, "serving.max_num_seqs: Input should be greater than or equal to 1 (got 0)"),
+        (
+            {"serving": {"max_num_seqs": 0}},
+            "serving.max_num_seqs: Input should be greater than or equal to 1 (got 0)",
+        ),
         ({"serving": {"batching": "dynamic"}}, "serving.batching: Input should be 'continuous' or 'static'"),
         ({"serving": {"max_num_sequences": 8}}, "serving.max_num_sequences: unknown field"),
         ({"serving": {"gpu_memory_utilization": 1.5}}, "serving.gpu_memory_utilization"),
         ({"serving": {"weight_dtype": "int3"}}, "serving.weight_dtype"),
         ({"workload": {"arrival": {"process": "poisson"}}}, "needs arrival.rate_per_s"),
         ({"workload": {"arrival": {"process": "trace"}}}, "needs `trace`"),
-        ({"workload": {"arrival": {"process": "poisson", "rate_per_s": 1}, "prompt_tokens": {"dist": "zipf"}}}, "prompt_tokens"),
         (
-            {"workload": {"arrival": {"process": "poisson", "rate_per_s": 1}, "prompt_tokens": {"dist": "uniform", "min": 9, "max": 3}}},
+            {
+                "workload": {
+                    "arrival": {"process": "poisson", "rate_per_s": 1},
+                    "prompt_tokens": {"dist": "zipf"},
+                }
+            },
+            "prompt_tokens",
+        ),
+        (
+            {
+                "workload": {
+                    "arrival": {"process": "poisson", "rate_per_s": 1},
+                    "prompt_tokens": {"dist": "uniform", "min": 9, "max": 3},
+                }
+            },
             "max (3) must be >= min (9)",
         ),
-        ({"workload": {"arrival": {"process": "poisson", "rate_per_s": 1}, "output_tokens": {"dist": "fixed"}}}, "output_tokens.fixed.value: missing"),
+        (
+            {
+                "workload": {
+                    "arrival": {"process": "poisson", "rate_per_s": 1},
+                    "output_tokens": {"dist": "fixed"},
+                }
+            },
+            "output_tokens.fixed.value: missing",
+        ),
         ({"seed": "abc"}, "seed: Input should be a valid integer"),
     ],
 )
@@ -68,7 +92,9 @@ def test_files(tmp_path):
 
 
 def test_overrides():
-    data = apply_overrides({"serving": {}}, ["serving.max_num_seqs=64", "hardware.gpu=a100-80gb-sxm", "seed=7"])
+    data = apply_overrides(
+        {"serving": {}}, ["serving.max_num_seqs=64", "hardware.gpu=a100-80gb-sxm", "seed=7"]
+    )
     assert data == {"serving": {"max_num_seqs": 64}, "hardware": {"gpu": "a100-80gb-sxm"}, "seed": 7}
     with pytest.raises(ConfigError, match="must look like field.path=value"):
         apply_overrides({}, ["serving.max_num_seqs"])
@@ -76,7 +102,14 @@ def test_overrides():
 
 def test_help_lists_every_field():
     text = "\n".join(field_help())
-    for field in ("serving.max_num_seqs", "serving.gpu_memory_utilization", "workload.arrival.cv", "hardware.gpu", "slo.ttft_s", "seed"):
+    for field in (
+        "serving.max_num_seqs",
+        "serving.gpu_memory_utilization",
+        "workload.arrival.cv",
+        "hardware.gpu",
+        "slo.ttft_s",
+        "seed",
+    ):
         assert field in text
     assert all(line.split(":", 1)[1].strip() for line in field_help()), "every field has a description"
 

@@ -59,7 +59,9 @@ def check_invariants(f):
     util=st.floats(0.05, 0.9),
     static=st.booleans(),
 )
-def test_invariants_on_random_scenarios(seed, rate, max_num_seqs, max_tokens, chunked, block_size, util, static):
+def test_invariants_on_random_scenarios(
+    seed, rate, max_num_seqs, max_tokens, chunked, block_size, util, static
+):
     sc = scenario(
         seed=seed,
         rate=rate,
@@ -81,7 +83,12 @@ def test_invariants_on_random_scenarios(seed, rate, max_num_seqs, max_tokens, ch
 
 def test_memory_pressure_preempts_and_still_finishes_everything():
     # a tiny KV pool forces recomputation
-    sc = scenario(gpu="t4", rate=50.0, n=300, serving={"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0, "max_num_seqs": 256})
+    sc = scenario(
+        gpu="t4",
+        rate=50.0,
+        n=300,
+        serving={"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0, "max_num_seqs": 256},
+    )
     f = simulate(sc)
     assert f.fits
     check_invariants(f)
@@ -101,7 +108,9 @@ def test_decode_runs_equal_stepping_one_by_one(chunked, pressure):
     if pressure:
         assert slow.summary["requests"]["preemptions"] > 0
     for col in ("scheduled_s", "first_token_s", "finish_s", "preemptions"):
-        assert np.allclose(getattr(fast.table, col), getattr(slow.table, col), rtol=1e-9, atol=1e-12, equal_nan=True)
+        assert np.allclose(
+            getattr(fast.table, col), getattr(slow.table, col), rtol=1e-9, atol=1e-12, equal_nan=True
+        )
     assert fast.stats.steps == slow.stats.steps
     assert fast.summary["latency_s"]["itl"] == pytest.approx(slow.summary["latency_s"]["itl"], rel=1e-9)
 
@@ -120,9 +129,16 @@ def test_chunked_prefill_respects_token_budget_and_helps_tail_itl():
         "output_tokens": {"dist": "fixed", "value": 200},
         "num_requests": 200,
     }
-    chunked = simulate(scenario(model="llama-3.1-8b", gpu="h100-sxm", workload=wl, serving={"max_num_batched_tokens": 1024}))
+    chunked = simulate(
+        scenario(model="llama-3.1-8b", gpu="h100-sxm", workload=wl, serving={"max_num_batched_tokens": 1024})
+    )
     first = simulate(
-        scenario(model="llama-3.1-8b", gpu="h100-sxm", workload=wl, serving={"chunked_prefill": False, "max_num_batched_tokens": 8192})
+        scenario(
+            model="llama-3.1-8b",
+            gpu="h100-sxm",
+            workload=wl,
+            serving={"chunked_prefill": False, "max_num_batched_tokens": 8192},
+        )
     )
     check_invariants(chunked)
     check_invariants(first)
@@ -141,8 +157,17 @@ def test_static_batching_waits_for_the_longest_and_is_slower_under_load():
         "output_tokens": {"dist": "uniform", "min": 10, "max": 400},
         "num_requests": 400,
     }
-    cont = simulate(scenario(gpu="a100-80gb-sxm", model="llama-3.1-8b", workload=wl, serving={"max_num_seqs": 32}))
-    stat = simulate(scenario(gpu="a100-80gb-sxm", model="llama-3.1-8b", workload=wl, serving={"batching": "static", "max_num_seqs": 32}))
+    cont = simulate(
+        scenario(gpu="a100-80gb-sxm", model="llama-3.1-8b", workload=wl, serving={"max_num_seqs": 32})
+    )
+    stat = simulate(
+        scenario(
+            gpu="a100-80gb-sxm",
+            model="llama-3.1-8b",
+            workload=wl,
+            serving={"batching": "static", "max_num_seqs": 32},
+        )
+    )
     check_invariants(stat)
     assert stat.summary["latency_s"]["e2e"]["p50"] > 1.5 * cont.summary["latency_s"]["e2e"]["p50"]
     assert stat.summary["latency_s"]["queueing"]["mean"] > cont.summary["latency_s"]["queueing"]["mean"]
@@ -160,7 +185,9 @@ def test_requests_that_can_never_run_are_rejected_with_reasons():
     )
     f = simulate(sc)
     reasons = f.summary["rejected_reasons"]
-    assert reasons["longer_than_max_model_len"] > 0 and reasons["prompt_over_token_budget_without_chunking"] > 0
+    assert (
+        reasons["longer_than_max_model_len"] > 0 and reasons["prompt_over_token_budget_without_chunking"] > 0
+    )
     assert f.summary["requests"]["rejected"] == sum(reasons.values())
     check_invariants(f)
 

@@ -13,13 +13,21 @@ def wl(**kw) -> Workload:
 
 
 def test_same_seed_same_requests_and_streams_are_independent():
-    w = wl(arrival={"process": "poisson", "rate_per_s": 5}, prompt_tokens={"dist": "uniform", "min": 10, "max": 20}, num_requests=100)
+    w = wl(
+        arrival={"process": "poisson", "rate_per_s": 5},
+        prompt_tokens={"dist": "uniform", "min": 10, "max": 20},
+        num_requests=100,
+    )
     a, b = generate(w, 3), generate(w, 3)
     assert np.array_equal(a.arrival_s, b.arrival_s) and np.array_equal(a.prompt_tokens, b.prompt_tokens)
     c = generate(w, 4)
     assert not np.array_equal(a.arrival_s, c.arrival_s)
     # changing the prompt distribution leaves arrivals untouched
-    w2 = wl(arrival={"process": "poisson", "rate_per_s": 5}, prompt_tokens={"dist": "fixed", "value": 7}, num_requests=100)
+    w2 = wl(
+        arrival={"process": "poisson", "rate_per_s": 5},
+        prompt_tokens={"dist": "fixed", "value": 7},
+        num_requests=100,
+    )
     assert np.array_equal(generate(w2, 3).arrival_s, a.arrival_s)
 
 
@@ -58,7 +66,12 @@ def test_builtin_traces():
 
 
 def test_trace_replay_loop_and_rescale():
-    w = wl(trace="code", arrival={"process": "trace"}, prompt_tokens={"dist": "trace"}, output_tokens={"dist": "trace"})
+    w = wl(
+        trace="code",
+        arrival={"process": "trace"},
+        prompt_tokens={"dist": "trace"},
+        output_tokens={"dist": "trace"},
+    )
     r = generate(w, 0)
     t = read_trace("code")
     assert np.array_equal(r.arrival_s, t.arrival_s) and np.array_equal(r.prompt_tokens, t.prompt_tokens)
@@ -66,12 +79,22 @@ def test_trace_replay_loop_and_rescale():
     looped = generate(w.model_copy(update={"num_requests": 2 * n + 5}), 0)
     assert len(looped) == 2 * n + 5 and np.all(np.diff(looped.arrival_s) >= 0)
     assert np.array_equal(looped.prompt_tokens[n : 2 * n], t.prompt_tokens)
-    fast = generate(wl(trace="code", arrival={"process": "trace", "rate_per_s": 26.0}, prompt_tokens={"dist": "trace"}), 0)
+    fast = generate(
+        wl(trace="code", arrival={"process": "trace", "rate_per_s": 26.0}, prompt_tokens={"dist": "trace"}), 0
+    )
     assert len(fast) / fast.arrival_s[-1] == pytest.approx(26.0, rel=0.01)
 
 
 def test_trace_lengths_with_synthetic_arrivals():
-    r = generate(wl(trace="summarization", arrival={"process": "poisson", "rate_per_s": 1}, prompt_tokens={"dist": "trace"}, num_requests=50), 0)
+    r = generate(
+        wl(
+            trace="summarization",
+            arrival={"process": "poisson", "rate_per_s": 1},
+            prompt_tokens={"dist": "trace"},
+            num_requests=50,
+        ),
+        0,
+    )
     assert len(r) == 50 and r.prompt_tokens.min() > 0
     with pytest.raises(ConfigError, match="has no arrival times"):
         generate(wl(trace="summarization", arrival={"process": "trace"}), 0)
@@ -85,7 +108,9 @@ def test_other_trace_formats(tmp_path):
     t = read_trace(str(azure))
     assert t.arrival_s.tolist() == pytest.approx([0.0, 0.5]) and t.prompt_tokens.tolist() == [100, 200]
     moon = tmp_path / "mooncake.jsonl"
-    moon.write_text('{"timestamp": 1000, "input_length": 50, "output_length": 5, "hash_ids": [1, 2]}\n{"timestamp": 3000, "input_length": 60, "output_length": 6}\n')
+    moon.write_text(
+        '{"timestamp": 1000, "input_length": 50, "output_length": 5, "hash_ids": [1, 2]}\n{"timestamp": 3000, "input_length": 60, "output_length": 6}\n'
+    )
     t = read_trace(str(moon))
     assert t.arrival_s.tolist() == pytest.approx([0.0, 2.0]) and t.output_tokens.tolist() == [5, 6]
 

@@ -1,0 +1,92 @@
+"""The command line: runs, files written, help, and one-line errors with no traceback."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulator.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_run_default_writes_summary_and_requests(tmp_path, capsys):
+    rc = main(["run", "--requests", "300", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for word in ("TTFT", "TPOT", "ITL", "end-to-end", "throughput", "KV cache", "per 1M input tokens"):
+        assert word in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["requests"]["total"] == 300 and summary["requests"]["finished"] == 300
+    assert summary["latency_s"]["ttft"]["p50"] > 0
+    rows = list(csv.DictReader((tmp_path / "requests.csv").open()))
+    assert len(rows) == 300 and float(rows[0]["ttft_s"]) > 0
+    assert (tmp_path / "timeline.csv").exists() and (tmp_path / "scenario.yaml").exists()
+
+
+def test_overrides_change_the_forecast(tmp_path, capsys):
+    main(["run", "--requests", "200", "--out", str(tmp_path / "a")])
+    main(["run", "--requests", "200", "--out", str(tmp_path / "b"), "--set", "hardware.gpu=a100-80gb-sxm"])
+    a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert b["hardware"]["gpu"] == "a100-80gb-sxm"
+    assert b["latency_s"]["tpot"]["p50"] > a["latency_s"]["tpot"]["p50"]
+
+
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        (
+            "serving: {max_num_seqs: -1}\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n",
+            "serving.max_num_seqs",
+        ),
+        ("model: llama-9\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n", "not in the catalogue"),
+        ("hardware: {gpu: v100}\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n", "has no profile"),
+        ("workload: {trace: missing.csv, arrival: {process: trace}}\n", "not found"),
+        ("[1, 2", "not valid YAML"),
+    ],
+)
+def test_bad_scenarios_exit_2_with_one_line(tmp_path, capsys, content, expect):
+    f = tmp_path / "s.yaml"
+    f.write_text(content)
+    rc = main(["run", str(f), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and expect in err
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rc = main(["run", "--requests", "50", "--out", str(blocker / "sub")])
+    assert rc == 2 and "output.dir" in capsys.readouterr().err
+
+
+def test_model_that_does_not_fit_exits_3_with_numbers(tmp_path, capsys):
+    rc = main(["run", "--requests", "50", "--out", str(tmp_path), "--set", "model=llama-3.1-70b"])
+    out = capsys.readouterr().out
+    assert rc == 3 and "DOES NOT FIT" in out and "weights 131.4 GiB" in out
+
+
+def test_lists_and_help(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "llama-3.1-8b" in out and "MLA" in out and "MoE" in out
+    assert main(["gpus"]) == 0
+    assert "h100-sxm" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    helptext = capsys.readouterr().out
+    assert "serving.gpu_memory_utilization" in helptext and "{dist: lognormal" in helptext
+
+
+def test_no_traceback_from_the_real_entry_point(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("serving: {block_size: 0}\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n")
+    p = subprocess.run(
+        [sys.executable, "-m", "simulator", "run", str(f)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "serving.block_size" in p.stderr
