@@ -97,6 +97,7 @@ class CostModel:
         self.pair_flops = model.attn_flops_per_pair
         self._gemm_cache: dict[int, float] = {}
         self._fixed_cache: dict[int, float] = {}
+        self._coeff_cache: dict[int, tuple] = {}
         m = model
         q_width = m.num_heads * m.q_head_dim
         # per token per layer, bytes of q in / o out of attention kernels
@@ -160,10 +161,7 @@ class CostModel:
         """Per-layer FLOPs and bytes of decode attention for n sequences with `ctx_tokens` in total."""
         m = self.model
         L = m.num_layers
-        if m.sliding_layers:
-            ctx_sliding = np.minimum(ctx_tokens, n * m.sliding_window)
-        else:
-            ctx_sliding = 0.0
+        ctx_sliding = np.minimum(ctx_tokens, n * m.sliding_window) if m.sliding_layers else 0.0
         flops = self.pair_flops * (ctx_tokens * m.full_attention_layers + ctx_sliding * m.sliding_layers) / L
         nbytes = (ctx_tokens * self.kv_tok_bytes + ctx_sliding * self.kv_sliding_tok_bytes) / L
         return flops, nbytes + n * self._attn_io_per_token
@@ -227,6 +225,22 @@ class CostModel:
         attn = self.model.num_layers * op_times(self.eff.attention_decode, f, b, self.attn_peak, self.bw)
         return self._decode_fixed(n) + attn
 
+    def _decode_coeffs(self, n: int) -> tuple[float, float, float, float, float]:
+        """For n decode sequences without sliding layers: per-layer attention compute and memory times
+        as c0 + c1·ctx and m0 + m1·ctx, and the context-free rest of the step."""
+        co = self._coeff_cache.get(n)
+        if co is None:
+            e, m = self.eff.attention_decode, self.model
+            L = m.num_layers
+            rc, rm = e.compute * self.attn_peak, e.memory * self.bw
+            c1 = self.pair_flops * m.full_attention_layers / L / rc
+            m1 = self.kv_tok_bytes / L / rm
+            c0 = e.compute_ramp_flops / rc
+            m0 = (n * self._attn_io_per_token + e.memory_ramp_bytes) / rm
+            co = (c0, c1, m0, m1, self._decode_fixed(n) + L * e.launch_s)
+            self._coeff_cache[n] = co
+        return co
+
     def decode_step_line(self, n: int, ctx0: float, k: int) -> tuple[float, float] | None:
         """(a, b) with step j of k consecutive decode-only steps taking exactly a + b·j seconds, or None.
 
@@ -235,19 +249,25 @@ class CostModel:
         """
         m = self.model
         ctx1 = ctx0 + n * (k - 1)
-        if m.sliding_layers and (ctx0 < n * m.sliding_window) != (ctx1 < n * m.sliding_window):
-            return None
-        e, L = self.eff.attention_decode, m.num_layers
-        rc, rm = e.compute * self.attn_peak, e.memory * self.bw
-        f0, b0 = self._decode_attn_work(n, float(ctx0))
-        f1, b1 = self._decode_attn_work(n, float(ctx1))
-        c0, m0 = (f0 + e.compute_ramp_flops) / rc, (b0 + e.memory_ramp_bytes) / rm
-        c1, m1 = (f1 + e.compute_ramp_flops) / rc, (b1 + e.memory_ramp_bytes) / rm
+        if m.sliding_layers:
+            if (ctx0 < n * m.sliding_window) != (ctx1 < n * m.sliding_window):
+                return None
+            e, L = self.eff.attention_decode, m.num_layers
+            rc, rm = e.compute * self.attn_peak, e.memory * self.bw
+            f0, b0 = self._decode_attn_work(n, float(ctx0))
+            f1, b1 = self._decode_attn_work(n, float(ctx1))
+            c0, m0 = (f0 + e.compute_ramp_flops) / rc, (b0 + e.memory_ramp_bytes) / rm
+            c1, m1 = (f1 + e.compute_ramp_flops) / rc, (b1 + e.memory_ramp_bytes) / rm
+            fixed = self._decode_fixed(n) + L * e.launch_s
+        else:
+            ca, cb, ma, mb, fixed = self._decode_coeffs(n)
+            c0, c1, m0, m1 = ca + cb * ctx0, ca + cb * ctx1, ma + mb * ctx0, ma + mb * ctx1
+            L = m.num_layers
         if (c0 >= m0) != (c1 >= m1):
             return None
-        t0, t1 = max(c0, m0), max(c1, m1)
-        a = self._decode_fixed(n) + L * (t0 + e.launch_s)
-        return a, (L * (t1 - t0) / (k - 1) if k > 1 else 0.0)
+        t0 = c0 if c0 > m0 else m0
+        t1 = c1 if c1 > m1 else m1
+        return fixed + L * t0, (L * (t1 - t0) / (k - 1) if k > 1 else 0.0)
 
     def weight_read_floor(self) -> float:
         """Seconds to read every weight once at datasheet bandwidth (the decode floor at batch 1)."""

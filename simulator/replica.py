@@ -139,32 +139,48 @@ class Replica:
             self.outstanding_tokens -= s.orig_prompt + s.output
 
     def _decode_run(self, k: int, blocks: int):
-        """Up to k decode-only steps costed at once, as one event.
+        """Decode-only steps costed in closed form and taken as one event.
 
-        If the next arrival could join the batch, the run ends at the first step boundary after it
-        (where a real engine would admit it): the source's arrival times are known in advance.
+        The run goes from finish to finish while nothing else could be scheduled. If the next arrival
+        could join the batch, it ends at the first step boundary after that arrival (where a real
+        engine would admit it): the source's arrival times are known in advance, and no other process
+        can observe this replica before then.
         """
-        sched, env, st = self.scheduler, self.env, self.stats
+        sched, env = self.scheduler, self.env
+        start = env.now
+        t = 0.0
+        while True:
+            horizon = math.inf
+            if not sched.waiting and len(sched.running) < sched.max_seqs:
+                horizon = self.next_arrival() - start - t
+            m, dt = self._decode_segment(k, blocks, start + t, horizon)
+            t += dt
+            if m < k or self.next_arrival() <= start + t:  # cut short, or a request came in meanwhile
+                break
+            run = sched.decode_run(self.run_cap)
+            if run is None:
+                break
+            k, blocks = run
+        yield env.timeout(t)
+
+    def _decode_segment(self, k: int, blocks: int, start: float, horizon: float) -> tuple[int, float]:
+        """Commit up to k decode steps of the current batch from time `start`; stops at the step in
+        progress at `horizon` seconds. Returns (steps, seconds)."""
+        sched, st = self.scheduler, self.stats
         n = sched.n_decoding
         line = self.cost.decode_step_line(n, sched.decode_context, k)
         if line is None:  # a kink in the roofline inside the run: cost each step
             times = self.cost.decode_step_times(n, sched.decode_context + n * np.arange(k))
             ends = np.cumsum(times)
             a = float(times[0])
+            m = min(int(np.searchsorted(ends, horizon, side="right")) + 1, k)
+            done = float(ends[m - 1])
         else:
             a, b = line
-        m = k
-        if not sched.waiting and len(sched.running) < sched.max_seqs:
-            wait = self.next_arrival() - env.now
-            if line is None:
-                m = min(int(np.searchsorted(ends, wait, side="right")) + 1, k)
-            elif wait < k * a + b * k * (k - 1) / 2:
-                m = min(_steps_done(a, b, wait) + 1, k)
+            m = k if horizon >= k * a + b * k * (k - 1) / 2 else min(_steps_done(a, b, horizon) + 1, k)
+            done = m * a + b * m * (m - 1) / 2
         if m < k:
             blocks = sched.blocks_over(m)
-        done = float(ends[m - 1]) if line is None else m * a + b * m * (m - 1) / 2
-        start = env.now
-        yield env.timeout(done)
         st.steps += m
         st.busy_s += done
         st.decode_s += done
@@ -176,12 +192,14 @@ class Replica:
                 st.add_itl_many(times[1:m], n)
             else:
                 st.add_itl_line(a, b, 1, m, n)
-        self.last_decode_end = start + done
+        end = start + done
+        self.last_decode_end = end
         finished = sched.advance_decodes(m, blocks)
         if finished:
-            self._finish(finished, env.now)
-        if env.now >= st.next_sample:
-            st.sample(env.now, len(sched.waiting), len(sched.running), self.pool.used, n)
+            self._finish(finished, end)
+        if end >= st.next_sample:
+            st.sample(end, len(sched.waiting), len(sched.running), self.pool.used, n)
+        return m, done
 
     # ------------------------------------------------------------------ static batching
     def _static_loop(self):
