@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from simulator.records import RequestTable, StepStats
 from simulator.replica import Replica
 from simulator.scenario import Scenario
 from simulator.scheduler import Scheduler
+from simulator.source import Source
 from simulator.workload import Requests, generate
 
 
@@ -39,27 +39,6 @@ class Forecast:
     @property
     def fits(self) -> bool:
         return self.memory.fits
-
-
-class Source:
-    """Requests enter at their arrival times; replicas may peek at the next one."""
-
-    def __init__(self, env: simpy.Environment, arrival_s: np.ndarray, submit) -> None:
-        self.times = arrival_s.tolist()
-        self.next = 0
-        self.submit = submit
-        env.process(self._run(env))
-
-    def next_arrival(self) -> float:
-        return self.times[self.next] if self.next < len(self.times) else math.inf
-
-    def _run(self, env: simpy.Environment):
-        times, submit = self.times, self.submit
-        for rid, t in enumerate(times):
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            self.next = rid + 1
-            submit(rid)
 
 
 def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step: bool = False) -> Forecast:
