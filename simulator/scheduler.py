@@ -43,6 +43,8 @@ class Sequence:
     computed: int = 0  # prompt tokens whose KV is computed
     blocks: int = 0  # blocks held while prefilling
     window_blocks: int = 0  # sliding-window layers' KV, held from admission to finish
+    shared: list = field(default_factory=list)  # prefix-cache keys of blocks it references, not owns
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache at its (last) start
     decoding: bool = False
     c: int = 0  # while decoding: total tokens = c + dstep
     finish_at: int = 0  # dstep after which it is done
@@ -80,6 +82,7 @@ class Scheduler:
         sliding_window: int = 0,
         sliding_ratio: float = 0.0,
         watermark: float = 0.01,
+        block_keys=None,
     ) -> None:
         self.pool = pool
         self.B = pool.block_size
@@ -91,6 +94,10 @@ class Scheduler:
         # full-attention layers' blocks (ratio of bytes per token), is reserved when a sequence starts.
         self.sliding_ratio = sliding_ratio
         self.watermark = int(watermark * pool.num_blocks)  # admission keeps a few blocks for decodes
+        # Prefix caching: block_keys(rid, tokens) gives the keys of the full blocks among a request's
+        # first `tokens` tokens, or [] when it shares nothing with anyone.
+        self.block_keys = block_keys if pool.cached is not None else None
+        self.cached_tokens = 0  # prompt tokens served from the prefix cache, recomputations included
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order; preemption takes from the end
         self.prefilling: list[Sequence] = []  # running sequences with prompt left to compute
@@ -124,13 +131,23 @@ class Scheduler:
         if not self.waiting or len(self.running) >= self.max_seqs or budget <= 0:
             return False
         head = self.waiting[0]
+        hits, take = self._prefix_hits(head) if self.block_keys else (0, 0)
+        todo = head.prompt - hits * self.B
         if self.chunked:
-            need = self.pool.blocks_for(min(head.prompt, budget))
+            need = self.pool.blocks_for(min(todo, budget))
         else:
-            if head.prompt > budget:
+            if todo > budget:
                 return False
-            need = self.pool.blocks_for(head.prompt)
-        return self.pool.can_allocate(need + head.window_blocks, self.watermark)
+            need = self.pool.blocks_for(todo)
+        return self.pool.can_allocate(need + take + head.window_blocks, self.watermark)
+
+    def _prefix_hits(self, s: Sequence) -> tuple[int, int]:
+        """(leading prompt blocks in the prefix cache, how many of them sit in the free list)."""
+        keys = self.block_keys(s.rid, s.prompt)
+        if not keys:
+            return 0, 0
+        hits = self.pool.match(keys, (s.prompt - 1) // self.B)  # the last token is always computed
+        return hits, self.pool.cost_of_sharing(keys[:hits])
 
     def decode_run(self, cap: int) -> tuple[int, int] | None:
         """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take.
@@ -179,14 +196,27 @@ class Scheduler:
         s.generated = s.c + self.dstep - s.orig_prompt
         return self.pool.blocks_for(s.c + self.dstep - 1)
 
+    def _release(self, s: Sequence, held: int, kv_tokens: int) -> None:
+        """Give back a sequence's blocks; with prefix caching its full blocks stay cached."""
+        if not s.shared and not self.block_keys:
+            self.pool.release(held + s.window_blocks)
+            return
+        self.pool.unshare(s.shared)
+        keys = self.block_keys(s.rid, kv_tokens) if self.block_keys else []
+        own = keys[len(s.shared) :] if keys else ()
+        self.pool.release(held - len(s.shared) + s.window_blocks, own)
+        s.shared = []
+
     def _preempt(self, victim: Sequence) -> None:
         self.running.remove(victim)
         if victim.decoding:
             held = self._leave_decode(victim)
+            kv = victim.orig_prompt + victim.generated - 1
         else:
             held = victim.blocks
+            kv = victim.computed
             self.prefilling.remove(victim)
-        self.pool.release(held + victim.window_blocks)
+        self._release(victim, held, kv)
         victim.epoch += 1
         victim.blocks = 0
         victim.computed = 0
@@ -224,8 +254,8 @@ class Scheduler:
                 budget -= chunk
             while self._admissible(budget):
                 s = self.waiting.popleft()
-                chunk = min(s.prompt, budget)
                 self._start(s)
+                chunk = min(s.prompt - s.computed, budget)
                 self._grow(s, chunk, b)
                 budget -= chunk
         if not b.prefills and not b.num_decodes:
@@ -239,13 +269,23 @@ class Scheduler:
         while self._admissible(budget):
             s = self.waiting.popleft()
             self._start(s)
-            self._grow(s, s.prompt, b)
-            budget -= s.prompt
+            self._grow(s, s.prompt - s.computed, b)
+            budget -= s.prompt - s.computed
         b.shape = self._shape(b)
         return b
 
     def _start(self, s: Sequence) -> None:
         self.pool.allocate(s.window_blocks)
+        if self.block_keys:
+            keys = self.block_keys(s.rid, s.prompt)
+            hits = self.pool.match(keys, (s.prompt - 1) // self.B) if keys else 0
+            if hits:
+                s.shared = keys[:hits]
+                self.pool.share(s.shared)
+            s.blocks = hits
+            s.computed = hits * self.B
+            s.cached_tokens = s.computed
+            self.cached_tokens += s.computed
         self.running.append(s)
         self.prefilling.append(s)
 
@@ -294,9 +334,16 @@ class Scheduler:
             self.prefilling.remove(s)
             s.generated += 1
             first.append(s)
+            if self.block_keys:  # its prompt's full blocks become shareable with later requests
+                keys = self.block_keys(s.rid, s.prompt)
+                if len(keys) > len(s.shared):
+                    fresh = [k for k in keys[len(s.shared) :] if k not in self.pool.refs and k not in self.pool.cached]
+                    if len(fresh) == len(keys) - len(s.shared):  # keep `shared` a prefix of the keys
+                        self.pool.publish(fresh)
+                        s.shared = keys
             if s.generated >= s.output:
                 self.running.remove(s)
-                self.pool.release(s.blocks + s.window_blocks)
+                self._release(s, s.blocks, s.prompt)
                 s.blocks = 0
                 finished.append(s)
             else:
@@ -316,7 +363,7 @@ class Scheduler:
             _, _, epoch, s = heapq.heappop(heap)
             if epoch != s.epoch or not s.decoding:
                 continue
-            self.pool.release(self._leave_decode(s) + s.window_blocks)
+            self._release(s, self._leave_decode(s), s.orig_prompt + s.output - 1)
             self.running.remove(s)
             finished.append(s)
         return finished

@@ -142,8 +142,6 @@ def test_chunked_prefill_respects_token_budget_and_helps_tail_itl():
     )
     check_invariants(chunked)
     check_invariants(first)
-    # with 1024-token chunks a 6000-token prompt needs at least 6 steps
-    assert chunked.stats.steps > first.stats.steps
     # prefill-first stalls every decode for a whole 6000-token prefill: far worse tail ITL
     assert first.summary["latency_s"]["itl"]["p99"] > 2 * chunked.summary["latency_s"]["itl"]["p99"]
     # ...but chunking delays the first token

@@ -1,0 +1,82 @@
+"""The batching policy on its own, with no clock: budgets, admission, preemption, prefix reuse."""
+
+from simulator.kv_cache import BlockPool
+from simulator.scheduler import Scheduler, Sequence
+
+
+def drain(s: Scheduler, max_steps: int = 10_000) -> list:
+    batches = []
+    for _ in range(max_steps):
+        b = s.schedule()
+        if b is None:
+            break
+        batches.append(b)
+        s.complete(b)
+    return batches
+
+
+def test_chunked_prefill_respects_budget_and_puts_decodes_first():
+    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=8, max_num_batched_tokens=256, chunked_prefill=True)
+    s.add(Sequence(0, 1000, 5))
+    s.add(Sequence(1, 50, 300))
+    batches = drain(s)
+    assert all(b.shape.tokens <= 256 for b in batches)
+    first = batches[0]
+    assert first.shape.prefill_tokens == 256 and first.num_decodes == 0
+    # once seq 1 decodes, every later step gives it a token before any prompt chunk
+    assert any(b.num_decodes and b.prefills for b in batches)
+    assert s.pool.free == s.pool.num_blocks and not s.running
+
+
+def test_prefill_first_runs_whole_prompts_in_prefill_only_steps():
+    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=8, max_num_batched_tokens=4096, chunked_prefill=False)
+    for i in range(3):
+        s.add(Sequence(i, 1000, 4))
+    b = s.schedule()
+    assert b.num_decodes == 0 and [c for _, c in b.prefills] == [1000, 1000, 1000]
+    s.complete(b)
+    s.add(Sequence(9, 2000, 2))
+    b = s.schedule()  # a waiting prompt goes before the running decodes
+    assert b.num_decodes == 0 and b.prefills[0][1] == 2000
+
+
+def test_max_num_seqs_limits_admission():
+    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=2, max_num_batched_tokens=8192)
+    for i in range(5):
+        s.add(Sequence(i, 10, 100))
+    b = s.schedule()
+    assert len(b.prefills) == 2 and len(s.waiting) == 3
+
+
+def test_out_of_blocks_preempts_the_newest_and_recomputes():
+    pool = BlockPool(12, 4)
+    s = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=64, watermark=0.0)
+    s.add(Sequence(0, 8, 30))
+    s.add(Sequence(1, 8, 30))
+    preempted = []
+    for _ in range(200):
+        b = s.schedule()
+        if b is None:
+            break
+        preempted += [v.rid for v in b.preempted]
+        assert pool.used <= pool.num_blocks
+        s.complete(b)
+    assert preempted and preempted[0] == 1  # the most recently admitted goes first
+    assert pool.free == pool.num_blocks and not s.running and not s.waiting
+
+
+def test_prefix_caching_reuses_shared_blocks_and_evicts_lru():
+    pool = BlockPool(100, 4, prefix_caching=True)
+    keys = {0: [("sys", j) for j in range(5)] + [("a", 5)], 1: [("sys", j) for j in range(5)] + [("b", 5)]}
+    s = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=64, block_keys=lambda rid, n: keys[rid][: n // 4])
+    s.add(Sequence(0, 24, 2))
+    drain(s)
+    assert pool.free == 100 and len(pool.cached) == 6  # all full blocks stay cached after it finishes
+    s.add(Sequence(1, 24, 2))
+    b = s.schedule()
+    # 5 shared blocks (20 tokens) are cached: only the last 4 tokens are computed
+    assert b.prefills[0][1] == 4 and b.shape.prefill_context_tokens == 20
+    s.complete(b)
+    drain(s)
+    pool.allocate(100 - 0)  # needs every block: evicts all cached blocks
+    assert not pool.cached and pool.evictions > 0
