@@ -80,6 +80,50 @@ def cmd_gpus(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from simulator.search import format_table, frontier_curves, load_spec, progress_bar, run_search, to_csv
+
+    spec = load_spec(args.spec)
+    if args.target:
+        spec.target_rate_per_s = args.target
+    backend = "ray" if args.ray else ("serial" if args.workers == 1 else "processes")
+    result = run_search(spec, backend, args.workers, args.ray, progress_bar())
+    print(format_table(result, args.top))
+    out = Path(args.out or f"results/{spec.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search.csv").write_text(to_csv(result))
+    written = ["search.csv"]
+    if not args.no_curves and result.frontier():
+        lines = ["index,rate_per_s,attainment,ttft_p90_s,tpot_p90_s,e2e_p90_s,usd_per_1m_tokens"]
+        for i, curve in frontier_curves(result).items():
+            lines += [
+                f"{i},{p.rate_per_s:.6g},{p.attainment:.4f},{p.ttft_p90_s:.6g},{p.tpot_p90_s:.6g},"
+                f"{p.e2e_p90_s:.6g},{p.usd_per_1m_tokens:.6g}"
+                for p in curve.probes
+            ]
+        (out / "frontier_curves.csv").write_text("\n".join(lines) + "\n")
+        written.append("frontier_curves.csv")
+    print(f"\nwrote {out}/" + ", ".join(written))
+    return 0 if result.feasible else 3
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from simulator.report import build_report, write_report
+    from simulator.simulation import simulate
+
+    data, source = _scenario_data(args.scenario)
+    data = apply_overrides(data, args.set or [])
+    if args.requests:
+        data.setdefault("workload", {})["num_requests"] = args.requests
+        data["workload"].pop("duration_s", None)
+    sc = parse_scenario(data, source)
+    print(f"simulating {sc.name}, its maximum rate under the SLOs and 8 load points ...", file=sys.stderr)
+    report = build_report(simulate(sc))
+    paths = write_report(report, args.out or f"{sc.output.dir}/report")
+    print(f"wrote {paths[0]} (self-contained) and {paths[1]}")
+    return 0
+
+
 RUN_EPILOG = (
     "Scenario fields (YAML, nested as shown; override any with --set field.path=value):\n"
     + "\n".join(field_help())
@@ -113,6 +157,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
     sub.add_parser("models", help="list catalogue models").set_defaults(fn=cmd_models)
     sub.add_parser("gpus", help="list GPU profiles").set_defaults(fn=cmd_gpus)
+    s = sub.add_parser(
+        "search",
+        help="sweep configurations; max sustainable rate under the SLOs, cheapest, frontier",
+        description="Sweep the fields listed under `sweep:` in SPEC (see examples/search_*.yaml); "
+        "binary-search each configuration's maximum rate meeting the base scenario's SLOs.",
+    )
+    s.add_argument("spec", help="search spec YAML: base scenario, sweep, slo_attainment, target_rate_per_s")
+    s.add_argument("--out", help="output folder for search.csv and frontier_curves.csv (default results/NAME)")
+    s.add_argument("--workers", type=int, help="local processes (default: one per CPU; 1 runs in-process)")
+    s.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster ('auto', ray://host:10001, or local)")
+    s.add_argument("--target", type=float, help="target request rate (overrides target_rate_per_s)")
+    s.add_argument("--top", type=int, default=20, help="rows shown per table")
+    s.add_argument("--no-curves", action="store_true", help="skip latency-vs-load curves of the frontier")
+    s.set_defaults(fn=cmd_search)
+    rp = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report (and Markdown) with plots",
+        description="Simulate a scenario (and its latency vs load) and write report.html and report.md.",
+    )
+    rp.add_argument("scenario", nargs="?", help="scenario YAML (default: the built-in default scenario)")
+    rp.add_argument("--out", help="output folder (default: the scenario's output.dir/report)")
+    rp.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field")
+    rp.add_argument("--requests", type=int, help="number of requests")
+    rp.set_defaults(fn=cmd_report)
     return p
 
 

@@ -61,6 +61,11 @@ class Interconnect(_Strict):
     kind: str = Field(description="nvlink, pcie, infinity-fabric, ...")
     bandwidth_gbps: float = Field(gt=0, description="per-GPU unidirectional bandwidth, GB/s")
     latency_us: float = Field(ge=0, description="one-way latency of a small message, µs")
+    # NCCL's maintainer: "450GB/s is the line rate. With the protocol overhead (~20%) NCCL can get an
+    # effective NVLink bandwidth of 370GB/s" on H100 (github.com/NVIDIA/nccl-tests/issues/212): 0.82.
+    efficiency: float = Field(
+        0.8, gt=0, le=1.0, description="fraction of the bandwidth collectives reach (NCCL bus bandwidth)"
+    )
 
 
 class Price(_Strict):

@@ -21,7 +21,7 @@ class RequestTable:
     time); `freeze()` turns them into numpy arrays for the metrics.
     """
 
-    _LIVE = ("scheduled_s", "first_token_s", "finish_s", "preemptions", "replica", "generated")
+    _LIVE = ("scheduled_s", "first_token_s", "finish_s", "preemptions", "replica", "generated", "cached_tokens")
 
     def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
         n = len(arrival_s)
@@ -35,6 +35,8 @@ class RequestTable:
         self.preemptions: list | np.ndarray = [0] * n
         self.replica: list | np.ndarray = [-1] * n
         self.generated: list | np.ndarray = [0] * n  # output tokens produced, checked against output_tokens
+        self.cached_tokens: list | np.ndarray = [0] * n  # prompt tokens found in the prefix cache
+        self.class_id = np.zeros(n, dtype=np.int64)
         self.rejected = np.zeros(n, dtype=bool)
 
     def freeze(self) -> None:

@@ -42,6 +42,8 @@ class Replica:
         self.outstanding_tokens = 0  # for least-loaded routing
         self._last_token: dict[int, float] = {}  # last token time of sequences not in the decode set
         self.next_arrival = lambda: math.inf  # time of the next request into the system (set by the cluster)
+        self.on_finish = None  # callback(rid, finish_s), for conversations' next turns
+        self._due: list[int] = []  # finishes inside a run whose callbacks fire when the run's event ends
         self.run_cap = RUN_CAP  # 1: step one decode at a time (for checking the run shortcut)
         self.process = env.process(self._static_loop() if static else self._loop())
 
@@ -79,6 +81,8 @@ class Replica:
             start = env.now
             yield env.timeout(dt)
             self._record_step(batch, dt, prefill_s, start)
+            if self._due:
+                self._fire_due()
 
     def _record_step(self, batch: Batch, dt: float, prefill_s: float, start: float) -> None:
         sched, t, st, end = self.scheduler, self.table, self.stats, self.env.now
@@ -98,6 +102,7 @@ class Replica:
         for s, _ in batch.prefills:
             if math.isnan(t.scheduled_s[s.rid]):
                 t.scheduled_s[s.rid] = start
+                t.cached_tokens[s.rid] = s.cached_tokens
         if batch.num_decodes:
             self._decode_itl(batch.num_decodes, end)
         for s in res.first_tokens:
@@ -135,6 +140,8 @@ class Replica:
         for s in finished:
             t.finish_s[s.rid] = end
             t.generated[s.rid] = s.generated
+            if self.on_finish is not None:
+                self._due.append(s.rid)
             self._last_token.pop(s.rid, None)
             self.outstanding_tokens -= s.orig_prompt + s.output
 
@@ -155,13 +162,20 @@ class Replica:
                 horizon = self.next_arrival() - start - t
             m, dt = self._decode_segment(k, blocks, start + t, horizon)
             t += dt
-            if m < k or self.next_arrival() <= start + t:  # cut short, or a request came in meanwhile
+            if m < k or self.next_arrival() <= start + t or self._due:  # cut short, an arrival, a callback
                 break
             run = sched.decode_run(self.run_cap)
             if run is None:
                 break
             k, blocks = run
         yield env.timeout(t)
+        self._fire_due()
+
+    def _fire_due(self) -> None:
+        t = self.table
+        for rid in self._due:
+            self.on_finish(rid, t.finish_s[rid])
+        self._due.clear()
 
     def _decode_segment(self, k: int, blocks: int, start: float, horizon: float) -> tuple[int, float]:
         """Commit up to k decode steps of the current batch from time `start`; stops at the step in
@@ -264,8 +278,11 @@ class Replica:
             for s in seqs:
                 t.finish_s[s.rid] = first if s.output == 1 else float(ends[s.output - 2])
                 t.generated[s.rid] = s.output
+                if self.on_finish is not None:
+                    self._due.append(s.rid)
             pool.release(n * per_seq)
             st.sample(env.now, len(sched.waiting), n, pool.used, n)
+            self._fire_due()
 
 
 def _steps_done(a: float, b: float, elapsed: float) -> int:

@@ -59,6 +59,12 @@ class FromTrace(_Spec):
 Length = Annotated[Fixed | Uniform | Lognormal | Exponential | FromTrace, Field(discriminator="dist")]
 
 
+class Slo(_Spec):
+    ttft_s: float | None = Field(None, gt=0, description="time to first token target")
+    tpot_s: float | None = Field(None, gt=0, description="time per output token target (mean over a request)")
+    e2e_s: float | None = Field(None, gt=0, description="end-to-end latency target")
+
+
 # ---------------------------------------------------------------- workload
 class Arrival(_Spec):
     process: Literal["poisson", "gamma", "constant", "trace"] = Field(
@@ -73,6 +79,33 @@ class Arrival(_Spec):
     cv: float = Field(
         1.0, gt=0, description="gamma: coefficient of variation of gaps (1 = Poisson, >1 bursty)"
     )
+
+
+class Session(_Spec):
+    turns: Length = Field(default_factory=lambda: Fixed(value=4), description="turns per conversation")
+    think_time_s: float = Field(
+        10.0, ge=0, description="mean time (exponential) from a response to the user's next turn"
+    )
+
+
+class TrafficClass(_Spec):
+    name: str = Field(description="label in the per-class results")
+    share: float = Field(gt=0, description="relative share of arrivals (of conversations, for session classes)")
+    prompt_tokens: Length | None = Field(
+        None, description="prompt length (per turn: the new user tokens); default: the workload's"
+    )
+    output_tokens: Length | None = Field(None, description="output length; default: the workload's")
+    shared_prefix_tokens: int = Field(
+        0, ge=0, description="a system prompt of this many tokens that every request of the class carries"
+    )
+    prefix_position: Literal["start", "end"] = Field(
+        "start", description="where the shared tokens go: start (cacheable) or end (after the variable part)"
+    )
+    session: Session | None = Field(
+        None, description="multi-turn conversations: each turn's prompt is the whole conversation so far"
+    )
+    slo: Slo | None = Field(None, description="this class's latency targets (default: the scenario's slo)")
+    priority: int = Field(0, description="higher runs first when serving.scheduling_policy is priority")
 
 
 class Workload(_Spec):
@@ -92,13 +125,18 @@ class Workload(_Spec):
         None, ge=1, description="how many requests (default: the trace's rows, or 1000)"
     )
     duration_s: float | None = Field(None, gt=0, description="alternatively, generate arrivals for this long")
+    classes: list[TrafficClass] | None = Field(
+        None, description="a mix of traffic classes by share, each with its own lengths, prefix, sessions, SLO"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Workload:
-        uses_trace = self.arrival.process == "trace" or "trace" in (
-            self.prompt_tokens.dist,
-            self.output_tokens.dist,
-        )
+        dists = [self.prompt_tokens.dist, self.output_tokens.dist]
+        for c in self.classes or []:
+            dists += [d.dist for d in (c.prompt_tokens, c.output_tokens) if d is not None]
+        uses_trace = self.arrival.process == "trace" or "trace" in dists
+        if self.classes and len({c.name for c in self.classes}) < len(self.classes):
+            raise ValueError("classes need distinct names")
         if uses_trace and not self.trace:
             raise ValueError(
                 "a trace-driven setting needs `trace` (conversation, code, summarization, or a CSV path)"
@@ -148,12 +186,9 @@ class Serving(_Spec):
         description="longest prompt + output allowed (default: the model's max_position_embeddings)",
     )
     preemption: Literal["recompute"] = Field("recompute", description="what happens when KV blocks run out")
-
-
-class Slo(_Spec):
-    ttft_s: float | None = Field(None, gt=0, description="time to first token target")
-    tpot_s: float | None = Field(None, gt=0, description="time per output token target (mean over a request)")
-    e2e_s: float | None = Field(None, gt=0, description="end-to-end latency target")
+    prefix_caching: bool = Field(
+        False, description="share KV blocks of identical prompt prefixes (hashed blocks, LRU eviction)"
+    )
 
 
 class HostedApi(_Spec):

@@ -19,7 +19,7 @@ from simulator.replica import Replica
 from simulator.scenario import Scenario
 from simulator.scheduler import Scheduler
 from simulator.source import Source
-from simulator.workload import Requests, generate
+from simulator.workload import PrefixKeys, Requests, generate
 
 
 @dataclass
@@ -41,6 +41,22 @@ class Forecast:
         return self.memory.fits
 
 
+def _conversation(env, reqs: Requests, table: RequestTable, source: Source, keys):
+    """When a turn finishes, its conversation's next turn arrives after the user's think time."""
+    next_turn, think, arrival = reqs.next_turn, reqs.think_s, table.arrival_s
+
+    def on_finish(rid: int, finish_s: float) -> None:
+        if keys is not None:
+            keys.forget(rid)
+        nxt = int(next_turn[rid])
+        if nxt >= 0:
+            delay = max(0.0, finish_s + float(think[rid]) - env.now)
+            arrival[nxt] = env.now + delay
+            source.follow_up(nxt, delay)
+
+    return on_finish
+
+
 def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step: bool = False) -> Forecast:
     """Forecast one scenario. A model that does not fit is returned unsimulated, with the numbers.
 
@@ -57,11 +73,14 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
         return Forecast(scenario, model, profile, mem, None, None, None, summary, time.perf_counter() - wall0)
 
     reqs = requests if requests is not None else generate(scenario.workload, scenario.seed)
-    table = RequestTable(reqs.arrival_s, reqs.prompt_tokens, reqs.output_tokens)
-    horizon = float(reqs.arrival_s[-1]) if len(reqs) else 1.0
+    table = RequestTable(reqs.arrival_s.copy(), reqs.prompt_tokens, reqs.output_tokens)
+    if reqs.class_id is not None:
+        table.class_id = reqs.class_id
+    horizon = float(np.nanmax(reqs.arrival_s)) if len(reqs) else 1.0
     stats = StepStats(timeline_interval_s=max(horizon / 2000.0, 1e-3))
     cost = CostModel(profile, model, sv.weight_dtype, sv.kv_dtype)
-    pool = BlockPool(mem.num_blocks, sv.block_size)
+    pool = BlockPool(mem.num_blocks, sv.block_size, prefix_caching=sv.prefix_caching)
+    keys = PrefixKeys(reqs, sv.block_size) if sv.prefix_caching and reqs.segments is not None else None
     sched = Scheduler(
         pool,
         sv.max_num_seqs,
@@ -71,6 +90,7 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
         sliding_ratio=model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
         if model.sliding_layers
         else 0.0,
+        block_keys=keys,
     )
     env = simpy.Environment()
     replica = Replica(env, 0, sched, cost, table, stats, static=sv.batching == "static")
@@ -93,10 +113,21 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
         if not rejected[rid]:
             replica.submit(rid)
 
-    source = Source(env, reqs.arrival_s, submit)
+    first = np.flatnonzero(np.isfinite(reqs.arrival_s))
+    source = Source(env, reqs.arrival_s, submit, order=first[np.argsort(reqs.arrival_s[first], kind="stable")])
     replica.next_arrival = source.next_arrival
+    if reqs.next_turn is not None and (reqs.next_turn >= 0).any():
+        replica.on_finish = _conversation(env, reqs, table, source, keys)
+    elif keys is not None:
+        replica.on_finish = lambda rid, _t: keys.forget(rid)
     env.run()
     table.freeze()
+    if reqs.next_turn is not None:  # turns after a rejected one never come: the conversation ended
+        for rid in np.flatnonzero(table.rejected):
+            nxt = int(reqs.next_turn[rid])
+            while nxt >= 0 and not np.isfinite(table.arrival_s[nxt]):
+                table.rejected[nxt] = True
+                nxt = int(reqs.next_turn[nxt])
     wall = time.perf_counter() - wall0
     summary = summarize(scenario, model, profile, mem, table, stats, sched, wall)
     summary["rejected_reasons"] = {

@@ -33,14 +33,59 @@ DEFAULT_REQUESTS = 1000
 
 @dataclass
 class Requests:
-    """The generated requests, sorted by arrival (seconds from 0)."""
+    """The generated requests. Arrival times are seconds from 0, NaN for later turns of a conversation
+    (those arrive a think time after the previous turn's response)."""
 
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    class_id: np.ndarray | None = None
+    class_names: tuple[str, ...] = ("all",)
+    # Prompt identity for prefix caching: per request a tuple of (segment id, tokens); requests whose
+    # segments agree share those tokens. None for a request that shares nothing with any other.
+    segments: list | None = None
+    next_turn: np.ndarray | None = None  # id of the conversation's next turn, -1 if none
+    think_s: np.ndarray | None = None  # think time before that next turn
 
     def __len__(self) -> int:
         return len(self.arrival_s)
+
+
+class PrefixKeys:
+    """Keys of the full KV blocks of each request's token stream (prompt, then its output).
+
+    Block j's key stands for every token up to the end of block j: the segments before the one that
+    block ends in, that segment's id, and j. Equal keys mean equal token prefixes (vLLM's hash chain).
+    """
+
+    def __init__(self, requests: Requests, block_size: int) -> None:
+        self.segments = requests.segments
+        self.output = requests.output_tokens
+        self.B = block_size
+        self._prefix_ids: dict[tuple, int] = {}
+        self._cache: dict[int, list] = {}
+
+    def __call__(self, rid: int, tokens: int) -> list:
+        keys = self._cache.get(rid)
+        if keys is None:
+            segs = self.segments[rid] if self.segments is not None else None
+            if segs is None:
+                return []
+            keys = self._cache[rid] = self._keys(segs + ((-2 - 2 * rid, int(self.output[rid])),))
+        return keys[: tokens // self.B]
+
+    def forget(self, rid: int) -> None:
+        self._cache.pop(rid, None)
+
+    def _keys(self, segs: tuple) -> list:
+        B, keys, start = self.B, [], 0
+        for i, (sid, n) in enumerate(segs):
+            end = start + n
+            if end // B > start // B:  # blocks whose last token falls in this segment
+                pid = self._prefix_ids.setdefault(segs[:i], len(self._prefix_ids))
+                keys.extend((pid, sid, j) for j in range(start // B, end // B))
+            start = end
+        return keys
 
 
 @dataclass
@@ -49,6 +94,7 @@ class Trace:
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     source: str
+    hash_ids: list[list[int]] | None = None  # Mooncake: one id per 512-token block of the prompt
 
 
 def _pick(cols: list[str], names: tuple[str, ...]) -> str | None:
@@ -85,7 +131,7 @@ def read_trace(name_or_path: str) -> Trace:
     if path.suffix == ".jsonl":
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         cols = list(rows[0]) if rows else []
-        table = {c: [str(r.get(c, "")) for r in rows] for c in cols}
+        table = {c: [r.get(c, "") if c == "hash_ids" else str(r.get(c, "")) for r in rows] for c in cols}
     else:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
@@ -108,11 +154,25 @@ def read_trace(name_or_path: str) -> Trace:
     except ValueError as e:
         raise ConfigError(f"{src}: token counts must be numbers ({e})") from None
     arrival = _times(table[ac], ac, src) if ac else None
+    hashes = [_hash_list(v) for v in table["hash_ids"]] if "hash_ids" in table else None
     keep = (prompt >= 1) & (output >= 1)
+    order = np.flatnonzero(keep)
     if arrival is not None:
-        order = np.argsort(arrival[keep], kind="stable")
-        return Trace(arrival[keep][order], prompt[keep][order], output[keep][order], src)
-    return Trace(None, prompt[keep], output[keep], src)
+        order = order[np.argsort(arrival[keep], kind="stable")]
+    return Trace(
+        arrival[order] if arrival is not None else None,
+        prompt[order],
+        output[order],
+        src,
+        [hashes[i] for i in order] if hashes is not None else None,
+    )
+
+
+def _hash_list(v) -> list[int]:
+    if isinstance(v, list):
+        return [int(x) for x in v]
+    text = str(v).strip().strip("[]")
+    return [int(x) for x in text.replace(",", " ").split()] if text else []
 
 
 def _loop(values: np.ndarray, n: int) -> np.ndarray:
@@ -153,39 +213,135 @@ def _gaps(w: Workload, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.full(n, 1.0 / rate)
 
 
-def generate(w: Workload, seed: int) -> Requests:
-    """Draw the requests of a workload; deterministic for a given seed."""
-    arr_rng, p_rng, o_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    trace = read_trace(w.trace) if w.trace else None
-    if w.arrival.process == "trace" and trace is not None and trace.arrival_s is None:
-        raise ConfigError(
-            f"workload.trace {w.trace!r} has no arrival times; use arrival.process poisson/gamma/constant"
-        )
-
+def _arrivals(w: Workload, n: int | None, trace: Trace | None, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times: n of them, or all before duration_s."""
     if w.arrival.process == "trace":
         t0 = trace.arrival_s
         if w.arrival.rate_per_s:
             t0 = t0 * (len(t0) / max(t0[-1], 1e-9)) / w.arrival.rate_per_s
         if w.duration_s:
             per_pass = t0[-1] + t0[-1] / max(len(t0) - 1, 1)
-            n = int(len(t0) * (w.duration_s / per_pass + 1)) + 1
-            arrival = _loop_times(t0, n)
-            arrival = arrival[arrival < w.duration_s]
-        else:
-            arrival = _loop_times(t0, w.num_requests or len(t0))
-    else:
-        if w.duration_s:
-            est = int(w.duration_s * w.arrival.rate_per_s * 1.2 + 50)
-            arrival = np.cumsum(_gaps(w, est, arr_rng))
-            while arrival[-1] < w.duration_s:
-                arrival = np.concatenate([arrival, arrival[-1] + np.cumsum(_gaps(w, est, arr_rng))])
-            arrival = arrival[arrival < w.duration_s]
-        else:
-            n = w.num_requests or (len(trace.prompt_tokens) if trace else DEFAULT_REQUESTS)
-            gaps = _gaps(w, n, arr_rng)
-            gaps[0] = 0.0 if w.arrival.process == "constant" else gaps[0]
-            arrival = np.cumsum(gaps)
+            arrival = _loop_times(t0, int(len(t0) * (w.duration_s / per_pass + 1)) + 1)
+            return arrival[arrival < w.duration_s]
+        return _loop_times(t0, n or len(t0))
+    if w.duration_s:
+        est = int(w.duration_s * w.arrival.rate_per_s * 1.2 + 50)
+        arrival = np.cumsum(_gaps(w, est, rng))
+        while arrival[-1] < w.duration_s:
+            arrival = np.concatenate([arrival, arrival[-1] + np.cumsum(_gaps(w, est, rng))])
+        return arrival[arrival < w.duration_s]
+    n = n or (len(trace.prompt_tokens) if trace else DEFAULT_REQUESTS)
+    gaps = _gaps(w, n, rng)
+    gaps[0] = 0.0 if w.arrival.process == "constant" else gaps[0]
+    return np.cumsum(gaps)
+
+
+SYSTEM_PROMPT_ID = -(10**12)  # segment ids: system prompts below this, trace hash ids above TRACE_HASH_ID
+TRACE_HASH_ID = 10**13
+TRACE_HASH_BLOCK = 512  # tokens per hash id in the Mooncake trace
+
+
+def output_segment(rid: int) -> int:
+    """Segment id of a request's output tokens (they reappear in its conversation's next prompt)."""
+    return -2 - 2 * rid
+
+
+def generate(w: Workload, seed: int) -> Requests:
+    """Draw the requests of a workload; deterministic for a given seed."""
+    arr_rng, p_rng, o_rng, c_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    trace = read_trace(w.trace) if w.trace else None
+    if w.arrival.process == "trace" and trace is not None and trace.arrival_s is None:
+        raise ConfigError(
+            f"workload.trace {w.trace!r} has no arrival times; use arrival.process poisson/gamma/constant"
+        )
+    if w.classes:
+        return _generate_classes(w, trace, arr_rng, p_rng, o_rng, c_rng)
+    arrival = _arrivals(w, w.num_requests, trace, arr_rng)
     n = len(arrival)
     prompt = _lengths(w.prompt_tokens, n, p_rng, trace.prompt_tokens if trace else None)
     output = _lengths(w.output_tokens, n, o_rng, trace.output_tokens if trace else None)
-    return Requests(np.asarray(arrival, dtype=float), prompt.astype(np.int64), output.astype(np.int64))
+    segments = None
+    if trace is not None and trace.hash_ids is not None and w.prompt_tokens.dist == "trace":
+        hashes = trace.hash_ids
+        segments = [_hash_segments(hashes[i % len(hashes)], int(prompt[i]), i) for i in range(n)]
+    return Requests(
+        np.asarray(arrival, dtype=float), prompt.astype(np.int64), output.astype(np.int64), segments=segments
+    )
+
+
+def _hash_segments(ids: list[int], prompt: int, rid: int) -> tuple | None:
+    if not ids:
+        return None
+    segs, left = [], prompt
+    for h in ids:
+        if left <= 0:
+            break
+        segs.append((TRACE_HASH_ID + int(h), min(TRACE_HASH_BLOCK, left)))
+        left -= TRACE_HASH_BLOCK
+    if left > 0:
+        segs.append((2 * rid, left))  # tokens beyond the listed hashes are the request's own
+    return tuple(segs)
+
+
+def _generate_classes(w: Workload, trace, arr_rng, p_rng, o_rng, c_rng) -> Requests:
+    classes = w.classes
+    shares = np.array([c.share for c in classes], dtype=float)
+    arrival = _arrivals(w, w.num_requests, trace, arr_rng)
+    cls = c_rng.choice(len(classes), size=len(arrival), p=shares / shares.sum())
+    # turns per arrival; a conversation's later turns are requests too
+    turns = np.ones(len(arrival), dtype=np.int64)
+    for ci, c in enumerate(classes):
+        if c.session is not None:
+            mask = cls == ci
+            turns[mask] = _lengths(c.session.turns, int(mask.sum()), c_rng, None)
+    if w.num_requests:
+        total = np.cumsum(turns)
+        keep = int(np.searchsorted(total, w.num_requests)) + 1
+        arrival, cls, turns = arrival[:keep], cls[:keep], turns[:keep].copy()
+        turns[-1] -= max(int(total[keep - 1]) - w.num_requests, 0)
+    n = int(turns.sum())
+    # draw lengths per class, in order of use
+    user = np.empty(n, dtype=np.int64)
+    out = np.empty(n, dtype=np.int64)
+    req_cls = np.repeat(cls, turns)
+    for ci, c in enumerate(classes):
+        idx = np.flatnonzero(req_cls == ci)
+        pd, od = c.prompt_tokens or w.prompt_tokens, c.output_tokens or w.output_tokens
+        user[idx] = _lengths(pd, len(idx), p_rng, trace.prompt_tokens if trace else None)
+        out[idx] = _lengths(od, len(idx), o_rng, trace.output_tokens if trace else None)
+    arr = np.full(n, np.nan)
+    prompt = np.empty(n, dtype=np.int64)
+    next_turn = np.full(n, -1, dtype=np.int64)
+    think = np.zeros(n)
+    segments: list = [None] * n
+    rid = 0
+    for a, ci, t in zip(arrival.tolist(), cls.tolist(), turns.tolist()):
+        c = classes[ci]
+        sys_seg = ((SYSTEM_PROMPT_ID - ci, c.shared_prefix_tokens),) if c.shared_prefix_tokens else ()
+        history: tuple = ()
+        arr[rid] = a
+        for k in range(t):
+            u = int(user[rid])
+            mine = ((2 * rid, u),)
+            if c.prefix_position == "end":
+                segs = history + mine + sys_seg
+            else:
+                segs = sys_seg + history + mine
+            prompt[rid] = sum(x[1] for x in segs)
+            shares_something = (c.prefix_position == "start" and sys_seg) or k > 0 or (c.session and t > 1)
+            segments[rid] = segs if shares_something else None
+            if k < t - 1:
+                next_turn[rid] = rid + 1
+                think[rid] = arr_rng.exponential(c.session.think_time_s) if c.session.think_time_s else 0.0
+            history = history + mine + ((output_segment(rid), int(out[rid])),)
+            rid += 1
+    return Requests(
+        arr,
+        prompt,
+        out,
+        class_id=req_cls.astype(np.int64),
+        class_names=tuple(c.name for c in classes),
+        segments=segments,
+        next_turn=next_turn,
+        think_s=think,
+    )

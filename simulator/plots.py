@@ -1,0 +1,149 @@
+"""Matplotlib figures of a forecast: latency CDFs, latency vs load, cost per 1M tokens, KV and queue timelines.
+
+matplotlib is optional (the `report` extra) and imported only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from simulator.simulation import Forecast
+
+LATENCIES = (("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e", "end-to-end"))
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        from simulator.errors import ConfigError
+
+        raise ConfigError("plots need matplotlib: pip install 'inferplan[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def request_latencies(f: Forecast) -> dict[str, np.ndarray]:
+    """Per-request TTFT, TPOT and end-to-end latency in seconds (finished requests only)."""
+    t = f.table
+    done = np.isfinite(t.finish_s)
+    outs = t.output_tokens.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(outs > 1, (t.finish_s - t.first_token_s) / (outs - 1), np.nan)
+    return {
+        "ttft": (t.first_token_s - t.arrival_s)[done],
+        "tpot": tpot[done & np.isfinite(tpot)],
+        "e2e": (t.finish_s - t.arrival_s)[done],
+    }
+
+
+def timeline(f: Forecast) -> dict[str, np.ndarray]:
+    """Sampled queue length, running sequences and KV occupancy over simulated time."""
+    if f.stats is None or not f.stats.timeline:
+        return {k: np.zeros(0) for k in ("time_s", "waiting", "running", "kv_occupancy")}
+    a = np.array(f.stats.timeline, dtype=float)
+    return {
+        "time_s": a[:, 0],
+        "waiting": a[:, 1],
+        "running": a[:, 2],
+        "kv_occupancy": a[:, 3] / max(f.memory.num_blocks, 1),
+    }
+
+
+def latency_cdfs(f: Forecast):
+    """Empirical CDFs of TTFT, TPOT and end-to-end latency, with the SLO targets marked."""
+    plt = _plt()
+    lat = request_latencies(f)
+    slo = f.scenario.slo.model_dump(exclude_none=True)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, (key, label) in zip(axes, LATENCIES):
+        x = np.sort(lat[key]) * 1e3
+        if len(x):
+            ax.plot(x, np.arange(1, len(x) + 1) / len(x), lw=1.6)
+        target = slo.get(f"{key}_s")
+        if target is not None:
+            ax.axvline(target * 1e3, color="crimson", ls="--", lw=1, label=f"SLO {target * 1e3:g} ms")
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set(xlabel=f"{label} (ms)", ylabel="fraction of requests", title=f"{label} CDF", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def latency_vs_load(curve, title: str = ""):
+    """p90 latencies against offered rate (a search.LoadCurve), SLO targets and break points marked."""
+    plt = _plt()
+    rates = [p.rate_per_s for p in curve.probes]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, (key, label) in zip(axes, LATENCIES):
+        ax.plot(rates, [getattr(p, f"{key}_p90_s") * 1e3 for p in curve.probes], "o-", ms=4)
+        target = curve.slo.get(f"{key}_s")
+        if target is not None:
+            ax.axhline(target * 1e3, color="crimson", ls="--", lw=1, label=f"SLO {target * 1e3:g} ms")
+            brk = curve.breaks_at.get(f"{key}_s")
+            if brk is not None:
+                ax.axvline(brk, color="grey", ls=":", lw=1, label=f"breaks at {brk:.3g} req/s")
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set(xlabel="offered load (req/s)", ylabel=f"{label} p90 (ms)", title=f"{label} p90 vs load")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def cost_bars(f: Forecast):
+    """Cost per million input, output and blended tokens, beside the hosted API's prices if given."""
+    plt = _plt()
+    c = f.summary["cost"]
+    labels = ["input", "output", "blended"]
+    ours = [c["usd_per_1m_input_tokens"], c["usd_per_1m_output_tokens"], c["usd_per_1m_tokens"]]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    x = np.arange(len(labels))
+    api = f.scenario.hosted_api
+    w = 0.38 if api else 0.6
+    bars = ax.bar(x - (w / 2 if api else 0), ours, w, label="self-hosted (simulated)")
+    ax.bar_label(bars, fmt="$%.3f", fontsize=8)
+    if api:
+        s = f.summary
+        tin = s["throughput"]["input_tokens_per_s"]
+        tout = s["throughput"]["output_tokens_per_s"]
+        blend = (tin * api.usd_per_1m_input + tout * api.usd_per_1m_output) / max(tin + tout, 1e-12)
+        b2 = ax.bar(x + w / 2, [api.usd_per_1m_input, api.usd_per_1m_output, blend], w, label=api.name)
+        ax.bar_label(b2, fmt="$%.3f", fontsize=8)
+    ax.set_xticks(x, labels)
+    ax.set(ylabel="USD per 1M tokens", title="cost per million tokens")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def timelines(f: Forecast):
+    """KV-cache occupancy and queue length (waiting and running sequences) over simulated time."""
+    plt = _plt()
+    tl = timeline(f)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.4))
+    a1.plot(tl["time_s"], tl["kv_occupancy"] * 100, lw=1)
+    a1.set(xlabel="time (s)", ylabel="KV blocks used (%)", title="KV-cache occupancy", ylim=(0, 105))
+    a2.plot(tl["time_s"], tl["waiting"], lw=1, label="waiting")
+    a2.plot(tl["time_s"], tl["running"], lw=1, label="running")
+    a2.set(xlabel="time (s)", ylabel="sequences", title="queue length")
+    a2.legend(fontsize=8)
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def png(fig) -> bytes:
+    """The figure as PNG bytes (and closed)."""
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()

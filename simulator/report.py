@@ -1,0 +1,218 @@
+"""A shareable report of one scenario: a self-contained HTML file (plots inline as base64 PNG) and Markdown.
+
+Holds the forecast's headline numbers, latency percentiles against the SLOs, latency CDFs, latency vs
+load (the scenario re-simulated at multiples of its offered rate), cost per million tokens, KV and queue
+timelines, and the scenario itself so a reader can rerun it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from simulator import plots
+from simulator.search import LoadCurve, latency_vs_load, max_sustainable_rate
+from simulator.simulation import Forecast
+
+LOAD_MULTIPLES = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)
+
+
+@dataclass
+class Report:
+    title: str
+    html: str
+    markdown: str
+    images: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG
+
+
+def offered_rate(f: Forecast) -> float:
+    """Mean arrival rate of the simulated requests (req/s)."""
+    a = f.requests.arrival_s
+    return (len(a) - 1) / max(float(a[-1] - a[0]), 1e-9) if len(a) > 1 else 1.0
+
+
+def load_curve(f: Forecast, multiples=LOAD_MULTIPLES) -> LoadCurve:
+    """The scenario re-simulated at multiples of its maximum rate under the SLOs (or of its offered rate).
+
+    Scaling by the maximum sustainable rate puts the points where the SLOs break on the plot.
+    """
+    data = f.scenario.model_dump(mode="json")
+    r0 = offered_rate(f)
+    if f.scenario.slo.model_dump(exclude_none=True):
+        r_max = max_sustainable_rate(data)[0]
+        r0 = r_max if r_max > 0 else r0
+    return latency_vs_load(data, [r0 * m for m in multiples])
+
+
+def _fmt_ms(x) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x * 1e3:,.1f}"
+
+
+def _fmt_usd(x) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"${x:,.3f}"
+
+
+def headline(f: Forecast) -> list[tuple[str, str]]:
+    """(label, value) pairs a reader looks at first."""
+    s = f.summary
+    hw, m = s["hardware"], s["model"]
+    rows = [
+        ("model", f"{m['name']} ({m['params'] / 1e9:.1f}B, weights {m['weight_dtype']}, KV {m['kv_dtype']})"),
+        (
+            "hardware",
+            f"{hw['gpus']}× {hw['display_name']} ({'calibrated' if hw['calibrated'] else 'datasheet'} profile),"
+            f" ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour",
+        ),
+        ("fits", ("yes: " if s["fits"] else "NO: ") + s["memory"]["explain"]),
+    ]
+    if not s["fits"]:
+        return rows
+    r, t, g, kv, c = s["requests"], s["throughput"], s["goodput"], s["kv_cache"], s["cost"]
+    rows += [
+        (
+            "requests",
+            f"{r['total']:,} total, {r['finished']:,} finished, {r['rejected']:,} rejected, "
+            f"{r['preemptions']:,} preemptions",
+        ),
+        (
+            "throughput",
+            f"{t['requests_per_s']:.2f} req/s, {t['input_tokens_per_s']:,.0f} input tok/s, "
+            f"{t['output_tokens_per_s']:,.0f} output tok/s",
+        ),
+        ("goodput", f"{g['requests_per_s']:.2f} req/s ({g['fraction']:.1%} of finished requests meet the SLOs)"),
+        ("KV cache", f"{kv['blocks']:,} blocks; occupancy mean {kv['mean_occupancy']:.1%}, peak {kv['peak_occupancy']:.1%}"),
+        (
+            "cost per 1M tokens",
+            f"{_fmt_usd(c['usd_per_1m_input_tokens'])} input, {_fmt_usd(c['usd_per_1m_output_tokens'])} output, "
+            f"{_fmt_usd(c['usd_per_1m_tokens'])} blended",
+        ),
+    ]
+    if "hosted_api" in c:
+        h = c["hosted_api"]
+        rows.append(
+            (
+                f"vs {h['name']}",
+                f"same tokens cost ${h['same_tokens_usd']:.2f} there, ${c['total_usd']:.2f} self-hosted "
+                f"({h['self_hosted_over_api']:.2f}×)",
+            )
+        )
+    return rows
+
+
+def latency_rows(f: Forecast) -> list[list[str]]:
+    """Latency table: metric, p50, p90, p95, p99, mean (ms), SLO and whether p90 meets it."""
+    s = f.summary
+    slo = f.scenario.slo.model_dump(exclude_none=True)
+    out = []
+    for key, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"), ("queueing", "queueing")):
+        p = s["latency_s"][key]
+        target = slo.get(f"{key}_s")
+        verdict = "" if target is None else ("meets" if p["p90"] <= target else "misses")
+        out.append(
+            [label, *(_fmt_ms(p[q]) for q in ("p50", "p90", "p95", "p99", "mean")),
+             "" if target is None else f"{target * 1e3:g}", verdict]
+        )
+    return out
+
+
+LATENCY_HEAD = ["latency (ms)", "p50", "p90", "p95", "p99", "mean", "SLO (ms)", "p90 vs SLO"]
+
+
+def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
+    """The report's HTML, Markdown and PNGs (the load curve is simulated here when not given)."""
+    sc = f.scenario
+    title = f"inferplan forecast: {sc.name}"
+    images: dict[str, bytes] = {}
+    captions: dict[str, str] = {}
+    if f.fits and f.table is not None:
+        curve = curve or load_curve(f)
+        images["latency_cdf.png"] = plots.png(plots.latency_cdfs(f))
+        captions["latency_cdf.png"] = "Latency CDFs (dashed: SLO)"
+        images["latency_vs_load.png"] = plots.png(plots.latency_vs_load(curve))
+        captions["latency_vs_load.png"] = "p90 latency vs offered load (the same workload re-simulated at other rates)"
+        images["cost.png"] = plots.png(plots.cost_bars(f))
+        captions["cost.png"] = "Cost per million tokens"
+        images["timelines.png"] = plots.png(plots.timelines(f))
+        captions["timelines.png"] = "KV-cache occupancy and queue length over time"
+    scenario_yaml = yaml.safe_dump(sc.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    breaks = []
+    if curve is not None:
+        for name, rate in curve.breaks_at.items():
+            breaks.append(
+                f"{name[:-2].upper()} p90 breaks its {curve.slo[name] * 1e3:g} ms SLO at "
+                + (f"{rate:.3g} req/s" if rate is not None else f"none of the rates tried (up to {curve.probes[-1].rate_per_s:.3g} req/s)")
+            )
+    return Report(
+        title,
+        _html(title, f, images, captions, breaks, scenario_yaml),
+        _markdown(title, f, images, captions, breaks, scenario_yaml),
+        images,
+    )
+
+
+def write_report(report: Report, out_dir: str | Path) -> list[Path]:
+    """report.html (self-contained), report.md and its PNGs in `out_dir`."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = [d / "report.html", d / "report.md"]
+    paths[0].write_text(report.html)
+    paths[1].write_text(report.markdown)
+    for name, data in report.images.items():
+        (d / name).write_bytes(data)
+        paths.append(d / name)
+    return paths
+
+
+def _html(title, f, images, captions, breaks, scenario_yaml) -> str:
+    e = html.escape
+    head = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in headline(f))
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{e(title)}</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+        "td.n{text-align:right}img{max-width:100%}pre{background:#f5f5f5;padding:1em}"
+        ".misses{color:#b00020;font-weight:600}.meets{color:#1b7f3b}"
+        "</style></head><body>",
+        f"<h1>{e(title)}</h1><table>{head}</table>",
+    ]
+    if f.fits and f.table is not None:
+        rows = "".join(
+            "<tr>" + "".join(
+                f"<td class='{'n' if 0 < i < 7 else e(c)}'>{e(c)}</td>" for i, c in enumerate(r)
+            ) + "</tr>"
+            for r in latency_rows(f)
+        )
+        parts.append(
+            "<h2>Latency</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in LATENCY_HEAD) + f"</tr>{rows}</table>"
+        )
+        if breaks:
+            parts.append("<ul>" + "".join(f"<li>{e(b)}</li>" for b in breaks) + "</ul>")
+        for name, data in images.items():
+            b64 = base64.b64encode(data).decode()
+            parts.append(
+                f"<h3>{e(captions[name])}</h3><img alt='{e(captions[name])}' src='data:image/png;base64,{b64}'>"
+            )
+    parts.append(f"<h2>Scenario</h2><pre>{e(scenario_yaml)}</pre>")
+    parts.append("<p><small>Made by inferplan: <code>python -m simulator report SCENARIO.yaml</code></small></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _markdown(title, f, images, captions, breaks, scenario_yaml) -> str:
+    lines = [f"# {title}", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in headline(f)]
+    if f.fits and f.table is not None:
+        lines += ["", "## Latency", "", "| " + " | ".join(LATENCY_HEAD) + " |", "|" + "---|" * len(LATENCY_HEAD)]
+        lines += ["| " + " | ".join(r) + " |" for r in latency_rows(f)]
+        if breaks:
+            lines += [""] + [f"- {b}" for b in breaks]
+        for name in images:
+            lines += ["", f"### {captions[name]}", "", f"![{captions[name]}]({name})"]
+    lines += ["", "## Scenario", "", "```yaml", scenario_yaml.rstrip(), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,548 @@
+"""Capacity search: sweep configurations, find each one's maximum sustainable rate under the SLOs.
+
+A search spec is a base scenario plus a sweep: scenario field paths (`hardware.gpu`,
+`serving.max_num_seqs`, any field a scenario has) mapped to lists of values; every combination is a
+configuration. For each configuration the arrival rate is binary-searched for the highest rate at which
+at least `slo_attainment` of the requests meet every SLO. From those rates follow the cheapest
+configurations for a target rate (copies = ceil(target / max rate)), the cost frontier (no other
+configuration both costs less per hour and sustains more), and latency-vs-load curves.
+
+Each configuration is one deterministic task (its seed is the base scenario's), so the local process
+pool and a Ray cluster return the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simulator.errors import ConfigError, one_line
+from simulator.scenario import parse_scenario
+from simulator.simulation import simulate
+
+Progress = Callable[[int, int], None]
+
+
+# ---------------------------------------------------------------- scenario mappings
+def get_field(data: dict, path: str, default=None):
+    """`data['a']['b']` for path 'a.b' (default when any part is missing)."""
+    node = data
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_field(data: dict, path: str, value) -> dict:
+    """A deep copy of `data` with the field at dotted `path` set (sections created as needed)."""
+    out = copy.deepcopy(data)
+    node = out
+    parts = path.split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = node[part] = {}
+        node = nxt
+    node[parts[-1]] = value
+    return out
+
+
+def with_rate(data: dict, rate_per_s: float) -> dict:
+    """The scenario with its mean arrival rate set (a trace's times are rescaled to it)."""
+    return set_field(data, "workload.arrival.rate_per_s", float(rate_per_s))
+
+
+# ---------------------------------------------------------------- the spec
+class RateSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_per_s: float = Field(0.01, gt=0, description="lowest rate tried; below it a configuration sustains 0")
+    max_per_s: float = Field(1000.0, gt=0, description="highest rate tried")
+    rel_tol: float = Field(0.05, gt=0, lt=1, description="stop when the bracket is this narrow (relative)")
+
+
+class SearchSpec(BaseModel):
+    """What `python -m simulator search SPEC.yaml` reads."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("search", description="label for the output files")
+    base: dict = Field(description="a scenario; the sweep overrides its fields and the search sets its rate")
+    sweep: dict[str, list] = Field(
+        default_factory=dict,
+        description="scenario field path -> values to try; every combination is one configuration",
+    )
+    slo_attainment: float = Field(
+        0.9, gt=0, le=1, description="fraction of requests that must meet every SLO to sustain a rate"
+    )
+    target_rate_per_s: float | None = Field(
+        None, gt=0, description="rank configurations by the cost of serving this rate"
+    )
+    rate: RateSearch = Field(default_factory=RateSearch, description="bounds of the rate search")
+    load_points: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25],
+        description="latency-vs-load curve of frontier configurations, as fractions of their max rate",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpec:
+        for path, values in self.sweep.items():
+            if not values:
+                raise ValueError(f"sweep.{path}: give at least one value")
+        if self.rate.max_per_s <= self.rate.min_per_s:
+            raise ValueError("rate.max_per_s must be above rate.min_per_s")
+        return self
+
+
+def parse_spec(data: object, source: str = "search spec") -> SearchSpec:
+    """Validate a search spec; the base scenario is checked too, errors in one line."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a search spec must be a YAML mapping")
+    try:
+        spec = SearchSpec.model_validate(data)
+    except ValidationError as e:
+        raise one_line(e, source) from None
+    sc = parse_scenario(spec.base, f"{source}: base")
+    if not sc.slo.model_dump(exclude_none=True):
+        raise ConfigError(f"{source}: base.slo sets no target; a capacity search needs at least one SLO")
+    return spec
+
+
+def load_spec(path: str | Path) -> SearchSpec:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"search spec {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_spec(data, str(p))
+
+
+def configurations(spec: SearchSpec) -> list[dict[str, object]]:
+    """Every combination of the sweep's values, as {field path: value}, in a stable order."""
+    paths = list(spec.sweep)
+    return [dict(zip(paths, combo)) for combo in itertools.product(*(spec.sweep[p] for p in paths))]
+
+
+# ---------------------------------------------------------------- one configuration
+@dataclass
+class Probe:
+    """One simulation at one offered rate."""
+
+    rate_per_s: float
+    attainment: float  # fraction of all requests that finished and met every SLO
+    ok: bool
+    ttft_p90_s: float
+    tpot_p90_s: float
+    e2e_p90_s: float
+    usd_per_1m_tokens: float
+
+
+@dataclass
+class ConfigResult:
+    """A configuration's maximum sustainable rate and what it costs there."""
+
+    index: int
+    overrides: dict[str, object]
+    status: str  # ok | does not fit | invalid | below min rate
+    message: str = ""
+    max_rate_per_s: float = 0.0
+    usd_per_hour: float = float("nan")
+    usd_per_1m_tokens: float = float("nan")  # at the max sustainable rate
+    ttft_p90_s: float = float("nan")
+    tpot_p90_s: float = float("nan")
+    e2e_p90_s: float = float("nan")
+    output_tokens_per_s: float = float("nan")
+    simulations: int = 0
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in self.overrides.items()) or "base"
+
+    def copies_for(self, rate_per_s: float) -> int | None:
+        """Copies of this configuration needed for `rate_per_s` (None: it sustains nothing)."""
+        if self.max_rate_per_s <= 0:
+            return None
+        return max(1, math.ceil(rate_per_s / self.max_rate_per_s - 1e-9))
+
+
+def _attainment(summary: dict) -> float:
+    r = summary["requests"]
+    met = summary["goodput"]["fraction"] * r["finished"]
+    return met / max(r["total"], 1)
+
+
+def probe(data: dict, rate_per_s: float, slo_attainment: float) -> tuple[Probe, dict]:
+    """Simulate the scenario at one rate; whether it meets the SLOs there."""
+    f = simulate(parse_scenario(with_rate(data, rate_per_s)))
+    s = f.summary
+    if not s["fits"]:
+        raise _DoesNotFit(s["memory"]["explain"])
+    lat = s["latency_s"]
+    att = _attainment(s)
+    p = Probe(
+        rate_per_s,
+        att,
+        att >= slo_attainment,
+        lat["ttft"]["p90"],
+        lat["tpot"]["p90"],
+        lat["e2e"]["p90"],
+        s["cost"]["usd_per_1m_tokens"],
+    )
+    return p, s
+
+
+class _DoesNotFit(Exception):
+    pass
+
+
+def max_sustainable_rate(
+    data: dict, slo_attainment: float = 0.9, rate: RateSearch | None = None
+) -> tuple[float, list[Probe], dict | None]:
+    """Binary search for the highest rate meeting the SLOs: (rate, probes in order, summary at that rate).
+
+    A first run far above capacity measures the saturated throughput, an upper bound that brackets
+    the search; halving from there finds a rate that passes, and bisection narrows to `rel_tol`.
+    """
+    rate = rate or RateSearch()
+    probes: list[Probe] = []
+    best: tuple[float, dict | None] = (0.0, None)
+
+    def run(r: float) -> bool:
+        nonlocal best
+        p, s = probe(data, r, slo_attainment)
+        probes.append(p)
+        if p.ok and r > best[0]:
+            best = (r, s)
+        return p.ok
+
+    # saturated throughput: the most the configuration completes per second under overload
+    p, s = probe(data, rate.max_per_s, slo_attainment)
+    probes.append(p)
+    if p.ok:
+        return rate.max_per_s, probes, s
+    hi = min(max(s["throughput"]["requests_per_s"] * 1.05, rate.min_per_s), rate.max_per_s)
+    lo = hi
+    while not run(lo):
+        hi = lo
+        lo = lo / 2
+        if lo < rate.min_per_s:
+            return 0.0, probes, None
+    if lo == hi:  # the saturated throughput itself passes; try above it
+        hi = min(lo * 1.5, rate.max_per_s)
+        if run(hi):
+            return best[0], probes, best[1]
+    while hi / lo - 1 > rate.rel_tol:
+        mid = math.sqrt(lo * hi)
+        if run(mid):
+            lo = mid
+        else:
+            hi = mid
+    return best[0], probes, best[1]
+
+
+def evaluate(base: dict, overrides: dict, index: int, slo_attainment: float, rate: RateSearch) -> ConfigResult:
+    """One configuration end to end; never raises for a bad combination (it is reported)."""
+    data = base
+    for path, value in overrides.items():
+        data = set_field(data, path, value)
+    res = ConfigResult(index, overrides, "ok")
+    try:
+        parse_scenario(data, "configuration")
+        r, probes, s = max_sustainable_rate(data, slo_attainment, rate)
+    except _DoesNotFit as e:
+        res.status, res.message = "does not fit", str(e)
+        return res
+    except ConfigError as e:
+        res.status, res.message = "invalid", str(e)
+        return res
+    res.probes, res.simulations = probes, len(probes)
+    res.max_rate_per_s = r
+    if s is None:
+        res.status = "below min rate"
+        res.message = f"misses the SLOs even at {probes[-1].rate_per_s:.3g} req/s ({_misses(probes[-1], data)})"
+        return res
+    hw = s["hardware"]
+    res.usd_per_hour = hw["price_per_gpu_hour_usd"] * hw["gpus"]
+    res.usd_per_1m_tokens = s["cost"]["usd_per_1m_tokens"]
+    lat = s["latency_s"]
+    res.ttft_p90_s, res.tpot_p90_s, res.e2e_p90_s = (lat[k]["p90"] for k in ("ttft", "tpot", "e2e"))
+    res.output_tokens_per_s = s["throughput"]["output_tokens_per_s"]
+    return res
+
+
+def _misses(p: Probe, data: dict) -> str:
+    slo = parse_scenario(data).slo.model_dump(exclude_none=True)
+    out = [
+        f"{k[:-2].upper()} p90 {_ms(getattr(p, k[:-2] + '_p90_s'))} ms > {v * 1e3:g} ms"
+        for k, v in slo.items()
+        if not getattr(p, k[:-2] + "_p90_s") <= v
+    ]
+    return "; ".join(out) or f"only {p.attainment:.0%} of requests meet the SLOs"
+
+
+def _evaluate_task(args: tuple) -> ConfigResult:
+    return evaluate(*args)
+
+
+# ---------------------------------------------------------------- running a sweep
+@dataclass
+class SearchResult:
+    spec: SearchSpec
+    results: list[ConfigResult]
+    wall_s: float
+    backend: str
+
+    @property
+    def feasible(self) -> list[ConfigResult]:
+        return [r for r in self.results if r.status == "ok" and r.max_rate_per_s > 0]
+
+    def cheapest(self, rate_per_s: float | None = None, n: int = 5) -> list[ConfigResult]:
+        """Cheapest configurations meeting the SLOs: by $/hour for `rate_per_s`, else by $ per 1M tokens."""
+        rate_per_s = rate_per_s or self.spec.target_rate_per_s
+        if rate_per_s:
+            key = lambda r: (r.copies_for(rate_per_s) * r.usd_per_hour, -r.max_rate_per_s)  # noqa: E731
+        else:
+            key = lambda r: (r.usd_per_1m_tokens, -r.max_rate_per_s)  # noqa: E731
+        return sorted(self.feasible, key=key)[:n]
+
+    def frontier(self) -> list[ConfigResult]:
+        """Configurations no other beats on both price per hour and max sustainable rate, cheapest first."""
+        out: list[ConfigResult] = []
+        for r in sorted(self.feasible, key=lambda r: (r.usd_per_hour, -r.max_rate_per_s)):
+            if not out or r.max_rate_per_s > out[-1].max_rate_per_s:
+                out.append(r)
+        return out
+
+
+def run_search(
+    spec: SearchSpec,
+    backend: str = "processes",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    progress: Progress | None = None,
+) -> SearchResult:
+    """Evaluate every configuration on `backend`: 'serial', 'processes' (default) or 'ray'."""
+    t0 = time.perf_counter()
+    tasks = [
+        (spec.base, ov, i, spec.slo_attainment, spec.rate) for i, ov in enumerate(configurations(spec))
+    ]
+    if backend == "serial":
+        results = []
+        for t in tasks:
+            results.append(_evaluate_task(t))
+            if progress:
+                progress(len(results), len(tasks))
+    elif backend == "processes":
+        results = _run_pool(tasks, workers, progress)
+    elif backend == "ray":
+        results = _run_ray(tasks, ray_address, progress)
+    else:
+        raise ConfigError(f"backend {backend!r} is unknown; use serial, processes or ray")
+    results.sort(key=lambda r: r.index)
+    return SearchResult(spec, results, time.perf_counter() - t0, backend)
+
+
+def _run_pool(tasks: list, workers: int | None, progress: Progress | None) -> list[ConfigResult]:
+    results: list[ConfigResult] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_evaluate_task, t) for t in tasks]
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            if progress:
+                progress(len(results), len(tasks))
+    return results
+
+
+def _run_ray(tasks: list, address: str | None, progress: Progress | None) -> list[ConfigResult]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--ray needs Ray: pip install 'inferplan[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=None if address in (None, "local") else address, log_to_driver=False)
+    remote = ray.remote(_evaluate_task)
+    pending = [remote.remote(t) for t in tasks]
+    results: list[ConfigResult] = []
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        results.extend(ray.get(done))
+        if progress:
+            progress(len(results), len(tasks))
+    return results
+
+
+# ---------------------------------------------------------------- latency vs load
+@dataclass
+class LoadCurve:
+    """Latency percentiles of one configuration at several offered rates, and where each SLO breaks."""
+
+    probes: list[Probe]
+    breaks_at: dict[str, float | None]  # SLO name -> lowest rate tried whose p90 misses it (None: never)
+    slo: dict[str, float]
+
+
+def latency_vs_load(data: dict, rates: Iterable[float], slo_attainment: float = 0.9) -> LoadCurve:
+    """Simulate the scenario at each rate; the first rate at which each SLO's p90 is missed."""
+    sc = parse_scenario(data)
+    slo = sc.slo.model_dump(exclude_none=True)
+    probes = [probe(data, r, slo_attainment)[0] for r in sorted(rates)]
+    breaks: dict[str, float | None] = {}
+    for name, target in slo.items():
+        key = name.replace("_s", "_p90_s")
+        missed = [p.rate_per_s for p in probes if not getattr(p, key) <= target]
+        breaks[name] = missed[0] if missed else None
+    return LoadCurve(probes, breaks, slo)
+
+
+def frontier_curves(result: SearchResult) -> dict[int, LoadCurve]:
+    """Latency-vs-load curves of the frontier configurations at the spec's load points."""
+    out = {}
+    for r in result.frontier():
+        data = result.spec.base
+        for path, value in r.overrides.items():
+            data = set_field(data, path, value)
+        rates = [r.max_rate_per_s * x for x in result.spec.load_points]
+        out[r.index] = latency_vs_load(data, rates, result.spec.slo_attainment)
+    return out
+
+
+# ---------------------------------------------------------------- output
+COLUMNS = (
+    "index",
+    "configuration",
+    "status",
+    "max_rate_per_s",
+    "usd_per_hour",
+    "usd_per_1m_tokens",
+    "ttft_p90_s",
+    "tpot_p90_s",
+    "e2e_p90_s",
+    "output_tokens_per_s",
+    "copies_for_target",
+    "usd_per_hour_for_target",
+    "simulations",
+    "message",
+)
+
+
+def rows(result: SearchResult) -> list[dict]:
+    """One flat row per configuration (sweep fields as their own columns), for CSV and tables."""
+    target = result.spec.target_rate_per_s
+    out = []
+    for r in result.results:
+        row = {"index": r.index, "configuration": r.label}
+        row |= {k: v for k, v in r.overrides.items()}
+        d = asdict(r)
+        for k in COLUMNS[2:]:
+            if k in d:
+                row[k] = d[k]
+        copies = r.copies_for(target) if target and r.status == "ok" else None
+        row["copies_for_target"] = copies
+        row["usd_per_hour_for_target"] = copies * r.usd_per_hour if copies else None
+        out.append(row)
+    return out
+
+
+def to_csv(result: SearchResult) -> str:
+    table = rows(result)
+    names = ["index", *result.spec.sweep, *COLUMNS[2:]]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore")
+    w.writeheader()
+    for row in table:
+        w.writerow({k: _cell(row.get(k)) for k in names})
+    return buf.getvalue()
+
+
+def _cell(v):
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.6g}"
+    return "" if v is None else v
+
+
+def _ms(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x * 1e3:,.0f}"
+
+
+def _value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def format_table(result: SearchResult, limit: int = 20) -> str:
+    """Terminal summary: cheapest configurations, the frontier, and the ones that cannot meet the SLOs."""
+    spec = result.spec
+    target = spec.target_rate_per_s
+    slo = parse_scenario(spec.base).slo.model_dump(exclude_none=True)
+    lines = [
+        f"{spec.name}: {len(result.results)} configurations, {len(result.feasible)} meet the SLOs "
+        f"({', '.join(f'{k} {v:g} s' for k, v in slo.items())} for {spec.slo_attainment:.0%} of requests)"
+        f" — {result.wall_s:.1f} s on {result.backend}",
+    ]
+    by_status: dict[str, int] = {}
+    for r in result.results:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    lines.append("  " + ", ".join(f"{n} {s}" for s, n in by_status.items()))
+    names = {p: p.split(".")[-1] for p in spec.sweep}
+    widths = {
+        p: max(len(names[p]), *(len(_value(v)) for v in spec.sweep[p])) + 2 for p in spec.sweep
+    }
+    head = f"{'#':>4}  " + "".join(f"{names[p]:<{widths[p]}}" for p in spec.sweep)
+    head += f"{'max req/s':>10}{'$/h':>8}{'$/1M tok':>10}{'TTFT p90':>10}{'TPOT p90':>10}"
+    if target:
+        head += f"{'copies':>8}{'$/h @ target':>14}"
+
+    def cells(r: ConfigResult) -> str:
+        return f"{r.index:>4}  " + "".join(f"{_value(r.overrides[p]):<{widths[p]}}" for p in spec.sweep)
+
+    def line(r: ConfigResult) -> str:
+        s = (
+            cells(r) + f"{r.max_rate_per_s:>10.2f}{r.usd_per_hour:>8.2f}"
+            f"{r.usd_per_1m_tokens:>10.3f}{_ms(r.ttft_p90_s):>10}{_ms(r.tpot_p90_s):>10}"
+        )
+        if target:
+            c = r.copies_for(target)
+            s += f"{c:>8}{c * r.usd_per_hour:>14.2f}"
+        return s
+
+    title = f"cheapest for {target:g} req/s" if target else "cheapest per 1M tokens"
+    lines += ["", f"{title} (latencies in ms at each configuration's max rate):", head]
+    lines += [line(r) for r in result.cheapest(n=limit)]
+    lines += ["", "frontier (no other configuration is cheaper per hour and sustains more):", head]
+    lines += [line(r) for r in result.frontier()]
+    bad = [r for r in result.results if r.status != "ok"]
+    if bad:
+        lines += ["", "cannot meet the SLOs:"]
+        lines += [f"{cells(r)}{r.status}: {r.message[:140]}" for r in bad[:limit]]
+        if len(bad) > limit:
+            lines.append(f"      … and {len(bad) - limit} more (see the CSV)")
+    return "\n".join(lines)
+
+
+def progress_bar(stream=sys.stderr, width: int = 30) -> Progress:
+    """A one-line text progress bar: done/total, elapsed and remaining time."""
+    t0 = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        el = time.perf_counter() - t0
+        fill = int(width * done / max(total, 1))
+        eta = el / done * (total - done) if done else 0.0
+        stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} configurations {el:5.1f} s, ~{eta:4.0f} s left")
+        if done == total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
