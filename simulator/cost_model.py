@@ -9,14 +9,40 @@ the one function both the simulator and calibration use.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from simulator.hardware import HardwareProfile, OpEfficiency
 from simulator.model_spec import ModelSpec, dtype_bytes
+from simulator.parallelism import (
+    Parallelism,
+    all_to_all_time,
+    allgather_time,
+    allreduce_time,
+    expected_touched,
+    expert_inclusion,
+    experts_by_gpu,
+    kv_bytes_per_token_per_gpu,
+    send_time,
+    shard,
+    weight_bytes_per_gpu,
+)
 
 ACT_BYTES = 2.0  # activations stay in 16-bit in every engine we model
+# Weight-only kernels (int4, and 8-bit weights on GPUs without 8-bit matrix units) dequantize each
+# weight to 16-bit on the CUDA cores before the tensor-core MMA, once per tile of tokens. Marlin
+# (IST-DASLab/marlin, the W4A16 kernel vLLM uses) takes at most 64 token rows per pass and re-runs the
+# weights for each further 64; its dequant() turns 4 weights into 16-bit with 2 LOP3 + 1 HSUB2 + 1
+# HFMA2, plus a shift and a half2 scale multiply: about 1.5 instructions per weight. The issue rate is
+# one instruction per FP32 lane per clock, half the datasheet FP32 FLOP/s (which counts an FMA as 2).
+# The work competes with the MMAs for issue slots, so it adds to compute time and hides under memory
+# time: free at batch 1, about +10-25% at large batch (T4: +11%, H100: +26%). Measured int4 kernels show
+# the same direction, larger for older kernels: AWQ's GEMM at batch 256 ran at 50% of FP16 on
+# Llama-2-13B (github.com/casper-hansen/AutoAWQ/issues/106); Marlin keeps ~4x up to 16-32 tokens.
+DEQUANT_TILE_TOKENS = 64
+DEQUANT_INSTR_PER_WEIGHT = 1.5
 # Kernels per layer in a fused engine step: norm, qkv, rope, attention, o, norm, gate_up, act, down.
 KERNELS_PER_LAYER = 9
 
@@ -74,8 +100,30 @@ def op_times(
     return np.maximum(t_c, t_m) + eff.launch_s
 
 
+def gemm_rate(profile: HardwareProfile, dtype: str) -> tuple[OpEfficiency, float, bool]:
+    """(efficiency, peak FLOP/s, dequantizes?) of weight GEMMs with `dtype` weights on this GPU.
+
+    fp8 and int8 are W8A8: they run at the 8-bit rate where the matrix units have it, with the
+    calibrated efficiency of that dtype when the profile has one; elsewhere the 8-bit weights are
+    dequantized to 16-bit (vLLM's FP8-Marlin weight-only path on GPUs without FP8). int4 is always
+    weight-only: 16-bit compute plus dequantization.
+    """
+    e = profile.efficiency.gemm
+    if dtype in ("fp8", "int8") and profile.native_dtype(dtype):
+        fitted = getattr(profile.calibration, "gemm_by_dtype", None) or {}
+        if dtype in fitted:
+            e = OpEfficiency.model_validate(fitted[dtype])
+        return e, profile.peak_flops(dtype), False
+    sixteen = profile.peak_flops("bf16")
+    return e, sixteen, dtype in ("fp8", "int8", "int4")
+
+
 class CostModel:
-    """Per-(profile, model, dtypes) constants, cached so a step costs a few dozen float operations."""
+    """Per-(profile, model, dtypes, parallelism) constants, cached so a step costs a few dozen float operations.
+
+    With tp, pp, ep > 1 the times are those of one GPU's share of the work (the slowest GPU for
+    experts), summed over the pp stages a micro-batch passes through, plus the collectives.
+    """
 
     def __init__(
         self,
@@ -83,63 +131,127 @@ class CostModel:
         model: ModelSpec,
         weight_dtype: str = "bf16",
         kv_dtype: str = "bf16",
+        tp: int = 1,
+        pp: int = 1,
+        ep: int = 1,
+        routing_skew: float = 0.0,
     ) -> None:
         self.profile, self.model = profile, model
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
+        self.par = Parallelism(tp, pp, ep)
+        self.par.check(model)
         e = profile.efficiency
         self.eff = e
         self.bw = profile.memory_bandwidth
-        self.gemm_peak = profile.peak_flops(weight_dtype)
+        self.ic = profile.interconnect
         self.attn_peak = profile.peak_flops("bf16")
+        self.gemm_eff, self.gemm_peak, self.dequant = gemm_rate(profile, weight_dtype)
         self.wbytes = dtype_bytes(weight_dtype)
-        self.kv_tok_bytes = model.kv_bytes_per_token(kv_dtype)  # full-attention layers, all of them
-        self.kv_sliding_tok_bytes = model.sliding_kv_bytes_per_token(kv_dtype)
-        self.pair_flops = model.attn_flops_per_pair
+        fp32 = profile.peak_tflops.fp32
+        # CUDA-core instruction rate (see DEQUANT_INSTR_PER_WEIGHT); without an FP32 figure, the 16-bit
+        # tensor rate / 16 (the A100's ratio: 312 vs 19.5 TFLOP/s).
+        self.alu_rate = (fp32 * 1e12 if fp32 else self.attn_peak / 16) / 2
+        # attention: heads split tp ways; per-GPU KV over all layers (a micro-batch visits every stage)
+        all_stages = Parallelism(tp, 1, ep)
+        self.kv_tok_bytes, self.kv_sliding_tok_bytes = kv_bytes_per_token_per_gpu(model, kv_dtype, all_stages)
+        self.pair_flops = model.attn_flops_per_pair / tp
         self._gemm_cache: dict[int, float] = {}
+        self._comm_cache: dict[int, float] = {}
         self._fixed_cache: dict[int, float] = {}
         self._coeff_cache: dict[int, tuple] = {}
         m = model
         q_width = m.num_heads * m.q_head_dim
         # per token per layer, bytes of q in / o out of attention kernels
-        self._attn_io_per_token = ACT_BYTES * (q_width + m.num_heads * (m.v_head_dim or m.head_dim))
+        self._attn_io_per_token = ACT_BYTES * (q_width + m.num_heads * (m.v_head_dim or m.head_dim)) / tp
         mlp_i = m.intermediate_size if not m.is_moe else m.moe_intermediate_size * m.experts_per_token
-        # element-wise traffic per token per layer: 2 norms, 2 residual adds, rope, activation (read 2I, write I)
-        self._elementwise_bytes_per_token = ACT_BYTES * (10 * m.hidden_size + 3 * mlp_i + 2 * q_width)
+        # element-wise traffic per token per layer: 2 norms, 2 residual adds, rope, activation (read 2I,
+        # write I); norms and residuals run on the whole hidden state on every tensor-parallel rank
+        self._elementwise_bytes_per_token = ACT_BYTES * (10 * m.hidden_size + (3 * mlp_i + 2 * q_width) / tp)
+        # per-GPU weight shards
+        self._dense = [(*shard(m, g, tp), g.layers) for g in m.dense_gemms]
+        self._lm = shard(m, m.lm_head, tp)
+        self._experts = [(*shard(m, g, 1 if ep > 1 else tp), g.layers) for g in m.expert_gemms]
+        self.expert_q = expert_inclusion(m.num_experts, m.experts_per_token, routing_skew) if m.is_moe else None
+        self._expert_q_gpu = experts_by_gpu(self.expert_q, ep) if m.is_moe else []
 
     # ------------------------------------------------------------------ groups
+    def _weight_gemm(self, slots: float, k: int, n: int, copies: float = 1.0) -> float:
+        """One [k, n] weight GEMM over `slots` token rows, spread over `copies` matrices (touched experts)."""
+        e = self.gemm_eff
+        t_c = (2.0 * slots * k * n + e.compute_ramp_flops) / (e.compute * self.gemm_peak)
+        if self.dequant:
+            rows = slots / copies if copies else 0.0
+            t_c += copies * k * n * math.ceil(rows / DEQUANT_TILE_TOKENS) * DEQUANT_INSTR_PER_WEIGHT / self.alu_rate
+        t_m = (copies * k * n * self.wbytes + slots * (k + n) * ACT_BYTES + e.memory_ramp_bytes) / (
+            e.memory * self.bw
+        )
+        return (t_c if t_c > t_m else t_m) + e.launch_s
+
     def gemm_time(self, tokens: int, logits_tokens: int) -> float:
-        """Dense GEMMs (per weight matrix), routed experts and LM head for `tokens` tokens."""
+        """Dense GEMMs (per weight matrix), routed experts and LM head for `tokens` tokens, on one GPU."""
         key = tokens * 65536 + logits_tokens
         t = self._gemm_cache.get(key)
         if t is not None:
             return t
-        e, peak, bw, wb = self.eff.gemm, self.gemm_peak, self.bw, self.wbytes
-        m = self.model
         t = 0.0
         if tokens:
-            for g in m.dense_gemms:
-                f = 2.0 * tokens * g.k * g.n
-                b = g.k * g.n * wb + tokens * (g.k + g.n) * ACT_BYTES
-                t += g.layers * op_time(e, f, b, peak, bw)
-            if m.is_moe:
-                touched = self.experts_touched(tokens)
-                for g in m.expert_gemms:
-                    f = 2.0 * tokens * m.experts_per_token * g.k * g.n
-                    b = touched * g.k * g.n * wb + tokens * m.experts_per_token * (g.k + g.n) * ACT_BYTES
-                    t += g.layers * op_time(e, f, b, peak, bw)
+            for k, n, layers in self._dense:
+                t += layers * self._weight_gemm(tokens, k, n)
+            if self.model.is_moe:
+                t += self.expert_time(tokens)
         if logits_tokens:
-            g = m.lm_head  # stays in 16-bit
-            f = 2.0 * logits_tokens * g.k * g.n
-            b = g.k * g.n * 2.0 + logits_tokens * (g.k + g.n) * ACT_BYTES
-            t += op_time(e, f, b, self.attn_peak, bw)
+            k, n = self._lm  # stays in 16-bit
+            f = 2.0 * logits_tokens * k * n
+            b = k * n * 2.0 + logits_tokens * (k + n) * ACT_BYTES
+            t += op_time(self.eff.gemm, f, b, self.attn_peak, self.bw)
         if len(self._gemm_cache) < 200_000:
             self._gemm_cache[key] = t
         return t
 
+    def expert_time(self, tokens: int) -> float:
+        """Routed experts of all MoE layers: each GPU reads the experts it holds that the batch touched and
+        computes the tokens routed to them; the slowest GPU sets the time."""
+        worst = 0.0
+        for q in self._expert_q_gpu:
+            touched = expected_touched(q, tokens)
+            slots = tokens * float(q.sum())  # (token, expert) pairs landing on this GPU
+            if slots <= 0:
+                continue
+            t = sum(layers * self._weight_gemm(slots, k, n, touched) for k, n, layers in self._experts)
+            worst = max(worst, t)
+        return worst
+
     def experts_touched(self, tokens: int) -> float:
-        """Expected distinct experts per MoE layer hit by `tokens` tokens with uniform top-k routing."""
-        m = self.model
-        return m.num_experts * (1.0 - (1.0 - m.experts_per_token / m.num_experts) ** tokens)
+        """Expected distinct experts per MoE layer hit by `tokens` tokens under top-k routing with the skew."""
+        return expected_touched(self.expert_q, tokens)
+
+    def communication_time(self, tokens: int, logits_tokens: int = 0) -> float:
+        """Collectives of one step: tensor-parallel all-reduces (or expert all-to-alls), pipeline sends."""
+        if self.par.gpus == 1 or not tokens:
+            return 0.0
+        key = tokens * 65536 + logits_tokens
+        t = self._comm_cache.get(key)
+        if t is not None:
+            return t
+        m, ic, (tp, pp, ep) = self.model, self.ic, (self.par.tp, self.par.pp, self.par.ep)
+        hidden = tokens * m.hidden_size * ACT_BYTES
+        t = 0.0
+        if tp > 1:
+            # after attention's row-parallel O projection, and below after the MLP's down projection
+            t += m.num_layers * allreduce_time(hidden, tp, ic)
+            if ep > 1:  # MoE layers: dispatch and combine (each GPU scatters its tokens/ep to k experts)
+                a2a = all_to_all_time(hidden / ep * m.experts_per_token, ep, ic)
+                t += m.moe_layers * (2 * a2a + allgather_time(hidden, ep, ic))
+                t += m.dense_mlp_layers * allreduce_time(hidden, tp, ic)
+            else:
+                t += m.num_layers * allreduce_time(hidden, tp, ic)
+            if logits_tokens:  # vocabulary-parallel logits gathered for sampling
+                t += allgather_time(logits_tokens * m.vocab_size * ACT_BYTES, tp, ic)
+        if pp > 1:  # hidden states and residual to the next stage (vLLM's IntermediateTensors)
+            t += (pp - 1) * send_time(2 * hidden, ic)
+        if len(self._comm_cache) < 200_000:
+            self._comm_cache[key] = t
+        return t
 
     def attention_prefill_time(self, b: BatchShape) -> float:
         if not b.prefill_tokens:
@@ -196,6 +308,7 @@ class CostModel:
             "attention_prefill": self.attention_prefill_time(b),
             "attention_decode": self.attention_decode_time(b.decode_seqs, b.decode_context_tokens),
             "elementwise": self.elementwise_time(tokens),
+            "communication": self.communication_time(tokens, logits),
             "overhead": self.overhead_time(b.decode_seqs + b.prefill_seqs) if tokens else 0.0,
         }
 
@@ -206,7 +319,7 @@ class CostModel:
     def step_split(self, b: BatchShape) -> tuple[float, float]:
         """(step seconds, the part spent on prompt tokens): attention by kind, the rest by token share."""
         p = self.breakdown(b)
-        shared = p["gemm"] + p["elementwise"] + p["overhead"]
+        shared = p["gemm"] + p["elementwise"] + p["communication"] + p["overhead"]
         frac = b.prefill_tokens / b.tokens if b.tokens else 0.0
         total = shared + p["attention_prefill"] + p["attention_decode"]
         return total, shared * frac + p["attention_prefill"]
@@ -215,7 +328,7 @@ class CostModel:
         """The part of a decode-only step of n sequences that does not depend on context."""
         t = self._fixed_cache.get(n)
         if t is None:
-            t = self.gemm_time(n, n) + self.elementwise_time(n) + self.overhead_time(n)
+            t = self.gemm_time(n, n) + self.elementwise_time(n) + self.communication_time(n, n) + self.overhead_time(n)
             self._fixed_cache[n] = t
         return t
 
@@ -270,8 +383,10 @@ class CostModel:
         return fixed + L * t0, (L * (t1 - t0) / (k - 1) if k > 1 else 0.0)
 
     def weight_read_floor(self) -> float:
-        """Seconds to read every weight once at datasheet bandwidth (the decode floor at batch 1)."""
-        return self.model.weight_bytes(self.weight_dtype) / self.bw
+        """Seconds for one GPU to read its weights of every stage once at datasheet bandwidth (the decode
+        floor at batch 1)."""
+        par = Parallelism(self.par.tp, 1, self.par.ep)
+        return weight_bytes_per_gpu(self.model, self.weight_dtype, par) / self.bw
 
 
 def step_time(

@@ -22,6 +22,17 @@ def percentiles(x: np.ndarray) -> dict[str, float]:
     return {f"p{q}": float(v) for q, v in zip(QUANTILES, vals, strict=True)} | {"mean": float(x.mean())}
 
 
+def _meets(slo, ttft: np.ndarray, tpot: np.ndarray, e2e: np.ndarray) -> np.ndarray:
+    ok = np.ones(len(ttft), dtype=bool)
+    if slo.ttft_s is not None:
+        ok &= ttft <= slo.ttft_s
+    if slo.tpot_s is not None:
+        ok &= ~(tpot > slo.tpot_s)  # NaN (single-token outputs) passes
+    if slo.e2e_s is not None:
+        ok &= e2e <= slo.e2e_s
+    return ok
+
+
 def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float) -> dict:
     """The summary dictionary written to summary.json and printed by the CLI."""
     hw = scenario.hardware
@@ -66,13 +77,14 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float)
     out_tok = int(table.output_tokens[done].sum())
 
     slo = scenario.slo
+    classes = scenario.workload.classes or []
     ok = done.copy()
-    if slo.ttft_s is not None:
-        ok &= ttft <= slo.ttft_s
-    if slo.tpot_s is not None:
-        ok &= ~(tpot > slo.tpot_s)  # NaN (single-token outputs) passes
-    if slo.e2e_s is not None:
-        ok &= e2e <= slo.e2e_s
+    if classes:  # each class against its own SLO (the scenario's where it sets none)
+        for ci, c in enumerate(classes):
+            m = table.class_id == ci
+            ok[m] &= _meets(c.slo or slo, ttft[m], tpot[m], e2e[m])
+    else:
+        ok &= _meets(slo, ttft, tpot, e2e)
 
     busy = stats.busy_s
     cost_usd = price * gpus * makespan / 3600.0
@@ -129,6 +141,31 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float)
             "steps_per_wall_s": stats.steps / wall_s if wall_s else float("nan"),
         },
     }
+    prompt_done = int(table.prompt_tokens[np.isfinite(table.scheduled_s)].sum())
+    cached = int(table.cached_tokens.sum())
+    out["prefix_cache"] = {
+        "enabled": scenario.serving.prefix_caching,
+        "hit_rate": cached / prompt_done if prompt_done else 0.0,
+        "prefill_tokens_saved": cached,
+        "prefill_tokens_saved_incl_recompute": int(sched.cached_tokens) if sched else cached,
+        "evicted_blocks": int(sched.pool.evictions) if sched else 0,
+    }
+    if classes:
+        out["classes"] = {}
+        for ci, c in enumerate(classes):
+            m = table.class_id == ci
+            dm = done & m
+            out["classes"][c.name] = {
+                "requests": int(m.sum()),
+                "finished": int(dm.sum()),
+                "ttft": percentiles(ttft[m]),
+                "tpot": percentiles(tpot[m]),
+                "e2e": percentiles(e2e[m]),
+                "goodput_requests_per_s": int((ok & m).sum()) / makespan,
+                "goodput_fraction": float((ok & m).sum() / max(dm.sum(), 1)),
+                "prefix_hit_rate": float(table.cached_tokens[m].sum() / max(table.prompt_tokens[dm].sum(), 1)),
+                "slo": (c.slo or slo).model_dump(exclude_none=True),
+            }
     api = scenario.hosted_api
     if api is not None:
         api_cost = (in_tok * api.usd_per_1m_input + out_tok * api.usd_per_1m_output) / 1e6

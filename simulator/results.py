@@ -47,6 +47,8 @@ def write_results(f: Forecast, out_dir: str | Path) -> Path:
                 ),
                 "e2e_s": t.finish_s - t.arrival_s,
                 "preemptions": t.preemptions,
+                "class_id": t.class_id,
+                "cached_tokens": t.cached_tokens,
                 "rejected": t.rejected.astype(int),
             }
         _write_csv(d / "requests.csv", cols)
@@ -133,6 +135,17 @@ def format_summary(f: Forecast) -> str:
         f"cost: ${c['usd_per_1m_input_tokens']:.3f} per 1M input tokens, ${c['usd_per_1m_output_tokens']:.3f} per 1M "
         f"output tokens (${c['usd_per_1m_tokens']:.3f} per 1M blended) at ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour"
     )
+    pc = s.get("prefix_cache", {})
+    if pc.get("enabled"):
+        lines.append(
+            f"prefix cache: {pc['hit_rate']:.1%} of prompt tokens served from cache "
+            f"({pc['prefill_tokens_saved']:,} prefill tokens saved, {pc['evicted_blocks']:,} blocks evicted)"
+        )
+    for name, k in s.get("classes", {}).items():
+        lines.append(
+            f"  class {name}: {k['finished']:,} finished, TTFT p50/p99 {_ms(k['ttft']['p50'])}/{_ms(k['ttft']['p99'])} ms, "
+            f"TPOT p50 {_ms(k['tpot']['p50'])} ms, goodput {k['goodput_fraction']:.1%}"
+        )
     if "hosted_api" in c:
         h = c["hosted_api"]
         lines.append(

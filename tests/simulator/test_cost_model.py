@@ -88,7 +88,8 @@ def test_breakdown_sums_to_step_time_and_split_is_consistent(cm):
         decode_context_tokens=9000,
     )
     parts = cm.breakdown(b)
-    assert set(parts) == {"gemm", "attention_prefill", "attention_decode", "elementwise", "overhead"}
+    assert set(parts) == {"gemm", "attention_prefill", "attention_decode", "elementwise", "communication", "overhead"}
+    assert parts["communication"] == 0.0  # one GPU
     assert sum(parts.values()) == pytest.approx(cm.step_time(b))
     total, pre = cm.step_split(b)
     assert total == pytest.approx(cm.step_time(b))

@@ -1,0 +1,329 @@
+"""Widgets and cached calls the pages share. Inputs in, the simulator's public API, results drawn; no modelling."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import types
+import typing
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import yaml
+from pydantic import BaseModel
+
+from simulator import api
+from simulator.errors import ConfigError
+from simulator.plots import timeline
+from simulator.report import LATENCY_HEAD, build_report, latency_rows
+from simulator.scenario import HostedApi, Scenario, Slo, Workload
+
+UPLOADS = Path(tempfile.gettempdir()) / "inferplan-uploads"
+HANDLED = {"name", "seed", "model", "hardware", "serving", "workload", "slo", "hosted_api", "output"}
+
+
+# ---------------------------------------------------------------- cached simulator calls
+@st.cache_data(show_spinner=False, max_entries=128)
+def cached_forecast(scenario_json: str) -> api.Forecast:
+    """A forecast, cached by the scenario (its canonical JSON)."""
+    return api.forecast(json.loads(scenario_json))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_curve(scenario_json: str, rates: tuple[float, ...]) -> api.LoadCurve:
+    return api.latency_vs_load(json.loads(scenario_json), rates)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_max_rate(scenario_json: str) -> float:
+    return api.max_sustainable_rate(json.loads(scenario_json))[0]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_report_html(scenario_json: str) -> str:
+    return build_report(cached_forecast(scenario_json)).html
+
+
+def key_of(data: dict) -> str:
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def validate(data: dict, label: str = "scenario") -> Scenario | None:
+    """The scenario, or None after an in-page error naming the field."""
+    try:
+        return api.parse_scenario(data, label)
+    except ConfigError as e:
+        st.error(f"{e}")
+        return None
+
+
+def run_forecast(data: dict, label: str = "scenario") -> api.Forecast | None:
+    """Validate and simulate (cached) with a spinner; any failure is an in-page message, not a traceback."""
+    sc = validate(data, label)
+    if sc is None:
+        return None
+    try:
+        with st.spinner(f"Simulating {sc.name} …"):
+            return cached_forecast(key_of(sc.model_dump(mode="json")))
+    except ConfigError as e:
+        st.error(f"{label}: {e}")
+    except Exception as e:  # noqa: BLE001 - the page must show a message, never a traceback
+        st.error(f"{label}: could not simulate this setting ({type(e).__name__}: {e})")
+    return None
+
+
+def save_upload(upload, suffix: str) -> str:
+    """Write an uploaded file where the simulator can read it by path (named by its content)."""
+    data = upload.getvalue()
+    d = UPLOADS / hashlib.sha256(data).hexdigest()[:16]
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / (upload.name if upload.name.endswith(suffix) else f"upload{suffix}")
+    p.write_bytes(data)
+    return str(p)
+
+
+# ---------------------------------------------------------------- generic forms from the pydantic specs
+def _unwrap(ann):
+    """(inner annotation, optional?) for X | None."""
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True  # noqa: UP007
+    return ann, False
+
+
+def _default(f):
+    if f.default_factory is not None:
+        v = f.default_factory()
+        return v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+    return None if f.is_required() else f.default
+
+
+def _models_in(ann) -> list[type[BaseModel]]:
+    ann = typing.get_args(ann)[0] if typing.get_origin(ann) is typing.Annotated else ann
+    return [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[str, ...] = ()) -> dict:
+    """Widgets for every field of a pydantic spec, so fields added to the scenario appear by themselves."""
+    values = values or {}
+    out: dict = {}
+    for name, f in cls.model_fields.items():
+        if name in skip:
+            continue
+        ann, optional = _unwrap(f.annotation)
+        cur = values.get(name, _default(f))
+        k = f"{key}.{name}"
+        label, hint = name.replace("_", " "), f.description
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if optional and not st.checkbox(f"{label}", value=cur is not None, key=k + ".on", help=hint):
+                continue
+            with st.container(border=True):
+                st.caption(label)
+                out[name] = model_form(ann, cur if isinstance(cur, dict) else {}, k)
+            continue
+        choices = _models_in(ann)
+        if choices:  # a discriminated union of specs, e.g. a length distribution
+            tags = [c.model_fields["dist"].annotation.__args__[0] for c in choices]
+            cur = cur if isinstance(cur, dict) else {}
+            tag = st.selectbox(label, tags, index=tags.index(cur.get("dist", tags[0])) if cur.get("dist") in tags else 0, key=k + ".dist", help=hint)
+            sub = choices[tags.index(tag)]
+            out[name] = {"dist": tag} | model_form(sub, cur if cur.get("dist") == tag else {}, f"{k}.{tag}", skip=("dist",))
+            continue
+        if typing.get_origin(ann) is typing.Literal:
+            opts = list(typing.get_args(ann))
+            out[name] = st.selectbox(label, opts, index=opts.index(cur) if cur in opts else 0, key=k, help=hint)
+        elif ann is bool:
+            out[name] = st.checkbox(label, value=bool(cur), key=k, help=hint)
+        elif ann is int:
+            v = st.number_input(label, value=None if cur is None else int(cur), step=1, key=k, help=hint)
+            if v is not None or not optional:
+                out[name] = None if v is None else int(v)
+        elif ann is float:
+            v = st.number_input(label, value=None if cur is None else float(cur), format="%g", key=k, help=hint)
+            if v is not None or not optional:
+                out[name] = v
+        elif ann is str:
+            v = st.text_input(label, value="" if cur is None else str(cur), key=k, help=hint)
+            if v or not optional:
+                out[name] = v
+        else:  # anything else: YAML text
+            raw = st.text_input(f"{label} (YAML)", value="" if cur is None else yaml.safe_dump(cur).strip(), key=k, help=hint)
+            if raw.strip():
+                try:
+                    out[name] = yaml.safe_load(raw)
+                except yaml.YAMLError:
+                    st.error(f"{name}: not valid YAML")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def extra_sections(base: dict, key: str) -> dict:
+    """Forms for scenario sections this UI has no dedicated widgets for (added by newer simulator versions)."""
+    out = {}
+    for name, f in Scenario.model_fields.items():
+        if name in HANDLED:
+            continue
+        ann, optional = _unwrap(f.annotation)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if optional and not st.checkbox(name.replace("_", " "), value=base.get(name) is not None, key=f"{key}.{name}.on", help=f.description):
+                continue
+            st.caption(name.replace("_", " "))
+            out[name] = model_form(ann, base.get(name) or _default(f), f"{key}.{name}")
+        else:
+            raw = st.text_input(f"{name} (YAML)", value=yaml.safe_dump(base[name]).strip() if name in base else "", key=f"{key}.{name}", help=f.description)
+            if raw.strip():
+                out[name] = yaml.safe_load(raw)
+    return out
+
+
+# ---------------------------------------------------------------- shared input blocks
+def model_picker(key: str, default: str = "llama-3.1-8b") -> str | None:
+    """A catalogue name, or the path of an uploaded config.json (None after an in-page error)."""
+    source = st.radio("model from", ["catalogue", "upload config.json"], horizontal=True, key=f"{key}.src")
+    names = api.catalogue_names()
+    if source == "catalogue":
+        return st.selectbox("model", names, index=names.index(default) if default in names else 0, key=f"{key}.model")
+    up = st.file_uploader("Hugging Face config.json", type=["json"], key=f"{key}.upload")
+    if up is None:
+        st.info("Upload a config.json, or pick a catalogue model.")
+        return None
+    try:
+        cfg = json.loads(up.getvalue())
+        spec = api.spec_from_config(cfg, name=Path(up.name).stem, source=up.name)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        st.error(f"{up.name} is not valid JSON ({e})")
+        return None
+    except ConfigError as e:
+        st.error(str(e))
+        return None
+    except Exception as e:  # noqa: BLE001
+        st.error(f"{up.name}: not a model config the planner understands ({type(e).__name__}: {e})")
+        return None
+    st.caption(f"{spec.name}: {spec.param_count / 1e9:.2f}B parameters, {spec.num_layers} layers")
+    return save_upload(up, ".json")
+
+
+def gpu_picker(key: str, default: str = "h100-sxm", count: int = 1) -> dict:
+    names = api.profile_names()
+    gpu = st.selectbox("GPU", names, index=names.index(default) if default in names else 0, key=f"{key}.gpu")
+    n = st.number_input("GPUs per replica", min_value=1, max_value=64, value=count, step=1, key=f"{key}.gpus")
+    return {"gpu": gpu, "gpus_per_replica": int(n)}
+
+
+def workload_picker(key: str, presets_only: bool = False) -> dict | None:
+    """A workload mapping: a preset (with rate and request count), generated, or an uploaded trace."""
+    modes = ["preset"] if presets_only else ["preset", "generated", "uploaded trace"]
+    mode = st.radio("workload", modes, horizontal=True, key=f"{key}.mode")
+    if mode == "preset":
+        name = st.selectbox("preset", list(api.WORKLOADS), key=f"{key}.preset")
+        w = json.loads(json.dumps(api.WORKLOADS[name]))
+        rate = w["arrival"].get("rate_per_s")
+        r = st.number_input("arrival rate (req/s)", min_value=0.0, value=rate, format="%g", key=f"{key}.rate",
+                            help="empty: the trace's own arrival times")
+        if r:
+            w["arrival"]["rate_per_s"] = float(r)
+        n = st.number_input("requests", min_value=1, max_value=1_000_000, value=w["num_requests"], step=50, key=f"{key}.n")
+        w["num_requests"] = int(n)
+        return w
+    if mode == "generated":
+        return model_form(Workload, api.WORKLOADS["chat (Poisson, lognormal lengths)"] | {"trace": None}, f"{key}.gen", skip=("trace",))
+    up = st.file_uploader("trace (CSV or JSONL: arrival time, prompt and output token counts)", type=["csv", "jsonl"], key=f"{key}.trace")
+    if up is None:
+        st.info("Upload a trace: vidur/splitwise CSV (arrived_at, num_prefill_tokens, num_decode_tokens), "
+                "Azure CSV (TIMESTAMP, ContextTokens, GeneratedTokens) or Mooncake JSONL.")
+        return None
+    path = save_upload(up, ".jsonl" if up.name.endswith(".jsonl") else ".csv")
+    own = st.checkbox("use the trace's arrival times", value=True, key=f"{key}.own")
+    arrival = {"process": "trace"} if own else {"process": "poisson"}
+    r = st.number_input("arrival rate (req/s)", min_value=0.0, value=None if own else 2.0, format="%g", key=f"{key}.trate",
+                        help="with the trace's times: rescale them to this mean rate (empty: as recorded)")
+    if r:
+        arrival["rate_per_s"] = float(r)
+    n = st.number_input("requests (empty: the trace's rows)", min_value=1, value=None, step=50, key=f"{key}.tn")
+    w = {"trace": path, "arrival": arrival, "prompt_tokens": {"dist": "trace"}, "output_tokens": {"dist": "trace"}}
+    if n:
+        w["num_requests"] = int(n)
+    return w
+
+
+def slo_picker(key: str, ttft_s: float = 0.5, tpot_s: float = 0.05) -> dict:
+    return model_form(Slo, {"ttft_s": ttft_s, "tpot_s": tpot_s}, f"{key}.slo")
+
+
+def hosted_api_picker(key: str, on: bool = False) -> dict | None:
+    if not st.checkbox("compare with a hosted API price", value=on, key=f"{key}.api.on"):
+        return None
+    return model_form(HostedApi, {"name": "hosted API", "usd_per_1m_input": 0.2, "usd_per_1m_output": 0.6}, f"{key}.api")
+
+
+# ---------------------------------------------------------------- drawing a forecast
+def latency_frame(f: api.Forecast) -> pd.DataFrame:
+    return pd.DataFrame(latency_rows(f), columns=LATENCY_HEAD).set_index("latency (ms)")
+
+
+def show_fit(f: api.Forecast) -> None:
+    mem = f.summary["memory"]
+    if f.fits:
+        st.success(f"Fits: {mem['explain']} ({mem['kv_tokens']:,} tokens of KV cache)")
+    else:
+        st.error(f"Does not fit: {mem['explain']}. Try more GPUs per replica, a smaller weight dtype or a bigger GPU.")
+
+
+def show_forecast(f: api.Forecast) -> None:
+    """Headline numbers, latencies vs SLOs, timelines, cost, and downloads."""
+    s = f.summary
+    hw = s["hardware"]
+    st.subheader(f"Forecast: {s['scenario']}")
+    st.caption(
+        f"{s['model']['name']} on {hw['gpus']}× {hw['display_name']} "
+        f"({'calibrated' if hw['calibrated'] else 'datasheet'} profile, ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour)"
+    )
+    show_fit(f)
+    if f.fits and f.table is not None:
+        t, g, c, kv, r = s["throughput"], s["goodput"], s["cost"], s["kv_cache"], s["requests"]
+        cols = st.columns(5)
+        cols[0].metric("throughput (req/s)", f"{t['requests_per_s']:.2f}")
+        cols[1].metric("output tokens/s", f"{t['output_tokens_per_s']:,.0f}")
+        cols[2].metric("goodput (req/s)", f"{g['requests_per_s']:.2f}", f"{g['fraction']:.1%} meet SLOs", delta_color="off")
+        cols[3].metric("$ per 1M tokens", f"{c['usd_per_1m_tokens']:.3f}")
+        cols[4].metric("KV peak occupancy", f"{kv['peak_occupancy']:.1%}")
+        st.caption(
+            f"{r['total']:,} requests: {r['finished']:,} finished, {r['rejected']:,} rejected, "
+            f"{r['preemptions']:,} preemptions; ${c['usd_per_1m_input_tokens']:.3f} per 1M input and "
+            f"${c['usd_per_1m_output_tokens']:.3f} per 1M output tokens"
+        )
+        if "hosted_api" in c:
+            h = c["hosted_api"]
+            st.info(f"vs {h['name']}: the same tokens cost ${h['same_tokens_usd']:.2f} there and ${c['total_usd']:.2f} "
+                    f"self-hosted ({h['self_hosted_over_api']:.2f}×).")
+        st.markdown("**Latency against the SLOs**")
+        st.dataframe(latency_frame(f))
+        missed = [row[0] for row in latency_rows(f) if row[-1] == "misses"]
+        if missed:
+            st.warning(f"p90 misses the SLO for: {', '.join(missed)}")
+        tl = pd.DataFrame(timeline(f)).set_index("time_s")
+        c1, c2 = st.columns(2)
+        c1.markdown("**KV-cache occupancy over time**")
+        c1.line_chart(tl[["kv_occupancy"]])
+        c2.markdown("**Queue length over time**")
+        c2.line_chart(tl[["waiting", "running"]])
+    downloads(f)
+
+
+def downloads(f: api.Forecast) -> None:
+    files = api.result_files(f)
+    st.markdown("**Downloads**")
+    cols = st.columns(len(files) + 1)
+    mime = {".yaml": "application/yaml", ".json": "application/json", ".csv": "text/csv"}
+    for col, (name, data) in zip(cols, files.items()):
+        col.download_button(name, data, file_name=name, mime=mime[Path(name).suffix], key=f"dl.{name}")
+    if f.fits and f.table is not None:
+        sc_json = key_of(f.scenario.model_dump(mode="json"))
+        if cols[-1].button("build HTML report", key="report.build"):
+            with st.spinner("Simulating the load curve and drawing plots …"):
+                st.session_state["report.html"] = (sc_json, cached_report_html(sc_json))
+        got = st.session_state.get("report.html")
+        if got and got[0] == sc_json:
+            cols[-1].download_button("report.html", got[1], file_name="report.html", mime="text/html", key="dl.report")

@@ -1,0 +1,63 @@
+"""Plan: one configuration on one workload; the forecast against the SLOs."""
+
+import streamlit as st
+import yaml
+
+from pages.common import (
+    HANDLED,
+    extra_sections,
+    gpu_picker,
+    hosted_api_picker,
+    model_form,
+    model_picker,
+    run_forecast,
+    show_forecast,
+    slo_picker,
+    workload_picker,
+)
+from simulator.scenario import Hardware, Scenario, Serving
+
+st.title("Plan")
+st.caption("Pick a model, GPUs, serving settings and a workload; the forecast updates as you change them.")
+
+base: dict = {}
+with st.sidebar:
+    st.header("Scenario")
+    start = st.file_uploader("start from a scenario YAML (optional)", type=["yaml", "yml"], key="plan.start")
+    if start is not None:
+        try:
+            base = yaml.safe_load(start.getvalue()) or {}
+            if not isinstance(base, dict):
+                raise ValueError("a scenario must be a YAML mapping")
+        except (yaml.YAMLError, ValueError) as e:
+            st.error(f"{start.name}: not a scenario YAML ({str(e).splitlines()[0]})")
+            base = {}
+    name = st.text_input("name", value=base.get("name", "my-plan"), key="plan.name")
+    with st.expander("Model", expanded=True):
+        model = model_picker("plan", base.get("model", "llama-3.1-8b"))
+    with st.expander("Hardware", expanded=True):
+        hb = base.get("hardware", {})
+        hardware = gpu_picker("plan", hb.get("gpu", "h100-sxm"), hb.get("gpus_per_replica", 1))
+        hardware |= model_form(Hardware, hb, "plan.hw", skip=("gpu", "gpus_per_replica"))
+    with st.expander("Serving"):
+        serving = model_form(Serving, base.get("serving"), "plan.serving")
+    with st.expander("Workload", expanded=True):
+        workload = base.get("workload") if base.get("workload") else workload_picker("plan")
+    with st.expander("SLOs and price", expanded=True):
+        slo = slo_picker("plan", **(base.get("slo") or {}))
+        hosted = hosted_api_picker("plan", on="hosted_api" in base)
+    extras = {}
+    if any(n not in HANDLED for n in Scenario.model_fields):
+        with st.expander("More settings"):
+            extras = extra_sections(base, "plan.extra")
+    seed = st.number_input("seed", value=int(base.get("seed", 0)), step=1, key="plan.seed")
+
+if model is None or workload is None:
+    st.stop()
+data = {"name": name, "seed": int(seed), "model": model, "hardware": hardware, "serving": serving,
+        "workload": workload, "slo": slo} | extras
+if hosted:
+    data["hosted_api"] = hosted
+forecast = run_forecast(data)
+if forecast is not None:
+    show_forecast(forecast)

@@ -1,0 +1,115 @@
+"""Prefix caching end to end: shared system prompts, multi-turn sessions, trace hash ids."""
+
+import json
+
+import numpy as np
+import pytest
+
+from simulator.scenario import parse_scenario
+from simulator.simulation import simulate
+from simulator.workload import PrefixKeys, generate
+
+
+def scenario(classes, caching=True, n=400, rate=4.0, **wl):
+    return parse_scenario(
+        {
+            "model": "llama-3.1-8b",
+            "hardware": {"gpu": "h100-sxm"},
+            "serving": {"prefix_caching": caching},
+            "workload": {"arrival": {"process": "poisson", "rate_per_s": rate}, "num_requests": n, "classes": classes, **wl},
+        }
+    )
+
+
+SYSTEM = [
+    {
+        "name": "chat",
+        "share": 1.0,
+        "shared_prefix_tokens": 1600,
+        "prompt_tokens": {"dist": "fixed", "value": 400},
+        "output_tokens": {"dist": "fixed", "value": 50},
+    }
+]
+
+
+def test_shared_system_prompt_is_reused_and_cuts_ttft():
+    on, off = simulate(scenario(SYSTEM)), simulate(scenario(SYSTEM, caching=False))
+    pc = on.summary["prefix_cache"]
+    # every request but the first finds the 1600-token system prompt (100 full blocks) cached
+    assert pc["hit_rate"] == pytest.approx(1600 / 2000, rel=0.01)
+    assert pc["prefill_tokens_saved"] == pytest.approx(1600 * 399, rel=0.01)
+    assert off.summary["prefix_cache"]["hit_rate"] == 0
+    assert on.summary["latency_s"]["ttft"]["p50"] < 0.5 * off.summary["latency_s"]["ttft"]["p50"]
+    assert on.stats.prefill_tokens < 0.3 * off.stats.prefill_tokens
+
+
+def test_variable_part_first_saves_nothing():
+    cls = [dict(SYSTEM[0], prefix_position="end")]
+    f = simulate(scenario(cls))
+    assert f.summary["prefix_cache"]["hit_rate"] == 0.0
+    assert f.summary["prefix_cache"]["prefill_tokens_saved"] == 0
+
+
+def test_multi_turn_sessions_reuse_the_conversation_and_arrive_after_the_previous_turn():
+    cls = [
+        {
+            "name": "conv",
+            "share": 1.0,
+            "session": {"turns": {"dist": "fixed", "value": 4}, "think_time_s": 2.0},
+            "prompt_tokens": {"dist": "fixed", "value": 300},
+            "output_tokens": {"dist": "fixed", "value": 100},
+        }
+    ]
+    sc = scenario(cls, rate=1.0, n=200)
+    f = simulate(sc)
+    t = f.table
+    reqs = generate(sc.workload, sc.seed)
+    assert np.all(np.isfinite(t.finish_s))
+    # turn k+1 arrives after turn k finished (closed loop), exactly the think time later
+    nxt = reqs.next_turn
+    has = nxt >= 0
+    gap = t.arrival_s[nxt[has]] - t.finish_s[has]
+    assert np.all(gap >= 0) and np.allclose(gap, reqs.think_s[has])
+    # turn k's prompt = k·(300 + 100) + 300; all but its last partial block is reused from turn k−1
+    later = ~np.isfinite(reqs.arrival_s)
+    assert np.all(t.cached_tokens[later] >= (t.prompt_tokens[later] - 300 - 16) // 16 * 16 * 0.99)
+    assert f.summary["prefix_cache"]["hit_rate"] > 0.5
+
+
+def test_eviction_under_memory_pressure_lowers_reuse():
+    big = scenario(SYSTEM, n=300)
+    small = parse_scenario(
+        json.loads(big.model_dump_json()) | {"serving": {"prefix_caching": True, "gpu_memory_utilization": 0.225}}
+    )
+    f_small, f_big = simulate(small), simulate(big)
+    assert f_small.fits
+    assert f_small.summary["prefix_cache"]["evicted_blocks"] > 0
+    assert f_small.summary["prefix_cache"]["hit_rate"] <= f_big.summary["prefix_cache"]["hit_rate"]
+
+
+def test_trace_hash_ids(tmp_path):
+    rows = [
+        {"timestamp": 0, "input_length": 1024, "output_length": 10, "hash_ids": [1, 2]},
+        {"timestamp": 500, "input_length": 1100, "output_length": 10, "hash_ids": [1, 2, 3]},
+        {"timestamp": 1000, "input_length": 600, "output_length": 10, "hash_ids": [9, 10]},
+    ]
+    p = tmp_path / "m.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    sc = parse_scenario(
+        {
+            "model": "llama-3.1-8b",
+            "serving": {"prefix_caching": True},
+            "workload": {"trace": str(p), "arrival": {"process": "trace"}, "prompt_tokens": {"dist": "trace"}, "output_tokens": {"dist": "trace"}},
+        }
+    )
+    f = simulate(sc)
+    # the second request shares the first 1024 tokens (hash ids 1, 2); the third shares nothing
+    assert f.table.cached_tokens.tolist() == [0, 1024, 0]
+
+
+def test_prefix_keys_depend_on_the_whole_prefix():
+    reqs = generate(scenario(SYSTEM, n=3).workload, 0)
+    keys = PrefixKeys(reqs, 16)
+    a, b = keys(0, 2000), keys(1, 2000)
+    assert a[:100] == b[:100] and a[100] != b[100]  # 1600 shared tokens = 100 blocks
+    assert len(a) == 125
