@@ -106,6 +106,17 @@ def _models_in(ann) -> list[type[BaseModel]]:
     return [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
 
 
+def _discriminator(choices: list[type[BaseModel]]) -> str | None:
+    """The Literal field every member of a union of specs has (pydantic's discriminator), if any."""
+    if len(choices) < 2:
+        return None
+    common = set.intersection(*(set(c.model_fields) for c in choices))
+    for name in sorted(common):
+        if all(typing.get_origin(c.model_fields[name].annotation) is typing.Literal for c in choices):
+            return name
+    return None
+
+
 def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[str, ...] = ()) -> dict:
     """Widgets for every field of a pydantic spec, so fields added to the scenario appear by themselves."""
     values = values or {}
@@ -125,12 +136,17 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
                 out[name] = model_form(ann, cur if isinstance(cur, dict) else {}, k)
             continue
         choices = _models_in(ann)
-        if choices:  # a discriminated union of specs, e.g. a length distribution
-            tags = [c.model_fields["dist"].annotation.__args__[0] for c in choices]
+        tag_field = _discriminator(choices)
+        if choices and tag_field:  # a union of specs told apart by a Literal field, e.g. a length distribution
+            tags = [typing.get_args(c.model_fields[tag_field].annotation)[0] for c in choices]
             cur = cur if isinstance(cur, dict) else {}
-            tag = st.selectbox(label, tags, index=tags.index(cur.get("dist", tags[0])) if cur.get("dist") in tags else 0, key=k + ".dist", help=hint)
+            if optional and not st.checkbox(label, value=bool(cur), key=k + ".on", help=hint):
+                continue
+            at = tags.index(cur[tag_field]) if cur.get(tag_field) in tags else 0
+            tag = st.selectbox(label, tags, index=at, key=f"{k}.{tag_field}", help=hint)
             sub = choices[tags.index(tag)]
-            out[name] = {"dist": tag} | model_form(sub, cur if cur.get("dist") == tag else {}, f"{k}.{tag}", skip=("dist",))
+            same = cur if cur.get(tag_field) == tag else {}
+            out[name] = {tag_field: tag} | model_form(sub, same, f"{k}.{tag}", skip=(tag_field,))
             continue
         if typing.get_origin(ann) is typing.Literal:
             opts = list(typing.get_args(ann))

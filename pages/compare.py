@@ -25,7 +25,7 @@ with st.sidebar:
     api_in = st.number_input("input", min_value=0.0, value=0.20, format="%g", key="cmp.api.in")
     api_out = st.number_input("output", min_value=0.0, value=0.60, format="%g", key="cmp.api.out")
 
-n = st.number_input("configurations", min_value=2, max_value=4, value=3, step=1, key="cmp.n")
+n = st.number_input("configurations", min_value=2, max_value=4, value=3, step=1, key="cmp.count")
 configs: dict[str, dict] = {}
 for i, col in enumerate(st.columns(int(n))):
     gpu0, count0, dtype0 = DEFAULTS[i]
@@ -72,8 +72,17 @@ st.subheader("Side by side")
 for label, f in forecasts.items():
     if not f.fits:
         show_fit(f)
-table = pd.DataFrame(api.table(forecasts))
-st.dataframe(table.T if False else table.set_axis(list(table.index)).T.T, key="cmp.table")
+table = pd.DataFrame.from_dict(api.table(forecasts), orient="index")
+
+
+def _show(metric: str, v) -> str:
+    if isinstance(v, float):
+        return "—" if v != v else (f"{v:.1%}" if metric == "SLO attainment" else f"{v:,.4g}")
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+shown = pd.DataFrame({c: [_show(m, v) for m, v in table[c].items()] for c in table.columns}, index=table.index)
+st.dataframe(shown, key="cmp.table")
 st.subheader("Differences")
 for note in api.differences(forecasts):
     st.markdown(f"- {note}")

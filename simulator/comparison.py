@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from simulator.search import usd_per_hour
 from simulator.simulation import Forecast
 
 HOURS_PER_MONTH = 730.0  # 8760 h / 12
@@ -38,8 +39,7 @@ def break_even(f: Forecast, usd_per_1m_input: float, usd_per_1m_output: float) -
     if tin + tout <= 0:
         return None
     api_per_token = (tin * usd_per_1m_input + tout * usd_per_1m_output) / (tin + tout) / 1e6
-    hw = s["hardware"]
-    monthly = hw["price_per_gpu_hour_usd"] * hw["gpus"] * HOURS_PER_MONTH
+    monthly = usd_per_hour(s) * HOURS_PER_MONTH
     tokens = monthly / api_per_token if api_per_token > 0 else math.inf
     tokens_per_request = (tin + tout) / max(t["requests_per_s"], 1e-12)
     return BreakEven(
@@ -63,7 +63,7 @@ def table(forecasts: dict[str, Forecast]) -> dict[str, dict[str, float | str | N
         hw = s["hardware"]
         put("GPU", label, f"{hw['gpus']}× {hw['display_name']}")
         put("fits", label, "yes" if s["fits"] else "no")
-        put("$/hour", label, hw["price_per_gpu_hour_usd"] * hw["gpus"])
+        put("$/hour", label, usd_per_hour(s))
         put("KV cache tokens", label, s["memory"]["kv_tokens"] if s["fits"] else 0)
         if not s["fits"] or "latency_s" not in s:
             continue
@@ -102,6 +102,9 @@ def differences(forecasts: dict[str, Forecast]) -> list[str]:
             if k == best:
                 continue
             ratio = v / vals[best] if lower and vals[best] > 0 else (vals[best] / v if v > 0 else math.inf)
-            others.append(f"{k} {ratio:.2f}× {'higher' if lower else 'lower'}")
+            if math.isfinite(ratio):
+                others.append(f"{k} {ratio:.2f}× {'higher' if lower else 'lower'}")
+            else:
+                others.append(f"{k} {v:,.3g}")
         notes.append(f"best {metric}: {best} ({vals[best]:,.3g}); " + ", ".join(others))
     return notes

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from simulator.hardware import HardwareProfile
 from simulator.model_spec import ModelSpec
+from simulator.parallelism import Parallelism, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
 from simulator.scenario import Serving
 
 GIB = 2**30
@@ -71,20 +72,24 @@ def activation_bytes(model: ModelSpec, serving: Serving, tp: int = 1) -> float:
     return t * per_token + logits
 
 
-def plan_memory(profile: HardwareProfile, model: ModelSpec, serving: Serving, tp: int = 1) -> MemoryPlan:
-    """Size the KV pool per GPU after sharding `tp` ways.
+def plan_memory(
+    profile: HardwareProfile, model: ModelSpec, serving: Serving, tp: int = 1, pp: int = 1, ep: int = 1
+) -> MemoryPlan:
+    """Size the KV pool per GPU after sharding `tp` ways within a stage over `pp` stages (experts dealt
+    over `ep` GPUs); the fullest stage sets the number of blocks, which every stage then allocates.
 
     Blocks are sized by the full-attention layers' KV; sliding-window layers draw from the same pool
     (see `Scheduler.window_blocks`), as vLLM's hybrid allocator does.
     """
+    par = Parallelism(tp, pp, ep)
     capacity = profile.memory_bytes
     usable = serving.gpu_memory_utilization * capacity
-    weights = model.weight_bytes(serving.weight_dtype) / tp
+    weights = weight_bytes_per_gpu(model, serving.weight_dtype, par)
     acts = activation_bytes(model, serving, tp)
     reserved = serving.runtime_reserved_gib * GIB
     max_len = serving.max_model_len or model.max_position_embeddings or 32768
     kv = usable - weights - acts - reserved
-    block_bytes = serving.block_size * model.kv_bytes_per_token(serving.kv_dtype) / tp
+    block_bytes = serving.block_size * kv_bytes_per_token_per_gpu(model, serving.kv_dtype, par)[0]
     blocks = int(kv // block_bytes) if kv > 0 and block_bytes > 0 else 0
     return MemoryPlan(
         capacity_bytes=capacity,

@@ -150,6 +150,12 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float)
         "prefill_tokens_saved_incl_recompute": int(sched.cached_tokens) if sched else cached,
         "evicted_blocks": int(sched.pool.evictions) if sched else 0,
     }
+    if scenario.serving.speculative is not None and sched is not None:
+        out["speculative"] = {
+            "rounds": int(sched.spec_rounds),
+            "tokens": int(sched.spec_yield),
+            "tokens_per_round": sched.spec_yield / sched.spec_rounds if sched.spec_rounds else float("nan"),
+        }
     if classes:
         out["classes"] = {}
         for ci, c in enumerate(classes):
@@ -163,7 +169,9 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float)
                 "e2e": percentiles(e2e[m]),
                 "goodput_requests_per_s": int((ok & m).sum()) / makespan,
                 "goodput_fraction": float((ok & m).sum() / max(dm.sum(), 1)),
-                "prefix_hit_rate": float(table.cached_tokens[m].sum() / max(table.prompt_tokens[dm].sum(), 1)),
+                "prefix_hit_rate": float(
+                    table.cached_tokens[m].sum() / max(table.prompt_tokens[dm].sum(), 1)
+                ),
                 "slo": (c.slo or slo).model_dump(exclude_none=True),
             }
     api = scenario.hosted_api

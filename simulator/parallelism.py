@@ -138,34 +138,45 @@ def virtual_engines(pp: int, max_num_seqs: int, num_blocks: int) -> list[tuple[i
     ]
 
 
-# ---------------------------------------------------------------- collectives (α-β model)
-# A collective over n GPUs is a sequence of steps over the links; each step pays the link latency α
-# (the profile's small-message latency) and moves its bytes at efficiency × bandwidth (Thakur,
-# Rabenseifner & Gropp 2005, "Optimization of collective communication operations in MPICH").
+# ---------------------------------------------------------------- collectives
+# A collective costs a fixed latency plus its bytes at efficiency × link bandwidth. The bytes are the
+# bandwidth-optimal ones (ring all-reduce: each GPU sends 2(n−1)/n of the buffer; Thakur, Rabenseifner
+# & Gropp 2005, "Optimization of collective communication operations in MPICH"). The latency is not the
+# ring's 2(n−1) hops: the small-message kernels engines use (vLLM's one-shot custom all-reduce) write to
+# all peers at once and synchronise through flags, about three one-way link latencies whatever n is.
+# Measured: vLLM's custom all-reduce on H100 NVLink took 8.5–10 µs for messages up to 64 KB at tp = 2, 4
+# and 8 (github.com/sgl-project/sglang/pull/2904), 3 × the h100-sxm profile's 3 µs.
+LATENCY_HOPS = 3.0
+
+
+def collective_latency(ic: Interconnect) -> float:
+    return LATENCY_HOPS * ic.latency_us * 1e-6
+
+
 def allreduce_time(nbytes: float, n: int, ic: Interconnect) -> float:
-    """Ring all-reduce of `nbytes` on each of n GPUs: 2(n−1) steps, each GPU sends 2(n−1)/n × nbytes."""
+    """All-reduce of an `nbytes` buffer held by each of n GPUs: latency + 2(n−1)/n × nbytes / rate."""
     if n <= 1:
         return 0.0
-    return 2 * (n - 1) * ic.latency_us * 1e-6 + 2 * (n - 1) / n * nbytes / _rate(ic)
+    return collective_latency(ic) + 2 * (n - 1) / n * nbytes / _rate(ic)
 
 
 def allgather_time(nbytes: float, n: int, ic: Interconnect) -> float:
-    """All-gather of an `nbytes` result (each GPU holds 1/n of it): n−1 steps of nbytes/n."""
+    """All-gather of an `nbytes` result of which each GPU holds 1/n: latency + (n−1)/n × nbytes / rate."""
     if n <= 1:
         return 0.0
-    return (n - 1) * ic.latency_us * 1e-6 + (n - 1) / n * nbytes / _rate(ic)
+    return collective_latency(ic) + (n - 1) / n * nbytes / _rate(ic)
 
 
 def all_to_all_time(nbytes: float, n: int, ic: Interconnect) -> float:
     """All-to-all where each GPU scatters `nbytes` evenly over the n GPUs ((n−1)/n of it leaves)."""
     if n <= 1:
         return 0.0
-    return (n - 1) * ic.latency_us * 1e-6 + (n - 1) / n * nbytes / _rate(ic)
+    return collective_latency(ic) + (n - 1) / n * nbytes / _rate(ic)
 
 
 def send_time(nbytes: float, ic: Interconnect) -> float:
     """Point-to-point send between neighbouring pipeline stages."""
-    return ic.latency_us * 1e-6 + nbytes / _rate(ic)
+    return collective_latency(ic) + nbytes / _rate(ic)
 
 
 def _rate(ic: Interconnect) -> float:

@@ -10,6 +10,7 @@ engine would admit the new request. The per-step results are identical to steppi
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 import simpy
@@ -32,6 +33,7 @@ class Replica:
         table: RequestTable,
         stats: StepStats,
         static: bool = False,
+        role: str = "colocated",
     ) -> None:
         self.env, self.index = env, index
         self.scheduler, self.cost, self.table, self.stats = scheduler, cost, table, stats
@@ -39,10 +41,27 @@ class Replica:
         self.wake: simpy.Event | None = None
         self.fresh: list[Sequence] = []  # joined decoding since the last decode step
         self.last_decode_end = 0.0
-        self.outstanding_tokens = 0  # for least-loaded routing
+        self.outstanding_tokens = 0  # prompt + output tokens of requests held and not finished (routing)
+        self.ongoing = 0  # requests held and not finished
+        # Roles (simulator/disaggregation.py): "prefill" computes prompts and the first token, then
+        # hands each request to `handoff(seq, t)`; "decode" also takes requests prefilled elsewhere.
+        self.role = role
+        self.handoff = None
+        self.step_end = 0.0  # end of the step or run in progress
+        # Cluster hooks (simulator/cluster.py): `before_step()` runs at every step boundary; `hold()`
+        # says work outside waits for this replica's capacity (a run then stops at its next finish);
+        # `next_join()` is when the next sequence prefilled elsewhere joins (it always does).
+        self.before_step = None
+        self.hold = None
+        self.next_join = _never
+        # finishes already committed by a run but not yet reached in time, so that a router looking at
+        # this replica sees its load as of now, not as of the end of the run
+        self.track_future = False
+        self._future: deque[tuple[float, int]] = deque()
         self._last_token: dict[int, float] = {}  # last token time of sequences not in the decode set
         self.next_arrival = lambda: math.inf  # time of the next request into the system (set by the cluster)
         self.on_finish = None  # callback(rid, finish_s), for conversations' next turns
+        self.draft_time = None  # speculative decoding: seconds of drafting for (n sequences, context)
         self._due: list[int] = []  # finishes inside a run whose callbacks fire when the run's event ends
         self.run_cap = RUN_CAP  # 1: step one decode at a time (for checking the run shortcut)
         self.process = env.process(self._static_loop() if static else self._loop())
@@ -51,11 +70,37 @@ class Replica:
     def submit(self, rid: int) -> None:
         t = self.table
         prompt, output = int(t.prompt_tokens[rid]), int(t.output_tokens[rid])
+        if self.role == "prefill":  # the prefill replica samples the first token only
+            output = 1
         t.replica[rid] = self.index
         self.scheduler.add(Sequence(rid, prompt, output))
         self.outstanding_tokens += prompt + output
+        self.ongoing += 1
+        self.kick()
+
+    def join_prefilled(self, seq: Sequence) -> None:
+        """A sequence prefilled elsewhere, its KV blocks already allocated here, joins the decode batch."""
+        self.table.replica[seq.rid] = self.index
+        self.scheduler.add_prefilled(seq)
+        self.fresh.append(seq)  # its next token's gap counts from the first token
+        self._last_token[seq.rid] = self.table.first_token_s[seq.rid]
+        self.outstanding_tokens += seq.orig_prompt + seq.output
+        self.ongoing += 1
+
+    def kick(self) -> None:
+        """Wake the replica if it is idle (new work, or blocks freed)."""
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
+
+    def load(self) -> tuple[int, int]:
+        """(outstanding tokens, ongoing requests) as of now."""
+        tokens, reqs, fut, now = self.outstanding_tokens, self.ongoing, self._future, self.env.now
+        while fut and fut[0][0] <= now:
+            fut.popleft()
+        for _, n in fut:
+            tokens += n
+            reqs += 1
+        return tokens, reqs
 
     def _idle(self):
         self.wake = self.env.event()
@@ -66,6 +111,8 @@ class Replica:
     def _loop(self):
         sched, env = self.scheduler, self.env
         while True:
+            if self.before_step is not None:
+                self.before_step()
             if not sched.has_work():
                 yield from self._idle()
                 continue
@@ -78,11 +125,29 @@ class Replica:
                 yield from self._idle()
                 continue
             dt, prefill_s = self.cost.step_split(batch.shape)
+            if self.draft_time is not None:
+                dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
             start = env.now
+            self.step_end = start + dt
             yield env.timeout(dt)
             self._record_step(batch, dt, prefill_s, start)
             if self._due:
                 self._fire_due()
+
+    def _with_drafting(self, batch: Batch, dt: float, prefill_s: float) -> tuple[float, float]:
+        """Add the draft model's work: prefill of new prompt chunks and, in a speculative round, drafting."""
+        prompt = sum(c for _, c in batch.prefills)
+        if prompt:
+            pairs = sum(chunk_pairs(s.computed, c) for s, c in batch.prefills)
+            ctx = sum(s.computed for s, _ in batch.prefills)
+            shape = BatchShape(prompt, len(batch.prefills), pairs, 0.0, ctx, 0, 0, 0)
+            extra = self.draft_time.prefill(shape)
+            dt += extra
+            prefill_s += extra
+        if batch.spec_k:  # drafting, then verification, counted as output work
+            dt += self.draft_time(batch.num_decodes, batch.decode_context)
+            prefill_s = dt * prompt / batch.shape.tokens
+        return dt, prefill_s
 
     def _record_step(self, batch: Batch, dt: float, prefill_s: float, start: float) -> None:
         sched, t, st, end = self.scheduler, self.table, self.stats, self.env.now
@@ -105,6 +170,8 @@ class Replica:
                 t.cached_tokens[s.rid] = s.cached_tokens
         if batch.num_decodes:
             self._decode_itl(batch.num_decodes, end)
+            if batch.spec_tokens > batch.num_decodes:  # the rest of a round's tokens arrive together
+                st.add_itl(0.0, batch.spec_tokens - batch.num_decodes)
         for s in res.first_tokens:
             if math.isnan(t.first_token_s[s.rid]):
                 t.first_token_s[s.rid] = end
@@ -137,6 +204,12 @@ class Replica:
 
     def _finish(self, finished: list[Sequence], end: float) -> None:
         t = self.table
+        if self.track_future and end > self.env.now:
+            self._future.extend((end, s.orig_prompt + s.output) for s in finished)
+        self.ongoing -= len(finished)
+        if self.role == "prefill":
+            self._prefilled(finished, end)
+            return
         for s in finished:
             t.finish_s[s.rid] = end
             t.generated[s.rid] = s.generated
@@ -144,6 +217,19 @@ class Replica:
                 self._due.append(s.rid)
             self._last_token.pop(s.rid, None)
             self.outstanding_tokens -= s.orig_prompt + s.output
+
+    def _prefilled(self, finished: list[Sequence], end: float) -> None:
+        """Prefill role: requests with more to generate go on to a decode replica."""
+        t = self.table
+        for s in finished:
+            self.outstanding_tokens -= s.orig_prompt + s.output
+            if t.output_tokens[s.rid] > 1:
+                self.handoff(s, end)
+                continue
+            t.finish_s[s.rid] = end
+            t.generated[s.rid] = s.generated
+            if self.on_finish is not None:
+                self._due.append(s.rid)
 
     def _decode_run(self, k: int, blocks: int):
         """Decode-only steps costed in closed form and taken as one event.
@@ -157,17 +243,20 @@ class Replica:
         start = env.now
         t = 0.0
         while True:
-            horizon = math.inf
+            horizon = self.next_join() - start - t
             if not sched.waiting and len(sched.running) < sched.max_seqs:
-                horizon = self.next_arrival() - start - t
+                horizon = min(horizon, self.next_arrival() - start - t)
             m, dt = self._decode_segment(k, blocks, start + t, horizon)
             t += dt
             if m < k or self.next_arrival() <= start + t or self._due:  # cut short, an arrival, a callback
+                break
+            if self.next_join() <= start + t or (self.hold is not None and self.hold()):
                 break
             run = sched.decode_run(self.run_cap)
             if run is None:
                 break
             k, blocks = run
+        self.step_end = start + t
         yield env.timeout(t)
         self._fire_due()
 
@@ -219,6 +308,8 @@ class Replica:
     def _static_loop(self):
         sched, env, t, st, pool, cost = self.scheduler, self.env, self.table, self.stats, self.pool, self.cost
         while True:
+            if self.before_step is not None:
+                self.before_step()
             if not sched.waiting:
                 yield from self._idle()
                 continue
@@ -280,9 +371,15 @@ class Replica:
                 t.generated[s.rid] = s.output
                 if self.on_finish is not None:
                     self._due.append(s.rid)
+                self.outstanding_tokens -= s.orig_prompt + s.output
+            self.ongoing -= n  # slots come back when the whole batch is done
             pool.release(n * per_seq)
             st.sample(env.now, len(sched.waiting), n, pool.used, n)
             self._fire_due()
+
+
+def _never() -> float:
+    return math.inf
 
 
 def _steps_done(a: float, b: float, elapsed: float) -> int:

@@ -90,7 +90,9 @@ class Session(_Spec):
 
 class TrafficClass(_Spec):
     name: str = Field(description="label in the per-class results")
-    share: float = Field(gt=0, description="relative share of arrivals (of conversations, for session classes)")
+    share: float = Field(
+        gt=0, description="relative share of arrivals (of conversations, for session classes)"
+    )
     prompt_tokens: Length | None = Field(
         None, description="prompt length (per turn: the new user tokens); default: the workload's"
     )
@@ -106,6 +108,12 @@ class TrafficClass(_Spec):
     )
     slo: Slo | None = Field(None, description="this class's latency targets (default: the scenario's slo)")
     priority: int = Field(0, description="higher runs first when serving.scheduling_policy is priority")
+    acceptance_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="speculative decoding acceptance rate for this class (default: serving's)",
+    )
 
 
 class Workload(_Spec):
@@ -126,7 +134,8 @@ class Workload(_Spec):
     )
     duration_s: float | None = Field(None, gt=0, description="alternatively, generate arrivals for this long")
     classes: list[TrafficClass] | None = Field(
-        None, description="a mix of traffic classes by share, each with its own lengths, prefix, sessions, SLO"
+        None,
+        description="a mix of traffic classes by share, each with its own lengths, prefix, sessions, SLO",
     )
 
     @model_validator(mode="after")
@@ -152,11 +161,52 @@ class Workload(_Spec):
 class Hardware(_Spec):
     gpu: str = Field("h100-sxm", description="GPU profile name from hardware_profiles/ (or a .yaml path)")
     gpus_per_replica: int = Field(
-        1, ge=1, description="GPUs serving one model copy (tensor parallel when > 1)"
+        1, ge=1, description="GPUs serving one model copy: tensor parallel × pipeline_parallel"
+    )
+    pipeline_parallel: int = Field(
+        1, ge=1, description="pipeline stages (layers split); tensor parallel = gpus_per_replica / this"
+    )
+    expert_parallel: bool = Field(
+        False, description="MoE: deal the experts over a stage's GPUs (all-to-all) instead of sharding each"
     )
     price_per_gpu_hour_usd: float | None = Field(
         None, ge=0, description="override the profile's on-demand price"
     )
+
+    @model_validator(mode="after")
+    def _stages_divide(self) -> Hardware:
+        if self.gpus_per_replica % self.pipeline_parallel:
+            raise ValueError(
+                f"gpus_per_replica ({self.gpus_per_replica}) must be a multiple of pipeline_parallel "
+                f"({self.pipeline_parallel})"
+            )
+        return self
+
+
+class Speculative(_Spec):
+    method: Literal["draft", "self"] = Field(
+        "draft",
+        description="draft: a smaller draft model; self: MTP heads / n-gram lookup at a cost fraction",
+    )
+    draft_model: str | None = Field(
+        None, description="draft: catalogue name or config.json of the draft model"
+    )
+    num_speculative_tokens: int = Field(4, ge=1, le=16, description="k: tokens drafted per round")
+    acceptance_rate: float = Field(
+        0.7, ge=0, le=1, description="per-token probability that a drafted token is accepted (α)"
+    )
+    draft_cost_fraction: float = Field(
+        0.05, ge=0, le=1, description="self: one drafted token's cost as a fraction of a target decode step"
+    )
+    max_batch_size: int = Field(
+        32, ge=1, description="switched off when more sequences than this are decoding (as vLLM does)"
+    )
+
+    @model_validator(mode="after")
+    def _draft_named(self) -> Speculative:
+        if self.method == "draft" and not self.draft_model:
+            raise ValueError("method draft needs draft_model (a catalogue name or config.json)")
+        return self
 
 
 class Serving(_Spec):
@@ -189,6 +239,80 @@ class Serving(_Spec):
     prefix_caching: bool = Field(
         False, description="share KV blocks of identical prompt prefixes (hashed blocks, LRU eviction)"
     )
+    speculative: Speculative | None = Field(None, description="speculative decoding (off when unset)")
+    moe_routing_skew: float = Field(
+        0.0, ge=0, le=4, description="MoE: Zipf exponent of expert popularity (0 = uniform routing)"
+    )
+
+
+# ---------------------------------------------------------------- replicas, disaggregation, response cache
+class ReplicaGroup(_Spec):
+    gpu: str | None = Field(None, description="GPU profile of these replicas (default: hardware.gpu)")
+    gpus_per_replica: int | None = Field(
+        None, ge=1, description="GPUs per model copy (default: hardware.gpus_per_replica)"
+    )
+    count: int = Field(1, ge=1, description="how many replicas of this kind")
+    price_per_gpu_hour_usd: float | None = Field(None, ge=0, description="override the profile's price")
+    serving: Serving = Field(
+        default_factory=Serving,
+        description="serving settings of these replicas; the fields given here replace the scenario's `serving`",
+    )
+
+
+class Cluster(_Spec):
+    replicas: int = Field(
+        1, ge=1, description="identical replicas of `hardware` and `serving` behind the router"
+    )
+    groups: list[ReplicaGroup] | None = Field(
+        None,
+        min_length=1,
+        description="heterogeneous replicas instead: groups with their own GPUs and settings",
+    )
+    router: Literal["round_robin", "least_outstanding", "prefix_affinity"] = Field(
+        "least_outstanding",
+        description="round_robin; least_outstanding (fewest tokens in flight); prefix_affinity (same prefix, "
+        "same replica; least_outstanding for requests without one)",
+    )
+    max_ongoing_requests: int | None = Field(
+        None,
+        ge=1,
+        description="per replica; further requests wait in one FIFO queue at the router (unset: no router queue)",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Cluster:
+        if self.groups and self.replicas != 1:
+            raise ValueError("give cluster.replicas or cluster.groups, not both")
+        return self
+
+
+class KvLink(_Spec):
+    # one 400 Gb/s NDR InfiniBand / ConnectX-7 NIC per instance (NVIDIA ConnectX-7 datasheet)
+    bandwidth_gbps: float = Field(50.0, gt=0, description="GB/s (bytes) of one KV-transfer link")
+    latency_s: float = Field(ge=0, description="fixed time added to every transfer (network and setup)")
+    per: Literal["prefill_replica", "pool"] = Field(
+        "prefill_replica", description="one link per prefill replica, or one link shared by the whole pool"
+    )
+
+
+class Disaggregation(_Spec):
+    prefill: ReplicaGroup = Field(description="the prefill pool: its GPUs, count and serving settings")
+    decode: ReplicaGroup = Field(description="the decode pool: its GPUs, count and serving settings")
+    link: KvLink = Field(description="how prompt KV goes from a prefill replica to a decode replica")
+    local_prefill_max_tokens: int = Field(
+        0,
+        ge=0,
+        description="conditional disaggregation: prompts of at most this many tokens are prefilled on the "
+        "decode replica itself (0: every prompt goes to the prefill pool)",
+    )
+
+
+class ResponseCache(_Spec):
+    kind: Literal["exact", "semantic"] = Field(
+        "exact", description="exact-match or semantic (embedding) cache"
+    )
+    hit_rate: float = Field(ge=0, le=1, description="fraction of requests answered from the cache")
+    lookup_latency_s: float = Field(ge=0, description="added to every request, hit or miss")
 
 
 class HostedApi(_Spec):
@@ -212,6 +336,11 @@ class Scenario(_Spec):
     serving: Serving = Field(default_factory=Serving, description="how the engine batches and stores KV")
     workload: Workload = Field(description="the traffic: arrivals and prompt/output lengths")
     slo: Slo = Field(default_factory=Slo, description="latency targets for goodput (unset: no target)")
+    cluster: Cluster = Field(default_factory=Cluster, description="replicas behind a router (default: one)")
+    disaggregation: Disaggregation | None = Field(
+        None, description="separate prefill and decode pools with KV transfer (unset: colocated)"
+    )
+    response_cache: ResponseCache | None = Field(None, description="a response cache in front of the model")
     hosted_api: HostedApi | None = Field(None, description="a hosted API's prices to compare cost with")
     output: Output = Field(default_factory=Output, description="where result files go")
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from simulator.cost_model import BatchShape, chunk_pairs
 from simulator.kv_cache import BlockPool
+from simulator.speculative import accepted
 
 
 @dataclass(slots=True, eq=False)
@@ -62,6 +63,8 @@ class Batch:
     prefills: list[tuple[Sequence, int]] = field(default_factory=list)
     num_decodes: int = 0
     decode_context: int = 0
+    spec_k: int = 0  # > 0: the decodes are speculative rounds of k drafted tokens, verified together
+    spec_tokens: int = 0  # tokens the rounds yielded (set when the step completes)
     preempted: list[Sequence] = field(default_factory=list)
     shape: BatchShape = field(default_factory=BatchShape)
 
@@ -83,6 +86,7 @@ class Scheduler:
         sliding_ratio: float = 0.0,
         watermark: float = 0.01,
         block_keys=None,
+        spec=None,
     ) -> None:
         self.pool = pool
         self.B = pool.block_size
@@ -98,6 +102,10 @@ class Scheduler:
         # first `tokens` tokens, or [] when it shares nothing with anyone.
         self.block_keys = block_keys if pool.cached is not None else None
         self.cached_tokens = 0  # prompt tokens served from the prefix cache, recomputations included
+        # Speculative decoding: (k, max_batch, acceptance per request id, rng) or None.
+        self.spec = spec
+        self.spec_rounds = 0
+        self.spec_yield = 0
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order; preemption takes from the end
         self.prefilling: list[Sequence] = []  # running sequences with prompt left to compute
@@ -121,6 +129,14 @@ class Scheduler:
         if self.sliding_ratio:
             seq.window_blocks = self.window_blocks(seq.orig_prompt + seq.output)
         self.waiting.append(seq)
+
+    def add_prefilled(self, seq: Sequence) -> None:
+        """Join decode with a prompt prefilled elsewhere (disaggregated serving; its first token is
+        `seq.generated`). The caller has already allocated its KV blocks, blocks_for(prompt) plus
+        `window_blocks`, from this pool and checked that a sequence slot is free."""
+        seq.computed = seq.prompt
+        self.running.append(seq)
+        self._join_decode(seq)
 
     def window_blocks(self, tokens: int) -> int:
         """Blocks (full-layer units) the sliding-window layers need for a sequence of `tokens`."""
@@ -155,7 +171,7 @@ class Scheduler:
         The run stops at the next finish and before blocks run out; None whenever a prefill could be
         scheduled or a decode step would need a preemption.
         """
-        if not self.n_decoding or self.prefilling:
+        if not self.n_decoding or self.prefilling or self._spec_now():
             return None
         if self._admissible(self.max_tokens - self.n_decoding if self.chunked else self.max_tokens):
             return None
@@ -231,7 +247,11 @@ class Scheduler:
             return self._prefill_only()
         b = Batch()
         budget = self.max_tokens
-        if self.n_decoding:
+        if self._spec_now():
+            n, k = self.n_decoding, self.spec[0]
+            b.spec_k, b.num_decodes, b.decode_context = k, n, self.decode_context
+            budget -= n * (k + 1)
+        elif self.n_decoding:
             need = self.phase[self.dstep % self.B]
             while need > self.pool.free and self.running:
                 victim = self.running[-1]
@@ -262,6 +282,42 @@ class Scheduler:
             return None
         b.shape = self._shape(b)
         return b
+
+    def _spec_now(self) -> bool:
+        """Speculate this step: few enough sequences decode, and blocks for a full round are free."""
+        if self.spec is None or not self.n_decoding or self.n_decoding > self.spec[1]:
+            return False
+        per_seq = -(-(self.spec[0] + 1) // self.B) + 1
+        return (
+            self.n_decoding * per_seq <= self.pool.free
+            and self.n_decoding * (self.spec[0] + 1) <= self.max_tokens
+        )
+
+    def _spec_round(self) -> int:
+        """Verify one round for every decoding sequence; returns the tokens yielded."""
+        k, _, alpha, rng = self.spec
+        B, d, ph = self.B, self.dstep, self.phase
+        new_blocks = tokens = 0
+        for s in self.running:
+            if not s.decoding:
+                continue
+            gen = s.c + d - s.orig_prompt
+            kv = s.c + d - 1
+            t = min(accepted(rng, alpha[s.rid], k) + 1, s.output - gen)
+            tokens += t
+            new_blocks += -(-(kv + t) // B) - -(-kv // B)
+            if t > 1:
+                ph[(1 - s.c) % B] -= 1
+                s.c += t - 1
+                ph[(1 - s.c) % B] += 1
+                self.c_sum += t - 1
+                s.epoch += 1
+                s.finish_at = d + 1 + s.output - gen - t
+                heapq.heappush(self.finish_heap, (s.finish_at, s.rid, s.epoch, s))
+        self.pool.allocate(new_blocks)
+        self.spec_rounds += self.n_decoding
+        self.spec_yield += tokens
+        return tokens
 
     def _prefill_only(self) -> Batch:
         b = Batch()
@@ -309,6 +365,16 @@ class Scheduler:
                 spairs += chunk_pairs(s.computed, chunk, self.window)
             ctx += s.computed
             logits += s.computed + chunk == s.prompt
+        if b.spec_k:  # verification: k + 1 query tokens per sequence after its cached context
+            n, q = b.num_decodes, b.spec_k + 1
+            kv = b.decode_context - n
+            tokens += n * q
+            pairs += q * kv + n * q * (q + 1) / 2
+            if self.window:
+                spairs += n * chunk_pairs(min(kv // n, self.window), q, self.window)
+            ctx += kv
+            logits += n * q - n
+            return BatchShape(tokens, len(b.prefills) + n, pairs, spairs, ctx, 0, 0, logits)
         return BatchShape(
             prefill_tokens=tokens,
             prefill_seqs=len(b.prefills),
@@ -324,6 +390,8 @@ class Scheduler:
     def complete(self, b: Batch) -> StepResult:
         """Apply a finished step: prompt progress, sampled tokens, finishes."""
         first, finished = [], []
+        if b.spec_k:
+            b.spec_tokens = self._spec_round()
         if b.num_decodes:
             self.dstep += 1
             finished += self._pop_finished()
@@ -337,7 +405,11 @@ class Scheduler:
             if self.block_keys:  # its prompt's full blocks become shareable with later requests
                 keys = self.block_keys(s.rid, s.prompt)
                 if len(keys) > len(s.shared):
-                    fresh = [k for k in keys[len(s.shared) :] if k not in self.pool.refs and k not in self.pool.cached]
+                    fresh = [
+                        k
+                        for k in keys[len(s.shared) :]
+                        if k not in self.pool.refs and k not in self.pool.cached
+                    ]
                     if len(fresh) == len(keys) - len(s.shared):  # keep `shared` a prefix of the keys
                         self.pool.publish(fresh)
                         s.shared = keys

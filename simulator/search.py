@@ -179,6 +179,15 @@ class ConfigResult:
         return max(1, math.ceil(rate_per_s / self.max_rate_per_s - 1e-9))
 
 
+def usd_per_hour(summary: dict) -> float:
+    """What the whole configuration costs per hour, as the simulator charged it (all replicas and pools)."""
+    c, t = summary.get("cost"), summary.get("throughput")
+    if c and t and t["duration_s"] > 0 and math.isfinite(c["total_usd"]):
+        return c["total_usd"] / (t["duration_s"] / 3600.0)
+    hw = summary["hardware"]
+    return hw["price_per_gpu_hour_usd"] * hw["gpus"]
+
+
 def _attainment(summary: dict) -> float:
     r = summary["requests"]
     met = summary["goodput"]["fraction"] * r["finished"]
@@ -275,8 +284,7 @@ def evaluate(base: dict, overrides: dict, index: int, slo_attainment: float, rat
         res.status = "below min rate"
         res.message = f"misses the SLOs even at {probes[-1].rate_per_s:.3g} req/s ({_misses(probes[-1], data)})"
         return res
-    hw = s["hardware"]
-    res.usd_per_hour = hw["price_per_gpu_hour_usd"] * hw["gpus"]
+    res.usd_per_hour = usd_per_hour(s)
     res.usd_per_1m_tokens = s["cost"]["usd_per_1m_tokens"]
     lat = s["latency_s"]
     res.ttft_p90_s, res.tpot_p90_s, res.e2e_p90_s = (lat[k]["p90"] for k in ("ttft", "tpot", "e2e"))

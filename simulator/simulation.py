@@ -14,11 +14,13 @@ from simulator.kv_cache import BlockPool
 from simulator.memory import MemoryPlan, plan_memory
 from simulator.metrics import summarize
 from simulator.model_spec import ModelSpec, load_model
+from simulator.parallelism import Parallelism
 from simulator.records import RequestTable, StepStats
 from simulator.replica import Replica
 from simulator.scenario import Scenario
 from simulator.scheduler import Scheduler
 from simulator.source import Source
+from simulator.speculative import DraftCost, with_draft_memory
 from simulator.workload import PrefixKeys, Requests, generate
 
 
@@ -57,6 +59,20 @@ def _conversation(env, reqs: Requests, table: RequestTable, source: Source, keys
     return on_finish
 
 
+def _spec_settings(scenario: Scenario, reqs: Requests):
+    """(k, max batch, acceptance rate per request, rng) for the scheduler, or None."""
+    spec = scenario.serving.speculative
+    if spec is None:
+        return None
+    alpha = np.full(len(reqs), spec.acceptance_rate)
+    classes = scenario.workload.classes or []
+    for ci, c in enumerate(classes):
+        if c.acceptance_rate is not None and reqs.class_id is not None:
+            alpha[reqs.class_id == ci] = c.acceptance_rate
+    rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(5)[4])
+    return spec.num_speculative_tokens, spec.max_batch_size, alpha.tolist(), rng
+
+
 def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step: bool = False) -> Forecast:
     """Forecast one scenario. A model that does not fit is returned unsimulated, with the numbers.
 
@@ -66,8 +82,13 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
     model = load_model(scenario.model)
     profile = load_profile(scenario.hardware.gpu)
     sv = scenario.serving
-    tp = scenario.hardware.gpus_per_replica
-    mem = plan_memory(profile, model, sv, tp)
+    par = Parallelism.of(scenario.hardware)
+    par.check(model)
+    mem = plan_memory(profile, model, sv, par.tp, par.pp, par.ep)
+    spec = sv.speculative
+    draft = load_model(spec.draft_model) if spec is not None and spec.method == "draft" else None
+    if draft is not None:
+        mem = with_draft_memory(mem, draft, sv, par.tp)
     if not mem.fits:
         summary = summarize(scenario, model, profile, mem, None, None, None, 0.0)
         return Forecast(scenario, model, profile, mem, None, None, None, summary, time.perf_counter() - wall0)
@@ -78,7 +99,7 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
         table.class_id = reqs.class_id
     horizon = float(np.nanmax(reqs.arrival_s)) if len(reqs) else 1.0
     stats = StepStats(timeline_interval_s=max(horizon / 2000.0, 1e-3))
-    cost = CostModel(profile, model, sv.weight_dtype, sv.kv_dtype)
+    cost = CostModel(profile, model, sv.weight_dtype, sv.kv_dtype, par.tp, par.pp, par.ep, sv.moe_routing_skew)
     pool = BlockPool(mem.num_blocks, sv.block_size, prefix_caching=sv.prefix_caching)
     keys = PrefixKeys(reqs, sv.block_size) if sv.prefix_caching and reqs.segments is not None else None
     sched = Scheduler(
@@ -91,9 +112,13 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
         if model.sliding_layers
         else 0.0,
         block_keys=keys,
+        spec=_spec_settings(scenario, reqs),
     )
     env = simpy.Environment()
     replica = Replica(env, 0, sched, cost, table, stats, static=sv.batching == "static")
+    if spec is not None:
+        draft_cost = CostModel(profile, draft, sv.weight_dtype, sv.kv_dtype, par.tp) if draft is not None else None
+        replica.draft_time = DraftCost(spec, cost, draft_cost)
     if step_by_step:
         replica.run_cap = 1
 

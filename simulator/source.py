@@ -17,7 +17,9 @@ import simpy
 class Source:
     """Submits request ids at their arrival times; `follow_up` schedules a later turn."""
 
-    def __init__(self, env: simpy.Environment, arrival_s: np.ndarray, submit, order: np.ndarray | None = None) -> None:
+    def __init__(
+        self, env: simpy.Environment, arrival_s: np.ndarray, submit, order: np.ndarray | None = None
+    ) -> None:
         self.env = env
         ids = np.arange(len(arrival_s)) if order is None else order
         self.ids = ids.tolist()

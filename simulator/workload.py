@@ -323,10 +323,7 @@ def _generate_classes(w: Workload, trace, arr_rng, p_rng, o_rng, c_rng) -> Reque
         for k in range(t):
             u = int(user[rid])
             mine = ((2 * rid, u),)
-            if c.prefix_position == "end":
-                segs = history + mine + sys_seg
-            else:
-                segs = sys_seg + history + mine
+            segs = history + mine + sys_seg if c.prefix_position == "end" else sys_seg + history + mine
             prompt[rid] = sum(x[1] for x in segs)
             shares_something = (c.prefix_position == "start" and sys_seg) or k > 0 or (c.session and t > 1)
             segments[rid] = segs if shares_something else None

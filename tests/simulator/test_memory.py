@@ -26,7 +26,8 @@ def test_70b_does_not_fit_one_h100_but_fits_four():
     text = one.explain()
     assert "weights 131.4 GiB" in text and "KV room left -" in text
     four = plan_memory(p, m, Serving(), tp=4)
-    assert four.fits and four.weight_bytes == pytest.approx(one.weight_bytes / 4)
+    # every matrix splits 4 ways; only the norms (0.01% of the weights) are replicated
+    assert four.fits and four.weight_bytes == pytest.approx(one.weight_bytes / 4, rel=1e-3)
 
 
 def test_quantization_frees_room_for_kv():

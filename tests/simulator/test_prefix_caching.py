@@ -16,7 +16,12 @@ def scenario(classes, caching=True, n=400, rate=4.0, **wl):
             "model": "llama-3.1-8b",
             "hardware": {"gpu": "h100-sxm"},
             "serving": {"prefix_caching": caching},
-            "workload": {"arrival": {"process": "poisson", "rate_per_s": rate}, "num_requests": n, "classes": classes, **wl},
+            "workload": {
+                "arrival": {"process": "poisson", "rate_per_s": rate},
+                "num_requests": n,
+                "classes": classes,
+                **wl,
+            },
         }
     )
 
@@ -79,7 +84,8 @@ def test_multi_turn_sessions_reuse_the_conversation_and_arrive_after_the_previou
 def test_eviction_under_memory_pressure_lowers_reuse():
     big = scenario(SYSTEM, n=300)
     small = parse_scenario(
-        json.loads(big.model_dump_json()) | {"serving": {"prefix_caching": True, "gpu_memory_utilization": 0.225}}
+        json.loads(big.model_dump_json())
+        | {"serving": {"prefix_caching": True, "gpu_memory_utilization": 0.225}}
     )
     f_small, f_big = simulate(small), simulate(big)
     assert f_small.fits
@@ -99,7 +105,12 @@ def test_trace_hash_ids(tmp_path):
         {
             "model": "llama-3.1-8b",
             "serving": {"prefix_caching": True},
-            "workload": {"trace": str(p), "arrival": {"process": "trace"}, "prompt_tokens": {"dist": "trace"}, "output_tokens": {"dist": "trace"}},
+            "workload": {
+                "trace": str(p),
+                "arrival": {"process": "trace"},
+                "prompt_tokens": {"dist": "trace"},
+                "output_tokens": {"dist": "trace"},
+            },
         }
     )
     f = simulate(sc)

@@ -68,7 +68,9 @@ def test_out_of_blocks_preempts_the_newest_and_recomputes():
 def test_prefix_caching_reuses_shared_blocks_and_evicts_lru():
     pool = BlockPool(100, 4, prefix_caching=True)
     keys = {0: [("sys", j) for j in range(5)] + [("a", 5)], 1: [("sys", j) for j in range(5)] + [("b", 5)]}
-    s = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=64, block_keys=lambda rid, n: keys[rid][: n // 4])
+    s = Scheduler(
+        pool, max_num_seqs=8, max_num_batched_tokens=64, block_keys=lambda rid, n: keys[rid][: n // 4]
+    )
     s.add(Sequence(0, 24, 2))
     drain(s)
     assert pool.free == 100 and len(pool.cached) == 6  # all full blocks stay cached after it finishes

@@ -1,0 +1,67 @@
+"""Speculative decoding: what a round costs, what it yields, and the draft model's memory.
+
+Each round drafts k tokens (k steps of a draft model, or a fraction of a target step each for
+self-speculation such as MTP heads or n-gram lookup), then verifies them in one target step over
+k + 1 positions per sequence. With per-token acceptance α a round yields the accepted prefix plus one
+token from the target: on average (1 − α^(k+1)) / (1 − α) tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from simulator.cost_model import BatchShape, CostModel
+from simulator.memory import MemoryPlan
+from simulator.model_spec import ModelSpec
+from simulator.scenario import Speculative
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Expected tokens a round yields: accepted drafts plus the target's own token."""
+    return float(k + 1) if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+def accepted(rng: np.random.Generator, alpha: float, k: int) -> int:
+    """Drafted tokens accepted in one round: leading successes of k Bernoulli(α) trials."""
+    if alpha >= 1.0:
+        return k
+    if alpha <= 0.0:
+        return 0
+    return min(int(rng.geometric(1.0 - alpha)) - 1, k)
+
+
+class DraftCost:
+    """Seconds the drafting part of a round takes for n sequences with `context` tokens in total."""
+
+    def __init__(self, spec: Speculative, target: CostModel, draft: CostModel | None) -> None:
+        self.k, self.fraction = spec.num_speculative_tokens, spec.draft_cost_fraction
+        self.target, self.draft = target, draft
+
+    def __call__(self, n: int, context: int) -> float:
+        shape = BatchShape(decode_seqs=n, decode_context_tokens=context)
+        if self.draft is not None:  # k autoregressive steps of the draft model
+            return sum(
+                self.draft.step_time(BatchShape(decode_seqs=n, decode_context_tokens=context + i * n))
+                for i in range(self.k)
+            )
+        return self.k * self.fraction * self.target.step_time(shape)
+
+    def prefill(self, shape: BatchShape) -> float:
+        """The draft model also prefills every prompt chunk (self-speculation heads reuse the target's)."""
+        if self.draft is None or not shape.prefill_tokens:
+            return 0.0
+        return self.draft.step_time(shape)
+
+
+def with_draft_memory(mem: MemoryPlan, draft: ModelSpec, serving, tp: int = 1) -> MemoryPlan:
+    """The memory plan once the draft model's weights and its KV (per token, same pool) are added."""
+    weights = draft.weight_bytes(serving.weight_dtype) / tp
+    kv = mem.kv_bytes - weights
+    per_token = mem.block_bytes / mem.block_size + draft.kv_bytes_per_token(serving.kv_dtype) / tp
+    block_bytes = mem.block_size * per_token
+    blocks = int(kv // block_bytes) if kv > 0 else 0
+    return replace(
+        mem, weight_bytes=mem.weight_bytes + weights, kv_bytes=kv, block_bytes=block_bytes, num_blocks=blocks
+    )
