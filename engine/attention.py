@@ -18,11 +18,18 @@ one CTA per (sequence, query head), so it re-reads each KV head for every query 
 and leaves most SMs idle at small batch (measured on an H100 at batch 1, context 512: 22 µs a
 layer for 2 MB of KV). Whole fresh prompts of equal length go through SDPA's cuDNN backend, faster
 than FA2 on Hopper for long causal prefills. Elsewhere a per-sequence masked SDPA serves as the reference and the CPU path.
+
+A mixed step (prefill chunks, then decodes) makes two calls per layer, as vLLM's FlashInfer backend
+does: the chunks through the prefill path, the decodes through the decode kernel, writing into the
+same output. The decode kernel's work is split into units of at most `chunk` keys, `chunk` chosen
+from the step's total context (`plan_decode_units`), so its time follows total KV bytes rather than
+the longest context.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +55,85 @@ class StepLayout:
     slots: torch.Tensor  # int64 [T]
     max_q: int
     max_k: int
+    # sequences [0, n_prefill) take the prefill path, [n_prefill, S) are single-query decodes;
+    # sequences from n_real on are CUDA-graph padding, whose outputs nobody reads
+    n_prefill: int = -1
+    n_real: int = -1
+    units: dict = field(default_factory=dict)  # the decode group's work units (device tensors), see plan_decode_units
+
+    def __post_init__(self) -> None:
+        if self.n_prefill < 0:
+            self.n_prefill = prefill_count(self.q_lens)
+        if self.n_real < 0:
+            self.n_real = len(self.q_lens)
 
     @property
     def num_tokens(self) -> int:
         return sum(self.q_lens)
 
 
-def plan_layout(q_lens: list[int], prior_lens: list[int], base: int = 0, starts: list | None = None) -> dict:
-    """Host-side layout: regions laid end to end from slot `base` (or at `starts`), new tokens after each prefix."""
+# Decode work units: at most UNIT_MIN_KEYS keys below which a unit is not split further (a unit
+# loads its queries and writes a partial result; two 64-key blocks amortise that), and the target
+# number of CTAs per SM the units are sized for (4: enough waves that units of unequal length even out).
+UNIT_BLOCK = 64
+UNIT_MIN_KEYS = 128
+UNIT_CTAS_PER_SM = 4
+
+
+def prefill_count(q_lens: list[int]) -> int:
+    """Sequences before the trailing run of single-query ones (the decodes): the prefill group."""
+    n = len(q_lens)
+    while n and q_lens[n - 1] == 1:
+        n -= 1
+    return n
+
+
+def unit_target(sms: int, kv_heads: int) -> int:
+    """How many decode work units a step aims for: UNIT_CTAS_PER_SM CTAs per SM over the KV heads."""
+    return max(1, UNIT_CTAS_PER_SM * sms // max(kv_heads, 1))
+
+
+def plan_decode_units(k_lens: list[int], target: int, seq0: int = 0, cap: int | None = None) -> dict:
+    """Split each decode sequence's keys [0, k) into units of at most `chunk` keys.
+
+    chunk = max(UNIT_MIN_KEYS, total keys / target) rounded up to the kernel's block, so the units
+    number at most target + len(k_lens) and no unit is longer than the step's average share: the
+    kernel's time follows the total KV bytes, not the longest context. Units are laid out sequence
+    by sequence; `seq_units[j]:seq_units[j+1]` are sequence j's. `seq` holds global sequence indices
+    (seq0 + j); with `cap`, the tables are padded to `cap` units with seq = -1 (idle programs of a
+    CUDA graph's fixed grid).
+    """
+    total = sum(k_lens)
+    chunk = max(UNIT_MIN_KEYS, math.ceil(math.ceil(total / max(target, 1)) / UNIT_BLOCK) * UNIT_BLOCK)
+    seq, lo, hi, seq_units = [], [], [], [0]
+    for j, k in enumerate(k_lens):
+        for a in range(0, k, chunk):
+            seq.append(seq0 + j)
+            lo.append(a)
+            hi.append(min(a + chunk, k))
+        seq_units.append(len(seq))
+    n = len(seq)
+    if cap is not None:
+        if n > cap:
+            raise ValueError(f"{n} decode units exceed the capacity {cap}")
+        seq += [-1] * (cap - n)
+        lo += [0] * (cap - n)
+        hi += [0] * (cap - n)
+    return {"seq": seq, "lo": lo, "hi": hi, "seq_units": seq_units, "count": n, "chunk": chunk}
+
+
+def unit_capacity(target: int, n_decode: int) -> int:
+    """An upper bound of plan_decode_units' count for n_decode sequences (the fixed grid of a graph)."""
+    return target + n_decode
+
+
+def plan_layout(q_lens: list[int], prior_lens: list[int], base: int = 0, starts: list | None = None,
+                n_prefill: int | None = None, target: int = 64, cap: int | None = None) -> dict:
+    """Host-side layout: regions laid end to end from slot `base` (or at `starts`), new tokens after each prefix.
+
+    Sequences from `n_prefill` on (default: the trailing single-query ones) are decodes, split into
+    work units for `target` (see plan_decode_units).
+    """
     k_lens = [p + q for p, q in zip(prior_lens, q_lens, strict=True)]
     k_starts, positions, slots = [], [], []
     off = base
@@ -68,16 +146,29 @@ def plan_layout(q_lens: list[int], prior_lens: list[int], base: int = 0, starts:
     cu_q = [0]
     for q in q_lens:
         cu_q.append(cu_q[-1] + q)
+    n_pre = prefill_count(list(q_lens)) if n_prefill is None else n_prefill
+    units = plan_decode_units(k_lens[n_pre:], target, seq0=n_pre, cap=cap)
     return {
         "q_lens": list(q_lens), "k_lens": k_lens, "k_starts": k_starts, "cu_q": cu_q,
         "cu_k": k_starts + [max(off, k_starts[-1] if k_starts else 0)], "positions": positions, "slots": slots, "end": off,
+        "n_prefill": n_pre, "units": units,
     }
 
 
+def device_sms(device) -> int:
+    dev = torch.device(device)
+    return torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 16
+
+
+def unit_tensors(units: dict, device) -> dict:
+    """The decode unit tables as int32 device tensors (what the decode kernel reads)."""
+    return {k: torch.tensor(units[k], dtype=torch.int32, device=device) for k in ("seq", "lo", "hi", "seq_units")}
+
+
 def make_layout(q_lens: list[int], prior_lens: list[int], device, base: int = 0, starts: list[int] | None = None,
-                max_q: int | None = None, max_k: int | None = None) -> StepLayout:
+                max_q: int | None = None, max_k: int | None = None, kv_heads: int = 8) -> StepLayout:
     """A StepLayout with fresh device tensors (eager steps and tests); `starts` pins each region's first slot."""
-    p = plan_layout(q_lens, prior_lens, base, starts)
+    p = plan_layout(q_lens, prior_lens, base, starts, target=unit_target(device_sms(device), kv_heads))
 
     def i32(v):
         return torch.tensor(v, dtype=torch.int32, device=device)
@@ -89,6 +180,7 @@ def make_layout(q_lens: list[int], prior_lens: list[int], device, base: int = 0,
         p["q_lens"], p["k_lens"], p["k_starts"], i32(p["cu_q"]), i32(p["cu_k"]), i32(p["k_lens"]),
         i64(p["positions"]), i64(p["slots"]),
         max_q if max_q is not None else max(q_lens), max_k if max_k is not None else max(p["k_lens"]),
+        p["n_prefill"], len(q_lens), unit_tensors(p["units"], device),
     )
 
 
@@ -98,40 +190,72 @@ def flash_available(device) -> bool:
 
 def varlen_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int = 0) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its region; q [T, H, d] → [T, H, d]."""
-    if lay.max_q == 1 and decode_attention_supported(q, k_pool):
-        return decode_attention(q, k_pool, v_pool, lay.cu_k, lay.seqused_k, scale, window, lay.max_k)
-    if flash_available(q.device) and _cudnn_state["ok"] is not False and _uniform_fresh_prompts(lay, window):
-        out = _cudnn_prefill(q, k_pool, v_pool, lay, scale)
+    if not flash_available(q.device):
+        return reference_attention(q, k_pool, v_pool, lay, scale, window)
+    n_seqs = len(lay.q_lens)
+    fast_decode = decode_attention_supported(q, k_pool) and bool(lay.units)
+    if lay.n_prefill == 0 and fast_decode:
+        return decode_attention(q, k_pool, v_pool, lay, scale, window)
+    n_pre = lay.n_prefill if fast_decode else n_seqs
+    out = _prefill_group(q, k_pool, v_pool, lay, scale, window, n_pre)
+    if n_pre < n_seqs:  # the decodes of a mixed step, written into the same output rows
+        decode_attention(q, k_pool, v_pool, lay, scale, window, out=out)
+    return out
+
+
+def _prefill_group(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int, n_pre: int) -> torch.Tensor:
+    """Attention of sequences [0, n_pre) into a [T, H, d] output; rows of later sequences are left for the decodes."""
+    m = _cudnn_count(lay, window, n_pre)
+    if m and _cudnn_state["ok"] is not False:
+        out = _cudnn_prefill(q, k_pool, v_pool, lay, scale, m)
         if out is not None:
-            return out
-    if flash_available(q.device):
-        out = torch.ops.aten._flash_attention_forward(
-            q, k_pool, v_pool, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k, 0.0, True, False,
-            scale=scale, window_size_left=window - 1 if window else -1, window_size_right=0,
-            seqused_k=lay.seqused_k,
-        )[0]
-        return out
-    return reference_attention(q, k_pool, v_pool, lay, scale, window)
+            extra = q.shape[0] - out.shape[0]
+            # rows past the prompts: decodes (overwritten next) or graph padding (zeros keep the KV pool finite)
+            return F.pad(out, (0, 0, 0, 0, 0, extra)) if extra else out
+    n_all = len(lay.q_lens)
+    cu_q, cu_k, used = lay.cu_q, lay.cu_k, lay.seqused_k
+    if n_pre < n_all:
+        cu_q, cu_k, used = cu_q[: n_pre + 1], cu_k[: n_pre + 1], used[:n_pre]
+    return torch.ops.aten._flash_attention_forward(
+        q, k_pool, v_pool, cu_q, cu_k, lay.max_q, lay.max_k, 0.0, True, False,
+        scale=scale, window_size_left=window - 1 if window else -1, window_size_right=0, seqused_k=used,
+    )[0]
 
 
 _cudnn_state: dict[str, bool | None] = {"ok": None, "gqa": True}
 
 
-def _uniform_fresh_prompts(lay: StepLayout, window: int) -> bool:
-    """Equal-length prompts with no cached prefix, laid back to back: a dense causal batch."""
-    q0 = lay.q_lens[0]
-    return (not window and q0 > 1 and all(q == q0 for q in lay.q_lens) and lay.k_lens == lay.q_lens
-            and all(s == lay.k_starts[0] + i * q0 for i, s in enumerate(lay.k_starts)))
+def _cudnn_count(lay: StepLayout, window: int, n_pre: int) -> int:
+    """m > 0 when the real sequences of the prefill group are m equal fresh prompts laid back to back
+    (a dense causal batch for cuDNN) and any others in the group are graph padding; else 0."""
+    m = min(n_pre, lay.n_real)
+    if window or m == 0:
+        return 0
+    q0, s0 = lay.q_lens[0], lay.k_starts[0]
+    if q0 <= 1:
+        return 0
+    for i in range(m):
+        if lay.q_lens[i] != q0 or lay.k_lens[i] != q0 or lay.k_starts[i] != s0 + i * q0:
+            return 0
+    if any(lay.k_lens[i] != lay.q_lens[i] for i in range(m, n_pre)):  # padding must be fresh too
+        return 0
+    return m
 
 
-def _cudnn_prefill(q, k_pool, v_pool, lay: StepLayout, scale: float):
-    """Whole prompts through SDPA's cuDNN backend (about 1.5x FA2's rate on Hopper); None if unavailable."""
+def cudnn_signature(lay: StepLayout, window: int = 0) -> tuple[int, int]:
+    """(prompts, length) of the cuDNN path this layout takes, (0, 0) if none: a CUDA graph bakes it in."""
+    m = _cudnn_count(lay, window, lay.n_prefill)
+    return (m, lay.q_lens[0]) if m else (0, 0)
+
+
+def _cudnn_prefill(q, k_pool, v_pool, lay: StepLayout, scale: float, n: int):
+    """n whole prompts through SDPA's cuDNN backend (about 1.5x FA2's rate on Hopper); None if unavailable."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    n, t = len(lay.q_lens), lay.q_lens[0]
+    t = lay.q_lens[0]
     nh, nkv, d = q.shape[1], k_pool.shape[1], q.shape[2]
     s0 = lay.k_starts[0]
-    qb = q.view(n, t, nh, d).transpose(1, 2)
+    qb = q[: n * t].view(n, t, nh, d).transpose(1, 2)
     kb = k_pool[s0:s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
     vb = v_pool[s0:s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
     try:

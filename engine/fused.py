@@ -139,22 +139,23 @@ if triton is not None:
 
 
     @triton.jit
-    def _decode_attn_kernel(Q, K, V, OP, LP, CU_K, SEQUSED, scale, k_stride, window,
-                            NH: tl.constexpr, NKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
-                            D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr):
-        s = tl.program_id(0)
+    def _decode_attn_kernel(Q, K, V, OP, LP, U_SEQ, U_LO, U_HI, CU_Q, CU_K, SEQUSED, scale, k_stride, window,
+                            NH: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
+                            D: tl.constexpr, BLOCK_N: tl.constexpr):
+        u = tl.program_id(0).to(tl.int64)  # one work unit: keys [lo, hi) of one sequence
         kvh = tl.program_id(1)
-        sp = tl.program_id(2)
+        s = tl.load(U_SEQ + u)
+        live = s >= 0  # idle programs of a graph's fixed grid have seq -1
+        s = tl.maximum(s, 0)
         k_len = tl.load(SEQUSED + s)
         start = tl.load(CU_K + s).to(tl.int64)
-        lo_all = tl.maximum(k_len - window, 0)
-        chunk = tl.cdiv(tl.cdiv(k_len - lo_all, SPLITS), BLOCK_N) * BLOCK_N
-        lo = lo_all + sp * chunk
-        hi = tl.minimum(lo + chunk, k_len)
+        row = tl.load(CU_Q + s).to(tl.int64)
+        lo = tl.maximum(tl.load(U_LO + u), k_len - window)
+        hi = tl.where(live, tl.load(U_HI + u), lo)
         g = tl.arange(0, G_PAD)
         d = tl.arange(0, D)
         gmask = g < G
-        q = tl.load(Q + (s * NH + kvh * G + g)[:, None] * D + d[None, :], mask=gmask[:, None], other=0.0)
+        q = tl.load(Q + (row * NH + kvh * G + g)[:, None] * D + d[None, :], mask=gmask[:, None], other=0.0)
         m_i = tl.full((G_PAD,), float("-inf"), tl.float32)
         l_i = tl.zeros((G_PAD,), tl.float32)
         acc = tl.zeros((G_PAD, D), tl.float32)
@@ -176,21 +177,33 @@ if triton is not None:
         has = l_i > 0
         o = acc / tl.where(has, l_i, 1.0)[:, None]
         lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
-        base = (s * NH + heads) * SPLITS + sp
+        base = u * NH + heads
         tl.store(OP + base[:, None] * D + d[None, :], o, mask=gmask[:, None])
         tl.store(LP + base, lse, mask=gmask)
 
     @triton.jit
-    def _decode_combine_kernel(OP, LP, OUT, D: tl.constexpr, SPLITS: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)  # (sequence, head)
-        sp = tl.arange(0, SPLITS)
+    def _decode_combine_kernel(OP, LP, SEQ_U, CU_Q, OUT, seq0, NH: tl.constexpr, D: tl.constexpr):
+        pid = tl.program_id(0)  # (decode sequence j, head h)
+        j = pid // NH
+        h = pid % NH
+        u0 = tl.load(SEQ_U + j)
+        u1 = tl.load(SEQ_U + j + 1)
+        s = seq0 + j
+        row = tl.load(CU_Q + s).to(tl.int64)
+        nq = tl.load(CU_Q + s + 1) - row
         d = tl.arange(0, D)
-        lse = tl.load(LP + row * SPLITS + sp)
-        m = tl.max(lse, 0)
-        w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)
-        o = tl.load(OP + (row * SPLITS + sp)[:, None] * D + d[None, :])
-        out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
-        tl.store(OUT + row * D + d, out.to(OUT.dtype.element_ty))
+        m = tl.load(LP + u0 * NH + h, mask=u0 < u1, other=float("-inf"))
+        for u in range(u0, u1):
+            m = tl.maximum(m, tl.load(LP + u * NH + h))
+        acc = tl.zeros((D,), tl.float32)
+        wsum = tl.zeros((D,), tl.float32)
+        for u in range(u0, u1):
+            lse = tl.load(LP + u * NH + h)
+            w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)
+            acc += w * tl.load(OP + (u * NH + h).to(tl.int64) * D + d)
+            wsum += w
+        out = acc / tl.where(wsum > 0, wsum, 1.0)  # a sequence with no keys gets zeros
+        tl.store(OUT + (row * NH + h) * D + d, out.to(OUT.dtype.element_ty), mask=(d < D) & (nq > 0))
 
 
 # ---------------------------------------------------------------- dispatch
@@ -258,26 +271,30 @@ def decode_attention_supported(q: torch.Tensor, k_pool: torch.Tensor) -> bool:
     return use_triton(q) and d in (64, 128, 256) and q.dtype == k_pool.dtype and k_pool.stride(-2) == d
 
 
-def decode_attention(q, k_pool, v_pool, cu_k, seqused_k, scale: float, window: int = 0, max_k: int = 0):
-    """Flash-decoding for one query per sequence: the keys are split over CTAs, then combined.
+def decode_attention(q, k_pool, v_pool, lay, scale: float, window: int = 0, out: torch.Tensor | None = None):
+    """Flash-decoding for the single-query sequences lay.n_prefill.. of a step, over balanced work units.
 
-    One program loads a KV block once for all the query heads that share it (GQA), so KV bytes are
-    read once per step, and long contexts are split so that batch 1 still fills the GPU.
+    One program takes one unit (up to `chunk` keys of one sequence, engine.attention.plan_decode_units)
+    for one KV head and all the query heads that share it (GQA), so KV bytes are read once per step;
+    a second kernel merges each sequence's units. Writes rows cu_q[s] of `out` (new if None).
     """
-    s, nh, d = q.shape
+    t, nh, d = q.shape
     nkv = k_pool.shape[1]
     group = nh // nkv
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    block_n = 64
-    splits = max(1, min(32, triton.cdiv(2 * sms, s * nkv), triton.cdiv(max(max_k, 1), block_n)))
-    splits = triton.next_power_of_2(splits)
-    op = torch.empty((s, nh, splits, d), dtype=torch.float32, device=q.device)
-    lp = torch.empty((s, nh, splits), dtype=torch.float32, device=q.device)
-    _decode_attn_kernel[(s, nkv, splits)](
-        q.contiguous(), k_pool, v_pool, op, lp, cu_k, seqused_k, scale, k_pool.stride(0), window if window > 0 else 1 << 30,
-        NH=nh, NKV=nkv, G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d,
-        BLOCK_N=block_n, SPLITS=splits, num_warps=4, num_stages=2,
+    units = lay.units
+    n_units = units["seq"].shape[0]
+    n_dec = units["seq_units"].shape[0] - 1
+    out = torch.empty_like(q) if out is None else out
+    if n_units == 0 or n_dec == 0:
+        return out
+    q = q.contiguous()
+    op = torch.empty((n_units, nh, d), dtype=torch.float32, device=q.device)
+    lp = torch.empty((n_units, nh), dtype=torch.float32, device=q.device)
+    _decode_attn_kernel[(n_units, nkv)](
+        q, k_pool, v_pool, op, lp, units["seq"], units["lo"], units["hi"], lay.cu_q, lay.cu_k, lay.seqused_k,
+        scale, k_pool.stride(0), window if window > 0 else 1 << 30,
+        NH=nh, G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_N=64, num_warps=4, num_stages=2,
     )
-    out = torch.empty_like(q)
-    _decode_combine_kernel[(s * nh,)](op, lp, out, D=d, SPLITS=splits, num_warps=4)
+    _decode_combine_kernel[(n_dec * nh,)](op, lp, units["seq_units"], lay.cu_q, out, lay.n_prefill,
+                                          NH=nh, D=d, num_warps=4)
     return out

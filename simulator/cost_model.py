@@ -217,6 +217,11 @@ class CostModel:
             slots = tokens * float(q.sum())  # (token, expert) pairs landing on this GPU
             if slots <= 0:
                 continue
+            if self.par.ep > 1:
+                # the step waits for the busiest GPU, which is busy: its work given that any of its
+                # experts is touched (at batch 1 a GPU that is hit reads at least one whole expert)
+                busy = 1.0 - float(np.prod((1.0 - q) ** tokens))
+                touched, slots = touched / busy, slots / busy
             t = sum(layers * self._weight_gemm(slots, k, n, touched) for k, n, layers in self._experts)
             worst = max(worst, t)
         return worst

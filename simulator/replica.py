@@ -120,6 +120,8 @@ class Replica:
             if run is not None and run[0] > 1:
                 yield from self._decode_run(*run)
                 continue
+            if sched.timeout_s is not None:
+                sched.expire(env.now)
             batch = sched.schedule()
             if batch is None:  # waiting work that cannot start until something arrives
                 yield from self._idle()

@@ -126,6 +126,8 @@ def format_summary(f: Forecast) -> str:
         f"{t['output_tokens_per_s']:,.0f} output tok/s over {t['duration_s']:,.0f} s"
     )
     slo = ", ".join(f"{k} ≤ {v * 1e3:g} ms" for k, v in g["slo"].items()) or "no SLO set"
+    if s.get("classes"):
+        slo = "their class's SLO"
     lines.append(f"goodput: {g['requests_per_s']:.2f} req/s ({g['fraction']:.1%} of finished meet {slo})")
     lines.append(
         f"GPU busy {u['busy_fraction']:.1%}, mean batch {u['mean_batch_seqs']:.1f} seqs, {u['steps']:,} steps; "

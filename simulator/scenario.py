@@ -240,6 +240,15 @@ class Serving(_Spec):
         False, description="share KV blocks of identical prompt prefixes (hashed blocks, LRU eviction)"
     )
     speculative: Speculative | None = Field(None, description="speculative decoding (off when unset)")
+    scheduling_policy: Literal["fcfs", "priority"] = Field(
+        "fcfs", description="fcfs, or priority: classes with higher priority are admitted and kept first"
+    )
+    max_queue_len: int | None = Field(
+        None, ge=0, description="admission control: refuse a request when this many are already queued"
+    )
+    queue_timeout_s: float | None = Field(
+        None, gt=0, description="admission control: drop a request still queued (never started) after this long"
+    )
     moe_routing_skew: float = Field(
         0.0, ge=0, le=4, description="MoE: Zipf exponent of expert popularity (0 = uniform routing)"
     )

@@ -44,6 +44,7 @@ class Sequence:
     computed: int = 0  # prompt tokens whose KV is computed
     blocks: int = 0  # blocks held while prefilling
     window_blocks: int = 0  # sliding-window layers' KV, held from admission to finish
+    priority: int = 0  # higher runs first under the priority policy
     shared: list = field(default_factory=list)  # prefix-cache keys of blocks it references, not owns
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at its (last) start
     decoding: bool = False
@@ -87,6 +88,10 @@ class Scheduler:
         watermark: float = 0.01,
         block_keys=None,
         spec=None,
+        priority_of=None,
+        max_waiting: int | None = None,
+        timeout_s: float | None = None,
+        arrival_s=None,
     ) -> None:
         self.pool = pool
         self.B = pool.block_size
@@ -102,6 +107,13 @@ class Scheduler:
         # first `tokens` tokens, or [] when it shares nothing with anyone.
         self.block_keys = block_keys if pool.cached is not None else None
         self.cached_tokens = 0  # prompt tokens served from the prefix cache, recomputations included
+        # Priority scheduling (vLLM's `priority` policy) when priority_of (per request id) is given;
+        # admission control: refuse arrivals beyond max_waiting queued, drop those queued past timeout_s.
+        self.priority_of = priority_of
+        self.max_waiting = max_waiting
+        self.timeout_s = timeout_s
+        self.arrival_s = arrival_s
+        self.dropped: list[tuple[int, str]] = []  # (request id, reason)
         # Speculative decoding: (k, max_batch, acceptance per request id, rng) or None.
         self.spec = spec
         self.spec_rounds = 0
@@ -125,10 +137,33 @@ class Scheduler:
     def decode_context(self) -> int:
         return self.c_sum + self.n_decoding * self.dstep
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: Sequence) -> bool:
+        """Queue a new request; False (and recorded in `dropped`) when admission control refuses it."""
+        if self.max_waiting is not None and len(self.waiting) >= self.max_waiting:
+            self.dropped.append((seq.rid, "queue_full"))
+            return False
         if self.sliding_ratio:
             seq.window_blocks = self.window_blocks(seq.orig_prompt + seq.output)
-        self.waiting.append(seq)
+        if self.priority_of is None:
+            self.waiting.append(seq)
+            return True
+        seq.priority = p = self.priority_of[seq.rid]
+        i = len(self.waiting)  # behind every request of the same or higher priority
+        while i and self.waiting[i - 1].priority < p:
+            i -= 1
+        self.waiting.insert(i, seq)
+        return True
+
+    def expire(self, now: float) -> list[Sequence]:
+        """Drop queued requests that were never started and have waited longer than timeout_s."""
+        if self.timeout_s is None or not self.waiting:
+            return []
+        limit, arrival = now - self.timeout_s, self.arrival_s
+        gone = [s for s in self.waiting if arrival[s.rid] < limit and not s.generated and not s.computed]
+        for s in gone:
+            self.waiting.remove(s)
+            self.dropped.append((s.rid, "timed_out"))
+        return gone
 
     def add_prefilled(self, seq: Sequence) -> None:
         """Join decode with a prompt prefilled elsewhere (disaggregated serving; its first token is
@@ -212,6 +247,13 @@ class Scheduler:
         s.generated = s.c + self.dstep - s.orig_prompt
         return self.pool.blocks_for(s.c + self.dstep - 1)
 
+    def _victim(self) -> Sequence:
+        """Who is preempted: the newest sequence; under the priority policy the newest of the lowest priority."""
+        if self.priority_of is None:
+            return self.running[-1]
+        low = min(s.priority for s in self.running)
+        return next(s for s in reversed(self.running) if s.priority == low)
+
     def _release(self, s: Sequence, held: int, kv_tokens: int) -> None:
         """Give back a sequence's blocks; with prefix caching its full blocks stay cached."""
         if not s.shared and not self.block_keys:
@@ -254,7 +296,7 @@ class Scheduler:
         elif self.n_decoding:
             need = self.phase[self.dstep % self.B]
             while need > self.pool.free and self.running:
-                victim = self.running[-1]
+                victim = self._victim()
                 was_decoding_here = victim.decoding and (1 - victim.c) % self.B == self.dstep % self.B
                 self._preempt(victim)
                 b.preempted.append(victim)

@@ -243,17 +243,20 @@ def max_sustainable_rate(
     probes.append(p)
     if p.ok:
         return rate.max_per_s, probes, s
-    hi = min(max(s["throughput"]["requests_per_s"] * 1.05, rate.min_per_s), rate.max_per_s)
-    lo = hi
-    while not run(lo):
-        hi = lo
-        lo = lo / 2
+    hi = rate.max_per_s  # fails
+    lo = min(max(s["throughput"]["requests_per_s"] * 1.05, rate.min_per_s), rate.max_per_s)
+    if run(lo):  # the SLOs hold even near saturation: double until they do not
+        while lo * 2 < hi:
+            if not run(lo * 2):
+                hi = lo * 2
+                break
+            lo *= 2
+    else:  # halve until the SLOs hold
+        hi, lo = lo, lo / 2
+        while lo >= rate.min_per_s and not run(lo):
+            hi, lo = lo, lo / 2
         if lo < rate.min_per_s:
             return 0.0, probes, None
-    if lo == hi:  # the saturated throughput itself passes; try above it
-        hi = min(lo * 1.5, rate.max_per_s)
-        if run(hi):
-            return best[0], probes, best[1]
     while hi / lo - 1 > rate.rel_tol:
         mid = math.sqrt(lo * hi)
         if run(mid):

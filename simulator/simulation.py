@@ -59,6 +59,19 @@ def _conversation(env, reqs: Requests, table: RequestTable, source: Source, keys
     return on_finish
 
 
+def _admission(scenario: Scenario, reqs: Requests, table: RequestTable) -> dict:
+    """Priority per request and admission-control limits for the scheduler."""
+    sv = scenario.serving
+    out: dict = {"max_waiting": sv.max_queue_len, "timeout_s": sv.queue_timeout_s, "arrival_s": table.arrival_s}
+    if sv.scheduling_policy == "priority":
+        prio = np.zeros(len(reqs), dtype=np.int64)
+        for ci, c in enumerate(scenario.workload.classes or []):
+            if reqs.class_id is not None:
+                prio[reqs.class_id == ci] = c.priority
+        out["priority_of"] = prio.tolist()
+    return out
+
+
 def _spec_settings(scenario: Scenario, reqs: Requests):
     """(k, max batch, acceptance rate per request, rng) for the scheduler, or None."""
     spec = scenario.serving.speculative
@@ -113,6 +126,7 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
         else 0.0,
         block_keys=keys,
         spec=_spec_settings(scenario, reqs),
+        **_admission(scenario, reqs, table),
     )
     env = simpy.Environment()
     replica = Replica(env, 0, sched, cost, table, stats, static=sv.batching == "static")
@@ -147,6 +161,10 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
         replica.on_finish = lambda rid, _t: keys.forget(rid)
     env.run()
     table.freeze()
+    dropped = {"queue_full": 0, "timed_out": 0}
+    for rid, why in sched.dropped:
+        table.rejected[rid] = True
+        dropped[why] += 1
     if reqs.next_turn is not None:  # turns after a rejected one never come: the conversation ended
         for rid in np.flatnonzero(table.rejected):
             nxt = int(reqs.next_turn[rid])
@@ -159,5 +177,6 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
         "longer_than_max_model_len": int(too_long.sum()),
         "larger_than_kv_pool": int((too_big & ~too_long).sum()),
         "prompt_over_token_budget_without_chunking": int((no_chunk & ~too_long & ~too_big).sum()),
+        **dropped,
     }
     return Forecast(scenario, model, profile, mem, reqs, table, stats, summary, wall)

@@ -78,7 +78,8 @@ def test_small_batch_decode_reads_only_touched_experts():
     # the routed experts' part of a step grows with the experts its tokens touch until all are read
     t1, t8, t64 = (c.expert_time(n) for n in (1, 8, 64))
     assert t1 < t8 < t64
-    assert t1 == pytest.approx(6 * expert_bytes / (c.gemm_eff.memory * c.bw), rel=0.25)
+    read_all = 64 * expert_bytes / (c.gemm_eff.memory * c.bw)
+    assert 6 / 64 < t1 / read_all < 1.5 * 6 / 64  # 6 of 64 experts' weights (plus kernel launches)
 
 
 def test_expert_parallel_deals_experts_and_pays_all_to_all():

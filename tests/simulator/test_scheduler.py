@@ -82,3 +82,43 @@ def test_prefix_caching_reuses_shared_blocks_and_evicts_lru():
     drain(s)
     pool.allocate(100 - 0)  # needs every block: evicts all cached blocks
     assert not pool.cached and pool.evictions > 0
+
+
+def test_priority_policy_orders_the_queue_and_preempts_low_priority_first():
+    prio = {0: 0, 1: 5, 2: 0, 3: 5}
+    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=1, max_num_batched_tokens=8192, priority_of=prio)
+    for rid in range(4):
+        s.add(Sequence(rid, 10, 2))
+    assert [q.rid for q in s.waiting] == [1, 3, 0, 2]
+    pool = BlockPool(10, 4)
+    s = Scheduler(
+        pool, max_num_seqs=8, max_num_batched_tokens=64, watermark=0.0, priority_of={0: 5, 1: 0, 2: 5}
+    )
+    for rid in range(3):
+        s.add(Sequence(rid, 4, 30))
+    victims = []
+    for _ in range(300):
+        b = s.schedule()
+        if b is None:
+            break
+        victims += [v.rid for v in b.preempted]
+        s.complete(b)
+    assert victims and victims[0] == 1  # the low-priority one goes first, though it is not the newest
+
+
+def test_admission_control_refuses_and_expires():
+    arrival = [0.0, 0.0, 0.0, 5.0]
+    s = Scheduler(
+        BlockPool(100, 16),
+        max_num_seqs=1,
+        max_num_batched_tokens=64,
+        max_waiting=2,
+        timeout_s=1.0,
+        arrival_s=arrival,
+    )
+    assert s.add(Sequence(0, 10, 5)) and s.add(Sequence(1, 10, 5))
+    assert not s.add(Sequence(2, 10, 5))
+    assert s.dropped == [(2, "queue_full")]
+    gone = s.expire(now=2.0)
+    assert [g.rid for g in gone] == [0, 1] and not s.waiting
+    assert s.dropped[-2:] == [(0, "timed_out"), (1, "timed_out")]

@@ -1,0 +1,236 @@
+"""The deployment: pools of replicas (engines) behind a router, and what they add up to.
+
+A scenario without a `cluster` or `disaggregation` section is one replica of `hardware` and
+`serving`. `cluster.replicas: N` makes N copies; `cluster.groups` lists replica groups with their
+own GPU, GPUs per replica, count and serving settings (heterogeneous replicas). A replica with
+pipeline_parallel = pp > 1 runs as pp virtual engines (vLLM's micro-batches in flight; see the note
+at the top of simulator/parallelism.py), each with 1/pp of its sequences and KV blocks.
+
+Every engine is one SimPy process. An engine may cost a run of decode steps ahead of time only up to
+the next moment something could join it: the next arrival it could be sent (its own, when the router
+decides without looking at load, else the next arrival into the system), or a KV transfer landing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.cost_model import CostModel
+from simulator.hardware import HardwareProfile, load_profile
+from simulator.memory import MemoryPlan, plan_memory
+from simulator.model_spec import ModelSpec
+from simulator.parallelism import Parallelism, virtual_engines
+from simulator.records import StepStats
+from simulator.replica import Replica
+from simulator.scenario import Hardware, ReplicaGroup, Scenario, Serving
+from simulator.errors import ConfigError
+
+
+@dataclass
+class Group:
+    """Replicas of one kind: GPU profile, parallelism, serving settings, memory plan, price."""
+
+    name: str
+    role: str  # colocated, prefill, decode
+    count: int
+    profile: HardwareProfile
+    hardware: Hardware
+    serving: Serving
+    par: Parallelism
+    mem: MemoryPlan
+    usd_per_gpu_hour: float
+    engines: list[tuple[int, int]] = field(default_factory=list)  # (max_num_seqs, blocks) per virtual engine
+
+    @property
+    def gpus(self) -> int:
+        return self.par.gpus * self.count
+
+    def cost_model(self, model: ModelSpec) -> CostModel:
+        sv, p = self.serving, self.par
+        return CostModel(self.profile, model, sv.weight_dtype, sv.kv_dtype, p.tp, p.pp, p.ep, sv.moe_routing_skew)
+
+
+def _merged_serving(base: Serving, over: Serving) -> Serving:
+    return Serving.model_validate(base.model_dump() | over.model_dump(include=over.model_fields_set))
+
+
+def _group(scenario: Scenario, model: ModelSpec, g: ReplicaGroup | None, role: str, name: str) -> Group:
+    hw = scenario.hardware
+    if g is not None:
+        update = {k: v for k, v in (("gpu", g.gpu), ("gpus_per_replica", g.gpus_per_replica)) if v is not None}
+        if g.price_per_gpu_hour_usd is not None:
+            update["price_per_gpu_hour_usd"] = g.price_per_gpu_hour_usd
+        hw = Hardware.model_validate(hw.model_dump() | update)
+        serving = _merged_serving(scenario.serving, g.serving)
+        count = g.count
+    else:
+        serving, count = scenario.serving, 1
+    profile = load_profile(hw.gpu)
+    par = Parallelism.of(hw)
+    par.check(model)
+    mem = plan_memory(profile, model, serving, par.tp, par.pp, par.ep)
+    price = hw.price_per_gpu_hour_usd if hw.price_per_gpu_hour_usd is not None else profile.price.usd_per_hour
+    engines = virtual_engines(par.pp, serving.max_num_seqs, mem.num_blocks) if par.pp > 1 else [
+        (serving.max_num_seqs, mem.num_blocks)
+    ]
+    return Group(name, role, count, profile, hw, serving, par, mem, price, engines)
+
+
+def plan_groups(scenario: Scenario, model: ModelSpec) -> list[Group]:
+    """The replica groups of a scenario, each with its memory plan."""
+    cl, dg = scenario.cluster, scenario.disaggregation
+    if dg is not None:
+        if cl.groups or cl.replicas != 1:
+            raise ConfigError("with disaggregation, give the replica counts in disaggregation.prefill/decode")
+        groups = [_group(scenario, model, dg.prefill, "prefill", "prefill"),
+                  _group(scenario, model, dg.decode, "decode", "decode")]  # fmt: skip
+        if any(g.serving.batching == "static" for g in groups):
+            raise ConfigError("disaggregation needs continuous batching in both pools")
+        return groups
+    if cl.groups:
+        return [_group(scenario, model, g, "colocated", f"group{i}") for i, g in enumerate(cl.groups)]
+    g = _group(scenario, model, None, "colocated", "replica")
+    g.count = cl.replicas
+    return [g]
+
+
+# ---------------------------------------------------------------- which requests an engine can take
+def window_blocks(model: ModelSpec, tokens: np.ndarray, block_size: int) -> np.ndarray | int:
+    """Scheduler.window_blocks over an array: sliding-window layers' blocks for sequences of `tokens`."""
+    if not model.sliding_layers:
+        return 0
+    ratio = model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
+    w = np.floor(np.minimum(tokens, model.sliding_window) * ratio).astype(np.int64)
+    return -(-w // block_size)
+
+
+def cannot_serve(g: Group, model: ModelSpec, prompt: np.ndarray, output: np.ndarray) -> dict[str, np.ndarray]:
+    """Why an engine of group g could never run each request (as masks, by reason)."""
+    sv, blocks = g.serving, min(b for _, b in g.engines)
+    if g.role == "prefill":
+        output = np.ones_like(output)  # the prefill pool keeps the prompt and first token only
+    total = prompt + output
+    window = window_blocks(model, total, sv.block_size)
+    need = -(-(total - 1) // sv.block_size) if sv.batching != "static" else -(-total // sv.block_size)
+    return {
+        "longer_than_max_model_len": total > g.mem.max_model_len,
+        "larger_than_kv_pool": need + window > blocks,
+        "prompt_over_token_budget_without_chunking": (~np.asarray(sv.chunked_prefill))
+        & (prompt > sv.max_num_batched_tokens),
+    }
+
+
+def first_reasons(masks: dict[str, np.ndarray], rejected: np.ndarray) -> dict[str, int]:
+    """Counts per reason of the rejected requests, each under its first reason."""
+    out, left = {}, rejected.copy()
+    for k, m in masks.items():
+        out[k] = int((m & left).sum())
+        left &= ~m
+    return out
+
+
+# ---------------------------------------------------------------- looking ahead
+class OwnArrivals:
+    """The next arrival a given engine could receive: its own when routing is decided in advance."""
+
+    __slots__ = ("source", "pos", "k")
+
+    def __init__(self, source, positions: list[int]) -> None:
+        self.source, self.pos, self.k = source, positions, 0
+
+    def __call__(self) -> float:
+        src, pos, k = self.source, self.pos, self.k
+        n = src.next
+        while k < len(pos) and pos[k] < n:
+            k += 1
+        self.k = k
+        t = src.times[pos[k]] if k < len(pos) else math.inf
+        return min(t, src.pending[0][0]) if src.pending else t
+
+
+def look_ahead(engines: list[Replica], source, targets: np.ndarray | None, order_rids: np.ndarray) -> None:
+    """Give each engine its `next_arrival`. `targets` (per request id, −1: decided on arrival) lets an
+    engine skip arrivals that will go elsewhere."""
+    if targets is None or len(engines) == 1:
+        for e in engines:
+            e.next_arrival = source.next_arrival
+        return
+    t = targets[order_rids]
+    for i, e in enumerate(engines):
+        e.next_arrival = OwnArrivals(source, np.flatnonzero((t == i) | (t < 0)).tolist())
+
+
+# ---------------------------------------------------------------- results
+def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
+    """Sum of the engines' statistics; timelines summed on a common grid (each a step function)."""
+    if len(stats) == 1:
+        return stats[0]
+    m = StepStats(interval)
+    for s in stats:
+        m.steps += s.steps
+        m.busy_s += s.busy_s
+        m.prefill_s += s.prefill_s
+        m.decode_s += s.decode_s
+        m.prefill_tokens += s.prefill_tokens
+        m.kv_block_seconds += s.kv_block_seconds
+        m.batch_seq_steps += s.batch_seq_steps
+        m.itl_hist += s.itl_hist
+    ends = [s.timeline[-1][0] for s in stats if s.timeline]
+    if ends:
+        grid = np.arange(0.0, max(ends) + interval, interval)
+        total = np.zeros((len(grid), 4))
+        for s in stats:
+            if not s.timeline:
+                continue
+            arr = np.array(s.timeline)
+            i = np.searchsorted(arr[:, 0], grid, side="right") - 1
+            vals = np.where(i[:, None] >= 0, arr[np.maximum(i, 0), 1:], 0.0)
+            total += vals
+        m.timeline = [(float(t), *map(int, row)) for t, row in zip(grid, total, strict=True)]
+    return m
+
+
+def fleet(groups: list[Group]) -> tuple[int, float, int]:
+    """(GPUs, USD per hour, engines) of the whole deployment."""
+    gpus = sum(g.gpus for g in groups)
+    usd = sum(g.gpus * g.usd_per_gpu_hour for g in groups)
+    return gpus, usd, sum(g.count * len(g.engines) for g in groups)
+
+
+def replica_summary(groups: list[Group], engines: list[Replica], engine_replica: list[int], table, makespan: float):
+    """Per replica: group, GPUs, requests served, busy fraction, steps, mean batch, KV peak."""
+    served = np.bincount(np.asarray(table.replica)[np.isfinite(table.finish_s)] + 1, minlength=len(engines) + 1)[1:]
+    rows: dict[int, dict] = {}
+    for e, rep in zip(engines, engine_replica, strict=True):
+        g = e.group
+        row = rows.setdefault(
+            rep,
+            {"replica": rep, "group": g.name, "role": g.role, "gpu": g.profile.name, "gpus": g.par.gpus,
+             "requests_served": 0, "busy_s": 0.0, "steps": 0, "seq_steps": 0, "kv_peak_occupancy": 0.0,
+             "engines": 0},
+        )  # fmt: skip
+        row["requests_served"] += int(served[e.index])
+        row["busy_s"] += e.stats.busy_s
+        row["steps"] += e.stats.steps
+        row["seq_steps"] += e.stats.batch_seq_steps
+        row["engines"] += 1
+        row["kv_peak_occupancy"] = max(row["kv_peak_occupancy"], e.pool.peak_used / max(e.pool.num_blocks, 1))
+    out = []
+    for row in rows.values():
+        row["busy_fraction"] = min(row.pop("busy_s") / max(makespan, 1e-12) / row["engines"], 1.0)
+        row["mean_batch_seqs"] = row.pop("seq_steps") / max(row["steps"], 1)
+        out.append(row)
+    return out
+
+
+def kv_summary(engines: list[Replica]) -> dict:
+    """KV occupancy over all engines: mean while busy, and the fullest engine's peak."""
+    busy_blocks = sum(e.stats.busy_s * e.pool.num_blocks for e in engines)
+    return {
+        "blocks": sum(e.pool.num_blocks for e in engines),
+        "mean_occupancy": sum(e.stats.kv_block_seconds for e in engines) / max(busy_blocks, 1e-12),
+        "peak_occupancy": max(e.pool.peak_used / max(e.pool.num_blocks, 1) for e in engines),
+    }
