@@ -242,10 +242,10 @@ def _cudnn_count(lay: StepLayout, window: int, n_pre: int) -> int:
     return m
 
 
-def cudnn_signature(lay: StepLayout, window: int = 0) -> tuple[int, int]:
-    """(prompts, length) of the cuDNN path this layout takes, (0, 0) if none: a CUDA graph bakes it in."""
+def cudnn_signature(lay: StepLayout, window: int = 0) -> tuple[int, int, int]:
+    """(prompts, length, first slot) of the cuDNN path this layout takes, zeros if none: a CUDA graph bakes it in."""
     m = _cudnn_count(lay, window, lay.n_prefill)
-    return (m, lay.q_lens[0]) if m else (0, 0)
+    return (m, lay.q_lens[0], lay.k_starts[0]) if m else (0, 0, 0)
 
 
 def _cudnn_prefill(q, k_pool, v_pool, lay: StepLayout, scale: float, n: int):

@@ -48,6 +48,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if forecast.fits else 3
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from simulator.comparison import differences, table
+    from simulator.simulation import simulate
+
+    if len(args.scenarios) < 2:
+        raise ConfigError("compare needs two or more scenario files")
+    forecasts = {}
+    for path in args.scenarios:
+        data, source = _scenario_data(path)
+        data = apply_overrides(data, args.set or [])
+        if args.requests:
+            data.setdefault("workload", {})["num_requests"] = args.requests
+            data["workload"].pop("duration_s", None)
+        label = Path(path).stem
+        while label in forecasts:
+            label += "'"
+        forecasts[label] = simulate(parse_scenario(data, source))
+    rows = table(forecasts)
+    labels = list(forecasts)
+    width = max(12, *(len(x) for x in labels), *(len(_cell(v)) for vals in rows.values() for v in vals.values()))
+    print(f"{'':<26}" + "".join(f"{x:>{width + 2}}" for x in labels) + (f"{'B vs A':>10}" if len(labels) == 2 else ""))
+    for metric, vals in rows.items():
+        cells = [vals.get(x) for x in labels]
+        line = f"{metric:<26}" + "".join(f"{_cell(v):>{width + 2}}" for v in cells)
+        a, b = cells[0] if cells else None, cells[-1] if cells else None
+        if len(labels) == 2 and isinstance(a, (int, float)) and isinstance(b, (int, float)) and a:
+            line += f"{(b / a - 1):>+10.1%}"
+        print(line)
+    print()
+    for note in differences(forecasts):
+        print(f"- {note}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        with (out / "compare.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["metric", *labels])
+            for metric, vals in rows.items():
+                w.writerow([metric, *(vals.get(x) for x in labels)])
+        print(f"\nwrote {out}/compare.json, compare.csv")
+    return 0
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    return str(v)
+
+
 def cmd_models(_: argparse.Namespace) -> int:
     print(f"{'name':<20}{'params':>9}{'active':>9}{'layers':>8}{'KV/token bf16':>15}  notes")
     for name in catalogue_names():
@@ -155,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--requests", type=int, help="number of requests (overrides workload.num_requests/duration_s)"
     )
     r.set_defaults(fn=cmd_run)
+    c = sub.add_parser(
+        "compare",
+        help="simulate two or more scenarios and print them side by side, with the differences",
+        description="Simulate each scenario file and print the headline numbers side by side.",
+    )
+    c.add_argument("scenarios", nargs="+", help="scenario YAML files (two or more)")
+    c.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field in every scenario")
+    c.add_argument("--requests", type=int, help="number of requests for every scenario")
+    c.add_argument("--out", help="write compare.json and compare.csv into this folder")
+    c.set_defaults(fn=cmd_compare)
     sub.add_parser("models", help="list catalogue models").set_defaults(fn=cmd_models)
     sub.add_parser("gpus", help="list GPU profiles").set_defaults(fn=cmd_gpus)
     s = sub.add_parser(

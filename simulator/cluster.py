@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simulator.cost_model import CostModel
+from simulator.errors import ConfigError
 from simulator.hardware import HardwareProfile, load_profile
 from simulator.memory import MemoryPlan, plan_memory
 from simulator.model_spec import ModelSpec
@@ -26,7 +27,6 @@ from simulator.parallelism import Parallelism, virtual_engines
 from simulator.records import StepStats
 from simulator.replica import Replica
 from simulator.scenario import Hardware, ReplicaGroup, Scenario, Serving
-from simulator.errors import ConfigError
 
 
 @dataclass

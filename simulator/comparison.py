@@ -67,7 +67,7 @@ def table(forecasts: dict[str, Forecast]) -> dict[str, dict[str, float | str | N
         put("KV cache tokens", label, s["memory"]["kv_tokens"] if s["fits"] else 0)
         if not s["fits"] or "latency_s" not in s:
             continue
-        for key, name in (("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e", "E2E")):
+        for key, name in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "E2E")):
             for q in ("p50", "p99"):
                 put(f"{name} {q} (ms)", label, s["latency_s"][key][q] * 1e3)
         put("throughput (req/s)", label, s["throughput"]["requests_per_s"])

@@ -79,13 +79,12 @@ class Replica:
         self.kick()
 
     def join_prefilled(self, seq: Sequence) -> None:
-        """A sequence prefilled elsewhere, its KV blocks already allocated here, joins the decode batch."""
+        """A sequence prefilled elsewhere, its KV blocks already allocated here, joins the decode batch
+        (its load was counted here when it was routed here)."""
         self.table.replica[seq.rid] = self.index
         self.scheduler.add_prefilled(seq)
         self.fresh.append(seq)  # its next token's gap counts from the first token
         self._last_token[seq.rid] = self.table.first_token_s[seq.rid]
-        self.outstanding_tokens += seq.orig_prompt + seq.output
-        self.ongoing += 1
 
     def kick(self) -> None:
         """Wake the replica if it is idle (new work, or blocks freed)."""

@@ -543,9 +543,10 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def progress_bar(stream=sys.stderr, width: int = 30) -> Progress:
-    """A one-line text progress bar: done/total, elapsed and remaining time."""
+def progress_bar(stream=None, width: int = 30) -> Progress:
+    """A one-line text progress bar on stderr: done/total, elapsed and remaining time."""
     t0 = time.perf_counter()
+    stream = stream or sys.stderr
 
     def show(done: int, total: int) -> None:
         el = time.perf_counter() - t0

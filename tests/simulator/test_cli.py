@@ -90,3 +90,17 @@ def test_no_traceback_from_the_real_entry_point(tmp_path):
         [sys.executable, "-m", "simulator", "run", str(f)], capture_output=True, text=True, cwd=ROOT
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr and "serving.block_size" in p.stderr
+
+
+def test_compare_prints_side_by_side_and_writes_files(tmp_path, capsys):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    base = "workload: {arrival: {process: poisson, rate_per_s: 2}, num_requests: 100}\n"
+    a.write_text(base)
+    b.write_text(base + "hardware: {gpu: a100-80gb-sxm}\n")
+    rc = main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "TTFT p99 (ms)" in out and "B vs A" in out and "best TPOT p99" in out
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert rows["TPOT p50 (ms)"]["b"] > rows["TPOT p50 (ms)"]["a"]  # an A100 decodes slower than an H100
+    assert main(["compare", str(a)]) == 2
