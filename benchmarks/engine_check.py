@@ -50,6 +50,10 @@ def attention_checks(dev):
         ("chunked prefill + decodes", [64, 1, 129], [100, 50, 0], 0),
         ("sliding window 32", [1, 40, 1], [200, 70, 5], 32),
         ("cudnn fresh prompts", [300, 300], [0, 0], 0),
+        ("mixed: chunks then decodes (split)", [64, 100, 1, 1, 1], [100, 0, 50, 3000, 7], 0),
+        ("mixed: cudnn prompts then decodes", [300, 300, 1, 1], [0, 0, 40, 9000], 0),
+        ("mixed: window 100", [40, 1, 1], [70, 5, 1000], 100),
+        ("triton decode, ragged 40 seqs", [1] * 40, [16] * 39 + [30000], 0),
     ]:
         lay = make_layout(q_lens, prior, dev)
         for nh, nkv, d in ((8, 2, 128), (4, 4, 64)):
@@ -87,7 +91,7 @@ def fused_checks(dev):
 def step_checks(dev, spec, label):
     model = build_model(spec, dtype="bf16", device=dev)
     for graphs in (True, False):
-        r = StepRunner(model, max_batch=4, max_context=256, device=dev, cuda_graphs=graphs)
+        r = StepRunner(model, max_batch=4, max_context=256, device=dev, cuda_graphs=graphs, kv_tokens=1024)
         lens, starts = [5, 40, 17], [0, 64, 128]
         toks = [torch.randint(1, spec.vocab_size, (n,)) for n in lens]
         full = r.logits(lens, [0, 0, 0], torch.cat(toks), starts).float()
@@ -95,6 +99,14 @@ def step_checks(dev, spec, label):
         r.logits(pre, [0, 0, 0], torch.cat([t[:-1] for t in toks]), starts)
         inc = r.logits([1, 1, 1], pre, torch.stack([t[-1] for t in toks]), starts).float()
         check(f"{label}: decode step == full prefill ({'graphs' if graphs else 'eager'})", rel(inc, full), 3e-2)
+        # a mixed step: a fresh 40-token chunk (slot 192) beside the three decodes above
+        a = torch.randint(1, spec.vocab_size, (40,))
+        r.logits(pre, [0, 0, 0], torch.cat([t[:-1] for t in toks]), starts)
+        mix = r.logits([40, 1, 1, 1], [0] + pre, torch.cat([a, torch.stack([t[-1] for t in toks])]),
+                       [192] + starts).float()
+        alone = r.logits([40], [0], a, [192]).float()
+        check(f"{label}: mixed step == prefill + decodes ({'graphs' if graphs else 'eager'})",
+              max(rel(mix[:1], alone), rel(mix[1:], full)), 3e-2)
     r.model.allocate_kv(1)  # free the pool
 
 

@@ -22,10 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from simulator.scenario import DEFAULT_SCENARIO, apply_overrides, parse_scenario  # noqa: E402
 from simulator.simulation import simulate  # noqa: E402
 
+SHARED_PROMPT = (
+    "workload.classes=[{name: chat, share: 1, shared_prefix_tokens: 1000,"
+    " prompt_tokens: {dist: trace}, output_tokens: {dist: trace}}]"
+)
 VARIANTS = {
     "default (chunked prefill, trace rate)": [],
     "4x trace rate": ["workload.arrival.rate_per_s=22"],
     "prefill-first (no chunking)": ["serving.chunked_prefill=false", "serving.max_num_batched_tokens=16384"],
+    "prefix caching + chunked prefill, 1k shared prompt": ["serving.prefix_caching=true", SHARED_PROMPT],
 }
 
 

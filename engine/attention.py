@@ -297,3 +297,38 @@ def reference_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window
         out[q0:q0 + ql] = o.transpose(0, 1).to(q.dtype)
         q0 += ql
     return out
+
+
+def split_reference(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int = 0) -> torch.Tensor:
+    """The CUDA mixed-step path in plain torch (tests): prefill group by the reference, decodes unit by unit.
+
+    Each decode work unit gives a partial softmax over its keys and its log-sum-exp, merged per
+    sequence as the combine kernel does, so the partition and the merge are checked on the CPU.
+    """
+    n_pre = lay.n_prefill
+    out = reference_attention(q, k_pool, v_pool, lay, scale, window)
+    out[lay.cu_q[n_pre]:] = 0  # rows the decode units must fill
+    nh, nkv = q.shape[1], k_pool.shape[1]
+    u = {k: v.tolist() for k, v in lay.units.items()}
+    parts: dict[int, list] = {}
+    for s, lo, hi in zip(u["seq"], u["lo"], u["hi"], strict=True):
+        if s < 0:
+            continue
+        k_len, start = lay.k_lens[s], lay.k_starts[s]
+        lo = max(lo, k_len - window) if window else lo
+        if hi <= lo:
+            continue
+        row = int(lay.cu_q[s])
+        ks = k_pool[start + lo:start + hi].float().repeat_interleave(nh // nkv, dim=1)  # [n, H, d]
+        vs = v_pool[start + lo:start + hi].float().repeat_interleave(nh // nkv, dim=1)
+        sc = torch.einsum("hd,nhd->hn", q[row].float(), ks) * scale
+        lse = torch.logsumexp(sc, dim=1)  # [H]
+        o = torch.einsum("hn,nhd->hd", torch.softmax(sc, dim=1), vs)
+        parts.setdefault(s, []).append((lse, o))
+    for s, ps in parts.items():
+        lse = torch.stack([p[0] for p in ps])  # [U, H]
+        w = torch.softmax(lse, dim=0)
+        o = (w[:, :, None] * torch.stack([p[1] for p in ps])).sum(0)
+        if lay.q_lens[s]:
+            out[int(lay.cu_q[s])] = o.to(out.dtype)
+    return out

@@ -17,6 +17,7 @@ from torch import nn
 from engine.attention import StepLayout, varlen_attention
 from engine.fused import act_mul, add_rmsnorm, gemv, rope_and_cache, use_triton
 from engine.quantize import quantize_linears
+from simulator.errors import ConfigError
 from simulator.model_spec import ModelSpec
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -266,8 +267,10 @@ def build_model(spec: ModelSpec, dtype: str = "bf16", device: str = "cuda", num_
     dtype: 'bf16', 'fp16', 'fp32' for all weights, or 'fp8'/'int8' for the layers' linear weights
     (embeddings, norms and lm_head stay bf16). Call `model.allocate_kv(tokens)` before running.
     """
-    if spec.is_mla:
-        raise NotImplementedError(f"{spec.name}: MLA attention (DeepSeek) is not built by the engine yet")
+    if spec.is_mla:  # one line through the CLIs (ConfigError), not a traceback
+        raise ConfigError(f"{spec.name} uses multi-head latent attention (MLA), which the engine does not build "
+                          "(it builds multi-head and grouped-query attention only); time a non-MLA model instead, "
+                          "e.g. --model llama-3.1-8b")
     n = spec.num_layers if num_layers is None else int(num_layers)
     if not 1 <= n <= spec.num_layers:
         raise ValueError(f"num_layers must be in 1..{spec.num_layers} for {spec.name} (got {num_layers})")

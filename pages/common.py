@@ -28,7 +28,7 @@ HANDLED = {"name", "seed", "model", "hardware", "serving", "workload", "slo", "h
 @st.cache_data(show_spinner=False, max_entries=128)
 def cached_forecast(scenario_json: str) -> api.Forecast:
     """A forecast, cached by the scenario (its canonical JSON)."""
-    return api.forecast(json.loads(scenario_json))
+    return api.portable(api.forecast(json.loads(scenario_json)))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -320,11 +320,12 @@ def show_forecast(f: api.Forecast) -> None:
         if missed:
             st.warning(f"p90 misses the SLO for: {', '.join(missed)}")
         tl = pd.DataFrame(timeline(f)).set_index("time_s")
+        tl["KV blocks used (%)"] = tl["kv_occupancy"] * 100
         c1, c2 = st.columns(2)
         c1.markdown("**KV-cache occupancy over time**")
-        c1.line_chart(tl[["kv_occupancy"]])
+        c1.line_chart(tl[["KV blocks used (%)"]], x_label="time (s)", y_label="KV blocks used (%)")
         c2.markdown("**Queue length over time**")
-        c2.line_chart(tl[["waiting", "running"]])
+        c2.line_chart(tl[["waiting", "running"]], x_label="time (s)", y_label="sequences")
     downloads(f)
 
 

@@ -77,12 +77,16 @@ table = pd.DataFrame.from_dict(api.table(forecasts), orient="index")
 
 def _show(metric: str, v) -> str:
     if isinstance(v, float):
-        return "—" if v != v else (f"{v:.1%}" if metric == "SLO attainment" else f"{v:,.4g}")
+        if v != v:
+            return "—"
+        if metric == "SLO attainment":
+            return f"{v:.1%}"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
 shown = pd.DataFrame({c: [_show(m, v) for m, v in table[c].items()] for c in table.columns}, index=table.index)
-st.dataframe(shown, key="cmp.table")
+st.dataframe(shown, key="cmp.table", height=35 * (len(shown) + 1) + 3)
 st.subheader("Differences")
 for note in api.differences(forecasts):
     st.markdown(f"- {note}")
@@ -109,7 +113,7 @@ if rows:
                "the API would charge for the same tokens (this workload's input/output mix).")
 
 st.download_button(
-    "scenarios.yaml", yaml.safe_dump_all([api.parse_scenario(d).model_dump(mode="json", exclude_none=True) for d in configs.values()], sort_keys=False),
+    "scenarios.yaml", yaml.safe_dump_all([f.scenario.model_dump(mode="json", exclude_none=True) for f in forecasts.values()], sort_keys=False),
     file_name="scenarios.yaml", mime="application/yaml", key="cmp.dl.yaml")
 st.download_button("comparison.csv", table.to_csv(), file_name="comparison.csv", mime="text/csv", key="cmp.dl.csv")
 st.download_button("summaries.json", json.dumps({k: f.summary for k, f in forecasts.items()}, indent=2, default=str),

@@ -5,6 +5,8 @@ Scenarios go in as plain mappings (what a YAML file holds); forecasts, searches 
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -49,6 +51,7 @@ __all__ = [
     "max_sustainable_rate",
     "parse_scenario",
     "parse_spec",
+    "portable",
     "profile_names",
     "result_files",
     "run_search",
@@ -77,3 +80,14 @@ def result_files(f: Forecast) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as d:
         write_results(f, d)
         return {p.name: p.read_bytes() for p in sorted(Path(d).iterdir())}
+
+
+def portable(f: Forecast) -> Forecast:
+    """The forecast without live simulation objects (SimPy processes), so it can be cached or sent elsewhere."""
+    drop = {}
+    for fld in dataclasses.fields(f):
+        try:
+            pickle.dumps(getattr(f, fld.name))
+        except (TypeError, AttributeError, pickle.PicklingError):
+            drop[fld.name] = None
+    return dataclasses.replace(f, **drop) if drop else f

@@ -70,8 +70,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         forecasts[label] = simulate(parse_scenario(data, source))
     rows = table(forecasts)
     labels = list(forecasts)
-    width = max(12, *(len(x) for x in labels), *(len(_cell(v)) for vals in rows.values() for v in vals.values()))
-    print(f"{'':<26}" + "".join(f"{x:>{width + 2}}" for x in labels) + (f"{'B vs A':>10}" if len(labels) == 2 else ""))
+    width = max(
+        12, *(len(x) for x in labels), *(len(_cell(v)) for vals in rows.values() for v in vals.values())
+    )
+    print(
+        f"{'':<26}"
+        + "".join(f"{x:>{width + 2}}" for x in labels)
+        + (f"{'B vs A':>10}" if len(labels) == 2 else "")
+    )
     for metric, vals in rows.items():
         cells = [vals.get(x) for x in labels]
         line = f"{metric:<26}" + "".join(f"{_cell(v):>{width + 2}}" for v in cells)
@@ -229,9 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         "binary-search each configuration's maximum rate meeting the base scenario's SLOs.",
     )
     s.add_argument("spec", help="search spec YAML: base scenario, sweep, slo_attainment, target_rate_per_s")
-    s.add_argument("--out", help="output folder for search.csv and frontier_curves.csv (default results/NAME)")
+    s.add_argument(
+        "--out", help="output folder for search.csv and frontier_curves.csv (default results/NAME)"
+    )
     s.add_argument("--workers", type=int, help="local processes (default: one per CPU; 1 runs in-process)")
-    s.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster ('auto', ray://host:10001, or local)")
+    s.add_argument(
+        "--ray", metavar="ADDRESS", help="run on a Ray cluster ('auto', ray://host:10001, or local)"
+    )
     s.add_argument("--target", type=float, help="target request rate (overrides target_rate_per_s)")
     s.add_argument("--top", type=int, default=20, help="rows shown per table")
     s.add_argument("--no-curves", action="store_true", help="skip latency-vs-load curves of the frontier")

@@ -50,7 +50,9 @@ class Group:
 
     def cost_model(self, model: ModelSpec) -> CostModel:
         sv, p = self.serving, self.par
-        return CostModel(self.profile, model, sv.weight_dtype, sv.kv_dtype, p.tp, p.pp, p.ep, sv.moe_routing_skew)
+        return CostModel(
+            self.profile, model, sv.weight_dtype, sv.kv_dtype, p.tp, p.pp, p.ep, sv.moe_routing_skew
+        )
 
 
 def _merged_serving(base: Serving, over: Serving) -> Serving:
@@ -60,7 +62,9 @@ def _merged_serving(base: Serving, over: Serving) -> Serving:
 def _group(scenario: Scenario, model: ModelSpec, g: ReplicaGroup | None, role: str, name: str) -> Group:
     hw = scenario.hardware
     if g is not None:
-        update = {k: v for k, v in (("gpu", g.gpu), ("gpus_per_replica", g.gpus_per_replica)) if v is not None}
+        update = {
+            k: v for k, v in (("gpu", g.gpu), ("gpus_per_replica", g.gpus_per_replica)) if v is not None
+        }
         if g.price_per_gpu_hour_usd is not None:
             update["price_per_gpu_hour_usd"] = g.price_per_gpu_hour_usd
         hw = Hardware.model_validate(hw.model_dump() | update)
@@ -73,9 +77,11 @@ def _group(scenario: Scenario, model: ModelSpec, g: ReplicaGroup | None, role: s
     par.check(model)
     mem = plan_memory(profile, model, serving, par.tp, par.pp, par.ep)
     price = hw.price_per_gpu_hour_usd if hw.price_per_gpu_hour_usd is not None else profile.price.usd_per_hour
-    engines = virtual_engines(par.pp, serving.max_num_seqs, mem.num_blocks) if par.pp > 1 else [
-        (serving.max_num_seqs, mem.num_blocks)
-    ]
+    engines = (
+        virtual_engines(par.pp, serving.max_num_seqs, mem.num_blocks)
+        if par.pp > 1
+        else [(serving.max_num_seqs, mem.num_blocks)]
+    )
     return Group(name, role, count, profile, hw, serving, par, mem, price, engines)
 
 
@@ -160,7 +166,7 @@ def look_ahead(engines: list[Replica], source, targets: np.ndarray | None, order
         return
     t = targets[order_rids]
     for i, e in enumerate(engines):
-        e.next_arrival = OwnArrivals(source, np.flatnonzero((t == i) | (t < 0)).tolist())
+        e.next_arrival = OwnArrivals(source, np.flatnonzero((t == i) | (t == -1)).tolist())
 
 
 # ---------------------------------------------------------------- results
@@ -200,9 +206,13 @@ def fleet(groups: list[Group]) -> tuple[int, float, int]:
     return gpus, usd, sum(g.count * len(g.engines) for g in groups)
 
 
-def replica_summary(groups: list[Group], engines: list[Replica], engine_replica: list[int], table, makespan: float):
+def replica_summary(
+    groups: list[Group], engines: list[Replica], engine_replica: list[int], table, makespan: float
+):
     """Per replica: group, GPUs, requests served, busy fraction, steps, mean batch, KV peak."""
-    served = np.bincount(np.asarray(table.replica)[np.isfinite(table.finish_s)] + 1, minlength=len(engines) + 1)[1:]
+    served = np.bincount(
+        np.asarray(table.replica)[np.isfinite(table.finish_s)] + 1, minlength=len(engines) + 1
+    )[1:]
     rows: dict[int, dict] = {}
     for e, rep in zip(engines, engine_replica, strict=True):
         g = e.group
@@ -234,3 +244,26 @@ def kv_summary(engines: list[Replica]) -> dict:
         "mean_occupancy": sum(e.stats.kv_block_seconds for e in engines) / max(busy_blocks, 1e-12),
         "peak_occupancy": max(e.pool.peak_used / max(e.pool.num_blocks, 1) for e in engines),
     }
+
+
+class SchedTotals:
+    """What the summary reads from a scheduler, over all engines: counts summed, pools' peaks maxed."""
+
+    def __init__(self, schedulers: list) -> None:
+        self._s = schedulers
+        self.pool = _PoolTotals([s.pool for s in schedulers])
+
+    def __getattr__(self, name: str):
+        vals = [getattr(s, name) for s in self._s]
+        return sum(vals) if isinstance(vals[0], (int, float)) else vals[0]
+
+
+class _PoolTotals:
+    def __init__(self, pools: list) -> None:
+        self._p = pools
+
+    def __getattr__(self, name: str):
+        vals = [getattr(p, name) for p in self._p]
+        if name == "peak_used":
+            return max(vals)
+        return sum(vals) if isinstance(vals[0], (int, float)) else vals[0]

@@ -107,4 +107,10 @@ def differences(forecasts: dict[str, Forecast]) -> list[str]:
             else:
                 others.append(f"{k} {v:,.3g}")
         notes.append(f"best {metric}: {best} ({vals[best]:,.3g}); " + ", ".join(others))
+    for label, att in t.get("SLO attainment", {}).items():
+        if att is not None and att < 0.9:
+            notes.append(
+                f"{label} meets the SLOs for only {att:.0%} of finished requests: its cost per token is for "
+                "latency the SLOs reject"
+            )
     return notes

@@ -210,10 +210,14 @@ class Disaggregated:
                 (np.asarray(self.table.prompt_tokens) <= self.spec.local_prefill_max_tokens).sum()
             ),
             "kv_gib": self.bytes / 2**30,
-            "handoff_to_kv_landed_s": {"mean": float(total.mean()) if len(total) else math.nan,
-                                       "p99": pct(total, 99)},  # fmt: skip
-            "wait_for_decode_slot_and_link_s": {"mean": float(wait.mean()) if len(wait) else math.nan,
-                                                "p99": pct(wait, 99)},  # fmt: skip
+            "handoff_to_kv_landed_s": {
+                "mean": float(total.mean()) if len(total) else math.nan,
+                "p99": pct(total, 99),
+            },  # fmt: skip
+            "wait_for_decode_slot_and_link_s": {
+                "mean": float(wait.mean()) if len(wait) else math.nan,
+                "p99": pct(wait, 99),
+            },  # fmt: skip
             "link_busy_fraction": max((lk.busy_s / max(makespan, 1e-12) for lk in links), default=0.0),
             "links": len(links),
         }

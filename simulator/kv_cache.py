@@ -10,7 +10,8 @@ the SimPy replica and the engine.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from itertools import takewhile
 from collections.abc import Hashable, Sequence
 
 
@@ -29,7 +30,7 @@ class BlockPool:
         # prefix caching: key -> None for free blocks that still hold their tokens (LRU first), and
         # key -> reference count for blocks in use that others may share
         self.cached: OrderedDict[Hashable, None] | None = OrderedDict() if prefix_caching else None
-        self.refs: dict[Hashable, int] = {}
+        self.refs: Counter = Counter()
         self.evictions = 0
 
     @property
@@ -58,46 +59,42 @@ class BlockPool:
             self.peak_used = used
 
     def release(self, n: int, full_keys: Sequence[Hashable] = ()) -> None:
-        """Return n blocks a sequence owned; those with keys stay cached (unless the key is cached already)."""
+        """Return n blocks a sequence owned; those with keys stay cached (unless the key is cached already).
+
+        Later blocks go first in the LRU order, as vLLM frees them, so chains are evicted from the tail.
+        """
         self.free += n
         if self.free > self.num_blocks:
             raise RuntimeError("KV pool released more blocks than it holds")
-        if self.cached is not None:
+        if self.cached is not None and full_keys:
             cached, refs = self.cached, self.refs
-            for k in full_keys:
+            for k in reversed(full_keys):
                 if k not in cached and k not in refs:
                     cached[k] = None
 
     # ---------------------------------------------------------------- prefix caching
     def match(self, keys: Sequence[Hashable], limit: int) -> int:
         """How many leading blocks of `keys` (at most `limit`) are cached or in use."""
-        cached, refs = self.cached, self.refs
-        if cached is None:
+        if self.cached is None or not keys:
             return 0
-        n = 0
-        for k in keys[:limit]:
-            if k in refs or k in cached:
-                n += 1
-            else:
-                break
-        return n
+        cached, refs = self.cached, self.refs
+        head = keys[:limit]
+        if head and head[-1] in refs and all(map(refs.__contains__, head)):
+            return len(head)  # the common case: every block is in use by someone
+        return sum(1 for _ in takewhile(lambda k: k in refs or k in cached, head))
 
     def cost_of_sharing(self, keys: Sequence[Hashable]) -> int:
         """Free blocks that sharing `keys` takes (cached blocks nobody uses yet)."""
-        cached = self.cached
-        return sum(1 for k in keys if k in cached) if cached else 0
+        return len(self.cached.keys() & keys) if self.cached else 0
 
     def share(self, keys: Sequence[Hashable]) -> None:
         """Reference matched blocks; cached free ones become used."""
-        cached, refs = self.cached, self.refs
-        for k in keys:
-            r = refs.get(k)
-            if r is None:
-                del cached[k]
-                self.free -= 1
-                refs[k] = 1
-            else:
-                refs[k] = r + 1
+        cached = self.cached
+        moved = cached.keys() & keys if cached else ()
+        for k in moved:
+            del cached[k]
+        self.free -= len(moved)
+        self.refs.update(keys)
         used = self.num_blocks - self.free
         if used > self.peak_used:
             self.peak_used = used
@@ -105,7 +102,7 @@ class BlockPool:
     def unshare(self, keys: Sequence[Hashable]) -> None:
         """Drop references; blocks nobody references go back to the free list, still cached."""
         refs, cached = self.refs, self.cached
-        for k in keys:
+        for k in reversed(keys):
             r = refs[k] - 1
             if r:
                 refs[k] = r

@@ -33,11 +33,17 @@ def _meets(slo, ttft: np.ndarray, tpot: np.ndarray, e2e: np.ndarray) -> np.ndarr
     return ok
 
 
-def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float) -> dict:
-    """The summary dictionary written to summary.json and printed by the CLI."""
+def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float, fleet=None) -> dict:
+    """The summary dictionary written to summary.json and printed by the CLI.
+
+    `fleet`: (GPUs, USD per hour, engines) of a deployment of several replicas (simulator/cluster.py),
+    whose `stats` are summed over its engines."""
     hw = scenario.hardware
     price = hw.price_per_gpu_hour_usd if hw.price_per_gpu_hour_usd is not None else profile.price.usd_per_hour
-    gpus = hw.gpus_per_replica
+    gpus, engines = hw.gpus_per_replica, 1
+    if fleet is not None:
+        gpus, usd_per_hour, engines = fleet
+        price = usd_per_hour / gpus  # blended over the GPUs
     out: dict = {
         "scenario": scenario.name,
         "model": {
@@ -116,7 +122,7 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float)
             "fraction": float(ok.sum() / max(done.sum(), 1)),
         },
         "utilisation": {
-            "busy_fraction": min(busy / makespan, 1.0),
+            "busy_fraction": min(busy / makespan / engines, 1.0),
             "steps": stats.steps,
             "mean_batch_seqs": stats.batch_seq_steps / max(stats.steps, 1),
             "recomputed_prefill_tokens": int(max(stats.prefill_tokens - table.prompt_tokens[done].sum(), 0)),

@@ -45,6 +45,7 @@ class Sequence:
     blocks: int = 0  # blocks held while prefilling
     window_blocks: int = 0  # sliding-window layers' KV, held from admission to finish
     priority: int = 0  # higher runs first under the priority policy
+    hits: tuple | None = None  # prefix-cache estimate while queued: (cached blocks, of them free)
     shared: list = field(default_factory=list)  # prefix-cache keys of blocks it references, not owns
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at its (last) start
     decoding: bool = False
@@ -182,7 +183,11 @@ class Scheduler:
         if not self.waiting or len(self.running) >= self.max_seqs or budget <= 0:
             return False
         head = self.waiting[0]
-        hits, take = self._prefix_hits(head) if self.block_keys else (0, 0)
+        hits, take = 0, 0
+        if self.block_keys:  # estimated once per sequence at the head; _start re-checks
+            if head.hits is None:
+                head.hits = self._prefix_hits(head)
+            hits, take = head.hits
         todo = head.prompt - hits * self.B
         if self.chunked:
             need = self.pool.blocks_for(min(todo, budget))
@@ -373,6 +378,7 @@ class Scheduler:
         return b
 
     def _start(self, s: Sequence) -> None:
+        s.hits = None
         self.pool.allocate(s.window_blocks)
         if self.block_keys:
             keys = self.block_keys(s.rid, s.prompt)

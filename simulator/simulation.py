@@ -8,16 +8,31 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from simulator.cluster import (
+    Group,
+    SchedTotals,
+    cannot_serve,
+    first_reasons,
+    fleet,
+    kv_summary,
+    look_ahead,
+    merge_stats,
+    plan_groups,
+    replica_summary,
+)
 from simulator.cost_model import CostModel
-from simulator.hardware import HardwareProfile, load_profile
+from simulator.disaggregation import Disaggregated
+from simulator.hardware import HardwareProfile
 from simulator.kv_cache import BlockPool
-from simulator.memory import MemoryPlan, plan_memory
+from simulator.memory import MemoryPlan
 from simulator.metrics import summarize
 from simulator.model_spec import ModelSpec, load_model
-from simulator.parallelism import Parallelism
+from simulator.parallelism import virtual_engines
 from simulator.records import RequestTable, StepStats
 from simulator.replica import Replica
-from simulator.scenario import Scenario
+from simulator.response_cache import draw_hits, front
+from simulator.router import Router, prefix_ids
+from simulator.scenario import Scenario, Serving
 from simulator.scheduler import Scheduler
 from simulator.source import Source
 from simulator.speculative import DraftCost, with_draft_memory
@@ -37,13 +52,14 @@ class Forecast:
     stats: StepStats | None
     summary: dict
     wall_s: float
+    engines: list[Replica] | None = None  # the SimPy replicas (engines), for inspection
 
     @property
     def fits(self) -> bool:
         return self.memory.fits
 
 
-def _conversation(env, reqs: Requests, table: RequestTable, source: Source, keys):
+def _conversation(env, reqs: Requests, table: RequestTable, source: Source, keys, lookup_s: float = 0.0):
     """When a turn finishes, its conversation's next turn arrives after the user's think time."""
     next_turn, think, arrival = reqs.next_turn, reqs.think_s, table.arrival_s
 
@@ -54,15 +70,18 @@ def _conversation(env, reqs: Requests, table: RequestTable, source: Source, keys
         if nxt >= 0:
             delay = max(0.0, finish_s + float(think[rid]) - env.now)
             arrival[nxt] = env.now + delay
-            source.follow_up(nxt, delay)
+            source.follow_up(nxt, delay + lookup_s)  # it reaches the router after the cache lookup
 
     return on_finish
 
 
-def _admission(scenario: Scenario, reqs: Requests, table: RequestTable) -> dict:
+def _admission(sv: Serving, scenario: Scenario, reqs: Requests, table: RequestTable) -> dict:
     """Priority per request and admission-control limits for the scheduler."""
-    sv = scenario.serving
-    out: dict = {"max_waiting": sv.max_queue_len, "timeout_s": sv.queue_timeout_s, "arrival_s": table.arrival_s}
+    out: dict = {
+        "max_waiting": sv.max_queue_len,
+        "timeout_s": sv.queue_timeout_s,
+        "arrival_s": table.arrival_s,
+    }
     if sv.scheduling_policy == "priority":
         prio = np.zeros(len(reqs), dtype=np.int64)
         for ci, c in enumerate(scenario.workload.classes or []):
@@ -72,9 +91,9 @@ def _admission(scenario: Scenario, reqs: Requests, table: RequestTable) -> dict:
     return out
 
 
-def _spec_settings(scenario: Scenario, reqs: Requests):
+def _spec_settings(sv: Serving, scenario: Scenario, reqs: Requests, engine: int = 0):
     """(k, max batch, acceptance rate per request, rng) for the scheduler, or None."""
-    spec = scenario.serving.speculative
+    spec = sv.speculative
     if spec is None:
         return None
     alpha = np.full(len(reqs), spec.acceptance_rate)
@@ -82,8 +101,80 @@ def _spec_settings(scenario: Scenario, reqs: Requests):
     for ci, c in enumerate(classes):
         if c.acceptance_rate is not None and reqs.class_id is not None:
             alpha[reqs.class_id == ci] = c.acceptance_rate
-    rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(5)[4])
+    stream = np.random.SeedSequence(scenario.seed).spawn(5)[4]
+    rng = np.random.default_rng(stream if engine == 0 else stream.spawn(engine)[-1])
     return spec.num_speculative_tokens, spec.max_batch_size, alpha.tolist(), rng
+
+
+def _with_draft(group: Group) -> ModelSpec | None:
+    """The draft model of a group that speculates with one, its weights and KV taken from the pool."""
+    sv = group.serving
+    spec = sv.speculative
+    if spec is None or spec.method != "draft":
+        return None
+    draft = load_model(spec.draft_model)
+    group.mem = with_draft_memory(group.mem, draft, sv, group.par.tp)
+    pp = group.par.pp
+    group.engines = (
+        virtual_engines(pp, sv.max_num_seqs, group.mem.num_blocks)
+        if pp > 1
+        else [(sv.max_num_seqs, group.mem.num_blocks)]
+    )
+    return draft
+
+
+def _engine(env, index: int, g: Group, max_seqs: int, blocks: int, ctx: dict) -> Replica:
+    """One engine (a replica, or a virtual engine of a pipeline-parallel replica) of group g."""
+    model, scenario, reqs, table = ctx["model"], ctx["scenario"], ctx["reqs"], ctx["table"]
+    sv = g.serving
+    cost = g.cost_model(model)
+    pool = BlockPool(blocks, sv.block_size, prefix_caching=sv.prefix_caching)
+    keys = None
+    if sv.prefix_caching and reqs.segments is not None:
+        keys = ctx["keys"].setdefault(sv.block_size, PrefixKeys(reqs, sv.block_size))
+    sched = Scheduler(
+        pool,
+        max_seqs,
+        sv.max_num_batched_tokens,
+        sv.chunked_prefill,
+        sliding_window=model.sliding_window,
+        sliding_ratio=model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
+        if model.sliding_layers
+        else 0.0,
+        block_keys=keys,
+        spec=_spec_settings(sv, scenario, reqs, index),
+        **_admission(sv, scenario, reqs, table),
+    )
+    e = Replica(env, index, sched, cost, table, StepStats(ctx["interval"]), sv.batching == "static", g.role)
+    e.group = g
+    spec, draft = sv.speculative, ctx["drafts"][g.name]
+    if spec is not None:
+        draft_cost = (
+            CostModel(g.profile, draft, sv.weight_dtype, sv.kv_dtype, g.par.tp) if draft is not None else None
+        )
+        e.draft_time = DraftCost(spec, cost, draft_cost)
+    if ctx["step_by_step"]:
+        e.run_cap = 1
+    return e
+
+
+def _eligibility(scenario: Scenario, model: ModelSpec, groups: list[Group], reqs: Requests):
+    """(eligible mask per group, rejected mask, rejection reasons). With disaggregation a request needs
+    the prefill pool (unless it stays local) and the decode pool."""
+    p, o = reqs.prompt_tokens, reqs.output_tokens
+    masks = [cannot_serve(g, model, p, o) for g in groups]
+    ok = [~np.logical_or.reduce(list(m.values())) for m in masks]
+    dg = scenario.disaggregation
+    if dg is None:
+        rejected = ~np.logical_or.reduce(ok)
+        reasons = first_reasons(masks[0], rejected)
+    else:
+        local = p <= dg.local_prefill_max_tokens
+        prefill_ok = ok[0] | local
+        rejected = ~(prefill_ok & ok[1])
+        both = {k: (masks[0][k] & ~local) | masks[1][k] for k in masks[0]}
+        reasons = first_reasons(both, rejected)
+    return ok, rejected, reasons
 
 
 def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step: bool = False) -> Forecast:
@@ -93,78 +184,113 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
     """
     wall0 = time.perf_counter()
     model = load_model(scenario.model)
-    profile = load_profile(scenario.hardware.gpu)
-    sv = scenario.serving
-    par = Parallelism.of(scenario.hardware)
-    par.check(model)
-    mem = plan_memory(profile, model, sv, par.tp, par.pp, par.ep)
-    spec = sv.speculative
-    draft = load_model(spec.draft_model) if spec is not None and spec.method == "draft" else None
-    if draft is not None:
-        mem = with_draft_memory(mem, draft, sv, par.tp)
-    if not mem.fits:
-        summary = summarize(scenario, model, profile, mem, None, None, None, 0.0)
-        return Forecast(scenario, model, profile, mem, None, None, None, summary, time.perf_counter() - wall0)
+    groups = plan_groups(scenario, model)
+    drafts = {g.name: _with_draft(g) for g in groups}
+    g0 = next((g for g in groups if not g.mem.fits), groups[0])
+    if not g0.mem.fits:
+        summary = summarize(scenario, model, g0.profile, g0.mem, None, None, None, 0.0)
+        if len(groups) > 1:
+            summary["memory"]["group"] = g0.name
+        return Forecast(
+            scenario, model, g0.profile, g0.mem, None, None, None, summary, time.perf_counter() - wall0
+        )
 
     reqs = requests if requests is not None else generate(scenario.workload, scenario.seed)
     table = RequestTable(reqs.arrival_s.copy(), reqs.prompt_tokens, reqs.output_tokens)
     if reqs.class_id is not None:
         table.class_id = reqs.class_id
     horizon = float(np.nanmax(reqs.arrival_s)) if len(reqs) else 1.0
-    stats = StepStats(timeline_interval_s=max(horizon / 2000.0, 1e-3))
-    cost = CostModel(profile, model, sv.weight_dtype, sv.kv_dtype, par.tp, par.pp, par.ep, sv.moe_routing_skew)
-    pool = BlockPool(mem.num_blocks, sv.block_size, prefix_caching=sv.prefix_caching)
-    keys = PrefixKeys(reqs, sv.block_size) if sv.prefix_caching and reqs.segments is not None else None
-    sched = Scheduler(
-        pool,
-        sv.max_num_seqs,
-        sv.max_num_batched_tokens,
-        sv.chunked_prefill,
-        sliding_window=model.sliding_window,
-        sliding_ratio=model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
-        if model.sliding_layers
-        else 0.0,
-        block_keys=keys,
-        spec=_spec_settings(scenario, reqs),
-        **_admission(scenario, reqs, table),
-    )
+    interval = max(horizon / 2000.0, 1e-3)
     env = simpy.Environment()
-    replica = Replica(env, 0, sched, cost, table, stats, static=sv.batching == "static")
-    if spec is not None:
-        draft_cost = CostModel(profile, draft, sv.weight_dtype, sv.kv_dtype, par.tp) if draft is not None else None
-        replica.draft_time = DraftCost(spec, cost, draft_cost)
-    if step_by_step:
-        replica.run_cap = 1
+    ctx = {"model": model, "scenario": scenario, "reqs": reqs, "table": table, "keys": {}, "drafts": drafts,
+           "interval": interval, "step_by_step": step_by_step}  # fmt: skip
+    engines: list[Replica] = []
+    engine_replica: list[int] = []  # replica number of each engine (pipeline-parallel: several engines)
+    pools: dict[str, list[Replica]] = {}
+    for gi, g in enumerate(groups):
+        for _ in range(g.count):
+            replica = len(set(engine_replica))
+            for max_seqs, blocks in g.engines:
+                e = _engine(env, len(engines), g, max_seqs, blocks, ctx)
+                engines.append(e)
+                engine_replica.append(replica)
+                pools.setdefault(g.role, []).append(e)
+                e.group_index = gi
 
-    max_len = mem.max_model_len
-    total = reqs.prompt_tokens + reqs.output_tokens
-    too_long = total > max_len
-    # a sequence that needs more blocks than the whole pool can never run
-    window = np.array([sched.window_blocks(int(x)) for x in total]) if model.sliding_layers else 0
-    too_big = -(-(total - 1) // sv.block_size) + window > pool.num_blocks
-    if sv.batching == "static":
-        too_big = -(-total // sv.block_size) + window > pool.num_blocks
-    no_chunk = (~np.asarray(sv.chunked_prefill)) & (reqs.prompt_tokens > sv.max_num_batched_tokens)
-    table.rejected[:] = too_long | too_big | no_chunk
-    rejected = table.rejected
+    ok, rejected, reasons = _eligibility(scenario, model, groups, reqs)
+    table.rejected[:] = rejected
+    cache = scenario.response_cache
+    hits = draw_hits(cache, len(reqs), scenario.seed) & ~rejected if cache is not None else None
+    lookup = cache.lookup_latency_s if cache is not None else 0.0
+
+    # routing
+    cl, dg = scenario.cluster, scenario.disaggregation
+    prefix = prefix_ids(reqs.segments, len(reqs)) if cl.router == "prefix_affinity" else None
+
+    def router_for(pool: list[Replica], max_ongoing=None) -> Router:
+        elig = [None if ok[e.group_index].all() else ok[e.group_index] for e in pool]
+        return Router(cl.router, pool, elig, prefix, max_ongoing)
+
+    first = np.flatnonzero(np.isfinite(reqs.arrival_s))
+    order = first[np.argsort(reqs.arrival_s[first], kind="stable")]
+    follow_ups = reqs.next_turn is not None and bool((reqs.next_turn >= 0).any())
+    disagg = None
+    if dg is None:
+        front_pool = engines
+        router = router_for(engines, cl.max_ongoing_requests)
+        route = engines[0].submit if len(engines) == 1 else router.route
+    else:
+        front_pool = pools["prefill"]
+        router = router_for(front_pool, cl.max_ongoing_requests)
+        decode_router = router_for(pools["decode"])
+        route = None  # set below, once the source exists
+
+    targets = None
+    if len(front_pool) > 1 and not (follow_ups and cl.router == "round_robin"):
+        served = ~rejected if hits is None else ~rejected & ~hits
+        static = router.static_targets(order[served[order]]) if dg is None else None
+        if static is not None:
+            targets = np.full(len(reqs), -2, dtype=np.int64)
+            targets[order[served[order]]] = static
+            if follow_ups and prefix is not None:  # later turns keep their conversation's replica
+                later = np.flatnonzero(~np.isfinite(reqs.arrival_s) & served)
+                targets[later] = router.static_targets(later)
+            route = _by_target(targets, front_pool, router)
+
+    on_finish = None
 
     def submit(rid: int) -> None:
         if not rejected[rid]:
-            replica.submit(rid)
+            entry(rid)
 
-    first = np.flatnonzero(np.isfinite(reqs.arrival_s))
-    source = Source(env, reqs.arrival_s, submit, order=first[np.argsort(reqs.arrival_s[first], kind="stable")])
-    replica.next_arrival = source.next_arrival
-    if reqs.next_turn is not None and (reqs.next_turn >= 0).any():
-        replica.on_finish = _conversation(env, reqs, table, source, keys)
-    elif keys is not None:
-        replica.on_finish = lambda rid, _t: keys.forget(rid)
+    arrival = reqs.arrival_s + lookup if lookup else reqs.arrival_s
+    source = Source(env, arrival, submit, order=order)
+    if dg is not None:
+        disagg = Disaggregated(env, dg, model, groups[0].serving.kv_dtype, table, source, pools["prefill"],
+                               pools["decode"], [engine_replica[e.index] for e in pools["prefill"]], router,
+                               decode_router)  # fmt: skip
+        route = disagg.route
+    if follow_ups:
+        on_finish = _conversation(env, reqs, table, source, None, lookup)
+    entry = front(env, hits, table, route, on_finish) if hits is not None else route
+    look_ahead(front_pool, source, targets, order)
+    if router.max_ongoing is not None:
+        for e in front_pool:
+            e.before_step = _puller(router, e)
+            e.hold = router.queue.__len__
+    for e in engines:
+        keys = ctx["keys"].get(e.group.serving.block_size) if e.group.serving.prefix_caching else None
+        if follow_ups:
+            e.on_finish = _conversation(env, reqs, table, source, keys, lookup)
+        elif keys is not None:
+            e.on_finish = _forget(keys)
     env.run()
     table.freeze()
     dropped = {"queue_full": 0, "timed_out": 0}
-    for rid, why in sched.dropped:
-        table.rejected[rid] = True
-        dropped[why] += 1
+    for e in engines:
+        for rid, why in e.scheduler.dropped:
+            table.rejected[rid] = True
+            dropped[why] += 1
     if reqs.next_turn is not None:  # turns after a rejected one never come: the conversation ended
         for rid in np.flatnonzero(table.rejected):
             nxt = int(reqs.next_turn[rid])
@@ -172,11 +298,62 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
                 table.rejected[nxt] = True
                 nxt = int(reqs.next_turn[nxt])
     wall = time.perf_counter() - wall0
-    summary = summarize(scenario, model, profile, mem, table, stats, sched, wall)
-    summary["rejected_reasons"] = {
-        "longer_than_max_model_len": int(too_long.sum()),
-        "larger_than_kv_pool": int((too_big & ~too_long).sum()),
-        "prompt_over_token_budget_without_chunking": int((no_chunk & ~too_long & ~too_big).sum()),
-        **dropped,
-    }
-    return Forecast(scenario, model, profile, mem, reqs, table, stats, summary, wall)
+    g0 = groups[-1] if dg is not None else groups[0]  # the decode pool's GPU is the headline
+    single = len(engines) == 1
+    stats = merge_stats([e.stats for e in engines], interval)
+    sched = engines[0].scheduler if single else SchedTotals([e.scheduler for e in engines])
+    summary = summarize(scenario, model, g0.profile, g0.mem, table, stats, sched, wall,
+                        None if single else fleet(groups))  # fmt: skip
+    summary["rejected_reasons"] = reasons | dropped
+    if not single:
+        makespan = summary["throughput"]["duration_s"]
+        summary["kv_cache"] |= kv_summary(engines)
+        summary["cluster"] = {
+            "router": cl.router,
+            "replicas": len(set(engine_replica)),
+            "gpus": fleet(groups)[0],
+            "usd_per_hour": fleet(groups)[1],
+            "groups": [
+                {
+                    "name": g.name,
+                    "role": g.role,
+                    "gpu": g.profile.name,
+                    "gpus_per_replica": g.par.gpus,
+                    "count": g.count,
+                    "kv_blocks_per_replica": g.mem.num_blocks,
+                }
+                for g in groups
+            ],  # fmt: skip
+            "held_at_router": router.held,
+        }
+        summary["replicas"] = replica_summary(groups, engines, engine_replica, table, makespan)
+        if disagg is not None:
+            summary["disaggregation"] = disagg.summary(makespan)
+    if hits is not None:
+        summary["response_cache"] = {
+            "kind": cache.kind,
+            "hits": int(hits.sum()),
+            "hit_fraction": float(hits.sum() / max(len(reqs), 1)),
+            "lookup_latency_s": lookup,
+            "tokens_served_from_cache": int(reqs.output_tokens[hits].sum()),
+        }
+    return Forecast(scenario, model, g0.profile, g0.mem, reqs, table, stats, summary, wall, engines)
+
+
+def _by_target(targets: np.ndarray, pool: list[Replica], router: Router):
+    def route(rid: int) -> None:
+        t = targets[rid]
+        if t >= 0:
+            pool[t].submit(rid)
+        else:
+            router.route(rid)
+
+    return route
+
+
+def _puller(router: Router, e: Replica):
+    return lambda: router.pull(e) if router.queue else None
+
+
+def _forget(keys):
+    return lambda rid, _t: keys.forget(rid)

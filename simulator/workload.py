@@ -46,6 +46,9 @@ class Requests:
     segments: list | None = None
     next_turn: np.ndarray | None = None  # id of the conversation's next turn, -1 if none
     think_s: np.ndarray | None = None  # think time before that next turn
+    # Leading tokens of a request's stream that another request can ever share (-1: all of them,
+    # prompt and output, as in a conversation). Blocks past it need no key: nobody will look them up.
+    shareable: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -61,9 +64,11 @@ class PrefixKeys:
     def __init__(self, requests: Requests, block_size: int) -> None:
         self.segments = requests.segments
         self.output = requests.output_tokens
+        self.shareable = requests.shareable
         self.B = block_size
         self._prefix_ids: dict[tuple, int] = {}
         self._cache: dict[int, list] = {}
+        self._memo: dict[tuple, list] = {}  # keys by (shareable part of) segments: one list per system prompt
 
     def __call__(self, rid: int, tokens: int) -> list:
         keys = self._cache.get(rid)
@@ -71,7 +76,16 @@ class PrefixKeys:
             segs = self.segments[rid] if self.segments is not None else None
             if segs is None:
                 return []
-            keys = self._cache[rid] = self._keys(segs + ((-2 - 2 * rid, int(self.output[rid])),))
+            segs = segs + ((-2 - 2 * rid, int(self.output[rid])),)
+            limit = int(self.shareable[rid]) if self.shareable is not None else -1
+            if limit >= 0:
+                segs = _truncate(segs, limit)
+            keys = self._memo.get(segs)
+            if keys is None:
+                keys = self._keys(segs)
+                if limit >= 0:
+                    self._memo[segs] = keys
+            self._cache[rid] = keys
         return keys[: tokens // self.B]
 
     def forget(self, rid: int) -> None:
@@ -86,6 +100,16 @@ class PrefixKeys:
                 keys.extend((pid, sid, j) for j in range(start // B, end // B))
             start = end
         return keys
+
+
+def _truncate(segs: tuple, tokens: int) -> tuple:
+    out, left = [], tokens
+    for sid, n in segs:
+        if left <= 0:
+            break
+        out.append((sid, min(n, left)))
+        left -= n
+    return tuple(out)
 
 
 @dataclass
@@ -260,12 +284,20 @@ def generate(w: Workload, seed: int) -> Requests:
     n = len(arrival)
     prompt = _lengths(w.prompt_tokens, n, p_rng, trace.prompt_tokens if trace else None)
     output = _lengths(w.output_tokens, n, o_rng, trace.output_tokens if trace else None)
-    segments = None
+    segments = shareable = None
     if trace is not None and trace.hash_ids is not None and w.prompt_tokens.dist == "trace":
         hashes = trace.hash_ids
         segments = [_hash_segments(hashes[i % len(hashes)], int(prompt[i]), i) for i in range(n)]
+        shareable = np.array(
+            [min(len(hashes[i % len(hashes)]) * TRACE_HASH_BLOCK, int(prompt[i])) for i in range(n)],
+            dtype=np.int64,
+        )
     return Requests(
-        np.asarray(arrival, dtype=float), prompt.astype(np.int64), output.astype(np.int64), segments=segments
+        np.asarray(arrival, dtype=float),
+        prompt.astype(np.int64),
+        output.astype(np.int64),
+        segments=segments,
+        shareable=shareable,
     )
 
 
@@ -314,6 +346,7 @@ def _generate_classes(w: Workload, trace, arr_rng, p_rng, o_rng, c_rng) -> Reque
     next_turn = np.full(n, -1, dtype=np.int64)
     think = np.zeros(n)
     segments: list = [None] * n
+    shareable = np.zeros(n, dtype=np.int64)
     rid = 0
     for a, ci, t in zip(arrival.tolist(), cls.tolist(), turns.tolist()):
         c = classes[ci]
@@ -327,6 +360,10 @@ def _generate_classes(w: Workload, trace, arr_rng, p_rng, o_rng, c_rng) -> Reque
             prompt[rid] = sum(x[1] for x in segs)
             shares_something = (c.prefix_position == "start" and sys_seg) or k > 0 or (c.session and t > 1)
             segments[rid] = segs if shares_something else None
+            if c.session and t > 1:
+                shareable[rid] = -1
+            elif c.prefix_position == "start":
+                shareable[rid] = c.shared_prefix_tokens
             if k < t - 1:
                 next_turn[rid] = rid + 1
                 think[rid] = arr_rng.exponential(c.session.think_time_s) if c.session.think_time_s else 0.0
@@ -341,4 +378,5 @@ def _generate_classes(w: Workload, trace, arr_rng, p_rng, o_rng, c_rng) -> Reque
         segments=segments,
         next_turn=next_turn,
         think_s=think,
+        shareable=shareable,
     )

@@ -96,3 +96,17 @@ def test_int8_model_runs_on_cpu(tiny_spec):
     m.allocate_kv(8)
     out = m(torch.tensor([3, 4, 5]), make_layout([3], [0], "cpu"))
     assert torch.isfinite(out).all() and out.shape == (3, tiny_spec.vocab_size)
+
+
+def test_mla_models_fail_in_one_line():
+    from engine.model import build_model
+    from simulator.errors import ConfigError
+    from simulator.model_spec import catalogue_names, load_model
+
+    mla = [n for n in catalogue_names() if load_model(n).is_mla]
+    if not mla:
+        pytest.skip("no MLA model in the catalogue")
+    with pytest.raises(ConfigError) as err:
+        build_model(load_model(mla[0]), device="meta")
+    msg = str(err.value)
+    assert mla[0] in msg and "MLA" in msg and "\n" not in msg

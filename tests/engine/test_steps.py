@@ -52,3 +52,16 @@ def test_runner_decode_continues_its_prefill(runner, tiny_spec):
     runner.logits(pre, [0, 0, 0], torch.cat([t[:-1] for t in toks]), starts)
     inc = runner.logits([1, 1, 1], pre, torch.stack([t[-1] for t in toks]), starts)
     assert torch.allclose(full, inc, rtol=1e-4, atol=1e-4)
+
+
+def test_mixed_step_equals_its_prefill_and_decodes(runner, tiny_spec):
+    lens, starts = [5, 12], [0, 16]
+    toks = [torch.randint(1, tiny_spec.vocab_size, (n,)) for n in lens]
+    full = runner.logits(lens, [0, 0], torch.cat(toks), starts)
+    pre = [n - 1 for n in lens]
+    runner.logits(pre, [0, 0], torch.cat([t[:-1] for t in toks]), starts)
+    a = torch.randint(1, tiny_spec.vocab_size, (9,))
+    mix = runner.logits([9, 1, 1], [0] + pre, torch.cat([a, torch.stack([t[-1] for t in toks])]), [32] + starts)
+    alone = runner.logits([9], [0], a, [32])
+    assert torch.allclose(mix[1:], full, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(mix[:1], alone, rtol=1e-4, atol=1e-4)

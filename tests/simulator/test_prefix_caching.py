@@ -82,15 +82,18 @@ def test_multi_turn_sessions_reuse_the_conversation_and_arrive_after_the_previou
 
 
 def test_eviction_under_memory_pressure_lowers_reuse():
-    big = scenario(SYSTEM, n=300)
-    small = parse_scenario(
-        json.loads(big.model_dump_json())
-        | {"serving": {"prefix_caching": True, "gpu_memory_utilization": 0.225}}
+    # eight assistants, each with its own 800-token system prompt (50 blocks): 400 blocks in all
+    many = [dict(SYSTEM[0], name=f"a{i}", share=1.0, shared_prefix_tokens=800) for i in range(8)]
+    roomy = scenario(many, n=600, rate=2.0)
+    tight = parse_scenario(
+        json.loads(roomy.model_dump_json())
+        | {"serving": {"prefix_caching": True, "gpu_memory_utilization": 0.218}}
     )
-    f_small, f_big = simulate(small), simulate(big)
-    assert f_small.fits
-    assert f_small.summary["prefix_cache"]["evicted_blocks"] > 0
-    assert f_small.summary["prefix_cache"]["hit_rate"] <= f_big.summary["prefix_cache"]["hit_rate"]
+    f_tight, f_roomy = simulate(tight), simulate(roomy)
+    assert f_tight.fits and f_tight.memory.num_blocks < 400
+    assert f_tight.summary["prefix_cache"]["evicted_blocks"] > 0
+    assert f_roomy.summary["prefix_cache"]["evicted_blocks"] == 0
+    assert f_tight.summary["prefix_cache"]["hit_rate"] < f_roomy.summary["prefix_cache"]["hit_rate"] - 0.05
 
 
 def test_trace_hash_ids(tmp_path):
@@ -122,5 +125,6 @@ def test_prefix_keys_depend_on_the_whole_prefix():
     reqs = generate(scenario(SYSTEM, n=3).workload, 0)
     keys = PrefixKeys(reqs, 16)
     a, b = keys(0, 2000), keys(1, 2000)
-    assert a[:100] == b[:100] and a[100] != b[100]  # 1600 shared tokens = 100 blocks
-    assert len(a) == 125
+    # 1600 shared tokens = 100 blocks; the rest is the request's own and nobody can look it up
+    assert a == b and len(a) == 100
+    assert keys(0, 800) == a[:50]

@@ -1,0 +1,97 @@
+"""End to end: `streamlit run app.py` on a free localhost port, opened in headless Debian chromium.
+
+The browser runs the default Plan scenario and then a Compare; screenshots are saved (under
+$INFERPLAN_SCREENSHOTS when set, else the test's tmp folder) and checked: not blank, the forecast's
+title in the page, no traceback.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+ROOT = Path(__file__).resolve().parents[2]
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start: " + proc.stdout.read1().decode(errors="replace")[-2000:])
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def not_blank(png: Path) -> bool:
+    from PIL import Image
+
+    img = Image.open(png).convert("L")
+    lo, hi = img.getextrema()
+    return hi - lo > 100 and len(set(img.resize((64, 64)).getdata())) > 8
+
+
+def test_app_in_headless_chromium(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    out = Path(os.environ.get("INFERPLAN_SCREENSHOTS", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        try:
+            page.goto(server, timeout=60_000)
+            page.get_by_text("Forecast: my-plan").wait_for(timeout=90_000)
+            page.get_by_text("Latency against the SLOs").wait_for(timeout=30_000)
+            page.locator("[data-testid='stDownloadButton']").first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1500)  # let the charts draw
+            page.screenshot(path=str(out / "plan.png"), full_page=True)
+            text = page.inner_text("body")
+            assert "Traceback" not in text and "Error" not in text.split("Forecast")[0]
+            assert "throughput (req/s)" in text and "Fits: weights" in text and "Latency against the SLOs" in text
+
+            page.get_by_text("Compare", exact=True).first.click()
+            page.get_by_text("Side by side").wait_for(timeout=90_000)
+            page.get_by_text("break-even", exact=False).first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(out / "compare.png"), full_page=True)
+            text = page.inner_text("body")
+            assert "Traceback" not in text and "best TTFT p99" in text
+        finally:
+            browser.close()
+    for name in ("plan.png", "compare.png"):
+        assert (out / name).stat().st_size > 20_000 and not_blank(out / name)

@@ -1,0 +1,72 @@
+"""The mixed-step attention split and the decode kernel's work partitioning (CPU-checkable logic)."""
+
+import random
+
+import pytest
+import torch
+
+from engine.attention import (
+    make_layout,
+    plan_decode_units,
+    plan_layout,
+    prefill_count,
+    reference_attention,
+    split_reference,
+    unit_capacity,
+)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_decode_units_cover_every_context_exactly_once(seed):
+    rng = random.Random(seed)
+    k_lens = [rng.choice([0, 1, 5, 64, 129, 700, 4096, 30000]) for _ in range(rng.randint(1, 60))]
+    target = rng.choice([1, 8, 66, 200])
+    u = plan_decode_units(k_lens, target, seq0=3, cap=unit_capacity(target, len(k_lens)))
+    assert u["count"] <= unit_capacity(target, len(k_lens))
+    assert len(u["seq"]) == unit_capacity(target, len(k_lens))
+    cover = [[0] * k for k in k_lens]
+    for j in range(len(k_lens)):
+        a, b = u["seq_units"][j], u["seq_units"][j + 1]
+        assert all(s == 3 + j for s in u["seq"][a:b])
+        for lo, hi in zip(u["lo"][a:b], u["hi"][a:b], strict=True):
+            assert 0 <= lo < hi <= k_lens[j] and hi - lo <= u["chunk"]
+            for i in range(lo, hi):
+                cover[j][i] += 1
+    assert all(c == 1 for row in cover for c in row)
+    assert all(s == -1 for s in u["seq"][u["count"]:])  # idle programs of a fixed grid
+    # balanced: no unit longer than the step's average share (or the minimum unit)
+    assert u["chunk"] <= max(128, -(-sum(k_lens) // target) + 63)
+
+
+def test_one_long_context_is_split_like_many_short_ones():
+    ragged = plan_decode_units([16] * 39 + [30000], target=66)
+    assert max(b - a for a, b in zip(ragged["lo"], ragged["hi"], strict=True)) <= ragged["chunk"] < 30000 / 20
+
+
+def test_plan_layout_groups():
+    assert prefill_count([64, 100, 1, 1]) == 2 and prefill_count([1, 1]) == 0 and prefill_count([1, 3]) == 2
+    p = plan_layout([64, 1, 1], [10, 5, 99], target=4)
+    assert p["n_prefill"] == 1 and p["units"]["seq"][0] == 1 and p["units"]["seq_units"][-1] == p["units"]["count"]
+
+
+@pytest.mark.parametrize("window", [0, 7])
+@pytest.mark.parametrize("q_lens,prior", [
+    ([9, 1, 1, 1], [0, 4, 300, 40]),        # a fresh chunk and three decodes
+    ([5, 12, 1, 1], [20, 0, 1000, 0]),      # chunks after a prefix, then decodes
+    ([1, 1, 1], [0, 129, 63]),              # decodes only
+    ([6, 6, 1, 1, 0, 0], [0, 0, 2000, 8, 0, 0]),  # cuDNN-shaped prompts, decodes, graph padding
+])
+def test_mixed_step_split_equals_masked_attention(q_lens, prior, window):
+    g = torch.Generator().manual_seed(sum(q_lens) + window)
+    lay = make_layout(q_lens, prior, "cpu", kv_heads=2)
+    if 0 in q_lens:  # zero-token dummies after the decodes, as a CUDA-graph step lays them out
+        lay.n_prefill, lay.n_real = 2, 4
+    lay.units = {k: torch.tensor(v, dtype=torch.int32) for k, v in
+                 plan_decode_units(lay.k_lens[lay.n_prefill:], 3, seq0=lay.n_prefill).items() if k != "count" and k != "chunk"}
+    k = torch.randn(sum(lay.k_lens) + 4, 2, 16, generator=g)
+    v = torch.randn(sum(lay.k_lens) + 4, 2, 16, generator=g)
+    q = torch.randn(sum(q_lens), 4, 16, generator=g)
+    ref = reference_attention(q, k, v, lay, 0.25, window)
+    out = split_reference(q, k, v, lay, 0.25, window)
+    real = int(lay.cu_q[len([x for x in q_lens if x])])
+    assert torch.allclose(out[:real], ref[:real], atol=1e-5)
