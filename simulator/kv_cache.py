@@ -11,8 +11,8 @@ the SimPy replica and the engine.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from itertools import takewhile
 from collections.abc import Hashable, Sequence
+from itertools import takewhile
 
 
 class BlockPool:
