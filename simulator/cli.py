@@ -29,16 +29,21 @@ def _scenario_data(path: str | None) -> tuple[dict, str]:
     return data, path
 
 
+def _scenario(path: str | None, overrides: list[str] | None, requests: int | None):
+    """A scenario file (or the default) with --set overrides and --requests applied, validated."""
+    data, source = _scenario_data(path)
+    data = apply_overrides(data, overrides or [])
+    if requests:
+        data.setdefault("workload", {})["num_requests"] = requests
+        data["workload"].pop("duration_s", None)
+    return parse_scenario(data, source)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from simulator.results import format_summary, write_results
     from simulator.simulation import simulate
 
-    data, source = _scenario_data(args.scenario)
-    data = apply_overrides(data, args.set or [])
-    if args.requests:
-        data.setdefault("workload", {})["num_requests"] = args.requests
-        data["workload"].pop("duration_s", None)
-    sc = parse_scenario(data, source)
+    sc = _scenario(args.scenario, args.set, args.requests)
     forecast = simulate(sc)
     out = write_results(forecast, args.out or sc.output.dir)
     print(format_summary(forecast))
@@ -59,15 +64,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError("compare needs two or more scenario files")
     forecasts = {}
     for path in args.scenarios:
-        data, source = _scenario_data(path)
-        data = apply_overrides(data, args.set or [])
-        if args.requests:
-            data.setdefault("workload", {})["num_requests"] = args.requests
-            data["workload"].pop("duration_s", None)
         label = Path(path).stem
         while label in forecasts:
             label += "'"
-        forecasts[label] = simulate(parse_scenario(data, source))
+        forecasts[label] = simulate(_scenario(path, args.set, args.requests))
     rows = table(forecasts)
     labels = list(forecasts)
     width = max(
@@ -172,12 +172,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from simulator.report import build_report, write_report
     from simulator.simulation import simulate
 
-    data, source = _scenario_data(args.scenario)
-    data = apply_overrides(data, args.set or [])
-    if args.requests:
-        data.setdefault("workload", {})["num_requests"] = args.requests
-        data["workload"].pop("duration_s", None)
-    sc = parse_scenario(data, source)
+    sc = _scenario(args.scenario, args.set, args.requests)
     print(f"simulating {sc.name}, its maximum rate under the SLOs and 8 load points ...", file=sys.stderr)
     report = build_report(simulate(sc))
     paths = write_report(report, args.out or f"{sc.output.dir}/report")
