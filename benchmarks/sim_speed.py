@@ -51,27 +51,23 @@ def main() -> None:
         data = apply_overrides(copy.deepcopy(DEFAULT_SCENARIO), overrides)
         data["workload"]["num_requests"] = args.requests
         sc = parse_scenario(data)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         f = simulate(sc)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         s = f.summary
-        row = (name, args.requests, wall, args.requests / wall, f.stats.steps, f.stats.steps / wall,
+        row = (name, args.requests, wall, cpu, args.requests / wall, f.stats.steps, f.stats.steps / wall,
                s["utilisation"]["mean_batch_seqs"], s["throughput"]["duration_s"])  # fmt: skip
         rows.append(row)
-        print(
-            f"{name}: {wall:.1f} s, {row[3]:,.0f} req/s, {row[5]:,.0f} steps/s, mean batch {row[6]:.1f}",
-            flush=True,
-        )
-    head = (
-        "| scenario | requests | wall (s) | requests/s | steps | steps/s | mean batch | simulated time (h) |"
-    )
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+        print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU, {row[4]:,.0f} req/s, {row[6]:,.0f} steps/s", flush=True)
+    head = "| scenario | requests | wall (s) | CPU (s) | requests/s | steps | steps/s | mean batch | simulated (h) |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r[0]} | {r[1]:,} | {r[2]:.1f} | {r[3]:,.0f} | {r[4]:,} | {r[5]:,.0f} | {r[6]:.1f} | {r[7] / 3600:.1f} |"
+            f"| {r[0]} | {r[1]:,} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:,.0f} | {r[5]:,} | {r[6]:,.0f} | {r[7]:.1f} "
+            f"| {r[8] / 3600:.1f} |"
         )
-    cpu = platform.processor() or platform.machine()
-    text = "\n".join(lines) + f"\n\nOne core of {cpu}, Python {platform.python_version()}.\n"
+    proc = platform.processor() or platform.machine()
+    text = "\n".join(lines) + f"\n\nOne core of {proc}, Python {platform.python_version()}.\n"
     print("\n" + text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
