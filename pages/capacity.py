@@ -89,9 +89,7 @@ if not feasible:
     st.stop()
 choice = st.selectbox("configuration", list(feasible), index=list(feasible).index(best[0].label) if best else 0, key="cap.curve.cfg")
 r = feasible[choice]
-data = spec.base
-for path, value in r.overrides.items():
-    data = api.set_field(data, path, value)
+data = api.configured(spec.base, r.fields)
 rates = tuple(r.max_rate_per_s * x for x in spec.load_points)
 with st.spinner("simulating the load curve …"):
     curve = cached_curve(json.dumps(data, sort_keys=True), rates)

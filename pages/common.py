@@ -279,12 +279,13 @@ def latency_frame(f: api.Forecast) -> pd.DataFrame:
     return pd.DataFrame(latency_rows(f), columns=LATENCY_HEAD).set_index("latency (ms)")
 
 
-def show_fit(f: api.Forecast) -> None:
+def show_fit(f: api.Forecast, label: str = "") -> None:
     mem = f.summary["memory"]
+    who = f"{label}: " if label else ""
     if f.fits:
-        st.success(f"Fits: {mem['explain']} ({mem['kv_tokens']:,} tokens of KV cache)")
+        st.success(f"{who}Fits: {mem['explain']} ({mem['kv_tokens']:,} tokens of KV cache)")
     else:
-        st.error(f"Does not fit: {mem['explain']}. Try more GPUs per replica, a smaller weight dtype or a bigger GPU.")
+        st.error(f"{who}Does not fit: {mem['explain']}. Try more GPUs per replica, a smaller weight dtype or a bigger GPU.")
 
 
 def show_forecast(f: api.Forecast) -> None:

@@ -71,7 +71,7 @@ if len(forecasts) < 1:
 st.subheader("Side by side")
 for label, f in forecasts.items():
     if not f.fits:
-        show_fit(f)
+        show_fit(f, label)
 table = pd.DataFrame.from_dict(api.table(forecasts), orient="index")
 
 

@@ -132,6 +132,7 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float,
             "block_size": mem.block_size,
             "mean_occupancy": stats.kv_block_seconds / max(busy, 1e-12) / max(mem.num_blocks, 1),
             "peak_occupancy": (sched.pool.peak_used / max(mem.num_blocks, 1)) if sched else float("nan"),
+            "blocks_in_use_at_end": sched.pool.used if sched else 0,
         },
         "cost": {
             "total_usd": cost_usd,

@@ -290,8 +290,10 @@ class Scheduler:
     # ------------------------------------------------------------------ scheduling
     def schedule(self) -> Batch | None:
         """Build the next step's batch, allocating its KV blocks; None when nothing can run."""
-        if not self.chunked and self.waiting and self._admissible(self.max_tokens):
-            return self._prefill_only()
+        if not self.chunked and (self.prefilling or self._admissible(self.max_tokens)):
+            b = self._prefill_only()
+            if b.prefills:
+                return b
         b = Batch()
         budget = self.max_tokens
         if self._spec_now():
@@ -369,6 +371,9 @@ class Scheduler:
     def _prefill_only(self) -> Batch:
         b = Batch()
         budget = self.max_tokens
+        for s in list(self.prefilling):  # one that could not get its blocks when it started
+            if self._grow(s, s.prompt - s.computed, b):
+                budget -= s.prompt - s.computed
         while self._admissible(budget):
             s = self.waiting.popleft()
             self._start(s)

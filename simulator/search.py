@@ -83,6 +83,11 @@ class SearchSpec(BaseModel):
         default_factory=dict,
         description="scenario field path -> values to try; every combination is one configuration",
     )
+    variants: dict[str, dict] = Field(
+        default_factory=dict,
+        description="named alternatives, each a set of field path -> value (e.g. colocated vs a disaggregated "
+        "split), each combined with every sweep combination",
+    )
     slo_attainment: float = Field(
         0.9, gt=0, le=1, description="fraction of requests that must meet every SLO to sustain a rate"
     )
@@ -100,6 +105,8 @@ class SearchSpec(BaseModel):
         for path, values in self.sweep.items():
             if not values:
                 raise ValueError(f"sweep.{path}: give at least one value")
+            if path == "variant":
+                raise ValueError("sweep.variant: the name is taken by `variants`; use another field path")
         if self.rate.max_per_s <= self.rate.min_per_s:
             raise ValueError("rate.max_per_s must be above rate.min_per_s")
         return self
@@ -131,9 +138,21 @@ def load_spec(path: str | Path) -> SearchSpec:
 
 
 def configurations(spec: SearchSpec) -> list[dict[str, object]]:
-    """Every combination of the sweep's values, as {field path: value}, in a stable order."""
+    """Every combination of the variants and the sweep's values, as {field path: value}, in a stable order.
+
+    With variants, the key `variant` names the variant; `fields_of` expands it to the fields it sets.
+    """
     paths = list(spec.sweep)
-    return [dict(zip(paths, combo)) for combo in itertools.product(*(spec.sweep[p] for p in paths))]
+    combos = [dict(zip(paths, combo)) for combo in itertools.product(*(spec.sweep[p] for p in paths))]
+    if not spec.variants:
+        return combos
+    return [{"variant": name} | c for name in spec.variants for c in combos]
+
+
+def fields_of(spec: SearchSpec, overrides: dict[str, object]) -> dict[str, object]:
+    """The field paths and values a configuration sets (a variant's fields first, then the sweep's)."""
+    out = dict(spec.variants.get(overrides.get("variant"), {})) if "variant" in overrides else {}
+    return out | {k: v for k, v in overrides.items() if k != "variant"}
 
 
 # ---------------------------------------------------------------- one configuration
@@ -155,7 +174,7 @@ class ConfigResult:
     """A configuration's maximum sustainable rate and what it costs there."""
 
     index: int
-    overrides: dict[str, object]
+    overrides: dict[str, object]  # as the sweep names them (with `variant` when the spec has variants)
     status: str  # ok | does not fit | invalid | below min rate
     message: str = ""
     max_rate_per_s: float = 0.0
@@ -167,6 +186,7 @@ class ConfigResult:
     output_tokens_per_s: float = float("nan")
     simulations: int = 0
     probes: list[Probe] = field(default_factory=list)
+    fields: dict[str, object] = field(default_factory=dict)  # every field path it sets on the base scenario
 
     @property
     def label(self) -> str:
@@ -180,10 +200,7 @@ class ConfigResult:
 
 
 def usd_per_hour(summary: dict) -> float:
-    """What the whole configuration costs per hour, as the simulator charged it (all replicas and pools)."""
-    c, t = summary.get("cost"), summary.get("throughput")
-    if c and t and t["duration_s"] > 0 and math.isfinite(c["total_usd"]):
-        return c["total_usd"] / (t["duration_s"] / 3600.0)
+    """What the whole configuration costs per hour: every GPU it holds (all replicas and pools) at its price."""
     hw = summary["hardware"]
     return hw["price_per_gpu_hour_usd"] * hw["gpus"]
 
@@ -266,12 +283,13 @@ def max_sustainable_rate(
     return best[0], probes, best[1]
 
 
-def evaluate(base: dict, overrides: dict, index: int, slo_attainment: float, rate: RateSearch) -> ConfigResult:
+def evaluate(
+    base: dict, overrides: dict, index: int, slo_attainment: float, rate: RateSearch, fields: dict | None = None
+) -> ConfigResult:
     """One configuration end to end; never raises for a bad combination (it is reported)."""
-    data = base
-    for path, value in overrides.items():
-        data = set_field(data, path, value)
-    res = ConfigResult(index, overrides, "ok")
+    fields = overrides if fields is None else fields
+    data = configured(base, fields)
+    res = ConfigResult(index, overrides, "ok", fields=fields)
     try:
         parse_scenario(data, "configuration")
         r, probes, s = max_sustainable_rate(data, slo_attainment, rate)
@@ -293,6 +311,14 @@ def evaluate(base: dict, overrides: dict, index: int, slo_attainment: float, rat
     res.ttft_p90_s, res.tpot_p90_s, res.e2e_p90_s = (lat[k]["p90"] for k in ("ttft", "tpot", "e2e"))
     res.output_tokens_per_s = s["throughput"]["output_tokens_per_s"]
     return res
+
+
+def configured(base: dict, fields: dict) -> dict:
+    """The base scenario with a configuration's fields set."""
+    data = base
+    for path, value in fields.items():
+        data = set_field(data, path, value)
+    return data
 
 
 def _misses(p: Probe, data: dict) -> str:
@@ -349,7 +375,8 @@ def run_search(
     """Evaluate every configuration on `backend`: 'serial', 'processes' (default) or 'ray'."""
     t0 = time.perf_counter()
     tasks = [
-        (spec.base, ov, i, spec.slo_attainment, spec.rate) for i, ov in enumerate(configurations(spec))
+        (spec.base, ov, i, spec.slo_attainment, spec.rate, fields_of(spec, ov))
+        for i, ov in enumerate(configurations(spec))
     ]
     if backend == "serial":
         results = []
@@ -423,9 +450,7 @@ def frontier_curves(result: SearchResult) -> dict[int, LoadCurve]:
     """Latency-vs-load curves of the frontier configurations at the spec's load points."""
     out = {}
     for r in result.frontier():
-        data = result.spec.base
-        for path, value in r.overrides.items():
-            data = set_field(data, path, value)
+        data = configured(result.spec.base, r.fields)
         rates = [r.max_rate_per_s * x for x in result.spec.load_points]
         out[r.index] = latency_vs_load(data, rates, result.spec.slo_attainment)
     return out
@@ -450,6 +475,11 @@ COLUMNS = (
 )
 
 
+def swept(spec: SearchSpec) -> dict[str, list]:
+    """The columns a configuration is told apart by: `variant` (when there are variants), then the sweep's."""
+    return ({"variant": list(spec.variants)} if spec.variants else {}) | spec.sweep
+
+
 def rows(result: SearchResult) -> list[dict]:
     """One flat row per configuration (sweep fields as their own columns), for CSV and tables."""
     target = result.spec.target_rate_per_s
@@ -470,7 +500,7 @@ def rows(result: SearchResult) -> list[dict]:
 
 def to_csv(result: SearchResult) -> str:
     table = rows(result)
-    names = ["index", *result.spec.sweep, *COLUMNS[2:]]
+    names = ["index", *swept(result.spec), *COLUMNS[2:]]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore")
     w.writeheader()
@@ -507,17 +537,18 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
     for r in result.results:
         by_status[r.status] = by_status.get(r.status, 0) + 1
     lines.append("  " + ", ".join(f"{n} {s}" for s, n in by_status.items()))
-    names = {p: p.split(".")[-1] for p in spec.sweep}
-    widths = {
-        p: max(len(names[p]), *(len(_value(v)) for v in spec.sweep[p])) + 2 for p in spec.sweep
-    }
-    head = f"{'#':>4}  " + "".join(f"{names[p]:<{widths[p]}}" for p in spec.sweep)
+    columns = swept(spec)
+    names = {p: p.split(".")[-1] for p in columns}
+    widths = {p: min(max(len(names[p]), *(len(_value(v)) for v in vals)), 40) + 2 for p, vals in columns.items()}
+    head = f"{'#':>4}  " + "".join(f"{names[p]:<{widths[p]}}" for p in columns)
     head += f"{'max req/s':>10}{'$/h':>8}{'$/1M tok':>10}{'TTFT p90':>10}{'TPOT p90':>10}"
     if target:
         head += f"{'copies':>8}{'$/h @ target':>14}"
 
     def cells(r: ConfigResult) -> str:
-        return f"{r.index:>4}  " + "".join(f"{_value(r.overrides[p]):<{widths[p]}}" for p in spec.sweep)
+        return f"{r.index:>4}  " + "".join(
+            f"{_value(r.overrides[p])[: widths[p] - 2]:<{widths[p]}}" for p in columns
+        )
 
     def line(r: ConfigResult) -> str:
         s = (

@@ -9,7 +9,6 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from simulator import api  # noqa: E402
-from simulator.report import latency_rows  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 CHAT = "chat (Poisson, lognormal lengths)"

@@ -28,7 +28,9 @@ def scenario(**kw):
 
 def same_run(a, b):
     for col in ("scheduled_s", "first_token_s", "finish_s", "preemptions", "replica"):
-        assert np.allclose(getattr(a.table, col), getattr(b.table, col), rtol=1e-9, atol=1e-12, equal_nan=True), col
+        assert np.allclose(
+            getattr(a.table, col), getattr(b.table, col), rtol=1e-9, atol=1e-12, equal_nan=True
+        ), col
     assert a.stats.steps == b.stats.steps
 
 
@@ -99,19 +101,27 @@ def test_least_outstanding_balances_uneven_requests_better_than_round_robin():
 def test_two_replicas_at_double_rate_match_one_at_the_base_rate():
     one = simulate(scenario(model="llama-3.1-8b", hardware={"gpu": "h100-sxm"}, rate=8.0, n=1500))
     two = simulate(
-        scenario(model="llama-3.1-8b", hardware={"gpu": "h100-sxm"}, rate=16.0, n=3000, cluster={"replicas": 2})
+        scenario(
+            model="llama-3.1-8b", hardware={"gpu": "h100-sxm"}, rate=16.0, n=3000, cluster={"replicas": 2}
+        )
     )
     for key in ("ttft", "tpot", "e2e"):
-        assert two.summary["latency_s"][key]["p50"] == pytest.approx(one.summary["latency_s"][key]["p50"], rel=0.15)
+        assert two.summary["latency_s"][key]["p50"] == pytest.approx(
+            one.summary["latency_s"][key]["p50"], rel=0.15
+        )
     assert two.summary["throughput"]["requests_per_s"] == pytest.approx(
         2 * one.summary["throughput"]["requests_per_s"], rel=0.1
     )
     # twice the GPUs for twice the tokens: the same cost per token
-    assert two.summary["cost"]["usd_per_1m_tokens"] == pytest.approx(one.summary["cost"]["usd_per_1m_tokens"], rel=0.1)
+    assert two.summary["cost"]["usd_per_1m_tokens"] == pytest.approx(
+        one.summary["cost"]["usd_per_1m_tokens"], rel=0.1
+    )
 
 
 def test_cost_is_summed_over_every_gpu_of_every_group():
-    f = simulate(scenario(cluster={"groups": [{"gpu": "t4", "count": 2}, {"gpu": "l4", "gpus_per_replica": 2}]}))
+    f = simulate(
+        scenario(cluster={"groups": [{"gpu": "t4", "count": 2}, {"gpu": "l4", "gpus_per_replica": 2}]})
+    )
     s = f.summary
     from simulator.hardware import load_profile
 
@@ -125,7 +135,9 @@ def test_cost_is_summed_over_every_gpu_of_every_group():
 def test_requests_only_one_group_can_hold_go_there():
     # the T4 group serves at most 1000 tokens per request; the L4 group takes the longer ones
     f = simulate(
-        scenario(rate=5.0, cluster={"groups": [{"gpu": "t4", "serving": {"max_model_len": 1000}}, {"gpu": "l4"}]})
+        scenario(
+            rate=5.0, cluster={"groups": [{"gpu": "t4", "serving": {"max_model_len": 1000}}, {"gpu": "l4"}]}
+        )
     )
     t = f.table
     long = (t.prompt_tokens + t.output_tokens) > 1000

@@ -7,10 +7,12 @@ import pytest
 
 from simulator.cli import main
 from simulator.errors import ConfigError
+from simulator.hardware import load_profile
 from simulator.search import (
     ConfigResult,
     SearchResult,
     configurations,
+    fields_of,
     get_field,
     latency_vs_load,
     max_sustainable_rate,
@@ -52,6 +54,22 @@ def test_configurations_are_the_product_in_order():
     assert len(cfgs) == 6
     assert cfgs[0] == {"hardware.gpu": "l4", "serving.max_num_seqs": 8}
     assert cfgs[-1] == {"hardware.gpu": "t4", "serving.max_num_seqs": 32}
+
+
+def test_variants_combine_with_the_sweep():
+    s = spec(
+        variants={"one": {"cluster.replicas": 1}, "two": {"cluster.replicas": 2, "hardware.gpu": "h100-sxm"}},
+        sweep={"serving.max_num_seqs": [64, 256]},
+    )
+    cfgs = configurations(s)
+    assert [c["variant"] for c in cfgs] == ["one", "one", "two", "two"]
+    assert fields_of(s, cfgs[3]) == {"cluster.replicas": 2, "hardware.gpu": "h100-sxm", "serving.max_num_seqs": 256}
+    res = run_search(s, "serial").results
+    one, two = res[1], res[3]
+    price = {g: load_profile(g).price.usd_per_hour for g in ("l4", "h100-sxm")}
+    assert two.fields["cluster.replicas"] == 2 and two.status == "ok"
+    assert two.usd_per_hour == pytest.approx(2 * price["h100-sxm"])  # both replicas are paid for
+    assert one.overrides == {"variant": "one", "serving.max_num_seqs": 256}
 
 
 def test_spec_errors_are_one_line():

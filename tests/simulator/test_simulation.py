@@ -46,9 +46,10 @@ def check_invariants(f):
     # KV blocks: never more than the pool, all returned at the end
     kv = f.summary["kv_cache"]
     assert 0 <= kv["peak_occupancy"] <= 1.0
+    assert kv["blocks_in_use_at_end"] == 0  # every block came back, shared ones included
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 10_000),
     rate=st.floats(1.0, 200.0),
@@ -58,14 +59,29 @@ def check_invariants(f):
     block_size=st.sampled_from([1, 8, 16, 32]),
     util=st.floats(0.05, 0.9),
     static=st.booleans(),
+    caching=st.booleans(),
+    spec=st.booleans(),
+    policy=st.sampled_from(["fcfs", "priority"]),
+    classes=st.booleans(),
 )
 def test_invariants_on_random_scenarios(
-    seed, rate, max_num_seqs, max_tokens, chunked, block_size, util, static
+    seed, rate, max_num_seqs, max_tokens, chunked, block_size, util, static, caching, spec, policy, classes
 ):
+    workload = {
+        "arrival": {"process": "poisson", "rate_per_s": rate},
+        "prompt_tokens": {"dist": "lognormal", "median": 300, "sigma": 1.0, "max": 6000},
+        "output_tokens": {"dist": "lognormal", "median": 60, "sigma": 1.0, "max": 800},
+        "num_requests": 120,
+    }
+    if classes:  # a shared system prompt, multi-turn sessions, priorities
+        session = {"turns": {"dist": "uniform", "min": 1, "max": 4}, "think_time_s": 1}
+        workload["classes"] = [
+            {"name": "sys", "share": 1, "shared_prefix_tokens": 200, "priority": 1},
+            {"name": "conv", "share": 1, "session": session},
+        ]
     sc = scenario(
         seed=seed,
-        rate=rate,
-        n=120,
+        workload=workload,
         serving={
             "batching": "static" if static else "continuous",
             "max_num_seqs": max_num_seqs,
@@ -73,6 +89,11 @@ def test_invariants_on_random_scenarios(
             "chunked_prefill": chunked,
             "block_size": block_size,
             "gpu_memory_utilization": util,
+            "prefix_caching": caching,
+            "scheduling_policy": policy,
+            "speculative": {"method": "self", "num_speculative_tokens": 3, "acceptance_rate": 0.6}
+            if spec
+            else None,
         },
     )
     f = simulate(sc)
