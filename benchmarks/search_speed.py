@@ -53,7 +53,9 @@ def main() -> None:
     args = ap.parse_args()
     spec = parse_spec(SPEC, "search_speed")
     t0 = time.perf_counter()
-    result = run_search(spec, "processes" if args.workers > 1 else "serial", args.workers, progress=progress_bar())
+    result = run_search(
+        spec, "processes" if args.workers > 1 else "serial", args.workers, progress=progress_bar()
+    )
     wall = time.perf_counter() - t0
     sims = sum(r.simulations for r in result.results)
     table = format_table(result, limit=10)

@@ -182,7 +182,8 @@ if triton is not None:
         tl.store(LP + base, lse, mask=gmask)
 
     @triton.jit
-    def _decode_combine_kernel(OP, LP, SEQ_U, CU_Q, OUT, seq0, NH: tl.constexpr, D: tl.constexpr):
+    def _decode_combine_kernel(OP, LP, SEQ_U, CU_Q, OUT, seq0, NH: tl.constexpr, D: tl.constexpr,
+                               UB: tl.constexpr):
         pid = tl.program_id(0)  # (decode sequence j, head h)
         j = pid // NH
         h = pid % NH
@@ -192,16 +193,22 @@ if triton is not None:
         row = tl.load(CU_Q + s).to(tl.int64)
         nq = tl.load(CU_Q + s + 1) - row
         d = tl.arange(0, D)
-        m = tl.load(LP + u0 * NH + h, mask=u0 < u1, other=float("-inf"))
-        for u in range(u0, u1):
-            m = tl.maximum(m, tl.load(LP + u * NH + h))
+        ub = tl.arange(0, UB)
+        m = tl.max(tl.full((UB,), float("-inf"), tl.float32), 0)  # fp32 scalars: loop-carried types stay fixed
         acc = tl.zeros((D,), tl.float32)
-        wsum = tl.zeros((D,), tl.float32)
-        for u in range(u0, u1):
-            lse = tl.load(LP + u * NH + h)
-            w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)
-            acc += w * tl.load(OP + (u * NH + h).to(tl.int64) * D + d)
-            wsum += w
+        wsum = tl.sum(tl.zeros((UB,), tl.float32), 0)
+        for u in range(u0, u1, UB):  # UB units at a time, merged online (few iterations even for one long context)
+            idx = u + ub
+            um = idx < u1
+            lse = tl.load(LP + idx * NH + h, mask=um, other=float("-inf"))
+            o = tl.load(OP + (idx * NH + h).to(tl.int64)[:, None] * D + d[None, :], mask=um[:, None], other=0.0)
+            m_new = tl.maximum(m, tl.max(lse, 0))
+            safe = tl.where(m_new > float("-inf"), m_new, 0.0)
+            alpha = tl.exp(m - safe)
+            w = tl.where(lse > float("-inf"), tl.exp(lse - safe), 0.0)
+            acc = acc * alpha + tl.sum(w[:, None] * o, 0)
+            wsum = wsum * alpha + tl.sum(w, 0)
+            m = m_new
         out = acc / tl.where(wsum > 0, wsum, 1.0)  # a sequence with no keys gets zeros
         tl.store(OUT + (row * NH + h) * D + d, out.to(OUT.dtype.element_ty), mask=(d < D) & (nq > 0))
 
@@ -296,5 +303,5 @@ def decode_attention(q, k_pool, v_pool, lay, scale: float, window: int = 0, out:
         NH=nh, G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_N=64, num_warps=4, num_stages=2,
     )
     _decode_combine_kernel[(n_dec * nh,)](op, lp, units["seq_units"], lay.cu_q, out, lay.n_prefill,
-                                          NH=nh, D=d, num_warps=4)
+                                          NH=nh, D=d, UB=16, num_warps=4)
     return out

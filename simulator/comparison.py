@@ -91,7 +91,11 @@ RANKED = {
 def differences(forecasts: dict[str, Forecast]) -> list[str]:
     """Sentences naming the best configuration per headline metric and how far the others are from it."""
     t = table(forecasts)
-    notes = [f"{label} does not fit: {f.summary['memory']['explain']}" for label, f in forecasts.items() if not f.fits]
+    notes = [
+        f"{label} does not fit: {f.summary['memory']['explain']}"
+        for label, f in forecasts.items()
+        if not f.fits
+    ]
     for metric, lower in RANKED.items():
         vals = {k: v for k, v in t.get(metric, {}).items() if v is not None and math.isfinite(v)}
         if len(vals) < 2:

@@ -84,8 +84,14 @@ def headline(f: Forecast) -> list[tuple[str, str]]:
             f"{t['requests_per_s']:.2f} req/s, {t['input_tokens_per_s']:,.0f} input tok/s, "
             f"{t['output_tokens_per_s']:,.0f} output tok/s",
         ),
-        ("goodput", f"{g['requests_per_s']:.2f} req/s ({g['fraction']:.1%} of finished requests meet the SLOs)"),
-        ("KV cache", f"{kv['blocks']:,} blocks; occupancy mean {kv['mean_occupancy']:.1%}, peak {kv['peak_occupancy']:.1%}"),
+        (
+            "goodput",
+            f"{g['requests_per_s']:.2f} req/s ({g['fraction']:.1%} of finished requests meet the SLOs)",
+        ),
+        (
+            "KV cache",
+            f"{kv['blocks']:,} blocks; occupancy mean {kv['mean_occupancy']:.1%}, peak {kv['peak_occupancy']:.1%}",
+        ),
         (
             "cost per 1M tokens",
             f"{_fmt_usd(c['usd_per_1m_input_tokens'])} input, {_fmt_usd(c['usd_per_1m_output_tokens'])} output, "
@@ -109,13 +115,23 @@ def latency_rows(f: Forecast) -> list[list[str]]:
     s = f.summary
     slo = f.scenario.slo.model_dump(exclude_none=True)
     out = []
-    for key, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"), ("queueing", "queueing")):
+    for key, label in (
+        ("ttft", "TTFT"),
+        ("tpot", "TPOT"),
+        ("itl", "ITL"),
+        ("e2e", "end-to-end"),
+        ("queueing", "queueing"),
+    ):
         p = s["latency_s"][key]
         target = slo.get(f"{key}_s")
         verdict = "" if target is None else ("meets" if p["p90"] <= target else "misses")
         out.append(
-            [label, *(_fmt_ms(p[q]) for q in ("p50", "p90", "p95", "p99", "mean")),
-             "" if target is None else f"{target * 1e3:g}", verdict]
+            [
+                label,
+                *(_fmt_ms(p[q]) for q in ("p50", "p90", "p95", "p99", "mean")),
+                "" if target is None else f"{target * 1e3:g}",
+                verdict,
+            ]
         )
     return out
 
@@ -134,7 +150,9 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
         images["latency_cdf.png"] = plots.png(plots.latency_cdfs(f))
         captions["latency_cdf.png"] = "Latency CDFs (dashed: SLO)"
         images["latency_vs_load.png"] = plots.png(plots.latency_vs_load(curve))
-        captions["latency_vs_load.png"] = "p90 latency vs offered load (the same workload re-simulated at other rates)"
+        captions["latency_vs_load.png"] = (
+            "p90 latency vs offered load (the same workload re-simulated at other rates)"
+        )
         images["cost.png"] = plots.png(plots.cost_bars(f))
         captions["cost.png"] = "Cost per million tokens"
         images["timelines.png"] = plots.png(plots.timelines(f))
@@ -145,7 +163,11 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
         for name, rate in curve.breaks_at.items():
             breaks.append(
                 f"{name[:-2].upper()} p90 breaks its {curve.slo[name] * 1e3:g} ms SLO at "
-                + (f"{rate:.3g} req/s" if rate is not None else f"none of the rates tried (up to {curve.probes[-1].rate_per_s:.3g} req/s)")
+                + (
+                    f"{rate:.3g} req/s"
+                    if rate is not None
+                    else f"none of the rates tried (up to {curve.probes[-1].rate_per_s:.3g} req/s)"
+                )
             )
     return Report(
         title,
@@ -183,13 +205,15 @@ def _html(title, f, images, captions, breaks, scenario_yaml) -> str:
     ]
     if f.fits and f.table is not None:
         rows = "".join(
-            "<tr>" + "".join(
-                f"<td class='{'n' if 0 < i < 7 else e(c)}'>{e(c)}</td>" for i, c in enumerate(r)
-            ) + "</tr>"
+            "<tr>"
+            + "".join(f"<td class='{'n' if 0 < i < 7 else e(c)}'>{e(c)}</td>" for i, c in enumerate(r))
+            + "</tr>"
             for r in latency_rows(f)
         )
         parts.append(
-            "<h2>Latency</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in LATENCY_HEAD) + f"</tr>{rows}</table>"
+            "<h2>Latency</h2><table><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h in LATENCY_HEAD)
+            + f"</tr>{rows}</table>"
         )
         if breaks:
             parts.append("<ul>" + "".join(f"<li>{e(b)}</li>" for b in breaks) + "</ul>")
@@ -199,7 +223,9 @@ def _html(title, f, images, captions, breaks, scenario_yaml) -> str:
                 f"<h3>{e(captions[name])}</h3><img alt='{e(captions[name])}' src='data:image/png;base64,{b64}'>"
             )
     parts.append(f"<h2>Scenario</h2><pre>{e(scenario_yaml)}</pre>")
-    parts.append("<p><small>Made by inferplan: <code>python -m simulator report SCENARIO.yaml</code></small></p>")
+    parts.append(
+        "<p><small>Made by inferplan: <code>python -m simulator report SCENARIO.yaml</code></small></p>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -208,7 +234,13 @@ def _markdown(title, f, images, captions, breaks, scenario_yaml) -> str:
     lines = [f"# {title}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in headline(f)]
     if f.fits and f.table is not None:
-        lines += ["", "## Latency", "", "| " + " | ".join(LATENCY_HEAD) + " |", "|" + "---|" * len(LATENCY_HEAD)]
+        lines += [
+            "",
+            "## Latency",
+            "",
+            "| " + " | ".join(LATENCY_HEAD) + " |",
+            "|" + "---|" * len(LATENCY_HEAD),
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in latency_rows(f)]
         if breaks:
             lines += [""] + [f"- {b}" for b in breaks]

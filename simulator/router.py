@@ -24,11 +24,14 @@ from simulator.replica import Replica
 _MIX, _MASK = 0x9E3779B97F4A7C15, 2**64 - 1  # Fibonacci hashing (Knuth, TAOCP vol. 3, 6.4)
 
 
+NO_PREFIX = np.iinfo(np.int64).min  # segment ids may be negative (shared system prompts are)
+
+
 def prefix_ids(segments: list | None, n: int) -> np.ndarray | None:
-    """Per request the id of its first prompt segment (−1: shares nothing), or None without segments."""
+    """Per request the id of its first prompt segment (NO_PREFIX: shares nothing), or None without segments."""
     if segments is None:
         return None
-    return np.array([s[0][0] if s else -1 for s in segments], dtype=np.int64) if n else np.zeros(0, np.int64)
+    return np.array([s[0][0] if s else NO_PREFIX for s in segments], dtype=np.int64)
 
 
 class Router:
@@ -62,7 +65,9 @@ class Router:
         n = len(self.replicas)
         if self.prefix is not None:
             pid = self.prefix[rids]
-            out = np.where(pid >= 0, [self._hash(int(p)) for p in pid], -1) if len(rids) else np.zeros(0, int)
+            has = pid != NO_PREFIX
+            out = np.full(len(rids), -1, dtype=np.int64)
+            out[has] = [self._hash(int(p)) for p in pid[has]]
             if self.eligible is not None:
                 for i in np.flatnonzero(out >= 0):
                     e = self.eligible[out[i]]
@@ -88,7 +93,7 @@ class Router:
             if r is not None or self.max_ongoing is None:
                 return r
             return None
-        if self.prefix is not None and self.prefix[rid] >= 0:
+        if self.prefix is not None and self.prefix[rid] != NO_PREFIX:
             r = self.replicas[self._hash(int(self.prefix[rid]))]
             if self._can(r, rid) and self._room(r):
                 return r

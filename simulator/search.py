@@ -284,7 +284,12 @@ def max_sustainable_rate(
 
 
 def evaluate(
-    base: dict, overrides: dict, index: int, slo_attainment: float, rate: RateSearch, fields: dict | None = None
+    base: dict,
+    overrides: dict,
+    index: int,
+    slo_attainment: float,
+    rate: RateSearch,
+    fields: dict | None = None,
 ) -> ConfigResult:
     """One configuration end to end; never raises for a bad combination (it is reported)."""
     fields = overrides if fields is None else fields
@@ -303,7 +308,9 @@ def evaluate(
     res.max_rate_per_s = r
     if s is None:
         res.status = "below min rate"
-        res.message = f"misses the SLOs even at {probes[-1].rate_per_s:.3g} req/s ({_misses(probes[-1], data)})"
+        res.message = (
+            f"misses the SLOs even at {probes[-1].rate_per_s:.3g} req/s ({_misses(probes[-1], data)})"
+        )
         return res
     res.usd_per_hour = usd_per_hour(s)
     res.usd_per_1m_tokens = s["cost"]["usd_per_1m_tokens"]
@@ -539,7 +546,9 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
     lines.append("  " + ", ".join(f"{n} {s}" for s, n in by_status.items()))
     columns = swept(spec)
     names = {p: p.split(".")[-1] for p in columns}
-    widths = {p: min(max(len(names[p]), *(len(_value(v)) for v in vals)), 40) + 2 for p, vals in columns.items()}
+    widths = {
+        p: min(max(len(names[p]), *(len(_value(v)) for v in vals)), 40) + 2 for p, vals in columns.items()
+    }
     head = f"{'#':>4}  " + "".join(f"{names[p]:<{widths[p]}}" for p in columns)
     head += f"{'max req/s':>10}{'$/h':>8}{'$/1M tok':>10}{'TTFT p90':>10}{'TPOT p90':>10}"
     if target:
@@ -583,7 +592,9 @@ def progress_bar(stream=None, width: int = 30) -> Progress:
         el = time.perf_counter() - t0
         fill = int(width * done / max(total, 1))
         eta = el / done * (total - done) if done else 0.0
-        stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} configurations {el:5.1f} s, ~{eta:4.0f} s left")
+        stream.write(
+            f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} configurations {el:5.1f} s, ~{eta:4.0f} s left"
+        )
         if done == total:
             stream.write("\n")
         stream.flush()

@@ -17,7 +17,7 @@ CHAT = "chat (Poisson, lognormal lengths)"
 def app(page: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120).run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
     return at
 
 
@@ -35,8 +35,15 @@ def test_plan_shows_the_forecast_of_the_chosen_scenario():
     at.number_input(key="plan.n").set_value(150).run()
     no_failure(at)
     assert not at.error
-    expect = api.forecast({"name": "my-plan", "model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm"},
-                           "workload": chat(150), "slo": {"ttft_s": 0.5, "tpot_s": 0.05}}).summary
+    expect = api.forecast(
+        {
+            "name": "my-plan",
+            "model": "llama-3.1-8b",
+            "hardware": {"gpu": "h100-sxm"},
+            "workload": chat(150),
+            "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
+        }
+    ).summary
     assert at.subheader[0].value == "Forecast: my-plan"
     shown = {m.label: m.value for m in at.metric}
     assert shown["throughput (req/s)"] == f"{expect['throughput']['requests_per_s']:.2f}"
@@ -49,7 +56,12 @@ def test_plan_shows_the_forecast_of_the_chosen_scenario():
     assert table.loc["TPOT", "p99"] == f"{expect['latency_s']['tpot']['p99'] * 1e3:,.1f}"
     assert table.loc["TTFT", "SLO (ms)"] == "500"
     assert "Fits: weights" in at.success[0].value
-    assert {b.label for b in at.get("download_button")} >= {"scenario.yaml", "summary.json", "requests.csv", "timeline.csv"}
+    assert {b.label for b in at.get("download_button")} >= {
+        "scenario.yaml",
+        "summary.json",
+        "requests.csv",
+        "timeline.csv",
+    }
 
 
 def test_plan_changing_gpu_changes_the_numbers():
@@ -58,9 +70,20 @@ def test_plan_changing_gpu_changes_the_numbers():
     before = at.dataframe[0].value.loc["TPOT", "p50"]
     at.selectbox(key="plan.gpu").set_value("a100-80gb-sxm").run()
     no_failure(at)
-    expect = api.forecast({"name": "my-plan", "model": "llama-3.1-8b", "hardware": {"gpu": "a100-80gb-sxm"},
-                           "workload": chat(100), "slo": {"ttft_s": 0.5, "tpot_s": 0.05}}).summary
-    assert at.dataframe[0].value.loc["TPOT", "p50"] == f"{expect['latency_s']['tpot']['p50'] * 1e3:,.1f}" != before
+    expect = api.forecast(
+        {
+            "name": "my-plan",
+            "model": "llama-3.1-8b",
+            "hardware": {"gpu": "a100-80gb-sxm"},
+            "workload": chat(100),
+            "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
+        }
+    ).summary
+    assert (
+        at.dataframe[0].value.loc["TPOT", "p50"]
+        == f"{expect['latency_s']['tpot']['p50'] * 1e3:,.1f}"
+        != before
+    )
 
 
 def test_plan_model_that_does_not_fit_says_so_with_numbers():
@@ -85,7 +108,9 @@ def test_plan_uploads_bad_and_good_config_json():
     at.file_uploader(key="plan.upload").set_value(("config.json", b"{not json", "application/json")).run()
     no_failure(at)
     assert any("not valid JSON" in e.value for e in at.error)
-    at.file_uploader(key="plan.upload").set_value(("config.json", b'{"hidden_size": 64}', "application/json")).run()
+    at.file_uploader(key="plan.upload").set_value(
+        ("config.json", b'{"hidden_size": 64}', "application/json")
+    ).run()
     no_failure(at)
     assert at.error and not at.metric
     good = (Path(api.__file__).parent / "catalogue" / "qwen2.5-0.5b.json").read_bytes()
@@ -118,16 +143,26 @@ def test_compare_three_configurations():
     no_failure(at)
     table = at.dataframe[0].value
     assert list(table.columns) == ["A: 1× t4 int4", "B: 1× a100-80gb-sxm bf16", "C: 1× h100-sxm bf16"]
-    expect = api.forecast({"name": "C", "model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm"},
-                           "serving": {"weight_dtype": "bf16", "max_num_seqs": 256}, "workload": chat(60),
-                           "slo": {"ttft_s": 0.5, "tpot_s": 0.05}}).summary
+    expect = api.forecast(
+        {
+            "name": "C",
+            "model": "llama-3.1-8b",
+            "hardware": {"gpu": "h100-sxm"},
+            "serving": {"weight_dtype": "bf16", "max_num_seqs": 256},
+            "workload": chat(60),
+            "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
+        }
+    ).summary
     ttft = expect["latency_s"]["ttft"]["p99"] * 1e3
-    assert table.loc["TTFT p99 (ms)", "C: 1× h100-sxm bf16"] == (f"{ttft:,.0f}" if ttft >= 1000 else f"{ttft:.4g}")
+    assert table.loc["TTFT p99 (ms)", "C: 1× h100-sxm bf16"] == (
+        f"{ttft:,.0f}" if ttft >= 1000 else f"{ttft:.4g}"
+    )
     notes = [m.value for m in at.markdown if m.value.startswith("- best")]
     assert any(n.startswith("- best TTFT p99 (ms): C: 1× h100-sxm bf16") for n in notes)
     be = at.dataframe[1].value
     assert be.loc["C: 1× h100-sxm bf16", "one copy $/month"] == pytest.approx(
-        expect["cost"]["total_usd"] / expect["throughput"]["duration_s"] * 3600 * 730)
+        expect["cost"]["total_usd"] / expect["throughput"]["duration_s"] * 3600 * 730
+    )
 
 
 def test_compare_bad_override_and_misfit_are_messages():
@@ -149,14 +184,25 @@ def test_capacity_search_and_load_curve():
     at.multiselect(key="cap.dtypes").set_value(["fp8"]).run()
     at.button(key="cap.run").click().run()
     no_failure(at)
-    spec = api.parse_spec({
-        "name": "capacity",
-        "base": {"name": "capacity", "model": "llama-3.1-8b", "workload": chat(80),
-                 "slo": {"ttft_s": 0.5, "tpot_s": 0.05}},
-        "sweep": {"hardware.gpu": ["l4", "h100-sxm"], "hardware.gpus_per_replica": [1],
-                  "serving.weight_dtype": ["fp8"], "serving.max_num_seqs": [256]},
-        "slo_attainment": 0.9, "target_rate_per_s": 10.0,
-    })
+    spec = api.parse_spec(
+        {
+            "name": "capacity",
+            "base": {
+                "name": "capacity",
+                "model": "llama-3.1-8b",
+                "workload": chat(80),
+                "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
+            },
+            "sweep": {
+                "hardware.gpu": ["l4", "h100-sxm"],
+                "hardware.gpus_per_replica": [1],
+                "serving.weight_dtype": ["fp8"],
+                "serving.max_num_seqs": [256],
+            },
+            "slo_attainment": 0.9,
+            "target_rate_per_s": 10.0,
+        }
+    )
     best = api.run_search(spec, "serial").cheapest(10.0, n=1)[0]
     msg = at.success[0].value
     assert msg.startswith(f"Cheapest for 10 req/s: {best.copies_for(10.0)}× ({best.label})")

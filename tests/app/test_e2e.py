@@ -17,10 +17,19 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
 ROOT = Path(__file__).resolve().parents[2]
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -33,9 +42,24 @@ def free_port() -> int:
 def server():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -82,7 +106,11 @@ def test_app_in_headless_chromium(server, tmp_path):
             page.screenshot(path=str(out / "plan.png"), full_page=True)
             text = page.inner_text("body")
             assert "Traceback" not in text and "Error" not in text.split("Forecast")[0]
-            assert "throughput (req/s)" in text and "Fits: weights" in text and "Latency against the SLOs" in text
+            assert (
+                "throughput (req/s)" in text
+                and "Fits: weights" in text
+                and "Latency against the SLOs" in text
+            )
 
             page.get_by_text("Compare", exact=True).first.click()
             page.get_by_text("Side by side").wait_for(timeout=90_000)
@@ -91,6 +119,12 @@ def test_app_in_headless_chromium(server, tmp_path):
             page.screenshot(path=str(out / "compare.png"), full_page=True)
             text = page.inner_text("body")
             assert "Traceback" not in text and "best TTFT p99" in text
+
+            # a page opened by its own URL gets the same four-page navigation
+            page.goto(f"{server}/calibration", timeout=60_000)
+            page.get_by_text("Fit errors", exact=False).first.wait_for(timeout=60_000)
+            nav = page.inner_text("[data-testid='stSidebarNav']").split()
+            assert nav == ["Plan", "Compare", "Capacity", "Calibration"]
         finally:
             browser.close()
     for name in ("plan.png", "compare.png"):

@@ -19,10 +19,16 @@ WORKLOAD = {
 @pytest.fixture(scope="module")
 def forecasts():
     out = {}
-    for label, gpu, model in (("A", "h100-sxm", "llama-3.1-8b"), ("B", "a100-80gb-sxm", "llama-3.1-8b"),
-                              ("C", "t4", "llama-3.1-70b")):
-        out[label] = simulate(parse_scenario({"model": model, "hardware": {"gpu": gpu}, "workload": WORKLOAD,
-                                              "slo": {"ttft_s": 0.5}}))
+    for label, gpu, model in (
+        ("A", "h100-sxm", "llama-3.1-8b"),
+        ("B", "a100-80gb-sxm", "llama-3.1-8b"),
+        ("C", "t4", "llama-3.1-70b"),
+    ):
+        out[label] = simulate(
+            parse_scenario(
+                {"model": model, "hardware": {"gpu": gpu}, "workload": WORKLOAD, "slo": {"ttft_s": 0.5}}
+            )
+        )
     return out
 
 

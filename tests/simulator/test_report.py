@@ -43,7 +43,12 @@ def test_html_is_self_contained_with_four_plots(report):
     assert len(imgs) == 4
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
     assert not re.search(r"(src|href)=['\"]https?:", html)  # nothing fetched from elsewhere
-    for caption in ("Latency CDFs", "latency vs offered load", "Cost per million tokens", "KV-cache occupancy"):
+    for caption in (
+        "Latency CDFs",
+        "latency vs offered load",
+        "Cost per million tokens",
+        "KV-cache occupancy",
+    ):
         assert caption in html
     assert "report-test" in html and "some API" in html
 
@@ -68,7 +73,14 @@ def test_load_curve_brackets_the_max_rate(forecast):
 def test_markdown_references_written_images(report, tmp_path):
     paths = write_report(report, tmp_path)
     names = {p.name for p in paths}
-    assert {"report.html", "report.md", "latency_cdf.png", "latency_vs_load.png", "cost.png", "timelines.png"} <= names
+    assert {
+        "report.html",
+        "report.md",
+        "latency_cdf.png",
+        "latency_vs_load.png",
+        "cost.png",
+        "timelines.png",
+    } <= names
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.markdown):
         assert (tmp_path / name).stat().st_size > 1000
 

@@ -37,7 +37,12 @@ BASE = {
 
 
 def spec(**kw):
-    data = {"name": "t", "base": BASE, "sweep": {"hardware.gpu": ["l4", "h100-sxm"]}, "rate": {"rel_tol": 0.1}}
+    data = {
+        "name": "t",
+        "base": BASE,
+        "sweep": {"hardware.gpu": ["l4", "h100-sxm"]},
+        "rate": {"rel_tol": 0.1},
+    }
     return parse_spec(data | kw)
 
 
@@ -63,7 +68,11 @@ def test_variants_combine_with_the_sweep():
     )
     cfgs = configurations(s)
     assert [c["variant"] for c in cfgs] == ["one", "one", "two", "two"]
-    assert fields_of(s, cfgs[3]) == {"cluster.replicas": 2, "hardware.gpu": "h100-sxm", "serving.max_num_seqs": 256}
+    assert fields_of(s, cfgs[3]) == {
+        "cluster.replicas": 2,
+        "hardware.gpu": "h100-sxm",
+        "serving.max_num_seqs": 256,
+    }
     res = run_search(s, "serial").results
     one, two = res[1], res[3]
     price = {g: load_profile(g).price.usd_per_hour for g in ("l4", "h100-sxm")}
@@ -105,7 +114,9 @@ def test_statuses_for_impossible_configurations():
 
 
 def _r(i, rate, usd):
-    return ConfigResult(i, {"x": i}, "ok", max_rate_per_s=rate, usd_per_hour=usd, usd_per_1m_tokens=usd / max(rate, 1e-9))
+    return ConfigResult(
+        i, {"x": i}, "ok", max_rate_per_s=rate, usd_per_hour=usd, usd_per_1m_tokens=usd / max(rate, 1e-9)
+    )
 
 
 def test_cheapest_and_frontier():
@@ -120,7 +131,9 @@ def test_cheapest_and_frontier():
 
 def _same(r):
     """Everything a result reports, NaN made comparable."""
-    return repr((r.index, r.status, r.max_rate_per_s, r.usd_per_1m_tokens, r.ttft_p90_s, r.tpot_p90_s, r.simulations))
+    return repr(
+        (r.index, r.status, r.max_rate_per_s, r.usd_per_1m_tokens, r.ttft_p90_s, r.tpot_p90_s, r.simulations)
+    )
 
 
 def test_process_pool_matches_serial():
@@ -158,8 +171,13 @@ def test_cli_search_writes_table_and_csv(tmp_path, capsys):
 
     spec_file.write_text(
         yaml.safe_dump(
-            {"name": "cli", "base": BASE, "sweep": {"hardware.gpu": ["l4", "h100-sxm"]}, "target_rate_per_s": 5,
-             "rate": {"rel_tol": 0.1}}
+            {
+                "name": "cli",
+                "base": BASE,
+                "sweep": {"hardware.gpu": ["l4", "h100-sxm"]},
+                "target_rate_per_s": 5,
+                "rate": {"rel_tol": 0.1},
+            }
         )
     )
     rc = main(["search", str(spec_file), "--out", str(tmp_path / "out"), "--workers", "1"])

@@ -3,7 +3,7 @@
 import streamlit as st
 import yaml
 
-from pages.common import (
+from app_pages.common import (
     HANDLED,
     extra_sections,
     gpu_picker,
@@ -54,8 +54,15 @@ with st.sidebar:
 
 if model is None or workload is None:
     st.stop()
-data = {"name": name, "seed": int(seed), "model": model, "hardware": hardware, "serving": serving,
-        "workload": workload, "slo": slo} | extras
+data = {
+    "name": name,
+    "seed": int(seed),
+    "model": model,
+    "hardware": hardware,
+    "serving": serving,
+    "workload": workload,
+    "slo": slo,
+} | extras
 if hosted:
     data["hosted_api"] = hosted
 forecast = run_forecast(data)

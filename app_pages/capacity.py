@@ -6,14 +6,16 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from pages.common import cached_curve, key_of, model_picker, slo_picker, workload_picker
+from app_pages.common import cached_curve, key_of, model_picker, slo_picker, workload_picker
 from simulator import api, plots
 from simulator.errors import ConfigError
 from simulator.search import rows, to_csv
 
 st.title("Capacity")
-st.caption("Each candidate's highest request rate within the SLOs (binary search), the cheapest way to "
-           "serve a target rate, and where each SLO breaks as load grows.")
+st.caption(
+    "Each candidate's highest request rate within the SLOs (binary search), the cheapest way to "
+    "serve a target rate, and where each SLO breaks as load grows."
+)
 
 with st.sidebar:
     st.header("Target")
@@ -25,9 +27,13 @@ with st.sidebar:
 
 st.markdown("**Candidates** (every combination is tried)")
 c1, c2, c3, c4 = st.columns(4)
-gpus = c1.multiselect("GPUs", api.profile_names(), default=["l4", "a100-80gb-sxm", "h100-sxm"], key="cap.gpus")
+gpus = c1.multiselect(
+    "GPUs", api.profile_names(), default=["l4", "a100-80gb-sxm", "h100-sxm"], key="cap.gpus"
+)
 counts = c2.multiselect("GPUs per replica", [1, 2, 4, 8], default=[1], key="cap.counts")
-dtypes = c3.multiselect("weights", ["bf16", "fp16", "fp8", "int8", "int4"], default=["bf16", "fp8"], key="cap.dtypes")
+dtypes = c3.multiselect(
+    "weights", ["bf16", "fp16", "fp8", "int8", "int4"], default=["bf16", "fp8"], key="cap.dtypes"
+)
 seqs = c4.multiselect("max_num_seqs", [16, 32, 64, 128, 256, 512], default=[256], key="cap.seqs")
 
 if model is None or workload is None:
@@ -35,8 +41,12 @@ if model is None or workload is None:
 spec_data = {
     "name": "capacity",
     "base": {"name": "capacity", "model": model, "workload": workload, "slo": slo},
-    "sweep": {"hardware.gpu": gpus, "hardware.gpus_per_replica": counts, "serving.weight_dtype": dtypes,
-              "serving.max_num_seqs": seqs},
+    "sweep": {
+        "hardware.gpu": gpus,
+        "hardware.gpus_per_replica": counts,
+        "serving.weight_dtype": dtypes,
+        "serving.max_num_seqs": seqs,
+    },
     "slo_attainment": attainment,
     "target_rate_per_s": target,
 }
@@ -50,8 +60,11 @@ spec_key = key_of(spec.model_dump(mode="json"))
 if st.button(f"Search {n_configs} configurations", type="primary", key="cap.run"):
     bar = st.progress(0.0, text="searching …")
     try:
-        result = api.run_search(spec, backend="serial",
-                                progress=lambda d, t: bar.progress(d / t, text=f"{d} of {t} configurations"))
+        result = api.run_search(
+            spec,
+            backend="serial",
+            progress=lambda d, t: bar.progress(d / t, text=f"{d} of {t} configurations"),
+        )
         st.session_state["cap.result"] = (spec_key, result)
     except Exception as e:  # noqa: BLE001 - a message in the page, never a traceback
         st.error(f"the search failed: {type(e).__name__}: {e}")
@@ -71,23 +84,37 @@ if best:
         f"each copy sustains {b.max_rate_per_s:.2f} req/s within the SLOs (${b.usd_per_1m_tokens:.3f} per 1M tokens there)."
     )
 else:
-    st.error("No candidate meets the SLOs at any rate; relax the SLOs or add bigger GPUs, more GPUs per replica or lower precision.")
+    st.error(
+        "No candidate meets the SLOs at any rate; relax the SLOs or add bigger GPUs, more GPUs per replica or lower precision."
+    )
 table = pd.DataFrame(rows(result)).set_index("index")
 st.dataframe(table, key="cap.table")
 fr = result.frontier()
 if fr:
-    st.markdown("**Frontier**: no other candidate is cheaper per hour and sustains more — " + "; ".join(
-        f"{r.label} ({r.max_rate_per_s:.2f} req/s, ${r.usd_per_hour:.2f}/h)" for r in fr))
+    st.markdown(
+        "**Frontier**: no other candidate is cheaper per hour and sustains more — "
+        + "; ".join(f"{r.label} ({r.max_rate_per_s:.2f} req/s, ${r.usd_per_hour:.2f}/h)" for r in fr)
+    )
 d1, d2 = st.columns(2)
 d1.download_button("search.csv", to_csv(result), file_name="search.csv", mime="text/csv", key="cap.dl.csv")
-d2.download_button("search spec YAML", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
-                   file_name="search.yaml", mime="application/yaml", key="cap.dl.yaml")
+d2.download_button(
+    "search spec YAML",
+    yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+    file_name="search.yaml",
+    mime="application/yaml",
+    key="cap.dl.yaml",
+)
 
 st.subheader("Latency vs load")
 feasible = {r.label: r for r in result.feasible}
 if not feasible:
     st.stop()
-choice = st.selectbox("configuration", list(feasible), index=list(feasible).index(best[0].label) if best else 0, key="cap.curve.cfg")
+choice = st.selectbox(
+    "configuration",
+    list(feasible),
+    index=list(feasible).index(best[0].label) if best else 0,
+    key="cap.curve.cfg",
+)
 r = feasible[choice]
 data = api.configured(spec.base, r.fields)
 rates = tuple(r.max_rate_per_s * x for x in spec.load_points)
@@ -95,9 +122,26 @@ with st.spinner("simulating the load curve …"):
     curve = cached_curve(json.dumps(data, sort_keys=True), rates)
 for name, rate in curve.breaks_at.items():
     msg = f"{name[:-2].upper()} p90 breaks its {curve.slo[name] * 1e3:g} ms SLO at "
-    st.markdown("- " + msg + (f"**{rate:.3g} req/s**" if rate is not None else f"none of the rates tried (up to {rates[-1]:.3g} req/s)"))
+    st.markdown(
+        "- "
+        + msg
+        + (
+            f"**{rate:.3g} req/s**"
+            if rate is not None
+            else f"none of the rates tried (up to {rates[-1]:.3g} req/s)"
+        )
+    )
 curve_df = pd.DataFrame(
-    [{"rate (req/s)": p.rate_per_s, "TTFT p90 (ms)": p.ttft_p90_s * 1e3, "TPOT p90 (ms)": p.tpot_p90_s * 1e3,
-      "E2E p90 (ms)": p.e2e_p90_s * 1e3, "SLO attainment": p.attainment} for p in curve.probes])
+    [
+        {
+            "rate (req/s)": p.rate_per_s,
+            "TTFT p90 (ms)": p.ttft_p90_s * 1e3,
+            "TPOT p90 (ms)": p.tpot_p90_s * 1e3,
+            "E2E p90 (ms)": p.e2e_p90_s * 1e3,
+            "SLO attainment": p.attainment,
+        }
+        for p in curve.probes
+    ]
+)
 st.pyplot(plots.latency_vs_load(curve, title=choice))
 st.dataframe(curve_df, key="cap.curve.table")

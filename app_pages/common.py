@@ -137,7 +137,8 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
             continue
         choices = _models_in(ann)
         tag_field = _discriminator(choices)
-        if choices and tag_field:  # a union of specs told apart by a Literal field, e.g. a length distribution
+        # a union of specs told apart by a Literal field, e.g. a length distribution
+        if choices and tag_field:
             tags = [typing.get_args(c.model_fields[tag_field].annotation)[0] for c in choices]
             cur = cur if isinstance(cur, dict) else {}
             if optional and not st.checkbox(label, value=bool(cur), key=k + ".on", help=hint):
@@ -150,7 +151,9 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
             continue
         if typing.get_origin(ann) is typing.Literal:
             opts = list(typing.get_args(ann))
-            out[name] = st.selectbox(label, opts, index=opts.index(cur) if cur in opts else 0, key=k, help=hint)
+            out[name] = st.selectbox(
+                label, opts, index=opts.index(cur) if cur in opts else 0, key=k, help=hint
+            )
         elif ann is bool:
             out[name] = st.checkbox(label, value=bool(cur), key=k, help=hint)
         elif ann is int:
@@ -158,7 +161,9 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
             if v is not None or not optional:
                 out[name] = None if v is None else int(v)
         elif ann is float:
-            v = st.number_input(label, value=None if cur is None else float(cur), format="%g", key=k, help=hint)
+            v = st.number_input(
+                label, value=None if cur is None else float(cur), format="%g", key=k, help=hint
+            )
             if v is not None or not optional:
                 out[name] = v
         elif ann is str:
@@ -166,7 +171,9 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
             if v or not optional:
                 out[name] = v
         else:  # anything else: YAML text
-            raw = st.text_input(f"{label} (YAML)", value="" if cur is None else yaml.safe_dump(cur).strip(), key=k, help=hint)
+            raw = st.text_input(
+                f"{label} (YAML)", value="" if cur is None else yaml.safe_dump(cur).strip(), key=k, help=hint
+            )
             if raw.strip():
                 try:
                     out[name] = yaml.safe_load(raw)
@@ -183,12 +190,22 @@ def extra_sections(base: dict, key: str) -> dict:
             continue
         ann, optional = _unwrap(f.annotation)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            if optional and not st.checkbox(name.replace("_", " "), value=base.get(name) is not None, key=f"{key}.{name}.on", help=f.description):
+            if optional and not st.checkbox(
+                name.replace("_", " "),
+                value=base.get(name) is not None,
+                key=f"{key}.{name}.on",
+                help=f.description,
+            ):
                 continue
             st.caption(name.replace("_", " "))
             out[name] = model_form(ann, base.get(name) or _default(f), f"{key}.{name}")
         else:
-            raw = st.text_input(f"{name} (YAML)", value=yaml.safe_dump(base[name]).strip() if name in base else "", key=f"{key}.{name}", help=f.description)
+            raw = st.text_input(
+                f"{name} (YAML)",
+                value=yaml.safe_dump(base[name]).strip() if name in base else "",
+                key=f"{key}.{name}",
+                help=f.description,
+            )
             if raw.strip():
                 out[name] = yaml.safe_load(raw)
     return out
@@ -200,7 +217,9 @@ def model_picker(key: str, default: str = "llama-3.1-8b") -> str | None:
     source = st.radio("model from", ["catalogue", "upload config.json"], horizontal=True, key=f"{key}.src")
     names = api.catalogue_names()
     if source == "catalogue":
-        return st.selectbox("model", names, index=names.index(default) if default in names else 0, key=f"{key}.model")
+        return st.selectbox(
+            "model", names, index=names.index(default) if default in names else 0, key=f"{key}.model"
+        )
     up = st.file_uploader("Hugging Face config.json", type=["json"], key=f"{key}.upload")
     if up is None:
         st.info("Upload a config.json, or pick a catalogue model.")
@@ -236,29 +255,61 @@ def workload_picker(key: str, presets_only: bool = False) -> dict | None:
         name = st.selectbox("preset", list(api.WORKLOADS), key=f"{key}.preset")
         w = json.loads(json.dumps(api.WORKLOADS[name]))
         rate = w["arrival"].get("rate_per_s")
-        r = st.number_input("arrival rate (req/s)", min_value=0.0, value=rate, format="%g", key=f"{key}.rate",
-                            help="empty: the trace's own arrival times")
+        r = st.number_input(
+            "arrival rate (req/s)",
+            min_value=0.0,
+            value=rate,
+            format="%g",
+            key=f"{key}.rate",
+            help="empty: the trace's own arrival times",
+        )
         if r:
             w["arrival"]["rate_per_s"] = float(r)
-        n = st.number_input("requests", min_value=1, max_value=1_000_000, value=w["num_requests"], step=50, key=f"{key}.n")
+        n = st.number_input(
+            "requests", min_value=1, max_value=1_000_000, value=w["num_requests"], step=50, key=f"{key}.n"
+        )
         w["num_requests"] = int(n)
         return w
     if mode == "generated":
-        return model_form(Workload, api.WORKLOADS["chat (Poisson, lognormal lengths)"] | {"trace": None}, f"{key}.gen", skip=("trace",))
-    up = st.file_uploader("trace (CSV or JSONL: arrival time, prompt and output token counts)", type=["csv", "jsonl"], key=f"{key}.trace")
+        return model_form(
+            Workload,
+            api.WORKLOADS["chat (Poisson, lognormal lengths)"] | {"trace": None},
+            f"{key}.gen",
+            skip=("trace",),
+        )
+    up = st.file_uploader(
+        "trace (CSV or JSONL: arrival time, prompt and output token counts)",
+        type=["csv", "jsonl"],
+        key=f"{key}.trace",
+    )
     if up is None:
-        st.info("Upload a trace: vidur/splitwise CSV (arrived_at, num_prefill_tokens, num_decode_tokens), "
-                "Azure CSV (TIMESTAMP, ContextTokens, GeneratedTokens) or Mooncake JSONL.")
+        st.info(
+            "Upload a trace: vidur/splitwise CSV (arrived_at, num_prefill_tokens, num_decode_tokens), "
+            "Azure CSV (TIMESTAMP, ContextTokens, GeneratedTokens) or Mooncake JSONL."
+        )
         return None
     path = save_upload(up, ".jsonl" if up.name.endswith(".jsonl") else ".csv")
     own = st.checkbox("use the trace's arrival times", value=True, key=f"{key}.own")
     arrival = {"process": "trace"} if own else {"process": "poisson"}
-    r = st.number_input("arrival rate (req/s)", min_value=0.0, value=None if own else 2.0, format="%g", key=f"{key}.trate",
-                        help="with the trace's times: rescale them to this mean rate (empty: as recorded)")
+    r = st.number_input(
+        "arrival rate (req/s)",
+        min_value=0.0,
+        value=None if own else 2.0,
+        format="%g",
+        key=f"{key}.trate",
+        help="with the trace's times: rescale them to this mean rate (empty: as recorded)",
+    )
     if r:
         arrival["rate_per_s"] = float(r)
-    n = st.number_input("requests (empty: the trace's rows)", min_value=1, value=None, step=50, key=f"{key}.tn")
-    w = {"trace": path, "arrival": arrival, "prompt_tokens": {"dist": "trace"}, "output_tokens": {"dist": "trace"}}
+    n = st.number_input(
+        "requests (empty: the trace's rows)", min_value=1, value=None, step=50, key=f"{key}.tn"
+    )
+    w = {
+        "trace": path,
+        "arrival": arrival,
+        "prompt_tokens": {"dist": "trace"},
+        "output_tokens": {"dist": "trace"},
+    }
     if n:
         w["num_requests"] = int(n)
     return w
@@ -271,7 +322,9 @@ def slo_picker(key: str, ttft_s: float = 0.5, tpot_s: float = 0.05) -> dict:
 def hosted_api_picker(key: str, on: bool = False) -> dict | None:
     if not st.checkbox("compare with a hosted API price", value=on, key=f"{key}.api.on"):
         return None
-    return model_form(HostedApi, {"name": "hosted API", "usd_per_1m_input": 0.2, "usd_per_1m_output": 0.6}, f"{key}.api")
+    return model_form(
+        HostedApi, {"name": "hosted API", "usd_per_1m_input": 0.2, "usd_per_1m_output": 0.6}, f"{key}.api"
+    )
 
 
 # ---------------------------------------------------------------- drawing a forecast
@@ -285,7 +338,9 @@ def show_fit(f: api.Forecast, label: str = "") -> None:
     if f.fits:
         st.success(f"{who}Fits: {mem['explain']} ({mem['kv_tokens']:,} tokens of KV cache)")
     else:
-        st.error(f"{who}Does not fit: {mem['explain']}. Try more GPUs per replica, a smaller weight dtype or a bigger GPU.")
+        st.error(
+            f"{who}Does not fit: {mem['explain']}. Try more GPUs per replica, a smaller weight dtype or a bigger GPU."
+        )
 
 
 def show_forecast(f: api.Forecast) -> None:
@@ -303,7 +358,12 @@ def show_forecast(f: api.Forecast) -> None:
         cols = st.columns(5)
         cols[0].metric("throughput (req/s)", f"{t['requests_per_s']:.2f}")
         cols[1].metric("output tokens/s", f"{t['output_tokens_per_s']:,.0f}")
-        cols[2].metric("goodput (req/s)", f"{g['requests_per_s']:.2f}", f"{g['fraction']:.1%} meet SLOs", delta_color="off")
+        cols[2].metric(
+            "goodput (req/s)",
+            f"{g['requests_per_s']:.2f}",
+            f"{g['fraction']:.1%} meet SLOs",
+            delta_color="off",
+        )
         cols[3].metric("$ per 1M tokens", f"{c['usd_per_1m_tokens']:.3f}")
         cols[4].metric("KV peak occupancy", f"{kv['peak_occupancy']:.1%}")
         st.caption(
@@ -313,8 +373,10 @@ def show_forecast(f: api.Forecast) -> None:
         )
         if "hosted_api" in c:
             h = c["hosted_api"]
-            st.info(f"vs {h['name']}: the same tokens cost ${h['same_tokens_usd']:.2f} there and ${c['total_usd']:.2f} "
-                    f"self-hosted ({h['self_hosted_over_api']:.2f}×).")
+            st.info(
+                f"vs {h['name']}: the same tokens cost ${h['same_tokens_usd']:.2f} there and ${c['total_usd']:.2f} "
+                f"self-hosted ({h['self_hosted_over_api']:.2f}×)."
+            )
         st.markdown("**Latency against the SLOs**")
         st.dataframe(latency_frame(f))
         missed = [row[0] for row in latency_rows(f) if row[-1] == "misses"]
@@ -344,4 +406,6 @@ def downloads(f: api.Forecast) -> None:
                 st.session_state["report.html"] = (sc_json, cached_report_html(sc_json))
         got = st.session_state.get("report.html")
         if got and got[0] == sc_json:
-            cols[-1].download_button("report.html", got[1], file_name="report.html", mime="text/html", key="dl.report")
+            cols[-1].download_button(
+                "report.html", got[1], file_name="report.html", mime="text/html", key="dl.report"
+            )

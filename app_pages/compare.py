@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from pages.common import model_picker, run_forecast, show_fit, slo_picker, workload_picker
+from app_pages.common import model_picker, run_forecast, show_fit, slo_picker, workload_picker
 from simulator import api
 
 DEFAULTS = [("t4", 1, "int4"), ("a100-80gb-sxm", 1, "bf16"), ("h100-sxm", 1, "bf16"), ("h100-sxm", 1, "fp8")]
@@ -32,14 +32,24 @@ for i, col in enumerate(st.columns(int(n))):
     with col:
         names = api.profile_names()
         gpu = st.selectbox("GPU", names, index=names.index(gpu0), key=f"cmp.{i}.gpu")
-        count = st.number_input("GPUs per replica", min_value=1, max_value=64, value=count0, key=f"cmp.{i}.gpus")
+        count = st.number_input(
+            "GPUs per replica", min_value=1, max_value=64, value=count0, key=f"cmp.{i}.gpus"
+        )
         dtype = st.selectbox("weights", DTYPES, index=DTYPES.index(dtype0), key=f"cmp.{i}.dtype")
         seqs = st.number_input("max_num_seqs", min_value=1, value=256, key=f"cmp.{i}.seqs")
-        extra = st.text_area("other fields (YAML, e.g. serving: {kv_dtype: fp8})", value="", key=f"cmp.{i}.extra", height=68)
+        extra = st.text_area(
+            "other fields (YAML, e.g. serving: {kv_dtype: fp8})", value="", key=f"cmp.{i}.extra", height=68
+        )
     label = f"{chr(65 + i)}: {count}× {gpu} {dtype}"
-    data = {"name": label, "model": model, "hardware": {"gpu": gpu, "gpus_per_replica": int(count)},
-            "serving": {"weight_dtype": dtype, "max_num_seqs": int(seqs)}, "workload": workload, "slo": slo,
-            "hosted_api": {"name": api_name, "usd_per_1m_input": api_in, "usd_per_1m_output": api_out}}
+    data = {
+        "name": label,
+        "model": model,
+        "hardware": {"gpu": gpu, "gpus_per_replica": int(count)},
+        "serving": {"weight_dtype": dtype, "max_num_seqs": int(seqs)},
+        "workload": workload,
+        "slo": slo,
+        "hosted_api": {"name": api_name, "usd_per_1m_input": api_in, "usd_per_1m_output": api_out},
+    }
     try:
         more = yaml.safe_load(extra) if extra.strip() else {}
         if not isinstance(more, dict):
@@ -85,7 +95,9 @@ def _show(metric: str, v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-shown = pd.DataFrame({c: [_show(m, v) for m, v in table[c].items()] for c in table.columns}, index=table.index)
+shown = pd.DataFrame(
+    {c: [_show(m, v) for m, v in table[c].items()] for c in table.columns}, index=table.index
+)
 st.dataframe(shown, key="cmp.table", height=35 * (len(shown) + 1) + 3)
 st.subheader("Differences")
 for note in api.differences(forecasts):
@@ -97,24 +109,41 @@ for label, f in forecasts.items():
     be = api.break_even(f, api_in, api_out)
     if be is None:
         continue
-    rows.append({
-        "configuration": label,
-        "self-hosted $ per 1M tokens": f.summary["cost"]["usd_per_1m_tokens"],
-        f"{api_name} $ per 1M tokens": be.api_usd_per_1m_tokens,
-        "one copy $/month": be.self_hosted_usd_per_month,
-        "break-even tokens/month": be.tokens_per_month,
-        "break-even req/s": be.requests_per_s,
-        "served at this load, tokens/month": be.served_tokens_per_month,
-        "pays off at this load": "yes" if be.pays_off_at_simulated_load else "no",
-    })
+    rows.append(
+        {
+            "configuration": label,
+            "self-hosted $ per 1M tokens": f.summary["cost"]["usd_per_1m_tokens"],
+            f"{api_name} $ per 1M tokens": be.api_usd_per_1m_tokens,
+            "one copy $/month": be.self_hosted_usd_per_month,
+            "break-even tokens/month": be.tokens_per_month,
+            "break-even req/s": be.requests_per_s,
+            "served at this load, tokens/month": be.served_tokens_per_month,
+            "pays off at this load": "yes" if be.pays_off_at_simulated_load else "no",
+        }
+    )
 if rows:
     st.dataframe(pd.DataFrame(rows).set_index("configuration"))
-    st.caption("Break-even: the monthly token volume at which one copy running around the clock costs what "
-               "the API would charge for the same tokens (this workload's input/output mix).")
+    st.caption(
+        "Break-even: the monthly token volume at which one copy running around the clock costs what "
+        "the API would charge for the same tokens (this workload's input/output mix)."
+    )
 
 st.download_button(
-    "scenarios.yaml", yaml.safe_dump_all([f.scenario.model_dump(mode="json", exclude_none=True) for f in forecasts.values()], sort_keys=False),
-    file_name="scenarios.yaml", mime="application/yaml", key="cmp.dl.yaml")
-st.download_button("comparison.csv", table.to_csv(), file_name="comparison.csv", mime="text/csv", key="cmp.dl.csv")
-st.download_button("summaries.json", json.dumps({k: f.summary for k, f in forecasts.items()}, indent=2, default=str),
-                   file_name="summaries.json", mime="application/json", key="cmp.dl.json")
+    "scenarios.yaml",
+    yaml.safe_dump_all(
+        [f.scenario.model_dump(mode="json", exclude_none=True) for f in forecasts.values()], sort_keys=False
+    ),
+    file_name="scenarios.yaml",
+    mime="application/yaml",
+    key="cmp.dl.yaml",
+)
+st.download_button(
+    "comparison.csv", table.to_csv(), file_name="comparison.csv", mime="text/csv", key="cmp.dl.csv"
+)
+st.download_button(
+    "summaries.json",
+    json.dumps({k: f.summary for k, f in forecasts.items()}, indent=2, default=str),
+    file_name="summaries.json",
+    mime="application/json",
+    key="cmp.dl.json",
+)
