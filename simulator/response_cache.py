@@ -15,10 +15,10 @@ from simulator.scenario import ResponseCache
 SEED_SALT = 0x5CAC4E  # separates this stream from the workload's
 
 
-def draw_hits(spec: ResponseCache, n: int, seed: int) -> np.ndarray:
-    """Which of n requests the cache answers."""
+def draw_hits(spec: ResponseCache, n: int, seed: int, class_rates: np.ndarray | None = None) -> np.ndarray:
+    """Which of n requests the cache answers (`class_rates`: a hit rate per request, from its class)."""
     rng = np.random.default_rng([seed, SEED_SALT])
-    return rng.random(n) < spec.hit_rate
+    return rng.random(n) < (spec.hit_rate if class_rates is None else class_rates)
 
 
 def front(env, hits: np.ndarray, table, route, on_finish=None):

@@ -114,6 +114,9 @@ class TrafficClass(_Spec):
         le=1,
         description="speculative decoding acceptance rate for this class (default: serving's)",
     )
+    response_cache_hit_rate: float | None = Field(
+        None, ge=0, le=1, description="this class's response-cache hit rate (default: response_cache.hit_rate)"
+    )
 
 
 class Workload(_Spec):

@@ -220,7 +220,17 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
     ok, rejected, reasons = _eligibility(scenario, model, groups, reqs)
     table.rejected[:] = rejected
     cache = scenario.response_cache
-    hits = draw_hits(cache, len(reqs), scenario.seed) & ~rejected if cache is not None else None
+    hits = None
+    if cache is not None:
+        rates = None
+        classes = scenario.workload.classes or []
+        if reqs.class_id is not None and any(c.response_cache_hit_rate is not None for c in classes):
+            per_class = [
+                cache.hit_rate if c.response_cache_hit_rate is None else c.response_cache_hit_rate
+                for c in classes
+            ]
+            rates = np.asarray(per_class)[reqs.class_id]
+        hits = draw_hits(cache, len(reqs), scenario.seed, rates) & ~rejected
     lookup = cache.lookup_latency_s if cache is not None else 0.0
 
     # routing

@@ -46,3 +46,28 @@ def test_hits_lower_latency_and_cost_per_token():
     assert c["utilisation"]["busy_fraction"] <= b["utilisation"]["busy_fraction"]
     assert c["cost"]["usd_per_1m_tokens"] <= b["cost"]["usd_per_1m_tokens"] * 1.01
     assert c["latency_s"]["e2e"]["p50"] < 0.5 * b["latency_s"]["e2e"]["p50"]
+
+
+def test_hit_rate_per_class():
+    from simulator.scenario import parse_scenario
+    from simulator.simulation import simulate
+
+    sc = parse_scenario(
+        {
+            "model": "llama-3.1-8b",
+            "response_cache": {"hit_rate": 0.0, "lookup_latency_s": 0.01},
+            "workload": {
+                "arrival": {"process": "poisson", "rate_per_s": 5},
+                "num_requests": 2000,
+                "classes": [
+                    {"name": "faq", "share": 1, "response_cache_hit_rate": 0.8},
+                    {"name": "open", "share": 1},
+                ],
+            },
+        }
+    )
+    f = simulate(sc)
+    t = f.table
+    cached = t.replica == -1
+    assert cached[t.class_id == 0].mean() == pytest.approx(0.8, abs=0.04)
+    assert not cached[t.class_id == 1].any()
