@@ -8,8 +8,9 @@ then does the KV cross the link, taking latency + bytes / bandwidth, one transfe
 busy link. When the KV has landed, the sequence joins the decode batch at the next step boundary
 and the prefill replica frees its blocks.
 
-Conditional disaggregation: prompts of at most `local_prefill_max_tokens` tokens skip the prefill pool
-and are prefilled by the decode replica itself (their transfer would cost more than it saves).
+Conditional disaggregation: prompts with at most `local_prefill_max_tokens` tokens left to compute
+(short, or mostly in a decode replica's prefix cache) skip the prefill pool and are prefilled by the
+decode replica itself (their transfer would cost more than it saves).
 
 A link is FIFO with known service times, so a transfer's completion time is known when it starts;
 that is the same queue a `simpy.Resource` of capacity 1 would give, and the decode replica needs
@@ -99,6 +100,7 @@ class Disaggregated:
         self.start_s = np.full(n, np.nan)  # transfer got the link
         self.done_s = np.full(n, np.nan)  # KV landed on the decode replica
         self.bytes = 0.0
+        self.local = 0  # requests prefilled on the decode pool
         for p in prefill:
             p.handoff = self._handoff_from(p)
         for d in decode:
@@ -110,11 +112,27 @@ class Disaggregated:
 
     # ------------------------------------------------------------------ entry
     def route(self, rid: int) -> None:
-        """A new request: short prompts stay on the decode pool, the rest go to the prefill pool."""
-        if self.table.prompt_tokens[rid] <= self.spec.local_prefill_max_tokens:
+        """A new request: prompts with at most local_prefill_max_tokens to compute (short ones, or ones
+        mostly in a decode replica's prefix cache) stay on the decode pool; the rest go to the prefill pool."""
+        todo = int(self.table.prompt_tokens[rid])
+        limit = self.spec.local_prefill_max_tokens
+        if limit and todo > limit:
+            todo -= max(self._cached_tokens(d, rid) for d in self.decode)
+        if todo <= limit:
+            self.local += 1
             self.decode_router.route(rid)
         else:
             self.prefill_router.route(rid)
+
+    @staticmethod
+    def _cached_tokens(d: Replica, rid: int) -> int:
+        """Prompt tokens of `rid` that decode replica d holds in its prefix cache now."""
+        sched = d.scheduler
+        if not sched.block_keys:
+            return 0
+        prompt = int(d.table.prompt_tokens[rid])
+        keys = sched.block_keys(rid, prompt)
+        return sched.pool.match(keys, (prompt - 1) // sched.B) * sched.B if keys else 0
 
     # ------------------------------------------------------------------ prefill side
     def _handoff_from(self, p: Replica):
@@ -206,9 +224,7 @@ class Disaggregated:
 
         return {
             "transfers": int(sent.sum()),
-            "local_prefills": int(
-                (np.asarray(self.table.prompt_tokens) <= self.spec.local_prefill_max_tokens).sum()
-            ),
+            "local_prefills": self.local,
             "kv_gib": self.bytes / 2**30,
             "handoff_to_kv_landed_s": {
                 "mean": float(total.mean()) if len(total) else math.nan,

@@ -120,3 +120,39 @@ def test_disaggregation_removes_prefill_stalls_from_decode():
     assert d["itl"]["p99"] < 0.5 * c["itl"]["p99"]
     assert d["tpot"]["p50"] < c["tpot"]["p50"]
     assert disagg.summary["hardware"]["gpus"] == colocated.summary["hardware"]["gpus"] == 2
+
+
+def test_mostly_cached_prompts_stay_on_the_decode_pool():
+    from simulator.scenario import parse_scenario
+    from simulator.simulation import simulate
+
+    sc = parse_scenario(
+        {
+            "model": "llama-3.1-8b",
+            "serving": {"prefix_caching": True},
+            "disaggregation": {
+                "prefill": {"gpu": "h100-sxm", "count": 1},
+                "decode": {"gpu": "h100-sxm", "count": 1},
+                "link": {"bandwidth_gbps": 50, "latency_s": 0.001},
+                "local_prefill_max_tokens": 256,
+            },
+            "workload": {
+                "arrival": {"process": "poisson", "rate_per_s": 2},
+                "num_requests": 200,
+                "classes": [
+                    {
+                        "name": "assistant",
+                        "share": 1,
+                        "shared_prefix_tokens": 3000,
+                        "prompt_tokens": {"dist": "fixed", "value": 100},
+                        "output_tokens": {"dist": "fixed", "value": 50},
+                    }
+                ],
+            },
+        }
+    )
+    d = simulate(sc).summary["disaggregation"]
+    # 3,100-token prompts go to the prefill pool only until a transferred prompt has finished on the
+    # decode replica and left the system prompt in its prefix cache; then 100 tokens are left to compute
+    assert d["local_prefills"] + d["transfers"] == 200
+    assert d["local_prefills"] > 190 and d["transfers"] >= 1
