@@ -236,3 +236,11 @@ def test_calibration_lists_profiles_and_fit_errors():
         at.selectbox(key="cal.profile").set_value(plain[0]).run()
         no_failure(at)
         assert any("datasheet profile" in i.value for i in at.info)
+
+
+def test_plan_builds_the_html_report_for_download():
+    at = app()
+    at.number_input(key="plan.n").set_value(80).run()
+    at.button(key="report.build").click().run()
+    no_failure(at)
+    assert "report.html" in {b.label for b in at.get("download_button")}

@@ -99,10 +99,10 @@ def test_app_in_headless_chromium(server, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         try:
-            page.goto(server, timeout=60_000)
-            page.get_by_text("Forecast: my-plan").wait_for(timeout=90_000)
-            page.get_by_text("Latency against the SLOs").wait_for(timeout=30_000)
-            page.locator("[data-testid='stDownloadButton']").first.wait_for(timeout=30_000)
+            page.goto(server, timeout=120_000)
+            page.get_by_text("Forecast: my-plan").wait_for(timeout=120_000)
+            page.get_by_text("Latency against the SLOs").wait_for(timeout=60_000)
+            page.locator("[data-testid='stDownloadButton']").first.wait_for(timeout=60_000)
             page.wait_for_timeout(1500)  # let the charts draw
             page.screenshot(path=str(out / "plan.png"), full_page=True)
             text = page.inner_text("body")
@@ -114,16 +114,16 @@ def test_app_in_headless_chromium(server, tmp_path):
             )
 
             page.get_by_text("Compare", exact=True).first.click()
-            page.get_by_text("Side by side").wait_for(timeout=90_000)
-            page.get_by_text("break-even", exact=False).first.wait_for(timeout=30_000)
+            page.get_by_text("Side by side").wait_for(timeout=120_000)
+            page.get_by_text("break-even", exact=False).first.wait_for(timeout=60_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(out / "compare.png"), full_page=True)
             text = page.inner_text("body")
             assert "Traceback" not in text and "best TTFT p99" in text
 
             # a page opened by its own URL gets the same four-page navigation
-            page.goto(f"{server}/calibration", timeout=60_000)
-            page.get_by_text("Fit errors", exact=False).first.wait_for(timeout=60_000)
+            page.goto(f"{server}/calibration", timeout=120_000)
+            page.get_by_text("Fit errors", exact=False).first.wait_for(timeout=120_000)
             nav = page.inner_text("[data-testid='stSidebarNav']").split()
             assert nav == ["Plan", "Compare", "Capacity", "Calibration"]
         finally:

@@ -151,7 +151,10 @@ def test_every_figure_has_a_source(name, profiles):
     assert len(p.price.source) > 20
 
 
-@pytest.mark.parametrize("name", sorted(set(SHIPPED) - {"h100-sxm"}))
+CALIBRATED = {"h100-sxm", "h200"}  # measured with python -m calibrate on those GPUs
+
+
+@pytest.mark.parametrize("name", sorted(set(SHIPPED) - CALIBRATED))
 def test_datasheet_profiles_say_their_efficiencies_are_transferred(name, profiles):
     p = profiles[name]
     assert p.calibration is not None and p.calibration.status == "transferred" and p.calibration.notes
@@ -160,8 +163,24 @@ def test_datasheet_profiles_say_their_efficiencies_are_transferred(name, profile
     assert "transferred from H100 measurements, not measured on this GPU" in header
 
 
-def test_h100_template_has_no_transferred_block(profiles):
-    assert profiles["h100-sxm"].calibration is None
+@pytest.mark.parametrize("name", sorted(CALIBRATED))
+def test_calibrated_profiles_carry_their_provenance(name, profiles):
+    p = profiles[name]
+    c = p.calibration
+    assert p.is_calibrated and c.status == "measured" and c.date and name.split("-")[0].upper() in c.gpu
+    extra = c.model_extra or {}
+    assert extra["measurements"]["ok"] > 100 and extra["measurements"]["error"] == 0
+    step = extra["fit_errors_pct"]["step"]
+    assert step["holdout"]["median_pct"] < 5.0
+    assert 0.5 < extra["ceilings"]["copy_fraction_of_datasheet"] <= 1.0
+
+
+def test_transferred_profiles_use_the_h100_measured_curves(profiles):
+    h100 = profiles["h100-sxm"].efficiency
+    for name in ("t4", "l4", "a10g", "a100-40gb", "a100-80gb-sxm", "h100-pcie", "b200"):
+        e = profiles[name].efficiency
+        assert e.gemm.compute == pytest.approx(h100.gemm.compute, rel=1e-3), name
+        assert e.attention_decode.memory == pytest.approx(h100.attention_decode.memory, rel=1e-3), name
 
 
 # ------------------------------------------------------------------ bad input
