@@ -67,6 +67,7 @@ class Batch:
     decode_context: int = 0
     spec_k: int = 0  # > 0: the decodes are speculative rounds of k drafted tokens, verified together
     spec_tokens: int = 0  # tokens the rounds yielded (set when the step completes)
+    spec_reserved: int = 0  # blocks held for the round until its accepted tokens are known
     preempted: list[Sequence] = field(default_factory=list)
     shape: BatchShape = field(default_factory=BatchShape)
 
@@ -299,6 +300,8 @@ class Scheduler:
         if self._spec_now():
             n, k = self.n_decoding, self.spec[0]
             b.spec_k, b.num_decodes, b.decode_context = k, n, self.decode_context
+            b.spec_reserved = self._spec_blocks(k + 1)
+            self.pool.allocate(b.spec_reserved)  # room for every draft to be accepted; the rest is returned
             budget -= n * (k + 1)
         elif self.n_decoding:
             need = self.phase[self.dstep % self.B]
@@ -340,9 +343,15 @@ class Scheduler:
         return (
             self.n_decoding * per_seq <= self.pool.free
             and self.n_decoding * (self.spec[0] + 1) <= self.max_tokens
+            and self._spec_blocks(self.spec[0] + 1) <= self.pool.free
         )
 
-    def _spec_round(self) -> int:
+    def _spec_blocks(self, tokens: int) -> int:
+        """New blocks the decoding sequences need if each gains `tokens` tokens."""
+        B, d = self.B, self.dstep
+        return sum(-(-(s.c + d - 1 + tokens) // B) - -(-(s.c + d - 1) // B) for s in self.running if s.decoding)
+
+    def _spec_round(self, reserved: int) -> int:
         """Verify one round for every decoding sequence; returns the tokens yielded."""
         k, _, alpha, rng = self.spec
         B, d, ph = self.B, self.dstep, self.phase
@@ -363,7 +372,7 @@ class Scheduler:
                 s.epoch += 1
                 s.finish_at = d + 1 + s.output - gen - t
                 heapq.heappush(self.finish_heap, (s.finish_at, s.rid, s.epoch, s))
-        self.pool.allocate(new_blocks)
+        self.pool.release(reserved - new_blocks)
         self.spec_rounds += self.n_decoding
         self.spec_yield += tokens
         return tokens
@@ -444,7 +453,7 @@ class Scheduler:
         """Apply a finished step: prompt progress, sampled tokens, finishes."""
         first, finished = [], []
         if b.spec_k:
-            b.spec_tokens = self._spec_round()
+            b.spec_tokens = self._spec_round(b.spec_reserved)
         if b.num_decodes:
             self.dstep += 1
             finished += self._pop_finished()

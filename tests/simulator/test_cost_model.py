@@ -34,8 +34,9 @@ def test_chunk_pairs_matches_brute_force(prior, chunk, window):
 def test_prefill_time_grows_with_prompt(cm):
     times = [cm.step_time(prefill(n)) for n in (1, 16, 128, 512, 2048, 8192, 16384)]
     assert all(b > a for a, b in zip(times, times[1:]))
-    # long prompts are compute bound: doubling the prompt roughly doubles the time (attention adds a bit more)
-    assert 1.9 < times[-1] / times[-2] < 2.4
+    # long prompts are compute bound: doubling the prompt roughly doubles the time; causal attention,
+    # quadratic in the prompt, adds more (a 16k prompt's attention is ~30% of its FLOPs on Llama-3.1-8B)
+    assert 1.9 < times[-1] / times[-2] < 2.6
 
 
 def test_decode_time_grows_with_batch_and_context(cm):
