@@ -104,7 +104,20 @@ FULL = {("D", 0.5): 300_000, ("D", 0.7): 800_000, ("D", 0.9): 4_000_000,
         ("G", 0.5): 600_000, ("G", 0.7): 1_500_000, ("G", 0.9): 4_000_000}  # fmt: skip
 
 
+def pin_profile() -> None:
+    """Use a frozen copy of the profile for the whole run, so a recalibration mid-run cannot mix two."""
+    global GPU
+    import tempfile
+
+    from simulator.hardware import write_profile
+
+    path = Path(tempfile.mkdtemp()) / f"{GPU}.yaml"
+    write_profile(load_profile(GPU), path)
+    GPU = str(path)
+
+
 def main() -> None:
+    pin_profile()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a tenth of the requests")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "queueing.md"))
