@@ -100,8 +100,8 @@ def test_app_in_headless_chromium(server, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         try:
             page.goto(server, timeout=120_000)
-            page.get_by_text("Forecast: my-plan").wait_for(timeout=120_000)
-            page.get_by_text("Latency against the SLOs").wait_for(timeout=60_000)
+            page.get_by_text("Forecast: my-plan").first.wait_for(timeout=120_000)
+            page.get_by_text("Latency against the SLOs").first.wait_for(timeout=60_000)
             page.locator("[data-testid='stDownloadButton']").first.wait_for(timeout=60_000)
             page.wait_for_timeout(1500)  # let the charts draw
             page.screenshot(path=str(out / "plan.png"), full_page=True)
@@ -114,7 +114,7 @@ def test_app_in_headless_chromium(server, tmp_path):
             )
 
             page.get_by_text("Compare", exact=True).first.click()
-            page.get_by_text("Side by side").wait_for(timeout=120_000)
+            page.get_by_text("Side by side").first.wait_for(timeout=120_000)
             page.get_by_text("break-even", exact=False).first.wait_for(timeout=60_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(out / "compare.png"), full_page=True)
