@@ -133,10 +133,12 @@ def cmd_gpus(_: argparse.Namespace) -> int:
     for name in profile_names():
         p = load_profile(name)
         pk = p.peak_tflops
-        status = "calibrated" if p.is_calibrated else "datasheet"
+        status = "calibrated" if p.is_calibrated else (
+            "datasheet, efficiencies transferred" if p.calibration is not None else "datasheet"
+        )
         print(
             f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
-            f"{(pk.fp8 or 0):>8.0f}{p.price.usd_per_hour:>7.2f}  {status}"
+            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status}"
         )
     return 0
 
