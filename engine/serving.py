@@ -1,0 +1,528 @@
+"""A real continuous-batching serving loop: replay a workload on the model, batches from the simulator's scheduler.
+
+Requests enter at their arrival times (wall clock since the start); at every step boundary the very same
+`simulator.scheduler.Scheduler` the SimPy replica uses decides the batch (DESIGN.md, "one scheduler,
+two executors"), and the `Executor` here runs it: each sequence owns a contiguous region of the
+model's KV pool (engine/attention.py) from its start to its finish or preemption (recomputed later),
+prefill and mixed steps run eagerly, decode-only steps replay CUDA graphs captured per padded batch
+size, and the next token is the argmax of the real logits. Every request gets the records the
+simulator writes (a `RequestTable` and `StepStats`), plus the time of each of its tokens, so
+`simulator.metrics.summarize` reads a real run exactly as it reads a forecast.
+
+Host work per step is O(batch): the scheduler's batch, the per-sequence inputs as numpy arrays, one
+device copy of the step's metadata, one synchronisation (after the sampled ids are copied back: the
+tokens' timestamp), and vectorised bookkeeping. The engine ignores EOS: a request generates exactly
+its output length, as in the simulator.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine.attention import (
+    StepLayout,
+    device_sms,
+    make_layout,
+    plan_decode_units,
+    unit_capacity,
+    unit_target,
+)
+from engine.model import Transformer
+from engine.steps import capture_sizes
+from simulator.kv_cache import BlockPool
+from simulator.records import RequestTable, StepStats
+from simulator.scheduler import Batch, Scheduler, Sequence
+from simulator.workload import Requests
+
+IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
+
+
+# ---------------------------------------------------------------------------------------------- KV regions
+class Regions:
+    """First-fit allocator of contiguous token regions in the engine's KV pool, one per running sequence.
+
+    The scheduler's `BlockPool` decides admission and preemption (it is what the simulator counts); this
+    only places each admitted sequence's region, sized for its final length (prompt + output), so the
+    engine's pool must hold somewhat more than the scheduler's blocks (see `physical_tokens`).
+    """
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.starts: list[int] = [0]  # free segments, sorted by start
+        self.sizes: list[int] = [tokens]
+
+    def allocate(self, n: int) -> int | None:
+        for i, size in enumerate(self.sizes):
+            if size >= n:
+                start = self.starts[i]
+                if size == n:
+                    del self.starts[i], self.sizes[i]
+                else:
+                    self.starts[i] += n
+                    self.sizes[i] -= n
+                return start
+        return None
+
+    def free(self, start: int, n: int) -> None:
+        i = bisect.bisect_left(self.starts, start)
+        if i and self.starts[i - 1] + self.sizes[i - 1] == start:  # merge with the segment before
+            i -= 1
+            self.sizes[i] += n
+        else:
+            self.starts.insert(i, start)
+            self.sizes.insert(i, n)
+        if i + 1 < len(self.starts) and self.starts[i] + self.sizes[i] == self.starts[i + 1]:
+            self.sizes[i] += self.sizes.pop(i + 1)
+            del self.starts[i + 1]
+
+    @property
+    def free_tokens(self) -> int:
+        return sum(self.sizes)
+
+
+def physical_tokens(num_blocks: int, block_size: int, requests: Requests, max_num_seqs: int) -> int:
+    """KV slots the engine's pool needs so that any batch the scheduler admits has room.
+
+    Regions hold a sequence's final length while the scheduler counts only its blocks so far, so the
+    bound is the scheduler's tokens plus the outputs still to come of the most sequences that can run;
+    and never more than the longest `max_num_seqs` requests together.
+    """
+    total = (requests.prompt_tokens + requests.output_tokens).astype(np.int64)
+    k = min(max_num_seqs, len(total))
+    longest = int(np.sort(total)[::-1][:k].sum()) if k else 0
+    outputs = int(np.sort(requests.output_tokens)[::-1][:k].sum()) if k else 0
+    return max(1, min(longest, num_blocks * block_size + outputs))
+
+
+# ---------------------------------------------------------------------------------------------- executor
+@dataclass(slots=True)
+class _DecodeGraph:
+    size: int
+    i64: torch.Tensor  # device: tokens, positions, slots (size each)
+    # device: cu_k (size+1), seqused_k (size), units seq/lo/hi (cap each), seq_units (size+1)
+    i32: torch.Tensor
+    host64: torch.Tensor
+    host32: torch.Tensor
+    cap: int
+    layout: StepLayout
+    ids: torch.Tensor | None = None  # sampled ids [size], the graph's output
+    graph: object = None
+
+
+class Executor:
+    """Runs scheduler batches on a model: per-sequence KV regions, eager prefill and mixed steps, CUDA-graph
+    decode steps for padded batch sizes, greedy sampling. `step` returns the sampled ids on the host.
+
+    The pool has `pool_tokens` slots for sequences plus a scratch area after them where the padding
+    sequences of a captured decode step write their KV, so padding never touches a real sequence's region.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        pool_tokens: int,
+        max_batch: int,
+        device: str = "cuda",
+        cuda_graphs: bool = True,
+        static_decode: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.model, self.device = model, torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.sizes = capture_sizes(max_batch)
+        self.max_batch = self.sizes[-1]
+        self.scratch = pool_tokens
+        model.allocate_kv(pool_tokens + self.max_batch, seed=seed)
+        self.regions = Regions(pool_tokens)
+        self.target = unit_target(device_sms(self.device), model.spec.num_kv_heads)
+        self.use_graphs = cuda_graphs and self.cuda
+        # decode steps through the static buffers (without a graph on the CPU, to test the path there)
+        self.static_decode = self.use_graphs if static_decode is None else static_decode
+        self.graphs: dict[int, _DecodeGraph] = {}
+        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.vocab = model.spec.vocab_size
+        self.graph_pool_bytes = 0
+
+    # ------------------------------------------------------------------ set-up
+    def warmup(self, log=None) -> float:
+        """Capture every decode batch size (largest first, so later captures reuse its memory) and run one
+        eager prefill, so that no compile or capture happens while requests wait. Returns seconds."""
+        t0 = time.perf_counter()
+        if self.static_decode:
+            for size in reversed(self.sizes):
+                self._graph(size)
+        starts = [self.scratch]
+        n = min(self.max_batch, 16)
+        toks = np.ones(n, dtype=np.int64)
+        self.step([(starts[0], 0, n, toks, True)], None)
+        self.step(
+            [(starts[0], 0, n - 1, toks[:-1], False)], (np.array([starts[0]]), np.array([n]), toks[-1:])
+        )
+        if log:
+            log(f"warm-up: {len(self.graphs)} decode graphs in {time.perf_counter() - t0:.1f} s")
+        return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ regions
+    def place(self, tokens: int) -> int:
+        start = self.regions.allocate(tokens)
+        if start is None:
+            raise RuntimeError(
+                f"engine KV pool full: a region of {tokens} tokens does not fit in {self.regions.free_tokens} "
+                f"free slots ({len(self.regions.sizes)} fragments) of {self.regions.tokens}; give the engine a "
+                "larger pool (pool_tokens) or the scheduler fewer blocks"
+            )
+        return start
+
+    def release(self, start: int, tokens: int) -> None:
+        self.regions.free(start, tokens)
+
+    def reset(self) -> None:
+        """Forget every region (a new run on the same pool)."""
+        self.regions = Regions(self.scratch)
+
+    # ------------------------------------------------------------------ steps
+    def step(
+        self,
+        prefills: list[tuple[int, int, int, np.ndarray, bool]],
+        decodes: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> np.ndarray:
+        """Run one step and return the sampled ids (host int64): one per prefill chunk that wants logits
+        (in order), then one per decode.
+
+        prefills: (region start, cached tokens, chunk, the chunk's token ids, wants logits);
+        decodes: (region starts, contexts including the new token, input token ids), numpy arrays.
+        """
+        if not prefills and decodes is not None and self.static_decode and len(decodes[0]) <= self.max_batch:
+            return self._decode(*decodes)
+        return self._eager(prefills, decodes)
+
+    def _eager(self, prefills, decodes) -> np.ndarray:
+        q_lens = [c for _, _, c, _, _ in prefills]
+        prior = [p for _, p, _, _, _ in prefills]
+        starts = [s for s, _, _, _, _ in prefills]
+        parts = [t for _, _, _, t, _ in prefills]
+        want = [w for _, _, _, _, w in prefills]
+        if decodes is not None:
+            d_starts, ctx, d_tok = decodes
+            n = len(ctx)
+            q_lens += [1] * n
+            prior += (ctx - 1).tolist()
+            starts += d_starts.tolist()
+            parts.append(d_tok)
+            want += [True] * n
+        lay = make_layout(q_lens, prior, self.device, starts=starts, kv_heads=self.model.spec.num_kv_heads)
+        tokens = torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False)).to(self.device)
+        ends = np.cumsum(q_lens) - 1
+        rows = torch.from_numpy(ends[np.asarray(want, dtype=bool)]).to(self.device)
+        ids = self.model(tokens, lay, rows).argmax(-1)
+        return ids.cpu().numpy()  # the synchronisation that timestamps the step's tokens
+
+    def _decode(self, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        n = len(ctx)
+        g = self._graph(self.sizes[bisect.bisect_left(self.sizes, n)])
+        self._fill(g, starts, ctx, tokens)
+        if g.graph is not None:
+            g.graph.replay()
+            ids = g.ids
+        else:  # CPU: the same static buffers through an eager forward
+            lay = g.layout
+            size = g.size
+            k_lens = g.host32[size + 1 : 2 * size + 1].tolist()
+            lay.k_lens = k_lens
+            lay.k_starts = g.host32[:size].tolist()
+            ids = self.model(g.i64[:size], lay, None).argmax(-1)
+        return ids[:n].cpu().numpy()
+
+    def _fill(self, g: _DecodeGraph, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> None:
+        """Write one decode step's metadata into the graph's host buffers and copy it to the device in one go."""
+        size, n, cap = g.size, len(ctx), g.cap
+        pad = size - n
+        scratch = self.scratch + np.arange(pad, dtype=np.int64)  # padding: one fresh token each, in scratch
+        all_starts = np.concatenate([starts, scratch])
+        k_lens = np.concatenate([ctx, np.ones(pad, dtype=np.int64)])
+        h64 = g.host64.numpy()
+        h64[:n] = tokens
+        h64[n:size] = 1
+        h64[size : 2 * size] = k_lens - 1
+        h64[2 * size :] = all_starts + k_lens - 1
+        units = plan_decode_units(k_lens.tolist(), self.target, cap=cap)
+        h32 = g.host32.numpy()
+        h32[:size] = all_starts
+        h32[size] = int((all_starts + k_lens).max())
+        h32[size + 1 : 2 * size + 1] = k_lens
+        o = 2 * size + 1
+        h32[o : o + cap] = units["seq"]
+        h32[o + cap : o + 2 * cap] = units["lo"]
+        h32[o + 2 * cap : o + 3 * cap] = units["hi"]
+        h32[o + 3 * cap :] = units["seq_units"]
+        g.i64.copy_(g.host64, non_blocking=True)
+        g.i32.copy_(g.host32, non_blocking=True)
+
+    def _graph(self, size: int) -> _DecodeGraph:
+        g = self.graphs.get(size)
+        if g is not None:
+            return g
+        dev, cap = self.device, unit_capacity(self.target, size)
+        pin = self.cuda
+        n32 = 2 * size + 1 + 3 * cap + size + 1
+        g = _DecodeGraph(
+            size=size,
+            i64=torch.zeros(3 * size, dtype=torch.int64, device=dev),
+            i32=torch.zeros(n32, dtype=torch.int32, device=dev),
+            host64=torch.zeros(3 * size, dtype=torch.int64, pin_memory=pin),
+            host32=torch.zeros(n32, dtype=torch.int32, pin_memory=pin),
+            cap=cap,
+            layout=None,  # set below
+        )
+        i32, o = g.i32, 2 * size + 1
+        units = {
+            "seq": i32[o : o + cap],
+            "lo": i32[o + cap : o + 2 * cap],
+            "hi": i32[o + 2 * cap : o + 3 * cap],
+            "seq_units": i32[o + 3 * cap :],
+        }
+        cu_q = torch.arange(size + 1, dtype=torch.int32, device=dev)
+        g.layout = StepLayout(
+            [1] * size,
+            [1] * size,
+            list(range(size)),
+            cu_q,
+            i32[: size + 1],
+            i32[size + 1 : 2 * size + 1],
+            g.i64[size : 2 * size],
+            g.i64[2 * size :],
+            1,
+            self.scratch + self.max_batch,
+            0,
+            size,
+            units,
+        )
+        # capture on padding only: every sequence a fresh token in scratch
+        self._fill(g, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        if self.use_graphs:
+            tokens = g.i64[:size]
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):  # warm-up compiles the Triton kernels and sets up cuBLAS
+                for _ in range(2):
+                    self.model(tokens, g.layout, None).argmax(-1)
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                g.ids = self.model(tokens, g.layout, None).argmax(-1)
+            g.graph = graph
+        self.graphs[size] = g
+        return g
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+@dataclass
+class ServingRun:
+    """What a real run produced: the simulator's records, each token's time, and the run's own figures."""
+
+    table: RequestTable
+    stats: StepStats
+    scheduler: Scheduler
+    token_times: list[np.ndarray]  # per request: seconds since the start of each of its output tokens
+    wall_s: float
+    warmup_s: float
+    steps: int
+    decode_graph_steps: int
+    host_s: float  # time outside the executor's steps (scheduling, bookkeeping, idle excluded)
+    idle_s: float
+    unfinished: list[int] = field(default_factory=list)
+
+    def itl_summary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per request: (mean, p99, max) gap between consecutive output tokens (NaN with fewer than two)."""
+        n = len(self.token_times)
+        mean, p99, mx = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        for i, t in enumerate(self.token_times):
+            if len(t) > 1:
+                d = np.diff(t)
+                mean[i], p99[i], mx[i] = d.mean(), np.percentile(d, 99), d.max()
+        return mean, p99, mx
+
+
+class _Replay:
+    """The state of one replay: every request's token stream, its KV region, its last token's time."""
+
+    def __init__(self, executor: Executor, sched: Scheduler, requests: Requests, seed: int) -> None:
+        self.ex, self.sched = executor, sched
+        n = len(requests)
+        self.prompt = requests.prompt_tokens.astype(np.int64)
+        self.output = requests.output_tokens.astype(np.int64)
+        self.table = RequestTable(requests.arrival_s.copy(), self.prompt, self.output)
+        horizon = float(np.nanmax(requests.arrival_s)) if n else 1.0
+        self.stats = StepStats(max(horizon / 2000.0, 1e-3))
+        # each request's token stream (prompt, then output) in one flat array: random prompt ids, sampled outputs
+        self.off = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(self.prompt + self.output, out=self.off[1:])
+        rng = np.random.default_rng(seed)
+        self.ids = rng.integers(1, executor.vocab, size=int(self.off[-1]), dtype=np.int64)
+        self.region = np.full(n, -1, dtype=np.int64)
+        self.last_token = np.full(n, np.nan)
+        self.tok_rid: list[np.ndarray] = []  # per step: which requests got a token, and when
+        self.tok_time: list[float] = []
+
+    def inputs(self, batch: Batch):
+        """The executor's inputs for a batch, regions placed and freed, token ids gathered (O(batch)).
+
+        Returns (prefills, sequences whose prompt completes, decodes, decode request ids, where their
+        new tokens go in the id array)."""
+        ex, ids, off, region = self.ex, self.ids, self.off, self.region
+        for s in batch.preempted:  # recomputed later from its prompt and the tokens it generated
+            self._free(s.rid)
+        prefills, wants = [], []
+        for s, chunk in batch.prefills:
+            rid = s.rid
+            if region[rid] < 0:
+                region[rid] = ex.place(int(self.prompt[rid] + self.output[rid]))
+            a = off[rid] + s.computed
+            done = s.computed + chunk == s.prompt
+            prefills.append((int(region[rid]), s.computed, chunk, ids[a : a + chunk], done))
+            if done:
+                wants.append(s)
+        if not batch.num_decodes:
+            return prefills, wants, None, None, None
+        seqs = [s for s in self.sched.running if s.decoding]
+        assert len(seqs) == batch.num_decodes, "the decode set and the batch disagree"
+        d_rids = np.fromiter((s.rid for s in seqs), dtype=np.int64, count=len(seqs))
+        ctx = np.fromiter((s.c for s in seqs), dtype=np.int64, count=len(seqs)) + self.sched.dstep
+        d_pos = off[d_rids] + ctx  # where each new token goes: right after the ctx tokens it attends to
+        return prefills, wants, (region[d_rids], ctx, ids[d_pos - 1]), d_rids, d_pos
+
+    def _free(self, rid: int) -> None:
+        self.ex.release(int(self.region[rid]), int(self.prompt[rid] + self.output[rid]))
+        self.region[rid] = -1
+
+    def record(self, batch: Batch, res, sampled, wants, d_rids, d_pos, start: float, end: float) -> None:
+        """Store the sampled ids and the step's timestamps (per-token work in numpy, not Python loops)."""
+        t, st, last = self.table, self.stats, self.last_token
+        k = len(wants)
+        for s, tok in zip(wants, sampled[:k].tolist(), strict=True):
+            self.ids[self.off[s.rid] + s.prompt] = tok  # the token after its (recomputed) prompt
+        if d_rids is not None:
+            self.ids[d_pos] = sampled[k:]
+            st.add_itl_many(end - last[d_rids], 1)
+            last[d_rids] = end
+            self.tok_rid.append(d_rids)
+            self.tok_time.append(end)
+        dt, shape = end - start, batch.shape
+        pre = shape.prefill_tokens / max(
+            shape.tokens, 1
+        )  # busy time split by tokens (the simulator: by cost)
+        st.steps += 1
+        st.busy_s += dt
+        st.prefill_s += dt * pre
+        st.decode_s += dt * (1 - pre)
+        st.prefill_tokens += shape.prefill_tokens
+        st.kv_block_seconds += self.sched.pool.used * dt
+        st.batch_seq_steps += shape.decode_seqs + shape.prefill_seqs
+        for s in batch.preempted:
+            t.preemptions[s.rid] += 1
+        for s, _ in batch.prefills:
+            if math.isnan(t.scheduled_s[s.rid]):
+                t.scheduled_s[s.rid] = start
+        if res.first_tokens:
+            rids = np.fromiter((s.rid for s in res.first_tokens), dtype=np.int64, count=len(res.first_tokens))
+            for rid in rids.tolist():
+                if math.isnan(t.first_token_s[rid]):
+                    t.first_token_s[rid] = end
+            again = rids[
+                np.isfinite(last[rids])
+            ]  # recomputed after a preemption: the gap since its last token
+            if len(again):
+                st.add_itl_many(end - last[again], 1)
+            last[rids] = end
+            self.tok_rid.append(rids)
+            self.tok_time.append(end)
+        for s in res.finished:
+            t.finish_s[s.rid] = end
+            t.generated[s.rid] = s.generated
+            self._free(s.rid)
+
+    def token_times(self) -> list[np.ndarray]:
+        n = len(self.table)
+        if not self.tok_rid:
+            return [np.zeros(0) for _ in range(n)]
+        rids = np.concatenate(self.tok_rid)
+        times = np.repeat(np.asarray(self.tok_time), [len(r) for r in self.tok_rid])
+        order = np.argsort(rids, kind="stable")
+        rids, times = rids[order], times[order]
+        bounds = np.searchsorted(rids, np.arange(n + 1))
+        return [times[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def serve(
+    executor: Executor,
+    requests: Requests,
+    pool: BlockPool,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    chunked_prefill: bool = True,
+    seed: int = 0,
+    deadline_s: float | None = None,
+    sliding_window: int = 0,
+    sliding_ratio: float = 0.0,
+    log=None,
+) -> ServingRun:
+    """Replay `requests` in real time on `executor` with the simulator's scheduler over `pool`.
+
+    Arrival times are seconds from the start of the replay (requests with NaN arrivals are skipped).
+    The run ends when every request has finished, or at `deadline_s` (wall seconds since the start;
+    requests still in flight are left unfinished). Call `executor.warmup()` once before the first run.
+    """
+    executor.reset()
+    sched = Scheduler(pool, max_num_seqs, max_num_batched_tokens, chunked_prefill,
+                      sliding_window=sliding_window, sliding_ratio=sliding_ratio)  # fmt: skip
+    run = _Replay(executor, sched, requests, seed)
+    order = np.flatnonzero(np.isfinite(requests.arrival_s))
+    order = order[np.argsort(requests.arrival_s[order], kind="stable")]
+    arrivals, order = requests.arrival_s[order].tolist(), order.tolist()
+    prompt, output = run.prompt, run.output
+    nxt = steps = graph_steps = 0
+    busy = idle = 0.0
+    t0 = time.perf_counter()
+    while True:
+        now = time.perf_counter() - t0
+        while nxt < len(order) and arrivals[nxt] <= now:  # arrivals enter at step boundaries
+            rid = order[nxt]
+            sched.add(Sequence(rid, int(prompt[rid]), int(output[rid])))
+            nxt += 1
+        if deadline_s is not None and now > deadline_s:
+            break
+        batch = sched.schedule() if sched.has_work() else None
+        if batch is None:
+            if nxt >= len(order):
+                break  # nothing can run and nothing is to come
+            wait = arrivals[nxt] - (time.perf_counter() - t0)
+            if wait > IDLE_SPIN_S:
+                time.sleep(wait - IDLE_SPIN_S / 2)
+            idle += max(wait, 0.0)
+            continue
+        start = time.perf_counter() - t0
+        prefills, wants, dec, d_rids, d_pos = run.inputs(batch)
+        graph_steps += not prefills and executor.static_decode
+        sampled = executor.step(prefills, dec)
+        end = time.perf_counter() - t0
+        steps += 1
+        busy += end - start
+        run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end)
+        run.stats.sample(end, len(sched.waiting), len(sched.running), pool.used,
+                         batch.num_decodes + len(batch.prefills))  # fmt: skip
+    wall = time.perf_counter() - t0
+    run.table.freeze()
+    unfinished = np.flatnonzero(~np.isfinite(run.table.finish_s)).tolist()
+    if log:
+        log(
+            f"served {len(order) - len(unfinished)}/{len(order)} requests in {wall:.1f} s: {steps} steps "
+            f"({graph_steps} graph decodes), {sched.num_preemptions} preemptions, busy {busy / max(wall, 1e-9):.0%}"
+        )
+    return ServingRun(run.table, run.stats, sched, run.token_times(), wall, 0.0, steps, graph_steps,
+                      max(wall - busy - idle, 0.0), idle, unfinished)  # fmt: skip
