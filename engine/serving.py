@@ -45,7 +45,7 @@ IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleepi
 
 # ---------------------------------------------------------------------------------------------- KV regions
 class Regions:
-    """First-fit allocator of contiguous token regions in the engine's KV pool, one per running sequence.
+    """Best-fit allocator of contiguous token regions in the engine's KV pool, one per running sequence.
 
     The scheduler's `BlockPool` decides admission and preemption (it is what the simulator counts); this
     only places each admitted sequence's region, sized for its final length (prompt + output), so the
@@ -58,16 +58,22 @@ class Regions:
         self.sizes: list[int] = [tokens]
 
     def allocate(self, n: int) -> int | None:
+        """The start of a region of n slots, from the smallest free segment that holds it (best fit)."""
+        best = -1
         for i, size in enumerate(self.sizes):
-            if size >= n:
-                start = self.starts[i]
+            if size >= n and (best < 0 or size < self.sizes[best]):
+                best = i
                 if size == n:
-                    del self.starts[i], self.sizes[i]
-                else:
-                    self.starts[i] += n
-                    self.sizes[i] -= n
-                return start
-        return None
+                    break
+        if best < 0:
+            return None
+        start = self.starts[best]
+        if self.sizes[best] == n:
+            del self.starts[best], self.sizes[best]
+        else:
+            self.starts[best] += n
+            self.sizes[best] -= n
+        return start
 
     def free(self, start: int, n: int) -> None:
         i = bisect.bisect_left(self.starts, start)
@@ -139,7 +145,7 @@ class Executor:
         self.max_batch = self.sizes[-1]
         self.scratch = pool_tokens
         model.allocate_kv(pool_tokens + self.max_batch, seed=seed)
-        self.regions = Regions(pool_tokens)
+        self.reset()
         self.target = unit_target(device_sms(self.device), model.spec.num_kv_heads)
         self.use_graphs = cuda_graphs and self.cuda
         # decode steps through the static buffers (without a graph on the CPU, to test the path there)
@@ -169,22 +175,52 @@ class Executor:
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ regions
-    def place(self, tokens: int) -> int:
+    def reset(self, num_requests: int = 0) -> None:
+        """Forget every region (a new run on the same pool); `region[rid]` is request rid's first slot or -1."""
+        self.regions = Regions(self.scratch)
+        self.region = np.full(num_requests, -1, dtype=np.int64)
+        self.length = np.zeros(num_requests, dtype=np.int64)
+        self.compactions = 0
+
+    def place(self, rid: int, tokens: int) -> int:
+        """Give request rid a region of `tokens` slots; when the free space is too fragmented, compact first."""
         start = self.regions.allocate(tokens)
+        if start is None and self.regions.free_tokens >= tokens:
+            self._compact()
+            start = self.regions.allocate(tokens)
         if start is None:
             raise RuntimeError(
                 f"engine KV pool full: a region of {tokens} tokens does not fit in {self.regions.free_tokens} "
-                f"free slots ({len(self.regions.sizes)} fragments) of {self.regions.tokens}; give the engine a "
-                "larger pool (pool_tokens) or the scheduler fewer blocks"
+                f"free slots of {self.regions.tokens}; give the engine a larger pool (pool_tokens) or the "
+                "scheduler fewer blocks"
             )
+        self.region[rid], self.length[rid] = start, tokens
         return start
 
-    def release(self, start: int, tokens: int) -> None:
-        self.regions.free(start, tokens)
+    def release(self, rid: int) -> None:
+        self.regions.free(int(self.region[rid]), int(self.length[rid]))
+        self.region[rid] = -1
 
-    def reset(self) -> None:
-        """Forget every region (a new run on the same pool)."""
+    def _compact(self) -> None:
+        """Move every live region down to the start of the pool, in place order, copying its KV on the device."""
+        live = np.flatnonzero(self.region >= 0)
+        live = live[np.argsort(self.region[live])]
+        lengths = self.length[live]
+        new = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        moved = new != self.region[live]
+        if moved.any():
+            src = np.concatenate([np.arange(a, a + n) for a, n in zip(self.region[live][moved], lengths[moved])])
+            dst = np.concatenate([np.arange(a, a + n) for a, n in zip(new[moved], lengths[moved])])
+            src_t, dst_t = (torch.from_numpy(x).to(self.device) for x in (src, dst))
+            for k_pool, v_pool in self.model.kv:
+                for pool in (k_pool, v_pool):
+                    pool.index_copy_(0, dst_t, pool.index_select(0, src_t))  # gathered first: overlaps are safe
+            self.region[live] = new
+        used = int(lengths.sum())
         self.regions = Regions(self.scratch)
+        if used:
+            self.regions.allocate(used)
+        self.compactions += 1
 
     # ------------------------------------------------------------------ steps
     def step(
@@ -365,7 +401,8 @@ class _Replay:
         np.cumsum(self.prompt + self.output, out=self.off[1:])
         rng = np.random.default_rng(seed)
         self.ids = rng.integers(1, executor.vocab, size=int(self.off[-1]), dtype=np.int64)
-        self.region = np.full(n, -1, dtype=np.int64)
+        executor.reset(n)
+        self.region = executor.region
         self.last_token = np.full(n, np.nan)
         self.tok_rid: list[np.ndarray] = []  # per step: which requests got a token, and when
         self.tok_time: list[float] = []
@@ -377,12 +414,12 @@ class _Replay:
         new tokens go in the id array)."""
         ex, ids, off, region = self.ex, self.ids, self.off, self.region
         for s in batch.preempted:  # recomputed later from its prompt and the tokens it generated
-            self._free(s.rid)
+            ex.release(s.rid)
         prefills, wants = [], []
         for s, chunk in batch.prefills:
             rid = s.rid
             if region[rid] < 0:
-                region[rid] = ex.place(int(self.prompt[rid] + self.output[rid]))
+                ex.place(rid, int(self.prompt[rid] + self.output[rid]))
             a = off[rid] + s.computed
             done = s.computed + chunk == s.prompt
             prefills.append((int(region[rid]), s.computed, chunk, ids[a : a + chunk], done))
@@ -396,10 +433,6 @@ class _Replay:
         ctx = np.fromiter((s.c for s in seqs), dtype=np.int64, count=len(seqs)) + self.sched.dstep
         d_pos = off[d_rids] + ctx  # where each new token goes: right after the ctx tokens it attends to
         return prefills, wants, (region[d_rids], ctx, ids[d_pos - 1]), d_rids, d_pos
-
-    def _free(self, rid: int) -> None:
-        self.ex.release(int(self.region[rid]), int(self.prompt[rid] + self.output[rid]))
-        self.region[rid] = -1
 
     def record(self, batch: Batch, res, sampled, wants, d_rids, d_pos, start: float, end: float) -> None:
         """Store the sampled ids and the step's timestamps (per-token work in numpy, not Python loops)."""
@@ -445,7 +478,7 @@ class _Replay:
         for s in res.finished:
             t.finish_s[s.rid] = end
             t.generated[s.rid] = s.generated
-            self._free(s.rid)
+            self.ex.release(s.rid)
 
     def token_times(self) -> list[np.ndarray]:
         n = len(self.table)
@@ -478,7 +511,6 @@ def serve(
     The run ends when every request has finished, or at `deadline_s` (wall seconds since the start;
     requests still in flight are left unfinished). Call `executor.warmup()` once before the first run.
     """
-    executor.reset()
     sched = Scheduler(pool, max_num_seqs, max_num_batched_tokens, chunked_prefill,
                       sliding_window=sliding_window, sliding_ratio=sliding_ratio)  # fmt: skip
     run = _Replay(executor, sched, requests, seed)

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from simulator import plots
+from simulator.metrics import LATENCIES
 from simulator.search import LoadCurve, latency_vs_load, max_sustainable_rate
 from simulator.simulation import Forecast
 
@@ -115,13 +116,7 @@ def latency_rows(f: Forecast) -> list[list[str]]:
     s = f.summary
     slo = f.scenario.slo.model_dump(exclude_none=True)
     out = []
-    for key, label in (
-        ("ttft", "TTFT"),
-        ("tpot", "TPOT"),
-        ("itl", "ITL"),
-        ("e2e", "end-to-end"),
-        ("queueing", "queueing"),
-    ):
+    for key, label in LATENCIES:
         p = s["latency_s"][key]
         target = slo.get(f"{key}_s")
         verdict = "" if target is None else ("meets" if p["p90"] <= target else "misses")

@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from simulator.errors import ConfigError
+from simulator.metrics import LATENCIES
 from simulator.simulation import Forecast
 
 
@@ -108,13 +109,7 @@ def format_summary(f: Forecast) -> str:
     )
     lines.append("")
     lines.append(f"{'latency (ms)':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
-    for key, label in (
-        ("ttft", "TTFT"),
-        ("tpot", "TPOT"),
-        ("itl", "ITL"),
-        ("e2e", "end-to-end"),
-        ("queueing", "queueing"),
-    ):
+    for key, label in LATENCIES:
         p = s["latency_s"][key]
         lines.append(
             f"{label:<14}{_ms(p['p50']):>10}{_ms(p['p90']):>10}{_ms(p['p99']):>10}{_ms(p['mean']):>10}"
