@@ -92,18 +92,26 @@ class Regions:
         return sum(self.sizes)
 
 
-def physical_tokens(num_blocks: int, block_size: int, requests: Requests, max_num_seqs: int) -> int:
-    """KV slots the engine's pool needs so that any batch the scheduler admits has room.
+def region_headroom(requests: Requests, max_num_seqs: int) -> int:
+    """Slots the regions take beyond the scheduler's blocks: the outputs still to come of the most sequences
+    that can run, and the prompt still to prefill of two sequences mid-way through a chunked prefill."""
+    k = min(max_num_seqs, len(requests))
+    outputs = int(np.sort(requests.output_tokens)[::-1][:k].sum()) if k else 0
+    return outputs + 2 * int(requests.prompt_tokens.max(initial=0))
 
-    Regions hold a sequence's final length while the scheduler counts only its blocks so far, so the
-    bound is the scheduler's tokens plus the outputs still to come of the most sequences that can run;
-    and never more than the longest `max_num_seqs` requests together.
+
+def physical_tokens(num_blocks: int, block_size: int, requests: Requests, max_num_seqs: int) -> int:
+    """KV slots the engine's pool needs so that the batches the scheduler admits find room.
+
+    Regions hold a sequence's final length while the scheduler counts only its blocks so far: the
+    scheduler's tokens plus `region_headroom`, and never more than the longest `max_num_seqs` requests
+    together. (Not a strict bound with many prompts mid-prefill at once; `Executor.place` then compacts
+    the pool, and fails with a clear message if even that leaves too little.)
     """
     total = (requests.prompt_tokens + requests.output_tokens).astype(np.int64)
     k = min(max_num_seqs, len(total))
     longest = int(np.sort(total)[::-1][:k].sum()) if k else 0
-    outputs = int(np.sort(requests.output_tokens)[::-1][:k].sum()) if k else 0
-    return max(1, min(longest, num_blocks * block_size + outputs))
+    return max(1, min(longest, num_blocks * block_size + region_headroom(requests, max_num_seqs)))
 
 
 # ---------------------------------------------------------------------------------------------- executor
@@ -209,12 +217,16 @@ class Executor:
         new = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         moved = new != self.region[live]
         if moved.any():
-            src = np.concatenate([np.arange(a, a + n) for a, n in zip(self.region[live][moved], lengths[moved])])
+            src = np.concatenate(
+                [np.arange(a, a + n) for a, n in zip(self.region[live][moved], lengths[moved])]
+            )
             dst = np.concatenate([np.arange(a, a + n) for a, n in zip(new[moved], lengths[moved])])
             src_t, dst_t = (torch.from_numpy(x).to(self.device) for x in (src, dst))
             for k_pool, v_pool in self.model.kv:
                 for pool in (k_pool, v_pool):
-                    pool.index_copy_(0, dst_t, pool.index_select(0, src_t))  # gathered first: overlaps are safe
+                    pool.index_copy_(
+                        0, dst_t, pool.index_select(0, src_t)
+                    )  # gathered first: overlaps are safe
             self.region[live] = new
         used = int(lengths.sum())
         self.regions = Regions(self.scratch)
@@ -373,6 +385,13 @@ class ServingRun:
     host_s: float  # time outside the executor's steps (scheduling, bookkeeping, idle excluded)
     idle_s: float
     unfinished: list[int] = field(default_factory=list)
+    ids: np.ndarray | None = None  # every request's token stream (prompt, then output), end to end
+    offsets: np.ndarray | None = None  # request i's stream is ids[offsets[i]:offsets[i + 1]]
+
+    def output_ids(self, rid: int) -> np.ndarray:
+        """The tokens request rid generated (greedy)."""
+        end = self.offsets[rid + 1]
+        return self.ids[end - int(self.table.output_tokens[rid]) : end]
 
     def itl_summary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per request: (mean, p99, max) gap between consecutive output tokens (NaN with fewer than two)."""
@@ -415,14 +434,14 @@ class _Replay:
         ex, ids, off, region = self.ex, self.ids, self.off, self.region
         for s in batch.preempted:  # recomputed later from its prompt and the tokens it generated
             ex.release(s.rid)
+        for s, _ in batch.prefills:  # place every new region first: a compaction moves the others
+            if region[s.rid] < 0:
+                ex.place(s.rid, int(self.prompt[s.rid] + self.output[s.rid]))
         prefills, wants = [], []
         for s, chunk in batch.prefills:
-            rid = s.rid
-            if region[rid] < 0:
-                ex.place(rid, int(self.prompt[rid] + self.output[rid]))
-            a = off[rid] + s.computed
+            a = off[s.rid] + s.computed
             done = s.computed + chunk == s.prompt
-            prefills.append((int(region[rid]), s.computed, chunk, ids[a : a + chunk], done))
+            prefills.append((int(region[s.rid]), s.computed, chunk, ids[a : a + chunk], done))
             if done:
                 wants.append(s)
         if not batch.num_decodes:
@@ -557,4 +576,4 @@ def serve(
             f"({graph_steps} graph decodes), {sched.num_preemptions} preemptions, busy {busy / max(wall, 1e-9):.0%}"
         )
     return ServingRun(run.table, run.stats, sched, run.token_times(), wall, 0.0, steps, graph_steps,
-                      max(wall - busy - idle, 0.0), idle, unfinished)  # fmt: skip
+                      max(wall - busy - idle, 0.0), idle, unfinished, run.ids, run.off)  # fmt: skip

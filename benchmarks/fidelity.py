@@ -1,0 +1,461 @@
+"""Fidelity: the same scenario through the real serving loop (engine/serving.py) and through the simulator.
+
+For each row, the simulator (with the GPU's calibrated profile) first finds the capacity of the setup:
+the requests/s it serves when the whole truncated trace arrives at once (SLO-free throughput). The
+trace is then replayed at a share of that rate, in real time on the GPU and in simulated time, with
+the same requests, scheduler settings and KV blocks; the table compares TTFT, TPOT and end-to-end
+latency at p50/p90/p99 and throughput, with the simulator's error relative to the engine.
+
+    python benchmarks/fidelity.py                    # full sweep on the GPU (about 8 minutes on an H100)
+    python benchmarks/fidelity.py --quick            # two rows (about 2 minutes)
+    python benchmarks/fidelity.py --only qwen        # rows whose name contains 'qwen' (resumes the rest)
+    python benchmarks/fidelity.py --device cpu --quick   # tiny model on the CPU: tests the pipeline
+
+Writes benchmarks/results/fidelity_<profile>.md and, per row, raw per-request CSVs and a JSON summary
+under benchmarks/results/fidelity/<profile>/<row>/. Rows already there are reused unless --fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from simulator.errors import ConfigError  # noqa: E402
+from simulator.hardware import load_profile, write_profile  # noqa: E402
+from simulator.kv_cache import BlockPool  # noqa: E402
+from simulator.memory import activation_bytes, plan_memory  # noqa: E402
+from simulator.metrics import summarize  # noqa: E402
+from simulator.model_spec import load_model  # noqa: E402
+from simulator.scenario import Scenario, parse_scenario  # noqa: E402
+from simulator.simulation import simulate  # noqa: E402
+from simulator.workload import Requests, generate  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10%, throughput within 5%
+GIB = 2**30
+ENGINE_RESERVE_BYTES = (
+    3 * GIB
+)  # CUDA graphs' pool, cuBLAS workspaces, eager temporaries beyond the activations
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    weight_dtype: str
+    trace: str  # conversation | code | prefix
+    load: float  # share of the simulator's capacity
+    chunked: bool = True
+
+    @property
+    def name(self) -> str:
+        chunk = "chunked" if self.chunked else "unchunked"
+        return f"{self.model}-{self.weight_dtype}-{self.trace}-{round(self.load * 100)}pct-{chunk}"
+
+
+def rows_for(device: str, quick: bool) -> list[Row]:
+    if device == "cpu":
+        rows = [Row("tiny", "fp32", "conversation", 0.8), Row("tiny", "fp32", "conversation", 0.8, False)]
+        return (
+            rows
+            + ([] if quick else [Row("tiny", "fp32", "code", 0.5)])
+            + [Row("tiny", "fp32", "prefix", 0.8)]
+        )
+    if quick:
+        return [Row("llama-3.1-8b", "bf16", "conversation", 0.8), Row("llama-3.1-8b", "bf16", "code", 0.8)]
+    rows = [Row("llama-3.1-8b", "bf16", t, f) for t in ("conversation", "code") for f in (0.5, 0.8, 1.0)]
+    rows += [
+        Row("llama-3.1-8b", "bf16", "conversation", 0.8, False),
+        Row("llama-3.1-8b", "bf16", "prefix", 0.8),
+    ]
+    rows += [Row("qwen2.5-32b", "fp8", "conversation", 0.8), Row("qwen2.5-32b", "fp8", "code", 0.8)]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- scenarios
+TINY_CONFIG = {
+    "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 96, "vocab_size": 97,
+    "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+}  # fmt: skip
+# CPU workloads stand in for the traces at a size a 2-layer toy serves in real time
+CPU_LENGTHS = {
+    "conversation": ({"dist": "lognormal", "median": 32, "sigma": 0.6, "max": 120},
+                     {"dist": "lognormal", "median": 10, "sigma": 0.5, "max": 30}),
+    "code": ({"dist": "lognormal", "median": 64, "sigma": 0.5, "max": 160},
+             {"dist": "lognormal", "median": 4, "sigma": 0.5, "max": 16}),
+}  # fmt: skip
+
+
+def scenario_for(row: Row, rate: float, duration_s: float, profile: str, model: str, util: float) -> Scenario:
+    serving = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "chunked_prefill": row.chunked,
+               "block_size": 16, "gpu_memory_utilization": util, "weight_dtype": row.weight_dtype}  # fmt: skip
+    if row.model == "tiny":
+        serving |= {"max_num_seqs": 16, "max_num_batched_tokens": 256 if row.chunked else 512,
+                    "weight_dtype": "bf16"}  # fmt: skip
+        p, o = CPU_LENGTHS[row.trace]
+        workload = {"arrival": {"process": "poisson", "rate_per_s": rate}, "prompt_tokens": p, "output_tokens": o,
+                    "duration_s": duration_s}  # fmt: skip
+    else:
+        workload = {"trace": row.trace, "arrival": {"process": "trace", "rate_per_s": rate},
+                    "prompt_tokens": {"dist": "trace"}, "output_tokens": {"dist": "trace"},
+                    "duration_s": duration_s}  # fmt: skip
+    return parse_scenario({"name": row.name, "seed": 0, "model": model, "hardware": {"gpu": profile},
+                           "serving": serving, "workload": workload, "slo": {}}, row.name)  # fmt: skip
+
+
+def capacity(row: Row, duration_s: float, profile: str, model: str, util: float, base_rate: float) -> float:
+    """Requests/s the simulator serves when the trace's first requests all arrive at once (no SLO).
+
+    The number of requests is what the trace holds over `duration_s` at that capacity (two passes).
+    """
+    rate = base_rate
+    for _ in range(2):
+        sc = scenario_for(row, rate, duration_s, profile, model, util)
+        reqs = generate(sc.workload, sc.seed)
+        burst = Requests(np.zeros(len(reqs)), reqs.prompt_tokens, reqs.output_tokens)
+        rate = simulate(sc, requests=burst).summary["throughput"]["requests_per_s"]
+    return rate
+
+
+# ---------------------------------------------------------------------------------------------- comparing
+METRICS = [("ttft", "p50"), ("ttft", "p90"), ("ttft", "p99"), ("tpot", "p50"), ("tpot", "p90"), ("tpot", "p99"),
+           ("e2e", "p50"), ("e2e", "p90"), ("e2e", "p99")]  # fmt: skip
+
+
+def figures(summary: dict) -> dict[str, float]:
+    lat = summary["latency_s"]
+    out = {f"{m}_{q}": lat[m][q] for m, q in METRICS}
+    thr = summary["throughput"]
+    out["requests_per_s"] = thr["requests_per_s"]
+    out["output_tokens_per_s"] = thr["output_tokens_per_s"]
+    out["finished"] = summary["requests"]["finished"]
+    out["preemptions"] = summary["requests"]["preemptions"]
+    return out
+
+
+def error(sim: float, eng: float) -> float:
+    return (sim - eng) / eng if eng and math.isfinite(eng) and math.isfinite(sim) else float("nan")
+
+
+def censor(table, deadline_s: float) -> None:
+    """What had not happened by the engine run's deadline did not happen (the simulator's side, for parity)."""
+    for name in ("first_token_s", "finish_s"):
+        v = getattr(table, name)
+        v[v > deadline_s] = np.nan
+
+
+def write_requests(path: Path, table, itl=None) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        head = ["request", "arrival_s", "prompt_tokens", "output_tokens", "scheduled_s", "first_token_s", "finish_s",
+                "preemptions", "generated"]  # fmt: skip
+        w.writerow(head + (["itl_mean_s", "itl_p99_s", "itl_max_s"] if itl is not None else []))
+        for i in range(len(table)):
+            r = [i, table.arrival_s[i], int(table.prompt_tokens[i]), int(table.output_tokens[i]), table.scheduled_s[i],
+                 table.first_token_s[i], table.finish_s[i], int(table.preemptions[i]), int(table.generated[i])]  # fmt: skip
+            if itl is not None:
+                r += [itl[0][i], itl[1][i], itl[2][i]]
+            w.writerow([f"{x:.6f}" if isinstance(x, float) else x for x in r])
+
+
+# ---------------------------------------------------------------------------------------------- the engine side
+class EngineHost:
+    """One model on the device with its serving executor, reused by every row of that model."""
+
+    def __init__(
+        self,
+        row: Row,
+        spec,
+        device: str,
+        pool_tokens: int,
+        max_batch: int,
+        max_context: int,
+        reserve_bytes: float,
+        log,
+    ) -> None:
+        import torch
+
+        from engine.model import build_model
+        from engine.serving import Executor
+
+        t0 = time.perf_counter()
+        dtype = row.weight_dtype if device != "cpu" else "fp32"
+        self.model = build_model(spec, dtype=dtype, device=device, max_position=max_context)
+        if device != "cpu":  # on the GPU the pool takes what the weights and a step's activations leave
+            torch.cuda.empty_cache()
+            free = torch.cuda.mem_get_info()[0]
+            per_token = spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 2  # bf16 K and V
+            pool_tokens = int((free - reserve_bytes) // per_token) - max_batch
+        self.executor = Executor(self.model, pool_tokens, max_batch, device=device)
+        self.warmup_s = self.executor.warmup(log)
+        self.pool_tokens = pool_tokens
+        log(f"{spec.name} {dtype}: built and warmed up in {time.perf_counter() - t0:.0f} s, "
+            f"engine KV pool {pool_tokens} tokens")  # fmt: skip
+
+
+def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_dir: Path, log) -> dict:
+    """Capacity, engine run and simulation of one row; returns its record (also written as row.json)."""
+    from engine.serving import physical_tokens, region_headroom, serve
+
+    cpu = args.device == "cpu"
+    spec = load_model(model_ref)
+    if row.trace == "prefix":
+        return {"row": row.name, "skipped": "prefix caching: the engine keeps one contiguous KV region per "
+                "sequence and shares none, so a prefix-heavy run with prefix caching on cannot be replayed; "
+                "row skipped (the simulator's prefix cache is checked by tests/simulator)"}  # fmt: skip
+    util = args.utilization
+    base_rate = 20.0 if cpu else 5.0
+    cap = capacity(row, args.duration, profile_name, model_ref, util, base_rate)
+    rate = row.load * cap
+    sc = scenario_for(row, rate, args.duration, profile_name, model_ref, util)
+    reqs = generate(sc.workload, sc.seed)
+    profile = load_profile(profile_name)
+    mem = plan_memory(profile, spec, sc.serving)
+    if not mem.fits:
+        raise ConfigError(f"{row.name}: {mem.explain()}")
+    sv = sc.serving
+    max_context = int((reqs.prompt_tokens + reqs.output_tokens).max())
+    host = hosts.get(row.model)
+    if host is None:
+        for old in list(hosts):  # one model on the device at a time
+            del hosts[old]
+        reserve = activation_bytes(spec, sv) + ENGINE_RESERVE_BYTES
+        want = max(physical_tokens(mem.num_blocks, sv.block_size, reqs, sv.max_num_seqs), 8 * max_context)
+        ctx_cap = min(spec.max_position_embeddings or 32768, 32768)
+        host = hosts[row.model] = EngineHost(
+            row, spec, args.device, want, sv.max_num_seqs, ctx_cap, reserve, log
+        )
+    # the engine's regions hold final lengths: keep the scheduler's blocks within its pool (both sides)
+    headroom = region_headroom(reqs, sv.max_num_seqs)
+    room = (host.pool_tokens - headroom) // sv.block_size
+    if room < mem.num_blocks:
+        util = (
+            util * (mem.usable_bytes - (mem.num_blocks - max(room, 1)) * mem.block_bytes) / mem.usable_bytes
+        )
+        sc = scenario_for(row, rate, args.duration, profile_name, model_ref, util)
+        mem = plan_memory(profile, spec, sc.serving)
+        log(
+            f"  engine pool holds {room} blocks with headroom: gpu_memory_utilization {util:.3f} on both sides"
+        )
+    log(f"{row.name}: capacity {cap:.2f} req/s, replaying {len(reqs)} requests at {rate:.2f} req/s "
+        f"({args.duration:.0f} s), {mem.num_blocks} KV blocks")  # fmt: skip
+    deadline = args.duration * 1.5 + (5 if cpu else 20)  # a run past its capacity stops here
+    run = serve(host.executor, reqs, BlockPool(mem.num_blocks, sv.block_size), sv.max_num_seqs,
+                sv.max_num_batched_tokens, sv.chunked_prefill, deadline_s=deadline, log=log)  # fmt: skip
+    assert run.scheduler.pool.used == 0 or run.unfinished, "blocks left in use after a complete run"
+    eng = summarize(sc, spec, profile, mem, run.table, run.stats, run.scheduler, run.wall_s)
+    fc = simulate(sc, requests=reqs)
+    censor(fc.table, deadline)
+    sim = summarize(sc, spec, profile, mem, fc.table, fc.stats, fc.engines[0].scheduler, fc.wall_s)
+    d = out_dir / row.name
+    d.mkdir(parents=True, exist_ok=True)
+    write_requests(d / "engine_requests.csv", run.table, run.itl_summary())
+    write_requests(d / "simulator_requests.csv", fc.table)
+    rec = {
+        "row": row.name, "model": spec.name, "weight_dtype": row.weight_dtype, "trace": row.trace,
+        "load": row.load, "chunked_prefill": row.chunked, "capacity_requests_per_s": cap, "rate_per_s": rate,
+        "requests": len(reqs), "kv_blocks": mem.num_blocks, "gpu_memory_utilization": util,
+        "engine": figures(eng), "simulator": figures(sim),
+        "engine_run": {"wall_s": run.wall_s, "steps": run.steps, "decode_graph_steps": run.decode_graph_steps,
+                       "host_s": run.host_s, "idle_s": run.idle_s, "unfinished": len(run.unfinished),
+                       "compactions": host.executor.compactions, "busy_fraction": eng["utilisation"]["busy_fraction"],
+                       "mean_batch_seqs": eng["utilisation"]["mean_batch_seqs"]},
+        "simulator_run": {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],
+                          "mean_batch_seqs": sim["utilisation"]["mean_batch_seqs"]},
+    }  # fmt: skip
+    (d / "row.json").write_text(json.dumps(rec, indent=1))
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------- the table
+def pct(x: float) -> str:
+    return "—" if not math.isfinite(x) else f"{x * 100:+.1f}%"
+
+
+def ms(x: float) -> str:
+    return "—" if not math.isfinite(x) else (f"{x * 1e3:.1f}" if x < 10 else f"{x:.1f} s")
+
+
+def table(records: list[dict], profile: str, command: str) -> str:
+    done = [r for r in records if "skipped" not in r]
+    keys = ["ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90", "output_tokens_per_s"]
+    lines = [f"# Fidelity: simulator vs real continuous batching ({profile})", "",
+             f"`{command}`; latencies in ms; error = (simulator − engine) / engine. "
+             f"Bar (issue 5): median over rows of TTFT and TPOT p50/p90 within ±{BAR_LATENCY:.0%}, "
+             f"throughput within ±{BAR_THROUGHPUT:.0%}.", "",
+             "| row | req/s | TTFT p50 | TTFT p90 | TPOT p50 | TPOT p90 | out tok/s | preempt (eng/sim) | unfinished |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    errs: dict[str, list[float]] = {k: [] for k in keys}
+    for r in records:
+        if "skipped" in r:
+            lines.append(f"| {r['row']} | skipped: {r['skipped']} |||||||| ")
+            continue
+        e, s = r["engine"], r["simulator"]
+        cells = []
+        for k in keys:
+            err = error(s[k], e[k])
+            errs[k].append(err)
+            cells.append(pct(err))
+        lines.append(f"| {r['row']} | {r['rate_per_s']:.2f} | " + " | ".join(cells)
+                     + f" | {e['preemptions']}/{s['preemptions']} | {r['engine_run']['unfinished']} |")  # fmt: skip
+    if done:
+        med = {
+            k: statistics.median([abs(x) for x in v if math.isfinite(x)] or [float("nan")])
+            for k, v in errs.items()
+        }
+        lines.append(
+            "| **median \\|error\\|** | | " + " | ".join(f"{med[k] * 100:.1f}%" for k in keys) + " | | |"
+        )
+        ok = all(med[k] <= BAR_LATENCY for k in keys[:4]) and med[keys[4]] <= BAR_THROUGHPUT
+        lines += ["", f"Bar {'met' if ok else 'missed'}."]
+    lines += ["", "## Per row: engine | simulator | error", ""]
+    for r in done:
+        e, s = r["engine"], r["simulator"]
+        er = r["engine_run"]
+        lines += [f"### {r['row']}", "",
+                  f"{r['requests']} requests at {r['rate_per_s']:.2f} req/s = {r['load']:.0%} of the simulated "
+                  f"capacity {r['capacity_requests_per_s']:.2f} req/s; {r['kv_blocks']} KV blocks; engine "
+                  f"{er['steps']} steps ({er['decode_graph_steps']} CUDA-graph decodes), busy "
+                  f"{er['busy_fraction']:.0%}, host {er['host_s']:.1f} s, mean batch {er['mean_batch_seqs']:.1f} "
+                  f"(simulator {r['simulator_run']['steps']} steps, busy {r['simulator_run']['busy_fraction']:.0%}, "
+                  f"mean batch {r['simulator_run']['mean_batch_seqs']:.1f})", "",
+                  "| metric | engine | simulator | error |", "|---|---|---|---|"]  # fmt: skip
+        for m, q in METRICS:
+            k = f"{m}_{q}"
+            lines.append(f"| {m.upper()} {q} (ms) | {ms(e[k])} | {ms(s[k])} | {pct(error(s[k], e[k]))} |")
+        for k, label in (("requests_per_s", "requests/s"), ("output_tokens_per_s", "output tokens/s")):
+            lines.append(f"| {label} | {e[k]:.2f} | {s[k]:.2f} | {pct(error(s[k], e[k]))} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- main
+def cpu_setup(out_dir: Path) -> tuple[str, str]:
+    """A tiny model config and a CPU profile (its step overhead measured on the serving executor)."""
+    import torch
+
+    from calibrate.profile import cpu_base
+    from engine.model import build_model
+    from engine.serving import Executor
+    from simulator.model_spec import spec_from_config
+
+    torch.set_num_threads(1)  # a toy's kernels: threads only add contention
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = out_dir / "tiny_config.json"
+    cfg.write_text(json.dumps(TINY_CONFIG))
+    spec = spec_from_config(TINY_CONFIG, name="tiny")
+    ex = Executor(build_model(spec, dtype="fp32", device="cpu"), 256, 16, device="cpu")
+    ex.warmup()
+
+    def step_s(n: int) -> float:
+        dec = (np.arange(n) * 16, np.full(n, 8), np.ones(n, dtype=np.int64))
+        t0 = time.perf_counter()
+        for _ in range(20):
+            ex.step([], dec)
+        return (time.perf_counter() - t0) / 20
+
+    t1, t16 = step_s(1), step_s(16)
+    # the H100's asymptotic efficiencies without its ramps and launch times (sized for a GPU): on the CPU a
+    # toy's step is the executor's fixed and per-sequence time, measured just above
+    base = load_profile("h100-sxm").efficiency
+    flat = {"compute_ramp_flops": 0.0, "memory_ramp_bytes": 0.0, "launch_s": 0.0}
+    ops = {
+        k: getattr(base, k).model_copy(update=flat)
+        for k in ("gemm", "attention_prefill", "attention_decode", "elementwise")
+    }
+    eff = base.model_copy(update=ops | {"step_overhead_s": t1, "per_sequence_s": max(t16 - t1, 0.0) / 15})
+    prof = cpu_base(10e9, 50e9, eff, 4 * GIB)
+    path = out_dir / "cpu-serving.yaml"
+    write_profile(prof, path)
+    return str(cfg), str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--device", default="cuda", help="cuda (default) or cpu (a tiny model: tests the pipeline)"
+    )
+    p.add_argument("--quick", action="store_true", help="a two-row subset (about 2 minutes on an H100)")
+    p.add_argument("--profile", default="h100-sxm", help="the GPU's calibrated profile (default h100-sxm)")
+    p.add_argument("--duration", type=float, help="seconds of trace per row (default 30; --quick 20; cpu 2)")
+    p.add_argument("--utilization", type=float, default=0.9, help="gpu_memory_utilization (default 0.9)")
+    p.add_argument("--only", help="run only rows whose name contains this")
+    p.add_argument("--fresh", action="store_true", help="rerun rows that already have results")
+    p.add_argument("--out-dir", default=str(RESULTS), help="results folder (default benchmarks/results)")
+    args = p.parse_args(argv)
+    cpu = args.device == "cpu"
+    if args.duration is None:
+        args.duration = 2.0 if cpu else (20.0 if args.quick else 30.0)
+    command = "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out_dir)
+    tag = "cpu" if cpu else args.profile
+    raw = out / "fidelity" / tag
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        if cpu:
+            model_ref, profile_name = cpu_setup(raw)
+        else:
+            import torch
+
+            if not torch.cuda.is_available():
+                print(
+                    "error: no CUDA device; pass --device cpu for the tiny CPU pipeline check",
+                    file=sys.stderr,
+                )
+                return 2
+            load_profile(args.profile)
+            model_ref, profile_name = None, args.profile
+        rows = [r for r in rows_for(args.device, args.quick) if not args.only or args.only in r.name]
+        records, hosts = [], {}
+        t0 = time.perf_counter()
+        for row in rows:
+            saved = raw / row.name / "row.json"
+            if saved.exists() and not args.fresh:
+                records.append(json.loads(saved.read_text()))
+                log(f"{row.name}: kept from {saved}")
+                continue
+            rec = run_row(row, args, profile_name, model_ref or row.model, hosts, raw, log)
+            records.append(rec)
+            if "skipped" in rec:
+                log(f"{row.name}: {rec['skipped']}")
+            else:
+                e, s = rec["engine"], rec["simulator"]
+                log(f"  TTFT p50 {ms(e['ttft_p50'])} vs {ms(s['ttft_p50'])} ms ({pct(error(s['ttft_p50'], e['ttft_p50']))}), "
+                    f"TPOT p50 {ms(e['tpot_p50'])} vs {ms(s['tpot_p50'])} ms ({pct(error(s['tpot_p50'], e['tpot_p50']))}), "
+                    f"out tok/s {e['output_tokens_per_s']:.0f} vs {s['output_tokens_per_s']:.0f} "
+                    f"[{time.perf_counter() - t0:.0f} s]")  # fmt: skip
+        # the table covers every row with results in the folder, so split runs (--only) add up
+        known = {r["row"] for r in records}
+        for saved in sorted(raw.glob("*/row.json")):
+            rec = json.loads(saved.read_text())
+            if rec["row"] not in known:
+                records.append(rec)
+        text = table(records, "CPU, tiny model" if cpu else args.profile, command)
+        md = out / f"fidelity_{tag}.md"
+        md.write_text(text)
+        print(text)
+        print(f"wrote {md} and raw runs under {raw}")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
