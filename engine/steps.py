@@ -62,7 +62,9 @@ class StepRunner:
         self.kv_tokens = kv_tokens or max_batch * max_context + graph_max_tokens
         # the batch-1 GEMV kernel streams weights faster than cuBLAS on Hopper (benchmarks/engine_bars.py)
         model.set_gemv(self.device.type == "cuda" if gemv is None else gemv)
-        model.allocate_kv(self.kv_tokens, seed=seed)
+        # the pool's tail, past kv_tokens, is scratch for graph padding when a caller pins its regions
+        self.scratch = self.kv_tokens
+        model.allocate_kv(self.kv_tokens + graph_max_tokens, seed=seed)
         self.unit_target = unit_target(device_sms(self.device), model.spec.num_kv_heads)
         self.vocab = model.spec.vocab_size
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -183,7 +185,12 @@ class StepRunner:
         max_k = 0 if decode_only else max(tb, min(_pow2(max(p + q for p, q in zip(prior_lens, q_lens, strict=True))),
                                                   _pow2(self.max_context)))
         cap = unit_capacity(self.unit_target, sb - n_group)
-        pinned = None if starts is None else list(starts) + [None] * dummies
+        pinned = None
+        if starts is not None:  # padding goes to scratch, never over another sequence's KV or off the pool
+            pinned, off = list(starts), self.scratch
+            for q in dq:
+                pinned.append(off)
+                off += q
         plan = plan_layout(q_all, list(prior_lens) + [0] * dummies, starts=pinned, n_prefill=n_group,
                            target=self.unit_target, cap=cap)
         probe = StepLayout(plan["q_lens"], plan["k_lens"], plan["k_starts"], None, None, None, None, None,
