@@ -132,7 +132,7 @@ class Disaggregated:
             return 0
         prompt = int(d.table.prompt_tokens[rid])
         keys = sched.block_keys(rid, prompt)
-        return sched.pool.match(keys, (prompt - 1) // sched.B) * sched.B if keys else 0
+        return sched.pool.match(keys, (prompt - 1) // sched.B) * sched.B
 
     # ------------------------------------------------------------------ prefill side
     def _handoff_from(self, p: Replica):

@@ -10,15 +10,20 @@ the SimPy replica and the engine.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
-from collections.abc import Hashable, Sequence
-from itertools import takewhile
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
 
 
 class BlockPool:
-    """A pool of `num_blocks` KV blocks of `block_size` tokens each."""
+    """A pool of `num_blocks` KV blocks of `block_size` tokens each.
 
-    __slots__ = ("num_blocks", "block_size", "free", "peak_used", "cached", "refs", "evictions")
+    With prefix caching, block keys are small integers (`workload.PrefixKeys` interns them) and the
+    per-key state lives in numpy arrays, so sharing a 100-block system prompt is a few vector operations.
+    """
+
+    __slots__ = ("num_blocks", "block_size", "free", "peak_used", "cached", "refs", "present", "evictions")
 
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False) -> None:
         if num_blocks < 0 or block_size < 1:
@@ -27,10 +32,11 @@ class BlockPool:
         self.block_size = block_size
         self.free = num_blocks  # unreferenced blocks, cached ones included
         self.peak_used = 0
-        # prefix caching: key -> None for free blocks that still hold their tokens (LRU first), and
-        # key -> reference count for blocks in use that others may share
-        self.cached: OrderedDict[Hashable, None] | None = OrderedDict() if prefix_caching else None
-        self.refs: Counter = Counter()
+        # prefix caching: key -> None for free blocks that still hold their tokens (LRU first); per key,
+        # how many running sequences reference its block, and whether a block with that key exists
+        self.cached: OrderedDict[int, None] | None = OrderedDict() if prefix_caching else None
+        self.refs = np.zeros(0, dtype=np.int32)
+        self.present = np.zeros(0, dtype=bool)
         self.evictions = 0
 
     @property
@@ -51,76 +57,87 @@ class BlockPool:
         if self.cached:
             evict = n - (self.free - len(self.cached))
             for _ in range(max(evict, 0)):
-                self.cached.popitem(last=False)
+                self.present[self.cached.popitem(last=False)[0]] = False
             self.evictions += max(evict, 0)
         self.free -= n
         used = self.num_blocks - self.free
         if used > self.peak_used:
             self.peak_used = used
 
-    def release(self, n: int, full_keys: Sequence[Hashable] = ()) -> None:
-        """Return n blocks a sequence owned; those with keys stay cached (unless the key is cached already).
+    def release(self, n: int, full_keys: np.ndarray | Sequence[int] = ()) -> None:
+        """Return n blocks a sequence owned; those with keys stay cached (unless the key exists already).
 
         Later blocks go first in the LRU order, as vLLM frees them, so chains are evicted from the tail.
         """
         self.free += n
         if self.free > self.num_blocks:
             raise RuntimeError("KV pool released more blocks than it holds")
-        if self.cached is not None and full_keys:
-            cached, refs = self.cached, self.refs
-            for k in reversed(full_keys):
-                if k not in cached and k not in refs:
-                    cached[k] = None
+        if self.cached is not None and len(full_keys):
+            keys = self._fit(full_keys)
+            fresh = keys[~self.present[keys]]
+            self.present[fresh] = True
+            self.cached.update(dict.fromkeys(fresh[::-1].tolist()))
 
     # ---------------------------------------------------------------- prefix caching
-    def match(self, keys: Sequence[Hashable], limit: int) -> int:
+    def _fit(self, keys) -> np.ndarray:
+        """Keys as an int array, with the per-key arrays grown to cover them.
+
+        A sequence's keys increase along its chain (`PrefixKeys` interns them in chain order: once a
+        block is new, every later block is too), so the last key is the largest.
+        """
+        keys = np.asarray(keys, dtype=np.int64)
+        if len(keys) and keys[-1] >= len(self.refs):
+            top = int(keys[-1]) + 1
+            if top > len(self.refs):
+                grow = max(top, 2 * len(self.refs), 1024)
+                self.refs = np.concatenate([self.refs, np.zeros(grow - len(self.refs), dtype=np.int32)])
+                self.present = np.concatenate([self.present, np.zeros(grow - len(self.present), dtype=bool)])
+        return keys
+
+    def match(self, keys, limit: int) -> int:
         """How many leading blocks of `keys` (at most `limit`) are cached or in use."""
-        if self.cached is None or not keys:
+        if self.cached is None or not len(keys) or limit <= 0:
             return 0
-        cached, refs = self.cached, self.refs
-        head = keys[:limit]
-        if head and head[-1] in refs and all(map(refs.__contains__, head)):
-            return len(head)  # the common case: every block is in use by someone
-        return sum(1 for _ in takewhile(lambda k: k in refs or k in cached, head))
+        head = self._fit(keys[:limit])
+        hit = self.present[head]
+        return len(head) if hit.all() else int(np.argmin(hit))
 
-    def cost_of_sharing(self, keys: Sequence[Hashable]) -> int:
+    def cost_of_sharing(self, keys) -> int:
         """Free blocks that sharing `keys` takes (cached blocks nobody uses yet)."""
-        return len(self.cached.keys() & keys) if self.cached else 0
+        if not self.cached or not len(keys):
+            return 0
+        keys = self._fit(keys)
+        return int(np.count_nonzero(self.refs[keys] == 0))
 
-    def share(self, keys: Sequence[Hashable]) -> None:
-        """Reference matched blocks; cached free ones become used."""
-        cached = self.cached
-        moved = cached.keys() & keys if cached else ()
-        for k in moved:
-            del cached[k]
-        self.free -= len(moved)
-        self.refs.update(keys)
+    def share(self, keys) -> None:
+        """Reference matched blocks (all cached or in use); cached free ones become used."""
+        keys = self._fit(keys)
+        idle = keys[self.refs[keys] == 0]
+        for k in idle.tolist():
+            del self.cached[k]
+        self.free -= len(idle)
+        self.refs[keys] += 1  # a request's keys are distinct
         used = self.num_blocks - self.free
         if used > self.peak_used:
             self.peak_used = used
 
-    def unshare(self, keys: Sequence[Hashable]) -> None:
+    def unshare(self, keys) -> None:
         """Drop references; blocks nobody references go back to the free list, still cached."""
-        refs, cached = self.refs, self.cached
-        for k in reversed(keys):
-            r = refs[k] - 1
-            if r:
-                refs[k] = r
-            else:
-                del refs[k]
-                cached[k] = None
-                self.free += 1
+        if not len(keys):
+            return
+        keys = self._fit(keys)
+        self.refs[keys] -= 1
+        idle = keys[self.refs[keys] == 0]
+        if len(idle):
+            self.cached.update(dict.fromkeys(idle[::-1].tolist()))
+            self.free += len(idle)
 
-    def publish(self, keys: Sequence[Hashable]) -> int:
-        """A sequence's own blocks became full: make them shareable. Returns how many it now shares.
-
-        A key that is already cached or in use elsewhere is left alone (vLLM keeps one block per key).
-        """
-        refs, cached = self.refs, self.cached
-        n = 0
-        for k in keys:
-            if k in refs or k in cached:
-                continue
-            refs[k] = 1
-            n += 1
-        return n
+    def publish(self, keys) -> bool:
+        """A sequence's own full blocks become shareable (referenced once, by it). Only when none of the
+        keys exists yet (vLLM keeps one block per key); returns whether they were published."""
+        keys = self._fit(keys)
+        if self.present[keys].any():
+            return False
+        self.present[keys] = True
+        self.refs[keys] = 1
+        return True

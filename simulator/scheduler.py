@@ -179,14 +179,15 @@ class Scheduler:
         """Blocks (full-layer units) the sliding-window layers need for a sequence of `tokens`."""
         return -(-int(min(tokens, self.window) * self.sliding_ratio) // self.B) if self.sliding_ratio else 0
 
-    def _admissible(self, budget: int) -> bool:
-        """Could the head of the waiting queue start this step?"""
+    def _admissible(self, budget: int, fresh: bool = False) -> bool:
+        """Could the head of the waiting queue start this step? (`fresh`: look its prefix up again now;
+        otherwise the lookup made when it first reached the head stands, as an estimate.)"""
         if not self.waiting or len(self.running) >= self.max_seqs or budget <= 0:
             return False
         head = self.waiting[0]
         hits, take = 0, 0
-        if self.block_keys:  # estimated once per sequence at the head; _start re-checks
-            if head.hits is None:
+        if self.block_keys:
+            if fresh or head.hits is None:
                 head.hits = self._prefix_hits(head)
             hits, take = head.hits
         todo = head.prompt - hits * self.B
@@ -201,7 +202,7 @@ class Scheduler:
     def _prefix_hits(self, s: Sequence) -> tuple[int, int]:
         """(leading prompt blocks in the prefix cache, how many of them sit in the free list)."""
         keys = self.block_keys(s.rid, s.prompt)
-        if not keys:
+        if not len(keys):
             return 0, 0
         hits = self.pool.match(keys, (s.prompt - 1) // self.B)  # the last token is always computed
         return hits, self.pool.cost_of_sharing(keys[:hits])
@@ -253,6 +254,12 @@ class Scheduler:
         s.generated = s.c + self.dstep - s.orig_prompt
         return self.pool.blocks_for(s.c + self.dstep - 1)
 
+    def _forget(self, rid: int) -> None:
+        """A finished request's keys are no longer needed by the key source."""
+        forget = getattr(self.block_keys, "forget", None)
+        if forget is not None:
+            forget(rid)
+
     def _victim(self) -> Sequence:
         """Who is preempted: the newest sequence; under the priority policy the newest of the lowest priority."""
         if self.priority_of is None:
@@ -262,13 +269,13 @@ class Scheduler:
 
     def _release(self, s: Sequence, held: int, kv_tokens: int) -> None:
         """Give back a sequence's blocks; with prefix caching its full blocks stay cached."""
-        if not s.shared and not self.block_keys:
+        if not self.block_keys:
             self.pool.release(held + s.window_blocks)
             return
+        shared = len(s.shared)
         self.pool.unshare(s.shared)
-        keys = self.block_keys(s.rid, kv_tokens) if self.block_keys else []
-        own = keys[len(s.shared) :] if keys else ()
-        self.pool.release(held - len(s.shared) + s.window_blocks, own)
+        keys = self.block_keys(s.rid, kv_tokens)
+        self.pool.release(held - shared + s.window_blocks, keys[shared:])
         s.shared = []
 
     def _preempt(self, victim: Sequence) -> None:
@@ -291,7 +298,7 @@ class Scheduler:
     # ------------------------------------------------------------------ scheduling
     def schedule(self) -> Batch | None:
         """Build the next step's batch, allocating its KV blocks; None when nothing can run."""
-        if not self.chunked and (self.prefilling or self._admissible(self.max_tokens)):
+        if not self.chunked and (self.prefilling or self._admissible(self.max_tokens, fresh=True)):
             b = self._prefill_only()
             if b.prefills:
                 return b
@@ -324,7 +331,7 @@ class Scheduler:
                 if not self._grow(s, chunk, b):
                     break
                 budget -= chunk
-            while self._admissible(budget):
+            while self._admissible(budget, fresh=True):
                 s = self.waiting.popleft()
                 self._start(s)
                 chunk = min(s.prompt - s.computed, budget)
@@ -383,7 +390,7 @@ class Scheduler:
         for s in list(self.prefilling):  # one that could not get its blocks when it started
             if self._grow(s, s.prompt - s.computed, b):
                 budget -= s.prompt - s.computed
-        while self._admissible(budget):
+        while self._admissible(budget, fresh=True):
             s = self.waiting.popleft()
             self._start(s)
             self._grow(s, s.prompt - s.computed, b)
@@ -392,11 +399,11 @@ class Scheduler:
         return b
 
     def _start(self, s: Sequence) -> None:
-        s.hits = None
+        """Admit a sequence; its prefix lookup was just made by _admissible(fresh=True)."""
         self.pool.allocate(s.window_blocks)
         if self.block_keys:
             keys = self.block_keys(s.rid, s.prompt)
-            hits = self.pool.match(keys, (s.prompt - 1) // self.B) if keys else 0
+            hits = s.hits[0] if s.hits is not None else self.pool.match(keys, (s.prompt - 1) // self.B)
             if hits:
                 s.shared = keys[:hits]
                 self.pool.share(s.shared)
@@ -404,6 +411,7 @@ class Scheduler:
             s.computed = hits * self.B
             s.cached_tokens = s.computed
             self.cached_tokens += s.computed
+        s.hits = None
         self.running.append(s)
         self.prefilling.append(s)
 
@@ -466,18 +474,12 @@ class Scheduler:
             first.append(s)
             if self.block_keys:  # its prompt's full blocks become shareable with later requests
                 keys = self.block_keys(s.rid, s.prompt)
-                if len(keys) > len(s.shared):
-                    fresh = [
-                        k
-                        for k in keys[len(s.shared) :]
-                        if k not in self.pool.refs and k not in self.pool.cached
-                    ]
-                    if len(fresh) == len(keys) - len(s.shared):  # keep `shared` a prefix of the keys
-                        self.pool.publish(fresh)
-                        s.shared = keys
+                if len(keys) > len(s.shared) and self.pool.publish(keys[len(s.shared) :]):
+                    s.shared = keys
             if s.generated >= s.output:
                 self.running.remove(s)
                 self._release(s, s.blocks, s.prompt)
+                self._forget(s.rid)
                 s.blocks = 0
                 finished.append(s)
             else:
@@ -498,6 +500,7 @@ class Scheduler:
             if epoch != s.epoch or not s.decoding:
                 continue
             self._release(s, self._leave_decode(s), s.orig_prompt + s.output - 1)
+            self._forget(s.rid)
             self.running.remove(s)
             finished.append(s)
         return finished

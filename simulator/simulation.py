@@ -64,8 +64,6 @@ def _conversation(env, reqs: Requests, table: RequestTable, source: Source, keys
     next_turn, think, arrival = reqs.next_turn, reqs.think_s, table.arrival_s
 
     def on_finish(rid: int, finish_s: float) -> None:
-        if keys is not None:
-            keys.forget(rid)
         nxt = int(next_turn[rid])
         if nxt >= 0:
             delay = max(0.0, finish_s + float(think[rid]) - env.now)
@@ -290,10 +288,8 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
             e.hold = router.queue.__len__
     for e in engines:
         keys = ctx["keys"].get(e.group.serving.block_size) if e.group.serving.prefix_caching else None
-        if follow_ups:
+        if follow_ups:  # (the scheduler drops a finished request's prefix keys itself)
             e.on_finish = _conversation(env, reqs, table, source, keys, lookup)
-        elif keys is not None:
-            e.on_finish = _forget(keys)
     env.run()
     table.freeze()
     dropped = {"queue_full": 0, "timed_out": 0}
@@ -364,6 +360,3 @@ def _by_target(targets: np.ndarray, pool: list[Replica], router: Router):
 def _puller(router: Router, e: Replica):
     return lambda: router.pull(e) if router.queue else None
 
-
-def _forget(keys):
-    return lambda rid, _t: keys.forget(rid)

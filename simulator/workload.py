@@ -66,11 +66,12 @@ class PrefixKeys:
         self.output = requests.output_tokens
         self.shareable = requests.shareable
         self.B = block_size
+        self._ids: dict[tuple, int] = {}  # key -> small integer id, what the KV pool indexes by
         self._prefix_ids: dict[tuple, int] = {}
-        self._cache: dict[int, list] = {}
-        self._memo: dict[tuple, list] = {}  # keys by (shareable part of) segments: one list per system prompt
+        self._cache: dict[int, np.ndarray] = {}
+        self._memo: dict[tuple, np.ndarray] = {}  # keys by (shareable part of) segments: one per system prompt
 
-    def __call__(self, rid: int, tokens: int) -> list:
+    def __call__(self, rid: int, tokens: int) -> np.ndarray | list:
         keys = self._cache.get(rid)
         if keys is None:
             segs = self.segments[rid] if self.segments is not None else None
@@ -91,15 +92,15 @@ class PrefixKeys:
     def forget(self, rid: int) -> None:
         self._cache.pop(rid, None)
 
-    def _keys(self, segs: tuple) -> list:
-        B, keys, start = self.B, [], 0
+    def _keys(self, segs: tuple) -> np.ndarray:
+        B, keys, start, ids = self.B, [], 0, self._ids
         for i, (sid, n) in enumerate(segs):
             end = start + n
             if end // B > start // B:  # blocks whose last token falls in this segment
                 pid = self._prefix_ids.setdefault(segs[:i], len(self._prefix_ids))
-                keys.extend((pid, sid, j) for j in range(start // B, end // B))
+                keys.extend(ids.setdefault((pid, sid, j), len(ids)) for j in range(start // B, end // B))
             start = end
-        return keys
+        return np.array(keys, dtype=np.int64)
 
 
 def _truncate(segs: tuple, tokens: int) -> tuple:

@@ -126,5 +126,11 @@ def test_prefix_keys_depend_on_the_whole_prefix():
     keys = PrefixKeys(reqs, 16)
     a, b = keys(0, 2000), keys(1, 2000)
     # 1600 shared tokens = 100 blocks; the rest is the request's own and nobody can look it up
-    assert a == b and len(a) == 100
-    assert keys(0, 800) == a[:50]
+    assert np.array_equal(a, b) and len(a) == 100 and len(set(a.tolist())) == 100
+    assert np.array_equal(keys(0, 800), a[:50])
+    # ids increase along a chain (the KV pool relies on it to size its arrays)
+    conv = generate(scenario([dict(SYSTEM[0], session={"turns": {"dist": "fixed", "value": 3}})], n=30).workload, 0)
+    ck = PrefixKeys(conv, 16)
+    for rid in range(30):
+        k = ck(rid, 10**6)
+        assert np.all(np.diff(k) > 0)
