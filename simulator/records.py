@@ -21,7 +21,15 @@ class RequestTable:
     time); `freeze()` turns them into numpy arrays for the metrics.
     """
 
-    _LIVE = ("scheduled_s", "first_token_s", "finish_s", "preemptions", "replica", "generated", "cached_tokens")
+    _LIVE = (
+        "scheduled_s",
+        "first_token_s",
+        "finish_s",
+        "preemptions",
+        "replica",
+        "generated",
+        "cached_tokens",
+    )
 
     def __init__(self, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
         n = len(arrival_s)
@@ -60,39 +68,64 @@ class StepStats:
         self.prefill_tokens = 0  # computed, recomputation included
         self.kv_block_seconds = 0.0  # ∫ used blocks dt, for time-weighted occupancy
         self.batch_seq_steps = 0  # Σ sequences per step, for mean batch size
-        self.itl_hist = np.zeros(ITL_BINS_PER_DECADE * ITL_DECADES + 1, dtype=np.int64)
+        self._itl_s: list[float] = []  # ITL samples not yet binned, and their token counts
+        self._itl_n: list[int] = []
+        self._hist = np.zeros(ITL_BINS_PER_DECADE * ITL_DECADES + 1, dtype=np.int64)
         self.interval = timeline_interval_s
         self.next_sample = 0.0
         self.timeline: list[tuple[float, int, int, int, int]] = []  # t, waiting, running, kv used, batch
 
     # ITL histogram
     def add_itl(self, seconds: float, count: int) -> None:
+        """`count` tokens that came `seconds` after their previous one (binned in batches, later)."""
         if count > 0:
-            i = int(math.log10(seconds * _INV_LO) * ITL_BINS_PER_DECADE) if seconds > ITL_LO else 0
-            self.itl_hist[i if i < _LAST else _LAST] += count
+            self._itl_s.append(seconds)
+            self._itl_n.append(count)
+            if len(self._itl_s) >= 65536:
+                self._flush_itl()
+
+    def _flush_itl(self) -> None:
+        if self._itl_s:
+            s = np.maximum(np.array(self._itl_s), ITL_LO)
+            idx = np.minimum((np.log10(s * _INV_LO) * ITL_BINS_PER_DECADE).astype(np.int64), _LAST)
+            np.add.at(self._hist, idx, np.array(self._itl_n, dtype=np.int64))
+            self._itl_s.clear()
+            self._itl_n.clear()
+
+    @property
+    def itl_hist(self) -> np.ndarray:
+        """Tokens per ITL bin (log-spaced from ITL_LO, ITL_BINS_PER_DECADE a decade)."""
+        self._flush_itl()
+        return self._hist
+
+    @itl_hist.setter
+    def itl_hist(self, value: np.ndarray) -> None:
+        self._itl_s.clear()
+        self._itl_n.clear()
+        self._hist = value
 
     def add_itl_many(self, seconds: np.ndarray, count: int) -> None:
         if count > 0 and len(seconds):
             idx = np.clip(
                 np.floor(np.log10(np.maximum(seconds, ITL_LO) / ITL_LO) * ITL_BINS_PER_DECADE),
                 0,
-                len(self.itl_hist) - 1,
+                len(self._hist) - 1,
             ).astype(np.int64)
-            np.add.at(self.itl_hist, idx, count)
+            np.add.at(self._hist, idx, count)
 
     def add_itl_line(self, a: float, b: float, j0: int, j1: int, count: int) -> None:
         """Add `count` samples of each duration a + b·j for j in [j0, j1) (b >= 0), exactly per bin."""
         lo, hi = _itl_bin(a + b * j0), _itl_bin(a + b * (j1 - 1))
         if lo == hi or b <= 0:
-            self.itl_hist[lo] += count * (j1 - j0)
+            self._hist[lo] += count * (j1 - j0)
             return
         below = j0
         for i in range(lo + 1, hi + 1):  # j with a + b·j under bin i's lower edge
             edge = ITL_LO * _EDGE**i
             upto = min(max(math.ceil((edge - a) / b), below), j1)
-            self.itl_hist[i - 1] += count * (upto - below)
+            self._hist[i - 1] += count * (upto - below)
             below = upto
-        self.itl_hist[hi] += count * (j1 - below)
+        self._hist[hi] += count * (j1 - below)
 
     def sample(self, t: float, waiting: int, running: int, kv_used: int, batch: int) -> None:
         if t >= self.next_sample:
