@@ -112,7 +112,7 @@ class Replica:
         while True:
             if self.before_step is not None:
                 self.before_step()
-            if not sched.has_work():
+            if not (sched.waiting or sched.running):
                 yield from self._idle()
                 continue
             run = sched.decode_run(self.run_cap)

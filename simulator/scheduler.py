@@ -213,9 +213,9 @@ class Scheduler:
         The run stops at the next finish and before blocks run out; None whenever a prefill could be
         scheduled or a decode step would need a preemption.
         """
-        if not self.n_decoding or self.prefilling or self._spec_now():
+        if not self.n_decoding or self.prefilling or (self.spec is not None and self._spec_now()):
             return None
-        if self._admissible(self.max_tokens - self.n_decoding if self.chunked else self.max_tokens):
+        if self.waiting and self._admissible(self.max_tokens - self.n_decoding if self.chunked else self.max_tokens):
             return None
         k = min(cap, self.finish_heap[0][0] - self.dstep)
         need = self.blocks_over(k)
