@@ -158,6 +158,7 @@ class CostModel:
         self._gemm_cache: dict[int, float] = {}
         self._comm_cache: dict[int, float] = {}
         self._fixed_cache: dict[int, float] = {}
+        self._shared_cache: dict[tuple, float] = {}
         self._coeff_cache: dict[int, tuple] = {}
         m = model
         q_width = m.num_heads * m.q_head_dim
@@ -322,12 +323,24 @@ class CostModel:
         return sum(self.breakdown(b).values())
 
     def step_split(self, b: BatchShape) -> tuple[float, float]:
-        """(step seconds, the part spent on prompt tokens): attention by kind, the rest by token share."""
-        p = self.breakdown(b)
-        shared = p["gemm"] + p["elementwise"] + p["communication"] + p["overhead"]
-        frac = b.prefill_tokens / b.tokens if b.tokens else 0.0
-        total = shared + p["attention_prefill"] + p["attention_decode"]
-        return total, shared * frac + p["attention_prefill"]
+        """(step seconds, the part spent on prompt tokens): attention by kind, the rest by token share.
+
+        Equal to summing `breakdown`; the context-free groups are cached per (tokens, logits, sequences).
+        """
+        tokens = b.prefill_tokens + b.decode_seqs
+        logits = b.logits_tokens if b.logits_tokens >= 0 else b.decode_seqs + b.prefill_seqs
+        seqs = b.decode_seqs + b.prefill_seqs
+        key = (tokens, logits, seqs)
+        shared = self._shared_cache.get(key)
+        if shared is None:
+            shared = self.gemm_time(tokens, logits) + self.elementwise_time(tokens)
+            shared += self.communication_time(tokens, logits) + (self.overhead_time(seqs) if tokens else 0.0)
+            if len(self._shared_cache) < 200_000:
+                self._shared_cache[key] = shared
+        pre = self.attention_prefill_time(b)
+        dec = self.attention_decode_time(b.decode_seqs, b.decode_context_tokens)
+        frac = b.prefill_tokens / tokens if tokens else 0.0
+        return shared + pre + dec, shared * frac + pre
 
     def _decode_fixed(self, n: int) -> float:
         """The part of a decode-only step of n sequences that does not depend on context."""

@@ -119,3 +119,16 @@ def test_moe_small_batch_reads_only_touched_experts():
     assert 7.9 < c.experts_touched(256) <= 8.0
     # batch 1 reads ~2 of 8 experts: much cheaper than a batch that touches all of them
     assert c.step_time(decode(1, 512)) < 0.5 * c.step_time(decode(64, 512))
+
+
+def test_step_split_equals_the_breakdown_sum(cm):
+    shapes = [
+        BatchShape(prefill_tokens=300, prefill_seqs=2, prefill_pairs=chunk_pairs(0, 300), decode_seqs=10, decode_context_tokens=9000),
+        BatchShape(decode_seqs=7, decode_context_tokens=7000),
+        BatchShape(prefill_tokens=4096, prefill_seqs=1, prefill_pairs=chunk_pairs(1000, 4096), prefill_context_tokens=1000),
+    ]
+    for b in shapes * 2:  # the second pass hits the cache
+        total, pre = cm.step_split(b)
+        parts = cm.breakdown(b)
+        assert total == pytest.approx(sum(parts.values()), rel=1e-12)
+        assert parts["attention_prefill"] <= pre <= total
