@@ -23,7 +23,7 @@ class BlockPool:
     per-key state lives in numpy arrays, so sharing a 100-block system prompt is a few vector operations.
     """
 
-    __slots__ = ("num_blocks", "block_size", "free", "peak_used", "cached", "refs", "present", "evictions")
+    __slots__ = ("num_blocks", "block_size", "free", "peak_used", "cached", "refs", "present", "evictions", "version")
 
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False) -> None:
         if num_blocks < 0 or block_size < 1:
@@ -38,6 +38,7 @@ class BlockPool:
         self.refs = np.zeros(0, dtype=np.int32)
         self.present = np.zeros(0, dtype=bool)
         self.evictions = 0
+        self.version = 0  # bumped whenever which keys are cached or shared changes
 
     @property
     def used(self) -> int:
@@ -58,7 +59,9 @@ class BlockPool:
             evict = n - (self.free - len(self.cached))
             for _ in range(max(evict, 0)):
                 self.present[self.cached.popitem(last=False)[0]] = False
-            self.evictions += max(evict, 0)
+            if evict > 0:
+                self.evictions += evict
+                self.version += 1
         self.free -= n
         used = self.num_blocks - self.free
         if used > self.peak_used:
@@ -77,6 +80,7 @@ class BlockPool:
             fresh = keys[~self.present[keys]]
             self.present[fresh] = True
             self.cached.update(dict.fromkeys(fresh[::-1].tolist()))
+            self.version += 1
 
     # ---------------------------------------------------------------- prefix caching
     def _fit(self, keys) -> np.ndarray:
@@ -102,6 +106,15 @@ class BlockPool:
         hit = self.present[head]
         return len(head) if hit.all() else int(np.argmin(hit))
 
+    def lookup(self, keys, limit: int) -> tuple[int, int]:
+        """(leading blocks of `keys` cached or in use, at most `limit`; how many of those are free)."""
+        if self.cached is None or not len(keys) or limit <= 0:
+            return 0, 0
+        head = self._fit(keys[:limit])
+        hit = self.present[head]
+        n = len(head) if hit.all() else int(np.argmin(hit))
+        return n, (int(np.count_nonzero(self.refs[head[:n]] == 0)) if n else 0)
+
     def cost_of_sharing(self, keys) -> int:
         """Free blocks that sharing `keys` takes (cached blocks nobody uses yet)."""
         if not self.cached or not len(keys):
@@ -117,6 +130,7 @@ class BlockPool:
             del self.cached[k]
         self.free -= len(idle)
         self.refs[keys] += 1  # a request's keys are distinct
+        self.version += 1
         used = self.num_blocks - self.free
         if used > self.peak_used:
             self.peak_used = used
@@ -131,6 +145,7 @@ class BlockPool:
         if len(idle):
             self.cached.update(dict.fromkeys(idle[::-1].tolist()))
             self.free += len(idle)
+        self.version += 1
 
     def publish(self, keys) -> bool:
         """A sequence's own full blocks become shareable (referenced once, by it). Only when none of the
@@ -140,4 +155,5 @@ class BlockPool:
             return False
         self.present[keys] = True
         self.refs[keys] = 1
+        self.version += 1
         return True

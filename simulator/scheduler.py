@@ -46,6 +46,7 @@ class Sequence:
     window_blocks: int = 0  # sliding-window layers' KV, held from admission to finish
     priority: int = 0  # higher runs first under the priority policy
     hits: tuple | None = None  # prefix-cache estimate while queued: (cached blocks, of them free)
+    hits_version: int = -1  # the pool's version when `hits` was looked up
     shared: list = field(default_factory=list)  # prefix-cache keys of blocks it references, not owns
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at its (last) start
     decoding: bool = False
@@ -186,9 +187,10 @@ class Scheduler:
             return False
         head = self.waiting[0]
         hits, take = 0, 0
-        if self.block_keys:
-            if fresh or head.hits is None:
+        if self.block_keys:  # looked up again when the cache changed since (fresh) or never looked up
+            if head.hits is None or (fresh and head.hits_version != self.pool.version):
                 head.hits = self._prefix_hits(head)
+                head.hits_version = self.pool.version
             hits, take = head.hits
         todo = head.prompt - hits * self.B
         if self.chunked:
@@ -202,10 +204,7 @@ class Scheduler:
     def _prefix_hits(self, s: Sequence) -> tuple[int, int]:
         """(leading prompt blocks in the prefix cache, how many of them sit in the free list)."""
         keys = self.block_keys(s.rid, s.prompt)
-        if not len(keys):
-            return 0, 0
-        hits = self.pool.match(keys, (s.prompt - 1) // self.B)  # the last token is always computed
-        return hits, self.pool.cost_of_sharing(keys[:hits])
+        return self.pool.lookup(keys, (s.prompt - 1) // self.B)  # the last token is always computed
 
     def decode_run(self, cap: int) -> tuple[int, int] | None:
         """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take.
