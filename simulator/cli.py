@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, read_yaml
 from simulator.hardware import load_profile, profile_names
 from simulator.model_spec import catalogue_names, human_count, load_model
 from simulator.scenario import DEFAULT_SCENARIO, LENGTH_HELP, apply_overrides, field_help, parse_scenario
@@ -17,15 +17,7 @@ from simulator.scenario import DEFAULT_SCENARIO, LENGTH_HELP, apply_overrides, f
 def _scenario_data(path: str | None) -> tuple[dict, str]:
     if path is None:
         return yaml.safe_load(yaml.safe_dump(DEFAULT_SCENARIO)), "default scenario"
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"scenario file {path!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a scenario must be a YAML mapping")
+    data = read_yaml(path, "scenario file")
     return data, path
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
 from pydantic import ValidationError
 
 
@@ -36,3 +39,17 @@ def one_line(err: ValidationError, source: str = "", prefix: str = "") -> Config
         msgs.append(f"{loc}: {msg}")
     where = f"{source}: " if source else ""
     return ConfigError(where + "; ".join(msgs))
+
+
+def read_yaml(path: str | Path, what: str, mapping: bool = True) -> object:
+    """A user's YAML file (`what` names it in errors: "scenario file", "profile", ...), as data."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if mapping and not isinstance(data, dict):
+        raise ConfigError(f"{p}: a {what.split()[0]} must be a YAML mapping")
+    return data

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from simulator.errors import ConfigError, one_line
+from simulator.errors import ConfigError, one_line, read_yaml
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 
@@ -167,12 +167,7 @@ def profile_names() -> list[str]:
 
 
 def read_profile(path: Path) -> HardwareProfile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a profile must be a YAML mapping")
+    data = read_yaml(path, "profile")
     try:
         return HardwareProfile.model_validate(data)
     except ValidationError as e:

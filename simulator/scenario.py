@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from simulator.errors import ConfigError, one_line
+from simulator.errors import ConfigError, one_line, read_yaml
 
 Dtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 KvDtype = Literal["bf16", "fp16", "fp8"]
@@ -389,12 +389,7 @@ def load_scenario(path: str | Path | None) -> Scenario:
     if path is None:
         return parse_scenario(DEFAULT_SCENARIO, "default scenario")
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"scenario file {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(p, "scenario file", mapping=False)
     return parse_scenario(data, str(p))
 
 

@@ -25,10 +25,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from simulator.errors import ConfigError, one_line
+from simulator.errors import ConfigError, one_line, read_yaml
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
 
@@ -128,12 +127,7 @@ def parse_spec(data: object, source: str = "search spec") -> SearchSpec:
 
 def load_spec(path: str | Path) -> SearchSpec:
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"search spec {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(p, "search spec", mapping=False)
     return parse_spec(data, str(p))
 
 
