@@ -181,14 +181,10 @@ class Replica:
             if s.decoding:
                 self.fresh.append(s)
                 self._last_token[s.rid] = end
-        self._finish(res.finished, end)
-        st.sample(
-            end,
-            len(sched.waiting),
-            len(sched.running),
-            self.pool.used,
-            shape.decode_seqs + shape.prefill_seqs,
-        )
+        if res.finished:
+            self._finish(res.finished, end)
+        if end >= st.next_sample:
+            st.sample(end, len(sched.waiting), len(sched.running), self.pool.used, shape.decode_seqs + shape.prefill_seqs)
 
     def _decode_itl(self, n: int, end: float) -> None:
         """ITL samples of a decode step: the gap since each sequence's previous token."""

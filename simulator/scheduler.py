@@ -303,7 +303,7 @@ class Scheduler:
                 return b
         b = Batch()
         budget = self.max_tokens
-        if self._spec_now():
+        if self.spec is not None and self._spec_now():
             n, k = self.n_decoding, self.spec[0]
             b.spec_k, b.num_decodes, b.decode_context = k, n, self.decode_context
             b.spec_reserved = self._spec_blocks(k + 1)
@@ -323,7 +323,7 @@ class Scheduler:
                 b.decode_context = self.decode_context
                 budget -= self.n_decoding
         if self.chunked:
-            for s in list(self.prefilling):  # continue partial prefills
+            for s in list(self.prefilling) if self.prefilling else ():  # continue partial prefills
                 if budget <= 0:
                     break
                 chunk = min(s.prompt - s.computed, budget)
@@ -399,7 +399,8 @@ class Scheduler:
 
     def _start(self, s: Sequence) -> None:
         """Admit a sequence; its prefix lookup was just made by _admissible(fresh=True)."""
-        self.pool.allocate(s.window_blocks)
+        if s.window_blocks:
+            self.pool.allocate(s.window_blocks)
         if self.block_keys:
             keys = self.block_keys(s.rid, s.prompt)
             hits = s.hits[0] if s.hits is not None else self.pool.match(keys, (s.prompt - 1) // self.B)
