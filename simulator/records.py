@@ -75,6 +75,14 @@ class StepStats:
         self.next_sample = 0.0
         self.timeline: list[tuple[float, int, int, int, int]] = []  # t, waiting, running, kv used, batch
 
+    def record_run(self, steps: int, seconds: float, block_seconds: float, seq_steps: int) -> None:
+        """Decode-only steps: all of their time is output work."""
+        self.steps += steps
+        self.busy_s += seconds
+        self.decode_s += seconds
+        self.kv_block_seconds += block_seconds
+        self.batch_seq_steps += seq_steps
+
     # ITL histogram
     def add_itl(self, seconds: float, count: int) -> None:
         """`count` tokens that came `seconds` after their previous one (binned in batches, later)."""

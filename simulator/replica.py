@@ -237,17 +237,19 @@ class Replica:
         can observe this replica before then.
         """
         sched, env = self.scheduler, self.env
+        next_join, next_arrival, hold = self.next_join, self.next_arrival, self.hold
+        joins = next_join is not _never
         start = env.now
         t = 0.0
         while True:
-            horizon = self.next_join() - start - t
+            horizon = next_join() - start - t if joins else math.inf
             if not sched.waiting and len(sched.running) < sched.max_seqs:
-                horizon = min(horizon, self.next_arrival() - start - t)
+                horizon = min(horizon, next_arrival() - start - t)
             m, dt = self._decode_segment(k, blocks, start + t, horizon)
             t += dt
-            if m < k or self.next_arrival() <= start + t or self._due:  # cut short, an arrival, a callback
+            if m < k or next_arrival() <= start + t or self._due:  # cut short, an arrival, a callback
                 break
-            if self.next_join() <= start + t or (self.hold is not None and self.hold()):
+            if (joins and next_join() <= start + t) or (hold is not None and hold()):
                 break
             run = sched.decode_run(self.run_cap)
             if run is None:
@@ -281,11 +283,7 @@ class Replica:
             done = m * a + b * m * (m - 1) / 2
         if m < k:
             blocks = sched.blocks_over(m)
-        st.steps += m
-        st.busy_s += done
-        st.decode_s += done
-        st.kv_block_seconds += (self.pool.used + blocks / 2) * done  # blocks grow evenly over the run
-        st.batch_seq_steps += n * m
+        st.record_run(m, done, (self.pool.used + blocks / 2) * done, n * m)  # blocks grow evenly
         self._decode_itl(n, start + a)
         if m > 1:
             if line is None:

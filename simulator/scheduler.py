@@ -500,7 +500,8 @@ class Scheduler:
             if epoch != s.epoch or not s.decoding:
                 continue
             self._release(s, self._leave_decode(s), s.orig_prompt + s.output - 1)
-            self._forget(s.rid)
+            if self.block_keys is not None:
+                self._forget(s.rid)
             self.running.remove(s)
             finished.append(s)
         return finished
