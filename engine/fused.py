@@ -1,7 +1,7 @@
 """Fused element-wise kernels of a decoder layer (Triton on CUDA, plain torch elsewhere).
 
 Under CUDA graphs a decode step at batch 1 costs its GEMV weight reads plus a few µs per kernel,
-so the layer is kept to nine kernels, the count the cost model assumes (KERNELS_PER_LAYER):
+so the layer is kept to nine kernels, the ones the cost model's groups cover:
 add+norm, qkv, rope+KV write, attention, o, add+norm, gate_up, act·mul, down. Each function
 here has a torch reference used on the CPU and by the tests.
 """

@@ -125,8 +125,10 @@ def cmd_gpus(_: argparse.Namespace) -> int:
     for name in profile_names():
         p = load_profile(name)
         pk = p.peak_tflops
-        status = "calibrated" if p.is_calibrated else (
-            "datasheet, efficiencies transferred" if p.calibration is not None else "datasheet"
+        status = (
+            "calibrated"
+            if p.is_calibrated
+            else ("datasheet, efficiencies transferred" if p.calibration is not None else "datasheet")
         )
         print(
             f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
@@ -184,6 +186,19 @@ RUN_EPILOG = (
 )
 
 
+def _override_options(p: argparse.ArgumentParser, scope: str = "") -> None:
+    """--set and --requests, read by `_scenario`."""
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help=f"override a field{scope}, e.g. serving.max_num_seqs=64",
+    )
+    p.add_argument(
+        "--requests", type=int, help=f"number of requests{scope} (overrides workload.num_requests/duration_s)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m simulator", description="inferplan: forecast LLM serving on GPUs."
@@ -198,12 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("scenario", nargs="?", help="scenario YAML (default: the built-in default scenario)")
     r.add_argument("--out", help="output folder (default: the scenario's output.dir)")
-    r.add_argument(
-        "--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. serving.max_num_seqs=64"
-    )
-    r.add_argument(
-        "--requests", type=int, help="number of requests (overrides workload.num_requests/duration_s)"
-    )
+    _override_options(r)
     r.set_defaults(fn=cmd_run)
     c = sub.add_parser(
         "compare",
@@ -211,8 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate each scenario file and print the headline numbers side by side.",
     )
     c.add_argument("scenarios", nargs="+", help="scenario YAML files (two or more)")
-    c.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field in every scenario")
-    c.add_argument("--requests", type=int, help="number of requests for every scenario")
+    _override_options(c, " in every scenario")
     c.add_argument("--out", help="write compare.json and compare.csv into this folder")
     c.set_defaults(fn=cmd_compare)
     sub.add_parser("models", help="list catalogue models").set_defaults(fn=cmd_models)
@@ -242,8 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("scenario", nargs="?", help="scenario YAML (default: the built-in default scenario)")
     rp.add_argument("--out", help="output folder (default: the scenario's output.dir/report)")
-    rp.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field")
-    rp.add_argument("--requests", type=int, help="number of requests")
+    _override_options(rp)
     rp.set_defaults(fn=cmd_report)
     return p
 

@@ -43,8 +43,6 @@ ACT_BYTES = 2.0  # activations stay in 16-bit in every engine we model
 # Llama-2-13B (github.com/casper-hansen/AutoAWQ/issues/106); Marlin keeps ~4x up to 16-32 tokens.
 DEQUANT_TILE_TOKENS = 64
 DEQUANT_INSTR_PER_WEIGHT = 1.5
-# Kernels per layer in a fused engine step: norm, qkv, rope, attention, o, norm, gate_up, act, down.
-KERNELS_PER_LAYER = 9
 
 
 @dataclass(slots=True)

@@ -131,8 +131,7 @@ class Disaggregated:
         if not sched.block_keys:
             return 0
         prompt = int(d.table.prompt_tokens[rid])
-        keys = sched.block_keys(rid, prompt)
-        return sched.pool.match(keys, (prompt - 1) // sched.B) * sched.B
+        return sched.pool.lookup(sched.block_keys(rid, prompt), (prompt - 1) // sched.B)[0] * sched.B
 
     # ------------------------------------------------------------------ prefill side
     def _handoff_from(self, p: Replica):

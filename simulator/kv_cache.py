@@ -23,7 +23,17 @@ class BlockPool:
     per-key state lives in numpy arrays, so sharing a 100-block system prompt is a few vector operations.
     """
 
-    __slots__ = ("num_blocks", "block_size", "free", "peak_used", "cached", "refs", "present", "evictions", "version")
+    __slots__ = (
+        "num_blocks",
+        "block_size",
+        "free",
+        "peak_used",
+        "cached",
+        "refs",
+        "present",
+        "evictions",
+        "version",
+    )
 
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False) -> None:
         if num_blocks < 0 or block_size < 1:
@@ -98,14 +108,6 @@ class BlockPool:
                 self.present = np.concatenate([self.present, np.zeros(grow - len(self.present), dtype=bool)])
         return keys
 
-    def match(self, keys, limit: int) -> int:
-        """How many leading blocks of `keys` (at most `limit`) are cached or in use."""
-        if self.cached is None or not len(keys) or limit <= 0:
-            return 0
-        head = self._fit(keys[:limit])
-        hit = self.present[head]
-        return len(head) if hit.all() else int(np.argmin(hit))
-
     def lookup(self, keys, limit: int) -> tuple[int, int]:
         """(leading blocks of `keys` cached or in use, at most `limit`; how many of those are free)."""
         if self.cached is None or not len(keys) or limit <= 0:
@@ -114,13 +116,6 @@ class BlockPool:
         hit = self.present[head]
         n = len(head) if hit.all() else int(np.argmin(hit))
         return n, (int(np.count_nonzero(self.refs[head[:n]] == 0)) if n else 0)
-
-    def cost_of_sharing(self, keys) -> int:
-        """Free blocks that sharing `keys` takes (cached blocks nobody uses yet)."""
-        if not self.cached or not len(keys):
-            return 0
-        keys = self._fit(keys)
-        return int(np.count_nonzero(self.refs[keys] == 0))
 
     def share(self, keys) -> None:
         """Reference matched blocks (all cached or in use); cached free ones become used."""

@@ -403,7 +403,7 @@ class Scheduler:
             self.pool.allocate(s.window_blocks)
         if self.block_keys:
             keys = self.block_keys(s.rid, s.prompt)
-            hits = s.hits[0] if s.hits is not None else self.pool.match(keys, (s.prompt - 1) // self.B)
+            hits = (s.hits or self._prefix_hits(s))[0]
             if hits:
                 s.shared = keys[:hits]
                 self.pool.share(s.shared)
