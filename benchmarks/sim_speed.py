@@ -11,6 +11,7 @@ scheduling. Target (DESIGN.md): 1,000,000 requests in under 60 s.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import sys
@@ -46,8 +47,6 @@ def main() -> None:
     for name, overrides in VARIANTS.items():
         if args.only and name != args.only:
             continue
-        import copy
-
         data = apply_overrides(copy.deepcopy(DEFAULT_SCENARIO), overrides)
         data["workload"]["num_requests"] = args.requests
         sc = parse_scenario(data)
