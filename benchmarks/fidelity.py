@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from simulator.cost_model import BatchShape, CostModel  # noqa: E402
 from simulator.errors import ConfigError  # noqa: E402
 from simulator.hardware import load_profile, write_profile  # noqa: E402
 from simulator.kv_cache import BlockPool  # noqa: E402
@@ -171,6 +172,58 @@ def write_requests(path: Path, table, itl=None) -> None:
             w.writerow([f"{x:.6f}" if isinstance(x, float) else x for x in r])
 
 
+SHAPE_FIELDS = ("prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
+                "decode_seqs", "decode_context_tokens", "logits_tokens")  # fmt: skip
+
+
+def predicted_steps(trace: dict[str, np.ndarray], cm: CostModel) -> np.ndarray:
+    """The cost model's seconds for every step the engine ran (the very shapes it ran)."""
+    cols = [trace[f] for f in SHAPE_FIELDS]
+    ints = {"prefill_tokens", "prefill_seqs", "prefill_context_tokens", "decode_seqs", "decode_context_tokens",
+            "logits_tokens"}  # fmt: skip
+    out = np.empty(len(trace["end_s"]))
+    for i, vals in enumerate(zip(*cols)):
+        kw = {f: (int(v) if f in ints else float(v)) for f, v in zip(SHAPE_FIELDS, vals)}
+        out[i] = cm.step_time(BatchShape(**kw))
+    return out
+
+
+def step_kinds(trace: dict[str, np.ndarray], cm: CostModel) -> list[dict]:
+    """Where the engine's step time went, per kind of step, beside the cost model's time for those steps.
+
+    loop: the whole iteration (schedule + prepare + execute + record), which is what a step costs the
+    requests; execute: launch, GPU and the sampled ids' copy back; gpu: the span between CUDA events."""
+    pred = predicted_steps(trace, cm)
+    graph = trace["graph"] > 0
+    dec, pre = trace["decode_seqs"] > 0, trace["prefill_tokens"] > 0
+    kinds = [("decode (CUDA graph)", graph), ("mixed (eager)", ~graph & dec & pre),
+             ("prefill only (eager)", ~graph & ~dec & pre), ("decode (eager)", ~graph & dec & ~pre)]  # fmt: skip
+    loop = trace["schedule_s"] + trace["prepare_s"] + trace["execute_s"] + trace["record_s"]
+    out = []
+    for name, m in kinds:
+        if not m.any():
+            continue
+
+        def avg(x: np.ndarray, m: np.ndarray = m) -> float:
+            return float(np.mean(x[m]) * 1e3)
+
+        out.append({"kind": name, "steps": int(m.sum()), "loop_ms": avg(loop), "schedule_ms": avg(trace["schedule_s"]),
+                    "prepare_ms": avg(trace["prepare_s"]), "execute_ms": avg(trace["execute_s"]),
+                    "launch_ms": avg(trace["launch_s"]), "gpu_ms": avg(trace["gpu_s"]), "record_ms": avg(trace["record_s"]),
+                    "model_ms": avg(pred), "mean_seqs": float(np.mean((trace["decode_seqs"] + trace["prefill_seqs"])[m])),
+                    "mean_prefill_tokens": float(np.mean(trace["prefill_tokens"][m]))})  # fmt: skip
+    return out
+
+
+def write_steps(path: Path, trace: dict[str, np.ndarray], cm: CostModel) -> None:
+    pred = predicted_steps(trace, cm)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*trace, "model_s"])
+        for i in range(len(pred)):
+            w.writerow([f"{trace[k][i]:.6g}" for k in trace] + [f"{pred[i]:.6g}"])
+
+
 # ---------------------------------------------------------------------------------------------- the engine side
 class EngineHost:
     """One model on the device with its serving executor, reused by every row of that model."""
@@ -254,7 +307,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
         f"({args.duration:.0f} s), {mem.num_blocks} KV blocks")  # fmt: skip
     deadline = args.duration * 1.5 + (5 if cpu else 20)  # a run past its capacity stops here
     run = serve(host.executor, reqs, BlockPool(mem.num_blocks, sv.block_size), sv.max_num_seqs,
-                sv.max_num_batched_tokens, sv.chunked_prefill, deadline_s=deadline, log=log)  # fmt: skip
+                sv.max_num_batched_tokens, sv.chunked_prefill, deadline_s=deadline, log=log, trace=True)  # fmt: skip
     assert run.scheduler.pool.used == 0 or run.unfinished, "blocks left in use after a complete run"
     eng = summarize(sc, spec, profile, mem, run.table, run.stats, run.scheduler, run.wall_s)
     fc = simulate(sc, requests=reqs)
@@ -264,6 +317,13 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     d.mkdir(parents=True, exist_ok=True)
     write_requests(d / "engine_requests.csv", run.table, run.itl_summary())
     write_requests(d / "simulator_requests.csv", fc.table)
+    cm = CostModel(profile, spec, sv.weight_dtype, sv.kv_dtype)
+    steps = step_kinds(run.step_trace, cm)
+    write_steps(d / "engine_steps.csv", run.step_trace, cm)
+    for k in steps:
+        log(f"  {k['kind']}: {k['steps']} steps, loop {k['loop_ms']:.2f} ms (schedule {k['schedule_ms']:.2f}, "
+            f"prepare {k['prepare_ms']:.2f}, execute {k['execute_ms']:.2f} of which launch {k['launch_ms']:.2f} and "
+            f"GPU {k['gpu_ms']:.2f}, record {k['record_ms']:.2f}), cost model {k['model_ms']:.2f} ms")  # fmt: skip
     rec = {
         "row": row.name, "model": spec.name, "weight_dtype": row.weight_dtype, "trace": row.trace,
         "load": row.load, "chunked_prefill": row.chunked, "capacity_requests_per_s": cap, "rate_per_s": rate,
@@ -273,11 +333,108 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
                        "host_s": run.host_s, "idle_s": run.idle_s, "unfinished": len(run.unfinished),
                        "compactions": host.executor.compactions, "busy_fraction": eng["utilisation"]["busy_fraction"],
                        "mean_batch_seqs": eng["utilisation"]["mean_batch_seqs"]},
+        "engine_steps": steps,
         "simulator_run": {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],
                           "mean_batch_seqs": sim["utilisation"]["mean_batch_seqs"]},
     }  # fmt: skip
     (d / "row.json").write_text(json.dumps(rec, indent=1))
     return rec
+
+
+# ---------------------------------------------------------------------------------------------- decode at large batch
+DECODE_PROMPT, DECODE_OUTPUT = 1024, 128
+
+
+def roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dtype: str) -> float:
+    """The step's roofline on the measured ceilings (copy bandwidth, dense bf16 GEMM rate; the datasheet's
+    where the profile has none): weights and KV read once at full bandwidth, FLOPs at the full GEMM rate."""
+    c = dict(getattr(profile.calibration, "ceilings", None) or {}) if profile.calibration else {}
+    bw = c.get("copy_bandwidth_gbps", profile.memory_bandwidth_gbps) * 1e9
+    scale = c.get("gemm_bf16_tflops", profile.peak_tflops.bf16) / profile.peak_tflops.bf16
+    peak = getattr(profile.peak_tflops, "fp8" if weight_dtype == "fp8" else "bf16") * scale * 1e12
+    n = shape.decode_seqs
+    ctx = shape.decode_context_tokens / max(n, 1)
+    nbytes = spec.weight_bytes(weight_dtype) + shape.decode_context_tokens * spec.kv_bytes_per_token(kv_dtype)
+    return max(nbytes / bw, n * spec.flops_per_token(int(ctx)) / peak)
+
+
+def decode_host(row: Row, args, profile_name: str, model_ref: str, hosts: dict, log):
+    """The row model's engine host (reused when a row built it) with room for 256 sequences of 1,152 tokens."""
+    host = hosts.get(row.model)
+    if host is not None:
+        return host
+    for old in list(hosts):
+        del hosts[old]
+    spec = load_model(model_ref)
+    sv = scenario_for(row, 1.0, 1.0, profile_name, model_ref, args.utilization).serving
+    cpu = args.device == "cpu"
+    want = 16 * 80 if cpu else 256 * (DECODE_PROMPT + DECODE_OUTPUT)
+    reserve = activation_bytes(spec, sv) + ENGINE_RESERVE_BYTES
+    host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.max_num_seqs, 4096, reserve, log)
+    return host
+
+
+def decode_check(
+    host, spec, profile, sizes: list[int], weight_dtype: str, block_size: int, log
+) -> list[dict]:
+    """Decode-only steps at batch B (B requests arrive together, prompt 1024, output 128): the engine's
+    tokens/s from its step cadence beside the roofline and the calibrated cost model for the same steps."""
+    from engine.serving import serve
+
+    out = []
+    cm = CostModel(profile, spec, weight_dtype, "bf16")
+    for b in sizes:
+        prompt, output = (DECODE_PROMPT, DECODE_OUTPUT) if host.executor.cuda else (64, 16)
+        reqs = Requests(np.zeros(b), np.full(b, prompt), np.full(b, output))
+        blocks = b * (-(-(prompt + output) // block_size))
+        run = serve(host.executor, reqs, BlockPool(blocks, block_size), b, 8192, True, trace=True)
+        tr = run.step_trace
+        m = (tr["prefill_tokens"] == 0) & (tr["decode_seqs"] == b)  # CUDA graphs on the GPU
+        if m.sum() < 4:
+            continue
+        loop = (tr["schedule_s"] + tr["prepare_s"] + tr["execute_s"] + tr["record_s"])[m][2:]
+        gpu = tr["gpu_s"][m][2:]
+        ctx = float(np.median(tr["decode_context_tokens"][m]))
+        shape = BatchShape(decode_seqs=b, decode_context_tokens=int(ctx))
+        roof, model = roofline_s(profile, spec, shape, weight_dtype, "bf16"), cm.step_time(shape)
+        step = float(np.median(loop))
+        rec = {"batch": b, "steps": int(len(loop)), "mean_context": ctx / b, "step_ms": step * 1e3,
+               "gpu_ms": float(np.median(gpu)) * 1e3, "tokens_per_s": b / step, "roofline_tokens_per_s": b / roof,
+               "model_tokens_per_s": b / model, "roofline_ratio": step / roof, "model_ratio": step / model}  # fmt: skip
+        log(f"decode at batch {b}: {rec['tokens_per_s']:.0f} tok/s ({rec['step_ms']:.2f} ms/step, GPU "
+            f"{rec['gpu_ms']:.2f}), roofline {rec['roofline_tokens_per_s']:.0f} ({rec['roofline_ratio']:.2f}x), "
+            f"cost model {rec['model_tokens_per_s']:.0f} ({rec['model_ratio']:.2f}x)")  # fmt: skip
+        out.append(rec)
+    return out
+
+
+def decode_table(recs: list[dict]) -> list[str]:
+    lines = ["## Decode throughput at large batch", "",
+             f"Decode-only steps of the serving loop (CUDA graphs) with every request of prompt {DECODE_PROMPT} and "
+             f"output {DECODE_OUTPUT} arriving together; step = the loop's median iteration (scheduler, inputs, "
+             "graph replay, sampled ids back, records); roofline = weights + KV read once at the measured copy "
+             "bandwidth, FLOPs at the measured GEMM rate. Bar (issue 5): within 1.3x of the roofline at batch ≥ 64.",
+             "", "| batch | mean context | step (ms) | GPU (ms) | tok/s | roofline tok/s | × roofline | "
+             "cost model tok/s | × cost model |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in recs:
+        lines.append(f"| {r['batch']} | {r['mean_context']:.0f} | {r['step_ms']:.2f} | {r['gpu_ms']:.2f} | "
+                     f"{r['tokens_per_s']:.0f} | {r['roofline_tokens_per_s']:.0f} | {r['roofline_ratio']:.2f} | "
+                     f"{r['model_tokens_per_s']:.0f} | {r['model_ratio']:.2f} |")  # fmt: skip
+    return lines + [""]
+
+
+def steps_table(records: list[dict]) -> list[str]:
+    lines = ["## Where the engine's steps went", "",
+             "Per kind of step, mean milliseconds: the loop's whole iteration and its parts (GPU: the span between "
+             "CUDA events around the step), beside the cost model's time for the very same batches.", "",
+             "| row | kind | steps | mean seqs | loop | schedule | prepare | execute | launch | GPU | record | "
+             "cost model |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in records:
+        for k in r.get("engine_steps", []):
+            lines.append(f"| {r['row']} | {k['kind']} | {k['steps']} | {k['mean_seqs']:.1f} | {k['loop_ms']:.2f} | "
+                         f"{k['schedule_ms']:.2f} | {k['prepare_ms']:.2f} | {k['execute_ms']:.2f} | "
+                         f"{k['launch_ms']:.2f} | {k['gpu_ms']:.2f} | {k['record_ms']:.2f} | {k['model_ms']:.2f} |")  # fmt: skip
+    return lines + [""]
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -289,7 +446,7 @@ def ms(x: float) -> str:
     return "—" if not math.isfinite(x) else (f"{x * 1e3:.1f}" if x < 10 else f"{x:.1f} s")
 
 
-def table(records: list[dict], profile: str, command: str) -> str:
+def table(records: list[dict], profile: str, command: str, decode: list[dict] | None = None) -> str:
     done = [r for r in records if "skipped" not in r]
     keys = ["ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90", "output_tokens_per_s"]
     lines = [f"# Fidelity: simulator vs real continuous batching ({profile})", "",
@@ -321,7 +478,8 @@ def table(records: list[dict], profile: str, command: str) -> str:
         )
         ok = all(med[k] <= BAR_LATENCY for k in keys[:4]) and med[keys[4]] <= BAR_THROUGHPUT
         lines += ["", f"Bar {'met' if ok else 'missed'}."]
-    lines += ["", "## Per row: engine | simulator | error", ""]
+    lines += ["", *steps_table(done), *(decode_table(decode) if decode else [])]
+    lines += ["## Per row: engine | simulator | error", ""]
     for r in done:
         e, s = r["engine"], r["simulator"]
         er = r["engine_run"]
@@ -440,13 +598,24 @@ def main(argv: list[str] | None = None) -> int:
                     f"TPOT p50 {ms(e['tpot_p50'])} vs {ms(s['tpot_p50'])} ms ({pct(error(s['tpot_p50'], e['tpot_p50']))}), "
                     f"out tok/s {e['output_tokens_per_s']:.0f} vs {s['output_tokens_per_s']:.0f} "
                     f"[{time.perf_counter() - t0:.0f} s]")  # fmt: skip
+        dpath = raw / "decode_check.json"
+        if (not args.only or args.only in "decode") and (args.fresh or not dpath.exists()):
+            dpath.parent.mkdir(parents=True, exist_ok=True)
+            first = rows_for(args.device, True)[0]
+            host = decode_host(first, args, profile_name, model_ref or first.model, hosts, log)
+            sizes = [8, 16] if cpu else [64, 128, 256]
+            profile = load_profile(profile_name)
+            spec = load_model(model_ref or first.model)
+            recs = decode_check(host, spec, profile, sizes, first.weight_dtype, 16, log)
+            dpath.write_text(json.dumps(recs, indent=1))
+        decode = json.loads(dpath.read_text()) if dpath.exists() else []
         # the table covers every row with results in the folder, so split runs (--only) add up
         known = {r["row"] for r in records}
         for saved in sorted(raw.glob("*/row.json")):
             rec = json.loads(saved.read_text())
             if rec["row"] not in known:
                 records.append(rec)
-        text = table(records, "CPU, tiny model" if cpu else args.profile, command)
+        text = table(records, "CPU, tiny model" if cpu else args.profile, command, decode)
         md = out / f"fidelity_{tag}.md"
         md.write_text(text)
         print(text)

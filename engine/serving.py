@@ -40,6 +40,12 @@ from simulator.records import RequestTable, StepStats
 from simulator.scheduler import Batch, Scheduler, Sequence
 from simulator.workload import Requests
 
+# serve(trace=True), per step: when it ended; seconds in the scheduler, preparing inputs, in the executor
+# (launch, GPU, sampled ids back) and recording; the executor's host seconds until every launch was issued
+# and its GPU span between CUDA events (NaN on the CPU); whether a decode graph ran; the batch's BatchShape.
+TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "launch_s", "gpu_s", "graph",
+                "prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
+                "decode_seqs", "decode_context_tokens", "logits_tokens")  # fmt: skip
 IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
 
 
@@ -162,6 +168,16 @@ class Executor:
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.vocab = model.spec.vocab_size
         self.graph_pool_bytes = 0
+        # per-step timing (serve(trace=True)): the GPU span of the last step between CUDA events, and the
+        # host seconds from the step's start until its launches were all issued (before the final sync)
+        self.time_gpu = False
+        self.last_gpu_s = float("nan")
+        self.last_launch_s = float("nan")
+        self._events = (
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            if self.cuda
+            else None
+        )
 
     # ------------------------------------------------------------------ set-up
     def warmup(self, log=None) -> float:
@@ -246,11 +262,23 @@ class Executor:
         prefills: (region start, cached tokens, chunk, the chunk's token ids, wants logits);
         decodes: (region starts, contexts including the new token, input token ids), numpy arrays.
         """
+        t0 = time.perf_counter()
+        timed = self.time_gpu and self._events is not None
+        if timed:
+            self._events[0].record()
         if not prefills and decodes is not None and self.static_decode and len(decodes[0]) <= self.max_batch:
-            return self._decode(*decodes)
-        return self._eager(prefills, decodes)
+            ids = self._decode(*decodes)
+        else:
+            ids = self._eager(prefills, decodes)
+        self.last_launch_s = time.perf_counter() - t0
+        if timed:
+            self._events[1].record()
+        out = ids.cpu().numpy()  # the synchronisation that timestamps the step's tokens
+        if timed:
+            self.last_gpu_s = self._events[0].elapsed_time(self._events[1]) / 1e3
+        return out
 
-    def _eager(self, prefills, decodes) -> np.ndarray:
+    def _eager(self, prefills, decodes) -> torch.Tensor:
         q_lens = [c for _, _, c, _, _ in prefills]
         prior = [p for _, p, _, _, _ in prefills]
         starts = [s for s, _, _, _, _ in prefills]
@@ -268,10 +296,9 @@ class Executor:
         tokens = torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False)).to(self.device)
         ends = np.cumsum(q_lens) - 1
         rows = torch.from_numpy(ends[np.asarray(want, dtype=bool)]).to(self.device)
-        ids = self.model(tokens, lay, rows).argmax(-1)
-        return ids.cpu().numpy()  # the synchronisation that timestamps the step's tokens
+        return self.model(tokens, lay, rows).argmax(-1)
 
-    def _decode(self, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    def _decode(self, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> torch.Tensor:
         n = len(ctx)
         g = self._graph(self.sizes[bisect.bisect_left(self.sizes, n)])
         self._fill(g, starts, ctx, tokens)
@@ -285,7 +312,7 @@ class Executor:
             lay.k_lens = k_lens
             lay.k_starts = g.host32[:size].tolist()
             ids = self.model(g.i64[:size], lay, None).argmax(-1)
-        return ids[:n].cpu().numpy()
+        return ids[:n]
 
     def _fill(self, g: _DecodeGraph, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> None:
         """Write one decode step's metadata into the graph's host buffers and copy it to the device in one go."""
@@ -387,6 +414,7 @@ class ServingRun:
     unfinished: list[int] = field(default_factory=list)
     ids: np.ndarray | None = None  # every request's token stream (prompt, then output), end to end
     offsets: np.ndarray | None = None  # request i's stream is ids[offsets[i]:offsets[i + 1]]
+    step_trace: dict[str, np.ndarray] | None = None  # serve(trace=True): TRACE_FIELDS, one entry per step
 
     def output_ids(self, rid: int) -> np.ndarray:
         """The tokens request rid generated (greedy)."""
@@ -523,12 +551,14 @@ def serve(
     sliding_window: int = 0,
     sliding_ratio: float = 0.0,
     log=None,
+    trace: bool = False,
 ) -> ServingRun:
     """Replay `requests` in real time on `executor` with the simulator's scheduler over `pool`.
 
     Arrival times are seconds from the start of the replay (requests with NaN arrivals are skipped).
     The run ends when every request has finished, or at `deadline_s` (wall seconds since the start;
     requests still in flight are left unfinished). Call `executor.warmup()` once before the first run.
+    With `trace`, the run keeps one row per step (`TRACE_FIELDS`): where its time went and what it computed.
     """
     sched = Scheduler(pool, max_num_seqs, max_num_batched_tokens, chunked_prefill,
                       sliding_window=sliding_window, sliding_ratio=sliding_ratio)  # fmt: skip
@@ -539,6 +569,8 @@ def serve(
     prompt, output = run.prompt, run.output
     nxt = steps = graph_steps = 0
     busy = idle = 0.0
+    rows: list[tuple] = []
+    executor.time_gpu = trace
     t0 = time.perf_counter()
     while True:
         now = time.perf_counter() - t0
@@ -555,11 +587,13 @@ def serve(
             wait = arrivals[nxt] - (time.perf_counter() - t0)
             if wait > IDLE_SPIN_S:
                 time.sleep(wait - IDLE_SPIN_S / 2)
-            idle += max(wait, 0.0)
+            idle += time.perf_counter() - t0 - now
             continue
         start = time.perf_counter() - t0
         prefills, wants, dec, d_rids, d_pos = run.inputs(batch)
-        graph_steps += not prefills and executor.static_decode
+        graph = not prefills and executor.static_decode
+        graph_steps += graph
+        prepared = time.perf_counter() - t0
         sampled = executor.step(prefills, dec)
         end = time.perf_counter() - t0
         steps += 1
@@ -567,6 +601,12 @@ def serve(
         run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end)
         run.stats.sample(end, len(sched.waiting), len(sched.running), pool.used,
                          batch.num_decodes + len(batch.prefills))  # fmt: skip
+        if trace:
+            sh = batch.shape
+            rows.append((end, start - now, prepared - start, end - prepared, time.perf_counter() - t0 - end,
+                         executor.last_launch_s, executor.last_gpu_s, graph, sh.prefill_tokens, sh.prefill_seqs,
+                         sh.prefill_pairs, sh.sliding_prefill_pairs, sh.prefill_context_tokens, sh.decode_seqs,
+                         sh.decode_context_tokens, sh.logits_tokens))  # fmt: skip
     wall = time.perf_counter() - t0
     run.table.freeze()
     unfinished = np.flatnonzero(~np.isfinite(run.table.finish_s)).tolist()
@@ -575,5 +615,10 @@ def serve(
             f"served {len(order) - len(unfinished)}/{len(order)} requests in {wall:.1f} s: {steps} steps "
             f"({graph_steps} graph decodes), {sched.num_preemptions} preemptions, busy {busy / max(wall, 1e-9):.0%}"
         )
+    executor.time_gpu = False
+    cols = list(zip(*rows)) if rows else [()] * len(TRACE_FIELDS)
+    step_trace = (
+        {k: np.asarray(c, dtype=float) for k, c in zip(TRACE_FIELDS, cols, strict=True)} if trace else None
+    )
     return ServingRun(run.table, run.stats, sched, run.token_times(), wall, 0.0, steps, graph_steps,
-                      max(wall - busy - idle, 0.0), idle, unfinished, run.ids, run.off)  # fmt: skip
+                      max(wall - busy - idle, 0.0), idle, unfinished, run.ids, run.off, step_trace)  # fmt: skip
