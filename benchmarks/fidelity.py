@@ -102,7 +102,8 @@ CPU_LENGTHS = {
 
 def scenario_for(row: Row, rate: float, duration_s: float, profile: str, model: str, util: float) -> Scenario:
     serving = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "chunked_prefill": row.chunked,
-               "block_size": 16, "gpu_memory_utilization": util, "weight_dtype": row.weight_dtype}  # fmt: skip
+               "block_size": 16, "gpu_memory_utilization": util, "weight_dtype": row.weight_dtype,
+               "cuda_graphs": "decode_only"}  # the engine's: eager steps for prompts  # fmt: skip
     if row.model == "tiny":
         serving |= {"max_num_seqs": 16, "max_num_batched_tokens": 256 if row.chunked else 512,
                     "weight_dtype": "bf16"}  # fmt: skip
@@ -238,6 +239,7 @@ class EngineHost:
         max_context: int,
         reserve_bytes: float,
         log,
+        max_prompt: int = 0,
     ) -> None:
         import torch
 
@@ -253,15 +255,54 @@ class EngineHost:
             per_token = spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 2  # bf16 K and V
             pool_tokens = int((free - reserve_bytes) // per_token) - max_batch
         self.executor = Executor(self.model, pool_tokens, max_batch, device=device)
-        self.warmup_s = self.executor.warmup(log)
+        self.warmup_s = self.executor.warmup(log, max_prompt=max_prompt)
         self.pool_tokens = pool_tokens
         log(f"{spec.name} {dtype}: built and warmed up in {time.perf_counter() - t0:.0f} s, "
             f"engine KV pool {pool_tokens} tokens")  # fmt: skip
 
 
+def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
+    """The row model's engine host, built on first use (one model on the device at a time). On the GPU its
+    KV pool takes the memory the weights and a step's activations leave; on the CPU, the scheduler's
+    blocks plus a region's worth of headroom per sequence."""
+    host = hosts.get(row.model)
+    if host is not None:
+        return host
+    for old in list(hosts):
+        del hosts[old]
+    reserve = activation_bytes(spec, sv) + ENGINE_RESERVE_BYTES
+    # CPU: room for max_num_seqs of the longest requests the CPU workloads make (a small pool, as before:
+    # the scheduler's blocks shrink to fit it, so the CPU rows run with the KV cache under pressure)
+    longest = max(p["max"] + o["max"] for p, o in CPU_LENGTHS.values())
+    want = min(mem.num_blocks * sv.block_size, sv.max_num_seqs * longest)
+    ctx_cap = min(spec.max_position_embeddings or 32768, 32768)
+    host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.max_num_seqs, ctx_cap, reserve, log,
+                                         max_prompt=sv.max_num_batched_tokens)  # fmt: skip
+    return host
+
+
+def engine_profile(profile_name: str, host: EngineHost, spec, out_dir: Path, log) -> str:
+    """The profile the simulator uses: the GPU's own, with the engine's measured eager launch time per layer
+    where the profile has none (written beside the raw runs). Returns its name or path."""
+    prof = load_profile(profile_name)
+    measured = host.executor.eager_launch_s / spec.num_layers
+    have = prof.efficiency.eager_launch_s_per_layer
+    if have > 0:
+        log(
+            f"  eager launch: profile {have * 1e6:.0f} µs a layer, this engine's warm-up {measured * 1e6:.0f} µs"
+        )
+        return profile_name
+    eff = prof.efficiency.model_copy(update={"eager_launch_s_per_layer": measured})
+    path = out_dir / f"{prof.name}-with-engine-launch.yaml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_profile(prof.model_copy(update={"efficiency": eff}), path)
+    log(f"  eager launch: {measured * 1e6:.0f} µs a layer measured at warm-up (the profile has none): {path}")
+    return str(path)
+
+
 def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_dir: Path, log) -> dict:
     """Capacity, engine run and simulation of one row; returns its record (also written as row.json)."""
-    from engine.serving import physical_tokens, region_headroom, serve
+    from engine.serving import region_headroom, serve
 
     cpu = args.device == "cpu"
     spec = load_model(model_ref)
@@ -270,6 +311,9 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
                 "sequence and shares none, so a prefix-heavy run with prefix caching on cannot be replayed; "
                 "row skipped (the simulator's prefix cache is checked by tests/simulator)"}  # fmt: skip
     util = args.utilization
+    sv0 = scenario_for(row, 1.0, args.duration, profile_name, model_ref, util).serving
+    host = host_for(row, args, spec, sv0, plan_memory(load_profile(profile_name), spec, sv0), hosts, log)
+    profile_name = engine_profile(profile_name, host, spec, out_dir, log)
     base_rate = 20.0 if cpu else 5.0
     cap = capacity(row, args.duration, profile_name, model_ref, util, base_rate)
     rate = row.load * cap
@@ -280,17 +324,6 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     if not mem.fits:
         raise ConfigError(f"{row.name}: {mem.explain()}")
     sv = sc.serving
-    max_context = int((reqs.prompt_tokens + reqs.output_tokens).max())
-    host = hosts.get(row.model)
-    if host is None:
-        for old in list(hosts):  # one model on the device at a time
-            del hosts[old]
-        reserve = activation_bytes(spec, sv) + ENGINE_RESERVE_BYTES
-        want = max(physical_tokens(mem.num_blocks, sv.block_size, reqs, sv.max_num_seqs), 8 * max_context)
-        ctx_cap = min(spec.max_position_embeddings or 32768, 32768)
-        host = hosts[row.model] = EngineHost(
-            row, spec, args.device, want, sv.max_num_seqs, ctx_cap, reserve, log
-        )
     # the engine's regions hold final lengths: keep the scheduler's blocks within its pool (both sides)
     headroom = region_headroom(reqs, sv.max_num_seqs)
     room = (host.pool_tokens - headroom) // sv.block_size
@@ -317,7 +350,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     d.mkdir(parents=True, exist_ok=True)
     write_requests(d / "engine_requests.csv", run.table, run.itl_summary())
     write_requests(d / "simulator_requests.csv", fc.table)
-    cm = CostModel(profile, spec, sv.weight_dtype, sv.kv_dtype)
+    cm = CostModel(profile, spec, sv.weight_dtype, sv.kv_dtype, eager_prefill=sv.cuda_graphs == "decode_only")
     steps = step_kinds(run.step_trace, cm)
     write_steps(d / "engine_steps.csv", run.step_trace, cm)
     for k in steps:
@@ -360,18 +393,9 @@ def roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dtype: st
 
 def decode_host(row: Row, args, profile_name: str, model_ref: str, hosts: dict, log):
     """The row model's engine host (reused when a row built it) with room for 256 sequences of 1,152 tokens."""
-    host = hosts.get(row.model)
-    if host is not None:
-        return host
-    for old in list(hosts):
-        del hosts[old]
     spec = load_model(model_ref)
     sv = scenario_for(row, 1.0, 1.0, profile_name, model_ref, args.utilization).serving
-    cpu = args.device == "cpu"
-    want = 16 * 80 if cpu else 256 * (DECODE_PROMPT + DECODE_OUTPUT)
-    reserve = activation_bytes(spec, sv) + ENGINE_RESERVE_BYTES
-    host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.max_num_seqs, 4096, reserve, log)
-    return host
+    return host_for(row, args, spec, sv, plan_memory(load_profile(profile_name), spec, sv), hosts, log)
 
 
 def decode_check(

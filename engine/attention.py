@@ -59,7 +59,9 @@ class StepLayout:
     # sequences from n_real on are CUDA-graph padding, whose outputs nobody reads
     n_prefill: int = -1
     n_real: int = -1
-    units: dict = field(default_factory=dict)  # the decode group's work units (device tensors), see plan_decode_units
+    units: dict = field(
+        default_factory=dict
+    )  # the decode group's work units (device tensors), see plan_decode_units
 
     def __post_init__(self) -> None:
         if self.n_prefill < 0:
@@ -128,8 +130,15 @@ def unit_capacity(target: int, n_decode: int) -> int:
     return target + n_decode
 
 
-def plan_layout(q_lens: list[int], prior_lens: list[int], base: int = 0, starts: list | None = None,
-                n_prefill: int | None = None, target: int = 64, cap: int | None = None) -> dict:
+def plan_layout(
+    q_lens: list[int],
+    prior_lens: list[int],
+    base: int = 0,
+    starts: list | None = None,
+    n_prefill: int | None = None,
+    target: int = 64,
+    cap: int | None = None,
+) -> dict:
     """Host-side layout: regions laid end to end from slot `base` (or at `starts`), new tokens after each prefix.
 
     Sequences from `n_prefill` on (default: the trailing single-query ones) are decodes, split into
@@ -150,9 +159,16 @@ def plan_layout(q_lens: list[int], prior_lens: list[int], base: int = 0, starts:
     n_pre = prefill_count(list(q_lens)) if n_prefill is None else n_prefill
     units = plan_decode_units(k_lens[n_pre:], target, seq0=n_pre, cap=cap)
     return {
-        "q_lens": list(q_lens), "k_lens": k_lens, "k_starts": k_starts, "cu_q": cu_q,
-        "cu_k": k_starts + [max(off, k_starts[-1] if k_starts else 0)], "positions": positions, "slots": slots, "end": off,
-        "n_prefill": n_pre, "units": units,
+        "q_lens": list(q_lens),
+        "k_lens": k_lens,
+        "k_starts": k_starts,
+        "cu_q": cu_q,
+        "cu_k": k_starts + [max(off, k_starts[-1] if k_starts else 0)],
+        "positions": positions,
+        "slots": slots,
+        "end": off,
+        "n_prefill": n_pre,
+        "units": units,
     }
 
 
@@ -163,11 +179,21 @@ def device_sms(device) -> int:
 
 def unit_tensors(units: dict, device) -> dict:
     """The decode unit tables as int32 device tensors (what the decode kernel reads)."""
-    return {k: torch.tensor(units[k], dtype=torch.int32, device=device) for k in ("seq", "lo", "hi", "seq_units")}
+    return {
+        k: torch.tensor(units[k], dtype=torch.int32, device=device) for k in ("seq", "lo", "hi", "seq_units")
+    }
 
 
-def make_layout(q_lens: list[int], prior_lens: list[int], device, base: int = 0, starts: list[int] | None = None,
-                max_q: int | None = None, max_k: int | None = None, kv_heads: int = 8) -> StepLayout:
+def make_layout(
+    q_lens: list[int],
+    prior_lens: list[int],
+    device,
+    base: int = 0,
+    starts: list[int] | None = None,
+    max_q: int | None = None,
+    max_k: int | None = None,
+    kv_heads: int = 8,
+) -> StepLayout:
     """A StepLayout with fresh device tensors (eager steps and tests); `starts` pins each region's first slot."""
     p = plan_layout(q_lens, prior_lens, base, starts, target=unit_target(device_sms(device), kv_heads))
 
@@ -178,10 +204,19 @@ def make_layout(q_lens: list[int], prior_lens: list[int], device, base: int = 0,
         return torch.tensor(v, dtype=torch.int64, device=device)
 
     return StepLayout(
-        p["q_lens"], p["k_lens"], p["k_starts"], i32(p["cu_q"]), i32(p["cu_k"]), i32(p["k_lens"]),
-        i64(p["positions"]), i64(p["slots"]),
-        max_q if max_q is not None else max(q_lens), max_k if max_k is not None else max(p["k_lens"]),
-        p["n_prefill"], len(q_lens), unit_tensors(p["units"], device),
+        p["q_lens"],
+        p["k_lens"],
+        p["k_starts"],
+        i32(p["cu_q"]),
+        i32(p["cu_k"]),
+        i32(p["k_lens"]),
+        i64(p["positions"]),
+        i64(p["slots"]),
+        max_q if max_q is not None else max(q_lens),
+        max_k if max_k is not None else max(p["k_lens"]),
+        p["n_prefill"],
+        len(q_lens),
+        unit_tensors(p["units"], device),
     )
 
 
@@ -218,12 +253,69 @@ def _prefill_group(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int
     if n_pre < n_all:
         cu_q, cu_k, used = cu_q[: n_pre + 1], cu_k[: n_pre + 1], used[:n_pre]
     return torch.ops.aten._flash_attention_forward(
-        q, k_pool, v_pool, cu_q, cu_k, lay.max_q, lay.max_k, 0.0, True, False,
-        scale=scale, window_size_left=window - 1 if window else -1, window_size_right=0, seqused_k=used,
+        q,
+        k_pool,
+        v_pool,
+        cu_q,
+        cu_k,
+        lay.max_q,
+        lay.max_k,
+        0.0,
+        True,
+        False,
+        scale=scale,
+        window_size_left=window - 1 if window else -1,
+        window_size_right=0,
+        seqused_k=used,
     )[0]
 
 
 _cudnn_state: dict[str, bool | None] = {"ok": None, "gqa": True}
+# cuDNN builds an execution plan for every new prompt length (60-100 ms of host time on an H100, then
+# cached by shape). A serving loop meets a new length at almost every prompt, so it sets a bucket:
+# a single prompt of t tokens runs as ceil(t / bucket) * bucket queries and keys (the padding rows come
+# after the real ones, so the causal mask keeps them out of every real row), and the plans of all
+# buckets are built once at warm-up (`prebuild_cudnn`). 0: exact lengths (calibration sweeps repeat
+# their shapes, so they pay each plan once).
+CUDNN_BUCKET = {"tokens": 0}
+
+
+def set_cudnn_bucket(tokens: int) -> None:
+    """Pad single-prompt cuDNN prefills to multiples of `tokens` (0: exact lengths)."""
+    CUDNN_BUCKET["tokens"] = int(tokens)
+
+
+def prebuild_cudnn(k_pool: torch.Tensor, v_pool: torch.Tensor, num_heads: int, max_tokens: int) -> int:
+    """Run the cuDNN prefill once at every bucketed length up to `max_tokens` (within the pool), so no plan
+    is built while requests wait. Returns how many lengths ran (0 when there is no bucket or no cuDNN)."""
+    bucket = CUDNN_BUCKET["tokens"]
+    if not bucket or k_pool.device.type != "cuda" or _cudnn_state["ok"] is False:
+        return 0
+    d = k_pool.shape[-1]
+    top = min(max_tokens, k_pool.shape[0]) // bucket * bucket
+    n = 0
+    for t in range(bucket, top + 1, bucket):
+        q = torch.randn((t, num_heads, d), dtype=k_pool.dtype, device=k_pool.device)
+        lay = StepLayout([t], [t], [0], None, None, None, None, None, t, t, 1, 1)
+        if _cudnn_prefill(q, k_pool, v_pool, lay, 1.0 / math.sqrt(d), 1) is None:
+            break
+        n += 1
+    t = bucket + 37  # the padding must not change a real row: one exact-length plan to compare with
+    if n and t <= k_pool.shape[0]:
+        q = torch.randn((t, num_heads, d), dtype=k_pool.dtype, device=k_pool.device)
+        lay = StepLayout([t], [t], [0], None, None, None, None, None, t, t, 1, 1)
+        padded = _cudnn_prefill(q, k_pool, v_pool, lay, 1.0 / math.sqrt(d), 1)
+        CUDNN_BUCKET["tokens"] = 0
+        try:
+            exact = _cudnn_prefill(q, k_pool, v_pool, lay, 1.0 / math.sqrt(d), 1)
+        finally:
+            CUDNN_BUCKET["tokens"] = bucket
+        err = float((padded.float() - exact.float()).abs().max())
+        if err > 2e-2:
+            raise RuntimeError(
+                f"cuDNN prefill padded to {bucket}-token buckets differs from exact lengths by {err}"
+            )
+    return n
 
 
 def _cudnn_count(lay: StepLayout, window: int, n_pre: int) -> int:
@@ -253,28 +345,42 @@ def _cudnn_prefill(q, k_pool, v_pool, lay: StepLayout, scale: float, n: int):
     """n whole prompts through SDPA's cuDNN backend (about 1.5x FA2's rate on Hopper); None if unavailable."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    t = lay.q_lens[0]
+    t = real = lay.q_lens[0]
     nh, nkv, d = q.shape[1], k_pool.shape[1], q.shape[2]
     s0 = lay.k_starts[0]
+    bucket = CUDNN_BUCKET["tokens"]
+    if n == 1 and bucket and t % bucket and s0 + -(-t // bucket) * bucket <= k_pool.shape[0]:
+        t = (
+            -(-t // bucket) * bucket
+        )  # padding keys are whatever the pool holds past the prompt: never attended
+        q = F.pad(q[:real], (0, 0, 0, 0, 0, t - real))
     qb = q[: n * t].view(n, t, nh, d).transpose(1, 2)
-    kb = k_pool[s0:s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
-    vb = v_pool[s0:s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
+    kb = k_pool[s0 : s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
+    vb = v_pool[s0 : s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
     try:
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             if _cudnn_state["gqa"]:
                 try:
-                    o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale, enable_gqa=nkv != nh)
+                    o = F.scaled_dot_product_attention(
+                        qb, kb, vb, is_causal=True, scale=scale, enable_gqa=nkv != nh
+                    )
                 except RuntimeError:
                     _cudnn_state["gqa"] = False
             if not _cudnn_state["gqa"]:
                 rep = nh // nkv
-                o = F.scaled_dot_product_attention(qb, kb.repeat_interleave(rep, 1), vb.repeat_interleave(rep, 1),
-                                                   is_causal=True, scale=scale)
+                o = F.scaled_dot_product_attention(
+                    qb,
+                    kb.repeat_interleave(rep, 1),
+                    vb.repeat_interleave(rep, 1),
+                    is_causal=True,
+                    scale=scale,
+                )
     except RuntimeError:
         _cudnn_state["ok"] = False
         return None
     _cudnn_state["ok"] = True
-    return o.transpose(1, 2).reshape(n * t, nh, d)
+    out = o.transpose(1, 2).reshape(n * t, nh, d)
+    return out[:real] if n == 1 and t != real else out
 
 
 def reference_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int = 0) -> torch.Tensor:
@@ -286,16 +392,16 @@ def reference_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window
     for ql, kl, ks in zip(lay.q_lens, lay.k_lens, lay.k_starts, strict=True):
         if ql == 0:
             continue
-        qs = q[q0:q0 + ql].float().transpose(0, 1)  # [H, q, d]
-        ks_ = k_pool[ks:ks + kl].float().transpose(0, 1).repeat_interleave(nh // nkv, dim=0)
-        vs_ = v_pool[ks:ks + kl].float().transpose(0, 1).repeat_interleave(nh // nkv, dim=0)
+        qs = q[q0 : q0 + ql].float().transpose(0, 1)  # [H, q, d]
+        ks_ = k_pool[ks : ks + kl].float().transpose(0, 1).repeat_interleave(nh // nkv, dim=0)
+        vs_ = v_pool[ks : ks + kl].float().transpose(0, 1).repeat_interleave(nh // nkv, dim=0)
         qpos = torch.arange(kl - ql, kl, device=q.device)[:, None]
         kpos = torch.arange(kl, device=q.device)[None, :]
         mask = kpos <= qpos
         if window:
             mask &= kpos > qpos - window
         o = F.scaled_dot_product_attention(qs, ks_, vs_, attn_mask=mask, scale=scale)
-        out[q0:q0 + ql] = o.transpose(0, 1).to(q.dtype)
+        out[q0 : q0 + ql] = o.transpose(0, 1).to(q.dtype)
         q0 += ql
     return out
 
@@ -308,7 +414,7 @@ def split_reference(q, k_pool, v_pool, lay: StepLayout, scale: float, window: in
     """
     n_pre = lay.n_prefill
     out = reference_attention(q, k_pool, v_pool, lay, scale, window)
-    out[lay.cu_q[n_pre]:] = 0  # rows the decode units must fill
+    out[lay.cu_q[n_pre] :] = 0  # rows the decode units must fill
     nh, nkv = q.shape[1], k_pool.shape[1]
     u = {k: v.tolist() for k, v in lay.units.items()}
     parts: dict[int, list] = {}
@@ -320,8 +426,8 @@ def split_reference(q, k_pool, v_pool, lay: StepLayout, scale: float, window: in
         if hi <= lo:
             continue
         row = int(lay.cu_q[s])
-        ks = k_pool[start + lo:start + hi].float().repeat_interleave(nh // nkv, dim=1)  # [n, H, d]
-        vs = v_pool[start + lo:start + hi].float().repeat_interleave(nh // nkv, dim=1)
+        ks = k_pool[start + lo : start + hi].float().repeat_interleave(nh // nkv, dim=1)  # [n, H, d]
+        vs = v_pool[start + lo : start + hi].float().repeat_interleave(nh // nkv, dim=1)
         sc = torch.einsum("hd,nhd->hn", q[row].float(), ks) * scale
         lse = torch.logsumexp(sc, dim=1)  # [H]
         o = torch.einsum("hn,nhd->hd", torch.softmax(sc, dim=1), vs)

@@ -85,8 +85,21 @@ if triton is not None:
 
     @triton.jit
     def _rope_cache_kernel(
-        Q, K, V, QO, KP, VP, COS, SIN, POS, SLOT,
-        q_stride, k_stride, v_stride, nh, nkv,
+        Q,
+        K,
+        V,
+        QO,
+        KP,
+        VP,
+        COS,
+        SIN,
+        POS,
+        SLOT,
+        q_stride,
+        k_stride,
+        v_stride,
+        nh,
+        nkv,
         HALF: tl.constexpr,
     ):
         t = tl.program_id(0).to(tl.int64)
@@ -129,19 +142,39 @@ if triton is not None:
             cols = k0 + tl.arange(0, BLOCK_K)
             cmask = cols < K
             x = tl.load(X + cols, mask=cmask, other=0.0).to(tl.float32)
-            w = tl.load(W + rows[:, None].to(tl.int64) * K + cols[None, :],
-                        mask=rmask[:, None] & cmask[None, :], other=0.0)
+            w = tl.load(
+                W + rows[:, None].to(tl.int64) * K + cols[None, :],
+                mask=rmask[:, None] & cmask[None, :],
+                other=0.0,
+            )
             acc += w.to(tl.float32) * x[None, :]
         y = tl.sum(acc, axis=1)
         if HAS_BIAS:
             y += tl.load(B + rows, mask=rmask, other=0.0).to(tl.float32)
         tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
 
-
     @triton.jit
-    def _decode_attn_kernel(Q, K, V, OP, LP, U_SEQ, U_LO, U_HI, CU_Q, CU_K, SEQUSED, scale, k_stride, window,
-                            NH: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
-                            D: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _decode_attn_kernel(
+        Q,
+        K,
+        V,
+        OP,
+        LP,
+        U_SEQ,
+        U_LO,
+        U_HI,
+        CU_Q,
+        CU_K,
+        SEQUSED,
+        scale,
+        k_stride,
+        window,
+        NH: tl.constexpr,
+        G: tl.constexpr,
+        G_PAD: tl.constexpr,
+        D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         u = tl.program_id(0).to(tl.int64)  # one work unit: keys [lo, hi) of one sequence
         kvh = tl.program_id(1)
         s = tl.load(U_SEQ + u)
@@ -182,8 +215,9 @@ if triton is not None:
         tl.store(LP + base, lse, mask=gmask)
 
     @triton.jit
-    def _decode_combine_kernel(OP, LP, SEQ_U, CU_Q, OUT, seq0, NH: tl.constexpr, D: tl.constexpr,
-                               UB: tl.constexpr):
+    def _decode_combine_kernel(
+        OP, LP, SEQ_U, CU_Q, OUT, seq0, NH: tl.constexpr, D: tl.constexpr, UB: tl.constexpr
+    ):
         pid = tl.program_id(0)  # (decode sequence j, head h)
         j = pid // NH
         h = pid % NH
@@ -194,14 +228,20 @@ if triton is not None:
         nq = tl.load(CU_Q + s + 1) - row
         d = tl.arange(0, D)
         ub = tl.arange(0, UB)
-        m = tl.max(tl.full((UB,), float("-inf"), tl.float32), 0)  # fp32 scalars: loop-carried types stay fixed
+        m = tl.max(
+            tl.full((UB,), float("-inf"), tl.float32), 0
+        )  # fp32 scalars: loop-carried types stay fixed
         acc = tl.zeros((D,), tl.float32)
         wsum = tl.sum(tl.zeros((UB,), tl.float32), 0)
-        for u in range(u0, u1, UB):  # UB units at a time, merged online (few iterations even for one long context)
+        for u in range(
+            u0, u1, UB
+        ):  # UB units at a time, merged online (few iterations even for one long context)
             idx = u + ub
             um = idx < u1
             lse = tl.load(LP + idx * NH + h, mask=um, other=float("-inf"))
-            o = tl.load(OP + (idx * NH + h).to(tl.int64)[:, None] * D + d[None, :], mask=um[:, None], other=0.0)
+            o = tl.load(
+                OP + (idx * NH + h).to(tl.int64)[:, None] * D + d[None, :], mask=um[:, None], other=0.0
+            )
             m_new = tl.maximum(m, tl.max(lse, 0))
             safe = tl.where(m_new > float("-inf"), m_new, 0.0)
             alpha = tl.exp(m - safe)
@@ -225,7 +265,16 @@ def add_rmsnorm(x, residual, weight, eps: float, offset: float = 0.0):
     r = residual.reshape(-1, n) if residual is not None else x2
     block = triton.next_power_of_2(n)
     _add_rmsnorm_kernel[(x2.shape[0],)](
-        x2, r, weight, y, h, n, eps, offset, HAS_RES=residual is not None, BLOCK=block,
+        x2,
+        r,
+        weight,
+        y,
+        h,
+        n,
+        eps,
+        offset,
+        HAS_RES=residual is not None,
+        BLOCK=block,
         num_warps=min(16, max(4, block // 512)),
     )
     return y.view_as(x), h.view_as(x)
@@ -239,7 +288,9 @@ def act_mul(gate_up: torch.Tensor, act: str = "silu") -> torch.Tensor:
     inter = two_i // 2
     y = torch.empty((t, inter), dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _act_mul_kernel[(t, triton.cdiv(inter, block))](gate_up, y, inter, GELU=act != "silu", BLOCK=block, num_warps=4)
+    _act_mul_kernel[(t, triton.cdiv(inter, block))](
+        gate_up, y, inter, GELU=act != "silu", BLOCK=block, num_warps=4
+    )
     return y
 
 
@@ -255,8 +306,23 @@ def rope_and_cache(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_po
     nkv = k.shape[1]
     qo = torch.empty((t, nh, d), dtype=q.dtype, device=q.device)
     _rope_cache_kernel[(t, nh + 2 * nkv)](
-        q, k, v, qo, k_pool, v_pool, cos_table, sin_table, positions, slots,
-        q.stride(0), k.stride(0), v.stride(0), nh, nkv, HALF=d // 2, num_warps=1,
+        q,
+        k,
+        v,
+        qo,
+        k_pool,
+        v_pool,
+        cos_table,
+        sin_table,
+        positions,
+        slots,
+        q.stride(0),
+        k.stride(0),
+        v.stride(0),
+        nh,
+        nkv,
+        HALF=d // 2,
+        num_warps=1,
     )
     return qo
 
@@ -267,8 +333,16 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
     block_n, block_k = 4, 512
     _gemv_kernel[(triton.cdiv(n, block_n),)](
-        x, weight, bias if bias is not None else weight, y, n, k,
-        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        x,
+        weight,
+        bias if bias is not None else weight,
+        y,
+        n,
+        k,
+        HAS_BIAS=bias is not None,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=4,
     )
     return y
 
@@ -298,10 +372,29 @@ def decode_attention(q, k_pool, v_pool, lay, scale: float, window: int = 0, out:
     op = torch.empty((n_units, nh, d), dtype=torch.float32, device=q.device)
     lp = torch.empty((n_units, nh), dtype=torch.float32, device=q.device)
     _decode_attn_kernel[(n_units, nkv)](
-        q, k_pool, v_pool, op, lp, units["seq"], units["lo"], units["hi"], lay.cu_q, lay.cu_k, lay.seqused_k,
-        scale, k_pool.stride(0), window if window > 0 else 1 << 30,
-        NH=nh, G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BLOCK_N=64, num_warps=4, num_stages=2,
+        q,
+        k_pool,
+        v_pool,
+        op,
+        lp,
+        units["seq"],
+        units["lo"],
+        units["hi"],
+        lay.cu_q,
+        lay.cu_k,
+        lay.seqused_k,
+        scale,
+        k_pool.stride(0),
+        window if window > 0 else 1 << 30,
+        NH=nh,
+        G=group,
+        G_PAD=max(16, triton.next_power_of_2(group)),
+        D=d,
+        BLOCK_N=64,
+        num_warps=4,
+        num_stages=2,
     )
-    _decode_combine_kernel[(n_dec * nh,)](op, lp, units["seq_units"], lay.cu_q, out, lay.n_prefill,
-                                          NH=nh, D=d, UB=16, num_warps=4)
+    _decode_combine_kernel[(n_dec * nh,)](
+        op, lp, units["seq_units"], lay.cu_q, out, lay.n_prefill, NH=nh, D=d, UB=16, num_warps=4
+    )
     return out

@@ -35,8 +35,16 @@ def _dtype(name: str) -> torch.dtype:
 
 
 # ---------------------------------------------------------------- GEMM
-def time_gemm(m: int, k: int, n: int, dtype: str = "bf16", device: str = "cuda", kernel: str = "auto",
-              warmup: int = 3, repeat: int = 20) -> float:
+def time_gemm(
+    m: int,
+    k: int,
+    n: int,
+    dtype: str = "bf16",
+    device: str = "cuda",
+    kernel: str = "auto",
+    warmup: int = 3,
+    repeat: int = 20,
+) -> float:
     """y[m, n] = x[m, k] @ W[n, k]^T with W in `dtype` ('bf16', 'fp16', 'fp32', 'fp8', 'int8').
 
     kernel 'auto' is what the engine runs (cuBLAS; fp8 via _scaled_mm, int8 via _int_mm, whose CUDA
@@ -50,17 +58,29 @@ def time_gemm(m: int, k: int, n: int, dtype: str = "bf16", device: str = "cuda",
         if dev.type != "cuda":
             raise ValueError("fp8 GEMMs need a CUDA GPU with fp8 tensor cores (Ada/Hopper or newer)")
         one = torch.ones((), device=dev)
-        bufs = [(random_like_nonzero((m, k), FP8, dev), random_like_nonzero((n, k), FP8, dev)) for _ in range(copies)]
-        fn = rotating(bufs, lambda x, w: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+        bufs = [
+            (random_like_nonzero((m, k), FP8, dev), random_like_nonzero((n, k), FP8, dev))
+            for _ in range(copies)
+        ]
+        fn = rotating(
+            bufs, lambda x, w: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        )
     elif dtype == "int8":
         rows = max(m, 17) if dev.type == "cuda" else m
-        bufs = [(random_like_nonzero((rows, k), torch.int8, dev), random_like_nonzero((n, k), torch.int8, dev).t())
-                for _ in range(copies)]
+        bufs = [
+            (
+                random_like_nonzero((rows, k), torch.int8, dev),
+                random_like_nonzero((n, k), torch.int8, dev).t(),
+            )
+            for _ in range(copies)
+        ]
         fn = rotating(bufs, torch._int_mm)
     else:
         td = _dtype(dtype)
-        bufs = [(random_like_nonzero((m, k), td, dev), random_like_nonzero((n, k), td, dev, scale=k**-0.5))
-                for _ in range(copies)]
+        bufs = [
+            (random_like_nonzero((m, k), td, dev), random_like_nonzero((n, k), td, dev, scale=k**-0.5))
+            for _ in range(copies)
+        ]
         if kernel == "triton_gemv":
             if m != 1 or dev.type != "cuda":
                 raise ValueError("kernel 'triton_gemv' times a single row (m=1) on CUDA")
@@ -74,13 +94,28 @@ def time_gemm(m: int, k: int, n: int, dtype: str = "bf16", device: str = "cuda",
 
 # ---------------------------------------------------------------- attention
 def _pools(tokens: int, num_kv_heads: int, head_dim: int, dtype, dev, copies: int):
-    return [(random_like_nonzero((tokens, num_kv_heads, head_dim), dtype, dev),
-             random_like_nonzero((tokens, num_kv_heads, head_dim), dtype, dev)) for _ in range(copies)]
+    return [
+        (
+            random_like_nonzero((tokens, num_kv_heads, head_dim), dtype, dev),
+            random_like_nonzero((tokens, num_kv_heads, head_dim), dtype, dev),
+        )
+        for _ in range(copies)
+    ]
 
 
-def time_attention_prefill(chunk: int, prior: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                           device: str = "cuda", batch: int = 1, window: int = 0, dtype: str = "bf16",
-                           warmup: int = 3, repeat: int = 10) -> float:
+def time_attention_prefill(
+    chunk: int,
+    prior: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    device: str = "cuda",
+    batch: int = 1,
+    window: int = 0,
+    dtype: str = "bf16",
+    warmup: int = 3,
+    repeat: int = 10,
+) -> float:
     """`batch` chunks of `chunk` new tokens, each attending causally to `prior` cached tokens and itself."""
     dev, td = torch.device(device), _dtype(dtype)
     lay = make_layout([chunk] * batch, [prior] * batch, dev)
@@ -95,9 +130,18 @@ def time_attention_prefill(chunk: int, prior: int, num_heads: int, num_kv_heads:
     return measure(fn, dev, warmup=warmup, repeat=repeat)
 
 
-def time_attention_decode(batch: int, context: int | list[int], num_heads: int, num_kv_heads: int, head_dim: int,
-                          device: str = "cuda", kv_dtype: str = "bf16", window: int = 0,
-                          warmup: int = 3, repeat: int = 10) -> float:
+def time_attention_decode(
+    batch: int,
+    context: int | list[int],
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    device: str = "cuda",
+    kv_dtype: str = "bf16",
+    window: int = 0,
+    warmup: int = 3,
+    repeat: int = 10,
+) -> float:
     """One new query per sequence over its `context` keys (int for all, or a list per sequence).
 
     Timed as the kernel runs inside a captured decode step: replayed from a CUDA graph.
@@ -114,13 +158,23 @@ def time_attention_decode(batch: int, context: int | list[int], num_heads: int, 
     pools = _pools(sum(ctx), num_kv_heads, head_dim, td, dev, copies)
     qs = [random_like_nonzero((batch, num_heads, head_dim), td, dev) for _ in range(copies)]
     scale = head_dim**-0.5
-    fn = rotating([(q, k, v) for q, (k, v) in zip(qs, pools, strict=True)], lambda q, k, v: varlen_attention(q, k, v, lay, scale, window))
+    fn = rotating(
+        [(q, k, v) for q, (k, v) in zip(qs, pools, strict=True)],
+        lambda q, k, v: varlen_attention(q, k, v, lay, scale, window),
+    )
     return measure_graph(fn, dev, calls=max(copies, 8), repeat=repeat, warmup=warmup)
 
 
 # ---------------------------------------------------------------- element-wise and copy
-def elementwise_bytes(tokens: int, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int,
-                      head_dim: int, itemsize: int = 2) -> int:
+def elementwise_bytes(
+    tokens: int,
+    hidden: int,
+    intermediate: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    itemsize: int = 2,
+) -> int:
     """Bytes the representative set moves: two add+RMSNorm, rope+KV write, act·mul."""
     norm = 4 * tokens * hidden * itemsize  # read x, residual; write y, residual
     rope = 2 * tokens * (num_heads + 2 * num_kv_heads) * head_dim * itemsize
@@ -128,8 +182,16 @@ def elementwise_bytes(tokens: int, hidden: int, intermediate: int, num_heads: in
     return 2 * norm + rope + act
 
 
-def time_elementwise(tokens: int, hidden: int, device: str = "cuda", intermediate: int | None = None,
-                     head_dim: int = 128, dtype: str = "bf16", warmup: int = 3, repeat: int = 10) -> tuple[float, int]:
+def time_elementwise(
+    tokens: int,
+    hidden: int,
+    device: str = "cuda",
+    intermediate: int | None = None,
+    head_dim: int = 128,
+    dtype: str = "bf16",
+    warmup: int = 3,
+    repeat: int = 10,
+) -> tuple[float, int]:
     """(seconds, bytes moved) of one layer's element-wise kernels for `tokens` tokens.
 
     The set: add+RMSNorm twice, rope on q and k with the KV-cache write, act·mul of gate_up
@@ -154,11 +216,13 @@ def time_elementwise(tokens: int, hidden: int, device: str = "cuda", intermediat
 
     def layer(x, r, qkv, kp, vp, gu):
         y, h = add_rmsnorm(x, r, w, 1e-5)
-        rope_and_cache(qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:], cos, sin, pos, pos, kp, vp)
+        rope_and_cache(qkv[:, :nh], qkv[:, nh : nh + nkv], qkv[:, nh + nkv :], cos, sin, pos, pos, kp, vp)
         add_rmsnorm(y, h, w, 1e-5)
         act_mul(gu)
 
-    return measure_graph(rotating(bufs, layer), dev, calls=max(copies, 4), repeat=repeat, warmup=warmup), nbytes
+    return measure_graph(
+        rotating(bufs, layer), dev, calls=max(copies, 4), repeat=repeat, warmup=warmup
+    ), nbytes
 
 
 def time_copy(nbytes: int, device: str = "cuda", warmup: int = 3, repeat: int = 20) -> tuple[float, int]:
@@ -171,8 +235,9 @@ def time_copy(nbytes: int, device: str = "cuda", warmup: int = 3, repeat: int = 
 
 
 # ---------------------------------------------------------------- collectives
-def _collective_worker(rank: int, world: int, op: str, nbytes: int, init_file: str, result_file: str,
-                       warmup: int, repeat: int) -> None:
+def _collective_worker(
+    rank: int, world: int, op: str, nbytes: int, init_file: str, result_file: str, warmup: int, repeat: int
+) -> None:
     import torch.distributed as dist
 
     torch.cuda.set_device(rank)
@@ -192,14 +257,17 @@ def _time_collective(op: str, nbytes: int, rank: int, world: int, warmup: int, r
     dev = torch.device("cuda", torch.cuda.current_device())
     buf = random_like_nonzero((max(1, nbytes // 2),), torch.bfloat16, dev)
     if op == "allreduce":
+
         def fn():
             dist.all_reduce(buf)
     else:  # send/recv between ranks 0 and 1; the others idle
+
         def fn():
             if rank == 0:
                 dist.send(buf, 1)
             elif rank == 1:
                 dist.recv(buf, 0)
+
     t = measure(fn, dev, warmup=warmup, repeat=repeat)
     # every rank agrees on the slowest rank's median
     tt = torch.tensor([t], device=dev)
@@ -226,7 +294,9 @@ def _run_collective(op: str, nbytes: int, world_size: int | None, warmup: int, r
             return float(f.read())
 
 
-def time_allreduce(nbytes: int, world_size: int | None = None, warmup: int = 5, repeat: int = 20) -> float | None:
+def time_allreduce(
+    nbytes: int, world_size: int | None = None, warmup: int = 5, repeat: int = 20
+) -> float | None:
     """Seconds of an NCCL all-reduce of `nbytes` bytes over `world_size` GPUs (all by default).
 
     Runs in-process under torchrun, else spawns one process per GPU; None with fewer than two GPUs.

@@ -260,17 +260,25 @@ def _init_weights(model: Transformer, seed: int) -> None:
                 p.normal_(0.0, p.shape[-1] ** -0.5, generator=g)
 
 
-def build_model(spec: ModelSpec, dtype: str = "bf16", device: str = "cuda", num_layers: int | None = None,
-                seed: int = 0, max_position: int | None = None) -> Transformer:
+def build_model(
+    spec: ModelSpec,
+    dtype: str = "bf16",
+    device: str = "cuda",
+    num_layers: int | None = None,
+    seed: int = 0,
+    max_position: int | None = None,
+) -> Transformer:
     """The first `num_layers` layers (all by default) of `spec` with random weights, ready for steps.
 
     dtype: 'bf16', 'fp16', 'fp32' for all weights, or 'fp8'/'int8' for the layers' linear weights
     (embeddings, norms and lm_head stay bf16). Call `model.allocate_kv(tokens)` before running.
     """
     if spec.is_mla:  # one line through the CLIs (ConfigError), not a traceback
-        raise ConfigError(f"{spec.name} uses multi-head latent attention (MLA), which the engine does not build "
-                          "(it builds multi-head and grouped-query attention only); time a non-MLA model instead, "
-                          "e.g. --model llama-3.1-8b")
+        raise ConfigError(
+            f"{spec.name} uses multi-head latent attention (MLA), which the engine does not build "
+            "(it builds multi-head and grouped-query attention only); time a non-MLA model instead, "
+            "e.g. --model llama-3.1-8b"
+        )
     n = spec.num_layers if num_layers is None else int(num_layers)
     if not 1 <= n <= spec.num_layers:
         raise ValueError(f"num_layers must be in 1..{spec.num_layers} for {spec.name} (got {num_layers})")

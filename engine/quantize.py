@@ -36,8 +36,14 @@ class Fp8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if x2.is_cuda:
-            y = torch._scaled_mm(x2.to(FP8), self.weight.t(), scale_a=self.x_scale, scale_b=self.w_scale,
-                                 bias=self.bias, out_dtype=self.out_dtype)
+            y = torch._scaled_mm(
+                x2.to(FP8),
+                self.weight.t(),
+                scale_a=self.x_scale,
+                scale_b=self.w_scale,
+                bias=self.bias,
+                out_dtype=self.out_dtype,
+            )
         else:  # reference: dequantize
             y = torch.nn.functional.linear(x2, (self.weight.float() * self.w_scale).to(x.dtype), self.bias)
         return y.reshape(*shape[:-1], -1)
@@ -50,7 +56,9 @@ class Int8Linear(nn.Module):
         super().__init__()
         w = linear.weight.detach()
         scale = w.abs().amax().float().clamp(min=1e-12) / 127.0
-        self.register_buffer("weight_t", (w.float() / scale).round().clamp(-127, 127).to(torch.int8).t().contiguous())
+        self.register_buffer(
+            "weight_t", (w.float() / scale).round().clamp(-127, 127).to(torch.int8).t().contiguous()
+        )
         self.register_buffer("w_scale", scale.reshape(()))
         self.bias = linear.bias
         self.out_dtype = w.dtype

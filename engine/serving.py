@@ -30,6 +30,8 @@ from engine.attention import (
     device_sms,
     make_layout,
     plan_decode_units,
+    prebuild_cudnn,
+    set_cudnn_bucket,
     unit_capacity,
     unit_target,
 )
@@ -46,7 +48,8 @@ from simulator.workload import Requests
 TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "launch_s", "gpu_s", "graph",
                 "prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
                 "decode_seqs", "decode_context_tokens", "logits_tokens")  # fmt: skip
-IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
+IDLE_SPIN_S = 2e-3
+CUDNN_BUCKET_TOKENS = 128  # single prompts run through cuDNN padded to this multiple (engine.attention)  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
 
 
 # ---------------------------------------------------------------------------------------------- KV regions
@@ -173,6 +176,7 @@ class Executor:
         self.time_gpu = False
         self.last_gpu_s = float("nan")
         self.last_launch_s = float("nan")
+        self.eager_launch_s = float("nan")  # measured by warmup(): host seconds to issue an eager step
         self._events = (
             (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
             if self.cuda
@@ -180,23 +184,42 @@ class Executor:
         )
 
     # ------------------------------------------------------------------ set-up
-    def warmup(self, log=None) -> float:
-        """Capture every decode batch size (largest first, so later captures reuse its memory) and run one
-        eager prefill, so that no compile or capture happens while requests wait. Returns seconds."""
+    def warmup(self, log=None, max_prompt: int = 0) -> float:
+        """Capture every decode batch size (largest first, so later captures reuse its memory), build the
+        cuDNN prefill plans of every bucketed prompt length up to `max_prompt`, run eager steps and measure
+        their host launch time (`eager_launch_s`), so that no compile or capture happens while requests
+        wait. Returns seconds."""
         t0 = time.perf_counter()
         if self.static_decode:
             for size in reversed(self.sizes):
                 self._graph(size)
-        starts = [self.scratch]
-        n = min(self.max_batch, 16)
-        toks = np.ones(n, dtype=np.int64)
-        self.step([(starts[0], 0, n, toks, True)], None)
-        self.step(
-            [(starts[0], 0, n - 1, toks[:-1], False)], (np.array([starts[0]]), np.array([n]), toks[-1:])
-        )
+        plans = 0
+        if self.cuda and max_prompt:
+            set_cudnn_bucket(CUDNN_BUCKET_TOKENS)
+            k_pool, v_pool = self.model.kv[0]
+            plans = prebuild_cudnn(k_pool, v_pool, self.model.spec.num_heads, min(max_prompt, self.scratch))
+        self.eager_launch_s = self.measure_launch()
         if log:
-            log(f"warm-up: {len(self.graphs)} decode graphs in {time.perf_counter() - t0:.1f} s")
+            log(f"warm-up: {len(self.graphs)} decode graphs, {plans} cuDNN prefill lengths, eager launch "
+                f"{self.eager_launch_s * 1e3:.2f} ms a step ({self.eager_launch_s / self.model.num_layers * 1e6:.0f} "
+                f"µs a layer) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
         return time.perf_counter() - t0
+
+    def measure_launch(self, repeat: int = 7) -> float:
+        """Host seconds to issue one small eager mixed step (a chunk of up to 32 tokens and up to 8 decodes,
+        at the start of the pool, before any request owns it): the floor under any eager step's time.
+        Median of `repeat` after one warm-up; 0 on the CPU, where a step's ops run as they are issued."""
+        if not self.cuda:
+            return 0.0
+        chunk = max(1, min(32, self.scratch // 2))
+        n = max(0, min(8, self.max_batch, self.scratch - chunk))
+        toks = np.ones(chunk, dtype=np.int64)
+        dec = (chunk + np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64))
+        times = []
+        for _ in range(repeat + 1):
+            self.step([(0, 0, chunk, toks, True)], dec if n else None)
+            times.append(self.last_launch_s)
+        return float(np.median(times[1:]))
 
     # ------------------------------------------------------------------ regions
     def reset(self, num_requests: int = 0) -> None:

@@ -51,9 +51,18 @@ def extrapolate_layers(t_a: float, layers_a: int, t_b: float, layers_b: int, lay
 class StepRunner:
     """Runs and times model steps with a token-pool KV cache of `kv_tokens` slots per layer."""
 
-    def __init__(self, model: Transformer, max_batch: int, max_context: int, device: str = "cuda",
-                 cuda_graphs: bool = True, kv_tokens: int | None = None, graph_max_tokens: int = 512,
-                 gemv: bool | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        max_batch: int,
+        max_context: int,
+        device: str = "cuda",
+        cuda_graphs: bool = True,
+        kv_tokens: int | None = None,
+        graph_max_tokens: int = 512,
+        gemv: bool | None = None,
+        seed: int = 0,
+    ) -> None:
         self.model, self.device = model, torch.device(device)
         self.max_batch, self.max_context = max_batch, max_context
         self.graph_max_tokens = graph_max_tokens
@@ -74,8 +83,14 @@ class StepRunner:
     # ------------------------------------------------------------------ public steps
     # Prefill and mixed steps: medians of 10 after 3 warm-ups (5 after 2 left a 700-token prefill
     # between 19 and 27 ms from one run to the next on an H100).
-    def prefill(self, prompt_lens: list[int], prior_lens: list[int] | None = None, return_shape: bool = False,
-                warmup: int = 3, repeat: int = 10):
+    def prefill(
+        self,
+        prompt_lens: list[int],
+        prior_lens: list[int] | None = None,
+        return_shape: bool = False,
+        warmup: int = 3,
+        repeat: int = 10,
+    ):
         """Seconds of one step prefilling chunks of `prompt_lens` tokens after `prior_lens` cached ones."""
         prior = list(prior_lens) if prior_lens is not None else [0] * len(prompt_lens)
         return self._timed(list(prompt_lens), prior, 0, return_shape, warmup, repeat)
@@ -85,15 +100,26 @@ class StepRunner:
         ctx = list(context_lens)
         return self._timed([1] * len(ctx), [c - 1 for c in ctx], len(ctx), return_shape, warmup, repeat)
 
-    def mixed(self, prefill_chunks: list[tuple[int, int]], decode_context_lens: list[int],
-              return_shape: bool = False, warmup: int = 3, repeat: int = 10):
+    def mixed(
+        self,
+        prefill_chunks: list[tuple[int, int]],
+        decode_context_lens: list[int],
+        return_shape: bool = False,
+        warmup: int = 3,
+        repeat: int = 10,
+    ):
         """Seconds of one step with prefill chunks (chunk, prior) and decodes (context incl. the new token)."""
         q = [c for c, _ in prefill_chunks] + [1] * len(decode_context_lens)
         p = [pr for _, pr in prefill_chunks] + [c - 1 for c in decode_context_lens]
         return self._timed(q, p, len(decode_context_lens), return_shape, warmup, repeat)
 
-    def logits(self, q_lens: list[int], prior_lens: list[int], tokens: torch.Tensor | None = None,
-               starts: list[int] | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        q_lens: list[int],
+        prior_lens: list[int],
+        tokens: torch.Tensor | None = None,
+        starts: list[int] | None = None,
+    ) -> torch.Tensor:
         """Run one step once and return the logits of each sequence's last new token [S, vocab].
 
         `starts` pins each sequence's first KV slot, so that consecutive steps of a sequence share its cache.
@@ -139,8 +165,10 @@ class StepRunner:
             raise ValueError(f"a sequence of {longest} tokens exceeds max_context={self.max_context}")
         need = sum(p + q for p, q in zip(prior_lens, q_lens, strict=True)) + extra_tokens
         if need > self.kv_tokens:
-            raise ValueError(f"the step needs {need} KV slots but the pool has {self.kv_tokens}; "
-                             "pass a larger kv_tokens or a smaller batch")
+            raise ValueError(
+                f"the step needs {need} KV slots but the pool has {self.kv_tokens}; "
+                "pass a larger kv_tokens or a smaller batch"
+            )
 
     def _tokens(self, n: int) -> torch.Tensor:
         return torch.randint(1, self.vocab, (n,), generator=self.gen).to(self.device)
@@ -151,7 +179,9 @@ class StepRunner:
         if self.use_graphs and t <= self.graph_max_tokens:
             return self._prepare_graph(q_lens, prior_lens, tokens, starts)
         self._check(q_lens, prior_lens, 0)
-        lay = make_layout(q_lens, prior_lens, self.device, starts=starts, kv_heads=self.model.spec.num_kv_heads)
+        lay = make_layout(
+            q_lens, prior_lens, self.device, starts=starts, kv_heads=self.model.spec.num_kv_heads
+        )
         toks = tokens.to(self.device) if tokens is not None else self._tokens(t)
         last = (lay.cu_q[1:] - 1).to(torch.int64)
         box: dict[str, torch.Tensor] = {}
@@ -182,8 +212,17 @@ class StepRunner:
         decode_only = n_pre == 0 and max(q_all) <= 1
         max_q = 1 if decode_only else tb
         # the decode kernel needs no bound on the context; the prefill kernels get a power-of-two one
-        max_k = 0 if decode_only else max(tb, min(_pow2(max(p + q for p, q in zip(prior_lens, q_lens, strict=True))),
-                                                  _pow2(self.max_context)))
+        max_k = (
+            0
+            if decode_only
+            else max(
+                tb,
+                min(
+                    _pow2(max(p + q for p, q in zip(prior_lens, q_lens, strict=True))),
+                    _pow2(self.max_context),
+                ),
+            )
+        )
         cap = unit_capacity(self.unit_target, sb - n_group)
         pinned = None
         if starts is not None:  # padding goes to scratch, never over another sequence's KV or off the pool
@@ -191,10 +230,28 @@ class StepRunner:
             for q in dq:
                 pinned.append(off)
                 off += q
-        plan = plan_layout(q_all, list(prior_lens) + [0] * dummies, starts=pinned, n_prefill=n_group,
-                           target=self.unit_target, cap=cap)
-        probe = StepLayout(plan["q_lens"], plan["k_lens"], plan["k_starts"], None, None, None, None, None,
-                           max_q, max_k, n_group, n)
+        plan = plan_layout(
+            q_all,
+            list(prior_lens) + [0] * dummies,
+            starts=pinned,
+            n_prefill=n_group,
+            target=self.unit_target,
+            cap=cap,
+        )
+        probe = StepLayout(
+            plan["q_lens"],
+            plan["k_lens"],
+            plan["k_starts"],
+            None,
+            None,
+            None,
+            None,
+            None,
+            max_q,
+            max_k,
+            n_group,
+            n,
+        )
         sig = (0, 0, 0) if decode_only else cudnn_signature(probe)
         key = (tb, sb, max_q, max_k, n_group, sig)
         g = self.graphs.get(key)
@@ -235,9 +292,21 @@ class StepRunner:
         g = {"static": static}
         self._fill(g, plan, tokens, tb)
         units = {k: static["u_" + k] for k in ("seq", "lo", "hi", "seq_units")}
-        lay = StepLayout(plan["q_lens"], plan["k_lens"], plan["k_starts"], static["cu_q"], static["cu_k"],
-                         static["seqused_k"], static["positions"], static["slots"], max_q, max(max_k, 1),
-                         n_group, n_real, units)
+        lay = StepLayout(
+            plan["q_lens"],
+            plan["k_lens"],
+            plan["k_starts"],
+            static["cu_q"],
+            static["cu_k"],
+            static["seqused_k"],
+            static["positions"],
+            static["slots"],
+            max_q,
+            max(max_k, 1),
+            n_group,
+            n_real,
+            units,
+        )
         stream = torch.cuda.Stream(dev)
         stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(stream):  # warm-up compiles the Triton kernels and sets up cuBLAS

@@ -67,7 +67,9 @@ def copies_for_cache(nbytes_one: float, device: str | torch.device, factor: floa
     return max(1, min(64, int(factor * l2 // max(nbytes_one, 1)) + 1))
 
 
-def random_like_nonzero(shape, dtype: torch.dtype, device, scale: float = 1.0, generator=None) -> torch.Tensor:
+def random_like_nonzero(
+    shape, dtype: torch.dtype, device, scale: float = 1.0, generator=None
+) -> torch.Tensor:
     """Random values with no exact zeros (uniform magnitude in [0.5, 1.5)·scale, random sign)."""
     if dtype.is_floating_point and dtype.itemsize >= 2:
         mag = torch.rand(shape, device=device, dtype=torch.float32, generator=generator) + 0.5
@@ -81,8 +83,9 @@ def random_like_nonzero(shape, dtype: torch.dtype, device, scale: float = 1.0, g
     return (mag * sign).to(dtype)
 
 
-def measure_graph(fn: Callable[[], object], device: str | torch.device, calls: int = 10, repeat: int = 10,
-                  warmup: int = 2) -> float:
+def measure_graph(
+    fn: Callable[[], object], device: str | torch.device, calls: int = 10, repeat: int = 10, warmup: int = 2
+) -> float:
     """Median seconds of one call of `fn` when `calls` calls are replayed back to back from a CUDA graph.
 
     This is how a kernel runs inside a captured decode step: no host launch gap between kernels.

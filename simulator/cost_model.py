@@ -133,6 +133,7 @@ class CostModel:
         pp: int = 1,
         ep: int = 1,
         routing_skew: float = 0.0,
+        eager_prefill: bool = False,
     ) -> None:
         self.profile, self.model = profile, model
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
@@ -140,6 +141,9 @@ class CostModel:
         self.par.check(model)
         e = profile.efficiency
         self.eff = e
+        # steps with prompt tokens launched eagerly (serving.cuda_graphs = decode_only) last at least as
+        # long as the host takes to issue their kernels
+        self.eager_floor = model.num_layers * e.eager_launch_s_per_layer if eager_prefill else 0.0
         self.bw = profile.memory_bandwidth
         self.ic = profile.interconnect
         self.attn_peak = profile.peak_flops("bf16")
@@ -307,7 +311,7 @@ class CostModel:
         """Seconds per operation group for one step."""
         logits = b.logits_tokens if b.logits_tokens >= 0 else b.decode_seqs + b.prefill_seqs
         tokens = b.tokens
-        return {
+        out = {
             "gemm": self.gemm_time(tokens, logits),
             "attention_prefill": self.attention_prefill_time(b),
             "attention_decode": self.attention_decode_time(b.decode_seqs, b.decode_context_tokens),
@@ -315,6 +319,9 @@ class CostModel:
             "communication": self.communication_time(tokens, logits),
             "overhead": self.overhead_time(b.decode_seqs + b.prefill_seqs) if tokens else 0.0,
         }
+        if self.eager_floor and b.prefill_tokens:
+            out["launch_wait"] = max(0.0, self.eager_floor - sum(out.values()))
+        return out
 
     def step_time(self, b: BatchShape) -> float:
         """Seconds for one step of the batch."""
@@ -338,7 +345,11 @@ class CostModel:
         pre = self.attention_prefill_time(b)
         dec = self.attention_decode_time(b.decode_seqs, b.decode_context_tokens)
         frac = b.prefill_tokens / tokens if tokens else 0.0
-        return shared + pre + dec, shared * frac + pre
+        total, prompt = shared + pre + dec, shared * frac + pre
+        if self.eager_floor > total and b.prefill_tokens:  # the host is still launching: split the wait too
+            prompt += (self.eager_floor - total) * frac
+            total = self.eager_floor
+        return total, prompt
 
     def _decode_fixed(self, n: int) -> float:
         """The part of a decode-only step of n sequences that does not depend on context."""

@@ -55,6 +55,12 @@ class Efficiencies(_Strict):
     per_sequence_s: float = Field(
         0.0, ge=0, description="host time per sequence in a step (bookkeeping, sampling)"
     )
+    eager_launch_s_per_layer: float = Field(
+        0.0,
+        ge=0,
+        description="host seconds per layer to issue a step run eagerly (without a CUDA graph): an eager "
+        "step takes at least this times the layers (serving.cuda_graphs: decode_only)",
+    )
 
 
 class Interconnect(_Strict):

@@ -252,6 +252,12 @@ class Serving(_Spec):
     queue_timeout_s: float | None = Field(
         None, gt=0, description="admission control: drop a request still queued (never started) after this long"
     )
+    cuda_graphs: Literal["full", "decode_only"] = Field(
+        "full",
+        description="full: every step's kernel launches are hidden (vLLM's piecewise or full CUDA graphs); "
+        "decode_only: steps with prompt tokens launch eagerly and take at least the profile's "
+        "eager_launch_s_per_layer times the layers (this project's engine, engine/serving.py)",
+    )
     moe_routing_skew: float = Field(
         0.0, ge=0, le=4, description="MoE: Zipf exponent of expert popularity (0 = uniform routing)"
     )

@@ -132,3 +132,30 @@ def test_step_split_equals_the_breakdown_sum(cm):
         parts = cm.breakdown(b)
         assert total == pytest.approx(sum(parts.values()), rel=1e-12)
         assert parts["attention_prefill"] <= pre <= total
+
+
+def test_eager_prompt_steps_wait_for_the_host_to_launch():
+    """cuda_graphs: decode_only — a step with prompt tokens lasts at least layers x the eager launch time;
+    decode-only steps (CUDA graphs) and steps whose GPU work is longer are unchanged."""
+    base = load_profile("h100-sxm")
+    prof = base.model_copy(
+        update={"efficiency": base.efficiency.model_copy(update={"eager_launch_s_per_layer": 600e-6})}
+    )
+    spec = load_model("llama-3.1-8b")
+    plain, eager = CostModel(prof, spec), CostModel(prof, spec, eager_prefill=True)
+    floor = spec.num_layers * 600e-6
+    small = BatchShape(prefill_tokens=64, prefill_seqs=1, prefill_pairs=chunk_pairs(0, 64), decode_seqs=8,
+                       decode_context_tokens=8000)  # fmt: skip
+    assert plain.step_time(small) < floor
+    assert eager.step_time(small) == pytest.approx(floor)
+    assert eager.breakdown(small)["launch_wait"] == pytest.approx(floor - plain.step_time(small))
+    total, prompt = eager.step_split(small)
+    assert total == pytest.approx(floor)
+    p_total, p_prompt = plain.step_split(small)
+    assert prompt > p_prompt and prompt < total  # the wait is split by the prompt's share of tokens
+    big = prefill(8192)
+    assert eager.step_time(big) == pytest.approx(plain.step_time(big)) and plain.step_time(big) > floor
+    d = decode(8, 1000)
+    assert eager.step_time(d) == pytest.approx(plain.step_time(d))
+    # the profiles' default is no floor: the flag alone changes nothing
+    assert CostModel(base, spec, eager_prefill=True).step_time(small) == pytest.approx(plain.step_time(small))
