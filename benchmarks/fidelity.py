@@ -102,8 +102,7 @@ CPU_LENGTHS = {
 
 def scenario_for(row: Row, rate: float, duration_s: float, profile: str, model: str, util: float) -> Scenario:
     serving = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "chunked_prefill": row.chunked,
-               "block_size": 16, "gpu_memory_utilization": util, "weight_dtype": row.weight_dtype,
-               "cuda_graphs": "decode_only"}  # the engine's: eager steps for prompts  # fmt: skip
+               "block_size": 16, "gpu_memory_utilization": util, "weight_dtype": row.weight_dtype}  # fmt: skip
     if row.model == "tiny":
         serving |= {"max_num_seqs": 16, "max_num_batched_tokens": 256 if row.chunked else 512,
                     "weight_dtype": "bf16"}  # fmt: skip
@@ -195,10 +194,11 @@ def step_kinds(trace: dict[str, np.ndarray], cm: CostModel) -> list[dict]:
     loop: the whole iteration (schedule + prepare + execute + record), which is what a step costs the
     requests; execute: launch, GPU and the sampled ids' copy back; gpu: the span between CUDA events."""
     pred = predicted_steps(trace, cm)
-    graph = trace["graph"] > 0
+    how = trace["graph"]
     dec, pre = trace["decode_seqs"] > 0, trace["prefill_tokens"] > 0
-    kinds = [("decode (CUDA graph)", graph), ("mixed (eager)", ~graph & dec & pre),
-             ("prefill only (eager)", ~graph & ~dec & pre), ("decode (eager)", ~graph & dec & ~pre)]  # fmt: skip
+    kinds = [("decode (CUDA graph)", how == 1), ("mixed (CUDA graph)", (how == 2) & dec & pre),
+             ("prefill only (CUDA graph)", (how == 2) & ~dec), ("mixed (eager)", (how == 0) & dec & pre),
+             ("prefill only (eager)", (how == 0) & ~dec & pre), ("decode (eager)", (how == 0) & dec & ~pre)]  # fmt: skip
     loop = trace["schedule_s"] + trace["prepare_s"] + trace["execute_s"] + trace["record_s"]
     out = []
     for name, m in kinds:
@@ -281,25 +281,6 @@ def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
     return host
 
 
-def engine_profile(profile_name: str, host: EngineHost, spec, out_dir: Path, log) -> str:
-    """The profile the simulator uses: the GPU's own, with the engine's measured eager launch time per layer
-    where the profile has none (written beside the raw runs). Returns its name or path."""
-    prof = load_profile(profile_name)
-    measured = host.executor.eager_launch_s / spec.num_layers
-    have = prof.efficiency.eager_launch_s_per_layer
-    if have > 0:
-        log(
-            f"  eager launch: profile {have * 1e6:.0f} µs a layer, this engine's warm-up {measured * 1e6:.0f} µs"
-        )
-        return profile_name
-    eff = prof.efficiency.model_copy(update={"eager_launch_s_per_layer": measured})
-    path = out_dir / f"{prof.name}-with-engine-launch.yaml"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_profile(prof.model_copy(update={"efficiency": eff}), path)
-    log(f"  eager launch: {measured * 1e6:.0f} µs a layer measured at warm-up (the profile has none): {path}")
-    return str(path)
-
-
 def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_dir: Path, log) -> dict:
     """Capacity, engine run and simulation of one row; returns its record (also written as row.json)."""
     from engine.serving import region_headroom, serve
@@ -313,7 +294,6 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     util = args.utilization
     sv0 = scenario_for(row, 1.0, args.duration, profile_name, model_ref, util).serving
     host = host_for(row, args, spec, sv0, plan_memory(load_profile(profile_name), spec, sv0), hosts, log)
-    profile_name = engine_profile(profile_name, host, spec, out_dir, log)
     base_rate = 20.0 if cpu else 5.0
     cap = capacity(row, args.duration, profile_name, model_ref, util, base_rate)
     rate = row.load * cap
@@ -367,6 +347,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
                        "compactions": host.executor.compactions, "busy_fraction": eng["utilisation"]["busy_fraction"],
                        "mean_batch_seqs": eng["utilisation"]["mean_batch_seqs"]},
         "engine_steps": steps,
+        "eager_launch_s_per_layer": host.executor.eager_launch_s / spec.num_layers,
         "simulator_run": {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],
                           "mean_batch_seqs": sim["utilisation"]["mean_batch_seqs"]},
     }  # fmt: skip

@@ -61,7 +61,8 @@ class StepLayout:
     n_real: int = -1
     units: dict = field(
         default_factory=dict
-    )  # the decode group's work units (device tensors), see plan_decode_units
+    )  # the decode group's work units (device tensors): plan_decode_units
+    cudnn: bool = True  # whole fresh prompts may take the cuDNN path (not in a mixed-step CUDA graph)
 
     def __post_init__(self) -> None:
         if self.n_prefill < 0:
@@ -322,7 +323,7 @@ def _cudnn_count(lay: StepLayout, window: int, n_pre: int) -> int:
     """m > 0 when the real sequences of the prefill group are m equal fresh prompts laid back to back
     (a dense causal batch for cuDNN) and any others in the group are graph padding; else 0."""
     m = min(n_pre, lay.n_real)
-    if window or m == 0:
+    if window or m == 0 or not lay.cudnn:
         return 0
     q0, s0 = lay.q_lens[0], lay.k_starts[0]
     if q0 <= 1:

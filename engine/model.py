@@ -231,16 +231,26 @@ class Transformer(nn.Module):
                 m.gemv = on
 
     def forward(self, tokens: torch.Tensor, lay: StepLayout, logits_index: torch.Tensor | None = None):
+        x, residual = self.hidden(tokens, lay)
+        return self.logits(x, residual, logits_index)
+
+    def hidden(self, tokens: torch.Tensor, lay: StepLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer over the step's tokens: (last block's output, residual stream), [T, hidden] each."""
         x = self.embed(tokens)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
         residual = None
         for blk, (k_pool, v_pool) in zip(self.layers, self.kv, strict=True):
             x, residual = blk(x, residual, lay, self.ropes, k_pool, v_pool)
-        if logits_index is not None:
-            x, residual = x.index_select(0, logits_index), residual.index_select(0, logits_index)
-        x = self.norm(x, residual)[0]
-        return self.lm_head(x)
+        return x, residual
+
+    def logits(
+        self, x: torch.Tensor, residual: torch.Tensor, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final norm and LM head over the rows `index` of the hidden states (all rows if None)."""
+        if index is not None:
+            x, residual = x.index_select(0, index), residual.index_select(0, index)
+        return self.lm_head(self.norm(x, residual)[0])
 
 
 def _init_weights(model: Transformer, seed: int) -> None:

@@ -44,11 +44,14 @@ from simulator.workload import Requests
 
 # serve(trace=True), per step: when it ended; seconds in the scheduler, preparing inputs, in the executor
 # (launch, GPU, sampled ids back) and recording; the executor's host seconds until every launch was issued
-# and its GPU span between CUDA events (NaN on the CPU); whether a decode graph ran; the batch's BatchShape.
+# and its GPU span between CUDA events (NaN on the CPU); how it ran (0 eager, 1 decode graph, 2 mixed-step
+# graph); the batch's BatchShape.
 TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "launch_s", "gpu_s", "graph",
                 "prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
                 "decode_seqs", "decode_context_tokens", "logits_tokens")  # fmt: skip
 IDLE_SPIN_S = 2e-3
+MIXED_GRAPH_TOKENS = 2048  # steps with prompt tokens up to this many tokens replay CUDA graphs (GPU)
+MIXED_PREFILL_SEQS = 8  # prompt chunks a mixed-step graph takes (more: eager)
 CUDNN_BUCKET_TOKENS = 128  # single prompts run through cuDNN padded to this multiple (engine.attention)  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
 
 
@@ -124,6 +127,34 @@ def physical_tokens(num_blocks: int, block_size: int, requests: Requests, max_nu
 
 
 # ---------------------------------------------------------------------------------------------- executor
+def mixed_sizes(top: int) -> list[int]:
+    """Padded token counts of mixed-step graphs: vLLM's capture sizes to 512, then every 64, then every 256."""
+    sizes = capture_sizes(min(top, 512))
+    sizes += list(range(576, min(top, 2048) + 1, 64)) + list(range(2304, top + 1, 256))
+    if sizes[-1] < top:
+        sizes.append(top)
+    return sizes
+
+
+@dataclass(slots=True)
+class _MixedGraph:
+    """A step of `size` tokens with prompt chunks: the sequence slots are MIXED_PREFILL_SEQS for chunks (unused
+    ones empty), then `size` for decodes and padding (one-token dummies in scratch, then empty ones)."""
+
+    size: int
+    seqs: int
+    i64: torch.Tensor  # device: tokens, positions, slots (size each)
+    i32: (
+        torch.Tensor
+    )  # device: cu_q (seqs+1), cu_k (seqs+1), seqused_k (seqs), units seq/lo/hi (cap each), seq_units
+    host64: torch.Tensor
+    host32: torch.Tensor
+    cap: int
+    layout: StepLayout
+    hidden: tuple | None = None  # (x, residual) [size, hidden], the graph's outputs
+    graph: object = None
+
+
 @dataclass(slots=True)
 class _DecodeGraph:
     size: int
@@ -155,19 +186,37 @@ class Executor:
         cuda_graphs: bool = True,
         static_decode: bool | None = None,
         seed: int = 0,
+        mixed_graph_tokens: int | None = None,
+        static_mixed: bool | None = None,
+        max_context: int = 32768,
     ) -> None:
         self.model, self.device = model, torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.sizes = capture_sizes(max_batch)
         self.max_batch = self.sizes[-1]
+        # steps with prompt tokens, up to mixed_graph_tokens of them in all, replay a graph captured per
+        # padded token count (mixed_sizes); more tokens, or more than MIXED_PREFILL_SEQS prompts, run eagerly
+        top = (
+            (MIXED_GRAPH_TOKENS if cuda_graphs and self.cuda else 0)
+            if mixed_graph_tokens is None
+            else mixed_graph_tokens
+        )
+        self.mixed_sizes = mixed_sizes(top) if top else []
+        self.static_mixed = (
+            bool(self.mixed_sizes) if static_mixed is None else static_mixed and bool(self.mixed_sizes)
+        )
+        self.max_k = 1 << max(
+            0, (int(max_context) - 1).bit_length()
+        )  # the graphs' bound on keys per sequence
         self.scratch = pool_tokens
-        model.allocate_kv(pool_tokens + self.max_batch, seed=seed)
+        model.allocate_kv(pool_tokens + max(self.max_batch, top), seed=seed)
         self.reset()
         self.target = unit_target(device_sms(self.device), model.spec.num_kv_heads)
         self.use_graphs = cuda_graphs and self.cuda
         # decode steps through the static buffers (without a graph on the CPU, to test the path there)
         self.static_decode = self.use_graphs if static_decode is None else static_decode
         self.graphs: dict[int, _DecodeGraph] = {}
+        self.mixed_graphs: dict[int, _MixedGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.vocab = model.spec.vocab_size
         self.graph_pool_bytes = 0
@@ -176,6 +225,7 @@ class Executor:
         self.time_gpu = False
         self.last_gpu_s = float("nan")
         self.last_launch_s = float("nan")
+        self.last_path = 0  # how the last step ran: 0 eager, 1 decode graph, 2 mixed-step graph
         self.eager_launch_s = float("nan")  # measured by warmup(): host seconds to issue an eager step
         self._events = (
             (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -193,6 +243,9 @@ class Executor:
         if self.static_decode:
             for size in reversed(self.sizes):
                 self._graph(size)
+        if self.static_mixed:
+            for size in reversed(self.mixed_sizes):
+                self._mixed_graph(size)
         plans = 0
         if self.cuda and max_prompt:
             set_cudnn_bucket(CUDNN_BUCKET_TOKENS)
@@ -200,15 +253,16 @@ class Executor:
             plans = prebuild_cudnn(k_pool, v_pool, self.model.spec.num_heads, min(max_prompt, self.scratch))
         self.eager_launch_s = self.measure_launch()
         if log:
-            log(f"warm-up: {len(self.graphs)} decode graphs, {plans} cuDNN prefill lengths, eager launch "
+            log(f"warm-up: {len(self.graphs)} decode and {len(self.mixed_graphs)} mixed-step graphs, {plans} cuDNN "
+                f"prefill lengths, eager launch "
                 f"{self.eager_launch_s * 1e3:.2f} ms a step ({self.eager_launch_s / self.model.num_layers * 1e6:.0f} "
                 f"µs a layer) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
         return time.perf_counter() - t0
 
     def measure_launch(self, repeat: int = 7) -> float:
-        """Host seconds to issue one small eager mixed step (a chunk of up to 32 tokens and up to 8 decodes,
-        at the start of the pool, before any request owns it): the floor under any eager step's time.
-        Median of `repeat` after one warm-up; 0 on the CPU, where a step's ops run as they are issued."""
+        """Host seconds to issue one small step eagerly (a chunk of up to 32 tokens and up to 8 decodes, at
+        the start of the pool, before any request owns it): the floor under an eager step's time, what the
+        mixed-step graphs save. Median of `repeat` after one warm-up; 0 on the CPU, where ops run as issued."""
         if not self.cuda:
             return 0.0
         chunk = max(1, min(32, self.scratch // 2))
@@ -217,8 +271,10 @@ class Executor:
         dec = (chunk + np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64))
         times = []
         for _ in range(repeat + 1):
-            self.step([(0, 0, chunk, toks, True)], dec if n else None)
-            times.append(self.last_launch_s)
+            t0 = time.perf_counter()
+            ids = self._eager([(0, 0, chunk, toks, True)], dec if n else None)
+            times.append(time.perf_counter() - t0)
+            ids.cpu()
         return float(np.median(times[1:]))
 
     # ------------------------------------------------------------------ regions
@@ -289,10 +345,17 @@ class Executor:
         timed = self.time_gpu and self._events is not None
         if timed:
             self._events[0].record()
-        if not prefills and decodes is not None and self.static_decode and len(decodes[0]) <= self.max_batch:
-            ids = self._decode(*decodes)
+        n_dec = 0 if decodes is None else len(decodes[0])
+        if not prefills and n_dec and self.static_decode and n_dec <= self.max_batch:
+            ids, self.last_path = self._decode(*decodes), 1
+        elif (
+            self.static_mixed
+            and len(prefills) <= MIXED_PREFILL_SEQS
+            and sum(c for _, _, c, _, _ in prefills) + n_dec <= self.mixed_sizes[-1]
+        ):
+            ids, self.last_path = self._mixed(prefills, decodes), 2
         else:
-            ids = self._eager(prefills, decodes)
+            ids, self.last_path = self._eager(prefills, decodes), 0
         self.last_launch_s = time.perf_counter() - t0
         if timed:
             self._events[1].record()
@@ -361,6 +424,119 @@ class Executor:
         h32[o + 3 * cap :] = units["seq_units"]
         g.i64.copy_(g.host64, non_blocking=True)
         g.i32.copy_(g.host32, non_blocking=True)
+
+    def _mixed(self, prefills, decodes) -> torch.Tensor:
+        """A step with prompt chunks through the graph of its padded token count; logits and sampling eager."""
+        t = sum(c for _, _, c, _, _ in prefills) + (0 if decodes is None else len(decodes[0]))
+        g = self._mixed_graph(self.mixed_sizes[bisect.bisect_left(self.mixed_sizes, t)])
+        rows = self._fill_mixed(g, prefills, decodes)
+        if g.graph is not None:
+            g.graph.replay()
+            x, res = g.hidden
+        else:  # CPU: the same static buffers through an eager forward, host lists set for the reference path
+            x, res = self.model.hidden(g.i64[: g.size], g.layout)
+        index = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        return self.model.logits(x, res, index).argmax(-1)
+
+    def _fill_mixed(self, g: _MixedGraph, prefills, decodes) -> np.ndarray:
+        """Write a step's layout into the graph's host buffers, copy them over; returns the rows to sample."""
+        size, ns, cap, npf = g.size, g.seqs, g.cap, MIXED_PREFILL_SEQS
+        p_start = np.array([s for s, _, _, _, _ in prefills], dtype=np.int64)
+        p_prior = np.array([p for _, p, _, _, _ in prefills], dtype=np.int64)
+        p_q = np.array([c for _, _, c, _, _ in prefills], dtype=np.int64)
+        if decodes is not None:
+            d_start, ctx, d_tok = decodes
+        else:
+            d_start = ctx = d_tok = np.zeros(0, dtype=np.int64)
+        t = int(p_q.sum()) + len(ctx)
+        pad = size - t
+        # sequence slots: chunks, empty chunk slots, decodes, one-token dummies, empty slots
+        q = np.zeros(ns, dtype=np.int64)
+        prior = np.zeros(ns, dtype=np.int64)
+        start = np.full(ns, self.scratch, dtype=np.int64)
+        k = len(prefills)
+        q[:k], prior[:k], start[:k] = p_q, p_prior, p_start
+        nd = len(ctx)
+        a = npf + nd
+        q[npf:a], prior[npf:a], start[npf:a] = 1, ctx - 1, d_start
+        q[a : a + pad] = 1
+        start[a : a + pad] = self.scratch + np.arange(pad, dtype=np.int64)
+        k_lens = prior + q
+        cu_q = np.zeros(ns + 1, dtype=np.int64)
+        np.cumsum(q, out=cu_q[1:])
+        # per token: position and slot (chunks' tokens, then decodes', then the dummies' at position 0)
+        pos = np.zeros(size, dtype=np.int64)
+        if k:
+            pos[: int(p_q.sum())] = np.concatenate([np.arange(p, p + c) for p, c in zip(p_prior, p_q)])
+        pos[int(p_q.sum()) : t] = ctx - 1
+        tok_start = np.repeat(start, q)
+        h64 = g.host64.numpy()
+        h64[:size] = 1
+        if k:
+            h64[: int(p_q.sum())] = np.concatenate([x for _, _, _, x, _ in prefills])
+        h64[int(p_q.sum()) : t] = d_tok
+        h64[size : 2 * size] = pos
+        h64[2 * size :] = tok_start + pos
+        units = plan_decode_units(k_lens[npf:].tolist(), self.target, seq0=npf, cap=cap)
+        h32 = g.host32.numpy()
+        h32[: ns + 1] = cu_q
+        h32[ns + 1 : 2 * ns + 1] = start
+        h32[2 * ns + 1] = int((start + k_lens).max())
+        h32[2 * ns + 2 : 3 * ns + 2] = k_lens
+        o = 3 * ns + 2
+        h32[o : o + cap] = units["seq"]
+        h32[o + cap : o + 2 * cap] = units["lo"]
+        h32[o + 2 * cap : o + 3 * cap] = units["hi"]
+        h32[o + 3 * cap :] = units["seq_units"]
+        g.i64.copy_(g.host64, non_blocking=True)
+        g.i32.copy_(g.host32, non_blocking=True)
+        if g.graph is None:  # the CPU reference attention reads the host lists
+            g.layout.q_lens, g.layout.k_lens, g.layout.k_starts = q.tolist(), k_lens.tolist(), start.tolist()
+            g.layout.n_real = ns
+        wants = [i for i, (_, _, _, _, w) in enumerate(prefills) if w]
+        return np.concatenate([cu_q[1:][wants] - 1, cu_q[npf + 1 : a + 1] - 1]).astype(np.int64)
+
+    def _mixed_graph(self, size: int) -> _MixedGraph:
+        g = self.mixed_graphs.get(size)
+        if g is not None:
+            return g
+        dev, npf = self.device, MIXED_PREFILL_SEQS
+        ns = npf + size
+        cap = unit_capacity(self.target, size)
+        n32 = 3 * ns + 2 + 3 * cap + size + 1
+        g = _MixedGraph(
+            size=size,
+            seqs=ns,
+            i64=torch.zeros(3 * size, dtype=torch.int64, device=dev),
+            i32=torch.zeros(n32, dtype=torch.int32, device=dev),
+            host64=torch.zeros(3 * size, dtype=torch.int64, pin_memory=self.cuda),
+            host32=torch.zeros(n32, dtype=torch.int32, pin_memory=self.cuda),
+            cap=cap,
+            layout=None,
+        )
+        i32, o = g.i32, 3 * ns + 2
+        units = {"seq": i32[o : o + cap], "lo": i32[o + cap : o + 2 * cap], "hi": i32[o + 2 * cap : o + 3 * cap],
+                 "seq_units": i32[o + 3 * cap :]}  # fmt: skip
+        g.layout = StepLayout(
+            [1] * ns, [1] * ns, [0] * ns, i32[: ns + 1], i32[ns + 1 : 2 * ns + 2], i32[2 * ns + 2 : 3 * ns + 2],
+            g.i64[size : 2 * size], g.i64[2 * size :], size, self.max_k, npf, ns, units, cudnn=False,
+        )  # fmt: skip
+        # capture on padding only: one empty chunk slot... every token a one-token dummy in scratch
+        self._fill_mixed(g, [], None)
+        if self.use_graphs:
+            tokens = g.i64[:size]
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self.model.hidden(tokens, g.layout)
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                g.hidden = self.model.hidden(tokens, g.layout)
+            g.graph = graph
+        self.mixed_graphs[size] = g
+        return g
 
     def _graph(self, size: int) -> _DecodeGraph:
         g = self.graphs.get(size)
@@ -614,10 +790,10 @@ def serve(
             continue
         start = time.perf_counter() - t0
         prefills, wants, dec, d_rids, d_pos = run.inputs(batch)
-        graph = not prefills and executor.static_decode
-        graph_steps += graph
         prepared = time.perf_counter() - t0
         sampled = executor.step(prefills, dec)
+        graph = executor.last_path
+        graph_steps += graph == 1
         end = time.perf_counter() - t0
         steps += 1
         busy += end - start

@@ -69,16 +69,24 @@ def greedy_matches(model, run, req: Requests, rids) -> None:
 
 
 @pytest.mark.parametrize("chunked", [True, False])
-@pytest.mark.parametrize("static_decode", [False, True])
-def test_every_request_finishes_exactly_in_order(model, chunked, static_decode):
+@pytest.mark.parametrize("static", [False, True])
+def test_every_request_finishes_exactly_in_order(model, chunked, static):
+    """static: decode steps and steps with prompt chunks (up to 64 tokens) through the padded static buffers
+    of the CUDA-graph paths (run eagerly on the CPU); larger steps still eager."""
     req = workload()
     pool = BlockPool(500, 4)
-    ex = Executor(model, physical_tokens(500, 4, req, 8), 8, device="cpu", static_decode=static_decode)
+    ex = Executor(model, physical_tokens(500, 4, req, 8), 8, device="cpu", static_decode=static,
+                  mixed_graph_tokens=64, static_mixed=static)  # fmt: skip
     ex.warmup()
-    run = serve(ex, req, pool, 8, 32 if chunked else 128, chunked)
+    run = serve(ex, req, pool, 8, 32 if chunked else 128, chunked, trace=True)
     check_run(run, req, pool)
-    assert run.decode_graph_steps > 0 if static_decode else run.decode_graph_steps == 0
-    greedy_matches(model, run, req, range(0, len(req), 5))
+    assert run.decode_graph_steps > 0 if static else run.decode_graph_steps == 0
+    how = run.step_trace["graph"]
+    assert len(how) == run.steps
+    assert ((how == 2).sum() > 0) == static and ((how == 1).sum() > 0) == static
+    if static and not chunked:
+        assert (how == 0).sum() > 0  # prompts over 64 tokens
+    greedy_matches(model, run, req, range(0, len(req), 5) if not static else range(len(req)))
 
 
 @pytest.mark.parametrize("chunked", [True, False])
@@ -86,7 +94,8 @@ def test_preemption_under_a_tiny_pool_still_finishes_everything(model, chunked):
     req = workload(seed=1)
     blocks = 20  # 80 tokens: a few sequences at a time; the longest request needs 18 blocks
     pool = BlockPool(blocks, 4)
-    ex = Executor(model, physical_tokens(blocks, 4, req, 8), 8, device="cpu", static_decode=True)
+    ex = Executor(model, physical_tokens(blocks, 4, req, 8), 8, device="cpu", static_decode=True,
+                  mixed_graph_tokens=64, static_mixed=True)  # fmt: skip
     run = serve(ex, req, pool, 8, 32 if chunked else 128, chunked)
     check_run(run, req, pool)
     assert run.scheduler.num_preemptions > 0 and run.table.preemptions.sum() == run.scheduler.num_preemptions

@@ -1,0 +1,90 @@
+"""Host time to issue one eager engine step, and where it goes (cProfile of the launches).
+
+An eager step (prefill chunks and decodes without a CUDA graph) is host-bound when its GPU work is
+shorter than the time Python takes to issue its kernels. This times that host part for a small mixed
+step of the serving executor (engine/serving.py) and prints the functions it spends it in.
+
+    python benchmarks/eager_launch.py                    # Llama-3.1-8B on the GPU
+    python benchmarks/eager_launch.py --device cpu       # a tiny model (tests the script)
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from simulator.model_spec import load_model, spec_from_config  # noqa: E402
+
+TINY = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 96, "vocab_size": 97,
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--model", default="llama-3.1-8b")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", help="also write the report to this file")
+    args = p.parse_args(argv)
+    import torch
+
+    from engine.model import build_model
+    from engine.serving import Executor
+
+    cpu = args.device == "cpu"
+    if not cpu and not torch.cuda.is_available():
+        print("error: no CUDA device; pass --device cpu", file=sys.stderr)
+        return 2
+    spec = spec_from_config(TINY, name="tiny") if cpu else load_model(args.model)
+    model = build_model(spec, dtype="fp32" if cpu else "bf16", device=args.device, max_position=8192)
+    ex = Executor(model, 8192, 16, device=args.device)
+    ex.warmup()
+    chunk, n = 32, 8
+    toks = np.ones(chunk, dtype=np.int64)
+    dec = (chunk + np.arange(n, dtype=np.int64), np.full(n, 1, dtype=np.int64), np.ones(n, dtype=np.int64))
+
+    def one() -> None:
+        ex.step([(0, 0, chunk, toks, True)], dec)
+
+    for _ in range(3):
+        one()
+    launches = []
+    for _ in range(args.steps):
+        one()
+        launches.append(ex.last_launch_s)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(args.steps):
+        one()
+    prof.disable()
+    wall = (time.perf_counter() - t0) / args.steps
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
+    med = float(np.median(launches))
+    report = (
+        f"# Eager step launch ({spec.name}, {args.device})\n\n"
+        f"A {chunk}-token chunk and {n} decodes: launch median {med * 1e3:.2f} ms "
+        f"({med / spec.num_layers * 1e6:.0f} µs a layer over {spec.num_layers} layers); "
+        f"whole step under cProfile {wall * 1e3:.2f} ms\n\n```\n{s.getvalue()}```\n"
+    )
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
