@@ -49,9 +49,9 @@ def attention_checks(dev):
         ("triton decode, batch 40", [1] * 40, list(range(0, 4000, 100)), 0),
         ("chunked prefill + decodes", [64, 1, 129], [100, 50, 0], 0),
         ("sliding window 32", [1, 40, 1], [200, 70, 5], 32),
-        ("cudnn fresh prompts", [300, 300], [0, 0], 0),
+        ("fresh prompts", [300, 300], [0, 0], 0),
         ("mixed: chunks then decodes (split)", [64, 100, 1, 1, 1], [100, 0, 50, 3000, 7], 0),
-        ("mixed: cudnn prompts then decodes", [300, 300, 1, 1], [0, 0, 40, 9000], 0),
+        ("mixed: fresh prompts then decodes", [300, 300, 1, 1], [0, 0, 40, 9000], 0),
         ("mixed: window 100", [40, 1, 1], [70, 5, 1000], 100),
         ("triton decode, ragged 40 seqs", [1] * 40, [16] * 39 + [30000], 0),
     ]:

@@ -239,7 +239,6 @@ class EngineHost:
         max_context: int,
         reserve_bytes: float,
         log,
-        max_prompt: int = 0,
     ) -> None:
         import torch
 
@@ -255,7 +254,7 @@ class EngineHost:
             per_token = spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 2  # bf16 K and V
             pool_tokens = int((free - reserve_bytes) // per_token) - max_batch
         self.executor = Executor(self.model, pool_tokens, max_batch, device=device)
-        self.warmup_s = self.executor.warmup(log, max_prompt=max_prompt)
+        self.warmup_s = self.executor.warmup(log)
         self.pool_tokens = pool_tokens
         log(f"{spec.name} {dtype}: built and warmed up in {time.perf_counter() - t0:.0f} s, "
             f"engine KV pool {pool_tokens} tokens")  # fmt: skip
@@ -276,8 +275,7 @@ def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
     longest = max(p["max"] + o["max"] for p, o in CPU_LENGTHS.values())
     want = min(mem.num_blocks * sv.block_size, sv.max_num_seqs * longest)
     ctx_cap = min(spec.max_position_embeddings or 32768, 32768)
-    host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.max_num_seqs, ctx_cap, reserve, log,
-                                         max_prompt=sv.max_num_batched_tokens)  # fmt: skip
+    host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.max_num_seqs, ctx_cap, reserve, log)
     return host
 
 

@@ -16,8 +16,12 @@ block mask rebuilt per batch, compile time) and over a gather of padded contexts
 own Triton flash-decoding kernel instead (engine.fused.decode_attention): FA2's varlen kernel gives
 one CTA per (sequence, query head), so it re-reads each KV head for every query head of its group
 and leaves most SMs idle at small batch (measured on an H100 at batch 1, context 512: 22 µs a
-layer for 2 MB of KV). Whole fresh prompts of equal length go through SDPA's cuDNN backend, faster
-than FA2 on Hopper for long causal prefills. Elsewhere a per-sequence masked SDPA serves as the reference and the CPU path.
+layer for 2 MB of KV). Every prompt chunk, fresh or after a cached prefix, takes the same FA2 kernel,
+as vLLM's flash-attention backend does: an earlier version sent whole fresh prompts through SDPA's
+cuDNN backend (about 1.5x FA2's rate on an H100 for an 8k prompt, but it builds a plan per new length,
+60-100 ms of host time, and runs only fresh prompts), so one step's attention ran at two rates that one
+roofline term could not follow (calibration residuals of -60% and +40%). Elsewhere a per-sequence masked
+SDPA serves as the reference and the CPU path.
 
 A mixed step (prefill chunks, then decodes) makes two calls per layer, as vLLM's FlashInfer backend
 does: the chunks through the prefill path, the decodes through the decode kernel, writing into the
@@ -62,7 +66,6 @@ class StepLayout:
     units: dict = field(
         default_factory=dict
     )  # the decode group's work units (device tensors): plan_decode_units
-    cudnn: bool = True  # whole fresh prompts may take the cuDNN path (not in a mixed-step CUDA graph)
 
     def __post_init__(self) -> None:
         if self.n_prefill < 0:
@@ -242,13 +245,6 @@ def varlen_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window: i
 
 def _prefill_group(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int, n_pre: int) -> torch.Tensor:
     """Attention of sequences [0, n_pre) into a [T, H, d] output; rows of later sequences are left for the decodes."""
-    m = _cudnn_count(lay, window, n_pre)
-    if m and _cudnn_state["ok"] is not False:
-        out = _cudnn_prefill(q, k_pool, v_pool, lay, scale, m)
-        if out is not None:
-            extra = q.shape[0] - out.shape[0]
-            # rows past the prompts: decodes (overwritten next) or graph padding (zeros keep the KV pool finite)
-            return F.pad(out, (0, 0, 0, 0, 0, extra)) if extra else out
     n_all = len(lay.q_lens)
     cu_q, cu_k, used = lay.cu_q, lay.cu_k, lay.seqused_k
     if n_pre < n_all:
@@ -269,119 +265,6 @@ def _prefill_group(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int
         window_size_right=0,
         seqused_k=used,
     )[0]
-
-
-_cudnn_state: dict[str, bool | None] = {"ok": None, "gqa": True}
-# cuDNN builds an execution plan for every new prompt length (60-100 ms of host time on an H100, then
-# cached by shape). A serving loop meets a new length at almost every prompt, so it sets a bucket:
-# a single prompt of t tokens runs as ceil(t / bucket) * bucket queries and keys (the padding rows come
-# after the real ones, so the causal mask keeps them out of every real row), and the plans of all
-# buckets are built once at warm-up (`prebuild_cudnn`). 0: exact lengths (calibration sweeps repeat
-# their shapes, so they pay each plan once).
-CUDNN_BUCKET = {"tokens": 0}
-
-
-def set_cudnn_bucket(tokens: int) -> None:
-    """Pad single-prompt cuDNN prefills to multiples of `tokens` (0: exact lengths)."""
-    CUDNN_BUCKET["tokens"] = int(tokens)
-
-
-def prebuild_cudnn(k_pool: torch.Tensor, v_pool: torch.Tensor, num_heads: int, max_tokens: int) -> int:
-    """Run the cuDNN prefill once at every bucketed length up to `max_tokens` (within the pool), so no plan
-    is built while requests wait. Returns how many lengths ran (0 when there is no bucket or no cuDNN)."""
-    bucket = CUDNN_BUCKET["tokens"]
-    if not bucket or k_pool.device.type != "cuda" or _cudnn_state["ok"] is False:
-        return 0
-    d = k_pool.shape[-1]
-    top = min(max_tokens, k_pool.shape[0]) // bucket * bucket
-    n = 0
-    for t in range(bucket, top + 1, bucket):
-        q = torch.randn((t, num_heads, d), dtype=k_pool.dtype, device=k_pool.device)
-        lay = StepLayout([t], [t], [0], None, None, None, None, None, t, t, 1, 1)
-        if _cudnn_prefill(q, k_pool, v_pool, lay, 1.0 / math.sqrt(d), 1) is None:
-            break
-        n += 1
-    t = bucket + 37  # the padding must not change a real row: one exact-length plan to compare with
-    if n and t <= k_pool.shape[0]:
-        q = torch.randn((t, num_heads, d), dtype=k_pool.dtype, device=k_pool.device)
-        lay = StepLayout([t], [t], [0], None, None, None, None, None, t, t, 1, 1)
-        padded = _cudnn_prefill(q, k_pool, v_pool, lay, 1.0 / math.sqrt(d), 1)
-        CUDNN_BUCKET["tokens"] = 0
-        try:
-            exact = _cudnn_prefill(q, k_pool, v_pool, lay, 1.0 / math.sqrt(d), 1)
-        finally:
-            CUDNN_BUCKET["tokens"] = bucket
-        err = float((padded.float() - exact.float()).abs().max())
-        if err > 2e-2:
-            raise RuntimeError(
-                f"cuDNN prefill padded to {bucket}-token buckets differs from exact lengths by {err}"
-            )
-    return n
-
-
-def _cudnn_count(lay: StepLayout, window: int, n_pre: int) -> int:
-    """m > 0 when the real sequences of the prefill group are m equal fresh prompts laid back to back
-    (a dense causal batch for cuDNN) and any others in the group are graph padding; else 0."""
-    m = min(n_pre, lay.n_real)
-    if window or m == 0 or not lay.cudnn:
-        return 0
-    q0, s0 = lay.q_lens[0], lay.k_starts[0]
-    if q0 <= 1:
-        return 0
-    for i in range(m):
-        if lay.q_lens[i] != q0 or lay.k_lens[i] != q0 or lay.k_starts[i] != s0 + i * q0:
-            return 0
-    if any(lay.k_lens[i] != lay.q_lens[i] for i in range(m, n_pre)):  # padding must be fresh too
-        return 0
-    return m
-
-
-def cudnn_signature(lay: StepLayout, window: int = 0) -> tuple[int, int, int]:
-    """(prompts, length, first slot) of the cuDNN path this layout takes, zeros if none: a CUDA graph bakes it in."""
-    m = _cudnn_count(lay, window, lay.n_prefill)
-    return (m, lay.q_lens[0], lay.k_starts[0]) if m else (0, 0, 0)
-
-
-def _cudnn_prefill(q, k_pool, v_pool, lay: StepLayout, scale: float, n: int):
-    """n whole prompts through SDPA's cuDNN backend (about 1.5x FA2's rate on Hopper); None if unavailable."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    t = real = lay.q_lens[0]
-    nh, nkv, d = q.shape[1], k_pool.shape[1], q.shape[2]
-    s0 = lay.k_starts[0]
-    bucket = CUDNN_BUCKET["tokens"]
-    if n == 1 and bucket and t % bucket and s0 + -(-t // bucket) * bucket <= k_pool.shape[0]:
-        t = (
-            -(-t // bucket) * bucket
-        )  # padding keys are whatever the pool holds past the prompt: never attended
-        q = F.pad(q[:real], (0, 0, 0, 0, 0, t - real))
-    qb = q[: n * t].view(n, t, nh, d).transpose(1, 2)
-    kb = k_pool[s0 : s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
-    vb = v_pool[s0 : s0 + n * t].view(n, t, nkv, d).transpose(1, 2)
-    try:
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            if _cudnn_state["gqa"]:
-                try:
-                    o = F.scaled_dot_product_attention(
-                        qb, kb, vb, is_causal=True, scale=scale, enable_gqa=nkv != nh
-                    )
-                except RuntimeError:
-                    _cudnn_state["gqa"] = False
-            if not _cudnn_state["gqa"]:
-                rep = nh // nkv
-                o = F.scaled_dot_product_attention(
-                    qb,
-                    kb.repeat_interleave(rep, 1),
-                    vb.repeat_interleave(rep, 1),
-                    is_causal=True,
-                    scale=scale,
-                )
-    except RuntimeError:
-        _cudnn_state["ok"] = False
-        return None
-    _cudnn_state["ok"] = True
-    out = o.transpose(1, 2).reshape(n * t, nh, d)
-    return out[:real] if n == 1 and t != real else out
 
 
 def reference_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int = 0) -> torch.Tensor:

@@ -22,8 +22,8 @@ from engine.timing import copies_for_cache, measure, measure_graph, random_like_
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Steps of up to this many tokens run as CUDA graphs (engine.steps.StepRunner's graph_max_tokens);
-# their attention is timed replayed from a graph too. cuDNN's host-side set-up (~60 µs a call,
-# seen as a 65 µs ramp in the first H100 fit) is then out of the small-prefill figures, as in a step.
+# their attention is timed replayed from a graph too, so host-side launch work is out of the
+# small-prefill figures, as in a step.
 GRAPH_STEP_TOKENS = 512
 
 

@@ -30,8 +30,6 @@ from engine.attention import (
     device_sms,
     make_layout,
     plan_decode_units,
-    prebuild_cudnn,
-    set_cudnn_bucket,
     unit_capacity,
     unit_target,
 )
@@ -49,10 +47,9 @@ from simulator.workload import Requests
 TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "launch_s", "gpu_s", "graph",
                 "prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
                 "decode_seqs", "decode_context_tokens", "logits_tokens")  # fmt: skip
-IDLE_SPIN_S = 2e-3
+IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
 MIXED_GRAPH_TOKENS = 2048  # steps with prompt tokens up to this many tokens replay CUDA graphs (GPU)
 MIXED_PREFILL_SEQS = 8  # prompt chunks a mixed-step graph takes (more: eager)
-CUDNN_BUCKET_TOKENS = 128  # single prompts run through cuDNN padded to this multiple (engine.attention)  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
 
 
 # ---------------------------------------------------------------------------------------------- KV regions
@@ -234,11 +231,10 @@ class Executor:
         )
 
     # ------------------------------------------------------------------ set-up
-    def warmup(self, log=None, max_prompt: int = 0) -> float:
-        """Capture every decode batch size (largest first, so later captures reuse its memory), build the
-        cuDNN prefill plans of every bucketed prompt length up to `max_prompt`, run eager steps and measure
-        their host launch time (`eager_launch_s`), so that no compile or capture happens while requests
-        wait. Returns seconds."""
+    def warmup(self, log=None) -> float:
+        """Capture the graphs of every decode batch size and every mixed-step token count (largest first, so
+        later captures reuse its memory), run eager steps and measure their host launch time
+        (`eager_launch_s`), so that no compile or capture happens while requests wait. Returns seconds."""
         t0 = time.perf_counter()
         if self.static_decode:
             for size in reversed(self.sizes):
@@ -246,15 +242,9 @@ class Executor:
         if self.static_mixed:
             for size in reversed(self.mixed_sizes):
                 self._mixed_graph(size)
-        plans = 0
-        if self.cuda and max_prompt:
-            set_cudnn_bucket(CUDNN_BUCKET_TOKENS)
-            k_pool, v_pool = self.model.kv[0]
-            plans = prebuild_cudnn(k_pool, v_pool, self.model.spec.num_heads, min(max_prompt, self.scratch))
         self.eager_launch_s = self.measure_launch()
         if log:
-            log(f"warm-up: {len(self.graphs)} decode and {len(self.mixed_graphs)} mixed-step graphs, {plans} cuDNN "
-                f"prefill lengths, eager launch "
+            log(f"warm-up: {len(self.graphs)} decode and {len(self.mixed_graphs)} mixed-step graphs, eager launch "
                 f"{self.eager_launch_s * 1e3:.2f} ms a step ({self.eager_launch_s / self.model.num_layers * 1e6:.0f} "
                 f"µs a layer) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
         return time.perf_counter() - t0
@@ -519,7 +509,7 @@ class Executor:
                  "seq_units": i32[o + 3 * cap :]}  # fmt: skip
         g.layout = StepLayout(
             [1] * ns, [1] * ns, [0] * ns, i32[: ns + 1], i32[ns + 1 : 2 * ns + 2], i32[2 * ns + 2 : 3 * ns + 2],
-            g.i64[size : 2 * size], g.i64[2 * size :], size, self.max_k, npf, ns, units, cudnn=False,
+            g.i64[size : 2 * size], g.i64[2 * size :], size, self.max_k, npf, ns, units,
         )  # fmt: skip
         # capture on padding only: one empty chunk slot... every token a one-token dummy in scratch
         self._fill_mixed(g, [], None)

@@ -17,7 +17,6 @@ import torch
 
 from engine.attention import (
     StepLayout,
-    cudnn_signature,
     device_sms,
     make_layout,
     plan_layout,
@@ -238,22 +237,7 @@ class StepRunner:
             target=self.unit_target,
             cap=cap,
         )
-        probe = StepLayout(
-            plan["q_lens"],
-            plan["k_lens"],
-            plan["k_starts"],
-            None,
-            None,
-            None,
-            None,
-            None,
-            max_q,
-            max_k,
-            n_group,
-            n,
-        )
-        sig = (0, 0, 0) if decode_only else cudnn_signature(probe)
-        key = (tb, sb, max_q, max_k, n_group, sig)
+        key = (tb, sb, max_q, max_k, n_group)
         g = self.graphs.get(key)
         if g is None:
             g = self._capture(key, plan, tokens, n)
@@ -276,7 +260,7 @@ class StepRunner:
             s["u_" + k].copy_(torch.tensor(plan["units"][k], dtype=torch.int32))
 
     def _capture(self, key, plan, tokens, n_real: int) -> dict:
-        tb, sb, max_q, max_k, n_group, _sig = key
+        tb, sb, max_q, max_k, n_group = key
         dev = self.device
         static = {
             "tokens": self._tokens(tb),
