@@ -339,6 +339,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
         "row": row.name, "model": spec.name, "weight_dtype": row.weight_dtype, "trace": row.trace,
         "load": row.load, "chunked_prefill": row.chunked, "capacity_requests_per_s": cap, "rate_per_s": rate,
         "requests": len(reqs), "kv_blocks": mem.num_blocks, "gpu_memory_utilization": util,
+        "duration_s": args.duration, "deadline_s": deadline, "row_model": row.model,
         "engine": figures(eng), "simulator": figures(sim),
         "engine_run": {"wall_s": run.wall_s, "steps": run.steps, "decode_graph_steps": run.decode_graph_steps,
                        "host_s": run.host_s, "idle_s": run.idle_s, "unfinished": len(run.unfinished),
@@ -351,6 +352,52 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     }  # fmt: skip
     (d / "row.json").write_text(json.dumps(rec, indent=1))
     return rec
+
+
+def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | None, log) -> dict:
+    """The simulator's side of a stored row again, with the current code and profile, from the engine run's own
+    requests (engine_requests.csv) and steps (engine_steps.csv): no device needed."""
+    with (row_dir / "engine_requests.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    reqs = Requests(np.array([float(r["arrival_s"]) for r in rows]),
+                    np.array([int(r["prompt_tokens"]) for r in rows]), np.array([int(r["output_tokens"]) for r in rows]))  # fmt: skip
+    name = rec.get("row_model") or ("tiny" if model_ref else rec["model"])
+    row = Row(name, rec["weight_dtype"], rec["trace"], rec["load"], rec["chunked_prefill"])
+    duration = rec.get("duration_s", 20.0 if len(reqs) < 100 else 30.0)
+    deadline = rec.get("deadline_s", duration * 1.5 + 20)
+    ref = model_ref or row.model
+    sc = scenario_for(row, rec["rate_per_s"], duration, profile_name, ref, rec["gpu_memory_utilization"])
+    spec, profile = load_model(ref), load_profile(profile_name)
+    mem = plan_memory(profile, spec, sc.serving)
+    fc = simulate(sc, requests=reqs)
+    censor(fc.table, deadline)
+    sim = summarize(sc, spec, profile, mem, fc.table, fc.stats, fc.engines[0].scheduler, fc.wall_s)
+    write_requests(row_dir / "simulator_requests.csv", fc.table)
+    out = dict(rec, simulator=figures(sim))
+    out["simulator_run"] = {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],
+                            "mean_batch_seqs": sim["utilisation"]["mean_batch_seqs"]}  # fmt: skip
+    steps_csv = row_dir / "engine_steps.csv"
+    if steps_csv.exists():
+        trace = {k: np.asarray(v, dtype=float) for k, v in _columns(steps_csv).items() if k != "model_s"}
+        sv = sc.serving
+        cm = CostModel(
+            profile, spec, sv.weight_dtype, sv.kv_dtype, eager_prefill=sv.cuda_graphs == "decode_only"
+        )
+        out["engine_steps"] = step_kinds(trace, cm)
+        write_steps(steps_csv, trace, cm)
+    (row_dir / "row.json").write_text(json.dumps(out, indent=1))
+    e, s = out["engine"], out["simulator"]
+    log(
+        f"{rec['row']}: resimulated, TTFT p50 {pct(error(s['ttft_p50'], e['ttft_p50']))}, "
+        f"TPOT p50 {pct(error(s['tpot_p50'], e['tpot_p50']))}"
+    )
+    return out
+
+
+def _columns(path: Path) -> dict[str, list[float]]:
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
 
 
 # ---------------------------------------------------------------------------------------------- decode at large batch
@@ -555,6 +602,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--utilization", type=float, default=0.9, help="gpu_memory_utilization (default 0.9)")
     p.add_argument("--only", help="run only rows whose name contains this")
     p.add_argument("--fresh", action="store_true", help="rerun rows that already have results")
+    p.add_argument(
+        "--resimulate",
+        action="store_true",
+        help="no device: redo the simulator's side of the stored rows with the current code and profile",
+    )
     p.add_argument("--out-dir", default=str(RESULTS), help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
     cpu = args.device == "cpu"
@@ -569,6 +621,22 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     try:
+        if args.resimulate:
+            records = []
+            for saved in sorted(raw.glob("*/row.json")):
+                rec = json.loads(saved.read_text())
+                if "skipped" not in rec and (not args.only or args.only in rec["row"]):
+                    prof = str(raw / "cpu-serving.yaml") if cpu else args.profile
+                    rec = resimulate(
+                        rec, saved.parent, prof, str(raw / "tiny_config.json") if cpu else None, log
+                    )
+                records.append(rec)
+            dpath = raw / "decode_check.json"
+            decode = json.loads(dpath.read_text()) if dpath.exists() else []
+            text = table(records, "CPU, tiny model" if cpu else args.profile, command, decode)
+            (out / f"fidelity_{tag}.md").write_text(text)
+            print(text)
+            return 0
         if cpu:
             model_ref, profile_name = cpu_setup(raw)
         else:

@@ -23,6 +23,8 @@ class Bench:
         self.repeat = 3 if self.cpu else (10 if quick else 20)
         self.warmup = 1 if self.cpu else 3
         self._runner = None
+        self._quick = quick
+        self._served: dict | None = None
 
     # ------------------------------------------------------------ microbenchmarks
     def measure(self, p: Point) -> float:
@@ -53,6 +55,8 @@ class Bench:
             return s
         if p.kind.startswith("step_"):
             return self._step(p)
+        if p.kind == "serving":
+            return self._serving()[q["quantity"]]
         raise ValueError(f"unknown point kind {p.kind!r}")
 
     def _gemm(self, m: int, k: int, n: int, dtype: str) -> float:
@@ -110,6 +114,17 @@ class Bench:
         if p.kind == "step_mixed":
             return r.mixed([tuple(c) for c in q["chunks"]], list(q["decode_context_lens"]))
         raise ValueError(f"unknown step kind {p.kind!r}")
+
+    def _serving(self) -> dict:
+        """One run of the serving loop (calibrate/serving.py) on the steps' model, after the step runner is gone."""
+        if self._served is None:
+            from calibrate.serving import measure_serving
+
+            model = None
+            if self._runner is not None:  # the steps come first in the plan: reuse their model, free their pool
+                model, self._runner = self._runner.model, None
+            self._served = measure_serving(self.spec, self.device, self._quick, model=model)
+        return self._served
 
     def recover(self) -> None:
         """After an out-of-memory point: drop cached blocks so the next point starts clean."""

@@ -201,7 +201,7 @@ def evaluate_group(cm: CostModel, group: str, records: list[Record], eff: OpEffi
 
 def evaluate_steps(profile: HardwareProfile, model: ModelSpec, eff: Efficiencies, steps: list[Record]) -> dict:
     """Whole-step errors of the profile with `eff`, overall ('step') and per step kind."""
-    cm = CostModel(with_efficiency(profile, eff), model)
+    cm = CostModel(with_efficiency(profile, eff), model, serving_host=False)
     pred = np.array([cm.step_time(step_shape(cm, r.kind, r.params)) for r in steps])
     t = np.array([r.seconds for r in steps], float)
     hold = np.array([r.holdout for r in steps])
@@ -223,7 +223,7 @@ def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record], r
     training and held-out points apart.
     """
     base = profile.efficiency
-    cm = CostModel(profile, model)
+    cm = CostModel(profile, model, serving_host=False)
     by: dict[str, list[Record]] = {}
     for r in records:
         if r.status == "ok":
@@ -246,7 +246,7 @@ def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record], r
     steps = [r for k in STEP_KINDS for r in by.get(k, [])]
     train = [r for r in steps if not r.holdout]
     if len(train) >= 2:
-        cm2 = CostModel(with_efficiency(profile, eff), model)
+        cm2 = CostModel(with_efficiency(profile, eff), model, serving_host=False)
         g_s, seqs = step_predictions(cm2, train)
         o, s = fit_overheads(g_s, seqs, np.array([r.seconds for r in train], float))
         eff = eff.model_copy(update={"step_overhead_s": o, "per_sequence_s": s})
@@ -254,6 +254,12 @@ def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record], r
         fitted = {g: [r for r in micro[g] if not r.holdout] for g in GROUPS}
         eff = refine_on_steps(profile, model, eff, fitted, train)
 
+    # the serving loop's host costs are measured, not fitted: the run's, else the base profile's
+    from calibrate.serving import QUANTITIES
+
+    serving = {k: getattr(base, k) for k in QUANTITIES}
+    serving.update({r.params["quantity"]: r.seconds for r in by.get("serving", []) if r.params.get("quantity") in serving})
+    eff = eff.model_copy(update=serving)
     fits = {g: evaluate_group(cm, g, micro[g], getattr(eff, g)) for g in GROUPS}
     if steps:
         fits.update(evaluate_steps(profile, model, eff, steps))
@@ -281,7 +287,7 @@ def refine_on_steps(profile: HardwareProfile, model: ModelSpec, eff: Efficiencie
 
     bw = profile.memory_bandwidth
     peak = profile.peak_flops("bf16")
-    cm0 = CostModel(profile, model)
+    cm0 = CostModel(profile, model, serving_host=False)
     shapes = [step_shape(cm0, r.kind, r.params) for r in steps]
     t_steps = np.array([r.seconds for r in steps], float)
     groups = [g for g in GROUPS if micro.get(g)]
@@ -319,7 +325,7 @@ def refine_on_steps(profile: HardwareProfile, model: ModelSpec, eff: Efficiencie
 
     def resid(x):
         thetas, e = unpack(x)
-        cm = CostModel(with_efficiency(profile, e), model)
+        cm = CostModel(with_efficiency(profile, e), model, serving_host=False)
         r = [np.log(np.array([cm.step_time(b) for b in shapes]) / t_steps)]
         for g in groups:
             w = works[g]

@@ -64,7 +64,10 @@ class Store:
                     key=d["key"], kind=d["kind"], params=d["params"], seconds=d.get("seconds"),
                     status=d.get("status", "ok"), holdout=bool(d.get("holdout", False)), note=d.get("note", ""),
                 )
-                if rec.status == "ok" and not (isinstance(rec.seconds, (int, float)) and rec.seconds > 0):
+                ok = isinstance(rec.seconds, (int, float)) and (
+                    rec.seconds > 0 or (rec.kind == "serving" and rec.seconds >= 0)  # a cost may be nil
+                )
+                if rec.status == "ok" and not ok:
                     raise ValueError("no positive seconds")
             except (ValueError, KeyError, TypeError, AttributeError):
                 store.skipped_lines += 1

@@ -189,9 +189,16 @@ def step_plan(mode: Mode, limits: Limits) -> list[Point]:
     return pts
 
 
+def serving_plan() -> list[Point]:
+    """The serving loop's host costs (calibrate/serving.py): one run of its synthetic workload gives all four."""
+    from calibrate.serving import QUANTITIES, WORKLOAD
+
+    return [Point("serving", {"quantity": q, "workload": WORKLOAD}) for q in QUANTITIES]
+
+
 def make_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], limits: Limits, n_gpus: int = 1) -> list[Point]:
     """The whole sweep in the order it runs: ceilings, microbenchmarks, then whole steps."""
-    pts = microbench_plan(model, mode, gemm_dtypes, n_gpus) + step_plan(mode, limits)
+    pts = microbench_plan(model, mode, gemm_dtypes, n_gpus) + step_plan(mode, limits) + serving_plan()
     seen: set[str] = set()
     out = []
     for p in pts:

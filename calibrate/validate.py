@@ -57,7 +57,7 @@ def validation_points(mode: str, limits: Limits) -> list[Point]:
 
 
 def predict(profile_name: str, model_name: str, points: list[Point]) -> np.ndarray:
-    cm = CostModel(load_profile(profile_name), load_model(model_name))
+    cm = CostModel(load_profile(profile_name), load_model(model_name), serving_host=False)
     return np.array([cm.step_time(step_shape(cm, p.kind, p.params)) for p in points])
 
 

@@ -223,6 +223,7 @@ class Executor:
         self.last_gpu_s = float("nan")
         self.last_launch_s = float("nan")
         self.last_path = 0  # how the last step ran: 0 eager, 1 decode graph, 2 mixed-step graph
+        self._timed = self._marked = False
         self.eager_launch_s = float("nan")  # measured by warmup(): host seconds to issue an eager step
         self._events = (
             (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -332,9 +333,8 @@ class Executor:
         decodes: (region starts, contexts including the new token, input token ids), numpy arrays.
         """
         t0 = time.perf_counter()
-        timed = self.time_gpu and self._events is not None
-        if timed:
-            self._events[0].record()
+        self._timed = timed = self.time_gpu and self._events is not None
+        self._marked = False
         n_dec = 0 if decodes is None else len(decodes[0])
         if not prefills and n_dec and self.static_decode and n_dec <= self.max_batch:
             ids, self.last_path = self._decode(*decodes), 1
@@ -345,6 +345,7 @@ class Executor:
         ):
             ids, self.last_path = self._mixed(prefills, decodes), 2
         else:
+            self._mark()  # an eager step's span includes its launches: they are what it waits for
             ids, self.last_path = self._eager(prefills, decodes), 0
         self.last_launch_s = time.perf_counter() - t0
         if timed:
@@ -353,6 +354,12 @@ class Executor:
         if timed:
             self.last_gpu_s = self._events[0].elapsed_time(self._events[1]) / 1e3
         return out
+
+    def _mark(self) -> None:
+        """Start the step's GPU span (first call only): right before its first device work, after host planning."""
+        if self._timed and not self._marked:
+            self._events[0].record()
+            self._marked = True
 
     def _eager(self, prefills, decodes) -> torch.Tensor:
         q_lens = [c for _, _, c, _, _ in prefills]
@@ -412,6 +419,7 @@ class Executor:
         h32[o + cap : o + 2 * cap] = units["lo"]
         h32[o + 2 * cap : o + 3 * cap] = units["hi"]
         h32[o + 3 * cap :] = units["seq_units"]
+        self._mark()
         g.i64.copy_(g.host64, non_blocking=True)
         g.i32.copy_(g.host32, non_blocking=True)
 
@@ -467,7 +475,9 @@ class Executor:
         h64[int(p_q.sum()) : t] = d_tok
         h64[size : 2 * size] = pos
         h64[2 * size :] = tok_start + pos
-        units = plan_decode_units(k_lens[npf:].tolist(), self.target, seq0=npf, cap=cap)
+        # units of the decode slots that have keys (decodes, dummies); the empty slots after them have none
+        units = plan_decode_units(k_lens[npf : a + pad].tolist(), self.target, seq0=npf, cap=cap)
+        units["seq_units"] += [units["count"]] * (ns - a - pad)
         h32 = g.host32.numpy()
         h32[: ns + 1] = cu_q
         h32[ns + 1 : 2 * ns + 1] = start
@@ -478,6 +488,7 @@ class Executor:
         h32[o + cap : o + 2 * cap] = units["lo"]
         h32[o + 2 * cap : o + 3 * cap] = units["hi"]
         h32[o + 3 * cap :] = units["seq_units"]
+        self._mark()
         g.i64.copy_(g.host64, non_blocking=True)
         g.i32.copy_(g.host32, non_blocking=True)
         if g.graph is None:  # the CPU reference attention reads the host lists

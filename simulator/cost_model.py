@@ -134,6 +134,7 @@ class CostModel:
         ep: int = 1,
         routing_skew: float = 0.0,
         eager_prefill: bool = False,
+        serving_host: bool = True,
     ) -> None:
         self.profile, self.model = profile, model
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
@@ -144,6 +145,10 @@ class CostModel:
         # steps with prompt tokens launched eagerly (serving.cuda_graphs = decode_only) last at least as
         # long as the host takes to issue their kernels
         self.eager_floor = model.num_layers * e.eager_launch_s_per_layer if eager_prefill else 0.0
+        # a serving loop's host time per step outside the GPU's work (off for calibration, which times the GPU)
+        self.host_step = e.serving_step_s if serving_host else 0.0
+        self.host_seq = e.serving_per_sequence_s if serving_host else 0.0
+        self.host_prompt = e.serving_prompt_step_s if serving_host else 0.0
         self.bw = profile.memory_bandwidth
         self.ic = profile.interconnect
         self.attn_peak = profile.peak_flops("bf16")
@@ -303,8 +308,11 @@ class CostModel:
             self.eff.elementwise, 0.0, tokens * self._elementwise_bytes_per_token, self.attn_peak, self.bw
         )
 
-    def overhead_time(self, seqs: int) -> float:
-        return self.eff.step_overhead_s + seqs * self.eff.per_sequence_s
+    def overhead_time(self, seqs: int, prompt: bool = False) -> float:
+        """Fixed time per step and per sequence: the GPU side fitted by calibration, plus the serving loop's host
+        time (with prompt tokens in the step, `prompt`, its larger layout)."""
+        t = self.eff.step_overhead_s + self.host_step + seqs * (self.eff.per_sequence_s + self.host_seq)
+        return t + self.host_prompt if prompt else t
 
     # ------------------------------------------------------------------ steps
     def breakdown(self, b: BatchShape) -> dict[str, float]:
@@ -317,7 +325,7 @@ class CostModel:
             "attention_decode": self.attention_decode_time(b.decode_seqs, b.decode_context_tokens),
             "elementwise": self.elementwise_time(tokens),
             "communication": self.communication_time(tokens, logits),
-            "overhead": self.overhead_time(b.decode_seqs + b.prefill_seqs) if tokens else 0.0,
+            "overhead": self.overhead_time(b.decode_seqs + b.prefill_seqs, b.prefill_tokens > 0) if tokens else 0.0,
         }
         if self.eager_floor and b.prefill_tokens:
             out["launch_wait"] = max(0.0, self.eager_floor - sum(out.values()))
@@ -335,11 +343,12 @@ class CostModel:
         tokens = b.prefill_tokens + b.decode_seqs
         logits = b.logits_tokens if b.logits_tokens >= 0 else b.decode_seqs + b.prefill_seqs
         seqs = b.decode_seqs + b.prefill_seqs
-        key = (tokens, logits, seqs)
+        key = (tokens, logits, seqs, b.prefill_tokens > 0)
         shared = self._shared_cache.get(key)
         if shared is None:
             shared = self.gemm_time(tokens, logits) + self.elementwise_time(tokens)
-            shared += self.communication_time(tokens, logits) + (self.overhead_time(seqs) if tokens else 0.0)
+            shared += self.communication_time(tokens, logits)
+            shared += self.overhead_time(seqs, b.prefill_tokens > 0) if tokens else 0.0
             if len(self._shared_cache) < 200_000:
                 self._shared_cache[key] = shared
         pre = self.attention_prefill_time(b)

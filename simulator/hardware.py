@@ -55,6 +55,16 @@ class Efficiencies(_Strict):
     per_sequence_s: float = Field(
         0.0, ge=0, description="host time per sequence in a step (bookkeeping, sampling)"
     )
+    serving_step_s: float = Field(
+        0.0,
+        ge=0,
+        description="host seconds per step of a serving loop outside the GPU's work (scheduling, inputs, sampled "
+        "ids back, bookkeeping), measured by python -m calibrate with engine/serving.py",
+    )
+    serving_per_sequence_s: float = Field(0.0, ge=0, description="the same, per sequence in the step")
+    serving_prompt_step_s: float = Field(
+        0.0, ge=0, description="the same, extra for a step with prompt tokens (its layout is larger to prepare)"
+    )
     eager_launch_s_per_layer: float = Field(
         0.0,
         ge=0,

@@ -74,6 +74,11 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     store = Store.open(work / "measurements.jsonl")
     n = len(store.records)
     assert n > 30 and not store.skipped_lines
+    # the serving loop ran its synthetic workload: host time per step measured and written to the profile
+    served = {r.params["quantity"]: r.seconds for r in store.records.values() if r.kind == "serving"}
+    assert set(served) == {"serving_step_s", "serving_per_sequence_s", "serving_prompt_step_s",
+                           "eager_launch_s_per_layer"}  # fmt: skip
+    assert 0 < prof.efficiency.serving_step_s == served["serving_step_s"] < 0.05
 
     # a corrupt line (a kill mid-write) is skipped with a warning and that point measured again
     lines = (work / "measurements.jsonl").read_text().splitlines()

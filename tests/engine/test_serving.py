@@ -140,3 +140,16 @@ def test_fidelity_cpu_quick_writes_its_table(tmp_path):
     assert "| TTFT p50 (ms) |" in md
     raw = tmp_path / "fidelity" / "cpu" / "tiny-fp32-conversation-80pct-chunked"
     assert (raw / "engine_requests.csv").exists() and (raw / "simulator_requests.csv").exists()
+    steps = (raw / "engine_steps.csv").read_text().splitlines()
+    assert len(steps) > 10 and steps[0].startswith("end_s,") and steps[0].endswith(",model_s")
+    assert "## Where the engine's steps went" in md and "## Decode throughput at large batch" in md
+
+    # the simulator's side again from the stored engine runs, no engine: same engine figures, same rows
+    import json
+
+    before = json.loads((raw / "row.json").read_text())
+    assert fidelity.main(["--device", "cpu", "--quick", "--out-dir", str(tmp_path), "--resimulate"]) == 0
+    after = json.loads((raw / "row.json").read_text())
+    assert after["engine"] == before["engine"] and after["requests"] == before["requests"]
+    assert after["simulator"]["finished"] == before["simulator"]["finished"]
+    assert after["simulator"]["output_tokens_per_s"] == pytest.approx(before["simulator"]["output_tokens_per_s"])

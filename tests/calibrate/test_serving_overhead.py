@@ -1,0 +1,53 @@
+"""The serving loop's host costs: the fit recovers known coefficients; the cost model adds them to serving
+steps only (calibration compares GPU-only steps without them)."""
+
+import numpy as np
+import pytest
+
+from calibrate.serving import fit_host, synthetic_requests
+from simulator.cost_model import BatchShape, CostModel
+from simulator.hardware import load_profile
+from simulator.model_spec import load_model
+
+
+def trace_of(n: np.ndarray, prompt: np.ndarray, host: np.ndarray, gpu: np.ndarray) -> dict:
+    z = np.zeros(len(n))
+    return {"schedule_s": host * 0.2, "prepare_s": host * 0.3, "record_s": host * 0.5, "execute_s": gpu,
+            "gpu_s": gpu, "decode_seqs": n - prompt, "prefill_seqs": prompt, "prefill_tokens": prompt * 100.0,
+            "launch_s": z}  # fmt: skip
+
+
+def test_fit_host_recovers_known_costs_and_ignores_spikes():
+    rng = np.random.default_rng(1)
+    n = rng.integers(1, 128, 2000).astype(float)
+    prompt = (rng.random(2000) < 0.2).astype(float)
+    host = 300e-6 + 2e-6 * n + 500e-6 * prompt + rng.normal(0, 5e-6, 2000)
+    host[::100] += 0.02  # garbage-collector pauses
+    fit = fit_host(trace_of(n, prompt, host, rng.uniform(5e-3, 30e-3, 2000)), gpu=True)
+    assert fit["serving_step_s"] == pytest.approx(300e-6, rel=0.05)
+    assert fit["serving_per_sequence_s"] == pytest.approx(2e-6, rel=0.05)
+    assert fit["serving_prompt_step_s"] == pytest.approx(500e-6, rel=0.05)
+
+
+def test_synthetic_workload_is_fixed():
+    a, b = synthetic_requests(False, False)[0], synthetic_requests(False, False)[0]
+    assert (a.prompt_tokens == b.prompt_tokens).all() and (a.arrival_s == b.arrival_s).all()
+    assert len(a) == 150 and a.arrival_s.max() < 10
+
+
+def test_cost_model_adds_host_costs_to_serving_steps_only():
+    base = load_profile("h100-sxm")
+    eff = base.efficiency.model_copy(update={"serving_step_s": 400e-6, "serving_per_sequence_s": 3e-6,
+                                             "serving_prompt_step_s": 1e-3})  # fmt: skip
+    prof = base.model_copy(update={"efficiency": eff})
+    spec = load_model("llama-3.1-8b")
+    serving, gpu = CostModel(prof, spec), CostModel(prof, spec, serving_host=False)
+    dec = BatchShape(decode_seqs=10, decode_context_tokens=10_000)
+    assert serving.step_time(dec) - gpu.step_time(dec) == pytest.approx(400e-6 + 10 * 3e-6)
+    mixed = BatchShape(prefill_tokens=100, prefill_seqs=1, prefill_pairs=5050.0, decode_seqs=9,
+                       decode_context_tokens=9000)  # fmt: skip
+    assert serving.step_time(mixed) - gpu.step_time(mixed) == pytest.approx(400e-6 + 10 * 3e-6 + 1e-3)
+    assert serving.step_split(mixed)[0] == pytest.approx(serving.step_time(mixed))
+    # closed-form decode runs carry the same host cost per step
+    a, _ = serving.decode_step_line(10, 10_000, 5)
+    assert a == pytest.approx(serving.step_time(dec))
