@@ -64,6 +64,9 @@ class Replica:
         self.draft_time = None  # speculative decoding: seconds of drafting for (n sequences, context)
         self._due: list[int] = []  # finishes inside a run whose callbacks fire when the run's event ends
         self.run_cap = RUN_CAP  # 1: step one decode at a time (for checking the run shortcut)
+        # A source whose arrivals only this replica takes (set by the simulation before it runs): the
+        # replica then reads them at its step boundaries instead of being sent each one by an event.
+        self.arrivals = None
         self.process = env.process(self._static_loop() if static else self._loop())
 
     # ------------------------------------------------------------------ arrivals
@@ -108,6 +111,9 @@ class Replica:
 
     # ------------------------------------------------------------------ continuous batching
     def _loop(self):
+        if self.arrivals is not None:
+            yield from self._pulling_loop()
+            return
         sched, env = self.scheduler, self.env
         while True:
             if self.before_step is not None:
@@ -131,9 +137,53 @@ class Replica:
             start = env.now
             self.step_end = start + dt
             yield env.timeout(dt)
-            self._record_step(batch, dt, prefill_s, start)
+            self._record_step(batch, dt, prefill_s, start, env.now)
             if self._due:
                 self._fire_due()
+
+    def _pulling_loop(self):
+        """Continuous batching fed by `arrivals` directly: arrivals join at the first step boundary at or
+        after their time, where a real engine admits them, as when the source sends them. Steps and runs
+        follow one another on the replica's own clock, and the process waits in simulated time only up
+        to a boundary where arrivals join, or while it has nothing to do."""
+        sched, env, src = self.scheduler, self.env, self.arrivals
+        now = env.now
+        while True:
+            if src.next_arrival() <= now:
+                if now > env.now:
+                    yield env.timeout(now - env.now)
+                src.take(now)
+            if not (sched.waiting or sched.running):
+                now = yield from self._wait_arrival(now)
+                continue
+            run = sched.decode_run(self.run_cap)
+            if run is not None and run[0] > 1:
+                now += self._decode_ahead(*run, now)
+                continue
+            if sched.timeout_s is not None:
+                sched.expire(now)
+            batch = sched.schedule()
+            if batch is None:  # waiting work that cannot start until something arrives
+                now = yield from self._wait_arrival(now)
+                continue
+            dt, prefill_s = self.cost.step_split(batch.shape)
+            if self.draft_time is not None:
+                dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
+            start, now = now, now + dt
+            if src.next_arrival() <= now:  # arrivals during the step are queued when it ends
+                yield env.timeout(now - env.now)
+                src.take(now)
+            self._record_step(batch, dt, prefill_s, start, now)
+
+    def _wait_arrival(self, now: float):
+        """Wait (in simulated time) for the next arrival; returns its time."""
+        nxt = self.arrivals.next_arrival()
+        if nxt == math.inf:  # nothing more will come: catch up with the clock and wait for good
+            if now > self.env.now:
+                yield self.env.timeout(now - self.env.now)
+            yield self.env.event()
+        yield self.env.timeout(nxt - self.env.now)
+        return nxt
 
     def _with_drafting(self, batch: Batch, dt: float, prefill_s: float) -> tuple[float, float]:
         """Add the draft model's work: prefill of new prompt chunks and, in a speculative round, drafting."""
@@ -150,8 +200,8 @@ class Replica:
             prefill_s = dt * prompt / batch.shape.tokens
         return dt, prefill_s
 
-    def _record_step(self, batch: Batch, dt: float, prefill_s: float, start: float) -> None:
-        sched, t, st, end = self.scheduler, self.table, self.stats, self.env.now
+    def _record_step(self, batch: Batch, dt: float, prefill_s: float, start: float, end: float) -> None:
+        sched, t, st = self.scheduler, self.table, self.stats
         res = sched.complete(batch)
         shape = batch.shape
         st.steps += 1
@@ -184,7 +234,13 @@ class Replica:
         if res.finished:
             self._finish(res.finished, end)
         if end >= st.next_sample:
-            st.sample(end, len(sched.waiting), len(sched.running), self.pool.used, shape.decode_seqs + shape.prefill_seqs)
+            st.sample(
+                end,
+                len(sched.waiting),
+                len(sched.running),
+                self.pool.used,
+                shape.decode_seqs + shape.prefill_seqs,
+            )
 
     def _decode_itl(self, n: int, end: float) -> None:
         """ITL samples of a decode step: the gap since each sequence's previous token."""
@@ -229,17 +285,24 @@ class Replica:
                 self._due.append(s.rid)
 
     def _decode_run(self, k: int, blocks: int):
-        """Decode-only steps costed in closed form and taken as one event.
+        """Decode-only steps costed in closed form and taken as one event."""
+        start = self.env.now
+        t = self._decode_ahead(k, blocks, start)
+        self.step_end = start + t
+        yield self.env.timeout(t)
+        self._fire_due()
+
+    def _decode_ahead(self, k: int, blocks: int, start: float) -> float:
+        """Commit decode-only steps from `start`, in closed form; returns their seconds.
 
         The run goes from finish to finish while nothing else could be scheduled. If the next arrival
         could join the batch, it ends at the first step boundary after that arrival (where a real
         engine would admit it): the source's arrival times are known in advance, and no other process
         can observe this replica before then.
         """
-        sched, env = self.scheduler, self.env
+        sched = self.scheduler
         next_join, next_arrival, hold = self.next_join, self.next_arrival, self.hold
         joins = next_join is not _never
-        start = env.now
         t = 0.0
         while True:
             horizon = next_join() - start - t if joins else math.inf
@@ -255,9 +318,7 @@ class Replica:
             if run is None:
                 break
             k, blocks = run
-        self.step_end = start + t
-        yield env.timeout(t)
-        self._fire_due()
+        return t
 
     def _fire_due(self) -> None:
         t = self.table
