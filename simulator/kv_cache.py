@@ -21,6 +21,9 @@ class BlockPool:
 
     With prefix caching, block keys are small integers (`workload.PrefixKeys` interns them) and the
     per-key state lives in numpy arrays, so sharing a 100-block system prompt is a few vector operations.
+    The keys given to `lookup`, `share` and `unshare` are always the leading keys of one chain, and
+    the blocks a sequence references are a leading part of its chain; so along a chain the reference
+    counts never increase, and when the last of some leading keys is referenced, all of them are.
     """
 
     __slots__ = (
@@ -113,6 +116,8 @@ class BlockPool:
         if self.cached is None or not len(keys) or limit <= 0:
             return 0, 0
         head = self._fit(keys[:limit])
+        if self.refs[head[-1]]:  # the whole chain is in use (references never increase along it)
+            return len(head), 0
         hit = self.present[head]
         n = len(head) if hit.all() else int(np.argmin(hit))
         return n, (int(np.count_nonzero(self.refs[head[:n]] == 0)) if n else 0)
@@ -120,6 +125,10 @@ class BlockPool:
     def share(self, keys) -> None:
         """Reference matched blocks (all cached or in use); cached free ones become used."""
         keys = self._fit(keys)
+        if len(keys) and self.refs[keys[-1]]:  # all in use already: no free block becomes used
+            self.refs[keys] += 1
+            self.version += 1
+            return
         idle = keys[self.refs[keys] == 0]
         for k in idle.tolist():
             del self.cached[k]
@@ -136,6 +145,9 @@ class BlockPool:
             return
         keys = self._fit(keys)
         self.refs[keys] -= 1
+        if self.refs[keys[-1]]:  # all still in use
+            self.version += 1
+            return
         idle = keys[self.refs[keys] == 0]
         if len(idle):
             self.cached.update(dict.fromkeys(idle[::-1].tolist()))

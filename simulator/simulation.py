@@ -282,6 +282,7 @@ def simulate(
     source = Source(env, arrival, submit, order=order, pulled=pulled)
     if pulled:
         engines[0].arrivals = source
+        engines[0].track_future = False  # no router looks at its load
     if dg is not None:
         disagg = Disaggregated(env, dg, model, groups[0].serving.kv_dtype, table, source, pools["prefill"],
                                pools["decode"], [engine_replica[e.index] for e in pools["prefill"]], router,

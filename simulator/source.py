@@ -31,22 +31,23 @@ class Source:
         self.env = env
         ids = np.arange(len(arrival_s)) if order is None else order
         self.ids = ids.tolist()
-        self.times = np.asarray(arrival_s)[ids].tolist()
+        self.count = len(self.ids)
+        self.times = np.asarray(arrival_s)[ids].tolist() + [math.inf]  # `times[next]`: the next one, if any
         self.next = 0
         self.submit = submit
         self.pending: list[tuple[float, int]] = []  # follow-up turns scheduled but not yet arrived
         # a chain of timeouts with a callback each: lighter than a process per arrival
-        if self.times and not pulled:
+        if self.count and not pulled:
             env.timeout(max(self.times[0], 0.0)).callbacks.append(self._arrive)
 
     def next_arrival(self) -> float:
-        t = self.times[self.next] if self.next < len(self.times) else math.inf
+        t = self.times[self.next]
         return min(t, self.pending[0][0]) if self.pending else t
 
     def _arrive(self, _event) -> None:
         """The timeout for arrival `next` fired: submit it and any others due at the same time."""
         times, ids, submit, env = self.times, self.ids, self.submit, self.env
-        i, n, now = self.next, len(times), env.now
+        i, n, now = self.next, self.count, env.now
         while True:
             i += 1
             self.next = i
@@ -59,8 +60,8 @@ class Source:
     def take(self, now: float) -> None:
         """Submit every arrival due by `now` (a pulling replica, at a step boundary)."""
         times, ids, submit = self.times, self.ids, self.submit
-        i, n = self.next, len(times)
-        while i < n and times[i] <= now:
+        i = self.next
+        while times[i] <= now:
             i += 1
             self.next = i
             submit(ids[i - 1])
