@@ -123,12 +123,13 @@ class BlockPool:
         return n, (int(np.count_nonzero(self.refs[head[:n]] == 0)) if n else 0)
 
     def share(self, keys) -> None:
-        """Reference matched blocks (all cached or in use); cached free ones become used."""
-        keys = self._fit(keys)
-        if len(keys) and self.refs[keys[-1]]:  # all in use already: no free block becomes used
-            self.refs[keys] += 1
+        """Reference matched blocks (all cached or in use, so seen by `lookup`); cached free ones become used."""
+        refs = self.refs
+        if len(keys) and refs[keys[-1]]:  # all in use already: no free block becomes used
+            refs[keys] += 1
             self.version += 1
             return
+        keys = self._fit(keys)
         idle = keys[self.refs[keys] == 0]
         for k in idle.tolist():
             del self.cached[k]
@@ -143,16 +144,16 @@ class BlockPool:
         """Drop references; blocks nobody references go back to the free list, still cached."""
         if not len(keys):
             return
-        keys = self._fit(keys)
-        self.refs[keys] -= 1
-        if self.refs[keys[-1]]:  # all still in use
-            self.version += 1
+        refs = self.refs  # (keys referenced: seen by `share` or `publish`)
+        refs[keys] -= 1
+        self.version += 1
+        if refs[keys[-1]]:  # all still in use
             return
-        idle = keys[self.refs[keys] == 0]
+        keys = np.asarray(keys, dtype=np.int64)
+        idle = keys[refs[keys] == 0]
         if len(idle):
             self.cached.update(dict.fromkeys(idle[::-1].tolist()))
             self.free += len(idle)
-        self.version += 1
 
     def publish(self, keys) -> bool:
         """A sequence's own full blocks become shareable (referenced once, by it). Only when none of the

@@ -48,6 +48,7 @@ class Sequence:
     hits: tuple | None = None  # prefix-cache estimate while queued: (cached blocks, of them free)
     hits_version: int = -1  # the pool's version when `hits` was looked up
     shared: list = field(default_factory=list)  # prefix-cache keys of blocks it references, not owns
+    keys: object = None  # prefix-cache keys of its prompt's full blocks, once looked up (until recompute)
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at its (last) start
     decoding: bool = False
     c: int = 0  # while decoding: total tokens = c + dstep
@@ -112,6 +113,7 @@ class Scheduler:
         # Prefix caching: block_keys(rid, tokens) gives the keys of the full blocks among a request's
         # first `tokens` tokens, or [] when it shares nothing with anyone.
         self.block_keys = block_keys if pool.cached is not None else None
+        self._forget_keys = getattr(self.block_keys, "forget", None)
         self.cached_tokens = 0  # prompt tokens served from the prefix cache, recomputations included
         # Priority scheduling (vLLM's `priority` policy) when priority_of (per request id) is given;
         # admission control: refuse arrivals beyond max_waiting queued, drop those queued past timeout_s.
@@ -205,8 +207,9 @@ class Scheduler:
 
     def _prefix_hits(self, s: Sequence) -> tuple[int, int]:
         """(leading prompt blocks in the prefix cache, how many of them sit in the free list)."""
-        keys = self.block_keys(s.rid, s.prompt)
-        return self.pool.lookup(keys, (s.prompt - 1) // self.B)  # the last token is always computed
+        if s.keys is None:
+            s.keys = self.block_keys(s.rid, s.prompt)
+        return self.pool.lookup(s.keys, (s.prompt - 1) // self.B)  # the last token is always computed
 
     def decode_run(self, cap: int) -> tuple[int, int] | None:
         """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take.
@@ -262,9 +265,8 @@ class Scheduler:
 
     def _forget(self, rid: int) -> None:
         """A finished request's keys are no longer needed by the key source."""
-        forget = getattr(self.block_keys, "forget", None)
-        if forget is not None:
-            forget(rid)
+        if self._forget_keys is not None:
+            self._forget_keys(rid)
 
     def _victim(self) -> Sequence:
         """Who is preempted: the newest sequence; under the priority policy the newest of the lowest priority."""
@@ -298,6 +300,7 @@ class Scheduler:
         victim.blocks = 0
         victim.computed = 0
         victim.prompt = victim.orig_prompt + victim.generated
+        victim.keys = None
         self.waiting.appendleft(victim)
         self.num_preemptions += 1
 
@@ -364,7 +367,9 @@ class Scheduler:
     def _spec_blocks(self, tokens: int) -> int:
         """New blocks the decoding sequences need if each gains `tokens` tokens."""
         B, d = self.B, self.dstep
-        return sum(-(-(s.c + d - 1 + tokens) // B) - -(-(s.c + d - 1) // B) for s in self.running if s.decoding)
+        return sum(
+            -(-(s.c + d - 1 + tokens) // B) - -(-(s.c + d - 1) // B) for s in self.running if s.decoding
+        )
 
     def _spec_round(self, reserved: int) -> int:
         """Verify one round for every decoding sequence; returns the tokens yielded."""
@@ -411,8 +416,8 @@ class Scheduler:
         if s.window_blocks:
             self.pool.allocate(s.window_blocks)
         if self.block_keys:
-            keys = self.block_keys(s.rid, s.prompt)
             hits = (s.hits or self._prefix_hits(s))[0]
+            keys = s.keys
             if hits:
                 s.shared = keys[:hits]
                 self.pool.share(s.shared)
@@ -457,7 +462,9 @@ class Scheduler:
             logits += n * q - n
             return BatchShape(tokens, len(b.prefills) + n, pairs, spairs, ctx, 0, 0, logits)
         # prefill tokens, seqs, pairs, sliding pairs, context tokens; decode seqs, context tokens; logits
-        return BatchShape(tokens, len(b.prefills), pairs, spairs, ctx, b.num_decodes, b.decode_context, logits)
+        return BatchShape(
+            tokens, len(b.prefills), pairs, spairs, ctx, b.num_decodes, b.decode_context, logits
+        )
 
     # ------------------------------------------------------------------ completion
     def complete(self, b: Batch) -> StepResult:
@@ -476,7 +483,7 @@ class Scheduler:
             s.generated += 1
             first.append(s)
             if self.block_keys:  # its prompt's full blocks become shareable with later requests
-                keys = self.block_keys(s.rid, s.prompt)
+                keys = s.keys if s.keys is not None else self.block_keys(s.rid, s.prompt)
                 if len(keys) > len(s.shared) and self.pool.publish(keys[len(s.shared) :]):
                     s.shared = keys
             if s.generated >= s.output:
