@@ -126,7 +126,7 @@ class BlockPool:
         """Reference matched blocks (all cached or in use, so seen by `lookup`); cached free ones become used."""
         refs = self.refs
         if len(keys) and refs[keys[-1]]:  # all in use already: no free block becomes used
-            refs[keys] += 1
+            refs[_span(keys)] += 1
             self.version += 1
             return
         keys = self._fit(keys)
@@ -145,7 +145,7 @@ class BlockPool:
         if not len(keys):
             return
         refs = self.refs  # (keys referenced: seen by `share` or `publish`)
-        refs[keys] -= 1
+        refs[_span(keys)] -= 1
         self.version += 1
         if refs[keys[-1]]:  # all still in use
             return
@@ -165,3 +165,10 @@ class BlockPool:
         self.refs[keys] = 1
         self.version += 1
         return True
+
+
+def _span(keys):
+    """`keys` as a slice when they are consecutive integers (a chain interned in one go, such as a system
+    prompt's): cheaper to index with than the keys themselves. A chain's keys increase along it."""
+    first, last = int(keys[0]), int(keys[-1])
+    return slice(first, last + 1) if last - first == len(keys) - 1 else keys

@@ -282,8 +282,12 @@ class Scheduler:
             return
         shared = len(s.shared)
         self.pool.unshare(s.shared)
-        keys = self.block_keys(s.rid, kv_tokens)
-        self.pool.release(held - shared + s.window_blocks, keys[shared:])
+        if s.keys is not None and shared == len(s.keys) < s.prompt // self.B:
+            # its keys stop inside the prompt (nobody could share more): it owns no keyed block
+            self.pool.release(held - shared + s.window_blocks)
+        else:
+            keys = self.block_keys(s.rid, kv_tokens)
+            self.pool.release(held - shared + s.window_blocks, keys[shared:])
         s.shared = []
 
     def _preempt(self, victim: Sequence) -> None:
