@@ -21,6 +21,9 @@ class BlockPool:
 
     With prefix caching, block keys are small integers (`workload.PrefixKeys` interns them) and the
     per-key state lives in numpy arrays, so sharing a 100-block system prompt is a few vector operations.
+    The keys given to `lookup`, `share` and `unshare` are always the leading keys of one chain, and
+    the blocks a sequence references are a leading part of its chain; so along a chain the reference
+    counts never increase, and when the last of some leading keys is referenced, all of them are.
     """
 
     __slots__ = (
@@ -113,12 +116,19 @@ class BlockPool:
         if self.cached is None or not len(keys) or limit <= 0:
             return 0, 0
         head = self._fit(keys[:limit])
+        if self.refs[head[-1]]:  # the whole chain is in use (references never increase along it)
+            return len(head), 0
         hit = self.present[head]
         n = len(head) if hit.all() else int(np.argmin(hit))
         return n, (int(np.count_nonzero(self.refs[head[:n]] == 0)) if n else 0)
 
     def share(self, keys) -> None:
-        """Reference matched blocks (all cached or in use); cached free ones become used."""
+        """Reference matched blocks (all cached or in use, so seen by `lookup`); cached free ones become used."""
+        refs = self.refs
+        if len(keys) and refs[keys[-1]]:  # all in use already: no free block becomes used
+            refs[_span(keys)] += 1
+            self.version += 1
+            return
         keys = self._fit(keys)
         idle = keys[self.refs[keys] == 0]
         for k in idle.tolist():
@@ -134,13 +144,16 @@ class BlockPool:
         """Drop references; blocks nobody references go back to the free list, still cached."""
         if not len(keys):
             return
-        keys = self._fit(keys)
-        self.refs[keys] -= 1
-        idle = keys[self.refs[keys] == 0]
+        refs = self.refs  # (keys referenced: seen by `share` or `publish`)
+        refs[_span(keys)] -= 1
+        self.version += 1
+        if refs[keys[-1]]:  # all still in use
+            return
+        keys = np.asarray(keys, dtype=np.int64)
+        idle = keys[refs[keys] == 0]
         if len(idle):
             self.cached.update(dict.fromkeys(idle[::-1].tolist()))
             self.free += len(idle)
-        self.version += 1
 
     def publish(self, keys) -> bool:
         """A sequence's own full blocks become shareable (referenced once, by it). Only when none of the
@@ -152,3 +165,10 @@ class BlockPool:
         self.refs[keys] = 1
         self.version += 1
         return True
+
+
+def _span(keys):
+    """`keys` as a slice when they are consecutive integers (a chain interned in one go, such as a system
+    prompt's): cheaper to index with than the keys themselves. A chain's keys increase along it."""
+    first, last = int(keys[0]), int(keys[-1])
+    return slice(first, last + 1) if last - first == len(keys) - 1 else keys

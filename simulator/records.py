@@ -123,7 +123,9 @@ class StepStats:
 
     def add_itl_line(self, a: float, b: float, j0: int, j1: int, count: int) -> None:
         """Add `count` samples of each duration a + b·j for j in [j0, j1) (b >= 0), exactly per bin."""
-        lo, hi = _itl_bin(a + b * j0), _itl_bin(a + b * (j1 - 1))
+        first, last = a + b * j0, a + b * (j1 - 1)  # their bins
+        lo = min(int(math.log10(first / ITL_LO) * ITL_BINS_PER_DECADE), _LAST) if first > ITL_LO else 0
+        hi = min(int(math.log10(last / ITL_LO) * ITL_BINS_PER_DECADE), _LAST) if last > ITL_LO else 0
         if lo == hi or b <= 0:
             self._hist[lo] += count * (j1 - j0)
             return
@@ -139,12 +141,6 @@ class StepStats:
         if t >= self.next_sample:
             self.timeline.append((t, waiting, running, kv_used, batch))
             self.next_sample = t + self.interval
-
-
-def _itl_bin(seconds: float) -> int:
-    if seconds <= ITL_LO:
-        return 0
-    return min(int(math.log10(seconds / ITL_LO) * ITL_BINS_PER_DECADE), ITL_BINS_PER_DECADE * ITL_DECADES)
 
 
 def itl_percentiles(hist: np.ndarray, qs: tuple[float, ...]) -> dict[str, float]:

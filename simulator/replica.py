@@ -64,6 +64,9 @@ class Replica:
         self.draft_time = None  # speculative decoding: seconds of drafting for (n sequences, context)
         self._due: list[int] = []  # finishes inside a run whose callbacks fire when the run's event ends
         self.run_cap = RUN_CAP  # 1: step one decode at a time (for checking the run shortcut)
+        # A source whose arrivals only this replica takes (set by the simulation before it runs): the
+        # replica then reads them at its step boundaries instead of being sent each one by an event.
+        self.arrivals = None
         self.process = env.process(self._static_loop() if static else self._loop())
 
     # ------------------------------------------------------------------ arrivals
@@ -108,6 +111,9 @@ class Replica:
 
     # ------------------------------------------------------------------ continuous batching
     def _loop(self):
+        if self.arrivals is not None:
+            yield from self._pulling_loop()
+            return
         sched, env = self.scheduler, self.env
         while True:
             if self.before_step is not None:
@@ -131,9 +137,54 @@ class Replica:
             start = env.now
             self.step_end = start + dt
             yield env.timeout(dt)
-            self._record_step(batch, dt, prefill_s, start)
+            self._record_step(batch, dt, prefill_s, start, env.now)
             if self._due:
                 self._fire_due()
+
+    def _pulling_loop(self):
+        """Continuous batching fed by `arrivals` directly: arrivals join at the first step boundary at or
+        after their time, where a real engine admits them, as when the source sends them. Steps and runs
+        follow one another on the replica's own clock, and the process waits in simulated time only up
+        to a boundary where arrivals join, or while it has nothing to do."""
+        sched, env, src, cost = self.scheduler, self.env, self.arrivals, self.cost
+        times = src.times  # times[src.next]: the next arrival (inf after the last)
+        now = env.now
+        while True:
+            if times[src.next] <= now:
+                if now > env.now:
+                    yield env.timeout(now - env.now)
+                src.take(now)
+            if not (sched.waiting or sched.running):
+                now = yield from self._wait_arrival(now)
+                continue
+            run = sched.decode_run(self.run_cap)
+            if run is not None and run[0] > 1:
+                now += self._decode_ahead(run[0], run[1], now)
+                continue
+            if sched.timeout_s is not None:
+                sched.expire(now)
+            batch = sched.schedule()
+            if batch is None:  # waiting work that cannot start until something arrives
+                now = yield from self._wait_arrival(now)
+                continue
+            dt, prefill_s = cost.step_split(batch.shape)
+            if self.draft_time is not None:
+                dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
+            start, now = now, now + dt
+            if times[src.next] <= now:  # arrivals during the step are queued when it ends
+                yield env.timeout(now - env.now)
+                src.take(now)
+            self._record_step(batch, dt, prefill_s, start, now)
+
+    def _wait_arrival(self, now: float):
+        """Wait (in simulated time) for the next arrival; returns its time."""
+        nxt = self.arrivals.next_arrival()
+        if nxt == math.inf:  # nothing more will come: catch up with the clock and wait for good
+            if now > self.env.now:
+                yield self.env.timeout(now - self.env.now)
+            yield self.env.event()
+        yield self.env.timeout(nxt - self.env.now)
+        return nxt
 
     def _with_drafting(self, batch: Batch, dt: float, prefill_s: float) -> tuple[float, float]:
         """Add the draft model's work: prefill of new prompt chunks and, in a speculative round, drafting."""
@@ -150,8 +201,8 @@ class Replica:
             prefill_s = dt * prompt / batch.shape.tokens
         return dt, prefill_s
 
-    def _record_step(self, batch: Batch, dt: float, prefill_s: float, start: float) -> None:
-        sched, t, st, end = self.scheduler, self.table, self.stats, self.env.now
+    def _record_step(self, batch: Batch, dt: float, prefill_s: float, start: float, end: float) -> None:
+        sched, t, st, pool = self.scheduler, self.table, self.stats, self.pool
         res = sched.complete(batch)
         shape = batch.shape
         st.steps += 1
@@ -159,23 +210,25 @@ class Replica:
         st.prefill_s += prefill_s
         st.decode_s += dt - prefill_s
         st.prefill_tokens += shape.prefill_tokens
-        st.kv_block_seconds += self.pool.used * dt
+        st.kv_block_seconds += (pool.num_blocks - pool.free) * dt
         st.batch_seq_steps += shape.decode_seqs + shape.prefill_seqs
         for s in batch.preempted:
             t.preemptions[s.rid] += 1
             if s.generated:  # its last token came at the last decode step, unless it only just joined
                 self._last_token.setdefault(s.rid, self.last_decode_end)
+        scheduled = t.scheduled_s
         for s, _ in batch.prefills:
-            if math.isnan(t.scheduled_s[s.rid]):
-                t.scheduled_s[s.rid] = start
+            if scheduled[s.rid] != scheduled[s.rid]:  # NaN: its first step
+                scheduled[s.rid] = start
                 t.cached_tokens[s.rid] = s.cached_tokens
         if batch.num_decodes:
             self._decode_itl(batch.num_decodes, end)
             if batch.spec_tokens > batch.num_decodes:  # the rest of a round's tokens arrive together
                 st.add_itl(0.0, batch.spec_tokens - batch.num_decodes)
+        first = t.first_token_s
         for s in res.first_tokens:
-            if math.isnan(t.first_token_s[s.rid]):
-                t.first_token_s[s.rid] = end
+            if first[s.rid] != first[s.rid]:  # NaN: its first token
+                first[s.rid] = end
             else:  # recomputed after preemption: the gap since its last token before it
                 st.add_itl(end - self._last_token[s.rid], 1)
             if s.decoding:
@@ -184,7 +237,13 @@ class Replica:
         if res.finished:
             self._finish(res.finished, end)
         if end >= st.next_sample:
-            st.sample(end, len(sched.waiting), len(sched.running), self.pool.used, shape.decode_seqs + shape.prefill_seqs)
+            st.sample(
+                end,
+                len(sched.waiting),
+                len(sched.running),
+                pool.used,
+                shape.decode_seqs + shape.prefill_seqs,
+            )
 
     def _decode_itl(self, n: int, end: float) -> None:
         """ITL samples of a decode step: the gap since each sequence's previous token."""
@@ -196,7 +255,8 @@ class Replica:
                     st.add_itl(end - last.pop(s.rid, self.last_decode_end), 1)
                     counted += 1
             self.fresh.clear()
-        st.add_itl(end - self.last_decode_end, n - counted)
+        if n > counted:
+            st.add_itl(end - self.last_decode_end, n - counted)
         self.last_decode_end = end
 
     def _finish(self, finished: list[Sequence], end: float) -> None:
@@ -207,12 +267,14 @@ class Replica:
         if self.role == "prefill":
             self._prefilled(finished, end)
             return
+        finish, generated, last, due = t.finish_s, t.generated, self._last_token, self.on_finish is not None
         for s in finished:
-            t.finish_s[s.rid] = end
-            t.generated[s.rid] = s.generated
-            if self.on_finish is not None:
+            finish[s.rid] = end
+            generated[s.rid] = s.generated
+            if due:
                 self._due.append(s.rid)
-            self._last_token.pop(s.rid, None)
+            if last:
+                last.pop(s.rid, None)
             self.outstanding_tokens -= s.orig_prompt + s.output
 
     def _prefilled(self, finished: list[Sequence], end: float) -> None:
@@ -229,35 +291,41 @@ class Replica:
                 self._due.append(s.rid)
 
     def _decode_run(self, k: int, blocks: int):
-        """Decode-only steps costed in closed form and taken as one event.
+        """Decode-only steps costed in closed form and taken as one event."""
+        start = self.env.now
+        t = self._decode_ahead(k, blocks, start)
+        self.step_end = start + t
+        yield self.env.timeout(t)
+        self._fire_due()
+
+    def _decode_ahead(self, k: int, blocks: int, start: float) -> float:
+        """Commit decode-only steps from `start`, in closed form; returns their seconds.
 
         The run goes from finish to finish while nothing else could be scheduled. If the next arrival
         could join the batch, it ends at the first step boundary after that arrival (where a real
         engine would admit it): the source's arrival times are known in advance, and no other process
         can observe this replica before then.
         """
-        sched, env = self.scheduler, self.env
+        sched, cap = self.scheduler, self.run_cap
         next_join, next_arrival, hold = self.next_join, self.next_arrival, self.hold
         joins = next_join is not _never
-        start = env.now
         t = 0.0
         while True:
             horizon = next_join() - start - t if joins else math.inf
-            if not sched.waiting and len(sched.running) < sched.max_seqs:
-                horizon = min(horizon, next_arrival() - start - t)
+            arrival = next_arrival()
+            if not sched.waiting and len(sched.running) < sched.max_seqs and arrival - start - t < horizon:
+                horizon = arrival - start - t
             m, dt = self._decode_segment(k, blocks, start + t, horizon)
             t += dt
-            if m < k or next_arrival() <= start + t or self._due:  # cut short, an arrival, a callback
+            if m < k or arrival <= start + t or self._due:  # cut short, an arrival, a callback
                 break
             if (joins and next_join() <= start + t) or (hold is not None and hold()):
                 break
-            run = sched.decode_run(self.run_cap)
+            run = sched.decode_run(cap)
             if run is None:
                 break
             k, blocks = run
-        self.step_end = start + t
-        yield env.timeout(t)
-        self._fire_due()
+        return t
 
     def _fire_due(self) -> None:
         t = self.table
@@ -268,11 +336,12 @@ class Replica:
     def _decode_segment(self, k: int, blocks: int, start: float, horizon: float) -> tuple[int, float]:
         """Commit up to k decode steps of the current batch from time `start`; stops at the step in
         progress at `horizon` seconds. Returns (steps, seconds)."""
-        sched, st = self.scheduler, self.stats
+        sched, st, pool = self.scheduler, self.stats, self.pool
         n = sched.n_decoding
-        line = self.cost.decode_step_line(n, sched.decode_context, k)
+        context = sched.c_sum + n * sched.dstep
+        line = self.cost.decode_step_line(n, context, k)
         if line is None:  # a kink in the roofline inside the run: cost each step
-            times = self.cost.decode_step_times(n, sched.decode_context + n * np.arange(k))
+            times = self.cost.decode_step_times(n, context + n * np.arange(k))
             ends = np.cumsum(times)
             a = float(times[0])
             m = min(int(np.searchsorted(ends, horizon, side="right")) + 1, k)
@@ -283,7 +352,12 @@ class Replica:
             done = m * a + b * m * (m - 1) / 2
         if m < k:
             blocks = sched.blocks_over(m)
-        st.record_run(m, done, (self.pool.used + blocks / 2) * done, n * m)  # blocks grow evenly
+        # (StepStats.record_run, inline) blocks grow evenly over the run
+        st.steps += m
+        st.busy_s += done
+        st.decode_s += done
+        st.kv_block_seconds += (pool.num_blocks - pool.free + blocks / 2) * done
+        st.batch_seq_steps += n * m
         self._decode_itl(n, start + a)
         if m > 1:
             if line is None:
@@ -296,7 +370,7 @@ class Replica:
         if finished:
             self._finish(finished, end)
         if end >= st.next_sample:
-            st.sample(end, len(sched.waiting), len(sched.running), self.pool.used, n)
+            st.sample(end, len(sched.waiting), len(sched.running), pool.used, n)
         return m, done
 
     # ------------------------------------------------------------------ static batching

@@ -48,6 +48,7 @@ class Sequence:
     hits: tuple | None = None  # prefix-cache estimate while queued: (cached blocks, of them free)
     hits_version: int = -1  # the pool's version when `hits` was looked up
     shared: list = field(default_factory=list)  # prefix-cache keys of blocks it references, not owns
+    keys: object = None  # prefix-cache keys of its prompt's full blocks, once looked up (until recompute)
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at its (last) start
     decoding: bool = False
     c: int = 0  # while decoding: total tokens = c + dstep
@@ -77,6 +78,9 @@ class Batch:
 class StepResult:
     first_tokens: list[Sequence]  # sequences whose prefill finished this step (a token was sampled)
     finished: list[Sequence]  # sequences whose output is complete
+
+
+_NO_SHAPE = BatchShape()  # a batch's shape until it is computed
 
 
 class Scheduler:
@@ -109,6 +113,7 @@ class Scheduler:
         # Prefix caching: block_keys(rid, tokens) gives the keys of the full blocks among a request's
         # first `tokens` tokens, or [] when it shares nothing with anyone.
         self.block_keys = block_keys if pool.cached is not None else None
+        self._forget_keys = getattr(self.block_keys, "forget", None)
         self.cached_tokens = 0  # prompt tokens served from the prefix cache, recomputations included
         # Priority scheduling (vLLM's `priority` policy) when priority_of (per request id) is given;
         # admission control: refuse arrivals beyond max_waiting queued, drop those queued past timeout_s.
@@ -185,26 +190,26 @@ class Scheduler:
         otherwise the lookup made when it first reached the head stands, as an estimate.)"""
         if not self.waiting or len(self.running) >= self.max_seqs or budget <= 0:
             return False
-        head = self.waiting[0]
+        head, pool = self.waiting[0], self.pool
         hits, take = 0, 0
         if self.block_keys:  # looked up again when the cache changed since (fresh) or never looked up
-            if head.hits is None or (fresh and head.hits_version != self.pool.version):
+            if head.hits is None or (fresh and head.hits_version != pool.version):
                 head.hits = self._prefix_hits(head)
-                head.hits_version = self.pool.version
+                head.hits_version = pool.version
             hits, take = head.hits
         todo = head.prompt - hits * self.B
-        if self.chunked:
-            need = self.pool.blocks_for(min(todo, budget))
-        else:
-            if todo > budget:
+        if todo > budget:
+            if not self.chunked:
                 return False
-            need = self.pool.blocks_for(todo)
-        return self.pool.can_allocate(need + take + head.window_blocks, self.watermark)
+            todo = budget
+        need = -(-todo // self.B)  # pool.blocks_for, inline
+        return need + take + head.window_blocks <= pool.free - self.watermark  # pool.can_allocate
 
     def _prefix_hits(self, s: Sequence) -> tuple[int, int]:
         """(leading prompt blocks in the prefix cache, how many of them sit in the free list)."""
-        keys = self.block_keys(s.rid, s.prompt)
-        return self.pool.lookup(keys, (s.prompt - 1) // self.B)  # the last token is always computed
+        if s.keys is None:
+            s.keys = self.block_keys(s.rid, s.prompt)
+        return self.pool.lookup(s.keys, (s.prompt - 1) // self.B)  # the last token is always computed
 
     def decode_run(self, cap: int) -> tuple[int, int] | None:
         """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take.
@@ -212,11 +217,14 @@ class Scheduler:
         The run stops at the next finish and before blocks run out; None whenever a prefill could be
         scheduled or a decode step would need a preemption.
         """
-        if not self.n_decoding or self.prefilling or (self.spec is not None and self._spec_now()):
+        n = self.n_decoding
+        if not n or self.prefilling or (self.spec is not None and self._spec_now()):
             return None
-        if self.waiting and self._admissible(self.max_tokens - self.n_decoding if self.chunked else self.max_tokens):
+        if self.waiting and self._admissible(self.max_tokens - n if self.chunked else self.max_tokens):
             return None
-        k = min(cap, self.finish_heap[0][0] - self.dstep)
+        k = self.finish_heap[0][0] - self.dstep
+        if k > cap:
+            k = cap
         need = self.blocks_over(k)
         if need <= self.pool.free:
             return k, need
@@ -226,12 +234,14 @@ class Scheduler:
 
     def blocks_over(self, k: int) -> int:
         """New blocks the next k decode steps take: one per sequence per block_size steps, by phase."""
-        full, part = divmod(k, self.B)
+        B = self.B
+        full = k // B
+        part = k - full * B
         if not part:
             return self.n_decoding * full
-        i, ph = self.dstep % self.B, self.phase
+        i, ph = self.dstep % B, self.phase
         j = i + part
-        extra = sum(ph[i:j]) if j <= self.B else sum(ph[i:]) + sum(ph[: j - self.B])
+        extra = sum(ph[i:j]) if j <= B else sum(ph[i:]) + sum(ph[: j - B])
         return self.n_decoding * full + extra
 
     # ------------------------------------------------------------------ decode bookkeeping
@@ -251,13 +261,12 @@ class Scheduler:
         self.c_sum -= s.c
         self.phase[(1 - s.c) % self.B] -= 1
         s.generated = s.c + self.dstep - s.orig_prompt
-        return self.pool.blocks_for(s.c + self.dstep - 1)
+        return -(-(s.c + self.dstep - 1) // self.B)  # pool.blocks_for, inline
 
     def _forget(self, rid: int) -> None:
         """A finished request's keys are no longer needed by the key source."""
-        forget = getattr(self.block_keys, "forget", None)
-        if forget is not None:
-            forget(rid)
+        if self._forget_keys is not None:
+            self._forget_keys(rid)
 
     def _victim(self) -> Sequence:
         """Who is preempted: the newest sequence; under the priority policy the newest of the lowest priority."""
@@ -273,8 +282,12 @@ class Scheduler:
             return
         shared = len(s.shared)
         self.pool.unshare(s.shared)
-        keys = self.block_keys(s.rid, kv_tokens)
-        self.pool.release(held - shared + s.window_blocks, keys[shared:])
+        if s.keys is not None and shared == len(s.keys) < s.prompt // self.B:
+            # its keys stop inside the prompt (nobody could share more): it owns no keyed block
+            self.pool.release(held - shared + s.window_blocks)
+        else:
+            keys = self.block_keys(s.rid, kv_tokens)
+            self.pool.release(held - shared + s.window_blocks, keys[shared:])
         s.shared = []
 
     def _preempt(self, victim: Sequence) -> None:
@@ -291,6 +304,7 @@ class Scheduler:
         victim.blocks = 0
         victim.computed = 0
         victim.prompt = victim.orig_prompt + victim.generated
+        victim.keys = None
         self.waiting.appendleft(victim)
         self.num_preemptions += 1
 
@@ -301,7 +315,7 @@ class Scheduler:
             b = self._prefill_only()
             if b.prefills:
                 return b
-        b = Batch()
+        b = Batch([], 0, 0, 0, 0, 0, [], _NO_SHAPE)
         budget = self.max_tokens
         if self.spec is not None and self._spec_now():
             n, k = self.n_decoding, self.spec[0]
@@ -310,18 +324,20 @@ class Scheduler:
             self.pool.allocate(b.spec_reserved)  # room for every draft to be accepted; the rest is returned
             budget -= n * (k + 1)
         elif self.n_decoding:
+            pool = self.pool
             need = self.phase[self.dstep % self.B]
-            while need > self.pool.free and self.running:
+            while need > pool.free and self.running:
                 victim = self._victim()
                 was_decoding_here = victim.decoding and (1 - victim.c) % self.B == self.dstep % self.B
                 self._preempt(victim)
                 b.preempted.append(victim)
                 need -= was_decoding_here
-            if self.n_decoding:
-                self.pool.allocate(need)
-                b.num_decodes = self.n_decoding
-                b.decode_context = self.decode_context
-                budget -= self.n_decoding
+            n = self.n_decoding
+            if n:
+                pool.allocate(need)
+                b.num_decodes = n
+                b.decode_context = self.c_sum + n * self.dstep
+                budget -= n
         if self.chunked:
             for s in list(self.prefilling) if self.prefilling else ():  # continue partial prefills
                 if budget <= 0:
@@ -355,7 +371,9 @@ class Scheduler:
     def _spec_blocks(self, tokens: int) -> int:
         """New blocks the decoding sequences need if each gains `tokens` tokens."""
         B, d = self.B, self.dstep
-        return sum(-(-(s.c + d - 1 + tokens) // B) - -(-(s.c + d - 1) // B) for s in self.running if s.decoding)
+        return sum(
+            -(-(s.c + d - 1 + tokens) // B) - -(-(s.c + d - 1) // B) for s in self.running if s.decoding
+        )
 
     def _spec_round(self, reserved: int) -> int:
         """Verify one round for every decoding sequence; returns the tokens yielded."""
@@ -402,8 +420,8 @@ class Scheduler:
         if s.window_blocks:
             self.pool.allocate(s.window_blocks)
         if self.block_keys:
-            keys = self.block_keys(s.rid, s.prompt)
             hits = (s.hits or self._prefix_hits(s))[0]
+            keys = s.keys
             if hits:
                 s.shared = keys[:hits]
                 self.pool.share(s.shared)
@@ -417,10 +435,11 @@ class Scheduler:
 
     def _grow(self, s: Sequence, chunk: int, b: Batch) -> bool:
         """Allocate blocks for the next `chunk` prompt tokens of `s` and put the chunk in the batch."""
-        need = self.pool.blocks_for(s.computed + chunk) - s.blocks
-        if need > self.pool.free:
+        pool = self.pool
+        need = -(-(s.computed + chunk) // self.B) - s.blocks  # pool.blocks_for, inline
+        if need > pool.free:
             return False
-        self.pool.allocate(need)
+        pool.allocate(need)
         s.blocks += need
         b.prefills.append((s, chunk))
         return True
@@ -429,12 +448,13 @@ class Scheduler:
         tokens = pairs = spairs = ctx = 0
         logits = b.num_decodes
         for s, chunk in b.prefills:
+            done = s.computed
             tokens += chunk
-            pairs += chunk_pairs(s.computed, chunk)
+            pairs += chunk * done + chunk * (chunk + 1) / 2  # chunk_pairs(done, chunk), inline
             if self.window:
-                spairs += chunk_pairs(s.computed, chunk, self.window)
-            ctx += s.computed
-            logits += s.computed + chunk == s.prompt
+                spairs += chunk_pairs(done, chunk, self.window)
+            ctx += done
+            logits += done + chunk == s.prompt
         if b.spec_k:  # verification: k + 1 query tokens per sequence after its cached context
             n, q = b.num_decodes, b.spec_k + 1
             kv = b.decode_context - n
@@ -445,15 +465,9 @@ class Scheduler:
             ctx += kv
             logits += n * q - n
             return BatchShape(tokens, len(b.prefills) + n, pairs, spairs, ctx, 0, 0, logits)
+        # prefill tokens, seqs, pairs, sliding pairs, context tokens; decode seqs, context tokens; logits
         return BatchShape(
-            prefill_tokens=tokens,
-            prefill_seqs=len(b.prefills),
-            prefill_pairs=pairs,
-            sliding_prefill_pairs=spairs,
-            prefill_context_tokens=ctx,
-            decode_seqs=b.num_decodes,
-            decode_context_tokens=b.decode_context,
-            logits_tokens=logits,
+            tokens, len(b.prefills), pairs, spairs, ctx, b.num_decodes, b.decode_context, logits
         )
 
     # ------------------------------------------------------------------ completion
@@ -473,7 +487,7 @@ class Scheduler:
             s.generated += 1
             first.append(s)
             if self.block_keys:  # its prompt's full blocks become shareable with later requests
-                keys = self.block_keys(s.rid, s.prompt)
+                keys = s.keys if s.keys is not None else self.block_keys(s.rid, s.prompt)
                 if len(keys) > len(s.shared) and self.pool.publish(keys[len(s.shared) :]):
                     s.shared = keys
             if s.generated >= s.output:

@@ -175,10 +175,14 @@ def _eligibility(scenario: Scenario, model: ModelSpec, groups: list[Group], reqs
     return ok, rejected, reasons
 
 
-def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step: bool = False) -> Forecast:
+def simulate(
+    scenario: Scenario, requests: Requests | None = None, step_by_step: bool = False, pulled: bool = True
+) -> Forecast:
     """Forecast one scenario. A model that does not fit is returned unsimulated, with the numbers.
 
     `step_by_step` turns off costing runs of decode steps together (same results, slower; for checks).
+    `pulled=False` keeps one event per arrival where a lone replica could read its arrivals itself
+    (same results, slower; for checks).
     """
     wall0 = time.perf_counter()
     model = load_model(scenario.model)
@@ -272,7 +276,13 @@ def simulate(scenario: Scenario, requests: Requests | None = None, step_by_step:
             entry(rid)
 
     arrival = reqs.arrival_s + lookup if lookup else reqs.arrival_s
-    source = Source(env, arrival, submit, order=order)
+    # one continuous-batching replica taking every arrival as it comes reads them itself
+    pulled = pulled and dg is None and len(engines) == 1 and hits is None and not follow_ups
+    pulled = pulled and router.max_ongoing is None and engines[0].group.serving.batching != "static"
+    source = Source(env, arrival, submit, order=order, pulled=pulled)
+    if pulled:
+        engines[0].arrivals = source
+        engines[0].track_future = False  # no router looks at its load
     if dg is not None:
         disagg = Disaggregated(env, dg, model, groups[0].serving.kv_dtype, table, source, pools["prefill"],
                                pools["decode"], [engine_replica[e.index] for e in pools["prefill"]], router,
@@ -359,4 +369,3 @@ def _by_target(targets: np.ndarray, pool: list[Replica], router: Router):
 
 def _puller(router: Router, e: Replica):
     return lambda: router.pull(e) if router.queue else None
-

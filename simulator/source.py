@@ -3,6 +3,9 @@
 A follow-up turn of a multi-turn session arrives a think time after the previous turn's response
 finished, so its time is known only then (a closed loop). Replicas may peek at the next arrival to
 cost runs of decode steps ahead of time; `next_arrival` covers both kinds.
+
+When one replica takes every arrival, it may pull them itself (`pulled`): the source then schedules
+no event of its own, and the replica calls `take` at each step boundary, the only moments it looks.
 """
 
 from __future__ import annotations
@@ -18,26 +21,33 @@ class Source:
     """Submits request ids at their arrival times; `follow_up` schedules a later turn."""
 
     def __init__(
-        self, env: simpy.Environment, arrival_s: np.ndarray, submit, order: np.ndarray | None = None
+        self,
+        env: simpy.Environment,
+        arrival_s: np.ndarray,
+        submit,
+        order: np.ndarray | None = None,
+        pulled: bool = False,
     ) -> None:
         self.env = env
         ids = np.arange(len(arrival_s)) if order is None else order
         self.ids = ids.tolist()
-        self.times = np.asarray(arrival_s)[ids].tolist()
+        self.count = len(self.ids)
+        self.times = np.asarray(arrival_s)[ids].tolist() + [math.inf]  # `times[next]`: the next one, if any
         self.next = 0
         self.submit = submit
         self.pending: list[tuple[float, int]] = []  # follow-up turns scheduled but not yet arrived
-        if self.times:  # a chain of timeouts with a callback each: lighter than a process per arrival
+        # a chain of timeouts with a callback each: lighter than a process per arrival
+        if self.count and not pulled:
             env.timeout(max(self.times[0], 0.0)).callbacks.append(self._arrive)
 
     def next_arrival(self) -> float:
-        t = self.times[self.next] if self.next < len(self.times) else math.inf
+        t = self.times[self.next]
         return min(t, self.pending[0][0]) if self.pending else t
 
     def _arrive(self, _event) -> None:
         """The timeout for arrival `next` fired: submit it and any others due at the same time."""
         times, ids, submit, env = self.times, self.ids, self.submit, self.env
-        i, n, now = self.next, len(times), env.now
+        i, n, now = self.next, self.count, env.now
         while True:
             i += 1
             self.next = i
@@ -46,6 +56,15 @@ class Source:
                 break
         if i < n:
             env.timeout(times[i] - now).callbacks.append(self._arrive)
+
+    def take(self, now: float) -> None:
+        """Submit every arrival due by `now` (a pulling replica, at a step boundary)."""
+        times, ids, submit = self.times, self.ids, self.submit
+        i = self.next
+        while times[i] <= now:
+            i += 1
+            self.next = i
+            submit(ids[i - 1])
 
     def follow_up(self, rid: int, delay_s: float) -> None:
         """Request `rid` arrives `delay_s` from now."""

@@ -69,7 +69,9 @@ class PrefixKeys:
         self._ids: dict[tuple, int] = {}  # key -> small integer id, what the KV pool indexes by
         self._prefix_ids: dict[tuple, int] = {}
         self._cache: dict[int, np.ndarray] = {}
-        self._memo: dict[tuple, np.ndarray] = {}  # keys by (shareable part of) segments: one per system prompt
+        self._memo: dict[
+            tuple, np.ndarray
+        ] = {}  # keys by (shareable part of) segments: one per system prompt
 
     def __call__(self, rid: int, tokens: int) -> np.ndarray | list:
         keys = self._cache.get(rid)
@@ -77,8 +79,9 @@ class PrefixKeys:
             segs = self.segments[rid] if self.segments is not None else None
             if segs is None:
                 return []
-            segs = segs + ((-2 - 2 * rid, int(self.output[rid])),)
             limit = int(self.shareable[rid]) if self.shareable is not None else -1
+            if limit < 0 or limit > segs[0][1]:  # (else only the first segment counts)
+                segs = segs + ((-2 - 2 * rid, int(self.output[rid])),)
             if limit >= 0:
                 segs = _truncate(segs, limit)
             keys = self._memo.get(segs)
@@ -104,6 +107,8 @@ class PrefixKeys:
 
 
 def _truncate(segs: tuple, tokens: int) -> tuple:
+    if segs[0][1] >= tokens:  # within the first segment (a system prompt): the common case
+        return ((segs[0][0], tokens),) if tokens > 0 else ()
     out, left = [], tokens
     for sid, n in segs:
         if left <= 0:
@@ -316,6 +321,37 @@ def _hash_segments(ids: list[int], prompt: int, rid: int) -> tuple | None:
     return tuple(segs)
 
 
+def _single_turns(
+    classes, arrival: np.ndarray, cls: np.ndarray, user: np.ndarray, out: np.ndarray
+) -> Requests:
+    """`_generate_classes` when no class has sessions: one request per arrival, built with numpy."""
+    n = len(arrival)
+    shared = np.array([c.shared_prefix_tokens for c in classes], dtype=np.int64)
+    start = np.array([c.prefix_position == "start" for c in classes])
+    prompt = user + shared[cls]
+    shareable = np.where(start, shared, 0)[cls]
+    # a system prompt at the start is shared with the class; at the end (or none) nothing is
+    heads = [
+        ((SYSTEM_PROMPT_ID - ci, int(shared[ci])),) if start[ci] and shared[ci] else None
+        for ci in range(len(classes))
+    ]
+    segments = [
+        None if heads[ci] is None else heads[ci] + ((2 * rid, u),)
+        for rid, (ci, u) in enumerate(zip(cls.tolist(), user.tolist()))
+    ]
+    return Requests(
+        np.asarray(arrival, dtype=float),
+        prompt,
+        out,
+        class_id=cls.astype(np.int64),
+        class_names=tuple(c.name for c in classes),
+        segments=segments,
+        next_turn=np.full(n, -1, dtype=np.int64),
+        think_s=np.zeros(n),
+        shareable=shareable,
+    )
+
+
 def _generate_classes(w: Workload, trace, arr_rng, p_rng, o_rng, c_rng) -> Requests:
     classes = w.classes
     shares = np.array([c.share for c in classes], dtype=float)
@@ -342,6 +378,8 @@ def _generate_classes(w: Workload, trace, arr_rng, p_rng, o_rng, c_rng) -> Reque
         pd, od = c.prompt_tokens or w.prompt_tokens, c.output_tokens or w.output_tokens
         user[idx] = _lengths(pd, len(idx), p_rng, trace.prompt_tokens if trace else None)
         out[idx] = _lengths(od, len(idx), o_rng, trace.output_tokens if trace else None)
+    if not any(c.session for c in classes):
+        return _single_turns(classes, arrival, cls, user, out)
     arr = np.full(n, np.nan)
     prompt = np.empty(n, dtype=np.int64)
     next_turn = np.full(n, -1, dtype=np.int64)

@@ -136,6 +136,28 @@ def test_decode_runs_equal_stepping_one_by_one(chunked, pressure):
     assert fast.summary["latency_s"]["itl"] == pytest.approx(slow.summary["latency_s"]["itl"], rel=1e-9)
 
 
+@pytest.mark.parametrize(
+    "serving",
+    [
+        {},
+        {"chunked_prefill": False},
+        {"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0},  # preemptions
+        {"queue_timeout_s": 0.5, "max_queue_len": 40},  # admission control
+    ],
+)
+def test_replica_pulling_its_arrivals_equals_an_event_per_arrival(serving):
+    sc = scenario(gpu="t4", rate=40.0, n=300, serving=serving)
+    pulled, sent = simulate(sc), simulate(sc, pulled=False)
+    assert pulled.engines[0].arrivals is not None and sent.engines[0].arrivals is None
+    for col in ("scheduled_s", "first_token_s", "finish_s", "preemptions", "rejected"):
+        assert np.allclose(
+            getattr(pulled.table, col), getattr(sent.table, col), rtol=1e-12, atol=0, equal_nan=True
+        )
+    assert pulled.stats.steps == sent.stats.steps
+    assert pulled.stats.timeline == pytest.approx(sent.stats.timeline, rel=1e-12)
+    assert np.array_equal(pulled.stats.itl_hist, sent.stats.itl_hist)
+
+
 def test_same_seed_same_forecast():
     a, b = simulate(scenario(seed=5)), simulate(scenario(seed=5))
     assert np.array_equal(a.table.finish_s, b.table.finish_s)

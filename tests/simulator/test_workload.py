@@ -125,3 +125,27 @@ def test_bad_traces(tmp_path):
     bad.write_text("num_prefill_tokens,num_decode_tokens\nx,2\n")
     with pytest.raises(ConfigError, match="token counts must be numbers"):
         read_trace(str(bad))
+
+
+def test_classes_without_sessions_segments_and_shareable_prefixes():
+    w = wl(
+        arrival={"process": "poisson", "rate_per_s": 5},
+        prompt_tokens={"dist": "uniform", "min": 10, "max": 20},
+        num_requests=300,
+        classes=[
+            {"name": "sys", "share": 1, "shared_prefix_tokens": 100},
+            {"name": "tail", "share": 1, "shared_prefix_tokens": 50, "prefix_position": "end"},
+            {"name": "plain", "share": 1},
+        ],
+    )
+    r = generate(w, 1)
+    assert len(r) == 300 and set(r.class_id.tolist()) == {0, 1, 2}
+    assert (r.next_turn == -1).all() and np.isfinite(r.arrival_s).all()
+    for rid in range(len(r)):
+        ci, segs = int(r.class_id[rid]), r.segments[rid]
+        user = int(r.prompt_tokens[rid]) - (100, 50, 0)[ci]
+        assert 10 <= user <= 20
+        if ci == 0:  # a system prompt at the start is shared, up to its end
+            assert segs[0][1] == 100 and segs[1] == (2 * rid, user) and r.shareable[rid] == 100
+        else:
+            assert segs is None and r.shareable[rid] == 0
