@@ -176,7 +176,7 @@ class CostModel:
         # write I); norms and residuals run on the whole hidden state on every tensor-parallel rank
         self._elementwise_bytes_per_token = ACT_BYTES * (10 * m.hidden_size + (3 * mlp_i + 2 * q_width) / tp)
         if weight_dtype in ("fp8", "int8"):  # W8A8: every linear's input is cast to 8 bits first (a pass apiece)
-            self._elementwise_bytes_per_token += self._act_quant_bytes(m, tp, ep, weight_dtype)
+            self._elementwise_bytes_per_token += self._act_quant_bytes(m, tp, ep)
         # per-GPU weight shards
         self._dense = [(*shard(m, g, tp), g.layers) for g in m.dense_gemms]
         self._lm = shard(m, m.lm_head, tp)
@@ -185,21 +185,16 @@ class CostModel:
         self._expert_q_gpu = experts_by_gpu(self.expert_q, ep) if m.is_moe else []
 
     @staticmethod
-    def _act_quant_bytes(m: ModelSpec, tp: int, ep: int, weight_dtype: str) -> float:
-        """Bytes per token per layer of casting the linear layers' inputs to 8 bits (read 16-bit, write 8-bit),
-        and for int8, the integer GEMMs' 32-bit outputs rescaled to 16 bits, as the engine's W8A8 layers run.
-
-        Real W8A8 kernels fuse some of this into neighbouring ops; the engine (engine/quantize.py) runs it as
-        separate passes, as vLLM's per-tensor fp8 path does without torch.compile fusions."""
-        per_in = ACT_BYTES + 1 if weight_dtype == "fp8" else 11.0  # int8: round, clamp, cast
-        per_out = 0.0 if weight_dtype == "fp8" else 22.0  # int8: int32 -> float, x scale, -> bf16
+    def _act_quant_bytes(m: ModelSpec, tp: int, ep: int) -> float:
+        """Bytes per token per layer of casting the linear layers' inputs to 8 bits: read 16-bit, write 8-bit,
+        a pass per GEMM input, as vLLM's per-tensor W8A8 paths and the engine's fp8 layers run it (the scales
+        are applied in the GEMM's epilogue; the engine's int8 layer, a plain torch reference, runs more passes)."""
+        per_in = ACT_BYTES + 1
         total = 0.0
         for g in m.dense_gemms:
-            k, n = shard(m, g, tp)
-            total += (k * per_in + n * per_out) * g.layers
+            total += shard(m, g, tp)[0] * per_in * g.layers
         for g in m.expert_gemms:
-            k, n = shard(m, g, 1 if ep > 1 else tp)
-            total += (k * per_in + n * per_out) * g.layers * m.experts_per_token
+            total += shard(m, g, 1 if ep > 1 else tp)[0] * per_in * g.layers * m.experts_per_token
         return total / m.num_layers
 
     # ------------------------------------------------------------------ groups

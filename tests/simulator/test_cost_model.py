@@ -157,5 +157,12 @@ def test_eager_prompt_steps_wait_for_the_host_to_launch():
     assert eager.step_time(big) == pytest.approx(plain.step_time(big)) and plain.step_time(big) > floor
     d = decode(8, 1000)
     assert eager.step_time(d) == pytest.approx(plain.step_time(d))
-    # the profiles' default is no floor: the flag alone changes nothing
-    assert CostModel(base, spec, eager_prefill=True).step_time(small) == pytest.approx(plain.step_time(small))
+    # a profile without a measured launch time has no floor: the flag alone changes nothing
+    none = base.model_copy(
+        update={"efficiency": base.efficiency.model_copy(update={"eager_launch_s_per_layer": 0.0})}
+    )
+    assert CostModel(none, spec, eager_prefill=True).step_time(small) == pytest.approx(
+        CostModel(none, spec).step_time(small)
+    )
+    # the calibrated H100 carries the engine's measured launch time (hundreds of µs a layer)
+    assert 1e-4 < base.efficiency.eager_launch_s_per_layer < 5e-3
