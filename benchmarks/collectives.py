@@ -85,7 +85,11 @@ def main() -> None:
         print(text, flush=True)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text("# NCCL collectives\n\n`torchrun --nproc_per_node=2 benchmarks/collectives.py`\n\n" + text + "\n")
+            Path(args.out).write_text(
+                "# NCCL collectives\n\n`torchrun --nproc_per_node=2 benchmarks/collectives.py`\n\n"
+                + text
+                + "\n"
+            )
     dist.barrier()
     dist.destroy_process_group()
 

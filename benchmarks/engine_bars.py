@@ -39,6 +39,7 @@ def row(what: str, value: str, note: str = "") -> None:
 
 def section(fn):
     """Run one part; a failure is reported in the table instead of ending the run."""
+
     def wrapped(*a, **k):
         try:
             return fn(*a, **k)
@@ -48,6 +49,7 @@ def section(fn):
         finally:
             gc.collect()
             torch.cuda.empty_cache()
+
     return wrapped
 
 
@@ -69,8 +71,11 @@ def gemm_table(dev, spec):
         wb = k * n * 2
         t_cub = kernels.time_gemm(1, k, n, "bf16", dev)
         t_tri = kernels.time_gemm(1, k, n, "bf16", dev, kernel="triton_gemv")
-        row(f"GEMV M=1 {name} {k}x{n}: cuBLAS / Triton", f"{t_cub * 1e6:.1f} / {t_tri * 1e6:.1f} µs",
-            f"{wb / t_cub / 1e12:.2f} / {wb / t_tri / 1e12:.2f} TB/s weight read")
+        row(
+            f"GEMV M=1 {name} {k}x{n}: cuBLAS / Triton",
+            f"{t_cub * 1e6:.1f} / {t_tri * 1e6:.1f} µs",
+            f"{wb / t_cub / 1e12:.2f} / {wb / t_tri / 1e12:.2f} TB/s weight read",
+        )
     for m in (1, 16, 128, 2048, 8192):
         parts = []
         for dt in ("bf16", "fp8", "int8"):
@@ -91,11 +96,17 @@ def attention_table(dev, spec):
     for b, c in ((1, 512), (1, 8192), (32, 1024), (64, 4096)):
         t = kernels.time_attention_decode(b, c, nh, nkv, hd, dev)
         kv = b * c * 2 * nkv * hd * 2
-        row(f"attention decode B={b} ctx={c} (one layer, in graph)", f"{t * 1e6:.1f} µs", f"{kv / t / 1e12:.2f} TB/s KV read")
+        row(
+            f"attention decode B={b} ctx={c} (one layer, in graph)",
+            f"{t * 1e6:.1f} µs",
+            f"{kv / t / 1e12:.2f} TB/s KV read",
+        )
     mixed = [64, 4096, 256, 2048, 1024, 128, 8000, 16]
     t = kernels.time_attention_decode(len(mixed), mixed, nh, nkv, hd, dev)
     kv = sum(mixed) * 2 * nkv * hd * 2
-    row("attention decode 8 seqs, contexts 16..8000", f"{t * 1e6:.1f} µs", f"{kv / t / 1e12:.2f} TB/s KV read")
+    row(
+        "attention decode 8 seqs, contexts 16..8000", f"{t * 1e6:.1f} µs", f"{kv / t / 1e12:.2f} TB/s KV read"
+    )
     for tok in (1, 4096):
         s, b = kernels.time_elementwise(tok, spec.hidden_size, dev, spec.intermediate_size, hd)
         row(f"element-wise set, {tok} tokens (one layer)", f"{s * 1e6:.1f} µs", f"{b / s / 1e12:.2f} TB/s")
@@ -116,9 +127,16 @@ def model_bars(dev, spec, quick):
     floor = spec.weight_bytes("bf16") / RAW["copy_Bps"]
     t1 = r.decode([512], repeat=50)
     RAW["decode_b1"] = t1
-    row("weight-read floor (weight bytes / copy BW)", f"{floor * 1e3:.2f} ms", f"{spec.weight_bytes() / 1e9:.2f} GB")
-    row("BAR decode B=1 ctx 512, CUDA graph, Triton GEMV", f"{t1 * 1e3:.2f} ms",
-        f"{t1 / floor:.3f}x floor (bar <= 1.25x) {'PASS' if t1 / floor <= 1.25 else 'FAIL'}")
+    row(
+        "weight-read floor (weight bytes / copy BW)",
+        f"{floor * 1e3:.2f} ms",
+        f"{spec.weight_bytes() / 1e9:.2f} GB",
+    )
+    row(
+        "BAR decode B=1 ctx 512, CUDA graph, Triton GEMV",
+        f"{t1 * 1e3:.2f} ms",
+        f"{t1 / floor:.3f}x floor (bar <= 1.25x) {'PASS' if t1 / floor <= 1.25 else 'FAIL'}",
+    )
     model.set_gemv(False)
     r.reset_graphs()
     t1c = r.decode([512], repeat=30)
@@ -128,7 +146,7 @@ def model_bars(dev, spec, quick):
     for ctx in (8192,):
         t = r.decode([ctx])
         row(f"decode B=1 ctx {ctx}", f"{t * 1e3:.2f} ms", f"{t / floor:.3f}x floor")
-    for b in ((8, 32, 64) if not quick else (32,)):
+    for b in (8, 32, 64) if not quick else (32,):
         t = r.decode([1024] * b)
         row(f"decode B={b} ctx 1024", f"{t * 1e3:.2f} ms", f"{b / t:.0f} tok/s")
     t = r.decode([100, 3000, 800, 8000, 17, 2500, 64, 4096])
@@ -141,8 +159,11 @@ def model_bars(dev, spec, quick):
     f = prefill_flops(spec, 8192)
     RAW["prefill_8k"] = tp
     frac = f / tp / RAW["gemm_flops"]
-    row("BAR prefill 8192 tokens (eager, FA2 varlen)", f"{tp * 1e3:.1f} ms",
-        f"{f / tp / 1e12:.0f} TFLOP/s = {frac:.1%} of GEMM rate (bar >= 70%) {'PASS' if frac >= 0.7 else 'FAIL'}")
+    row(
+        "BAR prefill 8192 tokens (eager, FA2 varlen)",
+        f"{tp * 1e3:.1f} ms",
+        f"{f / tp / 1e12:.0f} TFLOP/s = {frac:.1%} of GEMM rate (bar >= 70%) {'PASS' if frac >= 0.7 else 'FAIL'}",
+    )
     t = r.prefill([2048] * 4)
     row("prefill 4 x 2048", f"{t * 1e3:.1f} ms", f"{4 * prefill_flops(spec, 2048) / t / 1e12:.0f} TFLOP/s")
     t = r.prefill([2048], [6144])
@@ -165,11 +186,16 @@ def layer_scaling(dev, spec):
         gc.collect()
         torch.cuda.empty_cache()
     L = spec.num_layers
-    for i, (label, key) in enumerate((("decode B=1 ctx 512", "decode_b1_full"), ("prefill 2048", "prefill_2k_full"))):
+    for i, (label, key) in enumerate(
+        (("decode B=1 ctx 512", "decode_b1_full"), ("prefill 2048", "prefill_2k_full"))
+    ):
         est = extrapolate_layers(got[4][i], 4, got[8][i], 8, L)
         meas = RAW[key]
-        row(f"layer scaling {label}: 4,8 layers -> {L}", f"{est * 1e3:.2f} ms",
-            f"measured {meas * 1e3:.2f} ms, error {(est - meas) / meas:+.1%}")
+        row(
+            f"layer scaling {label}: 4,8 layers -> {L}",
+            f"{est * 1e3:.2f} ms",
+            f"measured {meas * 1e3:.2f} ms, error {(est - meas) / meas:+.1%}",
+        )
 
 
 @section
@@ -178,9 +204,17 @@ def fp8_decode(dev, spec):
     r = StepRunner(model, max_batch=8, max_context=8192 + 512, device=dev, kv_tokens=10_000)
     floor = spec.weight_bytes("fp8") / RAW["copy_Bps"]
     t = r.decode([512], repeat=30)
-    row("fp8 weights: decode B=1 ctx 512", f"{t * 1e3:.2f} ms", f"{t / floor:.3f}x fp8 floor ({floor * 1e3:.2f} ms)")
+    row(
+        "fp8 weights: decode B=1 ctx 512",
+        f"{t * 1e3:.2f} ms",
+        f"{t / floor:.3f}x fp8 floor ({floor * 1e3:.2f} ms)",
+    )
     t = r.prefill([8192], repeat=3)
-    row("fp8 weights: prefill 8192", f"{t * 1e3:.1f} ms", f"{prefill_flops(spec, 8192) / t / 1e12:.0f} TFLOP/s")
+    row(
+        "fp8 weights: prefill 8192",
+        f"{t * 1e3:.1f} ms",
+        f"{prefill_flops(spec, 8192) / t / 1e12:.0f} TFLOP/s",
+    )
     del r, model
 
 
@@ -204,8 +238,12 @@ def main() -> None:
         gemm_table(dev, spec)
         attention_table(dev, spec)
         fp8_decode(dev, spec)
-    out = Path(a.out) if a.out else (Path(os.environ["OUT"]) if os.environ.get("OUT") else
-                                     Path(__file__).parent / "results") / "engine_bars.md"
+    out = (
+        Path(a.out)
+        if a.out
+        else (Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(__file__).parent / "results")
+        / "engine_bars.md"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# Engine bars: {head}", "", "| what | figure | note |", "|---|---|---|"]
     lines += [f"| {w} | {v} | {n} |" for w, v, n in ROWS]

@@ -81,11 +81,18 @@ def fused_checks(dev):
     pools = [torch.full((64, 8, 128), float("nan"), device=dev, dtype=bf) for _ in range(4)]
     qa = rope_and_cache(qkv[:, :32], qkv[:, 32:40], qkv[:, 40:], cos, sin, pos, slots, pools[0], pools[1])
     qb = rope_cache_ref(qkv[:, :32], qkv[:, 32:40], qkv[:, 40:], cos, sin, pos, slots, pools[2], pools[3])
-    check("triton rope+KV write", max(rel(qa, qb), rel(pools[0][slots], pools[2][slots]),
-                                       rel(pools[1][slots], pools[3][slots])), 1e-2)
+    check(
+        "triton rope+KV write",
+        max(rel(qa, qb), rel(pools[0][slots], pools[2][slots]), rel(pools[1][slots], pools[3][slots])),
+        1e-2,
+    )
     xv, wv = torch.randn(1, 4096, device=dev, dtype=bf), torch.randn(6144, 4096, device=dev, dtype=bf)
     b = torch.randn(6144, device=dev, dtype=bf)
-    check("triton gemv", rel(gemv(xv, wv, b), torch.nn.functional.linear(xv.float(), wv.float(), b.float())), 1e-2)
+    check(
+        "triton gemv",
+        rel(gemv(xv, wv, b), torch.nn.functional.linear(xv.float(), wv.float(), b.float())),
+        1e-2,
+    )
 
 
 def step_checks(dev, spec, label):
@@ -98,15 +105,21 @@ def step_checks(dev, spec, label):
         pre = [n - 1 for n in lens]
         r.logits(pre, [0, 0, 0], torch.cat([t[:-1] for t in toks]), starts)
         inc = r.logits([1, 1, 1], pre, torch.stack([t[-1] for t in toks]), starts).float()
-        check(f"{label}: decode step == full prefill ({'graphs' if graphs else 'eager'})", rel(inc, full), 3e-2)
+        check(
+            f"{label}: decode step == full prefill ({'graphs' if graphs else 'eager'})", rel(inc, full), 3e-2
+        )
         # a mixed step: a fresh 40-token chunk (slot 192) beside the three decodes above
         a = torch.randint(1, spec.vocab_size, (40,))
         r.logits(pre, [0, 0, 0], torch.cat([t[:-1] for t in toks]), starts)
-        mix = r.logits([40, 1, 1, 1], [0] + pre, torch.cat([a, torch.stack([t[-1] for t in toks])]),
-                       [192] + starts).float()
+        mix = r.logits(
+            [40, 1, 1, 1], [0] + pre, torch.cat([a, torch.stack([t[-1] for t in toks])]), [192] + starts
+        ).float()
         alone = r.logits([40], [0], a, [192]).float()
-        check(f"{label}: mixed step == prefill + decodes ({'graphs' if graphs else 'eager'})",
-              max(rel(mix[:1], alone), rel(mix[1:], full)), 3e-2)
+        check(
+            f"{label}: mixed step == prefill + decodes ({'graphs' if graphs else 'eager'})",
+            max(rel(mix[:1], alone), rel(mix[1:], full)),
+            3e-2,
+        )
     r.model.allocate_kv(1)  # free the pool
 
 
@@ -115,8 +128,16 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     attention_checks(dev)
     fused_checks(dev)
-    tiny = {"hidden_size": 512, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
-            "head_dim": 64, "intermediate_size": 1024, "vocab_size": 1000, "max_position_embeddings": 1024}
+    tiny = {
+        "hidden_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "intermediate_size": 1024,
+        "vocab_size": 1000,
+        "max_position_embeddings": 1024,
+    }
     step_checks(dev, spec_from_config({"model_type": "llama", **tiny}, name="tiny-llama"), "llama")
     step_checks(dev, spec_from_config({"model_type": "qwen2", **tiny}, name="tiny-qwen2"), "qwen2 (bias)")
     moe = {"model_type": "mixtral", **tiny, "num_local_experts": 8, "num_experts_per_tok": 2}

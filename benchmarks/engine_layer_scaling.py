@@ -48,20 +48,34 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for (n, gemv), (d1, d8, p) in rows.items():
-        lines.append(f"| {n} | {'triton' if gemv else 'cublas'} | {d1 * 1e3:.3f} | {d8 * 1e3:.3f} | {p * 1e3:.2f} |")
-    lines += ["", "| from layers | GEMV | decode B=1 error | decode B=8 error | prefill error |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {n} | {'triton' if gemv else 'cublas'} | {d1 * 1e3:.3f} | {d8 * 1e3:.3f} | {p * 1e3:.2f} |"
+        )
+    lines += [
+        "",
+        "| from layers | GEMV | decode B=1 error | decode B=8 error | prefill error |",
+        "|---|---|---|---|---|",
+    ]
     for a_, b_ in ((2, 4), (4, 8), (8, 16)):
         for gemv in (True, False):
             errs = []
             for i in range(3):
                 est = extrapolate_layers(rows[(a_, gemv)][i], a_, rows[(b_, gemv)][i], b_, L)
                 errs.append(est / rows[(L, gemv)][i] - 1)
-            lines.append(f"| {a_},{b_} | {'triton' if gemv else 'cublas'} | " + " | ".join(f"{e:+.1%}" for e in errs) + " |")
+            lines.append(
+                f"| {a_},{b_} | {'triton' if gemv else 'cublas'} | "
+                + " | ".join(f"{e:+.1%}" for e in errs)
+                + " |"
+            )
     text = "\n".join(lines)
     print(text)
-    out = a.out or (os.path.join(os.environ["OUT"], "engine_layer_scaling.md") if os.environ.get("OUT") else None)
+    out = a.out or (
+        os.path.join(os.environ["OUT"], "engine_layer_scaling.md") if os.environ.get("OUT") else None
+    )
     if out:
-        Path(out).write_text("# Layer-by-layer scaling\n\n`python benchmarks/engine_layer_scaling.py`\n\n" + text + "\n")
+        Path(out).write_text(
+            "# Layer-by-layer scaling\n\n`python benchmarks/engine_layer_scaling.py`\n\n" + text + "\n"
+        )
 
 
 if __name__ == "__main__":

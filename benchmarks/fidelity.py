@@ -47,7 +47,9 @@ from simulator.workload import Requests, generate  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10%, throughput within 5%
 GIB = 2**30
-ENGINE_RESERVE_BYTES = 5 * GIB  # CUDA graphs' pool (decode and mixed steps), cuBLAS workspaces, eager temporaries
+ENGINE_RESERVE_BYTES = (
+    5 * GIB
+)  # CUDA graphs' pool (decode and mixed steps), cuBLAS workspaces, eager temporaries
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,9 @@ def main() -> None:
     text = (
         "# Seed experiment: Gemma-3-12B, int4 weights, one T4, batch 1\n\n"
         f"Scenario: `{SCENARIO.relative_to(ROOT)}` (T4 profile: datasheet figures with efficiencies "
-        "transferred from the H100, not measured on a T4). 128 output tokens per request.\n\n" + table(rows) + "\n"
+        "transferred from the H100, not measured on a T4). 128 output tokens per request.\n\n"
+        + table(rows)
+        + "\n"
     )
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,10 @@ def main() -> None:
         row = (name, args.requests, wall, cpu, args.requests / wall, f.stats.steps, f.stats.steps / wall,
                s["utilisation"]["mean_batch_seqs"], s["throughput"]["duration_s"])  # fmt: skip
         rows.append(row)
-        print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU, {row[4]:,.0f} req/s, {row[6]:,.0f} steps/s", flush=True)
+        print(
+            f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU, {row[4]:,.0f} req/s, {row[6]:,.0f} steps/s",
+            flush=True,
+        )
     head = "| scenario | requests | wall (s) | CPU (s) | requests/s | steps | steps/s | mean batch | simulated (h) |"
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

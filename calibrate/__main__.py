@@ -13,23 +13,31 @@ def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m calibrate",
         description="Measure this GPU with the engine, fit the cost model's efficiencies, write a profile. "
-                    "Verbs: (none) calibrate; `validate PROFILE` checks a profile on held-out steps; "
-                    "`fit DIR` refits stored measurements without a device.",
+        "Verbs: (none) calibrate; `validate PROFILE` checks a profile on held-out steps; "
+        "`fit DIR` refits stored measurements without a device.",
     )
     p.add_argument("--quick", action="store_true", help="a smaller sweep (under 2 minutes on an H100)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a tiny plan, for tests)")
-    p.add_argument("--model", default="llama-3.1-8b", help="catalogue name or config.json path whose shapes to sweep")
+    p.add_argument(
+        "--model", default="llama-3.1-8b", help="catalogue name or config.json path whose shapes to sweep"
+    )
     p.add_argument("--name", help="profile name to write (default: the base profile's name, e.g. h100-sxm)")
     p.add_argument("--base", help="datasheet profile to start from (default: detected from the GPU's name)")
-    p.add_argument("--out-dir", default="hardware_profiles", help="folder for the profile (default: hardware_profiles)")
-    p.add_argument("--work-dir", help="folder for raw measurements and plots (default: calibration_runs/NAME)")
+    p.add_argument(
+        "--out-dir", default="hardware_profiles", help="folder for the profile (default: hardware_profiles)"
+    )
+    p.add_argument(
+        "--work-dir", help="folder for raw measurements and plots (default: calibration_runs/NAME)"
+    )
     p.add_argument("--fresh", action="store_true", help="discard earlier measurements in the work dir")
     return p
 
 
 def _validate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m calibrate validate",
-                                description="Time held-out whole steps and compare with the profile's prediction.")
+    p = argparse.ArgumentParser(
+        prog="python -m calibrate validate",
+        description="Time held-out whole steps and compare with the profile's prediction.",
+    )
     p.add_argument("profile", help="profile name (h100-sxm) or .yaml path")
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--device", default="cuda")
@@ -39,7 +47,9 @@ def _validate_parser() -> argparse.ArgumentParser:
 
 
 def _fit_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m calibrate fit", description="Refit a work dir's measurements.")
+    p = argparse.ArgumentParser(
+        prog="python -m calibrate fit", description="Refit a work dir's measurements."
+    )
     p.add_argument("work_dir")
     p.add_argument("--name", help="profile name to write (default: the run's base profile)")
     p.add_argument("--model", help="model whose accounting to use (default: the run's)")
@@ -67,13 +77,26 @@ def main(argv: list[str] | None = None) -> int:
             a = _run_parser().parse_args(argv)
             from calibrate.calibration import Options, run
 
-            run(Options(quick=a.quick, device=a.device, model=a.model, name=a.name, base=a.base,
-                        out_dir=a.out_dir, work_dir=a.work_dir, fresh=a.fresh, command=command))
+            run(
+                Options(
+                    quick=a.quick,
+                    device=a.device,
+                    model=a.model,
+                    name=a.name,
+                    base=a.base,
+                    out_dir=a.out_dir,
+                    work_dir=a.work_dir,
+                    fresh=a.fresh,
+                    command=command,
+                )
+            )
     except (ConfigError, NoDevice) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; measurements so far are kept: rerun the same command to resume", file=sys.stderr)
+        print(
+            "\ninterrupted; measurements so far are kept: rerun the same command to resume", file=sys.stderr
+        )
         return 130
     return 0
 

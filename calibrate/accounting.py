@@ -114,7 +114,9 @@ def step_shape(cm: CostModel, kind: str, p: dict, logits: str = "last") -> Batch
         prefill_tokens=sum(c for c, _ in chunks),
         prefill_seqs=len(chunks),
         prefill_pairs=float(sum(chunk_pairs(prior, c) for c, prior in chunks)),
-        sliding_prefill_pairs=float(sum(chunk_pairs(prior, c, window) for c, prior in chunks)) if window else 0.0,
+        sliding_prefill_pairs=float(sum(chunk_pairs(prior, c, window) for c, prior in chunks))
+        if window
+        else 0.0,
         prefill_context_tokens=sum(prior for _, prior in chunks),
         decode_seqs=len(decodes),
         decode_context_tokens=sum(decodes),

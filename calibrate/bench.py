@@ -32,18 +32,38 @@ class Bench:
         if p.kind in ("gemm", "ceiling_gemm"):
             return self._gemm(q["m"], q["k"], q["n"], q.get("dtype", "bf16"))
         if p.kind == "attention_prefill":
-            return kernels.time_attention_prefill(q["chunk"], q["prior"], q["num_heads"], q["num_kv_heads"],
-                                                  q["head_dim"], device=self.device, warmup=self.warmup,
-                                                  repeat=self.repeat)
+            return kernels.time_attention_prefill(
+                q["chunk"],
+                q["prior"],
+                q["num_heads"],
+                q["num_kv_heads"],
+                q["head_dim"],
+                device=self.device,
+                warmup=self.warmup,
+                repeat=self.repeat,
+            )
         if p.kind == "attention_decode":
             lens = q["context_lens"]
-            return kernels.time_attention_decode(len(lens), list(lens), q["num_heads"], q["num_kv_heads"],
-                                                 q["head_dim"], device=self.device, warmup=self.warmup,
-                                                 repeat=self.repeat)
+            return kernels.time_attention_decode(
+                len(lens),
+                list(lens),
+                q["num_heads"],
+                q["num_kv_heads"],
+                q["head_dim"],
+                device=self.device,
+                warmup=self.warmup,
+                repeat=self.repeat,
+            )
         if p.kind == "elementwise":
-            s, _ = kernels.time_elementwise(q["tokens"], q["hidden"], device=self.device,
-                                            intermediate=q.get("intermediate"), head_dim=self.spec.head_dim,
-                                            warmup=self.warmup, repeat=self.repeat)
+            s, _ = kernels.time_elementwise(
+                q["tokens"],
+                q["hidden"],
+                device=self.device,
+                intermediate=q.get("intermediate"),
+                head_dim=self.spec.head_dim,
+                warmup=self.warmup,
+                repeat=self.repeat,
+            )
             return s
         if p.kind == "copy":
             s, _ = kernels.time_copy(q["nbytes"], device=self.device, warmup=self.warmup, repeat=self.repeat)
@@ -61,14 +81,22 @@ class Bench:
 
     def _gemm(self, m: int, k: int, n: int, dtype: str) -> float:
         if self.cpu or dtype != "bf16" or m > GRAPH_GEMM_MAX_M:
-            return kernels.time_gemm(m, k, n, dtype, device=self.device, warmup=self.warmup, repeat=self.repeat)
+            return kernels.time_gemm(
+                m, k, n, dtype, device=self.device, warmup=self.warmup, repeat=self.repeat
+            )
         dev = torch.device(self.device)
         copies = max(4, copies_for_cache(k * n * 2 + m * k * 2, dev))
-        bufs = [(random_like_nonzero((m, k), torch.bfloat16, dev),
-                 random_like_nonzero((n, k), torch.bfloat16, dev, scale=k**-0.5)) for _ in range(copies)]
+        bufs = [
+            (
+                random_like_nonzero((m, k), torch.bfloat16, dev),
+                random_like_nonzero((n, k), torch.bfloat16, dev, scale=k**-0.5),
+            )
+            for _ in range(copies)
+        ]
         # the engine's Dense layer: a Triton GEMV streams the weight for one row, cuBLAS otherwise
         if m == 1 and self._uses_gemv():
             from engine.fused import gemv
+
             fn = rotating(bufs, gemv)
         else:
             fn = rotating(bufs, torch.nn.functional.linear)
@@ -88,9 +116,14 @@ class Bench:
             from engine.steps import StepRunner
 
             model = build_model(self.spec, "bf16", self.device)
-            self._runner = StepRunner(model, max_batch=self.limits.max_batch, max_context=self.limits.max_context,
-                                      device=self.device, cuda_graphs=not self.cpu,
-                                      **self._pool_kwargs())
+            self._runner = StepRunner(
+                model,
+                max_batch=self.limits.max_batch,
+                max_context=self.limits.max_context,
+                device=self.device,
+                cuda_graphs=not self.cpu,
+                **self._pool_kwargs(),
+            )
         return self._runner
 
     def _pool_kwargs(self) -> dict:
@@ -121,7 +154,9 @@ class Bench:
             from calibrate.serving import measure_serving
 
             model = None
-            if self._runner is not None:  # the steps come first in the plan: reuse their model, free their pool
+            if (
+                self._runner is not None
+            ):  # the steps come first in the plan: reuse their model, free their pool
                 model, self._runner = self._runner.model, None
             self._served = measure_serving(self.spec, self.device, self._quick, model=model)
         return self._served

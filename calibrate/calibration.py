@@ -45,12 +45,16 @@ def need_torch_device(device: str):
     try:
         import torch
     except ImportError:
-        raise NoDevice("calibrate needs PyTorch to time kernels: pip install torch (a CUDA build on a GPU machine)") from None
+        raise NoDevice(
+            "calibrate needs PyTorch to time kernels: pip install torch (a CUDA build on a GPU machine)"
+        ) from None
     if device == "cpu":
         return torch
     if not torch.cuda.is_available():
-        raise NoDevice("no CUDA GPU found (torch.cuda.is_available() is False); run on a machine with an NVIDIA GPU, "
-                       "or pass --device cpu for a tiny CPU calibration")
+        raise NoDevice(
+            "no CUDA GPU found (torch.cuda.is_available() is False); run on a machine with an NVIDIA GPU, "
+            "or pass --device cpu for a tiny CPU calibration"
+        )
     return torch
 
 
@@ -64,8 +68,10 @@ def device_limits(spec: ModelSpec, device: str) -> Limits:
     room = free - spec.weight_bytes("bf16") - ACTIVATION_RESERVE_BYTES
     tokens = kv_token_budget(max(room, 0), spec.kv_bytes_per_token("bf16"))
     if tokens < 4096:
-        raise ConfigError(f"{spec.name} leaves no room for a KV cache on this GPU "
-                          f"({spec.weight_bytes('bf16') / 2**30:.1f} GiB of weights, {free / 2**30:.1f} GiB free)")
+        raise ConfigError(
+            f"{spec.name} leaves no room for a KV cache on this GPU "
+            f"({spec.weight_bytes('bf16') / 2**30:.1f} GiB of weights, {free / 2**30:.1f} GiB free)"
+        )
     return Limits(max_kv_tokens=min(tokens, 1_000_000), max_batch=256, max_context=32_768)
 
 
@@ -111,13 +117,25 @@ def base_for_run(base_name: str, store: Store) -> HardwareProfile:
     return profile.cpu_base(c["copy_bandwidth_gbps"] * 1e9, c["gemm_bf16_tflops"] * 1e12, template, 8 * 2**30)
 
 
-def fit_and_write(store: Store, spec: ModelSpec, base: HardwareProfile, name: str, out_dir: Path,
-                  work_dir: Path, plan: list[Point] | None, provenance: dict, log=print) -> tuple[Path, FitResult]:
+def fit_and_write(
+    store: Store,
+    spec: ModelSpec,
+    base: HardwareProfile,
+    name: str,
+    out_dir: Path,
+    work_dir: Path,
+    plan: list[Point] | None,
+    provenance: dict,
+    log=print,
+) -> tuple[Path, FitResult]:
     """Fit every group, draw the plots, write the profile; returns its path and the fit."""
     records = list(store.records.values())
     result = fit_all(base, spec, records)
-    plots = draw(result.groups | {f"gemm_{d}": f for d, f in result.extra_gemm.items()}, work_dir,
-                 title=f"{provenance.get('gpu', '')} · {spec.name}")
+    plots = draw(
+        result.groups | {f"gemm_{d}": f for d, f in result.extra_gemm.items()},
+        work_dir,
+        title=f"{provenance.get('gpu', '')} · {spec.name}",
+    )
     if isinstance(plots, str):
         log(plots)
     c = ceilings(store)
@@ -132,19 +150,23 @@ def fit_and_write(store: Store, spec: ModelSpec, base: HardwareProfile, name: st
         "date": _dt.date.today().isoformat(),
         **provenance,
         "model": spec.name,
-        "measurements": {"ok": len(ok), "oom": sum(r.status == "oom" for r in records),
-                         "error": sum(r.status == "error" for r in records),
-                         "file": str(work_dir / "measurements.jsonl")},
-        "sweep": sweep_ranges(plan if plan is not None else
-                              [Point(r.kind, r.params, r.holdout) for r in ok]),
+        "measurements": {
+            "ok": len(ok),
+            "oom": sum(r.status == "oom" for r in records),
+            "error": sum(r.status == "error" for r in records),
+            "file": str(work_dir / "measurements.jsonl"),
+        },
+        "sweep": sweep_ranges(plan if plan is not None else [Point(r.kind, r.params, r.holdout) for r in ok]),
         "fit_errors_pct": result.errors(),
         "ceilings": c,
     }
     if result.extra_gemm:
         prov["gemm_by_dtype"] = {d: f.eff.model_dump() for d, f in result.extra_gemm.items() if f.eff}
-    header = (f"{base.display_name}: datasheet figures as in the base profile ({base.name}); see `sources`.\n"
-              f"Efficiencies fitted by `python -m calibrate` on {provenance.get('gpu', 'this device')} "
-              f"({prov['date']}); provenance and fit errors under `calibration`.")
+    header = (
+        f"{base.display_name}: datasheet figures as in the base profile ({base.name}); see `sources`.\n"
+        f"Efficiencies fitted by `python -m calibrate` on {provenance.get('gpu', 'this device')} "
+        f"({prov['date']}); provenance and fit errors under `calibration`."
+    )
     prof = profile.calibrated(base, name, result.efficiency, prov)
     path = profile.write(prof, out_dir, header)
     return path, result
@@ -152,7 +174,9 @@ def fit_and_write(store: Store, spec: ModelSpec, base: HardwareProfile, name: st
 
 def error_table(result: FitResult) -> str:
     """Plain-text table of fit errors per group (training and held-out points)."""
-    lines = [f"{'group':<20} {'fit median':>10} {'fit p90':>8} {'held-out median':>16} {'held-out p90':>13} {'n fit/held':>10}"]
+    lines = [
+        f"{'group':<20} {'fit median':>10} {'fit p90':>8} {'held-out median':>16} {'held-out p90':>13} {'n fit/held':>10}"
+    ]
 
     def cell(x):
         return f"{x:.1f}%" if x == x else "-"
@@ -161,8 +185,10 @@ def error_table(result: FitResult) -> str:
     for g, f in fits.items():
         if not (f.train.n or f.holdout.n):
             continue
-        lines.append(f"{g:<20} {cell(f.train.median_pct):>10} {cell(f.train.p90_pct):>8} "
-                     f"{cell(f.holdout.median_pct):>16} {cell(f.holdout.p90_pct):>13} {f.train.n:>5}/{f.holdout.n:<4}")
+        lines.append(
+            f"{g:<20} {cell(f.train.median_pct):>10} {cell(f.train.p90_pct):>8} "
+            f"{cell(f.holdout.median_pct):>16} {cell(f.holdout.p90_pct):>13} {f.train.n:>5}/{f.holdout.n:<4}"
+        )
     return "\n".join(lines)
 
 
@@ -179,7 +205,9 @@ def run(opts: Options, log=print) -> Path:
     else:
         gpu = detect.detect()
         if gpu is None:
-            raise NoDevice("no NVIDIA GPU found through NVML or torch; pass --device cpu for a tiny CPU calibration")
+            raise NoDevice(
+                "no NVIDIA GPU found through NVML or torch; pass --device cpu for a tiny CPU calibration"
+            )
         base_name = detect.resolve_base(gpu.name, opts.base)
     base = None if cpu else load_profile(base_name)
     name = opts.name or base_name
@@ -187,23 +215,41 @@ def run(opts: Options, log=print) -> Path:
     work_dir = profile.check_writable(Path(opts.work_dir or Path("calibration_runs") / name))
     mode = "cpu" if cpu else ("quick" if opts.quick else "full")
     versions = detect.software_versions()
-    meta = {"gpu": gpu.name, "model": spec.name, "device": "cpu" if cpu else "cuda", "base": base_name,
-            "mode": mode, "driver": gpu.driver, **versions, "device_info": gpu.as_dict()}
+    meta = {
+        "gpu": gpu.name,
+        "model": spec.name,
+        "device": "cpu" if cpu else "cuda",
+        "base": base_name,
+        "mode": mode,
+        "driver": gpu.driver,
+        **versions,
+        "device_info": gpu.as_dict(),
+    }
     store = Store.open(work_dir / "measurements.jsonl", meta, fresh=opts.fresh)
 
     from calibrate.bench import Bench  # torch and engine from here on
 
     limits = device_limits(spec, opts.device)
     plan = make_plan(spec, mode, gemm_dtypes(base, opts.device), limits, n_gpus=gpu.count if not cpu else 1)
-    log(f"calibrating {gpu.name} ({base_name}) with {spec.name}: {mode} plan of {len(plan)} points, "
-        f"measurements in {work_dir}/measurements.jsonl")
+    log(
+        f"calibrating {gpu.name} ({base_name}) with {spec.name}: {mode} plan of {len(plan)} points, "
+        f"measurements in {work_dir}/measurements.jsonl"
+    )
     bench = Bench(spec, opts.device, limits, quick=opts.quick)
     rep = sweep.run_sweep(plan, store, bench.measure, bench.recover, label_text=f"{mode} sweep")
-    log(f"sweep: {rep.measured} measured, {rep.skipped} already there, {rep.oom} out of memory, {rep.errors} failed")
+    log(
+        f"sweep: {rep.measured} measured, {rep.skipped} already there, {rep.oom} out of memory, {rep.errors} failed"
+    )
 
     base = base_for_run(base_name, store)
-    prov = {"gpu": gpu.name, **versions, "driver": gpu.driver, "mode": mode, "device": gpu.as_dict(),
-            "command": opts.command or "python -m calibrate"}
+    prov = {
+        "gpu": gpu.name,
+        **versions,
+        "driver": gpu.driver,
+        "mode": mode,
+        "device": gpu.as_dict(),
+        "command": opts.command or "python -m calibrate",
+    }
     if cpu:
         prov["notes"] = "CPU run: datasheet replaced by the measured ceilings; for tests only"
     path, result = fit_and_write(store, spec, base, name, out_dir, work_dir, plan, prov, log)
@@ -216,17 +262,24 @@ def refit(work_dir: str, name: str | None, out_dir: str, model: str | None = Non
     """Fit again from a work dir's measurements, with no device (e.g. after changing the fit)."""
     path = Path(work_dir) / "measurements.jsonl"
     if not path.exists():
-        raise ConfigError(f"{path} does not exist; run python -m calibrate first or pass the right --work-dir")
+        raise ConfigError(
+            f"{path} does not exist; run python -m calibrate first or pass the right --work-dir"
+        )
     store = Store.open(path)
     meta = store.meta
     spec = load_model(model or meta.get("model", "llama-3.1-8b"))
     base_name = meta.get("base") or "h100-sxm"
     base = base_for_run(base_name, store)
-    prov = {"gpu": meta.get("gpu", ""), "command": f"python -m calibrate fit {work_dir}",
-            **{k: v for k, v in meta.items() if k in ("torch", "cuda", "driver", "mode")},
-            "device": meta.get("device_info", {})}
+    prov = {
+        "gpu": meta.get("gpu", ""),
+        "command": f"python -m calibrate fit {work_dir}",
+        **{k: v for k, v in meta.items() if k in ("torch", "cuda", "driver", "mode")},
+        "device": meta.get("device_info", {}),
+    }
     prov.setdefault("notes", "refitted from stored measurements")
-    out, result = fit_and_write(store, spec, base, name or base_name, Path(out_dir), Path(work_dir), None, prov, log)
+    out, result = fit_and_write(
+        store, spec, base, name or base_name, Path(out_dir), Path(work_dir), None, prov, log
+    )
     log(error_table(result))
     log(f"wrote {out}")
     return out

@@ -126,8 +126,12 @@ def detect_torch() -> GpuInfo | None:
     if not torch.cuda.is_available():
         return None
     p = torch.cuda.get_device_properties(0)
-    return GpuInfo(name=p.name, memory_bytes=int(p.total_memory), count=torch.cuda.device_count(),
-                   extra={"multiprocessors": p.multi_processor_count})
+    return GpuInfo(
+        name=p.name,
+        memory_bytes=int(p.total_memory),
+        count=torch.cuda.device_count(),
+        extra={"multiprocessors": p.multi_processor_count},
+    )
 
 
 def detect() -> GpuInfo | None:

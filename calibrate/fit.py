@@ -72,7 +72,8 @@ def to_efficiency(theta, peak: float, bw: float) -> OpEfficiency:
     c, m, a, b = (float(x) for x in theta)
     launch = min(a, b)
     return OpEfficiency(
-        compute=min(c, 1.0), memory=min(m, 1.0),
+        compute=min(c, 1.0),
+        memory=min(m, 1.0),
         compute_ramp_flops=max(0.0, (a - launch) * c * peak),
         memory_ramp_bytes=max(0.0, (b - launch) * m * bw),
         launch_s=max(0.0, launch),
@@ -107,8 +108,17 @@ def fit_roofline(w: Work, seconds, bw: float, compute_fixed: float | None = None
                 x0 = x0[1:] if fixed_c else x0
                 lb, ub = (lo[1:], hi[1:]) if fixed_c else (lo, hi)
                 x0 = np.clip(x0, lb + 1e-12, ub - 1e-12)
-                r = least_squares(resid, x0, bounds=(lb, ub), x_scale="jac", method="trf",
-                                  xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=4000)
+                r = least_squares(
+                    resid,
+                    x0,
+                    bounds=(lb, ub),
+                    x_scale="jac",
+                    method="trf",
+                    xtol=1e-12,
+                    ftol=1e-12,
+                    gtol=1e-12,
+                    max_nfev=4000,
+                )
                 if best is None or r.cost < best.cost:
                     best = r
                 if fixed_c:
@@ -135,9 +145,13 @@ def fit_group(cm: CostModel, group: str, records: list[Record], base: OpEfficien
     pred = roofline(theta, w_all.flops, w_all.nbytes, w_all.peak, bw)
     peak = float(np.median(w_all.peak))
     eff = to_efficiency(theta, peak, bw)
-    rows = [{"label": lab, "measured_s": float(m), "predicted_s": float(p), "holdout": bool(h)}
-            for lab, m, p, h in zip(w_all.label, t_all, pred, hold, strict=True)]
-    return GroupFit(group, eff, Errors.of(pred[~hold], t_all[~hold]), Errors.of(pred[hold], t_all[hold]), rows)
+    rows = [
+        {"label": lab, "measured_s": float(m), "predicted_s": float(p), "holdout": bool(h)}
+        for lab, m, p, h in zip(w_all.label, t_all, pred, hold, strict=True)
+    ]
+    return GroupFit(
+        group, eff, Errors.of(pred[~hold], t_all[~hold]), Errors.of(pred[hold], t_all[hold]), rows
+    )
 
 
 # ------------------------------------------------------------------ stage 2
@@ -168,8 +182,15 @@ def fit_overheads(groups_s: np.ndarray, seqs: np.ndarray, measured: np.ndarray) 
     gap = np.clip(t - groups_s, 0.0, None)
     x0 = [float(np.median(gap)) + 1e-6, 1e-7]
     hi = [float(t.max()), float(t.max()) / max(seqs.max(), 1.0)]
-    r = least_squares(resid, np.clip(x0, [0, 0], hi), bounds=([0.0, 0.0], hi), x_scale="jac",
-                      xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    r = least_squares(
+        resid,
+        np.clip(x0, [0, 0], hi),
+        bounds=([0.0, 0.0], hi),
+        x_scale="jac",
+        xtol=1e-12,
+        ftol=1e-12,
+        gtol=1e-12,
+    )
     return float(r.x[0]), float(r.x[1])
 
 
@@ -194,29 +215,48 @@ def evaluate_group(cm: CostModel, group: str, records: list[Record], eff: OpEffi
     t = np.array([r.seconds for r in records], float)
     hold = np.array([r.holdout for r in records])
     pred = roofline(_theta_of(eff, float(np.median(w.peak)), cm.bw), w.flops, w.nbytes, w.peak, cm.bw)
-    rows = [{"label": lab, "measured_s": float(m), "predicted_s": float(p), "holdout": bool(h)}
-            for lab, m, p, h in zip(w.label, t, pred, hold, strict=True)]
+    rows = [
+        {"label": lab, "measured_s": float(m), "predicted_s": float(p), "holdout": bool(h)}
+        for lab, m, p, h in zip(w.label, t, pred, hold, strict=True)
+    ]
     return GroupFit(group, eff, Errors.of(pred[~hold], t[~hold]), Errors.of(pred[hold], t[hold]), rows)
 
 
-def evaluate_steps(profile: HardwareProfile, model: ModelSpec, eff: Efficiencies, steps: list[Record]) -> dict:
+def evaluate_steps(
+    profile: HardwareProfile, model: ModelSpec, eff: Efficiencies, steps: list[Record]
+) -> dict:
     """Whole-step errors of the profile with `eff`, overall ('step') and per step kind."""
     cm = CostModel(with_efficiency(profile, eff), model, serving_host=False)
     pred = np.array([cm.step_time(step_shape(cm, r.kind, r.params)) for r in steps])
     t = np.array([r.seconds for r in steps], float)
     hold = np.array([r.holdout for r in steps])
-    rows = [{"label": f"{r.kind[5:]} {label(r.kind, r.params)}", "measured_s": float(m), "predicted_s": float(p),
-             "holdout": bool(h)} for r, m, p, h in zip(steps, t, pred, hold, strict=True)]
-    out = {"step": GroupFit("step", None, Errors.of(pred[~hold], t[~hold]), Errors.of(pred[hold], t[hold]), rows)}
+    rows = [
+        {
+            "label": f"{r.kind[5:]} {label(r.kind, r.params)}",
+            "measured_s": float(m),
+            "predicted_s": float(p),
+            "holdout": bool(h),
+        }
+        for r, m, p, h in zip(steps, t, pred, hold, strict=True)
+    ]
+    out = {
+        "step": GroupFit("step", None, Errors.of(pred[~hold], t[~hold]), Errors.of(pred[hold], t[hold]), rows)
+    }
     for k in STEP_KINDS:
         sel = np.array([r.kind == k for r in steps])
         if sel.any():
-            out[k] = GroupFit(k, None, Errors.of(pred[sel & ~hold], t[sel & ~hold]),
-                              Errors.of(pred[sel & hold], t[sel & hold]))
+            out[k] = GroupFit(
+                k,
+                None,
+                Errors.of(pred[sel & ~hold], t[sel & ~hold]),
+                Errors.of(pred[sel & hold], t[sel & hold]),
+            )
     return out
 
 
-def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record], refine: bool = True) -> FitResult:
+def fit_all(
+    profile: HardwareProfile, model: ModelSpec, records: list[Record], refine: bool = True
+) -> FitResult:
     """All stages over every ok record; groups without data keep the base profile's values.
 
     Errors are those of the final efficiencies: on each group's microbenchmarks and on whole steps,
@@ -258,7 +298,13 @@ def fit_all(profile: HardwareProfile, model: ModelSpec, records: list[Record], r
     from calibrate.serving import QUANTITIES
 
     serving = {k: getattr(base, k) for k in QUANTITIES}
-    serving.update({r.params["quantity"]: r.seconds for r in by.get("serving", []) if r.params.get("quantity") in serving})
+    serving.update(
+        {
+            r.params["quantity"]: r.seconds
+            for r in by.get("serving", [])
+            if r.params.get("quantity") in serving
+        }
+    )
     eff = eff.model_copy(update=serving)
     fits = {g: evaluate_group(cm, g, micro[g], getattr(eff, g)) for g in GROUPS}
     if steps:
@@ -274,8 +320,14 @@ def _theta_of(eff: OpEfficiency, peak: float, bw: float) -> list[float]:
     return [eff.compute, eff.memory, a, b]
 
 
-def refine_on_steps(profile: HardwareProfile, model: ModelSpec, eff: Efficiencies, micro: dict[str, list[Record]],
-                    steps: list[Record], prior_weight: float = 0.1) -> Efficiencies:
+def refine_on_steps(
+    profile: HardwareProfile,
+    model: ModelSpec,
+    eff: Efficiencies,
+    micro: dict[str, list[Record]],
+    steps: list[Record],
+    prior_weight: float = 0.1,
+) -> Efficiencies:
     """Refit every group and the overheads jointly on whole steps, the microbenchmarks acting as a prior.
 
     Kernels inside a model step do not run quite as they do alone (clocks under sustained load, L2
@@ -333,6 +385,7 @@ def refine_on_steps(profile: HardwareProfile, model: ModelSpec, eff: Efficiencie
         return np.concatenate(r)
 
     x0 = np.clip(np.array(x0, float), np.array(lo) + 1e-15, np.array(hi) - 1e-15)
-    res = least_squares(resid, x0, bounds=(lo, hi), x_scale="jac", xtol=1e-10, ftol=1e-10, gtol=1e-10,
-                        max_nfev=300)
+    res = least_squares(
+        resid, x0, bounds=(lo, hi), x_scale="jac", xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=300
+    )
     return unpack(res.x)[1]

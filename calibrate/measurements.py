@@ -61,8 +61,13 @@ class Store:
                     store.meta = d
                     continue
                 rec = Record(
-                    key=d["key"], kind=d["kind"], params=d["params"], seconds=d.get("seconds"),
-                    status=d.get("status", "ok"), holdout=bool(d.get("holdout", False)), note=d.get("note", ""),
+                    key=d["key"],
+                    kind=d["kind"],
+                    params=d["params"],
+                    seconds=d.get("seconds"),
+                    status=d.get("status", "ok"),
+                    holdout=bool(d.get("holdout", False)),
+                    note=d.get("note", ""),
                 )
                 ok = isinstance(rec.seconds, (int, float)) and (
                     rec.seconds > 0 or (rec.kind == "serving" and rec.seconds >= 0)  # a cost may be nil
@@ -95,8 +100,14 @@ class Store:
 
     def add(self, rec: Record) -> None:
         self.records[rec.key] = rec
-        d = {"key": rec.key, "kind": rec.kind, "params": rec.params, "seconds": rec.seconds,
-             "status": rec.status, "holdout": rec.holdout}
+        d = {
+            "key": rec.key,
+            "kind": rec.kind,
+            "params": rec.params,
+            "seconds": rec.seconds,
+            "status": rec.status,
+            "holdout": rec.holdout,
+        }
         if rec.note:
             d["note"] = rec.note
         self._append(d)

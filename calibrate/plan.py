@@ -21,8 +21,32 @@ Mode = Literal["quick", "full", "cpu"]
 
 # Token counts for GEMMs and element-wise kernels, 1..16k, roughly ×1.5 apart. Every 4th from
 # index 2 is held out of the fit (interior points, so held-out error measures interpolation).
-TOKENS_FULL = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048,
-               3072, 4096, 6144, 8192, 12288, 16384]
+TOKENS_FULL = [
+    1,
+    2,
+    4,
+    8,
+    16,
+    32,
+    48,
+    64,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+    6144,
+    8192,
+    12288,
+    16384,
+]
 TOKENS_CPU = [1, 2, 4, 8, 16, 32, 64, 128]
 # Token counts off the powers of two, as real batches have them: cuBLAS tiles and waves make
 # these slower than their round neighbours (seen on an H100: a 700-token prefill step took 1.7x
@@ -36,8 +60,25 @@ DECODE_CONTEXTS = [128, 512, 2048, 8192, 32768]
 
 STEP_DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 STEP_DECODE_CONTEXTS = [256, 1024, 4096]
-STEP_PREFILL = [[128], [512], [1024], [2048], [4096], [8192], [16384], [256] * 4, [512] * 8, [2048] * 2,
-                [1024] * 4, [384], [1280], [2600], [5600], [10000], [320] * 5]
+STEP_PREFILL = [
+    [128],
+    [512],
+    [1024],
+    [2048],
+    [4096],
+    [8192],
+    [16384],
+    [256] * 4,
+    [512] * 8,
+    [2048] * 2,
+    [1024] * 4,
+    [384],
+    [1280],
+    [2600],
+    [5600],
+    [10000],
+    [320] * 5,
+]
 STEP_CHUNKED = [(2048, 2048), (1024, 8192), (4096, 4096)]  # (chunk, prior) prefill after a cached prefix
 STEP_MIXED = [(256, 8), (1024, 8), (2048, 8), (256, 32), (1024, 32), (2048, 32), (512, 128), (2048, 128)]
 MIXED_DECODE_CONTEXT = 1024
@@ -134,11 +175,16 @@ def microbench_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], n_gpus
                 pts.append(Point("attention_decode", {"context_lens": lens, **heads}, not hold))
 
     for t, hold in tokens:
-        pts.append(Point("elementwise", {"tokens": t, "hidden": model.hidden_size,
-                                         "intermediate": model.intermediate_size}, hold))
+        pts.append(
+            Point(
+                "elementwise",
+                {"tokens": t, "hidden": model.hidden_size, "intermediate": model.intermediate_size},
+                hold,
+            )
+        )
 
     if n_gpus > 1:
-        for mib in ([1, 16, 256] if quick else [0.0625, 1, 4, 16, 64, 256]):
+        for mib in [1, 16, 256] if quick else [0.0625, 1, 4, 16, 64, 256]:
             pts.append(Point("allreduce", {"nbytes": int(mib * 2**20), "world": n_gpus}))
     return pts
 
@@ -149,8 +195,11 @@ def step_plan(mode: Mode, limits: Limits) -> list[Point]:
     pts: list[Point] = []
 
     def fits(ctx_lens: list[int]) -> bool:
-        return (len(ctx_lens) <= limits.max_batch and sum(ctx_lens) <= limits.max_kv_tokens
-                and max(ctx_lens) <= limits.max_context)
+        return (
+            len(ctx_lens) <= limits.max_batch
+            and sum(ctx_lens) <= limits.max_kv_tokens
+            and max(ctx_lens) <= limits.max_context
+        )
 
     def add(kind: str, params: dict, ctx: list[int]) -> None:
         if fits(ctx):
@@ -169,7 +218,7 @@ def step_plan(mode: Mode, limits: Limits) -> list[Point]:
         prefill = STEP_PREFILL[::2] if quick else STEP_PREFILL
         for lens in prefill:
             add("step_prefill", {"prompt_lens": lens, "prior_lens": [0] * len(lens)}, lens)
-        for chunk, prior in (STEP_CHUNKED[:1] if quick else STEP_CHUNKED):
+        for chunk, prior in STEP_CHUNKED[:1] if quick else STEP_CHUNKED:
             add("step_prefill", {"prompt_lens": [chunk], "prior_lens": [prior]}, [chunk + prior])
         batches = STEP_DECODE_BATCHES[::2] if quick else STEP_DECODE_BATCHES
         contexts = STEP_DECODE_CONTEXTS[::2] if quick else STEP_DECODE_CONTEXTS
@@ -177,10 +226,10 @@ def step_plan(mode: Mode, limits: Limits) -> list[Point]:
             for c in contexts:
                 add("step_decode", {"context_lens": [c] * b}, [c] * b)
             # continuous batching runs ragged batches: as many of those as uniform ones
-            for c in (contexts if b >= 4 else []):
+            for c in contexts if b >= 4 else []:
                 lens = mixed_lengths(b, c, seed=7 * b + c)
                 add("step_decode", {"context_lens": lens}, lens)
-        for chunk, b in (STEP_MIXED[::2] if quick else STEP_MIXED):
+        for chunk, b in STEP_MIXED[::2] if quick else STEP_MIXED:
             dec = mixed_lengths(b, MIXED_DECODE_CONTEXT, seed=11 * b + chunk)
             add("step_mixed", {"chunks": [[chunk, 0]], "decode_context_lens": dec}, dec + [chunk])
     # hold out about one step in four, chosen by the point itself so quick and full plans agree
@@ -196,7 +245,9 @@ def serving_plan() -> list[Point]:
     return [Point("serving", {"quantity": q, "workload": WORKLOAD}) for q in QUANTITIES]
 
 
-def make_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], limits: Limits, n_gpus: int = 1) -> list[Point]:
+def make_plan(
+    model: ModelSpec, mode: Mode, gemm_dtypes: list[str], limits: Limits, n_gpus: int = 1
+) -> list[Point]:
     """The whole sweep in the order it runs: ceilings, microbenchmarks, then whole steps."""
     pts = microbench_plan(model, mode, gemm_dtypes, n_gpus) + step_plan(mode, limits) + serving_plan()
     seen: set[str] = set()
@@ -210,6 +261,7 @@ def make_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], limits: Limi
 
 def sweep_ranges(points: list[Point]) -> dict:
     """A summary of what the plan covers, for the profile's provenance block."""
+
     def span(vals):
         return [min(vals), max(vals)] if vals else []
 
@@ -218,20 +270,29 @@ def sweep_ranges(points: list[Point]) -> dict:
         by.setdefault(p.kind, []).append(p.params)
     out: dict = {k: {"points": len(v)} for k, v in by.items()}
     if "gemm" in by:
-        out["gemm"].update(tokens=span([q["m"] for q in by["gemm"]]),
-                           dtypes=sorted({q["dtype"] for q in by["gemm"]}))
+        out["gemm"].update(
+            tokens=span([q["m"] for q in by["gemm"]]), dtypes=sorted({q["dtype"] for q in by["gemm"]})
+        )
     if "attention_prefill" in by:
-        out["attention_prefill"].update(chunk=span([q["chunk"] for q in by["attention_prefill"]]),
-                                        prior=span([q["prior"] for q in by["attention_prefill"]]))
+        out["attention_prefill"].update(
+            chunk=span([q["chunk"] for q in by["attention_prefill"]]),
+            prior=span([q["prior"] for q in by["attention_prefill"]]),
+        )
     if "attention_decode" in by:
-        out["attention_decode"].update(batch=span([len(q["context_lens"]) for q in by["attention_decode"]]),
-                                       context=span([c for q in by["attention_decode"] for c in q["context_lens"]]))
+        out["attention_decode"].update(
+            batch=span([len(q["context_lens"]) for q in by["attention_decode"]]),
+            context=span([c for q in by["attention_decode"] for c in q["context_lens"]]),
+        )
     if "elementwise" in by:
         out["elementwise"].update(tokens=span([q["tokens"] for q in by["elementwise"]]))
     for k in ("step_decode", "step_prefill", "step_mixed"):
         if k in by:
-            seqs = [len(q.get("context_lens", q.get("prompt_lens", []))) + len(q.get("chunks", [])) +
-                    len(q.get("decode_context_lens", [])) for q in by[k]]
+            seqs = [
+                len(q.get("context_lens", q.get("prompt_lens", [])))
+                + len(q.get("chunks", []))
+                + len(q.get("decode_context_lens", []))
+                for q in by[k]
+            ]
             out[k].update(seqs=span(seqs))
     return out
 

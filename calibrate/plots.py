@@ -28,12 +28,19 @@ def draw(fits: dict[str, GroupFit], folder: Path, title: str = "") -> list[Path]
             m = [r["measured_s"] * 1e6 for r in rows]
             p = [r["predicted_s"] * 1e6 for r in rows]
             ax.scatter(m, p, marker=marker, s=18, label=f"{tag} ({len(rows)})")
-            ax2.scatter(m, [100 * (pi / mi - 1) for pi, mi in zip(p, m, strict=True)], marker=marker, s=18, label=tag)
+            ax2.scatter(
+                m, [100 * (pi / mi - 1) for pi, mi in zip(p, m, strict=True)], marker=marker, s=18, label=tag
+            )
         lo = min(r["measured_s"] for r in f.rows) * 1e6 * 0.8
         hi = max(r["measured_s"] for r in f.rows) * 1e6 * 1.25
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-        ax.set(xscale="log", yscale="log", xlabel="measured (µs)", ylabel="fitted (µs)",
-               title=f"{name}: fit median {f.train.median_pct:.1f}%, held out {f.holdout.median_pct:.1f}%")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="measured (µs)",
+            ylabel="fitted (µs)",
+            title=f"{name}: fit median {f.train.median_pct:.1f}%, held out {f.holdout.median_pct:.1f}%",
+        )
         ax.legend(fontsize=8)
         ax2.axhline(0, color="k", lw=0.8)
         for y in (-5, 5):

@@ -27,12 +27,15 @@ def check_writable(folder: Path) -> Path:
     except OSError as e:
         raise ConfigError(f"cannot create output folder {str(folder)!r}: {e.strerror or e}") from None
     if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ConfigError(f"output folder {str(folder)!r} is not writable; pass --out-dir with a folder you can write")
+        raise ConfigError(
+            f"output folder {str(folder)!r} is not writable; pass --out-dir with a folder you can write"
+        )
     return folder
 
 
-def cpu_base(copy_bytes_per_s: float, gemm_flops_per_s: float, efficiency: Efficiencies,
-             memory_bytes: float) -> HardwareProfile:
+def cpu_base(
+    copy_bytes_per_s: float, gemm_flops_per_s: float, efficiency: Efficiencies, memory_bytes: float
+) -> HardwareProfile:
     """A stand-in datasheet for a CPU run: the measured ceilings play the datasheet's part."""
     tflops = gemm_flops_per_s / 1e12
     return HardwareProfile(
@@ -50,15 +53,26 @@ def cpu_base(copy_bytes_per_s: float, gemm_flops_per_s: float, efficiency: Effic
     )
 
 
-def calibrated(base: HardwareProfile, name: str, efficiency: Efficiencies, provenance: dict) -> HardwareProfile:
+def calibrated(
+    base: HardwareProfile, name: str, efficiency: Efficiencies, provenance: dict
+) -> HardwareProfile:
     """The base profile under `name`, its efficiencies replaced and a measured calibration block added."""
     today = _dt.date.today().isoformat()
-    cal = Calibration(status="measured", date=provenance.pop("date", today), gpu=provenance.pop("gpu", ""),
-                      notes=provenance.pop("notes", ""), **provenance)
+    cal = Calibration(
+        status="measured",
+        date=provenance.pop("date", today),
+        gpu=provenance.pop("gpu", ""),
+        notes=provenance.pop("notes", ""),
+        **provenance,
+    )
     sources = dict(base.sources)
-    sources["efficiency"] = (f"fitted by python -m calibrate on {cal.gpu or 'this device'} ({cal.date}); "
-                             "fit errors and provenance under calibration")
-    return base.model_copy(update={"name": name, "efficiency": efficiency, "calibration": cal, "sources": sources})
+    sources["efficiency"] = (
+        f"fitted by python -m calibrate on {cal.gpu or 'this device'} ({cal.date}); "
+        "fit errors and provenance under calibration"
+    )
+    return base.model_copy(
+        update={"name": name, "efficiency": efficiency, "calibration": cal, "sources": sources}
+    )
 
 
 def write(profile: HardwareProfile, folder: Path, header: str = "") -> Path:

@@ -58,7 +58,9 @@ def fit_host(trace: dict[str, np.ndarray], gpu: bool) -> dict[str, float]:
     return {"serving_step_s": a, "serving_per_sequence_s": b, "serving_prompt_step_s": c}
 
 
-def measure_serving(spec: ModelSpec, device: str, quick: bool = False, model=None, log=None) -> dict[str, float]:
+def measure_serving(
+    spec: ModelSpec, device: str, quick: bool = False, model=None, log=None
+) -> dict[str, float]:
     """Run the synthetic workload through the serving loop on `device`; returns QUANTITIES (seconds)."""
     import torch
 

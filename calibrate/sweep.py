@@ -30,9 +30,14 @@ class SweepReport:
     errors: int = 0
 
 
-def run_sweep(points: list[Point], store: Store, measure: Callable[[Point], float],
-              recover: Callable[[], None] = lambda: None, label_text: str = "sweep",
-              stream=None) -> SweepReport:
+def run_sweep(
+    points: list[Point],
+    store: Store,
+    measure: Callable[[Point], float],
+    recover: Callable[[], None] = lambda: None,
+    label_text: str = "sweep",
+    stream=None,
+) -> SweepReport:
     """Measure every point not yet in `store`; `recover()` runs after an out-of-memory point."""
     rep = SweepReport()
     todo = []
@@ -44,7 +49,9 @@ def run_sweep(points: list[Point], store: Store, measure: Callable[[Point], floa
             todo.append(p)
     bar = Progress(len(todo), label_text, stream=stream)
     if rep.skipped:
-        (stream or sys.stderr).write(f"{label_text}: {rep.skipped} points already measured, {len(todo)} to go\n")
+        (stream or sys.stderr).write(
+            f"{label_text}: {rep.skipped} points already measured, {len(todo)} to go\n"
+        )
     try:
         for p in todo:
             bar.show(f"{p.kind} {label(p.kind, p.params)}")
@@ -55,13 +62,19 @@ def run_sweep(points: list[Point], store: Store, measure: Callable[[Point], floa
             except Exception as e:  # noqa: BLE001 - one bad point must not lose the sweep
                 if is_oom(e):
                     recover()
-                    store.add(Record(p.key, p.kind, p.params, None, "oom", p.holdout, note=str(e).splitlines()[0][:200]))
+                    store.add(
+                        Record(
+                            p.key, p.kind, p.params, None, "oom", p.holdout, note=str(e).splitlines()[0][:200]
+                        )
+                    )
                     rep.oom += 1
                 else:
                     msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                     store.add(Record(p.key, p.kind, p.params, None, "error", p.holdout, note=msg))
                     rep.errors += 1
-                    (stream or sys.stderr).write(f"\nwarning: {p.kind} {label(p.kind, p.params)} failed ({msg})\n")
+                    (stream or sys.stderr).write(
+                        f"\nwarning: {p.kind} {label(p.kind, p.params)} failed ({msg})\n"
+                    )
             bar.advance(f"{p.kind} {label(p.kind, p.params)}")
     finally:
         bar.show("done" if bar.done == bar.total else "interrupted")

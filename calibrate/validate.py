@@ -48,10 +48,17 @@ def validation_points(mode: str, limits: Limits) -> list[Point]:
 
     def fits(p: Point) -> bool:
         q = p.params
-        ctx = (q.get("context_lens") or []) + (q.get("decode_context_lens") or []) + \
-            [a + b for a, b in zip(q.get("prompt_lens", []), q.get("prior_lens", []), strict=True)] + \
-            [a + b for a, b in q.get("chunks", [])]
-        return len(ctx) <= limits.max_batch and sum(ctx) <= limits.max_kv_tokens and max(ctx) <= limits.max_context
+        ctx = (
+            (q.get("context_lens") or [])
+            + (q.get("decode_context_lens") or [])
+            + [a + b for a, b in zip(q.get("prompt_lens", []), q.get("prior_lens", []), strict=True)]
+            + [a + b for a, b in q.get("chunks", [])]
+        )
+        return (
+            len(ctx) <= limits.max_batch
+            and sum(ctx) <= limits.max_kv_tokens
+            and max(ctx) <= limits.max_context
+        )
 
     return [p for p in pts if fits(p)]
 
@@ -65,8 +72,10 @@ def table(rows: list[dict]) -> str:
     """Markdown table of predicted vs measured steps."""
     out = ["| step | shape | measured (ms) | predicted (ms) | error |", "|---|---|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['kind']} | {r['label']} | {r['measured_s'] * 1e3:.3f} | {r['predicted_s'] * 1e3:.3f} | "
-                   f"{r['error_pct']:+.1f}% |")
+        out.append(
+            f"| {r['kind']} | {r['label']} | {r['measured_s'] * 1e3:.3f} | {r['predicted_s'] * 1e3:.3f} | "
+            f"{r['error_pct']:+.1f}% |"
+        )
     return "\n".join(out)
 
 
@@ -81,8 +90,15 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def validate(profile_name: str, model_name: str, device: str, work_dir: str | None, out: str | None,
-             command: str = "", log=print) -> tuple[float, float]:
+def validate(
+    profile_name: str,
+    model_name: str,
+    device: str,
+    work_dir: str | None,
+    out: str | None,
+    command: str = "",
+    log=print,
+) -> tuple[float, float]:
     """Time the held-out steps, compare with the profile's prediction; returns (median, p90) abs % error."""
     from calibrate.calibration import device_limits, need_torch_device
 
@@ -98,8 +114,10 @@ def validate(profile_name: str, model_name: str, device: str, work_dir: str | No
     gpu = detect.GpuInfo(name="cpu") if device == "cpu" else detect.detect()
     mode = "cpu" if device == "cpu" else "full"
     wd = Path(work_dir or Path("calibration_runs") / prof.name)
-    store = Store.open(wd / "validate.jsonl",
-                       {"gpu": gpu.name if gpu else "?", "model": spec.name, "device": "cpu" if device == "cpu" else "cuda"})
+    store = Store.open(
+        wd / "validate.jsonl",
+        {"gpu": gpu.name if gpu else "?", "model": spec.name, "device": "cpu" if device == "cpu" else "cuda"},
+    )
     limits = device_limits(spec, device)
     sweep_keys = {p.key for p in make_plan(spec, mode, ["bf16"], limits)}
     points = [p for p in validation_points(mode, limits) if p.key not in sweep_keys]
@@ -113,14 +131,33 @@ def validate(profile_name: str, model_name: str, device: str, work_dir: str | No
         raise ConfigError("no validation step could be measured (see the warnings above)")
     measured = np.array([store.records[p.key].seconds for p in done])
     pred = predict(profile_name, model_name, done)
-    rows = [{"kind": p.kind[5:], "label": label(p.kind, p.params), "measured_s": float(m), "predicted_s": float(q),
-             "error_pct": 100.0 * (q / m - 1.0)} for p, m, q in zip(done, measured, pred, strict=True)]
+    rows = [
+        {
+            "kind": p.kind[5:],
+            "label": label(p.kind, p.params),
+            "measured_s": float(m),
+            "predicted_s": float(q),
+            "error_pct": 100.0 * (q / m - 1.0),
+        }
+        for p, m, q in zip(done, measured, pred, strict=True)
+    ]
     e = Errors.of(pred, measured)
-    head = (f"Validation of profile `{prof.name}` ({prof.display_name}) with {spec.name} on "
-            f"{gpu.name if gpu else device}, {_dt.date.today().isoformat()}: whole steps not in the sweep, "
-            f"measured by the engine vs `CostModel.step_time`.")
-    text = "\n\n".join([head, f"Command: `{command or 'python -m calibrate validate ' + profile_name}`",
-                        summary(rows), table(rows)]) + "\n"
+    head = (
+        f"Validation of profile `{prof.name}` ({prof.display_name}) with {spec.name} on "
+        f"{gpu.name if gpu else device}, {_dt.date.today().isoformat()}: whole steps not in the sweep, "
+        f"measured by the engine vs `CostModel.step_time`."
+    )
+    text = (
+        "\n\n".join(
+            [
+                head,
+                f"Command: `{command or 'python -m calibrate validate ' + profile_name}`",
+                summary(rows),
+                table(rows),
+            ]
+        )
+        + "\n"
+    )
     log(table(rows))
     log(summary(rows))
     log(f"median abs. error {e.median_pct:.1f}%, p90 {e.p90_pct:.1f}% over {e.n} held-out steps")

@@ -51,7 +51,14 @@ class Group:
     def cost_model(self, model: ModelSpec) -> CostModel:
         sv, p = self.serving, self.par
         return CostModel(
-            self.profile, model, sv.weight_dtype, sv.kv_dtype, p.tp, p.pp, p.ep, sv.moe_routing_skew,
+            self.profile,
+            model,
+            sv.weight_dtype,
+            sv.kv_dtype,
+            p.tp,
+            p.pp,
+            p.ep,
+            sv.moe_routing_skew,
             sv.cuda_graphs == "decode_only",
         )
 

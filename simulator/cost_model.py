@@ -175,13 +175,18 @@ class CostModel:
         # element-wise traffic per token per layer: 2 norms, 2 residual adds, rope, activation (read 2I,
         # write I); norms and residuals run on the whole hidden state on every tensor-parallel rank
         self._elementwise_bytes_per_token = ACT_BYTES * (10 * m.hidden_size + (3 * mlp_i + 2 * q_width) / tp)
-        if weight_dtype in ("fp8", "int8"):  # W8A8: every linear's input is cast to 8 bits first (a pass apiece)
+        if weight_dtype in (
+            "fp8",
+            "int8",
+        ):  # W8A8: every linear's input is cast to 8 bits first (a pass apiece)
             self._elementwise_bytes_per_token += self._act_quant_bytes(m, tp, ep)
         # per-GPU weight shards
         self._dense = [(*shard(m, g, tp), g.layers) for g in m.dense_gemms]
         self._lm = shard(m, m.lm_head, tp)
         self._experts = [(*shard(m, g, 1 if ep > 1 else tp), g.layers) for g in m.expert_gemms]
-        self.expert_q = expert_inclusion(m.num_experts, m.experts_per_token, routing_skew) if m.is_moe else None
+        self.expert_q = (
+            expert_inclusion(m.num_experts, m.experts_per_token, routing_skew) if m.is_moe else None
+        )
         self._expert_q_gpu = experts_by_gpu(self.expert_q, ep) if m.is_moe else []
 
     @staticmethod
@@ -204,7 +209,14 @@ class CostModel:
         t_c = (2.0 * slots * k * n + e.compute_ramp_flops) / (e.compute * self.gemm_peak)
         if self.dequant:
             rows = slots / copies if copies else 0.0
-            t_c += copies * k * n * math.ceil(rows / DEQUANT_TILE_TOKENS) * DEQUANT_INSTR_PER_WEIGHT / self.alu_rate
+            t_c += (
+                copies
+                * k
+                * n
+                * math.ceil(rows / DEQUANT_TILE_TOKENS)
+                * DEQUANT_INSTR_PER_WEIGHT
+                / self.alu_rate
+            )
         t_m = (copies * k * n * self.wbytes + slots * (k + n) * ACT_BYTES + e.memory_ramp_bytes) / (
             e.memory * self.bw
         )
@@ -340,7 +352,9 @@ class CostModel:
             "attention_decode": self.attention_decode_time(b.decode_seqs, b.decode_context_tokens),
             "elementwise": self.elementwise_time(tokens),
             "communication": self.communication_time(tokens, logits),
-            "overhead": self.overhead_time(b.decode_seqs + b.prefill_seqs, b.prefill_tokens > 0) if tokens else 0.0,
+            "overhead": self.overhead_time(b.decode_seqs + b.prefill_seqs, b.prefill_tokens > 0)
+            if tokens
+            else 0.0,
         }
         if self.eager_floor and b.prefill_tokens:
             out["launch_wait"] = max(0.0, self.eager_floor - sum(out.values()))
@@ -379,7 +393,12 @@ class CostModel:
         """The part of a decode-only step of n sequences that does not depend on context."""
         t = self._fixed_cache.get(n)
         if t is None:
-            t = self.gemm_time(n, n) + self.elementwise_time(n) + self.communication_time(n, n) + self.overhead_time(n)
+            t = (
+                self.gemm_time(n, n)
+                + self.elementwise_time(n)
+                + self.communication_time(n, n)
+                + self.overhead_time(n)
+            )
             self._fixed_cache[n] = t
         return t
 

@@ -63,7 +63,9 @@ class Efficiencies(_Strict):
     )
     serving_per_sequence_s: float = Field(0.0, ge=0, description="the same, per sequence in the step")
     serving_prompt_step_s: float = Field(
-        0.0, ge=0, description="the same, extra for a step with prompt tokens (its layout is larger to prepare)"
+        0.0,
+        ge=0,
+        description="the same, extra for a step with prompt tokens (its layout is larger to prepare)",
     )
     eager_launch_s_per_layer: float = Field(
         0.0,

@@ -13,7 +13,13 @@ from simulator.records import itl_percentiles
 
 QUANTILES = (50, 90, 95, 99)
 # the latency metrics of a summary, with their display names
-LATENCIES = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"), ("queueing", "queueing"))
+LATENCIES = (
+    ("ttft", "TTFT"),
+    ("tpot", "TPOT"),
+    ("itl", "ITL"),
+    ("e2e", "end-to-end"),
+    ("queueing", "queueing"),
+)
 
 
 def percentiles(x: np.ndarray) -> dict[str, float]:

@@ -115,7 +115,10 @@ class TrafficClass(_Spec):
         description="speculative decoding acceptance rate for this class (default: serving's)",
     )
     response_cache_hit_rate: float | None = Field(
-        None, ge=0, le=1, description="this class's response-cache hit rate (default: response_cache.hit_rate)"
+        None,
+        ge=0,
+        le=1,
+        description="this class's response-cache hit rate (default: response_cache.hit_rate)",
     )
 
 
@@ -250,7 +253,9 @@ class Serving(_Spec):
         None, ge=0, description="admission control: refuse a request when this many are already queued"
     )
     queue_timeout_s: float | None = Field(
-        None, gt=0, description="admission control: drop a request still queued (never started) after this long"
+        None,
+        gt=0,
+        description="admission control: drop a request still queued (never started) after this long",
     )
     cuda_graphs: Literal["full", "decode_only"] = Field(
         "full",

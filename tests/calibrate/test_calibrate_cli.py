@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "calibrate", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "calibrate", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def one_clear_line(stderr: str) -> str:
@@ -49,8 +50,18 @@ def test_unwritable_out_dir(tmp_path, tiny_config, capsys):
     pytest.importorskip("torch")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code = main(["--device", "cpu", "--model", str(tiny_config), "--out-dir", str(blocker / "profiles"),
-                 "--work-dir", str(tmp_path / "run")])
+    code = main(
+        [
+            "--device",
+            "cpu",
+            "--model",
+            str(tiny_config),
+            "--out-dir",
+            str(blocker / "profiles"),
+            "--work-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 2
     assert "output folder" in one_clear_line(capsys.readouterr().err)
 
@@ -66,8 +77,19 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     pytest.importorskip("torch")
     pytest.importorskip("scipy")
     out, work = tmp_path / "profiles", tmp_path / "run"
-    args = ["--device", "cpu", "--quick", "--model", str(tiny_config), "--name", "cpu-tiny",
-            "--out-dir", str(out), "--work-dir", str(work)]
+    args = [
+        "--device",
+        "cpu",
+        "--quick",
+        "--model",
+        str(tiny_config),
+        "--name",
+        "cpu-tiny",
+        "--out-dir",
+        str(out),
+        "--work-dir",
+        str(work),
+    ]
     assert main(args) == 0
     prof = load_profile(str(out / "cpu-tiny.yaml"))
     assert prof.is_calibrated and prof.calibration.model_extra["fit_errors_pct"]["gemm"]["train"]["n"] > 5
@@ -92,7 +114,22 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
 
     monkeypatch.setenv("INFERPLAN_PROFILES", str(out))
     md = tmp_path / "validate.md"
-    assert main(["validate", "cpu-tiny", "--device", "cpu", "--model", str(tiny_config),
-                 "--work-dir", str(work), "--out", str(md)]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                "cpu-tiny",
+                "--device",
+                "cpu",
+                "--model",
+                str(tiny_config),
+                "--work-dir",
+                str(work),
+                "--out",
+                str(md),
+            ]
+        )
+        == 0
+    )
     text = md.read_text()
     assert "median abs. error" in text and "| decode |" in text

@@ -17,9 +17,12 @@ PLAN = make_plan(SPEC, "full", ["bf16"], Limits(380_000, 256, 32_768))
 
 # Known parameters in canonical form (launch = min of the two constants, so one ramp is zero).
 TRUTH = Efficiencies(
-    gemm=OpEfficiency(compute=0.74, memory=0.86, compute_ramp_flops=3.0e9, memory_ramp_bytes=0.0, launch_s=4.0e-6),
-    attention_prefill=OpEfficiency(compute=0.42, memory=0.30, compute_ramp_flops=0.0, memory_ramp_bytes=2.0e6,
-                                   launch_s=6.0e-6),
+    gemm=OpEfficiency(
+        compute=0.74, memory=0.86, compute_ramp_flops=3.0e9, memory_ramp_bytes=0.0, launch_s=4.0e-6
+    ),
+    attention_prefill=OpEfficiency(
+        compute=0.42, memory=0.30, compute_ramp_flops=0.0, memory_ramp_bytes=2.0e6, launch_s=6.0e-6
+    ),
     attention_decode=OpEfficiency(compute=0.3, memory=0.21, launch_s=9.0e-6),
     elementwise=OpEfficiency(compute=0.1, memory=0.68, launch_s=5.0e-6),
     step_overhead_s=4.0e-4,
@@ -41,7 +44,9 @@ def synthetic(eff: Efficiencies, noise: float = 0.0, seed: int = 0) -> list[Reco
             t = cm.step_time(step_shape(cm, p.kind, p.params))
         else:
             continue
-        out.append(Record(p.key, p.kind, p.params, t * float(np.exp(noise * rng.standard_normal())), "ok", p.holdout))
+        out.append(
+            Record(p.key, p.kind, p.params, t * float(np.exp(noise * rng.standard_normal())), "ok", p.holdout)
+        )
     return out
 
 
@@ -60,7 +65,9 @@ def test_each_group_is_recovered_from_its_microbenchmarks(group):
     recs = [r for r in synthetic(TRUTH) if r.kind == group]
     cm = CostModel(PROFILE, SPEC)
     f = fit_group(cm, group, recs, getattr(PROFILE.efficiency, group))
-    fields = ("memory", "memory_ramp_bytes", "launch_s") if group in ("attention_decode", "elementwise") else None
+    fields = (
+        ("memory", "memory_ramp_bytes", "launch_s") if group in ("attention_decode", "elementwise") else None
+    )
     close(f.eff, getattr(TRUTH, group), fields=fields)
     assert f.train.median_pct < 0.1 and f.holdout.median_pct < 0.1
 
@@ -93,10 +100,16 @@ def test_accounting_matches_the_cost_model_group_by_group():
         return float(op_time(getattr(eff, group), w.flops[0], w.nbytes[0], w.peak[0], cm.bw))
 
     heads = {"num_heads": SPEC.num_heads, "num_kv_heads": SPEC.num_kv_heads, "head_dim": SPEC.head_dim}
-    assert L * t("attention_prefill", {"chunk": 300, "prior": 700, **heads}) == pytest.approx(parts["attention_prefill"])
-    assert L * t("attention_decode", {"context_lens": [100, 2000, 50], **heads}) == pytest.approx(parts["attention_decode"])
+    assert L * t("attention_prefill", {"chunk": 300, "prior": 700, **heads}) == pytest.approx(
+        parts["attention_prefill"]
+    )
+    assert L * t("attention_decode", {"context_lens": [100, 2000, 50], **heads}) == pytest.approx(
+        parts["attention_decode"]
+    )
     assert L * t("elementwise", {"tokens": 303}) == pytest.approx(parts["elementwise"])
-    gemm = sum(g.layers * t("gemm", {"m": 303, "k": g.k, "n": g.n, "dtype": "bf16"}) for g in SPEC.dense_gemms)
+    gemm = sum(
+        g.layers * t("gemm", {"m": 303, "k": g.k, "n": g.n, "dtype": "bf16"}) for g in SPEC.dense_gemms
+    )
     gemm += t("gemm", {"m": 4, "k": SPEC.lm_head.k, "n": SPEC.lm_head.n, "dtype": "bf16"})
     assert gemm == pytest.approx(parts["gemm"])
 
@@ -110,8 +123,14 @@ def test_step_shape_matches_the_engine_runner():
     r.model = type("M", (), {"spec": SPEC})()
     ours = step_shape(cm, "step_mixed", {"chunks": [[300, 700]], "decode_context_lens": [100, 2000, 50]})
     theirs = r.batch_shape([300, 1, 1, 1], [700, 99, 1999, 49], 3)
-    for f in ("prefill_tokens", "prefill_seqs", "prefill_pairs", "prefill_context_tokens", "decode_seqs",
-              "decode_context_tokens"):
+    for f in (
+        "prefill_tokens",
+        "prefill_seqs",
+        "prefill_pairs",
+        "prefill_context_tokens",
+        "decode_seqs",
+        "decode_context_tokens",
+    ):
         assert getattr(ours, f) == getattr(theirs, f), f
     assert cm.step_time(ours) == pytest.approx(cm.step_time(theirs))
     assert isinstance(ours, BatchShape)

@@ -22,8 +22,17 @@ def test_sizes_are_sane():
     quick, full = plans()
     assert 100 < len(quick) < 300 and 300 < len(full) < 1000
     kinds = {p.kind for p in full}
-    assert {"copy", "ceiling_gemm", "gemm", "attention_prefill", "attention_decode", "elementwise",
-            "step_prefill", "step_decode", "step_mixed"} <= kinds
+    assert {
+        "copy",
+        "ceiling_gemm",
+        "gemm",
+        "attention_prefill",
+        "attention_decode",
+        "elementwise",
+        "step_prefill",
+        "step_decode",
+        "step_mixed",
+    } <= kinds
     ms = [p.params["m"] for p in full if p.kind == "gemm"]
     assert min(ms) == 1 and max(ms) == 16384 == TOKENS_FULL[-1]
     assert {p.params["dtype"] for p in full if p.kind == "gemm"} == {"bf16", "fp8", "int8"}
@@ -38,8 +47,11 @@ def test_steps_respect_the_device_limits():
     small = Limits(max_kv_tokens=50_000, max_batch=64, max_context=8192)
     for p in step_plan("full", small):
         q = p.params
-        ctx = q.get("context_lens", []) + q.get("decode_context_lens", []) + \
-            [a + b for a, b in zip(q.get("prompt_lens", []), q.get("prior_lens", []), strict=True)]
+        ctx = (
+            q.get("context_lens", [])
+            + q.get("decode_context_lens", [])
+            + [a + b for a, b in zip(q.get("prompt_lens", []), q.get("prior_lens", []), strict=True)]
+        )
         assert len(ctx) <= 64 and sum(ctx) <= 50_000 and max(ctx) <= 8192
 
 

@@ -17,9 +17,14 @@ EFF = Efficiencies(
 
 def test_calibrated_profile_round_trips_through_load_profile(tmp_path, monkeypatch):
     base = load_profile("h100-sxm")
-    prov = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "cuda": "13.0", "driver": "580.159.04",
-            "fit_errors_pct": {"gemm": {"train": {"median_pct": 4.8, "p90_pct": 7.7, "n": 90}}},
-            "ceilings": {"copy_bandwidth_gbps": 3022.4, "gemm_bf16_tflops": 792.9}}
+    prov = {
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "torch": "2.11.0",
+        "cuda": "13.0",
+        "driver": "580.159.04",
+        "fit_errors_pct": {"gemm": {"train": {"median_pct": 4.8, "p90_pct": 7.7, "n": 90}}},
+        "ceilings": {"copy_bandwidth_gbps": 3022.4, "gemm_bf16_tflops": 792.9},
+    }
     prof = profile.calibrated(base, "h100-test", EFF, prov)
     path = profile.write(prof, tmp_path, "NVIDIA H100 SXM5 80GB\nfitted by python -m calibrate")
     assert path.name == "h100-test.yaml" and path.read_text().startswith("# NVIDIA H100")
@@ -39,11 +44,21 @@ def test_unwritable_output_folder_is_one_clear_error(tmp_path):
         profile.check_writable(blocker / "sub")
 
 
-@pytest.mark.parametrize("name, base", [
-    ("NVIDIA H100 80GB HBM3", "h100-sxm"), ("NVIDIA H100 PCIe", "h100-pcie"), ("NVIDIA H200", "h200"),
-    ("NVIDIA A100-SXM4-80GB", "a100-80gb-sxm"), ("NVIDIA A100-SXM4-40GB", "a100-40gb"), ("Tesla T4", "t4"),
-    ("NVIDIA L4", "l4"), ("NVIDIA A10G", "a10g"), ("NVIDIA B200", "b200"), ("NVIDIA GeForce RTX 4090", None),
-])
+@pytest.mark.parametrize(
+    "name, base",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100-80gb-sxm"),
+        ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
+        ("Tesla T4", "t4"),
+        ("NVIDIA L4", "l4"),
+        ("NVIDIA A10G", "a10g"),
+        ("NVIDIA B200", "b200"),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
 def test_gpu_names_map_to_datasheet_profiles(name, base):
     assert base_profile_for(name) == base
     if base:

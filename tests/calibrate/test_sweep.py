@@ -11,7 +11,10 @@ META = {"gpu": "Fake GPU", "model": "tiny", "device": "cuda"}
 
 
 def points(n=12):
-    return [Point("gemm", {"m": m, "k": 64, "n": 64, "dtype": "bf16"}, holdout=m % 4 == 2) for m in range(1, n + 1)]
+    return [
+        Point("gemm", {"m": m, "k": 64, "n": 64, "dtype": "bf16"}, holdout=m % 4 == 2)
+        for m in range(1, n + 1)
+    ]
 
 
 class OutOfMemoryError(RuntimeError):
@@ -67,8 +70,11 @@ def test_an_out_of_memory_point_is_recorded_and_skipped(tmp_path):
 
 def test_a_failing_point_is_recorded_and_retried_later(tmp_path):
     path = tmp_path / "m.jsonl"
-    rep = run_sweep(points(3), Store.open(path, META),
-                    lambda p: (_ for _ in ()).throw(ValueError("fp8 not here")) if p.params["m"] == 2 else 1e-3)
+    rep = run_sweep(
+        points(3),
+        Store.open(path, META),
+        lambda p: (_ for _ in ()).throw(ValueError("fp8 not here")) if p.params["m"] == 2 else 1e-3,
+    )
     assert rep.errors == 1
     seen = []
     run_sweep(points(3), Store.open(path, META), lambda p: seen.append(p.params["m"]) or 1e-3)

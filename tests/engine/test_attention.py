@@ -33,7 +33,7 @@ def test_decode_units_cover_every_context_exactly_once(seed):
             for i in range(lo, hi):
                 cover[j][i] += 1
     assert all(c == 1 for row in cover for c in row)
-    assert all(s == -1 for s in u["seq"][u["count"]:])  # idle programs of a fixed grid
+    assert all(s == -1 for s in u["seq"][u["count"] :])  # idle programs of a fixed grid
     # balanced: no unit longer than the step's average share (or the minimum unit)
     assert u["chunk"] <= max(256, -(-sum(k_lens) // target) + 63)
 
@@ -46,23 +46,33 @@ def test_one_long_context_is_split_like_many_short_ones():
 def test_plan_layout_groups():
     assert prefill_count([64, 100, 1, 1]) == 2 and prefill_count([1, 1]) == 0 and prefill_count([1, 3]) == 2
     p = plan_layout([64, 1, 1], [10, 5, 99], target=4)
-    assert p["n_prefill"] == 1 and p["units"]["seq"][0] == 1 and p["units"]["seq_units"][-1] == p["units"]["count"]
+    assert (
+        p["n_prefill"] == 1
+        and p["units"]["seq"][0] == 1
+        and p["units"]["seq_units"][-1] == p["units"]["count"]
+    )
 
 
 @pytest.mark.parametrize("window", [0, 7])
-@pytest.mark.parametrize("q_lens,prior", [
-    ([9, 1, 1, 1], [0, 4, 300, 40]),        # a fresh chunk and three decodes
-    ([5, 12, 1, 1], [20, 0, 1000, 0]),      # chunks after a prefix, then decodes
-    ([1, 1, 1], [0, 129, 63]),              # decodes only
-    ([6, 6, 1, 1, 0, 0], [0, 0, 2000, 8, 0, 0]),  # cuDNN-shaped prompts, decodes, graph padding
-])
+@pytest.mark.parametrize(
+    "q_lens,prior",
+    [
+        ([9, 1, 1, 1], [0, 4, 300, 40]),  # a fresh chunk and three decodes
+        ([5, 12, 1, 1], [20, 0, 1000, 0]),  # chunks after a prefix, then decodes
+        ([1, 1, 1], [0, 129, 63]),  # decodes only
+        ([6, 6, 1, 1, 0, 0], [0, 0, 2000, 8, 0, 0]),  # cuDNN-shaped prompts, decodes, graph padding
+    ],
+)
 def test_mixed_step_split_equals_masked_attention(q_lens, prior, window):
     g = torch.Generator().manual_seed(sum(q_lens) + window)
     lay = make_layout(q_lens, prior, "cpu", kv_heads=2)
     if 0 in q_lens:  # zero-token dummies after the decodes, as a CUDA-graph step lays them out
         lay.n_prefill, lay.n_real = 2, 4
-    lay.units = {k: torch.tensor(v, dtype=torch.int32) for k, v in
-                 plan_decode_units(lay.k_lens[lay.n_prefill:], 3, seq0=lay.n_prefill).items() if k != "count" and k != "chunk"}
+    lay.units = {
+        k: torch.tensor(v, dtype=torch.int32)
+        for k, v in plan_decode_units(lay.k_lens[lay.n_prefill :], 3, seq0=lay.n_prefill).items()
+        if k != "count" and k != "chunk"
+    }
     k = torch.randn(sum(lay.k_lens) + 4, 2, 16, generator=g)
     v = torch.randn(sum(lay.k_lens) + 4, 2, 16, generator=g)
     q = torch.randn(sum(q_lens), 4, 16, generator=g)

@@ -26,7 +26,9 @@ def test_gemm_rejects_fp8_on_cpu_and_bad_dtype():
 
 
 def test_attention_timers_positive():
-    assert _ok(kernels.time_attention_prefill(16, 8, 4, 2, 16, device="cpu", dtype="fp32", warmup=1, repeat=2))
+    assert _ok(
+        kernels.time_attention_prefill(16, 8, 4, 2, 16, device="cpu", dtype="fp32", warmup=1, repeat=2)
+    )
     assert _ok(kernels.time_attention_decode(3, [5, 9, 2], 4, 2, 16, device="cpu", warmup=1, repeat=2))
     with pytest.raises(ValueError):
         kernels.time_attention_decode(2, [5], 4, 2, 16, device="cpu")
@@ -57,12 +59,12 @@ def test_varlen_attention_reads_only_own_context():
     # direct definition for the second sequence: its one query over its 10 keys, GQA groups of 2
     ks, kl = lay.k_starts[1], lay.k_lens[1]
     for h in range(4):
-        s = (k[ks:ks + kl, h // 2] @ q[1, h]) * 8**-0.5
-        ref = torch.softmax(s, 0) @ v[ks:ks + kl, h // 2]
+        s = (k[ks : ks + kl, h // 2] @ q[1, h]) * 8**-0.5
+        ref = torch.softmax(s, 0) @ v[ks : ks + kl, h // 2]
         assert torch.allclose(out[1, h], ref, atol=1e-5)
     # keys outside a sequence's region do not matter; keys inside do
     k2 = k.clone()
-    k2[ks + kl:] = 100.0
+    k2[ks + kl :] = 100.0
     assert torch.allclose(reference_attention(q, k2, v, lay, 8**-0.5)[1], out[1], atol=1e-6)
     k2[ks] = 100.0
     assert not torch.allclose(reference_attention(q, k2, v, lay, 8**-0.5)[1], out[1], atol=1e-3)
@@ -91,7 +93,9 @@ def test_fused_references():
     assert torch.allclose(rope_ref(q, cos, sin), q)
     kp, vp = torch.zeros(4, 1, 8), torch.zeros(4, 1, 8)
     ang = torch.rand(5, 4)
-    qo = rope_and_cache(q, q[:, :1], q[:, 2:], ang.cos(), ang.sin(), torch.tensor([1, 4]), torch.tensor([3, 0]), kp, vp)
+    qo = rope_and_cache(
+        q, q[:, :1], q[:, 2:], ang.cos(), ang.sin(), torch.tensor([1, 4]), torch.tensor([3, 0]), kp, vp
+    )
     assert torch.allclose(qo.norm(dim=-1), q.norm(dim=-1), atol=1e-5)
     assert torch.equal(vp[3], q[0, 2:]) and kp[1].abs().sum() == 0
 

@@ -6,8 +6,11 @@ from engine.model import build_model, sliding_layer_ids
 from simulator.model_spec import catalogue_names, spec_from_config
 from tests.engine.conftest import shrink, tiny_config
 
-ARCHS = [n for n in ("llama-3.1-8b", "qwen2.5-0.5b", "mistral-7b", "gemma-3-12b", "mixtral-8x7b")
-         if n in catalogue_names()]
+ARCHS = [
+    n
+    for n in ("llama-3.1-8b", "qwen2.5-0.5b", "mistral-7b", "gemma-3-12b", "mixtral-8x7b")
+    if n in catalogue_names()
+]
 
 
 def _full_and_incremental(spec, lens, seed=0):
@@ -50,8 +53,12 @@ def test_chunked_prefill_matches_one_prefill(tiny_spec):
 
 
 def test_qwen_bias_and_sliding_window_decode_consistent():
-    spec = spec_from_config(tiny_config(model_type="qwen2", sliding_window=4, use_sliding_window=True,
-                                        max_position_embeddings=64), name="tiny-qwen-swa")
+    spec = spec_from_config(
+        tiny_config(
+            model_type="qwen2", sliding_window=4, use_sliding_window=True, max_position_embeddings=64
+        ),
+        name="tiny-qwen-swa",
+    )
     assert spec.qkv_bias and spec.sliding_layers == 2
     full, inc = _full_and_incremental(spec, [9, 6])
     assert torch.allclose(full, inc, rtol=1e-4, atol=1e-4)
@@ -67,6 +74,7 @@ def test_every_catalogue_architecture_builds_and_decodes(name):
 
 def test_gemma_layers_mix_sliding_and_global():
     from simulator.model_spec import load_model
+
     spec = load_model("gemma-3-12b")
     ids = sliding_layer_ids(spec)
     assert len(ids) == spec.sliding_layers and 0 < len(ids) < spec.num_layers

@@ -152,4 +152,6 @@ def test_fidelity_cpu_quick_writes_its_table(tmp_path):
     after = json.loads((raw / "row.json").read_text())
     assert after["engine"] == before["engine"] and after["requests"] == before["requests"]
     assert after["simulator"]["finished"] == before["simulator"]["finished"]
-    assert after["simulator"]["output_tokens_per_s"] == pytest.approx(before["simulator"]["output_tokens_per_s"])
+    assert after["simulator"]["output_tokens_per_s"] == pytest.approx(
+        before["simulator"]["output_tokens_per_s"]
+    )

@@ -17,10 +17,14 @@ def test_steps_time_and_describe(runner):
     assert s > 0 and shape.prefill_tokens == 16 and shape.prefill_seqs == 2
     assert shape.prefill_pairs == chunk_pairs(0, 10) + chunk_pairs(0, 6)
     s, shape = runner.decode([5, 17, 1], return_shape=True, warmup=0, repeat=2)
-    assert s > 0 and shape.decode_seqs == 3 and shape.decode_context_tokens == 23 and shape.prefill_tokens == 0
+    assert (
+        s > 0 and shape.decode_seqs == 3 and shape.decode_context_tokens == 23 and shape.prefill_tokens == 0
+    )
     s, shape = runner.mixed([(8, 4)], [3, 9], return_shape=True, warmup=0, repeat=2)
     assert shape.prefill_tokens == 8 and shape.prefill_context_tokens == 4
-    assert shape.prefill_pairs == chunk_pairs(4, 8) and shape.decode_context_tokens == 12 and shape.tokens == 10
+    assert (
+        shape.prefill_pairs == chunk_pairs(4, 8) and shape.decode_context_tokens == 12 and shape.tokens == 10
+    )
 
 
 def test_step_limits_are_clear(runner):
@@ -61,7 +65,9 @@ def test_mixed_step_equals_its_prefill_and_decodes(runner, tiny_spec):
     pre = [n - 1 for n in lens]
     runner.logits(pre, [0, 0], torch.cat([t[:-1] for t in toks]), starts)
     a = torch.randint(1, tiny_spec.vocab_size, (9,))
-    mix = runner.logits([9, 1, 1], [0] + pre, torch.cat([a, torch.stack([t[-1] for t in toks])]), [32] + starts)
+    mix = runner.logits(
+        [9, 1, 1], [0] + pre, torch.cat([a, torch.stack([t[-1] for t in toks])]), [32] + starts
+    )
     alone = runner.logits([9], [0], a, [32])
     assert torch.allclose(mix[1:], full, rtol=1e-4, atol=1e-4)
     assert torch.allclose(mix[:1], alone, rtol=1e-4, atol=1e-4)

@@ -89,7 +89,14 @@ def test_breakdown_sums_to_step_time_and_split_is_consistent(cm):
         decode_context_tokens=9000,
     )
     parts = cm.breakdown(b)
-    assert set(parts) == {"gemm", "attention_prefill", "attention_decode", "elementwise", "communication", "overhead"}
+    assert set(parts) == {
+        "gemm",
+        "attention_prefill",
+        "attention_decode",
+        "elementwise",
+        "communication",
+        "overhead",
+    }
     assert parts["communication"] == 0.0  # one GPU
     assert sum(parts.values()) == pytest.approx(cm.step_time(b))
     total, pre = cm.step_split(b)
@@ -123,9 +130,20 @@ def test_moe_small_batch_reads_only_touched_experts():
 
 def test_step_split_equals_the_breakdown_sum(cm):
     shapes = [
-        BatchShape(prefill_tokens=300, prefill_seqs=2, prefill_pairs=chunk_pairs(0, 300), decode_seqs=10, decode_context_tokens=9000),
+        BatchShape(
+            prefill_tokens=300,
+            prefill_seqs=2,
+            prefill_pairs=chunk_pairs(0, 300),
+            decode_seqs=10,
+            decode_context_tokens=9000,
+        ),
         BatchShape(decode_seqs=7, decode_context_tokens=7000),
-        BatchShape(prefill_tokens=4096, prefill_seqs=1, prefill_pairs=chunk_pairs(1000, 4096), prefill_context_tokens=1000),
+        BatchShape(
+            prefill_tokens=4096,
+            prefill_seqs=1,
+            prefill_pairs=chunk_pairs(1000, 4096),
+            prefill_context_tokens=1000,
+        ),
     ]
     for b in shapes * 2:  # the second pass hits the cache
         total, pre = cm.step_split(b)

@@ -36,7 +36,9 @@ def route(q: np.ndarray, tokens: int, rng: np.random.Generator) -> np.ndarray:
     return np.searchsorted(edges, u, side="right") - 1
 
 
-@pytest.mark.parametrize("experts,k,skew", [(8, 2, 0.0), (8, 2, 1.0), (64, 6, 0.0), (64, 6, 1.2), (64, 6, 2.5)])
+@pytest.mark.parametrize(
+    "experts,k,skew", [(8, 2, 0.0), (8, 2, 1.0), (64, 6, 0.0), (64, 6, 1.2), (64, 6, 2.5)]
+)
 def test_inclusion_probabilities_are_a_valid_top_k(experts, k, skew):
     q = expert_inclusion(experts, k, skew)
     assert q.sum() == pytest.approx(k)
@@ -91,7 +93,9 @@ def test_expert_parallel_deals_experts_and_pays_all_to_all():
     tokens, ic = 256, H100.interconnect
     hidden = tokens * MIXTRAL.hidden_size * 2.0
     expected = MIXTRAL.num_layers * (
-        allreduce_time(hidden, 4, ic) + 2 * all_to_all_time(hidden / 4 * 2, 4, ic) + allgather_time(hidden, 4, ic)
+        allreduce_time(hidden, 4, ic)
+        + 2 * all_to_all_time(hidden / 4 * 2, 4, ic)
+        + allgather_time(hidden, 4, ic)
     )
     assert ep.communication_time(tokens) == pytest.approx(expected)
     # whole experts per GPU: at batch 1 a GPU reads one full expert where TP reads quarters of two

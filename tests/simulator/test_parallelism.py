@@ -103,8 +103,20 @@ def test_invalid_splits_fail_in_one_line():
     with pytest.raises(ConfigError, match="no experts"):
         Parallelism(2, 1, 2).check(L8)
     with pytest.raises(ConfigError, match="pipeline_parallel"):
-        parse_scenario({"hardware": {"gpus_per_replica": 3, "pipeline_parallel": 2}, "workload": {"arrival": {"rate_per_s": 1}}})
-    assert Parallelism.of(parse_scenario({"hardware": {"gpus_per_replica": 8, "pipeline_parallel": 2}, "workload": {"arrival": {"rate_per_s": 1}}}).hardware) == Parallelism(4, 2, 1)
+        parse_scenario(
+            {
+                "hardware": {"gpus_per_replica": 3, "pipeline_parallel": 2},
+                "workload": {"arrival": {"rate_per_s": 1}},
+            }
+        )
+    assert Parallelism.of(
+        parse_scenario(
+            {
+                "hardware": {"gpus_per_replica": 8, "pipeline_parallel": 2},
+                "workload": {"arrival": {"rate_per_s": 1}},
+            }
+        ).hardware
+    ) == Parallelism(4, 2, 1)
 
 
 # ---------------------------------------------------------------- memory

@@ -129,7 +129,9 @@ def test_prefix_keys_depend_on_the_whole_prefix():
     assert np.array_equal(a, b) and len(a) == 100 and len(set(a.tolist())) == 100
     assert np.array_equal(keys(0, 800), a[:50])
     # ids increase along a chain (the KV pool relies on it to size its arrays)
-    conv = generate(scenario([dict(SYSTEM[0], session={"turns": {"dist": "fixed", "value": 3}})], n=30).workload, 0)
+    conv = generate(
+        scenario([dict(SYSTEM[0], session={"turns": {"dist": "fixed", "value": 3}})], n=30).workload, 0
+    )
     ck = PrefixKeys(conv, 16)
     for rid in range(30):
         k = ck(rid, 10**6)

@@ -69,7 +69,10 @@ def test_out_of_blocks_preempts_the_newest_and_recomputes():
 
 def test_prefix_caching_reuses_shared_blocks_and_evicts_lru():
     pool = BlockPool(100, 4, prefix_caching=True)
-    keys = {0: np.array([0, 1, 2, 3, 4, 10]), 1: np.array([0, 1, 2, 3, 4, 11])}  # 5 shared blocks, then their own
+    keys = {
+        0: np.array([0, 1, 2, 3, 4, 10]),
+        1: np.array([0, 1, 2, 3, 4, 11]),
+    }  # 5 shared blocks, then their own
     s = Scheduler(
         pool, max_num_seqs=8, max_num_batched_tokens=64, block_keys=lambda rid, n: keys[rid][: n // 4]
     )
