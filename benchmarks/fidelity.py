@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -42,7 +43,7 @@ from simulator.metrics import summarize  # noqa: E402
 from simulator.model_spec import load_model  # noqa: E402
 from simulator.scenario import Scenario, parse_scenario  # noqa: E402
 from simulator.simulation import simulate  # noqa: E402
-from simulator.workload import Requests, generate  # noqa: E402
+from simulator.workload import PrefixKeys, Requests, generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10%, throughput within 5%
@@ -100,16 +101,31 @@ CPU_LENGTHS = {
 }  # fmt: skip
 
 
+# the prefix-heavy row: a 1,024-token system prompt before each request's own part (the example
+# prefix_caching.yaml's assistant class, with a shorter system prompt)
+PREFIX_TOKENS = 1024
+PREFIX_LENGTHS = ({"dist": "lognormal", "median": 200, "sigma": 0.8, "max": 2000},
+                  {"dist": "lognormal", "median": 150, "sigma": 0.6, "max": 1000})  # fmt: skip
+
+
 def scenario_for(row: Row, rate: float, duration_s: float, profile: str, model: str, util: float) -> Scenario:
     serving = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "chunked_prefill": row.chunked,
                "block_size": 16, "gpu_memory_utilization": util, "weight_dtype": row.weight_dtype}  # fmt: skip
     if row.model == "tiny":
         serving |= {"max_num_seqs": 16, "max_num_batched_tokens": 256 if row.chunked else 512,
                     "weight_dtype": "bf16"}  # fmt: skip
-        p, o = CPU_LENGTHS[row.trace]
+        p, o = CPU_LENGTHS["conversation" if row.trace == "prefix" else row.trace]
         workload = {"arrival": {"process": "poisson", "rate_per_s": rate}, "prompt_tokens": p, "output_tokens": o,
                     "duration_s": duration_s}  # fmt: skip
-    else:
+    if row.trace == "prefix":  # every request starts with the same system prompt; prefix caching on
+        serving["prefix_caching"] = True
+        shared = 48 if row.model == "tiny" else PREFIX_TOKENS
+        if row.model != "tiny":
+            p, o = PREFIX_LENGTHS
+        workload = {"arrival": {"process": "poisson", "rate_per_s": rate}, "duration_s": duration_s,
+                    "classes": [{"name": "assistant", "share": 1.0, "shared_prefix_tokens": shared,
+                                 "prompt_tokens": p, "output_tokens": o}]}  # fmt: skip
+    elif row.model != "tiny":
         workload = {"trace": row.trace, "arrival": {"process": "trace", "rate_per_s": rate},
                     "prompt_tokens": {"dist": "trace"}, "output_tokens": {"dist": "trace"},
                     "duration_s": duration_s}  # fmt: skip
@@ -126,7 +142,7 @@ def capacity(row: Row, duration_s: float, profile: str, model: str, util: float,
     for _ in range(2):
         sc = scenario_for(row, rate, duration_s, profile, model, util)
         reqs = generate(sc.workload, sc.seed)
-        burst = Requests(np.zeros(len(reqs)), reqs.prompt_tokens, reqs.output_tokens)
+        burst = dataclasses.replace(reqs, arrival_s=np.zeros(len(reqs)))  # prefix segments kept
         rate = simulate(sc, requests=burst).summary["throughput"]["requests_per_s"]
     return rate
 
@@ -272,7 +288,9 @@ def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
     reserve = activation_bytes(spec, sv) + ENGINE_RESERVE_BYTES
     # CPU: room for max_num_seqs of the longest requests the CPU workloads make (a small pool, as before:
     # the scheduler's blocks shrink to fit it, so the CPU rows run with the KV cache under pressure)
-    longest = max(p["max"] + o["max"] for p, o in CPU_LENGTHS.values())
+    longest = (
+        max(p["max"] + o["max"] for p, o in CPU_LENGTHS.values()) + 48
+    )  # + the prefix row's system prompt
     want = min(mem.num_blocks * sv.block_size, sv.max_num_seqs * longest)
     ctx_cap = min(spec.max_position_embeddings or 32768, 32768)
     host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.max_num_seqs, ctx_cap, reserve, log)
@@ -285,10 +303,6 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
 
     cpu = args.device == "cpu"
     spec = load_model(model_ref)
-    if row.trace == "prefix":
-        return {"row": row.name, "skipped": "prefix caching: the engine keeps one contiguous KV region per "
-                "sequence and shares none, so a prefix-heavy run with prefix caching on cannot be replayed; "
-                "row skipped (the simulator's prefix cache is checked by tests/simulator)"}  # fmt: skip
     util = args.utilization
     sv0 = scenario_for(row, 1.0, args.duration, profile_name, model_ref, util).serving
     host = host_for(row, args, spec, sv0, plan_memory(load_profile(profile_name), spec, sv0), hosts, log)
@@ -317,8 +331,11 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     log(f"{row.name}: capacity {cap:.2f} req/s, replaying {len(reqs)} requests at {rate:.2f} req/s "
         f"({args.duration:.0f} s), {mem.num_blocks} KV blocks")  # fmt: skip
     deadline = args.duration * 1.5 + (5 if cpu else 20)  # a run past its capacity stops here
-    run = serve(host.executor, reqs, BlockPool(mem.num_blocks, sv.block_size), sv.max_num_seqs,
-                sv.max_num_batched_tokens, sv.chunked_prefill, deadline_s=deadline, log=log, trace=True)  # fmt: skip
+    keys = PrefixKeys(reqs, sv.block_size) if sv.prefix_caching and reqs.segments is not None else None
+    pool = BlockPool(mem.num_blocks, sv.block_size, prefix_caching=sv.prefix_caching)
+    run = serve(host.executor, reqs, pool, sv.max_num_seqs,
+                sv.max_num_batched_tokens, sv.chunked_prefill, deadline_s=deadline, log=log, trace=True,
+                block_keys=keys)  # fmt: skip
     assert run.scheduler.pool.used == 0 or run.unfinished, "blocks left in use after a complete run"
     eng = summarize(sc, spec, profile, mem, run.table, run.stats, run.scheduler, run.wall_s)
     fc = simulate(sc, requests=reqs)
@@ -369,6 +386,13 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
     sc = scenario_for(row, rec["rate_per_s"], duration, profile_name, ref, rec["gpu_memory_utilization"])
     spec, profile = load_model(ref), load_profile(profile_name)
     mem = plan_memory(profile, spec, sc.serving)
+    gen = generate(sc.workload, sc.seed)  # the same requests again, with their prefix segments
+    if (
+        len(gen) == len(reqs)
+        and (gen.prompt_tokens == reqs.prompt_tokens).all()
+        and np.allclose(gen.arrival_s, reqs.arrival_s, atol=1e-5)
+    ):
+        reqs = gen
     fc = simulate(sc, requests=reqs)
     censor(fc.table, deadline)
     sim = summarize(sc, spec, profile, mem, fc.table, fc.stats, fc.engines[0].scheduler, fc.wall_s)

@@ -752,16 +752,24 @@ def serve(
     sliding_ratio: float = 0.0,
     log=None,
     trace: bool = False,
+    block_keys=None,
 ) -> ServingRun:
     """Replay `requests` in real time on `executor` with the simulator's scheduler over `pool`.
+
+    Prefix caching: give a `pool` made with prefix_caching=True and the requests' `block_keys`
+    (`simulator.workload.PrefixKeys`); the scheduler then starts a request's prefill after the tokens it
+    finds cached, and the executor computes only the rest, its attention reading the cached part from the
+    sequence's own region. That region's cached part is not the prefix's KV (regions are not shared), so
+    the step does the work and reads the bytes a real prefix cache would, but a prefix hit's greedy
+    tokens are not those of a full forward (timings do not depend on values).
 
     Arrival times are seconds from the start of the replay (requests with NaN arrivals are skipped).
     The run ends when every request has finished, or at `deadline_s` (wall seconds since the start;
     requests still in flight are left unfinished). Call `executor.warmup()` once before the first run.
     With `trace`, the run keeps one row per step (`TRACE_FIELDS`): where its time went and what it computed.
     """
-    sched = Scheduler(pool, max_num_seqs, max_num_batched_tokens, chunked_prefill,
-                      sliding_window=sliding_window, sliding_ratio=sliding_ratio)  # fmt: skip
+    sched = Scheduler(pool, max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=sliding_window,
+                      sliding_ratio=sliding_ratio, block_keys=block_keys)  # fmt: skip
     run = _Replay(executor, sched, requests, seed)
     order = np.flatnonzero(np.isfinite(requests.arrival_s))
     order = order[np.argsort(requests.arrival_s[order], kind="stable")]
