@@ -160,6 +160,9 @@ def figures(summary: dict) -> dict[str, float]:
     out["output_tokens_per_s"] = thr["output_tokens_per_s"]
     out["finished"] = summary["requests"]["finished"]
     out["preemptions"] = summary["requests"]["preemptions"]
+    pc = summary.get("prefix_cache")
+    if pc and pc.get("hit_rate"):
+        out["prefix_hit_rate"] = pc["hit_rate"]
     return out
 
 
@@ -409,6 +412,13 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
         )
         out["engine_steps"] = step_kinds(trace, cm)
         write_steps(steps_csv, trace, cm)
+        if (
+            sv.prefix_caching and "prefix_hit_rate" not in out["engine"]
+        ):  # runs from before the engine kept it
+            prompt = float(reqs.prompt_tokens.sum())  # every request ran (no preemption in these rows)
+            out["engine"] = dict(
+                out["engine"], prefix_hit_rate=1.0 - float(trace["prefill_tokens"].sum()) / prompt
+            )
     (row_dir / "row.json").write_text(json.dumps(out, indent=1))
     e, s = out["engine"], out["simulator"]
     log(
@@ -570,6 +580,9 @@ def table(records: list[dict], profile: str, command: str, decode: list[dict] | 
             lines.append(f"| {m.upper()} {q} (ms) | {ms(e[k])} | {ms(s[k])} | {pct(error(s[k], e[k]))} |")
         for k, label in (("requests_per_s", "requests/s"), ("output_tokens_per_s", "output tokens/s")):
             lines.append(f"| {label} | {e[k]:.2f} | {s[k]:.2f} | {pct(error(s[k], e[k]))} |")
+        if "prefix_hit_rate" in e or "prefix_hit_rate" in s:
+            he, hs = e.get("prefix_hit_rate", 0.0), s.get("prefix_hit_rate", 0.0)
+            lines.append(f"| prefix-cache hit rate | {he:.1%} | {hs:.1%} | {pct(error(hs, he))} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -709,6 +709,7 @@ class _Replay:
         for s, _ in batch.prefills:
             if math.isnan(t.scheduled_s[s.rid]):
                 t.scheduled_s[s.rid] = start
+                t.cached_tokens[s.rid] = s.cached_tokens  # found in the prefix cache, as the replica records
         if res.first_tokens:
             rids = np.fromiter((s.rid for s in res.first_tokens), dtype=np.int64, count=len(res.first_tokens))
             for rid in rids.tolist():

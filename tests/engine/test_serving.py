@@ -136,7 +136,9 @@ def test_fidelity_cpu_quick_writes_its_table(tmp_path):
 
     assert fidelity.main(["--device", "cpu", "--quick", "--duration", "1", "--out-dir", str(tmp_path)]) == 0
     md = (tmp_path / "fidelity_cpu.md").read_text()
-    assert "tiny-fp32-conversation-80pct-chunked" in md and "unchunked" in md and "skipped" in md
+    assert "tiny-fp32-conversation-80pct-chunked" in md and "unchunked" in md
+    # the prefix-heavy row replays with prefix caching on both sides: the engine's scheduler finds the hits
+    assert "tiny-fp32-prefix-80pct-chunked" in md and "| prefix-cache hit rate |" in md
     assert "| TTFT p50 (ms) |" in md
     raw = tmp_path / "fidelity" / "cpu" / "tiny-fp32-conversation-80pct-chunked"
     assert (raw / "engine_requests.csv").exists() and (raw / "simulator_requests.csv").exists()
@@ -155,3 +157,25 @@ def test_fidelity_cpu_quick_writes_its_table(tmp_path):
     assert after["simulator"]["output_tokens_per_s"] == pytest.approx(
         before["simulator"]["output_tokens_per_s"]
     )
+
+
+def test_prefix_caching_skips_the_cached_prompt_tokens(model):
+    """With a shared system prompt and prefix caching, the scheduler finds hits and the executor computes only
+    the rest of each prompt; every request still finishes exactly (greedy tokens of hits are not checked:
+    the cached part of a region is not the prefix's KV)."""
+    from simulator.scenario import parse_scenario
+    from simulator.workload import PrefixKeys, generate
+
+    sc = parse_scenario({"model": "qwen2.5-0.5b", "hardware": {"gpu": "h100-sxm"}, "seed": 3,
+                         "workload": {"arrival": {"process": "poisson", "rate_per_s": 80}, "num_requests": 24,
+                                      "classes": [{"name": "a", "share": 1.0, "shared_prefix_tokens": 32,
+                                                   "prompt_tokens": {"dist": "uniform", "min": 3, "max": 20},
+                                                   "output_tokens": {"dist": "uniform", "min": 1, "max": 12}}]}})  # fmt: skip
+    req = generate(sc.workload, sc.seed)
+    pool = BlockPool(400, 4, prefix_caching=True)
+    ex = Executor(model, physical_tokens(400, 4, req, 8), 8, device="cpu")
+    run = serve(ex, req, pool, 8, 32, True, block_keys=PrefixKeys(req, 4))
+    check_run(run, req, pool)
+    cached = np.asarray(run.table.cached_tokens)
+    assert cached.sum() >= 28 * (len(req) - 8)  # all but the first few find the 32-token prompt (7 blocks of 4)
+    assert run.stats.prefill_tokens == int(req.prompt_tokens.sum() - cached.sum())
