@@ -423,7 +423,7 @@ class Scheduler:
             hits = (s.hits or self._prefix_hits(s))[0]
             keys = s.keys
             if hits:
-                s.shared = keys[:hits]
+                s.shared = keys if hits == len(keys) else keys[:hits]
                 self.pool.share(s.shared)
             s.blocks = hits
             s.computed = hits * self.B
@@ -488,7 +488,7 @@ class Scheduler:
             first.append(s)
             if self.block_keys:  # its prompt's full blocks become shareable with later requests
                 keys = s.keys if s.keys is not None else self.block_keys(s.rid, s.prompt)
-                if len(keys) > len(s.shared) and self.pool.publish(keys[len(s.shared) :]):
+                if len(keys) > len(s.shared) and self.pool.publish(keys, len(s.shared)):
                     s.shared = keys
             if s.generated >= s.output:
                 self.running.remove(s)
