@@ -69,9 +69,10 @@ class PrefixKeys:
         self._ids: dict[tuple, int] = {}  # key -> small integer id, what the KV pool indexes by
         self._prefix_ids: dict[tuple, int] = {}
         self._cache: dict[int, np.ndarray] = {}  # keys of requests whose whole stream is shareable
-        self._memo: dict[
-            tuple, np.ndarray
-        ] = {}  # keys by (shareable part of) segments: one per system prompt
+        # keys by (the shareable part of) segments: one per system prompt
+        self._memo: dict[tuple, np.ndarray] = {}
+        if isinstance(self.segments, ClassSegments):
+            self._chain = self._class_chain
 
     def __call__(self, rid: int, tokens: int) -> np.ndarray | list:
         keys = self._cache.get(rid)
@@ -96,6 +97,16 @@ class PrefixKeys:
         keys = self._memo.get(segs)
         if keys is None:
             keys = self._memo[segs] = self._keys(segs)
+        return keys
+
+    def _class_chain(self, rid: int) -> np.ndarray | list:
+        """`_chain` for single turns: what a request can share is its class's system prompt, if any."""
+        head = self.segments.heads[self.segments.cls[rid]]
+        if head is None:
+            return []
+        keys = self._memo.get(head)
+        if keys is None:
+            keys = self._memo[head] = self._keys(head)
         return keys
 
     def forget(self, rid: int) -> None:
@@ -333,7 +344,7 @@ class ClassSegments:
 
     __slots__ = ("heads", "cls", "user")
 
-    def __init__(self, heads: list, cls: np.ndarray, user: np.ndarray) -> None:
+    def __init__(self, heads: list, cls: list, user: np.ndarray) -> None:
         self.heads, self.cls, self.user = heads, cls, user
 
     def __len__(self) -> int:
@@ -367,7 +378,7 @@ def _single_turns(
         out,
         class_id=cls.astype(np.int64),
         class_names=tuple(c.name for c in classes),
-        segments=ClassSegments(heads, cls, user),
+        segments=ClassSegments(heads, cls.tolist(), user),
         next_turn=np.full(n, -1, dtype=np.int64),
         think_s=np.zeros(n),
         shareable=shareable,
