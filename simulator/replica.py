@@ -350,7 +350,7 @@ class Replica:
             a, b = line
             m = k if horizon >= k * a + b * k * (k - 1) / 2 else min(_steps_done(a, b, horizon) + 1, k)
             done = m * a + b * m * (m - 1) / 2
-        if m < k:
+        if m < k or blocks < 0:
             blocks = sched.blocks_over(m)
         # (StepStats.record_run, inline) blocks grow evenly over the run
         st.steps += m

@@ -47,7 +47,7 @@ class Sequence:
     priority: int = 0  # higher runs first under the priority policy
     hits: tuple | None = None  # prefix-cache estimate while queued: (cached blocks, of them free)
     hits_version: int = -1  # the pool's version when `hits` was looked up
-    shared: list = field(default_factory=list)  # prefix-cache keys of blocks it references, not owns
+    shared: object = ()  # prefix-cache keys of blocks it references, not owns (a leading part of `keys`)
     keys: object = None  # prefix-cache keys of its prompt's full blocks, once looked up (until recompute)
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at its (last) start
     decoding: bool = False
@@ -212,7 +212,8 @@ class Scheduler:
         return self.pool.lookup(s.keys, (s.prompt - 1) // self.B)  # the last token is always computed
 
     def decode_run(self, cap: int) -> tuple[int, int] | None:
-        """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take.
+        """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take
+        (-1: surely few enough, not counted; `blocks_over` counts them once the run's length is settled).
 
         The run stops at the next finish and before blocks run out; None whenever a prefill could be
         scheduled or a decode step would need a preemption.
@@ -225,6 +226,8 @@ class Scheduler:
         k = self.finish_heap[0][0] - self.dstep
         if k > cap:
             k = cap
+        if n * -(-k // self.B) <= self.pool.free:  # a block per sequence per block_size steps, at most
+            return k, -1
         need = self.blocks_over(k)
         if need <= self.pool.free:
             return k, need
@@ -288,7 +291,7 @@ class Scheduler:
         else:
             keys = self.block_keys(s.rid, kv_tokens)
             self.pool.release(held - shared + s.window_blocks, keys[shared:])
-        s.shared = []
+        s.shared = ()
 
     def _preempt(self, victim: Sequence) -> None:
         self.running.remove(victim)
