@@ -12,6 +12,7 @@ ITL_LO, ITL_BINS_PER_DECADE, ITL_DECADES = 1e-6, 500, 10
 _EDGE = 10 ** (1 / ITL_BINS_PER_DECADE)
 _INV_LO = 1 / ITL_LO
 _LAST = ITL_BINS_PER_DECADE * ITL_DECADES
+_EDGES = np.array([ITL_LO * _EDGE**i for i in range(_LAST + 1)])  # lower edge of each bin
 
 
 class RequestTable:
@@ -104,14 +105,19 @@ class StepStats:
             self._flush_lines()
 
     def _flush_lines(self) -> None:
-        """Bin the runs `add_itl_line` holds: with numpy those whose durations all fall in one bin (most),
-        one by one the others."""
+        """Bin the runs `add_itl_line` holds: with numpy those whose durations fall in one bin (most) or
+        two, one by one the others."""
         a, b, j0, j1, count = np.array(self._lines, dtype=float).reshape(-1, 5).T
         self._lines.clear()
         lo, hi = _bins(a + b * j0), _bins(a + b * (j1 - 1))
         one = (lo == hi) | (b <= 0)
         np.add.at(self._hist, lo[one], (count * (j1 - j0))[one].astype(np.int64))
-        for i in np.flatnonzero(~one).tolist():
+        two = ~one & (hi == lo + 1)  # j below upto are in bin lo, the rest in bin hi (as in `_spread`)
+        c, first, end = count[two], j0[two], j1[two]
+        upto = np.minimum(np.maximum(np.ceil((_EDGES[hi[two]] - a[two]) / b[two]), first), end)
+        np.add.at(self._hist, lo[two], (c * (upto - first)).astype(np.int64))
+        np.add.at(self._hist, hi[two], (c * (end - upto)).astype(np.int64))
+        for i in np.flatnonzero(~one & ~two).tolist():
             self._spread(
                 float(a[i]), float(b[i]), int(j0[i]), int(j1[i]), int(count[i]), int(lo[i]), int(hi[i])
             )
@@ -150,8 +156,7 @@ class StepStats:
         """`add_itl_line` for a run whose first and last durations fall in bins lo < hi."""
         below = j0
         for i in range(lo + 1, hi + 1):  # j with a + b·j under bin i's lower edge
-            edge = ITL_LO * _EDGE**i
-            upto = min(max(math.ceil((edge - a) / b), below), j1)
+            upto = min(max(math.ceil((_EDGES[i] - a) / b), below), j1)
             self._hist[i - 1] += count * (upto - below)
             below = upto
         self._hist[hi] += count * (j1 - below)

@@ -39,7 +39,7 @@ class Replica:
         self.scheduler, self.cost, self.table, self.stats = scheduler, cost, table, stats
         self.pool: BlockPool = scheduler.pool
         self.wake: simpy.Event | None = None
-        self.fresh: list[Sequence] = []  # joined decoding since the last decode step
+        self.fresh: list[Sequence] = []  # joined decoding since the last decode step, not at a decode step
         self.last_decode_end = 0.0
         self.outstanding_tokens = 0  # prompt + output tokens of requests held and not finished (routing)
         self.ongoing = 0  # requests held and not finished
@@ -230,8 +230,8 @@ class Replica:
             if first[s.rid] != first[s.rid]:  # NaN: its first token
                 first[s.rid] = end
             else:  # recomputed after preemption: the gap since its last token before it
-                st.add_itl(end - self._last_token[s.rid], 1)
-            if s.decoding:
+                st.add_itl(end - self._last_token.pop(s.rid), 1)
+            if s.decoding and not batch.num_decodes:  # (after a decode step, its token came with theirs)
                 self.fresh.append(s)
                 self._last_token[s.rid] = end
         if res.finished:

@@ -337,7 +337,8 @@ class Scheduler:
                 need -= was_decoding_here
             n = self.n_decoding
             if n:
-                pool.allocate(need)
+                if need:
+                    pool.allocate(need)
                 b.num_decodes = n
                 b.decode_context = self.c_sum + n * self.dstep
                 budget -= n
@@ -505,7 +506,8 @@ class Scheduler:
 
     def advance_decodes(self, k: int, blocks: int) -> list[Sequence]:
         """Apply k decode-only steps taking `blocks` new blocks (from `decode_run`); returns finishes."""
-        self.pool.allocate(blocks)
+        if blocks:
+            self.pool.allocate(blocks)
         self.dstep += k
         return self._pop_finished()
 
