@@ -79,7 +79,8 @@ class Replica:
         self.scheduler.add(Sequence(rid, prompt, output))
         self.outstanding_tokens += prompt + output
         self.ongoing += 1
-        self.kick()
+        if self.wake is not None:
+            self.kick()
 
     def join_prefilled(self, seq: Sequence) -> None:
         """A sequence prefilled elsewhere, its KV blocks already allocated here, joins the decode batch
@@ -222,7 +223,11 @@ class Replica:
                 scheduled[s.rid] = start
                 t.cached_tokens[s.rid] = s.cached_tokens
         if batch.num_decodes:
-            self._decode_itl(batch.num_decodes, end)
+            if self.fresh:
+                self._decode_itl(batch.num_decodes, end)
+            else:  # (_decode_itl, inline)
+                st.add_itl(end - self.last_decode_end, batch.num_decodes)
+                self.last_decode_end = end
             if batch.spec_tokens > batch.num_decodes:  # the rest of a round's tokens arrive together
                 st.add_itl(0.0, batch.spec_tokens - batch.num_decodes)
         first = t.first_token_s
@@ -348,8 +353,11 @@ class Replica:
             done = float(ends[m - 1])
         else:
             a, b = line
-            m = k if horizon >= k * a + b * k * (k - 1) / 2 else min(_steps_done(a, b, horizon) + 1, k)
-            done = m * a + b * m * (m - 1) / 2
+            done = k * a + b * k * (k - 1) / 2
+            m = k
+            if horizon < done:
+                m = min(_steps_done(a, b, horizon) + 1, k)
+                done = m * a + b * m * (m - 1) / 2
         if m < k or blocks < 0:
             blocks = sched.blocks_over(m)
         # (StepStats.record_run, inline) blocks grow evenly over the run
@@ -358,7 +366,10 @@ class Replica:
         st.decode_s += done
         st.kv_block_seconds += (pool.num_blocks - pool.free + blocks / 2) * done
         st.batch_seq_steps += n * m
-        self._decode_itl(n, start + a)
+        if self.fresh:
+            self._decode_itl(n, start + a)
+        else:  # (_decode_itl, inline; last_decode_end is set below)
+            st.add_itl(start + a - self.last_decode_end, n)
         if m > 1:
             if line is None:
                 st.add_itl_many(times[1:m], n)

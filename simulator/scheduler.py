@@ -113,7 +113,7 @@ class Scheduler:
         # Prefix caching: block_keys(rid, tokens) gives the keys of the full blocks among a request's
         # first `tokens` tokens, or [] when it shares nothing with anyone.
         self.block_keys = block_keys if pool.cached is not None else None
-        self._forget_keys = getattr(self.block_keys, "forget", None)
+        self._forget_keys = getattr(self.block_keys, "forget", None)  # (None: it keeps nothing per request)
         self.cached_tokens = 0  # prompt tokens served from the prefix cache, recomputations included
         # Priority scheduling (vLLM's `priority` policy) when priority_of (per request id) is given;
         # admission control: refuse arrivals beyond max_waiting queued, drop those queued past timeout_s.
@@ -519,8 +519,8 @@ class Scheduler:
             if epoch != s.epoch or not s.decoding:
                 continue
             self._release(s, self._leave_decode(s), s.orig_prompt + s.output - 1)
-            if self.block_keys is not None:
-                self._forget(s.rid)
+            if self._forget_keys is not None:
+                self._forget_keys(s.rid)
             self.running.remove(s)
             finished.append(s)
         return finished

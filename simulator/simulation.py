@@ -271,8 +271,10 @@ def simulate(
 
     on_finish = None
 
+    refused = rejected.tolist()
+
     def submit(rid: int) -> None:
-        if not rejected[rid]:
+        if not refused[rid]:
             entry(rid)
 
     arrival = reqs.arrival_s + lookup if lookup else reqs.arrival_s

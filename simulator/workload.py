@@ -59,6 +59,7 @@ class PrefixKeys:
 
     Block j's key stands for every token up to the end of block j: the segments before the one that
     block ends in, that segment's id, and j. Equal keys mean equal token prefixes (vLLM's hash chain).
+    `forget(rid)` drops the keys kept for a finished request (None when none are kept per request).
     """
 
     def __init__(self, requests: Requests, block_size: int) -> None:
@@ -73,6 +74,7 @@ class PrefixKeys:
         self._memo: dict[tuple, np.ndarray] = {}
         if isinstance(self.segments, ClassSegments):
             self._chain = self._class_chain
+            self.forget = None
 
     def __call__(self, rid: int, tokens: int) -> np.ndarray | list:
         keys = self._cache.get(rid)
