@@ -5,6 +5,8 @@ clock by that, and records what the step produced. When only decodes can run and
 until the next finish, the steps up to that finish are costed together with numpy and taken as one
 timeout; an arrival during such a run ends it at the next step boundary, exactly where a real
 engine would admit the new request. The per-step results are identical to stepping one by one.
+A lone replica reading its own arrivals chains its steps on its own clock and waits in SimPy only
+when idle.
 """
 
 from __future__ import annotations
@@ -145,15 +147,13 @@ class Replica:
     def _pulling_loop(self):
         """Continuous batching fed by `arrivals` directly: arrivals join at the first step boundary at or
         after their time, where a real engine admits them, as when the source sends them. Steps and runs
-        follow one another on the replica's own clock, and the process waits in simulated time only up
-        to a boundary where arrivals join, or while it has nothing to do."""
+        follow one another on the replica's own clock; the process waits in simulated time only while it
+        has nothing to do, catching up with its clock then (no other process looks at it meanwhile)."""
         sched, env, src, cost = self.scheduler, self.env, self.arrivals, self.cost
         times = src.times  # times[src.next]: the next arrival (inf after the last)
         now = env.now
         while True:
             if times[src.next] <= now:
-                if now > env.now:
-                    yield env.timeout(now - env.now)
                 src.take(now)
             if not (sched.waiting or sched.running):
                 now = yield from self._wait_arrival(now)
@@ -173,12 +173,11 @@ class Replica:
                 dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
             start, now = now, now + dt
             if times[src.next] <= now:  # arrivals during the step are queued when it ends
-                yield env.timeout(now - env.now)
                 src.take(now)
             self._record_step(batch, dt, prefill_s, start, now)
 
     def _wait_arrival(self, now: float):
-        """Wait (in simulated time) for the next arrival; returns its time."""
+        """Wait (in simulated time, from where the clock last stood) for the next arrival; returns its time."""
         nxt = self.arrivals.next_arrival()
         if nxt == math.inf:  # nothing more will come: catch up with the clock and wait for good
             if now > self.env.now:
