@@ -194,7 +194,9 @@ class Scheduler:
         hits, take = 0, 0
         if self.block_keys:  # looked up again when the cache changed since (fresh) or never looked up
             if head.hits is None or (fresh and head.hits_version != pool.version):
-                head.hits = self._prefix_hits(head)
+                if head.keys is None:  # (_prefix_hits, inline)
+                    head.keys = self.block_keys(head.rid, head.prompt)
+                head.hits = pool.lookup(head.keys, (head.prompt - 1) // self.B)
                 head.hits_version = pool.version
             hits, take = head.hits
         todo = head.prompt - hits * self.B

@@ -72,9 +72,6 @@ class PrefixKeys:
         self._cache: dict[int, np.ndarray] = {}  # keys of requests whose whole stream is shareable
         # keys by (the shareable part of) segments: one per system prompt
         self._memo: dict[tuple, np.ndarray] = {}
-        if isinstance(self.segments, ClassSegments):
-            self._chain = self._class_chain
-            self.forget = None
 
     def __call__(self, rid: int, tokens: int) -> np.ndarray | list:
         keys = self._cache.get(rid)
@@ -101,16 +98,6 @@ class PrefixKeys:
             keys = self._memo[segs] = self._keys(segs)
         return keys
 
-    def _class_chain(self, rid: int) -> np.ndarray | list:
-        """`_chain` for single turns: what a request can share is its class's system prompt, if any."""
-        head = self.segments.heads[self.segments.cls[rid]]
-        if head is None:
-            return []
-        keys = self._memo.get(head)
-        if keys is None:
-            keys = self._memo[head] = self._keys(head)
-        return keys
-
     def forget(self, rid: int) -> None:
         self._cache.pop(rid, None)
 
@@ -123,6 +110,32 @@ class PrefixKeys:
                 keys.extend(ids.setdefault((pid, sid, j), len(ids)) for j in range(start // B, end // B))
             start = end
         return np.array(keys, dtype=np.int64)
+
+
+class ClassPrefixKeys(PrefixKeys):
+    """`PrefixKeys` of single turns (`ClassSegments`): what a request can share is its class's system
+    prompt, if any, so its keys are its class's chain."""
+
+    forget = None
+
+    def __init__(self, requests: Requests, block_size: int) -> None:
+        super().__init__(requests, block_size)
+        self._by_class: list = [None] * len(self.segments.heads)  # each class's chain, once looked up
+
+    def __call__(self, rid: int, tokens: int) -> np.ndarray | list:
+        ci = self.segments.cls[rid]
+        keys = self._by_class[ci]
+        if keys is None:
+            head = self.segments.heads[ci]
+            keys = self._by_class[ci] = [] if head is None else self._memo.setdefault(head, self._keys(head))
+        n = tokens // self.B
+        return keys if n >= len(keys) else keys[:n]
+
+
+def prefix_keys(requests: Requests, block_size: int) -> PrefixKeys:
+    """The prefix keys of a workload's requests."""
+    single = isinstance(requests.segments, ClassSegments)
+    return (ClassPrefixKeys if single else PrefixKeys)(requests, block_size)
 
 
 def _truncate(segs: tuple, tokens: int) -> tuple:
