@@ -74,7 +74,7 @@ class Replica:
     # ------------------------------------------------------------------ arrivals
     def submit(self, rid: int) -> None:
         t = self.table
-        prompt, output = int(t.prompt_tokens[rid]), int(t.output_tokens[rid])
+        prompt, output = t.prompt_tokens.item(rid), t.output_tokens.item(rid)
         if self.role == "prefill":  # the prefill replica samples the first token only
             output = 1
         t.replica[rid] = self.index
