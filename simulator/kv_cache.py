@@ -24,6 +24,12 @@ class BlockPool:
     The keys given to `lookup`, `share` and `unshare` are always the leading keys of one chain, and
     the blocks a sequence references are a leading part of its chain; so along a chain the reference
     counts never increase, and when the last of some leading keys is referenced, all of them are.
+
+    A chain's last key names it (a key stands for every token before it), so references are counted
+    per chain first: `holders` counts the sequences holding each chain, and a key's count in `refs` is
+    the number of held chains through it. A system prompt that every running request holds is then a
+    dict update per request; the per-key arrays change only when a chain gains its first holder or
+    loses its last. (Only whether a key is referenced at all matters, for lookups and eviction.)
     """
 
     __slots__ = (
@@ -34,6 +40,7 @@ class BlockPool:
         "cached",
         "refs",
         "present",
+        "holders",
         "evictions",
         "version",
     )
@@ -50,6 +57,7 @@ class BlockPool:
         self.cached: OrderedDict[int, None] | None = OrderedDict() if prefix_caching else None
         self.refs = np.zeros(0, dtype=np.int32)
         self.present = np.zeros(0, dtype=bool)
+        self.holders: dict[int, int] = {}  # a held chain's last key -> sequences holding it
         self.evictions = 0
         self.version = 0  # bumped whenever which keys are cached or shared changes
 
@@ -115,7 +123,11 @@ class BlockPool:
         """(leading blocks of `keys` cached or in use, at most `limit`; how many of those are free)."""
         if self.cached is None or not len(keys) or limit <= 0:
             return 0, 0
-        head = self._fit(keys[:limit])
+        if limit < len(keys):
+            keys = keys[:limit]
+        if int(keys[-1]) in self.holders:  # a sequence holds this very chain: all of it is in use
+            return len(keys), 0
+        head = self._fit(keys)
         if self.refs[head[-1]]:  # the whole chain is in use (references never increase along it)
             return len(head), 0
         hit = self.present[head]
@@ -124,30 +136,43 @@ class BlockPool:
 
     def share(self, keys) -> None:
         """Reference matched blocks (all cached or in use, so seen by `lookup`); cached free ones become used."""
-        refs = self.refs
-        if len(keys) and refs[keys[-1]]:  # all in use already: no free block becomes used
-            refs[_span(keys)] += 1
-            self.version += 1
+        if not len(keys):
             return
+        last = int(keys[-1])
+        n = self.holders.get(last, 0)
+        self.holders[last] = n + 1
+        if n:  # the chain is held already: nothing else changes
+            return
+        self.version += 1
         keys = self._fit(keys)
-        idle = keys[self.refs[keys] == 0]
+        refs = self.refs
+        if refs[last]:  # all in use already: no free block becomes used
+            refs[_span(keys)] += 1
+            return
+        idle = keys[refs[keys] == 0]
         for k in idle.tolist():
             del self.cached[k]
         self.free -= len(idle)
-        self.refs[keys] += 1  # a request's keys are distinct
-        self.version += 1
+        refs[keys] += 1  # a request's keys are distinct
         used = self.num_blocks - self.free
         if used > self.peak_used:
             self.peak_used = used
 
     def unshare(self, keys) -> None:
-        """Drop references; blocks nobody references go back to the free list, still cached."""
+        """Drop a reference to a chain `share` or `publish` gave; blocks nobody references go back to the
+        free list, still cached."""
         if not len(keys):
             return
-        refs = self.refs  # (keys referenced: seen by `share` or `publish`)
-        refs[_span(keys)] -= 1
+        last = int(keys[-1])
+        n = self.holders[last] - 1
+        if n:
+            self.holders[last] = n
+            return
+        del self.holders[last]
         self.version += 1
-        if refs[keys[-1]]:  # all still in use
+        refs = self.refs
+        refs[_span(keys)] -= 1
+        if refs[last]:  # all still in use
             return
         keys = np.asarray(keys, dtype=np.int64)
         idle = keys[refs[keys] == 0]
@@ -155,14 +180,26 @@ class BlockPool:
             self.cached.update(dict.fromkeys(idle[::-1].tolist()))
             self.free += len(idle)
 
-    def publish(self, keys) -> bool:
-        """A sequence's own full blocks become shareable (referenced once, by it). Only when none of the
-        keys exists yet (vLLM keeps one block per key); returns whether they were published."""
+    def publish(self, keys, held: int = 0) -> bool:
+        """A sequence holding the first `held` of `keys` (from `share`) makes its own full blocks after
+        them shareable, and holds all of `keys` from then on. Only when none of its own keys exists yet
+        (vLLM keeps one block per key); returns whether they were published."""
         keys = self._fit(keys)
-        if self.present[keys].any():
+        own = keys[held:]
+        if self.present[own].any():
             return False
-        self.present[keys] = True
-        self.refs[keys] = 1
+        self.present[own] = True
+        self.refs[own] = 1  # new keys: no chain held them
+        holders = self.holders
+        holders[int(keys[-1])] = 1
+        if held:  # it leaves its old chain for the new, longer one
+            old = int(keys[held - 1])
+            n = holders[old] - 1
+            if n:
+                holders[old] = n
+                self.refs[_span(keys[:held])] += 1  # the old chain is still held by others
+            else:
+                del holders[old]
         self.version += 1
         return True
 

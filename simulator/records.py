@@ -12,6 +12,7 @@ ITL_LO, ITL_BINS_PER_DECADE, ITL_DECADES = 1e-6, 500, 10
 _EDGE = 10 ** (1 / ITL_BINS_PER_DECADE)
 _INV_LO = 1 / ITL_LO
 _LAST = ITL_BINS_PER_DECADE * ITL_DECADES
+_EDGES = np.array([ITL_LO * _EDGE**i for i in range(_LAST + 1)])  # lower edge of each bin
 
 
 class RequestTable:
@@ -70,6 +71,7 @@ class StepStats:
         self.batch_seq_steps = 0  # Σ sequences per step, for mean batch size
         self._itl_s: list[float] = []  # ITL samples not yet binned, and their token counts
         self._itl_n: list[int] = []
+        self._lines: list = []  # runs of steps not yet binned: a, b, j0, j1, count of each (add_itl_line)
         self._hist = np.zeros(ITL_BINS_PER_DECADE * ITL_DECADES + 1, dtype=np.int64)
         self.interval = timeline_interval_s
         self.next_sample = 0.0
@@ -99,6 +101,26 @@ class StepStats:
             np.add.at(self._hist, idx, np.array(self._itl_n, dtype=np.int64))
             self._itl_s.clear()
             self._itl_n.clear()
+        if self._lines:
+            self._flush_lines()
+
+    def _flush_lines(self) -> None:
+        """Bin the runs `add_itl_line` holds: with numpy those whose durations fall in one bin (most) or
+        two, one by one the others."""
+        a, b, j0, j1, count = np.array(self._lines, dtype=float).reshape(-1, 5).T
+        self._lines.clear()
+        lo, hi = _bins(a + b * j0), _bins(a + b * (j1 - 1))
+        one = (lo == hi) | (b <= 0)
+        np.add.at(self._hist, lo[one], (count * (j1 - j0))[one].astype(np.int64))
+        two = ~one & (hi == lo + 1)  # j below upto are in bin lo, the rest in bin hi (as in `_spread`)
+        c, first, end = count[two], j0[two], j1[two]
+        upto = np.minimum(np.maximum(np.ceil((_EDGES[hi[two]] - a[two]) / b[two]), first), end)
+        np.add.at(self._hist, lo[two], (c * (upto - first)).astype(np.int64))
+        np.add.at(self._hist, hi[two], (c * (end - upto)).astype(np.int64))
+        for i in np.flatnonzero(~one & ~two).tolist():
+            self._spread(
+                float(a[i]), float(b[i]), int(j0[i]), int(j1[i]), int(count[i]), int(lo[i]), int(hi[i])
+            )
 
     @property
     def itl_hist(self) -> np.ndarray:
@@ -110,6 +132,7 @@ class StepStats:
     def itl_hist(self, value: np.ndarray) -> None:
         self._itl_s.clear()
         self._itl_n.clear()
+        self._lines.clear()
         self._hist = value
 
     def add_itl_many(self, seconds: np.ndarray, count: int) -> None:
@@ -122,17 +145,18 @@ class StepStats:
             np.add.at(self._hist, idx, count)
 
     def add_itl_line(self, a: float, b: float, j0: int, j1: int, count: int) -> None:
-        """Add `count` samples of each duration a + b·j for j in [j0, j1) (b >= 0), exactly per bin."""
-        first, last = a + b * j0, a + b * (j1 - 1)  # their bins
-        lo = min(int(math.log10(first / ITL_LO) * ITL_BINS_PER_DECADE), _LAST) if first > ITL_LO else 0
-        hi = min(int(math.log10(last / ITL_LO) * ITL_BINS_PER_DECADE), _LAST) if last > ITL_LO else 0
-        if lo == hi or b <= 0:
-            self._hist[lo] += count * (j1 - j0)
-            return
+        """Add `count` samples of each duration a + b·j for j in [j0, j1) (b >= 0), exactly per bin
+        (binned in batches, later)."""
+        lines = self._lines
+        lines += (a, b, j0, j1, count)
+        if len(lines) >= 5 * 16384:
+            self._flush_lines()
+
+    def _spread(self, a: float, b: float, j0: int, j1: int, count: int, lo: int, hi: int) -> None:
+        """`add_itl_line` for a run whose first and last durations fall in bins lo < hi."""
         below = j0
         for i in range(lo + 1, hi + 1):  # j with a + b·j under bin i's lower edge
-            edge = ITL_LO * _EDGE**i
-            upto = min(max(math.ceil((edge - a) / b), below), j1)
+            upto = min(max(math.ceil((_EDGES[i] - a) / b), below), j1)
             self._hist[i - 1] += count * (upto - below)
             below = upto
         self._hist[hi] += count * (j1 - below)
@@ -141,6 +165,21 @@ class StepStats:
         if t >= self.next_sample:
             self.timeline.append((t, waiting, running, kv_used, batch))
             self.next_sample = t + self.interval
+
+
+def _bin(seconds: float) -> int:
+    """The ITL bin of a duration."""
+    return min(int(math.log10(seconds / ITL_LO) * ITL_BINS_PER_DECADE), _LAST) if seconds > ITL_LO else 0
+
+
+def _bins(seconds: np.ndarray) -> np.ndarray:
+    """`_bin` of each duration. numpy's logarithm may differ from math's in the last bit, so durations
+    within rounding of a bin's edge are binned by `_bin` itself."""
+    x = np.log10(np.maximum(seconds, ITL_LO) * _INV_LO) * ITL_BINS_PER_DECADE
+    idx = np.minimum(x.astype(np.int64), _LAST)
+    for i in np.flatnonzero(np.abs(x - np.round(x)) < 1e-6).tolist():
+        idx[i] = _bin(float(seconds[i]))
+    return idx
 
 
 def itl_percentiles(hist: np.ndarray, qs: tuple[float, ...]) -> dict[str, float]:

@@ -5,6 +5,8 @@ clock by that, and records what the step produced. When only decodes can run and
 until the next finish, the steps up to that finish are costed together with numpy and taken as one
 timeout; an arrival during such a run ends it at the next step boundary, exactly where a real
 engine would admit the new request. The per-step results are identical to stepping one by one.
+A lone replica reading its own arrivals chains its steps on its own clock and waits in SimPy only
+when idle.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Replica:
         self.scheduler, self.cost, self.table, self.stats = scheduler, cost, table, stats
         self.pool: BlockPool = scheduler.pool
         self.wake: simpy.Event | None = None
-        self.fresh: list[Sequence] = []  # joined decoding since the last decode step
+        self.fresh: list[Sequence] = []  # joined decoding since the last decode step, not at a decode step
         self.last_decode_end = 0.0
         self.outstanding_tokens = 0  # prompt + output tokens of requests held and not finished (routing)
         self.ongoing = 0  # requests held and not finished
@@ -72,14 +74,15 @@ class Replica:
     # ------------------------------------------------------------------ arrivals
     def submit(self, rid: int) -> None:
         t = self.table
-        prompt, output = int(t.prompt_tokens[rid]), int(t.output_tokens[rid])
+        prompt, output = t.prompt_tokens.item(rid), t.output_tokens.item(rid)
         if self.role == "prefill":  # the prefill replica samples the first token only
             output = 1
         t.replica[rid] = self.index
         self.scheduler.add(Sequence(rid, prompt, output))
         self.outstanding_tokens += prompt + output
         self.ongoing += 1
-        self.kick()
+        if self.wake is not None:
+            self.kick()
 
     def join_prefilled(self, seq: Sequence) -> None:
         """A sequence prefilled elsewhere, its KV blocks already allocated here, joins the decode batch
@@ -144,15 +147,13 @@ class Replica:
     def _pulling_loop(self):
         """Continuous batching fed by `arrivals` directly: arrivals join at the first step boundary at or
         after their time, where a real engine admits them, as when the source sends them. Steps and runs
-        follow one another on the replica's own clock, and the process waits in simulated time only up
-        to a boundary where arrivals join, or while it has nothing to do."""
+        follow one another on the replica's own clock; the process waits in simulated time only while it
+        has nothing to do, catching up with its clock then (no other process looks at it meanwhile)."""
         sched, env, src, cost = self.scheduler, self.env, self.arrivals, self.cost
         times = src.times  # times[src.next]: the next arrival (inf after the last)
         now = env.now
         while True:
             if times[src.next] <= now:
-                if now > env.now:
-                    yield env.timeout(now - env.now)
                 src.take(now)
             if not (sched.waiting or sched.running):
                 now = yield from self._wait_arrival(now)
@@ -172,12 +173,11 @@ class Replica:
                 dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
             start, now = now, now + dt
             if times[src.next] <= now:  # arrivals during the step are queued when it ends
-                yield env.timeout(now - env.now)
                 src.take(now)
             self._record_step(batch, dt, prefill_s, start, now)
 
     def _wait_arrival(self, now: float):
-        """Wait (in simulated time) for the next arrival; returns its time."""
+        """Wait (in simulated time, from where the clock last stood) for the next arrival; returns its time."""
         nxt = self.arrivals.next_arrival()
         if nxt == math.inf:  # nothing more will come: catch up with the clock and wait for good
             if now > self.env.now:
@@ -222,7 +222,11 @@ class Replica:
                 scheduled[s.rid] = start
                 t.cached_tokens[s.rid] = s.cached_tokens
         if batch.num_decodes:
-            self._decode_itl(batch.num_decodes, end)
+            if self.fresh:
+                self._decode_itl(batch.num_decodes, end)
+            else:  # (_decode_itl, inline)
+                st.add_itl(end - self.last_decode_end, batch.num_decodes)
+                self.last_decode_end = end
             if batch.spec_tokens > batch.num_decodes:  # the rest of a round's tokens arrive together
                 st.add_itl(0.0, batch.spec_tokens - batch.num_decodes)
         first = t.first_token_s
@@ -230,8 +234,8 @@ class Replica:
             if first[s.rid] != first[s.rid]:  # NaN: its first token
                 first[s.rid] = end
             else:  # recomputed after preemption: the gap since its last token before it
-                st.add_itl(end - self._last_token[s.rid], 1)
-            if s.decoding:
+                st.add_itl(end - self._last_token.pop(s.rid), 1)
+            if s.decoding and not batch.num_decodes:  # (after a decode step, its token came with theirs)
                 self.fresh.append(s)
                 self._last_token[s.rid] = end
         if res.finished:
@@ -348,9 +352,12 @@ class Replica:
             done = float(ends[m - 1])
         else:
             a, b = line
-            m = k if horizon >= k * a + b * k * (k - 1) / 2 else min(_steps_done(a, b, horizon) + 1, k)
-            done = m * a + b * m * (m - 1) / 2
-        if m < k:
+            done = k * a + b * k * (k - 1) / 2
+            m = k
+            if horizon < done:
+                m = min(_steps_done(a, b, horizon) + 1, k)
+                done = m * a + b * m * (m - 1) / 2
+        if m < k or blocks < 0:
             blocks = sched.blocks_over(m)
         # (StepStats.record_run, inline) blocks grow evenly over the run
         st.steps += m
@@ -358,7 +365,10 @@ class Replica:
         st.decode_s += done
         st.kv_block_seconds += (pool.num_blocks - pool.free + blocks / 2) * done
         st.batch_seq_steps += n * m
-        self._decode_itl(n, start + a)
+        if self.fresh:
+            self._decode_itl(n, start + a)
+        else:  # (_decode_itl, inline; last_decode_end is set below)
+            st.add_itl(start + a - self.last_decode_end, n)
         if m > 1:
             if line is None:
                 st.add_itl_many(times[1:m], n)

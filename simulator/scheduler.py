@@ -47,7 +47,7 @@ class Sequence:
     priority: int = 0  # higher runs first under the priority policy
     hits: tuple | None = None  # prefix-cache estimate while queued: (cached blocks, of them free)
     hits_version: int = -1  # the pool's version when `hits` was looked up
-    shared: list = field(default_factory=list)  # prefix-cache keys of blocks it references, not owns
+    shared: object = ()  # prefix-cache keys of blocks it references, not owns (a leading part of `keys`)
     keys: object = None  # prefix-cache keys of its prompt's full blocks, once looked up (until recompute)
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at its (last) start
     decoding: bool = False
@@ -113,7 +113,7 @@ class Scheduler:
         # Prefix caching: block_keys(rid, tokens) gives the keys of the full blocks among a request's
         # first `tokens` tokens, or [] when it shares nothing with anyone.
         self.block_keys = block_keys if pool.cached is not None else None
-        self._forget_keys = getattr(self.block_keys, "forget", None)
+        self._forget_keys = getattr(self.block_keys, "forget", None)  # (None: it keeps nothing per request)
         self.cached_tokens = 0  # prompt tokens served from the prefix cache, recomputations included
         # Priority scheduling (vLLM's `priority` policy) when priority_of (per request id) is given;
         # admission control: refuse arrivals beyond max_waiting queued, drop those queued past timeout_s.
@@ -194,7 +194,9 @@ class Scheduler:
         hits, take = 0, 0
         if self.block_keys:  # looked up again when the cache changed since (fresh) or never looked up
             if head.hits is None or (fresh and head.hits_version != pool.version):
-                head.hits = self._prefix_hits(head)
+                if head.keys is None:  # (_prefix_hits, inline)
+                    head.keys = self.block_keys(head.rid, head.prompt)
+                head.hits = pool.lookup(head.keys, (head.prompt - 1) // self.B)
                 head.hits_version = pool.version
             hits, take = head.hits
         todo = head.prompt - hits * self.B
@@ -212,7 +214,8 @@ class Scheduler:
         return self.pool.lookup(s.keys, (s.prompt - 1) // self.B)  # the last token is always computed
 
     def decode_run(self, cap: int) -> tuple[int, int] | None:
-        """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take.
+        """(steps, blocks): decode-only steps that can run back to back now, and the new blocks they take
+        (-1: surely few enough, not counted; `blocks_over` counts them once the run's length is settled).
 
         The run stops at the next finish and before blocks run out; None whenever a prefill could be
         scheduled or a decode step would need a preemption.
@@ -225,6 +228,8 @@ class Scheduler:
         k = self.finish_heap[0][0] - self.dstep
         if k > cap:
             k = cap
+        if n * -(-k // self.B) <= self.pool.free:  # a block per sequence per block_size steps, at most
+            return k, -1
         need = self.blocks_over(k)
         if need <= self.pool.free:
             return k, need
@@ -288,7 +293,7 @@ class Scheduler:
         else:
             keys = self.block_keys(s.rid, kv_tokens)
             self.pool.release(held - shared + s.window_blocks, keys[shared:])
-        s.shared = []
+        s.shared = ()
 
     def _preempt(self, victim: Sequence) -> None:
         self.running.remove(victim)
@@ -334,7 +339,8 @@ class Scheduler:
                 need -= was_decoding_here
             n = self.n_decoding
             if n:
-                pool.allocate(need)
+                if need:
+                    pool.allocate(need)
                 b.num_decodes = n
                 b.decode_context = self.c_sum + n * self.dstep
                 budget -= n
@@ -423,7 +429,7 @@ class Scheduler:
             hits = (s.hits or self._prefix_hits(s))[0]
             keys = s.keys
             if hits:
-                s.shared = keys[:hits]
+                s.shared = keys if hits == len(keys) else keys[:hits]
                 self.pool.share(s.shared)
             s.blocks = hits
             s.computed = hits * self.B
@@ -488,7 +494,7 @@ class Scheduler:
             first.append(s)
             if self.block_keys:  # its prompt's full blocks become shareable with later requests
                 keys = s.keys if s.keys is not None else self.block_keys(s.rid, s.prompt)
-                if len(keys) > len(s.shared) and self.pool.publish(keys[len(s.shared) :]):
+                if len(keys) > len(s.shared) and self.pool.publish(keys, len(s.shared)):
                     s.shared = keys
             if s.generated >= s.output:
                 self.running.remove(s)
@@ -502,7 +508,8 @@ class Scheduler:
 
     def advance_decodes(self, k: int, blocks: int) -> list[Sequence]:
         """Apply k decode-only steps taking `blocks` new blocks (from `decode_run`); returns finishes."""
-        self.pool.allocate(blocks)
+        if blocks:
+            self.pool.allocate(blocks)
         self.dstep += k
         return self._pop_finished()
 
@@ -514,8 +521,8 @@ class Scheduler:
             if epoch != s.epoch or not s.decoding:
                 continue
             self._release(s, self._leave_decode(s), s.orig_prompt + s.output - 1)
-            if self.block_keys is not None:
-                self._forget(s.rid)
+            if self._forget_keys is not None:
+                self._forget_keys(s.rid)
             self.running.remove(s)
             finished.append(s)
         return finished

@@ -36,7 +36,7 @@ from simulator.scenario import Scenario, Serving
 from simulator.scheduler import Scheduler
 from simulator.source import Source
 from simulator.speculative import DraftCost, with_draft_memory
-from simulator.workload import PrefixKeys, Requests, generate
+from simulator.workload import Requests, generate, prefix_keys
 
 
 @dataclass
@@ -129,7 +129,9 @@ def _engine(env, index: int, g: Group, max_seqs: int, blocks: int, ctx: dict) ->
     pool = BlockPool(blocks, sv.block_size, prefix_caching=sv.prefix_caching)
     keys = None
     if sv.prefix_caching and reqs.segments is not None:
-        keys = ctx["keys"].setdefault(sv.block_size, PrefixKeys(reqs, sv.block_size))
+        keys = ctx["keys"].get(sv.block_size)
+        if keys is None:
+            keys = ctx["keys"][sv.block_size] = prefix_keys(reqs, sv.block_size)
     sched = Scheduler(
         pool,
         max_seqs,
@@ -271,8 +273,10 @@ def simulate(
 
     on_finish = None
 
+    refused = rejected.tolist()
+
     def submit(rid: int) -> None:
-        if not rejected[rid]:
+        if not refused[rid]:
             entry(rid)
 
     arrival = reqs.arrival_s + lookup if lookup else reqs.arrival_s

@@ -1,4 +1,9 @@
+from collections import OrderedDict
+
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulator.kv_cache import BlockPool
 
@@ -20,3 +25,105 @@ def test_overdraw_and_over_release_raise():
         p.allocate(3)
     with pytest.raises(RuntimeError, match="more blocks"):
         p.release(1)
+
+
+class PerKeyPool:
+    """Prefix caching with a reference count per key and per sequence, as a plain model to check against."""
+
+    def __init__(self, num_blocks: int) -> None:
+        self.free, self.cached, self.refs, self.present, self.evictions = (
+            num_blocks,
+            OrderedDict(),
+            {},
+            set(),
+            0,
+        )
+
+    def allocate(self, n: int) -> None:
+        for _ in range(max(n - (self.free - len(self.cached)), 0)):
+            self.present.discard(self.cached.popitem(last=False)[0])
+            self.evictions += 1
+        self.free -= n
+
+    def release(self, n: int, keys=()) -> None:
+        self.free += n
+        fresh = [k for k in keys if k not in self.present]
+        self.present.update(fresh)
+        self.cached.update(dict.fromkeys(reversed(fresh)))
+
+    def lookup(self, keys, limit: int) -> tuple[int, int]:
+        head = list(keys[:limit])
+        n = next((i for i, k in enumerate(head) if k not in self.present), len(head))
+        return n, sum(1 for k in head[:n] if not self.refs.get(k))
+
+    def share(self, keys) -> None:
+        for k in keys:
+            if not self.refs.get(k):
+                del self.cached[k]
+                self.free -= 1
+            self.refs[k] = self.refs.get(k, 0) + 1
+
+    def unshare(self, keys) -> None:
+        for k in keys:
+            self.refs[k] -= 1
+        idle = [k for k in keys if not self.refs[k]]
+        self.cached.update(dict.fromkeys(reversed(idle)))
+        self.free += len(idle)
+
+    def publish(self, keys, held: int) -> bool:
+        own = list(keys[held:])
+        if any(k in self.present for k in own):
+            return False
+        self.present.update(own)
+        for k in own:
+            self.refs[k] = 1
+        return True
+
+
+def chains(shape: list[int]) -> list[np.ndarray]:
+    """Hash chains of a small prefix tree: node i's parent is shape[i] (an earlier node, or -1 for a root);
+    a node's id is larger than its parent's, as `PrefixKeys` interns them."""
+    out = []
+    for i, parent in enumerate(shape):
+        parent = parent if parent < i else -1
+        out.append(np.append(out[parent], i) if parent >= 0 else np.array([i]))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(-1, 30), min_size=1, max_size=30),
+    st.lists(st.tuples(st.sampled_from("spf"), st.integers(0, 1000)), max_size=80),
+    st.integers(8, 60),
+)
+def test_chain_references_match_references_per_key(shape, ops, blocks):
+    keyed = chains(shape)
+    pool, ref = BlockPool(blocks, 16, prefix_caching=True), PerKeyPool(blocks)
+    running = []  # [keys, shared, published]
+    for op, x in ops:
+        if op == "s":  # a sequence starts on a chain: shares what is cached, computes the rest
+            keys = keyed[x % len(keyed)]
+            got = pool.lookup(keys, len(keys))
+            assert got == ref.lookup(keys, len(keys))
+            n, take = got
+            if len(keys) - n + take > pool.free:
+                continue
+            for p in (pool, ref):
+                p.share(keys[:n])
+                p.allocate(len(keys) - n)
+            running.append([keys, keys[:n], False])
+        elif running and op == "p":  # its prompt is done: its own blocks become shareable
+            s = running[x % len(running)]
+            if not s[2] and len(s[0]) > len(s[1]):
+                done = pool.publish(s[0], len(s[1]))
+                assert done == ref.publish(s[0], len(s[1]))
+                s[1], s[2] = (s[0] if done else s[1]), True
+        elif running and op == "f":  # it finishes: references dropped, its own full blocks stay cached
+            keys, shared, _ = running.pop(x % len(running))
+            for p in (pool, ref):
+                p.unshare(shared)
+                p.release(len(keys) - len(shared), keys[len(shared) :])
+        assert pool.free == ref.free and pool.evictions == ref.evictions
+        assert list(pool.cached) == list(ref.cached)
+        in_use = {k for k, r in ref.refs.items() if r}
+        assert set(np.flatnonzero(pool.refs[: len(shape)]).tolist()) == in_use

@@ -7,7 +7,7 @@ import pytest
 
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
-from simulator.workload import PrefixKeys, generate
+from simulator.workload import ClassPrefixKeys, PrefixKeys, generate, prefix_keys
 
 
 def scenario(classes, caching=True, n=400, rate=4.0, **wl):
@@ -136,3 +136,21 @@ def test_prefix_keys_depend_on_the_whole_prefix():
     for rid in range(30):
         k = ck(rid, 10**6)
         assert np.all(np.diff(k) > 0)
+
+
+def test_single_turn_keys_are_their_class_chain():
+    classes = [
+        SYSTEM[0],
+        dict(SYSTEM[0], name="tail", prefix_position="end"),
+        dict(SYSTEM[0], name="other", shared_prefix_tokens=640),
+        {"name": "plain", "share": 1.0, "prompt_tokens": {"dist": "fixed", "value": 300}},
+    ]
+    reqs = generate(scenario(classes, n=200).workload, 0)
+    fast, generic = prefix_keys(reqs, 16), PrefixKeys(reqs, 16)
+    assert isinstance(fast, ClassPrefixKeys) and fast.forget is None
+    for rid in range(200):
+        for tokens in (0, 100, 1000, 5000):
+            assert np.array_equal(fast(rid, tokens), generic(rid, tokens))
+    # a class's whole chain is one array, handed out again
+    sys0 = [rid for rid in range(200) if reqs.class_id[rid] == 0][:2]
+    assert fast(sys0[0], 5000) is fast(sys0[1], 5000)

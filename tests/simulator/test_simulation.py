@@ -156,6 +156,10 @@ def test_replica_pulling_its_arrivals_equals_an_event_per_arrival(serving):
     assert pulled.stats.steps == sent.stats.steps
     assert pulled.stats.timeline == pytest.approx(sent.stats.timeline, rel=1e-12)
     assert np.array_equal(pulled.stats.itl_hist, sent.stats.itl_hist)
+    # the pulling replica waits in simulated time only when idle; the clock still ends at the last finish
+    done = np.nanmax(pulled.table.finish_s)
+    assert pulled.engines[0].env.now == pytest.approx(done, rel=1e-12)
+    assert sent.engines[0].env.now == pytest.approx(done, rel=1e-12)
 
 
 def test_same_seed_same_forecast():
