@@ -177,5 +177,7 @@ def test_prefix_caching_skips_the_cached_prompt_tokens(model):
     run = serve(ex, req, pool, 8, 32, True, block_keys=PrefixKeys(req, 4))
     check_run(run, req, pool)
     cached = np.asarray(run.table.cached_tokens)
-    assert cached.sum() >= 28 * (len(req) - 8)  # all but the first few find the 32-token prompt (7 blocks of 4)
+    assert cached.sum() >= 28 * (
+        len(req) - 8
+    )  # all but the first few find the 32-token prompt (7 blocks of 4)
     assert run.stats.prefill_tokens == int(req.prompt_tokens.sum() - cached.sum())
