@@ -414,7 +414,12 @@ class Executor:
         h32[:size] = all_starts
         h32[size] = int((all_starts + k_lens).max())
         h32[size + 1 : 2 * size + 1] = k_lens
-        o = 2 * size + 1
+        self._upload(g, units, 2 * size + 1)
+
+    def _upload(self, g, units: dict, o: int) -> None:
+        """Write the decode work units into a graph's int32 host buffer from offset o (seq, lo, hi: `g.cap`
+        each, then seq_units), then copy both host buffers to the device in one go each."""
+        h32, cap = g.host32.numpy(), g.cap
         h32[o : o + cap] = units["seq"]
         h32[o + cap : o + 2 * cap] = units["lo"]
         h32[o + 2 * cap : o + 3 * cap] = units["hi"]
@@ -483,14 +488,7 @@ class Executor:
         h32[ns + 1 : 2 * ns + 1] = start
         h32[2 * ns + 1] = int((start + k_lens).max())
         h32[2 * ns + 2 : 3 * ns + 2] = k_lens
-        o = 3 * ns + 2
-        h32[o : o + cap] = units["seq"]
-        h32[o + cap : o + 2 * cap] = units["lo"]
-        h32[o + 2 * cap : o + 3 * cap] = units["hi"]
-        h32[o + 3 * cap :] = units["seq_units"]
-        self._mark()
-        g.i64.copy_(g.host64, non_blocking=True)
-        g.i32.copy_(g.host32, non_blocking=True)
+        self._upload(g, units, 3 * ns + 2)
         if g.graph is None:  # the CPU reference attention reads the host lists
             g.layout.q_lens, g.layout.k_lens, g.layout.k_starts = q.tolist(), k_lens.tolist(), start.tolist()
             g.layout.n_real = ns
