@@ -381,10 +381,8 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
         rows = list(csv.DictReader(f))
     reqs = Requests(np.array([float(r["arrival_s"]) for r in rows]),
                     np.array([int(r["prompt_tokens"]) for r in rows]), np.array([int(r["output_tokens"]) for r in rows]))  # fmt: skip
-    name = rec.get("row_model") or ("tiny" if model_ref else rec["model"])
-    row = Row(name, rec["weight_dtype"], rec["trace"], rec["load"], rec["chunked_prefill"])
-    duration = rec.get("duration_s", 20.0 if len(reqs) < 100 else 30.0)
-    deadline = rec.get("deadline_s", duration * 1.5 + 20)
+    row = Row(rec["row_model"], rec["weight_dtype"], rec["trace"], rec["load"], rec["chunked_prefill"])
+    duration, deadline = rec["duration_s"], rec["deadline_s"]
     ref = model_ref or row.model
     sc = scenario_for(row, rec["rate_per_s"], duration, profile_name, ref, rec["gpu_memory_utilization"])
     spec, profile = load_model(ref), load_profile(profile_name)
@@ -412,13 +410,6 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
         )
         out["engine_steps"] = step_kinds(trace, cm)
         write_steps(steps_csv, trace, cm)
-        if (
-            sv.prefix_caching and "prefix_hit_rate" not in out["engine"]
-        ):  # runs from before the engine kept it
-            prompt = float(reqs.prompt_tokens.sum())  # every request ran (no preemption in these rows)
-            out["engine"] = dict(
-                out["engine"], prefix_hit_rate=1.0 - float(trace["prefill_tokens"].sum()) / prompt
-            )
     (row_dir / "row.json").write_text(json.dumps(out, indent=1))
     e, s = out["engine"], out["simulator"]
     log(
