@@ -54,6 +54,14 @@ def attention_checks(dev):
         ("mixed: fresh prompts then decodes", [300, 300, 1, 1], [0, 0, 40, 9000], 0),
         ("mixed: window 100", [40, 1, 1], [70, 5, 1000], 100),
         ("triton decode, ragged 40 seqs", [1] * 40, [16] * 39 + [30000], 0),
+        ("long fresh prompt (cuDNN, padded)", [2100], [0], 0),
+        (
+            "long fresh prompts between chunks, then decodes",
+            [2300, 64, 3000, 2049, 1, 1],
+            [0, 100, 5, 0, 50, 3000],
+            0,
+        ),
+        ("long fresh prompt, window 100 (FA2)", [2200, 1], [0, 70], 100),
     ]:
         lay = make_layout(q_lens, prior, dev)
         for nh, nkv, d in ((8, 2, 128), (4, 4, 64)):

@@ -192,14 +192,17 @@ def write_requests(path: Path, table, itl=None) -> None:
 
 
 SHAPE_FIELDS = ("prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
-                "decode_seqs", "decode_context_tokens", "logits_tokens")  # fmt: skip
+                "decode_seqs", "decode_context_tokens", "logits_tokens", "fresh_seqs", "fresh_tokens", "fresh_pairs",
+                "fresh_padded_pairs")  # fmt: skip
 
 
 def predicted_steps(trace: dict[str, np.ndarray], cm: CostModel) -> np.ndarray:
     """The cost model's seconds for every step the engine ran (the very shapes it ran)."""
-    cols = [trace[f] for f in SHAPE_FIELDS]
+    # runs stored before the engine's fresh-prompt path have no fresh_* columns: none of their prompts took it
+    zeros = np.zeros(len(trace["end_s"]))
+    cols = [trace.get(f, zeros) for f in SHAPE_FIELDS]
     ints = {"prefill_tokens", "prefill_seqs", "prefill_context_tokens", "decode_seqs", "decode_context_tokens",
-            "logits_tokens"}  # fmt: skip
+            "logits_tokens", "fresh_seqs", "fresh_tokens"}  # fmt: skip
     out = np.empty(len(trace["end_s"]))
     for i, vals in enumerate(zip(*cols)):
         kw = {f: (int(v) if f in ints else float(v)) for f, v in zip(SHAPE_FIELDS, vals)}
@@ -258,6 +261,7 @@ class EngineHost:
         max_context: int,
         reserve_bytes: float,
         log,
+        max_prompt: int = 0,
     ) -> None:
         import torch
 
@@ -273,7 +277,7 @@ class EngineHost:
             per_token = spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 2  # bf16 K and V
             pool_tokens = int((free - reserve_bytes) // per_token) - max_batch
         self.executor = Executor(self.model, pool_tokens, max_batch, device=device)
-        self.warmup_s = self.executor.warmup(log)
+        self.warmup_s = self.executor.warmup(log, max_prompt=max_prompt)
         self.pool_tokens = pool_tokens
         log(f"{spec.name} {dtype}: built and warmed up in {time.perf_counter() - t0:.0f} s, "
             f"engine KV pool {pool_tokens} tokens")  # fmt: skip
@@ -296,7 +300,8 @@ def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
     )  # + the prefix row's system prompt
     want = min(mem.num_blocks * sv.block_size, sv.max_num_seqs * longest)
     ctx_cap = min(spec.max_position_embeddings or 32768, 32768)
-    host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.max_num_seqs, ctx_cap, reserve, log)
+    host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.max_num_seqs, ctx_cap, reserve, log,
+                                           sv.max_num_batched_tokens)  # fmt: skip
     return host
 
 

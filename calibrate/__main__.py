@@ -30,6 +30,12 @@ def _run_parser() -> argparse.ArgumentParser:
         "--work-dir", help="folder for raw measurements and plots (default: calibration_runs/NAME)"
     )
     p.add_argument("--fresh", action="store_true", help="discard earlier measurements in the work dir")
+    p.add_argument(
+        "--redo",
+        metavar="KINDS",
+        help="measure these kinds again, comma-separated (e.g. attention_prefill,step_prefill after an engine "
+        "change); the other stored measurements are kept",
+    )
     return p
 
 
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     out_dir=a.out_dir,
                     work_dir=a.work_dir,
                     fresh=a.fresh,
+                    redo=a.redo,
                     command=command,
                 )
             )

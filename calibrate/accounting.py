@@ -14,7 +14,7 @@ import numpy as np
 from simulator.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
 from simulator.model_spec import dtype_bytes
 
-GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
+GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh")
 STEP_KINDS = ("step_prefill", "step_decode", "step_mixed")
 
 
@@ -49,6 +49,19 @@ def attention_prefill_work(cm: CostModel, p: dict) -> tuple[float, float, float]
     return flops, nbytes, cm.attn_peak
 
 
+def is_fresh(cm: CostModel, p: dict) -> bool:
+    """An attention_prefill point the engine runs through its fresh-prompt kernel (group attention_fresh)."""
+    return p["prior"] == 0 and p["chunk"] >= cm.profile.efficiency.fresh_prefill_min_tokens
+
+
+def attention_fresh_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    """A whole fresh prompt, computed at its padded length (as CostModel.attention_prefill_time counts it)."""
+    kv, io = _per_layer(cm)
+    c, bucket = p["chunk"], cm.profile.efficiency.fresh_prefill_bucket
+    padded = -(-c // bucket) * bucket
+    return cm.pair_flops * padded * (padded + 1) / 2, c * (kv + io), cm.attn_peak
+
+
 def attention_decode_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
     kv, io = _per_layer(cm)
     lens = p["context_lens"]
@@ -68,6 +81,7 @@ WORK = {
     "attention_prefill": attention_prefill_work,
     "attention_decode": attention_decode_work,
     "elementwise": elementwise_work,
+    "attention_fresh": attention_fresh_work,
 }
 
 
@@ -80,7 +94,7 @@ def work(cm: CostModel, group: str, params: list[dict]) -> Work:
 def label(kind: str, p: dict) -> str:
     if kind in ("gemm", "ceiling_gemm"):
         return f"{p.get('dtype', 'bf16')} m={p['m']} k={p['k']} n={p['n']}"
-    if kind == "attention_prefill":
+    if kind in ("attention_prefill", "attention_fresh"):
         return f"chunk={p['chunk']} prior={p['prior']}"
     if kind in ("attention_decode", "step_decode"):
         lens = p["context_lens"]
@@ -110,17 +124,7 @@ def step_shape(cm: CostModel, kind: str, p: dict, logits: str = "last") -> Batch
         decodes = list(p["decode_context_lens"])
     else:
         raise ValueError(f"not a step kind: {kind}")
-    b = BatchShape(
-        prefill_tokens=sum(c for c, _ in chunks),
-        prefill_seqs=len(chunks),
-        prefill_pairs=float(sum(chunk_pairs(prior, c) for c, prior in chunks)),
-        sliding_prefill_pairs=float(sum(chunk_pairs(prior, c, window) for c, prior in chunks))
-        if window
-        else 0.0,
-        prefill_context_tokens=sum(prior for _, prior in chunks),
-        decode_seqs=len(decodes),
-        decode_context_tokens=sum(decodes),
-    )
+    b = BatchShape.of(chunks, decodes, window, cm.fresh)
     if logits == "all":
         b.logits_tokens = b.tokens
     return b

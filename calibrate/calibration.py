@@ -10,7 +10,7 @@ from pathlib import Path
 from calibrate import detect, profile, sweep
 from calibrate.fit import FitResult, fit_all
 from calibrate.measurements import Store
-from calibrate.plan import Limits, Point, kv_token_budget, make_plan, sweep_ranges
+from calibrate.plan import KINDS, Limits, Point, kv_token_budget, make_plan, sweep_ranges
 from calibrate.plots import draw
 from simulator.errors import ConfigError
 from simulator.hardware import HardwareProfile, load_profile
@@ -37,6 +37,7 @@ class Options:
     out_dir: str = "hardware_profiles"
     work_dir: str | None = None
     fresh: bool = False
+    redo: str | None = None  # comma-separated kinds to measure again
     command: str = ""
 
 
@@ -226,6 +227,14 @@ def run(opts: Options, log=print) -> Path:
         "device_info": gpu.as_dict(),
     }
     store = Store.open(work_dir / "measurements.jsonl", meta, fresh=opts.fresh)
+    if opts.redo:
+        kinds = {k.strip() for k in opts.redo.split(",") if k.strip()}
+        unknown = kinds - KINDS
+        if unknown:
+            raise ConfigError(
+                f"--redo {','.join(sorted(unknown))}: not a measurement kind; use some of {', '.join(sorted(KINDS))}"
+            )
+        log(f"--redo: {store.forget(kinds)} stored measurements of {', '.join(sorted(kinds))} to take again")
 
     from calibrate.bench import Bench  # torch and engine from here on
 

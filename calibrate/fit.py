@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibrate.accounting import GROUPS, STEP_KINDS, Work, label, step_shape, work
+from calibrate.accounting import GROUPS, STEP_KINDS, Work, is_fresh, label, step_shape, work
 from calibrate.measurements import Record
 from simulator.cost_model import CostModel
 from simulator.hardware import Efficiencies, HardwareProfile, OpEfficiency
@@ -267,7 +267,9 @@ def fit_all(
     by: dict[str, list[Record]] = {}
     for r in records:
         if r.status == "ok":
-            by.setdefault(r.kind, []).append(r)
+            # whole fresh prompts long enough for the engine's fresh-prompt kernel form their own group
+            kind = "attention_fresh" if r.kind == "attention_prefill" and is_fresh(cm, r.params) else r.kind
+            by.setdefault(kind, []).append(r)
 
     extra: dict[str, GroupFit] = {}
     new = {}
@@ -279,10 +281,11 @@ def fit_all(
                 extra[d] = fit_group(cm, g, [r for r in recs if r.params.get("dtype") == d], base.gemm)
             recs = [r for r in recs if r.params.get("dtype", "bf16") == "bf16"]
         micro[g] = recs
-        f = fit_group(cm, g, recs, getattr(base, g))
+        start = getattr(base, g) or base.attention_prefill  # attention_fresh may be new to this profile
+        f = fit_group(cm, g, recs, start)
         new[g] = f.eff if f.eff is not None else getattr(base, g)
 
-    eff = Efficiencies(**new, step_overhead_s=base.step_overhead_s, per_sequence_s=base.per_sequence_s)
+    eff = base.model_copy(update=new)
     steps = [r for k in STEP_KINDS for r in by.get(k, [])]
     train = [r for r in steps if not r.holdout]
     if len(train) >= 2:
@@ -306,7 +309,9 @@ def fit_all(
         }
     )
     eff = eff.model_copy(update=serving)
-    fits = {g: evaluate_group(cm, g, micro[g], getattr(eff, g)) for g in GROUPS}
+    fits = {
+        g: evaluate_group(cm, g, micro[g], getattr(eff, g)) for g in GROUPS if getattr(eff, g) is not None
+    }
     if steps:
         fits.update(evaluate_steps(profile, model, eff, steps))
     return FitResult(eff, fits, extra)
@@ -339,17 +344,18 @@ def refine_on_steps(
 
     bw = profile.memory_bandwidth
     peak = profile.peak_flops("bf16")
-    cm0 = CostModel(profile, model, serving_host=False)
+    cm0 = CostModel(with_efficiency(profile, eff), model, serving_host=False)  # eff's fresh-prompt rule
     shapes = [step_shape(cm0, r.kind, r.params) for r in steps]
     t_steps = np.array([r.seconds for r in steps], float)
-    groups = [g for g in GROUPS if micro.get(g)]
+    active = [g for g in GROUPS if getattr(eff, g) is not None]
+    groups = [g for g in active if micro.get(g)]
     works = {g: work(cm0, g, [r.params for r in micro[g]]) for g in groups}
     t_micro = {g: np.array([r.seconds for r in micro[g]], float) for g in groups}
     w_micro = {g: np.sqrt(prior_weight * len(steps) / len(groups) / len(micro[g])) for g in groups}
 
     # parameter layout: per group (c, m, A, Bm) or (m, A, Bm) for memory-only groups; then (o, s)
     x0, lo, hi, slots = [], [], [], {}
-    for g in GROUPS:
+    for g in active:
         th = _theta_of(getattr(eff, g), peak, bw)
         tmin = float(t_micro[g].min()) if g in t_micro else 1e-5
         names = (1, 2, 3) if g in MEMORY_ONLY else (0, 1, 2, 3)
@@ -364,7 +370,7 @@ def refine_on_steps(
 
     def unpack(x) -> tuple[dict[str, list[float]], Efficiencies]:
         thetas, new = {}, {}
-        for g in GROUPS:
+        for g in active:
             start, names, th = slots[g]
             th = list(th)
             for j, i in enumerate(names):
@@ -373,7 +379,8 @@ def refine_on_steps(
                 th[2] = th[3]
             thetas[g] = th
             new[g] = to_efficiency(th, peak, bw)
-        return thetas, Efficiencies(**new, step_overhead_s=float(x[-2]), per_sequence_s=float(x[-1]))
+        new.update(step_overhead_s=float(x[-2]), per_sequence_s=float(x[-1]))
+        return thetas, eff.model_copy(update=new)
 
     def resid(x):
         thetas, e = unpack(x)

@@ -119,6 +119,31 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
 
+    def forget(self, kinds: set[str]) -> int:
+        """Drop every record of these kinds (to measure them again, e.g. after an engine change); the file is
+        rewritten whole and swapped in atomically, so an interruption leaves the old or the new one. Returns
+        how many records were dropped."""
+        drop = [k for k, r in self.records.items() if r.kind in kinds]
+        if not drop:
+            return 0
+        for k in drop:
+            del self.records[k]
+        lines = [
+            json.dumps(
+                {"kind": "meta", **{k: v for k, v in self.meta.items() if k != "kind"}}, separators=(",", ":")
+            )
+        ]
+        for r in self.records.values():
+            d = {"key": r.key, "kind": r.kind, "params": r.params, "seconds": r.seconds, "status": r.status,
+                 "holdout": r.holdout}  # fmt: skip
+            if r.note:
+                d["note"] = r.note
+            lines.append(json.dumps(d, separators=(",", ":")))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.path)
+        return len(drop)
+
     def ok(self, kind: str | None = None) -> list[Record]:
         """Measured points (status ok), optionally of one kind, in file order."""
         return [r for r in self.records.values() if r.status == "ok" and (kind is None or r.kind == kind)]

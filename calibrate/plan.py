@@ -58,6 +58,19 @@ PREFILL_PRIORS = [0, 1024, 4096, 16384]
 DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 DECODE_CONTEXTS = [128, 512, 2048, 8192, 32768]
 
+# every kind of point a plan can hold (python -m calibrate --redo takes these)
+KINDS = frozenset({"copy", "ceiling_gemm", "gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce",
+                   "step_prefill", "step_decode", "step_mixed", "serving"})  # fmt: skip
+FRESH_CHUNKS = [
+    2176,
+    2600,
+    3000,
+    5000,
+    6144,
+    7000,
+    10000,
+    12000,
+]  # with prior 0 (PREFILL_CHUNKS has 4k, 8k, 16k)
 STEP_DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 STEP_DECODE_CONTEXTS = [256, 1024, 4096]
 STEP_PREFILL = [
@@ -160,6 +173,11 @@ def microbench_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], n_gpus
             if c + p > 2 * max(chunks) or (quick and (ci % 2 or pi % 2)):
                 continue
             pts.append(Point("attention_prefill", {"chunk": c, "prior": p, **heads}, (ci + pi) % 3 == 2))
+    # whole fresh prompts above the engine's fresh-prompt threshold (their own kernel and group), lengths
+    # off the 128-token bucket among them so that the padding is measured too
+    for i, c in enumerate([] if cpu else FRESH_CHUNKS):
+        if not (quick and i % 2):
+            pts.append(Point("attention_prefill", {"chunk": c, "prior": 0, **heads}, i % 3 == 1))
 
     batches = [1, 2, 4, 8] if cpu else DECODE_BATCHES
     contexts = [16, 64, 256] if cpu else DECODE_CONTEXTS

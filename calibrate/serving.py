@@ -81,7 +81,7 @@ def measure_serving(
         free = torch.cuda.mem_get_info()[0]
         pool_tokens = int(min(400_000, (free - GPU_RESERVE_BYTES) // spec.kv_bytes_per_token("bf16")))
     ex = Executor(model, pool_tokens, max_seqs, device=device, max_context=max(4096, longest + 1))
-    ex.warmup(log)
+    ex.warmup(log, max_prompt=budget)
     blocks = (pool_tokens - region_headroom(reqs, max_seqs)) // 16
     run = serve(ex, reqs, BlockPool(blocks, 16), max_seqs, budget, True, trace=True, log=log)
     out = fit_host(run.step_trace, gpu=not cpu)

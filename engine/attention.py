@@ -16,12 +16,17 @@ block mask rebuilt per batch, compile time) and over a gather of padded contexts
 own Triton flash-decoding kernel instead (engine.fused.decode_attention): FA2's varlen kernel gives
 one CTA per (sequence, query head), so it re-reads each KV head for every query head of its group
 and leaves most SMs idle at small batch (measured on an H100 at batch 1, context 512: 22 µs a
-layer for 2 MB of KV). Every prompt chunk, fresh or after a cached prefix, takes the same FA2 kernel,
-as vLLM's flash-attention backend does: an earlier version sent whole fresh prompts through SDPA's
-cuDNN backend (about 1.5x FA2's rate on an H100 for an 8k prompt, but it builds a plan per new length,
-60-100 ms of host time, and runs only fresh prompts), so one step's attention ran at two rates that one
-roofline term could not follow (calibration residuals of -60% and +40%). Elsewhere a per-sequence masked
-SDPA serves as the reference and the CPU path.
+layer for 2 MB of KV). Prompt chunks take the FA2 kernel, with one exception: a whole fresh prompt
+(nothing cached before it) longer than FRESH_MIN_TOKENS runs through SDPA's cuDNN backend, which runs
+long causal prefills at about twice FA2's rate on an H100 (8k tokens: 1.7 ms a layer with FA2, 0.9
+with cuDNN). cuDNN builds an execution plan for every new shape (60-100 ms of host time), so such a
+prompt runs padded to a multiple of FRESH_BUCKET tokens (padding rows come after the real ones, so the
+causal mask keeps them out of every real row; their outputs are dropped) and a serving loop builds the
+plans of all bucket lengths at warm-up (`prebuild_fresh`). The threshold keeps the second kernel out of
+the CUDA-graph steps (at most 2,048 tokens, whose sequence boundaries are not fixed at capture). The
+cost model follows the same rule with its own fitted term for these prompts (`attention_fresh` in a
+profile; simulator.cost_model). Elsewhere a per-sequence masked SDPA serves as the reference and the
+CPU path.
 
 A mixed step (prefill chunks, then decodes) makes two calls per layer, as vLLM's FlashInfer backend
 does: the chunks through the prefill path, the decodes through the decode kernel, writing into the
@@ -37,8 +42,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
 
 from engine.fused import decode_attention, decode_attention_supported
+from simulator.hardware import FRESH_PREFILL_BUCKET, FRESH_PREFILL_MIN_TOKENS
+
+FRESH_MIN_TOKENS = FRESH_PREFILL_MIN_TOKENS  # whole fresh prompts of at least this many tokens: cuDNN
+FRESH_BUCKET = FRESH_PREFILL_BUCKET  # ... padded to a multiple of this many tokens
 
 
 @dataclass(slots=True)
@@ -244,19 +254,59 @@ def varlen_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window: i
 
 
 def _prefill_group(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int, n_pre: int) -> torch.Tensor:
-    """Attention of sequences [0, n_pre) into a [T, H, d] output; rows of later sequences are left for the decodes."""
-    n_all = len(lay.q_lens)
-    cu_q, cu_k, used = lay.cu_q, lay.cu_k, lay.seqused_k
-    if n_pre < n_all:
-        cu_q, cu_k, used = cu_q[: n_pre + 1], cu_k[: n_pre + 1], used[:n_pre]
+    """Attention of sequences [0, n_pre) into a [T, H, d] output; rows of later sequences are left for the decodes.
+
+    Whole fresh prompts of at least FRESH_MIN_TOKENS go through cuDNN one by one; the runs of other
+    sequences between them through FA2's varlen kernel."""
+    fresh = fresh_sequences(lay, window, n_pre)
+    if not fresh:
+        return _flash(
+            q, k_pool, v_pool, lay.cu_q, lay.cu_k, lay.seqused_k, lay.max_q, lay.max_k, scale, window, n_pre
+        )
+    rows = [0]
+    for ql in lay.q_lens[:n_pre]:
+        rows.append(rows[-1] + ql)
+    out = None
+    a = 0
+    for i in [*fresh, n_pre]:
+        if i > a:  # FA2 over sequences [a, i)
+            r0, r1 = rows[a], rows[i]
+            seg = _flash(q[r0:r1], k_pool, v_pool, lay.cu_q[a : i + 1] - r0, lay.cu_k[a : i + 1],
+                         lay.seqused_k[a:i], max(lay.q_lens[a:i]), max(lay.k_lens[a:i]), scale, window, i - a)  # fmt: skip
+            out = _into(out, q, r0, seg)
+        if i < n_pre:
+            o = _cudnn_prefill(q[rows[i] : rows[i + 1]], k_pool, v_pool, lay.k_starts[i], scale)
+            if o is None:  # cuDNN unavailable: this prompt through FA2 after all
+                o = _flash(q[rows[i] : rows[i + 1]], k_pool, v_pool, lay.cu_q[i : i + 2] - rows[i],
+                           lay.cu_k[i : i + 2], lay.seqused_k[i : i + 1], lay.q_lens[i], lay.k_lens[i], scale,
+                           window, 1)  # fmt: skip
+            out = _into(out, q, rows[i], o)
+        a = i + 1
+    return out
+
+
+def _into(out, q, row: int, part: torch.Tensor) -> torch.Tensor:
+    """Write `part` at `row` of the step's output (allocated on first use; a part covering every row is it)."""
+    if out is None:
+        if row == 0 and part.shape[0] == q.shape[0]:
+            return part
+        out = torch.empty((q.shape[0], q.shape[1], part.shape[-1]), dtype=q.dtype, device=q.device)
+    out[row : row + part.shape[0]] = part
+    return out
+
+
+def _flash(q, k_pool, v_pool, cu_q, cu_k, used, max_q: int, max_k: int, scale: float, window: int, n: int):
+    """FA2 varlen over the first n sequences of the tables (the rest of the rows are left alone)."""
+    if cu_q.shape[0] > n + 1:
+        cu_q, cu_k, used = cu_q[: n + 1], cu_k[: n + 1], used[:n]
     return torch.ops.aten._flash_attention_forward(
         q,
         k_pool,
         v_pool,
         cu_q,
         cu_k,
-        lay.max_q,
-        lay.max_k,
+        max_q,
+        max_k,
         0.0,
         True,
         False,
@@ -265,6 +315,97 @@ def _prefill_group(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int
         window_size_right=0,
         seqused_k=used,
     )[0]
+
+
+_cudnn_state: dict[str, bool | None] = {"ok": None, "gqa": True}
+FRESH_BACKENDS = [
+    SDPBackend.CUDNN_ATTENTION
+]  # SDPA's backend for whole fresh prompts (tests: MATH, on the CPU)
+
+
+def fresh_sequences(lay: StepLayout, window: int, n_pre: int) -> list[int]:
+    """The sequences of the prefill group that take the fresh-prompt path (cuDNN): whole fresh prompts of at
+    least FRESH_MIN_TOKENS in a layer without a sliding window, where cuDNN runs."""
+    if window or _cudnn_state["ok"] is False:
+        return []
+    return [
+        i
+        for i in range(min(n_pre, lay.n_real))
+        if lay.q_lens[i] >= FRESH_MIN_TOKENS and lay.k_lens[i] == lay.q_lens[i]
+    ]
+
+
+def fresh_rule(device) -> tuple[int, int] | None:
+    """(min tokens, bucket) of the fresh-prompt path on `device` (what CostModel.fresh describes), or None
+    where it does not run (the CPU, or cuDNN failed here)."""
+    if torch.device(device).type != "cuda" or _cudnn_state["ok"] is False:
+        return None
+    return FRESH_MIN_TOKENS, FRESH_BUCKET
+
+
+def _cudnn_prefill(q, k_pool, v_pool, s0: int, scale: float, bucket: int | None = None):
+    """One whole fresh prompt (q [t, H, d], its keys at pool slots s0...) through SDPA's cuDNN backend, padded
+    to a multiple of `bucket` (default FRESH_BUCKET; exact where the pool ends first); None if unavailable."""
+    from torch.nn.attention import sdpa_kernel
+
+    real, nh, d = q.shape
+    nkv = k_pool.shape[1]
+    bucket = FRESH_BUCKET if bucket is None else bucket
+    t = -(-real // bucket) * bucket
+    if s0 + t > k_pool.shape[0]:
+        t = real
+    if t != real:  # padding keys are whatever the pool holds past the prompt: no real row attends to them
+        q = F.pad(q, (0, 0, 0, 0, 0, t - real))
+    qb = q.reshape(1, t, nh, d).transpose(1, 2)
+    kb = k_pool[s0 : s0 + t].unsqueeze(0).transpose(1, 2)
+    vb = v_pool[s0 : s0 + t].unsqueeze(0).transpose(1, 2)
+    try:
+        with sdpa_kernel(FRESH_BACKENDS):
+            o = None
+            if _cudnn_state["gqa"]:
+                try:
+                    o = F.scaled_dot_product_attention(
+                        qb, kb, vb, is_causal=True, scale=scale, enable_gqa=nkv != nh
+                    )
+                except RuntimeError:
+                    _cudnn_state["gqa"] = False
+            if o is None:
+                rep = nh // nkv
+                kb, vb = kb.repeat_interleave(rep, 1), vb.repeat_interleave(rep, 1)
+                o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale)
+    except RuntimeError:
+        _cudnn_state["ok"] = False
+        return None
+    _cudnn_state["ok"] = True
+    return o.transpose(1, 2).reshape(t, nh, o.shape[-1])[:real]
+
+
+def prebuild_fresh(k_pool: torch.Tensor, v_pool: torch.Tensor, num_heads: int, max_tokens: int) -> int:
+    """Run the fresh-prompt path once at every bucket length from FRESH_MIN_TOKENS up to `max_tokens` (within
+    the pool), so that no cuDNN plan is built while requests wait, and check that padding leaves the real
+    rows as an exact-length run gives them. Returns how many lengths ran (0 on the CPU or without cuDNN)."""
+    if k_pool.device.type != "cuda" or _cudnn_state["ok"] is False:
+        return 0
+    d = k_pool.shape[-1]
+    scale = 1.0 / math.sqrt(d)
+    first = -(-FRESH_MIN_TOKENS // FRESH_BUCKET) * FRESH_BUCKET
+    n = 0
+    for t in range(first, min(max_tokens, k_pool.shape[0]) + 1, FRESH_BUCKET):
+        q = torch.randn((t, num_heads, d), dtype=k_pool.dtype, device=k_pool.device)
+        if _cudnn_prefill(q, k_pool, v_pool, 0, scale) is None:
+            return 0
+        n += 1
+    t = first + 37
+    if n and t + FRESH_BUCKET <= k_pool.shape[0]:
+        q = torch.randn((t, num_heads, d), dtype=k_pool.dtype, device=k_pool.device)
+        padded = _cudnn_prefill(q, k_pool, v_pool, 0, scale)
+        exact = _cudnn_prefill(q, k_pool, v_pool, 0, scale, bucket=1)
+        err = float((padded.float() - exact.float()).abs().max())
+        if err > 2e-2:
+            raise RuntimeError(
+                f"cuDNN prefill padded to {FRESH_BUCKET}-token buckets differs from exact lengths by {err}"
+            )
+    return n
 
 
 def reference_attention(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int = 0) -> torch.Tensor:

@@ -28,8 +28,10 @@ import torch
 from engine.attention import (
     StepLayout,
     device_sms,
+    fresh_rule,
     make_layout,
     plan_decode_units,
+    prebuild_fresh,
     unit_capacity,
     unit_target,
 )
@@ -46,7 +48,8 @@ from simulator.workload import Requests
 # graph); the batch's BatchShape.
 TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "launch_s", "gpu_s", "graph",
                 "prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
-                "decode_seqs", "decode_context_tokens", "logits_tokens")  # fmt: skip
+                "decode_seqs", "decode_context_tokens", "logits_tokens", "fresh_seqs", "fresh_tokens", "fresh_pairs",
+                "fresh_padded_pairs")  # fmt: skip
 IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
 MIXED_GRAPH_TOKENS = 2048  # steps with prompt tokens up to this many tokens replay CUDA graphs (GPU)
 MIXED_PREFILL_SEQS = 8  # prompt chunks a mixed-step graph takes (more: eager)
@@ -232,10 +235,12 @@ class Executor:
         )
 
     # ------------------------------------------------------------------ set-up
-    def warmup(self, log=None) -> float:
+    def warmup(self, log=None, max_prompt: int = 0) -> float:
         """Capture the graphs of every decode batch size and every mixed-step token count (largest first, so
-        later captures reuse its memory), run eager steps and measure their host launch time
-        (`eager_launch_s`), so that no compile or capture happens while requests wait. Returns seconds."""
+        later captures reuse its memory), build the cuDNN plans of every padded fresh-prompt length up to
+        `max_prompt` tokens (the scheduler's token budget; engine.attention), run eager steps and measure
+        their host launch time (`eager_launch_s`), so that no compile or capture happens while requests
+        wait. Returns seconds."""
         t0 = time.perf_counter()
         if self.static_decode:
             for size in reversed(self.sizes):
@@ -243,9 +248,14 @@ class Executor:
         if self.static_mixed:
             for size in reversed(self.mixed_sizes):
                 self._mixed_graph(size)
+        plans = 0
+        if self.cuda and max_prompt:
+            k_pool, v_pool = self.model.kv[0]
+            plans = prebuild_fresh(k_pool, v_pool, self.model.spec.num_heads, min(max_prompt, self.scratch))
         self.eager_launch_s = self.measure_launch()
         if log:
-            log(f"warm-up: {len(self.graphs)} decode and {len(self.mixed_graphs)} mixed-step graphs, eager launch "
+            log(f"warm-up: {len(self.graphs)} decode and {len(self.mixed_graphs)} mixed-step graphs, {plans} "
+                f"fresh-prompt lengths, eager launch "
                 f"{self.eager_launch_s * 1e3:.2f} ms a step ({self.eager_launch_s / self.model.num_layers * 1e6:.0f} "
                 f"µs a layer) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
         return time.perf_counter() - t0
@@ -768,7 +778,8 @@ def serve(
     With `trace`, the run keeps one row per step (`TRACE_FIELDS`): where its time went and what it computed.
     """
     sched = Scheduler(pool, max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=sliding_window,
-                      sliding_ratio=sliding_ratio, block_keys=block_keys)  # fmt: skip
+                      sliding_ratio=sliding_ratio, block_keys=block_keys,
+                      fresh=fresh_rule(executor.device))  # fmt: skip
     run = _Replay(executor, sched, requests, seed)
     order = np.flatnonzero(np.isfinite(requests.arrival_s))
     order = order[np.argsort(requests.arrival_s[order], kind="stable")]
@@ -813,7 +824,8 @@ def serve(
             rows.append((end, start - now, prepared - start, end - prepared, time.perf_counter() - t0 - end,
                          executor.last_launch_s, executor.last_gpu_s, graph, sh.prefill_tokens, sh.prefill_seqs,
                          sh.prefill_pairs, sh.sliding_prefill_pairs, sh.prefill_context_tokens, sh.decode_seqs,
-                         sh.decode_context_tokens, sh.logits_tokens))  # fmt: skip
+                         sh.decode_context_tokens, sh.logits_tokens, sh.fresh_seqs, sh.fresh_tokens,
+                         sh.fresh_pairs, sh.fresh_padded_pairs))  # fmt: skip
     wall = time.perf_counter() - t0
     run.table.freeze()
     unfinished = np.flatnonzero(~np.isfinite(run.table.finish_s)).tolist()

@@ -26,7 +26,7 @@ from engine.attention import (
 )
 from engine.model import Transformer
 from engine.timing import measure
-from simulator.cost_model import BatchShape, chunk_pairs
+from simulator.cost_model import BatchShape
 
 
 def capture_sizes(max_tokens: int) -> list[int]:
@@ -127,19 +127,16 @@ class StepRunner:
         fn()
         return out()
 
-    def batch_shape(self, q_lens: list[int], prior_lens: list[int], n_decode: int) -> BatchShape:
-        """The cost model's summary of a step whose last `n_decode` sequences are decodes."""
-        window = self.model.spec.sliding_window
+    def batch_shape(
+        self, q_lens: list[int], prior_lens: list[int], n_decode: int, fresh: tuple[int, int] | None = None
+    ) -> BatchShape:
+        """The cost model's summary of a step whose last `n_decode` sequences are decodes (`fresh`: CostModel.fresh)."""
         n_pre = len(q_lens) - n_decode
-        pre = list(zip(q_lens[:n_pre], prior_lens[:n_pre], strict=True))
-        return BatchShape(
-            prefill_tokens=sum(c for c, _ in pre),
-            prefill_seqs=n_pre,
-            prefill_pairs=sum(chunk_pairs(p, c) for c, p in pre),
-            sliding_prefill_pairs=sum(chunk_pairs(p, c, window) for c, p in pre),
-            prefill_context_tokens=sum(p for _, p in pre),
-            decode_seqs=n_decode,
-            decode_context_tokens=sum(p + 1 for p in prior_lens[n_pre:]),
+        return BatchShape.of(
+            list(zip(q_lens[:n_pre], prior_lens[:n_pre], strict=True)),
+            [p + 1 for p in prior_lens[n_pre:]],
+            self.model.spec.sliding_window,
+            fresh,
             logits_tokens=len(q_lens),
         )
 

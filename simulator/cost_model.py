@@ -53,6 +53,9 @@ class BatchShape:
     a chunk of c new tokens after p cached ones has c·p + c·(c+1)/2. sliding_prefill_pairs: the same
     with keys limited to the window. prefill_context_tokens: cached tokens the chunks attend to
     (read from the KV cache). decode_context_tokens: sum over decode sequences of their context.
+    fresh_*: the chunks among the prefills that are whole fresh prompts long enough for the profile's
+    fresh-prompt attention kernel (`add_chunk`): how many, their tokens, their causal pairs, and their
+    pairs at the padded length that kernel runs (all also counted in the prefill_* fields).
     """
 
     prefill_tokens: int = 0
@@ -63,10 +66,49 @@ class BatchShape:
     decode_seqs: int = 0
     decode_context_tokens: int = 0
     logits_tokens: int = -1  # tokens that need logits; default: decodes + prefills
+    fresh_seqs: int = 0
+    fresh_tokens: int = 0
+    fresh_pairs: float = 0.0
+    fresh_padded_pairs: float = 0.0
 
     @property
     def tokens(self) -> int:
         return self.prefill_tokens + self.decode_seqs
+
+    def add_fresh(self, chunk: int, bucket: int) -> None:
+        """Count a whole fresh prompt of `chunk` tokens as one the fresh-prompt kernel runs (padded to `bucket`)."""
+        padded = -(-chunk // bucket) * bucket
+        self.fresh_seqs += 1
+        self.fresh_tokens += chunk
+        self.fresh_pairs += chunk * (chunk + 1) / 2
+        self.fresh_padded_pairs += padded * (padded + 1) / 2
+
+    @classmethod
+    def of(
+        cls,
+        chunks: list[tuple[int, int]],
+        decode_contexts: list[int] = (),
+        window: int = 0,
+        fresh: tuple[int, int] | None = None,
+        logits_tokens: int = -1,
+    ) -> BatchShape:
+        """The shape of a step of prompt chunks (chunk, prior) and decodes (their context lengths, the new
+        token included); `fresh` is the cost model's (min tokens, bucket) rule (CostModel.fresh)."""
+        b = cls(
+            prefill_tokens=sum(c for c, _ in chunks),
+            prefill_seqs=len(chunks),
+            prefill_pairs=float(sum(chunk_pairs(p, c) for c, p in chunks)),
+            sliding_prefill_pairs=float(sum(chunk_pairs(p, c, window) for c, p in chunks)) if window else 0.0,
+            prefill_context_tokens=sum(p for _, p in chunks),
+            decode_seqs=len(decode_contexts),
+            decode_context_tokens=sum(decode_contexts),
+            logits_tokens=logits_tokens,
+        )
+        if fresh is not None:
+            for c, p in chunks:
+                if p == 0 and c >= fresh[0]:
+                    b.add_fresh(c, fresh[1])
+        return b
 
 
 def chunk_pairs(prior: int, chunk: int, window: int = 0) -> float:
@@ -162,6 +204,13 @@ class CostModel:
         all_stages = Parallelism(tp, 1, ep)
         self.kv_tok_bytes, self.kv_sliding_tok_bytes = kv_bytes_per_token_per_gpu(model, kv_dtype, all_stages)
         self.pair_flops = model.attn_flops_per_pair / tp
+        # whole fresh prompts of at least fresh[0] tokens take the profile's fresh-prompt kernel, padded to
+        # a multiple of fresh[1] (None: the profile has no such kernel; BatchShape.add_fresh)
+        self.fresh = (
+            (e.fresh_prefill_min_tokens, e.fresh_prefill_bucket)
+            if e.attention_fresh is not None and model.full_attention_layers
+            else None
+        )
         self._gemm_cache: dict[int, float] = {}
         self._comm_cache: dict[int, float] = {}
         self._fixed_cache: dict[int, float] = {}
@@ -297,17 +346,29 @@ class CostModel:
         if not b.prefill_tokens:
             return 0.0
         m = self.model
-        flops = self.pair_flops * (
-            b.prefill_pairs * m.full_attention_layers + b.sliding_prefill_pairs * m.sliding_layers
-        )
+        Lf, Ls = m.full_attention_layers, m.sliding_layers
+        t = 0.0
+        pairs, tokens = b.prefill_pairs, b.prefill_tokens  # those of the chunked-prefill kernel's full layers
+        if b.fresh_seqs and self.fresh is not None:
+            # one call per fresh prompt per full-attention layer, at its padded length; the prompts of a
+            # step share the work evenly for the efficiency curve
+            n = b.fresh_seqs * Lf
+            flops = self.pair_flops * b.fresh_padded_pairs * Lf
+            nbytes = b.fresh_tokens * (self.kv_tok_bytes + self._attn_io_per_token * Lf)
+            t = n * op_time(self.eff.attention_fresh, flops / n, nbytes / n, self.attn_peak, self.bw)
+            pairs -= b.fresh_pairs
+            tokens -= b.fresh_tokens
+        flops = self.pair_flops * (pairs * Lf + b.sliding_prefill_pairs * Ls)
         kv_read = b.prefill_context_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
-        kv_write = b.prefill_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
-        io = b.prefill_tokens * self._attn_io_per_token * m.num_layers
-        # one kernel per layer: divide the work evenly over layers for the efficiency curve
-        L = m.num_layers
-        return L * op_time(
-            self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw
-        )
+        kv_write = tokens * self.kv_tok_bytes + b.prefill_tokens * self.kv_sliding_tok_bytes
+        io = (tokens * Lf + b.prefill_tokens * Ls) * self._attn_io_per_token
+        # one kernel per layer (layers with any such chunk): divide the work evenly for the efficiency curve
+        L = (Lf if tokens else 0) + Ls
+        if L:
+            t += L * op_time(
+                self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw
+            )
+        return t
 
     def _decode_attn_work(self, n: int, ctx_tokens):
         """Per-layer FLOPs and bytes of decode attention for n sequences with `ctx_tokens` in total."""

@@ -19,6 +19,12 @@ from simulator.errors import ConfigError, one_line, read_yaml
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 
 GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
+# Whole fresh prompts (nothing cached before them) longer than this many tokens run through a second
+# prefill kernel in the engine (cuDNN's fused attention, padded to a multiple of the bucket so that its
+# execution plans are built once, at warm-up): see engine/attention.py. Profiles measured with it carry
+# that kernel's efficiency as `attention_fresh`; the rule's two numbers travel with it.
+FRESH_PREFILL_MIN_TOKENS = 2049
+FRESH_PREFILL_BUCKET = 128
 
 
 class _Strict(BaseModel):
@@ -49,6 +55,19 @@ class Efficiencies(_Strict):
     attention_prefill: OpEfficiency
     attention_decode: OpEfficiency
     elementwise: OpEfficiency
+    attention_fresh: OpEfficiency | None = Field(
+        None,
+        description="prefill attention of a whole fresh prompt longer than fresh_prefill_min_tokens (its own "
+        "kernel in the engine, measured by python -m calibrate); absent: attention_prefill serves every chunk",
+    )
+    fresh_prefill_min_tokens: int = Field(
+        FRESH_PREFILL_MIN_TOKENS,
+        ge=1,
+        description="fresh prompts of at least this many tokens take attention_fresh",
+    )
+    fresh_prefill_bucket: int = Field(
+        FRESH_PREFILL_BUCKET, ge=1, description="they run padded to a multiple of this many tokens"
+    )
     step_overhead_s: float = Field(
         ge=0, description="fixed time per model step (scheduling, sampling, graph launch)"
     )

@@ -190,9 +190,12 @@ class Replica:
         """Add the draft model's work: prefill of new prompt chunks and, in a speculative round, drafting."""
         prompt = sum(c for _, c in batch.prefills)
         if prompt:
-            pairs = sum(chunk_pairs(s.computed, c) for s, c in batch.prefills)
-            ctx = sum(s.computed for s, _ in batch.prefills)
-            shape = BatchShape(prompt, len(batch.prefills), pairs, 0.0, ctx, 0, 0, 0)
+            draft = self.draft_time.draft
+            shape = BatchShape.of(
+                [(c, s.computed) for s, c in batch.prefills],
+                fresh=draft.fresh if draft is not None else None,
+                logits_tokens=0,
+            )
             extra = self.draft_time.prefill(shape)
             dt += extra
             prefill_s += extra
@@ -417,6 +420,9 @@ class Replica:
                     sliding_prefill_pairs=m * chunk_pairs(0, p_max, sched.window) if sched.window else 0.0,
                     logits_tokens=m,
                 )
+                if cost.fresh is not None and p_max >= cost.fresh[0]:
+                    for _ in range(m):
+                        shape.add_fresh(p_max, cost.fresh[1])
                 dt = cost.step_time(shape)
                 yield env.timeout(dt)
                 st.steps += 1

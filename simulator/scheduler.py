@@ -99,8 +99,12 @@ class Scheduler:
         max_waiting: int | None = None,
         timeout_s: float | None = None,
         arrival_s=None,
+        fresh: tuple[int, int] | None = None,
     ) -> None:
         self.pool = pool
+        # whole fresh prompts of at least fresh[0] tokens take the cost model's fresh-prompt kernel
+        # (CostModel.fresh: min tokens, bucket); an unreachable minimum when there is none
+        self.fresh_min, self.fresh_bucket = fresh if fresh is not None else (1 << 62, 1)
         self.B = pool.block_size
         self.max_seqs = max_num_seqs
         self.max_tokens = max_num_batched_tokens
@@ -453,6 +457,7 @@ class Scheduler:
     def _shape(self, b: Batch) -> BatchShape:
         tokens = pairs = spairs = ctx = 0
         logits = b.num_decodes
+        fresh = None
         for s, chunk in b.prefills:
             done = s.computed
             tokens += chunk
@@ -461,6 +466,9 @@ class Scheduler:
                 spairs += chunk_pairs(done, chunk, self.window)
             ctx += done
             logits += done + chunk == s.prompt
+            if chunk >= self.fresh_min and not done:
+                fresh = fresh or []
+                fresh.append(chunk)
         if b.spec_k:  # verification: k + 1 query tokens per sequence after its cached context
             n, q = b.num_decodes, b.spec_k + 1
             kv = b.decode_context - n
@@ -472,9 +480,13 @@ class Scheduler:
             logits += n * q - n
             return BatchShape(tokens, len(b.prefills) + n, pairs, spairs, ctx, 0, 0, logits)
         # prefill tokens, seqs, pairs, sliding pairs, context tokens; decode seqs, context tokens; logits
-        return BatchShape(
+        shape = BatchShape(
             tokens, len(b.prefills), pairs, spairs, ctx, b.num_decodes, b.decode_context, logits
         )
+        if fresh:
+            for chunk in fresh:
+                shape.add_fresh(chunk, self.fresh_bucket)
+        return shape
 
     # ------------------------------------------------------------------ completion
     def complete(self, b: Batch) -> StepResult:

@@ -143,6 +143,7 @@ def _engine(env, index: int, g: Group, max_seqs: int, blocks: int, ctx: dict) ->
         else 0.0,
         block_keys=keys,
         spec=_spec_settings(sv, scenario, reqs, index),
+        fresh=cost.fresh,
         **_admission(sv, scenario, reqs, table),
     )
     e = Replica(env, index, sched, cost, table, StepStats(ctx["interval"]), sv.batching == "static", g.role)

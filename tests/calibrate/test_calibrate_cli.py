@@ -112,6 +112,17 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     assert "corrupt measurement line" in err and f"{n - 1} points already measured" in err
     assert len(Store.open(work / "measurements.jsonl").records) == n
 
+    # --redo takes one kind again and keeps the rest; an unknown kind is one clear line
+    assert main([*args, "--redo", "elementwise"]) == 0
+    err = "".join(capsys.readouterr())
+    redone = sum(r.kind == "elementwise" for r in store.records.values())
+    assert (
+        f"{redone} stored measurements of elementwise" in err
+        and f"{n - redone} points already measured" in err
+    )
+    assert main([*args, "--redo", "elementwize"]) == 2
+    assert "elementwize" in one_clear_line(capsys.readouterr().err)
+
     monkeypatch.setenv("INFERPLAN_PROFILES", str(out))
     md = tmp_path / "validate.md"
     assert (

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from calibrate.accounting import GROUPS, step_shape, work
-from calibrate.fit import fit_all, fit_group
+from calibrate.accounting import GROUPS, is_fresh, step_shape, work
+from calibrate.fit import _theta_of, fit_all, fit_group
 from calibrate.measurements import Record
 from calibrate.plan import Limits, make_plan
 from simulator.cost_model import BatchShape, CostModel, op_time
@@ -25,6 +25,7 @@ TRUTH = Efficiencies(
     ),
     attention_decode=OpEfficiency(compute=0.3, memory=0.21, launch_s=9.0e-6),
     elementwise=OpEfficiency(compute=0.1, memory=0.68, launch_s=5.0e-6),
+    attention_fresh=OpEfficiency(compute=0.61, memory=0.30, launch_s=2.0e-5),
     step_overhead_s=4.0e-4,
     per_sequence_s=5.0e-6,
 )
@@ -38,8 +39,9 @@ def synthetic(eff: Efficiencies, noise: float = 0.0, seed: int = 0) -> list[Reco
     out = []
     for p in PLAN:
         if p.kind in GROUPS:
-            w = work(cm, p.kind, [p.params])
-            t = float(op_time(getattr(eff, p.kind), w.flops[0], w.nbytes[0], w.peak[0], cm.bw))
+            g = group_of(cm, p)
+            w = work(cm, g, [p.params])
+            t = float(op_time(getattr(eff, g), w.flops[0], w.nbytes[0], w.peak[0], cm.bw))
         elif p.kind.startswith("step_"):
             t = cm.step_time(step_shape(cm, p.kind, p.params))
         else:
@@ -48,6 +50,11 @@ def synthetic(eff: Efficiencies, noise: float = 0.0, seed: int = 0) -> list[Reco
             Record(p.key, p.kind, p.params, t * float(np.exp(noise * rng.standard_normal())), "ok", p.holdout)
         )
     return out
+
+
+def group_of(cm: CostModel, p) -> str:
+    """The group a point is fitted in: whole fresh prompts' attention apart (as fit_all sorts them)."""
+    return "attention_fresh" if p.kind == "attention_prefill" and is_fresh(cm, p.params) else p.kind
 
 
 def close(a: OpEfficiency, b: OpEfficiency, rel: float = 0.02, fields=None):
@@ -62,12 +69,19 @@ def close(a: OpEfficiency, b: OpEfficiency, rel: float = 0.02, fields=None):
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_each_group_is_recovered_from_its_microbenchmarks(group):
-    recs = [r for r in synthetic(TRUTH) if r.kind == group]
     cm = CostModel(PROFILE, SPEC)
-    f = fit_group(cm, group, recs, getattr(PROFILE.efficiency, group))
+    recs = [r for r in synthetic(TRUTH) if group_of(cm, r) == group]
+    assert len(recs) >= 6, group
+    f = fit_group(cm, group, recs, getattr(PROFILE.efficiency, group) or PROFILE.efficiency.attention_prefill)
     fields = (
         ("memory", "memory_ramp_bytes", "launch_s") if group in ("attention_decode", "elementwise") else None
     )
+    if group == "attention_fresh":  # long causal prompts: compute-bound, the memory terms never bind, and
+        # only the compute side's fixed time (ramp / rate + launch) is identifiable
+        fields = ("compute",)
+        peak = PROFILE.peak_flops("bf16")
+        a_fit, a_true = _theta_of(f.eff, peak, cm.bw)[2], _theta_of(TRUTH.attention_fresh, peak, cm.bw)[2]
+        assert a_fit == pytest.approx(a_true, rel=0.05)
     close(f.eff, getattr(TRUTH, group), fields=fields)
     assert f.train.median_pct < 0.1 and f.holdout.median_pct < 0.1
 
@@ -134,3 +148,34 @@ def test_step_shape_matches_the_engine_runner():
         assert getattr(ours, f) == getattr(theirs, f), f
     assert cm.step_time(ours) == pytest.approx(cm.step_time(theirs))
     assert isinstance(ours, BatchShape)
+
+
+def test_whole_fresh_prompts_take_the_fresh_kernel_in_the_cost_model():
+    """A long fresh prompt costs one attention_fresh call per layer at its padded length; the other chunks
+    share the chunked kernel's call; with no such kernel in the profile every chunk takes the latter."""
+    prof = PROFILE.model_copy(
+        update={
+            "efficiency": PROFILE.efficiency.model_copy(update={"attention_fresh": TRUTH.attention_fresh})
+        }
+    )
+    cm = CostModel(prof, SPEC, serving_host=False)
+    heads = {"num_heads": SPEC.num_heads, "num_kv_heads": SPEC.num_kv_heads, "head_dim": SPEC.head_dim}
+    chunks = [(5000, 0), (300, 700), (2048, 0)]  # 2048 is under the threshold: chunked kernel
+    b = step_shape(
+        cm, "step_prefill", {"prompt_lens": [c for c, _ in chunks], "prior_lens": [p for _, p in chunks]}
+    )
+    assert (b.fresh_seqs, b.fresh_tokens) == (1, 5000)
+    assert b.fresh_padded_pairs == 5120 * 5121 / 2  # padded to the 128-token bucket
+    L = SPEC.num_layers
+    wf = work(cm, "attention_fresh", [{"chunk": 5000, "prior": 0, **heads}])
+    fresh = L * op_time(TRUTH.attention_fresh, wf.flops[0], wf.nbytes[0], wf.peak[0], cm.bw)
+    wc = work(cm, "attention_prefill", [{"chunk": c, "prior": p, **heads} for c, p in chunks[1:]])
+    rest = L * op_time(prof.efficiency.attention_prefill, wc.flops.sum(), wc.nbytes.sum(), wc.peak[0], cm.bw)
+    assert cm.breakdown(b)["attention_prefill"] == pytest.approx(fresh + rest)
+
+    plain = CostModel(PROFILE, SPEC, serving_host=False)
+    assert (
+        plain.fresh is None
+        and step_shape(plain, "step_prefill", {"prompt_lens": [5000], "prior_lens": [0]}).fresh_seqs == 0
+    )
+    assert cm.step_time(BatchShape.of([(5000, 0)], fresh=cm.fresh)) < cm.step_time(BatchShape.of([(5000, 0)]))

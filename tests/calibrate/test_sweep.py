@@ -101,3 +101,17 @@ def test_measurements_of_another_gpu_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="--fresh"):
         Store.open(path, {**META, "gpu": "Other GPU"})
     assert not Store.open(path, {**META, "gpu": "Other GPU"}, fresh=True).records
+
+
+def test_forget_drops_a_kind_and_the_sweep_measures_only_it_again(tmp_path):
+    path = tmp_path / "m.jsonl"
+    pts = points(6) + [Point("elementwise", {"tokens": t, "hidden": 64, "intermediate": 128}) for t in (1, 8)]
+    run_sweep(pts, Store.open(path, META), lambda p: 1e-3)
+    store = Store.open(path, META)
+    assert store.forget({"elementwise"}) == 2 and store.forget({"elementwise"}) == 0
+    reread = Store.open(path, META)
+    assert reread.meta["gpu"] == "Fake GPU" and len(reread.records) == 6 and not reread.skipped_lines
+    calls = []
+    rep = run_sweep(pts, reread, lambda p: calls.append(p.kind) or 2e-3)
+    assert calls == ["elementwise", "elementwise"] and rep.skipped == 6
+    assert [r.seconds for r in Store.open(path, META).ok("elementwise")] == [2e-3, 2e-3]

@@ -80,3 +80,49 @@ def test_mixed_step_split_equals_masked_attention(q_lens, prior, window):
     out = split_reference(q, k, v, lay, 0.25, window)
     real = int(lay.cu_q[len([x for x in q_lens if x])])
     assert torch.allclose(out[:real], ref[:real], atol=1e-5)
+
+
+def test_fresh_prompts_run_padded_apart_and_the_rest_by_runs(monkeypatch):
+    """The CUDA prefill group's split, on the CPU: long whole fresh prompts through SDPA one by one, padded
+    to the bucket; the runs of other sequences between them through the varlen kernel (here the masked
+    reference); decodes left alone. Together they equal masked attention over every prefill row."""
+    from torch.nn.attention import SDPBackend
+
+    import engine.attention as A
+
+    calls = {"fresh": [], "runs": []}
+
+    def flash(q, k_pool, v_pool, cu_q, cu_k, used, max_q, max_k, scale, window, n):
+        cq, ck, u = cu_q.tolist(), cu_k.tolist(), used.tolist()
+        calls["runs"].append(n)
+        lay = A.StepLayout(
+            [cq[i + 1] - cq[i] for i in range(n)], u[:n], ck[:n], None, None, None, None, None, 0, 0, n, n
+        )
+        return A.reference_attention(q[: cq[n]], k_pool, v_pool, lay, scale, window)
+
+    real = A._cudnn_prefill
+
+    def cudnn(q, *a, **k):
+        calls["fresh"].append(q.shape[0])
+        return real(q, *a, **k)
+
+    monkeypatch.setattr(A, "_flash", flash)
+    monkeypatch.setattr(A, "_cudnn_prefill", cudnn)
+    monkeypatch.setattr(A, "FRESH_BACKENDS", [SDPBackend.MATH])
+    monkeypatch.setitem(A._cudnn_state, "ok", None)
+    nh, nkv, d = 4, 2, 16
+    q_lens = [A.FRESH_MIN_TOKENS + 100, 40, 30, A.FRESH_MIN_TOKENS, A.FRESH_MIN_TOKENS + 5, 1, 1]
+    prior = [0, 200, 0, 7, 0, 50, 90]  # the 4th is long but after a prefix: varlen kernel
+    lay = A.make_layout(q_lens, prior, "cpu")
+    g = torch.Generator().manual_seed(0)
+    pool = lay.cu_k[-1].item() + A.FRESH_BUCKET
+    k_pool = torch.randn((pool, nkv, d), generator=g)
+    v_pool = torch.randn((pool, nkv, d), generator=g)
+    q = torch.randn((sum(q_lens), nh, d), generator=g)
+    assert A.fresh_sequences(lay, 0, lay.n_prefill) == [0, 4]
+    assert A.fresh_sequences(lay, 64, lay.n_prefill) == []  # sliding-window layers stay on the varlen kernel
+    out = A._prefill_group(q, k_pool, v_pool, lay, d**-0.5, 0, lay.n_prefill)
+    assert calls["fresh"] == [q_lens[0], q_lens[4]] and calls["runs"] == [3]
+    rows = sum(q_lens[: lay.n_prefill])
+    want = A.reference_attention(q, k_pool, v_pool, lay, d**-0.5)
+    torch.testing.assert_close(out[:rows], want[:rows], atol=2e-5, rtol=1e-4)

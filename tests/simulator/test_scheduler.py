@@ -127,3 +127,28 @@ def test_admission_control_refuses_and_expires():
     gone = s.expire(now=2.0)
     assert [g.rid for g in gone] == [0, 1] and not s.waiting
     assert s.dropped[-2:] == [(0, "timed_out"), (1, "timed_out")]
+
+
+def test_whole_fresh_prompts_are_counted_for_the_fresh_kernel():
+    """Every step's shape equals BatchShape.of over its chunks: a prompt's first chunk, long enough, is
+    fresh; later chunks (after its own prefix) and short prompts are not."""
+    from simulator.cost_model import BatchShape
+
+    fresh = (2049, 128)
+    s = Scheduler(BlockPool(100_000, 16), max_num_seqs=8, max_num_batched_tokens=6000, fresh=fresh)
+    for i, (p, o) in enumerate([(5000, 3), (9000, 2), (2049, 2), (2048, 2), (300, 4)]):
+        s.add(Sequence(i, p, o))
+    seen = 0
+    for _ in range(100):
+        b = s.schedule()
+        if b is None:
+            break
+        chunks = [(c, q.computed) for q, c in b.prefills]
+        want = BatchShape.of(chunks, fresh=fresh)
+        for f in ("fresh_seqs", "fresh_tokens", "fresh_pairs", "fresh_padded_pairs", "prefill_pairs"):
+            assert getattr(b.shape, f) == getattr(want, f), f
+        seen += b.shape.fresh_seqs
+        s.complete(b)
+    # the 5000-token prompt and the 2049-token one; the 9000's first chunk (1000, budget) is short, and the
+    # 2048-token one is split by the budget
+    assert seen == 2
