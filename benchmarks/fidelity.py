@@ -247,6 +247,15 @@ def write_steps(path: Path, trace: dict[str, np.ndarray], cm: CostModel) -> None
             w.writerow([f"{trace[k][i]:.6g}" for k in trace] + [f"{pred[i]:.6g}"])
 
 
+def alloc_retries(device: str) -> int:
+    """How often torch's caching allocator had to free its cache and retry a GPU allocation (0 on the CPU)."""
+    if device == "cpu":
+        return 0
+    import torch
+
+    return int(torch.cuda.memory_stats().get("num_alloc_retries", 0))
+
+
 # ---------------------------------------------------------------------------------------------- the engine side
 class EngineHost:
     """One model on the device with its serving executor, reused by every row of that model."""
@@ -292,7 +301,9 @@ def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
         return host
     for old in list(hosts):
         del hosts[old]
-    reserve = activation_bytes(spec, sv) + ENGINE_RESERVE_BYTES
+    reserve = activation_bytes(spec, sv) + (
+        args.reserve_gib * 2**30 if args.reserve_gib is not None else ENGINE_RESERVE_BYTES
+    )
     # CPU: room for max_num_seqs of the longest requests the CPU workloads make (a small pool, as before:
     # the scheduler's blocks shrink to fit it, so the CPU rows run with the KV cache under pressure)
     longest = (
@@ -345,6 +356,9 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
                 sv.max_num_batched_tokens, sv.chunked_prefill, deadline_s=deadline, log=log, trace=True,
                 block_keys=keys)  # fmt: skip
     assert run.scheduler.pool.used == 0 or run.unfinished, "blocks left in use after a complete run"
+    retries = alloc_retries(args.device)
+    if retries:  # the caching allocator freed and retried (a device sync each): the engine ran short of room
+        log(f"  torch allocator: {retries} retries so far (raise --reserve-gib)")
     eng = summarize(sc, spec, profile, mem, run.table, run.stats, run.scheduler, run.wall_s)
     fc = simulate(sc, requests=reqs)
     censor(fc.table, deadline)
@@ -633,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="h100-sxm", help="the GPU's calibrated profile (default h100-sxm)")
     p.add_argument("--duration", type=float, help="seconds of trace per row (default 30; --quick 20; cpu 2)")
     p.add_argument("--utilization", type=float, default=0.9, help="gpu_memory_utilization (default 0.9)")
+    p.add_argument(
+        "--reserve-gib", type=float, help="GPU memory the engine leaves free beyond a step's activations"
+    )
     p.add_argument("--only", help="run only rows whose name contains this")
     p.add_argument("--fresh", action="store_true", help="rerun rows that already have results")
     p.add_argument(

@@ -369,15 +369,22 @@ def _cudnn_prefill(q, k_pool, v_pool, s0: int, scale: float, bucket: int | None 
                     )
                 except RuntimeError:
                     _cudnn_state["gqa"] = False
-            if o is None:
-                rep = nh // nkv
-                kb, vb = kb.repeat_interleave(rep, 1), vb.repeat_interleave(rep, 1)
+            if o is None:  # cuDNN refused grouped heads (e.g. 40 query heads over 8): give each its copy
+                kb, vb = _repeat_heads(kb, nh // nkv), _repeat_heads(vb, nh // nkv)
                 o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale)
     except RuntimeError:
         _cudnn_state["ok"] = False
         return None
     _cudnn_state["ok"] = True
     return o.transpose(1, 2).reshape(t, nh, o.shape[-1])[:real]
+
+
+def _repeat_heads(x: torch.Tensor, rep: int) -> torch.Tensor:
+    """[B, kv_heads, T, d] -> [B, kv_heads * rep, T, d], each KV head repeated for its query heads. Not
+    repeat_interleave: with an integer count it reads the output size back from the GPU (a sync per call,
+    which stalled the host for the whole step)."""
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, rep, t, d).reshape(b, h * rep, t, d)
 
 
 def prebuild_fresh(k_pool: torch.Tensor, v_pool: torch.Tensor, num_heads: int, max_tokens: int) -> int:

@@ -173,7 +173,10 @@ def test_whole_fresh_prompts_take_the_fresh_kernel_in_the_cost_model():
     rest = L * op_time(prof.efficiency.attention_prefill, wc.flops.sum(), wc.nbytes.sum(), wc.peak[0], cm.bw)
     assert cm.breakdown(b)["attention_prefill"] == pytest.approx(fresh + rest)
 
-    plain = CostModel(PROFILE, SPEC, serving_host=False)
+    bare = PROFILE.model_copy(
+        update={"efficiency": PROFILE.efficiency.model_copy(update={"attention_fresh": None})}
+    )
+    plain = CostModel(bare, SPEC, serving_host=False)
     assert (
         plain.fresh is None
         and step_shape(plain, "step_prefill", {"prompt_lens": [5000], "prior_lens": [0]}).fresh_seqs == 0
