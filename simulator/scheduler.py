@@ -458,6 +458,7 @@ class Scheduler:
         tokens = pairs = spairs = ctx = 0
         logits = b.num_decodes
         fresh = None
+        fmin = self.fresh_min
         for s, chunk in b.prefills:
             done = s.computed
             tokens += chunk
@@ -466,7 +467,7 @@ class Scheduler:
                 spairs += chunk_pairs(done, chunk, self.window)
             ctx += done
             logits += done + chunk == s.prompt
-            if chunk >= self.fresh_min and not done:
+            if chunk >= fmin and not done:
                 fresh = fresh or []
                 fresh.append(chunk)
         if b.spec_k:  # verification: k + 1 query tokens per sequence after its cached context
