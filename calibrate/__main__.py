@@ -49,6 +49,11 @@ def _validate_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda")
     p.add_argument("--work-dir", help="where validate.jsonl goes (default: calibration_runs/PROFILE)")
     p.add_argument("--out", help="write the table as Markdown to this file")
+    p.add_argument(
+        "--stored",
+        action="store_true",
+        help="no device: compare the profile with the steps already measured in the work dir (after a refit)",
+    )
     return p
 
 
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             a = _validate_parser().parse_args(argv[1:])
             from calibrate.validate import validate
 
-            validate(a.profile, a.model, a.device, a.work_dir, a.out, command=command)
+            validate(a.profile, a.model, a.device, a.work_dir, a.out, command=command, stored=a.stored)
         elif argv and argv[0] == "fit":
             a = _fit_parser().parse_args(argv[1:])
             from calibrate.calibration import refit

@@ -295,7 +295,18 @@ def fit_all(
         eff = eff.model_copy(update={"step_overhead_s": o, "per_sequence_s": s})
     if refine and len(train) >= 8:
         fitted = {g: [r for r in micro[g] if not r.holdout] for g in GROUPS}
+        alone = eff.gemm
         eff = refine_on_steps(profile, model, eff, fitted, train)
+        # The whole steps are bf16, so only the bf16 GEMM curve learns how GEMMs run inside a step: the
+        # 8-bit GEMMs on this GPU take the same in-step factor on their compute asymptote (sustained
+        # tensor-core load lowers the clocks for them as well; memory-bound GEMMs keep their own curve),
+        # and their microbenchmark errors are reported for the curve they get.
+        kc = eff.gemm.compute / alone.compute
+        for d, f in extra.items():
+            if f.eff is not None:
+                e = f.eff.model_copy(update={"compute": min(1.0, f.eff.compute * kc)})
+                recs = [r for r in by.get("gemm", []) if r.params.get("dtype") == d]
+                extra[d] = evaluate_group(cm, "gemm", recs, e)
 
     # the serving loop's host costs are measured, not fitted: the run's, else the base profile's
     from calibrate.serving import QUANTITIES

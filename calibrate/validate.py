@@ -15,8 +15,8 @@ from calibrate.plan import Limits, Point, make_plan, mixed_lengths
 from calibrate.sweep import run_sweep
 from simulator.cost_model import CostModel
 from simulator.errors import ConfigError
-from simulator.hardware import load_profile
-from simulator.model_spec import load_model
+from simulator.hardware import HardwareProfile, load_profile
+from simulator.model_spec import ModelSpec, load_model
 
 
 def validation_points(mode: str, limits: Limits) -> list[Point]:
@@ -63,8 +63,9 @@ def validation_points(mode: str, limits: Limits) -> list[Point]:
     return [p for p in pts if fits(p)]
 
 
-def predict(profile_name: str, model_name: str, points: list[Point]) -> np.ndarray:
-    cm = CostModel(load_profile(profile_name), load_model(model_name), serving_host=False)
+def predict(profile: HardwareProfile, spec: ModelSpec, points: list[Point]) -> np.ndarray:
+    """The cost model's time for each whole step (GPU work only: calibration times the GPU)."""
+    cm = CostModel(profile, spec, serving_host=False)
     return np.array([cm.step_time(step_shape(cm, p.kind, p.params)) for p in points])
 
 
@@ -98,8 +99,11 @@ def validate(
     out: str | None,
     command: str = "",
     log=print,
+    stored: bool = False,
 ) -> tuple[float, float]:
-    """Time the held-out steps, compare with the profile's prediction; returns (median, p90) abs % error."""
+    """Time the held-out steps, compare with the profile's prediction; returns (median, p90) abs % error.
+
+    `stored`: no device; compare with the steps already in the work dir's validate.jsonl (after a refit)."""
     from calibrate.calibration import device_limits, need_torch_device
 
     prof = load_profile(profile_name)
@@ -110,6 +114,17 @@ def validate(
             Path(out).touch()
         except OSError as e:
             raise ConfigError(f"cannot write {out!r}: {e.strerror or e}") from None
+    if stored:
+        path = Path(work_dir or Path("calibration_runs") / prof.name) / "validate.jsonl"
+        if not path.exists():
+            raise ConfigError(f"{path} does not exist; run python -m calibrate validate on the GPU first")
+        store = Store.open(path)
+        if store.meta.get("model", spec.name) != spec.name:
+            raise ConfigError(
+                f"{path} holds steps of {store.meta['model']!r}; pass --model {store.meta['model']}"
+            )
+        done = [Point(r.kind, r.params) for r in store.records.values() if r.status == "ok"]
+        return _report(profile_name, prof, spec, store, done, store.meta.get("gpu", "?"), out, command, log)
     need_torch_device(device)
     gpu = detect.GpuInfo(name="cpu") if device == "cpu" else detect.detect()
     mode = "cpu" if device == "cpu" else "full"
@@ -127,10 +142,17 @@ def validate(
     bench = Bench(spec, device, limits)
     run_sweep(points, store, bench.measure, bench.recover, label_text="validate")
     done = [p for p in points if p.key in store and store.records[p.key].status == "ok"]
+    return _report(profile_name, prof, spec, store, done, gpu.name if gpu else device, out, command, log)
+
+
+def _report(
+    profile_name: str, prof, spec, store: Store, done: list[Point], gpu_name: str, out, command: str, log
+) -> tuple[float, float]:
+    """Predicted vs measured for the stored steps `done`: tables logged and written to `out`."""
     if not done:
         raise ConfigError("no validation step could be measured (see the warnings above)")
     measured = np.array([store.records[p.key].seconds for p in done])
-    pred = predict(profile_name, model_name, done)
+    pred = predict(prof, spec, done)
     rows = [
         {
             "kind": p.kind[5:],
@@ -144,7 +166,7 @@ def validate(
     e = Errors.of(pred, measured)
     head = (
         f"Validation of profile `{prof.name}` ({prof.display_name}) with {spec.name} on "
-        f"{gpu.name if gpu else device}, {_dt.date.today().isoformat()}: whole steps not in the sweep, "
+        f"{gpu_name}, {_dt.date.today().isoformat()}: whole steps not in the sweep, "
         f"measured by the engine vs `CostModel.step_time`."
     )
     text = (

@@ -144,3 +144,11 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     )
     text = md.read_text()
     assert "median abs. error" in text and "| decode |" in text
+    # --stored re-predicts the stored steps with no device: the same table for the same profile
+    again = tmp_path / "again.md"
+    assert main(["validate", "cpu-tiny", "--stored", "--model", str(tiny_config), "--work-dir", str(work),
+                 "--out", str(again)]) == 0  # fmt: skip
+    assert again.read_text().split("\n\n")[2:] == text.split("\n\n")[2:]
+    capsys.readouterr()
+    assert main(["validate", "cpu-tiny", "--stored", "--work-dir", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in one_clear_line(capsys.readouterr().err)

@@ -182,3 +182,28 @@ def test_whole_fresh_prompts_take_the_fresh_kernel_in_the_cost_model():
         and step_shape(plain, "step_prefill", {"prompt_lens": [5000], "prior_lens": [0]}).fresh_seqs == 0
     )
     assert cm.step_time(BatchShape.of([(5000, 0)], fresh=cm.fresh)) < cm.step_time(BatchShape.of([(5000, 0)]))
+
+
+def test_eight_bit_gemms_take_the_in_step_factor_the_steps_teach_bf16():
+    """Whole steps whose GEMMs run at 0.9x their microbenchmark rate: refinement lowers the bf16 compute
+    asymptote by about that, and the fp8 curve (no fp8 step to learn from) takes the same factor."""
+    slow = TRUTH.model_copy(
+        update={"gemm": TRUTH.gemm.model_copy(update={"compute": TRUTH.gemm.compute * 0.9})}
+    )
+    micro = [r for r in synthetic(TRUTH) if not r.kind.startswith("step_")]
+    steps = [r for r in synthetic(slow) if r.kind.startswith("step_")]
+    fp8 = OpEfficiency(compute=0.70, memory=0.80, compute_ramp_flops=4.0e9, launch_s=3.0e-6)
+    cm = CostModel(PROFILE, SPEC)
+    for m in (256, 1024, 4096, 8192, 16384):
+        for k, n in ((4096, 6144), (4096, 28672), (14336, 4096)):
+            p = {"m": m, "k": k, "n": n, "dtype": "fp8"}
+            w = work(cm, "gemm", [p])
+            t = float(op_time(fp8, w.flops[0], w.nbytes[0], w.peak[0], cm.bw))
+            micro.append(Record(f"gemm:{m},{k},{n},fp8", "gemm", p, t, "ok", m == 4096))
+    alone = fit_all(PROFILE, SPEC, micro + steps, refine=False)
+    res = fit_all(PROFILE, SPEC, micro + steps)
+    k = res.efficiency.gemm.compute / alone.efficiency.gemm.compute
+    assert 0.85 < k < 0.95
+    assert alone.extra_gemm["fp8"].eff.compute == pytest.approx(fp8.compute, rel=0.02)
+    assert res.extra_gemm["fp8"].eff.compute == pytest.approx(fp8.compute * k, rel=0.02)
+    assert res.extra_gemm["fp8"].eff.memory == pytest.approx(alone.extra_gemm["fp8"].eff.memory)
