@@ -318,9 +318,8 @@ def _flash(q, k_pool, v_pool, cu_q, cu_k, used, max_q: int, max_k: int, scale: f
 
 
 _cudnn_state: dict[str, bool | None] = {"ok": None, "gqa": True}
-FRESH_BACKENDS = [
-    SDPBackend.CUDNN_ATTENTION
-]  # SDPA's backend for whole fresh prompts (tests: MATH, on the CPU)
+# SDPA's backend for whole fresh prompts (the tests swap in MATH, on the CPU)
+FRESH_BACKENDS = [SDPBackend.CUDNN_ATTENTION]
 
 
 def fresh_sequences(lay: StepLayout, window: int, n_pre: int) -> list[int]:
@@ -369,7 +368,7 @@ def _cudnn_prefill(q, k_pool, v_pool, s0: int, scale: float, bucket: int | None 
                     )
                 except RuntimeError:
                     _cudnn_state["gqa"] = False
-            if o is None:  # cuDNN refused grouped heads (e.g. 40 query heads over 8): give each its copy
+            if o is None:  # this cuDNN build refused grouped heads: give each query head its KV copy
                 kb, vb = _repeat_heads(kb, nh // nkv), _repeat_heads(vb, nh // nkv)
                 o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale)
     except RuntimeError:
@@ -380,9 +379,8 @@ def _cudnn_prefill(q, k_pool, v_pool, s0: int, scale: float, bucket: int | None 
 
 
 def _repeat_heads(x: torch.Tensor, rep: int) -> torch.Tensor:
-    """[B, kv_heads, T, d] -> [B, kv_heads * rep, T, d], each KV head repeated for its query heads. Not
-    repeat_interleave: with an integer count it reads the output size back from the GPU (a sync per call,
-    which stalled the host for the whole step)."""
+    """[B, kv_heads, T, d] -> [B, kv_heads * rep, T, d], each KV head repeated for its query heads (one
+    copy through a broadcast view, sizes known on the host)."""
     b, h, t, d = x.shape
     return x[:, :, None].expand(b, h, rep, t, d).reshape(b, h * rep, t, d)
 
