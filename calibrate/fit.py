@@ -272,13 +272,15 @@ def fit_all(
             by.setdefault(kind, []).append(r)
 
     extra: dict[str, GroupFit] = {}
+    eight_bit: dict[str, list[Record]] = {}  # fp8 / int8 GEMM points by dtype
     new = {}
     micro: dict[str, list[Record]] = {}
     for g in GROUPS:
         recs = by.get(g, [])
         if g == "gemm":
             for d in sorted({r.params.get("dtype", "bf16") for r in recs} - {"bf16"}):
-                extra[d] = fit_group(cm, g, [r for r in recs if r.params.get("dtype") == d], base.gemm)
+                eight_bit[d] = [r for r in recs if r.params.get("dtype") == d]
+                extra[d] = fit_group(cm, g, eight_bit[d], base.gemm)
             recs = [r for r in recs if r.params.get("dtype", "bf16") == "bf16"]
         micro[g] = recs
         start = getattr(base, g) or base.attention_prefill  # attention_fresh may be new to this profile
@@ -305,8 +307,7 @@ def fit_all(
         for d, f in extra.items():
             if f.eff is not None:
                 e = f.eff.model_copy(update={"compute": min(1.0, f.eff.compute * kc)})
-                recs = [r for r in by.get("gemm", []) if r.params.get("dtype") == d]
-                extra[d] = evaluate_group(cm, "gemm", recs, e)
+                extra[d] = evaluate_group(cm, "gemm", eight_bit[d], e)
 
     # the serving loop's host costs are measured, not fitted: the run's, else the base profile's
     from calibrate.serving import QUANTITIES

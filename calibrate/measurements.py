@@ -100,17 +100,7 @@ class Store:
 
     def add(self, rec: Record) -> None:
         self.records[rec.key] = rec
-        d = {
-            "key": rec.key,
-            "kind": rec.kind,
-            "params": rec.params,
-            "seconds": rec.seconds,
-            "status": rec.status,
-            "holdout": rec.holdout,
-        }
-        if rec.note:
-            d["note"] = rec.note
-        self._append(d)
+        self._append(_line(rec))
 
     def _append(self, d: dict) -> None:
         # one write per line, flushed and synced: a kill loses at most the point being measured
@@ -128,17 +118,8 @@ class Store:
             return 0
         for k in drop:
             del self.records[k]
-        lines = [
-            json.dumps(
-                {"kind": "meta", **{k: v for k, v in self.meta.items() if k != "kind"}}, separators=(",", ":")
-            )
-        ]
-        for r in self.records.values():
-            d = {"key": r.key, "kind": r.kind, "params": r.params, "seconds": r.seconds, "status": r.status,
-                 "holdout": r.holdout}  # fmt: skip
-            if r.note:
-                d["note"] = r.note
-            lines.append(json.dumps(d, separators=(",", ":")))
+        meta = {"kind": "meta", **{k: v for k, v in self.meta.items() if k != "kind"}}
+        lines = [json.dumps(d, separators=(",", ":")) for d in [meta, *map(_line, self.records.values())]]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, self.path)
@@ -147,3 +128,12 @@ class Store:
     def ok(self, kind: str | None = None) -> list[Record]:
         """Measured points (status ok), optionally of one kind, in file order."""
         return [r for r in self.records.values() if r.status == "ok" and (kind is None or r.kind == kind)]
+
+
+def _line(rec: Record) -> dict:
+    """A record as its JSONL line stores it."""
+    d = {"key": rec.key, "kind": rec.kind, "params": rec.params, "seconds": rec.seconds, "status": rec.status,
+         "holdout": rec.holdout}  # fmt: skip
+    if rec.note:
+        d["note"] = rec.note
+    return d

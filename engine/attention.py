@@ -276,10 +276,8 @@ def _prefill_group(q, k_pool, v_pool, lay: StepLayout, scale: float, window: int
             out = _into(out, q, r0, seg)
         if i < n_pre:
             o = _cudnn_prefill(q[rows[i] : rows[i + 1]], k_pool, v_pool, lay.k_starts[i], scale)
-            if o is None:  # cuDNN unavailable: this prompt through FA2 after all
-                o = _flash(q[rows[i] : rows[i + 1]], k_pool, v_pool, lay.cu_q[i : i + 2] - rows[i],
-                           lay.cu_k[i : i + 2], lay.seqused_k[i : i + 1], lay.q_lens[i], lay.k_lens[i], scale,
-                           window, 1)  # fmt: skip
+            if o is None:  # cuDNN unavailable (now marked so): the whole group through FA2 after all
+                return _prefill_group(q, k_pool, v_pool, lay, scale, window, n_pre)
             out = _into(out, q, rows[i], o)
         a = i + 1
     return out

@@ -345,42 +345,35 @@ class CostModel:
     def attention_prefill_time(self, b: BatchShape) -> float:
         if not b.prefill_tokens:
             return 0.0
-        if b.fresh_seqs and self.fresh is not None:
-            return self._prefill_with_fresh(b)
-        m = self.model
-        flops = self.pair_flops * (
-            b.prefill_pairs * m.full_attention_layers + b.sliding_prefill_pairs * m.sliding_layers
-        )
-        kv_read = b.prefill_context_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
-        kv_write = b.prefill_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
-        io = b.prefill_tokens * self._attn_io_per_token * m.num_layers
-        # one kernel per layer: divide the work evenly over layers for the efficiency curve
-        L = m.num_layers
-        return L * op_time(
-            self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw
-        )
-
-    def _prefill_with_fresh(self, b: BatchShape) -> float:
-        """Prefill attention when whole fresh prompts take the fresh-prompt kernel: one call per such prompt
-        per full-attention layer at its padded length (the prompts of a step share the work evenly for the
-        efficiency curve), and the chunked-prefill kernel for the rest (in every layer that has any)."""
-        m = self.model
-        Lf, Ls = m.full_attention_layers, m.sliding_layers
+        if not b.fresh_seqs or self.fresh is None:
+            return self._chunked_prefill_time(b, b.prefill_pairs, b.prefill_tokens)
+        # whole fresh prompts: one call of the fresh-prompt kernel per prompt per full-attention layer, at
+        # its padded length (the prompts of a step share the work evenly for the efficiency curve)
+        Lf = self.model.full_attention_layers
         n = b.fresh_seqs * Lf
         flops = self.pair_flops * b.fresh_padded_pairs * Lf
         nbytes = b.fresh_tokens * (self.kv_tok_bytes + self._attn_io_per_token * Lf)
         t = n * op_time(self.eff.attention_fresh, flops / n, nbytes / n, self.attn_peak, self.bw)
-        pairs, tokens = b.prefill_pairs - b.fresh_pairs, b.prefill_tokens - b.fresh_tokens
+        return t + self._chunked_prefill_time(
+            b, b.prefill_pairs - b.fresh_pairs, b.prefill_tokens - b.fresh_tokens
+        )
+
+    def _chunked_prefill_time(self, b: BatchShape, pairs: float, tokens: int) -> float:
+        """The chunked-prefill kernel over `tokens` new tokens with `pairs` causal pairs in the full-attention
+        layers (all of the step's prompt tokens in sliding-window layers): one call per layer that has any,
+        the work divided evenly over them for the efficiency curve."""
+        m = self.model
+        Lf, Ls = m.full_attention_layers, m.sliding_layers
+        L = (Lf if tokens else 0) + Ls
+        if not L:
+            return 0.0
         flops = self.pair_flops * (pairs * Lf + b.sliding_prefill_pairs * Ls)
         kv_read = b.prefill_context_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
         kv_write = tokens * self.kv_tok_bytes + b.prefill_tokens * self.kv_sliding_tok_bytes
         io = (tokens * Lf + b.prefill_tokens * Ls) * self._attn_io_per_token
-        L = (Lf if tokens else 0) + Ls
-        if L:
-            t += L * op_time(
-                self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw
-            )
-        return t
+        return L * op_time(
+            self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw
+        )
 
     def _decode_attn_work(self, n: int, ctx_tokens):
         """Per-layer FLOPs and bytes of decode attention for n sequences with `ctx_tokens` in total."""

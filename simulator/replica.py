@@ -17,7 +17,7 @@ from collections import deque
 import numpy as np
 import simpy
 
-from simulator.cost_model import BatchShape, CostModel, chunk_pairs
+from simulator.cost_model import BatchShape, CostModel
 from simulator.kv_cache import BlockPool
 from simulator.records import RequestTable, StepStats
 from simulator.scheduler import Batch, Scheduler, Sequence
@@ -413,16 +413,9 @@ class Replica:
             per_step = max(1, sched.max_tokens // p_max)
             for i in range(0, n, per_step):
                 m = min(per_step, n - i)
-                shape = BatchShape(
-                    prefill_tokens=m * p_max,
-                    prefill_seqs=m,
-                    prefill_pairs=m * chunk_pairs(0, p_max),
-                    sliding_prefill_pairs=m * chunk_pairs(0, p_max, sched.window) if sched.window else 0.0,
-                    logits_tokens=m,
+                shape = BatchShape.of(
+                    [(p_max, 0)] * m, window=sched.window, fresh=cost.fresh, logits_tokens=m
                 )
-                if cost.fresh is not None and p_max >= cost.fresh[0]:
-                    for _ in range(m):
-                        shape.add_fresh(p_max, cost.fresh[1])
                 dt = cost.step_time(shape)
                 yield env.timeout(dt)
                 st.steps += 1
