@@ -7,27 +7,14 @@ own stream spawned from the scenario seed, so changing one setting does not resh
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from simulator.errors import ConfigError
 from simulator.scenario import Exponential, Fixed, FromTrace, Lognormal, Uniform, Workload
+from simulator.trace import Trace, read_trace
 
-TRACE_DIR = Path(__file__).parent / "traces"
-BUILTIN_TRACES = {
-    "conversation": "splitwise_conv.csv",
-    "code": "splitwise_code.csv",
-    "summarization": "arxiv_summarization.csv",
-}
-# Column names used by the common public traces: vidur/splitwise processed CSVs, the Azure LLM
-# inference trace (TIMESTAMP, ContextTokens, GeneratedTokens), Mooncake JSONL (timestamp in ms).
-ARRIVAL_COLUMNS = ("arrived_at", "arrival_time", "arrival_s", "TIMESTAMP", "timestamp")
-PROMPT_COLUMNS = ("num_prefill_tokens", "prompt_tokens", "ContextTokens", "input_length", "input_tokens")
-OUTPUT_COLUMNS = ("num_decode_tokens", "output_tokens", "GeneratedTokens", "output_length", "output_tokens")
 DEFAULT_REQUESTS = 1000
 
 
@@ -148,93 +135,6 @@ def _truncate(segs: tuple, tokens: int) -> tuple:
         out.append((sid, min(n, left)))
         left -= n
     return tuple(out)
-
-
-@dataclass
-class Trace:
-    arrival_s: np.ndarray | None
-    prompt_tokens: np.ndarray
-    output_tokens: np.ndarray
-    source: str
-    hash_ids: list[list[int]] | None = None  # Mooncake: one id per 512-token block of the prompt
-
-
-def _pick(cols: list[str], names: tuple[str, ...]) -> str | None:
-    lower = {c.lower(): c for c in cols}
-    for n in names:
-        if n.lower() in lower:
-            return lower[n.lower()]
-    return None
-
-
-def _times(values: list[str], column: str, source: str) -> np.ndarray:
-    try:
-        t = np.array([float(v) for v in values])
-        if column == "timestamp":
-            t = t / 1000.0  # Mooncake writes milliseconds
-    except ValueError:
-        try:
-            t = np.array(values, dtype="datetime64[us]").astype(np.int64) / 1e6
-        except ValueError:
-            raise ConfigError(
-                f"{source}: column {column!r} has values that are neither seconds nor dates"
-            ) from None
-    return t - t.min()
-
-
-def read_trace(name_or_path: str) -> Trace:
-    """A built-in trace by name or a CSV/JSONL file with arrival and token-count columns."""
-    path = TRACE_DIR / BUILTIN_TRACES[name_or_path] if name_or_path in BUILTIN_TRACES else Path(name_or_path)
-    if not path.exists():
-        raise ConfigError(
-            f"workload.trace {name_or_path!r} not found; use {', '.join(BUILTIN_TRACES)} or a CSV/JSONL path"
-        )
-    src = str(path)
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        cols = list(rows[0]) if rows else []
-        table = {c: [r.get(c, "") if c == "hash_ids" else str(r.get(c, "")) for r in rows] for c in cols}
-    else:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            cols = list(reader.fieldnames or [])
-            table = {c: [] for c in cols}
-            for r in reader:
-                for c in cols:
-                    table[c].append(r[c])
-    pc, oc, ac = _pick(cols, PROMPT_COLUMNS), _pick(cols, OUTPUT_COLUMNS), _pick(cols, ARRIVAL_COLUMNS)
-    if pc is None or oc is None:
-        raise ConfigError(
-            f"{src}: needs a prompt-length column ({PROMPT_COLUMNS[0]}) and an output-length column "
-            f"({OUTPUT_COLUMNS[0]}); found {', '.join(cols) or 'no columns'}"
-        )
-    if not table[pc]:
-        raise ConfigError(f"{src}: the trace has no rows")
-    try:
-        prompt = np.array([int(float(v)) for v in table[pc]], dtype=np.int64)
-        output = np.array([int(float(v)) for v in table[oc]], dtype=np.int64)
-    except ValueError as e:
-        raise ConfigError(f"{src}: token counts must be numbers ({e})") from None
-    arrival = _times(table[ac], ac, src) if ac else None
-    hashes = [_hash_list(v) for v in table["hash_ids"]] if "hash_ids" in table else None
-    keep = (prompt >= 1) & (output >= 1)
-    order = np.flatnonzero(keep)
-    if arrival is not None:
-        order = order[np.argsort(arrival[keep], kind="stable")]
-    return Trace(
-        arrival[order] if arrival is not None else None,
-        prompt[order],
-        output[order],
-        src,
-        [hashes[i] for i in order] if hashes is not None else None,
-    )
-
-
-def _hash_list(v) -> list[int]:
-    if isinstance(v, list):
-        return [int(x) for x in v]
-    text = str(v).strip().strip("[]")
-    return [int(x) for x in text.replace(",", " ").split()] if text else []
 
 
 def _loop(values: np.ndarray, n: int) -> np.ndarray:

@@ -123,7 +123,7 @@ def test_bad_traces(tmp_path):
     with pytest.raises(ConfigError, match="needs a prompt-length column"):
         read_trace(str(bad))
     bad.write_text("num_prefill_tokens,num_decode_tokens\nx,2\n")
-    with pytest.raises(ConfigError, match="token counts must be numbers"):
+    with pytest.raises(ConfigError, match="line 2: num_prefill_tokens: .x. is not a token count"):
         read_trace(str(bad))
 
 

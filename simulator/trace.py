@@ -1,0 +1,384 @@
+"""A request trace read from a file: arrival times and token counts as numpy arrays.
+
+Formats: CSV with a header (vidur/splitwise processed traces, the Azure LLM inference trace) and
+Mooncake JSONL (one JSON object per line, timestamps in ms, optional `hash_ids`). Rows are read one at a
+time into numpy chunks, so a million-row trace costs about its arrays' size, not a Python object per
+cell. Every row is checked as it is read; a bad one stops the read with its line number and the fix.
+
+Rule for token counts: every row must have a prompt and an output of 1 to MAX_TRACE_TOKENS tokens.
+A row outside that is refused (not dropped), so what is simulated is always every row of the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simulator.errors import ConfigError
+
+TRACE_DIR = Path(__file__).parent / "traces"
+BUILTIN_TRACES = {
+    "conversation": "splitwise_conv.csv",
+    "code": "splitwise_code.csv",
+    "summarization": "arxiv_summarization.csv",
+}
+# Column names used by the common public traces: vidur/splitwise processed CSVs, the Azure LLM
+# inference trace (TIMESTAMP, ContextTokens, GeneratedTokens), Mooncake JSONL (timestamp in ms).
+ARRIVAL_COLUMNS = ("arrived_at", "arrival_time", "arrival_s", "TIMESTAMP", "timestamp")
+PROMPT_COLUMNS = ("num_prefill_tokens", "prompt_tokens", "ContextTokens", "input_length", "input_tokens")
+OUTPUT_COLUMNS = ("num_decode_tokens", "output_tokens", "GeneratedTokens", "output_length")
+# The longest context any published model accepts is 10M tokens (Llama 4 Scout); a count above it is
+# a corrupt row, and bounding it keeps every sum of token counts far inside int64.
+MAX_TRACE_TOKENS = 10_000_000
+CHUNK_ROWS = 1 << 16  # rows parsed per numpy conversion: small next to a big trace, large enough to be fast
+
+
+class HashIds:
+    """Mooncake `hash_ids` of every row, flat: row i's ids are `ids[offsets[i]:offsets[i + 1]]`."""
+
+    __slots__ = ("ids", "offsets")
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray) -> None:
+        self.ids, self.offsets = ids, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, row: int) -> list[int]:
+        return self.ids[self.offsets[row] : self.offsets[row + 1]].tolist()
+
+    def take(self, rows: np.ndarray) -> HashIds:
+        """The ids of `rows`, in that order."""
+        counts = np.diff(self.offsets)[rows]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        parts = [self.ids[self.offsets[r] : self.offsets[r + 1]] for r in rows.tolist()]
+        ids = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return HashIds(ids.astype(np.int64), offsets)
+
+
+@dataclass
+class Trace:
+    arrival_s: np.ndarray | None
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    source: str
+    hash_ids: HashIds | None = None  # Mooncake: one id per 512-token block of the prompt
+
+
+def read_trace(name_or_path: str) -> Trace:
+    """A built-in trace by name or a CSV/JSONL file with arrival and token-count columns."""
+    builtin = name_or_path in BUILTIN_TRACES
+    path = TRACE_DIR / BUILTIN_TRACES[name_or_path] if builtin else Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"workload.trace {name_or_path!r} not found; use {', '.join(BUILTIN_TRACES)} or a CSV/JSONL path"
+        )
+    src = str(path)
+    if path.is_dir():
+        raise ConfigError(f"{src}: workload.trace: is a folder; give a CSV or JSONL file inside it")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            columns = _read_jsonl(f, src) if path.suffix == ".jsonl" else _read_csv(f, src)
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{src}: workload.trace: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "give a CSV or JSONL trace saved as UTF-8"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{src}: workload.trace: cannot be read ({e.strerror}); check the path") from None
+    return _trace(columns, src)
+
+
+@dataclass(slots=True)
+class _Columns:
+    """What a reader hands back: the chosen columns' names and their values, in file order."""
+
+    names: tuple[str, str, str | None]  # prompt, output, arrival
+    prompt: np.ndarray
+    output: np.ndarray
+    arrival: np.ndarray | None
+    hash_ids: HashIds | None
+
+
+def _pick(cols: list[str], names: tuple[str, ...]) -> str | None:
+    lower = {c.lower(): c for c in cols}
+    for n in names:
+        if n.lower() in lower:
+            return lower[n.lower()]
+    return None
+
+
+def _need_columns(cols: list[str], src: str) -> tuple[str, str, str | None]:
+    pc, oc, ac = _pick(cols, PROMPT_COLUMNS), _pick(cols, OUTPUT_COLUMNS), _pick(cols, ARRIVAL_COLUMNS)
+    if pc is None or oc is None:
+        raise ConfigError(
+            f"{src}: needs a prompt-length column ({PROMPT_COLUMNS[0]}) and an output-length column "
+            f"({OUTPUT_COLUMNS[0]}); found {', '.join(cols) or 'no columns'}"
+        )
+    return pc, oc, ac
+
+
+class _Chunks:
+    """Cells of the chosen columns, gathered row by row and turned into numpy arrays a chunk at a time."""
+
+    def __init__(self, names: tuple[str, str, str | None], src: str) -> None:
+        self.names, self.src = names, src
+        self.cells: list[list] = [[], [], []]
+        self.lines: list[int] = []
+        self.parts: list[list[np.ndarray]] = [[], [], []]
+        self.time_kind: str | None = None  # "seconds" or "dates", fixed by the first chunk
+
+    def add(self, line: int, prompt, output, arrival) -> None:
+        self.lines.append(line)
+        self.cells[0].append(prompt)
+        self.cells[1].append(output)
+        self.cells[2].append(arrival)
+        if len(self.lines) >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        for k in (0, 1):
+            self.parts[k].append(self._tokens(self.cells[k], self.names[k]))
+        if self.names[2] is not None:
+            self.parts[2].append(self._times(self.cells[2], self.names[2]))
+        self.cells, self.lines = [[], [], []], []
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        self.flush()
+        prompt, output = (np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in self.parts[:2])
+        arrival = None
+        if self.names[2] is not None:
+            arrival = np.concatenate(self.parts[2]) if self.parts[2] else np.empty(0)
+        return prompt, output, arrival
+
+    def _where(self, i: int, column: str) -> str:
+        return f"{self.src}: line {self.lines[i]}: {column}"
+
+    def _tokens(self, cells: list, column: str) -> np.ndarray:
+        try:
+            v = np.array(cells, dtype=np.float64)
+        except (ValueError, TypeError, OverflowError):
+            i = next(i for i, c in enumerate(cells) if _not_a_number(c))
+            raise ConfigError(
+                f"{self._where(i, column)}: {_shown(cells[i])} is not a token count; "
+                "write a whole number of tokens"
+            ) from None
+        bad = np.flatnonzero(~((v >= 1) & (v <= MAX_TRACE_TOKENS)))  # (NaN fails both)
+        if len(bad):
+            i = int(bad[0])
+            raise ConfigError(
+                f"{self._where(i, column)}: {_shown(cells[i])} tokens is outside 1..{MAX_TRACE_TOKENS:,}; "
+                "fix the count or remove the row (every row of a trace is simulated)"
+            )
+        return v.astype(np.int64)  # truncates as int(float(cell)) does
+
+    def _times(self, cells: list, column: str) -> np.ndarray:
+        try:
+            t, kind = np.array(cells, dtype=np.float64), "seconds"
+            if column == "timestamp":
+                t = t / 1000.0  # Mooncake writes milliseconds
+        except (ValueError, TypeError, OverflowError):
+            t, kind = self._dates(cells, column), "dates"
+        if self.time_kind is not None and kind != self.time_kind:
+            raise ConfigError(
+                f"{self._where(0, column)}: {_shown(cells[0])} is in {kind} where earlier rows are in "
+                f"{self.time_kind}; write every arrival time the same way"
+            )
+        self.time_kind = kind
+        bad = np.flatnonzero(~(np.isfinite(t) & (t >= 0)))
+        if len(bad):
+            i = int(bad[0])
+            raise ConfigError(
+                f"{self._where(i, column)}: {_shown(cells[i])} is not a finite time >= 0; "
+                "write arrival times as seconds from the start (or dates), or remove the row"
+            )
+        return t
+
+    def _dates(self, cells: list, column: str) -> np.ndarray:
+        """Dates as seconds since the epoch (the Azure trace's TIMESTAMP)."""
+        try:
+            stamps = np.array(cells, dtype="datetime64[us]")
+        except (ValueError, TypeError, OverflowError):
+            stamps = None
+        bad = (
+            [int(i) for i in np.flatnonzero(np.isnat(stamps))]
+            if stamps is not None
+            else [i for i, c in enumerate(cells) if _not_a_number(c) and _not_a_date(c)]
+        )
+        if bad:
+            raise ConfigError(
+                f"{self._where(bad[0], column)}: {_shown(cells[bad[0]])} is neither seconds nor a date; "
+                "write arrival times as seconds or ISO dates (2023-11-16 18:15:46.680)"
+            )
+        return stamps.astype(np.int64) / 1e6
+
+
+def _not_a_number(cell) -> bool:
+    try:
+        float(cell)
+    except (ValueError, TypeError, OverflowError):
+        return True
+    return False
+
+
+def _not_a_date(cell) -> bool:
+    try:
+        np.datetime64(cell, "us")
+    except (ValueError, TypeError, OverflowError):
+        return True
+    return False
+
+
+def _shown(cell) -> str:
+    text = repr(cell)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _read_csv(f, src: str) -> _Columns:
+    try:
+        return _csv_columns(f, src)
+    except csv.Error as e:
+        raise ConfigError(
+            f"{src}: line {getattr(e, 'line', '?')}: not a CSV row ({e}); "
+            "give a comma-separated text file with a header row"
+        ) from None
+
+
+def _csv_columns(f, src: str) -> _Columns:
+    reader = csv.reader(f)
+    header = next((row for row in reader if row), [])
+    names = _need_columns(header, src)
+    at = [header.index(n) if n is not None else None for n in names]
+    pi, oi, ai = at
+    hi = header.index("hash_ids") if "hash_ids" in header else None
+    ids: list[np.ndarray] = []
+    chunks = _Chunks(names, src)
+    width = len(header)
+    row = None
+    try:
+        for row in reader:
+            if not row:
+                continue  # a blank line (csv.DictReader skips these too)
+            if len(row) != width:
+                raise ConfigError(
+                    f"{src}: line {reader.line_num}: {len(row)} fields where the header has {width} "
+                    f"({', '.join(header)}); give every row one value per column"
+                )
+            chunks.add(reader.line_num, row[pi], row[oi], row[ai] if ai is not None else None)
+            if hi is not None:
+                ids.append(_hash_text(row[hi], f"{src}: line {reader.line_num}: hash_ids"))
+    except csv.Error as e:
+        e.line = reader.line_num + (row is not None)  # (csv.Error fails before line_num moves on)
+        raise
+    prompt, output, arrival = chunks.arrays()
+    return _Columns(names, prompt, output, arrival, _hash_ids(ids) if hi is not None else None)
+
+
+def _jsonl_rows(f, src: str) -> Iterator[tuple[int, dict]]:
+    for line_no, line in enumerate(f, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"{src}: line {line_no}: not JSON ({e.msg}); write one JSON object per line"
+            ) from None
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{src}: line {line_no}: a {type(row).__name__}, not a JSON object; "
+                'write one object per line ({"timestamp": ..., "input_length": ..., "output_length": ...})'
+            )
+        yield line_no, row
+
+
+def _read_jsonl(f, src: str) -> _Columns:
+    rows = _jsonl_rows(f, src)
+    first = next(rows, None)
+    names = _need_columns(list(first[1]) if first else [], src)
+    chunks = _Chunks(names, src)
+    hash_key = "hash_ids" if first is not None and "hash_ids" in first[1] else None
+    ids: list[np.ndarray] = []
+    for line_no, row in _chain(first, rows):
+        cells = []
+        for name in names:
+            if name is None:
+                cells.append(None)
+                continue
+            if name not in row:
+                raise ConfigError(f"{src}: line {line_no}: {name}: missing; give it on every line")
+            value = row[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(
+                    f"{src}: line {line_no}: {name}: {_shown(value)} is not a number; write a JSON number"
+                )
+            cells.append(value)
+        chunks.add(line_no, *cells)
+        if hash_key is not None:
+            h = _hash_list(row.get(hash_key, []), f"{src}: line {line_no}: hash_ids")
+            ids.append(h)
+    prompt, output, arrival = chunks.arrays()
+    return _Columns(names, prompt, output, arrival, _hash_ids(ids) if hash_key is not None else None)
+
+
+def _chain(first, rows):
+    if first is not None:
+        yield first
+        yield from rows
+
+
+_HASH_FIX = "write a list of non-negative integers, one per 512-token block (or leave the field out)"
+
+
+def _hash_list(value, where: str) -> np.ndarray:
+    """A JSONL row's `hash_ids`: a list of integers from 0 to 2**62 (prefix-block ids)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: {_shown(value)} is not a list; {_HASH_FIX}")
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 2**62:
+            raise ConfigError(f"{where}: {_shown(x)} is not a non-negative integer; {_HASH_FIX}")
+    return np.array(value, dtype=np.int64)
+
+
+def _hash_text(text: str, where: str) -> np.ndarray:
+    """A CSV cell's `hash_ids`: "[1, 2, 3]" or "1 2 3"."""
+    values = []
+    for x in text.strip().strip("[]").replace(",", " ").split():
+        try:
+            values.append(int(x))
+        except ValueError:
+            raise ConfigError(f"{where}: {_shown(x)} is not an integer; {_HASH_FIX}") from None
+    return _hash_list(values, where)
+
+
+def _hash_ids(rows: list[np.ndarray]) -> HashIds:
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    flat = np.concatenate(rows).astype(np.int64) if rows else np.empty(0, dtype=np.int64)
+    return HashIds(flat, offsets)
+
+
+def _trace(columns: _Columns, src: str) -> Trace:
+    prompt, output, arrival = columns.prompt, columns.output, columns.arrival
+    if not len(prompt):
+        raise ConfigError(
+            f"{src}: workload.trace: read 0 data rows (the file has a header or nothing); "
+            "give a trace with at least one request row"
+        )
+    hashes = columns.hash_ids
+    if arrival is None:
+        return Trace(None, prompt, output, src, hashes)
+    arrival = arrival - arrival.min()
+    order = np.argsort(arrival, kind="stable")
+    if np.all(order[1:] > order[:-1]):  # already in time order, as traces are: keep the arrays
+        return Trace(arrival, prompt, output, src, hashes)
+    return Trace(
+        arrival[order], prompt[order], output[order], src, hashes.take(order) if hashes is not None else None
+    )
