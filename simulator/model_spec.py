@@ -266,12 +266,106 @@ def _text_config(cfg: dict) -> dict:
     return {**defaults, **c} if defaults else c
 
 
-def _need(cfg: dict, key: str, source: str):
-    if key not in cfg:
+# Families that are not decoder-only attention stacks: their layers (state-space scans, linear attention,
+# recurrences) have costs and state this planner does not model, so they are refused, not run as dense.
+_UNMODELLED_TYPES = {
+    "mamba": "state-space (Mamba) layers",
+    "mamba2": "state-space (Mamba-2) layers",
+    "falcon_mamba": "state-space (Mamba) layers",
+    "nemotron_h": "hybrid Mamba-attention layers",
+    "jamba": "hybrid Mamba-attention layers",
+    "bamba": "hybrid Mamba-attention layers",
+    "zamba": "hybrid Mamba-attention layers",
+    "zamba2": "hybrid Mamba-attention layers",
+    "falcon_h1": "hybrid Mamba-attention layers",
+    "granitemoehybrid": "hybrid Mamba-attention layers",
+    "plamo2": "hybrid Mamba-attention layers",
+    "lfm2": "hybrid convolution-attention layers",
+    "qwen3_next": "hybrid linear-attention layers",
+    "minimax": "hybrid linear-attention layers",
+    "minimax_m1": "hybrid linear-attention layers",
+    "recurrent_gemma": "recurrent (Griffin) layers",
+    "rwkv": "recurrent (RWKV) layers",
+    "rwkv5": "recurrent (RWKV) layers",
+    "rwkv6": "recurrent (RWKV) layers",
+    "xlstm": "recurrent (xLSTM) layers",
+}
+# Fields only state-space / hybrid configs carry (Nemotron-H, Jamba, Falcon-H1, Zamba, Bamba, Mamba).
+_SSM_FIELDS = (
+    "hybrid_override_pattern",
+    "layers_block_type",
+    "ssm_cfg",
+    "ssm_state_size",
+    "mamba_d_state",
+    "mamba_d_ssm",
+    "mamba_n_heads",
+    "state_size",
+    "time_step_rank",
+    "attn_layer_period",
+)
+_ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention"}
+_SUPPORTED = (
+    "decoder-only transformers: dense, GQA, sliding-window, MoE and MLA "
+    "(llama, mistral, mixtral, qwen2/3, gemma3, deepseek_v2/v3 and configs like them)"
+)
+_MAX_FIELD = 2**31  # above every size in a published config; keeps parameter counts exact in float64
+
+
+def _refuse_unmodelled(c: dict, source: str) -> None:
+    mt = c.get("model_type")
+    what = _UNMODELLED_TYPES.get(mt) if isinstance(mt, str) else None
+    if what is None:
+        marker = next((k for k in _SSM_FIELDS if c.get(k) is not None), None)
+        types = c.get("layer_types")
+        other = sorted({str(t) for t in types} - _ATTENTION_LAYER_TYPES) if isinstance(types, list) else []
+        if marker:
+            what = f"state-space layers (`{marker}`)"
+        elif other:
+            what = f"layer types {', '.join(other)}"
+        else:
+            return
+    raise ConfigError(
+        f"{source}: model_type: architecture {mt!r} with {what} is not modelled; supported: {_SUPPORTED}"
+    )
+
+
+def _int(c: dict, key: str, source: str, *, required: bool = False, minimum: int = 0) -> int | None:
+    """An integer field of the config: None when absent or null (and not required), else checked."""
+    value = c.get(key)
+    if value is None:
+        if not required:
+            return None
+        if key in c:
+            raise ConfigError(
+                f"{source}: `{key}` is null; set it to a positive integer (Hugging Face config.json field)"
+            )
         raise ConfigError(
             f"{source}: `{key}` is missing from the model config; add it (Hugging Face config.json field)"
         )
-    return cfg[key]
+    integral = isinstance(value, int) or (
+        isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    )
+    if isinstance(value, bool) or not integral:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ConfigError(f"{source}: `{key}` is {shown}, not an integer; write a whole number")
+    value = int(value)
+    if value < minimum:
+        rule = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ConfigError(f"{source}: `{key}` must be {rule} (got {value}); fix the config.json field")
+    if value > _MAX_FIELD:
+        raise ConfigError(
+            f"{source}: `{key}` is {value:,}, larger than any model's; fix the config.json field"
+        )
+    return value
+
+
+def _flag(c: dict, key: str, default: bool, source: str) -> bool:
+    value = c.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: `{key}` is {value!r}, not true or false; write true or false")
+    return value
 
 
 def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json") -> ModelSpec:
@@ -279,54 +373,74 @@ def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json
     if not isinstance(cfg, dict):
         raise ConfigError(f"{source}: a model config must be a JSON object")
     c = _text_config(cfg)
-    mt = str(c.get("model_type", cfg.get("model_type", "llama")))
-    h = int(_need(c, "hidden_size", source))
-    L = int(_need(c, "num_hidden_layers", source))
-    nh = int(_need(c, "num_attention_heads", source))
-    nkv = int(c.get("num_key_value_heads") or nh)
-    hd = int(c.get("head_dim") or h // nh)
-    inter = int(_need(c, "intermediate_size", source))
-    vocab = int(_need(c, "vocab_size", source))
-    for key, val in (
-        ("hidden_size", h),
-        ("num_hidden_layers", L),
-        ("num_attention_heads", nh),
-        ("vocab_size", vocab),
-    ):
-        if val <= 0:
-            raise ConfigError(f"{source}: `{key}` must be positive (got {val})")
+    _refuse_unmodelled(c, source)
+    mt = c.get("model_type") or cfg.get("model_type") or "llama"
+    if not isinstance(mt, str):
+        raise ConfigError(f"{source}: `model_type` is {mt!r}, not a name; write the Hugging Face model_type")
+
+    def need(key: str) -> int:
+        return _int(c, key, source, required=True, minimum=1)
+
+    def opt(key: str) -> int:
+        return _int(c, key, source) or 0
+
+    h, L, nh = need("hidden_size"), need("num_hidden_layers"), need("num_attention_heads")
+    nkv = _int(c, "num_key_value_heads", source, minimum=1) or nh
+    hd = _int(c, "head_dim", source, minimum=1)
+    if hd is None:
+        if h % nh:
+            raise ConfigError(
+                f"{source}: `hidden_size` ({h}) is not a multiple of num_attention_heads ({nh}) and there is "
+                "no head_dim; add head_dim or fix the head count"
+            )
+        hd = h // nh
+    inter = need("intermediate_size")
+    vocab = need("vocab_size")
     if nh % nkv:
         raise ConfigError(
             f"{source}: num_attention_heads ({nh}) must be a multiple of num_key_value_heads ({nkv})"
         )
 
     # Sliding window: Mistral/Qwen2 apply it to all layers when used; Gemma 3 interleaves.
-    window = int(c.get("sliding_window") or 0)
+    window = opt("sliding_window")
     sliding = 0
     if window:
         if isinstance(c.get("layer_types"), list):
             sliding = sum(1 for t in c["layer_types"] if t == "sliding_attention")
         elif c.get("sliding_window_pattern"):
-            p = int(c["sliding_window_pattern"])
+            p = _int(c, "sliding_window_pattern", source, minimum=1)
             sliding = L - L // p  # every p-th layer is global
         elif mt.startswith("gemma3"):
             sliding = L - L // 6  # Gemma 3 default pattern: 5 local, 1 global
-        elif c.get("use_sliding_window", True):
+        elif _flag(c, "use_sliding_window", True, source):
             sliding = L
-        if window >= int(c.get("max_position_embeddings") or 0) > 0:
+        if window >= opt("max_position_embeddings") > 0:
             sliding = 0  # a window as long as the context is no window
     window = window if sliding else 0
 
-    n_exp = int(c.get("num_local_experts") or c.get("n_routed_experts") or c.get("num_experts") or 0)
-    topk = int(c.get("num_experts_per_tok") or 0) if n_exp else 0
-    moe_i = int(c.get("moe_intermediate_size") or (inter if n_exp else 0))
-    n_shared = int(c.get("n_shared_experts") or 0)
-    shared_i = int(c.get("shared_expert_intermediate_size") or 0)
+    n_exp = opt("num_local_experts") or opt("n_routed_experts") or opt("num_experts")
+    topk = opt("num_experts_per_tok") if n_exp else 0
+    moe_i = opt("moe_intermediate_size") or (inter if n_exp else 0)
+    n_shared = opt("n_shared_experts")
+    shared_i = opt("shared_expert_intermediate_size")
     if shared_i and not n_shared:
         n_shared = 1
-    first_dense = int(c.get("first_k_dense_replace") or 0) if n_exp else 0
-    if n_exp and not topk:
-        raise ConfigError(f"{source}: MoE config needs `num_experts_per_tok`")
+    first_dense = opt("first_k_dense_replace") if n_exp else 0
+    if n_exp and not 1 <= topk <= n_exp:
+        raise ConfigError(
+            f"{source}: `num_experts_per_tok` is {topk or 'missing'}; an MoE config of {n_exp} experts needs "
+            f"1 to {n_exp} experts per token"
+        )
+    if first_dense > L:
+        raise ConfigError(
+            f"{source}: `first_k_dense_replace` ({first_dense}) is more than num_hidden_layers ({L}); fix it"
+        )
+    mla = {k: opt(k) for k in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")}
+    if opt("kv_lora_rank") and not all(mla.values()):
+        missing = next(k for k, v in mla.items() if not v)
+        raise ConfigError(
+            f"{source}: `{missing}` is missing or 0; an MLA config (kv_lora_rank) needs it positive"
+        )
 
     gemma = mt.startswith("gemma")
     return ModelSpec(
@@ -339,8 +453,8 @@ def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json
         head_dim=hd,
         intermediate_size=inter,
         vocab_size=vocab,
-        tie_embeddings=bool(c.get("tie_word_embeddings", gemma)),
-        qkv_bias=bool(c.get("attention_bias", mt.startswith("qwen2"))),
+        tie_embeddings=_flag(c, "tie_word_embeddings", gemma, source),
+        qkv_bias=_flag(c, "attention_bias", mt.startswith("qwen2"), source),
         norms_per_layer=4 if gemma else 2,
         qk_norm=mt.startswith(("gemma3", "qwen3")),
         num_experts=n_exp,
@@ -349,16 +463,31 @@ def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json
         num_shared_experts=n_shared,
         shared_expert_intermediate_size=shared_i,
         first_dense_layers=first_dense,
-        kv_lora_rank=int(c.get("kv_lora_rank") or 0),
-        q_lora_rank=int(c.get("q_lora_rank") or 0),
-        qk_rope_head_dim=int(c.get("qk_rope_head_dim") or 0),
-        qk_nope_head_dim=int(c.get("qk_nope_head_dim") or 0),
-        v_head_dim=int(c.get("v_head_dim") or 0),
+        kv_lora_rank=opt("kv_lora_rank"),
+        q_lora_rank=opt("q_lora_rank"),
+        **mla,
         sliding_window=window,
         sliding_layers=sliding,
-        max_position_embeddings=int(c.get("max_position_embeddings") or 0),
+        max_position_embeddings=opt("max_position_embeddings"),
         config=cfg,
     )
+
+
+def _read_json(p: Path) -> object:
+    """A config file's JSON, or one line saying why it cannot be read."""
+    fix = "give a Hugging Face config.json (UTF-8 JSON text)"
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{p}: model config: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); {fix}"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"model config {str(p)!r} is not valid JSON ({e}); {fix}") from None
+    except (OSError, RecursionError) as e:
+        raise ConfigError(
+            f"{p}: model config: cannot be read ({getattr(e, 'strerror', None) or e}); {fix}"
+        ) from None
 
 
 def catalogue_names() -> list[str]:
@@ -370,17 +499,19 @@ def load_model(name_or_path: str) -> ModelSpec:
     """A catalogue name (`llama-3.1-8b`) or a path to a Hugging Face config.json (or its folder)."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(
+                f"{p}: model: a folder with no config.json; give a catalogue name or a config.json path"
+            )
         p = p / "config.json"
     if p.suffix == ".json" or p.exists():
         if not p.exists():
             raise ConfigError(
                 f"model config {str(p)!r} does not exist; give a catalogue name or a config.json path"
             )
-        try:
-            cfg = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"model config {str(p)!r} is not valid JSON ({e})") from None
-        return spec_from_config(cfg, name=p.parent.name if p.name == "config.json" else p.stem, source=str(p))
+        return spec_from_config(
+            _read_json(p), name=p.parent.name if p.name == "config.json" else p.stem, source=str(p)
+        )
     key = name_or_path.lower()
     cat = CATALOGUE_DIR / f"{key}.json"
     if not cat.exists():

@@ -86,7 +86,7 @@ def read_trace(name_or_path: str) -> Trace:
             columns = _read_jsonl(f, src) if path.suffix == ".jsonl" else _read_csv(f, src)
     except UnicodeDecodeError as e:
         raise ConfigError(
-            f"{src}: workload.trace: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            f"{src}: workload.trace: not UTF-8 text (byte {e.object[e.start]:#04x}); "
             "give a CSV or JSONL trace saved as UTF-8"
         ) from None
     except OSError as e:
