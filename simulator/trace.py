@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ OUTPUT_COLUMNS = ("num_decode_tokens", "output_tokens", "GeneratedTokens", "outp
 # The longest context any published model accepts is 10M tokens (Llama 4 Scout); a count above it is
 # a corrupt row, and bounding it keeps every sum of token counts far inside int64.
 MAX_TRACE_TOKENS = 10_000_000
-CHUNK_ROWS = 1 << 16  # rows parsed per numpy conversion: small next to a big trace, large enough to be fast
+CHUNK_ROWS = 1 << 14  # rows parsed per numpy conversion: a few MB of strings, enough to amortise numpy's call
 
 
 class HashIds:
@@ -123,6 +124,26 @@ def _need_columns(cols: list[str], src: str) -> tuple[str, str, str | None]:
     return pc, oc, ac
 
 
+class _Growing:
+    """A numpy column that grows in place: `ndarray.resize` reallocs, which for large blocks remaps pages
+    instead of copying, so the peak stays near the column's size (concatenating chunks would double it)."""
+
+    def __init__(self, dtype: type) -> None:
+        self.values = np.empty(CHUNK_ROWS, dtype=dtype)
+        self.n = 0
+
+    def extend(self, chunk: np.ndarray) -> None:
+        end = self.n + len(chunk)
+        if end > len(self.values):
+            self.values.resize(max(end, 2 * len(self.values)), refcheck=False)  # (no views of it exist)
+        self.values[self.n : end] = chunk
+        self.n = end
+
+    def done(self) -> np.ndarray:
+        self.values.resize(self.n, refcheck=False)
+        return self.values
+
+
 class _Chunks:
     """Cells of the chosen columns, gathered row by row and turned into numpy arrays a chunk at a time."""
 
@@ -130,7 +151,7 @@ class _Chunks:
         self.names, self.src = names, src
         self.cells: list[list] = [[], [], []]
         self.lines: list[int] = []
-        self.parts: list[list[np.ndarray]] = [[], [], []]
+        self.columns = (_Growing(np.int64), _Growing(np.int64), _Growing(np.float64))
         self.time_kind: str | None = None  # "seconds" or "dates", fixed by the first chunk
 
     def add(self, line: int, prompt, output, arrival) -> None:
@@ -145,18 +166,15 @@ class _Chunks:
         if not self.lines:
             return
         for k in (0, 1):
-            self.parts[k].append(self._tokens(self.cells[k], self.names[k]))
+            self.columns[k].extend(self._tokens(self.cells[k], self.names[k]))
         if self.names[2] is not None:
-            self.parts[2].append(self._times(self.cells[2], self.names[2]))
+            self.columns[2].extend(self._times(self.cells[2], self.names[2]))
         self.cells, self.lines = [[], [], []], []
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         self.flush()
-        prompt, output = (np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in self.parts[:2])
-        arrival = None
-        if self.names[2] is not None:
-            arrival = np.concatenate(self.parts[2]) if self.parts[2] else np.empty(0)
-        return prompt, output, arrival
+        prompt, output, arrival = (c.done() for c in self.columns)
+        return prompt, output, arrival if self.names[2] is not None else None
 
     def _where(self, i: int, column: str) -> str:
         return f"{self.src}: line {self.lines[i]}: {column}"
@@ -258,7 +276,7 @@ def _csv_columns(f, src: str) -> _Columns:
     at = [header.index(n) if n is not None else None for n in names]
     pi, oi, ai = at
     hi = header.index("hash_ids") if "hash_ids" in header else None
-    ids: list[np.ndarray] = []
+    ids = _HashRows()
     chunks = _Chunks(names, src)
     width = len(header)
     row = None
@@ -273,12 +291,12 @@ def _csv_columns(f, src: str) -> _Columns:
                 )
             chunks.add(reader.line_num, row[pi], row[oi], row[ai] if ai is not None else None)
             if hi is not None:
-                ids.append(_hash_text(row[hi], f"{src}: line {reader.line_num}: hash_ids"))
+                ids.add(_hash_text(row[hi], f"{src}: line {reader.line_num}: hash_ids"))
     except csv.Error as e:
         e.line = reader.line_num + (row is not None)  # (csv.Error fails before line_num moves on)
         raise
     prompt, output, arrival = chunks.arrays()
-    return _Columns(names, prompt, output, arrival, _hash_ids(ids) if hi is not None else None)
+    return _Columns(names, prompt, output, arrival, ids.done() if hi is not None else None)
 
 
 def _jsonl_rows(f, src: str) -> Iterator[tuple[int, dict]]:
@@ -305,7 +323,7 @@ def _read_jsonl(f, src: str) -> _Columns:
     names = _need_columns(list(first[1]) if first else [], src)
     chunks = _Chunks(names, src)
     hash_key = "hash_ids" if first is not None and "hash_ids" in first[1] else None
-    ids: list[np.ndarray] = []
+    ids = _HashRows()
     for line_no, row in _chain(first, rows):
         cells = []
         for name in names:
@@ -322,10 +340,9 @@ def _read_jsonl(f, src: str) -> _Columns:
             cells.append(value)
         chunks.add(line_no, *cells)
         if hash_key is not None:
-            h = _hash_list(row.get(hash_key, []), f"{src}: line {line_no}: hash_ids")
-            ids.append(h)
+            ids.add(_hash_list(row.get(hash_key, []), f"{src}: line {line_no}: hash_ids"))
     prompt, output, arrival = chunks.arrays()
-    return _Columns(names, prompt, output, arrival, _hash_ids(ids) if hash_key is not None else None)
+    return _Columns(names, prompt, output, arrival, ids.done() if hash_key is not None else None)
 
 
 def _chain(first, rows):
@@ -337,17 +354,17 @@ def _chain(first, rows):
 _HASH_FIX = "write a list of non-negative integers, one per 512-token block (or leave the field out)"
 
 
-def _hash_list(value, where: str) -> np.ndarray:
+def _hash_list(value, where: str) -> list[int]:
     """A JSONL row's `hash_ids`: a list of integers from 0 to 2**62 (prefix-block ids)."""
     if not isinstance(value, list):
         raise ConfigError(f"{where}: {_shown(value)} is not a list; {_HASH_FIX}")
     for x in value:
         if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 2**62:
             raise ConfigError(f"{where}: {_shown(x)} is not a non-negative integer; {_HASH_FIX}")
-    return np.array(value, dtype=np.int64)
+    return value
 
 
-def _hash_text(text: str, where: str) -> np.ndarray:
+def _hash_text(text: str, where: str) -> list[int]:
     """A CSV cell's `hash_ids`: "[1, 2, 3]" or "1 2 3"."""
     values = []
     for x in text.strip().strip("[]").replace(",", " ").split():
@@ -358,11 +375,20 @@ def _hash_text(text: str, where: str) -> np.ndarray:
     return _hash_list(values, where)
 
 
-def _hash_ids(rows: list[np.ndarray]) -> HashIds:
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    flat = np.concatenate(rows).astype(np.int64) if rows else np.empty(0, dtype=np.int64)
-    return HashIds(flat, offsets)
+class _HashRows:
+    """Rows' hash ids gathered flat in machine integers (a list of small arrays per row costs ~100 B a row)."""
+
+    def __init__(self) -> None:
+        self.ids, self.ends = array("q"), array("q")
+
+    def add(self, ids: list[int]) -> None:
+        self.ids.extend(ids)
+        self.ends.append(len(self.ids))
+
+    def done(self) -> HashIds:
+        offsets = np.zeros(len(self.ends) + 1, dtype=np.int64)
+        offsets[1:] = np.frombuffer(self.ends, dtype=np.int64)
+        return HashIds(np.frombuffer(self.ids, dtype=np.int64).copy(), offsets)
 
 
 def _trace(columns: _Columns, src: str) -> Trace:
@@ -375,10 +401,10 @@ def _trace(columns: _Columns, src: str) -> Trace:
     hashes = columns.hash_ids
     if arrival is None:
         return Trace(None, prompt, output, src, hashes)
-    arrival = arrival - arrival.min()
-    order = np.argsort(arrival, kind="stable")
-    if np.all(order[1:] > order[:-1]):  # already in time order, as traces are: keep the arrays
+    arrival -= arrival.min()  # (in place: the column is ours)
+    if np.all(arrival[1:] >= arrival[:-1]):  # in time order, as traces are: a stable sort changes nothing
         return Trace(arrival, prompt, output, src, hashes)
+    order = np.argsort(arrival, kind="stable")
     return Trace(
         arrival[order], prompt[order], output[order], src, hashes.take(order) if hashes is not None else None
     )

@@ -179,6 +179,14 @@ def _arrivals(w: Workload, n: int | None, trace: Trace | None, rng: np.random.Ge
     """Arrival times: n of them, or all before duration_s."""
     if w.arrival.process == "trace":
         t0 = trace.arrival_s
+        if t0[-1] == 0 and (w.arrival.rate_per_s or w.duration_s):
+            # (the loop's period and the rescaling factor both divide by the trace's span)
+            setting = "arrival.rate_per_s" if w.arrival.rate_per_s else "duration_s"
+            raise ConfigError(
+                f"{trace.source}: workload.{setting}: all {len(t0)} arrivals of the trace are at one instant, "
+                "so it has no rate to rescale or replay over time; use num_requests, or arrival.process "
+                "poisson with rate_per_s"
+            )
         if w.arrival.rate_per_s:
             t0 = t0 * (len(t0) / max(t0[-1], 1e-9)) / w.arrival.rate_per_s
         if w.duration_s:

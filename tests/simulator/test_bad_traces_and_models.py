@@ -296,3 +296,25 @@ def test_the_good_base_config_and_trace_run(tmp_path, capsys):
     assert rc == 0, err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["requests"]["finished"] == 2
+
+
+@pytest.mark.parametrize(
+    "arrival,extra,pattern",
+    [
+        (
+            "{process: trace}",
+            ", duration_s: 60",
+            r"t\.csv: workload\.duration_s: all 2 arrivals of the trace are at one",
+        ),
+        (
+            "{process: trace, rate_per_s: 5}",
+            "",
+            r"workload\.arrival\.rate_per_s: all 2 arrivals .* no rate to rescale",
+        ),
+    ],
+)
+def test_a_trace_at_one_instant_cannot_be_replayed_over_time(tmp_path, capsys, arrival, extra, pattern):
+    p = tmp_path / "t.csv"
+    p.write_text(HEADER + "5,10,5\n5,10,5\n")
+    scenario = f"workload: {{trace: '{p}', arrival: {arrival}, prompt_tokens: {{dist: trace}}{extra}}}\n"
+    _one_line(*_run(tmp_path, capsys, scenario), pattern)
