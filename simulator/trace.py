@@ -82,6 +82,8 @@ def read_trace(name_or_path: str) -> Trace:
     src = str(path)
     if path.is_dir():
         raise ConfigError(f"{src}: workload.trace: is a folder; give a CSV or JSONL file inside it")
+    if not path.is_file():  # a device or a pipe (/dev/zero would be read forever)
+        raise ConfigError(f"{src}: workload.trace: is not a regular file; give a CSV or JSONL file")
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
             columns = _read_jsonl(f, src) if path.suffix == ".jsonl" else _read_csv(f, src)
@@ -333,7 +335,8 @@ def _read_jsonl(f, src: str) -> _Columns:
             if name not in row:
                 raise ConfigError(f"{src}: line {line_no}: {name}: missing; give it on every line")
             value = row[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            date = name == names[2] and isinstance(value, str)  # arrival times may be dates
+            if isinstance(value, bool) or not (date or isinstance(value, (int, float))):
                 raise ConfigError(
                     f"{src}: line {line_no}: {name}: {_shown(value)} is not a number; write a JSON number"
                 )

@@ -82,3 +82,17 @@ def test_a_utf8_bom_is_not_part_of_the_first_column(tmp_path):
     p = tmp_path / "t.csv"
     p.write_bytes("\ufeffarrived_at,num_prefill_tokens,num_decode_tokens\n0,10,5\n".encode())
     assert read_trace(str(p)).arrival_s is not None
+
+
+def test_a_device_is_not_read():
+    with pytest.raises(ConfigError, match=r"/dev/zero: workload.trace: is not a regular file; give a CSV"):
+        read_trace("/dev/zero")
+
+
+def test_jsonl_arrival_times_may_be_dates(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text(
+        '{"arrival_time": "2023-11-16 18:15:46.5", "input_length": 5, "output_length": 2}\n'
+        '{"arrival_time": "2023-11-16 18:15:48", "input_length": 6, "output_length": 3}\n'
+    )
+    assert read_trace(str(p)).arrival_s.tolist() == [0.0, 1.5]
