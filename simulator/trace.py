@@ -56,10 +56,11 @@ class HashIds:
     def take(self, rows: np.ndarray) -> HashIds:
         """The ids of `rows`, in that order."""
         counts = np.diff(self.offsets)[rows]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        parts = [self.ids[self.offsets[r] : self.offsets[r + 1]] for r in rows.tolist()]
-        ids = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        return HashIds(ids.astype(np.int64), offsets)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        # position k of the new flat array is old position start(row) + (k - new start(row))
+        at = np.arange(offsets[-1]) + np.repeat(self.offsets[rows] - offsets[:-1], counts)
+        return HashIds(self.ids[at], offsets)
 
 
 @dataclass
@@ -99,9 +100,8 @@ def read_trace(name_or_path: str) -> Trace:
 
 @dataclass(slots=True)
 class _Columns:
-    """What a reader hands back: the chosen columns' names and their values, in file order."""
+    """What a reader hands back: the chosen columns' values, in file order."""
 
-    names: tuple[str, str, str | None]  # prompt, output, arrival
     prompt: np.ndarray
     output: np.ndarray
     arrival: np.ndarray | None
@@ -298,7 +298,7 @@ def _csv_columns(f, src: str) -> _Columns:
         e.line = reader.line_num + (row is not None)  # (csv.Error fails before line_num moves on)
         raise
     prompt, output, arrival = chunks.arrays()
-    return _Columns(names, prompt, output, arrival, ids.done() if hi is not None else None)
+    return _Columns(prompt, output, arrival, ids.done() if hi is not None else None)
 
 
 def _jsonl_rows(f, src: str) -> Iterator[tuple[int, dict]]:
@@ -345,7 +345,7 @@ def _read_jsonl(f, src: str) -> _Columns:
         if hash_key is not None:
             ids.add(_hash_list(row.get(hash_key, []), f"{src}: line {line_no}: hash_ids"))
     prompt, output, arrival = chunks.arrays()
-    return _Columns(names, prompt, output, arrival, ids.done() if hash_key is not None else None)
+    return _Columns(prompt, output, arrival, ids.done() if hash_key is not None else None)
 
 
 def _chain(first, rows):
