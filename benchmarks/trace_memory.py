@@ -3,7 +3,8 @@
 Each reading runs in a fresh process whose code comes from a checkout (`--before`, default /work/main,
 and this one), so the two readers are compared on the same file. Peak RSS is the process's high-water
 mark (VmHWM) less its mark after the imports; the tracemalloc peak counts Python and numpy
-allocations only (a separate run: tracing slows the read). The trace's own arrays are 24 B per row.
+allocations only (a separate run: tracing slows the read). The trace's own arrays are 24 B per row
+(the JSONL's two hash ids a row add 24 B more in this reader: ids and offsets; the old one kept lists).
 
     python benchmarks/trace_memory.py                    # 10^6 rows; writes benchmarks/results/trace_memory.md
     python benchmarks/trace_memory.py --rows 100000 --before /path/to/other/checkout
@@ -30,10 +31,7 @@ import json, sys, time, tracemalloc
 def hwm_kib():  # this process's RSS high-water mark (ru_maxrss would carry the parent's over exec)
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-try:
-    from simulator.trace import read_trace
-except ImportError:
-    from simulator.workload import read_trace
+from simulator.workload import read_trace  # (both checkouts have it there: the same imports either way)
 path, traced = sys.argv[1], sys.argv[2] == "1"
 base_kib = hwm_kib()
 if traced:
@@ -44,7 +42,8 @@ wall_s = time.perf_counter() - t0
 peak = tracemalloc.get_traced_memory()[1] if traced else 0
 rss_kib = hwm_kib()
 arrays = t.prompt_tokens.nbytes + t.output_tokens.nbytes + (t.arrival_s.nbytes if t.arrival_s is not None else 0)
-print(json.dumps({"rss_mb": (rss_kib - base_kib) / 1024, "traced_mb": peak / 2**20, "wall_s": wall_s,
+arrays += sum(a.nbytes for a in (getattr(t.hash_ids, "ids", None), getattr(t.hash_ids, "offsets", None)) if a is not None)
+print(json.dumps({"rss_mb": (rss_kib - base_kib) / 1024, "process_mb": rss_kib / 1024, "traced_mb": peak / 2**20, "wall_s": wall_s,
                   "rows": len(t.prompt_tokens), "arrays_mb": arrays / 2**20,
                   "first": [float(t.arrival_s[1]), int(t.prompt_tokens[-1])]}))
 """
@@ -91,10 +90,12 @@ def main() -> None:
         f"# Reading a {args.rows:,}-row trace: peak memory and time",
         "",
         f"`python benchmarks/trace_memory.py --rows {args.rows}` (before: `{args.before}`; after: this checkout).",
-        "Peak RSS is above the process's mark after imports; tracemalloc counts Python and numpy allocations.",
+        "Peak RSS is above the process's mark after imports (process peak: the whole process, as "
+        "`/usr/bin/time -v` reports it); tracemalloc counts Python and numpy allocations.",
+        "arrays MB: the returned arrays (after: with the JSONL's hash ids, 2 a row, flat with offsets).",
         "",
-        "| trace | reader | rows | arrays MB | peak RSS MB | tracemalloc peak MB | read s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| trace | reader | rows | arrays MB | peak RSS MB | process peak RSS MB | tracemalloc peak MB | read s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         csv_path, jsonl_path = write_traces(Path(tmp), args.rows)
@@ -105,7 +106,7 @@ def main() -> None:
                 results[label] = rss
                 lines.append(
                     f"| {trace.suffix[1:]} | {label} | {rss['rows']:,} | {rss['arrays_mb']:.1f} | "
-                    f"{rss['rss_mb']:.0f} | {traced['traced_mb']:.0f} | {rss['wall_s']:.2f} |"
+                    f"{rss['rss_mb']:.0f} | {rss['process_mb']:.0f} | {traced['traced_mb']:.0f} | {rss['wall_s']:.2f} |"
                 )
                 print(lines[-1], flush=True)
             # the same arrays either way (spot values; the examples' per-request CSVs are diffed separately)
