@@ -63,7 +63,7 @@ def test_unwritable_out_dir(tmp_path, tiny_config, capsys):
         ]
     )
     assert code == 2
-    assert "output folder" in one_clear_line(capsys.readouterr().err)
+    assert "--out-dir" in one_clear_line(capsys.readouterr().err)
 
 
 def test_validate_unknown_profile_and_fit_without_measurements(tmp_path, capsys):

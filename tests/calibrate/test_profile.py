@@ -40,7 +40,7 @@ def test_calibrated_profile_round_trips_through_load_profile(tmp_path, monkeypat
 def test_unwritable_output_folder_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match="cannot create output folder"):
+    with pytest.raises(ConfigError, match="cannot create the folder"):
         profile.check_writable(blocker / "sub")
 
 
