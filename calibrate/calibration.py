@@ -311,11 +311,10 @@ def refit(
         )
     if name is not None:
         profile.check_name(name)
+    profile.check_writable(Path(out_dir))  # before the fit, not after it
     damaged: list[str] = []
     store = Store.open(path, warn=damaged.append)
     need_measurements(store)
-    for msg in damaged:  # after the refusals above, which are one line each
-        warn(msg)
     meta = store.meta
     model_arg = model or meta.get("model_arg") or meta.get("model", "llama-3.1-8b")
     spec = load_model(model_arg)
@@ -328,6 +327,8 @@ def refit(
     base_name = meta.get("base") or "h100-sxm"
     name = name or base_name
     profile.check_overwrite(Path(out_dir) / f"{name}.yaml", meta.get("gpu", ""), force)
+    for msg in damaged:  # after the refusals above, each of which is one line on its own
+        warn(msg)
     base = base_for_run(base_name, store)
     prov = {
         "gpu": meta.get("gpu", ""),

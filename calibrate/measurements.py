@@ -135,7 +135,7 @@ class Store:
             shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
             warn(
                 f"{path}: {len(bad)} corrupt measurement line{'s' * (len(bad) > 1)} skipped (line {shown}); "
-                "their points are measured again"
+                "a rerun of python -m calibrate measures their points again"
             )
         return store
 

@@ -43,6 +43,10 @@ def ws(tmp_path, tiny_config):
     with (tmp_path / "only_meta" / "measurements.jsonl").open("a") as f:
         f.write(json.dumps({"key": "gemm:{}", "kind": "gemm", "params": [1], "seconds": 1e-3}) + "\n")
     store(tmp_path / "cpu_run", cpu, base="cpu", model_arg=str(tmp_path / "tiny.json"))
+    with (tmp_path / "cpu_run" / "measurements.jsonl").open("ab") as f:
+        f.write(
+            b'{"key": "\xff\xfe"}\n'
+        )  # a damaged line: counted later, never a second line before a refusal
     qwen = identity("cpu", "cpu", load_model("qwen2.5-0.5b"), TORCH)
     store(tmp_path / "qwen_run", qwen, n=18, base="cpu")
     shutil.copytree(tmp_path / "qwen_run", tmp_path / "qwen_damaged")
@@ -114,6 +118,7 @@ ROWS = [
     ([*CPU[:5], "{t}/jsonl_is_dir", *CPU[6:]], "measurements.jsonl: cannot read or write measurements"),
     ([*CPU[:-1], "{t}/a_file"], "--out-dir '{t}/a_file': is a file, not a folder"),
     (["fit", "{t}/a_file"], "{t}/a_file: is a file, not a work dir"),
+    (["fit", "{t}/cpu_run", "--out-dir", "{t}/a_file"], "--out-dir '{t}/a_file': is a file, not a folder"),
     (["fit", "{t}/nowhere"], "measurements.jsonl does not exist"),
     (["fit", "{t}/jsonl_is_dir"], "cannot read or write measurements"),
     (

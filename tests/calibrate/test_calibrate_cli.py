@@ -152,3 +152,10 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     capsys.readouterr()
     assert main(["validate", "cpu-tiny", "--stored", "--work-dir", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in one_clear_line(capsys.readouterr().err)
+
+    # a refit without a device finds the run's model by itself and may write over its own device's profile
+    assert all(
+        r.fingerprint == store.fingerprint for r in Store.open(work / "measurements.jsonl").records.values()
+    )
+    assert main(["fit", str(work), "--name", "cpu-tiny", "--out-dir", str(out)]) == 0
+    assert load_profile(str(out / "cpu-tiny.yaml")).calibration.gpu == "cpu"
