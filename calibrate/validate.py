@@ -196,6 +196,11 @@ def _report(
     log(summary(rows))
     log(f"median abs. error {e.median_pct:.1f}%, p90 {e.p90_pct:.1f}% over {e.n} held-out steps")
     if out:
-        Path(out).write_text(text)
+        try:
+            Path(out).write_text(text)
+        except OSError as e:  # the tables are logged above: nothing measured is lost
+            raise ConfigError(
+                f"--out {out!r}: cannot write the table ({e.strerror or e}); pass another --out"
+            ) from None
         log(f"wrote {out}")
     return e.median_pct, e.p90_pct

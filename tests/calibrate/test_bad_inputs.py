@@ -56,6 +56,8 @@ def ws(tmp_path, tiny_config):
     )
     a100 = identity("NVIDIA A100-SXM4-80GB", "cuda", load_model("llama-3.1-8b"), {"torch": "2.11.0"})
     store(tmp_path / "a100_run", a100, base="h100-sxm")
+    (tmp_path / "stored").mkdir()
+    shutil.copy(PROFILE_DIR.parent / "calibration_runs" / "h100-sxm" / "validate.jsonl", tmp_path / "stored")
     (tmp_path / "profiles").mkdir()
     shutil.copy(PROFILE_DIR / "h100-sxm.yaml", tmp_path / "profiles")
     shutil.copy(PROFILE_DIR / "h100-sxm.yaml", tmp_path / "profiles" / "mine.yaml")
@@ -131,6 +133,10 @@ ROWS = [
     ),
     (["validate", "{t}/list.yaml", "--stored"], "a profile must be a YAML mapping"),
     (["validate", "h100-sxm", "--stored", "--out", "{t}"], "--out '{t}': is a folder"),
+    (
+        ["validate", "h100-sxm", "--stored", "--work-dir", "{t}/stored", "--out", "/dev/full"],
+        "--out '/dev/full': cannot write the table",
+    ),
     # flags
     ([*CPU, "--redo", ","], "--redo ',': not a measurement kind"),
     ([*CPU, "--redo", "elementwize"], "--redo elementwize: not a measurement kind"),
