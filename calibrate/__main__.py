@@ -8,9 +8,18 @@ import sys
 
 from simulator.errors import ConfigError
 
+FORCE_HELP = "write over a profile of another device (or give a CPU fit a GPU profile's name)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as the one line every bad input gets (not usage text, not an exit)."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}; see {self.prog} --help")
+
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m calibrate",
         description="Measure this GPU with the engine, fit the cost model's efficiencies, write a profile. "
         "Verbs: (none) calibrate; `validate PROFILE` checks a profile on held-out steps; "
@@ -36,11 +45,12 @@ def _run_parser() -> argparse.ArgumentParser:
         help="measure these kinds again, comma-separated (e.g. attention_prefill,step_prefill after an engine "
         "change); the other stored measurements are kept",
     )
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     return p
 
 
 def _validate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m calibrate validate",
         description="Time held-out whole steps and compare with the profile's prediction.",
     )
@@ -58,13 +68,12 @@ def _validate_parser() -> argparse.ArgumentParser:
 
 
 def _fit_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m calibrate fit", description="Refit a work dir's measurements."
-    )
+    p = _Parser(prog="python -m calibrate fit", description="Refit a work dir's measurements.")
     p.add_argument("work_dir")
     p.add_argument("--name", help="profile name to write (default: the run's base profile)")
     p.add_argument("--model", help="model whose accounting to use (default: the run's)")
     p.add_argument("--out-dir", default="hardware_profiles")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     return p
 
 
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             a = _fit_parser().parse_args(argv[1:])
             from calibrate.calibration import refit
 
-            refit(a.work_dir, a.name, a.out_dir, a.model)
+            refit(a.work_dir, a.name, a.out_dir, a.model, force=a.force)
         else:
             a = _run_parser().parse_args(argv)
             from calibrate.calibration import Options, run
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     work_dir=a.work_dir,
                     fresh=a.fresh,
                     redo=a.redo,
+                    force=a.force,
                     command=command,
                 )
             )

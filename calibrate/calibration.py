@@ -9,11 +9,11 @@ from pathlib import Path
 
 from calibrate import detect, profile, sweep
 from calibrate.fit import FitResult, fit_all
-from calibrate.measurements import Store
+from calibrate.measurements import Store, describe, identity, model_fingerprint
 from calibrate.plan import KINDS, Limits, Point, kv_token_budget, make_plan, sweep_ranges
 from calibrate.plots import draw
 from simulator.errors import ConfigError
-from simulator.hardware import HardwareProfile, load_profile
+from simulator.hardware import HardwareProfile
 from simulator.model_spec import ModelSpec, load_model
 
 # Memory kept free beside weights and the KV pool: activations of a 16k-token prefill step (MLP
@@ -38,7 +38,30 @@ class Options:
     work_dir: str | None = None
     fresh: bool = False
     redo: str | None = None  # comma-separated kinds to measure again
+    force: bool = False  # write over a profile of another device
     command: str = ""
+
+
+def refuse_unbuildable(spec: ModelSpec) -> None:
+    """One line before any sweep starts for a model the engine cannot build (engine.model refuses the same)."""
+    if spec.is_mla:
+        raise ConfigError(
+            f"--model {spec.name}: multi-head latent attention (MLA, DeepSeek) is not supported by our engine, "
+            "which builds multi-head and grouped-query attention only; calibrate with a non-MLA model "
+            "(e.g. --model llama-3.1-8b or mixtral-8x7b for MoE) and forecast this one with that GPU profile"
+        )
+
+
+def redo_kinds(redo: str) -> set[str]:
+    """--redo's comma-separated kinds, each checked."""
+    kinds = {k.strip() for k in redo.split(",") if k.strip()}
+    unknown = kinds - KINDS
+    if unknown or not kinds:
+        raise ConfigError(
+            f"--redo {','.join(sorted(unknown)) or repr(redo)}: not a measurement kind; "
+            f"use some of {', '.join(sorted(KINDS))}"
+        )
+    return kinds
 
 
 def need_torch_device(device: str):
@@ -110,12 +133,20 @@ def ceilings(store: Store) -> dict:
 def base_for_run(base_name: str, store: Store) -> HardwareProfile:
     """The datasheet profile to start from; on the CPU, one made of the measured ceilings."""
     if base_name != "cpu":
-        return load_profile(base_name)
+        return profile.read(base_name, "--base")
     c = ceilings(store)
     if "copy_bandwidth_gbps" not in c or "gemm_bf16_tflops" not in c:
         raise ConfigError("the CPU run has no copy or GEMM ceiling measured; rerun with --fresh")
-    template = load_profile("h100-sxm").efficiency  # starting values only; every group is refitted
+    template = profile.read("h100-sxm").efficiency  # starting values only; every group is refitted
     return profile.cpu_base(c["copy_bandwidth_gbps"] * 1e9, c["gemm_bf16_tflops"] * 1e12, template, 8 * 2**30)
+
+
+def need_measurements(store: Store) -> None:
+    if not store.ok():
+        raise ConfigError(
+            f"{store.path}: no measurement to fit ({len(store.records)} points failed or ran out of memory, "
+            f"{store.skipped_lines} lines damaged); run python -m calibrate to measure"
+        )
 
 
 def fit_and_write(
@@ -128,9 +159,13 @@ def fit_and_write(
     plan: list[Point] | None,
     provenance: dict,
     log=print,
+    force: bool = False,
 ) -> tuple[Path, FitResult]:
     """Fit every group, draw the plots, write the profile; returns its path and the fit."""
     records = list(store.records.values())
+    need_measurements(store)
+    # checked again at the end: a profile may have been written there while the sweep ran
+    profile.check_overwrite(Path(out_dir) / f"{name}.yaml", provenance.get("gpu", ""), force)
     result = fit_all(base, spec, records)
     plots = draw(
         result.groups | {f"gemm_{d}": f for d, f in result.extra_gemm.items()},
@@ -196,9 +231,13 @@ def error_table(result: FitResult) -> str:
 def run(opts: Options, log=print) -> Path:
     """The whole calibration; returns the profile path. Raises ConfigError / NoDevice with one-line messages."""
     spec = load_model(opts.model)
+    refuse_unbuildable(spec)
     cpu = opts.device == "cpu"
     if opts.device not in ("cpu", "cuda") and not opts.device.startswith("cuda:"):
         raise ConfigError(f"--device {opts.device!r}: use cuda or cpu")
+    if opts.name is not None:
+        profile.check_name(opts.name)
+    kinds = redo_kinds(opts.redo) if opts.redo is not None else set()
     need_torch_device(opts.device)
     if cpu:
         gpu = detect.GpuInfo(name="cpu")
@@ -210,30 +249,19 @@ def run(opts: Options, log=print) -> Path:
                 "no NVIDIA GPU found through NVML or torch; pass --device cpu for a tiny CPU calibration"
             )
         base_name = detect.resolve_base(gpu.name, opts.base)
-    base = None if cpu else load_profile(base_name)
+    base = None if cpu else profile.read(base_name, "--base")
     name = opts.name or base_name
     out_dir = profile.check_writable(Path(opts.out_dir))
-    work_dir = profile.check_writable(Path(opts.work_dir or Path("calibration_runs") / name))
+    # before the sweep: a run must not end, minutes later, unable to write its profile
+    profile.check_overwrite(out_dir / f"{name}.yaml", gpu.name, opts.force)
+    work_dir = profile.check_writable(Path(opts.work_dir or Path("calibration_runs") / name), "--work-dir")
     mode = "cpu" if cpu else ("quick" if opts.quick else "full")
     versions = detect.software_versions()
-    meta = {
-        "gpu": gpu.name,
-        "model": spec.name,
-        "device": "cpu" if cpu else "cuda",
-        "base": base_name,
-        "mode": mode,
-        "driver": gpu.driver,
-        **versions,
-        "device_info": gpu.as_dict(),
-    }
-    store = Store.open(work_dir / "measurements.jsonl", meta, fresh=opts.fresh)
-    if opts.redo:
-        kinds = {k.strip() for k in opts.redo.split(",") if k.strip()}
-        unknown = kinds - KINDS
-        if unknown:
-            raise ConfigError(
-                f"--redo {','.join(sorted(unknown))}: not a measurement kind; use some of {', '.join(sorted(KINDS))}"
-            )
+    ident = identity(gpu.name, "cpu" if cpu else "cuda", spec, versions)
+    run_info = {"base": base_name, "mode": mode, "driver": gpu.driver, "device_info": gpu.as_dict(),
+                "model_arg": opts.model}  # fmt: skip
+    store = Store.open(work_dir / "measurements.jsonl", ident, fresh=opts.fresh, provenance=run_info)
+    if kinds:
         log(f"--redo: {store.forget(kinds)} stored measurements of {', '.join(sorted(kinds))} to take again")
 
     from calibrate.bench import Bench  # torch and engine from here on
@@ -261,23 +289,46 @@ def run(opts: Options, log=print) -> Path:
     }
     if cpu:
         prov["notes"] = "CPU run: datasheet replaced by the measured ceilings; for tests only"
-    path, result = fit_and_write(store, spec, base, name, out_dir, work_dir, plan, prov, log)
+    path, result = fit_and_write(store, spec, base, name, out_dir, work_dir, plan, prov, log, opts.force)
     log(error_table(result))
     log(f"wrote {path} (plots and measurements in {work_dir})")
     return path
 
 
-def refit(work_dir: str, name: str | None, out_dir: str, model: str | None = None, log=print) -> Path:
+def refit(
+    work_dir: str, name: str | None, out_dir: str, model: str | None = None, log=print, force: bool = False
+) -> Path:
     """Fit again from a work dir's measurements, with no device (e.g. after changing the fit)."""
+    if Path(work_dir).exists() and not Path(work_dir).is_dir():
+        raise ConfigError(
+            f"{work_dir}: is a file, not a work dir; pass the folder python -m calibrate measured into "
+            "(e.g. calibration_runs/h100-sxm)"
+        )
     path = Path(work_dir) / "measurements.jsonl"
     if not path.exists():
         raise ConfigError(
             f"{path} does not exist; run python -m calibrate first or pass the right --work-dir"
         )
-    store = Store.open(path)
+    if name is not None:
+        profile.check_name(name)
+    profile.check_writable(Path(out_dir))  # before the fit, not after it
+    damaged: list[str] = []
+    store = Store.open(path, warn=damaged.append)
+    need_measurements(store)
     meta = store.meta
-    spec = load_model(model or meta.get("model", "llama-3.1-8b"))
+    model_arg = model or meta.get("model_arg") or meta.get("model", "llama-3.1-8b")
+    spec = load_model(model_arg)
+    measured = store.identity.get("model_config")
+    if measured and model_fingerprint(spec) != measured:
+        raise ConfigError(
+            f"--model {model_arg}: not the model measured in {path} ({describe(store.identity)}, other shapes); "
+            "pass --model with the config that run measured"
+        )
     base_name = meta.get("base") or "h100-sxm"
+    name = name or base_name
+    profile.check_overwrite(Path(out_dir) / f"{name}.yaml", meta.get("gpu", ""), force)
+    for msg in damaged:  # after the refusals above, each of which is one line on its own
+        warn(msg)
     base = base_for_run(base_name, store)
     prov = {
         "gpu": meta.get("gpu", ""),
@@ -287,7 +338,7 @@ def refit(work_dir: str, name: str | None, out_dir: str, model: str | None = Non
     }
     prov.setdefault("notes", "refitted from stored measurements")
     out, result = fit_and_write(
-        store, spec, base, name or base_name, Path(out_dir), Path(work_dir), None, prov, log
+        store, spec, base, name, Path(out_dir), Path(work_dir), None, prov, log, force
     )
     log(error_table(result))
     log(f"wrote {out}")

@@ -1,18 +1,70 @@
 """Raw measurements as JSONL, one line per point, appended as they are taken.
 
 The file is the sweep's memory: a rerun skips every key already present, so an interrupted
-sweep resumes where it stopped. A first `meta` line names the GPU and model the file belongs to.
+sweep resumes where it stopped. What was measured (GPU, model shapes, dtype, torch and CUDA) is
+the store's identity: a `meta` line states it in full and every point carries its fingerprint,
+so a point is reused only by a run of the same identity, even when the `meta` line is damaged.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from calibrate.plan import point_key
 from simulator.errors import ConfigError
+from simulator.model_spec import ModelSpec
+
+# The dtype the engine builds weights and KV in for every step and kernel timed (engine.model's default);
+# GEMM points of other dtypes name theirs in their parameters.
+ENGINE_DTYPE = "bf16"
+# Identity keys a store written before fingerprints (its meta line only) can be checked on.
+LEGACY_KEYS = ("gpu", "model", "device", "torch", "cuda")
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """A hash of the shapes the engine builds from `spec` (name aside). Fields at their default are left
+    out, so a field added to ModelSpec later keeps the fingerprints of stored measurements."""
+    shape = {
+        f.name: getattr(spec, f.name)
+        for f in dataclasses.fields(spec)
+        if f.name not in ("name", "config") and getattr(spec, f.name) != f.default
+    }
+    return _hash(shape)
+
+
+def identity(gpu: str, device: str, spec: ModelSpec, versions: dict) -> dict:
+    """What a measurement depends on: the GPU, the model's shapes, the dtype and the software that ran it."""
+    return {
+        "gpu": gpu,
+        "device": device,
+        "model": spec.name,
+        "model_config": model_fingerprint(spec),
+        "dtype": ENGINE_DTYPE,
+        "torch": versions.get("torch", ""),
+        "cuda": versions.get("cuda", ""),
+    }
+
+
+def fingerprint_of(ident: dict) -> str:
+    return _hash(ident)
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def describe(ident: dict) -> str:
+    """'qwen2.5-0.5b on NVIDIA H100 80GB HBM3 (cuda, torch 2.11.0)' for messages."""
+    sw = ", ".join(f"{k} {ident[k]}" for k in ("torch", "cuda") if ident.get(k))
+    extra = ", ".join(x for x in (ident.get("device", ""), sw) if x)
+    return f"{ident.get('model', '?')} on {ident.get('gpu', '?')}" + (f" ({extra})" if extra else "")
 
 
 @dataclass(slots=True)
@@ -26,20 +78,35 @@ class Record:
     status: str = "ok"  # ok | oom | error
     holdout: bool = False
     note: str = ""
+    fingerprint: str = (
+        ""  # of the identity it was measured under; empty in stores written before fingerprints
+    )
 
 
 @dataclass
 class Store:
-    """Append-only JSONL store keyed by point key."""
+    """Append-only JSONL store keyed by point key, of one identity."""
 
     path: Path
     records: dict[str, Record] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # the identity and the run's provenance (base, mode, driver)
+    identity: dict = field(default_factory=dict)  # what was measured (see `identity()`)
+    fingerprint: str = ""
     skipped_lines: int = 0
 
     @classmethod
-    def open(cls, path: Path, meta: dict | None = None, fresh: bool = False, warn=None) -> Store:
-        """Read what is there (skipping corrupt lines with a warning) and check it belongs to `meta`."""
+    def open(
+        cls,
+        path: Path,
+        ident: dict | None = None,
+        fresh: bool = False,
+        warn=None,
+        provenance: dict | None = None,
+    ) -> Store:
+        """Read what is there and check it was measured as `ident` says (one clear line if not).
+
+        Damaged lines (cut off by a kill, not UTF-8, not a point) are skipped and counted in one warning.
+        Without `ident` (a refit, no device) the store's own meta line says what it holds."""
         warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
         path = Path(path)
         try:
@@ -47,64 +114,104 @@ class Store:
             if fresh and path.exists():
                 path.unlink()
             path.touch()
+            raw = path.read_bytes()
+            if raw and not raw.endswith(b"\n"):
+                # a kill mid-write left half a line: end it, so the next point starts a line of its own
+                with path.open("ab") as f:
+                    f.write(b"\n")
         except OSError as e:
-            raise ConfigError(f"cannot write measurements to {str(path)!r}: {e.strerror or e}") from None
+            raise ConfigError(
+                f"{path}: cannot read or write measurements ({e.strerror or e}); pass --work-dir with a folder you can write"
+            ) from None
         if not os.access(path, os.W_OK):
-            raise ConfigError(f"cannot write measurements to {str(path)!r}: permission denied")
+            raise ConfigError(
+                f"{path}: cannot write measurements (permission denied); pass --work-dir with another folder"
+            )
         store = cls(path)
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                if d.get("kind") == "meta":
-                    store.meta = d
-                    continue
-                rec = Record(
-                    key=d["key"],
-                    kind=d["kind"],
-                    params=d["params"],
-                    seconds=d.get("seconds"),
-                    status=d.get("status", "ok"),
-                    holdout=bool(d.get("holdout", False)),
-                    note=d.get("note", ""),
-                )
-                ok = isinstance(rec.seconds, (int, float)) and (
-                    rec.seconds > 0 or (rec.kind == "serving" and rec.seconds >= 0)  # a cost may be nil
-                )
-                if rec.status == "ok" and not ok:
-                    raise ValueError("no positive seconds")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                store.skipped_lines += 1
-                warn(f"{path}:{i}: corrupt measurement line skipped (it will be measured again)")
-                continue
-            store.records[rec.key] = rec
-        if meta:
-            store._check_meta(meta)
+        headers, records, bad = _parse(raw)
+        store.skipped_lines = len(bad)
+        store._adopt(headers, records, ident, provenance or {})
+        if bad:  # after the identity check: a refused store is one line, not a warning and a line
+            shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+            warn(
+                f"{path}: {len(bad)} corrupt measurement line{'s' * (len(bad) > 1)} skipped (line {shown}); "
+                "a rerun of python -m calibrate measures their points again"
+            )
         return store
 
-    def _check_meta(self, meta: dict) -> None:
-        if not self.meta:
-            self.meta = dict(meta)
-            self._append({"kind": "meta", **meta})
+    def _adopt(
+        self, headers: list[dict], records: list[Record], ident: dict | None, provenance: dict
+    ) -> None:
+        """Take the records that belong to the store's identity; refuse a store of another one."""
+        header = next((h for h in headers if "fingerprint" in h), None)
+        legacy = next((h for h in headers if "fingerprint" not in h), None) if header is None else None
+        self.fingerprint = fingerprint_of(ident) if ident else (header or {}).get("fingerprint", "")
+        if header is not None:
+            self.identity = header.get("identity", {})
+            self.meta = {**{k: v for k, v in header.items() if k not in ("kind", "identity", "fingerprint")},
+                         **self.identity}  # fmt: skip
+            if ident and header["fingerprint"] != self.fingerprint:
+                raise self._refusal(self.identity, ident)
+        elif legacy is not None:  # written before fingerprints: the meta line is all there is to check
+            self.meta = {k: v for k, v in legacy.items() if k != "kind"}
+            self.identity = {k: legacy[k] for k in LEGACY_KEYS if k in legacy}
+            if ident and any(ident.get(k, v) != v for k, v in self.identity.items()):
+                raise self._refusal(self.identity, ident)
+        foreign = [
+            r for r in records if r.fingerprint != self.fingerprint and (r.fingerprint or legacy is None)
+        ]
+        if foreign:
+            raise self._foreign(foreign, header or legacy, ident)
+        self.records = {r.key: r for r in records}
+        if ident is None:
             return
-        for k in ("gpu", "model", "device"):
-            if k in meta and k in self.meta and self.meta[k] != meta[k]:
-                raise ConfigError(
-                    f"{self.path} holds measurements of {k} {self.meta[k]!r}, not {meta[k]!r}; "
-                    "pass --fresh to start over or --work-dir for another folder"
-                )
+        self.identity = dict(ident)
+        if header is None and legacy is None:
+            self.meta = {**provenance, **ident}
+            self._append(self._header())
+        elif legacy is not None:  # stamp the old points (their meta line matched) so the file is one format
+            self.meta = {**self.meta, **ident}
+            for r in self.records.values():
+                r.fingerprint = self.fingerprint
+            self._rewrite()
+
+    def _refusal(self, held: dict, ident: dict) -> ConfigError:
+        differ = [k for k in ident if k in held and held[k] != ident[k]]
+        return ConfigError(
+            f"{self.path}: holds measurements of {describe(held)}, not {describe(ident)} "
+            f"({', '.join(differ) or 'identity'} differ{'s' * (len(differ) == 1)}); "
+            "pass --fresh to measure again or --work-dir for another folder"
+        )
+
+    def _foreign(self, foreign: list[Record], header: dict | None, ident: dict | None) -> ConfigError:
+        n = len(foreign)
+        points = f"{n} stored measurement{'s' * (n > 1)}"
+        if header is None and ident is None:
+            what = "the line naming what was measured (GPU, model) is missing or damaged"
+            fix = "rerun python -m calibrate with the same --model on the same GPU to restore it, or pass --fresh"
+        elif not any(r.fingerprint for r in foreign):
+            what = f"{points} do not say what was measured and the line naming it is missing or damaged"
+            fix = "pass --fresh to measure again or --work-dir for another folder"
+        else:
+            tags = sorted({r.fingerprint for r in foreign if r.fingerprint})
+            want = describe(ident) if ident else describe(self.identity)
+            what = (
+                f"{points} of another GPU, model or software (fingerprint {', '.join(tags[:3])}), not {want}"
+            )
+            fix = "pass --fresh to measure again or --work-dir for another folder"
+        return ConfigError(f"{self.path}: {what}; {fix}")
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
 
     def add(self, rec: Record) -> None:
+        rec.fingerprint = rec.fingerprint or self.fingerprint
         self.records[rec.key] = rec
         self._append(_line(rec))
 
     def _append(self, d: dict) -> None:
         # one write per line, flushed and synced: a kill loses at most the point being measured
-        with self.path.open("a") as f:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(d, separators=(",", ":")) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -118,16 +225,81 @@ class Store:
             return 0
         for k in drop:
             del self.records[k]
-        meta = {"kind": "meta", **{k: v for k, v in self.meta.items() if k != "kind"}}
-        lines = [json.dumps(d, separators=(",", ":")) for d in [meta, *map(_line, self.records.values())]]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, self.path)
+        self._rewrite()
         return len(drop)
+
+    def _rewrite(self) -> None:
+        """The whole file again (meta line, then the records), swapped in atomically."""
+        lines = [
+            json.dumps(d, separators=(",", ":")) for d in [self._header(), *map(_line, self.records.values())]
+        ]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def _header(self) -> dict:
+        if (
+            not self.fingerprint
+        ):  # a store from before fingerprints, read without an identity, keeps its meta line
+            return {"kind": "meta", **self.meta}
+        rest = {k: v for k, v in self.meta.items() if k not in self.identity}
+        return {"kind": "meta", "fingerprint": self.fingerprint, "identity": self.identity, **rest}
 
     def ok(self, kind: str | None = None) -> list[Record]:
         """Measured points (status ok), optionally of one kind, in file order."""
         return [r for r in self.records.values() if r.status == "ok" and (kind is None or r.kind == kind)]
+
+
+def _parse(raw: bytes) -> tuple[list[dict], list[Record], list[int]]:
+    """Meta lines, records and the numbers of damaged lines, each line decoded on its own."""
+    headers: list[dict] = []
+    records: list[Record] = []
+    bad: list[int] = []
+    for i, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line.decode("utf-8"))
+            if not isinstance(d, dict):
+                raise TypeError("not an object")
+            if d.get("kind") == "meta":
+                if "fingerprint" in d and d["fingerprint"] != fingerprint_of(d.get("identity")):
+                    raise ValueError("meta line's identity does not match its fingerprint")
+                headers.append(d)
+                continue
+            records.append(_record(d))
+        except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
+            bad.append(i)
+    return headers, records, bad
+
+
+def _record(d: dict) -> Record:
+    """A record from its line, checked whole: a line garbled into valid JSON is as damaged as a cut one."""
+    rec = Record(
+        key=d["key"],
+        kind=d["kind"],
+        params=d["params"],
+        seconds=d.get("seconds"),
+        status=d.get("status", "ok"),
+        holdout=d.get("holdout", False),
+        note=d.get("note", ""),
+        fingerprint=d.get("fingerprint", ""),
+    )
+    if not (isinstance(rec.params, dict) and isinstance(rec.key, str) and isinstance(rec.kind, str)):
+        raise TypeError("key, kind or params of the wrong type")
+    if rec.key != point_key(rec.kind, rec.params):
+        raise ValueError("key does not match kind and params")
+    if rec.status not in ("ok", "oom", "error") or not isinstance(rec.holdout, bool):
+        raise ValueError("unknown status")
+    if not isinstance(rec.note, str) or not isinstance(rec.fingerprint, str):
+        raise TypeError("note or fingerprint not a string")
+    if rec.status == "ok":
+        s = rec.seconds
+        if not (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)):
+            raise ValueError("no finite seconds")
+        if not (s > 0 or (rec.kind == "serving" and s >= 0)):  # a serving cost may be nil
+            raise ValueError("no positive seconds")
+    return rec
 
 
 def _line(rec: Record) -> dict:
@@ -136,4 +308,6 @@ def _line(rec: Record) -> dict:
          "holdout": rec.holdout}  # fmt: skip
     if rec.note:
         d["note"] = rec.note
+    if rec.fingerprint:
+        d["fingerprint"] = rec.fingerprint
     return d

@@ -10,12 +10,13 @@ import numpy as np
 from calibrate import detect
 from calibrate.accounting import STEP_KINDS, label, step_shape
 from calibrate.fit import Errors
-from calibrate.measurements import Store
+from calibrate.measurements import Store, describe, identity, model_fingerprint
 from calibrate.plan import Limits, Point, make_plan, mixed_lengths
+from calibrate.profile import read
 from calibrate.sweep import run_sweep
 from simulator.cost_model import CostModel
 from simulator.errors import ConfigError
-from simulator.hardware import HardwareProfile, load_profile
+from simulator.hardware import HardwareProfile
 from simulator.model_spec import ModelSpec, load_model
 
 
@@ -104,10 +105,14 @@ def validate(
     """Time the held-out steps, compare with the profile's prediction; returns (median, p90) abs % error.
 
     `stored`: no device; compare with the steps already in the work dir's validate.jsonl (after a refit)."""
-    from calibrate.calibration import device_limits, need_torch_device
+    from calibrate.calibration import device_limits, need_torch_device, refuse_unbuildable
 
-    prof = load_profile(profile_name)
+    prof = read(profile_name)
     spec = load_model(model_name)
+    if out and Path(out).is_dir():
+        raise ConfigError(
+            f"--out {out!r}: is a folder; pass a file name, e.g. --out {Path(out) / 'validate.md'}"
+        )
     if out:
         try:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -119,20 +124,27 @@ def validate(
         if not path.exists():
             raise ConfigError(f"{path} does not exist; run python -m calibrate validate on the GPU first")
         store = Store.open(path)
-        if store.meta.get("model", spec.name) != spec.name:
+        measured = store.identity.get("model_config")
+        if (
+            (model_fingerprint(spec) != measured)
+            if measured
+            else store.meta.get("model", spec.name) != spec.name
+        ):
             raise ConfigError(
-                f"{path} holds steps of {store.meta['model']!r}; pass --model {store.meta['model']}"
+                f"{path}: holds steps of {describe(store.identity)}, not {spec.name}; "
+                f"pass --model {store.meta.get('model_arg') or store.meta.get('model')}"
             )
         done = [Point(r.kind, r.params) for r in store.records.values() if r.status == "ok"]
         return _report(profile_name, prof, spec, store, done, store.meta.get("gpu", "?"), out, command, log)
+    refuse_unbuildable(spec)
     need_torch_device(device)
     gpu = detect.GpuInfo(name="cpu") if device == "cpu" else detect.detect()
     mode = "cpu" if device == "cpu" else "full"
     wd = Path(work_dir or Path("calibration_runs") / prof.name)
-    store = Store.open(
-        wd / "validate.jsonl",
-        {"gpu": gpu.name if gpu else "?", "model": spec.name, "device": "cpu" if device == "cpu" else "cuda"},
+    ident = identity(
+        gpu.name if gpu else "?", "cpu" if device == "cpu" else "cuda", spec, detect.software_versions()
     )
+    store = Store.open(wd / "validate.jsonl", ident, provenance={"model_arg": model_name})
     limits = device_limits(spec, device)
     sweep_keys = {p.key for p in make_plan(spec, mode, ["bf16"], limits)}
     points = [p for p in validation_points(mode, limits) if p.key not in sweep_keys]
@@ -184,6 +196,11 @@ def _report(
     log(summary(rows))
     log(f"median abs. error {e.median_pct:.1f}%, p90 {e.p90_pct:.1f}% over {e.n} held-out steps")
     if out:
-        Path(out).write_text(text)
+        try:
+            Path(out).write_text(text)
+        except OSError as e:  # the tables are logged above: nothing measured is lost
+            raise ConfigError(
+                f"--out {out!r}: cannot write the table ({e.strerror or e}); pass another --out"
+            ) from None
         log(f"wrote {out}")
     return e.median_pct, e.p90_pct

@@ -63,7 +63,7 @@ def test_unwritable_out_dir(tmp_path, tiny_config, capsys):
         ]
     )
     assert code == 2
-    assert "output folder" in one_clear_line(capsys.readouterr().err)
+    assert "--out-dir" in one_clear_line(capsys.readouterr().err)
 
 
 def test_validate_unknown_profile_and_fit_without_measurements(tmp_path, capsys):
@@ -100,7 +100,9 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     served = {r.params["quantity"]: r.seconds for r in store.records.values() if r.kind == "serving"}
     assert set(served) == {"serving_step_s", "serving_per_sequence_s", "serving_prompt_step_s",
                            "eager_launch_s_per_layer"}  # fmt: skip
-    assert 0 < prof.efficiency.serving_step_s == served["serving_step_s"] < 0.05
+    # on a loaded CPU the fit may put all host time on the per-sequence term (step 0.0 was seen): the sum is > 0
+    assert 0 <= prof.efficiency.serving_step_s == served["serving_step_s"] < 0.05
+    assert served["serving_step_s"] + served["serving_per_sequence_s"] > 0
 
     # a corrupt line (a kill mid-write) is skipped with a warning and that point measured again
     lines = (work / "measurements.jsonl").read_text().splitlines()
@@ -152,3 +154,10 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     capsys.readouterr()
     assert main(["validate", "cpu-tiny", "--stored", "--work-dir", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in one_clear_line(capsys.readouterr().err)
+
+    # a refit without a device finds the run's model by itself and may write over its own device's profile
+    assert all(
+        r.fingerprint == store.fingerprint for r in Store.open(work / "measurements.jsonl").records.values()
+    )
+    assert main(["fit", str(work), "--name", "cpu-tiny", "--out-dir", str(out)]) == 0
+    assert load_profile(str(out / "cpu-tiny.yaml")).calibration.gpu == "cpu"

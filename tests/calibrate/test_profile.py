@@ -40,7 +40,7 @@ def test_calibrated_profile_round_trips_through_load_profile(tmp_path, monkeypat
 def test_unwritable_output_folder_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match="cannot create output folder"):
+    with pytest.raises(ConfigError, match="cannot create the folder"):
         profile.check_writable(blocker / "sub")
 
 
@@ -70,3 +70,50 @@ def test_unknown_gpu_asks_for_base():
     with pytest.raises(ConfigError, match="--base"):
         resolve_base("NVIDIA GeForce RTX 4090", None)
     assert resolve_base("NVIDIA GeForce RTX 4090", "l4") == "l4"
+
+
+@pytest.mark.parametrize(
+    "file, measured_on, refused",
+    [
+        ("h100-sxm", "NVIDIA H100 80GB HBM3", None),  # recalibrating the same GPU
+        ("h200", "NVIDIA H200", None),
+        ("l4", "NVIDIA L4", None),  # a first calibration of a GPU whose profile is transferred
+        ("h100-sxm", "cpu", "fitted on the CPU cannot take the name of the shipped h100-sxm profile"),
+        ("h100-sxm", "NVIDIA H200", "calibrated on NVIDIA H100 80GB HBM3 (2026-11-23)"),
+        ("l4", "NVIDIA A10G", "the NVIDIA L4 24GB profile (transferred calibration"),
+        ("mine", "NVIDIA H100 80GB HBM3", None),  # a calibration of this GPU under another name
+        (
+            "mine",
+            "NVIDIA H200",
+            "mine.yaml: holds the NVIDIA H100 SXM5 80GB profile calibrated on NVIDIA H100",
+        ),
+        ("junk", "cpu", "junk.yaml: holds not a profile this tool can read"),
+    ],
+)
+def test_a_fit_writes_over_a_profile_of_its_own_device_only(tmp_path, file, measured_on, refused):
+    shipped = profile.PROFILE_DIR
+    for name, src in (("h100-sxm", "h100-sxm"), ("h200", "h200"), ("l4", "l4"), ("mine", "h100-sxm")):
+        (tmp_path / f"{name}.yaml").write_bytes((shipped / f"{src}.yaml").read_bytes())
+    (tmp_path / "junk.yaml").write_bytes(b"\xff\x00 not yaml")
+    path = tmp_path / f"{file}.yaml"
+    if refused is None:
+        profile.check_overwrite(path, measured_on)
+    else:
+        with pytest.raises(ConfigError, match=r"--name|--force") as e:
+            profile.check_overwrite(path, measured_on)
+        assert refused in str(e.value) and "--force" in str(e.value)
+    profile.check_overwrite(path, measured_on, force=True)
+
+
+def test_a_profile_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    base = load_profile("h100-sxm").model_copy(update={"name": "mine"})
+    path = profile.write(base, tmp_path, "first")
+    before = path.read_bytes()
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(profile.os, "replace", full_disk)
+    with pytest.raises(ConfigError, match="No space left on device"):
+        profile.write(base, tmp_path, "second")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["mine.yaml"]

@@ -1,11 +1,18 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from calibrate.measurements import Record, Store
+from calibrate.measurements import Record, Store, _line, identity
 from calibrate.plan import Point
 from calibrate.sweep import run_sweep
 from simulator.errors import ConfigError
+from simulator.model_spec import load_model
 
 META = {"gpu": "Fake GPU", "model": "tiny", "device": "cuda"}
 
@@ -81,18 +88,90 @@ def test_a_failing_point_is_recorded_and_retried_later(tmp_path):
     assert seen == [2]
 
 
-def test_corrupt_lines_are_skipped_with_a_warning(tmp_path):
+def rec(m: int, seconds: float = 1e-3) -> Record:
+    p = Point("gemm", {"m": m, "k": 64, "n": 64, "dtype": "bf16"})
+    return Record(p.key, p.kind, p.params, seconds)
+
+
+def test_damaged_lines_are_skipped_and_counted_in_one_warning(tmp_path):
     path = tmp_path / "m.jsonl"
     store = Store.open(path, META)
-    store.add(Record("a", "gemm", {"m": 1}, 1e-3))
-    with path.open("a") as f:
-        f.write('{"key": "b", "kind": "gemm", "par\n')  # cut off mid-line by a kill
-        f.write(json.dumps({"key": "c", "kind": "gemm", "params": {}, "seconds": -1}) + "\n")
-    store.add(Record("d", "gemm", {"m": 2}, 2e-3))
+    store.add(rec(1))
+    with path.open("ab") as f:
+        f.write(b'{"key": "b", "kind": "gemm", "par\n')  # cut off mid-line by a kill
+        f.write(json.dumps({**_line(rec(3)), "seconds": -1}).encode() + b"\n")
+        f.write(b"\xff\xfe not UTF-8 \x00\n")  # one bad byte used to stop every resume with a traceback
+        f.write(json.dumps({**_line(rec(4)), "seconds": float("inf")}).encode() + b"\n")
+        f.write(json.dumps({**_line(rec(5)), "params": [5]}).encode() + b"\n")  # JSON, but not a point
+        f.write(json.dumps({**_line(rec(6)), "key": _line(rec(7))["key"]}).encode() + b"\n")  # garbled key
+        f.write(b"[1, 2]\n")
+    store.add(rec(2))
     warnings = []
     again = Store.open(path, META, warn=warnings.append)
-    assert set(again.records) == {"a", "d"}
-    assert len(warnings) == 2 and all("corrupt" in w for w in warnings)
+    assert set(again.records) == {rec(1).key, rec(2).key}  # every readable point kept
+    assert again.skipped_lines == 7 and len(warnings) == 1 and "7 corrupt measurement lines" in warnings[0]
+
+
+def test_a_line_cut_off_by_a_kill_does_not_swallow_the_next_point(tmp_path):
+    path = tmp_path / "m.jsonl"
+    Store.open(path, META).add(rec(1))
+    with path.open("ab") as f:
+        f.write(b'{"key": "gemm:{\\"dtype')  # killed mid-write: no newline
+    store = Store.open(path, META, warn=lambda _m: None)
+    store.add(rec(2))
+    assert set(Store.open(path, META, warn=lambda _m: None).records) == {rec(1).key, rec(2).key}
+
+
+QWEN = identity("cpu", "cpu", load_model("qwen2.5-0.5b"), {"torch": "2.13.0+cpu"})
+MISTRAL = identity("cpu", "cpu", load_model("mistral-7b"), {"torch": "2.13.0+cpu"})
+
+
+def damage_first_line(path):
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0][:25]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_points_of_another_model_are_never_reused_even_with_the_meta_line_damaged(tmp_path):
+    path = tmp_path / "m.jsonl"
+    run_sweep(points(18), Store.open(path, QWEN), lambda p: 1e-3)
+    with pytest.raises(
+        ConfigError, match=r"qwen2.5-0.5b on cpu .*, not mistral-7b .*model, model_config differ.*--fresh"
+    ):
+        Store.open(path, MISTRAL)
+    damage_first_line(path)  # the issue's case: 18 qwen timings were reused for mistral-7b
+    with pytest.raises(
+        ConfigError, match=r"18 stored measurements of another GPU, model or software.*--fresh"
+    ):
+        Store.open(path, MISTRAL, warn=lambda _m: None)
+    with pytest.raises(ConfigError, match="missing or damaged"):  # a refit cannot tell what they are
+        Store.open(path, warn=lambda _m: None)
+    # the same model finds all its points, and the meta line is written again
+    same = Store.open(path, QWEN, warn=lambda _m: None)
+    assert len(same.records) == 18 and Store.open(path).identity == QWEN
+
+
+def test_another_torch_version_is_another_identity(tmp_path):
+    path = tmp_path / "m.jsonl"
+    Store.open(path, QWEN).add(rec(1))
+    with pytest.raises(ConfigError, match="torch differs"):
+        Store.open(path, {**QWEN, "torch": "2.14.0+cpu"})
+
+
+def test_a_store_from_before_fingerprints_is_checked_on_its_meta_line_and_upgraded(tmp_path):
+    path = tmp_path / "m.jsonl"
+    legacy = {"kind": "meta", "gpu": "cpu", "model": "qwen2.5-0.5b", "device": "cpu", "base": "cpu"}
+    path.write_text("\n".join(json.dumps(d) for d in [legacy, _line(rec(1)), _line(rec(2))]) + "\n")
+    assert len(Store.open(path).records) == 2  # a refit reads it as before
+    with pytest.raises(ConfigError, match="not mistral-7b"):
+        Store.open(path, MISTRAL)
+    store = Store.open(path, QWEN)  # a resume stamps the old points with their identity
+    store.add(rec(3))
+    assert {r.fingerprint for r in Store.open(path, QWEN).records.values()} == {store.fingerprint}
+    assert Store.open(path).meta["base"] == "cpu"
+    path.write_text("\n".join(json.dumps(d) for d in [{"kind": "met"}, _line(rec(1))]) + "\n")
+    with pytest.raises(ConfigError, match="do not say what was measured"):
+        Store.open(path, QWEN)
 
 
 def test_measurements_of_another_gpu_are_refused(tmp_path):
@@ -115,3 +194,43 @@ def test_forget_drops_a_kind_and_the_sweep_measures_only_it_again(tmp_path):
     rep = run_sweep(pts, reread, lambda p: calls.append(p.kind) or 2e-3)
     assert calls == ["elementwise", "elementwise"] and rep.skipped == 6
     assert [r.seconds for r in Store.open(path, META).ok("elementwise")] == [2e-3, 2e-3]
+
+
+CHILD = """
+import sys, time
+from calibrate.measurements import Store
+from calibrate.plan import Point
+from calibrate.sweep import run_sweep
+pts = [Point("gemm", {"m": m, "k": 64, "n": 64, "dtype": "bf16"}) for m in range(1, 31)]
+store = Store.open(sys.argv[1], {"gpu": "Fake GPU", "model": "tiny", "device": "cuda"})
+run_sweep(pts, store, lambda p: time.sleep(0.002) or 1e-3 * p.params["m"], stream=open("/dev/null", "w"))
+"""
+
+
+def test_the_store_survives_sigint_and_two_sigkills_with_no_point_lost(tmp_path):
+    path = tmp_path / "m.jsonl"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    seen: set[str] = set()
+    for sig in (signal.SIGINT, signal.SIGKILL, signal.SIGKILL):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], env=env, stderr=subprocess.PIPE)
+        target = len(seen) + 6  # let a few more points land, then stop it mid-sweep
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and child.poll() is None:
+            if path.exists() and len(Store.open(path, META, warn=lambda _m: None).records) >= target:
+                break
+            time.sleep(0.01)
+        child.send_signal(sig)
+        child.communicate(timeout=20)
+        now = Store.open(path, META, warn=lambda _m: None)
+        assert seen < set(now.records)  # nothing measured before a signal is lost
+        seen = set(now.records)
+    measured = []
+    run_sweep(
+        points(30),
+        Store.open(path, META, warn=lambda _m: None),
+        lambda p: measured.append(p.key) or 1e-3 * p.params["m"],
+    )
+    now = Store.open(path, META)
+    assert len(now.records) == 30 and not (seen & set(measured))  # the rest, each point once
+    assert all(r.seconds == 1e-3 * r.params["m"] for r in now.records.values())
