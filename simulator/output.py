@@ -1,0 +1,188 @@
+"""Result folders a run owns: written beside the target, swapped in whole, one writer at a time.
+
+Every command that writes results (`run`, `compare`, `search`, `report`) writes into a work folder next
+to its output folder and renames it into place only once every file is complete, so the output folder
+always holds one whole run: a failure, Ctrl-C or a full disk leaves the previous results, and no file of
+an earlier run survives beside the new ones. A lock file beside the folder (`.NAME.lock`, held with
+flock, so the kernel releases it when its process dies) keeps a second run off the same folder.
+
+The swap replaces only files inferplan writes (RESULT_FILES); a folder holding anything else is refused
+rather than emptied, and sub-folders (a report inside a run's folder) and hidden files are carried over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from simulator.errors import ConfigError
+
+# every file name a command writes; the swap drops these from the previous run and refuses any other
+RESULT_FILES = frozenset(
+    {
+        "scenario.yaml",
+        "summary.json",
+        "requests.csv",
+        "timeline.csv",
+        "compare.json",
+        "compare.csv",
+        "search.csv",
+        "frontier_curves.csv",
+        "configs.jsonl",
+        "report.html",
+        "report.md",
+        "latency_cdf.png",
+        "latency_vs_load.png",
+        "cost.png",
+        "timelines.png",
+    }
+)
+
+
+class ResultFolder:
+    """An output folder replaced whole: use as a context manager, write into `work`, then `commit()`.
+
+    Entering takes the lock (ConfigError, one line, when another live process holds it or the folder
+    cannot be written); leaving without a commit drops the work folder and keeps the previous results.
+    """
+
+    def __init__(self, path: str | Path, where: str = "--out") -> None:
+        self.path = Path(path)
+        self.where = where  # how the user named the folder, for messages
+        parent, name = self.path.parent, self.path.name
+        self.work = parent / f".{name}.writing"
+        self._lock_path = parent / f".{name}.lock"
+        self._old = parent / f".{name}.old"
+        self._killed = parent / f".{name}.killed"  # the work folder of a run that was killed, kept to read
+        self._lock_fd: int | None = None
+        self.written: list[str] = []  # file names the commit put in place
+        self.committed = False
+
+    # ------------------------------------------------------------ entering: check, lock, recover
+    def __enter__(self) -> ResultFolder:
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self._name()}: is a file, not a folder; choose a folder (new or empty)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as e:
+            raise self._unwritable(e) from None
+        try:
+            if self._old.exists() and not self.path.exists():
+                self._old.rename(self.path)  # a run killed between the two renames of its swap
+            shutil.rmtree(self._old, ignore_errors=True)
+            if self.work.exists():  # a killed run's files; `previous` offers them (a search's journal)
+                shutil.rmtree(self._killed, ignore_errors=True)
+                self.work.rename(self._killed)
+            self._check_owned()
+            self.work.mkdir()
+        except OSError as e:
+            self._unlock()
+            raise self._unwritable(e) from None
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)  # nothing there after a commit
+        if self.committed:
+            shutil.rmtree(self._killed, ignore_errors=True)
+        self._unlock()
+
+    def previous(self, name: str) -> list[Path]:
+        """The file `name` as earlier runs left it: a killed run's copy first, then the folder's."""
+        return [p for p in (self._killed / name, self.path / name) if p.is_file()]
+
+    def _name(self) -> str:
+        return f"{self.where} {str(self.path)!r}"
+
+    def _unwritable(self, e: OSError) -> ConfigError:
+        why = e.strerror or str(e)
+        for above in reversed(self.path.parents):
+            if above.exists() and not above.is_dir():
+                why = f"{str(above)!r} is a file, not a folder"
+                break
+        return ConfigError(f"{self._name()}: cannot be written ({why}); choose another folder")
+
+    def _lock(self) -> None:
+        """flock on `.NAME.lock` beside the folder; the file names the holder's pid for the message."""
+        while True:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ConfigError(
+                    f"{self._name()}: another run (pid {holder}) is writing results there; "
+                    "wait for it to finish or choose another folder"
+                ) from None
+            # the holder before us may have unlinked the file between our open and flock: retry on the new one
+            try:
+                same = os.stat(self._lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is None:
+            return
+        self._lock_path.unlink(
+            missing_ok=True
+        )  # while still holding it, so no one locks a file we then delete
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def _check_owned(self) -> None:
+        """Refuse to replace a folder holding files inferplan did not write (a user's own folder)."""
+        if not self.path.is_dir():
+            return
+        for p in sorted(self.path.iterdir()):
+            if p.is_file() and not p.name.startswith(".") and p.name not in RESULT_FILES:
+                raise ConfigError(
+                    f"{self._name()}: holds {p.name!r}, which inferplan did not write, and results replace "
+                    "the folder's files; choose a new or empty folder"
+                )
+
+    # ------------------------------------------------------------ committing: one rename into place
+    def commit(self) -> list[str]:
+        """Put the work folder in place of the output folder; returns the file names written."""
+        written = sorted(p.name for p in self.work.iterdir() if p.is_file())
+        if not self.path.is_dir():
+            self.work.rename(self.path)
+        else:
+            # another command's folder or a hidden file is not this run's to drop: carry it over
+            carried = [
+                p.name
+                for p in self.path.iterdir()
+                if (p.is_dir() or p.name.startswith(".")) and not (self.work / p.name).exists()
+            ]
+            try:
+                for name in carried:
+                    (self.path / name).rename(self.work / name)
+                self.path.rename(self._old)
+            except BaseException:
+                self._carry_back(carried, self.path)
+                raise
+            try:
+                self.work.rename(self.path)
+            except BaseException:
+                self._carry_back(carried, self._old)
+                self._old.rename(self.path)
+                raise
+            shutil.rmtree(self._old, ignore_errors=True)
+        self.written, self.committed = written, True
+        return written
+
+    def _carry_back(self, names: list[str], to: Path) -> None:
+        for name in names:
+            if (self.work / name).exists():
+                (self.work / name).rename(to / name)
