@@ -12,6 +12,7 @@ rather than emptied, and sub-folders (a report inside a run's folder) and hidden
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -39,6 +40,9 @@ RESULT_FILES = frozenset(
         "timelines.png",
     }
 )
+
+# what a full or read-only disk raises while writing; one line for the user, not a traceback
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 
 class ResultFolder:
@@ -86,11 +90,16 @@ class ResultFolder:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
         shutil.rmtree(self.work, ignore_errors=True)  # nothing there after a commit
         if self.committed:
             shutil.rmtree(self._killed, ignore_errors=True)
         self._unlock()
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise ConfigError(
+                f"{self._name()}: results not written ({exc.strerror}); the previous results are kept; "
+                "free some space or choose another folder"
+            ) from None
 
     def previous(self, name: str) -> list[Path]:
         """The file `name` as earlier runs left it: a killed run's copy first, then the folder's."""

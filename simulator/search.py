@@ -454,8 +454,9 @@ def _run_pool(tasks: list, workers: int | None, finished: Callable[[ConfigResult
             finished(r)
     except BaseException:
         # Ctrl-C: a running configuration can take minutes, and shutdown would wait for every one
+        workers_running = list((pool._processes or {}).values())  # shutdown forgets them
         pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list((pool._processes or {}).values()):
+        for proc in workers_running:
             proc.terminate()
         raise
     pool.shutdown()
