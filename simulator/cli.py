@@ -201,7 +201,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(_wrote(folder))
             if result.partial:
                 print(
-                    f"partial: {len(result.results)} of {result.total} configurations; "
+                    f"\npartial: {len(result.results)} of {result.total} configurations; "
                     "rerun the same command to resume",
                     file=sys.stderr,
                 )

@@ -53,9 +53,11 @@ class ResultFolder:
     """
 
     def __init__(self, path: str | Path, where: str = "--out") -> None:
-        self.path = Path(path)
-        self.where = where  # how the user named the folder, for messages
-        parent, name = self.path.parent, self.path.name
+        self.path = Path(path)  # as the user named it, for messages
+        self.where = where  # which setting named it: --out or output.dir
+        # renames act on the real folder: through a symlink, and never on '.' or '..' as a name
+        self._dir = Path(os.path.realpath(self.path))
+        parent, name = self._dir.parent, self._dir.name
         self.work = parent / f".{name}.writing"
         self._lock_path = parent / f".{name}.lock"
         self._old = parent / f".{name}.old"
@@ -66,16 +68,18 @@ class ResultFolder:
 
     # ------------------------------------------------------------ entering: check, lock, recover
     def __enter__(self) -> ResultFolder:
-        if self.path.exists() and not self.path.is_dir():
+        if self._dir.exists() and not self._dir.is_dir():
             raise ConfigError(f"{self._name()}: is a file, not a folder; choose a folder (new or empty)")
+        if self._dir.parent == self._dir:
+            raise ConfigError(f"{self._name()}: is the file system's root; choose a folder for the results")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._dir.parent.mkdir(parents=True, exist_ok=True)
             self._lock()
         except OSError as e:
             raise self._unwritable(e) from None
         try:
-            if self._old.exists() and not self.path.exists():
-                self._old.rename(self.path)  # a run killed between the two renames of its swap
+            if self._old.exists() and not self._dir.exists():
+                self._old.rename(self._dir)  # a run killed between the two renames of its swap
             shutil.rmtree(self._old, ignore_errors=True)
             if self.work.exists():  # a killed run's files; `previous` offers them (a search's journal)
                 shutil.rmtree(self._killed, ignore_errors=True)
@@ -103,14 +107,14 @@ class ResultFolder:
 
     def previous(self, name: str) -> list[Path]:
         """The file `name` as earlier runs left it: a killed run's copy first, then the folder's."""
-        return [p for p in (self._killed / name, self.path / name) if p.is_file()]
+        return [p for p in (self._killed / name, self._dir / name) if p.is_file()]
 
     def _name(self) -> str:
         return f"{self.where} {str(self.path)!r}"
 
     def _unwritable(self, e: OSError) -> ConfigError:
         why = e.strerror or str(e)
-        for above in reversed(self.path.parents):
+        for above in reversed(self.path.absolute().parents):
             if above.exists() and not above.is_dir():
                 why = f"{str(above)!r} is a file, not a folder"
                 break
@@ -152,9 +156,9 @@ class ResultFolder:
 
     def _check_owned(self) -> None:
         """Refuse to replace a folder holding files inferplan did not write (a user's own folder)."""
-        if not self.path.is_dir():
+        if not self._dir.is_dir():
             return
-        for p in sorted(self.path.iterdir()):
+        for p in sorted(self._dir.iterdir()):
             if p.is_file() and not p.name.startswith(".") and p.name not in RESULT_FILES:
                 raise ConfigError(
                     f"{self._name()}: holds {p.name!r}, which inferplan did not write, and results replace "
@@ -165,27 +169,27 @@ class ResultFolder:
     def commit(self) -> list[str]:
         """Put the work folder in place of the output folder; returns the file names written."""
         written = sorted(p.name for p in self.work.iterdir() if p.is_file())
-        if not self.path.is_dir():
-            self.work.rename(self.path)
+        if not self._dir.is_dir():
+            self.work.rename(self._dir)
         else:
             # another command's folder or a hidden file is not this run's to drop: carry it over
             carried = [
                 p.name
-                for p in self.path.iterdir()
+                for p in self._dir.iterdir()
                 if (p.is_dir() or p.name.startswith(".")) and not (self.work / p.name).exists()
             ]
             try:
                 for name in carried:
-                    (self.path / name).rename(self.work / name)
-                self.path.rename(self._old)
+                    (self._dir / name).rename(self.work / name)
+                self._dir.rename(self._old)
             except BaseException:
-                self._carry_back(carried, self.path)
+                self._carry_back(carried, self._dir)
                 raise
             try:
-                self.work.rename(self.path)
+                self.work.rename(self._dir)
             except BaseException:
                 self._carry_back(carried, self._old)
-                self._old.rename(self.path)
+                self._old.rename(self._dir)
                 raise
             shutil.rmtree(self._old, ignore_errors=True)
         self.written, self.committed = written, True

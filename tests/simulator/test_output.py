@@ -308,6 +308,10 @@ COMMANDS = {
             for c in COMMANDS
         ],
         (
+            lambda t: COMMANDS["run"]("/"),
+            "error: --out '/': is the file system's root; choose a folder for the results",
+        ),
+        (
             lambda t: ["search", _search_spec(t), "--out", _file(t)],
             "error: --out '{t}/a_file': is a file, not a folder; choose a folder (new or empty)",
         ),
