@@ -12,6 +12,7 @@ rather than emptied, and sub-folders (a report inside a run's folder) and hidden
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -148,9 +149,8 @@ class ResultFolder:
     def _unlock(self) -> None:
         if self._lock_fd is None:
             return
-        self._lock_path.unlink(
-            missing_ok=True
-        )  # while still holding it, so no one locks a file we then delete
+        # unlinked while still held, so no one can lock the file after we let go and before it goes
+        self._lock_path.unlink(missing_ok=True)
         os.close(self._lock_fd)
         self._lock_fd = None
 
@@ -169,33 +169,57 @@ class ResultFolder:
     def commit(self) -> list[str]:
         """Put the work folder in place of the output folder; returns the file names written."""
         written = sorted(p.name for p in self.work.iterdir() if p.is_file())
-        if not self._dir.is_dir():
-            self.work.rename(self._dir)
+        if self._dir.is_dir():
+            self._swap()
         else:
-            # another command's folder or a hidden file is not this run's to drop: carry it over
-            carried = [
-                p.name
-                for p in self._dir.iterdir()
-                if (p.is_dir() or p.name.startswith(".")) and not (self.work / p.name).exists()
-            ]
-            try:
-                for name in carried:
-                    (self._dir / name).rename(self.work / name)
-                self._dir.rename(self._old)
-            except BaseException:
-                self._carry_back(carried, self._dir)
-                raise
-            try:
-                self.work.rename(self._dir)
-            except BaseException:
-                self._carry_back(carried, self._old)
-                self._old.rename(self._dir)
-                raise
-            shutil.rmtree(self._old, ignore_errors=True)
+            self.work.rename(self._dir)
         self.written, self.committed = written, True
         return written
+
+    def _swap(self) -> None:
+        # another command's folder or a hidden file is not this run's to drop: carry it over
+        carried = [
+            p.name
+            for p in self._dir.iterdir()
+            if (p.is_dir() or p.name.startswith(".")) and not (self.work / p.name).exists()
+        ]
+        try:
+            for name in carried:
+                (self._dir / name).rename(self.work / name)
+            exchanged = _exchange(self.work, self._dir)  # readers see the old folder, then the new one
+            if not exchanged:
+                self._dir.rename(self._old)
+        except BaseException:
+            self._carry_back(carried, self._dir)
+            raise
+        if exchanged:
+            shutil.rmtree(self.work, ignore_errors=True)  # the previous run's files
+            return
+        try:
+            self.work.rename(self._dir)
+        except BaseException:
+            self._carry_back(carried, self._old)
+            self._old.rename(self._dir)
+            raise
+        shutil.rmtree(self._old, ignore_errors=True)
 
     def _carry_back(self, names: list[str], to: Path) -> None:
         for name in names:
             if (self.work / name).exists():
                 (self.work / name).rename(to / name)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot.
+
+    Without it the swap is two renames, and for that instant the folder is missing (a run killed there
+    is put back by the next one, see __enter__).
+    """
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0

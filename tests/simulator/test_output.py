@@ -131,6 +131,27 @@ def test_a_report_inside_a_runs_folder_survives_its_rerun(tmp_path):
     assert not (out / "requests.csv").exists()
 
 
+def test_the_two_rename_swap_where_folders_cannot_be_exchanged(tmp_path, monkeypatch):
+    import simulator.output as output
+
+    monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # a file system without renameat2
+    out = tmp_path / "out"
+    assert main([*RUN, "--out", str(out)]) == 0
+    (out / "report").mkdir()
+    assert main([*RUN, "--out", str(out), "--set", "output.per_request_csv=false"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "report",
+        "scenario.yaml",
+        "summary.json",
+        "timeline.csv",
+    ]
+    _no_leftovers(out)
+    # killed between its two renames: the folder is away as .out.old; the next run puts it back first
+    out.rename(tmp_path / ".out.old")
+    with ResultFolder(out) as folder:
+        assert (out / "summary.json").exists() and folder.previous("summary.json") == [out / "summary.json"]
+
+
 def test_the_root_is_never_swapped(tmp_path, monkeypatch):
     import simulator.output as output
 
