@@ -252,6 +252,27 @@ def test_an_interrupted_search_writes_partial_results_and_resumes(tmp_path, caps
     ]
 
 
+def test_a_killed_search_resumes_from_its_work_folder(tmp_path, capsys, monkeypatch):
+    spec_file, out = _spec_file(tmp_path), tmp_path / "out"
+    spec = parse_spec(yaml.safe_load(spec_file.read_text()))
+    (tmp_path / ".out.writing").mkdir()  # what SIGKILL leaves: the journal in the work folder, no lock held
+    j = Journal(tmp_path / ".out.writing" / JOURNAL, search_key(spec))
+    for i in (0, 3):
+        j.append(
+            ConfigResult(
+                i, {"serving.max_num_seqs": SWEEP["serving.max_num_seqs"][i]}, "ok", max_rate_per_s=9.0
+            )
+        )
+    j.close()
+    calls: list[int] = []
+    monkeypatch.setattr(search_mod, "evaluate", _fake_evaluate(calls))
+    assert main(["search", str(spec_file), "--out", str(out), "--workers", "1", "--no-curves"]) == 0
+    assert calls == [1, 2, 4] and "resuming: 2 configurations already done" in capsys.readouterr().err
+    rows = list(csv.DictReader((out / "search.csv").open()))
+    assert [float(r["max_rate_per_s"]) for r in rows] == [9, 2, 3, 9, 5]
+    _no_leftovers(out)
+
+
 def test_a_changed_spec_starts_the_journal_over(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     calls: list[int] = []
