@@ -176,7 +176,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.target:
         spec.target_rate_per_s = args.target
     backend = "ray" if args.ray else ("serial" if args.workers == 1 else "processes")
-    with ResultFolder(args.out or f"results/{spec.name}") as folder:
+    with ResultFolder(args.out or f"results/{spec.name}", keep_unfinished=True) as folder:
         journal = Journal(folder.work / JOURNAL, search_key(spec), folder.previous(JOURNAL))
         if journal.done:
             print(f"resuming: {len(journal.done)} configurations already done ({JOURNAL})", file=sys.stderr)

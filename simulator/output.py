@@ -53,8 +53,10 @@ class ResultFolder:
     cannot be written); leaving without a commit drops the work folder and keeps the previous results.
     """
 
-    def __init__(self, path: str | Path, where: str = "--out") -> None:
+    def __init__(self, path: str | Path, where: str = "--out", keep_unfinished: bool = False) -> None:
         self.path = Path(path)  # as the user named it, for messages
+        # a search's journal must outlive even a second Ctrl-C during its partial write: left for `previous`
+        self.keep_unfinished = keep_unfinished
         self.where = where  # which setting named it: --out or output.dir
         # renames act on the real folder: through a symlink, and never on '.' or '..' as a name
         self._dir = Path(os.path.realpath(self.path))
@@ -96,9 +98,10 @@ class ResultFolder:
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)  # nothing there after a commit
         if self.committed:
             shutil.rmtree(self._killed, ignore_errors=True)
+        elif not self.keep_unfinished:
+            shutil.rmtree(self.work, ignore_errors=True)
         self._unlock()
         if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
             raise ConfigError(

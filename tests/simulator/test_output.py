@@ -273,6 +273,19 @@ def test_a_killed_search_resumes_from_its_work_folder(tmp_path, capsys, monkeypa
     _no_leftovers(out)
 
 
+def test_a_second_ctrl_c_during_the_partial_write_keeps_the_journal(tmp_path, capsys, monkeypatch):
+    spec, out = _spec_file(tmp_path), tmp_path / "out"
+    calls: list[int] = []
+    monkeypatch.setattr(search_mod, "evaluate", _fake_evaluate(calls, stop_after=2))
+    monkeypatch.setattr(search_mod, "to_csv", lambda result: (_ for _ in ()).throw(KeyboardInterrupt))
+    args = ["search", str(spec), "--out", str(out), "--workers", "1", "--no-curves"]
+    assert main(args) == 130 and calls == [0, 1] and not out.exists()
+    calls.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(search_mod, "evaluate", _fake_evaluate(calls))
+    assert main(args) == 0 and calls == [2, 3, 4]
+
+
 def test_a_changed_spec_starts_the_journal_over(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     calls: list[int] = []
