@@ -236,9 +236,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     where = "--out" if args.out else "output.dir"
     with ResultFolder(args.out or f"{sc.output.dir}/report", where) as folder:
         print(f"simulating {sc.name}, its maximum rate under the SLOs and 8 load points ...", file=sys.stderr)
-        paths = write_report(build_report(simulate(sc)), folder)
+        write_report(build_report(simulate(sc)), folder)
         folder.commit()
-    print(f"wrote {paths[0]} (self-contained) and {paths[1]}")
+    print(_wrote(folder) + " (report.html is self-contained)")
     return 0
 
 
