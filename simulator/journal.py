@@ -77,8 +77,8 @@ class Journal:
 
     def append(self, r: ConfigResult) -> None:
         """Record one finished configuration, on disk before the next one is reported."""
+        self.results[r.index] = r  # first: a Ctrl-C during the write must not drop it from the partial table
         self._write(dataclasses.asdict(r))
-        self.results[r.index] = r
 
     def _write(self, obj: dict) -> None:
         self._file.write(json.dumps(obj, default=str) + "\n")

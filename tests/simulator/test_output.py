@@ -337,6 +337,49 @@ def test_ctrl_c_stops_a_pool_search_promptly(monkeypatch):
     assert time.perf_counter() - t0 < 2.0 and multiprocessing.active_children() == []  # workers stopped too
 
 
+SLOW_SEARCH = """
+import sys, time
+import simulator.search as s
+from simulator.cli import main
+
+def evaluate(base, overrides, index, *a):  # the first configuration is quick, the others take a minute
+    time.sleep(0.05 if index == 0 else 60)
+    return s.ConfigResult(index, overrides, "ok", max_rate_per_s=1.0, usd_per_hour=1.0, usd_per_1m_tokens=1.0)
+
+s.evaluate = evaluate
+sys.exit(main(["search", sys.argv[1], "--out", sys.argv[2], "--workers", "2", "--no-curves"]))
+"""
+
+
+def test_ctrl_c_in_a_terminal_ends_a_pool_search_with_its_partial_results(tmp_path):
+    out = tmp_path / "out"
+    p = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SEARCH, str(_spec_file(tmp_path)), str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    journal = tmp_path / ".out.writing" / JOURNAL
+    deadline = time.perf_counter() + 20
+    while (
+        not (journal.exists() and len(journal.read_text().splitlines()) == 2)
+        and time.perf_counter() < deadline
+    ):
+        time.sleep(0.02)
+    t0 = time.perf_counter()
+    os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the CLI and its pool workers
+    _, err = p.communicate(timeout=30)
+    assert time.perf_counter() - t0 < 2.0 and p.returncode == 130
+    assert (
+        "partial: 1 of 5 configurations; rerun the same command to resume" in err and "Traceback" not in err
+    )
+    rows = list(csv.DictReader((out / "search.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "not run", "not run", "not run", "not run"]
+
+
 # ---------------------------------------------------------------- bad input: one line, exit 2
 def _search_spec(tmp_path: Path) -> str:
     return str(_spec_file(tmp_path))
