@@ -390,6 +390,12 @@ def _file(tmp_path: Path) -> str:
     return str(tmp_path / "a_file")
 
 
+def _users_folder(tmp_path: Path) -> str:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("")
+    return str(tmp_path / "mine")
+
+
 EX = str(ROOT / "examples" / "poisson_chat_l4.yaml")
 COMMANDS = {
     "run": lambda out: ["run", "--requests", "20", "--out", out],
@@ -424,6 +430,11 @@ COMMANDS = {
             lambda t: ["search", _search_spec(t), "--out", _file(t) + "/sub"],
             "error: --out '{t}/a_file/sub': cannot be written ('{t}/a_file' is a file, not a folder); "
             "choose another folder",
+        ),
+        (
+            lambda t: COMMANDS["compare"](_users_folder(t)),
+            "error: --out '{t}/mine': holds 'notes.txt', which inferplan did not write, and results replace the "
+            "folder's files; choose a new or empty folder",
         ),
         *[
             (
