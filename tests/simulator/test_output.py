@@ -397,55 +397,46 @@ def _users_folder(tmp_path: Path) -> str:
 
 
 EX = str(ROOT / "examples" / "poisson_chat_l4.yaml")
-COMMANDS = {
-    "run": lambda out: ["run", "--requests", "20", "--out", out],
-    "report": lambda out: ["report", "--requests", "20", "--out", out],
-    "compare": lambda out: ["compare", EX, EX, "--requests", "20", "--out", out],
+COMMANDS = {  # each command that writes results, with its --out
+    "run": lambda t, out: ["run", "--requests", "20", "--out", out],
+    "report": lambda t, out: ["report", "--requests", "20", "--out", out],
+    "compare": lambda t, out: ["compare", EX, EX, "--requests", "20", "--out", out],
+    "search": lambda t, out: ["search", _search_spec(t), "--out", out],
 }
-
-
-@pytest.mark.parametrize(
-    "argv,line",
-    [
-        *[
-            (
-                lambda t, c=c: COMMANDS[c](_file(t)),
-                "error: --out '{t}/a_file': is a file, not a folder; choose a folder (new or empty)",
-            )
-            for c in COMMANDS
-        ],
-        *[
-            (
-                lambda t, c=c: COMMANDS[c](_file(t) + "/sub"),
-                "error: --out '{t}/a_file/sub': cannot be written ('{t}/a_file' is a file, not a folder); "
-                "choose another folder",
-            )
-            for c in COMMANDS
-        ],
-        (
-            lambda t: ["search", _search_spec(t), "--out", _file(t)],
-            "error: --out '{t}/a_file': is a file, not a folder; choose a folder (new or empty)",
-        ),
-        (
-            lambda t: ["search", _search_spec(t), "--out", _file(t) + "/sub"],
-            "error: --out '{t}/a_file/sub': cannot be written ('{t}/a_file' is a file, not a folder); "
-            "choose another folder",
-        ),
-        (
-            lambda t: COMMANDS["compare"](_users_folder(t)),
-            "error: --out '{t}/mine': holds 'notes.txt', which inferplan did not write, and results replace the "
-            "folder's files; choose a new or empty folder",
-        ),
-        *[
-            (
-                lambda t, v=v: ["search", _search_spec(t), f"--target={v}"],
-                f"error: --target: {float(v):g} is not a rate; give a request rate above 0 per second, "
-                "e.g. --target 20",
-            )
-            for v in ("nan", "inf", "-inf", "-1", "0")
-        ],
-    ],
+IS_A_FILE = "error: --out '{t}/a_file': is a file, not a folder; choose a folder (new or empty)"
+UNDER_A_FILE = "error: --out '{t}/a_file/sub': cannot be written ('{t}/a_file' is a file, not a folder); choose another folder"
+USERS = (
+    "error: --out '{t}/mine': holds 'notes.txt', which inferplan did not write, and results replace the "
+    "folder's files; choose a new or empty folder"
 )
+TARGET = "error: --target: {v} is not a rate; give a request rate above 0 per second, e.g. --target 20"
+BAD_INPUT = [  # (what the user typed, as argv from tmp_path) -> the one line printed
+    *[
+        pytest.param(lambda t, c=c: COMMANDS[c](t, _file(t)), IS_A_FILE, id=f"{c}-out-is-a-file")
+        for c in COMMANDS
+    ],
+    *[
+        pytest.param(
+            lambda t, c=c: COMMANDS[c](t, _file(t) + "/sub"), UNDER_A_FILE, id=f"{c}-out-under-a-file"
+        )
+        for c in COMMANDS
+    ],
+    *[
+        pytest.param(lambda t, c=c: COMMANDS[c](t, _users_folder(t)), USERS, id=f"{c}-users-folder")
+        for c in COMMANDS
+    ],
+    *[
+        pytest.param(
+            lambda t, v=v: ["search", _search_spec(t), f"--target={v}"],
+            TARGET.replace("{v}", v),
+            id=f"target-{v}",
+        )
+        for v in ("nan", "inf", "-inf", "-1", "0")
+    ],
+]
+
+
+@pytest.mark.parametrize("argv,line", BAD_INPUT)
 def test_bad_output_and_target_are_one_line(tmp_path, capsys, monkeypatch, argv, line):
     def never(*a, **k):
         raise AssertionError("the search started")
