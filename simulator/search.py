@@ -174,9 +174,8 @@ class ConfigResult:
 
     index: int
     overrides: dict[str, object]  # as the sweep names them (with `variant` when the spec has variants)
-    status: (
-        str  # ok | does not fit | invalid | below min rate | error (it raised; a resumed search retries it)
-    )
+    # ok | does not fit | invalid | below min rate | error (it raised; a resumed search retries it)
+    status: str
     message: str = ""
     max_rate_per_s: float = 0.0
     usd_per_hour: float = float("nan")
@@ -366,9 +365,8 @@ class SearchResult:
     results: list[ConfigResult]
     wall_s: float
     backend: str
-    total: int | None = (
-        None  # configurations in the spec (more than `results` when the search was interrupted)
-    )
+    # configurations in the spec: more than `results` when the search was interrupted
+    total: int | None = None
 
     @property
     def partial(self) -> bool:
