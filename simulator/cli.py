@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from simulator.errors import ConfigError, read_yaml
 from simulator.hardware import load_profile, profile_names
 from simulator.model_spec import catalogue_names, human_count, load_model
+from simulator.output import ResultFolder
 from simulator.scenario import DEFAULT_SCENARIO, LENGTH_HELP, apply_overrides, field_help, parse_scenario
+
+if TYPE_CHECKING:
+    from simulator.search import SearchResult
 
 
 def _scenario_data(path: str | None) -> tuple[dict, str]:
@@ -36,24 +44,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     from simulator.simulation import simulate
 
     sc = _scenario(args.scenario, args.set, args.requests)
-    forecast = simulate(sc)
-    out = write_results(forecast, args.out or sc.output.dir)
+    with ResultFolder(args.out or sc.output.dir, "--out" if args.out else "output.dir") as folder:
+        forecast = simulate(sc)
+        write_results(forecast, folder)
+        folder.commit()
     print(format_summary(forecast))
-    print(
-        f"\nwrote {out}/summary.json" + (", requests.csv, timeline.csv" if forecast.table is not None else "")
-    )
+    print(_wrote(folder))
     return 0 if forecast.fits else 3
+
+
+def _wrote(folder: ResultFolder) -> str:
+    """The files a command put in place, and nothing else."""
+    return f"\nwrote {folder.path}/: " + ", ".join(folder.written)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     import csv
     import json
 
+    if len(args.scenarios) < 2:
+        raise ConfigError("compare needs two or more scenario files")
+    with ResultFolder(args.out) if args.out else contextlib.nullcontext() as folder:
+        rows, labels = _compare(args)
+        if folder is not None:
+            (folder.work / "compare.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+            with (folder.work / "compare.csv").open("w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["metric", *labels])
+                for metric, vals in rows.items():
+                    w.writerow([metric, *(vals.get(x) for x in labels)])
+            folder.commit()
+    if folder is not None:
+        print(_wrote(folder))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """Simulate every scenario and print them side by side; the table's rows and the column labels."""
     from simulator.comparison import differences, table
     from simulator.simulation import simulate
 
-    if len(args.scenarios) < 2:
-        raise ConfigError("compare needs two or more scenario files")
     forecasts = {}
     for path in args.scenarios:
         label = Path(path).stem
@@ -80,17 +110,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print()
     for note in differences(forecasts):
         print(f"- {note}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
-        with (out / "compare.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["metric", *labels])
-            for metric, vals in rows.items():
-                w.writerow([metric, *(vals.get(x) for x in labels)])
-        print(f"\nwrote {out}/compare.json, compare.csv")
-    return 0
+    return rows, labels
 
 
 def _cell(v) -> str:
@@ -138,19 +158,65 @@ def cmd_gpus(_: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from simulator.search import format_table, frontier_curves, load_spec, progress_bar, run_search, to_csv
+    from simulator.journal import JOURNAL, Journal, search_key
+    from simulator.search import (
+        SearchResult,
+        configurations,
+        format_table,
+        load_spec,
+        progress_bar,
+        run_search,
+    )
 
+    if args.target is not None and not (math.isfinite(args.target) and args.target > 0):
+        raise ConfigError(
+            f"--target: {args.target:g} is not a rate; give a request rate above 0 per second, e.g. --target 20"
+        )
     spec = load_spec(args.spec)
     if args.target:
         spec.target_rate_per_s = args.target
     backend = "ray" if args.ray else ("serial" if args.workers == 1 else "processes")
-    result = run_search(spec, backend, args.workers, args.ray, progress_bar())
-    print(format_table(result, args.top))
-    out = Path(args.out or f"results/{spec.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "search.csv").write_text(to_csv(result))
-    written = ["search.csv"]
-    if not args.no_curves and result.frontier():
+    with ResultFolder(args.out or f"results/{spec.name}", keep_unfinished=True) as folder:
+        journal = Journal(folder.work / JOURNAL, search_key(spec), folder.previous(JOURNAL))
+        if journal.done:
+            print(f"resuming: {len(journal.done)} configurations already done ({JOURNAL})", file=sys.stderr)
+        t0, result = time.perf_counter(), None
+        try:
+            result = run_search(spec, backend, args.workers, args.ray, progress_bar(), journal)
+            journal.close()
+            print(format_table(result, args.top))
+            _write_search(result, folder, curves=not args.no_curves)
+        except BaseException:
+            # Ctrl-C or a crash: keep what finished (the table, the CSV and the journal a rerun resumes from)
+            journal.close()
+            if folder.committed or not journal.results:
+                raise
+            if result is None:
+                done = sorted(journal.results.values(), key=lambda r: r.index)
+                result = SearchResult(
+                    spec, done, time.perf_counter() - t0, backend, len(configurations(spec))
+                )
+                print("\n" + format_table(result, args.top))
+            _write_search(result, folder, curves=False)
+            print(_wrote(folder))
+            if result.partial:
+                print(
+                    f"\npartial: {len(result.results)} of {result.total} configurations; "
+                    "rerun the same command to resume",
+                    file=sys.stderr,
+                )
+            raise
+    print(_wrote(folder))
+    return 0 if result.feasible else 3
+
+
+def _write_search(result: SearchResult, folder: ResultFolder, curves: bool) -> None:
+    """search.csv (and the frontier's latency-vs-load curves) beside the journal, then swapped in."""
+    from simulator.search import frontier_curves, to_csv
+
+    (folder.work / "search.csv").write_text(to_csv(result))
+    (folder.work / "frontier_curves.csv").unlink(missing_ok=True)  # one an interruption cut short
+    if curves and result.frontier():
         lines = ["index,rate_per_s,attainment,ttft_p90_s,tpot_p90_s,e2e_p90_s,usd_per_1m_tokens"]
         for i, curve in frontier_curves(result).items():
             lines += [
@@ -158,10 +224,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"{p.e2e_p90_s:.6g},{p.usd_per_1m_tokens:.6g}"
                 for p in curve.probes
             ]
-        (out / "frontier_curves.csv").write_text("\n".join(lines) + "\n")
-        written.append("frontier_curves.csv")
-    print(f"\nwrote {out}/" + ", ".join(written))
-    return 0 if result.feasible else 3
+        (folder.work / "frontier_curves.csv").write_text("\n".join(lines) + "\n")
+    folder.commit()
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -169,10 +233,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from simulator.simulation import simulate
 
     sc = _scenario(args.scenario, args.set, args.requests)
-    print(f"simulating {sc.name}, its maximum rate under the SLOs and 8 load points ...", file=sys.stderr)
-    report = build_report(simulate(sc))
-    paths = write_report(report, args.out or f"{sc.output.dir}/report")
-    print(f"wrote {paths[0]} (self-contained) and {paths[1]}")
+    where = "--out" if args.out else "output.dir"
+    with ResultFolder(args.out or f"{sc.output.dir}/report", where) as folder:
+        print(f"simulating {sc.name}, its maximum rate under the SLOs and 8 load points ...", file=sys.stderr)
+        write_report(build_report(simulate(sc)), folder)
+        folder.commit()
+    print(_wrote(folder) + " (report.html is self-contained)")
     return 0
 
 

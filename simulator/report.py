@@ -17,6 +17,7 @@ import yaml
 
 from simulator import plots
 from simulator.metrics import LATENCIES
+from simulator.output import ResultFolder
 from simulator.search import LoadCurve, latency_vs_load, max_sustainable_rate
 from simulator.simulation import Forecast
 
@@ -172,17 +173,20 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
     )
 
 
-def write_report(report: Report, out_dir: str | Path) -> list[Path]:
-    """report.html (self-contained), report.md and its PNGs in `out_dir`."""
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    paths = [d / "report.html", d / "report.md"]
-    paths[0].write_text(report.html)
-    paths[1].write_text(report.markdown)
-    for name, data in report.images.items():
-        (d / name).write_bytes(data)
-        paths.append(d / name)
-    return paths
+def write_report(report: Report, out: str | Path | ResultFolder) -> list[Path]:
+    """report.html (self-contained), report.md and its PNGs in `out`, replacing the folder whole.
+
+    Given a ResultFolder already entered, the files go into its work folder and the caller commits.
+    """
+    if not isinstance(out, ResultFolder):
+        with ResultFolder(out) as folder:
+            paths = write_report(report, folder)
+            folder.commit()
+        return paths
+    files = {"report.html": report.html.encode(), "report.md": report.markdown.encode()} | report.images
+    for name, data in files.items():
+        (out.work / name).write_bytes(data)
+    return [out.path / name for name in files]
 
 
 def _html(title, f, images, captions, breaks, scenario_yaml) -> str:

@@ -9,23 +9,23 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from simulator.errors import ConfigError
 from simulator.metrics import LATENCIES
+from simulator.output import ResultFolder
 from simulator.simulation import Forecast
 
 
-def write_results(f: Forecast, out_dir: str | Path) -> Path:
-    """Write the forecast's files into `out_dir` (created); returns the folder."""
-    d = Path(out_dir)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(
-            f"output.dir {str(d)!r} is not writable ({e.strerror}); choose another folder"
-        ) from None
+def write_results(f: Forecast, out: str | Path | ResultFolder) -> Path:
+    """Write the forecast's files into `out`, replacing the folder whole; returns the folder.
+
+    Given a ResultFolder already entered (the CLI takes the lock before simulating), the files go into
+    its work folder and the caller commits; given a path, this writes and commits on its own.
+    """
+    if not isinstance(out, ResultFolder):
+        with ResultFolder(out, "output.dir") as folder:
+            write_results(f, folder)
+            folder.commit()
+        return folder.path
+    d = out.work
     (d / "scenario.yaml").write_text(yaml.safe_dump(f.scenario.model_dump(mode="json"), sort_keys=False))
     (d / "summary.json").write_text(json.dumps(_clean(f.summary), indent=2) + "\n")
     if f.table is not None and f.scenario.output.per_request_csv:
@@ -59,7 +59,7 @@ def write_results(f: Forecast, out_dir: str | Path) -> Path:
         cols = {n: arr[:, i] if i == 0 else arr[:, i].astype(np.int64) for i, n in enumerate(names)}
         cols["kv_occupancy"] = arr[:, 3] / max(f.memory.num_blocks, 1)
         _write_csv(d / "timeline.csv", cols)
-    return d
+    return out.path
 
 
 def _write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:

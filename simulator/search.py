@@ -18,18 +18,23 @@ import csv
 import io
 import itertools
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from simulator.errors import ConfigError, one_line, read_yaml
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
+
+if TYPE_CHECKING:
+    from simulator.journal import Journal
 
 Progress = Callable[[int, int], None]
 
@@ -169,7 +174,8 @@ class ConfigResult:
 
     index: int
     overrides: dict[str, object]  # as the sweep names them (with `variant` when the spec has variants)
-    status: str  # ok | does not fit | invalid | below min rate
+    # ok | does not fit | invalid | below min rate | error (it raised; a resumed search retries it)
+    status: str
     message: str = ""
     max_rate_per_s: float = 0.0
     usd_per_hour: float = float("nan")
@@ -333,7 +339,23 @@ def _misses(p: Probe, data: dict) -> str:
 
 
 def _evaluate_task(args: tuple) -> ConfigResult:
-    return evaluate(*args)
+    try:
+        return evaluate(*args)
+    except Exception as e:  # a bug or a numeric failure in one configuration must not end the search
+        return failed(args, e)
+
+
+def failed(task: tuple, e: BaseException) -> ConfigResult:
+    """The result of a configuration that raised: status `error`, the exception in one line."""
+    _, overrides, index, *_, fields = task
+    text = str(e).strip().splitlines()
+    message = f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+    return ConfigResult(index, overrides, "error", message, fields=fields)
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops them (else each starts its next task)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------- running a sweep
@@ -343,6 +365,12 @@ class SearchResult:
     results: list[ConfigResult]
     wall_s: float
     backend: str
+    # configurations in the spec: more than `results` when the search was interrupted
+    total: int | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.total is not None and len(self.results) < self.total
 
     @property
     def feasible(self) -> list[ConfigResult]:
@@ -372,41 +400,67 @@ def run_search(
     workers: int | None = None,
     ray_address: str | None = None,
     progress: Progress | None = None,
+    journal: Journal | None = None,
 ) -> SearchResult:
-    """Evaluate every configuration on `backend`: 'serial', 'processes' (default) or 'ray'."""
+    """Evaluate every configuration on `backend`: 'serial', 'processes' (default) or 'ray'.
+
+    With a journal, the configurations it already holds are not run again and each one that finishes
+    is appended as it completes; on Ctrl-C the pending ones are cancelled, the workers stopped, and the
+    KeyboardInterrupt goes on to the caller with the journal holding everything finished.
+    """
+    if backend not in ("serial", "processes", "ray"):
+        raise ConfigError(f"backend {backend!r} is unknown; use serial, processes or ray")
     t0 = time.perf_counter()
+    done = dict(journal.done) if journal else {}
     tasks = [
         (spec.base, ov, i, spec.slo_attainment, spec.rate, fields_of(spec, ov))
         for i, ov in enumerate(configurations(spec))
+        if i not in done
     ]
+    total = len(done) + len(tasks)
+    results = list(done.values())
+
+    def finished(r: ConfigResult) -> None:
+        results.append(r)
+        if journal:
+            journal.append(r)
+        if progress:
+            progress(len(results), total)
+
+    if progress and done:
+        progress(len(done), total)
     if backend == "serial":
-        results = []
         for t in tasks:
-            results.append(_evaluate_task(t))
-            if progress:
-                progress(len(results), len(tasks))
+            finished(_evaluate_task(t))
     elif backend == "processes":
-        results = _run_pool(tasks, workers, progress)
-    elif backend == "ray":
-        results = _run_ray(tasks, ray_address, progress)
+        _run_pool(tasks, workers, finished)
     else:
-        raise ConfigError(f"backend {backend!r} is unknown; use serial, processes or ray")
+        _run_ray(tasks, ray_address, finished)
     results.sort(key=lambda r: r.index)
-    return SearchResult(spec, results, time.perf_counter() - t0, backend)
+    return SearchResult(spec, results, time.perf_counter() - t0, backend, total)
 
 
-def _run_pool(tasks: list, workers: int | None, progress: Progress | None) -> list[ConfigResult]:
-    results: list[ConfigResult] = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_evaluate_task, t) for t in tasks]
+def _run_pool(tasks: list, workers: int | None, finished: Callable[[ConfigResult], None]) -> None:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+    try:
+        futures = {pool.submit(_evaluate_task, t): t for t in tasks}
         for fut in as_completed(futures):
-            results.append(fut.result())
-            if progress:
-                progress(len(results), len(tasks))
-    return results
+            try:
+                r = fut.result()
+            except Exception as e:  # the worker died (killed, out of memory): that configuration failed
+                r = failed(futures[fut], e)
+            finished(r)
+    except BaseException:
+        # Ctrl-C: a running configuration can take minutes, and shutdown would wait for every one
+        workers_running = list((pool._processes or {}).values())  # shutdown forgets them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers_running:
+            proc.terminate()
+        raise
+    pool.shutdown()
 
 
-def _run_ray(tasks: list, address: str | None, progress: Progress | None) -> list[ConfigResult]:
+def _run_ray(tasks: list, address: str | None, finished: Callable[[ConfigResult], None]) -> None:
     try:
         import ray
     except ImportError:
@@ -414,14 +468,20 @@ def _run_ray(tasks: list, address: str | None, progress: Progress | None) -> lis
     if not ray.is_initialized():
         ray.init(address=None if address in (None, "local") else address, log_to_driver=False)
     remote = ray.remote(_evaluate_task)
-    pending = [remote.remote(t) for t in tasks]
-    results: list[ConfigResult] = []
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        results.extend(ray.get(done))
-        if progress:
-            progress(len(results), len(tasks))
-    return results
+    task_of = {remote.remote(t): t for t in tasks}
+    pending = list(task_of)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                r = ray.get(done[0])
+            except Exception as e:  # the task's worker died
+                r = failed(task_of[done[0]], e)
+            finished(r)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
 
 
 # ---------------------------------------------------------------- latency vs load
@@ -500,7 +560,21 @@ def rows(result: SearchResult) -> list[dict]:
 
 
 def to_csv(result: SearchResult) -> str:
+    """search.csv: one row per configuration; an interrupted search lists the ones not run as `not run`."""
     table = rows(result)
+    if result.partial:
+        ran = {r.index for r in result.results}
+        table += [
+            {
+                "index": i,
+                **ov,
+                "status": "not run",
+                "message": "the search stopped before it; rerun to resume",
+            }
+            for i, ov in enumerate(configurations(result.spec))
+            if i not in ran
+        ]
+        table.sort(key=lambda row: row["index"])
     names = ["index", *swept(result.spec), *COLUMNS[2:]]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore")
@@ -568,7 +642,15 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
     lines += [line(r) for r in result.cheapest(n=limit)]
     lines += ["", "frontier (no other configuration is cheaper per hour and sustains more):", head]
     lines += [line(r) for r in result.frontier()]
-    bad = [r for r in result.results if r.status != "ok"]
+    if result.partial:
+        lines.insert(
+            1, f"  partial: {len(result.results)} of {result.total} configurations (the search stopped)"
+        )
+    errors = [r for r in result.results if r.status == "error"]
+    if errors:
+        lines += ["", "failed (raised an error; a rerun of the same search tries them again):"]
+        lines += [f"{cells(r)}{r.message[:140]}" for r in errors[:limit]]
+    bad = [r for r in result.results if r.status not in ("ok", "error")]
     if bad:
         lines += ["", "cannot meet the SLOs:"]
         lines += [f"{cells(r)}{r.status}: {r.message[:140]}" for r in bad[:limit]]

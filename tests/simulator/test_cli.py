@@ -62,7 +62,7 @@ def test_unwritable_output_dir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     rc = main(["run", "--requests", "50", "--out", str(blocker / "sub")])
-    assert rc == 2 and "output.dir" in capsys.readouterr().err
+    assert rc == 2 and "--out" in capsys.readouterr().err
 
 
 def test_model_that_does_not_fit_exits_3_with_numbers(tmp_path, capsys):
