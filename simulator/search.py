@@ -25,9 +25,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simulator.errors import ConfigError, one_line, read_yaml
+from simulator.limits import MAX_CONFIGURATIONS
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
 
@@ -66,7 +67,7 @@ def with_rate(data: dict, rate_per_s: float) -> dict:
 
 # ---------------------------------------------------------------- the spec
 class RateSearch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     min_per_s: float = Field(0.01, gt=0, description="lowest rate tried; below it a configuration sustains 0")
     max_per_s: float = Field(1000.0, gt=0, description="highest rate tried")
     rel_tol: float = Field(0.05, gt=0, lt=1, description="stop when the bracket is this narrow (relative)")
@@ -75,8 +76,13 @@ class RateSearch(BaseModel):
 class SearchSpec(BaseModel):
     """What `python -m simulator search SPEC.yaml` reads."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field("search", description="label for the output files")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # it names the folder results/<name>: one plain path component, never a way out of results/
+    name: str = Field(
+        "search",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="label for the output files (letters, digits, '.', '_', '-'; results/NAME)",
+    )
     base: dict = Field(description="a scenario; the sweep overrides its fields and the search sets its rate")
     sweep: dict[str, list] = Field(
         default_factory=dict,
@@ -99,6 +105,13 @@ class SearchSpec(BaseModel):
         description="latency-vs-load curve of frontier configurations, as fractions of their max rate",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if ".." in name:
+            raise ValueError(f"{name!r} may not contain '..'; use letters, digits, '.', '_' and '-'")
+        return name
+
     @model_validator(mode="after")
     def _check(self) -> SearchSpec:
         for path, values in self.sweep.items():
@@ -119,6 +132,12 @@ def parse_spec(data: object, source: str = "search spec") -> SearchSpec:
         spec = SearchSpec.model_validate(data)
     except ValidationError as e:
         raise one_line(e, source) from None
+    sizes = [len(v) for v in spec.sweep.values()]
+    MAX_CONFIGURATIONS.check(
+        configuration_count(spec),
+        f"{source}: sweep",
+        " x ".join(map(str, sizes + ([len(spec.variants)] if spec.variants else []))) or "",
+    )
     sc = parse_scenario(spec.base, f"{source}: base")
     if not sc.slo.model_dump(exclude_none=True):
         raise ConfigError(f"{source}: base.slo sets no target; a capacity search needs at least one SLO")
@@ -129,6 +148,11 @@ def load_spec(path: str | Path) -> SearchSpec:
     p = Path(path)
     data = read_yaml(p, "search spec", mapping=False)
     return parse_spec(data, str(p))
+
+
+def configuration_count(spec: SearchSpec) -> int:
+    """How many configurations `configurations` will list, counted without listing them."""
+    return math.prod(len(v) for v in spec.sweep.values()) * max(1, len(spec.variants))
 
 
 def configurations(spec: SearchSpec) -> list[dict[str, object]]:
