@@ -125,6 +125,12 @@ ROWS = [
         r"error: s\.yaml:1:\d+: not valid YAML: an alias refers to the block that contains it; .+",
     ),
     _row(
+        "nested too deeply",
+        {"s.yaml": W + "name: " + "[" * 5000 + "]" * 5000 + "\n"},
+        ["run", "s.yaml"],
+        r"error: s\.yaml: not valid YAML: nested too deeply to read; flatten the structure",
+    ),
+    _row(
         "file over the size limit",
         {"s.yaml": W + "#" * 3000 + "\n"},
         ["run", "s.yaml"],
