@@ -27,7 +27,7 @@ class Limit:
             return None
         try:
             n = int(float(raw))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, nan, inf
             n = 0
         if n < 1:
             raise ConfigError(

@@ -18,6 +18,7 @@ import csv
 import io
 import itertools
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from simulator.errors import ConfigError, one_line, read_yaml
+from simulator.errors import ConfigError, one_line, read_yaml, short_repr
 from simulator.limits import MAX_CONFIGURATIONS
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
@@ -77,11 +78,8 @@ class SearchSpec(BaseModel):
     """What `python -m simulator search SPEC.yaml` reads."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    # it names the folder results/<name>: one plain path component, never a way out of results/
     name: str = Field(
-        "search",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
-        description="label for the output files (letters, digits, '.', '_', '-'; results/NAME)",
+        "search", description="label for the output files (letters, digits, '.', '_', '-'; results/NAME)"
     )
     base: dict = Field(description="a scenario; the sweep overrides its fields and the search sets its rate")
     sweep: dict[str, list] = Field(
@@ -108,8 +106,12 @@ class SearchSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
-        if ".." in name:
-            raise ValueError(f"{name!r} may not contain '..'; use letters, digits, '.', '_' and '-'")
+        # it names the folder results/<name>: one plain path component, never a way out of results/
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or ".." in name:
+            raise ValueError(
+                f"{short_repr(name)} is not a plain folder name (it names results/NAME); use up to 100 "
+                "letters, digits, '.', '_' and '-', e.g. llama-chat-capacity"
+            )
         return name
 
     @model_validator(mode="after")
@@ -136,7 +138,7 @@ def parse_spec(data: object, source: str = "search spec") -> SearchSpec:
     MAX_CONFIGURATIONS.check(
         configuration_count(spec),
         f"{source}: sweep",
-        " x ".join(map(str, sizes + ([len(spec.variants)] if spec.variants else []))) or "",
+        " x ".join(map(str, sizes + ([len(spec.variants)] if spec.variants else []))),
     )
     sc = parse_scenario(spec.base, f"{source}: base")
     if not sc.slo.model_dump(exclude_none=True):

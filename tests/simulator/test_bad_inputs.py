@@ -331,25 +331,26 @@ ROWS = [
         "search name ../",
         {"p.yaml": SPEC.format(name="../../outside", sweep="{}")},
         ["search", "p.yaml"],
-        r"error: p\.yaml: name: String should match pattern .+ \(got '\.\./\.\./outside'\)",
+        r"error: p\.yaml: name: '\.\./\.\./outside' is not a plain folder name \(it names results/NAME\); use up to "
+        r"100 letters, digits, '\.', '_' and '-', e\.g\. llama-chat-capacity",
     ),
     _row(
         "search name with /",
         {"p.yaml": SPEC.format(name="a/b", sweep="{}")},
         ["search", "p.yaml"],
-        r"error: p\.yaml: name: String should match pattern .+",
+        r"error: p\.yaml: name: .+ is not a plain folder name \(it names results/NAME\); .+",
     ),
     _row(
         "search name ..",
         {"p.yaml": SPEC.format(name="a..b", sweep="{}")},
         ["search", "p.yaml"],
-        r"error: p\.yaml: name: 'a\.\.b' may not contain '\.\.'; use letters, digits, '\.', '_' and '-'",
+        r"error: p\.yaml: name: 'a\.\.b' is not a plain folder name \(it names results/NAME\); .+",
     ),
     _row(
         "search name odd characters",
         {"p.yaml": SPEC.format(name="'my run;'", sweep="{}")},
         ["search", "p.yaml"],
-        r"error: p\.yaml: name: String should match pattern .+",
+        r"error: p\.yaml: name: .+ is not a plain folder name \(it names results/NAME\); .+",
     ),
     # ---- size guards: the estimate, the limit and how to lift it, before anything is allocated
     _row(
