@@ -70,6 +70,12 @@ ROWS = [
         r"error: d: is a folder, not a scenario file; give the file's path",
     ),
     _row(
+        "binary GPU profile",
+        {"gpu.yaml": b"\x7fELF\x02\x01\x01\x00\x00\xff\xfe"},
+        ["run", "--requests", "5", "--set", "hardware.gpu=gpu.yaml"],
+        r"error: gpu\.yaml: is a binary file, not a profile; give the YAML text file",
+    ),
+    _row(
         "yaml error keeps line and column",
         {"s.yaml": W + "serving:\n  max_num_seqs: 4\n   block_size: 8\n"},
         ["run", "s.yaml"],
