@@ -17,11 +17,20 @@ from simulator.limits import MAX_REPLICAS, MAX_REQUESTS
 
 Dtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 KvDtype = Literal["bf16", "fp16", "fp8"]
+MAX_EXACT_INT = 2**53  # the largest count a float64 holds exactly
 
 
 class _Spec(BaseModel):
     # inf or nan in any float (a rate, a duration, a price, an SLO) would run forever or poison every sum
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _exact_in_float(cls, v: object) -> object:
+        # counts meet numpy (int64) and float arithmetic; past 2^53 neither holds them exactly
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_EXACT_INT:
+            raise ValueError(f"{v:.3g} is too large; use at most {MAX_EXACT_INT:,}")
+        return v
 
 
 # ---------------------------------------------------------------- lengths

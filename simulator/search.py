@@ -71,7 +71,10 @@ class RateSearch(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     min_per_s: float = Field(0.01, gt=0, description="lowest rate tried; below it a configuration sustains 0")
     max_per_s: float = Field(1000.0, gt=0, description="highest rate tried")
-    rel_tol: float = Field(0.05, gt=0, lt=1, description="stop when the bracket is this narrow (relative)")
+    # below 0.1% the bisection runs into float resolution (sqrt(lo * hi) == lo) and never stops
+    rel_tol: float = Field(
+        0.05, ge=0.001, lt=1, description="stop when the bracket is this narrow (relative, 0.001 or more)"
+    )
 
 
 class SearchSpec(BaseModel):

@@ -215,6 +215,30 @@ ROWS = [
         r"error: p\.yaml: rate\.max_per_s: must be a finite number \(got inf\); .+",
     ),
     _row(
+        "search tolerance below float resolution",
+        {"p.yaml": SPEC.format(name="x", sweep="{}") + "rate: {rel_tol: 1.0e-300}\n"},
+        ["search", "p.yaml"],
+        r"error: p\.yaml: rate\.rel_tol: Input should be greater than or equal to 0\.001 \(got 1e-300\)",
+    ),
+    _row(
+        "token count past 2^53",
+        {"s.yaml": W},
+        ["run", "s.yaml", "--set", "workload.prompt_tokens={dist: fixed, value: 100000000000000000000000}"],
+        r"error: s\.yaml: workload\.prompt_tokens\.fixed\.value: 1e\+23 is too large; use at most "
+        r"9,007,199,254,740,992",
+    ),
+    _row(
+        "priority past 2^53",
+        {"s.yaml": W},
+        [
+            "run",
+            "s.yaml",
+            "--set",
+            "workload.classes=[{name: a, share: 1, priority: -100000000000000000000}]",
+        ],
+        r"error: s\.yaml: workload\.classes\[0\]\.priority: -1e\+20 is too large; .+",
+    ),
+    _row(
         "negative seed",
         {"s.yaml": W + "seed: -1\n"},
         ["run", "s.yaml"],
