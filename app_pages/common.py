@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 import types
 import typing
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import streamlit as st
@@ -15,7 +16,7 @@ import yaml
 from pydantic import BaseModel
 
 from simulator import api
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, parse_yaml, yaml_from_bytes
 from simulator.plots import timeline
 from simulator.report import LATENCY_HEAD, build_report, latency_rows
 from simulator.scenario import HostedApi, Scenario, Slo, Workload
@@ -74,14 +75,44 @@ def run_forecast(data: dict, label: str = "scenario") -> api.Forecast | None:
     return None
 
 
+def upload_name(name: str, suffix: str) -> str:
+    """A plain file name for an upload: the client's name is untrusted (`../`, `/`, `\\`, odd characters),
+    so only the last component's safe characters are kept, always ending in `suffix`."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", PurePosixPath(name.replace("\\", "/")).name).lstrip(".")[:100]
+    if not base.endswith(suffix):
+        base = (base.removesuffix(".") or "upload") + suffix
+    return base if base != suffix else f"upload{suffix}"
+
+
 def save_upload(upload, suffix: str) -> str:
-    """Write an uploaded file where the simulator can read it by path (named by its content)."""
+    """Write an uploaded file where the simulator can read it by path (a folder named by its content)."""
     data = upload.getvalue()
     d = UPLOADS / hashlib.sha256(data).hexdigest()[:16]
     d.mkdir(parents=True, exist_ok=True)
-    p = d / (upload.name if upload.name.endswith(suffix) else f"upload{suffix}")
+    p = d / upload_name(upload.name, suffix)
+    if p.resolve().parent != d.resolve():  # belt and braces: nothing lands outside its upload folder
+        raise ConfigError(f"{upload.name!r}: not a plain file name; rename the file and upload it again")
     p.write_bytes(data)
     return str(p)
+
+
+def read_yaml_upload(upload, what: str = "scenario file") -> dict | None:
+    """An uploaded YAML mapping, checked as a file on disk is (size, encoding, aliases, duplicate keys);
+    None after an in-page error."""
+    try:
+        return yaml_from_bytes(upload.getvalue(), upload_name(upload.name, ".yaml"), what)
+    except ConfigError as e:
+        st.error(str(e))
+        return None
+
+
+def yaml_input(raw: str, name: str) -> object:
+    """A value typed as YAML in a text box (None after an in-page error)."""
+    try:
+        return parse_yaml(raw, name)
+    except ConfigError as e:
+        st.error(str(e))
+        return None
 
 
 # ---------------------------------------------------------------- generic forms from the pydantic specs
@@ -175,10 +206,7 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
                 f"{label} (YAML)", value="" if cur is None else yaml.safe_dump(cur).strip(), key=k, help=hint
             )
             if raw.strip():
-                try:
-                    out[name] = yaml.safe_load(raw)
-                except yaml.YAMLError:
-                    st.error(f"{name}: not valid YAML")
+                out[name] = yaml_input(raw, name)
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -207,7 +235,7 @@ def extra_sections(base: dict, key: str) -> dict:
                 help=f.description,
             )
             if raw.strip():
-                out[name] = yaml.safe_load(raw)
+                out[name] = yaml_input(raw, name)
     return out
 
 

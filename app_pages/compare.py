@@ -8,6 +8,7 @@ import yaml
 
 from app_pages.common import model_picker, run_forecast, show_fit, slo_picker, workload_picker
 from simulator import api
+from simulator.errors import ConfigError, parse_yaml
 
 DEFAULTS = [("t4", 1, "int4"), ("a100-80gb-sxm", 1, "bf16"), ("h100-sxm", 1, "bf16"), ("h100-sxm", 1, "fp8")]
 DTYPES = ["bf16", "fp16", "fp8", "int8", "int4"]
@@ -50,12 +51,12 @@ for i, col in enumerate(st.columns(int(n))):
         "slo": slo,
         "hosted_api": {"name": api_name, "usd_per_1m_input": api_in, "usd_per_1m_output": api_out},
     }
-    try:
-        more = yaml.safe_load(extra) if extra.strip() else {}
+    try:  # the checked loader: aliases, duplicate keys and tags as in a scenario file
+        more = parse_yaml(extra, f"{label}: other fields") if extra.strip() else {}
         if not isinstance(more, dict):
-            raise ValueError("write a mapping, e.g. serving: {kv_dtype: fp8}")
-    except (yaml.YAMLError, ValueError) as e:
-        st.error(f"{label}: other fields are not a YAML mapping ({str(e).splitlines()[0]})")
+            raise ConfigError(f"{label}: other fields: write a mapping, e.g. serving: {{kv_dtype: fp8}}")
+    except ConfigError as e:
+        st.error(str(e))
         continue
     for path, value in more.items():
         if isinstance(value, dict):

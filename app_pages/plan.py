@@ -1,7 +1,6 @@
 """Plan: one configuration on one workload; the forecast against the SLOs."""
 
 import streamlit as st
-import yaml
 
 from app_pages.common import (
     HANDLED,
@@ -10,6 +9,7 @@ from app_pages.common import (
     hosted_api_picker,
     model_form,
     model_picker,
+    read_yaml_upload,
     run_forecast,
     show_forecast,
     slo_picker,
@@ -24,14 +24,8 @@ base: dict = {}
 with st.sidebar:
     st.header("Scenario")
     start = st.file_uploader("start from a scenario YAML (optional)", type=["yaml", "yml"], key="plan.start")
-    if start is not None:
-        try:
-            base = yaml.safe_load(start.getvalue()) or {}
-            if not isinstance(base, dict):
-                raise ValueError("a scenario must be a YAML mapping")
-        except (yaml.YAMLError, ValueError) as e:
-            st.error(f"{start.name}: not a scenario YAML ({str(e).splitlines()[0]})")
-            base = {}
+    if start is not None:  # read as a scenario file is: size, encoding, aliases, duplicate keys checked
+        base = read_yaml_upload(start) or {}
     name = st.text_input("name", value=base.get("name", "my-plan"), key="plan.name")
     with st.expander("Model", expanded=True):
         model = model_picker("plan", base.get("model", "llama-3.1-8b"))

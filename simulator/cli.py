@@ -8,7 +8,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import yaml
 
@@ -33,7 +33,7 @@ def _scenario(path: str | None, overrides: list[str] | None, requests: int | Non
     """A scenario file (or the default) with --set overrides and --requests applied, validated."""
     data, source = _scenario_data(path)
     data = apply_overrides(data, overrides or [])
-    if requests:
+    if requests is not None:  # --requests 0 is refused by the parser, never silently ignored
         data.setdefault("workload", {})["num_requests"] = requests
         data["workload"].pop("duration_s", None)
     return parse_scenario(data, source)
@@ -252,6 +252,35 @@ RUN_EPILOG = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line, like every other bad input (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def _count(text: str) -> int:
+    """A whole number >= 1 (request counts, workers, rows)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {n})")
+    return n
+
+
+def _rate(text: str) -> float:
+    """A finite request rate above zero."""
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(r) or r <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite rate above 0 req/s (got {text})")
+    return r
+
+
 def _override_options(p: argparse.ArgumentParser, scope: str = "") -> None:
     """--set and --requests, read by `_scenario`."""
     p.add_argument(
@@ -261,14 +290,14 @@ def _override_options(p: argparse.ArgumentParser, scope: str = "") -> None:
         help=f"override a field{scope}, e.g. serving.max_num_seqs=64",
     )
     p.add_argument(
-        "--requests", type=int, help=f"number of requests{scope} (overrides workload.num_requests/duration_s)"
+        "--requests",
+        type=_count,
+        help=f"number of requests{scope} (overrides workload.num_requests/duration_s)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m simulator", description="inferplan: forecast LLM serving on GPUs."
-    )
+    p = _Parser(prog="python -m simulator", description="inferplan: forecast LLM serving on GPUs.")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser(
         "run",
@@ -302,12 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--out", help="output folder for search.csv and frontier_curves.csv (default results/NAME)"
     )
-    s.add_argument("--workers", type=int, help="local processes (default: one per CPU; 1 runs in-process)")
+    s.add_argument("--workers", type=_count, help="local processes (default: one per CPU; 1 runs in-process)")
     s.add_argument(
         "--ray", metavar="ADDRESS", help="run on a Ray cluster ('auto', ray://host:10001, or local)"
     )
-    s.add_argument("--target", type=float, help="target request rate (overrides target_rate_per_s)")
-    s.add_argument("--top", type=int, default=20, help="rows shown per table")
+    s.add_argument("--target", type=_rate, help="target request rate (overrides target_rate_per_s)")
+    s.add_argument("--top", type=_count, default=20, help="rows shown per table")
     s.add_argument("--no-curves", action="store_true", help="skip latency-vs-load curves of the frontier")
     s.set_defaults(fn=cmd_search)
     rp = sub.add_parser(
@@ -335,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except OSError as e:
+        if e.filename is None:
+            raise
+        # a path the user named cannot be read or written (permissions, a file in the way, a full disk)
+        print(
+            f"error: {e.filename}: {e.strerror or e}; check the path, its permissions and free space",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,20 +5,32 @@ Small nested YAML validated by pydantic; every field has a description that `run
 
 from __future__ import annotations
 
-from pathlib import Path
+import difflib
+import math
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from simulator.errors import ConfigError, one_line, read_yaml
+from simulator.errors import ConfigError, one_line, parse_yaml, read_yaml, short_repr
+from simulator.limits import MAX_REPLICAS, MAX_REQUESTS
 
 Dtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 KvDtype = Literal["bf16", "fp16", "fp8"]
+MAX_EXACT_INT = 2**53  # the largest count a float64 holds exactly
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf or nan in any float (a rate, a duration, a price, an SLO) would run forever or poison every sum
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _exact_in_float(cls, v: object) -> object:
+        # counts meet numpy (int64) and float arithmetic; past 2^53 neither holds them exactly
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_EXACT_INT:
+            raise ValueError(f"{v:.3g} is too large; use at most {MAX_EXACT_INT:,}")
+        return v
 
 
 # ---------------------------------------------------------------- lengths
@@ -250,7 +262,7 @@ class Serving(_Spec):
         "fcfs", description="fcfs, or priority: classes with higher priority are admitted and kept first"
     )
     max_queue_len: int | None = Field(
-        None, ge=0, description="admission control: refuse a request when this many are already queued"
+        None, description="admission control: refuse a request when this many are already queued (>= 1)"
     )
     queue_timeout_s: float | None = Field(
         None,
@@ -266,6 +278,18 @@ class Serving(_Spec):
     moe_routing_skew: float = Field(
         0.0, ge=0, le=4, description="MoE: Zipf exponent of expert popularity (0 = uniform routing)"
     )
+
+    @field_validator("max_queue_len")
+    @classmethod
+    def _room_to_wait(cls, n: int | None) -> int | None:
+        # every arrival waits in the queue until the next step, even at an idle server (as in vLLM),
+        # so a queue of 0 would refuse every request
+        if n is not None and n < 1:
+            raise ValueError(
+                f"{n} would refuse every request (each arrival waits in the queue for the next step, even "
+                "at an idle server); use 1 or more, or leave it unset for no limit"
+            )
+        return n
 
 
 # ---------------------------------------------------------------- replicas, disaggregation, response cache
@@ -345,13 +369,31 @@ class HostedApi(_Spec):
 
 
 class Output(_Spec):
-    dir: str = Field("results", description="folder for summary.json, requests.csv, timeline.csv")
+    dir: str = Field(
+        "results",
+        description="folder for summary.json, requests.csv, timeline.csv, inside the current folder "
+        "(write elsewhere with --out)",
+    )
     per_request_csv: bool = Field(True, description="write one CSV row per request")
+
+    @field_validator("dir")
+    @classmethod
+    def _inside(cls, d: str) -> str:
+        # a scenario file may come from someone else: it must not choose where on disk results land
+        if not d.strip():
+            raise ValueError("is empty; name a folder, e.g. results/my-run")
+        p = PurePath(d)
+        if d.startswith("~") or p.is_absolute() or PureWindowsPath(d).anchor or ".." in p.parts:
+            raise ValueError(
+                f"{d!r} leaves the current folder; use a relative path inside it (e.g. results/my-run), "
+                "or pass --out DIR on the command line"
+            )
+        return d
 
 
 class Scenario(_Spec):
     name: str = Field("scenario", description="label used in reports and output file names")
-    seed: int = Field(0, description="every random choice flows from this seed")
+    seed: int = Field(0, ge=0, description="every random choice flows from this seed")
     model: str = Field("llama-3.1-8b", description="catalogue name or path to a Hugging Face config.json")
     hardware: Hardware = Field(
         default_factory=Hardware, description="which GPUs serve the model, and their price"
@@ -386,13 +428,62 @@ DEFAULT_SCENARIO = {
 
 
 def parse_scenario(data: object, source: str = "scenario") -> Scenario:
-    """Validate a scenario mapping; errors become one line naming the field."""
+    """Validate a scenario mapping; errors become one line naming the field. Oversized runs are refused."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a scenario must be a YAML mapping (got {type(data).__name__})")
     try:
-        return Scenario.model_validate(data)
+        sc = Scenario.model_validate(data)
     except ValidationError as e:
         raise one_line(e, source) from None
+    check_size(sc, source)
+    return sc
+
+
+def _mean_length(d: Length) -> float:
+    """Mean of a length distribution (the clipped lognormal's unclipped mean, capped at its max)."""
+    if isinstance(d, Fixed):
+        return d.value
+    if isinstance(d, Uniform):
+        return (d.min + d.max) / 2
+    if isinstance(d, Lognormal):
+        return min(d.median * math.exp(d.sigma**2 / 2), d.max)
+    if isinstance(d, Exponential):
+        return d.mean
+    return 1.0
+
+
+def estimated_requests(w: Workload) -> tuple[float, str] | None:
+    """(requests the workload will generate, how that was estimated), from its fields alone; None: the
+    trace's own length decides (it is read later). No arrays are drawn: this runs before generation."""
+    if w.num_requests is not None:
+        return float(w.num_requests), ""
+    if w.duration_s is None or w.arrival.rate_per_s is None:
+        return None
+    n = w.arrival.rate_per_s * w.duration_s
+    how = f"{w.arrival.rate_per_s:g} req/s x {w.duration_s:g} s"
+    if w.classes and any(c.session for c in w.classes):
+        total = sum(c.share for c in w.classes)
+        turns = sum(c.share * (_mean_length(c.session.turns) if c.session else 1) for c in w.classes) / total
+        n, how = n * turns, how + f" x {turns:.3g} turns per conversation"
+    return n, how
+
+
+def replica_count(sc: Scenario) -> int:
+    """Replicas the cluster simulates (every group and pool)."""
+    if sc.disaggregation is not None:
+        return sc.disaggregation.prefill.count + sc.disaggregation.decode.count
+    if sc.cluster.groups:
+        return sum(g.count for g in sc.cluster.groups)
+    return sc.cluster.replicas
+
+
+def check_size(sc: Scenario, source: str = "scenario") -> None:
+    """Refuse (one line, with the estimate, the limit and the override) a run too big to simulate here."""
+    est = estimated_requests(sc.workload)
+    if est is not None:
+        field = "workload.num_requests" if sc.workload.num_requests is not None else "workload.duration_s"
+        MAX_REQUESTS.check(est[0], f"{source}: {field}", est[1])
+    MAX_REPLICAS.check(replica_count(sc), f"{source}: cluster")
 
 
 def load_scenario(path: str | Path | None) -> Scenario:
@@ -407,19 +498,43 @@ def load_scenario(path: str | Path | None) -> Scenario:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` overrides (values parsed as YAML) to a scenario mapping."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(
-                f"override {item!r} must look like field.path=value, e.g. serving.max_num_seqs=128"
-            )
-        key, raw = item.split("=", 1)
-        node = data
+        key, eq, raw = item.partition("=")
+        where = f"--set {short_repr(item)}"
         parts = key.strip().split(".")
+        if not eq or not all(parts):
+            raise ConfigError(f"{where}: must look like field.path=value; e.g. serving.max_num_seqs=128")
+        _check_path(parts, where)
+        node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+                raise ConfigError(f"{where}: {part} is not a section; set the whole section or a field in it")
+        node[parts[-1]] = parse_yaml(raw, f"{where}: value")
     return data
+
+
+def _check_path(parts: list[str], where: str) -> None:
+    """A dotted override path must name scenario fields (down to the first list or free-form value)."""
+    model: type[BaseModel] | None = Scenario
+    for i, part in enumerate(parts):
+        if model is None:
+            return  # inside a list or a union of specs: pydantic checks the value as a whole
+        if part not in model.model_fields:
+            near = difflib.get_close_matches(part, model.model_fields, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            section = ".".join(parts[:i]) or "a scenario"
+            raise ConfigError(
+                f"{where}: {section} has no field {part!r}; {hint}`python -m simulator run --help` lists the fields"
+            )
+        model = _submodel_only(model.model_fields[part].annotation)
+
+
+def _submodel_only(ann) -> type[BaseModel] | None:
+    """The one spec class a field holds (X or X | None), else None."""
+    models = [
+        a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)
+    ]
+    return models[0] if len(models) == 1 else None
 
 
 def field_help(model: type[BaseModel] = Scenario, prefix: str = "") -> list[str]:

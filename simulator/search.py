@@ -18,6 +18,7 @@ import csv
 import io
 import itertools
 import math
+import re
 import signal
 import sys
 import time
@@ -27,9 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from simulator.errors import ConfigError, one_line, read_yaml
+from simulator.errors import ConfigError, one_line, read_yaml, short_repr
+from simulator.limits import MAX_CONFIGURATIONS
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
 
@@ -71,17 +73,22 @@ def with_rate(data: dict, rate_per_s: float) -> dict:
 
 # ---------------------------------------------------------------- the spec
 class RateSearch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     min_per_s: float = Field(0.01, gt=0, description="lowest rate tried; below it a configuration sustains 0")
     max_per_s: float = Field(1000.0, gt=0, description="highest rate tried")
-    rel_tol: float = Field(0.05, gt=0, lt=1, description="stop when the bracket is this narrow (relative)")
+    # below 0.1% the bisection runs into float resolution (sqrt(lo * hi) == lo) and never stops
+    rel_tol: float = Field(
+        0.05, ge=0.001, lt=1, description="stop when the bracket is this narrow (relative, 0.001 or more)"
+    )
 
 
 class SearchSpec(BaseModel):
     """What `python -m simulator search SPEC.yaml` reads."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field("search", description="label for the output files")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: str = Field(
+        "search", description="label for the output files (letters, digits, '.', '_', '-'; results/NAME)"
+    )
     base: dict = Field(description="a scenario; the sweep overrides its fields and the search sets its rate")
     sweep: dict[str, list] = Field(
         default_factory=dict,
@@ -104,6 +111,17 @@ class SearchSpec(BaseModel):
         description="latency-vs-load curve of frontier configurations, as fractions of their max rate",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # it names the folder results/<name>: one plain path component, never a way out of results/
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or ".." in name:
+            raise ValueError(
+                f"{short_repr(name)} is not a plain folder name (it names results/NAME); use up to 100 "
+                "letters, digits, '.', '_' and '-', e.g. llama-chat-capacity"
+            )
+        return name
+
     @model_validator(mode="after")
     def _check(self) -> SearchSpec:
         for path, values in self.sweep.items():
@@ -124,6 +142,12 @@ def parse_spec(data: object, source: str = "search spec") -> SearchSpec:
         spec = SearchSpec.model_validate(data)
     except ValidationError as e:
         raise one_line(e, source) from None
+    sizes = [len(v) for v in spec.sweep.values()]
+    MAX_CONFIGURATIONS.check(
+        configuration_count(spec),
+        f"{source}: sweep",
+        " x ".join(map(str, sizes + ([len(spec.variants)] if spec.variants else []))),
+    )
     sc = parse_scenario(spec.base, f"{source}: base")
     if not sc.slo.model_dump(exclude_none=True):
         raise ConfigError(f"{source}: base.slo sets no target; a capacity search needs at least one SLO")
@@ -134,6 +158,11 @@ def load_spec(path: str | Path) -> SearchSpec:
     p = Path(path)
     data = read_yaml(p, "search spec", mapping=False)
     return parse_spec(data, str(p))
+
+
+def configuration_count(spec: SearchSpec) -> int:
+    """How many configurations `configurations` will list, counted without listing them."""
+    return math.prod(len(v) for v in spec.sweep.values()) * max(1, len(spec.variants))
 
 
 def configurations(spec: SearchSpec) -> list[dict[str, object]]:
