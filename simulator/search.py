@@ -482,9 +482,14 @@ def _run_pool(tasks: list, workers: int | None, finished: Callable[[ConfigResult
     except BaseException:
         # Ctrl-C: a running configuration can take minutes, and shutdown would wait for every one
         workers_running = list((pool._processes or {}).values())  # shutdown forgets them
+        manager = pool._executor_manager_thread
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in workers_running:
             proc.terminate()
+        # the pool's manager thread sees its workers gone and closes its wake-up pipe; joining it here
+        # keeps the interpreter's exit hook from writing to that pipe as it closes (a traceback at exit)
+        if manager is not None:
+            manager.join(timeout=10)
         raise
     pool.shutdown()
 

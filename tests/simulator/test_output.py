@@ -412,7 +412,10 @@ USERS = (
     "error: --out '{t}/mine': holds 'notes.txt', which inferplan did not write, and results replace the "
     "folder's files; choose a new or empty folder"
 )
-TARGET = "error: --target: {v} is not a rate; give a request rate above 0 per second, e.g. --target 20"
+TARGET = (  # checked by the parser, before the spec is read or the search starts
+    "error: python -m simulator search: argument --target: must be a finite rate above 0 req/s (got {v}); "
+    "see `python -m simulator search --help`"
+)
 BAD_INPUT = [  # (what the user typed, as argv from tmp_path) -> the one line printed
     *[
         pytest.param(lambda t, c=c: COMMANDS[c](t, _file(t)), IS_A_FILE, id=f"{c}-out-is-a-file")
@@ -445,6 +448,9 @@ def test_bad_output_and_target_are_one_line(tmp_path, capsys, monkeypatch, argv,
         raise AssertionError("the search started")
 
     monkeypatch.setattr(search_mod, "run_search", never)
-    rc = main(argv(tmp_path))
+    try:
+        rc = main(argv(tmp_path))
+    except SystemExit as e:  # argparse's own checks exit from the parser
+        rc = e.code
     err = capsys.readouterr().err
     assert (rc, err) == (2, line.format(t=tmp_path) + "\n")

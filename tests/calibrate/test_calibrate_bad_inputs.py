@@ -129,7 +129,7 @@ ROWS = [
     ),
     (
         ["validate", "{t}/binary.yaml", "--stored"],
-        "profile '{t}/binary.yaml': cannot read it (not UTF-8 text)",
+        "{t}/binary.yaml: is a binary file, not a profile; give the YAML text file",
     ),
     (["validate", "{t}/list.yaml", "--stored"], "a profile must be a YAML mapping"),
     (["validate", "h100-sxm", "--stored", "--out", "{t}"], "--out '{t}': is a folder"),
