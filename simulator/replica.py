@@ -69,6 +69,10 @@ class Replica:
         # A source whose arrivals only this replica takes (set by the simulation before it runs): the
         # replica then reads them at its step boundaries instead of being sent each one by an event.
         self.arrivals = None
+        # A pulling replica runs ahead of the SimPy clock while busy; past `sync_at` (set by the
+        # simulation) it lets the clock catch up with one timeout, so that the simulation can look at
+        # it between chunks (nothing else is scheduled: the results are the same).
+        self.sync_at = math.inf
         self.process = env.process(self._static_loop() if static else self._loop())
 
     # ------------------------------------------------------------------ arrivals
@@ -153,6 +157,9 @@ class Replica:
         times = src.times  # times[src.next]: the next arrival (inf after the last)
         now = env.now
         while True:
+            if now >= self.sync_at:
+                self.sync_at = math.inf
+                yield env.timeout(now - env.now)
             if times[src.next] <= now:
                 src.take(now)
             if not (sched.waiting or sched.running):

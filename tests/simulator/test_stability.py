@@ -1,0 +1,128 @@
+"""The stability verdict: batch size 1 is an M/D/1 server, stable at load 0.8 and overloaded at 1.2;
+an overloaded run stops early; a run that is not stopped is the same as one uninterrupted SimPy run."""
+
+import numpy as np
+import pytest
+
+from benchmarks.queueing import scenario, service_law
+from simulator import simulation
+from simulator.scenario import parse_scenario
+from simulator.simulation import simulate
+from simulator.stability import MIN_SERVICE_TIMES, assess
+
+
+def _md1(rho: float, n: int):
+    return scenario("D", rho, n, seed=5)[0]
+
+
+def test_md1_at_load_0_8_is_stable():
+    st = simulate(_md1(0.8, 4000)).summary["stability"]
+    assert st["verdict"] == "stable", st
+    assert st["latency_meaningful"]
+    assert st["sustained_per_s"] == pytest.approx(st["offered_per_s"], rel=0.05)
+
+
+def test_md1_at_load_1_2_is_overloaded_with_its_rates():
+    s, _ = service_law("D")
+    st = simulate(_md1(1.2, 4000)).summary["stability"]
+    assert st["verdict"] == "overloaded", st
+    assert not st["latency_meaningful"]
+    # it completes one request per service time, whatever is offered
+    assert st["sustained_per_s"] == pytest.approx(1 / s[0], rel=0.02)
+    assert st["offered_per_s"] == pytest.approx(1.2 / s[0], rel=0.1)
+    assert st["drift"] == pytest.approx(1 - 1 / 1.2, abs=0.05)
+
+
+def test_heavy_overload_stops_early_and_counts_the_rest_unfinished():
+    n = 40_000
+    f = simulate(_md1(45.0, n))
+    st, r = f.summary["stability"], f.summary["requests"]
+    assert st["verdict"] == "overloaded" and st["stopped_at_s"] is not None
+    assert "stopped at t=" in st["reason"] and f"of {n:,} arrivals" in st["reason"]
+    assert st["arrived"] < n * 0.2  # stopped long before the arrivals ended
+    assert r["finished"] + r["unfinished"] + r["rejected"] == n
+    assert r["unfinished"] > 0.8 * n
+    assert np.nanmax(f.table.finish_s) < np.nanmax(f.table.arrival_s)
+
+
+def test_heavy_overload_of_a_cluster_stops_early_too():
+    sc = parse_scenario(
+        {
+            "model": "llama-3.1-8b",
+            "hardware": {"gpu": "l4"},
+            "cluster": {"replicas": 2, "router": "least_outstanding"},
+            "workload": {
+                "arrival": {"process": "poisson", "rate_per_s": 2000},
+                "prompt_tokens": {"dist": "fixed", "value": 500},
+                "output_tokens": {"dist": "fixed", "value": 200},
+                "num_requests": 30_000,
+            },
+        }
+    )
+    st = simulate(sc).summary["stability"]
+    assert st["verdict"] == "overloaded" and st["stopped_at_s"] is not None
+
+
+def test_admission_control_drops_mean_overload():
+    sc = _md1(2.0, 3000).model_copy(deep=True)
+    sc.serving.max_queue_len = 10
+    f = simulate(sc)
+    st = f.summary["stability"]
+    assert f.summary["rejected_reasons"]["queue_full"] > 0
+    assert st["verdict"] == "overloaded" and "admission control dropped" in st["reason"]
+
+
+def test_a_short_run_is_inconclusive_with_the_numbers():
+    # 20 arrivals 0.1 s apart, each served in 1 s: a 1.9 s window is under 10 service times
+    arrival = np.arange(20) * 0.1
+    scheduled = arrival.copy()
+    finish = arrival + 1.0
+    st = assess(arrival, scheduled, finish, np.zeros(20, bool), 0, hold=64)
+    assert st.verdict == "inconclusive"
+    assert f"{MIN_SERVICE_TIMES}× the service time 1 s" in st.reason and "1.9 s" in st.reason
+
+
+def test_no_request_served_is_not_called_stable():
+    arrival = np.arange(50.0)
+    nan = np.full(50, np.nan)
+    st = assess(arrival, nan, nan, np.ones(50, bool), 0, hold=1)
+    assert st.verdict == "inconclusive" and "no request finished" in st.reason
+
+
+_CASES = {
+    "pulled": {"arrival": {"process": "poisson", "rate_per_s": 9.0}},
+    "bursty": {"arrival": {"process": "gamma", "rate_per_s": 8.0, "cv": 4.0}},
+    "replicas": {"arrival": {"process": "poisson", "rate_per_s": 20.0}, "replicas": 2},
+    "router_queue": {"arrival": {"process": "poisson", "rate_per_s": 8.0}, "replicas": 2, "max_ongoing": 8},
+    # overloaded (11% drift) but below the early stop's 25%: runs to the end
+    "mild_overload": {"arrival": {"process": "poisson", "rate_per_s": 10.0}, "replicas": 2, "max_ongoing": 8},
+}
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_running_in_chunks_equals_one_uninterrupted_run(case, monkeypatch):
+    """Near saturation or mildly overloaded (not stopped): per-request results equal those of a single `env.run()`."""
+    c = _CASES[case]
+    data = {
+        "seed": 3,
+        "model": "llama-3.1-8b",
+        "hardware": {"gpu": "a100-80gb-sxm"},
+        "serving": {"max_num_seqs": 32},
+        "workload": {
+            "arrival": c["arrival"],
+            "prompt_tokens": {"dist": "lognormal", "median": 400, "sigma": 0.8, "max": 4000},
+            "output_tokens": {"dist": "lognormal", "median": 120, "sigma": 0.7, "max": 1000},
+            "num_requests": 1500,
+        },
+    }
+    if "replicas" in c:
+        data["cluster"] = {"replicas": c["replicas"]}
+        if "max_ongoing" in c:
+            data["cluster"]["max_ongoing_requests"] = c["max_ongoing"]
+    sc = parse_scenario(data)
+    chunked = simulate(sc)
+    assert chunked.summary["stability"]["stopped_at_s"] is None
+    monkeypatch.setattr(simulation, "CHECKS", 0)  # no chunks: one env.run()
+    whole = simulate(sc)
+    for name in ("scheduled_s", "first_token_s", "finish_s", "replica", "preemptions"):
+        assert np.array_equal(getattr(chunked.table, name), getattr(whole.table, name), equal_nan=True), name
