@@ -43,11 +43,12 @@ def load_curve(f: Forecast, multiples=LOAD_MULTIPLES) -> LoadCurve:
     Scaling by the maximum sustainable rate puts the points where the SLOs break on the plot.
     """
     data = f.scenario.model_dump(mode="json")
-    r0 = offered_rate(f)
+    r0, window = offered_rate(f), None
     if f.scenario.slo.model_dump(exclude_none=True):
-        r_max = max_sustainable_rate(data)[0]
-        r0 = r_max if r_max > 0 else r0
-    return latency_vs_load(data, [r0 * m for m in multiples])
+        r_max, _, s = max_sustainable_rate(data)
+        if r_max > 0:  # each point as long (in time) as the run that found the max rate
+            r0, window = r_max, s["requests"]["total"] / r_max
+    return latency_vs_load(data, [r0 * m for m in multiples], window_s=window)
 
 
 def _fmt_ms(x) -> str:

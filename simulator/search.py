@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from simulator.errors import ConfigError, one_line, read_yaml
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
+from simulator.stability import MIN_SERVICE_TIMES
 
 Progress = Callable[[int, int], None]
 
@@ -150,17 +151,28 @@ def fields_of(spec: SearchSpec, overrides: dict[str, object]) -> dict[str, objec
 
 
 # ---------------------------------------------------------------- one configuration
+# A rate counts as sustainable only if a run long enough for a queue to build is stable
+# (simulator/stability.py) and meets the SLO attainment. A probe's arrival window is at least
+# PROBE_SERVICE_TIMES service times (twice what the verdict needs, as the service time grows with
+# load) and at least the base scenario's length, capped at MAX_PROBE_REQUESTS requests.
+PROBE_SERVICE_TIMES = 2 * MIN_SERVICE_TIMES
+MAX_PROBE_REQUESTS = 20_000
+
+
 @dataclass
 class Probe:
     """One simulation at one offered rate."""
 
     rate_per_s: float
     attainment: float  # fraction of all requests that finished and met every SLO
-    ok: bool
+    ok: bool  # stable and meets the SLO attainment
     ttft_p90_s: float
     tpot_p90_s: float
     e2e_p90_s: float
     usd_per_1m_tokens: float
+    verdict: str = "stable"  # simulator/stability.py: stable | overloaded | inconclusive
+    requests: int = 0  # requests simulated
+    failed_because: str = ""  # why it is not sustainable: overloaded, TTFT p90, TPOT p90, rejected…
 
 
 @dataclass
@@ -179,6 +191,10 @@ class ConfigResult:
     e2e_p90_s: float = float("nan")
     output_tokens_per_s: float = float("nan")
     simulations: int = 0
+    # the bracket: the lowest rate tried above the max that failed, and why
+    failed_rate_per_s: float = float("nan")
+    failed_because: str = ""
+    probe_requests: int = 0  # requests simulated at the max rate
     probes: list[Probe] = field(default_factory=list)
     fields: dict[str, object] = field(default_factory=dict)  # every field path it sets on the base scenario
 
@@ -205,22 +221,64 @@ def _attainment(summary: dict) -> float:
     return met / max(r["total"], 1)
 
 
-def probe(data: dict, rate_per_s: float, slo_attainment: float) -> tuple[Probe, dict]:
-    """Simulate the scenario at one rate; whether it meets the SLOs there."""
-    f = simulate(parse_scenario(with_rate(data, rate_per_s)))
+def with_requests(data: dict, requests: int, rate_per_s: float) -> dict:
+    """The scenario with about `requests` arrivals at `rate_per_s` (its duration set where it has one)."""
+    if get_field(data, "workload.duration_s") is not None:
+        return set_field(data, "workload.duration_s", requests / rate_per_s)
+    return set_field(data, "workload.num_requests", int(requests))
+
+
+def probe_requests(rate_per_s: float, service_s: float, base_requests: int) -> int:
+    """Requests in a probe at this rate: an arrival window of PROBE_SERVICE_TIMES service times, at least
+    the base scenario's requests, at most MAX_PROBE_REQUESTS."""
+    if not math.isfinite(service_s) or service_s <= 0:
+        return base_requests
+    want = math.ceil(rate_per_s * PROBE_SERVICE_TIMES * service_s)
+    return max(base_requests, min(want, MAX_PROBE_REQUESTS))
+
+
+def _failed_because(s: dict, slo: dict, attainment: float, slo_attainment: float) -> str:
+    """Why a run does not sustain its rate, in a word or two ('' when it does)."""
+    st = s["stability"]
+    if st["verdict"] != "stable":
+        return st["verdict"]
+    if attainment >= slo_attainment:
+        return ""
+    lat = s["latency_s"]
+    missed = [f"{k[:-2].upper()} p90" for k, v in slo.items() if not lat[k[:-2]]["p90"] <= v]
+    r = s["requests"]
+    if r["rejected"] > (1 - slo_attainment) * r["total"]:
+        missed.append("rejected")
+    return ", ".join(missed) or "attainment"
+
+
+def probe(
+    data: dict, rate_per_s: float, slo_attainment: float, requests: int | None = None
+) -> tuple[Probe, dict]:
+    """Simulate the scenario at one rate (with `requests` arrivals, else the scenario's); whether it
+    sustains that rate: stable, and meeting the SLOs."""
+    scaled = with_rate(data, rate_per_s)
+    if requests is not None:
+        scaled = with_requests(scaled, requests, rate_per_s)
+    sc = parse_scenario(scaled)
+    f = simulate(sc)
     s = f.summary
     if not s["fits"]:
         raise _DoesNotFit(s["memory"]["explain"])
     lat = s["latency_s"]
     att = _attainment(s)
+    why = _failed_because(s, sc.slo.model_dump(exclude_none=True), att, slo_attainment)
     p = Probe(
         rate_per_s,
         att,
-        att >= slo_attainment,
+        not why,
         lat["ttft"]["p90"],
         lat["tpot"]["p90"],
         lat["e2e"]["p90"],
         s["cost"]["usd_per_1m_tokens"],
+        s["stability"]["verdict"],
+        s["requests"]["total"],
+        why,
     )
     return p, s
 
@@ -232,28 +290,32 @@ class _DoesNotFit(Exception):
 def max_sustainable_rate(
     data: dict, slo_attainment: float = 0.9, rate: RateSearch | None = None
 ) -> tuple[float, list[Probe], dict | None]:
-    """Binary search for the highest rate meeting the SLOs: (rate, probes in order, summary at that rate).
+    """Binary search for the highest sustainable rate: (rate, probes in order, summary at that rate).
 
-    A first run far above capacity measures the saturated throughput, an upper bound that brackets
-    the search; halving from there finds a rate that passes, and bisection narrows to `rel_tol`.
+    A first run far above capacity (the base scenario's length) measures the saturated throughput,
+    an upper bound that brackets the search, and the service time at full batches, which sizes every
+    later run (`probe_requests`) so that a queue has time to build; halving from there finds a rate
+    that is stable and meets the SLOs, and bisection narrows to `rel_tol`.
     """
     rate = rate or RateSearch()
     probes: list[Probe] = []
     best: tuple[float, dict | None] = (0.0, None)
 
+    p, s = probe(data, rate.max_per_s, slo_attainment)
+    probes.append(p)
+    base_requests = s["requests"]["total"]
+    service_s = s["stability"]["service_s"]
+
     def run(r: float) -> bool:
         nonlocal best
-        p, s = probe(data, r, slo_attainment)
+        p, s = probe(data, r, slo_attainment, probe_requests(r, service_s, base_requests))
         probes.append(p)
         if p.ok and r > best[0]:
             best = (r, s)
         return p.ok
 
-    # saturated throughput: the most the configuration completes per second under overload
-    p, s = probe(data, rate.max_per_s, slo_attainment)
-    probes.append(p)
-    if p.ok:
-        return rate.max_per_s, probes, s
+    if p.ok and run(rate.max_per_s):  # sustained even at the top of the range, in a sized run too
+        return rate.max_per_s, probes, best[1]
     hi = rate.max_per_s  # fails
     lo = min(max(s["throughput"]["requests_per_s"] * 1.05, rate.min_per_s), rate.max_per_s)
     if run(lo):  # the SLOs hold even near saturation: double until they do not
@@ -275,6 +337,13 @@ def max_sustainable_rate(
         else:
             hi = mid
     return best[0], probes, best[1]
+
+
+def bracket(probes: list[Probe]) -> tuple[float, Probe | None]:
+    """(highest rate that passed, the lowest rate above it that failed, or None)."""
+    passed = max((p.rate_per_s for p in probes if p.ok), default=0.0)
+    above = [p for p in probes if not p.ok and p.rate_per_s > passed]
+    return passed, min(above, key=lambda p: p.rate_per_s, default=None)
 
 
 def evaluate(
@@ -300,12 +369,16 @@ def evaluate(
         return res
     res.probes, res.simulations = probes, len(probes)
     res.max_rate_per_s = r
+    _, failed = bracket(probes)
+    if failed is not None:
+        res.failed_rate_per_s, res.failed_because = failed.rate_per_s, failed.failed_because
     if s is None:
         res.status = "below min rate"
         res.message = (
             f"misses the SLOs even at {probes[-1].rate_per_s:.3g} req/s ({_misses(probes[-1], data)})"
         )
         return res
+    res.probe_requests = s["requests"]["total"]
     res.usd_per_hour = usd_per_hour(s)
     res.usd_per_1m_tokens = s["cost"]["usd_per_1m_tokens"]
     lat = s["latency_s"]
@@ -323,6 +396,8 @@ def configured(base: dict, fields: dict) -> dict:
 
 
 def _misses(p: Probe, data: dict) -> str:
+    if p.verdict != "stable":
+        return f"the run is {p.verdict}"
     slo = parse_scenario(data).slo.model_dump(exclude_none=True)
     out = [
         f"{k[:-2].upper()} p90 {_ms(getattr(p, k[:-2] + '_p90_s'))} ms > {v * 1e3:g} ms"
@@ -432,28 +507,41 @@ class LoadCurve:
     probes: list[Probe]
     breaks_at: dict[str, float | None]  # SLO name -> lowest rate tried whose p90 misses it (None: never)
     slo: dict[str, float]
+    unstable_at: float | None = (
+        None  # lowest rate tried whose run is not stable (its latencies grow with the run)
+    )
 
 
-def latency_vs_load(data: dict, rates: Iterable[float], slo_attainment: float = 0.9) -> LoadCurve:
-    """Simulate the scenario at each rate; the first rate at which each SLO's p90 is missed."""
+def latency_vs_load(
+    data: dict, rates: Iterable[float], slo_attainment: float = 0.9, window_s: float | None = None
+) -> LoadCurve:
+    """Simulate the scenario at each rate; the first rate at which each SLO's p90 is missed, and the first
+    whose run is not stable. `window_s`: arrivals over this many seconds at every rate (capped at
+    MAX_PROBE_REQUESTS), else the scenario's own length."""
     sc = parse_scenario(data)
     slo = sc.slo.model_dump(exclude_none=True)
-    probes = [probe(data, r, slo_attainment)[0] for r in sorted(rates)]
+    probes = []
+    for r in sorted(rates):
+        n = None if window_s is None else min(max(math.ceil(r * window_s), 2), MAX_PROBE_REQUESTS)
+        probes.append(probe(data, r, slo_attainment, n)[0])
     breaks: dict[str, float | None] = {}
     for name, target in slo.items():
         key = name.replace("_s", "_p90_s")
         missed = [p.rate_per_s for p in probes if not getattr(p, key) <= target]
         breaks[name] = missed[0] if missed else None
-    return LoadCurve(probes, breaks, slo)
+    unstable = [p.rate_per_s for p in probes if p.verdict != "stable"]
+    return LoadCurve(probes, breaks, slo, unstable[0] if unstable else None)
 
 
 def frontier_curves(result: SearchResult) -> dict[int, LoadCurve]:
-    """Latency-vs-load curves of the frontier configurations at the spec's load points."""
+    """Latency-vs-load curves of the frontier configurations at the spec's load points, each run as long
+    (in time) as the probe that found the configuration's max rate."""
     out = {}
     for r in result.frontier():
         data = configured(result.spec.base, r.fields)
         rates = [r.max_rate_per_s * x for x in result.spec.load_points]
-        out[r.index] = latency_vs_load(data, rates, result.spec.slo_attainment)
+        window = r.probe_requests / r.max_rate_per_s if r.probe_requests else None
+        out[r.index] = latency_vs_load(data, rates, result.spec.slo_attainment, window)
     return out
 
 
@@ -472,6 +560,9 @@ COLUMNS = (
     "copies_for_target",
     "usd_per_hour_for_target",
     "simulations",
+    "probe_requests",
+    "failed_rate_per_s",
+    "failed_because",
     "message",
 )
 
@@ -538,13 +629,18 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
     for r in result.results:
         by_status[r.status] = by_status.get(r.status, 0) + 1
     lines.append("  " + ", ".join(f"{n} {s}" for s, n in by_status.items()))
+    lines.append(
+        f"  max req/s: the highest rate whose run was stable (no growing queue over at least "
+        f"{PROBE_SERVICE_TIMES} service times, up to {MAX_PROBE_REQUESTS:,} requests) and met the SLOs; "
+        "fails at: the lowest rate tried above it, and why it failed"
+    )
     columns = swept(spec)
     names = {p: p.split(".")[-1] for p in columns}
     widths = {
         p: min(max(len(names[p]), *(len(_value(v)) for v in vals)), 40) + 2 for p, vals in columns.items()
     }
     head = f"{'#':>4}  " + "".join(f"{names[p]:<{widths[p]}}" for p in columns)
-    head += f"{'max req/s':>10}{'$/h':>8}{'$/1M tok':>10}{'TTFT p90':>10}{'TPOT p90':>10}"
+    head += f"{'max req/s':>10}{'fails at':>10}  {'because':<12}{'$/h':>8}{'$/1M tok':>10}{'TTFT p90':>10}{'TPOT p90':>10}"
     if target:
         head += f"{'copies':>8}{'$/h @ target':>14}"
 
@@ -554,8 +650,10 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
         )
 
     def line(r: ConfigResult) -> str:
+        fails = f"{r.failed_rate_per_s:.2f}" if math.isfinite(r.failed_rate_per_s) else "—"
         s = (
-            cells(r) + f"{r.max_rate_per_s:>10.2f}{r.usd_per_hour:>8.2f}"
+            cells(r)
+            + f"{r.max_rate_per_s:>10.2f}{fails:>10}  {r.failed_because[:11]:<12}{r.usd_per_hour:>8.2f}"
             f"{r.usd_per_1m_tokens:>10.3f}{_ms(r.ttft_p90_s):>10}{_ms(r.tpot_p90_s):>10}"
         )
         if target:
