@@ -157,6 +157,9 @@ def fields_of(spec: SearchSpec, overrides: dict[str, object]) -> dict[str, objec
 # load) and at least the base scenario's length, capped at MAX_PROBE_REQUESTS requests.
 PROBE_SERVICE_TIMES = 2 * MIN_SERVICE_TIMES
 MAX_PROBE_REQUESTS = 20_000
+# Near saturation a queue drifts up too slowly for any run to show: a rate above (1 − HEADROOM) of the
+# capacity measured by an overloaded run (its completions per second with a full queue) is not counted.
+HEADROOM = 0.02
 
 
 @dataclass
@@ -299,7 +302,8 @@ def max_sustainable_rate(
     """
     rate = rate or RateSearch()
     probes: list[Probe] = []
-    best: tuple[float, dict | None] = (0.0, None)
+    passed: list[tuple[float, dict]] = []
+    capacity = math.inf  # completions per second of the sized runs that were overloaded (full queues)
 
     p, s = probe(data, rate.max_per_s, slo_attainment)
     probes.append(p)
@@ -307,15 +311,23 @@ def max_sustainable_rate(
     service_s = s["stability"]["service_s"]
 
     def run(r: float) -> bool:
-        nonlocal best
+        nonlocal capacity
         p, s = probe(data, r, slo_attainment, probe_requests(r, service_s, base_requests))
         probes.append(p)
-        if p.ok and r > best[0]:
-            best = (r, s)
+        if p.verdict == "overloaded":
+            capacity = min(capacity, s["stability"]["sustained_per_s"])
+        if p.ok and r > (1 - HEADROOM) * capacity:  # a slow drift a run cannot show is still overload
+            p.ok, p.failed_because = False, "at capacity"
+        if p.ok:
+            passed.append((r, s))
         return p.ok
 
+    def best() -> tuple[float, dict | None]:
+        ok = [(r, s) for r, s in passed if r <= (1 - HEADROOM) * capacity]
+        return max(ok, key=lambda x: x[0], default=(0.0, None))
+
     if p.ok and run(rate.max_per_s):  # sustained even at the top of the range, in a sized run too
-        return rate.max_per_s, probes, best[1]
+        return rate.max_per_s, probes, best()[1]
     hi = rate.max_per_s  # fails
     lo = min(max(s["throughput"]["requests_per_s"] * 1.05, rate.min_per_s), rate.max_per_s)
     if run(lo):  # the SLOs hold even near saturation: double until they do not
@@ -330,13 +342,22 @@ def max_sustainable_rate(
             hi, lo = lo, lo / 2
         if lo < rate.min_per_s:
             return 0.0, probes, None
-    while hi / lo - 1 > rate.rel_tol:
-        mid = math.sqrt(lo * hi)
-        if run(mid):
-            lo = mid
+    # bisect between the best rate that passed and the lowest that failed, or the capacity's limit
+    # (which an overloaded run may lower below rates that passed before it)
+    for _ in range(64):
+        lo, top = best()[0], min(hi, (1 - HEADROOM) * capacity)
+        if lo <= 0:  # nothing that passed is below the limit: try the limit, then halve
+            r = top if top < hi else top / 2
+            if r < rate.min_per_s:
+                return 0.0, probes, None
+        elif top / lo - 1 > rate.rel_tol:
+            r = math.sqrt(lo * top)
         else:
-            hi = mid
-    return best[0], probes, best[1]
+            break
+        if not run(r):
+            hi = min(hi, r)
+    r, s = best()
+    return r, probes, s
 
 
 def bracket(probes: list[Probe]) -> tuple[float, Probe | None]:

@@ -20,7 +20,8 @@ Verdict = Literal["stable", "overloaded", "inconclusive"]
 
 WARMUP_FRACTION = 0.2  # of the arrival window, skipped: the queue fills from empty there
 MIN_SERVICE_TIMES = 10  # an arrival window shorter than this many service times is inconclusive
-DRIFT_MIN = 0.05  # N(t) growing by 5% of the arrival rate is overload (when above its noise)
+DRIFT_MIN = 0.01  # N(t) growing by 1% of the arrival rate is overload (when above its noise)
+SHORT_DRIFT_MIN = 0.05  # the same in a window too short to be sure the queue had filled
 DROP_MIN = 0.01  # admission control dropping 1% of arrivals is overload
 SAMPLES = 256  # points of N(t) the drift is fitted to
 
@@ -148,13 +149,19 @@ def assess(
             "overloaded",
             f"admission control dropped {dropped:,} of {total:,} requests ({dropped / total:.1%}; {rates})",
         )
-    if drift >= DRIFT_MIN and growth > hold + 3 * noise:
+    long_enough = span >= MIN_SERVICE_TIMES * service_s
+    # In a long window the queue has filled before the warm-up ends: growth beyond N's own fluctuation
+    # is overload. In a short one it may still be filling: only growth beyond what the engines' running
+    # batches hold, at a clear drift, is.
+    if (long_enough and drift >= DRIFT_MIN and growth > 3 * noise) or (
+        drift >= SHORT_DRIFT_MIN and growth > hold + 3 * noise
+    ):
         return verdict(
             "overloaded",
             f"requests in the system grew by {growth:,.0f} over {window:.4g} s ({drift:.0%} of the arrival "
             f"rate; {rates})",
         )
-    if not span >= MIN_SERVICE_TIMES * service_s:
+    if not long_enough:
         need = math.ceil(MIN_SERVICE_TIMES * service_s / span * total) if span > 0 else total
         return verdict(
             "inconclusive",

@@ -7,6 +7,7 @@ import pytest
 from benchmarks.queueing import scenario, service_law
 from simulator import simulation
 from simulator.scenario import parse_scenario
+from simulator.search import RateSearch, max_sustainable_rate, set_field
 from simulator.simulation import simulate
 from simulator.stability import MIN_SERVICE_TIMES, assess
 
@@ -126,3 +127,29 @@ def test_running_in_chunks_equals_one_uninterrupted_run(case, monkeypatch):
     whole = simulate(sc)
     for name in ("scheduled_s", "first_token_s", "finish_s", "replica", "preemptions"):
         assert np.array_equal(getattr(chunked.table, name), getattr(whole.table, name), equal_nan=True), name
+
+
+def _searched(data: dict, ttft_slo_s: float) -> float:
+    data = set_field(data, "slo", {"ttft_s": ttft_slo_s})  # loose: only stability limits the rate
+    return max_sustainable_rate(data, 0.9, RateSearch(min_per_s=0.1, max_per_s=1000, rel_tol=0.02))[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_search_never_exceeds_md1_saturation(seed):
+    """Batch size 1, one prefill step per request: M/D/1 saturates at 1/S. The search lands at most 5% below."""
+    s, _ = service_law("D")
+    data = scenario("D", 0.5, 2000, seed=seed)[0].model_dump(mode="json", exclude_none=True)
+    rate = _searched(data, 100 * s[0])
+    assert 0.95 / s[0] <= rate <= 1 / s[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_search_never_exceeds_mmc_saturation(seed):
+    """Two batch-size-1 replicas behind a router queue with near-exponential service: M/M/c saturates at
+    c/E[S]. The search lands at most 10% below (2,000 requests: the capacity's own noise is ~2%)."""
+    s, p = service_law("G")
+    mean, c = float(s @ p), 2
+    data = scenario("G", 0.5, 2000, seed=seed)[0].model_dump(mode="json", exclude_none=True)
+    data = set_field(data, "cluster", {"replicas": c, "max_ongoing_requests": 1})
+    rate = _searched(data, 100 * mean)
+    assert 0.9 * c / mean <= rate <= c / mean
