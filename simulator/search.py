@@ -153,9 +153,9 @@ def fields_of(spec: SearchSpec, overrides: dict[str, object]) -> dict[str, objec
 # ---------------------------------------------------------------- one configuration
 # A rate counts as sustainable only if a run long enough for a queue to build is stable
 # (simulator/stability.py) and meets the SLO attainment. A probe's arrival window is at least
-# PROBE_SERVICE_TIMES service times (twice what the verdict needs, as the service time grows with
-# load) and at least the base scenario's length, capped at MAX_PROBE_REQUESTS requests.
-PROBE_SERVICE_TIMES = 2 * MIN_SERVICE_TIMES
+# PROBE_SERVICE_TIMES service times at full batches (the longest a request's service gets; 20% above
+# what the verdict needs) and at least the base scenario's length, capped at MAX_PROBE_REQUESTS requests.
+PROBE_SERVICE_TIMES = 1.2 * MIN_SERVICE_TIMES
 MAX_PROBE_REQUESTS = 20_000
 # Near saturation a queue drifts up too slowly for any run to show: a rate above (1 − HEADROOM) of the
 # capacity measured by an overloaded run (its completions per second with a full queue) is not counted.
@@ -176,6 +176,7 @@ class Probe:
     verdict: str = "stable"  # simulator/stability.py: stable | overloaded | inconclusive
     requests: int = 0  # requests simulated
     failed_because: str = ""  # why it is not sustainable: overloaded, TTFT p90, TPOT p90, rejected…
+    sustained_per_s: float = float("nan")  # completions per second over the arrival window
 
 
 @dataclass
@@ -282,6 +283,7 @@ def probe(
         s["stability"]["verdict"],
         s["requests"]["total"],
         why,
+        s["stability"]["sustained_per_s"],
     )
     return p, s
 
@@ -302,7 +304,7 @@ def max_sustainable_rate(
     """
     rate = rate or RateSearch()
     probes: list[Probe] = []
-    passed: list[tuple[float, dict]] = []
+    passed: list[tuple[Probe, dict]] = []
     capacity = math.inf  # completions per second of the sized runs that were overloaded (full queues)
 
     p, s = probe(data, rate.max_per_s, slo_attainment)
@@ -319,12 +321,15 @@ def max_sustainable_rate(
         if p.ok and r > (1 - HEADROOM) * capacity:  # a slow drift a run cannot show is still overload
             p.ok, p.failed_because = False, "at capacity"
         if p.ok:
-            passed.append((r, s))
+            passed.append((p, s))
         return p.ok
 
     def best() -> tuple[float, dict | None]:
-        ok = [(r, s) for r, s in passed if r <= (1 - HEADROOM) * capacity]
-        return max(ok, key=lambda x: x[0], default=(0.0, None))
+        """The highest rate that passed and is within the capacity's limit (as the limit is now)."""
+        for p, _ in passed:
+            if p.rate_per_s > (1 - HEADROOM) * capacity:
+                p.ok, p.failed_because = False, "at capacity"
+        return max(((p.rate_per_s, s) for p, s in passed if p.ok), key=lambda x: x[0], default=(0.0, None))
 
     if p.ok and run(rate.max_per_s):  # sustained even at the top of the range, in a sized run too
         return rate.max_per_s, probes, best()[1]
@@ -360,11 +365,17 @@ def max_sustainable_rate(
     return r, probes, s
 
 
-def bracket(probes: list[Probe]) -> tuple[float, Probe | None]:
-    """(highest rate that passed, the lowest rate above it that failed, or None)."""
+def bracket(probes: list[Probe]) -> tuple[float, float, str]:
+    """(highest rate that passed, the lowest rate above it that fails, why): a probe that failed, or the
+    capacity's limit (`HEADROOM` below what the sized overloaded runs completed per second) when lower."""
     passed = max((p.rate_per_s for p in probes if p.ok), default=0.0)
     above = [p for p in probes if not p.ok and p.rate_per_s > passed]
-    return passed, min(above, key=lambda p: p.rate_per_s, default=None)
+    failed = min(above, key=lambda p: p.rate_per_s, default=None)
+    rate, why = (math.nan, "") if failed is None else (failed.rate_per_s, failed.failed_because)
+    capacity = min((p.sustained_per_s for p in probes[1:] if p.verdict == "overloaded"), default=math.inf)
+    if (1 - HEADROOM) * capacity < rate:
+        rate, why = (1 - HEADROOM) * capacity, f"at capacity ({capacity:.3g} req/s)"
+    return passed, rate, why
 
 
 def evaluate(
@@ -390,9 +401,7 @@ def evaluate(
         return res
     res.probes, res.simulations = probes, len(probes)
     res.max_rate_per_s = r
-    _, failed = bracket(probes)
-    if failed is not None:
-        res.failed_rate_per_s, res.failed_because = failed.rate_per_s, failed.failed_because
+    _, res.failed_rate_per_s, res.failed_because = bracket(probes)
     if s is None:
         res.status = "below min rate"
         res.message = (
@@ -652,7 +661,7 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
     lines.append("  " + ", ".join(f"{n} {s}" for s, n in by_status.items()))
     lines.append(
         f"  max req/s: the highest rate whose run was stable (no growing queue over at least "
-        f"{PROBE_SERVICE_TIMES} service times, up to {MAX_PROBE_REQUESTS:,} requests) and met the SLOs; "
+        f"{PROBE_SERVICE_TIMES:g} service times at full batches, up to {MAX_PROBE_REQUESTS:,} requests) and met the SLOs; "
         "fails at: the lowest rate tried above it, and why it failed"
     )
     columns = swept(spec)
@@ -672,9 +681,9 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
 
     def line(r: ConfigResult) -> str:
         fails = f"{r.failed_rate_per_s:.2f}" if math.isfinite(r.failed_rate_per_s) else "—"
+        why = r.failed_because.split(" (")[0][:11]
         s = (
-            cells(r)
-            + f"{r.max_rate_per_s:>10.2f}{fails:>10}  {r.failed_because[:11]:<12}{r.usd_per_hour:>8.2f}"
+            cells(r) + f"{r.max_rate_per_s:>10.2f}{fails:>10}  {why:<12}{r.usd_per_hour:>8.2f}"
             f"{r.usd_per_1m_tokens:>10.3f}{_ms(r.ttft_p90_s):>10}{_ms(r.tpot_p90_s):>10}"
         )
         if target:

@@ -1,13 +1,27 @@
 """The stability verdict: batch size 1 is an M/D/1 server, stable at load 0.8 and overloaded at 1.2;
 an overloaded run stops early; a run that is not stopped is the same as one uninterrupted SimPy run."""
 
+import csv
+import io
+
 import numpy as np
 import pytest
 
 from benchmarks.queueing import scenario, service_law
 from simulator import simulation
 from simulator.scenario import parse_scenario
-from simulator.search import RateSearch, max_sustainable_rate, set_field
+from simulator.search import (
+    ConfigResult,
+    Probe,
+    RateSearch,
+    SearchResult,
+    bracket,
+    format_table,
+    max_sustainable_rate,
+    parse_spec,
+    set_field,
+    to_csv,
+)
 from simulator.simulation import simulate
 from simulator.stability import MIN_SERVICE_TIMES, assess
 
@@ -153,3 +167,44 @@ def test_search_never_exceeds_mmc_saturation(seed):
     data = set_field(data, "cluster", {"replicas": c, "max_ongoing_requests": 1})
     rate = _searched(data, 100 * mean)
     assert 0.9 * c / mean <= rate <= c / mean
+
+
+def _p(rate, ok, why="", verdict="stable", sustained=float("nan")):
+    nan = float("nan")
+    return Probe(rate, 1.0 if ok else 0.5, ok, nan, nan, nan, nan, verdict, 100, why, sustained)
+
+
+def test_bracket_names_the_lowest_failure_or_the_capacity_limit():
+    first = _p(500, False, "overloaded", "overloaded", 5.0)  # the unsized saturated run does not set capacity
+    probes = [first, _p(20, True), _p(40, False, "overloaded", "overloaded", 30.0), _p(28, False, "TTFT p90")]
+    assert bracket(probes) == (20, 28, "TTFT p90")
+    probes[-1] = _p(
+        29.5, True
+    )  # passed, but nothing above 98% of the 30 req/s the overloaded run completed counts
+    passed, rate, why = bracket(probes)
+    assert passed == 29.5 and rate == pytest.approx(29.4) and why.startswith("at capacity (30 req/s")
+
+
+def test_search_csv_and_table_state_the_bracket():
+    spec = parse_spec(
+        {
+            "name": "t",
+            "base": {
+                "model": "llama-3.1-8b",
+                "workload": {"arrival": {"rate_per_s": 1}},
+                "slo": {"ttft_s": 0.5},
+            },
+            "sweep": {"hardware.gpu": ["l4"]},
+        }
+    )
+    r = ConfigResult(0, {"hardware.gpu": "l4"}, "ok", max_rate_per_s=3.0, usd_per_hour=1.0, usd_per_1m_tokens=0.1,
+                     failed_rate_per_s=3.2, failed_because="overloaded", probe_requests=900)  # fmt: skip
+    result = SearchResult(spec, [r], 0.0, "serial")
+    row = next(csv.DictReader(io.StringIO(to_csv(result))))
+    assert (row["failed_rate_per_s"], row["failed_because"], row["probe_requests"]) == (
+        "3.2",
+        "overloaded",
+        "900",
+    )
+    table = format_table(result)
+    assert "fails at" in table and "3.20  overloaded" in table and "stable" in table
