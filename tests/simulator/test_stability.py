@@ -3,12 +3,15 @@ an overloaded run stops early; a run that is not stopped is the same as one unin
 
 import csv
 import io
+import re
 
 import numpy as np
 import pytest
 
 from benchmarks.queueing import scenario, service_law
 from simulator import simulation
+from simulator.report import build_report, verdict_lines
+from simulator.results import format_summary
 from simulator.scenario import parse_scenario
 from simulator.search import (
     ConfigResult,
@@ -17,6 +20,7 @@ from simulator.search import (
     SearchResult,
     bracket,
     format_table,
+    latency_vs_load,
     max_sustainable_rate,
     parse_spec,
     set_field,
@@ -208,3 +212,52 @@ def test_search_csv_and_table_state_the_bracket():
     )
     table = format_table(result)
     assert "fails at" in table and "3.20  overloaded" in table and "stable" in table
+
+
+# ---------------------------------------------------------------- overload as a verdict: CLI and report
+def test_terminal_summary_says_overloaded_and_its_columns_never_merge():
+    f = simulate(_md1(45.0, 40_000))
+    for p in f.summary["latency_s"].values():  # values as large as a long overloaded run reaches
+        p.update(p50=8_195.597, p90=13_681.883, p99=8_195_597.0, mean=0.0123)
+    text = format_summary(f)
+    st = f.summary["stability"]
+    assert f"OVERLOADED: stopped at t={st['stopped_at_s']:.4g} s" in text
+    assert f"offered {st['offered_per_s']:.3g} req/s, sustained {st['sustained_per_s']:.3g} req/s" in text
+    rows = [line for line in text.splitlines() if line.startswith(("TTFT", "TPOT", "end-to-end"))]
+    for row in rows:
+        assert re.split(r"\s{2,}", row.strip()) == [
+            row.split()[0],
+            "8,195.6 s",
+            "13,682 s",
+            "8,195,597 s",
+            "12.3 ms",
+        ]
+
+
+def test_terminal_summary_prints_why_requests_were_rejected():
+    sc = _md1(0.5, 50).model_copy(deep=True)
+    sc.serving.max_model_len = 100  # every 512-token prompt is too long
+    text = format_summary(simulate(sc))
+    assert "rejected: 50 longer than max model len" in text
+    assert "OVERLOADED" not in text and "no request finished" in text
+
+
+def test_report_never_says_an_slo_breaks_when_nothing_was_served():
+    sc = _md1(0.5, 50).model_copy(deep=True)
+    sc.serving.max_model_len = 100
+    sc.slo.ttft_s = 0.5
+    f = simulate(sc)
+    rep = build_report(f)
+    assert "breaks" not in rep.markdown
+    assert "No request was served: 50 of 50 were rejected (50 longer than max model len)" in rep.markdown
+
+
+def test_report_of_an_overloaded_run_says_so_and_where_the_queue_stops_keeping_up():
+    sc = _md1(3.0, 3000).model_copy(deep=True)
+    sc.slo.ttft_s = 1.0
+    f = simulate(sc)
+    s, _ = service_law("D")
+    lines = verdict_lines(f, latency_vs_load(sc.model_dump(mode="json"), [0.5 / s[0], 2 / s[0]]))
+    assert lines[0].startswith("This run is OVERLOADED at its offered rate")
+    assert any(line.startswith(f"From {2 / s[0]:.3g} req/s the queue grows without bound") for line in lines)
+    assert not any("breaks at" in line for line in lines)  # 1 s holds at half load; at twice it, overload
