@@ -313,8 +313,15 @@ def max_sustainable_rate(
     service_s = s["stability"]["service_s"]
 
     def run(r: float) -> bool:
-        nonlocal capacity
-        p, s = probe(data, r, slo_attainment, probe_requests(r, service_s, base_requests))
+        nonlocal capacity, service_s
+        n = probe_requests(r, service_s, base_requests)
+        p, s = probe(data, r, slo_attainment, n)
+        if p.verdict == "inconclusive" and s["stability"]["service_s"] > service_s:
+            # service here is slower than in the saturated run (a base too short to fill the batches):
+            # size from it from now on, and run again
+            service_s = s["stability"]["service_s"]
+            if probe_requests(r, service_s, base_requests) > n:
+                p, s = probe(data, r, slo_attainment, probe_requests(r, service_s, base_requests))
         probes.append(p)
         if p.verdict == "overloaded":
             capacity = min(capacity, s["stability"]["sustained_per_s"])
