@@ -3,14 +3,14 @@
 (a) The search on examples/search_chat.yaml and on a spec whose base has only 100 requests; every top
 (cheapest) and frontier configuration is simulated again at its reported max rate with a run 20× longer
 than the probe that found it: SLO attainment, TTFT/TPOT p90 and the stability verdict there. With
-`--recheck CSV` the rates of another search.csv (e.g. one written before the search was stability-aware)
-are re-run the same way.
+`--recheck SPEC=CSV` the rates of another search.csv (e.g. one written before the search was
+stability-aware) are re-run 20× longer than its base scenario.
 (b) Batch-size-1 replicas are queues with closed forms: one replica with deterministic service is M/D/1
 (saturates at 1/S), c replicas behind a router queue with near-exponential service are M/M/c (c/E[S]).
 The search with a loose SLO must not exceed the saturation point.
 
     python benchmarks/capacity_check.py                 # writes benchmarks/results/capacity_check.md
-    python benchmarks/capacity_check.py --recheck results/llama-3.1-8b-chat-capacity/search.csv
+    python benchmarks/capacity_check.py --recheck chat=OLD/search.csv --recheck l4=OLD_L4/search.csv
 """
 
 from __future__ import annotations
@@ -191,18 +191,24 @@ def main() -> None:
     )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument(
-        "--recheck", type=Path, help="a search.csv of examples/search_chat.yaml whose rates to re-run"
+        "--recheck",
+        action="append",
+        default=[],
+        metavar="SPEC=CSV",
+        help="re-run the rates of another search.csv of spec 'chat' (examples/search_chat.yaml) or 'l4' (the "
+        "100-request spec), e.g. one written before the search was stability-aware",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "capacity_check.md")
     args = ap.parse_args()
-    chat = read_yaml(ROOT / "examples" / "search_chat.yaml", "search spec")
+    specs = {"chat": read_yaml(ROOT / "examples" / "search_chat.yaml", "search spec"), "l4": L4_100}
     checks, walls = [], []
-    for spec in (chat, L4_100):
+    for spec in specs.values():
         rows, wall, n = check_search(spec, args.top)
         checks += rows
         walls.append(f"- search `{spec['name']}`: {n} configurations in {wall:.1f} s (2 worker processes)")
-    if args.recheck:
-        checks += recheck(chat, args.recheck, args.top)
+    for item in args.recheck:
+        name, _, path = item.partition("=")
+        checks += recheck(specs[name], Path(path), args.top)
     theory = closed_forms(args.seeds)
     text = table(checks, theory, walls)
     print(text)
