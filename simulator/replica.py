@@ -45,6 +45,7 @@ class Replica:
         self.last_decode_end = 0.0
         self.outstanding_tokens = 0  # prompt + output tokens of requests held and not finished (routing)
         self.ongoing = 0  # requests held and not finished
+        self.completed = 0  # requests this engine finished (prefill role: handed on), for the early stop
         # Roles (simulator/disaggregation.py): "prefill" computes prompts and the first token, then
         # hands each request to `handoff(seq, t)`; "decode" also takes requests prefilled elsewhere.
         self.role = role
@@ -278,6 +279,7 @@ class Replica:
         if self.track_future and end > self.env.now:
             self._future.extend((end, s.orig_prompt + s.output) for s in finished)
         self.ongoing -= len(finished)
+        self.completed += len(finished)
         if self.role == "prefill":
             self._prefilled(finished, end)
             return
@@ -458,6 +460,7 @@ class Replica:
                     self._due.append(s.rid)
                 self.outstanding_tokens -= s.orig_prompt + s.output
             self.ongoing -= n  # slots come back when the whole batch is done
+            self.completed += n
             pool.release(n * per_seq)
             st.sample(env.now, len(sched.waiting), n, pool.used, n)
             self._fire_due()

@@ -2,10 +2,11 @@
 
 A search spec is a base scenario plus a sweep: scenario field paths (`hardware.gpu`,
 `serving.max_num_seqs`, any field a scenario has) mapped to lists of values; every combination is a
-configuration. For each configuration the arrival rate is binary-searched for the highest rate at which
-at least `slo_attainment` of the requests meet every SLO. From those rates follow the cheapest
-configurations for a target rate (copies = ceil(target / max rate)), the cost frontier (no other
-configuration both costs less per hour and sustains more), and latency-vs-load curves.
+configuration. For each configuration the arrival rate is binary-searched for the highest rate whose run,
+long enough for a queue to build, is stable (simulator/stability.py) with at least `slo_attainment` of
+the requests meeting every SLO; the bracket (the lowest rate that fails, and why) is kept. From those
+rates follow the cheapest configurations for a target rate (copies = ceil(target / max rate)), the cost
+frontier (no other configuration both costs less per hour and sustains more), and latency-vs-load curves.
 
 Each configuration is one deterministic task (its seed is the base scenario's), so the local process
 pool and a Ray cluster return the same numbers.
@@ -309,19 +310,23 @@ def max_sustainable_rate(
 
     p, s = probe(data, rate.max_per_s, slo_attainment)
     probes.append(p)
-    base_requests = s["requests"]["total"]
+    base_requests, duration_s = s["requests"]["total"], get_field(data, "workload.duration_s")
     service_s = s["stability"]["service_s"]
+
+    def size(r: float) -> int:  # at least the base scenario's own length: its requests, or its duration at r
+        base = base_requests if duration_s is None else math.ceil(r * duration_s)
+        return probe_requests(r, service_s, base)
 
     def run(r: float) -> bool:
         nonlocal capacity, service_s
-        n = probe_requests(r, service_s, base_requests)
+        n = size(r)
         p, s = probe(data, r, slo_attainment, n)
         if p.verdict == "inconclusive" and s["stability"]["service_s"] > service_s:
             # service here is slower than in the saturated run (a base too short to fill the batches):
             # size from it from now on, and run again
             service_s = s["stability"]["service_s"]
-            if probe_requests(r, service_s, base_requests) > n:
-                p, s = probe(data, r, slo_attainment, probe_requests(r, service_s, base_requests))
+            if size(r) > n:
+                p, s = probe(data, r, slo_attainment, size(r))
         probes.append(p)
         if p.verdict == "overloaded":
             capacity = min(capacity, s["stability"]["sustained_per_s"])

@@ -380,7 +380,7 @@ def _run(env, engines: list[Replica], source: Source, router: Router, horizon: f
                 pulled.sync_at = t
             env.run(until=t)
             waiting = sum(len(e.scheduler.waiting) for e in engines) + len(router.queue)
-            if check.overloaded(waiting, source.next):
+            if check.overloaded(waiting, source.next, sum(e.completed for e in engines)):
                 return Stopped(env.now, source.next, waiting)
     if pulled is not None:
         pulled.sync_at = math.inf

@@ -3,9 +3,10 @@
 A queue that can keep up holds a bounded number of requests in the system; one that cannot grows
 without bound, and then its latency percentiles only measure how long the run was. The verdict looks
 at the number in the system N(t) = arrivals − completions over the arrival window (after a warm-up):
-a drift of N(t) that is a real fraction of the arrival rate and larger than what the engines' running
-batches and N's own fluctuation explain means overload, and so do admission-control drops. A window
-only a few service times long cannot tell a filling queue from a growing one: that is inconclusive.
+a drift of N(t) that is a real fraction of the arrival rate and larger than N's own fluctuation means
+overload, and so do admission-control drops. A window only a few service times long cannot tell a
+filling queue from a growing one: there only growth beyond what the engines' running batches hold is
+overload, and anything less is inconclusive.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ SAMPLES = 256  # points of N(t) the drift is fitted to
 # Early stop (during the run): the waiting backlog summed over engines is checked CHECKS times over
 # the arrival window; the run stops when, over the last GROWTH_CHECKS checks, it grew at every check
 # by at least GROWTH_MIN of the arrivals meanwhile (a load of 1/(1 − 0.25) = 1.33× capacity or more)
-# and it is above both twice what the engines run at once (+ BACKLOG_MIN) and STOP_FRACTION of the run.
+# and it is above both twice what the engines run at once (+ BACKLOG_MIN) and STOP_FRACTION of the run,
+# and the engines have completed at least as many requests as they run at once.
 CHECKS = 100
 GROWTH_CHECKS = 10
 GROWTH_MIN = 0.25
@@ -76,10 +78,14 @@ class Backlog:
         self.hold, self.total = hold, total  # sequences the engines run at once; requests in the run
         self.history: list[tuple[int, int]] = []  # (waiting, arrived) at each check
 
-    def overloaded(self, waiting: int, arrived: int) -> bool:
+    def overloaded(self, waiting: int, arrived: int, completed: int) -> bool:
+        """At a check: `waiting` requests queued, `arrived` so far, `completed` so far (the run stops only
+        once the engines turned over a full batch, so that its sustained rate and service time are known)."""
         h = self.history
         h.append((waiting, arrived))
-        if len(h) <= GROWTH_CHECKS or waiting < max(2 * self.hold + BACKLOG_MIN, STOP_FRACTION * self.total):
+        if len(h) <= GROWTH_CHECKS or completed < self.hold:
+            return False
+        if waiting < max(2 * self.hold + BACKLOG_MIN, STOP_FRACTION * self.total):
             return False
         last = h[-GROWTH_CHECKS - 1 :]
         return all(

@@ -69,9 +69,10 @@ def test_heavy_overload_of_a_cluster_stops_early_too():
         {
             "model": "llama-3.1-8b",
             "hardware": {"gpu": "l4"},
+            "serving": {"max_num_seqs": 32},
             "cluster": {"replicas": 2, "router": "least_outstanding"},
             "workload": {
-                "arrival": {"process": "poisson", "rate_per_s": 2000},
+                "arrival": {"process": "poisson", "rate_per_s": 500},
                 "prompt_tokens": {"dist": "fixed", "value": 500},
                 "output_tokens": {"dist": "fixed", "value": 200},
                 "num_requests": 30_000,
