@@ -6,15 +6,24 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from app_pages.common import cached_curve, key_of, model_picker, slo_picker, workload_picker
+from app_pages.common import key_of, model_picker, slo_picker, workload_picker
 from simulator import api, plots
 from simulator.errors import ConfigError
 from simulator.search import rows, to_csv
 
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _curve(
+    scenario_json: str, rates: tuple[float, ...], attainment: float, window_s: float | None
+) -> api.LoadCurve:
+    return api.latency_vs_load(json.loads(scenario_json), rates, attainment, window_s)
+
+
 st.title("Capacity")
 st.caption(
-    "Each candidate's highest request rate within the SLOs (binary search), the cheapest way to "
-    "serve a target rate, and where each SLO breaks as load grows."
+    "Each candidate's highest request rate that is stable (no growing queue over a run sized from its "
+    "service time) and within the SLOs (binary search), the cheapest way to serve a target rate, and "
+    "where each SLO breaks as load grows."
 )
 
 with st.sidebar:
@@ -83,6 +92,14 @@ if best:
         f"Cheapest for {target:g} req/s: {copies}× ({b.label}) at ${copies * b.usd_per_hour:,.2f}/hour — "
         f"each copy sustains {b.max_rate_per_s:.2f} req/s within the SLOs (${b.usd_per_1m_tokens:.3f} per 1M tokens there)."
     )
+    st.caption(
+        f"Bracket: {b.max_rate_per_s:.2f} req/s passed (a stable run of {b.probe_requests:,} requests meeting the "
+        + (
+            f"SLOs); {b.failed_rate_per_s:.2f} req/s fails ({b.failed_because})."
+            if b.failed_rate_per_s == b.failed_rate_per_s
+            else "SLOs)."
+        )
+    )
 else:
     st.error(
         "No candidate meets the SLOs at any rate; relax the SLOs or add bigger GPUs, more GPUs per replica or lower precision."
@@ -118,8 +135,10 @@ choice = st.selectbox(
 r = feasible[choice]
 data = api.configured(spec.base, r.fields)
 rates = tuple(r.max_rate_per_s * x for x in spec.load_points)
+# every point as long (in time) as the probe that found the max rate, so that queues can build
+window = r.probe_requests / r.max_rate_per_s if r.probe_requests else None
 with st.spinner("simulating the load curve …"):
-    curve = cached_curve(json.dumps(data, sort_keys=True), rates)
+    curve = _curve(json.dumps(data, sort_keys=True), rates, spec.slo_attainment, window)
 for name, rate in curve.breaks_at.items():
     msg = f"{name[:-2].upper()} p90 breaks its {curve.slo[name] * 1e3:g} ms SLO at "
     st.markdown(
@@ -131,6 +150,11 @@ for name, rate in curve.breaks_at.items():
             else f"none of the rates tried (up to {rates[-1]:.3g} req/s)"
         )
     )
+if curve.unstable_at is not None:
+    st.markdown(
+        f"- the queue grows without bound from **{curve.unstable_at:.3g} req/s** (overloaded): latencies there "
+        "only measure how long the run was"
+    )
 curve_df = pd.DataFrame(
     [
         {
@@ -139,6 +163,7 @@ curve_df = pd.DataFrame(
             "TPOT p90 (ms)": p.tpot_p90_s * 1e3,
             "E2E p90 (ms)": p.e2e_p90_s * 1e3,
             "SLO attainment": p.attainment,
+            "stability": p.verdict,
         }
         for p in curve.probes
     ]

@@ -84,6 +84,16 @@ for label, f in forecasts.items():
     if not f.fits:
         show_fit(f, label)
 table = pd.DataFrame.from_dict(api.table(forecasts), orient="index")
+# an overloaded configuration's latencies and cost only measure how long its run was: say so, rank it not
+overloaded = {
+    label: f.summary["stability"]
+    for label, f in forecasts.items()
+    if f.fits and f.summary.get("stability", {}).get("verdict") == "overloaded"
+}
+table.loc["stability"] = [
+    forecasts[c].summary.get("stability", {}).get("verdict", "—") if forecasts[c].fits else "—"
+    for c in table.columns
+]
 
 
 def _show(metric: str, v) -> str:
@@ -101,7 +111,12 @@ shown = pd.DataFrame(
 )
 st.dataframe(shown, key="cmp.table", height=35 * (len(shown) + 1) + 3)
 st.subheader("Differences")
-for note in api.differences(forecasts):
+for label, stb in overloaded.items():
+    st.markdown(
+        f"- {label} is OVERLOADED at this workload ({stb['reason']}): not ranked, its latencies and cost "
+        "per token grow with the run's length"
+    )
+for note in api.differences({k: f for k, f in forecasts.items() if k not in overloaded}):
     st.markdown(f"- {note}")
 
 st.subheader(f"Cost against {api_name}")

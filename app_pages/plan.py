@@ -61,4 +61,12 @@ if hosted:
     data["hosted_api"] = hosted
 forecast = run_forecast(data)
 if forecast is not None:
+    stability = forecast.summary.get("stability")
+    if stability is not None and stability["verdict"] == "overloaded":
+        st.error(
+            f"OVERLOADED: {stability['reason']}. The queue grows without bound at this rate: the latency "
+            "percentiles below only measure how long the run was. Lower the rate or add capacity."
+        )
+    elif stability is not None and stability["verdict"] == "inconclusive":
+        st.warning(f"Stability inconclusive: {stability['reason']}")
     show_forecast(forecast)

@@ -45,6 +45,7 @@ class Replica:
         self.last_decode_end = 0.0
         self.outstanding_tokens = 0  # prompt + output tokens of requests held and not finished (routing)
         self.ongoing = 0  # requests held and not finished
+        self.completed = 0  # requests this engine finished (prefill role: handed on), for the early stop
         # Roles (simulator/disaggregation.py): "prefill" computes prompts and the first token, then
         # hands each request to `handoff(seq, t)`; "decode" also takes requests prefilled elsewhere.
         self.role = role
@@ -69,6 +70,10 @@ class Replica:
         # A source whose arrivals only this replica takes (set by the simulation before it runs): the
         # replica then reads them at its step boundaries instead of being sent each one by an event.
         self.arrivals = None
+        # A pulling replica runs ahead of the SimPy clock while busy; past `sync_at` (set by the
+        # simulation) it lets the clock catch up with one timeout, so that the simulation can look at
+        # it between chunks (nothing else is scheduled: the results are the same).
+        self.sync_at = math.inf
         self.process = env.process(self._static_loop() if static else self._loop())
 
     # ------------------------------------------------------------------ arrivals
@@ -153,6 +158,9 @@ class Replica:
         times = src.times  # times[src.next]: the next arrival (inf after the last)
         now = env.now
         while True:
+            if now >= self.sync_at:
+                self.sync_at = math.inf
+                yield env.timeout(now - env.now)
             if times[src.next] <= now:
                 src.take(now)
             if not (sched.waiting or sched.running):
@@ -271,6 +279,7 @@ class Replica:
         if self.track_future and end > self.env.now:
             self._future.extend((end, s.orig_prompt + s.output) for s in finished)
         self.ongoing -= len(finished)
+        self.completed += len(finished)
         if self.role == "prefill":
             self._prefilled(finished, end)
             return
@@ -451,6 +460,7 @@ class Replica:
                     self._due.append(s.rid)
                 self.outstanding_tokens -= s.orig_prompt + s.output
             self.ongoing -= n  # slots come back when the whole batch is done
+            self.completed += n
             pool.release(n * per_seq)
             st.sample(env.now, len(sched.waiting), n, pool.used, n)
             self._fire_due()

@@ -18,6 +18,7 @@ import yaml
 from simulator import plots
 from simulator.metrics import LATENCIES
 from simulator.output import ResultFolder
+from simulator.results import rejected_reasons
 from simulator.search import LoadCurve, latency_vs_load, max_sustainable_rate
 from simulator.simulation import Forecast
 
@@ -44,11 +45,12 @@ def load_curve(f: Forecast, multiples=LOAD_MULTIPLES) -> LoadCurve:
     Scaling by the maximum sustainable rate puts the points where the SLOs break on the plot.
     """
     data = f.scenario.model_dump(mode="json")
-    r0 = offered_rate(f)
+    r0, window = offered_rate(f), None
     if f.scenario.slo.model_dump(exclude_none=True):
-        r_max = max_sustainable_rate(data)[0]
-        r0 = r_max if r_max > 0 else r0
-    return latency_vs_load(data, [r0 * m for m in multiples])
+        r_max, _, s = max_sustainable_rate(data)
+        if r_max > 0:  # each point as long (in time) as the run that found the max rate
+            r0, window = r_max, s["requests"]["total"] / r_max
+    return latency_vs_load(data, [r0 * m for m in multiples], window_s=window)
 
 
 def _fmt_ms(x) -> str:
@@ -72,14 +74,22 @@ def headline(f: Forecast) -> list[tuple[str, str]]:
         ),
         ("fits", ("yes: " if s["fits"] else "NO: ") + s["memory"]["explain"]),
     ]
+    st = s.get("stability")
+    if st is not None:
+        rows.append(
+            (
+                "stability",
+                f"{st['verdict'].upper() if st['verdict'] == 'overloaded' else st['verdict']}: {st['reason']}",
+            )
+        )
     if not s["fits"]:
         return rows
     r, t, g, kv, c = s["requests"], s["throughput"], s["goodput"], s["kv_cache"], s["cost"]
     rows += [
         (
             "requests",
-            f"{r['total']:,} total, {r['finished']:,} finished, {r['rejected']:,} rejected, "
-            f"{r['preemptions']:,} preemptions",
+            f"{r['total']:,} total, {r['finished']:,} finished, {r['unfinished']:,} unfinished, "
+            f"{r['rejected']:,} rejected{_rejected_why(s)}, {r['preemptions']:,} preemptions",
         ),
         (
             "throughput",
@@ -141,36 +151,75 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
     title = f"inferplan forecast: {sc.name}"
     images: dict[str, bytes] = {}
     captions: dict[str, str] = {}
+    served = f.fits and f.table is not None and f.summary["requests"]["finished"] > 0
     if f.fits and f.table is not None:
-        curve = curve or load_curve(f)
+        curve = curve or (load_curve(f) if served else None)
         images["latency_cdf.png"] = plots.png(plots.latency_cdfs(f))
         captions["latency_cdf.png"] = "Latency CDFs (dashed: SLO)"
-        images["latency_vs_load.png"] = plots.png(plots.latency_vs_load(curve))
-        captions["latency_vs_load.png"] = (
-            "p90 latency vs offered load (the same workload re-simulated at other rates)"
-        )
+        if curve is not None:
+            images["latency_vs_load.png"] = plots.png(plots.latency_vs_load(curve))
+            captions["latency_vs_load.png"] = (
+                "p90 latency vs offered load (the same workload re-simulated at other rates)"
+            )
         images["cost.png"] = plots.png(plots.cost_bars(f))
         captions["cost.png"] = "Cost per million tokens"
         images["timelines.png"] = plots.png(plots.timelines(f))
         captions["timelines.png"] = "KV-cache occupancy and queue length over time"
     scenario_yaml = yaml.safe_dump(sc.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    breaks = []
-    if curve is not None:
-        for name, rate in curve.breaks_at.items():
-            breaks.append(
-                f"{name[:-2].upper()} p90 breaks its {curve.slo[name] * 1e3:g} ms SLO at "
-                + (
-                    f"{rate:.3g} req/s"
-                    if rate is not None
-                    else f"none of the rates tried (up to {curve.probes[-1].rate_per_s:.3g} req/s)"
-                )
-            )
+    breaks = verdict_lines(f, curve)
     return Report(
         title,
         _html(title, f, images, captions, breaks, scenario_yaml),
         _markdown(title, f, images, captions, breaks, scenario_yaml),
         images,
     )
+
+
+def _rejected_why(s: dict) -> str:
+    why = rejected_reasons(s)
+    return f" ({why})" if why else ""
+
+
+def verdict_lines(f: Forecast, curve: LoadCurve | None) -> list[str]:
+    """What the report says about the SLOs and load: where each SLO breaks, where the queue stops
+    keeping up, and never an SLO 'break' where no request was served or the run was overloaded."""
+    s = f.summary
+    if not s["fits"] or f.table is None:
+        return []
+    r, st = s["requests"], s.get("stability", {})
+    if r["finished"] == 0:
+        return [
+            f"No request was served: {r['rejected']:,} of {r['total']:,} were rejected{_rejected_why(s)}, "
+            "so no latency or SLO can be judged; change the workload or the serving limits."
+        ]
+    out = []
+    if st.get("verdict") == "overloaded":
+        out.append(
+            f"This run is OVERLOADED at its offered rate: {st['reason']}. Its latency percentiles only "
+            "measure how long the run was."
+        )
+    if curve is None:
+        return out
+    top = curve.probes[-1].rate_per_s
+    for name, rate in curve.breaks_at.items():
+        what = f"{name[:-2].upper()} p90 ({curve.slo[name] * 1e3:g} ms SLO)"
+        if rate is None:
+            out.append(f"{what} holds at every rate tried (up to {top:.3g} req/s)")
+        elif curve.unstable_at is not None and rate >= curve.unstable_at:
+            low = curve.probes[0].rate_per_s
+            out.append(
+                f"{what} cannot be judged: every rate tried ({low:.3g}–{top:.3g} req/s) overloads the queue"
+                if curve.unstable_at <= low
+                else f"{what} holds while the queue keeps up, up to the overload at {curve.unstable_at:.3g} req/s"
+            )
+        else:
+            out.append(f"{what} breaks at {rate:.3g} req/s")
+    if curve.unstable_at is not None:
+        out.append(
+            f"From {curve.unstable_at:.3g} req/s the queue grows without bound (overloaded): latencies there "
+            "only measure how long the run was"
+        )
+    return out
 
 
 def write_report(report: Report, out: str | Path | ResultFolder) -> list[Path]:

@@ -88,6 +88,32 @@ def _ms(x: float) -> str:
     return "—" if x is None or not math.isfinite(x) else (f"{x * 1e3:,.1f}" if x < 100 else f"{x * 1e3:,.0f}")
 
 
+def _latency(x: float) -> str:
+    """A latency with its unit: ms below 10 s, seconds above (a cell of the latency table)."""
+    if x is None or not math.isfinite(x):
+        return "—"
+    return f"{x * 1e3:,.1f} ms" if x < 10 else f"{x:,.1f} s" if x < 1e4 else f"{x:,.0f} s"
+
+
+def rejected_reasons(s: dict) -> str:
+    """'200 longer than max model len, 3 queue full': why requests were rejected ('' when none were)."""
+    reasons = {k: v for k, v in s.get("rejected_reasons", {}).items() if v}
+    return ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in reasons.items())
+
+
+def stability_lines(s: dict) -> list[str]:
+    """The stability verdict for a terminal: an OVERLOADED line with offered and sustained rates."""
+    st = s.get("stability")
+    if not st or st["verdict"] == "stable":
+        return []
+    if st["verdict"] == "overloaded":
+        return [
+            f"OVERLOADED: {st['reason']}",
+            "  the queue grows without bound: the latency percentiles below only measure how long the run was",
+        ]
+    return [f"stability inconclusive: {st['reason']}"]
+
+
 def format_summary(f: Forecast) -> str:
     """A terminal table of the forecast."""
     s = f.summary
@@ -107,12 +133,16 @@ def format_summary(f: Forecast) -> str:
         f"requests: {r['total']:,} total, {r['finished']:,} finished, {r['unfinished']:,} unfinished, "
         f"{r['rejected']:,} rejected, {r['preemptions']:,} preemptions"
     )
+    if r["rejected"] and rejected_reasons(s):
+        lines.append(f"rejected: {rejected_reasons(s)}")
+    lines += stability_lines(s)
     lines.append("")
-    lines.append(f"{'latency (ms)':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
+    # two spaces before every cell, whatever its width: huge values never run together
+    lines.append(f"{'latency':<14}" + "".join(f"  {q:>12}" for q in ("p50", "p90", "p99", "mean")))
     for key, label in LATENCIES:
         p = s["latency_s"][key]
         lines.append(
-            f"{label:<14}{_ms(p['p50']):>10}{_ms(p['p90']):>10}{_ms(p['p99']):>10}{_ms(p['mean']):>10}"
+            f"{label:<14}" + "".join(f"  {_latency(p[q]):>12}" for q in ("p50", "p90", "p99", "mean"))
         )
     t, g, u, kv, c = s["throughput"], s["goodput"], s["utilisation"], s["kv_cache"], s["cost"]
     lines.append("")

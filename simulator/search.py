@@ -2,10 +2,11 @@
 
 A search spec is a base scenario plus a sweep: scenario field paths (`hardware.gpu`,
 `serving.max_num_seqs`, any field a scenario has) mapped to lists of values; every combination is a
-configuration. For each configuration the arrival rate is binary-searched for the highest rate at which
-at least `slo_attainment` of the requests meet every SLO. From those rates follow the cheapest
-configurations for a target rate (copies = ceil(target / max rate)), the cost frontier (no other
-configuration both costs less per hour and sustains more), and latency-vs-load curves.
+configuration. For each configuration the arrival rate is binary-searched for the highest rate whose run,
+long enough for a queue to build, is stable (simulator/stability.py) with at least `slo_attainment` of
+the requests meeting every SLO; the bracket (the lowest rate that fails, and why) is kept. From those
+rates follow the cheapest configurations for a target rate (copies = ceil(target / max rate)), the cost
+frontier (no other configuration both costs less per hour and sustains more), and latency-vs-load curves.
 
 Each configuration is one deterministic task (its seed is the base scenario's), so the local process
 pool and a Ray cluster return the same numbers.
@@ -34,6 +35,7 @@ from simulator.errors import ConfigError, one_line, read_yaml, short_repr
 from simulator.limits import MAX_CONFIGURATIONS
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
+from simulator.stability import MIN_SERVICE_TIMES
 
 if TYPE_CHECKING:
     from simulator.journal import Journal
@@ -184,17 +186,32 @@ def fields_of(spec: SearchSpec, overrides: dict[str, object]) -> dict[str, objec
 
 
 # ---------------------------------------------------------------- one configuration
+# A rate counts as sustainable only if a run long enough for a queue to build is stable
+# (simulator/stability.py) and meets the SLO attainment. A probe's arrival window is at least
+# PROBE_SERVICE_TIMES service times at full batches (the longest a request's service gets; 20% above
+# what the verdict needs) and at least the base scenario's length, capped at MAX_PROBE_REQUESTS requests.
+PROBE_SERVICE_TIMES = 1.2 * MIN_SERVICE_TIMES
+MAX_PROBE_REQUESTS = 20_000
+# Near saturation a queue drifts up too slowly for any run to show: a rate above (1 − HEADROOM) of the
+# capacity measured by an overloaded run (its completions per second with a full queue) is not counted.
+HEADROOM = 0.02
+
+
 @dataclass
 class Probe:
     """One simulation at one offered rate."""
 
     rate_per_s: float
     attainment: float  # fraction of all requests that finished and met every SLO
-    ok: bool
+    ok: bool  # stable and meets the SLO attainment
     ttft_p90_s: float
     tpot_p90_s: float
     e2e_p90_s: float
     usd_per_1m_tokens: float
+    verdict: str = "stable"  # simulator/stability.py: stable | overloaded | inconclusive
+    requests: int = 0  # requests simulated
+    failed_because: str = ""  # why it is not sustainable: overloaded, TTFT p90, TPOT p90, rejected…
+    sustained_per_s: float = float("nan")  # completions per second over the arrival window
 
 
 @dataclass
@@ -214,6 +231,10 @@ class ConfigResult:
     e2e_p90_s: float = float("nan")
     output_tokens_per_s: float = float("nan")
     simulations: int = 0
+    # the bracket: the lowest rate tried above the max that failed, and why
+    failed_rate_per_s: float = float("nan")
+    failed_because: str = ""
+    probe_requests: int = 0  # requests simulated at the max rate
     probes: list[Probe] = field(default_factory=list)
     fields: dict[str, object] = field(default_factory=dict)  # every field path it sets on the base scenario
 
@@ -240,22 +261,65 @@ def _attainment(summary: dict) -> float:
     return met / max(r["total"], 1)
 
 
-def probe(data: dict, rate_per_s: float, slo_attainment: float) -> tuple[Probe, dict]:
-    """Simulate the scenario at one rate; whether it meets the SLOs there."""
-    f = simulate(parse_scenario(with_rate(data, rate_per_s)))
+def with_requests(data: dict, requests: int, rate_per_s: float) -> dict:
+    """The scenario with about `requests` arrivals at `rate_per_s` (its duration set where it has one)."""
+    if get_field(data, "workload.duration_s") is not None:
+        return set_field(data, "workload.duration_s", requests / rate_per_s)
+    return set_field(data, "workload.num_requests", int(requests))
+
+
+def probe_requests(rate_per_s: float, service_s: float, base_requests: int) -> int:
+    """Requests in a probe at this rate: an arrival window of PROBE_SERVICE_TIMES service times, at least
+    the base scenario's requests, at most MAX_PROBE_REQUESTS."""
+    if not math.isfinite(service_s) or service_s <= 0:
+        return base_requests
+    want = math.ceil(rate_per_s * PROBE_SERVICE_TIMES * service_s)
+    return max(base_requests, min(want, MAX_PROBE_REQUESTS))
+
+
+def _failed_because(s: dict, slo: dict, attainment: float, slo_attainment: float) -> str:
+    """Why a run does not sustain its rate, in a word or two ('' when it does)."""
+    st = s["stability"]
+    if st["verdict"] != "stable":
+        return st["verdict"]
+    if attainment >= slo_attainment:
+        return ""
+    lat = s["latency_s"]
+    missed = [f"{k[:-2].upper()} p90" for k, v in slo.items() if not lat[k[:-2]]["p90"] <= v]
+    r = s["requests"]
+    if r["rejected"] > (1 - slo_attainment) * r["total"]:
+        missed.append("rejected")
+    return ", ".join(missed) or "attainment"
+
+
+def probe(
+    data: dict, rate_per_s: float, slo_attainment: float, requests: int | None = None
+) -> tuple[Probe, dict]:
+    """Simulate the scenario at one rate (with `requests` arrivals, else the scenario's); whether it
+    sustains that rate: stable, and meeting the SLOs."""
+    scaled = with_rate(data, rate_per_s)
+    if requests is not None:
+        scaled = with_requests(scaled, requests, rate_per_s)
+    sc = parse_scenario(scaled)
+    f = simulate(sc)
     s = f.summary
     if not s["fits"]:
         raise _DoesNotFit(s["memory"]["explain"])
     lat = s["latency_s"]
     att = _attainment(s)
+    why = _failed_because(s, sc.slo.model_dump(exclude_none=True), att, slo_attainment)
     p = Probe(
         rate_per_s,
         att,
-        att >= slo_attainment,
+        not why,
         lat["ttft"]["p90"],
         lat["tpot"]["p90"],
         lat["e2e"]["p90"],
         s["cost"]["usd_per_1m_tokens"],
+        s["stability"]["verdict"],
+        s["requests"]["total"],
+        why,
+        s["stability"]["sustained_per_s"],
     )
     return p, s
 
@@ -267,28 +331,55 @@ class _DoesNotFit(Exception):
 def max_sustainable_rate(
     data: dict, slo_attainment: float = 0.9, rate: RateSearch | None = None
 ) -> tuple[float, list[Probe], dict | None]:
-    """Binary search for the highest rate meeting the SLOs: (rate, probes in order, summary at that rate).
+    """Binary search for the highest sustainable rate: (rate, probes in order, summary at that rate).
 
-    A first run far above capacity measures the saturated throughput, an upper bound that brackets
-    the search; halving from there finds a rate that passes, and bisection narrows to `rel_tol`.
+    A first run far above capacity (the base scenario's length) measures the saturated throughput,
+    an upper bound that brackets the search, and the service time at full batches, which sizes every
+    later run (`probe_requests`) so that a queue has time to build; halving from there finds a rate
+    that is stable and meets the SLOs, and bisection narrows to `rel_tol`.
     """
     rate = rate or RateSearch()
     probes: list[Probe] = []
-    best: tuple[float, dict | None] = (0.0, None)
+    passed: list[tuple[Probe, dict]] = []
+    capacity = math.inf  # completions per second of the sized runs that were overloaded (full queues)
 
-    def run(r: float) -> bool:
-        nonlocal best
-        p, s = probe(data, r, slo_attainment)
-        probes.append(p)
-        if p.ok and r > best[0]:
-            best = (r, s)
-        return p.ok
-
-    # saturated throughput: the most the configuration completes per second under overload
     p, s = probe(data, rate.max_per_s, slo_attainment)
     probes.append(p)
-    if p.ok:
-        return rate.max_per_s, probes, s
+    base_requests, duration_s = s["requests"]["total"], get_field(data, "workload.duration_s")
+    service_s = s["stability"]["service_s"]
+
+    def size(r: float) -> int:  # at least the base scenario's own length: its requests, or its duration at r
+        base = base_requests if duration_s is None else math.ceil(r * duration_s)
+        return probe_requests(r, service_s, base)
+
+    def run(r: float) -> bool:
+        nonlocal capacity, service_s
+        n = size(r)
+        p, s = probe(data, r, slo_attainment, n)
+        if p.verdict == "inconclusive" and s["stability"]["service_s"] > service_s:
+            # service here is slower than in the saturated run (a base too short to fill the batches):
+            # size from it from now on, and run again
+            service_s = s["stability"]["service_s"]
+            if size(r) > n:
+                p, s = probe(data, r, slo_attainment, size(r))
+        probes.append(p)
+        if p.verdict == "overloaded":
+            capacity = min(capacity, s["stability"]["sustained_per_s"])
+        if p.ok and r > (1 - HEADROOM) * capacity:  # a slow drift a run cannot show is still overload
+            p.ok, p.failed_because = False, "at capacity"
+        if p.ok:
+            passed.append((p, s))
+        return p.ok
+
+    def best() -> tuple[float, dict | None]:
+        """The highest rate that passed and is within the capacity's limit (as the limit is now)."""
+        for p, _ in passed:
+            if p.rate_per_s > (1 - HEADROOM) * capacity:
+                p.ok, p.failed_because = False, "at capacity"
+        return max(((p.rate_per_s, s) for p, s in passed if p.ok), key=lambda x: x[0], default=(0.0, None))
+
+    if p.ok and run(rate.max_per_s):  # sustained even at the top of the range, in a sized run too
+        return rate.max_per_s, probes, best()[1]
     hi = rate.max_per_s  # fails
     lo = min(max(s["throughput"]["requests_per_s"] * 1.05, rate.min_per_s), rate.max_per_s)
     if run(lo):  # the SLOs hold even near saturation: double until they do not
@@ -303,13 +394,35 @@ def max_sustainable_rate(
             hi, lo = lo, lo / 2
         if lo < rate.min_per_s:
             return 0.0, probes, None
-    while hi / lo - 1 > rate.rel_tol:
-        mid = math.sqrt(lo * hi)
-        if run(mid):
-            lo = mid
+    # bisect between the best rate that passed and the lowest that failed, or the capacity's limit
+    # (which an overloaded run may lower below rates that passed before it)
+    for _ in range(64):
+        lo, top = best()[0], min(hi, (1 - HEADROOM) * capacity)
+        if lo <= 0:  # nothing that passed is below the limit: try the limit, then halve
+            r = top if top < hi else top / 2
+            if r < rate.min_per_s:
+                return 0.0, probes, None
+        elif top / lo - 1 > rate.rel_tol:
+            r = math.sqrt(lo * top)
         else:
-            hi = mid
-    return best[0], probes, best[1]
+            break
+        if not run(r):
+            hi = min(hi, r)
+    r, s = best()
+    return r, probes, s
+
+
+def bracket(probes: list[Probe]) -> tuple[float, float, str]:
+    """(highest rate that passed, the lowest rate above it that fails, why): a probe that failed, or the
+    capacity's limit (`HEADROOM` below what the sized overloaded runs completed per second) when lower."""
+    passed = max((p.rate_per_s for p in probes if p.ok), default=0.0)
+    above = [p for p in probes if not p.ok and p.rate_per_s > passed]
+    failed = min(above, key=lambda p: p.rate_per_s, default=None)
+    rate, why = (math.nan, "") if failed is None else (failed.rate_per_s, failed.failed_because)
+    capacity = min((p.sustained_per_s for p in probes[1:] if p.verdict == "overloaded"), default=math.inf)
+    if (1 - HEADROOM) * capacity < rate:
+        rate, why = (1 - HEADROOM) * capacity, f"at capacity ({capacity:.3g} req/s)"
+    return passed, rate, why
 
 
 def evaluate(
@@ -335,12 +448,14 @@ def evaluate(
         return res
     res.probes, res.simulations = probes, len(probes)
     res.max_rate_per_s = r
+    _, res.failed_rate_per_s, res.failed_because = bracket(probes)
     if s is None:
         res.status = "below min rate"
         res.message = (
             f"misses the SLOs even at {probes[-1].rate_per_s:.3g} req/s ({_misses(probes[-1], data)})"
         )
         return res
+    res.probe_requests = s["requests"]["total"]
     res.usd_per_hour = usd_per_hour(s)
     res.usd_per_1m_tokens = s["cost"]["usd_per_1m_tokens"]
     lat = s["latency_s"]
@@ -358,6 +473,8 @@ def configured(base: dict, fields: dict) -> dict:
 
 
 def _misses(p: Probe, data: dict) -> str:
+    if p.verdict != "stable":
+        return f"the run is {p.verdict}"
     slo = parse_scenario(data).slo.model_dump(exclude_none=True)
     out = [
         f"{k[:-2].upper()} p90 {_ms(getattr(p, k[:-2] + '_p90_s'))} ms > {v * 1e3:g} ms"
@@ -526,28 +643,41 @@ class LoadCurve:
     probes: list[Probe]
     breaks_at: dict[str, float | None]  # SLO name -> lowest rate tried whose p90 misses it (None: never)
     slo: dict[str, float]
+    unstable_at: float | None = (
+        None  # lowest rate tried whose run is not stable (its latencies grow with the run)
+    )
 
 
-def latency_vs_load(data: dict, rates: Iterable[float], slo_attainment: float = 0.9) -> LoadCurve:
-    """Simulate the scenario at each rate; the first rate at which each SLO's p90 is missed."""
+def latency_vs_load(
+    data: dict, rates: Iterable[float], slo_attainment: float = 0.9, window_s: float | None = None
+) -> LoadCurve:
+    """Simulate the scenario at each rate; the first rate at which each SLO's p90 is missed, and the first
+    whose run is not stable. `window_s`: arrivals over this many seconds at every rate (capped at
+    MAX_PROBE_REQUESTS), else the scenario's own length."""
     sc = parse_scenario(data)
     slo = sc.slo.model_dump(exclude_none=True)
-    probes = [probe(data, r, slo_attainment)[0] for r in sorted(rates)]
+    probes = []
+    for r in sorted(rates):
+        n = None if window_s is None else min(max(math.ceil(r * window_s), 2), MAX_PROBE_REQUESTS)
+        probes.append(probe(data, r, slo_attainment, n)[0])
     breaks: dict[str, float | None] = {}
     for name, target in slo.items():
         key = name.replace("_s", "_p90_s")
         missed = [p.rate_per_s for p in probes if not getattr(p, key) <= target]
         breaks[name] = missed[0] if missed else None
-    return LoadCurve(probes, breaks, slo)
+    unstable = [p.rate_per_s for p in probes if p.verdict != "stable"]
+    return LoadCurve(probes, breaks, slo, unstable[0] if unstable else None)
 
 
 def frontier_curves(result: SearchResult) -> dict[int, LoadCurve]:
-    """Latency-vs-load curves of the frontier configurations at the spec's load points."""
+    """Latency-vs-load curves of the frontier configurations at the spec's load points, each run as long
+    (in time) as the probe that found the configuration's max rate."""
     out = {}
     for r in result.frontier():
         data = configured(result.spec.base, r.fields)
         rates = [r.max_rate_per_s * x for x in result.spec.load_points]
-        out[r.index] = latency_vs_load(data, rates, result.spec.slo_attainment)
+        window = r.probe_requests / r.max_rate_per_s if r.probe_requests else None
+        out[r.index] = latency_vs_load(data, rates, result.spec.slo_attainment, window)
     return out
 
 
@@ -566,6 +696,9 @@ COLUMNS = (
     "copies_for_target",
     "usd_per_hour_for_target",
     "simulations",
+    "probe_requests",
+    "failed_rate_per_s",
+    "failed_because",
     "message",
 )
 
@@ -646,13 +779,18 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
     for r in result.results:
         by_status[r.status] = by_status.get(r.status, 0) + 1
     lines.append("  " + ", ".join(f"{n} {s}" for s, n in by_status.items()))
+    lines.append(
+        f"  max req/s: the highest rate whose run was stable (no growing queue over at least "
+        f"{PROBE_SERVICE_TIMES:g} service times at full batches, up to {MAX_PROBE_REQUESTS:,} requests) and met the SLOs; "
+        "fails at: the lowest rate tried above it, and why it failed"
+    )
     columns = swept(spec)
     names = {p: p.split(".")[-1] for p in columns}
     widths = {
         p: min(max(len(names[p]), *(len(_value(v)) for v in vals)), 40) + 2 for p, vals in columns.items()
     }
     head = f"{'#':>4}  " + "".join(f"{names[p]:<{widths[p]}}" for p in columns)
-    head += f"{'max req/s':>10}{'$/h':>8}{'$/1M tok':>10}{'TTFT p90':>10}{'TPOT p90':>10}"
+    head += f"{'max req/s':>10}{'fails at':>10}  {'because':<12}{'$/h':>8}{'$/1M tok':>10}{'TTFT p90':>10}{'TPOT p90':>10}"
     if target:
         head += f"{'copies':>8}{'$/h @ target':>14}"
 
@@ -662,8 +800,10 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
         )
 
     def line(r: ConfigResult) -> str:
+        fails = f"{r.failed_rate_per_s:.2f}" if math.isfinite(r.failed_rate_per_s) else "—"
+        why = r.failed_because.split(" (")[0][:11]
         s = (
-            cells(r) + f"{r.max_rate_per_s:>10.2f}{r.usd_per_hour:>8.2f}"
+            cells(r) + f"{r.max_rate_per_s:>10.2f}{fails:>10}  {why:<12}{r.usd_per_hour:>8.2f}"
             f"{r.usd_per_1m_tokens:>10.3f}{_ms(r.ttft_p90_s):>10}{_ms(r.tpot_p90_s):>10}"
         )
         if target:

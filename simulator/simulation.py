@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from simulator.scenario import Scenario, Serving
 from simulator.scheduler import Scheduler
 from simulator.source import Source
 from simulator.speculative import DraftCost, with_draft_memory
+from simulator.stability import CHECKS, Backlog, Stopped, assess
 from simulator.workload import Requests, generate, prefix_keys
 
 
@@ -305,7 +307,7 @@ def simulate(
         keys = ctx["keys"].get(e.group.serving.block_size) if e.group.serving.prefix_caching else None
         if follow_ups:  # (the scheduler drops a finished request's prefix keys itself)
             e.on_finish = _conversation(env, reqs, table, source, keys, lookup)
-    env.run()
+    stopped = _run(env, engines, source, router, horizon, len(first))
     table.freeze()
     dropped = {"queue_full": 0, "timed_out": 0}
     for e in engines:
@@ -326,6 +328,10 @@ def simulate(
     summary = summarize(scenario, model, g0.profile, g0.mem, table, stats, sched, wall,
                         None if single else fleet(groups))  # fmt: skip
     summary["rejected_reasons"] = reasons | dropped
+    summary["stability"] = assess(
+        table.arrival_s, table.scheduled_s, table.finish_s, table.rejected, sum(dropped.values()),
+        sum(e.scheduler.max_seqs for e in engines), stopped,
+    ).as_dict()  # fmt: skip
     if not single:
         makespan = summary["throughput"]["duration_s"]
         summary["kv_cache"] |= kv_summary(engines)
@@ -359,6 +365,27 @@ def simulate(
             "tokens_served_from_cache": int(reqs.output_tokens[hits].sum()),
         }
     return Forecast(scenario, model, g0.profile, g0.mem, reqs, table, stats, summary, wall, engines)
+
+
+def _run(env, engines: list[Replica], source: Source, router: Router, horizon: float, total: int):
+    """Run to the end, in chunks over the arrival window; between chunks, stop once overload is certain
+    (simulator/stability.py). Chunks do not change the order of events: a run that is not stopped is
+    the same as one `env.run()` (tests/simulator/test_stability.py). Returns where it stopped, or None."""
+    pulled = engines[0] if engines[0].arrivals is not None else None
+    if horizon > 0 and total:
+        check = Backlog(sum(e.scheduler.max_seqs for e in engines), total)
+        for k in range(1, CHECKS + 1):
+            t = horizon * k / CHECKS
+            if pulled is not None:
+                pulled.sync_at = t
+            env.run(until=t)
+            waiting = sum(len(e.scheduler.waiting) for e in engines) + len(router.queue)
+            if check.overloaded(waiting, source.next, sum(e.completed for e in engines)):
+                return Stopped(env.now, source.next, waiting)
+    if pulled is not None:
+        pulled.sync_at = math.inf
+    env.run()
+    return None
 
 
 def _by_target(targets: np.ndarray, pool: list[Replica], router: Router):

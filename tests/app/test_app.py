@@ -210,7 +210,33 @@ def test_capacity_search_and_load_curve():
     rows = at.dataframe[0].value
     assert rows["max_rate_per_s"].max() == pytest.approx(best.max_rate_per_s)
     assert any("breaks its" in m.value for m in at.markdown)
-    assert len(at.dataframe[1].value) == len(spec.load_points)
+    curve = at.dataframe[1].value
+    assert len(curve) == len(spec.load_points)
+    # the search is stability-aware: the bracket is stated, and the curve's points carry their verdict
+    assert any(c.value.startswith(f"Bracket: {best.max_rate_per_s:.2f} req/s passed") for c in at.caption)
+    assert set(curve["stability"]) <= {"stable", "overloaded", "inconclusive"}
+    assert curve["stability"].iloc[0] == "stable"
+
+
+def test_plan_says_overloaded_with_offered_and_sustained_rates():
+    at = app()
+    at.number_input(key="plan.rate").set_value(60.0)
+    at.number_input(key="plan.n").set_value(3000).run()
+    no_failure(at)
+    err = " ".join(e.value for e in at.error)
+    assert err.startswith("OVERLOADED: ") and "offered" in err and "sustained" in err
+
+
+def test_compare_does_not_rank_an_overloaded_configuration():
+    at = app("compare")
+    at.number_input(key="cmp.n").set_value(1500).run()  # 4 req/s: more than the T4 can serve
+    no_failure(at)
+    a = "A: 1× t4 int4"
+    assert at.dataframe[0].value.loc["stability", a] == "overloaded"
+    notes = [m.value for m in at.markdown if m.value.startswith("- ")]
+    assert any(n.startswith(f"- {a} is OVERLOADED at this workload (") for n in notes)
+    best = [n for n in notes if n.startswith("- best $ per 1M tokens")]
+    assert best and a not in best[0]
 
 
 # ---------------------------------------------------------------- Calibration

@@ -32,8 +32,13 @@ def scenario(**kw):
 def check_invariants(f):
     t = f.table
     done = np.isfinite(t.finish_s)
-    # every request is accounted for: finished or rejected (the run goes until the queue drains)
-    assert np.all(done | t.rejected)
+    # every request is accounted for: finished or rejected (the run goes until the queue drains),
+    # unless the run was stopped early as overloaded (simulator/stability.py)
+    stopped = f.summary["stability"]["stopped_at_s"]
+    assert np.all(done | t.rejected) or stopped is not None
+    if stopped is not None:
+        assert f.summary["stability"]["verdict"] == "overloaded"
+        assert f.summary["requests"]["unfinished"] == int((~done & ~t.rejected).sum()) > 0
     assert not np.any(done & t.rejected)
     # tokens out equal tokens asked
     assert np.array_equal(t.generated[done], t.output_tokens[done])
@@ -46,7 +51,8 @@ def check_invariants(f):
     # KV blocks: never more than the pool, all returned at the end
     kv = f.summary["kv_cache"]
     assert 0 <= kv["peak_occupancy"] <= 1.0
-    assert kv["blocks_in_use_at_end"] == 0  # every block came back, shared ones included
+    if stopped is None:
+        assert kv["blocks_in_use_at_end"] == 0  # every block came back, shared ones included
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -215,8 +221,12 @@ def test_static_batching_waits_for_the_longest_and_is_slower_under_load():
         )
     )
     check_invariants(stat)
-    assert stat.summary["latency_s"]["e2e"]["p50"] > 1.5 * cont.summary["latency_s"]["e2e"]["p50"]
-    assert stat.summary["latency_s"]["queueing"]["mean"] > cont.summary["latency_s"]["queueing"]["mean"]
+    # both are overloaded at 30 req/s (latency percentiles then only measure the run's length);
+    # static batching completes far fewer requests per second, and its queue grows faster
+    c, s = cont.summary["stability"], stat.summary["stability"]
+    assert c["verdict"] == s["verdict"] == "overloaded"
+    assert s["sustained_per_s"] < 0.8 * c["sustained_per_s"]
+    assert s["drift"] > c["drift"]
 
 
 def test_requests_that_can_never_run_are_rejected_with_reasons():
