@@ -213,11 +213,14 @@ def _write_search(result: SearchResult, folder: ResultFolder, curves: bool) -> N
     (folder.work / "search.csv").write_text(to_csv(result))
     (folder.work / "frontier_curves.csv").unlink(missing_ok=True)  # one an interruption cut short
     if curves and result.frontier():
-        lines = ["index,rate_per_s,attainment,ttft_p90_s,tpot_p90_s,e2e_p90_s,usd_per_1m_tokens"]
+        lines = [
+            "index,rate_per_s,attainment,ttft_p90_s,tpot_p90_s,e2e_p90_s,usd_per_1m_tokens,verdict,"
+            "sustained_per_s,requests"
+        ]
         for i, curve in frontier_curves(result).items():
             lines += [
                 f"{i},{p.rate_per_s:.6g},{p.attainment:.4f},{p.ttft_p90_s:.6g},{p.tpot_p90_s:.6g},"
-                f"{p.e2e_p90_s:.6g},{p.usd_per_1m_tokens:.6g}"
+                f"{p.e2e_p90_s:.6g},{p.usd_per_1m_tokens:.6g},{p.verdict},{p.sustained_per_s:.6g},{p.requests}"
                 for p in curve.probes
             ]
         (folder.work / "frontier_curves.csv").write_text("\n".join(lines) + "\n")

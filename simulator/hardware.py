@@ -28,7 +28,7 @@ FRESH_PREFILL_BUCKET = 128
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class OpEfficiency(_Strict):
@@ -124,7 +124,7 @@ class PeakTflops(_Strict):
 class Calibration(BaseModel):
     """Provenance of a measured profile (free-form beyond the named fields)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     status: Literal["measured", "transferred"] = "measured"
     date: str = ""
     gpu: str = ""

@@ -102,10 +102,12 @@ def rejected_reasons(s: dict) -> str:
 
 
 def stability_lines(s: dict) -> list[str]:
-    """The stability verdict for a terminal: an OVERLOADED line with offered and sustained rates."""
+    """The stability verdict for a terminal (an OVERLOADED line with offered and sustained rates)."""
     st = s.get("stability")
-    if not st or st["verdict"] == "stable":
+    if not st:
         return []
+    if st["verdict"] == "stable":
+        return [f"stable: {st['reason']}"]
     if st["verdict"] == "overloaded":
         return [
             f"OVERLOADED: {st['reason']}",

@@ -255,3 +255,11 @@ def test_profile_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("INFERPLAN_PROFILES", str(tmp_path))
     assert "lab-gpu" in profile_names()
     assert load_profile("LAB-GPU").name == "lab-gpu"
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_non_finite_figure(tmp_path, value):
+    data = yaml.safe_dump(template(), sort_keys=False)
+    data = data.replace("memory_bandwidth_gbps: ", f"memory_bandwidth_gbps: {value} #", 1)
+    msg = one_line_error(write(tmp_path, data))
+    assert "memory_bandwidth_gbps" in msg and "finite" in msg

@@ -197,7 +197,9 @@ def test_cli_search_writes_table_and_csv(tmp_path, capsys):
     h100 = rows[1]
     assert h100["status"] == "ok" and float(h100["max_rate_per_s"]) > 0
     assert int(h100["copies_for_target"]) == math.ceil(5 / float(h100["max_rate_per_s"]))
-    assert (tmp_path / "out" / "frontier_curves.csv").exists()
+    curves = list(csv.DictReader((tmp_path / "out" / "frontier_curves.csv").open()))
+    assert curves and {r["verdict"] for r in curves} <= {"stable", "overloaded", "inconclusive"}
+    assert all(int(r["requests"]) > 0 for r in curves)
 
 
 def test_cli_search_bad_spec_is_one_line(tmp_path, capsys):

@@ -235,6 +235,11 @@ def test_terminal_summary_says_overloaded_and_its_columns_never_merge():
         ]
 
 
+def test_terminal_summary_states_a_stable_verdict_too():
+    f = simulate(_md1(0.8, 4000))
+    assert f"stable: {f.summary['stability']['reason']}" in format_summary(f).splitlines()
+
+
 def test_terminal_summary_prints_why_requests_were_rejected():
     sc = _md1(0.5, 50).model_copy(deep=True)
     sc.serving.max_model_len = 100  # every 512-token prompt is too long
