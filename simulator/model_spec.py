@@ -289,6 +289,17 @@ _UNMODELLED_TYPES = {
     "rwkv5": "recurrent (RWKV) layers",
     "rwkv6": "recurrent (RWKV) layers",
     "xlstm": "recurrent (xLSTM) layers",
+    # encoder-decoders: an encoder pass and cross-attention per layer, which the cost model does not price
+    "t5": "encoder-decoder layers",
+    "mt5": "encoder-decoder layers",
+    "umt5": "encoder-decoder layers",
+    "switch_transformers": "encoder-decoder layers",
+    "bart": "encoder-decoder layers",
+    "mbart": "encoder-decoder layers",
+    "pegasus": "encoder-decoder layers",
+    "marian": "encoder-decoder layers",
+    "whisper": "encoder-decoder layers",
+    "encoder-decoder": "encoder-decoder layers",
 }
 # Fields only state-space / hybrid configs carry (Nemotron-H, Jamba, Falcon-H1, Zamba, Bamba, Mamba).
 _SSM_FIELDS = (
@@ -318,7 +329,9 @@ def _refuse_unmodelled(c: dict, source: str) -> None:
         marker = next((k for k in _SSM_FIELDS if c.get(k) is not None), None)
         types = c.get("layer_types")
         other = sorted({str(t) for t in types} - _ATTENTION_LAYER_TYPES) if isinstance(types, list) else []
-        if marker:
+        if c.get("is_encoder_decoder") is True:  # any family: T5, BART, Whisper and their kin set it
+            what = "encoder-decoder layers (`is_encoder_decoder`)"
+        elif marker:
             what = f"state-space layers (`{marker}`)"
         elif other:
             what = f"layer types {', '.join(other)}"

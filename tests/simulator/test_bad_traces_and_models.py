@@ -217,6 +217,16 @@ MODELS = [
         r"architecture 'llama' with state-space layers \(`layers_block_type`\) is not modelled",
     ),
     (
+        "t5",
+        {"model_type": "t5", "is_encoder_decoder": True},
+        r"architecture 't5' with encoder-decoder layers is not modelled; supported: decoder-only",
+    ),
+    (
+        "encoder-decoder flag on a llama type",
+        {"is_encoder_decoder": True},
+        r"architecture 'llama' with encoder-decoder layers \(`is_encoder_decoder`\) is not modelled",
+    ),
+    (
         "linear attention layers",
         {"layer_types": ["linear_attention", "full_attention"]},
         r"architecture 'llama' with layer types linear_attention is not modelled",
