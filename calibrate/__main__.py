@@ -18,9 +18,9 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}; see {self.prog} --help")
 
 
-def _run_parser() -> argparse.ArgumentParser:
+def _run_parser(prog: str) -> argparse.ArgumentParser:
     p = _Parser(
-        prog="python -m calibrate",
+        prog=prog,
         description="Measure this GPU with the engine, fit the cost model's efficiencies, write a profile. "
         "Verbs: (none) calibrate; `validate PROFILE` checks a profile on held-out steps; "
         "`fit DIR` refits stored measurements without a device.",
@@ -49,9 +49,9 @@ def _run_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _validate_parser() -> argparse.ArgumentParser:
+def _validate_parser(prog: str) -> argparse.ArgumentParser:
     p = _Parser(
-        prog="python -m calibrate validate",
+        prog=f"{prog} validate",
         description="Time held-out whole steps and compare with the profile's prediction.",
     )
     p.add_argument("profile", help="profile name (h100-sxm) or .yaml path")
@@ -67,8 +67,8 @@ def _validate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fit_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m calibrate fit", description="Refit a work dir's measurements.")
+def _fit_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{prog} fit", description="Refit a work dir's measurements.")
     p.add_argument("work_dir")
     p.add_argument("--name", help="profile name to write (default: the run's base profile)")
     p.add_argument("--model", help="model whose accounting to use (default: the run's)")
@@ -77,24 +77,25 @@ def _fit_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> int:
+    """The command line; `prog` names it in usage lines and in the command recorded in a profile."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "python -m calibrate " + shlex.join(argv) if argv else "python -m calibrate"
+    command = f"{prog} " + shlex.join(argv) if argv else prog
     from calibrate.calibration import NoDevice
 
     try:
         if argv and argv[0] == "validate":
-            a = _validate_parser().parse_args(argv[1:])
+            a = _validate_parser(prog).parse_args(argv[1:])
             from calibrate.validate import validate
 
             validate(a.profile, a.model, a.device, a.work_dir, a.out, command=command, stored=a.stored)
         elif argv and argv[0] == "fit":
-            a = _fit_parser().parse_args(argv[1:])
+            a = _fit_parser(prog).parse_args(argv[1:])
             from calibrate.calibration import refit
 
             refit(a.work_dir, a.name, a.out_dir, a.model, force=a.force)
         else:
-            a = _run_parser().parse_args(argv)
+            a = _run_parser(prog).parse_args(argv)
             from calibrate.calibration import Options, run
 
             run(

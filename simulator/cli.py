@@ -1,21 +1,26 @@
-"""`python -m simulator`: run a scenario, list models and GPUs."""
+"""`python -m simulator` (and the `inferplan` command): run a scenario, list models, GPUs and examples."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
+import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import yaml
 
+from simulator import __version__
 from simulator.errors import ConfigError, read_yaml
-from simulator.hardware import load_profile, profile_names
+from simulator.hardware import PROFILES_ENV, load_profile, profile_origins
 from simulator.model_spec import catalogue_names, human_count, load_model
 from simulator.output import ResultFolder
+from simulator.resources import example_names, find_example, shipped
 from simulator.scenario import DEFAULT_SCENARIO, LENGTH_HELP, apply_overrides, field_help, parse_scenario
 
 if TYPE_CHECKING:
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
 def _scenario_data(path: str | None) -> tuple[dict, str]:
     if path is None:
         return yaml.safe_load(yaml.safe_dump(DEFAULT_SCENARIO)), "default scenario"
+    path = find_example(path)  # a shipped example by name, from any directory
     data = read_yaml(path, "scenario file")
     return data, path
 
@@ -141,8 +147,12 @@ def cmd_models(_: argparse.Namespace) -> int:
 
 
 def cmd_gpus(_: argparse.Namespace) -> int:
-    print(f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'fp8':>8}{'$/h':>7}  profile")
-    for name in profile_names():
+    origins = profile_origins()
+    print(
+        f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'fp8':>8}{'$/h':>7}  "
+        f"{'profile':<36}  from"
+    )
+    for name, origin in origins.items():
         p = load_profile(name)
         pk = p.peak_tflops
         status = (
@@ -152,8 +162,20 @@ def cmd_gpus(_: argparse.Namespace) -> int:
         )
         print(
             f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
-            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status}"
+            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<36}  {origin}"
         )
+    return 0
+
+
+def cmd_examples(_: argparse.Namespace) -> int:
+    """The shipped examples, each with the first line of its header comment."""
+    folder = shipped("examples")
+    print(f"{'name':<28}{'kind':<9}about   (run one by name: run NAME, search NAME; files in {folder})")
+    for name in example_names():
+        text = (folder / f"{name}.yaml").read_text(encoding="utf-8")
+        about = next((ln.lstrip("# ").rstrip() for ln in text.splitlines() if ln.startswith("#")), "")
+        kind = "search" if "\nsweep:" in text else "scenario"
+        print(f"{name:<28}{kind:<9}{about}")
     return 0
 
 
@@ -168,7 +190,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         run_search,
     )
 
-    spec = load_spec(args.spec)
+    spec = load_spec(find_example(args.spec))
     if args.target:
         spec.target_rate_per_s = args.target
     backend = "ray" if args.ray else ("serial" if args.workers == 1 else "processes")
@@ -295,38 +317,73 @@ def _override_options(p: argparse.ArgumentParser, scope: str = "") -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m simulator", description="inferplan: forecast LLM serving on GPUs.")
+def _folder(text: str) -> str:
+    """--profiles: an existing folder."""
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a folder; give a folder of GPU profile .yaml files"
+        )
+    return text
+
+
+PROFILES_HELP = (
+    "a folder of your own GPU profiles (.yaml), searched before ./hardware_profiles and the built-in ones "
+    f"(also ${PROFILES_ENV}, several joined by '{os.pathsep}')"
+)
+
+
+def build_parser(
+    prog: str = "python -m simulator",
+    more_verbs: Callable[[argparse._SubParsersAction], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The command line; `more_verbs` adds verbs of a wider command (the `inferplan` script's)."""
+    p = _Parser(prog=prog, description="inferplan: forecast LLM serving on GPUs.")
+    p.add_argument("--version", action="version", version=f"inferplan {__version__}")
+    p.add_argument("--profiles", metavar="DIR", type=_folder, help=PROFILES_HELP)
+    # the same option after the verb; SUPPRESS keeps a verb's default from hiding one given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--profiles", metavar="DIR", type=_folder, default=argparse.SUPPRESS, help=PROFILES_HELP
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser(
+    verb = functools.partial(sub.add_parser, parents=[common])
+    r = verb(
         "run",
         help="simulate a scenario and write summary.json, requests.csv, timeline.csv",
         description="Simulate one scenario file (or the built-in default).",
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("scenario", nargs="?", help="scenario YAML (default: the built-in default scenario)")
+    r.add_argument(
+        "scenario",
+        nargs="?",
+        help="scenario YAML or an example's name (see `examples`; default: the built-in default scenario)",
+    )
     r.add_argument("--out", help="output folder (default: the scenario's output.dir)")
     _override_options(r)
     r.set_defaults(fn=cmd_run)
-    c = sub.add_parser(
+    c = verb(
         "compare",
         help="simulate two or more scenarios and print them side by side, with the differences",
         description="Simulate each scenario file and print the headline numbers side by side.",
     )
-    c.add_argument("scenarios", nargs="+", help="scenario YAML files (two or more)")
+    c.add_argument("scenarios", nargs="+", help="scenario YAML files or example names (two or more)")
     _override_options(c, " in every scenario")
     c.add_argument("--out", help="write compare.json and compare.csv into this folder")
     c.set_defaults(fn=cmd_compare)
-    sub.add_parser("models", help="list catalogue models").set_defaults(fn=cmd_models)
-    sub.add_parser("gpus", help="list GPU profiles").set_defaults(fn=cmd_gpus)
-    s = sub.add_parser(
+    verb("models", help="list catalogue models").set_defaults(fn=cmd_models)
+    verb("gpus", help="list GPU profiles and where each is read from").set_defaults(fn=cmd_gpus)
+    verb("examples", help="list the shipped example scenarios and search specs").set_defaults(fn=cmd_examples)
+    s = verb(
         "search",
         help="sweep configurations; max sustainable rate under the SLOs, cheapest, frontier",
         description="Sweep the fields listed under `sweep:` in SPEC (see examples/search_*.yaml); "
         "binary-search each configuration's maximum rate meeting the base scenario's SLOs.",
     )
-    s.add_argument("spec", help="search spec YAML: base scenario, sweep, slo_attainment, target_rate_per_s")
+    s.add_argument(
+        "spec",
+        help="search spec YAML (base scenario, sweep, slo_attainment, target_rate_per_s) or an example's name",
+    )
     s.add_argument(
         "--out", help="output folder for search.csv and frontier_curves.csv (default results/NAME)"
     )
@@ -338,22 +395,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=_count, default=20, help="rows shown per table")
     s.add_argument("--no-curves", action="store_true", help="skip latency-vs-load curves of the frontier")
     s.set_defaults(fn=cmd_search)
-    rp = sub.add_parser(
+    rp = verb(
         "report",
         help="write a self-contained HTML report (and Markdown) with plots",
         description="Simulate a scenario (and its latency vs load) and write report.html and report.md.",
     )
-    rp.add_argument("scenario", nargs="?", help="scenario YAML (default: the built-in default scenario)")
+    rp.add_argument("scenario", nargs="?", help="scenario YAML or an example's name (default: the built-in)")
     rp.add_argument("--out", help="output folder (default: the scenario's output.dir/report)")
     _override_options(rp)
     rp.set_defaults(fn=cmd_report)
+    if more_verbs is not None:
+        more_verbs(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@contextlib.contextmanager
+def _user_profiles(folder: str | None) -> Iterator[None]:
+    """--profiles DIR for one command: first on the lookup path, in this process and any it starts."""
+    before = os.environ.get(PROFILES_ENV)
+    if folder is not None:
+        os.environ[PROFILES_ENV] = os.pathsep.join(x for x in (folder, before) if x)
     try:
-        return args.fn(args)
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROFILES_ENV, None)
+        else:
+            os.environ[PROFILES_ENV] = before
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
+    try:
+        with _user_profiles(getattr(args, "profiles", None)):
+            return args.fn(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

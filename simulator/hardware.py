@@ -15,8 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from simulator.errors import ConfigError, one_line, read_yaml
+from simulator.resources import shipped
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
+# The shipped profiles: the checkout's hardware_profiles/, or the installed package's copy of it.
+PROFILE_DIR = shipped("hardware_profiles")
+# A user's own profile folders (os.pathsep-separated), searched before the shipped ones; `--profiles DIR`
+# sets it too, so that search workers in other processes find the same profiles.
+PROFILES_ENV = "INFERPLAN_PROFILES"
 
 GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
 # Whole fresh prompts (nothing cached before them) longer than this many tokens run through a second
@@ -190,17 +195,36 @@ class HardwareProfile(_Strict):
         return self.calibration is not None and self.calibration.status == "measured"
 
 
+def profile_sources() -> list[tuple[Path, str]]:
+    """Where profiles are looked up, first match wins: each folder with how it got on the list."""
+    extra = os.environ.get(PROFILES_ENV)
+    found = [(Path(d).expanduser(), d) for d in extra.split(os.pathsep) if d] if extra else []
+    found += [(Path.cwd() / "hardware_profiles", "./hardware_profiles"), (PROFILE_DIR, "built-in")]
+    seen: set[Path] = set()
+    unique = []
+    for d, label in found:  # a checkout's ./hardware_profiles is also the built-in folder: listed once
+        key = d.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append((d, label))
+    return unique
+
+
 def profile_dirs() -> list[Path]:
-    extra = os.environ.get("INFERPLAN_PROFILES")
-    dirs = [Path(d) for d in extra.split(os.pathsep)] if extra else []
-    return dirs + [Path.cwd() / "hardware_profiles", PROFILE_DIR]
+    return [d for d, _ in profile_sources()]
+
+
+def profile_origins() -> dict[str, str]:
+    """Every profile name that can be loaded, with the folder it is read from (the first that has it)."""
+    origins: dict[str, str] = {}
+    for d, label in profile_sources():
+        for p in sorted(d.glob("*.yaml")):
+            origins.setdefault(p.stem, label)
+    return dict(sorted(origins.items()))
 
 
 def profile_names() -> list[str]:
-    names: set[str] = set()
-    for d in profile_dirs():
-        names.update(p.stem for p in d.glob("*.yaml"))
-    return sorted(names)
+    return list(profile_origins())
 
 
 def read_profile(path: Path) -> HardwareProfile:
@@ -212,7 +236,7 @@ def read_profile(path: Path) -> HardwareProfile:
 
 
 def load_profile(name_or_path: str) -> HardwareProfile:
-    """A profile by short name (searched in $INFERPLAN_PROFILES, ./hardware_profiles, the package's) or path."""
+    """A profile by short name (searched in --profiles/$INFERPLAN_PROFILES, ./hardware_profiles, built-in) or path."""
     p = Path(name_or_path).expanduser()
     if p.suffix in (".yaml", ".yml"):
         if not p.exists():

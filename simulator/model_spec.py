@@ -14,8 +14,9 @@ from functools import cached_property
 from pathlib import Path
 
 from simulator.errors import ConfigError
+from simulator.resources import shipped
 
-CATALOGUE_DIR = Path(__file__).parent / "catalogue"
+CATALOGUE_DIR = shipped("catalogue")
 
 # Bytes per element of each storage dtype. int4 carries one 16-bit scale per group of 128
 # weights (GPTQ/AWQ default group size), hence 0.5 + 2/128.

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from simulator.errors import ConfigError
+from simulator.resources import shipped
 
-TRACE_DIR = Path(__file__).parent / "traces"
+TRACE_DIR = shipped("traces")
 BUILTIN_TRACES = {
     "conversation": "splitwise_conv.csv",
     "code": "splitwise_code.csv",

@@ -1,0 +1,5 @@
+import sys
+
+from inferplan.cli import main
+
+sys.exit(main())
