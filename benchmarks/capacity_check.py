@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 
 from benchmarks.queueing import scenario, service_law  # noqa: E402
 from simulator.errors import read_yaml  # noqa: E402

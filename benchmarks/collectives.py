@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SIZES = [2**k for k in range(12, 29, 2)]  # 4 KiB .. 256 MiB
 

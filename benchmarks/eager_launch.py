@@ -18,11 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from simulator.model_spec import load_model, spec_from_config  # noqa: E402
 

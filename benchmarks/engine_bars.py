@@ -21,6 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import torch
 
 from engine import attention, kernels

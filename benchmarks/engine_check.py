@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import torch
 
 from engine.attention import make_layout, reference_attention, varlen_attention

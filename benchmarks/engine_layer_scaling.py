@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
 from pathlib import Path
 
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.model import build_model  # noqa: E402
 from engine.steps import StepRunner, extrapolate_layers  # noqa: E402

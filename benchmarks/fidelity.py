@@ -28,11 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from simulator.cost_model import BatchShape, CostModel  # noqa: E402
 from simulator.errors import ConfigError  # noqa: E402

@@ -13,13 +13,11 @@ exact moments of that service law (M/M/1's formula is its exponential special ca
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.cost_model import BatchShape, CostModel, chunk_pairs  # noqa: E402
 from simulator.hardware import load_profile  # noqa: E402

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 
 from simulator.search import format_table, parse_spec, progress_bar, run_search  # noqa: E402
 

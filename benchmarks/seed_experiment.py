@@ -12,11 +12,11 @@ next to them, and 40 of Gemma 3's 48 layers attend to a 1,024-token window only)
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from simulator.scenario import load_scenario  # noqa: E402
 from simulator.simulation import simulate  # noqa: E402

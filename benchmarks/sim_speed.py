@@ -14,11 +14,10 @@ import argparse
 import copy
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 
 from simulator.scenario import DEFAULT_SCENARIO, apply_overrides, parse_scenario  # noqa: E402
 from simulator.simulation import simulate  # noqa: E402
