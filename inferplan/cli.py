@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from importlib.resources import files
 from importlib.util import find_spec
@@ -68,10 +68,9 @@ def app(argv: list[str]) -> int:
     """`streamlit run` on the app; the arguments after `app` go to Streamlit (e.g. --server.port 8502)."""
     if find_spec("streamlit") is None:
         return _missing("app", "Streamlit", "pip install 'inferplan[app]'")
-    try:
-        return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app_script()), *argv])
-    except KeyboardInterrupt:  # Streamlit got the Ctrl-C too and stops itself
-        return 130
+    # Streamlit takes this process's place, so that Ctrl-C and a kill reach the server itself
+    os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app_script()), *argv])
+    return 0  # not reached
 
 
 if __name__ == "__main__":

@@ -61,11 +61,10 @@ def test_calibrate_without_torch_is_one_line(monkeypatch, capsys):
 
 def test_app_starts_streamlit_on_the_apps_main_script(monkeypatch):
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(cli.os, "execv", lambda exe, cmd: calls.append((exe, cmd)))
     assert cli.main(["app", "--server.port", "8599"]) == 0
-    assert calls == [
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", "8599"]
-    ]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", "8599"]
+    assert calls == [(sys.executable, cmd)]
 
 
 def test_app_without_streamlit_is_one_line(monkeypatch, capsys):
