@@ -30,9 +30,20 @@ if TYPE_CHECKING:
 def _scenario_data(path: str | None) -> tuple[dict, str]:
     if path is None:
         return yaml.safe_load(yaml.safe_dump(DEFAULT_SCENARIO)), "default scenario"
-    path = find_example(path)  # a shipped example by name, from any directory
+    path = _file_or_example(path, "scenario")
     data = read_yaml(path, "scenario file")
     return data, path
+
+
+def _file_or_example(arg: str, what: str) -> str:
+    """A scenario or search spec argument: a file, or a shipped example by name (from any directory)."""
+    path = find_example(arg)
+    if not Path(path).exists():
+        raise ConfigError(
+            f"{what} {arg!r}: no such file nor shipped example; give a YAML path or an example's name "
+            f"({', '.join(example_names())})"
+        )
+    return path
 
 
 def _scenario(path: str | None, overrides: list[str] | None, requests: int | None):
@@ -190,7 +201,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         run_search,
     )
 
-    spec = load_spec(find_example(args.spec))
+    spec = load_spec(_file_or_example(args.spec, "search spec"))
     if args.target:
         spec.target_rate_per_s = args.target
     backend = "ray" if args.ray else ("serial" if args.workers == 1 else "processes")

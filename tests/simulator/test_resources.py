@@ -89,3 +89,13 @@ def test_examples_verb_lists_every_example(capsys):
     rows = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()[1:]}
     assert set(rows) == set(names)
     assert rows["search_chat"] == "search" and rows["poisson_chat_l4"] == "scenario"
+
+
+@pytest.mark.parametrize("argv", [["run", "no_such_example"], ["search", "nope.yaml"]])
+def test_an_unknown_name_is_one_line_listing_the_examples(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{argv[1]!r}: no such file nor shipped example; give a YAML path or an example's name (" in err
+    assert "poisson_chat_l4" in err and "search_chat" in err
