@@ -5,7 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package (the test extra installs it there)
+    import tomli as tomllib
 
 import simulator
 from inferplan import cli
