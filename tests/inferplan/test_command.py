@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package (the test extra installs it there)
