@@ -6,8 +6,12 @@ import hashlib
 import json
 import re
 import tempfile
+import threading
+import time
 import types
 import typing
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -26,10 +30,25 @@ HANDLED = {"name", "seed", "model", "hardware", "serving", "workload", "slo", "h
 
 
 # ---------------------------------------------------------------- cached simulator calls
-@st.cache_data(show_spinner=False, max_entries=128)
-def cached_forecast(scenario_json: str) -> api.Forecast:
-    """A forecast, cached by the scenario (its canonical JSON)."""
-    return api.portable(api.forecast(json.loads(scenario_json)))
+_FORECASTS: OrderedDict[str, api.Forecast] = OrderedDict()
+_FORECASTS_LOCK = threading.Lock()
+FORECASTS_KEPT = 128
+
+
+def cached_forecast(scenario_json: str, progress: Callable[[float], None] | None = None) -> api.Forecast:
+    """A forecast, cached by the scenario (its canonical JSON); `progress` is told the share of the arrival
+    window simulated. (Not st.cache_data: that replays the elements a cached call drew, and a progress bar
+    drawn from outside the call cannot be replayed.)"""
+    with _FORECASTS_LOCK:
+        if scenario_json in _FORECASTS:
+            _FORECASTS.move_to_end(scenario_json)
+            return _FORECASTS[scenario_json]
+    f = api.portable(api.simulate(api.parse_scenario(json.loads(scenario_json)), progress=progress))
+    with _FORECASTS_LOCK:
+        _FORECASTS[scenario_json] = f
+        while len(_FORECASTS) > FORECASTS_KEPT:
+            _FORECASTS.popitem(last=False)
+    return f
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -56,7 +75,7 @@ def validate(data: dict, label: str = "scenario") -> Scenario | None:
     try:
         return api.parse_scenario(data, label)
     except ConfigError as e:
-        st.error(f"{e}")
+        st.error(local_names(str(e)))
         return None
 
 
@@ -65,14 +84,33 @@ def run_forecast(data: dict, label: str = "scenario") -> api.Forecast | None:
     sc = validate(data, label)
     if sc is None:
         return None
+    bar = st.progress(0.0, text=f"Simulating {sc.name} …")
+    t0 = time.perf_counter()
+
+    def progress(done: float) -> None:  # the share of the arrival window simulated, with the time left
+        el = time.perf_counter() - t0
+        left = f", about {el / done * (1 - done):.0f} s left" if done > 0.05 and el > 1 else ""
+        bar.progress(min(done, 1.0), text=f"Simulating {sc.name}: {done:.0%}{left}")
+
     try:
-        with st.spinner(f"Simulating {sc.name} …"):
-            return cached_forecast(key_of(sc.model_dump(mode="json")))
+        return cached_forecast(key_of(sc.model_dump(mode="json")), progress)
     except ConfigError as e:
-        st.error(f"{label}: {e}")
+        st.error(f"{label}: {local_names(str(e))}")
     except Exception as e:  # noqa: BLE001 - the page must show a message, never a traceback
-        st.error(f"{label}: could not simulate this setting ({type(e).__name__}: {e})")
+        st.error(f"{label}: could not simulate this setting ({type(e).__name__}: {local_names(str(e))})")
+    finally:
+        bar.empty()
     return None
+
+
+def local_names(text: str) -> str:
+    """`text` with every uploaded file named as the user named it, not by where the server keeps it."""
+    return re.sub(re.escape(str(UPLOADS)) + r"/[0-9a-f]{16}/", "", text)
+
+
+def local_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Downloads that name uploads by their file names (upload names are plain: see `upload_name`)."""
+    return {k: local_names(v.decode()).encode() for k, v in files.items()}
 
 
 def upload_name(name: str, suffix: str) -> str:
@@ -102,7 +140,7 @@ def read_yaml_upload(upload, what: str = "scenario file") -> dict | None:
     try:
         return yaml_from_bytes(upload.getvalue(), upload_name(upload.name, ".yaml"), what)
     except ConfigError as e:
-        st.error(str(e))
+        st.error(local_names(str(e)))
         return None
 
 
@@ -148,6 +186,46 @@ def _discriminator(choices: list[type[BaseModel]]) -> str | None:
     return None
 
 
+# words and unit suffixes of field names, as a reader writes them
+WORDS = {"gpu": "GPU", "gpus": "GPUs", "kv": "KV", "ttft": "TTFT", "tpot": "TPOT", "e2e": "E2E", "slo": "SLO",
+         "api": "API", "cv": "CV", "num": "number of", "seqs": "sequences", "len": "length", "ids": "IDs"}  # fmt: skip
+UNITS = (("_per_gpu_hour_usd", "USD per GPU-hour"), ("_per_1m_input", "USD per 1M input tokens"),
+         ("_per_1m_output", "USD per 1M output tokens"), ("_per_s", "per s"), ("_s", "s"), ("_gib", "GiB"),
+         ("_bytes", "bytes"), ("_usd", "USD"), ("_tokens", "tokens"))  # fmt: skip
+
+
+def field_label(name: str) -> str:
+    """A field's label: words with their capitals and the unit in brackets (`ttft_s` → "TTFT (s)")."""
+    unit = ""
+    for suffix, text in UNITS:
+        if name.endswith(suffix) and name != suffix[1:]:
+            name, unit = name[: -len(suffix)], f" ({text})"
+            break
+    words = [WORDS.get(w, w) for w in name.split("_") if w]
+    if name.startswith("usd"):  # usd_per_1m_input: the unit is the whole label
+        return unit.strip(" ()")
+    text = " ".join(words)
+    return text[:1].upper() + text[1:] + unit
+
+
+def _bounds(f, kind: type, cur) -> dict:
+    """The schema's bounds as a number box's min/max (none where the current value is already outside them,
+    so that the schema's own message says what is wrong rather than the widget failing)."""
+    lo = hi = None
+    for m in f.metadata:
+        if getattr(m, "ge", None) is not None:
+            lo = m.ge
+        elif getattr(m, "gt", None) is not None:
+            lo = m.gt + 1 if kind is int else m.gt
+        if getattr(m, "le", None) is not None:
+            hi = m.le
+        elif getattr(m, "lt", None) is not None:
+            hi = m.lt - 1 if kind is int else None
+    if cur is not None and ((lo is not None and cur < lo) or (hi is not None and cur > hi)):
+        return {}
+    return {"min_value": None if lo is None else kind(lo), "max_value": None if hi is None else kind(hi)}
+
+
 def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[str, ...] = ()) -> dict:
     """Widgets for every field of a pydantic spec, so fields added to the scenario appear by themselves."""
     values = values or {}
@@ -158,7 +236,7 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
         ann, optional = _unwrap(f.annotation)
         cur = values.get(name, _default(f))
         k = f"{key}.{name}"
-        label, hint = name.replace("_", " "), f.description
+        label, hint = field_label(name), f.description
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             if optional and not st.checkbox(f"{label}", value=cur is not None, key=k + ".on", help=hint):
                 continue
@@ -188,13 +266,13 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
         elif ann is bool:
             out[name] = st.checkbox(label, value=bool(cur), key=k, help=hint)
         elif ann is int:
-            v = st.number_input(label, value=None if cur is None else int(cur), step=1, key=k, help=hint)
+            cur = None if cur is None else int(cur)
+            v = st.number_input(label, value=cur, step=1, key=k, help=hint, **_bounds(f, int, cur))
             if v is not None or not optional:
                 out[name] = None if v is None else int(v)
         elif ann is float:
-            v = st.number_input(
-                label, value=None if cur is None else float(cur), format="%g", key=k, help=hint
-            )
+            cur = None if cur is None else float(cur)
+            v = st.number_input(label, value=cur, format="%g", key=k, help=hint, **_bounds(f, float, cur))
             if v is not None or not optional:
                 out[name] = v
         elif ann is str:
@@ -306,8 +384,8 @@ def workload_picker(key: str, presets_only: bool = False) -> dict | None:
             skip=("trace",),
         )
     up = st.file_uploader(
-        "trace (CSV or JSONL: arrival time, prompt and output token counts)",
-        type=["csv", "jsonl"],
+        "trace (CSV, JSON or JSONL: arrival time, prompt and output token counts)",
+        type=["csv", "json", "jsonl"],
         key=f"{key}.trace",
     )
     if up is None:
@@ -316,7 +394,7 @@ def workload_picker(key: str, presets_only: bool = False) -> dict | None:
             "Azure CSV (TIMESTAMP, ContextTokens, GeneratedTokens) or Mooncake JSONL."
         )
         return None
-    path = save_upload(up, ".jsonl" if up.name.endswith(".jsonl") else ".csv")
+    path = save_upload(up, next((x for x in (".jsonl", ".json") if up.name.lower().endswith(x)), ".csv"))
     own = st.checkbox("use the trace's arrival times", value=True, key=f"{key}.own")
     arrival = {"process": "trace"} if own else {"process": "poisson"}
     r = st.number_input(
@@ -343,15 +421,41 @@ def workload_picker(key: str, presets_only: bool = False) -> dict | None:
     return w
 
 
-def slo_picker(key: str, ttft_s: float = 0.5, tpot_s: float = 0.05) -> dict:
-    return model_form(Slo, {"ttft_s": ttft_s, "tpot_s": tpot_s}, f"{key}.slo")
+DEFAULT_SLO = {"ttft_s": 0.5, "tpot_s": 0.05}
 
 
-def hosted_api_picker(key: str, on: bool = False) -> dict | None:
-    if not st.checkbox("compare with a hosted API price", value=on, key=f"{key}.api.on"):
+def slo_picker(key: str, slo: dict | None = None) -> dict:
+    """The SLOs, typed in ms; an empty box is no SLO on that latency. `slo` (seconds, as a scenario holds
+    it) fills the boxes the first time; the mapping returned is in seconds."""
+    slo = DEFAULT_SLO if slo is None else slo
+    out = {}
+    for name, f in Slo.model_fields.items():
+        k = f"{key}.slo.{name}"
+        if (
+            k not in st.session_state
+        ):  # (a box made with value=None can be emptied; its first value goes here)
+            st.session_state[k] = None if slo.get(name) is None else float(slo[name]) * 1e3
+        ms = st.number_input(
+            f"{field_label(name[:-2])} SLO (ms)",
+            value=None,
+            min_value=0.0,
+            format="%g",
+            placeholder="none",
+            key=k,
+            help=f"{f.description}; empty: no SLO on it",
+        )
+        if ms is not None:
+            out[name] = ms / 1e3
+    return out
+
+
+def hosted_api_picker(key: str, price: dict | None = None) -> dict | None:
+    if not st.checkbox("compare with a hosted API price", value=price is not None, key=f"{key}.api.on"):
         return None
     return model_form(
-        HostedApi, {"name": "hosted API", "usd_per_1m_input": 0.2, "usd_per_1m_output": 0.6}, f"{key}.api"
+        HostedApi,
+        price or {"name": "hosted API", "usd_per_1m_input": 0.2, "usd_per_1m_output": 0.6},
+        f"{key}.api",
     )
 
 
@@ -421,7 +525,7 @@ def show_forecast(f: api.Forecast) -> None:
 
 
 def downloads(f: api.Forecast) -> None:
-    files = api.result_files(f)
+    files = local_files(api.result_files(f))
     st.markdown("**Downloads**")
     cols = st.columns(len(files) + 1)
     mime = {".yaml": "application/yaml", ".json": "application/json", ".csv": "text/csv"}
@@ -435,5 +539,5 @@ def downloads(f: api.Forecast) -> None:
         got = st.session_state.get("report.html")
         if got and got[0] == sc_json:
             cols[-1].download_button(
-                "report.html", got[1], file_name="report.html", mime="text/html", key="dl.report"
+                "report.html", local_names(got[1]), file_name="report.html", mime="text/html", key="dl.report"
             )
