@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import math
 import sys
 import time
@@ -39,13 +40,45 @@ def _scenario(path: str | None, overrides: list[str] | None, requests: int | Non
     return parse_scenario(data, source)
 
 
+def run_dir(output_dir: str, overrides: list[str] | None, requests: int | None) -> str:
+    """Where `run` writes without --out: the scenario's output.dir, or, with --set/--requests, a folder
+    beside it named by a short hash of the overrides (so a changed run never replaces the unchanged one's)."""
+    changes = [*(overrides or []), *([f"--requests={requests}"] if requests is not None else [])]
+    if not changes:
+        return output_dir
+    digest = hashlib.sha256("\n".join(changes).encode()).hexdigest()[:8]
+    return f"{output_dir.rstrip('/')}-set-{digest}"
+
+
+@contextlib.contextmanager
+def _run_progress(what: str, stream=None):
+    """A progress bar with the time left on a terminal (rich); nothing when output goes to a file or
+    rich is not installed. Yields the callback `simulate` tells the share of its arrival window."""
+    stream = stream or sys.stderr
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+    except ImportError:
+        yield None
+        return
+    if not stream.isatty():
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(file=stream), transient=True) as bar:
+        task = bar.add_task(what, total=1.0)
+        yield lambda done: bar.update(task, completed=done)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from simulator.results import format_summary, write_results
     from simulator.simulation import simulate
 
     sc = _scenario(args.scenario, args.set, args.requests)
-    with ResultFolder(args.out or sc.output.dir, "--out" if args.out else "output.dir") as folder:
-        forecast = simulate(sc)
+    out = args.out or run_dir(sc.output.dir, args.set, args.requests)
+    with ResultFolder(out, "--out" if args.out else "output.dir") as folder:
+        with _run_progress(f"simulating {sc.name}") as progress:
+            forecast = simulate(sc, progress=progress)
         write_results(forecast, folder)
         folder.commit()
     print(format_summary(forecast))
@@ -306,7 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("scenario", nargs="?", help="scenario YAML (default: the built-in default scenario)")
-    r.add_argument("--out", help="output folder (default: the scenario's output.dir)")
+    r.add_argument(
+        "--out",
+        help="output folder (default: the scenario's output.dir; with --set or --requests, "
+        "output.dir-set-HASH, HASH naming the overrides, so the unchanged scenario's results are kept)",
+    )
     _override_options(r)
     r.set_defaults(fn=cmd_run)
     c = sub.add_parser(
