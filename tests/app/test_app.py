@@ -208,9 +208,9 @@ def test_capacity_search_and_load_curve():
     assert msg.startswith(f"Cheapest for 10 req/s: {best.copies_for(10.0)}× ({best.label})")
     assert f"sustains {best.max_rate_per_s:.2f} req/s" in msg
     rows = at.dataframe[0].value
-    assert rows["max_rate_per_s"].max() == pytest.approx(best.max_rate_per_s)
+    assert rows["max req/s"].max() == pytest.approx(best.max_rate_per_s)
     assert any("breaks its" in m.value for m in at.markdown)
-    curve = at.dataframe[1].value
+    curve = at.dataframe[-1].value  # (after the ranked table and the frontier)
     assert len(curve) == len(spec.load_points)
     # the search is stability-aware: the bracket is stated, and the curve's points carry their verdict
     assert any(c.value.startswith(f"Bracket: {best.max_rate_per_s:.2f} req/s passed") for c in at.caption)

@@ -4,6 +4,7 @@ form fields keep the schema's bounds and read as words, uploads are named as the
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -102,3 +103,26 @@ def test_an_uploaded_trace_is_named_by_its_file_name(tmp_path, monkeypatch):
     files = common.local_files(api.result_files(f))
     assert all(str(tmp_path) not in v.decode() for v in files.values())
     assert yaml.safe_load(files["scenario.yaml"])["workload"]["trace"] == "mine.json"
+
+
+def test_capacity_runs_candidates_in_parallel_and_ranks_by_the_deciding_column(monkeypatch):
+    calls = []
+    search = api.run_search
+    monkeypatch.setattr(api, "run_search", lambda spec, **kw: calls.append(kw) or search(spec, **kw))
+    at = app("capacity")
+    assert "uploaded trace" in at.radio(key="cap.mode").options
+    at.number_input(key="cap.n").set_value(60)
+    at.multiselect(key="cap.gpus").set_value(["t4", "l4", "h100-sxm"])
+    at.multiselect(key="cap.dtypes").set_value(["fp8"]).run()
+    at.button(key="cap.run").click().run()
+    no_failure(at)
+    assert calls[0]["workers"] == min(3, os.cpu_count() or 1)  # one process per candidate, up to the cores
+    assert calls[0]["backend"] == ("processes" if calls[0]["workers"] > 1 else "serial")
+    table = at.dataframe[0].value
+    assert table.columns[0] == "$/h at target"
+    cost = table["$/h at target"].dropna()
+    assert list(cost) == sorted(cost) and len(cost) >= 1
+    assert table["$/h at target"].isna().sum() == (table["status"] != "meets the SLOs").sum()
+    assert list(table["$/h at target"].isna()) == sorted(table["$/h at target"].isna())  # unranked last
+    frontier = at.dataframe[1].value
+    assert list(frontier.columns) == ["max req/s", "$/h", "$ per 1M tokens"] and len(frontier) >= 1
