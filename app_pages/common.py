@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from simulator import api
 from simulator.errors import ConfigError, parse_yaml, yaml_from_bytes
+from simulator.metrics import capacity, capacity_line
 from simulator.plots import timeline
 from simulator.report import LATENCY_HEAD, build_report, latency_rows
 from simulator.scenario import HostedApi, Scenario, Slo, Workload
@@ -59,6 +60,42 @@ def cached_curve(scenario_json: str, rates: tuple[float, ...]) -> api.LoadCurve:
 @st.cache_data(show_spinner=False, max_entries=32)
 def cached_max_rate(scenario_json: str) -> float:
     return api.max_sustainable_rate(json.loads(scenario_json))[0]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_capacity(scenario_json: str) -> dict:
+    """summary["capacity"] of a forecast (simulator.metrics.capacity), cached by the scenario."""
+    f = cached_forecast(scenario_json)
+    return capacity(f.scenario, f.summary)
+
+
+def with_capacity(f: api.Forecast) -> api.Forecast:
+    """The forecast with its capacity in the summary (so summary.json and the report carry it)."""
+    if f.fits and "capacity" not in f.summary:
+        with st.spinner("Finding the highest rate within the SLOs …"):
+            f.summary["capacity"] = cached_capacity(key_of(f.scenario.model_dump(mode="json")))
+    return f
+
+
+def show_capacity(f: api.Forecast) -> None:
+    """Offered load against the highest rate this configuration sustains within its SLOs."""
+    cap = f.summary.get("capacity")
+    if not cap:
+        return
+    if "skipped" in cap:
+        st.caption(f"Capacity not computed: {cap['skipped']}")
+        return
+    cols = st.columns(3)
+    cols[0].metric("capacity within SLOs (req/s)", f"{cap['max_rate_per_s']:.2f}")
+    load = cap["offered_load_fraction"]
+    cols[1].metric(
+        "offered load (req/s)",
+        "—" if cap["offered_per_s"] is None else f"{cap['offered_per_s']:.2f}",
+        None if load is None else (f"{1 - load:.0%} headroom" if load < 1 else "over capacity"),
+        delta_color="off",
+    )
+    cols[2].metric("load / capacity", "—" if load is None else f"{load:.0%}")
+    st.caption(capacity_line(cap)[:1].upper() + capacity_line(cap)[1:])
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -486,6 +523,7 @@ def show_forecast(f: api.Forecast) -> None:
     )
     show_fit(f)
     if f.fits and f.table is not None:
+        show_capacity(f)
         t, g, c, kv, r = s["throughput"], s["goodput"], s["cost"], s["kv_cache"], s["requests"]
         cols = st.columns(5)
         cols[0].metric("throughput (req/s)", f"{t['requests_per_s']:.2f}")

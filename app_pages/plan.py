@@ -15,6 +15,7 @@ from app_pages.common import (
     run_forecast,
     show_forecast,
     slo_picker,
+    with_capacity,
     workload_picker,
 )
 from simulator.scenario import Hardware, Scenario, Serving
@@ -70,6 +71,8 @@ data = {
 if hosted:
     data["hosted_api"] = hosted
 forecast = run_forecast(data)
+if forecast is not None:
+    forecast = with_capacity(forecast)
 if forecast is None and "plan.last" in st.session_state:  # a bad setting keeps the last good forecast in view
     forecast = st.session_state["plan.last"]
     st.caption("Below: the last forecast that ran; fix the setting named above to update it.")

@@ -66,7 +66,7 @@ def _run_progress(what: str, stream=None):
         return
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(file=stream), transient=True) as bar:
-        task = bar.add_task(what, total=1.0)
+        task = bar.add_task(what, total=1.0)  # (a caller that reports nothing shows a pulsing bar)
         yield lambda done: bar.update(task, completed=done)
 
 
@@ -79,6 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     with ResultFolder(out, "--out" if args.out else "output.dir") as folder:
         with _run_progress(f"simulating {sc.name}") as progress:
             forecast = simulate(sc, progress=progress)
+        if not args.no_capacity and forecast.fits:
+            from simulator.metrics import capacity
+
+            with _run_progress("finding the highest rate within the SLOs (--no-capacity skips)"):
+                forecast.summary["capacity"] = capacity(sc, forecast.summary)
         write_results(forecast, folder)
         folder.commit()
     print(format_summary(forecast))
@@ -339,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("scenario", nargs="?", help="scenario YAML (default: the built-in default scenario)")
+    r.add_argument(
+        "--no-capacity",
+        action="store_true",
+        help="skip the search for the highest rate within the SLOs (summary.json's capacity; "
+        "it costs about 5× the run, with runs of at most 20,000 requests)",
+    )
     r.add_argument(
         "--out",
         help="output folder (default: the scenario's output.dir; with --set or --requests, "

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from simulator import plots
-from simulator.metrics import LATENCIES
+from simulator.metrics import LATENCIES, capacity, capacity_line
 from simulator.output import ResultFolder
 from simulator.results import rejected_reasons
 from simulator.search import LoadCurve, latency_vs_load, max_sustainable_rate
@@ -46,7 +46,11 @@ def load_curve(f: Forecast, multiples=LOAD_MULTIPLES) -> LoadCurve:
     """
     data = f.scenario.model_dump(mode="json")
     r0, window = offered_rate(f), None
-    if f.scenario.slo.model_dump(exclude_none=True):
+    cap = f.summary.get("capacity") or {}
+    if "max_rate_per_s" in cap:  # the forecast's own capacity search, done once
+        if cap["max_rate_per_s"] > 0 and cap["probe_requests"]:
+            r0, window = cap["max_rate_per_s"], cap["probe_requests"] / cap["max_rate_per_s"]
+    elif f.scenario.slo.model_dump(exclude_none=True):
         r_max, _, s = max_sustainable_rate(data)
         if r_max > 0:  # each point as long (in time) as the run that found the max rate
             r0, window = r_max, s["requests"]["total"] / r_max
@@ -84,6 +88,8 @@ def headline(f: Forecast) -> list[tuple[str, str]]:
         )
     if not s["fits"]:
         return rows
+    if "capacity" in s:
+        rows.append(("capacity", capacity_line(s["capacity"]).removeprefix("capacity: ")))
     r, t, g, kv, c = s["requests"], s["throughput"], s["goodput"], s["kv_cache"], s["cost"]
     rows += [
         (
@@ -152,6 +158,8 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
     images: dict[str, bytes] = {}
     captions: dict[str, str] = {}
     served = f.fits and f.table is not None and f.summary["requests"]["finished"] > 0
+    if f.fits and "capacity" not in f.summary:  # found once; the load curve below is scaled by it
+        f.summary["capacity"] = capacity(sc, f.summary)
     if f.fits and f.table is not None:
         curve = curve or (load_curve(f) if served else None)
         images["latency_cdf.png"] = plots.png(plots.latency_cdfs(f))

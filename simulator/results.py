@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from simulator.metrics import LATENCIES
+from simulator.metrics import LATENCIES, capacity_line
 from simulator.output import ResultFolder
 from simulator.simulation import Forecast
 
@@ -138,6 +138,8 @@ def format_summary(f: Forecast) -> str:
     if r["rejected"] and rejected_reasons(s):
         lines.append(f"rejected: {rejected_reasons(s)}")
     lines += stability_lines(s)
+    if "capacity" in s:
+        lines.append(capacity_line(s["capacity"]))
     lines.append("")
     # two spaces before every cell, whatever its width: huge values never run together
     lines.append(f"{'latency':<14}" + "".join(f"  {q:>12}" for q in ("p50", "p90", "p99", "mean")))
@@ -157,7 +159,7 @@ def format_summary(f: Forecast) -> str:
         slo = "their class's SLO"
     lines.append(f"goodput: {g['requests_per_s']:.2f} req/s ({g['fraction']:.1%} of finished meet {slo})")
     lines.append(
-        f"GPU busy {u['busy_fraction']:.1%}, mean batch {u['mean_batch_seqs']:.1f} seqs, {u['steps']:,} steps; "
+        f"GPU busy {u['busy_fraction']:.1%} (time with a step running, not saturation), mean batch {u['mean_batch_seqs']:.1f} seqs, {u['steps']:,} steps; "
         f"KV cache {kv['blocks']:,} blocks, occupancy mean {kv['mean_occupancy']:.1%} / peak {kv['peak_occupancy']:.1%}"
     )
     lines.append(

@@ -126,3 +126,26 @@ def test_capacity_runs_candidates_in_parallel_and_ranks_by_the_deciding_column(m
     assert list(table["$/h at target"].isna()) == sorted(table["$/h at target"].isna())  # unranked last
     frontier = at.dataframe[1].value
     assert list(frontier.columns) == ["max req/s", "$/h", "$ per 1M tokens"] and len(frontier) >= 1
+
+
+def test_plan_shows_capacity_and_headroom_beside_the_forecast():
+    from simulator.metrics import capacity
+
+    at = app()
+    at.number_input(key="plan.n").set_value(120).run()
+    no_failure(at)
+    sc = api.parse_scenario(
+        {
+            "name": "my-plan",
+            "model": "llama-3.1-8b",
+            "hardware": {"gpu": "h100-sxm"},
+            "workload": json.loads(json.dumps(api.WORKLOADS["chat (Poisson, lognormal lengths)"]))
+            | {"num_requests": 120},
+            "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
+        }
+    )
+    cap = capacity(sc, api.simulate(sc).summary)
+    shown = {m.label: m for m in at.metric}
+    assert shown["capacity within SLOs (req/s)"].value == f"{cap['max_rate_per_s']:.2f}"
+    assert shown["load / capacity"].value == f"{cap['offered_load_fraction']:.0%}"
+    assert "headroom" in shown["offered load (req/s)"].proto.delta
