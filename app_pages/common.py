@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from simulator import api
+from simulator.breakdown import BREAKDOWN_HEAD, BREAKDOWN_NOTE, breakdown_rows, step_breakdown
 from simulator.errors import ConfigError, parse_yaml, yaml_from_bytes
 from simulator.metrics import capacity, capacity_line
 from simulator.plots import timeline
@@ -552,6 +553,7 @@ def show_forecast(f: api.Forecast) -> None:
         missed = [row[0] for row in latency_rows(f) if row[-1] == "misses"]
         if missed:
             st.warning(f"p90 misses the SLO for: {', '.join(missed)}")
+        show_breakdown(f)
         tl = pd.DataFrame(timeline(f)).set_index("time_s")
         tl["KV blocks used (%)"] = tl["kv_occupancy"] * 100
         c1, c2 = st.columns(2)
@@ -560,6 +562,21 @@ def show_forecast(f: api.Forecast) -> None:
         c2.markdown("**Queue length over time**")
         c2.line_chart(tl[["waiting", "running"]], x_label="time (s)", y_label="sequences")
     downloads(f)
+
+
+def show_breakdown(f: api.Forecast) -> None:
+    """Where the time goes: a typical prefill and decode step by operation group, as a table and a chart."""
+    bd = step_breakdown(f)
+    if bd is None:
+        return
+    with st.expander("Where the time goes", expanded=False):
+        st.caption(BREAKDOWN_NOTE)
+        table = pd.DataFrame(breakdown_rows(bd), columns=BREAKDOWN_HEAD)
+        st.dataframe(table, hide_index=True, key="plan.breakdown")
+        chart = pd.DataFrame(
+            {kind: {g["label"]: g["time_s"] * 1e3 for g in step["groups"]} for kind, step in bd.items()}
+        ).fillna(0.0)
+        st.bar_chart(chart.T, horizontal=True, x_label="ms per step", y_label="step")
 
 
 def downloads(f: api.Forecast) -> None:

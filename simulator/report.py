@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from simulator import plots
+from simulator.breakdown import BREAKDOWN_HEAD, BREAKDOWN_NOTE, breakdown_rows, step_breakdown
 from simulator.metrics import LATENCIES, capacity, capacity_line
 from simulator.output import ResultFolder
 from simulator.results import rejected_reasons
@@ -273,6 +274,19 @@ def _html(title, f, images, captions, breaks, scenario_yaml) -> str:
         )
         if breaks:
             parts.append("<ul>" + "".join(f"<li>{e(b)}</li>" for b in breaks) + "</ul>")
+        bd = step_breakdown(f)
+        parts.append(
+            f"<h2>Where the time goes</h2><p>{e(BREAKDOWN_NOTE)}</p><table><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h in BREAKDOWN_HEAD)
+            + "</tr>"
+            + "".join(
+                "<tr>"
+                + "".join(f"<td class='{'n' if i in (2, 3) else ''}'>{e(c)}</td>" for i, c in enumerate(r))
+                + "</tr>"
+                for r in breakdown_rows(bd)
+            )
+            + "</table>"
+        )
         for name, data in images.items():
             b64 = base64.b64encode(data).decode()
             parts.append(
@@ -300,6 +314,16 @@ def _markdown(title, f, images, captions, breaks, scenario_yaml) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in latency_rows(f)]
         if breaks:
             lines += [""] + [f"- {b}" for b in breaks]
+        lines += [
+            "",
+            "## Where the time goes",
+            "",
+            BREAKDOWN_NOTE,
+            "",
+            "| " + " | ".join(BREAKDOWN_HEAD) + " |",
+        ]
+        lines += ["|" + "---|" * len(BREAKDOWN_HEAD)]
+        lines += ["| " + " | ".join(r) + " |" for r in breakdown_rows(step_breakdown(f))]
         for name in images:
             lines += ["", f"### {captions[name]}", "", f"![{captions[name]}]({name})"]
     lines += ["", "## Scenario", "", "```yaml", scenario_yaml.rstrip(), "```", ""]

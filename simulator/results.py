@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from simulator.breakdown import breakdown_lines, step_breakdown
 from simulator.metrics import LATENCIES, capacity_line
 from simulator.output import ResultFolder
 from simulator.simulation import Forecast
@@ -166,6 +167,8 @@ def format_summary(f: Forecast) -> str:
         f"cost: ${c['usd_per_1m_input_tokens']:.3f} per 1M input tokens, ${c['usd_per_1m_output_tokens']:.3f} per 1M "
         f"output tokens (${c['usd_per_1m_tokens']:.3f} per 1M blended) at ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour"
     )
+    lines += ["", "where the time goes (bound: what, doubled, would shorten it most):"]
+    lines += ["  " + x for x in breakdown_lines(step_breakdown(f))]
     pc = s.get("prefix_cache", {})
     if pc.get("enabled"):
         lines.append(

@@ -149,3 +149,15 @@ def test_plan_shows_capacity_and_headroom_beside_the_forecast():
     assert shown["capacity within SLOs (req/s)"].value == f"{cap['max_rate_per_s']:.2f}"
     assert shown["load / capacity"].value == f"{cap['offered_load_fraction']:.0%}"
     assert "headroom" in shown["offered load (req/s)"].proto.delta
+
+
+def test_plan_shows_where_the_time_goes():
+    from simulator.breakdown import breakdown_rows, step_breakdown
+
+    at = app()
+    at.number_input(key="plan.n").set_value(80).run()
+    no_failure(at)
+    f = list(common._FORECASTS.values())[-1]  # the one shown (the latest used)
+    (shown,) = [d.value for d in at.dataframe if "operation group" in d.value.columns]
+    assert shown.values.tolist() == breakdown_rows(step_breakdown(f))
+    assert any(e.label == "Where the time goes" for e in at.expander)
