@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from simulator import api
 from simulator.breakdown import BREAKDOWN_HEAD, BREAKDOWN_NOTE, breakdown_rows, step_breakdown
 from simulator.errors import ConfigError, parse_yaml, yaml_from_bytes
+from simulator.fit import FIT_HEAD, fit_cells, what_fits
 from simulator.metrics import capacity, capacity_line
 from simulator.plots import timeline
 from simulator.report import LATENCY_HEAD, build_report, latency_rows
@@ -577,6 +578,29 @@ def show_breakdown(f: api.Forecast) -> None:
             {kind: {g["label"]: g["time_s"] * 1e3 for g in step["groups"]} for kind, step in bd.items()}
         ).fillna(0.0)
         st.bar_chart(chart.T, horizontal=True, x_label="ms per step", y_label="step")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_fit_table(model: str, context_tokens: int) -> pd.DataFrame:
+    rows = what_fits(model, context_tokens=context_tokens)
+    return pd.DataFrame([fit_cells(r) for r in rows], columns=FIT_HEAD)
+
+
+def show_what_fits(model: str, key: str) -> None:
+    """What fits: the model on every GPU profile × weight format × GPUs per replica (on request)."""
+    if not st.toggle("What fits: this model on every GPU", key=f"{key}.fit.on"):
+        return
+    context = st.number_input(
+        "context per sequence (tokens)", min_value=1, value=4096, step=512, key=f"{key}.fit.context"
+    )
+    table = cached_fit_table(model, int(context))
+    gpus = st.multiselect("GPUs", sorted(set(table["GPU"])), key=f"{key}.fit.gpus", placeholder="all")
+    shown = table[table["GPU"].isin(gpus)] if gpus else table
+    st.dataframe(shown, hide_index=True, key=f"{key}.fit.table")
+    st.caption(
+        "max batch: sequences of that context the KV room holds at once; a setup that does not fit names "
+        "the smallest change that would (`python -m simulator fit MODEL` prints the same table)."
+    )
 
 
 def downloads(f: api.Forecast) -> None:

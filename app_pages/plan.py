@@ -14,6 +14,7 @@ from app_pages.common import (
     read_yaml_upload,
     run_forecast,
     show_forecast,
+    show_what_fits,
     slo_picker,
     with_capacity,
     workload_picker,
@@ -88,3 +89,4 @@ if forecast is not None:
     elif stability is not None and stability["verdict"] == "inconclusive":
         st.warning(f"Stability inconclusive: {stability['reason']}")
     show_forecast(forecast)
+show_what_fits(model, "plan")

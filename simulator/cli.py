@@ -159,6 +159,18 @@ def _cell(v) -> str:
     return str(v)
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from simulator.fit import DTYPES, GPU_COUNTS, format_fit, what_fits
+
+    for gpu in args.gpu or []:
+        load_profile(gpu)  # an unknown name is one line before any table
+    rows = what_fits(
+        args.model, args.gpu, tuple(args.dtype or DTYPES), tuple(args.gpus or GPU_COUNTS), args.context
+    )
+    print(format_fit(args.model, rows, args.context))
+    return 0 if any(r.fits for r in rows) else 3
+
+
 def cmd_models(_: argparse.Namespace) -> int:
     print(f"{'name':<20}{'params':>9}{'active':>9}{'layers':>8}{'KV/token bf16':>15}  notes")
     for name in catalogue_names():
@@ -366,6 +378,26 @@ def build_parser() -> argparse.ArgumentParser:
     _override_options(c, " in every scenario")
     c.add_argument("--out", help="write compare.json and compare.csv into this folder")
     c.set_defaults(fn=cmd_compare)
+    ft = sub.add_parser(
+        "fit",
+        help="what fits: a model on GPUs x weight formats x GPUs per replica, KV room, max batch",
+        description="Whether MODEL fits each GPU profile, weight format and GPUs per replica (the memory plan "
+        "the simulator enforces, default serving settings), the KV-cache room left and the batch it holds "
+        "at --context tokens; a setup that does not fit names the smallest change that would.",
+    )
+    ft.add_argument("model", help="catalogue name or a Hugging Face config.json")
+    ft.add_argument("--gpu", action="append", help="GPU profile (repeat; default: every profile)")
+    ft.add_argument(
+        "--dtype",
+        action="append",
+        choices=["bf16", "fp16", "fp8", "int8", "int4"],
+        help="weight format (repeat)",
+    )
+    ft.add_argument("--gpus", action="append", type=_count, help="GPUs per replica (repeat; default 1 2 4 8)")
+    ft.add_argument(
+        "--context", type=_count, default=4096, help="tokens per sequence for max batch (default 4096)"
+    )
+    ft.set_defaults(fn=cmd_fit)
     sub.add_parser("models", help="list catalogue models").set_defaults(fn=cmd_models)
     sub.add_parser("gpus", help="list GPU profiles").set_defaults(fn=cmd_gpus)
     s = sub.add_parser(

@@ -161,3 +161,15 @@ def test_plan_shows_where_the_time_goes():
     (shown,) = [d.value for d in at.dataframe if "operation group" in d.value.columns]
     assert shown.values.tolist() == breakdown_rows(step_breakdown(f))
     assert any(e.label == "Where the time goes" for e in at.expander)
+
+
+def test_plan_shows_what_fits_on_request():
+    from simulator.fit import fit_cells, what_fits
+
+    at = app()
+    at.number_input(key="plan.n").set_value(60).run()
+    at.toggle(key="plan.fit.on").set_value(True).run()
+    at.multiselect(key="plan.fit.gpus").set_value(["t4"]).run()
+    no_failure(at)
+    (shown,) = [d.value for d in at.dataframe if "max batch" in d.value.columns]
+    assert shown.values.tolist() == [fit_cells(r) for r in what_fits("llama-3.1-8b", ["t4"])]
