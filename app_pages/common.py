@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from simulator import api
 from simulator.breakdown import BREAKDOWN_HEAD, BREAKDOWN_NOTE, breakdown_rows, step_breakdown
+from simulator.deploy import vllm_serve
 from simulator.errors import ConfigError, parse_yaml, yaml_from_bytes
 from simulator.fit import FIT_HEAD, fit_cells, what_fits
 from simulator.metrics import capacity, capacity_line
@@ -555,6 +556,11 @@ def show_forecast(f: api.Forecast) -> None:
         if missed:
             st.warning(f"p90 misses the SLO for: {', '.join(missed)}")
         show_breakdown(f)
+        serve = vllm_serve(f.scenario)
+        st.markdown("**Deploy with vLLM** (one replica)")
+        st.code(serve.line, language="bash")
+        for note in serve.notes:
+            st.caption(note)
         tl = pd.DataFrame(timeline(f)).set_index("time_s")
         tl["KV blocks used (%)"] = tl["kv_occupancy"] * 100
         c1, c2 = st.columns(2)

@@ -17,6 +17,7 @@ import yaml
 
 from simulator import plots
 from simulator.breakdown import BREAKDOWN_HEAD, BREAKDOWN_NOTE, breakdown_rows, step_breakdown
+from simulator.deploy import vllm_serve
 from simulator.metrics import LATENCIES, capacity, capacity_line
 from simulator.output import ResultFolder
 from simulator.results import rejected_reasons
@@ -292,6 +293,11 @@ def _html(title, f, images, captions, breaks, scenario_yaml) -> str:
             parts.append(
                 f"<h3>{e(captions[name])}</h3><img alt='{e(captions[name])}' src='data:image/png;base64,{b64}'>"
             )
+    serve = vllm_serve(f.scenario)
+    parts.append(
+        f"<h2>Deploy with vLLM</h2><pre>{e(serve.line)}</pre>"
+        + "".join(f"<p><small>{e(n)}</small></p>" for n in serve.notes)
+    )
     parts.append(f"<h2>Scenario</h2><pre>{e(scenario_yaml)}</pre>")
     parts.append(
         "<p><small>Made by inferplan: <code>python -m simulator report SCENARIO.yaml</code></small></p>"
@@ -326,5 +332,7 @@ def _markdown(title, f, images, captions, breaks, scenario_yaml) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in breakdown_rows(step_breakdown(f))]
         for name in images:
             lines += ["", f"### {captions[name]}", "", f"![{captions[name]}]({name})"]
+    serve = vllm_serve(f.scenario)
+    lines += ["", "## Deploy with vLLM", "", "```bash", serve.line, "```", *(f"- {n}" for n in serve.notes)]
     lines += ["", "## Scenario", "", "```yaml", scenario_yaml.rstrip(), "```", ""]
     return "\n".join(lines)

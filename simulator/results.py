@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from simulator.breakdown import breakdown_lines, step_breakdown
+from simulator.deploy import vllm_serve
 from simulator.metrics import LATENCIES, capacity_line
 from simulator.output import ResultFolder
 from simulator.simulation import Forecast
@@ -186,6 +187,13 @@ def format_summary(f: Forecast) -> str:
             f"vs {h['name']}: the same tokens cost ${h['same_tokens_usd']:.2f} there, ${c['total_usd']:.2f} self-hosted "
             f"({h['self_hosted_over_api']:.2f}×)"
         )
+    serve = vllm_serve(f.scenario)
+    lines += [
+        "",
+        "deploy with vLLM (one replica):",
+        f"  {serve.line}",
+        *(f"  note: {n}" for n in serve.notes),
+    ]
     sim = s["simulation"]
     lines.append(
         f"simulated in {sim['wall_s']:.2f} s ({sim['requests_per_wall_s']:,.0f} requests/s, "

@@ -161,6 +161,9 @@ def test_plan_shows_where_the_time_goes():
     (shown,) = [d.value for d in at.dataframe if "operation group" in d.value.columns]
     assert shown.values.tolist() == breakdown_rows(step_breakdown(f))
     assert any(e.label == "Where the time goes" for e in at.expander)
+    from simulator.deploy import vllm_serve
+
+    assert [c.value for c in at.code] == [vllm_serve(f.scenario).line]  # the deployable answer
 
 
 def test_plan_shows_what_fits_on_request():

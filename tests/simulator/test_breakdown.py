@@ -5,7 +5,6 @@ import pytest
 from simulator import api
 from simulator.breakdown import breakdown_lines, step_breakdown, typical_steps
 from simulator.cluster import plan_groups
-from simulator.report import build_report
 from simulator.results import format_summary
 
 
@@ -50,13 +49,10 @@ def test_tensor_parallel_steps_pay_communication_bound_by_the_interconnect():
     assert comm["time_s"] > 0 and comm["bound"] == "interconnect"
 
 
-def test_the_breakdown_is_in_the_terminal_summary_and_the_report():
+def test_the_breakdown_is_in_the_terminal_summary():
     f = _forecast(512)
-    text = format_summary(f)
+    text = format_summary(f)  # (the report: tests/simulator/test_report.py)
     assert all(line in text for line in breakdown_lines(step_breakdown(f)))
-    r = build_report(f)
-    assert "Where the time goes" in r.html and "Where the time goes" in r.markdown
-    assert "GEMMs (weights, experts, LM head)" in r.markdown
 
 
 def test_a_model_that_does_not_fit_has_no_breakdown():

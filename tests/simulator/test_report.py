@@ -100,3 +100,18 @@ def test_cli_report(tmp_path, capsys):
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
     assert (tmp_path / "rep" / "report.md").exists()
+
+
+def test_the_report_has_capacity_where_the_time_goes_and_the_vllm_command(forecast, report):
+    from simulator.breakdown import breakdown_rows, step_breakdown
+    from simulator.deploy import vllm_serve
+    from simulator.metrics import capacity_line
+
+    cap = forecast.summary["capacity"]  # found once by build_report, and the load curve scaled by it
+    assert cap["max_rate_per_s"] > 0
+    assert capacity_line(cap).removeprefix("capacity: ") in report.markdown
+    assert "Where the time goes" in report.html
+    for row in breakdown_rows(step_breakdown(forecast)):
+        assert "| " + " | ".join(row) + " |" in report.markdown
+    line = vllm_serve(forecast.scenario).line
+    assert line in report.markdown and "Deploy with vLLM" in report.html
