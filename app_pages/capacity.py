@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from app_pages.common import key_of, model_picker, slo_picker, workload_picker
+from app_pages.common import key_of, local_names, model_picker, slo_picker, workload_picker
 from simulator import api, plots
 from simulator.errors import ConfigError
 from simulator.search import to_csv
@@ -105,7 +105,7 @@ spec_data = {
 try:
     spec = api.parse_spec(spec_data, "capacity search")
 except ConfigError as e:
-    st.error(str(e))
+    st.error(local_names(str(e)))
     st.stop()
 n_configs = len(gpus) * len(counts) * len(dtypes) * len(seqs)
 spec_key = key_of(spec.model_dump(mode="json"))
@@ -126,7 +126,7 @@ if st.button(f"Search {n_configs} configurations", type="primary", key="cap.run"
         )
         st.session_state["cap.result"] = (spec_key, result)
     except Exception as e:  # noqa: BLE001 - a message in the page, never a traceback
-        st.error(f"the search failed: {type(e).__name__}: {e}")
+        st.error(f"the search failed: {type(e).__name__}: {local_names(str(e))}")
     bar.empty()
 got = st.session_state.get("cap.result")
 if not got or got[0] != spec_key:
@@ -173,10 +173,12 @@ if fr:
     ).set_index("configuration")
     st.dataframe(frontier, key="cap.frontier", column_config=NUMBER_FORMATS)
 d1, d2 = st.columns(2)
-d1.download_button("search.csv", to_csv(result), file_name="search.csv", mime="text/csv", key="cap.dl.csv")
+d1.download_button(
+    "search.csv", local_names(to_csv(result)), file_name="search.csv", mime="text/csv", key="cap.dl.csv"
+)
 d2.download_button(
     "search spec YAML",
-    yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+    local_names(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)),
     file_name="search.yaml",
     mime="application/yaml",
     key="cap.dl.yaml",

@@ -21,7 +21,7 @@ from app_pages.common import (
 )
 from simulator.scenario import Hardware, Scenario, Serving
 
-KEEP = ("plan.start", "plan.start.seen", "plan.last")
+KEEP = ("plan.start", "plan.start.seen", "plan.last", "plan.capacity")
 
 st.title("Plan")
 st.caption("Pick a model, GPUs, serving settings and a workload; the forecast updates as you change them.")
@@ -57,6 +57,12 @@ with st.sidebar:
         with st.expander("More settings"):
             extras = extra_sections(base, "plan.extra")
     seed = st.number_input("seed", value=int(base.get("seed", 0)), step=1, key="plan.seed")
+    capacity_on = st.toggle(
+        "capacity and headroom",
+        value=True,
+        key="plan.capacity",
+        help="search for the highest rate this configuration sustains within its SLOs (a few more runs)",
+    )
 
 if model is None or workload is None:
     st.stop()
@@ -72,7 +78,7 @@ data = {
 if hosted:
     data["hosted_api"] = hosted
 forecast = run_forecast(data)
-if forecast is not None:
+if forecast is not None and capacity_on:
     forecast = with_capacity(forecast)
 if forecast is None and "plan.last" in st.session_state:  # a bad setting keeps the last good forecast in view
     forecast = st.session_state["plan.last"]

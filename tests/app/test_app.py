@@ -14,8 +14,11 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 CHAT = "chat (Poisson, lognormal lengths)"
 
 
-def app(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120).run()
+def app(page: str | None = None, capacity: bool = False) -> AppTest:
+    """The app, on `page`; Plan's capacity search only when a test looks at it (it costs a few runs)."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["plan.capacity"] = capacity
+    at.run()
     if page:
         at.switch_page(f"app_pages/{page}.py").run()
     return at

@@ -131,7 +131,7 @@ def test_capacity_runs_candidates_in_parallel_and_ranks_by_the_deciding_column(m
 def test_plan_shows_capacity_and_headroom_beside_the_forecast():
     from simulator.metrics import capacity
 
-    at = app()
+    at = app(capacity=True)
     at.number_input(key="plan.n").set_value(120).run()
     no_failure(at)
     sc = api.parse_scenario(
@@ -176,3 +176,18 @@ def test_plan_shows_what_fits_on_request():
     no_failure(at)
     (shown,) = [d.value for d in at.dataframe if "max batch" in d.value.columns]
     assert shown.values.tolist() == [fit_cells(r) for r in what_fits("llama-3.1-8b", ["t4"])]
+
+
+def test_capacity_searches_an_uploaded_trace(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "UPLOADS", tmp_path / "uploads")
+    at = app("capacity")
+    at.radio(key="cap.mode").set_value("uploaded trace").run()
+    rows = [{"timestamp": 250 * i, "input_length": 300 + i, "output_length": 40} for i in range(60)]
+    at.file_uploader(key="cap.trace").set_value(("mine.json", json.dumps(rows).encode(), "application/json"))
+    at.multiselect(key="cap.gpus").set_value(["h100-sxm"])
+    at.multiselect(key="cap.dtypes").set_value(["fp8"]).run()
+    at.button(key="cap.run").click().run()
+    no_failure(at)
+    assert not at.error
+    table = at.dataframe[0].value
+    assert len(table) == 1 and table["max req/s"].iloc[0] > 0
