@@ -171,6 +171,10 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
             captions["latency_vs_load.png"] = (
                 "p90 latency vs offered load (the same workload re-simulated at other rates)"
             )
+        images["step_breakdown.png"] = plots.png(plots.step_breakdown(step_breakdown(f)))
+        captions["step_breakdown.png"] = (
+            "Where the time goes: a typical prefill and decode step by operation group"
+        )
         images["cost.png"] = plots.png(plots.cost_bars(f))
         captions["cost.png"] = "Cost per million tokens"
         images["timelines.png"] = plots.png(plots.timelines(f))
