@@ -363,6 +363,8 @@ def model_picker(key: str, default: str = "llama-3.1-8b") -> str | None:
     source = st.radio("model from", ["catalogue", "upload config.json"], horizontal=True, key=f"{key}.src")
     names = api.catalogue_names()
     if source == "catalogue":
+        if default not in names:  # e.g. an uploaded scenario naming a config.json on its author's disk
+            st.warning(f"model {default!r} is not in the catalogue: pick one, or upload its config.json")
         return st.selectbox(
             "model", names, index=names.index(default) if default in names else 0, key=f"{key}.model"
         )
@@ -388,6 +390,8 @@ def model_picker(key: str, default: str = "llama-3.1-8b") -> str | None:
 
 def gpu_picker(key: str, default: str = "h100-sxm", count: int = 1) -> dict:
     names = api.profile_names()
+    if default not in names:  # e.g. an uploaded scenario naming a profile file on its author's disk
+        st.warning(f"GPU {default!r} has no profile here: pick one")
     gpu = st.selectbox("GPU", names, index=names.index(default) if default in names else 0, key=f"{key}.gpu")
     n = st.number_input("GPUs per replica", min_value=1, max_value=64, value=count, step=1, key=f"{key}.gpus")
     return {"gpu": gpu, "gpus_per_replica": int(n)}

@@ -191,3 +191,13 @@ def test_capacity_searches_an_uploaded_trace(tmp_path, monkeypatch):
     assert not at.error
     table = at.dataframe[0].value
     assert len(table) == 1 and table["max req/s"].iloc[0] > 0
+
+
+def test_an_uploaded_scenario_naming_files_elsewhere_says_so():
+    at = app()
+    _upload_scenario(
+        at, UPLOADED | {"model": "/home/someone/my-model/config.json", "hardware": {"gpu": "mine.yaml"}}
+    )
+    no_failure(at)
+    warned = " ".join(w.value for w in at.warning)
+    assert "/home/someone/my-model/config.json" in warned and "mine.yaml" in warned
