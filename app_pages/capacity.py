@@ -1,15 +1,58 @@
 """Capacity: the cheapest configuration meeting the SLOs at a target rate, and latency against load."""
 
 import json
+import os
+import time
 
 import pandas as pd
 import streamlit as st
 import yaml
 
-from app_pages.common import key_of, model_picker, slo_picker, workload_picker
+from app_pages.common import key_of, local_names, model_picker, slo_picker, workload_picker
 from simulator import api, plots
 from simulator.errors import ConfigError
-from simulator.search import rows, to_csv
+from simulator.search import to_csv
+
+NUMBER_FORMATS = {
+    "$/h at target": st.column_config.NumberColumn(format="dollar"),
+    "copies for target": st.column_config.NumberColumn(format="%d"),
+    "max req/s": st.column_config.NumberColumn(format="%.2f"),
+    "$/h": st.column_config.NumberColumn(format="dollar"),
+    "$ per 1M tokens": st.column_config.NumberColumn(format="$%.3f"),
+    "TTFT p90 (ms)": st.column_config.NumberColumn(format="%.0f"),
+    "TPOT p90 (ms)": st.column_config.NumberColumn(format="%.1f"),
+    "E2E p90 (ms)": st.column_config.NumberColumn(format="%.0f"),
+}
+
+
+def ranked(result: api.SearchResult, target: float | None) -> tuple[pd.DataFrame, str]:
+    """The candidates best first, the deciding column first (what one target rate costs, or $ per 1M
+    tokens with no target); candidates that meet the SLOs at no rate last, with why."""
+    out = []
+    for r in result.results:
+        copies = r.copies_for(target) if target and r.status == "ok" else None
+        out.append(
+            {
+                "$/h at target": copies * r.usd_per_hour if copies else None,
+                "copies for target": copies,
+                "max req/s": r.max_rate_per_s if r.status == "ok" else None,
+                "configuration": r.label,
+                "$/h": r.usd_per_hour,
+                "$ per 1M tokens": r.usd_per_1m_tokens if r.status == "ok" else None,
+                "TTFT p90 (ms)": r.ttft_p90_s * 1e3 if r.status == "ok" else None,
+                "TPOT p90 (ms)": r.tpot_p90_s * 1e3 if r.status == "ok" else None,
+                "E2E p90 (ms)": r.e2e_p90_s * 1e3 if r.status == "ok" else None,
+                "status": r.status if r.status != "ok" else "meets the SLOs",
+                "why not": "" if r.status == "ok" else (r.message or r.failed_because),
+            }
+        )
+    deciding = "$/h at target" if target else "$ per 1M tokens"
+    table = pd.DataFrame(out)
+    if not target:
+        table = table.drop(columns=["$/h at target", "copies for target"])
+        table = table[[deciding, *(c for c in table.columns if c != deciding)]]
+    table = table.sort_values([deciding, "max req/s"], ascending=[True, False], na_position="last")
+    return table.set_index(pd.RangeIndex(1, len(table) + 1, name="rank")), deciding
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -29,7 +72,7 @@ st.caption(
 with st.sidebar:
     st.header("Target")
     model = model_picker("cap")
-    workload = workload_picker("cap", presets_only=True)
+    workload = workload_picker("cap")
     slo = slo_picker("cap")
     attainment = st.slider("share of requests that must meet the SLOs", 0.5, 1.0, 0.9, 0.01, key="cap.att")
     target = st.number_input("target rate (req/s)", min_value=0.01, value=10.0, format="%g", key="cap.target")
@@ -62,21 +105,28 @@ spec_data = {
 try:
     spec = api.parse_spec(spec_data, "capacity search")
 except ConfigError as e:
-    st.error(str(e))
+    st.error(local_names(str(e)))
     st.stop()
 n_configs = len(gpus) * len(counts) * len(dtypes) * len(seqs)
 spec_key = key_of(spec.model_dump(mode="json"))
 if st.button(f"Search {n_configs} configurations", type="primary", key="cap.run"):
     bar = st.progress(0.0, text="searching …")
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        el = time.perf_counter() - t0
+        left = f", about {el / done * (total - done):.0f} s left" if done else ""
+        bar.progress(done / total, text=f"{done} of {total} configurations{left}")
+
     try:
+        # the candidates in parallel, one process per core (the CLI's pool); one candidate in-process
+        workers = min(n_configs, os.cpu_count() or 1)
         result = api.run_search(
-            spec,
-            backend="serial",
-            progress=lambda d, t: bar.progress(d / t, text=f"{d} of {t} configurations"),
+            spec, backend="processes" if workers > 1 else "serial", workers=workers, progress=progress
         )
         st.session_state["cap.result"] = (spec_key, result)
     except Exception as e:  # noqa: BLE001 - a message in the page, never a traceback
-        st.error(f"the search failed: {type(e).__name__}: {e}")
+        st.error(f"the search failed: {type(e).__name__}: {local_names(str(e))}")
     bar.empty()
 got = st.session_state.get("cap.result")
 if not got or got[0] != spec_key:
@@ -104,19 +154,31 @@ else:
     st.error(
         "No candidate meets the SLOs at any rate; relax the SLOs or add bigger GPUs, more GPUs per replica or lower precision."
     )
-table = pd.DataFrame(rows(result)).set_index("index")
-st.dataframe(table, key="cap.table")
+table, deciding = ranked(result, target)
+st.markdown(f"**Candidates**, ranked by {deciding} (those that meet the SLOs at no rate last)")
+st.dataframe(table, key="cap.table", column_config=NUMBER_FORMATS)
 fr = result.frontier()
 if fr:
-    st.markdown(
-        "**Frontier**: no other candidate is cheaper per hour and sustains more — "
-        + "; ".join(f"{r.label} ({r.max_rate_per_s:.2f} req/s, ${r.usd_per_hour:.2f}/h)" for r in fr)
-    )
+    st.markdown("**Frontier**: no other candidate is cheaper per hour and sustains more")
+    frontier = pd.DataFrame(
+        [
+            {
+                "configuration": r.label,
+                "max req/s": r.max_rate_per_s,
+                "$/h": r.usd_per_hour,
+                "$ per 1M tokens": r.usd_per_1m_tokens,
+            }
+            for r in fr
+        ]
+    ).set_index("configuration")
+    st.dataframe(frontier, key="cap.frontier", column_config=NUMBER_FORMATS)
 d1, d2 = st.columns(2)
-d1.download_button("search.csv", to_csv(result), file_name="search.csv", mime="text/csv", key="cap.dl.csv")
+d1.download_button(
+    "search.csv", local_names(to_csv(result)), file_name="search.csv", mime="text/csv", key="cap.dl.csv"
+)
 d2.download_button(
     "search spec YAML",
-    yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+    local_names(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)),
     file_name="search.yaml",
     mime="application/yaml",
     key="cap.dl.yaml",

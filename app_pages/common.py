@@ -6,8 +6,12 @@ import hashlib
 import json
 import re
 import tempfile
+import threading
+import time
 import types
 import typing
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -16,7 +20,11 @@ import yaml
 from pydantic import BaseModel
 
 from simulator import api
+from simulator.breakdown import BREAKDOWN_HEAD, BREAKDOWN_NOTE, breakdown_rows, step_breakdown
+from simulator.deploy import vllm_serve
 from simulator.errors import ConfigError, parse_yaml, yaml_from_bytes
+from simulator.fit import FIT_HEAD, fit_cells, what_fits
+from simulator.metrics import capacity, capacity_line
 from simulator.plots import timeline
 from simulator.report import LATENCY_HEAD, build_report, latency_rows
 from simulator.scenario import HostedApi, Scenario, Slo, Workload
@@ -26,10 +34,25 @@ HANDLED = {"name", "seed", "model", "hardware", "serving", "workload", "slo", "h
 
 
 # ---------------------------------------------------------------- cached simulator calls
-@st.cache_data(show_spinner=False, max_entries=128)
-def cached_forecast(scenario_json: str) -> api.Forecast:
-    """A forecast, cached by the scenario (its canonical JSON)."""
-    return api.portable(api.forecast(json.loads(scenario_json)))
+_FORECASTS: OrderedDict[str, api.Forecast] = OrderedDict()
+_FORECASTS_LOCK = threading.Lock()
+FORECASTS_KEPT = 128
+
+
+def cached_forecast(scenario_json: str, progress: Callable[[float], None] | None = None) -> api.Forecast:
+    """A forecast, cached by the scenario (its canonical JSON); `progress` is told the share of the arrival
+    window simulated. (Not st.cache_data: that replays the elements a cached call drew, and a progress bar
+    drawn from outside the call cannot be replayed.)"""
+    with _FORECASTS_LOCK:
+        if scenario_json in _FORECASTS:
+            _FORECASTS.move_to_end(scenario_json)
+            return _FORECASTS[scenario_json]
+    f = api.portable(api.simulate(api.parse_scenario(json.loads(scenario_json)), progress=progress))
+    with _FORECASTS_LOCK:
+        _FORECASTS[scenario_json] = f
+        while len(_FORECASTS) > FORECASTS_KEPT:
+            _FORECASTS.popitem(last=False)
+    return f
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -40,6 +63,42 @@ def cached_curve(scenario_json: str, rates: tuple[float, ...]) -> api.LoadCurve:
 @st.cache_data(show_spinner=False, max_entries=32)
 def cached_max_rate(scenario_json: str) -> float:
     return api.max_sustainable_rate(json.loads(scenario_json))[0]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_capacity(scenario_json: str) -> dict:
+    """summary["capacity"] of a forecast (simulator.metrics.capacity), cached by the scenario."""
+    f = cached_forecast(scenario_json)
+    return capacity(f.scenario, f.summary)
+
+
+def with_capacity(f: api.Forecast) -> api.Forecast:
+    """The forecast with its capacity in the summary (so summary.json and the report carry it)."""
+    if f.fits and "capacity" not in f.summary:
+        with st.spinner("Finding the highest rate within the SLOs …"):
+            f.summary["capacity"] = cached_capacity(key_of(f.scenario.model_dump(mode="json")))
+    return f
+
+
+def show_capacity(f: api.Forecast) -> None:
+    """Offered load against the highest rate this configuration sustains within its SLOs."""
+    cap = f.summary.get("capacity")
+    if not cap:
+        return
+    if "skipped" in cap:
+        st.caption(f"Capacity not computed: {cap['skipped']}")
+        return
+    cols = st.columns(3)
+    cols[0].metric("capacity within SLOs (req/s)", f"{cap['max_rate_per_s']:.2f}")
+    load = cap["offered_load_fraction"]
+    cols[1].metric(
+        "offered load (req/s)",
+        "—" if cap["offered_per_s"] is None else f"{cap['offered_per_s']:.2f}",
+        None if load is None else (f"{1 - load:.0%} headroom" if load < 1 else "over capacity"),
+        delta_color="off",
+    )
+    cols[2].metric("load / capacity", "—" if load is None else f"{load:.0%}")
+    st.caption(capacity_line(cap)[:1].upper() + capacity_line(cap)[1:])
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -56,7 +115,7 @@ def validate(data: dict, label: str = "scenario") -> Scenario | None:
     try:
         return api.parse_scenario(data, label)
     except ConfigError as e:
-        st.error(f"{e}")
+        st.error(local_names(str(e)))
         return None
 
 
@@ -65,14 +124,33 @@ def run_forecast(data: dict, label: str = "scenario") -> api.Forecast | None:
     sc = validate(data, label)
     if sc is None:
         return None
+    bar = st.progress(0.0, text=f"Simulating {sc.name} …")
+    t0 = time.perf_counter()
+
+    def progress(done: float) -> None:  # the share of the arrival window simulated, with the time left
+        el = time.perf_counter() - t0
+        left = f", about {el / done * (1 - done):.0f} s left" if done > 0.05 and el > 1 else ""
+        bar.progress(min(done, 1.0), text=f"Simulating {sc.name}: {done:.0%}{left}")
+
     try:
-        with st.spinner(f"Simulating {sc.name} …"):
-            return cached_forecast(key_of(sc.model_dump(mode="json")))
+        return cached_forecast(key_of(sc.model_dump(mode="json")), progress)
     except ConfigError as e:
-        st.error(f"{label}: {e}")
+        st.error(f"{label}: {local_names(str(e))}")
     except Exception as e:  # noqa: BLE001 - the page must show a message, never a traceback
-        st.error(f"{label}: could not simulate this setting ({type(e).__name__}: {e})")
+        st.error(f"{label}: could not simulate this setting ({type(e).__name__}: {local_names(str(e))})")
+    finally:
+        bar.empty()
     return None
+
+
+def local_names(text: str) -> str:
+    """`text` with every uploaded file named as the user named it, not by where the server keeps it."""
+    return re.sub(re.escape(str(UPLOADS)) + r"/[0-9a-f]{16}/", "", text)
+
+
+def local_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Downloads that name uploads by their file names (upload names are plain: see `upload_name`)."""
+    return {k: local_names(v.decode()).encode() for k, v in files.items()}
 
 
 def upload_name(name: str, suffix: str) -> str:
@@ -102,7 +180,7 @@ def read_yaml_upload(upload, what: str = "scenario file") -> dict | None:
     try:
         return yaml_from_bytes(upload.getvalue(), upload_name(upload.name, ".yaml"), what)
     except ConfigError as e:
-        st.error(str(e))
+        st.error(local_names(str(e)))
         return None
 
 
@@ -148,6 +226,46 @@ def _discriminator(choices: list[type[BaseModel]]) -> str | None:
     return None
 
 
+# words and unit suffixes of field names, as a reader writes them
+WORDS = {"gpu": "GPU", "gpus": "GPUs", "kv": "KV", "ttft": "TTFT", "tpot": "TPOT", "e2e": "E2E", "slo": "SLO",
+         "api": "API", "cv": "CV", "num": "number of", "seqs": "sequences", "len": "length", "ids": "IDs"}  # fmt: skip
+UNITS = (("_per_gpu_hour_usd", "USD per GPU-hour"), ("_per_1m_input", "USD per 1M input tokens"),
+         ("_per_1m_output", "USD per 1M output tokens"), ("_per_s", "per s"), ("_s", "s"), ("_gib", "GiB"),
+         ("_bytes", "bytes"), ("_usd", "USD"), ("_tokens", "tokens"))  # fmt: skip
+
+
+def field_label(name: str) -> str:
+    """A field's label: words with their capitals and the unit in brackets (`ttft_s` → "TTFT (s)")."""
+    unit = ""
+    for suffix, text in UNITS:
+        if name.endswith(suffix) and name != suffix[1:]:
+            name, unit = name[: -len(suffix)], f" ({text})"
+            break
+    words = [WORDS.get(w, w) for w in name.split("_") if w]
+    if name.startswith("usd"):  # usd_per_1m_input: the unit is the whole label
+        return unit.strip(" ()")
+    text = " ".join(words)
+    return text[:1].upper() + text[1:] + unit
+
+
+def _bounds(f, kind: type, cur) -> dict:
+    """The schema's bounds as a number box's min/max (none where the current value is already outside them,
+    so that the schema's own message says what is wrong rather than the widget failing)."""
+    lo = hi = None
+    for m in f.metadata:
+        if getattr(m, "ge", None) is not None:
+            lo = m.ge
+        elif getattr(m, "gt", None) is not None:
+            lo = m.gt + 1 if kind is int else m.gt
+        if getattr(m, "le", None) is not None:
+            hi = m.le
+        elif getattr(m, "lt", None) is not None:
+            hi = m.lt - 1 if kind is int else None
+    if cur is not None and ((lo is not None and cur < lo) or (hi is not None and cur > hi)):
+        return {}
+    return {"min_value": None if lo is None else kind(lo), "max_value": None if hi is None else kind(hi)}
+
+
 def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[str, ...] = ()) -> dict:
     """Widgets for every field of a pydantic spec, so fields added to the scenario appear by themselves."""
     values = values or {}
@@ -158,7 +276,7 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
         ann, optional = _unwrap(f.annotation)
         cur = values.get(name, _default(f))
         k = f"{key}.{name}"
-        label, hint = name.replace("_", " "), f.description
+        label, hint = field_label(name), f.description
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             if optional and not st.checkbox(f"{label}", value=cur is not None, key=k + ".on", help=hint):
                 continue
@@ -188,13 +306,13 @@ def model_form(cls: type[BaseModel], values: dict | None, key: str, skip: tuple[
         elif ann is bool:
             out[name] = st.checkbox(label, value=bool(cur), key=k, help=hint)
         elif ann is int:
-            v = st.number_input(label, value=None if cur is None else int(cur), step=1, key=k, help=hint)
+            cur = None if cur is None else int(cur)
+            v = st.number_input(label, value=cur, step=1, key=k, help=hint, **_bounds(f, int, cur))
             if v is not None or not optional:
                 out[name] = None if v is None else int(v)
         elif ann is float:
-            v = st.number_input(
-                label, value=None if cur is None else float(cur), format="%g", key=k, help=hint
-            )
+            cur = None if cur is None else float(cur)
+            v = st.number_input(label, value=cur, format="%g", key=k, help=hint, **_bounds(f, float, cur))
             if v is not None or not optional:
                 out[name] = v
         elif ann is str:
@@ -245,6 +363,8 @@ def model_picker(key: str, default: str = "llama-3.1-8b") -> str | None:
     source = st.radio("model from", ["catalogue", "upload config.json"], horizontal=True, key=f"{key}.src")
     names = api.catalogue_names()
     if source == "catalogue":
+        if default not in names:  # e.g. an uploaded scenario naming a config.json on its author's disk
+            st.warning(f"model {default!r} is not in the catalogue: pick one, or upload its config.json")
         return st.selectbox(
             "model", names, index=names.index(default) if default in names else 0, key=f"{key}.model"
         )
@@ -270,6 +390,8 @@ def model_picker(key: str, default: str = "llama-3.1-8b") -> str | None:
 
 def gpu_picker(key: str, default: str = "h100-sxm", count: int = 1) -> dict:
     names = api.profile_names()
+    if default not in names:  # e.g. an uploaded scenario naming a profile file on its author's disk
+        st.warning(f"GPU {default!r} has no profile here: pick one")
     gpu = st.selectbox("GPU", names, index=names.index(default) if default in names else 0, key=f"{key}.gpu")
     n = st.number_input("GPUs per replica", min_value=1, max_value=64, value=count, step=1, key=f"{key}.gpus")
     return {"gpu": gpu, "gpus_per_replica": int(n)}
@@ -306,8 +428,8 @@ def workload_picker(key: str, presets_only: bool = False) -> dict | None:
             skip=("trace",),
         )
     up = st.file_uploader(
-        "trace (CSV or JSONL: arrival time, prompt and output token counts)",
-        type=["csv", "jsonl"],
+        "trace (CSV, JSON or JSONL: arrival time, prompt and output token counts)",
+        type=["csv", "json", "jsonl"],
         key=f"{key}.trace",
     )
     if up is None:
@@ -316,7 +438,7 @@ def workload_picker(key: str, presets_only: bool = False) -> dict | None:
             "Azure CSV (TIMESTAMP, ContextTokens, GeneratedTokens) or Mooncake JSONL."
         )
         return None
-    path = save_upload(up, ".jsonl" if up.name.endswith(".jsonl") else ".csv")
+    path = save_upload(up, next((x for x in (".jsonl", ".json") if up.name.lower().endswith(x)), ".csv"))
     own = st.checkbox("use the trace's arrival times", value=True, key=f"{key}.own")
     arrival = {"process": "trace"} if own else {"process": "poisson"}
     r = st.number_input(
@@ -343,15 +465,41 @@ def workload_picker(key: str, presets_only: bool = False) -> dict | None:
     return w
 
 
-def slo_picker(key: str, ttft_s: float = 0.5, tpot_s: float = 0.05) -> dict:
-    return model_form(Slo, {"ttft_s": ttft_s, "tpot_s": tpot_s}, f"{key}.slo")
+DEFAULT_SLO = {"ttft_s": 0.5, "tpot_s": 0.05}
 
 
-def hosted_api_picker(key: str, on: bool = False) -> dict | None:
-    if not st.checkbox("compare with a hosted API price", value=on, key=f"{key}.api.on"):
+def slo_picker(key: str, slo: dict | None = None) -> dict:
+    """The SLOs, typed in ms; an empty box is no SLO on that latency. `slo` (seconds, as a scenario holds
+    it) fills the boxes the first time; the mapping returned is in seconds."""
+    slo = DEFAULT_SLO if slo is None else slo
+    out = {}
+    for name, f in Slo.model_fields.items():
+        k = f"{key}.slo.{name}"
+        if (
+            k not in st.session_state
+        ):  # (a box made with value=None can be emptied; its first value goes here)
+            st.session_state[k] = None if slo.get(name) is None else float(slo[name]) * 1e3
+        ms = st.number_input(
+            f"{field_label(name[:-2])} SLO (ms)",
+            value=None,
+            min_value=0.0,
+            format="%g",
+            placeholder="none",
+            key=k,
+            help=f"{f.description}; empty: no SLO on it",
+        )
+        if ms is not None:
+            out[name] = ms / 1e3
+    return out
+
+
+def hosted_api_picker(key: str, price: dict | None = None) -> dict | None:
+    if not st.checkbox("compare with a hosted API price", value=price is not None, key=f"{key}.api.on"):
         return None
     return model_form(
-        HostedApi, {"name": "hosted API", "usd_per_1m_input": 0.2, "usd_per_1m_output": 0.6}, f"{key}.api"
+        HostedApi,
+        price or {"name": "hosted API", "usd_per_1m_input": 0.2, "usd_per_1m_output": 0.6},
+        f"{key}.api",
     )
 
 
@@ -382,6 +530,7 @@ def show_forecast(f: api.Forecast) -> None:
     )
     show_fit(f)
     if f.fits and f.table is not None:
+        show_capacity(f)
         t, g, c, kv, r = s["throughput"], s["goodput"], s["cost"], s["kv_cache"], s["requests"]
         cols = st.columns(5)
         cols[0].metric("throughput (req/s)", f"{t['requests_per_s']:.2f}")
@@ -410,6 +559,12 @@ def show_forecast(f: api.Forecast) -> None:
         missed = [row[0] for row in latency_rows(f) if row[-1] == "misses"]
         if missed:
             st.warning(f"p90 misses the SLO for: {', '.join(missed)}")
+        show_breakdown(f)
+        serve = vllm_serve(f.scenario)
+        st.markdown("**Deploy with vLLM** (one replica)")
+        st.code(serve.line, language="bash")
+        for note in serve.notes:
+            st.caption(note)
         tl = pd.DataFrame(timeline(f)).set_index("time_s")
         tl["KV blocks used (%)"] = tl["kv_occupancy"] * 100
         c1, c2 = st.columns(2)
@@ -420,8 +575,46 @@ def show_forecast(f: api.Forecast) -> None:
     downloads(f)
 
 
+def show_breakdown(f: api.Forecast) -> None:
+    """Where the time goes: a typical prefill and decode step by operation group, as a table and a chart."""
+    bd = step_breakdown(f)
+    if bd is None:
+        return
+    with st.expander("Where the time goes", expanded=False):
+        st.caption(BREAKDOWN_NOTE)
+        table = pd.DataFrame(breakdown_rows(bd), columns=BREAKDOWN_HEAD)
+        st.dataframe(table, hide_index=True, key="plan.breakdown")
+        chart = pd.DataFrame(
+            {kind: {g["label"]: g["time_s"] * 1e3 for g in step["groups"]} for kind, step in bd.items()}
+        ).fillna(0.0)
+        st.bar_chart(chart.T, horizontal=True, x_label="ms per step", y_label="step")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_fit_table(model: str, context_tokens: int) -> pd.DataFrame:
+    rows = what_fits(model, context_tokens=context_tokens)
+    return pd.DataFrame([fit_cells(r) for r in rows], columns=FIT_HEAD)
+
+
+def show_what_fits(model: str, key: str) -> None:
+    """What fits: the model on every GPU profile × weight format × GPUs per replica (on request)."""
+    if not st.toggle("What fits: this model on every GPU", key=f"{key}.fit.on"):
+        return
+    context = st.number_input(
+        "context per sequence (tokens)", min_value=1, value=4096, step=512, key=f"{key}.fit.context"
+    )
+    table = cached_fit_table(model, int(context))
+    gpus = st.multiselect("GPUs", sorted(set(table["GPU"])), key=f"{key}.fit.gpus", placeholder="all")
+    shown = table[table["GPU"].isin(gpus)] if gpus else table
+    st.dataframe(shown, hide_index=True, key=f"{key}.fit.table")
+    st.caption(
+        "max batch: sequences of that context the KV room holds at once; a setup that does not fit names "
+        "the smallest change that would (`python -m simulator fit MODEL` prints the same table)."
+    )
+
+
 def downloads(f: api.Forecast) -> None:
-    files = api.result_files(f)
+    files = local_files(api.result_files(f))
     st.markdown("**Downloads**")
     cols = st.columns(len(files) + 1)
     mime = {".yaml": "application/yaml", ".json": "application/json", ".csv": "text/csv"}
@@ -435,5 +628,5 @@ def downloads(f: api.Forecast) -> None:
         got = st.session_state.get("report.html")
         if got and got[0] == sc_json:
             cols[-1].download_button(
-                "report.html", got[1], file_name="report.html", mime="text/html", key="dl.report"
+                "report.html", local_names(got[1]), file_name="report.html", mime="text/html", key="dl.report"
             )

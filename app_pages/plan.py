@@ -1,5 +1,7 @@
 """Plan: one configuration on one workload; the forecast against the SLOs."""
 
+import hashlib
+
 import streamlit as st
 
 from app_pages.common import (
@@ -12,10 +14,14 @@ from app_pages.common import (
     read_yaml_upload,
     run_forecast,
     show_forecast,
+    show_what_fits,
     slo_picker,
+    with_capacity,
     workload_picker,
 )
 from simulator.scenario import Hardware, Scenario, Serving
+
+KEEP = ("plan.start", "plan.start.seen", "plan.last", "plan.capacity")
 
 st.title("Plan")
 st.caption("Pick a model, GPUs, serving settings and a workload; the forecast updates as you change them.")
@@ -26,6 +32,12 @@ with st.sidebar:
     start = st.file_uploader("start from a scenario YAML (optional)", type=["yaml", "yml"], key="plan.start")
     if start is not None:  # read as a scenario file is: size, encoding, aliases, duplicate keys checked
         base = read_yaml_upload(start) or {}
+        digest = hashlib.sha256(start.getvalue()).hexdigest()
+        if base and st.session_state.get("plan.start.seen") != digest:
+            # a new file: every box starts from it (a widget keeps its own value over a new default)
+            st.session_state["plan.start.seen"] = digest
+            for k in [k for k in st.session_state if str(k).startswith("plan.") and k not in KEEP]:
+                del st.session_state[k]
     name = st.text_input("name", value=base.get("name", "my-plan"), key="plan.name")
     with st.expander("Model", expanded=True):
         model = model_picker("plan", base.get("model", "llama-3.1-8b"))
@@ -38,13 +50,19 @@ with st.sidebar:
     with st.expander("Workload", expanded=True):
         workload = base.get("workload") if base.get("workload") else workload_picker("plan")
     with st.expander("SLOs and price", expanded=True):
-        slo = slo_picker("plan", **(base.get("slo") or {}))
-        hosted = hosted_api_picker("plan", on="hosted_api" in base)
+        slo = slo_picker("plan", (base.get("slo") or {}) if base else None)
+        hosted = hosted_api_picker("plan", base.get("hosted_api"))
     extras = {}
     if any(n not in HANDLED for n in Scenario.model_fields):
         with st.expander("More settings"):
             extras = extra_sections(base, "plan.extra")
     seed = st.number_input("seed", value=int(base.get("seed", 0)), step=1, key="plan.seed")
+    capacity_on = st.toggle(
+        "capacity and headroom",
+        value=True,
+        key="plan.capacity",
+        help="search for the highest rate this configuration sustains within its SLOs (a few more runs)",
+    )
 
 if model is None or workload is None:
     st.stop()
@@ -60,6 +78,13 @@ data = {
 if hosted:
     data["hosted_api"] = hosted
 forecast = run_forecast(data)
+if forecast is not None and capacity_on:
+    forecast = with_capacity(forecast)
+if forecast is None and "plan.last" in st.session_state:  # a bad setting keeps the last good forecast in view
+    forecast = st.session_state["plan.last"]
+    st.caption("Below: the last forecast that ran; fix the setting named above to update it.")
+elif forecast is not None:
+    st.session_state["plan.last"] = forecast
 if forecast is not None:
     stability = forecast.summary.get("stability")
     if stability is not None and stability["verdict"] == "overloaded":
@@ -70,3 +95,4 @@ if forecast is not None:
     elif stability is not None and stability["verdict"] == "inconclusive":
         st.warning(f"Stability inconclusive: {stability['reason']}")
     show_forecast(forecast)
+show_what_fits(model, "plan")

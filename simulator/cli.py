@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import math
 import os
 import sys
@@ -56,13 +57,51 @@ def _scenario(path: str | None, overrides: list[str] | None, requests: int | Non
     return parse_scenario(data, source)
 
 
+def run_dir(output_dir: str, overrides: list[str] | None, requests: int | None) -> str:
+    """Where `run` writes without --out: the scenario's output.dir, or, with --set/--requests, a folder
+    beside it named by a short hash of the overrides (so a changed run never replaces the unchanged one's)."""
+    changes = [*(overrides or []), *([f"--requests={requests}"] if requests is not None else [])]
+    if not changes:
+        return output_dir
+    digest = hashlib.sha256("\n".join(changes).encode()).hexdigest()[:8]
+    return f"{output_dir.rstrip('/')}-set-{digest}"
+
+
+@contextlib.contextmanager
+def _run_progress(what: str, stream=None, total: float | None = 1.0):
+    """A progress bar with the time left on a terminal (rich); nothing when output goes to a file or
+    rich is not installed. Yields the callback `simulate` tells the share of its arrival window
+    (total None: work of unknown length, a pulsing bar)."""
+    stream = stream or sys.stderr
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+    except ImportError:
+        yield None
+        return
+    if not stream.isatty():
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(file=stream), transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from simulator.results import format_summary, write_results
     from simulator.simulation import simulate
 
     sc = _scenario(args.scenario, args.set, args.requests)
-    with ResultFolder(args.out or sc.output.dir, "--out" if args.out else "output.dir") as folder:
-        forecast = simulate(sc)
+    out = args.out or run_dir(sc.output.dir, args.set, args.requests)
+    with ResultFolder(out, "--out" if args.out else "output.dir") as folder:
+        with _run_progress(f"simulating {sc.name}") as progress:
+            forecast = simulate(sc, progress=progress)
+        if not args.no_capacity and forecast.fits:
+            from simulator.metrics import capacity
+
+            with _run_progress("finding the highest rate within the SLOs (--no-capacity skips)", total=None):
+                forecast.summary["capacity"] = capacity(sc, forecast.summary)
         write_results(forecast, folder)
         folder.commit()
     print(format_summary(forecast))
@@ -136,6 +175,18 @@ def _cell(v) -> str:
     if isinstance(v, float):
         return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
     return str(v)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from simulator.fit import DTYPES, GPU_COUNTS, format_fit, what_fits
+
+    for gpu in args.gpu or []:
+        load_profile(gpu)  # an unknown name is one line before any table
+    rows = what_fits(
+        args.model, args.gpu, tuple(args.dtype or DTYPES), tuple(args.gpus or GPU_COUNTS), args.context
+    )
+    print(format_fit(args.model, rows, args.context))
+    return 0 if any(r.fits for r in rows) else 3
 
 
 def cmd_models(_: argparse.Namespace) -> int:
@@ -370,7 +421,17 @@ def build_parser(
         nargs="?",
         help="scenario YAML or an example's name (see `examples`; default: the built-in default scenario)",
     )
-    r.add_argument("--out", help="output folder (default: the scenario's output.dir)")
+    r.add_argument(
+        "--no-capacity",
+        action="store_true",
+        help="skip the search for the highest rate within the SLOs (summary.json's capacity; "
+        "about 3 s more on the default scenario: its runs are at most 20,000 requests)",
+    )
+    r.add_argument(
+        "--out",
+        help="output folder (default: the scenario's output.dir; with --set or --requests, "
+        "output.dir-set-HASH, HASH naming the overrides, so the unchanged scenario's results are kept)",
+    )
     _override_options(r)
     r.set_defaults(fn=cmd_run)
     c = verb(
@@ -382,6 +443,26 @@ def build_parser(
     _override_options(c, " in every scenario")
     c.add_argument("--out", help="write compare.json and compare.csv into this folder")
     c.set_defaults(fn=cmd_compare)
+    ft = verb(
+        "fit",
+        help="what fits: a model on GPUs x weight formats x GPUs per replica, KV room, max batch",
+        description="Whether MODEL fits each GPU profile, weight format and GPUs per replica (the memory plan "
+        "the simulator enforces, default serving settings), the KV-cache room left and the batch it holds "
+        "at --context tokens; a setup that does not fit names the smallest change that would.",
+    )
+    ft.add_argument("model", help="catalogue name or a Hugging Face config.json")
+    ft.add_argument("--gpu", action="append", help="GPU profile (repeat; default: every profile)")
+    ft.add_argument(
+        "--dtype",
+        action="append",
+        choices=["bf16", "fp16", "fp8", "int8", "int4"],
+        help="weight format (repeat)",
+    )
+    ft.add_argument("--gpus", action="append", type=_count, help="GPUs per replica (repeat; default 1 2 4 8)")
+    ft.add_argument(
+        "--context", type=_count, default=4096, help="tokens per sequence for max batch (default 4096)"
+    )
+    ft.set_defaults(fn=cmd_fit)
     verb("models", help="list catalogue models").set_defaults(fn=cmd_models)
     verb("gpus", help="list GPU profiles and where each is read from").set_defaults(fn=cmd_gpus)
     verb("examples", help="list the shipped example scenarios and search specs").set_defaults(fn=cmd_examples)

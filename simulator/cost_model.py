@@ -9,6 +9,7 @@ the one function both the simulator and calibration use.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -406,6 +407,19 @@ class CostModel:
         time (with prompt tokens in the step, `prompt`, its larger layout)."""
         t = self.eff.step_overhead_s + self.host_step + seqs * (self.eff.per_sequence_s + self.host_seq)
         return t + self.host_prompt if prompt else t
+
+    def scaled(self, compute: float = 1.0, memory: float = 1.0) -> CostModel:
+        """This cost model on a GPU `compute`× faster at arithmetic and `memory`× at memory bandwidth
+        (simulator/breakdown.py asks which of the two would shorten a group: what bounds it)."""
+        c = copy.copy(self)
+        c.attn_peak, c.gemm_peak, c.alu_rate = (
+            self.attn_peak * compute,
+            self.gemm_peak * compute,
+            self.alu_rate * compute,
+        )
+        c.bw = self.bw * memory
+        c._gemm_cache, c._comm_cache, c._fixed_cache, c._shared_cache, c._coeff_cache = {}, {}, {}, {}, {}
+        return c
 
     # ------------------------------------------------------------------ steps
     def breakdown(self, b: BatchShape) -> dict[str, float]:

@@ -7,6 +7,9 @@ work by the cost model's breakdown; idle time shared in the same proportion).
 
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 
 from simulator.records import itl_percentiles
@@ -198,3 +201,74 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float,
             "self_hosted_over_api": cost_usd / api_cost if api_cost else float("nan"),
         }
     return out
+
+
+# ---------------------------------------------------------------- capacity of one forecast
+CAPACITY_ATTAINMENT = 0.9  # share of requests that must meet the SLOs: the search's default (SearchSpec)
+
+
+def capacity(scenario, summary: dict, slo_attainment: float = CAPACITY_ATTAINMENT) -> dict:
+    """summary["capacity"]: the highest rate this configuration sustains within its SLOs (the stability-aware
+    search of simulator/search.py for this one configuration), the offered load against it, and whether
+    the run was stable; `{"skipped": why}` where it cannot be found (no SLO, does not fit, a workload whose
+    rate cannot be set)."""
+    from simulator.errors import ConfigError
+    from simulator.search import MAX_PROBE_REQUESTS, bracket, max_sustainable_rate
+
+    if not summary["fits"]:
+        return {"skipped": "the model does not fit: no rate can be served"}
+    classes = scenario.workload.classes or []
+    if not scenario.slo.model_dump(exclude_none=True) and not any(c.slo for c in classes):
+        return {"skipped": "the scenario sets no SLO; set slo.ttft_s, slo.tpot_s or slo.e2e_s to find the "
+                "highest rate within them"}  # fmt: skip
+    t0 = time.perf_counter()
+    data = scenario.model_dump(mode="json")
+    # the search sizes its runs from the service time (at most MAX_PROBE_REQUESTS) but never below the
+    # base's own length: a long run's capacity is found with runs no longer than the search's own
+    n = data["workload"].get("num_requests")
+    if n is not None and n > MAX_PROBE_REQUESTS:
+        data["workload"]["num_requests"] = MAX_PROBE_REQUESTS
+    try:
+        rate, probes, at_max = max_sustainable_rate(data, slo_attainment)
+    except ConfigError as e:  # e.g. a trace whose arrivals are all at one instant: no rate to rescale
+        return {"skipped": f"this workload's rate cannot be changed ({e})"}
+    st = summary.get("stability") or {}
+    offered = st.get("offered_per_s")
+    offered = offered if offered is not None and math.isfinite(offered) else None
+    passed, failed, why = bracket(probes)
+    return {
+        "max_rate_per_s": rate,
+        "offered_per_s": offered,
+        "offered_load_fraction": offered / rate if offered is not None and rate > 0 else None,
+        "stable": st.get("verdict") == "stable",
+        "verdict": st.get("verdict"),
+        "slo_attainment": slo_attainment,
+        "bracket": {
+            "passed_per_s": passed,
+            "failed_per_s": failed if math.isfinite(failed) else None,
+            "failed_because": why,
+        },
+        "probe_requests": at_max["requests"]["total"] if at_max else 0,
+        "simulations": len(probes),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def capacity_line(cap: dict) -> str:
+    """One sentence for a terminal, a page or a report."""
+    if "skipped" in cap:
+        return f"capacity not computed: {cap['skipped']}"
+    rate, load, b = cap["max_rate_per_s"], cap["offered_load_fraction"], cap["bracket"]
+    if rate <= 0:
+        return (
+            f"capacity: no rate meets the SLOs for {cap['slo_attainment']:.0%} of requests "
+            f"({b['failed_because'] or 'even the lowest rate tried fails'})"
+        )
+    text = f"capacity: {rate:.3g} req/s within the SLOs for {cap['slo_attainment']:.0%} of requests"
+    if load is not None:
+        text += f"; offered {cap['offered_per_s']:.3g} req/s is {load:.0%} of it" + (
+            f" ({1 - load:.0%} headroom)" if load < 1 else " (over capacity)"
+        )
+    if b["failed_per_s"] is not None:
+        text += f"; fails at {b['failed_per_s']:.3g} req/s ({b['failed_because']})"
+    return text

@@ -140,6 +140,36 @@ def timelines(f: Forecast):
     return fig
 
 
+def step_breakdown(bd: dict):
+    """Where the time goes: a typical prefill and decode step as stacked bars of operation groups (ms),
+    each segment labelled with its share and bound (simulator/breakdown.py)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 3.0))
+    colors = {}
+    for y, step in enumerate(bd.values()):
+        left = 0.0
+        for g in sorted(step["groups"], key=lambda g: -g["time_s"]):
+            ms = g["time_s"] * 1e3
+            c = colors.setdefault(g["label"], f"C{len(colors)}")
+            ax.barh(
+                y,
+                ms,
+                left=left,
+                color=c,
+                label=g["label"] if g["label"] not in ax.get_legend_handles_labels()[1] else None,
+            )
+            if g["share"] >= 0.12:
+                ax.text(
+                    left + ms / 2, y, f"{g['share']:.0%} {g['bound']}", ha="center", va="center", fontsize=7
+                )
+            left += ms
+    ax.set_yticks(range(len(bd)), [f"{k} step" for k in bd])
+    ax.set(xlabel="ms per step", title="where the time goes")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
 def png(fig) -> bytes:
     """The figure as PNG bytes (and closed)."""
     plt = _plt()

@@ -16,7 +16,9 @@ from pathlib import Path
 import yaml
 
 from simulator import plots
-from simulator.metrics import LATENCIES
+from simulator.breakdown import BREAKDOWN_HEAD, BREAKDOWN_NOTE, breakdown_rows, step_breakdown
+from simulator.deploy import vllm_serve
+from simulator.metrics import LATENCIES, capacity, capacity_line
 from simulator.output import ResultFolder
 from simulator.results import rejected_reasons
 from simulator.search import LoadCurve, latency_vs_load, max_sustainable_rate
@@ -46,7 +48,11 @@ def load_curve(f: Forecast, multiples=LOAD_MULTIPLES) -> LoadCurve:
     """
     data = f.scenario.model_dump(mode="json")
     r0, window = offered_rate(f), None
-    if f.scenario.slo.model_dump(exclude_none=True):
+    cap = f.summary.get("capacity") or {}
+    if "max_rate_per_s" in cap:  # the forecast's own capacity search, done once
+        if cap["max_rate_per_s"] > 0 and cap["probe_requests"]:
+            r0, window = cap["max_rate_per_s"], cap["probe_requests"] / cap["max_rate_per_s"]
+    elif f.scenario.slo.model_dump(exclude_none=True):
         r_max, _, s = max_sustainable_rate(data)
         if r_max > 0:  # each point as long (in time) as the run that found the max rate
             r0, window = r_max, s["requests"]["total"] / r_max
@@ -84,6 +90,8 @@ def headline(f: Forecast) -> list[tuple[str, str]]:
         )
     if not s["fits"]:
         return rows
+    if "capacity" in s:
+        rows.append(("capacity", capacity_line(s["capacity"]).removeprefix("capacity: ")))
     r, t, g, kv, c = s["requests"], s["throughput"], s["goodput"], s["kv_cache"], s["cost"]
     rows += [
         (
@@ -152,6 +160,8 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
     images: dict[str, bytes] = {}
     captions: dict[str, str] = {}
     served = f.fits and f.table is not None and f.summary["requests"]["finished"] > 0
+    if f.fits and "capacity" not in f.summary:  # found once; the load curve below is scaled by it
+        f.summary["capacity"] = capacity(sc, f.summary)
     if f.fits and f.table is not None:
         curve = curve or (load_curve(f) if served else None)
         images["latency_cdf.png"] = plots.png(plots.latency_cdfs(f))
@@ -161,6 +171,10 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
             captions["latency_vs_load.png"] = (
                 "p90 latency vs offered load (the same workload re-simulated at other rates)"
             )
+        images["step_breakdown.png"] = plots.png(plots.step_breakdown(step_breakdown(f)))
+        captions["step_breakdown.png"] = (
+            "Where the time goes: a typical prefill and decode step by operation group"
+        )
         images["cost.png"] = plots.png(plots.cost_bars(f))
         captions["cost.png"] = "Cost per million tokens"
         images["timelines.png"] = plots.png(plots.timelines(f))
@@ -265,11 +279,29 @@ def _html(title, f, images, captions, breaks, scenario_yaml) -> str:
         )
         if breaks:
             parts.append("<ul>" + "".join(f"<li>{e(b)}</li>" for b in breaks) + "</ul>")
+        bd = step_breakdown(f)
+        parts.append(
+            f"<h2>Where the time goes</h2><p>{e(BREAKDOWN_NOTE)}</p><table><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h in BREAKDOWN_HEAD)
+            + "</tr>"
+            + "".join(
+                "<tr>"
+                + "".join(f"<td class='{'n' if i in (2, 3) else ''}'>{e(c)}</td>" for i, c in enumerate(r))
+                + "</tr>"
+                for r in breakdown_rows(bd)
+            )
+            + "</table>"
+        )
         for name, data in images.items():
             b64 = base64.b64encode(data).decode()
             parts.append(
                 f"<h3>{e(captions[name])}</h3><img alt='{e(captions[name])}' src='data:image/png;base64,{b64}'>"
             )
+    serve = vllm_serve(f.scenario)
+    parts.append(
+        f"<h2>Deploy with vLLM</h2><pre>{e(serve.line)}</pre>"
+        + "".join(f"<p><small>{e(n)}</small></p>" for n in serve.notes)
+    )
     parts.append(f"<h2>Scenario</h2><pre>{e(scenario_yaml)}</pre>")
     parts.append(
         "<p><small>Made by inferplan: <code>python -m simulator report SCENARIO.yaml</code></small></p>"
@@ -292,7 +324,19 @@ def _markdown(title, f, images, captions, breaks, scenario_yaml) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in latency_rows(f)]
         if breaks:
             lines += [""] + [f"- {b}" for b in breaks]
+        lines += [
+            "",
+            "## Where the time goes",
+            "",
+            BREAKDOWN_NOTE,
+            "",
+            "| " + " | ".join(BREAKDOWN_HEAD) + " |",
+        ]
+        lines += ["|" + "---|" * len(BREAKDOWN_HEAD)]
+        lines += ["| " + " | ".join(r) + " |" for r in breakdown_rows(step_breakdown(f))]
         for name in images:
             lines += ["", f"### {captions[name]}", "", f"![{captions[name]}]({name})"]
+    serve = vllm_serve(f.scenario)
+    lines += ["", "## Deploy with vLLM", "", "```bash", serve.line, "```", *(f"- {n}" for n in serve.notes)]
     lines += ["", "## Scenario", "", "```yaml", scenario_yaml.rstrip(), "```", ""]
     return "\n".join(lines)

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from simulator.metrics import LATENCIES
+from simulator.breakdown import breakdown_lines, step_breakdown
+from simulator.deploy import vllm_serve
+from simulator.metrics import LATENCIES, capacity_line
 from simulator.output import ResultFolder
 from simulator.simulation import Forecast
 
@@ -138,6 +140,8 @@ def format_summary(f: Forecast) -> str:
     if r["rejected"] and rejected_reasons(s):
         lines.append(f"rejected: {rejected_reasons(s)}")
     lines += stability_lines(s)
+    if "capacity" in s:
+        lines.append(capacity_line(s["capacity"]))
     lines.append("")
     # two spaces before every cell, whatever its width: huge values never run together
     lines.append(f"{'latency':<14}" + "".join(f"  {q:>12}" for q in ("p50", "p90", "p99", "mean")))
@@ -157,13 +161,15 @@ def format_summary(f: Forecast) -> str:
         slo = "their class's SLO"
     lines.append(f"goodput: {g['requests_per_s']:.2f} req/s ({g['fraction']:.1%} of finished meet {slo})")
     lines.append(
-        f"GPU busy {u['busy_fraction']:.1%}, mean batch {u['mean_batch_seqs']:.1f} seqs, {u['steps']:,} steps; "
+        f"GPU busy {u['busy_fraction']:.1%} (time with a step running, not saturation), mean batch {u['mean_batch_seqs']:.1f} seqs, {u['steps']:,} steps; "
         f"KV cache {kv['blocks']:,} blocks, occupancy mean {kv['mean_occupancy']:.1%} / peak {kv['peak_occupancy']:.1%}"
     )
     lines.append(
         f"cost: ${c['usd_per_1m_input_tokens']:.3f} per 1M input tokens, ${c['usd_per_1m_output_tokens']:.3f} per 1M "
         f"output tokens (${c['usd_per_1m_tokens']:.3f} per 1M blended) at ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour"
     )
+    lines += ["", "where the time goes (bound: what, doubled, would shorten it most):"]
+    lines += ["  " + x for x in breakdown_lines(step_breakdown(f))]
     pc = s.get("prefix_cache", {})
     if pc.get("enabled"):
         lines.append(
@@ -181,6 +187,13 @@ def format_summary(f: Forecast) -> str:
             f"vs {h['name']}: the same tokens cost ${h['same_tokens_usd']:.2f} there, ${c['total_usd']:.2f} self-hosted "
             f"({h['self_hosted_over_api']:.2f}×)"
         )
+    serve = vllm_serve(f.scenario)
+    lines += [
+        "",
+        "deploy with vLLM (one replica):",
+        f"  {serve.line}",
+        *(f"  note: {n}" for n in serve.notes),
+    ]
     sim = s["simulation"]
     lines.append(
         f"simulated in {sim['wall_s']:.2f} s ({sim['requests_per_wall_s']:,.0f} requests/s, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,13 +182,17 @@ def _eligibility(scenario: Scenario, model: ModelSpec, groups: list[Group], reqs
 
 
 def simulate(
-    scenario: Scenario, requests: Requests | None = None, step_by_step: bool = False, pulled: bool = True
+    scenario: Scenario,
+    requests: Requests | None = None,
+    step_by_step: bool = False,
+    pulled: bool = True,
+    progress: Callable[[float], None] | None = None,
 ) -> Forecast:
     """Forecast one scenario. A model that does not fit is returned unsimulated, with the numbers.
 
     `step_by_step` turns off costing runs of decode steps together (same results, slower; for checks).
     `pulled=False` keeps one event per arrival where a lone replica could read its arrivals itself
-    (same results, slower; for checks).
+    (same results, slower; for checks). `progress` is told the share of the arrival window simulated.
     """
     wall0 = time.perf_counter()
     model = load_model(scenario.model)
@@ -307,7 +312,7 @@ def simulate(
         keys = ctx["keys"].get(e.group.serving.block_size) if e.group.serving.prefix_caching else None
         if follow_ups:  # (the scheduler drops a finished request's prefix keys itself)
             e.on_finish = _conversation(env, reqs, table, source, keys, lookup)
-    stopped = _run(env, engines, source, router, horizon, len(first))
+    stopped = _run(env, engines, source, router, horizon, len(first), progress)
     table.freeze()
     dropped = {"queue_full": 0, "timed_out": 0}
     for e in engines:
@@ -367,7 +372,15 @@ def simulate(
     return Forecast(scenario, model, g0.profile, g0.mem, reqs, table, stats, summary, wall, engines)
 
 
-def _run(env, engines: list[Replica], source: Source, router: Router, horizon: float, total: int):
+def _run(
+    env,
+    engines: list[Replica],
+    source: Source,
+    router: Router,
+    horizon: float,
+    total: int,
+    progress: Callable[[float], None] | None = None,
+):
     """Run to the end, in chunks over the arrival window; between chunks, stop once overload is certain
     (simulator/stability.py). Chunks do not change the order of events: a run that is not stopped is
     the same as one `env.run()` (tests/simulator/test_stability.py). Returns where it stopped, or None."""
@@ -379,6 +392,8 @@ def _run(env, engines: list[Replica], source: Source, router: Router, horizon: f
             if pulled is not None:
                 pulled.sync_at = t
             env.run(until=t)
+            if progress is not None:
+                progress(k / CHECKS)
             waiting = sum(len(e.scheduler.waiting) for e in engines) + len(router.queue)
             if check.overloaded(waiting, source.next, sum(e.completed for e in engines)):
                 return Stopped(env.now, source.next, waiting)

@@ -12,6 +12,7 @@ A row outside that is refused (not dropped), so what is simulated is always ever
 from __future__ import annotations
 
 import csv
+import io
 import json
 from array import array
 from collections.abc import Iterator
@@ -88,7 +89,7 @@ def read_trace(name_or_path: str) -> Trace:
         raise ConfigError(f"{src}: workload.trace: is not a regular file; give a CSV or JSONL file")
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            columns = _read_jsonl(f, src) if path.suffix == ".jsonl" else _read_csv(f, src)
+            columns = _read_any(f, path.suffix.lower(), src)
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"{src}: workload.trace: not UTF-8 text (byte {e.object[e.start]:#04x}); "
@@ -109,6 +110,55 @@ class _Columns:
     hash_ids: HashIds | None
 
 
+FORMATS = "a CSV with a header row (.csv), a JSON array of objects (.json) or JSON Lines (.jsonl)"
+
+
+def _read_any(f, suffix: str, src: str) -> _Columns:
+    """The reader the file's name and content call for; JSON is never parsed as CSV."""
+    if suffix == ".jsonl":
+        return _read_jsonl(_jsonl_rows(f, src), src)
+    if suffix == ".json":
+        return _read_json(f.read(), src)
+    head = f.read(1)
+    while head.isspace():
+        head = f.read(1)
+    if head in ("[", "{"):  # JSON under another name: say what to call it rather than guess
+        raise ConfigError(
+            f"{src}: workload.trace: looks like JSON in a {suffix or 'nameless'} file; give {FORMATS}"
+        )
+    f.seek(0)
+    return _read_csv(f, src)
+
+
+def _read_json(text: str, src: str) -> _Columns:
+    """A .json trace: a JSON array of objects, or JSON Lines (one object per line)."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # more than one value: JSON Lines
+            return _read_jsonl(_jsonl_rows(io.StringIO(text), src), src)
+        raise ConfigError(
+            f"{src}: workload.trace: not JSON (line {e.lineno}: {e.msg}); give {FORMATS}"
+        ) from None
+    if isinstance(rows, dict) and _pick(list(rows), PROMPT_COLUMNS) is not None:
+        rows = [rows]  # JSON Lines of one request
+    if not isinstance(rows, list):
+        raise ConfigError(
+            f"{src}: workload.trace: a JSON {type(rows).__name__}, not an array of requests; give {FORMATS}"
+        )
+    return _read_jsonl(_array_rows(rows, src), src, unit="item")
+
+
+def _array_rows(rows: list, src: str) -> Iterator[tuple[int, dict]]:
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{src}: item {i}: a {type(row).__name__}, not a JSON object; "
+                'write an array of objects ([{"timestamp": ..., "input_length": ..., "output_length": ...}])'
+            )
+        yield i, row
+
+
 def _pick(cols: list[str], names: tuple[str, ...]) -> str | None:
     lower = {c.lower(): c for c in cols}
     for n in names:
@@ -120,9 +170,14 @@ def _pick(cols: list[str], names: tuple[str, ...]) -> str | None:
 def _need_columns(cols: list[str], src: str) -> tuple[str, str, str | None]:
     pc, oc, ac = _pick(cols, PROMPT_COLUMNS), _pick(cols, OUTPUT_COLUMNS), _pick(cols, ARRIVAL_COLUMNS)
     if pc is None or oc is None:
+        # every alias, and what was found cut short (a JSON file's "header" is its whole content)
+        found = ", ".join(_shown(c) for c in cols[:8]) + (
+            f" and {len(cols) - 8} more" if len(cols) > 8 else ""
+        )
         raise ConfigError(
-            f"{src}: needs a prompt-length column ({PROMPT_COLUMNS[0]}) and an output-length column "
-            f"({OUTPUT_COLUMNS[0]}); found {', '.join(cols) or 'no columns'}"
+            f"{src}: needs a prompt-length column (one of {', '.join(PROMPT_COLUMNS)}) and an output-length "
+            f"column (one of {', '.join(OUTPUT_COLUMNS)}), and optionally an arrival time (one of "
+            f"{', '.join(ARRIVAL_COLUMNS)}); found {found or 'no columns'}"
         )
     return pc, oc, ac
 
@@ -150,8 +205,8 @@ class _Growing:
 class _Chunks:
     """Cells of the chosen columns, gathered row by row and turned into numpy arrays a chunk at a time."""
 
-    def __init__(self, names: tuple[str, str, str | None], src: str) -> None:
-        self.names, self.src = names, src
+    def __init__(self, names: tuple[str, str, str | None], src: str, unit: str = "line") -> None:
+        self.names, self.src, self.unit = names, src, unit
         self.cells: list[list] = [[], [], []]
         self.lines: list[int] = []
         self.columns = (_Growing(np.int64), _Growing(np.int64), _Growing(np.float64))
@@ -180,7 +235,7 @@ class _Chunks:
         return prompt, output, arrival if self.names[2] is not None else None
 
     def _where(self, i: int, column: str) -> str:
-        return f"{self.src}: line {self.lines[i]}: {column}"
+        return f"{self.src}: {self.unit} {self.lines[i]}: {column}"
 
     def _tokens(self, cells: list, column: str) -> np.ndarray:
         try:
@@ -320,11 +375,11 @@ def _jsonl_rows(f, src: str) -> Iterator[tuple[int, dict]]:
         yield line_no, row
 
 
-def _read_jsonl(f, src: str) -> _Columns:
-    rows = _jsonl_rows(f, src)
+def _read_jsonl(rows: Iterator[tuple[int, dict]], src: str, unit: str = "line") -> _Columns:
+    """Rows of JSON objects (JSON Lines, or a JSON array's items)."""
     first = next(rows, None)
     names = _need_columns(list(first[1]) if first else [], src)
-    chunks = _Chunks(names, src)
+    chunks = _Chunks(names, src, unit)
     hash_key = "hash_ids" if first is not None and "hash_ids" in first[1] else None
     ids = _HashRows()
     for line_no, row in _chain(first, rows):
@@ -334,17 +389,17 @@ def _read_jsonl(f, src: str) -> _Columns:
                 cells.append(None)
                 continue
             if name not in row:
-                raise ConfigError(f"{src}: line {line_no}: {name}: missing; give it on every line")
+                raise ConfigError(f"{src}: {unit} {line_no}: {name}: missing; give it on every {unit}")
             value = row[name]
             date = name == names[2] and isinstance(value, str)  # arrival times may be dates
             if isinstance(value, bool) or not (date or isinstance(value, (int, float))):
                 raise ConfigError(
-                    f"{src}: line {line_no}: {name}: {_shown(value)} is not a number; write a JSON number"
+                    f"{src}: {unit} {line_no}: {name}: {_shown(value)} is not a number; write a JSON number"
                 )
             cells.append(value)
         chunks.add(line_no, *cells)
         if hash_key is not None:
-            ids.add(_hash_list(row.get(hash_key, []), f"{src}: line {line_no}: hash_ids"))
+            ids.add(_hash_list(row.get(hash_key, []), f"{src}: {unit} {line_no}: hash_ids"))
     prompt, output, arrival = chunks.arrays()
     return _Columns(prompt, output, arrival, ids.done() if hash_key is not None else None)
 

@@ -1,6 +1,7 @@
 """End to end: `streamlit run app.py` on a free localhost port, opened in headless Debian chromium.
 
-The browser runs the default Plan scenario and then a Compare; screenshots are saved (under
+The browser runs the default Plan scenario, starts from an uploaded scenario, removes its SLO, and then
+runs a Compare; screenshots are saved (under
 $INFERPLAN_SCREENSHOTS when set, else the test's tmp folder) and checked: not blank, the forecast's
 title in the page, no traceback.
 """
@@ -113,6 +114,27 @@ def test_app_in_headless_chromium(server, tmp_path):
                 and "Latency against the SLOs" in text
             )
 
+            # start from an uploaded scenario: every box takes its values, its missing SLO stays empty
+            scenario = tmp_path / "uploaded.yaml"
+            scenario.write_text(
+                "name: uploaded-plan\nmodel: qwen2.5-0.5b\nhardware: {gpu: a100-80gb-sxm}\n"
+                "workload: {arrival: {process: poisson, rate_per_s: 2}, num_requests: 60}\n"
+                "slo: {ttft_s: 0.3}\n"
+            )
+            page.locator("[data-testid='stSidebar'] input[type='file']").first.set_input_files(str(scenario))
+            page.get_by_text("Forecast: uploaded-plan").first.wait_for(timeout=120_000)
+            assert page.get_by_role("spinbutton", name="TTFT SLO (ms)").input_value() == "300"
+            assert page.get_by_role("spinbutton", name="TPOT SLO (ms)").input_value() == ""
+            assert "A100" in page.inner_text("body")
+            # remove the last SLO by hand: the forecast runs with none (and says capacity needs one)
+            ttft = page.get_by_role("spinbutton", name="TTFT SLO (ms)")
+            ttft.fill("")
+            ttft.press("Enter")
+            page.get_by_text("Capacity not computed").first.wait_for(timeout=120_000)
+            page.screenshot(path=str(out / "plan_uploaded.png"), full_page=True)
+            text = page.inner_text("body")
+            assert "Traceback" not in text and "sets no SLO" in text
+
             page.get_by_text("Compare", exact=True).first.click()
             page.get_by_text("Side by side").first.wait_for(timeout=120_000)
             page.get_by_text("break-even", exact=False).first.wait_for(timeout=60_000)
@@ -128,5 +150,5 @@ def test_app_in_headless_chromium(server, tmp_path):
             assert nav == ["Plan", "Compare", "Capacity", "Calibration"]
         finally:
             browser.close()
-    for name in ("plan.png", "compare.png"):
+    for name in ("plan.png", "plan_uploaded.png", "compare.png"):
         assert (out / name).stat().st_size > 20_000 and not_blank(out / name)

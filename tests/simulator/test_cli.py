@@ -104,3 +104,53 @@ def test_compare_prints_side_by_side_and_writes_files(tmp_path, capsys):
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert rows["TPOT p50 (ms)"]["b"] > rows["TPOT p50 (ms)"]["a"]  # an A100 decodes slower than an H100
     assert main(["compare", str(a)]) == 2
+
+
+# ---------------------------------------------------------------- issue 15: #7 and #8 for `run`
+def test_run_with_set_and_no_out_keeps_the_unchanged_runs_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # (output.dir stays inside the working folder)
+    s = tmp_path / "s.yaml"
+    s.write_text(
+        "output: {dir: res}\nworkload: {arrival: {process: poisson, rate_per_s: 2}, num_requests: 40}\n"
+    )
+    assert main(["run", str(s)]) == 0
+    plain = (tmp_path / "res" / "summary.json").read_text()
+    assert main(["run", str(s), "--set", "hardware.gpu=a100-80gb-sxm"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "res" / "summary.json").read_text() == plain  # not replaced
+    (changed,) = [p for p in tmp_path.iterdir() if p.name.startswith("res-set-")]
+    assert json.loads((changed / "summary.json").read_text())["hardware"]["gpu"] == "a100-80gb-sxm"
+    assert f"wrote {changed.name}/" in out
+    assert main(["run", str(s), "--set", "hardware.gpu=l4"]) == 0  # other overrides, another folder
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("res-set-")]) == 2
+
+
+def test_run_help_states_where_overridden_runs_go(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "output.dir-set-HASH" in " ".join(capsys.readouterr().out.split())
+
+
+class _Terminal:
+    """A stderr that says it is a terminal, keeping what was written."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_run_shows_progress_with_time_left_on_a_terminal(tmp_path, monkeypatch, capsys):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main(["run", "--requests", "2000", "--out", str(tmp_path)]) == 0
+    assert "simulating" in term.text and "100%" in term.text
+    assert "simulating" not in capsys.readouterr().out  # the bar is on stderr only

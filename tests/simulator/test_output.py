@@ -22,7 +22,7 @@ from simulator.output import ResultFolder
 from simulator.search import ConfigResult, parse_spec, run_search
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN = ["run", "--requests", "40"]
+RUN = ["run", "--requests", "40", "--no-capacity"]  # (file handling only: no capacity search)
 
 
 def _files(d: Path) -> dict[str, bytes]:

@@ -37,10 +37,10 @@ def report(forecast):
     return build_report(forecast)
 
 
-def test_html_is_self_contained_with_four_plots(report):
+def test_html_is_self_contained_with_five_plots(report):
     html = report.html
     imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    assert len(imgs) == 4
+    assert len(imgs) == 5
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
     assert not re.search(r"(src|href)=['\"]https?:", html)  # nothing fetched from elsewhere
     for caption in (
@@ -48,6 +48,7 @@ def test_html_is_self_contained_with_four_plots(report):
         "latency vs offered load",
         "Cost per million tokens",
         "KV-cache occupancy",
+        "Where the time goes: a typical prefill and decode step",
     ):
         assert caption in html
     assert "report-test" in html and "some API" in html
@@ -80,6 +81,7 @@ def test_markdown_references_written_images(report, tmp_path):
         "latency_vs_load.png",
         "cost.png",
         "timelines.png",
+        "step_breakdown.png",
     } <= names
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.markdown):
         assert (tmp_path / name).stat().st_size > 1000
@@ -100,3 +102,18 @@ def test_cli_report(tmp_path, capsys):
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
     assert (tmp_path / "rep" / "report.md").exists()
+
+
+def test_the_report_has_capacity_where_the_time_goes_and_the_vllm_command(forecast, report):
+    from simulator.breakdown import breakdown_rows, step_breakdown
+    from simulator.deploy import vllm_serve
+    from simulator.metrics import capacity_line
+
+    cap = forecast.summary["capacity"]  # found once by build_report, and the load curve scaled by it
+    assert cap["max_rate_per_s"] > 0
+    assert capacity_line(cap).removeprefix("capacity: ") in report.markdown
+    assert "Where the time goes" in report.html
+    for row in breakdown_rows(step_breakdown(forecast)):
+        assert "| " + " | ".join(row) + " |" in report.markdown
+    line = vllm_serve(forecast.scenario).line
+    assert line in report.markdown and "Deploy with vLLM" in report.html

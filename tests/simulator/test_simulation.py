@@ -262,3 +262,18 @@ def test_cost_and_throughput_are_consistent():
     assert c["usd_per_1m_tokens"] == pytest.approx(c["total_usd"] / tokens * 1e6)
     hours = t["duration_s"] / 3600
     assert c["total_usd"] == pytest.approx(hours * s["hardware"]["price_per_gpu_hour_usd"])
+
+
+def test_progress_is_told_the_share_simulated_and_changes_nothing():
+    """(issue 15, #8: the app's progress bar and run's rich bar are fed by this callback)"""
+    import numpy as np
+
+    from simulator import api
+
+    data = {"model": "qwen2.5-0.5b", "hardware": {"gpu": "t4"},
+            "workload": {"arrival": {"process": "poisson", "rate_per_s": 4}, "num_requests": 300}}  # fmt: skip
+    seen: list[float] = []
+    with_bar = api.simulate(api.parse_scenario(data), progress=seen.append)
+    plain = api.forecast(data)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 10
+    np.testing.assert_array_equal(with_bar.table.finish_s, plain.table.finish_s)

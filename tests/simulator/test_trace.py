@@ -96,3 +96,47 @@ def test_jsonl_arrival_times_may_be_dates(tmp_path):
         '{"arrival_time": "2023-11-16 18:15:48", "input_length": 6, "output_length": 3}\n'
     )
     assert read_trace(str(p)).arrival_s.tolist() == [0.0, 1.5]
+
+
+# ---------------------------------------------------------------- JSON traces (issue 15, #5)
+ROWS = [{"timestamp": 1000 * i, "input_length": 100 + i, "output_length": 10 + i} for i in range(50)]
+
+
+@pytest.mark.parametrize("layout", ["array", "lines"])
+def test_a_json_trace_is_read_as_json_array_or_lines(tmp_path, layout):
+    p = tmp_path / "t.json"
+    text = json.dumps(ROWS, indent=1) if layout == "array" else "\n".join(json.dumps(r) for r in ROWS)
+    p.write_text(text)
+    t = read_trace(str(p))
+    assert t.prompt_tokens.tolist() == [r["input_length"] for r in ROWS]
+    assert t.output_tokens.tolist() == [r["output_length"] for r in ROWS]
+    assert t.arrival_s.tolist() == pytest.approx([float(i) for i in range(50)])
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("t.json", json.dumps({"rows": ROWS * 200})),  # a JSON object, not an array
+        ("t.json", "not json at all " * 1000),
+        ("t.csv", json.dumps(ROWS * 200)),  # JSON under a CSV name
+    ],
+)
+def test_a_file_that_is_not_a_trace_is_one_short_line_naming_the_formats(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        read_trace(str(p))
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 300 + len(str(p)), msg
+    assert ".json" in msg and ".jsonl" in msg and ".csv" in msg
+    assert "input_length" not in msg  # never the file's contents
+
+
+def test_other_column_names_list_every_accepted_alias(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("when,in,out\n1,2,3\n")
+    with pytest.raises(ConfigError) as e:
+        read_trace(str(p))
+    for alias in trace_mod.PROMPT_COLUMNS + trace_mod.OUTPUT_COLUMNS + trace_mod.ARRIVAL_COLUMNS:
+        assert alias in str(e.value)
+    assert "found 'when', 'in', 'out'" in str(e.value)
