@@ -132,9 +132,11 @@ def assess(
     sustained = completed / window if window > 0 else math.nan
     t = np.linspace(warm, t1, SAMPLES)
     n = np.searchsorted(served, t, "right") - np.searchsorted(fin, t, "right")
-    slope, icept = np.polyfit(t - warm, n, 1) if window > 0 else (0.0, float(n[0]))
-    noise = float(np.std(n - (slope * (t - warm) + icept)))
-    growth = slope * window
+    # fitted on the window scaled to [0, 1]: times of 1e-300 s or 1e300 s would overflow the fit's scaling
+    x = (t - warm) / window if window > 0 else t - warm
+    growth, icept = np.polyfit(x, n, 1) if window > 0 else (0.0, float(n[0]))
+    noise = float(np.std(n - (growth * x + icept)))
+    slope = growth / window if window > 0 else 0.0
     drift = slope / offered if offered > 0 else math.nan
 
     def verdict(v: Verdict, reason: str) -> Stability:

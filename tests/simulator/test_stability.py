@@ -267,3 +267,29 @@ def test_report_of_an_overloaded_run_says_so_and_where_the_queue_stops_keeping_u
     assert lines[0].startswith("This run is OVERLOADED at its offered rate")
     assert any(line.startswith(f"From {2 / s[0]:.3g} req/s the queue grows without bound") for line in lines)
     assert not any("breaks at" in line for line in lines)  # 1 s holds at half load; at twice it, overload
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"workload.arrival.rate_per_s": 1e300},  # arrivals 1e-300 s apart
+        {"workload.arrival.rate_per_s": 1e-300},  # 1e300 s apart
+        # two engines whose KV link takes 1e299 s: their merged timeline spans far past the arrivals
+        {
+            "disaggregation": {
+                "prefill": {"count": 1},
+                "decode": {"count": 1},
+                "link": {"bandwidth_gbps": 1e-300, "latency_s": 0},
+            }
+        },  # fmt: skip
+    ],
+    ids=["rate 1e300", "rate 1e-300", "link 1e-300 GB/s"],
+)
+def test_extreme_time_scales_get_a_verdict_without_warnings(fields, recwarn):
+    data = {"workload": {"arrival": {"process": "poisson", "rate_per_s": 1}, "num_requests": 20}}
+    for k, v in fields.items():
+        data = set_field(data, k, v)
+    s = simulate(parse_scenario(data)).summary
+    assert s["stability"]["verdict"] in ("stable", "inconclusive", "overloaded")
+    assert s["requests"]["finished"] == 20
+    assert not [str(w.message) for w in recwarn]
