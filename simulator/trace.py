@@ -311,6 +311,11 @@ def _jsonl_rows(f, src: str) -> Iterator[tuple[int, dict]]:
             raise ConfigError(
                 f"{src}: line {line_no}: not JSON ({e.msg}); write one JSON object per line"
             ) from None
+        except (ValueError, RecursionError) as e:  # a number of over 4,300 digits; arrays in arrays...
+            why = "nested too deeply" if isinstance(e, RecursionError) else "a number too long to read"
+            raise ConfigError(
+                f"{src}: line {line_no}: not JSON ({why}); write one JSON object per line"
+            ) from None
         if not isinstance(row, dict):
             raise ConfigError(
                 f"{src}: line {line_no}: a {type(row).__name__}, not a JSON object; "

@@ -108,6 +108,18 @@ TRACES = [
     ),
     ("mooncake not an object", "t.jsonl", MOONCAKE + "[1, 2]\n", r"line 2: a list, not a JSON object; write"),
     (
+        "mooncake nested too deeply",
+        "t.jsonl",
+        MOONCAKE + '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+        r"t\.jsonl: line 2: not JSON \(nested too deeply\); write one JSON object per line",
+    ),
+    (
+        "mooncake number too long",
+        "t.jsonl",
+        MOONCAKE + '{"timestamp": 1' + "0" * 5000 + "}\n",
+        r"t\.jsonl: line 2: not JSON \(a number too long to read\); write one JSON object per line",
+    ),
+    (
         "mooncake missing field",
         "t.jsonl",
         MOONCAKE + '{"timestamp": 1, "input_length": 50}\n',
@@ -228,6 +240,11 @@ MODELS = [
     ),
     ("not JSON", "hidden_size: 4096", r"config\.json' is not valid JSON \(Expecting value: line 1 column 1"),
     ("NaN size", '{"hidden_size": NaN}', r"`hidden_size` is nan, not an integer"),
+    (
+        "number too long",
+        '{"hidden_size": 1' + "0" * 5000 + "}",
+        r"config\.json: model config: holds a number too long to read; give a Hugging Face config\.json",
+    ),
     ("a list", "[1, 2]", r"config\.json: a model config must be a JSON object"),
     ("folder without config", None, r"m: model: a folder with no config\.json; give a catalogue name"),
 ]
