@@ -644,7 +644,7 @@ class LoadCurve:
     breaks_at: dict[str, float | None]  # SLO name -> lowest rate tried whose p90 misses it (None: never)
     slo: dict[str, float]
     unstable_at: float | None = (
-        None  # lowest rate tried whose run is not stable (its latencies grow with the run)
+        None  # lowest rate tried whose run is overloaded (its latencies grow with the run)
     )
 
 
@@ -665,7 +665,8 @@ def latency_vs_load(
         key = name.replace("_s", "_p90_s")
         missed = [p.rate_per_s for p in probes if not getattr(p, key) <= target]
         breaks[name] = missed[0] if missed else None
-    unstable = [p.rate_per_s for p in probes if p.verdict != "stable"]
+    # (an inconclusive run, too short to tell, is not called overloaded)
+    unstable = [p.rate_per_s for p in probes if p.verdict == "overloaded"]
     return LoadCurve(probes, breaks, slo, unstable[0] if unstable else None)
 
 

@@ -293,3 +293,13 @@ def test_extreme_time_scales_get_a_verdict_without_warnings(fields, recwarn):
     assert s["stability"]["verdict"] in ("stable", "inconclusive", "overloaded")
     assert s["requests"]["finished"] == 20
     assert not [str(w.message) for w in recwarn]
+
+
+def test_report_never_calls_runs_too_short_to_tell_overloaded():
+    """A 1-request scenario (as `report --requests 1` runs): every load point is inconclusive, none overloaded."""
+    s, _ = service_law("D")
+    sc = _md1(0.1, 1)
+    curve = latency_vs_load(sc.model_dump(mode="json"), [0.1 / s[0], 0.2 / s[0]])
+    assert [p.verdict for p in curve.probes] == ["inconclusive", "inconclusive"]
+    assert curve.unstable_at is None
+    assert not any("grows without bound" in line for line in verdict_lines(simulate(sc), curve))
