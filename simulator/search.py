@@ -131,6 +131,11 @@ class SearchSpec(BaseModel):
                 raise ValueError(f"sweep.{path}: give at least one value")
             if path == "variant":
                 raise ValueError("sweep.variant: the name is taken by `variants`; use another field path")
+            if path == "workload.arrival.rate_per_s":  # every value would give the same answer
+                raise ValueError(
+                    f"sweep.{path}: the search sets the rate itself; remove it (rate.min_per_s and "
+                    "rate.max_per_s bound the rates tried)"
+                )
         if self.rate.max_per_s <= self.rate.min_per_s:
             raise ValueError("rate.max_per_s must be above rate.min_per_s")
         return self

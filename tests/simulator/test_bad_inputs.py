@@ -377,6 +377,13 @@ ROWS = [
         r"error: default scenario: output\.dir: '/proc/inferplan-x' leaves the current folder; .+",
     ),
     _row(
+        "search sweeps the rate it searches",
+        {"p.yaml": SPEC.format(name="x", sweep="{workload.arrival.rate_per_s: [1, 2]}")},
+        ["search", "p.yaml"],
+        r"error: p\.yaml: \(top level\): sweep\.workload\.arrival\.rate_per_s: the search sets the rate itself; "
+        r"remove it .+",
+    ),
+    _row(
         "search name ../",
         {"p.yaml": SPEC.format(name="../../outside", sweep="{}")},
         ["search", "p.yaml"],
