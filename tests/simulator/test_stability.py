@@ -155,23 +155,25 @@ def _searched(data: dict, ttft_slo_s: float) -> float:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_search_never_exceeds_md1_saturation(seed):
-    """Batch size 1, one prefill step per request: M/D/1 saturates at 1/S. The search lands at most 5% below."""
+    """Batch size 1, one prefill step per request: M/D/1 saturates at 1/S. The search lands at most 10% below
+    (it keeps HEADROOM, 5%, below the capacity an overloaded run measured)."""
     s, _ = service_law("D")
     data = scenario("D", 0.5, 2000, seed=seed)[0].model_dump(mode="json", exclude_none=True)
     rate = _searched(data, 100 * s[0])
-    assert 0.95 / s[0] <= rate <= 1 / s[0]
+    assert 0.9 / s[0] <= rate <= 1 / s[0]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_search_never_exceeds_mmc_saturation(seed):
     """Two batch-size-1 replicas behind a router queue with near-exponential service: M/M/c saturates at
-    c/E[S]. The search lands at most 10% below (2,000 requests: the capacity's own noise is ~2%)."""
+    c/E[S]. The search lands at most 15% below (HEADROOM, 5%, and 2,000 requests: the capacity's own noise
+    is ~2%)."""
     s, p = service_law("G")
     mean, c = float(s @ p), 2
     data = scenario("G", 0.5, 2000, seed=seed)[0].model_dump(mode="json", exclude_none=True)
     data = set_field(data, "cluster", {"replicas": c, "max_ongoing_requests": 1})
     rate = _searched(data, 100 * mean)
-    assert 0.9 * c / mean <= rate <= c / mean
+    assert 0.85 * c / mean <= rate <= c / mean
 
 
 def _p(rate, ok, why="", verdict="stable", sustained=float("nan")):
@@ -184,10 +186,10 @@ def test_bracket_names_the_lowest_failure_or_the_capacity_limit():
     probes = [first, _p(20, True), _p(40, False, "overloaded", "overloaded", 30.0), _p(28, False, "TTFT p90")]
     assert bracket(probes) == (20, 28, "TTFT p90")
     probes[-1] = _p(
-        29.5, True
-    )  # passed, but nothing above 98% of the 30 req/s the overloaded run completed counts
+        28.8, True
+    )  # passed, but nothing above 95% of the 30 req/s the overloaded run completed counts
     passed, rate, why = bracket(probes)
-    assert passed == 29.5 and rate == pytest.approx(29.4) and why.startswith("at capacity (30 req/s")
+    assert passed == 28.8 and rate == pytest.approx(28.5) and why.startswith("at capacity (30 req/s")
 
 
 def test_search_csv_and_table_state_the_bracket():
@@ -313,3 +315,19 @@ def test_an_overloaded_window_shorter_than_a_service_time_still_measures_the_sus
     st = s["stability"]
     assert st["verdict"] == "overloaded" and st["window_s"] < st["service_s"]
     assert st["sustained_per_s"] == pytest.approx(s["throughput"]["requests_per_s"], rel=0.1)
+
+
+@pytest.mark.parametrize("base_requests", [1, 400])
+def test_a_search_answer_holds_in_a_run_20x_longer(base_requests):
+    """Llama-3.1-8B on an H100, 512/128 tokens, TTFT p90 0.5 s: its queue stops keeping up near 44 req/s
+    and the SLO breaks a little below. Before, a 1-request base (capacity read off a 2x-overloaded run)
+    answered 43.06 req/s, where 40,820 requests meet the SLO only 73% of the time, and a 400-request base
+    (no overloaded run at all) 42.72 (89.4%)."""
+    data = {"workload": {"arrival": {"process": "poisson", "rate_per_s": 1}, "num_requests": base_requests},
+            "slo": {"ttft_s": 0.5}, "output": {"per_request_csv": False}}  # fmt: skip
+    rate, probes, _ = max_sustainable_rate(data, 0.9)
+    n = max(p.requests for p in probes if p.rate_per_s == rate)
+    long = simulate(parse_scenario(set_field(set_field(data, "workload.arrival.rate_per_s", rate),
+                                             "workload.num_requests", 20 * n))).summary  # fmt: skip
+    assert long["stability"]["verdict"] == "stable"
+    assert long["goodput"]["fraction"] >= 0.9
