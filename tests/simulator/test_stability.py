@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.queueing import scenario, service_law
 from simulator import simulation
+from simulator.comparison import differences, table
 from simulator.report import build_report, verdict_lines
 from simulator.results import format_summary
 from simulator.scenario import parse_scenario
@@ -331,3 +332,13 @@ def test_a_search_answer_holds_in_a_run_20x_longer(base_requests):
                                              "workload.num_requests", 20 * n))).summary  # fmt: skip
     assert long["stability"]["verdict"] == "stable"
     assert long["goodput"]["fraction"] >= 0.9
+
+
+def test_compare_marks_an_overloaded_configuration_and_never_ranks_it_best():
+    """At 3x its M/D/1 saturation a replica completes requests cheapest per token, but only because its queue
+    grows: the comparison says OVERLOADED and ranks the stable configuration alone."""
+    forecasts = {"over": simulate(_md1(3.0, 3000)), "fine": simulate(_md1(0.5, 3000))}
+    assert table(forecasts)["stability"] == {"over": "overloaded", "fine": "stable"}
+    notes = differences(forecasts)
+    assert notes[0].startswith("over is OVERLOADED at this workload (")
+    assert not any(n.startswith("best") and "over" in n for n in notes[1:]), notes
