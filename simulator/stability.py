@@ -165,7 +165,9 @@ def assess(
     # In a long window the queue has filled before the warm-up ends: growth beyond N's own fluctuation
     # is overload. In a short one it may still be filling: only growth beyond what the engines' running
     # batches hold, at a clear drift, is.
-    if (long_enough and drift >= DRIFT_MIN and growth > 3 * noise) or (
+    # (and beyond the arrivals' own Poisson noise, √ of those in the window: a short run's arrival rate
+    # drifts too; 4 H100s at a sixth of their capacity 'grew by 14' with 327 arrivals)
+    if (long_enough and drift >= DRIFT_MIN and growth > max(3 * noise, math.sqrt(in_window))) or (
         drift >= SHORT_DRIFT_MIN and growth > hold + 3 * noise
     ):
         return verdict(
