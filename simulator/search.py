@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simulator.errors import ConfigError, one_line, read_yaml, short_repr
@@ -36,6 +37,7 @@ from simulator.limits import MAX_CONFIGURATIONS
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
 from simulator.stability import MIN_SERVICE_TIMES
+from simulator.trace import read_trace
 
 if TYPE_CHECKING:
     from simulator.journal import Journal
@@ -344,6 +346,24 @@ class _DoesNotFit(Exception):
     pass
 
 
+def arrival_burstiness(data: dict) -> float:
+    """How many times longer than Poisson arrivals a run must be to average out the bursts: cv^2 of the gaps
+    (a renewal process's counts vary that many times more), at least 1.
+
+    Gamma arrivals at cv 3 probed as long as Poisson ones answered 20.7 req/s on an H100, where 45,500
+    requests meet the SLOs 86% of the time; the code trace's (cv^2 173) 1.19 req/s, where 8,000 meet them 88%.
+    """
+    process = get_field(data, "workload.arrival.process", "poisson")
+    if process == "gamma":
+        return max(1.0, get_field(data, "workload.arrival.cv", 1.0) ** 2)
+    times = read_trace(get_field(data, "workload.trace")).arrival_s if process == "trace" else None
+    if times is not None:
+        gaps = np.diff(times)
+        if len(gaps) > 1 and gaps.mean() > 0:
+            return max(1.0, float((gaps.std() / gaps.mean()) ** 2))
+    return 1.0
+
+
 def max_sustainable_rate(
     data: dict, slo_attainment: float = 0.9, rate: RateSearch | None = None
 ) -> tuple[float, list[Probe], dict | None]:
@@ -364,11 +384,7 @@ def max_sustainable_rate(
     base_requests, duration_s = s["requests"]["total"], get_field(data, "workload.duration_s")
     service_s = s["stability"]["service_s"]
 
-    # Gamma arrivals' counts vary cv^2 times as much as Poisson ones: a run sees as much of their bursts
-    # only when cv^2 times as long (cv 3 on an H100 answered 20.7 req/s, where 45,500 requests meet the
-    # SLOs 86% of the time)
-    cv = get_field(data, "workload.arrival.cv", 1.0)
-    burstiness = max(1.0, cv**2) if get_field(data, "workload.arrival.process") == "gamma" else 1.0
+    burstiness = arrival_burstiness(data)
 
     def size(r: float) -> int:  # at least the base scenario's own length: its requests, or its duration at r
         base = base_requests if duration_s is None else math.ceil(r * duration_s)
