@@ -660,7 +660,14 @@ def _run_ray(tasks: list, address: str | None, finished: Callable[[ConfigResult]
     except ImportError:
         raise ConfigError("--ray needs Ray: pip install 'inferplan[ray]'") from None
     if not ray.is_initialized():
-        ray.init(address=None if address in (None, "local") else address, log_to_driver=False)
+        try:
+            ray.init(address=None if address in (None, "local") else address, log_to_driver=False)
+        except (ValueError, ConnectionError, RuntimeError, TimeoutError) as e:  # a bad or unreachable address
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(
+                f"--ray {short_repr(address)}: cannot start or reach Ray ({why}); give 'auto' (a running "
+                "cluster), ray://HOST:10001 (with ray[client]) or local"
+            ) from None
     remote = ray.remote(_evaluate_task)
     task_of = {remote.remote(t): t for t in tasks}
     pending = list(task_of)

@@ -384,6 +384,12 @@ ROWS = [
         r"remove it .+",
     ),
     _row(
+        "--ray address not an address",
+        {"p.yaml": SPEC.format(name="x", sweep="{}")},
+        ["search", "p.yaml", "--ray", "::::"],
+        r"error: --ray '::::': cannot start or reach Ray \(Invalid address format: ::::\); give 'auto' .+",
+    ),
+    _row(
         "search name ../",
         {"p.yaml": SPEC.format(name="../../outside", sweep="{}")},
         ["search", "p.yaml"],
