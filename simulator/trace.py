@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -224,7 +225,9 @@ class _Chunks:
     def _dates(self, cells: list, column: str) -> np.ndarray:
         """Dates as seconds since the epoch (the Azure trace's TIMESTAMP)."""
         try:
-            stamps = np.array(cells, dtype="datetime64[us]")
+            with warnings.catch_warnings():  # numpy applies a zone's offset (to UTC) and warns that it did
+                warnings.filterwarnings("ignore", "no explicit representation of timezones", UserWarning)
+                stamps = np.array(cells, dtype="datetime64[us]")
         except (ValueError, TypeError, OverflowError):
             stamps = None
         bad = (

@@ -335,3 +335,14 @@ def test_a_trace_at_one_instant_cannot_be_replayed_over_time(tmp_path, capsys, a
     p.write_text(HEADER + "5,10,5\n5,10,5\n")
     scenario = f"workload: {{trace: '{p}', arrival: {arrival}, prompt_tokens: {{dist: trace}}{extra}}}\n"
     _one_line(*_run(tmp_path, capsys, scenario), pattern)
+
+
+def test_dates_with_time_zones_are_read_in_utc_without_a_warning(tmp_path, recwarn):
+    from simulator.trace import read_trace
+
+    p = tmp_path / "t.csv"
+    p.write_text(
+        HEADER + "2023-11-16T18:15:46Z,10,5\n2023-11-16T23:15:48+05:00,10,5\n2023-11-16T18:15:50,10,5\n"
+    )
+    assert list(read_trace(str(p)).arrival_s) == [0.0, 2.0, 4.0]  # +05:00 is 18:15:48 UTC
+    assert not [str(w.message) for w in recwarn]
