@@ -352,6 +352,11 @@ def _read_jsonl(f, src: str) -> _Columns:
         chunks.add(line_no, *cells)
         if hash_key is not None:
             ids.add(_hash_list(row.get(hash_key, []), f"{src}: line {line_no}: hash_ids"))
+        elif "hash_ids" in row:  # read only when the first line has them: the others' would be dropped
+            raise ConfigError(
+                f"{src}: line {line_no}: hash_ids: given here but not on line {first[0]}; give them on the first "
+                "line too (an empty list where a request shares nothing), or on no line"
+            )
     prompt, output, arrival = chunks.arrays()
     return _Columns(prompt, output, arrival, ids.done() if hash_key is not None else None)
 

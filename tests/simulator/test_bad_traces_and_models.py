@@ -108,6 +108,12 @@ TRACES = [
     ),
     ("mooncake not an object", "t.jsonl", MOONCAKE + "[1, 2]\n", r"line 2: a list, not a JSON object; write"),
     (
+        "mooncake hash_ids after the first line",
+        "t.jsonl",
+        '{"timestamp": 0, "input_length": 50, "output_length": 5}\n' + MOONCAKE,
+        r"t\.jsonl: line 2: hash_ids: given here but not on line 1; give them on the first line too",
+    ),
+    (
         "mooncake nested too deeply",
         "t.jsonl",
         MOONCAKE + '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
