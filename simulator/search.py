@@ -705,6 +705,10 @@ def latency_vs_load(
     whose run is not stable. `window_s`: arrivals over this many seconds at every rate (capped at
     MAX_PROBE_REQUESTS), else the scenario's own length."""
     sc = parse_scenario(data)
+    if window_s is not None and not (math.isfinite(window_s) and window_s >= 0):
+        raise ConfigError(
+            f"window_s: {window_s!r} is not a time; give the seconds of arrivals per load point"
+        )
     slo = sc.slo.model_dump(exclude_none=True)
     probes = []
     for r in sorted(rates):

@@ -12,6 +12,7 @@ import pytest
 from benchmarks.queueing import scenario, service_law
 from simulator import simulation
 from simulator.comparison import differences, table
+from simulator.errors import ConfigError
 from simulator.report import build_report, verdict_lines
 from simulator.results import format_summary
 from simulator.scenario import parse_scenario
@@ -408,3 +409,10 @@ def test_probes_are_as_much_longer_as_the_arrivals_are_bursty(workload, low, hig
     88% of the time (its capacity check with probes this much longer holds, benchmarks/capacity_check.py)."""
     assert low <= arrival_burstiness({"workload": workload}) <= high
     assert probe_requests(1.0, 100.0, 1, high) == min(math.ceil(1.2 * MIN_SERVICE_TIMES * 100 * high), 20_000)
+
+
+@pytest.mark.parametrize("window_s", [float("nan"), float("inf"), -1.0])
+def test_latency_vs_load_refuses_a_window_that_is_not_a_time(window_s):
+    data = _md1(0.5, 10).model_dump(mode="json")
+    with pytest.raises(ConfigError, match=r"window_s: .+ is not a time; give the seconds of arrivals"):
+        latency_vs_load(data, [1.0], window_s=window_s)
