@@ -177,9 +177,11 @@ def assess(
         )
     if not long_enough:
         need = math.ceil(MIN_SERVICE_TIMES * service_s / span * total) if span > 0 else total
+        # (a link of 1e-300 GB/s needs a count of 300 digits: no run can tell)
+        tell = f"run about {need:,} requests to tell" if need < 10**15 else "no run of any length can tell"
         return verdict(
             "inconclusive",
             f"the arrival window {span:.3g} s is shorter than {MIN_SERVICE_TIMES}× the service time "
-            f"{service_s:.3g} s; run about {need:,} requests to tell ({rates})",
+            f"{service_s:.3g} s; {tell} ({rates})",
         )
     return verdict("stable", f"no growing queue over {window:.4g} s ({rates})")
