@@ -22,6 +22,7 @@ import math
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -660,9 +661,14 @@ def _run_ray(tasks: list, address: str | None, finished: Callable[[ConfigResult]
     except ImportError:
         raise ConfigError("--ray needs Ray: pip install 'inferplan[ray]'") from None
     if not ray.is_initialized():
+        term = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=None if address in (None, "local") else address, log_to_driver=False)
         except (ValueError, ConnectionError, RuntimeError, TimeoutError) as e:  # a bad or unreachable address
+            # a failed init leaves Ray's SIGTERM handler, and process-pool workers forked later inherit it
+            # and outlive their pool's terminate() (tests/simulator/test_output.py, after the --ray row)
+            if term is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, term)
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ConfigError(
                 f"--ray {short_repr(address)}: cannot start or reach Ray ({why}); give 'auto' (a running "
