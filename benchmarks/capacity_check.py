@@ -60,6 +60,28 @@ L4_100 = {  # a base of 100 requests: the short run that let a search report its
     "rate": {"min_per_s": 0.05, "max_per_s": 500, "rel_tol": 0.05},
 }
 
+LOGNORMAL = {
+    "prompt_tokens": {"dist": "lognormal", "median": 600, "sigma": 0.8, "max": 8000},
+    "output_tokens": {"dist": "lognormal", "median": 150, "sigma": 0.7, "max": 1500},
+}
+BURSTY = {  # bursty arrivals, whose probes must be longer than Poisson ones (search.arrival_burstiness)
+    "name": "h100-bursty",
+    "base": {
+        "hardware": {"gpu": "h100-sxm"},
+        "workload": {"arrival": {"process": "poisson", "rate_per_s": 1.0}, **LOGNORMAL, "num_requests": 400},
+        "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
+    },
+    "variants": {
+        "gamma cv 3": {"workload.arrival": {"process": "gamma", "rate_per_s": 1.0, "cv": 3}},
+        "code trace": {
+            "workload.trace": "code",
+            "workload.arrival": {"process": "trace", "rate_per_s": 1.0},
+            "workload.prompt_tokens": {"dist": "trace"},
+            "workload.output_tokens": {"dist": "trace"},
+        },
+    },
+}
+
 
 def long_run(data: dict, rate: float, requests: int, attainment: float) -> dict:
     """The configuration at `rate` with `requests` arrivals: what a planner would see in production."""
@@ -199,7 +221,11 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "capacity_check.md")
     args = ap.parse_args()
-    specs = {"chat": read_yaml(ROOT / "examples" / "search_chat.yaml", "search spec"), "l4": L4_100}
+    specs = {
+        "chat": read_yaml(ROOT / "examples" / "search_chat.yaml", "search spec"),
+        "l4": L4_100,
+        "bursty": BURSTY,
+    }
     checks, walls = [], []
     for spec in specs.values():
         rows, wall, n = check_search(spec, args.top)

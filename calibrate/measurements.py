@@ -268,7 +268,8 @@ def _parse(raw: bytes) -> tuple[list[dict], list[Record], list[int]]:
                 headers.append(d)
                 continue
             records.append(_record(d))
-        except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
+        # (UnicodeDecodeError is a ValueError; RecursionError: arrays nested past Python's limit)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             bad.append(i)
     return headers, records, bad
 

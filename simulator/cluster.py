@@ -178,6 +178,11 @@ def look_ahead(engines: list[Replica], source, targets: np.ndarray | None, order
 
 
 # ---------------------------------------------------------------- results
+MAX_TIMELINE_ROWS = (
+    100_000  # of a merged timeline; the grid is horizon/2000, so only a run 50x longer meets it
+)
+
+
 def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
     """Sum of the engines' statistics; timelines summed on a common grid (each a step function)."""
     if len(stats) == 1:
@@ -194,7 +199,10 @@ def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
         m.itl_hist += s.itl_hist
     ends = [s.timeline[-1][0] for s in stats if s.timeline]
     if ends:
-        grid = np.arange(0.0, max(ends) + interval, interval)
+        # a run that drains far past its arrivals (a KV link of 1e-300 GB/s) coarsens the grid rather than
+        # allocating a row per interval without bound
+        step = max(interval, max(ends) / MAX_TIMELINE_ROWS)
+        grid = np.arange(0.0, max(ends) + step, step)
         total = np.zeros((len(grid), 4))
         for s in stats:
             if not s.timeline:

@@ -67,6 +67,7 @@ def table(forecasts: dict[str, Forecast]) -> dict[str, dict[str, float | str | N
         put("KV cache tokens", label, s["memory"]["kv_tokens"] if s["fits"] else 0)
         if not s["fits"] or "latency_s" not in s:
             continue
+        put("stability", label, s["stability"]["verdict"])
         for key, name in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "E2E")):
             for q in ("p50", "p99"):
                 put(f"{name} {q} (ms)", label, s["latency_s"][key][q] * 1e3)
@@ -96,8 +97,19 @@ def differences(forecasts: dict[str, Forecast]) -> list[str]:
         for label, f in forecasts.items()
         if not f.fits
     ]
+    # an overloaded configuration's latencies and cost only measure how long its run was: never ranked
+    overloaded = [label for label, v in t.get("stability", {}).items() if v == "overloaded"]
+    notes += [
+        f"{label} is OVERLOADED at this workload ({forecasts[label].summary['stability']['reason']}): not "
+        "ranked, its latencies and cost per token grow with the run's length"
+        for label in overloaded
+    ]
     for metric, lower in RANKED.items():
-        vals = {k: v for k, v in t.get(metric, {}).items() if v is not None and math.isfinite(v)}
+        vals = {
+            k: v
+            for k, v in t.get(metric, {}).items()
+            if v is not None and math.isfinite(v) and k not in overloaded
+        }
         if len(vals) < 2:
             continue
         best = (min if lower else max)(vals, key=vals.get)

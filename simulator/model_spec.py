@@ -498,6 +498,8 @@ def _read_json(p: Path) -> object:
         ) from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"model config {str(p)!r} is not valid JSON ({e}); {fix}") from None
+    except ValueError:  # an integer of more digits than Python converts (4,300)
+        raise ConfigError(f"{p}: model config: holds a number too long to read; {fix}") from None
     except (OSError, RecursionError) as e:
         raise ConfigError(
             f"{p}: model config: cannot be read ({getattr(e, 'strerror', None) or e}); {fix}"

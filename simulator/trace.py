@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -280,7 +281,9 @@ class _Chunks:
     def _dates(self, cells: list, column: str) -> np.ndarray:
         """Dates as seconds since the epoch (the Azure trace's TIMESTAMP)."""
         try:
-            stamps = np.array(cells, dtype="datetime64[us]")
+            with warnings.catch_warnings():  # numpy applies a zone's offset (to UTC) and warns that it did
+                warnings.filterwarnings("ignore", "no explicit representation of timezones", UserWarning)
+                stamps = np.array(cells, dtype="datetime64[us]")
         except (ValueError, TypeError, OverflowError):
             stamps = None
         bad = (
@@ -367,6 +370,11 @@ def _jsonl_rows(f, src: str) -> Iterator[tuple[int, dict]]:
             raise ConfigError(
                 f"{src}: line {line_no}: not JSON ({e.msg}); write one JSON object per line"
             ) from None
+        except (ValueError, RecursionError) as e:  # a number of over 4,300 digits; arrays in arrays...
+            why = "nested too deeply" if isinstance(e, RecursionError) else "a number too long to read"
+            raise ConfigError(
+                f"{src}: line {line_no}: not JSON ({why}); write one JSON object per line"
+            ) from None
         if not isinstance(row, dict):
             raise ConfigError(
                 f"{src}: line {line_no}: a {type(row).__name__}, not a JSON object; "
@@ -400,6 +408,11 @@ def _read_jsonl(rows: Iterator[tuple[int, dict]], src: str, unit: str = "line") 
         chunks.add(line_no, *cells)
         if hash_key is not None:
             ids.add(_hash_list(row.get(hash_key, []), f"{src}: {unit} {line_no}: hash_ids"))
+        elif "hash_ids" in row:  # read only when the first row has them: the others' would be dropped
+            raise ConfigError(
+                f"{src}: {unit} {line_no}: hash_ids: given here but not on {unit} {first[0]}; give them on the "
+                f"first {unit} too (an empty list where a request shares nothing), or on no {unit}"
+            )
     prompt, output, arrival = chunks.arrays()
     return _Columns(prompt, output, arrival, ids.done() if hash_key is not None else None)
 

@@ -42,6 +42,10 @@ def ws(tmp_path, tiny_config):
     Store.open(tmp_path / "only_meta" / "measurements.jsonl", cpu, provenance={"base": "cpu"})
     with (tmp_path / "only_meta" / "measurements.jsonl").open("a") as f:
         f.write(json.dumps({"key": "gemm:{}", "kind": "gemm", "params": [1], "seconds": 1e-3}) + "\n")
+    (tmp_path / "deep_line").mkdir()  # a damaged line nested past Python's recursion limit
+    Store.open(tmp_path / "deep_line" / "measurements.jsonl", cpu, provenance={"base": "cpu"})
+    with (tmp_path / "deep_line" / "measurements.jsonl").open("a") as f:
+        f.write('{"key": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     store(tmp_path / "cpu_run", cpu, base="cpu", model_arg=str(tmp_path / "tiny.json"))
     with (tmp_path / "cpu_run" / "measurements.jsonl").open("ab") as f:
         f.write(
@@ -123,6 +127,10 @@ ROWS = [
     (["fit", "{t}/cpu_run", "--out-dir", "{t}/a_file"], "--out-dir '{t}/a_file': is a file, not a folder"),
     (["fit", "{t}/nowhere"], "measurements.jsonl does not exist"),
     (["fit", "{t}/jsonl_is_dir"], "cannot read or write measurements"),
+    (
+        ["fit", "{t}/deep_line"],
+        "no measurement to fit (0 points failed or ran out of memory, 1 lines damaged)",
+    ),
     (
         ["fit", "{t}/only_meta"],
         "no measurement to fit (0 points failed or ran out of memory, 1 lines damaged)",

@@ -188,6 +188,25 @@ ROWS = [
         r"error: s\.yaml: workload\.classes\[0\]\.session\.think_time_s: must be a finite number .+",
     ),
     _row(
+        "gamma cv below float resolution",
+        {"s.yaml": W},
+        ["run", "s.yaml", "--set", "workload.arrival={process: gamma, rate_per_s: 1, cv: 1e-300}"],
+        r"error: s\.yaml: workload\.arrival\.cv: Input should be greater than or equal to 0\.001 \(got .+\)",
+    ),
+    _row(
+        "gamma cv past float range",
+        {"s.yaml": W},
+        ["run", "s.yaml", "--set", "workload.arrival={process: gamma, rate_per_s: 1, cv: 1e300}"],
+        r"error: s\.yaml: workload\.arrival\.cv: Input should be less than or equal to 100 \(got .+\)",
+    ),
+    _row(
+        "class shares adding past float range",
+        {"s.yaml": W},
+        ["run", "s.yaml", "--set", "workload.classes=[{name: a, share: 1e308}, {name: b, share: 1e308}]"],
+        r"error: s\.yaml: workload: the classes' shares add up past the largest number; give shares such as "
+        r"1 and 3",
+    ),
+    _row(
         "link bandwidth inf",
         {
             "s.yaml": W + "disaggregation: {prefill: {}, decode: {}, "
@@ -356,6 +375,19 @@ ROWS = [
         {},
         ["run", "--set", "output.dir=/proc/inferplan-x"],
         r"error: default scenario: output\.dir: '/proc/inferplan-x' leaves the current folder; .+",
+    ),
+    _row(
+        "search sweeps the rate it searches",
+        {"p.yaml": SPEC.format(name="x", sweep="{workload.arrival.rate_per_s: [1, 2]}")},
+        ["search", "p.yaml"],
+        r"error: p\.yaml: \(top level\): sweep\.workload\.arrival\.rate_per_s: the search sets the rate itself; "
+        r"remove it .+",
+    ),
+    _row(
+        "--ray address not an address",
+        {"p.yaml": SPEC.format(name="x", sweep="{}")},
+        ["search", "p.yaml", "--ray", "::::"],
+        r"error: --ray '::::': cannot start or reach Ray \(Invalid address format: ::::\); give 'auto' .+",
     ),
     _row(
         "search name ../",

@@ -108,6 +108,24 @@ TRACES = [
     ),
     ("mooncake not an object", "t.jsonl", MOONCAKE + "[1, 2]\n", r"line 2: a list, not a JSON object; write"),
     (
+        "mooncake hash_ids after the first line",
+        "t.jsonl",
+        '{"timestamp": 0, "input_length": 50, "output_length": 5}\n' + MOONCAKE,
+        r"t\.jsonl: line 2: hash_ids: given here but not on line 1; give them on the first line too",
+    ),
+    (
+        "mooncake nested too deeply",
+        "t.jsonl",
+        MOONCAKE + '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+        r"t\.jsonl: line 2: not JSON \(nested too deeply\); write one JSON object per line",
+    ),
+    (
+        "mooncake number too long",
+        "t.jsonl",
+        MOONCAKE + '{"timestamp": 1' + "0" * 5000 + "}\n",
+        r"t\.jsonl: line 2: not JSON \(a number too long to read\); write one JSON object per line",
+    ),
+    (
         "mooncake missing field",
         "t.jsonl",
         MOONCAKE + '{"timestamp": 1, "input_length": 50}\n',
@@ -238,6 +256,11 @@ MODELS = [
     ),
     ("not JSON", "hidden_size: 4096", r"config\.json' is not valid JSON \(Expecting value: line 1 column 1"),
     ("NaN size", '{"hidden_size": NaN}', r"`hidden_size` is nan, not an integer"),
+    (
+        "number too long",
+        '{"hidden_size": 1' + "0" * 5000 + "}",
+        r"config\.json: model config: holds a number too long to read; give a Hugging Face config\.json",
+    ),
     ("a list", "[1, 2]", r"config\.json: a model config must be a JSON object"),
     ("folder without config", None, r"m: model: a folder with no config\.json; give a catalogue name"),
 ]
@@ -328,3 +351,14 @@ def test_a_trace_at_one_instant_cannot_be_replayed_over_time(tmp_path, capsys, a
     p.write_text(HEADER + "5,10,5\n5,10,5\n")
     scenario = f"workload: {{trace: '{p}', arrival: {arrival}, prompt_tokens: {{dist: trace}}{extra}}}\n"
     _one_line(*_run(tmp_path, capsys, scenario), pattern)
+
+
+def test_dates_with_time_zones_are_read_in_utc_without_a_warning(tmp_path, recwarn):
+    from simulator.trace import read_trace
+
+    p = tmp_path / "t.csv"
+    p.write_text(
+        HEADER + "2023-11-16T18:15:46Z,10,5\n2023-11-16T23:15:48+05:00,10,5\n2023-11-16T18:15:50,10,5\n"
+    )
+    assert list(read_trace(str(p)).arrival_s) == [0.0, 2.0, 4.0]  # +05:00 is 18:15:48 UTC
+    assert not [str(w.message) for w in recwarn]
