@@ -21,6 +21,7 @@ Verdict = Literal["stable", "overloaded", "inconclusive"]
 
 WARMUP_FRACTION = 0.2  # of the arrival window, skipped: the queue fills from empty there
 MIN_SERVICE_TIMES = 10  # an arrival window shorter than this many service times is inconclusive
+MIN_ARRIVALS = 20  # fewer arrivals than this after the warm-up cannot show a trend: inconclusive
 DRIFT_MIN = 0.01  # N(t) growing by 1% of the arrival rate is overload (when above its noise)
 SHORT_DRIFT_MIN = 0.05  # the same in a window too short to be sure the queue had filled
 DROP_MIN = 0.01  # admission control dropping 1% of arrivals is overload
@@ -183,5 +184,12 @@ def assess(
             "inconclusive",
             f"the arrival window {span:.3g} s is shorter than {MIN_SERVICE_TIMES}× the service time "
             f"{service_s:.3g} s; {tell} ({rates})",
+        )
+    if in_window < MIN_ARRIVALS:  # 2-4 requests far apart showed no growth, but could not have
+        need = math.ceil(MIN_ARRIVALS / max(in_window, 1) * total)
+        return verdict(
+            "inconclusive",
+            f"only {in_window:,} arrivals after the warm-up, too few to show a trend; run about {need:,} "
+            f"requests to tell ({rates})",
         )
     return verdict("stable", f"no growing queue over {window:.4g} s ({rates})")

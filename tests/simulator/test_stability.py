@@ -417,3 +417,9 @@ def test_latency_vs_load_refuses_a_window_that_is_not_a_time(window_s):
     data = _md1(0.5, 10).model_dump(mode="json")
     with pytest.raises(ConfigError, match=r"window_s: .+ is not a time; give the seconds of arrivals"):
         latency_vs_load(data, [1.0], window_s=window_s)
+
+
+def test_a_handful_of_requests_is_inconclusive_not_stable():
+    sc = _md1(0.05, 4)  # four requests far apart: no growth, but no trend could have shown
+    st = simulate(sc).summary["stability"]
+    assert st["verdict"] == "inconclusive" and "too few to show a trend" in st["reason"]
