@@ -52,7 +52,7 @@ def one_line(err: ValidationError, source: str = "", prefix: str = "") -> Config
             msg = str(e.get("ctx", {}).get("error", msg.removeprefix("Value error, ")))
         elif e.get("type") == "finite_number":
             msg = f"must be a finite number (got {short_repr(e.get('input'))}); give a number"
-        elif "input" in e and e.get("type") not in ("model_type", "dict_type"):
+        elif "input" in e and e.get("type") not in ("model_type", "dict_type", "bool_for_number"):
             msg = f"{msg} (got {short_repr(e['input'])})"
         msgs.append(f"{loc}: {msg}")
     where = f"{source}: " if source else ""

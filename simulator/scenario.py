@@ -8,9 +8,17 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path, PurePath, PureWindowsPath
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from simulator.errors import ConfigError, one_line, parse_yaml, read_yaml, short_repr
 from simulator.limits import MAX_REPLICAS, MAX_REQUESTS
@@ -23,6 +31,24 @@ MAX_EXACT_INT = 2**53  # the largest count a float64 holds exactly
 class _Spec(BaseModel):
     # inf or nan in any float (a rate, a duration, a price, an SLO) would run forever or poison every sum
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_truth_for_numbers(cls, data: object) -> object:
+        # YAML reads `yes`/`true` as a bool, which pydantic would take as 1 for a count or a rate
+        # (a model validator: field validators in mode 'before' may not touch discriminator fields)
+        if isinstance(data, dict):
+            for name, v in data.items():
+                f = cls.model_fields.get(name) if isinstance(name, str) else None
+                if f is None or not isinstance(v, bool):
+                    continue
+                kinds = get_args(f.annotation) or (f.annotation,)
+                if bool not in kinds and any(k in (int, float) for k in kinds):
+                    raise PydanticCustomError(
+                        "bool_for_number", "{name}: {value} is not a number; give a number",
+                        {"name": name, "value": str(v).lower()},
+                    )  # fmt: skip
+        return data
 
     @field_validator("*")
     @classmethod

@@ -240,6 +240,18 @@ ROWS = [
         r"error: p\.yaml: rate\.rel_tol: Input should be greater than or equal to 0\.001 \(got 1e-300\)",
     ),
     _row(
+        "true as a count",
+        {"s.yaml": W},
+        ["run", "s.yaml", "--set", "serving.max_num_seqs=true"],
+        r"error: s\.yaml: serving: max_num_seqs: true is not a number; give a number",
+    ),
+    _row(
+        "yes as a rate",
+        {"s.yaml": "workload: {arrival: {process: poisson, rate_per_s: yes}, num_requests: 20}\n"},
+        ["run", "s.yaml"],
+        r"error: s\.yaml: workload\.arrival: rate_per_s: true is not a number; give a number",
+    ),
+    _row(
         "token count past 2^53",
         {"s.yaml": W},
         ["run", "s.yaml", "--set", "workload.prompt_tokens={dist: fixed, value: 100000000000000000000000}"],
