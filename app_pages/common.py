@@ -98,7 +98,8 @@ def show_capacity(f: api.Forecast) -> None:
         delta_color="off",
     )
     cols[2].metric("load / capacity", "—" if load is None else f"{load:.0%}")
-    st.caption(capacity_line(cap)[:1].upper() + capacity_line(cap)[1:])
+    line = capacity_line(cap)
+    st.caption(line[:1].upper() + line[1:])
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -21,7 +21,7 @@ from simulator.deploy import vllm_serve
 from simulator.metrics import LATENCIES, capacity, capacity_line
 from simulator.output import ResultFolder
 from simulator.results import rejected_reasons
-from simulator.search import LoadCurve, latency_vs_load, max_sustainable_rate
+from simulator.search import LoadCurve, latency_vs_load
 from simulator.simulation import Forecast
 
 LOAD_MULTIPLES = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)
@@ -48,14 +48,10 @@ def load_curve(f: Forecast, multiples=LOAD_MULTIPLES) -> LoadCurve:
     """
     data = f.scenario.model_dump(mode="json")
     r0, window = offered_rate(f), None
-    cap = f.summary.get("capacity") or {}
-    if "max_rate_per_s" in cap:  # the forecast's own capacity search, done once
-        if cap["max_rate_per_s"] > 0 and cap["probe_requests"]:
-            r0, window = cap["max_rate_per_s"], cap["probe_requests"] / cap["max_rate_per_s"]
-    elif f.scenario.slo.model_dump(exclude_none=True):
-        r_max, _, s = max_sustainable_rate(data)
-        if r_max > 0:  # each point as long (in time) as the run that found the max rate
-            r0, window = r_max, s["requests"]["total"] / r_max
+    cap = f.summary.get("capacity") or capacity(f.scenario, f.summary)  # the forecast's own search, once
+    if cap.get("max_rate_per_s", 0) > 0 and cap["probe_requests"]:
+        # each point as long (in time) as the run that found the max rate
+        r0, window = cap["max_rate_per_s"], cap["probe_requests"] / cap["max_rate_per_s"]
     return latency_vs_load(data, [r0 * m for m in multiples], window_s=window)
 
 

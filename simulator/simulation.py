@@ -312,7 +312,8 @@ def simulate(
         keys = ctx["keys"].get(e.group.serving.block_size) if e.group.serving.prefix_caching else None
         if follow_ups:  # (the scheduler drops a finished request's prefix keys itself)
             e.on_finish = _conversation(env, reqs, table, source, keys, lookup)
-    stopped = _run(env, engines, source, router, horizon, len(first), progress)
+    hold = sum(e.scheduler.max_seqs for e in engines)  # sequences the engines run at once
+    stopped = _run(env, engines, source, router, horizon, len(first), hold, progress)
     table.freeze()
     dropped = {"queue_full": 0, "timed_out": 0}
     for e in engines:
@@ -334,8 +335,7 @@ def simulate(
                         None if single else fleet(groups))  # fmt: skip
     summary["rejected_reasons"] = reasons | dropped
     summary["stability"] = assess(
-        table.arrival_s, table.scheduled_s, table.finish_s, table.rejected, sum(dropped.values()),
-        sum(e.scheduler.max_seqs for e in engines), stopped,
+        table.arrival_s, table.scheduled_s, table.finish_s, table.rejected, sum(dropped.values()), hold, stopped,
     ).as_dict()  # fmt: skip
     if not single:
         makespan = summary["throughput"]["duration_s"]
@@ -379,6 +379,7 @@ def _run(
     router: Router,
     horizon: float,
     total: int,
+    hold: int,
     progress: Callable[[float], None] | None = None,
 ):
     """Run to the end, in chunks over the arrival window; between chunks, stop once overload is certain
@@ -386,7 +387,7 @@ def _run(
     the same as one `env.run()` (tests/simulator/test_stability.py). Returns where it stopped, or None."""
     pulled = engines[0] if engines[0].arrivals is not None else None
     if horizon > 0 and total:
-        check = Backlog(sum(e.scheduler.max_seqs for e in engines), total)
+        check = Backlog(hold, total)
         for k in range(1, CHECKS + 1):
             t = horizon * k / CHECKS
             if pulled is not None:
