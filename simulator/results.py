@@ -118,6 +118,38 @@ def stability_lines(s: dict) -> list[str]:
     return [f"stability inconclusive: {st['reason']}"]
 
 
+def _latency_table(lat: dict) -> list[str]:
+    # two spaces before every cell, whatever its width: huge values never run together
+    quantiles = ("p50", "p90", "p99", "mean")
+    lines = [f"{'latency':<14}" + "".join(f"  {q:>12}" for q in quantiles)]
+    for key, label in LATENCIES:
+        lines.append(f"{label:<14}" + "".join(f"  {_latency(lat[key][q]):>12}" for q in quantiles))
+    return lines
+
+
+def _feature_lines(s: dict) -> list[str]:
+    """Prefix cache, traffic classes and the hosted API, where the scenario has them."""
+    lines = []
+    pc, c = s.get("prefix_cache", {}), s["cost"]
+    if pc.get("enabled"):
+        lines.append(
+            f"prefix cache: {pc['hit_rate']:.1%} of prompt tokens served from cache "
+            f"({pc['prefill_tokens_saved']:,} prefill tokens saved, {pc['evicted_blocks']:,} blocks evicted)"
+        )
+    for name, k in s.get("classes", {}).items():
+        lines.append(
+            f"  class {name}: {k['finished']:,} finished, TTFT p50/p99 {_ms(k['ttft']['p50'])}/{_ms(k['ttft']['p99'])} ms, "
+            f"TPOT p50 {_ms(k['tpot']['p50'])} ms, goodput {k['goodput_fraction']:.1%}"
+        )
+    if "hosted_api" in c:
+        h = c["hosted_api"]
+        lines.append(
+            f"vs {h['name']}: the same tokens cost ${h['same_tokens_usd']:.2f} there, ${c['total_usd']:.2f} self-hosted "
+            f"({h['self_hosted_over_api']:.2f}×)"
+        )
+    return lines
+
+
 def format_summary(f: Forecast) -> str:
     """A terminal table of the forecast."""
     s = f.summary
@@ -137,19 +169,13 @@ def format_summary(f: Forecast) -> str:
         f"requests: {r['total']:,} total, {r['finished']:,} finished, {r['unfinished']:,} unfinished, "
         f"{r['rejected']:,} rejected, {r['preemptions']:,} preemptions"
     )
-    if r["rejected"] and rejected_reasons(s):
-        lines.append(f"rejected: {rejected_reasons(s)}")
+    why = rejected_reasons(s)
+    if r["rejected"] and why:
+        lines.append(f"rejected: {why}")
     lines += stability_lines(s)
     if "capacity" in s:
         lines.append(capacity_line(s["capacity"]))
-    lines.append("")
-    # two spaces before every cell, whatever its width: huge values never run together
-    lines.append(f"{'latency':<14}" + "".join(f"  {q:>12}" for q in ("p50", "p90", "p99", "mean")))
-    for key, label in LATENCIES:
-        p = s["latency_s"][key]
-        lines.append(
-            f"{label:<14}" + "".join(f"  {_latency(p[q]):>12}" for q in ("p50", "p90", "p99", "mean"))
-        )
+    lines += ["", *_latency_table(s["latency_s"])]
     t, g, u, kv, c = s["throughput"], s["goodput"], s["utilisation"], s["kv_cache"], s["cost"]
     lines.append("")
     lines.append(
@@ -170,23 +196,7 @@ def format_summary(f: Forecast) -> str:
     )
     lines += ["", "where the time goes (bound: what, doubled, would shorten it most):"]
     lines += ["  " + x for x in breakdown_lines(step_breakdown(f))]
-    pc = s.get("prefix_cache", {})
-    if pc.get("enabled"):
-        lines.append(
-            f"prefix cache: {pc['hit_rate']:.1%} of prompt tokens served from cache "
-            f"({pc['prefill_tokens_saved']:,} prefill tokens saved, {pc['evicted_blocks']:,} blocks evicted)"
-        )
-    for name, k in s.get("classes", {}).items():
-        lines.append(
-            f"  class {name}: {k['finished']:,} finished, TTFT p50/p99 {_ms(k['ttft']['p50'])}/{_ms(k['ttft']['p99'])} ms, "
-            f"TPOT p50 {_ms(k['tpot']['p50'])} ms, goodput {k['goodput_fraction']:.1%}"
-        )
-    if "hosted_api" in c:
-        h = c["hosted_api"]
-        lines.append(
-            f"vs {h['name']}: the same tokens cost ${h['same_tokens_usd']:.2f} there, ${c['total_usd']:.2f} self-hosted "
-            f"({h['self_hosted_over_api']:.2f}×)"
-        )
+    lines += _feature_lines(s)
     serve = vllm_serve(f.scenario)
     lines += [
         "",
