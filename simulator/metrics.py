@@ -49,44 +49,14 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float,
 
     `fleet`: (GPUs, USD per hour, engines) of a deployment of several replicas (simulator/cluster.py),
     whose `stats` are summed over its engines."""
-    hw = scenario.hardware
-    price = hw.price_per_gpu_hour_usd if hw.price_per_gpu_hour_usd is not None else profile.price.usd_per_hour
-    gpus, engines = hw.gpus_per_replica, 1
-    if fleet is not None:
-        gpus, usd_per_hour, engines = fleet
-        price = usd_per_hour / gpus  # blended over the GPUs
-    out: dict = {
-        "scenario": scenario.name,
-        "model": {
-            "name": model.name,
-            "params": model.param_count,
-            "active_params": model.active_param_count,
-            "weight_dtype": scenario.serving.weight_dtype,
-            "kv_dtype": scenario.serving.kv_dtype,
-            "kv_bytes_per_token": model.kv_bytes_per_token(scenario.serving.kv_dtype),
-        },
-        "hardware": {
-            "gpu": profile.name,
-            "display_name": profile.display_name,
-            "gpus": gpus,
-            "calibrated": profile.is_calibrated,
-            "price_per_gpu_hour_usd": price,
-        },
-        "memory": mem.as_dict() | {"fits": mem.fits, "explain": mem.explain()},
-        "fits": mem.fits,
-    }
+    out, price, gpus, engines = _deployment(scenario, model, profile, mem, fleet)
     if table is None:
         return out
 
     n = len(table)
     done = np.isfinite(table.finish_s)
     arrival = table.arrival_s
-    ttft = table.first_token_s - arrival
-    e2e = table.finish_s - arrival
-    queue = table.scheduled_s - arrival
-    outs = table.output_tokens.astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(outs > 1, (table.finish_s - table.first_token_s) / (outs - 1), np.nan)
+    ttft, tpot, e2e, queue = _request_latencies(table)
     first = float(arrival.min()) if n else 0.0
     last = float(np.nanmax(table.finish_s)) if done.any() else first
     makespan = max(last - first, 1e-12)
@@ -95,25 +65,13 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float,
 
     slo = scenario.slo
     classes = scenario.workload.classes or []
-    ok = done.copy()
-    if classes:  # each class against its own SLO (the scenario's where it sets none)
-        for ci, c in enumerate(classes):
-            m = table.class_id == ci
-            ok[m] &= _meets(c.slo or slo, ttft[m], tpot[m], e2e[m])
-    else:
-        ok &= _meets(slo, ttft, tpot, e2e)
+    ok = done & _slo_met(slo, classes, table.class_id, ttft, tpot, e2e)
 
     busy = stats.busy_s
     cost_usd = price * gpus * makespan / 3600.0
     share_in = stats.prefill_s / busy if busy else 0.0
     out |= {
-        "requests": {
-            "total": n,
-            "finished": int(done.sum()),
-            "rejected": int(table.rejected.sum()),
-            "unfinished": int(n - done.sum() - table.rejected.sum()),
-            "preemptions": int(table.preemptions.sum()),
-        },
+        "requests": _request_counts(table, done),
         "latency_s": {
             "ttft": percentiles(ttft),
             "tpot": percentiles(tpot),
@@ -145,53 +103,16 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float,
             "peak_occupancy": (sched.pool.peak_used / max(mem.num_blocks, 1)) if sched else float("nan"),
             "blocks_in_use_at_end": sched.pool.used if sched else 0,
         },
-        "cost": {
-            "total_usd": cost_usd,
-            "usd_per_1m_input_tokens": cost_usd * share_in / in_tok * 1e6 if in_tok else float("nan"),
-            "usd_per_1m_output_tokens": cost_usd * (1 - share_in) / out_tok * 1e6
-            if out_tok
-            else float("nan"),
-            "usd_per_1m_tokens": cost_usd / (in_tok + out_tok) * 1e6 if in_tok + out_tok else float("nan"),
-        },
+        "cost": _cost(cost_usd, share_in, in_tok, out_tok),
         "simulation": {
             "wall_s": wall_s,
             "requests_per_wall_s": n / wall_s if wall_s else float("nan"),
             "steps_per_wall_s": stats.steps / wall_s if wall_s else float("nan"),
         },
     }
-    prompt_done = int(table.prompt_tokens[np.isfinite(table.scheduled_s)].sum())
-    cached = int(table.cached_tokens.sum())
-    out["prefix_cache"] = {
-        "enabled": scenario.serving.prefix_caching,
-        "hit_rate": cached / prompt_done if prompt_done else 0.0,
-        "prefill_tokens_saved": cached,
-        "prefill_tokens_saved_incl_recompute": int(sched.cached_tokens) if sched else cached,
-        "evicted_blocks": int(sched.pool.evictions) if sched else 0,
-    }
-    if scenario.serving.speculative is not None and sched is not None:
-        out["speculative"] = {
-            "rounds": int(sched.spec_rounds),
-            "tokens": int(sched.spec_yield),
-            "tokens_per_round": sched.spec_yield / sched.spec_rounds if sched.spec_rounds else float("nan"),
-        }
+    out |= _cache_and_speculation(scenario, table, sched)
     if classes:
-        out["classes"] = {}
-        for ci, c in enumerate(classes):
-            m = table.class_id == ci
-            dm = done & m
-            out["classes"][c.name] = {
-                "requests": int(m.sum()),
-                "finished": int(dm.sum()),
-                "ttft": percentiles(ttft[m]),
-                "tpot": percentiles(tpot[m]),
-                "e2e": percentiles(e2e[m]),
-                "goodput_requests_per_s": int((ok & m).sum()) / makespan,
-                "goodput_fraction": float((ok & m).sum() / max(dm.sum(), 1)),
-                "prefix_hit_rate": float(
-                    table.cached_tokens[m].sum() / max(table.prompt_tokens[dm].sum(), 1)
-                ),
-                "slo": (c.slo or slo).model_dump(exclude_none=True),
-            }
+        out["classes"] = _class_summaries(classes, slo, table, done, ok, (ttft, tpot, e2e), makespan)
     api = scenario.hosted_api
     if api is not None:
         api_cost = (in_tok * api.usd_per_1m_input + out_tok * api.usd_per_1m_output) / 1e6
@@ -199,6 +120,122 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float,
             "name": api.name,
             "same_tokens_usd": api_cost,
             "self_hosted_over_api": cost_usd / api_cost if api_cost else float("nan"),
+        }
+    return out
+
+
+def _request_counts(table, done: np.ndarray) -> dict:
+    n, rejected = len(table), int(table.rejected.sum())
+    return {
+        "total": n,
+        "finished": int(done.sum()),
+        "rejected": rejected,
+        "unfinished": int(n - done.sum() - rejected),
+        "preemptions": int(table.preemptions.sum()),
+    }
+
+
+def _cost(cost_usd: float, share_in: float, in_tok: int, out_tok: int) -> dict:
+    """GPU cost per million tokens: input and output tokens take the GPU time their work took."""
+    nan = float("nan")
+    return {
+        "total_usd": cost_usd,
+        "usd_per_1m_input_tokens": cost_usd * share_in / in_tok * 1e6 if in_tok else nan,
+        "usd_per_1m_output_tokens": cost_usd * (1 - share_in) / out_tok * 1e6 if out_tok else nan,
+        "usd_per_1m_tokens": cost_usd / (in_tok + out_tok) * 1e6 if in_tok + out_tok else nan,
+    }
+
+
+def _request_latencies(table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per request: TTFT, TPOT (NaN for one-token outputs), end-to-end and queueing time."""
+    arrival = table.arrival_s
+    outs = table.output_tokens.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(outs > 1, (table.finish_s - table.first_token_s) / (outs - 1), np.nan)
+    return table.first_token_s - arrival, tpot, table.finish_s - arrival, table.scheduled_s - arrival
+
+
+def _slo_met(slo, classes, class_id, ttft, tpot, e2e) -> np.ndarray:
+    """Whether each request met its SLO: its class's where classes set one, else the scenario's."""
+    if not classes:
+        return _meets(slo, ttft, tpot, e2e)
+    ok = np.ones(len(ttft), dtype=bool)
+    for ci, c in enumerate(classes):
+        m = class_id == ci
+        ok[m] &= _meets(c.slo or slo, ttft[m], tpot[m], e2e[m])
+    return ok
+
+
+def _deployment(scenario, model, profile, mem, fleet) -> tuple[dict, float, int, int]:
+    """The summary's model, hardware and memory sections, with the price per GPU-hour, GPUs and engines."""
+    hw = scenario.hardware
+    price = hw.price_per_gpu_hour_usd if hw.price_per_gpu_hour_usd is not None else profile.price.usd_per_hour
+    gpus, engines = hw.gpus_per_replica, 1
+    if fleet is not None:
+        gpus, usd_per_hour, engines = fleet
+        price = usd_per_hour / gpus  # blended over the GPUs
+    out: dict = {
+        "scenario": scenario.name,
+        "model": {
+            "name": model.name,
+            "params": model.param_count,
+            "active_params": model.active_param_count,
+            "weight_dtype": scenario.serving.weight_dtype,
+            "kv_dtype": scenario.serving.kv_dtype,
+            "kv_bytes_per_token": model.kv_bytes_per_token(scenario.serving.kv_dtype),
+        },
+        "hardware": {
+            "gpu": profile.name,
+            "display_name": profile.display_name,
+            "gpus": gpus,
+            "calibrated": profile.is_calibrated,
+            "price_per_gpu_hour_usd": price,
+        },
+        "memory": mem.as_dict() | {"fits": mem.fits, "explain": mem.explain()},
+        "fits": mem.fits,
+    }
+    return out, price, gpus, engines
+
+
+def _cache_and_speculation(scenario, table, sched) -> dict:
+    """summary["prefix_cache"], and summary["speculative"] when the scenario speculates."""
+    prompt_done = int(table.prompt_tokens[np.isfinite(table.scheduled_s)].sum())
+    cached = int(table.cached_tokens.sum())
+    out: dict = {
+        "prefix_cache": {
+            "enabled": scenario.serving.prefix_caching,
+            "hit_rate": cached / prompt_done if prompt_done else 0.0,
+            "prefill_tokens_saved": cached,
+            "prefill_tokens_saved_incl_recompute": int(sched.cached_tokens) if sched else cached,
+            "evicted_blocks": int(sched.pool.evictions) if sched else 0,
+        }
+    }
+    if scenario.serving.speculative is not None and sched is not None:
+        out["speculative"] = {
+            "rounds": int(sched.spec_rounds),
+            "tokens": int(sched.spec_yield),
+            "tokens_per_round": sched.spec_yield / sched.spec_rounds if sched.spec_rounds else float("nan"),
+        }
+    return out
+
+
+def _class_summaries(classes, slo, table, done, ok, latencies, makespan: float) -> dict:
+    """summary["classes"]: each traffic class's latencies and goodput against its own SLO."""
+    ttft, tpot, e2e = latencies
+    out = {}
+    for ci, c in enumerate(classes):
+        m = table.class_id == ci
+        dm = done & m
+        out[c.name] = {
+            "requests": int(m.sum()),
+            "finished": int(dm.sum()),
+            "ttft": percentiles(ttft[m]),
+            "tpot": percentiles(tpot[m]),
+            "e2e": percentiles(e2e[m]),
+            "goodput_requests_per_s": int((ok & m).sum()) / makespan,
+            "goodput_fraction": float((ok & m).sum() / max(dm.sum(), 1)),
+            "prefix_hit_rate": float(table.cached_tokens[m].sum() / max(table.prompt_tokens[dm].sum(), 1)),
+            "slo": (c.slo or slo).model_dump(exclude_none=True),
         }
     return out
 
