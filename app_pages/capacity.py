@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from app_pages.common import key_of, local_names, model_picker, slo_picker, workload_picker
+from app_pages.common import cached_curve, key_of, local_names, model_picker, slo_picker, workload_picker
 from simulator import api, plots
 from simulator.errors import ConfigError
 from simulator.search import to_csv
@@ -53,13 +53,6 @@ def ranked(result: api.SearchResult, target: float | None) -> tuple[pd.DataFrame
         table = table[[deciding, *(c for c in table.columns if c != deciding)]]
     table = table.sort_values([deciding, "max req/s"], ascending=[True, False], na_position="last")
     return table.set_index(pd.RangeIndex(1, len(table) + 1, name="rank")), deciding
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _curve(
-    scenario_json: str, rates: tuple[float, ...], attainment: float, window_s: float | None
-) -> api.LoadCurve:
-    return api.latency_vs_load(json.loads(scenario_json), rates, attainment, window_s)
 
 
 st.title("Capacity")
@@ -200,7 +193,7 @@ rates = tuple(r.max_rate_per_s * x for x in spec.load_points)
 # every point as long (in time) as the probe that found the max rate, so that queues can build
 window = r.probe_requests / r.max_rate_per_s if r.probe_requests else None
 with st.spinner("simulating the load curve …"):
-    curve = _curve(json.dumps(data, sort_keys=True), rates, spec.slo_attainment, window)
+    curve = cached_curve(json.dumps(data, sort_keys=True), rates, spec.slo_attainment, window)
 for name, rate in curve.breaks_at.items():
     msg = f"{name[:-2].upper()} p90 breaks its {curve.slo[name] * 1e3:g} ms SLO at "
     st.markdown(

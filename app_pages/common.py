@@ -56,13 +56,10 @@ def cached_forecast(scenario_json: str, progress: Callable[[float], None] | None
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def cached_curve(scenario_json: str, rates: tuple[float, ...]) -> api.LoadCurve:
-    return api.latency_vs_load(json.loads(scenario_json), rates)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def cached_max_rate(scenario_json: str) -> float:
-    return api.max_sustainable_rate(json.loads(scenario_json))[0]
+def cached_curve(
+    scenario_json: str, rates: tuple[float, ...], attainment: float = 0.9, window_s: float | None = None
+) -> api.LoadCurve:
+    return api.latency_vs_load(json.loads(scenario_json), rates, attainment, window_s)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
