@@ -93,8 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from simulator.simulation import simulate
 
     sc = _scenario(args.scenario, args.set, args.requests)
-    out = args.out or run_dir(sc.output.dir, args.set, args.requests)
-    with ResultFolder(out, "--out" if args.out else "output.dir") as folder:
+    with _scenario_folder(args.out, run_dir(sc.output.dir, args.set, args.requests)) as folder:
         with _run_progress(f"simulating {sc.name}") as progress:
             forecast = simulate(sc, progress=progress)
         if not args.no_capacity and forecast.fits:
@@ -107,6 +106,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_summary(forecast))
     print(_wrote(folder))
     return 0 if forecast.fits else 3
+
+
+def _scenario_folder(out: str | None, default: str) -> ResultFolder:
+    """The results folder of a scenario's command: --out, else one under the scenario's output.dir
+    (named as the setting it came from in messages)."""
+    return ResultFolder(out or default, "--out" if out else "output.dir")
 
 
 def _wrote(folder: ResultFolder) -> str:
@@ -316,8 +321,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from simulator.simulation import simulate
 
     sc = _scenario(args.scenario, args.set, args.requests)
-    where = "--out" if args.out else "output.dir"
-    with ResultFolder(args.out or f"{sc.output.dir}/report", where) as folder:
+    with _scenario_folder(args.out, f"{sc.output.dir}/report") as folder:
         print(f"simulating {sc.name}, its maximum rate under the SLOs and 8 load points ...", file=sys.stderr)
         write_report(build_report(simulate(sc)), folder)
         folder.commit()
