@@ -398,16 +398,21 @@ class _RateProbing:
         self.probes.append(p)
         if p.verdict == "overloaded":
             self.capacity = min(self.capacity, s["stability"]["sustained_per_s"])
-        if p.ok and r > (1 - HEADROOM) * self.capacity:  # a slow drift a run cannot show is still overload
+        if p.ok and r > self.limit_per_s:  # a slow drift a run cannot show is still overload
             p.ok, p.failed_because = False, "at capacity"
         if p.ok:
             self.passed.append((p, s))
         return p.ok
 
+    @property
+    def limit_per_s(self) -> float:
+        """The highest rate that can count as sustained: HEADROOM below the capacity measured so far."""
+        return (1 - HEADROOM) * self.capacity
+
     def best(self) -> tuple[float, dict | None]:
         """The highest rate that passed and is within the capacity's limit (as the limit is now)."""
         for p, _ in self.passed:
-            if p.rate_per_s > (1 - HEADROOM) * self.capacity:
+            if p.rate_per_s > self.limit_per_s:
                 p.ok, p.failed_because = False, "at capacity"
         return max(
             ((p.rate_per_s, s) for p, s in self.passed if p.ok), key=lambda x: x[0], default=(0.0, None)
@@ -433,7 +438,7 @@ class _RateProbing:
         (which an overloaded run may lower below rates that passed before it); False if nothing passes."""
         measured = False
         for _ in range(64):
-            lo, top = self.best()[0], min(hi, (1 - HEADROOM) * self.capacity)
+            lo, top = self.best()[0], min(hi, self.limit_per_s)
             if lo <= 0:  # nothing that passed is below the limit: try the limit, then halve
                 r = top if top < hi else top / 2
                 if r < self.rate.min_per_s:
