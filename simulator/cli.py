@@ -93,8 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from simulator.simulation import simulate
 
     sc = _scenario(args.scenario, args.set, args.requests)
-    out = args.out or run_dir(sc.output.dir, args.set, args.requests)
-    with ResultFolder(out, "--out" if args.out else "output.dir") as folder:
+    with _scenario_folder(args.out, run_dir(sc.output.dir, args.set, args.requests)) as folder:
         with _run_progress(f"simulating {sc.name}") as progress:
             forecast = simulate(sc, progress=progress)
         if not args.no_capacity and forecast.fits:
@@ -107,6 +106,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_summary(forecast))
     print(_wrote(folder))
     return 0 if forecast.fits else 3
+
+
+def _scenario_folder(out: str | None, default: str) -> ResultFolder:
+    """The results folder of a scenario's command: --out, else one under the scenario's output.dir
+    (named as the setting it came from in messages)."""
+    return ResultFolder(out or default, "--out" if out else "output.dir")
 
 
 def _wrote(folder: ResultFolder) -> str:
@@ -316,8 +321,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from simulator.simulation import simulate
 
     sc = _scenario(args.scenario, args.set, args.requests)
-    where = "--out" if args.out else "output.dir"
-    with ResultFolder(args.out or f"{sc.output.dir}/report", where) as folder:
+    with _scenario_folder(args.out, f"{sc.output.dir}/report") as folder:
         print(f"simulating {sc.name}, its maximum rate under the SLOs and 8 load points ...", file=sys.stderr)
         write_report(build_report(simulate(sc)), folder)
         folder.commit()
@@ -394,21 +398,8 @@ PROFILES_HELP = (
 )
 
 
-def build_parser(
-    prog: str = "python -m simulator",
-    more_verbs: Callable[[argparse._SubParsersAction], None] | None = None,
-) -> argparse.ArgumentParser:
-    """The command line; `more_verbs` adds verbs of a wider command (the `inferplan` script's)."""
-    p = _Parser(prog=prog, description="inferplan: forecast LLM serving on GPUs.")
-    p.add_argument("--version", action="version", version=f"inferplan {__version__}")
-    p.add_argument("--profiles", metavar="DIR", type=_folder, help=PROFILES_HELP)
-    # the same option after the verb; SUPPRESS keeps a verb's default from hiding one given before it
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--profiles", metavar="DIR", type=_folder, default=argparse.SUPPRESS, help=PROFILES_HELP
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-    verb = functools.partial(sub.add_parser, parents=[common])
+def _simulate_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
+    """run and compare: simulate scenarios."""
     r = verb(
         "run",
         help="simulate a scenario and write summary.json, requests.csv, timeline.csv",
@@ -443,6 +434,10 @@ def build_parser(
     _override_options(c, " in every scenario")
     c.add_argument("--out", help="write compare.json and compare.csv into this folder")
     c.set_defaults(fn=cmd_compare)
+
+
+def _catalogue_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
+    """fit, models, gpus, examples: what the catalogue holds and what fits."""
     ft = verb(
         "fit",
         help="what fits: a model on GPUs x weight formats x GPUs per replica, KV room, max batch",
@@ -466,6 +461,10 @@ def build_parser(
     verb("models", help="list catalogue models").set_defaults(fn=cmd_models)
     verb("gpus", help="list GPU profiles and where each is read from").set_defaults(fn=cmd_gpus)
     verb("examples", help="list the shipped example scenarios and search specs").set_defaults(fn=cmd_examples)
+
+
+def _search_and_report_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
+    """search and report: sweep configurations, write a report."""
     s = verb(
         "search",
         help="sweep configurations; max sustainable rate under the SLOs, cheapest, frontier",
@@ -496,6 +495,26 @@ def build_parser(
     rp.add_argument("--out", help="output folder (default: the scenario's output.dir/report)")
     _override_options(rp)
     rp.set_defaults(fn=cmd_report)
+
+
+def build_parser(
+    prog: str = "python -m simulator",
+    more_verbs: Callable[[argparse._SubParsersAction], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The command line; `more_verbs` adds verbs of a wider command (the `inferplan` script's)."""
+    p = _Parser(prog=prog, description="inferplan: forecast LLM serving on GPUs.")
+    p.add_argument("--version", action="version", version=f"inferplan {__version__}")
+    p.add_argument("--profiles", metavar="DIR", type=_folder, help=PROFILES_HELP)
+    # the same option after the verb; SUPPRESS keeps a verb's default from hiding one given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--profiles", metavar="DIR", type=_folder, default=argparse.SUPPRESS, help=PROFILES_HELP
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    verb = functools.partial(sub.add_parser, parents=[common])
+    _simulate_verbs(verb)
+    _catalogue_verbs(verb)
+    _search_and_report_verbs(verb)
     if more_verbs is not None:
         more_verbs(sub)
     return p

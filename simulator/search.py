@@ -365,6 +365,97 @@ def arrival_burstiness(data: dict) -> float:
     return 1.0
 
 
+@dataclass(slots=True)
+class _RateProbing:
+    """One `max_sustainable_rate` call's state: the runs so far, those that passed, and the capacity."""
+
+    data: dict
+    slo_attainment: float
+    rate: RateSearch
+    base_requests: int
+    duration_s: float | None
+    service_s: float
+    burstiness: float
+    probes: list[Probe]
+    passed: list[tuple[Probe, dict]] = field(default_factory=list)
+    capacity: float = math.inf  # completions per second of the sized runs that were overloaded (full queues)
+
+    def size(self, r: float) -> int:
+        """Requests of a run at r: at least the base scenario's own length (its requests, or its duration at r)."""
+        base = self.base_requests if self.duration_s is None else math.ceil(r * self.duration_s)
+        return probe_requests(r, self.service_s, base, self.burstiness)
+
+    def run(self, r: float) -> bool:
+        """A sized run at r; whether it passed (stable, SLOs met, and HEADROOM below the capacity)."""
+        n = self.size(r)
+        p, s = probe(self.data, r, self.slo_attainment, n)
+        if p.verdict == "inconclusive" and s["stability"]["service_s"] > self.service_s:
+            # service here is slower than in the saturated run (a base too short to fill the batches):
+            # size from it from now on, and run again
+            self.service_s = s["stability"]["service_s"]
+            if self.size(r) > n:
+                p, s = probe(self.data, r, self.slo_attainment, self.size(r))
+        self.probes.append(p)
+        if p.verdict == "overloaded":
+            self.capacity = min(self.capacity, s["stability"]["sustained_per_s"])
+        if p.ok and r > self.limit_per_s:  # a slow drift a run cannot show is still overload
+            p.ok, p.failed_because = False, "at capacity"
+        if p.ok:
+            self.passed.append((p, s))
+        return p.ok
+
+    @property
+    def limit_per_s(self) -> float:
+        """The highest rate that can count as sustained: HEADROOM below the capacity measured so far."""
+        return (1 - HEADROOM) * self.capacity
+
+    def best(self) -> tuple[float, dict | None]:
+        """The highest rate that passed and is within the capacity's limit (as the limit is now)."""
+        for p, _ in self.passed:
+            if p.rate_per_s > self.limit_per_s:
+                p.ok, p.failed_because = False, "at capacity"
+        return max(
+            ((p.rate_per_s, s) for p, s in self.passed if p.ok), key=lambda x: x[0], default=(0.0, None)
+        )
+
+    def bracket(self, lo: float) -> float | None:
+        """From `lo` (just above the saturated throughput) the lowest rate seen to fail, with one that
+        passed below it: double while the SLOs hold, else halve until they do; None if none does."""
+        hi = self.rate.max_per_s  # fails
+        if self.run(lo):  # the SLOs hold even near saturation: double until they do not
+            while lo * 2 < hi:
+                if not self.run(lo * 2):
+                    return lo * 2
+                lo *= 2
+            return hi
+        hi, lo = lo, lo / 2  # halve until the SLOs hold
+        while lo >= self.rate.min_per_s and not self.run(lo):
+            hi, lo = lo, lo / 2
+        return None if lo < self.rate.min_per_s else hi
+
+    def bisect(self, hi: float) -> bool:
+        """Bisect between the best rate that passed and the lowest that failed, or the capacity's limit
+        (which an overloaded run may lower below rates that passed before it); False if nothing passes."""
+        measured = False
+        for _ in range(64):
+            lo, top = self.best()[0], min(hi, self.limit_per_s)
+            if lo <= 0:  # nothing that passed is below the limit: try the limit, then halve
+                r = top if top < hi else top / 2
+                if r < self.rate.min_per_s:
+                    return False
+            elif top / lo - 1 > self.rate.rel_tol:
+                r = math.sqrt(lo * top)
+            elif math.isinf(self.capacity) and hi < self.rate.max_per_s and not measured:
+                # the rates above failed their SLOs while stable: measure the capacity just above them, so
+                # that the answer keeps HEADROOM below it
+                measured, r = True, min(CAPACITY_PROBE * hi, self.rate.max_per_s)
+            else:
+                break
+            if not self.run(r):
+                hi = min(hi, r)
+        return True
+
+
 def max_sustainable_rate(
     data: dict, slo_attainment: float = 0.9, rate: RateSearch | None = None
 ) -> tuple[float, list[Probe], dict | None]:
@@ -376,84 +467,25 @@ def max_sustainable_rate(
     that is stable and meets the SLOs, and bisection narrows to `rel_tol`.
     """
     rate = rate or RateSearch()
-    probes: list[Probe] = []
-    passed: list[tuple[Probe, dict]] = []
-    capacity = math.inf  # completions per second of the sized runs that were overloaded (full queues)
-
     p, s = probe(data, rate.max_per_s, slo_attainment)
-    probes.append(p)
-    base_requests, duration_s = s["requests"]["total"], get_field(data, "workload.duration_s")
-    service_s = s["stability"]["service_s"]
-
-    burstiness = arrival_burstiness(data)
-
-    def size(r: float) -> int:  # at least the base scenario's own length: its requests, or its duration at r
-        base = base_requests if duration_s is None else math.ceil(r * duration_s)
-        return probe_requests(r, service_s, base, burstiness)
-
-    def run(r: float) -> bool:
-        nonlocal capacity, service_s
-        n = size(r)
-        p, s = probe(data, r, slo_attainment, n)
-        if p.verdict == "inconclusive" and s["stability"]["service_s"] > service_s:
-            # service here is slower than in the saturated run (a base too short to fill the batches):
-            # size from it from now on, and run again
-            service_s = s["stability"]["service_s"]
-            if size(r) > n:
-                p, s = probe(data, r, slo_attainment, size(r))
-        probes.append(p)
-        if p.verdict == "overloaded":
-            capacity = min(capacity, s["stability"]["sustained_per_s"])
-        if p.ok and r > (1 - HEADROOM) * capacity:  # a slow drift a run cannot show is still overload
-            p.ok, p.failed_because = False, "at capacity"
-        if p.ok:
-            passed.append((p, s))
-        return p.ok
-
-    def best() -> tuple[float, dict | None]:
-        """The highest rate that passed and is within the capacity's limit (as the limit is now)."""
-        for p, _ in passed:
-            if p.rate_per_s > (1 - HEADROOM) * capacity:
-                p.ok, p.failed_because = False, "at capacity"
-        return max(((p.rate_per_s, s) for p, s in passed if p.ok), key=lambda x: x[0], default=(0.0, None))
-
-    if p.ok and run(rate.max_per_s):  # sustained even at the top of the range, in a sized run too
-        return rate.max_per_s, probes, best()[1]
-    hi = rate.max_per_s  # fails
+    search = _RateProbing(
+        data,
+        slo_attainment,
+        rate,
+        base_requests=s["requests"]["total"],
+        duration_s=get_field(data, "workload.duration_s"),
+        service_s=s["stability"]["service_s"],
+        burstiness=arrival_burstiness(data),
+        probes=[p],
+    )
+    if p.ok and search.run(rate.max_per_s):  # sustained even at the top of the range, in a sized run too
+        return rate.max_per_s, search.probes, search.best()[1]
     lo = min(max(s["throughput"]["requests_per_s"] * 1.05, rate.min_per_s), rate.max_per_s)
-    if run(lo):  # the SLOs hold even near saturation: double until they do not
-        while lo * 2 < hi:
-            if not run(lo * 2):
-                hi = lo * 2
-                break
-            lo *= 2
-    else:  # halve until the SLOs hold
-        hi, lo = lo, lo / 2
-        while lo >= rate.min_per_s and not run(lo):
-            hi, lo = lo, lo / 2
-        if lo < rate.min_per_s:
-            return 0.0, probes, None
-    # bisect between the best rate that passed and the lowest that failed, or the capacity's limit
-    # (which an overloaded run may lower below rates that passed before it)
-    measured = False
-    for _ in range(64):
-        lo, top = best()[0], min(hi, (1 - HEADROOM) * capacity)
-        if lo <= 0:  # nothing that passed is below the limit: try the limit, then halve
-            r = top if top < hi else top / 2
-            if r < rate.min_per_s:
-                return 0.0, probes, None
-        elif top / lo - 1 > rate.rel_tol:
-            r = math.sqrt(lo * top)
-        elif math.isinf(capacity) and hi < rate.max_per_s and not measured:
-            # the rates above failed their SLOs while stable: measure the capacity just above them, so
-            # that the answer keeps HEADROOM below it
-            measured, r = True, min(CAPACITY_PROBE * hi, rate.max_per_s)
-        else:
-            break
-        if not run(r):
-            hi = min(hi, r)
-    r, s = best()
-    return r, probes, s
+    hi = search.bracket(lo)
+    if hi is None or not search.bisect(hi):
+        return 0.0, search.probes, None
+    r, s = search.best()
+    return r, search.probes, s
 
 
 def bracket(probes: list[Probe]) -> tuple[float, float, str]:
