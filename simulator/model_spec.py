@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, cut
 from simulator.resources import shipped
 
 CATALOGUE_DIR = shipped("catalogue")
@@ -360,8 +360,9 @@ def _int(c: dict, key: str, source: str, *, required: bool = False, minimum: int
         isinstance(value, float) and math.isfinite(value) and value.is_integer()
     )
     if isinstance(value, bool) or not integral:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise ConfigError(f"{source}: `{key}` is {shown}, not an integer; write a whole number")
+        raise ConfigError(
+            f"{source}: `{key}` is {cut(repr(value), 40)}, not an integer; write a whole number"
+        )
     value = int(value)
     if value < minimum:
         rule = "positive" if minimum == 1 else f"at least {minimum}"
