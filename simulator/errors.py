@@ -30,10 +30,14 @@ _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
 _REPR.maxlevel = 2
 
 
+def cut(text: str, width: int) -> str:
+    """`text` cut to `width` characters, ending in "..." where it was cut."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def short_repr(value: object, width: int = 60) -> str:
     """repr() of a user's value, cut to `width` characters without ever building the whole repr."""
-    shown = _REPR.repr(value)
-    return shown if len(shown) <= width else shown[: width - 3] + "..."
+    return cut(_REPR.repr(value), width)
 
 
 def one_line(err: ValidationError, source: str = "", prefix: str = "") -> ConfigError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, cut
 from simulator.resources import shipped
 
 CATALOGUE_DIR = shipped("catalogue")
@@ -360,8 +360,9 @@ def _int(c: dict, key: str, source: str, *, required: bool = False, minimum: int
         isinstance(value, float) and math.isfinite(value) and value.is_integer()
     )
     if isinstance(value, bool) or not integral:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise ConfigError(f"{source}: `{key}` is {shown}, not an integer; write a whole number")
+        raise ConfigError(
+            f"{source}: `{key}` is {cut(repr(value), 40)}, not an integer; write a whole number"
+        )
     value = int(value)
     if value < minimum:
         rule = "positive" if minimum == 1 else f"at least {minimum}"
@@ -382,21 +383,23 @@ def _flag(c: dict, key: str, default: bool, source: str) -> bool:
     return value
 
 
-def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json") -> ModelSpec:
-    """Build a ModelSpec from a Hugging Face config dict."""
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{source}: a model config must be a JSON object")
-    c = _text_config(cfg)
-    _refuse_unmodelled(c, source)
+def _opt(c: dict, key: str, source: str) -> int:
+    """An optional integer field of the config, 0 when absent or null."""
+    return _int(c, key, source) or 0
+
+
+def _model_type(cfg: dict, c: dict, source: str) -> str:
     mt = c.get("model_type") or cfg.get("model_type") or "llama"
     if not isinstance(mt, str):
         raise ConfigError(f"{source}: `model_type` is {mt!r}, not a name; write the Hugging Face model_type")
+    return mt
+
+
+def _shape(c: dict, source: str) -> dict:
+    """Width, depth, heads and vocabulary: the fields every decoder config must give."""
 
     def need(key: str) -> int:
         return _int(c, key, source, required=True, minimum=1)
-
-    def opt(key: str) -> int:
-        return _int(c, key, source) or 0
 
     h, L, nh = need("hidden_size"), need("num_hidden_layers"), need("num_attention_heads")
     nkv = _int(c, "num_key_value_heads", source, minimum=1) or nh
@@ -414,9 +417,21 @@ def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json
         raise ConfigError(
             f"{source}: num_attention_heads ({nh}) must be a multiple of num_key_value_heads ({nkv})"
         )
+    return dict(
+        hidden_size=h,
+        num_layers=L,
+        num_heads=nh,
+        num_kv_heads=nkv,
+        head_dim=hd,
+        intermediate_size=inter,
+        vocab_size=vocab,
+    )
 
-    # Sliding window: Mistral/Qwen2 apply it to all layers when used; Gemma 3 interleaves.
-    window = opt("sliding_window")
+
+def _sliding(c: dict, mt: str, L: int, source: str) -> dict:
+    """The sliding window and how many layers use it: Mistral/Qwen2 apply it to all layers when used;
+    Gemma 3 interleaves."""
+    window = _opt(c, "sliding_window", source)
     sliding = 0
     if window:
         if isinstance(c.get("layer_types"), list):
@@ -428,18 +443,22 @@ def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json
             sliding = L - L // 6  # Gemma 3 default pattern: 5 local, 1 global
         elif _flag(c, "use_sliding_window", True, source):
             sliding = L
-        if window >= opt("max_position_embeddings") > 0:
+        if window >= _opt(c, "max_position_embeddings", source) > 0:
             sliding = 0  # a window as long as the context is no window
-    window = window if sliding else 0
+    return dict(sliding_window=window if sliding else 0, sliding_layers=sliding)
 
-    n_exp = opt("num_local_experts") or opt("n_routed_experts") or opt("num_experts")
-    topk = opt("num_experts_per_tok") if n_exp else 0
-    moe_i = opt("moe_intermediate_size") or (inter if n_exp else 0)
-    n_shared = opt("n_shared_experts")
-    shared_i = opt("shared_expert_intermediate_size")
+
+def _experts(c: dict, inter: int, L: int, source: str) -> dict:
+    """Mixture-of-experts fields (all 0 for a dense model), checked against each other."""
+    n_exp = _opt(c, "num_local_experts", source) or _opt(c, "n_routed_experts", source)
+    n_exp = n_exp or _opt(c, "num_experts", source)
+    topk = _opt(c, "num_experts_per_tok", source) if n_exp else 0
+    moe_i = _opt(c, "moe_intermediate_size", source) or (inter if n_exp else 0)
+    n_shared = _opt(c, "n_shared_experts", source)
+    shared_i = _opt(c, "shared_expert_intermediate_size", source)
     if shared_i and not n_shared:
         n_shared = 1
-    first_dense = opt("first_k_dense_replace") if n_exp else 0
+    first_dense = _opt(c, "first_k_dense_replace", source) if n_exp else 0
     if n_exp and not 1 <= topk <= n_exp:
         raise ConfigError(
             f"{source}: `num_experts_per_tok` is {topk or 'missing'}; an MoE config of {n_exp} experts needs "
@@ -449,40 +468,54 @@ def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json
         raise ConfigError(
             f"{source}: `first_k_dense_replace` ({first_dense}) is more than num_hidden_layers ({L}); fix it"
         )
-    mla = {k: opt(k) for k in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")}
-    if opt("kv_lora_rank") and not all(mla.values()):
-        missing = next(k for k, v in mla.items() if not v)
-        raise ConfigError(
-            f"{source}: `{missing}` is missing or 0; an MLA config (kv_lora_rank) needs it positive"
-        )
-
-    gemma = mt.startswith("gemma")
-    return ModelSpec(
-        name=name,
-        model_type=mt,
-        hidden_size=h,
-        num_layers=L,
-        num_heads=nh,
-        num_kv_heads=nkv,
-        head_dim=hd,
-        intermediate_size=inter,
-        vocab_size=vocab,
-        tie_embeddings=_flag(c, "tie_word_embeddings", gemma, source),
-        qkv_bias=_flag(c, "attention_bias", mt.startswith("qwen2"), source),
-        norms_per_layer=4 if gemma else 2,
-        qk_norm=mt.startswith(("gemma3", "qwen3")),
+    return dict(
         num_experts=n_exp,
         experts_per_token=topk,
         moe_intermediate_size=moe_i,
         num_shared_experts=n_shared,
         shared_expert_intermediate_size=shared_i,
         first_dense_layers=first_dense,
-        kv_lora_rank=opt("kv_lora_rank"),
-        q_lora_rank=opt("q_lora_rank"),
+    )
+
+
+def _mla_heads(c: dict, source: str) -> dict:
+    """MLA's per-head dims, each required positive when the config has a latent KV (kv_lora_rank)."""
+    mla = {k: _opt(c, k, source) for k in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")}
+    if _opt(c, "kv_lora_rank", source) and not all(mla.values()):
+        missing = next(k for k, v in mla.items() if not v)
+        raise ConfigError(
+            f"{source}: `{missing}` is missing or 0; an MLA config (kv_lora_rank) needs it positive"
+        )
+    return mla
+
+
+def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json") -> ModelSpec:
+    """Build a ModelSpec from a Hugging Face config dict."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: a model config must be a JSON object")
+    c = _text_config(cfg)
+    _refuse_unmodelled(c, source)
+    mt = _model_type(cfg, c, source)
+    # the stages run in this order so that, of several bad fields, the same one is reported first
+    shape = _shape(c, source)
+    sliding = _sliding(c, mt, shape["num_layers"], source)
+    experts = _experts(c, shape["intermediate_size"], shape["num_layers"], source)
+    mla = _mla_heads(c, source)
+    gemma = mt.startswith("gemma")
+    return ModelSpec(
+        name=name,
+        model_type=mt,
+        **shape,
+        tie_embeddings=_flag(c, "tie_word_embeddings", gemma, source),
+        qkv_bias=_flag(c, "attention_bias", mt.startswith("qwen2"), source),
+        norms_per_layer=4 if gemma else 2,
+        qk_norm=mt.startswith(("gemma3", "qwen3")),
+        **experts,
+        kv_lora_rank=_opt(c, "kv_lora_rank", source),
+        q_lora_rank=_opt(c, "q_lora_rank", source),
         **mla,
-        sliding_window=window,
-        sliding_layers=sliding,
-        max_position_embeddings=opt("max_position_embeddings"),
+        **sliding,
+        max_position_embeddings=_opt(c, "max_position_embeddings", source),
         config=cfg,
     )
 

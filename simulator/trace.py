@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, cut
 from simulator.resources import shipped
 
 TRACE_DIR = shipped("traces")
@@ -316,8 +316,7 @@ def _not_a_date(cell) -> bool:
 
 
 def _shown(cell) -> str:
-    text = repr(cell)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return cut(repr(cell), 40)
 
 
 def _read_csv(f, src: str) -> _Columns:
