@@ -21,7 +21,7 @@ import math
 import time
 from pathlib import Path
 
-import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
+from _checkout import ROOT  # (first: the checkout's root on sys.path)
 
 from benchmarks.queueing import scenario, service_law  # noqa: E402
 from benchmarks.search_speed import CHAT  # noqa: E402
@@ -40,7 +40,6 @@ from simulator.search import (  # noqa: E402
 )
 from simulator.simulation import simulate  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 LONGER = 20
 MAX_LONG_REQUESTS = 400_000  # a bound on one check's run
 
