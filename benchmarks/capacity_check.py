@@ -21,9 +21,10 @@ import math
 import time
 from pathlib import Path
 
-import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
+from _checkout import ROOT  # (first: the checkout's root on sys.path)
 
 from benchmarks.queueing import scenario, service_law  # noqa: E402
+from benchmarks.search_speed import CHAT  # noqa: E402
 from simulator.errors import read_yaml  # noqa: E402
 from simulator.scenario import parse_scenario  # noqa: E402
 from simulator.search import (  # noqa: E402
@@ -39,7 +40,6 @@ from simulator.search import (  # noqa: E402
 )
 from simulator.simulation import simulate  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 LONGER = 20
 MAX_LONG_REQUESTS = 400_000  # a bound on one check's run
 
@@ -48,27 +48,18 @@ L4_100 = {  # a base of 100 requests: the short run that let a search report its
     "base": {
         "model": "qwen2.5-0.5b",
         "hardware": {"gpu": "l4"},
-        "workload": {
-            "arrival": {"process": "poisson", "rate_per_s": 1.0},
-            "prompt_tokens": {"dist": "lognormal", "median": 600, "sigma": 0.8, "max": 8000},
-            "output_tokens": {"dist": "lognormal", "median": 150, "sigma": 0.7, "max": 1500},
-            "num_requests": 100,
-        },
+        "workload": {**CHAT, "num_requests": 100},
         "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
     },
     "sweep": {"serving.max_num_seqs": [64, 256]},
     "rate": {"min_per_s": 0.05, "max_per_s": 500, "rel_tol": 0.05},
 }
 
-LOGNORMAL = {
-    "prompt_tokens": {"dist": "lognormal", "median": 600, "sigma": 0.8, "max": 8000},
-    "output_tokens": {"dist": "lognormal", "median": 150, "sigma": 0.7, "max": 1500},
-}
 BURSTY = {  # bursty arrivals, whose probes must be longer than Poisson ones (search.arrival_burstiness)
     "name": "h100-bursty",
     "base": {
         "hardware": {"gpu": "h100-sxm"},
-        "workload": {"arrival": {"process": "poisson", "rate_per_s": 1.0}, **LOGNORMAL, "num_requests": 400},
+        "workload": CHAT,
         "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
     },
     "variants": {

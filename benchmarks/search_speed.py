@@ -19,18 +19,20 @@ from pathlib import Path
 
 import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 
+from simulator.presets import WORKLOADS  # noqa: E402
 from simulator.search import format_table, parse_spec, progress_bar, run_search  # noqa: E402
+
+# the app's chat preset, 400 requests, at a placeholder rate (the search sets it)
+CHAT = {
+    **WORKLOADS["chat (Poisson, lognormal lengths)"],
+    "arrival": {"process": "poisson", "rate_per_s": 1.0},
+}
 
 SPEC = {
     "name": "search-speed-200",
     "base": {
         "model": "llama-3.1-8b",
-        "workload": {
-            "arrival": {"process": "poisson", "rate_per_s": 1.0},
-            "prompt_tokens": {"dist": "lognormal", "median": 600, "sigma": 0.8, "max": 8000},
-            "output_tokens": {"dist": "lognormal", "median": 150, "sigma": 0.7, "max": 1500},
-            "num_requests": 400,
-        },
+        "workload": CHAT,
         "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
     },
     "sweep": {

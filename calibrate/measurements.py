@@ -78,9 +78,8 @@ class Record:
     status: str = "ok"  # ok | oom | error
     holdout: bool = False
     note: str = ""
-    fingerprint: str = (
-        ""  # of the identity it was measured under; empty in stores written before fingerprints
-    )
+    # of the identity it was measured under; empty in stores written before fingerprints
+    fingerprint: str = ""
 
 
 @dataclass
@@ -238,9 +237,8 @@ class Store:
         os.replace(tmp, self.path)
 
     def _header(self) -> dict:
-        if (
-            not self.fingerprint
-        ):  # a store from before fingerprints, read without an identity, keeps its meta line
+        # a store from before fingerprints, read without an identity, keeps its meta line
+        if not self.fingerprint:
             return {"kind": "meta", **self.meta}
         rest = {k: v for k, v in self.meta.items() if k not in self.identity}
         return {"kind": "meta", "fingerprint": self.fingerprint, "identity": self.identity, **rest}

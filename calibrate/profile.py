@@ -98,14 +98,11 @@ def check_overwrite(path: Path, measured_on: str, force: bool = False) -> None:
     if shipped.exists() and shipped.resolve() != path.resolve():
         prof, what = _holds(shipped)
         if prof is None or not _same_device(prof, measured_on):
-            cpu = (
-                "a profile fitted on the CPU"
-                if measured_on == "cpu"
-                else f"a profile fitted on {measured_on}"
-            )
+            fitted_on = "the CPU" if measured_on == "cpu" else measured_on
             raise ConfigError(
-                f"--name {name}: {cpu} cannot take the name of the shipped {name} profile ({what}), which it would "
-                f"stand in for in every forecast; pass another --name, e.g. --name {_slug(measured_on)}, or --force"
+                f"--name {name}: a profile fitted on {fitted_on} cannot take the name of the shipped {name} profile "
+                f"({what}), which it would stand in for in every forecast; pass another --name, e.g. "
+                f"--name {_slug(measured_on)}, or --force"
             )
     if not path.exists():
         return

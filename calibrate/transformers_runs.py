@@ -475,6 +475,12 @@ def _served(
     )
 
 
+def _random_prompts(torch: Any, model: Any, requests: list[tuple[float, int, int]]) -> list[list[int]]:
+    """Token ids of each request's prompt length, the same for the replay and generate_batch (seed 7)."""
+    g = torch.Generator(device="cpu").manual_seed(7)
+    return [torch.randint(0, model.config.vocab_size, (p,), generator=g).tolist() for _, p, _ in requests]
+
+
 def run_replay(
     torch: Any,
     transformers: Any,
@@ -487,9 +493,7 @@ def run_replay(
 ) -> dict:
     """Requests submitted from a feeder thread at their (scaled) trace times to a running manager; per-token
     timestamps are the manager's own (record_timestamps, perf_counter, read when each token reaches the host)."""
-    vocab = model.config.vocab_size
-    g = torch.Generator(device="cpu").manual_seed(7)
-    prompts = [torch.randint(0, vocab, (p,), generator=g).tolist() for _, p, _ in requests]
+    prompts = _random_prompts(torch, model, requests)
     gen_cfg = transformers.GenerationConfig(
         max_new_tokens=max(o for _, _, o in requests), do_sample=False, eos_token_id=-1, pad_token_id=0
     )
@@ -564,9 +568,7 @@ def run_generate_batch(
     """All prompts at once through `generate_batch` (its defaults: warm-up, workload hints); one max_new_tokens
     for every request, as that API takes. Arrival = the call's start, so TTFT includes the warm-up; the
     throughput span starts at the first request's creation, after the warm-up."""
-    vocab = model.config.vocab_size
-    g = torch.Generator(device="cpu").manual_seed(7)
-    prompts = [torch.randint(0, vocab, (p,), generator=g).tolist() for _, p, _ in requests]
+    prompts = _random_prompts(torch, model, requests)
     gen_cfg = transformers.GenerationConfig(
         max_new_tokens=new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0
     )

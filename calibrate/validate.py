@@ -124,12 +124,14 @@ def validate(
         if not path.exists():
             raise ConfigError(f"{path} does not exist; run python -m calibrate validate on the GPU first")
         store = Store.open(path)
+        # the model's shapes where the store records them; by name in a store written before fingerprints
         measured = store.identity.get("model_config")
-        if (
-            (model_fingerprint(spec) != measured)
+        same = (
+            model_fingerprint(spec) == measured
             if measured
-            else store.meta.get("model", spec.name) != spec.name
-        ):
+            else store.meta.get("model", spec.name) == spec.name
+        )
+        if not same:
             raise ConfigError(
                 f"{path}: holds steps of {describe(store.identity)}, not {spec.name}; "
                 f"pass --model {store.meta.get('model_arg') or store.meta.get('model')}"
