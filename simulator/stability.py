@@ -95,6 +95,42 @@ class Backlog:
         )
 
 
+def _sustained_rate(fin: np.ndarray, warm: float, t1: float, service_s: float, drained: bool) -> float:
+    """Completions per second over the window [warm, t1] (`fin`: sorted finish times)."""
+    window = t1 - warm
+    completed = int(np.searchsorted(fin, t1, "right") - np.searchsorted(fin, warm, "right"))
+    sustained = completed / window if window > 0 else math.nan
+    if drained and len(fin) and 0 < window < service_s and fin[-1] > warm:
+        # no request both starts and finishes in a window shorter than its service time (500 req/s into
+        # 5.6 s batches read as 5 req/s sustained): count the completions until the queue has drained
+        sustained = int(len(fin) - np.searchsorted(fin, warm, "right")) / (float(fin[-1]) - warm)
+    return sustained
+
+
+def _growth(served: np.ndarray, fin: np.ndarray, warm: float, t1: float) -> tuple[float, float]:
+    """Growth of the number in the system over [warm, t1] (least squares) and its fluctuation about it."""
+    window = t1 - warm
+    t = np.linspace(warm, t1, SAMPLES)
+    n = np.searchsorted(served, t, "right") - np.searchsorted(fin, t, "right")
+    # fitted on the window scaled to [0, 1]: times of 1e-300 s or 1e300 s would overflow the fit's scaling
+    x = (t - warm) / window if window > 0 else t - warm
+    growth, icept = np.polyfit(x, n, 1) if window > 0 else (0.0, float(n[0]))
+    return growth, float(np.std(n - (growth * x + icept)))
+
+
+def _grows(long_enough: bool, drift: float, growth: float, noise: float, arrivals: int, hold: int) -> bool:
+    """Whether the number in the system grew as only an overloaded queue does."""
+    # In a long window the queue has filled before the warm-up ends: growth beyond N's own fluctuation
+    # is overload. In a short one it may still be filling: only growth beyond what the engines' running
+    # batches hold, at a clear drift, is.
+    # (and beyond the arrivals' own Poisson noise, √ of those in the window: a short run's arrival rate
+    # drifts too; 4 H100s at a sixth of their capacity 'grew by 14' with 327 arrivals)
+    return bool(
+        (long_enough and drift >= DRIFT_MIN and growth > max(3 * noise, math.sqrt(arrivals)))
+        or (drift >= SHORT_DRIFT_MIN and growth > hold + 3 * noise)
+    )
+
+
 def assess(
     arrival_s: np.ndarray,
     scheduled_s: np.ndarray,
@@ -114,8 +150,7 @@ def assess(
     total = int(came.sum())
     arr = np.sort(arrival_s[came])
     done = np.isfinite(finish_s)
-    service = finish_s[done] - scheduled_s[done]
-    service_s = float(service.mean()) if len(service) else math.nan
+    service_s = float((finish_s[done] - scheduled_s[done]).mean()) if done.any() else math.nan
     if stopped is not None:
         arr = arr[arr <= stopped.at_s]
     if len(arr) < 2:
@@ -129,18 +164,8 @@ def assess(
     fin = np.sort(finish_s[done])
     in_window = int(np.searchsorted(arr, t1, "right") - np.searchsorted(arr, warm, "right"))
     offered = in_window / window if window > 0 else math.nan
-    completed = int(np.searchsorted(fin, t1, "right") - np.searchsorted(fin, warm, "right"))
-    sustained = completed / window if window > 0 else math.nan
-    if stopped is None and len(fin) and 0 < window < service_s and fin[-1] > warm:
-        # no request both starts and finishes in a window shorter than its service time (500 req/s into
-        # 5.6 s batches read as 5 req/s sustained): count the completions until the queue has drained
-        sustained = int(len(fin) - np.searchsorted(fin, warm, "right")) / (float(fin[-1]) - warm)
-    t = np.linspace(warm, t1, SAMPLES)
-    n = np.searchsorted(served, t, "right") - np.searchsorted(fin, t, "right")
-    # fitted on the window scaled to [0, 1]: times of 1e-300 s or 1e300 s would overflow the fit's scaling
-    x = (t - warm) / window if window > 0 else t - warm
-    growth, icept = np.polyfit(x, n, 1) if window > 0 else (0.0, float(n[0]))
-    noise = float(np.std(n - (growth * x + icept)))
+    sustained = _sustained_rate(fin, warm, t1, service_s, drained=stopped is None)
+    growth, noise = _growth(served, fin, warm, t1)
     slope = growth / window if window > 0 else 0.0
     drift = slope / offered if offered > 0 else math.nan
 
@@ -163,14 +188,7 @@ def assess(
             f"admission control dropped {dropped:,} of {total:,} requests ({dropped / total:.1%}; {rates})",
         )
     long_enough = span >= MIN_SERVICE_TIMES * service_s
-    # In a long window the queue has filled before the warm-up ends: growth beyond N's own fluctuation
-    # is overload. In a short one it may still be filling: only growth beyond what the engines' running
-    # batches hold, at a clear drift, is.
-    # (and beyond the arrivals' own Poisson noise, √ of those in the window: a short run's arrival rate
-    # drifts too; 4 H100s at a sixth of their capacity 'grew by 14' with 327 arrivals)
-    if (long_enough and drift >= DRIFT_MIN and growth > max(3 * noise, math.sqrt(in_window))) or (
-        drift >= SHORT_DRIFT_MIN and growth > hold + 3 * noise
-    ):
+    if _grows(long_enough, drift, growth, noise, in_window, hold):
         return verdict(
             "overloaded",
             f"requests in the system grew by {growth:,.0f} over {window:.4g} s ({drift:.0%} of the arrival "
