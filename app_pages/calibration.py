@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.errors import ConfigError
+from core.hardware import PROFILE_DIR
 from simulator import api
-from simulator.errors import ConfigError
-from simulator.hardware import PROFILE_DIR
 
 st.title("Calibration")
 st.caption(

@@ -9,8 +9,8 @@ import streamlit as st
 import yaml
 
 from app_pages.common import cached_curve, key_of, local_names, model_picker, slo_picker, workload_picker
+from core.errors import ConfigError
 from simulator import api, plots
-from simulator.errors import ConfigError
 from simulator.search import to_csv
 
 NUMBER_FORMATS = {

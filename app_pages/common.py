@@ -19,10 +19,10 @@ import streamlit as st
 import yaml
 from pydantic import BaseModel
 
+from core.errors import ConfigError, parse_yaml, yaml_from_bytes
 from simulator import api
 from simulator.breakdown import BREAKDOWN_HEAD, BREAKDOWN_NOTE, breakdown_rows, step_breakdown
 from simulator.deploy import vllm_serve
-from simulator.errors import ConfigError, parse_yaml, yaml_from_bytes
 from simulator.fit import FIT_HEAD, fit_cells, what_fits
 from simulator.metrics import capacity, capacity_line
 from simulator.plots import timeline

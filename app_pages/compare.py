@@ -7,8 +7,8 @@ import streamlit as st
 import yaml
 
 from app_pages.common import model_picker, run_forecast, show_fit, slo_picker, workload_picker
+from core.errors import ConfigError, parse_yaml
 from simulator import api
-from simulator.errors import ConfigError, parse_yaml
 
 DEFAULTS = [("t4", 1, "int4"), ("a100-80gb-sxm", 1, "bf16"), ("h100-sxm", 1, "bf16"), ("h100-sxm", 1, "fp8")]
 DTYPES = ["bf16", "fp16", "fp8", "int8", "int4"]

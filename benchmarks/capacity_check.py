@@ -25,7 +25,7 @@ from _checkout import ROOT  # (first: the checkout's root on sys.path)
 
 from benchmarks.queueing import scenario, service_law  # noqa: E402
 from benchmarks.search_speed import CHAT  # noqa: E402
-from simulator.errors import read_yaml  # noqa: E402
+from core.errors import read_yaml  # noqa: E402
 from simulator.scenario import parse_scenario  # noqa: E402
 from simulator.search import (  # noqa: E402
     RateSearch,

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node=2 benchmarks/collectives.py --out benchmarks/results/collectives_h200x2.md
 
 Rank 0 prints and writes the table: measured time (median of CUDA-event timings after warm-up, random
-bf16 data) and bus bandwidth per message size, beside `simulator.parallelism.allreduce_time` /
+bf16 data) and bus bandwidth per message size, beside `core.parallelism.allreduce_time` /
 `send_time` for the profile's interconnect. NVLink multicast (NVLS) stays off.
 """
 
@@ -62,8 +62,8 @@ def main() -> None:
             sr = timed(lambda: None)
         rows.append((nbytes, ar, sr))
     if rank == 0:
-        from simulator.hardware import load_profile
-        from simulator.parallelism import allreduce_time, send_time
+        from core.hardware import load_profile
+        from core.parallelism import allreduce_time, send_time
 
         ic = load_profile(args.profile).interconnect
         lines = [

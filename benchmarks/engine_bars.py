@@ -24,11 +24,11 @@ from pathlib import Path
 import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import torch
 
+from core.cost_model import chunk_pairs
+from core.model_spec import load_model
 from engine import attention, kernels
 from engine.model import build_model
 from engine.steps import StepRunner, extrapolate_layers
-from simulator.cost_model import chunk_pairs
-from simulator.model_spec import load_model
 
 ROWS: list[tuple[str, str, str]] = []
 RAW: dict[str, float] = {}

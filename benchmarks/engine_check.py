@@ -12,6 +12,7 @@ import sys
 import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import torch
 
+from core.model_spec import load_model, spec_from_config
 from engine.attention import make_layout, reference_attention, varlen_attention
 from engine.fused import (
     act_mul,
@@ -24,7 +25,6 @@ from engine.fused import (
 )
 from engine.model import build_model, rope_tables
 from engine.steps import StepRunner
-from simulator.model_spec import load_model, spec_from_config
 
 FAILED: list[str] = []
 

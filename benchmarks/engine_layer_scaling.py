@@ -16,9 +16,9 @@ from pathlib import Path
 import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import torch
 
+from core.model_spec import load_model  # noqa: E402
 from engine.model import build_model  # noqa: E402
 from engine.steps import StepRunner, extrapolate_layers  # noqa: E402
-from simulator.model_spec import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -33,16 +33,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from simulator.cost_model import BatchShape, CostModel  # noqa: E402
-from simulator.errors import ConfigError  # noqa: E402
-from simulator.hardware import load_profile, write_profile  # noqa: E402
-from simulator.kv_cache import BlockPool  # noqa: E402
+from core.cost_model import BatchShape, CostModel  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
+from core.hardware import load_profile, write_profile  # noqa: E402
+from core.kv_cache import BlockPool  # noqa: E402
+from core.model_spec import load_model  # noqa: E402
+from core.requests import PrefixKeys, Requests  # noqa: E402
 from simulator.memory import activation_bytes, plan_memory  # noqa: E402
 from simulator.metrics import summarize  # noqa: E402
-from simulator.model_spec import load_model  # noqa: E402
 from simulator.scenario import Scenario, parse_scenario  # noqa: E402
 from simulator.simulation import simulate  # noqa: E402
-from simulator.workload import PrefixKeys, Requests, generate  # noqa: E402
+from simulator.workload import generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10%, throughput within 5%
@@ -602,9 +603,9 @@ def cpu_setup(out_dir: Path) -> tuple[str, str]:
     import torch
 
     from calibrate.profile import cpu_base
+    from core.model_spec import spec_from_config
     from engine.model import build_model
     from engine.serving import Executor
-    from simulator.model_spec import spec_from_config
 
     torch.set_num_threads(1)  # a toy's kernels: threads only add contention
     out_dir.mkdir(parents=True, exist_ok=True)

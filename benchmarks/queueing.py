@@ -19,9 +19,9 @@ from pathlib import Path
 import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import numpy as np
 
-from simulator.cost_model import BatchShape, CostModel, chunk_pairs  # noqa: E402
-from simulator.hardware import load_profile  # noqa: E402
-from simulator.model_spec import load_model  # noqa: E402
+from core.cost_model import BatchShape, CostModel, chunk_pairs  # noqa: E402
+from core.hardware import load_profile  # noqa: E402
+from core.model_spec import load_model  # noqa: E402
 from simulator.scenario import parse_scenario  # noqa: E402
 from simulator.simulation import simulate  # noqa: E402
 from simulator.theory import batch_means_stderr, md1_wait, mg1_wait, mm1_wait  # noqa: E402
@@ -107,7 +107,7 @@ def pin_profile() -> None:
     global GPU
     import tempfile
 
-    from simulator.hardware import write_profile
+    from core.hardware import write_profile
 
     path = Path(tempfile.mkdtemp()) / f"{GPU}.yaml"
     write_profile(load_profile(GPU), path)

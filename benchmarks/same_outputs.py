@@ -7,7 +7,7 @@ Runs every example under examples/ (`run` for scenarios, `search --workers 1` fo
 folder and hashes each output file (summary.json, requests.csv, timeline.csv, search.csv, ...), and redoes
 the simulator side of every committed fidelity table (`benchmarks/fidelity.py --resimulate`) into another. The only
 parts left out are what a clock decides: summary.json's wall-time figures (any key naming `wall`) and
-search tables' wall-time columns. `scenario.yaml` (the scenario echoed back) is hashed
+search tables' wall-time columns, and the code hash heading a search's journal. `scenario.yaml` (the scenario echoed back) is hashed
 too but reported apart, since a schema change may rewrite how it is spelled without changing a result.
 The table of files and digests is printed and written to `--table` (default benchmarks/results/same_outputs.md).
 """
@@ -57,6 +57,11 @@ def digest(path: Path) -> str:
         return _digest_summary(text)
     if path.suffix == ".csv":
         return _digest_csv(text)
+    if path.suffix == ".jsonl":  # a search's journal: its header's key hashes the code itself, by design
+        lines = [_without_clock(json.loads(line)) for line in text.splitlines() if line.strip()]
+        for line in lines:
+            line.pop("key", None) if "journal" in line else None
+        return hashlib.sha256(json.dumps(lines, sort_keys=True).encode()).hexdigest()
     return hashlib.sha256(text.encode()).hexdigest()
 
 

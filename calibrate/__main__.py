@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from simulator.errors import ConfigError
+from core.errors import ConfigError
 
 FORCE_HELP = "write over a profile of another device (or give a CPU fit a GPU profile's name)"
 

@@ -1,4 +1,4 @@
-"""FLOPs and bytes of each microbenchmark, counted the way `simulator.cost_model` counts them.
+"""FLOPs and bytes of each microbenchmark, counted the way `core.cost_model` counts them.
 
 Each group's efficiency is fitted to kernels timed alone, so their work must be counted with the
 cost model's own constants (a `CostModel` instance supplies them); `tests/calibrate` checks that
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
-from simulator.model_spec import dtype_bytes
+from core.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
+from core.model_spec import dtype_bytes
 
 GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh")
 STEP_KINDS = ("step_prefill", "step_decode", "step_mixed")

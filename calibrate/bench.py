@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from calibrate.plan import Limits, Point
+from core.model_spec import ModelSpec
 from engine import kernels
 from engine.timing import copies_for_cache, measure_graph, random_like_nonzero, rotating
-from simulator.model_spec import ModelSpec
 
 # Below this many rows a GEMM is timed replayed from a CUDA graph, as it runs inside a captured
 # decode step (no host launch gap); larger ones are long enough for per-call events.

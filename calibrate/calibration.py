@@ -12,9 +12,9 @@ from calibrate.fit import FitResult, fit_all
 from calibrate.measurements import Store, describe, identity, model_fingerprint
 from calibrate.plan import KINDS, Limits, Point, kv_token_budget, make_plan, sweep_ranges
 from calibrate.plots import draw
-from simulator.errors import ConfigError
-from simulator.hardware import HardwareProfile
-from simulator.model_spec import ModelSpec, load_model
+from core.errors import ConfigError
+from core.hardware import HardwareProfile
+from core.model_spec import ModelSpec, load_model
 
 # Memory kept free beside weights and the KV pool: activations of a 16k-token prefill step (MLP
 # intermediate, qkv, logits of the last tokens), CUDA-graph pools and the allocator's slack.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from simulator.errors import ConfigError
-from simulator.hardware import profile_names
+from core.errors import ConfigError
+from core.hardware import profile_names
 
 # NVML device name (lower case) → base profile, first match wins. Names as NVML reports them,
 # e.g. 'NVIDIA H100 80GB HBM3' (SXM5), 'NVIDIA H100 PCIe', 'NVIDIA H200', 'NVIDIA A100-SXM4-80GB'.

@@ -16,9 +16,9 @@ import numpy as np
 
 from calibrate.accounting import GROUPS, STEP_KINDS, Work, is_fresh, label, step_shape, work
 from calibrate.measurements import Record
-from simulator.cost_model import CostModel
-from simulator.hardware import Efficiencies, HardwareProfile, OpEfficiency
-from simulator.model_spec import ModelSpec
+from core.cost_model import CostModel
+from core.hardware import Efficiencies, HardwareProfile, OpEfficiency
+from core.model_spec import ModelSpec
 
 # Groups whose compute term never binds in practice (decode attention moves ~4 FLOP per KV byte;
 # element-wise kernels are counted with no FLOPs): their compute efficiency is not identifiable

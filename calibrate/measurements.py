@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calibrate.plan import point_key
-from simulator.errors import ConfigError
-from simulator.model_spec import ModelSpec
+from core.errors import ConfigError
+from core.model_spec import ModelSpec
 
 # The dtype the engine builds weights and KV in for every step and kernel timed (engine.model's default);
 # GEMM points of other dtypes name theirs in their parameters.

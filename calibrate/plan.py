@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from simulator.model_spec import ModelSpec
+from core.model_spec import ModelSpec
 
 Mode = Literal["quick", "full", "cpu"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from calibrate.detect import base_profile_for
-from simulator.errors import ConfigError
-from simulator.hardware import (
+from core.errors import ConfigError
+from core.hardware import (
     PROFILE_DIR,  # the shipped profiles: a CPU fit never takes one of their names
     Calibration,
     Efficiencies,

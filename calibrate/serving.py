@@ -18,9 +18,9 @@ import gc
 
 import numpy as np
 
-from simulator.kv_cache import BlockPool
-from simulator.model_spec import ModelSpec
-from simulator.workload import Requests
+from core.kv_cache import BlockPool
+from core.model_spec import ModelSpec
+from core.requests import Requests
 
 QUANTITIES = ("serving_step_s", "serving_per_sequence_s", "serving_prompt_step_s", "eager_launch_s_per_layer")
 WORKLOAD = "poisson-v1"  # names the synthetic workload below (part of the sweep points' keys)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CATALOGUE_DIR = REPO_ROOT / "simulator" / "catalogue"
+CATALOGUE_DIR = REPO_ROOT / "core" / "catalogue"
 CONVERSATION_TRACE = REPO_ROOT / "simulator" / "traces" / "splitwise_conv.csv"
 
 DEFAULT_MODELS = ("llama-3.1-8b", "qwen2.5-7b")

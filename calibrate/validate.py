@@ -14,10 +14,10 @@ from calibrate.measurements import Store, describe, identity, model_fingerprint
 from calibrate.plan import Limits, Point, make_plan, mixed_lengths
 from calibrate.profile import read
 from calibrate.sweep import run_sweep
-from simulator.cost_model import CostModel
-from simulator.errors import ConfigError
-from simulator.hardware import HardwareProfile
-from simulator.model_spec import ModelSpec, load_model
+from core.cost_model import CostModel
+from core.errors import ConfigError
+from core.hardware import HardwareProfile
+from core.model_spec import ModelSpec, load_model
 
 
 def validation_points(mode: str, limits: Limits) -> list[Point]:

@@ -25,7 +25,7 @@ causal mask keeps them out of every real row; their outputs are dropped) and a s
 plans of all bucket lengths at warm-up (`prebuild_fresh`). The threshold keeps the second kernel out of
 the CUDA-graph steps (at most 2,048 tokens, whose sequence boundaries are not fixed at capture). The
 cost model follows the same rule with its own fitted term for these prompts (`attention_fresh` in a
-profile; simulator.cost_model). Elsewhere a per-sequence masked SDPA serves as the reference and the
+profile; core.cost_model). Elsewhere a per-sequence masked SDPA serves as the reference and the
 CPU path.
 
 A mixed step (prefill chunks, then decodes) makes two calls per layer, as vLLM's FlashInfer backend
@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
+from core.hardware import FRESH_PREFILL_BUCKET, FRESH_PREFILL_MIN_TOKENS
 from engine.fused import decode_attention, decode_attention_supported
-from simulator.hardware import FRESH_PREFILL_BUCKET, FRESH_PREFILL_MIN_TOKENS
 
 FRESH_MIN_TOKENS = FRESH_PREFILL_MIN_TOKENS  # whole fresh prompts of at least this many tokens: cuDNN
 FRESH_BUCKET = FRESH_PREFILL_BUCKET  # ... padded to a multiple of this many tokens

@@ -1,7 +1,7 @@
 """A real continuous-batching serving loop: replay a workload on the model, batches from the simulator's scheduler.
 
 Requests enter at their arrival times (wall clock since the start); at every step boundary the very same
-`simulator.scheduler.Scheduler` the SimPy replica uses decides the batch (DESIGN.md, "one scheduler,
+`core.scheduler.Scheduler` the SimPy replica uses decides the batch (DESIGN.md, "one scheduler,
 two executors"), and the `Executor` here runs it: each sequence owns a contiguous region of the
 model's KV pool (engine/attention.py) from its start to its finish or preemption (recomputed later),
 prefill and mixed steps run eagerly, decode-only steps replay CUDA graphs captured per padded batch
@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from core.kv_cache import BlockPool
+from core.records import RequestTable, StepStats
+from core.requests import Requests
+from core.scheduler import Batch, Scheduler, Sequence
 from engine.attention import (
     StepLayout,
     device_sms,
@@ -37,10 +41,6 @@ from engine.attention import (
 )
 from engine.model import Transformer
 from engine.steps import capture_sizes
-from simulator.kv_cache import BlockPool
-from simulator.records import RequestTable, StepStats
-from simulator.scheduler import Batch, Scheduler, Sequence
-from simulator.workload import Requests
 
 # serve(trace=True), per step: when it ended; seconds in the scheduler, preparing inputs, in the executor
 # (launch, GPU, sampled ids back) and recording; the executor's host seconds until every launch was issued
@@ -766,7 +766,7 @@ def serve(
     """Replay `requests` in real time on `executor` with the simulator's scheduler over `pool`.
 
     Prefix caching: give a `pool` made with prefix_caching=True and the requests' `block_keys`
-    (`simulator.workload.PrefixKeys`); the scheduler then starts a request's prefill after the tokens it
+    (`core.requests.PrefixKeys`); the scheduler then starts a request's prefill after the tokens it
     finds cached, and the executor computes only the rest, its attention reading the cached part from the
     sequence's own region. That region's cached part is not the prefix's KV (regions are not shared), so
     the step does the work and reads the bytes a real prefix cache would, but a prefix hit's greedy

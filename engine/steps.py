@@ -15,6 +15,7 @@ import bisect
 
 import torch
 
+from core.cost_model import BatchShape
 from engine.attention import (
     StepLayout,
     device_sms,
@@ -26,7 +27,6 @@ from engine.attention import (
 )
 from engine.model import Transformer
 from engine.timing import measure
-from simulator.cost_model import BatchShape
 
 
 def capture_sizes(max_tokens: int) -> list[int]:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from core.hardware import load_profile, profile_names
+from core.model_spec import catalogue_names, load_model, spec_from_config
 from simulator.comparison import break_even, differences, table
-from simulator.hardware import load_profile, profile_names
-from simulator.model_spec import catalogue_names, load_model, spec_from_config
 from simulator.presets import WORKLOADS
 from simulator.results import write_results
 from simulator.scenario import DEFAULT_SCENARIO, Scenario, parse_scenario

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.cost_model import BatchShape, CostModel
 from simulator.cluster import plan_groups
-from simulator.cost_model import BatchShape, CostModel
 from simulator.simulation import Forecast
 
 GROUPS = {

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 import yaml
 
+from core.errors import ConfigError, read_yaml
+from core.hardware import PROFILES_ENV, load_profile, profile_origins
+from core.model_spec import catalogue_names, human_count, load_model
 from simulator import __version__
-from simulator.errors import ConfigError, read_yaml
-from simulator.hardware import PROFILES_ENV, load_profile, profile_origins
-from simulator.model_spec import catalogue_names, human_count, load_model
 from simulator.output import ResultFolder
 from simulator.resources import example_names, find_example, shipped
 from simulator.scenario import DEFAULT_SCENARIO, LENGTH_HELP, apply_overrides, field_help, parse_scenario

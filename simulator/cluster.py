@@ -4,7 +4,7 @@ A scenario without a `cluster` or `disaggregation` section is one replica of `ha
 `serving`. `cluster.replicas: N` makes N copies; `cluster.groups` lists replica groups with their
 own GPU, GPUs per replica, count and serving settings (heterogeneous replicas). A replica with
 pipeline_parallel = pp > 1 runs as pp virtual engines (vLLM's micro-batches in flight; see the note
-at the top of simulator/parallelism.py), each with 1/pp of its sequences and KV blocks.
+at the top of core/parallelism.py), each with 1/pp of its sequences and KV blocks.
 
 Every engine is one SimPy process. An engine may cost a run of decode steps ahead of time only up to
 the next moment something could join it: the next arrival it could be sent (its own, when the router
@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.cost_model import CostModel
-from simulator.errors import ConfigError
-from simulator.hardware import HardwareProfile, load_profile
+from core.cost_model import CostModel
+from core.errors import ConfigError
+from core.hardware import HardwareProfile, load_profile
+from core.model_spec import ModelSpec
+from core.parallelism import Parallelism, virtual_engines
+from core.records import StepStats
 from simulator.memory import MemoryPlan, plan_memory
-from simulator.model_spec import ModelSpec
-from simulator.parallelism import Parallelism, virtual_engines
-from simulator.records import StepStats
 from simulator.replica import Replica
 from simulator.scenario import Hardware, ReplicaGroup, Scenario, Serving
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from simulator.scenario import Scenario
 
-# The Hugging Face repos of the catalogue models (simulator/catalogue/README.md).
+# The Hugging Face repos of the catalogue models (core/catalogue/README.md).
 HF_REPOS = {
     "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
     "llama-3.1-70b": "meta-llama/Llama-3.1-70B",

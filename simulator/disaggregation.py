@@ -26,11 +26,11 @@ from collections import deque
 import numpy as np
 import simpy
 
-from simulator.model_spec import ModelSpec
+from core.model_spec import ModelSpec
+from core.scheduler import Sequence
 from simulator.replica import Replica
 from simulator.router import Router
 from simulator.scenario import Disaggregation
-from simulator.scheduler import Sequence
 
 
 class Link:

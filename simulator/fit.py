@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.errors import ConfigError
+from core.hardware import profile_names
+from core.model_spec import load_model
 from simulator.cluster import plan_groups
-from simulator.errors import ConfigError
-from simulator.hardware import profile_names
 from simulator.memory import GIB
-from simulator.model_spec import load_model
 from simulator.scenario import parse_scenario
 
 DTYPES = ("bf16", "fp8", "int8", "int4")  # widest first: the first that fits loses the least

@@ -15,8 +15,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import core
 import simulator
-from simulator.hardware import profile_dirs
+from core.hardware import profile_dirs
 from simulator.search import ConfigResult, Probe, SearchSpec
 
 JOURNAL = "configs.jsonl"
@@ -28,14 +29,15 @@ _NOT_IN_KEY = ("name", "target_rate_per_s", "load_points")
 def search_key(spec: SearchSpec) -> str:
     """A hash of the spec and of the inputs a configuration's result depends on.
 
-    Those are the simulator's code, its catalogue and bundled traces, the GPU profiles it can find, and
+    Those are the code of the simulator and of the shared core, the catalogue and bundled traces, the GPU profiles it can find, and
     any file the spec names (a trace of the user's).
     """
     h = hashlib.sha256()
     data = spec.model_dump(mode="json", exclude=set(_NOT_IN_KEY))
     h.update(json.dumps(data, sort_keys=True).encode())
-    pkg = Path(simulator.__file__).parent
-    files = sorted(pkg.rglob("*.py")) + sorted(pkg.glob("catalogue/*")) + sorted(pkg.glob("traces/*"))
+    files = []
+    for pkg in (Path(core.__file__).parent, Path(simulator.__file__).parent):
+        files += sorted(pkg.rglob("*.py")) + sorted(pkg.glob("catalogue/*")) + sorted(pkg.glob("traces/*"))
     for d in profile_dirs():
         files += sorted(Path(d).glob("*.yaml"))
     files += [Path(v) for v in _strings(data) if len(v) < 4096 and Path(v).is_file()]

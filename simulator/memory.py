@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from simulator.hardware import HardwareProfile
-from simulator.model_spec import ModelSpec
-from simulator.parallelism import Parallelism, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
+from core.hardware import HardwareProfile
+from core.model_spec import ModelSpec
+from core.parallelism import Parallelism, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
 from simulator.scenario import Serving
 
 GIB = 2**30

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from simulator.records import itl_percentiles
+from core.records import itl_percentiles
 
 QUANTILES = (50, 90, 95, 99)
 # the latency metrics of a summary, with their display names
@@ -249,7 +249,7 @@ def capacity(scenario, summary: dict, slo_attainment: float = CAPACITY_ATTAINMEN
     search of simulator/search.py for this one configuration), the offered load against it, and whether
     the run was stable; `{"skipped": why}` where it cannot be found (no SLO, does not fit, a workload whose
     rate cannot be set)."""
-    from simulator.errors import ConfigError
+    from core.errors import ConfigError
     from simulator.search import MAX_PROBE_REQUESTS, bracket, max_sustainable_rate
 
     if not summary["fits"]:

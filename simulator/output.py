@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from simulator.errors import ConfigError
+from core.errors import ConfigError
 
 # every file name a command writes; the swap drops these from the previous run and refuses any other
 # (a command that writes a new file adds its name here, or its next run is refused)

@@ -18,7 +18,7 @@ def _plt():
     try:
         import matplotlib
     except ImportError:
-        from simulator.errors import ConfigError
+        from core.errors import ConfigError
 
         raise ConfigError("plots need matplotlib: pip install 'inferplan[report]'") from None
     matplotlib.use("Agg")

@@ -17,10 +17,10 @@ from collections import deque
 import numpy as np
 import simpy
 
-from simulator.cost_model import BatchShape, CostModel
-from simulator.kv_cache import BlockPool
-from simulator.records import RequestTable, StepStats
-from simulator.scheduler import Batch, Scheduler, Sequence
+from core.cost_model import BatchShape, CostModel
+from core.kv_cache import BlockPool
+from core.records import RequestTable, StepStats
+from core.scheduler import Batch, Scheduler, Sequence
 
 RUN_CAP = 4096  # most decode steps costed in one event
 

@@ -1,27 +1,16 @@
-"""The files that ship with inferplan: GPU profiles, the model catalogue, traces and example scenarios.
-
-In a checkout they are the repository's own folders (`hardware_profiles/`, `examples/` at the root;
-`simulator/catalogue/`, `simulator/traces/`), the one copy in git. A built wheel carries them inside the
-`simulator` package under the same names (pyproject.toml maps the root folders in), read here through
-importlib.resources. Engine profiles (`engine_profiles/`, issue 11) are to ship the same way: a folder
-name in pyproject.toml's mapping and a `shipped("engine_profiles")` lookup.
-"""
+"""The example scenarios and traces that ship with the simulator (see core/resources.py for how shipped
+folders are found in a checkout and in a wheel)."""
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
-_CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
+from core.resources import shipped as _shipped
 
 
 def shipped(folder: str) -> Path:
-    """The folder of shipped files named `folder`: the installed package's copy, else the checkout's."""
-    inside = files("simulator") / folder
-    if inside.is_dir():
-        # an installed wheel is plain files on disk, so the Traversable is a real path
-        return Path(str(inside))
-    return _CHECKOUT_ROOT / folder
+    """The simulator's shipped folder `folder` (`examples`, `traces`)."""
+    return _shipped(folder, package="simulator")
 
 
 def example_names() -> list[str]:

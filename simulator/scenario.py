@@ -20,8 +20,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from simulator.errors import ConfigError, one_line, parse_yaml, read_yaml, short_repr
-from simulator.limits import MAX_REPLICAS, MAX_REQUESTS
+from core.errors import ConfigError, one_line, parse_yaml, read_yaml, short_repr
+from core.limits import MAX_REPLICAS, MAX_REQUESTS
 
 Dtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 KvDtype = Literal["bf16", "fp16", "fp8"]

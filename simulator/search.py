@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from simulator.errors import ConfigError, one_line, read_yaml, short_repr
-from simulator.limits import MAX_CONFIGURATIONS
+from core.errors import ConfigError, one_line, read_yaml, short_repr
+from core.limits import MAX_CONFIGURATIONS
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
 from simulator.stability import MIN_SERVICE_TIMES

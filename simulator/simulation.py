@@ -10,6 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from core.cost_model import CostModel
+from core.hardware import HardwareProfile
+from core.kv_cache import BlockPool
+from core.model_spec import ModelSpec, load_model
+from core.parallelism import virtual_engines
+from core.records import RequestTable, StepStats
+from core.requests import Requests, prefix_keys
+from core.scheduler import Scheduler
 from simulator.cluster import (
     Group,
     SchedTotals,
@@ -22,24 +30,17 @@ from simulator.cluster import (
     plan_groups,
     replica_summary,
 )
-from simulator.cost_model import CostModel
 from simulator.disaggregation import Disaggregated
-from simulator.hardware import HardwareProfile
-from simulator.kv_cache import BlockPool
 from simulator.memory import MemoryPlan
 from simulator.metrics import summarize
-from simulator.model_spec import ModelSpec, load_model
-from simulator.parallelism import virtual_engines
-from simulator.records import RequestTable, StepStats
 from simulator.replica import Replica
 from simulator.response_cache import draw_hits, front
 from simulator.router import Router, prefix_ids
 from simulator.scenario import Scenario, Serving
-from simulator.scheduler import Scheduler
 from simulator.source import Source
 from simulator.speculative import DraftCost, with_draft_memory
 from simulator.stability import CHECKS, Backlog, Stopped, assess
-from simulator.workload import Requests, generate, prefix_keys
+from simulator.workload import generate
 
 
 @dataclass

@@ -10,26 +10,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
-from simulator.cost_model import BatchShape, CostModel
+from core.cost_model import BatchShape, CostModel
+from core.model_spec import ModelSpec
 from simulator.memory import MemoryPlan
-from simulator.model_spec import ModelSpec
 from simulator.scenario import Speculative
 
 
 def expected_tokens(alpha: float, k: int) -> float:
     """Expected tokens a round yields: accepted drafts plus the target's own token."""
     return float(k + 1) if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
-
-
-def accepted(rng: np.random.Generator, alpha: float, k: int) -> int:
-    """Drafted tokens accepted in one round: leading successes of k Bernoulli(α) trials."""
-    if alpha >= 1.0:
-        return k
-    if alpha <= 0.0:
-        return 0
-    return min(int(rng.geometric(1.0 - alpha)) - 1, k)
 
 
 class DraftCost:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.errors import ConfigError, cut
+from core.errors import ConfigError, cut
 from simulator.resources import shipped
 
 TRACE_DIR = shipped("traces")

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+import core  # noqa: E402
 from simulator import api  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -116,7 +117,7 @@ def test_plan_uploads_bad_and_good_config_json():
     ).run()
     no_failure(at)
     assert at.error and not at.metric
-    good = (Path(api.__file__).parent / "catalogue" / "qwen2.5-0.5b.json").read_bytes()
+    good = (Path(core.__file__).parent / "catalogue" / "qwen2.5-0.5b.json").read_bytes()
     at.file_uploader(key="plan.upload").set_value(("config.json", good, "application/json"))
     at.number_input(key="plan.n").set_value(80).run()
     no_failure(at)

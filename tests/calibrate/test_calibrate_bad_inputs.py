@@ -9,8 +9,8 @@ import pytest
 from calibrate.__main__ import main
 from calibrate.measurements import Record, Store, identity
 from calibrate.plan import Point
-from simulator.hardware import PROFILE_DIR
-from simulator.model_spec import load_model
+from core.hardware import PROFILE_DIR
+from core.model_spec import load_model
 
 
 def gemm(m: int) -> Record:

@@ -8,7 +8,7 @@ import pytest
 
 from calibrate.__main__ import main
 from calibrate.measurements import Store
-from simulator.hardware import load_profile
+from core.hardware import load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,9 +5,9 @@ from calibrate.accounting import GROUPS, is_fresh, step_shape, work
 from calibrate.fit import _theta_of, fit_all, fit_group
 from calibrate.measurements import Record
 from calibrate.plan import Limits, make_plan
-from simulator.cost_model import BatchShape, CostModel, op_time
-from simulator.hardware import Efficiencies, OpEfficiency, load_profile
-from simulator.model_spec import load_model
+from core.cost_model import BatchShape, CostModel, op_time
+from core.hardware import Efficiencies, OpEfficiency, load_profile
+from core.model_spec import load_model
 
 pytest.importorskip("scipy")
 

@@ -1,5 +1,5 @@
 from calibrate.plan import TOKENS_FULL, Limits, make_plan, step_plan
-from simulator.model_spec import load_model
+from core.model_spec import load_model
 
 LIMITS = Limits(max_kv_tokens=380_000, max_batch=256, max_context=32_768)
 

@@ -2,8 +2,8 @@ import pytest
 
 from calibrate import profile
 from calibrate.detect import base_profile_for, resolve_base
-from simulator.errors import ConfigError
-from simulator.hardware import Efficiencies, OpEfficiency, load_profile
+from core.errors import ConfigError
+from core.hardware import Efficiencies, OpEfficiency, load_profile
 
 EFF = Efficiencies(
     gemm=OpEfficiency(compute=0.71, memory=0.83, compute_ramp_flops=1.0e9, launch_s=3.0e-6),

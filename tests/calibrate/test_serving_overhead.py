@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from calibrate.serving import fit_host, synthetic_requests
-from simulator.cost_model import BatchShape, CostModel
-from simulator.hardware import load_profile
-from simulator.model_spec import load_model
+from core.cost_model import BatchShape, CostModel
+from core.hardware import load_profile
+from core.model_spec import load_model
 
 
 def trace_of(n: np.ndarray, prompt: np.ndarray, host: np.ndarray, gpu: np.ndarray) -> dict:

@@ -11,8 +11,8 @@ import pytest
 from calibrate.measurements import Record, Store, _line, identity
 from calibrate.plan import Point
 from calibrate.sweep import run_sweep
-from simulator.errors import ConfigError
-from simulator.model_spec import load_model
+from core.errors import ConfigError
+from core.model_spec import load_model
 
 META = {"gpu": "Fake GPU", "model": "tiny", "device": "cuda"}
 

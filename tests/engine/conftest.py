@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from simulator.model_spec import load_model, spec_from_config  # noqa: E402
+from core.model_spec import load_model, spec_from_config  # noqa: E402
 
 
 def tiny_config(**over) -> dict:

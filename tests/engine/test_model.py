@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from core.model_spec import catalogue_names, spec_from_config
 from engine.attention import make_layout
 from engine.model import build_model, sliding_layer_ids
-from simulator.model_spec import catalogue_names, spec_from_config
 from tests.engine.conftest import shrink, tiny_config
 
 ARCHS = [
@@ -73,7 +73,7 @@ def test_every_catalogue_architecture_builds_and_decodes(name):
 
 
 def test_gemma_layers_mix_sliding_and_global():
-    from simulator.model_spec import load_model
+    from core.model_spec import load_model
 
     spec = load_model("gemma-3-12b")
     ids = sliding_layer_ids(spec)
@@ -105,9 +105,9 @@ def test_int8_model_runs_on_cpu(tiny_spec):
 
 
 def test_mla_models_fail_in_one_line():
+    from core.errors import ConfigError
+    from core.model_spec import catalogue_names, load_model
     from engine.model import build_model
-    from simulator.errors import ConfigError
-    from simulator.model_spec import catalogue_names, load_model
 
     mla = [n for n in catalogue_names() if load_model(n).is_mla]
     assert mla, "the catalogue has MLA models (DeepSeek)"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.kv_cache import BlockPool
+from core.requests import Requests
 from engine.model import build_model
 from engine.serving import Executor, Regions, physical_tokens, serve
-from simulator.kv_cache import BlockPool
-from simulator.workload import Requests
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,7 @@ def model():
     import importlib.util
     from pathlib import Path
 
-    from simulator.model_spec import spec_from_config
+    from core.model_spec import spec_from_config
 
     # this folder's conftest by path: another folder's conftest may already be imported as `conftest`
     spec = importlib.util.spec_from_file_location("engine_conftest", Path(__file__).parent / "conftest.py")
@@ -163,8 +163,9 @@ def test_prefix_caching_skips_the_cached_prompt_tokens(model):
     """With a shared system prompt and prefix caching, the scheduler finds hits and the executor computes only
     the rest of each prompt; every request still finishes exactly (greedy tokens of hits are not checked:
     the cached part of a region is not the prefix's KV)."""
+    from core.requests import PrefixKeys
     from simulator.scenario import parse_scenario
-    from simulator.workload import PrefixKeys, generate
+    from simulator.workload import generate
 
     sc = parse_scenario({"model": "qwen2.5-0.5b", "hardware": {"gpu": "h100-sxm"}, "seed": 3,
                          "workload": {"arrival": {"process": "poisson", "rate_per_s": 80}, "num_requests": 24,

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from core.cost_model import chunk_pairs
 from engine.model import build_model
 from engine.steps import StepRunner, capture_sizes, extrapolate_layers
-from simulator.cost_model import chunk_pairs
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ SOURCES = (
     "README.md",
     "app.py",
     "app_pages",
+    "core",
     "simulator",
     "engine",
     "calibrate",
@@ -43,12 +44,12 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_carries_every_shipped_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"simulator/hardware_profiles/{p.name}" for p in (ROOT / "hardware_profiles").glob("*.yaml")}
+    expected = {f"core/hardware_profiles/{p.name}" for p in (ROOT / "hardware_profiles").glob("*.yaml")}
     expected |= {f"simulator/examples/{p.name}" for p in (ROOT / "examples").glob("*.yaml")}
-    expected |= {f"simulator/catalogue/{p.name}" for p in (ROOT / "simulator" / "catalogue").iterdir()}
+    expected |= {f"core/catalogue/{p.name}" for p in (ROOT / "core" / "catalogue").iterdir()}
     expected |= {f"simulator/traces/{p.name}" for p in (ROOT / "simulator" / "traces").iterdir()}
     expected |= {f"inferplan/app/app_pages/{p.name}" for p in (ROOT / "app_pages").glob("*.py")}
-    expected |= {"inferplan/app/app.py", "inferplan/cli.py", "simulator/resources.py"}
+    expected |= {"inferplan/app/app.py", "inferplan/cli.py", "simulator/resources.py", "core/resources.py"}
     assert len(expected) > 40
     assert expected <= names, sorted(expected - names)
     assert not any(n.startswith(("tests/", "benchmarks/", "hardware_profiles/")) for n in names)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from core.errors import ConfigError, one_line, read_yaml
 from simulator.cli import main
-from simulator.errors import ConfigError, one_line, read_yaml
 from simulator.scenario import Scenario, load_scenario, parse_scenario
 from simulator.search import configuration_count, load_spec, parse_spec
 

@@ -123,7 +123,7 @@ def test_cost_is_summed_over_every_gpu_of_every_group():
         scenario(cluster={"groups": [{"gpu": "t4", "count": 2}, {"gpu": "l4", "gpus_per_replica": 2}]})
     )
     s = f.summary
-    from simulator.hardware import load_profile
+    from core.hardware import load_profile
 
     per_hour = 2 * load_profile("t4").price.usd_per_hour + 2 * load_profile("l4").price.usd_per_hour
     assert s["hardware"]["gpus"] == 4 and s["cluster"]["usd_per_hour"] == pytest.approx(per_hour)

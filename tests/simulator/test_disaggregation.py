@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import simpy
 
+from core.model_spec import load_model
 from simulator.disaggregation import Link, kv_bytes
-from simulator.model_spec import load_model
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from simulator.hardware import load_profile
+from core.hardware import load_profile
+from core.model_spec import load_model
 from simulator.memory import GIB, plan_memory
-from simulator.model_spec import load_model
 from simulator.scenario import Serving
 
 
@@ -48,8 +48,8 @@ def test_utilisation_and_sliding_window_blocks():
     assert hi.block_bytes == pytest.approx(16 * m.kv_bytes_per_token("bf16"))
     ratio = m.sliding_kv_bytes_per_token("bf16") / m.kv_bytes_per_token("bf16")
     assert ratio == pytest.approx(5.0)
-    from simulator.kv_cache import BlockPool
-    from simulator.scheduler import Scheduler
+    from core.kv_cache import BlockPool
+    from core.scheduler import Scheduler
 
     s = Scheduler(BlockPool(1000, 16), 8, 8192, sliding_window=m.sliding_window, sliding_ratio=ratio)
     assert s.window_blocks(100) == 32 and s.window_blocks(5000) == 320

@@ -4,10 +4,10 @@ routing itself; small batches read only the touched experts' weights; expert par
 import numpy as np
 import pytest
 
-from simulator.cost_model import BatchShape, CostModel
-from simulator.hardware import load_profile
-from simulator.model_spec import load_model
-from simulator.parallelism import (
+from core.cost_model import BatchShape, CostModel
+from core.hardware import load_profile
+from core.model_spec import load_model
+from core.parallelism import (
     all_to_all_time,
     allgather_time,
     allreduce_time,

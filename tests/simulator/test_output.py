@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 import simulator.search as search_mod
+from core.errors import ConfigError
 from simulator.cli import main
-from simulator.errors import ConfigError
 from simulator.journal import JOURNAL, Journal, read_journal, search_key
 from simulator.output import ResultFolder
 from simulator.search import ConfigResult, parse_spec, run_search

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from core.requests import ClassPrefixKeys, PrefixKeys, prefix_keys
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
-from simulator.workload import ClassPrefixKeys, PrefixKeys, generate, prefix_keys
+from simulator.workload import generate
 
 
 def scenario(classes, caching=True, n=400, rate=4.0, **wl):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from simulator.cost_model import (
+from core.cost_model import (
     DEQUANT_INSTR_PER_WEIGHT,
     DEQUANT_TILE_TOKENS,
     BatchShape,
@@ -14,9 +14,9 @@ from simulator.cost_model import (
     chunk_pairs,
     gemm_rate,
 )
-from simulator.hardware import load_profile
+from core.hardware import load_profile
+from core.model_spec import dtype_bytes, load_model
 from simulator.memory import plan_memory
-from simulator.model_spec import dtype_bytes, load_model
 from simulator.scenario import Serving
 
 H100, L4, T4 = load_profile("h100-sxm"), load_profile("l4"), load_profile("t4")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.hardware import PROFILE_DIR, load_profile, profile_origins
+from core.resources import shipped as core_shipped
 from simulator.cli import main
-from simulator.hardware import PROFILE_DIR, load_profile, profile_origins
 from simulator.resources import example_names, find_example, shipped
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,9 +25,9 @@ def _lab_profile(folder: Path, name: str, price: float) -> None:
 
 
 def test_shipped_folders_are_the_checkouts_own():
-    assert shipped("hardware_profiles") == ROOT / "hardware_profiles"
+    assert core_shipped("hardware_profiles") == ROOT / "hardware_profiles"
+    assert core_shipped("catalogue") == ROOT / "core" / "catalogue"
     assert shipped("examples") == ROOT / "examples"
-    assert shipped("catalogue") == ROOT / "simulator" / "catalogue"
     assert shipped("traces") == ROOT / "simulator" / "traces"
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from simulator.errors import ConfigError
+from core.errors import ConfigError
 from simulator.scenario import DEFAULT_SCENARIO, apply_overrides, field_help, load_scenario, parse_scenario
 
 BASE = {"workload": {"arrival": {"process": "poisson", "rate_per_s": 2.0}}}

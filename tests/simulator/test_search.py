@@ -5,9 +5,9 @@ import math
 
 import pytest
 
+from core.errors import ConfigError
+from core.hardware import load_profile
 from simulator.cli import main
-from simulator.errors import ConfigError
-from simulator.hardware import load_profile
 from simulator.search import (
     ConfigResult,
     SearchResult,

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from core.scheduler import accepted
 from simulator.scenario import parse_scenario
 from simulator.simulation import simulate
-from simulator.speculative import accepted, expected_tokens
+from simulator.speculative import expected_tokens
 
 
 def scenario(spec=None, rate=0.2, n=200, out=200, max_seqs=256, model="llama-3.1-8b", **serving):
@@ -84,7 +85,7 @@ def test_draft_model_costs_memory_and_prefill_time():
 
 
 def test_needs_a_draft_model():
-    from simulator.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="needs draft_model"):
         scenario({"method": "draft"})

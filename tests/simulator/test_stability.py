@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from benchmarks.queueing import scenario, service_law
+from core.errors import ConfigError
 from simulator import simulation
 from simulator.comparison import differences, table
-from simulator.errors import ConfigError
 from simulator.report import build_report, verdict_lines
 from simulator.results import format_summary
 from simulator.scenario import parse_scenario

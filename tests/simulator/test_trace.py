@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from core.errors import ConfigError
 from simulator import trace as trace_mod
-from simulator.errors import ConfigError
 from simulator.trace import read_trace
 
 

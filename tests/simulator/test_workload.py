@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from simulator.errors import ConfigError
+from core.errors import ConfigError
 from simulator.scenario import Workload
 from simulator.workload import generate, read_trace
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.hardware import HardwareProfile, OpEfficiency
-from simulator.model_spec import ModelSpec, dtype_bytes
-from simulator.parallelism import (
+from core.hardware import HardwareProfile, OpEfficiency
+from core.model_spec import ModelSpec, dtype_bytes
+from core.parallelism import (
     Parallelism,
     all_to_all_time,
     allgather_time,

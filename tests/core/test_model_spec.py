@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from simulator.errors import ConfigError
-from simulator.model_spec import CATALOGUE_DIR, catalogue_names, load_model, spec_from_config
+from core.errors import ConfigError
+from core.model_spec import CATALOGUE_DIR, catalogue_names, load_model, spec_from_config
 
 # Published total parameter counts, and where each comes from. "model page" is the safetensors
 # parameter count Hugging Face shows on the repo page; the others are the model card's or the

@@ -7,12 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from simulator.cost_model import BatchShape, CostModel
-from simulator.errors import ConfigError
-from simulator.hardware import load_profile
-from simulator.memory import plan_memory
-from simulator.model_spec import load_model
-from simulator.parallelism import (
+from core.cost_model import BatchShape, CostModel
+from core.errors import ConfigError
+from core.hardware import load_profile
+from core.model_spec import load_model
+from core.parallelism import (
     LATENCY_HOPS,
     Parallelism,
     all_to_all_time,
@@ -25,6 +24,7 @@ from simulator.parallelism import (
     virtual_engines,
     weight_bytes_per_gpu,
 )
+from simulator.memory import plan_memory
 from simulator.scenario import Serving, parse_scenario
 from simulator.simulation import simulate
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.kv_cache import BlockPool
+from core.kv_cache import BlockPool
 
 
 def test_allocate_release_and_peak():

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from simulator.cost_model import BatchShape, CostModel, chunk_pairs, step_time
-from simulator.hardware import load_profile
-from simulator.model_spec import load_model
+from core.cost_model import BatchShape, CostModel, chunk_pairs, step_time
+from core.hardware import load_profile
+from core.model_spec import load_model
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.errors import ConfigError
-from simulator.hardware import Interconnect
-from simulator.model_spec import Gemm, ModelSpec, dtype_bytes
+from core.errors import ConfigError
+from core.hardware import Interconnect
+from core.model_spec import Gemm, ModelSpec, dtype_bytes
 
 ACT_BYTES = 2.0  # activations and collectives in 16-bit
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.records import _EDGE, _LAST, ITL_BINS_PER_DECADE, ITL_LO, StepStats
+from core.records import _EDGE, _LAST, ITL_BINS_PER_DECADE, ITL_LO, StepStats
 
 
 def bin_of(seconds: float) -> int:

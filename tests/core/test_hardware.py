@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simulator.errors import ConfigError
-from simulator.hardware import PROFILE_DIR, HardwareProfile, load_profile, profile_names, read_profile
+from core.errors import ConfigError
+from core.hardware import PROFILE_DIR, HardwareProfile, load_profile, profile_names, read_profile
 
 SHIPPED = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 EXPECTED = {

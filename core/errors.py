@@ -66,7 +66,7 @@ def one_line(err: ValidationError, source: str = "", prefix: str = "") -> Config
 # ---------------------------------------------------------------- reading a user's YAML
 def read_user_bytes(path: str | Path, what: str) -> bytes:
     """A user's file, read whole up to the YAML size limit: missing, a folder or unreadable is one line."""
-    from simulator.limits import MAX_YAML_BYTES
+    from core.limits import MAX_YAML_BYTES
 
     p = Path(path)
     if not p.exists():
@@ -136,7 +136,7 @@ def _check_expansion(root: Node) -> None:
     Counts the expanded tree over the composed graph, each distinct node once (memoised), so the check
     costs the document's size, not its expansion.
     """
-    from simulator.limits import MAX_YAML_ALIAS_NODES
+    from core.limits import MAX_YAML_ALIAS_NODES
 
     size: dict[int, int] = {}
     on_path: set[int] = set()
@@ -213,7 +213,7 @@ def _yaml_message(e: yaml.MarkedYAMLError, source: str) -> str:
 def yaml_from_bytes(data: bytes, source: str, what: str, mapping: bool = True) -> object:
     """A user's YAML (a file's or an upload's bytes) as data: size, encoding, syntax, duplicate keys and
     alias expansion are checked, each failure one line naming `source`."""
-    from simulator.limits import MAX_YAML_BYTES
+    from core.limits import MAX_YAML_BYTES
 
     MAX_YAML_BYTES.check(len(data), f"{source}: file size")
     out = parse_yaml(decode_text(data, source, what), source)

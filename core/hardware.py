@@ -14,8 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from simulator.errors import ConfigError, one_line, read_yaml
-from simulator.resources import shipped
+from core.errors import ConfigError, one_line, read_yaml
+from core.resources import shipped
 
 # The shipped profiles: the checkout's hardware_profiles/, or the installed package's copy of it.
 PROFILE_DIR = shipped("hardware_profiles")

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from simulator.kv_cache import BlockPool
-from simulator.scheduler import Scheduler, Sequence
+from core.kv_cache import BlockPool
+from core.scheduler import Scheduler, Sequence
 
 
 def drain(s: Scheduler, max_steps: int = 10_000) -> list:
@@ -132,7 +132,7 @@ def test_admission_control_refuses_and_expires():
 def test_whole_fresh_prompts_are_counted_for_the_fresh_kernel():
     """Every step's shape equals BatchShape.of over its chunks: a prompt's first chunk, long enough, is
     fresh; later chunks (after its own prefix) and short prompts are not."""
-    from simulator.cost_model import BatchShape
+    from core.cost_model import BatchShape
 
     fresh = (2049, 128)
     s = Scheduler(BlockPool(100_000, 16), max_num_seqs=8, max_num_batched_tokens=6000, fresh=fresh)

@@ -27,9 +27,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.cost_model import BatchShape, chunk_pairs
-from simulator.kv_cache import BlockPool
-from simulator.speculative import accepted
+from core.cost_model import BatchShape, chunk_pairs
+from core.kv_cache import BlockPool
+
+
+def accepted(rng: np.random.Generator, alpha: float, k: int) -> int:
+    """Drafted tokens accepted in one round: leading successes of k Bernoulli(α) trials."""
+    if alpha >= 1.0:
+        return k
+    if alpha <= 0.0:
+        return 0
+    return min(int(rng.geometric(1.0 - alpha)) - 1, k)
 
 
 @dataclass(slots=True, eq=False)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from simulator.errors import ConfigError, cut
-from simulator.resources import shipped
+from core.errors import ConfigError, cut
+from core.resources import shipped
 
 CATALOGUE_DIR = shipped("catalogue")
 
