@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import gc
 import json
 import platform
 import shlex
@@ -549,7 +550,10 @@ class StepRecorder:
             return go_on
 
         def timed_step() -> None:
-            rec = batch_composition(manager.batch_processor)
+            try:
+                rec = batch_composition(manager.batch_processor)
+            except Exception as e:  # runs in the manager's thread: a failed record must not fail the requests
+                rec = {"composition_error": repr(e)}
             rec["start_s"] = self._body_start
             rec["forward_start_s"] = time.perf_counter()
             step()
@@ -559,6 +563,11 @@ class StepRecorder:
         manager._generation_loop_body = timed_body
         manager._generation_step = timed_step
         return None
+
+    def detach(self, manager: Any) -> None:
+        """Give the manager its own methods back (the wrappers are instance attributes over the class's)."""
+        for name in ("_generation_loop_body", "_generation_step"):
+            vars(manager).pop(name, None)
 
     def clear(self) -> None:
         """Forget the steps so far (the warm-up requests'); called while the manager is idle."""
@@ -783,6 +792,7 @@ def run_replay(
     results: dict[str, Any] = {}
     submitted: dict[str, float] = {}
     interrupted = False
+    feeder: threading.Thread | None = None
     warmup_s: float | None = None
     t0 = time.perf_counter()
     try:
@@ -816,7 +826,8 @@ def run_replay(
         feeder.start()
         while len(results) < len(requests) and time.perf_counter() < stop_at:
             res = manager.get_result(timeout=0.5)
-            if res is not None and res.is_finished():
+            # A warm-up request that outlived its wait may still report: only the replay's count.
+            if res is not None and res.is_finished() and res.request_id.startswith("r"):
                 results[res.request_id] = res
             elif res is None and not manager.is_running():
                 break
@@ -824,10 +835,16 @@ def run_replay(
         interrupted = True
     wall_s = time.perf_counter() - t0
     warmup_s = time.perf_counter() - t_init if warmup_s is None else warmup_s
+    stopped_early = not manager.is_running()
     stop.set()
+    if feeder is not None:
+        feeder.join(timeout=1.0)
     settings = _cb_settings(manager, model)
     manager.stop(block=True, timeout=30, hard_stop=len(results) < len(requests))
     manager.destroy()
+    # The wrappers refer to the manager: without them it is freed at once (not at the next garbage collection), so
+    # the next replay's manager sizes its cache from all the free memory.
+    recorder.detach(manager)
     rows = [
         asdict(
             _served(
@@ -842,7 +859,14 @@ def run_replay(
         )
         for i, (arrival, prompt, out) in enumerate(requests)
     ]
-    status = "ok" if len(results) == len(requests) else "interrupted" if interrupted else "partial: stop time"
+    if len(results) == len(requests):
+        status = "ok"
+    elif interrupted:
+        status = "interrupted"
+    elif stopped_early:
+        status = "failed: the manager's thread stopped (see the log)"
+    else:
+        status = "partial: stop time"
     log(
         f"  replay {spec.name}: {len(results)}/{len(requests)} finished in {wall_s:.1f} s "
         f"(warm-up {warmup_s:.1f} s), {len(recorder.records(t0))} steps"
@@ -992,8 +1016,16 @@ def run_model(
                 keep_rows,
             )
         if "replays" in args.phases:
+
+            def replay(spec: ReplaySpec, stop_at: float) -> dict:
+                run = run_replay(torch, transformers, m, plan, spec, stop_at, log)
+                gc.collect()  # the manager's paged cache goes before the next one is sized from free memory
+                if args.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                return run
+
             run_replays(
-                lambda spec, stop_at: run_replay(torch, transformers, m, plan, spec, stop_at, log),
+                replay,
                 specs,
                 deadline,
                 log,

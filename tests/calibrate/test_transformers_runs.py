@@ -430,7 +430,17 @@ def test_step_recorder_times_each_step_and_ignores_idle_iterations():
     assert steps[1]["n_decode"] == 1 and steps[1]["prefill"] == [["b", 10, 0]]
     rec.clear()
     assert rec.records(t0) == []
+    rec.detach(m)
+    assert "_generation_step" not in vars(m) and m._generation_step.__func__ is FakeManager._generation_step
     assert tr.StepRecorder().attach(object()) is not None  # no such methods: says why
+    # A batch the recorder cannot read (another version's objects) still runs, and its step keeps its times.
+    unreadable = SimpleNamespace(request_id="x", position_offset=3, generated_len=None)
+    m = FakeManager([[SimpleNamespace(state=unreadable, query_length=1, has_new_token=True)]])
+    rec = tr.StepRecorder()
+    rec.attach(m)
+    assert m._generation_loop_body(None, bootstrapping=False) is True
+    (step,) = rec.records(t0)
+    assert "TypeError" in step["composition_error"] and step["end_s"] >= step["forward_end_s"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
