@@ -305,6 +305,27 @@ def test_generate_sweep_skips_points_past_the_deadline_and_after_oom():
     assert any("left no room" in m for m in log)
 
 
+def test_each_point_is_warmed_with_the_timed_runs_length(monkeypatch):
+    """The first session warmed only the 1-token path and its first T(65) ran 1.1-3.5x slow: the warm-up is now
+    a generate of the timed length, then the timed T(1) and T(N+1) runs."""
+    import torch  # the calibrate extra, installed with the test suite (README)
+
+    calls = []
+
+    def fake_timed(torch_, model, ids, new_tokens, device):
+        calls.append((tuple(ids.shape), new_tokens))
+        return 0.01 * new_tokens, "DynamicCache"
+
+    monkeypatch.setattr(tr, "_timed_generate", fake_timed)
+    plan = tr.SweepPlan.full()
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=1000))
+    row = tr.measure_generate_point(torch, model, plan, "cpu", 4, 16)
+    n, r = plan.decode_tokens, plan.repeats
+    assert calls == [((4, 16), n + 1)] + [((4, 16), 1)] * r + [((4, 16), n + 1)] * r
+    assert row.warmup_s == pytest.approx(0.01 * (n + 1)) and row.full_runs_s == [0.01 * (n + 1)] * r
+    assert row.decode_s_per_token == pytest.approx(0.01)
+
+
 def _spec(name, expected_s):
     return tr.ReplaySpec(name, tr.CONVERSATION_TRACE, 3, 4, 1.0, expected_s)
 
