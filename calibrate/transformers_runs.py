@@ -569,14 +569,11 @@ class StepRecorder:
         for name in ("_generation_loop_body", "_generation_step"):
             vars(manager).pop(name, None)
 
-    def clear(self) -> None:
-        """Forget the steps so far (the warm-up requests'); called while the manager is idle."""
-        self._steps = []
-
     def records(self, t0: float) -> list[dict]:
-        """The steps with times in seconds from t0 (perf_counter), to the microsecond."""
+        """The steps that began at t0 (perf_counter) or later, times in seconds from t0 to the microsecond. Steps
+        before t0 are the warm-up requests' (the last of them may be appended after their results arrive)."""
         out = []
-        for s in list(self._steps):
+        for s in [s for s in list(self._steps) if s["start_s"] >= t0]:
             rec = dict(s)
             for k in self._TIMES:
                 rec[k] = round(s[k] - t0, 6)
@@ -804,7 +801,6 @@ def run_replay(
             warm_done += res is not None and res.is_finished()
             if res is None and not manager.is_running():
                 break
-        recorder.clear()
         warmup_s = time.perf_counter() - t_init
         t0 = time.perf_counter()
 
