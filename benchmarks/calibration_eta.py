@@ -5,19 +5,22 @@ The recordings under benchmarks/results/calibration_eta/ hold each point's wall 
 llama-3.1-8b on an H200 (full and quick plans; the quick one on a fresh machine, so its first kernels
 compile), qwen2.5-0.5b, two small llama-shaped models and the tests' tiny model on this 2-core CPU
 (shared with other work, so its timings are noisy). The priors' constants (calibrate/sweep.py) were
-set from the first five recordings; the last, recorded after, is held out. Each is replayed through `calibrate.progress.Progress`
-on a fake clock; at 10/25/50/75% of the run's wall time the table compares the time actually left
-with the old estimate (elapsed / points done × points left) and the new one (`Eta`: each remaining
-point's prior, corrected online). "resumed" replays the full H200 sweep with its first half already
-in the store. Writes benchmarks/results/calibration_eta.md.
+set from the first five recordings; the last, recorded after, is held out. Each is replayed through
+`calibrate.progress.Progress` on a fake clock; at 10/25/50/75% of the run's wall time the table
+compares the time actually left with the old estimate (elapsed / points done × points left) and the
+new one (`Eta`: each remaining point's prior, corrected online). "resumed" replays the full H200
+sweep with its first half already in the store. Writes benchmarks/results/calibration_eta.md.
 
     python benchmarks/calibration_eta.py
+    python benchmarks/calibration_eta.py --record walls.jsonl --mode quick --model llama-3.1-8b  # on a GPU
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import time
 from pathlib import Path
 
 import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
@@ -37,36 +40,48 @@ CHECKPOINTS = (0.10, 0.25, 0.50, 0.75)
 RUNS = [
     ("H200 full", "walls_full.jsonl", "llama-3.1-8b", "h200", 20, 3, False),
     ("H200 quick (fresh machine)", "walls_quick.jsonl", "llama-3.1-8b", "h200", 10, 3, True),
-    ("CPU qwen2.5-0.5b", "walls_cpu.jsonl", "qwen2.5-0.5b", None, 3, 1, False),
-    (
-        "CPU 8-layer llama-shaped (mid_config.json)",
-        "walls_cpu_mid.jsonl",
-        "mid_config.json",
-        None,
-        3,
-        1,
-        False,
-    ),
-    (
-        "CPU tests' tiny model (tiny_config.json)",
-        "walls_cpu_tiny.jsonl",
-        "tiny_config.json",
-        None,
-        3,
-        1,
-        False,
-    ),
+    ("CPU qwen2.5-0.5b", "walls_cpu_qwen.jsonl", "qwen2.5-0.5b", None, 3, 1, False),
+    ("CPU 8-layer llama-shaped", "walls_cpu_mid.jsonl", "mid_config.json", None, 3, 1, False),
+    ("CPU tests' tiny model", "walls_cpu_tiny.jsonl", "tiny_config.json", None, 3, 1, False),
     # recorded after the constants were set from the five above: how they carry to another model
-    (
-        "CPU 4-layer wide, held out (wide_config.json)",
-        "walls_cpu_wide.jsonl",
-        "wide_config.json",
-        None,
-        3,
-        1,
-        False,
-    ),
-]
+    ("CPU 4-layer wide, held out", "walls_cpu_wide.jsonl", "wide_config.json", None, 3, 1, False),
+]  # fmt: skip
+
+
+def record(path: Path, mode: str, model: str) -> None:
+    """Time each point of a sweep as `python -m calibrate` runs it (same plan, same bench), one JSON line a
+    point, appended as it ends. The GPU recordings were made so, inline, on a device without pydantic."""
+    from calibrate import detect
+    from calibrate.bench import Bench
+    from calibrate.calibration import device_limits, gemm_dtypes
+    from calibrate.plan import make_plan
+
+    spec = load_model(model)
+    device = "cpu" if mode == "cpu" else "cuda"
+    base = None if device == "cpu" else profile.read(detect.resolve_base(detect.detect().name, None))
+    limits = device_limits(spec, device)
+    plan = make_plan(spec, mode, gemm_dtypes(base, device), limits)
+    bench = Bench(spec, device, limits, quick=mode == "quick")
+    with path.open("a") as f:
+        f.write(json.dumps({"kind": "meta", "kv": limits.max_kv_tokens, "n": len(plan)}) + "\n")
+        for i, p in enumerate(plan):
+            t0, status, seconds = time.monotonic(), "ok", None
+            try:
+                seconds = float(bench.measure(p))
+            except Exception as e:  # noqa: BLE001 - recorded, as the sweep records it
+                status = f"{type(e).__name__}: {str(e)[:80]}"
+                bench.recover()
+            wall = time.monotonic() - t0
+            row = {
+                "i": i,
+                "kind": p.kind,
+                "params": p.params,
+                "wall_s": wall,
+                "seconds": seconds,
+                "status": status,
+            }
+            f.write(json.dumps(row) + "\n")
+            f.flush()
 
 
 def load(path: Path) -> tuple[dict, list[dict]]:
@@ -124,7 +139,7 @@ def main() -> None:
         spec = load_model(str(RECORDINGS / model) if model.endswith(".json") else model)
         cm = prior_cost_model(spec, profile.read(base) if base else None)
         cpu = base is None
-        kv = meta.get("kv") or meta.get("limits", [0])[0]
+        kv = meta.get("kv") or meta.get("limits", [0])[0]  # the CPU recordings say "limits"
         timing = BenchTiming(repeat, warmup, cpu, quick, kv)
         points = [Point(r["kind"], r["params"]) for r in rows]
         walls = [r["wall_s"] for r in rows]
@@ -154,4 +169,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--record", type=Path, help="time a sweep's points into this JSONL instead of replaying")
+    ap.add_argument("--mode", default="quick", choices=["quick", "full", "cpu"])
+    ap.add_argument("--model", default="llama-3.1-8b")
+    a = ap.parse_args()
+    if a.record:
+        record(a.record, a.mode, a.model)
+    else:
+        main()
