@@ -209,7 +209,7 @@ def _serving_s(cm: CostModel, t: BenchTiming) -> float:
 
 
 # A CPU's ceilings before the sweep measures them, for the priors only: a 2-core Xeon's bf16 GEMM
-# (walls_cpu.jsonl's ceiling point) and the rate its qwen2.5-0.5b decode steps streamed the weights
+# (walls_cpu_qwen.jsonl's ceiling point) and the rate its qwen2.5-0.5b decode steps streamed the weights
 # (1 GB in 0.08 s); each kind's own timings correct them as the sweep goes.
 CPU_GUESS_BYTES_PER_S, CPU_GUESS_FLOPS = 12e9, 1e12
 RAMPS = ("compute_ramp_flops", "memory_ramp_bytes")
