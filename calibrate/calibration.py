@@ -273,7 +273,12 @@ def run(opts: Options, log=print) -> Path:
         f"measurements in {work_dir}/measurements.jsonl"
     )
     bench = Bench(spec, opts.device, limits, quick=opts.quick)
-    rep = sweep.run_sweep(plan, store, bench.measure, bench.recover, label_text=f"{mode} sweep")
+    timing = sweep.BenchTiming(bench.repeat, bench.warmup, cpu, opts.quick, limits.max_kv_tokens)
+    cm = sweep.prior_cost_model(spec, base)
+    rep = sweep.run_sweep(
+        plan, store, bench.measure, bench.recover, label_text=f"{mode} sweep",
+        prior=lambda todo: sweep.point_costs(todo, cm, timing),
+    )  # fmt: skip
     log(
         f"sweep: {rep.measured} measured, {rep.skipped} already there, {rep.oom} out of memory, {rep.errors} failed"
     )
