@@ -1,10 +1,9 @@
-"""The files that ship with inferplan: GPU profiles, the model catalogue, traces and example scenarios.
+"""The files that ship with inferplan: GPU and engine profiles, the model catalogue, traces and example scenarios.
 
-In a checkout they are the repository's own folders (`hardware_profiles/`, `examples/` at the root;
-`simulator/catalogue/`, `simulator/traces/`), the one copy in git. A built wheel carries them inside the
-`simulator` package under the same names (pyproject.toml maps the root folders in), read here through
-importlib.resources. Engine profiles (`engine_profiles/`, issue 11) are to ship the same way: a folder
-name in pyproject.toml's mapping and a `shipped("engine_profiles")` lookup.
+In a checkout they are the repository's own folders (`hardware_profiles/`, `engine_profiles/`, `examples/`
+at the root; `simulator/catalogue/`, `simulator/traces/`), the one copy in git. A built wheel carries them
+inside the `simulator` package under the same names (pyproject.toml maps the root folders in), read here
+through importlib.resources.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ SOURCES = (
     "calibrate",
     "inferplan",
 )
-SOURCES += ("hardware_profiles", "examples")
+SOURCES += ("hardware_profiles", "engine_profiles", "examples")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_carries_every_shipped_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"simulator/hardware_profiles/{p.name}" for p in (ROOT / "hardware_profiles").glob("*.yaml")}
+    expected |= {f"simulator/engine_profiles/{p.name}" for p in (ROOT / "engine_profiles").glob("*.yaml")}
     expected |= {f"simulator/examples/{p.name}" for p in (ROOT / "examples").glob("*.yaml")}
     expected |= {f"simulator/catalogue/{p.name}" for p in (ROOT / "simulator" / "catalogue").iterdir()}
     expected |= {f"simulator/traces/{p.name}" for p in (ROOT / "simulator" / "traces").iterdir()}
@@ -51,7 +52,7 @@ def test_wheel_carries_every_shipped_file(wheel):
     expected |= {"inferplan/app/app.py", "inferplan/cli.py", "simulator/resources.py"}
     assert len(expected) > 40
     assert expected <= names, sorted(expected - names)
-    assert not any(n.startswith(("tests/", "benchmarks/", "hardware_profiles/")) for n in names)
+    assert not any(n.startswith(("tests/", "benchmarks/", "hardware_profiles/", "engine_profiles/")) for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "inferplan = inferplan.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
@@ -72,5 +73,7 @@ def test_unpacked_wheel_runs_from_an_empty_directory(wheel, tmp_path):
     assert where.split() == [str(site / "simulator" / "__init__.py"), str(site / "inferplan/app/app.py")]
     gpus = run("-m", "inferplan", "gpus")
     assert "h100-sxm" in gpus and "built-in" in gpus and "./hardware_profiles" not in gpus
+    engines = run("-c", "from simulator.engine_profile import engine_names as e, ENGINE_DIR as d; print(e(), d)")
+    assert "'ours'" in engines and engines.split()[-1] == str(site / "simulator" / "engine_profiles")
     out = run("-m", "inferplan", "run", "poisson_chat_l4", "--requests", "20", "--out", "o")
     assert "TTFT" in out and (empty / "o" / "summary.json").is_file()
