@@ -12,7 +12,8 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
   `pad_static_batches` says whether a static batch runs every prompt padded to its longest (the
   simulator's static loop always pads; a profile that does not is refused until the loop can).
 - `host`: a step of `n` sequences with `p` prompt tokens pays, on top of the cost model's GPU time,
-  `per_step_s + n · per_sequence_s + p · per_prompt_token_s`. With `gpu_profile_loop: true` the step
+  `per_step_s + n · per_sequence_s + p · per_prompt_token_s`, times the model's `num_layers` when
+  `per_layer` (`host_time()`). With `gpu_profile_loop: true` the step
   also pays the GPU profile's fitted serving-loop terms (`serving_step_s`, `serving_per_sequence_s`,
   `serving_prompt_step_s` and, for `cuda_graphs: decode_only`, `eager_launch_s_per_layer`): they were
   measured on our engine's loop, so only `ours` sets it; then `CostModel(..., serving_host=True)` as
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from simulator.errors import ConfigError, one_line, read_yaml
 from simulator.resources import shipped
@@ -110,6 +111,16 @@ class Scheduling(_Strict):
     )
     source: str = Field(min_length=1, description="a key of `sources`")
 
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _one_continuous(cls, v: object) -> object:
+        if v == "continuous":  # the scenario's word for both continuous policies; here each has its name
+            raise ValueError(
+                "'continuous' is two policies here; give chunked (prompt chunks share steps with decodes, "
+                "vLLM V1) or prefill_first (steps of prompts or of decodes, prompts first, vLLM V0)"
+            )
+        return v
+
 
 class HostTime(_Strict):
     """Time a step spends outside the GPU's kernels, seconds."""
@@ -117,6 +128,10 @@ class HostTime(_Strict):
     per_step_s: Figure
     per_sequence_s: Figure = Field(description="per sequence in the step")
     per_prompt_token_s: Figure = Field(description="per prompt token in the step")
+    per_layer: bool = Field(
+        description="the three terms are per model layer (multiplied by the model's num_layers): an eager "
+        "engine issues every layer's kernels from Python, so its host time grows with the layers"
+    )
     gpu_profile_loop: bool = Field(
         description="also pay the GPU profile's serving-loop terms (our engine's, measured by calibrate); "
         "true only for ours"
@@ -170,6 +185,13 @@ class EngineProfile(_Strict):
     sources: dict[str, Source] = Field(min_length=1, description="where each figure comes from, by key")
     validation: Validation | None = None
     notes: str = ""
+
+    def host_time(self, num_layers: int, seqs: int, prompt_tokens: int) -> float:
+        """This engine's host seconds for one step of `seqs` sequences with `prompt_tokens` prompt tokens, for a
+        model of `num_layers` layers (the GPU profile's serving-loop terms, when `gpu_profile_loop`, not included)."""
+        h = self.host
+        t = h.per_step_s.value + seqs * h.per_sequence_s.value + prompt_tokens * h.per_prompt_token_s.value
+        return t * num_layers if h.per_layer else t
 
     def serving_defaults(self) -> dict[str, object]:
         """The scenario `serving` fields this profile sets the defaults of, by their names there."""
