@@ -44,6 +44,7 @@ from simulator.engine_profile import (
     Published,
     Scheduling,
     Validation,
+    padded,
     write_engine_profile,
 )
 from simulator.errors import ConfigError
@@ -74,6 +75,7 @@ SETTINGS_SHOWN = (
     "use_cuda_graph",
     "cpu_offload_space",
 )
+LONG_PROMPT_TOKENS = 2048  # served steps with at least this many prompt tokens are also checked on their own
 # host terms below this are written as 0 (the solver's bound leaves round-off, not a measurement)
 NEGLIGIBLE_S = 1e-12  # ContinuousBatchingConfig's default when a run has no settings
 
@@ -261,13 +263,52 @@ def reconstruct_steps(
     return steps, st
 
 
-def step_rows(model: str, cm: CostModel, steps: list[Step], run: str) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How a continuous-batching run's attention is laid out (Kernels.attention_layout and its paddings)."""
+
+    packed: bool = False
+    q_padding: int = 1
+    kv_padding: int = 1
+
+    @classmethod
+    def of(cls, settings: dict) -> Layout:
+        """From the manager's resolved settings: its paged sdpa (and eager) attention runs the whole step as one
+        masked dense attention over keys padded to kv_padding_interval_size; paged flash attention does not."""
+        attn = str(settings.get("attn_implementation_during_run") or "")
+        packed = "sdpa" in attn or "eager" in attn
+        q = int(settings.get("q_padding_interval_size") or 1)
+        kv = int(settings.get("kv_padding_interval_size") or 1)
+        return cls(packed, q, kv) if packed else cls()
+
+
+def packed_attention_time(cm: CostModel, q_tokens: int, kv_tokens: int) -> float:
+    """One masked dense attention of `q_tokens` queries over `kv_tokens` keys (both padded already) in every layer,
+    on the GPU profile's prefill-attention curve (Kernels.attention_layout = packed)."""
+    pairs = float(q_tokens) * kv_tokens
+    shape = BatchShape(
+        prefill_tokens=q_tokens,
+        prefill_seqs=1,
+        prefill_pairs=pairs,
+        sliding_prefill_pairs=pairs if cm.model.sliding_layers else 0.0,
+        prefill_context_tokens=kv_tokens,
+    )
+    return cm.attention_prefill_time(shape)
+
+
+def step_rows(model: str, cm: CostModel, steps: list[Step], run: str, layout: Layout = Layout()) -> list[Row]:
     """A row per usable step: its wall time against its shape's GPU time."""
     rows = []
     for k, s in enumerate(steps):
         if not s.usable:
             continue
         shape = BatchShape.of(s.chunks, s.decode_contexts, window=cm.model.sliding_window, fresh=cm.fresh)
+        gpu = gpu_groups(cm, shape)
+        if layout.packed:
+            q = shape.tokens
+            kv = sum(s.decode_contexts) + sum(c + p for c, p in s.chunks)
+            gpu[1] = packed_attention_time(cm, padded(q, layout.q_padding), padded(kv, layout.kv_padding))
+            gpu[2] = 0.0
         label = f"step {k}: {len(s.decode_contexts)} decodes, {sum(c for c, _ in s.chunks)} prompt tokens"
         rows.append(
             Row(
@@ -277,7 +318,7 @@ def step_rows(model: str, cm: CostModel, steps: list[Step], run: str) -> list[Ro
                 label,
                 s.end_s - s.start_s,
                 STEP_SIGMA,
-                gpu_groups(cm, shape),
+                gpu,
                 len(s.decode_contexts) + len(s.chunks),
                 shape.prefill_tokens,
                 cm.model.num_layers,
@@ -310,16 +351,23 @@ def _is_cb_run(v: object) -> bool:
     )
 
 
-def _max_batch_tokens(block: dict, siblings: list[dict]) -> int:
-    for s in [block.get("settings") or {}] + [b.get("settings") or {} for b in siblings]:
-        v = s.get("cache.max_batch_tokens") or s.get("max_batch_tokens")
-        if isinstance(v, int) and v > 0:
-            return v
-    return TRANSFORMERS_DEFAULT_MAX_BATCH_TOKENS
+def _cb_settings(block: dict, siblings: list[dict]) -> dict:
+    """A run's resolved manager settings, else those of another run of the same file (the same manager
+    defaults; generate_batch's were not recorded in the first runs), else none."""
+    for b in [block, *siblings]:
+        if b.get("settings") and "error" not in b["settings"]:
+            return b["settings"]
+    return {}
 
 
-def read_runs(folder: Path, gpu: str) -> RawRuns:
-    """The rows of every raw file in `folder` whose header names a model; files without one are skipped."""
+def _max_batch_tokens(settings: dict) -> int:
+    v = settings.get("cache.max_batch_tokens") or settings.get("max_batch_tokens")
+    return v if isinstance(v, int) and v > 0 else TRANSFORMERS_DEFAULT_MAX_BATCH_TOKENS
+
+
+def read_runs(folder: Path, gpu: str, per_sequence_attention: bool = False) -> RawRuns:
+    """The rows of every raw file in `folder` whose header names a model; files without one are skipped.
+    `per_sequence_attention`: cost served steps' attention per sequence whatever the runs' layout (to compare)."""
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder of raw runs; give calibration_runs/<engine>_<gpu>")
     profile = load_profile(gpu)
@@ -342,11 +390,12 @@ def read_runs(folder: Path, gpu: str) -> RawRuns:
             if _is_generate_sweep(v):
                 out.rows += generate_rows(model, cm, v, run=key)
             elif _is_cb_run(v):
-                steps, stats = reconstruct_steps(v["requests"], _max_batch_tokens(v, cb_blocks))
+                settings = _cb_settings(v, cb_blocks)
+                steps, stats = reconstruct_steps(v["requests"], _max_batch_tokens(settings))
                 out.stats[f"{model} {key}"] = stats
-                if v.get("settings"):
-                    out.settings[f"{model} {key}"] = v["settings"]
-                out.rows += step_rows(model, cm, steps, run=key)
+                out.settings[f"{model} {key}"] = settings
+                layout = Layout() if per_sequence_attention else Layout.of(settings)
+                out.rows += step_rows(model, cm, steps, run=key, layout=layout)
     if not out.rows:
         raise ConfigError(
             f"{folder}: no raw runs with a header and timed rows; run calibrate.transformers_runs"
@@ -445,6 +494,25 @@ def check(rows: list[Row], fit: HostFit) -> list[Check]:
     for key in dict.fromkeys((r.metric, r.run) for r in rows):
         idx = [i for i, r in enumerate(rows) if (r.metric, r.run) == key]
         out.append(Check(key[0], key[1], err[idx], [f"{rows[i].model} {rows[i].label}" for i in idx]))
+    pred = predict(rows, fit)
+    # served steps with a long prompt in them: the steps a request's TTFT (and its neighbours' TPOT) waits on
+    for run in dict.fromkeys(r.run for r in rows if r.metric == "step_s"):
+        idx = [
+            i
+            for i, r in enumerate(rows)
+            if (r.run, r.metric) == (run, "step_s") and r.prompt_tokens >= LONG_PROMPT_TOKENS
+        ]
+        if idx:
+            labels = [f"{rows[i].model} {rows[i].label}" for i in idx]
+            out.append(Check(f"step_s, >= {LONG_PROMPT_TOKENS} prompt tokens", run, err[idx], labels))
+    # a served run's busy time (its steps summed): what its throughput follows
+    for run in dict.fromkeys(r.run for r in rows if r.metric == "step_s"):
+        models = list(dict.fromkeys(r.model for r in rows if r.run == run and r.metric == "step_s"))
+        busy = []
+        for m in models:
+            idx = [i for i, r in enumerate(rows) if (r.model, r.run, r.metric) == (m, run, "step_s")]
+            busy.append((pred[idx].sum() / sum(rows[i].measured_s for i in idx) - 1.0) * 100.0)
+        out.append(Check("busy_s", run, np.array(busy), models))
     return out
 
 
@@ -459,10 +527,16 @@ class EngineFit:
     fit: HostFit
     checks: list[Check]
     train_checks: list[Check]
+    variant: str = ""  # how it differs from the shipped fit, when it is an alternative shown for comparison
 
 
 def fit_engine(
-    name: str, rows: list[Row], train_models: set[str], fit_factors: bool = False, per_layer: bool = True
+    name: str,
+    rows: list[Row],
+    train_models: set[str],
+    fit_factors: bool = False,
+    per_layer: bool = True,
+    variant: str = "",
 ) -> EngineFit:
     split = Split.by_model(rows, train_models)
     train = [rows[i] for i in split.train]
@@ -474,14 +548,15 @@ def fit_engine(
             "name one of those"
         )
     fit = fit_host(train, fit_factors, per_layer)
-    return EngineFit(name, rows, split, fit, check(held, fit), check(train, fit))
+    return EngineFit(name, rows, split, fit, check(held, fit), check(train, fit), variant)
 
 
-def _settings_of(raw: RawRuns, run: str = "replay") -> dict:
-    for key, s in raw.settings.items():
-        if key.endswith(f" {run}"):
-            return s
-    return {}
+def _settings_of(raw: RawRuns, train: set[str], run: str = "replay") -> dict:
+    """The resolved settings of a `run` of a fitted model (else of any model)."""
+    found = [
+        (key.split()[0] not in train, s) for key, s in raw.settings.items() if key.endswith(f" {run}") and s
+    ]
+    return min(found, key=lambda x: x[0])[1] if found else {}
 
 
 def _gpu_share(rows: list[Row], fit: HostFit) -> float:
@@ -498,7 +573,8 @@ def build_profile(
     date = str(header.get("date_utc", ""))[:10] or _dt.date.today().isoformat()
     train_files = sorted({f for f in raw.files if any(m in Path(f).name for m in train)})
     static = ef.name.endswith("generate")
-    s = _settings_of(raw)
+    s = _settings_of(raw, train)
+    layout = Layout() if static else Layout.of(s)
     measured = Measured(
         kind="measured",
         command=f"{command} (the runs: {header.get('command', 'python -m calibrate.transformers_runs')})",
@@ -511,9 +587,18 @@ def build_profile(
         "fit": measured,
         "kernels": Estimated(
             kind="estimated",
-            why=f"1.0: not identifiable from these runs, where the GPU's kernels are a median {share:.0%} of a "
-            "row's time (the rest is the engine's host time); transformers runs torch's own kernels (cuBLAS "
-            "GEMMs, sdpa attention), as the GPU profile's fit did; only 16-bit weights were run",
+            why=f"factors 1.0: not identifiable from these runs, where the GPU's kernels are a median {share:.0%} of "
+            "a row's time (the rest is the engine's host time; --fit-factors gives unstable factors and worse "
+            "held-out errors); transformers runs torch's own kernels (cuBLAS GEMMs, sdpa), as the GPU profile's "
+            "fit did; only 16-bit weights were run"
+            + (
+                f". Attention packed: the manager ran {s.get('attn_implementation_during_run')}, which gathers "
+                "the KV of every sequence of a step, padded to kv_padding_interval_size "
+                f"{layout.kv_padding} (queries to {layout.q_padding}), and runs one masked sdpa over all of "
+                "them; the table compares a fit that costs attention per sequence"
+                if layout.packed
+                else ""
+            ),
         ),
     }
     if static:
@@ -568,6 +653,9 @@ def build_profile(
     kernels = Kernels(
         **dict(zip(GPU_GROUPS, (round(float(f), 3) for f in ef.fit.factors))),
         quantized_weights=["bf16", "fp16"],
+        attention_layout="packed" if layout.packed else "per_sequence",
+        q_padding_tokens=layout.q_padding,
+        kv_padding_tokens=layout.kv_padding,
         source="kernels",
     )
     held = sorted({ef.rows[i].model for i in ef.split.held_out})
@@ -621,9 +709,21 @@ def _held_out_by_model(f: EngineFit) -> str:
     )
 
 
+def _busy(f: EngineFit) -> str:
+    busy = [c for c in f.checks if c.metric == "busy_s"]
+    return "; ".join(
+        f"{c.run}: " + ", ".join(f"{m} {e:+.1f}%" for m, e in zip(c.labels, c.errors_pct)) for c in busy
+    )
+
+
+def _long(f: EngineFit) -> str:
+    long = [c for c in f.checks if c.metric.startswith("step_s, >=")]
+    return "; ".join(f"{c.run}: {np.median(np.abs(c.errors_pct)):.1f}% ({len(c.errors_pct)})" for c in long)
+
+
 def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, command: str) -> str:
     """The fit's report: figures, held-out errors by metric, the reconstruction, every held-out row; `others`
-    are the same fits with the host terms the other way (per step instead of per layer, or back), compared."""
+    are alternative fits of the same rows (their `variant` says how they differ), compared on held-out rows."""
     out = [
         f"# Engine fit: {', '.join(f.name for f in fits)}",
         "",
@@ -650,11 +750,22 @@ def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, comma
                 f"| {f.name} | {m.metric} | {m.rows} | {m.median_abs_pct:.1f}% | "
                 f"{m.worst_row}: {m.worst_pct:+.1f}% |"
             )
-    out += ["", "Held-out median abs. error by model, host terms per layer (shipped) and per step:", ""]
-    out += ["| profile | host terms | held-out median abs. error by model |", "|---|---|---|"]
+    out += [
+        "",
+        "busy_s is a served run's steps summed (what its throughput follows), one row per held-out model.",
+        "",
+        "The shipped fits against alternatives, on the same held-out rows:",
+        "",
+    ]
+    out += [
+        f"| profile | fit | median abs. error of rows, by model | steps with >= {LONG_PROMPT_TOKENS} prompt "
+        "tokens: median abs. error (rows) | busy time, by model |",
+        "|---|---|---|---|---|",
+    ]
     for f in fits + others:
         out.append(
-            f"| {f.name} | {'per layer' if f.fit.per_layer else 'per step'} | {_held_out_by_model(f)} |"
+            f"| {f.name} | {f.variant or 'shipped'} | {_held_out_by_model(f)} | {_long(f) or '-'} | "
+            f"{_busy(f) or '-'} |"
         )
     out += ["", "Fitted rows, for comparison (not a check):", ""]
     out += ["| profile | metric | rows | median abs. error |", "|---|---|---:|---:|"]
@@ -737,11 +848,22 @@ def main(argv: list[str] | None = None) -> int:
         raw = read_runs(folder, args.gpu)
         static = [r for r in raw.rows if r.metric != "step_s"]
         served = [r for r in raw.rows if r.metric == "step_s"]
+        per_layer = not args.host_per_step
+        other_host = "host terms per layer" if args.host_per_step else "host terms per step, not per layer"
         fits, others = [], []
         for name, rows in (("transformers-generate", static), ("transformers", served)):
             if rows:
-                fits.append(fit_engine(name, rows, train, args.fit_factors, not args.host_per_step))
-                others.append(fit_engine(name, rows, train, args.fit_factors, args.host_per_step))
+                fits.append(fit_engine(name, rows, train, args.fit_factors, per_layer))
+                others.append(fit_engine(name, rows, train, args.fit_factors, not per_layer, other_host))
+        if any(Layout.of(s).packed for s in raw.settings.values()):
+            flat = [
+                r
+                for r in read_runs(folder, args.gpu, per_sequence_attention=True).rows
+                if r.metric == "step_s"
+            ]
+            others.append(
+                fit_engine("transformers", flat, train, args.fit_factors, per_layer, "attention per sequence")
+            )
         profiles = [build_profile(f, raw, args.gpu, command, str(table), train) for f in fits]
         text = markdown(fits, others, raw, command)
         out.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,12 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
   host time (launches of an eager engine included: `cuda_graphs: none` adds no launch floor).
 - `kernels`: each operation group's time from the GPU profile's fitted curves is multiplied by its
   factor (`gemm`, `attention_prefill` — the fresh-prompt kernel too —, `attention_decode`,
-  `elementwise`); 1.0 is the GPU profile's own kernels. `quantized_weights` lists the weight formats the
-  engine has kernels for: a scenario asking for another is refused with that list.
+  `elementwise`); 1.0 is the GPU profile's own kernels. `attention_layout: packed` replaces the step's
+  per-sequence attention (prefill and decode groups) by one attention of Q × K pairs, Q the step's tokens and
+  K every sequence's context plus its new tokens, each padded (`packed_sizes`), costed with the GPU
+  profile's prefill-attention curve times `attention_prefill` (calibrate/engine_fit.py's
+  `packed_attention_time`, to move into the cost model with the wiring). `quantized_weights` lists the
+  weight formats the engine has kernels for: a scenario asking for another is refused with that list.
 - `gpu`: the GPU profile the figures were measured or fitted on; `transferred()` says when a scenario's
   GPU differs, and the forecast then reports the profile as transferred (used as is, not re-fitted).
 - `validation`: the expected error a forecast with this engine reports ("unvalidated" when absent).
@@ -148,7 +152,22 @@ class Kernels(_Strict):
     quantized_weights: list[WeightFormat] = Field(
         description="weight formats the engine has kernels for (bf16 and fp16 included when it runs them)"
     )
+    attention_layout: Literal["per_sequence", "packed"] = Field(
+        description="per_sequence: each sequence attends to its own context (flash/paged kernels); packed: all "
+        "of a step's queries attend to all of its keys in one masked dense attention (transformers' paged sdpa)"
+    )
+    q_padding_tokens: int = Field(1, ge=1, description="packed: queries padded up to a multiple of this")
+    kv_padding_tokens: int = Field(1, ge=1, description="packed: keys padded up to a multiple of this")
     source: str = Field(min_length=1, description="a key of `sources`")
+
+    def packed_sizes(self, q_tokens: int, kv_tokens: int) -> tuple[int, int]:
+        """(queries, keys) of a packed attention over a step's `q_tokens` new tokens and `kv_tokens` keys."""
+        return padded(q_tokens, self.q_padding_tokens), padded(kv_tokens, self.kv_padding_tokens)
+
+
+def padded(n: int, multiple: int) -> int:
+    """`n` rounded up to a multiple of `multiple`."""
+    return -(-n // multiple) * multiple
 
 
 class MetricError(_Strict):

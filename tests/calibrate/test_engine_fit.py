@@ -77,8 +77,10 @@ def test_held_out_rows_are_never_fitted():
     np.testing.assert_array_equal(before.fit.host_s, after.fit.host_s)
     assert after.fit.train_rows == len(split.train)
     # ... and only they are reported as checks: 3x slower shows as about -67%
-    assert sum(len(c.errors_pct) for c in after.checks) == len(split.held_out)
-    assert all(np.allclose(c.errors_pct, -66.67, atol=0.1) for c in after.checks)
+    assert sum(len(c.errors_pct) for c in after.checks if c.metric == "step_s") == len(split.held_out)
+    assert {c.metric for c in after.checks} == {"step_s", "step_s, >= 2048 prompt tokens", "busy_s"}
+    assert all(np.allclose(c.errors_pct, -66.67, atol=0.1) for c in after.checks)  # subsets and sums too
+    assert not any(label.startswith("a") for c in after.checks for label in c.labels)
 
 
 def _request(submitted: float, prompt: int, stamps: list[float]) -> dict:
@@ -207,3 +209,28 @@ def test_generate_rows_drop_the_slow_first_decode_run_and_failed_points():
     assert decode.metric == "decode_s_per_token" and decode.prompt_tokens == 0
     assert decode.measured_s == pytest.approx((1.75 - 0.06) / 64)  # the 5 s first run is left out
     assert decode.gpu_s[2] > 0 and ttft.gpu_s[1] > 0  # decode attention; prefill attention
+
+
+def test_packed_layout_costs_one_attention_over_the_steps_padded_queries_and_keys():
+    from calibrate.engine_fit import Layout, Step, packed_attention_time, step_rows
+    from simulator.cost_model import CostModel
+    from simulator.hardware import load_profile
+    from simulator.model_spec import load_model
+
+    settings = {"attn_implementation_during_run": "paged|sdpa", "q_padding_interval_size": 64,
+                "kv_padding_interval_size": 16384}  # fmt: skip
+    assert Layout.of(settings) == Layout(True, 64, 16384)
+    assert not Layout.of({**settings, "attn_implementation_during_run": "paged|flash_attention_2"}).packed
+    assert not Layout.of({}).packed
+    cm = CostModel(load_profile("h200"), load_model("llama-3.1-8b"), serving_host=False)
+    steps = [
+        Step(0.1, 0.0, [], [(10, 0)], usable=True),
+        Step(0.3, 0.1, [20000, 1000], [(3000, 0)], usable=True),  # 3,002 queries over 24,000 keys
+    ]
+    small, big = step_rows("llama-3.1-8b", cm, steps, "replay", Layout.of(settings))
+    assert small.gpu_s[1] == packed_attention_time(cm, 64, 16384) and small.gpu_s[2] == 0.0
+    assert big.gpu_s[1] == packed_attention_time(cm, 3008, 32768)
+    flat_small, flat_big = step_rows("llama-3.1-8b", cm, steps, "replay")
+    # the padded dense attention costs far more than per-sequence attention at these sizes
+    assert big.gpu_s[1] > 3 * (flat_big.gpu_s[1] + flat_big.gpu_s[2]) and flat_big.gpu_s[2] > 0
+    np.testing.assert_array_equal(big.gpu_s[[0, 3, 4]], flat_big.gpu_s[[0, 3, 4]])  # the rest unchanged

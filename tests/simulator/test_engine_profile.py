@@ -69,6 +69,16 @@ def test_transformers_profiles_are_eager_engines_with_their_own_host_time():
     assert load_engine_profile("transformers").serving_defaults()["chunked_prefill"] is True
 
 
+def test_packed_attention_pads_queries_and_keys_up_to_their_multiples():
+    data = template()
+    data["kernels"].update(attention_layout="packed", q_padding_tokens=64, kv_padding_tokens=16384)
+    k = EngineProfile.model_validate(data).kernels
+    assert k.packed_sizes(1, 1) == (64, 16384)
+    assert k.packed_sizes(64, 16384) == (64, 16384)
+    assert k.packed_sizes(65, 16385) == (128, 32768)
+    assert load_engine_profile("ours").kernels.packed_sizes(65, 16385) == (65, 16385)  # padding 1: as is
+
+
 def test_host_time_per_layer_multiplies_every_term():
     data = template()
     data["host"]["per_step_s"]["value"] = 1e-3
@@ -102,6 +112,7 @@ def test_host_time_per_layer_multiplies_every_term():
             ["host.per_step_s.value", "greater than or equal to 0"],
         ),
         (lambda d: d["kernels"].update(gemm=0), ["kernels.gemm", "greater than 0"]),
+        (lambda d: d["kernels"].pop("attention_layout"), ["kernels.attention_layout", "missing; add it"]),
         (lambda d: d.update(engine="ollama"), ["engine", "'vllm'"]),
         (lambda d: d["sources"]["fit"].pop("raw"), ["sources.fit.measured.raw", "missing"]),
         (
