@@ -486,14 +486,17 @@ class Check:
 
 
 def check(rows: list[Row], fit: HostFit) -> list[Check]:
-    """Errors of the rows (held out) by metric and run kind."""
+    """Errors of the rows (held out) by metric, run kind and model (an engine's host time differs by model
+    family, so one pooled figure would hide where it holds); then long-prompt steps and busy time per run."""
     if not rows:
         return []
     err = (predict(rows, fit) / np.array([r.measured_s for r in rows]) - 1.0) * 100.0
     out = []
-    for key in dict.fromkeys((r.metric, r.run) for r in rows):
-        idx = [i for i, r in enumerate(rows) if (r.metric, r.run) == key]
-        out.append(Check(key[0], key[1], err[idx], [f"{rows[i].model} {rows[i].label}" for i in idx]))
+    for key in dict.fromkeys((r.metric, r.run, r.model) for r in rows):
+        idx = [i for i, r in enumerate(rows) if (r.metric, r.run, r.model) == key]
+        out.append(
+            Check(key[0], f"{key[1]}, {key[2]}", err[idx], [f"{rows[i].model} {rows[i].label}" for i in idx])
+        )
     pred = predict(rows, fit)
     # served steps with a long prompt in them: the steps a request's TTFT (and its neighbours' TPOT) waits on
     for run in dict.fromkeys(r.run for r in rows if r.metric == "step_s"):
@@ -810,8 +813,15 @@ def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, comma
 
 
 # ---------------------------------------------------------------- command line
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (calibrate/__main__.py's rule), not usage text."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}; see {self.prog} --help")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m calibrate.engine_fit",
         description="Fit transformers engine profiles (host terms) to raw runs and check them on held-out models.",
     )
@@ -836,9 +846,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     command = "python -m calibrate.engine_fit " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
+        args = _parser().parse_args(argv)
         folder = Path(args.runs)
         out = Path(args.out)
         if out.exists() and not out.is_dir():

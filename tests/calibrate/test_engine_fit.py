@@ -174,6 +174,11 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "absent"), "--gpu", "h200", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "not a folder" in err
+    assert main([str(tmp_path)]) == 2  # no --gpu: argparse's complaint, as one line too
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--gpu" in err and "--help" in err
+    assert main([str(tmp_path), "--gpu", "h900"]) == 2
+    assert "h900" in capsys.readouterr().err
     runs = tmp_path / "runs"
     runs.mkdir()
     _raw_file(runs, "qwen2.5-7b", 0.02)
