@@ -116,10 +116,10 @@ def generate_rows(model: str, cm: CostModel, points: list[dict], run: str = "gen
     rows: list[Row] = []
     window, layers = cm.model.sliding_window, cm.model.num_layers
     for p in points:
-        if p.get("status", "ok") != "ok" or not p.get("ttft_runs_s"):
+        ttft_runs = [float(x) for x in p.get("ttft_runs_s") or ([p["ttft_s"]] if p.get("ttft_s") else [])]
+        if p.get("status", "ok") != "ok" or not ttft_runs:
             continue
         b, n = int(p["batch_size"]), int(p["prompt_tokens"])
-        ttft_runs = [float(x) for x in p["ttft_runs_s"]]
         ttft = float(np.median(ttft_runs))
         where = f"b{b} p{n}"
         shape = BatchShape.of([(n, 0)] * b, window=window, fresh=cm.fresh, logits_tokens=b)
@@ -341,7 +341,10 @@ class RawRuns:
 
 def _is_generate_sweep(v: object) -> bool:
     return isinstance(v, list) and any(
-        isinstance(r, dict) and {"batch_size", "prompt_tokens", "ttft_runs_s"} <= set(r) for r in v
+        isinstance(r, dict)
+        and {"batch_size", "prompt_tokens"} <= set(r)
+        and ("ttft_runs_s" in r or "ttft_s" in r)
+        for r in v
     )
 
 

@@ -239,3 +239,28 @@ def test_packed_layout_costs_one_attention_over_the_steps_padded_queries_and_key
     # the padded dense attention costs far more than per-sequence attention at these sizes
     assert big.gpu_s[1] > 3 * (flat_big.gpu_s[1] + flat_big.gpu_s[2]) and flat_big.gpu_s[2] > 0
     np.testing.assert_array_equal(big.gpu_s[[0, 3, 4]], flat_big.gpu_s[[0, 3, 4]])  # the rest unchanged
+
+
+def test_parts_found_by_their_shape_and_absent_parts_tolerated(tmp_path):
+    """A later harness's files: a batch-1 prompt sweep with only TTFT medians under a new name, a code-trace
+    replay under another, no generate sweep; only what is there is fitted."""
+    from calibrate.engine_fit import read_runs
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    reqs = [_request(0.0, 100, [0.1 + 0.05 * k for k in range(6)]), _request(0.12, 300, [0.2, 0.25, 0.3])]
+    data = {
+        "header": {"model": "llama-3.1-8b"},
+        "prompt_sweep": [
+            {"batch_size": 1, "prompt_tokens": p, "ttft_s": 0.02 + p * 1e-5} for p in (128, 1024)
+        ],
+        "replay_code": {"requests": reqs},
+    }
+    (runs / "new.json").write_text(json.dumps(data))
+    raw = read_runs(runs, "h200")
+    kinds = [(r.run, r.metric) for r in raw.rows]
+    assert (
+        kinds == [("prompt_sweep", "ttft_s")] * 2 + [("replay_code", "step_s")] * 5
+    )  # 6 steps, the first unused
+    assert raw.rows[1].measured_s == pytest.approx(0.02 + 1024e-5) and raw.rows[1].sigma == 0.1
+    assert "llama-3.1-8b replay_code" in raw.stats
