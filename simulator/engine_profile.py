@@ -13,18 +13,18 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
   simulator's static loop always pads; a profile that does not is refused until the loop can).
 - `host`: a step of `n` sequences with `p` prompt tokens pays, on top of the cost model's GPU time,
   `per_step_s + n · per_sequence_s + p · per_prompt_token_s`, times the model's `num_layers` when
-  `per_layer` (`host_time()`). With `gpu_profile_loop: true` the step
-  also pays the GPU profile's fitted serving-loop terms (`serving_step_s`, `serving_per_sequence_s`,
-  `serving_prompt_step_s` and, for `cuda_graphs: decode_only`, `eager_launch_s_per_layer`): they were
-  measured on our engine's loop, so only `ours` sets it; then `CostModel(..., serving_host=True)` as
-  today. With `false`, `CostModel(..., serving_host=False)` and these three terms are the engine's whole
-  host time (launches of an eager engine included: `cuda_graphs: none` adds no launch floor).
+  `per_layer` (`host_time()`). With `gpu_profile_loop: true` the step also pays the GPU profile's fitted
+  serving-loop terms (`serving_step_s`, `serving_per_sequence_s`, `serving_prompt_step_s` and, for
+  `cuda_graphs: decode_only`, `eager_launch_s_per_layer`): they were measured on our engine's loop, so
+  only `ours` sets it; then `CostModel(..., serving_host=True)` as today. With `false`,
+  `CostModel(..., serving_host=False)` and these three terms are the engine's whole host time (launches
+  of an eager engine included: `cuda_graphs: none` adds no launch floor).
 - `kernels`: each operation group's time from the GPU profile's fitted curves is multiplied by its
   factor (`gemm`, `attention_prefill` — the fresh-prompt kernel too —, `attention_decode`,
   `elementwise`); 1.0 is the GPU profile's own kernels. `attention_layout: packed` replaces the step's
-  per-sequence attention (prefill and decode groups) by one attention of Q × K pairs, Q the step's tokens and
-  K every sequence's context plus its new tokens, each padded (`packed_sizes`), costed with the GPU
-  profile's prefill-attention curve times `attention_prefill` (calibrate/engine_fit.py's
+  per-sequence attention (prefill and decode groups) by one attention of Q × K pairs, Q the step's
+  tokens and K every sequence's context plus its new tokens, each padded (`packed_sizes`), costed with
+  the GPU profile's prefill-attention curve times `attention_prefill` (calibrate/engine_fit.py's
   `packed_attention_time`, to move into the cost model with the wiring). `quantized_weights` lists the
   weight formats the engine has kernels for: a scenario asking for another is refused with that list.
 - `gpu`: the GPU profile the figures were measured or fitted on; `transferred()` says when a scenario's
