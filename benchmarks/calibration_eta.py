@@ -29,7 +29,7 @@ from calibrate import profile  # noqa: E402
 from calibrate.plan import Point  # noqa: E402
 from calibrate.progress import Progress  # noqa: E402
 from calibrate.sweep import BenchTiming, point_costs, prior_cost_model  # noqa: E402
-from simulator.model_spec import load_model  # noqa: E402
+from core.model_spec import load_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RECORDINGS = HERE / "results" / "calibration_eta"

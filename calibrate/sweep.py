@@ -15,8 +15,8 @@ from calibrate.accounting import WORK, is_fresh, label, step_shape
 from calibrate.measurements import Record, Store
 from calibrate.plan import Point
 from calibrate.progress import Item, Progress
-from simulator.cost_model import CostModel
-from simulator.model_spec import dtype_bytes
+from core.cost_model import CostModel
+from core.model_spec import dtype_bytes
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -197,7 +197,7 @@ def _serving_s(cm: CostModel, t: BenchTiming) -> float:
     """calibrate.serving's synthetic workload: its arrivals' span then its longest output at a full batch, or
     all its steps back to back when they take longer (a CPU's)."""
     from calibrate.serving import synthetic_requests
-    from simulator.cost_model import BatchShape
+    from core.cost_model import BatchShape
 
     reqs, max_seqs, budget = synthetic_requests(t.cpu, t.quick)
     span_s = float(reqs.arrival_s.max()) if len(reqs.arrival_s) else 0.0

@@ -3,8 +3,7 @@
 In a checkout they are the repository's own folders (`hardware_profiles/`, `examples/` at the root;
 `core/catalogue/`, `simulator/traces/`), the one copy in git. A built wheel carries each inside the package
 that reads it, under the same name (pyproject.toml maps the root folders in): GPU profiles and the model
-catalogue in `core`, examples and traces in `simulator`. Engine profiles (`engine_profiles/`, issue 11) are
-to ship the same way: a folder name in pyproject.toml's mapping and a `shipped("engine_profiles")` lookup.
+catalogue and engine profiles (`engine_profiles/`) in `core`, examples and traces in `simulator`.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from calibrate.measurements import Record, Store
 from calibrate.plan import Limits, Point, make_plan
 from calibrate.progress import Eta, Item, Progress, fit_line
 from calibrate.sweep import BenchTiming, point_costs, prior_cost_model, run_sweep
-from simulator.hardware import load_profile
-from simulator.model_spec import load_model
+from core.hardware import load_profile
+from core.model_spec import load_model
 
 META = {"gpu": "Fake GPU", "model": "tiny", "device": "cuda"}
 CHEAP, DEAR = 90, 10  # kernel points first, whole-model steps last, as a calibration plan runs them

@@ -24,7 +24,7 @@ SOURCES = (
     "calibrate",
     "inferplan",
 )
-SOURCES += ("hardware_profiles", "examples")
+SOURCES += ("hardware_profiles", "engine_profiles", "examples")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_carries_every_shipped_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"core/hardware_profiles/{p.name}" for p in (ROOT / "hardware_profiles").glob("*.yaml")}
+    expected |= {f"core/engine_profiles/{p.name}" for p in (ROOT / "engine_profiles").glob("*.yaml")}
     expected |= {f"simulator/examples/{p.name}" for p in (ROOT / "examples").glob("*.yaml")}
     expected |= {f"core/catalogue/{p.name}" for p in (ROOT / "core" / "catalogue").iterdir()}
     expected |= {f"simulator/traces/{p.name}" for p in (ROOT / "simulator" / "traces").iterdir()}
@@ -52,7 +53,9 @@ def test_wheel_carries_every_shipped_file(wheel):
     expected |= {"inferplan/app/app.py", "inferplan/cli.py", "simulator/resources.py", "core/resources.py"}
     assert len(expected) > 40
     assert expected <= names, sorted(expected - names)
-    assert not any(n.startswith(("tests/", "benchmarks/", "hardware_profiles/")) for n in names)
+    assert not any(
+        n.startswith(("tests/", "benchmarks/", "hardware_profiles/", "engine_profiles/")) for n in names
+    )
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "inferplan = inferplan.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
@@ -73,5 +76,7 @@ def test_unpacked_wheel_runs_from_an_empty_directory(wheel, tmp_path):
     assert where.split() == [str(site / "simulator" / "__init__.py"), str(site / "inferplan/app/app.py")]
     gpus = run("-m", "inferplan", "gpus")
     assert "h100-sxm" in gpus and "built-in" in gpus and "./hardware_profiles" not in gpus
+    engines = run("-c", "from core.engine_profile import engine_names as e, ENGINE_DIR as d; print(e(), d)")
+    assert "'ours'" in engines and engines.split()[-1] == str(site / "core" / "engine_profiles")
     out = run("-m", "inferplan", "run", "poisson_chat_l4", "--requests", "20", "--out", "o")
     assert "TTFT" in out and (empty / "o" / "summary.json").is_file()

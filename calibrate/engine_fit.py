@@ -1,0 +1,898 @@
+"""Fit an engine profile's host terms to raw runs of that engine, and check them on held-out rows (issue 11).
+
+`python -m calibrate.engine_fit calibration_runs/transformers_h200 --gpu h200 --out engine_profiles/`
+
+The model (core/engine_profile.py): a step's time is the cost model's GPU time for the step's shape
+(the committed GPU profile, the catalogue model, `serving_host=False`: GPU work only) times the engine's
+kernel factors, plus `per_step_s + per_sequence_s · sequences + per_prompt_token_s · prompt tokens`.
+Rows come from the raw files as they are found (`calibrate/transformers_runs.py` writes them):
+
+- a `generate` sweep (any list of rows with `batch_size`, `prompt_tokens`, `ttft_runs_s`, `full_runs_s`):
+  TTFT is one prefill step of the whole static batch; the decode time per token is one decode step of the
+  batch at the run's mean context. The first timed full run of a point is dropped (README: it is the slow
+  first decode of that shape), as is any point whose status is not `ok`.
+- a continuous-batching run (any block with `requests` carrying `token_times_s`): the manager's steps are
+  rebuilt from the token stamps (`reconstruct_steps`), each a row.
+
+Rows of the `--train` models are fitted (scipy least squares on relative errors, robust loss, terms >= 0);
+every other model's rows are held out and only predicted. Figures are never fitted and checked on the
+same rows. Imports numpy and scipy only (no torch, no transformers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from core.cost_model import BatchShape, CostModel
+from core.engine_profile import (
+    EngineProfile,
+    Estimated,
+    Figure,
+    HostTime,
+    Kernels,
+    Measured,
+    MetricError,
+    Published,
+    Scheduling,
+    Validation,
+    padded,
+    write_engine_profile,
+)
+from core.errors import ConfigError
+from core.hardware import load_profile
+from core.model_spec import ModelSpec, load_model
+
+HOST_TERMS = ("per_step_s", "per_sequence_s", "per_prompt_token_s")
+# x-scales of the host terms in the solver (seconds per step, per sequence, per prompt token), so that
+# its variables are of order one
+HOST_SCALE = np.array([1e-2, 1e-3, 1e-4])
+GPU_GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
+# Tokens of one manager step are stamped within about 0.5 ms of each other and steps are 10 ms or more
+# apart (calibration_runs/transformers_h200/README.md); a gap longer than this starts a new step.
+STEP_GAP_S = 2e-3
+# gaps within this factor of STEP_GAP_S either way are counted as ambiguous (reported, not resolved)
+AMBIGUOUS_FACTOR = 4.0
+# relative spread assumed for a row with no repeated runs (one reconstructed step), and the floor of a
+# measured spread (two identical runs do not make a row exact)
+STEP_SIGMA = 0.10
+MIN_SIGMA = 0.03
+TRANSFORMERS_DEFAULT_MAX_BATCH_TOKENS = 8192
+# the continuous-batching manager's settings a profile's scheduling source quotes
+SETTINGS_SHOWN = (
+    "scheduler_type",
+    "block_size",
+    "max_batch_tokens",
+    "max_requests_per_batch",
+    "use_cuda_graph",
+    "cpu_offload_space",
+)
+LONG_PROMPT_TOKENS = 2048  # served steps with at least this many prompt tokens are also checked on their own
+# host terms below this are written as 0 (the solver's bound leaves round-off, not a measurement)
+NEGLIGIBLE_S = 1e-12  # ContinuousBatchingConfig's default when a run has no settings
+
+
+# ---------------------------------------------------------------- rows
+@dataclass(slots=True)
+class Row:
+    """One measured time and the step shape(s) it is made of."""
+
+    model: str
+    run: str  # the raw block it came from: generate, replay, generate_batch, ...
+    metric: str  # ttft_s, decode_s_per_token, step_s
+    label: str
+    measured_s: float
+    sigma: float  # relative spread of the measurement
+    gpu_s: np.ndarray  # GPU seconds per group: GPU_GROUPS, then the rest (fixed overheads, collectives)
+    seqs: int
+    prompt_tokens: int
+    layers: int  # the model's layers (host terms per layer multiply by them)
+
+
+def gpu_groups(cm: CostModel, shape: BatchShape) -> np.ndarray:
+    """The cost model's GPU seconds of one step, by GPU_GROUPS and the rest."""
+    b = cm.breakdown(shape)
+    parts = [b.pop(g) for g in GPU_GROUPS]
+    return np.array([*parts, sum(b.values())])
+
+
+def _spread(runs: list[float]) -> float:
+    runs = [r for r in runs if r is not None]
+    if len(runs) < 2:
+        return STEP_SIGMA
+    return max(MIN_SIGMA, (max(runs) - min(runs)) / (2 * float(np.mean(runs))))
+
+
+def generate_rows(model: str, cm: CostModel, points: list[dict], run: str = "generate") -> list[Row]:
+    """TTFT and decode rows of a `generate` sweep (static batches, one prompt length per point)."""
+    rows: list[Row] = []
+    window, layers = cm.model.sliding_window, cm.model.num_layers
+    for p in points:
+        ttft_runs = [float(x) for x in p.get("ttft_runs_s") or ([p["ttft_s"]] if p.get("ttft_s") else [])]
+        if p.get("status", "ok") != "ok" or not ttft_runs:
+            continue
+        b, n = int(p["batch_size"]), int(p["prompt_tokens"])
+        ttft = float(np.median(ttft_runs))
+        where = f"b{b} p{n}"
+        shape = BatchShape.of([(n, 0)] * b, window=window, fresh=cm.fresh, logits_tokens=b)
+        rows.append(
+            Row(
+                model, run, "ttft_s", where, ttft, _spread(ttft_runs), gpu_groups(cm, shape), b, b * n, layers
+            )
+        )
+        full = [float(x) for x in p.get("full_runs_s") or []]
+        new = int(p.get("new_tokens") or 0)
+        if len(full) >= 3:
+            full = full[1:]  # the first decode run of a point is the slow first one (README)
+        if not full or new < 1:
+            continue
+        per_token = (float(np.mean(full)) - ttft) / new
+        # steps j = 1..new feed token j at context n + j: the mean context is n + (new + 1) / 2
+        ctx = round(n + (new + 1) / 2)
+        shape = BatchShape.of([], [ctx] * b, window=window)
+        sigma = _spread([x - ttft for x in full])
+        rows.append(
+            Row(
+                model, run, "decode_s_per_token", where, per_token, sigma, gpu_groups(cm, shape), b, 0, layers
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- continuous batching: steps from stamps
+@dataclass(slots=True)
+class Step:
+    """One step of a continuous-batching manager, rebuilt from its requests' token stamps."""
+
+    end_s: float
+    start_s: float
+    decode_contexts: list[int]  # each decoding sequence's context, the new token included
+    chunks: list[tuple[int, int]]  # prompt chunks: (tokens, tokens already computed before them)
+    usable: bool  # False: the first step, or one after an idle manager (its start is not known)
+
+
+@dataclass(slots=True)
+class StepStats:
+    """How well the reconstruction worked."""
+
+    steps: int = 0
+    tokens: int = 0
+    ambiguous_gaps: int = 0  # gaps near STEP_GAP_S: a step split or two merged would hide there
+    repeated: int = 0  # a request with two stamps in one step (merged steps)
+    skipped: int = 0  # a decoding request absent from a step between its tokens (split steps)
+    hidden_chunks: int = 0  # prompt chunks that produced no token (split prefills), placed by the FIFO rule
+    late: int = 0  # a waiting request that fit the budget but did not start (blocks, or submission timing)
+    over_budget: int = 0  # steps whose visible prompt tokens exceed the token budget
+    idle: int = 0  # steps after an idle manager (not usable)
+    cut: int = 0  # steps dropped after a request that never finished was submitted (its tokens are unknown)
+
+    def describe(self) -> str:
+        return (
+            f"{self.steps} steps from {self.tokens} token stamps; {self.ambiguous_gaps} ambiguous gaps, "
+            f"{self.repeated} repeated and {self.skipped} skipped requests in a step, {self.hidden_chunks} "
+            f"hidden prompt chunks, {self.late} late starts, {self.over_budget} steps over the token budget, "
+            f"{self.idle} after idle, {self.cut} cut after an unfinished request"
+        )
+
+
+def reconstruct_steps(
+    requests: list[dict], max_batch_tokens: int, gap_s: float = STEP_GAP_S
+) -> tuple[list[Step], StepStats]:
+    """The manager's steps from per-token stamps: (steps, how well it worked).
+
+    Stamps closer than `gap_s` belong to one step; a request's first stamp ends its prefill, each later one
+    is a decode at context prompt + k. Prompt chunks that produced no token (a prompt split over steps) are
+    placed by the manager's FIFO rule: after the decodes, waiting requests in submission order take the rest
+    of `max_batch_tokens`, the first that does not fit whole taking what is left.
+    """
+    st = StepStats()
+    done = [r for r in requests if r.get("token_times_s")]
+    unfinished = [float(r["submitted_s"]) for r in requests if not r.get("token_times_s") or r.get("error")]
+    cutoff = min(unfinished) if unfinished else float("inf")
+    events = sorted((float(t), i, k) for i, r in enumerate(done) for k, t in enumerate(r["token_times_s"]))
+    st.tokens = len(events)
+    if not events:
+        return [], st
+    ts = np.array([e[0] for e in events])
+    gaps = np.diff(ts)
+    st.ambiguous_gaps = int(((gaps > gap_s / AMBIGUOUS_FACTOR) & (gaps < gap_s * AMBIGUOUS_FACTOR)).sum())
+    bounds = np.flatnonzero(gaps > gap_s) + 1
+    groups = np.split(np.arange(len(events)), bounds)
+
+    prompt = [int(r["prompt_tokens"]) for r in done]
+    submitted = [float(r["submitted_s"]) for r in done]
+    remaining = list(prompt)
+    fifo = sorted(range(len(done)), key=lambda i: submitted[i])
+    last_step = [-1] * len(done)
+    steps: list[Step] = []
+    prev_end = float("-inf")
+    for s, g in enumerate(groups):
+        end = float(ts[g].max())
+        if prev_end > cutoff:
+            st.cut = len(groups) - s
+            break
+        seen: set[int] = set()
+        decodes, completes = [], []
+        for j in g:
+            _, i, k = events[j]
+            if i in seen:
+                st.repeated += 1
+            seen.add(i)
+            if k == 0:
+                completes.append(i)
+            else:
+                decodes.append(prompt[i] + k)
+                if last_step[i] != s - 1:
+                    st.skipped += 1
+            last_step[i] = s
+        waiting_before = any(remaining[i] > 0 and submitted[i] <= prev_end for i in fifo)
+        budget = max_batch_tokens - len(decodes)
+        chunks = []
+        for i in completes:
+            chunks.append((remaining[i], prompt[i] - remaining[i]))
+            budget -= remaining[i]
+            remaining[i] = 0
+        if budget < 0:
+            st.over_budget += 1
+        for i in fifo:  # hidden chunks: the FIFO rule's split of the first waiting prompt that does not fit
+            if budget <= 0:
+                break
+            if remaining[i] <= 0 or submitted[i] > (prev_end if s else end):
+                continue
+            if remaining[i] < budget:
+                st.late += 1  # it would have run whole, and did not
+                continue
+            chunks.append((budget, prompt[i] - remaining[i]))
+            remaining[i] -= budget
+            st.hidden_chunks += 1
+            budget = 0
+        idle = s > 0 and not decodes and not waiting_before
+        st.idle += idle
+        start = prev_end if not idle else max(prev_end, min(submitted[i] for i in completes or [0]))
+        steps.append(Step(end, start, decodes, chunks, usable=s > 0 and not idle))
+        prev_end = end
+    st.steps = len(steps)
+    return steps, st
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How a continuous-batching run's attention is laid out (Kernels.attention_layout and its paddings)."""
+
+    packed: bool = False
+    q_padding: int = 1
+    kv_padding: int = 1
+
+    @classmethod
+    def of(cls, settings: dict) -> Layout:
+        """From the manager's resolved settings: its paged sdpa (and eager) attention runs the whole step as one
+        masked dense attention over keys padded to kv_padding_interval_size; paged flash attention does not."""
+        attn = str(settings.get("attn_implementation_during_run") or "")
+        packed = "sdpa" in attn or "eager" in attn
+        q = int(settings.get("q_padding_interval_size") or 1)
+        kv = int(settings.get("kv_padding_interval_size") or 1)
+        return cls(packed, q, kv) if packed else cls()
+
+
+def packed_attention_time(cm: CostModel, q_tokens: int, kv_tokens: int) -> float:
+    """One masked dense attention of `q_tokens` queries over `kv_tokens` keys (both padded already) in every layer,
+    on the GPU profile's prefill-attention curve (Kernels.attention_layout = packed)."""
+    pairs = float(q_tokens) * kv_tokens
+    shape = BatchShape(
+        prefill_tokens=q_tokens,
+        prefill_seqs=1,
+        prefill_pairs=pairs,
+        sliding_prefill_pairs=pairs if cm.model.sliding_layers else 0.0,
+        prefill_context_tokens=kv_tokens,
+    )
+    return cm.attention_prefill_time(shape)
+
+
+def step_rows(model: str, cm: CostModel, steps: list[Step], run: str, layout: Layout = Layout()) -> list[Row]:
+    """A row per usable step: its wall time against its shape's GPU time."""
+    rows = []
+    for k, s in enumerate(steps):
+        if not s.usable:
+            continue
+        shape = BatchShape.of(s.chunks, s.decode_contexts, window=cm.model.sliding_window, fresh=cm.fresh)
+        gpu = gpu_groups(cm, shape)
+        if layout.packed:
+            q = shape.tokens
+            kv = sum(s.decode_contexts) + sum(c + p for c, p in s.chunks)
+            gpu[1] = packed_attention_time(cm, padded(q, layout.q_padding), padded(kv, layout.kv_padding))
+            gpu[2] = 0.0
+        label = f"step {k}: {len(s.decode_contexts)} decodes, {sum(c for c, _ in s.chunks)} prompt tokens"
+        rows.append(
+            Row(
+                model,
+                run,
+                "step_s",
+                label,
+                s.end_s - s.start_s,
+                STEP_SIGMA,
+                gpu,
+                len(s.decode_contexts) + len(s.chunks),
+                shape.prefill_tokens,
+                cm.model.num_layers,
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- reading a folder of raw runs
+@dataclass
+class RawRuns:
+    """Every row found in a folder, with what the profile's provenance needs."""
+
+    rows: list[Row] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    settings: dict[str, dict] = field(default_factory=dict)  # CB run -> the manager's resolved settings
+    stats: dict[str, StepStats] = field(default_factory=dict)  # "model run" -> reconstruction stats
+    headers: list[dict] = field(default_factory=list)
+
+
+def _is_generate_sweep(v: object) -> bool:
+    return isinstance(v, list) and any(
+        isinstance(r, dict)
+        and {"batch_size", "prompt_tokens"} <= set(r)
+        and ("ttft_runs_s" in r or "ttft_s" in r)
+        for r in v
+    )
+
+
+def _is_cb_run(v: object) -> bool:
+    return isinstance(v, dict) and any(
+        isinstance(r, dict) and "token_times_s" in r for r in v.get("requests") or []
+    )
+
+
+def _cb_settings(block: dict, siblings: list[dict]) -> dict:
+    """A run's resolved manager settings, else those of another run of the same file (the same manager
+    defaults; generate_batch's were not recorded in the first runs), else none."""
+    for b in [block, *siblings]:
+        if b.get("settings") and "error" not in b["settings"]:
+            return b["settings"]
+    return {}
+
+
+def _max_batch_tokens(settings: dict) -> int:
+    v = settings.get("cache.max_batch_tokens") or settings.get("max_batch_tokens")
+    return v if isinstance(v, int) and v > 0 else TRANSFORMERS_DEFAULT_MAX_BATCH_TOKENS
+
+
+def read_runs(folder: Path, gpu: str, per_sequence_attention: bool = False) -> RawRuns:
+    """The rows of every raw file in `folder` whose header names a model; files without one are skipped.
+    `per_sequence_attention`: cost served steps' attention per sequence whatever the runs' layout (to compare)."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: not a folder of raw runs; give calibration_runs/<engine>_<gpu>")
+    profile = load_profile(gpu)
+    out = RawRuns()
+    for f in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{f}: not a JSON raw run ({e}); remove it or fix it") from None
+        header = data.get("header") if isinstance(data, dict) else None
+        if not isinstance(header, dict) or not header.get("model"):
+            continue  # e.g. a single sweep point run separately, with no header: nothing to rebuild from
+        model = str(header["model"])
+        spec: ModelSpec = load_model(model)
+        cm = CostModel(profile, spec, serving_host=False)
+        out.files.append(str(f))
+        out.headers.append(header)
+        cb_blocks = [v for v in data.values() if _is_cb_run(v)]
+        for key, v in data.items():
+            if _is_generate_sweep(v):
+                out.rows += generate_rows(model, cm, v, run=key)
+            elif _is_cb_run(v):
+                settings = _cb_settings(v, cb_blocks)
+                steps, stats = reconstruct_steps(v["requests"], _max_batch_tokens(settings))
+                out.stats[f"{model} {key}"] = stats
+                out.settings[f"{model} {key}"] = settings
+                layout = Layout() if per_sequence_attention else Layout.of(settings)
+                out.rows += step_rows(model, cm, steps, run=key, layout=layout)
+    if not out.rows:
+        raise ConfigError(
+            f"{folder}: no raw runs with a header and timed rows; run calibrate.transformers_runs"
+        )
+    return out
+
+
+# ---------------------------------------------------------------- the fit
+@dataclass(slots=True)
+class Split:
+    """Which rows are fitted and which only predicted; the two never overlap."""
+
+    train: np.ndarray
+    held_out: np.ndarray
+
+    @classmethod
+    def by_model(cls, rows: list[Row], train_models: set[str]) -> Split:
+        is_train = np.array([r.model in train_models for r in rows])
+        split = cls(np.flatnonzero(is_train), np.flatnonzero(~is_train))
+        assert not set(split.train) & set(split.held_out)
+        return split
+
+
+@dataclass(slots=True)
+class HostFit:
+    host_s: np.ndarray  # HOST_TERMS, seconds (per layer when per_layer)
+    factors: np.ndarray  # GPU_GROUPS' factors (1.0 unless fitted)
+    per_layer: bool
+    train_rows: int
+
+
+def _columns(rows: list[Row], per_layer: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    gpu = np.array([r.gpu_s for r in rows])
+    host = np.array([[1.0, r.seqs, r.prompt_tokens] for r in rows])
+    if per_layer:
+        host *= np.array([r.layers for r in rows], dtype=float)[:, None]
+    return gpu, host, np.array([r.measured_s for r in rows]), np.array([r.sigma for r in rows])
+
+
+def predict(rows: list[Row], fit: HostFit) -> np.ndarray:
+    """Predicted seconds of each row under the fitted terms."""
+    gpu, host, _, _ = _columns(rows, fit.per_layer)
+    return gpu[:, :4] @ fit.factors + gpu[:, 4] + host @ fit.host_s
+
+
+def fit_host(rows: list[Row], fit_factors: bool = False, per_layer: bool = True) -> HostFit:
+    """Host terms (and kernel factors if asked) minimising the rows' relative errors, each weighted by its
+    spread, with a soft-L1 loss so that a few outlying steps do not pull the terms."""
+    if not rows:
+        raise ConfigError("engine fit: no rows to fit; give --train a model that has runs in the folder")
+    gpu, host, meas, sigma = _columns(rows, per_layer)
+    nf = 4 if fit_factors else 0
+    scale = HOST_SCALE / (float(np.mean([r.layers for r in rows])) if per_layer else 1.0)
+
+    def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x[:3] * scale, (x[3:] if nf else np.ones(4))
+
+    def resid(x: np.ndarray) -> np.ndarray:
+        h, f = unpack(x)
+        pred = gpu[:, :4] @ f + gpu[:, 4] + host @ h
+        return (pred / meas - 1.0) / sigma
+
+    x0 = np.concatenate([np.ones(3), np.ones(nf)])
+    lower = np.concatenate([np.zeros(3), np.full(nf, 0.05)])
+    sol = least_squares(resid, x0, bounds=(lower, np.inf), loss="soft_l1", f_scale=1.0)
+    h, f = unpack(sol.x)
+    return HostFit(h, np.array(f, dtype=float), per_layer, len(rows))
+
+
+@dataclass(slots=True)
+class Check:
+    """Held-out errors of one metric."""
+
+    metric: str
+    run: str
+    errors_pct: np.ndarray
+    labels: list[str]
+
+    def as_metric(self) -> MetricError:
+        w = int(np.argmax(np.abs(self.errors_pct)))
+        return MetricError(
+            metric=f"{self.metric} ({self.run})",
+            rows=len(self.errors_pct),
+            median_abs_pct=round(float(np.median(np.abs(self.errors_pct))), 1),
+            worst_pct=round(float(self.errors_pct[w]), 1),
+            worst_row=self.labels[w],
+        )
+
+
+def check(rows: list[Row], fit: HostFit) -> list[Check]:
+    """Errors of the rows (held out) by metric, run kind and model (an engine's host time differs by model
+    family, so one pooled figure would hide where it holds); then long-prompt steps and busy time per run."""
+    if not rows:
+        return []
+    err = (predict(rows, fit) / np.array([r.measured_s for r in rows]) - 1.0) * 100.0
+    out = []
+    for key in dict.fromkeys((r.metric, r.run, r.model) for r in rows):
+        idx = [i for i, r in enumerate(rows) if (r.metric, r.run, r.model) == key]
+        out.append(
+            Check(key[0], f"{key[1]}, {key[2]}", err[idx], [f"{rows[i].model} {rows[i].label}" for i in idx])
+        )
+    pred = predict(rows, fit)
+    # served steps with a long prompt in them: the steps a request's TTFT (and its neighbours' TPOT) waits on
+    for run in dict.fromkeys(r.run for r in rows if r.metric == "step_s"):
+        idx = [
+            i
+            for i, r in enumerate(rows)
+            if (r.run, r.metric) == (run, "step_s") and r.prompt_tokens >= LONG_PROMPT_TOKENS
+        ]
+        if idx:
+            labels = [f"{rows[i].model} {rows[i].label}" for i in idx]
+            out.append(Check(f"step_s, >= {LONG_PROMPT_TOKENS} prompt tokens", run, err[idx], labels))
+    # a served run's busy time (its steps summed): what its throughput follows
+    for run in dict.fromkeys(r.run for r in rows if r.metric == "step_s"):
+        models = list(dict.fromkeys(r.model for r in rows if r.run == run and r.metric == "step_s"))
+        busy = []
+        for m in models:
+            idx = [i for i, r in enumerate(rows) if (r.model, r.run, r.metric) == (m, run, "step_s")]
+            busy.append((pred[idx].sum() / sum(rows[i].measured_s for i in idx) - 1.0) * 100.0)
+        out.append(Check("busy_s", run, np.array(busy), models))
+    return out
+
+
+# ---------------------------------------------------------------- profiles and the table
+@dataclass(slots=True)
+class EngineFit:
+    """One engine profile's fit: its rows, split, terms and held-out checks."""
+
+    name: str
+    rows: list[Row]
+    split: Split
+    fit: HostFit
+    checks: list[Check]
+    train_checks: list[Check]
+    variant: str = ""  # how it differs from the shipped fit, when it is an alternative shown for comparison
+
+
+def fit_engine(
+    name: str,
+    rows: list[Row],
+    train_models: set[str],
+    fit_factors: bool = False,
+    per_layer: bool = True,
+    variant: str = "",
+) -> EngineFit:
+    split = Split.by_model(rows, train_models)
+    train = [rows[i] for i in split.train]
+    held = [rows[i] for i in split.held_out]
+    if not train:
+        have = ", ".join(sorted({r.model for r in rows}))
+        raise ConfigError(
+            f"--train {','.join(sorted(train_models))}: no {name} rows of that model (the runs have {have}); "
+            "name one of those"
+        )
+    fit = fit_host(train, fit_factors, per_layer)
+    return EngineFit(name, rows, split, fit, check(held, fit), check(train, fit), variant)
+
+
+def _settings_of(raw: RawRuns, train: set[str], run: str = "replay") -> dict:
+    """The resolved settings of a `run` of a fitted model (else of any model)."""
+    found = [
+        (key.split()[0] not in train, s) for key, s in raw.settings.items() if key.endswith(f" {run}") and s
+    ]
+    return min(found, key=lambda x: x[0])[1] if found else {}
+
+
+def _gpu_share(rows: list[Row], fit: HostFit) -> float:
+    gpu, _, meas, _ = _columns(rows, fit.per_layer)
+    return float(np.median((gpu[:, :4] @ fit.factors + gpu[:, 4]) / meas))
+
+
+def build_profile(
+    ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: str, train: set[str]
+) -> EngineProfile:
+    """The engine profile of a fit: scheduling from the runs' settings, host terms fitted, kernels 1.0."""
+    header = next((h for h in raw.headers if h.get("model") in train), raw.headers[0])
+    versions = header.get("versions") or {}
+    date = str(header.get("date_utc", ""))[:10] or _dt.date.today().isoformat()
+    train_files = sorted({f for f in raw.files if any(m in Path(f).name for m in train)})
+    static = ef.name.endswith("generate")
+    s = _settings_of(raw, train)
+    layout = Layout() if static else Layout.of(s)
+    measured = Measured(
+        kind="measured",
+        command=f"{command} (the runs: {header.get('command', 'python -m calibrate.transformers_runs')})",
+        date=date,
+        gpu=str((header.get("gpu") or {}).get("name", gpu)),
+        raw=train_files or raw.files,
+    )
+    share = _gpu_share([ef.rows[i] for i in ef.split.train], ef.fit)
+    sources = {
+        "fit": measured,
+        "kernels": Estimated(
+            kind="estimated",
+            why=f"factors 1.0: not identifiable from these runs, where the GPU's kernels are a median {share:.0%} of "
+            "a row's time (the rest is the engine's host time; --fit-factors gives unstable factors and worse "
+            "held-out errors); transformers runs torch's own kernels (cuBLAS GEMMs, sdpa), as the GPU profile's "
+            "fit did; only 16-bit weights were run"
+            + (
+                f". Attention packed: the manager ran {s.get('attn_implementation_during_run')}, which gathers "
+                "the KV of every sequence of a step, padded to kv_padding_interval_size "
+                f"{layout.kv_padding} (queries to {layout.q_padding}), and runs one masked sdpa over all of "
+                "them; the table compares a fit that costs attention per sequence"
+                if layout.packed
+                else ""
+            ),
+        ),
+    }
+    if static:
+        sources["scheduling"] = Estimated(
+            kind="estimated",
+            why="generate() runs the batch it is given as one static batch: prompts left-padded to the longest "
+            "and prefilled in one forward pass, every row decoded until the longest output is done, a "
+            "contiguous DynamicCache (no blocks, no preemption; too large a batch runs out of memory), eager "
+            "launches; max_num_seqs is the largest batch measured (64), the token budget lets that batch of "
+            "8,192-token prompts prefill in one step",
+        )
+        sched = Scheduling(
+            policy="static",
+            max_num_seqs=64,
+            max_num_batched_tokens=64 * 8192,
+            block_size=16,
+            preemption="none",
+            pad_static_batches=True,
+            cuda_graphs="none",
+            source="scheduling",
+        )
+    else:
+        hf_version = versions.get("transformers", "main")
+        sources["scheduling"] = Published(
+            kind="published",
+            url=f"https://github.com/huggingface/transformers/blob/v{hf_version}/src/transformers/generation/"
+            "continuous_batching/scheduler.py",
+            table="FIFOScheduler.schedule_batch (scheduler_type fifo in the runs): decodes take their token first, "
+            "then prompts in arrival order, the first that does not fit the rest of max_batch_tokens split to it "
+            "(chunked prefill); with cpu_offload_space 0 an evicted request is soft-reset and prefilled again "
+            "(recompute). The numbers are the manager's own, read back in the raw runs' replay.settings: "
+            + ", ".join(f"{k} {s.get(k)}" for k in SETTINGS_SHOWN if k in s),
+        )
+        sched = Scheduling(
+            policy="chunked",
+            max_num_seqs=int(s.get("max_requests_per_batch") or 1024),
+            max_num_batched_tokens=int(s.get("cache.max_batch_tokens") or s.get("max_batch_tokens") or 8192),
+            block_size=int(s.get("cache.block_size") or s.get("block_size") or 256),
+            preemption="recompute",
+            pad_static_batches=False,
+            cuda_graphs="full" if any(s.get("use_cuda_graph") or []) else "none",
+            source="scheduling",
+        )
+    host = HostTime(
+        **{
+            k: Figure(value=float(f"{v:.4g}") if v > NEGLIGIBLE_S else 0.0, source="fit")
+            for k, v in zip(HOST_TERMS, ef.fit.host_s)
+        },
+        per_layer=ef.fit.per_layer,
+        gpu_profile_loop=False,
+    )
+    kernels = Kernels(
+        **dict(zip(GPU_GROUPS, (round(float(f), 3) for f in ef.fit.factors))),
+        quantized_weights=["bf16", "fp16"],
+        attention_layout="packed" if layout.packed else "per_sequence",
+        q_padding_tokens=layout.q_padding,
+        kv_padding_tokens=layout.kv_padding,
+        source="kernels",
+    )
+    held = sorted({ef.rows[i].model for i in ef.split.held_out})
+    validation = (
+        Validation(
+            held_out=f"every row of {', '.join(held)}; fitted on {', '.join(sorted(train))} only "
+            f"({len(ef.split.train)} rows)",
+            metrics=[c.as_metric() for c in ef.checks],
+            table=table,
+        )
+        if ef.checks
+        else None
+    )
+    hf = versions.get("transformers", "unknown")
+    return EngineProfile(
+        name=ef.name,
+        display_name=f"Hugging Face transformers {hf}, "
+        + ("generate() (static batches)" if static else "continuous batching manager"),
+        engine="transformers",
+        version=str(hf),
+        gpu=gpu,
+        status="measured",
+        date=date,
+        scheduling=sched,
+        host=host,
+        kernels=kernels,
+        sources=sources,
+        validation=validation,
+        notes=f"bf16, attention {header.get('model_info', {}).get('attn_implementation', 'sdpa')}, torch "
+        f"{versions.get('torch', '?')}, random weights. The engine's host time is most of a step here (the "
+        f"GPU's kernels a median {share:.0%} of a fitted row) and grows with the model's layers, so the host "
+        "terms are per layer. "
+        + (
+            "Steps were rebuilt from the manager's per-token stamps; a step's wall time at one shape spreads "
+            "widely over a run (host-side: see the table's batch-1 decode steps), which sets the per-step error. "
+            if not static
+            else "Decode rows drop each point's first timed run (the slow first decode of that shape). "
+        )
+        + f"Held-out errors in `validation`; the row tables in {table}.",
+    )
+
+
+def _held_out_by_model(f: EngineFit) -> str:
+    rows = [f.rows[i] for i in f.split.held_out]
+    if not rows:
+        return "none held out"
+    err = np.abs(predict(rows, f.fit) / np.array([r.measured_s for r in rows]) - 1.0) * 100.0
+    return ", ".join(
+        f"{m} {np.median(err[[i for i, r in enumerate(rows) if r.model == m]]):.1f}%"
+        for m in sorted({r.model for r in rows})
+    )
+
+
+def _busy(f: EngineFit) -> str:
+    busy = [c for c in f.checks if c.metric == "busy_s"]
+    return "; ".join(
+        f"{c.run}: " + ", ".join(f"{m} {e:+.1f}%" for m, e in zip(c.labels, c.errors_pct)) for c in busy
+    )
+
+
+def _long(f: EngineFit) -> str:
+    long = [c for c in f.checks if c.metric.startswith("step_s, >=")]
+    return "; ".join(f"{c.run}: {np.median(np.abs(c.errors_pct)):.1f}% ({len(c.errors_pct)})" for c in long)
+
+
+def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, command: str) -> str:
+    """The fit's report: figures, held-out errors by metric, the reconstruction, every held-out row; `others`
+    are alternative fits of the same rows (their `variant` says how they differ), compared on held-out rows."""
+    out = [
+        f"# Engine fit: {', '.join(f.name for f in fits)}",
+        "",
+        f"`{command}`. Rows of the fitted model(s) set the terms; every other row is predicted only, and",
+        "only those are errors below (fitted rows' errors are listed apart, as a fit quality, never as a check).",
+        "",
+        "| profile | host terms | per step (ms) | per sequence (ms) | per prompt token (µs) | kernel factors "
+        "| fitted rows |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
+    for f in fits:
+        h = np.where(f.fit.host_s > NEGLIGIBLE_S, f.fit.host_s, 0.0)
+        out.append(
+            f"| {f.name} | {'per layer' if f.fit.per_layer else 'per step'} | {h[0] * 1e3:.4g} | "
+            f"{h[1] * 1e3:.4g} | {h[2] * 1e6:.4g} | {', '.join(f'{x:.2f}' for x in f.fit.factors)} | "
+            f"{f.fit.train_rows} |"
+        )
+    out += ["", "## Held-out errors (predicted / measured − 1)", ""]
+    out += ["| profile | metric | rows | median abs. error | worst row |", "|---|---|---:|---:|---|"]
+    for f in fits:
+        for c in f.checks:
+            m = c.as_metric()
+            out.append(
+                f"| {f.name} | {m.metric} | {m.rows} | {m.median_abs_pct:.1f}% | "
+                f"{m.worst_row}: {m.worst_pct:+.1f}% |"
+            )
+    out += [
+        "",
+        "busy_s is a served run's steps summed (what its throughput follows), one row per held-out model.",
+        "",
+        "The shipped fits against alternatives, on the same held-out rows:",
+        "",
+    ]
+    out += [
+        f"| profile | fit | median abs. error of rows, by model | steps with >= {LONG_PROMPT_TOKENS} prompt "
+        "tokens: median abs. error (rows) | busy time, by model |",
+        "|---|---|---|---|---|",
+    ]
+    for f in fits + others:
+        out.append(
+            f"| {f.name} | {f.variant or 'shipped'} | {_held_out_by_model(f)} | {_long(f) or '-'} | "
+            f"{_busy(f) or '-'} |"
+        )
+    out += ["", "Fitted rows, for comparison (not a check):", ""]
+    out += ["| profile | metric | rows | median abs. error |", "|---|---|---:|---:|"]
+    for f in fits:
+        for c in f.train_checks:
+            m = c.as_metric()
+            out.append(f"| {f.name} | {m.metric} | {m.rows} | {m.median_abs_pct:.1f}% |")
+    out += ["", "## Steps rebuilt from the token stamps", ""]
+    for key, st in raw.stats.items():
+        out.append(f"- {key}: {st.describe()}")
+    out += ["", "Wall time of the batch-1 decode steps (one sequence, no prompt tokens) of each run, ms:", ""]
+    out += [
+        "| model | run | steps | min | p10 | median | p90 | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in fits:
+        one = [r for r in f.rows if r.metric == "step_s" and r.seqs == 1 and r.prompt_tokens == 0]
+        for key in dict.fromkeys((r.model, r.run) for r in one):
+            t = np.array([r.measured_s for r in one if (r.model, r.run) == key]) * 1e3
+            q = np.percentile(t, [0, 10, 50, 90, 100])
+            out.append(f"| {key[0]} | {key[1]} | {len(t)} | " + " | ".join(f"{x:.1f}" for x in q) + " |")
+    out += ["", "## Held-out rows", ""]
+    for f in fits:
+        rows = [f.rows[i] for i in f.split.held_out]
+        if not rows:
+            continue
+        pred = predict(rows, f.fit)
+        out += [
+            f"### {f.name}",
+            "",
+            "| model | run | metric | row | measured (ms) | predicted (ms) | GPU part (ms) | error |",
+        ]
+        out.append("|---|---|---|---|---:|---:|---:|---:|")
+        for r, p in zip(rows, pred):
+            g = float(r.gpu_s[:4] @ f.fit.factors + r.gpu_s[4])
+            out.append(
+                f"| {r.model} | {r.run} | {r.metric} | {r.label} | {r.measured_s * 1e3:.1f} | {p * 1e3:.1f} | "
+                f"{g * 1e3:.1f} | {(p / r.measured_s - 1) * 100:+.1f}% |"
+            )
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- command line
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (calibrate/__main__.py's rule), not usage text."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}; see {self.prog} --help")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m calibrate.engine_fit",
+        description="Fit transformers engine profiles (host terms) to raw runs and check them on held-out models.",
+    )
+    p.add_argument("runs", help="folder of raw runs (calibration_runs/transformers_h200)")
+    p.add_argument("--gpu", required=True, help="GPU profile the runs were made on (h200)")
+    p.add_argument(
+        "--out", default="engine_profiles", help="folder for the profiles (default: engine_profiles)"
+    )
+    p.add_argument("--train", default="llama-3.1-8b", help="models whose rows are fitted, comma-separated")
+    p.add_argument(
+        "--table",
+        default=None,
+        help="markdown report (default: benchmarks/results/engine_fit_<runs folder name>.md)",
+    )
+    p.add_argument("--fit-factors", action="store_true", help="fit the kernel factors too (default: 1.0)")
+    p.add_argument(
+        "--host-per-step",
+        action="store_true",
+        help="host terms per step, the same for every model (default: per layer, times the model's layers)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = "python -m calibrate.engine_fit " + shlex.join(argv if argv is not None else sys.argv[1:])
+    try:
+        args = _parser().parse_args(argv)
+        folder = Path(args.runs)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: is a file; give a folder for the profiles")
+        table = Path(args.table or f"benchmarks/results/engine_fit_{folder.name}.md")
+        train = {m.strip() for m in args.train.split(",") if m.strip()}
+        raw = read_runs(folder, args.gpu)
+        static = [r for r in raw.rows if r.metric != "step_s"]
+        served = [r for r in raw.rows if r.metric == "step_s"]
+        per_layer = not args.host_per_step
+        other_host = "host terms per layer" if args.host_per_step else "host terms per step, not per layer"
+        fits, others = [], []
+        for name, rows in (("transformers-generate", static), ("transformers", served)):
+            if rows:
+                fits.append(fit_engine(name, rows, train, args.fit_factors, per_layer))
+                others.append(fit_engine(name, rows, train, args.fit_factors, not per_layer, other_host))
+        if any(Layout.of(s).packed for s in raw.settings.values()):
+            flat = [
+                r
+                for r in read_runs(folder, args.gpu, per_sequence_attention=True).rows
+                if r.metric == "step_s"
+            ]
+            others.append(
+                fit_engine("transformers", flat, train, args.fit_factors, per_layer, "attention per sequence")
+            )
+        profiles = [build_profile(f, raw, args.gpu, command, str(table), train) for f in fits]
+        text = markdown(fits, others, raw, command)
+        out.mkdir(parents=True, exist_ok=True)
+        table.parent.mkdir(parents=True, exist_ok=True)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    table.write_text(text)
+    for p in profiles:
+        write_engine_profile(
+            p, out / f"{p.name}.yaml", header=f"{p.display_name} on {p.gpu}: written by {command}"
+        )
+        print(f"wrote {out / (p.name + '.yaml')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""Engine fit: host terms recovered from synthetic rows, steps rebuilt from synthetic token stamps, held-out rows
+never fitted, and the command end to end on a small folder of raw runs (no torch, no GPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibrate.engine_fit import (
+    STEP_GAP_S,
+    Row,
+    Split,
+    fit_engine,
+    fit_host,
+    main,
+    predict,
+    reconstruct_steps,
+)
+from core.engine_profile import load_engine_profile
+
+TRUE_HOST_S = np.array([0.7e-3, 0.04e-3, 1.2e-6])  # per layer: step, sequence, prompt token
+
+
+def synthetic_rows(
+    seed: int, models=("a", "b"), n: int = 40, host=TRUE_HOST_S, noise: float = 0.0
+) -> list[Row]:
+    """Rows whose measured time is GPU time + known per-layer host terms (times a little noise)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m, layers in zip(models, (32, 28, 48)):
+        for k in range(n):
+            seqs, prompt = int(rng.integers(1, 128)), int(rng.integers(0, 4000))
+            gpu = rng.uniform(0.1e-3, 20e-3, 5)
+            t = gpu.sum() + layers * (host[0] + host[1] * seqs + host[2] * prompt)
+            t *= 1 + noise * rng.standard_normal()
+            rows.append(Row(m, "replay", "step_s", f"{m} {k}", t, 0.1, gpu, seqs, prompt, layers))
+    return rows
+
+
+def test_fit_recovers_known_host_terms():
+    rows = synthetic_rows(1)
+    fit = fit_host(rows)
+    np.testing.assert_allclose(fit.host_s, TRUE_HOST_S, rtol=1e-3)
+    np.testing.assert_allclose(predict(rows, fit), [r.measured_s for r in rows], rtol=1e-4)
+    # with 2% noise the terms stay within a few percent, and a per-step fit (no layers) cannot match two models
+    noisy = fit_host(synthetic_rows(2, noise=0.02))
+    np.testing.assert_allclose(noisy.host_s, TRUE_HOST_S, rtol=0.08)
+    flat = fit_engine("x", synthetic_rows(3, models=("a", "c")), {"a"}, per_layer=False)
+    layered = fit_engine("x", synthetic_rows(3, models=("a", "c")), {"a"}, per_layer=True)
+    assert (
+        np.median(np.abs(layered.checks[0].errors_pct)) < 0.1 < np.median(np.abs(flat.checks[0].errors_pct))
+    )
+
+
+def test_fit_can_recover_a_kernel_factor_when_asked():
+    rows = synthetic_rows(4)
+    for r in rows:  # the engine's GEMMs 1.5x slower than the GPU profile's curve
+        r.measured_s += 0.5 * r.gpu_s[0]
+    fit = fit_host(rows, fit_factors=True)
+    assert fit.factors[0] == pytest.approx(1.5, rel=1e-3)
+    np.testing.assert_allclose(fit.host_s, TRUE_HOST_S, rtol=1e-3)
+
+
+def test_held_out_rows_are_never_fitted():
+    rows = synthetic_rows(5, models=("a", "b", "c"))
+    split = Split.by_model(rows, {"a"})
+    assert not set(split.train) & set(split.held_out)
+    assert sorted([*split.train, *split.held_out]) == list(range(len(rows)))
+    assert {rows[i].model for i in split.train} == {"a"}
+    before = fit_engine("x", rows, {"a"})
+    for i in split.held_out:  # whatever the held-out rows measured, the fitted terms do not move
+        rows[i].measured_s *= 3.0
+    after = fit_engine("x", rows, {"a"})
+    np.testing.assert_array_equal(before.fit.host_s, after.fit.host_s)
+    assert after.fit.train_rows == len(split.train)
+    # ... and only they are reported as checks: 3x slower shows as about -67%
+    assert sum(len(c.errors_pct) for c in after.checks if c.metric == "step_s") == len(split.held_out)
+    assert {c.metric for c in after.checks} == {"step_s", "step_s, >= 2048 prompt tokens", "busy_s"}
+    assert all(np.allclose(c.errors_pct, -66.67, atol=0.1) for c in after.checks)  # subsets and sums too
+    assert not any(label.startswith("a") for c in after.checks for label in c.labels)
+
+
+def _request(submitted: float, prompt: int, stamps: list[float]) -> dict:
+    return {"submitted_s": submitted, "prompt_tokens": prompt, "token_times_s": stamps}
+
+
+def test_steps_rebuilt_from_token_stamps():
+    """Three requests through a manager with a budget of 100 tokens per step. Steps end at 0.10, 0.13, 0.16,
+    0.19 (tokens within 0.3 ms of each other), then the manager idles and a fourth request arrives at 1.0.
+
+    r0 (prompt 50) prefills in step 0, decodes in steps 1-3. r1 (prompt 120, arrives with r0) cannot fit: 50 of
+    its tokens run hidden in step 0, the other 70 (with r0's decode: 71 <= 100) in step 1, where its first
+    token comes. r2 (prompt 10) arrives during step 1 and prefills in step 2."""
+    jitter = 0.0003
+    r0 = _request(0.0, 50, [0.10, 0.13 + jitter, 0.16, 0.19 + jitter])
+    r1 = _request(0.0, 120, [0.13, 0.16 + jitter, 0.19])
+    r2 = _request(0.11, 10, [0.16 + jitter / 2, 0.19 + jitter / 2])
+    r3 = _request(1.0, 30, [1.05, 1.08])
+    steps, st = reconstruct_steps([r0, r1, r2, r3], max_batch_tokens=100)
+    assert [round(s.end_s, 4) for s in steps] == [0.1, 0.1303, 0.1603, 0.1903, 1.05, 1.08]
+    assert steps[0].chunks == [(50, 0), (50, 0)] and steps[0].decode_contexts == []
+    assert steps[1].chunks == [(70, 50)] and steps[1].decode_contexts == [51]
+    assert steps[2].chunks == [(10, 0)] and sorted(steps[2].decode_contexts) == [52, 121]
+    assert steps[3].chunks == [] and sorted(steps[3].decode_contexts) == [11, 53, 122]
+    assert steps[1].end_s - steps[1].start_s == pytest.approx(0.0303)
+    # the first step and the one after the idle gap have no known start: not used
+    assert [s.usable for s in steps] == [False, True, True, True, False, True]
+    assert steps[4].start_s == 1.0
+    assert (st.steps, st.tokens, st.hidden_chunks, st.idle, st.late, st.over_budget) == (6, 11, 1, 1, 0, 0)
+    assert st.ambiguous_gaps == 0 and st.skipped == 0 and st.repeated == 0
+
+
+def test_step_rebuild_reports_what_it_cannot_explain():
+    # two steps' stamps closer than the gap merge: a request appears twice in one step
+    merged = [_request(0.0, 10, [0.1, 0.1 + STEP_GAP_S / 2])]
+    _, st = reconstruct_steps(merged, 100)
+    assert st.repeated == 1 and st.ambiguous_gaps == 1
+    # a request that never finished: steps after its submission are cut (its tokens are missing from them)
+    cut = [
+        _request(0.0, 10, [0.1, 0.2, 0.3, 0.4]),
+        {"submitted_s": 0.25, "prompt_tokens": 10, "token_times_s": []},
+    ]
+    steps, st = reconstruct_steps(cut, 100)
+    assert [s.end_s for s in steps] == [0.1, 0.2, 0.3] and st.cut == 1
+
+
+def _raw_file(folder: Path, model: str, host_step_s: float) -> None:
+    """A raw run in calibrate.transformers_runs' layout with made-up times."""
+    gen = []
+    for b, p in [(1, 128), (4, 512), (16, 2048)]:
+        t = host_step_s + 1e-6 * b * p
+        gen.append(
+            {"batch_size": b, "prompt_tokens": p, "status": "ok", "new_tokens": 8,
+             "ttft_runs_s": [t, t * 1.01, t * 0.99], "full_runs_s": [9 * t * 3, 9 * t, 9 * t * 1.02]}
+        )  # fmt: skip
+    gen.append(
+        {"batch_size": 64, "prompt_tokens": 8192, "status": "oom", "ttft_runs_s": [], "full_runs_s": []}
+    )
+    reqs = [_request(0.0, 100, [0.1 + 0.05 * k for k in range(6)]), _request(0.12, 300, [0.2, 0.25, 0.3])]
+    data = {
+        "header": {"model": model, "date_utc": "2026-12-02T05:53:00+00:00", "command": "runs",
+                   "gpu": {"name": "NVIDIA H200"}, "versions": {"transformers": "5.17.0", "torch": "2"}},
+        "generate": gen,
+        "replay": {"settings": {"block_size": 256, "max_batch_tokens": 8192, "use_cuda_graph": [False, False],
+                                "max_requests_per_batch": 1024}, "requests": reqs},
+    }  # fmt: skip
+    (folder / f"transformers_{model}_h200.json").write_text(json.dumps(data))
+
+
+def test_command_writes_loadable_profiles_and_a_table(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _raw_file(runs, "llama-3.1-8b", 0.02)
+    _raw_file(runs, "qwen2.5-7b", 0.02)
+    (runs / "point.json").write_text(json.dumps({"model": "llama-3.1-8b", "rows": []}))  # no header: skipped
+    out, table = tmp_path / "profiles", tmp_path / "fit.md"
+    assert main([str(runs), "--gpu", "h200", "--out", str(out), "--table", str(table)]) == 0
+    for name in ("transformers", "transformers-generate"):
+        p = load_engine_profile(str(out / f"{name}.yaml"))
+        assert p.gpu == "h200" and p.version == "5.17.0" and p.validation is not None
+        assert "qwen2.5-7b" in p.validation.held_out and p.sources["fit"].raw == [
+            str(runs / "transformers_llama-3.1-8b_h200.json")
+        ]
+    assert load_engine_profile(str(out / "transformers.yaml")).scheduling.block_size == 256
+    text = table.read_text()
+    assert "Held-out errors" in text and "qwen2.5-7b" in text
+    assert not list(out.glob(".*partial"))
+
+
+def test_bad_inputs_are_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "absent"), "--gpu", "h200", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "not a folder" in err
+    assert main([str(tmp_path)]) == 2  # no --gpu: argparse's complaint, as one line too
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--gpu" in err and "--help" in err
+    assert main([str(tmp_path), "--gpu", "h900"]) == 2
+    assert "h900" in capsys.readouterr().err
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _raw_file(runs, "qwen2.5-7b", 0.02)
+    assert (
+        main([str(runs), "--gpu", "h200", "--out", str(tmp_path / "o"), "--table", str(tmp_path / "t.md")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--train llama-3.1-8b" in err and "qwen2.5-7b" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "t.md").exists()  # nothing half-written
+
+
+def test_generate_rows_drop_the_slow_first_decode_run_and_failed_points():
+    from calibrate.engine_fit import generate_rows
+    from core.cost_model import CostModel
+    from core.hardware import load_profile
+    from core.model_spec import load_model
+
+    cm = CostModel(load_profile("h200"), load_model("llama-3.1-8b"), serving_host=False)
+    points = [
+        {"batch_size": 4, "prompt_tokens": 512, "status": "ok", "new_tokens": 64,
+         "ttft_runs_s": [0.06, 0.05, 0.07], "full_runs_s": [5.0, 1.65, 1.85]},
+        {"batch_size": 64, "prompt_tokens": 8192, "status": "oom", "ttft_runs_s": [], "full_runs_s": []},
+    ]  # fmt: skip
+    ttft, decode = generate_rows("llama-3.1-8b", cm, points)
+    assert (ttft.metric, ttft.measured_s, ttft.seqs, ttft.prompt_tokens, ttft.layers) == (
+        "ttft_s",
+        0.06,
+        4,
+        2048,
+        32,
+    )
+    assert decode.metric == "decode_s_per_token" and decode.prompt_tokens == 0
+    assert decode.measured_s == pytest.approx((1.75 - 0.06) / 64)  # the 5 s first run is left out
+    assert decode.gpu_s[2] > 0 and ttft.gpu_s[1] > 0  # decode attention; prefill attention
+
+
+def test_packed_layout_costs_one_attention_over_the_steps_padded_queries_and_keys():
+    from calibrate.engine_fit import Layout, Step, packed_attention_time, step_rows
+    from core.cost_model import CostModel
+    from core.hardware import load_profile
+    from core.model_spec import load_model
+
+    settings = {"attn_implementation_during_run": "paged|sdpa", "q_padding_interval_size": 64,
+                "kv_padding_interval_size": 16384}  # fmt: skip
+    assert Layout.of(settings) == Layout(True, 64, 16384)
+    assert not Layout.of({**settings, "attn_implementation_during_run": "paged|flash_attention_2"}).packed
+    assert not Layout.of({}).packed
+    cm = CostModel(load_profile("h200"), load_model("llama-3.1-8b"), serving_host=False)
+    steps = [
+        Step(0.1, 0.0, [], [(10, 0)], usable=True),
+        Step(0.3, 0.1, [20000, 1000], [(3000, 0)], usable=True),  # 3,002 queries over 24,000 keys
+    ]
+    small, big = step_rows("llama-3.1-8b", cm, steps, "replay", Layout.of(settings))
+    assert small.gpu_s[1] == packed_attention_time(cm, 64, 16384) and small.gpu_s[2] == 0.0
+    assert big.gpu_s[1] == packed_attention_time(cm, 3008, 32768)
+    flat_small, flat_big = step_rows("llama-3.1-8b", cm, steps, "replay")
+    # the padded dense attention costs far more than per-sequence attention at these sizes
+    assert big.gpu_s[1] > 3 * (flat_big.gpu_s[1] + flat_big.gpu_s[2]) and flat_big.gpu_s[2] > 0
+    np.testing.assert_array_equal(big.gpu_s[[0, 3, 4]], flat_big.gpu_s[[0, 3, 4]])  # the rest unchanged
+
+
+def test_parts_found_by_their_shape_and_absent_parts_tolerated(tmp_path):
+    """A later harness's files: a batch-1 prompt sweep with only TTFT medians under a new name, a code-trace
+    replay under another, no generate sweep; only what is there is fitted."""
+    from calibrate.engine_fit import read_runs
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    reqs = [_request(0.0, 100, [0.1 + 0.05 * k for k in range(6)]), _request(0.12, 300, [0.2, 0.25, 0.3])]
+    data = {
+        "header": {"model": "llama-3.1-8b"},
+        "prompt_sweep": [
+            {"batch_size": 1, "prompt_tokens": p, "ttft_s": 0.02 + p * 1e-5} for p in (128, 1024)
+        ],
+        "replay_code": {"requests": reqs},
+    }
+    (runs / "new.json").write_text(json.dumps(data))
+    raw = read_runs(runs, "h200")
+    kinds = [(r.run, r.metric) for r in raw.rows]
+    assert (
+        kinds == [("prompt_sweep", "ttft_s")] * 2 + [("replay_code", "step_s")] * 5
+    )  # 6 steps, the first unused
+    assert raw.rows[1].measured_s == pytest.approx(0.02 + 1024e-5) and raw.rows[1].sigma == 0.1
+    assert "llama-3.1-8b replay_code" in raw.stats
