@@ -494,7 +494,13 @@ def read_runs(folder: Path, gpu: str, per_sequence_attention: bool = False) -> R
             records = _recorded(v)
             name = f"{model} {key} ({session})"
             if records is not None:
-                steps = recorded_steps(records)
+                try:
+                    steps = recorded_steps(records)
+                except (KeyError, TypeError, ValueError, IndexError) as e:
+                    raise ConfigError(
+                        f"{f}: {key}.steps: a step record is malformed ({e!r}); remove the block's `steps` to "
+                        "rebuild them from the token stamps, or measure again"
+                    ) from None
                 out.steps_source[name] = f"{len(steps)} steps recorded by the harness"
             else:
                 steps, stats = reconstruct_steps(v["requests"], _max_batch_tokens(settings))

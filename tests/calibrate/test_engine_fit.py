@@ -193,6 +193,20 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--train llama-3.1-8b" in err and "qwen2.5-7b" in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "t.md").exists()  # nothing half-written
+    # a replay name the runs do not have: nothing to fit, said in one line naming the runs there are
+    _raw_file_v2(runs, "llama-3.1-8b")
+    argv = [str(runs), "--gpu", "h200", "--out", str(tmp_path / "o"), "--table", str(tmp_path / "t.md")]
+    assert main([*argv, "--train-runs", "conv_nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--train-runs" in err and "llama-3.1-8b code_trace_rate" in err
+    # a malformed step record: one line naming the file and the block
+    data = json.loads((runs / "transformers_llama-3.1-8b_h200.json").read_text())
+    data["replays"]["conv_trace_rate"]["steps"][1]["prefill"] = [["r0"]]
+    (runs / "transformers_llama-3.1-8b_h200.json").write_text(json.dumps(data))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "conv_trace_rate.steps" in err and "malformed" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "t.md").exists()
 
 
 def test_generate_rows_drop_the_slow_first_decode_run_and_failed_points():
