@@ -5,18 +5,23 @@
 The model (core/engine_profile.py): a step's time is the cost model's GPU time for the step's shape
 (the committed GPU profile, the catalogue model, `serving_host=False`: GPU work only) times the engine's
 kernel factors, plus `per_step_s + per_sequence_s · sequences + per_prompt_token_s · prompt tokens`.
-Rows come from the raw files as they are found (`calibrate/transformers_runs.py` writes them):
+Rows come from the raw files under the folder (sub-folders too, one per session) as they are found
+(`calibrate/transformers_runs.py` writes them):
 
 - a `generate` sweep (any list of rows with `batch_size`, `prompt_tokens`, `ttft_runs_s`, `full_runs_s`):
   TTFT is one prefill step of the whole static batch; the decode time per token is one decode step of the
-  batch at the run's mean context. The first timed full run of a point is dropped (README: it is the slow
-  first decode of that shape), as is any point whose status is not `ok`.
-- a continuous-batching run (any block with `requests` carrying `token_times_s`): the manager's steps are
-  rebuilt from the token stamps (`reconstruct_steps`), each a row.
+  batch at the run's mean context. The first harness's first timed full run of a point is dropped (README: it
+  is the slow first decode of that shape; the second harness warms each point up at the timed length), as is
+  any point whose status is not `ok`.
+- a continuous-batching run (a top-level block, or an entry of a `replays` dict, with `requests` carrying
+  `token_times_s`): its `steps` as the harness recorded them from the manager when present (whole loop
+  iteration, forward apart, packed q and KV sizes), else rebuilt from the token stamps (`reconstruct_steps`).
 
-Rows of the `--train` models are fitted (scipy least squares on relative errors, robust loss, terms >= 0);
-every other model's rows are held out and only predicted. Figures are never fitted and checked on the
-same rows. Imports numpy and scipy only (no torch, no transformers).
+The split (`TrainSet`): only the newest raw file of each `--train` model is fitted — its `--train-runs` replays
+(default the conversation trace's) and every other `generate` prompt length per batch size; everything else
+(the other trace's replays, the other prompt lengths, earlier sessions, every other model) is held out and
+only predicted. Figures are never fitted and checked on the same rows. Imports numpy and scipy only (no
+torch, no transformers).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import datetime as _dt
 import json
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -55,6 +61,9 @@ HOST_TERMS = ("per_step_s", "per_sequence_s", "per_prompt_token_s")
 # x-scales of the host terms in the solver (seconds per step, per sequence, per prompt token), so that
 # its variables are of order one
 HOST_SCALE = np.array([1e-2, 1e-3, 1e-4])
+# the same for an extra term: per packed-attention query x key pair, or per KV token a step reads
+EXTRA_SCALE_S = {"pairs": 1e-9, "kv": 1e-7}
+ExtraTerm = Literal["pairs", "kv"]
 GPU_GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
 # Tokens of one manager step are stamped within about 0.5 ms of each other and steps are 10 ms or more
 # apart (calibration_runs/transformers_h200/README.md); a gap longer than this starts a new step.
@@ -95,6 +104,11 @@ class Row:
     seqs: int
     prompt_tokens: int
     layers: int  # the model's layers (host terms per layer multiply by them)
+    forward_s: float | None = None  # the forward alone (recorded steps: forward_start_s to forward_end_s)
+    pairs: float = 0.0  # packed attention's query x key pairs (q_tokens x (kv_read_tokens + q_tokens))
+    kv_tokens: float = 0.0  # the KV tokens the step's attention reads, its own new tokens included
+    file: str = ""  # the raw file it came from (a model's runs of another session are another check)
+    point: tuple[int, int] | None = None  # a generate row's (batch size, prompt tokens)
 
 
 def gpu_groups(cm: CostModel, shape: BatchShape) -> np.ndarray:
@@ -111,8 +125,11 @@ def _spread(runs: list[float]) -> float:
     return max(MIN_SIGMA, (max(runs) - min(runs)) / (2 * float(np.mean(runs))))
 
 
-def generate_rows(model: str, cm: CostModel, points: list[dict], run: str = "generate") -> list[Row]:
-    """TTFT and decode rows of a `generate` sweep (static batches, one prompt length per point)."""
+def generate_rows(
+    model: str, cm: CostModel, points: list[dict], run: str = "generate", drop_first: bool = True
+) -> list[Row]:
+    """TTFT and decode rows of a `generate` sweep (static batches, one prompt length per point). `drop_first`:
+    leave out each point's first timed full run (the first runs warmed up only the 1-token path)."""
     rows: list[Row] = []
     window, layers = cm.model.sliding_window, cm.model.num_layers
     for p in points:
@@ -123,14 +140,13 @@ def generate_rows(model: str, cm: CostModel, points: list[dict], run: str = "gen
         ttft = float(np.median(ttft_runs))
         where = f"b{b} p{n}"
         shape = BatchShape.of([(n, 0)] * b, window=window, fresh=cm.fresh, logits_tokens=b)
+        gpu = gpu_groups(cm, shape)
         rows.append(
-            Row(
-                model, run, "ttft_s", where, ttft, _spread(ttft_runs), gpu_groups(cm, shape), b, b * n, layers
-            )
+            Row(model, run, "ttft_s", where, ttft, _spread(ttft_runs), gpu, b, b * n, layers, point=(b, n))
         )
         full = [float(x) for x in p.get("full_runs_s") or []]
         new = int(p.get("new_tokens") or 0)
-        if len(full) >= 3:
+        if drop_first and len(full) >= 3:
             full = full[1:]  # the first decode run of a point is the slow first one (README)
         if not full or new < 1:
             continue
@@ -139,10 +155,9 @@ def generate_rows(model: str, cm: CostModel, points: list[dict], run: str = "gen
         ctx = round(n + (new + 1) / 2)
         shape = BatchShape.of([], [ctx] * b, window=window)
         sigma = _spread([x - ttft for x in full])
+        gpu = gpu_groups(cm, shape)
         rows.append(
-            Row(
-                model, run, "decode_s_per_token", where, per_token, sigma, gpu_groups(cm, shape), b, 0, layers
-            )
+            Row(model, run, "decode_s_per_token", where, per_token, sigma, gpu, b, 0, layers, point=(b, n))
         )
     return rows
 
@@ -157,6 +172,13 @@ class Step:
     decode_contexts: list[int]  # each decoding sequence's context, the new token included
     chunks: list[tuple[int, int]]  # prompt chunks: (tokens, tokens already computed before them)
     usable: bool  # False: the first step, or one after an idle manager (its start is not known)
+    forward_s: float | None = None  # recorded steps: the forward's own time
+    q_tokens: int | None = (
+        None  # recorded steps: the packed batch's query tokens, as the manager counted them
+    )
+    kv_read_tokens: int | None = (
+        None  # recorded steps: the KV tokens read from the cache (new tokens not included)
+    )
 
 
 @dataclass(slots=True)
@@ -263,6 +285,32 @@ def reconstruct_steps(
     return steps, st
 
 
+def recorded_steps(records: list[dict]) -> list[Step]:
+    """The manager's steps as `StepRecorder` wrote them (calibrate/transformers_runs.py): start to end is the
+    whole loop iteration (scheduling, inputs, forward, tokens delivered), so every step is usable. A step
+    records its decodes' summed past KV only; it is split evenly over them (the packed attention, which the
+    manager runs, depends on the sum alone)."""
+    steps = []
+    for r in records:
+        if "composition_error" in r:
+            continue
+        n, past = int(r["n_decode"]), int(r["decode_context_tokens"])
+        decode = [past // n + (k < past % n) + 1 for k in range(n)]  # + 1: the new token, as rebuilt steps
+        steps.append(
+            Step(
+                float(r["end_s"]),
+                float(r["start_s"]),
+                decode,
+                [(int(c[1]), int(c[2])) for c in r["prefill"]],
+                usable=True,
+                forward_s=float(r["forward_end_s"]) - float(r["forward_start_s"]),
+                q_tokens=int(r["q_tokens"]),
+                kv_read_tokens=int(r["kv_read_tokens"]),
+            )
+        )
+    return steps
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     """How a continuous-batching run's attention is laid out (Kernels.attention_layout and its paddings)."""
@@ -274,11 +322,17 @@ class Layout:
     @classmethod
     def of(cls, settings: dict) -> Layout:
         """From the manager's resolved settings: its paged sdpa (and eager) attention runs the whole step as one
-        masked dense attention over keys padded to kv_padding_interval_size; paged flash attention does not."""
+        masked dense attention (over keys padded to kv_padding_interval_size when it pads); paged flash
+        attention does not."""
         attn = str(settings.get("attn_implementation_during_run") or "")
         packed = "sdpa" in attn or "eager" in attn
-        q = int(settings.get("q_padding_interval_size") or 1)
-        kv = int(settings.get("kv_padding_interval_size") or 1)
+        # the manager pads only static-shape runs (ContinuousBatchingModelRunner.pad_inputs = CUDA graphs or
+        # compile, model_runner.py of 5.17); its interval sizes are set either way
+        pads = any(settings.get("use_cuda_graph") or []) or any(
+            settings.get(k) for k in ("varlen_compile_config", "decode_compile_config")
+        )
+        q = int(settings.get("q_padding_interval_size") or 1) if pads else 1
+        kv = int(settings.get("kv_padding_interval_size") or 1) if pads else 1
         return cls(packed, q, kv) if packed else cls()
 
 
@@ -304,11 +358,20 @@ def step_rows(model: str, cm: CostModel, steps: list[Step], run: str, layout: La
             continue
         shape = BatchShape.of(s.chunks, s.decode_contexts, window=cm.model.sliding_window, fresh=cm.fresh)
         gpu = gpu_groups(cm, shape)
+        pairs = 0.0
+        kv_all = sum(s.decode_contexts) + sum(c + p for c, p in s.chunks)
+        if s.kv_read_tokens is not None and s.q_tokens is not None:
+            kv_all = s.kv_read_tokens + s.q_tokens
         if layout.packed:
-            q = shape.tokens
-            kv = sum(s.decode_contexts) + sum(c + p for c, p in s.chunks)
-            gpu[1] = packed_attention_time(cm, padded(q, layout.q_padding), padded(kv, layout.kv_padding))
+            # the keys are the cached KV read plus the step's own new tokens (input_outputs.get_model_kwargs)
+            if s.q_tokens is not None and s.kv_read_tokens is not None:
+                q, kv = s.q_tokens, s.kv_read_tokens + s.q_tokens
+            else:
+                q, kv = shape.tokens, sum(s.decode_contexts) + sum(c + p for c, p in s.chunks)
+            q, kv = padded(q, layout.q_padding), padded(kv, layout.kv_padding)
+            gpu[1] = packed_attention_time(cm, q, kv)
             gpu[2] = 0.0
+            pairs = float(q) * kv
         label = f"step {k}: {len(s.decode_contexts)} decodes, {sum(c for c, _ in s.chunks)} prompt tokens"
         rows.append(
             Row(
@@ -322,6 +385,9 @@ def step_rows(model: str, cm: CostModel, steps: list[Step], run: str, layout: La
                 len(s.decode_contexts) + len(s.chunks),
                 shape.prefill_tokens,
                 cm.model.num_layers,
+                forward_s=s.forward_s,
+                pairs=pairs,
+                kv_tokens=float(kv_all),
             )
         )
     return rows
@@ -335,8 +401,10 @@ class RawRuns:
     rows: list[Row] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     settings: dict[str, dict] = field(default_factory=dict)  # CB run -> the manager's resolved settings
-    stats: dict[str, StepStats] = field(default_factory=dict)  # "model run" -> reconstruction stats
+    stats: dict[str, StepStats] = field(default_factory=dict)  # "model run (session)" -> reconstruction stats
+    steps_source: dict[str, str] = field(default_factory=dict)  # "model run (session)" -> recorded or rebuilt
     headers: list[dict] = field(default_factory=list)
+    sessions: dict[str, str] = field(default_factory=dict)  # raw file -> its session (header start time)
 
 
 def _is_generate_sweep(v: object) -> bool:
@@ -368,14 +436,38 @@ def _max_batch_tokens(settings: dict) -> int:
     return v if isinstance(v, int) and v > 0 else TRANSFORMERS_DEFAULT_MAX_BATCH_TOKENS
 
 
+def _cb_blocks(data: dict) -> dict[str, dict]:
+    """A file's continuous-batching runs by name: top-level blocks (`replay`, `generate_batch`: the first
+    harness) and the entries of a `replays` dict (the second: one per trace and arrival rate)."""
+    found = {k: v for k, v in data.items() if _is_cb_run(v)}
+    replays = data.get("replays")
+    if isinstance(replays, dict):
+        found.update({k: v for k, v in replays.items() if _is_cb_run(v)})
+    return found
+
+
+def _recorded(block: dict) -> list[dict] | None:
+    """The block's step records when the harness wrote them whole (every time and the batch), else None."""
+    steps = block.get("steps")
+    need = {"start_s", "forward_start_s", "forward_end_s", "end_s", "n_decode", "decode_context_tokens",
+            "prefill", "q_tokens", "kv_read_tokens"}  # fmt: skip
+    if not isinstance(steps, list) or not steps:
+        return None
+    if not all(isinstance(r, dict) and (need <= set(r) or "composition_error" in r) for r in steps):
+        return None
+    return steps
+
+
 def read_runs(folder: Path, gpu: str, per_sequence_attention: bool = False) -> RawRuns:
-    """The rows of every raw file in `folder` whose header names a model; files without one are skipped.
-    `per_sequence_attention`: cost served steps' attention per sequence whatever the runs' layout (to compare)."""
+    """The rows of every raw file under `folder` (sub-folders too: one per session) whose header names a model;
+    files without one are skipped. A continuous-batching run's steps are its recorded ones when it has them,
+    else rebuilt from its token stamps. `per_sequence_attention`: cost served steps' attention per sequence
+    whatever the runs' layout (to compare)."""
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder of raw runs; give calibration_runs/<engine>_<gpu>")
     profile = load_profile(gpu)
     out = RawRuns()
-    for f in sorted(folder.glob("*.json")):
+    for f in sorted(folder.rglob("*.json")):
         try:
             data = json.loads(f.read_text())
         except (OSError, ValueError) as e:
@@ -386,19 +478,40 @@ def read_runs(folder: Path, gpu: str, per_sequence_attention: bool = False) -> R
         model = str(header["model"])
         spec: ModelSpec = load_model(model)
         cm = CostModel(profile, spec, serving_host=False)
+        session = str(header.get("date_utc") or f.parent.name)[:16]
         out.files.append(str(f))
         out.headers.append(header)
-        cb_blocks = [v for v in data.values() if _is_cb_run(v)]
+        out.sessions[str(f)] = session
+        # the second harness warms every point up with an untimed run of the timed length; the first did not
+        drop_first = "generate_warmup" not in (header.get("settings") or {})
+        rows: list[Row] = []
+        blocks = _cb_blocks(data)
         for key, v in data.items():
             if _is_generate_sweep(v):
-                out.rows += generate_rows(model, cm, v, run=key)
-            elif _is_cb_run(v):
-                settings = _cb_settings(v, cb_blocks)
+                rows += generate_rows(model, cm, v, run=key, drop_first=drop_first)
+        for key, v in blocks.items():
+            settings = _cb_settings(v, list(blocks.values()))
+            records = _recorded(v)
+            name = f"{model} {key} ({session})"
+            if records is not None:
+                try:
+                    steps = recorded_steps(records)
+                except (KeyError, TypeError, ValueError, IndexError) as e:
+                    raise ConfigError(
+                        f"{f}: {key}.steps: a step record is malformed ({e!r}); remove the block's `steps` to "
+                        "rebuild them from the token stamps, or measure again"
+                    ) from None
+                out.steps_source[name] = f"{len(steps)} steps recorded by the harness"
+            else:
                 steps, stats = reconstruct_steps(v["requests"], _max_batch_tokens(settings))
-                out.stats[f"{model} {key}"] = stats
-                out.settings[f"{model} {key}"] = settings
-                layout = Layout() if per_sequence_attention else Layout.of(settings)
-                out.rows += step_rows(model, cm, steps, run=key, layout=layout)
+                out.stats[name] = stats
+                out.steps_source[name] = "rebuilt from token stamps: " + stats.describe()
+            out.settings[f"{model} {key}"] = settings
+            layout = Layout() if per_sequence_attention else Layout.of(settings)
+            rows += step_rows(model, cm, steps, run=key, layout=layout)
+        for r in rows:
+            r.file = str(f)
+        out.rows += rows
     if not out.rows:
         raise ConfigError(
             f"{folder}: no raw runs with a header and timed rows; run calibrate.transformers_runs"
@@ -407,6 +520,37 @@ def read_runs(folder: Path, gpu: str, per_sequence_attention: bool = False) -> R
 
 
 # ---------------------------------------------------------------- the fit
+@dataclass(frozen=True, slots=True)
+class TrainSet:
+    """Which rows are fitted: rows of `models` from `files` (None: any file), served steps of `served_runs` only
+    (None: every run), and of a generate sweep, with `alternate`, every other prompt length of each batch size
+    starting with the shortest (the others held out)."""
+
+    models: frozenset[str]
+    files: frozenset[str] | None = None
+    served_runs: frozenset[str] | None = None
+    alternate: bool = False
+
+    def describe(self) -> str:
+        what = [", ".join(sorted(self.models))]
+        if self.files is not None:
+            what.append("from " + ", ".join(sorted(self.files)))
+        if self.served_runs is not None:
+            what.append("served runs " + ", ".join(sorted(self.served_runs)))
+        if self.alternate:
+            what.append("generate: every other prompt length per batch size from the shortest")
+        return "; ".join(what)
+
+
+def alternate_points(rows: list[Row]) -> set[tuple[str, str, int, int]]:
+    """(file, run, batch size, prompt tokens) of every other generate point per batch size, from the shortest."""
+    lengths: dict[tuple[str, str, int], set[int]] = {}
+    for r in rows:
+        if r.point is not None:
+            lengths.setdefault((r.file, r.run, r.point[0]), set()).add(r.point[1])
+    return {(*k, n) for k, ns in lengths.items() for n in sorted(ns)[::2]}
+
+
 @dataclass(slots=True)
 class Split:
     """Which rows are fitted and which only predicted; the two never overlap."""
@@ -415,57 +559,125 @@ class Split:
     held_out: np.ndarray
 
     @classmethod
-    def by_model(cls, rows: list[Row], train_models: set[str]) -> Split:
-        is_train = np.array([r.model in train_models for r in rows])
+    def of(cls, rows: list[Row], ts: TrainSet) -> Split:
+        alt = alternate_points(rows) if ts.alternate else set()
+
+        def fitted(r: Row) -> bool:
+            if r.model not in ts.models or (ts.files is not None and r.file not in ts.files):
+                return False
+            if r.metric == "step_s" and ts.served_runs is not None and r.run not in ts.served_runs:
+                return False
+            return not (ts.alternate and r.point is not None and (r.file, r.run, *r.point) not in alt)
+
+        is_train = np.array([fitted(r) for r in rows], dtype=bool)
         split = cls(np.flatnonzero(is_train), np.flatnonzero(~is_train))
         assert not set(split.train) & set(split.held_out)
         return split
 
+    @classmethod
+    def by_model(cls, rows: list[Row], train_models: set[str]) -> Split:
+        return cls.of(rows, TrainSet(frozenset(train_models)))
+
 
 @dataclass(slots=True)
 class HostFit:
-    host_s: np.ndarray  # HOST_TERMS, seconds (per layer when per_layer)
+    host_s: np.ndarray  # HOST_TERMS (then the extra term's), seconds (per layer when per_layer)
     factors: np.ndarray  # GPU_GROUPS' factors (1.0 unless fitted)
     per_layer: bool
     train_rows: int
+    # split_forward: the time outside the forward (scheduling, inputs, tokens delivered) per step, per sequence
+    # and per prompt token, not per layer; then host_s is the forward's host time only
+    outside_s: np.ndarray | None = None
+
+    extra: ExtraTerm | None = None  # a fourth host term: per packed-attention pair, or per KV token read
 
 
-def _columns(rows: list[Row], per_layer: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _columns(
+    rows: list[Row], per_layer: bool, extra: ExtraTerm | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     gpu = np.array([r.gpu_s for r in rows])
-    host = np.array([[1.0, r.seqs, r.prompt_tokens] for r in rows])
+    more = {None: lambda r: [], "pairs": lambda r: [r.pairs], "kv": lambda r: [r.kv_tokens]}[extra]
+    host = np.array([[1.0, r.seqs, r.prompt_tokens, *more(r)] for r in rows])
     if per_layer:
         host *= np.array([r.layers for r in rows], dtype=float)[:, None]
     return gpu, host, np.array([r.measured_s for r in rows]), np.array([r.sigma for r in rows])
 
 
+def _outside_columns(rows: list[Row]) -> np.ndarray:
+    return np.array([[1.0, r.seqs, r.prompt_tokens] for r in rows])
+
+
 def predict(rows: list[Row], fit: HostFit) -> np.ndarray:
-    """Predicted seconds of each row under the fitted terms."""
-    gpu, host, _, _ = _columns(rows, fit.per_layer)
-    return gpu[:, :4] @ fit.factors + gpu[:, 4] + host @ fit.host_s
+    """Predicted seconds of each row (a whole step, when the fit splits forward and outside) under the fit."""
+    gpu, host, _, _ = _columns(rows, fit.per_layer, fit.extra)
+    t = gpu[:, :4] @ fit.factors + gpu[:, 4] + host @ fit.host_s
+    if fit.outside_s is not None:
+        t = t + _outside_columns(rows) @ fit.outside_s
+    return t
 
 
-def fit_host(rows: list[Row], fit_factors: bool = False, per_layer: bool = True) -> HostFit:
-    """Host terms (and kernel factors if asked) minimising the rows' relative errors, each weighted by its
-    spread, with a soft-L1 loss so that a few outlying steps do not pull the terms."""
-    if not rows:
-        raise ConfigError("engine fit: no rows to fit; give --train a model that has runs in the folder")
-    gpu, host, meas, sigma = _columns(rows, per_layer)
-    nf = 4 if fit_factors else 0
-    scale = HOST_SCALE / (float(np.mean([r.layers for r in rows])) if per_layer else 1.0)
+def _solve(
+    gpu: np.ndarray,
+    host: np.ndarray,
+    meas: np.ndarray,
+    sigma: np.ndarray,
+    scale: np.ndarray,
+    nf: int,
+    attention_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Host terms >= 0 (and nf kernel factors: all four, or with `attention_only` the prefill-attention one)
+    minimising the rows' relative errors weighted by their spread."""
 
     def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x[:3] * scale, (x[3:] if nf else np.ones(4))
+        if not nf:
+            return x[: len(scale)] * scale, np.ones(4)
+        f = np.array([1.0, x[-1], 1.0, 1.0]) if attention_only else x[len(scale) :]
+        return x[: len(scale)] * scale, f
 
     def resid(x: np.ndarray) -> np.ndarray:
         h, f = unpack(x)
         pred = gpu[:, :4] @ f + gpu[:, 4] + host @ h
         return (pred / meas - 1.0) / sigma
 
-    x0 = np.concatenate([np.ones(3), np.ones(nf)])
-    lower = np.concatenate([np.zeros(3), np.full(nf, 0.05)])
+    x0 = np.concatenate([np.ones(len(scale)), np.ones(nf)])
+    lower = np.concatenate([np.zeros(len(scale)), np.full(nf, 0.05)])
     sol = least_squares(resid, x0, bounds=(lower, np.inf), loss="soft_l1", f_scale=1.0)
     h, f = unpack(sol.x)
-    return HostFit(h, np.array(f, dtype=float), per_layer, len(rows))
+    return h, np.array(f, dtype=float)
+
+
+def fit_host(
+    rows: list[Row],
+    fit_factors: bool = False,
+    per_layer: bool = True,
+    extra: ExtraTerm | None = None,
+    split_forward: bool = False,
+    attention_factor: bool = False,
+) -> HostFit:
+    """Host terms (and kernel factors if asked) minimising the rows' relative errors, each weighted by its
+    spread, with a soft-L1 loss so that a few outlying steps do not pull the terms. `extra`: a fourth term per
+    packed-attention pair (q x kv) or per KV token read. `split_forward`: fit the forward (GPU + host terms) on the recorded
+    forward times and the rest of the step (outside_s) on what remains, each row's parts summing to its step.
+    `attention_factor`: fit the prefill-attention kernel factor alone (the packed attention's, in a served step)."""
+    if not rows:
+        raise ConfigError("engine fit: no rows to fit; give --train a model that has runs in the folder")
+    nf = 4 if fit_factors else (1 if attention_factor else 0)
+    scale = np.append(HOST_SCALE, [EXTRA_SCALE_S[extra]] if extra else [])
+    scale = scale / (float(np.mean([r.layers for r in rows])) if per_layer else 1.0)
+    outside = None
+    if split_forward:
+        timed = [r for r in rows if r.forward_s is not None]
+        if not timed:
+            raise ConfigError("engine fit: no recorded forward times to split the steps by; fit whole steps")
+        rest = np.array([r.measured_s - r.forward_s for r in timed])
+        zeros = np.zeros((len(timed), 5))
+        outside, _ = _solve(
+            zeros, _outside_columns(timed), rest, np.full(len(timed), STEP_SIGMA), HOST_SCALE, 0
+        )
+        rows = [replace(r, measured_s=r.forward_s) for r in timed]
+    gpu, host, meas, sigma = _columns(rows, per_layer, extra)
+    h, f = _solve(gpu, host, meas, sigma, scale, nf, attention_only=attention_factor and not fit_factors)
+    return HostFit(h, f, per_layer, len(rows), outside, extra)
 
 
 @dataclass(slots=True)
@@ -495,11 +707,10 @@ def check(rows: list[Row], fit: HostFit) -> list[Check]:
         return []
     err = (predict(rows, fit) / np.array([r.measured_s for r in rows]) - 1.0) * 100.0
     out = []
-    for key in dict.fromkeys((r.metric, r.run, r.model) for r in rows):
-        idx = [i for i, r in enumerate(rows) if (r.metric, r.run, r.model) == key]
-        out.append(
-            Check(key[0], f"{key[1]}, {key[2]}", err[idx], [f"{rows[i].model} {rows[i].label}" for i in idx])
-        )
+    for key in dict.fromkeys((r.metric, r.run, r.model, r.file) for r in rows):
+        idx = [i for i, r in enumerate(rows) if (r.metric, r.run, r.model, r.file) == key]
+        run = f"{key[1]}, {key[2]}" + (f", {Path(key[3]).parent.name}" if key[3] else "")
+        out.append(Check(key[0], run, err[idx], [f"{rows[i].model} {rows[i].label}" for i in idx]))
     pred = predict(rows, fit)
     # served steps with a long prompt in them: the steps a request's TTFT (and its neighbours' TPOT) waits on
     for run in dict.fromkeys(r.run for r in rows if r.metric == "step_s"):
@@ -513,12 +724,15 @@ def check(rows: list[Row], fit: HostFit) -> list[Check]:
             out.append(Check(f"step_s, >= {LONG_PROMPT_TOKENS} prompt tokens", run, err[idx], labels))
     # a served run's busy time (its steps summed): what its throughput follows
     for run in dict.fromkeys(r.run for r in rows if r.metric == "step_s"):
-        models = list(dict.fromkeys(r.model for r in rows if r.run == run and r.metric == "step_s"))
+        runs = list(dict.fromkeys((r.model, r.file) for r in rows if r.run == run and r.metric == "step_s"))
         busy = []
-        for m in models:
-            idx = [i for i, r in enumerate(rows) if (r.model, r.run, r.metric) == (m, run, "step_s")]
+        for m, f in runs:
+            idx = [
+                i for i, r in enumerate(rows) if (r.model, r.file, r.run, r.metric) == (m, f, run, "step_s")
+            ]
             busy.append((pred[idx].sum() / sum(rows[i].measured_s for i in idx) - 1.0) * 100.0)
-        out.append(Check("busy_s", run, np.array(busy), models))
+        labels = [m + (f" ({Path(f).parent.name})" if f else "") for m, f in runs]
+        out.append(Check("busy_s", run, np.array(busy), labels))
     return out
 
 
@@ -534,33 +748,45 @@ class EngineFit:
     checks: list[Check]
     train_checks: list[Check]
     variant: str = ""  # how it differs from the shipped fit, when it is an alternative shown for comparison
+    train_set: TrainSet | None = None
 
 
 def fit_engine(
     name: str,
     rows: list[Row],
-    train_models: set[str],
+    train: set[str] | TrainSet,
     fit_factors: bool = False,
     per_layer: bool = True,
     variant: str = "",
+    extra: ExtraTerm | None = None,
+    split_forward: bool = False,
+    attention_factor: bool = False,
 ) -> EngineFit:
-    split = Split.by_model(rows, train_models)
-    train = [rows[i] for i in split.train]
+    ts = train if isinstance(train, TrainSet) else TrainSet(frozenset(train))
+    split = Split.of(rows, ts)
+    fitted = [rows[i] for i in split.train]
     held = [rows[i] for i in split.held_out]
-    if not train:
-        have = ", ".join(sorted({r.model for r in rows}))
+    if not fitted:
+        have = ", ".join(sorted({f"{r.model} {r.run}" for r in rows}))
         raise ConfigError(
-            f"--train {','.join(sorted(train_models))}: no {name} rows of that model (the runs have {have}); "
-            "name one of those"
+            f"--train {','.join(sorted(ts.models))}: no {name} rows to fit ({ts.describe()}; the runs have "
+            f"{have}); give --train a model and --train-runs runs of those"
         )
-    fit = fit_host(train, fit_factors, per_layer)
-    return EngineFit(name, rows, split, fit, check(held, fit), check(train, fit), variant)
+    fit = fit_host(fitted, fit_factors, per_layer, extra, split_forward, attention_factor)
+    return EngineFit(name, rows, split, fit, check(held, fit), check(fitted, fit), variant, ts)
 
 
-def _settings_of(raw: RawRuns, train: set[str], run: str = "replay") -> dict:
-    """The resolved settings of a `run` of a fitted model (else of any model)."""
+def _settings_of(raw: RawRuns, ts: TrainSet) -> dict:
+    """The resolved settings of a fitted served run (else of any served run)."""
     found = [
-        (key.split()[0] not in train, s) for key, s in raw.settings.items() if key.endswith(f" {run}") and s
+        (
+            not (
+                key.split()[0] in ts.models and (ts.served_runs is None or key.split()[1] in ts.served_runs)
+            ),
+            s,
+        )
+        for key, s in raw.settings.items()
+        if s
     ]
     return min(found, key=lambda x: x[0])[1] if found else {}
 
@@ -570,16 +796,33 @@ def _gpu_share(rows: list[Row], fit: HostFit) -> float:
     return float(np.median((gpu[:, :4] @ fit.factors + gpu[:, 4]) / meas))
 
 
-def build_profile(
-    ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: str, train: set[str]
-) -> EngineProfile:
+def newest_files(raw: RawRuns, models: set[str]) -> frozenset[str]:
+    """The newest raw file (by its header's start time) of each of `models`: the session a fit is made on."""
+    newest: dict[str, str] = {}
+    for f, h in zip(raw.files, raw.headers):
+        m = str(h["model"])
+        if m in models and (m not in newest or raw.sessions[f] > raw.sessions[newest[m]]):
+            newest[m] = f
+    return frozenset(newest.values())
+
+
+def _group(r: Row) -> str:
+    """A row's model, run and raw folder, as the held-out list names them."""
+    return f"{r.model} {r.run}" + (f" ({Path(r.file).parent.name})" if r.file else "")
+
+
+def build_profile(ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: str) -> EngineProfile:
     """The engine profile of a fit: scheduling from the runs' settings, host terms fitted, kernels 1.0."""
-    header = next((h for h in raw.headers if h.get("model") in train), raw.headers[0])
+    ts = ef.train_set or TrainSet(frozenset())
+    train_files = sorted({ef.rows[i].file for i in ef.split.train})
+    header = next(
+        (h for f, h in zip(raw.files, raw.headers) if f in train_files),
+        next((h for h in raw.headers if h.get("model") in ts.models), raw.headers[0]),
+    )
     versions = header.get("versions") or {}
     date = str(header.get("date_utc", ""))[:10] or _dt.date.today().isoformat()
-    train_files = sorted({f for f in raw.files if any(m in Path(f).name for m in train)})
     static = ef.name.endswith("generate")
-    s = _settings_of(raw, train)
+    s = _settings_of(raw, ts)
     layout = Layout() if static else Layout.of(s)
     measured = Measured(
         kind="measured",
@@ -589,19 +832,28 @@ def build_profile(
         raw=train_files or raw.files,
     )
     share = _gpu_share([ef.rows[i] for i in ef.split.train], ef.fit)
+    fitted_attention = bool(ef.fit.factors[1] != 1.0)
+    # the second harness: recorded steps, and generate points warmed up at the timed length
+    recorded = any(ef.rows[i].forward_s is not None for i in ef.split.train) or any(
+        "generate_warmup" in (h.get("settings") or {})
+        for f, h in zip(raw.files, raw.headers)
+        if f in train_files
+    )
     sources = {
         "fit": measured,
         "kernels": Estimated(
             kind="estimated",
-            why=f"factors 1.0: not identifiable from these runs, where the GPU's kernels are a median {share:.0%} of "
-            "a row's time (the rest is the engine's host time; --fit-factors gives unstable factors and worse "
-            "held-out errors); transformers runs torch's own kernels (cuBLAS GEMMs, sdpa), as the GPU profile's "
-            "fit did; only 16-bit weights were run"
+            why=("GEMM, decode-attention and element-wise factors 1.0" if fitted_attention else "factors 1.0")
+            + f": not identifiable from these runs, where the GPU's kernels are a median {share:.0%} of a row's "
+            "time (the rest is the engine's host time; --fit-factors gives unstable factors); transformers runs "
+            "torch's own kernels (cuBLAS GEMMs, sdpa), as the GPU profile's fit did; only 16-bit weights were run"
             + (
                 f". Attention packed: the manager ran {s.get('attn_implementation_during_run')}, which gathers "
-                "the KV of every sequence of a step, padded to kv_padding_interval_size "
-                f"{layout.kv_padding} (queries to {layout.q_padding}), and runs one masked sdpa over all of "
-                "them; the table compares a fit that costs attention per sequence"
+                "the KV of every sequence of a step and runs one masked sdpa of all its query tokens over all "
+                f"those keys (padded to {layout.kv_padding}, queries to {layout.q_padding}: the manager pads "
+                "only with CUDA graphs or compile); its factor (attention_prefill) is fitted with the host "
+                "terms (source fit); the table compares factors 1.0, a host term per query x key pair, and "
+                "attention costed per sequence"
                 if layout.packed
                 else ""
             ),
@@ -662,12 +914,12 @@ def build_profile(
         attention_layout="packed" if layout.packed else "per_sequence",
         q_padding_tokens=layout.q_padding,
         kv_padding_tokens=layout.kv_padding,
-        source="kernels",
+        source="fit" if fitted_attention else "kernels",
     )
-    held = sorted({ef.rows[i].model for i in ef.split.held_out})
+    held = list(dict.fromkeys(_group(ef.rows[i]) for i in ef.split.held_out))
     validation = (
         Validation(
-            held_out=f"every row of {', '.join(held)}; fitted on {', '.join(sorted(train))} only "
+            held_out=f"every row not fitted: {', '.join(held)}; fitted on {ts.describe()} only "
             f"({len(ef.split.train)} rows)",
             metrics=[c.as_metric() for c in ef.checks],
             table=table,
@@ -695,10 +947,20 @@ def build_profile(
         f"GPU's kernels a median {share:.0%} of a fitted row) and grows with the model's layers, so the host "
         "terms are per layer. "
         + (
-            "Steps were rebuilt from the manager's per-token stamps; a step's wall time at one shape spreads "
-            "widely over a run (host-side: see the table's batch-1 decode steps), which sets the per-step error. "
+            (
+                "Steps as the harness recorded them from the manager (start of the loop iteration to its tokens "
+                "delivered; the forward alone is most of it, table). "
+                if recorded
+                else "Steps were rebuilt from the manager's per-token stamps. "
+            )
+            + "A step's wall time at one shape spreads widely over a run (host-side: see the table's batch-1 "
+            "decode steps), which sets the per-step error. "
             if not static
-            else "Decode rows drop each point's first timed run (the slow first decode of that shape). "
+            else (
+                "Each point was warmed up with an untimed run of the timed length; all timed runs are used. "
+                if recorded
+                else "Decode rows drop each point's first timed run (the slow first decode of that shape). "
+            )
         )
         + f"Held-out errors in `validation`; the row tables in {table}.",
     )
@@ -709,9 +971,9 @@ def _held_out_by_model(f: EngineFit) -> str:
     if not rows:
         return "none held out"
     err = np.abs(predict(rows, f.fit) / np.array([r.measured_s for r in rows]) - 1.0) * 100.0
+    where = [f"{r.model} ({Path(r.file).parent.name})" if r.file else r.model for r in rows]
     return ", ".join(
-        f"{m} {np.median(err[[i for i, r in enumerate(rows) if r.model == m]]):.1f}%"
-        for m in sorted({r.model for r in rows})
+        f"{m} {np.median(err[[i for i, w in enumerate(where) if w == m]]):.1f}%" for m in sorted(set(where))
     )
 
 
@@ -727,14 +989,86 @@ def _long(f: EngineFit) -> str:
     return "; ".join(f"{c.run}: {np.median(np.abs(c.errors_pct)):.1f}% ({len(c.errors_pct)})" for c in long)
 
 
+def _busy_section(fits: list[EngineFit]) -> list[str]:
+    """Each held-out served run's busy time (its steps summed), measured and predicted."""
+    out = [
+        "",
+        "Held-out served runs' busy time (every step's time summed; what a run's throughput follows):",
+        "",
+        "| model | run | raw file | steps | measured (s) | predicted (s) | error | stalls: steps over 2x their "
+        "prediction (their excess, s) | error without them |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in fits:
+        rows = [f.rows[i] for i in f.split.held_out if f.rows[i].metric == "step_s"]
+        pred = predict(rows, f.fit) if rows else np.array([])
+        for key in dict.fromkeys((r.model, r.run, r.file) for r in rows):
+            idx = [i for i, r in enumerate(rows) if (r.model, r.run, r.file) == key]
+            meas, p = np.array([rows[i].measured_s for i in idx]), pred[idx]
+            stall = meas > 2 * p  # a step far over its shape's time: a host stall, not the step's shape
+            out.append(
+                f"| {key[0]} | {key[1]} | {key[2]} | {len(idx)} | {meas.sum():.2f} | {p.sum():.2f} | "
+                f"{p.sum() / meas.sum() - 1:+.1%} | {stall.sum()} ({(meas - p)[stall].sum():.2f}) | "
+                f"{p[~stall].sum() / meas[~stall].sum() - 1:+.1%} |"
+            )
+    return out if len(out) > 5 else []
+
+
+def _forward_section(fits: list[EngineFit]) -> list[str]:
+    """Recorded steps split into the forward (forward_start to forward_end) and the rest of the loop iteration
+    (scheduling, inputs, tokens delivered), by run; and the outside-forward terms of the split fit."""
+    served = next((f for f in fits if f.name == "transformers"), None)
+    timed = [r for r in served.rows if r.forward_s is not None] if served else []
+    if not timed:
+        return []
+    out = [
+        "",
+        "## Forward against the whole step (recorded steps)",
+        "",
+        "| model | run | steps | step p50 (ms) | forward p50 (ms) | outside the forward p50 / p90 / max (ms) "
+        "| outside, share of the run's busy time | GPU part of the forward, p50 (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in dict.fromkeys((r.model, r.run) for r in timed):
+        rs = [r for r in timed if (r.model, r.run) == key]
+        step = np.array([r.measured_s for r in rs]) * 1e3
+        fwd = np.array([r.forward_s for r in rs]) * 1e3
+        rest = np.percentile(step - fwd, [50, 90, 100])
+        gpu = np.array([r.gpu_s[:4] @ served.fit.factors + r.gpu_s[4] for r in rs]) * 1e3
+        out.append(
+            f"| {key[0]} | {key[1]} | {len(rs)} | {np.median(step):.1f} | {np.median(fwd):.1f} | "
+            + " / ".join(f"{x:.1f}" for x in rest)
+            + f" | {(step - fwd).sum() / step.sum():.1%} | {np.median(gpu):.1f} |"
+        )
+    split = next((f for f in fits if f.fit.outside_s is not None), None)
+    if split is not None:
+        o = np.where(split.fit.outside_s > NEGLIGIBLE_S, split.fit.outside_s, 0.0)
+        h = np.where(split.fit.host_s > NEGLIGIBLE_S, split.fit.host_s, 0.0)
+        out += [
+            "",
+            f"The split fit's outside-forward terms (not per layer): {o[0] * 1e3:.3g} ms per step, "
+            f"{o[1] * 1e3:.3g} ms per sequence, {o[2] * 1e6:.3g} µs per prompt token; the forward's host terms "
+            "per layer: "
+            + ", ".join(f"{x * 1e3:.4g} ms" for x in h[:2])
+            + f", {h[2] * 1e6:.4g} µs. The forward is most of a step and most of the forward is "
+            "host time (eager launches from Python), so the profile keeps one set of per-layer host terms "
+            "for the whole step; the split fit's held-out errors are in the table above.",
+        ]
+    return out
+
+
 def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, command: str) -> str:
     """The fit's report: figures, held-out errors by metric, the reconstruction, every held-out row; `others`
     are alternative fits of the same rows (their `variant` says how they differ), compared on held-out rows."""
     out = [
         f"# Engine fit: {', '.join(f.name for f in fits)}",
         "",
-        f"`{command}`. Rows of the fitted model(s) set the terms; every other row is predicted only, and",
-        "only those are errors below (fitted rows' errors are listed apart, as a fit quality, never as a check).",
+        f"`{command}`",
+        "",
+        "Fitted rows set the terms; every other row is predicted only, and only those are errors below (fitted",
+        "rows' errors are listed apart, as a fit quality, never as a check). Fitted:",
+        "",
+        *[f"- {f.name}: {f.train_set.describe() if f.train_set else 'every row'}" for f in fits],
         "",
         "| profile | host terms | per step (ms) | per sequence (ms) | per prompt token (µs) | kernel factors "
         "| fitted rows |",
@@ -764,7 +1098,7 @@ def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, comma
         "",
     ]
     out += [
-        f"| profile | fit | median abs. error of rows, by model | steps with >= {LONG_PROMPT_TOKENS} prompt "
+        f"| profile | fit | median abs. error of rows, by model (raw folder) | steps with >= {LONG_PROMPT_TOKENS} prompt "
         "tokens: median abs. error (rows) | busy time, by model |",
         "|---|---|---|---|---|",
     ]
@@ -773,15 +1107,17 @@ def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, comma
             f"| {f.name} | {f.variant or 'shipped'} | {_held_out_by_model(f)} | {_long(f) or '-'} | "
             f"{_busy(f) or '-'} |"
         )
+    out += _busy_section(fits)
+    out += _forward_section(fits + others)
     out += ["", "Fitted rows, for comparison (not a check):", ""]
     out += ["| profile | metric | rows | median abs. error |", "|---|---|---:|---:|"]
     for f in fits:
         for c in f.train_checks:
             m = c.as_metric()
             out.append(f"| {f.name} | {m.metric} | {m.rows} | {m.median_abs_pct:.1f}% |")
-    out += ["", "## Steps rebuilt from the token stamps", ""]
-    for key, st in raw.stats.items():
-        out.append(f"- {key}: {st.describe()}")
+    out += ["", "## Steps of the served runs: recorded by the harness, or rebuilt from the token stamps", ""]
+    for key, how in raw.steps_source.items():
+        out.append(f"- {key}: {how}")
     out += ["", "Wall time of the batch-1 decode steps (one sequence, no prompt tokens) of each run, ms:", ""]
     out += [
         "| model | run | steps | min | p10 | median | p90 | max |",
@@ -839,7 +1175,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="markdown report (default: benchmarks/results/engine_fit_<runs folder name>.md)",
     )
-    p.add_argument("--fit-factors", action="store_true", help="fit the kernel factors too (default: 1.0)")
+    p.add_argument(
+        "--train-runs",
+        default="conv_trace_rate,conv_moderate",
+        help="served runs whose steps are fitted, comma-separated (the others held out; default: the "
+        "conversation replays)",
+    )
+    p.add_argument(
+        "--fit-factors",
+        action="store_true",
+        help="fit all four kernel factors (default: served steps the packed attention's alone, generate none)",
+    )
     p.add_argument(
         "--host-per-step",
         action="store_true",
@@ -858,16 +1204,41 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--out {out}: is a file; give a folder for the profiles")
         table = Path(args.table or f"benchmarks/results/engine_fit_{folder.name}.md")
         train = {m.strip() for m in args.train.split(",") if m.strip()}
+        runs = frozenset(r.strip() for r in args.train_runs.split(",") if r.strip())
         raw = read_runs(folder, args.gpu)
+        files = newest_files(raw, train)
+        served_set = TrainSet(frozenset(train), files, runs)
+        static_set = TrainSet(frozenset(train), files, alternate=True)
         static = [r for r in raw.rows if r.metric != "step_s"]
         served = [r for r in raw.rows if r.metric == "step_s"]
         per_layer = not args.host_per_step
         other_host = "host terms per layer" if args.host_per_step else "host terms per step, not per layer"
         fits, others = [], []
-        for name, rows in (("transformers-generate", static), ("transformers", served)):
-            if rows:
-                fits.append(fit_engine(name, rows, train, args.fit_factors, per_layer))
-                others.append(fit_engine(name, rows, train, args.fit_factors, not per_layer, other_host))
+        if static:
+            fits.append(fit_engine("transformers-generate", static, static_set, args.fit_factors, per_layer))
+            others.append(
+                fit_engine(
+                    "transformers-generate", static, static_set, args.fit_factors, not per_layer, other_host
+                )
+            )
+        if served:
+            # shipped: host terms per layer and the packed attention's kernel factor (the best on held-out
+            # long-prompt steps, benchmarks/results/engine_fit_*.md); the alternatives are shown beside it
+            ff, att = args.fit_factors, not args.fit_factors
+            fits.append(fit_engine("transformers", served, served_set, ff, per_layer, attention_factor=att))
+            for variant, kw in (
+                (other_host, {"per_layer": not per_layer, "attention_factor": att}),
+                ("kernel factors 1.0", {"per_layer": per_layer}),
+                ("kernel factors 1.0, + host term per packed-attention q x kv pair", {"extra": "pairs"}),
+                ("+ host term per KV token read", {"extra": "kv", "attention_factor": att}),
+                (
+                    "forward (GPU + per-layer host) and outside-forward time (per step) fitted apart",
+                    {"split_forward": True, "attention_factor": att},
+                ),
+            ):
+                if kw.get("split_forward") and not any(served[i].forward_s for i in fits[-1].split.train):
+                    continue
+                others.append(fit_engine("transformers", served, served_set, ff, variant=variant, **kw))
         if any(Layout.of(s).packed for s in raw.settings.values()):
             flat = [
                 r
@@ -875,9 +1246,12 @@ def main(argv: list[str] | None = None) -> int:
                 if r.metric == "step_s"
             ]
             others.append(
-                fit_engine("transformers", flat, train, args.fit_factors, per_layer, "attention per sequence")
-            )
-        profiles = [build_profile(f, raw, args.gpu, command, str(table), train) for f in fits]
+                fit_engine(
+                    "transformers", flat, served_set, args.fit_factors, per_layer,
+                    "attention per sequence (factor fitted)", attention_factor=not args.fit_factors,
+                )
+            )  # fmt: skip
+        profiles = [build_profile(f, raw, args.gpu, command, str(table)) for f in fits]
         text = markdown(fits, others, raw, command)
         out.mkdir(parents=True, exist_ok=True)
         table.parent.mkdir(parents=True, exist_ok=True)

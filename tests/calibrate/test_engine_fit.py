@@ -13,10 +13,13 @@ from calibrate.engine_fit import (
     STEP_GAP_S,
     Row,
     Split,
+    TrainSet,
     fit_engine,
     fit_host,
     main,
+    newest_files,
     predict,
+    read_runs,
     reconstruct_steps,
 )
 from core.engine_profile import load_engine_profile
@@ -157,7 +160,8 @@ def test_command_writes_loadable_profiles_and_a_table(tmp_path, capsys):
     _raw_file(runs, "qwen2.5-7b", 0.02)
     (runs / "point.json").write_text(json.dumps({"model": "llama-3.1-8b", "rows": []}))  # no header: skipped
     out, table = tmp_path / "profiles", tmp_path / "fit.md"
-    assert main([str(runs), "--gpu", "h200", "--out", str(out), "--table", str(table)]) == 0
+    argv = [str(runs), "--gpu", "h200", "--out", str(out), "--table", str(table), "--train-runs", "replay"]
+    assert main(argv) == 0
     for name in ("transformers", "transformers-generate"):
         p = load_engine_profile(str(out / f"{name}.yaml"))
         assert p.gpu == "h200" and p.version == "5.17.0" and p.validation is not None
@@ -189,6 +193,20 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--train llama-3.1-8b" in err and "qwen2.5-7b" in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "t.md").exists()  # nothing half-written
+    # a replay name the runs do not have: nothing to fit, said in one line naming the runs there are
+    _raw_file_v2(runs, "llama-3.1-8b")
+    argv = [str(runs), "--gpu", "h200", "--out", str(tmp_path / "o"), "--table", str(tmp_path / "t.md")]
+    assert main([*argv, "--train-runs", "conv_nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--train-runs" in err and "llama-3.1-8b code_trace_rate" in err
+    # a malformed step record: one line naming the file and the block
+    data = json.loads((runs / "transformers_llama-3.1-8b_h200.json").read_text())
+    data["replays"]["conv_trace_rate"]["steps"][1]["prefill"] = [["r0"]]
+    (runs / "transformers_llama-3.1-8b_h200.json").write_text(json.dumps(data))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "conv_trace_rate.steps" in err and "malformed" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "t.md").exists()
 
 
 def test_generate_rows_drop_the_slow_first_decode_run_and_failed_points():
@@ -224,7 +242,13 @@ def test_packed_layout_costs_one_attention_over_the_steps_padded_queries_and_key
 
     settings = {"attn_implementation_during_run": "paged|sdpa", "q_padding_interval_size": 64,
                 "kv_padding_interval_size": 16384}  # fmt: skip
+    assert Layout.of(settings) == Layout(True, 1, 1)  # the manager pads only static-shape runs
+    settings["use_cuda_graph"] = [False, True]
     assert Layout.of(settings) == Layout(True, 64, 16384)
+    assert (
+        Layout.of({**settings, "use_cuda_graph": None, "varlen_compile_config": {"mode": "x"}}).q_padding
+        == 64
+    )
     assert not Layout.of({**settings, "attn_implementation_during_run": "paged|flash_attention_2"}).packed
     assert not Layout.of({}).packed
     cm = CostModel(load_profile("h200"), load_model("llama-3.1-8b"), serving_host=False)
@@ -263,4 +287,146 @@ def test_parts_found_by_their_shape_and_absent_parts_tolerated(tmp_path):
         kinds == [("prompt_sweep", "ttft_s")] * 2 + [("replay_code", "step_s")] * 5
     )  # 6 steps, the first unused
     assert raw.rows[1].measured_s == pytest.approx(0.02 + 1024e-5) and raw.rows[1].sigma == 0.1
-    assert "llama-3.1-8b replay_code" in raw.stats
+    assert "llama-3.1-8b replay_code (runs)" in raw.stats  # a header without a start time: the folder's name
+
+
+# ---------------------------------------------------------------- the second harness's files (recorded steps)
+SDPA = {"attn_implementation_during_run": "paged|sdpa", "q_padding_interval_size": 64,
+        "kv_padding_interval_size": 16384, "use_cuda_graph": [False, False], "max_batch_tokens": 8192,
+        "block_size": 256, "max_requests_per_batch": 1024}  # fmt: skip
+
+
+def _step(t0: float, n_decode: int, past: int, prefill: list[list], dt: float = 0.08) -> dict:
+    """One step record as calibrate.transformers_runs' StepRecorder writes it."""
+    q = n_decode + sum(c[1] for c in prefill)
+    return {
+        "n_decode": n_decode, "decode_context_tokens": past, "prefill_tokens": q - n_decode, "prefill": prefill,
+        "out_tokens": q, "q_tokens": q, "kv_read_tokens": past + sum(c[2] for c in prefill), "waiting": 0,
+        "active": n_decode + len(prefill), "free_blocks": 100, "start_s": t0, "forward_start_s": t0 + 0.002,
+        "forward_end_s": t0 + dt - 0.001, "end_s": t0 + dt,
+    }  # fmt: skip
+
+
+def _replay(steps: list[dict]) -> dict:
+    reqs = [_request(0.0, 100, [s["end_s"] for s in steps])]  # token stamps: present, not used for the steps
+    return {
+        "status": "ok",
+        "settings": SDPA,
+        "steps_source": "StepRecorder",
+        "requests": reqs,
+        "steps": steps,
+    }
+
+
+def _raw_file_v2(folder: Path, model: str, date: str = "2026-12-02T09:40:16+00:00") -> Path:
+    """A raw run in the second harness's layout: a warmed generate sweep and a `replays` dict."""
+    gen = [
+        {"batch_size": b, "prompt_tokens": p, "status": "ok", "new_tokens": 32,
+         "ttft_runs_s": [0.03 + 1e-5 * b * p] * 3, "full_runs_s": [1.0 + 0.01 * b, 1.0, 1.0]}
+        for b, p in [(1, 128), (1, 512), (1, 1024), (1, 2048), (4, 512), (4, 2048)]
+    ]  # fmt: skip
+    conv = [_step(0.0, 0, 0, [["r0", 300, 0]]), _step(0.1, 1, 300, []), _step(0.2, 2, 650, [["r2", 40, 0]])]
+    code = [_step(0.0, 0, 0, [["r0", 4000, 0]], dt=0.3), _step(0.5, 1, 4000, [["r1", 2000, 1000]], dt=0.2)]
+    data = {
+        "header": {"model": model, "date_utc": date, "command": "runs v2", "gpu": {"name": "NVIDIA H200"},
+                   "versions": {"transformers": "5.17.0", "torch": "2"},
+                   "settings": {"generate_warmup": "one untimed generate with the timed runs' max_new_tokens"}},
+        "generate": gen,
+        "replays": {"conv_trace_rate": _replay(conv), "code_trace_rate": _replay(code)},
+    }  # fmt: skip
+    path = folder / f"transformers_{model}_h200.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_recorded_steps_are_read_whole_and_preferred_to_rebuilt_ones(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "session5").mkdir(parents=True)
+    path = _raw_file_v2(runs / "session5", "llama-3.1-8b")
+    raw = read_runs(runs, "h200")  # found in a sub-folder
+    steps = [r for r in raw.rows if r.metric == "step_s"]
+    # every recorded step is a row (the first too: its start is recorded), named by its replay
+    assert [r.run for r in steps] == ["conv_trace_rate"] * 3 + ["code_trace_rate"] * 2
+    assert [r.measured_s for r in steps] == pytest.approx([0.08, 0.08, 0.08, 0.3, 0.2])
+    assert [r.forward_s for r in steps] == pytest.approx([0.077, 0.077, 0.077, 0.297, 0.197])
+    assert [(r.seqs, r.prompt_tokens) for r in steps] == [(1, 300), (1, 0), (3, 40), (1, 4000), (2, 2000)]
+    # packed attention over the step's queries and the KV read plus the new tokens, unpadded (no graphs)
+    assert steps[4].pairs == 2001 * (4000 + 1000 + 2001) and steps[1].pairs == 1 * 301
+    assert all(key.endswith("(2026-12-02T09:40)") for key in raw.steps_source)
+    assert all("recorded" in how for how in raw.steps_source.values()) and not raw.stats
+    # a warmed sweep keeps all three decode runs: (mean(1.04, 1, 1) - ttft) / 32 at batch 4
+    dec = next(r for r in raw.rows if r.metric == "decode_s_per_token" and r.point == (4, 512))
+    assert dec.measured_s == pytest.approx((np.mean([1.04, 1.0, 1.0]) - (0.03 + 1e-5 * 2048)) / 32)
+    assert {r.file for r in raw.rows} == {str(path)}
+
+
+def test_recorded_steps_skip_failed_records_and_spread_the_decode_context():
+    from calibrate.engine_fit import recorded_steps
+
+    recs = [_step(0.0, 3, 10, [["r9", 5, 2]]), {"composition_error": "boom", "start_s": 0.1, "end_s": 0.2}]
+    (s,) = recorded_steps(recs)
+    assert sorted(s.decode_contexts) == [4, 4, 5] and sum(s.decode_contexts) == 10 + 3  # + each new token
+    assert s.chunks == [(5, 2)] and s.usable and (s.q_tokens, s.kv_read_tokens) == (8, 12)
+
+
+def test_split_fits_one_session_and_trace_and_holds_out_the_rest(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "session5").mkdir(parents=True)
+    new = _raw_file_v2(runs / "session5", "llama-3.1-8b")
+    _raw_file(runs, "llama-3.1-8b", 0.02)  # an earlier session of the same model
+    _raw_file_v2(runs / "session5", "qwen2.5-7b")  # another model, same harness
+    raw = read_runs(runs, "h200")
+    files = newest_files(raw, {"llama-3.1-8b"})
+    assert files == {str(new)}
+    served = [r for r in raw.rows if r.metric == "step_s"]
+    ts = TrainSet(frozenset({"llama-3.1-8b"}), files, frozenset({"conv_trace_rate"}))
+    split = Split.of(served, ts)
+    fitted = [served[i] for i in split.train]
+    assert {(r.model, r.run, r.file) for r in fitted} == {("llama-3.1-8b", "conv_trace_rate", str(new))}
+    held = {(r.model, r.run, Path(r.file).parent.name) for r in (served[i] for i in split.held_out)}
+    assert ("llama-3.1-8b", "code_trace_rate", "session5") in held and (
+        "llama-3.1-8b",
+        "replay",
+        "runs",
+    ) in held
+    assert ("qwen2.5-7b", "conv_trace_rate", "session5") in held
+    assert sorted([*split.train, *split.held_out]) == list(range(len(served)))
+    # generate: every other prompt length per batch size from the shortest, of the newest llama file only
+    static = [r for r in raw.rows if r.metric != "step_s"]
+    gs = Split.of(static, TrainSet(frozenset({"llama-3.1-8b"}), files, alternate=True))
+    assert {static[i].point for i in gs.train} == {(1, 128), (1, 1024), (4, 512)}
+    assert {static[i].file for i in gs.train} == {str(new)}
+    assert {static[i].point for i in gs.held_out if static[i].file == str(new)} == {
+        (1, 512),
+        (1, 2048),
+        (4, 2048),
+    }
+    # the held-out rows do not move the fit
+    before = fit_engine("transformers", served, ts, attention_factor=True)
+    for i in split.held_out:
+        served[i].measured_s *= 2.0
+    after = fit_engine("transformers", served, ts, attention_factor=True)
+    np.testing.assert_array_equal(before.fit.host_s, after.fit.host_s)
+    np.testing.assert_array_equal(before.fit.factors, after.fit.factors)
+    # and only they are checks: no fitted (llama, conv_trace_rate, newest file) row among them
+    assert not any(c.run.startswith("conv_trace_rate, llama-3.1-8b, session5") for c in after.checks)
+    assert sum(len(c.errors_pct) for c in after.checks if c.metric == "step_s") == len(split.held_out)
+
+
+def test_command_on_a_session_folder_fits_the_conversation_replays(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "session5").mkdir(parents=True)
+    new = _raw_file_v2(runs / "session5", "llama-3.1-8b")
+    _raw_file(runs, "qwen2.5-7b", 0.02)
+    out, table = tmp_path / "profiles", tmp_path / "fit.md"
+    assert main([str(runs), "--gpu", "h200", "--out", str(out), "--table", str(table)]) == 0
+    p = load_engine_profile(str(out / "transformers.yaml"))
+    assert p.sources["fit"].raw == [str(new)] and p.kernels.attention_layout == "packed"
+    assert (p.kernels.q_padding_tokens, p.kernels.kv_padding_tokens) == (1, 1)
+    assert "code_trace_rate" in p.validation.held_out and "qwen2.5-7b replay" in p.validation.held_out
+    assert any("code_trace_rate, llama-3.1-8b" in m.metric for m in p.validation.metrics)
+    assert not any("conv_trace_rate, " in m.metric for m in p.validation.metrics)  # fitted: never a check
+    g = load_engine_profile(str(out / "transformers-generate.yaml"))
+    assert "every other prompt length" in g.validation.held_out
+    text = table.read_text()
+    assert "## Forward against the whole step" in text and "busy time" in text
