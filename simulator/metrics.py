@@ -18,7 +18,7 @@ from core.model_spec import ModelSpec
 from core.records import RequestTable, StepStats, itl_percentiles
 from core.scheduler import Scheduler
 from simulator.memory import MemoryPlan
-from simulator.scenario import Scenario
+from simulator.scenario import HostedApi, Scenario
 
 QUANTILES = (50, 90, 95, 99)
 # the latency metrics of a summary, with their display names
@@ -175,15 +175,19 @@ def summarize(setup: Setup, run: RunRecord | None = None) -> dict:
     out |= _cache_and_speculation(scenario, table, counts)
     if classes:
         out["classes"] = _class_summaries(classes, slo, table, done, ok, (ttft, tpot, e2e), makespan)
-    api = scenario.hosted_api
-    if api is not None:
-        api_cost = (in_tok * api.usd_per_1m_input + out_tok * api.usd_per_1m_output) / 1e6
-        out["cost"]["hosted_api"] = {
-            "name": api.name,
-            "same_tokens_usd": api_cost,
-            "self_hosted_over_api": cost_usd / api_cost if api_cost else float("nan"),
-        }
+    if scenario.hosted_api is not None:
+        out["cost"]["hosted_api"] = _hosted_api(scenario.hosted_api, cost_usd, in_tok, out_tok)
     return out
+
+
+def _hosted_api(api: HostedApi, cost_usd: float, in_tok: int, out_tok: int) -> dict:
+    """summary["cost"]["hosted_api"]: the same tokens at a hosted API's prices, and self-hosting against it."""
+    api_cost = (in_tok * api.usd_per_1m_input + out_tok * api.usd_per_1m_output) / 1e6
+    return {
+        "name": api.name,
+        "same_tokens_usd": api_cost,
+        "self_hosted_over_api": cost_usd / api_cost if api_cost else float("nan"),
+    }
 
 
 def _request_counts(table, done: np.ndarray) -> dict:

@@ -363,16 +363,10 @@ def _connect(
         route = None  # set below, once the source exists
 
     targets = None
-    if len(front_pool) > 1 and not (follow_ups and cl.router == "round_robin"):
-        rejected = table.rejected
-        served = ~rejected if hits is None else ~rejected & ~hits
-        static = router.static_targets(order[served[order]]) if dg is None else None
-        if static is not None:
-            targets = np.full(len(reqs), -2, dtype=np.int64)
-            targets[order[served[order]]] = static
-            if follow_ups and prefix is not None:  # later turns keep their conversation's replica
-                later = np.flatnonzero(~np.isfinite(reqs.arrival_s) & served)
-                targets[later] = router.static_targets(later)
+    if dg is None and len(front_pool) > 1 and not (follow_ups and cl.router == "round_robin"):
+        served = ~table.rejected if hits is None else ~table.rejected & ~hits
+        targets = _static_routes(router, reqs, served, order, follow_ups and prefix is not None)
+        if targets is not None:
             route = _by_target(targets, front_pool, router)
 
     refused = table.rejected.tolist()
@@ -406,6 +400,22 @@ def _connect(
         for e in engines:
             e.on_finish = _conversation(env, reqs, table, source, lookup)
     return router, source, links
+
+
+def _static_routes(
+    router: Router, reqs: Requests, served: np.ndarray, order: np.ndarray, later_turns: bool
+) -> np.ndarray | None:
+    """Each request's engine where the router places them all before the run (−2: never routed), or None
+    where it decides on arrival. `later_turns`: conversations' later turns keep their first turn's engine."""
+    static = router.static_targets(order[served[order]])
+    if static is None:
+        return None
+    targets = np.full(len(reqs), -2, dtype=np.int64)
+    targets[order[served[order]]] = static
+    if later_turns:
+        later = np.flatnonzero(~np.isfinite(reqs.arrival_s) & served)
+        targets[later] = router.static_targets(later)
+    return targets
 
 
 # ---------------------------------------------------------------- run

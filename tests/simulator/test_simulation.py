@@ -291,7 +291,9 @@ def test_a_run_built_in_stages_is_simulate():
     from simulator.simulation import Deployment, RunEnd, build, run, summarize_run
     from simulator.workload import generate
 
-    sc = scenario(n=150, rate=15.0, cluster={"replicas": 2}, response_cache={"hit_rate": 0.2, "lookup_latency_s": 0.01})
+    sc = scenario(
+        n=150, rate=15.0, cluster={"replicas": 2}, response_cache={"hit_rate": 0.2, "lookup_latency_s": 0.01}
+    )
     whole = simulate(sc)
     groups = plan_groups(sc, whole.model)
     dep = build(sc, whole.model, groups, {g.name: None for g in groups}, generate(sc.workload, sc.seed))
