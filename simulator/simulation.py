@@ -261,14 +261,11 @@ def simulate(
         return Forecast(scenario, model, short.profile, short.mem, None, None, None, summary, wall_s)
     reqs = requests if requests is not None else generate(scenario.workload, scenario.seed)
     dep = build(scenario, model, groups, drafts, reqs, step_by_step, pulled)
-    end = run(dep, progress)
-    wall_s = time.perf_counter() - wall0
-    engines = dep.engines
-    stats = merge_stats([e.stats for e in engines], dep.interval_s)
-    record = RunRecord(dep.table, stats, SchedulerCounts.of([e.scheduler for e in engines]), wall_s)
+    record, end = run(dep, progress, started_s=wall0)
     summary = summarize_run(dep, record, end)
     g0 = dep.headline
-    return Forecast(scenario, model, g0.profile, g0.mem, reqs, dep.table, stats, summary, wall_s, engines)
+    return Forecast(scenario, model, g0.profile, g0.mem, reqs, record.table, record.stats, summary, record.wall_s,
+                    dep.engines)  # fmt: skip
 
 
 # ---------------------------------------------------------------- build
@@ -281,7 +278,7 @@ def build(
     step_by_step: bool = False,
     pulled: bool = True,
 ) -> Deployment:
-    """The deployment of a scenario whose groups all fit, on a fresh SimPy environment, ready to run."""
+    """The deployment of a scenario whose groups all fit, on a new SimPy environment, ready to run."""
     table = RequestTable(reqs.arrival_s.copy(), reqs.prompt_tokens, reqs.output_tokens)
     if reqs.class_id is not None:
         table.class_id = reqs.class_id
@@ -419,9 +416,13 @@ def _static_routes(
 
 
 # ---------------------------------------------------------------- run
-def run(dep: Deployment, progress: Callable[[float], None] | None = None) -> RunEnd:
-    """Run a deployment to the end (or to an early stop as overloaded), then settle the requests never
-    served: those admission control dropped, and the later turns of a conversation that ended."""
+def run(
+    dep: Deployment, progress: Callable[[float], None] | None = None, started_s: float | None = None
+) -> tuple[RunRecord, RunEnd]:
+    """Run a deployment to the end (or to an early stop as overloaded), settle the requests never served
+    (those admission control dropped, the later turns of a conversation that ended) and record the run.
+    `started_s`: `time.perf_counter()` when the forecast began, so that its wall time counts the build."""
+    started_s = time.perf_counter() if started_s is None else started_s
     engines, table, next_turn = dep.engines, dep.table, dep.requests.next_turn
     hold = sum(e.scheduler.max_seqs for e in engines)  # sequences the engines run at once
     stopped = _run(dep.env, engines, dep.source, dep.router, dep.horizon_s, dep.arrivals, hold, progress)
@@ -437,7 +438,10 @@ def run(dep: Deployment, progress: Callable[[float], None] | None = None) -> Run
             while nxt >= 0 and not np.isfinite(table.arrival_s[nxt]):
                 table.rejected[nxt] = True
                 nxt = int(next_turn[nxt])
-    return RunEnd(stopped, dropped, hold)
+    wall_s = time.perf_counter() - started_s
+    stats = merge_stats([e.stats for e in engines], dep.interval_s)
+    record = RunRecord(table, stats, SchedulerCounts.of([e.scheduler for e in engines]), wall_s)
+    return record, RunEnd(stopped, dropped, hold)
 
 
 def _run(

@@ -286,8 +286,8 @@ def _without_wall(summary: dict) -> dict:
 def test_a_run_built_in_stages_is_simulate():
     """(issue 17) build → run → summarize, each typed, is what `simulate` does: a deployment of two
     replicas and a response cache, built but not yet run, then run to the end and summarized."""
-    from simulator.cluster import merge_stats, plan_groups
-    from simulator.metrics import RunRecord, SchedulerCounts
+    from simulator.cluster import plan_groups
+    from simulator.metrics import RunRecord
     from simulator.simulation import Deployment, RunEnd, build, run, summarize_run
     from simulator.workload import generate
 
@@ -299,12 +299,13 @@ def test_a_run_built_in_stages_is_simulate():
     dep = build(sc, whole.model, groups, {g.name: None for g in groups}, generate(sc.workload, sc.seed))
     assert isinstance(dep, Deployment) and len(dep.engines) == 2 and dep.links is None
     assert dep.env.now == 0 and not np.isfinite(dep.table.scheduled_s).any()  # built, not run
-    end = run(dep)
-    assert (
-        isinstance(end, RunEnd) and end.stopped is None and end.hold == 2 * dep.engines[0].scheduler.max_seqs
-    )
-    stats = merge_stats([e.stats for e in dep.engines], dep.interval_s)
-    record = RunRecord(dep.table, stats, SchedulerCounts.of([e.scheduler for e in dep.engines]), 1.0)
+    record, end = run(dep)
+    assert isinstance(end, RunEnd) and end.stopped is None
+    assert end.hold == 2 * dep.engines[0].scheduler.max_seqs
+    assert isinstance(record, RunRecord) and record.table is dep.table and record.wall_s > 0
+    pools = [e.scheduler.pool for e in dep.engines]
+    assert record.counts.peak_blocks_used == max(p.peak_used for p in pools) > 0
+    assert record.stats.steps == sum(e.stats.steps for e in dep.engines)
     summary = summarize_run(dep, record, end)
     assert _without_wall(summary) == _without_wall(whole.summary)
     assert summary["response_cache"]["hits"] > 0 and summary["cluster"]["replicas"] == 2
