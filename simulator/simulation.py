@@ -425,7 +425,9 @@ def run(
     started_s = time.perf_counter() if started_s is None else started_s
     engines, table, next_turn = dep.engines, dep.table, dep.requests.next_turn
     hold = sum(e.scheduler.max_seqs for e in engines)  # sequences the engines run at once
-    stopped = _run(dep.env, engines, dep.source, dep.router, dep.horizon_s, dep.arrivals, hold, progress)
+    stopped = _run_in_chunks(
+        dep.env, engines, dep.source, dep.router, dep.horizon_s, dep.arrivals, hold, progress
+    )
     table.freeze()
     dropped = {"queue_full": 0, "timed_out": 0}
     for e in engines:
@@ -444,7 +446,7 @@ def run(
     return record, RunEnd(stopped, dropped, hold)
 
 
-def _run(
+def _run_in_chunks(
     env,
     engines: list[Replica],
     source: Source,
