@@ -40,9 +40,9 @@ from core.kv_cache import BlockPool  # noqa: E402
 from core.model_spec import load_model  # noqa: E402
 from core.requests import PrefixKeys, Requests  # noqa: E402
 from simulator.memory import activation_bytes, plan_memory  # noqa: E402
-from simulator.metrics import summarize  # noqa: E402
+from simulator.metrics import RunRecord, SchedulerCounts, Setup, summarize  # noqa: E402
 from simulator.scenario import Scenario, parse_scenario  # noqa: E402
-from simulator.simulation import simulate  # noqa: E402
+from simulator.simulation import Forecast, simulate  # noqa: E402
 from simulator.workload import generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -359,10 +359,11 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     retries = alloc_retries(args.device)
     if retries:  # the caching allocator freed and retried (a device sync each): the engine ran short of room
         log(f"  torch allocator: {retries} retries so far (raise --reserve-gib)")
-    eng = summarize(sc, spec, profile, mem, run.table, run.stats, run.scheduler, run.wall_s)
+    setup = Setup(sc, spec, profile, mem)
+    eng = summarize(setup, RunRecord(run.table, run.stats, SchedulerCounts.of([run.scheduler]), run.wall_s))
     fc = simulate(sc, requests=reqs)
     censor(fc.table, deadline)
-    sim = summarize(sc, spec, profile, mem, fc.table, fc.stats, fc.engines[0].scheduler, fc.wall_s)
+    sim = summarize(setup, _record(fc))
     d = out_dir / row.name
     d.mkdir(parents=True, exist_ok=True)
     write_requests(d / "engine_requests.csv", run.table, run.itl_summary())
@@ -393,6 +394,11 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     return rec
 
 
+def _record(fc: Forecast) -> RunRecord:
+    """The run record of a forecast of one replica, for `summarize`."""
+    return RunRecord(fc.table, fc.stats, SchedulerCounts.of([e.scheduler for e in fc.engines]), fc.wall_s)
+
+
 def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | None, log) -> dict:
     """The simulator's side of a stored row again, with the current code and profile, from the engine run's own
     requests (engine_requests.csv) and steps (engine_steps.csv): no device needed."""
@@ -405,7 +411,7 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
     ref = model_ref or row.model
     sc = scenario_for(row, rec["rate_per_s"], duration, profile_name, ref, rec["gpu_memory_utilization"])
     spec, profile = load_model(ref), load_profile(profile_name)
-    mem = plan_memory(profile, spec, sc.serving)
+    setup = Setup(sc, spec, profile, plan_memory(profile, spec, sc.serving))
     gen = generate(sc.workload, sc.seed)  # the same requests again, with their prefix segments
     if (
         len(gen) == len(reqs)
@@ -415,7 +421,7 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
         reqs = gen
     fc = simulate(sc, requests=reqs)
     censor(fc.table, deadline)
-    sim = summarize(sc, spec, profile, mem, fc.table, fc.stats, fc.engines[0].scheduler, fc.wall_s)
+    sim = summarize(setup, _record(fc))
     write_requests(row_dir / "simulator_requests.csv", fc.table)
     out = dict(rec, simulator=figures(sim))
     out["simulator_run"] = {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from core.records import itl_percentiles
+from core.hardware import HardwareProfile
+from core.model_spec import ModelSpec
+from core.records import RequestTable, StepStats, itl_percentiles
+from core.scheduler import Scheduler
+from simulator.memory import MemoryPlan
+from simulator.scenario import HostedApi, Scenario
 
 QUANTILES = (50, 90, 95, 99)
 # the latency metrics of a summary, with their display names
@@ -44,14 +50,70 @@ def _meets(slo, ttft: np.ndarray, tpot: np.ndarray, e2e: np.ndarray) -> np.ndarr
     return ok
 
 
-def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float, fleet=None) -> dict:
-    """The summary dictionary written to summary.json and printed by the CLI.
+@dataclass(slots=True)
+class Fleet:
+    """A deployment of several replicas (simulator/cluster.py `fleet`): its GPUs, price and engines."""
 
-    `fleet`: (GPUs, USD per hour, engines) of a deployment of several replicas (simulator/cluster.py),
-    whose `stats` are summed over its engines."""
-    out, price, gpus, engines = _deployment(scenario, model, profile, mem, fleet)
-    if table is None:
+    gpus: int
+    usd_per_hour: float
+    engines: int
+
+
+@dataclass(slots=True)
+class Setup:
+    """What a run served: the scenario, the model, the headline GPU and its memory plan, and the fleet of a
+    deployment of several replicas (None: one replica)."""
+
+    scenario: Scenario
+    model: ModelSpec
+    profile: HardwareProfile
+    memory: MemoryPlan
+    fleet: Fleet | None = None
+
+
+@dataclass(slots=True)
+class SchedulerCounts:
+    """What the summary reads from a run's schedulers: counts summed over them, the fullest pool's peak."""
+
+    peak_blocks_used: int
+    blocks_in_use: int
+    cached_tokens: int
+    evicted_blocks: int
+    spec_rounds: int
+    spec_tokens: int
+
+    @classmethod
+    def of(cls, schedulers: list[Scheduler]) -> SchedulerCounts:
+        return cls(
+            peak_blocks_used=max(s.pool.peak_used for s in schedulers),
+            blocks_in_use=sum(s.pool.used for s in schedulers),
+            cached_tokens=sum(s.cached_tokens for s in schedulers),
+            evicted_blocks=sum(s.pool.evictions for s in schedulers),
+            spec_rounds=sum(s.spec_rounds for s in schedulers),
+            spec_tokens=sum(s.spec_yield for s in schedulers),
+        )
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """What a run produced: its per-request table, step statistics (summed over engines), scheduler
+    counters and wall time."""
+
+    table: RequestTable
+    stats: StepStats
+    counts: SchedulerCounts
+    wall_s: float
+
+
+def summarize(setup: Setup, run: RunRecord | None = None) -> dict:
+    """The summary dictionary written to summary.json and printed by the CLI; without a run (a model that
+    does not fit), the model, hardware and memory sections only."""
+    out, price, gpus, engines = _deployment(setup)
+    if run is None:
         return out
+    scenario, mem, table, stats, counts, wall_s = (
+        setup.scenario, setup.memory, run.table, run.stats, run.counts, run.wall_s
+    )  # fmt: skip
 
     n = len(table)
     done = np.isfinite(table.finish_s)
@@ -100,8 +162,8 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float,
             "blocks": mem.num_blocks,
             "block_size": mem.block_size,
             "mean_occupancy": stats.kv_block_seconds / max(busy, 1e-12) / max(mem.num_blocks, 1),
-            "peak_occupancy": (sched.pool.peak_used / max(mem.num_blocks, 1)) if sched else float("nan"),
-            "blocks_in_use_at_end": sched.pool.used if sched else 0,
+            "peak_occupancy": counts.peak_blocks_used / max(mem.num_blocks, 1),
+            "blocks_in_use_at_end": counts.blocks_in_use,
         },
         "cost": _cost(cost_usd, share_in, in_tok, out_tok),
         "simulation": {
@@ -110,18 +172,22 @@ def summarize(scenario, model, profile, mem, table, stats, sched, wall_s: float,
             "steps_per_wall_s": stats.steps / wall_s if wall_s else float("nan"),
         },
     }
-    out |= _cache_and_speculation(scenario, table, sched)
+    out |= _cache_and_speculation(scenario, table, counts)
     if classes:
         out["classes"] = _class_summaries(classes, slo, table, done, ok, (ttft, tpot, e2e), makespan)
-    api = scenario.hosted_api
-    if api is not None:
-        api_cost = (in_tok * api.usd_per_1m_input + out_tok * api.usd_per_1m_output) / 1e6
-        out["cost"]["hosted_api"] = {
-            "name": api.name,
-            "same_tokens_usd": api_cost,
-            "self_hosted_over_api": cost_usd / api_cost if api_cost else float("nan"),
-        }
+    if scenario.hosted_api is not None:
+        out["cost"]["hosted_api"] = _hosted_api(scenario.hosted_api, cost_usd, in_tok, out_tok)
     return out
+
+
+def _hosted_api(api: HostedApi, cost_usd: float, in_tok: int, out_tok: int) -> dict:
+    """summary["cost"]["hosted_api"]: the same tokens at a hosted API's prices, and self-hosting against it."""
+    api_cost = (in_tok * api.usd_per_1m_input + out_tok * api.usd_per_1m_output) / 1e6
+    return {
+        "name": api.name,
+        "same_tokens_usd": api_cost,
+        "self_hosted_over_api": cost_usd / api_cost if api_cost else float("nan"),
+    }
 
 
 def _request_counts(table, done: np.ndarray) -> dict:
@@ -166,14 +232,16 @@ def _slo_met(slo, classes, class_id, ttft, tpot, e2e) -> np.ndarray:
     return ok
 
 
-def _deployment(scenario, model, profile, mem, fleet) -> tuple[dict, float, int, int]:
+def _deployment(setup: Setup) -> tuple[dict, float, int, int]:
     """The summary's model, hardware and memory sections, with the price per GPU-hour, GPUs and engines."""
+    scenario, model, profile, fleet = setup.scenario, setup.model, setup.profile, setup.fleet
+    mem = setup.memory
     hw = scenario.hardware
     price = hw.price_per_gpu_hour_usd if hw.price_per_gpu_hour_usd is not None else profile.price.usd_per_hour
     gpus, engines = hw.gpus_per_replica, 1
     if fleet is not None:
-        gpus, usd_per_hour, engines = fleet
-        price = usd_per_hour / gpus  # blended over the GPUs
+        gpus, engines = fleet.gpus, fleet.engines
+        price = fleet.usd_per_hour / gpus  # blended over the GPUs
     out: dict = {
         "scenario": scenario.name,
         "model": {
@@ -197,7 +265,7 @@ def _deployment(scenario, model, profile, mem, fleet) -> tuple[dict, float, int,
     return out, price, gpus, engines
 
 
-def _cache_and_speculation(scenario, table, sched) -> dict:
+def _cache_and_speculation(scenario: Scenario, table: RequestTable, counts: SchedulerCounts) -> dict:
     """summary["prefix_cache"], and summary["speculative"] when the scenario speculates."""
     prompt_done = int(table.prompt_tokens[np.isfinite(table.scheduled_s)].sum())
     cached = int(table.cached_tokens.sum())
@@ -206,15 +274,16 @@ def _cache_and_speculation(scenario, table, sched) -> dict:
             "enabled": scenario.serving.prefix_caching,
             "hit_rate": cached / prompt_done if prompt_done else 0.0,
             "prefill_tokens_saved": cached,
-            "prefill_tokens_saved_incl_recompute": int(sched.cached_tokens) if sched else cached,
-            "evicted_blocks": int(sched.pool.evictions) if sched else 0,
+            "prefill_tokens_saved_incl_recompute": int(counts.cached_tokens),
+            "evicted_blocks": int(counts.evicted_blocks),
         }
     }
-    if scenario.serving.speculative is not None and sched is not None:
+    if scenario.serving.speculative is not None:
+        rounds, tokens = counts.spec_rounds, counts.spec_tokens
         out["speculative"] = {
-            "rounds": int(sched.spec_rounds),
-            "tokens": int(sched.spec_yield),
-            "tokens_per_round": sched.spec_yield / sched.spec_rounds if sched.spec_rounds else float("nan"),
+            "rounds": int(rounds),
+            "tokens": int(tokens),
+            "tokens_per_round": tokens / rounds if rounds else float("nan"),
         }
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
@@ -20,7 +20,6 @@ from core.requests import Requests, prefix_keys
 from core.scheduler import Scheduler
 from simulator.cluster import (
     Group,
-    SchedTotals,
     cannot_serve,
     first_reasons,
     fleet,
@@ -32,7 +31,7 @@ from simulator.cluster import (
 )
 from simulator.disaggregation import Disaggregated
 from simulator.memory import MemoryPlan
-from simulator.metrics import summarize
+from simulator.metrics import Fleet, RunRecord, SchedulerCounts, Setup, summarize
 from simulator.replica import Replica
 from simulator.response_cache import draw_hits, front
 from simulator.router import Router, prefix_ids
@@ -63,7 +62,7 @@ class Forecast:
         return self.memory.fits
 
 
-def _conversation(env, reqs: Requests, table: RequestTable, source: Source, keys, lookup_s: float = 0.0):
+def _conversation(env, reqs: Requests, table: RequestTable, source: Source, lookup_s: float = 0.0):
     """When a turn finishes, its conversation's next turn arrives after the user's think time."""
     next_turn, think, arrival = reqs.next_turn, reqs.think_s, table.arrival_s
 
@@ -125,17 +124,17 @@ def _with_draft(group: Group) -> ModelSpec | None:
     return draft
 
 
-def _engine(env, index: int, g: Group, max_seqs: int, blocks: int, ctx: dict) -> Replica:
+def _engine(b: _Build, index: int, g: Group, max_seqs: int, blocks: int) -> Replica:
     """One engine (a replica, or a virtual engine of a pipeline-parallel replica) of group g."""
-    model, scenario, reqs, table = ctx["model"], ctx["scenario"], ctx["reqs"], ctx["table"]
+    model, scenario, reqs, table = b.model, b.scenario, b.reqs, b.table
     sv = g.serving
     cost = g.cost_model(model)
     pool = BlockPool(blocks, sv.block_size, prefix_caching=sv.prefix_caching)
     keys = None
     if sv.prefix_caching and reqs.segments is not None:
-        keys = ctx["keys"].get(sv.block_size)
+        keys = b.keys.get(sv.block_size)
         if keys is None:
-            keys = ctx["keys"][sv.block_size] = prefix_keys(reqs, sv.block_size)
+            keys = b.keys[sv.block_size] = prefix_keys(reqs, sv.block_size)
     sched = Scheduler(
         pool,
         max_seqs,
@@ -150,15 +149,15 @@ def _engine(env, index: int, g: Group, max_seqs: int, blocks: int, ctx: dict) ->
         fresh=cost.fresh,
         **_admission(sv, scenario, reqs, table),
     )
-    e = Replica(env, index, sched, cost, table, StepStats(ctx["interval"]), sv.batching == "static", g.role)
+    e = Replica(b.env, index, sched, cost, table, StepStats(b.interval_s), sv.batching == "static", g.role)
     e.group = g
-    spec, draft = sv.speculative, ctx["drafts"][g.name]
+    spec, draft = sv.speculative, b.drafts[g.name]
     if spec is not None:
         draft_cost = (
             CostModel(g.profile, draft, sv.weight_dtype, sv.kv_dtype, g.par.tp) if draft is not None else None
         )
         e.draft_time = DraftCost(spec, cost, draft_cost)
-    if ctx["step_by_step"]:
+    if b.step_by_step:
         e.run_cap = 1
     return e
 
@@ -182,6 +181,60 @@ def _eligibility(scenario: Scenario, model: ModelSpec, groups: list[Group], reqs
     return ok, rejected, reasons
 
 
+@dataclass(slots=True)
+class _Build:
+    """What building each replica reads: the scenario resolved, its requests and the run's record."""
+
+    env: simpy.Environment
+    scenario: Scenario
+    model: ModelSpec
+    reqs: Requests
+    table: RequestTable
+    interval_s: float
+    step_by_step: bool
+    drafts: dict[str, ModelSpec | None]
+    keys: dict[int, list] = field(default_factory=dict)  # prefix keys of the requests, per block size
+
+
+@dataclass(slots=True)
+class Deployment:
+    """A scenario built and ready to run: its replica groups and their replicas (engines: several per
+    replica with pipeline parallelism), the router, the arrival source and the prefill → decode links."""
+
+    env: simpy.Environment
+    scenario: Scenario
+    model: ModelSpec
+    groups: list[Group]
+    requests: Requests
+    table: RequestTable
+    engines: list[Replica]
+    replica_of: list[int]  # replica number of each engine
+    router: Router
+    source: Source
+    links: Disaggregated | None  # the KV transfers between the pools, with disaggregation
+    hits: np.ndarray | None  # requests the response cache answers, with one
+    lookup_s: float  # the response cache's lookup latency
+    rejected_reasons: dict[str, int]
+    horizon_s: float  # the last first arrival
+    interval_s: float  # the timelines' sampling interval
+    arrivals: int  # requests that arrive on their own (not later turns of a conversation)
+
+    @property
+    def headline(self) -> Group:
+        """The group whose GPU and memory the summary shows: the decode pool's with disaggregation."""
+        return self.groups[-1] if self.scenario.disaggregation is not None else self.groups[0]
+
+
+@dataclass(slots=True)
+class RunEnd:
+    """How a run ended: where it stopped early as overloaded (None: it ran to the end), requests dropped by
+    admission control per reason, and the sequences its engines hold at once."""
+
+    stopped: Stopped | None
+    dropped: dict[str, int]
+    hold: int
+
+
 def simulate(
     scenario: Scenario,
     requests: Requests | None = None,
@@ -189,7 +242,7 @@ def simulate(
     pulled: bool = True,
     progress: Callable[[float], None] | None = None,
 ) -> Forecast:
-    """Forecast one scenario. A model that does not fit is returned unsimulated, with the numbers.
+    """Forecast one scenario: build, run, summarize. A model that does not fit is returned unsimulated.
 
     `step_by_step` turns off costing runs of decode steps together (same results, slower; for checks).
     `pulled=False` keeps one event per arrival where a lone replica could read its arrivals itself
@@ -199,55 +252,96 @@ def simulate(
     model = load_model(scenario.model)
     groups = plan_groups(scenario, model)
     drafts = {g.name: _with_draft(g) for g in groups}
-    g0 = next((g for g in groups if not g.mem.fits), groups[0])
-    if not g0.mem.fits:
-        summary = summarize(scenario, model, g0.profile, g0.mem, None, None, None, 0.0)
+    short = next((g for g in groups if not g.mem.fits), None)
+    if short is not None:
+        summary = summarize(Setup(scenario, model, short.profile, short.mem))
         if len(groups) > 1:
-            summary["memory"]["group"] = g0.name
-        return Forecast(
-            scenario, model, g0.profile, g0.mem, None, None, None, summary, time.perf_counter() - wall0
-        )
-
+            summary["memory"]["group"] = short.name
+        wall_s = time.perf_counter() - wall0
+        return Forecast(scenario, model, short.profile, short.mem, None, None, None, summary, wall_s)
     reqs = requests if requests is not None else generate(scenario.workload, scenario.seed)
+    dep = build(scenario, model, groups, drafts, reqs, step_by_step, pulled)
+    record, end = run(dep, progress, started_s=wall0)
+    summary = summarize_run(dep, record, end)
+    g0 = dep.headline
+    return Forecast(scenario, model, g0.profile, g0.mem, reqs, record.table, record.stats, summary, record.wall_s,
+                    dep.engines)  # fmt: skip
+
+
+# ---------------------------------------------------------------- build
+def build(
+    scenario: Scenario,
+    model: ModelSpec,
+    groups: list[Group],
+    drafts: dict[str, ModelSpec | None],
+    reqs: Requests,
+    step_by_step: bool = False,
+    pulled: bool = True,
+) -> Deployment:
+    """The deployment of a scenario whose groups all fit, on a new SimPy environment, ready to run."""
     table = RequestTable(reqs.arrival_s.copy(), reqs.prompt_tokens, reqs.output_tokens)
     if reqs.class_id is not None:
         table.class_id = reqs.class_id
     horizon = float(np.nanmax(reqs.arrival_s)) if len(reqs) else 1.0
     interval = max(horizon / 2000.0, 1e-3)
-    env = simpy.Environment()
-    ctx = {"model": model, "scenario": scenario, "reqs": reqs, "table": table, "keys": {}, "drafts": drafts,
-           "interval": interval, "step_by_step": step_by_step}  # fmt: skip
+    b = _Build(simpy.Environment(), scenario, model, reqs, table, interval, step_by_step, drafts)
+    engines, replica_of, pools = _replicas(b, groups)
+    ok, rejected, reasons = _eligibility(scenario, model, groups, reqs)
+    table.rejected[:] = rejected
+    hits = _cache_hits(scenario, reqs, rejected)
+    lookup = scenario.response_cache.lookup_latency_s if scenario.response_cache is not None else 0.0
+    router, source, links = _connect(b, groups, engines, replica_of, pools, ok, hits, lookup, pulled)
+    arrivals = int(np.isfinite(reqs.arrival_s).sum())
+    return Deployment(b.env, scenario, model, groups, reqs, table, engines, replica_of, router, source, links,
+                      hits, lookup, reasons, horizon, interval, arrivals)  # fmt: skip
+
+
+def _replicas(b: _Build, groups: list[Group]) -> tuple[list[Replica], list[int], dict[str, list[Replica]]]:
+    """Every engine of every group in order; the replica number of each; the engines of each role."""
     engines: list[Replica] = []
-    engine_replica: list[int] = []  # replica number of each engine (pipeline-parallel: several engines)
+    replica_of: list[int] = []
     pools: dict[str, list[Replica]] = {}
     for gi, g in enumerate(groups):
         for _ in range(g.count):
-            replica = len(set(engine_replica))
+            replica = len(set(replica_of))
             for max_seqs, blocks in g.engines:
-                e = _engine(env, len(engines), g, max_seqs, blocks, ctx)
+                e = _engine(b, len(engines), g, max_seqs, blocks)
                 engines.append(e)
-                engine_replica.append(replica)
+                replica_of.append(replica)
                 pools.setdefault(g.role, []).append(e)
                 e.group_index = gi
+    return engines, replica_of, pools
 
-    ok, rejected, reasons = _eligibility(scenario, model, groups, reqs)
-    table.rejected[:] = rejected
+
+def _cache_hits(scenario: Scenario, reqs: Requests, rejected: np.ndarray) -> np.ndarray | None:
+    """The requests the response cache answers (None without one): drawn from the seed, per class's rate."""
     cache = scenario.response_cache
-    hits = None
-    if cache is not None:
-        rates = None
-        classes = scenario.workload.classes or []
-        if reqs.class_id is not None and any(c.response_cache_hit_rate is not None for c in classes):
-            per_class = [
-                cache.hit_rate if c.response_cache_hit_rate is None else c.response_cache_hit_rate
-                for c in classes
-            ]
-            rates = np.asarray(per_class)[reqs.class_id]
-        hits = draw_hits(cache, len(reqs), scenario.seed, rates) & ~rejected
-    lookup = cache.lookup_latency_s if cache is not None else 0.0
+    if cache is None:
+        return None
+    rates = None
+    classes = scenario.workload.classes or []
+    if reqs.class_id is not None and any(c.response_cache_hit_rate is not None for c in classes):
+        per_class = [
+            cache.hit_rate if c.response_cache_hit_rate is None else c.response_cache_hit_rate
+            for c in classes
+        ]
+        rates = np.asarray(per_class)[reqs.class_id]
+    return draw_hits(cache, len(reqs), scenario.seed, rates) & ~rejected
 
-    # routing
-    cl, dg = scenario.cluster, scenario.disaggregation
+
+def _connect(
+    b: _Build,
+    groups: list[Group],
+    engines: list[Replica],
+    replica_of: list[int],
+    pools: dict[str, list[Replica]],
+    ok: list[np.ndarray],
+    hits: np.ndarray | None,
+    lookup: float,
+    pulled: bool,
+) -> tuple[Router, Source, Disaggregated | None]:
+    """Routers, the arrival source, the response cache in front and the prefill → decode links."""
+    env, reqs, table, cl, dg = b.env, b.reqs, b.table, b.scenario.cluster, b.scenario.disaggregation
     prefix = prefix_ids(reqs.segments, len(reqs)) if cl.router == "prefix_affinity" else None
 
     def router_for(pool: list[Replica], max_ongoing=None) -> Router:
@@ -257,32 +351,22 @@ def simulate(
     first = np.flatnonzero(np.isfinite(reqs.arrival_s))
     order = first[np.argsort(reqs.arrival_s[first], kind="stable")]
     follow_ups = reqs.next_turn is not None and bool((reqs.next_turn >= 0).any())
-    disagg = None
+    front_pool = engines if dg is None else pools["prefill"]
+    router = router_for(front_pool, cl.max_ongoing_requests)
     if dg is None:
-        front_pool = engines
-        router = router_for(engines, cl.max_ongoing_requests)
         route = engines[0].submit if len(engines) == 1 else router.route
     else:
-        front_pool = pools["prefill"]
-        router = router_for(front_pool, cl.max_ongoing_requests)
         decode_router = router_for(pools["decode"])
         route = None  # set below, once the source exists
 
     targets = None
-    if len(front_pool) > 1 and not (follow_ups and cl.router == "round_robin"):
-        served = ~rejected if hits is None else ~rejected & ~hits
-        static = router.static_targets(order[served[order]]) if dg is None else None
-        if static is not None:
-            targets = np.full(len(reqs), -2, dtype=np.int64)
-            targets[order[served[order]]] = static
-            if follow_ups and prefix is not None:  # later turns keep their conversation's replica
-                later = np.flatnonzero(~np.isfinite(reqs.arrival_s) & served)
-                targets[later] = router.static_targets(later)
+    if dg is None and len(front_pool) > 1 and not (follow_ups and cl.router == "round_robin"):
+        served = ~table.rejected if hits is None else ~table.rejected & ~hits
+        targets = _static_routes(router, reqs, served, order, follow_ups and prefix is not None)
+        if targets is not None:
             route = _by_target(targets, front_pool, router)
 
-    on_finish = None
-
-    refused = rejected.tolist()
+    refused = table.rejected.tolist()
 
     def submit(rid: int) -> None:
         if not refused[rid]:
@@ -296,84 +380,73 @@ def simulate(
     if pulled:
         engines[0].arrivals = source
         engines[0].track_future = False  # no router looks at its load
+    links = None
     if dg is not None:
-        disagg = Disaggregated(env, dg, model, groups[0].serving.kv_dtype, table, source, pools["prefill"],
-                               pools["decode"], [engine_replica[e.index] for e in pools["prefill"]], router,
-                               decode_router)  # fmt: skip
-        route = disagg.route
-    if follow_ups:
-        on_finish = _conversation(env, reqs, table, source, None, lookup)
+        links = Disaggregated(env, dg, b.model, groups[0].serving.kv_dtype, table, source, pools["prefill"],
+                              pools["decode"], [replica_of[e.index] for e in pools["prefill"]], router,
+                              decode_router)  # fmt: skip
+        route = links.route
+    on_finish = _conversation(env, reqs, table, source, lookup) if follow_ups else None
     entry = front(env, hits, table, route, on_finish) if hits is not None else route
     look_ahead(front_pool, source, targets, order)
     if router.max_ongoing is not None:
         for e in front_pool:
             e.before_step = _puller(router, e)
             e.hold = router.queue.__len__
-    for e in engines:
-        keys = ctx["keys"].get(e.group.serving.block_size) if e.group.serving.prefix_caching else None
-        if follow_ups:  # (the scheduler drops a finished request's prefix keys itself)
-            e.on_finish = _conversation(env, reqs, table, source, keys, lookup)
+    if follow_ups:  # (the scheduler drops a finished request's prefix keys itself)
+        for e in engines:
+            e.on_finish = _conversation(env, reqs, table, source, lookup)
+    return router, source, links
+
+
+def _static_routes(
+    router: Router, reqs: Requests, served: np.ndarray, order: np.ndarray, later_turns: bool
+) -> np.ndarray | None:
+    """Each request's engine where the router places them all before the run (−2: never routed), or None
+    where it decides on arrival. `later_turns`: conversations' later turns keep their first turn's engine."""
+    static = router.static_targets(order[served[order]])
+    if static is None:
+        return None
+    targets = np.full(len(reqs), -2, dtype=np.int64)
+    targets[order[served[order]]] = static
+    if later_turns:
+        later = np.flatnonzero(~np.isfinite(reqs.arrival_s) & served)
+        targets[later] = router.static_targets(later)
+    return targets
+
+
+# ---------------------------------------------------------------- run
+def run(
+    dep: Deployment, progress: Callable[[float], None] | None = None, started_s: float | None = None
+) -> tuple[RunRecord, RunEnd]:
+    """Run a deployment to the end (or to an early stop as overloaded), settle the requests never served
+    (those admission control dropped, the later turns of a conversation that ended) and record the run.
+    `started_s`: `time.perf_counter()` when the forecast began, so that its wall time counts the build."""
+    started_s = time.perf_counter() if started_s is None else started_s
+    engines, table, next_turn = dep.engines, dep.table, dep.requests.next_turn
     hold = sum(e.scheduler.max_seqs for e in engines)  # sequences the engines run at once
-    stopped = _run(env, engines, source, router, horizon, len(first), hold, progress)
+    stopped = _run_in_chunks(
+        dep.env, engines, dep.source, dep.router, dep.horizon_s, dep.arrivals, hold, progress
+    )
     table.freeze()
     dropped = {"queue_full": 0, "timed_out": 0}
     for e in engines:
         for rid, why in e.scheduler.dropped:
             table.rejected[rid] = True
             dropped[why] += 1
-    if reqs.next_turn is not None:  # turns after a rejected one never come: the conversation ended
+    if next_turn is not None:  # turns after a rejected one never come: the conversation ended
         for rid in np.flatnonzero(table.rejected):
-            nxt = int(reqs.next_turn[rid])
+            nxt = int(next_turn[rid])
             while nxt >= 0 and not np.isfinite(table.arrival_s[nxt]):
                 table.rejected[nxt] = True
-                nxt = int(reqs.next_turn[nxt])
-    wall = time.perf_counter() - wall0
-    g0 = groups[-1] if dg is not None else groups[0]  # the decode pool's GPU is the headline
-    single = len(engines) == 1
-    stats = merge_stats([e.stats for e in engines], interval)
-    sched = engines[0].scheduler if single else SchedTotals([e.scheduler for e in engines])
-    summary = summarize(scenario, model, g0.profile, g0.mem, table, stats, sched, wall,
-                        None if single else fleet(groups))  # fmt: skip
-    summary["rejected_reasons"] = reasons | dropped
-    summary["stability"] = assess(
-        table.arrival_s, table.scheduled_s, table.finish_s, table.rejected, sum(dropped.values()), hold, stopped,
-    ).as_dict()  # fmt: skip
-    if not single:
-        makespan = summary["throughput"]["duration_s"]
-        summary["kv_cache"] |= kv_summary(engines)
-        summary["cluster"] = {
-            "router": cl.router,
-            "replicas": len(set(engine_replica)),
-            "gpus": fleet(groups)[0],
-            "usd_per_hour": fleet(groups)[1],
-            "groups": [
-                {
-                    "name": g.name,
-                    "role": g.role,
-                    "gpu": g.profile.name,
-                    "gpus_per_replica": g.par.gpus,
-                    "count": g.count,
-                    "kv_blocks_per_replica": g.mem.num_blocks,
-                }
-                for g in groups
-            ],  # fmt: skip
-            "held_at_router": router.held,
-        }
-        summary["replicas"] = replica_summary(groups, engines, engine_replica, table, makespan)
-        if disagg is not None:
-            summary["disaggregation"] = disagg.summary(makespan)
-    if hits is not None:
-        summary["response_cache"] = {
-            "kind": cache.kind,
-            "hits": int(hits.sum()),
-            "hit_fraction": float(hits.sum() / max(len(reqs), 1)),
-            "lookup_latency_s": lookup,
-            "tokens_served_from_cache": int(reqs.output_tokens[hits].sum()),
-        }
-    return Forecast(scenario, model, g0.profile, g0.mem, reqs, table, stats, summary, wall, engines)
+                nxt = int(next_turn[nxt])
+    wall_s = time.perf_counter() - started_s
+    stats = merge_stats([e.stats for e in engines], dep.interval_s)
+    record = RunRecord(table, stats, SchedulerCounts.of([e.scheduler for e in engines]), wall_s)
+    return record, RunEnd(stopped, dropped, hold)
 
 
-def _run(
+def _run_in_chunks(
     env,
     engines: list[Replica],
     source: Source,
@@ -418,3 +491,59 @@ def _by_target(targets: np.ndarray, pool: list[Replica], router: Router):
 
 def _puller(router: Router, e: Replica):
     return lambda: router.pull(e) if router.queue else None
+
+
+# ---------------------------------------------------------------- summarize
+def summarize_run(dep: Deployment, record: RunRecord, end: RunEnd) -> dict:
+    """The summary of a run: the metrics of its records, why requests were rejected, its stability, and
+    for a deployment of several replicas its cluster, replicas and links; the response cache's hits."""
+    scenario, groups, engines, table = dep.scenario, dep.groups, dep.engines, dep.table
+    single = len(engines) == 1
+    g0 = dep.headline
+    setup = Setup(scenario, dep.model, g0.profile, g0.mem, None if single else Fleet(*fleet(groups)))
+    summary = summarize(setup, record)
+    summary["rejected_reasons"] = dep.rejected_reasons | end.dropped
+    summary["stability"] = assess(
+        table.arrival_s, table.scheduled_s, table.finish_s, table.rejected, sum(end.dropped.values()), end.hold,
+        end.stopped,
+    ).as_dict()  # fmt: skip
+    if not single:
+        makespan = summary["throughput"]["duration_s"]
+        summary["kv_cache"] |= kv_summary(engines)
+        summary["cluster"] = _cluster(dep)
+        summary["replicas"] = replica_summary(groups, engines, dep.replica_of, table, makespan)
+        if dep.links is not None:
+            summary["disaggregation"] = dep.links.summary(makespan)
+    hits, cache = dep.hits, scenario.response_cache
+    if hits is not None and cache is not None:
+        summary["response_cache"] = {
+            "kind": cache.kind,
+            "hits": int(hits.sum()),
+            "hit_fraction": float(hits.sum() / max(len(dep.requests), 1)),
+            "lookup_latency_s": dep.lookup_s,
+            "tokens_served_from_cache": int(dep.requests.output_tokens[hits].sum()),
+        }
+    return summary
+
+
+def _cluster(dep: Deployment) -> dict:
+    """summary["cluster"]: the router, the replicas and GPUs with their price, and each group."""
+    gpus, usd_per_hour, _ = fleet(dep.groups)
+    return {
+        "router": dep.scenario.cluster.router,
+        "replicas": len(set(dep.replica_of)),
+        "gpus": gpus,
+        "usd_per_hour": usd_per_hour,
+        "groups": [
+            {
+                "name": g.name,
+                "role": g.role,
+                "gpu": g.profile.name,
+                "gpus_per_replica": g.par.gpus,
+                "count": g.count,
+                "kv_blocks_per_replica": g.mem.num_blocks,
+            }
+            for g in dep.groups
+        ],
+        "held_at_router": dep.router.held,
+    }

@@ -277,3 +277,51 @@ def test_progress_is_told_the_share_simulated_and_changes_nothing():
     plain = api.forecast(data)
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 10
     np.testing.assert_array_equal(with_bar.table.finish_s, plain.table.finish_s)
+
+
+def _without_wall(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "simulation"}
+
+
+def test_a_run_built_in_stages_is_simulate():
+    """(issue 17) build → run → summarize, each typed, is what `simulate` does: a deployment of two
+    replicas and a response cache, built but not yet run, then run to the end and summarized."""
+    from simulator.cluster import plan_groups
+    from simulator.metrics import RunRecord
+    from simulator.simulation import Deployment, RunEnd, build, run, summarize_run
+    from simulator.workload import generate
+
+    sc = scenario(
+        n=150, rate=15.0, cluster={"replicas": 2}, response_cache={"hit_rate": 0.2, "lookup_latency_s": 0.01}
+    )
+    whole = simulate(sc)
+    groups = plan_groups(sc, whole.model)
+    dep = build(sc, whole.model, groups, {g.name: None for g in groups}, generate(sc.workload, sc.seed))
+    assert isinstance(dep, Deployment) and len(dep.engines) == 2 and dep.links is None
+    assert dep.env.now == 0 and not np.isfinite(dep.table.scheduled_s).any()  # built, not run
+    record, end = run(dep)
+    assert isinstance(end, RunEnd) and end.stopped is None
+    assert end.hold == 2 * dep.engines[0].scheduler.max_seqs
+    assert isinstance(record, RunRecord) and record.table is dep.table and record.wall_s > 0
+    pools = [e.scheduler.pool for e in dep.engines]
+    assert record.counts.peak_blocks_used == max(p.peak_used for p in pools) > 0
+    assert record.stats.steps == sum(e.stats.steps for e in dep.engines)
+    summary = summarize_run(dep, record, end)
+    assert _without_wall(summary) == _without_wall(whole.summary)
+    assert summary["response_cache"]["hits"] > 0 and summary["cluster"]["replicas"] == 2
+    np.testing.assert_array_equal(dep.table.finish_s, whole.table.finish_s)
+
+
+def test_simulate_is_a_page():
+    """(issue 17, STYLE "To avoid": a 180-line simulate) no function of the run's stages is over 80 lines."""
+    import ast
+    import inspect
+
+    from simulator import metrics, simulation
+
+    for mod in (simulation, metrics):
+        for node in ast.walk(ast.parse(inspect.getsource(mod))):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 80, (mod.__name__, node.name)
+    tree = ast.parse(inspect.getsource(simulation.simulate))
+    assert tree.body[0].end_lineno - tree.body[0].lineno < 50
