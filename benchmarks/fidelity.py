@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from core.cost_model import BatchShape, CostModel  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.hardware import load_profile, write_profile  # noqa: E402
-from core.kv_cache import BlockPool  # noqa: E402
+from core.kv_cache import BlockPool, blocks_for  # noqa: E402
 from core.model_spec import load_model  # noqa: E402
 from core.requests import PrefixKeys, Requests  # noqa: E402
 from simulator.memory import activation_bytes, plan_memory  # noqa: E402
@@ -480,7 +480,7 @@ def decode_check(
     for b in sizes:
         prompt, output = (DECODE_PROMPT, DECODE_OUTPUT) if host.executor.cuda else (64, 16)
         reqs = Requests(np.zeros(b), np.full(b, prompt), np.full(b, output))
-        blocks = b * (-(-(prompt + output) // block_size))
+        blocks = b * blocks_for(prompt + output, block_size)
         run = serve(host.executor, reqs, BlockPool(blocks, block_size), b, 8192, True, trace=True)
         tr = run.step_trace
         m = (tr["prefill_tokens"] == 0) & (tr["decode_seqs"] == b)  # CUDA graphs on the GPU
