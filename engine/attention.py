@@ -84,10 +84,6 @@ class StepLayout:
         if self.n_real < 0:
             self.n_real = len(self.q_lens)
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.q_lens)
-
 
 # Decode work units: UNIT_MIN_KEYS keys below which a unit is not split further (a unit loads its
 # queries and writes a partial result; four 64-key blocks amortise that), and the CTAs per SM the
