@@ -12,7 +12,7 @@ latency at p50/p90/p99 and throughput, with the simulator's error relative to th
     python benchmarks/fidelity.py --device cpu --quick   # tiny model on the CPU: tests the pipeline
 
 Writes benchmarks/results/fidelity_<profile>.md and, per row, raw per-request CSVs and a JSON summary
-under benchmarks/results/fidelity/<profile>/<row>/. Rows already there are reused unless --fresh.
+under benchmarks/results/fidelity/<profile>/<row>/. Rows already there are reused unless --rerun.
 """
 
 from __future__ import annotations
@@ -651,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         "--reserve-gib", type=float, help="GPU memory the engine leaves free beyond a step's activations"
     )
     p.add_argument("--only", help="run only rows whose name contains this")
-    p.add_argument("--fresh", action="store_true", help="rerun rows that already have results")
+    p.add_argument("--rerun", action="store_true", help="run rows again that already have results")
+    p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)  # --rerun's old name, still taken
     p.add_argument(
         "--resimulate",
         action="store_true",
@@ -659,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out-dir", default=str(RESULTS), help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
+    if args.fresh:
+        print("note: --fresh is now called --rerun", file=sys.stderr)
+        args.rerun = True
     cpu = args.device == "cpu"
     if args.duration is None:
         args.duration = 2.0 if cpu else (20.0 if args.quick else 30.0)
@@ -705,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         for row in rows:
             saved = raw / row.name / "row.json"
-            if saved.exists() and not args.fresh:
+            if saved.exists() and not args.rerun:
                 records.append(json.loads(saved.read_text()))
                 log(f"{row.name}: kept from {saved}")
                 continue
@@ -720,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"out tok/s {e['output_tokens_per_s']:.0f} vs {s['output_tokens_per_s']:.0f} "
                     f"[{time.perf_counter() - t0:.0f} s]")  # fmt: skip
         dpath = raw / "decode_check.json"
-        if (not args.only or args.only in "decode") and (args.fresh or not dpath.exists()):
+        if (not args.only or args.only in "decode") and (args.rerun or not dpath.exists()):
             dpath.parent.mkdir(parents=True, exist_ok=True)
             first = rows_for(args.device, True)[0]
             host = decode_host(first, args, profile_name, model_ref or first.model, hosts, log)

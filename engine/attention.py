@@ -205,7 +205,7 @@ def make_layout(
     max_k: int | None = None,
     kv_heads: int = 8,
 ) -> StepLayout:
-    """A StepLayout with fresh device tensors (eager steps and tests); `starts` pins each region's first slot."""
+    """A StepLayout with new device tensors (eager steps and tests); `starts` pins each region's first slot."""
     p = plan_layout(q_lens, prior_lens, base, starts, target=unit_target(device_sms(device), kv_heads))
 
     def i32(v):

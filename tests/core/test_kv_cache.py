@@ -63,9 +63,9 @@ class PerKeyPool:
 
     def release(self, n: int, keys=()) -> None:
         self.free += n
-        fresh = [k for k in keys if k not in self.present]
-        self.present.update(fresh)
-        self.cached.update(dict.fromkeys(reversed(fresh)))
+        new = [k for k in keys if k not in self.present]
+        self.present.update(new)
+        self.cached.update(dict.fromkeys(reversed(new)))
 
     def lookup(self, keys, limit: int) -> tuple[int, int]:
         head = list(keys[:limit])
