@@ -2,7 +2,7 @@
 
 The recordings under benchmarks/results/calibration_eta/ hold each point's wall time (the bench's
 `measure` call, model builds and JIT compiles included) of whole `python -m calibrate` sweeps:
-llama-3.1-8b on an H200 (full and quick plans; the quick one on a fresh machine, so its first kernels
+llama-3.1-8b on an H200 (full and quick plans; the quick one on a newly started machine, so its first kernels
 compile), qwen2.5-0.5b, two small llama-shaped models and the tests' tiny model on this 2-core CPU
 (shared with other work, so its timings are noisy). The priors' constants (calibrate/sweep.py) were
 set from the first five recordings; the last, recorded after, is held out. Each is replayed through

@@ -12,7 +12,7 @@ latency at p50/p90/p99 and throughput, with the simulator's error relative to th
     python benchmarks/fidelity.py --device cpu --quick   # tiny model on the CPU: tests the pipeline
 
 Writes benchmarks/results/fidelity_<profile>.md and, per row, raw per-request CSVs and a JSON summary
-under benchmarks/results/fidelity/<profile>/<row>/. Rows already there are reused unless --fresh.
+under benchmarks/results/fidelity/<profile>/<row>/. Rows already there are reused unless --rerun.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from core.cost_model import BatchShape, CostModel  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.hardware import load_profile, write_profile  # noqa: E402
-from core.kv_cache import BlockPool  # noqa: E402
+from core.kv_cache import BlockPool, blocks_for  # noqa: E402
 from core.model_spec import load_model  # noqa: E402
 from core.requests import PrefixKeys, Requests  # noqa: E402
 from simulator.memory import activation_bytes, plan_memory  # noqa: E402
@@ -486,7 +486,7 @@ def decode_check(
     for b in sizes:
         prompt, output = (DECODE_PROMPT, DECODE_OUTPUT) if host.executor.cuda else (64, 16)
         reqs = Requests(np.zeros(b), np.full(b, prompt), np.full(b, output))
-        blocks = b * (-(-(prompt + output) // block_size))
+        blocks = b * blocks_for(prompt + output, block_size)
         run = serve(host.executor, reqs, BlockPool(blocks, block_size), b, 8192, True, trace=True)
         tr = run.step_trace
         m = (tr["prefill_tokens"] == 0) & (tr["decode_seqs"] == b)  # CUDA graphs on the GPU
@@ -657,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
         "--reserve-gib", type=float, help="GPU memory the engine leaves free beyond a step's activations"
     )
     p.add_argument("--only", help="run only rows whose name contains this")
-    p.add_argument("--fresh", action="store_true", help="rerun rows that already have results")
+    p.add_argument("--rerun", action="store_true", help="run rows again that already have results")
+    p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)  # --rerun's old name, still taken
     p.add_argument(
         "--resimulate",
         action="store_true",
@@ -665,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out-dir", default=str(RESULTS), help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
+    if args.fresh:
+        print("note: --fresh is now called --rerun", file=sys.stderr)
+        args.rerun = True
     cpu = args.device == "cpu"
     if args.duration is None:
         args.duration = 2.0 if cpu else (20.0 if args.quick else 30.0)
@@ -711,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         for row in rows:
             saved = raw / row.name / "row.json"
-            if saved.exists() and not args.fresh:
+            if saved.exists() and not args.rerun:
                 records.append(json.loads(saved.read_text()))
                 log(f"{row.name}: kept from {saved}")
                 continue
@@ -726,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"out tok/s {e['output_tokens_per_s']:.0f} vs {s['output_tokens_per_s']:.0f} "
                     f"[{time.perf_counter() - t0:.0f} s]")  # fmt: skip
         dpath = raw / "decode_check.json"
-        if (not args.only or args.only in "decode") and (args.fresh or not dpath.exists()):
+        if (not args.only or args.only in "decode") and (args.rerun or not dpath.exists()):
             dpath.parent.mkdir(parents=True, exist_ok=True)
             first = rows_for(args.device, True)[0]
             host = decode_host(first, args, profile_name, model_ref or first.model, hosts, log)

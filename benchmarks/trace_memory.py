@@ -1,6 +1,6 @@
 """Memory and time of reading a large trace: a generated 10^6-row CSV (and JSONL) through `read_trace`.
 
-Each reading runs in a fresh process whose code comes from a checkout (`--before`, default /work/main,
+Each reading runs in a new process whose code comes from a checkout (`--before`, default /work/main,
 and this one), so the two readers are compared on the same file. Peak RSS is the process's high-water
 mark (VmHWM) less its mark after the imports; the tracemalloc peak counts Python and numpy
 allocations only (a separate run: tracing slows the read). The trace's own arrays are 24 B per row

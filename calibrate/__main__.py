@@ -38,7 +38,10 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--work-dir", help="folder for raw measurements and plots (default: calibration_runs/NAME)"
     )
-    p.add_argument("--fresh", action="store_true", help="discard earlier measurements in the work dir")
+    p.add_argument("--restart", action="store_true", help="discard earlier measurements in the work dir")
+    p.add_argument(
+        "--fresh", action="store_true", help=argparse.SUPPRESS
+    )  # --restart's old name, still taken
     p.add_argument(
         "--redo",
         metavar="KINDS",
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
             refit(a.work_dir, a.name, a.out_dir, a.model, force=a.force)
         else:
             a = _run_parser(prog).parse_args(argv)
+            if a.fresh:
+                print("note: --fresh is now called --restart", file=sys.stderr)
             from calibrate.calibration import Options, run
 
             run(
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
                     base=a.base,
                     out_dir=a.out_dir,
                     work_dir=a.work_dir,
-                    fresh=a.fresh,
+                    restart=a.restart or a.fresh,
                     redo=a.redo,
                     force=a.force,
                     command=command,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
+from core.engine_profile import padded
 from core.model_spec import dtype_bytes
 
 GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh")
@@ -58,8 +59,8 @@ def attention_fresh_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
     """A whole fresh prompt, computed at its padded length (as CostModel.attention_prefill_time counts it)."""
     kv, io = _per_layer(cm)
     c, bucket = p["chunk"], cm.profile.efficiency.fresh_prefill_bucket
-    padded = -(-c // bucket) * bucket
-    return cm.pair_flops * padded * (padded + 1) / 2, c * (kv + io), cm.attn_peak
+    t = padded(c, bucket)
+    return cm.pair_flops * t * (t + 1) / 2, c * (kv + io), cm.attn_peak
 
 
 def attention_decode_work(cm: CostModel, p: dict) -> tuple[float, float, float]:

@@ -94,20 +94,13 @@ class Bench:
             for _ in range(copies)
         ]
         # the engine's Dense layer: a Triton GEMV streams the weight for one row, cuBLAS otherwise
-        if m == 1 and self._uses_gemv():
+        if m == 1:
             from engine.fused import gemv
 
             fn = rotating(bufs, gemv)
         else:
             fn = rotating(bufs, torch.nn.functional.linear)
         return measure_graph(fn, dev, calls=copies, repeat=self.repeat, warmup=self.warmup)
-
-    def _uses_gemv(self) -> bool:
-        try:
-            from engine import steps
-        except ImportError:
-            return False
-        return bool(getattr(steps, "DECODE_GEMV", True))
 
     # ------------------------------------------------------------ whole steps
     def _runner_for_steps(self):
@@ -122,20 +115,9 @@ class Bench:
                 max_context=self.limits.max_context,
                 device=self.device,
                 cuda_graphs=not self.cpu,
-                **self._pool_kwargs(),
+                kv_tokens=self.limits.max_kv_tokens,
             )
         return self._runner
-
-    def _pool_kwargs(self) -> dict:
-        import inspect
-
-        from engine.steps import StepRunner
-
-        params = inspect.signature(StepRunner).parameters
-        for name in ("pool_tokens", "kv_tokens", "max_tokens"):
-            if name in params:
-                return {name: self.limits.max_kv_tokens}
-        return {}
 
     def _step(self, p: Point) -> float:
         r = self._runner_for_steps()

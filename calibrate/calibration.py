@@ -36,7 +36,7 @@ class Options:
     base: str | None = None
     out_dir: str = "hardware_profiles"
     work_dir: str | None = None
-    fresh: bool = False
+    restart: bool = False  # discard the work dir's earlier measurements
     redo: str | None = None  # comma-separated kinds to measure again
     force: bool = False  # write over a profile of another device
     command: str = ""
@@ -136,7 +136,7 @@ def base_for_run(base_name: str, store: Store) -> HardwareProfile:
         return profile.read(base_name, "--base")
     c = ceilings(store)
     if "copy_bandwidth_gbps" not in c or "gemm_bf16_tflops" not in c:
-        raise ConfigError("the CPU run has no copy or GEMM ceiling measured; rerun with --fresh")
+        raise ConfigError("the CPU run has no copy or GEMM ceiling measured; rerun with --restart")
     template = profile.read("h100-sxm").efficiency  # starting values only; every group is refitted
     return profile.cpu_base(c["copy_bandwidth_gbps"] * 1e9, c["gemm_bf16_tflops"] * 1e12, template, 8 * 2**30)
 
@@ -260,7 +260,7 @@ def run(opts: Options, log=print) -> Path:
     ident = identity(gpu.name, "cpu" if cpu else "cuda", spec, versions)
     run_info = {"base": base_name, "mode": mode, "driver": gpu.driver, "device_info": gpu.as_dict(),
                 "model_arg": opts.model}  # fmt: skip
-    store = Store.open(work_dir / "measurements.jsonl", ident, fresh=opts.fresh, provenance=run_info)
+    store = Store.open(work_dir / "measurements.jsonl", ident, restart=opts.restart, provenance=run_info)
     if kinds:
         log(f"--redo: {store.forget(kinds)} stored measurements of {', '.join(sorted(kinds))} to take again")
 

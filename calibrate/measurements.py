@@ -98,7 +98,7 @@ class Store:
         cls,
         path: Path,
         ident: dict | None = None,
-        fresh: bool = False,
+        restart: bool = False,
         warn=None,
         provenance: dict | None = None,
     ) -> Store:
@@ -110,7 +110,7 @@ class Store:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if fresh and path.exists():
+            if restart and path.exists():
                 path.unlink()
             path.touch()
             raw = path.read_bytes()
@@ -179,7 +179,7 @@ class Store:
         return ConfigError(
             f"{self.path}: holds measurements of {describe(held)}, not {describe(ident)} "
             f"({', '.join(differ) or 'identity'} differ{'s' * (len(differ) == 1)}); "
-            "pass --fresh to measure again or --work-dir for another folder"
+            "pass --restart to measure again or --work-dir for another folder"
         )
 
     def _foreign(self, foreign: list[Record], header: dict | None, ident: dict | None) -> ConfigError:
@@ -187,17 +187,17 @@ class Store:
         points = f"{n} stored measurement{'s' * (n > 1)}"
         if header is None and ident is None:
             what = "the line naming what was measured (GPU, model) is missing or damaged"
-            fix = "rerun python -m calibrate with the same --model on the same GPU to restore it, or pass --fresh"
+            fix = "rerun python -m calibrate with the same --model on the same GPU to restore it, or pass --restart"
         elif not any(r.fingerprint for r in foreign):
             what = f"{points} do not say what was measured and the line naming it is missing or damaged"
-            fix = "pass --fresh to measure again or --work-dir for another folder"
+            fix = "pass --restart to measure again or --work-dir for another folder"
         else:
             tags = sorted({r.fingerprint for r in foreign if r.fingerprint})
             want = describe(ident) if ident else describe(self.identity)
             what = (
                 f"{points} of another GPU, model or software (fingerprint {', '.join(tags[:3])}), not {want}"
             )
-            fix = "pass --fresh to measure again or --work-dir for another folder"
+            fix = "pass --restart to measure again or --work-dir for another folder"
         return ConfigError(f"{self.path}: {what}; {fix}")
 
     def __contains__(self, key: str) -> bool:

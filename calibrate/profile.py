@@ -179,15 +179,3 @@ def write(profile: HardwareProfile, folder: Path, header: str = "") -> Path:
             f"{path}: cannot write the profile ({e.strerror or e}); pass --out-dir with a folder you can write"
         ) from None
     return path
-
-
-def base_header(path: Path) -> str:
-    """The leading comment block of an existing profile (its datasheet citations), without '# '."""
-    if not path.exists():
-        return ""
-    out = []
-    for line in path.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        out.append(line[1:].lstrip(" ") if line.startswith("# ") or line == "#" else line[1:])
-    return "\n".join(out)

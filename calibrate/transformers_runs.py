@@ -1107,7 +1107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.out is None:
         return _error("--out: missing; give a folder for the results (or --summarize DIR)")
-    # The budget counts from here, importing torch and transformers included (seconds on a fresh machine).
+    # The budget counts from here, importing torch and transformers included (seconds on a newly started machine).
     start = time.perf_counter()
     plan = SweepPlan.quick() if args.quick else SweepPlan.full()
     try:

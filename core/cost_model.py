@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.engine_profile import padded
 from core.hardware import HardwareProfile, OpEfficiency
 from core.model_spec import ModelSpec, dtype_bytes
 from core.parallelism import (
@@ -78,11 +79,11 @@ class BatchShape:
 
     def add_fresh(self, chunk: int, bucket: int) -> None:
         """Count a whole fresh prompt of `chunk` tokens as one the fresh-prompt kernel runs (padded to `bucket`)."""
-        padded = -(-chunk // bucket) * bucket
+        t = padded(chunk, bucket)
         self.fresh_seqs += 1
         self.fresh_tokens += chunk
         self.fresh_pairs += chunk * (chunk + 1) / 2
-        self.fresh_padded_pairs += padded * (padded + 1) / 2
+        self.fresh_padded_pairs += t * (t + 1) / 2
 
     @classmethod
     def of(

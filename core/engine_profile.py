@@ -41,6 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import ConfigError, one_line, read_yaml
+from core.kv_cache import blocks_for
 from core.resources import shipped
 
 # The shipped engine profiles: the checkout's engine_profiles/, or the installed package's copy of it.
@@ -167,7 +168,7 @@ class Kernels(_Strict):
 
 def padded(n: int, multiple: int) -> int:
     """`n` rounded up to a multiple of `multiple`."""
-    return -(-n // multiple) * multiple
+    return blocks_for(n, multiple) * multiple
 
 
 class MetricError(_Strict):

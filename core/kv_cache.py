@@ -12,8 +12,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
+
+Tokens = TypeVar("Tokens", int, np.ndarray)
+
+
+def blocks_for(tokens: Tokens, block_size: int) -> Tokens:
+    """Blocks of `block_size` tokens needed to hold `tokens` tokens: ceil division, of an int or an array."""
+    return -(-tokens // block_size)
 
 
 class BlockPool:
@@ -67,13 +75,13 @@ class BlockPool:
 
     def blocks_for(self, tokens: int) -> int:
         """Blocks needed to hold `tokens` tokens."""
-        return -(-tokens // self.block_size)
+        return blocks_for(tokens, self.block_size)
 
     def can_allocate(self, n: int, reserve: int = 0) -> bool:
         return n <= self.free - reserve
 
     def allocate(self, n: int) -> None:
-        """Take n fresh blocks; with prefix caching, plain free blocks first, then evict cached ones (LRU)."""
+        """Take n free blocks; with prefix caching, plain free blocks first, then evict cached ones (LRU)."""
         if n > self.free:
             raise RuntimeError(f"KV pool overdrawn: asked {n} blocks, {self.free} free")
         if self.cached:
@@ -98,9 +106,9 @@ class BlockPool:
             raise RuntimeError("KV pool released more blocks than it holds")
         if self.cached is not None and len(full_keys):
             keys = self._fit(full_keys)
-            fresh = keys[~self.present[keys]]
-            self.present[fresh] = True
-            self.cached.update(dict.fromkeys(fresh[::-1].tolist()))
+            new = keys[~self.present[keys]]
+            self.present[new] = True
+            self.cached.update(dict.fromkeys(new[::-1].tolist()))
             self.version += 1
 
     # ---------------------------------------------------------------- prefix caching

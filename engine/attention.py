@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
+from core.engine_profile import padded
 from core.hardware import FRESH_PREFILL_BUCKET, FRESH_PREFILL_MIN_TOKENS
 from engine.fused import decode_attention, decode_attention_supported
 
@@ -82,10 +83,6 @@ class StepLayout:
             self.n_prefill = prefill_count(self.q_lens)
         if self.n_real < 0:
             self.n_real = len(self.q_lens)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.q_lens)
 
 
 # Decode work units: UNIT_MIN_KEYS keys below which a unit is not split further (a unit loads its
@@ -208,7 +205,7 @@ def make_layout(
     max_k: int | None = None,
     kv_heads: int = 8,
 ) -> StepLayout:
-    """A StepLayout with fresh device tensors (eager steps and tests); `starts` pins each region's first slot."""
+    """A StepLayout with new device tensors (eager steps and tests); `starts` pins each region's first slot."""
     p = plan_layout(q_lens, prior_lens, base, starts, target=unit_target(device_sms(device), kv_heads))
 
     def i32(v):
@@ -348,7 +345,7 @@ def _cudnn_prefill(q, k_pool, v_pool, s0: int, scale: float, bucket: int | None 
     real, nh, d = q.shape
     nkv = k_pool.shape[1]
     bucket = FRESH_BUCKET if bucket is None else bucket
-    t = -(-real // bucket) * bucket
+    t = padded(real, bucket)
     if s0 + t > k_pool.shape[0]:
         t = real
     if t != real:  # padding keys are whatever the pool holds past the prompt: no real row attends to them
@@ -391,7 +388,7 @@ def prebuild_fresh(k_pool: torch.Tensor, v_pool: torch.Tensor, num_heads: int, m
         return 0
     d = k_pool.shape[-1]
     scale = 1.0 / math.sqrt(d)
-    first = -(-FRESH_MIN_TOKENS // FRESH_BUCKET) * FRESH_BUCKET
+    first = padded(FRESH_MIN_TOKENS, FRESH_BUCKET)
     n = 0
     for t in range(first, min(max_tokens, k_pool.shape[0]) + 1, FRESH_BUCKET):
         q = torch.randn((t, num_heads, d), dtype=k_pool.dtype, device=k_pool.device)
@@ -401,9 +398,9 @@ def prebuild_fresh(k_pool: torch.Tensor, v_pool: torch.Tensor, num_heads: int, m
     t = first + 37
     if n and t + FRESH_BUCKET <= k_pool.shape[0]:
         q = torch.randn((t, num_heads, d), dtype=k_pool.dtype, device=k_pool.device)
-        padded = _cudnn_prefill(q, k_pool, v_pool, 0, scale)
+        bucketed = _cudnn_prefill(q, k_pool, v_pool, 0, scale)
         exact = _cudnn_prefill(q, k_pool, v_pool, 0, scale, bucket=1)
-        err = float((padded.float() - exact.float()).abs().max())
+        err = float((bucketed.float() - exact.float()).abs().max())
         if err > 2e-2:
             raise RuntimeError(
                 f"cuDNN prefill padded to {FRESH_BUCKET}-token buckets differs from exact lengths by {err}"

@@ -141,7 +141,7 @@ class StepRunner:
         )
 
     def reset_graphs(self) -> None:
-        """Drop captured graphs (after changing the model, e.g. `set_gemv`), with a fresh memory pool."""
+        """Drop captured graphs (after changing the model, e.g. `set_gemv`), with a new memory pool."""
         self.graphs.clear()
         if self.use_graphs:
             torch.cuda.synchronize(self.device)

@@ -46,6 +46,16 @@ def test_wrong_model_name(tmp_path, capsys):
     assert "llama-9000" in line and "catalogue" in line
 
 
+def test_fresh_is_the_old_name_of_restart(tmp_path, capsys):
+    """--fresh is still taken (it means --restart) and says it was renamed; --restart says nothing."""
+    bad = ["--model", "llama-9000", "--device", "cpu", "--out-dir", str(tmp_path)]
+    assert main([*bad, "--fresh"]) == 2
+    err = capsys.readouterr().err
+    assert "note: --fresh is now called --restart" in err and "unrecognized" not in err
+    assert main([*bad, "--restart"]) == 2
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_unwritable_out_dir(tmp_path, tiny_config, capsys):
     pytest.importorskip("torch")
     blocker = tmp_path / "file"

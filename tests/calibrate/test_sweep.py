@@ -136,12 +136,12 @@ def test_points_of_another_model_are_never_reused_even_with_the_meta_line_damage
     path = tmp_path / "m.jsonl"
     run_sweep(points(18), Store.open(path, QWEN), lambda p: 1e-3)
     with pytest.raises(
-        ConfigError, match=r"qwen2.5-0.5b on cpu .*, not mistral-7b .*model, model_config differ.*--fresh"
+        ConfigError, match=r"qwen2.5-0.5b on cpu .*, not mistral-7b .*model, model_config differ.*--restart"
     ):
         Store.open(path, MISTRAL)
     damage_first_line(path)  # the case: 18 qwen timings were reused for mistral-7b
     with pytest.raises(
-        ConfigError, match=r"18 stored measurements of another GPU, model or software.*--fresh"
+        ConfigError, match=r"18 stored measurements of another GPU, model or software.*--restart"
     ):
         Store.open(path, MISTRAL, warn=lambda _m: None)
     with pytest.raises(ConfigError, match="missing or damaged"):  # a refit cannot tell what they are
@@ -177,9 +177,9 @@ def test_a_store_from_before_fingerprints_is_checked_on_its_meta_line_and_upgrad
 def test_measurements_of_another_gpu_are_refused(tmp_path):
     path = tmp_path / "m.jsonl"
     Store.open(path, META)
-    with pytest.raises(ConfigError, match="--fresh"):
+    with pytest.raises(ConfigError, match="--restart"):
         Store.open(path, {**META, "gpu": "Other GPU"})
-    assert not Store.open(path, {**META, "gpu": "Other GPU"}, fresh=True).records
+    assert not Store.open(path, {**META, "gpu": "Other GPU"}, restart=True).records
 
 
 def test_forget_drops_a_kind_and_the_sweep_measures_only_it_again(tmp_path):

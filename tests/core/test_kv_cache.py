@@ -5,7 +5,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.kv_cache import BlockPool
+from core.engine_profile import padded
+from core.kv_cache import BlockPool, blocks_for
+
+
+@given(st.integers(0, 10**12), st.integers(1, 10**6))
+def test_blocks_for_is_ceil_division_on_ints_and_arrays(tokens, block_size):
+    """The one block count: the fewest blocks holding every token, the same elementwise on arrays
+    (the cluster's per-request checks), and `padded` is it in tokens."""
+    n = blocks_for(tokens, block_size)
+    assert n * block_size >= tokens > (n - 1) * block_size or tokens == n == 0
+    arr = np.array([tokens, tokens + 1, max(tokens - 1, 0)], dtype=np.int64)
+    assert blocks_for(arr, block_size).tolist() == [blocks_for(int(x), block_size) for x in arr]
+    assert (
+        padded(tokens, block_size)
+        == n * block_size
+        == BlockPool(0, block_size).blocks_for(tokens) * block_size
+    )
 
 
 def test_allocate_release_and_peak():
@@ -47,9 +63,9 @@ class PerKeyPool:
 
     def release(self, n: int, keys=()) -> None:
         self.free += n
-        fresh = [k for k in keys if k not in self.present]
-        self.present.update(fresh)
-        self.cached.update(dict.fromkeys(reversed(fresh)))
+        new = [k for k in keys if k not in self.present]
+        self.present.update(new)
+        self.cached.update(dict.fromkeys(reversed(new)))
 
     def lookup(self, keys, limit: int) -> tuple[int, int]:
         head = list(keys[:limit])

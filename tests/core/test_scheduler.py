@@ -1,8 +1,12 @@
 """The batching policy on its own, with no clock: budgets, admission, preemption, prefix reuse."""
 
-import numpy as np
+import random
 
-from core.kv_cache import BlockPool
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.kv_cache import BlockPool, blocks_for
 from core.scheduler import Scheduler, Sequence
 
 
@@ -152,3 +156,147 @@ def test_whole_fresh_prompts_are_counted_for_the_fresh_kernel():
     # the 5000-token prompt and the 2049-token one; the 9000's first chunk (1000, budget) is short, and the
     # 2048-token one is split by the budget
     assert seen == 2
+
+
+# ---------------------------------------------------------------- the scheduler's inline copies and their twins
+# The hot path writes a few helpers out in place (block counts, the prefix lookup, causal pairs); these tests
+# drive random workloads and check each copy, at every call or step, against the plain helper.
+
+
+def random_scheduler(data, caching: bool, spec: bool = False, cls=Scheduler) -> Scheduler:
+    """A scheduler over a small pool (preemptions happen) with random requests already queued."""
+    from core.requests import PrefixKeys, Requests
+
+    B = data.draw(st.sampled_from([1, 4, 16]), "block_size")
+    n = data.draw(st.integers(1, 12), "requests")
+    prompts = data.draw(st.lists(st.integers(1, 300), min_size=n, max_size=n), "prompts")
+    outputs = data.draw(st.lists(st.integers(1, 60), min_size=n, max_size=n), "outputs")
+    # room for any one request (so none waits forever), often not for all of them at once (preemptions)
+    pool = BlockPool(blocks_for(500, B) + 20 + data.draw(st.integers(0, 600 // B), "more blocks"), B, caching)
+    keys = None
+    if (
+        caching
+    ):  # two system prompts of 64 tokens some requests start with (2: nothing after it), then their own
+        sys_of = data.draw(
+            st.lists(st.sampled_from([None, 0, 1, 2]), min_size=n, max_size=n), "system prompts"
+        )
+        own = [((100 + i, p),) if s != 2 else () for i, (s, p) in enumerate(zip(sys_of, prompts))]
+        segs = [((s % 2, 64), *o) if s is not None else o for s, o in zip(sys_of, own)]
+        prompts = [sum(t for _, t in g) for g in segs]
+        keys = PrefixKeys(Requests(np.zeros(n), np.array(prompts), np.array(outputs), segments=segs), B)
+    # (sliding windows without prefix caching: with it, _start's window blocks can evict the hits it shares)
+    window = 0 if caching else data.draw(st.sampled_from([0, 32]), "sliding window")
+    chunked, budget = data.draw(st.booleans(), "chunked"), data.draw(st.sampled_from([16, 64, 512]), "budget")
+    s = cls(
+        pool,
+        max_num_seqs=data.draw(st.integers(1, 8), "max_num_seqs"),
+        max_num_batched_tokens=budget if chunked else 512,  # (whole prompts fit unchunked, or never run)
+        chunked_prefill=chunked,
+        sliding_window=window,
+        sliding_ratio=0.5 if window else 0.0,
+        block_keys=keys,
+        spec=(3, 8, [0.7] * n, np.random.default_rng(0)) if spec else None,
+        fresh=(100, 16),
+    )
+    for i, (p, o) in enumerate(zip(prompts, outputs)):
+        s.add(Sequence(i, p, o))
+    return s
+
+
+def steps(s: Scheduler, data, check=lambda b: None, max_steps: int = 3000):
+    """Run to the end, a step at a time or (as the replica does) in decode-only runs, calling `check` after each."""
+    rng = random.Random(data.draw(st.integers(0, 2**16), "seed of the run choices"))
+    for _ in range(max_steps):
+        run = s.decode_run(rng.randint(1, 40)) if rng.random() < 0.5 else None
+        if run is not None:
+            k, blocks = run
+            s.advance_decodes(k, s.blocks_over(k) if blocks < 0 else blocks)
+            check(None)
+            continue
+        b = s.schedule()
+        if b is None:
+            break
+        check(b)
+        s.complete(b)
+        check(None)
+    assert not s.has_work()
+
+
+def plain_admissible(s: Scheduler, budget: int, fresh: bool) -> bool:
+    """Scheduler._admissible written with the helpers it inlines: _prefix_hits and pool.blocks_for."""
+    if not s.waiting or len(s.running) >= s.max_seqs or budget <= 0:
+        return False
+    head, pool = s.waiting[0], s.pool
+    hits, take = 0, 0
+    if s.block_keys:
+        stale = head.hits is None or (fresh and head.hits_version != pool.version)
+        hits, take = s._prefix_hits(head) if stale else head.hits
+    todo = head.prompt - hits * s.B
+    if todo > budget and not s.chunked:
+        return False
+    return pool.can_allocate(pool.blocks_for(min(todo, budget)) + take + head.window_blocks, s.watermark)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data(), st.booleans())
+def test_admission_check_equals_prefix_hits_and_blocks_for(data, caching):
+    """Scheduler._admissible's inline prefix lookup and block count equal _prefix_hits and blocks_for."""
+    calls = []
+
+    class Checked(Scheduler):
+        def _admissible(self, budget: int, fresh: bool = False) -> bool:
+            want = plain_admissible(self, budget, fresh)
+            got = Scheduler._admissible(self, budget, fresh)
+            assert got == want
+            if self.block_keys and self.waiting and self.waiting[0].hits_version == self.pool.version:
+                assert self.waiting[0].hits == self._prefix_hits(self.waiting[0])
+            calls.append(got)
+            return got
+
+    steps(random_scheduler(data, caching, cls=Checked), data)
+    assert calls
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data(), st.booleans())
+def test_blocks_held_equal_blocks_for_their_tokens(data, spec):
+    """The block counts written out in the scheduler (a prompt's chunks, a decode's growth and release,
+    decode runs, sliding-window blocks, speculative rounds) add up, after every step, to blocks_for of each
+    running sequence's tokens: what the plain helper says it holds."""
+    s = random_scheduler(data, caching=False, spec=spec)
+    B = s.B
+
+    def check(b) -> None:
+        if b is not None:  # (a step scheduled, not yet complete: its chunks hold blocks ahead)
+            return
+        held = 0
+        for q in s.running:
+            tokens = q.c + s.dstep - 1 if q.decoding else q.computed  # KV written so far
+            want = blocks_for(int(min(q.orig_prompt + q.output, s.window) * s.sliding_ratio), B)
+            assert q.window_blocks == want
+            held += blocks_for(tokens, B) + q.window_blocks
+        assert s.pool.used == held
+
+    steps(s, data, check)
+    assert s.pool.used == 0
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data())
+def test_step_shape_equals_batch_shape_of_its_chunks(data):
+    """Scheduler._shape's inline causal pairs (chunk_pairs) and its other counts equal BatchShape.of over
+    the step's chunks."""
+    from core.cost_model import BatchShape
+
+    s = random_scheduler(data, caching=data.draw(st.booleans(), "caching"))
+
+    def check(b) -> None:
+        if b is None:
+            return
+        want = BatchShape.of([(c, q.computed) for q, c in b.prefills], window=s.window, fresh=(100, 16))
+        for f in ("prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs",
+                  "prefill_context_tokens", "fresh_seqs", "fresh_tokens", "fresh_pairs", "fresh_padded_pairs"):  # fmt: skip
+            assert getattr(b.shape, f) == getattr(want, f), f
+        assert (b.shape.decode_seqs, b.shape.decode_context_tokens) == (b.num_decodes, b.decode_context)
+
+    steps(s, data, check)

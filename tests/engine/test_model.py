@@ -22,7 +22,7 @@ def _full_and_incremental(spec, lens, seed=0):
     starts = [sum(lens[:i]) for i in range(len(lens))]  # each sequence keeps its region across steps
     lay = make_layout(lens, [0] * len(lens), "cpu")
     full = model(torch.cat(seqs), lay, (lay.cu_q[1:] - 1).long())
-    model.allocate_kv(sum(lens) + 8, seed=123)  # fresh random cache: nothing carried over
+    model.allocate_kv(sum(lens) + 8, seed=123)  # a new random cache: nothing carried over
     pre = [n - 1 for n in lens]
     lay = make_layout(pre, [0] * len(lens), "cpu", starts=starts)
     model(torch.cat([s[:-1] for s in seqs]), lay)

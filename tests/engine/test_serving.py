@@ -55,7 +55,7 @@ def check_run(run, req: Requests, pool: BlockPool) -> None:
 
 
 def greedy_matches(model, run, req: Requests, rids) -> None:
-    """Each request's tokens are what a fresh full forward of its stream picks (KV regions, recompute and
+    """Each request's tokens are what a full forward of its stream from scratch picks (KV regions, recompute and
     compaction kept every sequence's cache right)."""
     from engine.attention import make_layout
 
@@ -127,7 +127,7 @@ def test_regions_best_fit_and_merge():
     assert r.starts == [0] and r.sizes == [100]
 
 
-def test_fidelity_cpu_quick_writes_its_table(tmp_path):
+def test_fidelity_cpu_quick_writes_its_table(tmp_path, capsys):
     import sys
     from pathlib import Path
 
@@ -157,6 +157,15 @@ def test_fidelity_cpu_quick_writes_its_table(tmp_path):
     assert after["simulator"]["output_tokens_per_s"] == pytest.approx(
         before["simulator"]["output_tokens_per_s"]
     )
+
+    # a row with results is kept unless --rerun; --fresh, its old name, is still taken, with a note
+    one = ["--device", "cpu", "--quick", "--duration", "1", "--out-dir", str(tmp_path), "--only", raw.name]
+    capsys.readouterr()
+    assert fidelity.main(one) == 0
+    assert f"{raw.name}: kept from" in capsys.readouterr().out
+    assert fidelity.main([*one, "--fresh"]) == 0
+    out = capsys.readouterr()
+    assert "kept from" not in out.out and "TTFT p50" in out.out and "--fresh is now called --rerun" in out.err
 
 
 def test_prefix_caching_skips_the_cached_prompt_tokens(model):

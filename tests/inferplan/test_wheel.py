@@ -1,7 +1,7 @@
 """The built wheel carries every shipped file and runs from an empty directory with nothing else on the path.
 
 Built from a copy of the checkout (so the build writes nothing into it), without build isolation (no
-network), then unpacked as pip installs it; the full install into a fresh venv is in .ci/run.
+network), then unpacked as pip installs it; the full install into a new venv is in .ci/run.
 """
 
 import shutil
