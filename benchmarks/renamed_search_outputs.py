@@ -35,7 +35,9 @@ def old_spelling(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", type=Path, required=True, help="digests saved before (same_outputs.py --save)")
-    ap.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "results" / "renamed_search_outputs.md")
+    ap.add_argument(
+        "--table", type=Path, default=ROOT / "benchmarks" / "results" / "renamed_search_outputs.md"
+    )
     args = ap.parse_args(argv)
     before = json.loads(args.check.read_text())
     rows = []

@@ -576,7 +576,8 @@ def upgraded(data: dict, source: str = "scenario") -> dict:
         return data
     data = copy.deepcopy(data)
     for where, sv in _servings(data):
-        for key in [k for k, v in sv.items() if _old_key(k, v)]:
+        # the old `batching` string first: its name is the block the other batching keys go into
+        for key in sorted((k for k, v in sv.items() if _old_key(k, v)), key=lambda k: k != "batching"):
             value = sv.pop(key)
             block, name = SERVING_RENAMED[key].split(".")
             if block == "workload":

@@ -73,7 +73,7 @@ def test_every_example_reads_the_same_in_the_flat_layout(name, data):
 
 def test_each_renamed_key_is_one_note_line_on_stderr_once(capsys):
     data = BASE | {
-        "serving": {"batching": "static", "max_num_seqs": 8, "kv_dtype": "fp8", "moe_routing_skew": 1}
+        "serving": {"max_num_seqs": 8, "batching": "static", "kv_dtype": "fp8", "moe_routing_skew": 1}
     }
     with _renames_as_notes():
         sc = parse_scenario(data, "s.yaml")
