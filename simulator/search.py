@@ -175,10 +175,29 @@ def _renamed_fields(data: dict, source: str) -> dict:
                         for k, v in data["sweep"].items()}  # fmt: skip
     if isinstance(data.get("variants"), dict):
         out["variants"] = {
-            name: {renamed_path(k, f"{source}: variants.{name}") if isinstance(k, str) else k: v
-                   for k, v in fields.items()} if isinstance(fields, dict) else fields
+            name: _renamed_variant(fields, f"{source}: variants.{name}")
+            if isinstance(fields, dict)
+            else fields
             for name, fields in data["variants"].items()
-        }  # fmt: skip
+        }
+    return out
+
+
+def _renamed_variant(fields: dict, where: str) -> dict:
+    """A variant's {field path: value} as now: renamed paths, and whole sections (a `disaggregation` with its
+    pools' `serving`) in the sub-block layout."""
+    out: dict = {}
+    for path, value in fields.items():
+        if not isinstance(path, str):
+            out[path] = value
+            continue
+        path = renamed_path(path, where)
+        if isinstance(value, dict):
+            now = upgraded(set_field({}, path, value), where)
+            value = get_field(now, path, value)
+            if get_field(now, "workload.moe_routing_skew") is not None:  # moved out of a pool's `serving`
+                out["workload.moe_routing_skew"] = now["workload"]["moe_routing_skew"]
+        out[path] = value
     return out
 
 

@@ -150,3 +150,20 @@ def test_help_lists_the_serving_fields_once():
     assert sum("max_num_seqs:" in line for line in lines) == 1
     assert any(line.startswith("  disaggregation.prefill.serving:") and "(the fields of serving, above)" in line
                for line in lines)  # fmt: skip
+
+
+def test_a_variants_whole_section_is_read_in_the_new_layout():
+    pools = {"prefill": {"serving": {"max_num_batched_tokens": 4096}}, "decode": {"count": 1}}
+    spec = {
+        "base": BASE | {"slo": {"ttft_s": 1}},
+        "variants": {
+            "split": {"disaggregation": pools | {"link": {"latency_s": 0}}},
+            "one": {"cluster.replicas": 1},
+        },
+    }
+    with pytest.warns(
+        RenamedField, match=r"variants.split: disaggregation.prefill.serving.max_num_batched_tokens"
+    ):
+        parsed = parse_spec(spec, "spec")
+    prefill = parsed.variants["split"]["disaggregation"]["prefill"]
+    assert prefill == {"serving": {"batching": {"max_num_batched_tokens": 4096}}}
