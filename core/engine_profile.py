@@ -7,8 +7,9 @@ profile carries the errors of its held-out rows under `validation`.
 How the simulator uses each field (the wiring of issue 11; `ours` reproduces today's behaviour exactly):
 
 - `scheduling`: the defaults of the scenario's `serving` block for the fields it maps to — `policy`
-  gives `batching` and `chunked_prefill` (`serving_defaults()`), `max_num_seqs`, `max_num_batched_tokens`,
-  `block_size`, `preemption` and `cuda_graphs` keep their names. Fields a scenario sets itself win.
+  gives `batching.mode` and `batching.chunked_prefill` (`serving_defaults()`, by path), `max_num_seqs`,
+  `max_num_batched_tokens` (under `batching`), `block_size`, `preemption` (under `memory`) and `cuda_graphs`
+  keep their names. Fields a scenario sets itself win.
   `pad_static_batches` says whether a static batch runs every prompt padded to its longest (the
   simulator's static loop always pads; a profile that does not is refused until the loop can).
 - `host`: a step of `n` sequences with `p` prompt tokens pays, on top of the cost model's GPU time,
