@@ -89,8 +89,8 @@ spec_data = {
     "sweep": {
         "hardware.gpu": gpus,
         "hardware.gpus_per_replica": counts,
-        "serving.weight_dtype": dtypes,
-        "serving.max_num_seqs": seqs,
+        "serving.precision.weight_dtype": dtypes,
+        "serving.batching.max_num_seqs": seqs,
     },
     "slo_attainment": attainment,
     "target_rate_per_s": target,

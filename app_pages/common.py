@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -10,8 +11,9 @@ import threading
 import time
 import types
 import typing
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -27,7 +29,7 @@ from simulator.fit import FIT_HEAD, fit_cells, what_fits
 from simulator.metrics import capacity, capacity_line
 from simulator.plots import timeline
 from simulator.report import LATENCY_HEAD, build_report, latency_rows
-from simulator.scenario import HostedApi, Scenario, Slo, Workload
+from simulator.scenario import HostedApi, RenamedField, Scenario, Slo, Workload, upgraded
 
 UPLOADS = Path(tempfile.gettempdir()) / "inferplan-uploads"
 HANDLED = {"name", "seed", "model", "hardware", "serving", "workload", "slo", "hosted_api", "output"}
@@ -109,12 +111,43 @@ def key_of(data: dict) -> str:
 
 
 def validate(data: dict, label: str = "scenario") -> Scenario | None:
-    """The scenario, or None after an in-page error naming the field."""
+    """The scenario, or None after an in-page error naming the field (renamed fields noted in the page)."""
     try:
-        return api.parse_scenario(data, label)
+        with renames_shown():
+            return api.parse_scenario(data, label)
     except ConfigError as e:
         st.error(local_names(str(e)))
         return None
+
+
+@contextlib.contextmanager
+def renames_shown() -> Iterator[None]:
+    """Fields given by their previous names (accepted for one release) as in-page notes, one per field."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RenamedField)
+        yield
+    for w in caught:
+        if issubclass(w.category, RenamedField):
+            st.info(f"renamed: {local_names(str(w.message))}")
+        else:  # any other warning goes where it would have gone
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def scenario_of_now(data: dict, label: str) -> dict:
+    """A loaded scenario in the layout of now (renamed fields noted in the page); as given after an error."""
+    try:
+        with renames_shown():
+            return upgraded(data, label)
+    except ConfigError as e:
+        st.error(local_names(str(e)))
+        return data
+
+
+def merged(a: dict, b: dict) -> dict:
+    """`a` with `b`'s fields over it, a sub-mapping field by field."""
+    return a | {
+        k: merged(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v for k, v in b.items()
+    }
 
 
 def run_forecast(data: dict, label: str = "scenario") -> api.Forecast | None:

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from app_pages.common import model_picker, run_forecast, show_fit, slo_picker, workload_picker
+from app_pages.common import merged, model_picker, run_forecast, show_fit, slo_picker, workload_picker
 from core.errors import ConfigError, parse_yaml
 from simulator import api
 
@@ -39,14 +39,17 @@ for i, col in enumerate(st.columns(int(n))):
         dtype = st.selectbox("weights", DTYPES, index=DTYPES.index(dtype0), key=f"cmp.{i}.dtype")
         seqs = st.number_input("max_num_seqs", min_value=1, value=256, key=f"cmp.{i}.seqs")
         extra = st.text_area(
-            "other fields (YAML, e.g. serving: {kv_dtype: fp8})", value="", key=f"cmp.{i}.extra", height=68
+            "other fields (YAML, e.g. serving: {precision: {kv_dtype: fp8}})",
+            value="",
+            key=f"cmp.{i}.extra",
+            height=68,
         )
     label = f"{chr(65 + i)}: {count}× {gpu} {dtype}"
     data = {
         "name": label,
         "model": model,
         "hardware": {"gpu": gpu, "gpus_per_replica": int(count)},
-        "serving": {"weight_dtype": dtype, "max_num_seqs": int(seqs)},
+        "serving": {"precision": {"weight_dtype": dtype}, "batching": {"max_num_seqs": int(seqs)}},
         "workload": workload,
         "slo": slo,
         "hosted_api": {"name": api_name, "usd_per_1m_input": api_in, "usd_per_1m_output": api_out},
@@ -54,15 +57,14 @@ for i, col in enumerate(st.columns(int(n))):
     try:  # the checked loader: aliases, duplicate keys and tags as in a scenario file
         more = parse_yaml(extra, f"{label}: other fields") if extra.strip() else {}
         if not isinstance(more, dict):
-            raise ConfigError(f"{label}: other fields: write a mapping, e.g. serving: {{kv_dtype: fp8}}")
+            raise ConfigError(
+                f"{label}: other fields: write a mapping, e.g. serving: {{precision: {{kv_dtype: fp8}}}}"
+            )
     except ConfigError as e:
         st.error(str(e))
         continue
     for path, value in more.items():
-        if isinstance(value, dict):
-            data[path] = data.get(path, {}) | value
-        else:
-            data = api.set_field(data, path, value)
+        data = merged(data, {path: value}) if isinstance(value, dict) else api.set_field(data, path, value)
     configs[label] = data
 
 if model is None or workload is None:

@@ -13,9 +13,11 @@ from app_pages.common import (
     model_picker,
     read_yaml_upload,
     run_forecast,
+    scenario_of_now,
     show_forecast,
     show_what_fits,
     slo_picker,
+    upload_name,
     with_capacity,
     workload_picker,
 )
@@ -31,7 +33,7 @@ with st.sidebar:
     st.header("Scenario")
     start = st.file_uploader("start from a scenario YAML (optional)", type=["yaml", "yml"], key="plan.start")
     if start is not None:  # read as a scenario file is: size, encoding, aliases, duplicate keys checked
-        base = read_yaml_upload(start) or {}
+        base = scenario_of_now(read_yaml_upload(start) or {}, upload_name(start.name, ".yaml"))
         digest = hashlib.sha256(start.getvalue()).hexdigest()
         if base and st.session_state.get("plan.start.seen") != digest:
             # a new file: every box starts from it (a widget keeps its own value over a new default)

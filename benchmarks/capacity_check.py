@@ -51,7 +51,7 @@ L4_100 = {  # a base of 100 requests: the short run that let a search report its
         "workload": {**CHAT, "num_requests": 100},
         "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
     },
-    "sweep": {"serving.max_num_seqs": [64, 256]},
+    "sweep": {"serving.batching.max_num_seqs": [64, 256]},
     "rate": {"min_per_s": 0.05, "max_per_s": 500, "rel_tol": 0.05},
 }
 

@@ -109,16 +109,17 @@ PREFIX_LENGTHS = ({"dist": "lognormal", "median": 200, "sigma": 0.8, "max": 2000
 
 
 def scenario_for(row: Row, rate: float, duration_s: float, profile: str, model: str, util: float) -> Scenario:
-    serving = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "chunked_prefill": row.chunked,
-               "block_size": 16, "gpu_memory_utilization": util, "weight_dtype": row.weight_dtype}  # fmt: skip
+    batching = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "chunked_prefill": row.chunked}
+    serving = {"batching": batching, "memory": {"block_size": 16, "gpu_memory_utilization": util},
+               "precision": {"weight_dtype": row.weight_dtype}}  # fmt: skip
     if row.model == "tiny":
-        serving |= {"max_num_seqs": 16, "max_num_batched_tokens": 256 if row.chunked else 512,
-                    "weight_dtype": "bf16"}  # fmt: skip
+        batching |= {"max_num_seqs": 16, "max_num_batched_tokens": 256 if row.chunked else 512}
+        serving["precision"] = {"weight_dtype": "bf16"}
         p, o = CPU_LENGTHS["conversation" if row.trace == "prefix" else row.trace]
         workload = {"arrival": {"process": "poisson", "rate_per_s": rate}, "prompt_tokens": p, "output_tokens": o,
                     "duration_s": duration_s}  # fmt: skip
     if row.trace == "prefix":  # every request starts with the same system prompt; prefix caching on
-        serving["prefix_caching"] = True
+        serving["caching"] = {"prefix_caching": True}
         shared = 48 if row.model == "tiny" else PREFIX_TOKENS
         if row.model != "tiny":
             p, o = PREFIX_LENGTHS
@@ -131,6 +132,17 @@ def scenario_for(row: Row, rate: float, duration_s: float, profile: str, model: 
                     "duration_s": duration_s}  # fmt: skip
     return parse_scenario({"name": row.name, "seed": 0, "model": model, "hardware": {"gpu": profile},
                            "serving": serving, "workload": workload, "slo": {}}, row.name)  # fmt: skip
+
+
+def serving_cost_model(profile, spec, sv) -> CostModel:
+    """The cost model of a scenario's serving settings (one GPU: the fidelity rows run on one)."""
+    return CostModel(
+        profile,
+        spec,
+        sv.precision.weight_dtype,
+        sv.precision.kv_dtype,
+        eager_prefill=sv.cuda_graphs == "decode_only",
+    )
 
 
 def capacity(row: Row, duration_s: float, profile: str, model: str, util: float, base_rate: float) -> float:
@@ -309,10 +321,10 @@ def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
     longest = (
         max(p["max"] + o["max"] for p, o in CPU_LENGTHS.values()) + 48
     )  # + the prefix row's system prompt
-    want = min(mem.num_blocks * sv.block_size, sv.max_num_seqs * longest)
+    want = min(mem.num_blocks * sv.memory.block_size, sv.batching.max_num_seqs * longest)
     ctx_cap = min(spec.max_position_embeddings or 32768, 32768)
-    host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.max_num_seqs, ctx_cap, reserve, log,
-                                           sv.max_num_batched_tokens)  # fmt: skip
+    host = hosts[row.model] = EngineHost(row, spec, args.device, want, sv.batching.max_num_seqs, ctx_cap, reserve, log,
+                                           sv.batching.max_num_batched_tokens)  # fmt: skip
     return host
 
 
@@ -336,8 +348,8 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
         raise ConfigError(f"{row.name}: {mem.explain()}")
     sv = sc.serving
     # the engine's regions hold final lengths: keep the scheduler's blocks within its pool (both sides)
-    headroom = region_headroom(reqs, sv.max_num_seqs)
-    room = (host.pool_tokens - headroom) // sv.block_size
+    headroom = region_headroom(reqs, sv.batching.max_num_seqs)
+    room = (host.pool_tokens - headroom) // sv.memory.block_size
     if room < mem.num_blocks:
         util = (
             util * (mem.usable_bytes - (mem.num_blocks - max(room, 1)) * mem.block_bytes) / mem.usable_bytes
@@ -350,10 +362,14 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     log(f"{row.name}: capacity {cap:.2f} req/s, replaying {len(reqs)} requests at {rate:.2f} req/s "
         f"({args.duration:.0f} s), {mem.num_blocks} KV blocks")  # fmt: skip
     deadline = args.duration * 1.5 + (5 if cpu else 20)  # a run past its capacity stops here
-    keys = PrefixKeys(reqs, sv.block_size) if sv.prefix_caching and reqs.segments is not None else None
-    pool = BlockPool(mem.num_blocks, sv.block_size, prefix_caching=sv.prefix_caching)
-    run = serve(host.executor, reqs, pool, sv.max_num_seqs,
-                sv.max_num_batched_tokens, sv.chunked_prefill, deadline_s=deadline, log=log, trace=True,
+    keys = (
+        PrefixKeys(reqs, sv.memory.block_size)
+        if sv.caching.prefix_caching and reqs.segments is not None
+        else None
+    )
+    pool = BlockPool(mem.num_blocks, sv.memory.block_size, prefix_caching=sv.caching.prefix_caching)
+    run = serve(host.executor, reqs, pool, sv.batching.max_num_seqs,
+                sv.batching.max_num_batched_tokens, sv.batching.chunked_prefill, deadline_s=deadline, log=log, trace=True,
                 block_keys=keys)  # fmt: skip
     assert run.scheduler.pool.used == 0 or run.unfinished, "blocks left in use after a complete run"
     retries = alloc_retries(args.device)
@@ -368,7 +384,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     d.mkdir(parents=True, exist_ok=True)
     write_requests(d / "engine_requests.csv", run.table, run.itl_summary())
     write_requests(d / "simulator_requests.csv", fc.table)
-    cm = CostModel(profile, spec, sv.weight_dtype, sv.kv_dtype, eager_prefill=sv.cuda_graphs == "decode_only")
+    cm = serving_cost_model(profile, spec, sv)
     steps = step_kinds(run.step_trace, cm)
     write_steps(d / "engine_steps.csv", run.step_trace, cm)
     for k in steps:
@@ -429,10 +445,7 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
     steps_csv = row_dir / "engine_steps.csv"
     if steps_csv.exists():
         trace = {k: np.asarray(v, dtype=float) for k, v in _columns(steps_csv).items() if k != "model_s"}
-        sv = sc.serving
-        cm = CostModel(
-            profile, spec, sv.weight_dtype, sv.kv_dtype, eager_prefill=sv.cuda_graphs == "decode_only"
-        )
+        cm = serving_cost_model(profile, spec, sc.serving)
         out["engine_steps"] = step_kinds(trace, cm)
         write_steps(steps_csv, trace, cm)
     (row_dir / "row.json").write_text(json.dumps(out, indent=1))

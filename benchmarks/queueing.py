@@ -59,7 +59,7 @@ def scenario(kind: str, rho: float, n: int, seed: int):
             "seed": seed,
             "model": MODEL,
             "hardware": {"gpu": GPU},
-            "serving": {"max_num_seqs": 1, "max_model_len": 10_000},
+            "serving": {"batching": {"max_num_seqs": 1}, "memory": {"max_model_len": 10_000}},
             "workload": {
                 "arrival": {"process": "poisson", "rate_per_s": rate},
                 "prompt_tokens": {"dist": "fixed", "value": D_PROMPT if kind == "D" else G_PROMPT},

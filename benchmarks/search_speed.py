@@ -38,9 +38,9 @@ SPEC = {
     "sweep": {
         "hardware.gpu": ["l4", "a10g", "a100-40gb", "a100-80gb-sxm", "h100-sxm"],
         "hardware.gpus_per_replica": [1, 2],
-        "serving.weight_dtype": ["bf16", "fp8"],
-        "serving.max_num_seqs": [32, 64, 128, 256, 512],
-        "serving.chunked_prefill": [True, False],
+        "serving.precision.weight_dtype": ["bf16", "fp8"],
+        "serving.batching.max_num_seqs": [32, 64, 128, 256, 512],
+        "serving.batching.chunked_prefill": [True, False],
     },
     "target_rate_per_s": 20,
     "rate": {"min_per_s": 0.05, "max_per_s": 500, "rel_tol": 0.05},

@@ -29,8 +29,14 @@ SHARED_PROMPT = (
 VARIANTS = {
     "default (chunked prefill, trace rate)": [],
     "4x trace rate": ["workload.arrival.rate_per_s=22"],
-    "prefill-first (no chunking)": ["serving.chunked_prefill=false", "serving.max_num_batched_tokens=16384"],
-    "prefix caching + chunked prefill, 1k shared prompt": ["serving.prefix_caching=true", SHARED_PROMPT],
+    "prefill-first (no chunking)": [
+        "serving.batching.chunked_prefill=false",
+        "serving.batching.max_num_batched_tokens=16384",
+    ],
+    "prefix caching + chunked prefill, 1k shared prompt": [
+        "serving.caching.prefix_caching=true",
+        SHARED_PROMPT,
+    ],
 }
 
 

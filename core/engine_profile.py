@@ -7,8 +7,9 @@ profile carries the errors of its held-out rows under `validation`.
 How the simulator uses each field (the wiring of issue 11; `ours` reproduces today's behaviour exactly):
 
 - `scheduling`: the defaults of the scenario's `serving` block for the fields it maps to — `policy`
-  gives `batching` and `chunked_prefill` (`serving_defaults()`), `max_num_seqs`, `max_num_batched_tokens`,
-  `block_size`, `preemption` and `cuda_graphs` keep their names. Fields a scenario sets itself win.
+  gives `batching.mode` and `batching.chunked_prefill` (`serving_defaults()`, by path), `max_num_seqs`,
+  `max_num_batched_tokens` (under `batching`), `block_size`, `preemption` (under `memory`) and `cuda_graphs`
+  keep their names. Fields a scenario sets itself win.
   `pad_static_batches` says whether a static batch runs every prompt padded to its longest (the
   simulator's static loop always pads; a profile that does not is refused until the loop can).
 - `host`: a step of `n` sequences with `p` prompt tokens pays, on top of the cost model's GPU time,
@@ -53,7 +54,9 @@ EngineFamily = Literal["ours", "transformers", "vllm", "sglang", "tensorrt-llm"]
 # (vLLM V1), continuous batching whose steps are all prompts or all decodes, prompts first (vLLM V0),
 # and static batches run to completion (`generate`)
 Policy = Literal["chunked", "prefill_first", "static"]
-WeightFormat = Literal["bf16", "fp16", "fp8", "int8", "int4"]  # the scenario's serving.weight_dtype values
+WeightFormat = Literal[
+    "bf16", "fp16", "fp8", "int8", "int4"
+]  # the scenario's serving.precision.weight_dtype values
 
 
 class _Strict(BaseModel):
@@ -214,15 +217,15 @@ class EngineProfile(_Strict):
         return t * num_layers if h.per_layer else t
 
     def serving_defaults(self) -> dict[str, object]:
-        """The scenario `serving` fields this profile sets the defaults of, by their names there."""
+        """The scenario `serving` fields this profile sets the defaults of, by their paths there (`batching.mode`)."""
         s = self.scheduling
         return {
-            "batching": "static" if s.policy == "static" else "continuous",
-            "chunked_prefill": s.policy == "chunked",
-            "max_num_seqs": s.max_num_seqs,
-            "max_num_batched_tokens": s.max_num_batched_tokens,
-            "block_size": s.block_size,
-            "preemption": s.preemption,
+            "batching.mode": "static" if s.policy == "static" else "continuous",
+            "batching.chunked_prefill": s.policy == "chunked",
+            "batching.max_num_seqs": s.max_num_seqs,
+            "batching.max_num_batched_tokens": s.max_num_batched_tokens,
+            "memory.block_size": s.block_size,
+            "memory.preemption": s.preemption,
             "cuda_graphs": s.cuda_graphs,
         }
 

@@ -29,7 +29,7 @@ def typical_steps(f: Forecast) -> dict[str, BatchShape]:
     sv, s = f.scenario.serving, f.summary
     prompt = int(np.median(f.requests.prompt_tokens)) if f.requests is not None and len(f.requests) else 512
     output = int(np.median(f.requests.output_tokens)) if f.requests is not None and len(f.requests) else 128
-    chunk = min(prompt, sv.max_num_batched_tokens) if sv.chunked_prefill else prompt
+    chunk = min(prompt, sv.batching.max_num_batched_tokens) if sv.batching.chunked_prefill else prompt
     n = max(1, round(s.get("utilisation", {}).get("mean_batch_seqs", 1.0)))
     window = f.model.sliding_window if f.model.sliding_layers else 0
     cm = _cost_model(f, "prefill")
@@ -42,7 +42,7 @@ def typical_steps(f: Forecast) -> dict[str, BatchShape]:
 def _cost_model(f: Forecast, role: str) -> CostModel:
     groups = plan_groups(f.scenario, f.model)
     g = next((g for g in groups if g.role == role), groups[0])  # disaggregated: that pool's GPUs
-    return g.cost_model(f.model)
+    return g.cost_model(f.model, f.scenario.workload.moe_routing_skew)
 
 
 def bound(cm: CostModel, b: BatchShape) -> dict[str, str]:

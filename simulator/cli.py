@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -22,7 +23,14 @@ from core.model_spec import catalogue_names, human_count, load_model
 from simulator import __version__
 from simulator.output import ResultFolder
 from simulator.resources import example_names, find_example, shipped
-from simulator.scenario import DEFAULT_SCENARIO, LENGTH_HELP, apply_overrides, field_help, parse_scenario
+from simulator.scenario import (
+    DEFAULT_SCENARIO,
+    LENGTH_HELP,
+    RenamedField,
+    apply_overrides,
+    field_help,
+    parse_scenario,
+)
 
 if TYPE_CHECKING:
     from simulator.search import SearchResult
@@ -50,7 +58,7 @@ def _file_or_example(arg: str, what: str) -> str:
 def _scenario(path: str | None, overrides: list[str] | None, requests: int | None):
     """A scenario file (or the default) with --set overrides and --requests applied, validated."""
     data, source = _scenario_data(path)
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], source)
     if requests is not None:  # --requests 0 is refused by the parser, never silently ignored
         data.setdefault("workload", {})["num_requests"] = requests
         data["workload"].pop("duration_s", None)
@@ -374,7 +382,7 @@ def _override_options(p: argparse.ArgumentParser, scope: str = "") -> None:
         "--set",
         action="append",
         metavar="FIELD=VALUE",
-        help=f"override a field{scope}, e.g. serving.max_num_seqs=64",
+        help=f"override a field{scope}, e.g. serving.batching.max_num_seqs=64",
     )
     p.add_argument(
         "--requests",
@@ -535,10 +543,27 @@ def _user_profiles(folder: str | None) -> Iterator[None]:
             os.environ[PROFILES_ENV] = before
 
 
+@contextlib.contextmanager
+def _renames_as_notes() -> Iterator[None]:
+    """A field given by its previous name is one `note:` line on stderr (once each), not a Python warning."""
+    show = warnings.showwarning
+
+    def note(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, RenamedField):
+            print(f"note: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", RenamedField)
+        warnings.showwarning = note
+        yield
+
+
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     args = (parser or build_parser()).parse_args(argv)
     try:
-        with _user_profiles(getattr(args, "profiles", None)):
+        with _user_profiles(getattr(args, "profiles", None)), _renames_as_notes():
             return args.fn(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

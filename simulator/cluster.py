@@ -48,23 +48,23 @@ class Group:
     def gpus(self) -> int:
         return self.par.gpus * self.count
 
-    def cost_model(self, model: ModelSpec) -> CostModel:
+    def cost_model(self, model: ModelSpec, moe_routing_skew: float) -> CostModel:
         sv, p = self.serving, self.par
         return CostModel(
             self.profile,
             model,
-            sv.weight_dtype,
-            sv.kv_dtype,
+            sv.precision.weight_dtype,
+            sv.precision.kv_dtype,
             p.tp,
             p.pp,
             p.ep,
-            sv.moe_routing_skew,
+            moe_routing_skew,
             sv.cuda_graphs == "decode_only",
         )
 
 
 def _merged_serving(base: Serving, over: Serving) -> Serving:
-    return Serving.model_validate(base.model_dump() | over.model_dump(include=over.model_fields_set))
+    return base.merged(over)
 
 
 def _group(scenario: Scenario, model: ModelSpec, g: ReplicaGroup | None, role: str, name: str) -> Group:
@@ -86,9 +86,9 @@ def _group(scenario: Scenario, model: ModelSpec, g: ReplicaGroup | None, role: s
     mem = plan_memory(profile, model, serving, par.tp, par.pp, par.ep)
     price = hw.price_per_gpu_hour_usd if hw.price_per_gpu_hour_usd is not None else profile.price.usd_per_hour
     engines = (
-        virtual_engines(par.pp, serving.max_num_seqs, mem.num_blocks)
+        virtual_engines(par.pp, serving.batching.max_num_seqs, mem.num_blocks)
         if par.pp > 1
-        else [(serving.max_num_seqs, mem.num_blocks)]
+        else [(serving.batching.max_num_seqs, mem.num_blocks)]
     )
     return Group(name, role, count, profile, hw, serving, par, mem, price, engines)
 
@@ -101,7 +101,7 @@ def plan_groups(scenario: Scenario, model: ModelSpec) -> list[Group]:
             raise ConfigError("with disaggregation, give the replica counts in disaggregation.prefill/decode")
         groups = [_group(scenario, model, dg.prefill, "prefill", "prefill"),
                   _group(scenario, model, dg.decode, "decode", "decode")]  # fmt: skip
-        if any(g.serving.batching == "static" for g in groups):
+        if any(g.serving.batching.mode == "static" for g in groups):
             raise ConfigError("disaggregation needs continuous batching in both pools")
         return groups
     if cl.groups:
@@ -127,13 +127,17 @@ def cannot_serve(g: Group, model: ModelSpec, prompt: np.ndarray, output: np.ndar
     if g.role == "prefill":
         output = np.ones_like(output)  # the prefill pool keeps the prompt and first token only
     total = prompt + output
-    window = window_blocks(model, total, sv.block_size)
-    need = -(-(total - 1) // sv.block_size) if sv.batching != "static" else -(-total // sv.block_size)
+    window = window_blocks(model, total, sv.memory.block_size)
+    need = (
+        -(-(total - 1) // sv.memory.block_size)
+        if sv.batching.mode != "static"
+        else -(-total // sv.memory.block_size)
+    )
     return {
         "longer_than_max_model_len": total > g.mem.max_model_len,
         "larger_than_kv_pool": need + window > blocks,
-        "prompt_over_token_budget_without_chunking": (~np.asarray(sv.chunked_prefill))
-        & (prompt > sv.max_num_batched_tokens),
+        "prompt_over_token_budget_without_chunking": (~np.asarray(sv.batching.chunked_prefill))
+        & (prompt > sv.batching.max_num_batched_tokens),
     }
 
 

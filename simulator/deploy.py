@@ -71,26 +71,26 @@ def vllm_serve(sc: Scenario) -> ServeCommand:
         argv += ["--pipeline-parallel-size", str(pp)]
     if hw.expert_parallel:
         argv += ["--enable-expert-parallel"]
-    argv += DTYPE_FLAGS.get(sv.weight_dtype, [])
-    if sv.weight_dtype in CHECKPOINT_NOTES:
-        notes.append(CHECKPOINT_NOTES[sv.weight_dtype])
-    if sv.kv_dtype == "fp8":
+    argv += DTYPE_FLAGS.get(sv.precision.weight_dtype, [])
+    if sv.precision.weight_dtype in CHECKPOINT_NOTES:
+        notes.append(CHECKPOINT_NOTES[sv.precision.weight_dtype])
+    if sv.precision.kv_dtype == "fp8":
         argv += ["--kv-cache-dtype", "fp8"]
     argv += [
         "--max-num-seqs",
-        str(sv.max_num_seqs),
+        str(sv.batching.max_num_seqs),
         "--max-num-batched-tokens",
-        str(sv.max_num_batched_tokens),
+        str(sv.batching.max_num_batched_tokens),
     ]
-    argv += ["--gpu-memory-utilization", f"{sv.gpu_memory_utilization:g}"]
-    argv += ["--enable-chunked-prefill" if sv.chunked_prefill else "--no-enable-chunked-prefill"]
+    argv += ["--gpu-memory-utilization", f"{sv.memory.gpu_memory_utilization:g}"]
+    argv += ["--enable-chunked-prefill" if sv.batching.chunked_prefill else "--no-enable-chunked-prefill"]
     # vLLM turns prefix caching on by default; the planner's default is off, so say it either way
-    argv += ["--enable-prefix-caching" if sv.prefix_caching else "--no-enable-prefix-caching"]
-    if sv.block_size != 16:
-        argv += ["--block-size", str(sv.block_size)]
-    if sv.max_model_len is not None:
-        argv += ["--max-model-len", str(sv.max_model_len)]
-    if sv.scheduling_policy == "priority":
+    argv += ["--enable-prefix-caching" if sv.caching.prefix_caching else "--no-enable-prefix-caching"]
+    if sv.memory.block_size != 16:
+        argv += ["--block-size", str(sv.memory.block_size)]
+    if sv.memory.max_model_len is not None:
+        argv += ["--max-model-len", str(sv.memory.max_model_len)]
+    if sv.admission.scheduling_policy == "priority":
         argv += ["--scheduling-policy", "priority"]
     if sv.cuda_graphs == "decode_only":
         argv += ["--compilation-config", json.dumps({"cudagraph_mode": "FULL_DECODE_ONLY"})]
@@ -109,7 +109,7 @@ def vllm_serve(sc: Scenario) -> ServeCommand:
             }
             notes.append("self-speculation: n-gram lookup shown; use the model's MTP heads where it has them")
         argv += ["--speculative-config", json.dumps(cfg)]
-    if sv.batching == "static":
+    if sv.batching.mode == "static":
         notes.append("vLLM always batches continuously: the forecast's static batching has no vLLM setting")
     replicas = sc.cluster.replicas if not sc.cluster.groups else None
     if replicas and replicas > 1:

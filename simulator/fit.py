@@ -62,7 +62,7 @@ def _row(model: str, spec, gpu: str, dtype: str, n: int, context: int, serving: 
             {
                 "model": model,
                 "hardware": {"gpu": gpu, "gpus_per_replica": n},
-                "serving": serving | {"weight_dtype": dtype},
+                "serving": serving | {"precision": serving.get("precision", {}) | {"weight_dtype": dtype}},
                 "workload": _WORKLOAD,
             },  # fmt: skip
             "fit",

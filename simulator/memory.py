@@ -61,14 +61,14 @@ def activation_bytes(model: ModelSpec, serving: Serving, tp: int = 1) -> float:
     A few live [tokens, width] buffers in 16-bit: residual and normed hidden (2h), fused qkv, the MLP's
     gate_up output (2I) and its activation (I); only one layer's worth is live at a time.
     """
-    t = serving.max_num_batched_tokens
+    t = serving.batching.max_num_batched_tokens
     h = model.hidden_size
     inter = (
         (model.moe_intermediate_size * model.experts_per_token) if model.is_moe else model.intermediate_size
     )
     qkv = (model.num_heads + 2 * model.num_kv_heads) * model.head_dim
     per_token = 2.0 * (2 * h + qkv / tp + 3 * inter / tp)
-    logits = min(serving.max_num_seqs, t) * model.vocab_size * 4.0 / tp
+    logits = min(serving.batching.max_num_seqs, t) * model.vocab_size * 4.0 / tp
     return t * per_token + logits
 
 
@@ -83,13 +83,15 @@ def plan_memory(
     """
     par = Parallelism(tp, pp, ep)
     capacity = profile.memory_bytes
-    usable = serving.gpu_memory_utilization * capacity
-    weights = weight_bytes_per_gpu(model, serving.weight_dtype, par)
+    usable = serving.memory.gpu_memory_utilization * capacity
+    weights = weight_bytes_per_gpu(model, serving.precision.weight_dtype, par)
     acts = activation_bytes(model, serving, tp)
-    reserved = serving.runtime_reserved_gib * GIB
-    max_len = serving.max_model_len or model.max_position_embeddings or 32768
+    reserved = serving.memory.runtime_reserved_gib * GIB
+    max_len = serving.memory.max_model_len or model.max_position_embeddings or 32768
     kv = usable - weights - acts - reserved
-    block_bytes = serving.block_size * kv_bytes_per_token_per_gpu(model, serving.kv_dtype, par)[0]
+    block_bytes = (
+        serving.memory.block_size * kv_bytes_per_token_per_gpu(model, serving.precision.kv_dtype, par)[0]
+    )
     blocks = int(kv // block_bytes) if kv > 0 and block_bytes > 0 else 0
     return MemoryPlan(
         capacity_bytes=capacity,
@@ -101,5 +103,5 @@ def plan_memory(
         block_bytes=block_bytes,
         num_blocks=blocks,
         max_model_len=max_len,
-        block_size=serving.block_size,
+        block_size=serving.memory.block_size,
     )

@@ -248,9 +248,9 @@ def _deployment(setup: Setup) -> tuple[dict, float, int, int]:
             "name": model.name,
             "params": model.param_count,
             "active_params": model.active_param_count,
-            "weight_dtype": scenario.serving.weight_dtype,
-            "kv_dtype": scenario.serving.kv_dtype,
-            "kv_bytes_per_token": model.kv_bytes_per_token(scenario.serving.kv_dtype),
+            "weight_dtype": scenario.serving.precision.weight_dtype,
+            "kv_dtype": scenario.serving.precision.kv_dtype,
+            "kv_bytes_per_token": model.kv_bytes_per_token(scenario.serving.precision.kv_dtype),
         },
         "hardware": {
             "gpu": profile.name,
@@ -271,7 +271,7 @@ def _cache_and_speculation(scenario: Scenario, table: RequestTable, counts: Sche
     cached = int(table.cached_tokens.sum())
     out: dict = {
         "prefix_cache": {
-            "enabled": scenario.serving.prefix_caching,
+            "enabled": scenario.serving.caching.prefix_caching,
             "hit_rate": cached / prompt_done if prompt_done else 0.0,
             "prefill_tokens_saved": cached,
             "prefill_tokens_saved_incl_recompute": int(counts.cached_tokens),

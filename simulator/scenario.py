@@ -5,8 +5,10 @@ Small nested YAML validated by pydantic; every field has a description that `run
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
+import warnings
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Annotated, Literal, get_args
 
@@ -147,7 +149,9 @@ class TrafficClass(_Spec):
         None, description="multi-turn conversations: each turn's prompt is the whole conversation so far"
     )
     slo: Slo | None = Field(None, description="this class's latency targets (default: the scenario's slo)")
-    priority: int = Field(0, description="higher runs first when serving.scheduling_policy is priority")
+    priority: int = Field(
+        0, description="higher runs first when serving.admission.scheduling_policy is priority"
+    )
     acceptance_rate: float | None = Field(
         None,
         ge=0,
@@ -182,6 +186,9 @@ class Workload(_Spec):
     classes: list[TrafficClass] | None = Field(
         None,
         description="a mix of traffic classes by share, each with its own lengths, prefix, sessions, SLO",
+    )
+    moe_routing_skew: float = Field(
+        0.0, ge=0, le=4, description="MoE: Zipf exponent of expert popularity (0 = uniform routing)"
     )
 
     @model_validator(mode="after")
@@ -259,8 +266,8 @@ class Speculative(_Spec):
         return self
 
 
-class Serving(_Spec):
-    batching: Literal["continuous", "static"] = Field(
+class Batching(_Spec):
+    mode: Literal["continuous", "static"] = Field(
         "continuous", description="continuous (iteration-level, vLLM-style) or static (whole batches, padded)"
     )
     max_num_seqs: int = Field(256, ge=1, description="most sequences in one step")
@@ -269,6 +276,9 @@ class Serving(_Spec):
         True,
         description="split long prompts into chunks and mix them with decodes (False: prefill-first steps)",
     )
+
+
+class Memory(_Spec):
     block_size: int = Field(16, ge=1, le=1024, description="tokens per paged-KV block")
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1.0, description="fraction of GPU memory the engine may use"
@@ -276,39 +286,42 @@ class Serving(_Spec):
     runtime_reserved_gib: float = Field(
         1.0, ge=0, description="memory held by the runtime (CUDA context, workspaces, CUDA graphs) per GPU"
     )
-    weight_dtype: Dtype = Field(
-        "bf16", description="weight storage: bf16, fp16, fp8, int8, int4 (weight-only)"
-    )
-    kv_dtype: KvDtype = Field("bf16", description="KV-cache storage: bf16, fp16, fp8")
     max_model_len: int | None = Field(
         None,
         ge=1,
         description="longest prompt + output allowed (default: the model's max_position_embeddings)",
     )
-    preemption: Literal["recompute"] = Field("recompute", description="what happens when KV blocks run out")
+    # the one policy the scheduler implements (vLLM v1 dropped swapping too); kept so a scenario and its
+    # echo state the assumption, and so an engine profile's `preemption` has a field to name
+    preemption: Literal["recompute"] = Field(
+        "recompute",
+        description="when KV blocks run out, the newest running request is evicted and later recomputed "
+        "(the only policy modelled)",
+    )
+
+
+class Precision(_Spec):
+    weight_dtype: Dtype = Field(
+        "bf16", description="weight storage: bf16, fp16, fp8, int8, int4 (weight-only)"
+    )
+    kv_dtype: KvDtype = Field("bf16", description="KV-cache storage: bf16, fp16, fp8")
+
+
+class Caching(_Spec):
     prefix_caching: bool = Field(
         False, description="share KV blocks of identical prompt prefixes (hashed blocks, LRU eviction)"
     )
-    speculative: Speculative | None = Field(None, description="speculative decoding (off when unset)")
+
+
+class Admission(_Spec):
     scheduling_policy: Literal["fcfs", "priority"] = Field(
         "fcfs", description="fcfs, or priority: classes with higher priority are admitted and kept first"
     )
     max_queue_len: int | None = Field(
-        None, description="admission control: refuse a request when this many are already queued (>= 1)"
+        None, description="refuse a request when this many are already queued (>= 1; unset: no limit)"
     )
     queue_timeout_s: float | None = Field(
-        None,
-        gt=0,
-        description="admission control: drop a request still queued (never started) after this long",
-    )
-    cuda_graphs: Literal["full", "decode_only"] = Field(
-        "full",
-        description="full: every step's kernel launches are hidden (vLLM's piecewise or full CUDA graphs); "
-        "decode_only: steps with prompt tokens launch eagerly and take at least the profile's "
-        "eager_launch_s_per_layer times the layers (this project's engine, engine/serving.py)",
-    )
-    moe_routing_skew: float = Field(
-        0.0, ge=0, le=4, description="MoE: Zipf exponent of expert popularity (0 = uniform routing)"
+        None, gt=0, description="drop a request still queued (never started) after this long"
     )
 
     @field_validator("max_queue_len")
@@ -322,6 +335,35 @@ class Serving(_Spec):
                 "at an idle server); use 1 or more, or leave it unset for no limit"
             )
         return n
+
+
+class Serving(_Spec):
+    batching: Batching = Field(default_factory=Batching, description="how requests are batched into steps")
+    memory: Memory = Field(default_factory=Memory, description="GPU memory and the paged KV cache")
+    precision: Precision = Field(default_factory=Precision, description="storage types of weights and KV")
+    caching: Caching = Field(default_factory=Caching, description="KV reuse across requests")
+    admission: Admission = Field(default_factory=Admission, description="queue order and admission control")
+    speculative: Speculative | None = Field(None, description="speculative decoding (off when unset)")
+    cuda_graphs: Literal["full", "decode_only"] = Field(
+        "full",
+        description="full: every step's kernel launches are hidden (vLLM's piecewise or full CUDA graphs); "
+        "decode_only: steps with prompt tokens launch eagerly and take at least the profile's "
+        "eager_launch_s_per_layer times the layers (this project's engine, engine/serving.py)",
+    )
+
+    def merged(self, over: Serving) -> Serving:
+        """These settings with the fields `over` sets replacing them (a sub-block field by field)."""
+        data = self.model_dump()
+        for name in over.model_fields_set:
+            value = getattr(over, name)
+            if name in SERVING_BLOCKS:
+                data[name] |= value.model_dump(include=value.model_fields_set)
+            else:
+                data[name] = over.model_dump(include={name})[name]
+        return Serving.model_validate(data)
+
+
+SERVING_BLOCKS = ("batching", "memory", "precision", "caching", "admission")
 
 
 # ---------------------------------------------------------------- replicas, disaggregation, response cache
@@ -447,7 +489,7 @@ DEFAULT_SCENARIO = {
     "seed": 0,
     "model": "llama-3.1-8b",
     "hardware": {"gpu": "h100-sxm"},
-    "serving": {"batching": "continuous", "max_num_seqs": 256, "max_num_batched_tokens": 8192},
+    "serving": {"batching": {"mode": "continuous", "max_num_seqs": 256, "max_num_batched_tokens": 8192}},
     "workload": {
         "trace": "conversation",
         "arrival": {"process": "trace"},
@@ -463,12 +505,129 @@ def parse_scenario(data: object, source: str = "scenario") -> Scenario:
     """Validate a scenario mapping; errors become one line naming the field. Oversized runs are refused."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a scenario must be a YAML mapping (got {type(data).__name__})")
+    data = upgraded(data, source)
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
         raise one_line(e, source) from None
     check_size(sc, source)
     return sc
+
+
+# ---------------------------------------------------------------- the previous release's flat `serving`
+# each flat `serving` key of the previous release → where it lives now (accepted, and reported, for one
+# release); moe_routing_skew leaves `serving`: expert popularity is a property of the traffic
+SERVING_RENAMED: dict[str, str] = {
+    "batching": "batching.mode",
+    "max_num_seqs": "batching.max_num_seqs",
+    "max_num_batched_tokens": "batching.max_num_batched_tokens",
+    "chunked_prefill": "batching.chunked_prefill",
+    "block_size": "memory.block_size",
+    "gpu_memory_utilization": "memory.gpu_memory_utilization",
+    "runtime_reserved_gib": "memory.runtime_reserved_gib",
+    "max_model_len": "memory.max_model_len",
+    "preemption": "memory.preemption",
+    "weight_dtype": "precision.weight_dtype",
+    "kv_dtype": "precision.kv_dtype",
+    "prefix_caching": "caching.prefix_caching",
+    "scheduling_policy": "admission.scheduling_policy",
+    "max_queue_len": "admission.max_queue_len",
+    "queue_timeout_s": "admission.queue_timeout_s",
+    "moe_routing_skew": "workload.moe_routing_skew",
+}
+# the sub-block each field of a `serving` sub-block lives in, to point a misplaced key to its block
+FIELD_BLOCK: dict[str, str] = {
+    f: b for b in SERVING_BLOCKS for f in Serving.model_fields[b].annotation.model_fields
+}
+
+
+class RenamedField(FutureWarning):
+    """A field given under its previous name: accepted for one release, reported on stderr."""
+
+
+def _renamed(old: str, new: str, source: str) -> None:
+    msg = f"{source}: {old} → {new} (renamed; the old name is accepted until the next release)"
+    warnings.warn(msg, RenamedField, stacklevel=3)
+
+
+def _old_key(key: object, value: object) -> bool:
+    # `batching` is both a previous flat key (a string) and a sub-block now (a mapping)
+    return key in SERVING_RENAMED and not (key in SERVING_BLOCKS and isinstance(value, dict))
+
+
+def _servings(data: dict) -> list[tuple[str, dict]]:
+    """Every `serving` mapping of a scenario, with its dotted place: the scenario's, each group's, each pool's."""
+    out = [("serving", data["serving"])] if isinstance(data.get("serving"), dict) else []
+    groups = data.get("cluster", {}).get("groups") if isinstance(data.get("cluster"), dict) else None
+    for i, g in enumerate(groups if isinstance(groups, list) else []):
+        if isinstance(g, dict) and isinstance(g.get("serving"), dict):
+            out.append((f"cluster.groups.{i}.serving", g["serving"]))
+    dg = data.get("disaggregation")
+    for pool in ("prefill", "decode") if isinstance(dg, dict) else ():
+        if isinstance(dg.get(pool), dict) and isinstance(dg[pool].get("serving"), dict):
+            out.append((f"disaggregation.{pool}.serving", dg[pool]["serving"]))
+    return out
+
+
+def upgraded(data: dict, source: str = "scenario") -> dict:
+    """`data` with each previous-release flat `serving` key moved to its place now (a copy; each reported)."""
+    if not any(_old_key(k, v) for _, sv in _servings(data) for k, v in sv.items()):
+        _check_blocks(data, source)
+        return data
+    data = copy.deepcopy(data)
+    for where, sv in _servings(data):
+        # the old `batching` string first: its name is the block the other batching keys go into
+        for key in sorted((k for k, v in sv.items() if _old_key(k, v)), key=lambda k: k != "batching"):
+            value = sv.pop(key)
+            block, name = SERVING_RENAMED[key].split(".")
+            if block == "workload":
+                node, new = data.setdefault("workload", {}), "workload.moe_routing_skew"
+            else:
+                node, new = sv.setdefault(block, {}), f"{where}.{block}.{name}"
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {new.rpartition('.')[0]}: must be a mapping; give its fields")
+            if name in node and node[name] != value:
+                raise ConfigError(
+                    f"{source}: {where}.{key}: given as {short_repr(value)} and as {new} = "
+                    f"{short_repr(node[name])}; keep only {new}"
+                )
+            node[name] = value
+            _renamed(f"{where}.{key}", new, source)
+    _check_blocks(data, source)
+    return data
+
+
+def _check_blocks(data: dict, source: str) -> None:
+    """A field of a `serving` sub-block given in the wrong place is one line naming where it goes."""
+    for where, sv in _servings(data):
+        for key, value in sv.items():
+            if key in FIELD_BLOCK and key not in Serving.model_fields:
+                raise ConfigError(
+                    f"{source}: {where}.{key}: unknown field; it belongs in the {FIELD_BLOCK[key]} block: "
+                    f"write {where}.{FIELD_BLOCK[key]}.{key}"
+                )
+            if key not in SERVING_BLOCKS or not isinstance(value, dict):
+                continue
+            for name in value:
+                if name in FIELD_BLOCK and FIELD_BLOCK[name] != key:
+                    raise ConfigError(
+                        f"{source}: {where}.{key}.{name}: unknown field; it belongs in the {FIELD_BLOCK[name]} "
+                        f"block: write {where}.{FIELD_BLOCK[name]}.{name}"
+                    )
+
+
+def renamed_path(path: str, source: str) -> str:
+    """A dotted field path (--set, a search's sweep) with a previous-release `serving` key spelled as now."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1):
+        key = parts[i + 1]
+        if parts[i] != "serving" or key not in SERVING_RENAMED or (key == "batching" and len(parts) > i + 2):
+            continue
+        new = SERVING_RENAMED[key].split(".")
+        new = (new if new[0] == "workload" else parts[: i + 1] + new) + parts[i + 2 :]
+        _renamed(path, ".".join(new), source)
+        return ".".join(new)
+    return path
 
 
 def _mean_length(d: Length) -> float:
@@ -527,14 +686,17 @@ def load_scenario(path: str | Path | None) -> Scenario:
     return parse_scenario(data, str(p))
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` overrides (values parsed as YAML) to a scenario mapping."""
+def apply_overrides(data: dict, overrides: list[str], source: str = "scenario") -> dict:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a scenario mapping (in the layout of now)."""
+    data = upgraded(data, source) if overrides else data
     for item in overrides:
         key, eq, raw = item.partition("=")
         where = f"--set {short_repr(item)}"
-        parts = key.strip().split(".")
+        parts = renamed_path(key.strip(), "--set").split(".")
         if not eq or not all(parts):
-            raise ConfigError(f"{where}: must look like field.path=value; e.g. serving.max_num_seqs=128")
+            raise ConfigError(
+                f"{where}: must look like field.path=value; e.g. serving.batching.max_num_seqs=128"
+            )
         _check_path(parts, where)
         node = data
         for part in parts[:-1]:
@@ -552,7 +714,9 @@ def _check_path(parts: list[str], where: str) -> None:
         if model is None:
             return  # inside a list or a union of specs: pydantic checks the value as a whole
         if part not in model.model_fields:
-            near = difflib.get_close_matches(part, model.model_fields, n=1)
+            inner = FIELD_BLOCK if model is Serving else {}  # a sub-block's field named one level up
+            near = difflib.get_close_matches(part, [*model.model_fields, *inner], n=1)
+            near = [f"{inner[n]}.{n}" if n in inner else n for n in near]
             hint = f"did you mean {near[0]}? " if near else ""
             section = ".".join(parts[:i]) or "a scenario"
             raise ConfigError(
@@ -569,16 +733,20 @@ def _submodel_only(ann) -> type[BaseModel] | None:
     return models[0] if len(models) == 1 else None
 
 
-def field_help(model: type[BaseModel] = Scenario, prefix: str = "") -> list[str]:
-    """One line per field, nested, for `run --help`."""
-    lines = []
+def field_help(model: type[BaseModel] = Scenario, prefix: str = "", seen: dict | None = None) -> list[str]:
+    """One line per field, nested, for `run --help`; a block met again (a group's `serving`) points back."""
+    lines, seen = [], {} if seen is None else seen
     for name, f in model.model_fields.items():
         ann = f.annotation
         sub = _submodel(ann)
         path = f"{prefix}{name}"
         if sub is not None and sub not in (Fixed,):
+            if sub in seen and sub.model_fields:
+                lines.append(f"  {path}: {f.description or ''} (the fields of {seen[sub]}, above)")
+                continue
+            seen.setdefault(sub, path)
             lines.append(f"  {path}: {f.description or ''}".rstrip())
-            lines += field_help(sub, path + ".")
+            lines += field_help(sub, path + ".", seen)
             continue
         default = "" if f.is_required() else f" [default: {_show_default(f)}]"
         lines.append(f"  {path}: {f.description or ''}{default}")

@@ -1,7 +1,7 @@
 """Capacity search: sweep configurations, find each one's maximum sustainable rate under the SLOs.
 
 A search spec is a base scenario plus a sweep: scenario field paths (`hardware.gpu`,
-`serving.max_num_seqs`, any field a scenario has) mapped to lists of values; every combination is a
+`serving.batching.max_num_seqs`, any field a scenario has) mapped to lists of values; every combination is a
 configuration. For each configuration the arrival rate is binary-searched for the highest rate whose run,
 long enough for a queue to build, is stable (simulator/stability.py) with at least `slo_attainment` of
 the requests meeting every SLO; the bracket (the lowest rate that fails, and why) is kept. From those
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.errors import ConfigError, one_line, read_yaml, short_repr
 from core.limits import MAX_CONFIGURATIONS
-from simulator.scenario import parse_scenario
+from simulator.scenario import parse_scenario, renamed_path, upgraded
 from simulator.simulation import simulate
 from simulator.stability import MIN_SERVICE_TIMES
 from simulator.trace import read_trace
@@ -148,6 +148,7 @@ def parse_spec(data: object, source: str = "search spec") -> SearchSpec:
     """Validate a search spec; the base scenario is checked too, errors in one line."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a search spec must be a YAML mapping")
+    data = _renamed_fields(data, source)
     try:
         spec = SearchSpec.model_validate(data)
     except ValidationError as e:
@@ -162,6 +163,42 @@ def parse_spec(data: object, source: str = "search spec") -> SearchSpec:
     if not sc.slo.model_dump(exclude_none=True):
         raise ConfigError(f"{source}: base.slo sets no target; a capacity search needs at least one SLO")
     return spec
+
+
+def _renamed_fields(data: dict, source: str) -> dict:
+    """The spec with the previous release's `serving` keys spelled as now (base, sweep and variant paths)."""
+    out = dict(data)
+    if isinstance(data.get("base"), dict):
+        out["base"] = upgraded(data["base"], f"{source}: base")
+    if isinstance(data.get("sweep"), dict):
+        out["sweep"] = {renamed_path(k, f"{source}: sweep") if isinstance(k, str) else k: v
+                        for k, v in data["sweep"].items()}  # fmt: skip
+    if isinstance(data.get("variants"), dict):
+        out["variants"] = {
+            name: _renamed_variant(fields, f"{source}: variants.{name}")
+            if isinstance(fields, dict)
+            else fields
+            for name, fields in data["variants"].items()
+        }
+    return out
+
+
+def _renamed_variant(fields: dict, where: str) -> dict:
+    """A variant's {field path: value} as now: renamed paths, and whole sections (a `disaggregation` with its
+    pools' `serving`) in the sub-block layout."""
+    out: dict = {}
+    for path, value in fields.items():
+        if not isinstance(path, str):
+            out[path] = value
+            continue
+        path = renamed_path(path, where)
+        if isinstance(value, dict):
+            now = upgraded(set_field({}, path, value), where)
+            value = get_field(now, path, value)
+            if get_field(now, "workload.moe_routing_skew") is not None:  # moved out of a pool's `serving`
+                out["workload.moe_routing_skew"] = now["workload"]["moe_routing_skew"]
+        out[path] = value
+    return out
 
 
 def load_spec(path: str | Path) -> SearchSpec:

@@ -79,11 +79,11 @@ def _conversation(env, reqs: Requests, table: RequestTable, source: Source, look
 def _admission(sv: Serving, scenario: Scenario, reqs: Requests, table: RequestTable) -> dict:
     """Priority per request and admission-control limits for the scheduler."""
     out: dict = {
-        "max_waiting": sv.max_queue_len,
-        "timeout_s": sv.queue_timeout_s,
+        "max_waiting": sv.admission.max_queue_len,
+        "timeout_s": sv.admission.queue_timeout_s,
         "arrival_s": table.arrival_s,
     }
-    if sv.scheduling_policy == "priority":
+    if sv.admission.scheduling_policy == "priority":
         prio = np.zeros(len(reqs), dtype=np.int64)
         for ci, c in enumerate(scenario.workload.classes or []):
             if reqs.class_id is not None:
@@ -117,9 +117,9 @@ def _with_draft(group: Group) -> ModelSpec | None:
     group.mem = with_draft_memory(group.mem, draft, sv, group.par.tp)
     pp = group.par.pp
     group.engines = (
-        virtual_engines(pp, sv.max_num_seqs, group.mem.num_blocks)
+        virtual_engines(pp, sv.batching.max_num_seqs, group.mem.num_blocks)
         if pp > 1
-        else [(sv.max_num_seqs, group.mem.num_blocks)]
+        else [(sv.batching.max_num_seqs, group.mem.num_blocks)]
     )
     return draft
 
@@ -128,18 +128,18 @@ def _engine(b: _Build, index: int, g: Group, max_seqs: int, blocks: int) -> Repl
     """One engine (a replica, or a virtual engine of a pipeline-parallel replica) of group g."""
     model, scenario, reqs, table = b.model, b.scenario, b.reqs, b.table
     sv = g.serving
-    cost = g.cost_model(model)
-    pool = BlockPool(blocks, sv.block_size, prefix_caching=sv.prefix_caching)
+    cost = g.cost_model(model, scenario.workload.moe_routing_skew)
+    pool = BlockPool(blocks, sv.memory.block_size, prefix_caching=sv.caching.prefix_caching)
     keys = None
-    if sv.prefix_caching and reqs.segments is not None:
-        keys = b.keys.get(sv.block_size)
+    if sv.caching.prefix_caching and reqs.segments is not None:
+        keys = b.keys.get(sv.memory.block_size)
         if keys is None:
-            keys = b.keys[sv.block_size] = prefix_keys(reqs, sv.block_size)
+            keys = b.keys[sv.memory.block_size] = prefix_keys(reqs, sv.memory.block_size)
     sched = Scheduler(
         pool,
         max_seqs,
-        sv.max_num_batched_tokens,
-        sv.chunked_prefill,
+        sv.batching.max_num_batched_tokens,
+        sv.batching.chunked_prefill,
         sliding_window=model.sliding_window,
         sliding_ratio=model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
         if model.sliding_layers
@@ -149,12 +149,16 @@ def _engine(b: _Build, index: int, g: Group, max_seqs: int, blocks: int) -> Repl
         fresh=cost.fresh,
         **_admission(sv, scenario, reqs, table),
     )
-    e = Replica(b.env, index, sched, cost, table, StepStats(b.interval_s), sv.batching == "static", g.role)
+    e = Replica(
+        b.env, index, sched, cost, table, StepStats(b.interval_s), sv.batching.mode == "static", g.role
+    )
     e.group = g
     spec, draft = sv.speculative, b.drafts[g.name]
     if spec is not None:
         draft_cost = (
-            CostModel(g.profile, draft, sv.weight_dtype, sv.kv_dtype, g.par.tp) if draft is not None else None
+            CostModel(g.profile, draft, sv.precision.weight_dtype, sv.precision.kv_dtype, g.par.tp)
+            if draft is not None
+            else None
         )
         e.draft_time = DraftCost(spec, cost, draft_cost)
     if b.step_by_step:
@@ -375,14 +379,14 @@ def _connect(
     arrival = reqs.arrival_s + lookup if lookup else reqs.arrival_s
     # one continuous-batching replica taking every arrival as it comes reads them itself
     pulled = pulled and dg is None and len(engines) == 1 and hits is None and not follow_ups
-    pulled = pulled and router.max_ongoing is None and engines[0].group.serving.batching != "static"
+    pulled = pulled and router.max_ongoing is None and engines[0].group.serving.batching.mode != "static"
     source = Source(env, arrival, submit, order=order, pulled=pulled)
     if pulled:
         engines[0].arrivals = source
         engines[0].track_future = False  # no router looks at its load
     links = None
     if dg is not None:
-        links = Disaggregated(env, dg, b.model, groups[0].serving.kv_dtype, table, source, pools["prefill"],
+        links = Disaggregated(env, dg, b.model, groups[0].serving.precision.kv_dtype, table, source, pools["prefill"],
                               pools["decode"], [replica_of[e.index] for e in pools["prefill"]], router,
                               decode_router)  # fmt: skip
         route = links.route

@@ -46,9 +46,9 @@ class DraftCost:
 
 def with_draft_memory(mem: MemoryPlan, draft: ModelSpec, serving, tp: int = 1) -> MemoryPlan:
     """The memory plan once the draft model's weights and its KV (per token, same pool) are added."""
-    weights = draft.weight_bytes(serving.weight_dtype) / tp
+    weights = draft.weight_bytes(serving.precision.weight_dtype) / tp
     kv = mem.kv_bytes - weights
-    per_token = mem.block_bytes / mem.block_size + draft.kv_bytes_per_token(serving.kv_dtype) / tp
+    per_token = mem.block_bytes / mem.block_size + draft.kv_bytes_per_token(serving.precision.kv_dtype) / tp
     block_bytes = mem.block_size * per_token
     blocks = int(kv // block_bytes) if kv > 0 else 0
     return replace(

@@ -177,7 +177,7 @@ def test_compare_bad_override_and_misfit_are_messages():
     at.selectbox(key="cmp.1.gpu").set_value("t4").run()
     no_failure(at)
     errors = " ".join(e.value for e in at.error)
-    assert "serving.kv_dtype" in errors and "does not fit" in errors.lower()
+    assert "serving.precision.kv_dtype" in errors and "does not fit" in errors.lower()
 
 
 # ---------------------------------------------------------------- Capacity
@@ -200,8 +200,8 @@ def test_capacity_search_and_load_curve():
             "sweep": {
                 "hardware.gpu": ["l4", "h100-sxm"],
                 "hardware.gpus_per_replica": [1],
-                "serving.weight_dtype": ["fp8"],
-                "serving.max_num_seqs": [256],
+                "serving.precision.weight_dtype": ["fp8"],
+                "serving.batching.max_num_seqs": [256],
             },
             "slo_attainment": 0.9,
             "target_rate_per_s": 10.0,

@@ -20,7 +20,7 @@ UPLOADED = {
     "name": "uploaded-plan",
     "model": "qwen2.5-0.5b",
     "hardware": {"gpu": "a100-80gb-sxm"},
-    "serving": {"max_num_seqs": 64},
+    "serving": {"batching": {"max_num_seqs": 64}},
     "workload": {"arrival": {"process": "poisson", "rate_per_s": 2.0}, "num_requests": 60},
     "slo": {"ttft_s": 0.3},
 }
@@ -40,7 +40,7 @@ def test_plan_starts_from_every_field_of_an_uploaded_scenario():
     assert at.text_input(key="plan.name").value == "uploaded-plan"
     assert at.selectbox(key="plan.model").value == "qwen2.5-0.5b"
     assert at.selectbox(key="plan.gpu").value == "a100-80gb-sxm"
-    assert at.number_input(key="plan.serving.max_num_seqs").value == 64
+    assert at.number_input(key="plan.serving.batching.max_num_seqs").value == 64
     assert at.number_input(key="plan.slo.ttft_s").value == 300
     assert at.number_input(key="plan.slo.tpot_s").value is None  # the file sets no TPOT SLO
     assert at.subheader[0].value == "Forecast: uploaded-plan"
@@ -66,11 +66,24 @@ def test_an_slo_is_typed_in_ms_and_can_be_removed_on_every_page(page):
     assert sent and all(s.get("tpot_s") is None and s["ttft_s"] == 0.5 for s in sent)
 
 
+def test_an_upload_in_the_flat_layout_fills_the_form_and_notes_each_renamed_field():
+    at = app()
+    _upload_scenario(at, UPLOADED | {"serving": {"max_num_seqs": 48, "kv_dtype": "fp8"}})
+    no_failure(at)
+    assert at.number_input(key="plan.serving.batching.max_num_seqs").value == 48
+    assert at.selectbox(key="plan.serving.precision.kv_dtype").value == "fp8"
+    notes = [m.value for m in at.info if m.value.startswith("renamed: ")]
+    assert sorted(n.split(" (")[0] for n in notes) == [
+        "renamed: s.yaml: serving.kv_dtype → serving.precision.kv_dtype",
+        "renamed: s.yaml: serving.max_num_seqs → serving.batching.max_num_seqs",
+    ]
+
+
 def test_form_fields_keep_the_schemas_bounds_and_read_as_words():
     at = app()
-    util = at.number_input(key="plan.serving.gpu_memory_utilization")
+    util = at.number_input(key="plan.serving.memory.gpu_memory_utilization")
     assert util.max == 1.0 and util.label == "GPU memory utilization"
-    assert at.number_input(key="plan.serving.max_num_seqs").min == 1
+    assert at.number_input(key="plan.serving.batching.max_num_seqs").min == 1
     assert at.number_input(key="plan.hw.price_per_gpu_hour_usd").label == "Price (USD per GPU-hour)"
     assert common.field_label("ttft_s") == "TTFT (s)"
 

@@ -3,6 +3,7 @@ one line naming the field and the fix, lookups by name list the known names, tra
 
 from __future__ import annotations
 
+import operator
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,8 @@ def test_every_shipped_profile_loads_and_names_its_file():
 def test_ours_is_todays_serving_defaults_and_adds_nothing():
     ours = load_engine_profile("ours")
     serving = Serving()
-    assert ours.serving_defaults() == {k: getattr(serving, k) for k in ours.serving_defaults()}
+    at = {k: operator.attrgetter(k)(serving) for k in ours.serving_defaults()}
+    assert ours.serving_defaults() == at
     assert ours.host.gpu_profile_loop and ours.host_time(num_layers=80, seqs=256, prompt_tokens=8192) == 0.0
     k = ours.kernels
     assert (k.gemm, k.attention_prefill, k.attention_decode, k.elementwise) == (1.0, 1.0, 1.0, 1.0)
@@ -65,8 +67,8 @@ def test_transformers_profiles_are_eager_engines_with_their_own_host_time():
         assert p.engine == "transformers" and not p.host.gpu_profile_loop
         assert p.scheduling.cuda_graphs == "none"
         assert p.host_time(32, 1, 0) > 0.005  # an eager python loop: milliseconds per step, not microseconds
-    assert load_engine_profile("transformers-generate").serving_defaults()["batching"] == "static"
-    assert load_engine_profile("transformers").serving_defaults()["chunked_prefill"] is True
+    assert load_engine_profile("transformers-generate").serving_defaults()["batching.mode"] == "static"
+    assert load_engine_profile("transformers").serving_defaults()["batching.chunked_prefill"] is True
 
 
 def test_packed_attention_pads_queries_and_keys_up_to_their_multiples():

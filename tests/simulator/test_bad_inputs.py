@@ -242,8 +242,8 @@ ROWS = [
     _row(
         "true as a count",
         {"s.yaml": W},
-        ["run", "s.yaml", "--set", "serving.max_num_seqs=true"],
-        r"error: s\.yaml: serving: max_num_seqs: true is not a number; give a number",
+        ["run", "s.yaml", "--set", "serving.batching.max_num_seqs=true"],
+        r"error: s\.yaml: serving\.batching: max_num_seqs: true is not a number; give a number",
     ),
     _row(
         "yes as a rate",
@@ -319,23 +319,24 @@ ROWS = [
     ),
     _row(
         "max_queue_len 0",
-        {"s.yaml": W + "serving: {max_queue_len: 0}\n"},
+        {"s.yaml": W + "serving: {admission: {max_queue_len: 0}}\n"},
         ["run", "s.yaml"],
-        r"error: s\.yaml: serving\.max_queue_len: 0 would refuse every request \(.+\); use 1 or more, or leave "
+        r"error: s\.yaml: serving\.admission\.max_queue_len: 0 would refuse every request \(.+\); use 1 or more, or leave "
         r"it unset for no limit",
     ),
     # ---- --set
     _row(
         "--set value not YAML",
         {},
-        ["run", "--set", "serving.max_num_seqs=[1"],
-        r"error: --set 'serving\.max_num_seqs=\[1': value:1:3: not valid YAML: .+",
+        ["run", "--set", "serving.batching.max_num_seqs=[1"],
+        r"error: --set 'serving\.batching\.max_num_seqs=\[1': value:1:3: not valid YAML: .+",
     ),
     _row(
         "--set without =",
         {},
-        ["run", "--set", "serving.max_num_seqs"],
-        r"error: --set 'serving\.max_num_seqs': must look like field\.path=value; e\.g\. serving\.max_num_seqs=128",
+        ["run", "--set", "serving.batching.max_num_seqs"],
+        r"error: --set 'serving\.batching\.max_num_seqs': must look like field\.path=value; "
+        r"e\.g\. serving\.batching\.max_num_seqs=128",
     ),
     _row(
         "--set empty part",
@@ -347,7 +348,7 @@ ROWS = [
         "--set unknown field",
         {},
         ["run", "--set", "serving.max_num_seq=64"],
-        r"error: --set 'serving\.max_num_seq=64': serving has no field 'max_num_seq'; did you mean max_num_seqs\? "
+        r"error: --set 'serving\.max_num_seq=64': serving has no field 'max_num_seq'; did you mean batching\.max_num_seqs\? "
         r"`python -m simulator run --help` lists the fields",
     ),
     _row(

@@ -27,7 +27,7 @@ def test_groups_sum_to_the_cost_models_step_time():
     f = _forecast(2048)
     bd = step_breakdown(f)
     for kind, b in typical_steps(f).items():
-        cm = plan_groups(f.scenario, f.model)[0].cost_model(f.model)
+        cm = plan_groups(f.scenario, f.model)[0].cost_model(f.model, f.scenario.workload.moe_routing_skew)
         assert bd[kind]["total_s"] == pytest.approx(cm.step_time(b))
         assert sum(g["time_s"] for g in bd[kind]["groups"]) == pytest.approx(bd[kind]["total_s"])
         assert sum(g["share"] for g in bd[kind]["groups"]) == pytest.approx(1.0)

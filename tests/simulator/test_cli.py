@@ -40,8 +40,8 @@ def test_overrides_change_the_forecast(tmp_path, capsys):
     "content,expect",
     [
         (
-            "serving: {max_num_seqs: -1}\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n",
-            "serving.max_num_seqs",
+            "serving: {batching: {max_num_seqs: -1}}\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n",
+            "serving.batching.max_num_seqs",
         ),
         ("model: llama-9\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n", "not in the catalogue"),
         ("hardware: {gpu: v100}\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n", "has no profile"),
@@ -80,16 +80,18 @@ def test_lists_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     helptext = capsys.readouterr().out
-    assert "serving.gpu_memory_utilization" in helptext and "{dist: lognormal" in helptext
+    assert "serving.memory.gpu_memory_utilization" in helptext and "{dist: lognormal" in helptext
 
 
 def test_no_traceback_from_the_real_entry_point(tmp_path):
     f = tmp_path / "s.yaml"
-    f.write_text("serving: {block_size: 0}\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n")
+    f.write_text(
+        "serving: {memory: {block_size: 0}}\nworkload: {arrival: {process: poisson, rate_per_s: 1}}\n"
+    )
     p = subprocess.run(
         [sys.executable, "-m", "simulator", "run", str(f)], capture_output=True, text=True, cwd=ROOT
     )
-    assert p.returncode == 2 and "Traceback" not in p.stderr and "serving.block_size" in p.stderr
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "serving.memory.block_size" in p.stderr
 
 
 def test_compare_prints_side_by_side_and_writes_files(tmp_path, capsys):

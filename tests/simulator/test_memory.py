@@ -5,7 +5,7 @@ import pytest
 from core.hardware import load_profile
 from core.model_spec import load_model
 from simulator.memory import GIB, plan_memory
-from simulator.scenario import Serving
+from simulator.scenario import Memory, Precision, Serving
 
 
 def test_llama8b_on_h100_numbers():
@@ -33,16 +33,16 @@ def test_70b_does_not_fit_one_h100_but_fits_four():
 def test_quantization_frees_room_for_kv():
     m, p = load_model("llama-3.1-8b"), load_profile("l4")
     bf16 = plan_memory(p, m, Serving())
-    int4 = plan_memory(p, m, Serving(weight_dtype="int4"))
-    fp8kv = plan_memory(p, m, Serving(weight_dtype="int4", kv_dtype="fp8"))
+    int4 = plan_memory(p, m, Serving(precision=Precision(weight_dtype="int4")))
+    fp8kv = plan_memory(p, m, Serving(precision=Precision(weight_dtype="int4", kv_dtype="fp8")))
     assert int4.kv_bytes > bf16.kv_bytes
     assert fp8kv.num_blocks == pytest.approx(2 * int4.num_blocks, abs=1)
 
 
 def test_utilisation_and_sliding_window_blocks():
     m, p = load_model("gemma-3-12b"), load_profile("h100-sxm")
-    lo = plan_memory(p, m, Serving(gpu_memory_utilization=0.5))
-    hi = plan_memory(p, m, Serving(gpu_memory_utilization=0.9))
+    lo = plan_memory(p, m, Serving(memory=Memory(gpu_memory_utilization=0.5)))
+    hi = plan_memory(p, m, Serving(memory=Memory(gpu_memory_utilization=0.9)))
     assert hi.num_blocks > lo.num_blocks > 0
     # blocks are sized by the 8 global layers; the 40 sliding layers cost 5x that per token, up to 1024 tokens
     assert hi.block_bytes == pytest.approx(16 * m.kv_bytes_per_token("bf16"))

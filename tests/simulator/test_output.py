@@ -174,7 +174,7 @@ BASE = {
     },
     "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
 }
-SWEEP = {"serving.max_num_seqs": [8, 16, 32, 64, 128]}
+SWEEP = {"serving.batching.max_num_seqs": [8, 16, 32, 64, 128]}
 
 
 def _spec_file(tmp_path: Path, **kw) -> Path:
@@ -205,14 +205,19 @@ def _fake_evaluate(calls: list, stop_after: int | None = None):
 
 def test_one_configuration_raising_does_not_end_the_search(monkeypatch):
     def rate(data, *a, **k):
-        if data["serving"]["max_num_seqs"] == 16:
+        if data["serving"]["batching"]["max_num_seqs"] == 16:
             raise ZeroDivisionError("float division by zero\nsecond line")
         return real(data, *a, **k)
 
     real = search_mod.max_sustainable_rate
     monkeypatch.setattr(search_mod, "max_sustainable_rate", rate)
     spec = parse_spec(
-        {"name": "t", "base": BASE, "sweep": {"serving.max_num_seqs": [8, 16]}, "rate": {"rel_tol": 0.2}}
+        {
+            "name": "t",
+            "base": BASE,
+            "sweep": {"serving.batching.max_num_seqs": [8, 16]},
+            "rate": {"rel_tol": 0.2},
+        }
     )
     result = run_search(spec, "serial")
     ok, bad = result.results
@@ -260,7 +265,10 @@ def test_a_killed_search_resumes_from_its_work_folder(tmp_path, capsys, monkeypa
     for i in (0, 3):
         j.append(
             ConfigResult(
-                i, {"serving.max_num_seqs": SWEEP["serving.max_num_seqs"][i]}, "ok", max_rate_per_s=9.0
+                i,
+                {"serving.batching.max_num_seqs": SWEEP["serving.batching.max_num_seqs"][i]},
+                "ok",
+                max_rate_per_s=9.0,
             )
         )
     j.close()
@@ -302,8 +310,10 @@ def test_a_journal_reads_back_results_with_fields_it_does_not_know(tmp_path):
     spec = parse_spec({"name": "t", "base": BASE, "sweep": SWEEP})
     key = search_key(spec)
     j = Journal(tmp_path / JOURNAL, key)
-    j.append(ConfigResult(3, {"serving.max_num_seqs": 64}, "ok", max_rate_per_s=2.5, fields={"a": 1}))
-    j.append(ConfigResult(4, {"serving.max_num_seqs": 128}, "error", "KeyError: 'x'"))
+    j.append(
+        ConfigResult(3, {"serving.batching.max_num_seqs": 64}, "ok", max_rate_per_s=2.5, fields={"a": 1})
+    )
+    j.append(ConfigResult(4, {"serving.batching.max_num_seqs": 128}, "error", "KeyError: 'x'"))
     j.close()
     lines = (tmp_path / JOURNAL).read_text().splitlines()
     row = json.loads(lines[1]) | {"a_field_from_a_later_version": 1}

@@ -17,7 +17,7 @@ from core.cost_model import (
 from core.hardware import load_profile
 from core.model_spec import dtype_bytes, load_model
 from simulator.memory import plan_memory
-from simulator.scenario import Serving
+from simulator.scenario import Precision, Serving
 
 H100, L4, T4 = load_profile("h100-sxm"), load_profile("l4"), load_profile("t4")
 L8 = load_model("llama-3.1-8b")
@@ -80,7 +80,7 @@ def test_fp8_kv_halves_kv_bytes_and_doubles_blocks():
     assert f8.attention_decode_time(64, long.decode_context_tokens) < 0.55 * bf.attention_decode_time(
         64, long.decode_context_tokens
     )
-    a, b = (plan_memory(H100, L8, Serving(kv_dtype=d)) for d in ("bf16", "fp8"))
+    a, b = (plan_memory(H100, L8, Serving(precision=Precision(kv_dtype=d))) for d in ("bf16", "fp8"))
     assert b.block_bytes == pytest.approx(a.block_bytes / 2)
     assert b.num_blocks == pytest.approx(2 * a.num_blocks, abs=1)
 

@@ -16,7 +16,7 @@ def test_default_scenario_parses():
 
 def test_minimal_scenario_gets_defaults():
     sc = parse_scenario(BASE)
-    assert sc.serving.batching == "continuous" and sc.serving.block_size == 16
+    assert sc.serving.batching.mode == "continuous" and sc.serving.memory.block_size == 16
     assert sc.workload.prompt_tokens.dist == "fixed"
 
 
@@ -24,13 +24,16 @@ def test_minimal_scenario_gets_defaults():
     "patch,expect",
     [
         (
-            {"serving": {"max_num_seqs": 0}},
-            "serving.max_num_seqs: Input should be greater than or equal to 1 (got 0)",
+            {"serving": {"batching": {"max_num_seqs": 0}}},
+            "serving.batching.max_num_seqs: Input should be greater than or equal to 1 (got 0)",
         ),
-        ({"serving": {"batching": "dynamic"}}, "serving.batching: Input should be 'continuous' or 'static'"),
+        (
+            {"serving": {"batching": {"mode": "dynamic"}}},
+            "serving.batching.mode: Input should be 'continuous' or 'static'",
+        ),
         ({"serving": {"max_num_sequences": 8}}, "serving.max_num_sequences: unknown field"),
-        ({"serving": {"gpu_memory_utilization": 1.5}}, "serving.gpu_memory_utilization"),
-        ({"serving": {"weight_dtype": "int3"}}, "serving.weight_dtype"),
+        ({"serving": {"memory": {"gpu_memory_utilization": 1.5}}}, "serving.memory.gpu_memory_utilization"),
+        ({"serving": {"precision": {"weight_dtype": "int3"}}}, "serving.precision.weight_dtype"),
         ({"workload": {"arrival": {"process": "poisson"}}}, "needs arrival.rate_per_s"),
         ({"workload": {"arrival": {"process": "trace"}}}, "needs `trace`"),
         (
@@ -93,18 +96,22 @@ def test_files(tmp_path):
 
 def test_overrides():
     data = apply_overrides(
-        {"serving": {}}, ["serving.max_num_seqs=64", "hardware.gpu=a100-80gb-sxm", "seed=7"]
+        {"serving": {}}, ["serving.batching.max_num_seqs=64", "hardware.gpu=a100-80gb-sxm", "seed=7"]
     )
-    assert data == {"serving": {"max_num_seqs": 64}, "hardware": {"gpu": "a100-80gb-sxm"}, "seed": 7}
+    assert data == {
+        "serving": {"batching": {"max_num_seqs": 64}},
+        "hardware": {"gpu": "a100-80gb-sxm"},
+        "seed": 7,
+    }
     with pytest.raises(ConfigError, match="must look like field.path=value"):
-        apply_overrides({}, ["serving.max_num_seqs"])
+        apply_overrides({}, ["serving.batching.max_num_seqs"])
 
 
 def test_help_lists_every_field():
     text = "\n".join(field_help())
     for field in (
-        "serving.max_num_seqs",
-        "serving.gpu_memory_utilization",
+        "serving.batching.max_num_seqs",
+        "serving.memory.gpu_memory_utilization",
         "workload.arrival.cv",
         "hardware.gpu",
         "slo.ttft_s",

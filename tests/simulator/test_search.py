@@ -48,38 +48,38 @@ def spec(**kw):
 
 
 def test_field_paths_copy_and_create_sections():
-    d = set_field(BASE, "serving.max_num_seqs", 8)
-    assert get_field(d, "serving.max_num_seqs") == 8 and "serving" not in BASE
+    d = set_field(BASE, "serving.batching.max_num_seqs", 8)
+    assert get_field(d, "serving.batching.max_num_seqs") == 8 and "serving" not in BASE
     assert get_field(with_rate(BASE, 3), "workload.arrival.rate_per_s") == 3.0
     assert get_field(BASE, "no.such.field", "x") == "x"
 
 
 def test_configurations_are_the_product_in_order():
-    s = spec(sweep={"hardware.gpu": ["l4", "t4"], "serving.max_num_seqs": [8, 16, 32]})
+    s = spec(sweep={"hardware.gpu": ["l4", "t4"], "serving.batching.max_num_seqs": [8, 16, 32]})
     cfgs = configurations(s)
     assert len(cfgs) == 6
-    assert cfgs[0] == {"hardware.gpu": "l4", "serving.max_num_seqs": 8}
-    assert cfgs[-1] == {"hardware.gpu": "t4", "serving.max_num_seqs": 32}
+    assert cfgs[0] == {"hardware.gpu": "l4", "serving.batching.max_num_seqs": 8}
+    assert cfgs[-1] == {"hardware.gpu": "t4", "serving.batching.max_num_seqs": 32}
 
 
 def test_variants_combine_with_the_sweep():
     s = spec(
         variants={"one": {"cluster.replicas": 1}, "two": {"cluster.replicas": 2, "hardware.gpu": "h100-sxm"}},
-        sweep={"serving.max_num_seqs": [64, 256]},
+        sweep={"serving.batching.max_num_seqs": [64, 256]},
     )
     cfgs = configurations(s)
     assert [c["variant"] for c in cfgs] == ["one", "one", "two", "two"]
     assert fields_of(s, cfgs[3]) == {
         "cluster.replicas": 2,
         "hardware.gpu": "h100-sxm",
-        "serving.max_num_seqs": 256,
+        "serving.batching.max_num_seqs": 256,
     }
     res = run_search(s, "serial").results
     one, two = res[1], res[3]
     price = {g: load_profile(g).price.usd_per_hour for g in ("l4", "h100-sxm")}
     assert two.fields["cluster.replicas"] == 2 and two.status == "ok"
     assert two.usd_per_hour == pytest.approx(2 * price["h100-sxm"])  # both replicas are paid for
-    assert one.overrides == {"variant": "one", "serving.max_num_seqs": 256}
+    assert one.overrides == {"variant": "one", "serving.batching.max_num_seqs": 256}
 
 
 def test_spec_errors_are_one_line():
@@ -112,7 +112,7 @@ def test_statuses_for_impossible_configurations():
     assert res[("t4", "llama-3.1-70b")].status == "does not fit"
     assert "weights" in res[("t4", "llama-3.1-70b")].message
     assert res[("h100-sxm", "qwen2.5-0.5b")].status == "ok"
-    bad = run_search(spec(sweep={"serving.max_num_seqs": [0]}), "serial").results[0]
+    bad = run_search(spec(sweep={"serving.batching.max_num_seqs": [0]}), "serial").results[0]
     assert bad.status == "invalid" and "max_num_seqs" in bad.message
 
 
@@ -140,7 +140,7 @@ def _same(r):
 
 
 def test_process_pool_matches_serial():
-    s = spec(sweep={"hardware.gpu": ["l4", "h100-sxm"], "serving.max_num_seqs": [32, 256]})
+    s = spec(sweep={"hardware.gpu": ["l4", "h100-sxm"], "serving.batching.max_num_seqs": [32, 256]})
     a = run_search(s, "serial")
     b = run_search(s, "processes", workers=2)
     assert [_same(r) for r in a.results] == [_same(r) for r in b.results]

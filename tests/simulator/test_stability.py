@@ -74,7 +74,7 @@ def test_heavy_overload_of_a_cluster_stops_early_too():
         {
             "model": "llama-3.1-8b",
             "hardware": {"gpu": "l4"},
-            "serving": {"max_num_seqs": 32},
+            "serving": {"batching": {"max_num_seqs": 32}},
             "cluster": {"replicas": 2, "router": "least_outstanding"},
             "workload": {
                 "arrival": {"process": "poisson", "rate_per_s": 500},
@@ -90,7 +90,7 @@ def test_heavy_overload_of_a_cluster_stops_early_too():
 
 def test_admission_control_drops_mean_overload():
     sc = _md1(2.0, 3000).model_copy(deep=True)
-    sc.serving.max_queue_len = 10
+    sc.serving.admission.max_queue_len = 10
     f = simulate(sc)
     st = f.summary["stability"]
     assert f.summary["rejected_reasons"]["queue_full"] > 0
@@ -132,7 +132,7 @@ def test_running_in_chunks_equals_one_uninterrupted_run(case, monkeypatch):
         "seed": 3,
         "model": "llama-3.1-8b",
         "hardware": {"gpu": "a100-80gb-sxm"},
-        "serving": {"max_num_seqs": 32},
+        "serving": {"batching": {"max_num_seqs": 32}},
         "workload": {
             "arrival": c["arrival"],
             "prompt_tokens": {"dist": "lognormal", "median": 400, "sigma": 0.8, "max": 4000},
@@ -249,7 +249,7 @@ def test_terminal_summary_states_a_stable_verdict_too():
 
 def test_terminal_summary_prints_why_requests_were_rejected():
     sc = _md1(0.5, 50).model_copy(deep=True)
-    sc.serving.max_model_len = 100  # every 512-token prompt is too long
+    sc.serving.memory.max_model_len = 100  # every 512-token prompt is too long
     text = format_summary(simulate(sc))
     assert "rejected: 50 longer than max model len" in text
     assert "OVERLOADED" not in text and "no request finished" in text
@@ -257,7 +257,7 @@ def test_terminal_summary_prints_why_requests_were_rejected():
 
 def test_report_never_says_an_slo_breaks_when_nothing_was_served():
     sc = _md1(0.5, 50).model_copy(deep=True)
-    sc.serving.max_model_len = 100
+    sc.serving.memory.max_model_len = 100
     sc.slo.ttft_s = 0.5
     f = simulate(sc)
     rep = build_report(f)
@@ -336,7 +336,7 @@ LOGNORMAL = {"prompt_tokens": {"dist": "lognormal", "median": 600, "sigma": 0.8,
             1,
             {
                 "hardware": {"gpu": "l4"},
-                "serving": {"weight_dtype": "fp8"},
+                "serving": {"precision": {"weight_dtype": "fp8"}},
                 "workload": LOGNORMAL,
                 "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
             },
