@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence as Sequence_
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,36 @@ def accepted(rng: np.random.Generator, alpha: float, k: int) -> int:
     if alpha <= 0.0:
         return 0
     return min(int(rng.geometric(1.0 - alpha)) - 1, k)
+
+
+@dataclass(slots=True, frozen=True)
+class SpecDecode:
+    """Speculative decoding: rounds of `k` drafted tokens while at most `max_batch` sequences decode;
+    each drafted token is accepted with probability `alpha[rid]`, drawn from `rng`."""
+
+    k: int
+    max_batch: int
+    alpha: Sequence_[float]  # acceptance rate per request id
+    rng: np.random.Generator
+
+
+@dataclass(slots=True, frozen=True)
+class SchedulerConfig:
+    """The batching policy's settings (the per-request inputs, keys, priorities and arrival times, are
+    given to `Scheduler` beside it)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    chunked_prefill: bool = True
+    sliding_window: int = 0  # tokens a sliding-window layer keeps (0: none)
+    sliding_ratio: float = 0.0  # sliding-window layers' KV bytes per token over the full layers'
+    watermark: float = 0.01  # share of the blocks admission keeps free for decodes
+    max_waiting: int | None = None  # admission control: refuse arrivals beyond this many queued
+    timeout_s: float | None = None  # admission control: drop requests queued longer than this
+    # whole prompts of at least fresh[0] tokens take the cost model's fresh-prompt kernel
+    # (CostModel.fresh: min tokens, bucket)
+    fresh: tuple[int, int] | None = None
+    spec: SpecDecode | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -95,33 +126,24 @@ class Scheduler:
     def __init__(
         self,
         pool: BlockPool,
-        max_num_seqs: int,
-        max_num_batched_tokens: int,
-        chunked_prefill: bool = True,
-        sliding_window: int = 0,
-        sliding_ratio: float = 0.0,
-        watermark: float = 0.01,
+        config: SchedulerConfig,
         block_keys=None,
-        spec=None,
         priority_of=None,
-        max_waiting: int | None = None,
-        timeout_s: float | None = None,
         arrival_s=None,
-        fresh: tuple[int, int] | None = None,
     ) -> None:
         self.pool = pool
-        # whole fresh prompts of at least fresh[0] tokens take the cost model's fresh-prompt kernel
-        # (CostModel.fresh: min tokens, bucket); an unreachable minimum when there is none
-        self.fresh_min, self.fresh_bucket = fresh if fresh is not None else (1 << 62, 1)
+        self.config = config
+        # an unreachable minimum when there is no fresh-prompt kernel
+        self.fresh_min, self.fresh_bucket = config.fresh if config.fresh is not None else (1 << 62, 1)
         self.B = pool.block_size
-        self.max_seqs = max_num_seqs
-        self.max_tokens = max_num_batched_tokens
-        self.chunked = chunked_prefill
-        self.window = sliding_window
+        self.max_seqs = config.max_num_seqs
+        self.max_tokens = config.max_num_batched_tokens
+        self.chunked = config.chunked_prefill
+        self.window = config.sliding_window
         # Sliding-window layers keep at most `window` tokens per sequence; their KV, in units of the
         # full-attention layers' blocks (ratio of bytes per token), is reserved when a sequence starts.
-        self.sliding_ratio = sliding_ratio
-        self.watermark = int(watermark * pool.num_blocks)  # admission keeps a few blocks for decodes
+        self.sliding_ratio = config.sliding_ratio
+        self.watermark = int(config.watermark * pool.num_blocks)  # admission keeps a few blocks for decodes
         # Prefix caching: block_keys(rid, tokens) gives the keys of the full blocks among a request's
         # first `tokens` tokens, or [] when it shares nothing with anyone.
         self.block_keys = block_keys if pool.cached is not None else None
@@ -130,12 +152,11 @@ class Scheduler:
         # Priority scheduling (vLLM's `priority` policy) when priority_of (per request id) is given;
         # admission control: refuse arrivals beyond max_waiting queued, drop those queued past timeout_s.
         self.priority_of = priority_of
-        self.max_waiting = max_waiting
-        self.timeout_s = timeout_s
+        self.max_waiting = config.max_waiting
+        self.timeout_s = config.timeout_s
         self.arrival_s = arrival_s
         self.dropped: list[tuple[int, str]] = []  # (request id, reason)
-        # Speculative decoding: (k, max_batch, acceptance per request id, rng) or None.
-        self.spec = spec
+        self.spec = config.spec
         self.spec_rounds = 0
         self.spec_yield = 0
         self.waiting: deque[Sequence] = deque()
@@ -335,7 +356,7 @@ class Scheduler:
         b = Batch([], 0, 0, 0, 0, 0, [], _NO_SHAPE)
         budget = self.max_tokens
         if self.spec is not None and self._spec_now():
-            n, k = self.n_decoding, self.spec[0]
+            n, k = self.n_decoding, self.spec.k
             b.spec_k, b.num_decodes, b.decode_context = k, n, self.decode_context
             b.spec_reserved = self._spec_blocks(k + 1)
             self.pool.allocate(b.spec_reserved)  # room for every draft to be accepted; the rest is returned
@@ -377,13 +398,14 @@ class Scheduler:
 
     def _spec_now(self) -> bool:
         """Speculate this step: few enough sequences decode, and blocks for a full round are free."""
-        if self.spec is None or not self.n_decoding or self.n_decoding > self.spec[1]:
+        spec = self.spec
+        if spec is None or not self.n_decoding or self.n_decoding > spec.max_batch:
             return False
-        per_seq = -(-(self.spec[0] + 1) // self.B) + 1
+        per_seq = -(-(spec.k + 1) // self.B) + 1
         return (
             self.n_decoding * per_seq <= self.pool.free
-            and self.n_decoding * (self.spec[0] + 1) <= self.max_tokens
-            and self._spec_blocks(self.spec[0] + 1) <= self.pool.free
+            and self.n_decoding * (spec.k + 1) <= self.max_tokens
+            and self._spec_blocks(spec.k + 1) <= self.pool.free
         )
 
     def _spec_blocks(self, tokens: int) -> int:
@@ -395,7 +417,8 @@ class Scheduler:
 
     def _spec_round(self, reserved: int) -> int:
         """Verify one round for every decoding sequence; returns the tokens yielded."""
-        k, _, alpha, rng = self.spec
+        spec = self.spec
+        k, alpha, rng = spec.k, spec.alpha, spec.rng
         B, d, ph = self.B, self.dstep, self.phase
         new_blocks = tokens = 0
         for s in self.running:

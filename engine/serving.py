@@ -28,7 +28,7 @@ import torch
 from core.kv_cache import BlockPool
 from core.records import RequestTable, StepStats
 from core.requests import Requests
-from core.scheduler import Batch, Scheduler, Sequence
+from core.scheduler import Batch, Scheduler, SchedulerConfig, Sequence
 from engine.attention import (
     StepLayout,
     device_sms,
@@ -777,9 +777,9 @@ def serve(
     requests still in flight are left unfinished). Call `executor.warmup()` once before the first run.
     With `trace`, the run keeps one row per step (`TRACE_FIELDS`): where its time went and what it computed.
     """
-    sched = Scheduler(pool, max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=sliding_window,
-                      sliding_ratio=sliding_ratio, block_keys=block_keys,
-                      fresh=fresh_rule(executor.device))  # fmt: skip
+    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=sliding_window,
+                             sliding_ratio=sliding_ratio, fresh=fresh_rule(executor.device))  # fmt: skip
+    sched = Scheduler(pool, config, block_keys=block_keys)
     run = _Replay(executor, sched, requests, seed)
     order = np.flatnonzero(np.isfinite(requests.arrival_s))
     order = order[np.argsort(requests.arrival_s[order], kind="stable")]

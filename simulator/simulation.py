@@ -17,7 +17,7 @@ from core.model_spec import ModelSpec, load_model
 from core.parallelism import virtual_engines
 from core.records import RequestTable, StepStats
 from core.requests import Requests, prefix_keys
-from core.scheduler import Scheduler
+from core.scheduler import Scheduler, SchedulerConfig, SpecDecode
 from simulator.cluster import (
     Group,
     SchedTotals,
@@ -78,12 +78,8 @@ def _conversation(env, reqs: Requests, table: RequestTable, source: Source, keys
 
 
 def _admission(sv: Serving, scenario: Scenario, reqs: Requests, table: RequestTable) -> dict:
-    """Priority per request and admission-control limits for the scheduler."""
-    out: dict = {
-        "max_waiting": sv.max_queue_len,
-        "timeout_s": sv.queue_timeout_s,
-        "arrival_s": table.arrival_s,
-    }
+    """Priority and arrival time per request, for the scheduler's admission control."""
+    out: dict = {"arrival_s": table.arrival_s}
     if sv.scheduling_policy == "priority":
         prio = np.zeros(len(reqs), dtype=np.int64)
         for ci, c in enumerate(scenario.workload.classes or []):
@@ -94,7 +90,7 @@ def _admission(sv: Serving, scenario: Scenario, reqs: Requests, table: RequestTa
 
 
 def _spec_settings(sv: Serving, scenario: Scenario, reqs: Requests, engine: int = 0):
-    """(k, max batch, acceptance rate per request, rng) for the scheduler, or None."""
+    """Speculative decoding's settings for the scheduler, or None."""
     spec = sv.speculative
     if spec is None:
         return None
@@ -105,7 +101,7 @@ def _spec_settings(sv: Serving, scenario: Scenario, reqs: Requests, engine: int 
             alpha[reqs.class_id == ci] = c.acceptance_rate
     stream = np.random.SeedSequence(scenario.seed).spawn(5)[4]
     rng = np.random.default_rng(stream if engine == 0 else stream.spawn(engine)[-1])
-    return spec.num_speculative_tokens, spec.max_batch_size, alpha.tolist(), rng
+    return SpecDecode(spec.num_speculative_tokens, spec.max_batch_size, alpha.tolist(), rng)
 
 
 def _with_draft(group: Group) -> ModelSpec | None:
@@ -136,8 +132,7 @@ def _engine(env, index: int, g: Group, max_seqs: int, blocks: int, ctx: dict) ->
         keys = ctx["keys"].get(sv.block_size)
         if keys is None:
             keys = ctx["keys"][sv.block_size] = prefix_keys(reqs, sv.block_size)
-    sched = Scheduler(
-        pool,
+    config = SchedulerConfig(
         max_seqs,
         sv.max_num_batched_tokens,
         sv.chunked_prefill,
@@ -145,11 +140,12 @@ def _engine(env, index: int, g: Group, max_seqs: int, blocks: int, ctx: dict) ->
         sliding_ratio=model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
         if model.sliding_layers
         else 0.0,
-        block_keys=keys,
-        spec=_spec_settings(sv, scenario, reqs, index),
+        max_waiting=sv.max_queue_len,
+        timeout_s=sv.queue_timeout_s,
         fresh=cost.fresh,
-        **_admission(sv, scenario, reqs, table),
+        spec=_spec_settings(sv, scenario, reqs, index),
     )
+    sched = Scheduler(pool, config, block_keys=keys, **_admission(sv, scenario, reqs, table))
     e = Replica(env, index, sched, cost, table, StepStats(ctx["interval"]), sv.batching == "static", g.role)
     e.group = g
     spec, draft = sv.speculative, ctx["drafts"][g.name]

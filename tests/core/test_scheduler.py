@@ -3,7 +3,7 @@
 import numpy as np
 
 from core.kv_cache import BlockPool
-from core.scheduler import Scheduler, Sequence
+from core.scheduler import Scheduler, SchedulerConfig, Sequence
 
 
 def drain(s: Scheduler, max_steps: int = 10_000) -> list:
@@ -18,7 +18,7 @@ def drain(s: Scheduler, max_steps: int = 10_000) -> list:
 
 
 def test_chunked_prefill_respects_budget_and_puts_decodes_first():
-    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=8, max_num_batched_tokens=256, chunked_prefill=True)
+    s = Scheduler(BlockPool(10_000, 16), SchedulerConfig(8, 256, chunked_prefill=True))
     s.add(Sequence(0, 1000, 5))
     s.add(Sequence(1, 50, 300))
     batches = drain(s)
@@ -31,7 +31,7 @@ def test_chunked_prefill_respects_budget_and_puts_decodes_first():
 
 
 def test_prefill_first_runs_whole_prompts_in_prefill_only_steps():
-    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=8, max_num_batched_tokens=4096, chunked_prefill=False)
+    s = Scheduler(BlockPool(10_000, 16), SchedulerConfig(8, 4096, chunked_prefill=False))
     for i in range(3):
         s.add(Sequence(i, 1000, 4))
     b = s.schedule()
@@ -43,7 +43,7 @@ def test_prefill_first_runs_whole_prompts_in_prefill_only_steps():
 
 
 def test_max_num_seqs_limits_admission():
-    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=2, max_num_batched_tokens=8192)
+    s = Scheduler(BlockPool(10_000, 16), SchedulerConfig(2, 8192))
     for i in range(5):
         s.add(Sequence(i, 10, 100))
     b = s.schedule()
@@ -52,7 +52,7 @@ def test_max_num_seqs_limits_admission():
 
 def test_out_of_blocks_preempts_the_newest_and_recomputes():
     pool = BlockPool(12, 4)
-    s = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=64, watermark=0.0)
+    s = Scheduler(pool, SchedulerConfig(8, 64, watermark=0.0))
     s.add(Sequence(0, 8, 30))
     s.add(Sequence(1, 8, 30))
     preempted = []
@@ -73,9 +73,7 @@ def test_prefix_caching_reuses_shared_blocks_and_evicts_lru():
         0: np.array([0, 1, 2, 3, 4, 10]),
         1: np.array([0, 1, 2, 3, 4, 11]),
     }  # 5 shared blocks, then their own
-    s = Scheduler(
-        pool, max_num_seqs=8, max_num_batched_tokens=64, block_keys=lambda rid, n: keys[rid][: n // 4]
-    )
+    s = Scheduler(pool, SchedulerConfig(8, 64), block_keys=lambda rid, n: keys[rid][: n // 4])
     s.add(Sequence(0, 24, 2))
     drain(s)
     assert pool.free == 100 and len(pool.cached) == 6  # all full blocks stay cached after it finishes
@@ -91,14 +89,12 @@ def test_prefix_caching_reuses_shared_blocks_and_evicts_lru():
 
 def test_priority_policy_orders_the_queue_and_preempts_low_priority_first():
     prio = {0: 0, 1: 5, 2: 0, 3: 5}
-    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=1, max_num_batched_tokens=8192, priority_of=prio)
+    s = Scheduler(BlockPool(10_000, 16), SchedulerConfig(1, 8192), priority_of=prio)
     for rid in range(4):
         s.add(Sequence(rid, 10, 2))
     assert [q.rid for q in s.waiting] == [1, 3, 0, 2]
     pool = BlockPool(10, 4)
-    s = Scheduler(
-        pool, max_num_seqs=8, max_num_batched_tokens=64, watermark=0.0, priority_of={0: 5, 1: 0, 2: 5}
-    )
+    s = Scheduler(pool, SchedulerConfig(8, 64, watermark=0.0), priority_of={0: 5, 1: 0, 2: 5})
     for rid in range(3):
         s.add(Sequence(rid, 4, 30))
     victims = []
@@ -113,14 +109,7 @@ def test_priority_policy_orders_the_queue_and_preempts_low_priority_first():
 
 def test_admission_control_refuses_and_expires():
     arrival = [0.0, 0.0, 0.0, 5.0]
-    s = Scheduler(
-        BlockPool(100, 16),
-        max_num_seqs=1,
-        max_num_batched_tokens=64,
-        max_waiting=2,
-        timeout_s=1.0,
-        arrival_s=arrival,
-    )
+    s = Scheduler(BlockPool(100, 16), SchedulerConfig(1, 64, max_waiting=2, timeout_s=1.0), arrival_s=arrival)
     assert s.add(Sequence(0, 10, 5)) and s.add(Sequence(1, 10, 5))
     assert not s.add(Sequence(2, 10, 5))
     assert s.dropped == [(2, "queue_full")]
@@ -135,7 +124,7 @@ def test_whole_fresh_prompts_are_counted_for_the_fresh_kernel():
     from core.cost_model import BatchShape
 
     fresh = (2049, 128)
-    s = Scheduler(BlockPool(100_000, 16), max_num_seqs=8, max_num_batched_tokens=6000, fresh=fresh)
+    s = Scheduler(BlockPool(100_000, 16), SchedulerConfig(8, 6000, fresh=fresh))
     for i, (p, o) in enumerate([(5000, 3), (9000, 2), (2049, 2), (2048, 2), (300, 4)]):
         s.add(Sequence(i, p, o))
     seen = 0
