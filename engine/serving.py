@@ -748,6 +748,60 @@ class _Replay:
         return [times[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
+def _serve_loop(
+    executor: Executor,
+    sched: Scheduler,
+    run: _Replay,
+    arrivals: list[float],
+    order: list[int],
+    deadline_s: float | None,
+    rows: list[tuple] | None,
+) -> tuple[float, int, int, float, float]:
+    """The serving loop: admit arrivals at step boundaries, schedule, execute, record (with `rows`, one
+    trace row per step). Returns (wall seconds, steps, decode-graph steps, busy seconds, idle seconds)."""
+    prompt, output, pool = run.prompt, run.output, sched.pool
+    nxt = steps = graph_steps = 0
+    busy = idle = 0.0
+    t0 = time.perf_counter()
+    while True:
+        now = time.perf_counter() - t0
+        while nxt < len(order) and arrivals[nxt] <= now:  # arrivals enter at step boundaries
+            rid = order[nxt]
+            sched.add(Sequence(rid, int(prompt[rid]), int(output[rid])))
+            nxt += 1
+        if deadline_s is not None and now > deadline_s:
+            break
+        batch = sched.schedule() if sched.has_work() else None
+        if batch is None:
+            if nxt >= len(order):
+                break  # nothing can run and nothing is to come
+            wait = arrivals[nxt] - (time.perf_counter() - t0)
+            if wait > IDLE_SPIN_S:
+                time.sleep(wait - IDLE_SPIN_S / 2)
+            idle += time.perf_counter() - t0 - now
+            continue
+        start = time.perf_counter() - t0
+        prefills, wants, dec, d_rids, d_pos = run.inputs(batch)
+        prepared = time.perf_counter() - t0
+        sampled = executor.step(prefills, dec)
+        graph = executor.last_path
+        graph_steps += graph == 1
+        end = time.perf_counter() - t0
+        steps += 1
+        busy += end - start
+        run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end)
+        run.stats.sample(end, len(sched.waiting), len(sched.running), pool.used,
+                         batch.num_decodes + len(batch.prefills))  # fmt: skip
+        if rows is not None:
+            sh = batch.shape
+            rows.append((end, start - now, prepared - start, end - prepared, time.perf_counter() - t0 - end,
+                         executor.last_launch_s, executor.last_gpu_s, graph, sh.prefill_tokens, sh.prefill_seqs,
+                         sh.prefill_pairs, sh.sliding_prefill_pairs, sh.prefill_context_tokens, sh.decode_seqs,
+                         sh.decode_context_tokens, sh.logits_tokens, sh.fresh_seqs, sh.fresh_tokens,
+                         sh.fresh_pairs, sh.fresh_padded_pairs))  # fmt: skip
+    return time.perf_counter() - t0, steps, graph_steps, busy, idle
+
+
 def serve(
     executor: Executor,
     requests: Requests,
@@ -783,50 +837,11 @@ def serve(
     run = _Replay(executor, sched, requests, seed)
     order = np.flatnonzero(np.isfinite(requests.arrival_s))
     order = order[np.argsort(requests.arrival_s[order], kind="stable")]
-    arrivals, order = requests.arrival_s[order].tolist(), order.tolist()
-    prompt, output = run.prompt, run.output
-    nxt = steps = graph_steps = 0
-    busy = idle = 0.0
-    rows: list[tuple] = []
     executor.time_gpu = trace
-    t0 = time.perf_counter()
-    while True:
-        now = time.perf_counter() - t0
-        while nxt < len(order) and arrivals[nxt] <= now:  # arrivals enter at step boundaries
-            rid = order[nxt]
-            sched.add(Sequence(rid, int(prompt[rid]), int(output[rid])))
-            nxt += 1
-        if deadline_s is not None and now > deadline_s:
-            break
-        batch = sched.schedule() if sched.has_work() else None
-        if batch is None:
-            if nxt >= len(order):
-                break  # nothing can run and nothing is to come
-            wait = arrivals[nxt] - (time.perf_counter() - t0)
-            if wait > IDLE_SPIN_S:
-                time.sleep(wait - IDLE_SPIN_S / 2)
-            idle += time.perf_counter() - t0 - now
-            continue
-        start = time.perf_counter() - t0
-        prefills, wants, dec, d_rids, d_pos = run.inputs(batch)
-        prepared = time.perf_counter() - t0
-        sampled = executor.step(prefills, dec)
-        graph = executor.last_path
-        graph_steps += graph == 1
-        end = time.perf_counter() - t0
-        steps += 1
-        busy += end - start
-        run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end)
-        run.stats.sample(end, len(sched.waiting), len(sched.running), pool.used,
-                         batch.num_decodes + len(batch.prefills))  # fmt: skip
-        if trace:
-            sh = batch.shape
-            rows.append((end, start - now, prepared - start, end - prepared, time.perf_counter() - t0 - end,
-                         executor.last_launch_s, executor.last_gpu_s, graph, sh.prefill_tokens, sh.prefill_seqs,
-                         sh.prefill_pairs, sh.sliding_prefill_pairs, sh.prefill_context_tokens, sh.decode_seqs,
-                         sh.decode_context_tokens, sh.logits_tokens, sh.fresh_seqs, sh.fresh_tokens,
-                         sh.fresh_pairs, sh.fresh_padded_pairs))  # fmt: skip
-    wall = time.perf_counter() - t0
+    rows: list[tuple] | None = [] if trace else None
+    wall, steps, graph_steps, busy, idle = _serve_loop(
+        executor, sched, run, requests.arrival_s[order].tolist(), order.tolist(), deadline_s, rows
+    )
     run.table.freeze()
     unfinished = np.flatnonzero(~np.isfinite(run.table.finish_s)).tolist()
     if log:
