@@ -18,15 +18,15 @@ its output length, as in the simulator.
 from __future__ import annotations
 
 import bisect
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from core.cost_model import CostModel
 from core.kv_cache import BlockPool
-from core.records import RequestTable, StepStats
+from core.records import RequestTable, StepRecorder, StepStats
 from core.requests import Requests
 from core.scheduler import Batch, Scheduler, SchedulerConfig, Sequence
 from engine.attention import (
@@ -643,14 +643,22 @@ class ServingRun:
 class _Replay:
     """The state of one replay: every request's token stream, its KV region, its last token's time."""
 
-    def __init__(self, executor: Executor, sched: Scheduler, requests: Requests, seed: int) -> None:
-        self.ex, self.sched = executor, sched
+    def __init__(
+        self,
+        executor: Executor,
+        sched: Scheduler,
+        requests: Requests,
+        seed: int,
+        cost: CostModel | None = None,
+    ) -> None:
+        self.ex, self.sched, self.cost = executor, sched, cost
         n = len(requests)
         self.prompt = requests.prompt_tokens.astype(np.int64)
         self.output = requests.output_tokens.astype(np.int64)
         self.table = RequestTable(requests.arrival_s.copy(), self.prompt, self.output)
         horizon = float(np.nanmax(requests.arrival_s)) if n else 1.0
         self.stats = StepStats(max(horizon / 2000.0, 1e-3))
+        self.recorder = StepRecorder(self.table, self.stats, sched)  # the simulator's replica's rules
         # each request's token stream (prompt, then output) in one flat array: random prompt ids, sampled outputs
         self.off = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(self.prompt + self.output, out=self.off[1:])
@@ -658,7 +666,6 @@ class _Replay:
         self.ids = rng.integers(1, executor.vocab, size=int(self.off[-1]), dtype=np.int64)
         executor.reset(n)
         self.region = executor.region
-        self.last_token = np.full(n, np.nan)
         self.tok_rid: list[np.ndarray] = []  # per step: which requests got a token, and when
         self.tok_time: list[float] = []
 
@@ -690,51 +697,33 @@ class _Replay:
         return prefills, wants, (region[d_rids], ctx, ids[d_pos - 1]), d_rids, d_pos
 
     def record(self, batch: Batch, res, sampled, wants, d_rids, d_pos, start: float, end: float) -> None:
-        """Store the sampled ids and the step's timestamps (per-token work in numpy, not Python loops)."""
-        t, st, last = self.table, self.stats, self.last_token
+        """Store the sampled ids and each token's time, and record the step as the simulator does."""
         k = len(wants)
         for s, tok in zip(wants, sampled[:k].tolist(), strict=True):
             self.ids[self.off[s.rid] + s.prompt] = tok  # the token after its (recomputed) prompt
         if d_rids is not None:
             self.ids[d_pos] = sampled[k:]
-            st.add_itl_many(end - last[d_rids], 1)
-            last[d_rids] = end
             self.tok_rid.append(d_rids)
             self.tok_time.append(end)
-        dt, shape = end - start, batch.shape
-        pre = shape.prefill_tokens / max(
-            shape.tokens, 1
-        )  # busy time split by tokens (the simulator: by cost)
-        st.steps += 1
-        st.busy_s += dt
-        st.prefill_s += dt * pre
-        st.decode_s += dt * (1 - pre)
-        st.prefill_tokens += shape.prefill_tokens
-        st.kv_block_seconds += self.sched.pool.used * dt
-        st.batch_seq_steps += shape.decode_seqs + shape.prefill_seqs
-        for s in batch.preempted:
-            t.preemptions[s.rid] += 1
-        for s, _ in batch.prefills:
-            if math.isnan(t.scheduled_s[s.rid]):
-                t.scheduled_s[s.rid] = start
-                t.cached_tokens[s.rid] = s.cached_tokens  # found in the prefix cache, as the replica records
+        dt, rec = end - start, self.recorder
+        rec.step(batch, res.first_tokens, dt, self.prefill_s(batch, dt), start, end)
         if res.first_tokens:
-            rids = np.fromiter((s.rid for s in res.first_tokens), dtype=np.int64, count=len(res.first_tokens))
-            for rid in rids.tolist():
-                if math.isnan(t.first_token_s[rid]):
-                    t.first_token_s[rid] = end
-            again = rids[
-                np.isfinite(last[rids])
-            ]  # recomputed after a preemption: the gap since its last token
-            if len(again):
-                st.add_itl_many(end - last[again], 1)
-            last[rids] = end
-            self.tok_rid.append(rids)
+            first = res.first_tokens
+            self.tok_rid.append(np.fromiter((s.rid for s in first), dtype=np.int64, count=len(first)))
             self.tok_time.append(end)
+        rec.finished(res.finished, end)
         for s in res.finished:
-            t.finish_s[s.rid] = end
-            t.generated[s.rid] = s.generated
             self.ex.release(s.rid)
+        rec.sample(end, batch.num_decodes + len(batch.prefills))
+
+    def prefill_s(self, batch: Batch, dt: float) -> float:
+        """The prompt's part of a step's measured seconds: the cost model's split, as the simulator's, when
+        the run has one; the prompt tokens' share of the step's tokens otherwise."""
+        shape = batch.shape
+        if self.cost is not None:
+            total, prompt = self.cost.step_split(shape)
+            return dt * prompt / total if total > 0 else 0.0
+        return dt * shape.prefill_tokens / max(shape.tokens, 1)
 
     def token_times(self) -> list[np.ndarray]:
         n = len(self.table)
@@ -759,7 +748,7 @@ def _serve_loop(
 ) -> tuple[float, int, int, float, float]:
     """The serving loop: admit arrivals at step boundaries, schedule, execute, record (with `rows`, one
     trace row per step). Returns (wall seconds, steps, decode-graph steps, busy seconds, idle seconds)."""
-    prompt, output, pool = run.prompt, run.output, sched.pool
+    prompt, output = run.prompt, run.output
     nxt = steps = graph_steps = 0
     busy = idle = 0.0
     t0 = time.perf_counter()
@@ -790,8 +779,6 @@ def _serve_loop(
         steps += 1
         busy += end - start
         run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end)
-        run.stats.sample(end, len(sched.waiting), len(sched.running), pool.used,
-                         batch.num_decodes + len(batch.prefills))  # fmt: skip
         if rows is not None:
             sh = batch.shape
             rows.append((end, start - now, prepared - start, end - prepared, time.perf_counter() - t0 - end,
@@ -816,6 +803,7 @@ def serve(
     log=None,
     trace: bool = False,
     block_keys=None,
+    cost: CostModel | None = None,
 ) -> ServingRun:
     """Replay `requests` in real time on `executor` with the simulator's scheduler over `pool`.
 
@@ -830,11 +818,13 @@ def serve(
     The run ends when every request has finished, or at `deadline_s` (wall seconds since the start;
     requests still in flight are left unfinished). Call `executor.warmup()` once before the first run.
     With `trace`, the run keeps one row per step (`TRACE_FIELDS`): where its time went and what it computed.
+    With a `cost` model, a step's busy time splits between prompt and output work as the simulator splits
+    it (`CostModel.step_split`); without one, by token share.
     """
     config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=sliding_window,
                              sliding_ratio=sliding_ratio, fresh=fresh_rule(executor.device))  # fmt: skip
     sched = Scheduler(pool, config, block_keys=block_keys)
-    run = _Replay(executor, sched, requests, seed)
+    run = _Replay(executor, sched, requests, seed, cost)
     order = np.flatnonzero(np.isfinite(requests.arrival_s))
     order = order[np.argsort(requests.arrival_s[order], kind="stable")]
     executor.time_gpu = trace

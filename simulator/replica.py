@@ -19,7 +19,7 @@ import simpy
 
 from core.cost_model import BatchShape, CostModel
 from core.kv_cache import BlockPool
-from core.records import RequestTable, StepStats
+from core.records import RequestTable, StepRecorder, StepStats
 from core.scheduler import Batch, Scheduler, Sequence
 
 RUN_CAP = 4096  # most decode steps costed in one event
@@ -41,8 +41,7 @@ class Replica:
         self.scheduler, self.cost, self.table, self.stats = scheduler, cost, table, stats
         self.pool: BlockPool = scheduler.pool
         self.wake: simpy.Event | None = None
-        self.fresh: list[Sequence] = []  # joined decoding since the last decode step, not at a decode step
-        self.last_decode_end = 0.0
+        self.recorder = StepRecorder(table, stats, scheduler)
         self.outstanding_tokens = 0  # prompt + output tokens of requests held and not finished (routing)
         self.ongoing = 0  # requests held and not finished
         self.completed = 0  # requests this engine finished (prefill role: handed on), for the early stop
@@ -61,7 +60,6 @@ class Replica:
         # this replica sees its load as of now, not as of the end of the run
         self.track_future = False
         self._future: deque[tuple[float, int]] = deque()
-        self._last_token: dict[int, float] = {}  # last token time of sequences not in the decode set
         self.next_arrival = lambda: math.inf  # time of the next request into the system (set by the cluster)
         self.on_finish = None  # callback(rid, finish_s), for conversations' next turns
         self.draft_time = None  # speculative decoding: seconds of drafting for (n sequences, context)
@@ -94,8 +92,7 @@ class Replica:
         (its load was counted here when it was routed here)."""
         self.table.replica[seq.rid] = self.index
         self.scheduler.add_prefilled(seq)
-        self.fresh.append(seq)  # its next token's gap counts from the first token
-        self._last_token[seq.rid] = self.table.first_token_s[seq.rid]
+        self.recorder.joined(seq, self.table.first_token_s[seq.rid])
 
     def kick(self) -> None:
         """Wake the replica if it is idle (new work, or blocks freed)."""
@@ -213,69 +210,14 @@ class Replica:
         return dt, prefill_s
 
     def _record_step(self, batch: Batch, dt: float, prefill_s: float, start: float, end: float) -> None:
-        sched, t, st, pool = self.scheduler, self.table, self.stats, self.pool
-        res = sched.complete(batch)
-        shape = batch.shape
-        st.steps += 1
-        st.busy_s += dt
-        st.prefill_s += prefill_s
-        st.decode_s += dt - prefill_s
-        st.prefill_tokens += shape.prefill_tokens
-        st.kv_block_seconds += (pool.num_blocks - pool.free) * dt
-        st.batch_seq_steps += shape.decode_seqs + shape.prefill_seqs
-        for s in batch.preempted:
-            t.preemptions[s.rid] += 1
-            if s.generated:  # its last token came at the last decode step, unless it only just joined
-                self._last_token.setdefault(s.rid, self.last_decode_end)
-        scheduled = t.scheduled_s
-        for s, _ in batch.prefills:
-            if scheduled[s.rid] != scheduled[s.rid]:  # NaN: its first step
-                scheduled[s.rid] = start
-                t.cached_tokens[s.rid] = s.cached_tokens
-        if batch.num_decodes:
-            if self.fresh:
-                self._decode_itl(batch.num_decodes, end)
-            else:  # (_decode_itl, inline)
-                st.add_itl(end - self.last_decode_end, batch.num_decodes)
-                self.last_decode_end = end
-            if batch.spec_tokens > batch.num_decodes:  # the rest of a round's tokens arrive together
-                st.add_itl(0.0, batch.spec_tokens - batch.num_decodes)
-        first = t.first_token_s
-        for s in res.first_tokens:
-            if first[s.rid] != first[s.rid]:  # NaN: its first token
-                first[s.rid] = end
-            else:  # recomputed after preemption: the gap since its last token before it
-                st.add_itl(end - self._last_token.pop(s.rid), 1)
-            if s.decoding and not batch.num_decodes:  # (after a decode step, its token came with theirs)
-                self.fresh.append(s)
-                self._last_token[s.rid] = end
+        res = self.scheduler.complete(batch)
+        self.recorder.step(batch, res.first_tokens, dt, prefill_s, start, end)
         if res.finished:
             self._finish(res.finished, end)
-        if end >= st.next_sample:
-            st.sample(
-                end,
-                len(sched.waiting),
-                len(sched.running),
-                pool.used,
-                shape.decode_seqs + shape.prefill_seqs,
-            )
-
-    def _decode_itl(self, n: int, end: float) -> None:
-        """ITL samples of a decode step: the gap since each sequence's previous token."""
-        st, counted = self.stats, 0
-        if self.fresh:
-            last = self._last_token
-            for s in self.fresh:
-                if s.decoding:
-                    st.add_itl(end - last.pop(s.rid, self.last_decode_end), 1)
-                    counted += 1
-            self.fresh.clear()
-        if n > counted:
-            st.add_itl(end - self.last_decode_end, n - counted)
-        self.last_decode_end = end
+        if end >= self.stats.next_sample:
+            self.recorder.sample(end, batch.shape.decode_seqs + batch.shape.prefill_seqs)
 
     def _finish(self, finished: list[Sequence], end: float) -> None:
-        t = self.table
         if self.track_future and end > self.env.now:
             self._future.extend((end, s.orig_prompt + s.output) for s in finished)
         self.ongoing -= len(finished)
@@ -283,14 +225,11 @@ class Replica:
         if self.role == "prefill":
             self._prefilled(finished, end)
             return
-        finish, generated, last, due = t.finish_s, t.generated, self._last_token, self.on_finish is not None
+        self.recorder.finished(finished, end)
+        due = self.on_finish is not None
         for s in finished:
-            finish[s.rid] = end
-            generated[s.rid] = s.generated
             if due:
                 self._due.append(s.rid)
-            if last:
-                last.pop(s.rid, None)
             self.outstanding_tokens -= s.orig_prompt + s.output
 
     def _prefilled(self, finished: list[Sequence], end: float) -> None:
@@ -301,8 +240,7 @@ class Replica:
             if t.output_tokens[s.rid] > 1:
                 self.handoff(s, end)
                 continue
-            t.finish_s[s.rid] = end
-            t.generated[s.rid] = s.generated
+            self.recorder.finished([s], end)
             if self.on_finish is not None:
                 self._due.append(s.rid)
 
@@ -352,7 +290,7 @@ class Replica:
     def _decode_segment(self, k: int, blocks: int, start: float, horizon: float) -> tuple[int, float]:
         """Commit up to k decode steps of the current batch from time `start`; stops at the step in
         progress at `horizon` seconds. Returns (steps, seconds)."""
-        sched, st, pool = self.scheduler, self.stats, self.pool
+        sched, st, pool, rec = self.scheduler, self.stats, self.pool, self.recorder
         n = sched.n_decoding
         context = sched.c_sum + n * sched.dstep
         line = self.cost.decode_step_line(n, context, k)
@@ -377,17 +315,17 @@ class Replica:
         st.decode_s += done
         st.kv_block_seconds += (pool.num_blocks - pool.free + blocks / 2) * done
         st.batch_seq_steps += n * m
-        if self.fresh:
-            self._decode_itl(n, start + a)
-        else:  # (_decode_itl, inline; last_decode_end is set below)
-            st.add_itl(start + a - self.last_decode_end, n)
+        if rec.fresh:
+            rec.decode_itl(n, start + a)
+        else:  # (StepRecorder.decode_itl, inline; last_decode_end is set below)
+            st.add_itl(start + a - rec.last_decode_end, n)
         if m > 1:
             if line is None:
                 st.add_itl_many(times[1:m], n)
             else:
                 st.add_itl_line(a, b, 1, m, n)
         end = start + done
-        self.last_decode_end = end
+        rec.last_decode_end = end
         finished = sched.advance_decodes(m, blocks)
         if finished:
             self._finish(finished, end)
