@@ -14,9 +14,9 @@ sequence's context is `c + dstep` with `c` fixed when it joins; the batch's tota
 `sum(c) + n·dstep`, the blocks a step needs are counted per phase of `dstep` modulo the block size,
 and finishes come off a heap keyed by the step they finish on. A step is O(1) plus its admissions.
 
-Static batching takes up to `max_num_seqs` requests, pads prompts to the longest, prefills, then
-decodes all of them until the longest output is done; tokens stream as they are produced, but slots
-(and padded compute) are released only when the whole batch completes.
+Static batching (`static_batch`) takes up to `max_num_seqs` requests, pads prompts to the longest,
+prefills, then decodes all of them until the longest output is done; tokens stream as they are
+produced, but slots (and padded compute) are released only when the whole batch completes.
 """
 
 from __future__ import annotations
@@ -117,6 +117,17 @@ class Batch:
 class StepResult:
     first_tokens: list[Sequence]  # sequences whose prefill finished this step (a token was sampled)
     finished: list[Sequence]  # sequences whose output is complete
+
+
+@dataclass(slots=True)
+class StaticBatch:
+    """Static batching's batch: its sequences, padded to the longest prompt and output, hold
+    `blocks_per_seq` blocks each from admission until the whole batch completes."""
+
+    seqs: list[Sequence]
+    prompt_tokens: int  # the longest prompt (every prompt is padded to it)
+    output_tokens: int  # the longest output (every sequence decodes until it is done)
+    blocks_per_seq: int
 
 
 _NO_SHAPE = BatchShape()  # a batch's shape until it is computed
@@ -519,6 +530,28 @@ class Scheduler:
             for chunk in fresh:
                 shape.add_fresh(chunk, self.fresh_bucket)
         return shape
+
+    # ------------------------------------------------------------------ static batching
+    def static_batch(self) -> StaticBatch | None:
+        """Take up to max_num_seqs waiting requests, padded to the longest prompt and output, dropping the
+        newest until their padded KV fits (one always runs); allocates their blocks. None when none waits."""
+        waiting, pool = self.waiting, self.pool
+        if not waiting:
+            return None
+        seqs = [waiting.popleft() for _ in range(min(self.max_seqs, len(waiting)))]
+        while True:
+            p_max = max(s.prompt for s in seqs)
+            o_max = max(s.output for s in seqs)
+            per_seq = pool.blocks_for(p_max + o_max) + self.window_blocks(p_max + o_max)
+            if len(seqs) * per_seq <= pool.free or len(seqs) == 1:
+                break
+            waiting.appendleft(seqs.pop())
+        pool.allocate(len(seqs) * per_seq)
+        return StaticBatch(seqs, p_max, o_max, per_seq)
+
+    def static_done(self, batch: StaticBatch) -> None:
+        """A static batch completed: its slots and blocks come back together."""
+        self.pool.release(len(batch.seqs) * batch.blocks_per_seq)
 
     # ------------------------------------------------------------------ completion
     def complete(self, b: Batch) -> StepResult:

@@ -339,20 +339,12 @@ class Replica:
         while True:
             if self.before_step is not None:
                 self.before_step()
-            if not sched.waiting:
+            batch = sched.static_batch()
+            if batch is None:
                 yield from self._idle()
                 continue
-            seqs = [sched.waiting.popleft() for _ in range(min(sched.max_seqs, len(sched.waiting)))]
-            # pad to the longest prompt and output; shrink the batch until its static KV fits
-            while True:
-                p_max = max(s.prompt for s in seqs)
-                o_max = max(s.output for s in seqs)
-                per_seq = pool.blocks_for(p_max + o_max) + sched.window_blocks(p_max + o_max)
-                if len(seqs) * per_seq <= pool.free or len(seqs) == 1:
-                    break
-                sched.waiting.appendleft(seqs.pop())
+            seqs, p_max, o_max = batch.seqs, batch.prompt_tokens, batch.output_tokens
             n = len(seqs)
-            pool.allocate(n * per_seq)
             start = env.now
             for s in seqs:
                 t.scheduled_s[s.rid] = start
@@ -372,7 +364,6 @@ class Replica:
                 st.kv_block_seconds += pool.used * dt
                 st.batch_seq_steps += m
             first = env.now
-            outs = np.array([s.output for s in seqs])
             for s in seqs:
                 t.first_token_s[s.rid] = first
             # decode all n rows until the longest output is done
@@ -380,17 +371,7 @@ class Replica:
                 times = cost.decode_step_times(n, n * (p_max + np.arange(1, o_max)))
                 ends = first + np.cumsum(times)
                 yield env.timeout(float(ends[-1] - first))
-                counts = np.array([(outs >= j + 2).sum() for j in range(o_max - 1)])
-                idx = np.arange(o_max - 1)
-                for j in np.unique(counts):
-                    if j:
-                        st.add_itl_many(times[idx[counts == j]], int(j))
-                busy = float(times.sum())
-                st.steps += o_max - 1
-                st.busy_s += busy
-                st.decode_s += busy
-                st.kv_block_seconds += pool.used * busy
-                st.batch_seq_steps += n * (o_max - 1)
+                self._static_decoded(seqs, times)
             for s in seqs:
                 t.finish_s[s.rid] = first if s.output == 1 else float(ends[s.output - 2])
                 t.generated[s.rid] = s.output
@@ -399,9 +380,26 @@ class Replica:
                 self.outstanding_tokens -= s.orig_prompt + s.output
             self.ongoing -= n  # slots come back when the whole batch is done
             self.completed += n
-            pool.release(n * per_seq)
+            sched.static_done(batch)
             st.sample(env.now, len(sched.waiting), n, pool.used, n)
             self._fire_due()
+
+    def _static_decoded(self, seqs: list[Sequence], times: np.ndarray) -> None:
+        """Record a static batch's decode steps of `times` seconds each (every row decodes until the longest
+        output is done; a row's tokens count until its own output is)."""
+        st, pool, n, steps = self.stats, self.pool, len(seqs), len(times)
+        outs = np.array([s.output for s in seqs])
+        counts = np.array([(outs >= j + 2).sum() for j in range(steps)])
+        idx = np.arange(steps)
+        for j in np.unique(counts):
+            if j:
+                st.add_itl_many(times[idx[counts == j]], int(j))
+        busy = float(times.sum())
+        st.steps += steps
+        st.busy_s += busy
+        st.decode_s += busy
+        st.kv_block_seconds += pool.used * busy
+        st.batch_seq_steps += n * steps
 
 
 def _never() -> float:

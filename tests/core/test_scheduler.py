@@ -141,3 +141,21 @@ def test_whole_fresh_prompts_are_counted_for_the_fresh_kernel():
     # the 5000-token prompt and the 2049-token one; the 9000's first chunk (1000, budget) is short, and the
     # 2048-token one is split by the budget
     assert seen == 2
+
+
+def test_static_batch_pads_to_the_longest_and_drops_the_newest_until_it_fits():
+    pool = BlockPool(20, 16)
+    s = Scheduler(pool, SchedulerConfig(4, 8192))
+    for rid, (p, o) in enumerate([(40, 8), (100, 20), (10, 5), (30, 3), (20, 2)]):
+        s.add(Sequence(rid, p, o))
+    b = s.static_batch()  # 4 taken; padded to 100 + 20 = 8 blocks each: only 2 fit in 20
+    assert [q.rid for q in b.seqs] == [0, 1] and (b.prompt_tokens, b.output_tokens) == (100, 20)
+    assert b.blocks_per_seq == 8 and pool.free == 4
+    assert [q.rid for q in s.waiting] == [2, 3, 4]  # the dropped ones first again, in order
+    s.static_done(b)
+    assert pool.free == 20
+    big = Scheduler(BlockPool(70, 16), SchedulerConfig(4, 8192))
+    big.add(Sequence(0, 1000, 10))
+    big.add(Sequence(1, 10, 10))
+    assert [q.rid for q in big.static_batch().seqs] == [0]  # padded to 1010 tokens, two do not fit
+    assert Scheduler(pool, SchedulerConfig(4, 8192)).static_batch() is None
