@@ -25,7 +25,7 @@ from core.model_spec import ModelSpec
 from core.parallelism import Parallelism, virtual_engines
 from core.records import StepStats
 from simulator.memory import MemoryPlan, plan_memory
-from simulator.replica import Replica
+from simulator.replica import Replica, ReplicaHooks
 from simulator.scenario import Hardware, ReplicaGroup, Scenario, Serving
 
 
@@ -165,16 +165,18 @@ class OwnArrivals:
         return min(t, src.pending[0][0]) if src.pending else t
 
 
-def look_ahead(engines: list[Replica], source, targets: np.ndarray | None, order_rids: np.ndarray) -> None:
-    """Give each engine its `next_arrival`. `targets` (per request id, −1: decided on arrival) lets an
-    engine skip arrivals that will go elsewhere."""
-    if targets is None or len(engines) == 1:
-        for e in engines:
-            e.next_arrival = source.next_arrival
+def look_ahead(replicas: list[Replica], source, targets: np.ndarray | None, order_rids: np.ndarray) -> None:
+    """Give each replica its `next_arrival`. `targets` (per request id, −1: decided on arrival) lets a
+    replica skip arrivals that will go elsewhere."""
+    if targets is None or len(replicas) == 1:
+        for r in replicas:
+            r.connect(ReplicaHooks(next_arrival=source.next_arrival))
         return
     t = targets[order_rids]
-    for i, e in enumerate(engines):
-        e.next_arrival = OwnArrivals(source, np.flatnonzero((t == i) | (t == -1)).tolist())
+    for i, r in enumerate(replicas):
+        r.connect(
+            ReplicaHooks(next_arrival=OwnArrivals(source, np.flatnonzero((t == i) | (t == -1)).tolist()))
+        )
 
 
 # ---------------------------------------------------------------- results

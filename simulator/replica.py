@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import simpy
@@ -23,6 +25,23 @@ from core.records import RequestTable, StepRecorder, StepStats
 from core.scheduler import Batch, Scheduler, Sequence
 
 RUN_CAP = 4096  # most decode steps costed in one event
+
+
+@dataclass(slots=True)
+class ReplicaHooks:
+    """How the rest of a deployment drives a replica, handed over with `Replica.connect` (None: left as is).
+
+    A cluster's router or a disaggregated pair gives these instead of setting attributes on the replica."""
+
+    before_step: Callable[[], None] | None = None  # runs at every step boundary
+    hold: Callable[[], int] | None = (
+        None  # work outside waits for this replica (a run stops at its next finish)
+    )
+    next_join: Callable[[], float] | None = None  # when the next sequence prefilled elsewhere joins
+    next_arrival: Callable[[], float] | None = None  # when the next request that may come here arrives
+    handoff: Callable[[Sequence, float], None] | None = None  # prefill role: pass a prefilled sequence on
+    on_finish: Callable[[int, float], None] | None = None  # (request id, finish time), for next turns
+    track_future: bool | None = None  # show a router the load as of now, not as of the end of a run
 
 
 class Replica:
@@ -74,6 +93,13 @@ class Replica:
         self.sync_at = math.inf
         self.process = env.process(self._static_loop() if static else self._loop())
 
+    def connect(self, hooks: ReplicaHooks) -> None:
+        """Take the hooks a cluster or a disaggregated pair gives (those not None)."""
+        for name in ReplicaHooks.__slots__:
+            value = getattr(hooks, name)
+            if value is not None:
+                setattr(self, name, value)
+
     # ------------------------------------------------------------------ arrivals
     def submit(self, rid: int) -> None:
         t = self.table
@@ -110,76 +136,63 @@ class Replica:
         return tokens, reqs
 
     def _idle(self):
+        """Wait until kicked (new work, or blocks freed); returns the time then."""
         self.wake = self.env.event()
         yield self.wake
         self.wake = None
+        return self.env.now
 
     # ------------------------------------------------------------------ continuous batching
     def _loop(self):
-        if self.arrivals is not None:
-            yield from self._pulling_loop()
-            return
-        sched, env = self.scheduler, self.env
-        while True:
-            if self.before_step is not None:
-                self.before_step()
-            if not (sched.waiting or sched.running):
-                yield from self._idle()
-                continue
-            run = sched.decode_run(self.run_cap)
-            if run is not None and run[0] > 1:
-                yield from self._decode_run(*run)
-                continue
-            if sched.timeout_s is not None:
-                sched.expire(env.now)
-            batch = sched.schedule()
-            if batch is None:  # waiting work that cannot start until something arrives
-                yield from self._idle()
-                continue
-            dt, prefill_s = self.cost.step_split(batch.shape)
-            if self.draft_time is not None:
-                dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
-            start = env.now
-            self.step_end = start + dt
-            yield env.timeout(dt)
-            self._record_step(batch, dt, prefill_s, start, env.now)
-            if self._due:
-                self._fire_due()
-
-    def _pulling_loop(self):
-        """Continuous batching fed by `arrivals` directly: arrivals join at the first step boundary at or
-        after their time, where a real engine admits them, as when the source sends them. Steps and runs
-        follow one another on the replica's own clock; the process waits in simulated time only while it
-        has nothing to do, catching up with its clock then (no other process looks at it meanwhile)."""
+        """Continuous batching. Fed by the router (`submit`), each step or run of decode steps is one SimPy
+        timeout. Fed by `arrivals` directly (pulling), arrivals join at the first step boundary at or after
+        their time, where a real engine admits them, as when the source sends them; steps and runs then
+        follow one another on the replica's own clock `now`, and the process waits in simulated time only
+        while it has nothing to do, catching up with its clock then (no other process looks at it meanwhile)."""
         sched, env, src, cost = self.scheduler, self.env, self.arrivals, self.cost
-        times = src.times  # times[src.next]: the next arrival (inf after the last)
+        pulling = src is not None
+        times = src.times if pulling else ()  # times[src.next]: the next arrival (inf after the last)
         now = env.now
         while True:
-            if now >= self.sync_at:
-                self.sync_at = math.inf
-                yield env.timeout(now - env.now)
-            if times[src.next] <= now:
-                src.take(now)
+            if pulling:
+                if now >= self.sync_at:
+                    self.sync_at = math.inf
+                    yield env.timeout(now - env.now)
+                if times[src.next] <= now:
+                    src.take(now)
+            elif self.before_step is not None:
+                self.before_step()
             if not (sched.waiting or sched.running):
-                now = yield from self._wait_arrival(now)
+                now = yield from (self._wait_arrival(now) if pulling else self._idle())
                 continue
             run = sched.decode_run(self.run_cap)
             if run is not None and run[0] > 1:
-                now += self._decode_ahead(run[0], run[1], now)
+                if pulling:
+                    now += self._decode_ahead(run[0], run[1], now)
+                else:
+                    now = yield from self._decode_run(*run)
                 continue
             if sched.timeout_s is not None:
                 sched.expire(now)
             batch = sched.schedule()
             if batch is None:  # waiting work that cannot start until something arrives
-                now = yield from self._wait_arrival(now)
+                now = yield from (self._wait_arrival(now) if pulling else self._idle())
                 continue
             dt, prefill_s = cost.step_split(batch.shape)
             if self.draft_time is not None:
                 dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
-            start, now = now, now + dt
-            if times[src.next] <= now:  # arrivals during the step are queued when it ends
-                src.take(now)
+            start = now
+            if pulling:
+                now += dt
+                if times[src.next] <= now:  # arrivals during the step are queued when it ends
+                    src.take(now)
+            else:
+                self.step_end = start + dt
+                yield env.timeout(dt)
+                now = env.now
             self._record_step(batch, dt, prefill_s, start, now)
+            if self._due and not pulling:
+                self._fire_due()
 
     def _wait_arrival(self, now: float):
         """Wait (in simulated time, from where the clock last stood) for the next arrival; returns its time."""
@@ -245,12 +258,13 @@ class Replica:
                 self._due.append(s.rid)
 
     def _decode_run(self, k: int, blocks: int):
-        """Decode-only steps costed in closed form and taken as one event."""
+        """Decode-only steps costed in closed form and taken as one event; returns the time after them."""
         start = self.env.now
         t = self._decode_ahead(k, blocks, start)
         self.step_end = start + t
         yield self.env.timeout(t)
         self._fire_due()
+        return self.env.now
 
     def _decode_ahead(self, k: int, blocks: int, start: float) -> float:
         """Commit decode-only steps from `start`, in closed form; returns their seconds.
