@@ -101,7 +101,10 @@ class Sequence:
 
 @dataclass(slots=True)
 class Batch:
-    """One step's work: prompt chunks (sequence, tokens) and how many sequences decode."""
+    """The scheduler's output for one step (vLLM v1's SchedulerOutput): the prompt chunks to compute
+    (sequence, tokens), how many sequences decode and their total context, the speculative round, the
+    sequences preempted to make room, and the step's shape for the cost model. The decoding sequences
+    themselves are listed only on request (`Scheduler.decoding`)."""
 
     prefills: list[tuple[Sequence, int]] = field(default_factory=list)
     num_decodes: int = 0
@@ -292,6 +295,14 @@ class Scheduler:
         j = i + part
         extra = sum(ph[i:j]) if j <= B else sum(ph[i:]) + sum(ph[: j - B])
         return self.n_decoding * full + extra
+
+    def decoding(self) -> tuple[np.ndarray, np.ndarray]:
+        """(request ids, context tokens) of the sequences a scheduled batch decodes, in admission order: for
+        an executor that runs each sequence (the context: tokens before this step's, whose KV it reads).
+        O(running); the simulator never needs it (its decodes are counted, not listed)."""
+        seqs = [s for s in self.running if s.decoding]
+        rids = np.fromiter((s.rid for s in seqs), dtype=np.int64, count=len(seqs))
+        return rids, np.fromiter((s.c for s in seqs), dtype=np.int64, count=len(seqs)) + self.dstep
 
     # ------------------------------------------------------------------ decode bookkeeping
     def _join_decode(self, s: Sequence) -> None:

@@ -689,10 +689,8 @@ class _Replay:
                 wants.append(s)
         if not batch.num_decodes:
             return prefills, wants, None, None, None
-        seqs = [s for s in self.sched.running if s.decoding]
-        assert len(seqs) == batch.num_decodes, "the decode set and the batch disagree"
-        d_rids = np.fromiter((s.rid for s in seqs), dtype=np.int64, count=len(seqs))
-        ctx = np.fromiter((s.c for s in seqs), dtype=np.int64, count=len(seqs)) + self.sched.dstep
+        d_rids, ctx = self.sched.decoding()
+        assert len(d_rids) == batch.num_decodes, "the decode set and the batch disagree"
         d_pos = off[d_rids] + ctx  # where each new token goes: right after the ctx tokens it attends to
         return prefills, wants, (region[d_rids], ctx, ids[d_pos - 1]), d_rids, d_pos
 

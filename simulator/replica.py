@@ -63,7 +63,7 @@ class Replica:
         self.recorder = StepRecorder(table, stats, scheduler)
         self.outstanding_tokens = 0  # prompt + output tokens of requests held and not finished (routing)
         self.ongoing = 0  # requests held and not finished
-        self.completed = 0  # requests this engine finished (prefill role: handed on), for the early stop
+        self.completed = 0  # requests this replica finished (prefill role: handed on), for the early stop
         # Roles (simulator/disaggregation.py): "prefill" computes prompts and the first token, then
         # hands each request to `handoff(seq, t)`; "decode" also takes requests prefilled elsewhere.
         self.role = role

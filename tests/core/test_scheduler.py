@@ -159,3 +159,17 @@ def test_static_batch_pads_to_the_longest_and_drops_the_newest_until_it_fits():
     big.add(Sequence(1, 10, 10))
     assert [q.rid for q in big.static_batch().seqs] == [0]  # padded to 1010 tokens, two do not fit
     assert Scheduler(pool, SchedulerConfig(4, 8192)).static_batch() is None
+
+
+def test_decoding_lists_the_batch_decodes_with_their_context():
+    s = Scheduler(BlockPool(100, 16), SchedulerConfig(8, 64))
+    s.add(Sequence(3, 10, 4))
+    s.add(Sequence(7, 20, 4))
+    s.complete(s.schedule())  # both prompts: first tokens
+    b = s.schedule()
+    rids, ctx = s.decoding()
+    assert b.num_decodes == 2 and rids.tolist() == [3, 7] and ctx.tolist() == [11, 21]
+    assert ctx.sum() == b.decode_context  # the batch's total, listed
+    s.complete(b)
+    s.schedule()
+    assert s.decoding()[1].tolist() == [12, 22]
