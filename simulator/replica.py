@@ -34,9 +34,8 @@ class ReplicaHooks:
     A cluster's router or a disaggregated pair gives these instead of setting attributes on the replica."""
 
     before_step: Callable[[], None] | None = None  # runs at every step boundary
-    hold: Callable[[], int] | None = (
-        None  # work outside waits for this replica (a run stops at its next finish)
-    )
+    # work outside waits for this replica (a run then stops at its next finish)
+    hold: Callable[[], int] | None = None
     next_join: Callable[[], float] | None = None  # when the next sequence prefilled elsewhere joins
     next_arrival: Callable[[], float] | None = None  # when the next request that may come here arrives
     handoff: Callable[[Sequence, float], None] | None = None  # prefill role: pass a prefilled sequence on
@@ -55,8 +54,17 @@ class Replica:
         stats: StepStats,
         static: bool = False,
         role: str = "colocated",
+        *,
+        group=None,
+        group_index: int = 0,
+        draft_time=None,
+        run_cap: int = RUN_CAP,
     ) -> None:
+        """`group` (simulator/cluster.py's Group) and `group_index`: where this replica was deployed;
+        `draft_time`: speculative decoding's drafting cost (simulator/speculative.py's DraftCost);
+        `run_cap`: most decode steps costed in one event (1: one at a time, to check the shortcut)."""
         self.env, self.index = env, index
+        self.group, self.group_index = group, group_index
         self.scheduler, self.cost, self.table, self.stats = scheduler, cost, table, stats
         self.pool: BlockPool = scheduler.pool
         self.wake: simpy.Event | None = None
@@ -81,9 +89,9 @@ class Replica:
         self._future: deque[tuple[float, int]] = deque()
         self.next_arrival = lambda: math.inf  # time of the next request into the system (set by the cluster)
         self.on_finish = None  # callback(rid, finish_s), for conversations' next turns
-        self.draft_time = None  # speculative decoding: seconds of drafting for (n sequences, context)
+        self.draft_time = draft_time  # speculative decoding: seconds of drafting for (n sequences, context)
         self._due: list[int] = []  # finishes inside a run whose callbacks fire when the run's event ends
-        self.run_cap = RUN_CAP  # 1: step one decode at a time (for checking the run shortcut)
+        self.run_cap = run_cap
         # A source whose arrivals only this replica takes (set by the simulation before it runs): the
         # replica then reads them at its step boundaries instead of being sent each one by an event.
         self.arrivals = None

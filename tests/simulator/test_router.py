@@ -87,3 +87,6 @@ def test_connect_takes_only_the_hooks_given():
     rep.connect(ReplicaHooks(next_arrival=lambda: 3.0))
     rep.connect(ReplicaHooks(track_future=True))
     assert rep.next_arrival() == 3.0 and rep.track_future is True and rep.hold is None
+    placed = Replica(simpy.Environment(), 1, Scheduler(BlockPool(10, 16), SchedulerConfig(4, 64)), None, table,
+                     StepStats(1.0), group="g", group_index=2, run_cap=1)  # fmt: skip
+    assert (placed.group, placed.group_index, placed.run_cap, placed.draft_time) == ("g", 2, 1, None)
