@@ -167,6 +167,99 @@ class StepStats:
             self.next_sample = t + self.interval
 
 
+class StepRecorder:
+    """What a step leaves in the records, one rule for both executors (the SimPy replica and the engine's
+    serving loop): busy time and its prompt part as the executor attributes them, KV block-seconds, the
+    time a request is first scheduled, first and finish times, and ITL samples.
+
+    ITL: a decode step's token comes `end − last_decode_end` after the previous one for every sequence
+    that decoded at the previous decode step; a sequence that got its first token in a step without
+    decodes (`fresh`), or that was preempted, counts from its own last token (`last_token`).
+    """
+
+    __slots__ = ("table", "stats", "sched", "pool", "fresh", "last_decode_end", "last_token")
+
+    def __init__(self, table: RequestTable, stats: StepStats, sched) -> None:
+        self.table, self.stats, self.sched, self.pool = table, stats, sched, sched.pool
+        self.fresh: list = []  # joined decoding since the last decode step, not at a decode step
+        self.last_decode_end = 0.0
+        self.last_token: dict[int, float] = {}  # last token time of sequences not in the decode set
+
+    def step(self, batch, first_tokens: list, dt: float, prefill_s: float, start: float, end: float) -> None:
+        """A completed step from `start` to `end` (`dt` seconds busy, `prefill_s` of them on prompt tokens);
+        `first_tokens`: the sequences whose prefill it finished (the scheduler's StepResult). Record the
+        step's finishes after it (`finished`), then its timeline point (`sample`)."""
+        t, st, pool = self.table, self.stats, self.pool
+        shape = batch.shape
+        st.steps += 1
+        st.busy_s += dt
+        st.prefill_s += prefill_s
+        st.decode_s += dt - prefill_s
+        st.prefill_tokens += shape.prefill_tokens
+        st.kv_block_seconds += (pool.num_blocks - pool.free) * dt
+        st.batch_seq_steps += shape.decode_seqs + shape.prefill_seqs
+        for s in batch.preempted:
+            t.preemptions[s.rid] += 1
+            if s.generated:  # its last token came at the last decode step, unless it only just joined
+                self.last_token.setdefault(s.rid, self.last_decode_end)
+        scheduled = t.scheduled_s
+        for s, _ in batch.prefills:
+            if scheduled[s.rid] != scheduled[s.rid]:  # NaN: its first step
+                scheduled[s.rid] = start
+                t.cached_tokens[s.rid] = s.cached_tokens
+        if batch.num_decodes:
+            if self.fresh:
+                self.decode_itl(batch.num_decodes, end)
+            else:  # (decode_itl, inline)
+                st.add_itl(end - self.last_decode_end, batch.num_decodes)
+                self.last_decode_end = end
+            if batch.spec_tokens > batch.num_decodes:  # the rest of a round's tokens arrive together
+                st.add_itl(0.0, batch.spec_tokens - batch.num_decodes)
+        first = t.first_token_s
+        for s in first_tokens:
+            if first[s.rid] != first[s.rid]:  # NaN: its first token
+                first[s.rid] = end
+            else:  # recomputed after preemption: the gap since its last token before it
+                st.add_itl(end - self.last_token.pop(s.rid), 1)
+            if s.decoding and not batch.num_decodes:  # (after a decode step, its token came with theirs)
+                self.fresh.append(s)
+                self.last_token[s.rid] = end
+
+    def sample(self, end: float, batch_seqs: int) -> None:
+        """The timeline's point at `end` (once the step's finishes are recorded), if one is due."""
+        sched = self.sched
+        self.stats.sample(end, len(sched.waiting), len(sched.running), self.pool.used, batch_seqs)
+
+    def decode_itl(self, n: int, end: float) -> None:
+        """ITL samples of a decode step of n sequences ending at `end`: the gap since each one's previous token."""
+        st, counted = self.stats, 0
+        if self.fresh:
+            last = self.last_token
+            for s in self.fresh:
+                if s.decoding or s.generated >= s.output:  # (not preempted since; finished now or decoding)
+                    st.add_itl(end - last.pop(s.rid, self.last_decode_end), 1)
+                    counted += 1
+            self.fresh.clear()
+        if n > counted:
+            st.add_itl(end - self.last_decode_end, n - counted)
+        self.last_decode_end = end
+
+    def joined(self, seq, first_token_s: float) -> None:
+        """A sequence prefilled elsewhere joins the decode set: its next token's gap counts from its first."""
+        self.fresh.append(seq)
+        self.last_token[seq.rid] = first_token_s
+
+    def finished(self, seqs: list, end: float) -> None:
+        """Sequences whose output completed at `end`."""
+        t, last = self.table, self.last_token
+        finish, generated = t.finish_s, t.generated
+        for s in seqs:
+            finish[s.rid] = end
+            generated[s.rid] = s.generated
+            if last:
+                last.pop(s.rid, None)
+
+
 def _bin(seconds: float) -> int:
     """The ITL bin of a duration."""
     return min(int(math.log10(seconds / ITL_LO) * ITL_BINS_PER_DECADE), _LAST) if seconds > ITL_LO else 0

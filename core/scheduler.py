@@ -14,15 +14,16 @@ sequence's context is `c + dstep` with `c` fixed when it joins; the batch's tota
 `sum(c) + n·dstep`, the blocks a step needs are counted per phase of `dstep` modulo the block size,
 and finishes come off a heap keyed by the step they finish on. A step is O(1) plus its admissions.
 
-Static batching takes up to `max_num_seqs` requests, pads prompts to the longest, prefills, then
-decodes all of them until the longest output is done; tokens stream as they are produced, but slots
-(and padded compute) are released only when the whole batch completes.
+Static batching (`static_batch`) takes up to `max_num_seqs` requests, pads prompts to the longest,
+prefills, then decodes all of them until the longest output is done; tokens stream as they are
+produced, but slots (and padded compute) are released only when the whole batch completes.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence as Sequence_
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,36 @@ def accepted(rng: np.random.Generator, alpha: float, k: int) -> int:
     if alpha <= 0.0:
         return 0
     return min(int(rng.geometric(1.0 - alpha)) - 1, k)
+
+
+@dataclass(slots=True, frozen=True)
+class SpecDecode:
+    """Speculative decoding: rounds of `k` drafted tokens while at most `max_batch` sequences decode;
+    each drafted token is accepted with probability `alpha[rid]`, drawn from `rng`."""
+
+    k: int
+    max_batch: int
+    alpha: Sequence_[float]  # acceptance rate per request id
+    rng: np.random.Generator
+
+
+@dataclass(slots=True, frozen=True)
+class SchedulerConfig:
+    """The batching policy's settings (the per-request inputs, keys, priorities and arrival times, are
+    given to `Scheduler` beside it)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    chunked_prefill: bool = True
+    sliding_window: int = 0  # tokens a sliding-window layer keeps (0: none)
+    sliding_ratio: float = 0.0  # sliding-window layers' KV bytes per token over the full layers'
+    watermark: float = 0.01  # share of the blocks admission keeps free for decodes
+    max_waiting: int | None = None  # admission control: refuse arrivals beyond this many queued
+    timeout_s: float | None = None  # admission control: drop requests queued longer than this
+    # whole prompts of at least fresh[0] tokens take the cost model's fresh-prompt kernel
+    # (CostModel.fresh: min tokens, bucket)
+    fresh: tuple[int, int] | None = None
+    spec: SpecDecode | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -70,7 +101,10 @@ class Sequence:
 
 @dataclass(slots=True)
 class Batch:
-    """One step's work: prompt chunks (sequence, tokens) and how many sequences decode."""
+    """The scheduler's output for one step (vLLM v1's SchedulerOutput): the prompt chunks to compute
+    (sequence, tokens), how many sequences decode and their total context, the speculative round, the
+    sequences preempted to make room, and the step's shape for the cost model. The decoding sequences
+    themselves are listed only on request (`Scheduler.decoding`)."""
 
     prefills: list[tuple[Sequence, int]] = field(default_factory=list)
     num_decodes: int = 0
@@ -88,6 +122,17 @@ class StepResult:
     finished: list[Sequence]  # sequences whose output is complete
 
 
+@dataclass(slots=True)
+class StaticBatch:
+    """Static batching's batch: its sequences, padded to the longest prompt and output, hold
+    `blocks_per_seq` blocks each from admission until the whole batch completes."""
+
+    seqs: list[Sequence]
+    prompt_tokens: int  # the longest prompt (every prompt is padded to it)
+    output_tokens: int  # the longest output (every sequence decodes until it is done)
+    blocks_per_seq: int
+
+
 _NO_SHAPE = BatchShape()  # a batch's shape until it is computed
 
 
@@ -95,33 +140,24 @@ class Scheduler:
     def __init__(
         self,
         pool: BlockPool,
-        max_num_seqs: int,
-        max_num_batched_tokens: int,
-        chunked_prefill: bool = True,
-        sliding_window: int = 0,
-        sliding_ratio: float = 0.0,
-        watermark: float = 0.01,
+        config: SchedulerConfig,
         block_keys=None,
-        spec=None,
         priority_of=None,
-        max_waiting: int | None = None,
-        timeout_s: float | None = None,
         arrival_s=None,
-        fresh: tuple[int, int] | None = None,
     ) -> None:
         self.pool = pool
-        # whole fresh prompts of at least fresh[0] tokens take the cost model's fresh-prompt kernel
-        # (CostModel.fresh: min tokens, bucket); an unreachable minimum when there is none
-        self.fresh_min, self.fresh_bucket = fresh if fresh is not None else (1 << 62, 1)
+        self.config = config
+        # an unreachable minimum when there is no fresh-prompt kernel
+        self.fresh_min, self.fresh_bucket = config.fresh if config.fresh is not None else (1 << 62, 1)
         self.B = pool.block_size
-        self.max_seqs = max_num_seqs
-        self.max_tokens = max_num_batched_tokens
-        self.chunked = chunked_prefill
-        self.window = sliding_window
+        self.max_seqs = config.max_num_seqs
+        self.max_tokens = config.max_num_batched_tokens
+        self.chunked = config.chunked_prefill
+        self.window = config.sliding_window
         # Sliding-window layers keep at most `window` tokens per sequence; their KV, in units of the
         # full-attention layers' blocks (ratio of bytes per token), is reserved when a sequence starts.
-        self.sliding_ratio = sliding_ratio
-        self.watermark = int(watermark * pool.num_blocks)  # admission keeps a few blocks for decodes
+        self.sliding_ratio = config.sliding_ratio
+        self.watermark = int(config.watermark * pool.num_blocks)  # admission keeps a few blocks for decodes
         # Prefix caching: block_keys(rid, tokens) gives the keys of the full blocks among a request's
         # first `tokens` tokens, or [] when it shares nothing with anyone.
         self.block_keys = block_keys if pool.cached is not None else None
@@ -130,12 +166,11 @@ class Scheduler:
         # Priority scheduling (vLLM's `priority` policy) when priority_of (per request id) is given;
         # admission control: refuse arrivals beyond max_waiting queued, drop those queued past timeout_s.
         self.priority_of = priority_of
-        self.max_waiting = max_waiting
-        self.timeout_s = timeout_s
+        self.max_waiting = config.max_waiting
+        self.timeout_s = config.timeout_s
         self.arrival_s = arrival_s
         self.dropped: list[tuple[int, str]] = []  # (request id, reason)
-        # Speculative decoding: (k, max_batch, acceptance per request id, rng) or None.
-        self.spec = spec
+        self.spec = config.spec
         self.spec_rounds = 0
         self.spec_yield = 0
         self.waiting: deque[Sequence] = deque()
@@ -261,6 +296,14 @@ class Scheduler:
         extra = sum(ph[i:j]) if j <= B else sum(ph[i:]) + sum(ph[: j - B])
         return self.n_decoding * full + extra
 
+    def decoding(self) -> tuple[np.ndarray, np.ndarray]:
+        """(request ids, context tokens) of the sequences a scheduled batch decodes, in admission order: for
+        an executor that runs each sequence (the context: tokens before this step's, whose KV it reads).
+        O(running); the simulator never needs it (its decodes are counted, not listed)."""
+        seqs = [s for s in self.running if s.decoding]
+        rids = np.fromiter((s.rid for s in seqs), dtype=np.int64, count=len(seqs))
+        return rids, np.fromiter((s.c for s in seqs), dtype=np.int64, count=len(seqs)) + self.dstep
+
     # ------------------------------------------------------------------ decode bookkeeping
     def _join_decode(self, s: Sequence) -> None:
         s.decoding = True
@@ -335,7 +378,7 @@ class Scheduler:
         b = Batch([], 0, 0, 0, 0, 0, [], _NO_SHAPE)
         budget = self.max_tokens
         if self.spec is not None and self._spec_now():
-            n, k = self.n_decoding, self.spec[0]
+            n, k = self.n_decoding, self.spec.k
             b.spec_k, b.num_decodes, b.decode_context = k, n, self.decode_context
             b.spec_reserved = self._spec_blocks(k + 1)
             self.pool.allocate(b.spec_reserved)  # room for every draft to be accepted; the rest is returned
@@ -377,13 +420,14 @@ class Scheduler:
 
     def _spec_now(self) -> bool:
         """Speculate this step: few enough sequences decode, and blocks for a full round are free."""
-        if self.spec is None or not self.n_decoding or self.n_decoding > self.spec[1]:
+        spec = self.spec
+        if spec is None or not self.n_decoding or self.n_decoding > spec.max_batch:
             return False
-        per_seq = -(-(self.spec[0] + 1) // self.B) + 1
+        per_seq = -(-(spec.k + 1) // self.B) + 1
         return (
             self.n_decoding * per_seq <= self.pool.free
-            and self.n_decoding * (self.spec[0] + 1) <= self.max_tokens
-            and self._spec_blocks(self.spec[0] + 1) <= self.pool.free
+            and self.n_decoding * (spec.k + 1) <= self.max_tokens
+            and self._spec_blocks(spec.k + 1) <= self.pool.free
         )
 
     def _spec_blocks(self, tokens: int) -> int:
@@ -395,7 +439,8 @@ class Scheduler:
 
     def _spec_round(self, reserved: int) -> int:
         """Verify one round for every decoding sequence; returns the tokens yielded."""
-        k, _, alpha, rng = self.spec
+        spec = self.spec
+        k, alpha, rng = spec.k, spec.alpha, spec.rng
         B, d, ph = self.B, self.dstep, self.phase
         new_blocks = tokens = 0
         for s in self.running:
@@ -496,6 +541,28 @@ class Scheduler:
             for chunk in fresh:
                 shape.add_fresh(chunk, self.fresh_bucket)
         return shape
+
+    # ------------------------------------------------------------------ static batching
+    def static_batch(self) -> StaticBatch | None:
+        """Take up to max_num_seqs waiting requests, padded to the longest prompt and output, dropping the
+        newest until their padded KV fits (one always runs); allocates their blocks. None when none waits."""
+        waiting, pool = self.waiting, self.pool
+        if not waiting:
+            return None
+        seqs = [waiting.popleft() for _ in range(min(self.max_seqs, len(waiting)))]
+        while True:
+            p_max = max(s.prompt for s in seqs)
+            o_max = max(s.output for s in seqs)
+            per_seq = pool.blocks_for(p_max + o_max) + self.window_blocks(p_max + o_max)
+            if len(seqs) * per_seq <= pool.free or len(seqs) == 1:
+                break
+            waiting.appendleft(seqs.pop())
+        pool.allocate(len(seqs) * per_seq)
+        return StaticBatch(seqs, p_max, o_max, per_seq)
+
+    def static_done(self, batch: StaticBatch) -> None:
+        """A static batch completed: its slots and blocks come back together."""
+        self.pool.release(len(batch.seqs) * batch.blocks_per_seq)
 
     # ------------------------------------------------------------------ completion
     def complete(self, b: Batch) -> StepResult:

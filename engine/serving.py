@@ -18,17 +18,17 @@ its output length, as in the simulator.
 from __future__ import annotations
 
 import bisect
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from core.cost_model import CostModel
 from core.kv_cache import BlockPool
-from core.records import RequestTable, StepStats
+from core.records import RequestTable, StepRecorder, StepStats
 from core.requests import Requests
-from core.scheduler import Batch, Scheduler, Sequence
+from core.scheduler import Batch, Scheduler, SchedulerConfig, Sequence
 from engine.attention import (
     StepLayout,
     device_sms,
@@ -643,14 +643,22 @@ class ServingRun:
 class _Replay:
     """The state of one replay: every request's token stream, its KV region, its last token's time."""
 
-    def __init__(self, executor: Executor, sched: Scheduler, requests: Requests, seed: int) -> None:
-        self.ex, self.sched = executor, sched
+    def __init__(
+        self,
+        executor: Executor,
+        sched: Scheduler,
+        requests: Requests,
+        seed: int,
+        cost: CostModel | None = None,
+    ) -> None:
+        self.ex, self.sched, self.cost = executor, sched, cost
         n = len(requests)
         self.prompt = requests.prompt_tokens.astype(np.int64)
         self.output = requests.output_tokens.astype(np.int64)
         self.table = RequestTable(requests.arrival_s.copy(), self.prompt, self.output)
         horizon = float(np.nanmax(requests.arrival_s)) if n else 1.0
         self.stats = StepStats(max(horizon / 2000.0, 1e-3))
+        self.recorder = StepRecorder(self.table, self.stats, sched)  # the simulator's replica's rules
         # each request's token stream (prompt, then output) in one flat array: random prompt ids, sampled outputs
         self.off = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(self.prompt + self.output, out=self.off[1:])
@@ -658,7 +666,6 @@ class _Replay:
         self.ids = rng.integers(1, executor.vocab, size=int(self.off[-1]), dtype=np.int64)
         executor.reset(n)
         self.region = executor.region
-        self.last_token = np.full(n, np.nan)
         self.tok_rid: list[np.ndarray] = []  # per step: which requests got a token, and when
         self.tok_time: list[float] = []
 
@@ -682,59 +689,39 @@ class _Replay:
                 wants.append(s)
         if not batch.num_decodes:
             return prefills, wants, None, None, None
-        seqs = [s for s in self.sched.running if s.decoding]
-        assert len(seqs) == batch.num_decodes, "the decode set and the batch disagree"
-        d_rids = np.fromiter((s.rid for s in seqs), dtype=np.int64, count=len(seqs))
-        ctx = np.fromiter((s.c for s in seqs), dtype=np.int64, count=len(seqs)) + self.sched.dstep
+        d_rids, ctx = self.sched.decoding()
+        assert len(d_rids) == batch.num_decodes, "the decode set and the batch disagree"
         d_pos = off[d_rids] + ctx  # where each new token goes: right after the ctx tokens it attends to
         return prefills, wants, (region[d_rids], ctx, ids[d_pos - 1]), d_rids, d_pos
 
     def record(self, batch: Batch, res, sampled, wants, d_rids, d_pos, start: float, end: float) -> None:
-        """Store the sampled ids and the step's timestamps (per-token work in numpy, not Python loops)."""
-        t, st, last = self.table, self.stats, self.last_token
+        """Store the sampled ids and each token's time, and record the step as the simulator does."""
         k = len(wants)
         for s, tok in zip(wants, sampled[:k].tolist(), strict=True):
             self.ids[self.off[s.rid] + s.prompt] = tok  # the token after its (recomputed) prompt
         if d_rids is not None:
             self.ids[d_pos] = sampled[k:]
-            st.add_itl_many(end - last[d_rids], 1)
-            last[d_rids] = end
             self.tok_rid.append(d_rids)
             self.tok_time.append(end)
-        dt, shape = end - start, batch.shape
-        pre = shape.prefill_tokens / max(
-            shape.tokens, 1
-        )  # busy time split by tokens (the simulator: by cost)
-        st.steps += 1
-        st.busy_s += dt
-        st.prefill_s += dt * pre
-        st.decode_s += dt * (1 - pre)
-        st.prefill_tokens += shape.prefill_tokens
-        st.kv_block_seconds += self.sched.pool.used * dt
-        st.batch_seq_steps += shape.decode_seqs + shape.prefill_seqs
-        for s in batch.preempted:
-            t.preemptions[s.rid] += 1
-        for s, _ in batch.prefills:
-            if math.isnan(t.scheduled_s[s.rid]):
-                t.scheduled_s[s.rid] = start
-                t.cached_tokens[s.rid] = s.cached_tokens  # found in the prefix cache, as the replica records
+        dt, rec = end - start, self.recorder
+        rec.step(batch, res.first_tokens, dt, self.prefill_s(batch, dt), start, end)
         if res.first_tokens:
-            rids = np.fromiter((s.rid for s in res.first_tokens), dtype=np.int64, count=len(res.first_tokens))
-            for rid in rids.tolist():
-                if math.isnan(t.first_token_s[rid]):
-                    t.first_token_s[rid] = end
-            again = rids[
-                np.isfinite(last[rids])
-            ]  # recomputed after a preemption: the gap since its last token
-            if len(again):
-                st.add_itl_many(end - last[again], 1)
-            last[rids] = end
-            self.tok_rid.append(rids)
+            first = res.first_tokens
+            self.tok_rid.append(np.fromiter((s.rid for s in first), dtype=np.int64, count=len(first)))
             self.tok_time.append(end)
+        rec.finished(res.finished, end)
         for s in res.finished:
-            t.finish_s[s.rid] = end
-            t.generated[s.rid] = s.generated
             self.ex.release(s.rid)
+        rec.sample(end, batch.num_decodes + len(batch.prefills))
+
+    def prefill_s(self, batch: Batch, dt: float) -> float:
+        """The prompt's part of a step's measured seconds: the cost model's split, as the simulator's, when
+        the run has one; the prompt tokens' share of the step's tokens otherwise."""
+        shape = batch.shape
+        if self.cost is not None:
+            total, prompt = self.cost.step_split(shape)
+            return dt * prompt / total if total > 0 else 0.0
+        return dt * shape.prefill_tokens / max(shape.tokens, 1)
 
     def token_times(self) -> list[np.ndarray]:
         n = len(self.table)
@@ -748,47 +735,20 @@ class _Replay:
         return [times[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
-def serve(
+def _serve_loop(
     executor: Executor,
-    requests: Requests,
-    pool: BlockPool,
-    max_num_seqs: int,
-    max_num_batched_tokens: int,
-    chunked_prefill: bool = True,
-    seed: int = 0,
-    deadline_s: float | None = None,
-    sliding_window: int = 0,
-    sliding_ratio: float = 0.0,
-    log=None,
-    trace: bool = False,
-    block_keys=None,
-) -> ServingRun:
-    """Replay `requests` in real time on `executor` with the simulator's scheduler over `pool`.
-
-    Prefix caching: give a `pool` made with prefix_caching=True and the requests' `block_keys`
-    (`core.requests.PrefixKeys`); the scheduler then starts a request's prefill after the tokens it
-    finds cached, and the executor computes only the rest, its attention reading the cached part from the
-    sequence's own region. That region's cached part is not the prefix's KV (regions are not shared), so
-    the step does the work and reads the bytes a real prefix cache would, but a prefix hit's greedy
-    tokens are not those of a full forward (timings do not depend on values).
-
-    Arrival times are seconds from the start of the replay (requests with NaN arrivals are skipped).
-    The run ends when every request has finished, or at `deadline_s` (wall seconds since the start;
-    requests still in flight are left unfinished). Call `executor.warmup()` once before the first run.
-    With `trace`, the run keeps one row per step (`TRACE_FIELDS`): where its time went and what it computed.
-    """
-    sched = Scheduler(pool, max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=sliding_window,
-                      sliding_ratio=sliding_ratio, block_keys=block_keys,
-                      fresh=fresh_rule(executor.device))  # fmt: skip
-    run = _Replay(executor, sched, requests, seed)
-    order = np.flatnonzero(np.isfinite(requests.arrival_s))
-    order = order[np.argsort(requests.arrival_s[order], kind="stable")]
-    arrivals, order = requests.arrival_s[order].tolist(), order.tolist()
+    sched: Scheduler,
+    run: _Replay,
+    arrivals: list[float],
+    order: list[int],
+    deadline_s: float | None,
+    rows: list[tuple] | None,
+) -> tuple[float, int, int, float, float]:
+    """The serving loop: admit arrivals at step boundaries, schedule, execute, record (with `rows`, one
+    trace row per step). Returns (wall seconds, steps, decode-graph steps, busy seconds, idle seconds)."""
     prompt, output = run.prompt, run.output
     nxt = steps = graph_steps = 0
     busy = idle = 0.0
-    rows: list[tuple] = []
-    executor.time_gpu = trace
     t0 = time.perf_counter()
     while True:
         now = time.perf_counter() - t0
@@ -817,16 +777,59 @@ def serve(
         steps += 1
         busy += end - start
         run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end)
-        run.stats.sample(end, len(sched.waiting), len(sched.running), pool.used,
-                         batch.num_decodes + len(batch.prefills))  # fmt: skip
-        if trace:
+        if rows is not None:
             sh = batch.shape
             rows.append((end, start - now, prepared - start, end - prepared, time.perf_counter() - t0 - end,
                          executor.last_launch_s, executor.last_gpu_s, graph, sh.prefill_tokens, sh.prefill_seqs,
                          sh.prefill_pairs, sh.sliding_prefill_pairs, sh.prefill_context_tokens, sh.decode_seqs,
                          sh.decode_context_tokens, sh.logits_tokens, sh.fresh_seqs, sh.fresh_tokens,
                          sh.fresh_pairs, sh.fresh_padded_pairs))  # fmt: skip
-    wall = time.perf_counter() - t0
+    return time.perf_counter() - t0, steps, graph_steps, busy, idle
+
+
+def serve(
+    executor: Executor,
+    requests: Requests,
+    pool: BlockPool,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    chunked_prefill: bool = True,
+    seed: int = 0,
+    deadline_s: float | None = None,
+    sliding_window: int = 0,
+    sliding_ratio: float = 0.0,
+    log=None,
+    trace: bool = False,
+    block_keys=None,
+    cost: CostModel | None = None,
+) -> ServingRun:
+    """Replay `requests` in real time on `executor` with the simulator's scheduler over `pool`.
+
+    Prefix caching: give a `pool` made with prefix_caching=True and the requests' `block_keys`
+    (`core.requests.PrefixKeys`); the scheduler then starts a request's prefill after the tokens it
+    finds cached, and the executor computes only the rest, its attention reading the cached part from the
+    sequence's own region. That region's cached part is not the prefix's KV (regions are not shared), so
+    the step does the work and reads the bytes a real prefix cache would, but a prefix hit's greedy
+    tokens are not those of a full forward (timings do not depend on values).
+
+    Arrival times are seconds from the start of the replay (requests with NaN arrivals are skipped).
+    The run ends when every request has finished, or at `deadline_s` (wall seconds since the start;
+    requests still in flight are left unfinished). Call `executor.warmup()` once before the first run.
+    With `trace`, the run keeps one row per step (`TRACE_FIELDS`): where its time went and what it computed.
+    With a `cost` model, a step's busy time splits between prompt and output work as the simulator splits
+    it (`CostModel.step_split`); without one, by token share.
+    """
+    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=sliding_window,
+                             sliding_ratio=sliding_ratio, fresh=fresh_rule(executor.device))  # fmt: skip
+    sched = Scheduler(pool, config, block_keys=block_keys)
+    run = _Replay(executor, sched, requests, seed, cost)
+    order = np.flatnonzero(np.isfinite(requests.arrival_s))
+    order = order[np.argsort(requests.arrival_s[order], kind="stable")]
+    executor.time_gpu = trace
+    rows: list[tuple] | None = [] if trace else None
+    wall, steps, graph_steps, busy, idle = _serve_loop(
+        executor, sched, run, requests.arrival_s[order].tolist(), order.tolist(), deadline_s, rows
+    )
     run.table.freeze()
     unfinished = np.flatnonzero(~np.isfinite(run.table.finish_s)).tolist()
     if log:

@@ -1,4 +1,4 @@
-"""The deployment: pools of replicas (engines) behind a router, and what they add up to.
+"""The deployment: pools of replicas behind a router, and what they add up to.
 
 A scenario without a `cluster` or `disaggregation` section is one replica of `hardware` and
 `serving`. `cluster.replicas: N` makes N copies; `cluster.groups` lists replica groups with their
@@ -6,9 +6,10 @@ own GPU, GPUs per replica, count and serving settings (heterogeneous replicas). 
 pipeline_parallel = pp > 1 runs as pp virtual engines (vLLM's micro-batches in flight; see the note
 at the top of core/parallelism.py), each with 1/pp of its sequences and KV blocks.
 
-Every engine is one SimPy process. An engine may cost a run of decode steps ahead of time only up to
-the next moment something could join it: the next arrival it could be sent (its own, when the router
-decides without looking at load, else the next arrival into the system), or a KV transfer landing.
+Every `Replica` (a replica, or one virtual engine of a pipeline) is one SimPy process. It may cost a
+run of decode steps ahead of time only up to the next moment something could join it: the next
+arrival it could be sent (its own, when the router decides without looking at load, else the next
+arrival into the system), or a KV transfer landing.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from core.model_spec import ModelSpec
 from core.parallelism import Parallelism, virtual_engines
 from core.records import StepStats
 from simulator.memory import MemoryPlan, plan_memory
-from simulator.replica import Replica
+from simulator.replica import Replica, ReplicaHooks
 from simulator.scenario import Hardware, ReplicaGroup, Scenario, Serving
 
 
@@ -111,7 +112,7 @@ def plan_groups(scenario: Scenario, model: ModelSpec) -> list[Group]:
     return [g]
 
 
-# ---------------------------------------------------------------- which requests an engine can take
+# ---------------------------------------------------------------- which requests a replica can take
 def window_blocks(model: ModelSpec, tokens: np.ndarray, block_size: int) -> np.ndarray | int:
     """Scheduler.window_blocks over an array: sliding-window layers' blocks for sequences of `tokens`."""
     if not model.sliding_layers:
@@ -122,7 +123,7 @@ def window_blocks(model: ModelSpec, tokens: np.ndarray, block_size: int) -> np.n
 
 
 def cannot_serve(g: Group, model: ModelSpec, prompt: np.ndarray, output: np.ndarray) -> dict[str, np.ndarray]:
-    """Why an engine of group g could never run each request (as masks, by reason)."""
+    """Why a replica of group g could never run each request (as masks, by reason)."""
     sv, blocks = g.serving, min(b for _, b in g.engines)
     if g.role == "prefill":
         output = np.ones_like(output)  # the prefill pool keeps the prompt and first token only
@@ -152,7 +153,7 @@ def first_reasons(masks: dict[str, np.ndarray], rejected: np.ndarray) -> dict[st
 
 # ---------------------------------------------------------------- looking ahead
 class OwnArrivals:
-    """The next arrival a given engine could receive: its own when routing is decided in advance."""
+    """The next arrival a given replica could receive: its own when routing is decided in advance."""
 
     __slots__ = ("source", "pos", "k")
 
@@ -169,16 +170,18 @@ class OwnArrivals:
         return min(t, src.pending[0][0]) if src.pending else t
 
 
-def look_ahead(engines: list[Replica], source, targets: np.ndarray | None, order_rids: np.ndarray) -> None:
-    """Give each engine its `next_arrival`. `targets` (per request id, −1: decided on arrival) lets an
-    engine skip arrivals that will go elsewhere."""
-    if targets is None or len(engines) == 1:
-        for e in engines:
-            e.next_arrival = source.next_arrival
+def look_ahead(replicas: list[Replica], source, targets: np.ndarray | None, order_rids: np.ndarray) -> None:
+    """Give each replica its `next_arrival`. `targets` (per request id, −1: decided on arrival) lets a
+    replica skip arrivals that will go elsewhere."""
+    if targets is None or len(replicas) == 1:
+        for r in replicas:
+            r.connect(ReplicaHooks(next_arrival=source.next_arrival))
         return
     t = targets[order_rids]
-    for i, e in enumerate(engines):
-        e.next_arrival = OwnArrivals(source, np.flatnonzero((t == i) | (t == -1)).tolist())
+    for i, r in enumerate(replicas):
+        r.connect(
+            ReplicaHooks(next_arrival=OwnArrivals(source, np.flatnonzero((t == i) | (t == -1)).tolist()))
+        )
 
 
 # ---------------------------------------------------------------- results
@@ -188,7 +191,7 @@ MAX_TIMELINE_ROWS = (
 
 
 def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
-    """Sum of the engines' statistics; timelines summed on a common grid (each a step function)."""
+    """Sum of the replicas' statistics; timelines summed on a common grid (each a step function)."""
     if len(stats) == 1:
         return stats[0]
     m = StepStats(interval)
@@ -227,14 +230,15 @@ def fleet(groups: list[Group]) -> tuple[int, float, int]:
 
 
 def replica_summary(
-    groups: list[Group], engines: list[Replica], engine_replica: list[int], table, makespan: float
+    groups: list[Group], replicas: list[Replica], replica_of: list[int], table, makespan: float
 ):
-    """Per replica: group, GPUs, requests served, busy fraction, steps, mean batch, KV peak."""
+    """Per deployed replica (its `replicas` are its pipeline's virtual engines, `replica_of` says whose):
+    group, GPUs, requests served, busy fraction, steps, mean batch, KV peak."""
     served = np.bincount(
-        np.asarray(table.replica)[np.isfinite(table.finish_s)] + 1, minlength=len(engines) + 1
+        np.asarray(table.replica)[np.isfinite(table.finish_s)] + 1, minlength=len(replicas) + 1
     )[1:]
     rows: dict[int, dict] = {}
-    for e, rep in zip(engines, engine_replica, strict=True):
+    for e, rep in zip(replicas, replica_of, strict=True):
         g = e.group
         row = rows.setdefault(
             rep,
@@ -256,13 +260,13 @@ def replica_summary(
     return out
 
 
-def kv_summary(engines: list[Replica]) -> dict:
-    """KV occupancy over all engines: mean while busy, and the fullest engine's peak."""
-    busy_blocks = sum(e.stats.busy_s * e.pool.num_blocks for e in engines)
+def kv_summary(replicas: list[Replica]) -> dict:
+    """KV occupancy over all replicas: mean while busy, and the fullest one's peak."""
+    busy_blocks = sum(e.stats.busy_s * e.pool.num_blocks for e in replicas)
     return {
-        "blocks": sum(e.pool.num_blocks for e in engines),
-        "mean_occupancy": sum(e.stats.kv_block_seconds for e in engines) / max(busy_blocks, 1e-12),
-        "peak_occupancy": max(e.pool.peak_used / max(e.pool.num_blocks, 1) for e in engines),
+        "blocks": sum(e.pool.num_blocks for e in replicas),
+        "mean_occupancy": sum(e.stats.kv_block_seconds for e in replicas) / max(busy_blocks, 1e-12),
+        "peak_occupancy": max(e.pool.peak_used / max(e.pool.num_blocks, 1) for e in replicas),
     }
 
 

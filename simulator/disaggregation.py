@@ -28,7 +28,7 @@ import simpy
 
 from core.model_spec import ModelSpec
 from core.scheduler import Sequence
-from simulator.replica import Replica
+from simulator.replica import Replica, ReplicaHooks
 from simulator.router import Router
 from simulator.scenario import Disaggregation
 
@@ -102,13 +102,17 @@ class Disaggregated:
         self.bytes = 0.0
         self.local = 0  # requests prefilled on the decode pool
         for p in prefill:
-            p.handoff = self._handoff_from(p)
+            p.connect(ReplicaHooks(handoff=self._handoff_from(p)))
         for d in decode:
-            d.before_step = self._boundary_of(d)
-            d.hold = self.pending[d].__len__
-            d.next_join = self._next_join_of(d)
-            d.next_arrival = self._next_handoff
-            d.track_future = True
+            d.connect(
+                ReplicaHooks(
+                    before_step=self._boundary_of(d),
+                    hold=self.pending[d].__len__,
+                    next_join=self._next_join_of(d),
+                    next_arrival=self._next_handoff,
+                    track_future=True,
+                )
+            )
 
     # ------------------------------------------------------------------ entry
     def route(self, rid: int) -> None:

@@ -13,16 +13,34 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import simpy
 
 from core.cost_model import BatchShape, CostModel
 from core.kv_cache import BlockPool
-from core.records import RequestTable, StepStats
+from core.records import RequestTable, StepRecorder, StepStats
 from core.scheduler import Batch, Scheduler, Sequence
 
 RUN_CAP = 4096  # most decode steps costed in one event
+
+
+@dataclass(slots=True)
+class ReplicaHooks:
+    """How the rest of a deployment drives a replica, handed over with `Replica.connect` (None: left as is).
+
+    A cluster's router or a disaggregated pair gives these instead of setting attributes on the replica."""
+
+    before_step: Callable[[], None] | None = None  # runs at every step boundary
+    # work outside waits for this replica (a run then stops at its next finish)
+    hold: Callable[[], int] | None = None
+    next_join: Callable[[], float] | None = None  # when the next sequence prefilled elsewhere joins
+    next_arrival: Callable[[], float] | None = None  # when the next request that may come here arrives
+    handoff: Callable[[Sequence, float], None] | None = None  # prefill role: pass a prefilled sequence on
+    on_finish: Callable[[int, float], None] | None = None  # (request id, finish time), for next turns
+    track_future: bool | None = None  # show a router the load as of now, not as of the end of a run
 
 
 class Replica:
@@ -36,16 +54,24 @@ class Replica:
         stats: StepStats,
         static: bool = False,
         role: str = "colocated",
+        *,
+        group=None,
+        group_index: int = 0,
+        draft_time=None,
+        run_cap: int = RUN_CAP,
     ) -> None:
+        """`group` (simulator/cluster.py's Group) and `group_index`: where this replica was deployed;
+        `draft_time`: speculative decoding's drafting cost (simulator/speculative.py's DraftCost);
+        `run_cap`: most decode steps costed in one event (1: one at a time, to check the shortcut)."""
         self.env, self.index = env, index
+        self.group, self.group_index = group, group_index
         self.scheduler, self.cost, self.table, self.stats = scheduler, cost, table, stats
         self.pool: BlockPool = scheduler.pool
         self.wake: simpy.Event | None = None
-        self.fresh: list[Sequence] = []  # joined decoding since the last decode step, not at a decode step
-        self.last_decode_end = 0.0
+        self.recorder = StepRecorder(table, stats, scheduler)
         self.outstanding_tokens = 0  # prompt + output tokens of requests held and not finished (routing)
         self.ongoing = 0  # requests held and not finished
-        self.completed = 0  # requests this engine finished (prefill role: handed on), for the early stop
+        self.completed = 0  # requests this replica finished (prefill role: handed on), for the early stop
         # Roles (simulator/disaggregation.py): "prefill" computes prompts and the first token, then
         # hands each request to `handoff(seq, t)`; "decode" also takes requests prefilled elsewhere.
         self.role = role
@@ -61,12 +87,11 @@ class Replica:
         # this replica sees its load as of now, not as of the end of the run
         self.track_future = False
         self._future: deque[tuple[float, int]] = deque()
-        self._last_token: dict[int, float] = {}  # last token time of sequences not in the decode set
         self.next_arrival = lambda: math.inf  # time of the next request into the system (set by the cluster)
         self.on_finish = None  # callback(rid, finish_s), for conversations' next turns
-        self.draft_time = None  # speculative decoding: seconds of drafting for (n sequences, context)
+        self.draft_time = draft_time  # speculative decoding: seconds of drafting for (n sequences, context)
         self._due: list[int] = []  # finishes inside a run whose callbacks fire when the run's event ends
-        self.run_cap = RUN_CAP  # 1: step one decode at a time (for checking the run shortcut)
+        self.run_cap = run_cap
         # A source whose arrivals only this replica takes (set by the simulation before it runs): the
         # replica then reads them at its step boundaries instead of being sent each one by an event.
         self.arrivals = None
@@ -75,6 +100,13 @@ class Replica:
         # it between chunks (nothing else is scheduled: the results are the same).
         self.sync_at = math.inf
         self.process = env.process(self._static_loop() if static else self._loop())
+
+    def connect(self, hooks: ReplicaHooks) -> None:
+        """Take the hooks a cluster or a disaggregated pair gives (those not None)."""
+        for name in ReplicaHooks.__slots__:
+            value = getattr(hooks, name)
+            if value is not None:
+                setattr(self, name, value)
 
     # ------------------------------------------------------------------ arrivals
     def submit(self, rid: int) -> None:
@@ -94,8 +126,7 @@ class Replica:
         (its load was counted here when it was routed here)."""
         self.table.replica[seq.rid] = self.index
         self.scheduler.add_prefilled(seq)
-        self.fresh.append(seq)  # its next token's gap counts from the first token
-        self._last_token[seq.rid] = self.table.first_token_s[seq.rid]
+        self.recorder.joined(seq, self.table.first_token_s[seq.rid])
 
     def kick(self) -> None:
         """Wake the replica if it is idle (new work, or blocks freed)."""
@@ -113,76 +144,63 @@ class Replica:
         return tokens, reqs
 
     def _idle(self):
+        """Wait until kicked (new work, or blocks freed); returns the time then."""
         self.wake = self.env.event()
         yield self.wake
         self.wake = None
+        return self.env.now
 
     # ------------------------------------------------------------------ continuous batching
     def _loop(self):
-        if self.arrivals is not None:
-            yield from self._pulling_loop()
-            return
-        sched, env = self.scheduler, self.env
-        while True:
-            if self.before_step is not None:
-                self.before_step()
-            if not (sched.waiting or sched.running):
-                yield from self._idle()
-                continue
-            run = sched.decode_run(self.run_cap)
-            if run is not None and run[0] > 1:
-                yield from self._decode_run(*run)
-                continue
-            if sched.timeout_s is not None:
-                sched.expire(env.now)
-            batch = sched.schedule()
-            if batch is None:  # waiting work that cannot start until something arrives
-                yield from self._idle()
-                continue
-            dt, prefill_s = self.cost.step_split(batch.shape)
-            if self.draft_time is not None:
-                dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
-            start = env.now
-            self.step_end = start + dt
-            yield env.timeout(dt)
-            self._record_step(batch, dt, prefill_s, start, env.now)
-            if self._due:
-                self._fire_due()
-
-    def _pulling_loop(self):
-        """Continuous batching fed by `arrivals` directly: arrivals join at the first step boundary at or
-        after their time, where a real engine admits them, as when the source sends them. Steps and runs
-        follow one another on the replica's own clock; the process waits in simulated time only while it
-        has nothing to do, catching up with its clock then (no other process looks at it meanwhile)."""
+        """Continuous batching. Fed by the router (`submit`), each step or run of decode steps is one SimPy
+        timeout. Fed by `arrivals` directly (pulling), arrivals join at the first step boundary at or after
+        their time, where a real engine admits them, as when the source sends them; steps and runs then
+        follow one another on the replica's own clock `now`, and the process waits in simulated time only
+        while it has nothing to do, catching up with its clock then (no other process looks at it meanwhile)."""
         sched, env, src, cost = self.scheduler, self.env, self.arrivals, self.cost
-        times = src.times  # times[src.next]: the next arrival (inf after the last)
+        pulling = src is not None
+        times = src.times if pulling else ()  # times[src.next]: the next arrival (inf after the last)
         now = env.now
         while True:
-            if now >= self.sync_at:
-                self.sync_at = math.inf
-                yield env.timeout(now - env.now)
-            if times[src.next] <= now:
-                src.take(now)
+            if pulling:
+                if now >= self.sync_at:
+                    self.sync_at = math.inf
+                    yield env.timeout(now - env.now)
+                if times[src.next] <= now:
+                    src.take(now)
+            elif self.before_step is not None:
+                self.before_step()
             if not (sched.waiting or sched.running):
-                now = yield from self._wait_arrival(now)
+                now = yield from (self._wait_arrival(now) if pulling else self._idle())
                 continue
             run = sched.decode_run(self.run_cap)
             if run is not None and run[0] > 1:
-                now += self._decode_ahead(run[0], run[1], now)
+                if pulling:
+                    now += self._decode_ahead(run[0], run[1], now)
+                else:
+                    now = yield from self._decode_run(*run)
                 continue
             if sched.timeout_s is not None:
                 sched.expire(now)
             batch = sched.schedule()
             if batch is None:  # waiting work that cannot start until something arrives
-                now = yield from self._wait_arrival(now)
+                now = yield from (self._wait_arrival(now) if pulling else self._idle())
                 continue
             dt, prefill_s = cost.step_split(batch.shape)
             if self.draft_time is not None:
                 dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
-            start, now = now, now + dt
-            if times[src.next] <= now:  # arrivals during the step are queued when it ends
-                src.take(now)
+            start = now
+            if pulling:
+                now += dt
+                if times[src.next] <= now:  # arrivals during the step are queued when it ends
+                    src.take(now)
+            else:
+                self.step_end = start + dt
+                yield env.timeout(dt)
+                now = env.now
             self._record_step(batch, dt, prefill_s, start, now)
+            if self._due and not pulling:
+                self._fire_due()
 
     def _wait_arrival(self, now: float):
         """Wait (in simulated time, from where the clock last stood) for the next arrival; returns its time."""
@@ -213,69 +231,14 @@ class Replica:
         return dt, prefill_s
 
     def _record_step(self, batch: Batch, dt: float, prefill_s: float, start: float, end: float) -> None:
-        sched, t, st, pool = self.scheduler, self.table, self.stats, self.pool
-        res = sched.complete(batch)
-        shape = batch.shape
-        st.steps += 1
-        st.busy_s += dt
-        st.prefill_s += prefill_s
-        st.decode_s += dt - prefill_s
-        st.prefill_tokens += shape.prefill_tokens
-        st.kv_block_seconds += (pool.num_blocks - pool.free) * dt
-        st.batch_seq_steps += shape.decode_seqs + shape.prefill_seqs
-        for s in batch.preempted:
-            t.preemptions[s.rid] += 1
-            if s.generated:  # its last token came at the last decode step, unless it only just joined
-                self._last_token.setdefault(s.rid, self.last_decode_end)
-        scheduled = t.scheduled_s
-        for s, _ in batch.prefills:
-            if scheduled[s.rid] != scheduled[s.rid]:  # NaN: its first step
-                scheduled[s.rid] = start
-                t.cached_tokens[s.rid] = s.cached_tokens
-        if batch.num_decodes:
-            if self.fresh:
-                self._decode_itl(batch.num_decodes, end)
-            else:  # (_decode_itl, inline)
-                st.add_itl(end - self.last_decode_end, batch.num_decodes)
-                self.last_decode_end = end
-            if batch.spec_tokens > batch.num_decodes:  # the rest of a round's tokens arrive together
-                st.add_itl(0.0, batch.spec_tokens - batch.num_decodes)
-        first = t.first_token_s
-        for s in res.first_tokens:
-            if first[s.rid] != first[s.rid]:  # NaN: its first token
-                first[s.rid] = end
-            else:  # recomputed after preemption: the gap since its last token before it
-                st.add_itl(end - self._last_token.pop(s.rid), 1)
-            if s.decoding and not batch.num_decodes:  # (after a decode step, its token came with theirs)
-                self.fresh.append(s)
-                self._last_token[s.rid] = end
+        res = self.scheduler.complete(batch)
+        self.recorder.step(batch, res.first_tokens, dt, prefill_s, start, end)
         if res.finished:
             self._finish(res.finished, end)
-        if end >= st.next_sample:
-            st.sample(
-                end,
-                len(sched.waiting),
-                len(sched.running),
-                pool.used,
-                shape.decode_seqs + shape.prefill_seqs,
-            )
-
-    def _decode_itl(self, n: int, end: float) -> None:
-        """ITL samples of a decode step: the gap since each sequence's previous token."""
-        st, counted = self.stats, 0
-        if self.fresh:
-            last = self._last_token
-            for s in self.fresh:
-                if s.decoding:
-                    st.add_itl(end - last.pop(s.rid, self.last_decode_end), 1)
-                    counted += 1
-            self.fresh.clear()
-        if n > counted:
-            st.add_itl(end - self.last_decode_end, n - counted)
-        self.last_decode_end = end
+        if end >= self.stats.next_sample:
+            self.recorder.sample(end, batch.shape.decode_seqs + batch.shape.prefill_seqs)
 
     def _finish(self, finished: list[Sequence], end: float) -> None:
-        t = self.table
         if self.track_future and end > self.env.now:
             self._future.extend((end, s.orig_prompt + s.output) for s in finished)
         self.ongoing -= len(finished)
@@ -283,14 +246,11 @@ class Replica:
         if self.role == "prefill":
             self._prefilled(finished, end)
             return
-        finish, generated, last, due = t.finish_s, t.generated, self._last_token, self.on_finish is not None
+        self.recorder.finished(finished, end)
+        due = self.on_finish is not None
         for s in finished:
-            finish[s.rid] = end
-            generated[s.rid] = s.generated
             if due:
                 self._due.append(s.rid)
-            if last:
-                last.pop(s.rid, None)
             self.outstanding_tokens -= s.orig_prompt + s.output
 
     def _prefilled(self, finished: list[Sequence], end: float) -> None:
@@ -301,18 +261,18 @@ class Replica:
             if t.output_tokens[s.rid] > 1:
                 self.handoff(s, end)
                 continue
-            t.finish_s[s.rid] = end
-            t.generated[s.rid] = s.generated
+            self.recorder.finished([s], end)
             if self.on_finish is not None:
                 self._due.append(s.rid)
 
     def _decode_run(self, k: int, blocks: int):
-        """Decode-only steps costed in closed form and taken as one event."""
+        """Decode-only steps costed in closed form and taken as one event; returns the time after them."""
         start = self.env.now
         t = self._decode_ahead(k, blocks, start)
         self.step_end = start + t
         yield self.env.timeout(t)
         self._fire_due()
+        return self.env.now
 
     def _decode_ahead(self, k: int, blocks: int, start: float) -> float:
         """Commit decode-only steps from `start`, in closed form; returns their seconds.
@@ -352,7 +312,7 @@ class Replica:
     def _decode_segment(self, k: int, blocks: int, start: float, horizon: float) -> tuple[int, float]:
         """Commit up to k decode steps of the current batch from time `start`; stops at the step in
         progress at `horizon` seconds. Returns (steps, seconds)."""
-        sched, st, pool = self.scheduler, self.stats, self.pool
+        sched, st, pool, rec = self.scheduler, self.stats, self.pool, self.recorder
         n = sched.n_decoding
         context = sched.c_sum + n * sched.dstep
         line = self.cost.decode_step_line(n, context, k)
@@ -377,17 +337,17 @@ class Replica:
         st.decode_s += done
         st.kv_block_seconds += (pool.num_blocks - pool.free + blocks / 2) * done
         st.batch_seq_steps += n * m
-        if self.fresh:
-            self._decode_itl(n, start + a)
-        else:  # (_decode_itl, inline; last_decode_end is set below)
-            st.add_itl(start + a - self.last_decode_end, n)
+        if rec.fresh:
+            rec.decode_itl(n, start + a)
+        else:  # (StepRecorder.decode_itl, inline; last_decode_end is set below)
+            st.add_itl(start + a - rec.last_decode_end, n)
         if m > 1:
             if line is None:
                 st.add_itl_many(times[1:m], n)
             else:
                 st.add_itl_line(a, b, 1, m, n)
         end = start + done
-        self.last_decode_end = end
+        rec.last_decode_end = end
         finished = sched.advance_decodes(m, blocks)
         if finished:
             self._finish(finished, end)
@@ -401,20 +361,12 @@ class Replica:
         while True:
             if self.before_step is not None:
                 self.before_step()
-            if not sched.waiting:
+            batch = sched.static_batch()
+            if batch is None:
                 yield from self._idle()
                 continue
-            seqs = [sched.waiting.popleft() for _ in range(min(sched.max_seqs, len(sched.waiting)))]
-            # pad to the longest prompt and output; shrink the batch until its static KV fits
-            while True:
-                p_max = max(s.prompt for s in seqs)
-                o_max = max(s.output for s in seqs)
-                per_seq = pool.blocks_for(p_max + o_max) + sched.window_blocks(p_max + o_max)
-                if len(seqs) * per_seq <= pool.free or len(seqs) == 1:
-                    break
-                sched.waiting.appendleft(seqs.pop())
+            seqs, p_max, o_max = batch.seqs, batch.prompt_tokens, batch.output_tokens
             n = len(seqs)
-            pool.allocate(n * per_seq)
             start = env.now
             for s in seqs:
                 t.scheduled_s[s.rid] = start
@@ -434,7 +386,6 @@ class Replica:
                 st.kv_block_seconds += pool.used * dt
                 st.batch_seq_steps += m
             first = env.now
-            outs = np.array([s.output for s in seqs])
             for s in seqs:
                 t.first_token_s[s.rid] = first
             # decode all n rows until the longest output is done
@@ -442,17 +393,7 @@ class Replica:
                 times = cost.decode_step_times(n, n * (p_max + np.arange(1, o_max)))
                 ends = first + np.cumsum(times)
                 yield env.timeout(float(ends[-1] - first))
-                counts = np.array([(outs >= j + 2).sum() for j in range(o_max - 1)])
-                idx = np.arange(o_max - 1)
-                for j in np.unique(counts):
-                    if j:
-                        st.add_itl_many(times[idx[counts == j]], int(j))
-                busy = float(times.sum())
-                st.steps += o_max - 1
-                st.busy_s += busy
-                st.decode_s += busy
-                st.kv_block_seconds += pool.used * busy
-                st.batch_seq_steps += n * (o_max - 1)
+                self._static_decoded(seqs, times)
             for s in seqs:
                 t.finish_s[s.rid] = first if s.output == 1 else float(ends[s.output - 2])
                 t.generated[s.rid] = s.output
@@ -461,9 +402,26 @@ class Replica:
                 self.outstanding_tokens -= s.orig_prompt + s.output
             self.ongoing -= n  # slots come back when the whole batch is done
             self.completed += n
-            pool.release(n * per_seq)
+            sched.static_done(batch)
             st.sample(env.now, len(sched.waiting), n, pool.used, n)
             self._fire_due()
+
+    def _static_decoded(self, seqs: list[Sequence], times: np.ndarray) -> None:
+        """Record a static batch's decode steps of `times` seconds each (every row decodes until the longest
+        output is done; a row's tokens count until its own output is)."""
+        st, pool, n, steps = self.stats, self.pool, len(seqs), len(times)
+        outs = np.array([s.output for s in seqs])
+        counts = np.array([(outs >= j + 2).sum() for j in range(steps)])
+        idx = np.arange(steps)
+        for j in np.unique(counts):
+            if j:
+                st.add_itl_many(times[idx[counts == j]], int(j))
+        busy = float(times.sum())
+        st.steps += steps
+        st.busy_s += busy
+        st.decode_s += busy
+        st.kv_block_seconds += pool.used * busy
+        st.batch_seq_steps += n * steps
 
 
 def _never() -> float:

@@ -19,7 +19,7 @@ from collections import deque
 
 import numpy as np
 
-from simulator.replica import Replica
+from simulator.replica import Replica, ReplicaHooks
 
 _MIX, _MASK = 0x9E3779B97F4A7C15, 2**64 - 1  # Fibonacci hashing (Knuth, TAOCP vol. 3, 6.4)
 
@@ -53,8 +53,8 @@ class Router:
         self._turn = 0
         self._pos = {r: i for i, r in enumerate(replicas)}
         self.dynamic = policy == "least_outstanding" or max_ongoing is not None
-        for r in replicas:
-            r.track_future = self.dynamic or self.prefix is not None
+        for r in replicas:  # a router reading loads needs them as of now
+            r.connect(ReplicaHooks(track_future=self.dynamic or self.prefix is not None))
 
     # ------------------------------------------------------------------ static assignment
     def static_targets(self, rids: np.ndarray) -> np.ndarray | None:

@@ -17,7 +17,7 @@ from core.model_spec import ModelSpec, load_model
 from core.parallelism import virtual_engines
 from core.records import RequestTable, StepStats
 from core.requests import Requests, prefix_keys
-from core.scheduler import Scheduler
+from core.scheduler import Scheduler, SchedulerConfig, SpecDecode
 from simulator.cluster import (
     Group,
     cannot_serve,
@@ -77,12 +77,8 @@ def _conversation(env, reqs: Requests, table: RequestTable, source: Source, look
 
 
 def _admission(sv: Serving, scenario: Scenario, reqs: Requests, table: RequestTable) -> dict:
-    """Priority per request and admission-control limits for the scheduler."""
-    out: dict = {
-        "max_waiting": sv.admission.max_queue_len,
-        "timeout_s": sv.admission.queue_timeout_s,
-        "arrival_s": table.arrival_s,
-    }
+    """Priority and arrival time per request, for the scheduler's admission control."""
+    out: dict = {"arrival_s": table.arrival_s}
     if sv.admission.scheduling_policy == "priority":
         prio = np.zeros(len(reqs), dtype=np.int64)
         for ci, c in enumerate(scenario.workload.classes or []):
@@ -93,7 +89,7 @@ def _admission(sv: Serving, scenario: Scenario, reqs: Requests, table: RequestTa
 
 
 def _spec_settings(sv: Serving, scenario: Scenario, reqs: Requests, engine: int = 0):
-    """(k, max batch, acceptance rate per request, rng) for the scheduler, or None."""
+    """Speculative decoding's settings for the scheduler, or None."""
     spec = sv.speculative
     if spec is None:
         return None
@@ -104,7 +100,7 @@ def _spec_settings(sv: Serving, scenario: Scenario, reqs: Requests, engine: int 
             alpha[reqs.class_id == ci] = c.acceptance_rate
     stream = np.random.SeedSequence(scenario.seed).spawn(5)[4]
     rng = np.random.default_rng(stream if engine == 0 else stream.spawn(engine)[-1])
-    return spec.num_speculative_tokens, spec.max_batch_size, alpha.tolist(), rng
+    return SpecDecode(spec.num_speculative_tokens, spec.max_batch_size, alpha.tolist(), rng)
 
 
 def _with_draft(group: Group) -> ModelSpec | None:
@@ -135,8 +131,7 @@ def _engine(b: _Build, index: int, g: Group, max_seqs: int, blocks: int) -> Repl
         keys = b.keys.get(sv.memory.block_size)
         if keys is None:
             keys = b.keys[sv.memory.block_size] = prefix_keys(reqs, sv.memory.block_size)
-    sched = Scheduler(
-        pool,
+    config = SchedulerConfig(
         max_seqs,
         sv.batching.max_num_batched_tokens,
         sv.batching.chunked_prefill,
@@ -144,11 +139,12 @@ def _engine(b: _Build, index: int, g: Group, max_seqs: int, blocks: int) -> Repl
         sliding_ratio=model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
         if model.sliding_layers
         else 0.0,
-        block_keys=keys,
-        spec=_spec_settings(sv, scenario, reqs, index),
+        max_waiting=sv.admission.max_queue_len,
+        timeout_s=sv.admission.queue_timeout_s,
         fresh=cost.fresh,
-        **_admission(sv, scenario, reqs, table),
+        spec=_spec_settings(sv, scenario, reqs, index),
     )
+    sched = Scheduler(pool, config, block_keys=keys, **_admission(sv, scenario, reqs, table))
     e = Replica(
         b.env, index, sched, cost, table, StepStats(b.interval_s), sv.batching.mode == "static", g.role
     )

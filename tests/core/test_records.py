@@ -76,3 +76,35 @@ def test_many_runs_flush_in_batches_and_match():
         stats.add_itl_line(*ln)
     assert np.array_equal(stats.itl_hist, one_by_one(lines))
     assert stats.itl_hist.sum() == sum((j1 - j0) * c for _, _, j0, j1, c in lines)
+
+
+def _stepped(sched, rec, t_end: float) -> None:
+    """Schedule one step, complete it at `t_end` and record it as an executor does."""
+    batch = sched.schedule()
+    res = sched.complete(batch)
+    rec.step(batch, res.first_tokens, 1.0, 0.0, t_end - 1.0, t_end)
+    rec.finished(res.finished, t_end)
+
+
+def test_recorder_counts_a_fresh_sequence_that_finishes_at_once_from_its_first_token():
+    """A sequence whose first token came in a step without decodes and that finishes at the next decode
+    step: its gap runs from its own first token, not from the previous decode step."""
+    from core.kv_cache import BlockPool
+    from core.records import RequestTable, StepRecorder
+    from core.scheduler import Scheduler, SchedulerConfig, Sequence
+
+    table = RequestTable(np.zeros(2), np.array([10, 10]), np.array([5, 2]))
+    stats = StepStats(1.0)
+    sched = Scheduler(BlockPool(100, 16), SchedulerConfig(8, 64, chunked_prefill=False))
+    rec = StepRecorder(table, stats, sched)
+    sched.add(Sequence(0, 10, 5))
+    _stepped(sched, rec, 1.0)  # A's prompt: its first token
+    _stepped(sched, rec, 2.0)  # A decodes
+    sched.add(Sequence(1, 10, 2))
+    _stepped(sched, rec, 3.0)  # B's prompt alone (no chunking): B's first token
+    _stepped(sched, rec, 4.0)  # A and B decode; B is done
+    assert table.finish_s[1] == 4.0 and table.first_token_s[1] == 3.0
+    want = StepStats(1.0)
+    for gap in (1.0, 2.0, 1.0):  # A: 2 − 1 and 4 − 2; B: 4 − 3
+        want.add_itl(gap, 1)
+    assert (stats.itl_hist == want.itl_hist).all()

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.kv_cache import BlockPool, blocks_for
-from core.scheduler import Scheduler, Sequence
+from core.scheduler import Scheduler, SchedulerConfig, Sequence, SpecDecode
 
 
 def drain(s: Scheduler, max_steps: int = 10_000) -> list:
@@ -22,7 +22,7 @@ def drain(s: Scheduler, max_steps: int = 10_000) -> list:
 
 
 def test_chunked_prefill_respects_budget_and_puts_decodes_first():
-    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=8, max_num_batched_tokens=256, chunked_prefill=True)
+    s = Scheduler(BlockPool(10_000, 16), SchedulerConfig(8, 256, chunked_prefill=True))
     s.add(Sequence(0, 1000, 5))
     s.add(Sequence(1, 50, 300))
     batches = drain(s)
@@ -35,7 +35,7 @@ def test_chunked_prefill_respects_budget_and_puts_decodes_first():
 
 
 def test_prefill_first_runs_whole_prompts_in_prefill_only_steps():
-    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=8, max_num_batched_tokens=4096, chunked_prefill=False)
+    s = Scheduler(BlockPool(10_000, 16), SchedulerConfig(8, 4096, chunked_prefill=False))
     for i in range(3):
         s.add(Sequence(i, 1000, 4))
     b = s.schedule()
@@ -47,7 +47,7 @@ def test_prefill_first_runs_whole_prompts_in_prefill_only_steps():
 
 
 def test_max_num_seqs_limits_admission():
-    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=2, max_num_batched_tokens=8192)
+    s = Scheduler(BlockPool(10_000, 16), SchedulerConfig(2, 8192))
     for i in range(5):
         s.add(Sequence(i, 10, 100))
     b = s.schedule()
@@ -56,7 +56,7 @@ def test_max_num_seqs_limits_admission():
 
 def test_out_of_blocks_preempts_the_newest_and_recomputes():
     pool = BlockPool(12, 4)
-    s = Scheduler(pool, max_num_seqs=8, max_num_batched_tokens=64, watermark=0.0)
+    s = Scheduler(pool, SchedulerConfig(8, 64, watermark=0.0))
     s.add(Sequence(0, 8, 30))
     s.add(Sequence(1, 8, 30))
     preempted = []
@@ -77,9 +77,7 @@ def test_prefix_caching_reuses_shared_blocks_and_evicts_lru():
         0: np.array([0, 1, 2, 3, 4, 10]),
         1: np.array([0, 1, 2, 3, 4, 11]),
     }  # 5 shared blocks, then their own
-    s = Scheduler(
-        pool, max_num_seqs=8, max_num_batched_tokens=64, block_keys=lambda rid, n: keys[rid][: n // 4]
-    )
+    s = Scheduler(pool, SchedulerConfig(8, 64), block_keys=lambda rid, n: keys[rid][: n // 4])
     s.add(Sequence(0, 24, 2))
     drain(s)
     assert pool.free == 100 and len(pool.cached) == 6  # all full blocks stay cached after it finishes
@@ -95,14 +93,12 @@ def test_prefix_caching_reuses_shared_blocks_and_evicts_lru():
 
 def test_priority_policy_orders_the_queue_and_preempts_low_priority_first():
     prio = {0: 0, 1: 5, 2: 0, 3: 5}
-    s = Scheduler(BlockPool(10_000, 16), max_num_seqs=1, max_num_batched_tokens=8192, priority_of=prio)
+    s = Scheduler(BlockPool(10_000, 16), SchedulerConfig(1, 8192), priority_of=prio)
     for rid in range(4):
         s.add(Sequence(rid, 10, 2))
     assert [q.rid for q in s.waiting] == [1, 3, 0, 2]
     pool = BlockPool(10, 4)
-    s = Scheduler(
-        pool, max_num_seqs=8, max_num_batched_tokens=64, watermark=0.0, priority_of={0: 5, 1: 0, 2: 5}
-    )
+    s = Scheduler(pool, SchedulerConfig(8, 64, watermark=0.0), priority_of={0: 5, 1: 0, 2: 5})
     for rid in range(3):
         s.add(Sequence(rid, 4, 30))
     victims = []
@@ -117,14 +113,7 @@ def test_priority_policy_orders_the_queue_and_preempts_low_priority_first():
 
 def test_admission_control_refuses_and_expires():
     arrival = [0.0, 0.0, 0.0, 5.0]
-    s = Scheduler(
-        BlockPool(100, 16),
-        max_num_seqs=1,
-        max_num_batched_tokens=64,
-        max_waiting=2,
-        timeout_s=1.0,
-        arrival_s=arrival,
-    )
+    s = Scheduler(BlockPool(100, 16), SchedulerConfig(1, 64, max_waiting=2, timeout_s=1.0), arrival_s=arrival)
     assert s.add(Sequence(0, 10, 5)) and s.add(Sequence(1, 10, 5))
     assert not s.add(Sequence(2, 10, 5))
     assert s.dropped == [(2, "queue_full")]
@@ -139,7 +128,7 @@ def test_whole_fresh_prompts_are_counted_for_the_fresh_kernel():
     from core.cost_model import BatchShape
 
     fresh = (2049, 128)
-    s = Scheduler(BlockPool(100_000, 16), max_num_seqs=8, max_num_batched_tokens=6000, fresh=fresh)
+    s = Scheduler(BlockPool(100_000, 16), SchedulerConfig(8, 6000, fresh=fresh))
     for i, (p, o) in enumerate([(5000, 3), (9000, 2), (2049, 2), (2048, 2), (300, 4)]):
         s.add(Sequence(i, p, o))
     seen = 0
@@ -189,14 +178,16 @@ def random_scheduler(data, caching: bool, spec: bool = False, cls=Scheduler) -> 
     chunked, budget = data.draw(st.booleans(), "chunked"), data.draw(st.sampled_from([16, 64, 512]), "budget")
     s = cls(
         pool,
-        max_num_seqs=data.draw(st.integers(1, 8), "max_num_seqs"),
-        max_num_batched_tokens=budget if chunked else 512,  # (whole prompts fit unchunked, or never run)
-        chunked_prefill=chunked,
-        sliding_window=window,
-        sliding_ratio=0.5 if window else 0.0,
+        SchedulerConfig(
+            max_num_seqs=data.draw(st.integers(1, 8), "max_num_seqs"),
+            max_num_batched_tokens=budget if chunked else 512,  # (whole prompts fit unchunked, or never run)
+            chunked_prefill=chunked,
+            sliding_window=window,
+            sliding_ratio=0.5 if window else 0.0,
+            spec=SpecDecode(3, 8, [0.7] * n, np.random.default_rng(0)) if spec else None,
+            fresh=(100, 16),
+        ),
         block_keys=keys,
-        spec=(3, 8, [0.7] * n, np.random.default_rng(0)) if spec else None,
-        fresh=(100, 16),
     )
     for i, (p, o) in enumerate(zip(prompts, outputs)):
         s.add(Sequence(i, p, o))
@@ -300,3 +291,35 @@ def test_step_shape_equals_batch_shape_of_its_chunks(data):
         assert (b.shape.decode_seqs, b.shape.decode_context_tokens) == (b.num_decodes, b.decode_context)
 
     steps(s, data, check)
+
+
+def test_static_batch_pads_to_the_longest_and_drops_the_newest_until_it_fits():
+    pool = BlockPool(20, 16)
+    s = Scheduler(pool, SchedulerConfig(4, 8192))
+    for rid, (p, o) in enumerate([(40, 8), (100, 20), (10, 5), (30, 3), (20, 2)]):
+        s.add(Sequence(rid, p, o))
+    b = s.static_batch()  # 4 taken; padded to 100 + 20 = 8 blocks each: only 2 fit in 20
+    assert [q.rid for q in b.seqs] == [0, 1] and (b.prompt_tokens, b.output_tokens) == (100, 20)
+    assert b.blocks_per_seq == 8 and pool.free == 4
+    assert [q.rid for q in s.waiting] == [2, 3, 4]  # the dropped ones first again, in order
+    s.static_done(b)
+    assert pool.free == 20
+    big = Scheduler(BlockPool(70, 16), SchedulerConfig(4, 8192))
+    big.add(Sequence(0, 1000, 10))
+    big.add(Sequence(1, 10, 10))
+    assert [q.rid for q in big.static_batch().seqs] == [0]  # padded to 1010 tokens, two do not fit
+    assert Scheduler(pool, SchedulerConfig(4, 8192)).static_batch() is None
+
+
+def test_decoding_lists_the_batch_decodes_with_their_context():
+    s = Scheduler(BlockPool(100, 16), SchedulerConfig(8, 64))
+    s.add(Sequence(3, 10, 4))
+    s.add(Sequence(7, 20, 4))
+    s.complete(s.schedule())  # both prompts: first tokens
+    b = s.schedule()
+    rids, ctx = s.decoding()
+    assert b.num_decodes == 2 and rids.tolist() == [3, 7] and ctx.tolist() == [11, 21]
+    assert ctx.sum() == b.decode_context  # the batch's total, listed
+    s.complete(b)
+    s.schedule()
+    assert s.decoding()[1].tolist() == [12, 22]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.kv_cache import BlockPool
+from core.records import StepStats
 from core.requests import Requests
 from engine.model import build_model
 from engine.serving import Executor, Regions, physical_tokens, serve
@@ -104,6 +105,23 @@ def test_preemption_under_a_tiny_pool_still_finishes_everything(model, chunked):
     greedy_matches(model, run, req, [i for i in range(len(req)) if run.table.preemptions[i]][:4])
 
 
+@pytest.mark.parametrize("chunked, blocks", [(False, 500), (True, 20)])
+def test_recorded_itl_is_the_gap_between_each_requests_tokens(model, chunked, blocks):
+    """The shared step recorder (the simulator's ITL rule) gives exactly the gaps between each request's
+    token times, prefill-only steps, preemptions and recomputed prompts included."""
+    req = workload(seed=1)
+    pool = BlockPool(blocks, 4)
+    ex = Executor(model, physical_tokens(blocks, 4, req, 8), 8, device="cpu", mixed_graph_tokens=0)
+    run = serve(ex, req, pool, 8, 32 if chunked else 128, chunked)
+    check_run(run, req, pool)
+    assert blocks > 100 or run.scheduler.num_preemptions > 0
+    gaps = StepStats(1.0)
+    for times in run.token_times:
+        for gap in np.diff(times).tolist():
+            gaps.add_itl(gap, 1)
+    assert (run.stats.itl_hist == gaps.itl_hist).all()
+
+
 def test_compaction_moves_live_kv(model):
     req = workload(seed=2, span_s=0.0)  # all at once: the batches do not depend on timing
     longest = int((req.prompt_tokens + req.output_tokens).max())
@@ -191,3 +209,19 @@ def test_prefix_caching_skips_the_cached_prompt_tokens(model):
         len(req) - 8
     )  # all but the first few find the 32-token prompt (7 blocks of 4)
     assert run.stats.prefill_tokens == int(req.prompt_tokens.sum() - cached.sum())
+
+
+def test_busy_time_splits_by_the_cost_model_when_given():
+    """With a cost model the engine splits a step's measured time as the simulator does (by the cost
+    model's prompt part); without one, by token share."""
+    from types import SimpleNamespace
+
+    from core.cost_model import BatchShape
+    from core.scheduler import Batch
+    from engine.serving import _Replay
+
+    batch = Batch(shape=BatchShape(30, 1, 0, 0, 0, 10, 100, 11))  # 30 prompt tokens, 10 decodes
+    replay = SimpleNamespace(cost=SimpleNamespace(step_split=lambda shape: (2.0, 0.5)))
+    assert _Replay.prefill_s(replay, batch, 1.0) == 0.25
+    replay.cost = None
+    assert _Replay.prefill_s(replay, batch, 1.0) == 0.75  # 30 of 40 tokens

@@ -173,3 +173,27 @@ def test_router_queue_with_one_request_per_replica_is_mmc():
     expect = mmc_wait(rate, mean, c) * (1 + (m2 / mean**2 - 1)) / 2
     assert wait.mean() == pytest.approx(expect, rel=0.05)  # batch-means standard error ≈ 2.5%
     assert f.summary["cluster"]["held_at_router"] > 0
+
+
+def test_itl_of_two_token_outputs_is_their_tpot():
+    """Every request makes 2 tokens, prompts alone in prefill-only steps: each request's one gap is its
+    TPOT, so the ITL distribution is the TPOT distribution. (The replica used to count a sequence that
+    finished at its first decode step from the previous decode step, not from its own first token.)"""
+    sc = scenario(
+        n=400,
+        rate=20.0,
+        serving={"chunked_prefill": False},
+        workload={
+            "arrival": {"process": "poisson", "rate_per_s": 20.0},
+            "prompt_tokens": {"dist": "lognormal", "median": 300, "sigma": 1.0, "max": 4000},
+            "output_tokens": {"dist": "fixed", "value": 2},
+            "num_requests": 400,
+        },
+    )
+    f = simulate(sc)
+    t = f.table
+    tpot = np.sort(t.finish_s - t.first_token_s)
+    lat = f.summary["latency_s"]
+    assert f.stats.itl_hist.sum() == len(tpot)
+    for q in (50, 90, 99):  # histogram bins are 0.46% wide
+        assert lat["itl"][f"p{q}"] == pytest.approx(np.percentile(tpot, q), rel=0.02)

@@ -49,7 +49,9 @@ def test_utilisation_and_sliding_window_blocks():
     ratio = m.sliding_kv_bytes_per_token("bf16") / m.kv_bytes_per_token("bf16")
     assert ratio == pytest.approx(5.0)
     from core.kv_cache import BlockPool
-    from core.scheduler import Scheduler
+    from core.scheduler import Scheduler, SchedulerConfig
 
-    s = Scheduler(BlockPool(1000, 16), 8, 8192, sliding_window=m.sliding_window, sliding_ratio=ratio)
+    s = Scheduler(
+        BlockPool(1000, 16), SchedulerConfig(8, 8192, sliding_window=m.sliding_window, sliding_ratio=ratio)
+    )
     assert s.window_blocks(100) == 32 and s.window_blocks(5000) == 320

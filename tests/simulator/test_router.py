@@ -10,6 +10,10 @@ class Stub:
         self.tokens, self.reqs, self.got = tokens, reqs, []
         self.track_future = False
 
+    def connect(self, hooks):
+        if hooks.track_future is not None:
+            self.track_future = hooks.track_future
+
     def load(self):
         return self.tokens, self.reqs
 
@@ -63,3 +67,26 @@ def test_router_queue_holds_requests_until_a_replica_has_room():
     reps[1].reqs = 0  # replica 1 finished its request
     r.pull(reps[1])
     assert reps[1].got == [1, 2] and list(r.queue) == [3]
+
+
+def test_connect_takes_only_the_hooks_given():
+    """A replica is driven through a typed record of hooks; those left None keep what it had."""
+    import math
+
+    import simpy
+
+    from core.kv_cache import BlockPool
+    from core.records import RequestTable, StepStats
+    from core.scheduler import Scheduler, SchedulerConfig
+    from simulator.replica import Replica, ReplicaHooks
+
+    table = RequestTable(np.zeros(1), np.array([10]), np.array([5]))
+    rep = Replica(simpy.Environment(), 0, Scheduler(BlockPool(10, 16), SchedulerConfig(4, 64)), None, table,
+                  StepStats(1.0))  # fmt: skip
+    assert rep.next_arrival() == math.inf and rep.track_future is False
+    rep.connect(ReplicaHooks(next_arrival=lambda: 3.0))
+    rep.connect(ReplicaHooks(track_future=True))
+    assert rep.next_arrival() == 3.0 and rep.track_future is True and rep.hold is None
+    placed = Replica(simpy.Environment(), 1, Scheduler(BlockPool(10, 16), SchedulerConfig(4, 64)), None, table,
+                     StepStats(1.0), group="g", group_index=2, run_cap=1)  # fmt: skip
+    assert (placed.group, placed.group_index, placed.run_cap, placed.draft_time) == ("g", 2, 1, None)
