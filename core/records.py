@@ -77,14 +77,6 @@ class StepStats:
         self.next_sample = 0.0
         self.timeline: list[tuple[float, int, int, int, int]] = []  # t, waiting, running, kv used, batch
 
-    def record_run(self, steps: int, seconds: float, block_seconds: float, seq_steps: int) -> None:
-        """Decode-only steps: all of their time is output work."""
-        self.steps += steps
-        self.busy_s += seconds
-        self.decode_s += seconds
-        self.kv_block_seconds += block_seconds
-        self.batch_seq_steps += seq_steps
-
     # ITL histogram
     def add_itl(self, seconds: float, count: int) -> None:
         """`count` tokens that came `seconds` after their previous one (binned in batches, later)."""
@@ -174,14 +166,14 @@ class StepRecorder:
 
     ITL: a decode step's token comes `end − last_decode_end` after the previous one for every sequence
     that decoded at the previous decode step; a sequence that got its first token in a step without
-    decodes (`fresh`), or that was preempted, counts from its own last token (`last_token`).
+    decodes (`just_joined`), or that was preempted, counts from its own last token (`last_token`).
     """
 
-    __slots__ = ("table", "stats", "sched", "pool", "fresh", "last_decode_end", "last_token")
+    __slots__ = ("table", "stats", "sched", "pool", "just_joined", "last_decode_end", "last_token")
 
     def __init__(self, table: RequestTable, stats: StepStats, sched) -> None:
         self.table, self.stats, self.sched, self.pool = table, stats, sched, sched.pool
-        self.fresh: list = []  # joined decoding since the last decode step, not at a decode step
+        self.just_joined: list = []  # joined decoding since the last decode step, not at a decode step
         self.last_decode_end = 0.0
         self.last_token: dict[int, float] = {}  # last token time of sequences not in the decode set
 
@@ -208,7 +200,7 @@ class StepRecorder:
                 scheduled[s.rid] = start
                 t.cached_tokens[s.rid] = s.cached_tokens
         if batch.num_decodes:
-            if self.fresh:
+            if self.just_joined:
                 self.decode_itl(batch.num_decodes, end)
             else:  # (decode_itl, inline)
                 st.add_itl(end - self.last_decode_end, batch.num_decodes)
@@ -222,7 +214,7 @@ class StepRecorder:
             else:  # recomputed after preemption: the gap since its last token before it
                 st.add_itl(end - self.last_token.pop(s.rid), 1)
             if s.decoding and not batch.num_decodes:  # (after a decode step, its token came with theirs)
-                self.fresh.append(s)
+                self.just_joined.append(s)
                 self.last_token[s.rid] = end
 
     def sample(self, end: float, batch_seqs: int) -> None:
@@ -233,20 +225,20 @@ class StepRecorder:
     def decode_itl(self, n: int, end: float) -> None:
         """ITL samples of a decode step of n sequences ending at `end`: the gap since each one's previous token."""
         st, counted = self.stats, 0
-        if self.fresh:
+        if self.just_joined:
             last = self.last_token
-            for s in self.fresh:
+            for s in self.just_joined:
                 if s.decoding or s.generated >= s.output:  # (not preempted since; finished now or decoding)
                     st.add_itl(end - last.pop(s.rid, self.last_decode_end), 1)
                     counted += 1
-            self.fresh.clear()
+            self.just_joined.clear()
         if n > counted:
             st.add_itl(end - self.last_decode_end, n - counted)
         self.last_decode_end = end
 
     def joined(self, seq, first_token_s: float) -> None:
         """A sequence prefilled elsewhere joins the decode set: its next token's gap counts from its first."""
-        self.fresh.append(seq)
+        self.just_joined.append(seq)
         self.last_token[seq.rid] = first_token_s
 
     def finished(self, seqs: list, end: float) -> None:

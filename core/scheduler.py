@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.cost_model import BatchShape, chunk_pairs
-from core.kv_cache import BlockPool
+from core.kv_cache import BlockPool, blocks_for
 
 
 def accepted(rng: np.random.Generator, alpha: float, k: int) -> int:
@@ -230,18 +230,24 @@ class Scheduler:
 
     def window_blocks(self, tokens: int) -> int:
         """Blocks (full-layer units) the sliding-window layers need for a sequence of `tokens`."""
-        return -(-int(min(tokens, self.window) * self.sliding_ratio) // self.B) if self.sliding_ratio else 0
+        return (
+            blocks_for(int(min(tokens, self.window) * self.sliding_ratio), self.B)
+            if self.sliding_ratio
+            else 0
+        )
 
-    def _admissible(self, budget: int, fresh: bool = False) -> bool:
-        """Could the head of the waiting queue start this step? (`fresh`: look its prefix up again now;
+    def _admissible(self, budget: int, look_again: bool = False) -> bool:
+        """Could the head of the waiting queue start this step? (`look_again`: look its prefix up again now;
         otherwise the lookup made when it first reached the head stands, as an estimate.)"""
         if not self.waiting or len(self.running) >= self.max_seqs or budget <= 0:
             return False
         head, pool = self.waiting[0], self.pool
         hits, take = 0, 0
-        if self.block_keys:  # looked up again when the cache changed since (fresh) or never looked up
-            if head.hits is None or (fresh and head.hits_version != pool.version):
-                if head.keys is None:  # (_prefix_hits, inline)
+        if self.block_keys:  # looked up again when the cache changed since (look_again) or never looked up
+            if head.hits is None or (look_again and head.hits_version != pool.version):
+                # _prefix_hits and (below) blocks_for, inline on the hot path; kept equal by
+                # tests/core/test_scheduler.py::test_admission_check_equals_prefix_hits_and_blocks_for
+                if head.keys is None:
                     head.keys = self.block_keys(head.rid, head.prompt)
                 head.hits = pool.lookup(head.keys, (head.prompt - 1) // self.B)
                 head.hits_version = pool.version
@@ -251,7 +257,7 @@ class Scheduler:
             if not self.chunked:
                 return False
             todo = budget
-        need = -(-todo // self.B)  # pool.blocks_for, inline
+        need = -(-todo // self.B)  # blocks_for, inline
         return need + take + head.window_blocks <= pool.free - self.watermark  # pool.can_allocate
 
     def _prefix_hits(self, s: Sequence) -> tuple[int, int]:
@@ -275,7 +281,9 @@ class Scheduler:
         k = self.finish_heap[0][0] - self.dstep
         if k > cap:
             k = cap
-        if n * -(-k // self.B) <= self.pool.free:  # a block per sequence per block_size steps, at most
+        # a block per sequence per block_size steps, at most (blocks_for, inline; kept equal by
+        # tests/core/test_scheduler.py::test_blocks_held_equal_blocks_for_their_tokens)
+        if n * -(-k // self.B) <= self.pool.free:
             return k, -1
         need = self.blocks_over(k)
         if need <= self.pool.free:
@@ -321,7 +329,9 @@ class Scheduler:
         self.c_sum -= s.c
         self.phase[(1 - s.c) % self.B] -= 1
         s.generated = s.c + self.dstep - s.orig_prompt
-        return -(-(s.c + self.dstep - 1) // self.B)  # pool.blocks_for, inline
+        # blocks_for, inline on the hot path; kept equal by
+        # tests/core/test_scheduler.py::test_blocks_held_equal_blocks_for_their_tokens
+        return -(-(s.c + self.dstep - 1) // self.B)
 
     def _forget(self, rid: int) -> None:
         """A finished request's keys are no longer needed by the key source."""
@@ -371,7 +381,7 @@ class Scheduler:
     # ------------------------------------------------------------------ scheduling
     def schedule(self) -> Batch | None:
         """Build the next step's batch, allocating its KV blocks; None when nothing can run."""
-        if not self.chunked and (self.prefilling or self._admissible(self.max_tokens, fresh=True)):
+        if not self.chunked and (self.prefilling or self._admissible(self.max_tokens, look_again=True)):
             b = self._prefill_only()
             if b.prefills:
                 return b
@@ -407,7 +417,7 @@ class Scheduler:
                 if not self._grow(s, chunk, b):
                     break
                 budget -= chunk
-            while self._admissible(budget, fresh=True):
+            while self._admissible(budget, look_again=True):
                 s = self.waiting.popleft()
                 self._start(s)
                 chunk = min(s.prompt - s.computed, budget)
@@ -423,7 +433,7 @@ class Scheduler:
         spec = self.spec
         if spec is None or not self.n_decoding or self.n_decoding > spec.max_batch:
             return False
-        per_seq = -(-(spec.k + 1) // self.B) + 1
+        per_seq = blocks_for(spec.k + 1, self.B) + 1
         return (
             self.n_decoding * per_seq <= self.pool.free
             and self.n_decoding * (spec.k + 1) <= self.max_tokens
@@ -433,6 +443,8 @@ class Scheduler:
     def _spec_blocks(self, tokens: int) -> int:
         """New blocks the decoding sequences need if each gains `tokens` tokens."""
         B, d = self.B, self.dstep
+        # blocks_for, inline per sequence; kept equal by
+        # tests/core/test_scheduler.py::test_blocks_held_equal_blocks_for_their_tokens
         return sum(
             -(-(s.c + d - 1 + tokens) // B) - -(-(s.c + d - 1) // B) for s in self.running if s.decoding
         )
@@ -450,7 +462,7 @@ class Scheduler:
             kv = s.c + d - 1
             t = min(accepted(rng, alpha[s.rid], k) + 1, s.output - gen)
             tokens += t
-            new_blocks += -(-(kv + t) // B) - -(-kv // B)
+            new_blocks += -(-(kv + t) // B) - -(-kv // B)  # blocks_for, inline (as in _spec_blocks)
             if t > 1:
                 ph[(1 - s.c) % B] -= 1
                 s.c += t - 1
@@ -470,7 +482,7 @@ class Scheduler:
         for s in list(self.prefilling):  # one that could not get its blocks when it started
             if self._grow(s, s.prompt - s.computed, b):
                 budget -= s.prompt - s.computed
-        while self._admissible(budget, fresh=True):
+        while self._admissible(budget, look_again=True):
             s = self.waiting.popleft()
             self._start(s)
             self._grow(s, s.prompt - s.computed, b)
@@ -479,9 +491,7 @@ class Scheduler:
         return b
 
     def _start(self, s: Sequence) -> None:
-        """Admit a sequence; its prefix lookup was just made by _admissible(fresh=True)."""
-        if s.window_blocks:
-            self.pool.allocate(s.window_blocks)
+        """Admit a sequence; its prefix lookup was just made by _admissible(look_again=True)."""
         if self.block_keys:
             hits = (s.hits or self._prefix_hits(s))[0]
             keys = s.keys
@@ -492,6 +502,8 @@ class Scheduler:
             s.computed = hits * self.B
             s.cached_tokens = s.computed
             self.cached_tokens += s.computed
+        if s.window_blocks:  # after sharing the hits: allocating may evict cached blocks
+            self.pool.allocate(s.window_blocks)
         s.hits = None
         self.running.append(s)
         self.prefilling.append(s)
@@ -499,7 +511,9 @@ class Scheduler:
     def _grow(self, s: Sequence, chunk: int, b: Batch) -> bool:
         """Allocate blocks for the next `chunk` prompt tokens of `s` and put the chunk in the batch."""
         pool = self.pool
-        need = -(-(s.computed + chunk) // self.B) - s.blocks  # pool.blocks_for, inline
+        # blocks_for, inline on the hot path; kept equal by
+        # tests/core/test_scheduler.py::test_blocks_held_equal_blocks_for_their_tokens
+        need = -(-(s.computed + chunk) // self.B) - s.blocks
         if need > pool.free:
             return False
         pool.allocate(need)
@@ -515,7 +529,9 @@ class Scheduler:
         for s, chunk in b.prefills:
             done = s.computed
             tokens += chunk
-            pairs += chunk * done + chunk * (chunk + 1) / 2  # chunk_pairs(done, chunk), inline
+            # chunk_pairs(done, chunk), inline; kept equal by
+            # tests/core/test_scheduler.py::test_step_shape_equals_batch_shape_of_its_chunks
+            pairs += chunk * done + chunk * (chunk + 1) / 2
             if self.window:
                 spairs += chunk_pairs(done, chunk, self.window)
             ctx += done

@@ -411,7 +411,7 @@ class Executor:
         """Write one decode step's metadata into the graph's host buffers and copy it to the device in one go."""
         size, n, cap = g.size, len(ctx), g.cap
         pad = size - n
-        scratch = self.scratch + np.arange(pad, dtype=np.int64)  # padding: one fresh token each, in scratch
+        scratch = self.scratch + np.arange(pad, dtype=np.int64)  # padding: one new token each, in scratch
         all_starts = np.concatenate([starts, scratch])
         k_lens = np.concatenate([ctx, np.ones(pad, dtype=np.int64)])
         h64 = g.host64.numpy()
@@ -586,7 +586,7 @@ class Executor:
             size,
             units,
         )
-        # capture on padding only: every sequence a fresh token in scratch
+        # capture on padding only: every sequence a new token in scratch
         self._fill(g, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         if self.use_graphs:
             tokens = g.i64[:size]

@@ -22,6 +22,7 @@ import numpy as np
 from core.cost_model import CostModel
 from core.errors import ConfigError
 from core.hardware import HardwareProfile, load_profile
+from core.kv_cache import blocks_for
 from core.model_spec import ModelSpec
 from core.parallelism import Parallelism, virtual_engines
 from core.records import StepStats
@@ -119,7 +120,7 @@ def window_blocks(model: ModelSpec, tokens: np.ndarray, block_size: int) -> np.n
         return 0
     ratio = model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
     w = np.floor(np.minimum(tokens, model.sliding_window) * ratio).astype(np.int64)
-    return -(-w // block_size)
+    return blocks_for(w, block_size)
 
 
 def cannot_serve(g: Group, model: ModelSpec, prompt: np.ndarray, output: np.ndarray) -> dict[str, np.ndarray]:
@@ -129,11 +130,7 @@ def cannot_serve(g: Group, model: ModelSpec, prompt: np.ndarray, output: np.ndar
         output = np.ones_like(output)  # the prefill pool keeps the prompt and first token only
     total = prompt + output
     window = window_blocks(model, total, sv.memory.block_size)
-    need = (
-        -(-(total - 1) // sv.memory.block_size)
-        if sv.batching.mode != "static"
-        else -(-total // sv.memory.block_size)
-    )
+    need = blocks_for(total - 1 if sv.batching.mode != "static" else total, sv.memory.block_size)
     return {
         "longer_than_max_model_len": total > g.mem.max_model_len,
         "larger_than_kv_pool": need + window > blocks,

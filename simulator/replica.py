@@ -331,13 +331,14 @@ class Replica:
                 done = m * a + b * m * (m - 1) / 2
         if m < k or blocks < 0:
             blocks = sched.blocks_over(m)
-        # (StepStats.record_run, inline) blocks grow evenly over the run
+        # _record_step's sums over m decode steps at once, blocks growing evenly over the run; kept equal by
+        # tests/simulator/test_replica.py::test_decode_run_stats_equal_stepping_one_by_one
         st.steps += m
         st.busy_s += done
         st.decode_s += done
         st.kv_block_seconds += (pool.num_blocks - pool.free + blocks / 2) * done
         st.batch_seq_steps += n * m
-        if rec.fresh:
+        if rec.just_joined:
             rec.decode_itl(n, start + a)
         else:  # (StepRecorder.decode_itl, inline; last_decode_end is set below)
             st.add_itl(start + a - rec.last_decode_end, n)

@@ -173,8 +173,7 @@ def random_scheduler(data, caching: bool, spec: bool = False, cls=Scheduler) -> 
         segs = [((s % 2, 64), *o) if s is not None else o for s, o in zip(sys_of, own)]
         prompts = [sum(t for _, t in g) for g in segs]
         keys = PrefixKeys(Requests(np.zeros(n), np.array(prompts), np.array(outputs), segments=segs), B)
-    # (sliding windows without prefix caching: with it, _start's window blocks can evict the hits it shares)
-    window = 0 if caching else data.draw(st.sampled_from([0, 32]), "sliding window")
+    window = data.draw(st.sampled_from([0, 32]), "sliding window")
     chunked, budget = data.draw(st.booleans(), "chunked"), data.draw(st.sampled_from([16, 64, 512]), "budget")
     s = cls(
         pool,
@@ -213,14 +212,14 @@ def steps(s: Scheduler, data, check=lambda b: None, max_steps: int = 3000):
     assert not s.has_work()
 
 
-def plain_admissible(s: Scheduler, budget: int, fresh: bool) -> bool:
+def plain_admissible(s: Scheduler, budget: int, look_again: bool) -> bool:
     """Scheduler._admissible written with the helpers it inlines: _prefix_hits and pool.blocks_for."""
     if not s.waiting or len(s.running) >= s.max_seqs or budget <= 0:
         return False
     head, pool = s.waiting[0], s.pool
     hits, take = 0, 0
     if s.block_keys:
-        stale = head.hits is None or (fresh and head.hits_version != pool.version)
+        stale = head.hits is None or (look_again and head.hits_version != pool.version)
         hits, take = s._prefix_hits(head) if stale else head.hits
     todo = head.prompt - hits * s.B
     if todo > budget and not s.chunked:
@@ -235,9 +234,9 @@ def test_admission_check_equals_prefix_hits_and_blocks_for(data, caching):
     calls = []
 
     class Checked(Scheduler):
-        def _admissible(self, budget: int, fresh: bool = False) -> bool:
-            want = plain_admissible(self, budget, fresh)
-            got = Scheduler._admissible(self, budget, fresh)
+        def _admissible(self, budget: int, look_again: bool = False) -> bool:
+            want = plain_admissible(self, budget, look_again)
+            got = Scheduler._admissible(self, budget, look_again)
             assert got == want
             if self.block_keys and self.waiting and self.waiting[0].hits_version == self.pool.version:
                 assert self.waiting[0].hits == self._prefix_hits(self.waiting[0])
@@ -323,3 +322,25 @@ def test_decoding_lists_the_batch_decodes_with_their_context():
     s.complete(b)
     s.schedule()
     assert s.decoding()[1].tolist() == [12, 22]
+
+
+def test_a_start_shares_its_hits_before_window_blocks_can_evict_them():
+    """With sliding-window layers and prefix caching, a sequence's window blocks are taken after it shares
+    its cached prefix: taken first, they could evict those very blocks (a KeyError in the pool)."""
+    from core.requests import PrefixKeys, Requests
+
+    prompts, outputs = [1, 1, 1, 9, 96, 300, 1, 1, 1], [1, 1, 3, 9, 10, 3, 1, 1, 1]
+    segs = [((100 + i, p),) for i, p in enumerate(prompts)]
+    segs[5] = ((0, 64), (105, 300))  # one request behind a 64-token system prompt
+    prompts[5] += 64
+    keys = PrefixKeys(Requests(np.zeros(9), np.array(prompts), np.array(outputs), segments=segs), 1)
+    pool = BlockPool(520, 1, prefix_caching=True)
+    s = Scheduler(
+        pool,
+        SchedulerConfig(4, 512, chunked_prefill=False, sliding_window=32, sliding_ratio=0.5),
+        block_keys=keys,
+    )
+    for i, (p, o) in enumerate(zip(prompts, outputs)):
+        s.add(Sequence(i, p, o))
+    drain(s)
+    assert not s.has_work() and pool.free == pool.num_blocks

@@ -68,11 +68,11 @@ def test_inline_decode_itl_equals_decode_itl(case, monkeypatch):
 
     def plain_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.fresh = AlwaysSet()
+        self.joined = AlwaysSet()
 
     monkeypatch.setattr(replica.Replica, "__init__", plain_init)
     plain = simulate(sc)
-    assert isinstance(plain.engines[0].fresh, AlwaysSet)
+    assert isinstance(plain.engines[0].joined, AlwaysSet)
     assert np.array_equal(inline.stats.itl_hist, plain.stats.itl_hist)
     assert inline.stats.timeline == plain.stats.timeline
     for col in ("scheduled_s", "first_token_s", "finish_s"):
