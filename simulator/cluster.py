@@ -265,26 +265,3 @@ def kv_summary(replicas: list[Replica]) -> dict:
         "mean_occupancy": sum(e.stats.kv_block_seconds for e in replicas) / max(busy_blocks, 1e-12),
         "peak_occupancy": max(e.pool.peak_used / max(e.pool.num_blocks, 1) for e in replicas),
     }
-
-
-class SchedTotals:
-    """What the summary reads from a scheduler, over all engines: counts summed, pools' peaks maxed."""
-
-    def __init__(self, schedulers: list) -> None:
-        self._s = schedulers
-        self.pool = _PoolTotals([s.pool for s in schedulers])
-
-    def __getattr__(self, name: str):
-        vals = [getattr(s, name) for s in self._s]
-        return sum(vals) if isinstance(vals[0], (int, float)) else vals[0]
-
-
-class _PoolTotals:
-    def __init__(self, pools: list) -> None:
-        self._p = pools
-
-    def __getattr__(self, name: str):
-        vals = [getattr(p, name) for p in self._p]
-        if name == "peak_used":
-            return max(vals)
-        return sum(vals) if isinstance(vals[0], (int, float)) else vals[0]

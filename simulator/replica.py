@@ -41,6 +41,8 @@ class ReplicaHooks:
     handoff: Callable[[Sequence, float], None] | None = None  # prefill role: pass a prefilled sequence on
     on_finish: Callable[[int, float], None] | None = None  # (request id, finish time), for next turns
     track_future: bool | None = None  # show a router the load as of now, not as of the end of a run
+    # a source whose arrivals only this replica takes: it reads them at its step boundaries (pulling)
+    arrivals: object | None = None
 
 
 class Replica:
@@ -92,12 +94,12 @@ class Replica:
         self.draft_time = draft_time  # speculative decoding: seconds of drafting for (n sequences, context)
         self._due: list[int] = []  # finishes inside a run whose callbacks fire when the run's event ends
         self.run_cap = run_cap
-        # A source whose arrivals only this replica takes (set by the simulation before it runs): the
-        # replica then reads them at its step boundaries instead of being sent each one by an event.
+        # A source whose arrivals only this replica takes (ReplicaHooks.arrivals): the replica then
+        # reads them at its step boundaries instead of being sent each one by an event.
         self.arrivals = None
-        # A pulling replica runs ahead of the SimPy clock while busy; past `sync_at` (set by the
-        # simulation) it lets the clock catch up with one timeout, so that the simulation can look at
-        # it between chunks (nothing else is scheduled: the results are the same).
+        # A pulling replica runs ahead of the SimPy clock while busy; past `sync_at` (`sync_by`) it lets
+        # the clock catch up with one timeout, so that the simulation can look at it between chunks
+        # (nothing else is scheduled: the results are the same).
         self.sync_at = math.inf
         self.process = env.process(self._static_loop() if static else self._loop())
 
@@ -107,6 +109,10 @@ class Replica:
             value = getattr(hooks, name)
             if value is not None:
                 setattr(self, name, value)
+
+    def sync_by(self, t: float) -> None:
+        """A pulling replica lets the SimPy clock catch up with it once its steps pass time t."""
+        self.sync_at = t
 
     # ------------------------------------------------------------------ arrivals
     def submit(self, rid: int) -> None:

@@ -32,7 +32,7 @@ from simulator.cluster import (
 from simulator.disaggregation import Disaggregated
 from simulator.memory import MemoryPlan
 from simulator.metrics import Fleet, RunRecord, SchedulerCounts, Setup, summarize
-from simulator.replica import Replica
+from simulator.replica import RUN_CAP, Replica, ReplicaHooks
 from simulator.response_cache import draw_hits, front
 from simulator.router import Router, prefix_ids
 from simulator.scenario import Scenario, Serving
@@ -120,8 +120,8 @@ def _with_draft(group: Group) -> ModelSpec | None:
     return draft
 
 
-def _engine(b: _Build, index: int, g: Group, max_seqs: int, blocks: int) -> Replica:
-    """One engine (a replica, or a virtual engine of a pipeline-parallel replica) of group g."""
+def _engine(b: _Build, index: int, gi: int, g: Group, max_seqs: int, blocks: int) -> Replica:
+    """One engine (a replica, or a virtual engine of a pipeline-parallel replica) of group g (number gi)."""
     model, scenario, reqs, table = b.model, b.scenario, b.reqs, b.table
     sv = g.serving
     cost = g.cost_model(model, scenario.workload.moe_routing_skew)
@@ -145,21 +145,17 @@ def _engine(b: _Build, index: int, g: Group, max_seqs: int, blocks: int) -> Repl
         spec=_spec_settings(sv, scenario, reqs, index),
     )
     sched = Scheduler(pool, config, block_keys=keys, **_admission(sv, scenario, reqs, table))
-    e = Replica(
-        b.env, index, sched, cost, table, StepStats(b.interval_s), sv.batching.mode == "static", g.role
-    )
-    e.group = g
-    spec, draft = sv.speculative, b.drafts[g.name]
+    spec, draft, draft_time = sv.speculative, b.drafts[g.name], None
     if spec is not None:
         draft_cost = (
             CostModel(g.profile, draft, sv.precision.weight_dtype, sv.precision.kv_dtype, g.par.tp)
             if draft is not None
             else None
         )
-        e.draft_time = DraftCost(spec, cost, draft_cost)
-    if b.step_by_step:
-        e.run_cap = 1
-    return e
+        draft_time = DraftCost(spec, cost, draft_cost)
+    static = sv.batching.mode == "static"
+    return Replica(b.env, index, sched, cost, table, StepStats(b.interval_s), static, g.role, group=g,
+                   group_index=gi, draft_time=draft_time, run_cap=1 if b.step_by_step else RUN_CAP)  # fmt: skip
 
 
 def _eligibility(scenario: Scenario, model: ModelSpec, groups: list[Group], reqs: Requests):
@@ -305,11 +301,10 @@ def _replicas(b: _Build, groups: list[Group]) -> tuple[list[Replica], list[int],
         for _ in range(g.count):
             replica = len(set(replica_of))
             for max_seqs, blocks in g.engines:
-                e = _engine(b, len(engines), g, max_seqs, blocks)
+                e = _engine(b, len(engines), gi, g, max_seqs, blocks)
                 engines.append(e)
                 replica_of.append(replica)
                 pools.setdefault(g.role, []).append(e)
-                e.group_index = gi
     return engines, replica_of, pools
 
 
@@ -378,8 +373,7 @@ def _connect(
     pulled = pulled and router.max_ongoing is None and engines[0].group.serving.batching.mode != "static"
     source = Source(env, arrival, submit, order=order, pulled=pulled)
     if pulled:
-        engines[0].arrivals = source
-        engines[0].track_future = False  # no router looks at its load
+        engines[0].connect(ReplicaHooks(arrivals=source, track_future=False))  # no router looks at its load
     links = None
     if dg is not None:
         links = Disaggregated(env, dg, b.model, groups[0].serving.precision.kv_dtype, table, source, pools["prefill"],
@@ -391,11 +385,10 @@ def _connect(
     look_ahead(front_pool, source, targets, order)
     if router.max_ongoing is not None:
         for e in front_pool:
-            e.before_step = _puller(router, e)
-            e.hold = router.queue.__len__
+            e.connect(ReplicaHooks(before_step=_puller(router, e), hold=router.queue.__len__))
     if follow_ups:  # (the scheduler drops a finished request's prefix keys itself)
         for e in engines:
-            e.on_finish = _conversation(env, reqs, table, source, lookup)
+            e.connect(ReplicaHooks(on_finish=_conversation(env, reqs, table, source, lookup)))
     return router, source, links
 
 
@@ -465,7 +458,7 @@ def _run_in_chunks(
         for k in range(1, CHECKS + 1):
             t = horizon * k / CHECKS
             if pulled is not None:
-                pulled.sync_at = t
+                pulled.sync_by(t)
             env.run(until=t)
             if progress is not None:
                 progress(k / CHECKS)
@@ -473,7 +466,7 @@ def _run_in_chunks(
             if check.overloaded(waiting, source.next, sum(e.completed for e in engines)):
                 return Stopped(env.now, source.next, waiting)
     if pulled is not None:
-        pulled.sync_at = math.inf
+        pulled.sync_by(math.inf)
     env.run()
     return None
 
