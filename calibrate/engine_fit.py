@@ -811,14 +811,131 @@ def _group(r: Row) -> str:
     return f"{r.model} {r.run}" + (f" ({Path(r.file).parent.name})" if r.file else "")
 
 
+def _train_header(ef: EngineFit, raw: RawRuns, ts: TrainSet, train_files: list[str]) -> dict:
+    """The raw header of the fitted runs (else of a fitted model's run, else the first)."""
+    return next(
+        (h for f, h in zip(raw.files, raw.headers) if f in train_files),
+        next((h for h in raw.headers if h.get("model") in ts.models), raw.headers[0]),
+    )
+
+
+def _kernels_source(share: float, fitted_attention: bool, s: dict, layout: Layout) -> Estimated:
+    """Why the kernel factors are what they are."""
+    return Estimated(
+        kind="estimated",
+        why=("GEMM, decode-attention and element-wise factors 1.0" if fitted_attention else "factors 1.0")
+        + f": not identifiable from these runs, where the GPU's kernels are a median {share:.0%} of a row's "
+        "time (the rest is the engine's host time; --fit-factors gives unstable factors); transformers runs "
+        "torch's own kernels (cuBLAS GEMMs, sdpa), as the GPU profile's fit did; only 16-bit weights were run"
+        + (
+            f". Attention packed: the manager ran {s.get('attn_implementation_during_run')}, which gathers "
+            "the KV of every sequence of a step and runs one masked sdpa of all its query tokens over all "
+            f"those keys (padded to {layout.kv_padding}, queries to {layout.q_padding}: the manager pads "
+            "only with CUDA graphs or compile); its factor (attention_prefill) is fitted with the host "
+            "terms (source fit); the table compares factors 1.0, a host term per query x key pair, and "
+            "attention costed per sequence"
+            if layout.packed
+            else ""
+        ),
+    )
+
+
+def _static_scheduling() -> tuple[Scheduling, Estimated]:
+    """generate()'s scheduling: one static batch, and why."""
+    source = Estimated(
+        kind="estimated",
+        why="generate() runs the batch it is given as one static batch: prompts left-padded to the longest "
+        "and prefilled in one forward pass, every row decoded until the longest output is done, a "
+        "contiguous DynamicCache (no blocks, no preemption; too large a batch runs out of memory), eager "
+        "launches; max_num_seqs is the largest batch measured (64), the token budget lets that batch of "
+        "8,192-token prompts prefill in one step",
+    )
+    sched = Scheduling(
+        policy="static",
+        max_num_seqs=64,
+        max_num_batched_tokens=64 * 8192,
+        block_size=16,
+        preemption="none",
+        pad_static_batches=True,
+        cuda_graphs="none",
+        source="scheduling",
+    )
+    return sched, source
+
+
+def _manager_scheduling(s: dict, versions: dict) -> tuple[Scheduling, Published]:
+    """The continuous batching manager's scheduling, from its settings read back in the runs, and its source."""
+    hf_version = versions.get("transformers", "main")
+    source = Published(
+        kind="published",
+        url=f"https://github.com/huggingface/transformers/blob/v{hf_version}/src/transformers/generation/"
+        "continuous_batching/scheduler.py",
+        table="FIFOScheduler.schedule_batch (scheduler_type fifo in the runs): decodes take their token first, "
+        "then prompts in arrival order, the first that does not fit the rest of max_batch_tokens split to it "
+        "(chunked prefill); with cpu_offload_space 0 an evicted request is soft-reset and prefilled again "
+        "(recompute). The numbers are the manager's own, read back in the raw runs' replay.settings: "
+        + ", ".join(f"{k} {s.get(k)}" for k in SETTINGS_SHOWN if k in s),
+    )
+    sched = Scheduling(
+        policy="chunked",
+        max_num_seqs=int(s.get("max_requests_per_batch") or 1024),
+        max_num_batched_tokens=int(s.get("cache.max_batch_tokens") or s.get("max_batch_tokens") or 8192),
+        block_size=int(s.get("cache.block_size") or s.get("block_size") or 256),
+        preemption="recompute",
+        pad_static_batches=False,
+        cuda_graphs="full" if any(s.get("use_cuda_graph") or []) else "none",
+        source="scheduling",
+    )
+    return sched, source
+
+
+def _validation(ef: EngineFit, ts: TrainSet, table: str) -> Validation | None:
+    """The held-out checks of a fit, or None where nothing was held out."""
+    if not ef.checks:
+        return None
+    held = list(dict.fromkeys(_group(ef.rows[i]) for i in ef.split.held_out))
+    return Validation(
+        held_out=f"every row not fitted: {', '.join(held)}; fitted on {ts.describe()} only "
+        f"({len(ef.split.train)} rows)",
+        metrics=[c.as_metric() for c in ef.checks],
+        table=table,
+    )
+
+
+def _profile_notes(
+    header: dict, versions: dict, share: float, static: bool, recorded: bool, table: str
+) -> str:
+    """The profile's notes: how the runs were made and what sets the error."""
+    return (
+        f"bf16, attention {header.get('model_info', {}).get('attn_implementation', 'sdpa')}, torch "
+        f"{versions.get('torch', '?')}, random weights. The engine's host time is most of a step here (the "
+        f"GPU's kernels a median {share:.0%} of a fitted row) and grows with the model's layers, so the host "
+        "terms are per layer. "
+        + (
+            (
+                "Steps as the harness recorded them from the manager (start of the loop iteration to its tokens "
+                "delivered; the forward alone is most of it, table). "
+                if recorded
+                else "Steps were rebuilt from the manager's per-token stamps. "
+            )
+            + "A step's wall time at one shape spreads widely over a run (host-side: see the table's batch-1 "
+            "decode steps), which sets the per-step error. "
+            if not static
+            else (
+                "Each point was warmed up with an untimed run of the timed length; all timed runs are used. "
+                if recorded
+                else "Decode rows drop each point's first timed run (the slow first decode of that shape). "
+            )
+        )
+        + f"Held-out errors in `validation`; the row tables in {table}."
+    )
+
+
 def build_profile(ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: str) -> EngineProfile:
     """The engine profile of a fit: scheduling from the runs' settings, host terms fitted, kernels 1.0."""
     ts = ef.train_set or TrainSet(frozenset())
     train_files = sorted({ef.rows[i].file for i in ef.split.train})
-    header = next(
-        (h for f, h in zip(raw.files, raw.headers) if f in train_files),
-        next((h for h in raw.headers if h.get("model") in ts.models), raw.headers[0]),
-    )
+    header = _train_header(ef, raw, ts, train_files)
     versions = header.get("versions") or {}
     date = str(header.get("date_utc", ""))[:10] or _dt.date.today().isoformat()
     static = ef.name.endswith("generate")
@@ -839,67 +956,8 @@ def build_profile(ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: st
         for f, h in zip(raw.files, raw.headers)
         if f in train_files
     )
-    sources = {
-        "fit": measured,
-        "kernels": Estimated(
-            kind="estimated",
-            why=("GEMM, decode-attention and element-wise factors 1.0" if fitted_attention else "factors 1.0")
-            + f": not identifiable from these runs, where the GPU's kernels are a median {share:.0%} of a row's "
-            "time (the rest is the engine's host time; --fit-factors gives unstable factors); transformers runs "
-            "torch's own kernels (cuBLAS GEMMs, sdpa), as the GPU profile's fit did; only 16-bit weights were run"
-            + (
-                f". Attention packed: the manager ran {s.get('attn_implementation_during_run')}, which gathers "
-                "the KV of every sequence of a step and runs one masked sdpa of all its query tokens over all "
-                f"those keys (padded to {layout.kv_padding}, queries to {layout.q_padding}: the manager pads "
-                "only with CUDA graphs or compile); its factor (attention_prefill) is fitted with the host "
-                "terms (source fit); the table compares factors 1.0, a host term per query x key pair, and "
-                "attention costed per sequence"
-                if layout.packed
-                else ""
-            ),
-        ),
-    }
-    if static:
-        sources["scheduling"] = Estimated(
-            kind="estimated",
-            why="generate() runs the batch it is given as one static batch: prompts left-padded to the longest "
-            "and prefilled in one forward pass, every row decoded until the longest output is done, a "
-            "contiguous DynamicCache (no blocks, no preemption; too large a batch runs out of memory), eager "
-            "launches; max_num_seqs is the largest batch measured (64), the token budget lets that batch of "
-            "8,192-token prompts prefill in one step",
-        )
-        sched = Scheduling(
-            policy="static",
-            max_num_seqs=64,
-            max_num_batched_tokens=64 * 8192,
-            block_size=16,
-            preemption="none",
-            pad_static_batches=True,
-            cuda_graphs="none",
-            source="scheduling",
-        )
-    else:
-        hf_version = versions.get("transformers", "main")
-        sources["scheduling"] = Published(
-            kind="published",
-            url=f"https://github.com/huggingface/transformers/blob/v{hf_version}/src/transformers/generation/"
-            "continuous_batching/scheduler.py",
-            table="FIFOScheduler.schedule_batch (scheduler_type fifo in the runs): decodes take their token first, "
-            "then prompts in arrival order, the first that does not fit the rest of max_batch_tokens split to it "
-            "(chunked prefill); with cpu_offload_space 0 an evicted request is soft-reset and prefilled again "
-            "(recompute). The numbers are the manager's own, read back in the raw runs' replay.settings: "
-            + ", ".join(f"{k} {s.get(k)}" for k in SETTINGS_SHOWN if k in s),
-        )
-        sched = Scheduling(
-            policy="chunked",
-            max_num_seqs=int(s.get("max_requests_per_batch") or 1024),
-            max_num_batched_tokens=int(s.get("cache.max_batch_tokens") or s.get("max_batch_tokens") or 8192),
-            block_size=int(s.get("cache.block_size") or s.get("block_size") or 256),
-            preemption="recompute",
-            pad_static_batches=False,
-            cuda_graphs="full" if any(s.get("use_cuda_graph") or []) else "none",
-            source="scheduling",
-        )
+    sources = {"fit": measured, "kernels": _kernels_source(share, fitted_attention, s, layout)}
+    sched, sources["scheduling"] = _static_scheduling() if static else _manager_scheduling(s, versions)
     host = HostTime(
         **{
             k: Figure(value=float(f"{v:.4g}") if v > NEGLIGIBLE_S else 0.0, source="fit")
@@ -916,17 +974,6 @@ def build_profile(ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: st
         kv_padding_tokens=layout.kv_padding,
         source="fit" if fitted_attention else "kernels",
     )
-    held = list(dict.fromkeys(_group(ef.rows[i]) for i in ef.split.held_out))
-    validation = (
-        Validation(
-            held_out=f"every row not fitted: {', '.join(held)}; fitted on {ts.describe()} only "
-            f"({len(ef.split.train)} rows)",
-            metrics=[c.as_metric() for c in ef.checks],
-            table=table,
-        )
-        if ef.checks
-        else None
-    )
     hf = versions.get("transformers", "unknown")
     return EngineProfile(
         name=ef.name,
@@ -941,28 +988,8 @@ def build_profile(ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: st
         host=host,
         kernels=kernels,
         sources=sources,
-        validation=validation,
-        notes=f"bf16, attention {header.get('model_info', {}).get('attn_implementation', 'sdpa')}, torch "
-        f"{versions.get('torch', '?')}, random weights. The engine's host time is most of a step here (the "
-        f"GPU's kernels a median {share:.0%} of a fitted row) and grows with the model's layers, so the host "
-        "terms are per layer. "
-        + (
-            (
-                "Steps as the harness recorded them from the manager (start of the loop iteration to its tokens "
-                "delivered; the forward alone is most of it, table). "
-                if recorded
-                else "Steps were rebuilt from the manager's per-token stamps. "
-            )
-            + "A step's wall time at one shape spreads widely over a run (host-side: see the table's batch-1 "
-            "decode steps), which sets the per-step error. "
-            if not static
-            else (
-                "Each point was warmed up with an untimed run of the timed length; all timed runs are used. "
-                if recorded
-                else "Decode rows drop each point's first timed run (the slow first decode of that shape). "
-            )
-        )
-        + f"Held-out errors in `validation`; the row tables in {table}.",
+        validation=_validation(ef, ts, table),
+        notes=_profile_notes(header, versions, share, static, recorded, table),
     )
 
 
@@ -1057,9 +1084,8 @@ def _forward_section(fits: list[EngineFit]) -> list[str]:
     return out
 
 
-def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, command: str) -> str:
-    """The fit's report: figures, held-out errors by metric, the reconstruction, every held-out row; `others`
-    are alternative fits of the same rows (their `variant` says how they differ), compared on held-out rows."""
+def _fits_section(fits: list[EngineFit], command: str) -> list[str]:
+    """The report's head: what was fitted, and each fit's terms."""
     out = [
         f"# Engine fit: {', '.join(f.name for f in fits)}",
         "",
@@ -1081,7 +1107,12 @@ def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, comma
             f"{h[1] * 1e3:.4g} | {h[2] * 1e6:.4g} | {', '.join(f'{x:.2f}' for x in f.fit.factors)} | "
             f"{f.fit.train_rows} |"
         )
-    out += ["", "## Held-out errors (predicted / measured − 1)", ""]
+    return out
+
+
+def _held_out_section(fits: list[EngineFit], others: list[EngineFit]) -> list[str]:
+    """Held-out errors by metric, then the shipped fits against the alternatives."""
+    out = ["", "## Held-out errors (predicted / measured − 1)", ""]
     out += ["| profile | metric | rows | median abs. error | worst row |", "|---|---|---:|---:|---|"]
     for f in fits:
         for c in f.checks:
@@ -1107,15 +1138,23 @@ def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, comma
             f"| {f.name} | {f.variant or 'shipped'} | {_held_out_by_model(f)} | {_long(f) or '-'} | "
             f"{_busy(f) or '-'} |"
         )
-    out += _busy_section(fits)
-    out += _forward_section(fits + others)
-    out += ["", "Fitted rows, for comparison (not a check):", ""]
+    return out
+
+
+def _fitted_rows_section(fits: list[EngineFit]) -> list[str]:
+    """The fitted rows' errors, a fit quality only."""
+    out = ["", "Fitted rows, for comparison (not a check):", ""]
     out += ["| profile | metric | rows | median abs. error |", "|---|---|---:|---:|"]
     for f in fits:
         for c in f.train_checks:
             m = c.as_metric()
             out.append(f"| {f.name} | {m.metric} | {m.rows} | {m.median_abs_pct:.1f}% |")
-    out += ["", "## Steps of the served runs: recorded by the harness, or rebuilt from the token stamps", ""]
+    return out
+
+
+def _steps_section(fits: list[EngineFit], raw: RawRuns) -> list[str]:
+    """Where each served run's steps came from, and the spread of its batch-1 decode steps."""
+    out = ["", "## Steps of the served runs: recorded by the harness, or rebuilt from the token stamps", ""]
     for key, how in raw.steps_source.items():
         out.append(f"- {key}: {how}")
     out += ["", "Wall time of the batch-1 decode steps (one sequence, no prompt tokens) of each run, ms:", ""]
@@ -1129,7 +1168,12 @@ def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, comma
             t = np.array([r.measured_s for r in one if (r.model, r.run) == key]) * 1e3
             q = np.percentile(t, [0, 10, 50, 90, 100])
             out.append(f"| {key[0]} | {key[1]} | {len(t)} | " + " | ".join(f"{x:.1f}" for x in q) + " |")
-    out += ["", "## Held-out rows", ""]
+    return out
+
+
+def _held_out_rows_section(fits: list[EngineFit]) -> list[str]:
+    """Every held-out row: measured, predicted, its GPU part, the error."""
+    out = ["", "## Held-out rows", ""]
     for f in fits:
         rows = [f.rows[i] for i in f.split.held_out]
         if not rows:
@@ -1148,6 +1192,19 @@ def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, comma
                 f"{g * 1e3:.1f} | {(p / r.measured_s - 1) * 100:+.1f}% |"
             )
         out.append("")
+    return out
+
+
+def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, command: str) -> str:
+    """The fit's report: figures, held-out errors by metric, the reconstruction, every held-out row; `others`
+    are alternative fits of the same rows (their `variant` says how they differ), compared on held-out rows."""
+    out = _fits_section(fits, command)
+    out += _held_out_section(fits, others)
+    out += _busy_section(fits)
+    out += _forward_section(fits + others)
+    out += _fitted_rows_section(fits)
+    out += _steps_section(fits, raw)
+    out += _held_out_rows_section(fits)
     return "\n".join(out) + "\n"
 
 

@@ -755,6 +755,76 @@ def _random_prompts(torch: Any, vocab: int, lengths: Sequence[int], seed: int) -
     return [torch.randint(0, vocab, (p,), generator=g).tolist() for p in lengths]
 
 
+def _warm_up_manager(manager: Any, warm: list[list[int]], stop_at: float) -> None:
+    """Runs the untimed warm-up requests through the manager, until they finish, the manager stops or `stop_at`."""
+    for i, ids in enumerate(warm):
+        manager.add_request(ids, request_id=f"w{i}", max_new_tokens=4, eos_token_id=-1)
+    warm_done = 0
+    while warm_done < len(warm) and time.perf_counter() < stop_at:
+        res = manager.get_result(timeout=0.5)
+        warm_done += res is not None and res.is_finished()
+        if res is None and not manager.is_running():
+            break
+
+
+def _feeder(
+    manager: Any,
+    requests: list[tuple[float, int, int]],
+    prompts: list[list[int]],
+    t0: float,
+    stop: threading.Event,
+    submitted: dict[str, float],
+) -> threading.Thread:
+    """A (not yet started) thread that submits each request at its arrival time after `t0`, until `stop` is set."""
+
+    def feed() -> None:
+        for i, ((arrival, _, out_tokens), ids) in enumerate(zip(requests, prompts)):
+            if stop.wait(max(t0 + arrival - time.perf_counter(), 0.0)):
+                return
+            submitted[f"r{i}"] = time.perf_counter() - t0
+            # eos_token_id=-1: the manager's own "no eos", so every request generates exactly out_tokens.
+            manager.add_request(
+                ids,
+                request_id=f"r{i}",
+                max_new_tokens=out_tokens,
+                record_timestamps=True,
+                eos_token_id=-1,
+            )
+
+    return threading.Thread(target=feed, daemon=True)
+
+
+def _collect_results(manager: Any, n_requests: int, results: dict[str, Any], stop_at: float) -> None:
+    """Keeps the replay's finished requests in `results`, until all are in, the manager stops or `stop_at`."""
+    while len(results) < n_requests and time.perf_counter() < stop_at:
+        res = manager.get_result(timeout=0.5)
+        # A warm-up request that outlived its wait may still report: only the replay's count.
+        if res is not None and res.is_finished() and res.request_id.startswith("r"):
+            results[res.request_id] = res
+        elif res is None and not manager.is_running():
+            break
+
+
+def _shut_down(manager: Any, recorder: StepRecorder, hard_stop: bool) -> None:
+    """Stops and frees the manager, and unhooks the step recorder from it."""
+    manager.stop(block=True, timeout=30, hard_stop=hard_stop)
+    manager.destroy()
+    # The wrappers refer to the manager: without them it is freed at once (not at the next garbage collection), so
+    # the next replay's manager sizes its cache from all the free memory.
+    recorder.detach(manager)
+
+
+def _replay_status(finished_all: bool, interrupted: bool, stopped_early: bool) -> str:
+    """How a replay ended."""
+    if finished_all:
+        return "ok"
+    if interrupted:
+        return "interrupted"
+    if stopped_early:
+        return "failed: the manager's thread stopped (see the log)"
+    return "partial: stop time"
+
+
 def run_replay(
     torch: Any,
     transformers: Any,
@@ -793,40 +863,12 @@ def run_replay(
     warmup_s: float | None = None
     t0 = time.perf_counter()
     try:
-        for i, ids in enumerate(warm):
-            manager.add_request(ids, request_id=f"w{i}", max_new_tokens=4, eos_token_id=-1)
-        warm_done = 0
-        while warm_done < len(warm) and time.perf_counter() < stop_at:
-            res = manager.get_result(timeout=0.5)
-            warm_done += res is not None and res.is_finished()
-            if res is None and not manager.is_running():
-                break
+        _warm_up_manager(manager, warm, stop_at)
         warmup_s = time.perf_counter() - t_init
         t0 = time.perf_counter()
-
-        def feed() -> None:
-            for i, ((arrival, _, out_tokens), ids) in enumerate(zip(requests, prompts)):
-                if stop.wait(max(t0 + arrival - time.perf_counter(), 0.0)):
-                    return
-                submitted[f"r{i}"] = time.perf_counter() - t0
-                # eos_token_id=-1: the manager's own "no eos", so every request generates exactly out_tokens.
-                manager.add_request(
-                    ids,
-                    request_id=f"r{i}",
-                    max_new_tokens=out_tokens,
-                    record_timestamps=True,
-                    eos_token_id=-1,
-                )
-
-        feeder = threading.Thread(target=feed, daemon=True)
+        feeder = _feeder(manager, requests, prompts, t0, stop, submitted)
         feeder.start()
-        while len(results) < len(requests) and time.perf_counter() < stop_at:
-            res = manager.get_result(timeout=0.5)
-            # A warm-up request that outlived its wait may still report: only the replay's count.
-            if res is not None and res.is_finished() and res.request_id.startswith("r"):
-                results[res.request_id] = res
-            elif res is None and not manager.is_running():
-                break
+        _collect_results(manager, len(requests), results, stop_at)
     except KeyboardInterrupt:
         interrupted = True
     wall_s = time.perf_counter() - t0
@@ -836,33 +878,12 @@ def run_replay(
     if feeder is not None:
         feeder.join(timeout=1.0)
     settings = _cb_settings(manager, model)
-    manager.stop(block=True, timeout=30, hard_stop=len(results) < len(requests))
-    manager.destroy()
-    # The wrappers refer to the manager: without them it is freed at once (not at the next garbage collection), so
-    # the next replay's manager sizes its cache from all the free memory.
-    recorder.detach(manager)
+    _shut_down(manager, recorder, hard_stop=len(results) < len(requests))
     rows = [
-        asdict(
-            _served(
-                i,
-                arrival,
-                submitted.get(f"r{i}"),
-                prompt,
-                out,
-                results.get(f"r{i}"),
-                t0,
-            )
-        )
+        asdict(_served(i, arrival, submitted.get(f"r{i}"), prompt, out, results.get(f"r{i}"), t0))
         for i, (arrival, prompt, out) in enumerate(requests)
     ]
-    if len(results) == len(requests):
-        status = "ok"
-    elif interrupted:
-        status = "interrupted"
-    elif stopped_early:
-        status = "failed: the manager's thread stopped (see the log)"
-    else:
-        status = "partial: stop time"
+    status = _replay_status(len(results) == len(requests), interrupted, stopped_early)
     log(
         f"  replay {spec.name}: {len(results)}/{len(requests)} finished in {wall_s:.1f} s "
         f"(warm-up {warmup_s:.1f} s), {len(recorder.records(t0))} steps"
@@ -921,6 +942,78 @@ def load_previous(path: Path, plan: SweepPlan, gpu_name: str) -> dict | None:
     return old
 
 
+def _call_record(args: argparse.Namespace) -> dict:
+    """This invocation: when, the command line, the budget."""
+    return {
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m calibrate.transformers_runs " + shlex.join(sys.argv[1:]),
+        "budget_s": args.budget_s,
+    }
+
+
+def _new_header(
+    torch: Any,
+    transformers: Any,
+    name: str,
+    config_json: Path,
+    gpu: dict,
+    call: dict,
+    info: dict,
+    plan: SweepPlan,
+    generate_cache_implementation: Any,
+) -> dict:
+    """A new raw file's header: the model, the GPU, this call, the versions and how the runs are made."""
+    return {
+        "model": name,
+        "config": str(config_json.relative_to(REPO_ROOT))
+        if config_json.is_relative_to(REPO_ROOT)
+        else str(config_json),
+        "gpu": gpu,
+        **call,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": transformers.__version__,
+        },
+        "model_info": info,
+        "plan": plan_as_json(plan),
+        "settings": {
+            "dtype": "bfloat16",
+            "attn_implementation": info["attn_implementation"],
+            "weights": "random (transformers' own init, torch.manual_seed(0))",
+            "generate_cache_implementation": generate_cache_implementation,
+            "generate_kwargs": "do_sample=False, min_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0",
+            "generate_warmup": "one untimed generate with the timed runs' max_new_tokens per point",
+            "timer": "host perf_counter with torch.cuda.synchronize() before and after each generate call",
+            "replay_timer": "the manager's per-token perf_counter stamps (record_timestamps=True)",
+            "replay_warmup": "4 requests (prompts <= 512 random tokens, 4 new tokens) before the clock starts",
+        },
+    }
+
+
+@dataclass(slots=True)
+class _RawFile:
+    """A model's raw file and what it holds so far; every change is written at once."""
+
+    path: Path
+    result: dict[str, Any]
+
+    def save(self) -> None:
+        # Written whole to a side file and renamed, so a kill mid-write leaves the previous complete file.
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.result, indent=1))
+        tmp.replace(self.path)
+
+    def keep_rows(self, rows: list[dict]) -> None:
+        self.result["generate"] = rows
+        self.save()
+
+    def keep_replays(self, runs: dict[str, dict]) -> None:
+        self.result["replays"] = {**self.result["replays"], **runs}
+        self.save()
+
+
 def run_model(
     model: str,
     plan: SweepPlan,
@@ -940,64 +1033,30 @@ def run_model(
     log(
         f"{name}: built {info['model_class']} ({info['parameters'] / 1e9:.2f}B) in {time.perf_counter() - t_build:.1f} s"
     )
-    call = {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m calibrate.transformers_runs " + shlex.join(sys.argv[1:]),
-        "budget_s": args.budget_s,
-    }
+    call = _call_record(args)
     if previous is not None:
         header = previous["header"]
         header.setdefault("continued", []).append(call)
         log(f"{name}: continuing {path}")
     else:
-        header = {
-            "model": name,
-            "config": str(config_json.relative_to(REPO_ROOT))
-            if config_json.is_relative_to(REPO_ROOT)
-            else str(config_json),
-            "gpu": gpu,
-            **call,
-            "versions": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "cuda": torch.version.cuda,
-                "transformers": transformers.__version__,
-            },
-            "model_info": info,
-            "plan": plan_as_json(plan),
-            "settings": {
-                "dtype": "bfloat16",
-                "attn_implementation": info["attn_implementation"],
-                "weights": "random (transformers' own init, torch.manual_seed(0))",
-                "generate_cache_implementation": m.generation_config.cache_implementation,
-                "generate_kwargs": "do_sample=False, min_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0",
-                "generate_warmup": "one untimed generate with the timed runs' max_new_tokens per point",
-                "timer": "host perf_counter with torch.cuda.synchronize() before and after each generate call",
-                "replay_timer": "the manager's per-token perf_counter stamps (record_timestamps=True)",
-                "replay_warmup": "4 requests (prompts <= 512 random tokens, 4 new tokens) before the clock starts",
-            },
-        }
+        header = _new_header(
+            torch,
+            transformers,
+            name,
+            config_json,
+            gpu,
+            call,
+            info,
+            plan,
+            m.generation_config.cache_implementation,
+        )
     result: dict[str, Any] = {
         "header": header,
         "generate": (previous or {}).get("generate", []),
         "replays": (previous or {}).get("replays", {}),
     }
-
-    def save() -> None:
-        # Written whole to a side file and renamed, so a kill mid-write leaves the previous complete file.
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
-
-    def keep_rows(rows: list[dict]) -> None:
-        result["generate"] = rows
-        save()
-
-    def keep_replays(runs: dict[str, dict]) -> None:
-        result["replays"] = {**result["replays"], **runs}
-        save()
-
-    save()
+    raw_file = _RawFile(path, result)
+    raw_file.save()
     specs = [s for s in plan.replays if args.replays is None or s.name in args.replays]
     try:
         if "generate" in args.phases:
@@ -1009,7 +1068,7 @@ def run_model(
                 deadline - reserve,
                 log,
                 done,
-                keep_rows,
+                raw_file.keep_rows,
             )
         if "replays" in args.phases:
 
@@ -1026,7 +1085,7 @@ def run_model(
                 deadline,
                 log,
                 result["replays"],
-                keep_replays,
+                raw_file.keep_replays,
             )
     finally:
         m = None  # the model's weights go before the next model is built
