@@ -152,7 +152,7 @@ def test_compare_three_configurations():
             "name": "C",
             "model": "llama-3.1-8b",
             "hardware": {"gpu": "h100-sxm"},
-            "serving": {"weight_dtype": "bf16", "max_num_seqs": 256},
+            "serving": {"precision": {"weight_dtype": "bf16"}, "batching": {"max_num_seqs": 256}},
             "workload": chat(60),
             "slo": {"ttft_s": 0.5, "tpot_s": 0.05},
         }

@@ -25,13 +25,13 @@ CLASSES = [
 ]
 
 
-def scenario(policy="fcfs", rate=6.0, n=1500, **serving):
+def scenario(policy="fcfs", rate=6.0, n=1500, **admission):
     return parse_scenario(
         {
             "seed": 4,
             "model": "llama-3.1-8b",
             "hardware": {"gpu": "h100-sxm"},
-            "serving": {"scheduling_policy": policy, **serving},
+            "serving": {"admission": {"scheduling_policy": policy, **admission}},
             "workload": {
                 "arrival": {"process": "poisson", "rate_per_s": rate},
                 "num_requests": n,

@@ -47,7 +47,7 @@ def all_served(f):
         {"replicas": 3, "router": "round_robin"},
         {"replicas": 3, "router": "least_outstanding"},
         {"replicas": 2, "max_ongoing_requests": 4},
-        {"groups": [{"gpu": "t4"}, {"gpu": "l4", "count": 2, "serving": {"max_num_seqs": 8}}]},
+        {"groups": [{"gpu": "t4"}, {"gpu": "l4", "count": 2, "serving": {"batching": {"max_num_seqs": 8}}}]},
     ],
 )
 def test_decode_runs_equal_stepping_one_by_one_with_several_replicas(cluster):
@@ -136,7 +136,10 @@ def test_requests_only_one_group_can_hold_go_there():
     # the T4 group serves at most 1000 tokens per request; the L4 group takes the longer ones
     f = simulate(
         scenario(
-            rate=5.0, cluster={"groups": [{"gpu": "t4", "serving": {"max_model_len": 1000}}, {"gpu": "l4"}]}
+            rate=5.0,
+            cluster={
+                "groups": [{"gpu": "t4", "serving": {"memory": {"max_model_len": 1000}}}, {"gpu": "l4"}]
+            },
         )
     )
     t = f.table
@@ -158,7 +161,7 @@ def test_router_queue_with_one_request_per_replica_is_mmc():
             "seed": 2,
             "model": "llama-3.1-8b",
             "hardware": {"gpu": "h100-sxm"},
-            "serving": {"max_num_seqs": 1, "max_model_len": 10_000},
+            "serving": {"batching": {"max_num_seqs": 1}, "memory": {"max_model_len": 10_000}},
             "cluster": {"replicas": c, "max_ongoing_requests": 1},
             "workload": {
                 "arrival": {"process": "poisson", "rate_per_s": rate},
@@ -182,7 +185,7 @@ def test_itl_of_two_token_outputs_is_their_tpot():
     sc = scenario(
         n=400,
         rate=20.0,
-        serving={"chunked_prefill": False},
+        serving={"batching": {"chunked_prefill": False}},
         workload={
             "arrival": {"process": "poisson", "rate_per_s": 20.0},
             "prompt_tokens": {"dist": "lognormal", "median": 300, "sigma": 1.0, "max": 4000},

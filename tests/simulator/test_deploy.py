@@ -25,15 +25,10 @@ def test_every_setting_that_vllm_has_a_flag_for_is_on_the_line():
             "model": "llama-3.1-70b",
             "hardware": {"gpu": "h100-sxm", "gpus_per_replica": 4, "pipeline_parallel": 2},
             "serving": {
-                "weight_dtype": "fp8",
-                "kv_dtype": "fp8",
-                "max_num_seqs": 64,
-                "max_num_batched_tokens": 4096,
-                "gpu_memory_utilization": 0.85,
-                "chunked_prefill": False,
-                "prefix_caching": True,
-                "max_model_len": 16384,
-                "block_size": 32,
+                "precision": {"weight_dtype": "fp8", "kv_dtype": "fp8"},
+                "batching": {"max_num_seqs": 64, "max_num_batched_tokens": 4096, "chunked_prefill": False},
+                "memory": {"gpu_memory_utilization": 0.85, "max_model_len": 16384, "block_size": 32},
+                "caching": {"prefix_caching": True},
             },  # fmt: skip
             "workload": W,
         }
@@ -55,7 +50,7 @@ def test_checkpoint_formats_and_replicas_are_notes():
         {
             "model": "llama-3.1-8b",
             "hardware": {"gpu": "l4"},
-            "serving": {"weight_dtype": "int4"},
+            "serving": {"precision": {"weight_dtype": "int4"}},
             "cluster": {"replicas": 3},
             "workload": W,
         }  # fmt: skip

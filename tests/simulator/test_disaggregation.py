@@ -129,7 +129,7 @@ def test_mostly_cached_prompts_stay_on_the_decode_pool():
     sc = parse_scenario(
         {
             "model": "llama-3.1-8b",
-            "serving": {"prefix_caching": True},
+            "serving": {"caching": {"prefix_caching": True}},
             "disaggregation": {
                 "prefill": {"gpu": "h100-sxm", "count": 1},
                 "decode": {"gpu": "h100-sxm", "count": 1},

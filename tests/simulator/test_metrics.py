@@ -26,7 +26,8 @@ def test_scheduler_counts_sum_over_schedulers_and_keep_the_fullest_peak():
 
 
 def _scenario(**kw):
-    data = {"seed": 1, "model": "qwen2.5-0.5b", "hardware": {"gpu": "l4"}, "serving": {"prefix_caching": True},
+    data = {"seed": 1, "model": "qwen2.5-0.5b", "hardware": {"gpu": "l4"},
+            "serving": {"caching": {"prefix_caching": True}},
             "workload": {"arrival": {"process": "poisson", "rate_per_s": 10.0}, "num_requests": 120}} | kw  # fmt: skip
     return parse_scenario(data)
 

@@ -109,8 +109,8 @@ def test_routing_skew_is_a_scenario_setting():
             {
                 "model": "mixtral-8x7b",
                 "hardware": {"gpu": "h100-sxm", "gpus_per_replica": 2},
-                "serving": {"moe_routing_skew": skew},
                 "workload": {
+                    "moe_routing_skew": skew,
                     "arrival": {"process": "poisson", "rate_per_s": 2.0},
                     "prompt_tokens": {"dist": "fixed", "value": 200},
                     "output_tokens": {"dist": "fixed", "value": 100},

@@ -16,7 +16,7 @@ def scenario(classes, caching=True, n=400, rate=4.0, **wl):
         {
             "model": "llama-3.1-8b",
             "hardware": {"gpu": "h100-sxm"},
-            "serving": {"prefix_caching": caching},
+            "serving": {"caching": {"prefix_caching": caching}},
             "workload": {
                 "arrival": {"process": "poisson", "rate_per_s": rate},
                 "num_requests": n,
@@ -88,7 +88,7 @@ def test_eviction_under_memory_pressure_lowers_reuse():
     roomy = scenario(many, n=600, rate=2.0)
     tight = parse_scenario(
         json.loads(roomy.model_dump_json())
-        | {"serving": {"prefix_caching": True, "gpu_memory_utilization": 0.218}}
+        | {"serving": {"caching": {"prefix_caching": True}, "memory": {"gpu_memory_utilization": 0.218}}}
     )
     f_tight, f_roomy = simulate(tight), simulate(roomy)
     assert f_tight.fits and f_tight.memory.num_blocks < 400
@@ -108,7 +108,7 @@ def test_trace_hash_ids(tmp_path):
     sc = parse_scenario(
         {
             "model": "llama-3.1-8b",
-            "serving": {"prefix_caching": True},
+            "serving": {"caching": {"prefix_caching": True}},
             "workload": {
                 "trace": str(p),
                 "arrival": {"process": "trace"},

@@ -27,9 +27,10 @@ def scenario(serving: dict, rate: float, output_median: int = 60):
 
 CASES = [
     ({}, 8.0),
-    ({"chunked_prefill": False}, 8.0),
-    ({"chunked_prefill": False}, 30.0, 2),  # prefill-only steps that nobody joins decoding from (one token)
-    ({"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0}, 50.0),  # preemptions
+    ({"batching": {"chunked_prefill": False}}, 8.0),
+    # prefill-only steps that nobody joins decoding from (one token)
+    ({"batching": {"chunked_prefill": False}}, 30.0, 2),
+    ({"memory": {"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0}}, 50.0),  # preemptions
     ({"speculative": {"method": "self", "num_speculative_tokens": 3, "acceptance_rate": 0.6}}, 8.0),
 ]
 

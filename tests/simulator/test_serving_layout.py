@@ -90,6 +90,7 @@ def test_each_renamed_key_is_one_note_line_on_stderr_once(capsys):
     assert all("accepted until the next release" in line for line in lines)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # pytest.warns(match=...) passes the others on
 def test_set_and_sweep_take_the_old_paths():
     with pytest.warns(RenamedField, match=r"--set: serving.max_num_seqs → serving.batching.max_num_seqs"):
         data = apply_overrides(copy.deepcopy(BASE), ["serving.max_num_seqs=64", "serving.batching=static"])

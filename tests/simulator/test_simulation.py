@@ -89,14 +89,15 @@ def test_invariants_on_random_scenarios(
         seed=seed,
         workload=workload,
         serving={
-            "batching": "static" if static else "continuous",
-            "max_num_seqs": max_num_seqs,
-            "max_num_batched_tokens": max_tokens,
-            "chunked_prefill": chunked,
-            "block_size": block_size,
-            "gpu_memory_utilization": util,
-            "prefix_caching": caching,
-            "scheduling_policy": policy,
+            "batching": {
+                "mode": "static" if static else "continuous",
+                "max_num_seqs": max_num_seqs,
+                "max_num_batched_tokens": max_tokens,
+                "chunked_prefill": chunked,
+            },
+            "memory": {"block_size": block_size, "gpu_memory_utilization": util},
+            "caching": {"prefix_caching": caching},
+            "admission": {"scheduling_policy": policy},
             "speculative": {"method": "self", "num_speculative_tokens": 3, "acceptance_rate": 0.6}
             if spec
             else None,
@@ -114,7 +115,10 @@ def test_memory_pressure_preempts_and_still_finishes_everything():
         gpu="t4",
         rate=50.0,
         n=300,
-        serving={"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0, "max_num_seqs": 256},
+        serving={
+            "memory": {"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0},
+            "batching": {"max_num_seqs": 256},
+        },
     )
     f = simulate(sc)
     assert f.fits
@@ -127,9 +131,9 @@ def test_memory_pressure_preempts_and_still_finishes_everything():
 @pytest.mark.parametrize("chunked", [True, False])
 @pytest.mark.parametrize("pressure", [False, True])
 def test_decode_runs_equal_stepping_one_by_one(chunked, pressure):
-    serving = {"chunked_prefill": chunked}
+    serving = {"batching": {"chunked_prefill": chunked}}
     if pressure:  # a pool small enough to preempt
-        serving |= {"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0}
+        serving["memory"] = {"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0}
     sc = scenario(gpu="t4", rate=50.0 if pressure else 8.0, n=150, serving=serving)
     fast, slow = simulate(sc), simulate(sc, step_by_step=True)
     if pressure:
@@ -146,9 +150,9 @@ def test_decode_runs_equal_stepping_one_by_one(chunked, pressure):
     "serving",
     [
         {},
-        {"chunked_prefill": False},
-        {"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0},  # preemptions
-        {"queue_timeout_s": 0.5, "max_queue_len": 40},  # admission control
+        {"batching": {"chunked_prefill": False}},
+        {"memory": {"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0}},  # preemptions
+        {"admission": {"queue_timeout_s": 0.5, "max_queue_len": 40}},  # admission control
     ],
 )
 def test_replica_pulling_its_arrivals_equals_an_event_per_arrival(serving):
@@ -184,14 +188,19 @@ def test_chunked_prefill_respects_token_budget_and_helps_tail_itl():
         "num_requests": 200,
     }
     chunked = simulate(
-        scenario(model="llama-3.1-8b", gpu="h100-sxm", workload=wl, serving={"max_num_batched_tokens": 1024})
+        scenario(
+            model="llama-3.1-8b",
+            gpu="h100-sxm",
+            workload=wl,
+            serving={"batching": {"max_num_batched_tokens": 1024}},
+        )
     )
     first = simulate(
         scenario(
             model="llama-3.1-8b",
             gpu="h100-sxm",
             workload=wl,
-            serving={"chunked_prefill": False, "max_num_batched_tokens": 8192},
+            serving={"batching": {"chunked_prefill": False, "max_num_batched_tokens": 8192}},
         )
     )
     check_invariants(chunked)
@@ -210,14 +219,16 @@ def test_static_batching_waits_for_the_longest_and_is_slower_under_load():
         "num_requests": 400,
     }
     cont = simulate(
-        scenario(gpu="a100-80gb-sxm", model="llama-3.1-8b", workload=wl, serving={"max_num_seqs": 32})
+        scenario(
+            gpu="a100-80gb-sxm", model="llama-3.1-8b", workload=wl, serving={"batching": {"max_num_seqs": 32}}
+        )
     )
     stat = simulate(
         scenario(
             gpu="a100-80gb-sxm",
             model="llama-3.1-8b",
             workload=wl,
-            serving={"batching": "static", "max_num_seqs": 32},
+            serving={"batching": {"mode": "static", "max_num_seqs": 32}},
         )
     )
     check_invariants(stat)
@@ -231,7 +242,10 @@ def test_static_batching_waits_for_the_longest_and_is_slower_under_load():
 
 def test_requests_that_can_never_run_are_rejected_with_reasons():
     sc = scenario(
-        serving={"max_model_len": 1000, "chunked_prefill": False, "max_num_batched_tokens": 512},
+        serving={
+            "memory": {"max_model_len": 1000},
+            "batching": {"chunked_prefill": False, "max_num_batched_tokens": 512},
+        },
         workload={
             "arrival": {"process": "constant", "rate_per_s": 5},
             "prompt_tokens": {"dist": "uniform", "min": 100, "max": 1500},

@@ -15,7 +15,7 @@ def scenario(spec=None, rate=0.2, n=200, out=200, max_seqs=256, model="llama-3.1
             "seed": 1,
             "model": model,
             "hardware": {"gpu": "h100-sxm"},
-            "serving": {"speculative": spec, "max_num_seqs": max_seqs, **serving},
+            "serving": {"speculative": spec, "batching": {"max_num_seqs": max_seqs}, **serving},
             "workload": {
                 "arrival": {"process": "constant", "rate_per_s": rate},
                 "prompt_tokens": {"dist": "fixed", "value": 500},
