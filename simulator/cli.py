@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import yaml
 
+from core.engine_profile import engine_names, load_engine_profile
 from core.errors import ConfigError, read_yaml
 from core.hardware import PROFILES_ENV, load_profile, profile_origins
 from core.model_spec import catalogue_names, human_count, load_model
@@ -239,6 +240,21 @@ def cmd_gpus(_: argparse.Namespace) -> int:
             f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
             f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<36}  {origin}"
         )
+    return 0
+
+
+def cmd_engines(_: argparse.Namespace) -> int:
+    """The engine profiles: which engine, its policy, where its figures come from and how well they held."""
+    print(f"{'name':<24}{'engine':<14}{'version':<10}{'policy':<15}{'status':<26}held-out median |error|")
+    for name in engine_names():
+        p = load_engine_profile(name)
+        status = p.status + (f" on {p.gpu}" if p.gpu else "")
+        errors = [m.median_abs_pct for m in p.validation.metrics] if p.validation else []
+        held = f"{min(errors):.1f}-{max(errors):.1f}% over {len(errors)} checks" if errors else "unvalidated"
+        print(f"{name:<24}{p.engine:<14}{p.version:<10}{p.scheduling.policy:<15}{status:<26}{held}")
+    print(
+        "(a scenario cannot name an engine yet: forecasts are for `ours`; tables in each profile's validation)"
+    )
     return 0
 
 
@@ -468,6 +484,9 @@ def _catalogue_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     ft.set_defaults(fn=cmd_fit)
     verb("models", help="list catalogue models").set_defaults(fn=cmd_models)
     verb("gpus", help="list GPU profiles and where each is read from").set_defaults(fn=cmd_gpus)
+    verb("engines", help="list engine profiles: policy, measured where, held-out error").set_defaults(
+        fn=cmd_engines
+    )
     verb("examples", help="list the shipped example scenarios and search specs").set_defaults(fn=cmd_examples)
 
 

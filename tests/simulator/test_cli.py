@@ -156,3 +156,23 @@ def test_run_shows_progress_with_time_left_on_a_terminal(tmp_path, monkeypatch, 
     assert main(["run", "--requests", "2000", "--out", str(tmp_path)]) == 0
     assert "simulating" in term.text and "100%" in term.text
     assert "simulating" not in capsys.readouterr().out  # the bar is on stderr only
+
+
+def test_engines_lists_every_profile_with_where_it_was_measured_and_its_held_out_error(
+    tmp_path, monkeypatch, capsys
+):
+    import yaml
+
+    from core.engine_profile import ENGINE_DIR
+
+    monkeypatch.chdir(tmp_path)  # a profile of the user's in ./engine_profiles is listed too
+    mine = yaml.safe_load((ENGINE_DIR / "transformers.yaml").read_text())
+    mine.update(name="my-engine", gpu="h100-sxm", validation=None)
+    (tmp_path / "engine_profiles").mkdir()
+    (tmp_path / "engine_profiles" / "my-engine.yaml").write_text(yaml.safe_dump(mine))
+    assert main(["engines"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert set(rows) == {"ours", "transformers", "transformers-generate", "my-engine"}
+    assert "measured on h200" in rows["transformers"] and "over" in rows["transformers"]
+    assert "static" in rows["transformers-generate"]
+    assert "measured on h100-sxm" in rows["my-engine"] and "unvalidated" in rows["my-engine"]
