@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
-from core.engine_profile import padded
+from core.kv_cache import padded
 from core.model_spec import dtype_bytes
 
 GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh")

@@ -50,11 +50,11 @@ from core.engine_profile import (
     Published,
     Scheduling,
     Validation,
-    padded,
     write_engine_profile,
 )
 from core.errors import ConfigError
 from core.hardware import load_profile
+from core.kv_cache import padded
 from core.model_spec import ModelSpec, load_model
 
 HOST_TERMS = ("per_step_s", "per_sequence_s", "per_prompt_token_s")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.engine_profile import padded
 from core.hardware import HardwareProfile, OpEfficiency
+from core.kv_cache import padded
 from core.model_spec import ModelSpec, dtype_bytes
 from core.parallelism import (
     Parallelism,

@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import ConfigError, one_line, read_yaml
-from core.kv_cache import blocks_for
+from core.kv_cache import padded
 from core.resources import shipped
 
 # The shipped engine profiles: the checkout's engine_profiles/, or the installed package's copy of it.
@@ -167,11 +167,6 @@ class Kernels(_Strict):
     def packed_sizes(self, q_tokens: int, kv_tokens: int) -> tuple[int, int]:
         """(queries, keys) of a packed attention over a step's `q_tokens` new tokens and `kv_tokens` keys."""
         return padded(q_tokens, self.q_padding_tokens), padded(kv_tokens, self.kv_padding_tokens)
-
-
-def padded(n: int, multiple: int) -> int:
-    """`n` rounded up to a multiple of `multiple`."""
-    return blocks_for(n, multiple) * multiple
 
 
 class MetricError(_Strict):

@@ -24,6 +24,11 @@ def blocks_for(tokens: Tokens, block_size: int) -> Tokens:
     return -(-tokens // block_size)
 
 
+def padded(n: int, multiple: int) -> int:
+    """`n` rounded up to a multiple of `multiple`."""
+    return blocks_for(n, multiple) * multiple
+
+
 class BlockPool:
     """A pool of `num_blocks` KV blocks of `block_size` tokens each.
 

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
-from core.engine_profile import padded
 from core.hardware import FRESH_PREFILL_BUCKET, FRESH_PREFILL_MIN_TOKENS
+from core.kv_cache import padded
 from engine.fused import decode_attention, decode_attention_supported
 
 FRESH_MIN_TOKENS = FRESH_PREFILL_MIN_TOKENS  # whole fresh prompts of at least this many tokens: cuDNN

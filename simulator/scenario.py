@@ -602,18 +602,20 @@ def _check_blocks(data: dict, source: str) -> None:
     for where, sv in _servings(data):
         for key, value in sv.items():
             if key in FIELD_BLOCK and key not in Serving.model_fields:
-                raise ConfigError(
-                    f"{source}: {where}.{key}: unknown field; it belongs in the {FIELD_BLOCK[key]} block: "
-                    f"write {where}.{FIELD_BLOCK[key]}.{key}"
-                )
+                raise _misplaced(source, where, f"{where}.{key}", key)
             if key not in SERVING_BLOCKS or not isinstance(value, dict):
                 continue
             for name in value:
                 if name in FIELD_BLOCK and FIELD_BLOCK[name] != key:
-                    raise ConfigError(
-                        f"{source}: {where}.{key}.{name}: unknown field; it belongs in the {FIELD_BLOCK[name]} "
-                        f"block: write {where}.{FIELD_BLOCK[name]}.{name}"
-                    )
+                    raise _misplaced(source, where, f"{where}.{key}.{name}", name)
+
+
+def _misplaced(source: str, where: str, given: str, name: str) -> ConfigError:
+    """The one line for a sub-block field given at `given`: the block it belongs in, and where to write it."""
+    block = FIELD_BLOCK[name]
+    return ConfigError(
+        f"{source}: {given}: unknown field; it belongs in the {block} block: write {where}.{block}.{name}"
+    )
 
 
 def renamed_path(path: str, source: str) -> str:

@@ -5,8 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.engine_profile import padded
-from core.kv_cache import BlockPool, blocks_for
+from core.kv_cache import BlockPool, blocks_for, padded
 
 
 @given(st.integers(0, 10**12), st.integers(1, 10**6))
