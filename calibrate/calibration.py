@@ -230,7 +230,7 @@ def error_table(result: FitResult) -> str:
 
 def run(opts: Options, log=print) -> Path:
     """The whole calibration; returns the profile path. Raises ConfigError / NoDevice with one-line messages."""
-    spec = load_model(opts.model, via_transformers=True)
+    spec = load_model(opts.model)
     refuse_unbuildable(spec)
     cpu = opts.device == "cpu"
     if opts.device not in ("cpu", "cuda") and not opts.device.startswith("cuda:"):
@@ -322,7 +322,7 @@ def refit(
     need_measurements(store)
     meta = store.meta
     model_arg = model or meta.get("model_arg") or meta.get("model", "llama-3.1-8b")
-    spec = load_model(model_arg, via_transformers=True)
+    spec = load_model(model_arg)
     measured = store.identity.get("model_config")
     if measured and model_fingerprint(spec) != measured:
         raise ConfigError(

@@ -108,7 +108,7 @@ def validate(
     from calibrate.calibration import device_limits, need_torch_device, refuse_unbuildable
 
     prof = read(profile_name)
-    spec = load_model(model_name, via_transformers=True)
+    spec = load_model(model_name)
     if out and Path(out).is_dir():
         raise ConfigError(
             f"--out {out!r}: is a folder; pass a file name, e.g. --out {Path(out) / 'validate.md'}"
