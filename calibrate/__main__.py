@@ -116,7 +116,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
             if a.engine:
                 return calibrate_engine(
                     EngineOptions(
-                        a.engine, a.model, a.base, a.work_dir, a.out_dir or "engine_profiles", a.budget_s
+                        a.engine,
+                        a.model,
+                        a.base,
+                        a.work_dir,
+                        a.out_dir or "engine_profiles",
+                        a.budget_s,
+                        a.force,
                     )
                 )
             if a.fresh:
