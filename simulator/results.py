@@ -199,13 +199,14 @@ def format_summary(f: Forecast) -> str:
     lines += ["", "where the time goes (bound: what, doubled, would shorten it most):"]
     lines += ["  " + x for x in breakdown_lines(step_breakdown(f))]
     lines += _feature_lines(s)
-    serve = vllm_serve(f.scenario)
-    lines += [
-        "",
-        "deploy with vLLM (one replica):",
-        f"  {serve.line}",
-        *(f"  note: {n}" for n in serve.notes),
-    ]
+    if engine_profile(f.scenario).engine in ("ours", "vllm"):  # a vLLM command line fits a vLLM-like forecast
+        serve = vllm_serve(f.scenario)
+        lines += [
+            "",
+            "deploy with vLLM (one replica):",
+            f"  {serve.line}",
+            *(f"  note: {n}" for n in serve.notes),
+        ]
     sim = s["simulation"]
     lines.append(
         f"simulated in {sim['wall_s']:.2f} s ({sim['requests_per_wall_s']:,.0f} requests/s, "
