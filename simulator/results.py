@@ -208,5 +208,8 @@ def format_summary(f: Forecast) -> str:
     lines.append(
         f"simulated in {sim['wall_s']:.2f} s ({sim['requests_per_wall_s']:,.0f} requests/s, "
         f"{sim['steps_per_wall_s']:,.0f} steps/s)"
+        + (f" in {sim['shards']} shards" if "shards" in sim else "")
     )
+    if "sharding" in s:
+        lines.append(f"one process: {s['sharding']['why_one_process']}")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ than two engines.
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -265,6 +266,7 @@ def run_shard(task: ShardTask) -> ShardOutcome:
     for e in engines:
         out.dropped += [(int(task.rids[rid]), why) for rid, why in e.scheduler.dropped]
         s, p = e.scheduler, e.pool
+        e.stats.itl_hist = e.stats.itl_hist  # bins what is pending: the merge only reads it (Ray: read-only)
         if e.stats.timeline:
             e.stats.timeline = np.array(e.stats.timeline)  # compact to send back; merge_stats reads rows
         out.engines.append(
@@ -288,18 +290,21 @@ def run_shard(task: ShardTask) -> ShardOutcome:
 # ---------------------------------------------------------------- the whole run
 def simulate_sharded(
     scenario: Scenario,
-    shards: int,
+    shards: int | None,
     backend: str = "processes",
     workers: int | None = None,
     ray_address: str | None = None,
     requests: Requests | None = None,
 ):
     """Forecast `scenario` with its engines split into `shards` run on `backend` ('serial': one after the
-    other in this process, 'processes', 'ray'); the same forecast as `simulate`. A scenario that cannot
-    be sharded runs in one process, the reason under summary["sharding"]."""
+    other in this process, 'processes', 'ray'; None: one per CPU of the machine or the Ray cluster); the
+    same forecast as `simulate`. A scenario that cannot be sharded runs in one process, the reason under
+    summary["sharding"]."""
     from simulator.simulation import Forecast, simulate
 
     wall0 = time.perf_counter()
+    if shards is None:
+        shards = _cpus(backend, ray_address)
     model = load_model(scenario.model)
     groups = plan_groups(scenario, model)
     if any(not g.mem.fits for g in groups):
@@ -326,6 +331,7 @@ def simulate_sharded(
     from simulator.simulation import summarize_run
 
     summary = summarize_run(dep, record, end)
+    summary["simulation"]["shards"] = len(tasks)  # (how it ran, as wall_s: not part of the forecast)
     g0 = dep.headline
     return Forecast(scenario, model, g0.profile, g0.mem, reqs, record.table, record.stats, summary,
                     record.wall_s)  # fmt: skip
@@ -407,6 +413,14 @@ def _subset(reqs: Requests, rids: np.ndarray) -> Requests:
         None,
         None if reqs.shareable is None else reqs.shareable[rids],
     )
+
+
+def _cpus(backend: str, ray_address: str | None) -> int:
+    if backend == "ray":
+        from simulator.search import connect_ray
+
+        return max(int(connect_ray(ray_address).cluster_resources().get("CPU", 1)), 1)
+    return os.cpu_count() or 1
 
 
 def _run(
