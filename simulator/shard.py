@@ -212,12 +212,14 @@ class ShardOutcome:
     engines: list[EngineCounts]
     waiting: list[int] = field(default_factory=list)  # backlog at each check
     completed: list[int] = field(default_factory=list)
+    cpu_s: float = 0.0  # CPU seconds the shard took
 
 
 def run_shard(task: ShardTask) -> ShardOutcome:
     """Build this shard's engines on an environment of its own and run them (simulation.build's engines)."""
     from simulator.simulation import _Build, _engine, _with_draft
 
+    cpu0 = time.process_time()
     sc = task.scenario
     model = load_model(sc.model)
     groups = plan_groups(sc, model)
@@ -284,6 +286,7 @@ def run_shard(task: ShardTask) -> ShardOutcome:
                 s.spec_yield,
             )  # fmt: skip
         )
+    out.cpu_s = time.process_time() - cpu0
     return out
 
 
@@ -331,7 +334,10 @@ def simulate_sharded(
     from simulator.simulation import summarize_run
 
     summary = summarize_run(dep, record, end)
-    summary["simulation"]["shards"] = len(tasks)  # (how it ran, as wall_s: not part of the forecast)
+    # how it ran, as wall_s (not part of the forecast): the shards, and each one's CPU seconds (the
+    # slowest is the run's critical path on idle cores)
+    summary["simulation"]["shards"] = len(tasks)
+    summary["simulation"]["shard_cpu_s"] = [o.cpu_s for o in outcomes]
     g0 = dep.headline
     return Forecast(scenario, model, g0.profile, g0.mem, reqs, record.table, record.stats, summary,
                     record.wall_s)  # fmt: skip
