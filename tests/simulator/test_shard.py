@@ -48,13 +48,17 @@ CASES = {
         "hardware.gpus_per_replica=2",
         "serving.speculative={method: self, num_speculative_tokens: 3, acceptance_rate: 0.6}",
     ],
+    "round_robin_two_groups_one_too_short_for_some_requests": [
+        "cluster.router=round_robin",
+        "cluster.groups=[{gpu: h100-sxm, count: 2, serving: {memory: {max_model_len: 1500}}},"
+        "{gpu: a100-80gb-sxm, count: 3}]",
+    ],
 }
 
 
 def _scenario(overrides: list[str], n: int = 1500):
-    data = apply_overrides(
-        copy.deepcopy(DEFAULT_SCENARIO), ["cluster.replicas=4", f"workload.num_requests={n}"]
-    )
+    fleet = [] if any(o.startswith("cluster.groups") for o in overrides) else ["cluster.replicas=4"]
+    data = apply_overrides(copy.deepcopy(DEFAULT_SCENARIO), [*fleet, f"workload.num_requests={n}"])
     return parse_scenario(apply_overrides(data, overrides))
 
 
