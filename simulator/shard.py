@@ -482,9 +482,7 @@ def _merge(outcomes: list[ShardOutcome], base: _Base, stop_at: int | None, wall0
             dropped[why] += 1
         engines += o.engines
     for e in engines:
-        e.group = base.groups[e.group_index]
-        if isinstance(e.stats.timeline, np.ndarray):
-            e.stats.timeline = [tuple(row) for row in e.stats.timeline.tolist()]
+        e.group = base.groups[e.group_index]  # (its timeline stays an array: merge_stats reads either)
     hold = sum(e.max_seqs for e in engines)
     stopped = None
     if stop_at is not None:
