@@ -324,13 +324,14 @@ def simulate_sharded(
             f.summary["sharding"] = {"shards": 1, "why_one_process": why}
         return f
     tasks, base = plan
-    outcomes = _run(tasks, backend, workers, ray_address)
+    table = _table(reqs)
+    outcomes = _collect(_run(tasks, backend, workers, ray_address), table)
     stop_at = _early_stop(outcomes, base)
     if stop_at is not None:  # overloaded: every shard runs again up to the check that stopped it
         for t in tasks:
             t.stop_at = stop_at
-        outcomes = _run(tasks, backend, workers, ray_address)
-    record, end, dep = _merge(outcomes, base, stop_at, wall0)
+        outcomes = _collect(_run(tasks, backend, workers, ray_address), table)  # (every record rewritten)
+    record, end, dep = _merge(outcomes, base, table, stop_at, wall0)
     from simulator.simulation import summarize_run
 
     summary = summarize_run(dep, record, end)
@@ -429,21 +430,46 @@ def _cpus(backend: str, ray_address: str | None) -> int:
     return os.cpu_count() or 1
 
 
-def _run(
-    tasks: list[ShardTask], backend: str, workers: int | None, ray_address: str | None
-) -> list[ShardOutcome]:
+def _run(tasks: list[ShardTask], backend: str, workers: int | None, ray_address: str | None):
+    """The shards' outcomes, in task order, each as it is taken (so that the caller can merge and drop it)."""
     if backend == "serial":
-        return [run_shard(t) for t in tasks]
-    if backend == "processes":
+        for t in tasks:
+            yield run_shard(t)
+    elif backend == "processes":
         with ProcessPoolExecutor(max_workers=workers or len(tasks)) as pool:
-            return list(pool.map(run_shard, tasks))
-    if backend == "ray":
+            yield from pool.map(run_shard, tasks)
+    elif backend == "ray":
         from simulator.search import connect_ray
 
         ray = connect_ray(ray_address)
         remote = ray.remote(run_shard)
-        return ray.get([remote.remote(t) for t in tasks])
-    raise ValueError(f"backend {backend!r}: serial, processes or ray")
+        refs = [remote.remote(t) for t in tasks]
+        for i in range(len(refs)):
+            outcome, refs[i] = ray.get(refs[i]), None
+            yield outcome
+    else:
+        raise ValueError(f"backend {backend!r}: serial, processes or ray")
+
+
+def _table(reqs: Requests) -> RequestTable:
+    """The run's per-request table, its per-request fields as arrays for the shards' records."""
+    table = RequestTable(reqs.arrival_s.copy(), reqs.prompt_tokens, reqs.output_tokens)
+    if reqs.class_id is not None:
+        table.class_id = reqs.class_id
+    table.freeze()
+    return table
+
+
+def _collect(outcomes, table: RequestTable) -> list[ShardOutcome]:
+    """Write each shard's per-request records into the table as it comes and drop them from the outcome:
+    one shard's records at a time besides the table."""
+    out = []
+    for o in outcomes:
+        for name, values in o.fields.items():
+            getattr(table, name)[o.rids] = values
+        o.fields = {}
+        out.append(o)
+    return out
 
 
 def _early_stop(outcomes: list[ShardOutcome], base: _Base) -> int | None:
@@ -462,21 +488,15 @@ def _early_stop(outcomes: list[ShardOutcome], base: _Base) -> int | None:
     return None
 
 
-def _merge(outcomes: list[ShardOutcome], base: _Base, stop_at: int | None, wall0: float):
-    """One run's record, end and deployment from the shards' outcomes."""
+def _merge(outcomes: list[ShardOutcome], base: _Base, table: RequestTable, stop_at: int | None, wall0: float):
+    """One run's record, end and deployment from the shards' outcomes (their records already in `table`)."""
     from simulator.simulation import Deployment, RunEnd
 
     reqs = base.reqs
-    table = RequestTable(reqs.arrival_s.copy(), reqs.prompt_tokens, reqs.output_tokens)
-    if reqs.class_id is not None:
-        table.class_id = reqs.class_id
-    table.freeze()
     table.rejected[:] = base.rejected
     dropped = {"queue_full": 0, "timed_out": 0}
     engines: list[EngineCounts] = []
     for o in outcomes:
-        for name, values in o.fields.items():
-            getattr(table, name)[o.rids] = values
         for rid, why in o.dropped:
             table.rejected[rid] = True
             dropped[why] += 1
