@@ -480,12 +480,20 @@ def _early_stop(outcomes: list[ShardOutcome], base: _Base) -> int | None:
     hold = sum(e.max_seqs for o in outcomes for e in o.engines)
     check = Backlog(hold, base.arrivals)
     for k in range(len(outcomes[0].waiting)):
-        t = base.horizon_s * (k + 1) / CHECKS
-        arrived = int(np.searchsorted(base.events, t, side="left"))
+        arrived = int(np.searchsorted(base.events, _check_time(base.horizon_s, k + 1), side="left"))
         waiting = sum(o.waiting[k] for o in outcomes)
         if check.overloaded(waiting, arrived, sum(o.completed[k] for o in outcomes)):
             return k + 1
     return None
+
+
+def _check_time(horizon_s: float, k: int) -> float:
+    """The simulated time at which the k-th check stops the clock: `env.run(until=t)` lands at
+    `now + (t − now)`, now being where the previous check stopped it."""
+    now = 0.0
+    for j in range(1, k + 1):
+        now = now + (horizon_s * j / CHECKS - now)
+    return now
 
 
 def _merge(outcomes: list[ShardOutcome], base: _Base, table: RequestTable, stop_at: int | None, wall0: float):
@@ -506,7 +514,7 @@ def _merge(outcomes: list[ShardOutcome], base: _Base, table: RequestTable, stop_
     hold = sum(e.max_seqs for e in engines)
     stopped = None
     if stop_at is not None:
-        t = base.horizon_s * stop_at / CHECKS
+        t = _check_time(base.horizon_s, stop_at)
         arrived = int(np.searchsorted(base.events, t, side="left"))
         stopped = Stopped(t, arrived, sum(o.waiting[stop_at - 1] for o in outcomes))
     stats = merge_stats([e.stats for e in engines], base.interval_s)

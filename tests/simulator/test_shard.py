@@ -151,3 +151,16 @@ def test_cli_run_with_workers_writes_the_one_process_files(tmp_path, capsys):
     assert "in 2 shards" in capsys.readouterr().out
     for name in ("requests.csv", "timeline.csv"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+@pytest.mark.parametrize("horizon", [1234.5678, 0.3, 7.0e5 / 3])
+def test_check_times_are_where_chunked_runs_stop_the_clock(horizon):
+    import simpy
+
+    from simulator.shard import _check_time
+    from simulator.stability import CHECKS
+
+    env = simpy.Environment()
+    for k in range(1, CHECKS + 1):
+        env.run(until=horizon * k / CHECKS)
+        assert env.now == _check_time(horizon, k)
