@@ -115,7 +115,7 @@ class ShardSource:
 
     def _arrive(self, _event) -> None:
         events, i, now = self.events, self.next, self.env.now
-        while i < self.count and events[i] == now:
+        while i < self.count and events[i] <= now:  # (== now: `at_time` lands on the very time)
             i += 1
             self.next = i
             self.submit(i - 1)
@@ -193,10 +193,9 @@ class EngineCounts:
     spec_yield: int
     group: object = None
 
+    # kv_summary and replica_summary read e.pool.*, SchedulerCounts s.pool.*: the counts are all here
     @property
-    def pool(
-        self,
-    ) -> EngineCounts:  # (kv_summary and replica_summary read e.pool.*, SchedulerCounts s.pool.*)
+    def pool(self) -> EngineCounts:
         return self
 
     @property
@@ -206,6 +205,8 @@ class EngineCounts:
 
 @dataclass(slots=True)
 class ShardOutcome:
+    """What a shard sends back: its requests' records (global ids), drops, engines and backlog at each check."""
+
     rids: np.ndarray
     fields: dict[str, np.ndarray]
     dropped: list[tuple[int, str]]  # (global id, reason)
