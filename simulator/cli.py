@@ -103,8 +103,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sc = _scenario(args.scenario, args.set, args.requests)
     with _scenario_folder(args.out, run_dir(sc.output.dir, args.set, args.requests)) as folder:
-        with _run_progress(f"simulating {sc.name}") as progress:
-            forecast = simulate(sc, progress=progress)
+        if args.workers or args.ray:
+            from simulator.shard import simulate_sharded
+
+            with _run_progress(f"simulating {sc.name} in shards", total=None):
+                backend = "ray" if args.ray else "processes"
+                forecast = simulate_sharded(sc, args.workers, backend, args.workers, args.ray)
+        else:
+            with _run_progress(f"simulating {sc.name}") as progress:
+                forecast = simulate(sc, progress=progress)
         if not args.no_capacity and forecast.fits:
             from simulator.metrics import capacity
 
@@ -446,6 +453,15 @@ def _simulate_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "--out",
         help="output folder (default: the scenario's output.dir; with --set or --requests, "
         "output.dir-set-HASH, HASH naming the overrides, so the unchanged scenario's results are kept)",
+    )
+    r.add_argument(
+        "--workers",
+        type=_count,
+        help="split the replicas into this many shards run on local processes, identical to one process "
+        "(routers that decide up front: round_robin, prefix_affinity; others run in one process, and say so)",
+    )
+    r.add_argument(
+        "--ray", metavar="ADDRESS", help="run the shards on a Ray cluster ('auto', ray://host:10001, local)"
     )
     _override_options(r)
     r.set_defaults(fn=cmd_run)

@@ -206,7 +206,7 @@ def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
         m.kv_block_seconds += s.kv_block_seconds
         m.batch_seq_steps += s.batch_seq_steps
         m.itl_hist += s.itl_hist
-    ends = [s.timeline[-1][0] for s in stats if s.timeline]
+    ends = [s.timeline[-1][0] for s in stats if len(s.timeline)]  # (a timeline: rows, or an array of them)
     if ends:
         # a run that drains far past its arrivals (a KV link of 1e-300 GB/s) coarsens the grid rather than
         # allocating a row per interval without bound
@@ -214,9 +214,9 @@ def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
         grid = np.arange(0.0, max(ends) + step, step)
         total = np.zeros((len(grid), 4))
         for s in stats:
-            if not s.timeline:
+            if not len(s.timeline):
                 continue
-            arr = np.array(s.timeline)
+            arr = np.asarray(s.timeline, dtype=float)
             i = np.searchsorted(arr[:, 0], grid, side="right") - 1
             vals = np.where(i[:, None] >= 0, arr[np.maximum(i, 0), 1:], 0.0)
             total += vals

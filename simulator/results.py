@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -65,14 +66,23 @@ def write_results(f: Forecast, out: str | Path | ResultFolder) -> Path:
     return out.path
 
 
-def _write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
+# rows formatted at a time, so a fleet's 72 million rows never sit in memory as text (byte-equal to formatting
+# them whole: tests/simulator/test_results_csv.py)
+CSV_CHUNK_ROWS = 500_000
+
+
+def _write_csv(path: Path, cols: dict[str, np.ndarray], chunk_rows: int = CSV_CHUNK_ROWS) -> None:
     names = list(cols)
     fmts = ["%d" if np.issubdtype(np.asarray(c).dtype, np.integer) else "%.6f" for c in cols.values()]
-    data = np.column_stack([np.asarray(c, dtype=float) for c in cols.values()])
-    np.savetxt(path, data, delimiter=",", header=",".join(names), comments="", fmt=fmts)
-    # NaN renders as 'nan'; empty cells read better in spreadsheets
-    text = path.read_text().replace(",nan", ",").replace("\nnan,", "\n,")
-    path.write_text(text)
+    n = len(next(iter(cols.values()))) if cols else 0
+    with path.open("w") as f:
+        f.write(",".join(names) + "\n")
+        for lo in range(0, n, chunk_rows):
+            data = np.column_stack([np.asarray(c[lo : lo + chunk_rows], dtype=float) for c in cols.values()])
+            buf = io.StringIO()
+            np.savetxt(buf, data, delimiter=",", fmt=fmts)
+            # NaN renders as 'nan'; empty cells read better in spreadsheets
+            f.write(("\n" + buf.getvalue()).replace(",nan", ",").replace("\nnan,", "\n,")[1:])
 
 
 def _clean(x):
@@ -211,5 +221,8 @@ def format_summary(f: Forecast) -> str:
     lines.append(
         f"simulated in {sim['wall_s']:.2f} s ({sim['requests_per_wall_s']:,.0f} requests/s, "
         f"{sim['steps_per_wall_s']:,.0f} steps/s)"
+        + (f" in {sim['shards']} shards" if "shards" in sim else "")
     )
+    if "sharding" in s:
+        lines.append(f"one process: {s['sharding']['why_one_process']}")
     return "\n".join(lines)
