@@ -156,15 +156,17 @@ class Autoscaler:
         rids = self.watch.order[lo:hi]
         if not len(rids):
             return 0
+        # (the table's columns are lists while the run goes on)
+        first_s = np.array([tab.first_token_s[i] for i in rids.tolist()])
         ratios = []
         if slo.ttft_s is not None:
-            first = np.fmin(tab.first_token_s[rids], now)  # still waiting: the TTFT so far
+            first = np.fmin(first_s, now)  # still waiting: the TTFT so far
             ratios.append(np.percentile(first - tab.arrival_s[rids], sp.slo_percentile) / slo.ttft_s)
         if slo.tpot_s is not None:
-            fin, out = tab.finish_s[rids], tab.output_tokens[rids]
+            fin, out = np.array([tab.finish_s[i] for i in rids.tolist()]), tab.output_tokens[rids]
             done = (fin <= now) & (out > 1)
             if done.any():
-                tpot = (fin[done] - tab.first_token_s[rids][done]) / (out[done] - 1)
+                tpot = (fin[done] - first_s[done]) / (out[done] - 1)
                 ratios.append(np.percentile(tpot, sp.slo_percentile) / slo.tpot_s)
         if not ratios:
             return 0

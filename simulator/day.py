@@ -219,3 +219,45 @@ def _timeline(scenario: Scenario, arrival: np.ndarray, changes: list[FleetChange
     else:
         offered = np.full(len(t), scenario.workload.arrival.rate_per_s or len(first) / max(end, 1e-9))
     return DayRecord(t, offered, counts / TIMELINE_STEP_S, replicas_over_time(changes, t))
+
+
+def day_lines(s: dict) -> list[str]:
+    """The CLI's lines for summary["day"]: the day's cost, the fixed fleet beside it, and a row per hour."""
+    d = s.get("day")
+    if d is None:
+        return []
+    lines = [
+        "",
+        f"the day ({d['duration_s'] / 3600:.1f} h): {d['gpu_hours']:.1f} GPU-hours, ${d['total_usd']:,.2f}, "
+        f"${d['usd_per_1m_tokens']:.3f} per 1M tokens; {d['slo_attainment']:.1%} of requests met the SLOs",
+    ]
+    a = d.get("autoscaling")
+    if a is not None:
+        fx, rs = a["fixed_fleet"], a["right_sized_hourly"]
+        lines += [
+            f"autoscaling ({a['policy']}, {a['min_replicas']}-{a['max_replicas']} replicas, start-up "
+            f"{a['startup_s']:.0f} s): {a['scale_ups']} scale-ups, {a['scale_downs']} scale-downs, "
+            f"peak {a['peak_replicas']} replicas",
+            f"  one replica sustains {a['replica_capacity_per_s']:.3g} req/s ({a['capacity_from']})",
+            f"  {'fleet':<34}{'cost':>12}{'per 1M tokens':>16}",
+            f"  {'autoscaled':<34}{'$' + format(d['total_usd'], ',.2f'):>12}{'$' + format(d['usd_per_1m_tokens'], '.3f'):>16}",
+            f"  {'fixed, ' + str(fx['replicas']) + ' replicas for ' + format(fx['sized_for_per_s'], '.3g') + ' req/s peak':<34}"
+            f"{'$' + format(fx['total_usd'], ',.2f'):>12}{'$' + format(fx['usd_per_1m_tokens'], '.3f'):>16}",
+            f"  {'right-sized hour by hour':<34}{'$' + format(rs['total_usd'], ',.2f'):>12}"
+            f"{'$' + format(rs['usd_per_1m_tokens'], '.3f'):>16}",
+            f"  autoscaling saves {a['saving_vs_fixed']:.1%} against the fixed fleet",
+        ]
+    lines.append(
+        f"  {'hour':>4} {'req/s':>7} {'replicas':>8} {'in SLO':>7} {'TTFT p50/p99 ms':>16} {'TPOT p50/p99 ms':>16} {'cost':>9}"
+    )
+    for h in d["hours"]:
+        lines.append(
+            f"  {h['hour']:>4} {h['offered_per_s']:>7.2f} {h['replicas_mean']:>8.2f} {h['slo_attainment']:>7.1%} "
+            f"{_ms(h['ttft_p50_s']) + '/' + _ms(h['ttft_p99_s']):>16} {_ms(h['tpot_p50_s']) + '/' + _ms(h['tpot_p99_s']):>16} "
+            f"{'$' + format(h['usd'], ',.2f'):>9}"
+        )
+    return lines
+
+
+def _ms(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x * 1e3:.0f}"

@@ -29,6 +29,7 @@ RESULT_FILES = frozenset(
         "summary.json",
         "requests.csv",
         "timeline.csv",
+        "day_timeline.csv",
         "compare.json",
         "compare.csv",
         "search.csv",
