@@ -131,7 +131,7 @@ def day_summary(scenario: Scenario, group: Group, table, stats, autoscaler: Auto
             "hour": h,
             "arrivals": int(m.sum()),
             "offered_per_s": float(m.sum() / (b - a)),
-            "slo_attainment": float(ok[m].sum() / max(m.sum(), 1)),
+            "slo_attainment": float(ok[m].sum() / m.sum()) if m.any() else math.nan,
             "replicas_mean": held / (b - a),
             "usd": held / 3600 * usd_per_replica_hour,
         }
@@ -252,12 +252,54 @@ def day_lines(s: dict) -> list[str]:
     )
     for h in d["hours"]:
         lines.append(
-            f"  {h['hour']:>4} {h['offered_per_s']:>7.2f} {h['replicas_mean']:>8.2f} {h['slo_attainment']:>7.1%} "
+            f"  {h['hour']:>4} {h['offered_per_s']:>7.2f} {h['replicas_mean']:>8.2f} {_pct(h['slo_attainment']):>7} "
             f"{_ms(h['ttft_p50_s']) + '/' + _ms(h['ttft_p99_s']):>16} {_ms(h['tpot_p50_s']) + '/' + _ms(h['tpot_p99_s']):>16} "
             f"{'$' + format(h['usd'], ',.2f'):>9}"
         )
     return lines
 
 
+def _pct(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x:.1%}"
+
+
 def _ms(x: float) -> str:
     return "-" if not math.isfinite(x) else f"{x * 1e3:.0f}"
+
+
+DAY_COST_HEAD = ("fleet", "GPU cost", "per 1M tokens")
+DAY_HOUR_HEAD = (
+    "hour",
+    "req/s",
+    "replicas",
+    "in SLO",
+    "TTFT p50 ms",
+    "TTFT p99 ms",
+    "TPOT p50 ms",
+    "TPOT p99 ms",
+    "cost",
+)
+
+
+def day_cost_rows(d: dict) -> list[list[str]]:
+    """The day's cost beside the fixed fleet for the peak and the hour-by-hour fleets (report and app)."""
+    rows = [["this run", f"${d['total_usd']:,.2f}", f"${d['usd_per_1m_tokens']:.3f}"]]
+    a = d.get("autoscaling")
+    if a is not None:
+        fx, rs = a["fixed_fleet"], a["right_sized_hourly"]
+        rows[0][0] = f"autoscaled ({a['min_replicas']}-{a['max_replicas']} replicas, {a['policy']})"
+        rows += [
+            [f"fixed: {fx['replicas']} replicas for the {fx['sized_for_per_s']:.3g} req/s peak",
+             f"${fx['total_usd']:,.2f}", f"${fx['usd_per_1m_tokens']:.3f}"],
+            ["right-sized hour by hour", f"${rs['total_usd']:,.2f}", f"${rs['usd_per_1m_tokens']:.3f}"],
+        ]  # fmt: skip
+    return rows
+
+
+def day_hour_rows(d: dict) -> list[list[str]]:
+    """One row per hour: offered rate, mean replicas held, SLO attainment, latency percentiles, cost."""
+    return [
+        [str(h["hour"]), f"{h['offered_per_s']:.2f}", f"{h['replicas_mean']:.2f}", _pct(h["slo_attainment"]),
+         _ms(h["ttft_p50_s"]), _ms(h["ttft_p99_s"]), _ms(h["tpot_p50_s"]), _ms(h["tpot_p99_s"]), f"${h['usd']:,.2f}"]
+        for h in d["hours"]
+    ]  # fmt: skip

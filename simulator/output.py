@@ -41,6 +41,7 @@ RESULT_FILES = frozenset(
         "latency_vs_load.png",
         "cost.png",
         "timelines.png",
+        "day_fleet.png",
     }
 )
 

@@ -349,3 +349,26 @@ def test_capacity_search_sizes_the_fixed_fleet_when_no_capacity_is_given():
     a = simulate(sc).summary["day"]["autoscaling"]
     assert a["replica_capacity_per_s"] == cap.per_s
     assert a["fixed_fleet"]["replicas"] == max(1, math.ceil(3.0 / cap.per_s))
+
+
+def test_report_and_cli_show_the_day_beside_the_fixed_fleet(tmp_path):
+    pytest.importorskip("matplotlib")
+    from simulator.report import build_report
+    from simulator.results import format_summary, write_results
+
+    sc = scenario(
+        workload__schedule=steps((0, 1.0), (300, 6.0)),
+        workload__duration_s=600,
+        cluster={"autoscaling": {"min_replicas": 1, "max_replicas": 4, "replica_capacity_per_s": 2.0}},
+    )
+    f = simulate(sc)
+    d = f.summary["day"]
+    text = format_summary(f)
+    assert f"${d['total_usd']:,.2f}" in text and "fixed, 3 replicas for 6 req/s peak" in text
+    rep = build_report(f)
+    assert "## The day" in rep.markdown and "| fixed: 3 replicas for the 6 req/s peak |" in rep.markdown
+    assert "day_fleet.png" in rep.images and "## Hour by hour" in rep.markdown
+    out = write_results(f, tmp_path / "r")
+    rows = (out / "day_timeline.csv").read_text().splitlines()
+    assert rows[0] == "time_s,offered_per_s,arrived_per_s,ready,starting,draining"
+    assert rows[1].startswith("0.000000,1.000000,") and rows[6].startswith("300.000000,6.000000,")
