@@ -372,3 +372,28 @@ def test_report_and_cli_show_the_day_beside_the_fixed_fleet(tmp_path):
     rows = (out / "day_timeline.csv").read_text().splitlines()
     assert rows[0] == "time_s,offered_per_s,arrived_per_s,ready,starting,draining"
     assert rows[1].startswith("0.000000,1.000000,") and rows[6].startswith("300.000000,6.000000,")
+
+
+def test_a_search_over_a_day_keeps_the_configurations_meeting_the_slos_and_ranks_them_by_cost():
+    from simulator.search import configured, parse_spec, run_search
+
+    base = copy.deepcopy(BASE)
+    base["workload"] |= {"schedule": steps((0, 4.0), (300, 30.0), (600, 4.0)), "duration_s": 900}
+    base["cluster"] = {"autoscaling": {"min_replicas": 1, "max_replicas": 4, "replica_capacity_per_s": 20.0,
+                                       "window_s": 30, "interval_s": 10, "scale_down_delay_s": 60}}  # fmt: skip
+    spec = parse_spec({"name": "day", "base": base, "slo_attainment": 0.95,
+                       "sweep": {"cluster.autoscaling.min_replicas": [1, 2], "hardware.gpu": ["h100-sxm", "l4"]}})  # fmt: skip
+    result = run_search(spec, backend="serial")
+    assert len(result.results) == 4
+    for r in result.results:
+        day = simulate(parse_scenario(configured(base, r.fields))).summary["day"]
+        assert (r.status == "ok") == (day["slo_attainment"] >= 0.95), (
+            r.label,
+            day["slo_attainment"],
+            r.message,
+        )
+        assert r.usd_per_1m_tokens == pytest.approx(day["usd_per_1m_tokens"])
+    ok = result.cheapest(n=10)
+    assert ok and [r.usd_per_1m_tokens for r in ok] == sorted(r.usd_per_1m_tokens for r in ok)
+    with pytest.raises(ConfigError, match="target_rate_per_s"):
+        parse_spec({"name": "day", "base": base, "target_rate_per_s": 5.0})
