@@ -40,11 +40,12 @@ class State(Enum):
     DRAINING = "draining"
 
 
-def startup_s(st: Startup, weight_bytes_per_gpu: float) -> float:
-    """Seconds from a replica's start to its first request: one GPU's share of the weights read at the
-    storage tier's rate (a replica's GPUs read their shards in parallel), engine start, CUDA-graph capture."""
+def startup_s(st: Startup, weight_bytes: float) -> float:
+    """Seconds from a replica's start to its first request: all its GPUs' weights read at the storage tier's
+    rate (shared by the replica's GPUs: vLLM read a 13B over TP=2 from NVMe at the TP=1 rate, and a 70B over
+    TP=8 from page cache at 7 GB/s in all; see scenario.Startup), engine start, CUDA-graph capture."""
     gbps = st.load_gb_per_s if st.load_gb_per_s is not None else LOAD_GB_PER_S[st.storage]
-    return weight_bytes_per_gpu / (gbps * 1e9) + st.engine_start_s + st.cuda_graph_capture_s
+    return weight_bytes / (gbps * 1e9) + st.engine_start_s + st.cuda_graph_capture_s
 
 
 @dataclass(slots=True)

@@ -92,7 +92,12 @@ def build_autoscaler(
     order = np.asarray(source.ids, dtype=np.int64)
     watch = Watch(source, table, order, scenario.slo, cap)
     return Autoscaler(
-        source.env, spec, replicas, router, watch, startup_s(spec.startup, group.mem.weight_bytes)
+        source.env,
+        spec,
+        replicas,
+        router,
+        watch,
+        startup_s(spec.startup, group.mem.weight_bytes * group.par.gpus),
     )
 
 

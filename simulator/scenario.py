@@ -476,8 +476,9 @@ class Startup(_Spec):
     """How long a new replica takes before it serves: weights read from storage, engine start, CUDA graphs."""
 
     # effective read rates of vLLM's default safetensors loader, bytes per second / 1e9:
-    #  local_nvme 1.8: Llama-2-7b (13.5 GB) from NVMe in 7.29 s, 13b (26 GB) in 16.04 s on an A100
-    #    (vllm-project/vllm PR #10647, the safetensors column);
+    #  local_nvme 1.8: Llama-2-7b (13.5 GB) from NVMe in 7.29 s, 13b (26 GB) in 16.04 s on an A100, and
+    #    in 14.35 s over TP=2: the disk's rate, shared by a replica's GPUs (vllm-project/vllm PR #10647,
+    #    the safetensors column);
     #  network_volume 1.0: an AWS EBS gp3 volume's throughput limit, 1,000 MiB/s (AWS CreateVolume API docs);
     #  page_cache 7.0: Llama-70B-FP8 (70 GB) "~10s to load weights from hot page cache" on TP=8
     #    (vllm-project/vllm issue #19824)

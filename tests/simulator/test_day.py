@@ -397,3 +397,17 @@ def test_a_search_over_a_day_keeps_the_configurations_meeting_the_slos_and_ranks
     assert ok and [r.usd_per_1m_tokens for r in ok] == sorted(r.usd_per_1m_tokens for r in ok)
     with pytest.raises(ConfigError, match="target_rate_per_s"):
         parse_spec({"name": "day", "base": base, "target_rate_per_s": 5.0})
+
+
+def test_a_replica_over_several_gpus_reads_all_its_weights_at_the_storage_rate():
+    """The storage tier's rate is shared by a replica's GPUs (vLLM: a 13B over TP=2 loaded at the TP=1 rate)."""
+    sc = scenario(
+        hardware={"gpu": "h100-sxm", "gpus_per_replica": 2},
+        workload__schedule=steps((0, 1.0)),
+        workload__duration_s=20,
+        cluster={"autoscaling": AUTO | {"replica_capacity_per_s": 5.0}},
+    )
+    dep = _run(sc)
+    g = dep.groups[0]
+    assert g.par.gpus == 2
+    assert dep.autoscaler.startup_s == pytest.approx(g.mem.weight_bytes * 2 / 1.8e9 + 41 + 17)
