@@ -988,4 +988,8 @@ LENGTH_HELP = """\
     {dist: uniform, min: A, max: B}
     {dist: lognormal, median: M, sigma: S, min: 1, max: 1000000}
     {dist: exponential, mean: M}            geometric on 1, 2, ...
-    {dist: trace}                           the trace's column (needs workload.trace)"""
+    {dist: trace}                           the trace's column (needs workload.trace)
+  rate schedules (workload.schedule), chosen by `kind`; arrival.process draws under them:
+    {kind: steps, steps: [{start_s: 0, rate_per_s: R0}, {start_s: T1, rate_per_s: R1}, ...]}
+    {kind: daily, peak_rate_per_s: P, trough_rate_per_s: T, peak_hour: 14, shape: cosine}
+    {kind: hourly, requests_per_hour: [N0, N1, ...]}   repeats after the last hour"""
