@@ -104,8 +104,11 @@ def plan_groups(scenario: Scenario, model: ModelSpec) -> list[Group]:
     """The replica groups of a scenario, each with its memory plan."""
     cl, dg = scenario.cluster, scenario.disaggregation
     if dg is not None:
-        if cl.groups or cl.replicas != 1:
-            raise ConfigError("with disaggregation, give the replica counts in disaggregation.prefill/decode")
+        if cl.groups or cl.replicas != 1 or cl.autoscaling is not None:
+            raise ConfigError(
+                "with disaggregation, give the replica counts in disaggregation.prefill/decode "
+                "(cluster.autoscaling scales colocated replicas only)"
+            )
         groups = [_group(scenario, model, dg.prefill, "prefill", "prefill"),
                   _group(scenario, model, dg.decode, "decode", "decode")]  # fmt: skip
         if any(g.serving.batching.mode == "static" for g in groups):
@@ -114,7 +117,7 @@ def plan_groups(scenario: Scenario, model: ModelSpec) -> list[Group]:
     if cl.groups:
         return [_group(scenario, model, g, "colocated", f"group{i}") for i, g in enumerate(cl.groups)]
     g = _group(scenario, model, None, "colocated", "replica")
-    g.count = cl.replicas
+    g.count = cl.autoscaling.max_replicas if cl.autoscaling is not None else cl.replicas  # engines built
     return [g]
 
 

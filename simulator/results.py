@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from simulator.breakdown import breakdown_lines, step_breakdown
+from simulator.day import day_lines
 from simulator.deploy import vllm_serve
 from simulator.engines import engine_line, engine_profile
 from simulator.metrics import LATENCIES, capacity_line
@@ -63,6 +64,11 @@ def write_results(f: Forecast, out: str | Path | ResultFolder) -> Path:
         cols = {n: arr[:, i] if i == 0 else arr[:, i].astype(np.int64) for i, n in enumerate(names)}
         cols["kv_occupancy"] = arr[:, 3] / max(f.memory.num_blocks, 1)
         _write_csv(d / "timeline.csv", cols)
+    if f.day is not None:  # the offered load and the fleet, beside each other
+        rec = f.day
+        cols = {"time_s": rec.time_s, "offered_per_s": rec.offered_per_s, "arrived_per_s": rec.arrived_per_s}
+        cols |= {k: rec.fleet[:, i].astype(np.int64) for i, k in enumerate(("ready", "starting", "draining"))}
+        _write_csv(d / "day_timeline.csv", cols)
     return out.path
 
 
@@ -209,6 +215,7 @@ def format_summary(f: Forecast) -> str:
     lines += ["", "where the time goes (bound: what, doubled, would shorten it most):"]
     lines += ["  " + x for x in breakdown_lines(step_breakdown(f))]
     lines += _feature_lines(s)
+    lines += day_lines(s)
     if engine_profile(f.scenario).engine in ("ours", "vllm"):  # a vLLM command line fits a vLLM-like forecast
         serve = vllm_serve(f.scenario)
         lines += [
