@@ -105,6 +105,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _scenario_folder(args.out, run_dir(sc.output.dir, args.set, args.requests)) as folder:
         with _run_progress(f"simulating {sc.name}") as progress:
             forecast = simulate(sc, progress=progress)
+        if args.percentiles is not None and forecast.fits:
+            from simulator.metrics import with_percentiles
+
+            with_percentiles(forecast.summary, forecast.table, forecast.stats.itl_hist, args.percentiles)
         if not args.no_capacity and forecast.fits:
             from simulator.metrics import capacity
 
@@ -392,6 +396,18 @@ def _rate(text: str) -> float:
     return r
 
 
+def _percentiles(text: str) -> tuple[float, ...]:
+    try:
+        ps = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        ps = ()
+    if not ps or not all(0 < p < 100 for p in ps):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give percentiles between 0 and 100, comma-separated (50,90,99)"
+        )
+    return tuple(sorted(set(ps)))
+
+
 def _override_options(p: argparse.ArgumentParser, scope: str = "") -> None:
     """--set and --requests, read by `_scenario`."""
     p.add_argument(
@@ -441,6 +457,13 @@ def _simulate_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         action="store_true",
         help="skip the search for the highest rate within the SLOs (summary.json's capacity; "
         "about 3 s more on the default scenario: its runs are at most 20,000 requests)",
+    )
+    r.add_argument(
+        "--percentiles",
+        type=_percentiles,
+        metavar="50,90,99",
+        help="percentiles of summary.json's vLLM-named keys (p50_ttft_ms...), as vLLM bench serve's "
+        "--metric-percentiles (default 99, as there)",
     )
     r.add_argument(
         "--out",

@@ -98,13 +98,14 @@ def latency_metrics(
             continue
         out[f"mean_{name}_ms"] = float(np.mean(x))
         out[f"median_{name}_ms"] = float(np.median(x))
-        out[f"std_{name}_ms"] = float(np.std(x))
+        with np.errstate(over="ignore", invalid="ignore"):  # (a run of 1e300 s latencies: std is inf)
+            out[f"std_{name}_ms"] = float(np.std(x))
         for p in percentiles:
-            out[f"p{_p_word(p)}_{name}_ms"] = float(np.percentile(x, p))
+            out[f"p{p_word(p)}_{name}_ms"] = float(np.percentile(x, p))
     return out
 
 
-def _p_word(p: float) -> str:
+def p_word(p: float) -> str:
     return str(int(p)) if int(p) == p else str(p)  # benchmark_serving.py's key spelling
 
 

@@ -107,9 +107,15 @@ class Slo(_Spec):
 
 # ---------------------------------------------------------------- workload
 class Arrival(_Spec):
-    process: Literal["poisson", "gamma", "constant", "trace"] = Field(
+    process: Literal["poisson", "gamma", "constant", "trace", "closed_loop"] = Field(
         "poisson",
-        description="poisson, gamma (bursty, set cv), constant spacing, or the trace's own arrival times",
+        description="poisson, gamma (bursty, set cv), constant spacing, the trace's own arrival times, or "
+        "closed_loop: `concurrency` users each sending the next request when their last one finishes",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="closed_loop: users sending at once (vLLM bench serve --max-concurrency, GuideLLM concurrent)",
     )
     rate_per_s: float | None = Field(
         None,
@@ -207,6 +213,12 @@ class Workload(_Spec):
             raise ValueError(
                 "a trace-driven setting needs `trace` (conversation, code, summarization, or a CSV path)"
             )
+        if self.arrival.process == "closed_loop":
+            _closed_loop(self)
+        elif self.arrival.concurrency is not None:
+            raise ValueError(
+                "arrival.concurrency is for arrival.process closed_loop; remove it or use closed_loop"
+            )
         if self.arrival.process in ("poisson", "gamma", "constant") and self.arrival.rate_per_s is None:
             raise ValueError(f"arrival.process {self.arrival.process!r} needs arrival.rate_per_s")
         if self.num_requests and self.duration_s:
@@ -215,6 +227,22 @@ class Workload(_Spec):
 
 
 # ---------------------------------------------------------------- hardware and serving
+def _closed_loop(w: Workload) -> None:
+    """A closed loop has users, not a rate: what it needs and what it cannot combine with."""
+    if w.arrival.concurrency is None:
+        raise ValueError(
+            "arrival.process closed_loop needs arrival.concurrency (how many users send at once)"
+        )
+    for bad, why in (
+        (w.arrival.rate_per_s, "rate_per_s"),
+        (w.duration_s, "duration_s"),
+        (w.classes, "classes"),
+    ):
+        if bad:
+            raise ValueError(f"arrival.process closed_loop: remove {why} (requests follow each other per user; "
+                             "give num_requests)")  # fmt: skip
+
+
 class Hardware(_Spec):
     gpu: str = Field("h100-sxm", description="GPU profile name from hardware_profiles/ (or a .yaml path)")
     gpus_per_replica: int = Field(
