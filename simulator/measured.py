@@ -267,6 +267,7 @@ def _vllm(data: dict, src: str) -> MeasuredRun:
         metrics = latency_metrics(ttft, tpot, itl, e2e)
         duration = _num(data.get("duration"), f"{src}: duration")
         metrics |= throughput_metrics(len(ok), float(p.sum()), float(o.sum()), duration)
+        metrics |= _file_metrics(data)  # vLLM's own figures where it wrote them (same data, its arithmetic)
         run = MeasuredRun(src, "vLLM bench serve (--save-detailed)", model, len(ok), p.astype(np.int64),
                           o.astype(np.int64), True, rate, burst, conc, None, ignore_eos, metrics, notes)  # fmt: skip
     else:
@@ -275,12 +276,7 @@ def _vllm(data: dict, src: str) -> MeasuredRun:
             raise ConfigError(f"{src}: completed: no successful request; nothing to compare")
         tin = _num(data.get("total_input_tokens"), f"{src}: total_input_tokens")
         tout = _num(data.get("total_output_tokens"), f"{src}: total_output_tokens")
-        metrics = {k: float(v) for k, v in data.items() if _metric_key(k) and isinstance(v, (int, float))}
-        goodput = data.get(
-            "request_goodput", data.get("request_goodput:")
-        )  # (an old version's key had a colon)
-        if isinstance(goodput, (int, float)):
-            metrics["request_goodput"] = float(goodput)
+        metrics = _file_metrics(data)
         notes.append(
             "no per-request lengths (run without --save-detailed): every request at the run's mean lengths"
         )
@@ -290,6 +286,14 @@ def _vllm(data: dict, src: str) -> MeasuredRun:
     if data.get("duration") is not None:
         run.metrics["duration"] = _num(data["duration"], f"{src}: duration")
     return run
+
+
+def _file_metrics(data: dict) -> dict[str, float]:
+    metrics = {k: float(v) for k, v in data.items() if _metric_key(k) and isinstance(v, (int, float))}
+    goodput = data.get("request_goodput", data.get("request_goodput:"))  # (an old version's key had a colon)
+    if isinstance(goodput, (int, float)) and not isinstance(goodput, bool):
+        metrics["request_goodput"] = float(goodput)
+    return metrics
 
 
 def _metric_key(k: str) -> bool:

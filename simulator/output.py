@@ -40,6 +40,7 @@ RESULT_FILES = frozenset(
         "latency_vs_load.png",
         "cost.png",
         "timelines.png",
+        "validation.json",
     }
 )
 

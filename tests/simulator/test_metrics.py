@@ -63,7 +63,10 @@ def test_vllm_names_agree_with_the_planners_own_keys_and_the_percentiles_flag(tm
     from simulator.cli import main
 
     out = tmp_path / "run"
-    assert main(["run", "--no-capacity", "--requests", "150", "--percentiles", "50,90,99", "--out", str(out)]) == 0
+    assert (
+        main(["run", "--no-capacity", "--requests", "150", "--percentiles", "50,90,99", "--out", str(out)])
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     lat, t = s["latency_s"], s["throughput"]
     for ours, theirs in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el")):
