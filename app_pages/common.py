@@ -559,6 +559,8 @@ def show_forecast(f: api.Forecast) -> None:
         f"{s['model']['name']} on {hw['gpus']}× {hw['display_name']} "
         f"({'calibrated' if hw['calibrated'] else 'datasheet'} profile, ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour)"
     )
+    if "expected_error" in s:  # how far the headline numbers below may be off, or "unvalidated"
+        st.caption(s["expected_error"]["line"][:1].upper() + s["expected_error"]["line"][1:])
     show_fit(f)
     if f.fits and f.table is not None:
         show_capacity(f)

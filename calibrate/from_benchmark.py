@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from scipy.optimize import least_squares
 
 from core.engine_profile import (
@@ -260,7 +261,7 @@ def validation_of(
 def markdown(s: Settings, f: Fit, train: list[tuple], held: list[tuple], command: str) -> str:
     lines = [f"# {s.engine}: engine profile fitted to measured runs", "", f"`{command}`", "",
              f"Fitted terms ({f.simulations} simulations, cost {f.cost:.4g}, token budget {f.budget}):", ""]  # fmt: skip
-    lines += [f"- {k}: {v:.6g}" for k, v in f.values.items()]
+    lines += [f"- {k}: {v:.4g}" for k, v in f.values.items()]
     for title, rows in (("Fitted runs (residuals)", train), ("Held-out runs (never fitted)", held)):
         lines += [
             "",
@@ -295,9 +296,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=256, help="the engine's max_num_seqs in the runs")
     p.add_argument("--budgets", default="8192", help="token budget(s) per step to try, comma-separated")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs per replica in the runs")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a scenario field of the runs' serving setup, e.g. serving.precision.weight_dtype=fp8")  # fmt: skip
     p.add_argument(
         "--published", metavar="URL", help="the runs were read from this publication (a published profile)"
     )
+    p.add_argument("--table", help="the fit's Markdown table (default: beside the profile, .md)")
     p.add_argument("--out", help="profile path (default: engine_profiles/ENGINE.yaml)")
     return p
 
@@ -313,6 +317,17 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
     train = [r for path in a.runs for r in read_measured(path)]
     held = [r for path in a.hold_out for r in read_measured(path)]
     over = {"hardware": {"gpus_per_replica": a.tp}} if a.tp > 1 else {}
+    for item in a.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(
+                f"--set {item!r}: write field.path=value, e.g. serving.precision.weight_dtype=fp8"
+            )
+        *blocks, name = key.strip().split(".")
+        node = over
+        for b in blocks:
+            node = node.setdefault(b, {})
+        node[name] = yaml.safe_load(value)
     best = None
     for budget in budgets:
         s = Settings(
@@ -323,10 +338,13 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
         if best is None or f.cost < best[1].cost:
             best = (s, f)
     s, f = best
-    train_rows = errors(train, s, f.values)
-    held_rows = errors(held, s, f.values) if held else []
+    shown = {
+        k: float(f"{x:.4g}") if abs(x) > 1e-12 else 0.0 for k, x in f.values.items()
+    }  # 4 digits; 0 at the bound
+    train_rows = errors(train, s, shown)  # (the profile's figures as written, so a rerun of it agrees)
+    held_rows = errors(held, s, shown) if held else []
     out = Path(a.out or f"engine_profiles/{a.engine}.yaml")
-    table = out.with_suffix(".md")
+    table = Path(a.table) if a.table else out.with_suffix(".md")
     raw = [r.source for r in train + held]
     source = (
         Published(kind="published", url=a.published, table=f"runs {', '.join(raw)}; fitted: {command}")
@@ -336,7 +354,7 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
     sched = Estimated(kind="estimated", why=f"as the runs were served (command line): policy {s.policy}, "
                       f"max_num_seqs {s.max_num_seqs}, token budget {s.budget} (best of {a.budgets})")  # fmt: skip
     validation = validation_of(held_rows, [r.source for r in train], str(table)) if held_rows else None
-    profile = profile_of(f.values, s, {"fit": source, "scheduling": sched}, validation)
+    profile = profile_of(shown, s, {"fit": source, "scheduling": sched}, validation)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_engine_profile(profile, out, header=f"{profile.display_name} on {a.gpu}: written by {command}")
     text = markdown(s, f, train_rows, held_rows, command)

@@ -180,7 +180,7 @@ def parse_measured(text: str, src: str) -> list[MeasuredRun] | None:
             return None
         if not isinstance(data, dict):
             return None
-        if "num_prompts" in data and any(k.endswith("_ttft_ms") for k in data) or "input_lens" in data:
+        if "num_prompts" in data and ("request_throughput" in data or "input_lens" in data):
             return [_vllm(data, src)]
         if isinstance(data.get("benchmarks"), list):
             return _guidellm(data, src)

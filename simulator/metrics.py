@@ -18,6 +18,7 @@ from core.model_spec import ModelSpec
 from core.records import ITL_BINS_PER_DECADE, ITL_LO, RequestTable, StepStats, itl_percentiles
 from core.scheduler import Scheduler
 from simulator.engines import engine_profile, engine_summary, named
+from simulator.expected_error import expected_error
 from simulator.memory import MemoryPlan
 from simulator.scenario import HostedApi, Scenario
 
@@ -177,6 +178,7 @@ def summarize(setup: Setup, run: RunRecord | None = None) -> dict:
     }
     out |= _cache_and_speculation(scenario, table, counts)
     out |= vllm_keys(table, stats.itl_hist, makespan, ok if slo.model_dump(exclude_none=True) else None)
+    out["expected_error"] = expected_error(engine_profile(scenario), named(scenario), setup.profile)
     if classes:
         out["classes"] = _class_summaries(classes, slo, table, done, ok, (ttft, tpot, e2e), makespan)
     if scenario.hosted_api is not None:

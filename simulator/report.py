@@ -76,6 +76,10 @@ def headline(f: Forecast) -> list[tuple[str, str]]:
         ),
         ("fits", ("yes: " if s["fits"] else "NO: ") + s["memory"]["explain"]),
     ]
+    if "expected_error" in s:
+        rows.append(
+            ("expected error", s["expected_error"]["line"].removeprefix("expected error").lstrip(": "))
+        )
     st = s.get("stability")
     if st is not None:
         rows.append(

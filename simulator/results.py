@@ -165,6 +165,8 @@ def format_summary(f: Forecast) -> str:
         f" on {hw['gpus']}× {hw['display_name']} [{cal} profile]",
     ]
     lines.append(engine_line(engine_profile(f.scenario), hw["gpu"]))
+    if "expected_error" in s:
+        lines.append(s["expected_error"]["line"])
     if not s["fits"]:
         lines.append(f"DOES NOT FIT: {s['memory']['explain']}")
         return "\n".join(lines)
