@@ -254,7 +254,7 @@ def _vllm(data: dict, src: str) -> MeasuredRun:
                 f"{src}: no successful request (every one has an error or no output); nothing to compare"
             )
         if len(ok) < n:
-            notes.append(f"{n - len(ok)} of {n} requests failed in the run and are left out")
+            notes.append(f"{n - len(ok)} of {n} requests returned an error or no tokens and are left out")
         p = np.array([_num(ins[i], f"{src}: input_lens[{i}]") for i in ok])
         o = np.array([_num(outs[i], f"{src}: output_lens[{i}]") for i in ok])
         ttft = np.array([_num(ttfts[i], f"{src}: ttfts[{i}]") for i in ok])

@@ -105,3 +105,24 @@ def test_bad_inputs_are_one_line(tmp_path):
     assert FORMATS in str(pytest.raises(ConfigError, read_measured, other).value)
     big = _write(tmp_path, "big.json", {"hello": "x" * 300_000})
     _one_line(lambda: read_trace(big), "not an array of requests")  # the file is never quoted whole
+
+
+def test_a_real_vllm_result_file_reads_and_validates():
+    """vLLM v0.6.0's own file (tests/simulator/data/README.md): old schema, requests with no tokens."""
+    from pathlib import Path
+
+    from simulator.validation import validate
+
+    path = Path(__file__).parent / "data" / "lambda_vllm_0.6_h100_llama31_8b_fp8_10prompts.json"
+    run = one_run(path)
+    assert run.completed == 7  # the three requests with no tokens are left out
+    assert run.prompt_tokens.tolist() == [13, 25, 27, 10, 29, 4, 205]
+    assert run.output_tokens.tolist() == [120, 1, 1, 194, 40, 6, 80]
+    assert run.metrics["mean_ttft_ms"] == 44.16175780061167  # vLLM's own figure, as the file has it
+    assert any("3 of 10 requests returned an error or no tokens" in n for n in run.notes)
+    data = {"name": "h100-fp8", "model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm"},
+            "serving": {"precision": {"weight_dtype": "fp8"}},
+            "workload": {"arrival": {"process": "poisson", "rate_per_s": 1}, "num_requests": 1}}  # fmt: skip
+    v = validate(run, data, "test")
+    rows = {r.metric: r for r in v.rows}
+    assert rows["p99_ttft_ms"].measured == 64.57043718444766 and rows["p99_ttft_ms"].forecast > 0
