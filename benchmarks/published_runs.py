@@ -66,7 +66,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for (isl, osl), (n, h200, h100) in ROWS.items():
         for gpu, value in (("h200", h200), ("h100-sxm", h100)):
-            (OUT / f"{gpu}_{isl}_{osl}.json").write_text(json.dumps(run_file(gpu, isl, osl, n, value), indent=1) + "\n")
+            (OUT / f"{gpu}_{isl}_{osl}.json").write_text(
+                json.dumps(run_file(gpu, isl, osl, n, value), indent=1) + "\n"
+            )
     print(f"wrote {2 * len(ROWS)} runs to {OUT}")
 
 

@@ -301,6 +301,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--published", metavar="URL", help="the runs were read from this publication (a published profile)"
     )
+    p.add_argument("--notes", default="", help="what the profile's reader should know (written as its notes)")
     p.add_argument("--table", help="the fit's Markdown table (default: beside the profile, .md)")
     p.add_argument("--out", help="profile path (default: engine_profiles/ENGINE.yaml)")
     return p
@@ -351,10 +352,10 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
         if a.published
         else Measured(kind="measured", command=command, date=_dt.date.today().isoformat(), gpu=a.gpu, raw=raw)
     )
-    sched = Estimated(kind="estimated", why=f"as the runs were served (command line): policy {s.policy}, "
+    sched = Estimated(kind="estimated", why=f"as given on the command line for the runs: policy {s.policy}, "
                       f"max_num_seqs {s.max_num_seqs}, token budget {s.budget} (best of {a.budgets})")  # fmt: skip
     validation = validation_of(held_rows, [r.source for r in train], str(table)) if held_rows else None
-    profile = profile_of(shown, s, {"fit": source, "scheduling": sched}, validation)
+    profile = profile_of(shown, s, {"fit": source, "scheduling": sched}, validation, a.notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_engine_profile(profile, out, header=f"{profile.display_name} on {a.gpu}: written by {command}")
     text = markdown(s, f, train_rows, held_rows, command)

@@ -58,7 +58,9 @@ def fidelity_table(gpu: str) -> tuple[dict[str, float], str] | None:
     if header is None or median is None:
         return None
     names = [c.strip() for c in header.strip("|").split("|")]
-    cells = [c.strip() for c in median.replace("\\|", "/").strip("|").split("|")]  # (the label's escaped bars)
+    cells = [
+        c.strip() for c in median.replace("\\|", "/").strip("|").split("|")
+    ]  # (the label's escaped bars)
     pairs = []
     for name, cell in zip(names, cells, strict=False):
         if name in ("TTFT p50", "TPOT p50", "out tok/s") and cell.endswith("%"):

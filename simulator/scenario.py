@@ -178,7 +178,8 @@ class Workload(_Spec):
     trace: str | None = Field(
         None,
         description="trace for lengths and/or arrivals: a built-in name (conversation, code, summarization) "
-        "or a CSV path with arrived_at, num_prefill_tokens, num_decode_tokens (trace rows are reused in a loop)",
+        "or a CSV path with arrived_at, num_prefill_tokens, num_decode_tokens (trace rows are reused in a loop), "
+        "or a benchmark's result with per-request lengths (vLLM bench serve --save-detailed, GuideLLM, AIPerf)",
     )
     arrival: Arrival = Field(default_factory=Arrival, description="when requests arrive")
     prompt_tokens: Length = Field(
