@@ -565,6 +565,8 @@ def show_forecast(f: api.Forecast) -> None:
     )
     if engine and engine["transferred"]:
         st.warning(engine["transferred"])
+    if "expected_error" in s:  # how far the headline numbers below may be off, or "unvalidated"
+        st.caption(s["expected_error"]["line"][:1].upper() + s["expected_error"]["line"][1:])
     show_fit(f)
     if f.fits and f.table is not None:
         show_capacity(f)

@@ -112,6 +112,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             with _run_progress(f"simulating {sc.name}") as progress:
                 forecast = simulate(sc, progress=progress)
+        if args.percentiles is not None and forecast.fits:
+            from simulator.metrics import with_percentiles
+
+            with_percentiles(forecast.summary, forecast.table, forecast.stats.itl_hist, args.percentiles)
         if not args.no_capacity and forecast.fits:
             from simulator.metrics import capacity
 
@@ -360,6 +364,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    import json
+
+    from simulator.measured import read_measured
+    from simulator.results import _clean
+    from simulator.validation import table, validate
+
+    data, source = _scenario_data(args.scenario)
+    data = apply_overrides(data, args.set or [], source)
+    runs = read_measured(args.measured)
+    sc = parse_scenario(data, source)
+    with _scenario_folder(args.out, f"{sc.output.dir}-validate") as folder:
+        checks = [validate(run, data, source, args.force) for run in runs]
+        out = [v.as_dict() for v in checks]
+        text = json.dumps(_clean(out[0] if len(out) == 1 else out), indent=2) + "\n"
+        (folder.work / "validation.json").write_text(text)
+        folder.commit()
+    print("\n\n".join(table(v) for v in checks))
+    print(_wrote(folder))
+    return 0
+
+
 RUN_EPILOG = (
     "Scenario fields (YAML, nested as shown; override any with --set field.path=value):\n"
     + "\n".join(field_help())
@@ -397,6 +423,18 @@ def _rate(text: str) -> float:
     if not math.isfinite(r) or r <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite rate above 0 req/s (got {text})")
     return r
+
+
+def _percentiles(text: str) -> tuple[float, ...]:
+    try:
+        ps = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        ps = ()
+    if not ps or not all(0 < p < 100 for p in ps):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give percentiles between 0 and 100, comma-separated (50,90,99)"
+        )
+    return tuple(sorted(set(ps)))
 
 
 def _override_options(p: argparse.ArgumentParser, scope: str = "") -> None:
@@ -448,6 +486,13 @@ def _simulate_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         action="store_true",
         help="skip the search for the highest rate within the SLOs (summary.json's capacity; "
         "about 3 s more on the default scenario: its runs are at most 20,000 requests)",
+    )
+    r.add_argument(
+        "--percentiles",
+        type=_percentiles,
+        metavar="50,90,99",
+        help="percentiles of summary.json's vLLM-named keys (p50_ttft_ms...), as vLLM bench serve's "
+        "--metric-percentiles (default 99, as there)",
     )
     r.add_argument(
         "--out",
@@ -538,6 +583,26 @@ def _search_and_report_verbs(verb: Callable[..., argparse.ArgumentParser]) -> No
     rp.add_argument("--out", help="output folder (default: the scenario's output.dir/report)")
     _override_options(rp)
     rp.set_defaults(fn=cmd_report)
+    v = verb(
+        "validate",
+        help="simulate a measured run's workload on a scenario and print measured, forecast and error per metric",
+        description="Read a measured run (vLLM bench serve result JSON, GuideLLM report, AIPerf/genai-perf "
+        "export, inferplan requests.csv), simulate its workload (lengths, rate or concurrency) on the scenario's "
+        "model, GPU and engine, and print TTFT, TPOT, ITL, E2E (mean/p50/p90/p99) and throughput: measured, "
+        "forecast, error. Writes validation.json.",
+    )
+    v.add_argument(
+        "measured", help="the measured run's file (FILE#K: the K-th benchmark of a GuideLLM report)"
+    )
+    v.add_argument("--scenario", help="scenario YAML or an example's name (default: the built-in)")
+    v.add_argument(
+        "--out", help="output folder for validation.json (default: the scenario's output.dir-validate)"
+    )
+    v.add_argument("--force", action="store_true", help="compare even when the run served another model")
+    v.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="override a scenario field (repeatable)"
+    )
+    v.set_defaults(fn=cmd_validate)
 
 
 def build_parser(

@@ -87,6 +87,10 @@ def headline(f: Forecast) -> list[tuple[str, str]]:
                 + (f"; {e['transferred']}" if e["transferred"] else ""),
             ),
         )
+    if "expected_error" in s:
+        rows.append(
+            ("expected error", s["expected_error"]["line"].removeprefix("expected error").lstrip(": "))
+        )
     st = s.get("stability")
     if st is not None:
         rows.append(

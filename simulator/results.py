@@ -103,6 +103,10 @@ def _clean(x):
     return x
 
 
+def _rate(x: float | None) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:,.1f}"
+
+
 def _ms(x: float) -> str:
     return "—" if x is None or not math.isfinite(x) else (f"{x * 1e3:,.1f}" if x < 100 else f"{x * 1e3:,.0f}")
 
@@ -177,6 +181,8 @@ def format_summary(f: Forecast) -> str:
         f" on {hw['gpus']}× {hw['display_name']} [{cal} profile]",
     ]
     lines.append(engine_line(engine_profile(f.scenario), hw["gpu"]))
+    if "expected_error" in s:
+        lines.append(s["expected_error"]["line"])
     if not s["fits"]:
         lines.append(f"DOES NOT FIT: {s['memory']['explain']}")
         return "\n".join(lines)
@@ -199,6 +205,8 @@ def format_summary(f: Forecast) -> str:
     lines.append(
         f"throughput: {t['requests_per_s']:.2f} req/s, {t['input_tokens_per_s']:,.0f} input tok/s, "
         f"{t['output_tokens_per_s']:,.0f} output tok/s over {t['duration_s']:,.0f} s"
+        f" ({t['output_tokens_per_s_per_gpu']:,.0f} output tok/s per GPU, {_rate(t['per_user_output_tokens_per_s'])} "
+        "tok/s per user while streaming)"
     )
     slo = ", ".join(f"{k} ≤ {v * 1e3:g} ms" for k, v in g["slo"].items()) or "no SLO set"
     if s.get("classes"):
