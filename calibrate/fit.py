@@ -332,8 +332,8 @@ def fit_all(
 # ------------------------------------------------------------------ stage 3
 def _theta_of(eff: OpEfficiency, peak: float, bw: float) -> list[float]:
     """(c, m, A, Bm) of an OpEfficiency: the inverse of `to_efficiency`."""
-    a = eff.compute_ramp_flops / (eff.compute * peak) + eff.launch_s
-    b = eff.memory_ramp_bytes / (eff.memory * bw) + eff.launch_s
+    a = eff.compute_ramp_flops / (eff.compute * peak) + eff.compute_ramp_s + eff.launch_s
+    b = eff.memory_ramp_bytes / (eff.memory * bw) + eff.memory_ramp_s + eff.launch_s
     return [eff.compute, eff.memory, a, b]
 
 

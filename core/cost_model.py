@@ -128,8 +128,8 @@ def chunk_pairs(prior: int, chunk: int, window: int = 0) -> float:
 
 def op_time(eff: OpEfficiency, flops: float, nbytes: float, peak_flops: float, bandwidth: float) -> float:
     """Roofline time of one kernel."""
-    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops)
-    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth)
+    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops) + eff.compute_ramp_s
+    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth) + eff.memory_ramp_s
     return (t_c if t_c > t_m else t_m) + eff.launch_s
 
 
@@ -137,8 +137,8 @@ def op_times(
     eff: OpEfficiency, flops: np.ndarray, nbytes: np.ndarray, peak_flops: float, bandwidth: float
 ) -> np.ndarray:
     """Roofline time of one kernel over arrays of problem sizes."""
-    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops)
-    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth)
+    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops) + eff.compute_ramp_s
+    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth) + eff.memory_ramp_s
     return np.maximum(t_c, t_m) + eff.launch_s
 
 
@@ -257,7 +257,7 @@ class CostModel:
     def _weight_gemm(self, slots: float, k: int, n: int, copies: float = 1.0) -> float:
         """One [k, n] weight GEMM over `slots` token rows, spread over `copies` matrices (touched experts)."""
         e = self.gemm_eff
-        t_c = (2.0 * slots * k * n + e.compute_ramp_flops) / (e.compute * self.gemm_peak)
+        t_c = (2.0 * slots * k * n + e.compute_ramp_flops) / (e.compute * self.gemm_peak) + e.compute_ramp_s
         if self.dequant:
             rows = slots / copies if copies else 0.0
             t_c += (
@@ -270,7 +270,7 @@ class CostModel:
             )
         t_m = (copies * k * n * self.wbytes + slots * (k + n) * ACT_BYTES + e.memory_ramp_bytes) / (
             e.memory * self.bw
-        )
+        ) + e.memory_ramp_s
         return (t_c if t_c > t_m else t_m) + e.launch_s
 
     def gemm_time(self, tokens: int, logits_tokens: int) -> float:
@@ -499,8 +499,8 @@ class CostModel:
             rc, rm = e.compute * self.attn_peak, e.memory * self.bw
             c1 = self.pair_flops * m.full_attention_layers / L / rc
             m1 = self.kv_tok_bytes / L / rm
-            c0 = e.compute_ramp_flops / rc
-            m0 = (n * self._attn_io_per_token + e.memory_ramp_bytes) / rm
+            c0 = e.compute_ramp_flops / rc + e.compute_ramp_s
+            m0 = (n * self._attn_io_per_token + e.memory_ramp_bytes) / rm + e.memory_ramp_s
             co = (c0, c1, m0, m1, self._decode_fixed(n) + L * e.launch_s)
             self._coeff_cache[n] = co
         return co
@@ -520,8 +520,14 @@ class CostModel:
             rc, rm = e.compute * self.attn_peak, e.memory * self.bw
             f0, b0 = self._decode_attn_work(n, float(ctx0))
             f1, b1 = self._decode_attn_work(n, float(ctx1))
-            c0, m0 = (f0 + e.compute_ramp_flops) / rc, (b0 + e.memory_ramp_bytes) / rm
-            c1, m1 = (f1 + e.compute_ramp_flops) / rc, (b1 + e.memory_ramp_bytes) / rm
+            c0, m0 = (
+                (f0 + e.compute_ramp_flops) / rc + e.compute_ramp_s,
+                (b0 + e.memory_ramp_bytes) / rm + e.memory_ramp_s,
+            )
+            c1, m1 = (
+                (f1 + e.compute_ramp_flops) / rc + e.compute_ramp_s,
+                (b1 + e.memory_ramp_bytes) / rm + e.memory_ramp_s,
+            )
             fixed = self._decode_fixed(n) + L * e.launch_s
         else:
             ca, cb, ma, mb, fixed = self._decode_coeffs(n)

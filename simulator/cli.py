@@ -222,24 +222,53 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_status(p) -> tuple[str, str]:
+    """(where a profile's efficiencies come from, its validation error) for `gpus`."""
+    cal = p.calibration.model_dump() if p.calibration is not None else {}
+    if p.is_calibrated:
+        held = (cal.get("fit_errors_pct") or {}).get("step", {}).get("holdout", {})
+        err = (
+            f"held-out steps {held['median_pct']:.1f}% median" if held.get("median_pct") is not None else "—"
+        )
+        return "measured here", err
+    if p.calibration is None:
+        return "datasheet", "unvalidated"
+    v = cal.get("validation") or {}
+    status = {
+        "transferred": f"transferred from {cal.get('source_profile', '?')}",
+        "fitted": "fitted to published",
+    }
+    parts = []
+    if v.get("rule_h100_to_h200_median_pct") is not None:
+        parts.append(f"rule H100->H200 {v['rule_h100_to_h200_median_pct']:.1f}%")
+    if v.get("published_median_abs_pct") is not None:
+        parts.append(f"{v['published_checks']} published checks {v['published_median_abs_pct']:.0f}%")
+    elif v:
+        parts.append("no published check")
+    return status.get(p.calibration.status, p.calibration.status), ", ".join(parts) or "unvalidated"
+
+
 def cmd_gpus(_: argparse.Namespace) -> int:
     origins = profile_origins()
     print(
-        f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'fp8':>8}{'$/h':>7}  "
-        f"{'profile':<36}  from"
+        f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'sustained':>11}{'fp8':>8}{'$/h':>7}  "
+        f"{'efficiencies':<28}{'validation (median |error|)':<50}from"
     )
     for name, origin in origins.items():
         p = load_profile(name)
         pk = p.peak_tflops
-        status = (
-            "calibrated"
-            if p.is_calibrated
-            else ("datasheet, efficiencies transferred" if p.calibration is not None else "datasheet")
-        )
+        status, err = _gpu_status(p)
+        sixteen = p.sustained_flops("bf16") or p.sustained_flops("fp16")
         print(
             f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
-            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<36}  {origin}"
+            f"{(f'{sixteen / 1e12:.0f}' + ('*' if p.sustained and set(p.sustained.assumed) & {'bf16', 'fp16'} else '') if sixteen else '—'):>11}"
+            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<28}{err:<50}{origin}"
         )
+    print(
+        "(TFLOP/s dense; sustained: the large-GEMM rate measured here or published, the asymptote transfers scale to, "
+        "* an assumption where no published measurement was found; "
+        "tables: benchmarks/results/gpu_transfer.md, gpu_published.md)"
+    )
     return 0
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.hardware import HardwareProfile
+from core.hardware import HardwareProfile, weight_format
 from core.model_spec import ModelSpec
 from core.records import RequestTable, StepStats, itl_percentiles
 from core.scheduler import Scheduler
@@ -262,6 +262,13 @@ def _deployment(setup: Setup) -> tuple[dict, float, int, int]:
         "memory": mem.as_dict() | {"fits": mem.fits, "explain": mem.explain()},
         "fits": mem.fits,
     }
+    if (
+        not profile.is_calibrated
+    ):  # where its efficiencies come from (python -m simulator gpus has the detail)
+        out["hardware"]["profile_status"] = profile.status
+    note = weight_format(profile, scenario.serving.precision.weight_dtype)
+    if note:  # the weight format runs through an engine's fallback on this GPU: priced that way, and said so
+        out["hardware"]["format_note"] = note
     return out, price, gpus, engines
 
 
