@@ -11,6 +11,7 @@ import yaml
 
 from simulator.breakdown import breakdown_lines, step_breakdown
 from simulator.deploy import vllm_serve
+from simulator.engines import engine_line, engine_profile
 from simulator.metrics import LATENCIES, capacity_line
 from simulator.output import ResultFolder
 from simulator.simulation import Forecast
@@ -161,6 +162,7 @@ def format_summary(f: Forecast) -> str:
     ]
     if hw.get("format_note"):
         lines.append(f"note: {hw['format_note']}")
+    lines.append(engine_line(engine_profile(f.scenario), hw["gpu"]))
     if not s["fits"]:
         lines.append(f"DOES NOT FIT: {s['memory']['explain']}")
         return "\n".join(lines)
