@@ -278,6 +278,33 @@ class HardwareProfile(_Strict):
         return self.sustained.memory_bandwidth_gbps * 1e9 if self.sustained is not None else None
 
 
+def provenance(p: HardwareProfile) -> tuple[str, str]:
+    """(where a profile's efficiencies come from, its validation error): measured here, transferred (and from
+    which profile) or datasheet, with the held-out error of its steps or of its published checks."""
+    cal = p.calibration.model_dump() if p.calibration is not None else {}
+    if p.is_calibrated:
+        held = (cal.get("fit_errors_pct") or {}).get("step", {}).get("holdout", {})
+        err = (
+            f"held-out steps {held['median_pct']:.1f}% median" if held.get("median_pct") is not None else "—"
+        )
+        return "measured here", err
+    if p.calibration is None:
+        return "datasheet", "unvalidated"
+    v = cal.get("validation") or {}
+    status = {
+        "transferred": f"transferred from {cal.get('source_profile', '?')}",
+        "fitted": "fitted to published",
+    }
+    parts = []
+    if v.get("rule_h100_to_h200_median_pct") is not None:
+        parts.append(f"rule H100->H200 {v['rule_h100_to_h200_median_pct']:.1f}%")
+    if v.get("published_median_abs_pct") is not None:
+        parts.append(f"{v['published_checks']} published checks {v['published_median_abs_pct']:.0f}%")
+    elif v:
+        parts.append("no published check")
+    return status.get(p.calibration.status, p.calibration.status), ", ".join(parts) or "unvalidated"
+
+
 def weight_format(profile: HardwareProfile, weight_dtype: str) -> str | None:
     """The one-line note of a weight format this GPU runs through an engine's fallback (None: native, or a
     profile that lists no formats); ConfigError naming the field when engines refuse it on this GPU.

@@ -19,7 +19,7 @@ import yaml
 
 from core.engine_profile import engine_names, load_engine_profile
 from core.errors import ConfigError, read_yaml
-from core.hardware import PROFILES_ENV, load_profile, profile_origins
+from core.hardware import PROFILES_ENV, load_profile, profile_origins, provenance
 from core.model_spec import catalogue_names, human_count, load_model
 from simulator import __version__
 from simulator.output import ResultFolder
@@ -222,32 +222,6 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
-def _gpu_status(p) -> tuple[str, str]:
-    """(where a profile's efficiencies come from, its validation error) for `gpus`."""
-    cal = p.calibration.model_dump() if p.calibration is not None else {}
-    if p.is_calibrated:
-        held = (cal.get("fit_errors_pct") or {}).get("step", {}).get("holdout", {})
-        err = (
-            f"held-out steps {held['median_pct']:.1f}% median" if held.get("median_pct") is not None else "—"
-        )
-        return "measured here", err
-    if p.calibration is None:
-        return "datasheet", "unvalidated"
-    v = cal.get("validation") or {}
-    status = {
-        "transferred": f"transferred from {cal.get('source_profile', '?')}",
-        "fitted": "fitted to published",
-    }
-    parts = []
-    if v.get("rule_h100_to_h200_median_pct") is not None:
-        parts.append(f"rule H100->H200 {v['rule_h100_to_h200_median_pct']:.1f}%")
-    if v.get("published_median_abs_pct") is not None:
-        parts.append(f"{v['published_checks']} published checks {v['published_median_abs_pct']:.0f}%")
-    elif v:
-        parts.append("no published check")
-    return status.get(p.calibration.status, p.calibration.status), ", ".join(parts) or "unvalidated"
-
-
 def cmd_gpus(_: argparse.Namespace) -> int:
     origins = profile_origins()
     print(
@@ -257,7 +231,7 @@ def cmd_gpus(_: argparse.Namespace) -> int:
     for name, origin in origins.items():
         p = load_profile(name)
         pk = p.peak_tflops
-        status, err = _gpu_status(p)
+        status, err = provenance(p)
         sixteen = p.sustained_flops("bf16") or p.sustained_flops("fp16")
         print(
             f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
