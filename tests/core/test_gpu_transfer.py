@@ -147,3 +147,22 @@ def test_sustained_ceilings_are_sourced_or_said_to_be_assumptions(name):
     if measured or "memory_bandwidth_gbps" not in p.sustained.assumed:
         assert "http" in src or "github.com" in src or "forums." in src, name  # a measurement has an address
     assert p.formats is not None and p.sources.get("formats"), name
+
+
+def test_t4_to_a100_ratios_follow_the_sustained_ceilings():
+    """Issue 14: with the H100's curves copied, the T4:A100 ratios came out squeezed (saturated decode 4.8x where
+    the memories differ 6.4x; prefill 4.5x where the sustained tensor rates differ 11x). Now the bandwidth-bound
+    and compute-bound ends sit near the ratios of what each GPU sustains."""
+    spec = load_model("mistral-7b")
+    t4, a100 = load_profile("t4"), load_profile("a100-80gb-sxm")
+
+    def ratio(batch: BatchShape, dtype: str = "int4") -> float:
+        slow = CostModel(t4, spec, dtype, "fp16", serving_host=False).step_time(batch)
+        return slow / CostModel(a100, spec, dtype, "bf16", serving_host=False).step_time(batch)
+
+    bw = a100.sustained_bandwidth / t4.sustained_bandwidth  # 6.4
+    tensor = a100.sustained_flops("bf16") / t4.sustained_flops("fp16")  # 11.3
+    assert ratio(BatchShape.of([], [1024] * 64)) == pytest.approx(bw, rel=0.1)
+    assert 0.75 * tensor < ratio(BatchShape.of([(2048, 0)], []), "bf16") < tensor
+    # at batch 1 the A100's step is partly fixed per-kernel latency, the same seconds on both: a smaller ratio
+    assert 3.5 < ratio(BatchShape.of([], [512])) < bw
