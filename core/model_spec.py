@@ -7,8 +7,9 @@ Hugging Face writes; multimodal configs use their `text_config`.
 Two readers of a config give the same ModelSpec: the hand-written one below (always there, no dependency) and,
 when a caller asks for it (`via_transformers=True`) and transformers is installed, transformers' own config class
 for the model_type, which fills every field the file leaves out with that class's default. The simulator never
-asks: importing transformers' AutoConfig imports torch (about 2 s of import on a quiet machine, measured with
-`python -X importtime`), and the simulator imports neither (DESIGN.md). tests/core/test_model_spec_transformers.py
+asks: importing transformers' AutoConfig imports torch (2.0 s cumulative by `python -X importtime -c "from
+transformers import AutoConfig"`, transformers 5.24 on a shared 2-core machine), and the simulator imports
+neither (DESIGN.md). tests/core/test_model_spec_transformers.py
 reads every catalogue model both ways and checks every derived number is equal.
 """
 
@@ -471,6 +472,9 @@ def _sliding(c: dict, mt: str, L: int, source: str) -> dict:
         elif family := next((f for f in _DEFAULT_SLIDING_PATTERN if mt.startswith(f)), None):
             sliding = L - L // _DEFAULT_SLIDING_PATTERN[family]
         elif _flag(c, "use_sliding_window", True, source):
+            # Known gap: transformers' Qwen2/Qwen3 slide only layers >= max_window_layers (default 28); here every
+            # layer does, as engine/model.py's sliding_layer_ids assumes. via_transformers counts them as
+            # transformers does (from its layer_types); the engine's choice of layers does not follow yet.
             sliding = L
         if window >= _opt(c, "max_position_embeddings", source) > 0:
             sliding = 0  # a window as long as the context is no window
@@ -584,7 +588,7 @@ def transformers_text_config(cfg: dict) -> tuple[dict, str] | None:
     return filled, f"transformers {tf.__version__} {type(text).__name__}"
 
 
-def _filled_by_transformers(cfg: dict) -> tuple[dict, str] | None:
+def _filled_by_transformers(cfg: dict, source: str) -> tuple[dict, str] | None:
     """The file's text config with transformers' values over it (keys only the file has are kept); none of the
     hand-written defaults (_HF_DEFAULTS) come in."""
     got = transformers_text_config(cfg)
@@ -593,10 +597,9 @@ def _filled_by_transformers(cfg: dict) -> tuple[dict, str] | None:
     filled, label = got
     c = _text_config(cfg, hand_defaults=False)
     out = {**c, **filled}
-    out["model_type"] = c.get(
-        "model_type", filled.get("model_type")
-    )  # gemma3 vs gemma3_text: the file's name
-    if _opt(c, "kv_lora_rank", "config"):
+    # the file's name for it where it has one (a text_config without model_type: gemma3, not gemma3_text)
+    out["model_type"] = c.get("model_type", filled.get("model_type"))
+    if _opt(c, "kv_lora_rank", source):
         # MLA: transformers' DeepseekV2/V3Config set head_dim to the rotary dim (qk_rope_head_dim); the
         # planner's MLA terms use qk_nope/qk_rope/v_head_dim, and head_dim is what the file says, as without it.
         out["head_dim"] = c.get("head_dim")
@@ -616,7 +619,7 @@ def spec_from_config(
     spec = _derive(cfg, c, name, source)
     if not via_transformers:
         return spec
-    got = _filled_by_transformers(cfg)
+    got = _filled_by_transformers(cfg, source)
     if got is None:
         return spec
     filled, label = got
