@@ -139,8 +139,8 @@ def chunk_pairs(prior: int, chunk: int, window: int = 0) -> float:
 
 def op_time(eff: OpEfficiency, flops: float, nbytes: float, peak_flops: float, bandwidth: float) -> float:
     """Roofline time of one kernel."""
-    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops)
-    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth)
+    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops) + eff.compute_ramp_s
+    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth) + eff.memory_ramp_s
     return (t_c if t_c > t_m else t_m) + eff.launch_s
 
 
@@ -148,8 +148,8 @@ def op_times(
     eff: OpEfficiency, flops: np.ndarray, nbytes: np.ndarray, peak_flops: float, bandwidth: float
 ) -> np.ndarray:
     """Roofline time of one kernel over arrays of problem sizes."""
-    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops)
-    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth)
+    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops) + eff.compute_ramp_s
+    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth) + eff.memory_ramp_s
     return np.maximum(t_c, t_m) + eff.launch_s
 
 
@@ -298,7 +298,7 @@ class CostModel:
     def _weight_gemm(self, slots: float, k: int, n: int, copies: float = 1.0) -> float:
         """One [k, n] weight GEMM over `slots` token rows, spread over `copies` matrices (touched experts)."""
         e = self.gemm_eff
-        t_c = (2.0 * slots * k * n + e.compute_ramp_flops) / (e.compute * self.gemm_peak)
+        t_c = (2.0 * slots * k * n + e.compute_ramp_flops) / (e.compute * self.gemm_peak) + e.compute_ramp_s
         if self.dequant:
             rows = slots / copies if copies else 0.0
             t_c += (
@@ -311,7 +311,7 @@ class CostModel:
             )
         t_m = (copies * k * n * self.wbytes + slots * (k + n) * ACT_BYTES + e.memory_ramp_bytes) / (
             e.memory * self.bw
-        )
+        ) + e.memory_ramp_s
         return (t_c if t_c > t_m else t_m) + e.launch_s
 
     def gemm_time(self, tokens: int, logits_tokens: int) -> float:
@@ -584,8 +584,8 @@ class CostModel:
         rc, rm = e.compute * self.attn_peak, e.memory * self.bw
         c1 = self.pair_flops * m.full_attention_layers / L / rc
         m1 = self.kv_tok_bytes / L / rm
-        c0 = e.compute_ramp_flops / rc
-        m0 = (n * self._attn_io_per_token + e.memory_ramp_bytes) / rm
+        c0 = e.compute_ramp_flops / rc + e.compute_ramp_s
+        m0 = (n * self._attn_io_per_token + e.memory_ramp_bytes) / rm + e.memory_ramp_s
         # the factor scales the whole group, both roofline terms and the launches (x 1.0 is exact: ours)
         return c0 * k, c1 * k, m0 * k, m1 * k, self._decode_fixed(n) + L * e.launch_s * k, L
 
@@ -598,8 +598,10 @@ class CostModel:
         q = padded(n, self.q_pad)
         rc, rm = e.compute * self.attn_peak, e.memory * self.bw
         kv_bytes = self.kv_tok_bytes + self.kv_sliding_tok_bytes
-        c0, c1 = e.compute_ramp_flops / rc, self.pair_flops * q / rc
-        m0 = ((q * kv_bytes + q * L * self._attn_io_per_token) / L + e.memory_ramp_bytes) / rm
+        c0, c1 = e.compute_ramp_flops / rc + e.compute_ramp_s, self.pair_flops * q / rc
+        m0 = (
+            (q * kv_bytes + q * L * self._attn_io_per_token) / L + e.memory_ramp_bytes
+        ) / rm + e.memory_ramp_s
         m1 = kv_bytes / L / rm
         return c0 * k, c1 * k, m0 * k, m1 * k, self._decode_fixed(n) + L * e.launch_s * k, L
 
@@ -620,8 +622,10 @@ class CostModel:
             rc, rm = e.compute * self.attn_peak, e.memory * self.bw
             f0, b0 = self._decode_attn_work(n, float(ctx0))
             f1, b1 = self._decode_attn_work(n, float(ctx1))
-            c0, m0 = (f0 + e.compute_ramp_flops) / rc * kd, (b0 + e.memory_ramp_bytes) / rm * kd
-            c1, m1 = (f1 + e.compute_ramp_flops) / rc * kd, (b1 + e.memory_ramp_bytes) / rm * kd
+            c0 = ((f0 + e.compute_ramp_flops) / rc + e.compute_ramp_s) * kd
+            m0 = ((b0 + e.memory_ramp_bytes) / rm + e.memory_ramp_s) * kd
+            c1 = ((f1 + e.compute_ramp_flops) / rc + e.compute_ramp_s) * kd
+            m1 = ((b1 + e.memory_ramp_bytes) / rm + e.memory_ramp_s) * kd
             fixed = self._decode_fixed(n) + L * e.launch_s * kd
         else:
             ca, cb, ma, mb, fixed, L = self._decode_coeffs(n)

@@ -19,7 +19,7 @@ import yaml
 
 from core.engine_profile import engine_names, load_engine_profile
 from core.errors import ConfigError, read_yaml
-from core.hardware import PROFILES_ENV, load_profile, profile_origins
+from core.hardware import PROFILES_ENV, load_profile, profile_origins, provenance
 from core.model_spec import catalogue_names, human_count, load_model
 from simulator import __version__
 from simulator.output import ResultFolder
@@ -236,21 +236,24 @@ def cmd_models(_: argparse.Namespace) -> int:
 def cmd_gpus(_: argparse.Namespace) -> int:
     origins = profile_origins()
     print(
-        f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'fp8':>8}{'$/h':>7}  "
-        f"{'profile':<36}  from"
+        f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'sustained':>11}{'fp8':>8}{'$/h':>7}  "
+        f"{'efficiencies':<28}{'validation (median |error|)':<50}from"
     )
     for name, origin in origins.items():
         p = load_profile(name)
         pk = p.peak_tflops
-        status = (
-            "calibrated"
-            if p.is_calibrated
-            else ("datasheet, efficiencies transferred" if p.calibration is not None else "datasheet")
-        )
+        status, err = provenance(p)
+        sixteen = p.sustained_flops("bf16") or p.sustained_flops("fp16")
         print(
             f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
-            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<36}  {origin}"
+            f"{(f'{sixteen / 1e12:.0f}' + ('*' if p.sustained and set(p.sustained.assumed) & {'bf16', 'fp16'} else '') if sixteen else '—'):>11}"
+            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<28}{err:<50}{origin}"
         )
+    print(
+        "(TFLOP/s dense; sustained: the large-GEMM rate measured here or published, the asymptote transfers scale to, "
+        "* an assumption where no published measurement was found; "
+        "tables: benchmarks/results/gpu_transfer.md, gpu_published.md)"
+    )
     return 0
 
 

@@ -175,11 +175,13 @@ def format_summary(f: Forecast) -> str:
     """A terminal table of the forecast."""
     s = f.summary
     hw, m = s["hardware"], s["model"]
-    cal = "calibrated" if hw["calibrated"] else "datasheet"
+    cal = "calibrated" if hw["calibrated"] else hw.get("profile_status", "datasheet")
     lines = [
         f"{s['scenario']}: {m['name']} ({m['params'] / 1e9:.1f}B, weights {m['weight_dtype']}, KV {m['kv_dtype']})"
         f" on {hw['gpus']}× {hw['display_name']} [{cal} profile]",
     ]
+    if hw.get("format_note"):
+        lines.append(f"note: {hw['format_note']}")
     lines.append(engine_line(engine_profile(f.scenario), hw["gpu"]))
     if "expected_error" in s:
         lines.append(s["expected_error"]["line"])
