@@ -1,0 +1,42 @@
+"""The issue-19 GPU script's CPU mode end to end (tiny models): the int4 GEMM table, speculation rows at low
+load (speculating) and high load (switched off above max_batch), the int4 row and the seed shape, then the
+comparison script's table from the raw JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+
+def test_cpu_run_and_comparison(tmp_path):
+    import compare_spec_int4
+    import spec_int4_gpu
+
+    assert spec_int4_gpu.main(["--cpu", "--tiny", "--out", str(tmp_path)]) == 0
+    raw = json.loads((tmp_path / "spec_int4_cpu.json").read_text())
+    assert [g["shape"] for g in raw["gemm"]] == ["qkv", "down"] and all(
+        g["max_rel_error"] < 1e-2 for g in raw["gemm"]
+    )
+    rows = raw["spec_rows"]
+    assert len(rows) == 8 and {(r["alpha"], r["k"], r["load"]) for r in rows} == {
+        (a, k, lo) for a in (0.6, 0.8) for k in (2, 4) for lo in (0.1, 0.8)
+    }
+    for r in rows:
+        assert r["engine"]["finished"] == len(r["requests"]["arrival_s"]) and r["spec_steps"] > 0
+        assert r["spec_seqs_max"] <= raw["spec_max_batch"]
+        assert 0 < r["spec_stats"]["accepted"] < r["spec_stats"]["drafted"]
+    high = [r for r in rows if r["load"] == 0.8]
+    # switched off above max_batch (a real-time CPU run: the batch sizes reached vary from run to run)
+    assert any(r["decode_seqs_max"] > raw["spec_max_batch"] for r in high)
+    assert raw["int4_rows"][0]["engine"]["finished"] > 0 and len(raw["seed_shape"]["rows"]) == 3
+
+    assert compare_spec_int4.main([str(tmp_path / "spec_int4_cpu.json"), "--out-dir", str(tmp_path)]) == 0
+    md = (tmp_path / "fidelity_spec_int4_cpu.md").read_text()
+    assert "spec-a80-k4-10pct" in md and "tiny-int4-conversation-80pct-chunked" in md
+    assert "## Seed experiment's shape" in md and "## int4 weight-only GEMM" in md and "median" in md
