@@ -1,6 +1,6 @@
 """Speculative decoding and int4 weights in our engine, measured in one run (issue 19); raw runs for the comparison.
 
-One command on the GPU (about 6 minutes on an H200) measures, in order:
+One command on the GPU (about 5-6 minutes on an H200, estimated: not yet run there) measures, in order:
 
 (a) the int4 weight-only GEMM (engine/quant.py) on Llama-3.1-8B's weight shapes: its error against the
     dequantize-then-matmul reference, batch-1 time against the 4-bit weight-read floor (packed weights +
@@ -202,10 +202,8 @@ def run_spec_row(row: SpecRow, args, ctx: dict, host: SpecHost, log) -> dict:
         util *= (mem.usable_bytes - (mem.num_blocks - room) * mem.block_bytes) / mem.usable_bytes
         sc, mem = setup(util)
     blocks = min(mem.num_blocks, room)
-    if blocks < mem.num_blocks:
-        raise RuntimeError(
-            f"{row.name}: the simulator's {mem.num_blocks} KV blocks do not fit the engine's {room}"
-        )
+    if blocks < mem.num_blocks:  # noted in the raw run (sim_kv_blocks); the comparison simulates the plan's
+        log(f"  warning: the simulator plans {mem.num_blocks} KV blocks, the engine's pool holds {room}")
     log(f"{row.name}: {len(reqs)} requests at {rate:.2f} req/s ({duration:.0f} s), {blocks} KV blocks")
     deadline = duration * 1.5 + (5 if args.cpu else 20)
     sr = SpecRun(host.draft_executor, row.k, SPEC_MAX_BATCH, row.alpha, "draw")
@@ -219,7 +217,7 @@ def run_spec_row(row: SpecRow, args, ctx: dict, host: SpecHost, log) -> dict:
         f"{int((tr['spec_seqs'] > 0).sum())} of {run.steps} steps speculative")  # fmt: skip
     return {"row": row.name, "kind": "spec", "alpha": row.alpha, "k": row.k, "load": row.load, "rate_per_s": rate,
             "capacity_requests_per_s": ctx["capacity"], "duration_s": duration, "deadline_s": deadline,
-            "kv_blocks": blocks, "gpu_memory_utilization": util, "requests": requests_dict(reqs),
+            "kv_blocks": blocks, "sim_kv_blocks": mem.num_blocks, "gpu_memory_utilization": util, "requests": requests_dict(reqs),
             "engine": eng, "engine_requests": table_dict(run.table), "spec_stats": run.spec,
             "engine_run": run_stats(run), "spec_steps": int((tr["spec_seqs"] > 0).sum()),
             "spec_seqs_max": int(tr["spec_seqs"].max(initial=0)),
@@ -275,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="run on the CPU (with --tiny: tiny models, < 1 minute)")
     p.add_argument("--tiny", action="store_true", help="tiny model configs (the CPU pipeline check)")
     p.add_argument("--profile", default="h200", help="the GPU's calibrated profile (default h200)")
-    p.add_argument("--duration", type=float, help="seconds of trace per low-load row (default 15; cpu 1.5)")
+    p.add_argument("--duration", type=float, help="seconds of trace per low-load row (default 12; cpu 1.5)")
     p.add_argument("--utilization", type=float, default=0.9, help="gpu_memory_utilization (default 0.9)")
     p.add_argument(
         "--only", default="abc", help="parts to run: a GEMMs, b fidelity rows, c seed shape (default abc)"
@@ -283,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cpu != args.tiny:
         p.error("--cpu and --tiny go together (the GPU run uses the real models)")
-    args.duration = args.duration or (1.5 if args.cpu else 15.0)
+    args.duration = args.duration or (1.5 if args.cpu else 12.0)
     args.device, args.reserve_gib = ("cpu" if args.cpu else "cuda"), None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,7 @@ def _kernels() -> tuple:
     return tuple(_KERNELS)
 
 
-GEMV_BLOCK_N = 128
+GEMV_BLOCK_N = 64
 
 
 def _splits(tiles: int, groups: int, sms: int) -> int:
