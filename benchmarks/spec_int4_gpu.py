@@ -50,6 +50,7 @@ DRAFT_LAYERS = 4  # the draft: the target's config with this many layers (Llama-
 SPEC_MAX_BATCH = 8  # speculation switches off above this many decoding sequences (both sides)
 ALPHAS, KS = (0.6, 0.8), (2, 4)
 LOW_LOAD, HIGH_LOAD = 0.1, 0.8  # shares of the simulator's capacity without speculation
+CPU_LOW_LOAD = 0.3  # the tiny CPU rows replay 1.5 s: a few requests at low load
 SEED_PROMPTS = (128, 256, 512, 1024, 2048, 4096, 8192)
 SEED_OUTPUT = 128
 GEMM_SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
@@ -330,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             result["refs"][key] = ref
 
     def save() -> None:
+        from engine.quant import tuned_configs
+
         keep_refs()
+        result["int4_launch_configs"] = tuned_configs()  # per shape: the tuned kernel configuration
         path.write_text(json.dumps(result, indent=1))
 
     try:
@@ -353,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                             reserve, log)  # fmt: skip
             result["spec_rows"] = []
             result["spec_capacity_requests_per_s"] = cap
-            for load in (LOW_LOAD, HIGH_LOAD):
+            result["loads"] = loads = [CPU_LOW_LOAD if args.cpu else LOW_LOAD, HIGH_LOAD]
+            for load in loads:
                 for alpha in ALPHAS:
                     for k in KS:
                         rec = run_spec_row(SpecRow(alpha, k, load), args, ctx, host, log)

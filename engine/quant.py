@@ -6,10 +6,12 @@ dtype, one per group of G = 128 consecutive k (symmetric: w = (q - 8)·s, q in 0
 the packed words, unpack and dequantize them in registers and multiply in 16-bit (tensor cores for
 tiles of tokens, FMAs for a single row), so a decode step reads half a byte per weight:
 
-- `_w4a16_gemv`: one token row (batch-1 decode), a program per BLOCK_N columns and K-split, partial sums
+- `_gemv_kernel`: one token row (batch-1 decode), a program per BLOCK_N columns and K-split, partial sums
   in fp32 summed after (split-K), so even a 4096-wide matrix spreads over every SM;
-- `_w4a16_gemm`: tiles of BLOCK_M tokens x BLOCK_N columns with tl.dot, the weights re-read and
+- `_gemm_kernel`: tiles of BLOCK_M tokens x BLOCK_N columns with tl.dot, the weights re-read and
   dequantized once per token tile (as Marlin re-runs them per 64 rows), split-K when there are few tiles.
+
+Launch configurations are tuned once per shape on the GPU (`_tuned`).
 
 On the CPU (and without Triton) the layer dequantizes and runs a plain matmul: `dequantize` is the
 reference the kernels are tested against (tests/engine/test_quant.py: on the CPU through Triton's
@@ -135,14 +137,25 @@ def _kernels() -> tuple:
     return tuple(_KERNELS)
 
 
-GEMV_BLOCK_N = 64
+# Launch configurations, the first of each list the default. Each (kernel, rows bucket, n, k) is tuned once on
+# first use outside CUDA-graph capture (the engine's warm-up runs each step shape before capturing it): every
+# candidate replayed from a CUDA graph over enough copies of the weights to overflow L2 (as a model's layers
+# stream them from memory), the fastest kept.
+# GEMV: (BLOCK_N, programs per SM the K-split aims at (0: no split), warps)
+GEMV_CONFIGS = [(64, 4, 4), (32, 4, 4), (128, 4, 4), (64, 2, 4), (64, 8, 4), (32, 8, 4), (128, 8, 4),
+                (64, 4, 2), (64, 4, 8), (32, 0, 4), (16, 0, 2), (64, 0, 4)]  # fmt: skip
+# tiles: (BLOCK_N, warps, stages, programs per SM the K-split aims at); BLOCK_M from the rows (16/32/64/128);
+# the small-row tiles keep the first (split-K fills the SMs), the 128-row tiles (prefill) are tuned
+GEMM_SMALL = [(128, 4, 3, 2)]
+GEMM_CONFIGS = [(128, 8, 3, 2), (64, 4, 3, 2), (128, 4, 3, 2), (64, 8, 3, 2)]
+_TUNED: dict[tuple, tuple] = {}
 
 
-def _splits(tiles: int, groups: int, sms: int) -> int:
-    """K-splits so that tiles x splits fills the SMs about twice (each split keeps at least 2 groups)."""
-    if tiles >= sms or groups < 4:
+def _splits(tiles: int, groups: int, target: int) -> int:
+    """K-splits so that tiles x splits reaches `target` programs (each split keeps at least 2 groups)."""
+    if tiles >= target or groups < 4:
         return 1
-    return max(1, min(groups // 2, -(-2 * sms // tiles)))
+    return max(1, min(groups // 2, -(-target // tiles)))
 
 
 _SMS: dict[int, int] = {}
@@ -157,38 +170,82 @@ def _sm_count(dev: torch.device) -> int:
     return _SMS[i]
 
 
+def _tuned(
+    key: tuple, configs: list, run, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
+) -> tuple:
+    """The fastest of `configs` for this call's shape (the first one on the CPU or while a graph captures).
+    `run(cfg, qweight, scales)` launches one call."""
+    cfg = _TUNED.get(key)
+    if cfg is not None:
+        return cfg
+    if not x.is_cuda or torch.cuda.is_current_stream_capturing() or len(configs) == 1:
+        return configs[0]
+    from engine.timing import copies_for_cache, measure_graph, rotating
+
+    n = copies_for_cache(qweight.numel() * 4 + scales.numel() * scales.element_size(), x.device, factor=2.0)
+    bufs = [(qweight, scales)] + [(qweight.clone(), scales.clone()) for _ in range(min(n, 16) - 1)]
+    times = []
+    for c in configs:
+        fn = rotating(bufs, lambda qw, sc, c=c: run(c, qw, sc))
+        times.append(measure_graph(fn, x.device, calls=max(len(bufs), 4), repeat=5, warmup=2))
+    cfg = _TUNED[key] = configs[min(range(len(configs)), key=times.__getitem__)]
+    return cfg
+
+
+def tuned_configs() -> dict[str, tuple]:
+    """The launch configurations picked so far, by shape (for the record of a benchmark)."""
+    return {"/".join(str(v) for v in k): c for k, c in _TUNED.items()}
+
+
 def w4a16(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """y[M, N] = x[M, K] @ W^T with W packed int4 (`quantize_int4`), on the Triton kernels (CUDA tensors;
     CPU tensors under TRITON_INTERPRET=1, set before Triton is imported: the tests)."""
-    gemv_k, gemm_k = _kernels()
     m, k = x.shape
     n = qweight.shape[1]
     group = k // scales.shape[0]
-    groups = k // group
     x = x.contiguous()
-    sms = _sm_count(x.device)
+    dev = x.device.index if x.is_cuda and x.device.index is not None else 0
     if m == 1:
-        bn = GEMV_BLOCK_N
-        tiles = triton.cdiv(n, bn)
-        split = _splits(tiles, groups, 2 * sms)  # the GEMV's programs are light: aim at 4 per SM
-        per = triton.cdiv(groups, split)
-        split = triton.cdiv(groups, per)
-        y = torch.empty((split, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
-        gemv_k[(tiles, split)](
-            x, qweight, scales, y, n, k, per, BLOCK_N=bn, GROUP_K=group, num_warps=4, num_stages=2
-        )
-        return y.sum(0, keepdim=True).to(x.dtype) if split > 1 else y
+        run = lambda c, qw, sc: _gemv(x, qw, sc, c)  # noqa: E731
+        cfg = _tuned(("gemv", n, k, group, dev), GEMV_CONFIGS, run, x, qweight, scales)
+        return _gemv(x, qweight, scales, cfg)
     bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
-    bn = 128
+    configs = GEMM_CONFIGS if bm == 128 else GEMM_SMALL
+    run = lambda c, qw, sc: _gemm(x, qw, sc, bm, c)  # noqa: E731
+    cfg = _tuned(("gemm", bm, n, k, group, dev), configs, run, x, qweight, scales)
+    return _gemm(x, qweight, scales, bm, cfg)
+
+
+def _gemv(x, qweight, scales, cfg: tuple) -> torch.Tensor:
+    bn, per_sm, warps = cfg
+    k, n = x.shape[1], qweight.shape[1]
+    group = k // scales.shape[0]
+    groups = k // group
+    tiles = triton.cdiv(n, bn)
+    split = _splits(tiles, groups, per_sm * _sm_count(x.device)) if per_sm else 1
+    per = triton.cdiv(groups, split)
+    split = triton.cdiv(groups, per)
+    y = torch.empty((split, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
+    _kernels()[0][(tiles, split)](
+        x, qweight, scales, y, n, k, per, BLOCK_N=bn, GROUP_K=group, num_warps=warps, num_stages=2
+    )
+    return y.sum(0, keepdim=True, dtype=x.dtype) if split > 1 else y  # one reduction kernel, cast included
+
+
+def _gemm(x, qweight, scales, bm: int, cfg: tuple) -> torch.Tensor:
+    bn, warps, stages, per_sm = cfg
+    (m, k), n = x.shape, qweight.shape[1]
+    group = k // scales.shape[0]
+    groups = k // group
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    split = _splits(tiles, groups, sms)
+    split = _splits(tiles, groups, per_sm * _sm_count(x.device))
     per = triton.cdiv(groups, split)
     split = triton.cdiv(groups, per)
     y = torch.empty((split, m, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), split)
-    gemm_k[grid](x, qweight, scales, y, m, n, k, per, BLOCK_M=bm, BLOCK_N=bn, GROUP_K=group,
-                 num_warps=8 if bm >= 128 else 4, num_stages=3)  # fmt: skip
-    return y.sum(0).to(x.dtype) if split > 1 else y[0]
+    _kernels()[1][grid](x, qweight, scales, y, m, n, k, per, BLOCK_M=bm, BLOCK_N=bn, GROUP_K=group,
+                        num_warps=warps, num_stages=stages)  # fmt: skip
+    return y.sum(0, dtype=x.dtype) if split > 1 else y[0]
 
 
 def int4_supported(x: torch.Tensor) -> bool:

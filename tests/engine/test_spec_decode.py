@@ -23,7 +23,9 @@ from engine.model import build_model
 from engine.serving import Executor, physical_tokens, serve
 from engine.speculative import SpecRun
 
-_conf = importlib.util.spec_from_file_location("engine_conftest_spec", Path(__file__).parent / "conftest.py")
+_conf = importlib.util.spec_from_file_location(
+    "engine_conftest_spec_decode", Path(__file__).parent / "conftest.py"
+)
 conf = importlib.util.module_from_spec(_conf)
 _conf.loader.exec_module(conf)
 
