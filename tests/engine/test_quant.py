@@ -63,6 +63,16 @@ for dt, shapes in ((torch.float32, [(1, 256, 96), (3, 384, 64), (20, 256, 200), 
         y = w4a16(x, qw, s)
         assert y.shape == (m, n) and y.dtype == dt, (y.shape, y.dtype)
         out.append(float((y.float() - ref).abs().max() / ref.abs().max()))
+# every GEMV launch configuration the GPU tuner picks from (split-K and not), and a 64-column tile
+from engine import quant
+w = torch.randn(64, 256) * 256 ** -0.5
+qw, s = quantize_int4(w)
+x = torch.randn(1, 256)
+ref = w4a16_reference(x, qw, s)
+for cfg in quant.GEMV_CONFIGS:
+    assert torch.allclose(quant._gemv(x, qw, s, cfg), ref, atol=1e-4), cfg
+x = torch.randn(20, 256)
+assert torch.allclose(quant._gemm(x, qw, s, 32, (64, 4, 3, 2)), w4a16_reference(x, qw, s), atol=1e-4)
 print(" ".join(f"{e:.3g}" for e in out))
 """
 
