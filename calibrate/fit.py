@@ -200,7 +200,7 @@ def fit_overheads(groups_s: np.ndarray, seqs: np.ndarray, measured: np.ndarray) 
 class FitResult:
     efficiency: Efficiencies
     groups: dict[str, GroupFit]
-    extra_gemm: dict[str, GroupFit] = field(default_factory=dict)  # fp8 / int8 GEMMs, for the record
+    extra_gemm: dict[str, GroupFit] = field(default_factory=dict)  # fp8 / int8 / int4 GEMMs
 
     def errors(self) -> dict:
         out = {g: f.errors_dict() for g, f in self.groups.items() if f.train.n or f.holdout.n}
@@ -274,7 +274,7 @@ def fit_all(
             by.setdefault(kind, []).append(r)
 
     extra: dict[str, GroupFit] = {}
-    eight_bit: dict[str, list[Record]] = {}  # fp8 / int8 GEMM points by dtype
+    eight_bit: dict[str, list[Record]] = {}  # fp8 / int8 / int4 GEMM points by dtype (int4: weight-only)
     new = {}
     micro: dict[str, list[Record]] = {}
     for g in GROUPS:

@@ -159,9 +159,15 @@ def gemm_rate(profile: HardwareProfile, dtype: str) -> tuple[OpEfficiency, float
     fp8 and int8 are W8A8: they run at the 8-bit rate where the matrix units have it, with the
     calibrated efficiency of that dtype when the profile has one; elsewhere the 8-bit weights are
     dequantized to 16-bit (vLLM's FP8-Marlin weight-only path on GPUs without FP8). int4 is always
-    weight-only: 16-bit compute plus dequantization.
+    weight-only: 16-bit compute plus dequantization, or the int4 GEMM group calibration fitted on the
+    engine's W4A16 kernel (its dequantization inside the fitted curve).
     """
     e = profile.efficiency.gemm
+    fitted_int4 = (
+        (getattr(profile.calibration, "gemm_by_dtype", None) or {}).get("int4") if dtype == "int4" else None
+    )
+    if fitted_int4:
+        return OpEfficiency.model_validate(fitted_int4), profile.peak_flops("bf16"), False
     if dtype in ("fp8", "int8") and profile.native_dtype(dtype):
         fitted = getattr(profile.calibration, "gemm_by_dtype", None) or {}
         if dtype in fitted:
