@@ -32,7 +32,9 @@ from simulator.report import LATENCY_HEAD, build_report, latency_rows
 from simulator.scenario import HostedApi, RenamedField, Scenario, Slo, Workload, upgraded
 
 UPLOADS = Path(tempfile.gettempdir()) / "inferplan-uploads"
-HANDLED = {"name", "seed", "model", "hardware", "serving", "workload", "slo", "hosted_api", "output"}
+# the scenario sections with widgets of their own (extra_sections draws the rest)
+HANDLED = {"name", "seed", "model", "hardware", "serving", "engine", "workload", "slo", "hosted_api"}
+HANDLED.add("output")
 
 
 # ---------------------------------------------------------------- cached simulator calls
@@ -555,10 +557,14 @@ def show_forecast(f: api.Forecast) -> None:
     s = f.summary
     hw = s["hardware"]
     st.subheader(f"Forecast: {s['scenario']}")
+    engine = s.get("engine")
     st.caption(
         f"{s['model']['name']} on {hw['gpus']}× {hw['display_name']} "
         f"({'calibrated' if hw['calibrated'] else 'datasheet'} profile, ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour)"
+        + (f", engine {engine['display_name']} ({engine['validation']})" if engine else "")
     )
+    if engine and engine["transferred"]:
+        st.warning(engine["transferred"])
     show_fit(f)
     if f.fits and f.table is not None:
         show_capacity(f)

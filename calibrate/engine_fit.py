@@ -38,7 +38,7 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import least_squares
 
-from core.cost_model import BatchShape, CostModel
+from core.cost_model import BatchShape, CostModel, packed_attention_time
 from core.engine_profile import (
     EngineProfile,
     Estimated,
@@ -338,20 +338,6 @@ class Layout:
         q = int(settings.get("q_padding_interval_size") or 1) if pads else 1
         kv = int(settings.get("kv_padding_interval_size") or 1) if pads else 1
         return cls(packed, q, kv) if packed else cls()
-
-
-def packed_attention_time(cm: CostModel, q_tokens: int, kv_tokens: int) -> float:
-    """One masked dense attention of `q_tokens` queries over `kv_tokens` keys (both padded already) in every layer,
-    on the GPU profile's prefill-attention curve (Kernels.attention_layout = packed)."""
-    pairs = float(q_tokens) * kv_tokens
-    shape = BatchShape(
-        prefill_tokens=q_tokens,
-        prefill_seqs=1,
-        prefill_pairs=pairs,
-        sliding_prefill_pairs=pairs if cm.model.sliding_layers else 0.0,
-        prefill_context_tokens=kv_tokens,
-    )
-    return cm.attention_prefill_time(shape)
 
 
 def step_rows(model: str, cm: CostModel, steps: list[Step], run: str, layout: Layout = Layout()) -> list[Row]:

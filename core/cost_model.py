@@ -5,6 +5,13 @@ groups (GEMMs per weight matrix, routed experts, LM head, attention prefill, att
 element-wise kernels) of max(FLOPs / (η_c · peak), bytes / (η_m · bandwidth)) with size-dependent
 efficiencies from the hardware profile, plus fixed overheads. `step_time(profile, model, batch)` is
 the one function both the simulator and calibration use.
+
+An engine profile (core/engine_profile.py, `CostModel(..., engine=)`) changes a step as its docstring says:
+each group times its kernel factor, the engine's host terms added to the fixed overheads (in place of the
+GPU profile's serving-loop terms unless `gpu_profile_loop`), and with `attention_layout: packed` one masked
+attention over the step's packed queries and keys (`packed_attention_time`) in place of the per-sequence
+kernels. Everything is folded into constants at construction; `ours` (factors 1.0, host terms 0, the GPU
+profile's loop) gives exactly the arithmetic of a cost model without an engine.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +39,9 @@ from core.parallelism import (
     shard,
     weight_bytes_per_gpu,
 )
+
+if TYPE_CHECKING:
+    from core.engine_profile import EngineProfile
 
 ACT_BYTES = 2.0  # activations stay in 16-bit in every engine we model
 # Weight-only kernels (int4, and 8-bit weights on GPUs without 8-bit matrix units) dequantize each
@@ -179,6 +190,8 @@ class CostModel:
         routing_skew: float = 0.0,
         eager_prefill: bool = False,
         serving_host: bool = True,
+        engine: EngineProfile | None = None,
+        eager_decode: bool = False,
     ) -> None:
         self.profile, self.model = profile, model
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
@@ -186,13 +199,26 @@ class CostModel:
         self.par.check(model)
         e = profile.efficiency
         self.eff = e
-        # steps with prompt tokens launched eagerly (serving.cuda_graphs = decode_only) last at least as
-        # long as the host takes to issue their kernels
-        self.eager_floor = model.num_layers * e.eager_launch_s_per_layer if eager_prefill else 0.0
+        self.engine = engine
+        # the GPU profile's serving-loop terms are our engine's loop: an engine with its own host terms
+        # (gpu_profile_loop false) pays those instead, its eager launches included (no launch floor)
+        own_loop = engine is None or engine.host.gpu_profile_loop
+        serving_host = serving_host and own_loop
+        # steps with prompt tokens launched eagerly (serving.cuda_graphs = decode_only; none: every step,
+        # `eager_decode`) last at least as long as the host takes to issue their kernels
+        eager = (eager_prefill or eager_decode) and own_loop
+        self.eager_floor = model.num_layers * e.eager_launch_s_per_layer if eager else 0.0
+        self.eager_decode = self.eager_floor if eager_decode else 0.0
         # a serving loop's host time per step outside the GPU's work (off for calibration, which times the GPU)
         self.host_step = e.serving_step_s if serving_host else 0.0
         self.host_seq = e.serving_per_sequence_s if serving_host else 0.0
         self.host_prompt = e.serving_prompt_step_s if serving_host else 0.0
+        self.host_token = 0.0  # the engine's host seconds per prompt token in a step
+        # kernel factors per group (EngineProfile.kernels), and the packed attention layout with its paddings
+        self.k_gemm = self.k_prefill = self.k_decode = self.k_elementwise = 1.0
+        self.packed, self.q_pad, self.kv_pad = False, 1, 1
+        if engine is not None:
+            self._apply_engine(engine, model.num_layers)
         self.bw = profile.memory_bandwidth
         self.ic = profile.interconnect
         self.attn_peak = profile.peak_flops("bf16")
@@ -239,6 +265,21 @@ class CostModel:
             expert_inclusion(m.num_experts, m.experts_per_token, routing_skew) if m.is_moe else None
         )
         self._expert_q_gpu = experts_by_gpu(self.expert_q, ep) if m.is_moe else []
+
+    def _apply_engine(self, engine: EngineProfile, num_layers: int) -> None:
+        """Fold an engine profile's host terms and kernel factors into the constants (terms that are 0 and
+        factors that are 1.0 leave them as they are)."""
+        h, k = engine.host, engine.kernels
+        per = num_layers if h.per_layer else 1
+        if h.per_step_s.value:
+            self.host_step += per * h.per_step_s.value
+        if h.per_sequence_s.value:
+            self.host_seq += per * h.per_sequence_s.value
+        self.host_token = per * h.per_prompt_token_s.value
+        self.k_gemm, self.k_prefill = k.gemm, k.attention_prefill
+        self.k_decode, self.k_elementwise = k.attention_decode, k.elementwise
+        self.packed = k.attention_layout == "packed"
+        self.q_pad, self.kv_pad = k.q_padding_tokens, k.kv_padding_tokens
 
     @staticmethod
     def _act_quant_bytes(m: ModelSpec, tp: int, ep: int) -> float:
@@ -290,6 +331,8 @@ class CostModel:
             f = 2.0 * logits_tokens * k * n
             b = k * n * 2.0 + logits_tokens * (k + n) * ACT_BYTES
             t += op_time(self.eff.gemm, f, b, self.attn_peak, self.bw)
+        if self.k_gemm != 1.0:
+            t *= self.k_gemm
         if len(self._gemm_cache) < 200_000:
             self._gemm_cache[key] = t
         return t
@@ -345,8 +388,24 @@ class CostModel:
         return t
 
     def attention_prefill_time(self, b: BatchShape) -> float:
+        """Prompt attention of a step (with the packed layout: the whole step's attention), times its factor."""
+        if self.packed:
+            return self.k_prefill * packed_attention_time(self, *self.packed_sizes(b))
         if not b.prefill_tokens:
             return 0.0
+        if self.k_prefill != 1.0:
+            return self.k_prefill * self._gpu_prefill_time(b)
+        return self._gpu_prefill_time(b)
+
+    def packed_sizes(self, b: BatchShape) -> tuple[int, int]:
+        """(queries, keys) of a step's packed attention: every new token, over every sequence's context plus
+        its new tokens, each padded (Kernels.packed_sizes)."""
+        q = b.prefill_tokens + b.decode_seqs
+        kv = b.decode_context_tokens + b.prefill_context_tokens + b.prefill_tokens
+        return padded(q, self.q_pad), padded(kv, self.kv_pad)
+
+    def _gpu_prefill_time(self, b: BatchShape) -> float:
+        """Per-sequence prompt attention on the GPU profile's kernels (fresh-prompt and chunked)."""
         if not b.fresh_seqs or self.fresh is None:
             return self._chunked_prefill_time(b, b.prefill_pairs, b.prefill_tokens)
         # whole fresh prompts: one call of the fresh-prompt kernel per prompt per full-attention layer, at
@@ -387,21 +446,24 @@ class CostModel:
         return flops, nbytes + n * self._attn_io_per_token
 
     def attention_decode_time(self, n: int, ctx_tokens: float) -> float:
-        """Decode attention for n sequences with `ctx_tokens` context in total."""
-        if not n:
+        """Decode attention for n sequences with `ctx_tokens` context in total (0 with the packed layout, whose
+        one attention is in `attention_prefill_time`)."""
+        if not n or self.packed:
             return 0.0
         f, b = self._decode_attn_work(n, float(ctx_tokens))
-        return self.model.num_layers * op_time(
+        t = self.model.num_layers * op_time(
             self.eff.attention_decode, float(f), float(b), self.attn_peak, self.bw
         )
+        return t * self.k_decode if self.k_decode != 1.0 else t
 
     def elementwise_time(self, tokens: int) -> float:
         if not tokens:
             return 0.0
         L = self.model.num_layers
-        return L * op_time(
+        t = L * op_time(
             self.eff.elementwise, 0.0, tokens * self._elementwise_bytes_per_token, self.attn_peak, self.bw
         )
+        return t * self.k_elementwise if self.k_elementwise != 1.0 else t
 
     def overhead_time(self, seqs: int, prompt: bool = False) -> float:
         """Fixed time per step and per sequence: the GPU side fitted by calibration, plus the serving loop's host
@@ -437,7 +499,9 @@ class CostModel:
             if tokens
             else 0.0,
         }
-        if self.eager_floor and b.prefill_tokens:
+        if self.host_token:
+            out["overhead"] += self.host_token * b.prefill_tokens
+        if self.eager_floor and (b.prefill_tokens or (self.eager_decode and tokens)):
             out["launch_wait"] = max(0.0, self.eager_floor - sum(out.values()))
         return out
 
@@ -464,8 +528,13 @@ class CostModel:
         pre = self.attention_prefill_time(b)
         dec = self.attention_decode_time(b.decode_seqs, b.decode_context_tokens)
         frac = b.prefill_tokens / tokens if tokens else 0.0
+        if self.packed:  # one attention for prompts and decodes alike: split by token share too
+            shared, pre = shared + pre, 0.0
+        if self.host_token:
+            pre += self.host_token * b.prefill_tokens
         total, prompt = shared + pre + dec, shared * frac + pre
-        if self.eager_floor > total and b.prefill_tokens:  # the host is still launching: split the wait too
+        if self.eager_floor > total and (b.prefill_tokens or (self.eager_decode and tokens)):
+            # the host is still launching: split the wait too
             prompt += (self.eager_floor - total) * frac
             total = self.eager_floor
         return total, prompt
@@ -485,9 +554,19 @@ class CostModel:
 
     def decode_step_times(self, n: int, ctx_tokens: np.ndarray) -> np.ndarray:
         """Times of consecutive decode-only steps of n sequences whose total context is `ctx_tokens[i]`."""
-        f, b = self._decode_attn_work(n, np.asarray(ctx_tokens, dtype=float))
-        attn = self.model.num_layers * op_times(self.eff.attention_decode, f, b, self.attn_peak, self.bw)
-        return self._decode_fixed(n) + attn
+        if self.packed:  # the packed attention step by step (the one function the engine fit uses)
+            q = padded(n, self.q_pad)
+            attn = np.array(
+                [packed_attention_time(self, q, padded(int(c), self.kv_pad)) for c in np.asarray(ctx_tokens)]
+            )
+            attn = attn * self.k_prefill
+        else:
+            f, b = self._decode_attn_work(n, np.asarray(ctx_tokens, dtype=float))
+            attn = self.model.num_layers * op_times(self.eff.attention_decode, f, b, self.attn_peak, self.bw)
+            if self.k_decode != 1.0:
+                attn = attn * self.k_decode
+        t = self._decode_fixed(n) + attn
+        return np.maximum(t, self.eager_decode) if self.eager_decode else t
 
     def _decode_coeffs(self, n: int) -> tuple[float, float, float, float, float]:
         """For n decode sequences without sliding layers: per-layer attention compute and memory times
@@ -502,6 +581,9 @@ class CostModel:
             c0 = e.compute_ramp_flops / rc
             m0 = (n * self._attn_io_per_token + e.memory_ramp_bytes) / rm
             co = (c0, c1, m0, m1, self._decode_fixed(n) + L * e.launch_s)
+            if self.k_decode != 1.0:  # the factor scales the whole group: both roofline terms and launches
+                k = self.k_decode
+                co = (c0 * k, c1 * k, m0 * k, m1 * k, self._decode_fixed(n) + L * e.launch_s * k)
             self._coeff_cache[n] = co
         return co
 
@@ -512,6 +594,8 @@ class CostModel:
         linear over the run when the same term dominates at both ends (no kink inside).
         """
         m = self.model
+        if self.packed:  # step by step (decode_step_times)
+            return None
         ctx1 = ctx0 + n * (k - 1)
         if m.sliding_layers:
             if (ctx0 < n * m.sliding_window) != (ctx1 < n * m.sliding_window):
@@ -523,6 +607,15 @@ class CostModel:
             c0, m0 = (f0 + e.compute_ramp_flops) / rc, (b0 + e.memory_ramp_bytes) / rm
             c1, m1 = (f1 + e.compute_ramp_flops) / rc, (b1 + e.memory_ramp_bytes) / rm
             fixed = self._decode_fixed(n) + L * e.launch_s
+            if self.k_decode != 1.0:
+                kd = self.k_decode
+                c0, m0, c1, m1, fixed = (
+                    c0 * kd,
+                    m0 * kd,
+                    c1 * kd,
+                    m1 * kd,
+                    self._decode_fixed(n) + L * e.launch_s * kd,
+                )
         else:
             ca, cb, ma, mb, fixed = self._decode_coeffs(n)
             c0, c1, m0, m1 = ca + cb * ctx0, ca + cb * ctx1, ma + mb * ctx0, ma + mb * ctx1
@@ -531,13 +624,39 @@ class CostModel:
             return None
         t0 = c0 if c0 > m0 else m0
         t1 = c1 if c1 > m1 else m1
-        return fixed + L * t0, (L * (t1 - t0) / (k - 1) if k > 1 else 0.0)
+        a, b = fixed + L * t0, (L * (t1 - t0) / (k - 1) if k > 1 else 0.0)
+        if (
+            self.eager_decode
+        ):  # steps launched eagerly last at least the launch floor: linear on one side only
+            end = a + b * (k - 1)
+            if a >= self.eager_decode and end >= self.eager_decode:
+                return a, b
+            return (self.eager_decode, 0.0) if a <= self.eager_decode and end <= self.eager_decode else None
+        return a, b
 
     def weight_read_floor(self) -> float:
         """Seconds for one GPU to read its weights of every stage once at datasheet bandwidth (the decode
         floor at batch 1)."""
         par = Parallelism(self.par.tp, 1, self.par.ep)
         return weight_bytes_per_gpu(self.model, self.weight_dtype, par) / self.bw
+
+
+def packed_attention_time(cm: CostModel, q_tokens: int, kv_tokens: int) -> float:
+    """One masked dense attention of `q_tokens` queries over `kv_tokens` keys (both padded already) in every layer,
+    on the GPU profile's prefill-attention curve (Kernels.attention_layout = packed), before the engine's factor.
+    The simulator (CostModel.attention_prefill_time) and the engine fit (calibrate/engine_fit.py) both cost a
+    packed step with it."""
+    if not q_tokens:
+        return 0.0
+    pairs = float(q_tokens) * kv_tokens
+    shape = BatchShape(
+        prefill_tokens=q_tokens,
+        prefill_seqs=1,
+        prefill_pairs=pairs,
+        sliding_prefill_pairs=pairs if cm.model.sliding_layers else 0.0,
+        prefill_context_tokens=kv_tokens,
+    )
+    return cm._chunked_prefill_time(shape, pairs, q_tokens)
 
 
 def step_time(

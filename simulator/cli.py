@@ -253,7 +253,7 @@ def cmd_engines(_: argparse.Namespace) -> int:
         held = f"{min(errors):.1f}-{max(errors):.1f}% over {len(errors)} checks" if errors else "unvalidated"
         print(f"{name:<24}{p.engine:<14}{p.version:<10}{p.scheduling.policy:<15}{status:<26}{held}")
     print(
-        "(a scenario cannot name an engine yet: forecasts are for `ours`; tables in each profile's validation)"
+        "(a scenario names one with `engine: NAME` or a .yaml path; default ours; tables in each profile's validation)"
     )
     return 0
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.cost_model import CostModel
+from core.engine_profile import EngineProfile, load_engine_profile
 from core.errors import ConfigError
 from core.hardware import HardwareProfile, load_profile
 from core.kv_cache import blocks_for
@@ -45,6 +46,7 @@ class Group:
     mem: MemoryPlan
     usd_per_gpu_hour: float
     engines: list[tuple[int, int]] = field(default_factory=list)  # (max_num_seqs, blocks) per virtual engine
+    engine: EngineProfile | None = None  # the serving engine's profile (scenario.engine); None: ours
 
     @property
     def gpus(self) -> int:
@@ -61,7 +63,9 @@ class Group:
             p.pp,
             p.ep,
             moe_routing_skew,
-            sv.cuda_graphs == "decode_only",
+            sv.cuda_graphs != "full",
+            engine=self.engine,
+            eager_decode=sv.cuda_graphs == "none",
         )
 
 
@@ -92,7 +96,8 @@ def _group(scenario: Scenario, model: ModelSpec, g: ReplicaGroup | None, role: s
         if par.pp > 1
         else [(serving.batching.max_num_seqs, mem.num_blocks)]
     )
-    return Group(name, role, count, profile, hw, serving, par, mem, price, engines)
+    engine = load_engine_profile(scenario.engine)
+    return Group(name, role, count, profile, hw, serving, par, mem, price, engines, engine)
 
 
 def plan_groups(scenario: Scenario, model: ModelSpec) -> list[Group]:

@@ -17,6 +17,7 @@ from core.hardware import HardwareProfile
 from core.model_spec import ModelSpec
 from core.records import RequestTable, StepStats, itl_percentiles
 from core.scheduler import Scheduler
+from simulator.engines import engine_profile, engine_summary, named
 from simulator.memory import MemoryPlan
 from simulator.scenario import HostedApi, Scenario
 
@@ -262,6 +263,8 @@ def _deployment(setup: Setup) -> tuple[dict, float, int, int]:
         "memory": mem.as_dict() | {"fits": mem.fits, "explain": mem.explain()},
         "fits": mem.fits,
     }
+    if named(scenario):  # a scenario that names no engine keeps the summary of before (ours)
+        out["engine"] = engine_summary(engine_profile(scenario), profile.name)
     return out, price, gpus, engines
 
 

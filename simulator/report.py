@@ -76,6 +76,16 @@ def headline(f: Forecast) -> list[tuple[str, str]]:
         ),
         ("fits", ("yes: " if s["fits"] else "NO: ") + s["memory"]["explain"]),
     ]
+    if "engine" in s:
+        e = s["engine"]
+        rows.insert(
+            2,
+            (
+                "engine",
+                f"{e['display_name']}; {e['validation']}"
+                + (f"; {e['transferred']}" if e["transferred"] else ""),
+            ),
+        )
     st = s.get("stability")
     if st is not None:
         rows.append(

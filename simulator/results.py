@@ -11,6 +11,7 @@ import yaml
 
 from simulator.breakdown import breakdown_lines, step_breakdown
 from simulator.deploy import vllm_serve
+from simulator.engines import engine_line, engine_profile
 from simulator.metrics import LATENCIES, capacity_line
 from simulator.output import ResultFolder
 from simulator.simulation import Forecast
@@ -159,6 +160,7 @@ def format_summary(f: Forecast) -> str:
         f"{s['scenario']}: {m['name']} ({m['params'] / 1e9:.1f}B, weights {m['weight_dtype']}, KV {m['kv_dtype']})"
         f" on {hw['gpus']}× {hw['display_name']} [{cal} profile]",
     ]
+    lines.append(engine_line(engine_profile(f.scenario), hw["gpu"]))
     if not s["fits"]:
         lines.append(f"DOES NOT FIT: {s['memory']['explain']}")
         return "\n".join(lines)

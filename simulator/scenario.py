@@ -18,12 +18,14 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from core.errors import ConfigError, one_line, parse_yaml, read_yaml, short_repr
 from core.limits import MAX_REPLICAS, MAX_REQUESTS
+from simulator.engines import resolve_engine
 
 Dtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 KvDtype = Literal["bf16", "fp16", "fp8"]
@@ -291,12 +293,13 @@ class Memory(_Spec):
         ge=1,
         description="longest prompt + output allowed (default: the model's max_position_embeddings)",
     )
-    # the one policy the scheduler implements (vLLM v1 dropped swapping too); kept so a scenario and its
-    # echo state the assumption, and so an engine profile's `preemption` has a field to name
-    preemption: Literal["recompute"] = Field(
+    # recompute is what continuous batching does here (vLLM v1 dropped swapping too); none is static
+    # batching's (an engine profile's `preemption`, e.g. transformers' generate): each batch holds its
+    # padded KV from the start, a request that cannot get blocks waits for the next batch, nobody is evicted
+    preemption: Literal["recompute", "none"] = Field(
         "recompute",
-        description="when KV blocks run out, the newest running request is evicted and later recomputed "
-        "(the only policy modelled)",
+        description="recompute: when KV blocks run out, the newest running request is evicted and later "
+        "recomputed; none (static batching only): a request that cannot get KV blocks waits, never preempted",
     )
 
 
@@ -344,11 +347,12 @@ class Serving(_Spec):
     caching: Caching = Field(default_factory=Caching, description="KV reuse across requests")
     admission: Admission = Field(default_factory=Admission, description="queue order and admission control")
     speculative: Speculative | None = Field(None, description="speculative decoding (off when unset)")
-    cuda_graphs: Literal["full", "decode_only"] = Field(
+    cuda_graphs: Literal["full", "decode_only", "none"] = Field(
         "full",
         description="full: every step's kernel launches are hidden (vLLM's piecewise or full CUDA graphs); "
         "decode_only: steps with prompt tokens launch eagerly and take at least the profile's "
-        "eager_launch_s_per_layer times the layers (this project's engine, engine/serving.py)",
+        "eager_launch_s_per_layer times the layers (this project's engine, engine/serving.py); none: every "
+        "step does (an engine with its own host terms, e.g. transformers, has its launches in them)",
     )
 
     def merged(self, over: Serving) -> Serving:
@@ -473,6 +477,11 @@ class Scenario(_Spec):
         default_factory=Hardware, description="which GPUs serve the model, and their price"
     )
     serving: Serving = Field(default_factory=Serving, description="how the engine batches and stores KV")
+    engine: str = Field(
+        "ours",
+        description="the serving engine: a profile name (`python -m simulator engines` lists them) or a .yaml "
+        "path; its scheduling settings are the defaults of `serving`, and its host time and kernels cost the steps",
+    )
     workload: Workload = Field(description="the traffic: arrivals and prompt/output lengths")
     slo: Slo = Field(default_factory=Slo, description="latency targets for goodput (unset: no target)")
     cluster: Cluster = Field(default_factory=Cluster, description="replicas behind a router (default: one)")
@@ -482,6 +491,14 @@ class Scenario(_Spec):
     response_cache: ResponseCache | None = Field(None, description="a response cache in front of the model")
     hosted_api: HostedApi | None = Field(None, description="a hosted API's prices to compare cost with")
     output: Output = Field(default_factory=Output, description="where result files go")
+
+    @model_serializer(mode="wrap")
+    def _echo(self, handler):  # noqa: ANN001, ANN202
+        # a scenario that names no engine is echoed as before engines existed (its results are too)
+        data = handler(self)
+        if "engine" not in self.model_fields_set and isinstance(data, dict):
+            data.pop("engine", None)
+        return data
 
 
 DEFAULT_SCENARIO = {
@@ -510,6 +527,7 @@ def parse_scenario(data: object, source: str = "scenario") -> Scenario:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
         raise one_line(e, source) from None
+    sc = resolve_engine(sc, source)
     check_size(sc, source)
     return sc
 

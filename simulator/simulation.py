@@ -148,7 +148,9 @@ def _engine(b: _Build, index: int, gi: int, g: Group, max_seqs: int, blocks: int
     spec, draft, draft_time = sv.speculative, b.drafts[g.name], None
     if spec is not None:
         draft_cost = (
-            CostModel(g.profile, draft, sv.precision.weight_dtype, sv.precision.kv_dtype, g.par.tp)
+            CostModel(
+                g.profile, draft, sv.precision.weight_dtype, sv.precision.kv_dtype, g.par.tp, engine=g.engine
+            )
             if draft is not None
             else None
         )
