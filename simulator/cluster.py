@@ -22,7 +22,7 @@ import numpy as np
 from core.cost_model import CostModel
 from core.engine_profile import EngineProfile, load_engine_profile
 from core.errors import ConfigError
-from core.hardware import HardwareProfile, load_profile
+from core.hardware import HardwareProfile, load_profile, weight_format
 from core.kv_cache import blocks_for
 from core.model_spec import ModelSpec
 from core.parallelism import Parallelism, virtual_engines
@@ -87,6 +87,7 @@ def _group(scenario: Scenario, model: ModelSpec, g: ReplicaGroup | None, role: s
     else:
         serving, count = scenario.serving, 1
     profile = load_profile(hw.gpu)
+    weight_format(profile, serving.precision.weight_dtype)  # refuses a format this GPU's engines cannot run
     par = Parallelism.of(hw)
     par.check(model)
     mem = plan_memory(profile, model, serving, par.tp, par.pp, par.ep)
@@ -209,7 +210,7 @@ def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
         m.kv_block_seconds += s.kv_block_seconds
         m.batch_seq_steps += s.batch_seq_steps
         m.itl_hist += s.itl_hist
-    ends = [s.timeline[-1][0] for s in stats if s.timeline]
+    ends = [s.timeline[-1][0] for s in stats if len(s.timeline)]  # (a timeline: rows, or an array of them)
     if ends:
         # a run that drains far past its arrivals (a KV link of 1e-300 GB/s) coarsens the grid rather than
         # allocating a row per interval without bound
@@ -217,9 +218,9 @@ def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
         grid = np.arange(0.0, max(ends) + step, step)
         total = np.zeros((len(grid), 4))
         for s in stats:
-            if not s.timeline:
+            if not len(s.timeline):
                 continue
-            arr = np.array(s.timeline)
+            arr = np.asarray(s.timeline, dtype=float)
             i = np.searchsorted(arr[:, 0], grid, side="right") - 1
             vals = np.where(i[:, None] >= 0, arr[np.maximum(i, 0), 1:], 0.0)
             total += vals

@@ -42,6 +42,7 @@ RESULT_FILES = frozenset(
         "cost.png",
         "timelines.png",
         "day_fleet.png",
+        "validation.json",
     }
 )
 

@@ -72,11 +72,25 @@ def headline(f: Forecast) -> list[tuple[str, str]]:
         ("model", f"{m['name']} ({m['params'] / 1e9:.1f}B, weights {m['weight_dtype']}, KV {m['kv_dtype']})"),
         (
             "hardware",
-            f"{hw['gpus']}× {hw['display_name']} ({'calibrated' if hw['calibrated'] else 'datasheet'} profile),"
+            f"{hw['gpus']}× {hw['display_name']} ({'calibrated' if hw['calibrated'] else hw.get('profile_status', 'datasheet')} profile),"
             f" ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour",
         ),
         ("fits", ("yes: " if s["fits"] else "NO: ") + s["memory"]["explain"]),
     ]
+    if "engine" in s:
+        e = s["engine"]
+        rows.insert(
+            2,
+            (
+                "engine",
+                f"{e['display_name']}; {e['validation']}"
+                + (f"; {e['transferred']}" if e["transferred"] else ""),
+            ),
+        )
+    if "expected_error" in s:
+        rows.append(
+            ("expected error", s["expected_error"]["line"].removeprefix("expected error").lstrip(": "))
+        )
     st = s.get("stability")
     if st is not None:
         rows.append(

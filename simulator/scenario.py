@@ -109,9 +109,15 @@ class Slo(_Spec):
 
 # ---------------------------------------------------------------- workload
 class Arrival(_Spec):
-    process: Literal["poisson", "gamma", "constant", "trace"] = Field(
+    process: Literal["poisson", "gamma", "constant", "trace", "closed_loop"] = Field(
         "poisson",
-        description="poisson, gamma (bursty, set cv), constant spacing, or the trace's own arrival times",
+        description="poisson, gamma (bursty, set cv), constant spacing, the trace's own arrival times, or "
+        "closed_loop: `concurrency` users each sending the next request when their last one finishes",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="closed_loop: users sending at once (vLLM bench serve --max-concurrency, GuideLLM concurrent)",
     )
     rate_per_s: float | None = Field(
         None,
@@ -242,7 +248,8 @@ class Workload(_Spec):
     trace: str | None = Field(
         None,
         description="trace for lengths and/or arrivals: a built-in name (conversation, code, summarization) "
-        "or a CSV path with arrived_at, num_prefill_tokens, num_decode_tokens (trace rows are reused in a loop)",
+        "or a CSV path with arrived_at, num_prefill_tokens, num_decode_tokens (trace rows are reused in a loop), "
+        "or a benchmark's result with per-request lengths (vLLM bench serve --save-detailed, GuideLLM, AIPerf)",
     )
     arrival: Arrival = Field(default_factory=Arrival, description="when requests arrive")
     schedule: RateSchedule | None = Field(
@@ -286,7 +293,17 @@ class Workload(_Spec):
             )
         if self.schedule is not None:
             schedule_conflicts(self)
-        elif self.arrival.process in ("poisson", "gamma", "constant") and self.arrival.rate_per_s is None:
+        if self.arrival.process == "closed_loop":
+            _closed_loop(self)
+        elif self.arrival.concurrency is not None:
+            raise ValueError(
+                "arrival.concurrency is for arrival.process closed_loop; remove it or use closed_loop"
+            )
+        if (
+            self.schedule is None
+            and self.arrival.process in ("poisson", "gamma", "constant")
+            and self.arrival.rate_per_s is None
+        ):
             raise ValueError(f"arrival.process {self.arrival.process!r} needs arrival.rate_per_s")
         if self.num_requests and self.duration_s:
             raise ValueError("give num_requests or duration_s, not both")
@@ -295,6 +312,11 @@ class Workload(_Spec):
 
 def schedule_conflicts(w: Workload) -> None:
     """A rate schedule replaces arrival.rate_per_s and draws under poisson, gamma or constant arrivals."""
+    if w.arrival.process == "closed_loop":
+        raise ValueError(
+            "schedule: a closed loop's users set the load themselves; remove schedule or use arrival.process "
+            "poisson, gamma or constant"
+        )
     if w.arrival.process == "trace":
         raise ValueError(
             "schedule: the trace's own arrival times have no rate to reshape; use arrival.process poisson, "
@@ -305,6 +327,22 @@ def schedule_conflicts(w: Workload) -> None:
 
 
 # ---------------------------------------------------------------- hardware and serving
+def _closed_loop(w: Workload) -> None:
+    """A closed loop has users, not a rate: what it needs and what it cannot combine with."""
+    if w.arrival.concurrency is None:
+        raise ValueError(
+            "arrival.process closed_loop needs arrival.concurrency (how many users send at once)"
+        )
+    for bad, why in (
+        (w.arrival.rate_per_s, "rate_per_s"),
+        (w.duration_s, "duration_s"),
+        (w.classes, "classes"),
+    ):
+        if bad:
+            raise ValueError(f"arrival.process closed_loop: remove {why} (requests follow each other per user; "
+                             "give num_requests)")  # fmt: skip
+
+
 class Hardware(_Spec):
     gpu: str = Field("h100-sxm", description="GPU profile name from hardware_profiles/ (or a .yaml path)")
     gpus_per_replica: int = Field(

@@ -733,7 +733,9 @@ def _run_pool(tasks: list, workers: int | None, finished: Callable[[ConfigResult
     pool.shutdown()
 
 
-def _run_ray(tasks: list, address: str | None, finished: Callable[[ConfigResult], None]) -> None:
+def connect_ray(address: str | None):
+    """The `ray` module, connected to the cluster at `address` ('auto', ray://HOST:10001, local or None:
+    a local one); a clear ConfigError where Ray is missing or the address cannot be reached."""
     try:
         import ray
     except ImportError:
@@ -752,6 +754,11 @@ def _run_ray(tasks: list, address: str | None, finished: Callable[[ConfigResult]
                 f"--ray {short_repr(address)}: cannot start or reach Ray ({why}); give 'auto' (a running "
                 "cluster), ray://HOST:10001 (with ray[client]) or local"
             ) from None
+    return ray
+
+
+def _run_ray(tasks: list, address: str | None, finished: Callable[[ConfigResult], None]) -> None:
+    ray = connect_ray(address)
     remote = ray.remote(_evaluate_task)
     task_of = {remote.remote(t): t for t in tasks}
     pending = list(task_of)

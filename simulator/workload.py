@@ -11,6 +11,7 @@ import numpy as np
 
 from core.errors import ConfigError
 from core.requests import ClassSegments, Requests
+from simulator.concurrency import closed_loop
 from simulator.rate_schedule import constant_rate, scheduled_arrivals
 from simulator.scenario import Exponential, Fixed, FromTrace, Lognormal, Uniform, Workload
 from simulator.trace import Trace, read_trace
@@ -115,6 +116,11 @@ def generate(w: Workload, seed: int) -> Requests:
         )
     if w.classes:
         return _generate_classes(w, trace, arr_rng, p_rng, o_rng, c_rng)
+    if w.arrival.process == "closed_loop":
+        n = w.num_requests or (len(trace.prompt_tokens) if trace else DEFAULT_REQUESTS)
+        prompt = _lengths(w.prompt_tokens, n, p_rng, trace.prompt_tokens if trace else None)
+        output = _lengths(w.output_tokens, n, o_rng, trace.output_tokens if trace else None)
+        return closed_loop(w.arrival.concurrency, prompt, output)
     arrival = _arrivals(w, w.num_requests, trace, arr_rng)
     n = len(arrival)
     prompt = _lengths(w.prompt_tokens, n, p_rng, trace.prompt_tokens if trace else None)
