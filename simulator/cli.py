@@ -19,7 +19,7 @@ import yaml
 
 from core.engine_profile import engine_names, load_engine_profile
 from core.errors import ConfigError, read_yaml
-from core.hardware import PROFILES_ENV, load_profile, profile_origins
+from core.hardware import PROFILES_ENV, load_profile, profile_origins, provenance
 from core.model_spec import catalogue_names, human_count, load_model
 from simulator import __version__
 from simulator.output import ResultFolder
@@ -103,8 +103,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sc = _scenario(args.scenario, args.set, args.requests)
     with _scenario_folder(args.out, run_dir(sc.output.dir, args.set, args.requests)) as folder:
-        with _run_progress(f"simulating {sc.name}") as progress:
-            forecast = simulate(sc, progress=progress)
+        if args.workers or args.ray:
+            from simulator.shard import simulate_sharded
+
+            with _run_progress(f"simulating {sc.name} in shards", total=None):
+                backend = "ray" if args.ray else "processes"
+                forecast = simulate_sharded(sc, args.workers, backend, args.workers, args.ray)
+        else:
+            with _run_progress(f"simulating {sc.name}") as progress:
+                forecast = simulate(sc, progress=progress)
         if args.percentiles is not None and forecast.fits:
             from simulator.metrics import with_percentiles
 
@@ -229,21 +236,24 @@ def cmd_models(_: argparse.Namespace) -> int:
 def cmd_gpus(_: argparse.Namespace) -> int:
     origins = profile_origins()
     print(
-        f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'fp8':>8}{'$/h':>7}  "
-        f"{'profile':<36}  from"
+        f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'sustained':>11}{'fp8':>8}{'$/h':>7}  "
+        f"{'efficiencies':<28}{'validation (median |error|)':<50}from"
     )
     for name, origin in origins.items():
         p = load_profile(name)
         pk = p.peak_tflops
-        status = (
-            "calibrated"
-            if p.is_calibrated
-            else ("datasheet, efficiencies transferred" if p.calibration is not None else "datasheet")
-        )
+        status, err = provenance(p)
+        sixteen = p.sustained_flops("bf16") or p.sustained_flops("fp16")
         print(
             f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
-            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<36}  {origin}"
+            f"{(f'{sixteen / 1e12:.0f}' + ('*' if p.sustained and set(p.sustained.assumed) & {'bf16', 'fp16'} else '') if sixteen else '—'):>11}"
+            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<28}{err:<50}{origin}"
         )
+    print(
+        "(TFLOP/s dense; sustained: the large-GEMM rate measured here or published, the asymptote transfers scale to, "
+        "* an assumption where no published measurement was found; "
+        "tables: benchmarks/results/gpu_transfer.md, gpu_published.md)"
+    )
     return 0
 
 
@@ -257,7 +267,7 @@ def cmd_engines(_: argparse.Namespace) -> int:
         held = f"{min(errors):.1f}-{max(errors):.1f}% over {len(errors)} checks" if errors else "unvalidated"
         print(f"{name:<24}{p.engine:<14}{p.version:<10}{p.scheduling.policy:<15}{status:<26}{held}")
     print(
-        "(a scenario cannot name an engine yet: forecasts are for `ours`; tables in each profile's validation)"
+        "(a scenario names one with `engine: NAME` or a .yaml path; default ours; tables in each profile's validation)"
     )
     return 0
 
@@ -491,6 +501,15 @@ def _simulate_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "--out",
         help="output folder (default: the scenario's output.dir; with --set or --requests, "
         "output.dir-set-HASH, HASH naming the overrides, so the unchanged scenario's results are kept)",
+    )
+    r.add_argument(
+        "--workers",
+        type=_count,
+        help="split the replicas into this many shards run on local processes, identical to one process "
+        "(routers that decide up front: round_robin, prefix_affinity; others run in one process, and say so)",
+    )
+    r.add_argument(
+        "--ray", metavar="ADDRESS", help="run the shards on a Ray cluster ('auto', ray://host:10001, local)"
     )
     _override_options(r)
     r.set_defaults(fn=cmd_run)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.hardware import HardwareProfile
+from core.hardware import HardwareProfile, weight_format
 from core.model_spec import ModelSpec
 from core.records import ITL_BINS_PER_DECADE, ITL_LO, RequestTable, StepStats, itl_percentiles
 from core.scheduler import Scheduler
@@ -336,6 +336,11 @@ def _deployment(setup: Setup) -> tuple[dict, float, int, int]:
         "memory": mem.as_dict() | {"fits": mem.fits, "explain": mem.explain()},
         "fits": mem.fits,
     }
+    if not profile.is_calibrated:  # where its efficiencies come from (simulator gpus has the detail)
+        out["hardware"]["profile_status"] = profile.status
+    note = weight_format(profile, scenario.serving.precision.weight_dtype)
+    if note:  # the weight format runs through an engine's fallback on this GPU: priced that way, and said so
+        out["hardware"]["format_note"] = note
     if named(scenario):  # a scenario that names no engine keeps the summary of before (ours)
         out["engine"] = engine_summary(engine_profile(scenario), profile.name)
     return out, price, gpus, engines
