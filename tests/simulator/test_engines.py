@@ -83,7 +83,10 @@ def test_ours_named_forecasts_exactly_what_no_engine_does():
     [
         (
             {"engine": "vllm-9"},
-            ["engine: engine 'vllm-9' has no profile", "ours, transformers, transformers-generate"],
+            [
+                "engine: engine 'vllm-9' has no profile",
+                "ours, tensorrt-llm-h100-sxm, tensorrt-llm-h200, transformers, transformers-generate",
+            ],
         ),
         (
             {"engine": "transformers", "serving": {"precision": {"weight_dtype": "int4"}}},
