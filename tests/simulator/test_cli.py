@@ -175,6 +175,7 @@ def test_engines_lists_every_profile_with_where_it_was_measured_and_its_held_out
     assert (
         set(rows) == {*(p.stem for p in ENGINE_DIR.glob("*.yaml")), "my-engine"} >= {"ours", "transformers"}
     )
+    assert "published on h100-sxm" in rows["tensorrt-llm-h100-sxm"]
     assert "measured on h200" in rows["transformers"] and "over" in rows["transformers"]
     assert "static" in rows["transformers-generate"]
     assert "measured on h100-sxm" in rows["my-engine"] and "unvalidated" in rows["my-engine"]
