@@ -16,8 +16,8 @@ or on Ray and their records merge into the forecast one process gives, byte for 
 
 What stays in one process (the summary says why under "sharding"): routers that read load
 (least_outstanding, prefix affinity for requests without a prefix, a router queue), disaggregated pools,
-conversations (a later turn arrives when the earlier one finishes), a response cache, and a run with fewer
-than two engines.
+conversations (a later turn arrives when the earlier one finishes), a response cache, autoscaling, and a run
+with fewer than two engines.
 """
 
 from __future__ import annotations
@@ -127,6 +127,8 @@ class ShardSource:
 def unshardable(scenario: Scenario, reqs: Requests, engines: int) -> str | None:
     """Why a scenario runs in one process (None: it can be sharded)."""
     cl = scenario.cluster
+    if getattr(cl, "autoscaling", None) is not None:
+        return "autoscaling decides on load"
     if scenario.disaggregation is not None:
         return "disaggregated pools pass requests between them"
     if engines < 2:
@@ -135,8 +137,6 @@ def unshardable(scenario: Scenario, reqs: Requests, engines: int) -> str | None:
         return "the least_outstanding router decides on load"
     if cl.max_ongoing_requests is not None:
         return "the router queue (max_ongoing_requests) decides on load"
-    if getattr(cl, "autoscaling", None) is not None:
-        return "autoscaling decides on load"
     if scenario.response_cache is not None:
         return "the response cache"
     if reqs.next_turn is not None and bool((reqs.next_turn >= 0).any()):

@@ -96,6 +96,14 @@ def test_sharded_run_on_a_process_pool_equals_one_process(tmp_path):
         (["cluster.router=round_robin", "cluster.max_ongoing_requests=4"], "router queue"),
         (
             [
+                "cluster.replicas=1",
+                "cluster.router=round_robin",
+                "cluster.autoscaling={min_replicas: 1, max_replicas: 3, replica_capacity_per_s: 5}",
+            ],
+            "autoscaling",
+        ),
+        (
+            [
                 "cluster.router=prefix_affinity",
                 "workload.classes=[{name: a, share: 0.5, shared_prefix_tokens: 400},{name: b, share: 0.5}]",
             ],
