@@ -22,6 +22,7 @@ with fewer than two engines.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -437,7 +438,10 @@ def _run(tasks: list[ShardTask], backend: str, workers: int | None, ray_address:
         for t in tasks:
             yield run_shard(t)
     elif backend == "processes":
-        with ProcessPoolExecutor(max_workers=workers or len(tasks)) as pool:
+        # workers start from a fresh server process, not a fork of this one: they hold their shard only
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["simulator.shard"])
+        with ProcessPoolExecutor(max_workers=workers or len(tasks), mp_context=ctx) as pool:
             yield from pool.map(run_shard, tasks)
     elif backend == "ray":
         from simulator.search import connect_ray
