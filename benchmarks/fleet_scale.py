@@ -68,25 +68,28 @@ def one(args: argparse.Namespace) -> dict:
     else:
         f = simulate_sharded(sc, args.one, "ray" if args.ray else "processes", args.one, args.ray)
     wall = time.perf_counter() - t0
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
     t = f.table
     digest = hashlib.sha256()
     for name in ("replica", "scheduled_s", "first_token_s", "finish_s", "preemptions", "rejected"):
         digest.update(getattr(t, name).tobytes())
     s = f.summary
-    own_cpu = me.ru_utime + me.ru_stime
+    own_cpu = time.process_time() - c0
     shard_cpu = s["simulation"].get("shard_cpu_s") or [own_cpu]
     return {
         "workers": args.one,
         "backend": "ray" if args.ray else ("processes" if args.one > 1 else "one process"),
         "requests": len(t),
         "wall_s": wall,
-        "cpu_s": time.process_time() - c0 + kids.ru_utime + kids.ru_stime,
+        # this process's CPU and its shard workers' (they report their own: forkserver children are not ours)
+        "cpu_s": own_cpu + sum(s["simulation"].get("shard_cpu_s", [])),
         # on idle cores: the coordinator's CPU and then the slowest shard's (the shards overlap)
         "critical_cpu_s": own_cpu + max(shard_cpu) if len(shard_cpu) > 1 else own_cpu,
         "worker_rate": len(t) / sum(shard_cpu),  # requests per CPU second of a worker, over all of them
         "rss_coordinator_mib": me.ru_maxrss / 1024,
-        "rss_worker_mib": kids.ru_maxrss / 1024,  # the largest shard worker (0: none)
+        "rss_worker_mib": s["simulation"].get(
+            "shard_peak_rss_mib", 0.0
+        ),  # the largest shard worker (0: none)
         "records_sha256": digest.hexdigest()[:16],
         "verdict": s["stability"]["verdict"],
         "ttft_p50_s": s["latency_s"]["ttft"]["p50"],

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -215,6 +216,7 @@ class ShardOutcome:
     waiting: list[int] = field(default_factory=list)  # backlog at each check
     completed: list[int] = field(default_factory=list)
     cpu_s: float = 0.0  # CPU seconds the shard took
+    peak_rss_mib: float = 0.0  # the peak resident memory of the process that ran it
 
 
 def run_shard(task: ShardTask) -> ShardOutcome:
@@ -289,6 +291,7 @@ def run_shard(task: ShardTask) -> ShardOutcome:
             )  # fmt: skip
         )
     out.cpu_s = time.process_time() - cpu0
+    out.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (Linux: KiB)
     return out
 
 
@@ -341,6 +344,7 @@ def simulate_sharded(
     # slowest is the run's critical path on idle cores)
     summary["simulation"]["shards"] = len(tasks)
     summary["simulation"]["shard_cpu_s"] = [o.cpu_s for o in outcomes]
+    summary["simulation"]["shard_peak_rss_mib"] = max(o.peak_rss_mib for o in outcomes)
     g0 = dep.headline
     return Forecast(scenario, model, g0.profile, g0.mem, reqs, record.table, record.stats, summary,
                     record.wall_s)  # fmt: skip

@@ -14,7 +14,7 @@ from simulator.shard import _arrival_events_loop, arrival_events, simulate_shard
 from simulator.simulation import simulate
 
 # how the run went, not what it forecast: the only fields that differ
-WALL = ("wall_s", "requests_per_wall_s", "steps_per_wall_s", "shards", "shard_cpu_s")
+WALL = ("wall_s", "requests_per_wall_s", "steps_per_wall_s", "shards", "shard_cpu_s", "shard_peak_rss_mib")
 
 CLASSES = (
     "workload.classes=["
