@@ -83,7 +83,11 @@ def test_ours_named_forecasts_exactly_what_no_engine_does():
     [
         (
             {"engine": "vllm-9"},
-            ["engine: engine 'vllm-9' has no profile", "ours, transformers, transformers-generate"],
+            [
+                "engine: engine 'vllm-9' has no profile",
+                "use one of ours, ",
+                "transformers, transformers-generate or a .yaml path",
+            ],
         ),
         (
             {"engine": "transformers", "serving": {"precision": {"weight_dtype": "int4"}}},
