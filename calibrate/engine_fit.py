@@ -1046,7 +1046,7 @@ def _profile_notes(
     static: bool,
     recorded: bool,
     table: str,
-    operators: bool = False,
+    operators: OperatorCounts | None = None,
 ) -> str:
     """The profile's notes: how the runs were made and what sets the error."""
     return (
@@ -1055,8 +1055,10 @@ def _profile_notes(
         f"GPU's kernels a median {share:.0%} of a fitted row) and grows with the model's layers, so the host "
         "terms are per layer"
         + (
-            ", a model's layers counted by the operators its architecture launches per forward (host.operators; "
-            "Gemma 3's layer launches 101 where Llama's launches 55: the table's leave-one-model-out section). "
+            ", a model's layers counted by the operators its architecture launches per forward (host.operators: per "
+            "layer "
+            + ", ".join(f"{t} {c.per_layer:g}" for t, c in sorted(operators.models.items()))
+            + "; the table's leave-one-model-out section). "
             if operators
             else ". "
         )
@@ -1149,7 +1151,9 @@ def build_profile(
         kernels=kernels,
         sources=sources,
         validation=_validation(ef, ts, table),
-        notes=_profile_notes(header, versions, share, static, recorded, table, operators is not None),
+        notes=_profile_notes(
+            header, versions, share, static, recorded, table, operators[0] if operators else None
+        ),
     )
 
 
