@@ -21,6 +21,7 @@ from app_pages.common import (
     with_capacity,
     workload_picker,
 )
+from app_pages.day_view import show_day
 from core.engine_profile import engine_names
 from simulator.engines import serving_values
 from simulator.scenario import Hardware, Scenario, Serving
@@ -111,4 +112,5 @@ if forecast is not None:
     elif stability is not None and stability["verdict"] == "inconclusive":
         st.warning(f"Stability inconclusive: {stability['reason']}")
     show_forecast(forecast)
+    show_day(forecast)
 show_what_fits(model, "plan")

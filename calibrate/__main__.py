@@ -1,5 +1,6 @@
 """Command line: `python -m calibrate [options]`, `python -m calibrate validate PROFILE`, `python -m calibrate fit DIR`,
-`python -m calibrate --engine transformers` (another engine's profile, calibrate/engine_calibration.py)."""
+`python -m calibrate --engine transformers` (another engine's profile, calibrate/engine_calibration.py),
+`python -m calibrate from-benchmark RUN.json... --gpu GPU --engine NAME` (an engine profile fitted to measured runs)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
             from calibrate.validate import validate
 
             validate(a.profile, a.model, a.device, a.work_dir, a.out, command=command, stored=a.stored)
+        elif argv and argv[0] == "from-benchmark":
+            from calibrate.from_benchmark import main as from_benchmark
+
+            return from_benchmark(argv[1:], prog)
         elif argv and argv[0] == "fit":
             a = _fit_parser(prog).parse_args(argv[1:])
             from calibrate.calibration import refit
@@ -116,7 +121,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
             if a.engine:
                 return calibrate_engine(
                     EngineOptions(
-                        a.engine, a.model, a.base, a.work_dir, a.out_dir or "engine_profiles", a.budget_s
+                        a.engine,
+                        a.model,
+                        a.base,
+                        a.work_dir,
+                        a.out_dir or "engine_profiles",
+                        a.budget_s,
+                        a.force,
                     )
                 )
             if a.fresh:

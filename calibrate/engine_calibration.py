@@ -34,6 +34,7 @@ class EngineOptions:
     work_dir: str | None = None  # default: calibration_runs/<engine>_<gpu>/<UTC date>
     out_dir: str = "engine_profiles"
     budget_s: float = BUDGET_S
+    force: bool = False  # replace profiles of this engine measured on another GPU
 
 
 def check_ready(engine: str) -> str:
@@ -56,6 +57,20 @@ def check_ready(engine: str) -> str:
     return gpu.name
 
 
+def check_not_replacing(out_dir: Path, engine: str, gpu: str) -> None:
+    """The fit writes one profile per engine kind (`transformers.yaml`, ...): refuse, before any GPU time is spent,
+    to replace one that was measured on another GPU."""
+    from core.engine_profile import read_engine_profile
+
+    for path in sorted(out_dir.glob(f"{engine}*.yaml")):
+        p = read_engine_profile(path)
+        if p.engine == engine and p.gpu is not None and p.gpu != gpu:
+            raise ConfigError(
+                f"{path} is measured on {p.gpu} and this GPU is {gpu}: give --out-dir another folder to keep "
+                "both, or --force to replace it"
+            )
+
+
 def calibrate_engine(opts: EngineOptions) -> int:
     """Run the harness, then the fit; the exit status of the first stage that fails, else 0."""
     from calibrate import engine_fit, transformers_runs
@@ -63,6 +78,8 @@ def calibrate_engine(opts: EngineOptions) -> int:
 
     gpu_name = check_ready(opts.engine)
     gpu = resolve_base(gpu_name, opts.base)
+    if not opts.force:
+        check_not_replacing(Path(opts.out_dir), opts.engine, gpu)
     runs = Path("calibration_runs") / f"{opts.engine}_{gpu}"
     work = Path(opts.work_dir) if opts.work_dir else runs / dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     rc = transformers_runs.main(

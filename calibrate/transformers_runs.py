@@ -19,6 +19,7 @@ import argparse
 import csv
 import datetime as dt
 import gc
+import inspect
 import json
 import platform
 import shlex
@@ -594,11 +595,76 @@ def _import_stack() -> tuple[Any, Any]:
         import transformers
     except ImportError as e:
         raise MissingTransformers(
-            "transformers: not installed; `pip install transformers` (not a project dependency) to time it"
+            "transformers: not installed; `pip install transformers` (the calibrate extra has it) to time it"
         ) from e
     import torch
 
     return torch, transformers
+
+
+# The transformers release this adapter was written and run against (calibration_runs/transformers_h200).
+WRITTEN_FOR = "5.17.0"
+# What the adapter calls, each an attribute path from the transformers module and the keyword parameters it passes
+# by name (they must be named in the signature: a **kwargs would swallow a renamed one without effect). The step
+# recorder's private hooks (_generation_loop_body, _generation_step) are not here: without them the runs are still
+# whole and the fit rebuilds the steps from the token stamps. The KV cache is only named (its class), not used.
+NEEDED_API: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("AutoConfig.from_pretrained", ()),
+    ("AutoModelForCausalLM.from_config", ()),
+    ("GenerationConfig", ()),
+    ("GenerationMixin.generate", ()),
+    ("GenerationMixin.init_continuous_batching", ("generation_config", "continuous_batching_config")),
+    ("ContinuousBatchingConfig", ("num_blocks", "max_batch_tokens")),
+    (
+        "generation.continuous_batching.ContinuousBatchingManager.add_request",
+        ("request_id", "max_new_tokens", "record_timestamps", "eos_token_id"),
+    ),
+    ("generation.continuous_batching.ContinuousBatchingManager.get_result", ("timeout",)),
+    ("generation.continuous_batching.ContinuousBatchingManager.warmup", ()),
+    ("generation.continuous_batching.ContinuousBatchingManager.start", ()),
+    ("generation.continuous_batching.ContinuousBatchingManager.stop", ()),
+    ("generation.continuous_batching.ContinuousBatchingManager.is_running", ()),
+    (
+        "generation.continuous_batching.requests.GenerationOutput",
+        ("request_id", "generated_tokens", "error", "lifespan", "timestamps"),
+    ),
+)
+
+
+class IncompatibleTransformers(RuntimeError):
+    """The installed transformers lacks an API the adapter calls."""
+
+
+def missing_api(transformers: Any) -> str | None:
+    """The first of NEEDED_API this transformers lacks, written as a call (`X.y(name=)`); None when all are there."""
+    for path, names in NEEDED_API:
+        obj = transformers
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except (AttributeError, ImportError):  # lazy submodules import on attribute access
+            return path
+        if not names:
+            continue
+        try:
+            params = inspect.signature(obj).parameters
+        except (TypeError, ValueError):
+            return f"{path}({'=, '.join(names)}=)"
+        lacking = [n for n in names if n not in params]
+        if lacking:
+            return f"{path}({'=, '.join(lacking)}=)"
+    return None
+
+
+def check_api(transformers: Any) -> None:
+    """Raises IncompatibleTransformers, in one line, when the installed transformers lacks what the adapter calls."""
+    what = missing_api(transformers)
+    if what is not None:
+        version = getattr(transformers, "__version__", "of unknown version")
+        raise IncompatibleTransformers(
+            f"transformers {version} has no {what}, which this adapter calls; it was written for transformers "
+            f"{WRITTEN_FOR}: `pip install 'transformers=={WRITTEN_FOR}'` (or a release that keeps that API)"
+        )
 
 
 def _sync(torch: Any, device: str) -> None:
@@ -1173,8 +1239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_choices(args, plan)
         for m in args.models:
             config_json_path(m)
-        _import_stack()
-    except (MissingTransformers, ValueError) as e:
+        check_api(_import_stack()[1])  # before anything is written
+    except (MissingTransformers, IncompatibleTransformers, ValueError) as e:
         return _error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -9,7 +9,9 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
 - `scheduling`: the defaults of the scenario's `serving` block for the fields it maps to — `policy`
   gives `batching.mode` and `batching.chunked_prefill` (`serving_defaults()`, by path), `max_num_seqs`,
   `max_num_batched_tokens` (under `batching`), `block_size`, `preemption` (under `memory`) and `cuda_graphs`
-  keep their names. Fields a scenario sets itself win.
+  keep their names. Fields a scenario sets itself win (simulator/engines.py). `preemption: none` is static
+  batching's: a batch holds its padded KV from the start, a request that cannot get blocks waits for a later
+  batch, nobody is evicted (a scenario asking for it with continuous batching is refused).
   `pad_static_batches` says whether a static batch runs every prompt padded to its longest (the
   simulator's static loop always pads; a profile that does not is refused until the loop can).
 - `host`: a step of `n` sequences with `p` prompt tokens pays, on top of the cost model's GPU time,
@@ -25,8 +27,8 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
   `elementwise`); 1.0 is the GPU profile's own kernels. `attention_layout: packed` replaces the step's
   per-sequence attention (prefill and decode groups) by one attention of Q × K pairs, Q the step's
   tokens and K every sequence's context plus its new tokens, each padded (`packed_sizes`), costed with
-  the GPU profile's prefill-attention curve times `attention_prefill` (calibrate/engine_fit.py's
-  `packed_attention_time`, to move into the cost model with the wiring). `quantized_weights` lists the
+  the GPU profile's prefill-attention curve times `attention_prefill` (core/cost_model.py's
+  `packed_attention_time`, which calibrate/engine_fit.py fits with). `quantized_weights` lists the
   weight formats the engine has kernels for: a scenario asking for another is refused with that list.
 - `gpu`: the GPU profile the figures were measured or fitted on; `transferred()` says when a scenario's
   GPU differs, and the forecast then reports the profile as transferred (used as is, not re-fitted).

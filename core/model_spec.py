@@ -3,13 +3,26 @@
 Parameter counts, weight bytes per dtype, FLOPs per token, KV bytes per token (GQA, MLA,
 sliding-window layers) and the GEMM shapes a forward pass runs. Field names are the ones
 Hugging Face writes; multimodal configs use their `text_config`.
+
+Two readers of a config give the same ModelSpec: the hand-written one below (always there, no dependency) and,
+when a caller asks for it (`via_transformers=True`) and transformers is installed, transformers' own config class
+for the model_type, which fills every field the file leaves out with that class's default. The simulator never
+asks: importing transformers' AutoConfig imports torch (2.0 s cumulative by `python -X importtime -c "from
+transformers import AutoConfig"`, transformers 5.24 on a shared 2-core machine), and the simulator imports
+neither (DESIGN.md). tests/core/test_model_spec_transformers.py
+reads every catalogue model both ways and checks every derived number is equal.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
+import importlib.util
 import json
 import math
-from dataclasses import dataclass, field
+import os
+import warnings
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -82,7 +95,11 @@ class ModelSpec:
     sliding_window: int = 0
     sliding_layers: int = 0
     max_position_embeddings: int = 0
+    # Qwen2-MoE gates its shared expert's output with a (hidden -> 1) projection per MoE layer.
+    shared_expert_gate: bool = False
     config: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+    # which reader filled the fields the config leaves out: "hand-written", or "transformers X.Y <ConfigClass>"
+    read_by: str = field(default="hand-written", compare=False, hash=False)
 
     # ---------------------------------------------------------------- structure
     @property
@@ -149,6 +166,8 @@ class ModelSpec:
                     Gemm("shared_gate_up", h, 2 * si, self.moe_layers),
                     Gemm("shared_down", si, h, self.moe_layers),
                 ]
+                if self.shared_expert_gate:
+                    g.append(Gemm("shared_expert_gate", h, 1, self.moe_layers))
         return g
 
     @cached_property
@@ -238,8 +257,10 @@ class ModelSpec:
 
 # Fields a published config.json may leave to the defaults of transformers' config class, which
 # then fill them in: google/gemma-3-{4b,12b,27b}-it ship a text_config without head_dim or
-# vocab_size (and 4b without its head counts). Keyed by model_type less "_text"; values are
-# transformers' Gemma3TextConfig defaults.
+# vocab_size (and 4b without its head counts). Keyed by model_type less "_text"; values are the
+# defaults of transformers' config classes (5.x: Gemma3TextConfig, Gemma2Config, GemmaConfig,
+# Qwen3Config, MistralConfig) where the planner's generic rule (head_dim = hidden / heads, no window) would differ.
+# This is the reader without transformers; with it, the class itself fills them (`via_transformers`).
 _HF_DEFAULTS: dict[str, dict] = {
     "gemma3": {
         "vocab_size": 262_208,
@@ -252,10 +273,19 @@ _HF_DEFAULTS: dict[str, dict] = {
         "max_position_embeddings": 131_072,
         "sliding_window": 4096,
     },
+    "gemma2": {"head_dim": 256, "sliding_window": 4096},
+    "gemma": {"head_dim": 256},
+    "qwen3": {"head_dim": 128},
+    "mistral": {"sliding_window": 4096},  # all layers; Mistral-7B-v0.3 writes `null` to turn it off
 }
+# Every p-th layer is global, the others slide: transformers' default patterns (Gemma3TextConfig
+# sliding_window_pattern 6, Gemma2Config alternating), used where the config writes neither
+# `layer_types` nor a pattern.
+_DEFAULT_SLIDING_PATTERN = {"gemma3": 6, "gemma2": 2}
 
 
-def _text_config(cfg: dict) -> dict:
+def _text_config(cfg: dict, hand_defaults: bool = True) -> dict:
+    """The text model's fields (a multimodal config's `text_config`), with _HF_DEFAULTS under them."""
     inner = cfg.get("text_config")
     c = cfg
     if isinstance(inner, dict):
@@ -263,7 +293,7 @@ def _text_config(cfg: dict) -> dict:
         for k in ("tie_word_embeddings", "architectures", "model_type"):
             if k in cfg and k not in c:
                 c[k] = cfg[k]
-    defaults = _HF_DEFAULTS.get(str(c.get("model_type", "")).removesuffix("_text"))
+    defaults = _HF_DEFAULTS.get(str(c.get("model_type", "")).removesuffix("_text")) if hand_defaults else None
     return {**defaults, **c} if defaults else c
 
 
@@ -430,7 +460,7 @@ def _shape(c: dict, source: str) -> dict:
 
 def _sliding(c: dict, mt: str, L: int, source: str) -> dict:
     """The sliding window and how many layers use it: Mistral/Qwen2 apply it to all layers when used;
-    Gemma 3 interleaves."""
+    Gemma 2 and 3 interleave."""
     window = _opt(c, "sliding_window", source)
     sliding = 0
     if window:
@@ -439,9 +469,12 @@ def _sliding(c: dict, mt: str, L: int, source: str) -> dict:
         elif c.get("sliding_window_pattern"):
             p = _int(c, "sliding_window_pattern", source, minimum=1)
             sliding = L - L // p  # every p-th layer is global
-        elif mt.startswith("gemma3"):
-            sliding = L - L // 6  # Gemma 3 default pattern: 5 local, 1 global
+        elif family := next((f for f in _DEFAULT_SLIDING_PATTERN if mt.startswith(f)), None):
+            sliding = L - L // _DEFAULT_SLIDING_PATTERN[family]
         elif _flag(c, "use_sliding_window", True, source):
+            # Known gap: transformers' Qwen2/Qwen3 slide only layers >= max_window_layers (default 28); here every
+            # layer does, as engine/model.py's sliding_layer_ids assumes. via_transformers counts them as
+            # transformers does (from its layer_types); the engine's choice of layers does not follow yet.
             sliding = L
         if window >= _opt(c, "max_position_embeddings", source) > 0:
             sliding = 0  # a window as long as the context is no window
@@ -489,11 +522,8 @@ def _mla_heads(c: dict, source: str) -> dict:
     return mla
 
 
-def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json") -> ModelSpec:
-    """Build a ModelSpec from a Hugging Face config dict."""
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{source}: a model config must be a JSON object")
-    c = _text_config(cfg)
+def _derive(cfg: dict, c: dict, name: str, source: str) -> ModelSpec:
+    """The ModelSpec of a text config `c` (fields checked, one line for the first bad one); `cfg` is the file."""
     _refuse_unmodelled(c, source)
     mt = _model_type(cfg, c, source)
     # the stages run in this order so that, of several bad fields, the same one is reported first
@@ -508,7 +538,7 @@ def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json
         **shape,
         tie_embeddings=_flag(c, "tie_word_embeddings", gemma, source),
         qkv_bias=_flag(c, "attention_bias", mt.startswith("qwen2"), source),
-        norms_per_layer=4 if gemma else 2,
+        norms_per_layer=4 if mt.startswith(("gemma2", "gemma3")) else 2,  # Gemma 1 has no post-norms
         qk_norm=mt.startswith(("gemma3", "qwen3")),
         **experts,
         kv_lora_rank=_opt(c, "kv_lora_rank", source),
@@ -516,8 +546,84 @@ def spec_from_config(cfg: dict, name: str = "custom", source: str = "config.json
         **mla,
         **sliding,
         max_position_embeddings=_opt(c, "max_position_embeddings", source),
+        shared_expert_gate=mt.startswith("qwen2_moe") and experts["num_shared_experts"] > 0,
         config=cfg,
     )
+
+
+def transformers_text_config(cfg: dict) -> tuple[dict, str] | None:
+    """The text config as transformers' config class for its model_type fills it (every field the class defines,
+    defaults included), and a label naming that class; None when transformers is not installed, does not know
+    the model_type, or rejects the config (the hand-written reader then says what is wrong).
+
+    transformers is imported here, lazily, only when installed (it imports torch: seconds), never at module
+    import. Nothing is fetched: AutoConfig.for_model builds the class from this dict alone, and HF_HUB_OFFLINE
+    is set (unless the caller set it) before the import so that nothing else in it reaches the hub either."""
+    try:
+        if importlib.util.find_spec("transformers") is None:
+            return None
+    except ValueError:  # `transformers.__spec__` unset: a stand-in module, treat it as absent
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    mt = cfg.get("model_type")
+    try:
+        tf = importlib.import_module("transformers")  # optional and lazy (see the module docstring)
+        known = isinstance(mt, str) and mt in tf.models.auto.configuration_auto.CONFIG_MAPPING
+    except Exception:  # an install that cannot import (no torch, a broken build): the hand-written reader
+        return None
+    if not known:
+        return None
+    verbosity = tf.logging.get_verbosity()
+    tf.logging.set_verbosity_error()  # its deprecation notes on old configs are not the planner's output
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # a copy: for_model rewrites nested dicts (rope_scaling) in place
+            text = tf.AutoConfig.for_model(**copy.deepcopy(cfg)).get_text_config()
+            filled = text.to_dict()
+    except Exception:  # its validation refused a field: the hand-written reader names it in one line
+        return None
+    finally:
+        tf.logging.set_verbosity(verbosity)
+    return filled, f"transformers {tf.__version__} {type(text).__name__}"
+
+
+def _filled_by_transformers(cfg: dict, source: str) -> tuple[dict, str] | None:
+    """The file's text config with transformers' values over it (keys only the file has are kept); none of the
+    hand-written defaults (_HF_DEFAULTS) come in."""
+    got = transformers_text_config(cfg)
+    if got is None:
+        return None
+    filled, label = got
+    c = _text_config(cfg, hand_defaults=False)
+    out = {**c, **filled}
+    # the file's name for it where it has one (a text_config without model_type: gemma3, not gemma3_text)
+    out["model_type"] = c.get("model_type", filled.get("model_type"))
+    if _opt(c, "kv_lora_rank", source):
+        # MLA: transformers' DeepseekV2/V3Config set head_dim to the rotary dim (qk_rope_head_dim); the
+        # planner's MLA terms use qk_nope/qk_rope/v_head_dim, and head_dim is what the file says, as without it.
+        out["head_dim"] = c.get("head_dim")
+    return out, label
+
+
+def spec_from_config(
+    cfg: dict, name: str = "custom", source: str = "config.json", *, via_transformers: bool = False
+) -> ModelSpec:
+    """Build a ModelSpec from a Hugging Face config dict. `via_transformers`: fields the config leaves out take
+    the defaults of transformers' config class for its model_type, where transformers is installed and knows it
+    (`read_by` says which reader did); the fields it writes are checked first by the hand-written reader, so a
+    bad field gives the same one-line error either way."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: a model config must be a JSON object")
+    c = _text_config(cfg)
+    spec = _derive(cfg, c, name, source)
+    if not via_transformers:
+        return spec
+    got = _filled_by_transformers(cfg, source)
+    if got is None:
+        return spec
+    filled, label = got
+    return replace(_derive(cfg, filled, name, source), read_by=label)
 
 
 def _read_json(p: Path) -> object:
@@ -544,8 +650,10 @@ def catalogue_names() -> list[str]:
     return sorted(p.stem for p in CATALOGUE_DIR.glob("*.json"))
 
 
-def load_model(name_or_path: str) -> ModelSpec:
-    """A catalogue name (`llama-3.1-8b`) or a path to a Hugging Face config.json (or its folder)."""
+def load_model(name_or_path: str, *, via_transformers: bool = False) -> ModelSpec:
+    """A catalogue name (`llama-3.1-8b`) or a path to a Hugging Face config.json (or its folder).
+    `via_transformers`: see spec_from_config (the simulator leaves it off; calibrate, which imports torch
+    anyway, may turn it on)."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -559,7 +667,10 @@ def load_model(name_or_path: str) -> ModelSpec:
                 f"model config {str(p)!r} does not exist; give a catalogue name or a config.json path"
             )
         return spec_from_config(
-            _read_json(p), name=p.parent.name if p.name == "config.json" else p.stem, source=str(p)
+            _read_json(p),
+            name=p.parent.name if p.name == "config.json" else p.stem,
+            source=str(p),
+            via_transformers=via_transformers,
         )
     key = name_or_path.lower()
     cat = CATALOGUE_DIR / f"{key}.json"
@@ -570,7 +681,9 @@ def load_model(name_or_path: str) -> ModelSpec:
         raise ConfigError(
             f"model {name_or_path!r} is not in the catalogue{hint}; use one of {', '.join(names)} or a config.json path"
         )
-    return spec_from_config(json.loads(cat.read_text()), name=key, source=str(cat))
+    return spec_from_config(
+        json.loads(cat.read_text()), name=key, source=str(cat), via_transformers=via_transformers
+    )
 
 
 def human_count(n: float) -> str:

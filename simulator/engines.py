@@ -142,6 +142,7 @@ def engine_summary(profile: EngineProfile, gpu: str) -> dict:
 def engine_line(profile: EngineProfile, gpu: str) -> str:
     """The summary's engine line for a terminal or a page."""
     where = f"{profile.status} on {profile.gpu}" if profile.gpu else profile.status
-    line = f"engine: {profile.name} ({profile.display_name}, {profile.version}; {where}); {validation_line(profile)}"
+    about = profile.display_name + ("" if profile.version in profile.display_name else f" {profile.version}")
+    line = f"engine: {profile.name} ({about}; {where}); {validation_line(profile)}"
     moved = transferred(profile, gpu)
     return line + (f"\n{moved}" if moved else "")

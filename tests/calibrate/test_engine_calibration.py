@@ -63,3 +63,23 @@ def test_a_failed_harness_stops_before_the_fit(monkeypatch, tmp_path):
     monkeypatch.setattr("calibrate.transformers_runs.main", lambda argv: 130)
     monkeypatch.setattr("calibrate.engine_fit.main", lambda argv: pytest.fail("fit after a failed run"))
     assert main(["--engine", "transformers"]) == 130
+
+
+def test_a_profile_of_another_gpu_is_not_replaced_unless_forced(monkeypatch, tmp_path, capsys):
+    import shutil
+
+    from core.engine_profile import ENGINE_DIR
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "engine_profiles").mkdir()
+    shutil.copy(ENGINE_DIR / "transformers.yaml", tmp_path / "engine_profiles")  # measured on the H200
+    monkeypatch.setattr(engine_calibration.importlib.util, "find_spec", lambda n: object())
+    monkeypatch.setattr("calibrate.detect.detect", lambda: GpuInfo(name="NVIDIA H100 80GB HBM3"))
+    monkeypatch.setattr("calibrate.transformers_runs.main", lambda argv: pytest.fail("GPU time spent"))
+    assert main(["--engine", "transformers"]) == 2
+    err = capsys.readouterr().err
+    assert "is measured on h200 and this GPU is h100-sxm" in err and "--force" in err
+    monkeypatch.setattr("calibrate.transformers_runs.main", lambda argv: 0)
+    monkeypatch.setattr("calibrate.engine_fit.main", lambda argv: 0)
+    assert main(["--engine", "transformers", "--force"]) == 0
+    assert main(["--engine", "transformers", "--out-dir", "h100_profiles"]) == 0

@@ -194,3 +194,24 @@ def test_cuda_graphs_none_on_our_engine_waits_for_every_steps_launches():
     # an engine with its own host terms has its launches in them: no floor
     own = CostModel(p, m, eager_prefill=True, eager_decode=True, engine=load_engine_profile("transformers"))
     assert "launch_wait" not in own.breakdown(small)
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "gemma-3-12b"])
+def test_packed_decode_line_equals_stepping(model):
+    """The closed form of a packed decode run (CostModel._packed_coeffs) against packed_attention_time per step."""
+    p, m = load_profile("h200"), load_model(model)
+    cm = CostModel(p, m, engine=load_engine_profile("transformers"))
+    lines = 0
+    for n, ctx0, k in [(1, 300, 100), (7, 7 * 2000, 64), (300, 300 * 1500, 40), (2000, 2000 * 800, 10)]:
+        times = cm.decode_step_times(n, ctx0 + n * np.arange(k))
+        line = cm.decode_step_line(n, ctx0, k)
+        if line is not None:
+            lines += 1
+            np.testing.assert_allclose(line[0] + line[1] * np.arange(k), times, rtol=1e-9)
+        assert times[0] == pytest.approx(
+            cm.step_time(BatchShape(decode_seqs=n, decode_context_tokens=ctx0)), rel=1e-12
+        )
+    assert lines >= 3
+    data = yaml.safe_load((ENGINE_DIR / "transformers.yaml").read_text())
+    data["kernels"].update(kv_padding_tokens=16384)
+    assert CostModel(p, m, engine=EngineProfile.model_validate(data)).decode_step_line(7, 14000, 64) is None
