@@ -4,7 +4,11 @@
 
 The model (core/engine_profile.py): a step's time is the cost model's GPU time for the step's shape
 (the committed GPU profile, the catalogue model, `serving_host=False`: GPU work only) times the engine's
-kernel factors, plus `per_step_s + per_sequence_s · sequences + per_prompt_token_s · prompt tokens`.
+kernel factors, plus `per_step_s + per_sequence_s · sequences + per_prompt_token_s · prompt tokens`, times
+the model's layers counted by the operators its architecture launches per forward (`--operators`, written by
+calibrate/operator_count.py; an eager engine's host time follows its launches: Gemma 3's layer launches almost
+twice Llama's), in layers of the fitted model. The report's leave-one-model-out section fits each rule (per step,
+per layer, per operator) without one model and checks it on that model.
 Rows come from the raw files under the folder (sub-folders too, one per session) as they are found
 (`calibrate/transformers_runs.py` writes them):
 
