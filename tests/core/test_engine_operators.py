@@ -25,6 +25,7 @@ def profile(operators: dict | None = OPERATORS, source: bool = True) -> EnginePr
     data["host"].update(per_layer=True, operators=operators)
     for k, v in (("per_step_s", 1e-3), ("per_sequence_s", 1e-4), ("per_prompt_token_s", 0.0)):
         data["host"][k]["value"] = v
+    data["sources"].pop("operators", None)
     if source:
         data["sources"]["operators"] = COUNTED
     return parse_engine_profile(data, "test.yaml")
