@@ -18,6 +18,7 @@ from core.errors import ConfigError
 from core.model_spec import ModelSpec
 from engine.attention import StepLayout, varlen_attention
 from engine.fused import act_mul, add_rmsnorm, gemv, rope_and_cache, use_triton
+from engine.moe import route, routed_experts
 from engine.quantize import quantize_linears
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -107,7 +108,8 @@ class MLP(nn.Module):
 
 
 class MoE(nn.Module):
-    """Top-k routed experts: tokens sorted by expert, one grouped GEMM per projection on CUDA."""
+    """Top-k routed experts: tokens sorted by expert, one Triton grouped GEMM per projection on CUDA
+    (engine.moe), the loop over experts elsewhere."""
 
     def __init__(self, spec: ModelSpec, act: str) -> None:
         super().__init__()
@@ -116,41 +118,18 @@ class MoE(nn.Module):
         self.w_gate_up = nn.Parameter(torch.empty(e, 2 * i, h))  # [E, N, K] like a linear weight
         self.w_down = nn.Parameter(torch.empty(e, h, i))
         self.top_k, self.act, self.num_experts = spec.experts_per_token, act, e
+        # Mixtral renormalises the top-k weights; DeepSeek-V2 and Qwen-MoE configs say norm_topk_prob
+        self.renormalize = bool(spec.config.get("text_config", spec.config).get("norm_topk_prob", True))
         self.shared = None
         if spec.num_shared_experts:
             si = spec.shared_expert_intermediate_size or spec.moe_intermediate_size * spec.num_shared_experts
             self.shared = MLP(h, si, act)
 
     def forward(self, x):
-        t, h = x.shape
-        probs = torch.softmax(self.router(x).float(), dim=-1)
-        w, ids = torch.topk(probs, self.top_k, dim=-1)
-        w = (w / w.sum(-1, keepdim=True)).to(x.dtype)
-        flat = ids.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        tok = order // self.top_k
-        xs = x.index_select(0, tok)
-        counts = torch.zeros(self.num_experts, dtype=torch.int32, device=x.device)
-        counts.scatter_add_(0, flat.to(torch.int64), torch.ones_like(flat, dtype=torch.int32))
-        offs = torch.cumsum(counts, 0, dtype=torch.int32)
-        h1 = self._grouped(xs, self.w_gate_up, offs, counts)
-        h2 = self._grouped(act_mul(h1, self.act), self.w_down, offs, counts)
-        out = torch.zeros_like(x).index_add_(0, tok, h2 * w.reshape(-1)[order, None])
+        weights, ids = route(self.router(x), self.top_k, self.renormalize)
+        out = routed_experts(x, self.w_gate_up, self.w_down, weights, ids, self.act)
         if self.shared is not None:
             out = out + self.shared(x)
-        return out
-
-    @staticmethod
-    def _grouped(a, w, offs, counts):
-        """Rows of `a` sorted by expert times each expert's weight [E, N, K]^T."""
-        if a.is_cuda and hasattr(torch, "_grouped_mm") and a.dtype == torch.bfloat16:
-            return torch._grouped_mm(a, w.transpose(-2, -1), offs=offs)
-        out = a.new_empty((a.shape[0], w.shape[1]))
-        start = 0
-        for e, c in enumerate(counts.tolist()):  # eager fallback (CPU): one GEMM per expert
-            if c:
-                out[start : start + c] = a[start : start + c] @ w[e].t()
-            start += c
         return out
 
 
