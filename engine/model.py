@@ -1,7 +1,8 @@
 """A decoder-only transformer built from a ModelSpec with random weights (gpt-fast style).
 
 Covers Llama / Qwen2 (qkv bias) / Mistral, Gemma 3 (sliding and global layers, qk-norm, four
-norms per layer, √h embedding scale, tanh-GELU), and MoE MLPs (Mixtral, Qwen-MoE shared experts).
+norms per layer, √h embedding scale, tanh-GELU), MoE MLPs (Mixtral, Qwen-MoE shared experts; engine.moe) and DeepSeek's multi-head latent attention
+(engine.mla).
 Projections are fused as the cost model lists them: qkv, o, gate_up, down, experts, lm_head.
 Values are random but never zero: timings do not depend on them, and tests compare paths.
 """
@@ -14,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import ConfigError
 from core.model_spec import ModelSpec
 from engine.attention import StepLayout, varlen_attention
 from engine.fused import act_mul, add_rmsnorm, gemv, rope_and_cache, use_triton
+from engine.mla import MLAttention
 from engine.moe import route, routed_experts
 from engine.quantize import quantize_linears
 
@@ -141,7 +142,7 @@ class Block(nn.Module):
         gemma = is_gemma(spec)
         off = 1.0 if gemma else 0.0
         act = "gelu_tanh" if gemma else "silu"
-        self.attn = Attention(spec, window, rope_base)
+        self.attn = MLAttention(spec, rope_base) if spec.is_mla else Attention(spec, window, rope_base)
         self.attn_norm = RMSNorm(spec.hidden_size, eps, off)
         self.mlp_norm = RMSNorm(spec.hidden_size, eps, off)
         # Gemma 3 also normalises each sub-layer's output before the residual add
@@ -190,7 +191,8 @@ class Transformer(nn.Module):
 
     def setup_rope(self, max_pos: int) -> None:
         dev = self.embed.weight.device
-        self.ropes = {b: rope_tables(self.spec.head_dim, b, max_pos, dev) for b in self.rope_bases}
+        dim = self.spec.qk_rope_head_dim if self.spec.is_mla else self.spec.head_dim
+        self.ropes = {b: rope_tables(dim, b, max_pos, dev) for b in self.rope_bases}
 
     def allocate_kv(self, pool_tokens: int, dtype: torch.dtype | None = None, seed: int = 0) -> None:
         """One K and one V pool per layer, [pool_tokens, kv_heads, head_dim], filled with random data."""
@@ -199,6 +201,13 @@ class Transformer(nn.Module):
         g = torch.Generator(device=dev).manual_seed(seed + 1)
         shape = (pool_tokens, self.spec.num_kv_heads, self.spec.head_dim)
         self.kv = []
+        if self.spec.is_mla:  # one latent + rope-key vector per token, which is also the value (engine.mla)
+            shape = (pool_tokens, 1, self.spec.kv_elems_per_token_per_layer)
+            self.kv = [
+                (c, c)
+                for c in (torch.randn(shape, device=dev, dtype=dtype, generator=g) for _ in self.layers)
+            ]
+            return
         for _ in self.layers:
             k = torch.randn(shape, device=dev, dtype=dtype, generator=g)
             v = torch.randn(shape, device=dev, dtype=dtype, generator=g)
@@ -262,12 +271,6 @@ def build_model(
     dtype: 'bf16', 'fp16', 'fp32' for all weights, or 'fp8'/'int8' for the layers' linear weights
     (embeddings, norms and lm_head stay bf16). Call `model.allocate_kv(tokens)` before running.
     """
-    if spec.is_mla:  # one line through the CLIs (ConfigError), not a traceback
-        raise ConfigError(
-            f"{spec.name} uses multi-head latent attention (MLA), which the engine does not build "
-            "(it builds multi-head and grouped-query attention only); time a non-MLA model instead, "
-            "e.g. --model llama-3.1-8b"
-        )
     n = spec.num_layers if num_layers is None else int(num_layers)
     if not 1 <= n <= spec.num_layers:
         raise ValueError(f"num_layers must be in 1..{spec.num_layers} for {spec.name} (got {num_layers})")
