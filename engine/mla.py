@@ -147,12 +147,14 @@ def _sdpa(q, k, v, scale: float) -> torch.Tensor:
     nq, nk = q.shape[0], k.shape[0]
     if k.shape[1] != q.shape[1]:
         k, v = k.expand(nk, q.shape[1], -1), v.expand(nk, q.shape[1], -1)
-    mask = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+    # a whole fresh prompt: plain causal (SDPA's fused kernels); else the bottom-right aligned mask
+    mask = None if nq == nk else torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
     o = F.scaled_dot_product_attention(
         q.transpose(0, 1),
         k.transpose(0, 1).to(q.dtype),
         v.transpose(0, 1).to(q.dtype),
         attn_mask=mask,
+        is_causal=mask is None,
         scale=scale,
     )
     return o.transpose(0, 1)

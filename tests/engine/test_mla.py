@@ -102,3 +102,37 @@ def test_triton_mla_decode_kernel_matches_reference_interpreted():
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("ok") == 3
+
+
+def _counted_flops(attn, x, lay, rope, pool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        attn(x, lay, rope, pool, pool)
+    return float(fc.get_total_flops())
+
+
+def test_cost_model_prices_the_forms_the_engine_runs():
+    """FLOPs counted in the engine's MLA layer = the cost model's: plain-form prompt pairs plus the cached
+    context's kv_b expansion, absorbed-form decode pairs, the projections as the dense GEMMs list them."""
+    from core.cost_model import mla_prefill_flops
+
+    spec = tiny_deepseek()
+    m = build_model(spec, dtype="fp32", device="cpu")
+    attn = m.layers[0].attn
+    m.allocate_kv(64)
+    pool, rope = m.kv[0][0], m.ropes[attn.rope_base]
+    pair, ctx = mla_prefill_flops(spec, 1)
+
+    def gemms(tokens: int) -> float:
+        return sum(2.0 * tokens * g.k * g.n for g in spec.attention_gemms)
+
+    prior, n = 9, 6
+    x = torch.randn(prior + n, 64)
+    attn(x[:prior], make_layout([prior], [0], "cpu"), rope, pool, pool)
+    # SDPA's counter counts the whole [n, prior + n] score matrix (the mask is not skipped work)
+    chunk = _counted_flops(attn, x[prior:], make_layout([n], [prior], "cpu"), rope, pool)
+    assert chunk == gemms(n) + ctx * prior + pair * n * (prior + n)
+    dec = _counted_flops(attn, x[:1], make_layout([1], [prior], "cpu"), rope, pool)
+    assert dec == gemms(1) + spec.attn_flops_per_pair * (prior + 1)
+    assert pair < spec.attn_flops_per_pair  # the plain form's pair is cheaper; the absorbed form reads less
