@@ -32,7 +32,9 @@ from simulator.report import LATENCY_HEAD, build_report, latency_rows
 from simulator.scenario import HostedApi, RenamedField, Scenario, Slo, Workload, upgraded
 
 UPLOADS = Path(tempfile.gettempdir()) / "inferplan-uploads"
-HANDLED = {"name", "seed", "model", "hardware", "serving", "workload", "slo", "hosted_api", "output"}
+# the scenario sections with widgets of their own (extra_sections draws the rest)
+HANDLED = {"name", "seed", "model", "hardware", "serving", "engine", "workload", "slo", "hosted_api"}
+HANDLED.add("output")
 
 
 # ---------------------------------------------------------------- cached simulator calls
@@ -424,6 +426,8 @@ def gpu_picker(key: str, default: str = "h100-sxm", count: int = 1) -> dict:
     if default not in names:  # e.g. an uploaded scenario naming a profile file on its author's disk
         st.warning(f"GPU {default!r} has no profile here: pick one")
     gpu = st.selectbox("GPU", names, index=names.index(default) if default in names else 0, key=f"{key}.gpu")
+    status, validation = api.provenance(api.load_profile(gpu))
+    st.caption(f"profile: {status}; validation: {validation} (python -m simulator gpus)")
     n = st.number_input("GPUs per replica", min_value=1, max_value=64, value=count, step=1, key=f"{key}.gpus")
     return {"gpu": gpu, "gpus_per_replica": int(n)}
 
@@ -555,10 +559,16 @@ def show_forecast(f: api.Forecast) -> None:
     s = f.summary
     hw = s["hardware"]
     st.subheader(f"Forecast: {s['scenario']}")
+    engine = s.get("engine")
     st.caption(
         f"{s['model']['name']} on {hw['gpus']}× {hw['display_name']} "
         f"({'calibrated' if hw['calibrated'] else 'datasheet'} profile, ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour)"
+        + (f", engine {engine['display_name']} ({engine['validation']})" if engine else "")
     )
+    if engine and engine["transferred"]:
+        st.warning(engine["transferred"])
+    if "expected_error" in s:  # how far the headline numbers below may be off, or "unvalidated"
+        st.caption(s["expected_error"]["line"][:1].upper() + s["expected_error"]["line"][1:])
     show_fit(f)
     if f.fits and f.table is not None:
         show_capacity(f)

@@ -21,6 +21,9 @@ from app_pages.common import (
     with_capacity,
     workload_picker,
 )
+from app_pages.day_view import show_day
+from core.engine_profile import engine_names
+from simulator.engines import serving_values
 from simulator.scenario import Hardware, Scenario, Serving
 
 KEEP = ("plan.start", "plan.start.seen", "plan.last", "plan.capacity")
@@ -48,7 +51,17 @@ with st.sidebar:
         hardware = gpu_picker("plan", hb.get("gpu", "h100-sxm"), hb.get("gpus_per_replica", 1))
         hardware |= model_form(Hardware, hb, "plan.hw", skip=("gpu", "gpus_per_replica"))
     with st.expander("Serving"):
-        serving = model_form(Serving, base.get("serving"), "plan.serving")
+        engines = list(dict.fromkeys([*engine_names(), base.get("engine", "ours")]))
+        engine = st.selectbox(
+            "engine",
+            engines,
+            index=engines.index(base.get("engine", "ours")),
+            key="plan.engine",
+            help=Scenario.model_fields["engine"].description,
+        )
+        # the engine's scheduling settings are the form's defaults (its own widgets, so switching shows them)
+        given = serving_values(engine, base.get("serving")) if engine != "ours" else base.get("serving")
+        serving = model_form(Serving, given, "plan.serving" if engine == "ours" else f"plan.serving.{engine}")
     with st.expander("Workload", expanded=True):
         workload = base.get("workload") if base.get("workload") else workload_picker("plan")
     with st.expander("SLOs and price", expanded=True):
@@ -77,6 +90,8 @@ data = {
     "workload": workload,
     "slo": slo,
 } | extras
+if engine != "ours":
+    data["engine"] = engine
 if hosted:
     data["hosted_api"] = hosted
 forecast = run_forecast(data)
@@ -97,4 +112,5 @@ if forecast is not None:
     elif stability is not None and stability["verdict"] == "inconclusive":
         st.warning(f"Stability inconclusive: {stability['reason']}")
     show_forecast(forecast)
+    show_day(forecast)
 show_what_fits(model, "plan")

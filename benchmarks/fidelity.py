@@ -645,7 +645,13 @@ def cpu_setup(out_dir: Path) -> tuple[str, str]:
     # the H100's asymptotic efficiencies without its ramps and launch times (sized for a GPU): on the CPU a
     # toy's step is the executor's fixed and per-sequence time, measured just above
     base = load_profile("h100-sxm").efficiency
-    flat = {"compute_ramp_flops": 0.0, "memory_ramp_bytes": 0.0, "launch_s": 0.0}
+    flat = {
+        "compute_ramp_flops": 0.0,
+        "memory_ramp_bytes": 0.0,
+        "compute_ramp_s": 0.0,
+        "memory_ramp_s": 0.0,
+        "launch_s": 0.0,
+    }
     ops = {
         k: getattr(base, k).model_copy(update=flat)
         for k in ("gemm", "attention_prefill", "attention_decode", "elementwise")

@@ -10,6 +10,8 @@ parts left out are what a clock decides: summary.json's wall-time figures (any k
 search tables' wall-time columns, and the code hash heading a search's journal. `scenario.yaml` (the scenario echoed back) is hashed
 too but reported apart, since a schema change may rewrite how it is spelled without changing a result.
 The table of files and digests is printed and written to `--table` (default benchmarks/results/same_outputs.md).
+With `--added-keys-only`, summary.json is hashed without the keys a change added on purpose (listed below):
+a change that only adds keys then shows every file the same, which proves the earlier keys unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -29,10 +32,31 @@ ROOT = Path(__file__).resolve().parents[1]
 WALL_COLUMNS = ("wall_s", "sim_wall_s", "search_wall_s")  # clock-decided columns of search tables
 
 
-def _without_clock(data):
-    """The summary less every figure a clock decides (keys naming wall time, at any depth)."""
+# Summary keys a change added on purpose, dropped from summary.json before hashing under --added-keys-only:
+# the digests then prove that every key that was there before is byte-identical (issue 12 added vLLM bench
+# serve's names at the top level, the per-user and per-GPU rates under `throughput`, and `expected_error`).
+VLLM_LATENCY = re.compile(r"(mean|median|std|p[0-9.]+)_(ttft|tpot|itl|e2el)_ms")
+ADDED_TOP = {"duration", "completed", "total_input_tokens", "total_output_tokens", "request_throughput",
+             "request_goodput", "output_throughput", "total_token_throughput", "expected_error"}  # fmt: skip
+ADDED_THROUGHPUT = {"per_user_output_tokens_per_s", "output_tokens_per_s_per_gpu"}
+ADDED_ONLY = False  # set by --added-keys-only
+
+
+def _added(path: tuple[str, ...]) -> bool:
+    if len(path) == 1:
+        return path[0] in ADDED_TOP or VLLM_LATENCY.fullmatch(path[0]) is not None
+    return len(path) == 2 and path[0] == "throughput" and path[1] in ADDED_THROUGHPUT
+
+
+def _without_clock(data, path: tuple[str, ...] = ()):
+    """The summary less every figure a clock decides (keys naming wall time, at any depth), and under
+    --added-keys-only less the keys ADDED_TOP / ADDED_THROUGHPUT name."""
     if isinstance(data, dict):
-        return {k: _without_clock(v) for k, v in data.items() if "wall" not in k}
+        return {
+            k: _without_clock(v, (*path, k))
+            for k, v in data.items()
+            if "wall" not in k and not (ADDED_ONLY and _added((*path, k)))
+        }
     if isinstance(data, list):
         return [_without_clock(v) for v in data]
     return data
@@ -147,7 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--save", type=Path, help="write the digests of this checkout's outputs here")
     group.add_argument("--check", type=Path, help="compare this checkout's outputs with digests saved before")
     ap.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "results" / "same_outputs.md")
+    ap.add_argument(
+        "--added-keys-only",
+        action="store_true",
+        help="hash summary.json without the keys a change added on purpose (ADDED_TOP, ADDED_THROUGHPUT): "
+        "'same' then means every earlier key is byte-identical",
+    )
     args = ap.parse_args(argv)
+    global ADDED_ONLY
+    ADDED_ONLY = args.added_keys_only
     with tempfile.TemporaryDirectory(prefix="same-outputs-") as tmp:
         after = run_all(Path(tmp)) | resimulate_fidelity(Path(tmp))
     if args.save:

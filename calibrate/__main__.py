@@ -1,4 +1,6 @@
-"""Command line: `python -m calibrate [options]`, `python -m calibrate validate PROFILE`, `python -m calibrate fit DIR`."""
+"""Command line: `python -m calibrate [options]`, `python -m calibrate validate PROFILE`, `python -m calibrate fit DIR`,
+`python -m calibrate --engine transformers` (another engine's profile, calibrate/engine_calibration.py),
+`python -m calibrate from-benchmark RUN.json... --gpu GPU --engine NAME` (an engine profile fitted to measured runs)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import argparse
 import shlex
 import sys
 
+from calibrate.engine_calibration import BUDGET_S, EngineOptions, NoEngine, calibrate_engine
 from core.errors import ConfigError
 
 FORCE_HELP = "write over a profile of another device (or give a CPU fit a GPU profile's name)"
@@ -33,7 +36,19 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--name", help="profile name to write (default: the base profile's name, e.g. h100-sxm)")
     p.add_argument("--base", help="datasheet profile to start from (default: detected from the GPU's name)")
     p.add_argument(
-        "--out-dir", default="hardware_profiles", help="folder for the profile (default: hardware_profiles)"
+        "--out-dir",
+        help="folder for the profile (default: hardware_profiles; with --engine, engine_profiles)",
+    )
+    p.add_argument(
+        "--engine",
+        help="time this third-party engine instead (transformers: its generate and continuous batching, "
+        "--model's shapes, random weights) and fit its engine profile for this GPU",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=BUDGET_S,
+        help=f"--engine: stop starting measurements after this many seconds (default {BUDGET_S:g})",
     )
     p.add_argument(
         "--work-dir", help="folder for raw measurements and plots (default: calibration_runs/NAME)"
@@ -92,6 +107,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
             from calibrate.validate import validate
 
             validate(a.profile, a.model, a.device, a.work_dir, a.out, command=command, stored=a.stored)
+        elif argv and argv[0] == "from-benchmark":
+            from calibrate.from_benchmark import main as from_benchmark
+
+            return from_benchmark(argv[1:], prog)
         elif argv and argv[0] == "fit":
             a = _fit_parser(prog).parse_args(argv[1:])
             from calibrate.calibration import refit
@@ -99,6 +118,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
             refit(a.work_dir, a.name, a.out_dir, a.model, force=a.force)
         else:
             a = _run_parser(prog).parse_args(argv)
+            if a.engine:
+                return calibrate_engine(
+                    EngineOptions(
+                        a.engine,
+                        a.model,
+                        a.base,
+                        a.work_dir,
+                        a.out_dir or "engine_profiles",
+                        a.budget_s,
+                        a.force,
+                    )
+                )
             if a.fresh:
                 print("note: --fresh is now called --restart", file=sys.stderr)
             from calibrate.calibration import Options, run
@@ -110,7 +141,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
                     model=a.model,
                     name=a.name,
                     base=a.base,
-                    out_dir=a.out_dir,
+                    out_dir=a.out_dir or "hardware_profiles",
                     work_dir=a.work_dir,
                     restart=a.restart or a.fresh,
                     redo=a.redo,
@@ -118,7 +149,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
                     command=command,
                 )
             )
-    except (ConfigError, NoDevice) as e:
+    except (ConfigError, NoDevice, NoEngine) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -100,9 +100,11 @@ def device_limits(spec: ModelSpec, device: str) -> Limits:
 
 
 def gemm_dtypes(base: HardwareProfile | None, device: str) -> list[str]:
-    """bf16 always; fp8 and int8 where the GPU runs them natively and torch can."""
+    """bf16 always; fp8 and int8 where the GPU runs them natively and torch can; int4 (weight-only, the engine's
+    Triton W4A16 kernel, engine/quant.py) where Triton runs: its own GEMM group, dequantization included."""
     if device == "cpu" or base is None:
         return ["bf16"]
+    from engine.quant import triton
     from engine.quantize import fp8_supported
 
     out = ["bf16"]
@@ -110,6 +112,8 @@ def gemm_dtypes(base: HardwareProfile | None, device: str) -> list[str]:
         out.append("fp8")
     if base.native_dtype("int8"):
         out.append("int8")
+    if triton is not None:
+        out.append("int4")
     return out
 
 

@@ -47,6 +47,8 @@ from core.engine_profile import (
     Kernels,
     Measured,
     MetricError,
+    OperatorCount,
+    OperatorCounts,
     Published,
     Scheduling,
     Validation,
@@ -103,7 +105,9 @@ class Row:
     gpu_s: np.ndarray  # GPU seconds per group: GPU_GROUPS, then the rest (fixed overheads, collectives)
     seqs: int
     prompt_tokens: int
-    layers: int  # the model's layers (host terms per layer multiply by them)
+    layers: (
+        float  # what per-layer host terms multiply by: the model's layers, or its operators in fitted layers
+    )
     forward_s: float | None = None  # the forward alone (recorded steps: forward_start_s to forward_end_s)
     pairs: float = 0.0  # packed attention's query x key pairs (q_tokens x (kv_read_tokens + q_tokens))
     kv_tokens: float = 0.0  # the KV tokens the step's attention reads, its own new tokens included
@@ -444,11 +448,14 @@ def _recorded(block: dict) -> list[dict] | None:
     return steps
 
 
-def read_runs(folder: Path, gpu: str, per_sequence_attention: bool = False) -> RawRuns:
+def read_runs(
+    folder: Path, gpu: str, per_sequence_attention: bool = False, operators: OperatorCounts | None = None
+) -> RawRuns:
     """The rows of every raw file under `folder` (sub-folders too: one per session) whose header names a model;
     files without one are skipped. A continuous-batching run's steps are its recorded ones when it has them,
     else rebuilt from its token stamps. `per_sequence_attention`: cost served steps' attention per sequence
-    whatever the runs' layout (to compare)."""
+    whatever the runs' layout (to compare). `operators`: count each model's layers by its operators (the rows'
+    `layers`, what per-layer host terms multiply by), else by num_layers."""
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder of raw runs; give calibration_runs/<engine>_<gpu>")
     profile = load_profile(gpu)
@@ -495,8 +502,10 @@ def read_runs(folder: Path, gpu: str, per_sequence_attention: bool = False) -> R
             out.settings[f"{model} {key}"] = settings
             layout = Layout() if per_sequence_attention else Layout.of(settings)
             rows += step_rows(model, cm, steps, run=key, layout=layout)
+        layers = operators.layers(spec.model_type, spec.num_layers) if operators else spec.num_layers
         for r in rows:
             r.file = str(f)
+            r.layers = layers
         out.rows += rows
     if not out.rows:
         raise ConfigError(
@@ -722,6 +731,148 @@ def check(rows: list[Row], fit: HostFit) -> list[Check]:
     return out
 
 
+# ---------------------------------------------------------------- operators: what an eager engine's host time follows
+OPERATORS_FILE = Path("calibration_runs/transformers_operators.json")
+
+
+def load_operators(path: Path, reference_model: str) -> tuple[OperatorCounts, Measured]:
+    """The operator counts of calibrate/operator_count.py's file, in layers of `reference_model`, and their source."""
+    try:
+        data = json.loads(path.read_text())
+        counts = {
+            str(m["model_type"]): OperatorCount(per_layer=m["per_layer"], per_forward=m["per_forward"])
+            for m in data["models"].values()
+        }
+        header = data["header"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"--operators {path}: not an operator count file ({e!r}); write one with "
+            "python -m calibrate.operator_count, or give --operators none"
+        ) from None
+    ref = load_model(reference_model).model_type
+    if ref not in counts:
+        raise ConfigError(f"--operators {path}: no count for {reference_model} ({ref}); count it first")
+    source = Measured(
+        kind="measured",
+        command=str(header.get("command", "python -m calibrate.operator_count")),
+        date=str(header.get("date_utc", ""))[:10] or "unknown",
+        gpu="CPU (an operator count does not depend on the device): transformers "
+        + str((header.get("versions") or {}).get("transformers", "?")),
+        raw=[str(path)],
+    )
+    ops = OperatorCounts(reference_per_layer=counts[ref].per_layer, models=counts, source="operators")
+    return ops, source
+
+
+def _with_layers(rows: list[Row], rule: str, ops: OperatorCounts | None) -> list[Row]:
+    """The rows with `layers` for a host-time rule: per layer (num_layers) or per operator (ops in layers)."""
+    specs = {m: load_model(m) for m in {r.model for r in rows}}
+    if rule == "operator" and ops is not None:
+        n = {m: ops.layers(s.model_type, s.num_layers) for m, s in specs.items()}
+    else:
+        n = {m: float(s.num_layers) for m, s in specs.items()}
+    return [replace(r, layers=n[r.model]) for r in rows]
+
+
+HOST_RULES = ("step", "layer", "operator")
+
+
+def leave_one_model_out(raw: RawRuns, ops: OperatorCounts | None) -> list[str]:
+    """Each model's rows predicted by host terms fitted on the other models' newest runs only (every served run
+    and generate point of them), under each rule: host time per step (the same for every model), per layer
+    (times num_layers), per operator (times the operators each architecture launches)."""
+    models = sorted({r.model for r in raw.rows})
+    rules = [r for r in HOST_RULES if r != "operator" or ops is not None]
+    out = [
+        "",
+        "## Leave one model out: which host-time rule carries to a model it was not fitted on",
+        "",
+        "Each model's rows (every session) predicted by terms fitted on the other models' newest raw files only "
+        "(every served run, every generate point); the operators per forward of each architecture are "
+        + (
+            ", ".join(
+                f"{t} {c.per_layer:g} per layer + {c.per_forward:g}" for t, c in sorted(ops.models.items())
+            )
+            + " (calibrate/operator_count.py)."
+            if ops
+            else "not given (--operators none)."
+        ),
+        "",
+        "| held-out model | fitted on | rule | served steps: median abs. error (rows) | served busy time, by run "
+        "| generate TTFT: median abs. error | generate decode/token: median abs. error |",
+        "|---|---|---|---:|---|---:|---:|",
+    ]
+    for held in models:
+        train = set(models) - {held}
+        if not train:
+            continue
+        files = newest_files(raw, train)
+        for rule in rules:
+            rows = _with_layers(raw.rows, rule, ops)
+            cells = []
+            for kind in ("served", "generate"):
+                part = [r for r in rows if (r.metric == "step_s") == (kind == "served")]
+                ts = TrainSet(frozenset(train), files)
+                try:
+                    ef = fit_engine(
+                        "lomo", part, ts, per_layer=rule != "step", attention_factor=kind == "served"
+                    )
+                except ConfigError:
+                    cells.append(None)
+                    continue
+                held_rows = [r for r in part if r.model == held]
+                cells.append((held_rows, predict(held_rows, ef.fit)) if held_rows else None)
+            out.append(f"| {held} | {', '.join(sorted(train))} | per {rule} | " + _lomo_cells(cells) + " |")
+    return out
+
+
+def host_spread_section(raw: RawRuns) -> list[str]:
+    """Each run's host time (measured minus the GPU profile's kernels) per layer of the fitted model (operators
+    counted when the rows are), on its small decode steps and its generate decode rows: whether host time
+    follows the architecture (a rule carries) or the run (it cannot)."""
+    out = [
+        "",
+        "Host time per fitted-model layer (measured minus the GPU profile's kernel time, over the rows' `layers`), "
+        "ms, by run: served decode-only steps of at most 4 sequences, and generate decode rows:",
+        "",
+        "| model | run (raw folder) | rows | p10 | p50 | p90 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    picks = [
+        (r, "decode steps") for r in raw.rows if r.metric == "step_s" and r.prompt_tokens == 0 and r.seqs <= 4
+    ] + [(r, "generate decode") for r in raw.rows if r.metric == "decode_s_per_token"]
+    for key in dict.fromkeys((r.model, r.run, r.file, what) for r, what in picks):
+        rs = [r for r, what in picks if (r.model, r.run, r.file, what) == key]
+        h = np.array([(r.measured_s - r.gpu_s.sum()) / r.layers for r in rs]) * 1e3
+        q = np.percentile(h, [10, 50, 90])
+        where = f"{key[1]} ({Path(key[2]).parent.name})"
+        out.append(f"| {key[0]} | {where} | {len(rs)} | " + " | ".join(f"{x:.2f}" for x in q) + " |")
+    return out
+
+
+def _lomo_cells(cells: list) -> str:
+    def med(rows: list[Row], pred: np.ndarray, metric: str) -> str:
+        idx = [i for i, r in enumerate(rows) if r.metric == metric]
+        if not idx:
+            return "-"
+        e = np.abs(pred[idx] / np.array([rows[i].measured_s for i in idx]) - 1.0) * 100.0
+        return f"{np.median(e):.1f}%" + (f" ({len(idx)})" if metric == "step_s" else "")
+
+    served, gen = cells
+    if served is None:
+        s_cells = "- | -"
+    else:
+        rows, pred = served
+        busy = []
+        for key in dict.fromkeys((r.run, r.file) for r in rows):
+            idx = [i for i, r in enumerate(rows) if (r.run, r.file) == key]
+            b = pred[idx].sum() / sum(rows[i].measured_s for i in idx) - 1.0
+            busy.append(f"{key[0]} ({Path(key[1]).parent.name}) {b:+.1%}")
+        s_cells = f"{med(rows, pred, 'step_s')} | {', '.join(busy)}"
+    g_cells = "- | -" if gen is None else f"{med(*gen, 'ttft_s')} | {med(*gen, 'decode_s_per_token')}"
+    return f"{s_cells} | {g_cells}"
+
+
 # ---------------------------------------------------------------- profiles and the table
 @dataclass(slots=True)
 class EngineFit:
@@ -889,14 +1040,26 @@ def _validation(ef: EngineFit, ts: TrainSet, table: str) -> Validation | None:
 
 
 def _profile_notes(
-    header: dict, versions: dict, share: float, static: bool, recorded: bool, table: str
+    header: dict,
+    versions: dict,
+    share: float,
+    static: bool,
+    recorded: bool,
+    table: str,
+    operators: bool = False,
 ) -> str:
     """The profile's notes: how the runs were made and what sets the error."""
     return (
         f"bf16, attention {header.get('model_info', {}).get('attn_implementation', 'sdpa')}, torch "
         f"{versions.get('torch', '?')}, random weights. The engine's host time is most of a step here (the "
         f"GPU's kernels a median {share:.0%} of a fitted row) and grows with the model's layers, so the host "
-        "terms are per layer. "
+        "terms are per layer"
+        + (
+            ", a model's layers counted by the operators its architecture launches per forward (host.operators; "
+            "Gemma 3's layer launches 101 where Llama's launches 55: the table's leave-one-model-out section). "
+            if operators
+            else ". "
+        )
         + (
             (
                 "Steps as the harness recorded them from the manager (start of the loop iteration to its tokens "
@@ -917,8 +1080,16 @@ def _profile_notes(
     )
 
 
-def build_profile(ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: str) -> EngineProfile:
-    """The engine profile of a fit: scheduling from the runs' settings, host terms fitted, kernels 1.0."""
+def build_profile(
+    ef: EngineFit,
+    raw: RawRuns,
+    gpu: str,
+    command: str,
+    table: str,
+    operators: tuple[OperatorCounts, Measured] | None = None,
+) -> EngineProfile:
+    """The engine profile of a fit: scheduling from the runs' settings, host terms fitted, kernels 1.0;
+    `operators`: the counts its per-layer terms were fitted with, and their source."""
     ts = ef.train_set or TrainSet(frozenset())
     train_files = sorted({ef.rows[i].file for i in ef.split.train})
     header = _train_header(ef, raw, ts, train_files)
@@ -944,6 +1115,8 @@ def build_profile(ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: st
     )
     sources = {"fit": measured, "kernels": _kernels_source(share, fitted_attention, s, layout)}
     sched, sources["scheduling"] = _static_scheduling() if static else _manager_scheduling(s, versions)
+    if operators is not None and ef.fit.per_layer:
+        sources["operators"] = operators[1]
     host = HostTime(
         **{
             k: Figure(value=float(f"{v:.4g}") if v > NEGLIGIBLE_S else 0.0, source="fit")
@@ -951,6 +1124,7 @@ def build_profile(ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: st
         },
         per_layer=ef.fit.per_layer,
         gpu_profile_loop=False,
+        operators=operators[0] if operators is not None and ef.fit.per_layer else None,
     )
     kernels = Kernels(
         **dict(zip(GPU_GROUPS, (round(float(f), 3) for f in ef.fit.factors))),
@@ -975,7 +1149,7 @@ def build_profile(ef: EngineFit, raw: RawRuns, gpu: str, command: str, table: st
         kernels=kernels,
         sources=sources,
         validation=_validation(ef, ts, table),
-        notes=_profile_notes(header, versions, share, static, recorded, table),
+        notes=_profile_notes(header, versions, share, static, recorded, table, operators is not None),
     )
 
 
@@ -1181,11 +1355,20 @@ def _held_out_rows_section(fits: list[EngineFit]) -> list[str]:
     return out
 
 
-def markdown(fits: list[EngineFit], others: list[EngineFit], raw: RawRuns, command: str) -> str:
+def markdown(
+    fits: list[EngineFit],
+    others: list[EngineFit],
+    raw: RawRuns,
+    command: str,
+    operators: OperatorCounts | None = None,
+) -> str:
     """The fit's report: figures, held-out errors by metric, the reconstruction, every held-out row; `others`
-    are alternative fits of the same rows (their `variant` says how they differ), compared on held-out rows."""
+    are alternative fits of the same rows (their `variant` says how they differ), compared on held-out rows;
+    then each host-time rule fitted without one model and checked on it."""
     out = _fits_section(fits, command)
     out += _held_out_section(fits, others)
+    out += leave_one_model_out(raw, operators)
+    out += host_spread_section(raw)
     out += _busy_section(fits)
     out += _forward_section(fits + others)
     out += _fitted_rows_section(fits)
@@ -1230,6 +1413,12 @@ def _parser() -> argparse.ArgumentParser:
         help="fit all four kernel factors (default: served steps the packed attention's alone, generate none)",
     )
     p.add_argument(
+        "--operators",
+        default=str(OPERATORS_FILE),
+        help="operator counts per architecture (python -m calibrate.operator_count): per-layer host terms "
+        f"multiply by a model's operators, not its layers (default {OPERATORS_FILE}; none: by num_layers)",
+    )
+    p.add_argument(
         "--host-per-step",
         action="store_true",
         help="host terms per step, the same for every model (default: per layer, times the model's layers)",
@@ -1248,7 +1437,11 @@ def main(argv: list[str] | None = None) -> int:
         table = Path(args.table or f"benchmarks/results/engine_fit_{folder.name}.md")
         train = {m.strip() for m in args.train.split(",") if m.strip()}
         runs = frozenset(r.strip() for r in args.train_runs.split(",") if r.strip())
-        raw = read_runs(folder, args.gpu)
+        operators = None
+        if args.operators.lower() != "none":
+            operators = load_operators(Path(args.operators), sorted(train)[0])
+        ops = operators[0] if operators else None
+        raw = read_runs(folder, args.gpu, operators=ops)
         files = newest_files(raw, train)
         served_set = TrainSet(frozenset(train), files, runs)
         static_set = TrainSet(frozenset(train), files, alternate=True)
@@ -1264,11 +1457,23 @@ def main(argv: list[str] | None = None) -> int:
                     "transformers-generate", static, static_set, args.fit_factors, not per_layer, other_host
                 )
             )
+            if ops is not None and per_layer:
+                plain = _with_layers(static, "layer", None)
+                others.append(
+                    fit_engine("transformers-generate", plain, static_set, args.fit_factors,
+                               variant="layers by num_layers, not operators")
+                )  # fmt: skip
         if served:
             # shipped: host terms per layer and the packed attention's kernel factor (the best on held-out
             # long-prompt steps, benchmarks/results/engine_fit_*.md); the alternatives are shown beside it
             ff, att = args.fit_factors, not args.fit_factors
             fits.append(fit_engine("transformers", served, served_set, ff, per_layer, attention_factor=att))
+            if ops is not None and per_layer:
+                plain = _with_layers(served, "layer", None)
+                others.append(
+                    fit_engine("transformers", plain, served_set, ff, variant="layers by num_layers, not "
+                               "operators", attention_factor=att)
+                )  # fmt: skip
             for variant, kw in (
                 (other_host, {"per_layer": not per_layer, "attention_factor": att}),
                 ("kernel factors 1.0", {"per_layer": per_layer}),
@@ -1285,7 +1490,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(Layout.of(s).packed for s in raw.settings.values()):
             flat = [
                 r
-                for r in read_runs(folder, args.gpu, per_sequence_attention=True).rows
+                for r in read_runs(folder, args.gpu, per_sequence_attention=True, operators=ops).rows
                 if r.metric == "step_s"
             ]
             others.append(
@@ -1294,8 +1499,8 @@ def main(argv: list[str] | None = None) -> int:
                     "attention per sequence (factor fitted)", attention_factor=not args.fit_factors,
                 )
             )  # fmt: skip
-        profiles = [build_profile(f, raw, args.gpu, command, str(table)) for f in fits]
-        text = markdown(fits, others, raw, command)
+        profiles = [build_profile(f, raw, args.gpu, command, str(table), operators) for f in fits]
+        text = markdown(fits, others, raw, command, ops)
         out.mkdir(parents=True, exist_ok=True)
         table.parent.mkdir(parents=True, exist_ok=True)
     except ConfigError as e:

@@ -1,8 +1,8 @@
 """Fit the cost model's efficiencies to measurements (scipy least squares on log-time residuals).
 
 Stage 1, one operation group at a time from its microbenchmarks: the cost model's kernel time
-max((F + Rf)/(c·P), (B + Rb)/(m·W)) + launch is, for the data, max(F/(c·P) + A, B/(m·W) + Bm) with
-A = Rf/(c·P) + launch and Bm = Rb/(m·W) + launch: launch and the two ramps trade off exactly, so
+max(F/(c·P) + Rc, B/(m·W) + Rm) + launch is, for the data, max(F/(c·P) + A, B/(m·W) + Bm) with
+A = Rc + launch and Bm = Rm + launch (ramps in seconds): launch and the two ramps trade off exactly, so
 we fit (c, m, A, Bm) and write the canonical split launch = min(A, Bm) (one ramp is then zero).
 Stage 2, from whole model steps: the fixed step overhead and the per-sequence cost, with the
 groups' efficiencies held at their stage-1 values.
@@ -68,14 +68,16 @@ def roofline(theta, flops, nbytes, peak, bw):
 
 
 def to_efficiency(theta, peak: float, bw: float) -> OpEfficiency:
-    """The canonical OpEfficiency for fitted (c, m, A, Bm): launch = min(A, Bm)."""
+    """The canonical OpEfficiency for fitted (c, m, A, Bm): launch = min(A, Bm), the ramps as time (DESIGN.md:
+    a ramp stored as a FLOP count turns into a fixed time that grows as the peak falls; `peak` and `bw` stay in
+    the signature for the callers that pass the GPU's figures)."""
     c, m, a, b = (float(x) for x in theta)
     launch = min(a, b)
     return OpEfficiency(
         compute=min(c, 1.0),
         memory=min(m, 1.0),
-        compute_ramp_flops=max(0.0, (a - launch) * c * peak),
-        memory_ramp_bytes=max(0.0, (b - launch) * m * bw),
+        compute_ramp_s=max(0.0, a - launch),
+        memory_ramp_s=max(0.0, b - launch),
         launch_s=max(0.0, launch),
     )
 
@@ -198,7 +200,7 @@ def fit_overheads(groups_s: np.ndarray, seqs: np.ndarray, measured: np.ndarray) 
 class FitResult:
     efficiency: Efficiencies
     groups: dict[str, GroupFit]
-    extra_gemm: dict[str, GroupFit] = field(default_factory=dict)  # fp8 / int8 GEMMs, for the record
+    extra_gemm: dict[str, GroupFit] = field(default_factory=dict)  # fp8 / int8 / int4 GEMMs
 
     def errors(self) -> dict:
         out = {g: f.errors_dict() for g, f in self.groups.items() if f.train.n or f.holdout.n}
@@ -272,7 +274,7 @@ def fit_all(
             by.setdefault(kind, []).append(r)
 
     extra: dict[str, GroupFit] = {}
-    eight_bit: dict[str, list[Record]] = {}  # fp8 / int8 GEMM points by dtype
+    eight_bit: dict[str, list[Record]] = {}  # fp8 / int8 / int4 GEMM points by dtype (int4: weight-only)
     new = {}
     micro: dict[str, list[Record]] = {}
     for g in GROUPS:
@@ -332,8 +334,8 @@ def fit_all(
 # ------------------------------------------------------------------ stage 3
 def _theta_of(eff: OpEfficiency, peak: float, bw: float) -> list[float]:
     """(c, m, A, Bm) of an OpEfficiency: the inverse of `to_efficiency`."""
-    a = eff.compute_ramp_flops / (eff.compute * peak) + eff.launch_s
-    b = eff.memory_ramp_bytes / (eff.memory * bw) + eff.launch_s
+    a = eff.compute_ramp_flops / (eff.compute * peak) + eff.compute_ramp_s + eff.launch_s
+    b = eff.memory_ramp_bytes / (eff.memory * bw) + eff.memory_ramp_s + eff.launch_s
     return [eff.compute, eff.memory, a, b]
 
 

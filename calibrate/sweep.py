@@ -212,7 +212,7 @@ def _serving_s(cm: CostModel, t: BenchTiming) -> float:
 # (walls_cpu_qwen.jsonl's ceiling point) and the rate its qwen2.5-0.5b decode steps streamed the weights
 # (1 GB in 0.08 s); each kind's own timings correct them as the sweep goes.
 CPU_GUESS_BYTES_PER_S, CPU_GUESS_FLOPS = 12e9, 1e12
-RAMPS = ("compute_ramp_flops", "memory_ramp_bytes")
+RAMPS = ("compute_ramp_flops", "memory_ramp_bytes", "compute_ramp_s", "memory_ramp_s")
 
 
 def prior_cost_model(spec, base=None) -> CostModel:

@@ -139,8 +139,8 @@ def chunk_pairs(prior: int, chunk: int, window: int = 0) -> float:
 
 def op_time(eff: OpEfficiency, flops: float, nbytes: float, peak_flops: float, bandwidth: float) -> float:
     """Roofline time of one kernel."""
-    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops)
-    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth)
+    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops) + eff.compute_ramp_s
+    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth) + eff.memory_ramp_s
     return (t_c if t_c > t_m else t_m) + eff.launch_s
 
 
@@ -148,8 +148,8 @@ def op_times(
     eff: OpEfficiency, flops: np.ndarray, nbytes: np.ndarray, peak_flops: float, bandwidth: float
 ) -> np.ndarray:
     """Roofline time of one kernel over arrays of problem sizes."""
-    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops)
-    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth)
+    t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops) + eff.compute_ramp_s
+    t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth) + eff.memory_ramp_s
     return np.maximum(t_c, t_m) + eff.launch_s
 
 
@@ -159,9 +159,15 @@ def gemm_rate(profile: HardwareProfile, dtype: str) -> tuple[OpEfficiency, float
     fp8 and int8 are W8A8: they run at the 8-bit rate where the matrix units have it, with the
     calibrated efficiency of that dtype when the profile has one; elsewhere the 8-bit weights are
     dequantized to 16-bit (vLLM's FP8-Marlin weight-only path on GPUs without FP8). int4 is always
-    weight-only: 16-bit compute plus dequantization.
+    weight-only: 16-bit compute plus dequantization, or the int4 GEMM group calibration fitted on the
+    engine's W4A16 kernel (its dequantization inside the fitted curve).
     """
     e = profile.efficiency.gemm
+    fitted_int4 = (
+        (getattr(profile.calibration, "gemm_by_dtype", None) or {}).get("int4") if dtype == "int4" else None
+    )
+    if fitted_int4:
+        return OpEfficiency.model_validate(fitted_int4), profile.peak_flops("bf16"), False
     if dtype in ("fp8", "int8") and profile.native_dtype(dtype):
         fitted = getattr(profile.calibration, "gemm_by_dtype", None) or {}
         if dtype in fitted:
@@ -299,7 +305,7 @@ class CostModel:
     def _weight_gemm(self, slots: float, k: int, n: int, copies: float = 1.0) -> float:
         """One [k, n] weight GEMM over `slots` token rows, spread over `copies` matrices (touched experts)."""
         e = self.gemm_eff
-        t_c = (2.0 * slots * k * n + e.compute_ramp_flops) / (e.compute * self.gemm_peak)
+        t_c = (2.0 * slots * k * n + e.compute_ramp_flops) / (e.compute * self.gemm_peak) + e.compute_ramp_s
         if self.dequant:
             rows = slots / copies if copies else 0.0
             t_c += (
@@ -312,7 +318,7 @@ class CostModel:
             )
         t_m = (copies * k * n * self.wbytes + slots * (k + n) * ACT_BYTES + e.memory_ramp_bytes) / (
             e.memory * self.bw
-        )
+        ) + e.memory_ramp_s
         return (t_c if t_c > t_m else t_m) + e.launch_s
 
     def gemm_time(self, tokens: int, logits_tokens: int) -> float:
@@ -571,24 +577,42 @@ class CostModel:
         t = self._decode_fixed(n) + attn
         return np.maximum(t, self.eager_decode) if self.eager_decode else t
 
-    def _decode_coeffs(self, n: int) -> tuple[float, float, float, float, float]:
-        """For n decode sequences without sliding layers: per-layer attention compute and memory times
-        as c0 + c1·ctx and m0 + m1·ctx, and the context-free rest of the step."""
+    def _decode_coeffs(self, n: int) -> tuple[float, float, float, float, float, int]:
+        """For n decode sequences (without sliding layers, or packed): per-layer attention compute and memory
+        times as c0 + c1·ctx and m0 + m1·ctx with the kernel factor in, the context-free rest of the step
+        (launches included) and the layers the attention runs in."""
         co = self._coeff_cache.get(n)
         if co is None:
-            e, m = self.eff.attention_decode, self.model
-            L = m.num_layers
-            rc, rm = e.compute * self.attn_peak, e.memory * self.bw
-            c1 = self.pair_flops * m.full_attention_layers / L / rc
-            m1 = self.kv_tok_bytes / L / rm
-            c0 = e.compute_ramp_flops / rc
-            m0 = (n * self._attn_io_per_token + e.memory_ramp_bytes) / rm
-            co = (c0, c1, m0, m1, self._decode_fixed(n) + L * e.launch_s)
-            if self.k_decode != 1.0:  # the factor scales the whole group: both roofline terms and launches
-                k = self.k_decode
-                co = (c0 * k, c1 * k, m0 * k, m1 * k, self._decode_fixed(n) + L * e.launch_s * k)
+            co = self._packed_coeffs(n) if self.packed else self._attention_coeffs(n)
             self._coeff_cache[n] = co
         return co
+
+    def _attention_coeffs(self, n: int) -> tuple[float, float, float, float, float, int]:
+        e, m, k = self.eff.attention_decode, self.model, self.k_decode
+        L = m.num_layers
+        rc, rm = e.compute * self.attn_peak, e.memory * self.bw
+        c1 = self.pair_flops * m.full_attention_layers / L / rc
+        m1 = self.kv_tok_bytes / L / rm
+        c0 = e.compute_ramp_flops / rc + e.compute_ramp_s
+        m0 = (n * self._attn_io_per_token + e.memory_ramp_bytes) / rm + e.memory_ramp_s
+        # the factor scales the whole group, both roofline terms and the launches (x 1.0 is exact: ours)
+        return c0 * k, c1 * k, m0 * k, m1 * k, self._decode_fixed(n) + L * e.launch_s * k, L
+
+    def _packed_coeffs(self, n: int) -> tuple[float, float, float, float, float, int]:
+        """packed_attention_time of a decode step (q = n padded, kv = the context) as linear terms in kv: the
+        prefill curve's arithmetic (_chunked_prefill_time) with the pairs q·kv; checked against stepping in
+        tests/core/test_cost_model_engine.py::test_packed_decode_line_equals_stepping."""
+        e, m, k = self.eff.attention_prefill, self.model, self.k_prefill
+        L = m.full_attention_layers + m.sliding_layers
+        q = padded(n, self.q_pad)
+        rc, rm = e.compute * self.attn_peak, e.memory * self.bw
+        kv_bytes = self.kv_tok_bytes + self.kv_sliding_tok_bytes
+        c0, c1 = e.compute_ramp_flops / rc + e.compute_ramp_s, self.pair_flops * q / rc
+        m0 = (
+            (q * kv_bytes + q * L * self._attn_io_per_token) / L + e.memory_ramp_bytes
+        ) / rm + e.memory_ramp_s
+        m1 = kv_bytes / L / rm
+        return c0 * k, c1 * k, m0 * k, m1 * k, self._decode_fixed(n) + L * e.launch_s * k, L
 
     def decode_step_line(self, n: int, ctx0: float, k: int) -> tuple[float, float] | None:
         """(a, b) with step j of k consecutive decode-only steps taking exactly a + b·j seconds, or None.
@@ -597,45 +621,33 @@ class CostModel:
         linear over the run when the same term dominates at both ends (no kink inside).
         """
         m = self.model
-        if self.packed:  # step by step (decode_step_times)
+        if self.packed and self.kv_pad != 1:  # keys padded: a staircase, costed step by step
             return None
         ctx1 = ctx0 + n * (k - 1)
-        if m.sliding_layers:
+        if m.sliding_layers and not self.packed:
             if (ctx0 < n * m.sliding_window) != (ctx1 < n * m.sliding_window):
                 return None
-            e, L = self.eff.attention_decode, m.num_layers
+            e, L, kd = self.eff.attention_decode, m.num_layers, self.k_decode
             rc, rm = e.compute * self.attn_peak, e.memory * self.bw
             f0, b0 = self._decode_attn_work(n, float(ctx0))
             f1, b1 = self._decode_attn_work(n, float(ctx1))
-            c0, m0 = (f0 + e.compute_ramp_flops) / rc, (b0 + e.memory_ramp_bytes) / rm
-            c1, m1 = (f1 + e.compute_ramp_flops) / rc, (b1 + e.memory_ramp_bytes) / rm
-            fixed = self._decode_fixed(n) + L * e.launch_s
-            if self.k_decode != 1.0:
-                kd = self.k_decode
-                c0, m0, c1, m1, fixed = (
-                    c0 * kd,
-                    m0 * kd,
-                    c1 * kd,
-                    m1 * kd,
-                    self._decode_fixed(n) + L * e.launch_s * kd,
-                )
+            c0 = ((f0 + e.compute_ramp_flops) / rc + e.compute_ramp_s) * kd
+            m0 = ((b0 + e.memory_ramp_bytes) / rm + e.memory_ramp_s) * kd
+            c1 = ((f1 + e.compute_ramp_flops) / rc + e.compute_ramp_s) * kd
+            m1 = ((b1 + e.memory_ramp_bytes) / rm + e.memory_ramp_s) * kd
+            fixed = self._decode_fixed(n) + L * e.launch_s * kd
         else:
-            ca, cb, ma, mb, fixed = self._decode_coeffs(n)
+            ca, cb, ma, mb, fixed, L = self._decode_coeffs(n)
             c0, c1, m0, m1 = ca + cb * ctx0, ca + cb * ctx1, ma + mb * ctx0, ma + mb * ctx1
-            L = m.num_layers
         if (c0 >= m0) != (c1 >= m1):
             return None
         t0 = c0 if c0 > m0 else m0
         t1 = c1 if c1 > m1 else m1
         a, b = fixed + L * t0, (L * (t1 - t0) / (k - 1) if k > 1 else 0.0)
-        if (
-            self.eager_decode
-        ):  # steps launched eagerly last at least the launch floor: linear on one side only
-            end = a + b * (k - 1)
-            if a >= self.eager_decode and end >= self.eager_decode:
-                return a, b
-            return (self.eager_decode, 0.0) if a <= self.eager_decode and end <= self.eager_decode else None
-        return a, b
+        floor = self.eager_decode  # steps launched eagerly last at least the launch floor
+        if not floor or (a >= floor and a + b * (k - 1) >= floor):
+            return a, b
+        return (floor, 0.0) if a <= floor and a + b * (k - 1) <= floor else None
 
     def weight_read_floor(self) -> float:
         """Seconds for one GPU to read its weights of every stage once at datasheet bandwidth (the decode

@@ -9,7 +9,9 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
 - `scheduling`: the defaults of the scenario's `serving` block for the fields it maps to — `policy`
   gives `batching.mode` and `batching.chunked_prefill` (`serving_defaults()`, by path), `max_num_seqs`,
   `max_num_batched_tokens` (under `batching`), `block_size`, `preemption` (under `memory`) and `cuda_graphs`
-  keep their names. Fields a scenario sets itself win.
+  keep their names. Fields a scenario sets itself win (simulator/engines.py). `preemption: none` is static
+  batching's: a batch holds its padded KV from the start, a request that cannot get blocks waits for a later
+  batch, nobody is evicted (a scenario asking for it with continuous batching is refused).
   `pad_static_batches` says whether a static batch runs every prompt padded to its longest (the
   simulator's static loop always pads; a profile that does not is refused until the loop can).
 - `host`: a step of `n` sequences with `p` prompt tokens pays, on top of the cost model's GPU time,
@@ -25,8 +27,8 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
   `elementwise`); 1.0 is the GPU profile's own kernels. `attention_layout: packed` replaces the step's
   per-sequence attention (prefill and decode groups) by one attention of Q × K pairs, Q the step's
   tokens and K every sequence's context plus its new tokens, each padded (`packed_sizes`), costed with
-  the GPU profile's prefill-attention curve times `attention_prefill` (calibrate/engine_fit.py's
-  `packed_attention_time`, to move into the cost model with the wiring). `quantized_weights` lists the
+  the GPU profile's prefill-attention curve times `attention_prefill` (core/cost_model.py's
+  `packed_attention_time`, which calibrate/engine_fit.py fits with). `quantized_weights` lists the
   weight formats the engine has kernels for: a scenario asking for another is refused with that list.
 - `gpu`: the GPU profile the figures were measured or fitted on; `transferred()` says when a scenario's
   GPU differs, and the forecast then reports the profile as transferred (used as is, not re-fitted).
@@ -130,6 +132,36 @@ class Scheduling(_Strict):
         return v
 
 
+class OperatorCount(_Strict):
+    """Operators an engine dispatches in one decode forward of an architecture: per_layer * layers + per_forward."""
+
+    per_layer: float = Field(gt=0)
+    per_forward: float = Field(
+        description="embedding, final norm, LM head, masks (a first dense layer's "
+        "difference from the others folded in, so it may be negative)"
+    )
+
+
+class OperatorCounts(_Strict):
+    """An eager engine's host time follows the operators it launches (calibrate/operator_count.py): a model's
+    layers count as its operators per forward over those of the layer the host terms were fitted per."""
+
+    reference_per_layer: float = Field(gt=0, description="operators of one layer of the fitted model")
+    models: dict[str, OperatorCount] = Field(min_length=1, description="by the config's model_type")
+    source: str = Field(min_length=1, description="a key of `sources`")
+
+    def layers(self, model_type: str, num_layers: int) -> float:
+        """The model's operators per forward, in layers of the fitted model."""
+        c = self.models.get(model_type)
+        if c is None:
+            raise ConfigError(
+                f"engine host terms: no operator count for model_type {model_type!r} (counted: "
+                f"{', '.join(sorted(self.models))}); run python -m calibrate.operator_count with transformers "
+                "installed and fit the profile again, or use another engine"
+            )
+        return (c.per_layer * num_layers + c.per_forward) / self.reference_per_layer
+
+
 class HostTime(_Strict):
     """Time a step spends outside the GPU's kernels, seconds."""
 
@@ -143,6 +175,11 @@ class HostTime(_Strict):
     gpu_profile_loop: bool = Field(
         description="also pay the GPU profile's serving-loop terms (our engine's, measured by calibrate); "
         "true only for ours"
+    )
+    operators: OperatorCounts | None = Field(
+        None,
+        description="per_layer: count each model's layers by the operators it launches (its architecture's "
+        "count over the fitted layer's); absent: by num_layers",
     )
 
 
@@ -204,12 +241,27 @@ class EngineProfile(_Strict):
     validation: Validation | None = None
     notes: str = ""
 
-    def host_time(self, num_layers: int, seqs: int, prompt_tokens: int) -> float:
+    def host_time(
+        self, num_layers: int, seqs: int, prompt_tokens: int, model_type: str | None = None
+    ) -> float:
         """This engine's host seconds for one step of `seqs` sequences with `prompt_tokens` prompt tokens, for a
-        model of `num_layers` layers (the GPU profile's serving-loop terms, when `gpu_profile_loop`, not included)."""
+        model of `num_layers` layers (the GPU profile's serving-loop terms, when `gpu_profile_loop`, not included);
+        with `host.operators` the model's `model_type` is needed (its layers are counted by their operators)."""
         h = self.host
         t = h.per_step_s.value + seqs * h.per_sequence_s.value + prompt_tokens * h.per_prompt_token_s.value
-        return t * num_layers if h.per_layer else t
+        return t * self.host_layers(num_layers, model_type) if h.per_layer else t
+
+    def host_layers(self, num_layers: int, model_type: str | None = None) -> float:
+        """What the per-layer host terms multiply by: `num_layers`, or with `host.operators` the model's operators
+        per forward in layers of the fitted model."""
+        ops = self.host.operators
+        if ops is None:
+            return float(num_layers)
+        if model_type is None:
+            raise ConfigError(
+                f"engine {self.name}: its host terms count operators; give the model's model_type"
+            )
+        return ops.layers(model_type, num_layers)
 
     def serving_defaults(self) -> dict[str, object]:
         """The scenario `serving` fields this profile sets the defaults of, by their paths there (`batching.mode`)."""
@@ -230,6 +282,8 @@ def _source_refs(p: EngineProfile) -> list[tuple[str, str]]:
     refs = [("scheduling.source", p.scheduling.source), ("kernels.source", p.kernels.source)]
     for f in ("per_step_s", "per_sequence_s", "per_prompt_token_s"):
         refs.append((f"host.{f}.source", getattr(p.host, f).source))
+    if p.host.operators is not None:
+        refs.append(("host.operators.source", p.host.operators.source))
     return refs
 
 

@@ -40,17 +40,28 @@ class OpEfficiency(_Strict):
     """Roofline efficiencies of one operation group.
 
     Time of one kernel with F FLOPs moving B bytes:
-    max((F + compute_ramp_flops) / (compute · peak), (B + memory_ramp_bytes) / (memory · bandwidth)) + launch_s.
-    The ramps make efficiency grow smoothly with problem size: F / (F + ramp) of the asymptote.
+    max(F / (compute · peak) + compute_ramp_s, B / (memory · bandwidth) + memory_ramp_s) + launch_s.
+    The ramps make efficiency grow smoothly with problem size (a kernel reaches half its asymptotic rate
+    when its work takes as long as its ramp). They are stored as time, which carries across GPUs
+    (core/gpu_transfer.py), never as a FLOP count, which turns into a fixed time that grows as the
+    peak falls. `compute_ramp_flops` / `memory_ramp_bytes` are the older spelling that calibrations
+    before issue 14 wrote: a FLOP (byte) count valid only at the peak (bandwidth) of the GPU it was
+    fitted on; they add to the time ramps, and a transfer converts them to time on that GPU first.
     """
 
     compute: float = Field(gt=0, le=1.0, description="asymptotic fraction of peak FLOP/s")
     memory: float = Field(gt=0, le=1.0, description="asymptotic fraction of datasheet memory bandwidth")
+    compute_ramp_s: float = Field(
+        0.0, ge=0, description="seconds of work at which compute efficiency is half its asymptote"
+    )
+    memory_ramp_s: float = Field(
+        0.0, ge=0, description="seconds of traffic at which bandwidth efficiency is half its asymptote"
+    )
     compute_ramp_flops: float = Field(
-        0.0, ge=0, description="FLOPs at which compute efficiency is half its asymptote"
+        0.0, ge=0, description="(older spelling, on the profile's own GPU only) FLOPs at half the asymptote"
     )
     memory_ramp_bytes: float = Field(
-        0.0, ge=0, description="bytes at which bandwidth efficiency is half its asymptote"
+        0.0, ge=0, description="(older spelling, on the profile's own GPU only) bytes at half the asymptote"
     )
     launch_s: float = Field(0.0, ge=0, description="fixed time per kernel (launch, tail), seconds")
 
@@ -126,11 +137,53 @@ class PeakTflops(_Strict):
     int8: float | None = Field(None, gt=0)
 
 
+class Sustained(_Strict):
+    """What the GPU sustains, measured (here or in a published microbenchmark): the asymptotes a transfer
+    scales the fitted efficiencies to (core/gpu_transfer.py). Datasheet rates are boost-clock ceilings
+    that power-capped parts (T4, L4: 70-72 W) fall far below under sustained tensor load."""
+
+    tflops: dict[Literal["fp16", "bf16", "fp8", "int8"], float] = Field(
+        description="dense GEMM rate of a large matmul, TFLOP/s (TOP/s for int8), per dtype"
+    )
+    memory_bandwidth_gbps: float = Field(gt=0, description="device copy or stream bandwidth, GB/s")
+    assumed: list[str] = Field(
+        default_factory=list,
+        description="the figures above that are assumptions (no published measurement found): dtypes of `tflops`, "
+        "or memory_bandwidth_gbps",
+    )
+
+    @field_validator("tflops")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(x <= 0 for x in v.values()):
+            raise ValueError("needs at least one positive rate")
+        return v
+
+
+# Weight formats a scenario may ask for, and what a GPU without matrix units for them runs instead.
+WEIGHT_FORMATS = ("bf16", "fp16", "fp8", "int8", "int4")
+
+
+class Formats(_Strict):
+    """Number formats the matrix units run natively, and what engines do with the others on this GPU."""
+
+    native: list[Literal["fp16", "bf16", "fp8", "int8"]] = Field(
+        description="formats the tensor/matrix units run natively"
+    )
+    fallback: dict[str, str] = Field(
+        default_factory=dict,
+        description="a weight format the units lack -> what engines run instead (one line, with its source)",
+    )
+    unsupported: dict[str, str] = Field(
+        default_factory=dict, description="a weight format engines refuse on this GPU -> why"
+    )
+
+
 class Calibration(BaseModel):
     """Provenance of a measured profile (free-form beyond the named fields)."""
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
-    status: Literal["measured", "transferred"] = "measured"
+    status: Literal["measured", "transferred", "fitted"] = "measured"
     date: str = ""
     gpu: str = ""
     notes: str = ""
@@ -146,6 +199,10 @@ class HardwareProfile(_Strict):
     interconnect: Interconnect
     pcie_bandwidth_gbps: float = Field(gt=0, description="host link, unidirectional GB/s")
     tdp_w: float | None = Field(None, gt=0)
+    sm_count: int | None = Field(None, gt=0, description="streaming multiprocessors (AMD: compute units)")
+    sm_clock_mhz: float | None = Field(None, gt=0, description="boost clock of the SMs, MHz")
+    sustained: Sustained | None = None
+    formats: Formats | None = None
     price: Price
     efficiency: Efficiencies
     sources: dict[str, str] = Field(description="where each figure comes from")
@@ -193,6 +250,78 @@ class HardwareProfile(_Strict):
     @property
     def is_calibrated(self) -> bool:
         return self.calibration is not None and self.calibration.status == "measured"
+
+    @property
+    def status(self) -> str:
+        """Where the efficiencies come from: measured here, fitted to published runs, transferred, or datasheet."""
+        return self.calibration.status if self.calibration is not None else "datasheet"
+
+    def sustained_flops(self, dtype: str) -> float | None:
+        """The large-GEMM rate this GPU sustains for `dtype` (FLOP/s): its calibration's ceiling when measured
+        here, else the profile's sourced `sustained` figure; None where neither has it."""
+        ceilings = getattr(self.calibration, "ceilings", None) or {}
+        tf = ceilings.get(f"gemm_{dtype}_tflops") if self.is_calibrated else None
+        if tf is None and dtype == "fp16":
+            tf = ceilings.get("gemm_bf16_tflops") if self.is_calibrated else None
+        if tf is None and self.sustained is not None:
+            tf = self.sustained.tflops.get(dtype)
+            if tf is None and dtype in ("fp16", "bf16"):
+                tf = self.sustained.tflops.get("bf16" if dtype == "fp16" else "fp16")
+        return tf * 1e12 if tf else None
+
+    @property
+    def sustained_bandwidth(self) -> float | None:
+        """Bytes/s this GPU's memory sustains (device copy): its calibration's, else the sourced figure."""
+        ceilings = getattr(self.calibration, "ceilings", None) or {}
+        if self.is_calibrated and ceilings.get("copy_bandwidth_gbps"):
+            return ceilings["copy_bandwidth_gbps"] * 1e9
+        return self.sustained.memory_bandwidth_gbps * 1e9 if self.sustained is not None else None
+
+
+def provenance(p: HardwareProfile) -> tuple[str, str]:
+    """(where a profile's efficiencies come from, its validation error): measured here, transferred (and from
+    which profile) or datasheet, with the held-out error of its steps or of its published checks."""
+    cal = p.calibration.model_dump() if p.calibration is not None else {}
+    if p.is_calibrated:
+        held = (cal.get("fit_errors_pct") or {}).get("step", {}).get("holdout", {})
+        err = (
+            f"held-out steps {held['median_pct']:.1f}% median" if held.get("median_pct") is not None else "—"
+        )
+        return "measured here", err
+    if p.calibration is None:
+        return "datasheet", "unvalidated"
+    v = cal.get("validation") or {}
+    status = {
+        "transferred": f"transferred from {cal.get('source_profile', '?')}",
+        "fitted": "fitted to published",
+    }
+    parts = []
+    if v.get("rule_h100_to_h200_median_pct") is not None:
+        parts.append(f"rule H100->H200 {v['rule_h100_to_h200_median_pct']:.1f}%")
+    if v.get("published_median_abs_pct") is not None:
+        parts.append(f"{v['published_checks']} published checks {v['published_median_abs_pct']:.0f}%")
+    elif v:
+        parts.append("no published check")
+    return status.get(p.calibration.status, p.calibration.status), ", ".join(parts) or "unvalidated"
+
+
+def weight_format(profile: HardwareProfile, weight_dtype: str) -> str | None:
+    """The one-line note of a weight format this GPU runs through an engine's fallback (None: native, or a
+    profile that lists no formats); ConfigError naming the field when engines refuse it on this GPU.
+
+    Distinct from an engine profile lacking a quantized kernel: this is the GPU lacking the units."""
+    f = profile.formats
+    if f is None or weight_dtype in f.native or weight_dtype == "int4" and "int4" not in f.unsupported:
+        return None
+    if weight_dtype in f.unsupported:
+        raise ConfigError(
+            f"serving.precision.weight_dtype: {weight_dtype} on {profile.display_name}: the GPU has no "
+            f"{weight_dtype} units and engines refuse it ({f.unsupported[weight_dtype]}); use one of "
+            f"{', '.join(d for d in WEIGHT_FORMATS if d not in f.unsupported)}"
+        )
+    if weight_dtype in f.fallback:
+        return f"{weight_dtype} weights on {profile.display_name}: {f.fallback[weight_dtype]}"
+    return None
 
 
 def profile_sources() -> list[tuple[Path, str]]:

@@ -117,6 +117,15 @@ class BlockPool:
             self.version += 1
 
     # ---------------------------------------------------------------- prefix caching
+    def drop_cache(self) -> None:
+        """Forget every cached block: the replica stopped and its GPU memory is gone (nothing may be held)."""
+        if self.free != self.num_blocks:
+            raise RuntimeError("KV pool dropped its cache while blocks are held")
+        if self.cached:
+            self.present[list(self.cached)] = False
+            self.cached.clear()
+            self.version += 1
+
     def _fit(self, keys) -> np.ndarray:
         """Keys as an int array, with the per-key arrays grown to cover them.
 

@@ -114,6 +114,9 @@ class Batch:
     spec_reserved: int = 0  # blocks held for the round until its accepted tokens are known
     preempted: list[Sequence] = field(default_factory=list)
     shape: BatchShape = field(default_factory=BatchShape)
+    # drafted tokens accepted per decoding sequence (decoding() order), when the executor decided them
+    # (the engine's verification); None: drawn from SpecDecode's rng when the step completes (the simulator)
+    spec_accepted: Sequence_[int] | None = None
 
 
 @dataclass(slots=True)
@@ -449,18 +452,21 @@ class Scheduler:
             -(-(s.c + d - 1 + tokens) // B) - -(-(s.c + d - 1) // B) for s in self.running if s.decoding
         )
 
-    def _spec_round(self, reserved: int) -> int:
-        """Verify one round for every decoding sequence; returns the tokens yielded."""
+    def _spec_round(self, reserved: int, given: Sequence_[int] | None = None) -> int:
+        """Verify one round for every decoding sequence (drafts accepted: `given` per sequence in decoding()
+        order, else drawn); returns the tokens yielded."""
         spec = self.spec
         k, alpha, rng = spec.k, spec.alpha, spec.rng
         B, d, ph = self.B, self.dstep, self.phase
-        new_blocks = tokens = 0
+        new_blocks = tokens = i = 0
         for s in self.running:
             if not s.decoding:
                 continue
             gen = s.c + d - s.orig_prompt
             kv = s.c + d - 1
-            t = min(accepted(rng, alpha[s.rid], k) + 1, s.output - gen)
+            a = accepted(rng, alpha[s.rid], k) if given is None else int(given[i])
+            i += 1
+            t = min(a + 1, s.output - gen)
             tokens += t
             new_blocks += -(-(kv + t) // B) - -(-kv // B)  # blocks_for, inline (as in _spec_blocks)
             if t > 1:
@@ -585,7 +591,7 @@ class Scheduler:
         """Apply a finished step: prompt progress, sampled tokens, finishes."""
         first, finished = [], []
         if b.spec_k:
-            b.spec_tokens = self._spec_round(b.spec_reserved)
+            b.spec_tokens = self._spec_round(b.spec_reserved, b.spec_accepted)
         if b.num_decodes:
             self.dstep += 1
             finished += self._pop_finished()

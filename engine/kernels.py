@@ -45,13 +45,15 @@ def time_gemm(
     warmup: int = 3,
     repeat: int = 20,
 ) -> float:
-    """y[m, n] = x[m, k] @ W[n, k]^T with W in `dtype` ('bf16', 'fp16', 'fp32', 'fp8', 'int8').
+    """y[m, n] = x[m, k] @ W[n, k]^T with W in `dtype` ('bf16', 'fp16', 'fp32', 'fp8', 'int8', 'int4').
 
     kernel 'auto' is what the engine runs (cuBLAS; fp8 via _scaled_mm, int8 via _int_mm, whose CUDA
     kernel needs m > 16, so smaller m are timed at 17 rows); 'triton_gemv' times the engine's
     batch-1 weight-streaming kernel (m must be 1).
     """
     dev = torch.device(device)
+    if dtype == "int4":
+        return _time_int4_gemm(m, k, n, dev, warmup, repeat)
     wbytes = {"fp8": 1, "int8": 1}.get(dtype, 0) or _dtype(dtype).itemsize
     copies = copies_for_cache(k * n * wbytes + m * k * 2, dev)
     if dtype == "fp8":
@@ -88,6 +90,27 @@ def time_gemm(
         else:
             fn = rotating(bufs, F.linear)
     if m <= 512:  # decode-sized GEMMs run inside CUDA graphs in the engine: time them that way
+        return measure_graph(fn, dev, calls=max(copies, 4), repeat=repeat, warmup=warmup)
+    return measure(fn, dev, warmup=warmup, repeat=repeat)
+
+
+def _time_int4_gemm(m: int, k: int, n: int, dev: torch.device, warmup: int, repeat: int) -> float:
+    """The engine's int4 weight-only GEMM (engine/quant.py: Triton W4A16 on CUDA, the dequantize-then-matmul
+    reference on the CPU), weights packed with group-wise scales, bf16 activations."""
+    from engine.quant import GROUP, dequantize, int4_supported, quantize_int4, w4a16
+
+    if k % GROUP:
+        raise ValueError(f"int4 GEMMs need k a multiple of {GROUP} (got {k})")
+    copies = copies_for_cache(k * n // 2 + m * k * 2, dev)
+    bufs = []
+    for _ in range(copies):
+        qw, sc = quantize_int4(random_like_nonzero((n, k), torch.bfloat16, dev, scale=k**-0.5))
+        bufs.append((random_like_nonzero((m, k), torch.bfloat16, dev), qw, sc))
+    if int4_supported(bufs[0][0]):
+        fn = rotating(bufs, w4a16)
+    else:
+        fn = rotating(bufs, lambda x, qw, sc: F.linear(x, dequantize(qw, sc, x.dtype)))
+    if m <= 512 and dev.type == "cuda":
         return measure_graph(fn, dev, calls=max(copies, 4), repeat=repeat, warmup=warmup)
     return measure(fn, dev, warmup=warmup, repeat=repeat)
 

@@ -20,6 +20,7 @@ from engine.attention import StepLayout, varlen_attention
 from engine.fused import act_mul, add_rmsnorm, gemv, rope_and_cache, use_triton
 from engine.mla import MLAttention
 from engine.moe import route, routed_experts
+from engine.quant import Int4Linear
 from engine.quantize import quantize_linears
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -268,13 +269,13 @@ def build_model(
 ) -> Transformer:
     """The first `num_layers` layers (all by default) of `spec` with random weights, ready for steps.
 
-    dtype: 'bf16', 'fp16', 'fp32' for all weights, or 'fp8'/'int8' for the layers' linear weights
-    (embeddings, norms and lm_head stay bf16). Call `model.allocate_kv(tokens)` before running.
+    dtype: 'bf16', 'fp16', 'fp32' for all weights, or 'fp8'/'int8'/'int4' for the layers' linear weights
+    (embeddings, norms and lm_head stay bf16; int4 is weight-only, engine/quant.py). Call `model.allocate_kv(tokens)` before running.
     """
     n = spec.num_layers if num_layers is None else int(num_layers)
     if not 1 <= n <= spec.num_layers:
         raise ValueError(f"num_layers must be in 1..{spec.num_layers} for {spec.name} (got {num_layers})")
-    quant = dtype if dtype in ("fp8", "int8") else None
+    quant = dtype if dtype in ("fp8", "int8", "int4") else None
     tdtype = DTYPES["bf16" if quant else dtype]
     with torch.device("meta"):  # no host or fp32 copy of the weights: allocate once, in place
         model = Transformer(spec, n).to(tdtype)
@@ -283,6 +284,8 @@ def build_model(
         model.lm_head.weight = model.embed.weight
     _init_weights(model, seed)
     model.setup_rope(max_position or max(spec.max_position_embeddings, 8192) or 8192)
-    if quant:
+    if quant == "int4":
+        quantize_linears(model.layers, quant, cls=Int4Linear)
+    elif quant:
         quantize_linears(model.layers, quant)
     return model.eval().requires_grad_(False)

@@ -78,14 +78,16 @@ class Int8Linear(nn.Module):
         return y.reshape(*shape[:-1], -1)
 
 
-def quantize_linears(module: nn.Module, dtype: str, skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
-    """Replace every nn.Linear under `module` (except names in `skip`) by its fp8 or int8 version."""
-    cls = {"fp8": Fp8Linear, "int8": Int8Linear}[dtype]
+def quantize_linears(
+    module: nn.Module, dtype: str, skip: tuple[str, ...] = ("lm_head",), cls: type | None = None
+) -> nn.Module:
+    """Replace every nn.Linear under `module` (except names in `skip`) by its fp8 or int8 version (or `cls`)."""
+    cls = cls or {"fp8": Fp8Linear, "int8": Int8Linear}[dtype]
     for name, child in list(module.named_children()):
         if name in skip:
             continue
         if isinstance(child, nn.Linear):
             setattr(module, name, cls(child))
         else:
-            quantize_linears(child, dtype, skip)
+            quantize_linears(child, dtype, skip, cls)
     return module

@@ -28,7 +28,7 @@ from core.cost_model import CostModel
 from core.kv_cache import BlockPool
 from core.records import RequestTable, StepRecorder, StepStats
 from core.requests import Requests
-from core.scheduler import Batch, Scheduler, SchedulerConfig, Sequence
+from core.scheduler import Batch, Scheduler, SchedulerConfig, Sequence, SpecDecode
 from engine.attention import (
     StepLayout,
     device_sms,
@@ -40,16 +40,17 @@ from engine.attention import (
     unit_target,
 )
 from engine.model import Transformer
+from engine.speculative import SpecRun, Speculator
 from engine.steps import capture_sizes
 
 # serve(trace=True), per step: when it ended; seconds in the scheduler, preparing inputs, in the executor
 # (launch, GPU, sampled ids back) and recording; the executor's host seconds until every launch was issued
 # and its GPU span between CUDA events (NaN on the CPU); how it ran (0 eager, 1 decode graph, 2 mixed-step
-# graph); the batch's BatchShape.
+# graph); the batch's BatchShape; the sequences a speculative round verified (0: not a round).
 TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "launch_s", "gpu_s", "graph",
                 "prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
                 "decode_seqs", "decode_context_tokens", "logits_tokens", "fresh_seqs", "fresh_tokens", "fresh_pairs",
-                "fresh_padded_pairs")  # fmt: skip
+                "fresh_padded_pairs", "spec_seqs")  # fmt: skip
 IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
 MIXED_GRAPH_TOKENS = 2048  # steps with prompt tokens up to this many tokens replay CUDA graphs (GPU)
 MIXED_PREFILL_SEQS = 8  # prompt chunks a mixed-step graph takes (more: eager)
@@ -104,15 +105,18 @@ class Regions:
         return sum(self.sizes)
 
 
-def region_headroom(requests: Requests, max_num_seqs: int) -> int:
+def region_headroom(requests: Requests, max_num_seqs: int, extra: int = 0) -> int:
     """Slots the regions take beyond the scheduler's blocks: the outputs still to come of the most sequences
-    that can run, and the prompt still to prefill of two sequences mid-way through a chunked prefill."""
+    that can run, and the prompt still to prefill of two sequences mid-way through a chunked prefill (plus
+    `extra` slots per sequence: speculation's k)."""
     k = min(max_num_seqs, len(requests))
     outputs = int(np.sort(requests.output_tokens)[::-1][:k].sum()) if k else 0
-    return outputs + 2 * int(requests.prompt_tokens.max(initial=0))
+    return outputs + 2 * int(requests.prompt_tokens.max(initial=0)) + k * extra
 
 
-def physical_tokens(num_blocks: int, block_size: int, requests: Requests, max_num_seqs: int) -> int:
+def physical_tokens(
+    num_blocks: int, block_size: int, requests: Requests, max_num_seqs: int, extra: int = 0
+) -> int:
     """KV slots the engine's pool needs so that the batches the scheduler admits find room.
 
     Regions hold a sequence's final length while the scheduler counts only its blocks so far: the
@@ -120,13 +124,22 @@ def physical_tokens(num_blocks: int, block_size: int, requests: Requests, max_nu
     together. (Not a strict bound with many prompts mid-prefill at once; `Executor.place` then compacts
     the pool, and fails with a clear message if even that leaves too little.)
     """
-    total = (requests.prompt_tokens + requests.output_tokens).astype(np.int64)
+    total = (requests.prompt_tokens + requests.output_tokens).astype(np.int64) + extra
     k = min(max_num_seqs, len(total))
     longest = int(np.sort(total)[::-1][:k].sum()) if k else 0
-    return max(1, min(longest, num_blocks * block_size + region_headroom(requests, max_num_seqs)))
+    return max(1, min(longest, num_blocks * block_size + region_headroom(requests, max_num_seqs, extra)))
 
 
 # ---------------------------------------------------------------------------------------------- executor
+def wanted_rows(ends: np.ndarray, want: list) -> np.ndarray:
+    """Rows to sample: the last int(w) tokens of each chunk (w True: its last one), given cumulative ends."""
+    ends = np.asarray(ends, dtype=np.int64)
+    w = np.asarray([int(x) for x in want], dtype=np.int64)
+    if not len(w) or (w <= 1).all():
+        return ends[w.astype(bool)] - 1 if len(w) else np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(e - n, e) for e, n in zip(ends, w)]).astype(np.int64)
+
+
 def mixed_sizes(top: int) -> list[int]:
     """Padded token counts of mixed-step graphs: vLLM's capture sizes to 512, then every 64, then every 256."""
     sizes = capture_sizes(min(top, 512))
@@ -189,8 +202,10 @@ class Executor:
         mixed_graph_tokens: int | None = None,
         static_mixed: bool | None = None,
         max_context: int = 32768,
+        mixed_seqs: int = MIXED_PREFILL_SEQS,
     ) -> None:
         self.model, self.device = model, torch.device(device)
+        self.mixed_seqs = mixed_seqs  # chunk slots of a mixed-step graph (speculation's verify chunks too)
         self.cuda = self.device.type == "cuda"
         self.sizes = capture_sizes(max_batch)
         self.max_batch = self.sizes[-1]
@@ -342,7 +357,8 @@ class Executor:
         """Run one step and return the sampled ids (host int64): one per prefill chunk that wants logits
         (in order), then one per decode.
 
-        prefills: (region start, cached tokens, chunk, the chunk's token ids, wants logits);
+        prefills: (region start, cached tokens, chunk, the chunk's token ids, wants logits: True/1 for the
+        chunk's last token, an int w for its last w tokens, as a speculative round's verification wants);
         decodes: (region starts, contexts including the new token, input token ids), numpy arrays.
         """
         t0 = time.perf_counter()
@@ -353,7 +369,7 @@ class Executor:
             ids, self.last_path = self._decode(*decodes), 1
         elif (
             self.static_mixed
-            and len(prefills) <= MIXED_PREFILL_SEQS
+            and len(prefills) <= self.mixed_seqs
             and sum(c for _, _, c, _, _ in prefills) + n_dec <= self.mixed_sizes[-1]
         ):
             ids, self.last_path = self._mixed(prefills, decodes), 2
@@ -390,8 +406,7 @@ class Executor:
             want += [True] * n
         lay = make_layout(q_lens, prior, self.device, starts=starts, kv_heads=self.target_heads)
         tokens = torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False)).to(self.device)
-        ends = np.cumsum(q_lens) - 1
-        rows = torch.from_numpy(ends[np.asarray(want, dtype=bool)]).to(self.device)
+        rows = torch.from_numpy(wanted_rows(np.cumsum(q_lens), want)).to(self.device)
         return self.model(tokens, lay, rows).argmax(-1)
 
     def _decode(self, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> torch.Tensor:
@@ -456,7 +471,7 @@ class Executor:
 
     def _fill_mixed(self, g: _MixedGraph, prefills, decodes) -> np.ndarray:
         """Write a step's layout into the graph's host buffers, copy them over; returns the rows to sample."""
-        size, ns, cap, npf = g.size, g.seqs, g.cap, MIXED_PREFILL_SEQS
+        size, ns, cap, npf = g.size, g.seqs, g.cap, self.mixed_seqs
         p_start = np.array([s for s, _, _, _, _ in prefills], dtype=np.int64)
         p_prior = np.array([p for _, p, _, _, _ in prefills], dtype=np.int64)
         p_q = np.array([c for _, _, c, _, _ in prefills], dtype=np.int64)
@@ -505,14 +520,16 @@ class Executor:
         if g.graph is None:  # the CPU reference attention reads the host lists
             g.layout.q_lens, g.layout.k_lens, g.layout.k_starts = q.tolist(), k_lens.tolist(), start.tolist()
             g.layout.n_real = ns
-        wants = [i for i, (_, _, _, _, w) in enumerate(prefills) if w]
-        return np.concatenate([cu_q[1:][wants] - 1, cu_q[npf + 1 : a + 1] - 1]).astype(np.int64)
+        want = [w for _, _, _, _, w in prefills]
+        return np.concatenate([wanted_rows(cu_q[1 : k + 1], want), cu_q[npf + 1 : a + 1] - 1]).astype(
+            np.int64
+        )
 
     def _mixed_graph(self, size: int) -> _MixedGraph:
         g = self.mixed_graphs.get(size)
         if g is not None:
             return g
-        dev, npf = self.device, MIXED_PREFILL_SEQS
+        dev, npf = self.device, self.mixed_seqs
         ns = npf + size
         cap = unit_capacity(self.target, size)
         n32 = 3 * ns + 2 + 3 * cap + size + 1
@@ -626,6 +643,9 @@ class ServingRun:
     ids: np.ndarray | None = None  # every request's token stream (prompt, then output), end to end
     offsets: np.ndarray | None = None  # request i's stream is ids[offsets[i]:offsets[i + 1]]
     step_trace: dict[str, np.ndarray] | None = None  # serve(trace=True): TRACE_FIELDS, one entry per step
+    spec: dict | None = (
+        None  # speculative decoding: rounds (per sequence), drafted, accepted, drafting seconds
+    )
 
     def output_ids(self, rid: int) -> np.ndarray:
         """The tokens request rid generated (greedy)."""
@@ -653,8 +673,10 @@ class _Replay:
         requests: Requests,
         seed: int,
         cost: CostModel | None = None,
+        spec: SpecRun | None = None,
     ) -> None:
         self.ex, self.sched, self.cost = executor, sched, cost
+        self.extra = spec.k if spec is not None else 0  # a verification writes k slots past the kept tokens
         n = len(requests)
         self.prompt = requests.prompt_tokens.astype(np.int64)
         self.output = requests.output_tokens.astype(np.int64)
@@ -669,6 +691,7 @@ class _Replay:
         self.ids = rng.integers(1, executor.vocab, size=int(self.off[-1]), dtype=np.int64)
         executor.reset(n)
         self.region = executor.region
+        self.spec = Speculator(spec, executor, n, seed) if spec is not None else None
         self.tok_rid: list[np.ndarray] = []  # per step: which requests got a token, and when
         self.tok_time: list[float] = []
 
@@ -682,7 +705,7 @@ class _Replay:
             ex.release(s.rid)
         for s, _ in batch.prefills:  # place every new region first: a compaction moves the others
             if region[s.rid] < 0:
-                ex.place(s.rid, int(self.prompt[s.rid] + self.output[s.rid]))
+                ex.place(s.rid, int(self.prompt[s.rid] + self.output[s.rid]) + self.extra)
         prefills, wants = [], []
         for s, chunk in batch.prefills:
             a = off[s.rid] + s.computed
@@ -697,14 +720,31 @@ class _Replay:
         d_pos = off[d_rids] + ctx  # where each new token goes: right after the ctx tokens it attends to
         return prefills, wants, (region[d_rids], ctx, ids[d_pos - 1]), d_rids, d_pos
 
-    def record(self, batch: Batch, res, sampled, wants, d_rids, d_pos, start: float, end: float) -> None:
-        """Store the sampled ids and each token's time, and record the step as the simulator does."""
+    def execute(self, batch: Batch, prefills, dec, d_rids, d_pos):
+        """Run the batch: a speculative round (draft, then verification) when the scheduler made it one, else
+        one step (and the draft model's prefill of its prompt chunks, when speculating). Returns (sampled ids,
+        tokens kept per decoding sequence in a speculative round, else None)."""
+        if batch.spec_k:
+            return self.spec.round(batch, self, prefills, dec, d_rids, d_pos)
+        if self.spec is not None:
+            self.spec.prefill(batch, prefills)
+        return self.ex.step(prefills, dec), None
+
+    def record(
+        self, batch: Batch, res, sampled, wants, d_rids, d_pos, start: float, end: float, kept=None
+    ) -> None:
+        """Store the sampled ids and each token's time, and record the step as the simulator does (`kept`:
+        a speculative round's tokens per decoding sequence, already in the id stream)."""
         k = len(wants)
         for s, tok in zip(wants, sampled[:k].tolist(), strict=True):
             self.ids[self.off[s.rid] + s.prompt] = tok  # the token after its (recomputed) prompt
         if d_rids is not None:
-            self.ids[d_pos] = sampled[k:]
-            self.tok_rid.append(d_rids)
+            if kept is None:
+                self.ids[d_pos] = sampled[k:]
+                self.tok_rid.append(d_rids)
+            else:
+                assert batch.spec_tokens == int(kept.sum()), "the round's tokens and the scheduler's disagree"
+                self.tok_rid.append(np.repeat(d_rids, kept))
             self.tok_time.append(end)
         dt, rec = end - start, self.recorder
         rec.step(batch, res.first_tokens, dt, self.prefill_s(batch, dt), start, end)
@@ -773,20 +813,20 @@ def _serve_loop(
         start = time.perf_counter() - t0
         prefills, wants, dec, d_rids, d_pos = run.inputs(batch)
         prepared = time.perf_counter() - t0
-        sampled = executor.step(prefills, dec)
+        sampled, kept = run.execute(batch, prefills, dec, d_rids, d_pos)
         graph = executor.last_path
         graph_steps += graph == 1
         end = time.perf_counter() - t0
         steps += 1
         busy += end - start
-        run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end)
+        run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end, kept)
         if rows is not None:
             sh = batch.shape
             rows.append((end, start - now, prepared - start, end - prepared, time.perf_counter() - t0 - end,
                          executor.last_launch_s, executor.last_gpu_s, graph, sh.prefill_tokens, sh.prefill_seqs,
                          sh.prefill_pairs, sh.sliding_prefill_pairs, sh.prefill_context_tokens, sh.decode_seqs,
                          sh.decode_context_tokens, sh.logits_tokens, sh.fresh_seqs, sh.fresh_tokens,
-                         sh.fresh_pairs, sh.fresh_padded_pairs))  # fmt: skip
+                         sh.fresh_pairs, sh.fresh_padded_pairs, batch.num_decodes if batch.spec_k else 0))  # fmt: skip
     return time.perf_counter() - t0, steps, graph_steps, busy, idle
 
 
@@ -805,6 +845,7 @@ def serve(
     trace: bool = False,
     block_keys=None,
     cost: CostModel | None = None,
+    spec: SpecRun | None = None,
 ) -> ServingRun:
     """Replay `requests` in real time on `executor` with the simulator's scheduler over `pool`.
 
@@ -821,11 +862,19 @@ def serve(
     With `trace`, the run keeps one row per step (`TRACE_FIELDS`): where its time went and what it computed.
     With a `cost` model, a step's busy time splits between prompt and output work as the simulator splits
     it (`CostModel.step_split`); without one, by token share.
+    With `spec`, speculative decoding with a draft model (engine/speculative.py): the scheduler makes a step a
+    round of k drafts while at most `spec.max_batch` sequences decode, as the simulator's does; call
+    `spec.draft.warmup()` too.
     """
+    sd = None
+    if (
+        spec is not None
+    ):  # the scheduler's draws stay unused: the engine decides acceptance (Batch.spec_accepted)
+        sd = SpecDecode(spec.k, spec.max_batch, [0.0] * len(requests), np.random.default_rng(seed))
     config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=sliding_window,
-                             sliding_ratio=sliding_ratio, fresh=fresh_rule(executor.device))  # fmt: skip
+                             sliding_ratio=sliding_ratio, fresh=fresh_rule(executor.device), spec=sd)  # fmt: skip
     sched = Scheduler(pool, config, block_keys=block_keys)
-    run = _Replay(executor, sched, requests, seed, cost)
+    run = _Replay(executor, sched, requests, seed, cost, spec)
     order = np.flatnonzero(np.isfinite(requests.arrival_s))
     order = order[np.argsort(requests.arrival_s[order], kind="stable")]
     executor.time_gpu = trace
@@ -846,4 +895,5 @@ def serve(
         {k: np.asarray(c, dtype=float) for k, c in zip(TRACE_FIELDS, cols, strict=True)} if trace else None
     )
     return ServingRun(run.table, run.stats, sched, run.token_times(), wall, 0.0, steps, graph_steps,
-                      max(wall - busy - idle, 0.0), idle, unfinished, run.ids, run.off, step_trace)  # fmt: skip
+                      max(wall - busy - idle, 0.0), idle, unfinished, run.ids, run.off, step_trace,
+                      run.spec.stats() if run.spec is not None else None)  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from core.hardware import load_profile, profile_names
+from core.hardware import load_profile, profile_names, provenance
 from core.model_spec import catalogue_names, load_model, spec_from_config
 from simulator.comparison import break_even, differences, table
 from simulator.presets import WORKLOADS
@@ -55,6 +55,7 @@ __all__ = [
     "parse_spec",
     "portable",
     "profile_names",
+    "provenance",
     "result_files",
     "run_search",
     "scenario_yaml",

@@ -19,7 +19,7 @@ import yaml
 
 from core.engine_profile import engine_names, load_engine_profile
 from core.errors import ConfigError, read_yaml
-from core.hardware import PROFILES_ENV, load_profile, profile_origins
+from core.hardware import PROFILES_ENV, load_profile, profile_origins, provenance
 from core.model_spec import catalogue_names, human_count, load_model
 from simulator import __version__
 from simulator.output import ResultFolder
@@ -103,8 +103,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sc = _scenario(args.scenario, args.set, args.requests)
     with _scenario_folder(args.out, run_dir(sc.output.dir, args.set, args.requests)) as folder:
-        with _run_progress(f"simulating {sc.name}") as progress:
-            forecast = simulate(sc, progress=progress)
+        if args.workers or args.ray:
+            from simulator.shard import simulate_sharded
+
+            with _run_progress(f"simulating {sc.name} in shards", total=None):
+                backend = "ray" if args.ray else "processes"
+                forecast = simulate_sharded(sc, args.workers, backend, args.workers, args.ray)
+        else:
+            with _run_progress(f"simulating {sc.name}") as progress:
+                forecast = simulate(sc, progress=progress)
+        if args.percentiles is not None and forecast.fits:
+            from simulator.metrics import with_percentiles
+
+            with_percentiles(forecast.summary, forecast.table, forecast.stats.itl_hist, args.percentiles)
         if not args.no_capacity and forecast.fits:
             from simulator.metrics import capacity
 
@@ -225,21 +236,24 @@ def cmd_models(_: argparse.Namespace) -> int:
 def cmd_gpus(_: argparse.Namespace) -> int:
     origins = profile_origins()
     print(
-        f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'fp8':>8}{'$/h':>7}  "
-        f"{'profile':<36}  from"
+        f"{'name':<15}{'memory':>9}{'bandwidth':>12}{'bf16/fp16':>11}{'sustained':>11}{'fp8':>8}{'$/h':>7}  "
+        f"{'efficiencies':<28}{'validation (median |error|)':<50}from"
     )
     for name, origin in origins.items():
         p = load_profile(name)
         pk = p.peak_tflops
-        status = (
-            "calibrated"
-            if p.is_calibrated
-            else ("datasheet, efficiencies transferred" if p.calibration is not None else "datasheet")
-        )
+        status, err = provenance(p)
+        sixteen = p.sustained_flops("bf16") or p.sustained_flops("fp16")
         print(
             f"{name:<15}{p.memory_gib:>6.0f} GiB{p.memory_bandwidth_gbps:>8.0f} GB/s{(pk.bf16 or pk.fp16):>11.0f}"
-            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<36}  {origin}"
+            f"{(f'{sixteen / 1e12:.0f}' + ('*' if p.sustained and set(p.sustained.assumed) & {'bf16', 'fp16'} else '') if sixteen else '—'):>11}"
+            f"{(f'{pk.fp8:.0f}' if pk.fp8 else '—'):>8}{p.price.usd_per_hour:>7.2f}  {status:<28}{err:<50}{origin}"
         )
+    print(
+        "(TFLOP/s dense; sustained: the large-GEMM rate measured here or published, the asymptote transfers scale to, "
+        "* an assumption where no published measurement was found; "
+        "tables: benchmarks/results/gpu_transfer.md, gpu_published.md)"
+    )
     return 0
 
 
@@ -253,7 +267,7 @@ def cmd_engines(_: argparse.Namespace) -> int:
         held = f"{min(errors):.1f}-{max(errors):.1f}% over {len(errors)} checks" if errors else "unvalidated"
         print(f"{name:<24}{p.engine:<14}{p.version:<10}{p.scheduling.policy:<15}{status:<26}{held}")
     print(
-        "(a scenario cannot name an engine yet: forecasts are for `ours`; tables in each profile's validation)"
+        "(a scenario names one with `engine: NAME` or a .yaml path; default ours; tables in each profile's validation)"
     )
     return 0
 
@@ -353,6 +367,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    import json
+
+    from simulator.measured import read_measured
+    from simulator.results import _clean
+    from simulator.validation import table, validate
+
+    data, source = _scenario_data(args.scenario)
+    data = apply_overrides(data, args.set or [], source)
+    runs = read_measured(args.measured)
+    sc = parse_scenario(data, source)
+    with _scenario_folder(args.out, f"{sc.output.dir}-validate") as folder:
+        checks = [validate(run, data, source, args.force) for run in runs]
+        out = [v.as_dict() for v in checks]
+        text = json.dumps(_clean(out[0] if len(out) == 1 else out), indent=2) + "\n"
+        (folder.work / "validation.json").write_text(text)
+        folder.commit()
+    print("\n\n".join(table(v) for v in checks))
+    print(_wrote(folder))
+    return 0
+
+
 RUN_EPILOG = (
     "Scenario fields (YAML, nested as shown; override any with --set field.path=value):\n"
     + "\n".join(field_help())
@@ -390,6 +426,18 @@ def _rate(text: str) -> float:
     if not math.isfinite(r) or r <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite rate above 0 req/s (got {text})")
     return r
+
+
+def _percentiles(text: str) -> tuple[float, ...]:
+    try:
+        ps = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        ps = ()
+    if not ps or not all(0 < p < 100 for p in ps):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give percentiles between 0 and 100, comma-separated (50,90,99)"
+        )
+    return tuple(sorted(set(ps)))
 
 
 def _override_options(p: argparse.ArgumentParser, scope: str = "") -> None:
@@ -443,9 +491,25 @@ def _simulate_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "about 3 s more on the default scenario: its runs are at most 20,000 requests)",
     )
     r.add_argument(
+        "--percentiles",
+        type=_percentiles,
+        metavar="50,90,99",
+        help="percentiles of summary.json's vLLM-named keys (p50_ttft_ms...), as vLLM bench serve's "
+        "--metric-percentiles (default 99, as there)",
+    )
+    r.add_argument(
         "--out",
         help="output folder (default: the scenario's output.dir; with --set or --requests, "
         "output.dir-set-HASH, HASH naming the overrides, so the unchanged scenario's results are kept)",
+    )
+    r.add_argument(
+        "--workers",
+        type=_count,
+        help="split the replicas into this many shards run on local processes, identical to one process "
+        "(routers that decide up front: round_robin, prefix_affinity; others run in one process, and say so)",
+    )
+    r.add_argument(
+        "--ray", metavar="ADDRESS", help="run the shards on a Ray cluster ('auto', ray://host:10001, local)"
     )
     _override_options(r)
     r.set_defaults(fn=cmd_run)
@@ -522,6 +586,26 @@ def _search_and_report_verbs(verb: Callable[..., argparse.ArgumentParser]) -> No
     rp.add_argument("--out", help="output folder (default: the scenario's output.dir/report)")
     _override_options(rp)
     rp.set_defaults(fn=cmd_report)
+    v = verb(
+        "validate",
+        help="simulate a measured run's workload on a scenario and print measured, forecast and error per metric",
+        description="Read a measured run (vLLM bench serve result JSON, GuideLLM report, AIPerf/genai-perf "
+        "export, inferplan requests.csv), simulate its workload (lengths, rate or concurrency) on the scenario's "
+        "model, GPU and engine, and print TTFT, TPOT, ITL, E2E (mean/p50/p90/p99) and throughput: measured, "
+        "forecast, error. Writes validation.json.",
+    )
+    v.add_argument(
+        "measured", help="the measured run's file (FILE#K: the K-th benchmark of a GuideLLM report)"
+    )
+    v.add_argument("--scenario", help="scenario YAML or an example's name (default: the built-in)")
+    v.add_argument(
+        "--out", help="output folder for validation.json (default: the scenario's output.dir-validate)"
+    )
+    v.add_argument("--force", action="store_true", help="compare even when the run served another model")
+    v.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="override a scenario field (repeatable)"
+    )
+    v.set_defaults(fn=cmd_validate)
 
 
 def build_parser(

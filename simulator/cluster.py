@@ -22,7 +22,7 @@ import numpy as np
 from core.cost_model import CostModel
 from core.engine_profile import EngineProfile, load_engine_profile
 from core.errors import ConfigError
-from core.hardware import HardwareProfile, load_profile
+from core.hardware import HardwareProfile, load_profile, weight_format
 from core.kv_cache import blocks_for
 from core.model_spec import ModelSpec
 from core.parallelism import Parallelism, virtual_engines
@@ -87,6 +87,7 @@ def _group(scenario: Scenario, model: ModelSpec, g: ReplicaGroup | None, role: s
     else:
         serving, count = scenario.serving, 1
     profile = load_profile(hw.gpu)
+    weight_format(profile, serving.precision.weight_dtype)  # refuses a format this GPU's engines cannot run
     par = Parallelism.of(hw)
     par.check(model)
     mem = plan_memory(profile, model, serving, par.tp, par.pp, par.ep)
@@ -104,8 +105,11 @@ def plan_groups(scenario: Scenario, model: ModelSpec) -> list[Group]:
     """The replica groups of a scenario, each with its memory plan."""
     cl, dg = scenario.cluster, scenario.disaggregation
     if dg is not None:
-        if cl.groups or cl.replicas != 1:
-            raise ConfigError("with disaggregation, give the replica counts in disaggregation.prefill/decode")
+        if cl.groups or cl.replicas != 1 or cl.autoscaling is not None:
+            raise ConfigError(
+                "with disaggregation, give the replica counts in disaggregation.prefill/decode "
+                "(cluster.autoscaling scales colocated replicas only)"
+            )
         groups = [_group(scenario, model, dg.prefill, "prefill", "prefill"),
                   _group(scenario, model, dg.decode, "decode", "decode")]  # fmt: skip
         if any(g.serving.batching.mode == "static" for g in groups):
@@ -114,7 +118,7 @@ def plan_groups(scenario: Scenario, model: ModelSpec) -> list[Group]:
     if cl.groups:
         return [_group(scenario, model, g, "colocated", f"group{i}") for i, g in enumerate(cl.groups)]
     g = _group(scenario, model, None, "colocated", "replica")
-    g.count = cl.replicas
+    g.count = cl.autoscaling.max_replicas if cl.autoscaling is not None else cl.replicas  # engines built
     return [g]
 
 
@@ -206,7 +210,7 @@ def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
         m.kv_block_seconds += s.kv_block_seconds
         m.batch_seq_steps += s.batch_seq_steps
         m.itl_hist += s.itl_hist
-    ends = [s.timeline[-1][0] for s in stats if s.timeline]
+    ends = [s.timeline[-1][0] for s in stats if len(s.timeline)]  # (a timeline: rows, or an array of them)
     if ends:
         # a run that drains far past its arrivals (a KV link of 1e-300 GB/s) coarsens the grid rather than
         # allocating a row per interval without bound
@@ -214,9 +218,9 @@ def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
         grid = np.arange(0.0, max(ends) + step, step)
         total = np.zeros((len(grid), 4))
         for s in stats:
-            if not s.timeline:
+            if not len(s.timeline):
                 continue
-            arr = np.array(s.timeline)
+            arr = np.asarray(s.timeline, dtype=float)
             i = np.searchsorted(arr[:, 0], grid, side="right") - 1
             vals = np.where(i[:, None] >= 0, arr[np.maximum(i, 0), 1:], 0.0)
             total += vals

@@ -34,17 +34,28 @@ def named(sc: Scenario) -> bool:
 
 def with_defaults(serving: Serving, defaults: dict[str, object], source: str) -> Serving:
     """`serving` with each field of `defaults` (dotted paths) that the scenario did not set itself taken from them."""
-    data = serving.model_dump(exclude_unset=True)
+    data = _under(serving.model_dump(exclude_unset=True), defaults)
+    try:
+        return type(serving).model_validate(data)
+    except ValidationError as e:
+        raise one_line(e, source, prefix="serving") from None
+
+
+def serving_values(name: str, given: dict | None) -> dict:
+    """A `serving` mapping with engine `name`'s defaults under the fields `given` sets (for a form to start from)."""
+    given = {k: dict(v) if isinstance(v, dict) else v for k, v in (given or {}).items()}
+    return _under(given, load_engine_profile(name).serving_defaults())
+
+
+def _under(data: dict, defaults: dict[str, object]) -> dict:
+    """`data` (changed in place) with each dotted path of `defaults` it does not set taken from them."""
     for path, value in defaults.items():
         *blocks, name = path.split(".")
         node = data
         for b in blocks:
             node = node.setdefault(b, {})
         node.setdefault(name, value)
-    try:
-        return type(serving).model_validate(data)
-    except ValidationError as e:
-        raise one_line(e, source, prefix="serving") from None
+    return data
 
 
 def _servings(sc: Scenario) -> list[tuple[str, Serving]]:
@@ -131,6 +142,7 @@ def engine_summary(profile: EngineProfile, gpu: str) -> dict:
 def engine_line(profile: EngineProfile, gpu: str) -> str:
     """The summary's engine line for a terminal or a page."""
     where = f"{profile.status} on {profile.gpu}" if profile.gpu else profile.status
-    line = f"engine: {profile.name} ({profile.display_name}, {profile.version}; {where}); {validation_line(profile)}"
+    about = profile.display_name + ("" if profile.version in profile.display_name else f" {profile.version}")
+    line = f"engine: {profile.name} ({about}; {where}); {validation_line(profile)}"
     moved = transferred(profile, gpu)
     return line + (f"\n{moved}" if moved else "")

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.hardware import HardwareProfile
+from core.hardware import HardwareProfile, weight_format
 from core.model_spec import ModelSpec
-from core.records import RequestTable, StepStats, itl_percentiles
+from core.records import ITL_BINS_PER_DECADE, ITL_LO, RequestTable, StepStats, itl_percentiles
 from core.scheduler import Scheduler
 from simulator.engines import engine_profile, engine_summary, named
+from simulator.expected_error import expected_error
 from simulator.memory import MemoryPlan
 from simulator.scenario import HostedApi, Scenario
 
@@ -147,6 +148,8 @@ def summarize(setup: Setup, run: RunRecord | None = None) -> dict:
             "requests_per_s": int(done.sum()) / makespan,
             "input_tokens_per_s": in_tok / makespan,
             "output_tokens_per_s": out_tok / makespan,
+            "output_tokens_per_s_per_gpu": out_tok / makespan / gpus,
+            "per_user_output_tokens_per_s": _per_user(tpot[done]),
         },
         "goodput": {
             "slo": slo.model_dump(exclude_none=True),
@@ -174,11 +177,81 @@ def summarize(setup: Setup, run: RunRecord | None = None) -> dict:
         },
     }
     out |= _cache_and_speculation(scenario, table, counts)
+    out |= vllm_keys(table, stats.itl_hist, makespan, ok if slo.model_dump(exclude_none=True) else None)
+    out["expected_error"] = expected_error(engine_profile(scenario), named(scenario), setup.profile)
     if classes:
         out["classes"] = _class_summaries(classes, slo, table, done, ok, (ttft, tpot, e2e), makespan)
     if scenario.hosted_api is not None:
         out["cost"]["hosted_api"] = _hosted_api(scenario.hosted_api, cost_usd, in_tok, out_tok)
     return out
+
+
+# vLLM bench serve's --metric-percentiles default ("99"); `run --percentiles` picks others
+VLLM_PERCENTILES: tuple[float, ...] = (99,)
+
+
+def vllm_keys(
+    table: RequestTable,
+    itl_hist: np.ndarray,
+    makespan: float,
+    goodput_ok: np.ndarray | None,
+    percentiles: tuple[float, ...] = VLLM_PERCENTILES,
+) -> dict:
+    """The run's numbers under vLLM bench serve's result keys (benchmarks/benchmark_serving.py: ms, over the
+    finished requests), so a forecast and a measured run diff line by line: `mean_ttft_ms`, `median_ttft_ms`,
+    `std_ttft_ms`, `p99_ttft_ms`, ... for ttft, tpot, itl and e2el, and the throughputs. ITL is every token's
+    gap, read from the run's ITL histogram (bins 0.46% wide); `request_goodput` is null without an SLO, as
+    vLLM writes it without --goodput."""
+    from simulator.measured import latency_metrics, p_word, throughput_metrics
+
+    done = np.isfinite(table.finish_s)
+    ttft, tpot, e2e, _ = _request_latencies(table)
+    out = latency_metrics(ttft[done], tpot[done], np.zeros(0), e2e[done], percentiles)
+    total = itl_hist.sum()
+    if total:
+        centres = (
+            ITL_LO * 10 ** ((np.arange(len(itl_hist)) + 0.5) / ITL_BINS_PER_DECADE) * 1000.0
+        )  # (as itl_percentiles)
+        with np.errstate(over="ignore", invalid="ignore"):  # (ITLs near the histogram's top: std is inf)
+            mean = float((itl_hist * centres).sum() / total)
+            std = float(np.sqrt((itl_hist * (centres - mean) ** 2).sum() / total))
+        itl = itl_percentiles(itl_hist, (50, *percentiles))
+        out |= {"mean_itl_ms": mean, "median_itl_ms": itl["p50"] * 1000.0,
+                "std_itl_ms": std}  # fmt: skip
+        out |= {f"p{p_word(q)}_itl_ms": itl[f"p{q:g}"] * 1000.0 for q in percentiles}
+    n = int(done.sum())
+    rates = throughput_metrics(
+        n, int(table.prompt_tokens[done].sum()), int(table.output_tokens[done].sum()), makespan
+    )
+    goodput = int(goodput_ok.sum()) / makespan if goodput_ok is not None else None
+    return rates | {"request_goodput": goodput} | dict(sorted(out.items(), key=lambda kv: _vllm_order(kv[0])))
+
+
+def with_percentiles(
+    summary: dict, table: RequestTable, itl_hist: np.ndarray, percentiles: tuple[float, ...]
+) -> None:
+    """Replace the summary's vLLM latency keys (`mean_ttft_ms`...) by those with `percentiles` (`run
+    --percentiles`, vLLM's --metric-percentiles); the other keys stay as they are."""
+    if "mean_ttft_ms" not in summary:
+        return  # (a model that does not fit has no latencies)
+    for k in [k for k in summary if k.endswith("_ms") and k.split("_")[1] in ("ttft", "tpot", "itl", "e2el")]:
+        del summary[k]
+    keys = vllm_keys(table, itl_hist, summary["throughput"]["duration_s"], None, percentiles)
+    summary |= {k: v for k, v in keys.items() if k.endswith("_ms")}
+
+
+def _vllm_order(key: str) -> tuple[int, int]:
+    """benchmark_serving.py's order: ttft, tpot, itl, e2el; mean, median, std, then the percentiles."""
+    stat, name, _ = key.split("_")
+    metric = ("ttft", "tpot", "itl", "e2el").index(name)
+    return metric, {"mean": -3, "median": -2, "std": -1}.get(stat, 0)
+
+
+def _per_user(tpot: np.ndarray) -> float:
+    """The output tokens per second one user sees while its answer streams: the mean over requests of
+    1 / TPOT (AIPerf's and genai-perf's output token throughput per user)."""
+    tpot = tpot[np.isfinite(tpot) & (tpot > 0)]
+    return float(np.mean(1.0 / tpot)) if len(tpot) else float("nan")
 
 
 def _hosted_api(api: HostedApi, cost_usd: float, in_tok: int, out_tok: int) -> dict:
@@ -263,6 +336,11 @@ def _deployment(setup: Setup) -> tuple[dict, float, int, int]:
         "memory": mem.as_dict() | {"fits": mem.fits, "explain": mem.explain()},
         "fits": mem.fits,
     }
+    if not profile.is_calibrated:  # where its efficiencies come from (simulator gpus has the detail)
+        out["hardware"]["profile_status"] = profile.status
+    note = weight_format(profile, scenario.serving.precision.weight_dtype)
+    if note:  # the weight format runs through an engine's fallback on this GPU: priced that way, and said so
+        out["hardware"]["format_note"] = note
     if named(scenario):  # a scenario that names no engine keeps the summary of before (ours)
         out["engine"] = engine_summary(engine_profile(scenario), profile.name)
     return out, price, gpus, engines
@@ -327,6 +405,9 @@ def capacity(scenario, summary: dict, slo_attainment: float = CAPACITY_ATTAINMEN
     if not summary["fits"]:
         return {"skipped": "the model does not fit: no rate can be served"}
     classes = scenario.workload.classes or []
+    if scenario.workload.arrival.process == "closed_loop":
+        return {"skipped": "a closed loop has users, not a rate; rerun with more or fewer "
+                "arrival.concurrency users to see the latency each load gives"}  # fmt: skip
     if not scenario.slo.model_dump(exclude_none=True) and not any(c.slo for c in classes):
         return {"skipped": "the scenario sets no SLO; set slo.ttft_s, slo.tpot_s or slo.e2e_s to find the "
                 "highest rate within them"}  # fmt: skip

@@ -29,6 +29,7 @@ RESULT_FILES = frozenset(
         "summary.json",
         "requests.csv",
         "timeline.csv",
+        "day_timeline.csv",
         "compare.json",
         "compare.csv",
         "search.csv",
@@ -40,6 +41,8 @@ RESULT_FILES = frozenset(
         "latency_vs_load.png",
         "cost.png",
         "timelines.png",
+        "day_fleet.png",
+        "validation.json",
     }
 )
 

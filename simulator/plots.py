@@ -177,3 +177,27 @@ def png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
+
+
+def day_fleet(f: Forecast):
+    """Offered load (req/s) and the replicas ready and starting over the run (a schedule or autoscaling)."""
+    plt = _plt()
+    d = f.day
+    h = d.time_s / 3600
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.step(h, d.arrived_per_s, where="post", color="#bbb", lw=0.6, label="arrived")
+    ax.step(h, d.offered_per_s, where="post", color="#1f77b4", lw=1.5, label="offered (schedule)")
+    ax.set_xlabel("hour")
+    ax.set_ylabel("requests / s")
+    ax2 = ax.twinx()
+    ax2.step(h, d.fleet[:, 0], where="post", color="#d62728", label="ready")
+    ax2.step(
+        h, d.fleet[:, 0] + d.fleet[:, 1], where="post", color="#ff7f0e", ls="--", label="ready + starting"
+    )
+    ax2.set_ylabel("replicas")
+    ax2.set_ylim(0, max(1, int(d.fleet[:, :2].sum(axis=1).max())) + 1)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -17,6 +17,7 @@ import yaml
 
 from simulator import plots
 from simulator.breakdown import BREAKDOWN_HEAD, BREAKDOWN_NOTE, breakdown_rows, step_breakdown
+from simulator.day import DAY_COST_HEAD, DAY_HOUR_HEAD, day_cost_rows, day_hour_rows
 from simulator.deploy import vllm_serve
 from simulator.metrics import LATENCIES, capacity, capacity_line
 from simulator.output import ResultFolder
@@ -71,11 +72,25 @@ def headline(f: Forecast) -> list[tuple[str, str]]:
         ("model", f"{m['name']} ({m['params'] / 1e9:.1f}B, weights {m['weight_dtype']}, KV {m['kv_dtype']})"),
         (
             "hardware",
-            f"{hw['gpus']}× {hw['display_name']} ({'calibrated' if hw['calibrated'] else 'datasheet'} profile),"
+            f"{hw['gpus']}× {hw['display_name']} ({'calibrated' if hw['calibrated'] else hw.get('profile_status', 'datasheet')} profile),"
             f" ${hw['price_per_gpu_hour_usd']:.2f}/GPU-hour",
         ),
         ("fits", ("yes: " if s["fits"] else "NO: ") + s["memory"]["explain"]),
     ]
+    if "engine" in s:
+        e = s["engine"]
+        rows.insert(
+            2,
+            (
+                "engine",
+                f"{e['display_name']}; {e['validation']}"
+                + (f"; {e['transferred']}" if e["transferred"] else ""),
+            ),
+        )
+    if "expected_error" in s:
+        rows.append(
+            ("expected error", s["expected_error"]["line"].removeprefix("expected error").lstrip(": "))
+        )
     st = s.get("stability")
     if st is not None:
         rows.append(
@@ -156,10 +171,13 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
     images: dict[str, bytes] = {}
     captions: dict[str, str] = {}
     served = f.fits and f.table is not None and f.summary["requests"]["finished"] > 0
+    day = f.summary.get("day")
+    if day is not None:  # a day is not re-simulated at other rates; its Day section sizes the fleet
+        f.summary.setdefault("capacity", {"skipped": "a day of traffic: see the Day section"})
     if f.fits and "capacity" not in f.summary:  # found once; the load curve below is scaled by it
         f.summary["capacity"] = capacity(sc, f.summary)
     if f.fits and f.table is not None:
-        curve = curve or (load_curve(f) if served else None)
+        curve = curve or (load_curve(f) if served and day is None else None)
         images["latency_cdf.png"] = plots.png(plots.latency_cdfs(f))
         captions["latency_cdf.png"] = "Latency CDFs (dashed: SLO)"
         if curve is not None:
@@ -175,6 +193,9 @@ def build_report(f: Forecast, curve: LoadCurve | None = None) -> Report:
         captions["cost.png"] = "Cost per million tokens"
         images["timelines.png"] = plots.png(plots.timelines(f))
         captions["timelines.png"] = "KV-cache occupancy and queue length over time"
+        if f.day is not None:
+            images["day_fleet.png"] = plots.png(plots.day_fleet(f))
+            captions["day_fleet.png"] = "The day: offered load and replicas ready / starting"
     scenario_yaml = yaml.safe_dump(sc.model_dump(mode="json", exclude_none=True), sort_keys=False)
     breaks = verdict_lines(f, curve)
     return Report(
@@ -275,6 +296,10 @@ def _html(title, f, images, captions, breaks, scenario_yaml) -> str:
         )
         if breaks:
             parts.append("<ul>" + "".join(f"<li>{e(b)}</li>" for b in breaks) + "</ul>")
+        if "day" in f.summary:
+            parts += [
+                f"<h2>{e(h)}</h2>{_html_table(head, rows)}" for h, head, rows in _day_tables(f.summary["day"])
+            ]
         bd = step_breakdown(f)
         parts.append(
             f"<h2>Where the time goes</h2><p>{e(BREAKDOWN_NOTE)}</p><table><tr>"
@@ -306,6 +331,20 @@ def _html(title, f, images, captions, breaks, scenario_yaml) -> str:
     return "\n".join(parts)
 
 
+def _day_tables(d: dict | None) -> list[tuple[str, tuple, list[list[str]]]]:
+    """The Day section's tables: the day's cost beside the fixed fleets, and one row per hour."""
+    if d is None:
+        return []
+    title = f"The day: {d['gpu_hours']:.1f} GPU-hours, {d['slo_attainment']:.1%} of requests within the SLOs"
+    return [(title, DAY_COST_HEAD, day_cost_rows(d)), ("Hour by hour", DAY_HOUR_HEAD, day_hour_rows(d))]
+
+
+def _html_table(head: tuple, rows: list[list[str]]) -> str:
+    e = html.escape
+    cells = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr>{cells}</table>"
+
+
 def _markdown(title, f, images, captions, breaks, scenario_yaml) -> str:
     lines = [f"# {title}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in headline(f)]
@@ -320,6 +359,9 @@ def _markdown(title, f, images, captions, breaks, scenario_yaml) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in latency_rows(f)]
         if breaks:
             lines += [""] + [f"- {b}" for b in breaks]
+        for h, head, rows in _day_tables(f.summary.get("day")):
+            lines += ["", f"## {h}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines += [
             "",
             "## Where the time goes",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import yaml
 
 from simulator.breakdown import breakdown_lines, step_breakdown
+from simulator.day import day_lines
 from simulator.deploy import vllm_serve
 from simulator.engines import engine_line, engine_profile
 from simulator.metrics import LATENCIES, capacity_line
@@ -62,17 +64,31 @@ def write_results(f: Forecast, out: str | Path | ResultFolder) -> Path:
         cols = {n: arr[:, i] if i == 0 else arr[:, i].astype(np.int64) for i, n in enumerate(names)}
         cols["kv_occupancy"] = arr[:, 3] / max(f.memory.num_blocks, 1)
         _write_csv(d / "timeline.csv", cols)
+    if f.day is not None:  # the offered load and the fleet, beside each other
+        rec = f.day
+        cols = {"time_s": rec.time_s, "offered_per_s": rec.offered_per_s, "arrived_per_s": rec.arrived_per_s}
+        cols |= {k: rec.fleet[:, i].astype(np.int64) for i, k in enumerate(("ready", "starting", "draining"))}
+        _write_csv(d / "day_timeline.csv", cols)
     return out.path
 
 
-def _write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
+# rows formatted at a time, so a fleet's 72 million rows never sit in memory as text (byte-equal to formatting
+# them whole: tests/simulator/test_results_csv.py)
+CSV_CHUNK_ROWS = 500_000
+
+
+def _write_csv(path: Path, cols: dict[str, np.ndarray], chunk_rows: int = CSV_CHUNK_ROWS) -> None:
     names = list(cols)
     fmts = ["%d" if np.issubdtype(np.asarray(c).dtype, np.integer) else "%.6f" for c in cols.values()]
-    data = np.column_stack([np.asarray(c, dtype=float) for c in cols.values()])
-    np.savetxt(path, data, delimiter=",", header=",".join(names), comments="", fmt=fmts)
-    # NaN renders as 'nan'; empty cells read better in spreadsheets
-    text = path.read_text().replace(",nan", ",").replace("\nnan,", "\n,")
-    path.write_text(text)
+    n = len(next(iter(cols.values()))) if cols else 0
+    with path.open("w") as f:
+        f.write(",".join(names) + "\n")
+        for lo in range(0, n, chunk_rows):
+            data = np.column_stack([np.asarray(c[lo : lo + chunk_rows], dtype=float) for c in cols.values()])
+            buf = io.StringIO()
+            np.savetxt(buf, data, delimiter=",", fmt=fmts)
+            # NaN renders as 'nan'; empty cells read better in spreadsheets
+            f.write(("\n" + buf.getvalue()).replace(",nan", ",").replace("\nnan,", "\n,")[1:])
 
 
 def _clean(x):
@@ -85,6 +101,10 @@ def _clean(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+def _rate(x: float | None) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:,.1f}"
 
 
 def _ms(x: float) -> str:
@@ -155,12 +175,16 @@ def format_summary(f: Forecast) -> str:
     """A terminal table of the forecast."""
     s = f.summary
     hw, m = s["hardware"], s["model"]
-    cal = "calibrated" if hw["calibrated"] else "datasheet"
+    cal = "calibrated" if hw["calibrated"] else hw.get("profile_status", "datasheet")
     lines = [
         f"{s['scenario']}: {m['name']} ({m['params'] / 1e9:.1f}B, weights {m['weight_dtype']}, KV {m['kv_dtype']})"
         f" on {hw['gpus']}× {hw['display_name']} [{cal} profile]",
     ]
+    if hw.get("format_note"):
+        lines.append(f"note: {hw['format_note']}")
     lines.append(engine_line(engine_profile(f.scenario), hw["gpu"]))
+    if "expected_error" in s:
+        lines.append(s["expected_error"]["line"])
     if not s["fits"]:
         lines.append(f"DOES NOT FIT: {s['memory']['explain']}")
         return "\n".join(lines)
@@ -183,6 +207,8 @@ def format_summary(f: Forecast) -> str:
     lines.append(
         f"throughput: {t['requests_per_s']:.2f} req/s, {t['input_tokens_per_s']:,.0f} input tok/s, "
         f"{t['output_tokens_per_s']:,.0f} output tok/s over {t['duration_s']:,.0f} s"
+        f" ({t['output_tokens_per_s_per_gpu']:,.0f} output tok/s per GPU, {_rate(t['per_user_output_tokens_per_s'])} "
+        "tok/s per user while streaming)"
     )
     slo = ", ".join(f"{k} ≤ {v * 1e3:g} ms" for k, v in g["slo"].items()) or "no SLO set"
     if s.get("classes"):
@@ -199,16 +225,21 @@ def format_summary(f: Forecast) -> str:
     lines += ["", "where the time goes (bound: what, doubled, would shorten it most):"]
     lines += ["  " + x for x in breakdown_lines(step_breakdown(f))]
     lines += _feature_lines(s)
-    serve = vllm_serve(f.scenario)
-    lines += [
-        "",
-        "deploy with vLLM (one replica):",
-        f"  {serve.line}",
-        *(f"  note: {n}" for n in serve.notes),
-    ]
+    lines += day_lines(s)
+    if engine_profile(f.scenario).engine in ("ours", "vllm"):  # a vLLM command line fits a vLLM-like forecast
+        serve = vllm_serve(f.scenario)
+        lines += [
+            "",
+            "deploy with vLLM (one replica):",
+            f"  {serve.line}",
+            *(f"  note: {n}" for n in serve.notes),
+        ]
     sim = s["simulation"]
     lines.append(
         f"simulated in {sim['wall_s']:.2f} s ({sim['requests_per_wall_s']:,.0f} requests/s, "
         f"{sim['steps_per_wall_s']:,.0f} steps/s)"
+        + (f" in {sim['shards']} shards" if "shards" in sim else "")
     )
+    if "sharding" in s:
+        lines.append(f"one process: {s['sharding']['why_one_process']}")
     return "\n".join(lines)

@@ -56,6 +56,10 @@ class Router:
         for r in replicas:  # a router reading loads needs them as of now
             r.connect(ReplicaHooks(track_future=self.dynamic or self.prefix is not None))
 
+    def set_ready(self, replicas: list[Replica]) -> None:
+        """Route only to these replicas from now on (an autoscaled fleet's ready ones, simulator/autoscaling.py)."""
+        self.replicas = replicas
+
     # ------------------------------------------------------------------ static assignment
     def static_targets(self, rids: np.ndarray) -> np.ndarray | None:
         """Replica index per request when the choice does not depend on load (−1: decided on arrival);

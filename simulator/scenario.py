@@ -109,9 +109,15 @@ class Slo(_Spec):
 
 # ---------------------------------------------------------------- workload
 class Arrival(_Spec):
-    process: Literal["poisson", "gamma", "constant", "trace"] = Field(
+    process: Literal["poisson", "gamma", "constant", "trace", "closed_loop"] = Field(
         "poisson",
-        description="poisson, gamma (bursty, set cv), constant spacing, or the trace's own arrival times",
+        description="poisson, gamma (bursty, set cv), constant spacing, the trace's own arrival times, or "
+        "closed_loop: `concurrency` users each sending the next request when their last one finishes",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="closed_loop: users sending at once (vLLM bench serve --max-concurrency, GuideLLM concurrent)",
     )
     rate_per_s: float | None = Field(
         None,
@@ -168,13 +174,89 @@ class TrafficClass(_Spec):
     )
 
 
+# ---------------------------------------------------------------- a day of traffic (simulator/rate_schedule.py)
+class RateStep(_Spec):
+    start_s: float = Field(ge=0, description="seconds from the start when this step begins")
+    rate_per_s: float = Field(ge=0, description="mean arrival rate until the next step")
+
+
+class Steps(_Spec):
+    kind: Literal["steps"]
+    steps: list[RateStep] = Field(
+        min_length=1,
+        description="piecewise-constant rate: each step holds until the next; the first starts at 0",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Steps:
+        starts = [s.start_s for s in self.steps]
+        if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError("steps need start_s 0 first, then increasing start times")
+        if not any(s.rate_per_s > 0 for s in self.steps):
+            raise ValueError("every step has rate 0, so nothing arrives; give one step a rate above 0")
+        return self
+
+    @property
+    def peak_rate_per_s(self) -> float:
+        return max(s.rate_per_s for s in self.steps)
+
+
+class Daily(_Spec):
+    kind: Literal["daily"]
+    peak_rate_per_s: float = Field(gt=0, description="mean arrival rate at the peak hour")
+    trough_rate_per_s: float = Field(ge=0, description="mean arrival rate 12 hours from the peak")
+    peak_hour: float = Field(
+        14.0, ge=0, lt=24, description="hour of the day (0-24) of the peak; the run starts at 0:00"
+    )
+    shape: Literal["cosine"] = Field(
+        "cosine", description="cosine: rate = trough + (peak - trough)(1 + cos(2π(h - peak_hour)/24))/2"
+    )
+
+    @model_validator(mode="after")
+    def _peak_above_trough(self) -> Daily:
+        if self.trough_rate_per_s > self.peak_rate_per_s:
+            raise ValueError(
+                f"trough_rate_per_s ({self.trough_rate_per_s:g}) is above peak_rate_per_s "
+                f"({self.peak_rate_per_s:g}); swap them"
+            )
+        return self
+
+
+class Hourly(_Spec):
+    kind: Literal["hourly"]
+    requests_per_hour: list[float] = Field(
+        min_length=1,
+        description="arrivals in each hour (a trace's hourly counts), spread evenly in the hour; repeats after the last",
+    )
+
+    @field_validator("requests_per_hour")
+    @classmethod
+    def _counts(cls, v: list[float]) -> list[float]:
+        if any(x < 0 for x in v) or not any(x > 0 for x in v):
+            raise ValueError("counts must be >= 0, and at least one above 0")
+        return v
+
+    @property
+    def peak_rate_per_s(self) -> float:
+        return max(self.requests_per_hour) / 3600.0
+
+
+RateSchedule = Annotated[Steps | Daily | Hourly, Field(discriminator="kind")]
+
+
 class Workload(_Spec):
     trace: str | None = Field(
         None,
         description="trace for lengths and/or arrivals: a built-in name (conversation, code, summarization) "
-        "or a CSV path with arrived_at, num_prefill_tokens, num_decode_tokens (trace rows are reused in a loop)",
+        "or a CSV path with arrived_at, num_prefill_tokens, num_decode_tokens (trace rows are reused in a loop), "
+        "or a benchmark's result with per-request lengths (vLLM bench serve --save-detailed, GuideLLM, AIPerf)",
     )
     arrival: Arrival = Field(default_factory=Arrival, description="when requests arrive")
+    schedule: RateSchedule | None = Field(
+        None,
+        description="a rate that changes over time (steps, daily curve, hourly counts); arrival.process draws "
+        "the arrivals under it (unset: arrival.rate_per_s throughout)",
+    )
     prompt_tokens: Length = Field(
         default_factory=lambda: Fixed(value=512), description="prompt length distribution"
     )
@@ -209,14 +291,58 @@ class Workload(_Spec):
             raise ValueError(
                 "a trace-driven setting needs `trace` (conversation, code, summarization, or a CSV path)"
             )
-        if self.arrival.process in ("poisson", "gamma", "constant") and self.arrival.rate_per_s is None:
+        if self.schedule is not None:
+            schedule_conflicts(self)
+        if self.arrival.process == "closed_loop":
+            _closed_loop(self)
+        elif self.arrival.concurrency is not None:
+            raise ValueError(
+                "arrival.concurrency is for arrival.process closed_loop; remove it or use closed_loop"
+            )
+        if (
+            self.schedule is None
+            and self.arrival.process in ("poisson", "gamma", "constant")
+            and self.arrival.rate_per_s is None
+        ):
             raise ValueError(f"arrival.process {self.arrival.process!r} needs arrival.rate_per_s")
         if self.num_requests and self.duration_s:
             raise ValueError("give num_requests or duration_s, not both")
         return self
 
 
+def schedule_conflicts(w: Workload) -> None:
+    """A rate schedule replaces arrival.rate_per_s and draws under poisson, gamma or constant arrivals."""
+    if w.arrival.process == "closed_loop":
+        raise ValueError(
+            "schedule: a closed loop's users set the load themselves; remove schedule or use arrival.process "
+            "poisson, gamma or constant"
+        )
+    if w.arrival.process == "trace":
+        raise ValueError(
+            "schedule: the trace's own arrival times have no rate to reshape; use arrival.process poisson, "
+            "gamma or constant under a schedule (or the trace's hourly counts as schedule.kind hourly)"
+        )
+    if w.arrival.rate_per_s is not None:
+        raise ValueError("schedule gives the rate over time; remove arrival.rate_per_s")
+
+
 # ---------------------------------------------------------------- hardware and serving
+def _closed_loop(w: Workload) -> None:
+    """A closed loop has users, not a rate: what it needs and what it cannot combine with."""
+    if w.arrival.concurrency is None:
+        raise ValueError(
+            "arrival.process closed_loop needs arrival.concurrency (how many users send at once)"
+        )
+    for bad, why in (
+        (w.arrival.rate_per_s, "rate_per_s"),
+        (w.duration_s, "duration_s"),
+        (w.classes, "classes"),
+    ):
+        if bad:
+            raise ValueError(f"arrival.process closed_loop: remove {why} (requests follow each other per user; "
+                             "give num_requests)")  # fmt: skip
+
+
 class Hardware(_Spec):
     gpu: str = Field("h100-sxm", description="GPU profile name from hardware_profiles/ (or a .yaml path)")
     gpus_per_replica: int = Field(
@@ -384,6 +510,99 @@ class ReplicaGroup(_Spec):
     )
 
 
+class Startup(_Spec):
+    """How long a new replica takes before it serves: weights read from storage, engine start, CUDA graphs."""
+
+    # effective read rates of vLLM's default safetensors loader, bytes per second / 1e9:
+    #  local_nvme 1.8: Llama-2-7b (13.5 GB) from NVMe in 7.29 s, 13b (26 GB) in 16.04 s on an A100, and
+    #    in 14.35 s over TP=2: the disk's rate, shared by a replica's GPUs (vllm-project/vllm PR #10647,
+    #    the safetensors column);
+    #  network_volume 1.0: an AWS EBS gp3 volume's throughput limit, 1,000 MiB/s (AWS CreateVolume API docs);
+    #  page_cache 7.0: Llama-70B-FP8 (70 GB) "~10s to load weights from hot page cache" on TP=8
+    #    (vllm-project/vllm issue #19824)
+    storage: Literal["local_nvme", "network_volume", "page_cache"] = Field(
+        "local_nvme", description="where weights are read from: local_nvme, network_volume, page_cache"
+    )
+    load_gb_per_s: float | None = Field(
+        None, gt=0, le=1000, description="GB/s the weights load at (default: the storage tier's)"
+    )
+    # vllm-project/vllm issue #20264 (a 3.4 GiB model, torch.compile cache reused): 59 s from start to the
+    # first response, of which 0.9 s loading weights and 17 s capturing CUDA graphs
+    engine_start_s: float = Field(
+        41.0, ge=0, le=86400, description="process start, compile-cache load, memory profiling, API server"
+    )
+    cuda_graph_capture_s: float = Field(
+        17.0,
+        ge=0,
+        le=86400,
+        description="CUDA-graph capture (vLLM issue #20264: 17 s; 60 s for a 70B, #19824)",
+    )
+
+
+LOAD_GB_PER_S = {"local_nvme": 1.8, "network_volume": 1.0, "page_cache": 7.0}  # see Startup above
+
+
+class Autoscaling(_Spec):
+    min_replicas: int = Field(1, ge=1, le=10_000, description="replicas always held")
+    max_replicas: int = Field(
+        ge=1, le=10_000, description="most replicas holding GPUs at once (draining included)"
+    )
+    initial_replicas: int | None = Field(
+        None, ge=1, le=10_000, description="replicas ready at the start (default: min_replicas)"
+    )
+    policy: Literal["utilisation", "queue", "slo"] = Field(
+        "utilisation",
+        description="utilisation: offered req/s over the window ÷ (replicas × replica_capacity_per_s) toward "
+        "target_utilisation; queue: ongoing requests per replica toward target_ongoing_per_replica; slo: one "
+        "replica more when a TTFT/TPOT percentile nears its SLO, one fewer when far below",
+    )
+    target_utilisation: float = Field(
+        0.8, gt=0, le=1, description="utilisation: fraction of capacity to run at"
+    )
+    replica_capacity_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="utilisation: req/s one replica sustains under the SLOs (default: found by the "
+        "planner's capacity search at the start of the run)",
+    )
+    target_ongoing_per_replica: float = Field(
+        32.0,
+        gt=0,
+        description="queue: ongoing (queued + running) requests per replica (Ray Serve's "
+        "target_ongoing_requests)",
+    )
+    slo_percentile: float = Field(90.0, ge=50, le=99.9, description="slo: the percentile watched")
+    scale_up_at: float = Field(
+        0.8, gt=0, le=1, description="slo: add a replica above this fraction of an SLO"
+    )
+    scale_down_at: float = Field(
+        0.4, gt=0, lt=1, description="slo: remove one below this fraction of every SLO"
+    )
+    window_s: float = Field(60.0, gt=0, le=86400, description="the metric is averaged over this window")
+    interval_s: float = Field(15.0, gt=0, le=3600, description="the autoscaler decides this often")
+    # Kubernetes HPA's default stabilization windows: 0 s up, 300 s down
+    scale_up_delay_s: float = Field(
+        0.0, ge=0, le=86400, description="scale up only once the need has lasted this long"
+    )
+    scale_down_delay_s: float = Field(
+        300.0, ge=0, le=86400, description="scale down only once the surplus has lasted this long"
+    )
+    startup: Startup = Field(default_factory=Startup, description="a new replica's start-up time")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        n = self.initial_replicas
+        if n is not None and not self.min_replicas <= n <= self.max_replicas:
+            raise ValueError(f"initial_replicas ({n}) must be between min_replicas and max_replicas")
+        if self.scale_down_at >= self.scale_up_at:
+            raise ValueError("scale_down_at must be below scale_up_at, or the fleet flaps")
+        return self
+
+
 class Cluster(_Spec):
     replicas: int = Field(
         1, ge=1, description="identical replicas of `hardware` and `serving` behind the router"
@@ -404,10 +623,23 @@ class Cluster(_Spec):
         description="per replica; further requests wait in one FIFO queue at the router (unset: no router queue)",
     )
 
+    autoscaling: Autoscaling | None = Field(
+        None, description="replicas added and removed with the load (unset: a fixed fleet)"
+    )
+
     @model_validator(mode="after")
     def _one_form(self) -> Cluster:
         if self.groups and self.replicas != 1:
             raise ValueError("give cluster.replicas or cluster.groups, not both")
+        if self.autoscaling is not None and (self.groups or self.replicas != 1):
+            raise ValueError(
+                "autoscaling: give the fleet's size as autoscaling.min_replicas/max_replicas (one kind of "
+                "replica), not cluster.replicas or cluster.groups"
+            )
+        if self.autoscaling is not None and self.max_ongoing_requests is not None:
+            raise ValueError(
+                "autoscaling: a router queue (max_ongoing_requests) is not modelled with autoscaling; unset it"
+            )
         return self
 
 
@@ -668,10 +900,11 @@ def estimated_requests(w: Workload) -> tuple[float, str] | None:
     trace's own length decides (it is read later). No arrays are drawn: this runs before generation."""
     if w.num_requests is not None:
         return float(w.num_requests), ""
-    if w.duration_s is None or w.arrival.rate_per_s is None:
+    rate = w.schedule.peak_rate_per_s if w.schedule is not None else w.arrival.rate_per_s
+    if w.duration_s is None or rate is None:
         return None
-    n = w.arrival.rate_per_s * w.duration_s
-    how = f"{w.arrival.rate_per_s:g} req/s x {w.duration_s:g} s"
+    n = rate * w.duration_s  # (with a schedule: its peak rate, an upper bound)
+    how = f"{rate:g} req/s{' (the schedule peak)' if w.schedule else ''} x {w.duration_s:g} s"
     if w.classes and any(c.session for c in w.classes):
         total = sum(c.share for c in w.classes)
         turns = sum(c.share * (_mean_length(c.session.turns) if c.session else 1) for c in w.classes) / total
@@ -685,7 +918,7 @@ def replica_count(sc: Scenario) -> int:
         return sc.disaggregation.prefill.count + sc.disaggregation.decode.count
     if sc.cluster.groups:
         return sum(g.count for g in sc.cluster.groups)
-    return sc.cluster.replicas
+    return sc.cluster.autoscaling.max_replicas if sc.cluster.autoscaling else sc.cluster.replicas
 
 
 def check_size(sc: Scenario, source: str = "scenario") -> None:
@@ -793,4 +1026,8 @@ LENGTH_HELP = """\
     {dist: uniform, min: A, max: B}
     {dist: lognormal, median: M, sigma: S, min: 1, max: 1000000}
     {dist: exponential, mean: M}            geometric on 1, 2, ...
-    {dist: trace}                           the trace's column (needs workload.trace)"""
+    {dist: trace}                           the trace's column (needs workload.trace)
+  rate schedules (workload.schedule), chosen by `kind`; arrival.process draws under them:
+    {kind: steps, steps: [{start_s: 0, rate_per_s: R0}, {start_s: T1, rate_per_s: R1}, ...]}
+    {kind: daily, peak_rate_per_s: P, trough_rate_per_s: T, peak_hour: 14, shape: cosine}
+    {kind: hourly, requests_per_hour: [N0, N1, ...]}   repeats after the last hour"""

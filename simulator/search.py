@@ -162,6 +162,11 @@ def parse_spec(data: object, source: str = "search spec") -> SearchSpec:
     sc = parse_scenario(spec.base, f"{source}: base")
     if not sc.slo.model_dump(exclude_none=True):
         raise ConfigError(f"{source}: base.slo sets no target; a capacity search needs at least one SLO")
+    if sc.workload.schedule is not None and spec.target_rate_per_s is not None:
+        raise ConfigError(
+            f"{source}: target_rate_per_s: a base with workload.schedule is searched over its day and ranked by "
+            "the day's cost; remove target_rate_per_s"
+        )
     return spec
 
 
@@ -548,6 +553,10 @@ def evaluate(
 ) -> ConfigResult:
     """One configuration end to end; never raises for a bad combination (it is reported)."""
     fields = overrides if fields is None else fields
+    if get_field(base, "workload.schedule") is not None:  # a day: simulated whole, ranked by its cost
+        from simulator.day_search import evaluate_day
+
+        return evaluate_day(base, overrides, index, slo_attainment, fields)
     data = configured(base, fields)
     res = ConfigResult(index, overrides, "ok", fields=fields)
     try:
@@ -724,7 +733,9 @@ def _run_pool(tasks: list, workers: int | None, finished: Callable[[ConfigResult
     pool.shutdown()
 
 
-def _run_ray(tasks: list, address: str | None, finished: Callable[[ConfigResult], None]) -> None:
+def connect_ray(address: str | None):
+    """The `ray` module, connected to the cluster at `address` ('auto', ray://HOST:10001, local or None:
+    a local one); a clear ConfigError where Ray is missing or the address cannot be reached."""
     try:
         import ray
     except ImportError:
@@ -743,6 +754,11 @@ def _run_ray(tasks: list, address: str | None, finished: Callable[[ConfigResult]
                 f"--ray {short_repr(address)}: cannot start or reach Ray ({why}); give 'auto' (a running "
                 "cluster), ray://HOST:10001 (with ray[client]) or local"
             ) from None
+    return ray
+
+
+def _run_ray(tasks: list, address: str | None, finished: Callable[[ConfigResult], None]) -> None:
+    ray = connect_ray(address)
     remote = ray.remote(_evaluate_task)
     task_of = {remote.remote(t): t for t in tasks}
     pending = list(task_of)
@@ -914,6 +930,11 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
         f"{PROBE_SERVICE_TIMES:g} service times at full batches, up to {MAX_PROBE_REQUESTS:,} requests) and met the SLOs; "
         "fails at: the lowest rate tried above it, and why it failed"
     )
+    if get_field(spec.base, "workload.schedule") is not None:  # (simulator/day_search.py)
+        lines[-1] = (
+            "  a day: each configuration simulated over the whole day once; max req/s: its busiest hour's offered "
+            "rate, served within the SLOs; $/h: the day's cost over its hours"
+        )
     columns = swept(spec)
     names = {p: p.split(".")[-1] for p in columns}
     widths = {

@@ -18,6 +18,7 @@ from core.parallelism import virtual_engines
 from core.records import RequestTable, StepStats
 from core.requests import Requests, prefix_keys
 from core.scheduler import Scheduler, SchedulerConfig, SpecDecode
+from simulator.autoscaling import Autoscaler
 from simulator.cluster import (
     Group,
     cannot_serve,
@@ -29,6 +30,7 @@ from simulator.cluster import (
     plan_groups,
     replica_summary,
 )
+from simulator.day import DayRecord, build_autoscaler, day_summary
 from simulator.disaggregation import Disaggregated
 from simulator.memory import MemoryPlan
 from simulator.metrics import Fleet, RunRecord, SchedulerCounts, Setup, summarize
@@ -56,6 +58,7 @@ class Forecast:
     summary: dict
     wall_s: float
     engines: list[Replica] | None = None  # the SimPy replicas (engines), for inspection
+    day: DayRecord | None = None  # the offered rate and the fleet over time (a schedule or autoscaling)
 
     @property
     def fits(self) -> bool:
@@ -216,6 +219,7 @@ class Deployment:
     horizon_s: float  # the last first arrival
     interval_s: float  # the timelines' sampling interval
     arrivals: int  # requests that arrive on their own (not later turns of a conversation)
+    autoscaler: Autoscaler | None = None  # with cluster.autoscaling
 
     @property
     def headline(self) -> Group:
@@ -262,8 +266,9 @@ def simulate(
     record, end = run(dep, progress, started_s=wall0)
     summary = summarize_run(dep, record, end)
     g0 = dep.headline
+    day = _day(dep, record, summary)
     return Forecast(scenario, model, g0.profile, g0.mem, reqs, record.table, record.stats, summary, record.wall_s,
-                    dep.engines)  # fmt: skip
+                    dep.engines, day)  # fmt: skip
 
 
 # ---------------------------------------------------------------- build
@@ -290,8 +295,11 @@ def build(
     lookup = scenario.response_cache.lookup_latency_s if scenario.response_cache is not None else 0.0
     router, source, links = _connect(b, groups, engines, replica_of, pools, ok, hits, lookup, pulled)
     arrivals = int(np.isfinite(reqs.arrival_s).sum())
+    auto = None
+    if scenario.cluster.autoscaling is not None:
+        auto = build_autoscaler(scenario, groups[0], engines, replica_of, router, source)
     return Deployment(b.env, scenario, model, groups, reqs, table, engines, replica_of, router, source, links,
-                      hits, lookup, reasons, horizon, interval, arrivals)  # fmt: skip
+                      hits, lookup, reasons, horizon, interval, arrivals, auto)  # fmt: skip
 
 
 def _replicas(b: _Build, groups: list[Group]) -> tuple[list[Replica], list[int], dict[str, list[Replica]]]:
@@ -357,7 +365,8 @@ def _connect(
         route = None  # set below, once the source exists
 
     targets = None
-    if dg is None and len(front_pool) > 1 and not (follow_ups and cl.router == "round_robin"):
+    scaled = cl.autoscaling is not None  # (which replicas are ready changes: routes are decided on arrival)
+    if dg is None and len(front_pool) > 1 and not (follow_ups and cl.router == "round_robin") and not scaled:
         served = ~table.rejected if hits is None else ~table.rejected & ~hits
         targets = _static_routes(router, reqs, served, order, follow_ups and prefix is not None)
         if targets is not None:
@@ -371,7 +380,7 @@ def _connect(
 
     arrival = reqs.arrival_s + lookup if lookup else reqs.arrival_s
     # one continuous-batching replica taking every arrival as it comes reads them itself
-    pulled = pulled and dg is None and len(engines) == 1 and hits is None and not follow_ups
+    pulled = pulled and dg is None and len(engines) == 1 and hits is None and not follow_ups and not scaled
     pulled = pulled and router.max_ongoing is None and engines[0].group.serving.batching.mode != "static"
     source = Source(env, arrival, submit, order=order, pulled=pulled)
     if pulled:
@@ -489,6 +498,20 @@ def _puller(router: Router, e: Replica):
 
 
 # ---------------------------------------------------------------- summarize
+def _day(dep: Deployment, record: RunRecord, summary: dict) -> DayRecord | None:
+    """summary["day"] (and the day's cost, with autoscaling) of a run with a schedule or autoscaling."""
+    if dep.autoscaler is None and dep.scenario.workload.schedule is None:
+        return None
+    replicas = len(set(dep.replica_of))
+    day, cost, rec = day_summary(
+        dep.scenario, dep.headline, record.table, record.stats, dep.autoscaler, replicas
+    )
+    summary["day"] = day
+    if cost is not None:  # the GPUs actually held, not max_replicas for the whole run
+        summary["cost"] = cost | {k: v for k, v in summary["cost"].items() if k == "hosted_api"}
+    return rec
+
+
 def summarize_run(dep: Deployment, record: RunRecord, end: RunEnd) -> dict:
     """The summary of a run: the metrics of its records, why requests were rejected, its stability, and
     for a deployment of several replicas its cluster, replicas and links; the response cache's hits."""

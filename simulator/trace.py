@@ -79,6 +79,8 @@ def read_trace(name_or_path: str) -> Trace:
     """A built-in trace by name or a CSV/JSONL file with arrival and token-count columns."""
     builtin = name_or_path in BUILTIN_TRACES
     path = TRACE_DIR / BUILTIN_TRACES[name_or_path] if builtin else Path(name_or_path).expanduser()
+    if not builtin and _measured_run(path):
+        return _measured_trace(name_or_path)
     if not path.exists():
         raise ConfigError(
             f"workload.trace {name_or_path!r} not found; use {', '.join(BUILTIN_TRACES)} or a CSV/JSONL path"
@@ -101,6 +103,39 @@ def read_trace(name_or_path: str) -> Trace:
     return _trace(columns, src)
 
 
+# a measured run's JSON (simulator/measured.py) names one of these in its first few KB
+MEASURED_MARKS = ('"num_prompts"', '"benchmarks"', '"time_to_first_token"', '"metrics"')
+
+
+def _measured_run(path: Path) -> bool:
+    """Whether the file is a benchmark tool's result (simulator/measured.py), judged by its content; a path
+    ending in `#K` names one run of a file of several."""
+    if not path.exists() and "#" in path.name:
+        base = path.with_name(path.name.rpartition("#")[0])
+        return base.is_file() and _measured_run(base)
+    if not path.is_file():
+        return False
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            head = f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False  # (read_trace says why, in its own words)
+    return head.lstrip().startswith("{") and any(m in head for m in MEASURED_MARKS)
+
+
+def _measured_trace(name: str) -> Trace:
+    """A measured run as a trace: its requests' lengths, and their send times where the file has them."""
+    from simulator.measured import one_run
+
+    run = one_run(name)
+    if not run.per_request:
+        raise ConfigError(
+            f"{run.source}: workload.trace: a {run.format} result without per-request lengths; rerun the "
+            "benchmark with per-request output (vLLM: --save-detailed), or compare it with `validate`"
+        )
+    return Trace(run.start_s, run.prompt_tokens, run.output_tokens, run.source)
+
+
 @dataclass(slots=True)
 class _Columns:
     """What a reader hands back: the chosen columns' values, in file order."""
@@ -111,13 +146,16 @@ class _Columns:
     hash_ids: HashIds | None
 
 
-FORMATS = "a CSV with a header row (.csv), a JSON array of objects (.json) or JSON Lines (.jsonl)"
+FORMATS = (
+    "a CSV with a header row (.csv), a JSON array of objects (.json), JSON Lines (.jsonl), or a benchmark's "
+    "result (vLLM bench serve --save-detailed, GuideLLM, AIPerf profile_export.jsonl)"
+)
 
 
 def _read_any(f, suffix: str, src: str) -> _Columns:
     """The reader the file's name and content call for; JSON is never parsed as CSV."""
     if suffix == ".jsonl":
-        return _read_jsonl(_jsonl_rows(f, src), src)
+        return _read_jsonl(jsonl_rows(f, src), src)
     if suffix == ".json":
         return _read_json(f.read(), src)
     head = f.read(1)
@@ -137,7 +175,7 @@ def _read_json(text: str, src: str) -> _Columns:
         rows = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # more than one value: JSON Lines
-            return _read_jsonl(_jsonl_rows(io.StringIO(text), src), src)
+            return _read_jsonl(jsonl_rows(io.StringIO(text), src), src)
         raise ConfigError(
             f"{src}: workload.trace: not JSON (line {e.lineno}: {e.msg}); give {FORMATS}"
         ) from None
@@ -359,7 +397,7 @@ def _csv_columns(f, src: str) -> _Columns:
     return _Columns(prompt, output, arrival, ids.done() if hi is not None else None)
 
 
-def _jsonl_rows(f, src: str) -> Iterator[tuple[int, dict]]:
+def jsonl_rows(f, src: str) -> Iterator[tuple[int, dict]]:
     for line_no, line in enumerate(f, start=1):
         if not line.strip():
             continue

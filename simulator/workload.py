@@ -11,6 +11,8 @@ import numpy as np
 
 from core.errors import ConfigError
 from core.requests import ClassSegments, Requests
+from simulator.concurrency import closed_loop
+from simulator.rate_schedule import constant_rate, scheduled_arrivals
 from simulator.scenario import Exponential, Fixed, FromTrace, Lognormal, Uniform, Workload
 from simulator.trace import Trace, read_trace
 
@@ -45,8 +47,8 @@ def _lengths(spec, n: int, rng: np.random.Generator, trace_col: np.ndarray | Non
     raise ConfigError(f"unknown length distribution {spec!r}")
 
 
-def _gaps(w: Workload, n: int, rng: np.random.Generator) -> np.ndarray:
-    rate = w.arrival.rate_per_s
+def _gaps(w: Workload, n: int, rng: np.random.Generator, rate: float | None = None) -> np.ndarray:
+    rate = w.arrival.rate_per_s if rate is None else rate
     if w.arrival.process == "poisson":
         return rng.exponential(1.0 / rate, size=n)
     if w.arrival.process == "gamma":
@@ -57,6 +59,14 @@ def _gaps(w: Workload, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _arrivals(w: Workload, n: int | None, trace: Trace | None, rng: np.random.Generator) -> np.ndarray:
     """Arrival times: n of them, or all before duration_s."""
+    if w.schedule is not None:
+        rate = constant_rate(w.schedule)
+        if rate is None:
+            return scheduled_arrivals(w, n, lambda k: _gaps(w, k, rng, 1.0), DEFAULT_REQUESTS)
+        # one step: exactly the arrivals of arrival.rate_per_s at that rate
+        w = w.model_copy(
+            update={"arrival": w.arrival.model_copy(update={"rate_per_s": rate}), "schedule": None}
+        )
     if w.arrival.process == "trace":
         t0 = trace.arrival_s
         if t0[-1] == 0 and (w.arrival.rate_per_s or w.duration_s):
@@ -106,6 +116,11 @@ def generate(w: Workload, seed: int) -> Requests:
         )
     if w.classes:
         return _generate_classes(w, trace, arr_rng, p_rng, o_rng, c_rng)
+    if w.arrival.process == "closed_loop":
+        n = w.num_requests or (len(trace.prompt_tokens) if trace else DEFAULT_REQUESTS)
+        prompt = _lengths(w.prompt_tokens, n, p_rng, trace.prompt_tokens if trace else None)
+        output = _lengths(w.output_tokens, n, o_rng, trace.output_tokens if trace else None)
+        return closed_loop(w.arrival.concurrency, prompt, output)
     arrival = _arrivals(w, w.num_requests, trace, arr_rng)
     n = len(arrival)
     prompt = _lengths(w.prompt_tokens, n, p_rng, trace.prompt_tokens if trace else None)

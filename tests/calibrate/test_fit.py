@@ -16,12 +16,21 @@ SPEC = load_model("llama-3.1-8b")
 PLAN = make_plan(SPEC, "full", ["bf16"], Limits(380_000, 256, 32_768))
 
 # Known parameters in canonical form (launch = min of the two constants, so one ramp is zero).
+# Ramps as time (the fit writes them so): 3 GFLOP at 0.74 of the H100's peak, 2 MB at 0.30 of its bandwidth.
 TRUTH = Efficiencies(
     gemm=OpEfficiency(
-        compute=0.74, memory=0.86, compute_ramp_flops=3.0e9, memory_ramp_bytes=0.0, launch_s=4.0e-6
+        compute=0.74,
+        memory=0.86,
+        compute_ramp_s=3.0e9 / (0.74 * PROFILE.peak_flops("bf16")),
+        memory_ramp_s=0.0,
+        launch_s=4.0e-6,
     ),
     attention_prefill=OpEfficiency(
-        compute=0.42, memory=0.30, compute_ramp_flops=0.0, memory_ramp_bytes=2.0e6, launch_s=6.0e-6
+        compute=0.42,
+        memory=0.30,
+        compute_ramp_s=0.0,
+        memory_ramp_s=2.0e6 / (0.30 * PROFILE.memory_bandwidth),
+        launch_s=6.0e-6,
     ),
     attention_decode=OpEfficiency(compute=0.3, memory=0.21, launch_s=9.0e-6),
     elementwise=OpEfficiency(compute=0.1, memory=0.68, launch_s=5.0e-6),
@@ -58,10 +67,10 @@ def group_of(cm: CostModel, p) -> str:
 
 
 def close(a: OpEfficiency, b: OpEfficiency, rel: float = 0.02, fields=None):
-    for f in fields or ("compute", "memory", "compute_ramp_flops", "memory_ramp_bytes", "launch_s"):
+    for f in fields or ("compute", "memory", "compute_ramp_s", "memory_ramp_s", "launch_s"):
         x, y = getattr(a, f), getattr(b, f)
         if y == 0:
-            scale = {"compute_ramp_flops": 1e7, "memory_ramp_bytes": 1e4, "launch_s": 1e-8}.get(f, 1e-3)
+            scale = {"compute_ramp_s": 2e-8, "memory_ramp_s": 5e-9, "launch_s": 1e-8}.get(f, 1e-3)
             assert abs(x) < scale, (f, x, y)
         else:
             assert abs(x / y - 1) < rel, (f, x, y)
@@ -73,9 +82,7 @@ def test_each_group_is_recovered_from_its_microbenchmarks(group):
     recs = [r for r in synthetic(TRUTH) if group_of(cm, r) == group]
     assert len(recs) >= 6, group
     f = fit_group(cm, group, recs, getattr(PROFILE.efficiency, group) or PROFILE.efficiency.attention_prefill)
-    fields = (
-        ("memory", "memory_ramp_bytes", "launch_s") if group in ("attention_decode", "elementwise") else None
-    )
+    fields = ("memory", "memory_ramp_s", "launch_s") if group in ("attention_decode", "elementwise") else None
     if group == "attention_fresh":  # long causal prompts: compute-bound, the memory terms never bind, and
         # only the compute side's fixed time (ramp / rate + launch) is identifiable
         fields = ("compute",)

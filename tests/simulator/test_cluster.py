@@ -198,5 +198,7 @@ def test_itl_of_two_token_outputs_is_their_tpot():
     tpot = np.sort(t.finish_s - t.first_token_s)
     lat = f.summary["latency_s"]
     assert f.stats.itl_hist.sum() == len(tpot)
-    for q in (50, 90, 99):  # histogram bins are 0.46% wide
-        assert lat["itl"][f"p{q}"] == pytest.approx(np.percentile(tpot, q), rel=0.02)
+    for q in (50, 90, 99):  # histogram bins are 0.46% wide; a quantile that falls between two samples
+        # (here p90 can sit in the gap between steps with and without a prefill) lies between them
+        lo, hi = np.percentile(tpot, q, method="lower"), np.percentile(tpot, q, method="higher")
+        assert 0.98 * lo <= lat["itl"][f"p{q}"] <= 1.02 * hi

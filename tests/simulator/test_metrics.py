@@ -1,8 +1,10 @@
 """The summary's typed inputs: scheduler counters summed explicitly, a summary without a run."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from core.hardware import load_profile
 from core.model_spec import load_model
@@ -55,3 +57,24 @@ def test_summary_without_a_run_has_the_deployment_only():
     assert {k: full[k] for k in alone} == alone
     assert full["requests"]["finished"] == int(np.isfinite(f.table.finish_s).sum()) > 0
     assert full["latency_s"] == f.summary["latency_s"]
+
+
+def test_vllm_names_agree_with_the_planners_own_keys_and_the_percentiles_flag(tmp_path):
+    from simulator.cli import main
+
+    out = tmp_path / "run"
+    assert (
+        main(["run", "--no-capacity", "--requests", "150", "--percentiles", "50,90,99", "--out", str(out)])
+        == 0
+    )
+    s = json.loads((out / "summary.json").read_text())
+    lat, t = s["latency_s"], s["throughput"]
+    for ours, theirs in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el")):
+        assert s[f"p90_{theirs}_ms"] == pytest.approx(lat[ours]["p90"] * 1e3, rel=1e-12)
+        assert s[f"mean_{theirs}_ms"] == pytest.approx(lat[ours]["mean"] * 1e3, rel=1e-12)
+        assert s[f"median_{theirs}_ms"] == pytest.approx(lat[ours]["p50"] * 1e3, rel=1e-12)
+    assert s["p99_itl_ms"] == pytest.approx(lat["itl"]["p99"] * 1e3, rel=1e-12)
+    assert s["request_throughput"] == pytest.approx(t["requests_per_s"], rel=1e-12)
+    assert s["output_throughput"] == pytest.approx(t["output_tokens_per_s"], rel=1e-12)
+    assert s["total_token_throughput"] == pytest.approx(t["input_tokens_per_s"] + t["output_tokens_per_s"])
+    assert "p95_ttft_ms" not in s and s["request_goodput"] == pytest.approx(s["goodput"]["requests_per_s"])

@@ -62,11 +62,13 @@ def test_int4_gemm_adds_dequantization_per_token_tile():
     alu = L4.peak_tflops.fp32 * 1e12 / 2
     e = int4.gemm_eff
     for tokens in (1, 64, 65, 4096):
-        compute16 = (2.0 * tokens * k * n + e.compute_ramp_flops) / (e.compute * int4.gemm_peak)
+        compute16 = (2.0 * tokens * k * n + e.compute_ramp_flops) / (
+            e.compute * int4.gemm_peak
+        ) + e.compute_ramp_s
         deq = k * n * math.ceil(tokens / DEQUANT_TILE_TOKENS) * DEQUANT_INSTR_PER_WEIGHT / alu
         mem4 = (k * n * dtype_bytes("int4") + tokens * (k + n) * 2.0 + e.memory_ramp_bytes) / (
             e.memory * int4.bw
-        )
+        ) + e.memory_ramp_s
         assert int4._weight_gemm(tokens, k, n) == pytest.approx(max(compute16 + deq, mem4) + e.launch_s)
     # batch 1: a quarter of the bytes; 4096 tokens: 16-bit compute plus dequantization, slower than bf16
     assert int4._weight_gemm(1, k, n) < 0.4 * bf16._weight_gemm(1, k, n)

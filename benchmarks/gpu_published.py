@@ -1,0 +1,236 @@
+"""GPUs we cannot run here, against published measurements: what each profile was fitted to, and the held-out checks.
+
+    python benchmarks/gpu_published.py     # prints the table, writes benchmarks/results/gpu_published.md
+
+Two kinds of rows. **fit**: a published ceiling a profile takes as its sustained rate (`sustained` in the
+profile, its source cited there); these are inputs, never reported as checks. **check**: a published
+measurement no profile was fitted to, with our forecast of the same work and the error
+(forecast / published − 1). Each row names its engine; our forecasts are for our own engine's kernels
+(CUDA graphs, fused GEMMs), so a published run of another engine differs by that engine's overheads too,
+and the row says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
+import numpy as np
+
+from core.cost_model import BatchShape, CostModel
+from core.engine_profile import load_engine_profile
+from core.hardware import load_profile
+from core.model_spec import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 2**30
+T4_GEMV = (
+    "https://github.com/pytorch/pytorch/issues/195716 (table 'fp16, [M,896] @ [896,4864]', Tesla T4 column)"
+)
+T4_HF = "https://kd.iw.mk/dohu012/llm-quantization-benchmark (table: Qwen2.5-0.5B-Instruct on a Colab T4, FP16 row)"
+
+
+@dataclass
+class Row:
+    gpu: str
+    what: str
+    engine: str
+    source: str
+    published: float  # in `unit`
+    unit: str
+    forecast: float | None = None  # filled for checks
+    role: str = "check"
+    note: str = ""
+
+
+def gemm_seconds(gpu: str, m: int, k: int, n: int) -> float:
+    """Our cost model's time for one [m, k] @ [k, n] 16-bit GEMM on the GPU (the fitted GEMM curve)."""
+    spec = load_model("qwen2.5-0.5b")  # any model: _weight_gemm uses only the profile and the shape
+    return CostModel(load_profile(gpu), spec, "fp16", serving_host=False)._weight_gemm(m, k, n)
+
+
+def decode_tokens_per_s(
+    gpu: str, model: str, context: int, dtype: str = "fp16", engine: str | None = None
+) -> float:
+    """Batch-1 decode steps on the GPU profile with an engine profile (None: ours, CUDA graphs), as the simulator
+    builds its cost model for a scenario naming that engine (eager launches where the engine has no graphs)."""
+    eng = load_engine_profile(engine) if engine else None
+    eager = eng is not None and eng.scheduling.cuda_graphs == "none"
+    cm = CostModel(
+        load_profile(gpu), load_model(model), dtype, eager_prefill=eager, engine=eng, eager_decode=eager
+    )
+    return 1.0 / cm.step_time(BatchShape.of([], [context]))
+
+
+TRTLLM = (
+    "TensorRT-LLM perf overview, v0.14.0 data (github.com/NVIDIA/TensorRT-LLM docs/source/performance/perf-overview.md "
+    "at v0.14/v0.15, 'LLaMA v3.1 8B', TP 1): trtllm-bench throughput, offline, requests at an infinite rate, "
+    "fixed lengths, total output tokens/s"
+)
+# (ISL, OSL): output tokens/s of Llama-3.1-8B at TP 1 on H100 80GB HBM3 FP16, A100-SXM4-80GB FP16, H100 FP8, H200 FP8
+TRTLLM_8B = {
+    (128, 128): (15571.6549, 6701.7958, 26933.1886, 27778.8885),
+    (128, 2048): (9150.7477, 4963.4443, 18995.2523, 22948.5383),
+    (128, 4096): (5368.9227, 3011.3335, 11815.449, 15583.3035),
+    (500, 2000): (7498.3331, 3945.1912, 14993.328, 19510.4015),
+    (1000, 1000): (7054.5156, 3634.3886, 14108.0361, 16414.6988),
+    (2048, 128): (1904.3259, 795.389, 3460.3545, 3619.4309),
+    (2048, 2048): (4159.6857, 2264.9513, 8777.6623, 11032.9729),
+    (5000, 500): (1708.0353, 790.6631, 3258.2001, 3787.6721),
+}
+
+
+def offline_output_tps(gpu: str, isl: int, osl: int, dtype: str, requests: int = 600) -> float:
+    """Output tokens/s of our simulator for an offline run as trtllm-bench's: every request at once, fixed lengths,
+    Llama-3.1-8B, up to 256 sequences a step (both GPUs alike; KV room limits them where it is smaller)."""
+    from simulator.scenario import parse_scenario
+    from simulator.simulation import simulate
+
+    kv = "fp8" if dtype == "fp8" else "bf16"  # trtllm-bench's FP8 engines store the KV cache in FP8 too
+    sc = parse_scenario(
+        {
+            "name": f"trtllm-{gpu}-{isl}-{osl}",
+            "seed": 0,
+            "model": "llama-3.1-8b",
+            "hardware": {"gpu": gpu},
+            "serving": {
+                "batching": {"max_num_seqs": 256, "max_num_batched_tokens": 8192},
+                "precision": {"weight_dtype": dtype, "kv_dtype": kv},
+            },
+            "workload": {
+                "arrival": {"process": "constant", "rate_per_s": 1e6},
+                "prompt_tokens": {"dist": "fixed", "value": isl},
+                "output_tokens": {"dist": "fixed", "value": osl},
+                "num_requests": requests,
+            },
+        }
+    )
+    return simulate(sc).summary["throughput"]["output_tokens_per_s"]
+
+
+def ratio_rows() -> list[Row]:
+    """Cross-GPU ratios of one engine's published runs against ours: the engine's own overheads mostly cancel, so
+    the ratio checks what the GPU profiles say about one GPU against another (A100 transferred; H200 measured)."""
+    out = []
+    for (isl, osl), (h100_16, a100_16, _, _) in TRTLLM_8B.items():
+        ours = offline_output_tps("a100-80gb-sxm", isl, osl, "bf16") / offline_output_tps(
+            "h100-sxm", isl, osl, "bf16"
+        )
+        out.append(Row("a100-80gb-sxm", f"Llama-3.1-8B 16-bit {isl}/{osl}, A100 / H100 output tokens/s", "TensorRT-LLM 0.14",
+                       TRTLLM, a100_16 / h100_16, "×", ours, role="check",
+                       note="ratio of two runs of one engine; ours: our engine on both (bf16 = FP16's bytes and rate)"))  # fmt: skip
+    for (isl, osl), (_, _, h100_8, h200_8) in TRTLLM_8B.items():
+        ours = offline_output_tps("h200", isl, osl, "fp8") / offline_output_tps("h100-sxm", isl, osl, "fp8")
+        out.append(Row("h200", f"Llama-3.1-8B FP8 {isl}/{osl}, H200 / H100 output tokens/s", "TensorRT-LLM 0.14",
+                       TRTLLM, h200_8 / h100_8, "×", ours, role="check",
+                       note="both GPUs measured here: checks the measured profiles the transfer rule starts from"))  # fmt: skip
+    return out
+
+
+def rows() -> list[Row]:
+    out = [
+        Row("t4", "fp16 GEMM 4096³ back to back", "cuBLAS", "https://forums.developer.nvidia.com/t/about-gpu-peak-performance/264462",
+            24.0, "TFLOP/s", role="fit", note="the T4's sustained fp16 rate (70 W power cap)"),
+        Row("a100-40gb / a100-80gb-sxm", "bf16 matmul, best shape", "torch.matmul (mamf-finder)",
+            "github.com/stas00/ml-engineering compute/accelerator README, MAMF table", 271.2, "TFLOP/s", role="fit"),
+        Row("a100-40gb", "device memcopy", "CUDA", "github.com/PTsolvers/gpu-workshop-JuliaCon23/issues/7", 1355.0, "GB/s", role="fit"),
+        Row("a100-80gb-sxm", "DRAM read kernel", "CUDA (Nsight Compute)",
+            "forums.developer.nvidia.com/t/trouble-to-reach-peak-bandwidth-of-a100/339083", 1800.0, "GB/s", role="fit"),
+        Row("b200", "bf16 / fp8 matmul, best shape", "torch.matmul (mamf-finder)",
+            "github.com/stas00/ml-engineering compute/accelerator README, MAMF table", 1745.0, "TFLOP/s (bf16)", role="fit",
+            note="fp8 3,432.5"),
+        Row("mi300x", "bf16 matmul, best shape", "torch.matmul (mamf-finder, TunableOp)",
+            "github.com/stas00/ml-engineering compute/accelerator README, MAMF table", 668.4, "TFLOP/s", role="fit"),
+    ]  # fmt: skip
+    # held-out: the T4's small-M GEMM of Qwen2.5-0.5B's gate/up shape, as effective GiB/s of the fp16 weights
+    weight_bytes = 896 * 4864 * 2
+    for m, gib_s in ((1, 106.7), (2, 88.1), (4, 90.1), (8, 88.5)):
+        t = gemm_seconds("t4", m, 896, 4864)
+        out.append(
+            Row("t4", f"fp16 GEMM [{m},896]@[896,4864]", "PyTorch eager matmul (cuBLAS)", T4_GEMV, weight_bytes / (gib_s * GIB) * 1e6,
+                "µs", t * 1e6, note="published as effective GiB/s of the weights; timed from Python, launch overhead included"))  # fmt: skip
+    out.append(
+        Row("t4", "Qwen2.5-0.5B fp16 decode, batch 1, 128 new tokens", "transformers generate (eager)", T4_HF, 24.4, "tokens/s",
+            decode_tokens_per_s("t4", "qwen2.5-0.5b", 200, engine="transformers-generate"),
+            note="forecast with the transformers-generate engine profile, whose host times were measured on the H200's "
+            "host, not a Colab CPU; the run's transformers version is not stated"))  # fmt: skip
+    out.append(
+        Row("t4", "(same, our engine: CUDA graphs)", "ours", T4_HF, 24.4, "tokens/s",
+            decode_tokens_per_s("t4", "qwen2.5-0.5b", 200), role="context",
+            note="engine mismatch on purpose: what the T4 does without eager launches, not a check of the row"))  # fmt: skip
+    return out + ratio_rows()
+
+
+def check_errors(gpu: str) -> list[float]:
+    """Held-out errors (%) of one GPU's checks (what `python -m simulator gpus` shows)."""
+    return [
+        (r.forecast / r.published - 1.0) * 100.0
+        for r in rows()
+        if r.role == "check" and r.gpu == gpu and r.forecast is not None
+    ]
+
+
+def _value(x: float, unit: str) -> str:
+    return f"{x:.3f}{unit}" if unit == "×" else f"{x:,.1f} {unit}"
+
+
+def per_gpu(rs: list[Row]) -> str:
+    """One line per GPU with held-out checks: how many and their median |error|."""
+    out = []
+    for gpu in sorted({r.gpu for r in rs if r.role == "check"}):
+        e = [abs(r.forecast / r.published - 1.0) * 100.0 for r in rs if r.role == "check" and r.gpu == gpu]
+        out.append(
+            f"- {gpu}: {len(e)} held-out checks, median |error| {np.median(e):.0f}% (worst {max(e):.0f}%)"
+        )
+    return "\n".join(out)
+
+
+def table(rs: list[Row]) -> tuple[str, list[float]]:
+    lines = [
+        "| GPU | role | what | engine | published | our forecast | error | source / note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    errs = []
+    for r in rs:
+        if r.forecast is None:
+            fc, err = "—", "(fitted to it)"
+        else:
+            e = (r.forecast / r.published - 1.0) * 100.0
+            if r.role == "check":
+                errs.append(e)
+            fc, err = _value(r.forecast, r.unit), f"{e:+.0f}%"
+        note = r.source + (f"; {r.note}" if r.note else "")
+        lines.append(
+            f"| {r.gpu} | {r.role} | {r.what} | {r.engine} | {_value(r.published, r.unit)} | {fc} | {err} | {note} |"
+        )
+    return "\n".join(lines), errs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_published.md")
+    args = ap.parse_args()
+    rs = rows()
+    body, errs = table(rs)
+    checks = [r for r in rs if r.role == "check"]
+    text = (
+        "# GPUs we cannot run here, against published measurements\n\n"
+        "`python benchmarks/gpu_published.py`. fit rows are the sustained ceilings the profiles take (inputs); "
+        "check rows are held out: our forecast of the same work, error = forecast / published − 1.\n\n"
+        f"{body}\n\n"
+        f"{len(checks)} held-out rows (context rows are not checks); median |error| {np.median(np.abs(errs)):.0f}%:\n\n"
+        f"{per_gpu(rs)}\n\n"
+        "No held-out published run was found for L4, A10G, A100 40GB, H100 PCIe, B200 or MI300X: their profiles are "
+        "transferred and set to the ceilings above, unvalidated beyond that.\n"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text, end="")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

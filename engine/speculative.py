@@ -1,0 +1,143 @@
+"""Speculative decoding in the serving loop: a draft model proposes k tokens, the target verifies k + 1 positions.
+
+The scheduler (core/scheduler.py, the simulator's) decides when a step is a speculative round: while at most
+`max_batch` sequences decode and blocks for a full round are free; above that batch size it schedules plain
+decode steps, as the simulator does. A round here is real work on both models:
+
+1. the draft model catches up and drafts: its first step feeds every decoding sequence the tokens its own KV
+   lacks (one, or two after a round that accepted every draft, more after steps without speculation), beside
+   the step's prompt chunks (the draft prefills every prompt too); then k − 1 decode steps, k drafts per
+   sequence, each step's sampled ids the next step's input;
+2. the target verifies in one step: per sequence a chunk of k + 1 tokens (its last token and the k drafts)
+   after its context, mixed with the step's prompt chunks, sampling all k + 1 positions;
+3. acceptance: a sequence keeps the leading accepted drafts, plus the target's token after them.
+   **The weights are random, so the draft's tokens almost never equal the target's: which drafts are
+   accepted is decided per position by a seeded draw, each accepted with probability α** (`acceptance=
+   "draw"`, the simulator's model), while the steps, the KV written and the scheduling are the real ones.
+   `acceptance="greedy"` accepts a draft when it equals the target's argmax (standard greedy verification;
+   with a draft identical to the target every draft is accepted, which the tests use to check that the
+   tokens equal a run without speculation);
+4. roll-back: KV written for rejected positions is dropped: the scheduler's block pool returns the blocks
+   reserved for them (`Scheduler._spec_round`), and in the engine's per-sequence region the sequence's
+   length simply stops before them (the next round overwrites those slots); the draft's KV length goes back
+   to the accepted prefix the same way.
+
+Regions hold k tokens more than a sequence's final length (the verification writes up to k positions past
+the tokens a sequence keeps). The draft's KV pool mirrors the target's layout: a sequence's draft KV sits at
+the same slots of the draft's pool as its target KV in the target's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+ACCEPTANCE = ("draw", "greedy")
+
+
+@dataclass(slots=True)
+class SpecRun:
+    """Speculative decoding for `serve`: the draft model's executor (a pool of as many tokens as the target's),
+    k drafts per round, off above `max_batch` decoding sequences, acceptance rate α per request (or one)."""
+
+    draft: object  # engine.serving.Executor of the draft model
+    k: int
+    max_batch: int
+    alpha: float | np.ndarray = 0.7
+    acceptance: str = "draw"
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"speculative k must be at least 1 (got {self.k})")
+        if self.acceptance not in ACCEPTANCE:
+            raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE)} (got {self.acceptance!r})")
+
+
+class Speculator:
+    """The draft model's state during one replay, and the rounds it runs (see the module's docstring)."""
+
+    def __init__(self, spec: SpecRun, target, n: int, seed: int) -> None:
+        self.spec, self.target, self.draft = spec, target, spec.draft
+        if self.draft.scratch != target.scratch:
+            raise ValueError(
+                f"the draft's KV pool ({self.draft.scratch} tokens) must match the target's ({target.scratch})"
+            )
+        self.dlen = np.zeros(n, dtype=np.int64)  # positions with the draft's KV, per request
+        alpha = np.asarray(spec.alpha, dtype=float)
+        self.alpha = np.broadcast_to(alpha, (n,)) if alpha.ndim == 0 else alpha
+        # acceptance draws: their own stream of the run's seed
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+        self.rounds = self.drafted = self.accepted = 0
+        self.draft_s = 0.0  # seconds of the drafting part of rounds (host clock, to the ids' copy back)
+
+    def prefill(self, batch, prefills: list) -> None:
+        """The draft model computes the step's prompt chunks too (its KV for them; no tokens sampled)."""
+        if not prefills:
+            return
+        self.draft.step([(s, p, c, t, False) for s, p, c, t, _ in prefills], None)
+        self._prefilled(batch, prefills)
+
+    def _prefilled(self, batch, prefills: list) -> None:
+        for (seq, _), (_, p, c, _, _) in zip(batch.prefills, prefills, strict=True):
+            self.dlen[seq.rid] = p + c
+
+    def round(self, batch, run, prefills: list, dec, d_rids: np.ndarray, d_pos: np.ndarray):
+        """One speculative round for the batch's decoding sequences (and its prompt chunks). Writes the tokens
+        each sequence keeps into the run's id stream, sets `batch.spec_accepted`; returns (the ids sampled
+        for the prompt chunks that want one, tokens kept per decoding sequence)."""
+        k, ids, off = self.spec.k, run.ids, run.off
+        starts, ctx, last = dec
+        n = len(ctx)
+        t0 = time.perf_counter()
+        # 1. the draft: catch-up (and the prompt chunks) in its first step, then k - 1 decode steps
+        drafts = np.empty((n, k), dtype=np.int64)
+        gap = ctx - self.dlen[d_rids]
+        chunks = np.flatnonzero(gap > 1)
+        singles = np.flatnonzero(gap <= 1)
+        pre = [(s, p, c, t, False) for s, p, c, t, _ in prefills]
+        for i in chunks:
+            a = int(self.dlen[d_rids[i]])
+            pre.append((int(starts[i]), a, int(gap[i]), ids[off[d_rids[i]] + a : d_pos[i]], True))
+        single = (starts[singles], ctx[singles], last[singles]) if len(singles) else None
+        out = self.draft.step(pre, single)
+        drafts[chunks, 0] = out[: len(chunks)]
+        drafts[singles, 0] = out[len(chunks) :]
+        for j in range(1, k):
+            drafts[:, j] = self.draft.step([], (starts, ctx + j, drafts[:, j - 1]))
+        self._prefilled(batch, prefills)
+        self.draft_s += time.perf_counter() - t0
+        # 2. the target verifies k + 1 positions per sequence, beside the prompt chunks
+        verify = [
+            (int(starts[i]), int(ctx[i]) - 1, k + 1, np.concatenate([[last[i]], drafts[i]]), k + 1)
+            for i in range(n)
+        ]
+        sampled = self.target.step(list(prefills) + verify, None)
+        n_first = len(sampled) - n * (k + 1)
+        target = sampled[n_first:].reshape(n, k + 1)
+        # 3. acceptance: leading drafts accepted (a seeded draw at rate α, or the target's argmax agreeing)
+        if self.spec.acceptance == "draw":
+            hit = self.rng.random((n, k)) < self.alpha[d_rids][:, None]
+        else:
+            hit = drafts == target[:, :k]
+        acc = np.where(hit.all(axis=1), k, np.argmin(hit, axis=1)).astype(np.int64)
+        gen = ctx - run.prompt[d_rids]
+        keep = np.minimum(acc + 1, run.output[d_rids] - gen)  # as Scheduler._spec_round caps it
+        for i in range(n):
+            t = int(keep[i])
+            toks = np.concatenate([drafts[i, : min(t, int(acc[i]))], target[i, acc[i] : acc[i] + 1]])[:t]
+            ids[d_pos[i] : d_pos[i] + t] = toks
+        # 4. roll-back: the draft's KV is valid up to its accepted prefix (the target's: the scheduler's ctx)
+        self.dlen[d_rids] = np.minimum(ctx + acc, ctx + k - 1)
+        batch.spec_accepted = acc
+        self.rounds += n
+        self.drafted += n * k
+        self.accepted += int(acc.sum())
+        return sampled[:n_first], keep
+
+    def stats(self) -> dict:
+        """Rounds (one per sequence per round), drafts, accepted drafts, and the rounds' drafting seconds."""
+        return {"rounds": self.rounds, "drafted": self.drafted, "accepted": self.accepted,
+                "acceptance": self.accepted / self.drafted if self.drafted else float("nan"),
+                "draft_s": self.draft_s}  # fmt: skip
