@@ -109,7 +109,7 @@ def check_moe(dev: str, tiny: bool) -> list[dict]:
         wd = (torch.randn(e, h, i, device=dev, generator=g) * i**-0.5).to(dtype)
         w, ids = route(torch.randn(t, e, device=dev, generator=g), k, True)
         err = rel_err(fused_moe(x, wgu, wd, w, ids), moe_reference(x, wgu, wd, w, ids))
-        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        tol = 1e-4 if dtype == torch.float32 else 5e-2  # bf16: a few ulps of the largest output
         out.append({"kernel": "fused_moe", "experts": e, "top_k": k, "hidden": h, "inter": i, "tokens": t,
                     "rel_err": err, "tol": tol, "ok": err < tol})  # fmt: skip
         log(f"check fused_moe E={e} k={k} H={h} I={i} T={t}: max rel error {err:.2e} (tolerance {tol:g})")
@@ -143,7 +143,7 @@ def check_mla(dev: str, tiny: bool) -> list[dict]:
         o = mla_decode(qa, pool, lay, rank, scale)
         got = [o[2 + j] for j in range(len(prior))]
     out = []
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    tol = 1e-4 if dtype == torch.float32 else 5e-2  # bf16: a few ulps of the largest output
     for j, (kl, ks) in enumerate(zip(lay.k_lens[1:], lay.k_starts[1:], strict=True)):
         c = pool[ks : ks + kl, 0].float()
         want = _sdpa(qa[2 + j : 3 + j].float(), c[:, None], c[:, None, :rank], scale)[0]
@@ -283,8 +283,11 @@ def tile_sweep(model, spec: ModelSpec, dev: str, tokens: int) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- 4. fidelity
 def fidelity_rows(models: list[str], refs: list[str], args, profile: str, out: Path) -> list[dict]:
-    import fidelity  # benchmarks/fidelity.py (needs the simulator: pydantic, simpy)
-
+    try:
+        import fidelity  # benchmarks/fidelity.py (needs the simulator: pydantic, simpy)
+    except ImportError as e:  # the step bars are already written; say what the rows need
+        log(f"fidelity rows skipped: {e} (the simulator needs pydantic and simpy)")
+        return [{"row": m, "model": m, "error": f"ImportError: {e}"} for m in models]
     work = Path(tempfile.mkdtemp(prefix="moe_mla_fid_"))
     ns = argparse.Namespace(device="cpu" if args.cpu else "cuda", utilization=0.9, duration=args.duration,
                             reserve_gib=None)  # fmt: skip

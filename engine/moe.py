@@ -17,6 +17,8 @@ the CPU and to check the kernel.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from engine.fused import act_mul
@@ -60,6 +62,17 @@ def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor
     flat = ids.reshape(-1)
     pairs = flat.numel()
     dev = flat.device
+    rows = align_rows(pairs, num_experts, block)
+    if triton is not None and (flat.is_cuda or _interpreted()) and pairs <= ALIGN_KERNEL_MAX_PAIRS:
+        sorted_ids = torch.empty(rows, dtype=torch.int32, device=dev)
+        block_expert = torch.empty(rows // block, dtype=torch.int32, device=dev)
+        p2 = triton.next_power_of_2
+        _align_kernel[(1,)](
+            flat.contiguous(), sorted_ids, block_expert, pairs, rows,
+            E=num_experts, E_P2=max(16, p2(num_experts)), BM=block, P_P2=max(16, p2(pairs)),
+            R_P2=p2(rows), B_P2=max(16, p2(rows // block)), num_warps=4,
+        )  # fmt: skip
+        return sorted_ids, block_expert
     counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
     counts.scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block - 1) // block * block
@@ -68,8 +81,6 @@ def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor
     e_sorted = flat[order]
     rank = torch.arange(pairs, device=dev) - (torch.cumsum(counts, 0) - counts)[e_sorted]
     dest = (pad_end - padded)[e_sorted] + rank
-    rows = pairs + num_experts * (block - 1)
-    rows = (rows + block - 1) // block * block
     sorted_ids = torch.full((rows,), pairs, dtype=torch.int32, device=dev)
     sorted_ids.scatter_(0, dest, order.to(torch.int32))
     starts = torch.arange(0, rows, block, device=dev)
@@ -78,7 +89,51 @@ def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor
     return sorted_ids, block_expert
 
 
+ALIGN_KERNEL_MAX_PAIRS = 128  # up to this many (token, expert) pairs `align` is one Triton program
+
+
+def align_rows(pairs: int, num_experts: int, block: int) -> int:
+    """Rows of the sorted list: every pair plus each expert's padding, rounded up to whole blocks."""
+    return (pairs + num_experts * (block - 1) + block - 1) // block * block
+
+
 if triton is not None:
+
+    @triton.jit
+    def _align_kernel(
+        IDS,
+        SORTED,
+        BLOCK_E,
+        pairs,
+        rows,
+        E: tl.constexpr,
+        E_P2: tl.constexpr,
+        BM: tl.constexpr,
+        P_P2: tl.constexpr,
+        R_P2: tl.constexpr,
+        B_P2: tl.constexpr,
+    ):
+        """`align` in one program for small steps (decode): one launch instead of a sort and its scans."""
+        p = tl.arange(0, P_P2)
+        valid = p < pairs
+        e = tl.load(IDS + p, mask=valid, other=E).to(tl.int32)
+        # rank of each pair among the earlier pairs of its expert (the stable sort's order)
+        same = (e[:, None] == e[None, :]) & (p[None, :] < p[:, None]) & valid[None, :]
+        rank = tl.sum(same.to(tl.int32), 1)
+        ex = tl.arange(0, E_P2)
+        hit = (ex[:, None] == e[None, :]) & valid[None, :]  # [E_P2, P_P2]
+        counts = tl.sum(hit.to(tl.int32), 1)
+        padded = (counts + BM - 1) // BM * BM
+        pad_end = tl.cumsum(padded, 0)
+        pad_start = pad_end - padded
+        start = tl.sum(tl.where(hit, pad_start[:, None], 0), 0)  # each pair's expert's first row
+        r = tl.arange(0, R_P2)
+        tl.store(SORTED + r, tl.full((R_P2,), 0, tl.int32) + pairs, mask=r < rows)
+        tl.debug_barrier()  # the padding first, then the pairs over it
+        tl.store(SORTED + start + rank, p, mask=valid)
+        b = tl.arange(0, B_P2)
+        blk = tl.sum(((pad_end[None, :] <= (b * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
+        tl.store(BLOCK_E + b, tl.where(blk < E, blk, -1), mask=b < rows // BM)
 
     @triton.jit
     def _moe_gemm_kernel(
@@ -204,6 +259,20 @@ def fused_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Te
     tw = weights.reshape(-1).float().contiguous()
     y = grouped_gemm(h2, w_down, sorted_ids, block_expert, 1, pairs, cfg_d, weights=tw)
     return y.view(t, top_k, hidden).sum(1)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def align_reference(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`align` through torch ops only (what it runs for large steps), for the tests."""
+    global ALIGN_KERNEL_MAX_PAIRS
+    keep, ALIGN_KERNEL_MAX_PAIRS = ALIGN_KERNEL_MAX_PAIRS, -1
+    try:
+        return align(ids, num_experts, block)
+    finally:
+        ALIGN_KERNEL_MAX_PAIRS = keep
 
 
 def use_fused(x: torch.Tensor) -> bool:
