@@ -10,6 +10,7 @@ latency at p50/p90/p99 and throughput, with the simulator's error relative to th
     python benchmarks/fidelity.py --quick            # two rows (about 2 minutes)
     python benchmarks/fidelity.py --only qwen        # rows whose name contains 'qwen' (resumes the rest)
     python benchmarks/fidelity.py --device cpu --quick   # tiny model on the CPU: tests the pipeline
+    python benchmarks/fidelity.py --engine transformers  # transformers' H200 runs (benchmarks/fidelity_transformers.py)
 
 Writes benchmarks/results/fidelity_<profile>.md and, per row, raw per-request CSVs and a JSON summary
 under benchmarks/results/fidelity/<profile>/<row>/. Rows already there are reused unless --rerun.
@@ -684,7 +685,22 @@ def main(argv: list[str] | None = None) -> int:
         help="no device: redo the simulator's side of the stored rows with the current code and profile",
     )
     p.add_argument("--out-dir", default=str(RESULTS), help="results folder (default benchmarks/results)")
+    p.add_argument(
+        "--engine",
+        default="ours",
+        choices=("ours", "transformers"),
+        help="ours (default: runs our engine) or transformers (no device: its committed H200 runs replayed "
+        "through the simulator, benchmarks/fidelity_transformers.py)",
+    )
     args = p.parse_args(argv)
+    if args.engine == "transformers":
+        import fidelity_transformers
+
+        try:
+            return fidelity_transformers.main("python benchmarks/fidelity.py --engine transformers")
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.fresh:
         print("note: --fresh is now called --rerun", file=sys.stderr)
         args.rerun = True

@@ -4,7 +4,11 @@
 
 The model (core/engine_profile.py): a step's time is the cost model's GPU time for the step's shape
 (the committed GPU profile, the catalogue model, `serving_host=False`: GPU work only) times the engine's
-kernel factors, plus `per_step_s + per_sequence_s · sequences + per_prompt_token_s · prompt tokens`.
+kernel factors, plus `per_step_s + per_sequence_s · sequences + per_prompt_token_s · prompt tokens`, times
+the model's layers counted by the operators its architecture launches per forward (`--operators`, written by
+calibrate/operator_count.py; an eager engine's host time follows its launches: Gemma 3's layer launches almost
+twice Llama's), in layers of the fitted model. The report's leave-one-model-out section fits each rule (per step,
+per layer, per operator) without one model and checks it on that model.
 Rows come from the raw files under the folder (sub-folders too, one per session) as they are found
 (`calibrate/transformers_runs.py` writes them):
 
@@ -1046,7 +1050,7 @@ def _profile_notes(
     static: bool,
     recorded: bool,
     table: str,
-    operators: bool = False,
+    operators: OperatorCounts | None = None,
 ) -> str:
     """The profile's notes: how the runs were made and what sets the error."""
     return (
@@ -1055,8 +1059,10 @@ def _profile_notes(
         f"GPU's kernels a median {share:.0%} of a fitted row) and grows with the model's layers, so the host "
         "terms are per layer"
         + (
-            ", a model's layers counted by the operators its architecture launches per forward (host.operators; "
-            "Gemma 3's layer launches 101 where Llama's launches 55: the table's leave-one-model-out section). "
+            ", a model's layers counted by the operators its architecture launches per forward (host.operators: per "
+            "layer "
+            + ", ".join(f"{t} {c.per_layer:g}" for t, c in sorted(operators.models.items()))
+            + "; the table's leave-one-model-out section). "
             if operators
             else ". "
         )
@@ -1149,7 +1155,9 @@ def build_profile(
         kernels=kernels,
         sources=sources,
         validation=_validation(ef, ts, table),
-        notes=_profile_notes(header, versions, share, static, recorded, table, operators is not None),
+        notes=_profile_notes(
+            header, versions, share, static, recorded, table, operators[0] if operators else None
+        ),
     )
 
 

@@ -277,7 +277,8 @@ class CostModel:
         """Fold an engine profile's host terms and kernel factors into the constants (terms that are 0 and
         factors that are 1.0 leave them as they are)."""
         h, k = engine.host, engine.kernels
-        per = num_layers if h.per_layer else 1
+        # per layer: the model's layers, or (host.operators) its operators per forward in layers of the fitted one
+        per = engine.host_layers(num_layers, self.model.model_type) if h.per_layer else 1
         if h.per_step_s.value:
             self.host_step += per * h.per_step_s.value
         if h.per_sequence_s.value:

@@ -817,8 +817,10 @@ def latency_vs_load(
 
 def frontier_curves(result: SearchResult) -> dict[int, LoadCurve]:
     """Latency-vs-load curves of the frontier configurations at the spec's load points, each run as long
-    (in time) as the probe that found the configuration's max rate."""
+    (in time) as the probe that found the configuration's max rate. None for a day (its rate is the schedule's)."""
     out = {}
+    if get_field(result.spec.base, "workload.schedule") is not None:
+        return out
     for r in result.frontier():
         data = configured(result.spec.base, r.fields)
         rates = [r.max_rate_per_s * x for x in result.spec.load_points]

@@ -16,13 +16,15 @@ or on Ray and their records merge into the forecast one process gives, byte for 
 
 What stays in one process (the summary says why under "sharding"): routers that read load
 (least_outstanding, prefix affinity for requests without a prefix, a router queue), disaggregated pools,
-conversations (a later turn arrives when the earlier one finishes), a response cache, and a run with fewer
-than two engines.
+conversations (a later turn arrives when the earlier one finishes), a response cache, autoscaling, and a run
+with fewer than two engines.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -127,6 +129,8 @@ class ShardSource:
 def unshardable(scenario: Scenario, reqs: Requests, engines: int) -> str | None:
     """Why a scenario runs in one process (None: it can be sharded)."""
     cl = scenario.cluster
+    if getattr(cl, "autoscaling", None) is not None:
+        return "autoscaling decides on load"
     if scenario.disaggregation is not None:
         return "disaggregated pools pass requests between them"
     if engines < 2:
@@ -135,8 +139,6 @@ def unshardable(scenario: Scenario, reqs: Requests, engines: int) -> str | None:
         return "the least_outstanding router decides on load"
     if cl.max_ongoing_requests is not None:
         return "the router queue (max_ongoing_requests) decides on load"
-    if getattr(cl, "autoscaling", None) is not None:
-        return "autoscaling decides on load"
     if scenario.response_cache is not None:
         return "the response cache"
     if reqs.next_turn is not None and bool((reqs.next_turn >= 0).any()):
@@ -214,6 +216,7 @@ class ShardOutcome:
     waiting: list[int] = field(default_factory=list)  # backlog at each check
     completed: list[int] = field(default_factory=list)
     cpu_s: float = 0.0  # CPU seconds the shard took
+    peak_rss_mib: float = 0.0  # the peak resident memory of the process that ran it
 
 
 def run_shard(task: ShardTask) -> ShardOutcome:
@@ -288,6 +291,7 @@ def run_shard(task: ShardTask) -> ShardOutcome:
             )  # fmt: skip
         )
     out.cpu_s = time.process_time() - cpu0
+    out.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (Linux: KiB)
     return out
 
 
@@ -340,6 +344,7 @@ def simulate_sharded(
     # slowest is the run's critical path on idle cores)
     summary["simulation"]["shards"] = len(tasks)
     summary["simulation"]["shard_cpu_s"] = [o.cpu_s for o in outcomes]
+    summary["simulation"]["shard_peak_rss_mib"] = max(o.peak_rss_mib for o in outcomes)
     g0 = dep.headline
     return Forecast(scenario, model, g0.profile, g0.mem, reqs, record.table, record.stats, summary,
                     record.wall_s)  # fmt: skip
@@ -437,7 +442,10 @@ def _run(tasks: list[ShardTask], backend: str, workers: int | None, ray_address:
         for t in tasks:
             yield run_shard(t)
     elif backend == "processes":
-        with ProcessPoolExecutor(max_workers=workers or len(tasks)) as pool:
+        # workers start from a fresh server process, not a fork of this one: they hold their shard only
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["simulator.shard"])
+        with ProcessPoolExecutor(max_workers=workers or len(tasks), mp_context=ctx) as pool:
             yield from pool.map(run_shard, tasks)
     elif backend == "ray":
         from simulator.search import connect_ray

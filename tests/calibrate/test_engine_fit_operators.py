@@ -59,3 +59,12 @@ def test_bad_operator_file_is_one_line(tmp_path: Path):
     bad.write_text(json.dumps({"models": {}}))
     with pytest.raises(ConfigError, match="not an operator count file.*calibrate.operator_count"):
         load_operators(bad, "llama-3.1-8b")
+
+
+@pytest.mark.parametrize("name", ["transformers", "transformers-generate"])
+def test_shipped_transformers_profiles_count_operators(name):
+    from core.engine_profile import load_engine_profile
+
+    p = load_engine_profile(name)
+    assert p.host.per_layer and p.host.operators is not None
+    assert p.host_layers(48, "gemma3_text") > 1.5 * p.host_layers(48, "llama")

@@ -58,16 +58,19 @@ def test_host_terms_add_per_layer_to_the_gpu_time_of_a_step():
     cm = CostModel(
         p, m, engine=eng, eager_prefill=True, eager_decode=True
     )  # cuda_graphs none: no launch floor
-    h, L = eng.host, m.num_layers
+    # the layers the host terms multiply by: Llama's, counted by its operators (host.operators)
+    h, L = eng.host, eng.host_layers(m.num_layers, m.model_type)
     one = BatchShape.of([], [2048])  # one decode step of one sequence
     expected = gpu_only.step_time(one) + L * (h.per_step_s.value + h.per_sequence_s.value)
     assert cm.step_time(one) == pytest.approx(expected, rel=1e-12)
-    assert cm.step_time(one) == pytest.approx(gpu_only.step_time(one) + eng.host_time(L, 1, 0), rel=1e-12)
+    assert cm.step_time(one) == pytest.approx(
+        gpu_only.step_time(one) + eng.host_time(m.num_layers, 1, 0, m.model_type), rel=1e-12
+    )
     # the host time is most of a transformers step (calibration_runs/transformers_h200: ~20 ms per token)
-    assert eng.host_time(L, 1, 0) > 2 * gpu_only.step_time(one)
+    assert eng.host_time(m.num_layers, 1, 0, m.model_type) > 2 * gpu_only.step_time(one)
     prompt = BatchShape.of([(1000, 0)] * 3, fresh=cm.fresh, logits_tokens=3)
     assert cm.step_time(prompt) == pytest.approx(
-        gpu_only.step_time(prompt) + eng.host_time(L, 3, 3000), rel=1e-12
+        gpu_only.step_time(prompt) + eng.host_time(m.num_layers, 3, 3000, m.model_type), rel=1e-12
     )
     assert "launch_wait" not in cm.breakdown(prompt)
     # the decode-run closed form and the static loop's per-step times agree with one step
@@ -84,7 +87,7 @@ def test_a_host_term_per_prompt_token_counts_in_the_step_and_its_prompt_part():
     base = CostModel(p, m, engine=load_engine_profile("transformers-generate"))
     cm = CostModel(p, m, engine=eng)
     b = BatchShape.of([(1000, 0)], [500, 600], fresh=cm.fresh)
-    extra = m.num_layers * 1e-7 * 1000
+    extra = eng.host_layers(m.num_layers, m.model_type) * 1e-7 * 1000
     assert cm.step_time(b) == pytest.approx(base.step_time(b) + extra, rel=1e-12)
     (t, pre), (t0, pre0) = cm.step_split(b), base.step_split(b)
     assert t == pytest.approx(t0 + extra, rel=1e-12) and pre == pytest.approx(pre0 + extra, rel=1e-12)
@@ -154,6 +157,8 @@ def test_packed_step_cost_equals_the_engine_fits_prediction_for_recorded_steps()
     rows = step_rows(
         m.name, CostModel(p, m, serving_host=False), steps, "replay", Layout.of(block["settings"])
     )
+    for r in rows:  # the layers the fit multiplies its host terms by (read_runs sets them the same way)
+        r.layers = eng.host_layers(m.num_layers, m.model_type)
     h, k = eng.host, eng.kernels
     fit = HostFit(
         np.array([h.per_step_s.value, h.per_sequence_s.value, h.per_prompt_token_s.value]),

@@ -66,7 +66,9 @@ def test_transformers_profiles_are_eager_engines_with_their_own_host_time():
         p = load_engine_profile(name)
         assert p.engine == "transformers" and not p.host.gpu_profile_loop
         assert p.scheduling.cuda_graphs == "none"
-        assert p.host_time(32, 1, 0) > 0.005  # an eager python loop: milliseconds per step, not microseconds
+        assert (
+            p.host_time(32, 1, 0, "llama") > 0.005
+        )  # an eager python loop: milliseconds per step, not microseconds
     assert load_engine_profile("transformers-generate").serving_defaults()["batching.mode"] == "static"
     assert load_engine_profile("transformers").serving_defaults()["batching.chunked_prefill"] is True
 
@@ -87,6 +89,9 @@ def test_host_time_per_layer_multiplies_every_term():
     data["host"]["per_sequence_s"]["value"] = 1e-4
     data["host"]["per_prompt_token_s"]["value"] = 1e-6
     data["host"]["per_layer"] = True
+    data["host"].pop(
+        "operators", None
+    )  # layers by num_layers (tests/core/test_engine_operators.py: by operators)
     p = EngineProfile.model_validate(data)
     assert p.host_time(10, 3, 100) == pytest.approx(10 * (1e-3 + 3e-4 + 1e-4))
     data["host"]["per_layer"] = False

@@ -411,3 +411,21 @@ def test_a_replica_over_several_gpus_reads_all_its_weights_at_the_storage_rate()
     g = dep.groups[0]
     assert g.par.gpus == 2
     assert dep.autoscaler.startup_s == pytest.approx(g.mem.weight_bytes * 2 / 1.8e9 + 41 + 17)
+
+
+def test_the_search_command_over_a_day_writes_its_table(tmp_path, capsys):
+    import yaml
+
+    from simulator.cli import main
+
+    base = copy.deepcopy(BASE)
+    base["workload"] |= {"schedule": steps((0, 2.0), (120, 6.0)), "duration_s": 240}
+    base["cluster"] = {"autoscaling": AUTO | {"replica_capacity_per_s": 5.0}}
+    spec = tmp_path / "day.yaml"
+    spec.write_text(
+        yaml.safe_dump({"name": "day", "base": base, "sweep": {"cluster.autoscaling.min_replicas": [1]}})
+    )
+    assert main(["search", str(spec), "--workers", "1", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "a day: each configuration simulated over the whole day once" in out and "1 ok" in out
+    assert (tmp_path / "out" / "search.csv").read_text().count("\n") == 2

@@ -116,7 +116,8 @@ def test_seed_experiment_shapes():
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from benchmarks.seed_experiment import sweep
 
-    rows = sweep((128, 1024, 8192))
+    rows = sweep((128, 1024, 8192), engines=(("ours", "int4"),))
+    assert {r["engine"].split()[0] for r in rows} == {"ours"} and len(rows) == 3
     ttft = np.array([r["ttft_s"] for r in rows])
     tps = np.array([r["decode_tokens_per_s"] for r in rows])
     # TTFT roughly linear in the prompt: 8x the tokens, 7-10x the time; per-token cost about constant

@@ -14,7 +14,7 @@ from simulator.shard import _arrival_events_loop, arrival_events, simulate_shard
 from simulator.simulation import simulate
 
 # how the run went, not what it forecast: the only fields that differ
-WALL = ("wall_s", "requests_per_wall_s", "steps_per_wall_s", "shards", "shard_cpu_s")
+WALL = ("wall_s", "requests_per_wall_s", "steps_per_wall_s", "shards", "shard_cpu_s", "shard_peak_rss_mib")
 
 CLASSES = (
     "workload.classes=["
@@ -94,6 +94,14 @@ def test_sharded_run_on_a_process_pool_equals_one_process(tmp_path):
     [
         (["cluster.router=least_outstanding"], "least_outstanding"),
         (["cluster.router=round_robin", "cluster.max_ongoing_requests=4"], "router queue"),
+        (
+            [
+                "cluster.replicas=1",
+                "cluster.router=round_robin",
+                "cluster.autoscaling={min_replicas: 1, max_replicas: 3, replica_capacity_per_s: 5}",
+            ],
+            "autoscaling",
+        ),
         (
             [
                 "cluster.router=prefix_affinity",
