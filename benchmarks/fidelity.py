@@ -296,7 +296,7 @@ class EngineHost:
         if device != "cpu":  # on the GPU the pool takes what the weights and a step's activations leave
             torch.cuda.empty_cache()
             free = torch.cuda.mem_get_info()[0]
-            per_token = spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 2  # bf16 K and V
+            per_token = spec.num_layers * spec.kv_elems_per_token_per_layer * 2  # bf16 K and V (MLA: latent)
             pool_tokens = int((free - reserve_bytes) // per_token) - max_batch
         self.executor = Executor(self.model, pool_tokens, max_batch, device=device)
         self.warmup_s = self.executor.warmup(log, max_prompt=max_prompt)

@@ -238,6 +238,7 @@ class CostModel:
         all_stages = Parallelism(tp, 1, ep)
         self.kv_tok_bytes, self.kv_sliding_tok_bytes = kv_bytes_per_token_per_gpu(model, kv_dtype, all_stages)
         self.pair_flops = model.attn_flops_per_pair / tp
+        self.prefill_pair_flops, self.prefill_ctx_flops = mla_prefill_flops(model, tp)
         # whole fresh prompts of at least fresh[0] tokens take the profile's fresh-prompt kernel, padded to
         # a multiple of fresh[1] (None: the profile has no such kernel; BatchShape.add_fresh)
         self.fresh = (
@@ -419,7 +420,7 @@ class CostModel:
         # its padded length (the prompts of a step share the work evenly for the efficiency curve)
         Lf = self.model.full_attention_layers
         n = b.fresh_seqs * Lf
-        flops = self.pair_flops * b.fresh_padded_pairs * Lf
+        flops = self.prefill_pair_flops * b.fresh_padded_pairs * Lf
         nbytes = b.fresh_tokens * (self.kv_tok_bytes + self._attn_io_per_token * Lf)
         t = n * op_time(self.eff.attention_fresh, flops / n, nbytes / n, self.attn_peak, self.bw)
         return t + self._chunked_prefill_time(
@@ -435,7 +436,9 @@ class CostModel:
         L = (Lf if tokens else 0) + Ls
         if not L:
             return 0.0
-        flops = self.pair_flops * (pairs * Lf + b.sliding_prefill_pairs * Ls)
+        flops = self.prefill_pair_flops * (pairs * Lf + b.sliding_prefill_pairs * Ls)
+        if self.prefill_ctx_flops:  # MLA: the cached context's latents expanded through kv_b first
+            flops += self.prefill_ctx_flops * b.prefill_context_tokens * Lf
         kv_read = b.prefill_context_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
         kv_write = tokens * self.kv_tok_bytes + b.prefill_tokens * self.kv_sliding_tok_bytes
         io = (tokens * Lf + b.prefill_tokens * Ls) * self._attn_io_per_token
@@ -652,6 +655,22 @@ class CostModel:
         floor at batch 1)."""
         par = Parallelism(self.par.tp, 1, self.par.ep)
         return weight_bytes_per_gpu(self.model, self.weight_dtype, par) / self.bw
+
+
+def mla_prefill_flops(m: ModelSpec, tp: int) -> tuple[float, float]:
+    """Prompt attention's (FLOPs per query-key pair, FLOPs per cached context token) in one layer, per GPU.
+
+    MLA prompt chunks run in the plain form, as the engine (engine.mla) and vLLM run them: each pair costs
+    the per-head score over the no-rope + rope query (q_head_dim) and the value product (v_head_dim), and
+    the cached context's latents are expanded through kv_b (rank x heads x (nope + v)) before attending; the
+    new tokens' kv_b is the dense GEMM already counted. Decodes run the absorbed form (pair_flops). Other
+    models: the pair FLOPs of ModelSpec.attn_flops_per_pair and no expansion.
+    """
+    if not m.is_mla:
+        return m.attn_flops_per_pair / tp, 0.0
+    pair = 2.0 * m.num_heads * (m.q_head_dim + m.v_head_dim)
+    expand = 2.0 * m.kv_lora_rank * m.num_heads * (m.qk_nope_head_dim + m.v_head_dim)
+    return pair / tp, expand / tp
 
 
 def packed_attention_time(cm: CostModel, q_tokens: int, kv_tokens: int) -> float:

@@ -1,7 +1,8 @@
 """A decoder-only transformer built from a ModelSpec with random weights (gpt-fast style).
 
 Covers Llama / Qwen2 (qkv bias) / Mistral, Gemma 3 (sliding and global layers, qk-norm, four
-norms per layer, √h embedding scale, tanh-GELU), and MoE MLPs (Mixtral, Qwen-MoE shared experts).
+norms per layer, √h embedding scale, tanh-GELU), MoE MLPs (Mixtral, Qwen-MoE shared experts; engine.moe) and DeepSeek's multi-head latent attention
+(engine.mla).
 Projections are fused as the cost model lists them: qkv, o, gate_up, down, experts, lm_head.
 Values are random but never zero: timings do not depend on them, and tests compare paths.
 """
@@ -14,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import ConfigError
 from core.model_spec import ModelSpec
 from engine.attention import StepLayout, varlen_attention
 from engine.fused import act_mul, add_rmsnorm, gemv, rope_and_cache, use_triton
+from engine.mla import MLAttention
+from engine.moe import route, routed_experts
 from engine.quant import Int4Linear
 from engine.quantize import quantize_linears
 
@@ -108,7 +110,8 @@ class MLP(nn.Module):
 
 
 class MoE(nn.Module):
-    """Top-k routed experts: tokens sorted by expert, one grouped GEMM per projection on CUDA."""
+    """Top-k routed experts: tokens sorted by expert, one Triton grouped GEMM per projection on CUDA
+    (engine.moe), the loop over experts elsewhere."""
 
     def __init__(self, spec: ModelSpec, act: str) -> None:
         super().__init__()
@@ -117,41 +120,18 @@ class MoE(nn.Module):
         self.w_gate_up = nn.Parameter(torch.empty(e, 2 * i, h))  # [E, N, K] like a linear weight
         self.w_down = nn.Parameter(torch.empty(e, h, i))
         self.top_k, self.act, self.num_experts = spec.experts_per_token, act, e
+        # Mixtral renormalises the top-k weights; DeepSeek-V2 and Qwen-MoE configs say norm_topk_prob
+        self.renormalize = bool(spec.config.get("text_config", spec.config).get("norm_topk_prob", True))
         self.shared = None
         if spec.num_shared_experts:
             si = spec.shared_expert_intermediate_size or spec.moe_intermediate_size * spec.num_shared_experts
             self.shared = MLP(h, si, act)
 
     def forward(self, x):
-        t, h = x.shape
-        probs = torch.softmax(self.router(x).float(), dim=-1)
-        w, ids = torch.topk(probs, self.top_k, dim=-1)
-        w = (w / w.sum(-1, keepdim=True)).to(x.dtype)
-        flat = ids.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        tok = order // self.top_k
-        xs = x.index_select(0, tok)
-        counts = torch.zeros(self.num_experts, dtype=torch.int32, device=x.device)
-        counts.scatter_add_(0, flat.to(torch.int64), torch.ones_like(flat, dtype=torch.int32))
-        offs = torch.cumsum(counts, 0, dtype=torch.int32)
-        h1 = self._grouped(xs, self.w_gate_up, offs, counts)
-        h2 = self._grouped(act_mul(h1, self.act), self.w_down, offs, counts)
-        out = torch.zeros_like(x).index_add_(0, tok, h2 * w.reshape(-1)[order, None])
+        weights, ids = route(self.router(x), self.top_k, self.renormalize)
+        out = routed_experts(x, self.w_gate_up, self.w_down, weights, ids, self.act)
         if self.shared is not None:
             out = out + self.shared(x)
-        return out
-
-    @staticmethod
-    def _grouped(a, w, offs, counts):
-        """Rows of `a` sorted by expert times each expert's weight [E, N, K]^T."""
-        if a.is_cuda and hasattr(torch, "_grouped_mm") and a.dtype == torch.bfloat16:
-            return torch._grouped_mm(a, w.transpose(-2, -1), offs=offs)
-        out = a.new_empty((a.shape[0], w.shape[1]))
-        start = 0
-        for e, c in enumerate(counts.tolist()):  # eager fallback (CPU): one GEMM per expert
-            if c:
-                out[start : start + c] = a[start : start + c] @ w[e].t()
-            start += c
         return out
 
 
@@ -163,7 +143,7 @@ class Block(nn.Module):
         gemma = is_gemma(spec)
         off = 1.0 if gemma else 0.0
         act = "gelu_tanh" if gemma else "silu"
-        self.attn = Attention(spec, window, rope_base)
+        self.attn = MLAttention(spec, rope_base) if spec.is_mla else Attention(spec, window, rope_base)
         self.attn_norm = RMSNorm(spec.hidden_size, eps, off)
         self.mlp_norm = RMSNorm(spec.hidden_size, eps, off)
         # Gemma 3 also normalises each sub-layer's output before the residual add
@@ -212,7 +192,8 @@ class Transformer(nn.Module):
 
     def setup_rope(self, max_pos: int) -> None:
         dev = self.embed.weight.device
-        self.ropes = {b: rope_tables(self.spec.head_dim, b, max_pos, dev) for b in self.rope_bases}
+        dim = self.spec.qk_rope_head_dim if self.spec.is_mla else self.spec.head_dim
+        self.ropes = {b: rope_tables(dim, b, max_pos, dev) for b in self.rope_bases}
 
     def allocate_kv(self, pool_tokens: int, dtype: torch.dtype | None = None, seed: int = 0) -> None:
         """One K and one V pool per layer, [pool_tokens, kv_heads, head_dim], filled with random data."""
@@ -221,6 +202,13 @@ class Transformer(nn.Module):
         g = torch.Generator(device=dev).manual_seed(seed + 1)
         shape = (pool_tokens, self.spec.num_kv_heads, self.spec.head_dim)
         self.kv = []
+        if self.spec.is_mla:  # one latent + rope-key vector per token, which is also the value (engine.mla)
+            shape = (pool_tokens, 1, self.spec.kv_elems_per_token_per_layer)
+            self.kv = [
+                (c, c)
+                for c in (torch.randn(shape, device=dev, dtype=dtype, generator=g) for _ in self.layers)
+            ]
+            return
         for _ in self.layers:
             k = torch.randn(shape, device=dev, dtype=dtype, generator=g)
             v = torch.randn(shape, device=dev, dtype=dtype, generator=g)
@@ -284,12 +272,6 @@ def build_model(
     dtype: 'bf16', 'fp16', 'fp32' for all weights, or 'fp8'/'int8'/'int4' for the layers' linear weights
     (embeddings, norms and lm_head stay bf16; int4 is weight-only, engine/quant.py). Call `model.allocate_kv(tokens)` before running.
     """
-    if spec.is_mla:  # one line through the CLIs (ConfigError), not a traceback
-        raise ConfigError(
-            f"{spec.name} uses multi-head latent attention (MLA), which the engine does not build "
-            "(it builds multi-head and grouped-query attention only); time a non-MLA model instead, "
-            "e.g. --model llama-3.1-8b"
-        )
     n = spec.num_layers if num_layers is None else int(num_layers)
     if not 1 <= n <= spec.num_layers:
         raise ValueError(f"num_layers must be in 1..{spec.num_layers} for {spec.name} (got {num_layers})")

@@ -216,6 +216,8 @@ class Executor:
             if mixed_graph_tokens is None
             else mixed_graph_tokens
         )
+        if model.spec.is_mla:  # MLA prompt chunks read the step's host lists (engine.mla): eager steps
+            top = 0
         self.mixed_sizes = mixed_sizes(top) if top else []
         self.static_mixed = (
             bool(self.mixed_sizes) if static_mixed is None else static_mixed and bool(self.mixed_sizes)
@@ -226,7 +228,8 @@ class Executor:
         self.scratch = pool_tokens
         model.allocate_kv(pool_tokens + max(self.max_batch, top), seed=seed)
         self.reset()
-        self.target = unit_target(device_sms(self.device), model.spec.num_kv_heads)
+        self.target_heads = 1 if model.spec.is_mla else model.spec.num_kv_heads  # MLA: one latent "head"
+        self.target = unit_target(device_sms(self.device), self.target_heads)
         self.use_graphs = cuda_graphs and self.cuda
         # decode steps through the static buffers (without a graph on the CPU, to test the path there)
         self.static_decode = self.use_graphs if static_decode is None else static_decode
@@ -264,7 +267,7 @@ class Executor:
             for size in reversed(self.mixed_sizes):
                 self._mixed_graph(size)
         plans = 0
-        if self.cuda and max_prompt:
+        if self.cuda and max_prompt and not self.model.spec.is_mla:
             k_pool, v_pool = self.model.kv[0]
             plans = prebuild_fresh(k_pool, v_pool, self.model.spec.num_heads, min(max_prompt, self.scratch))
         self.eager_launch_s = self.measure_launch()
@@ -401,7 +404,7 @@ class Executor:
             starts += d_starts.tolist()
             parts.append(d_tok)
             want += [True] * n
-        lay = make_layout(q_lens, prior, self.device, starts=starts, kv_heads=self.model.spec.num_kv_heads)
+        lay = make_layout(q_lens, prior, self.device, starts=starts, kv_heads=self.target_heads)
         tokens = torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False)).to(self.device)
         rows = torch.from_numpy(wanted_rows(np.cumsum(q_lens), want)).to(self.device)
         return self.model(tokens, lay, rows).argmax(-1)

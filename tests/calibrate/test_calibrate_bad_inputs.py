@@ -72,10 +72,10 @@ CPU = ["--device", "cpu", "--model", "{tiny}", "--work-dir", "{t}/run", "--out-d
 
 # (arguments, what the one line says): each with exit code 2
 ROWS = [
-    # the engine cannot build MLA: refused before any sweep starts
+    # calibration does not sweep MLA: refused before any sweep starts
     (
         ["--device", "cpu", "--model", "deepseek-v3", "--work-dir", "{t}/run"],
-        "--model deepseek-v3: multi-head latent attention (MLA, DeepSeek) is not supported by our engine",
+        "--model deepseek-v3: multi-head latent attention (MLA, DeepSeek) is not swept by calibration",
     ),
     (
         ["--device", "cpu", "--model", "deepseek-v2-lite", "--work-dir", "{t}/run"],
@@ -83,7 +83,7 @@ ROWS = [
     ),
     (
         ["validate", "h100-sxm", "--device", "cpu", "--model", "deepseek-v3", "--work-dir", "{t}/run"],
-        "(MLA, DeepSeek) is not supported",
+        "(MLA, DeepSeek) is not swept by calibration",
     ),
     # a CPU fit never takes a GPU profile's name, nor a name that is a path
     (

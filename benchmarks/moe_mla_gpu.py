@@ -1,0 +1,380 @@
+"""Fused MoE and MLA on one GPU: kernel checks, Mixtral-8x7B step bars, Mixtral and DeepSeek-V2-Lite fidelity rows.
+
+    python benchmarks/moe_mla_gpu.py --out $OUT                 # on an H200 (about 5 minutes)
+    python benchmarks/moe_mla_gpu.py --out /tmp/x --cpu --tiny  # the same code on toy configs (CPU, < 1 min)
+
+1. Checks (first; a failure ends the run with one line naming the kernel): the Triton grouped-GEMM MoE
+   (engine.moe.fused_moe) against the loop over experts, at Mixtral's and DeepSeek-V2-Lite's expert shapes
+   and several token counts; the MLA decode kernel (engine.mla) against per-sequence attention.
+2. Ceilings: device copy bandwidth (4 GiB) and the dense bf16 GEMM rate (8192³), as engine_bars.py measures.
+3. Mixtral-8x7B bf16 (whole model, random weights) through engine.steps.StepRunner: decode steps at batch
+   1, 2, 4, 8 (context 512, CUDA graphs) against the floor of reading the dense weights plus the experts
+   the step touched (counted per layer in an eager run of the same tokens) at the copy bandwidth, bar 1.3x;
+   prefill steps of 4,096 and 8,192 tokens against the dense GEMM rate (model FLOPs: linear layers with the
+   top-k experts, causal attention), bar 70%; the grouped GEMM alone for a few tile configs at 8k tokens.
+4. Fidelity rows (benchmarks/fidelity.py's run_row): Mixtral-8x7B bf16 and DeepSeek-V2-Lite bf16 on the
+   conversation trace at 80% of the simulated capacity (--duration seconds of trace each).
+
+Writes $OUT/moe_mla_raw.json (everything measured) and, per fidelity row, its engine request and step CSVs
+(<row>__engine_requests.csv, <row>__engine_steps.csv). benchmarks/moe_mla_tables.py turns a copy of these
+files (committed under benchmarks/results/moe_mla/<profile>/) into benchmarks/results/moe_bars_<profile>.md
+and the fidelity rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "--cpu" in sys.argv:  # the Triton kernels run in Triton's interpreter on the CPU (set before importing it)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
+import torch  # noqa: E402
+
+from core.model_spec import ModelSpec, load_model, spec_from_config  # noqa: E402
+from engine import kernels  # noqa: E402
+from engine.attention import make_layout  # noqa: E402
+from engine.model import MoE, build_model  # noqa: E402
+from engine.moe import align, fused_moe, grouped_gemm, moe_reference, route  # noqa: E402
+from engine.steps import StepRunner  # noqa: E402
+
+DECODE_BATCHES = (1, 2, 4, 8)
+DECODE_CONTEXT = 512
+PREFILL_TOKENS = (4096, 8192)
+BAR_DECODE, BAR_PREFILL = 1.3, 0.70  # issue 13
+FIDELITY_MODELS = ("mixtral-8x7b", "deepseek-v2-lite")
+TILE_CONFIGS = [  # the grouped GEMM at 8k tokens: the engine's choice (kernel_config) beside these
+    {"BM": 64, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4},
+    {"BM": 128, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
+    {"BM": 128, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
+    {"BM": 64, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
+]
+
+# toy configs of the same architectures for --tiny (CPU)
+TINY_MIXTRAL = {
+    "model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 64, "num_local_experts": 4,
+    "num_experts_per_tok": 2, "vocab_size": 97, "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+}  # fmt: skip
+TINY_DEEPSEEK = {
+    "model_type": "deepseek_v2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16,
+    "v_head_dim": 16, "q_lora_rank": None, "intermediate_size": 96, "moe_intermediate_size": 32,
+    "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
+    "norm_topk_prob": False, "vocab_size": 97, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+}  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------- 1. checks
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-6))
+
+
+def check_moe(dev: str, tiny: bool) -> list[dict]:
+    """fused_moe against the loop over experts (bf16 on the GPU, fp32 interpreted on the CPU)."""
+    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
+    shapes = (
+        [(4, 2, 32, 48, t) for t in (1, 9)] + [(8, 3, 64, 32, 40)]
+        if tiny
+        else [(8, 2, 4096, 14336, t) for t in (1, 8, 300, 4096)]
+        + [(64, 6, 2048, 1408, t) for t in (1, 8, 2048)]
+    )
+    g = torch.Generator(device=dev).manual_seed(0)
+    out = []
+    for e, k, h, i, t in shapes:
+        x = torch.randn(t, h, device=dev, generator=g).to(dtype)
+        wgu = (torch.randn(e, 2 * i, h, device=dev, generator=g) * h**-0.5).to(dtype)
+        wd = (torch.randn(e, h, i, device=dev, generator=g) * i**-0.5).to(dtype)
+        w, ids = route(torch.randn(t, e, device=dev, generator=g), k, True)
+        err = rel_err(fused_moe(x, wgu, wd, w, ids), moe_reference(x, wgu, wd, w, ids))
+        tol = 1e-4 if dtype == torch.float32 else 5e-2  # bf16: a few ulps of the largest output
+        out.append({"kernel": "fused_moe", "experts": e, "top_k": k, "hidden": h, "inter": i, "tokens": t,
+                    "rel_err": err, "tol": tol, "ok": err < tol})  # fmt: skip
+        log(f"check fused_moe E={e} k={k} H={h} I={i} T={t}: max rel error {err:.2e} (tolerance {tol:g})")
+        del x, wgu, wd
+        free()
+    return out
+
+
+def check_mla(dev: str, tiny: bool) -> list[dict]:
+    """The absorbed decode kernel against per-sequence attention over the same latents."""
+    from engine.mla import _sdpa, mla_decode, mla_decode_units
+
+    nh, rank, rope = (4, 32, 16) if tiny else (16, 512, 64)
+    prior = [3, 300, 7] if tiny else [5, 700, 4000, 31, 129]
+    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(1)
+    lay = make_layout([2] + [1] * len(prior), [0] + prior, dev, kv_heads=1)
+    pool = torch.randn(int(lay.cu_k[-1]) + 4, 1, rank + rope, device=dev, generator=g).to(dtype)
+    qa = torch.randn(2 + len(prior), nh, rank + rope, device=dev, generator=g).to(dtype)
+    scale = (128 + 64) ** -0.5
+    if (
+        dev == "cpu"
+    ):  # the interpreter runs the unit kernel; its units merged here (the combine kernel is GPU-only)
+        op, lp = mla_decode_units(qa, pool, lay, rank, scale)
+        su = lay.units["seq_units"].tolist()
+        got = [
+            (torch.softmax(lp[su[j] : su[j + 1]], 0)[:, :, None] * op[su[j] : su[j + 1]]).sum(0)
+            for j in range(len(prior))
+        ]
+    else:
+        o = mla_decode(qa, pool, lay, rank, scale)
+        got = [o[2 + j] for j in range(len(prior))]
+    out = []
+    tol = 1e-4 if dtype == torch.float32 else 5e-2  # bf16: a few ulps of the largest output
+    for j, (kl, ks) in enumerate(zip(lay.k_lens[1:], lay.k_starts[1:], strict=True)):
+        c = pool[ks : ks + kl, 0].float()
+        want = _sdpa(qa[2 + j : 3 + j].float(), c[:, None], c[:, None, :rank], scale)[0]
+        err = rel_err(got[j], want)
+        out.append({"kernel": "mla_decode", "heads": nh, "rank": rank, "rope": rope, "context": kl, "rel_err": err,
+                    "tol": tol, "ok": err < tol})  # fmt: skip
+        log(f"check mla_decode heads={nh} rank={rank}+{rope} context {kl}: max rel error {err:.2e}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- 2-3. bars
+def ceilings(dev: str) -> dict:
+    if dev == "cpu":
+        s, b = kernels.time_copy(16 << 20, dev, warmup=1, repeat=3)
+        gemm_s, n = kernels.time_gemm(512, 512, 512, "fp32", dev, repeat=3), 512
+    else:
+        s, b = kernels.time_copy(4 << 30, dev)
+        gemm_s, n = kernels.time_gemm(8192, 8192, 8192, "bf16", dev, repeat=10), 8192
+    c = {"copy_bytes_per_s": b / s, "gemm_flops_per_s": 2.0 * n**3 / gemm_s}
+    log(
+        f"ceilings: copy {c['copy_bytes_per_s'] / 1e9:.0f} GB/s, dense GEMM {c['gemm_flops_per_s'] / 1e12:.1f} TFLOP/s"
+    )
+    return c
+
+
+def _touched_counter(model) -> tuple[list[int], list]:
+    """Forward pre-hooks on the MoE layers that record how many distinct experts each layer's routing picked."""
+    seen: list[int] = []
+
+    def hook(mod: MoE, args) -> None:
+        _, ids = route(mod.router(args[0]), mod.top_k, mod.renormalize)
+        seen.append(int(ids.unique().numel()))
+
+    hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, MoE)]
+    return seen, hooks
+
+
+def mixtral_steps(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
+    """Decode steps against the touched-weights floor, prefill steps against the GEMM rate."""
+    dtype = "fp32" if dev == "cpu" else "bf16"
+    elt = 4 if dev == "cpu" else 2
+    t0 = time.perf_counter()
+    model = build_model(spec, dtype=dtype, device=dev)
+    prefills = (64, 128) if tiny else PREFILL_TOKENS
+    reps = {"warmup": 1, "repeat": 2} if dev == "cpu" else {}
+    runner = StepRunner(model, max(DECODE_BATCHES), max(max(prefills), DECODE_CONTEXT), device=dev)
+    log(f"{spec.name}: built in {time.perf_counter() - t0:.0f} s")
+    # bytes every decode step reads besides the routed experts: every weight of the built model but the
+    # embedding table (a step reads only its tokens' rows) and the routed experts; plus the KV it attends to
+    routed = {id(m.w_gate_up) for m in model.modules() if isinstance(m, MoE)}
+    routed |= {id(m.w_down) for m in model.modules() if isinstance(m, MoE)}
+    dense = float(sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in routed))
+    if model.lm_head.weight is not model.embed.weight:
+        dense -= model.embed.weight.numel() * model.embed.weight.element_size()
+    moe = next(m for m in model.modules() if isinstance(m, MoE))
+    expert = (
+        moe.w_gate_up[0].numel() + moe.w_down[0].numel()
+    ) * moe.w_down.element_size()  # one expert, one layer
+    rec: dict = {
+        "model": spec.name,
+        "dense_bytes": dense,
+        "expert_bytes": expert,
+        "decode": [],
+        "prefill": [],
+    }
+    for b in DECODE_BATCHES:
+        ctx = [DECODE_CONTEXT] * b
+        step = runner.decode(ctx, **reps)
+        seen, hooks = _touched_counter(model)
+        tokens = torch.randint(1, spec.vocab_size, (b,), device=dev)
+        with torch.no_grad():
+            model(tokens, make_layout([1] * b, [c - 1 for c in ctx], dev, kv_heads=spec.num_kv_heads))
+        for h in hooks:
+            h.remove()
+        touched = sum(seen)
+        kv = sum(ctx) * spec.kv_bytes_per_token("bf16") * elt / 2
+        floor = (dense + touched * rec["expert_bytes"] + kv) / ceil["copy_bytes_per_s"]
+        r = {"batch": b, "context": DECODE_CONTEXT, "step_s": step, "experts_touched_per_layer": touched / len(seen),
+             "floor_s": floor, "ratio": step / floor, "bar": BAR_DECODE, "ok": step / floor <= BAR_DECODE}  # fmt: skip
+        rec["decode"].append(r)
+        log(f"decode batch {b}: {step * 1e3:.2f} ms, {r['experts_touched_per_layer']:.2f} experts/layer touched, "
+            f"floor {floor * 1e3:.2f} ms: {r['ratio']:.2f}x (bar {BAR_DECODE}x)")  # fmt: skip
+    for n in prefills:
+        step = runner.prefill([n], **reps)
+        lin = spec.flops_per_token(0) * n
+        attn = spec.attn_flops_per_pair * spec.full_attention_layers * n * (n + 1) / 2
+        if spec.is_mla:
+            from core.cost_model import mla_prefill_flops
+
+            attn = mla_prefill_flops(spec, 1)[0] * spec.full_attention_layers * n * (n + 1) / 2
+        rate = (lin + attn) / step
+        r = {"tokens": n, "step_s": step, "model_flops": lin + attn, "flops_per_s": rate,
+             "share_of_gemm_rate": rate / ceil["gemm_flops_per_s"], "bar": BAR_PREFILL,
+             "ok": rate / ceil["gemm_flops_per_s"] >= BAR_PREFILL}  # fmt: skip
+        rec["prefill"].append(r)
+        log(f"prefill {n} tokens: {step * 1e3:.1f} ms, {rate / 1e12:.1f} TFLOP/s = "
+            f"{r['share_of_gemm_rate']:.0%} of the dense GEMM rate (bar {BAR_PREFILL:.0%})")  # fmt: skip
+    rec["tiles"] = tile_sweep(model, spec, dev, max(prefills))
+    del runner, model
+    free()
+    return rec
+
+
+def tile_sweep(model, spec: ModelSpec, dev: str, tokens: int) -> list[dict]:
+    """The two grouped GEMMs of one MoE layer at `tokens` tokens, per tile config (engine's first)."""
+    from engine.fused import act_mul
+    from engine.moe import kernel_config
+
+    moe = next(m for m in model.modules() if isinstance(m, MoE))
+    x = torch.randn(tokens, spec.hidden_size, device=dev, dtype=moe.w_gate_up.dtype)
+    w, ids = route(moe.router(x), moe.top_k, moe.renormalize)
+    pairs = ids.numel()
+    flops = 2.0 * pairs * 3 * spec.hidden_size * spec.moe_intermediate_size
+    out = []
+    configs = [kernel_config(pairs, moe.w_gate_up.shape[1])] + ([] if dev == "cpu" else TILE_CONFIGS)
+    for cfg in configs[: 1 if dev == "cpu" else None]:
+        sorted_ids, block_e = align(ids, moe.num_experts, cfg["BM"])
+        tw = w.reshape(-1).float()
+
+        def run(cfg=cfg, sorted_ids=sorted_ids, block_e=block_e, tw=tw):
+            h1 = grouped_gemm(x, moe.w_gate_up, sorted_ids, block_e, moe.top_k, pairs, cfg)
+            return grouped_gemm(
+                act_mul(h1, moe.act), moe.w_down, sorted_ids, block_e, 1, pairs, cfg, weights=tw
+            )
+
+        try:
+            from engine.timing import measure
+
+            s = measure(run, dev, warmup=2 if dev != "cpu" else 0, repeat=5 if dev != "cpu" else 1)
+            out.append({"config": cfg, "tokens": tokens, "seconds": s, "flops_per_s": flops / s})
+            log(f"grouped GEMMs at {tokens} tokens, {cfg}: {s * 1e3:.2f} ms, {flops / s / 1e12:.1f} TFLOP/s")
+        except Exception as e:  # noqa: BLE001 - a config that does not fit (shared memory) is reported, not fatal
+            out.append({"config": cfg, "tokens": tokens, "error": f"{type(e).__name__}: {str(e)[:120]}"})
+            log(f"grouped GEMMs {cfg}: failed ({type(e).__name__})")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- 4. fidelity
+def fidelity_rows(models: list[str], refs: list[str], args, profile: str, out: Path) -> list[dict]:
+    try:
+        import fidelity  # benchmarks/fidelity.py (needs the simulator: pydantic, simpy)
+    except ImportError as e:  # the step bars are already written; say what the rows need
+        log(f"fidelity rows skipped: {e} (the simulator needs pydantic and simpy)")
+        return [{"row": m, "model": m, "error": f"ImportError: {e}"} for m in models]
+    work = Path(tempfile.mkdtemp(prefix="moe_mla_fid_"))
+    ns = argparse.Namespace(device="cpu" if args.cpu else "cuda", utilization=0.9, duration=args.duration,
+                            reserve_gib=None)  # fmt: skip
+    recs = []
+    for model, ref in zip(models, refs, strict=True):
+        row = fidelity.Row(model, "fp32" if args.cpu else "bf16", "conversation", 0.8)
+        try:
+            rec = fidelity.run_row(row, ns, profile, ref, {}, work, log)  # a fresh host per row
+        except Exception as e:  # noqa: BLE001 - the other row still runs; the failure is in the raw file
+            traceback.print_exc()
+            recs.append({"row": row.name, "model": ref, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            free()
+            continue
+        for f in ("engine_requests.csv", "engine_steps.csv"):
+            shutil.copy(work / row.name / f, out / f"{rec['model'].replace('/', '_')}__{f}")
+        if args.cpu:  # two toy models share the row name "tiny-...": name them apart
+            rec["model_config"] = json.loads(Path(ref).read_text())
+            rec["row"] = f"{rec['model']}-{row.name}"
+        recs.append(rec)
+        e, s = rec["engine"], rec["simulator"]
+        log(f"fidelity {row.name} ({rec['model']}): TTFT p50 {e['ttft_p50'] * 1e3:.1f} vs {s['ttft_p50'] * 1e3:.1f} ms, "
+            f"TPOT p50 {e['tpot_p50'] * 1e3:.2f} vs {s['tpot_p50'] * 1e3:.2f} ms, out tok/s "
+            f"{e['output_tokens_per_s']:.0f} vs {s['output_tokens_per_s']:.0f}")  # fmt: skip
+        free()
+    return recs
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder for the raw results (the device's $OUT)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU (Triton interpreted); with --tiny")
+    p.add_argument("--tiny", action="store_true", help="toy configs of the same architectures")
+    p.add_argument("--profile", default="h200", help="the GPU's calibrated profile for the fidelity rows")
+    p.add_argument("--duration", type=float, help="seconds of trace per fidelity row (default 20; cpu 2)")
+    p.add_argument("--skip-fidelity", action="store_true", help="kernel checks and step bars only")
+    args = p.parse_args(argv)
+    if args.cpu != args.tiny:
+        print("error: --cpu and --tiny go together (full-size models need the GPU)", file=sys.stderr)
+        return 2
+    dev = "cpu" if args.cpu else "cuda"
+    if dev == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device; run with --cpu --tiny for the pipeline check", file=sys.stderr)
+        return 2
+    if args.duration is None:
+        args.duration = 2.0 if args.cpu else 20.0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    raw: dict = {"command": "python benchmarks/moe_mla_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+                 "profile": args.profile, "tiny": args.tiny}  # fmt: skip
+    path = out / "moe_mla_raw.json"
+    t0 = time.perf_counter()
+    if args.cpu:
+        torch.set_num_threads(1)  # a toy's kernels: threads only add contention
+    raw["checks"] = check_moe(dev, args.tiny) + check_mla(dev, args.tiny)
+    path.write_text(json.dumps(raw, indent=1))
+    bad = [c for c in raw["checks"] if not c["ok"]]
+    if bad:
+        print(f"error: {len(bad)} kernel check(s) failed, first: {bad[0]['kernel']} {bad[0]} — the Triton "
+              "kernel disagrees with its torch reference; no timings taken", file=sys.stderr)  # fmt: skip
+        return 1
+    raw["ceilings"] = ceilings(dev)
+    mixtral = spec_from_config(TINY_MIXTRAL, name="tiny-mixtral") if args.tiny else load_model("mixtral-8x7b")
+    raw["mixtral_steps"] = mixtral_steps(mixtral, dev, raw["ceilings"], args.tiny)
+    path.write_text(json.dumps(raw, indent=1))
+    log(f"[{time.perf_counter() - t0:.0f} s]")
+    if not args.skip_fidelity:
+        if args.cpu:
+            import fidelity
+
+            refs = []
+            for name, cfg in (("tiny-mixtral", TINY_MIXTRAL), ("tiny-deepseek", TINY_DEEPSEEK)):
+                f = Path(tempfile.mkdtemp(prefix="moe_mla_cfg_")) / f"{name}.json"
+                f.write_text(json.dumps(cfg))
+                refs.append(str(f))
+            _, profile = fidelity.cpu_setup(Path(tempfile.mkdtemp(prefix="moe_mla_cpu_")))
+            models = ["tiny", "tiny"]
+        else:
+            refs, profile, models = list(FIDELITY_MODELS), args.profile, list(FIDELITY_MODELS)
+        raw["fidelity"] = fidelity_rows(models, refs, args, profile, out)
+        path.write_text(json.dumps(raw, indent=1))
+    raw["wall_s"] = time.perf_counter() - t0
+    path.write_text(json.dumps(raw, indent=1))
+    log(f"wrote {path} in {raw['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

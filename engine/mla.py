@@ -1,0 +1,274 @@
+"""Multi-head latent attention (DeepSeek-V2/V3) over a latent KV cache.
+
+Each token caches one vector per layer: the normalised KV latent (kv_lora_rank) followed by the rotary
+key shared by all heads (qk_rope_head_dim), 576 elements for DeepSeek-V2-Lite, which is what the cost
+model and the memory plan count (ModelSpec.kv_elems_per_token_per_layer). The layer's pool is
+[pool_tokens, 1, rank + rope]; its value pool is the same tensor (the latent is also the value).
+
+Two forms of the same attention, as vLLM and SGLang run them:
+- prompt chunks, plain form: the context's latents are expanded through kv_b into per-head keys
+  (no-rope part) and values, and each head attends with its 192-wide query (128 + 64 rope);
+- decodes, absorbed form: W_UK (kv_b's key half) is folded into the query, so each head's query
+  is a rank + rope vector scored straight against the cached latents, the attention output stays
+  in latent space, and W_UV (kv_b's value half) maps it to the heads' values afterwards. All heads
+  share one cached vector per token: the decode kernel reads the 576-element latents once for the
+  16 heads (multi-query attention with 576-wide keys and 512-wide values).
+The two give the same result (tests/engine/test_mla.py). On CUDA the decode is a Triton
+flash-decoding kernel over the engine's work units (engine.attention.plan_decode_units), merged by
+the engine's combine kernel; on the CPU a per-sequence torch path. The kernel reads only device
+tensors, so decode steps capture in CUDA graphs; prompt chunks read the step's host lists and run
+eagerly (the serving loop keeps MLA models' prompt steps out of its mixed-step graphs).
+DeepSeek's YaRN rope scaling enters the softmax scale (mscale²) only: the rope tables are the plain
+ones (weights are random, so the rotation's frequencies change no timing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.model_spec import ModelSpec
+from engine.fused import rope_ref
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs run the torch paths
+    import triton
+    import triton.language as tl
+
+    from engine.fused import _decode_combine_kernel
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+
+def softmax_scale(spec: ModelSpec) -> float:
+    """1/sqrt(q head dim), times YaRN's mscale² when the config scales rope that way (DeepSeek)."""
+    cfg = spec.config.get("text_config", spec.config)
+    scale = spec.q_head_dim**-0.5
+    rs = cfg.get("rope_scaling") or {}
+    if rs.get("type", rs.get("rope_type")) == "yarn" and rs.get("mscale_all_dim"):
+        m = 0.1 * float(rs["mscale_all_dim"]) * math.log(float(rs.get("factor", 1.0))) + 1.0
+        scale *= m * m
+    return scale
+
+
+class MLAttention(nn.Module):
+    """DeepSeek-V2 attention; `forward(x, lay, rope, k_pool, v_pool)` like engine.model.Attention."""
+
+    def __init__(self, spec: ModelSpec, rope_base: float) -> None:
+        super().__init__()
+        from engine.model import Dense, RMSNorm  # the model's layers (engine.model imports this module)
+
+        cfg = spec.config.get("text_config", spec.config)
+        eps = float(cfg.get("rms_norm_eps", 1e-6))
+        h = spec.hidden_size
+        self.nh, self.rank = spec.num_heads, spec.kv_lora_rank
+        self.nope, self.rope_dim, self.vd = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+        self.qd = self.nope + self.rope_dim
+        self.q_lora = spec.q_lora_rank or 0
+        if self.q_lora:
+            self.q_a = Dense(h, self.q_lora, bias=False)
+            self.q_a_norm = RMSNorm(self.q_lora, eps, 0.0)
+            self.q_b = Dense(self.q_lora, self.nh * self.qd, bias=False)
+        else:
+            self.wq = Dense(h, self.nh * self.qd, bias=False)
+        self.kv_a = Dense(h, self.rank + self.rope_dim, bias=False)
+        self.kv_norm = RMSNorm(self.rank, eps, 0.0)
+        self.kv_b = Dense(self.rank, self.nh * (self.nope + self.vd), bias=False)
+        self.wo = Dense(self.nh * self.vd, h, bias=False)
+        self.scale = softmax_scale(spec)
+        self.rope_base = rope_base
+        self.window = 0
+
+    def _wkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b's weight split per head: W_UK [nh, nope, rank], W_UV [nh, vd, rank]."""
+        w = self.kv_b.weight.view(self.nh, self.nope + self.vd, self.rank)
+        return w[:, : self.nope], w[:, self.nope :]
+
+    def forward(self, x, lay, rope, k_pool, v_pool):
+        t = x.shape[0]
+        q = self.q_b(self.q_a_norm(self.q_a(x))[0]) if self.q_lora else self.wq(x)
+        q = q.view(t, self.nh, self.qd)
+        kv = self.kv_a(x)
+        latent = self.kv_norm(kv[:, : self.rank].contiguous())[0]
+        cos, sin = rope[0][lay.positions], rope[1][lay.positions]
+        q_pe = rope_ref(q[..., self.nope :], cos, sin)
+        k_pe = rope_ref(kv[:, None, self.rank :], cos, sin)
+        k_pool[lay.slots, 0] = torch.cat([latent, k_pe[:, 0]], -1).to(k_pool.dtype)
+        out = x.new_zeros((t, self.nh, self.vd))
+        if lay.n_prefill:
+            self._plain(q[..., : self.nope], q_pe, k_pool, lay, out)
+        if lay.n_prefill < len(lay.q_lens):
+            self._absorbed(q[..., : self.nope], q_pe, k_pool, lay, out)
+        return self.wo(out.reshape(t, self.nh * self.vd))
+
+    def _plain(self, q_nope, q_pe, k_pool, lay, out) -> None:
+        """Prompt chunks: each sequence's context latents expanded to per-head keys and values (host lists)."""
+        row = 0
+        for s in range(lay.n_prefill):
+            ql, kl, ks = lay.q_lens[s], lay.k_lens[s], lay.k_starts[s]
+            c = k_pool[ks : ks + kl, 0]
+            kv = self.kv_b(c[:, : self.rank]).view(kl, self.nh, self.nope + self.vd)
+            k = torch.cat([kv[..., : self.nope], c[:, None, self.rank :].expand(kl, self.nh, -1)], -1)
+            qs = torch.cat([q_nope[row : row + ql], q_pe[row : row + ql]], -1)
+            o = _sdpa(qs, k, kv[..., self.nope :], self.scale)
+            out[row : row + ql] = o.to(out.dtype)
+            row += ql
+
+    def absorbed_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor) -> torch.Tensor:
+        """[T, nh, rank + rope]: W_UK folded into the no-rope query, the rope query after it."""
+        w_uk, _ = self._wkv()
+        q_lat = torch.einsum("thn,hnr->thr", q_nope, w_uk)
+        return torch.cat([q_lat, q_pe.to(q_lat.dtype)], -1)
+
+    def _absorbed(self, q_nope, q_pe, k_pool, lay, out) -> None:
+        """Decodes: scores against the cached latents, output in latent space, then W_UV."""
+        qa = self.absorbed_query(q_nope, q_pe)
+        if use_kernel(qa):
+            o_lat = mla_decode(qa, k_pool, lay, self.rank, self.scale)
+        else:
+            o_lat = qa.new_zeros((qa.shape[0], self.nh, self.rank))
+            row = sum(lay.q_lens[: lay.n_prefill])
+            for s in range(lay.n_prefill, len(lay.q_lens)):
+                kl, ks = lay.k_lens[s], lay.k_starts[s]
+                c = k_pool[ks : ks + kl, 0]
+                o_lat[row : row + 1] = _sdpa(
+                    qa[row : row + 1], c[:, None], c[:, None, : self.rank], self.scale
+                )
+                row += 1
+        _, w_uv = self._wkv()
+        dec = slice(int(sum(lay.q_lens[: lay.n_prefill])) if lay.n_prefill else 0, None)
+        out[dec] = torch.einsum("thr,hvr->thv", o_lat[dec], w_uv).to(out.dtype)
+
+
+def _sdpa(q, k, v, scale: float) -> torch.Tensor:
+    """q [Q, hq, d], k [K, hk, d], v [K, hk, dv] (hk 1 or hq), the queries the last Q of the K positions."""
+    nq, nk = q.shape[0], k.shape[0]
+    if k.shape[1] != q.shape[1]:
+        k, v = k.expand(nk, q.shape[1], -1), v.expand(nk, q.shape[1], -1)
+    # a whole fresh prompt: plain causal (SDPA's fused kernels); else the bottom-right aligned mask
+    mask = None if nq == nk else torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+    o = F.scaled_dot_product_attention(
+        q.transpose(0, 1),
+        k.transpose(0, 1).to(q.dtype),
+        v.transpose(0, 1).to(q.dtype),
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=scale,
+    )
+    return o.transpose(0, 1)
+
+
+def use_kernel(q: torch.Tensor) -> bool:
+    return triton is not None and q.is_cuda
+
+
+if triton is not None:
+
+    @triton.jit
+    def _mla_decode_kernel(
+        Q,
+        KV,
+        OP,
+        LP,
+        U_SEQ,
+        U_LO,
+        U_HI,
+        CU_Q,
+        CU_K,
+        SEQUSED,
+        scale,
+        kv_stride,
+        NH: tl.constexpr,
+        H_PAD: tl.constexpr,
+        R: tl.constexpr,
+        P: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        """One work unit (keys [lo, hi) of one decode sequence) for all heads: scores q_lat·latent +
+        q_rope·k_rope, values the latents; writes the unit's normalised output and log-sum-exp."""
+        u = tl.program_id(0).to(tl.int64)
+        s = tl.load(U_SEQ + u)
+        live = s >= 0
+        s = tl.maximum(s, 0)
+        start = tl.load(CU_K + s).to(tl.int64)
+        row = tl.load(CU_Q + s).to(tl.int64)
+        lo = tl.load(U_LO + u)
+        hi = tl.where(live, tl.minimum(tl.load(U_HI + u), tl.load(SEQUSED + s)), lo)
+        h = tl.arange(0, H_PAD)
+        hm = h < NH
+        r = tl.arange(0, R)
+        p = tl.arange(0, P)
+        qbase = (row * NH + h)[:, None] * (R + P)
+        q_l = tl.load(Q + qbase + r[None, :], mask=hm[:, None], other=0.0)
+        q_r = tl.load(Q + qbase + R + p[None, :], mask=hm[:, None], other=0.0)
+        m_i = tl.full((H_PAD,), float("-inf"), tl.float32)
+        l_i = tl.zeros((H_PAD,), tl.float32)
+        acc = tl.zeros((H_PAD, R), tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            nm = n < hi
+            base = (start + n)[:, None] * kv_stride
+            c = tl.load(KV + base + r[None, :], mask=nm[:, None], other=0.0)
+            kr = tl.load(KV + base + R + p[None, :], mask=nm[:, None], other=0.0)
+            sc = (tl.dot(q_l, tl.trans(c)) + tl.dot(q_r, tl.trans(kr))) * scale
+            sc = tl.where(nm[None, :], sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, 1))
+            alpha = tl.exp(m_i - m_new)
+            pr = tl.exp(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(pr, 1)
+            acc = acc * alpha[:, None] + tl.dot(pr.to(c.dtype), c)
+            m_i = m_new
+        has = l_i > 0
+        o = acc / tl.where(has, l_i, 1.0)[:, None]
+        lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+        ob = u * NH + h
+        tl.store(OP + ob[:, None] * R + r[None, :], o, mask=hm[:, None])
+        tl.store(LP + ob, lse, mask=hm)
+
+
+def mla_decode(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float) -> torch.Tensor:
+    """Absorbed decode attention (Triton) for sequences lay.n_prefill..: [T, nh, rank] (decode rows set)."""
+    t, nh, _ = qa.shape
+    out = qa.new_zeros((t, nh, rank))
+    n_dec = lay.units["seq_units"].shape[0] - 1
+    if lay.units["seq"].shape[0] == 0 or n_dec == 0:
+        return out
+    op, lp = mla_decode_units(qa, kv_pool, lay, rank, scale)
+    _decode_combine_kernel[(n_dec * nh,)](
+        op, lp, lay.units["seq_units"], lay.cu_q, out, lay.n_prefill, NH=nh, D=rank, UB=16, num_warps=4
+    )
+    return out
+
+
+def mla_decode_units(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float):
+    """Each decode work unit's normalised output [units, nh, rank] and log-sum-exp [units, nh] (Triton)."""
+    t, nh, d = qa.shape
+    units = lay.units
+    n_units = units["seq"].shape[0]
+    qa = qa.to(kv_pool.dtype).contiguous()
+    op = torch.empty((n_units, nh, rank), dtype=torch.float32, device=qa.device)
+    lp = torch.empty((n_units, nh), dtype=torch.float32, device=qa.device)
+    _mla_decode_kernel[(n_units,)](
+        qa,
+        kv_pool,
+        op,
+        lp,
+        units["seq"],
+        units["lo"],
+        units["hi"],
+        lay.cu_q,
+        lay.cu_k,
+        lay.seqused_k,
+        scale,
+        kv_pool.stride(0),
+        NH=nh,
+        H_PAD=max(16, triton.next_power_of_2(nh)),
+        R=rank,
+        P=d - rank,
+        BLOCK_N=32,
+        num_warps=8,
+        num_stages=2,
+    )
+    return op, lp

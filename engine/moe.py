@@ -1,0 +1,286 @@
+"""Fused mixture-of-experts: routed tokens sorted by expert, one grouped GEMM per weight, weighted combine.
+
+What production engines run (vLLM's fused_moe, SGLang's): the router's top-k picks give (token, expert)
+pairs; `align` sorts the pairs by expert and pads each expert's run to a multiple of the kernel's row
+block, so every row block of the sorted list belongs to one expert. One Triton kernel then computes
+gate_up for all blocks at once (each program: one row block x one column tile, reading that block's
+expert weights; programs of untouched experts do not exist, so only the experts the batch touched are
+read), the activation runs over the pairs, and a second launch computes down with the routing weight
+applied in its epilogue, writing each pair's row; the combine sums a token's top-k rows.
+
+Every shape here is fixed by the token count (padded lists of `pairs + experts * (block - 1)` rows,
+idle blocks marked -1), so a decode step with this layer captures in a CUDA graph. The cost model's
+routed-experts group prices exactly this: the weights of the touched experts plus the GEMM over the
+routed rows (core.cost_model.CostModel.expert_time). `moe_reference` is the loop over experts, used on
+the CPU and to check the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from engine.fused import act_mul
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs run the torch paths
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+
+def route(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax router, top-k: (weights [T, k] fp32, expert ids [T, k] int64)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    w, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        w = w / w.sum(-1, keepdim=True)
+    return w, ids
+
+
+def moe_reference(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:
+    """The loop over experts: each expert's tokens through gate_up, act·mul, down, weighted and summed."""
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in range(w_gate_up.shape[0]):
+        tok, slot = torch.nonzero(ids == e, as_tuple=True)
+        if tok.numel() == 0:
+            continue
+        h = act_mul(x[tok] @ w_gate_up[e].t(), act)
+        y = (h @ w_down[e].t()).float() * weights[tok, slot, None].float()
+        out.index_add_(0, tok, y)
+    return out.to(x.dtype)
+
+
+def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort the (token, slot) pairs of `ids` [T, k] by expert, each expert's run padded to `block` rows.
+
+    Returns (sorted pair ids [pairs + E*(block-1)], value `pairs` for padding rows; expert of each row
+    block, -1 for blocks past the last expert's run). Pair p is token p // k, slot p % k. Fixed shapes,
+    no host synchronisation: CUDA-graph safe.
+    """
+    flat = ids.reshape(-1)
+    pairs = flat.numel()
+    dev = flat.device
+    rows = align_rows(pairs, num_experts, block)
+    if triton is not None and (flat.is_cuda or _interpreted()) and pairs <= ALIGN_KERNEL_MAX_PAIRS:
+        sorted_ids = torch.empty(rows, dtype=torch.int32, device=dev)
+        block_expert = torch.empty(rows // block, dtype=torch.int32, device=dev)
+        p2 = triton.next_power_of_2
+        _align_kernel[(1,)](
+            flat.contiguous(), sorted_ids, block_expert, pairs, rows,
+            E=num_experts, E_P2=max(16, p2(num_experts)), BM=block, P_P2=max(16, p2(pairs)),
+            R_P2=p2(rows), B_P2=max(16, p2(rows // block)), num_warps=4,
+        )  # fmt: skip
+        return sorted_ids, block_expert
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block - 1) // block * block
+    pad_end = torch.cumsum(padded, 0)
+    order = torch.argsort(flat, stable=True)
+    e_sorted = flat[order]
+    rank = torch.arange(pairs, device=dev) - (torch.cumsum(counts, 0) - counts)[e_sorted]
+    dest = (pad_end - padded)[e_sorted] + rank
+    sorted_ids = torch.full((rows,), pairs, dtype=torch.int32, device=dev)
+    sorted_ids.scatter_(0, dest, order.to(torch.int32))
+    starts = torch.arange(0, rows, block, device=dev)
+    blk = torch.searchsorted(pad_end, starts, right=True)
+    block_expert = torch.where(blk < num_experts, blk, -1).to(torch.int32)
+    return sorted_ids, block_expert
+
+
+ALIGN_KERNEL_MAX_PAIRS = 128  # up to this many (token, expert) pairs `align` is one Triton program
+
+
+def align_rows(pairs: int, num_experts: int, block: int) -> int:
+    """Rows of the sorted list: every pair plus each expert's padding, rounded up to whole blocks."""
+    return (pairs + num_experts * (block - 1) + block - 1) // block * block
+
+
+if triton is not None:
+
+    @triton.jit
+    def _align_kernel(
+        IDS,
+        SORTED,
+        BLOCK_E,
+        pairs,
+        rows,
+        E: tl.constexpr,
+        E_P2: tl.constexpr,
+        BM: tl.constexpr,
+        P_P2: tl.constexpr,
+        R_P2: tl.constexpr,
+        B_P2: tl.constexpr,
+    ):
+        """`align` in one program for small steps (decode): one launch instead of a sort and its scans."""
+        p = tl.arange(0, P_P2)
+        valid = p < pairs
+        e = tl.load(IDS + p, mask=valid, other=E).to(tl.int32)
+        # rank of each pair among the earlier pairs of its expert (the stable sort's order)
+        same = (e[:, None] == e[None, :]) & (p[None, :] < p[:, None]) & valid[None, :]
+        rank = tl.sum(same.to(tl.int32), 1)
+        ex = tl.arange(0, E_P2)
+        hit = (ex[:, None] == e[None, :]) & valid[None, :]  # [E_P2, P_P2]
+        counts = tl.sum(hit.to(tl.int32), 1)
+        padded = (counts + BM - 1) // BM * BM
+        pad_end = tl.cumsum(padded, 0)
+        pad_start = pad_end - padded
+        start = tl.sum(tl.where(hit, pad_start[:, None], 0), 0)  # each pair's expert's first row
+        r = tl.arange(0, R_P2)
+        tl.store(SORTED + r, tl.full((R_P2,), 0, tl.int32) + pairs, mask=r < rows)
+        tl.debug_barrier()  # the padding first, then the pairs over it
+        tl.store(SORTED + start + rank, p, mask=valid)
+        b = tl.arange(0, B_P2)
+        blk = tl.sum(((pad_end[None, :] <= (b * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
+        tl.store(BLOCK_E + b, tl.where(blk < E, blk, -1), mask=b < rows // BM)
+
+    @triton.jit
+    def _moe_gemm_kernel(
+        A,
+        W,
+        C,
+        TW,
+        SORTED,
+        BLOCK_E,
+        N,
+        K,
+        pairs,
+        stride_am,
+        stride_we,
+        stride_wn,
+        stride_cm,
+        TOP_K: tl.constexpr,
+        ROUTED_WEIGHT: tl.constexpr,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        GROUP: tl.constexpr,
+    ):
+        """C[pair] = A[pair // TOP_K] @ W[e]^T (times the pair's routing weight), for one row block of
+        the expert-sorted pairs and one column tile; blocks of expert -1 return at once."""
+        pid = tl.program_id(0)
+        n_m = tl.num_programs(0) // tl.cdiv(N, BN)
+        n_n = tl.cdiv(N, BN)
+        # grouped ordering: GROUP row blocks share a column tile's weights in L2
+        width = GROUP * n_n
+        g = pid // width
+        first = g * GROUP
+        size = tl.minimum(n_m - first, GROUP)
+        pid_m = first + (pid % width) % size
+        pid_n = (pid % width) // size
+        e = tl.load(BLOCK_E + pid_m)
+        if e < 0:
+            return
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        pid_rows = tl.load(SORTED + offs_m)
+        valid = pid_rows < pairs
+        a_rows = (pid_rows // TOP_K).to(tl.int64)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        nmask = offs_n < N
+        offs_k = tl.arange(0, BK)
+        a_ptrs = A + a_rows[:, None] * stride_am + offs_k[None, :]
+        w_ptrs = W + e.to(tl.int64) * stride_we + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, tl.cdiv(K, BK)):
+            kmask = offs_k < K - k0 * BK
+            a = tl.load(a_ptrs, mask=valid[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc = tl.dot(a, w, acc)
+            a_ptrs += BK
+            w_ptrs += BK
+        if ROUTED_WEIGHT:
+            acc = acc * tl.load(TW + pid_rows, mask=valid, other=0.0)[:, None]
+        c_ptrs = C + pid_rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
+        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=valid[:, None] & nmask[None, :])
+
+
+def kernel_config(pairs: int, n: int) -> dict:
+    """Tile sizes by routed rows: small batches stream weights (16-row blocks, narrow column tiles so a
+    few touched experts still fill the SMs); large ones are GEMMs (64x128 tiles, deeper pipelines)."""
+    if pairs <= 64:
+        return {
+            "BM": 16,
+            "BN": 64 if n >= 16384 else 32,
+            "BK": 128,
+            "GROUP": 1,
+            "num_warps": 4,
+            "num_stages": 4,
+        }
+    if pairs <= 512:
+        return {"BM": 32, "BN": 64, "BK": 128, "GROUP": 4, "num_warps": 4, "num_stages": 3}
+    return {"BM": 64, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4}
+
+
+def grouped_gemm(a, w, sorted_ids, block_expert, top_k: int, pairs: int, cfg: dict, weights=None):
+    """[pairs, N] = rows of `a` (row pair // top_k) times their expert's w [E, N, K]^T, sorted by `align`."""
+    n, k = w.shape[1], w.shape[2]
+    out = a.new_empty((pairs, n))
+    n_m = block_expert.shape[0]
+    grid = (n_m * triton.cdiv(n, cfg["BN"]),)
+    _moe_gemm_kernel[grid](
+        a,
+        w,
+        out,
+        weights if weights is not None else a,
+        sorted_ids,
+        block_expert,
+        n,
+        k,
+        pairs,
+        a.stride(0),
+        w.stride(0),
+        w.stride(1),
+        out.stride(0),
+        TOP_K=top_k,
+        ROUTED_WEIGHT=weights is not None,
+        BM=cfg["BM"],
+        BN=cfg["BN"],
+        BK=cfg["BK"],
+        GROUP=cfg["GROUP"],
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+    return out
+
+
+def fused_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:
+    """The routed experts of one layer through two grouped-GEMM launches (Triton): [T, hidden]."""
+    t, hidden = x.shape
+    top_k = ids.shape[1]
+    pairs = t * top_k
+    cfg = kernel_config(pairs, w_gate_up.shape[1])
+    sorted_ids, block_expert = align(ids, w_gate_up.shape[0], cfg["BM"])
+    x = x.contiguous()
+    h1 = grouped_gemm(x, w_gate_up, sorted_ids, block_expert, top_k, pairs, cfg)
+    h2 = act_mul(h1, act)
+    cfg_d = kernel_config(pairs, w_down.shape[1])
+    cfg_d["BM"] = cfg["BM"]  # the same row blocks
+    tw = weights.reshape(-1).float().contiguous()
+    y = grouped_gemm(h2, w_down, sorted_ids, block_expert, 1, pairs, cfg_d, weights=tw)
+    return y.view(t, top_k, hidden).sum(1)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def align_reference(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`align` through torch ops only (what it runs for large steps), for the tests."""
+    global ALIGN_KERNEL_MAX_PAIRS
+    keep, ALIGN_KERNEL_MAX_PAIRS = ALIGN_KERNEL_MAX_PAIRS, -1
+    try:
+        return align(ids, num_experts, block)
+    finally:
+        ALIGN_KERNEL_MAX_PAIRS = keep
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    return triton is not None and x.is_cuda
+
+
+def routed_experts(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:
+    """The fused kernels on CUDA, the reference loop elsewhere."""
+    if use_fused(x):
+        return fused_moe(x, w_gate_up, w_down, weights, ids, act)
+    return moe_reference(x, w_gate_up, w_down, weights, ids, act)
