@@ -188,7 +188,7 @@ def _kernels() -> tuple:
 
 # ---------------------------------------------------------------- torch's int4 kernel (tinygemm, as gpt-fast runs it)
 INNER_K_TILES = 8
-_TINYGEMM: dict[str, object] = {}  # "swap": whether the uint8 input holds the even k in the high nibble
+_TINYGEMM: dict[str, object] = {}  # "order": the input layout the self-check found ("swap", "plain", "int32")
 
 
 def tinygemm_available(dev: torch.device) -> bool:
@@ -202,12 +202,17 @@ def tinygemm_available(dev: torch.device) -> bool:
     )
 
 
-def _tinygemm_pack_order(qweight: torch.Tensor, scales: torch.Tensor, swap: bool):
+def _tinygemm_pack_order(qweight: torch.Tensor, scales: torch.Tensor, order: str):
     """(packed weight, scales_and_zeros [K/G, N, 2]) for aten._weight_int4pack_mm: its input is uint8 [N, K/2],
     two k per byte; our words hold k = 8r + j in nibble j, so byte p of a row holds k = 2p (low) and 2p + 1
     (high) — the kernel wants them swapped (gpt-fast: `w[:, ::2] << 4 | w[:, 1::2]`). It dequantizes
-    (q − 8)·scale + zero: symmetric, zero = 0."""
-    packed = torch.ops.aten._convert_weight_to_int4pack(tinygemm_bytes(qweight, swap), INNER_K_TILES)
+    (q − 8)·scale + zero: symmetric, zero = 0. order "int32": the values as int32 [N, K] (another torch's
+    input, as its XPU build documents)."""
+    if order == "int32":
+        inp = unpack_int4(qweight).t().contiguous()
+    else:
+        inp = tinygemm_bytes(qweight, order == "swap")
+    packed = torch.ops.aten._convert_weight_to_int4pack(inp, INNER_K_TILES)
     sz = torch.stack([scales, torch.zeros_like(scales)], dim=2).to(torch.bfloat16).contiguous()
     return packed, sz
 
@@ -226,7 +231,7 @@ def _tinygemm_mm(x: torch.Tensor, tg: tuple, group: int) -> torch.Tensor:
 def tinygemm_pack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple | None:
     """torch's int4 layout of a packed weight, or None where the ops are missing, the shape does not fit
     (K a multiple of 16·inner k-tiles, N of 8, group 32..256) or a self-check on a small weight failed (both
-    nibble orders are tried once; the failure is printed)."""
+    nibble orders and an int32 input are tried once; the failure is printed)."""
     k, n = qweight.shape[0] * PACK, qweight.shape[1]
     group = k // scales.shape[0]
     if (
@@ -236,31 +241,31 @@ def tinygemm_pack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple | None:
         or group not in (32, 64, 128, 256)
     ):
         return None
-    if "swap" not in _TINYGEMM:
-        _TINYGEMM["swap"] = None
+    if "order" not in _TINYGEMM:
+        _TINYGEMM["order"] = None
         g = torch.Generator(device=qweight.device).manual_seed(0)
         w = torch.randn((256, 512), device=qweight.device, generator=g).to(torch.bfloat16) * 0.05
         x = torch.randn((3, 512), device=qweight.device, generator=g).to(torch.bfloat16)
         qw, sc = quantize_int4(w, 128)
         ref = w4a16_reference(x, qw, sc).float()
         errs = {}
-        for swap in (True, False):
+        for order in ("swap", "plain", "int32"):
             try:
-                y = _tinygemm_mm(x, _tinygemm_pack_order(qw, sc, swap), 128).float()
-                errs[swap] = float((y - ref).abs().max() / ref.abs().max())
+                y = _tinygemm_mm(x, _tinygemm_pack_order(qw, sc, order), 128).float()
+                errs[order] = float((y - ref).abs().max() / ref.abs().max())
             except Exception as e:  # noqa: BLE001 - a signature or layout this torch does not have
-                errs[swap] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            if isinstance(errs[swap], float) and errs[swap] < CHECK_TOL:
-                _TINYGEMM["swap"] = swap
+                errs[order] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            if isinstance(errs[order], float) and errs[order] < CHECK_TOL:
+                _TINYGEMM["order"] = order
                 break
-        if _TINYGEMM["swap"] is None:
+        if _TINYGEMM["order"] is None:
             print(
                 f"int4: torch's _weight_int4pack_mm left out (self-check against the reference: {errs})",
                 flush=True,
             )
-    if _TINYGEMM["swap"] is None:
+    if _TINYGEMM["order"] is None:
         return None
-    return _tinygemm_pack_order(qweight, scales, _TINYGEMM["swap"])
+    return _tinygemm_pack_order(qweight, scales, _TINYGEMM["order"])
 
 
 # ---------------------------------------------------------------- candidates and the tuner
