@@ -159,7 +159,8 @@ def detail_lines(rows: list[tuple[dict, dict, dict]]) -> list[str]:
 
 
 def gemm_lines(raw: dict, model: list[dict]) -> list[str]:
-    lines = ["## int4 weight-only GEMM (engine/quant.py, Triton W4A16, group 128)", "",
+    lines = ["## int4 weight-only GEMM (engine/quant.py, W4A16, group 128: the fastest checked kernel per rows bucket)",
+             "",
              "Batch 1: the kernel's time inside a CUDA graph against the 4-bit weight-read floor (packed weights and "
              "scales at the measured copy bandwidth); bar: within 1.3x. Prefill: against the bf16 GEMM (cuBLAS) at the "
              "same size. Cost model: the simulator's int4 GEMM time (its Marlin-derived dequantization term).", "",
@@ -180,6 +181,20 @@ def gemm_lines(raw: dict, model: list[dict]) -> list[str]:
         for p, q in zip(g["prefill"], m["prefill"], strict=True):
             lines.append(f"| {g['shape']} | {p['m']} | {p['int4_tflops']:.0f} | {p['bf16_tflops']:.0f} | "
                          f"{p['int4_s'] / p['bf16_s']:.2f} | {q['int4_s'] / q['bf16_s']:.2f} |")  # fmt: skip
+    if (
+        raw["gemm"] and "rows" in raw["gemm"][0]
+    ):  # runs since the candidate kernels: each one's time, the choice
+        lines += ["", "Every candidate the tuner timed (µs inside a CUDA graph; dropped ones failed the reference "
+                  "check) and the one the layer runs:", "",
+                  "| weight | tokens | chosen | int4 (µs) | bf16 (µs) | × floor | candidates (µs) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for g in raw["gemm"]:
+            for r in g["rows"]:
+                cells = "; ".join(f"{c} {t * 1e6:.1f}" if isinstance(t, float) else f"{c} {t}"
+                                  for c, t in r["candidates"].items())  # fmt: skip
+                over = f"{r['over_floor']:.2f}" if r["m"] <= 16 else "-"
+                lines.append(f"| {g['shape']} | {r['m']} | {r['chosen']} | {r['int4_s'] * 1e6:.1f} | "
+                             f"{r['bf16_s'] * 1e6:.1f} | {over} | {cells} |")  # fmt: skip
     return lines + [""]
 
 

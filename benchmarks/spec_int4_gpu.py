@@ -1,16 +1,21 @@
 """Speculative decoding and int4 weights in our engine, measured in one run (issue 19); raw runs for the comparison.
 
-One command on the GPU (about 5-6 minutes on an H200, estimated: not yet run there) measures, in order:
+One command on the GPU (the first H200 run took 138 s; this one about 7 minutes, estimated: the low-load rows
+are longer) measures, in order:
 
-(a) the int4 weight-only GEMM (engine/quant.py) on Llama-3.1-8B's weight shapes: its error against the
-    dequantize-then-matmul reference, batch-1 time against the 4-bit weight-read floor (packed weights +
-    scales at the measured copy bandwidth), and prefill-sized GEMMs against the bf16 GEMM at the same size;
-(b) fidelity rows through the real serving loop (engine/serving.py, benchmarks/fidelity.py's machinery):
-    speculative decoding of Llama-3.1-8B with a draft made of its own config cut to DRAFT_LAYERS layers,
-    α ∈ {0.6, 0.8} × k ∈ {2, 4}, at low load (speculation on) and at high load (above max_batch: off);
-    then an int4 Llama-3.1-8B row on the conversation trace;
+(a) the int4 weight-only GEMM (engine/quant.py) on Llama-3.1-8B's weight shapes at 1, 4, 16, 512, 2,048 and
+    8,192 tokens: every candidate kernel's time (the layer's own tuner: Triton GEMV / row-per-program GEMV /
+    tiles, torch's int4 kernel, dequantize-then-cuBLAS; each checked against the reference first and dropped
+    with the reason when it fails), the one the layer picks, its error on the full output, against the 4-bit
+    weight-read floor (packed weights + scales at the measured copy bandwidth; up to 16 tokens) and the bf16
+    GEMM (cuBLAS) at the same size;
+(b) an int4 Llama-3.1-8B row on the conversation trace through the real serving loop (engine/serving.py,
+    benchmarks/fidelity.py's machinery);
 (c) the seed experiment's shape with int4 weights at batch 1: each prompt length 128 … 8,192 alone, its
-    TTFT and decode tokens/s.
+    TTFT and decode tokens/s;
+(b) then speculative decoding of Llama-3.1-8B with a draft made of its own config cut to DRAFT_LAYERS
+    layers, α ∈ {0.6, 0.8} × k ∈ {2, 4}, at high load (above max_batch: off) and then at low load (speculation
+    on; each low-load trace made longer, at the same rate, until it holds MIN_LOW_REQUESTS requests).
 
 Everything goes into one JSON under --out (plus the log); benchmarks/compare_spec_int4.py then simulates the
 same requests and writes benchmarks/results/fidelity_spec_int4_<profile>.md. Acceptance of drafts is a
@@ -50,11 +55,14 @@ DRAFT_LAYERS = 4  # the draft: the target's config with this many layers (Llama-
 SPEC_MAX_BATCH = 8  # speculation switches off above this many decoding sequences (both sides)
 ALPHAS, KS = (0.6, 0.8), (2, 4)
 LOW_LOAD, HIGH_LOAD = 0.1, 0.8  # shares of the simulator's capacity without speculation
+MIN_LOW_REQUESTS = 30  # requests a low-load row replays at least (GPU; its trace grows until it holds them)
+MAX_LOW_DURATION_S = 75.0
 CPU_LOW_LOAD = 0.3  # the tiny CPU rows replay 1.5 s: a few requests at low load
 SEED_PROMPTS = (128, 256, 512, 1024, 2048, 4096, 8192)
 SEED_OUTPUT = 128
 GEMM_SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
-PREFILL_TOKENS = (512, 2048, 8192)
+GEMM_ROWS = (1, 4, 16, 512, 2048, 8192)  # decode batches (against the read floor) and prefill chunks
+CPU_GEMM_ROWS = (1, 4, 64)
 # tiny CPU stand-ins: K a multiple of int4's group (128)
 TINY_INT4 = dict(fd.TINY_CONFIG, hidden_size=128, intermediate_size=256, head_dim=32)
 CPU_GEMM_SHAPES = {"qkv": (128, 256), "down": (256, 128)}
@@ -93,11 +101,14 @@ def spec_scenario(base: Scenario, row: SpecRow, draft_ref: str) -> Scenario:
 
 # ---------------------------------------------------------------------------------------------- (a) GEMMs
 def gemm_table(cpu: bool, log) -> list[dict]:
-    """int4 GEMM error and times per weight shape: batch 1 against the 4-bit read floor, prefill against bf16."""
+    """int4 GEMM per weight shape and token count: every candidate kernel's time (engine/quant.py's tuner: each
+    checked against the reference first, dropped with the reason if it fails), the chosen one, its error on the
+    full output, against the 4-bit read floor (batch <= 16) and the bf16 GEMM (cuBLAS) at the same size."""
     import torch
 
+    from engine import quant
     from engine.kernels import time_copy, time_gemm
-    from engine.quant import quantize_int4, w4a16, w4a16_reference
+    from engine.timing import measure
 
     dev = "cpu" if cpu else "cuda"
     secs, nbytes = time_copy((16 if cpu else 2048) * 2**20, dev)
@@ -108,27 +119,47 @@ def gemm_table(cpu: bool, log) -> list[dict]:
     for name, (k, n) in shapes.items():
         g = torch.Generator(device=dev).manual_seed(0)
         w = (torch.randn((n, k), device=dev, generator=g) * k**-0.5).to(torch.bfloat16)
-        qw, sc = quantize_int4(w)
-        errs = []
-        for m in (1, 40, 512):
+        qw, sc = quant.quantize_int4(w)
+        del w
+        tg = quant.tinygemm_pack(qw, sc)
+        wref = quant.dequantize(qw, sc, torch.float32)  # [N, K]: the reference's weight
+        rec = {"shape": name, "k": k, "n": n, "tinygemm": tg is not None, "rows": [], "prefill": []}
+        for m in GEMM_ROWS if not cpu else CPU_GEMM_ROWS:
             x = torch.randn((m, k), device=dev, generator=g).to(torch.bfloat16)
-            ref = w4a16_reference(x, qw, sc).float()
-            y = (w4a16(x, qw, sc) if not cpu else w4a16_reference(x, qw, sc)).float()
-            errs.append(float((y - ref).abs().max() / ref.abs().max()))
-        floor = (qw.numel() * 4 + sc.numel() * 2 + 2 * (k + n)) / bw
-        t1 = time_gemm(1, k, n, "int4", dev)
-        b1 = time_gemm(1, k, n, "bf16", dev)
-        rec = {"shape": name, "k": k, "n": n, "max_rel_error": max(errs), "batch1_s": t1, "floor_s": floor,
-               "batch1_over_floor": t1 / floor, "bf16_batch1_s": b1, "prefill": []}  # fmt: skip
-        for m in PREFILL_TOKENS if not cpu else (64,):
-            t4, t16 = time_gemm(m, k, n, "int4", dev), time_gemm(m, k, n, "bf16", dev)
-            rec["prefill"].append({"m": m, "int4_s": t4, "bf16_s": t16, "int4_tflops": 2 * m * k * n / t4 / 1e12,
-                                   "bf16_tflops": 2 * m * k * n / t16 / 1e12})  # fmt: skip
-        log(f"int4 {name} [{k}x{n}]: error {max(errs):.2e}, batch 1 {t1 * 1e6:.1f} µs vs floor {floor * 1e6:.1f} µs "
-            f"({t1 / floor:.2f}x; bf16 {b1 * 1e6:.1f} µs); prefill "
-            + ", ".join(f"{p['m']}: {p['int4_tflops']:.0f} vs bf16 {p['bf16_tflops']:.0f} TFLOP/s" for p in rec["prefill"]))  # fmt: skip
+            y = quant.w4a16(
+                x, qw, sc, tg
+            ).float()  # on the GPU: tunes this bucket (checks, times every candidate)
+            ref = x[:256].float() @ wref.t()
+            err = float((y[:256] - ref).abs().max() / ref.abs().max())
+            times = quant.tuning_times(m, n, k, tinygemm=tg is not None)
+            if not times:  # the CPU: its one candidate, timed here
+                times = {quant.cand_name(quant.candidates(m, x, tg)[0]):
+                         measure(lambda a=(x, qw, sc, tg): quant.w4a16(*a), dev, warmup=1, repeat=3)}  # fmt: skip
+            ok = {c: t for c, t in times.items() if isinstance(t, float)}
+            chosen = min(ok, key=ok.__getitem__)
+            t4, t16 = ok[chosen], time_gemm(m, k, n, "bf16", dev)
+            floor = (qw.numel() * 4 + sc.numel() * 2 + 2 * m * (k + n)) / bw
+            row = {"m": m, "chosen": chosen, "int4_s": t4, "bf16_s": t16, "max_rel_error": err, "floor_s": floor,
+                   "over_floor": t4 / floor, "int4_tflops": 2 * m * k * n / t4 / 1e12,
+                   "bf16_tflops": 2 * m * k * n / t16 / 1e12, "candidates": times}  # fmt: skip
+            rec["rows"].append(row)
+            if m > 16:
+                rec["prefill"].append(row)
+            cells = ", ".join(
+                f"{c} {t * 1e6:.1f}" if isinstance(t, float) else f"{c} {t}" for c, t in times.items()
+            )
+            log(f"int4 {name} [{k}x{n}] m={m}: chosen {chosen} {t4 * 1e6:.1f} µs (error {err:.1e}); bf16 "
+                f"{t16 * 1e6:.1f} µs; " + (f"floor {floor * 1e6:.1f} µs ({t4 / floor:.2f}x)" if m <= 16 else
+                f"{row['int4_tflops']:.0f} vs bf16 {row['bf16_tflops']:.0f} TFLOP/s"))  # fmt: skip
+            log(f"    candidates (µs): {cells}")
+            del x, y, ref
+        one = rec["rows"][0]
+        rec.update(max_rel_error=max(r["max_rel_error"] for r in rec["rows"]), batch1_s=one["int4_s"],
+                   floor_s=one["floor_s"], batch1_over_floor=one["over_floor"], bf16_batch1_s=one["bf16_s"])  # fmt: skip
         out.append(rec)
-        del w, qw, sc
+        del qw, sc, tg, wref
+        if not cpu:
+            torch.cuda.empty_cache()
     return out
 
 
@@ -183,6 +214,11 @@ def run_spec_row(row: SpecRow, args, ctx: dict, host: SpecHost, log) -> dict:
     rate = row.load * ctx["capacity"]
     duration = args.duration * (1.0 if row.load < 0.5 else 0.7)
     draft = load_model(draft_ref)
+    if row.load < 0.5:  # low load: a longer trace (same rate) until it holds enough requests for percentiles
+        while duration < MAX_LOW_DURATION_S and len(generate(fd.scenario_for(
+                base_row, rate, duration, ctx["profile"], ctx["model_ref"], args.utilization).workload, 0)
+        ) < args.min_low_requests:  # fmt: skip
+            duration *= 1.04
 
     def setup(util: float):
         sc = fd.scenario_for(base_row, rate, duration, ctx["profile"], ctx["model_ref"], util)
@@ -279,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only", default="abc", help="parts to run: a GEMMs, b fidelity rows, c seed shape (default abc)"
     )
+    p.add_argument("--min-low-requests", type=int, help=f"requests per low-load row, at least (default "
+                   f"{MIN_LOW_REQUESTS}; cpu 0): its trace is made longer, not denser")  # fmt: skip
     args = p.parse_args(argv)
+    if args.min_low_requests is None:
+        args.min_low_requests = 0 if args.cpu else MIN_LOW_REQUESTS
     if args.cpu != args.tiny:
         p.error("--cpu and --tiny go together (the GPU run uses the real models)")
     args.duration = args.duration or (1.5 if args.cpu else 12.0)
@@ -331,16 +371,56 @@ def main(argv: list[str] | None = None) -> int:
             result["refs"][key] = ref
 
     def save() -> None:
-        from engine.quant import tuned_configs
+        from engine.quant import tuned_configs, tuning_record
 
         keep_refs()
-        result["int4_launch_configs"] = tuned_configs()  # per shape: the tuned kernel configuration
+        result["int4_launch_configs"] = (
+            tuned_configs()
+        )  # per rows bucket and shape: the kernel the layer runs
+        result["int4_tuning"] = tuning_record()  # and every candidate's time there (the engine's buckets too)
         path.write_text(json.dumps(result, indent=1))
 
     try:
         if "a" in args.only:
             result["gemm"] = gemm_table(args.cpu, log)
             save()
+        # the int4 model first (its row, then the seed shape), the speculation rows last: the long low-load rows
+        # end the run, so a run cut short by its time limit loses the fewest rows (each is saved as it ends)
+        hosts: dict = {}
+        int4_row = fd.Row(int4_model, "int4", "conversation", 0.8)
+        if "b" in args.only:  # the int4 row: benchmarks/fidelity.py's own row runner, int4 weights
+            rec = fd.run_row(int4_row, args, profile_name, int4_ref, hosts, work / "fidelity", log)
+            rec["kind"] = "int4"
+            rec["engine_requests_csv"] = (
+                work / "fidelity" / int4_row.name / "engine_requests.csv"
+            ).read_text()
+            result["int4_rows"] = [rec]
+            save()
+            log(f"  [{time.perf_counter() - t0:.0f} s]")
+        if "c" in args.only:
+            host = hosts.get(int4_row.model) or fd.EngineHost(
+                int4_row,
+                load_model(int4_ref),
+                args.device,
+                4096,
+                256,
+                8192 + 256,
+                fd.ENGINE_RESERVE_BYTES,
+                log,
+                8192,
+            )
+            result["seed_shape"] = {
+                "model": int4_model,
+                "weight_dtype": "int4",
+                "rows": seed_shape(host, args, log),
+            }
+            save()
+            log(f"  [{time.perf_counter() - t0:.0f} s]")
+            del host
+        hosts.clear()
+        gc.collect()
+        if not args.cpu:
+            torch.cuda.empty_cache()
         if "b" in args.only:
             base = fd.Row(target, "fp32" if args.cpu else "bf16", "conversation", LOW_LOAD)
             cap = fd.capacity(
@@ -358,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             result["spec_rows"] = []
             result["spec_capacity_requests_per_s"] = cap
             result["loads"] = loads = [CPU_LOW_LOAD if args.cpu else LOW_LOAD, HIGH_LOAD]
-            for load in loads:
+            for load in reversed(loads):  # high load first (short), then the long low-load rows
                 for alpha in ALPHAS:
                     for k in KS:
                         rec = run_spec_row(SpecRow(alpha, k, load), args, ctx, host, log)
@@ -366,32 +446,6 @@ def main(argv: list[str] | None = None) -> int:
                         save()
                         log(f"  [{time.perf_counter() - t0:.0f} s]")
             del host
-            gc.collect()
-            if not args.cpu:
-                torch.cuda.empty_cache()
-            # the int4 row: benchmarks/fidelity.py's own row runner, int4 weights
-            row = fd.Row(int4_model, "int4", "conversation", 0.8)
-            hosts: dict = {}
-            rec = fd.run_row(row, args, profile_name, int4_ref, hosts, work / "fidelity", log)
-            rec["kind"] = "int4"
-            rec["engine_requests_csv"] = (work / "fidelity" / row.name / "engine_requests.csv").read_text()
-            result["int4_rows"] = [rec]
-            save()
-            log(f"  [{time.perf_counter() - t0:.0f} s]")
-            if "c" in args.only:
-                result["seed_shape"] = {"model": int4_model, "weight_dtype": "int4",
-                                        "rows": seed_shape(hosts[row.model], args, log)}  # fmt: skip
-                save()
-        elif "c" in args.only:
-            spec = load_model(int4_ref)
-            host = fd.EngineHost(fd.Row(int4_model, "int4", "conversation", 0.8), spec, args.device, 4096, 256,
-                                 8192 + 256, fd.ENGINE_RESERVE_BYTES, log, 8192)  # fmt: skip
-            result["seed_shape"] = {
-                "model": int4_model,
-                "weight_dtype": "int4",
-                "rows": seed_shape(host, args, log),
-            }
-            save()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,9 +9,15 @@ tiles of tokens, FMAs for a single row), so a decode step reads half a byte per 
 - `_gemv_kernel`: one token row (batch-1 decode), a program per BLOCK_N columns and K-split, partial sums
   in fp32 summed after (split-K), so even a 4096-wide matrix spreads over every SM;
 - `_gemm_kernel`: tiles of BLOCK_M tokens x BLOCK_N columns with tl.dot, the weights re-read and
-  dequantized once per token tile (as Marlin re-runs them per 64 rows), split-K when there are few tiles.
+  dequantized once per token tile (as Marlin re-runs them per 64 rows), split-K when there are few tiles;
+- `_gemv2_kernel`: up to 16 token rows (a program per row), the words kept [G/8, 8, BLOCK_N] (no reshape),
+  nibbles turned into floats by the 2^23 magic number, products accumulated elementwise and reduced once;
+- torch's own int4 kernel (`aten._weight_int4pack_mm`, tinygemm, as gpt-fast runs it) where this torch has it
+  on CUDA, the weight also packed in its layout (`tinygemm_pack`, self-checked once against the reference);
+- from 17 rows, dequantize the weight to 16 bits (`_dequant_kernel`, one pass) and multiply with cuBLAS.
 
-Launch configurations are tuned once per shape on the GPU (`_tuned`).
+Per (rows bucket, N, K) every candidate that runs on the device is checked against the reference on a slice of
+its output and timed from a CUDA graph at first use (the engine's warm-up); the fastest is kept (`_tuned`).
 
 On the CPU (and without Triton) the layer dequantizes and runs a plain matmul: `dequantize` is the
 reference the kernels are tested against (tests/engine/test_quant.py: on the CPU through Triton's
@@ -126,29 +132,334 @@ if triton is not None:
         out = Y + split * M * N + offs_m[:, None] * N + offs_n[None, :]
         tl.store(out, acc.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
+    def _gemv2_kernel(X, QW, S, Y, M, N, K, groups_per_split, BLOCK_N: tl.constexpr, GROUP_K: tl.constexpr):
+        """One program: one token row, BLOCK_N columns over its K-split's groups, no reshape and no reduction
+        inside the loop: the packed words stay [G/8, 8 nibbles, BLOCK_N], each nibble turned into a float by
+        the 2^23 magic number (or-ing it into the mantissa: no int-to-float conversion), products accumulated
+        elementwise and summed once at the end; the partial sum to Y[split, row, :]."""
+        pid_n = tl.program_id(0)
+        split = tl.program_id(1)
+        row = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        rows = tl.arange(0, GROUP_K // 8)
+        nib = tl.arange(0, 8)
+        acc = tl.zeros((GROUP_K // 8, 8, BLOCK_N), dtype=tl.float32)
+        g0 = split * groups_per_split
+        g1 = tl.minimum(g0 + groups_per_split, K // GROUP_K)
+        for g in range(g0, g1):
+            words = tl.load(QW + (g * (GROUP_K // 8) + rows)[:, None] * N + offs_n[None, :], mask=mask_n[None, :],
+                            other=0)  # fmt: skip
+            q = ((words[:, None, :] >> (nib * 4)[None, :, None]) & 0xF) | 0x4B000000
+            f = q.to(tl.float32, bitcast=True) - 8388616.0  # (2^23 + q) - (2^23 + 8) = q - 8, exactly
+            s = tl.load(S + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            x = tl.load(X + row * K + g * GROUP_K + rows[:, None] * 8 + nib[None, :]).to(tl.float32)
+            acc += f * (x[:, :, None] * s[None, None, :])
+        out = tl.sum(tl.sum(acc, axis=1), axis=0)
+        tl.store(Y + (split * M + row) * N + offs_n, out.to(Y.dtype.element_ty), mask=mask_n)
+
+    def _dequant_kernel(QW, S, W, N, K, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_K: tl.constexpr):
+        """W[K, N] (16-bit, k-major: the transposed weight cuBLAS multiplies) from the packed words."""
+        pid_r = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        nib = tl.arange(0, 8)
+        mask = (rows < K // 8)[:, None] & (offs_n < N)[None, :]
+        words = tl.load(QW + rows[:, None] * N + offs_n[None, :], mask=mask, other=0)
+        q = (words[:, None, :] >> (nib * 4)[None, :, None]) & 0xF
+        s = tl.load(S + ((rows * 8) // GROUP_K)[:, None] * N + offs_n[None, :], mask=mask, other=0.0)
+        w = (q.to(tl.float32) - 8.0) * s.to(tl.float32)[:, None, :]
+        k = rows[:, None] * 8 + nib[None, :]
+        tl.store(
+            W + k[:, :, None] * N + offs_n[None, None, :], w.to(W.dtype.element_ty), mask=mask[:, None, :]
+        )
+
 
 _KERNELS: list = []
 
 
 def _kernels() -> tuple:
-    """(gemv, gemm), jitted on first use (under TRITON_INTERPRET=1, Triton's interpreter: CPU tensors)."""
+    """(gemv, gemm, gemv2, dequant), jitted on first use (under TRITON_INTERPRET=1, Triton's interpreter)."""
     if not _KERNELS:
-        _KERNELS.extend((triton.jit(_gemv_kernel), triton.jit(_gemm_kernel)))
+        _KERNELS.extend(triton.jit(f) for f in (_gemv_kernel, _gemm_kernel, _gemv2_kernel, _dequant_kernel))
     return tuple(_KERNELS)
 
 
-# Launch configurations, the first of each list the default. Each (kernel, rows bucket, n, k) is tuned once on
-# first use outside CUDA-graph capture (the engine's warm-up runs each step shape before capturing it): every
-# candidate replayed from a CUDA graph over enough copies of the weights to overflow L2 (as a model's layers
-# stream them from memory), the fastest kept.
+# ---------------------------------------------------------------- torch's int4 kernel (tinygemm, as gpt-fast runs it)
+INNER_K_TILES = 8
+_TINYGEMM: dict[str, object] = {}  # "order": the input layout the self-check found ("swap", "plain", "int32")
+
+
+def tinygemm_available(dev: torch.device) -> bool:
+    """torch's CUDA int4 ops are present and the GPU has bf16 tensor cores (sm80+)."""
+    ops = torch.ops.aten
+    return (
+        dev.type == "cuda"
+        and hasattr(ops, "_weight_int4pack_mm")
+        and hasattr(ops, "_convert_weight_to_int4pack")
+        and torch.cuda.get_device_capability(dev)[0] >= 8
+    )
+
+
+def _tinygemm_pack_order(qweight: torch.Tensor, scales: torch.Tensor, order: str):
+    """(packed weight, scales_and_zeros [K/G, N, 2]) for aten._weight_int4pack_mm: its input is uint8 [N, K/2],
+    two k per byte; our words hold k = 8r + j in nibble j, so byte p of a row holds k = 2p (low) and 2p + 1
+    (high) — the kernel wants them swapped (gpt-fast: `w[:, ::2] << 4 | w[:, 1::2]`). It dequantizes
+    (q − 8)·scale + zero: symmetric, zero = 0. order "int32": the values as int32 [N, K] (another torch's
+    input, as its XPU build documents)."""
+    if order == "int32":
+        inp = unpack_int4(qweight).t().contiguous()
+    else:
+        inp = tinygemm_bytes(qweight, order == "swap")
+    packed = torch.ops.aten._convert_weight_to_int4pack(inp, INNER_K_TILES)
+    sz = torch.stack([scales, torch.zeros_like(scales)], dim=2).to(torch.bfloat16).contiguous()
+    return packed, sz
+
+
+def tinygemm_bytes(qweight: torch.Tensor, swap: bool) -> torch.Tensor:
+    """uint8 [N, K/2] of a packed weight, two k per byte: (q[2p] << 4) | q[2p+1] with `swap` (gpt-fast's
+    order), else q[2p] in the low nibble (our words' bytes as they are, little-endian)."""
+    b = qweight.t().contiguous().view(torch.uint8)  # [N, K/2]
+    return (((b & 0xF) << 4) | (b >> 4)).contiguous() if swap else b
+
+
+def _tinygemm_mm(x: torch.Tensor, tg: tuple, group: int) -> torch.Tensor:
+    return torch.ops.aten._weight_int4pack_mm(x, tg[0], group, tg[1])
+
+
+def tinygemm_pack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple | None:
+    """torch's int4 layout of a packed weight, or None where the ops are missing, the shape does not fit
+    (K a multiple of 16·inner k-tiles, N of 8, group 32..256) or a self-check on a small weight failed (both
+    nibble orders and an int32 input are tried once; the failure is printed)."""
+    k, n = qweight.shape[0] * PACK, qweight.shape[1]
+    group = k // scales.shape[0]
+    if (
+        not tinygemm_available(qweight.device)
+        or k % (16 * INNER_K_TILES)
+        or n % 8
+        or group not in (32, 64, 128, 256)
+    ):
+        return None
+    if "order" not in _TINYGEMM:
+        _TINYGEMM["order"] = None
+        g = torch.Generator(device=qweight.device).manual_seed(0)
+        w = torch.randn((256, 512), device=qweight.device, generator=g).to(torch.bfloat16) * 0.05
+        x = torch.randn((3, 512), device=qweight.device, generator=g).to(torch.bfloat16)
+        qw, sc = quantize_int4(w, 128)
+        ref = w4a16_reference(x, qw, sc).float()
+        errs = {}
+        for order in ("swap", "plain", "int32"):
+            try:
+                y = _tinygemm_mm(x, _tinygemm_pack_order(qw, sc, order), 128).float()
+                errs[order] = float((y - ref).abs().max() / ref.abs().max())
+            except Exception as e:  # noqa: BLE001 - a signature or layout this torch does not have
+                errs[order] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            if isinstance(errs[order], float) and errs[order] < CHECK_TOL:
+                _TINYGEMM["order"] = order
+                break
+        if _TINYGEMM["order"] is None:
+            print(
+                f"int4: torch's _weight_int4pack_mm left out (self-check against the reference: {errs})",
+                flush=True,
+            )
+    if _TINYGEMM["order"] is None:
+        return None
+    return _tinygemm_pack_order(qweight, scales, _TINYGEMM["order"])
+
+
+# ---------------------------------------------------------------- candidates and the tuner
+# Each (rows bucket, n, k) is tuned once on first use outside CUDA-graph capture (the engine's warm-up runs each
+# step shape before capturing it): every candidate is first checked against the reference on a slice of the
+# output (dropped, with the reason printed, when it fails or raises), then replayed from a CUDA graph over enough
+# copies of the weights to overflow L2 (as a model's layers stream them from memory); the fastest is kept.
 # GEMV: (BLOCK_N, programs per SM the K-split aims at (0: no split), warps)
-GEMV_CONFIGS = [(64, 4, 4), (32, 4, 4), (128, 4, 4), (64, 2, 4), (64, 8, 4), (32, 8, 4), (128, 8, 4),
-                (64, 4, 2), (64, 4, 8), (32, 0, 4), (16, 0, 2), (64, 0, 4)]  # fmt: skip
-# tiles: (BLOCK_N, warps, stages, programs per SM the K-split aims at); BLOCK_M from the rows (16/32/64/128);
-# the small-row tiles keep the first (split-K fills the SMs), the 128-row tiles (prefill) are tuned
-GEMM_SMALL = [(128, 4, 3, 2)]
+GEMV_CONFIGS = [(128, 8, 4), (64, 4, 4), (128, 4, 4), (64, 8, 4)]  # the first run picked (128, 8, 4) for all
+# GEMV2 (rows <= 16, a program per row): (BLOCK_N, programs per SM of the K-split, warps)
+GEMV2_CONFIGS = [(64, 4, 4), (32, 8, 2), (64, 8, 4), (128, 4, 8), (128, 8, 8), (64, 2, 4), (64, 0, 4)]
+# tiles: (BLOCK_N, warps, stages, programs per SM the K-split aims at); BLOCK_M from the rows (16/32/64/128)
+GEMM_SMALL = [(128, 4, 3, 2), (64, 4, 3, 4), (64, 4, 4, 8), (128, 4, 4, 4)]
 GEMM_CONFIGS = [(128, 8, 3, 2), (64, 4, 3, 2), (128, 4, 3, 2), (64, 8, 3, 2)]
+GEMV2_MAX_ROWS = 16
+DEQUANT_MIN_ROWS = 17  # dequantize-then-cuBLAS is a candidate from this many rows
+CHECK_TOL = 2e-2  # max |error| / max |reference| a candidate may show (bf16 output rounding is ~4e-3)
 _TUNED: dict[tuple, tuple] = {}
+_TIMES: dict[tuple, dict[str, object]] = {}  # per key: candidate name -> seconds, or why it was dropped
+
+
+def _bucket(m: int) -> int:
+    """Rows bucket a choice holds for: 1, then powers of two from 4 (2-4, 5-8, 9-16, ...)."""
+    if m == 1:
+        return 1
+    b = 4
+    while b < m:
+        b *= 2
+    return b
+
+
+def candidates(m: int, x: torch.Tensor, tg: tuple | None) -> list[tuple]:
+    """(kind, config) pairs that can run `m` rows on x's device, the default first (the one a graph capture
+    runs when no tuning happened)."""
+    if not (triton is not None and x.is_cuda):
+        return [("dequant_mm", ())]
+    out: list[tuple] = []
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+    if m == 1:
+        out += [("gemv", c) for c in GEMV_CONFIGS]
+    else:
+        out += [("tile", (bm, *c)) for c in (GEMM_CONFIGS if bm == 128 else GEMM_SMALL)]
+    if m <= GEMV2_MAX_ROWS:
+        out += [("gemv2", c) for c in GEMV2_CONFIGS]
+    if tg is not None and x.dtype == torch.bfloat16:
+        out.append(("tinygemm", ()))
+    if m >= DEQUANT_MIN_ROWS:
+        out.append(("dequant_mm", ()))
+    return out
+
+
+def cand_name(c: tuple) -> str:
+    return c[0] + ("(" + ",".join(str(v) for v in c[1]) + ")" if c[1] else "")
+
+
+def run_candidate(c: tuple, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tg) -> torch.Tensor:
+    kind, cfg = c
+    if kind == "gemv":
+        return _gemv(x, qweight, scales, cfg)
+    if kind == "gemv2":
+        return _gemv2(x, qweight, scales, cfg)
+    if kind == "tile":
+        return _gemm(x, qweight, scales, cfg[0], cfg[1:])
+    if kind == "tinygemm":
+        return _tinygemm_mm(x, tg, x.shape[1] // scales.shape[0])
+    if kind == "dequant_mm":
+        if triton is not None and x.is_cuda:
+            return torch.matmul(x, dequant_t(qweight, scales, x.dtype))
+        return F.linear(x, dequantize(qweight, scales, x.dtype))
+    raise ValueError(f"unknown int4 kernel {kind!r}")
+
+
+def _check(c: tuple, x, qweight, scales, tg) -> str | None:
+    """None when the candidate's output matches the reference on a slice (first 64 rows, first and last 128
+    columns), else why not."""
+    try:
+        y = run_candidate(c, x, qweight, scales, tg)
+    except Exception as e:  # noqa: BLE001 - a kernel that cannot run here is dropped, with the reason
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    n = qweight.shape[1]
+    cols = torch.cat([torch.arange(min(128, n)), torch.arange(max(0, n - 128), n)]).to(x.device)
+    rows = slice(0, min(64, x.shape[0]))
+    ref = w4a16_reference(x[rows], qweight[:, cols], scales[:, cols]).float()
+    if tuple(y.shape) != (x.shape[0], n):
+        return f"output shape {tuple(y.shape)}, want {(x.shape[0], n)}"
+    err = float((y[rows][:, cols].float() - ref).abs().max() / ref.abs().max().clamp(min=1e-30))
+    return None if err < CHECK_TOL else f"error {err:.3g} against the reference (bar {CHECK_TOL})"
+
+
+def _tuned(
+    key: tuple, cands: list, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tg
+) -> tuple:
+    """The fastest correct candidate for this call's shape (the first one on the CPU or while a graph captures)."""
+    c = _TUNED.get(key)
+    if c is not None:
+        return c
+    if not x.is_cuda or torch.cuda.is_current_stream_capturing():
+        return cands[0]
+    from engine.timing import copies_for_cache, measure_graph, rotating
+
+    nbytes = qweight.numel() * 4 + scales.numel() * scales.element_size()
+    n = copies_for_cache(nbytes * (2 if tg is not None else 1), x.device, factor=2.0)
+
+    def clone(t):
+        return None if t is None else tuple(v.clone() for v in t)
+
+    bufs = [(qweight, scales, tg)] + [
+        (qweight.clone(), scales.clone(), clone(tg)) for _ in range(min(n, 16) - 1)
+    ]
+    times: dict[str, object] = {}
+    best, best_t = None, float("inf")
+    for c in cands:
+        why = _check(c, x, qweight, scales, tg)
+        if why is not None:
+            times[cand_name(c)] = "dropped: " + why
+            print(f"int4 {key[:4]}: {cand_name(c)} dropped ({why})", flush=True)
+            continue
+        fn = rotating(bufs, lambda qw, sc, t, c=c: run_candidate(c, x, qw, sc, t))
+        try:
+            t = measure_graph(fn, x.device, calls=max(len(bufs), 4), repeat=5, warmup=2)
+        except Exception as e:  # noqa: BLE001 - e.g. a kernel that cannot be captured in a graph: dropped
+            times[cand_name(c)] = f"dropped: timing failed ({type(e).__name__}: {str(e)[:160]})"
+            print(f"int4 {key[:4]}: {cand_name(c)} {times[cand_name(c)]}", flush=True)
+            continue
+        times[cand_name(c)] = t
+        if t < best_t:
+            best, best_t = c, t
+    if best is None:
+        raise RuntimeError(f"no int4 kernel passed its check for rows/n/k {key[:3]}: {times}")
+    _TIMES[key] = times
+    _TUNED[key] = best
+    return best
+
+
+def tuned_configs() -> dict[str, str]:
+    """The kernel picked so far, by rows bucket / n / k / group / device (for the record of a benchmark)."""
+    return {"/".join(str(v) for v in k): cand_name(c) for k, c in _TUNED.items()}
+
+
+def tuning_record() -> dict[str, dict]:
+    """Every tuned shape's candidate times (or why each was dropped), by rows bucket / n / k / group / device."""
+    return {"/".join(str(v) for v in k): dict(t) for k, t in _TIMES.items()}
+
+
+def tuning_times(m: int, n: int, k: int, group: int = GROUP, dev: int = 0, tinygemm: bool = True) -> dict:
+    """Every candidate's measured seconds (or why it was dropped) for a tuned shape; {} if not tuned."""
+    return dict(_TIMES.get((_bucket(m), n, k, group, dev, tinygemm), {}))
+
+
+def w4a16(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tg: tuple | None = None
+) -> torch.Tensor:
+    """y[M, N] = x[M, K] @ W^T with W packed int4 (`quantize_int4`; `tg`: the same weight in torch's int4 layout,
+    `tinygemm_pack`, or None), on the fastest measured kernel for M's bucket (CUDA tensors; CPU tensors under
+    TRITON_INTERPRET=1, set before Triton is imported: the tests)."""
+    m, k = x.shape
+    n = qweight.shape[1]
+    group = k // scales.shape[0]
+    x = x.contiguous()
+    dev = x.device.index if x.is_cuda and x.device.index is not None else 0
+    cands = candidates(m, x, tg)
+    c = _tuned((_bucket(m), n, k, group, dev, tg is not None), cands, x, qweight, scales, tg)
+    if c not in cands:  # a choice made for the bucket that this row count cannot run
+        c = cands[0]
+    return run_candidate(c, x, qweight, scales, tg)
+
+
+def _gemv2(x, qweight, scales, cfg: tuple) -> torch.Tensor:
+    bn, per_sm, warps = cfg
+    (m, k), n = x.shape, qweight.shape[1]
+    group = k // scales.shape[0]
+    groups = k // group
+    tiles = triton.cdiv(n, bn) * m
+    split = _splits(tiles, groups, per_sm * _sm_count(x.device)) if per_sm else 1
+    per = triton.cdiv(groups, split)
+    split = triton.cdiv(groups, per)
+    y = torch.empty((split, m, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
+    _kernels()[2][(triton.cdiv(n, bn), split, m)](
+        x, qweight, scales, y, m, n, k, per, BLOCK_N=bn, GROUP_K=group, num_warps=warps, num_stages=2
+    )
+    return y.sum(0, dtype=x.dtype) if split > 1 else y[0]
+
+
+def dequant_t(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """W^T [K, N] in `dtype` from the packed weight (one Triton kernel; a fresh buffer from torch's caching
+    allocator each call, so layers of one shape reuse the same memory)."""
+    kp, n = qweight.shape
+    group = kp * PACK // scales.shape[0]
+    w = torch.empty((kp * PACK, n), device=qweight.device, dtype=dtype)
+    br, bn = 4, 128
+    _kernels()[3][(triton.cdiv(kp, br), triton.cdiv(n, bn))](
+        qweight, scales, w, n, kp * PACK, BLOCK_R=br, BLOCK_N=bn, GROUP_K=group, num_warps=4
+    )
+    return w
 
 
 def _splits(tiles: int, groups: int, target: int) -> int:
@@ -168,52 +479,6 @@ def _sm_count(dev: torch.device) -> int:
     if i not in _SMS:
         _SMS[i] = torch.cuda.get_device_properties(i).multi_processor_count
     return _SMS[i]
-
-
-def _tuned(
-    key: tuple, configs: list, run, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
-) -> tuple:
-    """The fastest of `configs` for this call's shape (the first one on the CPU or while a graph captures).
-    `run(cfg, qweight, scales)` launches one call."""
-    cfg = _TUNED.get(key)
-    if cfg is not None:
-        return cfg
-    if not x.is_cuda or torch.cuda.is_current_stream_capturing() or len(configs) == 1:
-        return configs[0]
-    from engine.timing import copies_for_cache, measure_graph, rotating
-
-    n = copies_for_cache(qweight.numel() * 4 + scales.numel() * scales.element_size(), x.device, factor=2.0)
-    bufs = [(qweight, scales)] + [(qweight.clone(), scales.clone()) for _ in range(min(n, 16) - 1)]
-    times = []
-    for c in configs:
-        fn = rotating(bufs, lambda qw, sc, c=c: run(c, qw, sc))
-        times.append(measure_graph(fn, x.device, calls=max(len(bufs), 4), repeat=5, warmup=2))
-    cfg = _TUNED[key] = configs[min(range(len(configs)), key=times.__getitem__)]
-    return cfg
-
-
-def tuned_configs() -> dict[str, tuple]:
-    """The launch configurations picked so far, by shape (for the record of a benchmark)."""
-    return {"/".join(str(v) for v in k): c for k, c in _TUNED.items()}
-
-
-def w4a16(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """y[M, N] = x[M, K] @ W^T with W packed int4 (`quantize_int4`), on the Triton kernels (CUDA tensors;
-    CPU tensors under TRITON_INTERPRET=1, set before Triton is imported: the tests)."""
-    m, k = x.shape
-    n = qweight.shape[1]
-    group = k // scales.shape[0]
-    x = x.contiguous()
-    dev = x.device.index if x.is_cuda and x.device.index is not None else 0
-    if m == 1:
-        run = lambda c, qw, sc: _gemv(x, qw, sc, c)  # noqa: E731
-        cfg = _tuned(("gemv", n, k, group, dev), GEMV_CONFIGS, run, x, qweight, scales)
-        return _gemv(x, qweight, scales, cfg)
-    bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
-    configs = GEMM_CONFIGS if bm == 128 else GEMM_SMALL
-    run = lambda c, qw, sc: _gemm(x, qw, sc, bm, c)  # noqa: E731
-    cfg = _tuned(("gemm", bm, n, k, group, dev), configs, run, x, qweight, scales)
-    return _gemm(x, qweight, scales, bm, cfg)
 
 
 def _gemv(x, qweight, scales, cfg: tuple) -> torch.Tensor:
@@ -254,7 +519,8 @@ def int4_supported(x: torch.Tensor) -> bool:
 
 # ---------------------------------------------------------------- the layer
 class Int4Linear(nn.Module):
-    """y = x W^T + b with W stored as packed int4 and group-wise scales (the Triton kernels on CUDA)."""
+    """y = x W^T + b with W stored as packed int4 and group-wise scales (on CUDA the fastest measured kernel
+    per rows bucket: Triton GEMV / tiles, torch's int4 kernel, or dequantize-then-cuBLAS)."""
 
     def __init__(self, linear: nn.Linear, group: int = GROUP) -> None:
         super().__init__()
@@ -262,6 +528,11 @@ class Int4Linear(nn.Module):
         qweight, scales = quantize_int4(w, group)
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
+        # torch's own int4 layout too (a candidate kernel; as many bytes again), packed now, before the engine
+        # sizes its KV pool from the free memory
+        tg = tinygemm_pack(qweight, scales) if triton is not None else None
+        self.register_buffer("tg_weight", tg[0] if tg else None)
+        self.register_buffer("tg_scales_zeros", tg[1] if tg else None)
         self.bias = linear.bias
         self.in_features, self.out_features = w.shape[1], w.shape[0]
 
@@ -269,7 +540,8 @@ class Int4Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if int4_supported(x2):
-            y = w4a16(x2, self.qweight, self.scales)
+            tg = (self.tg_weight, self.tg_scales_zeros) if self.tg_weight is not None else None
+            y = w4a16(x2, self.qweight, self.scales, tg)
             if self.bias is not None:
                 y = y + self.bias
         else:  # reference: dequantize, then a plain matmul

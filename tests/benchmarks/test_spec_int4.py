@@ -23,6 +23,13 @@ def test_cpu_run_and_comparison(tmp_path):
     assert [g["shape"] for g in raw["gemm"]] == ["qkv", "down"] and all(
         g["max_rel_error"] < 1e-2 for g in raw["gemm"]
     )
+    for g in raw["gemm"]:  # each token count: its candidates' times (the CPU's one) and the chosen one
+        assert [r["m"] for r in g["rows"]] == [1, 4, 64] and [p["m"] for p in g["prefill"]] == [64]
+        for r in g["rows"]:
+            assert r["chosen"] in r["candidates"] and r["int4_s"] == min(
+                t for t in r["candidates"].values() if isinstance(t, float)
+            )
+            assert r["int4_s"] > 0 and r["max_rel_error"] < 1e-2
     rows = raw["spec_rows"]
     low, high_load = raw["loads"]
     assert len(rows) == 8 and {(r["alpha"], r["k"], r["load"]) for r in rows} == {
@@ -35,7 +42,8 @@ def test_cpu_run_and_comparison(tmp_path):
     high = [r for r in rows if r["load"] == high_load]
     # (whether a real-time CPU run's batches pass max_batch varies with the machine's load: the switch-off
     # itself is tested deterministically in tests/engine/test_spec_decode.py)
-    assert all(len(r["requests"]["arrival_s"]) > len(rows[0]["requests"]["arrival_s"]) for r in high)
+    lows = [r for r in rows if r["load"] == low]
+    assert all(len(r["requests"]["arrival_s"]) > len(lows[0]["requests"]["arrival_s"]) for r in high)
     assert raw["int4_rows"][0]["engine"]["finished"] > 0 and len(raw["seed_shape"]["rows"]) == 3
 
     assert compare_spec_int4.main([str(tmp_path / "spec_int4_cpu.json"), "--out-dir", str(tmp_path)]) == 0
@@ -46,3 +54,4 @@ def test_cpu_run_and_comparison(tmp_path):
         and "tiny-int4-conversation-80pct-chunked" in md
     )
     assert "## Seed experiment's shape" in md and "## int4 weight-only GEMM" in md and "median" in md
+    assert "| qkv | 4 | dequant_mm |" in md  # the per-candidate table

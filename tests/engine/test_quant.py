@@ -73,6 +73,19 @@ for cfg in quant.GEMV_CONFIGS:
     assert torch.allclose(quant._gemv(x, qw, s, cfg), ref, atol=1e-4), cfg
 x = torch.randn(20, 256)
 assert torch.allclose(quant._gemm(x, qw, s, 32, (64, 4, 3, 2)), w4a16_reference(x, qw, s), atol=1e-4)
+# the row-per-program GEMV: every configuration at one row, two at three rows (split-K and not)
+x = torch.randn(1, 256)
+for cfg in quant.GEMV2_CONFIGS:
+    assert torch.allclose(quant._gemv2(x, qw, s, cfg), w4a16_reference(x, qw, s), atol=1e-4), cfg
+x = torch.randn(3, 256)
+for cfg in ((32, 8, 2), (64, 0, 4)):
+    assert torch.allclose(quant._gemv2(x, qw, s, cfg), w4a16_reference(x, qw, s), atol=1e-4), cfg
+# dequantize-then-matmul: the Triton dequantization is the reference's weight, transposed
+w = torch.randn(72, 384) * 384 ** -0.5
+qw, s = quantize_int4(w)
+assert torch.equal(quant.dequant_t(qw, s, torch.float32), quant.dequantize(qw, s, torch.float32).t())
+wb = quant.dequant_t(qw, s.to(torch.bfloat16), torch.bfloat16).float()
+assert torch.allclose(wb, quant.dequantize(qw, s.to(torch.bfloat16), torch.float32).t(), rtol=1e-2, atol=1e-6)
 print(" ".join(f"{e:.3g}" for e in out))
 """
 
@@ -87,6 +100,29 @@ def test_triton_kernels_equal_the_reference_under_the_interpreter():
     assert r.returncode == 0, r.stderr[-2000:]
     errs = [float(e) for e in r.stdout.split()]
     assert len(errs) == 5 and max(errs[:4]) < 1e-5 and errs[4] < 1e-2, errs
+
+
+def test_torch_int4_byte_order_and_cpu_candidates(monkeypatch):
+    """The uint8 input of torch's int4 packing holds k pairs as gpt-fast builds it (`q[:, ::2] << 4 | q[:, 1::2]`);
+    on the CPU the one candidate is dequantize-then-matmul and the checker accepts it and rejects a wrong one."""
+    from engine import quant
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(24, 256, generator=g)
+    qw, s = quantize_int4(w)
+    q = unpack_int4(qw).t()  # [N, K]
+    assert torch.equal(quant.tinygemm_bytes(qw, True), (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8))
+    assert torch.equal(quant.tinygemm_bytes(qw, False), (q[:, 1::2] << 4 | q[:, ::2]).to(torch.uint8))
+    x = torch.randn(5, 256, generator=g)
+    cands = quant.candidates(5, x, None)
+    assert cands == [("dequant_mm", ())] and quant._check(cands[0], x, qw, s, None) is None
+    assert torch.allclose(quant.w4a16(x, qw, s), w4a16_reference(x, qw, s), atol=1e-5)
+    with pytest.raises(ValueError):
+        quant.run_candidate(("nope", ()), x, qw, s, None)
+    assert quant._check(("nope", ()), x, qw, s, None).startswith("ValueError")  # raises: dropped, with why
+    other = quantize_int4(torch.randn(24, 256, generator=g))  # a kernel reading the wrong weight: far off
+    monkeypatch.setattr(quant, "run_candidate", lambda c, x, qw, s, tg: w4a16_reference(x, *other))
+    assert quant._check(cands[0], x, qw, s, None).startswith("error")
 
 
 def test_int4_model_serves_on_the_cpu():
