@@ -224,17 +224,38 @@ class Daily(_Spec):
 
 class Hourly(_Spec):
     kind: Literal["hourly"]
-    requests_per_hour: list[float] = Field(
+    requests_per_hour: list[float] | None = Field(
+        None,
         min_length=1,
-        description="arrivals in each hour (a trace's hourly counts), spread evenly in the hour; repeats after the last",
+        description="arrivals in each hour, spread evenly in the hour; repeats after the last "
+        "(or give from_trace)",
     )
+    from_trace: str | None = Field(
+        None,
+        description="a trace (built-in name or CSV/JSONL path with arrival times) whose arrivals per hour, "
+        "counted from its first arrival, become requests_per_hour",
+    )
+    scale: float = Field(1.0, gt=0, le=1e6, description="from_trace: each hour's count times this")
 
     @field_validator("requests_per_hour")
     @classmethod
-    def _counts(cls, v: list[float]) -> list[float]:
-        if any(x < 0 for x in v) or not any(x > 0 for x in v):
+    def _counts(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (any(x < 0 for x in v) or not any(x > 0 for x in v)):
             raise ValueError("counts must be >= 0, and at least one above 0")
         return v
+
+    @model_validator(mode="after")
+    def _from_trace(self) -> Hourly:
+        if (self.requests_per_hour is None) == (self.from_trace is None):
+            raise ValueError("give requests_per_hour or from_trace (one of them)")
+        if self.from_trace is not None:
+            from simulator.trace import hourly_counts  # lazy: the trace reader imports numpy and the readers
+
+            counts = [c * self.scale for c in hourly_counts(self.from_trace)]
+            object.__setattr__(self, "requests_per_hour", counts)  # the echo holds the counts it ran
+        elif self.scale != 1.0:
+            raise ValueError("scale is for from_trace; multiply requests_per_hour instead")
+        return self
 
     @property
     def peak_rate_per_s(self) -> float:
@@ -1030,4 +1051,5 @@ LENGTH_HELP = """\
   rate schedules (workload.schedule), chosen by `kind`; arrival.process draws under them:
     {kind: steps, steps: [{start_s: 0, rate_per_s: R0}, {start_s: T1, rate_per_s: R1}, ...]}
     {kind: daily, peak_rate_per_s: P, trough_rate_per_s: T, peak_hour: 14, shape: cosine}
-    {kind: hourly, requests_per_hour: [N0, N1, ...]}   repeats after the last hour"""
+    {kind: hourly, requests_per_hour: [N0, N1, ...]}   repeats after the last hour
+    {kind: hourly, from_trace: TRACE, scale: 1.0}     a trace's own arrivals per hour (times scale)"""

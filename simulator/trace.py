@@ -75,6 +75,18 @@ class Trace:
     hash_ids: HashIds | None = None  # Mooncake: one id per 512-token block of the prompt
 
 
+def hourly_counts(name_or_path: str) -> list[float]:
+    """Arrivals in each hour of a trace, counted from its first arrival (a rate schedule's hourly counts)."""
+    t = read_trace(name_or_path)
+    if t.arrival_s is None or not len(t.arrival_s):
+        raise ConfigError(
+            f"workload.schedule.from_trace {name_or_path!r}: the trace has no arrival times "
+            f"(a column named one of {', '.join(ARRIVAL_COLUMNS)}); give requests_per_hour instead"
+        )
+    hours = ((t.arrival_s - t.arrival_s.min()) // 3600.0).astype(np.int64)
+    return [float(c) for c in np.bincount(hours)]
+
+
 def read_trace(name_or_path: str) -> Trace:
     """A built-in trace by name or a CSV/JSONL file with arrival and token-count columns."""
     builtin = name_or_path in BUILTIN_TRACES

@@ -110,6 +110,36 @@ def test_hourly_counts_schedule():
     assert abs((a < 3600).sum() - 360) < 4 * 19 and abs((a >= 3600).sum() - 1080) < 4 * 33
 
 
+def test_hourly_counts_from_a_trace(tmp_path):
+    """A trace's own arrivals per hour, counted from its first arrival, become the schedule's counts."""
+    arrivals = [100.0] * 3 + [3700.0] * 5 + [7300.0, 7400.0]  # hours 0, 1, 2 of the trace: 3, 5, 2
+    rows = "\n".join(f"{a + i},{100 + i},{10 + i}" for i, a in enumerate(arrivals))
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + rows + "\n")
+    sc = scenario(
+        workload__schedule={"kind": "hourly", "from_trace": str(trace), "scale": 100},
+        workload__duration_s=3 * 3600,
+    )
+    assert sc.workload.schedule.requests_per_hour == [300.0, 500.0, 200.0]
+    a = generate(sc.workload, 0).arrival_s
+    assert abs((a < 3600).sum() - 300) < 4 * 18 and abs(((a >= 3600) & (a < 7200)).sum() - 500) < 4 * 23
+
+
+@pytest.mark.parametrize(
+    ("schedule", "says"),
+    [
+        ({"kind": "hourly"}, "give requests_per_hour or from_trace"),
+        ({"kind": "hourly", "requests_per_hour": [1], "from_trace": "conversation"}, "one of them"),
+        ({"kind": "hourly", "requests_per_hour": [1], "scale": 2}, "scale is for from_trace"),
+        ({"kind": "hourly", "from_trace": "/nonexistent.csv"}, "not found"),
+    ],
+)
+def test_hourly_from_trace_bad_input_is_one_line(schedule, says):
+    with pytest.raises(ConfigError) as e:
+        scenario(workload__schedule=schedule, workload__duration_s=3600)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
 # ---------------------------------------------------------------- autoscaling
 def _run(sc):
     model = load_model(sc.model)
