@@ -206,25 +206,7 @@ class CostModel:
         e = profile.efficiency
         self.eff = e
         self.engine = engine
-        # the GPU profile's serving-loop terms are our engine's loop: an engine with its own host terms
-        # (gpu_profile_loop false) pays those instead, its eager launches included (no launch floor)
-        own_loop = engine is None or engine.host.gpu_profile_loop
-        serving_host = serving_host and own_loop
-        # steps with prompt tokens launched eagerly (serving.cuda_graphs = decode_only; none: every step,
-        # `eager_decode`) last at least as long as the host takes to issue their kernels
-        eager = (eager_prefill or eager_decode) and own_loop
-        self.eager_floor = model.num_layers * e.eager_launch_s_per_layer if eager else 0.0
-        self.eager_decode = self.eager_floor if eager_decode else 0.0
-        # a serving loop's host time per step outside the GPU's work (off for calibration, which times the GPU)
-        self.host_step = e.serving_step_s if serving_host else 0.0
-        self.host_seq = e.serving_per_sequence_s if serving_host else 0.0
-        self.host_prompt = e.serving_prompt_step_s if serving_host else 0.0
-        self.host_token = 0.0  # the engine's host seconds per prompt token in a step
-        # kernel factors per group (EngineProfile.kernels), and the packed attention layout with its paddings
-        self.k_gemm = self.k_prefill = self.k_decode = self.k_elementwise = 1.0
-        self.packed, self.q_pad, self.kv_pad = False, 1, 1
-        if engine is not None:
-            self._apply_engine(engine, model.num_layers)
+        self._loop_terms(engine, serving_host, eager_prefill, eager_decode)
         self.bw = profile.memory_bandwidth
         self.ic = profile.interconnect
         self.attn_peak = profile.peak_flops("bf16")
@@ -272,6 +254,31 @@ class CostModel:
             expert_inclusion(m.num_experts, m.experts_per_token, routing_skew) if m.is_moe else None
         )
         self._expert_q_gpu = experts_by_gpu(self.expert_q, ep) if m.is_moe else []
+
+    def _loop_terms(
+        self, engine: EngineProfile | None, serving_host: bool, eager_prefill: bool, eager_decode: bool
+    ) -> None:
+        """The serving loop's host terms, eager-launch floors and kernel factors of a step."""
+        e, model = self.eff, self.model
+        # the GPU profile's serving-loop terms are our engine's loop: an engine with its own host terms
+        # (gpu_profile_loop false) pays those instead, its eager launches included (no launch floor)
+        own_loop = engine is None or engine.host.gpu_profile_loop
+        serving_host = serving_host and own_loop
+        # steps with prompt tokens launched eagerly (serving.cuda_graphs = decode_only; none: every step,
+        # `eager_decode`) last at least as long as the host takes to issue their kernels
+        eager = (eager_prefill or eager_decode) and own_loop
+        self.eager_floor = model.num_layers * e.eager_launch_s_per_layer if eager else 0.0
+        self.eager_decode = self.eager_floor if eager_decode else 0.0
+        # a serving loop's host time per step outside the GPU's work (off for calibration, which times the GPU)
+        self.host_step = e.serving_step_s if serving_host else 0.0
+        self.host_seq = e.serving_per_sequence_s if serving_host else 0.0
+        self.host_prompt = e.serving_prompt_step_s if serving_host else 0.0
+        self.host_token = 0.0  # the engine's host seconds per prompt token in a step
+        # kernel factors per group (EngineProfile.kernels), and the packed attention layout with its paddings
+        self.k_gemm = self.k_prefill = self.k_decode = self.k_elementwise = 1.0
+        self.packed, self.q_pad, self.kv_pad = False, 1, 1
+        if engine is not None:
+            self._apply_engine(engine, model.num_layers)
 
     def _apply_engine(self, engine: EngineProfile, num_layers: int) -> None:
         """Fold an engine profile's host terms and kernel factors into the constants (terms that are 0 and
