@@ -8,10 +8,14 @@ streamed run keeps the coordinator flat:
   chunk, from the same seeded streams), by each shard for itself: a shard keeps only its own requests,
   routed as one process's round robin routes them;
 - each shard writes its requests' records to `records_dir` in columnar numpy chunks
-  (`shard-SSSS-CCCC.npz`, CHUNK_ROWS rows each) and sends back only what the summary adds up: counts,
-  sums, per-engine statistics and mergeable latency sketches (`LogSketch`);
-- the coordinator merges those, reads the record chunks back one at a time for the stability verdict
-  (exact counts over time), and writes the summary.
+  (`shard-SSSS-CCCC.npz`, CHUNK_ROWS rows each; `read_records` reads them back) and sends back only what
+  the summary adds up: counts, sums, per-engine statistics, mergeable latency sketches (`LogSketch`), the
+  counts over time the stability verdict reads, and an order-free digest of its records;
+- the coordinator passes over the workload once more, chunk by chunk, while the shards run (the requests no
+  replica can serve, the arrivals by each early-stop check), merges, and writes the summary.
+
+Memory: the coordinator holds one chunk of the workload and the shards' partials (about 1 MB each, most
+of it the sketches); a shard holds its own requests while it runs (about 0.6-0.9 KB each) and one chunk.
 
 Exact in the summary: every count, total, rate, cost, the stability verdict, means (up to the order of
 floating-point additions), ITL percentiles (the same histogram as one process). Sketched: the TTFT,
@@ -815,14 +819,13 @@ def _counts_at(points: np.ndarray, d: Path, files: list[str], cut: float):
 
 
 def _rejected_digest(d: Path, files: list[str]) -> tuple[int, int]:
-    parts = []
+    """The digest part of the records of requests no replica could serve (the coordinator wrote them)."""
+    total, xor = 0, 0
     for name in files:
         if name.startswith("rejected"):
             with np.load(d / name) as z:
-                parts.append(_digest_part({k: z[k] for k in z.files}))
-    total, xor = 0, 0
-    for s_, x in parts:
-        total, xor = (total + s_) % 2**64, xor ^ x
+                s_, x = _digest_part({k: z[k] for k in z.files})
+            total, xor = (total + s_) % 2**64, xor ^ x
     return total, xor
 
 

@@ -171,3 +171,32 @@ def test_a_scenario_that_cannot_stream_says_why_in_one_line(tmp_path):
     sc = _scenario(["cluster.router=least_outstanding"])
     with pytest.raises(ConfigError, match="least_outstanding"):
         simulate_streamed(sc, tmp_path, backend="serial")
+
+
+def test_run_stream_of_a_scenario_that_cannot_stream_is_one_line(tmp_path, capsys):
+    from simulator.cli import main
+
+    rc = main(["run", "--stream", "--workers", "2", "--requests", "100", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "arrival.process trace" in err[0], err
+
+
+def test_run_stream_writes_the_summary_with_its_sketched_percentiles_said(tmp_path, capsys):
+    import json
+
+    from simulator.cli import main
+
+    sets = [f"--set={o}" for o in FLEET] + [
+        "--set=cluster.replicas=3",
+        "--set=workload.arrival.rate_per_s=60",
+    ]
+    out = tmp_path / "o"
+    rc = main(["run", "--stream", "--workers", "1", "--requests", "300", "--no-capacity", "--percentiles", "50,95",
+               "--out", str(out), *sets])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "percentiles sketched (within 0.115%)" in text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["requests"]["total"] == 300 and s["percentiles"]["relative_error_bound"] == SKETCH_RELATIVE_ERROR
+    assert "p95_ttft_ms" in s and "p99_ttft_ms" not in s  # (--percentiles 50,95)
+    assert (out / "records" / "plan.json").exists() and not (out / "requests.csv").exists()
