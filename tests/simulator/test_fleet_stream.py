@@ -4,6 +4,7 @@ counts and the stability verdict exact, and a run that resumes from the shards o
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -182,8 +183,6 @@ def test_run_stream_of_a_scenario_that_cannot_stream_is_one_line(tmp_path, capsy
 
 
 def test_run_stream_writes_the_summary_with_its_sketched_percentiles_said(tmp_path, capsys):
-    import json
-
     from simulator.cli import main
 
     sets = [f"--set={o}" for o in FLEET] + [
@@ -200,3 +199,14 @@ def test_run_stream_writes_the_summary_with_its_sketched_percentiles_said(tmp_pa
     assert s["requests"]["total"] == 300 and s["percentiles"]["relative_error_bound"] == SKETCH_RELATIVE_ERROR
     assert "p95_ttft_ms" in s and "p99_ttft_ms" not in s  # (--percentiles 50,95)
     assert (out / "records" / "plan.json").exists() and not (out / "requests.csv").exists()
+
+
+def test_a_run_past_its_deadline_stops_with_its_plan_saved_and_resumes(tmp_path):
+    from simulator.fleet_stream import Incomplete
+
+    sc = _scenario([], n=600)
+    with pytest.raises(Incomplete, match="0 of 2 shards done"):
+        simulate_streamed(sc, tmp_path, workers=1, shards=2, deadline_s=0.0, chunk_rows=500)
+    assert json.loads((tmp_path / "plan.json").read_text())["plan"]["n"] == 600
+    done = simulate_streamed(sc, tmp_path, shards=2, backend="serial", chunk_rows=500, resume=True)
+    assert done.summary["requests"]["total"] == 600
