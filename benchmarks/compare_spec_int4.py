@@ -51,7 +51,7 @@ def simulate_spec(rec: dict, refs: dict, raw: dict) -> dict:
     row = gpu.SpecRow(rec["alpha"], rec["k"], rec["load"])
     sc = fd.scenario_for(base, rec["rate_per_s"], rec["duration_s"], refs["profile"], refs["model"],
                          rec["gpu_memory_utilization"])  # fmt: skip
-    sc = gpu.spec_scenario(sc, row, refs["draft"])
+    sc = gpu.spec_scenario(sc, row, refs["draft"], raw["spec_max_batch"], raw.get("round_graphs", False))
     spec, profile = load_model(refs["model"]), load_profile(refs["profile"])
     mem = with_draft_memory(plan_memory(profile, spec, sc.serving), load_model(refs["draft"]), sc.serving)
     if mem.num_blocks != rec.get("sim_kv_blocks", rec["kv_blocks"]):

@@ -15,7 +15,7 @@ tiles of tokens, FMAs for a single row), so a decode step reads half a byte per 
   into the mantissa of 2^23 (one integer op, no shift for planes 0-3, one shift per word for planes 4-7, no
   int-to-float conversion: I2F issues at a quarter of the FMA rate on sm80/sm90), the exact float
   (q − 8)·16^j comes from one subtraction, and x is pre-scaled by 16^-j (exact): about three instructions per
-  weight, partial sums per group scaled once (split-K partials summed after);
+  weight, partial sums per group reduced in registers and scaled once (split-K partials summed after);
 - torch's own int4 kernel (`aten._weight_int4pack_mm`, tinygemm, as gpt-fast runs it) where this torch has it
   on CUDA, the weight also packed in its layout (`tinygemm_pack`, self-checked once against the reference);
 - from 17 rows, dequantize the weight to 16 bits (`_dequant_kernel`, one pass) and multiply with cuBLAS.
@@ -151,7 +151,7 @@ if triton is not None:
         rows = tl.arange(0, GROUP_K // 8)
         offs_m = tl.arange(0, ROWS)
         mask_m = offs_m < M
-        acc = tl.zeros((ROWS, GROUP_K // 8, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
         g0 = split * groups_per_split
         g1 = tl.minimum(g0 + groups_per_split, K // GROUP_K)
         for g in range(g0, g1):
@@ -173,10 +173,10 @@ if triton is not None:
                 x = tl.load(xp + 4 + j, mask=mask_m[:, None], other=0.0).to(tl.float32) * (1.0 / 16**j)
                 part += f[None, :, :] * x[:, :, None]
             s = tl.load(S + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            acc += part * s[None, None, :]
-        out = tl.sum(acc, axis=1)
+            # a thread holds every word row of its columns (the load's layout): this sum stays in registers
+            acc += tl.sum(part, axis=1) * s[None, :]
         ptr = Y + (split * M + offs_m[:, None]) * N + offs_n[None, :]
-        tl.store(ptr, out.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        tl.store(ptr, acc.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
     def _dequant_kernel(QW, S, W, N, K, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_K: tl.constexpr):
         """W[K, N] (16-bit, k-major: the transposed weight cuBLAS multiplies) from the packed words."""
@@ -294,8 +294,15 @@ def tinygemm_pack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple | None:
 # when it fails or raises), then replayed from a CUDA graph over enough copies of the weights to overflow L2 (as a
 # model's layers stream them from memory); the fastest is kept.
 # planes (rows <= 8): (BLOCK_N, programs per SM the K-split aims at (0: no split), warps, stages)
-PLANES_ONE = [(64, 4, 4, 2), (128, 4, 4, 2), (64, 8, 4, 3), (128, 2, 8, 2), (32, 8, 2, 2), (256, 2, 8, 2)]
-PLANES_FEW = [(64, 4, 4, 2), (32, 8, 4, 2), (128, 2, 8, 2)]
+# Picked from sm90 SASS (Triton 3.9, ptxas, no GPU): a thread holds all 16 word rows of its columns, so x's
+# loads and conversions are shared by its columns; 512 weights a thread (BLOCK_N / 32 / warps = 4 columns) came
+# to ~5.6 instructions a weight at one row (no spills; 1,024 spilled), against ~8.6 at 128 and ~6.9 for the
+# I2F GEMV. Few rows: x goes through shared memory, ~2.2-2.7 instructions per weight and row.
+PLANES_ONE = [(256, 2, 2, 2), (128, 4, 1, 2), (512, 2, 4, 2), (256, 4, 4, 2), (256, 2, 2, 3)]
+PLANES_FEW = {
+    4: [(64, 4, 2, 2), (128, 2, 2, 2), (64, 8, 2, 2)],
+    8: [(64, 4, 2, 2), (128, 4, 4, 2), (128, 2, 4, 2)],
+}
 PLANES_MAX_ROWS = 8
 # GEMV (one row, I2F conversions): (BLOCK_N, programs per SM of the K-split, warps); the first H200 run's best two
 GEMV_CONFIGS = [(128, 8, 4), (128, 4, 4)]
@@ -331,7 +338,7 @@ def candidates(m: int, x: torch.Tensor, tg: tuple | None) -> list[tuple]:
     out: list[tuple] = []
     bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
     if m <= PLANES_MAX_ROWS:  # ROWS: the bucket's top, so every row count of a bucket runs the tuned kernel
-        out += [("planes", (_bucket(m), *c)) for c in (PLANES_ONE if m == 1 else PLANES_FEW)]
+        out += [("planes", (_bucket(m), *c)) for c in (PLANES_ONE if m == 1 else PLANES_FEW[_bucket(m)])]
     if m == 1:
         out += [("gemv", c) for c in GEMV_CONFIGS]
     else:
@@ -415,7 +422,9 @@ def _tuned(
             continue
         fn = rotating(bufs, lambda qw, sc, t, c=c: run_candidate(c, x, qw, sc, t))
         try:
-            t = measure_graph(fn, x.device, calls=max(len(bufs), 4), repeat=3 if big else 5, warmup=2)
+            t = measure_graph(
+                fn, x.device, calls=2 if big else max(len(bufs), 4), repeat=3 if big else 5, warmup=2
+            )
         except Exception as e:  # noqa: BLE001 - e.g. a kernel that cannot be captured in a graph: dropped
             times[cand_name(c)] = f"dropped: timing failed ({type(e).__name__}: {str(e)[:160]})"
             print(f"int4 {key[:4]}: {cand_name(c)} {times[cand_name(c)]}", flush=True)
@@ -504,10 +513,17 @@ def tune_model(model: nn.Module, max_rows: int, log=None) -> int:
                    dev.index if dev.index is not None else 0, mod.tg_weight is not None)  # fmt: skip
             if key in _TUNED:
                 continue
-            x = torch.randn((m, mod.in_features), device=dev, generator=g).to(mod.scales.dtype)
-            mod(x)
-            tuned += 1
-            del x
+            try:
+                x = torch.randn((m, mod.in_features), device=dev, generator=g).to(mod.scales.dtype)
+                mod(x)
+                tuned += 1
+            # out of memory: the bucket is left to its first use (tuned then, as before warm-up tuning)
+            except torch.cuda.OutOfMemoryError:
+                if log:
+                    log(
+                        f"int4: {m} rows of {mod.in_features}x{mod.out_features}: not tuned at warm-up (memory)"
+                    )
+            x = None
         torch.cuda.empty_cache()
     if log and layers:
         log(f"int4: tuned {tuned} (rows bucket, shape) pairs of {len(layers)} weight shapes up to {max_rows} rows "
