@@ -381,6 +381,10 @@ class Executor:
         else:
             self._mark()  # an eager step's span includes its launches: they are what it waits for
             ids, self.last_path = self._eager(prefills, decodes), 0
+        return self._finish(t0, ids, timed)
+
+    def _finish(self, t0: float, ids: torch.Tensor, timed: bool) -> np.ndarray:
+        """A step's end: its host time to launch, its GPU span (timed) and its ids on the host."""
         self.last_launch_s = time.perf_counter() - t0
         if timed:
             self._events[1].record()
@@ -451,13 +455,8 @@ class Executor:
         if timed:
             self._events[0].record()
         out = fn()
-        self.last_launch_s, self.last_path = time.perf_counter() - t0, path
-        if timed:
-            self._events[1].record()
-        host = out.cpu().numpy()  # the synchronisation that timestamps the round's tokens
-        if timed:
-            self.last_gpu_s = self._events[0].elapsed_time(self._events[1]) / 1e3
-        return host
+        self.last_path = path
+        return self._finish(t0, out, timed)
 
     def _fill(self, g: _DecodeGraph, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> None:
         """Write one decode step's metadata into the graph's host buffers and copy it to the device in one go."""
