@@ -9,13 +9,15 @@ tiles of tokens, FMAs for a single row), so a decode step reads half a byte per 
 - `_gemv_kernel`: one token row (batch-1 decode), a program per BLOCK_N columns and K-split, partial sums
   in fp32 summed after (split-K), so even a 4096-wide matrix spreads over every SM;
 - `_gemm_kernel`: tiles of BLOCK_M tokens x BLOCK_N columns with tl.dot, the weights re-read and
-  dequantized once per token tile (as Marlin re-runs them per 64 rows), split-K when there are few tiles;
+  dequantized once per token tile (as Marlin re-runs them per 64 rows; the same 2^23 trick), split-K when
+  there are few tiles;
 - `_planes_kernel`: up to 8 token rows (batch-1 decode, small decode batches, speculative verification), a
   program per BLOCK_N columns and K-split; per 4-bit plane j of the words, the nibble is masked in place and or-ed
   into the mantissa of 2^23 (one integer op, no shift for planes 0-3, one shift per word for planes 4-7, no
   int-to-float conversion: I2F issues at a quarter of the FMA rate on sm80/sm90), the exact float
-  (q − 8)·16^j comes from one subtraction, and x is pre-scaled by 16^-j (exact): about three instructions per
-  weight, partial sums per group reduced in registers and scaled once (split-K partials summed after);
+  (q − 8)·16^j comes from one subtraction, and x is pre-scaled by 16^-j (exact): three instructions per weight
+  for the weight itself, ~5.6 in all at one row in sm90 SASS (x's loads shared by a thread's columns), partial
+  sums per group reduced in registers and scaled once (split-K partials summed after);
 - torch's own int4 kernel (`aten._weight_int4pack_mm`, tinygemm, as gpt-fast runs it) where this torch has it
   on CUDA, the weight also packed in its layout (`tinygemm_pack`, self-checked once against the reference);
 - from 17 rows, dequantize the weight to 16 bits (`_dequant_kernel`, one pass) and multiply with cuBLAS.
