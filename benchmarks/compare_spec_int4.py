@@ -131,6 +131,8 @@ def fidelity_lines(rows: list[tuple[dict, dict, dict]]) -> tuple[list[str], bool
         if rec.get("kind") == "spec":
             st = rec["spec_stats"]
             spec = f"{rec['spec_steps']} of {rec['engine_run']['steps']} ({rec['spec_seqs_max']})"
+            if "rounds" in rec:  # rounds replayed as one CUDA graph (engine/speculative.py's RoundGraph)
+                spec += f", {rec['rounds']['graph_rounds']} as graphs"
             acc = f"{st['acceptance']:.2f} / {s.get('spec_tokens_per_round', float('nan')):.2f}"
         else:
             spec, acc = "—", "—"
