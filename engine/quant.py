@@ -190,9 +190,11 @@ if triton is not None:
         nib = tl.arange(0, 8)
         mask = (rows < K // 8)[:, None] & (offs_n < N)[None, :]
         words = tl.load(QW + rows[:, None] * N + offs_n[None, :], mask=mask, other=0)
-        q = (words[:, None, :] >> (nib * 4)[None, :, None]) & 0xF
+        q = (
+            (words[:, None, :] >> (nib * 4)[None, :, None]) & 0xF
+        ) | 0x4B000000  # q - 8 without I2F, as above
         s = tl.load(S + ((rows * 8) // GROUP_K)[:, None] * N + offs_n[None, :], mask=mask, other=0.0)
-        w = (q.to(tl.float32) - 8.0) * s.to(tl.float32)[:, None, :]
+        w = (q.to(tl.float32, bitcast=True) - 8388616.0) * s.to(tl.float32)[:, None, :]
         k = rows[:, None] * 8 + nib[None, :]
         tl.store(
             W + k[:, :, None] * N + offs_n[None, None, :], w.to(W.dtype.element_ty), mask=mask[:, None, :]
