@@ -47,7 +47,8 @@ from engine.steps import capture_sizes
 # serve(trace=True), per step: when it ended; seconds in the scheduler, preparing inputs, in the executor
 # (launch, GPU, sampled ids back) and recording; the executor's host seconds until every launch was issued
 # and its GPU span between CUDA events (NaN on the CPU); how it ran (0 eager, 1 decode graph, 2 mixed-step
-# graph, 3 a speculative round's graph: engine/speculative.py); the batch's BatchShape; the sequences a speculative round verified (0: not a round).
+# graph, 3 a speculative round's graph: engine/speculative.py); the batch's BatchShape; the sequences a
+# speculative round verified (0: not a round).
 TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "launch_s", "gpu_s", "graph",
                 "prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
                 "decode_seqs", "decode_context_tokens", "logits_tokens", "fresh_seqs", "fresh_tokens", "fresh_pairs",
