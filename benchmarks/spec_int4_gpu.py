@@ -24,6 +24,7 @@ same requests and writes benchmarks/results/fidelity_spec_int4_<profile>.md. Acc
 seeded draw at rate α per position (the weights are random; engine/speculative.py).
 
     python benchmarks/spec_int4_gpu.py --out DIR                 # the GPU run (H200 profile: h200), <= 290 s
+    cp OLD/spec_int4_h200.json DIR/ && python benchmarks/spec_int4_gpu.py --out DIR   # resume: only what is missing
     python benchmarks/spec_int4_gpu.py --cpu --tiny --out DIR    # the same code on tiny models (< 1 minute)
 """
 
