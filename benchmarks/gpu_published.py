@@ -30,6 +30,18 @@ T4_GEMV = (
     "https://github.com/pytorch/pytorch/issues/195716 (table 'fp16, [M,896] @ [896,4864]', Tesla T4 column)"
 )
 T4_HF = "https://kd.iw.mk/dohu012/llm-quantization-benchmark (table: Qwen2.5-0.5B-Instruct on a Colab T4, FP16 row)"
+T4_COPY = (
+    "github.com/router-gao/cuda-demo at 8e2367b, cuda-samples/02-cuda-bandwidth.md ('T4 bandwidth output': CUDA samples "
+    "bandwidthTest, Device to Device, 32,000,000 bytes)"
+)
+T4_AWQ = (
+    "github.com/casper-hansen/AutoAWQ/pull/92 (casper-hansen's comment: 'GPU: Tesla T4, Model: "
+    "TheBloke/Mistral-7B-OpenOrca-AWQ, Version: GEMM' table, row batch 1, prefill 128, decode 128)"
+)
+A100_VLLM = (
+    "https://johnmusgrave.com/p/vllm-throughput-latency-sweep-on ('decode at one request per time runs at about 75 "
+    "tokens/sec'; vLLM 0.23.0, vllm bench serve, random 1024 in / 128 out, --ignore-eos, max concurrency 1)"
+)
 
 
 @dataclass
@@ -62,6 +74,14 @@ def decode_tokens_per_s(
         load_profile(gpu), load_model(model), dtype, eager_prefill=eager, engine=eng, eager_decode=eager
     )
     return 1.0 / cm.step_time(BatchShape.of([], [context]))
+
+
+def host_seconds(gpu: str, model: str, engine: str) -> float:
+    """The engine profile's host seconds of a batch-1 decode step (per step and per sequence)."""
+    cm = CostModel(
+        load_profile(gpu), load_model(model), "fp16", engine=load_engine_profile(engine), eager_decode=True
+    )
+    return cm.host_step + cm.host_seq
 
 
 TRTLLM = (
@@ -133,6 +153,8 @@ def rows() -> list[Row]:
     out = [
         Row("t4", "fp16 GEMM 4096³ back to back", "cuBLAS", "https://forums.developer.nvidia.com/t/about-gpu-peak-performance/264462",
             24.0, "TFLOP/s", role="fit", note="the T4's sustained fp16 rate (70 W power cap)"),
+        Row("t4", "device-to-device copy, bytes read + written", "CUDA samples bandwidthTest", T4_COPY, 239.6, "GB/s",
+            role="fit", note="the T4's sustained memory bandwidth (0.75 of the 320 GB/s datasheet)"),
         Row("a100-40gb / a100-80gb-sxm", "bf16 matmul, best shape", "torch.matmul (mamf-finder)",
             "github.com/stas00/ml-engineering compute/accelerator README, MAMF table", 271.2, "TFLOP/s", role="fit"),
         Row("a100-40gb", "device memcopy", "CUDA", "github.com/PTsolvers/gpu-workshop-JuliaCon23/issues/7", 1355.0, "GB/s", role="fit"),
@@ -151,15 +173,28 @@ def rows() -> list[Row]:
         out.append(
             Row("t4", f"fp16 GEMM [{m},896]@[896,4864]", "PyTorch eager matmul (cuBLAS)", T4_GEMV, weight_bytes / (gib_s * GIB) * 1e6,
                 "µs", t * 1e6, note="published as effective GiB/s of the weights; timed from Python, launch overhead included"))  # fmt: skip
+    hf = decode_tokens_per_s("t4", "qwen2.5-0.5b", 200, engine="transformers-generate")
+    host = host_seconds("t4", "qwen2.5-0.5b", "transformers-generate")
     out.append(
         Row("t4", "Qwen2.5-0.5B fp16 decode, batch 1, 128 new tokens", "transformers generate (eager)", T4_HF, 24.4, "tokens/s",
-            decode_tokens_per_s("t4", "qwen2.5-0.5b", 200, engine="transformers-generate"),
-            note="forecast with the transformers-generate engine profile, whose host times were measured on the H200's "
-            "host, not a Colab CPU; the run's transformers version is not stated"))  # fmt: skip
+            hf, note=f"forecast with the transformers-generate engine profile: {host * 1e3:.1f} of its {1e3 / hf:.1f} ms "
+            f"per token are the engine's host time, measured on the H200's host, not a Colab CPU; the published "
+            f"{1e3 / 24.4:.0f} ms would need a host {(1 / 24.4 - 1 / hf + host) / host:.1f}x slower with the GPU's share "
+            "as forecast. The run's transformers version is not stated"))  # fmt: skip
     out.append(
         Row("t4", "(same, our engine: CUDA graphs)", "ours", T4_HF, 24.4, "tokens/s",
             decode_tokens_per_s("t4", "qwen2.5-0.5b", 200), role="context",
             note="engine mismatch on purpose: what the T4 does without eager launches, not a check of the row"))  # fmt: skip
+    out.append(
+        Row("t4", "Mistral-7B AWQ int4 decode, batch 1, 128 in / 128 out", "AutoAWQ GEMM (transformers generate, fused layers)",
+            T4_AWQ, 33.94, "tokens/s", decode_tokens_per_s("t4", "mistral-7b", 192, "int4"), role="context",
+            note="no engine profile matches (AutoAWQ: eager, its own W4A16 kernels, Turing through two m16n8k8 MMAs; "
+            "transformers-generate has no int4 kernels): forecast with ours (CUDA graphs, int4), so not a check"))  # fmt: skip
+    out.append(
+        Row("a100-40gb", "Llama-3.1-8B bf16 decode, concurrency 1, 1024 in / 128 out", "vLLM 0.23.0", A100_VLLM, 75.0,
+            "tokens/s", decode_tokens_per_s("a100-40gb", "llama-3.1-8b", 1088, "bf16"),
+            note="published as 'about 75'; no vLLM engine profile: ours stands in (both run decode under CUDA graphs); "
+            "forecast at the mid-output context"))  # fmt: skip
     return out + ratio_rows()
 
 
@@ -176,15 +211,41 @@ def _value(x: float, unit: str) -> str:
     return f"{x:.3f}{unit}" if unit == "×" else f"{x:,.1f} {unit}"
 
 
+# GPUs without a held-out check: why, in a line (what was looked for and not found, or found and not usable)
+NO_CHECK = {
+    "l4": "no published run naming engine, model, dtype, concurrency and lengths was found, nor a GEMM or copy "
+    "microbenchmark: its sustained rates are assumptions",
+    "a10g": "no published run with its configuration, nor a microbenchmark, was found: sustained rates assumed",
+    "h100-pcie": "no published run with its configuration, nor a microbenchmark, was found: sustained rates assumed",
+    "b200": "TensorRT-LLM's performance overview runs B200 dense models with FP4 weights only, a format the planner "
+    "does not model; no other configured run was found. Ceilings: mamf-finder bf16 / fp8 (fit rows)",
+    "mi300x": "a single-GPU MI300X-vs-H200 vLLM 0.26 study exists (github.com/alpharomercoma/MI300X-vs-H200, REPORT.md), "
+    "but only its summary was readable here (Dense 8B single stream: 'tie, 1.02x'), without lengths or values: not "
+    "used. Ceiling: mamf-finder bf16 (fit row)",
+}
+NO_CHECK["t4"] = (
+    "no check row is GPU-bound: the GEMMs are single eager PyTorch calls timed from Python, the transformers row is "
+    "three-quarters host time (its note), and AutoAWQ has no engine profile (context row)"
+)
+GPUS = ("t4", "l4", "a10g", "a100-40gb", "a100-80gb-sxm", "h100-pcie", "h200", "b200", "mi300x")
+
+
 def per_gpu(rs: list[Row]) -> str:
-    """One line per GPU with held-out checks: how many and their median |error|."""
-    out = []
-    for gpu in sorted({r.gpu for r in rs if r.role == "check"}):
+    """One row per GPU: its status in `python -m simulator gpus`, the published rows it was fitted to, its held-out
+    checks with their median and worst |error|, or why it has none."""
+    from core.hardware import load_profile, provenance
+
+    lines = [
+        "| GPU | status (`simulator gpus`) | fit rows | held-out checks | median \\|error\\| | worst | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for gpu in GPUS:
+        status, _ = provenance(load_profile(gpu))
+        fits = sum(1 for r in rs if r.role == "fit" and gpu in r.gpu.split(" / "))
         e = [abs(r.forecast / r.published - 1.0) * 100.0 for r in rs if r.role == "check" and r.gpu == gpu]
-        out.append(
-            f"- {gpu}: {len(e)} held-out checks, median |error| {np.median(e):.0f}% (worst {max(e):.0f}%)"
-        )
-    return "\n".join(out)
+        med, worst = (f"{np.median(e):.0f}%", f"{max(e):.0f}%") if e else ("—", "—")
+        lines.append(f"| {gpu} | {status} | {fits} | {len(e)} | {med} | {worst} | {NO_CHECK.get(gpu, '')} |")
+    return "\n".join(lines)
 
 
 def table(rs: list[Row]) -> tuple[str, list[float]]:
@@ -221,9 +282,7 @@ def main() -> int:
         "check rows are held out: our forecast of the same work, error = forecast / published − 1.\n\n"
         f"{body}\n\n"
         f"{len(checks)} held-out rows (context rows are not checks); median |error| {np.median(np.abs(errs)):.0f}%:\n\n"
-        f"{per_gpu(rs)}\n\n"
-        "No held-out published run was found for L4, A10G, A100 40GB, H100 PCIe, B200 or MI300X: their profiles are "
-        "transferred and set to the ceilings above, unvalidated beyond that.\n"
+        f"{per_gpu(rs)}\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -306,7 +306,8 @@ def provenance(p: HardwareProfile) -> tuple[str, str]:
     if v.get("rule_h100_to_h200_median_pct") is not None:
         parts.append(f"rule H100->H200 {v['rule_h100_to_h200_median_pct']:.1f}%")
     if v.get("published_median_abs_pct") is not None:
-        parts.append(f"{v['published_checks']} published checks {v['published_median_abs_pct']:.0f}%")
+        n = v["published_checks"]
+        parts.append(f"{n} published check{'s' if n != 1 else ''} {v['published_median_abs_pct']:.0f}%")
     elif v:
         parts.append("no published check")
     return status.get(p.calibration.status, p.calibration.status), ", ".join(parts) or "unvalidated"
