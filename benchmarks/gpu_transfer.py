@@ -174,10 +174,8 @@ def write_profiles(names=TRANSFERRED) -> list[Path]:
             for ln in head
             if not re.match(r"# (Default efficiencies|fitted by|until|fraction of peak|calibrate)", ln)
         ]
-        keep = [
-            ln
-            for ln in keep
-            if "replaces them with fitted values" not in ln and "H100 measurements" not in ln
+        keep = [  # HEADER's own lines go (it is added once below), so rewriting never repeats them
+            ln for ln in keep if ln not in HEADER.splitlines(keepends=True) and "H100 measurements" not in ln
         ]
         body = "".join(ln for ln in lines if not ln.startswith("#"))
         eff_text, cal_text = _block("efficiency", eff), _block("calibration", cal)

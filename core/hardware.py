@@ -177,6 +177,13 @@ class Formats(_Strict):
     unsupported: dict[str, str] = Field(
         default_factory=dict, description="a weight format engines refuse on this GPU -> why"
     )
+    kv_fallback: dict[str, str] = Field(
+        default_factory=dict,
+        description="a KV-cache format the units lack -> how engines store and read it instead (one line, sourced)",
+    )
+    kv_unsupported: dict[str, str] = Field(
+        default_factory=dict, description="a KV-cache format engines refuse on this GPU -> why"
+    )
 
 
 class Calibration(BaseModel):
@@ -299,7 +306,8 @@ def provenance(p: HardwareProfile) -> tuple[str, str]:
     if v.get("rule_h100_to_h200_median_pct") is not None:
         parts.append(f"rule H100->H200 {v['rule_h100_to_h200_median_pct']:.1f}%")
     if v.get("published_median_abs_pct") is not None:
-        parts.append(f"{v['published_checks']} published checks {v['published_median_abs_pct']:.0f}%")
+        n = v["published_checks"]
+        parts.append(f"{n} published check{'s' if n != 1 else ''} {v['published_median_abs_pct']:.0f}%")
     elif v:
         parts.append("no published check")
     return status.get(p.calibration.status, p.calibration.status), ", ".join(parts) or "unvalidated"
@@ -321,6 +329,24 @@ def weight_format(profile: HardwareProfile, weight_dtype: str) -> str | None:
         )
     if weight_dtype in f.fallback:
         return f"{weight_dtype} weights on {profile.display_name}: {f.fallback[weight_dtype]}"
+    return None
+
+
+def kv_format(profile: HardwareProfile, kv_dtype: str) -> str | None:
+    """The one-line note of a KV-cache format this GPU stores through an engine's fallback (None: native, or
+    not listed); ConfigError naming the field when engines refuse it on this GPU. The cost model prices the KV
+    cache by its bytes and attention at the 16-bit rate, which is what the fallbacks run."""
+    f = profile.formats
+    if f is None:
+        return None
+    if kv_dtype in f.kv_unsupported:
+        raise ConfigError(
+            f"serving.precision.kv_dtype: {kv_dtype} on {profile.display_name}: engines refuse an {kv_dtype} KV "
+            f"cache on this GPU ({f.kv_unsupported[kv_dtype]}); use "
+            + " or ".join(d for d in ("fp16", "bf16") if d in f.native)
+        )
+    if kv_dtype in f.kv_fallback:
+        return f"{kv_dtype} KV cache on {profile.display_name}: {f.kv_fallback[kv_dtype]}"
     return None
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from core.cost_model import CostModel
 from core.engine_profile import EngineProfile, load_engine_profile
 from core.errors import ConfigError
-from core.hardware import HardwareProfile, load_profile, weight_format
+from core.hardware import HardwareProfile, kv_format, load_profile, weight_format
 from core.kv_cache import blocks_for
 from core.model_spec import ModelSpec
 from core.parallelism import Parallelism, virtual_engines
@@ -88,6 +88,7 @@ def _group(scenario: Scenario, model: ModelSpec, g: ReplicaGroup | None, role: s
         serving, count = scenario.serving, 1
     profile = load_profile(hw.gpu)
     weight_format(profile, serving.precision.weight_dtype)  # refuses a format this GPU's engines cannot run
+    kv_format(profile, serving.precision.kv_dtype)  # the same for the KV cache
     par = Parallelism.of(hw)
     par.check(model)
     mem = plan_memory(profile, model, serving, par.tp, par.pp, par.ep)

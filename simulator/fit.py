@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.errors import ConfigError
-from core.hardware import profile_names
+from core.hardware import load_profile, profile_names, weight_format
 from core.model_spec import load_model
 from simulator.cluster import plan_groups
 from simulator.memory import GIB
@@ -30,6 +30,8 @@ class FitRow:
     kv_tokens: int = 0
     max_batch: int = 0  # sequences of `context_tokens` the KV room holds at once
     note: str = ""  # why not (invalid sharding), or the smallest change that fits
+    format_note: str = ""  # the format runs through an engine's fallback on this GPU, or engines refuse it
+    refused: bool = False  # engines refuse the format on this GPU: one row, no GPU count tried
 
 
 def what_fits(
@@ -46,9 +48,20 @@ def what_fits(
     spec = load_model(model)
     rows = []
     for gpu in gpus or profile_names():
+        profile = load_profile(gpu)
         for dtype in dtypes:
+            refused = profile.formats.unsupported.get(dtype) if profile.formats else None
+            if refused:  # the GPU has no units for it and engines refuse it: not offered, one row says why
+                rows.append(
+                    FitRow(gpu, dtype, counts[0], False, format_note=f"refused: {refused}", refused=True)
+                )
+                continue
+            fallback = weight_format(profile, dtype)
             for n in counts:
-                rows.append(_row(model, spec, gpu, dtype, n, context_tokens, serving or {}))
+                row = _row(model, spec, gpu, dtype, n, context_tokens, serving or {})
+                if fallback:  # say what runs instead: "fallback: runs as fp16", "fallback: weight-only"
+                    row.format_note = "fallback: " + fallback.split(": ", 1)[1].split(":", 1)[0]
+                rows.append(row)
     for r in rows:
         if not r.fits and not r.note:
             r.note = smallest_change(r, rows)
@@ -111,12 +124,15 @@ FIT_HEAD = [
 
 def fit_cells(r: FitRow) -> list[str]:
     """A row as table cells."""
+    note = "; ".join(x for x in (r.format_note, r.note) if x)
+    if r.refused:
+        return [r.gpu, r.weight_dtype, "—", "no", "—", "—", "—", "—", note]
     if not r.fits and r.weights_gib_per_gpu != r.weights_gib_per_gpu:  # could not be planned
-        return [r.gpu, r.weight_dtype, str(r.gpus), "no", "—", "—", "—", "—", r.note]
+        return [r.gpu, r.weight_dtype, str(r.gpus), "no", "—", "—", "—", "—", note]
     return [
         r.gpu, r.weight_dtype, str(r.gpus), "yes" if r.fits else "no", f"{r.weights_gib_per_gpu:.1f}",
         f"{r.kv_gib_per_gpu:.1f}" if r.fits else "—", f"{r.kv_tokens:,}" if r.fits else "—",
-        f"{r.max_batch:,}" if r.fits else "—", r.note,
+        f"{r.max_batch:,}" if r.fits else "—", note,
     ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.hardware import HardwareProfile, weight_format
+from core.hardware import HardwareProfile, kv_format, weight_format
 from core.model_spec import ModelSpec
 from core.records import ITL_BINS_PER_DECADE, ITL_LO, RequestTable, StepStats, itl_percentiles
 from core.scheduler import Scheduler
@@ -348,6 +348,9 @@ def _deployment(setup: Setup) -> tuple[dict, float, int, int]:
     note = weight_format(profile, scenario.serving.precision.weight_dtype)
     if note:  # the weight format runs through an engine's fallback on this GPU: priced that way, and said so
         out["hardware"]["format_note"] = note
+    kv_note = kv_format(profile, scenario.serving.precision.kv_dtype)
+    if kv_note:  # likewise a KV-cache format stored through a fallback (say fp8 on Ampere)
+        out["hardware"]["kv_format_note"] = kv_note
     if named(scenario):  # a scenario that names no engine keeps the summary of before (ours)
         out["engine"] = engine_summary(engine_profile(scenario), profile.name)
     return out, price, gpus, engines

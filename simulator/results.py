@@ -180,8 +180,9 @@ def format_summary(f: Forecast) -> str:
         f"{s['scenario']}: {m['name']} ({m['params'] / 1e9:.1f}B, weights {m['weight_dtype']}, KV {m['kv_dtype']})"
         f" on {hw['gpus']}× {hw['display_name']} [{cal} profile]",
     ]
-    if hw.get("format_note"):
-        lines.append(f"note: {hw['format_note']}")
+    for key in ("format_note", "kv_format_note"):
+        if hw.get(key):
+            lines.append(f"note: {hw[key]}")
     lines.append(engine_line(engine_profile(f.scenario), hw["gpu"]))
     if "expected_error" in s:
         lines.append(s["expected_error"]["line"])

@@ -42,3 +42,20 @@ def test_fit_verb_prints_the_table_and_refuses_an_unknown_gpu_in_one_line(capsys
     assert main(["fit", "qwen2.5-0.5b", "--gpu", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope" in err  # one line, naming it
+
+
+def test_fit_offers_no_format_the_gpu_cannot_run_and_marks_fallbacks():
+    from simulator.fit import fit_cells
+
+    rows = what_fits("llama-3.1-8b", ["t4", "a100-40gb", "h100-sxm"], ("bf16", "fp8"), (1, 2))
+    t4_fp8 = [r for r in rows if (r.gpu, r.weight_dtype) == ("t4", "fp8")]
+    assert len(t4_fp8) == 1 and t4_fp8[0].refused and not t4_fp8[0].fits  # one row, no GPU count offered
+    cells = fit_cells(t4_fp8[0])
+    assert cells[2:4] == ["—", "no"] and cells[-1].startswith("refused: Turing") and "fp8 units" in cells[-1]
+    by = {(r.gpu, r.weight_dtype, r.gpus): r for r in rows}
+    assert by["a100-40gb", "fp8", 1].fits and by["a100-40gb", "fp8", 1].format_note == "fallback: weight-only"
+    assert by["t4", "bf16", 2].format_note == "fallback: runs as fp16"
+    assert by["h100-sxm", "fp8", 1].format_note == "" and by["h100-sxm", "bf16", 1].format_note == ""
+    assert all(not r.refused for r in rows if r.gpu != "t4" or r.weight_dtype != "fp8")
+    # a change suggested for a setup that does not fit is never the refused format
+    assert "fp8" not in by["t4", "bf16", 1].note
