@@ -30,6 +30,7 @@ from simulator.cluster import (
     plan_groups,
     replica_summary,
 )
+from simulator.concurrency import client_gate, client_wait
 from simulator.day import DayRecord, build_autoscaler, day_summary
 from simulator.disaggregation import Disaggregated
 from simulator.memory import MemoryPlan
@@ -379,10 +380,16 @@ def _connect(
             entry(rid)
 
     arrival = reqs.arrival_s + lookup if lookup else reqs.arrival_s
+    gate = client_gate(
+        b.scenario.workload, [g.serving for g in groups], env, table.arrival_s, refused, lookup
+    )
     # one continuous-batching replica taking every arrival as it comes reads them itself
     pulled = pulled and dg is None and len(engines) == 1 and hits is None and not follow_ups and not scaled
     pulled = pulled and router.max_ongoing is None and engines[0].group.serving.batching.mode != "static"
-    source = Source(env, arrival, submit, order=order, pulled=pulled)
+    pulled = pulled and gate is None
+    source = Source(env, arrival, submit if gate is None else gate.arrive, order=order, pulled=pulled)
+    if gate is not None:
+        gate.connect(source, submit)
     if pulled:
         engines[0].connect(ReplicaHooks(arrivals=source, track_future=False))  # no router looks at its load
     links = None
@@ -392,15 +399,27 @@ def _connect(
                               decode_router)  # fmt: skip
         route = links.route
     on_finish = _conversation(env, reqs, table, source, lookup) if follow_ups else None
+    if gate is not None:
+        on_finish = gate.on_finish if on_finish is None else _both(on_finish, gate.on_finish)
     entry = front(env, hits, table, route, on_finish) if hits is not None else route
     look_ahead(front_pool, source, targets, order)
     if router.max_ongoing is not None:
         for e in front_pool:
             e.connect(ReplicaHooks(before_step=_puller(router, e), hold=router.queue.__len__))
-    if follow_ups:  # (the scheduler drops a finished request's prefix keys itself)
+    if on_finish is not None:  # (the scheduler drops a finished request's prefix keys itself)
         for e in engines:
-            e.connect(ReplicaHooks(on_finish=_conversation(env, reqs, table, source, lookup)))
+            e.connect(ReplicaHooks(on_finish=on_finish))
     return router, source, links
+
+
+def _both(first, second):
+    """Two finish callbacks in turn (a conversation's next turn, then the client's freed slot)."""
+
+    def on_finish(rid: int, finish_s: float) -> None:
+        first(rid, finish_s)
+        second(rid, finish_s)
+
+    return on_finish
 
 
 def _static_routes(
@@ -525,6 +544,11 @@ def summarize_run(dep: Deployment, record: RunRecord, end: RunEnd) -> dict:
         table.arrival_s, table.scheduled_s, table.finish_s, table.rejected, sum(end.dropped.values()), end.hold,
         end.stopped,
     ).as_dict()  # fmt: skip
+    arrival = scenario.workload.arrival
+    if arrival.concurrency is not None and arrival.process != "closed_loop":
+        summary["client_wait"] = client_wait(
+            dep.requests.arrival_s, table.arrival_s, ~table.rejected, arrival.concurrency
+        )
     if not single:
         makespan = summary["throughput"]["duration_s"]
         summary["kv_cache"] |= kv_summary(engines)
