@@ -54,6 +54,7 @@ class ClientGate:
     ) -> None:
         self.env, self.cap, self.arrival_s, self.refused = env, cap, arrival_s, refused
         self.lookup_s = lookup_s  # a response cache's lookup, between the send and the server
+        self.client_s = arrival_s.copy()  # when each request reached the client (its send may come later)
         self.in_flight = 0
         self.waiting: deque[int] = deque()
         self.handed: set[int] = set()  # released from the wait, on their way through the source
@@ -68,7 +69,9 @@ class ClientGate:
         if rid in self.handed:  # released by a finish: its slot is already taken
             self.handed.discard(rid)
             self.submit(rid)
-        elif self.refused[rid]:  # never served: it fails at once and holds no slot
+            return
+        self.client_s[rid] = self.arrival_s[rid]  # (a conversation's later turn: set by its source just now)
+        if self.refused[rid]:  # never served: it fails at once and holds no slot
             self.submit(rid)
         elif self.in_flight < self.cap:
             self.in_flight += 1  # (before submit: a response-cache hit finishes inside it)
@@ -89,9 +92,10 @@ class ClientGate:
         self.in_flight -= 1
 
 
-def client_wait(offered_s: np.ndarray, sent_s: np.ndarray, served: np.ndarray, cap: int) -> dict:
+def client_wait(gate: ClientGate, served: np.ndarray) -> dict:
     """summary["client_wait"]: how long requests waited at the client for one of the `cap` slots."""
-    wait = (sent_s - offered_s)[served]
+    cap = gate.cap
+    wait = (gate.arrival_s - gate.client_s)[served]
     wait = wait[np.isfinite(wait)]
     waited = wait > 0
     out = {"max_in_flight": cap, "requests": int(len(wait)), "waited": int(waited.sum())}

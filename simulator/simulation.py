@@ -30,7 +30,7 @@ from simulator.cluster import (
     plan_groups,
     replica_summary,
 )
-from simulator.concurrency import client_gate, client_wait
+from simulator.concurrency import ClientGate, client_gate, client_wait
 from simulator.day import DayRecord, build_autoscaler, day_summary
 from simulator.disaggregation import Disaggregated
 from simulator.memory import MemoryPlan
@@ -221,6 +221,7 @@ class Deployment:
     interval_s: float  # the timelines' sampling interval
     arrivals: int  # requests that arrive on their own (not later turns of a conversation)
     autoscaler: Autoscaler | None = None  # with cluster.autoscaling
+    gate: ClientGate | None = None  # a rate with arrival.concurrency: the client's cap on requests in flight
 
     @property
     def headline(self) -> Group:
@@ -294,13 +295,13 @@ def build(
     table.rejected[:] = rejected
     hits = _cache_hits(scenario, reqs, rejected)
     lookup = scenario.response_cache.lookup_latency_s if scenario.response_cache is not None else 0.0
-    router, source, links = _connect(b, groups, engines, replica_of, pools, ok, hits, lookup, pulled)
+    router, source, links, gate = _connect(b, groups, engines, replica_of, pools, ok, hits, lookup, pulled)
     arrivals = int(np.isfinite(reqs.arrival_s).sum())
     auto = None
     if scenario.cluster.autoscaling is not None:
         auto = build_autoscaler(scenario, groups[0], engines, replica_of, router, source)
     return Deployment(b.env, scenario, model, groups, reqs, table, engines, replica_of, router, source, links,
-                      hits, lookup, reasons, horizon, interval, arrivals, auto)  # fmt: skip
+                      hits, lookup, reasons, horizon, interval, arrivals, auto, gate)  # fmt: skip
 
 
 def _replicas(b: _Build, groups: list[Group]) -> tuple[list[Replica], list[int], dict[str, list[Replica]]]:
@@ -345,7 +346,7 @@ def _connect(
     hits: np.ndarray | None,
     lookup: float,
     pulled: bool,
-) -> tuple[Router, Source, Disaggregated | None]:
+) -> tuple[Router, Source, Disaggregated | None, ClientGate | None]:
     """Routers, the arrival source, the response cache in front and the prefill → decode links."""
     env, reqs, table, cl, dg = b.env, b.reqs, b.table, b.scenario.cluster, b.scenario.disaggregation
     prefix = prefix_ids(reqs.segments, len(reqs)) if cl.router == "prefix_affinity" else None
@@ -409,7 +410,7 @@ def _connect(
     if on_finish is not None:  # (the scheduler drops a finished request's prefix keys itself)
         for e in engines:
             e.connect(ReplicaHooks(on_finish=on_finish))
-    return router, source, links
+    return router, source, links, gate
 
 
 def _both(first, second):
@@ -540,15 +541,12 @@ def summarize_run(dep: Deployment, record: RunRecord, end: RunEnd) -> dict:
     setup = Setup(scenario, dep.model, g0.profile, g0.mem, None if single else Fleet(*fleet(groups)))
     summary = summarize(setup, record)
     summary["rejected_reasons"] = dep.rejected_reasons | end.dropped
-    summary["stability"] = assess(
-        table.arrival_s, table.scheduled_s, table.finish_s, table.rejected, sum(end.dropped.values()), end.hold,
-        end.stopped,
-    ).as_dict()  # fmt: skip
-    arrival = scenario.workload.arrival
-    if arrival.concurrency is not None and arrival.process != "closed_loop":
-        summary["client_wait"] = client_wait(
-            dep.requests.arrival_s, table.arrival_s, ~table.rejected, arrival.concurrency
-        )
+    # (with a client's cap, its own queue is part of the system: arrivals are those at the client)
+    came = table.arrival_s if dep.gate is None else dep.gate.client_s
+    summary["stability"] = assess(came, table.scheduled_s, table.finish_s, table.rejected, sum(end.dropped.values()),
+                                  end.hold, end.stopped).as_dict()  # fmt: skip
+    if dep.gate is not None:
+        summary["client_wait"] = client_wait(dep.gate, ~table.rejected)
     if not single:
         makespan = summary["throughput"]["duration_s"]
         summary["kv_cache"] |= kv_summary(engines)

@@ -105,3 +105,23 @@ def test_a_cap_with_admission_limits_is_one_line():
     with pytest.raises(ConfigError, match="keep its slot") as e:
         simulate(parse_scenario(data))
     assert "\n" not in str(e.value)
+
+
+def test_a_capped_client_falling_behind_its_rate_is_overloaded_not_stable():
+    # 400 requests at 40 req/s through one slot: the server is never busier than one request, the client's queue
+    # grows; the verdict counts the client's arrivals, so it says so (the server-side TTFT stays short)
+    f = simulate(parse_scenario(_capped(40.0, 1, n=400)))
+    st = f.summary["stability"]
+    assert st["verdict"] == "overloaded" and st["offered_per_s"] == pytest.approx(40.0, rel=0.2)
+    assert st["sustained_per_s"] < 0.1 * st["offered_per_s"]
+    assert f.summary["latency_s"]["ttft"]["p99"] < 0.2
+
+
+def test_a_cap_spanning_replicas_keeps_a_fleet_in_one_process():
+    from simulator.shard import unshardable
+    from simulator.workload import generate
+
+    sc = parse_scenario(_capped(40.0, 4) | {"cluster": {"replicas": 4, "router": "round_robin"}})
+    assert "arrival.concurrency" in unshardable(sc, generate(sc.workload, sc.seed), 4)
+    f = simulate(sc)
+    assert _in_flight(f.table) == 4  # one client's cap over all four replicas
