@@ -285,13 +285,22 @@ def cmd_gpus(_: argparse.Namespace) -> int:
 
 def cmd_engines(_: argparse.Namespace) -> int:
     """The engine profiles: which engine, its policy, where its figures come from and how well they held."""
-    print(f"{'name':<24}{'engine':<14}{'version':<10}{'policy':<15}{'status':<26}held-out median |error|")
+    rows = []
     for name in engine_names():
         p = load_engine_profile(name)
         status = p.status + (f" on {p.gpu}" if p.gpu else "")
-        errors = [m.median_abs_pct for m in p.validation.metrics] if p.validation else []
-        held = f"{min(errors):.1f}-{max(errors):.1f}% over {len(errors)} checks" if errors else "unvalidated"
-        print(f"{name:<24}{p.engine:<14}{p.version:<10}{p.scheduling.policy:<15}{status:<26}{held}")
+        metrics = p.validation.metrics if p.validation else []
+        errors = [m.median_abs_pct for m in metrics]
+        held = (
+            f"{min(errors):.1f}-{max(errors):.1f}% over {len(errors)} metrics of up to {max(m.rows for m in metrics)} rows"
+            if errors
+            else "unvalidated"
+        )
+        rows.append((name, p.engine, p.version.split(" ")[0], p.scheduling.policy, status, held))
+    head = ("name", "engine", "version", "policy", "status", "held-out median |error|")
+    widths = [max(len(r[i]) for r in [*rows, head]) + 2 for i in range(5)]
+    for r in [head, *rows]:
+        print("".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=False)) + r[5])
     print(
         "(a scenario names one with `engine: NAME` or a .yaml path; default ours; tables in each profile's validation)"
     )

@@ -199,6 +199,12 @@ def format_summary(f: Forecast) -> str:
     why = rejected_reasons(s)
     if r["rejected"] and why:
         lines.append(f"rejected: {why}")
+    w = s.get("client_wait")
+    if w is not None and w["requests"]:
+        lines.append(
+            f"client: at most {w['max_in_flight']} in flight; {w['waited']:,} of {w['requests']:,} requests waited "
+            f"to be sent (mean {w['mean_s']:.3g} s, p99 {w['p99_s']:.3g} s), not counted in TTFT (as vLLM bench serve)"
+        )
     lines += stability_lines(s)
     if "capacity" in s:
         lines.append(capacity_line(s["capacity"]))

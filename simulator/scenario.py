@@ -117,7 +117,9 @@ class Arrival(_Spec):
     concurrency: int | None = Field(
         None,
         ge=1,
-        description="closed_loop: users sending at once (vLLM bench serve --max-concurrency, GuideLLM concurrent)",
+        description="closed_loop: users sending at once (vLLM bench serve --max-concurrency, GuideLLM concurrent); "
+        "with a rate: at most this many requests in flight, later arrivals wait at the client (vLLM bench serve "
+        "--request-rate with --max-concurrency)",
     )
     rate_per_s: float | None = Field(
         None,
@@ -327,10 +329,6 @@ class Workload(_Spec):
             _class_schedules(self, own)
         if self.arrival.process == "closed_loop":
             _closed_loop(self)
-        elif self.arrival.concurrency is not None:
-            raise ValueError(
-                "arrival.concurrency is for arrival.process closed_loop; remove it or use closed_loop"
-            )
         if (
             self.schedule is None
             and not (own and len(own) == len(self.classes))

@@ -150,6 +150,8 @@ def unshardable(scenario: Scenario, reqs: Requests, engines: int) -> str | None:
         return "the response cache"
     if reqs.next_turn is not None and bool((reqs.next_turn >= 0).any()):
         return "conversations: a later turn arrives when the earlier one finishes"
+    if scenario.workload.arrival.concurrency is not None:
+        return "the client's cap on requests in flight (workload.arrival.concurrency) spans every replica"
     return None
 
 

@@ -30,6 +30,7 @@ from simulator.cluster import (
     plan_groups,
     replica_summary,
 )
+from simulator.concurrency import ClientGate, client_gate, client_wait
 from simulator.day import DayRecord, build_autoscaler, day_summary
 from simulator.disaggregation import Disaggregated
 from simulator.memory import MemoryPlan
@@ -225,6 +226,7 @@ class Deployment:
     interval_s: float  # the timelines' sampling interval
     arrivals: int  # requests that arrive on their own (not later turns of a conversation)
     autoscaler: Autoscaler | None = None  # with cluster.autoscaling
+    gate: ClientGate | None = None  # a rate with arrival.concurrency: the client's cap on requests in flight
 
     @property
     def headline(self) -> Group:
@@ -298,13 +300,13 @@ def build(
     table.rejected[:] = rejected
     hits = _cache_hits(scenario, reqs, rejected)
     lookup = scenario.response_cache.lookup_latency_s if scenario.response_cache is not None else 0.0
-    router, source, links = _connect(b, groups, engines, replica_of, pools, ok, hits, lookup, pulled)
+    router, source, links, gate = _connect(b, groups, engines, replica_of, pools, ok, hits, lookup, pulled)
     arrivals = int(np.isfinite(reqs.arrival_s).sum())
     auto = None
     if scenario.cluster.autoscaling is not None:
         auto = build_autoscaler(scenario, groups[0], engines, replica_of, router, source)
     return Deployment(b.env, scenario, model, groups, reqs, table, engines, replica_of, router, source, links,
-                      hits, lookup, reasons, horizon, interval, arrivals, auto)  # fmt: skip
+                      hits, lookup, reasons, horizon, interval, arrivals, auto, gate)  # fmt: skip
 
 
 def _replicas(b: _Build, groups: list[Group]) -> tuple[list[Replica], list[int], dict[str, list[Replica]]]:
@@ -349,7 +351,7 @@ def _connect(
     hits: np.ndarray | None,
     lookup: float,
     pulled: bool,
-) -> tuple[Router, Source, Disaggregated | None]:
+) -> tuple[Router, Source, Disaggregated | None, ClientGate | None]:
     """Routers, the arrival source, the response cache in front and the prefill → decode links."""
     env, reqs, table, cl, dg = b.env, b.reqs, b.table, b.scenario.cluster, b.scenario.disaggregation
     prefix = prefix_ids(reqs.segments, len(reqs)) if cl.router == "prefix_affinity" else None
@@ -384,10 +386,16 @@ def _connect(
             entry(rid)
 
     arrival = reqs.arrival_s + lookup if lookup else reqs.arrival_s
+    gate = client_gate(
+        b.scenario.workload, [g.serving for g in groups], env, table.arrival_s, refused, lookup
+    )
     # one continuous-batching replica taking every arrival as it comes reads them itself
     pulled = pulled and dg is None and len(engines) == 1 and hits is None and not follow_ups and not scaled
     pulled = pulled and router.max_ongoing is None and engines[0].group.serving.batching.mode != "static"
-    source = Source(env, arrival, submit, order=order, pulled=pulled)
+    pulled = pulled and gate is None
+    source = Source(env, arrival, submit if gate is None else gate.arrive, order=order, pulled=pulled)
+    if gate is not None:
+        gate.connect(source, submit)
     if pulled:
         engines[0].connect(ReplicaHooks(arrivals=source, track_future=False))  # no router looks at its load
     links = None
@@ -397,15 +405,27 @@ def _connect(
                               decode_router)  # fmt: skip
         route = links.route
     on_finish = _conversation(env, reqs, table, source, lookup) if follow_ups else None
+    if gate is not None:
+        on_finish = gate.on_finish if on_finish is None else _both(on_finish, gate.on_finish)
     entry = front(env, hits, table, route, on_finish) if hits is not None else route
     look_ahead(front_pool, source, targets, order)
     if router.max_ongoing is not None:
         for e in front_pool:
             e.connect(ReplicaHooks(before_step=_puller(router, e), hold=router.queue.__len__))
-    if follow_ups:  # (the scheduler drops a finished request's prefix keys itself)
+    if on_finish is not None:  # (the scheduler drops a finished request's prefix keys itself)
         for e in engines:
-            e.connect(ReplicaHooks(on_finish=_conversation(env, reqs, table, source, lookup)))
-    return router, source, links
+            e.connect(ReplicaHooks(on_finish=on_finish))
+    return router, source, links, gate
+
+
+def _both(first, second):
+    """Two finish callbacks in turn (a conversation's next turn, then the client's freed slot)."""
+
+    def on_finish(rid: int, finish_s: float) -> None:
+        first(rid, finish_s)
+        second(rid, finish_s)
+
+    return on_finish
 
 
 def _static_routes(
@@ -526,10 +546,12 @@ def summarize_run(dep: Deployment, record: RunRecord, end: RunEnd) -> dict:
     setup = Setup(scenario, dep.model, g0.profile, g0.mem, None if single else Fleet(*fleet(groups)))
     summary = summarize(setup, record)
     summary["rejected_reasons"] = dep.rejected_reasons | end.dropped
-    summary["stability"] = assess(
-        table.arrival_s, table.scheduled_s, table.finish_s, table.rejected, sum(end.dropped.values()), end.hold,
-        end.stopped,
-    ).as_dict()  # fmt: skip
+    # (with a client's cap, its own queue is part of the system: arrivals are those at the client)
+    came = table.arrival_s if dep.gate is None else dep.gate.client_s
+    summary["stability"] = assess(came, table.scheduled_s, table.finish_s, table.rejected, sum(end.dropped.values()),
+                                  end.hold, end.stopped).as_dict()  # fmt: skip
+    if dep.gate is not None:
+        summary["client_wait"] = client_wait(dep.gate, ~table.rejected)
     if not single:
         makespan = summary["throughput"]["duration_s"]
         summary["kv_cache"] |= kv_summary(engines)

@@ -3,8 +3,9 @@ engine, and each metric measured, forecast and their error (`python -m simulator
 
 The workload is the run's: its requests' lengths (each request's, or the means where the file has only
 summary statistics), as many requests as it completed, and its load — a rate with its burstiness (vLLM's
-gamma shape k is a coefficient of variation 1/sqrt(k)), the send times the file recorded, or a closed loop of
-its concurrent users. Everything else (model, GPU, engine, serving settings, seed) is the scenario's.
+gamma shape k is a coefficient of variation 1/sqrt(k)) and its cap on requests in flight where it had one
+(--max-concurrency with a rate: the rest wait at the client, simulator/concurrency.py), the send times the file
+recorded, or a closed loop of its concurrent users. Everything else (model, GPU, engine, serving settings, seed) is the scenario's.
 """
 
 from __future__ import annotations
@@ -112,11 +113,9 @@ def run_workload(run: MeasuredRun) -> tuple[dict, list[str]]:
         w["arrival"] = {"process": "poisson", "rate_per_s": run.rate_per_s}
     else:  # vLLM: gaps ~ gamma(shape k, scale 1/(rate k)), a coefficient of variation 1/sqrt(k)
         w["arrival"] = {"process": "gamma", "rate_per_s": run.rate_per_s, "cv": 1 / math.sqrt(run.burstiness)}
-    if run.rate_per_s is not None and run.concurrency is not None:
-        notes.append(
-            f"the run also held at most {run.concurrency} requests in flight (--max-concurrency with a rate); "
-            "simulated at its rate without that cap"
-        )
+    if run.rate_per_s is not None and run.concurrency is not None and run.start_s is None:
+        # at the run's rate with at most this many in flight, the rest waiting at the client (ClientGate)
+        w["arrival"]["concurrency"] = run.concurrency
     return w, notes
 
 
@@ -168,6 +167,11 @@ def disagreements(run: MeasuredRun, scenario: Scenario) -> list[str]:
         out.append(
             f"max concurrency: the run kept {users} requests in flight, the scenario's engine runs at most {seqs} "
             "at once (serving.batching.max_num_seqs): the rest wait in its queue"
+        )
+    elif run.concurrency is not None and run.concurrency > seqs:
+        out.append(
+            f"max concurrency: the run let up to {run.concurrency} requests be in flight, the scenario's engine "
+            f"runs at most {seqs} at once (serving.batching.max_num_seqs): the rest wait in its queue"
         )
     if run.ignore_eos is False:
         out.append("ignore_eos was off: output lengths are where the model stopped, as the run recorded them")
@@ -270,7 +274,7 @@ def vllm_result(f: Forecast, percentiles: tuple[float, ...] = PERCENTILES) -> di
         "num_prompts": len(t),
         "request_rate": rate,
         "burstiness": burst if math.isfinite(burst) else None,
-        "max_concurrency": a.concurrency if a.process == "closed_loop" else None,
+        "max_concurrency": a.concurrency,  # (the users of a closed loop, or the cap with a rate)
         "input_lens": t.prompt_tokens[done].tolist(),
         "output_lens": t.output_tokens[done].tolist(),
         "ttfts": (t.first_token_s - t.arrival_s)[done].tolist(),

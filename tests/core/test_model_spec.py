@@ -18,6 +18,7 @@ PUBLISHED_TOTAL: dict[str, tuple[float, str]] = {
     "qwen2.5-0.5b": (0.49e9, "Qwen2.5-0.5B-Instruct model card, 'Number of Parameters: 0.49B'"),
     "qwen2.5-7b": (7.61e9, "Qwen2.5-7B-Instruct model card, 'Number of Parameters: 7.61B'"),
     "qwen2.5-32b": (32.5e9, "Qwen2.5-32B-Instruct model card, 'Number of Parameters: 32.5B'"),
+    "qwen3-14b": (14.8e9, "Qwen3-14B model card, 'Number of Parameters: 14.8B'"),
     "mistral-7b": (7.25e9, "mistralai/Mistral-7B-Instruct-v0.3 model page, 7.25B"),
     "mixtral-8x7b": (46.7e9, "Mistral AI, 'Mixtral of experts': 46.7B total parameters"),
     # Gemma 3 Technical Report (arXiv 2503.19786), Table 1, 12B: 1,012M embedding + 10,759M

@@ -35,6 +35,7 @@ def _scenario(arrival: dict) -> dict:
         {"process": "poisson", "rate_per_s": 4.0},
         {"process": "gamma", "rate_per_s": 3.0, "cv": 2.0},
         {"process": "closed_loop", "concurrency": 6},
+        {"process": "poisson", "rate_per_s": 30.0, "concurrency": 3},  # the cap binds: most requests wait
     ],  # fmt: skip
 )
 def test_round_trip_simulate_write_vllm_result_validate_is_zero_error(tmp_path, arrival):
@@ -83,3 +84,20 @@ def test_a_run_of_another_model_is_one_line_or_said_above_the_table(tmp_path):
     path.write_text(json.dumps(measured | {"max_concurrency": 512, "request_rate": "inf"}))
     v = validate(one_run(path), data, "test")
     assert any("max concurrency: the run kept 512" in n for n in v.notes)
+
+
+def test_a_rate_with_max_concurrency_is_simulated_with_its_cap(tmp_path):
+    data = _scenario({"process": "poisson", "rate_per_s": 30.0, "concurrency": 3})
+    f = simulate(parse_scenario(data))
+    assert f.summary["client_wait"]["waited"] > len(f.table) // 2  # 30 req/s is far past 3 users' pace
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(vllm_result(f)))
+    run = one_run(path)
+    assert run.load() == "30 req/s (Poisson), at most 3 in flight"
+    v = validate(run, data, "test")
+    assert not any("cap" in n for n in v.notes)  # nothing left out: the cap is simulated
+    assert v.forecast.scenario.workload.arrival.concurrency == 3
+    uncapped = _scenario({"process": "poisson", "rate_per_s": 30.0})
+    rows = {r.metric: r for r in validate(run, uncapped, "test").rows}
+    # the measured side held 3 in flight; the scenario's own workload is replaced by the run's, cap included
+    assert rows["request_throughput"].error_pct == pytest.approx(0.0, abs=1e-9)
