@@ -216,8 +216,6 @@ class Executor:
             if mixed_graph_tokens is None
             else mixed_graph_tokens
         )
-        if model.spec.is_mla:  # MLA prompt chunks read the step's host lists (engine.mla): eager steps
-            top = 0
         self.mixed_sizes = mixed_sizes(top) if top else []
         self.static_mixed = (
             bool(self.mixed_sizes) if static_mixed is None else static_mixed and bool(self.mixed_sizes)
@@ -336,11 +334,10 @@ class Executor:
             )
             dst = np.concatenate([np.arange(a, a + n) for a, n in zip(new[moved], lengths[moved])])
             src_t, dst_t = (torch.from_numpy(x).to(self.device) for x in (src, dst))
-            for k_pool, v_pool in self.model.kv:
-                for pool in (k_pool, v_pool):
-                    pool.index_copy_(
-                        0, dst_t, pool.index_select(0, src_t)
-                    )  # gathered first: overlaps are safe
+            # each pool once: an MLA layer's value pool is its key pool (a second copy would read moved slots)
+            pools = {id(p): p for kv in self.model.kv for p in kv}
+            for pool in pools.values():
+                pool.index_copy_(0, dst_t, pool.index_select(0, src_t))  # gathered first: overlaps are safe
             self.region[live] = new
         used = int(lengths.sum())
         self.regions = Regions(self.scratch)
