@@ -434,7 +434,7 @@ class Executor:
         h64[n:size] = 1
         h64[size : 2 * size] = k_lens - 1
         h64[2 * size :] = all_starts + k_lens - 1
-        units = plan_decode_units(k_lens.tolist(), self.target, cap=cap)
+        units = plan_decode_units(k_lens, self.target, cap=cap, arrays=True)
         h32 = g.host32.numpy()
         h32[:size] = all_starts
         h32[size] = int((all_starts + k_lens).max())
@@ -506,8 +506,8 @@ class Executor:
         h64[size : 2 * size] = pos
         h64[2 * size :] = tok_start + pos
         # units of the decode slots that have keys (decodes, dummies); the empty slots after them have none
-        units = plan_decode_units(k_lens[npf : a + pad].tolist(), self.target, seq0=npf, cap=cap)
-        units["seq_units"] += [units["count"]] * (ns - a - pad)
+        units = plan_decode_units(k_lens[npf : a + pad], self.target, seq0=npf, cap=cap, arrays=True)
+        units["seq_units"] = np.concatenate([units["seq_units"], np.full(ns - a - pad, units["count"])])
         h32 = g.host32.numpy()
         h32[: ns + 1] = cu_q
         h32[ns + 1 : 2 * ns + 1] = start
