@@ -31,12 +31,16 @@ except ImportError:  # pragma: no cover - depends on the install
 
 
 def route(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax router, top-k: (weights [T, k] fp32, expert ids [T, k] int64)."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    w, ids = torch.topk(probs, top_k, dim=-1)
+    """Softmax router, top-k: (weights [T, k] fp32, expert ids [T, k] int64).
+
+    Renormalised (Mixtral): the softmax over the top-k logits, which is the full softmax's top-k renormalised
+    (the same experts: softmax keeps the order), in two kernels instead of five (a batch-1 step's MoE layer
+    is launch-bound). Otherwise the full softmax's top-k probabilities (DeepSeek-V2, norm_topk_prob off)."""
     if renormalize:
-        w = w / w.sum(-1, keepdim=True)
-    return w, ids
+        top, ids = torch.topk(logits, top_k, dim=-1)
+        return torch.softmax(top.float(), dim=-1), ids
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.topk(probs, top_k, dim=-1)
 
 
 def moe_reference(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:

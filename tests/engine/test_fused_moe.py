@@ -51,6 +51,17 @@ def test_reference_equals_dense_mixture():
     assert torch.allclose(w.sum(-1), torch.ones(x.shape[0]))  # renormalised top-k
 
 
+def test_renormalised_route_is_the_softmax_top_k_renormalised():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(50, 8, generator=g).to(torch.bfloat16)
+    w, ids = route(logits, 2, True)
+    probs = torch.softmax(logits.float(), -1)
+    want_w, want_ids = torch.topk(probs, 2, -1)
+    assert torch.equal(ids, want_ids)
+    assert w.dtype == torch.float32
+    assert torch.allclose(w, want_w / want_w.sum(-1, keepdim=True), atol=1e-6)
+
+
 def test_route_without_renormalisation_keeps_softmax_weights():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     w, ids = route(logits, 2, False)
