@@ -70,11 +70,10 @@ def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor
     if triton is not None and (flat.is_cuda or _interpreted()) and pairs <= ALIGN_KERNEL_MAX_PAIRS:
         sorted_ids = torch.empty(rows, dtype=torch.int32, device=dev)
         block_expert = torch.empty(rows // block, dtype=torch.int32, device=dev)
-        p2 = triton.next_power_of_2
         _align_kernel[(1,)](
             flat.contiguous(), sorted_ids, block_expert, pairs, rows,
-            E=num_experts, E_P2=max(16, p2(num_experts)), BM=block, P_P2=max(16, p2(pairs)),
-            R_P2=p2(rows), B_P2=max(16, p2(rows // block)), num_warps=4,
+            E=num_experts, E_P2=max(16, triton.next_power_of_2(num_experts)), BM=block, CH=ALIGN_CHUNK,
+            B_CH=64, num_warps=8,
         )  # fmt: skip
         return sorted_ids, block_expert
     counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
@@ -93,7 +92,10 @@ def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor
     return sorted_ids, block_expert
 
 
-ALIGN_KERNEL_MAX_PAIRS = 128  # up to this many (token, expert) pairs `align` is one Triton program
+# Up to this many (token, expert) pairs `align` is one Triton program (a decode step of 256 sequences with
+# DeepSeek's top-6 has 1,536): the torch path is some 25 small kernels, each a node of a decode graph.
+ALIGN_KERNEL_MAX_PAIRS = 2048
+ALIGN_CHUNK = 128  # pairs the one-program align takes at a time
 
 
 def align_rows(pairs: int, num_experts: int, block: int) -> int:
@@ -113,31 +115,42 @@ if triton is not None:
         E: tl.constexpr,
         E_P2: tl.constexpr,
         BM: tl.constexpr,
-        P_P2: tl.constexpr,
-        R_P2: tl.constexpr,
-        B_P2: tl.constexpr,
+        CH: tl.constexpr,
+        B_CH: tl.constexpr,
     ):
-        """`align` in one program for small steps (decode): one launch instead of a sort and its scans."""
-        p = tl.arange(0, P_P2)
-        valid = p < pairs
-        e = tl.load(IDS + p, mask=valid, other=E).to(tl.int32)
-        # rank of each pair among the earlier pairs of its expert (the stable sort's order)
-        same = (e[:, None] == e[None, :]) & (p[None, :] < p[:, None]) & valid[None, :]
-        rank = tl.sum(same.to(tl.int32), 1)
+        """`align` in one program (steps up to ALIGN_KERNEL_MAX_PAIRS pairs): one launch instead of a sort
+        and its scans. Pairs are taken CH at a time: a pass counting each expert's pairs, then a pass
+        placing each pair after its expert's earlier ones (the stable sort's order)."""
         ex = tl.arange(0, E_P2)
-        hit = (ex[:, None] == e[None, :]) & valid[None, :]  # [E_P2, P_P2]
-        counts = tl.sum(hit.to(tl.int32), 1)
+        c = tl.arange(0, CH)
+        counts = tl.zeros((E_P2,), tl.int32)
+        for c0 in range(0, pairs, CH):
+            p = c0 + c
+            e = tl.load(IDS + p, mask=p < pairs, other=E).to(tl.int32)
+            counts += tl.sum(((ex[:, None] == e[None, :]) & (p < pairs)[None, :]).to(tl.int32), 1)
         padded = (counts + BM - 1) // BM * BM
         pad_end = tl.cumsum(padded, 0)
         pad_start = pad_end - padded
-        start = tl.sum(tl.where(hit, pad_start[:, None], 0), 0)  # each pair's expert's first row
-        r = tl.arange(0, R_P2)
-        tl.store(SORTED + r, tl.full((R_P2,), 0, tl.int32) + pairs, mask=r < rows)
-        tl.debug_barrier()  # the padding first, then the pairs over it
-        tl.store(SORTED + start + rank, p, mask=valid)
-        b = tl.arange(0, B_P2)
-        blk = tl.sum(((pad_end[None, :] <= (b * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
-        tl.store(BLOCK_E + b, tl.where(blk < E, blk, -1), mask=b < rows // BM)
+        for r0 in range(0, rows, CH):  # the padding first, then the pairs over it
+            r = r0 + c
+            tl.store(SORTED + r, tl.full((CH,), 0, tl.int32) + pairs, mask=r < rows)
+        tl.debug_barrier()
+        placed = tl.zeros((E_P2,), tl.int32)  # pairs of each expert placed by earlier chunks
+        for c0 in range(0, pairs, CH):
+            p = c0 + c
+            valid = p < pairs
+            e = tl.load(IDS + p, mask=valid, other=E).to(tl.int32)
+            same = (e[:, None] == e[None, :]) & (c[None, :] < c[:, None]) & valid[None, :]
+            rank = tl.sum(same.to(tl.int32), 1)
+            hit = (ex[:, None] == e[None, :]) & valid[None, :]  # [E_P2, CH]
+            start = tl.sum(tl.where(hit, (pad_start + placed)[:, None], 0), 0)
+            tl.store(SORTED + start + rank, p, mask=valid)
+            placed += tl.sum(hit.to(tl.int32), 1)
+        b = tl.arange(0, B_CH)
+        for b0 in range(0, rows // BM, B_CH):
+            bi = b0 + b
+            blk = tl.sum(((pad_end[None, :] <= (bi * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
+            tl.store(BLOCK_E + bi, tl.where(blk < E, blk, -1), mask=bi < rows // BM)
 
     @triton.jit
     def _moe_gemm_kernel(
