@@ -66,9 +66,7 @@ TILE_CONFIGS = [  # the grouped GEMMs at the prefill token counts: the engine's 
     {"BM": 128, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
     {"BM": 128, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
     {"BM": 128, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4},
-    {"BM": 128, "BN": 256, "BK": 64, "GROUP": 16, "num_warps": 8, "num_stages": 3},
     {"BM": 256, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
-    {"BM": 128, "BN": 128, "BK": 128, "GROUP": 8, "num_warps": 8, "num_stages": 3},
 ]
 
 # toy configs of the same architectures for --tiny (CPU)
