@@ -203,8 +203,13 @@ class Executor:
         static_mixed: bool | None = None,
         max_context: int = 32768,
         mixed_seqs: int = MIXED_PREFILL_SEQS,
+        gemv: bool | None = None,
     ) -> None:
         self.model, self.device = model, torch.device(device)
+        # single-row steps stream their weights through the Triton GEMV on CUDA (engine.model.Dense), as the
+        # calibration's batch-1 GEMM points time them (calibrate/bench.py)
+        if gemv is not None or self.device.type == "cuda":
+            model.set_gemv(self.device.type == "cuda" if gemv is None else gemv)
         self.mixed_seqs = mixed_seqs  # chunk slots of a mixed-step graph (speculation's verify chunks too)
         self.cuda = self.device.type == "cuda"
         self.sizes = capture_sizes(max_batch)
