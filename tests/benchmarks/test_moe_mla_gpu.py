@@ -51,7 +51,7 @@ def test_cpu_tiny_run_and_tables(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     md = (res / "moe_bars_cpu_tiny.md").read_text()
     assert md.count("| fused_moe |") == 3 and md.count("| mla_prefill |") == 2 and "| tiny-deepseek |" in md
-    large = md.split("## Large-batch decode (tiny)")[1].split("##")[0]
+    large = md.split("## Large-batch decode (tiny_config)")[1].split("##")[0]
     assert large.count("\n| 8 |") + large.count("\n| 16 |") == 2
     # a second call on the same folder keeps every section (resumable) and measures nothing again
     r = subprocess.run(
