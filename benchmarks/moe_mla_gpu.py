@@ -483,9 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         have = {r.get("model_config", {}).get("model_type") if args.cpu else r["model"] for r in done}
         todo = [(m, r) for m, r in zip(models, refs, strict=True)
                 if (json.loads(Path(r).read_text())["model_type"] if args.cpu else r) not in have]  # fmt: skip
-        if todo:
-            recs = fidelity_rows([m for m, _ in todo], [r for _, r in todo], args, profile, out)
-            raw["fidelity"] = done + recs
+        for m, r in todo:  # written after each row: a time-out keeps the rows already run
+            done += fidelity_rows([m], [r], args, profile, out)
+            raw["fidelity"] = done
             path.write_text(json.dumps(raw, indent=1))
         log(f"[{time.perf_counter() - t0:.0f} s]")
     if not args.skip_decode and not raw.get("decode_large"):
