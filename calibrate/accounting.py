@@ -15,7 +15,7 @@ from core.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
 from core.kv_cache import padded
 from core.model_spec import dtype_bytes
 
-GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh")
+GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh", "moe")
 STEP_KINDS = ("step_prefill", "step_decode", "step_mixed")
 
 
@@ -77,12 +77,31 @@ def elementwise_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
     return 0.0, p["tokens"] * cm._elementwise_bytes_per_token, cm.attn_peak
 
 
+def moe_touched(tokens: int, experts: int, top_k: int) -> float:
+    """Expected distinct experts hit by `tokens` tokens routed uniformly to top_k of `experts`."""
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+def moe_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    """One MoE layer's routed experts for a `moe` point's own shape (tokens, experts, top_k, hidden, inter),
+    counted as core.cost_model.moe_layer_work counts them: gate_up [hidden, 2 inter] and down [inter, hidden]
+    over tokens x top_k rows, the touched experts' bf16 weights read once (uniform routing)."""
+    h, i = p["hidden"], p["inter"]
+    slots = p["tokens"] * p["top_k"]
+    touched = moe_touched(p["tokens"], p["experts"], p["top_k"])
+    shapes = ((h, 2 * i), (i, h))
+    flops = sum(2.0 * slots * k * n for k, n in shapes)
+    nbytes = sum(touched * k * n * 2 + slots * (k + n) * ACT_BYTES for k, n in shapes)
+    return flops, nbytes, cm.profile.peak_flops("bf16")
+
+
 WORK = {
     "gemm": gemm_work,
     "attention_prefill": attention_prefill_work,
     "attention_decode": attention_decode_work,
     "elementwise": elementwise_work,
     "attention_fresh": attention_fresh_work,
+    "moe": moe_work,
 }
 
 
@@ -102,6 +121,8 @@ def label(kind: str, p: dict) -> str:
         return f"batch={len(lens)} ctx={sum(lens) // max(len(lens), 1)}"
     if kind == "elementwise":
         return f"tokens={p['tokens']}"
+    if kind == "moe":
+        return f"E={p['experts']} top-{p['top_k']} {p['hidden']}x{p['inter']} tokens={p['tokens']}"
     if kind == "step_prefill":
         return f"prompts={p['prompt_lens'][:3]}{'…' if len(p['prompt_lens']) > 3 else ''} prior={max(p['prior_lens'])}"
     if kind == "step_mixed":

@@ -60,7 +60,7 @@ DECODE_CONTEXTS = [128, 512, 2048, 8192, 32768]
 
 # every kind of point a plan can hold (python -m calibrate --redo takes these)
 KINDS = frozenset({"copy", "ceiling_gemm", "gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce",
-                   "step_prefill", "step_decode", "step_mixed", "serving"})  # fmt: skip
+                   "moe", "step_prefill", "step_decode", "step_mixed", "serving"})  # fmt: skip
 FRESH_CHUNKS = [
     2176,
     2600,
@@ -201,9 +201,31 @@ def microbench_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], n_gpus
             )
         )
 
+    pts += moe_points(mode)
+
     if n_gpus > 1:
         for mib in [1, 16, 256] if quick else [0.0625, 1, 4, 16, 64, 256]:
             pts.append(Point("allreduce", {"nbytes": int(mib * 2**20), "world": n_gpus}))
+    return pts
+
+
+# The MoE group's shapes, whatever model is calibrated: one layer's routed experts (routing, the sort by expert,
+# both grouped GEMMs, the combine: engine.moe) of Mixtral-8x7B and DeepSeek-V2-Lite, (experts, top-k, hidden,
+# expert intermediate); --quick keeps Mixtral's. Token counts from a decode step's to a long prefill's.
+MOE_SHAPES = [(8, 2, 4096, 14336), (64, 6, 2048, 1408)]
+MOE_SHAPES_CPU = [(4, 2, 64, 96)]
+MOE_TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+MOE_TOKENS_CPU = [1, 4, 16, 64, 256]
+
+
+def moe_points(mode: Mode) -> list[Point]:
+    """`moe` points: each shape at each token count, every fourth held out (quick: fewer of both)."""
+    cpu, quick = mode == "cpu", mode == "quick"
+    shapes = MOE_SHAPES_CPU if cpu else MOE_SHAPES[:1] if quick else MOE_SHAPES
+    pts = []
+    for e, k, h, i in shapes:
+        for t, hold in _grid_points(MOE_TOKENS_CPU if cpu else MOE_TOKENS, quick):
+            pts.append(Point("moe", {"tokens": t, "experts": e, "top_k": k, "hidden": h, "inter": i}, hold))
     return pts
 
 

@@ -368,7 +368,10 @@ class CostModel:
                 # experts is touched (at batch 1 a GPU that is hit reads at least one whole expert)
                 busy = 1.0 - float(np.prod((1.0 - q) ** tokens))
                 touched, slots = touched / busy, slots / busy
-            t = sum(layers * self._weight_gemm(slots, k, n, touched) for k, n, layers in self._experts)
+            if self.eff.moe is not None and not self.dequant:  # the fitted MoE group: one layer's experts
+                t = self._experts[0][2] * moe_layer_time(self, slots, touched)
+            else:
+                t = sum(layers * self._weight_gemm(slots, k, n, touched) for k, n, layers in self._experts)
             worst = max(worst, t)
         return worst
 
@@ -691,6 +694,21 @@ def mla_prefill_flops(m: ModelSpec, tp: int, absorbed: bool = False) -> tuple[fl
     pair = 2.0 * m.num_heads * (m.q_head_dim + m.v_head_dim)
     expand = 2.0 * m.kv_lora_rank * m.num_heads * (m.qk_nope_head_dim + m.v_head_dim)
     return pair / tp, expand / tp
+
+
+def moe_layer_work(cm: CostModel, slots: float, touched: float) -> tuple[float, float]:
+    """(FLOPs, bytes) of one MoE layer's routed experts on one GPU: `slots` (token, expert) rows through every
+    expert GEMM, the `touched` experts' weights read once, each row's input and output moved once per GEMM."""
+    flops = sum(2.0 * slots * k * n for k, n, _ in cm._experts)
+    nbytes = sum(touched * k * n * cm.wbytes + slots * (k + n) * ACT_BYTES for k, n, _ in cm._experts)
+    return flops, nbytes
+
+
+def moe_layer_time(cm: CostModel, slots: float, touched: float) -> float:
+    """One MoE layer's routed experts on the profile's fitted MoE curve (Efficiencies.moe), one call per layer:
+    what calibrate's `moe` points time (routing, sort, both grouped GEMMs, combine)."""
+    flops, nbytes = moe_layer_work(cm, slots, touched)
+    return op_time(cm.eff.moe, flops, nbytes, cm.gemm_peak, cm.bw)
 
 
 def packed_attention_time(cm: CostModel, q_tokens: int, kv_tokens: int) -> float:
