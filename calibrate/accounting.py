@@ -42,10 +42,26 @@ def _per_layer(cm: CostModel) -> tuple[float, float]:
     return cm.kv_tok_bytes / max(m.full_attention_layers, 1), cm._attn_io_per_token
 
 
+def _heads_terms(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    """(FLOPs per query-key pair, KV bytes per token, q/o bytes per token) of one layer for an attention
+    point: the calibrated model's own, or, for a point of other heads (calibrate.plan.ATTENTION_VARIANTS:
+    another GQA ratio or head width), those heads' (bf16 KV, q and o of head_dim per head)."""
+    m = cm.model
+    own = (p.get("num_heads"), p.get("num_kv_heads"), p.get("head_dim")) in (
+        (None, None, None),
+        (m.num_heads, m.num_kv_heads, m.head_dim),
+    )
+    if own:
+        kv, io = _per_layer(cm)
+        return cm.pair_flops, kv, io
+    nh, nkv, hd = p["num_heads"], p["num_kv_heads"], p["head_dim"]
+    return 4.0 * nh * hd, 2.0 * nkv * hd * 2, ACT_BYTES * 2.0 * nh * hd
+
+
 def attention_prefill_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
-    kv, io = _per_layer(cm)
+    pair, kv, io = _heads_terms(cm, p)
     c, prior = p["chunk"], p["prior"]
-    flops = cm.pair_flops * chunk_pairs(prior, c)
+    flops = pair * chunk_pairs(prior, c)
     nbytes = prior * kv + c * kv + c * io
     return flops, nbytes, cm.attn_peak
 
@@ -57,17 +73,17 @@ def is_fresh(cm: CostModel, p: dict) -> bool:
 
 def attention_fresh_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
     """A whole fresh prompt, computed at its padded length (as CostModel.attention_prefill_time counts it)."""
-    kv, io = _per_layer(cm)
+    pair, kv, io = _heads_terms(cm, p)
     c, bucket = p["chunk"], cm.profile.efficiency.fresh_prefill_bucket
     t = padded(c, bucket)
-    return cm.pair_flops * t * (t + 1) / 2, c * (kv + io), cm.attn_peak
+    return pair * t * (t + 1) / 2, c * (kv + io), cm.attn_peak
 
 
 def attention_decode_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
-    kv, io = _per_layer(cm)
+    pair, kv, io = _heads_terms(cm, p)
     lens = p["context_lens"]
     ctx = float(sum(lens))
-    flops = cm.pair_flops * ctx
+    flops = pair * ctx
     nbytes = ctx * kv + len(lens) * io
     return flops, nbytes, cm.attn_peak
 
