@@ -438,6 +438,11 @@ class Speculative(_Spec):
     max_batch_size: int = Field(
         32, ge=1, description="switched off when more sequences than this are decoding (as vLLM does)"
     )
+    graphed_rounds: bool = Field(
+        False,
+        description="draft: the draft steps run in one CUDA graph with the verification (this project's engine, "
+        "engine/speculative.py), so they pay no serving-loop host time of their own; off: each pays it",
+    )
 
     @model_validator(mode="after")
     def _draft_named(self) -> Speculative:

@@ -158,7 +158,11 @@ def _engine(b: _Build, index: int, gi: int, g: Group, max_seqs: int, blocks: int
             if draft is not None
             else None
         )
-        draft_time = DraftCost(spec, cost, draft_cost)
+        in_graph = None  # graphed rounds: the draft's steps without host terms (DraftCost)
+        if draft is not None and spec.graphed_rounds:
+            in_graph = CostModel(g.profile, draft, sv.precision.weight_dtype, sv.precision.kv_dtype, g.par.tp,
+                                 engine=g.engine, serving_host=False)  # fmt: skip
+        draft_time = DraftCost(spec, cost, draft_cost, in_graph)
     static = sv.batching.mode == "static"
     return Replica(b.env, index, sched, cost, table, StepStats(b.interval_s), static, g.role, group=g,
                    group_index=gi, draft_time=draft_time, run_cap=1 if b.step_by_step else RUN_CAP)  # fmt: skip
