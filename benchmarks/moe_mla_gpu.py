@@ -1,24 +1,30 @@
-"""Fused MoE and MLA on one GPU: kernel checks, Mixtral-8x7B step bars, Mixtral and DeepSeek-V2-Lite fidelity rows.
+"""Fused MoE and MLA on one GPU: kernel checks, Mixtral-8x7B step bars, MLA and Mixtral fidelity rows, large-batch decode.
 
-    python benchmarks/moe_mla_gpu.py --out $OUT                 # on an H200 (about 5 minutes)
-    python benchmarks/moe_mla_gpu.py --out /tmp/x --cpu --tiny  # the same code on toy configs (CPU, < 1 min)
+    python benchmarks/moe_mla_gpu.py --out $OUT                 # on an H200 (about 4 minutes)
+    python benchmarks/moe_mla_gpu.py --out /tmp/x --cpu --tiny  # the same code on toy configs (CPU, a few minutes)
 
 1. Checks (first; a failure ends the run with one line naming the kernel): the Triton grouped-GEMM MoE
-   (engine.moe.fused_moe) against the loop over experts, at Mixtral's and DeepSeek-V2-Lite's expert shapes
-   and several token counts; the MLA decode kernel (engine.mla) against per-sequence attention.
+   (engine.moe.fused_moe, split-K at batch 1 included) against the loop over experts, at Mixtral's and
+   DeepSeek-V2-Lite's expert shapes and several token counts; the MLA decode and prompt kernels (engine.mla)
+   against per-sequence attention.
 2. Ceilings: device copy bandwidth (4 GiB) and the dense bf16 GEMM rate (8192³), as engine_bars.py measures.
 3. Mixtral-8x7B bf16 (whole model, random weights) through engine.steps.StepRunner: decode steps at batch
    1, 2, 4, 8 (context 512, CUDA graphs) against the floor of reading the dense weights plus the experts
    the step touched (counted per layer in an eager run of the same tokens) at the copy bandwidth, bar 1.3x;
    prefill steps of 4,096 and 8,192 tokens against the dense GEMM rate (model FLOPs: linear layers with the
-   top-k experts, causal attention), bar 70%; the grouped GEMM alone for a few tile configs at 8k tokens.
-4. Fidelity rows (benchmarks/fidelity.py's run_row): Mixtral-8x7B bf16 and DeepSeek-V2-Lite bf16 on the
+   top-k experts, causal attention), bar 70%, with the engine's default tiles; the grouped GEMMs of one layer
+   alone per tile config at both token counts, and where a config beats the default by over 3%, that
+   prefill step again with it (engine.moe.set_tuned: per-shape tuning on this device).
+4. Fidelity rows (benchmarks/fidelity.py's run_row): DeepSeek-V2-Lite bf16 and Mixtral-8x7B bf16 on the
    conversation trace at 80% of the simulated capacity (--duration seconds of trace each).
+5. Large-batch decode (benchmarks/fidelity.py's decode_check): Qwen2.5-7B bf16, batch 64, 128, 256 of
+   1,024-token prompts, serving-loop decode steps against the roofline and the cost model.
 
-Writes $OUT/moe_mla_raw.json (everything measured) and, per fidelity row, its engine request and step CSVs
-(<row>__engine_requests.csv, <row>__engine_steps.csv). benchmarks/moe_mla_tables.py turns a copy of these
-files (committed under benchmarks/results/moe_mla/<profile>/) into benchmarks/results/moe_bars_<profile>.md
-and the fidelity rows.
+Resumable: with an existing $OUT/moe_mla_raw.json, sections already in it are kept (--fresh: start over), so
+a second call after a time-out finishes the rest. Writes $OUT/moe_mla_raw.json (everything measured), after
+every section, and per fidelity row its engine request and step CSVs (<model>__engine_requests.csv,
+<model>__engine_steps.csv). benchmarks/moe_mla_tables.py turns a copy of these files (committed under
+benchmarks/results/moe_mla/<profile>/) into benchmarks/results/moe_bars_<profile>.md and the fidelity rows.
 """
 
 from __future__ import annotations
@@ -52,12 +58,15 @@ DECODE_BATCHES = (1, 2, 4, 8)
 DECODE_CONTEXT = 512
 PREFILL_TOKENS = (4096, 8192)
 BAR_DECODE, BAR_PREFILL = 1.3, 0.70  # issue 13
-FIDELITY_MODELS = ("mixtral-8x7b", "deepseek-v2-lite")
-TILE_CONFIGS = [  # the grouped GEMM at 8k tokens: the engine's choice (kernel_config) beside these
+FIDELITY_MODELS = ("deepseek-v2-lite", "mixtral-8x7b")
+DECODE_MODEL, DECODE_BATCHES_LARGE = "qwen2.5-7b", (64, 128, 256)
+TUNE_GAIN = 1.03  # a swept tile config replaces the default for a shape when this much faster
+TILE_CONFIGS = [  # the grouped GEMMs at the prefill token counts: the engine's choice (kernel_config) beside these
     {"BM": 64, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4},
     {"BM": 128, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
     {"BM": 128, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
-    {"BM": 64, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
+    {"BM": 128, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4},
+    {"BM": 256, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3},
 ]
 
 # toy configs of the same architectures for --tiny (CPU)
@@ -154,6 +163,34 @@ def check_mla(dev: str, tiny: bool) -> list[dict]:
     return out
 
 
+def check_mla_prefill(dev: str, tiny: bool) -> list[dict]:
+    """The absorbed prompt kernel (chunks after cached context) against per-sequence attention."""
+    from engine.mla import _sdpa, mla_prefill
+
+    nh, rank, rope = (4, 32, 16) if tiny else (16, 512, 64)
+    chunks = [(5, 0), (7, 40)] if tiny else [(300, 0), (200, 700), (1, 4000), (1500, 0)]
+    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(2)
+    lay = make_layout([q for q, _ in chunks], [p for _, p in chunks], dev, kv_heads=1)
+    lay.n_prefill = len(chunks)
+    pool = torch.randn(int(lay.cu_k[-1]) + 4, 1, rank + rope, device=dev, generator=g).to(dtype)
+    t = sum(q for q, _ in chunks)
+    qa = torch.randn(t, nh, rank + rope, device=dev, generator=g).to(dtype)
+    scale = (128 + 64) ** -0.5
+    got = mla_prefill(qa, pool, lay, rank, scale, qa.new_zeros((t, nh, rank)))
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    out, row = [], 0
+    for (q, prior), kl, ks in zip(chunks, lay.k_lens, lay.k_starts, strict=True):
+        c = pool[ks : ks + kl, 0].float()
+        want = _sdpa(qa[row : row + q].float(), c[:, None], c[:, None, :rank], scale)
+        err = rel_err(got[row : row + q], want)
+        row += q
+        out.append({"kernel": "mla_prefill", "heads": nh, "rank": rank, "rope": rope, "context": kl, "chunk": q,
+                    "rel_err": err, "tol": tol, "ok": err < tol})  # fmt: skip
+        log(f"check mla_prefill heads={nh} chunk {q} after {prior}: max rel error {err:.2e}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- 2-3. bars
 def ceilings(dev: str) -> dict:
     if dev == "cpu":
@@ -189,6 +226,7 @@ def mixtral_steps(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
     model = build_model(spec, dtype=dtype, device=dev)
     prefills = (64, 128) if tiny else PREFILL_TOKENS
     reps = {"warmup": 1, "repeat": 2} if dev == "cpu" else {}
+    pre_reps = reps or {"warmup": 2, "repeat": 5}  # a prefill step of 8k tokens takes ~0.3 s
     runner = StepRunner(model, max(DECODE_BATCHES), max(max(prefills), DECODE_CONTEXT), device=dev)
     log(f"{spec.name}: built in {time.perf_counter() - t0:.0f} s")
     # bytes every decode step reads besides the routed experts: every weight of the built model but the
@@ -226,25 +264,52 @@ def mixtral_steps(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
         rec["decode"].append(r)
         log(f"decode batch {b}: {step * 1e3:.2f} ms, {r['experts_touched_per_layer']:.2f} experts/layer touched, "
             f"floor {floor * 1e3:.2f} ms: {r['ratio']:.2f}x (bar {BAR_DECODE}x)")  # fmt: skip
-    for n in prefills:
-        step = runner.prefill([n], **reps)
+    from engine.moe import set_tuned
+
+    def prefill_row(n: int, tiles: str) -> None:
+        step = runner.prefill([n], **pre_reps)
         lin = spec.flops_per_token(0) * n
         attn = spec.attn_flops_per_pair * spec.full_attention_layers * n * (n + 1) / 2
-        if spec.is_mla:
-            from core.cost_model import mla_prefill_flops
-
-            attn = mla_prefill_flops(spec, 1)[0] * spec.full_attention_layers * n * (n + 1) / 2
         rate = (lin + attn) / step
-        r = {"tokens": n, "step_s": step, "model_flops": lin + attn, "flops_per_s": rate,
+        r = {"tokens": n, "tiles": tiles, "step_s": step, "model_flops": lin + attn, "flops_per_s": rate,
              "share_of_gemm_rate": rate / ceil["gemm_flops_per_s"], "bar": BAR_PREFILL,
              "ok": rate / ceil["gemm_flops_per_s"] >= BAR_PREFILL}  # fmt: skip
         rec["prefill"].append(r)
-        log(f"prefill {n} tokens: {step * 1e3:.1f} ms, {rate / 1e12:.1f} TFLOP/s = "
+        log(f"prefill {n} tokens ({tiles} tiles): {step * 1e3:.1f} ms, {rate / 1e12:.1f} TFLOP/s = "
             f"{r['share_of_gemm_rate']:.0%} of the dense GEMM rate (bar {BAR_PREFILL:.0%})")  # fmt: skip
-    rec["tiles"] = tile_sweep(model, spec, dev, max(prefills))
-    del runner, model
+
+    for n in prefills:
+        prefill_row(n, "default")
+    rec["tiles"] = []
+    for n in prefills:
+        rows = tile_sweep(model, spec, dev, n)
+        rec["tiles"] += rows
+        tuned = best_tiles(rows, model)
+        if tuned:  # this device's best tiles for this shape, then the step again with them
+            set_tuned(tuned)
+            prefill_row(n, "tuned")
+            set_tuned({})
+    runner = model = None  # the whole model's memory back before the next section
     free()
     return rec
+
+
+def best_tiles(rows: list[dict], model) -> dict:
+    """TUNED entries (both grouped GEMMs of the MoE layers) for the fastest swept config when it beats the
+    engine's default (the first row) by TUNE_GAIN; {} otherwise."""
+    from engine.moe import rows_bucket
+
+    ok = [r for r in rows if "seconds" in r]
+    if len(ok) < 2 or "seconds" not in rows[0]:
+        return {}
+    best = min(ok[1:], key=lambda r: r["seconds"])
+    if best["seconds"] * TUNE_GAIN >= rows[0]["seconds"]:
+        return {}
+    moe = next(m for m in model.modules() if isinstance(m, MoE))
+    e, pairs = moe.num_experts, rows[0]["tokens"] * moe.top_k
+    cfg = {k: v for k, v in best["config"].items() if k != "SPLIT_K"}
+    b = rows_bucket(pairs, e)
+    return {(b, w.shape[1], w.shape[2], e): cfg for w in (moe.w_gate_up, moe.w_down)}
 
 
 def tile_sweep(model, spec: ModelSpec, dev: str, tokens: int) -> list[dict]:
@@ -258,7 +323,8 @@ def tile_sweep(model, spec: ModelSpec, dev: str, tokens: int) -> list[dict]:
     pairs = ids.numel()
     flops = 2.0 * pairs * 3 * spec.hidden_size * spec.moe_intermediate_size
     out = []
-    configs = [kernel_config(pairs, moe.w_gate_up.shape[1])] + ([] if dev == "cpu" else TILE_CONFIGS)
+    default = kernel_config(pairs, moe.w_gate_up.shape[1], moe.num_experts, moe.w_gate_up.shape[2])
+    configs = [default] + [dict(c, SPLIT_K=1) for c in TILE_CONFIGS if dict(c, SPLIT_K=1) != default]
     for cfg in configs[: 1 if dev == "cpu" else None]:
         sorted_ids, block_e = align(ids, moe.num_experts, cfg["BM"])
         tw = w.reshape(-1).float()
@@ -315,6 +381,35 @@ def fidelity_rows(models: list[str], refs: list[str], args, profile: str, out: P
     return recs
 
 
+# ---------------------------------------------------------------------------------------------- 5. decode
+def large_decode(args, profile: str, ref: str, cpu: bool) -> list[dict]:
+    """Decode-only serving steps at large batch (fidelity.decode_check) for DECODE_MODEL: the model on an
+    executor whose pool holds every sequence's region, its decode graphs captured (no mixed-step graphs:
+    the prompts' steps are not what is measured, and capturing them would take a fifth of the budget)."""
+    import types
+
+    import fidelity
+
+    from core.hardware import load_profile
+    from engine.model import build_model
+    from engine.serving import Executor
+
+    t0 = time.perf_counter()
+    dev = "cpu" if cpu else "cuda"
+    spec = load_model(ref)
+    sizes = [8, 16] if cpu else list(DECODE_BATCHES_LARGE)
+    prompt, output = (64, 16) if cpu else (fidelity.DECODE_PROMPT, fidelity.DECODE_OUTPUT)
+    model = build_model(spec, dtype="fp32" if cpu else "bf16", device=dev)
+    ex = Executor(model, max(sizes) * (prompt + output + 16), max(sizes), device=dev, mixed_graph_tokens=0)
+    ex.warmup(log)
+    log(f"{spec.name}: built and warmed up in {time.perf_counter() - t0:.0f} s")
+    recs = fidelity.decode_check(types.SimpleNamespace(executor=ex), spec, load_profile(profile), sizes,
+                                 "fp32" if cpu else "bf16", 16, log)  # fmt: skip
+    ex = model = None
+    free()
+    return [dict(r, model=spec.name) for r in recs]
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -324,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="h200", help="the GPU's calibrated profile for the fidelity rows")
     p.add_argument("--duration", type=float, help="seconds of trace per fidelity row (default 20; cpu 2)")
     p.add_argument("--skip-fidelity", action="store_true", help="kernel checks and step bars only")
+    p.add_argument("--skip-decode", action="store_true", help="no large-batch decode section")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing moe_mla_raw.json in --out")
     args = p.parse_args(argv)
     if args.cpu != args.tiny:
         print("error: --cpu and --tiny go together (full-size models need the GPU)", file=sys.stderr)
@@ -336,45 +433,77 @@ def main(argv: list[str] | None = None) -> int:
         args.duration = 2.0 if args.cpu else 20.0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    raw: dict = {"command": "python benchmarks/moe_mla_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                 "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
-                 "profile": args.profile, "tiny": args.tiny}  # fmt: skip
     path = out / "moe_mla_raw.json"
+    raw: dict = {}
+    if path.exists() and not args.fresh:  # resume: keep what an earlier call measured
+        raw = json.loads(path.read_text())
+        if raw.get("tiny") != args.tiny:
+            print(f"error: --out {out} holds a {'tiny' if raw.get('tiny') else 'full'} run; pass --fresh or another "
+                  "folder", file=sys.stderr)  # fmt: skip
+            return 2
+        log(f"resuming {path}: kept {', '.join(k for k in SECTIONS if k in raw) or 'nothing'}")
+    raw.update({"command": "python benchmarks/moe_mla_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+                "profile": args.profile, "tiny": args.tiny})  # fmt: skip
     t0 = time.perf_counter()
     if args.cpu:
         torch.set_num_threads(1)  # a toy's kernels: threads only add contention
-    raw["checks"] = check_moe(dev, args.tiny) + check_mla(dev, args.tiny)
-    path.write_text(json.dumps(raw, indent=1))
+    if "checks" not in raw:
+        raw["checks"] = (
+            check_moe(dev, args.tiny) + check_mla(dev, args.tiny) + check_mla_prefill(dev, args.tiny)
+        )
+        path.write_text(json.dumps(raw, indent=1))
     bad = [c for c in raw["checks"] if not c["ok"]]
     if bad:
         print(f"error: {len(bad)} kernel check(s) failed, first: {bad[0]['kernel']} {bad[0]} — the Triton "
               "kernel disagrees with its torch reference; no timings taken", file=sys.stderr)  # fmt: skip
         return 1
-    raw["ceilings"] = ceilings(dev)
-    mixtral = spec_from_config(TINY_MIXTRAL, name="tiny-mixtral") if args.tiny else load_model("mixtral-8x7b")
-    raw["mixtral_steps"] = mixtral_steps(mixtral, dev, raw["ceilings"], args.tiny)
-    path.write_text(json.dumps(raw, indent=1))
-    log(f"[{time.perf_counter() - t0:.0f} s]")
-    if not args.skip_fidelity:
-        if args.cpu:
-            import fidelity
-
-            refs = []
-            for name, cfg in (("tiny-mixtral", TINY_MIXTRAL), ("tiny-deepseek", TINY_DEEPSEEK)):
-                f = Path(tempfile.mkdtemp(prefix="moe_mla_cfg_")) / f"{name}.json"
-                f.write_text(json.dumps(cfg))
-                refs.append(str(f))
-            _, profile = fidelity.cpu_setup(Path(tempfile.mkdtemp(prefix="moe_mla_cpu_")))
-            models = ["tiny", "tiny"]
-        else:
-            refs, profile, models = list(FIDELITY_MODELS), args.profile, list(FIDELITY_MODELS)
-        raw["fidelity"] = fidelity_rows(models, refs, args, profile, out)
+    if "ceilings" not in raw:
+        raw["ceilings"] = ceilings(dev)
+    if "mixtral_steps" not in raw:
+        mixtral = (
+            spec_from_config(TINY_MIXTRAL, name="tiny-mixtral") if args.tiny else load_model("mixtral-8x7b")
+        )
+        raw["mixtral_steps"] = mixtral_steps(mixtral, dev, raw["ceilings"], args.tiny)
         path.write_text(json.dumps(raw, indent=1))
-    raw["wall_s"] = time.perf_counter() - t0
+    log(f"[{time.perf_counter() - t0:.0f} s]")
+    profile, refs, models = args.profile, list(FIDELITY_MODELS), list(FIDELITY_MODELS)
+    if args.cpu and not (args.skip_fidelity and args.skip_decode):
+        import fidelity
+
+        refs = []
+        for name, cfg in (("tiny-deepseek", TINY_DEEPSEEK), ("tiny-mixtral", TINY_MIXTRAL)):
+            f = Path(tempfile.mkdtemp(prefix="moe_mla_cfg_")) / f"{name}.json"
+            f.write_text(json.dumps(cfg))
+            refs.append(str(f))
+        tiny_llama, profile = fidelity.cpu_setup(Path(tempfile.mkdtemp(prefix="moe_mla_cpu_")))
+        models = ["tiny", "tiny"]
+    if not args.skip_fidelity:
+        done = [r for r in raw.get("fidelity", []) if "error" not in r]
+        have = {r.get("model_config", {}).get("model_type") if args.cpu else r["model"] for r in done}
+        todo = [(m, r) for m, r in zip(models, refs, strict=True)
+                if (json.loads(Path(r).read_text())["model_type"] if args.cpu else r) not in have]  # fmt: skip
+        for m, r in todo:  # written after each row: a time-out keeps the rows already run
+            done += fidelity_rows([m], [r], args, profile, out)
+            raw["fidelity"] = done
+            path.write_text(json.dumps(raw, indent=1))
+        log(f"[{time.perf_counter() - t0:.0f} s]")
+    if not args.skip_decode and not raw.get("decode_large"):
+        try:
+            raw["decode_large"] = large_decode(
+                args, profile, tiny_llama if args.cpu else DECODE_MODEL, args.cpu
+            )
+        except Exception as e:  # noqa: BLE001 - the rest is written; the failure is in the raw file
+            traceback.print_exc()
+            raw["decode_large_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        path.write_text(json.dumps(raw, indent=1))
+    raw["wall_s"] = raw.get("wall_s", 0.0) + time.perf_counter() - t0
     path.write_text(json.dumps(raw, indent=1))
-    log(f"wrote {path} in {raw['wall_s']:.0f} s")
+    log(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
     return 0
 
+
+SECTIONS = ("checks", "ceilings", "mixtral_steps", "fidelity", "decode_large")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ from core.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
 from core.kv_cache import padded
 from core.model_spec import dtype_bytes
 
-GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh")
+GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh", "moe")
 STEP_KINDS = ("step_prefill", "step_decode", "step_mixed")
 
 
@@ -42,10 +42,26 @@ def _per_layer(cm: CostModel) -> tuple[float, float]:
     return cm.kv_tok_bytes / max(m.full_attention_layers, 1), cm._attn_io_per_token
 
 
+def _heads_terms(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    """(FLOPs per query-key pair, KV bytes per token, q/o bytes per token) of one layer for an attention
+    point: the calibrated model's own, or, for a point of other heads (calibrate.plan.ATTENTION_VARIANTS:
+    another GQA ratio or head width), those heads' (bf16 KV, q and o of head_dim per head)."""
+    m = cm.model
+    own = (p.get("num_heads"), p.get("num_kv_heads"), p.get("head_dim")) in (
+        (None, None, None),
+        (m.num_heads, m.num_kv_heads, m.head_dim),
+    )
+    if own:
+        kv, io = _per_layer(cm)
+        return cm.pair_flops, kv, io
+    nh, nkv, hd = p["num_heads"], p["num_kv_heads"], p["head_dim"]
+    return 4.0 * nh * hd, 2.0 * nkv * hd * 2, ACT_BYTES * 2.0 * nh * hd
+
+
 def attention_prefill_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
-    kv, io = _per_layer(cm)
+    pair, kv, io = _heads_terms(cm, p)
     c, prior = p["chunk"], p["prior"]
-    flops = cm.pair_flops * chunk_pairs(prior, c)
+    flops = pair * chunk_pairs(prior, c)
     nbytes = prior * kv + c * kv + c * io
     return flops, nbytes, cm.attn_peak
 
@@ -57,17 +73,17 @@ def is_fresh(cm: CostModel, p: dict) -> bool:
 
 def attention_fresh_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
     """A whole fresh prompt, computed at its padded length (as CostModel.attention_prefill_time counts it)."""
-    kv, io = _per_layer(cm)
+    pair, kv, io = _heads_terms(cm, p)
     c, bucket = p["chunk"], cm.profile.efficiency.fresh_prefill_bucket
     t = padded(c, bucket)
-    return cm.pair_flops * t * (t + 1) / 2, c * (kv + io), cm.attn_peak
+    return pair * t * (t + 1) / 2, c * (kv + io), cm.attn_peak
 
 
 def attention_decode_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
-    kv, io = _per_layer(cm)
+    pair, kv, io = _heads_terms(cm, p)
     lens = p["context_lens"]
     ctx = float(sum(lens))
-    flops = cm.pair_flops * ctx
+    flops = pair * ctx
     nbytes = ctx * kv + len(lens) * io
     return flops, nbytes, cm.attn_peak
 
@@ -77,12 +93,31 @@ def elementwise_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
     return 0.0, p["tokens"] * cm._elementwise_bytes_per_token, cm.attn_peak
 
 
+def moe_touched(tokens: int, experts: int, top_k: int) -> float:
+    """Expected distinct experts hit by `tokens` tokens routed uniformly to top_k of `experts`."""
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+def moe_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    """One MoE layer's routed experts for a `moe` point's own shape (tokens, experts, top_k, hidden, inter),
+    counted as core.cost_model.moe_layer_work counts them: gate_up [hidden, 2 inter] and down [inter, hidden]
+    over tokens x top_k rows, the touched experts' bf16 weights read once (uniform routing)."""
+    h, i = p["hidden"], p["inter"]
+    slots = p["tokens"] * p["top_k"]
+    touched = moe_touched(p["tokens"], p["experts"], p["top_k"])
+    shapes = ((h, 2 * i), (i, h))
+    flops = sum(2.0 * slots * k * n for k, n in shapes)
+    nbytes = sum(touched * k * n * 2 + slots * (k + n) * ACT_BYTES for k, n in shapes)
+    return flops, nbytes, cm.profile.peak_flops("bf16")
+
+
 WORK = {
     "gemm": gemm_work,
     "attention_prefill": attention_prefill_work,
     "attention_decode": attention_decode_work,
     "elementwise": elementwise_work,
     "attention_fresh": attention_fresh_work,
+    "moe": moe_work,
 }
 
 
@@ -102,6 +137,8 @@ def label(kind: str, p: dict) -> str:
         return f"batch={len(lens)} ctx={sum(lens) // max(len(lens), 1)}"
     if kind == "elementwise":
         return f"tokens={p['tokens']}"
+    if kind == "moe":
+        return f"E={p['experts']} top-{p['top_k']} {p['hidden']}x{p['inter']} tokens={p['tokens']}"
     if kind == "step_prefill":
         return f"prompts={p['prompt_lens'][:3]}{'…' if len(p['prompt_lens']) > 3 else ''} prior={max(p['prior_lens'])}"
     if kind == "step_mixed":

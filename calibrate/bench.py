@@ -65,6 +65,8 @@ class Bench:
                 repeat=self.repeat,
             )
             return s
+        if p.kind == "moe":
+            return self._moe(q)
         if p.kind == "copy":
             s, _ = kernels.time_copy(q["nbytes"], device=self.device, warmup=self.warmup, repeat=self.repeat)
             return s
@@ -101,6 +103,33 @@ class Bench:
         else:
             fn = rotating(bufs, torch.nn.functional.linear)
         return measure_graph(fn, dev, calls=copies, repeat=self.repeat, warmup=self.warmup)
+
+    def _moe(self, q: dict) -> float:
+        """One MoE layer's routed experts as the engine runs them (engine.model.MoE without its router
+        GEMM): route (top-k softmax), sort by expert, two grouped GEMMs, combine; replayed from a CUDA graph
+        on the GPU, as in a captured step. Weights are built once per shape (bf16; fp32 on the CPU)."""
+        from engine.moe import route, routed_experts
+
+        e, k, h, i, t = q["experts"], q["top_k"], q["hidden"], q["inter"], q["tokens"]
+        dev = torch.device(self.device)
+        dtype = torch.float32 if self.cpu else torch.bfloat16
+        key = (e, h, i)
+        if getattr(self, "_moe_weights", (None,))[0] != key:
+            self._moe_weights = None  # the previous shape's weights go first
+            g = torch.Generator(device=dev).manual_seed(0)
+            w_gu = (torch.randn(e, 2 * i, h, device=dev, generator=g) * h**-0.5).to(dtype)
+            w_d = (torch.randn(e, h, i, device=dev, generator=g) * i**-0.5).to(dtype)
+            self._moe_weights = (key, w_gu, w_d)
+        _, w_gu, w_d = self._moe_weights
+        g = torch.Generator(device=dev).manual_seed(t)
+        x = torch.randn(t, h, device=dev, generator=g).to(dtype)
+        logits = torch.randn(t, e, device=dev, generator=g).to(dtype)  # uniform routing on average
+
+        def fn():
+            w, ids = route(logits, k, True)
+            return routed_experts(x, w_gu, w_d, w, ids)
+
+        return measure_graph(fn, dev, calls=1, repeat=self.repeat, warmup=self.warmup)
 
     # ------------------------------------------------------------ whole steps
     def _runner_for_steps(self):

@@ -361,7 +361,8 @@ def refine_on_steps(
     cm0 = CostModel(with_efficiency(profile, eff), model, serving_host=False)  # eff's fresh-prompt rule
     shapes = [step_shape(cm0, r.kind, r.params) for r in steps]
     t_steps = np.array([r.seconds for r in steps], float)
-    active = [g for g in GROUPS if getattr(eff, g) is not None]
+    # the MoE group is refined only where the steps hold MoE layers (else they say nothing about it)
+    active = [g for g in GROUPS if getattr(eff, g) is not None and (g != "moe" or model.is_moe)]
     groups = [g for g in active if micro.get(g)]
     works = {g: work(cm0, g, [r.params for r in micro[g]]) for g in groups}
     t_micro = {g: np.array([r.seconds for r in micro[g]], float) for g in groups}

@@ -60,7 +60,7 @@ DECODE_CONTEXTS = [128, 512, 2048, 8192, 32768]
 
 # every kind of point a plan can hold (python -m calibrate --redo takes these)
 KINDS = frozenset({"copy", "ceiling_gemm", "gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce",
-                   "step_prefill", "step_decode", "step_mixed", "serving"})  # fmt: skip
+                   "moe", "step_prefill", "step_decode", "step_mixed", "serving"})  # fmt: skip
 FRESH_CHUNKS = [
     2176,
     2600,
@@ -179,6 +179,8 @@ def microbench_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], n_gpus
         if not (quick and i % 2):
             pts.append(Point("attention_prefill", {"chunk": c, "prior": 0, **heads}, i % 3 == 1))
 
+    pts += attention_variant_points(model, mode)
+
     batches = [1, 2, 4, 8] if cpu else DECODE_BATCHES
     contexts = [16, 64, 256] if cpu else DECODE_CONTEXTS
     max_tokens = 4096 if cpu else 2**20
@@ -201,9 +203,60 @@ def microbench_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], n_gpus
             )
         )
 
+    pts += moe_points(mode)
+
     if n_gpus > 1:
         for mib in [1, 16, 256] if quick else [0.0625, 1, 4, 16, 64, 256]:
             pts.append(Point("allreduce", {"nbytes": int(mib * 2**20), "world": n_gpus}))
+    return pts
+
+
+# The MoE group's shapes, whatever model is calibrated: one layer's routed experts (routing, the sort by expert,
+# both grouped GEMMs, the combine: engine.moe) of Mixtral-8x7B and DeepSeek-V2-Lite, (experts, top-k, hidden,
+# expert intermediate); --quick keeps Mixtral's. Token counts from a decode step's to a long prefill's.
+MOE_SHAPES = [(8, 2, 4096, 14336), (64, 6, 2048, 1408)]
+MOE_SHAPES_CPU = [(4, 2, 64, 96)]
+MOE_TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+MOE_TOKENS_CPU = [1, 4, 16, 64, 256]
+
+
+# Attention of other heads than the calibrated model's, in the same fitted groups (the groups' curves then
+# hold across the catalogue's shapes): Qwen2.5's 7:1 GQA (28 query heads over 4 KV heads of 128) and Gemma 3's
+# 256-wide heads (16 over 8); the CPU plan a toy 4:1 and 64-wide pair.
+ATTENTION_VARIANTS = [(28, 4, 128), (16, 8, 256)]
+ATTENTION_VARIANTS_CPU = [(8, 2, 16)]
+VARIANT_PREFILL = [(256, 0), (1024, 0), (512, 4096), (2048, 1024), (4096, 0)]  # (chunk, prior)
+VARIANT_DECODE = [(1, 2048), (8, 512), (32, 2048), (64, 8192), (256, 1024)]  # (batch, context)
+
+
+def attention_variant_points(model: ModelSpec, mode: Mode) -> list[Point]:
+    """attention_prefill / attention_decode points of ATTENTION_VARIANTS' heads (those unlike the model's);
+    every third held out; --quick keeps the first variant."""
+    cpu, quick = mode == "cpu", mode == "quick"
+    own = (model.num_heads, model.num_kv_heads, model.head_dim)
+    variants = [v for v in (ATTENTION_VARIANTS_CPU if cpu else ATTENTION_VARIANTS) if v != own]
+    prefill = [(16, 0), (32, 64)] if cpu else VARIANT_PREFILL
+    decode = [(1, 64), (4, 256)] if cpu else VARIANT_DECODE
+    pts = []
+    for nh, nkv, hd in variants[:1] if quick else variants:
+        heads = {"num_heads": nh, "num_kv_heads": nkv, "head_dim": hd}
+        for j, (c, prior) in enumerate(prefill):  # roles by place in the full list; quick keeps every other
+            if not (quick and j % 2):
+                pts.append(Point("attention_prefill", {"chunk": c, "prior": prior, **heads}, j % 3 == 2))
+        for j, (b, ctx) in enumerate(decode):
+            if not (quick and j % 2):
+                pts.append(Point("attention_decode", {"context_lens": [ctx] * b, **heads}, (j + 1) % 3 == 2))
+    return pts
+
+
+def moe_points(mode: Mode) -> list[Point]:
+    """`moe` points: each shape at each token count, every fourth held out (quick: fewer of both)."""
+    cpu, quick = mode == "cpu", mode == "quick"
+    shapes = MOE_SHAPES_CPU if cpu else MOE_SHAPES[:1] if quick else MOE_SHAPES
+    pts = []
+    for e, k, h, i in shapes:
+        for t, hold in _grid_points(MOE_TOKENS_CPU if cpu else MOE_TOKENS, quick):
+            pts.append(Point("moe", {"tokens": t, "experts": e, "top_k": k, "hidden": h, "inter": i}, hold))
     return pts
 
 

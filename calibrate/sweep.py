@@ -152,6 +152,12 @@ def _kernel_point(cm: CostModel, p: Point, t: BenchTiming) -> tuple[float, float
         flops, nbytes, peak = WORK["elementwise"](cm, q)
         one = nbytes
         copies, graph, least = _copies(one, t.cpu, 1.5), True, 4
+    elif (
+        p.kind == "moe"
+    ):  # one layer's experts replayed from a graph of one call (calibrate.bench.Bench._moe)
+        flops, nbytes, peak = WORK["moe"](cm, q)
+        one = nbytes
+        copies, graph, least = 1, True, 1
     else:  # a kind this does not know: its overhead alone, until its own timings correct it
         return 0.0, 0.0
     kernel_s = max(flops / peak, nbytes / cm.bw)

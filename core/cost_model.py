@@ -221,13 +221,15 @@ class CostModel:
         self.kv_tok_bytes, self.kv_sliding_tok_bytes = kv_bytes_per_token_per_gpu(model, kv_dtype, all_stages)
         self.pair_flops = model.attn_flops_per_pair / tp
         self.prefill_pair_flops, self.prefill_ctx_flops = mla_prefill_flops(model, tp)
+        # MLA steps of up to MLA_ABSORBED_STEP_TOKENS tokens run their prompt chunks absorbed (engine.mla)
+        self.absorbed_pair_flops = mla_prefill_flops(model, tp, absorbed=True)[0] if model.is_mla else 0.0
         # whole fresh prompts of at least fresh[0] tokens take the profile's fresh-prompt kernel, padded to
         # a multiple of fresh[1] (None: the profile has no such kernel; BatchShape.add_fresh)
         self.fresh = (
             (e.fresh_prefill_min_tokens, e.fresh_prefill_bucket)
-            if e.attention_fresh is not None and model.full_attention_layers
+            if e.attention_fresh is not None and model.full_attention_layers and not model.is_mla
             else None
-        )
+        )  # (MLA prompts never take the fresh-prompt kernel: engine.mla runs them itself)
         self._gemm_cache: dict[int, float] = {}
         self._comm_cache: dict[int, float] = {}
         self._fixed_cache: dict[int, float] = {}
@@ -366,7 +368,10 @@ class CostModel:
                 # experts is touched (at batch 1 a GPU that is hit reads at least one whole expert)
                 busy = 1.0 - float(np.prod((1.0 - q) ** tokens))
                 touched, slots = touched / busy, slots / busy
-            t = sum(layers * self._weight_gemm(slots, k, n, touched) for k, n, layers in self._experts)
+            if self.eff.moe is not None and not self.dequant:  # the fitted MoE group: one layer's experts
+                t = self._experts[0][2] * moe_layer_time(self, slots, touched)
+            else:
+                t = sum(layers * self._weight_gemm(slots, k, n, touched) for k, n, layers in self._experts)
             worst = max(worst, t)
         return worst
 
@@ -443,9 +448,12 @@ class CostModel:
         L = (Lf if tokens else 0) + Ls
         if not L:
             return 0.0
-        flops = self.prefill_pair_flops * (pairs * Lf + b.sliding_prefill_pairs * Ls)
-        if self.prefill_ctx_flops:  # MLA: the cached context's latents expanded through kv_b first
-            flops += self.prefill_ctx_flops * b.prefill_context_tokens * Lf
+        if self.absorbed_pair_flops and b.prefill_tokens + b.decode_seqs <= MLA_ABSORBED_STEP_TOKENS:
+            flops = self.absorbed_pair_flops * pairs * Lf  # MLA, absorbed: latents scored directly
+        else:
+            flops = self.prefill_pair_flops * (pairs * Lf + b.sliding_prefill_pairs * Ls)
+            if self.prefill_ctx_flops:  # MLA, plain: the cached context's latents expanded through kv_b first
+                flops += self.prefill_ctx_flops * b.prefill_context_tokens * Lf
         kv_read = b.prefill_context_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
         kv_write = tokens * self.kv_tok_bytes + b.prefill_tokens * self.kv_sliding_tok_bytes
         io = (tokens * Lf + b.prefill_tokens * Ls) * self._attn_io_per_token
@@ -664,20 +672,43 @@ class CostModel:
         return weight_bytes_per_gpu(self.model, self.weight_dtype, par) / self.bw
 
 
-def mla_prefill_flops(m: ModelSpec, tp: int) -> tuple[float, float]:
+# MLA steps of up to this many tokens run every row absorbed on the GPU (engine.mla.ABSORBED_PROMPT_TOKENS):
+# one kernel over device metadata, so they replay as CUDA graphs; larger steps run prompt chunks plain.
+MLA_ABSORBED_STEP_TOKENS = 2048
+
+
+def mla_prefill_flops(m: ModelSpec, tp: int, absorbed: bool = False) -> tuple[float, float]:
     """Prompt attention's (FLOPs per query-key pair, FLOPs per cached context token) in one layer, per GPU.
 
-    MLA prompt chunks run in the plain form, as the engine (engine.mla) and vLLM run them: each pair costs
-    the per-head score over the no-rope + rope query (q_head_dim) and the value product (v_head_dim), and
-    the cached context's latents are expanded through kv_b (rank x heads x (nope + v)) before attending; the
-    new tokens' kv_b is the dense GEMM already counted. Decodes run the absorbed form (pair_flops). Other
-    models: the pair FLOPs of ModelSpec.attn_flops_per_pair and no expansion.
+    MLA prompt chunks of large steps run in the plain form, as vLLM runs them: each pair costs the
+    per-head score over the no-rope + rope query (q_head_dim) and the value product (v_head_dim), and the
+    cached context's latents are expanded through kv_b (rank x heads x (nope + v)) before attending; the
+    new tokens' kv_b is the dense GEMM already counted. `absorbed`: the form of decodes and of the engine's
+    steps of up to MLA_ABSORBED_STEP_TOKENS tokens (pair_flops: scores over rank + rope, values over rank;
+    no expansion). Other models: the pair FLOPs of ModelSpec.attn_flops_per_pair and no expansion.
     """
     if not m.is_mla:
+        return m.attn_flops_per_pair / tp, 0.0
+    if absorbed:
         return m.attn_flops_per_pair / tp, 0.0
     pair = 2.0 * m.num_heads * (m.q_head_dim + m.v_head_dim)
     expand = 2.0 * m.kv_lora_rank * m.num_heads * (m.qk_nope_head_dim + m.v_head_dim)
     return pair / tp, expand / tp
+
+
+def moe_layer_work(cm: CostModel, slots: float, touched: float) -> tuple[float, float]:
+    """(FLOPs, bytes) of one MoE layer's routed experts on one GPU: `slots` (token, expert) rows through every
+    expert GEMM, the `touched` experts' weights read once, each row's input and output moved once per GEMM."""
+    flops = sum(2.0 * slots * k * n for k, n, _ in cm._experts)
+    nbytes = sum(touched * k * n * cm.wbytes + slots * (k + n) * ACT_BYTES for k, n, _ in cm._experts)
+    return flops, nbytes
+
+
+def moe_layer_time(cm: CostModel, slots: float, touched: float) -> float:
+    """One MoE layer's routed experts on the profile's fitted MoE curve (Efficiencies.moe), one call per layer:
+    what calibrate's `moe` points time (routing, sort, both grouped GEMMs, combine)."""
+    flops, nbytes = moe_layer_work(cm, slots, touched)
+    return op_time(cm.eff.moe, flops, nbytes, cm.gemm_peak, cm.bw)
 
 
 def packed_attention_time(cm: CostModel, q_tokens: int, kv_tokens: int) -> float:

@@ -76,6 +76,12 @@ class Efficiencies(_Strict):
         description="prefill attention of a whole fresh prompt longer than fresh_prefill_min_tokens (its own "
         "kernel in the engine, measured by python -m calibrate); absent: attention_prefill serves every chunk",
     )
+    moe: OpEfficiency | None = Field(
+        None,
+        description="one MoE layer's routed experts as the engine runs them (routing, the expert sort, the two "
+        "grouped GEMMs over the touched experts, the combine; measured by python -m calibrate as its own "
+        "group); absent: the expert GEMMs are priced on the gemm curve, one call per weight",
+    )
     fresh_prefill_min_tokens: int = Field(
         FRESH_PREFILL_MIN_TOKENS,
         ge=1,

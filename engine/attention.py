@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
@@ -107,7 +108,9 @@ def unit_target(sms: int, kv_heads: int) -> int:
     return max(1, UNIT_CTAS_PER_SM * sms // max(kv_heads, 1))
 
 
-def plan_decode_units(k_lens: list[int], target: int, seq0: int = 0, cap: int | None = None) -> dict:
+def plan_decode_units(
+    k_lens, target: int, seq0: int = 0, cap: int | None = None, arrays: bool = False
+) -> dict:
     """Split each decode sequence's keys [0, k) into units of at most `chunk` keys.
 
     chunk = max(UNIT_MIN_KEYS, total keys / target) rounded up to the kernel's block, so the units
@@ -115,24 +118,29 @@ def plan_decode_units(k_lens: list[int], target: int, seq0: int = 0, cap: int | 
     kernel's time follows the total KV bytes, not the longest context. Units are laid out sequence
     by sequence; `seq_units[j]:seq_units[j+1]` are sequence j's. `seq` holds global sequence indices
     (seq0 + j); with `cap`, the tables are padded to `cap` units with seq = -1 (idle programs of a
-    CUDA graph's fixed grid).
+    CUDA graph's fixed grid). Vectorised (no per-sequence Python): the serving loop plans every decode
+    step with it. Lists, or int64 numpy arrays with `arrays`.
     """
-    total = sum(k_lens)
+    k = np.asarray(k_lens, dtype=np.int64).reshape(-1)
+    total = int(k.sum())
     chunk = max(UNIT_MIN_KEYS, math.ceil(math.ceil(total / max(target, 1)) / UNIT_BLOCK) * UNIT_BLOCK)
-    seq, lo, hi, seq_units = [], [], [], [0]
-    for j, k in enumerate(k_lens):
-        for a in range(0, k, chunk):
-            seq.append(seq0 + j)
-            lo.append(a)
-            hi.append(min(a + chunk, k))
-        seq_units.append(len(seq))
-    n = len(seq)
+    per = -(-k // chunk)  # units per sequence (0 for an empty one)
+    seq_units = np.zeros(len(k) + 1, dtype=np.int64)
+    np.cumsum(per, out=seq_units[1:])
+    n = int(seq_units[-1])
+    owner = np.repeat(np.arange(len(k), dtype=np.int64), per)
+    lo = (np.arange(n, dtype=np.int64) - seq_units[:-1][owner]) * chunk
+    hi = np.minimum(lo + chunk, k[owner])
+    seq = owner + seq0
     if cap is not None:
         if n > cap:
             raise ValueError(f"{n} decode units exceed the capacity {cap}")
-        seq += [-1] * (cap - n)
-        lo += [0] * (cap - n)
-        hi += [0] * (cap - n)
+        pad = cap - n
+        seq = np.concatenate([seq, np.full(pad, -1, dtype=np.int64)])
+        lo = np.concatenate([lo, np.zeros(pad, dtype=np.int64)])
+        hi = np.concatenate([hi, np.zeros(pad, dtype=np.int64)])
+    if not arrays:
+        seq, lo, hi, seq_units = seq.tolist(), lo.tolist(), hi.tolist(), seq_units.tolist()
     return {"seq": seq, "lo": lo, "hi": hi, "seq_units": seq_units, "count": n, "chunk": chunk}
 
 

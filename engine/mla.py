@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.cost_model import MLA_ABSORBED_STEP_TOKENS
 from core.model_spec import ModelSpec
 from engine.fused import rope_ref
 
@@ -96,6 +97,16 @@ class MLAttention(nn.Module):
         q_pe = rope_ref(q[..., self.nope :], cos, sin)
         k_pe = rope_ref(kv[:, None, self.rank :], cos, sin)
         k_pool[lay.slots, 0] = torch.cat([latent, k_pe[:, 0]], -1).to(k_pool.dtype)
+        if use_kernel(q) and t <= ABSORBED_PROMPT_TOKENS:  # every row absorbed, device metadata only
+            qa = self.absorbed_query(q[..., : self.nope], q_pe)
+            o_lat = qa.new_zeros((t, self.nh, self.rank))
+            if lay.n_prefill:
+                mla_prefill(qa, k_pool, lay, self.rank, self.scale, o_lat)
+            if lay.n_prefill < len(lay.q_lens):
+                mla_decode(qa, k_pool, lay, self.rank, self.scale, out=o_lat)
+            _, w_uv = self._wkv()
+            out = torch.einsum("thr,hvr->thv", o_lat, w_uv).to(x.dtype)
+            return self.wo(out.reshape(t, self.nh * self.vd))
         out = x.new_zeros((t, self.nh, self.vd))
         if lay.n_prefill:
             self._plain(q[..., : self.nope], q_pe, k_pool, lay, out)
@@ -108,6 +119,8 @@ class MLAttention(nn.Module):
         row = 0
         for s in range(lay.n_prefill):
             ql, kl, ks = lay.q_lens[s], lay.k_lens[s], lay.k_starts[s]
+            if not ql:  # an unused chunk slot of a mixed-step graph
+                continue
             c = k_pool[ks : ks + kl, 0]
             kv = self.kv_b(c[:, : self.rank]).view(kl, self.nh, self.nope + self.vd)
             k = torch.cat([kv[..., : self.nope], c[:, None, self.rank :].expand(kl, self.nh, -1)], -1)
@@ -131,7 +144,9 @@ class MLAttention(nn.Module):
             o_lat = qa.new_zeros((qa.shape[0], self.nh, self.rank))
             row = sum(lay.q_lens[: lay.n_prefill])
             for s in range(lay.n_prefill, len(lay.q_lens)):
-                kl, ks = lay.k_lens[s], lay.k_starts[s]
+                kl, ks, ql = lay.k_lens[s], lay.k_starts[s], lay.q_lens[s]
+                if not ql:  # an empty slot of a graph's padding
+                    continue
                 c = k_pool[ks : ks + kl, 0]
                 o_lat[row : row + 1] = _sdpa(
                     qa[row : row + 1], c[:, None], c[:, None, : self.rank], self.scale
@@ -228,10 +243,98 @@ if triton is not None:
         tl.store(LP + ob, lse, mask=hm)
 
 
-def mla_decode(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float) -> torch.Tensor:
-    """Absorbed decode attention (Triton) for sequences lay.n_prefill..: [T, nh, rank] (decode rows set)."""
+# Steps of up to this many tokens run every row in the absorbed form on CUDA (prompt chunks through
+# _mla_prefill_kernel, decodes through _mla_decode_kernel): device metadata only, so they capture in the
+# serving loop's mixed-step graphs (engine.serving.MIXED_GRAPH_TOKENS). Larger steps run prompt chunks in
+# the plain form, fewer FLOPs per pair (core.cost_model.mla_prefill_flops prices both).
+ABSORBED_PROMPT_TOKENS = MLA_ABSORBED_STEP_TOKENS
+
+if triton is not None:
+
+    @triton.jit
+    def _mla_prefill_kernel(
+        Q,
+        KV,
+        OUT,
+        CU_Q,
+        CU_K,
+        SEQUSED,
+        scale,
+        kv_stride,
+        NH: tl.constexpr,
+        H_PAD: tl.constexpr,
+        BT: tl.constexpr,
+        R: tl.constexpr,
+        P: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        """Absorbed causal attention of one prompt chunk's BT queries (all heads: BT x H_PAD rows) over its
+        sequence's latents: keys [0, prior + token + 1) of the region at CU_K[s], seqused = prior + chunk."""
+        s = tl.program_id(0)
+        qb = tl.program_id(1)
+        q0 = tl.load(CU_Q + s)
+        ql = tl.load(CU_Q + s + 1) - q0
+        if qb * BT >= ql:
+            return
+        start = tl.load(CU_K + s).to(tl.int64)
+        kl = tl.load(SEQUSED + s)
+        prior = kl - ql
+        m = tl.arange(0, BT * H_PAD)
+        tok = qb * BT + m // H_PAD
+        h = m % H_PAD
+        valid = (tok < ql) & (h < NH)
+        row = (q0 + tok).to(tl.int64) * NH + h
+        r = tl.arange(0, R)
+        p = tl.arange(0, P)
+        q_l = tl.load(Q + row[:, None] * (R + P) + r[None, :], mask=valid[:, None], other=0.0)
+        q_r = tl.load(Q + row[:, None] * (R + P) + R + p[None, :], mask=valid[:, None], other=0.0)
+        limit = prior + tok + 1  # each query's keys: its context and itself (every row has key 0)
+        hi = tl.minimum(kl, prior + qb * BT + BT)
+        m_i = tl.full((BT * H_PAD,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BT * H_PAD,), tl.float32)
+        acc = tl.zeros((BT * H_PAD, R), tl.float32)
+        for n0 in range(0, hi, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            nm = n < hi
+            base = (start + n)[:, None] * kv_stride
+            c = tl.load(KV + base + r[None, :], mask=nm[:, None], other=0.0)
+            kr = tl.load(KV + base + R + p[None, :], mask=nm[:, None], other=0.0)
+            sc = (tl.dot(q_l, tl.trans(c)) + tl.dot(q_r, tl.trans(kr))) * scale
+            sc = tl.where(n[None, :] < limit[:, None], sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, 1))
+            alpha = tl.exp(m_i - m_new)
+            pr = tl.exp(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(pr, 1)
+            acc = acc * alpha[:, None] + tl.dot(pr.to(c.dtype), c)
+            m_i = m_new
+        o = acc / l_i[:, None]
+        tl.store(OUT + row[:, None] * R + r[None, :], o.to(OUT.dtype.element_ty), mask=valid[:, None])
+
+
+def mla_prefill(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float, out: torch.Tensor):
+    """Absorbed causal attention (Triton) of the prompt chunks, sequences [0, lay.n_prefill): their rows of
+    `out` [T, nh, rank] set to the latent-space output. Reads only the layout's device tensors (cu_q, cu_k,
+    seqused_k) and the static lay.max_q: graph-safe."""
+    t, nh, d = qa.shape
+    h_pad = max(2, triton.next_power_of_2(nh))
+    bt = max(1, 32 // h_pad)  # 32 query rows (tokens x heads) a program
+    qa = qa.to(kv_pool.dtype).contiguous()
+    grid = (lay.n_prefill, triton.cdiv(max(lay.max_q, 1), bt))
+    _mla_prefill_kernel[grid](
+        qa, kv_pool, out, lay.cu_q, lay.cu_k, lay.seqused_k, scale, kv_pool.stride(0),
+        NH=nh, H_PAD=h_pad, BT=bt, R=rank, P=d - rank, BLOCK_N=32, num_warps=8, num_stages=2,
+    )  # fmt: skip
+    return out
+
+
+def mla_decode(
+    qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float, out=None
+) -> torch.Tensor:
+    """Absorbed decode attention (Triton) for sequences lay.n_prefill..: [T, nh, rank] (decode rows set;
+    into `out` when given)."""
     t, nh, _ = qa.shape
-    out = qa.new_zeros((t, nh, rank))
+    if out is None:
+        out = qa.new_zeros((t, nh, rank))
     n_dec = lay.units["seq_units"].shape[0] - 1
     if lay.units["seq"].shape[0] == 0 or n_dec == 0:
         return out

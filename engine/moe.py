@@ -31,12 +31,16 @@ except ImportError:  # pragma: no cover - depends on the install
 
 
 def route(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax router, top-k: (weights [T, k] fp32, expert ids [T, k] int64)."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    w, ids = torch.topk(probs, top_k, dim=-1)
+    """Softmax router, top-k: (weights [T, k] fp32, expert ids [T, k] int64).
+
+    Renormalised (Mixtral): the softmax over the top-k logits, which is the full softmax's top-k renormalised
+    (the same experts: softmax keeps the order), in two kernels instead of five (a batch-1 step's MoE layer
+    is launch-bound). Otherwise the full softmax's top-k probabilities (DeepSeek-V2, norm_topk_prob off)."""
     if renormalize:
-        w = w / w.sum(-1, keepdim=True)
-    return w, ids
+        top, ids = torch.topk(logits, top_k, dim=-1)
+        return torch.softmax(top.float(), dim=-1), ids
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.topk(probs, top_k, dim=-1)
 
 
 def moe_reference(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:
@@ -66,11 +70,10 @@ def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor
     if triton is not None and (flat.is_cuda or _interpreted()) and pairs <= ALIGN_KERNEL_MAX_PAIRS:
         sorted_ids = torch.empty(rows, dtype=torch.int32, device=dev)
         block_expert = torch.empty(rows // block, dtype=torch.int32, device=dev)
-        p2 = triton.next_power_of_2
         _align_kernel[(1,)](
             flat.contiguous(), sorted_ids, block_expert, pairs, rows,
-            E=num_experts, E_P2=max(16, p2(num_experts)), BM=block, P_P2=max(16, p2(pairs)),
-            R_P2=p2(rows), B_P2=max(16, p2(rows // block)), num_warps=4,
+            E=num_experts, E_P2=max(16, triton.next_power_of_2(num_experts)), BM=block, CH=ALIGN_CHUNK,
+            B_CH=64, num_warps=8,
         )  # fmt: skip
         return sorted_ids, block_expert
     counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
@@ -89,7 +92,10 @@ def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor
     return sorted_ids, block_expert
 
 
-ALIGN_KERNEL_MAX_PAIRS = 128  # up to this many (token, expert) pairs `align` is one Triton program
+# Up to this many (token, expert) pairs `align` is one Triton program (a decode step of 256 sequences with
+# DeepSeek's top-6 has 1,536): the torch path is some 25 small kernels, each a node of a decode graph.
+ALIGN_KERNEL_MAX_PAIRS = 2048
+ALIGN_CHUNK = 128  # pairs the one-program align takes at a time
 
 
 def align_rows(pairs: int, num_experts: int, block: int) -> int:
@@ -109,31 +115,42 @@ if triton is not None:
         E: tl.constexpr,
         E_P2: tl.constexpr,
         BM: tl.constexpr,
-        P_P2: tl.constexpr,
-        R_P2: tl.constexpr,
-        B_P2: tl.constexpr,
+        CH: tl.constexpr,
+        B_CH: tl.constexpr,
     ):
-        """`align` in one program for small steps (decode): one launch instead of a sort and its scans."""
-        p = tl.arange(0, P_P2)
-        valid = p < pairs
-        e = tl.load(IDS + p, mask=valid, other=E).to(tl.int32)
-        # rank of each pair among the earlier pairs of its expert (the stable sort's order)
-        same = (e[:, None] == e[None, :]) & (p[None, :] < p[:, None]) & valid[None, :]
-        rank = tl.sum(same.to(tl.int32), 1)
+        """`align` in one program (steps up to ALIGN_KERNEL_MAX_PAIRS pairs): one launch instead of a sort
+        and its scans. Pairs are taken CH at a time: a pass counting each expert's pairs, then a pass
+        placing each pair after its expert's earlier ones (the stable sort's order)."""
         ex = tl.arange(0, E_P2)
-        hit = (ex[:, None] == e[None, :]) & valid[None, :]  # [E_P2, P_P2]
-        counts = tl.sum(hit.to(tl.int32), 1)
+        c = tl.arange(0, CH)
+        counts = tl.zeros((E_P2,), tl.int32)
+        for c0 in range(0, pairs, CH):
+            p = c0 + c
+            e = tl.load(IDS + p, mask=p < pairs, other=E).to(tl.int32)
+            counts += tl.sum(((ex[:, None] == e[None, :]) & (p < pairs)[None, :]).to(tl.int32), 1)
         padded = (counts + BM - 1) // BM * BM
         pad_end = tl.cumsum(padded, 0)
         pad_start = pad_end - padded
-        start = tl.sum(tl.where(hit, pad_start[:, None], 0), 0)  # each pair's expert's first row
-        r = tl.arange(0, R_P2)
-        tl.store(SORTED + r, tl.full((R_P2,), 0, tl.int32) + pairs, mask=r < rows)
-        tl.debug_barrier()  # the padding first, then the pairs over it
-        tl.store(SORTED + start + rank, p, mask=valid)
-        b = tl.arange(0, B_P2)
-        blk = tl.sum(((pad_end[None, :] <= (b * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
-        tl.store(BLOCK_E + b, tl.where(blk < E, blk, -1), mask=b < rows // BM)
+        for r0 in range(0, rows, CH):  # the padding first, then the pairs over it
+            r = r0 + c
+            tl.store(SORTED + r, tl.full((CH,), 0, tl.int32) + pairs, mask=r < rows)
+        tl.debug_barrier()
+        placed = tl.zeros((E_P2,), tl.int32)  # pairs of each expert placed by earlier chunks
+        for c0 in range(0, pairs, CH):
+            p = c0 + c
+            valid = p < pairs
+            e = tl.load(IDS + p, mask=valid, other=E).to(tl.int32)
+            same = (e[:, None] == e[None, :]) & (c[None, :] < c[:, None]) & valid[None, :]
+            rank = tl.sum(same.to(tl.int32), 1)
+            hit = (ex[:, None] == e[None, :]) & valid[None, :]  # [E_P2, CH]
+            start = tl.sum(tl.where(hit, (pad_start + placed)[:, None], 0), 0)
+            tl.store(SORTED + start + rank, p, mask=valid)
+            placed += tl.sum(hit.to(tl.int32), 1)
+        b = tl.arange(0, B_CH)
+        for b0 in range(0, rows // BM, B_CH):
+            bi = b0 + b
+            blk = tl.sum(((pad_end[None, :] <= (bi * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
+            tl.store(BLOCK_E + bi, tl.where(blk < E, blk, -1), mask=bi < rows // BM)
 
     @triton.jit
     def _moe_gemm_kernel(
@@ -156,10 +173,14 @@ if triton is not None:
         BN: tl.constexpr,
         BK: tl.constexpr,
         GROUP: tl.constexpr,
+        SPLIT_K: tl.constexpr,
     ):
         """C[pair] = A[pair // TOP_K] @ W[e]^T (times the pair's routing weight), for one row block of
-        the expert-sorted pairs and one column tile; blocks of expert -1 return at once."""
+        the expert-sorted pairs and one column tile; blocks of expert -1 return at once. With SPLIT_K > 1
+        (small steps: a few touched experts would leave most SMs idle) program axis 1 takes one of SPLIT_K
+        slices of K and adds its partial product into C (fp32, zeroed) atomically."""
         pid = tl.program_id(0)
+        pid_k = tl.program_id(1)
         n_m = tl.num_programs(0) // tl.cdiv(N, BN)
         n_n = tl.cdiv(N, BN)
         # grouped ordering: GROUP row blocks share a column tile's weights in L2
@@ -178,12 +199,15 @@ if triton is not None:
         a_rows = (pid_rows // TOP_K).to(tl.int64)
         offs_n = pid_n * BN + tl.arange(0, BN)
         nmask = offs_n < N
+        k_steps = tl.cdiv(tl.cdiv(K, BK), SPLIT_K)  # this program's BK-blocks of K
+        k_first = pid_k * k_steps * BK
         offs_k = tl.arange(0, BK)
-        a_ptrs = A + a_rows[:, None] * stride_am + offs_k[None, :]
-        w_ptrs = W + e.to(tl.int64) * stride_we + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+        a_ptrs = A + a_rows[:, None] * stride_am + (k_first + offs_k)[None, :]
+        w_ptrs = (W + e.to(tl.int64) * stride_we + offs_n[None, :].to(tl.int64) * stride_wn
+                  + (k_first + offs_k)[:, None])  # fmt: skip
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, tl.cdiv(K, BK)):
-            kmask = offs_k < K - k0 * BK
+        for k0 in range(0, k_steps):
+            kmask = offs_k < K - k_first - k0 * BK
             a = tl.load(a_ptrs, mask=valid[:, None] & kmask[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc = tl.dot(a, w, acc)
@@ -192,32 +216,80 @@ if triton is not None:
         if ROUTED_WEIGHT:
             acc = acc * tl.load(TW + pid_rows, mask=valid, other=0.0)[:, None]
         c_ptrs = C + pid_rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
-        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=valid[:, None] & nmask[None, :])
+        if SPLIT_K == 1:
+            tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=valid[:, None] & nmask[None, :])
+        else:
+            tl.atomic_add(c_ptrs, acc, mask=valid[:, None] & nmask[None, :])
 
 
-def kernel_config(pairs: int, n: int) -> dict:
-    """Tile sizes by routed rows: small batches stream weights (16-row blocks, narrow column tiles so a
-    few touched experts still fill the SMs); large ones are GEMMs (64x128 tiles, deeper pipelines)."""
+# Large steps: 128 x 256 tiles (the H200 sweep of benchmarks/moe_mla_gpu.py: 626 TFLOP/s for one Mixtral
+# layer's grouped GEMMs at 8k tokens against 362 with 64 x 128) once the average touched expert has a whole
+# 128-row block of pairs; below that, 64 x 128 wastes fewer padded rows.
+LARGE_TILE = {"BM": 128, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3}
+MEDIUM_TILE = {"BM": 64, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4}
+LARGE_ROWS_PER_EXPERT = 128
+# Decode steps: programs wanted per SM before K is split (a few touched experts x the column tiles leave
+# most of the SMs idle at batch 1: Mixtral's down projection had 256 programs of 112 K-steps each).
+SPLIT_PROGRAMS_PER_SM = 4
+MAX_SPLIT_K = 8
+SMS_DEFAULT = 132  # an H100/H200's SMs, where no device is at hand (CPU tests)
+# per-shape overrides, (rows-per-expert bucket, N, K, experts) -> config: set by `set_tuned` from a
+# device's own sweep (benchmarks/moe_mla_gpu.py); empty by default
+TUNED: dict[tuple[int, int, int, int], dict] = {}
+
+
+def kernel_config(pairs: int, n: int, num_experts: int = 8, k: int = 0, sms: int = 0) -> dict:
+    """Tile sizes by routed rows: small batches stream weights (16-row blocks, narrow column tiles, K split
+    so that a few touched experts still fill the SMs); middling ones 32 x 64; large ones are GEMMs, 128 x 256
+    once the average expert gets 128 rows. A `TUNED` entry for the shape wins."""
+    bucket = rows_bucket(pairs, num_experts)
+    tuned = TUNED.get((bucket, n, k, num_experts))
+    if tuned is not None:
+        return dict(tuned, SPLIT_K=1)
     if pairs <= 64:
-        return {
-            "BM": 16,
-            "BN": 64 if n >= 16384 else 32,
-            "BK": 128,
-            "GROUP": 1,
-            "num_warps": 4,
-            "num_stages": 4,
-        }
+        cfg = {"BM": 16, "BN": 64 if n >= 16384 else 32, "BK": 128, "GROUP": 1, "num_warps": 4,
+               "num_stages": 4}  # fmt: skip
+        cfg["SPLIT_K"] = split_k(min(pairs, num_experts) * -(-n // cfg["BN"]), k, cfg["BK"], sms)
+        return cfg
     if pairs <= 512:
-        return {"BM": 32, "BN": 64, "BK": 128, "GROUP": 4, "num_warps": 4, "num_stages": 3}
-    return {"BM": 64, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4}
+        return {"BM": 32, "BN": 64, "BK": 128, "GROUP": 4, "num_warps": 4, "num_stages": 3, "SPLIT_K": 1}
+    if pairs >= LARGE_ROWS_PER_EXPERT * num_experts:
+        return dict(LARGE_TILE, SPLIT_K=1)
+    return dict(MEDIUM_TILE, SPLIT_K=1)
+
+
+def rows_bucket(pairs: int, num_experts: int) -> int:
+    """Average routed rows per expert, rounded down to a power of two (the key of `TUNED`)."""
+    r = max(1, pairs // max(num_experts, 1))
+    return 1 << (r.bit_length() - 1)
+
+
+def split_k(programs: int, k: int, bk: int, sms: int = 0) -> int:
+    """K slices for a small step whose touched blocks give `programs` programs: enough for
+    SPLIT_PROGRAMS_PER_SM per SM, at most MAX_SPLIT_K, each slice at least 4 BK-blocks (1: no split)."""
+    if k <= 0:
+        return 1
+    want = SPLIT_PROGRAMS_PER_SM * (sms or SMS_DEFAULT)
+    s = 1
+    while s < MAX_SPLIT_K and programs * s < want and k // (2 * s * bk) >= 4:
+        s *= 2
+    return s
+
+
+def set_tuned(entries: dict[tuple[int, int, int, int], dict]) -> None:
+    """Use these tile configs for these shapes ((rows-per-expert bucket, N, K, experts) -> config)."""
+    TUNED.clear()
+    TUNED.update(entries)
 
 
 def grouped_gemm(a, w, sorted_ids, block_expert, top_k: int, pairs: int, cfg: dict, weights=None):
-    """[pairs, N] = rows of `a` (row pair // top_k) times their expert's w [E, N, K]^T, sorted by `align`."""
+    """[pairs, N] = rows of `a` (row pair // top_k) times their expert's w [E, N, K]^T, sorted by `align`
+    (fp32 when cfg's SPLIT_K > 1: the slices add into it)."""
     n, k = w.shape[1], w.shape[2]
-    out = a.new_empty((pairs, n))
+    split = cfg.get("SPLIT_K", 1)
+    out = a.new_zeros((pairs, n), dtype=torch.float32) if split > 1 else a.new_empty((pairs, n))
     n_m = block_expert.shape[0]
-    grid = (n_m * triton.cdiv(n, cfg["BN"]),)
+    grid = (n_m * triton.cdiv(n, cfg["BN"]), split)
     _moe_gemm_kernel[grid](
         a,
         w,
@@ -238,6 +310,7 @@ def grouped_gemm(a, w, sorted_ids, block_expert, top_k: int, pairs: int, cfg: di
         BN=cfg["BN"],
         BK=cfg["BK"],
         GROUP=cfg["GROUP"],
+        SPLIT_K=split,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
@@ -249,16 +322,32 @@ def fused_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Te
     t, hidden = x.shape
     top_k = ids.shape[1]
     pairs = t * top_k
-    cfg = kernel_config(pairs, w_gate_up.shape[1])
-    sorted_ids, block_expert = align(ids, w_gate_up.shape[0], cfg["BM"])
+    e = w_gate_up.shape[0]
+    sms = _sms(x.device)
+    cfg = kernel_config(pairs, w_gate_up.shape[1], e, w_gate_up.shape[2], sms)
+    sorted_ids, block_expert = align(ids, e, cfg["BM"])
     x = x.contiguous()
     h1 = grouped_gemm(x, w_gate_up, sorted_ids, block_expert, top_k, pairs, cfg)
-    h2 = act_mul(h1, act)
-    cfg_d = kernel_config(pairs, w_down.shape[1])
-    cfg_d["BM"] = cfg["BM"]  # the same row blocks
+    h2 = act_mul(h1.to(x.dtype), act)
+    cfg_d = kernel_config(pairs, w_down.shape[1], e, w_down.shape[2], sms)
+    if cfg_d["BM"] != cfg["BM"]:  # the same row blocks (a tuned entry may differ): the gate_up's rows
+        cfg_d = dict(cfg_d, BM=cfg["BM"])
     tw = weights.reshape(-1).float().contiguous()
     y = grouped_gemm(h2, w_down, sorted_ids, block_expert, 1, pairs, cfg_d, weights=tw)
-    return y.view(t, top_k, hidden).sum(1)
+    return y.view(t, top_k, hidden).sum(1).to(x.dtype)
+
+
+_SMS: dict[int, int] = {}
+
+
+def _sms(device: torch.device) -> int:
+    """The device's SM count (cached; 0 off CUDA: kernel_config then assumes SMS_DEFAULT)."""
+    if device.type != "cuda":
+        return 0
+    i = device.index if device.index is not None else torch.cuda.current_device()
+    if i not in _SMS:
+        _SMS[i] = torch.cuda.get_device_properties(i).multi_processor_count
+    return _SMS[i]
 
 
 def _interpreted() -> bool:

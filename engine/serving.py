@@ -205,8 +205,13 @@ class Executor:
         static_mixed: bool | None = None,
         max_context: int = 32768,
         mixed_seqs: int = MIXED_PREFILL_SEQS,
+        gemv: bool | None = None,
     ) -> None:
         self.model, self.device = model, torch.device(device)
+        # single-row steps stream their weights through the Triton GEMV on CUDA (engine.model.Dense), as the
+        # calibration's batch-1 GEMM points time them (calibrate/bench.py)
+        if gemv is not None or self.device.type == "cuda":
+            model.set_gemv(self.device.type == "cuda" if gemv is None else gemv)
         self.mixed_seqs = mixed_seqs  # chunk slots of a mixed-step graph (speculation's verify chunks too)
         self.cuda = self.device.type == "cuda"
         self.sizes = capture_sizes(max_batch)
@@ -218,8 +223,6 @@ class Executor:
             if mixed_graph_tokens is None
             else mixed_graph_tokens
         )
-        if model.spec.is_mla:  # MLA prompt chunks read the step's host lists (engine.mla): eager steps
-            top = 0
         self.mixed_sizes = mixed_sizes(top) if top else []
         self.static_mixed = (
             bool(self.mixed_sizes) if static_mixed is None else static_mixed and bool(self.mixed_sizes)
@@ -342,11 +345,10 @@ class Executor:
             )
             dst = np.concatenate([np.arange(a, a + n) for a, n in zip(new[moved], lengths[moved])])
             src_t, dst_t = (torch.from_numpy(x).to(self.device) for x in (src, dst))
-            for k_pool, v_pool in self.model.kv:
-                for pool in (k_pool, v_pool):
-                    pool.index_copy_(
-                        0, dst_t, pool.index_select(0, src_t)
-                    )  # gathered first: overlaps are safe
+            # each pool once: an MLA layer's value pool is its key pool (a second copy would read moved slots)
+            pools = {id(p): p for kv in self.model.kv for p in kv}
+            for pool in pools.values():
+                pool.index_copy_(0, dst_t, pool.index_select(0, src_t))  # gathered first: overlaps are safe
             self.region[live] = new
         used = int(lengths.sum())
         self.regions = Regions(self.scratch)
@@ -471,7 +473,7 @@ class Executor:
         h64[n:size] = 1
         h64[size : 2 * size] = k_lens - 1
         h64[2 * size :] = all_starts + k_lens - 1
-        units = plan_decode_units(k_lens.tolist(), self.target, cap=cap)
+        units = plan_decode_units(k_lens, self.target, cap=cap, arrays=True)
         h32 = g.host32.numpy()
         h32[:size] = all_starts
         h32[size] = int((all_starts + k_lens).max())
@@ -543,8 +545,8 @@ class Executor:
         h64[size : 2 * size] = pos
         h64[2 * size :] = tok_start + pos
         # units of the decode slots that have keys (decodes, dummies); the empty slots after them have none
-        units = plan_decode_units(k_lens[npf : a + pad].tolist(), self.target, seq0=npf, cap=cap)
-        units["seq_units"] += [units["count"]] * (ns - a - pad)
+        units = plan_decode_units(k_lens[npf : a + pad], self.target, seq0=npf, cap=cap, arrays=True)
+        units["seq_units"] = np.concatenate([units["seq_units"], np.full(ns - a - pad, units["count"])])
         h32 = g.host32.numpy()
         h32[: ns + 1] = cu_q
         h32[ns + 1 : 2 * ns + 1] = start

@@ -12,7 +12,9 @@ where the host launch time is small next to the GPU work.
 from __future__ import annotations
 
 import bisect
+import time
 
+import numpy as np
 import torch
 
 from core.cost_model import BatchShape
@@ -48,7 +50,17 @@ def extrapolate_layers(t_a: float, layers_a: int, t_b: float, layers_b: int, lay
 
 
 class StepRunner:
-    """Runs and times model steps with a token-pool KV cache of `kv_tokens` slots per layer."""
+    """Runs and times model steps with a token-pool KV cache of `kv_tokens` slots per layer.
+
+    With `serving` (the default) the timed steps (`prefill`, `decode`, `mixed`) run through the serving
+    loop's own `engine.serving.Executor.step`, the function `serve` calls for every batch: its decode
+    graphs, its mixed-step graphs (prompt chunks up to its token cap), its eager path beyond, and each
+    step's time is the executor's GPU span (from its first device work to its last launch: input upload,
+    graph replay or eager launches, sampling), the span the serving loop's trace reports as "GPU". So the
+    steps calibration times are the steps the serving loop runs (on the CPU: wall seconds of the same call).
+    `serving=False` keeps this runner's own graphs (per padded token count, sequence count and context).
+    `logits` always runs this runner's path (it returns the logits, which the executor samples away).
+    """
 
     def __init__(
         self,
@@ -61,6 +73,7 @@ class StepRunner:
         graph_max_tokens: int = 512,
         gemv: bool | None = None,
         seed: int = 0,
+        serving: bool = True,
     ) -> None:
         self.model, self.device = model, torch.device(device)
         self.max_batch, self.max_context = max_batch, max_context
@@ -72,12 +85,22 @@ class StepRunner:
         model.set_gemv(self.device.type == "cuda" if gemv is None else gemv)
         # the pool's tail, past kv_tokens, is scratch for graph padding when a caller pins its regions
         self.scratch = self.kv_tokens
-        model.allocate_kv(self.kv_tokens + graph_max_tokens, seed=seed)
+        if not serving:  # else the executor allocates the pool (with room for both runners' padding)
+            model.allocate_kv(self.kv_tokens + graph_max_tokens, seed=seed)
         self.unit_target = unit_target(device_sms(self.device), model.spec.num_kv_heads)
         self.vocab = model.spec.vocab_size
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.graphs: dict[tuple[int, int, int, int], dict] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.executor = None
+        if serving:  # the serving loop's executor over the same pool (it re-allocates it, with its scratch)
+            from engine.serving import Executor  # engine.serving imports this module
+
+            self.executor = Executor(model, self.kv_tokens, max_batch, device=str(self.device),
+                                     cuda_graphs=cuda_graphs, seed=seed, max_context=max_context,
+                                     gemv=self.device.type == "cuda" if gemv is None else gemv)  # fmt: skip
+            if model.kv[0][0].shape[0] < self.kv_tokens + graph_max_tokens:  # this runner's padding too
+                model.allocate_kv(self.kv_tokens + graph_max_tokens, seed=seed)
 
     # ------------------------------------------------------------------ public steps
     # Prefill and mixed steps: medians of 10 after 3 warm-ups (5 after 2 left a 700-token prefill
@@ -149,9 +172,39 @@ class StepRunner:
 
     # ------------------------------------------------------------------ machinery
     def _timed(self, q_lens, prior_lens, n_decode, return_shape, warmup, repeat):
-        fn, _ = self._prepare(q_lens, prior_lens)
-        seconds = measure(fn, self.device, warmup=warmup, repeat=repeat)
+        if self.executor is not None:
+            seconds = self._served(q_lens, prior_lens, n_decode, warmup, repeat)
+        else:
+            fn, _ = self._prepare(q_lens, prior_lens)
+            seconds = measure(fn, self.device, warmup=warmup, repeat=repeat)
         return (seconds, self.batch_shape(q_lens, prior_lens, n_decode)) if return_shape else seconds
+
+    def _served(self, q_lens, prior_lens, n_decode: int, warmup: int, repeat: int) -> float:
+        """Median seconds of the step through `Executor.step` (its GPU span on CUDA, wall time on the CPU),
+        every sequence in its own region from the pool's start, the last `n_decode` sequences decoding."""
+        self._check(q_lens, prior_lens, 0)
+        q = np.asarray(q_lens, dtype=np.int64)
+        prior = np.asarray(prior_lens, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(q + prior)[:-1]]).astype(np.int64)
+        toks = torch.randint(1, self.vocab, (int(q.sum()),), generator=self.gen).numpy()
+        n_pre = len(q) - n_decode
+        rows = np.concatenate([[0], np.cumsum(q)])
+        prefills = [(int(starts[i]), int(prior[i]), int(q[i]), toks[rows[i] : rows[i + 1]], True)
+                    for i in range(n_pre)]  # fmt: skip
+        decodes = (starts[n_pre:], prior[n_pre:] + 1, toks[rows[n_pre] :]) if n_decode else None
+        ex = self.executor
+        for _ in range(warmup):
+            ex.step(prefills, decodes)
+        ex.time_gpu = ex.cuda
+        times = []
+        try:
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                ex.step(prefills, decodes)
+                times.append(ex.last_gpu_s if ex.cuda else time.perf_counter() - t0)
+        finally:
+            ex.time_gpu = False
+        return float(np.median(times))
 
     def _check(self, q_lens, prior_lens, extra_tokens: int) -> None:
         if not q_lens or min(q_lens) < 1 or min(prior_lens) < 0:

@@ -22,15 +22,23 @@ def test_cpu_tiny_run_and_tables(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     raw = json.loads((out / "moe_mla_raw.json").read_text())
     kinds = {c["kernel"] for c in raw["checks"]}
-    assert kinds == {"fused_moe", "mla_decode"} and all(c["ok"] for c in raw["checks"])
+    assert kinds == {"fused_moe", "mla_decode", "mla_prefill"} and all(c["ok"] for c in raw["checks"])
     st = raw["mixtral_steps"]
     assert [d["batch"] for d in st["decode"]] == [1, 2, 4, 8]
     for d in st["decode"]:  # the floor counts the experts the routing touched: k..E per layer
         assert 2 <= d["experts_touched_per_layer"] <= 4 and d["floor_s"] > 0 and d["step_s"] > 0
     assert st["decode"][0]["experts_touched_per_layer"] == 2  # batch 1, top-2
-    assert [p["tokens"] for p in st["prefill"]] == [64, 128]
+    assert [p["tokens"] for p in st["prefill"] if p["tiles"] == "default"] == [64, 128]
+    assert [t["tokens"] for t in st["tiles"]] == [
+        64,
+        128,
+    ]  # the engine's config per size (the CPU sweeps no more)
+    dec = raw["decode_large"]
+    assert [d["batch"] for d in dec] == [8, 16] and all(
+        d["step_ms"] > 0 and d["roofline_ratio"] > 0 for d in dec
+    )
     fid = raw["fidelity"]
-    assert [f["model"] for f in fid] == ["tiny-mixtral", "tiny-deepseek"]
+    assert [f["model"] for f in fid] == ["tiny-deepseek", "tiny-mixtral"]
     for f in fid:
         assert "error" not in f, f.get("error")
         assert f["engine"]["output_tokens_per_s"] > 0 and f["simulator"]["output_tokens_per_s"] > 0
@@ -42,7 +50,16 @@ def test_cpu_tiny_run_and_tables(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     md = (res / "moe_bars_cpu_tiny.md").read_text()
-    assert md.count("| fused_moe |") == 3 and "| tiny-deepseek |" in md
+    assert md.count("| fused_moe |") == 3 and md.count("| mla_prefill |") == 2 and "| tiny-deepseek |" in md
+    large = md.split("## Large-batch decode (tiny_config)")[1].split("##")[0]
+    assert large.count("\n| 8 |") + large.count("\n| 16 |") == 2
+    # a second call on the same folder keeps every section (resumable) and measures nothing again
+    r = subprocess.run(
+        [sys.executable, "benchmarks/moe_mla_gpu.py", "--out", str(out), "--cpu", "--tiny", "--skip-fidelity",
+         "--skip-decode"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0 and "kept checks, ceilings, mixtral_steps, fidelity, decode_large" in r.stdout
+    assert json.loads((out / "moe_mla_raw.json").read_text())["mixtral_steps"] == st
     rows = sorted(p.parent.name for p in (res / "fidelity" / "cpu-tiny").glob("*/row.json"))
     assert rows == [
         "tiny-deepseek-tiny-fp32-conversation-80pct-chunked",

@@ -35,6 +35,7 @@ TRUTH = Efficiencies(
     attention_decode=OpEfficiency(compute=0.3, memory=0.21, launch_s=9.0e-6),
     elementwise=OpEfficiency(compute=0.1, memory=0.68, launch_s=5.0e-6),
     attention_fresh=OpEfficiency(compute=0.61, memory=0.30, launch_s=2.0e-5),
+    moe=OpEfficiency(compute=0.55, memory=0.78, memory_ramp_s=1.0e-5, launch_s=2.5e-5),
     step_overhead_s=4.0e-4,
     per_sequence_s=5.0e-6,
 )

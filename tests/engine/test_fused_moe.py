@@ -51,6 +51,17 @@ def test_reference_equals_dense_mixture():
     assert torch.allclose(w.sum(-1), torch.ones(x.shape[0]))  # renormalised top-k
 
 
+def test_renormalised_route_is_the_softmax_top_k_renormalised():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(50, 8, generator=g).to(torch.bfloat16)
+    w, ids = route(logits, 2, True)
+    probs = torch.softmax(logits.float(), -1)
+    want_w, want_ids = torch.topk(probs, 2, -1)
+    assert torch.equal(ids, want_ids)
+    assert w.dtype == torch.float32
+    assert torch.allclose(w, want_w / want_w.sum(-1, keepdim=True), atol=1e-6)
+
+
 def test_route_without_renormalisation_keeps_softmax_weights():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     w, ids = route(logits, 2, False)
@@ -73,11 +84,29 @@ for t, e, k, h, i in ((1, 4, 2, 32, 48), (9, 4, 2, 32, 48), (40, 6, 3, 64, 32)):
     print("ok", t, e, k, err)
 # the one-program align (small steps) gives exactly the torch path's layout
 from engine.moe import align, align_reference
-for t, e, k, bm in ((1, 8, 2, 16), (8, 8, 2, 16), (21, 64, 6, 16), (5, 3, 1, 32), (64, 8, 2, 16)):
+for t, e, k, bm in ((1, 8, 2, 16), (8, 8, 2, 16), (21, 64, 6, 16), (5, 3, 1, 32), (64, 8, 2, 16),
+                    (71, 64, 6, 32), (300, 8, 2, 64)):  # several 128-pair chunks
     ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(t)])
     a, b = align(ids, e, bm), align_reference(ids, e, bm)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (t, e, k, a, b)
     print("ok align", t, e, k)
+# split-K (small steps): the K slices added atomically into fp32 give the unsplit product
+from engine.moe import grouped_gemm
+for split in (2, 3):
+    t, e, k, h, i = 3, 4, 2, 32, 72
+    x = torch.randn(t, h, generator=g)
+    wd = torch.randn(e, h, i, generator=g) / i**0.5
+    a = torch.randn(t * k, i, generator=g)
+    w, ids = route(torch.randn(t, e, generator=g), k, True)
+    cfg = {"BM": 16, "BN": 16, "BK": 16, "GROUP": 1, "num_warps": 4, "num_stages": 1, "SPLIT_K": 1}
+    sid, be = align(ids, e, 16)
+    tw = w.reshape(-1).float()
+    one = grouped_gemm(a, wd, sid, be, 1, t * k, cfg, weights=tw)
+    many = grouped_gemm(a, wd, sid, be, 1, t * k, dict(cfg, SPLIT_K=split), weights=tw)
+    assert many.dtype == torch.float32
+    err = (one - many).abs().max().item()
+    assert err < 1e-4 and one.abs().max() > 0.1, (split, err)
+    print("ok split", split, err)
 """
 
 
@@ -88,4 +117,28 @@ def test_triton_grouped_gemm_matches_reference_interpreted():
         [sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("ok ") == 8
+    assert r.stdout.count("ok ") == 12
+
+
+def test_kernel_config_splits_k_for_batch_one_and_takes_large_tiles_for_long_steps():
+    from engine.moe import LARGE_TILE, TUNED, kernel_config, set_tuned
+
+    # Mixtral's down projection at batch 1: 2 touched experts x 128 column tiles leave 132 SMs mostly idle
+    small = kernel_config(2, 4096, 8, 14336, sms=132)
+    assert small["BM"] == 16 and small["SPLIT_K"] == 4
+    # its gate_up projection already has 2 x 448 programs: no split
+    assert kernel_config(2, 28672, 8, 4096, sms=132)["SPLIT_K"] == 1
+    # 8k tokens top-2 over 8 experts: 2,048 rows per expert, the 128 x 256 tile
+    big = kernel_config(16384, 28672, 8, 4096)
+    assert {k: big[k] for k in LARGE_TILE} == LARGE_TILE and big["SPLIT_K"] == 1
+    # a few hundred tokens over 64 experts (DeepSeek-V2-Lite): too few rows per expert for 128-row blocks
+    assert kernel_config(1200, 2816, 64, 2048)["BM"] == 64
+    # a device's own sweep overrides the default for that shape only
+    try:
+        set_tuned({(2048, 28672, 4096, 8): {"BM": 64, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8,
+                                             "num_stages": 3}})  # fmt: skip
+        assert kernel_config(16384, 28672, 8, 4096)["BM"] == 64
+        assert kernel_config(16384, 4096, 8, 14336)["BM"] == 128
+    finally:
+        set_tuned({})
+    assert not TUNED

@@ -91,6 +91,34 @@ def test_every_request_finishes_exactly_in_order(model, chunked, static):
     greedy_matches(model, run, req, range(0, len(req), 5) if not static else range(len(req)))
 
 
+def test_mla_steps_with_prompt_chunks_take_the_mixed_step_graphs():
+    """DeepSeek-V2 (MLA): steps with prompt chunks go through the mixed-step graphs' static buffers too (on CUDA
+    the absorbed prompt kernel reads only device metadata, engine.mla), and the greedy tokens stay right."""
+    from tests.engine.test_mla import tiny_deepseek
+
+    # dense MLPs: a toy's routed experts flip on float noise, and the check is of the attention
+    mla = build_model(tiny_deepseek(first_k_dense_replace=2), dtype="fp32", device="cpu")
+    req = workload(12, seed=3)
+    pool = BlockPool(300, 4)
+    ex = Executor(mla, physical_tokens(300, 4, req, 8), 8, device="cpu", static_decode=True,
+                  mixed_graph_tokens=32, static_mixed=True)  # fmt: skip
+    ex.warmup()
+    run = serve(ex, req, pool, 8, 32, True, trace=True)
+    check_run(run, req, pool)
+    assert (run.step_trace["graph"] == 2).sum() > 0
+    # each token is the argmax of a full forward over its stream, up to float ties (a toy's logits sit close)
+    from engine.attention import make_layout
+
+    for rid in range(len(req)):
+        p, o = int(req.prompt_tokens[rid]), int(req.output_tokens[rid])
+        stream = run.ids[run.offsets[rid] : run.offsets[rid + 1]]
+        n = p + o - 1
+        logits = mla(torch.from_numpy(stream[:n].copy()), make_layout([n], [0], "cpu", kv_heads=1),
+                     torch.arange(p - 1, n))  # fmt: skip
+        got = logits.gather(1, torch.from_numpy(run.output_ids(rid).copy())[:, None])[:, 0]
+        assert (got >= logits.max(-1).values - 1e-2).all(), rid
+
+
 @pytest.mark.parametrize("chunked", [True, False])
 def test_preemption_under_a_tiny_pool_still_finishes_everything(model, chunked):
     req = workload(seed=1)

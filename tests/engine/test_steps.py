@@ -71,3 +71,31 @@ def test_mixed_step_equals_its_prefill_and_decodes(runner, tiny_spec):
     alone = runner.logits([9], [0], a, [32])
     assert torch.allclose(mix[1:], full, rtol=1e-4, atol=1e-4)
     assert torch.allclose(mix[:1], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_timed_steps_run_through_the_serving_executor(tiny_spec, monkeypatch):
+    """Calibration's steps are the serving loop's: prefill, decode and mixed steps call Executor.step (the
+    function serve() calls per batch) with each sequence in its own region; serving=False keeps the old path."""
+    from engine.serving import Executor
+
+    model = build_model(tiny_spec, dtype="fp32", device="cpu")
+    r = StepRunner(model, max_batch=4, max_context=64, device="cpu")
+    assert isinstance(r.executor, Executor) and r.executor.scratch == r.kv_tokens
+    calls = []
+    real = Executor.step
+
+    def spy(self, prefills, decodes):
+        calls.append(([(s, p, c, len(t)) for s, p, c, t, _ in prefills], None if decodes is None else
+                      [x.tolist() for x in decodes[:2]]))  # fmt: skip
+        return real(self, prefills, decodes)
+
+    monkeypatch.setattr(Executor, "step", spy)
+    assert r.mixed([(8, 4)], [3, 9], warmup=1, repeat=2) > 0
+    assert len(calls) == 3  # one warm-up, two timed
+    # the chunk's region [0, 12), then the decodes' regions [12, 15) and [15, 24), contexts with the new token
+    assert calls[0] == ([(0, 4, 8, 8)], [[12, 15], [3, 9]])
+    assert r.decode([5, 17], warmup=0, repeat=1) > 0 and calls[-1] == ([], [[0, 5], [5, 17]])
+    assert r.prefill([10, 6], warmup=0, repeat=1) > 0 and calls[-1] == ([(0, 0, 10, 10), (10, 0, 6, 6)], None)
+    old = StepRunner(build_model(tiny_spec, dtype="fp32", device="cpu"), 4, 64, device="cpu", serving=False)
+    n = len(calls)
+    assert old.executor is None and old.decode([5, 17], warmup=0, repeat=1) > 0 and len(calls) == n

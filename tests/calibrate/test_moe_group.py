@@ -1,0 +1,60 @@
+"""The MoE group: calibrate's `moe` points, their accounting, and the cost model pricing routed experts on it."""
+
+import pytest
+
+from calibrate.accounting import moe_touched, moe_work
+from calibrate.plan import MOE_SHAPES, Limits, make_plan, moe_points
+from core.cost_model import CostModel, moe_layer_time
+from core.hardware import OpEfficiency, load_profile
+from core.model_spec import load_model
+
+MOE = OpEfficiency(compute=0.55, memory=0.78, memory_ramp_s=1.0e-5, launch_s=2.5e-5)
+
+
+def with_moe(profile, eff=MOE):
+    return profile.model_copy(update={"efficiency": profile.efficiency.model_copy(update={"moe": eff})})
+
+
+@pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v2-lite"])
+def test_cost_model_prices_a_layer_as_the_moe_points_count_it(model):
+    """A point of the model's own expert shape, timed on the fitted curve, is the cost model's routed-expert
+    time per MoE layer (uniform routing): what calibrate measures is what the simulator charges."""
+    spec = load_model(model)
+    prof = with_moe(load_profile("h200"))
+    cm = CostModel(prof, spec)
+    llama = CostModel(prof, load_model("llama-3.1-8b"))  # the calibrated model need not be an MoE one
+    e, k, h, i = spec.num_experts, spec.experts_per_token, spec.hidden_size, spec.moe_intermediate_size
+    assert (e, k, h, i) in MOE_SHAPES
+    for t in (1, 7, 300, 4096):
+        p = {"tokens": t, "experts": e, "top_k": k, "hidden": h, "inter": i}
+        flops, nbytes, peak = moe_work(llama, p)
+        want = spec.moe_layers * (
+            max(flops / (MOE.compute * peak), nbytes / (MOE.memory * cm.bw) + 1e-5) + 2.5e-5
+        )
+        assert cm.expert_time(t) == pytest.approx(want, rel=1e-9)
+        assert cm.expert_time(t) == pytest.approx(
+            spec.moe_layers * moe_layer_time(cm, t * k, moe_touched(t, e, k)), rel=1e-12
+        )
+
+
+def test_profiles_without_the_group_price_experts_as_before():
+    """Committed profiles have no `moe` curve: the expert GEMMs stay on the gemm curve, unchanged."""
+    spec, prof = load_model("mixtral-8x7b"), load_profile("h200")
+    assert prof.efficiency.moe is None
+    old = CostModel(prof, spec)
+    new = CostModel(with_moe(prof), spec)
+    assert old.expert_time(8) != new.expert_time(8)
+    # the gemm curve's per-weight pricing, recomputed by hand for one token count
+    touched = old.experts_touched(8)
+    by_hand = sum(layers * old._weight_gemm(8 * 2, k, n, touched) for k, n, layers in old._experts)
+    assert old.expert_time(8) == by_hand
+
+
+def test_plan_has_moe_points_quick_only_mixtral():
+    spec = load_model("llama-3.1-8b")
+    full = [p for p in make_plan(spec, "full", ["bf16"], Limits()) if p.kind == "moe"]
+    quick = [p for p in make_plan(spec, "quick", ["bf16"], Limits()) if p.kind == "moe"]
+    assert {p.params["experts"] for p in full} == {8, 64} and {p.params["experts"] for p in quick} == {8}
+    assert any(p.holdout for p in quick) and not all(p.holdout for p in quick)
+    assert max(p.params["tokens"] for p in quick) >= 4096 and min(p.params["tokens"] for p in quick) == 1
+    assert len(moe_points("cpu")) == 5
