@@ -1434,93 +1434,146 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(slots=True)
+class FitInputs:
+    """What the read stage hands the fit stage: the rows found, how they split, and where the results go."""
+
+    args: argparse.Namespace
+    command: str
+    folder: Path
+    out: Path
+    table: Path
+    raw: RawRuns
+    operators: tuple[OperatorCounts, Measured] | None
+    served_set: TrainSet
+    static_set: TrainSet
+
+
+@dataclass(slots=True)
+class FitOutputs:
+    """What the fit stage hands the write stage: the profiles and the report's text."""
+
+    profiles: list[EngineProfile]
+    text: str
+
+
+def read_stage(argv: list[str] | None) -> FitInputs:
+    """Parse the command line, check the output paths and read every raw run under the folder."""
     command = "python -m calibrate.engine_fit " + shlex.join(argv if argv is not None else sys.argv[1:])
-    try:
-        args = _parser().parse_args(argv)
-        folder = Path(args.runs)
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out}: is a file; give a folder for the profiles")
-        table = Path(args.table or f"benchmarks/results/engine_fit_{folder.name}.md")
-        train = {m.strip() for m in args.train.split(",") if m.strip()}
-        runs = frozenset(r.strip() for r in args.train_runs.split(",") if r.strip())
-        operators = None
-        if args.operators.lower() != "none":
-            operators = load_operators(Path(args.operators), sorted(train)[0])
-        ops = operators[0] if operators else None
-        raw = read_runs(folder, args.gpu, operators=ops)
-        files = newest_files(raw, train)
-        served_set = TrainSet(frozenset(train), files, runs)
-        static_set = TrainSet(frozenset(train), files, alternate=True)
-        static = [r for r in raw.rows if r.metric != "step_s"]
-        served = [r for r in raw.rows if r.metric == "step_s"]
-        per_layer = not args.host_per_step
-        other_host = "host terms per layer" if args.host_per_step else "host terms per step, not per layer"
-        fits, others = [], []
-        if static:
-            fits.append(fit_engine("transformers-generate", static, static_set, args.fit_factors, per_layer))
-            others.append(
-                fit_engine(
-                    "transformers-generate", static, static_set, args.fit_factors, not per_layer, other_host
-                )
+    args = _parser().parse_args(argv)
+    folder = Path(args.runs)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder for the profiles")
+    table = Path(args.table or f"benchmarks/results/engine_fit_{folder.name}.md")
+    train = {m.strip() for m in args.train.split(",") if m.strip()}
+    runs = frozenset(r.strip() for r in args.train_runs.split(",") if r.strip())
+    operators = None
+    if args.operators.lower() != "none":
+        operators = load_operators(Path(args.operators), sorted(train)[0])
+    raw = read_runs(folder, args.gpu, operators=operators[0] if operators else None)
+    files = newest_files(raw, train)
+    return FitInputs(
+        args, command, folder, out, table, raw, operators,
+        TrainSet(frozenset(train), files, runs), TrainSet(frozenset(train), files, alternate=True),
+    )  # fmt: skip
+
+
+def _static_fits(inp: FitInputs, static: list[Row], per_layer: bool, other_host: str) -> tuple[list, list]:
+    """The generate profile's shipped fit and its alternatives."""
+    args, ops, ts = inp.args, inp.operators[0] if inp.operators else None, inp.static_set
+    fits = [fit_engine("transformers-generate", static, ts, args.fit_factors, per_layer)]
+    others = [fit_engine("transformers-generate", static, ts, args.fit_factors, not per_layer, other_host)]
+    if ops is not None and per_layer:
+        plain = _with_layers(static, "layer", None)
+        others.append(
+            fit_engine("transformers-generate", plain, ts, args.fit_factors,
+                       variant="layers by num_layers, not operators")
+        )  # fmt: skip
+    return fits, others
+
+
+def _served_fits(inp: FitInputs, served: list[Row], per_layer: bool, other_host: str) -> tuple[list, list]:
+    """The manager's profile's shipped fit and its alternatives."""
+    args, ops, served_set = inp.args, inp.operators[0] if inp.operators else None, inp.served_set
+    # shipped: host terms per layer and the packed attention's kernel factor (the best on held-out
+    # long-prompt steps, benchmarks/results/engine_fit_*.md); the alternatives are shown beside it
+    ff, att = args.fit_factors, not args.fit_factors
+    fits = [fit_engine("transformers", served, served_set, ff, per_layer, attention_factor=att)]
+    others = []
+    if ops is not None and per_layer:
+        plain = _with_layers(served, "layer", None)
+        others.append(
+            fit_engine("transformers", plain, served_set, ff, variant="layers by num_layers, not "
+                       "operators", attention_factor=att)
+        )  # fmt: skip
+    for variant, kw in (
+        (other_host, {"per_layer": not per_layer, "attention_factor": att}),
+        ("kernel factors 1.0", {"per_layer": per_layer}),
+        ("kernel factors 1.0, + host term per packed-attention q x kv pair", {"extra": "pairs"}),
+        ("+ host term per KV token read", {"extra": "kv", "attention_factor": att}),
+        (
+            "forward (GPU + per-layer host) and outside-forward time (per step) fitted apart",
+            {"split_forward": True, "attention_factor": att},
+        ),
+    ):
+        if kw.get("split_forward") and not any(served[i].forward_s for i in fits[-1].split.train):
+            continue
+        others.append(fit_engine("transformers", served, served_set, ff, variant=variant, **kw))
+    return fits, others
+
+
+def fit_stage(inp: FitInputs) -> FitOutputs:
+    """Fit each profile (and the alternatives the report compares it with) and build the profiles and report."""
+    args, raw = inp.args, inp.raw
+    ops = inp.operators[0] if inp.operators else None
+    static = [r for r in raw.rows if r.metric != "step_s"]
+    served = [r for r in raw.rows if r.metric == "step_s"]
+    per_layer = not args.host_per_step
+    other_host = "host terms per layer" if args.host_per_step else "host terms per step, not per layer"
+    fits, others = [], []
+    for rows, stage in ((static, _static_fits), (served, _served_fits)):
+        if rows:
+            f, o = stage(inp, rows, per_layer, other_host)
+            fits += f
+            others += o
+    if any(Layout.of(s).packed for s in raw.settings.values()):
+        flat = [
+            r
+            for r in read_runs(inp.folder, args.gpu, per_sequence_attention=True, operators=ops).rows
+            if r.metric == "step_s"
+        ]
+        others.append(
+            fit_engine(
+                "transformers", flat, inp.served_set, args.fit_factors, per_layer,
+                "attention per sequence (factor fitted)", attention_factor=not args.fit_factors,
             )
-            if ops is not None and per_layer:
-                plain = _with_layers(static, "layer", None)
-                others.append(
-                    fit_engine("transformers-generate", plain, static_set, args.fit_factors,
-                               variant="layers by num_layers, not operators")
-                )  # fmt: skip
-        if served:
-            # shipped: host terms per layer and the packed attention's kernel factor (the best on held-out
-            # long-prompt steps, benchmarks/results/engine_fit_*.md); the alternatives are shown beside it
-            ff, att = args.fit_factors, not args.fit_factors
-            fits.append(fit_engine("transformers", served, served_set, ff, per_layer, attention_factor=att))
-            if ops is not None and per_layer:
-                plain = _with_layers(served, "layer", None)
-                others.append(
-                    fit_engine("transformers", plain, served_set, ff, variant="layers by num_layers, not "
-                               "operators", attention_factor=att)
-                )  # fmt: skip
-            for variant, kw in (
-                (other_host, {"per_layer": not per_layer, "attention_factor": att}),
-                ("kernel factors 1.0", {"per_layer": per_layer}),
-                ("kernel factors 1.0, + host term per packed-attention q x kv pair", {"extra": "pairs"}),
-                ("+ host term per KV token read", {"extra": "kv", "attention_factor": att}),
-                (
-                    "forward (GPU + per-layer host) and outside-forward time (per step) fitted apart",
-                    {"split_forward": True, "attention_factor": att},
-                ),
-            ):
-                if kw.get("split_forward") and not any(served[i].forward_s for i in fits[-1].split.train):
-                    continue
-                others.append(fit_engine("transformers", served, served_set, ff, variant=variant, **kw))
-        if any(Layout.of(s).packed for s in raw.settings.values()):
-            flat = [
-                r
-                for r in read_runs(folder, args.gpu, per_sequence_attention=True, operators=ops).rows
-                if r.metric == "step_s"
-            ]
-            others.append(
-                fit_engine(
-                    "transformers", flat, served_set, args.fit_factors, per_layer,
-                    "attention per sequence (factor fitted)", attention_factor=not args.fit_factors,
-                )
-            )  # fmt: skip
-        profiles = [build_profile(f, raw, args.gpu, command, str(table), operators) for f in fits]
-        text = markdown(fits, others, raw, command, ops)
-        out.mkdir(parents=True, exist_ok=True)
-        table.parent.mkdir(parents=True, exist_ok=True)
+        )  # fmt: skip
+    profiles = [build_profile(f, raw, args.gpu, inp.command, str(inp.table), inp.operators) for f in fits]
+    return FitOutputs(profiles, markdown(fits, others, raw, inp.command, ops))
+
+
+def write_stage(inp: FitInputs, res: FitOutputs) -> None:
+    """Print and write the report, and write each profile."""
+    print(res.text)
+    inp.table.write_text(res.text)
+    for p in res.profiles:
+        write_engine_profile(
+            p, inp.out / f"{p.name}.yaml", header=f"{p.display_name} on {p.gpu}: written by {inp.command}"
+        )
+        print(f"wrote {inp.out / (p.name + '.yaml')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        inp = read_stage(argv)
+        res = fit_stage(inp)
+        inp.out.mkdir(parents=True, exist_ok=True)
+        inp.table.parent.mkdir(parents=True, exist_ok=True)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(text)
-    table.write_text(text)
-    for p in profiles:
-        write_engine_profile(
-            p, out / f"{p.name}.yaml", header=f"{p.display_name} on {p.gpu}: written by {command}"
-        )
-        print(f"wrote {out / (p.name + '.yaml')}")
+    write_stage(inp, res)
     return 0
 
 
