@@ -42,11 +42,13 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import least_squares
 
+from calibrate.host_phases import TABLE_HEAD, PhaseFit, RunSteps, describe, fit_phases
 from core.cost_model import BatchShape, CostModel, packed_attention_time
 from core.engine_profile import (
     EngineProfile,
     Estimated,
     Figure,
+    HostPhases,
     HostTime,
     Kernels,
     Measured,
@@ -1427,6 +1429,11 @@ def _parser() -> argparse.ArgumentParser:
         f"multiply by a model's operators, not its layers (default {OPERATORS_FILE}; none: by num_layers)",
     )
     p.add_argument(
+        "--no-phases",
+        action="store_true",
+        help="leave the served profile's host phases out (calibrate/host_phases.py; default: fitted)",
+    )
+    p.add_argument(
         "--host-per-step",
         action="store_true",
         help="host terms per step, the same for every model (default: per layer, times the model's layers)",
@@ -1550,7 +1557,68 @@ def fit_stage(inp: FitInputs) -> FitOutputs:
             )
         )  # fmt: skip
     profiles = [build_profile(f, raw, args.gpu, inp.command, str(inp.table), inp.operators) for f in fits]
-    return FitOutputs(profiles, markdown(fits, others, raw, inp.command, ops))
+    text = markdown(fits, others, raw, inp.command, ops)
+    served_fit = next((f for f in fits if f.name == "transformers"), None)
+    if served_fit is not None and not args.no_phases:
+        pf = fit_phases(run_steps(served_fit, served_fit.split.train))
+        i = fits.index(served_fit)
+        profiles[i] = with_phases(profiles[i], pf)
+        text += "\n".join(phases_section(served_fit, pf)) + "\n"
+    return FitOutputs(profiles, text)
+
+
+# ---------------------------------------------------------------- host phases (calibrate/host_phases.py)
+def run_steps(ef: EngineFit, idx: np.ndarray) -> list[RunSteps]:
+    """The served rows at `idx`, one RunSteps per raw file and run, in step order."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for i in idx:
+        r = ef.rows[i]
+        if r.metric == "step_s":
+            groups.setdefault((r.file, r.run), []).append(r)
+    out = []
+    for (file, run), rows in groups.items():
+        gpu, host, meas, _ = _columns(rows, ef.fit.per_layer, ef.fit.extra)
+        name = f"{rows[0].model} {run} ({Path(file).parent.name})"
+        out.append(RunSteps(name, meas, gpu[:, :4] @ ef.fit.factors + gpu[:, 4], host @ ef.fit.host_s))
+    return out
+
+
+def with_phases(p: EngineProfile, pf: PhaseFit) -> EngineProfile:
+    """The profile with its fitted host phases (source: the host terms' fit, the same runs)."""
+    phases = HostPhases(
+        log_mean=round(pf.log_mean, 4),
+        log_std=round(pf.log_std, 4),
+        correlation_s=float(f"{pf.correlation_s:.4g}"),
+        stall_rate_per_s=float(f"{pf.stall_rate_per_s:.4g}"),
+        stall_s=round(pf.stall_s, 3),
+        source="fit",
+    )
+    note = (
+        f" Host phases (host.phases, fitted on the same steps): the host terms' level drifts over wall time "
+        f"(mean multiplier {pf.mean_multiplier:.3f}, log spread {pf.log_std:.3f}, correlation "
+        f"{pf.correlation_s:.2f} s) and the loop stalls {pf.stall_rate_per_s * 60:.2f} times a minute for "
+        f"{pf.stall_s:.2f} s; the simulator draws both from the scenario's seed (simulator/host_phases.py)."
+    )
+    return p.model_copy(
+        update={"host": p.host.model_copy(update={"phases": phases}), "notes": p.notes + note}
+    )
+
+
+def phases_section(ef: EngineFit, pf: PhaseFit) -> list[str]:
+    """The fitted phases, and the same statistics of each held-out run (shown to compare, not fitted)."""
+    lines = [
+        "## Host phases and stalls (host.phases)",
+        "",
+        "A step's host multiplier is (measured - GPU) / fitted host seconds; calibrate/host_phases.py fits its "
+        "level, spread and correlation time, and the stalls, on the fitted runs only. The held-out runs' own "
+        "statistics are shown to compare (their steps' start times are the sum of the usable steps before).",
+        "",
+        *TABLE_HEAD,
+        describe("fitted: " + ", ".join(r.name for r in run_steps(ef, ef.split.train)), pf),
+    ]
+    for r in run_steps(ef, ef.split.held_out):
+        lines.append(describe(f"held-out: {r.name}", fit_phases([r])))
+    return lines + [""]
 
 
 def write_stage(inp: FitInputs, res: FitOutputs) -> None:

@@ -488,6 +488,15 @@ class CostModel:
         t = self.eff.step_overhead_s + self.host_step + seqs * (self.eff.per_sequence_s + self.host_seq)
         return t + self.host_prompt if prompt else t
 
+    def host_time(self, b: BatchShape) -> float:
+        """The serving loop's host seconds in one step of `b` (what an engine's host phases scale)."""
+        t = (
+            self.host_step
+            + (b.decode_seqs + b.prefill_seqs) * self.host_seq
+            + self.host_token * b.prefill_tokens
+        )
+        return t + self.host_prompt if b.prefill_tokens else t
+
     def scaled(self, compute: float = 1.0, memory: float = 1.0) -> CostModel:
         """This cost model on a GPU `compute`× faster at arithmetic and `memory`× at memory bandwidth
         (simulator/breakdown.py asks which of the two would shorten a group: what bounds it)."""

@@ -22,6 +22,8 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
   only `ours` sets it; then `CostModel(..., serving_host=True)` as today. With `false`,
   `CostModel(..., serving_host=False)` and these three terms are the engine's whole host time (launches
   of an eager engine included: `cuda_graphs: none` adds no launch floor).
+  `phases` (optional): the host time's level drifts over wall time and stalls now and then (transformers'
+  manager); the continuous loop then costs each step alone and scales its host time by a seeded draw.
 - `kernels`: each operation group's time from the GPU profile's fitted curves is multiplied by its
   factor (`gemm`, `attention_prefill` — the fresh-prompt kernel too —, `attention_decode`,
   `elementwise`); 1.0 is the GPU profile's own kernels. `attention_layout: packed` replaces the step's
@@ -37,6 +39,7 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -162,6 +165,26 @@ class OperatorCounts(_Strict):
         return (c.per_layer * num_layers + c.per_forward) / self.reference_per_layer
 
 
+class HostPhases(_Strict):
+    """An engine's host time drifting over wall time: each step's host time (`host_time()`) is multiplied by
+    exp(x(t)), x an Ornstein-Uhlenbeck process (mean `log_mean`, stationary spread `log_std`, correlation time
+    `correlation_s`) drawn from the scenario's seed, and a step pays a stall of `stall_s` with probability
+    1 - exp(-stall_rate_per_s x its seconds) (simulator/host_phases.py; fitted by calibrate/host_phases.py)."""
+
+    log_mean: float = Field(ge=-2.0, le=2.0, description="mean of the log multiplier on the host terms")
+    log_std: float = Field(ge=0.0, le=2.0, description="stationary standard deviation of the log multiplier")
+    correlation_s: float = Field(
+        gt=0.0, le=3600.0, description="seconds over which the multiplier keeps its level"
+    )
+    stall_rate_per_s: float = Field(ge=0.0, le=10.0, description="stalls per second of serving")
+    stall_s: float = Field(ge=0.0, le=60.0, description="seconds one stall adds to its step")
+    source: str = Field(min_length=1, description="a key of `sources`")
+
+    def mean_multiplier(self) -> float:
+        """The long-run mean of exp(x): what the host terms are scaled by on average."""
+        return math.exp(self.log_mean + self.log_std**2 / 2)
+
+
 class HostTime(_Strict):
     """Time a step spends outside the GPU's kernels, seconds."""
 
@@ -180,6 +203,10 @@ class HostTime(_Strict):
         None,
         description="per_layer: count each model's layers by the operators it launches (its architecture's "
         "count over the fitted layer's); absent: by num_layers",
+    )
+    phases: HostPhases | None = Field(
+        None,
+        description="the host time's drift over wall time and its stalls; absent: every step as the terms say",
     )
 
 
@@ -284,6 +311,8 @@ def _source_refs(p: EngineProfile) -> list[tuple[str, str]]:
         refs.append((f"host.{f}.source", getattr(p.host, f).source))
     if p.host.operators is not None:
         refs.append(("host.operators.source", p.host.operators.source))
+    if p.host.phases is not None:
+        refs.append(("host.phases.source", p.host.phases.source))
     return refs
 
 
