@@ -48,6 +48,7 @@ from core.engine_profile import (
     EngineProfile,
     Estimated,
     Figure,
+    HostOverlap,
     HostPhases,
     HostTime,
     Kernels,
@@ -71,6 +72,7 @@ HOST_TERMS = ("per_step_s", "per_sequence_s", "per_prompt_token_s")
 HOST_SCALE = np.array([1e-2, 1e-3, 1e-4])
 # the same for an extra term: per packed-attention query x key pair, or per KV token a step reads
 EXTRA_SCALE_S = {"pairs": 1e-9, "kv": 1e-7}
+SERIAL_SCALE_S = 1e-3  # the same for an overlapping fit's serial seconds per step
 ExtraTerm = Literal["pairs", "kv"]
 GPU_GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
 # Tokens of one manager step are stamped within about 0.5 ms of each other and steps are 10 ms or more
@@ -591,6 +593,8 @@ class HostFit:
     outside_s: np.ndarray | None = None
 
     extra: ExtraTerm | None = None  # a fourth host term: per packed-attention pair, or per KV token read
+    # host launches overlap the GPU (HostOverlap): a row takes max(GPU, host terms) + serial_s; None: their sum
+    serial_s: float | None = None
 
 
 def _columns(
@@ -611,7 +615,8 @@ def _outside_columns(rows: list[Row]) -> np.ndarray:
 def predict(rows: list[Row], fit: HostFit) -> np.ndarray:
     """Predicted seconds of each row (a whole step, when the fit splits forward and outside) under the fit."""
     gpu, host, _, _ = _columns(rows, fit.per_layer, fit.extra)
-    t = gpu[:, :4] @ fit.factors + gpu[:, 4] + host @ fit.host_s
+    g = gpu[:, :4] @ fit.factors + gpu[:, 4]
+    t = g + host @ fit.host_s if fit.serial_s is None else np.maximum(g, host @ fit.host_s) + fit.serial_s
     if fit.outside_s is not None:
         t = t + _outside_columns(rows) @ fit.outside_s
     return t
@@ -625,9 +630,11 @@ def _solve(
     scale: np.ndarray,
     nf: int,
     attention_only: bool = False,
+    overlap: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Host terms >= 0 (and nf kernel factors: all four, or with `attention_only` the prefill-attention one)
-    minimising the rows' relative errors weighted by their spread."""
+    minimising the rows' relative errors weighted by their spread. `overlap`: the last of `scale` is a serial
+    seconds per step, and a row takes max(GPU, host terms) + serial (HostOverlap), not their sum."""
 
     def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not nf:
@@ -637,7 +644,8 @@ def _solve(
 
     def resid(x: np.ndarray) -> np.ndarray:
         h, f = unpack(x)
-        pred = gpu[:, :4] @ f + gpu[:, 4] + host @ h
+        g = gpu[:, :4] @ f + gpu[:, 4]
+        pred = np.maximum(g, host @ h[:-1]) + h[-1] if overlap else g + host @ h
         return (pred / meas - 1.0) / sigma
 
     x0 = np.concatenate([np.ones(len(scale)), np.ones(nf)])
@@ -654,12 +662,14 @@ def fit_host(
     extra: ExtraTerm | None = None,
     split_forward: bool = False,
     attention_factor: bool = False,
+    overlap: bool = False,
 ) -> HostFit:
     """Host terms (and kernel factors if asked) minimising the rows' relative errors, each weighted by its
     spread, with a soft-L1 loss so that a few outlying steps do not pull the terms. `extra`: a fourth term per
     packed-attention pair (q x kv) or per KV token read. `split_forward`: fit the forward (GPU + host terms) on the recorded
     forward times and the rest of the step (outside_s) on what remains, each row's parts summing to its step.
-    `attention_factor`: fit the prefill-attention kernel factor alone (the packed attention's, in a served step)."""
+    `attention_factor`: fit the prefill-attention kernel factor alone (the packed attention's, in a served step).
+    `overlap`: the host terms' launches overlap the GPU's kernels, a row taking max(GPU, host) + a serial part."""
     if not rows:
         raise ConfigError("engine fit: no rows to fit; give --train a model that has runs in the folder")
     nf = 4 if fit_factors else (1 if attention_factor else 0)
@@ -677,7 +687,11 @@ def fit_host(
         )
         rows = [replace(r, measured_s=r.forward_s) for r in timed]
     gpu, host, meas, sigma = _columns(rows, per_layer, extra)
-    h, f = _solve(gpu, host, meas, sigma, scale, nf, attention_only=attention_factor and not fit_factors)
+    if overlap:
+        scale = np.append(scale, SERIAL_SCALE_S)
+    h, f = _solve(gpu, host, meas, sigma, scale, nf, attention_factor and not fit_factors, overlap)
+    if overlap:
+        return HostFit(h[:-1], f, per_layer, len(rows), outside, extra, serial_s=float(h[-1]))
     return HostFit(h, f, per_layer, len(rows), outside, extra)
 
 
@@ -904,6 +918,7 @@ def fit_engine(
     extra: ExtraTerm | None = None,
     split_forward: bool = False,
     attention_factor: bool = False,
+    overlap: bool = False,
 ) -> EngineFit:
     ts = train if isinstance(train, TrainSet) else TrainSet(frozenset(train))
     split = Split.of(rows, ts)
@@ -915,7 +930,7 @@ def fit_engine(
             f"--train {','.join(sorted(ts.models))}: no {name} rows to fit ({ts.describe()}; the runs have "
             f"{have}); give --train a model and --train-runs runs of those"
         )
-    fit = fit_host(fitted, fit_factors, per_layer, extra, split_forward, attention_factor)
+    fit = fit_host(fitted, fit_factors, per_layer, extra, split_forward, attention_factor, overlap)
     return EngineFit(name, rows, split, fit, check(held, fit), check(fitted, fit), variant, ts)
 
 
@@ -1133,6 +1148,9 @@ def build_profile(
         per_layer=ef.fit.per_layer,
         gpu_profile_loop=False,
         operators=operators[0] if operators is not None and ef.fit.per_layer else None,
+        overlap=None
+        if ef.fit.serial_s is None
+        else HostOverlap(serial_s=Figure(value=float(f"{ef.fit.serial_s:.4g}"), source="fit")),
     )
     kernels = Kernels(
         **dict(zip(GPU_GROUPS, (round(float(f), 3) for f in ef.fit.factors))),
@@ -1159,7 +1177,19 @@ def build_profile(
         validation=_validation(ef, ts, table),
         notes=_profile_notes(
             header, versions, share, static, recorded, table, operators[0] if operators else None
-        ),
+        )
+        + _overlap_note(ef.fit),
+    )
+
+
+def _overlap_note(fit: HostFit) -> str:
+    if fit.serial_s is None:
+        return ""
+    return (
+        " Host overlap (host.overlap): generate's launches run ahead of the GPU's kernels, so a step takes the "
+        f"longer of its GPU time and its host terms plus {fit.serial_s * 1e3:.2f} ms that overlaps nothing (a short "
+        "prompt's TTFT is its host time, a long one's its GPU time); fitted with the prefill attention's factor "
+        f"({fit.factors[1]:.3f}: generate's sdpa with an attention mask). The additive fit is in the table."
     )
 
 
@@ -1429,6 +1459,11 @@ def _parser() -> argparse.ArgumentParser:
         f"multiply by a model's operators, not its layers (default {OPERATORS_FILE}; none: by num_layers)",
     )
     p.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="generate profile: host time added to the GPU's (default: overlapped, max(GPU, host) + serial)",
+    )
+    p.add_argument(
         "--no-phases",
         action="store_true",
         help="leave the served profile's host phases out (calibrate/host_phases.py; default: fitted)",
@@ -1489,13 +1524,27 @@ def read_stage(argv: list[str] | None) -> FitInputs:
 def _static_fits(inp: FitInputs, static: list[Row], per_layer: bool, other_host: str) -> tuple[list, list]:
     """The generate profile's shipped fit and its alternatives."""
     args, ops, ts = inp.args, inp.operators[0] if inp.operators else None, inp.static_set
-    fits = [fit_engine("transformers-generate", static, ts, args.fit_factors, per_layer)]
-    others = [fit_engine("transformers-generate", static, ts, args.fit_factors, not per_layer, other_host)]
+    # shipped: generate's launches run ahead of the GPU (a step takes the longer of the two, plus a serial part),
+    # with the prefill attention's factor (sdpa with generate's mask), unless --no-overlap
+    ov, att = not args.no_overlap, not args.no_overlap and not args.fit_factors
+    gen = "transformers-generate"
+    fits = [fit_engine(gen, static, ts, args.fit_factors, per_layer, attention_factor=att, overlap=ov)]
+    others = [
+        fit_engine(
+            gen, static, ts, args.fit_factors, not per_layer, other_host, attention_factor=att, overlap=ov
+        )
+    ]
+    if ov:
+        others.append(
+            fit_engine(
+                gen, static, ts, args.fit_factors, per_layer, "host added to the GPU's time, not overlapped"
+            )
+        )
     if ops is not None and per_layer:
         plain = _with_layers(static, "layer", None)
         others.append(
-            fit_engine("transformers-generate", plain, ts, args.fit_factors,
-                       variant="layers by num_layers, not operators")
+            fit_engine(gen, plain, ts, args.fit_factors, variant="layers by num_layers, not operators",
+                       attention_factor=att, overlap=ov)
         )  # fmt: skip
     return fits, others
 
@@ -1519,6 +1568,10 @@ def _served_fits(inp: FitInputs, served: list[Row], per_layer: bool, other_host:
         ("kernel factors 1.0", {"per_layer": per_layer}),
         ("kernel factors 1.0, + host term per packed-attention q x kv pair", {"extra": "pairs"}),
         ("+ host term per KV token read", {"extra": "kv", "attention_factor": att}),
+        (
+            "host launches overlap the GPU: max(GPU, host) + serial",
+            {"overlap": True, "attention_factor": att},
+        ),
         (
             "forward (GPU + per-layer host) and outside-forward time (per step) fitted apart",
             {"split_forward": True, "attention_factor": att},

@@ -22,7 +22,8 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
   only `ours` sets it; then `CostModel(..., serving_host=True)` as today. With `false`,
   `CostModel(..., serving_host=False)` and these three terms are the engine's whole host time (launches
   of an eager engine included: `cuda_graphs: none` adds no launch floor).
-  `phases` (optional): the host time's level drifts over wall time and stalls now and then (transformers'
+  `overlap` (optional): the host terms run alongside the GPU's kernels, a step taking the longer of the two
+  plus `overlap.serial_s` (transformers' `generate`). `phases` (optional): the host time's level drifts over wall time and stalls now and then (transformers'
   manager); the continuous loop then costs each step alone and scales its host time by a seeded draw.
 - `kernels`: each operation group's time from the GPU profile's fitted curves is multiplied by its
   factor (`gemm`, `attention_prefill` — the fresh-prompt kernel too —, `attention_decode`,
@@ -185,6 +186,14 @@ class HostPhases(_Strict):
         return math.exp(self.log_mean + self.log_std**2 / 2)
 
 
+class HostOverlap(_Strict):
+    """The host's launches run ahead of the GPU's kernels (an eager engine launches asynchronously): a step takes
+    the longer of its GPU time and its host terms, plus `serial_s` that overlaps nothing (the wait for the step's
+    tokens, sampling, the loop's own bookkeeping)."""
+
+    serial_s: Figure = Field(description="seconds per step outside the overlap (not per layer)")
+
+
 class HostTime(_Strict):
     """Time a step spends outside the GPU's kernels, seconds."""
 
@@ -203,6 +212,10 @@ class HostTime(_Strict):
         None,
         description="per_layer: count each model's layers by the operators it launches (its architecture's "
         "count over the fitted layer's); absent: by num_layers",
+    )
+    overlap: HostOverlap | None = Field(
+        None,
+        description="the host terms overlap the GPU's time (a step takes the longer); absent: they add to it",
     )
     phases: HostPhases | None = Field(
         None,
@@ -311,6 +324,8 @@ def _source_refs(p: EngineProfile) -> list[tuple[str, str]]:
         refs.append((f"host.{f}.source", getattr(p.host, f).source))
     if p.host.operators is not None:
         refs.append(("host.operators.source", p.host.operators.source))
+    if p.host.overlap is not None:
+        refs.append(("host.overlap.serial_s.source", p.host.overlap.serial_s.source))
     if p.host.phases is not None:
         refs.append(("host.phases.source", p.host.phases.source))
     return refs
