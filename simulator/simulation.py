@@ -35,6 +35,7 @@ from simulator.disaggregation import Disaggregated
 from simulator.host_phases import HostPhaseClock
 from simulator.memory import MemoryPlan
 from simulator.metrics import Fleet, RunRecord, SchedulerCounts, Setup, summarize
+from simulator.rate_schedule import offered
 from simulator.replica import RUN_CAP, Replica, ReplicaHooks
 from simulator.response_cache import draw_hits, front
 from simulator.router import Router, prefix_ids
@@ -504,7 +505,7 @@ def _puller(router: Router, e: Replica):
 # ---------------------------------------------------------------- summarize
 def _day(dep: Deployment, record: RunRecord, summary: dict) -> DayRecord | None:
     """summary["day"] (and the day's cost, with autoscaling) of a run with a schedule or autoscaling."""
-    if dep.autoscaler is None and dep.scenario.workload.schedule is None:
+    if dep.autoscaler is None and offered(dep.scenario.workload) is None:
         return None
     replicas = len(set(dep.replica_of))
     day, cost, rec = day_summary(
