@@ -40,6 +40,11 @@ GPU = "h200"
 BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 11: TTFT/TPOT p50/p90 within 10%, throughput within 5%
 SERVED_KEYS = ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "tpot_p90_s", "output_tokens_per_s")
 GENERATE_KEYS = ("ttft_s", "decode_s_per_token")
+PROFILE_OF = {
+    "served": "transformers",
+    "generate": "transformers-generate",
+}  # the profile each kind of row runs
+SPREAD_SEEDS = range(5)  # seeds of the table's seed-spread section (0 is the rows' own)
 
 
 @dataclass(slots=True)
@@ -94,12 +99,12 @@ def generate_fitted(p: EngineProfile, file: str, points: list[dict]) -> set[tupl
 
 
 # ---------------------------------------------------------------------------------------------- simulating
-def scenario(model: str, engine: str, batching: dict | None = None):
+def scenario(model: str, engine: str, batching: dict | None = None, seed: int = 0):
     """A scenario of `model` on the H200 with `engine`'s profile; its workload block is a placeholder (the
-    requests are given to `simulate` directly)."""
+    requests are given to `simulate` directly). `seed` draws what the profile leaves to chance (host.phases)."""
     data = {
         "name": f"fidelity-{engine}-{model}",
-        "seed": 0,
+        "seed": seed,
         "model": model,
         "engine": engine,
         "hardware": {"gpu": GPU},
@@ -131,7 +136,9 @@ def simulated_records(fc, arrival_s: np.ndarray, deadline_s: float | None) -> li
     return out
 
 
-def served_row(profile: EngineProfile, file: Path, model: str, run: str, block: dict) -> Compared:
+def served_row(
+    profile: EngineProfile, file: Path, model: str, run: str, block: dict, seed: int = 0
+) -> Compared:
     """One replay: its requests through the simulator, both sides summarised by served_summary."""
     reqs = block["requests"]
     arrival = np.array([float(r["arrival_s"]) for r in reqs])
@@ -145,7 +152,8 @@ def served_row(profile: EngineProfile, file: Path, model: str, run: str, block: 
     )
     order = np.argsort(arrival, kind="stable")
     fc = simulate(
-        scenario(model, "transformers"), requests=Requests(arrival[order], prompt[order], output[order])
+        scenario(model, "transformers", seed=seed),
+        requests=Requests(arrival[order], prompt[order], output[order]),
     )
     finished = [r for r in reqs if r.get("finish_s") is not None and r.get("error") is None]
     partial = len(finished) < len(reqs)
@@ -207,8 +215,9 @@ def generate_rows(profile: EngineProfile, file: Path, model: str, points: list[d
     return out
 
 
-def collect() -> list[Compared]:
-    """Every replay and batch-1 generate point of the committed raw runs, compared."""
+def collect(seed: int = 0, served_only: bool = False) -> list[Compared]:
+    """Every replay and batch-1 generate point of the committed raw runs, compared (the simulator's draws from
+    `seed`; `served_only`: the replays alone)."""
     served_p, gen_p = load_engine_profile("transformers"), load_engine_profile("transformers-generate")
     rows: list[Compared] = []
     for f in sorted(RUNS.rglob("*.json")):
@@ -222,8 +231,8 @@ def collect() -> list[Compared]:
             replays["replay"] = data["replay"]  # the first harness: one replay of the conversation trace
         for run, block in replays.items():
             if block.get("requests"):
-                rows.append(served_row(served_p, f, model, run, block))
-        if isinstance(data.get("generate"), list):
+                rows.append(served_row(served_p, f, model, run, block, seed))
+        if isinstance(data.get("generate"), list) and not served_only:
             rows += generate_rows(gen_p, f, model, data["generate"])
     return rows
 
@@ -250,7 +259,32 @@ def _ms(x: float | None) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x * 1e3:.0f}"
 
 
-def table(rows: list[Compared], command: str) -> str:
+def seed_spread(seeds: range = SPREAD_SEEDS) -> dict[int, dict[str, float]]:
+    """The held-out served medians with the simulator's draws from each seed (the profile's host phases are
+    random: one seed is one draw of the engine's drift, as one measured run is)."""
+    return {seed: bar(collect(seed, served_only=True))[0] for seed in seeds}
+
+
+def _spread_lines(spread: dict[int, dict[str, float]]) -> list[str]:
+    if not spread:
+        return []
+    lines = [
+        "Seed spread: the same held-out medians with the simulator's host phases (`host.phases`, "
+        "simulator/host_phases.py) drawn from other seeds (the rows above use seed 0, the scenario's):",
+        "",
+        "| seed | TTFT p50 | TTFT p90 | TPOT p50 | TPOT p90 | out tok/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for seed, m in spread.items():
+        lines.append(f"| {seed} | " + " | ".join(f"{m[k] * 100:.1f}%" for k in SERVED_KEYS) + " |")
+    mid = {k: statistics.median(m[k] for m in spread.values()) for k in SERVED_KEYS}
+    lines.append(
+        "| **median over seeds** | " + " | ".join(f"{mid[k] * 100:.1f}%" for k in SERVED_KEYS) + " |"
+    )
+    return lines + [""]
+
+
+def table(rows: list[Compared], command: str, spread: dict[int, dict[str, float]] | None = None) -> str:
     served = [r for r in rows if r.kind == "served"]
     gen = [r for r in rows if r.kind == "generate"]
     m, ok = bar(rows)
@@ -285,6 +319,7 @@ def table(rows: list[Compared], command: str) -> str:
         + " | | |"
     )
     lines += ["", f"Bar {'met' if ok else 'missed'} on the held-out served runs.", ""]
+    lines += _spread_lines(spread or {})
     lines += [
         "## Batch-1 generate (one request alone)",
         "",
@@ -308,9 +343,11 @@ def table(rows: list[Compared], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(rows: list[Compared], command: str, out: Path = RESULTS) -> str:
+def write(
+    rows: list[Compared], command: str, out: Path = RESULTS, spread: dict[int, dict[str, float]] | None = None
+) -> str:
     """The table (.md), one line per row and figure (.csv), and every row (.json)."""
-    text = table(rows, command)
+    text = table(rows, command, spread)
     stem = out / f"fidelity_transformers_{GPU}"
     stem.with_suffix(".md").write_text(text)
     with stem.with_suffix(".csv").open("w", newline="") as fh:
@@ -327,8 +364,9 @@ def write(rows: list[Compared], command: str, out: Path = RESULTS) -> str:
     data = {
         "command": command,
         "bar": {"held_out_median_abs_error": m, "met": ok},
+        "seed_spread": {str(k): v for k, v in (spread or {}).items()},
         "rows": [
-            {"kind": r.kind, "model": r.model, "run": r.run, "folder": r.folder, "row": r.label,
+            {"kind": r.kind, "profile": PROFILE_OF[r.kind], "model": r.model, "run": r.run, "folder": r.folder, "row": r.label,
              "fitted": r.fitted, "measured": r.measured, "simulated": r.simulated, "note": r.note, **r.detail}
             for r in rows
         ],
@@ -338,7 +376,7 @@ def write(rows: list[Compared], command: str, out: Path = RESULTS) -> str:
 
 
 def main(command: str = "python benchmarks/fidelity.py --engine transformers") -> int:
-    text = write(collect(), command)
+    text = write(collect(), command, spread=seed_spread())
     print(text)
     print(f"wrote {RESULTS / f'fidelity_transformers_{GPU}'}.{{md,csv,json}}")
     return 0

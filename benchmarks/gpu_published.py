@@ -322,7 +322,7 @@ NO_CHECK = {
     "used. Ceiling: mamf-finder bf16 (fit row)",
 }
 NO_CHECK["t4"] = (
-    "the GEMM rows are single eager PyTorch calls timed from Python; the transformers row is three-quarters host "
+    "the GEMM rows are single eager PyTorch calls timed from Python; the transformers row is mostly host "
     "time (its note); the vLLM rows' prefill is slow in vLLM's attention on Turing, not in the GEMMs (split below); "
     "AutoAWQ has no engine profile (context row)"
 )

@@ -42,11 +42,14 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import least_squares
 
+from calibrate.host_phases import TABLE_HEAD, PhaseFit, RunSteps, describe, fit_phases
 from core.cost_model import BatchShape, CostModel, packed_attention_time
 from core.engine_profile import (
     EngineProfile,
     Estimated,
     Figure,
+    HostOverlap,
+    HostPhases,
     HostTime,
     Kernels,
     Measured,
@@ -69,6 +72,7 @@ HOST_TERMS = ("per_step_s", "per_sequence_s", "per_prompt_token_s")
 HOST_SCALE = np.array([1e-2, 1e-3, 1e-4])
 # the same for an extra term: per packed-attention query x key pair, or per KV token a step reads
 EXTRA_SCALE_S = {"pairs": 1e-9, "kv": 1e-7}
+SERIAL_SCALE_S = 1e-3  # the same for an overlapping fit's serial seconds per step
 ExtraTerm = Literal["pairs", "kv"]
 GPU_GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
 # Tokens of one manager step are stamped within about 0.5 ms of each other and steps are 10 ms or more
@@ -589,6 +593,8 @@ class HostFit:
     outside_s: np.ndarray | None = None
 
     extra: ExtraTerm | None = None  # a fourth host term: per packed-attention pair, or per KV token read
+    # host launches overlap the GPU (HostOverlap): a row takes max(GPU, host terms) + serial_s; None: their sum
+    serial_s: float | None = None
 
 
 def _columns(
@@ -609,7 +615,8 @@ def _outside_columns(rows: list[Row]) -> np.ndarray:
 def predict(rows: list[Row], fit: HostFit) -> np.ndarray:
     """Predicted seconds of each row (a whole step, when the fit splits forward and outside) under the fit."""
     gpu, host, _, _ = _columns(rows, fit.per_layer, fit.extra)
-    t = gpu[:, :4] @ fit.factors + gpu[:, 4] + host @ fit.host_s
+    g = gpu[:, :4] @ fit.factors + gpu[:, 4]
+    t = g + host @ fit.host_s if fit.serial_s is None else np.maximum(g, host @ fit.host_s) + fit.serial_s
     if fit.outside_s is not None:
         t = t + _outside_columns(rows) @ fit.outside_s
     return t
@@ -623,9 +630,11 @@ def _solve(
     scale: np.ndarray,
     nf: int,
     attention_only: bool = False,
+    overlap: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Host terms >= 0 (and nf kernel factors: all four, or with `attention_only` the prefill-attention one)
-    minimising the rows' relative errors weighted by their spread."""
+    minimising the rows' relative errors weighted by their spread. `overlap`: the last of `scale` is a serial
+    seconds per step, and a row takes max(GPU, host terms) + serial (HostOverlap), not their sum."""
 
     def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not nf:
@@ -635,7 +644,8 @@ def _solve(
 
     def resid(x: np.ndarray) -> np.ndarray:
         h, f = unpack(x)
-        pred = gpu[:, :4] @ f + gpu[:, 4] + host @ h
+        g = gpu[:, :4] @ f + gpu[:, 4]
+        pred = np.maximum(g, host @ h[:-1]) + h[-1] if overlap else g + host @ h
         return (pred / meas - 1.0) / sigma
 
     x0 = np.concatenate([np.ones(len(scale)), np.ones(nf)])
@@ -652,12 +662,14 @@ def fit_host(
     extra: ExtraTerm | None = None,
     split_forward: bool = False,
     attention_factor: bool = False,
+    overlap: bool = False,
 ) -> HostFit:
     """Host terms (and kernel factors if asked) minimising the rows' relative errors, each weighted by its
     spread, with a soft-L1 loss so that a few outlying steps do not pull the terms. `extra`: a fourth term per
     packed-attention pair (q x kv) or per KV token read. `split_forward`: fit the forward (GPU + host terms) on the recorded
     forward times and the rest of the step (outside_s) on what remains, each row's parts summing to its step.
-    `attention_factor`: fit the prefill-attention kernel factor alone (the packed attention's, in a served step)."""
+    `attention_factor`: fit the prefill-attention kernel factor alone (the packed attention's, in a served step).
+    `overlap`: the host terms' launches overlap the GPU's kernels, a row taking max(GPU, host) + a serial part."""
     if not rows:
         raise ConfigError("engine fit: no rows to fit; give --train a model that has runs in the folder")
     nf = 4 if fit_factors else (1 if attention_factor else 0)
@@ -675,7 +687,11 @@ def fit_host(
         )
         rows = [replace(r, measured_s=r.forward_s) for r in timed]
     gpu, host, meas, sigma = _columns(rows, per_layer, extra)
-    h, f = _solve(gpu, host, meas, sigma, scale, nf, attention_only=attention_factor and not fit_factors)
+    if overlap:
+        scale = np.append(scale, SERIAL_SCALE_S)
+    h, f = _solve(gpu, host, meas, sigma, scale, nf, attention_factor and not fit_factors, overlap)
+    if overlap:
+        return HostFit(h[:-1], f, per_layer, len(rows), outside, extra, serial_s=float(h[-1]))
     return HostFit(h, f, per_layer, len(rows), outside, extra)
 
 
@@ -902,6 +918,7 @@ def fit_engine(
     extra: ExtraTerm | None = None,
     split_forward: bool = False,
     attention_factor: bool = False,
+    overlap: bool = False,
 ) -> EngineFit:
     ts = train if isinstance(train, TrainSet) else TrainSet(frozenset(train))
     split = Split.of(rows, ts)
@@ -913,7 +930,7 @@ def fit_engine(
             f"--train {','.join(sorted(ts.models))}: no {name} rows to fit ({ts.describe()}; the runs have "
             f"{have}); give --train a model and --train-runs runs of those"
         )
-    fit = fit_host(fitted, fit_factors, per_layer, extra, split_forward, attention_factor)
+    fit = fit_host(fitted, fit_factors, per_layer, extra, split_forward, attention_factor, overlap)
     return EngineFit(name, rows, split, fit, check(held, fit), check(fitted, fit), variant, ts)
 
 
@@ -1131,6 +1148,9 @@ def build_profile(
         per_layer=ef.fit.per_layer,
         gpu_profile_loop=False,
         operators=operators[0] if operators is not None and ef.fit.per_layer else None,
+        overlap=None
+        if ef.fit.serial_s is None
+        else HostOverlap(serial_s=Figure(value=float(f"{ef.fit.serial_s:.4g}"), source="fit")),
     )
     kernels = Kernels(
         **dict(zip(GPU_GROUPS, (round(float(f), 3) for f in ef.fit.factors))),
@@ -1157,7 +1177,19 @@ def build_profile(
         validation=_validation(ef, ts, table),
         notes=_profile_notes(
             header, versions, share, static, recorded, table, operators[0] if operators else None
-        ),
+        )
+        + _overlap_note(ef.fit),
+    )
+
+
+def _overlap_note(fit: HostFit) -> str:
+    if fit.serial_s is None:
+        return ""
+    return (
+        " Host overlap (host.overlap): generate's launches run ahead of the GPU's kernels, so a step takes the "
+        f"longer of its GPU time and its host terms plus {fit.serial_s * 1e3:.2f} ms that overlaps nothing (a short "
+        "prompt's TTFT is its host time, a long one's its GPU time); fitted with the prefill attention's factor "
+        f"({fit.factors[1]:.3f}: generate's sdpa with an attention mask). The additive fit is in the table."
     )
 
 
@@ -1427,6 +1459,16 @@ def _parser() -> argparse.ArgumentParser:
         f"multiply by a model's operators, not its layers (default {OPERATORS_FILE}; none: by num_layers)",
     )
     p.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="generate profile: host time added to the GPU's (default: overlapped, max(GPU, host) + serial)",
+    )
+    p.add_argument(
+        "--no-phases",
+        action="store_true",
+        help="leave the served profile's host phases out (calibrate/host_phases.py; default: fitted)",
+    )
+    p.add_argument(
         "--host-per-step",
         action="store_true",
         help="host terms per step, the same for every model (default: per layer, times the model's layers)",
@@ -1434,93 +1476,225 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(slots=True)
+class FitInputs:
+    """What the read stage hands the fit stage: the rows found, how they split, and where the results go."""
+
+    args: argparse.Namespace
+    command: str
+    folder: Path
+    out: Path
+    table: Path
+    raw: RawRuns
+    operators: tuple[OperatorCounts, Measured] | None
+    served_set: TrainSet
+    static_set: TrainSet
+
+
+@dataclass(slots=True)
+class FitOutputs:
+    """What the fit stage hands the write stage: the profiles and the report's text."""
+
+    profiles: list[EngineProfile]
+    text: str
+
+
+def read_stage(argv: list[str] | None) -> FitInputs:
+    """Parse the command line, check the output paths and read every raw run under the folder."""
     command = "python -m calibrate.engine_fit " + shlex.join(argv if argv is not None else sys.argv[1:])
-    try:
-        args = _parser().parse_args(argv)
-        folder = Path(args.runs)
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out}: is a file; give a folder for the profiles")
-        table = Path(args.table or f"benchmarks/results/engine_fit_{folder.name}.md")
-        train = {m.strip() for m in args.train.split(",") if m.strip()}
-        runs = frozenset(r.strip() for r in args.train_runs.split(",") if r.strip())
-        operators = None
-        if args.operators.lower() != "none":
-            operators = load_operators(Path(args.operators), sorted(train)[0])
-        ops = operators[0] if operators else None
-        raw = read_runs(folder, args.gpu, operators=ops)
-        files = newest_files(raw, train)
-        served_set = TrainSet(frozenset(train), files, runs)
-        static_set = TrainSet(frozenset(train), files, alternate=True)
-        static = [r for r in raw.rows if r.metric != "step_s"]
-        served = [r for r in raw.rows if r.metric == "step_s"]
-        per_layer = not args.host_per_step
-        other_host = "host terms per layer" if args.host_per_step else "host terms per step, not per layer"
-        fits, others = [], []
-        if static:
-            fits.append(fit_engine("transformers-generate", static, static_set, args.fit_factors, per_layer))
-            others.append(
-                fit_engine(
-                    "transformers-generate", static, static_set, args.fit_factors, not per_layer, other_host
-                )
+    args = _parser().parse_args(argv)
+    folder = Path(args.runs)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder for the profiles")
+    table = Path(args.table or f"benchmarks/results/engine_fit_{folder.name}.md")
+    train = {m.strip() for m in args.train.split(",") if m.strip()}
+    runs = frozenset(r.strip() for r in args.train_runs.split(",") if r.strip())
+    operators = None
+    if args.operators.lower() != "none":
+        operators = load_operators(Path(args.operators), sorted(train)[0])
+    raw = read_runs(folder, args.gpu, operators=operators[0] if operators else None)
+    files = newest_files(raw, train)
+    return FitInputs(
+        args, command, folder, out, table, raw, operators,
+        TrainSet(frozenset(train), files, runs), TrainSet(frozenset(train), files, alternate=True),
+    )  # fmt: skip
+
+
+def _static_fits(inp: FitInputs, static: list[Row], per_layer: bool, other_host: str) -> tuple[list, list]:
+    """The generate profile's shipped fit and its alternatives."""
+    args, ops, ts = inp.args, inp.operators[0] if inp.operators else None, inp.static_set
+    # shipped: generate's launches run ahead of the GPU (a step takes the longer of the two, plus a serial part),
+    # with the prefill attention's factor (sdpa with generate's mask), unless --no-overlap
+    ov, att = not args.no_overlap, not args.no_overlap and not args.fit_factors
+    gen = "transformers-generate"
+    fits = [fit_engine(gen, static, ts, args.fit_factors, per_layer, attention_factor=att, overlap=ov)]
+    others = [
+        fit_engine(
+            gen, static, ts, args.fit_factors, not per_layer, other_host, attention_factor=att, overlap=ov
+        )
+    ]
+    if ov:
+        others.append(
+            fit_engine(
+                gen, static, ts, args.fit_factors, per_layer, "host added to the GPU's time, not overlapped"
             )
-            if ops is not None and per_layer:
-                plain = _with_layers(static, "layer", None)
-                others.append(
-                    fit_engine("transformers-generate", plain, static_set, args.fit_factors,
-                               variant="layers by num_layers, not operators")
-                )  # fmt: skip
-        if served:
-            # shipped: host terms per layer and the packed attention's kernel factor (the best on held-out
-            # long-prompt steps, benchmarks/results/engine_fit_*.md); the alternatives are shown beside it
-            ff, att = args.fit_factors, not args.fit_factors
-            fits.append(fit_engine("transformers", served, served_set, ff, per_layer, attention_factor=att))
-            if ops is not None and per_layer:
-                plain = _with_layers(served, "layer", None)
-                others.append(
-                    fit_engine("transformers", plain, served_set, ff, variant="layers by num_layers, not "
-                               "operators", attention_factor=att)
-                )  # fmt: skip
-            for variant, kw in (
-                (other_host, {"per_layer": not per_layer, "attention_factor": att}),
-                ("kernel factors 1.0", {"per_layer": per_layer}),
-                ("kernel factors 1.0, + host term per packed-attention q x kv pair", {"extra": "pairs"}),
-                ("+ host term per KV token read", {"extra": "kv", "attention_factor": att}),
-                (
-                    "forward (GPU + per-layer host) and outside-forward time (per step) fitted apart",
-                    {"split_forward": True, "attention_factor": att},
-                ),
-            ):
-                if kw.get("split_forward") and not any(served[i].forward_s for i in fits[-1].split.train):
-                    continue
-                others.append(fit_engine("transformers", served, served_set, ff, variant=variant, **kw))
-        if any(Layout.of(s).packed for s in raw.settings.values()):
-            flat = [
-                r
-                for r in read_runs(folder, args.gpu, per_sequence_attention=True, operators=ops).rows
-                if r.metric == "step_s"
-            ]
-            others.append(
-                fit_engine(
-                    "transformers", flat, served_set, args.fit_factors, per_layer,
-                    "attention per sequence (factor fitted)", attention_factor=not args.fit_factors,
-                )
-            )  # fmt: skip
-        profiles = [build_profile(f, raw, args.gpu, command, str(table), operators) for f in fits]
-        text = markdown(fits, others, raw, command, ops)
-        out.mkdir(parents=True, exist_ok=True)
-        table.parent.mkdir(parents=True, exist_ok=True)
+        )
+    if ops is not None and per_layer:
+        plain = _with_layers(static, "layer", None)
+        others.append(
+            fit_engine(gen, plain, ts, args.fit_factors, variant="layers by num_layers, not operators",
+                       attention_factor=att, overlap=ov)
+        )  # fmt: skip
+    return fits, others
+
+
+def _served_fits(inp: FitInputs, served: list[Row], per_layer: bool, other_host: str) -> tuple[list, list]:
+    """The manager's profile's shipped fit and its alternatives."""
+    args, ops, served_set = inp.args, inp.operators[0] if inp.operators else None, inp.served_set
+    # shipped: host terms per layer and the packed attention's kernel factor (the best on held-out
+    # long-prompt steps, benchmarks/results/engine_fit_*.md); the alternatives are shown beside it
+    ff, att = args.fit_factors, not args.fit_factors
+    fits = [fit_engine("transformers", served, served_set, ff, per_layer, attention_factor=att)]
+    others = []
+    if ops is not None and per_layer:
+        plain = _with_layers(served, "layer", None)
+        others.append(
+            fit_engine("transformers", plain, served_set, ff, variant="layers by num_layers, not "
+                       "operators", attention_factor=att)
+        )  # fmt: skip
+    for variant, kw in (
+        (other_host, {"per_layer": not per_layer, "attention_factor": att}),
+        ("kernel factors 1.0", {"per_layer": per_layer}),
+        ("kernel factors 1.0, + host term per packed-attention q x kv pair", {"extra": "pairs"}),
+        ("+ host term per KV token read", {"extra": "kv", "attention_factor": att}),
+        (
+            "host launches overlap the GPU: max(GPU, host) + serial",
+            {"overlap": True, "attention_factor": att},
+        ),
+        (
+            "forward (GPU + per-layer host) and outside-forward time (per step) fitted apart",
+            {"split_forward": True, "attention_factor": att},
+        ),
+    ):
+        if kw.get("split_forward") and not any(served[i].forward_s for i in fits[-1].split.train):
+            continue
+        others.append(fit_engine("transformers", served, served_set, ff, variant=variant, **kw))
+    return fits, others
+
+
+def fit_stage(inp: FitInputs) -> FitOutputs:
+    """Fit each profile (and the alternatives the report compares it with) and build the profiles and report."""
+    args, raw = inp.args, inp.raw
+    ops = inp.operators[0] if inp.operators else None
+    static = [r for r in raw.rows if r.metric != "step_s"]
+    served = [r for r in raw.rows if r.metric == "step_s"]
+    per_layer = not args.host_per_step
+    other_host = "host terms per layer" if args.host_per_step else "host terms per step, not per layer"
+    fits, others = [], []
+    for rows, stage in ((static, _static_fits), (served, _served_fits)):
+        if rows:
+            f, o = stage(inp, rows, per_layer, other_host)
+            fits += f
+            others += o
+    if any(Layout.of(s).packed for s in raw.settings.values()):
+        flat = [
+            r
+            for r in read_runs(inp.folder, args.gpu, per_sequence_attention=True, operators=ops).rows
+            if r.metric == "step_s"
+        ]
+        others.append(
+            fit_engine(
+                "transformers", flat, inp.served_set, args.fit_factors, per_layer,
+                "attention per sequence (factor fitted)", attention_factor=not args.fit_factors,
+            )
+        )  # fmt: skip
+    profiles = [build_profile(f, raw, args.gpu, inp.command, str(inp.table), inp.operators) for f in fits]
+    text = markdown(fits, others, raw, inp.command, ops)
+    served_fit = next((f for f in fits if f.name == "transformers"), None)
+    if served_fit is not None and not args.no_phases:
+        pf = fit_phases(run_steps(served_fit, served_fit.split.train))
+        i = fits.index(served_fit)
+        profiles[i] = with_phases(profiles[i], pf)
+        text += "\n".join(phases_section(served_fit, pf)) + "\n"
+    return FitOutputs(profiles, text)
+
+
+# ---------------------------------------------------------------- host phases (calibrate/host_phases.py)
+def run_steps(ef: EngineFit, idx: np.ndarray) -> list[RunSteps]:
+    """The served rows at `idx`, one RunSteps per raw file and run, in step order."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for i in idx:
+        r = ef.rows[i]
+        if r.metric == "step_s":
+            groups.setdefault((r.file, r.run), []).append(r)
+    out = []
+    for (file, run), rows in groups.items():
+        gpu, host, meas, _ = _columns(rows, ef.fit.per_layer, ef.fit.extra)
+        name = f"{rows[0].model} {run} ({Path(file).parent.name})"
+        out.append(RunSteps(name, meas, gpu[:, :4] @ ef.fit.factors + gpu[:, 4], host @ ef.fit.host_s))
+    return out
+
+
+def with_phases(p: EngineProfile, pf: PhaseFit) -> EngineProfile:
+    """The profile with its fitted host phases (source: the host terms' fit, the same runs)."""
+    phases = HostPhases(
+        log_mean=round(pf.log_mean, 4),
+        log_std=round(pf.log_std, 4),
+        correlation_s=float(f"{pf.correlation_s:.4g}"),
+        stall_rate_per_s=float(f"{pf.stall_rate_per_s:.4g}"),
+        stall_s=round(pf.stall_s, 3),
+        source="fit",
+    )
+    note = (
+        f" Host phases (host.phases, fitted on the same steps): the host terms' level drifts over wall time "
+        f"(mean multiplier {pf.mean_multiplier:.3f}, log spread {pf.log_std:.3f}, correlation "
+        f"{pf.correlation_s:.2f} s) and the loop stalls {pf.stall_rate_per_s * 60:.2f} times a minute for "
+        f"{pf.stall_s:.2f} s; the simulator draws both from the scenario's seed (simulator/host_phases.py)."
+    )
+    return p.model_copy(
+        update={"host": p.host.model_copy(update={"phases": phases}), "notes": p.notes + note}
+    )
+
+
+def phases_section(ef: EngineFit, pf: PhaseFit) -> list[str]:
+    """The fitted phases, and the same statistics of each held-out run (shown to compare, not fitted)."""
+    lines = [
+        "## Host phases and stalls (host.phases)",
+        "",
+        "A step's host multiplier is (measured - GPU) / fitted host seconds; calibrate/host_phases.py fits its "
+        "level, spread and correlation time, and the stalls, on the fitted runs only. The held-out runs' own "
+        "statistics are shown to compare (their steps' start times are the sum of the usable steps before).",
+        "",
+        *TABLE_HEAD,
+        describe("fitted: " + ", ".join(r.name for r in run_steps(ef, ef.split.train)), pf),
+    ]
+    for r in run_steps(ef, ef.split.held_out):
+        lines.append(describe(f"held-out: {r.name}", fit_phases([r])))
+    return lines + [""]
+
+
+def write_stage(inp: FitInputs, res: FitOutputs) -> None:
+    """Print and write the report, and write each profile."""
+    print(res.text)
+    inp.table.write_text(res.text)
+    for p in res.profiles:
+        write_engine_profile(
+            p, inp.out / f"{p.name}.yaml", header=f"{p.display_name} on {p.gpu}: written by {inp.command}"
+        )
+        print(f"wrote {inp.out / (p.name + '.yaml')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        inp = read_stage(argv)
+        res = fit_stage(inp)
+        inp.out.mkdir(parents=True, exist_ok=True)
+        inp.table.parent.mkdir(parents=True, exist_ok=True)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(text)
-    table.write_text(text)
-    for p in profiles:
-        write_engine_profile(
-            p, out / f"{p.name}.yaml", header=f"{p.display_name} on {p.gpu}: written by {command}"
-        )
-        print(f"wrote {out / (p.name + '.yaml')}")
+    write_stage(inp, res)
     return 0
 
 

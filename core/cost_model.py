@@ -276,6 +276,7 @@ class CostModel:
         self.host_seq = e.serving_per_sequence_s if serving_host else 0.0
         self.host_prompt = e.serving_prompt_step_s if serving_host else 0.0
         self.host_token = 0.0  # the engine's host seconds per prompt token in a step
+        self.host_serial: float | None = None  # HostOverlap: seconds of host_step that overlap nothing
         # kernel factors per group (EngineProfile.kernels), and the packed attention layout with its paddings
         self.k_gemm = self.k_prefill = self.k_decode = self.k_elementwise = 1.0
         self.packed, self.q_pad, self.kv_pad = False, 1, 1
@@ -293,6 +294,9 @@ class CostModel:
         if h.per_sequence_s.value:
             self.host_seq += per * h.per_sequence_s.value
         self.host_token = per * h.per_prompt_token_s.value
+        if h.overlap is not None:  # launches overlap the GPU: a step is max(GPU, host terms) + serial
+            self.host_serial = h.overlap.serial_s.value
+            self.host_step += self.host_serial
         self.k_gemm, self.k_prefill = k.gemm, k.attention_prefill
         self.k_decode, self.k_elementwise = k.attention_decode, k.elementwise
         self.packed = k.attention_layout == "packed"
@@ -496,6 +500,15 @@ class CostModel:
         t = self.eff.step_overhead_s + self.host_step + seqs * (self.eff.per_sequence_s + self.host_seq)
         return t + self.host_prompt if prompt else t
 
+    def host_time(self, b: BatchShape) -> float:
+        """The serving loop's host seconds in one step of `b` (what an engine's host phases scale)."""
+        t = (
+            self.host_step
+            + (b.decode_seqs + b.prefill_seqs) * self.host_seq
+            + self.host_token * b.prefill_tokens
+        )
+        return t + self.host_prompt if b.prefill_tokens else t
+
     def scaled(self, compute: float = 1.0, memory: float = 1.0) -> CostModel:
         """This cost model on a GPU `compute`× faster at arithmetic and `memory`× at memory bandwidth
         (simulator/breakdown.py asks which of the two would shorten a group: what bounds it)."""
@@ -528,7 +541,15 @@ class CostModel:
             out["overhead"] += self.host_token * b.prefill_tokens
         if self.eager_floor and (b.prefill_tokens or (self.eager_decode and tokens)):
             out["launch_wait"] = max(0.0, self.eager_floor - sum(out.values()))
+        if self.host_serial is not None and tokens:
+            out["host_overlapped"] = -self._overlapped(sum(out.values()), b)
         return out
+
+    def _overlapped(self, total: float, b: BatchShape) -> float:
+        """HostOverlap: the seconds of a step of `total` seconds (GPU + host summed) that its host terms and its
+        GPU work run side by side: the shorter of the two."""
+        h = self.host_time(b) - self.host_serial
+        return max(0.0, min(total - h - self.host_serial, h))
 
     def step_time(self, b: BatchShape) -> float:
         """Seconds for one step of the batch."""
@@ -562,6 +583,9 @@ class CostModel:
             # the host is still launching: split the wait too
             prompt += (self.eager_floor - total) * frac
             total = self.eager_floor
+        if self.host_serial is not None and tokens:
+            hidden = self._overlapped(total, b)
+            prompt, total = prompt * (1.0 - hidden / total), total - hidden
         return total, prompt
 
     def _decode_fixed(self, n: int) -> float:
@@ -591,6 +615,9 @@ class CostModel:
             if self.k_decode != 1.0:
                 attn = attn * self.k_decode
         t = self._decode_fixed(n) + attn
+        if self.host_serial is not None:  # HostOverlap: less the shorter of host terms and GPU work
+            h = self.host_step + n * self.host_seq - self.host_serial
+            t = t - np.maximum(np.minimum(t - h - self.host_serial, h), 0.0)
         return np.maximum(t, self.eager_decode) if self.eager_decode else t
 
     def _decode_coeffs(self, n: int) -> tuple[float, float, float, float, float, int]:
@@ -638,6 +665,8 @@ class CostModel:
         """
         m = self.model
         if self.packed and self.kv_pad != 1:  # keys padded: a staircase, costed step by step
+            return None
+        if self.host_serial is not None:  # HostOverlap's max: costed step by step
             return None
         ctx1 = ctx0 + n * (k - 1)
         if m.sliding_layers and not self.packed:

@@ -22,6 +22,9 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
   only `ours` sets it; then `CostModel(..., serving_host=True)` as today. With `false`,
   `CostModel(..., serving_host=False)` and these three terms are the engine's whole host time (launches
   of an eager engine included: `cuda_graphs: none` adds no launch floor).
+  `overlap` (optional): the host terms run alongside the GPU's kernels, a step taking the longer of the two
+  plus `overlap.serial_s` (transformers' `generate`). `phases` (optional): the host time's level drifts over wall time and stalls now and then (transformers'
+  manager); the continuous loop then costs each step alone and scales its host time by a seeded draw.
 - `kernels`: each operation group's time from the GPU profile's fitted curves is multiplied by its
   factor (`gemm`, `attention_prefill` — the fresh-prompt kernel too —, `attention_decode`,
   `elementwise`); 1.0 is the GPU profile's own kernels. `attention_layout: packed` replaces the step's
@@ -37,6 +40,7 @@ How the simulator uses each field (the wiring of issue 11; `ours` reproduces tod
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -162,6 +166,34 @@ class OperatorCounts(_Strict):
         return (c.per_layer * num_layers + c.per_forward) / self.reference_per_layer
 
 
+class HostPhases(_Strict):
+    """An engine's host time drifting over wall time: each step's host time (`host_time()`) is multiplied by
+    exp(x(t)), x an Ornstein-Uhlenbeck process (mean `log_mean`, stationary spread `log_std`, correlation time
+    `correlation_s`) drawn from the scenario's seed, and a step pays a stall of `stall_s` with probability
+    1 - exp(-stall_rate_per_s x its seconds) (simulator/host_phases.py; fitted by calibrate/host_phases.py)."""
+
+    log_mean: float = Field(ge=-2.0, le=2.0, description="mean of the log multiplier on the host terms")
+    log_std: float = Field(ge=0.0, le=2.0, description="stationary standard deviation of the log multiplier")
+    correlation_s: float = Field(
+        gt=0.0, le=3600.0, description="seconds over which the multiplier keeps its level"
+    )
+    stall_rate_per_s: float = Field(ge=0.0, le=10.0, description="stalls per second of serving")
+    stall_s: float = Field(ge=0.0, le=60.0, description="seconds one stall adds to its step")
+    source: str = Field(min_length=1, description="a key of `sources`")
+
+    def mean_multiplier(self) -> float:
+        """The long-run mean of exp(x): what the host terms are scaled by on average."""
+        return math.exp(self.log_mean + self.log_std**2 / 2)
+
+
+class HostOverlap(_Strict):
+    """The host's launches run ahead of the GPU's kernels (an eager engine launches asynchronously): a step takes
+    the longer of its GPU time and its host terms, plus `serial_s` that overlaps nothing (the wait for the step's
+    tokens, sampling, the loop's own bookkeeping)."""
+
+    serial_s: Figure = Field(description="seconds per step outside the overlap (not per layer)")
+
+
 class HostTime(_Strict):
     """Time a step spends outside the GPU's kernels, seconds."""
 
@@ -180,6 +212,14 @@ class HostTime(_Strict):
         None,
         description="per_layer: count each model's layers by the operators it launches (its architecture's "
         "count over the fitted layer's); absent: by num_layers",
+    )
+    overlap: HostOverlap | None = Field(
+        None,
+        description="the host terms overlap the GPU's time (a step takes the longer); absent: they add to it",
+    )
+    phases: HostPhases | None = Field(
+        None,
+        description="the host time's drift over wall time and its stalls; absent: every step as the terms say",
     )
 
 
@@ -284,6 +324,10 @@ def _source_refs(p: EngineProfile) -> list[tuple[str, str]]:
         refs.append((f"host.{f}.source", getattr(p.host, f).source))
     if p.host.operators is not None:
         refs.append(("host.operators.source", p.host.operators.source))
+    if p.host.overlap is not None:
+        refs.append(("host.overlap.serial_s.source", p.host.overlap.serial_s.source))
+    if p.host.phases is not None:
+        refs.append(("host.phases.source", p.host.phases.source))
     return refs
 
 

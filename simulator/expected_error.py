@@ -16,7 +16,10 @@ largest median is shown (the band a reader should expect, not the best case).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import numpy as np
 
 from core.engine_profile import EngineProfile, transferred
 from core.hardware import HardwareProfile
@@ -68,6 +71,33 @@ def fidelity_table(gpu: str) -> tuple[dict[str, float], str] | None:
     return (_widest(pairs), f"benchmarks/results/{path.name}") if pairs else None
 
 
+# a fidelity row's figures (benchmarks/fidelity_transformers.py's json) by headline quantity
+ROW_QUANTITY = {"ttft_p50_s": "ttft", "ttft_p90_s": "ttft", "tpot_p50_s": "tpot", "tpot_p90_s": "tpot",
+                "output_tokens_per_s": "throughput", "ttft_s": "ttft", "decode_s_per_token": "tpot"}  # fmt: skip
+
+
+def engine_fidelity(engine: EngineProfile) -> tuple[dict[str, float], str] | None:
+    """Median |error| per quantity of the held-out end-to-end rows this profile ran in
+    benchmarks/results/fidelity_ENGINE_GPU.json (the simulator against the engine's measured runs), if any."""
+    path = FIDELITY_DIR / f"fidelity_{engine.engine}_{engine.gpu}.json"
+    if engine.gpu is None or not path.is_file():
+        return None
+    try:
+        rows = [r for r in json.loads(path.read_text())["rows"] if r.get("profile") == engine.name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    pairs = []
+    for key, q in ROW_QUANTITY.items():
+        errs = [
+            abs(r["simulated"][key] / r["measured"][key] - 1.0) * 100.0
+            for r in rows
+            if not r.get("fitted") and r["measured"].get(key) and r["simulated"].get(key) is not None
+        ]
+        if errs:
+            pairs.append((q, float(np.median(errs))))
+    return (_widest(pairs), f"benchmarks/results/{path.name}") if pairs else None
+
+
 def expected_error(engine: EngineProfile, engine_named: bool, gpu: HardwareProfile) -> dict:
     """summary["expected_error"]: status (validated, transferred, unvalidated), the basis in words, the
     percentages per headline quantity, and the line a terminal, page or report shows."""
@@ -77,6 +107,10 @@ def expected_error(engine: EngineProfile, engine_named: bool, gpu: HardwareProfi
         moved = transferred(engine, gpu.name)
         status = "transferred" if moved else "validated"
         basis = f"engine profile {engine.name}: held-out checks ({engine.validation.table})"
+        e2e = engine_fidelity(engine)
+        if e2e is not None:  # the end-to-end rows, where the engine's runs were replayed
+            figures |= e2e[0]
+            basis += f" and held-out end-to-end rows ({e2e[1]})"
         if moved:
             basis += f", made on {engine.gpu}, not on {gpu.name}"
     elif engine.host.gpu_profile_loop and gpu.is_calibrated:  # our engine on a GPU it was calibrated on

@@ -61,10 +61,12 @@ class Replica:
         group_index: int = 0,
         draft_time=None,
         run_cap: int = RUN_CAP,
+        host_phases=None,
     ) -> None:
         """`group` (simulator/cluster.py's Group) and `group_index`: where this replica was deployed;
         `draft_time`: speculative decoding's drafting cost (simulator/speculative.py's DraftCost);
-        `run_cap`: most decode steps costed in one event (1: one at a time, to check the shortcut)."""
+        `run_cap`: most decode steps costed in one event (1: one at a time, to check the shortcut);
+        `host_phases`: the engine's host-time drift (simulator/host_phases.py's HostPhaseClock; run_cap 1)."""
         self.env, self.index = env, index
         self.group, self.group_index = group, group_index
         self.scheduler, self.cost, self.table, self.stats = scheduler, cost, table, stats
@@ -94,6 +96,7 @@ class Replica:
         self.draft_time = draft_time  # speculative decoding: seconds of drafting for (n sequences, context)
         self._due: list[int] = []  # finishes inside a run whose callbacks fire when the run's event ends
         self.run_cap = run_cap
+        self.host_phases = host_phases
         # A source whose arrivals only this replica takes (ReplicaHooks.arrivals): the replica then
         # reads them at its step boundaries instead of being sent each one by an event.
         self.arrivals = None
@@ -195,6 +198,9 @@ class Replica:
             dt, prefill_s = cost.step_split(batch.shape)
             if self.draft_time is not None:
                 dt, prefill_s = self._with_drafting(batch, dt, prefill_s)
+            if self.host_phases is not None:  # the engine's host level now (simulator/host_phases.py)
+                extra = self.host_phases.extra(now, cost.host_time(batch.shape), dt)
+                dt, prefill_s = dt + extra, prefill_s * (1.0 + extra / dt) if dt else prefill_s
             start = now
             if pulling:
                 now += dt

@@ -33,6 +33,7 @@ from simulator.cluster import (
 from simulator.concurrency import ClientGate, client_gate, client_wait
 from simulator.day import DayRecord, build_autoscaler, day_summary
 from simulator.disaggregation import Disaggregated
+from simulator.host_phases import HostPhaseClock
 from simulator.memory import MemoryPlan
 from simulator.metrics import Fleet, RunRecord, SchedulerCounts, Setup, summarize
 from simulator.rate_schedule import offered
@@ -165,8 +166,11 @@ def _engine(b: _Build, index: int, gi: int, g: Group, max_seqs: int, blocks: int
                                  engine=g.engine, serving_host=False)  # fmt: skip
         draft_time = DraftCost(spec, cost, draft_cost, in_graph)
     static = sv.batching.mode == "static"
+    phases = g.engine.host.phases if g.engine is not None else None
+    clock = HostPhaseClock(phases, scenario.seed, index) if phases is not None else None
     return Replica(b.env, index, sched, cost, table, StepStats(b.interval_s), static, g.role, group=g,
-                   group_index=gi, draft_time=draft_time, run_cap=1 if b.step_by_step else RUN_CAP)  # fmt: skip
+                   group_index=gi, draft_time=draft_time, run_cap=1 if b.step_by_step or clock else RUN_CAP,
+                   host_phases=clock)  # fmt: skip
 
 
 def _eligibility(scenario: Scenario, model: ModelSpec, groups: list[Group], reqs: Requests):

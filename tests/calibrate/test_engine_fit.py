@@ -67,6 +67,21 @@ def test_fit_can_recover_a_kernel_factor_when_asked():
     np.testing.assert_allclose(fit.host_s, TRUE_HOST_S, rtol=1e-3)
 
 
+def test_an_overlapping_fit_recovers_max_of_gpu_and_host_plus_serial():
+    rows = synthetic_rows(5)
+    serial = 3e-3
+    for r in rows:  # the host's launches run alongside the GPU: the longer of the two, plus a serial part
+        host = r.layers * (TRUE_HOST_S[0] + TRUE_HOST_S[1] * r.seqs + TRUE_HOST_S[2] * r.prompt_tokens)
+        r.measured_s = max(float(r.gpu_s.sum()), host) + serial
+    fit = fit_host(rows, overlap=True)
+    assert fit.serial_s == pytest.approx(serial, rel=1e-3)
+    np.testing.assert_allclose(fit.host_s, TRUE_HOST_S, rtol=1e-3)
+    np.testing.assert_allclose(predict(rows, fit), [r.measured_s for r in rows], rtol=1e-4)
+    # the additive fit cannot match these rows
+    add = fit_host(rows)
+    assert np.median(np.abs(predict(rows, add) / [r.measured_s for r in rows] - 1)) > 0.01
+
+
 def test_held_out_rows_are_never_fitted():
     rows = synthetic_rows(5, models=("a", "b", "c"))
     split = Split.by_model(rows, {"a"})

@@ -18,9 +18,20 @@ ROOT = Path(__file__).resolve().parents[2]
 RAW = ROOT / "calibration_runs" / "transformers_h200" / "session5" / "transformers_llama-3.1-8b_h200.json"
 
 
-def profile_with(**kernels) -> EngineProfile:
-    """The transformers-generate profile (per-sequence attention) with other kernel factors."""
+def additive() -> dict:
+    """The transformers-generate profile (per-sequence attention) with its host terms added to the GPU's time
+    (its host.overlap left out: test_overlapping_host_terms_take_the_longer_of_host_and_gpu checks that)."""
     data = yaml.safe_load((ENGINE_DIR / "transformers-generate.yaml").read_text())
+    data["host"].pop("overlap", None)
+    return data
+
+
+def profile_with(**kernels) -> EngineProfile:
+    """The additive transformers-generate profile with kernel factors 1.0 but those given."""
+    data = additive()
+    data["kernels"].update(
+        {"gemm": 1.0, "attention_prefill": 1.0, "attention_decode": 1.0, "elementwise": 1.0}
+    )
     data["kernels"].update(kernels)
     return EngineProfile.model_validate(data)
 
@@ -53,7 +64,7 @@ def test_host_terms_add_per_layer_to_the_gpu_time_of_a_step():
     """transformers-generate (factors 1.0, per-sequence attention): a step is the GPU-only cost model's time plus
     (per_step + n · per_sequence + p · per_prompt_token) · layers, the GPU profile's serving loop left out."""
     p, m = load_profile("h200"), load_model("llama-3.1-8b")
-    eng = load_engine_profile("transformers-generate")
+    eng = profile_with()
     gpu_only = CostModel(p, m, serving_host=False)
     cm = CostModel(
         p, m, engine=eng, eager_prefill=True, eager_decode=True
@@ -80,11 +91,12 @@ def test_host_terms_add_per_layer_to_the_gpu_time_of_a_step():
 
 
 def test_a_host_term_per_prompt_token_counts_in_the_step_and_its_prompt_part():
-    data = yaml.safe_load((ENGINE_DIR / "transformers-generate.yaml").read_text())
+    data = additive()
     data["host"]["per_prompt_token_s"]["value"] = 1e-7
     eng = EngineProfile.model_validate(data)
     p, m = load_profile("h200"), load_model("llama-3.1-8b")
-    base = CostModel(p, m, engine=load_engine_profile("transformers-generate"))
+    data["host"]["per_prompt_token_s"]["value"] = 0.0
+    base = CostModel(p, m, engine=EngineProfile.model_validate(data))
     cm = CostModel(p, m, engine=eng)
     b = BatchShape.of([(1000, 0)], [500, 600], fresh=cm.fresh)
     extra = eng.host_layers(m.num_layers, m.model_type) * 1e-7 * 1000
@@ -215,3 +227,32 @@ def test_packed_decode_line_equals_stepping(model):
     data = yaml.safe_load((ENGINE_DIR / "transformers.yaml").read_text())
     data["kernels"].update(kv_padding_tokens=16384)
     assert CostModel(p, m, engine=EngineProfile.model_validate(data)).decode_step_line(7, 14000, 64) is None
+
+
+def test_overlapping_host_terms_take_the_longer_of_host_and_gpu():
+    """host.overlap (transformers-generate): a step is max(GPU time, host terms) + serial_s, in every path that
+    costs a step (breakdown, step_split, the static loop's decode times), and decode runs are costed step by step."""
+    p, m = load_profile("h200"), load_model("llama-3.1-8b")
+    eng = load_engine_profile("transformers-generate")
+    assert eng.host.overlap is not None
+    serial = eng.host.overlap.serial_s.value
+    data = additive()  # the same kernels, no host terms
+    for term in ("per_step_s", "per_sequence_s", "per_prompt_token_s"):
+        data["host"][term]["value"] = 0.0
+    cm, gpu_only = CostModel(p, m, engine=eng), CostModel(p, m, engine=EngineProfile.model_validate(data))
+    L = eng.host_layers(m.num_layers, m.model_type)
+    one, long = BatchShape.of([], [2048]), BatchShape.of([(8192, 0)], fresh=cm.fresh, logits_tokens=1)
+    for b, host_bound in ((one, True), (long, False)):
+        seqs = b.decode_seqs + b.prefill_seqs
+        h = eng.host_time(m.num_layers, seqs, b.prefill_tokens, m.model_type)
+        g = gpu_only.step_time(b)
+        assert (h > g) == host_bound  # batch-1 decode waits on the host, a long prompt on the GPU
+        assert cm.step_time(b) == pytest.approx(max(g, h) + serial, rel=1e-12)
+        assert cm.step_split(b)[0] == pytest.approx(cm.step_time(b), rel=1e-12)
+    assert cm.breakdown(one)["host_overlapped"] < 0
+    assert L * eng.host.per_step_s.value + serial == pytest.approx(
+        cm.host_time(BatchShape.of([], [1])) - L * eng.host.per_sequence_s.value
+    )
+    times = cm.decode_step_times(1, np.array([2048, 2049]))
+    assert times[0] == pytest.approx(cm.step_time(one), rel=1e-12)
+    assert cm.decode_step_line(1, 2048, 10) is None

@@ -126,6 +126,19 @@ def test_host_time_per_layer_multiplies_every_term():
             lambda d: d["host"]["per_step_s"].update(source="nowhere"),
             ["host.per_step_s.source", "'nowhere'", "add a"],
         ),
+        (
+            lambda d: d["host"]["phases"].update(correlation_s=0),
+            ["host.phases.correlation_s", "greater than 0"],
+        ),
+        (
+            lambda d: d["host"]["phases"].update(log_std=-0.1),
+            ["host.phases.log_std", "greater than or equal"],
+        ),
+        (lambda d: d["host"]["phases"].pop("stall_s"), ["host.phases.stall_s", "missing; add it"]),
+        (
+            lambda d: d["host"]["phases"].update(source="nowhere"),
+            ["host.phases.source", "'nowhere'", "add a"],
+        ),
     ],
 )
 def test_bad_profile_is_one_line_naming_the_field_and_the_fix(tmp_path, edit, needles):

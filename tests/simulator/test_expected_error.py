@@ -40,3 +40,31 @@ def test_every_forecast_carries_it():
                                  "workload": {"arrival": {"process": "poisson", "rate_per_s": 1},
                                               "num_requests": 20}})).summary  # fmt: skip
     assert s["expected_error"]["status"] == "unvalidated"
+
+
+def test_an_engine_profile_carries_its_held_out_end_to_end_rows(tmp_path, monkeypatch):
+    import json
+
+    import simulator.expected_error as ee
+
+    tf = load_engine_profile("transformers")
+    row = {"kind": "served", "profile": "transformers", "fitted": False}
+    rows = [
+        row | {"measured": {"ttft_p50_s": 1.0, "ttft_p90_s": 2.0, "tpot_p50_s": 0.1, "output_tokens_per_s": 100.0},
+               "simulated": {"ttft_p50_s": 1.1, "ttft_p90_s": 1.5, "tpot_p50_s": 0.09, "output_tokens_per_s": 103.0}},
+        row | {"fitted": True, "measured": {"ttft_p50_s": 1.0}, "simulated": {"ttft_p50_s": 9.0}},  # not a check
+        row | {"profile": "transformers-generate", "measured": {"ttft_s": 1.0}, "simulated": {"ttft_s": 3.0}},
+    ]  # fmt: skip
+    (tmp_path / f"fidelity_transformers_{tf.gpu}.json").write_text(json.dumps({"rows": rows}))
+    monkeypatch.setattr(ee, "FIDELITY_DIR", tmp_path)
+    e = expected_error(tf, True, load_profile(tf.gpu))
+    # TTFT: the wider of p50 (10%) and p90 (25%); TPOT 10%; throughput 3%; the fitted and other-profile rows left out
+    assert e["ttft_pct"] == pytest.approx(25.0) and e["tpot_pct"] == pytest.approx(10.0)
+    assert e["throughput_pct"] == pytest.approx(3.0)
+    assert f"fidelity_transformers_{tf.gpu}.json" in e["line"] and "TTFT ±25%" in e["line"]
+    # the shipped table: the band is at least the held-out served rows' medians (issue 11's figures)
+    monkeypatch.setattr(ee, "FIDELITY_DIR", FIDELITY_DIR)
+    shipped = json.loads((FIDELITY_DIR / f"fidelity_transformers_{tf.gpu}.json").read_text())
+    med = shipped["bar"]["held_out_median_abs_error"]
+    e = expected_error(tf, True, load_profile(tf.gpu))
+    assert e["tpot_pct"] >= 100 * med["tpot_p50_s"] - 1e-9 and e["ttft_pct"] >= 100 * med["ttft_p90_s"] - 1e-9
