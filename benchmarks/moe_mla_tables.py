@@ -1,5 +1,6 @@
 """Tables from a raw run of benchmarks/moe_mla_gpu.py: the MoE/MLA bars and the Mixtral / DeepSeek fidelity rows.
 
+    cp <the run's $OUT files>/* benchmarks/results/moe_mla/h200/          # moe_mla_raw.json and the row CSVs
     python benchmarks/moe_mla_tables.py                                   # benchmarks/results/moe_mla/h200
     python benchmarks/moe_mla_tables.py --raw DIR --results benchmarks/results
 
