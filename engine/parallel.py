@@ -174,27 +174,25 @@ def _finish(model: Transformer, quant: str | None, max_position: int | None) -> 
         quantize_linears(model.layers, quant)
 
 
-def _dtypes(dtype: str) -> tuple[str | None, torch.dtype]:
-    quant = dtype if dtype in ("fp8", "int8", "int4") else None
-    return quant, DTYPES["bf16" if quant else dtype]
-
-
-def build_tp_model(
+def _options(
     spec: ModelSpec,
-    tp: int,
-    rank: int,
-    group=None,
     dtype: str = "bf16",
     device: str = "cuda",
     num_layers: int | None = None,
     seed: int = 0,
     max_position: int | None = None,
-) -> Transformer:
-    """rank's shard of `build_model(spec, dtype, device, num_layers, seed)`, its row-parallel projections
-    all-reducing over `group` (the default group if None). Call `allocate_kv` as for a one-process model:
-    the pools hold this rank's KV heads."""
+) -> tuple:
+    """build_model's keywords: (layers, quantized dtype or None, torch dtype, device, seed, max_position)."""
     n = spec.num_layers if num_layers is None else int(num_layers)
-    quant, tdtype = _dtypes(dtype)
+    quant = dtype if dtype in ("fp8", "int8", "int4") else None
+    return n, quant, DTYPES["bf16" if quant else dtype], device, seed, max_position
+
+
+def build_tp_model(spec: ModelSpec, tp: int, rank: int, group=None, **build) -> Transformer:
+    """rank's shard of `build_model(spec, **build)` (dtype, device, num_layers, seed, max_position), its
+    row-parallel projections all-reducing over `group` (the default group if None). Call `allocate_kv` as
+    for a one-process model: the pools hold this rank's KV heads."""
+    n, quant, tdtype, device, seed, max_position = _options(spec, **build)
     local_spec = tp_spec(spec, tp)
     h, vl = spec.hidden_size, vocab_shard(spec.vocab_size, tp)
     with torch.device("meta"):
@@ -263,24 +261,14 @@ class PipelineStage(Transformer):
 
 
 def build_stage_model(
-    spec: ModelSpec,
-    pp: int,
-    stage: int,
-    ranks: list[int] | None = None,
-    group=None,
-    dtype: str = "bf16",
-    device: str = "cuda",
-    num_layers: int | None = None,
-    seed: int = 0,
-    max_position: int | None = None,
+    spec: ModelSpec, pp: int, stage: int, ranks: list[int] | None = None, group=None, **build
 ) -> PipelineStage:
-    """Stage `stage` of `pp` of `build_model(spec, dtype, device, num_layers, seed)`: its layers' weights
-    exactly the one-process model's. `ranks[s]` is the global rank of stage s (default: s)."""
-    n = spec.num_layers if num_layers is None else int(num_layers)
+    """Stage `stage` of `pp` of `build_model(spec, **build)`: its layers' weights exactly the one-process
+    model's. `ranks[s]` is the global rank of stage s (default: s)."""
     if spec.is_mla:
         raise ConfigError(f"pipeline stages in the engine cover standard attention; {spec.name} is MLA")
+    n, quant, tdtype, device, seed, max_position = _options(spec, **build)
     layers = stage_layers(n, pp, stage)
-    quant, tdtype = _dtypes(dtype)
     with torch.device("meta"):
         model = PipelineStage(spec, layers, pp, stage, ranks or list(range(pp)), group).to(tdtype)
     model = model.to_empty(device=device)
