@@ -19,7 +19,7 @@ from core.requests import Requests
 from engine import distributed
 from engine.distributed import Channel, LeaderExecutor, follow
 from engine.model import build_model
-from engine.parallel import build_tp_model, kv_heads_of, stage_layers, tp_shard, tp_spec
+from engine.parallel import build_stage_model, build_tp_model, kv_heads_of, stage_layers, tp_shard, tp_spec
 from engine.serving import Executor, serve
 
 BASE = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
@@ -96,6 +96,32 @@ def test_tp2_greedy_tokens_equal_one_process():
         ids, preemptions, compactions = res[0][key]
         assert preemptions == ref.scheduler.num_preemptions > 0 and compactions == ex.compactions > 0, key
         assert res[1][key] > 0  # the follower ran the steps
+        np.testing.assert_array_equal(ids, ref.ids, err_msg=key)
+
+
+def _pp_rank(rank, world, init):
+    d = distributed.init("gloo", rank, world, init)
+    out = {}
+    for key, spec in SPECS.items():
+        model = build_stage_model(spec, world, rank, dtype="fp32", device="cpu")
+        channel = Channel(world - 1, d.control)  # the last stage holds the logits: it leads
+        if rank == world - 1:
+            ex, run = serve_one(model, LeaderExecutor, channel=channel)
+            ex.stop()
+            out[key] = (run.ids, list(model.layer_ids))
+        else:
+            ex = Executor(model, pool_and_tokens(requests())[1], 8, device="cpu")
+            out[key] = (follow(ex, channel), list(model.layer_ids))
+    return out
+
+
+def test_pp2_greedy_tokens_equal_one_process():
+    refs = {key: serve_one(build_model(spec, dtype="fp32", device="cpu"))[1] for key, spec in SPECS.items()}
+    res = launch(_pp_rank, 2)
+    for key, ref in refs.items():
+        ids, last_layers = res[1][key]
+        steps, first_layers = res[0][key]
+        assert first_layers == [0, 1] and last_layers == [2] and steps == ref.steps
         np.testing.assert_array_equal(ids, ref.ids, err_msg=key)
 
 
