@@ -15,7 +15,10 @@ device of this rank.
 from __future__ import annotations
 
 import os
+import pickle
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -105,3 +108,23 @@ def follow(executor: Executor, channel: Channel) -> int:
         else:
             Executor.step(executor, msg[1], msg[2])
             steps += 1
+
+
+def spawn_local(fn, world: int, *args) -> list:
+    """Run fn(rank, world, init_method, *args) in `world` forked CPU processes (gloo, a file rendezvous):
+    the CPU path of every multi-process run, as tests and tiny benchmark runs use it. Returns each rank's
+    return value (pickled back), by rank."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as d:
+        mp.start_processes(_child, (fn, world, f"file://{d}/rendezvous", d, args), nprocs=world,
+                           start_method="fork")  # fmt: skip
+        return [pickle.loads(Path(d, f"rank{r}.pkl").read_bytes()) for r in range(world)]
+
+
+def _child(rank: int, fn, world: int, init_method: str, d: str, args: tuple) -> None:
+    torch.set_num_threads(1)  # toy sizes: more threads only contend on a shared machine
+    out = fn(rank, world, init_method, *args)
+    Path(d, f"rank{rank}.pkl").write_bytes(pickle.dumps(out))
+    if dist.is_initialized():
+        dist.destroy_process_group()

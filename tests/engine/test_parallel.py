@@ -3,21 +3,16 @@ the simulator's scheduler and pick the same greedy tokens (preemption and KV com
 
 from __future__ import annotations
 
-import pickle
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from core.errors import ConfigError
 from core.kv_cache import BlockPool
 from core.model_spec import spec_from_config
 from core.requests import Requests
 from engine import distributed
-from engine.distributed import Channel, LeaderExecutor, follow
+from engine.distributed import Channel, LeaderExecutor, follow, spawn_local
 from engine.model import build_model
 from engine.parallel import build_stage_model, build_tp_model, kv_heads_of, stage_layers, tp_shard, tp_spec
 from engine.serving import Executor, serve
@@ -54,24 +49,6 @@ def serve_one(model, ex_cls=Executor, **kw):
     return ex, run
 
 
-def launch(fn, world: int, *args) -> list:
-    """Run fn(rank, world, init_method, out_dir, *args) in `world` forked processes over gloo; each rank's
-    pickled return value, by rank."""
-    with tempfile.TemporaryDirectory() as d:
-        init = f"file://{d}/rendezvous"
-        mp.start_processes(_child, (fn, world, init, d, args), nprocs=world, start_method="fork")
-        return [pickle.loads(Path(d, f"rank{r}.pkl").read_bytes()) for r in range(world)]
-
-
-def _child(rank, fn, world, init, d, args):
-    torch.set_num_threads(1)
-    out = fn(rank, world, init, *args)
-    Path(d, f"rank{rank}.pkl").write_bytes(pickle.dumps(out))
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
-
-
 def _tp_rank(rank, world, init):
     d = distributed.init("gloo", rank, world, init)
     out = {}
@@ -91,7 +68,7 @@ def _tp_rank(rank, world, init):
 
 def test_tp2_greedy_tokens_equal_one_process():
     refs = {key: serve_one(build_model(spec, dtype="fp32", device="cpu")) for key, spec in SPECS.items()}
-    res = launch(_tp_rank, 2)  # forked after the one-process builds: torch's lazy imports are done
+    res = spawn_local(_tp_rank, 2)  # forked after the one-process builds: torch's lazy imports are done
     for key, (ex, ref) in refs.items():
         ids, preemptions, compactions = res[0][key]
         assert preemptions == ref.scheduler.num_preemptions > 0 and compactions == ex.compactions > 0, key
@@ -117,7 +94,7 @@ def _pp_rank(rank, world, init):
 
 def test_pp2_greedy_tokens_equal_one_process():
     refs = {key: serve_one(build_model(spec, dtype="fp32", device="cpu"))[1] for key, spec in SPECS.items()}
-    res = launch(_pp_rank, 2)
+    res = spawn_local(_pp_rank, 2)
     for key, ref in refs.items():
         ids, last_layers = res[1][key]
         steps, first_layers = res[0][key]
