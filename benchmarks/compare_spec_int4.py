@@ -51,7 +51,7 @@ def simulate_spec(rec: dict, refs: dict, raw: dict) -> dict:
     row = gpu.SpecRow(rec["alpha"], rec["k"], rec["load"])
     sc = fd.scenario_for(base, rec["rate_per_s"], rec["duration_s"], refs["profile"], refs["model"],
                          rec["gpu_memory_utilization"])  # fmt: skip
-    sc = gpu.spec_scenario(sc, row, refs["draft"])
+    sc = gpu.spec_scenario(sc, row, refs["draft"], raw["spec_max_batch"], raw.get("round_graphs", False))
     spec, profile = load_model(refs["model"]), load_profile(refs["profile"])
     mem = with_draft_memory(plan_memory(profile, spec, sc.serving), load_model(refs["draft"]), sc.serving)
     if mem.num_blocks != rec.get("sim_kv_blocks", rec["kv_blocks"]):
@@ -131,6 +131,8 @@ def fidelity_lines(rows: list[tuple[dict, dict, dict]]) -> tuple[list[str], bool
         if rec.get("kind") == "spec":
             st = rec["spec_stats"]
             spec = f"{rec['spec_steps']} of {rec['engine_run']['steps']} ({rec['spec_seqs_max']})"
+            if "rounds" in rec:  # rounds replayed as one CUDA graph (engine/speculative.py's RoundGraph)
+                spec += f", {rec['rounds']['graph_rounds']} as graphs"
             acc = f"{st['acceptance']:.2f} / {s.get('spec_tokens_per_round', float('nan')):.2f}"
         else:
             spec, acc = "—", "—"

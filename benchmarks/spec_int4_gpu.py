@@ -1,27 +1,30 @@
 """Speculative decoding and int4 weights in our engine, measured in one run (issue 19); raw runs for the comparison.
 
-One command on the GPU (the first H200 run took 138 s; this one about 7 minutes, estimated: the low-load rows
-are longer) measures, in order:
+One command on the GPU, within --budget-s (default 290 s: a part or row that would not fit is skipped and listed
+under "skipped"; run it again with the same --out and it keeps what is there and measures only the rest), in order:
 
 (a) the int4 weight-only GEMM (engine/quant.py) on Llama-3.1-8B's weight shapes at 1, 4, 16, 512, 2,048 and
-    8,192 tokens: every candidate kernel's time (the layer's own tuner: Triton GEMV / row-per-program GEMV /
-    tiles, torch's int4 kernel, dequantize-then-cuBLAS; each checked against the reference first and dropped
-    with the reason when it fails), the one the layer picks, its error on the full output, against the 4-bit
-    weight-read floor (packed weights + scales at the measured copy bandwidth; up to 16 tokens) and the bf16
-    GEMM (cuBLAS) at the same size;
+    8,192 tokens: every candidate kernel's time (the layer's own tuner: the plane-at-a-time kernel, the I2F
+    GEMV, tiles, torch's int4 kernel, dequantize-then-cuBLAS; each checked against the reference first and
+    dropped with the reason when it fails), the one the layer picks, its error on the full output, against the
+    4-bit weight-read floor (packed weights + scales at the measured copy bandwidth; up to 16 tokens) and the
+    bf16 GEMM (cuBLAS) at the same size;
 (b) an int4 Llama-3.1-8B row on the conversation trace through the real serving loop (engine/serving.py,
-    benchmarks/fidelity.py's machinery);
+    benchmarks/fidelity.py's machinery; every int4 rows bucket tuned at warm-up, before the replay);
 (c) the seed experiment's shape with int4 weights at batch 1: each prompt length 128 … 8,192 alone, its
     TTFT and decode tokens/s;
 (b) then speculative decoding of Llama-3.1-8B with a draft made of its own config cut to DRAFT_LAYERS
-    layers, α ∈ {0.6, 0.8} × k ∈ {2, 4}, at high load (above max_batch: off) and then at low load (speculation
-    on; each low-load trace made longer, at the same rate, until it holds MIN_LOW_REQUESTS requests).
+    layers, α ∈ {0.6, 0.8} × k ∈ {2, 4}, at high load (more than SPEC_MAX_BATCH decoding: off) and then at low
+    load (on; each low-load trace made longer, at the same rate, until it holds MIN_LOW_REQUESTS requests);
+    rounds replay one CUDA graph each where they can (engine/speculative.py's RoundGraph), and each row records
+    where a round's time went ("rounds").
 
 Everything goes into one JSON under --out (plus the log); benchmarks/compare_spec_int4.py then simulates the
 same requests and writes benchmarks/results/fidelity_spec_int4_<profile>.md. Acceptance of drafts is a
 seeded draw at rate α per position (the weights are random; engine/speculative.py).
 
-    python benchmarks/spec_int4_gpu.py --out DIR                 # the GPU run (H200 profile: h200)
+    python benchmarks/spec_int4_gpu.py --out DIR                 # the GPU run (H200 profile: h200), <= 290 s
+    cp OLD/spec_int4_h200.json DIR/ && python benchmarks/spec_int4_gpu.py --out DIR   # resume: only what is missing
     python benchmarks/spec_int4_gpu.py --cpu --tiny --out DIR    # the same code on tiny models (< 1 minute)
 """
 
@@ -52,11 +55,14 @@ from simulator.speculative import with_draft_memory
 from simulator.workload import generate
 
 DRAFT_LAYERS = 4  # the draft: the target's config with this many layers (Llama-3.2-1B's weight reads, about)
-SPEC_MAX_BATCH = 8  # speculation switches off above this many decoding sequences (both sides)
+# speculation switches off above this many decoding sequences (both sides); the first H200 run's 8 was never
+# exceeded at 80% load (at most 8 decoding), so its high-load rows speculated on 99% of steps: 4 makes them switch
+SPEC_MAX_BATCH = 4
 ALPHAS, KS = (0.6, 0.8), (2, 4)
-LOW_LOAD, HIGH_LOAD = 0.1, 0.8  # shares of the simulator's capacity without speculation
-MIN_LOW_REQUESTS = 30  # requests a low-load row replays at least (GPU; its trace grows until it holds them)
-MAX_LOW_DURATION_S = 75.0
+LOW_LOAD, HIGH_LOAD = 0.2, 0.8  # shares of the simulator's capacity without speculation
+MIN_LOW_REQUESTS = 16  # requests a low-load row replays at least (GPU; its trace grows until it holds them)
+MAX_LOW_DURATION_S = 20.0  # ... up to this long (the whole run fits --budget-s)
+BUDGET_S = 290.0  # default --budget-s: the lead's slot for this script on the H200 is about 300 s
 CPU_LOW_LOAD = 0.3  # the tiny CPU rows replay 1.5 s: a few requests at low load
 SEED_PROMPTS = (128, 256, 512, 1024, 2048, 4096, 8192)
 SEED_OUTPUT = 128
@@ -92,10 +98,13 @@ def draft_config(target_ref: str, layers: int, folder: Path) -> str:
     return str(path)
 
 
-def spec_scenario(base: Scenario, row: SpecRow, draft_ref: str) -> Scenario:
-    """The fidelity scenario with speculative decoding on (draft model, k, α, max batch)."""
+def spec_scenario(
+    base: Scenario, row: SpecRow, draft_ref: str, max_batch: int = SPEC_MAX_BATCH, graphed: bool = True
+) -> Scenario:
+    """The fidelity scenario with speculative decoding on (draft model, k, α, max batch; rounds in one graph as
+    the engine runs them, unless `graphed` is off: the first H200 run's step-by-step rounds)."""
     spec = Speculative(method="draft", draft_model=draft_ref, num_speculative_tokens=row.k,
-                       acceptance_rate=row.alpha, max_batch_size=SPEC_MAX_BATCH)  # fmt: skip
+                       acceptance_rate=row.alpha, max_batch_size=max_batch, graphed_rounds=graphed)  # fmt: skip
     return base.model_copy(update={"serving": base.serving.model_copy(update={"speculative": spec})})
 
 
@@ -188,10 +197,19 @@ class SpecHost:
             per_token = sum(m.num_layers * 2 * m.num_kv_heads * m.head_dim * 2 for m in (spec, draft_spec))
             pool_tokens = int((free - reserve) // per_token) - max_batch
         kw = {"device": device, "max_context": ctx, "mixed_seqs": 8 + SPEC_MAX_BATCH}
+        if device == "cpu":  # the graphs' static buffers, run eagerly: the round graphs' path on the CPU too
+            kw.update(static_decode=True, static_mixed=True, mixed_graph_tokens=256)
         self.executor = Executor(self.target, pool_tokens, max_batch, **kw)
         self.draft_executor = Executor(self.draft, pool_tokens, SPEC_MAX_BATCH, **kw)
         self.executor.warmup(log, max_prompt=max_prompt)
         self.draft_executor.warmup(log, max_prompt=max_prompt)
+        from engine.speculative import SpecRun
+
+        self.round_graphs = {}  # k -> the round graphs of every padded batch size (engine/speculative.py)
+        for k in KS:
+            sr = SpecRun(self.draft_executor, k, SPEC_MAX_BATCH)
+            sr.warmup(self.executor, log)
+            self.round_graphs[k] = sr.graphs
         self.pool_tokens = pool_tokens
         log(f"{spec.name} + {DRAFT_LAYERS}-layer draft ({dtype}): built and warmed up in "
             f"{time.perf_counter() - t0:.0f} s, KV pools of {pool_tokens} tokens each")  # fmt: skip
@@ -242,23 +260,41 @@ def run_spec_row(row: SpecRow, args, ctx: dict, host: SpecHost, log) -> dict:
     if blocks < mem.num_blocks:  # noted in the raw run (sim_kv_blocks); the comparison simulates the plan's
         log(f"  warning: the simulator plans {mem.num_blocks} KV blocks, the engine's pool holds {room}")
     log(f"{row.name}: {len(reqs)} requests at {rate:.2f} req/s ({duration:.0f} s), {blocks} KV blocks")
-    deadline = duration * 1.5 + (5 if args.cpu else 20)
-    sr = SpecRun(host.draft_executor, row.k, SPEC_MAX_BATCH, row.alpha, "draw")
+    deadline = min(duration * 1.5 + (5 if args.cpu else 20), max(duration, ctx["left"]() - 5))
+    sr = SpecRun(host.draft_executor, row.k, SPEC_MAX_BATCH, row.alpha, "draw", host.round_graphs[row.k])
     run = serve(host.executor, reqs, BlockPool(blocks, sv.memory.block_size), sv.batching.max_num_seqs,
                 sv.batching.max_num_batched_tokens, sv.batching.chunked_prefill, seed=sc.seed, deadline_s=deadline,
                 log=log, trace=True, spec=sr)  # fmt: skip
     tr = run.step_trace
+    sp = tr["spec_seqs"] > 0
+    # where a round's time goes (means over speculative steps): the round as one graph (share), drafting of the
+    # step-by-step rounds on the host clock, then the verification step or the round's graph (host until
+    # launched, GPU span between CUDA events)
+    rounds = {"steps": int(sp.sum()), "mean_seqs": float(tr["spec_seqs"][sp].mean()) if sp.any() else 0.0,
+              "execute_ms": float(tr["execute_s"][sp].mean() * 1e3) if sp.any() else float("nan"),
+              "draft_ms": run.spec["draft_s"] / max(int(sp.sum()) - run.spec["graph_rounds"], 1) * 1e3,
+              "launch_ms": _mean_ms(tr["launch_s"][sp]), "gpu_ms": _mean_ms(tr["gpu_s"][sp]),
+              "graph_rounds": run.spec["graph_rounds"],
+              "round_graph": float((tr["graph"][sp] == 3).mean()) if sp.any() else float("nan")}  # fmt: skip
     eng = engine_figures(sc, spec, profile, mem, run)
     log(f"  TTFT p50 {fd.ms(eng['ttft_p50'])} ms, TPOT p50 {fd.ms(eng['tpot_p50'])} ms, out tok/s "
         f"{eng['output_tokens_per_s']:.0f}; rounds {run.spec['rounds']}, acceptance {run.spec['acceptance']:.2f}, "
         f"{int((tr['spec_seqs'] > 0).sum())} of {run.steps} steps speculative")  # fmt: skip
+    log(f"  a round: {rounds['execute_ms']:.2f} ms ({rounds['mean_seqs']:.1f} seqs), {rounds['round_graph']:.0%} as one "
+        f"graph; the rest's drafting {rounds['draft_ms']:.2f} ms a round; the verification (or the round's graph) "
+        f"launched in {rounds['launch_ms']:.2f} ms, GPU {rounds['gpu_ms']:.2f} ms")  # fmt: skip
     return {"row": row.name, "kind": "spec", "alpha": row.alpha, "k": row.k, "load": row.load, "rate_per_s": rate,
             "capacity_requests_per_s": ctx["capacity"], "duration_s": duration, "deadline_s": deadline,
             "kv_blocks": blocks, "sim_kv_blocks": mem.num_blocks, "gpu_memory_utilization": util, "requests": requests_dict(reqs),
             "engine": eng, "engine_requests": table_dict(run.table), "spec_stats": run.spec,
-            "engine_run": run_stats(run), "spec_steps": int((tr["spec_seqs"] > 0).sum()),
+            "engine_run": run_stats(run), "spec_steps": int((tr["spec_seqs"] > 0).sum()), "rounds": rounds,
             "spec_seqs_max": int(tr["spec_seqs"].max(initial=0)),
             "decode_seqs_max": int(tr["decode_seqs"].max(initial=0))}  # fmt: skip
+
+
+def _mean_ms(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean() * 1e3) if len(x) else float("nan")
 
 
 def requests_dict(reqs: Requests) -> dict:
@@ -315,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only", default="abc", help="parts to run: a GEMMs, b fidelity rows, c seed shape (default abc)"
     )
+    p.add_argument("--budget-s", type=float, default=BUDGET_S, help=f"seconds the whole run may take (default "
+                   f"{BUDGET_S:.0f}): a part or row that would not fit is skipped and listed under 'skipped'")  # fmt: skip
     p.add_argument("--min-low-requests", type=int, help=f"requests per low-load row, at least (default "
                    f"{MIN_LOW_REQUESTS}; cpu 0): its trace is made longer, not denser")  # fmt: skip
     args = p.parse_args(argv)
@@ -326,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args.device, args.reserve_gib = ("cpu" if args.cpu else "cuda"), None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logf = (out / "spec_int4.log").open("w")
+    logf = (out / "spec_int4.log").open("a")
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -353,11 +391,35 @@ def main(argv: list[str] | None = None) -> int:
         target = int4_model = "llama-3.1-8b"
     result = {"profile": args.profile if not args.cpu else "cpu", "device": args.device, "command":
               "python benchmarks/spec_int4_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "draft_layers": DRAFT_LAYERS, "spec_max_batch": SPEC_MAX_BATCH, "duration_s": args.duration}  # fmt: skip
+              "draft_layers": DRAFT_LAYERS, "spec_max_batch": SPEC_MAX_BATCH, "duration_s": args.duration,
+              "round_graphs": True}  # fmt: skip
     if not args.cpu:
         result["gpu"] = torch.cuda.get_device_name()
         result["torch"] = torch.__version__
     path = out / f"spec_int4_{result['profile']}.json"
+    done: dict = {}
+    if path.exists():  # resume: keep what an earlier run under --out measured, run only the rest
+        done = json.loads(path.read_text())
+        if done.get("spec_max_batch") != SPEC_MAX_BATCH or done.get("device") != result["device"]:
+            done = {}
+        for key in ("gemm", "int4_rows", "seed_shape", "spec_rows", "spec_capacity_requests_per_s", "loads"):
+            if key in done:
+                result[key] = done[key]
+        log(f"resuming {path}: kept {', '.join(k for k in ('gemm', 'int4_rows', 'seed_shape') if k in done) or 'no part'}"
+            f" and {len(done.get('spec_rows', []))} speculation rows")  # fmt: skip
+    result["skipped"] = []
+
+    def left() -> float:
+        return args.budget_s - (time.perf_counter() - t0)
+
+    def fits(part: str, need_s: float) -> bool:
+        """Whether `part` (about need_s seconds) fits the budget left; if not, it is listed as skipped."""
+        if left() >= need_s:
+            return True
+        result["skipped"].append(part)
+        log(f"skipped {part}: about {need_s:.0f} s needed, {left():.0f} s of --budget-s left")
+        return False
+
     refs = {"model": model_ref, "int4": int4_ref, "profile": profile_name}
     result["refs"], result["files"] = {}, {}
 
@@ -381,14 +443,15 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(result, indent=1))
 
     try:
-        if "a" in args.only:
+        if "a" in args.only and "gemm" not in result and fits("a (GEMMs)", 60):
             result["gemm"] = gemm_table(args.cpu, log)
             save()
         # the int4 model first (its row, then the seed shape), the speculation rows last: the long low-load rows
         # end the run, so a run cut short by its time limit loses the fewest rows (each is saved as it ends)
         hosts: dict = {}
         int4_row = fd.Row(int4_model, "int4", "conversation", 0.8)
-        if "b" in args.only:  # the int4 row: benchmarks/fidelity.py's own row runner, int4 weights
+        if "b" in args.only and "int4_rows" not in result and fits("b (int4 row)", 90):
+            # the int4 row: benchmarks/fidelity.py's own row runner, int4 weights
             rec = fd.run_row(int4_row, args, profile_name, int4_ref, hosts, work / "fidelity", log)
             rec["kind"] = "int4"
             rec["engine_requests_csv"] = (
@@ -397,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             result["int4_rows"] = [rec]
             save()
             log(f"  [{time.perf_counter() - t0:.0f} s]")
-        if "c" in args.only:
+        if "c" in args.only and "seed_shape" not in result and fits("c (seed shape)", 30 if hosts else 75):
             host = hosts.get(int4_row.model) or fd.EngineHost(
                 int4_row,
                 load_model(int4_ref),
@@ -421,12 +484,16 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         if not args.cpu:
             torch.cuda.empty_cache()
-        if "b" in args.only:
+        draft_ref = refs["draft"] = draft_config(model_ref, 1 if args.cpu else DRAFT_LAYERS, work)
+        names = [SpecRow(a, k, ld).name for ld in (HIGH_LOAD, LOW_LOAD) for a in ALPHAS for k in KS]
+        have = {r["row"] for r in result.get("spec_rows", [])}
+        if "b" in args.only and not args.cpu and not set(names) <= have and not fits("speculation rows", 40):
+            pass
+        elif "b" in args.only and (args.cpu or not set(names) <= have):
             base = fd.Row(target, "fp32" if args.cpu else "bf16", "conversation", LOW_LOAD)
             cap = fd.capacity(
                 base, args.duration, profile_name, model_ref, args.utilization, 20.0 if args.cpu else 5.0
             )
-            draft_ref = refs["draft"] = draft_config(model_ref, 1 if args.cpu else DRAFT_LAYERS, work)
             log(f"capacity without speculation: {cap:.2f} req/s [{time.perf_counter() - t0:.0f} s]")
             ctx = {"row": base, "profile": profile_name, "model_ref": model_ref, "draft_ref": draft_ref,
                    "capacity": cap}  # fmt: skip
@@ -435,13 +502,20 @@ def main(argv: list[str] | None = None) -> int:
             reserve = activation_bytes(spec, sv) + fd.ENGINE_RESERVE_BYTES + 2**30
             host = SpecHost(spec, draft_spec, args.device, sv.batching.max_num_seqs, sv.batching.max_num_batched_tokens,
                             reserve, log)  # fmt: skip
-            result["spec_rows"] = []
+            ctx["left"] = left
+            result.setdefault("spec_rows", [])
             result["spec_capacity_requests_per_s"] = cap
             result["loads"] = loads = [CPU_LOW_LOAD if args.cpu else LOW_LOAD, HIGH_LOAD]
             for load in reversed(loads):  # high load first (short), then the long low-load rows
                 for alpha in ALPHAS:
                     for k in KS:
-                        rec = run_spec_row(SpecRow(alpha, k, load), args, ctx, host, log)
+                        row = SpecRow(alpha, k, load)
+                        need = (
+                            args.duration * 0.7 if load >= 0.5 else min(MAX_LOW_DURATION_S, 2 * args.duration)
+                        ) + 6
+                        if row.name in have or not fits(row.name, need if not args.cpu else 0):
+                            continue
+                        rec = run_spec_row(row, args, ctx, host, log)
                         result["spec_rows"].append(rec)
                         save()
                         log(f"  [{time.perf_counter() - t0:.0f} s]")

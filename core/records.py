@@ -77,6 +77,17 @@ class StepStats:
         self.next_sample = 0.0
         self.timeline: list[tuple[float, int, int, int, int]] = []  # t, waiting, running, kv used, batch
 
+    def add(self, other: StepStats) -> None:
+        """Add another engine's totals and ITL histogram (not its timeline)."""
+        self.steps += other.steps
+        self.busy_s += other.busy_s
+        self.prefill_s += other.prefill_s
+        self.decode_s += other.decode_s
+        self.prefill_tokens += other.prefill_tokens
+        self.kv_block_seconds += other.kv_block_seconds
+        self.batch_seq_steps += other.batch_seq_steps
+        self.itl_hist += other.itl_hist
+
     # ITL histogram
     def add_itl(self, seconds: float, count: int) -> None:
         """`count` tokens that came `seconds` after their previous one (binned in batches, later)."""

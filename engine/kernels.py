@@ -97,7 +97,7 @@ def time_gemm(
 def _time_int4_gemm(m: int, k: int, n: int, dev: torch.device, warmup: int, repeat: int) -> float:
     """The engine's int4 weight-only GEMM (engine/quant.py: Triton W4A16 on CUDA, the dequantize-then-matmul
     reference on the CPU), weights packed with group-wise scales, bf16 activations."""
-    from engine.quant import GROUP, dequantize, int4_supported, quantize_int4, w4a16
+    from engine.quant import GROUP, dequantize, int4_supported, quantize_int4, tinygemm_pack, w4a16
 
     if k % GROUP:
         raise ValueError(f"int4 GEMMs need k a multiple of {GROUP} (got {k})")
@@ -105,11 +105,13 @@ def _time_int4_gemm(m: int, k: int, n: int, dev: torch.device, warmup: int, repe
     bufs = []
     for _ in range(copies):
         qw, sc = quantize_int4(random_like_nonzero((n, k), torch.bfloat16, dev, scale=k**-0.5))
-        bufs.append((random_like_nonzero((m, k), torch.bfloat16, dev), qw, sc))
+        # torch's int4 layout too, as Int4Linear keeps it: the same candidates the serving engine picks from
+        tg = tinygemm_pack(qw, sc) if dev.type == "cuda" else None
+        bufs.append((random_like_nonzero((m, k), torch.bfloat16, dev), qw, sc, tg))
     if int4_supported(bufs[0][0]):
         fn = rotating(bufs, w4a16)
     else:
-        fn = rotating(bufs, lambda x, qw, sc: F.linear(x, dequantize(qw, sc, x.dtype)))
+        fn = rotating(bufs, lambda x, qw, sc, tg: F.linear(x, dequantize(qw, sc, x.dtype)))
     if m <= 512 and dev.type == "cuda":
         return measure_graph(fn, dev, calls=max(copies, 4), repeat=repeat, warmup=warmup)
     return measure(fn, dev, warmup=warmup, repeat=repeat)

@@ -9,15 +9,23 @@ tiles of tokens, FMAs for a single row), so a decode step reads half a byte per 
 - `_gemv_kernel`: one token row (batch-1 decode), a program per BLOCK_N columns and K-split, partial sums
   in fp32 summed after (split-K), so even a 4096-wide matrix spreads over every SM;
 - `_gemm_kernel`: tiles of BLOCK_M tokens x BLOCK_N columns with tl.dot, the weights re-read and
-  dequantized once per token tile (as Marlin re-runs them per 64 rows), split-K when there are few tiles;
-- `_gemv2_kernel`: up to 16 token rows (a program per row), the words kept [G/8, 8, BLOCK_N] (no reshape),
-  nibbles turned into floats by the 2^23 magic number, products accumulated elementwise and reduced once;
+  dequantized once per token tile (as Marlin re-runs them per 64 rows; the same 2^23 trick), split-K when
+  there are few tiles;
+- `_planes_kernel`: up to 8 token rows (batch-1 decode, small decode batches, speculative verification), a
+  program per BLOCK_N columns and K-split; per 4-bit plane j of the words, the nibble is masked in place and or-ed
+  into the mantissa of 2^23 (one integer op, no shift for planes 0-3, one shift per word for planes 4-7, no
+  int-to-float conversion: I2F issues at a quarter of the FMA rate on sm80/sm90), the exact float
+  (q − 8)·16^j comes from one subtraction, and x is pre-scaled by 16^-j (exact): three instructions per weight
+  for the weight itself, ~5.6 in all at one row in sm90 SASS (x's loads shared by a thread's columns), partial
+  sums per group reduced in registers and scaled once (split-K partials summed after);
 - torch's own int4 kernel (`aten._weight_int4pack_mm`, tinygemm, as gpt-fast runs it) where this torch has it
   on CUDA, the weight also packed in its layout (`tinygemm_pack`, self-checked once against the reference);
 - from 17 rows, dequantize the weight to 16 bits (`_dequant_kernel`, one pass) and multiply with cuBLAS.
 
 Per (rows bucket, N, K) every candidate that runs on the device is checked against the reference on a slice of
-its output and timed from a CUDA graph at first use (the engine's warm-up); the fastest is kept (`_tuned`).
+its output and timed from a CUDA graph; the fastest is kept (`_tuned`). The engine tunes every bucket of every
+int4 shape of the model at warm-up, before serving (`tune_model`, from `Executor.warmup`), so no request waits
+on a tuning; a bucket first met later is tuned then, outside graph capture.
 
 On the CPU (and without Triton) the layer dequantizes and runs a plain matmul: `dequantize` is the
 reference the kernels are tested against (tests/engine/test_quant.py: on the CPU through Triton's
@@ -124,39 +132,54 @@ if triton is not None:
             )
             wp = QW + (g * (GROUP_K // 8) + rows)[:, None] * N + offs_n[None, :]
             words = tl.load(wp, mask=mask_n[None, :], other=0)
-            q = (words[:, None, :] >> shifts[None, :, None]) & 0xF
-            q = tl.reshape(q, (GROUP_K, BLOCK_N))
+            # q − 8 as a float without I2F (quarter rate): the nibble or-ed into 2^23's mantissa, 2^23 + 8 off
+            q = ((words[:, None, :] >> shifts[None, :, None]) & 0xF) | 0x4B000000
+            q = tl.reshape(q, (GROUP_K, BLOCK_N)).to(tl.float32, bitcast=True) - 8388616.0
             s = tl.load(S + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            w = ((q.to(tl.float32) - 8.0) * s[None, :]).to(x.dtype)
+            w = (q * s[None, :]).to(x.dtype)
             acc = tl.dot(x, w, acc)
         out = Y + split * M * N + offs_m[:, None] * N + offs_n[None, :]
         tl.store(out, acc.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
-    def _gemv2_kernel(X, QW, S, Y, M, N, K, groups_per_split, BLOCK_N: tl.constexpr, GROUP_K: tl.constexpr):
-        """One program: one token row, BLOCK_N columns over its K-split's groups, no reshape and no reduction
-        inside the loop: the packed words stay [G/8, 8 nibbles, BLOCK_N], each nibble turned into a float by
-        the 2^23 magic number (or-ing it into the mantissa: no int-to-float conversion), products accumulated
-        elementwise and summed once at the end; the partial sum to Y[split, row, :]."""
+    def _planes_kernel(
+        X, QW, S, Y, M, N, K, groups_per_split,
+        ROWS: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_K: tl.constexpr,
+    ):  # fmt: skip
+        """One program: up to ROWS token rows x BLOCK_N columns over its K-split's groups, one 4-bit plane of the
+        words at a time (the module's docstring); the partial sums to Y[split, row, :]."""
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
-        row = tl.program_id(2)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         rows = tl.arange(0, GROUP_K // 8)
-        nib = tl.arange(0, 8)
-        acc = tl.zeros((GROUP_K // 8, 8, BLOCK_N), dtype=tl.float32)
+        offs_m = tl.arange(0, ROWS)
+        mask_m = offs_m < M
+        acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
         g0 = split * groups_per_split
         g1 = tl.minimum(g0 + groups_per_split, K // GROUP_K)
         for g in range(g0, g1):
-            words = tl.load(QW + (g * (GROUP_K // 8) + rows)[:, None] * N + offs_n[None, :], mask=mask_n[None, :],
-                            other=0)  # fmt: skip
-            q = ((words[:, None, :] >> (nib * 4)[None, :, None]) & 0xF) | 0x4B000000
-            f = q.to(tl.float32, bitcast=True) - 8388616.0  # (2^23 + q) - (2^23 + 8) = q - 8, exactly
+            lo = tl.load(QW + (g * (GROUP_K // 8) + rows)[:, None] * N + offs_n[None, :], mask=mask_n[None, :],
+                         other=0)  # fmt: skip
+            hi = lo >> 16  # planes 4-7 at bits 0-15 (the sign bits above are masked off)
+            xp = X + offs_m[:, None] * K + g * GROUP_K + rows[None, :] * 8  # [ROWS, G/8]: k = 8r (+ j below)
+            part = tl.zeros((ROWS, GROUP_K // 8, BLOCK_N), dtype=tl.float32)
+            for j in tl.static_range(4):
+                # (2^23 + q·16^j) − (2^23 + 8·16^j) = (q − 8)·16^j, exactly
+                f = ((lo & (15 << (4 * j))) | 0x4B000000).to(tl.float32, bitcast=True) - (
+                    8388608.0 + 8.0 * 16**j
+                )
+                x = tl.load(xp + j, mask=mask_m[:, None], other=0.0).to(tl.float32) * (1.0 / 16**j)
+                part += f[None, :, :] * x[:, :, None]
+                f = ((hi & (15 << (4 * j))) | 0x4B000000).to(tl.float32, bitcast=True) - (
+                    8388608.0 + 8.0 * 16**j
+                )
+                x = tl.load(xp + 4 + j, mask=mask_m[:, None], other=0.0).to(tl.float32) * (1.0 / 16**j)
+                part += f[None, :, :] * x[:, :, None]
             s = tl.load(S + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            x = tl.load(X + row * K + g * GROUP_K + rows[:, None] * 8 + nib[None, :]).to(tl.float32)
-            acc += f * (x[:, :, None] * s[None, None, :])
-        out = tl.sum(tl.sum(acc, axis=1), axis=0)
-        tl.store(Y + (split * M + row) * N + offs_n, out.to(Y.dtype.element_ty), mask=mask_n)
+            # a thread holds every word row of its columns (the load's layout): this sum stays in registers
+            acc += tl.sum(part, axis=1) * s[None, :]
+        ptr = Y + (split * M + offs_m[:, None]) * N + offs_n[None, :]
+        tl.store(ptr, acc.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
     def _dequant_kernel(QW, S, W, N, K, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_K: tl.constexpr):
         """W[K, N] (16-bit, k-major: the transposed weight cuBLAS multiplies) from the packed words."""
@@ -167,9 +190,11 @@ if triton is not None:
         nib = tl.arange(0, 8)
         mask = (rows < K // 8)[:, None] & (offs_n < N)[None, :]
         words = tl.load(QW + rows[:, None] * N + offs_n[None, :], mask=mask, other=0)
-        q = (words[:, None, :] >> (nib * 4)[None, :, None]) & 0xF
+        q = (
+            (words[:, None, :] >> (nib * 4)[None, :, None]) & 0xF
+        ) | 0x4B000000  # q - 8 without I2F, as above
         s = tl.load(S + ((rows * 8) // GROUP_K)[:, None] * N + offs_n[None, :], mask=mask, other=0.0)
-        w = (q.to(tl.float32) - 8.0) * s.to(tl.float32)[:, None, :]
+        w = (q.to(tl.float32, bitcast=True) - 8388616.0) * s.to(tl.float32)[:, None, :]
         k = rows[:, None] * 8 + nib[None, :]
         tl.store(
             W + k[:, :, None] * N + offs_n[None, None, :], w.to(W.dtype.element_ty), mask=mask[:, None, :]
@@ -180,9 +205,9 @@ _KERNELS: list = []
 
 
 def _kernels() -> tuple:
-    """(gemv, gemm, gemv2, dequant), jitted on first use (under TRITON_INTERPRET=1, Triton's interpreter)."""
+    """(gemv, gemm, planes, dequant), jitted on first use (under TRITON_INTERPRET=1, Triton's interpreter)."""
     if not _KERNELS:
-        _KERNELS.extend(triton.jit(f) for f in (_gemv_kernel, _gemm_kernel, _gemv2_kernel, _dequant_kernel))
+        _KERNELS.extend(triton.jit(f) for f in (_gemv_kernel, _gemm_kernel, _planes_kernel, _dequant_kernel))
     return tuple(_KERNELS)
 
 
@@ -269,18 +294,31 @@ def tinygemm_pack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple | None:
 
 
 # ---------------------------------------------------------------- candidates and the tuner
-# Each (rows bucket, n, k) is tuned once on first use outside CUDA-graph capture (the engine's warm-up runs each
-# step shape before capturing it): every candidate is first checked against the reference on a slice of the
-# output (dropped, with the reason printed, when it fails or raises), then replayed from a CUDA graph over enough
-# copies of the weights to overflow L2 (as a model's layers stream them from memory); the fastest is kept.
-# GEMV: (BLOCK_N, programs per SM the K-split aims at (0: no split), warps)
-GEMV_CONFIGS = [(128, 8, 4), (64, 4, 4), (128, 4, 4), (64, 8, 4)]  # the first run picked (128, 8, 4) for all
-# GEMV2 (rows <= 16, a program per row): (BLOCK_N, programs per SM of the K-split, warps)
-GEMV2_CONFIGS = [(64, 4, 4), (32, 8, 2), (64, 8, 4), (128, 4, 8), (128, 8, 8), (64, 2, 4), (64, 0, 4)]
+# Each (rows bucket, n, k) is tuned once outside CUDA-graph capture (at the engine's warm-up, `tune_model`): every
+# candidate is first checked against the reference on a slice of the output (dropped, with the reason printed,
+# when it fails or raises), then replayed from a CUDA graph over enough copies of the weights to overflow L2 (as a
+# model's layers stream them from memory); the fastest is kept.
+# planes (rows <= 8): (BLOCK_N, programs per SM the K-split aims at (0: no split), warps, stages)
+# Picked from sm90 SASS (Triton 3.9, ptxas, no GPU): a thread holds all 16 word rows of its columns, so x's
+# loads and conversions are shared by its columns; 512 weights a thread (BLOCK_N / 32 / warps = 4 columns) came
+# to ~5.6 instructions a weight at one row (no spills; 1,024 spilled), against ~8.6 at 128 and ~6.9 for the
+# I2F GEMV. Few rows: x goes through shared memory, ~2.2-2.7 instructions per weight and row.
+PLANES_ONE = [(256, 2, 2, 2), (128, 4, 1, 2), (512, 2, 4, 2), (256, 4, 4, 2), (256, 2, 2, 3)]
+PLANES_FEW = {
+    4: [(64, 4, 2, 2), (128, 2, 2, 2), (64, 8, 2, 2)],
+    8: [(64, 4, 2, 2), (128, 4, 4, 2), (128, 2, 4, 2)],
+}
+PLANES_MAX_ROWS = 8
+# GEMV (one row, I2F conversions): (BLOCK_N, programs per SM of the K-split, warps); the first H200 run's best two
+GEMV_CONFIGS = [(128, 8, 4), (128, 4, 4)]
 # tiles: (BLOCK_N, warps, stages, programs per SM the K-split aims at); BLOCK_M from the rows (16/32/64/128)
 GEMM_SMALL = [(128, 4, 3, 2), (64, 4, 3, 4), (64, 4, 4, 8), (128, 4, 4, 4)]
 GEMM_CONFIGS = [(128, 8, 3, 2), (64, 4, 3, 2), (128, 4, 3, 2), (64, 8, 3, 2)]
-GEMV2_MAX_ROWS = 16
+# from this many rows only the first tile (the H200 run's fastest tile there, still 2.5-3x dequantize-then-
+# cuBLAS) stays a candidate: tuning every bucket at warm-up must stay quick
+FEW_TILES_ROWS = 256
+# torch's int4 kernel from this many rows took 1.6-25x the best candidate on the H200 (first run's table)
+TINYGEMM_MAX_ROWS = 16
 DEQUANT_MIN_ROWS = 17  # dequantize-then-cuBLAS is a candidate from this many rows
 CHECK_TOL = 2e-2  # max |error| / max |reference| a candidate may show (bf16 output rounding is ~4e-3)
 _TUNED: dict[tuple, tuple] = {}
@@ -304,13 +342,14 @@ def candidates(m: int, x: torch.Tensor, tg: tuple | None) -> list[tuple]:
         return [("dequant_mm", ())]
     out: list[tuple] = []
     bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+    if m <= PLANES_MAX_ROWS:  # ROWS: the bucket's top, so every row count of a bucket runs the tuned kernel
+        out += [("planes", (_bucket(m), *c)) for c in (PLANES_ONE if m == 1 else PLANES_FEW[_bucket(m)])]
     if m == 1:
         out += [("gemv", c) for c in GEMV_CONFIGS]
     else:
-        out += [("tile", (bm, *c)) for c in (GEMM_CONFIGS if bm == 128 else GEMM_SMALL)]
-    if m <= GEMV2_MAX_ROWS:
-        out += [("gemv2", c) for c in GEMV2_CONFIGS]
-    if tg is not None and x.dtype == torch.bfloat16:
+        tiles = GEMM_SMALL if bm < 128 else GEMM_CONFIGS[:1] if m >= FEW_TILES_ROWS else GEMM_CONFIGS
+        out += [("tile", (bm, *c)) for c in tiles]
+    if tg is not None and x.dtype == torch.bfloat16 and m <= TINYGEMM_MAX_ROWS:
         out.append(("tinygemm", ()))
     if m >= DEQUANT_MIN_ROWS:
         out.append(("dequant_mm", ()))
@@ -325,8 +364,8 @@ def run_candidate(c: tuple, x: torch.Tensor, qweight: torch.Tensor, scales: torc
     kind, cfg = c
     if kind == "gemv":
         return _gemv(x, qweight, scales, cfg)
-    if kind == "gemv2":
-        return _gemv2(x, qweight, scales, cfg)
+    if kind == "planes":
+        return _planes(x, qweight, scales, cfg)
     if kind == "tile":
         return _gemm(x, qweight, scales, cfg[0], cfg[1:])
     if kind == "tinygemm":
@@ -372,8 +411,11 @@ def _tuned(
     def clone(t):
         return None if t is None else tuple(v.clone() for v in t)
 
+    # small row counts stream the weights (copies past L2); from FEW_TILES_ROWS rows the GEMM is compute-bound
+    # and two copies do (quicker tuning)
+    big = x.shape[0] >= FEW_TILES_ROWS
     bufs = [(qweight, scales, tg)] + [
-        (qweight.clone(), scales.clone(), clone(tg)) for _ in range(min(n, 16) - 1)
+        (qweight.clone(), scales.clone(), clone(tg)) for _ in range((2 if big else min(n, 16)) - 1)
     ]
     times: dict[str, object] = {}
     best, best_t = None, float("inf")
@@ -385,7 +427,9 @@ def _tuned(
             continue
         fn = rotating(bufs, lambda qw, sc, t, c=c: run_candidate(c, x, qw, sc, t))
         try:
-            t = measure_graph(fn, x.device, calls=max(len(bufs), 4), repeat=5, warmup=2)
+            t = measure_graph(
+                fn, x.device, calls=2 if big else max(len(bufs), 4), repeat=3 if big else 5, warmup=2
+            )
         except Exception as e:  # noqa: BLE001 - e.g. a kernel that cannot be captured in a graph: dropped
             times[cand_name(c)] = f"dropped: timing failed ({type(e).__name__}: {str(e)[:160]})"
             print(f"int4 {key[:4]}: {cand_name(c)} {times[cand_name(c)]}", flush=True)
@@ -415,6 +459,9 @@ def tuning_times(m: int, n: int, k: int, group: int = GROUP, dev: int = 0, tinyg
     return dict(_TIMES.get((_bucket(m), n, k, group, dev, tinygemm), {}))
 
 
+_PLAN: dict[tuple, tuple] = {}  # (rows, n, k, group, device, tinygemm) -> the tuned candidate (the hot path)
+
+
 def w4a16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tg: tuple | None = None
 ) -> torch.Tensor:
@@ -426,26 +473,81 @@ def w4a16(
     group = k // scales.shape[0]
     x = x.contiguous()
     dev = x.device.index if x.is_cuda and x.device.index is not None else 0
+    exact = (m, n, k, group, dev, tg is not None)
+    c = _PLAN.get(exact)  # an eager step's int4 layers skip the lookups below (host time per launch)
+    if c is not None:
+        return run_candidate(c, x, qweight, scales, tg)
     cands = candidates(m, x, tg)
-    c = _tuned((_bucket(m), n, k, group, dev, tg is not None), cands, x, qweight, scales, tg)
+    key = (_bucket(m), n, k, group, dev, tg is not None)
+    c = _tuned(key, cands, x, qweight, scales, tg)
     if c not in cands:  # a choice made for the bucket that this row count cannot run
         c = cands[0]
+    if key in _TUNED:
+        _PLAN[exact] = c
     return run_candidate(c, x, qweight, scales, tg)
 
 
-def _gemv2(x, qweight, scales, cfg: tuple) -> torch.Tensor:
-    bn, per_sm, warps = cfg
+def tune_buckets(max_rows: int) -> list[int]:
+    """The rows buckets up to `max_rows` (1, 4, 8, 16, ...: `_bucket`), the row count each is tuned at."""
+    out, b = [1], 4
+    while max_rows > 1:
+        out.append(b)
+        if b >= max_rows:
+            break
+        b *= 2
+    return out
+
+
+def tune_model(model: nn.Module, max_rows: int, log=None) -> int:
+    """Tune every rows bucket up to `max_rows` of every int4 weight shape in `model` before serving (what an
+    engine does at start-up; the choice is cached per shape), so no step tunes while requests wait. Returns how
+    many (bucket, shape) pairs were tuned now (0 on the CPU or without Triton, where there is nothing to pick)."""
+    import time
+
+    layers: dict[tuple, Int4Linear] = {}
+    for mod in model.modules():
+        if isinstance(mod, Int4Linear) and mod.qweight.is_cuda and triton is not None:
+            layers.setdefault((mod.out_features, mod.in_features, mod.tg_weight is not None), mod)
+    t0, tuned = time.perf_counter(), 0
+    g = None
+    for mod in layers.values():
+        dev = mod.qweight.device
+        g = g or torch.Generator(device=dev).manual_seed(0)
+        for m in tune_buckets(max_rows):
+            key = (m, mod.out_features, mod.in_features, mod.in_features // mod.scales.shape[0],
+                   dev.index if dev.index is not None else 0, mod.tg_weight is not None)  # fmt: skip
+            if key in _TUNED:
+                continue
+            try:
+                x = torch.randn((m, mod.in_features), device=dev, generator=g).to(mod.scales.dtype)
+                mod(x)
+                tuned += 1
+            # out of memory: the bucket is left to its first use (tuned then, as before warm-up tuning)
+            except torch.cuda.OutOfMemoryError:
+                if log:
+                    log(
+                        f"int4: {m} rows of {mod.in_features}x{mod.out_features}: not tuned at warm-up (memory)"
+                    )
+            x = None
+        torch.cuda.empty_cache()
+    if log and layers:
+        log(f"int4: tuned {tuned} (rows bucket, shape) pairs of {len(layers)} weight shapes up to {max_rows} rows "
+            f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    return tuned
+
+
+def _planes(x, qweight, scales, cfg: tuple) -> torch.Tensor:
+    rows, bn, per_sm, warps, stages = cfg
     (m, k), n = x.shape, qweight.shape[1]
     group = k // scales.shape[0]
     groups = k // group
-    tiles = triton.cdiv(n, bn) * m
+    tiles = triton.cdiv(n, bn)
     split = _splits(tiles, groups, per_sm * _sm_count(x.device)) if per_sm else 1
     per = triton.cdiv(groups, split)
     split = triton.cdiv(groups, per)
     y = torch.empty((split, m, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
-    _kernels()[2][(triton.cdiv(n, bn), split, m)](
-        x, qweight, scales, y, m, n, k, per, BLOCK_N=bn, GROUP_K=group, num_warps=warps, num_stages=2
-    )
+    _kernels()[2][(tiles, split)](x, qweight, scales, y, m, n, k, per, ROWS=rows, BLOCK_N=bn, GROUP_K=group,
+                                  num_warps=warps, num_stages=stages)  # fmt: skip
     return y.sum(0, dtype=x.dtype) if split > 1 else y[0]
 
 

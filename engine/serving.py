@@ -40,13 +40,15 @@ from engine.attention import (
     unit_target,
 )
 from engine.model import Transformer
+from engine.quant import tune_model
 from engine.speculative import SpecRun, Speculator
 from engine.steps import capture_sizes
 
 # serve(trace=True), per step: when it ended; seconds in the scheduler, preparing inputs, in the executor
 # (launch, GPU, sampled ids back) and recording; the executor's host seconds until every launch was issued
 # and its GPU span between CUDA events (NaN on the CPU); how it ran (0 eager, 1 decode graph, 2 mixed-step
-# graph); the batch's BatchShape; the sequences a speculative round verified (0: not a round).
+# graph, 3 a speculative round's graph: engine/speculative.py); the batch's BatchShape; the sequences a
+# speculative round verified (0: not a round).
 TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "launch_s", "gpu_s", "graph",
                 "prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
                 "decode_seqs", "decode_context_tokens", "logits_tokens", "fresh_seqs", "fresh_tokens", "fresh_pairs",
@@ -257,9 +259,13 @@ class Executor:
         """Capture the graphs of every decode batch size and every mixed-step token count (largest first, so
         later captures reuse its memory), build the cuDNN plans of every padded fresh-prompt length up to
         `max_prompt` tokens (the scheduler's token budget; engine.attention), run eager steps and measure
-        their host launch time (`eager_launch_s`), so that no compile or capture happens while requests
-        wait. Returns seconds."""
+        their host launch time (`eager_launch_s`), so that no compile, capture or int4 kernel tuning happens while
+        requests wait. Returns seconds."""
         t0 = time.perf_counter()
+        # int4 layers: every rows bucket a step can have tuned now, before any capture or request (engine/quant.py)
+        tune_model(
+            self.model, max(max_prompt, self.mixed_sizes[-1] if self.mixed_sizes else 0, self.max_batch), log
+        )
         if self.static_decode:
             for size in reversed(self.sizes):
                 self._graph(size)
@@ -376,6 +382,10 @@ class Executor:
         else:
             self._mark()  # an eager step's span includes its launches: they are what it waits for
             ids, self.last_path = self._eager(prefills, decodes), 0
+        return self._finish(t0, ids, timed)
+
+    def _finish(self, t0: float, ids: torch.Tensor, timed: bool) -> np.ndarray:
+        """A step's end: its host time to launch, its GPU span (timed) and its ids on the host."""
         self.last_launch_s = time.perf_counter() - t0
         if timed:
             self._events[1].record()
@@ -417,13 +427,37 @@ class Executor:
             g.graph.replay()
             ids = g.ids
         else:  # CPU: the same static buffers through an eager forward
-            lay = g.layout
-            size = g.size
-            k_lens = g.host32[size + 1 : 2 * size + 1].tolist()
-            lay.k_lens = k_lens
-            lay.k_starts = g.host32[:size].tolist()
-            ids = self.model(g.i64[:size], lay, None).argmax(-1)
+            self._host_lists(g)
+            ids = self.model(g.i64[: g.size], g.layout, None).argmax(-1)
         return ids[:n]
+
+    @staticmethod
+    def _host_lists(g: _DecodeGraph) -> None:
+        """Set a decode layout's host lists from its buffers (the CPU reference attention reads them)."""
+        g.layout.k_lens = g.host32[g.size + 1 : 2 * g.size + 1].tolist()
+        g.layout.k_starts = g.host32[: g.size].tolist()
+
+    # ------------------------------------------------------------------ engine/speculative.py's round graphs
+    def fill_decode(self, g: _DecodeGraph, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> None:
+        """Write a decode step into `decode_buffers` (contexts include the new token) and copy it over."""
+        self._fill(g, starts, ctx, tokens)
+        if not self.use_graphs:
+            self._host_lists(g)
+
+    def fill_mixed(self, g: _MixedGraph, chunks: list) -> np.ndarray:
+        """Write a step of chunks only (`step`'s prefills) into `mixed_buffers`, copy it over; the rows to sample."""
+        return self._fill_mixed(g, chunks, None)
+
+    def run_static(self, fn, path: int) -> np.ndarray:
+        """Run `fn` (a graph's replay, or the same static buffers eagerly on the CPU) as one step, timed as `step`
+        times its own (`last_launch_s`, `last_gpu_s`, `last_path` = path); its output copied to the host."""
+        t0 = time.perf_counter()
+        timed = self.time_gpu and self._events is not None
+        if timed:
+            self._events[0].record()
+        out = fn()
+        self.last_path = path
+        return self._finish(t0, out, timed)
 
     def _fill(self, g: _DecodeGraph, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> None:
         """Write one decode step's metadata into the graph's host buffers and copy it to the device in one go."""
@@ -529,6 +563,25 @@ class Executor:
         g = self.mixed_graphs.get(size)
         if g is not None:
             return g
+        g = self.mixed_buffers(size)
+        if self.use_graphs:
+            tokens = g.i64[:size]
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self.model.hidden(tokens, g.layout)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                g.hidden = self.model.hidden(tokens, g.layout)
+            g.graph = graph
+        self.mixed_graphs[size] = g
+        return g
+
+    def mixed_buffers(self, size: int) -> _MixedGraph:
+        """The static buffers and layout of a step of `size` tokens with up to `mixed_seqs` prompt chunks (no graph:
+        `_mixed_graph` captures one on them; engine/speculative.py's round graphs capture their own)."""
         dev, npf = self.device, self.mixed_seqs
         ns = npf + size
         cap = unit_capacity(self.target, size)
@@ -552,25 +605,32 @@ class Executor:
         )  # fmt: skip
         # capture on padding only: one empty chunk slot... every token a one-token dummy in scratch
         self._fill_mixed(g, [], None)
-        if self.use_graphs:
-            tokens = g.i64[:size]
-            stream = torch.cuda.Stream(dev)
-            stream.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self.model.hidden(tokens, g.layout)
-            torch.cuda.current_stream(dev).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                g.hidden = self.model.hidden(tokens, g.layout)
-            g.graph = graph
-        self.mixed_graphs[size] = g
         return g
 
     def _graph(self, size: int) -> _DecodeGraph:
         g = self.graphs.get(size)
         if g is not None:
             return g
+        g = self.decode_buffers(size)
+        if self.use_graphs:
+            dev = self.device
+            tokens = g.i64[:size]
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):  # warm-up compiles the Triton kernels and sets up cuBLAS
+                for _ in range(2):
+                    self.model(tokens, g.layout, None).argmax(-1)
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                g.ids = self.model(tokens, g.layout, None).argmax(-1)
+            g.graph = graph
+        self.graphs[size] = g
+        return g
+
+    def decode_buffers(self, size: int) -> _DecodeGraph:
+        """The static buffers and layout of a decode step of `size` sequences (no graph: `_graph` captures one on
+        them; engine/speculative.py's round graphs capture their own)."""
         dev, cap = self.device, unit_capacity(self.target, size)
         pin = self.cuda
         n32 = 2 * size + 1 + 3 * cap + size + 1
@@ -608,19 +668,6 @@ class Executor:
         )
         # capture on padding only: every sequence a new token in scratch
         self._fill(g, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        if self.use_graphs:
-            tokens = g.i64[:size]
-            stream = torch.cuda.Stream(dev)
-            stream.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(stream):  # warm-up compiles the Triton kernels and sets up cuBLAS
-                for _ in range(2):
-                    self.model(tokens, g.layout, None).argmax(-1)
-            torch.cuda.current_stream(dev).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                g.ids = self.model(tokens, g.layout, None).argmax(-1)
-            g.graph = graph
-        self.graphs[size] = g
         return g
 
 

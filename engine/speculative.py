@@ -22,6 +22,14 @@ decode steps, as the simulator does. A round here is real work on both models:
    length simply stops before them (the next round overwrites those slots); the draft's KV length goes back
    to the accepted prefix the same way.
 
+A round with no prompt chunks whose sequences' draft KV lags by one or two tokens (every round after the first,
+unless a plain decode step came between) replays one CUDA graph per padded batch size (`RoundGraph`): the draft's
+catch-up step takes two tokens a sequence (the one before the last, rewritten unchanged when its KV is there, and
+the last), its k − 1 decode steps read the previous step's argmax on the device, the target verifies, and one
+copy brings back the drafts and the target's picks: no host round trip between the round's k + 1 steps. Other
+rounds (prompt chunks in the step, a longer catch-up) run step by step as above. On the CPU the same static
+buffers run eagerly (the tests).
+
 Regions hold k tokens more than a sequence's final length (the verification writes up to k positions past
 the tokens a sequence keeps). The draft's KV pool mirrors the target's layout: a sequence's draft KV sits at
 the same slots of the draft's pool as its target KV in the target's.
@@ -29,10 +37,12 @@ the same slots of the draft's pool as its target KV in the target's.
 
 from __future__ import annotations
 
+import bisect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 ACCEPTANCE = ("draw", "greedy")
 
@@ -47,12 +57,104 @@ class SpecRun:
     max_batch: int
     alpha: float | np.ndarray = 0.7
     acceptance: str = "draw"
+    graphs: dict = field(default_factory=dict)  # padded batch size -> RoundGraph (`warmup`)
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"speculative k must be at least 1 (got {self.k})")
         if self.acceptance not in ACCEPTANCE:
             raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE)} (got {self.acceptance!r})")
+
+    def warmup(self, target, log=None) -> float:
+        """Build (on CUDA: capture) the round graphs of every padded batch size up to max_batch that both
+        executors' chunk slots and the draft's batch hold, before serving (as `Executor.warmup` does for steps). Returns seconds."""
+        from engine.steps import capture_sizes
+
+        t0 = time.perf_counter()
+        if not (target.static_mixed and self.draft.static_mixed and self.draft.static_decode):
+            return 0.0
+        slots = min(
+            target.mixed_seqs, self.draft.mixed_seqs, self.draft.max_batch
+        )  # chunk slots, scratch room
+        for size in reversed([b for b in capture_sizes(self.max_batch) if b <= slots]):
+            if size not in self.graphs:
+                self.graphs[size] = RoundGraph(self.draft, target, size, self.k)
+        if log:
+            log(f"speculation: {len(self.graphs)} round graphs (k = {self.k}, batch sizes {sorted(self.graphs)}) in "
+                f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+        return time.perf_counter() - t0
+
+
+class RoundGraph:
+    """One speculative round of up to `size` decoding sequences on static buffers, captured as one CUDA graph
+    (the module's docstring): the draft's catch-up step (two tokens a sequence), its k − 1 decode steps, the
+    target's verification of k + 1 positions a sequence; the output is the drafts [size, k] then the target's
+    picks [size, k + 1], flattened."""
+
+    def __init__(self, draft, target, size: int, k: int) -> None:
+        self.draft, self.target, self.size, self.k = draft, target, size, k
+        self.first = draft.mixed_buffers(2 * size)
+        self.steps = [draft.decode_buffers(size) for _ in range(k - 1)]
+        self.verify = target.mixed_buffers((k + 1) * size)
+        pin = target.cuda
+        self.rows = torch.zeros(size * (k + 2), dtype=torch.int64, device=target.device)
+        self.host_rows = torch.zeros(size * (k + 2), dtype=torch.int64, pin_memory=pin)
+        self.out: torch.Tensor | None = None
+        self.graph = None
+        if target.use_graphs:
+            dev = target.device
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(
+                stream
+            ):  # warm-up on the padding the buffers hold (compiles, cuBLAS set-up)
+                for _ in range(2):
+                    self.forward()
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=target.pool):
+                self.out = self.forward()
+            self.graph = graph
+
+    def forward(self) -> torch.Tensor:
+        """The round on the device: every step's input from the buffers, the drafts fed forward as they come."""
+        b, k = self.size, self.k
+        dm, tm = self.draft.model, self.target.model
+        x, res = dm.hidden(self.first.i64[: 2 * b], self.first.layout)
+        ids = dm.logits(x, res, self.rows[:b]).argmax(-1)
+        drafts = [ids]
+        for g in self.steps:
+            g.i64[:b].copy_(ids)
+            ids = dm(g.i64[:b], g.layout, None).argmax(-1)
+            drafts.append(ids)
+        d = torch.stack(drafts, 1)  # [b, k]
+        self.verify.i64[: b * (k + 1)].view(b, k + 1)[:, 1:].copy_(d)
+        x, res = tm.hidden(self.verify.i64[: b * (k + 1)], self.verify.layout)
+        picks = tm.logits(x, res, self.rows[b:]).argmax(-1)
+        return torch.cat([d.reshape(-1), picks])
+
+    def run(self, starts: np.ndarray, ctx: np.ndarray, pair: np.ndarray, last: np.ndarray):
+        """One round for n <= size sequences (region starts, contexts with the new token, the two tokens before
+        it, each one's last token): (drafts [n, k], the target's picks [n, k + 1]) on the host."""
+        n, b, k = len(ctx), self.size, self.k
+        first = [(int(starts[i]), int(ctx[i]) - 2, 2, pair[i], True) for i in range(n)]
+        rows = np.zeros(b * (k + 2), dtype=np.int64)
+        rows[:n] = self.draft.fill_mixed(self.first, first)
+        for j, g in enumerate(self.steps, start=1):
+            self.draft.fill_decode(g, starts, ctx + j, np.ones(n, dtype=np.int64))  # tokens: from the device
+        pad = np.zeros(k, dtype=np.int64)
+        verify = [
+            (int(starts[i]), int(ctx[i]) - 1, k + 1, np.concatenate([[last[i]], pad]), k + 1)
+            for i in range(n)
+        ]
+        rows[b : b + n * (k + 1)] = self.target.fill_mixed(self.verify, verify)
+        self.host_rows.numpy()[:] = rows
+        self.rows.copy_(self.host_rows, non_blocking=True)
+        if self.graph is not None:
+            out = self.target.run_static(lambda: (self.graph.replay(), self.out)[1], 3)
+        else:
+            out = self.target.run_static(self.forward, 3)
+        return out[: b * k].reshape(b, k)[:n], out[b * k :].reshape(b, k + 1)[:n]
 
 
 class Speculator:
@@ -71,6 +173,7 @@ class Speculator:
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
         self.rounds = self.drafted = self.accepted = 0
         self.draft_s = 0.0  # seconds of the drafting part of rounds (host clock, to the ids' copy back)
+        self.graph_rounds = 0  # rounds run as one graph (RoundGraph; their drafting is not in draft_s)
 
     def prefill(self, batch, prefills: list) -> None:
         """The draft model computes the step's prompt chunks too (its KV for them; no tokens sampled)."""
@@ -90,10 +193,18 @@ class Speculator:
         k, ids, off = self.spec.k, run.ids, run.off
         starts, ctx, last = dec
         n = len(ctx)
+        gap = ctx - self.dlen[d_rids]
+        graphs = self.spec.graphs
+        sizes = sorted(graphs)
+        if not prefills and sizes and n <= sizes[-1] and ((gap == 1) | (gap == 2)).all():
+            g = graphs[sizes[bisect.bisect_left(sizes, n)]]
+            pair = np.stack([ids[d_pos - 2], ids[d_pos - 1]], axis=1)
+            drafts, target = g.run(starts, ctx, pair, last)
+            self.graph_rounds += 1
+            return self._accept(batch, run, drafts, target, ctx, d_rids, d_pos, np.zeros(0, dtype=np.int64))
         t0 = time.perf_counter()
         # 1. the draft: catch-up (and the prompt chunks) in its first step, then k - 1 decode steps
         drafts = np.empty((n, k), dtype=np.int64)
-        gap = ctx - self.dlen[d_rids]
         chunks = np.flatnonzero(gap > 1)
         singles = np.flatnonzero(gap <= 1)
         pre = [(s, p, c, t, False) for s, p, c, t, _ in prefills]
@@ -115,7 +226,12 @@ class Speculator:
         ]
         sampled = self.target.step(list(prefills) + verify, None)
         n_first = len(sampled) - n * (k + 1)
-        target = sampled[n_first:].reshape(n, k + 1)
+        return self._accept(batch, run, drafts, sampled[n_first:].reshape(n, k + 1), ctx, d_rids, d_pos,
+                            sampled[:n_first])  # fmt: skip
+
+    def _accept(self, batch, run, drafts, target, ctx, d_rids, d_pos, first_ids):
+        """Steps 3 and 4 of a round (the module's docstring); returns (`first_ids`, tokens kept per sequence)."""
+        k, ids, n = self.spec.k, run.ids, len(ctx)
         # 3. acceptance: leading drafts accepted (a seeded draw at rate α, or the target's argmax agreeing)
         if self.spec.acceptance == "draw":
             hit = self.rng.random((n, k)) < self.alpha[d_rids][:, None]
@@ -134,10 +250,10 @@ class Speculator:
         self.rounds += n
         self.drafted += n * k
         self.accepted += int(acc.sum())
-        return sampled[:n_first], keep
+        return first_ids, keep
 
     def stats(self) -> dict:
         """Rounds (one per sequence per round), drafts, accepted drafts, and the rounds' drafting seconds."""
         return {"rounds": self.rounds, "drafted": self.drafted, "accepted": self.accepted,
                 "acceptance": self.accepted / self.drafted if self.drafted else float("nan"),
-                "draft_s": self.draft_s}  # fmt: skip
+                "draft_s": self.draft_s, "graph_rounds": self.graph_rounds}  # fmt: skip

@@ -202,14 +202,7 @@ def merge_stats(stats: list[StepStats], interval: float) -> StepStats:
         return stats[0]
     m = StepStats(interval)
     for s in stats:
-        m.steps += s.steps
-        m.busy_s += s.busy_s
-        m.prefill_s += s.prefill_s
-        m.decode_s += s.decode_s
-        m.prefill_tokens += s.prefill_tokens
-        m.kv_block_seconds += s.kv_block_seconds
-        m.batch_seq_steps += s.batch_seq_steps
-        m.itl_hist += s.itl_hist
+        m.add(s)
     ends = [s.timeline[-1][0] for s in stats if len(s.timeline)]  # (a timeline: rows, or an array of them)
     if ends:
         # a run that drains far past its arrivals (a KV link of 1e-300 GB/s) coarsens the grid rather than
@@ -236,13 +229,20 @@ def fleet(groups: list[Group]) -> tuple[int, float, int]:
 
 
 def replica_summary(
-    groups: list[Group], replicas: list[Replica], replica_of: list[int], table, makespan: float
+    groups: list[Group],
+    replicas: list[Replica],
+    replica_of: list[int],
+    table,
+    makespan: float,
+    served: np.ndarray | None = None,
 ):
     """Per deployed replica (its `replicas` are its pipeline's virtual engines, `replica_of` says whose):
-    group, GPUs, requests served, busy fraction, steps, mean batch, KV peak."""
-    served = np.bincount(
-        np.asarray(table.replica)[np.isfinite(table.finish_s)] + 1, minlength=len(replicas) + 1
-    )[1:]
+    group, GPUs, requests served, busy fraction, steps, mean batch, KV peak. `served`: requests finished
+    per engine, where there is no table to count them in (a streamed run)."""
+    if served is None:
+        served = np.bincount(
+            np.asarray(table.replica)[np.isfinite(table.finish_s)] + 1, minlength=len(replicas) + 1
+        )[1:]
     rows: dict[int, dict] = {}
     for e, rep in zip(replicas, replica_of, strict=True):
         g = e.group

@@ -27,7 +27,7 @@ from simulator.autoscaling import (
 )
 from simulator.cluster import Group
 from simulator.metrics import _cost, _request_latencies, _slo_met
-from simulator.rate_schedule import HOUR_S, cumulative, hourly_rates
+from simulator.rate_schedule import HOUR_S, class_mix, offered
 from simulator.replica import Replica
 from simulator.router import Router
 from simulator.scenario import Scenario, parse_scenario
@@ -62,6 +62,10 @@ def replica_capacity(scenario: Scenario) -> Capacity:
     data = scenario.model_dump(mode="json", exclude_none=True)
     data["cluster"].pop("autoscaling", None)
     w = data["workload"]
+    if any(c.schedule is not None for c in scenario.workload.classes or []):  # the day's mix, by share
+        for c, n in zip(w["classes"], class_mix(scenario.workload)):
+            c.pop("schedule", None)
+            c["share"] = max(n, 1e-9)
     w.pop("schedule", None)
     w.pop("duration_s", None)
     w["num_requests"] = CAPACITY_BASE_REQUESTS
@@ -175,9 +179,10 @@ def _autoscaled(
     """summary["day"]["autoscaling"]: the fleet's moves, and the fixed fleets it is compared with."""
     spec, w = scenario.cluster.autoscaling, scenario.workload
     cap = replica_capacity(scenario)
-    if w.schedule is not None:
-        peak = float(w.schedule.peak_rate_per_s)
-        rates = hourly_rates(w.schedule, end)
+    load = offered(w)
+    if load is not None:
+        peak = load.peak_rate_per_s(end)
+        rates = load.hourly_rates(end)
     else:  # no schedule: the run's own busiest hour
         arrival = a.watch.table.arrival_s
         counts = np.bincount((arrival[np.isfinite(arrival)] // HOUR_S).astype(np.int64))
@@ -218,12 +223,12 @@ def _timeline(scenario: Scenario, arrival: np.ndarray, changes: list[FleetChange
     t = np.arange(0.0, max(end, TIMELINE_STEP_S), TIMELINE_STEP_S)
     first = arrival[np.isfinite(arrival)]
     counts = np.diff(np.searchsorted(np.sort(first), np.append(t, t[-1] + TIMELINE_STEP_S), side="left"))
-    s = scenario.workload.schedule
-    if s is not None:  # the mean rate over each step
-        offered = np.diff(cumulative(s, np.append(t, t[-1] + TIMELINE_STEP_S))) / TIMELINE_STEP_S
+    load = offered(scenario.workload)
+    if load is not None:  # the mean rate over each step
+        rate = np.diff(load.cumulative(np.append(t, t[-1] + TIMELINE_STEP_S))) / TIMELINE_STEP_S
     else:
-        offered = np.full(len(t), scenario.workload.arrival.rate_per_s or len(first) / max(end, 1e-9))
-    return DayRecord(t, offered, counts / TIMELINE_STEP_S, replicas_over_time(changes, t))
+        rate = np.full(len(t), scenario.workload.arrival.rate_per_s or len(first) / max(end, 1e-9))
+    return DayRecord(t, rate, counts / TIMELINE_STEP_S, replicas_over_time(changes, t))
 
 
 def day_lines(s: dict) -> list[str]:

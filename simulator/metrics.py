@@ -202,29 +202,36 @@ def vllm_keys(
     `std_ttft_ms`, `p99_ttft_ms`, ... for ttft, tpot, itl and e2el, and the throughputs. ITL is every token's
     gap, read from the run's ITL histogram (bins 0.46% wide); `request_goodput` is null without an SLO, as
     vLLM writes it without --goodput."""
-    from simulator.measured import latency_metrics, p_word, throughput_metrics
+    from simulator.measured import latency_metrics, throughput_metrics
 
     done = np.isfinite(table.finish_s)
     ttft, tpot, e2e, _ = _request_latencies(table)
     out = latency_metrics(ttft[done], tpot[done], np.zeros(0), e2e[done], percentiles)
-    total = itl_hist.sum()
-    if total:
-        centres = (
-            ITL_LO * 10 ** ((np.arange(len(itl_hist)) + 0.5) / ITL_BINS_PER_DECADE) * 1000.0
-        )  # (as itl_percentiles)
-        with np.errstate(over="ignore", invalid="ignore"):  # (ITLs near the histogram's top: std is inf)
-            mean = float((itl_hist * centres).sum() / total)
-            std = float(np.sqrt((itl_hist * (centres - mean) ** 2).sum() / total))
-        itl = itl_percentiles(itl_hist, (50, *percentiles))
-        out |= {"mean_itl_ms": mean, "median_itl_ms": itl["p50"] * 1000.0,
-                "std_itl_ms": std}  # fmt: skip
-        out |= {f"p{p_word(q)}_itl_ms": itl[f"p{q:g}"] * 1000.0 for q in percentiles}
+    out |= _itl_keys(itl_hist, percentiles)
     n = int(done.sum())
     rates = throughput_metrics(
         n, int(table.prompt_tokens[done].sum()), int(table.output_tokens[done].sum()), makespan
     )
     goodput = int(goodput_ok.sum()) / makespan if goodput_ok is not None else None
     return rates | {"request_goodput": goodput} | dict(sorted(out.items(), key=lambda kv: _vllm_order(kv[0])))
+
+
+def _itl_keys(itl_hist: np.ndarray, percentiles: tuple[float, ...]) -> dict[str, float]:
+    """vLLM's ITL keys (ms) from the run's ITL histogram; none without a token gap."""
+    from simulator.measured import p_word
+
+    total = itl_hist.sum()
+    if not total:
+        return {}
+    centres = (
+        ITL_LO * 10 ** ((np.arange(len(itl_hist)) + 0.5) / ITL_BINS_PER_DECADE) * 1000.0
+    )  # (as itl_percentiles)
+    with np.errstate(over="ignore", invalid="ignore"):  # (ITLs near the histogram's top: std is inf)
+        mean = float((itl_hist * centres).sum() / total)
+        std = float(np.sqrt((itl_hist * (centres - mean) ** 2).sum() / total))
+    itl = itl_percentiles(itl_hist, (50, *percentiles))
+    out = {"mean_itl_ms": mean, "median_itl_ms": itl["p50"] * 1000.0, "std_itl_ms": std}
+    return out | {f"p{p_word(q)}_itl_ms": itl[f"p{q:g}"] * 1000.0 for q in percentiles}
 
 
 def with_percentiles(

@@ -4,13 +4,16 @@ Arrivals under a schedule come by time rescaling (Brown et al., "The time-rescal
 Computation 2002): the workload's arrival process (Poisson, gamma, constant) is drawn at rate 1 in
 "operational time" τ, and each τ is mapped to the clock time t with Λ(t) = τ, Λ being the integral of the
 rate. Poisson stays Poisson with rate λ(t); gamma keeps its burstiness (its cv, in operational time).
-Traffic classes are drawn per arrival afterwards, so they keep their shares at every hour.
+Traffic classes are drawn per arrival afterwards, so they keep their shares at every hour; a class with a
+schedule of its own draws its arrivals apart (its own seeded stream) and they are merged with the rest
+by time (`offered` sums the parts for the day's tables).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -143,3 +146,65 @@ def hourly_rates(s: RateSchedule, duration_s: float) -> np.ndarray:
     edges = np.append(np.arange(0.0, duration_s, HOUR_S), duration_s)
     lam = cumulative(s, edges)
     return np.diff(lam) / np.diff(edges)
+
+
+@dataclass(frozen=True, slots=True)
+class Offered:
+    """The workload's whole offered rate: its schedule (or constant rate) for the classes that share it,
+    plus each class's own schedule. Rates of session classes count conversations, as arrivals do."""
+
+    parts: tuple[RateSchedule | float, ...]
+
+    def cumulative(self, t: np.ndarray) -> np.ndarray:
+        t = np.asarray(t, dtype=float)
+        total = np.zeros_like(t)
+        for p in self.parts:
+            total = total + (p * t if isinstance(p, float) else cumulative(p, t))
+        return total
+
+    def rate_at(self, t: np.ndarray) -> np.ndarray:
+        t = np.asarray(t, dtype=float)
+        total = np.zeros_like(t)
+        for p in self.parts:
+            total = total + (np.full_like(t, p) if isinstance(p, float) else rate_at(p, t))
+        return total
+
+    def peak_rate_per_s(self, duration_s: float) -> float:
+        """The highest rate: the schedule's own peak for one part; for a sum, the highest over the run on
+        a one-minute grid and at every step's start (so a sum of steps is exact, cosines to the minute)."""
+        if len(self.parts) == 1 and not isinstance(self.parts[0], float):
+            return float(self.parts[0].peak_rate_per_s)
+        span = max(duration_s, DAY_S)
+        t = [np.arange(0.0, span, _GRID_S)]
+        t += [np.array([x.start_s for x in p.steps]) for p in self.parts if isinstance(p, Steps)]
+        return float(self.rate_at(np.concatenate(t)).max())
+
+    def hourly_rates(self, duration_s: float) -> np.ndarray:
+        """Mean rate in each hour of [0, duration_s) (the last hour may be partial)."""
+        edges = np.append(np.arange(0.0, duration_s, HOUR_S), duration_s)
+        return np.diff(self.cumulative(edges)) / np.diff(edges)
+
+
+def offered(w: Workload) -> Offered | None:
+    """The workload's offered rate as schedules, or None when nothing in it has a schedule."""
+    own = [c.schedule for c in w.classes or [] if c.schedule is not None]
+    if w.schedule is None and not own:
+        return None
+    shared = len(own) < len(w.classes or [None])  # some arrivals come from the workload's own rate
+    base = w.schedule if w.schedule is not None else w.arrival.rate_per_s
+    return Offered(((base,) if shared and base is not None else ()) + tuple(own))
+
+
+def class_mix(w: Workload) -> list[float]:
+    """Each class's expected arrivals over the run (duration_s), for a mix that stands for the whole day
+    where class schedules cannot be kept (one replica's capacity at a constant rate)."""
+    end = float(w.duration_s)
+    shared = [c.share for c in w.classes if c.schedule is None]
+    base = w.schedule if w.schedule is not None else w.arrival.rate_per_s
+    base_total = (
+        0.0 if not shared else (base * end if isinstance(base, float) else float(cumulative(base, end)))
+    )
+    return [
+        base_total * c.share / sum(shared) if c.schedule is None else float(cumulative(c.schedule, end))
+        for c in w.classes
+    ]

@@ -138,43 +138,9 @@ class Session(_Spec):
     )
 
 
-class TrafficClass(_Spec):
-    name: str = Field(description="label in the per-class results")
-    share: float = Field(
-        gt=0, description="relative share of arrivals (of conversations, for session classes)"
-    )
-    prompt_tokens: Length | None = Field(
-        None, description="prompt length (per turn: the new user tokens); default: the workload's"
-    )
-    output_tokens: Length | None = Field(None, description="output length; default: the workload's")
-    shared_prefix_tokens: int = Field(
-        0, ge=0, description="a system prompt of this many tokens that every request of the class carries"
-    )
-    prefix_position: Literal["start", "end"] = Field(
-        "start", description="where the shared tokens go: start (cacheable) or end (after the variable part)"
-    )
-    session: Session | None = Field(
-        None, description="multi-turn conversations: each turn's prompt is the whole conversation so far"
-    )
-    slo: Slo | None = Field(None, description="this class's latency targets (default: the scenario's slo)")
-    priority: int = Field(
-        0, description="higher runs first when serving.admission.scheduling_policy is priority"
-    )
-    acceptance_rate: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="speculative decoding acceptance rate for this class (default: serving's)",
-    )
-    response_cache_hit_rate: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="this class's response-cache hit rate (default: response_cache.hit_rate)",
-    )
-
-
 # ---------------------------------------------------------------- a day of traffic (simulator/rate_schedule.py)
+
+
 class RateStep(_Spec):
     start_s: float = Field(ge=0, description="seconds from the start when this step begins")
     rate_per_s: float = Field(ge=0, description="mean arrival rate until the next step")
@@ -265,6 +231,48 @@ class Hourly(_Spec):
 RateSchedule = Annotated[Steps | Daily | Hourly, Field(discriminator="kind")]
 
 
+class TrafficClass(_Spec):
+    name: str = Field(description="label in the per-class results")
+    share: float = Field(
+        gt=0, description="relative share of arrivals (of conversations, for session classes)"
+    )
+    prompt_tokens: Length | None = Field(
+        None, description="prompt length (per turn: the new user tokens); default: the workload's"
+    )
+    output_tokens: Length | None = Field(None, description="output length; default: the workload's")
+    shared_prefix_tokens: int = Field(
+        0, ge=0, description="a system prompt of this many tokens that every request of the class carries"
+    )
+    prefix_position: Literal["start", "end"] = Field(
+        "start", description="where the shared tokens go: start (cacheable) or end (after the variable part)"
+    )
+    session: Session | None = Field(
+        None, description="multi-turn conversations: each turn's prompt is the whole conversation so far"
+    )
+    slo: Slo | None = Field(None, description="this class's latency targets (default: the scenario's slo)")
+    priority: int = Field(
+        0, description="higher runs first when serving.admission.scheduling_policy is priority"
+    )
+    acceptance_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="speculative decoding acceptance rate for this class (default: serving's)",
+    )
+    response_cache_hit_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="this class's response-cache hit rate (default: response_cache.hit_rate)",
+    )
+    schedule: RateSchedule | None = Field(
+        None,
+        description="this class's own rate over time (requests/s; conversations/s for session classes), "
+        "drawn by arrival.process; its share then does not apply (unset: the class takes its share of the "
+        "workload's arrivals)",
+    )
+
+
 class Workload(_Spec):
     trace: str | None = Field(
         None,
@@ -314,6 +322,9 @@ class Workload(_Spec):
             )
         if self.schedule is not None:
             schedule_conflicts(self)
+        own = [c.name for c in self.classes or [] if c.schedule is not None]
+        if own:
+            _class_schedules(self, own)
         if self.arrival.process == "closed_loop":
             _closed_loop(self)
         elif self.arrival.concurrency is not None:
@@ -322,6 +333,7 @@ class Workload(_Spec):
             )
         if (
             self.schedule is None
+            and not (own and len(own) == len(self.classes))
             and self.arrival.process in ("poisson", "gamma", "constant")
             and self.arrival.rate_per_s is None
         ):
@@ -348,6 +360,25 @@ def schedule_conflicts(w: Workload) -> None:
 
 
 # ---------------------------------------------------------------- hardware and serving
+def _class_schedules(w: Workload, own: list[str]) -> None:
+    """Classes with their own schedules: each draws its arrivals over duration_s, beside the workload's."""
+    where = (
+        f"classes {own[0]!r}: schedule" if len(own) == 1 else f"classes {', '.join(map(repr, own))}: schedule"
+    )
+    if w.arrival.process not in ("poisson", "gamma", "constant"):
+        raise ValueError(
+            f"{where}: a class's schedule draws under arrival.process poisson, gamma or constant, not "
+            f"{w.arrival.process}; change arrival.process or remove the class's schedule"
+        )
+    if not w.duration_s:
+        raise ValueError(
+            f"{where}: needs workload.duration_s (how long to draw each class's arrivals); set it"
+        )
+    if len(own) == len(w.classes) and (w.schedule is not None or w.arrival.rate_per_s is not None):
+        setting = "workload.schedule" if w.schedule is not None else "arrival.rate_per_s"
+        raise ValueError(f"every class has its own schedule, so {setting} would not be used; remove it")
+
+
 def _closed_loop(w: Workload) -> None:
     """A closed loop has users, not a rate: what it needs and what it cannot combine with."""
     if w.arrival.concurrency is None:
@@ -406,6 +437,11 @@ class Speculative(_Spec):
     )
     max_batch_size: int = Field(
         32, ge=1, description="switched off when more sequences than this are decoding (as vLLM does)"
+    )
+    graphed_rounds: bool = Field(
+        False,
+        description="draft: the draft steps run in one CUDA graph with the verification (this project's engine, "
+        "engine/speculative.py), so they pay no serving-loop host time of their own; off: each pays it",
     )
 
     @model_validator(mode="after")
@@ -921,11 +957,14 @@ def estimated_requests(w: Workload) -> tuple[float, str] | None:
     trace's own length decides (it is read later). No arrays are drawn: this runs before generation."""
     if w.num_requests is not None:
         return float(w.num_requests), ""
+    own = [c.schedule.peak_rate_per_s for c in w.classes or [] if c.schedule is not None]
     rate = w.schedule.peak_rate_per_s if w.schedule is not None else w.arrival.rate_per_s
+    if own:  # classes with their own schedules add their peaks (all of them: no shared rate)
+        rate = (rate if len(own) < len(w.classes) else 0.0) + sum(own)
     if w.duration_s is None or rate is None:
         return None
     n = rate * w.duration_s  # (with a schedule: its peak rate, an upper bound)
-    how = f"{rate:g} req/s{' (the schedule peak)' if w.schedule else ''} x {w.duration_s:g} s"
+    how = f"{rate:g} req/s{' (the schedule peak)' if w.schedule or own else ''} x {w.duration_s:g} s"
     if w.classes and any(c.session for c in w.classes):
         total = sum(c.share for c in w.classes)
         turns = sum(c.share * (_mean_length(c.session.turns) if c.session else 1) for c in w.classes) / total
@@ -1052,4 +1091,5 @@ LENGTH_HELP = """\
     {kind: steps, steps: [{start_s: 0, rate_per_s: R0}, {start_s: T1, rate_per_s: R1}, ...]}
     {kind: daily, peak_rate_per_s: P, trough_rate_per_s: T, peak_hour: 14, shape: cosine}
     {kind: hourly, requests_per_hour: [N0, N1, ...]}   repeats after the last hour
-    {kind: hourly, from_trace: TRACE, scale: 1.0}     a trace's own arrivals per hour (times scale)"""
+    {kind: hourly, from_trace: TRACE, scale: 1.0}     a trace's own arrivals per hour (times scale)
+  a traffic class may carry its own `schedule` (then its share does not apply; needs duration_s)"""

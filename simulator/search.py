@@ -71,6 +71,14 @@ def set_field(data: dict, path: str, value) -> dict:
     return out
 
 
+def _is_day(data: dict) -> bool:
+    """A base whose load follows a rate schedule (the workload's or a class's): searched as a whole day."""
+    classes = get_field(data, "workload.classes") or []
+    return get_field(data, "workload.schedule") is not None or any(
+        isinstance(c, dict) and c.get("schedule") is not None for c in classes
+    )
+
+
 def with_rate(data: dict, rate_per_s: float) -> dict:
     """The scenario with its mean arrival rate set (a trace's times are rescaled to it)."""
     return set_field(data, "workload.arrival.rate_per_s", float(rate_per_s))
@@ -162,9 +170,9 @@ def parse_spec(data: object, source: str = "search spec") -> SearchSpec:
     sc = parse_scenario(spec.base, f"{source}: base")
     if not sc.slo.model_dump(exclude_none=True):
         raise ConfigError(f"{source}: base.slo sets no target; a capacity search needs at least one SLO")
-    if sc.workload.schedule is not None and spec.target_rate_per_s is not None:
+    if _is_day(spec.base) and spec.target_rate_per_s is not None:
         raise ConfigError(
-            f"{source}: target_rate_per_s: a base with workload.schedule is searched over its day and ranked by "
+            f"{source}: target_rate_per_s: a base with a rate schedule is searched over its day and ranked by "
             "the day's cost; remove target_rate_per_s"
         )
     return spec
@@ -553,7 +561,7 @@ def evaluate(
 ) -> ConfigResult:
     """One configuration end to end; never raises for a bad combination (it is reported)."""
     fields = overrides if fields is None else fields
-    if get_field(base, "workload.schedule") is not None:  # a day: simulated whole, ranked by its cost
+    if _is_day(base):  # a day: simulated whole, ranked by its cost
         from simulator.day_search import evaluate_day
 
         return evaluate_day(base, overrides, index, slo_attainment, fields)
@@ -819,7 +827,7 @@ def frontier_curves(result: SearchResult) -> dict[int, LoadCurve]:
     """Latency-vs-load curves of the frontier configurations at the spec's load points, each run as long
     (in time) as the probe that found the configuration's max rate. None for a day (its rate is the schedule's)."""
     out = {}
-    if get_field(result.spec.base, "workload.schedule") is not None:
+    if _is_day(result.spec.base):
         return out
     for r in result.frontier():
         data = configured(result.spec.base, r.fields)
@@ -932,7 +940,7 @@ def format_table(result: SearchResult, limit: int = 20) -> str:
         f"{PROBE_SERVICE_TIMES:g} service times at full batches, up to {MAX_PROBE_REQUESTS:,} requests) and met the SLOs; "
         "fails at: the lowest rate tried above it, and why it failed"
     )
-    if get_field(spec.base, "workload.schedule") is not None:  # (simulator/day_search.py)
+    if _is_day(spec.base):  # (simulator/day_search.py)
         lines[-1] = (
             "  a day: each configuration simulated over the whole day once; max req/s: its busiest hour's offered "
             "rate, served within the SLOs; $/h: the day's cost over its hours"

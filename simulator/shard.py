@@ -47,18 +47,19 @@ _LIVE = RequestTable._LIVE  # the per-request fields a run fills in
 
 
 # ---------------------------------------------------------------- the arrival chain
-def arrival_events(times: np.ndarray) -> np.ndarray:
+def arrival_events(times: np.ndarray, before: float | None = None) -> np.ndarray:
     """The simulated time at which each arrival (in arrival order) is submitted by one process's Source.
 
     Source chains timeouts: at an event at `now` it submits every arrival due by `now`, then waits
     `times[i] − now` for the next one, landing at `now + (times[i] − now)`, which floating point may put an
     ulp away from `times[i]`. This replays that recurrence with numpy, to a fixed point (the plain loop,
-    `_arrival_events_loop`, is its twin in tests/simulator/test_shard.py)."""
+    `_arrival_events_loop`, is its twin in tests/simulator/test_shard.py). `before`: the event of the
+    arrival just before `times[0]` (a chunk of a longer run; None: the run's first arrival)."""
     n = len(times)
     if n == 0:
         return np.empty(0)
     events = times.astype(float).copy()
-    events[0] = max(float(times[0]), 0.0)
+    events[0] = _first_event(float(times[0]), before)
     for _ in range(64):
         prev = np.concatenate((events[:1], events[:-1]))  # (the first has no previous event)
         joins = times <= prev  # due by the previous event: submitted with it
@@ -68,14 +69,20 @@ def arrival_events(times: np.ndarray) -> np.ndarray:
         if np.array_equal(new, events):
             return events
         events = new
-    return _arrival_events_loop(times)  # long runs of equal times converge slowly: the loop is exact
+    return _arrival_events_loop(times, before)  # long runs of equal times converge slowly: the loop is exact
 
 
-def _arrival_events_loop(times: np.ndarray) -> np.ndarray:
+def _first_event(t: float, before: float | None) -> float:
+    if before is None:
+        return max(t, 0.0)
+    return before if t <= before else before + (t - before)
+
+
+def _arrival_events_loop(times: np.ndarray, before: float | None = None) -> np.ndarray:
     """`arrival_events` as Source computes it, one arrival at a time."""
     out = np.empty(len(times))
     ts = times.tolist()
-    now = max(ts[0], 0.0)
+    now = _first_event(ts[0], before)
     i, n = 0, len(ts)
     while i < n:
         out[i] = now

@@ -34,6 +34,7 @@ from simulator.day import DayRecord, build_autoscaler, day_summary
 from simulator.disaggregation import Disaggregated
 from simulator.memory import MemoryPlan
 from simulator.metrics import Fleet, RunRecord, SchedulerCounts, Setup, summarize
+from simulator.rate_schedule import offered
 from simulator.replica import RUN_CAP, Replica, ReplicaHooks
 from simulator.response_cache import draw_hits, front
 from simulator.router import Router, prefix_ids
@@ -157,7 +158,11 @@ def _engine(b: _Build, index: int, gi: int, g: Group, max_seqs: int, blocks: int
             if draft is not None
             else None
         )
-        draft_time = DraftCost(spec, cost, draft_cost)
+        in_graph = None  # graphed rounds: the draft's steps without host terms (DraftCost)
+        if draft is not None and spec.graphed_rounds:
+            in_graph = CostModel(g.profile, draft, sv.precision.weight_dtype, sv.precision.kv_dtype, g.par.tp,
+                                 engine=g.engine, serving_host=False)  # fmt: skip
+        draft_time = DraftCost(spec, cost, draft_cost, in_graph)
     static = sv.batching.mode == "static"
     return Replica(b.env, index, sched, cost, table, StepStats(b.interval_s), static, g.role, group=g,
                    group_index=gi, draft_time=draft_time, run_cap=1 if b.step_by_step else RUN_CAP)  # fmt: skip
@@ -500,7 +505,7 @@ def _puller(router: Router, e: Replica):
 # ---------------------------------------------------------------- summarize
 def _day(dep: Deployment, record: RunRecord, summary: dict) -> DayRecord | None:
     """summary["day"] (and the day's cost, with autoscaling) of a run with a schedule or autoscaling."""
-    if dep.autoscaler is None and dep.scenario.workload.schedule is None:
+    if dep.autoscaler is None and offered(dep.scenario.workload) is None:
         return None
     replicas = len(set(dep.replica_of))
     day, cost, rec = day_summary(

@@ -24,15 +24,20 @@ def expected_tokens(alpha: float, k: int) -> float:
 class DraftCost:
     """Seconds the drafting part of a round takes for n sequences with `context` tokens in total."""
 
-    def __init__(self, spec: Speculative, target: CostModel, draft: CostModel | None) -> None:
+    def __init__(
+        self, spec: Speculative, target: CostModel, draft: CostModel | None, in_graph: CostModel | None = None
+    ) -> None:
         self.k, self.fraction = spec.num_speculative_tokens, spec.draft_cost_fraction
         self.target, self.draft = target, draft
+        # graphed rounds: the draft's steps priced without the serving loop's host terms (the round pays them
+        # once, in its verification step); its prompt chunks still run as steps of their own (`prefill`)
+        self.rounds = in_graph if in_graph is not None else draft
 
     def __call__(self, n: int, context: int) -> float:
         shape = BatchShape(decode_seqs=n, decode_context_tokens=context)
         if self.draft is not None:  # k autoregressive steps of the draft model
             return sum(
-                self.draft.step_time(BatchShape(decode_seqs=n, decode_context_tokens=context + i * n))
+                self.rounds.step_time(BatchShape(decode_seqs=n, decode_context_tokens=context + i * n))
                 for i in range(self.k)
             )
         return self.k * self.fraction * self.target.step_time(shape)

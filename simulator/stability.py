@@ -12,6 +12,7 @@ overload, and anything less is inconclusive.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -95,23 +96,42 @@ class Backlog:
         )
 
 
-def _sustained_rate(fin: np.ndarray, warm: float, t1: float, service_s: float, drained: bool) -> float:
-    """Completions per second over the window [warm, t1] (`fin`: sorted finish times)."""
+@dataclass(slots=True)
+class Counts:
+    """What the verdict reads of a run's records: totals, and how many requests had arrived, been served
+    (arrived and not rejected) and finished by given times. `assess` builds it from whole arrays; a
+    streamed fleet run (simulator/fleet_stream.py) from its record chunks, one at a time."""
+
+    total: int  # requests that arrived on their own
+    arrived: int  # of them, those that arrived by the stop (all without one)
+    first_s: float  # the first arrival
+    last_s: float  # the last arrival by the stop
+    service_s: float  # mean time from first scheduled to finish of finished requests
+    finished: int
+    last_finish_s: float
+    # (times) -> (arrivals, served arrivals, finishes) at or before each time
+    upto: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _sustained_rate(c: Counts, warm: float, t1: float, drained: bool) -> float:
+    """Completions per second over the window [warm, t1]."""
     window = t1 - warm
-    completed = int(np.searchsorted(fin, t1, "right") - np.searchsorted(fin, warm, "right"))
+    _, _, fin = c.upto(np.array([warm, t1]))
+    completed = int(fin[1] - fin[0])
     sustained = completed / window if window > 0 else math.nan
-    if drained and len(fin) and 0 < window < service_s and fin[-1] > warm:
+    if drained and c.finished and 0 < window < c.service_s and c.last_finish_s > warm:
         # no request both starts and finishes in a window shorter than its service time (500 req/s into
         # 5.6 s batches read as 5 req/s sustained): count the completions until the queue has drained
-        sustained = int(len(fin) - np.searchsorted(fin, warm, "right")) / (float(fin[-1]) - warm)
+        sustained = int(c.finished - fin[0]) / (c.last_finish_s - warm)
     return sustained
 
 
-def _growth(served: np.ndarray, fin: np.ndarray, warm: float, t1: float) -> tuple[float, float]:
+def _growth(c: Counts, warm: float, t1: float) -> tuple[float, float]:
     """Growth of the number in the system over [warm, t1] (least squares) and its fluctuation about it."""
     window = t1 - warm
     t = np.linspace(warm, t1, SAMPLES)
-    n = np.searchsorted(served, t, "right") - np.searchsorted(fin, t, "right")
+    _, served, fin = c.upto(t)
+    n = served - fin
     # fitted on the window scaled to [0, 1]: times of 1e-300 s or 1e300 s would overflow the fit's scaling
     x = (t - warm) / window if window > 0 else t - warm
     growth, icept = np.polyfit(x, n, 1) if window > 0 else (0.0, float(n[0]))
@@ -153,33 +173,51 @@ def assess(
     service_s = float((finish_s[done] - scheduled_s[done]).mean()) if done.any() else math.nan
     if stopped is not None:
         arr = arr[arr <= stopped.at_s]
-    if len(arr) < 2:
+    served = np.sort(arrival_s[came & ~rejected])
+    fin = np.sort(finish_s[done])
+
+    def upto(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.searchsorted(arr, t, "right"), np.searchsorted(served, t, "right"),
+                np.searchsorted(fin, t, "right"))  # fmt: skip
+
+    first, last = (float(arr[0]), float(arr[-1])) if len(arr) else (math.nan, math.nan)
+    last_finish = float(fin[-1]) if len(fin) else math.nan
+    return judge(Counts(total, len(arr), first, last, service_s, len(fin), last_finish, upto), dropped, hold,
+                 stopped)  # fmt: skip
+
+
+def judge(c: Counts, dropped: int, hold: int, stopped: Stopped | None = None) -> Stability:
+    """The verdict from a run's counts (`assess`, or a streamed run's)."""
+    total, service_s = c.total, c.service_s
+    if c.arrived < 2:
         return Stability("inconclusive", "fewer than 2 arrivals", math.nan, math.nan, math.nan, 0.0,
-                         service_s, None, len(arr), total)  # fmt: skip
-    t0, t1 = float(arr[0]), float(arr[-1]) if stopped is None else stopped.at_s
+                         service_s, None, c.arrived, total)  # fmt: skip
+    t0, t1 = c.first_s, c.last_s if stopped is None else stopped.at_s
     span = t1 - t0
     warm = t0 + WARMUP_FRACTION * span
     window = t1 - warm
-    served = np.sort(arrival_s[came & ~rejected])
-    fin = np.sort(finish_s[done])
-    in_window = int(np.searchsorted(arr, t1, "right") - np.searchsorted(arr, warm, "right"))
+    arr_at, _, _ = c.upto(np.array([warm, t1]))
+    in_window = int(arr_at[1] - arr_at[0])
     offered = in_window / window if window > 0 else math.nan
-    sustained = _sustained_rate(fin, warm, t1, service_s, drained=stopped is None)
-    growth, noise = _growth(served, fin, warm, t1)
+    sustained = _sustained_rate(c, warm, t1, drained=stopped is None)
+    growth, noise = _growth(c, warm, t1)
     slope = growth / window if window > 0 else 0.0
     drift = slope / offered if offered > 0 else math.nan
+    served_total = int(c.upto(np.array([math.inf]))[1][0])
 
     def verdict(v: Verdict, reason: str) -> Stability:
         return Stability(v, reason, offered, sustained, float(drift), window, service_s,
-                         None if stopped is None else stopped.at_s, len(arr), total)  # fmt: skip
+                         None if stopped is None else stopped.at_s, c.arrived, total)  # fmt: skip
 
     rates = f"offered {offered:.3g} req/s, sustained {sustained:.3g} req/s"
-    if not len(fin) and stopped is None and dropped < DROP_MIN * total:
-        return verdict("inconclusive", f"no request finished ({total - len(served):,} of {total:,} rejected)")
+    if not c.finished and stopped is None and dropped < DROP_MIN * total:
+        return verdict(
+            "inconclusive", f"no request finished ({total - served_total:,} of {total:,} rejected)"
+        )
     if stopped is not None:
         return verdict(
             "overloaded",
-            f"stopped at t={stopped.at_s:.4g} s after {len(arr):,} of {total:,} arrivals: {stopped.waiting:,} "
+            f"stopped at t={stopped.at_s:.4g} s after {c.arrived:,} of {total:,} arrivals: {stopped.waiting:,} "
             f"requests waiting and growing ({rates})",
         )
     if dropped >= DROP_MIN * total:

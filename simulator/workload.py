@@ -115,7 +115,17 @@ def generate(w: Workload, seed: int) -> Requests:
             f"workload.trace {w.trace!r} has no arrival times; use arrival.process poisson/gamma/constant"
         )
     if w.classes:
-        return _generate_classes(w, trace, arr_rng, p_rng, o_rng, c_rng)
+        if any(c.schedule is not None for c in w.classes):
+            # one more arrival stream per class (spawned after the four above, which stay as they were)
+            streams = [
+                np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4 + len(w.classes))
+            ]
+            arrival, cls = _class_arrivals(w, trace, arr_rng, c_rng, streams[4:])
+            return _generate_classes(w, trace, arrival, cls, arr_rng, p_rng, o_rng, c_rng)
+        arrival = _arrivals(w, w.num_requests, trace, arr_rng)
+        shares = np.array([c.share for c in w.classes], dtype=float)
+        cls = c_rng.choice(len(w.classes), size=len(arrival), p=shares / shares.sum())
+        return _generate_classes(w, trace, arrival, cls, arr_rng, p_rng, o_rng, c_rng)
     if w.arrival.process == "closed_loop":
         n = w.num_requests or (len(trace.prompt_tokens) if trace else DEFAULT_REQUESTS)
         prompt = _lengths(w.prompt_tokens, n, p_rng, trace.prompt_tokens if trace else None)
@@ -183,11 +193,37 @@ def _single_turns(
     )
 
 
-def _generate_classes(w: Workload, trace, arr_rng, p_rng, o_rng, c_rng) -> Requests:
+def _class_arrivals(
+    w: Workload, trace, arr_rng, c_rng, class_rngs: list[np.random.Generator]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Arrivals and classes when some classes have schedules of their own: the others share the workload's
+    arrivals by their shares; each scheduled class draws its own over duration_s; merged in time order."""
     classes = w.classes
-    shares = np.array([c.share for c in classes], dtype=float)
-    arrival = _arrivals(w, w.num_requests, trace, arr_rng)
-    cls = c_rng.choice(len(classes), size=len(arrival), p=shares / shares.sum())
+    shared = [i for i, c in enumerate(classes) if c.schedule is None]
+    times, owner = [], []
+    if shared:
+        arrival = _arrivals(w, None, trace, arr_rng)
+        shares = np.array([classes[i].share for i in shared], dtype=float)
+        times.append(arrival)
+        owner.append(
+            np.asarray(shared)[c_rng.choice(len(shared), size=len(arrival), p=shares / shares.sum())]
+        )
+    for i, c in enumerate(classes):
+        if c.schedule is not None:
+            rng = class_rngs[i]
+            own = w.model_copy(update={"schedule": c.schedule})
+            t = scheduled_arrivals(own, None, lambda k, rng=rng: _gaps(w, k, rng, 1.0), DEFAULT_REQUESTS)
+            times.append(t)
+            owner.append(np.full(len(t), i, dtype=np.int64))
+    arrival, cls = np.concatenate(times), np.concatenate(owner)
+    order = np.argsort(arrival, kind="stable")
+    return arrival[order], cls[order]
+
+
+def _generate_classes(
+    w: Workload, trace, arrival: np.ndarray, cls: np.ndarray, arr_rng, p_rng, o_rng, c_rng
+) -> Requests:
+    classes = w.classes
     # turns per arrival; a conversation's later turns are requests too
     turns = np.ones(len(arrival), dtype=np.int64)
     for ci, c in enumerate(classes):

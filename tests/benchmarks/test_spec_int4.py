@@ -55,3 +55,25 @@ def test_cpu_run_and_comparison(tmp_path):
     )
     assert "## Seed experiment's shape" in md and "## int4 weight-only GEMM" in md and "median" in md
     assert "| qkv | 4 | dequant_mm |" in md  # the per-candidate table
+    for r in rows:  # where a round's time went, for the GPU run's look at the gap; rounds as one graph
+        assert r["rounds"]["steps"] == r["spec_steps"] and 0 < r["rounds"]["graph_rounds"] <= r["spec_steps"]
+    assert raw["round_graphs"] and all(r["rounds"]["round_graph"] > 0.3 for r in lows)
+
+    # resumable: a second run under the same --out keeps every part and row and measures nothing again
+    assert spec_int4_gpu.main(["--cpu", "--tiny", "--out", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "spec_int4_cpu.json").read_text())
+    assert (
+        again["spec_rows"] == rows
+        and again["gemm"] == raw["gemm"]
+        and again["seed_shape"] == raw["seed_shape"]
+    )
+    assert "resuming" in (tmp_path / "spec_int4.log").read_text()
+
+
+def test_budget_skips_what_does_not_fit(tmp_path):
+    import spec_int4_gpu
+
+    assert spec_int4_gpu.main(["--cpu", "--tiny", "--out", str(tmp_path), "--budget-s", "0"]) == 0
+    raw = json.loads((tmp_path / "spec_int4_cpu.json").read_text())
+    assert raw["skipped"][:3] == ["a (GEMMs)", "b (int4 row)", "c (seed shape)"] and len(raw["skipped"]) == 11
+    assert "gemm" not in raw and raw["spec_rows"] == [] and "draft" in raw["refs"]

@@ -50,7 +50,7 @@ def test_reference_and_layer_equal_a_dequantized_matmul():
 
 KERNEL_CHECK = """
 import torch
-from engine.quant import quantize_int4, w4a16, w4a16_reference
+from engine.quant import quantize_int4, unpack_int4, w4a16, w4a16_reference
 torch.manual_seed(0)
 out = []
 for dt, shapes in ((torch.float32, [(1, 256, 96), (3, 384, 64), (20, 256, 200), (40, 256, 128)]),
@@ -73,13 +73,26 @@ for cfg in quant.GEMV_CONFIGS:
     assert torch.allclose(quant._gemv(x, qw, s, cfg), ref, atol=1e-4), cfg
 x = torch.randn(20, 256)
 assert torch.allclose(quant._gemm(x, qw, s, 32, (64, 4, 3, 2)), w4a16_reference(x, qw, s), atol=1e-4)
-# the row-per-program GEMV: every configuration at one row, two at three rows (split-K and not)
+# the plane-at-a-time kernel: every configuration at one row, the few-rows ones at 3 and 5 rows (rows masked off
+# in a bucket of 4 and 8), split-K and not; bf16 activations too; a weight with every nibble 0 and 15
+for cfg in quant.PLANES_ONE:
+    x = torch.randn(1, 256)
+    assert torch.allclose(quant._planes(x, qw, s, (1, *cfg)), w4a16_reference(x, qw, s), atol=1e-4), cfg
+for m, rows in ((3, 4), (5, 8)):
+    x = torch.randn(m, 256)
+    for cfg in quant.PLANES_FEW[rows] + [(64, 0, 4, 2)]:
+        y = quant._planes(x, qw, s, (rows, *cfg))
+        assert y.shape == (m, 64) and torch.allclose(y, w4a16_reference(x, qw, s), atol=1e-4), (m, cfg)
+xb = torch.randn(4, 256).to(torch.bfloat16)
+y = quant._planes(xb, qw, s.to(torch.bfloat16), (4, 64, 4, 4, 2)).float()
+ref = w4a16_reference(xb, qw, s.to(torch.bfloat16)).float()
+assert y.dtype == torch.float32 and (y - ref).abs().max() / ref.abs().max() < 1e-2
+q = torch.where(torch.rand(256, 64) < 0.5, 0, 15).long().reshape(32, 8, 64)
+words = (q << (4 * torch.arange(8))[None, :, None]).sum(1)
+qe, se = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32), torch.rand(2, 64) + 0.5
+assert set(unpack_int4(qe).unique().tolist()) == {0, 15}
 x = torch.randn(1, 256)
-for cfg in quant.GEMV2_CONFIGS:
-    assert torch.allclose(quant._gemv2(x, qw, s, cfg), w4a16_reference(x, qw, s), atol=1e-4), cfg
-x = torch.randn(3, 256)
-for cfg in ((32, 8, 2), (64, 0, 4)):
-    assert torch.allclose(quant._gemv2(x, qw, s, cfg), w4a16_reference(x, qw, s), atol=1e-4), cfg
+assert torch.allclose(quant._planes(x, qe, se, (1, 64, 0, 4, 2)), w4a16_reference(x, qe, se), atol=1e-4)
 # dequantize-then-matmul: the Triton dequantization is the reference's weight, transposed
 w = torch.randn(72, 384) * 384 ** -0.5
 qw, s = quantize_int4(w)

@@ -51,7 +51,15 @@ def workload(n: int = 12, seed: int = 0, span_s: float = 0.05) -> Requests:
 
 
 def run_spec(
-    req, alpha=1.0, acceptance="draw", draft=None, max_batch=64, blocks=500, max_seqs=8, static=True
+    req,
+    alpha=1.0,
+    acceptance="draw",
+    draft=None,
+    max_batch=64,
+    blocks=500,
+    max_seqs=8,
+    static=True,
+    graphs=False,
 ):
     target = tiny()
     draft = draft if draft is not None else tiny(1, seed=7)
@@ -64,6 +72,9 @@ def run_spec(
     dex.warmup()
     pool = BlockPool(blocks, 4)
     spec = SpecRun(dex, K, max_batch, alpha, acceptance)
+    if graphs:  # round graphs (on the CPU: their static buffers run eagerly)
+        spec.warmup(ex)
+        assert sorted(spec.graphs) == [1, 2, 4, 8][: len(spec.graphs)] and spec.graphs
     run = serve(ex, req, pool, max_seqs, 64, True, spec=spec, trace=True, seed=3)
     assert not run.unfinished and (run.table.generated == req.output_tokens).all()
     assert pool.used == 0 and not run.scheduler.running
@@ -147,3 +158,28 @@ def test_speculation_switches_off_above_max_batch():
     assert (tr["spec_seqs"] > 0).any() and (tr["spec_seqs"] <= 2).all()
     assert (tr["decode_seqs"] > 2).any()  # plain decode steps above the limit
     assert 0 < run.spec["accepted"] < run.spec["drafted"]
+
+
+def test_round_graphs_give_the_step_by_step_rounds_tokens():
+    """Rounds through RoundGraph's static buffers (the CUDA graph's twin on the CPU: the draft's two-token catch-up,
+    its decode steps fed on the device, the verification): greedy verification still keeps exactly the target's
+    greedy tokens (a run without speculation's) whatever the draft, a draft identical to the target has every draft
+    accepted, α = 1 yields k + 1 tokens a round; most rounds take the graph (the rest: prompt chunks in the step)."""
+    req = workload(seed=2)
+    ex = Executor(tiny(), physical_tokens(500, 4, req, 8), 8, device="cpu")
+    plain = serve(ex, req, BlockPool(500, 4), 8, 64, True, seed=3)
+    run, _ = run_spec(req, acceptance="greedy", graphs=True)
+    same, _ = run_spec(req, acceptance="greedy", draft=tiny(), graphs=True)
+    for r in (run, same):
+        assert r.spec["graph_rounds"] > r.spec["rounds"] / len(req) / 2, r.spec
+        assert (r.step_trace["graph"] == 3).sum() == r.spec["graph_rounds"]
+        for rid in range(len(req)):
+            assert (r.output_ids(rid) == plain.output_ids(rid)).all(), rid
+    assert same.spec["accepted"] == same.spec["drafted"] > run.spec["accepted"]
+    one, _ = run_spec(workload(), alpha=1.0, graphs=True)
+    assert one.spec["graph_rounds"] > 0 and one.spec["accepted"] == one.spec["drafted"]
+    for i, times in enumerate(one.token_times):
+        rest = int(one.table.output_tokens[i]) - 1
+        assert round_sizes(times)[1:] == [K + 1] * (rest // (K + 1)) + (
+            [rest % (K + 1)] if rest % (K + 1) else []
+        )

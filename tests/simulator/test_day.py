@@ -12,7 +12,7 @@ from core.kv_cache import BlockPool
 from core.model_spec import load_model
 from simulator.autoscaling import startup_s
 from simulator.cluster import plan_groups
-from simulator.rate_schedule import clock_times, cumulative, hourly_rates, rate_at
+from simulator.rate_schedule import clock_times, cumulative, hourly_rates, offered, rate_at
 from simulator.scenario import Startup, parse_scenario
 from simulator.simulation import build, run, simulate
 from simulator.workload import generate
@@ -459,3 +459,79 @@ def test_the_search_command_over_a_day_writes_its_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "a day: each configuration simulated over the whole day once" in out and "1 ok" in out
     assert (tmp_path / "out" / "search.csv").read_text().count("\n") == 2
+
+
+# ---------------------------------------------------------------- classes with schedules of their own
+def test_a_class_with_its_own_schedule_follows_it_while_the_others_share_the_workload_rate():
+    """chat takes the workload's constant 2/s; batch runs only 0-1 h then 6/s from 1 h on (its own steps)."""
+    classes = [
+        {"name": "chat", "share": 1},
+        {"name": "batch", "share": 5, "schedule": steps((0, 0.0), (3600, 6.0))},  # share unused
+    ]
+    sc = scenario(workload__arrival__rate_per_s=2.0, workload__duration_s=7200, workload__classes=classes)
+    r = generate(sc.workload, 3)
+    chat, batch = r.class_id == 0, r.class_id == 1
+    first = r.arrival_s < 3600
+    assert (batch & first).sum() == 0  # batch has rate 0 in the first hour
+    assert (batch & ~first).sum() == pytest.approx(6 * 3600, rel=0.05)
+    for part in (first, ~first):
+        assert (chat & part).sum() == pytest.approx(2 * 3600, rel=0.05)
+    assert np.all(np.diff(r.arrival_s) >= 0)  # merged in time order
+    np.testing.assert_array_equal(generate(sc.workload, 3).arrival_s, r.arrival_s)  # same seed, same day
+    # the day's offered load adds the parts: 2/s, then 8/s
+    day = simulate(sc).summary["day"]
+    assert [h["offered_per_s"] for h in day["hours"][:2]] == pytest.approx([2.0, 8.0], rel=0.05)
+    assert offered(sc.workload).hourly_rates(7200) == pytest.approx([2.0, 8.0], rel=1e-12)
+    assert offered(sc.workload).peak_rate_per_s(7200) == 8.0
+
+
+def test_a_class_schedule_leaves_the_other_classes_draws_alone():
+    """Adding a scheduled class does not reshuffle the arrivals and lengths of the classes sharing the rate."""
+    base = [{"name": "chat", "share": 1}]
+    extra = base + [{"name": "batch", "share": 1, "schedule": steps((0, 1.0))}]
+    kw = {"workload__arrival__rate_per_s": 2.0, "workload__duration_s": 600}
+    a = generate(scenario(workload__classes=base, **kw).workload, 5)
+    b = generate(scenario(workload__classes=extra, **kw).workload, 5)
+    np.testing.assert_array_equal(a.arrival_s, b.arrival_s[b.class_id == 0])
+
+
+def classes_of(sc):
+    return [c.schedule for c in sc.workload.classes]
+
+
+def test_every_class_scheduled_needs_no_workload_rate_and_sums_the_peaks():
+    classes = [
+        {
+            "name": "day",
+            "share": 1,
+            "schedule": {"kind": "daily", "peak_rate_per_s": 4, "trough_rate_per_s": 1},
+        },
+        {"name": "night", "share": 1, "schedule": {"kind": "hourly", "requests_per_hour": [7200, 3600]}},
+    ]
+    sc = scenario(workload__duration_s=7200, workload__classes=classes)
+    r = generate(sc.workload, 0)
+    assert (r.class_id == 1).sum() == pytest.approx(10800, rel=0.05)
+    assert (r.class_id == 0).sum() == pytest.approx(float(cumulative(classes_of(sc)[0], 7200)), rel=0.05)
+    assert offered(sc.workload).peak_rate_per_s(7200) == pytest.approx(4 + 2, rel=1e-3)  # daily peak + hour 0
+
+
+@pytest.mark.parametrize(
+    ("over", "says"),
+    [
+        ({"workload__arrival__rate_per_s": 1.0, "workload__num_requests": 100}, "duration_s"),
+        (
+            {"workload__arrival": {"process": "closed_loop", "concurrency": 4}, "workload__duration_s": 60},
+            "process",
+        ),
+        ({"workload__arrival__rate_per_s": 1.0, "workload__duration_s": 60, "all": True}, "rate_per_s"),
+    ],
+)
+def test_bad_class_schedules_are_one_line(over, says):
+    over = dict(over)
+    classes = [{"name": "a", "share": 1, "schedule": steps((0, 1.0))}]
+    if not over.pop("all", False):
+        classes.append({"name": "b", "share": 1})
+    with pytest.raises(ConfigError) as e:
+        scenario(workload__classes=classes, **over)
+    msg = str(e.value)
+    assert "\n" not in msg and says in msg and "schedule" in msg, msg

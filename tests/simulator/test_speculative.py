@@ -89,3 +89,41 @@ def test_needs_a_draft_model():
 
     with pytest.raises(ConfigError, match="needs draft_model"):
         scenario({"method": "draft"})
+
+
+def test_graphed_rounds_drop_the_draft_steps_host_time():
+    """Graphed rounds price the k draft steps without the serving loop's host terms (the round pays them once, in
+    its verification): each round is k x (host per step + per sequence) shorter, prompts' TTFT unchanged."""
+    from core.cost_model import BatchShape, CostModel
+    from core.hardware import load_profile
+    from core.model_spec import load_model
+    from simulator.speculative import DraftCost
+
+    spec = {
+        "method": "draft",
+        "draft_model": "qwen2.5-0.5b",
+        "num_speculative_tokens": 3,
+        "acceptance_rate": 0.7,
+    }
+    sc = scenario(spec, n=40, model="qwen2.5-7b")
+    plain, graphed = (
+        simulate(sc),
+        simulate(scenario(dict(spec, graphed_rounds=True), n=40, model="qwen2.5-7b")),
+    )
+    assert np.allclose(plain.table.first_token_s, graphed.table.first_token_s)
+    t_plain, t_graphed = (f.summary["latency_s"]["tpot"]["p50"] for f in (plain, graphed))
+    profile, draft = load_profile("h100-sxm"), load_model("qwen2.5-0.5b")
+    host = CostModel(profile, draft).overhead_time(1) - CostModel(
+        profile, draft, serving_host=False
+    ).overhead_time(1)
+    assert host > 0
+    cost = DraftCost(
+        sc.serving.speculative, None, CostModel(profile, draft), CostModel(profile, draft, serving_host=False)
+    )
+    steps = [
+        CostModel(profile, draft).step_time(BatchShape(decode_seqs=1, decode_context_tokens=600 + i))
+        for i in range(3)
+    ]
+    assert cost(1, 600) == pytest.approx(sum(steps) - 3 * host, rel=1e-9)
+    # a round yields (1 - 0.7^4) / 0.3 tokens: TPOT drops by about 3 host terms over that many tokens
+    assert t_plain - t_graphed == pytest.approx(3 * host / expected_tokens(0.7, 3), rel=0.35)
