@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
             from calibrate.from_benchmark import main as from_benchmark
 
             return from_benchmark(argv[1:], prog)
+        elif argv and argv[0] == "interconnect":  # under torchrun (calibrate/interconnect.py)
+            from calibrate.interconnect import main as interconnect
+
+            return interconnect(argv[1:], prog)
         elif argv and argv[0] == "fit":
             a = _fit_parser(prog).parse_args(argv[1:])
             from calibrate.calibration import refit

@@ -116,6 +116,16 @@ class Efficiencies(_Strict):
     )
 
 
+class CollectiveFit(_Strict):
+    """One collective's measured cost on this machine: latency + the formula's bytes / bandwidth
+    (`python -m calibrate interconnect`; the bytes as core.parallelism counts them)."""
+
+    latency_us: float = Field(ge=0, description="fitted fixed time, µs")
+    bandwidth_gbps: float = Field(gt=0, description="fitted rate of the formula's bytes, GB/s")
+    ranks: int = Field(ge=2, description="GPUs the fit was measured on")
+    holdout_median_pct: float | None = Field(None, ge=0, description="median error on held-out sizes, %")
+
+
 class Interconnect(_Strict):
     kind: str = Field(description="nvlink, pcie, infinity-fabric, ...")
     bandwidth_gbps: float = Field(gt=0, description="per-GPU unidirectional bandwidth, GB/s")
@@ -124,6 +134,9 @@ class Interconnect(_Strict):
     # effective NVLink bandwidth of 370GB/s" on H100 (github.com/NVIDIA/nccl-tests/issues/212): 0.82.
     efficiency: float = Field(
         0.8, gt=0, le=1.0, description="fraction of the bandwidth collectives reach (NCCL bus bandwidth)"
+    )
+    measured: dict[Literal["all_reduce", "all_gather", "all_to_all", "send"], CollectiveFit] | None = Field(
+        None, description="measured fits per collective; where given they replace the datasheet figures"
     )
 
 

@@ -157,26 +157,35 @@ def allreduce_time(nbytes: float, n: int, ic: Interconnect) -> float:
     """All-reduce of an `nbytes` buffer held by each of n GPUs: latency + 2(n−1)/n × nbytes / rate."""
     if n <= 1:
         return 0.0
-    return collective_latency(ic) + 2 * (n - 1) / n * nbytes / _rate(ic)
+    return _cost("all_reduce", 2 * (n - 1) / n * nbytes, ic)
 
 
 def allgather_time(nbytes: float, n: int, ic: Interconnect) -> float:
     """All-gather of an `nbytes` result of which each GPU holds 1/n: latency + (n−1)/n × nbytes / rate."""
     if n <= 1:
         return 0.0
-    return collective_latency(ic) + (n - 1) / n * nbytes / _rate(ic)
+    return _cost("all_gather", (n - 1) / n * nbytes, ic)
 
 
 def all_to_all_time(nbytes: float, n: int, ic: Interconnect) -> float:
     """All-to-all where each GPU scatters `nbytes` evenly over the n GPUs ((n−1)/n of it leaves)."""
     if n <= 1:
         return 0.0
-    return collective_latency(ic) + (n - 1) / n * nbytes / _rate(ic)
+    return _cost("all_to_all", (n - 1) / n * nbytes, ic)
 
 
 def send_time(nbytes: float, ic: Interconnect) -> float:
     """Point-to-point send between neighbouring pipeline stages."""
-    return collective_latency(ic) + nbytes / _rate(ic)
+    return _cost("send", nbytes, ic)
+
+
+def _cost(name: str, wire_bytes: float, ic: Interconnect) -> float:
+    """A collective's time for its bus bytes: the measured fit when the profile has one, else the datasheet's
+    latency and rate."""
+    fit = ic.measured.get(name) if ic.measured else None
+    if fit is not None:
+        return fit.latency_us * 1e-6 + wire_bytes / (fit.bandwidth_gbps * 1e9)
+    return collective_latency(ic) + wire_bytes / _rate(ic)
 
 
 def _rate(ic: Interconnect) -> float:

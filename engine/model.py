@@ -244,19 +244,23 @@ class Transformer(nn.Module):
 
 def _init_weights(model: Transformer, seed: int) -> None:
     """Random non-zero weights: N(0, 1/K) for matrices (keeps activations O(1)), norms near their identity."""
-    dev = model.embed.weight.device
-    g = torch.Generator(device=dev).manual_seed(seed)
+    g = torch.Generator(device=model.embed.weight.device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                base = 0.0 if is_gemma(model.spec) else 1.0
-                p.normal_(0.0, 0.1, generator=g).add_(base)
-            elif name == "embed.weight":
-                p.normal_(0.0, 1.0, generator=g)
-            elif p.dim() == 1:  # biases
-                p.normal_(0.0, 0.02, generator=g)
-            else:
-                p.normal_(0.0, p.shape[-1] ** -0.5, generator=g)
+            init_parameter(name, p, model.spec, g)
+
+
+def init_parameter(name: str, p: torch.Tensor, spec: ModelSpec, g: torch.Generator) -> None:
+    """Draw one parameter in place, as `_init_weights` does in parameter order (engine.parallel draws each
+    full tensor this way and keeps its rank's shard, so a sharded model holds the one-process weights)."""
+    if name.endswith("norm.weight"):
+        p.normal_(0.0, 0.1, generator=g).add_(0.0 if is_gemma(spec) else 1.0)
+    elif name == "embed.weight":
+        p.normal_(0.0, 1.0, generator=g)
+    elif p.dim() == 1:  # biases
+        p.normal_(0.0, 0.02, generator=g)
+    else:
+        p.normal_(0.0, p.shape[-1] ** -0.5, generator=g)
 
 
 def build_model(
