@@ -841,8 +841,7 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
     simulation.summarize_run write them (percentiles sketched: summary["percentiles"])."""
     from simulator.engines import engine_profile, named
     from simulator.expected_error import expected_error
-    from simulator.measured import p_word, throughput_metrics
-    from simulator.metrics import VLLM_PERCENTILES, _cost, _itl_keys, itl_percentiles
+    from simulator.metrics import _cost, itl_percentiles
     from simulator.simulation import _cluster
 
     g = groups[0]
@@ -854,19 +853,7 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
     for e in engines:
         e.group = g
     counts = SchedulerCounts.of(engines)
-    lat = {k: Latency() for k in ("ttft", "tpot", "e2e", "queueing")}
-    dlat = {k: Latency() for k in ("ttft", "tpot", "e2e")}
-    tot = Partial(-1)
-    for p in partials:
-        for k in lat:
-            lat[k].merge(p.latency[k])
-        for k in dlat:
-            dlat[k].merge(p.done_latency[k])
-        for k in ("finished", "preemptions", "in_tokens", "out_tokens", "scheduled_prompt", "cached",
-                  "goodput_ok", "per_user_sum", "per_user_n"):  # fmt: skip
-            setattr(tot, k, getattr(tot, k) + getattr(p, k))
-        for k, v in p.dropped.items():
-            tot.dropped[k] += v
+    lat, dlat, tot = _merged(partials)
     n, done = plan.n, tot.finished
     dropped = sum(tot.dropped.values())
     rejected = plan.rejected + dropped
@@ -917,34 +904,8 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
         },
         "cost": _cost(cost_usd, share_in, tot.in_tokens, tot.out_tokens),
     }
-    out["prefix_cache"] = {
-        "enabled": sc.serving.caching.prefix_caching,
-        "hit_rate": tot.cached / tot.scheduled_prompt if tot.scheduled_prompt else 0.0,
-        "prefill_tokens_saved": tot.cached,
-        "prefill_tokens_saved_incl_recompute": int(counts.cached_tokens),
-        "evicted_blocks": int(counts.evicted_blocks),
-    }
-    if sc.serving.speculative is not None:
-        r_, t_ = counts.spec_rounds, counts.spec_tokens
-        out["speculative"] = {
-            "rounds": int(r_),
-            "tokens": int(t_),
-            "tokens_per_round": t_ / r_ if r_ else math.nan,
-        }
-    vllm = throughput_metrics(done, tot.in_tokens, tot.out_tokens, makespan)
-    vllm["request_goodput"] = tot.goodput_ok / makespan if slo.model_dump(exclude_none=True) else None
-    for key, name in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el")):
-        lt = dlat[key]
-        if not lt.moments.n:
-            continue
-        vllm[f"mean_{name}_ms"] = lt.moments.mean * 1000.0
-        vllm[f"median_{name}_ms"] = lt.sketch.percentile(50) * 1000.0
-        vllm[f"std_{name}_ms"] = lt.moments.std * 1000.0
-        for q in qs or VLLM_PERCENTILES:
-            vllm[f"p{p_word(q)}_{name}_ms"] = lt.sketch.percentile(q) * 1000.0
-        if key == "tpot":
-            vllm |= _itl_keys(stats.itl_hist, qs or VLLM_PERCENTILES)
-    out |= vllm
+    out |= _cache_sections(sc, tot, counts)
+    out |= _vllm_keys(dlat, stats, tot, makespan, slo, qs)
     out["expected_error"] = expected_error(engine_profile(sc), named(sc), g.profile)
     hold = sum(e.max_seqs for e in engines)
     files = json.loads((d / "plan.json").read_text())["files"]
@@ -959,8 +920,75 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
         for i, c in p.served.items():
             served[i] += c
     out["replicas"] = replica_summary(groups, engines, replica_of, None, makespan, served)
+    out["simulation"] = _simulation_section(partials, n, stats, wall0, d, files)
+    out["percentiles"] = dict(PERCENTILES_STATED)
+    return out, stats
+
+
+def _merged(partials: list[Partial]) -> tuple[dict, dict, Partial]:
+    """The shards' latency sketches (all requests; finished ones) and their counts and sums, merged."""
+    lat = {k: Latency() for k in ("ttft", "tpot", "e2e", "queueing")}
+    dlat = {k: Latency() for k in ("ttft", "tpot", "e2e")}
+    tot = Partial(-1)
+    for p in partials:
+        for k in lat:
+            lat[k].merge(p.latency[k])
+        for k in dlat:
+            dlat[k].merge(p.done_latency[k])
+        for k in ("finished", "preemptions", "in_tokens", "out_tokens", "scheduled_prompt", "cached",
+                  "goodput_ok", "per_user_sum", "per_user_n"):  # fmt: skip
+            setattr(tot, k, getattr(tot, k) + getattr(p, k))
+        for k, v in p.dropped.items():
+            tot.dropped[k] += v
+    return lat, dlat, tot
+
+
+def _cache_sections(sc: Scenario, tot: Partial, counts: SchedulerCounts) -> dict:
+    """summary["prefix_cache"] (and ["speculative"] when on), from the merged counts."""
+    out = {
+        "prefix_cache": {
+            "enabled": sc.serving.caching.prefix_caching,
+            "hit_rate": tot.cached / tot.scheduled_prompt if tot.scheduled_prompt else 0.0,
+            "prefill_tokens_saved": tot.cached,
+            "prefill_tokens_saved_incl_recompute": int(counts.cached_tokens),
+            "evicted_blocks": int(counts.evicted_blocks),
+        }
+    }
+    if sc.serving.speculative is not None:
+        r_, t_ = counts.spec_rounds, counts.spec_tokens
+        out["speculative"] = {
+            "rounds": int(r_),
+            "tokens": int(t_),
+            "tokens_per_round": t_ / r_ if r_ else math.nan,
+        }
+    return out
+
+
+def _vllm_keys(dlat: dict, stats, tot: Partial, makespan: float, slo, qs: tuple[float, ...] | None) -> dict:
+    """vLLM bench serve's keys, from the finished requests' sketches (as metrics.summarize writes them)."""
+    from simulator.measured import p_word, throughput_metrics
+    from simulator.metrics import VLLM_PERCENTILES, _itl_keys
+
+    vllm = throughput_metrics(tot.finished, tot.in_tokens, tot.out_tokens, makespan)
+    vllm["request_goodput"] = tot.goodput_ok / makespan if slo.model_dump(exclude_none=True) else None
+    for key, name in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el")):
+        lt = dlat[key]
+        if not lt.moments.n:
+            continue
+        vllm[f"mean_{name}_ms"] = lt.moments.mean * 1000.0
+        vllm[f"median_{name}_ms"] = lt.sketch.percentile(50) * 1000.0
+        vllm[f"std_{name}_ms"] = lt.moments.std * 1000.0
+        for q in qs or VLLM_PERCENTILES:
+            vllm[f"p{p_word(q)}_{name}_ms"] = lt.sketch.percentile(q) * 1000.0
+        if key == "tpot":
+            vllm |= _itl_keys(stats.itl_hist, qs or VLLM_PERCENTILES)
+    return vllm
+
+
+def _simulation_section(partials: list[Partial], n: int, stats, wall0: float, d: Path, files) -> dict:
+    """summary["simulation"]: the run's wall time and rates, its shards, and where the records are."""
     wall = time.perf_counter() - wall0
-    out["simulation"] = {
+    return {
         "wall_s": wall,
         "requests_per_wall_s": n / wall,
         "steps_per_wall_s": stats.steps / wall,
@@ -971,11 +999,12 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
         "records": str(d),
         "records_digest": _digest_text([p.digest for p in partials] + [_rejected_digest(d, files)]),
     }
-    out["percentiles"] = {
-        "exact": ["itl (the same histogram as one process: bins 0.46% wide)", "every mean"],
-        "sketched": ["ttft", "tpot", "e2e", "queueing", "median_/pNN_ ttft, tpot, e2el _ms"],
-        "relative_error_bound": SKETCH_RELATIVE_ERROR,
-        "sketch": f"log-spaced bins, {SKETCH_BINS_PER_DECADE} a decade from {SKETCH_LO:g} s to "
-        f"{SKETCH_LO * 10**SKETCH_DECADES:g} s, merged over shards; zeros exact",
-    }
-    return out, stats
+
+
+PERCENTILES_STATED = {  # summary["percentiles"] of a streamed run: which are exact, which sketched, the bound
+    "exact": ["itl (the same histogram as one process: bins 0.46% wide)", "every mean"],
+    "sketched": ["ttft", "tpot", "e2e", "queueing", "median_/pNN_ ttft, tpot, e2el _ms"],
+    "relative_error_bound": SKETCH_RELATIVE_ERROR,
+    "sketch": f"log-spaced bins, {SKETCH_BINS_PER_DECADE} a decade from {SKETCH_LO:g} s to "
+    f"{SKETCH_LO * 10**SKETCH_DECADES:g} s, merged over shards; zeros exact",
+}
