@@ -212,6 +212,12 @@ class CostModel:
         self.attn_peak = profile.peak_flops("bf16")
         self.gemm_eff, self.gemm_peak, self.dequant = gemm_rate(profile, weight_dtype)
         self.wbytes = dtype_bytes(weight_dtype)
+        # a fitted int4 group may come with the curves of the engine's other W4A16 kernels (one per kernel
+        # family, calibrate/int4_from_run.py): a GEMM takes the fastest, as the engine's tuner picks per size
+        more = (
+            (getattr(profile.calibration, "int4_kernel_curves", None) or {}) if weight_dtype == "int4" else {}
+        )
+        self.gemm_alt = [OpEfficiency.model_validate(c) for c in more.values()] if not self.dequant else []
         fp32 = profile.peak_tflops.fp32
         # CUDA-core instruction rate (see DEQUANT_INSTR_PER_WEIGHT); without an FP32 figure, the 16-bit
         # tensor rate / 16 (the A100's ratio: 312 vs 19.5 TFLOP/s).
@@ -318,7 +324,12 @@ class CostModel:
     # ------------------------------------------------------------------ groups
     def _weight_gemm(self, slots: float, k: int, n: int, copies: float = 1.0) -> float:
         """One [k, n] weight GEMM over `slots` token rows, spread over `copies` matrices (touched experts)."""
-        e = self.gemm_eff
+        t = self._weight_gemm_with(self.gemm_eff, slots, k, n, copies)
+        for e in self.gemm_alt:
+            t = min(t, self._weight_gemm_with(e, slots, k, n, copies))
+        return t
+
+    def _weight_gemm_with(self, e: OpEfficiency, slots: float, k: int, n: int, copies: float) -> float:
         t_c = (2.0 * slots * k * n + e.compute_ramp_flops) / (e.compute * self.gemm_peak) + e.compute_ramp_s
         if self.dequant:
             rows = slots / copies if copies else 0.0

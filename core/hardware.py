@@ -108,6 +108,12 @@ class Efficiencies(_Strict):
         ge=0,
         description="the same, extra for a step with prompt tokens (its layout is larger to prepare)",
     )
+    spec_round_s: float = Field(
+        0.0,
+        ge=0,
+        description="seconds a speculative round of the engine's (engine/speculative.py, draft model) takes beyond "
+        "its k draft steps and its verification step as the cost model prices them (benchmarks/fit_spec_round.py)",
+    )
     eager_launch_s_per_layer: float = Field(
         0.0,
         ge=0,

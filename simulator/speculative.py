@@ -32,11 +32,13 @@ class DraftCost:
         # graphed rounds: the draft's steps priced without the serving loop's host terms (the round pays them
         # once, in its verification step); its prompt chunks still run as steps of their own (`prefill`)
         self.rounds = in_graph if in_graph is not None else draft
+        # a draft-model round's own cost beyond its steps as priced (the profile's, measured on our engine)
+        self.round_s = target.eff.spec_round_s if target is not None and draft is not None else 0.0
 
     def __call__(self, n: int, context: int) -> float:
         shape = BatchShape(decode_seqs=n, decode_context_tokens=context)
-        if self.draft is not None:  # k autoregressive steps of the draft model
-            return sum(
+        if self.draft is not None:  # k autoregressive steps of the draft model, and the round's own cost
+            return self.round_s + sum(
                 self.rounds.step_time(BatchShape(decode_seqs=n, decode_context_tokens=context + i * n))
                 for i in range(self.k)
             )

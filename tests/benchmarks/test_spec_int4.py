@@ -58,6 +58,11 @@ def test_cpu_run_and_comparison(tmp_path):
     for r in rows:  # where a round's time went, for the GPU run's look at the gap; rounds as one graph
         assert r["rounds"]["steps"] == r["spec_steps"] and 0 < r["rounds"]["graph_rounds"] <= r["spec_steps"]
     assert raw["round_graphs"] and all(r["rounds"]["round_graph"] > 0.3 for r in lows)
+    import fit_spec_round  # the round's own cost: engine's mean round vs the simulator's, α = 0.6 rows only
+
+    gaps = fit_spec_round.round_gaps(raw)
+    assert [g["row"] for g in gaps] == [r["row"] for r in rows if r["alpha"] == 0.6]
+    assert all(g["engine_s"] > 0 and g["sim_s"] > 0 and g["sim_steps"] > 0 for g in gaps)
 
     # resumable: a second run under the same --out keeps every part and row and measures nothing again
     assert spec_int4_gpu.main(["--cpu", "--tiny", "--out", str(tmp_path)]) == 0

@@ -127,3 +127,23 @@ def test_graphed_rounds_drop_the_draft_steps_host_time():
     assert cost(1, 600) == pytest.approx(sum(steps) - 3 * host, rel=1e-9)
     # a round yields (1 - 0.7^4) / 0.3 tokens: TPOT drops by about 3 host terms over that many tokens
     assert t_plain - t_graphed == pytest.approx(3 * host / expected_tokens(0.7, 3), rel=0.35)
+
+
+def test_a_profiles_round_cost_is_added_once_per_draft_round():
+    """efficiency.spec_round_s (benchmarks/fit_spec_round.py) is added to every draft-model round, once."""
+    from core.cost_model import CostModel
+    from core.hardware import load_profile
+    from core.model_spec import load_model
+    from simulator.speculative import DraftCost
+
+    sc = scenario({"method": "draft", "draft_model": "qwen2.5-0.5b", "num_speculative_tokens": 3})
+    base = load_profile("h100-sxm")
+    with_round = base.model_copy(
+        update={"efficiency": base.efficiency.model_copy(update={"spec_round_s": 2e-3})}
+    )
+    target, draft = load_model("qwen2.5-7b"), load_model("qwen2.5-0.5b")
+    t0, t1 = (
+        DraftCost(sc.serving.speculative, CostModel(p, target), CostModel(p, draft))(2, 900)
+        for p in (base, with_round)
+    )
+    assert t1 - t0 == pytest.approx(2e-3, rel=1e-9)
