@@ -17,6 +17,7 @@ GROUPS = {
     "communication": "communication (collectives)",
     "overhead": "per-step overhead (GPU fixed + serving host)",
     "launch_wait": "eager launch wait (host issuing kernels)",
+    "host_overlapped": "host work overlapped with GPU work (subtracted)",
 }
 # A group is bound by a resource when doubling it shortens the group by more than this share, and by the
 # larger of the two; below it on both, the group's time is fixed (launches, host, interconnect latency).
@@ -53,7 +54,7 @@ def bound(cm: CostModel, b: BatchShape) -> dict[str, str]:
     out = {}
     for k, t in base.items():
         save_c, save_m = t - faster_c[k], t - faster_m[k]
-        if k in ("overhead", "launch_wait"):
+        if k in ("overhead", "launch_wait", "host_overlapped"):
             out[k] = "host/launch"
         elif k == "communication" and t > 0:
             out[k] = "interconnect"
@@ -93,7 +94,7 @@ def step_breakdown(f: Forecast) -> dict | None:
                     "bound": bounds[k],
                 }  # fmt: skip
                 for k, t in times.items()
-                if t > 0
+                if t != 0  # (host_overlapped is negative: the host time that ran under GPU work)
             ],
         }
     return out

@@ -59,3 +59,28 @@ def test_a_model_that_does_not_fit_has_no_breakdown():
     f = _forecast(100, model="llama-3.1-70b", gpu="t4")
     assert not f.fits
     assert step_breakdown(f) is None
+
+
+def test_an_engine_whose_host_overlaps_the_gpu_shows_the_overlap_and_still_sums_to_the_step():
+    """transformers-generate (host.overlap): a step is the longer of host and GPU time, so the breakdown
+    subtracts the overlapped host time in its own labelled row rather than showing shares above 100%."""
+    f = api.forecast(
+        {
+            "model": "llama-3.1-8b",
+            "hardware": {"gpu": "h200"},
+            "engine": "transformers-generate",
+            "serving": {"batching": {"mode": "static"}},
+            "workload": {
+                "arrival": {"process": "poisson", "rate_per_s": 1.0},
+                "prompt_tokens": {"dist": "fixed", "value": 512},
+                "output_tokens": {"dist": "fixed", "value": 40},
+                "num_requests": 20,
+            },
+        }
+    )
+    bd = step_breakdown(f)
+    for step in bd.values():
+        rows = {g["group"]: g for g in step["groups"]}
+        assert rows["host_overlapped"]["time_s"] < 0
+        assert rows["host_overlapped"]["label"].startswith("host work overlapped")
+        assert sum(g["time_s"] for g in step["groups"]) == pytest.approx(step["total_s"])
