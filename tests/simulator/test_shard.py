@@ -172,3 +172,30 @@ def test_check_times_are_where_chunked_runs_stop_the_clock(horizon):
     for k in range(1, CHECKS + 1):
         env.run(until=horizon * k / CHECKS)
         assert env.now == _check_time(horizon, k)
+
+
+def test_sharded_and_streamed_runs_on_ray_equal_one_process(tmp_path):
+    """`run --ray`: the same shards on a (local) Ray cluster give the one-process files byte for byte, and a
+    streamed run there writes every request's record as one process recorded it."""
+    ray = pytest.importorskip("ray")
+    from simulator.fleet_stream import read_records, records_digest, simulate_streamed, table_chunks
+
+    drawn = [  # a drawn workload (a streamed run draws it in each shard)
+        "workload.arrival.process=poisson",
+        "workload.arrival.rate_per_s=40",
+        "workload.prompt_tokens={dist: lognormal, median: 600, sigma: 0.8, max: 8000}",
+        "workload.output_tokens={dist: lognormal, median: 150, sigma: 0.7, max: 1500}",
+    ]
+    sc = _scenario([*CASES["round_robin"], *drawn], 600)
+    one = simulate(sc)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = simulate_sharded(sc, 2, "ray")
+        streamed = simulate_streamed(sc, tmp_path / "records", shards=2, backend="ray", chunk_rows=200)
+    finally:
+        ray.shutdown()
+    assert _files(on_ray, tmp_path, "ray") == _files(one, tmp_path, "one")
+    digest = records_digest(table_chunks(one.table))
+    assert records_digest(read_records(tmp_path / "records")) == digest
+    assert streamed.summary["requests"] == one.summary["requests"]
+    assert streamed.summary["stability"]["verdict"] == one.summary["stability"]["verdict"]
