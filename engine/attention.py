@@ -191,9 +191,18 @@ def plan_layout(
     }
 
 
-def device_sms(device) -> int:
+_SMS: dict[int, int] = {}
+
+
+def device_sms(device, off_cuda: int = 16) -> int:
+    """The device's SM count (cached per CUDA device); `off_cuda` elsewhere, the CPU paths' stand-in."""
     dev = torch.device(device)
-    return torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 16
+    if dev.type != "cuda":
+        return off_cuda
+    i = dev.index if dev.index is not None else torch.cuda.current_device()
+    if i not in _SMS:
+        _SMS[i] = torch.cuda.get_device_properties(i).multi_processor_count
+    return _SMS[i]
 
 
 def unit_tensors(units: dict, device) -> dict:

@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from engine.attention import device_sms
 from engine.fused import act_mul
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the torch paths
@@ -323,7 +324,7 @@ def fused_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Te
     top_k = ids.shape[1]
     pairs = t * top_k
     e = w_gate_up.shape[0]
-    sms = _sms(x.device)
+    sms = device_sms(x.device, off_cuda=0)  # (0: kernel_config then assumes SMS_DEFAULT)
     cfg = kernel_config(pairs, w_gate_up.shape[1], e, w_gate_up.shape[2], sms)
     sorted_ids, block_expert = align(ids, e, cfg["BM"])
     x = x.contiguous()
@@ -335,19 +336,6 @@ def fused_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Te
     tw = weights.reshape(-1).float().contiguous()
     y = grouped_gemm(h2, w_down, sorted_ids, block_expert, 1, pairs, cfg_d, weights=tw)
     return y.view(t, top_k, hidden).sum(1).to(x.dtype)
-
-
-_SMS: dict[int, int] = {}
-
-
-def _sms(device: torch.device) -> int:
-    """The device's SM count (cached; 0 off CUDA: kernel_config then assumes SMS_DEFAULT)."""
-    if device.type != "cuda":
-        return 0
-    i = device.index if device.index is not None else torch.cuda.current_device()
-    if i not in _SMS:
-        _SMS[i] = torch.cuda.get_device_properties(i).multi_processor_count
-    return _SMS[i]
 
 
 def _interpreted() -> bool:

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.attention import device_sms
+
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the torch reference
     import triton
     import triton.language as tl
@@ -542,7 +544,7 @@ def _planes(x, qweight, scales, cfg: tuple) -> torch.Tensor:
     group = k // scales.shape[0]
     groups = k // group
     tiles = triton.cdiv(n, bn)
-    split = _splits(tiles, groups, per_sm * _sm_count(x.device)) if per_sm else 1
+    split = _splits(tiles, groups, per_sm * device_sms(x.device, off_cuda=8)) if per_sm else 1
     per = triton.cdiv(groups, split)
     split = triton.cdiv(groups, per)
     y = torch.empty((split, m, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
@@ -571,25 +573,13 @@ def _splits(tiles: int, groups: int, target: int) -> int:
     return max(1, min(groups // 2, -(-target // tiles)))
 
 
-_SMS: dict[int, int] = {}
-
-
-def _sm_count(dev: torch.device) -> int:
-    if dev.type != "cuda":
-        return 8
-    i = dev.index if dev.index is not None else torch.cuda.current_device()
-    if i not in _SMS:
-        _SMS[i] = torch.cuda.get_device_properties(i).multi_processor_count
-    return _SMS[i]
-
-
 def _gemv(x, qweight, scales, cfg: tuple) -> torch.Tensor:
     bn, per_sm, warps = cfg
     k, n = x.shape[1], qweight.shape[1]
     group = k // scales.shape[0]
     groups = k // group
     tiles = triton.cdiv(n, bn)
-    split = _splits(tiles, groups, per_sm * _sm_count(x.device)) if per_sm else 1
+    split = _splits(tiles, groups, per_sm * device_sms(x.device, off_cuda=8)) if per_sm else 1
     per = triton.cdiv(groups, split)
     split = triton.cdiv(groups, per)
     y = torch.empty((split, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
@@ -605,7 +595,7 @@ def _gemm(x, qweight, scales, bm: int, cfg: tuple) -> torch.Tensor:
     group = k // scales.shape[0]
     groups = k // group
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    split = _splits(tiles, groups, per_sm * _sm_count(x.device))
+    split = _splits(tiles, groups, per_sm * device_sms(x.device, off_cuda=8))
     per = triton.cdiv(groups, split)
     split = triton.cdiv(groups, per)
     y = torch.empty((split, m, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
