@@ -276,20 +276,41 @@ def build_model(
     dtype: 'bf16', 'fp16', 'fp32' for all weights, or 'fp8'/'int8'/'int4' for the layers' linear weights
     (embeddings, norms and lm_head stay bf16; int4 is weight-only, engine/quant.py). Call `model.allocate_kv(tokens)` before running.
     """
-    n = spec.num_layers if num_layers is None else int(num_layers)
-    if not 1 <= n <= spec.num_layers:
-        raise ValueError(f"num_layers must be in 1..{spec.num_layers} for {spec.name} (got {num_layers})")
-    quant = dtype if dtype in ("fp8", "int8", "int4") else None
-    tdtype = DTYPES["bf16" if quant else dtype]
+    n, quant, tdtype, device, seed, max_position = build_options(
+        spec, dtype, device, num_layers, seed, max_position
+    )
     with torch.device("meta"):  # no host or fp32 copy of the weights: allocate once, in place
         model = Transformer(spec, n).to(tdtype)
     model = model.to_empty(device=device)
     if spec.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     _init_weights(model, seed)
+    finish_model(model, quant, max_position)
+    return model.eval().requires_grad_(False)
+
+
+def build_options(
+    spec: ModelSpec,
+    dtype: str = "bf16",
+    device: str = "cuda",
+    num_layers: int | None = None,
+    seed: int = 0,
+    max_position: int | None = None,
+) -> tuple:
+    """build_model's keywords, checked: (layers, quantized dtype or None, torch dtype, device, seed,
+    max_position); the tensor- and pipeline-parallel builders (engine/parallel.py) take the same."""
+    n = spec.num_layers if num_layers is None else int(num_layers)
+    if not 1 <= n <= spec.num_layers:
+        raise ValueError(f"num_layers must be in 1..{spec.num_layers} for {spec.name} (got {num_layers})")
+    quant = dtype if dtype in ("fp8", "int8", "int4") else None
+    return n, quant, DTYPES["bf16" if quant else dtype], device, seed, max_position
+
+
+def finish_model(model: nn.Module, quant: str | None, max_position: int | None) -> None:
+    """The last steps of building a model: its RoPE tables, and its layers' linear weights quantized."""
+    spec = model.spec
     model.setup_rope(max_position or max(spec.max_position_embeddings, 8192) or 8192)
     if quant == "int4":
         quantize_linears(model.layers, quant, cls=Int4Linear)
     elif quant:
         quantize_linears(model.layers, quant)
-    return model.eval().requires_grad_(False)

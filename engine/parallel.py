@@ -27,9 +27,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.model_spec import ModelSpec
-from engine.model import DTYPES, Dense, Transformer, init_parameter
-from engine.quant import Int4Linear
-from engine.quantize import quantize_linears
+from engine.model import Dense, Transformer, build_options, finish_model, init_parameter
 
 
 # ------------------------------------------------------------------------------------------ sharding rules
@@ -165,34 +163,11 @@ def _fill(
                 local[local_name].copy_(part)
 
 
-def _finish(model: Transformer, quant: str | None, max_position: int | None) -> None:
-    spec = model.spec
-    model.setup_rope(max_position or max(spec.max_position_embeddings, 8192) or 8192)
-    if quant == "int4":
-        quantize_linears(model.layers, quant, cls=Int4Linear)
-    elif quant:
-        quantize_linears(model.layers, quant)
-
-
-def _options(
-    spec: ModelSpec,
-    dtype: str = "bf16",
-    device: str = "cuda",
-    num_layers: int | None = None,
-    seed: int = 0,
-    max_position: int | None = None,
-) -> tuple:
-    """build_model's keywords: (layers, quantized dtype or None, torch dtype, device, seed, max_position)."""
-    n = spec.num_layers if num_layers is None else int(num_layers)
-    quant = dtype if dtype in ("fp8", "int8", "int4") else None
-    return n, quant, DTYPES["bf16" if quant else dtype], device, seed, max_position
-
-
 def build_tp_model(spec: ModelSpec, tp: int, rank: int, group=None, **build) -> Transformer:
     """rank's shard of `build_model(spec, **build)` (dtype, device, num_layers, seed, max_position), its
     row-parallel projections all-reducing over `group` (the default group if None). Call `allocate_kv` as
     for a one-process model: the pools hold this rank's KV heads."""
-    n, quant, tdtype, device, seed, max_position = _options(spec, **build)
+    n, quant, tdtype, device, seed, max_position = build_options(spec, **build)
     local_spec = tp_spec(spec, tp)
     h, vl = spec.hidden_size, vocab_shard(spec.vocab_size, tp)
     with torch.device("meta"):
@@ -208,7 +183,7 @@ def build_tp_model(spec: ModelSpec, tp: int, rank: int, group=None, **build) -> 
         return out
 
     _fill(model, _meta_model(spec, n, tdtype), seed, device, pick)
-    _finish(model, quant, max_position)
+    finish_model(model, quant, max_position)
     for blk in model.layers:
         blk.attn.wo = AllReduce(blk.attn.wo, group)
         blk.mlp.down = AllReduce(blk.mlp.down, group)
@@ -267,7 +242,7 @@ def build_stage_model(
     model's. `ranks[s]` is the global rank of stage s (default: s)."""
     if spec.is_mla:
         raise ConfigError(f"pipeline stages in the engine cover standard attention; {spec.name} is MLA")
-    n, quant, tdtype, device, seed, max_position = _options(spec, **build)
+    n, quant, tdtype, device, seed, max_position = build_options(spec, **build)
     layers = stage_layers(n, pp, stage)
     with torch.device("meta"):
         model = PipelineStage(spec, layers, pp, stage, ranks or list(range(pp)), group).to(tdtype)
@@ -282,5 +257,5 @@ def build_stage_model(
         return [(name, t)]  # embedding, final norm, LM head: kept on every stage (small next to the layers)
 
     _fill(model, _meta_model(spec, n, tdtype), seed, device, pick)
-    _finish(model, quant, max_position)
+    finish_model(model, quant, max_position)
     return model.eval().requires_grad_(False)
