@@ -841,7 +841,7 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
     simulation.summarize_run write them (percentiles sketched: summary["percentiles"])."""
     from simulator.engines import engine_profile, named
     from simulator.expected_error import expected_error
-    from simulator.metrics import _cost, itl_percentiles
+    from simulator.metrics import _cost
     from simulator.simulation import _cluster
 
     g = groups[0]
@@ -865,30 +865,8 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
     busy = stats.busy_s
     share_in = stats.prefill_s / busy if busy else 0.0
     slo = sc.slo
+    out |= _traffic_sections(n, rejected, makespan, gpus, lat, stats, tot, slo)
     out |= {
-        "requests": {
-            "total": n,
-            "finished": done,
-            "rejected": rejected,
-            "unfinished": n - done - rejected,
-            "preemptions": tot.preemptions,
-        },  # fmt: skip
-        "latency_s": {k: lat[k].summary() for k in ("ttft", "tpot")}
-        | {"itl": itl_percentiles(stats.itl_hist, QUANTILES)}
-        | {k: lat[k].summary() for k in ("e2e", "queueing")},
-        "throughput": {
-            "duration_s": makespan,
-            "requests_per_s": done / makespan,
-            "input_tokens_per_s": tot.in_tokens / makespan,
-            "output_tokens_per_s": tot.out_tokens / makespan,
-            "output_tokens_per_s_per_gpu": tot.out_tokens / makespan / gpus,
-            "per_user_output_tokens_per_s": tot.per_user_sum / tot.per_user_n if tot.per_user_n else math.nan,
-        },
-        "goodput": {
-            "slo": slo.model_dump(exclude_none=True),
-            "requests_per_s": tot.goodput_ok / makespan,
-            "fraction": float(tot.goodput_ok / max(done, 1)),
-        },
         "utilisation": {
             "busy_fraction": min(busy / makespan / n_engines, 1.0),
             "steps": stats.steps,
@@ -923,6 +901,40 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
     out["simulation"] = _simulation_section(partials, n, stats, wall0, d, files)
     out["percentiles"] = dict(PERCENTILES_STATED)
     return out, stats
+
+
+def _traffic_sections(
+    n: int, rejected: int, makespan: float, gpus: int, lat: dict, stats, tot: Partial, slo
+) -> dict:
+    """summary["requests"], ["latency_s"], ["throughput"] and ["goodput"] from the merged shards."""
+    from simulator.metrics import itl_percentiles
+
+    done = tot.finished
+    return {
+        "requests": {
+            "total": n,
+            "finished": done,
+            "rejected": rejected,
+            "unfinished": n - done - rejected,
+            "preemptions": tot.preemptions,
+        },  # fmt: skip
+        "latency_s": {k: lat[k].summary() for k in ("ttft", "tpot")}
+        | {"itl": itl_percentiles(stats.itl_hist, QUANTILES)}
+        | {k: lat[k].summary() for k in ("e2e", "queueing")},
+        "throughput": {
+            "duration_s": makespan,
+            "requests_per_s": done / makespan,
+            "input_tokens_per_s": tot.in_tokens / makespan,
+            "output_tokens_per_s": tot.out_tokens / makespan,
+            "output_tokens_per_s_per_gpu": tot.out_tokens / makespan / gpus,
+            "per_user_output_tokens_per_s": tot.per_user_sum / tot.per_user_n if tot.per_user_n else math.nan,
+        },
+        "goodput": {
+            "slo": slo.model_dump(exclude_none=True),
+            "requests_per_s": tot.goodput_ok / makespan,
+            "fraction": float(tot.goodput_ok / max(done, 1)),
+        },
+    }
 
 
 def _merged(partials: list[Partial]) -> tuple[dict, dict, Partial]:
