@@ -1,0 +1,174 @@
+"""Where a step's GPU time goes: per-kernel device time of whole engine steps, for the steps whose bars are missed.
+
+    python benchmarks/kernel_profile.py --out $OUT              # on the GPU (about 3 minutes on an H200)
+    python benchmarks/kernel_profile.py --out /tmp/kp --cpu --tiny   # the same code on toy configs (CPU)
+
+Each case builds a catalogue model (random weights) and runs one step shape eagerly (engine.steps.StepRunner
+without the serving executor or CUDA graphs, so every kernel is launched and named), first timed, then under
+torch.profiler for `--repeat` steps. Writes per case `<case>.txt` (the profiler's table: kernels by device
+time, per step) and one `kernel_profile.json` with each case's top kernels and its eager and graphed step
+times. The cases are the steps of issues 13 and 19 that are furthest from their bars: Mixtral decode at
+batch 1 and a 4,096-token prefill, DeepSeek-V2-Lite prompt steps above the graph cap, Qwen2.5-7B decode at
+batch 256 with 1k contexts, and Llama-3.1-8B int4 decode at batch 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "--cpu" in sys.argv:  # Triton kernels through its interpreter on the CPU (set before importing it)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
+import torch  # noqa: E402
+
+from core.model_spec import load_model, spec_from_config  # noqa: E402
+from engine.model import build_model  # noqa: E402
+from engine.steps import StepRunner  # noqa: E402
+
+# (case, model, weight dtype, step kind, shape): decode shape = context per sequence × batch; prefill = tokens
+CASES = [
+    ("mixtral_decode_b1", "mixtral-8x7b", "bf16", "decode", [512]),
+    ("mixtral_decode_b8", "mixtral-8x7b", "bf16", "decode", [512] * 8),
+    ("mixtral_prefill_4096", "mixtral-8x7b", "bf16", "prefill", [4096]),
+    ("deepseek_prefill_2048", "deepseek-v2-lite", "bf16", "prefill", [2048]),
+    ("deepseek_prefill_4096", "deepseek-v2-lite", "bf16", "prefill", [4096]),
+    ("deepseek_decode_b32", "deepseek-v2-lite", "bf16", "decode", [1024] * 32),
+    ("qwen7b_decode_b64", "qwen2.5-7b", "bf16", "decode", [1088] * 64),
+    ("qwen7b_decode_b256", "qwen2.5-7b", "bf16", "decode", [1088] * 256),
+    ("llama8b_int4_decode_b1", "llama-3.1-8b", "int4", "decode", [1024]),
+    ("llama8b_int4_prefill_2048", "llama-3.1-8b", "int4", "prefill", [2048]),
+]
+TINY = {
+    "model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512, "vocab_size": 128,
+    "max_position_embeddings": 1024, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+}  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _device_us(evt, cpu: bool) -> float:
+    """Self device time of a profiler row in µs (the attribute's name changed across torch versions); on the
+    CPU its self CPU time."""
+    names = ("self_cpu_time_total",) if cpu else ("self_device_time_total", "self_cuda_time_total")
+    for name in names:
+        if hasattr(evt, name):
+            return float(getattr(evt, name))
+    return 0.0
+
+
+def profile_case(runner: StepRunner, kind: str, shape: list[int], repeat: int, cpu: bool) -> dict:
+    if kind == "decode":
+        q, prior = [1] * len(shape), [c - 1 for c in shape]
+    else:
+        q, prior = list(shape), [0] * len(shape)
+    fn, _ = runner._prepare(q, prior)
+    for _ in range(3):
+        fn()
+    if not cpu:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    if not cpu:
+        torch.cuda.synchronize()
+    eager_s = (time.perf_counter() - t0) / repeat
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if not cpu:
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(repeat):
+            fn()
+        if not cpu:
+            torch.cuda.synchronize()
+    rows = []
+    for evt in prof.key_averages():
+        us = _device_us(evt, cpu)
+        if us <= 0 or (not cpu and getattr(evt, "device_type", None) != torch.autograd.DeviceType.CUDA):
+            continue
+        rows.append(
+            {"kernel": evt.key[:160], "us_per_step": us / repeat, "calls_per_step": evt.count / repeat}
+        )
+    rows.sort(key=lambda r: -r["us_per_step"])
+    sort = "self_cuda_time_total" if not cpu else "self_cpu_time_total"
+    try:
+        table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=100)
+    except Exception:  # noqa: BLE001 - the sort key's name differs across versions
+        table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
+    return {"eager_step_s": eager_s, "kernel_sum_us": sum(r["us_per_step"] for r in rows), "top": rows[:40],
+            "table": table}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="one toy model for every case (with --cpu)")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--only", default="", help="comma-separated case names")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev = "cpu" if args.cpu else "cuda"
+    res_path = args.out / "kernel_profile.json"
+    res = json.loads(res_path.read_text()) if res_path.exists() else {}
+    res.setdefault("device", torch.cuda.get_device_name() if not args.cpu else "cpu")
+    res.setdefault("torch", torch.__version__)
+    only = {c for c in args.only.split(",") if c}
+    built: tuple = (None, None, None)
+    for case, name, dtype, kind, shape in CASES:
+        if (only and case not in only) or case in res.get("cases", {}):
+            continue
+        spec = spec_from_config(TINY, "tiny") if args.tiny else load_model(name)
+        if args.tiny:
+            shape = [min(s, 64) for s in shape][:4]
+        t0 = time.perf_counter()
+        try:
+            if built[0] != (name, dtype):
+                built = (None, None, None)
+                gc.collect()
+                if not args.cpu:
+                    torch.cuda.empty_cache()
+                model = build_model(spec, dtype="fp32" if args.cpu else dtype, device=dev)
+                if dtype == "int4" and not args.cpu:
+                    from engine.quant import tune_model
+
+                    tune_model(model, 16, log=log)
+                built = ((name, dtype), model, None)
+            model = built[1]
+            ctx = max(s for s in shape) + 8
+            runner = StepRunner(model, len(shape), ctx, device=dev, cuda_graphs=False, serving=False,
+                                kv_tokens=sum(shape) + 64)  # fmt: skip
+            rec = profile_case(runner, kind, shape, args.repeat, args.cpu)
+            graphed = StepRunner(model, len(shape), ctx, device=dev, cuda_graphs=not args.cpu,
+                                 kv_tokens=sum(shape) + 64)  # fmt: skip
+            rec["served_step_s"] = (
+                graphed.decode(shape) if kind == "decode" else graphed.prefill(shape, warmup=2, repeat=5)
+            )
+            graphed = runner = None
+        except Exception as exc:  # noqa: BLE001 - one case failing does not lose the others
+            rec = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            log(f"{case}: {rec['error']}")
+        rec.update(model=name, dtype=dtype, kind=kind, batch=len(shape), length=shape[0],
+                   wall_s=time.perf_counter() - t0)  # fmt: skip
+        if "table" in rec:
+            (args.out / f"{case}.txt").write_text(rec.pop("table"))
+            log(f"{case}: eager {rec['eager_step_s'] * 1e3:.2f} ms, served {rec['served_step_s'] * 1e3:.2f} ms, "
+                f"kernels {rec['kernel_sum_us'] / 1e3:.2f} ms; top: "
+                + "; ".join(f"{r['kernel'][:50]} {r['us_per_step']:.0f}us" for r in rec["top"][:4]))  # fmt: skip
+        res.setdefault("cases", {})[case] = rec
+        res_path.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
