@@ -39,7 +39,6 @@ ROWS = {
 
 
 def run_file(gpu: str, isl: int, osl: int, n: int, out_tok_s: float) -> dict:
-    duration = n * osl / out_tok_s
     return {
         "date": "published",
         "backend": "tensorrt-llm (trtllm-bench throughput, pytorch backend)",
@@ -52,6 +51,14 @@ def run_file(gpu: str, isl: int, osl: int, n: int, out_tok_s: float) -> dict:
         "source": URL,
         "gpu": gpu,
         "tensor_parallel_size": 1,
+        **fixed_length_totals(n, isl, osl, out_tok_s),
+    }
+
+
+def fixed_length_totals(n: int, isl: int, osl: int, out_tok_s: float) -> dict:
+    """vLLM's result keys for the counts and rates of `n` requests of fixed lengths at an output rate."""
+    duration = n * osl / out_tok_s
+    return {
         "duration": duration,
         "completed": n,
         "total_input_tokens": n * isl,

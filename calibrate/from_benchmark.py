@@ -56,11 +56,16 @@ TERMS = {
     "per_prompt_token_s": (1e-6, (0.0, 1e-4)),
     "gemm": (1.0, (0.3, 4.0)),
     "attention": (1.0, (0.3, 6.0)),  # attention_prefill and attention_decode together
+    # each on its own (an engine whose prompt attention runs another kernel than its decode attention: vLLM's
+    # Triton attention on Turing prices prompts at ~0.7 TFLOP/s, benchmarks/results/gpu_published.md)
+    "attention_prefill": (1.0, (0.3, 100.0)),
+    "attention_decode": (1.0, (0.3, 20.0)),
 }
 DEFAULT_TERMS = ("per_step_s", "per_sequence_s", "gemm", "attention")
 # what a fit compares, vLLM's names (the ones a run lacks are left out of its residuals)
 FIT_METRICS = ("mean_ttft_ms", "mean_tpot_ms", "median_itl_ms", "request_throughput", "output_throughput")
-START = {"per_step_s": 2e-3, "per_sequence_s": 2e-5, "per_prompt_token_s": 0.0, "gemm": 1.0, "attention": 1.0}
+START = {"per_step_s": 2e-3, "per_sequence_s": 2e-5, "per_prompt_token_s": 0.0, "gemm": 1.0, "attention": 1.0,
+         "attention_prefill": 1.0, "attention_decode": 1.0}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -77,6 +82,10 @@ class Settings:
     budget: int
     overrides: dict
     terms: tuple[str, ...]
+    cuda_graphs: str = "full"  # the engine's launches as served (none: --enforce-eager)
+    per_layer: bool = False  # the host terms are per model layer (an eager engine's launches)
+    model_dir: str | None = None  # config.json files of models outside the catalogue, matched by name
+    weights: tuple[str, ...] = ("bf16", "fp16", "fp8", "int8", "int4")  # the engine's kernels' weight formats
 
 
 def profile_of(values: dict[str, float], s: Settings, sources: dict, validation: Validation | None = None,
@@ -84,6 +93,10 @@ def profile_of(values: dict[str, float], s: Settings, sources: dict, validation:
     """The engine profile with these term values (the terms not fitted at their START values)."""
     v = START | values
     fit = "fit" if "fit" in sources else "start"
+    # the two attention factors: each fitted on its own, or both the one `attention` term
+    prefill, decode = (
+        v[k] if k in values else v["attention"] for k in ("attention_prefill", "attention_decode")
+    )
     return EngineProfile(
         name=s.engine,
         display_name=f"{s.family} {s.version} (fitted to measured runs)",
@@ -99,21 +112,21 @@ def profile_of(values: dict[str, float], s: Settings, sources: dict, validation:
             block_size=16,
             preemption="recompute",
             pad_static_batches=False,
-            cuda_graphs="full",
+            cuda_graphs=s.cuda_graphs,
             source="scheduling",
         ),  # fmt: skip
         host=HostTime(
             per_step_s=Figure(value=v["per_step_s"], source=fit),
             per_sequence_s=Figure(value=v["per_sequence_s"], source=fit),
             per_prompt_token_s=Figure(value=v["per_prompt_token_s"], source=fit),
-            per_layer=False,
+            per_layer=s.per_layer,
             gpu_profile_loop=False,
         ),
         kernels=Kernels(
             gemm=v["gemm"],
-            attention_prefill=v["attention"],
-            attention_decode=v["attention"],
-            quantized_weights=["bf16", "fp16", "fp8", "int8", "int4"],
+            attention_prefill=prefill,
+            attention_decode=decode,
+            quantized_weights=list(s.weights),
             attention_layout="per_sequence",
             source=fit,
         ),  # fmt: skip
@@ -123,13 +136,18 @@ def profile_of(values: dict[str, float], s: Settings, sources: dict, validation:
     )
 
 
-def catalogue_model(run: MeasuredRun, given: str | None) -> str:
-    """The catalogue model a run served: --model, else the run's own name matched to the catalogue."""
+def catalogue_model(run: MeasuredRun, given: str | None, model_dir: str | None = None) -> str:
+    """The catalogue model a run served: --model, else the run's own name matched to a config.json in
+    --model-dir (by name: Qwen/Qwen2.5-3B-Instruct and qwen2.5-3b-instruct.json agree), else to the catalogue."""
     if given:
         return given
     if run.model is None:
         raise ConfigError(f"{run.source}: the file names no model; give --model (a catalogue name)")
     theirs = model_key(run.model)
+    if model_dir:
+        hits = sorted(p for p in Path(model_dir).glob("*.json") if model_key(p.stem) == theirs)
+        if hits:
+            return str(hits[0])
     hits = [n for n in catalogue_names() if model_key(n) == theirs or model_key(n) in theirs]
     if not hits:
         raise ConfigError(
@@ -142,7 +160,7 @@ def scenario_for(run: MeasuredRun, s: Settings, engine_yaml: str) -> dict:
     workload, _ = run_workload(run)
     data = {
         "name": f"fit-{Path(run.source).stem}",
-        "model": catalogue_model(run, s.model),
+        "model": catalogue_model(run, s.model, s.model_dir),
         "hardware": {"gpu": s.gpu},
         "engine": engine_yaml,
         "workload": workload,
@@ -295,6 +313,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--policy", default="chunked", choices=["chunked", "prefill_first"])
     p.add_argument("--max-num-seqs", type=int, default=256, help="the engine's max_num_seqs in the runs")
     p.add_argument("--budgets", default="8192", help="token budget(s) per step to try, comma-separated")
+    p.add_argument("--model-dir", help="a folder of config.json files for models outside the catalogue, each "
+                   "named after the model (qwen2.5-3b-instruct.json for Qwen/Qwen2.5-3B-Instruct)")  # fmt: skip
+    p.add_argument("--cuda-graphs", default="full", choices=["full", "decode_only", "none"],
+                   help="the engine's CUDA graphs as served (none: --enforce-eager)")  # fmt: skip
+    p.add_argument("--weights", default="bf16,fp16,fp8,int8,int4",
+                   help="weight formats the engine has kernels for (the profile's kernels.quantized_weights)")  # fmt: skip
+    p.add_argument("--per-layer", action="store_true",
+                   help="fit the host terms per model layer (an eager engine issues each layer's kernels)")  # fmt: skip
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs per replica in the runs")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a scenario field of the runs' serving setup, e.g. serving.precision.weight_dtype=fp8")  # fmt: skip
@@ -314,6 +340,14 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
     bad = [t for t in terms if t not in TERMS]
     if bad or not terms:
         raise ConfigError(f"--terms: {', '.join(bad) or 'none'}: give some of {', '.join(TERMS)}")
+    if "attention" in terms and ({"attention_prefill", "attention_decode"} & set(terms)):
+        raise ConfigError(
+            "--terms: attention is attention_prefill and attention_decode together; give it or them, not both"
+        )
+    weights = tuple(w.strip() for w in a.weights.split(",") if w.strip())
+    known = ("bf16", "fp16", "fp8", "int8", "int4")
+    if not weights or any(w not in known for w in weights):
+        raise ConfigError(f"--weights {a.weights!r}: give some of {', '.join(known)}, comma-separated")
     budgets = [int(b) for b in a.budgets.split(",")]
     train = [r for path in a.runs for r in read_measured(path)]
     held = [r for path in a.hold_out for r in read_measured(path)]
@@ -332,8 +366,9 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
     best = None
     for budget in budgets:
         s = Settings(
-            a.engine, a.family, a.version, a.gpu, a.model, a.policy, a.max_num_seqs, budget, over, terms
-        )
+            a.engine, a.family, a.version, a.gpu, a.model, a.policy, a.max_num_seqs, budget, over, terms,
+            a.cuda_graphs, a.per_layer, a.model_dir, weights,
+        )  # fmt: skip
         f = fit(train, s)
         print(f"budget {budget}: cost {f.cost:.4g} after {f.simulations} simulations", flush=True)
         if best is None or f.cost < best[1].cost:

@@ -74,3 +74,40 @@ def test_bad_terms_and_a_model_outside_the_catalogue_are_one_line(tmp_path, caps
     )
     err = capsys.readouterr().err
     assert "NotAModel-3B is not in the catalogue; give --model" in err and err.count("\n") == 1
+
+
+def test_an_eager_engine_profile_takes_its_launch_mode_layers_formats_and_two_attention_factors(tmp_path):
+    """--cuda-graphs, --per-layer, --weights and separate attention terms reach the written profile."""
+    values = {"per_step_s": 1.5e-4, "per_sequence_s": 0.0, "attention_prefill": 8.0, "attention_decode": 6.0}
+    s = Settings("eager", "vllm", "0", "t4", None, "chunked", 64, 2048, {}, tuple(values), "none", True, None,
+                 ("bf16", "fp16"))  # fmt: skip
+    src = Estimated(kind="estimated", why="the test's profile")
+    p = profile_of(values, s, {"start": src, "scheduling": src})
+    assert p.scheduling.cuda_graphs == "none" and p.host.per_layer
+    assert p.kernels.attention_prefill == 8.0 and p.kernels.attention_decode == 6.0 and p.kernels.gemm == 1.0
+    assert p.kernels.quantized_weights == ["bf16", "fp16"]
+    # per layer: a 36-layer model pays 36 x the per-step term per step
+    assert p.host_time(36, 1, 0) == pytest.approx(36 * 1.5e-4)
+
+
+def test_a_model_outside_the_catalogue_is_found_by_name_in_model_dir(tmp_path):
+    from calibrate.from_benchmark import catalogue_model
+    from simulator.measured import read_measured
+
+    run = read_measured(
+        str(Path(__file__).parents[2] / "benchmarks/results/published_runs/kaggle_t4/"
+            "vllm_t4_llama-3.2-3b-instruct_short_c01.json")
+    )[0]  # fmt: skip
+    assert catalogue_model(run, None, str(Path(__file__).parents[2] / "benchmarks/data")).endswith(
+        "benchmarks/data/llama-3.2-3b-instruct.json"
+    )
+
+
+def test_attention_with_its_parts_and_unknown_weights_are_one_line(tmp_path, capsys):
+    run = _runs(tmp_path)[0]
+    argv = ["from-benchmark", run, "--gpu", "h100-sxm", "--engine", "x", "--out", str(tmp_path / "x.yaml")]
+    assert main([*argv, "--terms", "attention,attention_prefill"]) == 2
+    assert "give it or them, not both" in capsys.readouterr().err
+    assert main([*argv, "--weights", "fp16,fp4"]) == 2
+    err = capsys.readouterr().err
+    assert "--weights 'fp16,fp4'" in err and err.count("\n") == 1
