@@ -555,8 +555,10 @@ NO_CHECK = {
     "a10g": "no published run naming engine, model, dtype, concurrency and lengths on an A10G was found, nor an "
     "A10G matmul ("
     + SEARCHED
-    + "; the A10G figures found were Ollama/llama.cpp runs without those settings): copy "
-    "ceiling from an A10 (fit row), GEMM rate assumed",
+    + "). Found and not usable: github.com/vllm-project/vllm/issues/4030 (a g5 run of DeepSeek-Coder-1.3B, a model the "
+    "planner has no config for, ShareGPT lengths as totals only), github.com/arc53/llm-price-compass/issues/6 (two "
+    "A10Gs at TP 2, ShareGPT totals, its median TTFT printed as 0.00), Ollama/llama.cpp runs without engine settings. "
+    "Copy ceiling from an A10 (fit row), GEMM rate assumed",
     "h100-pcie": "checks: one pipeline's vLLM runs (version not stated), our engine standing in, and their ITL ratio to "
     "the same pipeline's H200 runs. They point to faster ceilings than the fit rows: the one-user ITL (weight reads) is "
     "below ours and the ratio to the H200 is below ours at every concurrency, most where prompts share steps with "

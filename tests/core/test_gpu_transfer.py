@@ -131,8 +131,8 @@ def test_gpus_verb_shows_where_each_profile_comes_from(capsys):
     out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
     assert "measured here" in out["h100-sxm"] and "held-out steps" in out["h100-sxm"]
     assert "transferred from h100-sxm" in out["t4"] and "published checks" in out["t4"]
-    assert "rule H100->H200" in out["l4"] and "no published check" in out["l4"]
-    assert "1 published check 4%" in out["a100-40gb"]
+    assert "rule H100->H200" in out["a10g"] and "no published check" in out["a10g"]
+    assert "5 published checks 4%" in out["l4"] and "2 published checks 3%" in out["a100-40gb"]
     assert "published checks" in out["a100-80gb-sxm"]
     assert " 24 " in out["t4"] and "98*" in out["l4"]  # sustained rates; * marks an assumption
 
