@@ -87,6 +87,27 @@ def rows_for(device: str, quick: bool) -> list[Row]:
     return rows
 
 
+def parse_row(text: str) -> Row:
+    """A --row argument, MODEL[:DTYPE[:TRACE[:LOAD]]]; a bad one raises ConfigError naming the part."""
+    parts = text.split(":")
+    if len(parts) > 4 or not parts[0]:
+        raise ConfigError(
+            f"--row {text!r}: expected MODEL[:DTYPE[:TRACE[:LOAD]]], e.g. qwen2.5-7b:bf16:conversation:0.8"
+        )
+    model, dtype, trace, load = (parts + ["bf16", "conversation", "0.8"][len(parts) - 1 :])[:4]
+    if trace not in ("conversation", "code", "prefix"):
+        raise ConfigError(f"--row {text!r}: trace must be conversation, code or prefix (got {trace!r})")
+    try:
+        share = float(load)
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share <= 2.0:
+        raise ConfigError(
+            f"--row {text!r}: load must be a share of capacity in (0, 2], e.g. 0.8 (got {load!r})"
+        )
+    return Row(model, dtype, trace, share)
+
+
 # ---------------------------------------------------------------------------------------------- scenarios
 TINY_CONFIG = {
     "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -677,6 +698,13 @@ def main(argv: list[str] | None = None) -> int:
         "--reserve-gib", type=float, help="GPU memory the engine leaves free beyond a step's activations"
     )
     p.add_argument("--only", help="run only rows whose name contains this")
+    p.add_argument(
+        "--row",
+        action="append",
+        metavar="MODEL[:DTYPE[:TRACE[:LOAD]]]",
+        help="run this row instead of the preset ones (repeatable; defaults bf16, conversation, 0.8), e.g. "
+        "--row qwen2.5-7b --row gemma-3-12b:bf16:code:0.5",
+    )
     p.add_argument("--rerun", action="store_true", help="run rows again that already have results")
     p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)  # --rerun's old name, still taken
     p.add_argument(
@@ -717,6 +745,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.resimulate:
+            if not any(raw.glob("*/row.json")):
+                print(f"error: --resimulate found no stored rows under {raw}; pass the --out-dir that holds "
+                      f"fidelity/{tag}/<row>/row.json (default benchmarks/results)", file=sys.stderr)  # fmt: skip
+                return 2
             records = []
             for saved in sorted(raw.glob("*/row.json")):
                 rec = json.loads(saved.read_text())
@@ -745,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             load_profile(args.profile)
             model_ref, profile_name = None, args.profile
-        rows = [r for r in rows_for(args.device, args.quick) if not args.only or args.only in r.name]
+        preset = [parse_row(r) for r in args.row] if args.row else rows_for(args.device, args.quick)
+        rows = [r for r in preset if not args.only or args.only in r.name]
         records, hosts = [], {}
         t0 = time.perf_counter()
         for row in rows:
