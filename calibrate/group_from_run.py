@@ -9,6 +9,10 @@ points' own hold-out flags) and writes `efficiency.<group>`, `calibration.fit_er
 `calibration.<group>_source` (command, date, run, GPU, torch) into the profile; every other line is left byte
 for byte. The run must come from the profile's GPU (its meta line says which).
 
+`--group serving` takes the serving loop's host costs (calibrate.serving.QUANTITIES: per step, per sequence,
+per prompt step, eager launch per layer), which calibration measures rather than fits, as the run measured
+them: what changes when the serving loop's host code changes (its per-sequence work vectorised, say).
+
     python -m calibrate.group_from_run calibration_runs/h200_session8 --group moe \
         --profile hardware_profiles/h200.yaml --date 2026-12-02 [--write] [--replace]
 """
@@ -34,15 +38,26 @@ _EFF_AFTER = "  fresh_prefill_min_tokens:"
 
 
 def fit_run(work_dir: Path, group: str, profile_path: Path):
-    """(GroupFit, the run's meta) for `group`'s points of the run in `work_dir`, priced on the profile's
-    peaks and bandwidth (what the cost model will use them with)."""
-    if group not in GROUPS:
-        raise ConfigError(f"--group {group!r}: one of {', '.join(GROUPS)}")
+    """(GroupFit, the run's store) for `group`'s points of the run in `work_dir`, priced on the profile's
+    peaks and bandwidth (what the cost model will use them with); for `serving`, ({quantity: seconds}, store)."""
+    if group not in GROUPS + ("serving",):
+        raise ConfigError(f"--group {group!r}: one of {', '.join(GROUPS + ('serving',))}")
     path = Path(work_dir) / "measurements.jsonl"
     if not path.exists():
         raise ConfigError(f"{path}: no measurements; pass the --work-dir of a `python -m calibrate` run")
     store = Store.open(path, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     recs = [r for r in store.records.values() if r.kind == group and r.seconds is not None]
+    if group == "serving":
+        from calibrate.serving import QUANTITIES
+
+        got = {r.params.get("quantity"): float(r.seconds) for r in recs}
+        missing = [q for q in QUANTITIES if q not in got]
+        if missing:
+            raise ConfigError(
+                f"{path}: the run has no serving {', '.join(missing)}; rerun with --redo serving"
+            )
+        _same_gpu(store, profile_path, path)
+        return {q: got[q] for q in QUANTITIES}, store
     if len(recs) < 4:
         raise ConfigError(
             f"{path}: {len(recs)} '{group}' points; the run needs that group (rerun with --redo {group})"
@@ -61,6 +76,31 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
     if fit.eff is None:
         raise ConfigError(f"{path}: too few fitted '{group}' points (need 3 not held out)")
     return fit, store
+
+
+def _same_gpu(store: Store, profile_path: Path, path: Path):
+    prof = read_profile(profile_path)
+    gpu = (store.identity or {}).get("gpu", "")
+    want = (prof.calibration.gpu if prof.calibration else "") or ""
+    if want and gpu and gpu != want:
+        raise ConfigError(
+            f"{path}: measured on {gpu}, but {profile_path} is calibrated on {want}; use that GPU's run"
+        )
+    return prof
+
+
+def write_serving(path: Path, values: dict[str, float], source: dict) -> None:
+    """Replace the efficiency section's serving lines in place and (re)write calibration.serving_source."""
+    lines = _drop(path.read_text().splitlines(keepends=True), "  serving_source:\n", 2)
+    for q, v in values.items():
+        at = [i for i, ln in enumerate(lines) if ln.startswith(f"  {q}:")]
+        if len(at) != 1:
+            raise ConfigError(f"{path}: expected one efficiency.{q} line, found {len(at)}")
+        lines[at[0]] = f"  {q}: {v!r}\n"
+    new = "".join(lines + _block("serving_source", source, 2))
+    yaml.safe_load(new)
+    path.write_text(new)
+    read_profile(path)
 
 
 def _block(key: str, value, indent: int) -> list[str]:
@@ -149,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         fit, store = fit_run(a.work_dir, a.group, a.profile)
-        print(report(fit))
+        if a.group == "serving":
+            old = read_profile(a.profile).efficiency
+            for q, v in fit.items():
+                print(f"{q}: {getattr(old, q) * 1e6:.1f} µs -> {v * 1e6:.1f} µs (measured)")
+        else:
+            print(report(fit))
         if a.write:
             ident = store.identity or {}
             source = {
@@ -157,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                 "date": a.date, "run": str(a.work_dir), "gpu": ident.get("gpu"), "torch": ident.get("torch"),
                 "note": "only this group fitted from this run; the profile's other groups are from its own sweep",
             }  # fmt: skip
-            eff = {k: float(v) for k, v in fit.eff.model_dump().items()}
-            write_profile(a.profile, a.group, eff, fit.errors_dict(), source, a.replace)
+            if a.group == "serving":
+                source["note"] = "the serving loop's host costs as this run measured them (not fitted)"
+                write_serving(a.profile, fit, source)
+            else:
+                eff = {k: float(v) for k, v in fit.eff.model_dump().items()}
+                write_profile(a.profile, a.group, eff, fit.errors_dict(), source, a.replace)
             print(f"wrote efficiency.{a.group} into {a.profile}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -48,3 +48,26 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
         assert group_from_run.main(argv + ["--date", "2026-12-02"]) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and "\n" not in err
+
+
+def test_serving_host_costs_are_taken_as_measured(tmp_path):
+    from calibrate.measurements import Store
+    from calibrate.serving import QUANTITIES
+
+    prof = tmp_path / "h200.yaml"
+    shutil.copy(ROOT / "hardware_profiles/h200.yaml", prof)
+    before = prof.read_text().splitlines()
+    argv = [str(RUN), "--group", "serving", "--profile", str(prof), "--date", "2026-12-02", "--write"]
+    assert group_from_run.main(argv) == 0
+    measured = {
+        r.params["quantity"]: r.seconds
+        for r in Store.open(RUN / "measurements.jsonl").records.values()
+        if r.kind == "serving"
+    }
+    eff = read_profile(prof).efficiency
+    assert {q: getattr(eff, q) for q in QUANTITIES} == {q: measured[q] for q in QUANTITIES}
+    after = prof.read_text().splitlines()
+    changed = [a for a, b in zip(after, before, strict=False) if a != b]
+    assert len(after) > len(before) and all(ln.split(":")[0].strip() in QUANTITIES for ln in changed[:4])
+    assert group_from_run.main(argv) == 0  # a rerun replaces its own source block
+    assert prof.read_text().splitlines() == after  # same values, one source block
