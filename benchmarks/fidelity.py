@@ -502,6 +502,23 @@ def roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dtype: st
     return max(nbytes / bw, n * spec.flops_per_token(int(ctx)) / peak)
 
 
+def kernel_roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dtype: str) -> float:
+    """A decode step's roofline taken per phase, as its kernels run one after another: the linear layers at
+    max(weights read, their FLOPs) plus attention at max(KV read, its FLOPs), on the same ceilings as
+    `roofline_s`. At large batch the GEMMs turn compute-bound while attention stays memory-bound, and a GEMM
+    cannot hide its FLOPs behind the next kernel's reads, so this is the tighter bound of the two."""
+    c = dict(getattr(profile.calibration, "ceilings", None) or {}) if profile.calibration else {}
+    bw = c.get("copy_bandwidth_gbps", profile.memory_bandwidth_gbps) * 1e9
+    scale = c.get("gemm_bf16_tflops", profile.peak_tflops.bf16) / profile.peak_tflops.bf16
+    peak = getattr(profile.peak_tflops, "fp8" if weight_dtype == "fp8" else "bf16") * scale * 1e12
+    n = shape.decode_seqs
+    ctx = shape.decode_context_tokens / max(n, 1)
+    linear = n * spec.flops_per_token(0)
+    attn = n * (spec.flops_per_token(int(ctx)) - spec.flops_per_token(0))
+    kv = shape.decode_context_tokens * spec.kv_bytes_per_token(kv_dtype)
+    return max(spec.weight_bytes(weight_dtype) / bw, linear / peak) + max(kv / bw, attn / peak)
+
+
 def decode_host(row: Row, args, profile_name: str, model_ref: str, hosts: dict, log):
     """The row model's engine host (reused when a row built it) with room for 256 sequences of 1,152 tokens."""
     spec = load_model(model_ref)
@@ -535,7 +552,8 @@ def decode_check(
         step = float(np.median(loop))
         rec = {"batch": b, "steps": int(len(loop)), "mean_context": ctx / b, "step_ms": step * 1e3,
                "gpu_ms": float(np.median(gpu)) * 1e3, "tokens_per_s": b / step, "roofline_tokens_per_s": b / roof,
-               "model_tokens_per_s": b / model, "roofline_ratio": step / roof, "model_ratio": step / model}  # fmt: skip
+               "model_tokens_per_s": b / model, "roofline_ratio": step / roof, "model_ratio": step / model,
+               "kernel_roofline_ratio": step / kernel_roofline_s(profile, spec, shape, weight_dtype, "bf16")}  # fmt: skip
         log(f"decode at batch {b}: {rec['tokens_per_s']:.0f} tok/s ({rec['step_ms']:.2f} ms/step, GPU "
             f"{rec['gpu_ms']:.2f}), roofline {rec['roofline_tokens_per_s']:.0f} ({rec['roofline_ratio']:.2f}x), "
             f"cost model {rec['model_tokens_per_s']:.0f} ({rec['model_ratio']:.2f}x)")  # fmt: skip
