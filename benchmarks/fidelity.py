@@ -489,13 +489,19 @@ def _columns(path: Path) -> dict[str, list[float]]:
 DECODE_PROMPT, DECODE_OUTPUT = 1024, 128
 
 
-def roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dtype: str) -> float:
-    """The step's roofline on the measured ceilings (copy bandwidth, dense bf16 GEMM rate; the datasheet's
-    where the profile has none): weights and KV read once at full bandwidth, FLOPs at the full GEMM rate."""
+def measured_ceilings(profile, weight_dtype: str) -> tuple[float, float]:
+    """(copy bytes/s, GEMM FLOP/s of the weights' dtype): the calibration's measured ceilings, the datasheet's
+    where the profile has none."""
     c = dict(getattr(profile.calibration, "ceilings", None) or {}) if profile.calibration else {}
     bw = c.get("copy_bandwidth_gbps", profile.memory_bandwidth_gbps) * 1e9
     scale = c.get("gemm_bf16_tflops", profile.peak_tflops.bf16) / profile.peak_tflops.bf16
-    peak = getattr(profile.peak_tflops, "fp8" if weight_dtype == "fp8" else "bf16") * scale * 1e12
+    return bw, getattr(profile.peak_tflops, "fp8" if weight_dtype == "fp8" else "bf16") * scale * 1e12
+
+
+def roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dtype: str) -> float:
+    """The step's roofline on the measured ceilings (copy bandwidth, dense bf16 GEMM rate; the datasheet's
+    where the profile has none): weights and KV read once at full bandwidth, FLOPs at the full GEMM rate."""
+    bw, peak = measured_ceilings(profile, weight_dtype)
     n = shape.decode_seqs
     ctx = shape.decode_context_tokens / max(n, 1)
     nbytes = spec.weight_bytes(weight_dtype) + shape.decode_context_tokens * spec.kv_bytes_per_token(kv_dtype)
@@ -507,10 +513,7 @@ def kernel_roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dt
     max(weights read, their FLOPs) plus attention at max(KV read, its FLOPs), on the same ceilings as
     `roofline_s`. At large batch the GEMMs turn compute-bound while attention stays memory-bound, and a GEMM
     cannot hide its FLOPs behind the next kernel's reads, so this is the tighter bound of the two."""
-    c = dict(getattr(profile.calibration, "ceilings", None) or {}) if profile.calibration else {}
-    bw = c.get("copy_bandwidth_gbps", profile.memory_bandwidth_gbps) * 1e9
-    scale = c.get("gemm_bf16_tflops", profile.peak_tflops.bf16) / profile.peak_tflops.bf16
-    peak = getattr(profile.peak_tflops, "fp8" if weight_dtype == "fp8" else "bf16") * scale * 1e12
+    bw, peak = measured_ceilings(profile, weight_dtype)
     n = shape.decode_seqs
     ctx = shape.decode_context_tokens / max(n, 1)
     linear = n * spec.flops_per_token(0)

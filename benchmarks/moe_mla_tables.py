@@ -32,6 +32,8 @@ def kernel_roofline_lines(raw: dict, dec: list[dict]) -> list[str]:
     from core.hardware import load_profile
     from core.model_spec import load_model
 
+    if raw.get("tiny"):  # toy configs are not catalogue models; their CPU "ceilings" are no roofline
+        return []
     prof = load_profile(raw["profile"])
     c = raw.get("ceilings") or {}
     if c:  # the run's own ceilings, not the profile's
