@@ -4,9 +4,10 @@
 
 Source: vLLM's "Performance Benchmark" Buildkite pipeline, the builds of vllm-project/vllm PR #9768
 ("[perf bench] H200 development", October-November 2024, vLLM 0.6.3-0.6.4 development builds), table
-"Latency tests", row `latency_llama8B_tp1`: `benchmark_latency.py` with Llama-3.1-8B-Instruct (bf16, TP 1),
-one batch of 8 prompts of 32 tokens, 128 output tokens each (every output generated to its length), the mean,
-median and P99 of 15 timed iterations of the whole batch:
+"Latency tests", row `latency_llama8B_tp1`: `benchmark_latency.py` with Llama-3.1-8B-Instruct (bf16, TP 1,
+`load_format dummy`: random weights, the same speed), one batch of 8 prompts of 32 tokens, 128 output tokens each
+(every output generated to its length), the mean, median and P99 of 15 timed iterations of the whole batch after 5
+warm-up ones (`num_iters 15`, `num_iters_warmup 5`: vLLM's .buildkite/nightly-benchmarks README, latency test):
 
 - H200: https://buildkite.com/vllm/performance-benchmark/builds/9515 (833.421 / 833.53 / 834.167 ms)
 - H100 SXM ("8xH100" node, TP 1): https://buildkite.com/vllm/performance-benchmark/builds/9555 (997.542 / 997.365 / 999.409 ms)
