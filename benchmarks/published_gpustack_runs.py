@@ -78,6 +78,13 @@ def run_file(engine: str, gpu: str, case: str, row: tuple) -> dict:
         "source": f"{url} ({section}, random {isl} input / {osl} output)",
         "gpu": gpu,
         "tensor_parallel_size": 1,
+    }
+    return out | totals(n, duration, tin, tout) | latencies(lat)
+
+
+def totals(n: int, duration: float, tin: int, tout: int) -> dict:
+    """A printout's counts under vLLM's result keys, with the throughputs they imply."""
+    return {
         "duration": duration,
         "completed": n,
         "total_input_tokens": tin,
@@ -86,6 +93,11 @@ def run_file(engine: str, gpu: str, case: str, row: tuple) -> dict:
         "output_throughput": tout / duration,
         "total_token_throughput": (tin + tout) / duration,
     }
+
+
+def latencies(lat: list[float]) -> dict:
+    """A `vllm bench serve` printout's mean, median and P99 of TTFT, TPOT and ITL (ms), under its result keys."""
+    out = {}
     for i, metric in enumerate(("ttft", "tpot", "itl")):
         mean, median, p99 = lat[3 * i : 3 * i + 3]
         out |= {f"mean_{metric}_ms": mean, f"median_{metric}_ms": median, f"p99_{metric}_ms": p99}

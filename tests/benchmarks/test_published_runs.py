@@ -61,3 +61,45 @@ def test_no_profile_is_checked_on_a_row_it_was_fitted_to(name):
     assert _runs(positional) == fitted and _runs(rest.split(" --", 1)[0]) == held
     for path in held | fitted:
         assert (ROOT / path).is_file()
+
+
+def test_deepseek_h200_runs_are_what_the_script_writes_with_the_published_setup(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(
+        str(ROOT / "benchmarks")
+    )  # (it imports published_gpustack_runs, as a script does)
+    mod = _script("published_vllm_h200_runs")
+    monkeypatch.setattr(mod, "OUT", tmp_path)
+    mod.main()
+    committed = RUNS / "deepseek_r1_h200"
+    written = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert written == sorted(p.name for p in committed.glob("*.json")) and len(written) == 13
+    for name in written:
+        assert json.loads((tmp_path / name).read_text()) == json.loads((committed / name).read_text())
+    for (n, isl, osl), _ in mod.ROWS.items():  # llm-ie: Poisson at 10/s, exact lengths, TP 8
+        run = one_run(committed / f"vllm_h200x8_{isl}_{osl}_n{n}.json")
+        assert run.rate_per_s == 10.0 and run.concurrency is None and run.completed == n
+        assert (run.mean_prompt_tokens, run.mean_output_tokens) == (isl, osl)
+        assert run.metrics["output_throughput"] == pytest.approx(n * osl / run.metrics["duration"])
+    low = one_run(committed / "gpustack_vllm_h200x8_sharegpt_c4.json")  # the concurrency-4 row
+    assert low.concurrency == 4 and low.rate_per_s is None and low.completed == 100
+
+
+def test_low_load_checks_are_what_the_script_computes(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # (its `import _checkout`, as when run as a script)
+    mod = _script("published_low_load_checks")
+    monkeypatch.setattr(mod, "OUT", tmp_path)
+    monkeypatch.setattr(mod, "TABLE", tmp_path / "table.md")
+    mod.main()
+    committed = RUNS / "vllm_ci_latency_llama8b"
+    for gpu in mod.ROWS:
+        name = f"latency_llama8b_tp1_{gpu}.json"
+        assert json.loads((tmp_path / name).read_text()) == json.loads((committed / name).read_text())
+        run = one_run(committed / name)
+        assert (
+            run.concurrency == 8
+            and run.completed == 8
+            and (run.mean_prompt_tokens, run.mean_output_tokens) == (32, 128)
+        )
+    table = (tmp_path / "table.md").read_text()
+    assert table == (ROOT / "benchmarks" / "results" / "published_low_load_checks.md").read_text()
+    assert table.count("| h200 | vllm-h200 |") == 1 and "| a100-80gb-sxm | vllm-a100-80gb-sxm |" in table
