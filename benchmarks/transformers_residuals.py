@@ -406,7 +406,8 @@ def per_request_costs(rec: dict[str, list[Recorded]]) -> list[str]:
         "That Python is per step, not per layer: at 100 sequences it is 11-31 ms of a 180-200 ms step, the same "
         "for Llama and Qwen, where the profile's per-layer per-sequence term makes Qwen's 12% cheaper (a small "
         "part of section 7). The profile's per-prompt-token term is 0; 0.3-0.9 ms per 1,000 prompt tokens is "
-        "2-4% of a prompt step's time, inside its 3-7% error on long-prompt steps (engine_fit's table).",
+        "about 1-2% of a prompt step's time (a 4,096-token step takes 120 ms or more), inside its 3-7% error "
+        "on long-prompt steps (engine_fit's table).",
         "",
     ]
 
