@@ -87,6 +87,27 @@ def rows_for(device: str, quick: bool) -> list[Row]:
     return rows
 
 
+def parse_row(text: str) -> Row:
+    """A --row argument, MODEL[:DTYPE[:TRACE[:LOAD]]]; a bad one raises ConfigError naming the part."""
+    parts = text.split(":")
+    if len(parts) > 4 or not parts[0]:
+        raise ConfigError(
+            f"--row {text!r}: expected MODEL[:DTYPE[:TRACE[:LOAD]]], e.g. qwen2.5-7b:bf16:conversation:0.8"
+        )
+    model, dtype, trace, load = (parts + ["bf16", "conversation", "0.8"][len(parts) - 1 :])[:4]
+    if trace not in ("conversation", "code", "prefix"):
+        raise ConfigError(f"--row {text!r}: trace must be conversation, code or prefix (got {trace!r})")
+    try:
+        share = float(load)
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share <= 2.0:
+        raise ConfigError(
+            f"--row {text!r}: load must be a share of capacity in (0, 2], e.g. 0.8 (got {load!r})"
+        )
+    return Row(model, dtype, trace, share)
+
+
 # ---------------------------------------------------------------------------------------------- scenarios
 TINY_CONFIG = {
     "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -468,17 +489,37 @@ def _columns(path: Path) -> dict[str, list[float]]:
 DECODE_PROMPT, DECODE_OUTPUT = 1024, 128
 
 
-def roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dtype: str) -> float:
-    """The step's roofline on the measured ceilings (copy bandwidth, dense bf16 GEMM rate; the datasheet's
-    where the profile has none): weights and KV read once at full bandwidth, FLOPs at the full GEMM rate."""
+def measured_ceilings(profile, weight_dtype: str) -> tuple[float, float]:
+    """(copy bytes/s, GEMM FLOP/s of the weights' dtype): the calibration's measured ceilings, the datasheet's
+    where the profile has none."""
     c = dict(getattr(profile.calibration, "ceilings", None) or {}) if profile.calibration else {}
     bw = c.get("copy_bandwidth_gbps", profile.memory_bandwidth_gbps) * 1e9
     scale = c.get("gemm_bf16_tflops", profile.peak_tflops.bf16) / profile.peak_tflops.bf16
-    peak = getattr(profile.peak_tflops, "fp8" if weight_dtype == "fp8" else "bf16") * scale * 1e12
+    return bw, getattr(profile.peak_tflops, "fp8" if weight_dtype == "fp8" else "bf16") * scale * 1e12
+
+
+def roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dtype: str) -> float:
+    """The step's roofline on the measured ceilings (copy bandwidth, dense bf16 GEMM rate; the datasheet's
+    where the profile has none): weights and KV read once at full bandwidth, FLOPs at the full GEMM rate."""
+    bw, peak = measured_ceilings(profile, weight_dtype)
     n = shape.decode_seqs
     ctx = shape.decode_context_tokens / max(n, 1)
     nbytes = spec.weight_bytes(weight_dtype) + shape.decode_context_tokens * spec.kv_bytes_per_token(kv_dtype)
     return max(nbytes / bw, n * spec.flops_per_token(int(ctx)) / peak)
+
+
+def kernel_roofline_s(profile, spec, shape: BatchShape, weight_dtype: str, kv_dtype: str) -> float:
+    """A decode step's roofline taken per phase, as its kernels run one after another: the linear layers at
+    max(weights read, their FLOPs) plus attention at max(KV read, its FLOPs), on the same ceilings as
+    `roofline_s`. At large batch the GEMMs turn compute-bound while attention stays memory-bound, and a GEMM
+    cannot hide its FLOPs behind the next kernel's reads, so this is the tighter bound of the two."""
+    bw, peak = measured_ceilings(profile, weight_dtype)
+    n = shape.decode_seqs
+    ctx = shape.decode_context_tokens / max(n, 1)
+    linear = n * spec.flops_per_token(0)
+    attn = n * (spec.flops_per_token(int(ctx)) - spec.flops_per_token(0))
+    kv = shape.decode_context_tokens * spec.kv_bytes_per_token(kv_dtype)
+    return max(spec.weight_bytes(weight_dtype) / bw, linear / peak) + max(kv / bw, attn / peak)
 
 
 def decode_host(row: Row, args, profile_name: str, model_ref: str, hosts: dict, log):
@@ -514,7 +555,8 @@ def decode_check(
         step = float(np.median(loop))
         rec = {"batch": b, "steps": int(len(loop)), "mean_context": ctx / b, "step_ms": step * 1e3,
                "gpu_ms": float(np.median(gpu)) * 1e3, "tokens_per_s": b / step, "roofline_tokens_per_s": b / roof,
-               "model_tokens_per_s": b / model, "roofline_ratio": step / roof, "model_ratio": step / model}  # fmt: skip
+               "model_tokens_per_s": b / model, "roofline_ratio": step / roof, "model_ratio": step / model,
+               "kernel_roofline_ratio": step / kernel_roofline_s(profile, spec, shape, weight_dtype, "bf16")}  # fmt: skip
         log(f"decode at batch {b}: {rec['tokens_per_s']:.0f} tok/s ({rec['step_ms']:.2f} ms/step, GPU "
             f"{rec['gpu_ms']:.2f}), roofline {rec['roofline_tokens_per_s']:.0f} ({rec['roofline_ratio']:.2f}x), "
             f"cost model {rec['model_tokens_per_s']:.0f} ({rec['model_ratio']:.2f}x)")  # fmt: skip
@@ -677,6 +719,13 @@ def main(argv: list[str] | None = None) -> int:
         "--reserve-gib", type=float, help="GPU memory the engine leaves free beyond a step's activations"
     )
     p.add_argument("--only", help="run only rows whose name contains this")
+    p.add_argument(
+        "--row",
+        action="append",
+        metavar="MODEL[:DTYPE[:TRACE[:LOAD]]]",
+        help="run this row instead of the preset ones (repeatable; defaults bf16, conversation, 0.8), e.g. "
+        "--row qwen2.5-7b --row gemma-3-12b:bf16:code:0.5",
+    )
     p.add_argument("--rerun", action="store_true", help="run rows again that already have results")
     p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)  # --rerun's old name, still taken
     p.add_argument(
@@ -717,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.resimulate:
+            if not any(raw.glob("*/row.json")):
+                print(f"error: --resimulate found no stored rows under {raw}; pass the --out-dir that holds "
+                      f"fidelity/{tag}/<row>/row.json (default benchmarks/results)", file=sys.stderr)  # fmt: skip
+                return 2
             records = []
             for saved in sorted(raw.glob("*/row.json")):
                 rec = json.loads(saved.read_text())
@@ -745,7 +798,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             load_profile(args.profile)
             model_ref, profile_name = None, args.profile
-        rows = [r for r in rows_for(args.device, args.quick) if not args.only or args.only in r.name]
+        preset = [parse_row(r) for r in args.row] if args.row else rows_for(args.device, args.quick)
+        rows = [r for r in preset if not args.only or args.only in r.name]
         records, hosts = [], {}
         t0 = time.perf_counter()
         for row in rows:

@@ -1,0 +1,219 @@
+"""One fitted group from another calibration run, added to a profile without refitting the rest.
+
+A calibrated profile is one sweep, fitted together. When a group is added to the sweep later (the `moe`
+group: one MoE layer's routed experts, engine.moe) or the engine's kernels for one group change, re-running
+the whole sweep refits every group, and the profile's other figures (and every forecast and fidelity table
+built on them) move with scipy's and the GPU's run-to-run noise. This fits only GROUP's points of a newer run
+(its `measurements.jsonl`, as `python -m calibrate` wrote it, the same `calibrate.fit.fit_group` and the
+points' own hold-out flags) and writes `efficiency.<group>`, `calibration.fit_errors_pct.<group>` and
+`calibration.<group>_source` (command, date, run, GPU, torch) into the profile; every other line is left byte
+for byte. The run must come from the profile's GPU (its meta line says which).
+
+`--group serving` takes the serving loop's host costs (calibrate.serving.QUANTITIES: per step, per sequence,
+per prompt step, eager launch per layer), which calibration measures rather than fits, as the run measured
+them: what changes when the serving loop's host code changes (its per-sequence work vectorised, say).
+
+    python -m calibrate.group_from_run calibration_runs/h200_session8 --group moe \
+        --profile hardware_profiles/h200.yaml --date 2026-12-02 [--write] [--replace]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from calibrate.accounting import GROUPS
+from calibrate.fit import fit_group
+from calibrate.measurements import Store
+from core.cost_model import CostModel
+from core.errors import ConfigError
+from core.hardware import read_profile
+from core.model_spec import load_model
+
+# where each section's block ends in a profile as core.hardware.write_profile lays it out
+_EFF_AFTER = "  fresh_prefill_min_tokens:"
+
+
+def fit_run(work_dir: Path, group: str, profile_path: Path):
+    """(GroupFit, the run's store) for `group`'s points of the run in `work_dir`, priced on the profile's
+    peaks and bandwidth (what the cost model will use them with); for `serving`, ({quantity: seconds}, store)."""
+    if group not in GROUPS + ("serving",):
+        raise ConfigError(f"--group {group!r}: one of {', '.join(GROUPS + ('serving',))}")
+    path = Path(work_dir) / "measurements.jsonl"
+    if not path.exists():
+        raise ConfigError(f"{path}: no measurements; pass the --work-dir of a `python -m calibrate` run")
+    store = Store.open(path, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    recs = [r for r in store.records.values() if r.kind == group and r.seconds is not None]
+    if group == "serving":
+        from calibrate.serving import QUANTITIES
+
+        got = {r.params.get("quantity"): float(r.seconds) for r in recs}
+        missing = [q for q in QUANTITIES if q not in got]
+        if missing:
+            raise ConfigError(
+                f"{path}: the run has no serving {', '.join(missing)}; rerun with --redo serving"
+            )
+        _same_gpu(store, profile_path, path)
+        return {q: got[q] for q in QUANTITIES}, store
+    if len(recs) < 4:
+        raise ConfigError(
+            f"{path}: {len(recs)} '{group}' points; the run needs that group (rerun with --redo {group})"
+        )
+    prof = read_profile(profile_path)
+    gpu = (store.identity or {}).get("gpu", "")
+    want = (prof.calibration.gpu if prof.calibration else "") or ""
+    if want and gpu and gpu != want:
+        raise ConfigError(
+            f"{path}: measured on {gpu}, but {profile_path} is calibrated on {want}; use that GPU's run"
+        )
+    spec = load_model((store.identity or {}).get("model") or "llama-3.1-8b")
+    cm = CostModel(prof, spec, "bf16", "bf16")
+    base = getattr(prof.efficiency, group) or prof.efficiency.gemm
+    fit = fit_group(cm, group, sorted(recs, key=lambda r: r.key), base)
+    if fit.eff is None:
+        raise ConfigError(f"{path}: too few fitted '{group}' points (need 3 not held out)")
+    return fit, store
+
+
+def _same_gpu(store: Store, profile_path: Path, path: Path):
+    prof = read_profile(profile_path)
+    gpu = (store.identity or {}).get("gpu", "")
+    want = (prof.calibration.gpu if prof.calibration else "") or ""
+    if want and gpu and gpu != want:
+        raise ConfigError(
+            f"{path}: measured on {gpu}, but {profile_path} is calibrated on {want}; use that GPU's run"
+        )
+    return prof
+
+
+def write_serving(path: Path, values: dict[str, float], source: dict) -> None:
+    """Replace the efficiency section's serving lines in place and (re)write calibration.serving_source."""
+    lines = _drop(path.read_text().splitlines(keepends=True), "  serving_source:\n", 2)
+    for q, v in values.items():
+        at = [i for i, ln in enumerate(lines) if ln.startswith(f"  {q}:")]
+        if len(at) != 1:
+            raise ConfigError(f"{path}: expected one efficiency.{q} line, found {len(at)}")
+        lines[at[0]] = f"  {q}: {v!r}\n"
+    new = "".join(lines + _block("serving_source", source, 2))
+    yaml.safe_load(new)
+    path.write_text(new)
+    read_profile(path)
+
+
+def _block(key: str, value, indent: int) -> list[str]:
+    text = yaml.safe_dump({key: value}, sort_keys=False, width=1000)
+    return [" " * indent + ln + "\n" for ln in text.splitlines()]
+
+
+def _drop(lines: list[str], header: str, indent: int) -> list[str]:
+    """`lines` without the block that starts at `header` (its deeper-indented lines included)."""
+    if header not in lines:
+        return lines
+    i = lines.index(header)
+    j = i + 1
+    while j < len(lines) and (lines[j].startswith(" " * (indent + 2)) or not lines[j].strip()):
+        j += 1
+    return lines[:i] + lines[j:]
+
+
+def write_profile(path: Path, group: str, eff: dict, errors: dict, source: dict, replace: bool) -> None:
+    """Insert efficiency.<group>, calibration.fit_errors_pct.<group> and calibration.<group>_source."""
+    text = path.read_text()
+    data = yaml.safe_load(text)
+    if (data.get("efficiency") or {}).get(group) is not None and not replace:
+        raise ConfigError(f"{path}: efficiency.{group} is already there; pass --replace to refit it")
+    lines = text.splitlines(keepends=True)
+    lines = (
+        _drop(lines, f"  {group}:\n", 2) if (data.get("efficiency") or {}).get(group) is not None else lines
+    )
+    lines = _drop(lines, f"  {group}_source:\n", 2)
+    fe = "  fit_errors_pct:\n"
+    if fe in lines:  # drop an earlier entry for the group inside fit_errors_pct
+        start = lines.index(fe)
+        sub = f"    {group}:\n"
+        if sub in lines[start:]:
+            k = lines.index(sub, start)
+            end = k + 1
+            while end < len(lines) and lines[end].startswith("      "):
+                end += 1
+            lines = lines[:k] + lines[end:]
+    at = next((i for i, ln in enumerate(lines) if ln.startswith(_EFF_AFTER)), None)
+    if at is None:
+        raise ConfigError(
+            f"{path}: no efficiency.fresh_prefill_min_tokens line to place efficiency.{group} before"
+        )
+    lines = lines[:at] + _block(group, eff, 2) + lines[at:]
+    if fe not in lines:
+        raise ConfigError(f"{path}: no calibration.fit_errors_pct block (is it a calibrated profile?)")
+    start = lines.index(fe) + 1
+    end = start
+    while end < len(lines) and lines[end].startswith("    "):
+        end += 1
+    lines = lines[:end] + _block(group, errors, 4) + lines[end:]
+    lines = lines + _block(f"{group}_source", source, 2)
+    new = "".join(lines)
+    yaml.safe_load(new)  # still one YAML document
+    path.write_text(new)
+    read_profile(path)  # and still a profile
+
+
+def report(fit) -> str:
+    out = ["| point | measured (µs) | fitted curve (µs) | error | use |", "|---|---|---|---|---|"]
+    for r in fit.rows:
+        err = r["predicted_s"] / r["measured_s"] - 1
+        use = "held out" if r["holdout"] else "fitted"
+        out.append(
+            f"| {r['label']} | {r['measured_s'] * 1e6:.1f} | {r['predicted_s'] * 1e6:.1f} | {err:+.1%} | {use} |"
+        )
+    e = fit.errors_dict()
+    out.append(f"\nfitted points: median |error| {e['train']['median_pct']}%, p90 {e['train']['p90_pct']}% (n={e['train']['n']}); "
+               f"held out: median {e['holdout']['median_pct']}%, p90 {e['holdout']['p90_pct']}% (n={e['holdout']['n']})")  # fmt: skip
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m calibrate.group_from_run", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "work_dir", type=Path, help="a `python -m calibrate` run's --work-dir (measurements.jsonl)"
+    )
+    ap.add_argument("--group", required=True, help=f"the group to fit ({', '.join(GROUPS)})")
+    ap.add_argument("--profile", required=True, type=Path, help="the profile YAML to add the group to")
+    ap.add_argument("--date", required=True, help="date of the GPU run (YYYY-MM-DD)")
+    ap.add_argument("--write", action="store_true", help="write the group into --profile (else only report)")
+    ap.add_argument("--replace", action="store_true", help="refit a group the profile already has")
+    a = ap.parse_args(argv)
+    try:
+        fit, store = fit_run(a.work_dir, a.group, a.profile)
+        if a.group == "serving":
+            old = read_profile(a.profile).efficiency
+            for q, v in fit.items():
+                print(f"{q}: {getattr(old, q) * 1e6:.1f} µs -> {v * 1e6:.1f} µs (measured)")
+        else:
+            print(report(fit))
+        if a.write:
+            ident = store.identity or {}
+            source = {
+                "command": "python -m calibrate.group_from_run " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "date": a.date, "run": str(a.work_dir), "gpu": ident.get("gpu"), "torch": ident.get("torch"),
+                "note": "only this group fitted from this run; the profile's other groups are from its own sweep",
+            }  # fmt: skip
+            if a.group == "serving":
+                source["note"] = "the serving loop's host costs as this run measured them (not fitted)"
+                write_serving(a.profile, fit, source)
+            else:
+                eff = {k: float(v) for k, v in fit.eff.model_dump().items()}
+                write_profile(a.profile, a.group, eff, fit.errors_dict(), source, a.replace)
+            print(f"wrote efficiency.{a.group} into {a.profile}")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""benchmarks/fidelity.py's --row: a row named on the command line, and a bad one refused in one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_row_defaults_and_parts():
+    import fidelity
+
+    assert fidelity.parse_row("qwen2.5-7b").name == "qwen2.5-7b-bf16-conversation-80pct-chunked"
+    r = fidelity.parse_row("gemma-3-12b:fp8:code:0.5")
+    assert (r.model, r.weight_dtype, r.trace, r.load) == ("gemma-3-12b", "fp8", "code", 0.5)
+
+
+@pytest.mark.parametrize("bad", ["", "m:bf16:chat", "m:bf16:code:lots", "m:bf16:code:0", "a:b:c:0.5:e"])
+def test_bad_row_is_one_line(bad, capsys):
+    import fidelity
+
+    assert fidelity.main(["--device", "cpu", "--row", bad, "--out-dir", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --row") and "\n" not in err
+
+
+def test_resimulate_without_stored_rows_is_one_line(tmp_path, capsys):
+    import fidelity
+
+    assert fidelity.main(["--resimulate", "--profile", "h200", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resimulate found no stored rows" in err and "\n" not in err

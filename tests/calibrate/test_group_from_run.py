@@ -1,0 +1,73 @@
+"""calibrate.group_from_run: one group fitted from a newer run, every other line of the profile kept."""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from calibrate import group_from_run
+from core.errors import ConfigError
+from core.hardware import read_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "calibration_runs" / "h200_session8"
+
+
+def test_adds_the_group_and_keeps_every_other_line(tmp_path):
+    prof = tmp_path / "h200.yaml"
+    shutil.copy(ROOT / "hardware_profiles/h200.yaml", prof)
+    before = prof.read_text().splitlines()
+    argv = [str(RUN), "--group", "moe", "--profile", str(prof), "--date", "2026-12-02", "--write"]
+    assert group_from_run.main(argv) == 0
+    after = prof.read_text().splitlines()
+    ops = {op for op, *_ in difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes()}
+    assert ops == {"equal", "insert"}  # lines only added, none removed or changed
+    p = read_profile(prof)
+    assert p.efficiency.moe is not None and 0 < p.efficiency.moe.compute <= 1
+    assert p.calibration.fit_errors_pct["moe"]["holdout"]["n"] > 0
+    # a second write is refused; --replace refits in place (same lines count, same values)
+    with pytest.raises(ConfigError, match="--replace"):
+        group_from_run.write_profile(prof, "moe", {}, {}, {}, replace=False)
+    assert group_from_run.main(argv + ["--replace"]) == 0
+    again = prof.read_text().splitlines()
+    assert [ln for ln in again if "command:" not in ln] == [ln for ln in after if "command:" not in ln]
+
+
+def test_bad_inputs_are_one_line(tmp_path, capsys):
+    prof = tmp_path / "h100.yaml"
+    shutil.copy(ROOT / "hardware_profiles/h100-sxm.yaml", prof)
+    cases = [
+        ([str(RUN), "--group", "moe", "--profile", str(prof)], "measured on NVIDIA H200"),
+        ([str(tmp_path), "--group", "moe", "--profile", str(prof)], "no measurements"),
+        ([str(RUN), "--group", "nope", "--profile", str(prof)], "--group 'nope'"),
+    ]
+    for argv, msg in cases:
+        assert group_from_run.main(argv + ["--date", "2026-12-02"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and "\n" not in err
+
+
+def test_serving_host_costs_are_taken_as_measured(tmp_path):
+    from calibrate.measurements import Store
+    from calibrate.serving import QUANTITIES
+
+    prof = tmp_path / "h200.yaml"
+    shutil.copy(ROOT / "hardware_profiles/h200.yaml", prof)
+    before = prof.read_text().splitlines()
+    argv = [str(RUN), "--group", "serving", "--profile", str(prof), "--date", "2026-12-02", "--write"]
+    assert group_from_run.main(argv) == 0
+    measured = {
+        r.params["quantity"]: r.seconds
+        for r in Store.open(RUN / "measurements.jsonl").records.values()
+        if r.kind == "serving"
+    }
+    eff = read_profile(prof).efficiency
+    assert {q: getattr(eff, q) for q in QUANTITIES} == {q: measured[q] for q in QUANTITIES}
+    after = prof.read_text().splitlines()
+    changed = [a for a, b in zip(after, before, strict=False) if a != b]
+    assert len(after) > len(before) and all(ln.split(":")[0].strip() in QUANTITIES for ln in changed[:4])
+    assert group_from_run.main(argv) == 0  # a rerun replaces its own source block
+    assert prof.read_text().splitlines() == after  # same values, one source block
