@@ -713,7 +713,9 @@ class CostModel:
 
 
 # MLA steps of up to this many tokens run every row absorbed on the GPU (engine.mla.ABSORBED_PROMPT_TOKENS):
-# one kernel over device metadata, so they replay as CUDA graphs; larger steps run prompt chunks plain.
+# one kernel over device metadata, so they replay as CUDA graphs; larger steps run prompt chunks plain (flash
+# attention over the kv_b-expanded context, eagerly), a third of the absorbed form's FLOPs a pair but an eager
+# step's host launches (benchmarks/mla_gpu_check.py times both forms).
 MLA_ABSORBED_STEP_TOKENS = 2048
 
 
@@ -721,8 +723,9 @@ def mla_prefill_flops(m: ModelSpec, tp: int, absorbed: bool = False) -> tuple[fl
     """Prompt attention's (FLOPs per query-key pair, FLOPs per cached context token) in one layer, per GPU.
 
     MLA prompt chunks of large steps run in the plain form, as vLLM runs them: each pair costs the
-    per-head score over the no-rope + rope query (q_head_dim) and the value product (v_head_dim), and the
-    cached context's latents are expanded through kv_b (rank x heads x (nope + v)) before attending; the
+    per-head score over the no-rope + rope query (q_head_dim) and the value product, the values zero-padded
+    to q_head_dim as the engine pads them for the flash kernel (192, not v_head_dim's 128, for DeepSeek), and
+    the cached context's latents are expanded through kv_b (rank x heads x (nope + v)) before attending; the
     new tokens' kv_b is the dense GEMM already counted. `absorbed`: the form of decodes and of the engine's
     steps of up to MLA_ABSORBED_STEP_TOKENS tokens (pair_flops: scores over rank + rope, values over rank;
     no expansion). Other models: the pair FLOPs of ModelSpec.attn_flops_per_pair and no expansion.
@@ -731,7 +734,7 @@ def mla_prefill_flops(m: ModelSpec, tp: int, absorbed: bool = False) -> tuple[fl
         return m.attn_flops_per_pair / tp, 0.0
     if absorbed:
         return m.attn_flops_per_pair / tp, 0.0
-    pair = 2.0 * m.num_heads * (m.q_head_dim + m.v_head_dim)
+    pair = 2.0 * m.num_heads * (m.q_head_dim + max(m.v_head_dim, m.q_head_dim))
     expand = 2.0 * m.kv_lora_rank * m.num_heads * (m.qk_nope_head_dim + m.v_head_dim)
     return pair / tp, expand / tp
 

@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from core.cost_model import MLA_ABSORBED_STEP_TOKENS
 from core.model_spec import ModelSpec
@@ -97,8 +98,8 @@ class MLAttention(nn.Module):
         q_pe = rope_ref(q[..., self.nope :], cos, sin)
         k_pe = rope_ref(kv[:, None, self.rank :], cos, sin)
         k_pool[lay.slots, 0] = torch.cat([latent, k_pe[:, 0]], -1).to(k_pool.dtype)
-        if use_kernel(q) and t <= ABSORBED_PROMPT_TOKENS:  # every row absorbed, device metadata only
-            qa = self.absorbed_query(q[..., : self.nope], q_pe)
+        if use_kernel(q) and (not lay.n_prefill or t <= ABSORBED_PROMPT_TOKENS):  # every row absorbed
+            qa = self.absorbed_query(q[..., : self.nope], q_pe)  # (device metadata only: graph-safe)
             o_lat = qa.new_zeros((t, self.nh, self.rank))
             if lay.n_prefill:
                 mla_prefill(qa, k_pool, lay, self.rank, self.scale, o_lat)
@@ -115,18 +116,23 @@ class MLAttention(nn.Module):
         return self.wo(out.reshape(t, self.nh * self.vd))
 
     def _plain(self, q_nope, q_pe, k_pool, lay, out) -> None:
-        """Prompt chunks: each sequence's context latents expanded to per-head keys and values (host lists)."""
-        row = 0
+        """Prompt chunks, one SDPA call each (host lists, eager): the sequence's cached latents (context and
+        chunk) up-projected through kv_b into per-head keys [k_nope, k_pe] and values, in the activation
+        dtype, the values zero-padded to the 192-wide q/k head so that SDPA's flash kernel takes the call
+        (it needs one head dim for q, k and v); a chunk after cached context masks bottom-right (causal_lower_right,
+        which flash and the memory-efficient kernel run fused), a fresh prompt is plainly causal."""
+        row, dt, n = 0, q_nope.dtype, sum(lay.q_lens[: lay.n_prefill])
+        q = torch.cat([q_nope[:n], q_pe[:n].to(dt)], -1)
         for s in range(lay.n_prefill):
             ql, kl, ks = lay.q_lens[s], lay.k_lens[s], lay.k_starts[s]
             if not ql:  # an unused chunk slot of a mixed-step graph
                 continue
-            c = k_pool[ks : ks + kl, 0]
+            c = k_pool[ks : ks + kl, 0].to(dt)
             kv = self.kv_b(c[:, : self.rank]).view(kl, self.nh, self.nope + self.vd)
             k = torch.cat([kv[..., : self.nope], c[:, None, self.rank :].expand(kl, self.nh, -1)], -1)
-            qs = torch.cat([q_nope[row : row + ql], q_pe[row : row + ql]], -1)
-            o = _sdpa(qs, k, kv[..., self.nope :], self.scale)
-            out[row : row + ql] = o.to(out.dtype)
+            v = F.pad(kv[..., self.nope :], (0, max(0, self.qd - self.vd)))
+            o = plain_attention(q[row : row + ql], k, v, self.scale)
+            out[row : row + ql] = o[..., : self.vd]
             row += ql
 
     def absorbed_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor) -> torch.Tensor:
@@ -173,6 +179,28 @@ def _sdpa(q, k, v, scale: float) -> torch.Tensor:
         scale=scale,
     )
     return o.transpose(0, 1)
+
+
+def plain_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, bias: bool | None = None
+) -> torch.Tensor:
+    """Causal attention of q [Q, h, d] over k, v [K, h, d] (the queries the last Q of the K positions) in
+    q's dtype: plain causal when Q == K, else the bottom-right aligned causal mask, as a CausalBias (`bias`,
+    the default on CUDA: no materialised mask, so SDPA's flash/memory-efficient kernels run it fused) or a
+    boolean mask (the CPU's math path; a CausalBias cannot be made under a dispatch mode such as the FLOP
+    counter's)."""
+    nq, nk = q.shape[0], k.shape[0]
+    mask = None
+    if nq != nk:
+        if q.is_cuda if bias is None else bias:
+            mask = causal_lower_right(nq, nk)
+        else:
+            mask = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+    o = F.scaled_dot_product_attention(  # 4-D [1, h, L, d]: SDPA's fused kernels take nothing else
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask,
+        is_causal=mask is None, scale=scale,
+    )  # fmt: skip
+    return o[0].transpose(0, 1)
 
 
 def use_kernel(q: torch.Tensor) -> bool:
@@ -245,8 +273,10 @@ if triton is not None:
 
 # Steps of up to this many tokens run every row in the absorbed form on CUDA (prompt chunks through
 # _mla_prefill_kernel, decodes through _mla_decode_kernel): device metadata only, so they capture in the
-# serving loop's mixed-step graphs (engine.serving.MIXED_GRAPH_TOKENS). Larger steps run prompt chunks in
-# the plain form, fewer FLOPs per pair (core.cost_model.mla_prefill_flops prices both).
+# serving loop's mixed-step graphs (engine.serving.Executor caps an MLA model's mixed graphs here). Larger
+# steps run prompt chunks in the plain form, eagerly: flash attention at 320 FLOPs a pair and head against the
+# absorbed kernel's 1088 (core.cost_model.mla_prefill_flops prices both). Read at call time (and by the
+# Executor when built): benchmarks/mla_gpu_check.py sets it to time both forms.
 ABSORBED_PROMPT_TOKENS = MLA_ABSORBED_STEP_TOKENS
 
 if triton is not None:
@@ -311,20 +341,35 @@ if triton is not None:
         tl.store(OUT + row[:, None] * R + r[None, :], o.to(OUT.dtype.element_ty), mask=valid[:, None])
 
 
-def mla_prefill(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float, out: torch.Tensor):
+def mla_prefill(
+    qa: torch.Tensor,
+    kv_pool: torch.Tensor,
+    lay,
+    rank: int,
+    scale: float,
+    out: torch.Tensor,
+    tiles: dict | None = None,
+):
     """Absorbed causal attention (Triton) of the prompt chunks, sequences [0, lay.n_prefill): their rows of
     `out` [T, nh, rank] set to the latent-space output. Reads only the layout's device tensors (cu_q, cu_k,
-    seqused_k) and the static lay.max_q: graph-safe."""
+    seqused_k) and the static lay.max_q: graph-safe. `tiles` overrides PREFILL_TILES (rows: query rows a program,
+    tokens x heads; block_n, num_warps, num_stages), as benchmarks/mla_gpu_check.py sweeps them."""
     t, nh, d = qa.shape
+    cfg = {**PREFILL_TILES, **(tiles or {})}
     h_pad = max(2, triton.next_power_of_2(nh))
-    bt = max(1, 32 // h_pad)  # 32 query rows (tokens x heads) a program
+    bt = max(1, cfg["rows"] // h_pad)  # query tokens a program (all heads of each)
     qa = qa.to(kv_pool.dtype).contiguous()
     grid = (lay.n_prefill, triton.cdiv(max(lay.max_q, 1), bt))
     _mla_prefill_kernel[grid](
         qa, kv_pool, out, lay.cu_q, lay.cu_k, lay.seqused_k, scale, kv_pool.stride(0),
-        NH=nh, H_PAD=h_pad, BT=bt, R=rank, P=d - rank, BLOCK_N=32, num_warps=8, num_stages=2,
+        NH=nh, H_PAD=h_pad, BT=bt, R=rank, P=d - rank, BLOCK_N=cfg["block_n"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )  # fmt: skip
     return out
+
+
+# the absorbed prompt kernel's tiles: 32 query rows (2 tokens x 16 heads for DeepSeek), 32 keys a block
+PREFILL_TILES = {"rows": 32, "block_n": 32, "num_warps": 8, "num_stages": 2}
 
 
 def mla_decode(

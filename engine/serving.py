@@ -29,6 +29,7 @@ from core.kv_cache import BlockPool
 from core.records import RequestTable, StepRecorder, StepStats
 from core.requests import Requests
 from core.scheduler import Batch, Scheduler, SchedulerConfig, Sequence, SpecDecode
+from engine import mla
 from engine.attention import (
     StepLayout,
     device_sms,
@@ -223,6 +224,8 @@ class Executor:
             if mixed_graph_tokens is None
             else mixed_graph_tokens
         )
+        if model.spec.is_mla:  # larger MLA steps run prompt chunks in the plain form, eagerly (engine.mla)
+            top = min(top, mla.ABSORBED_PROMPT_TOKENS)
         self.mixed_sizes = mixed_sizes(top) if top else []
         self.static_mixed = (
             bool(self.mixed_sizes) if static_mixed is None else static_mixed and bool(self.mixed_sizes)

@@ -105,9 +105,11 @@ def test_triton_mla_decode_kernel_matches_reference_interpreted():
 
 
 def _counted_flops(attn, x, lay, rope, pool) -> float:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc:
+    # the math backend's matmuls are counted (the CPU's fused SDPA kernel is not, in torch's counter)
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as fc:
         attn(x, lay, rope, pool, pool)
     return float(fc.get_total_flops())
 
@@ -196,6 +198,92 @@ def test_cost_model_prices_absorbed_prompts_in_graph_sized_steps():
 
     n = MLA_ABSORBED_STEP_TOKENS
     small, large = attn(n, 4000), attn(n + 1, 4000)
-    # absorbed pairs cost (2 rank + rope) / (q_head_dim + v_head_dim) = 1088 / 320 of the plain ones
-    assert small > 2.0 * large
+    # absorbed pairs cost (2 rank + rope) / (q_head_dim + padded v) = 1088 / 384 of the plain ones, which add
+    # the 4000 cached latents' kv_b expansion
+    pairs = n * (4000 + (n + 1) / 2)
+    absorbed = cm.absorbed_pair_flops * pairs
+    plain = cm.prefill_pair_flops * pairs * (n + 1) / n + cm.prefill_ctx_flops * 4000
+    assert small > 0.9 * absorbed / plain * large
     assert cm.absorbed_pair_flops == spec.attn_flops_per_pair
+    assert cm.prefill_pair_flops == 2 * spec.num_heads * 2 * spec.q_head_dim  # v padded to q_head_dim
+
+
+def test_plain_chunk_after_context_equals_whole_prompt():
+    """A prompt chunk after cached context (plain form, bottom-right mask) = the same rows of the whole prompt."""
+    spec = tiny_deepseek()
+    m = build_model(spec, dtype="fp32", device="cpu", seed=4)
+    attn = m.layers[0].attn
+    m.allocate_kv(16)
+    pool, rope = m.kv[0][0], m.ropes[attn.rope_base]
+    x = torch.randn(9, 64)
+    whole = attn(x, make_layout([9], [0], "cpu"), rope, pool, pool)
+    attn(x[:4], make_layout([4], [0], "cpu"), rope, pool, pool)
+    chunk = attn(x[4:], make_layout([5], [4], "cpu"), rope, pool, pool)
+    assert torch.allclose(chunk, whole[4:], rtol=1e-4, atol=1e-5)
+
+
+def test_plain_form_stays_in_bf16_with_flash_shapes(monkeypatch):
+    """bf16 in, bf16 through: the plain form's SDPA gets 4-D bf16 q/k/v of one head dim (v zero-padded to
+    the 24-wide q/k head: what flash attention needs), a CausalBias-free fresh prompt, and the layer's
+    output is bf16 and close to the fp32 layer's."""
+    import torch.nn.functional as F
+
+    spec = tiny_deepseek()
+    m = build_model(spec, dtype="fp32", device="cpu", seed=6)
+    ref = m.layers[0].attn
+    attn = __import__("copy").deepcopy(ref).to(torch.bfloat16)
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append(
+            (q.dtype, k.dtype, v.dtype, q.dim(), q.shape[-1], k.shape[-1], v.shape[-1], kw["is_causal"])
+        )
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    rope = m.ropes[ref.rope_base]
+    x = torch.randn(7, 64)
+    pools = [torch.zeros(16, 1, 48, dtype=dt) for dt in (torch.float32, torch.bfloat16)]
+    lay = make_layout([4, 3], [0, 5], "cpu", starts=[0, 8])  # a fresh prompt and a chunk after 5 tokens
+    ctx = torch.randn(5, 1, 48)
+    for p in pools:
+        p[8:13] = ctx
+    want = ref(x, lay, rope, pools[0], pools[0])
+    seen.clear()
+    got = attn(x.to(torch.bfloat16), lay, rope, pools[1], pools[1])
+    qd = spec.q_head_dim
+    bf = torch.bfloat16
+    assert seen == [(bf, bf, bf, 4, qd, qd, qd, True), (bf, bf, bf, 4, qd, qd, qd, False)]
+    assert got.dtype == bf
+    assert (got.float() - want).abs().max() < 0.05 * want.abs().max()
+
+
+def test_causal_bias_equals_materialised_mask():
+    """The CUDA path's CausalBias (bottom-right) gives what the CPU's boolean mask gives."""
+    from engine.mla import plain_attention
+
+    g = torch.Generator().manual_seed(1)
+    for nq, nk in ((5, 12), (6, 6)):
+        q, k, v = (torch.randn(n, 3, 8, generator=g) for n in (nq, nk, nk))
+        a = plain_attention(q, k, v, 0.3, bias=True)
+        b = plain_attention(q, k, v, 0.3, bias=False)
+        assert torch.allclose(a, b, atol=1e-6)
+    # the last query sees every key; the first only the keys up to its own position
+    w = plain_attention(q[:1], k, torch.eye(6)[:, None].expand(6, 3, 6), 1.0)
+    assert (w[0, 0] > 0).all()
+
+
+def test_executor_caps_mla_mixed_graphs_at_the_absorbed_threshold(monkeypatch):
+    """Mixed-step graphs of an MLA model stop at engine.mla.ABSORBED_PROMPT_TOKENS: larger steps run prompt
+    chunks in the plain form, which reads host lists (eager)."""
+    from engine import mla
+    from engine.serving import Executor
+
+    spec = tiny_deepseek()
+    m = build_model(spec, dtype="fp32", device="cpu")
+    monkeypatch.setattr(mla, "ABSORBED_PROMPT_TOKENS", 256)
+    ex = Executor(m, 512, 4, device="cpu", mixed_graph_tokens=1024)
+    assert ex.mixed_sizes[-1] == 256
+    monkeypatch.setattr(mla, "ABSORBED_PROMPT_TOKENS", 0)
+    assert Executor(m, 512, 4, device="cpu", mixed_graph_tokens=1024).mixed_sizes == []
