@@ -38,6 +38,7 @@ from engine.attention import (
     prebuild_fresh,
     unit_capacity,
     unit_target,
+    whole_units,
 )
 from engine.model import Transformer
 from engine.quant import tune_model
@@ -545,7 +546,8 @@ class Executor:
         h64[size : 2 * size] = pos
         h64[2 * size :] = tok_start + pos
         # units of the decode slots that have keys (decodes, dummies); the empty slots after them have none
-        units = plan_decode_units(k_lens[npf : a + pad], self.target, seq0=npf, cap=cap, arrays=True)
+        units = plan_decode_units(k_lens[npf : a + pad], self.target, seq0=npf, cap=cap, arrays=True,
+                                  whole=g.layout.whole_units)  # fmt: skip
         units["seq_units"] = np.concatenate([units["seq_units"], np.full(ns - a - pad, units["count"])])
         h32 = g.host32.numpy()
         h32[: ns + 1] = cu_q
@@ -604,6 +606,7 @@ class Executor:
         g.layout = StepLayout(
             [1] * ns, [1] * ns, [0] * ns, i32[: ns + 1], i32[ns + 1 : 2 * ns + 2], i32[2 * ns + 2 : 3 * ns + 2],
             g.i64[size : 2 * size], g.i64[2 * size :], size, self.max_k, npf, ns, units,
+            whole_units(size, self.target),
         )  # fmt: skip
         # capture on padding only: one empty chunk slot... every token a one-token dummy in scratch
         self._fill_mixed(g, [], None)
@@ -667,6 +670,7 @@ class Executor:
             0,
             size,
             units,
+            whole_units(size, self.target),
         )
         # capture on padding only: every sequence a new token in scratch
         self._fill(g, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
