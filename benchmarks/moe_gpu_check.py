@@ -7,12 +7,15 @@
    CUTLASS on sm90) against the loop over experts (moe_reference) at Mixtral-8x7B's (E=8, top-2, H=4096,
    I=14336) and DeepSeek-V2-Lite's (E=64, top-6, H=2048, I=1408) expert shapes, T = 1, 8, 512, 4096, 8192
    tokens; then one layer's two expert GEMMs per backend at those T (ms, TFLOP/s of 6·pairs·H·I).
-2. Ceilings: copy bandwidth and the dense bf16 GEMM rate (benchmarks/moe_mla_gpu.py's `ceilings`).
+2. Ceilings: copy bandwidth and the dense bf16 GEMM rate (benchmarks/moe_mla_gpu.py's `ceilings`); the
+   batch-1 GEMV (engine.fused.gemv) per tile and cuBLAS on Mixtral's dense shapes (qkv, o, router,
+   lm_head), as a share of the copy rate.
 3. Mixtral-8x7B bf16 (random weights) through engine.steps.StepRunner: prefill steps of 4,096 and 8,192
    tokens with the expert GEMMs on the Triton kernel, on grouped_mm (the engine's rule), and after
    engine.moe.tune_moe (both timed per rows bucket at warm-up, each checked against the reference), against
    the dense GEMM rate (bar 70%); decode steps at batch 1 and 8 (context 512) against the floor of reading
-   the dense weights and the experts touched (bar 1.3x).
+   the dense weights and the experts touched (bar 1.3x); batch 1 again with the swept GEMV tiles where
+   they beat the default.
 4. Qwen2.5-7B bf16 decode steps at batch 64, 128, 256 of 1,088-token contexts with the decode attention
    split into work units plus the combine kernel, and with one unit per sequence written directly
    (engine.attention.WHOLE_UNITS_MIN_FILL), against the roofline (weights + KV at the copy bandwidth).
@@ -55,6 +58,9 @@ TINY_QWEN = {
     "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 97, "max_position_embeddings": 512,
     "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
 }  # fmt: skip
+GEMV_CANDIDATES = [(4, 512, 4), (8, 512, 4), (8, 512, 8), (16, 512, 8), (4, 1024, 4), (8, 1024, 8), (16, 256, 4),
+                   (2, 1024, 4), (32, 256, 8), (16, 1024, 8), (1, 1024, 4), (2, 512, 2), (1, 2048, 8)]  # fmt: skip
+TUNE_GAIN = 1.03  # a swept GEMV tile replaces the default for a shape when this much faster
 BACKENDS = {"triton_moe": moe.triton_moe, "grouped_mm_moe": moe.grouped_mm_moe}
 FORCE_TRITON = 1 << 40  # GROUPED_MM_MIN_ROWS that keeps every step on the Triton kernel
 
@@ -92,6 +98,53 @@ def expert_kernels(dev: str, tiny: bool) -> list[dict]:
     return rows
 
 
+def gemv_sweep(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> tuple[list[dict], dict]:
+    """The batch-1 GEMV (engine.fused.gemv) on the model's dense shapes per tile, and cuBLAS (F.linear), timed
+    from CUDA graphs over weight copies that overflow L2; each checked against an fp32 product. Returns the
+    rows and the picks ((N, K) -> tile) that beat the default GEMV_TILE by TUNE_GAIN."""
+    from engine import fused
+    from engine.timing import copies_for_cache, measure_graph, rotating
+
+    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
+    h, hd = spec.hidden_size, spec.head_dim
+    shapes = {"qkv": ((spec.num_heads + 2 * spec.num_kv_heads) * hd, h), "o": (h, spec.num_heads * hd),
+              "router": (spec.num_experts, h), "lm_head": (spec.vocab_size, h)}  # fmt: skip
+    cands = ["cublas", fused.GEMV_TILE] + [c for c in GEMV_CANDIDATES if c != fused.GEMV_TILE]
+    g = torch.Generator(device=dev).manual_seed(0)
+    rows, picks = [], {}
+    for name, (n, k) in shapes.items():
+        w = (torch.randn(n, k, device=dev, generator=g) * k**-0.5).to(dtype)
+        x = torch.randn(1, k, device=dev, generator=g).to(dtype)
+        want = torch.nn.functional.linear(x.float(), w.float())
+        copies = copies_for_cache(n * k * w.element_size(), dev)
+        bufs = [(w,)] + [(w.clone(),) for _ in range(copies - 1)]
+        r: dict = {"name": name, "n": n, "k": k, "tiles": {}}
+        for tile in cands[: 3 if dev == "cpu" else None]:
+            key = tile if isinstance(tile, str) else "x".join(map(str, tile))
+            try:
+                err = rel_err(fused.gemv(x, w, tile=tile), want)
+                s = measure_graph(rotating(bufs, lambda w, t=tile, x=x: fused.gemv(x, w, tile=t)), dev,
+                                  calls=max(copies, 4), repeat=10)  # fmt: skip
+                r["tiles"][key] = {"tile": tile, "seconds": s, "bytes_per_s": n * k * w.element_size() / s,
+                                   "rel_err": err, "ok": err < (1e-4 if dev == "cpu" else 2e-2)}  # fmt: skip
+            except Exception as e:  # noqa: BLE001 - a tile that does not compile is reported, not fatal
+                r["tiles"][key] = {"tile": tile, "error": f"{type(e).__name__}: {str(e)[:120]}"}
+        ok = {kk: v for kk, v in r["tiles"].items() if v.get("ok")}
+        default = "x".join(map(str, fused.GEMV_TILE))
+        if ok and default in ok:
+            best = min(ok, key=lambda kk: ok[kk]["seconds"])
+            r["best"] = best
+            if ok[best]["seconds"] * TUNE_GAIN < ok[default]["seconds"]:
+                picks[(n, k)] = ok[best]["tile"]
+        rows.append(r)
+        log(f"gemv {name} {n}x{k}: " + ", ".join(
+            f"{kk} {v['bytes_per_s'] / ceil['copy_bytes_per_s']:.0%}" if "seconds" in v else f"{kk} failed"
+            for kk, v in r["tiles"].items()) + f" of the copy rate; best {r.get('best')}")  # fmt: skip
+        del w, bufs
+    free()
+    return rows, picks
+
+
 def _floor_bytes(model) -> tuple[float, float]:
     """Bytes a decode step reads besides the routed experts (every weight but the embedding table's unread rows
     and the routed experts), and one expert's bytes in one layer (0 without MoE)."""
@@ -106,7 +159,7 @@ def _floor_bytes(model) -> tuple[float, float]:
     return dense, expert
 
 
-def mixtral(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
+def mixtral(spec: ModelSpec, dev: str, ceil: dict, tiny: bool, gemv_picks: dict) -> dict:
     t0 = time.perf_counter()
     model = build_model(spec, dtype="fp32" if dev == "cpu" else "bf16", device=dev)
     prefills = (64, 128) if tiny else PREFILL
@@ -147,7 +200,9 @@ def mixtral(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
         if rec["tune"]:
             for n in prefills:
                 prefill(n, "tuned")
-        for b in DECODE:
+        from engine import fused
+
+        def decode(b: int, gemv: str) -> None:
             ctx = [DECODE_CONTEXT] * b
             step = runner.decode(ctx, **({"warmup": 1, "repeat": 2} if dev == "cpu" else {}))
             seen, hooks = _touched_counter(model)
@@ -158,12 +213,24 @@ def mixtral(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
                 h.remove()
             kv = sum(ctx) * spec.kv_bytes_per_token("bf16") * (2 if dev == "cpu" else 1)
             floor = (dense + sum(seen) * expert + kv) / ceil["copy_bytes_per_s"]
-            rec["decode"].append({"batch": b, "context": DECODE_CONTEXT, "step_s": step, "floor_s": floor,
-                                  "experts_touched_per_layer": sum(seen) / len(seen), "ratio": step / floor,
-                                  "bar": BAR_DECODE, "ok": step / floor <= BAR_DECODE})  # fmt: skip
-            log(f"decode batch {b}: {step * 1e3:.2f} ms, floor {floor * 1e3:.2f} ms: {step / floor:.2f}x "
-                f"(bar {BAR_DECODE}x)")  # fmt: skip
+            rec["decode"].append({"batch": b, "context": DECODE_CONTEXT, "gemv": gemv, "step_s": step,
+                                  "floor_s": floor, "experts_touched_per_layer": sum(seen) / len(seen),
+                                  "ratio": step / floor, "bar": BAR_DECODE, "ok": step / floor <= BAR_DECODE})  # fmt: skip
+            log(f"decode batch {b} ({gemv} GEMV tiles): {step * 1e3:.2f} ms, floor {floor * 1e3:.2f} ms: "
+                f"{step / floor:.2f}x (bar {BAR_DECODE}x)")  # fmt: skip
+
+        for b in DECODE:
+            decode(b, "default")
+        if gemv_picks:  # the swept GEMV tiles: batch 1 again (its graph captured anew)
+            fused.GEMV_TILES.update(gemv_picks)
+            runner.reset_graphs()
+            if runner.executor is not None:
+                runner.executor.graphs.clear()
+            decode(1, "swept")
+            rec["gemv_tiles"] = {f"{n}x{k}": t for (n, k), t in gemv_picks.items()}
     finally:
+        if gemv_picks:
+            fused.GEMV_TILES.clear()
         moe.GROUPED_MM_MIN_ROWS = keep
         moe.set_backends({})
     return rec
@@ -230,8 +297,18 @@ def tables(raw: dict) -> str:
             out.append(f"| prefill {r['tokens']} | {r['experts']} | {r['step_s'] * 1e3:.1f} | "
                        f"{r['flops_per_s'] / 1e12:.0f} | {r['share_of_gemm_rate']:.0%} | {'ok' if r['ok'] else 'MISS'} |")  # fmt: skip
         for r in m["decode"]:
-            out.append(f"| decode batch {r['batch']} | (rule) | {r['step_s'] * 1e3:.2f} | {r['floor_s'] * 1e3:.2f} ms | "
+            out.append(f"| decode batch {r['batch']} ({r['gemv']} GEMV) | (rule) | {r['step_s'] * 1e3:.2f} | {r['floor_s'] * 1e3:.2f} ms | "
                        f"{r['ratio']:.2f}x | {'ok' if r['ok'] else 'MISS'} |")  # fmt: skip
+        out.append("")
+    if raw.get("gemv"):
+        out += [
+            "| GEMV | N x K | share of the copy rate per tile (cublas, default first) | best |",
+            "|---|---|---|---|",
+        ]
+        for r in raw["gemv"]:
+            cells = ", ".join(f"{k} {v['bytes_per_s'] / raw['ceilings']['copy_bytes_per_s']:.0%}" if "seconds" in v
+                              else f"{k} failed" for k, v in r["tiles"].items())  # fmt: skip
+            out.append(f"| {r['name']} | {r['n']} x {r['k']} | {cells} | {r.get('best')} |")
         out.append("")
     q = raw.get("large_decode")
     if q:
@@ -249,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the results (the device's $OUT)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU (Triton interpreted); with --tiny")
     p.add_argument("--tiny", action="store_true", help="toy configs of the same architectures")
-    p.add_argument("--skip", nargs="*", default=[], choices=["experts", "mixtral", "large_decode"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["experts", "gemv", "mixtral", "large_decode"])
     args = p.parse_args(argv)
     if args.cpu != args.tiny:
         print("error: --cpu and --tiny go together (full-size models need the GPU)", file=sys.stderr)
@@ -280,11 +357,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     raw["ceilings"] = ceilings(dev)
     save()
+    spec = spec_from_config(TINY_MIXTRAL, name="tiny-mixtral") if args.tiny else load_model("mixtral-8x7b")
+    picks = {}
+    if "gemv" not in args.skip:
+        raw["gemv"], picks = gemv_sweep(spec, dev, raw["ceilings"], args.tiny)
+        save()
     if "mixtral" not in args.skip:
-        spec = (
-            spec_from_config(TINY_MIXTRAL, name="tiny-mixtral") if args.tiny else load_model("mixtral-8x7b")
-        )
-        raw["mixtral"] = mixtral(spec, dev, raw["ceilings"], args.tiny)
+        raw["mixtral"] = mixtral(spec, dev, raw["ceilings"], args.tiny, picks)
         save()
         free()
     log(f"[{time.perf_counter() - t0:.0f} s]")

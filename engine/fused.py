@@ -334,11 +334,21 @@ def rope_and_cache(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_po
     return qo
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y[1, N] = x[1, K] @ W[N, K]^T (+ b) as a weight-streaming Triton kernel (batch-1 decode)."""
+# The batch-1 GEMV's tile, (BLOCK_N, BLOCK_K, num_warps): the default, and per-(N, K) picks from a device's sweep
+# (benchmarks/moe_gpu_check.py's gemv section; "cublas": torch's own GEMV for that shape, e.g. a router's few rows)
+GEMV_TILE = (4, 512, 4)
+GEMV_TILES: dict[tuple[int, int], tuple[int, int, int] | str] = {}
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tile=None) -> torch.Tensor:
+    """y[1, N] = x[1, K] @ W[N, K]^T (+ b) as a weight-streaming Triton kernel (batch-1 decode); `tile`
+    (default: GEMV_TILES' pick for the shape, else GEMV_TILE) as (BLOCK_N, BLOCK_K, num_warps) or "cublas"."""
     n, k = weight.shape
+    tile = tile or GEMV_TILES.get((n, k), GEMV_TILE)
+    if tile == "cublas":
+        return F.linear(x, weight, bias)
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    block_n, block_k = 4, 512
+    block_n, block_k, warps = tile
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x,
         weight,
@@ -349,7 +359,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         HAS_BIAS=bias is not None,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        num_warps=4,
+        num_warps=warps,
     )
     return y
 

@@ -437,12 +437,17 @@ def tune_moe(model, max_tokens: int, log=None, min_rows: int = 16) -> dict:
         while tokens <= max_tokens:
             pairs = tokens * m.top_k
             key = (rows_bucket(pairs, e), n, k, e)
-            if key in record:
+            if key in record or key in BACKEND:  # tuned already (this bucket, or an earlier warm-up)
                 tokens *= 2
                 continue
-            x = torch.randn(tokens, k, device=m.w_gate_up.device, generator=g).to(m.w_gate_up.dtype)
-            w, ids = route(m.router(x), m.top_k, m.renormalize)
-            ref = moe_reference(x, m.w_gate_up, m.w_down, w, ids, m.act).float()
+            try:
+                x = torch.randn(tokens, k, device=m.w_gate_up.device, generator=g).to(m.w_gate_up.dtype)
+                w, ids = route(m.router(x), m.top_k, m.renormalize)
+                ref = moe_reference(x, m.w_gate_up, m.w_down, w, ids, m.act).float()
+            except torch.cuda.OutOfMemoryError:  # larger buckets keep the rule
+                if log:
+                    log(f"moe tune {key}: out of memory, the rule decides from {tokens} tokens")
+                break
             times: dict = {}
             args = (x, m.w_gate_up, m.w_down, w, ids, m.act)
             for name, fn in (("triton", triton_moe), ("grouped_mm", grouped_mm_moe)):

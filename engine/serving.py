@@ -41,6 +41,7 @@ from engine.attention import (
     whole_units,
 )
 from engine.model import Transformer
+from engine.moe import tune_moe
 from engine.quant import tune_model
 from engine.speculative import SpecRun, Speculator
 from engine.steps import capture_sizes
@@ -263,13 +264,14 @@ class Executor:
         """Capture the graphs of every decode batch size and every mixed-step token count (largest first, so
         later captures reuse its memory), build the cuDNN plans of every padded fresh-prompt length up to
         `max_prompt` tokens (the scheduler's token budget; engine.attention), run eager steps and measure
-        their host launch time (`eager_launch_s`), so that no compile, capture or int4 kernel tuning happens while
-        requests wait. Returns seconds."""
+        their host launch time (`eager_launch_s`), so that no compile, capture or int4/MoE kernel tuning happens
+        while requests wait. Returns seconds."""
         t0 = time.perf_counter()
         # int4 layers: every rows bucket a step can have tuned now, before any capture or request (engine/quant.py)
-        tune_model(
-            self.model, max(max_prompt, self.mixed_sizes[-1] if self.mixed_sizes else 0, self.max_batch), log
-        )
+        most = max(max_prompt, self.mixed_sizes[-1] if self.mixed_sizes else 0, self.max_batch)
+        tune_model(self.model, most, log)
+        # MoE layers: the Triton grouped GEMM or torch._grouped_mm per rows bucket, timed now (engine/moe.py)
+        tune_moe(self.model, most, log)
         if self.static_decode:
             for size in reversed(self.sizes):
                 self._graph(size)
