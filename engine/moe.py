@@ -419,12 +419,12 @@ def moe_flops(pairs: int, w_gate_up: torch.Tensor) -> float:
 
 def tune_moe(model, max_tokens: int, log=None, min_rows: int = 16) -> dict:
     """Time both backends of every MoE shape in `model` at each rows-per-expert bucket from `min_rows` to
-    `max_tokens` tokens' worth, each checked against `moe_reference` first (a backend that disagrees is
-    dropped), and keep the faster one per bucket (BACKEND). What an engine does at start-up, before serving;
+    `max_tokens` tokens' worth, each checked against `moe_reference` first and timed from a CUDA graph (a
+    backend that disagrees or cannot be captured is dropped), and keep the faster one per bucket (BACKEND). What an engine does at start-up, before serving;
     nothing on the CPU or without sm90 (where only the Triton kernel runs). Returns {key: {backend: seconds
     or why dropped, "pick": backend}}."""
     from engine.model import MoE  # engine.model imports this module
-    from engine.timing import measure
+    from engine.timing import measure_graph
 
     shapes = {}
     for m in model.modules():
@@ -455,7 +455,14 @@ def tune_moe(model, max_tokens: int, log=None, min_rows: int = 16) -> dict:
                 if not err < CHECK_TOL:
                     times[name] = f"dropped: error {err:.3g} against the reference (bar {CHECK_TOL})"
                     continue
-                times[name] = measure(lambda fn=fn, args=args: fn(*args), x.device, warmup=2, repeat=5)
+                try:  # replayed from a CUDA graph: how a decode or mixed step runs it (and a capture check)
+                    times[name] = measure_graph(
+                        lambda fn=fn, args=args: fn(*args), x.device, calls=2, repeat=5
+                    )
+                except Exception as err:  # noqa: BLE001 - a backend that cannot be captured is dropped
+                    times[name] = (
+                        f"dropped: timing from a graph failed ({type(err).__name__}: {str(err)[:120]})"
+                    )
             ok = {b: s for b, s in times.items() if isinstance(s, float)}
             if ok:
                 times["pick"] = BACKEND[key] = min(ok, key=ok.get)
