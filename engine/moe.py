@@ -222,6 +222,18 @@ if triton is not None:
         else:
             tl.atomic_add(c_ptrs, acc, mask=valid[:, None] & nmask[None, :])
 
+    @triton.jit
+    def _moe_combine_kernel(Y, RANK, TW, OUT, H, TOP_K: tl.constexpr, BLOCK: tl.constexpr):
+        """OUT[t] = sum over the token's k pairs of routing weight x its row of Y (rows in expert order)."""
+        t = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = cols < H
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for j in tl.static_range(TOP_K):
+            r = tl.load(RANK + t * TOP_K + j).to(tl.int64)
+            acc += tl.load(TW + t * TOP_K + j) * tl.load(Y + r * H + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(OUT + t * H + cols, acc.to(OUT.dtype.element_ty), mask=m)
+
 
 # Large steps: 128 x 256 tiles (the H200 sweep of benchmarks/moe_mla_gpu.py: 626 TFLOP/s for one Mixtral
 # layer's grouped GEMMs at 8k tokens against 362 with 64 x 128) once the average touched expert has a whole
@@ -406,7 +418,17 @@ def grouped_mm_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> tor
     a = x[order // top_k]
     h1 = torch._grouped_mm(a, w_gate_up.transpose(1, 2), offs=offs)
     y = torch._grouped_mm(act_mul(h1, act), w_down.transpose(1, 2), offs=offs)
-    y = y.float() * weights.reshape(-1)[order].float()[:, None]
+    tw = weights.reshape(-1).float().contiguous()
+    if triton is not None and (y.is_cuda or _interpreted()):  # one pass: each token reads its k rows
+        rank = torch.empty_like(order)  # where each pair's row sits in expert order
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        out = torch.empty((t, hidden), dtype=x.dtype, device=x.device)
+        block = 1024
+        _moe_combine_kernel[(t, triton.cdiv(hidden, block))](
+            y, rank, tw, out, hidden, TOP_K=top_k, BLOCK=block, num_warps=4
+        )
+        return out
+    y = y.float() * tw[order][:, None]
     out = torch.empty_like(y).index_copy_(0, order, y)
     return out.view(t, top_k, hidden).sum(1).to(x.dtype)
 

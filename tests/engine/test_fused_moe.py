@@ -82,6 +82,16 @@ for t, e, k, h, i in ((1, 4, 2, 32, 48), (9, 4, 2, 32, 48), (40, 6, 3, 64, 32)):
     err = (got - want).abs().max().item()
     assert err < 1e-4, (t, e, k, err)
     print("ok", t, e, k, err)
+# the grouped_mm path (torch._grouped_mm's CPU fallback) with its Triton combine of each token's k rows
+from engine.moe import grouped_mm_moe
+for t, e, k, h, i in ((1, 4, 2, 32, 48), (40, 6, 3, 1100, 32)):
+    x = torch.randn(t, h, generator=g)
+    wgu = torch.randn(e, 2 * i, h, generator=g) / h**0.5
+    wd = torch.randn(e, h, i, generator=g) / i**0.5
+    w, ids = route(torch.randn(t, e, generator=g), k, True)
+    err = (grouped_mm_moe(x, wgu, wd, w, ids) - moe_reference(x, wgu, wd, w, ids)).abs().max().item()
+    assert err < 1e-4, (t, e, k, err)
+    print("ok grouped_mm", t, e, k, err)
 # the one-program align (small steps) gives exactly the torch path's layout
 from engine.moe import align, align_reference
 for t, e, k, bm in ((1, 8, 2, 16), (8, 8, 2, 16), (21, 64, 6, 16), (5, 3, 1, 32), (64, 8, 2, 16),
@@ -117,7 +127,7 @@ def test_triton_grouped_gemm_matches_reference_interpreted():
         [sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("ok ") == 12
+    assert r.stdout.count("ok ") == 14
 
 
 def test_kernel_config_splits_k_for_batch_one_and_takes_large_tiles_for_long_steps():
