@@ -8,6 +8,11 @@ expert weights; programs of untouched experts do not exist, so only the experts 
 read), the activation runs over the pairs, and a second launch computes down with the routing weight
 applied in its epilogue, writing each pair's row; the combine sums a token's top-k rows.
 
+Large steps (prefill) can take torch._grouped_mm instead (CUTLASS's grouped GEMM on sm90, bf16): the pairs
+sorted by expert without padding, the weights as stored (a transposed view, no copy), one Triton pass
+combining each token's rows. `moe_backend` picks per step: `tune_moe`'s timed, reference-checked choice per
+rows-per-expert bucket (the serving executor's warm-up runs it), else a rows-per-expert rule.
+
 Every shape here is fixed by the token count (padded lists of `pairs + experts * (block - 1)` rows,
 idle blocks marked -1), so a decode step with this layer captures in a CUDA graph. The cost model's
 routed-experts group prices exactly this: the weights of the touched experts plus the GEMM over the
