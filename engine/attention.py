@@ -78,6 +78,8 @@ class StepLayout:
     units: dict = field(
         default_factory=dict
     )  # the decode group's work units (device tensors): plan_decode_units
+    # one unit per decode sequence (whole_units): the decode kernel writes the output, no combine kernel
+    whole_units: bool = False
 
     def __post_init__(self) -> None:
         if self.n_prefill < 0:
@@ -93,6 +95,10 @@ class StepLayout:
 UNIT_BLOCK = 64
 UNIT_MIN_KEYS = 256
 UNIT_CTAS_PER_SM = 2
+# From this many decode sequences per unit of the target (sequences x KV heads >= UNIT_CTAS_PER_SM per SM), the
+# sequences alone fill the GPU: one unit each, whose normalised output is the sequence's (no partial results
+# in fp32, no combine kernel). A step's size decides it (a graph's grid and buffers are fixed by its size).
+WHOLE_UNITS_MIN_FILL = 1.0
 
 
 def prefill_count(q_lens: list[int]) -> int:
@@ -108,8 +114,18 @@ def unit_target(sms: int, kv_heads: int) -> int:
     return max(1, UNIT_CTAS_PER_SM * sms // max(kv_heads, 1))
 
 
+def whole_units(n_decode: int, target: int) -> bool:
+    """Whether a decode group of `n_decode` sequence slots runs one unit per sequence (no split, no combine)."""
+    return n_decode > 0 and n_decode >= WHOLE_UNITS_MIN_FILL * max(target, 1)
+
+
 def plan_decode_units(
-    k_lens, target: int, seq0: int = 0, cap: int | None = None, arrays: bool = False
+    k_lens,
+    target: int,
+    seq0: int = 0,
+    cap: int | None = None,
+    arrays: bool = False,
+    whole: bool | None = None,
 ) -> dict:
     """Split each decode sequence's keys [0, k) into units of at most `chunk` keys.
 
@@ -119,11 +135,14 @@ def plan_decode_units(
     by sequence; `seq_units[j]:seq_units[j+1]` are sequence j's. `seq` holds global sequence indices
     (seq0 + j); with `cap`, the tables are padded to `cap` units with seq = -1 (idle programs of a
     CUDA graph's fixed grid). Vectorised (no per-sequence Python): the serving loop plans every decode
-    step with it. Lists, or int64 numpy arrays with `arrays`.
+    step with it. Lists, or int64 numpy arrays with `arrays`. With `whole` (default: `whole_units` of
+    len(k_lens)), chunk covers the longest sequence: one unit per sequence with keys ("whole" in the result).
     """
     k = np.asarray(k_lens, dtype=np.int64).reshape(-1)
     total = int(k.sum())
-    chunk = max(UNIT_MIN_KEYS, math.ceil(math.ceil(total / max(target, 1)) / UNIT_BLOCK) * UNIT_BLOCK)
+    whole = whole_units(len(k), target) if whole is None else whole
+    share = int(k.max()) if whole and len(k) else math.ceil(total / max(target, 1))
+    chunk = max(UNIT_MIN_KEYS, math.ceil(share / UNIT_BLOCK) * UNIT_BLOCK)
     per = -(-k // chunk)  # units per sequence (0 for an empty one)
     seq_units = np.zeros(len(k) + 1, dtype=np.int64)
     np.cumsum(per, out=seq_units[1:])
@@ -141,12 +160,20 @@ def plan_decode_units(
         hi = np.concatenate([hi, np.zeros(pad, dtype=np.int64)])
     if not arrays:
         seq, lo, hi, seq_units = seq.tolist(), lo.tolist(), hi.tolist(), seq_units.tolist()
-    return {"seq": seq, "lo": lo, "hi": hi, "seq_units": seq_units, "count": n, "chunk": chunk}
+    return {
+        "seq": seq,
+        "lo": lo,
+        "hi": hi,
+        "seq_units": seq_units,
+        "count": n,
+        "chunk": chunk,
+        "whole": whole,
+    }
 
 
 def unit_capacity(target: int, n_decode: int) -> int:
     """An upper bound of plan_decode_units' count for n_decode sequences (the fixed grid of a graph)."""
-    return target + n_decode
+    return n_decode if whole_units(n_decode, target) else target + n_decode
 
 
 def plan_layout(
@@ -245,6 +272,7 @@ def make_layout(
         p["n_prefill"],
         len(q_lens),
         unit_tensors(p["units"], device),
+        p["units"]["whole"],
     )
 
 

@@ -160,6 +160,7 @@ if triton is not None:
         V,
         OP,
         LP,
+        OUT,
         U_SEQ,
         U_LO,
         U_HI,
@@ -174,6 +175,7 @@ if triton is not None:
         G_PAD: tl.constexpr,
         D: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        DIRECT: tl.constexpr,
     ):
         u = tl.program_id(0).to(tl.int64)  # one work unit: keys [lo, hi) of one sequence
         kvh = tl.program_id(1)
@@ -209,10 +211,15 @@ if triton is not None:
         heads = kvh * G + g
         has = l_i > 0
         o = acc / tl.where(has, l_i, 1.0)[:, None]
-        lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
-        base = u * NH + heads
-        tl.store(OP + base[:, None] * D + d[None, :], o, mask=gmask[:, None])
-        tl.store(LP + base, lse, mask=gmask)
+        if DIRECT:  # the sequence's only unit: its output row (idle programs write nothing)
+            dst = OUT + (row * NH + heads)[:, None] * D + d[None, :]
+            heads_live = gmask & (tl.zeros((G_PAD,), tl.int32) + tl.load(U_SEQ + u) >= 0)
+            tl.store(dst, o.to(OUT.dtype.element_ty), mask=heads_live[:, None])
+        else:
+            lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+            base = u * NH + heads
+            tl.store(OP + base[:, None] * D + d[None, :], o, mask=gmask[:, None])
+            tl.store(LP + base, lse, mask=gmask)
 
     @triton.jit
     def _decode_combine_kernel(
@@ -250,7 +257,7 @@ if triton is not None:
             wsum = wsum * alpha + tl.sum(w, 0)
             m = m_new
         out = acc / tl.where(wsum > 0, wsum, 1.0)  # a sequence with no keys gets zeros
-        tl.store(OUT + (row * NH + h) * D + d, out.to(OUT.dtype.element_ty), mask=(d < D) & (nq > 0))
+        tl.store(OUT + (row * NH + h) * D + d, out.to(OUT.dtype.element_ty), mask=(d * 0 + nq) > 0)
 
 
 # ---------------------------------------------------------------- dispatch
@@ -327,11 +334,21 @@ def rope_and_cache(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_po
     return qo
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y[1, N] = x[1, K] @ W[N, K]^T (+ b) as a weight-streaming Triton kernel (batch-1 decode)."""
+# The batch-1 GEMV's tile, (BLOCK_N, BLOCK_K, num_warps): the default, and per-(N, K) picks from a device's sweep
+# (benchmarks/moe_gpu_check.py's gemv section; "cublas": torch's own GEMV for that shape, e.g. a router's few rows)
+GEMV_TILE = (4, 512, 4)
+GEMV_TILES: dict[tuple[int, int], tuple[int, int, int] | str] = {}
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tile=None) -> torch.Tensor:
+    """y[1, N] = x[1, K] @ W[N, K]^T (+ b) as a weight-streaming Triton kernel (batch-1 decode); `tile`
+    (default: GEMV_TILES' pick for the shape, else GEMV_TILE) as (BLOCK_N, BLOCK_K, num_warps) or "cublas"."""
     n, k = weight.shape
+    tile = tile or GEMV_TILES.get((n, k), GEMV_TILE)
+    if tile == "cublas":
+        return F.linear(x, weight, bias)
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    block_n, block_k = 4, 512
+    block_n, block_k, warps = tile
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x,
         weight,
@@ -342,7 +359,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         HAS_BIAS=bias is not None,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        num_warps=4,
+        num_warps=warps,
     )
     return y
 
@@ -357,7 +374,9 @@ def decode_attention(q, k_pool, v_pool, lay, scale: float, window: int = 0, out:
 
     One program takes one unit (up to `chunk` keys of one sequence, engine.attention.plan_decode_units)
     for one KV head and all the query heads that share it (GQA), so KV bytes are read once per step;
-    a second kernel merges each sequence's units. Writes rows cu_q[s] of `out` (new if None).
+    a second kernel merges each sequence's units. With lay.whole_units (a step whose sequences alone fill
+    the GPU: one unit each) the first kernel writes the output and there is no second. Writes rows cu_q[s]
+    of `out` (new if None).
     """
     t, nh, d = q.shape
     nkv = k_pool.shape[1]
@@ -369,14 +388,19 @@ def decode_attention(q, k_pool, v_pool, lay, scale: float, window: int = 0, out:
     if n_units == 0 or n_dec == 0:
         return out
     q = q.contiguous()
-    op = torch.empty((n_units, nh, d), dtype=torch.float32, device=q.device)
-    lp = torch.empty((n_units, nh), dtype=torch.float32, device=q.device)
+    direct = bool(lay.whole_units)
+    if direct:  # no partial results: the kernel writes `out`
+        op = lp = out
+    else:
+        op = torch.empty((n_units, nh, d), dtype=torch.float32, device=q.device)
+        lp = torch.empty((n_units, nh), dtype=torch.float32, device=q.device)
     _decode_attn_kernel[(n_units, nkv)](
         q,
         k_pool,
         v_pool,
         op,
         lp,
+        out,
         units["seq"],
         units["lo"],
         units["hi"],
@@ -391,9 +415,12 @@ def decode_attention(q, k_pool, v_pool, lay, scale: float, window: int = 0, out:
         G_PAD=max(16, triton.next_power_of_2(group)),
         D=d,
         BLOCK_N=64,
+        DIRECT=direct,
         num_warps=4,
         num_stages=2,
     )
+    if direct:
+        return out
     _decode_combine_kernel[(n_dec * nh,)](
         op, lp, units["seq_units"], lay.cu_q, out, lay.n_prefill, NH=nh, D=d, UB=16, num_warps=4
     )

@@ -8,6 +8,11 @@ expert weights; programs of untouched experts do not exist, so only the experts 
 read), the activation runs over the pairs, and a second launch computes down with the routing weight
 applied in its epilogue, writing each pair's row; the combine sums a token's top-k rows.
 
+Large steps (prefill) can take torch._grouped_mm instead (CUTLASS's grouped GEMM on sm90, bf16): the pairs
+sorted by expert without padding, the weights as stored (a transposed view, no copy), one Triton pass
+combining each token's rows. `moe_backend` picks per step: `tune_moe`'s timed, reference-checked choice per
+rows-per-expert bucket (the serving executor's warm-up runs it), else a rows-per-expert rule.
+
 Every shape here is fixed by the token count (padded lists of `pairs + experts * (block - 1)` rows,
 idle blocks marked -1), so a decode step with this layer captures in a CUDA graph. The cost model's
 routed-experts group prices exactly this: the weights of the touched experts plus the GEMM over the
@@ -222,6 +227,18 @@ if triton is not None:
         else:
             tl.atomic_add(c_ptrs, acc, mask=valid[:, None] & nmask[None, :])
 
+    @triton.jit
+    def _moe_combine_kernel(Y, RANK, TW, OUT, H, TOP_K: tl.constexpr, BLOCK: tl.constexpr):
+        """OUT[t] = sum over the token's k pairs of routing weight x its row of Y (rows in expert order)."""
+        t = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = cols < H
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for j in tl.static_range(TOP_K):
+            r = tl.load(RANK + t * TOP_K + j).to(tl.int64)
+            acc += tl.load(TW + t * TOP_K + j) * tl.load(Y + r * H + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(OUT + t * H + cols, acc.to(OUT.dtype.element_ty), mask=m)
+
 
 # Large steps: 128 x 256 tiles (the H200 sweep of benchmarks/moe_mla_gpu.py: 626 TFLOP/s for one Mixtral
 # layer's grouped GEMMs at 8k tokens against 362 with 64 x 128) once the average touched expert has a whole
@@ -319,7 +336,15 @@ def grouped_gemm(a, w, sorted_ids, block_expert, top_k: int, pairs: int, cfg: di
 
 
 def fused_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:
-    """The routed experts of one layer through two grouped-GEMM launches (Triton): [T, hidden]."""
+    """The routed experts of one layer through two grouped-GEMM launches: [T, hidden]. torch._grouped_mm
+    (CUTLASS) where `moe_backend` picks it for this step's rows and shape, else the Triton kernel."""
+    if moe_backend(x, ids.numel(), w_gate_up) == "grouped_mm":
+        return grouped_mm_moe(x, w_gate_up, w_down, weights, ids, act)
+    return triton_moe(x, w_gate_up, w_down, weights, ids, act)
+
+
+def triton_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:
+    """The routed experts through the Triton grouped GEMM (`_moe_gemm_kernel`, padded row blocks)."""
     t, hidden = x.shape
     top_k = ids.shape[1]
     pairs = t * top_k
@@ -336,6 +361,147 @@ def fused_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Te
     tw = weights.reshape(-1).float().contiguous()
     y = grouped_gemm(h2, w_down, sorted_ids, block_expert, 1, pairs, cfg_d, weights=tw)
     return y.view(t, top_k, hidden).sum(1).to(x.dtype)
+
+
+# torch._grouped_mm (CUTLASS's grouped GEMM on sm90+, bf16): the expert GEMMs of large steps. Chosen per
+# (rows-per-expert bucket, 2I, H, experts) by `tune_moe`'s timing at warm-up (BACKEND), else by this rule: from
+# GROUPED_MM_MIN_ROWS routed rows per expert on average (prefill-size steps); decode-size steps keep the Triton
+# kernel, which streams the touched experts' weights near the copy bandwidth (split-K, 16-row blocks).
+GROUPED_MM_MIN_ROWS = 128
+BACKEND: dict[tuple[int, int, int, int], str] = {}
+BACKENDS = ("triton", "grouped_mm")
+
+
+def grouped_mm_supported(x: torch.Tensor) -> bool:
+    """torch._grouped_mm runs here: a CUDA bf16 tensor on sm90 or newer (elsewhere its fallback is a loop)."""
+    if not (hasattr(torch, "_grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16):
+        return False
+    i = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if i not in _MAJOR:
+        _MAJOR[i] = torch.cuda.get_device_capability(i)[0]
+    return _MAJOR[i] >= 9
+
+
+_MAJOR: dict[int, int] = {}  # compute capability major per CUDA device (a step's MoE layers ask each time)
+
+
+def moe_backend(x: torch.Tensor, pairs: int, w_gate_up: torch.Tensor) -> str:
+    """ "grouped_mm" or "triton" for a step of `pairs` routed rows through experts `w_gate_up` [E, 2I, H]."""
+    if not grouped_mm_supported(x):
+        return "triton"
+    e, n, k = w_gate_up.shape
+    tuned = BACKEND.get((rows_bucket(pairs, e), n, k, e))
+    if tuned is not None:
+        return tuned
+    return "grouped_mm" if pairs >= GROUPED_MM_MIN_ROWS * e else "triton"
+
+
+def set_backends(entries: dict[tuple[int, int, int, int], str]) -> None:
+    """Use these backends for these (rows-per-expert bucket, 2I, H, experts) keys; {}: the rule alone."""
+    BACKEND.clear()
+    BACKEND.update(entries)
+
+
+def expert_order(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (token, slot) pairs of `ids` [T, k] sorted by expert (stable), and each expert's cumulative row end
+    (int32 [E], the `offs` of torch._grouped_mm). No host synchronisation."""
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.zeros(num_experts, dtype=torch.int32, device=flat.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    return order, torch.cumsum(counts, 0, dtype=torch.int32)
+
+
+def grouped_mm_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:
+    """The routed experts through torch._grouped_mm: the tokens gathered in expert order (unpadded: each
+    expert's rows end at `offs`), gate_up on the weights as stored ([E, 2I, H] seen as [E, H, 2I]: the
+    column-major B the kernel takes, no copy), act·mul, down, then each pair's row weighted and put back in
+    pair order, and a token's top-k rows summed in fp32."""
+    t, hidden = x.shape
+    top_k = ids.shape[1]
+    order, offs = expert_order(ids, w_gate_up.shape[0])
+    a = x[order // top_k]
+    h1 = torch._grouped_mm(a, w_gate_up.transpose(1, 2), offs=offs)
+    y = torch._grouped_mm(act_mul(h1, act), w_down.transpose(1, 2), offs=offs)
+    tw = weights.reshape(-1).float().contiguous()
+    if triton is not None and (y.is_cuda or _interpreted()):  # one pass: each token reads its k rows
+        rank = torch.empty_like(order)  # where each pair's row sits in expert order
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        out = torch.empty((t, hidden), dtype=x.dtype, device=x.device)
+        block = 1024
+        _moe_combine_kernel[(t, triton.cdiv(hidden, block))](
+            y, rank, tw, out, hidden, TOP_K=top_k, BLOCK=block, num_warps=4
+        )
+        return out
+    y = y.float() * tw[order][:, None]
+    out = torch.empty_like(y).index_copy_(0, order, y)
+    return out.view(t, top_k, hidden).sum(1).to(x.dtype)
+
+
+def moe_flops(pairs: int, w_gate_up: torch.Tensor) -> float:
+    """FLOPs of one layer's two expert GEMMs over `pairs` routed rows."""
+    _, n, k = w_gate_up.shape
+    return 2.0 * pairs * k * n * 1.5  # gate_up (N = 2I) plus down (I x H): 3 I H multiply-adds a row
+
+
+def tune_moe(model, max_tokens: int, log=None, min_rows: int = 16) -> dict:
+    """Time both backends of every MoE shape in `model` at each rows-per-expert bucket from `min_rows` to
+    `max_tokens` tokens' worth, each checked against `moe_reference` first and timed from a CUDA graph (a
+    backend that disagrees or cannot be captured is dropped), and keep the faster one per bucket (BACKEND). What an engine does at start-up, before serving;
+    nothing on the CPU or without sm90 (where only the Triton kernel runs). Returns {key: {backend: seconds
+    or why dropped, "pick": backend}}."""
+    from engine.model import MoE  # engine.model imports this module
+    from engine.timing import measure_graph
+
+    shapes = {}
+    for m in model.modules():
+        if isinstance(m, MoE) and grouped_mm_supported(m.w_gate_up):
+            shapes.setdefault(tuple(m.w_gate_up.shape), m)
+    record: dict = {}
+    for (e, n, k), m in shapes.items():
+        g = torch.Generator(device=m.w_gate_up.device).manual_seed(0)
+        tokens = max(1, min_rows * e // m.top_k)
+        while tokens <= max_tokens:
+            pairs = tokens * m.top_k
+            key = (rows_bucket(pairs, e), n, k, e)
+            if key in record or key in BACKEND:  # tuned already (this bucket, or an earlier warm-up)
+                tokens *= 2
+                continue
+            try:
+                x = torch.randn(tokens, k, device=m.w_gate_up.device, generator=g).to(m.w_gate_up.dtype)
+                w, ids = route(m.router(x), m.top_k, m.renormalize)
+                ref = moe_reference(x, m.w_gate_up, m.w_down, w, ids, m.act).float()
+            except torch.cuda.OutOfMemoryError:  # larger buckets keep the rule
+                if log:
+                    log(f"moe tune {key}: out of memory, the rule decides from {tokens} tokens")
+                break
+            times: dict = {}
+            args = (x, m.w_gate_up, m.w_down, w, ids, m.act)
+            for name, fn in (("triton", triton_moe), ("grouped_mm", grouped_mm_moe)):
+                err = float((fn(*args).float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+                if not err < CHECK_TOL:
+                    times[name] = f"dropped: error {err:.3g} against the reference (bar {CHECK_TOL})"
+                    continue
+                try:  # replayed from a CUDA graph: how a decode or mixed step runs it (and a capture check)
+                    times[name] = measure_graph(
+                        lambda fn=fn, args=args: fn(*args), x.device, calls=2, repeat=5
+                    )
+                except Exception as err:  # noqa: BLE001 - a backend that cannot be captured is dropped
+                    times[name] = (
+                        f"dropped: timing from a graph failed ({type(err).__name__}: {str(err)[:120]})"
+                    )
+            ok = {b: s for b, s in times.items() if isinstance(s, float)}
+            if ok:
+                times["pick"] = BACKEND[key] = min(ok, key=ok.get)
+            record[key] = times
+            if log:
+                log(f"moe tune {key}: " + ", ".join(f"{b} {v * 1e3:.3f} ms" if isinstance(v, float) else f"{b} {v}"
+                                                    for b, v in times.items()))  # fmt: skip
+            tokens *= 2
+    return record
+
+
+CHECK_TOL = 5e-2  # bf16: a few ulps of the largest output (the kernels' checks in benchmarks/moe_mla_gpu.py)
 
 
 def _interpreted() -> bool:

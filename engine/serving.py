@@ -39,8 +39,10 @@ from engine.attention import (
     prebuild_fresh,
     unit_capacity,
     unit_target,
+    whole_units,
 )
 from engine.model import Transformer
+from engine.moe import tune_moe
 from engine.quant import tune_model
 from engine.speculative import SpecRun, Speculator
 from engine.steps import capture_sizes
@@ -265,13 +267,14 @@ class Executor:
         """Capture the graphs of every decode batch size and every mixed-step token count (largest first, so
         later captures reuse its memory), build the cuDNN plans of every padded fresh-prompt length up to
         `max_prompt` tokens (the scheduler's token budget; engine.attention), run eager steps and measure
-        their host launch time (`eager_launch_s`), so that no compile, capture or int4 kernel tuning happens while
-        requests wait. Returns seconds."""
+        their host launch time (`eager_launch_s`), so that no compile, capture or int4/MoE kernel tuning happens
+        while requests wait. Returns seconds."""
         t0 = time.perf_counter()
         # int4 layers: every rows bucket a step can have tuned now, before any capture or request (engine/quant.py)
-        tune_model(
-            self.model, max(max_prompt, self.mixed_sizes[-1] if self.mixed_sizes else 0, self.max_batch), log
-        )
+        most = max(max_prompt, self.mixed_sizes[-1] if self.mixed_sizes else 0, self.max_batch)
+        tune_model(self.model, most, log)
+        # MoE layers: the Triton grouped GEMM or torch._grouped_mm per rows bucket, timed now (engine/moe.py)
+        tune_moe(self.model, most, log)
         if self.static_decode:
             for size in reversed(self.sizes):
                 self._graph(size)
@@ -548,7 +551,8 @@ class Executor:
         h64[size : 2 * size] = pos
         h64[2 * size :] = tok_start + pos
         # units of the decode slots that have keys (decodes, dummies); the empty slots after them have none
-        units = plan_decode_units(k_lens[npf : a + pad], self.target, seq0=npf, cap=cap, arrays=True)
+        units = plan_decode_units(k_lens[npf : a + pad], self.target, seq0=npf, cap=cap, arrays=True,
+                                  whole=g.layout.whole_units)  # fmt: skip
         units["seq_units"] = np.concatenate([units["seq_units"], np.full(ns - a - pad, units["count"])])
         h32 = g.host32.numpy()
         h32[: ns + 1] = cu_q
@@ -607,6 +611,7 @@ class Executor:
         g.layout = StepLayout(
             [1] * ns, [1] * ns, [0] * ns, i32[: ns + 1], i32[ns + 1 : 2 * ns + 2], i32[2 * ns + 2 : 3 * ns + 2],
             g.i64[size : 2 * size], g.i64[2 * size :], size, self.max_k, npf, ns, units,
+            whole_units(size, self.target),
         )  # fmt: skip
         # capture on padding only: one empty chunk slot... every token a one-token dummy in scratch
         self._fill_mixed(g, [], None)
@@ -670,6 +675,7 @@ class Executor:
             0,
             size,
             units,
+            whole_units(size, self.target),
         )
         # capture on padding only: every sequence a new token in scratch
         self._fill(g, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))

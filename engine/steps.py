@@ -340,6 +340,7 @@ class StepRunner:
             n_group,
             n_real,
             units,
+            plan["units"]["whole"],
         )
         stream = torch.cuda.Stream(dev)
         stream.wait_stream(torch.cuda.current_stream(dev))

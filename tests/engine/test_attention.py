@@ -34,8 +34,10 @@ def test_decode_units_cover_every_context_exactly_once(seed):
                 cover[j][i] += 1
     assert all(c == 1 for row in cover for c in row)
     assert all(s == -1 for s in u["seq"][u["count"] :])  # idle programs of a fixed grid
-    # balanced: no unit longer than the step's average share (or the minimum unit)
-    assert u["chunk"] <= max(256, -(-sum(k_lens) // target) + 63)
+    if u["whole"]:  # as many sequences as the target's units: one unit each, no split
+        assert len(k_lens) >= target and u["count"] == sum(1 for k in k_lens if k)
+    else:  # balanced: no unit longer than the step's average share (or the minimum unit)
+        assert u["chunk"] <= max(256, -(-sum(k_lens) // target) + 63)
 
 
 def test_one_long_context_is_split_like_many_short_ones():
@@ -71,7 +73,7 @@ def test_mixed_step_split_equals_masked_attention(q_lens, prior, window):
     lay.units = {
         k: torch.tensor(v, dtype=torch.int32)
         for k, v in plan_decode_units(lay.k_lens[lay.n_prefill :], 3, seq0=lay.n_prefill).items()
-        if k != "count" and k != "chunk"
+        if k not in ("count", "chunk", "whole")
     }
     k = torch.randn(sum(lay.k_lens) + 4, 2, 16, generator=g)
     v = torch.randn(sum(lay.k_lens) + 4, 2, 16, generator=g)
@@ -146,13 +148,73 @@ def test_vectorised_decode_units_equal_the_per_sequence_split():
         n = len(seq)
         if cap is not None:
             seq, lo, hi = seq + [-1] * (cap - n), lo + [0] * (cap - n), hi + [0] * (cap - n)
-        return {"seq": seq, "lo": lo, "hi": hi, "seq_units": su, "count": n, "chunk": chunk}
+        return {"seq": seq, "lo": lo, "hi": hi, "seq_units": su, "count": n, "chunk": chunk, "whole": False}
 
     rng = random.Random(0)
     for _ in range(200):
         k = [rng.choice([0, 1, 256, 257, rng.randint(0, 9000)]) for _ in range(rng.randint(0, 40))]
         target, seq0 = rng.choice([1, 7, 66, 264]), rng.randint(0, 3)
         cap = target + len(k) if rng.random() < 0.5 else None
-        assert plan_decode_units(k, target, seq0, cap) == loop(k, target, seq0, cap)
-        arr = plan_decode_units(k, target, seq0, cap, arrays=True)
+        assert plan_decode_units(k, target, seq0, cap, whole=False) == loop(k, target, seq0, cap)
+        arr = plan_decode_units(k, target, seq0, cap, arrays=True, whole=False)
         assert arr["seq"].tolist() == loop(k, target, seq0, cap)["seq"]
+
+
+def test_whole_units_once_the_sequences_fill_the_gpu():
+    """From `target` decode sequences (sequences x KV heads fill the SMs) each sequence is one unit: the graph
+    grid is the sequence count, and no unit splits a context however uneven the step."""
+    from engine.attention import whole_units
+
+    assert not whole_units(65, 66) and whole_units(66, 66) and not whole_units(0, 1)
+    assert unit_capacity(66, 65) == 131 and unit_capacity(66, 128) == 128
+    u = plan_decode_units([30000, 5, 0, 700] + [40] * 124, 66, seq0=2, cap=unit_capacity(66, 128))
+    assert u["whole"] and u["count"] == 127 and len(u["seq"]) == 128 and u["seq"][-1] == -1
+    assert all(lo == 0 for lo in u["lo"]) and u["hi"][0] == 30000 and u["seq_units"][3:5] == [2, 3]
+    split = plan_decode_units([30000, 5, 0, 700] + [40] * 124, 66, whole=False)
+    assert not split["whole"] and split["count"] > 128
+
+
+WHOLE_VS_SPLIT = r"""
+import torch
+from engine.attention import make_layout, plan_decode_units, reference_attention, unit_tensors
+from engine.fused import decode_attention
+g = torch.Generator().manual_seed(0)
+nh, nkv, d = 4, 2, 64
+for q_lens, prior, window in (([1] * 5, [0, 30, 300, 700, 64], 0), ([7, 1, 1, 1], [0, 10, 500, 90], 0),
+                              ([1, 1, 1], [400, 20, 130], 100)):
+    lay = make_layout(q_lens, prior, "cpu", kv_heads=nkv)
+    k = torch.randn(sum(lay.k_lens) + 8, nkv, d, generator=g)
+    v = torch.randn(sum(lay.k_lens) + 8, nkv, d, generator=g)
+    q = torch.randn(sum(q_lens), nh, d, generator=g)
+    dec = lay.k_lens[lay.n_prefill :]
+    row = int(lay.cu_q[lay.n_prefill])
+    want = reference_attention(q, k, v, lay, d**-0.5, window)[row:]
+    outs = {}
+    for whole in (False, True):  # cap past the count: idle programs of a graph's grid write nothing
+        units = plan_decode_units(dec, 3, seq0=lay.n_prefill, cap=len(dec) + 3 + 3 * (not whole), whole=whole)
+        assert whole or units["count"] > len(dec)  # the split path really splits
+        lay.units, lay.whole_units = unit_tensors(units, "cpu"), whole
+        out = decode_attention(q, k, v, lay, d**-0.5, window, out=torch.full_like(q, float("nan")))
+        assert out[:row].isnan().all(), "a decode program wrote a prefill row"
+        err = (out[row:] - want).abs().max().item()
+        assert err < 1e-4, (q_lens, whole, err)
+        outs[whole] = out[row:]
+    assert (outs[True] - outs[False]).abs().max().item() < 1e-5
+    print("ok", q_lens)
+"""
+
+
+def test_decode_kernel_gives_the_same_rows_with_and_without_the_split_interpreted():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
+    r = subprocess.run(
+        [sys.executable, "-c", WHOLE_VS_SPLIT], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("ok ") == 3

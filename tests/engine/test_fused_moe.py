@@ -82,6 +82,16 @@ for t, e, k, h, i in ((1, 4, 2, 32, 48), (9, 4, 2, 32, 48), (40, 6, 3, 64, 32)):
     err = (got - want).abs().max().item()
     assert err < 1e-4, (t, e, k, err)
     print("ok", t, e, k, err)
+# the grouped_mm path (torch._grouped_mm's CPU fallback) with its Triton combine of each token's k rows
+from engine.moe import grouped_mm_moe
+for t, e, k, h, i in ((1, 4, 2, 32, 48), (40, 6, 3, 1100, 32)):
+    x = torch.randn(t, h, generator=g)
+    wgu = torch.randn(e, 2 * i, h, generator=g) / h**0.5
+    wd = torch.randn(e, h, i, generator=g) / i**0.5
+    w, ids = route(torch.randn(t, e, generator=g), k, True)
+    err = (grouped_mm_moe(x, wgu, wd, w, ids) - moe_reference(x, wgu, wd, w, ids)).abs().max().item()
+    assert err < 1e-4, (t, e, k, err)
+    print("ok grouped_mm", t, e, k, err)
 # the one-program align (small steps) gives exactly the torch path's layout
 from engine.moe import align, align_reference
 for t, e, k, bm in ((1, 8, 2, 16), (8, 8, 2, 16), (21, 64, 6, 16), (5, 3, 1, 32), (64, 8, 2, 16),
@@ -117,7 +127,7 @@ def test_triton_grouped_gemm_matches_reference_interpreted():
         [sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("ok ") == 12
+    assert r.stdout.count("ok ") == 14
 
 
 def test_kernel_config_splits_k_for_batch_one_and_takes_large_tiles_for_long_steps():
@@ -142,3 +152,61 @@ def test_kernel_config_splits_k_for_batch_one_and_takes_large_tiles_for_long_ste
     finally:
         set_tuned({})
     assert not TUNED
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_mm_path_equals_the_loop_over_experts(dtype):
+    """torch._grouped_mm over the expert-sorted tokens (its CPU fallback here; CUTLASS on sm90) gives the loop's
+    output, an expert without tokens included."""
+    from engine.moe import grouped_mm_moe
+
+    x, wgu, wd, _, _ = _case(t=11, e=6, k=2)
+    logits = torch.randn(11, 6, generator=torch.Generator().manual_seed(3))
+    logits[:, 5] = float("-inf")  # expert 5 gets no tokens
+    w, ids = route(logits, 2, True)
+    assert not (ids == 5).any()
+    args = [t.to(dtype) for t in (x, wgu, wd)]
+    got = grouped_mm_moe(*args, w, ids).float()
+    want = moe_reference(*args, w, ids).float()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert got.shape == want.shape and (got - want).abs().max() <= tol * want.abs().max()
+
+
+def test_expert_order_sorts_pairs_stably_and_gives_row_ends():
+    from engine.moe import expert_order
+
+    ids = torch.tensor([[2, 0], [0, 3], [2, 3]])
+    order, offs = expert_order(ids, 5)
+    assert order.tolist() == [1, 2, 0, 4, 3, 5]  # pairs of expert 0, then 2, then 3 (each in pair order)
+    assert offs.dtype == torch.int32 and offs.tolist() == [2, 2, 4, 6, 6]
+
+
+def test_backend_rule_and_tuned_picks(monkeypatch):
+    """Off sm90 (here: the CPU) always the Triton kernel; on it, grouped_mm from GROUPED_MM_MIN_ROWS rows per
+    expert unless a tuned pick for the rows bucket says otherwise."""
+    import engine.moe as moe
+
+    wgu = torch.empty(8, 28672, 4096, device="meta")
+    x = torch.empty(1, 4096)
+    assert moe.moe_backend(x, 16384, wgu) == "triton"
+    monkeypatch.setattr(moe, "grouped_mm_supported", lambda x: True)
+    assert moe.moe_backend(x, 2, wgu) == "triton"
+    assert moe.moe_backend(x, moe.GROUPED_MM_MIN_ROWS * 8, wgu) == "grouped_mm"
+    try:
+        moe.set_backends({(2048, 28672, 4096, 8): "triton", (1, 28672, 4096, 8): "grouped_mm"})
+        assert moe.moe_backend(x, 16384, wgu) == "triton" and moe.moe_backend(x, 8, wgu) == "grouped_mm"
+        assert moe.moe_backend(x, 4096, wgu) == "grouped_mm"  # another bucket: the rule
+    finally:
+        moe.set_backends({})
+
+
+def test_tune_moe_leaves_the_cpu_alone():
+    from core.model_spec import spec_from_config
+    from engine.model import build_model
+    from engine.moe import BACKEND, tune_moe
+
+    cfg = {"model_type": "mixtral", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "head_dim": 16, "intermediate_size": 32, "num_local_experts": 4,
+           "num_experts_per_tok": 2, "vocab_size": 50, "max_position_embeddings": 128}  # fmt: skip
+    model = build_model(spec_from_config(cfg, name="t"), dtype="fp32", device="cpu")
+    assert tune_moe(model, 4096) == {} and BACKEND == {}
