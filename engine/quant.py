@@ -204,6 +204,14 @@ if triton is not None:
     sub.bf16x2 $3, $3, mg;
     }
     """)
+    # x pairs (x[k], x[k + 4]) .. (x[k + 3], x[k + 7]) from the words a = (k, k + 1), b, c, d = (k + 6, k + 7) of
+    # bf16 pairs: one PRMT each (bytes 0-1 of the first and of the second operand; bytes 2-3 of each)
+    _PAIRS_BF16X2 = tl.constexpr("""
+    prmt.b32 $0, $4, $6, 0x5410;
+    prmt.b32 $1, $4, $6, 0x7632;
+    prmt.b32 $2, $5, $7, 0x5410;
+    prmt.b32 $3, $5, $7, 0x7632;
+    """)
     # the word's 8 products with x pairs (x[k], x[k + 4]) as bf16x2 (x and q − 8 exact in bf16, the products and
     # the 4-term lane sums rounded to bf16), the two lanes widened to fp32 (bf16 is fp32's top half) and added
     _DOT_BF16X2 = tl.constexpr("""
@@ -270,14 +278,14 @@ if triton is not None:
                     else:
                         lo = tl.load(xp, mask=live, other=0)
                         hi = tl.load(xp + 1, mask=live, other=0)
-                    a, b = lo.to(tl.int32), (lo >> 32).to(tl.int32)
-                    c, d = hi.to(tl.int32), (hi >> 32).to(tl.int32)
-                    p0 = ((a & 0xFFFF) | (c << 16))[:, None]
-                    p1 = (((a >> 16) & 0xFFFF) | (c & -65536))[:, None]
-                    p2 = ((b & 0xFFFF) | (d << 16))[:, None]
-                    p3 = (((b >> 16) & 0xFFFF) | (d & -65536))[:, None]
+                    p0, p1, p2, p3 = tl.inline_asm_elementwise(
+                        _PAIRS_BF16X2, "=r,=r,=r,=r,r,r,r,r",
+                        [lo.to(tl.int32), (lo >> 32).to(tl.int32), hi.to(tl.int32), (hi >> 32).to(tl.int32)],
+                        dtype=(tl.int32,) * 4, is_pure=True, pack=1,
+                    )  # fmt: skip
                     part = tl.inline_asm_elementwise(
-                        _DOT_BF16X2, "=f,r,r,r,r,r,r,r,r", [t0, t1, t2, t3, p0, p1, p2, p3], dtype=tl.float32,
+                        _DOT_BF16X2, "=f,r,r,r,r,r,r,r,r",
+                        [t0, t1, t2, t3, p0[:, None], p1[:, None], p2[:, None], p3[:, None]], dtype=tl.float32,
                         is_pure=True, pack=1,
                     )  # fmt: skip
                 else:
@@ -712,6 +720,7 @@ def _w4(x, qweight, scales, cfg: tuple) -> torch.Tensor:
     none), warps, stages)."""
     asm, rows, bn, r, per_sm, warps, stages = cfg
     (m, k), n = x.shape, qweight.shape[1]
+    rows = min(rows, triton.next_power_of_2(m))  # 2 rows of a bucket of 4 run a kernel for 2
     group, tiles, per, split = _column_grid(x, qweight, scales, bn, per_sm)
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     p = torch.empty((split, m, n), device=x.device, dtype=torch.float32) if split > 1 else y

@@ -212,18 +212,26 @@ def _round_bf16(f: np.ndarray) -> np.ndarray:
 def emulate_bf16x2_word_kernel(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
     """What `_w4_kernel` computes with ASM on, its PTX (`_DEQ_BF16X2`, `_DOT_BF16X2`) and the x pairing done bit for
     bit in numpy: one bf16 row x [K], words [K/8, N] -> y [N] in fp32."""
-    from engine.quant import _DEQ_BF16X2, _DOT_BF16X2
+    from engine.quant import _DEQ_BF16X2, _DOT_BF16X2, _PAIRS_BF16X2
 
     assert "0x43004300" in _DEQ_BF16X2.value and "0x43084308" in _DEQ_BF16X2.value  # 128 + q, minus 136
     assert "mul.rn.bf16x2" in _DOT_BF16X2.value
+    assert (
+        _PAIRS_BF16X2.value.count("0x5410") == 2 and _PAIRS_BF16X2.value.count("0x7632") == 2
+    )  # prmt: see below
     w = qweight.numpy().view(np.uint32)  # [K/8, N]
     xq = x.view(torch.int64).numpy().reshape(-1, 2)  # [K/8, 2] int64 quads of bf16, as the kernel loads them
     lo, hi = xq[:, 0], xq[:, 1]
     a, b = (lo & 0xFFFFFFFF).astype(np.uint32), ((lo >> 32) & 0xFFFFFFFF).astype(np.uint32)
     c, d = (hi & 0xFFFFFFFF).astype(np.uint32), ((hi >> 32) & 0xFFFFFFFF).astype(np.uint32)
     m16 = np.uint32(0xFFFF)
-    pairs = [(a & m16) | (c << 16), (a >> 16) | (c & np.uint32(0xFFFF0000)),
-             (b & m16) | (d << 16), (b >> 16) | (d & np.uint32(0xFFFF0000))]  # fmt: skip
+
+    def prmt(u, v, sel):  # PTX prmt.b32: bytes of {v, u} (u bytes 0-3, v bytes 4-7) picked by sel's nibbles
+        both = u.astype(np.uint64) | (v.astype(np.uint64) << np.uint64(32))
+        return sum(((both >> np.uint64(8 * ((sel >> 4 * i) & 7))) & np.uint64(0xFF)) << np.uint64(8 * i)
+                   for i in range(4)).astype(np.uint32)  # fmt: skip
+
+    pairs = [prmt(a, c, 0x5410), prmt(a, c, 0x7632), prmt(b, d, 0x5410), prmt(b, d, 0x7632)]
     acc_lo = acc_hi = None
     for j, p in enumerate(pairs):
         t = ((w >> np.uint32(4 * j)) & np.uint32(0x000F000F)) | np.uint32(0x43004300)  # lop3 (a & b) | c
