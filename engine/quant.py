@@ -230,10 +230,86 @@ if triton is not None:
     }
     """)
 
+    # two words' 16 products (word rows r and r + R/2) in one bf16x2 chain (8 terms a lane), then widened: a third
+    # fewer widening instructions a weight than `_DOT_BF16X2`, twice the terms rounded in bf16
+    _DOT2_BF16X2 = tl.constexpr("""
+    {
+    .reg .b32 acc, lo, hi;
+    .reg .f32 flo, fhi;
+    mul.rn.bf16x2 acc, $1, $9;
+    fma.rn.bf16x2 acc, $2, $10, acc;
+    fma.rn.bf16x2 acc, $3, $11, acc;
+    fma.rn.bf16x2 acc, $4, $12, acc;
+    fma.rn.bf16x2 acc, $5, $13, acc;
+    fma.rn.bf16x2 acc, $6, $14, acc;
+    fma.rn.bf16x2 acc, $7, $15, acc;
+    fma.rn.bf16x2 acc, $8, $16, acc;
+    shl.b32 lo, acc, 16;
+    and.b32 hi, acc, 0xFFFF0000;
+    mov.b32 flo, lo;
+    mov.b32 fhi, hi;
+    add.f32 $0, flo, fhi;
+    }
+    """)
+
+    @triton.jit
+    def _x_pairs(X, m, M, K, ch, R: tl.constexpr, FIRST: tl.constexpr):
+        """Row m's bf16 pairs (x[k + j], x[k + 4 + j]), j = 0..3, of the R word rows of chunk ch (X: int64 quads
+        of bf16, rows past M read as 0): four [R] int32 tensors."""
+        xp = X + m * (K // 4) + ch * (2 * R) + tl.arange(0, R) * 2
+        if FIRST:  # row 0 always exists
+            lo = tl.load(xp)
+            hi = tl.load(xp + 1)
+        else:
+            live = tl.full((R,), m, tl.int32) < M
+            lo = tl.load(xp, mask=live, other=0)
+            hi = tl.load(xp + 1, mask=live, other=0)
+        return tl.inline_asm_elementwise(
+            _PAIRS_BF16X2, "=r,=r,=r,=r,r,r,r,r",
+            [lo.to(tl.int32), (lo >> 32).to(tl.int32), hi.to(tl.int32), (hi >> 32).to(tl.int32)],
+            dtype=(tl.int32,) * 4, is_pure=True, pack=1,
+        )  # fmt: skip
+
+    @triton.jit
+    def _w4_chunk(
+        acc, X, QW, M, N, K, ch, s, offs_n, mask_n, offs_m,
+        ROWS: tl.constexpr, BLOCK_N: tl.constexpr, R: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr,
+    ):  # fmt: skip
+        """`_w4_kernel`'s step over chunk ch (R word rows), a word at a time: acc [ROWS, BLOCK_N] plus its sums."""
+        rows = tl.arange(0, R)
+        wp = QW + (ch * R + rows)[:, None] * N + offs_n[None, :]
+        w = tl.load(wp) if EVEN else tl.load(wp, mask=mask_n[None, :], other=0)
+        if ASM:
+            t0, t1, t2, t3 = tl.inline_asm_elementwise(
+                _DEQ_BF16X2, "=r,=r,=r,=r,r", [w], dtype=(tl.int32,) * 4, is_pure=True, pack=1
+            )
+        for m in tl.static_range(ROWS):
+            live = tl.full((R,), m, tl.int32) < M  # row m exists (a bucket's top may be past M)
+            if ASM:
+                p0, p1, p2, p3 = _x_pairs(X, m, M, K, ch, R, m == 0)
+                part = tl.inline_asm_elementwise(
+                    _DOT_BF16X2, "=f,r,r,r,r,r,r,r,r",
+                    [t0, t1, t2, t3, p0[:, None], p1[:, None], p2[:, None], p3[:, None]], dtype=tl.float32,
+                    is_pure=True, pack=1,
+                )  # fmt: skip
+            else:
+                xp = X + m * K + ch * (8 * R) + rows * 8
+                part = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+                for j in tl.static_range(8):
+                    f = (((w >> (4 * j)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+                    x = tl.load(xp + j, mask=live, other=0.0).to(tl.float32)
+                    part += f * x[:, None]
+            col = tl.sum(part, axis=0) * s  # [BLOCK_N]: this row's chunk sum, scaled once
+            if ROWS == 1:
+                acc += col[None, :]
+            else:
+                acc = tl.where(offs_m[:, None] == m, acc + col[None, :], acc)
+        return acc
+
     def _w4_kernel(
         X, QW, S, Y, P, CNT, M, N, K, groups_per_split,
         ROWS: tl.constexpr, BLOCK_N: tl.constexpr, R: tl.constexpr, GROUP_K: tl.constexpr, ASM: tl.constexpr,
-        SPLIT: tl.constexpr, EVEN: tl.constexpr,
+        SPLIT: tl.constexpr, EVEN: tl.constexpr, ACC2: tl.constexpr,
     ):  # fmt: skip
         """One program: up to ROWS token rows x BLOCK_N columns over its K-split's groups, R word rows (8R k) at a
         time: ASM, bf16x2 arithmetic in PTX (`_DEQ_BF16X2` once per word, `_DOT_BF16X2` per row; X read as
@@ -242,12 +318,12 @@ if triton is not None:
         stay in its registers, scaled once per chunk and row. EVEN: N is a multiple of BLOCK_N (no column
         masks). SPLIT: the partial sums go to P[split, row, :] and the last program of a column tile to arrive
         (an atomic counter per tile in CNT, reset by it) adds them in split order and writes Y: one launch,
-        deterministic, graph-capturable (launches of it must not run concurrently: one stream)."""
+        deterministic, graph-capturable (launches of it must not run concurrently: one stream). ACC2 (with ASM):
+        word rows r and r + R/2 summed in one bf16x2 chain (`_DOT2_BF16X2`)."""
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        rows = tl.arange(0, R)
         offs_m = tl.arange(0, ROWS)
         mask_m = offs_m < M
         acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
@@ -255,51 +331,41 @@ if triton is not None:
         c0 = split * groups_per_split * CPG
         c1 = tl.minimum(c0 + groups_per_split * CPG, (K // GROUP_K) * CPG)
         for ch in range(c0, c1):
-            wp = QW + (ch * R + rows)[:, None] * N + offs_n[None, :]
             sp = S + (ch // CPG) * N + offs_n
-            if EVEN:
-                w = tl.load(wp)
-                s = tl.load(sp).to(tl.float32)
-            else:
-                w = tl.load(wp, mask=mask_n[None, :], other=0)
-                s = tl.load(sp, mask=mask_n, other=0.0).to(tl.float32)
-            if ASM:
-                t0, t1, t2, t3 = tl.inline_asm_elementwise(
-                    _DEQ_BF16X2, "=r,=r,=r,=r,r", [w], dtype=(tl.int32,) * 4, is_pure=True, pack=1
+            s = (tl.load(sp) if EVEN else tl.load(sp, mask=mask_n, other=0.0)).to(tl.float32)
+            if ASM and ACC2:
+                half = tl.arange(0, R // 2)
+                wp = QW + (ch * R + half)[:, None] * N + offs_n[None, :]
+                if EVEN:
+                    wa = tl.load(wp)
+                    wb = tl.load(wp + (R // 2) * N)
+                else:
+                    wa = tl.load(wp, mask=mask_n[None, :], other=0)
+                    wb = tl.load(wp + (R // 2) * N, mask=mask_n[None, :], other=0)
+                a0, a1, a2, a3 = tl.inline_asm_elementwise(
+                    _DEQ_BF16X2, "=r,=r,=r,=r,r", [wa], dtype=(tl.int32,) * 4, is_pure=True, pack=1
                 )
-            for m in tl.static_range(ROWS):
-                live = tl.full((R,), m, tl.int32) < M  # row m exists (a bucket's top may be past M)
-                if ASM:
-                    # X: int64 words of 4 bf16 (k .. k + 3); the pairs (k, k + 4) of a word row's 8 k from them
-                    xp = X + m * (K // 4) + ch * (2 * R) + rows * 2
-                    if m == 0:
-                        lo = tl.load(xp)
-                        hi = tl.load(xp + 1)
-                    else:
-                        lo = tl.load(xp, mask=live, other=0)
-                        hi = tl.load(xp + 1, mask=live, other=0)
-                    p0, p1, p2, p3 = tl.inline_asm_elementwise(
-                        _PAIRS_BF16X2, "=r,=r,=r,=r,r,r,r,r",
-                        [lo.to(tl.int32), (lo >> 32).to(tl.int32), hi.to(tl.int32), (hi >> 32).to(tl.int32)],
-                        dtype=(tl.int32,) * 4, is_pure=True, pack=1,
-                    )  # fmt: skip
+                b0, b1, b2, b3 = tl.inline_asm_elementwise(
+                    _DEQ_BF16X2, "=r,=r,=r,=r,r", [wb], dtype=(tl.int32,) * 4, is_pure=True, pack=1
+                )
+                for m in tl.static_range(ROWS):
+                    pa0, pa1, pa2, pa3 = _x_pairs(X, m, M, K, 2 * ch, R // 2, m == 0)
+                    pb0, pb1, pb2, pb3 = _x_pairs(X, m, M, K, 2 * ch + 1, R // 2, m == 0)
                     part = tl.inline_asm_elementwise(
-                        _DOT_BF16X2, "=f,r,r,r,r,r,r,r,r",
-                        [t0, t1, t2, t3, p0[:, None], p1[:, None], p2[:, None], p3[:, None]], dtype=tl.float32,
-                        is_pure=True, pack=1,
+                        _DOT2_BF16X2, "=f" + ",r" * 16,
+                        [a0, a1, a2, a3, b0, b1, b2, b3, pa0[:, None], pa1[:, None], pa2[:, None], pa3[:, None],
+                         pb0[:, None], pb1[:, None], pb2[:, None], pb3[:, None]], dtype=tl.float32, is_pure=True,
+                        pack=1,
                     )  # fmt: skip
-                else:
-                    xp = X + m * K + ch * (8 * R) + rows * 8
-                    part = tl.zeros((R, BLOCK_N), dtype=tl.float32)
-                    for j in tl.static_range(8):
-                        f = (((w >> (4 * j)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-                        x = tl.load(xp + j, mask=live, other=0.0).to(tl.float32)
-                        part += f * x[:, None]
-                col = tl.sum(part, axis=0) * s  # [BLOCK_N]: this row's chunk sum, scaled once
-                if ROWS == 1:
-                    acc += col[None, :]
-                else:
-                    acc = tl.where(offs_m[:, None] == m, acc + col[None, :], acc)
+                    col = tl.sum(part, axis=0) * s
+                    if ROWS == 1:
+                        acc += col[None, :]
+                    else:
+                        acc = tl.where(offs_m[:, None] == m, acc + col[None, :], acc)
+            else:
+                acc = _w4_chunk(
+                    acc, X, QW, M, N, K, ch, s, offs_n, mask_n, offs_m, ROWS, BLOCK_N, R, ASM, EVEN
+                )
         out = acc
         mask = mask_m[:, None] & mask_n[None, :]
         if SPLIT:
@@ -457,6 +523,9 @@ W4_ONE = [
     (1, 256, 16, 4, 2, 2),
     (1, 128, 16, 4, 1, 2),
 ]
+W4_ACC2_ONE = [(1, 256, 16, 2, 2, 2), (1, 512, 16, 2, 2, 2)]
+W4_ACC2_FEW = {4: [(4, 128, 8, 2, 1, 2)], 8: [(8, 128, 8, 2, 1, 2)]}
+_W4_KINDS = {"w4": 0, "w4asm": 1, "w4acc2": 2}
 W4_FEW = {4: [(4, 128, 8, 2, 1, 2), (4, 256, 8, 2, 2, 2)], 8: [(8, 128, 4, 2, 1, 2), (8, 256, 4, 2, 2, 2)]}
 # GEMV (one row, I2F conversions): (BLOCK_N, programs per SM of the K-split, warps); the first H200 run's best two
 GEMV_CONFIGS = [(128, 8, 4), (128, 4, 4)]
@@ -495,6 +564,7 @@ def candidates(m: int, x: torch.Tensor, tg: tuple | None) -> list[tuple]:
         out += [("planes", (_bucket(m), *c)) for c in (PLANES_ONE if m == 1 else PLANES_FEW[_bucket(m)])]
         if x.dtype == torch.bfloat16:
             out += [("w4asm", c) for c in (W4_ONE if m == 1 else W4_FEW[_bucket(m)])]
+            out += [("w4acc2", c) for c in (W4_ACC2_ONE if m == 1 else W4_ACC2_FEW[_bucket(m)])]
     if m == 1:
         out += [("gemv", c) for c in GEMV_CONFIGS]
     else:
@@ -517,8 +587,8 @@ def run_candidate(c: tuple, x: torch.Tensor, qweight: torch.Tensor, scales: torc
         return _gemv(x, qweight, scales, cfg)
     if kind == "planes":
         return _planes(x, qweight, scales, cfg)
-    if kind in ("w4", "w4asm"):
-        return _w4(x, qweight, scales, (kind == "w4asm", *cfg))
+    if kind in _W4_KINDS:
+        return _w4(x, qweight, scales, (_W4_KINDS[kind], *cfg))
     if kind == "tile":
         return _gemm(x, qweight, scales, cfg[0], cfg[1:])
     if kind == "tinygemm":
@@ -716,7 +786,7 @@ _COUNTERS: dict[int, torch.Tensor] = {}
 
 
 def _w4(x, qweight, scales, cfg: tuple) -> torch.Tensor:
-    """`_w4_kernel` with cfg (asm, ROWS, BLOCK_N, R: word rows a step, programs per SM the K-split aims at (0:
+    """`_w4_kernel` with cfg (asm: 0 plain Triton, 1 PTX, 2 PTX with two-word chains; ROWS, BLOCK_N, R: word rows a step, programs per SM the K-split aims at (0:
     none), warps, stages)."""
     asm, rows, bn, r, per_sm, warps, stages = cfg
     (m, k), n = x.shape, qweight.shape[1]
@@ -730,8 +800,8 @@ def _w4(x, qweight, scales, cfg: tuple) -> torch.Tensor:
         cnt = _COUNTERS[dev] = torch.zeros(max(tiles, 4096), device=x.device, dtype=torch.int32)
     xa = x.view(torch.int64) if asm else x  # bf16 quads as words (k: a multiple of the group)
     _kernels()[4][(tiles, split)](xa, qweight, scales, y, p, cnt, m, n, k, per, ROWS=rows, BLOCK_N=bn,
-                                  R=min(r, group // PACK), GROUP_K=group, ASM=bool(asm), SPLIT=split > 1,
-                                  EVEN=n % bn == 0, num_warps=warps, num_stages=stages)  # fmt: skip
+                                  R=min(r, group // PACK), GROUP_K=group, ASM=asm >= 1, SPLIT=split > 1,
+                                  EVEN=n % bn == 0, ACC2=asm == 2, num_warps=warps, num_stages=stages)  # fmt: skip
     return y
 
 
