@@ -8,7 +8,7 @@
    candidate of engine/quant.py's tuner as the tuner measures it (checked against the reference on a slice,
    then timed from a CUDA graph over enough weight copies to overflow L2), the chosen one, its error on the
    full output, GB/s of packed weights + scales and x over the floor (those bytes at the copy bandwidth).
-3. Llama-3.1-8B int4 (random weights) after `engine.quant.tune_model`: one batch-1 decode step at a 1,024-token
+3. Llama-3.1-8B int4 (random weights) after `engine.quant.tune_model` (the 1-row bucket): one batch-1 decode step at a 1,024-token
    context through engine.steps.StepRunner with CUDA graphs, against the step floor (every byte a decode step
    must read — packed weights + scales, 16-bit weights other than the embedding table, the KV cache — at the
    copy bandwidth), and the kernels chosen.
@@ -35,10 +35,10 @@ from kernel_profile import TINY  # noqa: E402  (its toy config for --cpu)
 
 # (model, shape, K, N)
 SHAPES = [
+    ("llama-3.1-8b", "gate_up", 4096, 28672),  # the most bytes first (a cut run keeps them)
+    ("llama-3.1-8b", "down", 14336, 4096),
     ("llama-3.1-8b", "qkv", 4096, 6144),
     ("llama-3.1-8b", "o", 4096, 4096),
-    ("llama-3.1-8b", "gate_up", 4096, 28672),
-    ("llama-3.1-8b", "down", 14336, 4096),
     ("gemma-3-12b", "qkv", 3840, 8192),
     ("gemma-3-12b", "o", 4096, 3840),
     ("gemma-3-12b", "gate_up", 3840, 30720),
@@ -150,7 +150,7 @@ def decode_step(bw: float, cpu: bool) -> dict:
     reset_tuner()
     model = build_model(spec, dtype="int4", device=dev)
     built = time.perf_counter() - t0
-    tuned = quant.tune_model(model, 16, log=log)
+    tuned = quant.tune_model(model, 1, log=log)  # the batch-1 bucket: the one this step runs
     runner = StepRunner(model, 1, ctx + 8, device=dev, cuda_graphs=not cpu, kv_tokens=ctx + 64)
     step = runner.decode([ctx], warmup=1 if cpu else 3, repeat=2 if cpu else 20)
     weights, int4 = step_floor_bytes(model, ctx)

@@ -212,45 +212,23 @@ if triton is not None:
     prmt.b32 $2, $5, $7, 0x5410;
     prmt.b32 $3, $5, $7, 0x7632;
     """)
-    # the word's 8 products with x pairs (x[k], x[k + 4]) as bf16x2 (x and q − 8 exact in bf16, the products and
-    # the 4-term lane sums rounded to bf16), the two lanes widened to fp32 (bf16 is fp32's top half) and added
-    _DOT_BF16X2 = tl.constexpr("""
-    {
-    .reg .b32 acc, lo, hi;
-    .reg .f32 flo, fhi;
-    mul.rn.bf16x2 acc, $1, $5;
-    fma.rn.bf16x2 acc, $2, $6, acc;
-    fma.rn.bf16x2 acc, $3, $7, acc;
-    fma.rn.bf16x2 acc, $4, $8, acc;
-    shl.b32 lo, acc, 16;
-    and.b32 hi, acc, 0xFFFF0000;
-    mov.b32 flo, lo;
-    mov.b32 fhi, hi;
-    add.f32 $0, flo, fhi;
-    }
-    """)
 
-    # two words' 16 products (word rows r and r + R/2) in one bf16x2 chain (8 terms a lane), then widened: a third
-    # fewer widening instructions a weight than `_DOT_BF16X2`, twice the terms rounded in bf16
-    _DOT2_BF16X2 = tl.constexpr("""
-    {
-    .reg .b32 acc, lo, hi;
-    .reg .f32 flo, fhi;
-    mul.rn.bf16x2 acc, $1, $9;
-    fma.rn.bf16x2 acc, $2, $10, acc;
-    fma.rn.bf16x2 acc, $3, $11, acc;
-    fma.rn.bf16x2 acc, $4, $12, acc;
-    fma.rn.bf16x2 acc, $5, $13, acc;
-    fma.rn.bf16x2 acc, $6, $14, acc;
-    fma.rn.bf16x2 acc, $7, $15, acc;
-    fma.rn.bf16x2 acc, $8, $16, acc;
-    shl.b32 lo, acc, 16;
-    and.b32 hi, acc, 0xFFFF0000;
-    mov.b32 flo, lo;
-    mov.b32 fhi, hi;
-    add.f32 $0, flo, fhi;
-    }
-    """)
+    def _dot_ptx(words: int) -> str:
+        """PTX of `words` packed words' 8·words products with x pairs (x[k], x[k + 4]) as bf16x2 in one chain (x and
+        q − 8 exact in bf16; the products and the 4·words-term lane sums rounded to bf16), the two lanes widened
+        to fp32 (bf16 is fp32's top half) and added: operands $1.. the dequantized words' 4·words registers, then
+        as many x pairs; $0 the fp32 sum."""
+        n = 4 * words
+        chain = [f"mul.rn.bf16x2 acc, $1, ${n + 1};"]
+        chain += [f"fma.rn.bf16x2 acc, ${i}, ${n + i}, acc;" for i in range(2, n + 1)]
+        return "\n".join(["{", ".reg .b32 acc, lo, hi;", ".reg .f32 flo, fhi;", *chain, "shl.b32 lo, acc, 16;",
+                          "and.b32 hi, acc, 0xFFFF0000;", "mov.b32 flo, lo;", "mov.b32 fhi, hi;",
+                          "add.f32 $0, flo, fhi;", "}"])  # fmt: skip
+
+    _DOT_BF16X2 = tl.constexpr(_dot_ptx(1))
+    # two words (word rows r and r + R/2) in one chain: a third fewer widening instructions a weight, twice the
+    # terms rounded in bf16
+    _DOT2_BF16X2 = tl.constexpr(_dot_ptx(2))
 
     @triton.jit
     def _x_pairs(X, m, M, K, ch, R: tl.constexpr, FIRST: tl.constexpr):
