@@ -18,6 +18,16 @@ tiles of tokens, FMAs for a single row), so a decode step reads half a byte per 
   (q − 8)·16^j comes from one subtraction, and x is pre-scaled by 16^-j (exact): three instructions per weight
   for the weight itself, ~5.6 in all at one row in sm90 SASS (x's loads shared by a thread's columns), partial
   sums per group reduced in registers and scaled once (split-K partials summed after);
+- `_w4_kernel`: up to 8 token rows, a packed word at a time in 16-bit packed arithmetic (as Marlin, TensorRT-LLM's
+  weight-only GEMV and FLUTE do): nibbles j and j + 4 of a word sit at bits 0-3 of its two 16-bit halves after a
+  shift by 4j, one LOP3 masks them and or-s them into bf16 128.0's mantissa (128 + q, exact), one bf16x2 sub
+  gives q − 8 (exact), and bf16x2 FMAs against x pairs (x[k], x[k + 4]) (one PRMT each from int64 loads of x)
+  sum a word's 8 products (or two words' 16, `w4acc2`) per lane before they are widened to fp32 (PTX through
+  `tl.inline_asm_elementwise`, sm90: ~2.4-2.8 instructions a weight at one row in SASS against ~3.5 that the
+  H200's bandwidth allows); 128-bit loads of 4 adjacent columns' words, a thread holding all word rows of its
+  columns (row sums in registers), the scale once per chunk; split-K in one launch (the last program of a
+  column tile to arrive sums the fp32 partials in split order: deterministic, graph-capturable). A plain-Triton
+  variant (the 2^23 trick per nibble in fp32) is what the interpreter runs in the tests;
 - torch's own int4 kernel (`aten._weight_int4pack_mm`, tinygemm, as gpt-fast runs it) where this torch has it
   on CUDA, the weight also packed in its layout (`tinygemm_pack`, self-checked once against the reference);
 - from 17 rows, dequantize the weight to 16 bits (`_dequant_kernel`, one pass) and multiply with cuBLAS.
