@@ -18,6 +18,16 @@ tiles of tokens, FMAs for a single row), so a decode step reads half a byte per 
   (q − 8)·16^j comes from one subtraction, and x is pre-scaled by 16^-j (exact): three instructions per weight
   for the weight itself, ~5.6 in all at one row in sm90 SASS (x's loads shared by a thread's columns), partial
   sums per group reduced in registers and scaled once (split-K partials summed after);
+- `_w4_kernel`: up to 8 token rows, a packed word at a time in 16-bit packed arithmetic (as Marlin, TensorRT-LLM's
+  weight-only GEMV and FLUTE do): nibbles j and j + 4 of a word sit at bits 0-3 of its two 16-bit halves after a
+  shift by 4j, one LOP3 masks them and or-s them into bf16 128.0's mantissa (128 + q, exact), one bf16x2 sub
+  gives q − 8 (exact), and bf16x2 FMAs against x pairs (x[k], x[k + 4]) (one PRMT each from int64 loads of x)
+  sum a word's 8 products (or two words' 16, `w4acc2`) per lane before they are widened to fp32 (PTX through
+  `tl.inline_asm_elementwise`, sm90: ~2.4-2.8 instructions a weight at one row in SASS against ~3.5 that the
+  H200's bandwidth allows); 128-bit loads of 4 adjacent columns' words, a thread holding all word rows of its
+  columns (row sums in registers), the scale once per chunk; split-K in one launch (the last program of a
+  column tile to arrive sums the fp32 partials in split order: deterministic, graph-capturable). A plain-Triton
+  variant (the 2^23 trick per nibble in fp32) is what the interpreter runs in the tests;
 - torch's own int4 kernel (`aten._weight_int4pack_mm`, tinygemm, as gpt-fast runs it) where this torch has it
   on CUDA, the weight also packed in its layout (`tinygemm_pack`, self-checked once against the reference);
 - from 17 rows, dequantize the weight to 16 bits (`_dequant_kernel`, one pass) and multiply with cuBLAS.
@@ -183,6 +193,184 @@ if triton is not None:
         ptr = Y + (split * M + offs_m[:, None]) * N + offs_n[None, :]
         tl.store(ptr, acc.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
+    # bf16x2 dequantization of one packed word (PTX; sub.bf16x2 needs sm90: elsewhere ptxas refuses it and the
+    # tuner drops the candidate): nibbles j and j + 4 sit at bits 0-3 of the two 16-bit halves after a shift by
+    # 4j; one LOP3 masks them and or-s them into 0x4300 (bf16 128.0, 7 mantissa bits) = 128 + q exactly, one
+    # sub gives q − 8 exactly: 3 shifts, 4 LOP3, 4 HSUB2 for 8 weights
+    _DEQ_BF16X2 = tl.constexpr("""
+    {
+    .reg .b32 w4, w8, w12, mg;
+    mov.b32 mg, 0x43084308;
+    shr.u32 w4, $4, 4;
+    shr.u32 w8, $4, 8;
+    shr.u32 w12, $4, 12;
+    lop3.b32 $0, $4, 0x000F000F, 0x43004300, 0xEA;
+    lop3.b32 $1, w4, 0x000F000F, 0x43004300, 0xEA;
+    lop3.b32 $2, w8, 0x000F000F, 0x43004300, 0xEA;
+    lop3.b32 $3, w12, 0x000F000F, 0x43004300, 0xEA;
+    sub.bf16x2 $0, $0, mg;
+    sub.bf16x2 $1, $1, mg;
+    sub.bf16x2 $2, $2, mg;
+    sub.bf16x2 $3, $3, mg;
+    }
+    """)
+    # x pairs (x[k], x[k + 4]) .. (x[k + 3], x[k + 7]) from the words a = (k, k + 1), b, c, d = (k + 6, k + 7) of
+    # bf16 pairs: one PRMT each (bytes 0-1 of the first and of the second operand; bytes 2-3 of each)
+    _PAIRS_BF16X2 = tl.constexpr("""
+    prmt.b32 $0, $4, $6, 0x5410;
+    prmt.b32 $1, $4, $6, 0x7632;
+    prmt.b32 $2, $5, $7, 0x5410;
+    prmt.b32 $3, $5, $7, 0x7632;
+    """)
+
+    def _dot_ptx(words: int) -> str:
+        """PTX of `words` packed words' 8·words products with x pairs (x[k], x[k + 4]) as bf16x2 in one chain (x and
+        q − 8 exact in bf16; the products and the 4·words-term lane sums rounded to bf16), the two lanes widened
+        to fp32 (bf16 is fp32's top half) and added: operands $1.. the dequantized words' 4·words registers, then
+        as many x pairs; $0 the fp32 sum."""
+        n = 4 * words
+        chain = [f"mul.rn.bf16x2 acc, $1, ${n + 1};"]
+        chain += [f"fma.rn.bf16x2 acc, ${i}, ${n + i}, acc;" for i in range(2, n + 1)]
+        return "\n".join(["{", ".reg .b32 acc, lo, hi;", ".reg .f32 flo, fhi;", *chain, "shl.b32 lo, acc, 16;",
+                          "and.b32 hi, acc, 0xFFFF0000;", "mov.b32 flo, lo;", "mov.b32 fhi, hi;",
+                          "add.f32 $0, flo, fhi;", "}"])  # fmt: skip
+
+    _DOT_BF16X2 = tl.constexpr(_dot_ptx(1))
+    # two words (word rows r and r + R/2) in one chain: a third fewer widening instructions a weight, twice the
+    # terms rounded in bf16
+    _DOT2_BF16X2 = tl.constexpr(_dot_ptx(2))
+
+    @triton.jit
+    def _x_pairs(X, m, M, K, ch, R: tl.constexpr, FIRST: tl.constexpr):
+        """Row m's bf16 pairs (x[k + j], x[k + 4 + j]), j = 0..3, of the R word rows of chunk ch (X: int64 quads
+        of bf16, rows past M read as 0): four [R] int32 tensors."""
+        xp = X + m * (K // 4) + ch * (2 * R) + tl.arange(0, R) * 2
+        if FIRST:  # row 0 always exists
+            lo = tl.load(xp)
+            hi = tl.load(xp + 1)
+        else:
+            live = tl.full((R,), m, tl.int32) < M
+            lo = tl.load(xp, mask=live, other=0)
+            hi = tl.load(xp + 1, mask=live, other=0)
+        return tl.inline_asm_elementwise(
+            _PAIRS_BF16X2, "=r,=r,=r,=r,r,r,r,r",
+            [lo.to(tl.int32), (lo >> 32).to(tl.int32), hi.to(tl.int32), (hi >> 32).to(tl.int32)],
+            dtype=(tl.int32,) * 4, is_pure=True, pack=1,
+        )  # fmt: skip
+
+    @triton.jit
+    def _w4_chunk(
+        acc, X, QW, M, N, K, ch, s, offs_n, mask_n, offs_m,
+        ROWS: tl.constexpr, BLOCK_N: tl.constexpr, R: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr,
+    ):  # fmt: skip
+        """`_w4_kernel`'s step over chunk ch (R word rows), a word at a time: acc [ROWS, BLOCK_N] plus its sums."""
+        rows = tl.arange(0, R)
+        wp = QW + (ch * R + rows)[:, None] * N + offs_n[None, :]
+        w = tl.load(wp) if EVEN else tl.load(wp, mask=mask_n[None, :], other=0)
+        if ASM:
+            t0, t1, t2, t3 = tl.inline_asm_elementwise(
+                _DEQ_BF16X2, "=r,=r,=r,=r,r", [w], dtype=(tl.int32,) * 4, is_pure=True, pack=1
+            )
+        for m in tl.static_range(ROWS):
+            live = tl.full((R,), m, tl.int32) < M  # row m exists (a bucket's top may be past M)
+            if ASM:
+                p0, p1, p2, p3 = _x_pairs(X, m, M, K, ch, R, m == 0)
+                part = tl.inline_asm_elementwise(
+                    _DOT_BF16X2, "=f,r,r,r,r,r,r,r,r",
+                    [t0, t1, t2, t3, p0[:, None], p1[:, None], p2[:, None], p3[:, None]], dtype=tl.float32,
+                    is_pure=True, pack=1,
+                )  # fmt: skip
+            else:
+                xp = X + m * K + ch * (8 * R) + rows * 8
+                part = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+                for j in tl.static_range(8):
+                    f = (((w >> (4 * j)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+                    x = tl.load(xp + j, mask=live, other=0.0).to(tl.float32)
+                    part += f * x[:, None]
+            col = tl.sum(part, axis=0) * s  # [BLOCK_N]: this row's chunk sum, scaled once
+            if ROWS == 1:
+                acc += col[None, :]
+            else:
+                acc = tl.where(offs_m[:, None] == m, acc + col[None, :], acc)
+        return acc
+
+    def _w4_kernel(
+        X, QW, S, Y, P, CNT, M, N, K, groups_per_split,
+        ROWS: tl.constexpr, BLOCK_N: tl.constexpr, R: tl.constexpr, GROUP_K: tl.constexpr, ASM: tl.constexpr,
+        SPLIT: tl.constexpr, EVEN: tl.constexpr, ACC2: tl.constexpr,
+    ):  # fmt: skip
+        """One program: up to ROWS token rows x BLOCK_N columns over its K-split's groups, R word rows (8R k) at a
+        time: ASM, bf16x2 arithmetic in PTX (`_DEQ_BF16X2` once per word, `_DOT_BF16X2` per row; X read as
+        int64 quads of bf16); else plain Triton, the 2^23 trick in fp32 per nibble. A thread holds all R word
+        rows of its columns (4 adjacent ones: 128-bit loads; BLOCK_N = 128·warps·c), so the sums over word rows
+        stay in its registers, scaled once per chunk and row. EVEN: N is a multiple of BLOCK_N (no column
+        masks). SPLIT: the partial sums go to P[split, row, :] and the last program of a column tile to arrive
+        (an atomic counter per tile in CNT, reset by it) adds them in split order and writes Y: one launch,
+        deterministic, graph-capturable (launches of it must not run concurrently: one stream). ACC2 (with ASM):
+        word rows r and r + R/2 summed in one bf16x2 chain (`_DOT2_BF16X2`)."""
+        pid_n = tl.program_id(0)
+        split = tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        offs_m = tl.arange(0, ROWS)
+        mask_m = offs_m < M
+        acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+        CPG: tl.constexpr = GROUP_K // 8 // R  # chunks per group
+        c0 = split * groups_per_split * CPG
+        c1 = tl.minimum(c0 + groups_per_split * CPG, (K // GROUP_K) * CPG)
+        for ch in range(c0, c1):
+            sp = S + (ch // CPG) * N + offs_n
+            s = (tl.load(sp) if EVEN else tl.load(sp, mask=mask_n, other=0.0)).to(tl.float32)
+            if ASM and ACC2:
+                half = tl.arange(0, R // 2)
+                wp = QW + (ch * R + half)[:, None] * N + offs_n[None, :]
+                if EVEN:
+                    wa = tl.load(wp)
+                    wb = tl.load(wp + (R // 2) * N)
+                else:
+                    wa = tl.load(wp, mask=mask_n[None, :], other=0)
+                    wb = tl.load(wp + (R // 2) * N, mask=mask_n[None, :], other=0)
+                a0, a1, a2, a3 = tl.inline_asm_elementwise(
+                    _DEQ_BF16X2, "=r,=r,=r,=r,r", [wa], dtype=(tl.int32,) * 4, is_pure=True, pack=1
+                )
+                b0, b1, b2, b3 = tl.inline_asm_elementwise(
+                    _DEQ_BF16X2, "=r,=r,=r,=r,r", [wb], dtype=(tl.int32,) * 4, is_pure=True, pack=1
+                )
+                for m in tl.static_range(ROWS):
+                    pa0, pa1, pa2, pa3 = _x_pairs(X, m, M, K, 2 * ch, R // 2, m == 0)
+                    pb0, pb1, pb2, pb3 = _x_pairs(X, m, M, K, 2 * ch + 1, R // 2, m == 0)
+                    part = tl.inline_asm_elementwise(
+                        _DOT2_BF16X2, "=f" + ",r" * 16,
+                        [a0, a1, a2, a3, b0, b1, b2, b3, pa0[:, None], pa1[:, None], pa2[:, None], pa3[:, None],
+                         pb0[:, None], pb1[:, None], pb2[:, None], pb3[:, None]], dtype=tl.float32, is_pure=True,
+                        pack=1,
+                    )  # fmt: skip
+                    col = tl.sum(part, axis=0) * s
+                    if ROWS == 1:
+                        acc += col[None, :]
+                    else:
+                        acc = tl.where(offs_m[:, None] == m, acc + col[None, :], acc)
+            else:
+                acc = _w4_chunk(
+                    acc, X, QW, M, N, K, ch, s, offs_n, mask_n, offs_m, ROWS, BLOCK_N, R, ASM, EVEN
+                )
+        out = acc
+        mask = mask_m[:, None] & mask_n[None, :]
+        if SPLIT:
+            nsplit = tl.num_programs(1)
+            tl.store(P + (split * M + offs_m[:, None]) * N + offs_n[None, :], out, mask=mask)
+            tl.debug_barrier()  # every thread's partial stored before the (release) count
+            old = tl.atomic_add(CNT + pid_n, 1, sem="acq_rel")
+            if old == nsplit - 1:
+                tot = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+                for sp in range(0, nsplit):
+                    tot += tl.load(P + (sp * M + offs_m[:, None]) * N + offs_n[None, :], mask=mask, other=0.0,
+                                   cache_modifier=".cg")  # fmt: skip
+                tl.store(Y + offs_m[:, None] * N + offs_n[None, :], tot.to(Y.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(CNT + pid_n, 0)
+        else:
+            tl.store(Y + offs_m[:, None] * N + offs_n[None, :], out.to(Y.dtype.element_ty), mask=mask)
+
     def _dequant_kernel(QW, S, W, N, K, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_K: tl.constexpr):
         """W[K, N] (16-bit, k-major: the transposed weight cuBLAS multiplies) from the packed words."""
         pid_r = tl.program_id(0)
@@ -207,9 +395,11 @@ _KERNELS: list = []
 
 
 def _kernels() -> tuple:
-    """(gemv, gemm, planes, dequant), jitted on first use (under TRITON_INTERPRET=1, Triton's interpreter)."""
+    """(gemv, gemm, planes, dequant, w4), jitted on first use (under TRITON_INTERPRET=1, Triton's interpreter)."""
     if not _KERNELS:
-        _KERNELS.extend(triton.jit(f) for f in (_gemv_kernel, _gemm_kernel, _planes_kernel, _dequant_kernel))
+        _KERNELS.extend(
+            triton.jit(f) for f in (_gemv_kernel, _gemm_kernel, _planes_kernel, _dequant_kernel, _w4_kernel)
+        )
     return tuple(_KERNELS)
 
 
@@ -311,6 +501,20 @@ PLANES_FEW = {
     8: [(64, 4, 2, 2), (128, 4, 4, 2), (128, 2, 4, 2)],
 }
 PLANES_MAX_ROWS = 8
+# word-at-a-time kernel (`_w4_kernel`), rows <= 8: (ROWS, BLOCK_N, word rows a step, programs per SM the K-split
+# aims at, warps, stages); "w4asm": bf16x2 PTX (bf16 activations; the candidates), "w4": plain Triton (fp32 per
+# nibble, any dtype: the variant the interpreter runs, ~5.8 instructions a weight in sm90 SASS, not a candidate)
+W4_ONE = [
+    (1, 256, 16, 2, 2, 2),
+    (1, 512, 16, 2, 2, 2),
+    (1, 512, 16, 4, 4, 2),
+    (1, 256, 16, 4, 2, 2),
+    (1, 128, 16, 4, 1, 2),
+]
+W4_ACC2_ONE = [(1, 256, 16, 2, 2, 2), (1, 512, 16, 2, 2, 2)]
+W4_ACC2_FEW = {4: [(4, 128, 8, 2, 1, 2)], 8: [(8, 128, 8, 2, 1, 2)]}
+_W4_KINDS = {"w4": 0, "w4asm": 1, "w4acc2": 2}
+W4_FEW = {4: [(4, 128, 8, 2, 1, 2), (4, 256, 8, 2, 2, 2)], 8: [(8, 128, 4, 2, 1, 2), (8, 256, 4, 2, 2, 2)]}
 # GEMV (one row, I2F conversions): (BLOCK_N, programs per SM of the K-split, warps); the first H200 run's best two
 GEMV_CONFIGS = [(128, 8, 4), (128, 4, 4)]
 # tiles: (BLOCK_N, warps, stages, programs per SM the K-split aims at); BLOCK_M from the rows (16/32/64/128)
@@ -346,6 +550,9 @@ def candidates(m: int, x: torch.Tensor, tg: tuple | None) -> list[tuple]:
     bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
     if m <= PLANES_MAX_ROWS:  # ROWS: the bucket's top, so every row count of a bucket runs the tuned kernel
         out += [("planes", (_bucket(m), *c)) for c in (PLANES_ONE if m == 1 else PLANES_FEW[_bucket(m)])]
+        if x.dtype == torch.bfloat16:
+            out += [("w4asm", c) for c in (W4_ONE if m == 1 else W4_FEW[_bucket(m)])]
+            out += [("w4acc2", c) for c in (W4_ACC2_ONE if m == 1 else W4_ACC2_FEW[_bucket(m)])]
     if m == 1:
         out += [("gemv", c) for c in GEMV_CONFIGS]
     else:
@@ -368,6 +575,8 @@ def run_candidate(c: tuple, x: torch.Tensor, qweight: torch.Tensor, scales: torc
         return _gemv(x, qweight, scales, cfg)
     if kind == "planes":
         return _planes(x, qweight, scales, cfg)
+    if kind in _W4_KINDS:
+        return _w4(x, qweight, scales, (_W4_KINDS[kind], *cfg))
     if kind == "tile":
         return _gemm(x, qweight, scales, cfg[0], cfg[1:])
     if kind == "tinygemm":
@@ -538,19 +747,50 @@ def tune_model(model: nn.Module, max_rows: int, log=None) -> int:
     return tuned
 
 
-def _planes(x, qweight, scales, cfg: tuple) -> torch.Tensor:
-    rows, bn, per_sm, warps, stages = cfg
-    (m, k), n = x.shape, qweight.shape[1]
+def _column_grid(x, qweight, scales, bn: int, per_sm: int) -> tuple[int, int, int, int]:
+    """(group, column tiles, groups per K-split, K-splits) of a kernel with BLOCK_N columns a program whose
+    K-split aims at `per_sm` programs per SM (0: no split)."""
+    k, n = x.shape[1], qweight.shape[1]
     group = k // scales.shape[0]
     groups = k // group
     tiles = triton.cdiv(n, bn)
     split = _splits(tiles, groups, per_sm * device_sms(x.device, off_cuda=8)) if per_sm else 1
     per = triton.cdiv(groups, split)
-    split = triton.cdiv(groups, per)
+    return group, tiles, per, triton.cdiv(groups, per)
+
+
+def _planes(x, qweight, scales, cfg: tuple) -> torch.Tensor:
+    rows, bn, per_sm, warps, stages = cfg
+    (m, k), n = x.shape, qweight.shape[1]
+    group, tiles, per, split = _column_grid(x, qweight, scales, bn, per_sm)
     y = torch.empty((split, m, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
     _kernels()[2][(tiles, split)](x, qweight, scales, y, m, n, k, per, ROWS=rows, BLOCK_N=bn, GROUP_K=group,
                                   num_warps=warps, num_stages=stages)  # fmt: skip
     return y.sum(0, dtype=x.dtype) if split > 1 else y[0]
+
+
+# per device: the split-K arrival counters of `_w4` (zero between launches)
+_COUNTERS: dict[int, torch.Tensor] = {}
+
+
+def _w4(x, qweight, scales, cfg: tuple) -> torch.Tensor:
+    """`_w4_kernel` with cfg (asm: 0 plain Triton, 1 PTX, 2 PTX with two-word chains; ROWS, BLOCK_N, R: word rows a step, programs per SM the K-split aims at (0:
+    none), warps, stages)."""
+    asm, rows, bn, r, per_sm, warps, stages = cfg
+    (m, k), n = x.shape, qweight.shape[1]
+    rows = min(rows, triton.next_power_of_2(m))  # 2 rows of a bucket of 4 run a kernel for 2
+    group, tiles, per, split = _column_grid(x, qweight, scales, bn, per_sm)
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    p = torch.empty((split, m, n), device=x.device, dtype=torch.float32) if split > 1 else y
+    dev = x.device.index or 0
+    cnt = _COUNTERS.get(dev)
+    if cnt is None or cnt.numel() < tiles:
+        cnt = _COUNTERS[dev] = torch.zeros(max(tiles, 4096), device=x.device, dtype=torch.int32)
+    xa = x.view(torch.int64) if asm else x  # bf16 quads as words (k: a multiple of the group)
+    _kernels()[4][(tiles, split)](xa, qweight, scales, y, p, cnt, m, n, k, per, ROWS=rows, BLOCK_N=bn,
+                                  R=min(r, group // PACK), GROUP_K=group, ASM=asm >= 1, SPLIT=split > 1,
+                                  EVEN=n % bn == 0, ACC2=asm == 2, num_warps=warps, num_stages=stages)  # fmt: skip
+    return y
 
 
 def dequant_t(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -48,6 +48,18 @@ def test_reference_and_layer_equal_a_dequantized_matmul():
     assert not torch.allclose(layer(x), lin(x), atol=1e-3)  # it is the 4-bit weight, not the original
 
 
+def interpret(code: str) -> list[float]:
+    """The numbers a script prints, run with Triton's interpreter (a fresh process: it must be set before
+    Triton is imported); skipped where Triton is not installed."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [float(e) for e in r.stdout.split()]
+
+
 KERNEL_CHECK = """
 import torch
 from engine.quant import quantize_int4, unpack_int4, w4a16, w4a16_reference
@@ -106,12 +118,7 @@ print(" ".join(f"{e:.3g}" for e in out))
 def test_triton_kernels_equal_the_reference_under_the_interpreter():
     """GEMV (one row, split-K) and tile kernels (M = 3..70, split-K and not) against the reference; fp32 for
     the tile kernel (the interpreter's tl.dot on bf16 is not the GPU's), bf16 for the GEMV."""
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    errs = [float(e) for e in r.stdout.split()]
+    errs = interpret(KERNEL_CHECK)
     assert len(errs) == 5 and max(errs[:4]) < 1e-5 and errs[4] < 1e-2, errs
 
 
@@ -157,3 +164,130 @@ def test_int4_model_serves_on_the_cpu():
     ex = Executor(m4, physical_tokens(200, 4, req, 4), 4, device="cpu")
     run = serve(ex, req, BlockPool(200, 4), 4, 64, True)
     assert not run.unfinished and (run.table.generated == req.output_tokens).all()
+
+
+W4_CHECK = """
+import torch
+from engine import quant
+from engine.quant import quantize_int4, w4a16_reference
+torch.manual_seed(0)
+out = []
+# (rows in the call, ROWS, K, N, BLOCK_N, R, programs per SM of the K-split): split-K and not, columns past N
+# (masked) and not, chunks of 16 / 8 / 4 word rows, rows masked off in a bucket of 4 and 8
+for m, rows, k, n, bn, r, per_sm, dt in ((1, 1, 256, 96, 64, 16, 0, torch.float32),
+                                         (1, 1, 512, 128, 64, 16, 4, torch.bfloat16),
+                                         (3, 4, 384, 64, 32, 8, 4, torch.float32),
+                                         (5, 8, 512, 200, 64, 4, 4, torch.float32),
+                                         (8, 8, 256, 64, 64, 16, 0, torch.bfloat16)):
+    if True:
+        w = (torch.randn(n, k) * k ** -0.5).to(dt)
+        qw, s = quantize_int4(w)
+        x = torch.randn(m, k).to(dt)
+        ref = w4a16_reference(x, qw, s).float()
+        y = quant._w4(x, qw, s, (False, rows, bn, r, per_sm, 2, 2))
+        assert y.shape == (m, n) and y.dtype == dt, (y.shape, y.dtype)
+        out.append(float((y.float() - ref).abs().max() / ref.abs().max()))
+assert not quant._COUNTERS[0].any()  # the split-K arrival counters are back to zero
+print(" ".join(f"{e:.3g}" for e in out))
+"""
+
+
+def test_word_kernel_equals_the_reference_under_the_interpreter():
+    """The plain-Triton variant of the word-at-a-time kernel (`_w4_kernel`, ASM off): one launch with split-K
+    (partials summed by the last program of a column tile) and without, rows and columns masked."""
+    errs = interpret(W4_CHECK)
+    assert len(errs) == 5 and max(errs[0], errs[2], errs[3]) < 1e-5 and max(errs[1], errs[4]) < 1e-2, errs
+
+
+def _bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def _round_bf16(f: np.ndarray) -> np.ndarray:
+    """fp32 -> bf16 bits, round to nearest even."""
+    u = f.astype(np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def emulate_bf16x2_word_kernel(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
+    """What `_w4_kernel` computes with ASM on, its PTX (`_DEQ_BF16X2`, `_DOT_BF16X2`) and the x pairing done bit for
+    bit in numpy: one bf16 row x [K], words [K/8, N] -> y [N] in fp32."""
+    from engine.quant import _DEQ_BF16X2, _DOT_BF16X2, _PAIRS_BF16X2
+
+    assert "0x43004300" in _DEQ_BF16X2.value and "0x43084308" in _DEQ_BF16X2.value  # 128 + q, minus 136
+    assert "mul.rn.bf16x2" in _DOT_BF16X2.value
+    assert (
+        _PAIRS_BF16X2.value.count("0x5410") == 2 and _PAIRS_BF16X2.value.count("0x7632") == 2
+    )  # prmt: see below
+    w = qweight.numpy().view(np.uint32)  # [K/8, N]
+    xq = x.view(torch.int64).numpy().reshape(-1, 2)  # [K/8, 2] int64 quads of bf16, as the kernel loads them
+    lo, hi = xq[:, 0], xq[:, 1]
+    a, b = (lo & 0xFFFFFFFF).astype(np.uint32), ((lo >> 32) & 0xFFFFFFFF).astype(np.uint32)
+    c, d = (hi & 0xFFFFFFFF).astype(np.uint32), ((hi >> 32) & 0xFFFFFFFF).astype(np.uint32)
+    m16 = np.uint32(0xFFFF)
+
+    def prmt(u, v, sel):  # PTX prmt.b32: bytes of {v, u} (u bytes 0-3, v bytes 4-7) picked by sel's nibbles
+        both = u.astype(np.uint64) | (v.astype(np.uint64) << np.uint64(32))
+        return sum(((both >> np.uint64(8 * ((sel >> 4 * i) & 7))) & np.uint64(0xFF)) << np.uint64(8 * i)
+                   for i in range(4)).astype(np.uint32)  # fmt: skip
+
+    pairs = [prmt(a, c, 0x5410), prmt(a, c, 0x7632), prmt(b, d, 0x5410), prmt(b, d, 0x7632)]
+    acc_lo = acc_hi = None
+    for j, p in enumerate(pairs):
+        t = ((w >> np.uint32(4 * j)) & np.uint32(0x000F000F)) | np.uint32(0x43004300)  # lop3 (a & b) | c
+        for lane in (0, 1):
+            q = _bf16_bits_to_f32((t >> np.uint32(16 * lane)) & m16) - np.float32(136.0)  # exact: q - 8
+            xv = _bf16_bits_to_f32((p[:, None] >> np.uint32(16 * lane)) & m16)
+            prev = acc_lo if lane == 0 else acc_hi
+            v = _bf16_bits_to_f32(
+                _round_bf16(q * xv + (0 if prev is None else prev))
+            )  # mul / fma, bf16 rounding
+            if lane == 0:
+                acc_lo = v
+            else:
+                acc_hi = v
+    word = (acc_lo + acc_hi).astype(np.float32)  # [K/8, N]: the word's 8 products
+    group = x.shape[0] // scales.shape[0]
+    return (word.reshape(scales.shape[0], group // 8, -1).sum(1) * scales.float().numpy()).sum(0)
+
+
+def test_bf16x2_word_kernel_arithmetic_matches_the_reference():
+    """The PTX path cannot run without a GPU: its bit tricks (nibbles j and j + 4 as the two bf16 lanes after a
+    shift by 4j; x pairs (k, k + 4) cut from int64 loads) emulated bit for bit equal the reference to bf16
+    rounding, and a word read with the pairs crossed (x[k + 1] against nibble k) does not."""
+    pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(64, 512, generator=g) * 512**-0.5
+    qw, s = quantize_int4(w.to(torch.bfloat16))
+    x = torch.randn(512, generator=g).to(torch.bfloat16)
+    ref = w4a16_reference(x[None], qw, s).float()[0].numpy()
+    y = emulate_bf16x2_word_kernel(x, qw, s)
+    assert np.abs(y - ref).max() / np.abs(ref).max() < 1e-2
+    swapped = x.view(-1, 2).flip(1).reshape(-1)  # x[k + 1] where x[k] belongs
+    bad = emulate_bf16x2_word_kernel(swapped, qw, s)
+    assert np.abs(bad - ref).max() / np.abs(ref).max() > 0.1
+
+
+def test_int4_gemv_benchmark_cpu_path(tmp_path):
+    """benchmarks/int4_gemv_gpu.py on a toy shape through the interpreter: a row per row count, each with the
+    chosen kernel, its error against the reference, the floor and its ratio; the markdown table written."""
+    pytest.importorskip("triton")
+    import json
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks/int4_gemv_gpu.py"),
+        "--out",
+        str(tmp_path),
+        "--cpu",
+        "--no-step",
+    ]
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "int4_gemv.json").read_text())
+    assert [row["m"] for row in res["rows"]] == [1, 3]
+    for row in res["rows"]:
+        assert row["max_rel_error"] < 1e-2 and row["x_floor"] == pytest.approx(row["us"] / row["floor_us"])
+        assert "w4" in row["best_us_by_kernel"] and row["chosen"] in row["candidates_us"]
+    assert "| toy | a | 256->192 | 3 |" in (tmp_path / "int4_gemv.md").read_text()
