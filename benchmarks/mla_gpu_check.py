@@ -162,9 +162,12 @@ def time_steps(spec, model, dev: str, tiny: bool, repeat: int) -> list[dict]:
     longest = max(c + p for _, chunks in steps for c, p in chunks)
     kw = {"device": dev, "kv_tokens": 2 * longest + 64}
     runners = {}
-    for form, thr in (("absorbed", MIXED_GRAPH_TOKENS), ("plain", 0)):
+    # the runners share the model's KV pool, which each sizes for its own graph padding when built: the
+    # absorbed one (mixed-step graphs up to MIXED_GRAPH_TOKENS) last, so the pool holds its padding too
+    for form, thr in (("plain", 0), ("absorbed", MIXED_GRAPH_TOKENS)):
         with threshold(thr):
             runners[form] = (StepRunner(model, 32, longest + 8, **kw), thr)
+    runners = {form: runners[form] for form in ("absorbed", "plain")}
     rows = []
     for label, chunks in steps:
         q, prior = [c for c, _ in chunks], [p for _, p in chunks]

@@ -231,9 +231,7 @@ def mixtral(spec: ModelSpec, dev: str, ceil: dict, tiny: bool, gemv_picks: dict)
             decode(b, "default")
         if gemv_picks:  # the swept GEMV tiles: batch 1 again (its graph captured anew)
             fused.GEMV_TILES.update(gemv_picks)
-            runner.reset_graphs()
-            if runner.executor is not None:
-                runner.executor.graphs.clear()
+            runner.reset_graphs()  # the runner's and its executor's graphs, with a new pool
             decode(1, "swept")
             rec["gemv_tiles"] = {f"{n}x{k}": t for (n, k), t in gemv_picks.items()}
     finally:
@@ -262,9 +260,7 @@ def large_decode(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
             row = {"batch": b, "context": context, "floor_s": floor, "engine_whole": whole_units(b, target)}
             for mode, fill in (("split", float("inf")), ("whole", 0.0)):
                 attention.WHOLE_UNITS_MIN_FILL = fill
-                runner.reset_graphs()  # the graphs' unit grids follow the rule: captured again
-                if runner.executor is not None:
-                    runner.executor.graphs.clear()
+                runner.reset_graphs()  # the graphs' unit grids follow the rule: captured again (new pool)
                 reps = {"warmup": 1, "repeat": 2} if dev == "cpu" else {"warmup": 3, "repeat": 20}
                 row[mode + "_s"] = step = runner.decode([context] * b, **reps)
                 row[mode + "_ratio"] = step / floor

@@ -568,6 +568,15 @@ class Executor:
             np.int64
         )
 
+    def reset_graphs(self) -> None:
+        """Drop every captured graph (after changing a kernel rule the graphs baked in), with a new memory pool:
+        a private pool whose graphs are all freed cannot take a new capture (PyTorch's allocator asserts)."""
+        self.graphs.clear()
+        self.mixed_graphs.clear()
+        if self.use_graphs:
+            torch.cuda.synchronize(self.device)
+            self.pool = torch.cuda.graph_pool_handle()
+
     def _mixed_graph(self, size: int) -> _MixedGraph:
         g = self.mixed_graphs.get(size)
         if g is not None:

@@ -169,6 +169,8 @@ class StepRunner:
         if self.use_graphs:
             torch.cuda.synchronize(self.device)
             self.pool = torch.cuda.graph_pool_handle()
+        if self.executor is not None:  # the serving loop's graphs too
+            self.executor.reset_graphs()
 
     # ------------------------------------------------------------------ machinery
     def _timed(self, q_lens, prior_lens, n_decode, return_shape, warmup, repeat):
