@@ -715,8 +715,10 @@ class CostModel:
 # MLA steps of up to this many tokens run every row absorbed on the GPU (engine.mla.ABSORBED_PROMPT_TOKENS):
 # one kernel over device metadata, so they replay as CUDA graphs; larger steps run prompt chunks plain (flash
 # attention over the kv_b-expanded context, eagerly), a third of the absorbed form's FLOPs a pair but an eager
-# step's host launches (benchmarks/mla_gpu_check.py times both forms).
-MLA_ABSORBED_STEP_TOKENS = 2048
+# step's host launches. 1,024 from benchmarks/mla_gpu_check.py on an H200 (DeepSeek-V2-Lite, absorbed graph vs
+# plain eager, ms): fresh 1,024 29.9 vs 47.3, fresh 2,048 54.8 vs 41.3, 512 after 4,096 40.3 vs 50.5, 2,048 after
+# 4,096 135.9 vs 51.9 (benchmarks/results/mla_gpu_check_h200.md).
+MLA_ABSORBED_STEP_TOKENS = 1024
 
 
 def mla_prefill_flops(m: ModelSpec, tp: int, absorbed: bool = False) -> tuple[float, float]:

@@ -98,7 +98,10 @@ UNIT_CTAS_PER_SM = 2
 # From this many decode sequences per unit of the target (sequences x KV heads >= UNIT_CTAS_PER_SM per SM), the
 # sequences alone fill the GPU: one unit each, whose normalised output is the sequence's (no partial results
 # in fp32, no combine kernel). A step's size decides it (a graph's grid and buffers are fixed by its size).
-WHOLE_UNITS_MIN_FILL = 1.0
+# 0.9: on an H200 (benchmarks/moe_gpu_check.py, Qwen2.5-7B, 1,088-token contexts, target 66) whole units beat
+# the split at every batch measured, 64 (fill 0.97) / 128 / 256: 5.62 / 6.76 / 10.80 ms against 6.02 / 7.18 /
+# 11.41 ms; fills below 0.97 are not measured, so the rule stays near 1.
+WHOLE_UNITS_MIN_FILL = 0.9
 
 
 def prefill_count(q_lens: list[int]) -> int:

@@ -368,8 +368,12 @@ def mla_prefill(
     return out
 
 
-# the absorbed prompt kernel's tiles: 32 query rows (2 tokens x 16 heads for DeepSeek), 32 keys a block
-PREFILL_TILES = {"rows": 32, "block_n": 32, "num_warps": 8, "num_stages": 2}
+# the absorbed prompt kernel's tiles: 64 query rows (4 tokens x 16 heads for DeepSeek), 64 keys a block. The
+# best of benchmarks/mla_gpu_check.py's sweep on an H200 at both shapes it times: one layer's prompt attention
+# at 2,048 fresh tokens 344 µs (212 TFLOP/s) against 858 µs for 32 x 32; 512 tokens after 4,096: 297 against
+# 827 µs (benchmarks/results/engine_kernels_h200/mla_gpu_check.json, "tiles"). About 220 KB of shared memory
+# with two stages: sm90 (H100/H200) sized.
+PREFILL_TILES = {"rows": 64, "block_n": 64, "num_warps": 8, "num_stages": 2}
 
 
 def mla_decode(

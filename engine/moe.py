@@ -367,7 +367,10 @@ def triton_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.T
 # (rows-per-expert bucket, 2I, H, experts) by `tune_moe`'s timing at warm-up (BACKEND), else by this rule: from
 # GROUPED_MM_MIN_ROWS routed rows per expert on average (prefill-size steps); decode-size steps keep the Triton
 # kernel, which streams the touched experts' weights near the copy bandwidth (split-K, 16-row blocks).
-GROUPED_MM_MIN_ROWS = 128
+# 160 from an H200 (benchmarks/moe_gpu_check.py and the calibration sweep's moe points, ms, Triton vs
+# grouped_mm): Mixtral 128 rows an expert 1.05 vs 1.24 (Triton), 256 rows 1.74 vs 1.62; DeepSeek-V2-Lite
+# 192 rows 0.74 vs 0.62 (grouped_mm).
+GROUPED_MM_MIN_ROWS = 160
 BACKEND: dict[tuple[int, int, int, int], str] = {}
 BACKENDS = ("triton", "grouped_mm")
 

@@ -1,5 +1,6 @@
 """The mixed-step attention split and the decode kernel's work partitioning (CPU-checkable logic)."""
 
+import math
 import random
 
 import pytest
@@ -161,12 +162,13 @@ def test_vectorised_decode_units_equal_the_per_sequence_split():
 
 
 def test_whole_units_once_the_sequences_fill_the_gpu():
-    """From `target` decode sequences (sequences x KV heads fill the SMs) each sequence is one unit: the graph
-    grid is the sequence count, and no unit splits a context however uneven the step."""
-    from engine.attention import whole_units
+    """From WHOLE_UNITS_MIN_FILL x `target` decode sequences (sequences x KV heads about fill the SMs) each
+    sequence is one unit: the graph grid is the sequence count, and no unit splits a context however uneven."""
+    from engine.attention import WHOLE_UNITS_MIN_FILL, whole_units
 
-    assert not whole_units(65, 66) and whole_units(66, 66) and not whole_units(0, 1)
-    assert unit_capacity(66, 65) == 131 and unit_capacity(66, 128) == 128
+    edge = math.ceil(WHOLE_UNITS_MIN_FILL * 66)  # 60 at the measured 0.9
+    assert not whole_units(edge - 1, 66) and whole_units(edge, 66) and not whole_units(0, 1)
+    assert unit_capacity(66, edge - 1) == 66 + edge - 1 and unit_capacity(66, 128) == 128
     u = plan_decode_units([30000, 5, 0, 700] + [40] * 124, 66, seq0=2, cap=unit_capacity(66, 128))
     assert u["whole"] and u["count"] == 127 and len(u["seq"]) == 128 and u["seq"][-1] == -1
     assert all(lo == 0 for lo in u["lo"]) and u["hi"][0] == 30000 and u["seq_units"][3:5] == [2, 3]
