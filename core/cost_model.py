@@ -715,10 +715,12 @@ class CostModel:
 # MLA steps of up to this many tokens run every row absorbed on the GPU (engine.mla.ABSORBED_PROMPT_TOKENS):
 # one kernel over device metadata, so they replay as CUDA graphs; larger steps run prompt chunks plain (flash
 # attention over the kv_b-expanded context, eagerly), a third of the absorbed form's FLOPs a pair but an eager
-# step's host launches. 1,024 from benchmarks/mla_gpu_check.py on an H200 (DeepSeek-V2-Lite, absorbed graph vs
-# plain eager, ms): fresh 1,024 29.9 vs 47.3, fresh 2,048 54.8 vs 41.3, 512 after 4,096 40.3 vs 50.5, 2,048 after
-# 4,096 135.9 vs 51.9 (benchmarks/results/mla_gpu_check_h200.md).
-MLA_ABSORBED_STEP_TOKENS = 1024
+# step's host launches. On an H200 (DeepSeek-V2-Lite) the absorbed graphs take 26 / 41 ms at 1,024 / 2,048 fresh
+# tokens and 68 ms for 2,048 after 4,096 (benchmarks/mla_gpu_check.py, 64x64 tiles); the plain form, repeated
+# on one shape, 47 / 41-54 / 52-54 ms, but the serving loop's eager steps of 1,029-2,584 tokens took 97-150 ms
+# (benchmarks/moe_mla_gpu.py's fidelity run; benchmarks/mla_eager_shapes.py looks at why): every step up to the
+# mixed graphs' 2,048 tokens stays absorbed.
+MLA_ABSORBED_STEP_TOKENS = 2048
 
 
 def mla_prefill_flops(m: ModelSpec, tp: int, absorbed: bool = False) -> tuple[float, float]:

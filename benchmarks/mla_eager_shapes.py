@@ -1,0 +1,120 @@
+"""Why DeepSeek-V2-Lite's eager serving steps take 100-230 ms where the same tokens take ~45 ms in a benchmark.
+
+    python benchmarks/mla_eager_shapes.py --out $OUT/eager        # on the GPU (about a minute on an H200)
+    python benchmarks/mla_eager_shapes.py --out /tmp/e --cpu --tiny # the same code on a toy config (CPU)
+
+In the H200 fidelity run (benchmarks/moe_mla_gpu.py, session 9) the serving loop's eager mixed steps of
+DeepSeek-V2-Lite (prompt chunks above engine.mla.ABSORBED_PROMPT_TOKENS, plain form) took 100-230 ms with the
+host's launch time about equal to the step, while benchmarks/mla_gpu_check.py's plain steps of the same size,
+repeated on one shape, took 41-57 ms. A serving loop meets a new step shape almost every step. This times eager
+mixed steps (one prompt chunk + a few decodes, engine.steps.StepRunner with every prompt chunk plain) on
+shapes never seen before and again on the same shape, with SDPA's backends as PyTorch picks them and with the
+cuDNN backend off; then profiles one new-shape step (the host ops with the most self CPU time).
+Writes eager_shapes.json and prints one line a case.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "--cpu" in sys.argv:  # Triton kernels through its interpreter on the CPU (set before importing it)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
+import torch  # noqa: E402
+
+from core.model_spec import load_model, spec_from_config  # noqa: E402
+from engine import mla  # noqa: E402
+from engine.model import build_model  # noqa: E402
+from engine.steps import StepRunner  # noqa: E402
+
+TINY_DEEPSEEK = {
+    "model_type": "deepseek_v2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16,
+    "v_head_dim": 16, "q_lora_rank": None, "intermediate_size": 96, "moe_intermediate_size": 32,
+    "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
+    "vocab_size": 97, "max_position_embeddings": 512, "rope_theta": 10000.0, "torch_dtype": "float32",
+}  # fmt: skip
+# prompt chunk lengths as the fidelity run's eager steps had them (1,029-4,094 tokens), 8 decodes of 600
+CHUNKS = [1313, 1315, 2221, 1353, 2584, 1087, 1437, 4085]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def one_step(runner: StepRunner, chunk: int, decodes: list[int], dev: str) -> tuple[float, float]:
+    """(wall seconds of the step including its host work, GPU span) of one eager mixed step, not warmed up."""
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    gpu = runner.mixed([(chunk, 0)], decodes, warmup=0, repeat=1)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, gpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--cpu", action="store_true", help="run on the CPU (Triton interpreted); with --tiny")
+    ap.add_argument("--tiny", action="store_true", help="a toy config of the same architecture")
+    args = ap.parse_args(argv)
+    dev = "cpu" if args.cpu else "cuda"
+    if dev == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device; run with --cpu --tiny for the pipeline check", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    spec = (
+        spec_from_config(TINY_DEEPSEEK, name="tiny-deepseek") if args.tiny else load_model("deepseek-v2-lite")
+    )
+    chunks = [c % 40 + 8 for c in CHUNKS] if args.tiny else CHUNKS
+    decodes = [20] * 2 if args.tiny else [600] * 8
+    model = build_model(spec, dtype="fp32" if args.cpu else "bf16", device=dev)
+    old = mla.ABSORBED_PROMPT_TOKENS
+    mla.ABSORBED_PROMPT_TOKENS = 0  # every prompt chunk plain, eagerly, as above the threshold
+    rec: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+                 "cases": []}  # fmt: skip
+    try:
+        runner = StepRunner(model, 16, max(chunks) + 1024, device=dev)
+        for cudnn in (True, False):
+            if dev == "cuda":
+                torch.backends.cuda.enable_cudnn_sdp(cudnn)
+            for c in chunks:
+                c = c + (0 if cudnn else 7)  # shapes the first pass did not see
+                first = one_step(runner, c, decodes, dev)
+                again = one_step(runner, c, decodes, dev)
+                row = {"cudnn_sdp": cudnn, "chunk": c, "decodes": len(decodes), "first_wall_s": first[0],
+                       "first_gpu_s": first[1], "again_wall_s": again[0], "again_gpu_s": again[1]}  # fmt: skip
+                rec["cases"].append(row)
+                log(f"cudnn_sdp {cudnn} chunk {c} + {len(decodes)} decodes: new shape {first[0] * 1e3:.1f} ms wall "
+                    f"({first[1] * 1e3:.1f} GPU span), same shape again {again[0] * 1e3:.1f} ms ({again[1] * 1e3:.1f})")  # fmt: skip
+        if dev == "cuda":
+            torch.backends.cuda.enable_cudnn_sdp(True)
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+        with profile(activities=acts) as prof:
+            one_step(runner, chunks[0] + 3, decodes, dev)
+        top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
+        rec["profile_new_shape"] = [
+            {"name": e.key[:120], "self_cpu_us": float(e.self_cpu_time_total), "calls": int(e.count)}
+            for e in top
+        ]
+        for e in rec["profile_new_shape"]:
+            log(f"  host {e['self_cpu_us'] / 1e3:8.2f} ms  x{e['calls']:<5d} {e['name']}")
+    finally:
+        mla.ABSORBED_PROMPT_TOKENS = old
+    (args.out / "eager_shapes.json").write_text(json.dumps(rec, indent=1))
+    log(f"wrote {args.out / 'eager_shapes.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
