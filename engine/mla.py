@@ -25,10 +25,12 @@ ones (weights are random, so the rotation's frequencies change no timing).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 from core.cost_model import MLA_ABSORBED_STEP_TOKENS
@@ -181,6 +183,13 @@ def _sdpa(q, k, v, scale: float) -> torch.Tensor:
     return o.transpose(0, 1)
 
 
+# SDPA's backends for the plain form: flash first, never cuDNN. cuDNN builds an execution plan per new shape,
+# and a serving loop meets a new prompt length nearly every step: on an H200, DeepSeek-V2-Lite's eager steps of
+# 1.1-4.1k prompt tokens took 99-4,994 ms on a shape's first step against 48-64 ms when repeated; with cuDNN
+# off, 52-75 ms first and 48-70 repeated (benchmarks/mla_eager_shapes.py, benchmarks/results/engine_kernels_h200/).
+PLAIN_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def plain_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, bias: bool | None = None
 ) -> torch.Tensor:
@@ -196,10 +205,11 @@ def plain_attention(
             mask = causal_lower_right(nq, nk)
         else:
             mask = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
-    o = F.scaled_dot_product_attention(  # 4-D [1, h, L, d]: SDPA's fused kernels take nothing else
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask,
-        is_causal=mask is None, scale=scale,
-    )  # fmt: skip
+    with sdpa_kernel(PLAIN_BACKENDS) if q.is_cuda else nullcontext():  # (the CPU: SDPA's own choice)
+        o = F.scaled_dot_product_attention(  # 4-D [1, h, L, d]: SDPA's fused kernels take nothing else
+            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask,
+            is_causal=mask is None, scale=scale,
+        )  # fmt: skip
     return o[0].transpose(0, 1)
 
 
