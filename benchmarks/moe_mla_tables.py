@@ -28,13 +28,13 @@ def kernel_roofline_lines(raw: dict, dec: list[dict]) -> list[str]:
     """The same steps against the per-phase roofline (fidelity.kernel_roofline_s), from the run's ceilings."""
     import fidelity
 
-    from core.cost_model import BatchShape
+    from core.cost_model import BatchShape, CostModel
     from core.hardware import load_profile
     from core.model_spec import load_model
 
     if raw.get("tiny"):  # toy configs are not catalogue models; their CPU "ceilings" are no roofline
         return []
-    prof = load_profile(raw["profile"])
+    prof = committed = load_profile(raw["profile"])
     c = raw.get("ceilings") or {}
     if c:  # the run's own ceilings, not the profile's
         cal = prof.calibration.model_copy(
@@ -47,14 +47,18 @@ def kernel_roofline_lines(raw: dict, dec: list[dict]) -> list[str]:
         )
         prof = prof.model_copy(update={"calibration": cal})  # fmt: skip
     out = ["", "Per-phase roofline (linear layers at max(weights read, FLOPs) plus attention at max(KV read, "
-           "FLOPs), the run's ceilings: the GEMMs are compute-bound at these batches while attention is not):", "",
-           "| batch | step (ms) | per-phase roofline (ms) | × per-phase roofline |", "|---|---|---|---|"]  # fmt: skip
+           "FLOPs), the run's ceilings: the GEMMs are compute-bound at these batches while attention is not), and "
+           "the cost model of the profile as committed now (the table above has the one the run used):", "",
+           "| batch | step (ms) | per-phase roofline (ms) | × per-phase roofline | cost model now (ms) | error |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
     for r in dec:
         spec = load_model(r["model"])
         shape = BatchShape(decode_seqs=r["batch"], decode_context_tokens=int(r["mean_context"] * r["batch"]))
         roof = fidelity.kernel_roofline_s(prof, spec, shape, "bf16", "bf16")
+        model = CostModel(committed, spec, "bf16", "bf16").step_time(shape) * 1e3
         out.append(
-            f"| {r['batch']} | {r['step_ms']:.2f} | {roof * 1e3:.2f} | {r['step_ms'] / 1e3 / roof:.2f} |"
+            f"| {r['batch']} | {r['step_ms']:.2f} | {roof * 1e3:.2f} | {r['step_ms'] / 1e3 / roof:.2f} | "
+            f"{model:.2f} | {(model - r['step_ms']) / r['step_ms'] * 100:+.1f}% |"
         )
     return out
 
