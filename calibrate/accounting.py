@@ -15,7 +15,15 @@ from core.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
 from core.kv_cache import padded
 from core.model_spec import dtype_bytes
 
-GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh", "moe")
+GROUPS = (
+    "gemm",
+    "attention_prefill",
+    "attention_decode",
+    "elementwise",
+    "attention_fresh",
+    "moe",
+    "moe_large",
+)
 STEP_KINDS = ("step_prefill", "step_decode", "step_mixed")
 
 
@@ -93,6 +101,21 @@ def elementwise_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
     return 0.0, p["tokens"] * cm._elementwise_bytes_per_token, cm.attn_peak
 
 
+def is_moe_large(cm: CostModel, p: dict) -> bool:
+    """A `moe` point whose routed rows average moe_large_min_rows an expert or more (group moe_large: expert
+    GEMMs past the weight-streaming plateau, core.hardware.MOE_LARGE_MIN_ROWS)."""
+    return p["tokens"] * p["top_k"] >= cm.profile.efficiency.moe_large_min_rows * p["experts"]
+
+
+def group_of(cm: CostModel, kind: str, p: dict) -> str:
+    """The fitted group a measured point of `kind` belongs to (the kinds a second kernel splits)."""
+    if kind == "attention_prefill" and is_fresh(cm, p):
+        return "attention_fresh"
+    if kind == "moe" and is_moe_large(cm, p):
+        return "moe_large"
+    return kind
+
+
 def moe_touched(tokens: int, experts: int, top_k: int) -> float:
     """Expected distinct experts hit by `tokens` tokens routed uniformly to top_k of `experts`."""
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
@@ -118,6 +141,7 @@ WORK = {
     "elementwise": elementwise_work,
     "attention_fresh": attention_fresh_work,
     "moe": moe_work,
+    "moe_large": moe_work,
 }
 
 
@@ -137,7 +161,7 @@ def label(kind: str, p: dict) -> str:
         return f"batch={len(lens)} ctx={sum(lens) // max(len(lens), 1)}"
     if kind == "elementwise":
         return f"tokens={p['tokens']}"
-    if kind == "moe":
+    if kind in ("moe", "moe_large"):
         return f"E={p['experts']} top-{p['top_k']} {p['hidden']}x{p['inter']} tokens={p['tokens']}"
     if kind == "step_prefill":
         return f"prompts={p['prompt_lens'][:3]}{'…' if len(p['prompt_lens']) > 3 else ''} prior={max(p['prior_lens'])}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibrate.accounting import GROUPS, STEP_KINDS, Work, is_fresh, label, step_shape, work
+from calibrate.accounting import GROUPS, STEP_KINDS, Work, group_of, label, step_shape, work
 from calibrate.measurements import Record
 from core.cost_model import CostModel
 from core.hardware import Efficiencies, HardwareProfile, OpEfficiency
@@ -270,7 +270,7 @@ def fit_all(
     for r in records:
         if r.status == "ok":
             # whole fresh prompts long enough for the engine's fresh-prompt kernel form their own group
-            kind = "attention_fresh" if r.kind == "attention_prefill" and is_fresh(cm, r.params) else r.kind
+            kind = group_of(cm, r.kind, r.params)
             by.setdefault(kind, []).append(r)
 
     extra: dict[str, GroupFit] = {}
@@ -362,7 +362,9 @@ def refine_on_steps(
     shapes = [step_shape(cm0, r.kind, r.params) for r in steps]
     t_steps = np.array([r.seconds for r in steps], float)
     # the MoE group is refined only where the steps hold MoE layers (else they say nothing about it)
-    active = [g for g in GROUPS if getattr(eff, g) is not None and (g != "moe" or model.is_moe)]
+    active = [
+        g for g in GROUPS if getattr(eff, g) is not None and (g not in ("moe", "moe_large") or model.is_moe)
+    ]
     groups = [g for g in active if micro.get(g)]
     works = {g: work(cm0, g, [r.params for r in micro[g]]) for g in groups}
     t_micro = {g: np.array([r.seconds for r in micro[g]], float) for g in groups}

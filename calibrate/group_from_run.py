@@ -6,7 +6,8 @@ the whole sweep refits every group, and the profile's other figures (and every f
 built on them) move with scipy's and the GPU's run-to-run noise. This fits only GROUP's points of a newer run
 (its `measurements.jsonl`, as `python -m calibrate` wrote it, the same `calibrate.fit.fit_group` and the
 points' own hold-out flags) and writes `efficiency.<group>`, `calibration.fit_errors_pct.<group>` and
-`calibration.<group>_source` (command, date, run, GPU, torch) into the profile; every other line is left byte
+`calibration.<group>_source` (command, date, run, GPU, torch) into the profile (`moe` and `moe_large` are the
+`moe` points below and from the profile's `moe_large_min_rows` routed rows an expert, as `fit_all` files them); every other line is left byte
 for byte. The run must come from the profile's GPU (its meta line says which).
 
 `--group serving` takes the serving loop's host costs (calibrate.serving.QUANTITIES: per step, per sequence,
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from calibrate.accounting import GROUPS
+from calibrate.accounting import GROUPS, group_of
 from calibrate.fit import fit_group
 from calibrate.measurements import Store
 from core.cost_model import CostModel
@@ -46,8 +47,8 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
     if not path.exists():
         raise ConfigError(f"{path}: no measurements; pass the --work-dir of a `python -m calibrate` run")
     store = Store.open(path, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    recs = [r for r in store.records.values() if r.kind == group and r.seconds is not None]
     if group == "serving":
+        recs = [r for r in store.records.values() if r.kind == group and r.seconds is not None]
         from calibrate.serving import QUANTITIES
 
         got = {r.params.get("quantity"): float(r.seconds) for r in recs}
@@ -58,10 +59,6 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
             )
         _same_gpu(store, profile_path, path)
         return {q: got[q] for q in QUANTITIES}, store
-    if len(recs) < 4:
-        raise ConfigError(
-            f"{path}: {len(recs)} '{group}' points; the run needs that group (rerun with --redo {group})"
-        )
     prof = read_profile(profile_path)
     gpu = (store.identity or {}).get("gpu", "")
     want = (prof.calibration.gpu if prof.calibration else "") or ""
@@ -71,6 +68,15 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
         )
     spec = load_model((store.identity or {}).get("model") or "llama-3.1-8b")
     cm = CostModel(prof, spec, "bf16", "bf16")
+    # a group's points as calibrate.fit.fit_all files them (moe_large: moe points past the profile's rule)
+    recs = [
+        r for r in store.records.values() if r.seconds is not None and group_of(cm, r.kind, r.params) == group
+    ]
+    if len(recs) < 4:
+        kind = {"moe_large": "moe", "attention_fresh": "attention_prefill"}.get(group, group)
+        raise ConfigError(
+            f"{path}: {len(recs)} '{group}' points; the run needs that group (rerun with --redo {kind})"
+        )
     base = getattr(prof.efficiency, group) or prof.efficiency.gemm
     fit = fit_group(cm, group, sorted(recs, key=lambda r: r.key), base)
     if fit.eff is None:

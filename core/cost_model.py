@@ -384,7 +384,7 @@ class CostModel:
                 busy = 1.0 - float(np.prod((1.0 - q) ** tokens))
                 touched, slots = touched / busy, slots / busy
             if self.eff.moe is not None and not self.dequant:  # the fitted MoE group: one layer's experts
-                t = self._experts[0][2] * moe_layer_time(self, slots, touched)
+                t = self._experts[0][2] * moe_layer_time(self, slots, touched, len(q))
             else:
                 t = sum(layers * self._weight_gemm(slots, k, n, touched) for k, n, layers in self._experts)
             worst = max(worst, t)
@@ -751,11 +751,16 @@ def moe_layer_work(cm: CostModel, slots: float, touched: float) -> tuple[float, 
     return flops, nbytes
 
 
-def moe_layer_time(cm: CostModel, slots: float, touched: float) -> float:
+def moe_layer_time(cm: CostModel, slots: float, touched: float, experts: int) -> float:
     """One MoE layer's routed experts on the profile's fitted MoE curve (Efficiencies.moe), one call per layer:
-    what calibrate's `moe` points time (routing, sort, both grouped GEMMs, combine)."""
+    what calibrate's `moe` points time (routing, sort, both grouped GEMMs, combine). Layers whose `slots` average
+    at least moe_large_min_rows an expert (of the `experts` on this GPU) take the moe_large curve where the
+    profile has one (core.hardware.MOE_LARGE_MIN_ROWS: where the expert GEMMs turn compute-bound)."""
     flops, nbytes = moe_layer_work(cm, slots, touched)
-    return op_time(cm.eff.moe, flops, nbytes, cm.gemm_peak, cm.bw)
+    eff = cm.eff.moe
+    if cm.eff.moe_large is not None and slots >= cm.eff.moe_large_min_rows * experts:
+        eff = cm.eff.moe_large
+    return op_time(eff, flops, nbytes, cm.gemm_peak, cm.bw)
 
 
 def packed_attention_time(cm: CostModel, q_tokens: int, kv_tokens: int) -> float:

@@ -30,6 +30,13 @@ GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
 # that kernel's efficiency as `attention_fresh`; the rule's two numbers travel with it.
 FRESH_PREFILL_MIN_TOKENS = 2049
 FRESH_PREFILL_BUCKET = 128
+# MoE layers whose routed (token, expert) rows average at least this many an expert leave the regime where the
+# expert GEMMs stream the touched experts' weights (the engine's split-K Triton kernel) for a compute ramp
+# (128-row tiles, then torch._grouped_mm from engine.moe.GROUPED_MM_MIN_ROWS): one roofline does not fit both,
+# so calibration fits `moe` below and `moe_large` from here. 64 is where the fitted points' p90 error is lowest
+# on the H200's moe sweep (8.2% at 64 rows; 9.9-18.2% splitting at 48, 96, 128 or 160; one curve: 23.6%);
+# the number travels with the profile (Efficiencies.moe_large_min_rows).
+MOE_LARGE_MIN_ROWS = 64
 
 
 class _Strict(BaseModel):
@@ -81,6 +88,15 @@ class Efficiencies(_Strict):
         description="one MoE layer's routed experts as the engine runs them (routing, the expert sort, the two "
         "grouped GEMMs over the touched experts, the combine; measured by python -m calibrate as its own "
         "group); absent: the expert GEMMs are priced on the gemm curve, one call per weight",
+    )
+    moe_large: OpEfficiency | None = Field(
+        None,
+        description="MoE layers with at least moe_large_min_rows routed rows an expert on average (prefill-size "
+        "steps, where the expert GEMMs are compute-bound; fitted by python -m calibrate as its own group); "
+        "absent: the moe curve prices every MoE layer",
+    )
+    moe_large_min_rows: int = Field(
+        MOE_LARGE_MIN_ROWS, ge=1, description="routed rows an expert from which moe_large prices a MoE layer"
     )
     fresh_prefill_min_tokens: int = Field(
         FRESH_PREFILL_MIN_TOKENS,

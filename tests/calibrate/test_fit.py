@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from calibrate.accounting import GROUPS, is_fresh, step_shape, work
+from calibrate import accounting
+from calibrate.accounting import GROUPS, step_shape, work
 from calibrate.fit import _theta_of, fit_all, fit_group
 from calibrate.measurements import Record
 from calibrate.plan import Limits, make_plan
@@ -36,6 +37,7 @@ TRUTH = Efficiencies(
     elementwise=OpEfficiency(compute=0.1, memory=0.68, launch_s=5.0e-6),
     attention_fresh=OpEfficiency(compute=0.61, memory=0.30, launch_s=2.0e-5),
     moe=OpEfficiency(compute=0.55, memory=0.78, memory_ramp_s=1.0e-5, launch_s=2.5e-5),
+    moe_large=OpEfficiency(compute=0.62, memory=0.9, compute_ramp_s=3.0e-4, launch_s=2.5e-5),
     step_overhead_s=4.0e-4,
     per_sequence_s=5.0e-6,
 )
@@ -63,8 +65,9 @@ def synthetic(eff: Efficiencies, noise: float = 0.0, seed: int = 0) -> list[Reco
 
 
 def group_of(cm: CostModel, p) -> str:
-    """The group a point is fitted in: whole fresh prompts' attention apart (as fit_all sorts them)."""
-    return "attention_fresh" if p.kind == "attention_prefill" and is_fresh(cm, p.params) else p.kind
+    """The group a point is fitted in: whole fresh prompts' attention and large MoE layers apart (as fit_all
+    sorts them, calibrate.accounting.group_of)."""
+    return accounting.group_of(cm, p.kind, p.params)
 
 
 def close(a: OpEfficiency, b: OpEfficiency, rel: float = 0.02, fields=None):
@@ -83,13 +86,22 @@ def test_each_group_is_recovered_from_its_microbenchmarks(group):
     recs = [r for r in synthetic(TRUTH) if group_of(cm, r) == group]
     assert len(recs) >= 6, group
     f = fit_group(cm, group, recs, getattr(PROFILE.efficiency, group) or PROFILE.efficiency.attention_prefill)
-    fields = ("memory", "memory_ramp_s", "launch_s") if group in ("attention_decode", "elementwise") else None
+    # memory-bound groups (moe: below moe_large_min_rows rows an expert, the weights streamed): no compute side
+    fields = (
+        ("memory", "memory_ramp_s", "launch_s")
+        if group in ("attention_decode", "elementwise", "moe")
+        else None
+    )
     if group == "attention_fresh":  # long causal prompts: compute-bound, the memory terms never bind, and
         # only the compute side's fixed time (ramp / rate + launch) is identifiable
         fields = ("compute",)
         peak = PROFILE.peak_flops("bf16")
         a_fit, a_true = _theta_of(f.eff, peak, cm.bw)[2], _theta_of(TRUTH.attention_fresh, peak, cm.bw)[2]
         assert a_fit == pytest.approx(a_true, rel=0.05)
+    if group == "moe":  # memory-bound: only the memory side's fixed time (ramp + launch) is identifiable
+        fields = ("memory",)
+        fixed = f.eff.memory_ramp_s + f.eff.launch_s
+        assert fixed == pytest.approx(TRUTH.moe.memory_ramp_s + TRUTH.moe.launch_s, rel=0.02)
     close(f.eff, getattr(TRUTH, group), fields=fields)
     assert f.train.median_pct < 0.1 and f.holdout.median_pct < 0.1
 

@@ -17,17 +17,20 @@ RUN = ROOT / "calibration_runs" / "h200_session8"
 
 
 def bare_h200(path: Path) -> Path:
-    """The committed H200 profile without what group_from_run has added to it (the moe group, the serving
+    """The committed H200 profile without what group_from_run has added to it (the moe groups, the serving
     loop's taken host costs), laid out as core.hardware.write_profile writes a profile."""
     p = read_profile(ROOT / "hardware_profiles/h200.yaml")
     extra = dict(p.calibration.__pydantic_extra__ or {})
-    for key in ("moe_source", "serving_source"):
+    for key in ("moe_source", "moe_large_source", "serving_source"):
         extra.pop(key, None)
     if isinstance(extra.get("fit_errors_pct"), dict):
-        extra["fit_errors_pct"] = {k: v for k, v in extra["fit_errors_pct"].items() if k != "moe"}
+        extra["fit_errors_pct"] = {
+            k: v for k, v in extra["fit_errors_pct"].items() if k not in ("moe", "moe_large")
+        }
     cal = p.calibration.model_copy()
     cal.__pydantic_extra__ = extra
-    p = p.model_copy(update={"efficiency": p.efficiency.model_copy(update={"moe": None}), "calibration": cal})
+    eff = p.efficiency.model_copy(update={"moe": None, "moe_large": None})
+    p = p.model_copy(update={"efficiency": eff, "calibration": cal})
     write_profile(p, path)
     return path
 
@@ -50,6 +53,12 @@ def test_adds_the_group_and_keeps_every_other_line(tmp_path):
     assert group_from_run.main(argv + ["--replace"]) == 0
     again = prof.read_text().splitlines()
     assert [ln for ln in again if "command:" not in ln] == [ln for ln in after if "command:" not in ln]
+    # the moe points from moe_large_min_rows rows an expert fit their own curve, added the same way
+    large = [str(RUN), "--group", "moe_large", "--profile", str(prof), "--date", "2026-12-02", "--write"]
+    assert group_from_run.main(large) == 0
+    p = read_profile(prof)
+    assert p.efficiency.moe_large is not None and p.efficiency.moe_large != p.efficiency.moe
+    assert p.calibration.fit_errors_pct["moe_large"]["train"]["n"] >= 3
 
 
 def test_bad_inputs_are_one_line(tmp_path, capsys):

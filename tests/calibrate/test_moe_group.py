@@ -11,8 +11,9 @@ from core.model_spec import load_model
 MOE = OpEfficiency(compute=0.55, memory=0.78, memory_ramp_s=1.0e-5, launch_s=2.5e-5)
 
 
-def with_moe(profile, eff=MOE):
-    return profile.model_copy(update={"efficiency": profile.efficiency.model_copy(update={"moe": eff})})
+def with_moe(profile, eff=MOE, large=None):
+    update = {"moe": eff, "moe_large": large}
+    return profile.model_copy(update={"efficiency": profile.efficiency.model_copy(update=update)})
 
 
 @pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v2-lite"])
@@ -33,8 +34,40 @@ def test_cost_model_prices_a_layer_as_the_moe_points_count_it(model):
         )
         assert cm.expert_time(t) == pytest.approx(want, rel=1e-9)
         assert cm.expert_time(t) == pytest.approx(
-            spec.moe_layers * moe_layer_time(cm, t * k, moe_touched(t, e, k)), rel=1e-12
+            spec.moe_layers * moe_layer_time(cm, t * k, moe_touched(t, e, k), e), rel=1e-12
         )
+
+
+@pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v2-lite"])
+def test_moe_large_prices_layers_from_its_rows_an_expert(model):
+    """With a moe_large curve, a layer whose routed rows average moe_large_min_rows an expert or more is priced
+    on it, a smaller one on moe; calibration files its points the same way (accounting.group_of)."""
+    from calibrate.accounting import group_of
+
+    spec = load_model(model)
+    large = OpEfficiency(compute=0.6, memory=0.9, compute_ramp_s=3.0e-4)
+    prof = with_moe(load_profile("h200"), MOE, large)
+    cm, only = CostModel(prof, spec), CostModel(with_moe(load_profile("h200")), spec)
+    e, k = spec.num_experts, spec.experts_per_token
+    edge = prof.efficiency.moe_large_min_rows * e // k  # tokens from which a layer is "large"
+    for t in (1, edge - 1, edge, 4 * edge):
+        p = {
+            "tokens": t,
+            "experts": e,
+            "top_k": k,
+            "hidden": spec.hidden_size,
+            "inter": spec.moe_intermediate_size,
+        }
+        is_large = t * k >= prof.efficiency.moe_large_min_rows * e
+        assert group_of(cm, "moe", p) == ("moe_large" if is_large else "moe")
+        flops, nbytes, peak = moe_work(cm, p)
+        curve = large if is_large else MOE
+        want = max(
+            flops / (curve.compute * peak) + curve.compute_ramp_s,
+            nbytes / (curve.memory * cm.bw) + curve.memory_ramp_s,
+        )
+        assert cm.expert_time(t) == pytest.approx(spec.moe_layers * (want + curve.launch_s), rel=1e-9)
+        assert (cm.expert_time(t) == only.expert_time(t)) == (not is_large)
 
 
 def test_profiles_without_the_group_price_experts_as_before():
