@@ -386,8 +386,12 @@ def mla_prefill(
 PREFILL_TILES = {"rows": 64, "block_n": 64, "num_warps": 8, "num_stages": 2}
 
 
+# the absorbed decode kernel's tiles (benchmarks/mla_decode_tiles.py sweeps them)
+DECODE_TILES = {"block_n": 32, "num_warps": 8, "num_stages": 2}
+
+
 def mla_decode(
-    qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float, out=None
+    qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float, out=None, tiles=None
 ) -> torch.Tensor:
     """Absorbed decode attention (Triton) for sequences lay.n_prefill..: [T, nh, rank] (decode rows set;
     into `out` when given)."""
@@ -397,16 +401,18 @@ def mla_decode(
     n_dec = lay.units["seq_units"].shape[0] - 1
     if lay.units["seq"].shape[0] == 0 or n_dec == 0:
         return out
-    op, lp = mla_decode_units(qa, kv_pool, lay, rank, scale)
+    op, lp = mla_decode_units(qa, kv_pool, lay, rank, scale, tiles)
     _decode_combine_kernel[(n_dec * nh,)](
         op, lp, lay.units["seq_units"], lay.cu_q, out, lay.n_prefill, NH=nh, D=rank, UB=16, num_warps=4
     )
     return out
 
 
-def mla_decode_units(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float):
-    """Each decode work unit's normalised output [units, nh, rank] and log-sum-exp [units, nh] (Triton)."""
+def mla_decode_units(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, scale: float, tiles=None):
+    """Each decode work unit's normalised output [units, nh, rank] and log-sum-exp [units, nh] (Triton);
+    `tiles` overrides DECODE_TILES (block_n: keys an iteration; num_warps, num_stages)."""
     t, nh, d = qa.shape
+    cfg = {**DECODE_TILES, **(tiles or {})}
     units = lay.units
     n_units = units["seq"].shape[0]
     qa = qa.to(kv_pool.dtype).contiguous()
@@ -429,8 +435,8 @@ def mla_decode_units(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, sc
         H_PAD=max(16, triton.next_power_of_2(nh)),
         R=rank,
         P=d - rank,
-        BLOCK_N=32,
-        num_warps=8,
-        num_stages=2,
+        BLOCK_N=cfg["block_n"],
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return op, lp
