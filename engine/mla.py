@@ -386,7 +386,11 @@ def mla_prefill(
 PREFILL_TILES = {"rows": 64, "block_n": 64, "num_warps": 8, "num_stages": 2}
 
 
-# the absorbed decode kernel's tiles (benchmarks/mla_decode_tiles.py sweeps them)
+# the absorbed decode kernel's tiles. benchmarks/mla_decode_tiles.py on an H200 (DeepSeek-V2-Lite's shape,
+# benchmarks/results/engine_kernels_h200/mla_decode_tiles.md): no configuration of 18 is faster on every shape,
+# the best per shape within 10% of this one except 8 x 8,192 (63 vs 105 µs); all read the latents at 2-37% of
+# the copy rate, so the kernel's structure (a 16 x 512 fp32 accumulator per program), not its tiles, is what
+# holds it back.
 DECODE_TILES = {"block_n": 32, "num_warps": 8, "num_stages": 2}
 
 
