@@ -105,9 +105,11 @@ class Bench:
         return measure_graph(fn, dev, calls=copies, repeat=self.repeat, warmup=self.warmup)
 
     def _moe(self, q: dict) -> float:
-        """One MoE layer's routed experts as the engine runs them (engine.model.MoE without its router
+        """One MoE layer's routed experts as the engine serves them (engine.model.MoE without its router
         GEMM): route (top-k softmax), sort by expert, two grouped GEMMs, combine; replayed from a CUDA graph
-        on the GPU, as in a captured step. Weights are built once per shape (bf16; fp32 on the CPU)."""
+        on the GPU, as in a captured step, on the faster of the expert-GEMM backends where both run (what
+        the engine's warm-up tuning picks). Weights are built once per shape (bf16; fp32 on the CPU)."""
+        from engine import moe
         from engine.moe import route, routed_experts
 
         e, k, h, i, t = q["experts"], q["top_k"], q["hidden"], q["inter"], q["tokens"]
@@ -129,7 +131,20 @@ class Bench:
             w, ids = route(logits, k, True)
             return routed_experts(x, w_gu, w_d, w, ids)
 
-        return measure_graph(fn, dev, calls=1, repeat=self.repeat, warmup=self.warmup)
+        if not moe.grouped_mm_supported(x):  # one backend (the Triton kernel) where grouped_mm does not run
+            return measure_graph(fn, dev, calls=1, repeat=self.repeat, warmup=self.warmup)
+        # the serving engine times both backends per rows bucket at warm-up and keeps the faster
+        # (engine.moe.tune_moe): the layer as served is the faster of the two here too
+        key = (moe.rows_bucket(t * k, e), 2 * i, h, e)
+        keep = dict(moe.BACKEND)
+        times = []
+        try:
+            for name in moe.BACKENDS:
+                moe.set_backends({**keep, key: name})
+                times.append(measure_graph(fn, dev, calls=1, repeat=self.repeat, warmup=self.warmup))
+        finally:
+            moe.set_backends(keep)
+        return min(times)
 
     # ------------------------------------------------------------ whole steps
     def _runner_for_steps(self):

@@ -92,3 +92,32 @@ def test_plan_has_moe_points_quick_only_mixtral():
     assert any(p.holdout for p in quick) and not all(p.holdout for p in quick)
     assert max(p.params["tokens"] for p in quick) >= 4096 and min(p.params["tokens"] for p in quick) == 1
     assert len(moe_points("cpu")) == 5
+
+
+def test_moe_points_time_the_backend_the_engine_would_tune_to(monkeypatch):
+    """Where both expert-GEMM backends run, a moe point is the faster of the two (what engine.moe.tune_moe
+    keeps at warm-up), each timed with the other's routing forced off; the engine's picks are left as found."""
+    from calibrate import bench as bench_mod
+    from calibrate.plan import Point
+    from engine import moe
+
+    seen = []
+
+    key = (moe.rows_bucket(8 * 2, 8), 2 * 48, 32, 8)  # (rows bucket, 2I, H, experts) of the point below
+
+    def fake_measure(fn, dev, calls, repeat, warmup):
+        seen.append(moe.BACKEND.get(key))
+        return {"triton": 3e-4, "grouped_mm": 2e-4}.get(seen[-1], 9e-4)
+
+    monkeypatch.setattr(moe, "grouped_mm_supported", lambda x: True)
+    monkeypatch.setattr(bench_mod, "measure_graph", fake_measure)
+    monkeypatch.setattr(moe, "use_fused", lambda x: False)  # the reference loop runs on the CPU
+    before = {(1, 2, 3, 4): "triton"}
+    moe.set_backends(before)
+    try:
+        b = bench_mod.Bench(load_model("llama-3.1-8b"), "cpu", Limits())
+        p = Point("moe", {"tokens": 8, "experts": 8, "top_k": 2, "hidden": 32, "inter": 48}, False)
+        assert b.measure(p) == 2e-4
+        assert sorted(seen) == sorted(moe.BACKENDS) and dict(moe.BACKEND) == before
+    finally:
+        moe.set_backends({})
