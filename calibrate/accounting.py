@@ -23,6 +23,8 @@ GROUPS = (
     "attention_fresh",
     "moe",
     "moe_large",
+    "attention_mla_decode",
+    "attention_mla_prefill",
 )
 STEP_KINDS = ("step_prefill", "step_decode", "step_mixed")
 
@@ -113,7 +115,39 @@ def group_of(cm: CostModel, kind: str, p: dict) -> str:
         return "attention_fresh"
     if kind == "moe" and is_moe_large(cm, p):
         return "moe_large"
-    return kind
+    return MLA_GROUPS.get(kind, kind)
+
+
+# the MLA kernels' point kinds and the groups they are fitted in
+MLA_GROUPS = {"mla_decode": "attention_mla_decode", "mla_prefill": "attention_mla_prefill"}
+
+
+def _mla_terms(p: dict) -> tuple[float, float, float]:
+    """(FLOPs a pair, latent bytes a token, q-in/out bytes a token) of one absorbed-form MLA layer at a point's
+    shape, as core.cost_model counts them for an MLA model (pair_flops, kv bytes per token and layer,
+    _attn_io_per_token): scores over rank + rope and values over rank for every head; one bf16 latent +
+    rope key per token; q of q_head_dim and an output of v_head_dim per head."""
+    h, r, rope = p["heads"], p["rank"], p["rope"]
+    return (
+        2.0 * h * (2 * r + rope),
+        (r + rope) * ACT_BYTES,
+        ACT_BYTES * h * (p["q_head_dim"] + p["v_head_dim"]),
+    )
+
+
+def mla_decode_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    """One layer's absorbed decode attention: every sequence's latents read once, each pair scored."""
+    pair, kv, io = _mla_terms(p)
+    ctx = sum(p["context_lens"])
+    return pair * ctx, ctx * kv + len(p["context_lens"]) * io, cm.attn_peak
+
+
+def mla_prefill_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    """One layer's absorbed prompt attention: a chunk after `prior` cached tokens (causal pairs), the context's
+    latents read, the chunk's written (CostModel._chunked_prefill_time's absorbed branch)."""
+    pair, kv, io = _mla_terms(p)
+    c, prior = p["chunk"], p["prior"]
+    return pair * (c * prior + c * (c + 1) / 2), prior * kv + c * (kv + io), cm.attn_peak
 
 
 def moe_touched(tokens: int, experts: int, top_k: int) -> float:
@@ -142,6 +176,8 @@ WORK = {
     "attention_fresh": attention_fresh_work,
     "moe": moe_work,
     "moe_large": moe_work,
+    "attention_mla_decode": mla_decode_work,
+    "attention_mla_prefill": mla_prefill_work,
 }
 
 
@@ -156,6 +192,10 @@ def label(kind: str, p: dict) -> str:
         return f"{p.get('dtype', 'bf16')} m={p['m']} k={p['k']} n={p['n']}"
     if kind in ("attention_prefill", "attention_fresh"):
         return f"chunk={p['chunk']} prior={p['prior']}"
+    if kind in ("mla_decode", "attention_mla_decode"):
+        return f"MLA decode batch={len(p['context_lens'])} ctx={p['context_lens'][0]}"
+    if kind in ("mla_prefill", "attention_mla_prefill"):
+        return f"MLA chunk={p['chunk']} prior={p['prior']}"
     if kind in ("attention_decode", "step_decode"):
         lens = p["context_lens"]
         return f"batch={len(lens)} ctx={sum(lens) // max(len(lens), 1)}"

@@ -67,6 +67,8 @@ class Bench:
             return s
         if p.kind == "moe":
             return self._moe(q)
+        if p.kind in ("mla_decode", "mla_prefill"):
+            return self._mla(q, p.kind == "mla_decode")
         if p.kind == "copy":
             s, _ = kernels.time_copy(q["nbytes"], device=self.device, warmup=self.warmup, repeat=self.repeat)
             return s
@@ -145,6 +147,47 @@ class Bench:
         finally:
             moe.set_backends(keep)
         return min(times)
+
+    def _mla(self, q: dict, decode: bool) -> float:
+        """One layer's MLA attention in the absorbed form as the engine runs it (engine/mla.py): decode (the
+        work-unit kernel and the combine) or one prompt chunk after `prior` cached tokens (the prompt kernel),
+        over random latents in a token pool, replayed from a CUDA graph (the kernels read device metadata
+        only). On the CPU the engine's reference path: SDPA over the latents per sequence."""
+        from engine import mla
+        from engine.attention import make_layout
+
+        dev = torch.device(self.device)
+        dtype = torch.float32 if self.cpu else torch.bfloat16
+        h, r, rope = q["heads"], q["rank"], q["rope"]
+        if decode:
+            q_lens, prior = [1] * len(q["context_lens"]), [c - 1 for c in q["context_lens"]]
+        else:
+            q_lens, prior = [q["chunk"]], [q["prior"]]
+        lay = make_layout(q_lens, prior, dev, kv_heads=1)
+        g = torch.Generator(device=dev).manual_seed(len(q_lens) * 7919 + sum(prior))
+        pool = torch.randn(int(lay.cu_k[-1]) + 8, 1, r + rope, device=dev, generator=g).to(dtype)
+        qa = torch.randn(sum(q_lens), h, r + rope, device=dev, generator=g).to(dtype)
+        scale = (q["q_head_dim"]) ** -0.5
+        out = qa.new_zeros((sum(q_lens), h, r))
+        if not self.cpu:
+
+            def fn():
+                if decode:
+                    return mla.mla_decode(qa, pool, lay, r, scale, out=out)
+                return mla.mla_prefill(qa, pool, lay, r, scale, out)
+
+        else:
+            starts, lens = lay.k_starts, lay.k_lens
+
+            def fn():
+                row = 0
+                for s, ql in enumerate(q_lens):
+                    c = pool[starts[s] : starts[s] + lens[s], 0]
+                    out[row : row + ql] = mla._sdpa(qa[row : row + ql], c[:, None], c[:, None, :r], scale)
+                    row += ql
+                return out
+
+        return measure_graph(fn, dev, calls=1, repeat=self.repeat, warmup=self.warmup)
 
     # ------------------------------------------------------------ whole steps
     def _runner_for_steps(self):

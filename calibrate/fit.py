@@ -363,7 +363,11 @@ def refine_on_steps(
     t_steps = np.array([r.seconds for r in steps], float)
     # the MoE group is refined only where the steps hold MoE layers (else they say nothing about it)
     active = [
-        g for g in GROUPS if getattr(eff, g) is not None and (g not in ("moe", "moe_large") or model.is_moe)
+        g
+        for g in GROUPS
+        if getattr(eff, g) is not None
+        and (g not in ("moe", "moe_large") or model.is_moe)
+        and (g not in ("attention_mla_decode", "attention_mla_prefill") or model.is_mla)
     ]
     groups = [g for g in active if micro.get(g)]
     works = {g: work(cm0, g, [r.params for r in micro[g]]) for g in groups}

@@ -73,7 +73,9 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
         r for r in store.records.values() if r.seconds is not None and group_of(cm, r.kind, r.params) == group
     ]
     if len(recs) < 4:
-        kind = {"moe_large": "moe", "attention_fresh": "attention_prefill"}.get(group, group)
+        kinds = {"moe_large": "moe", "attention_fresh": "attention_prefill", "attention_mla_decode": "mla_decode",
+                 "attention_mla_prefill": "mla_prefill"}  # fmt: skip
+        kind = kinds.get(group, group)
         raise ConfigError(
             f"{path}: {len(recs)} '{group}' points; the run needs that group (rerun with --redo {kind})"
         )

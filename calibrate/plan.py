@@ -60,7 +60,8 @@ DECODE_CONTEXTS = [128, 512, 2048, 8192, 32768]
 
 # every kind of point a plan can hold (python -m calibrate --redo takes these)
 KINDS = frozenset({"copy", "ceiling_gemm", "gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce",
-                   "moe", "step_prefill", "step_decode", "step_mixed", "serving"})  # fmt: skip
+                   "moe", "mla_decode", "mla_prefill", "step_prefill", "step_decode", "step_mixed",
+                   "serving"})  # fmt: skip
 FRESH_CHUNKS = [
     2176,
     2600,
@@ -204,6 +205,7 @@ def microbench_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], n_gpus
         )
 
     pts += moe_points(mode)
+    pts += mla_points(mode)
 
     if n_gpus > 1:
         for mib in [1, 16, 256] if quick else [0.0625, 1, 4, 16, 64, 256]:
@@ -218,6 +220,18 @@ MOE_SHAPES = [(8, 2, 4096, 14336), (64, 6, 2048, 1408)]
 MOE_SHAPES_CPU = [(4, 2, 64, 96)]
 MOE_TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 MOE_TOKENS_CPU = [1, 4, 16, 64, 256]
+
+# MLA attention in the absorbed form (engine/mla.py's Triton decode and prompt kernels) at DeepSeek-V2-Lite's
+# shape, whatever model the sweep calibrates: (heads, kv_lora_rank, rope dims, q head dim, v head dim); decode
+# points (batch, context) and prompt points (chunk, prior) as the absorbed form runs them (up to 2,048 tokens)
+MLA_SHAPE = {"heads": 16, "rank": 512, "rope": 64, "q_head_dim": 192, "v_head_dim": 128}
+MLA_SHAPE_CPU = {"heads": 4, "rank": 32, "rope": 16, "q_head_dim": 32, "v_head_dim": 16}
+MLA_DECODE = [(1, 512), (1, 4096), (8, 1024), (8, 8192), (32, 1024), (32, 4096), (64, 1024), (128, 1024),
+              (128, 2048), (256, 1024), (16, 2048), (4, 16384)]  # fmt: skip
+MLA_PREFILL = [(128, 0), (256, 0), (512, 0), (1024, 0), (2048, 0), (512, 4096), (1024, 2048), (256, 8192),
+               (2048, 4096), (64, 1024), (768, 512), (128, 16384)]  # fmt: skip
+MLA_DECODE_CPU = [(1, 40), (2, 70), (3, 30), (4, 50)]
+MLA_PREFILL_CPU = [(8, 0), (16, 0), (8, 32), (24, 16)]
 
 
 # Attention of other heads than the calibrated model's, in the same fitted groups (the groups' curves then
@@ -257,6 +271,21 @@ def moe_points(mode: Mode) -> list[Point]:
     for e, k, h, i in shapes:
         for t, hold in _grid_points(MOE_TOKENS_CPU if cpu else MOE_TOKENS, quick):
             pts.append(Point("moe", {"tokens": t, "experts": e, "top_k": k, "hidden": h, "inter": i}, hold))
+    return pts
+
+
+def mla_points(mode: Mode) -> list[Point]:
+    """`mla_decode` and `mla_prefill` points at MLA_SHAPE, every fourth held out (quick: every other point, half
+    of them held out)."""
+    cpu, quick = mode == "cpu", mode == "quick"
+    shape = MLA_SHAPE_CPU if cpu else MLA_SHAPE
+    pts = []
+    for i, (b, ctx) in enumerate(MLA_DECODE_CPU if cpu else MLA_DECODE):
+        if not (quick and i % 2):
+            pts.append(Point("mla_decode", {"context_lens": [ctx] * b, **shape}, i % 4 == 2))
+    for i, (chunk, prior) in enumerate(MLA_PREFILL_CPU if cpu else MLA_PREFILL):
+        if not (quick and i % 2):
+            pts.append(Point("mla_prefill", {"chunk": chunk, "prior": prior, **shape}, i % 4 == 2))
     return pts
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from calibrate.accounting import WORK, is_fresh, label, step_shape
+from calibrate.accounting import MLA_GROUPS, WORK, is_fresh, label, step_shape
 from calibrate.measurements import Record, Store
 from calibrate.plan import Point
 from calibrate.progress import Item, Progress
@@ -156,6 +156,10 @@ def _kernel_point(cm: CostModel, p: Point, t: BenchTiming) -> tuple[float, float
         p.kind == "moe"
     ):  # one layer's experts replayed from a graph of one call (calibrate.bench.Bench._moe)
         flops, nbytes, peak = WORK["moe"](cm, q)
+        one = nbytes
+        copies, graph, least = 1, True, 1
+    elif p.kind in MLA_GROUPS:  # one MLA layer's attention replayed from a graph of one call (Bench._mla)
+        flops, nbytes, peak = WORK[MLA_GROUPS[p.kind]](cm, q)
         one = nbytes
         copies, graph, least = 1, True, 1
     else:  # a kind this does not know: its overhead alone, until its own timings correct it

@@ -205,6 +205,12 @@ class CostModel:
         self.par.check(model)
         e = profile.efficiency
         self.eff = e
+        # attention curves: an MLA model's absorbed-form kernels have their own where the profile measured them
+        mla = model.is_mla
+        self.dec_eff = e.attention_mla_decode if mla and e.attention_mla_decode else e.attention_decode
+        self.absorbed_eff = (
+            e.attention_mla_prefill if mla and e.attention_mla_prefill else e.attention_prefill
+        )
         self.engine = engine
         self._loop_terms(engine, serving_host, eager_prefill, eager_decode)
         self.bw = profile.memory_bandwidth
@@ -463,8 +469,10 @@ class CostModel:
         L = (Lf if tokens else 0) + Ls
         if not L:
             return 0.0
+        eff = self.eff.attention_prefill
         if self.absorbed_pair_flops and b.prefill_tokens + b.decode_seqs <= MLA_ABSORBED_STEP_TOKENS:
             flops = self.absorbed_pair_flops * pairs * Lf  # MLA, absorbed: latents scored directly
+            eff = self.absorbed_eff
         else:
             flops = self.prefill_pair_flops * (pairs * Lf + b.sliding_prefill_pairs * Ls)
             if self.prefill_ctx_flops:  # MLA, plain: the cached context's latents expanded through kv_b first
@@ -472,9 +480,7 @@ class CostModel:
         kv_read = b.prefill_context_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
         kv_write = tokens * self.kv_tok_bytes + b.prefill_tokens * self.kv_sliding_tok_bytes
         io = (tokens * Lf + b.prefill_tokens * Ls) * self._attn_io_per_token
-        return L * op_time(
-            self.eff.attention_prefill, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw
-        )
+        return L * op_time(eff, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw)
 
     def _decode_attn_work(self, n: int, ctx_tokens):
         """Per-layer FLOPs and bytes of decode attention for n sequences with `ctx_tokens` in total."""
@@ -491,9 +497,7 @@ class CostModel:
         if not n or self.packed:
             return 0.0
         f, b = self._decode_attn_work(n, float(ctx_tokens))
-        t = self.model.num_layers * op_time(
-            self.eff.attention_decode, float(f), float(b), self.attn_peak, self.bw
-        )
+        t = self.model.num_layers * op_time(self.dec_eff, float(f), float(b), self.attn_peak, self.bw)
         return t * self.k_decode if self.k_decode != 1.0 else t
 
     def elementwise_time(self, tokens: int) -> float:
@@ -622,7 +626,7 @@ class CostModel:
             attn = attn * self.k_prefill
         else:
             f, b = self._decode_attn_work(n, np.asarray(ctx_tokens, dtype=float))
-            attn = self.model.num_layers * op_times(self.eff.attention_decode, f, b, self.attn_peak, self.bw)
+            attn = self.model.num_layers * op_times(self.dec_eff, f, b, self.attn_peak, self.bw)
             if self.k_decode != 1.0:
                 attn = attn * self.k_decode
         t = self._decode_fixed(n) + attn
@@ -642,7 +646,7 @@ class CostModel:
         return co
 
     def _attention_coeffs(self, n: int) -> tuple[float, float, float, float, float, int]:
-        e, m, k = self.eff.attention_decode, self.model, self.k_decode
+        e, m, k = self.dec_eff, self.model, self.k_decode
         L = m.num_layers
         rc, rm = e.compute * self.attn_peak, e.memory * self.bw
         c1 = self.pair_flops * m.full_attention_layers / L / rc
@@ -683,7 +687,7 @@ class CostModel:
         if m.sliding_layers and not self.packed:
             if (ctx0 < n * m.sliding_window) != (ctx1 < n * m.sliding_window):
                 return None
-            e, L, kd = self.eff.attention_decode, m.num_layers, self.k_decode
+            e, L, kd = self.dec_eff, m.num_layers, self.k_decode
             rc, rm = e.compute * self.attn_peak, e.memory * self.bw
             f0, b0 = self._decode_attn_work(n, float(ctx0))
             f1, b1 = self._decode_attn_work(n, float(ctx1))

@@ -89,6 +89,16 @@ class Efficiencies(_Strict):
         "grouped GEMMs over the touched experts, the combine; measured by python -m calibrate as its own "
         "group); absent: the expert GEMMs are priced on the gemm curve, one call per weight",
     )
+    attention_mla_decode: OpEfficiency | None = Field(
+        None,
+        description="MLA decode attention in the absorbed form (engine/mla.py's Triton kernel and combine over the "
+        "cached latents; measured by python -m calibrate at DeepSeek-V2-Lite's shape); absent: attention_decode",
+    )
+    attention_mla_prefill: OpEfficiency | None = Field(
+        None,
+        description="MLA prompt attention in the absorbed form (engine/mla.py's prompt kernel, steps of up to "
+        "MLA_ABSORBED_STEP_TOKENS tokens); absent: attention_prefill",
+    )
     moe_large: OpEfficiency | None = Field(
         None,
         description="MoE layers with at least moe_large_min_rows routed rows an expert on average (prefill-size "

@@ -20,7 +20,8 @@ def test_quick_is_a_subset_of_full_with_the_same_roles():
 
 def test_sizes_are_sane():
     quick, full = plans()
-    assert 100 < len(quick) < 300 and 300 < len(full) < 1000
+    # (quick: what runs in under 2 minutes on an H200; the MoE and MLA kernel points are a few ms each)
+    assert 100 < len(quick) < 330 and 300 < len(full) < 1000
     kinds = {p.kind for p in full}
     assert {
         "copy",
