@@ -1,0 +1,20 @@
+"""benchmarks/kernel_profile.py's CPU path: each case profiled on the toy model, its top operators written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cpu_tiny_cases(tmp_path):
+    cases = "gemma3_12b_decode_b8,llama8b_int4_prefill_2048"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_profile.py"), "--out", str(tmp_path), "--cpu", "--tiny",
+           "--repeat", "2", "--only", cases]  # fmt: skip
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for case in cases.split(","):
+        assert (tmp_path / f"{case}.txt").read_text().strip()
+    rec = json.loads((tmp_path / "kernel_profile.json").read_text())
+    assert set(rec["cases"]) == set(cases.split(","))
