@@ -205,12 +205,6 @@ class CostModel:
         self.par.check(model)
         e = profile.efficiency
         self.eff = e
-        # attention curves: an MLA model's absorbed-form kernels have their own where the profile measured them
-        mla = model.is_mla
-        self.dec_eff = e.attention_mla_decode if mla and e.attention_mla_decode else e.attention_decode
-        self.absorbed_eff = (
-            e.attention_mla_prefill if mla and e.attention_mla_prefill else e.attention_prefill
-        )
         self.engine = engine
         self._loop_terms(engine, serving_host, eager_prefill, eager_decode)
         self.bw = profile.memory_bandwidth
@@ -228,20 +222,7 @@ class CostModel:
         # CUDA-core instruction rate (see DEQUANT_INSTR_PER_WEIGHT); without an FP32 figure, the 16-bit
         # tensor rate / 16 (the A100's ratio: 312 vs 19.5 TFLOP/s).
         self.alu_rate = (fp32 * 1e12 if fp32 else self.attn_peak / 16) / 2
-        # attention: heads split tp ways; per-GPU KV over all layers (a micro-batch visits every stage)
-        all_stages = Parallelism(tp, 1, ep)
-        self.kv_tok_bytes, self.kv_sliding_tok_bytes = kv_bytes_per_token_per_gpu(model, kv_dtype, all_stages)
-        self.pair_flops = model.attn_flops_per_pair / tp
-        self.prefill_pair_flops, self.prefill_ctx_flops = mla_prefill_flops(model, tp)
-        # MLA steps of up to MLA_ABSORBED_STEP_TOKENS tokens run their prompt chunks absorbed (engine.mla)
-        self.absorbed_pair_flops = mla_prefill_flops(model, tp, absorbed=True)[0] if model.is_mla else 0.0
-        # whole fresh prompts of at least fresh[0] tokens take the profile's fresh-prompt kernel, padded to
-        # a multiple of fresh[1] (None: the profile has no such kernel; BatchShape.add_fresh)
-        self.fresh = (
-            (e.fresh_prefill_min_tokens, e.fresh_prefill_bucket)
-            if e.attention_fresh is not None and model.full_attention_layers and not model.is_mla
-            else None
-        )  # (MLA prompts never take the fresh-prompt kernel: engine.mla runs them itself)
+        self._attention_terms(kv_dtype, tp, ep)
         self._gemm_cache: dict[int, float] = {}
         self._comm_cache: dict[int, float] = {}
         self._fixed_cache: dict[int, float] = {}
@@ -249,8 +230,6 @@ class CostModel:
         self._coeff_cache: dict[int, tuple] = {}
         m = model
         q_width = m.num_heads * m.q_head_dim
-        # per token per layer, bytes of q in / o out of attention kernels
-        self._attn_io_per_token = ACT_BYTES * (q_width + m.num_heads * (m.v_head_dim or m.head_dim)) / tp
         mlp_i = m.intermediate_size if not m.is_moe else m.moe_intermediate_size * m.experts_per_token
         # element-wise traffic per token per layer: 2 norms, 2 residual adds, rope, activation (read 2I,
         # write I); norms and residuals run on the whole hidden state on every tensor-parallel rank
@@ -268,6 +247,33 @@ class CostModel:
             expert_inclusion(m.num_experts, m.experts_per_token, routing_skew) if m.is_moe else None
         )
         self._expert_q_gpu = experts_by_gpu(self.expert_q, ep) if m.is_moe else []
+
+    def _attention_terms(self, kv_dtype: str, tp: int, ep: int) -> None:
+        """The attention kernels' curves, per-GPU KV bytes, FLOPs a pair and q/o traffic of this model."""
+        m, e = self.model, self.eff
+        # an MLA model's absorbed-form kernels have their own curves where the profile measured them
+        self.dec_eff = e.attention_mla_decode if m.is_mla and e.attention_mla_decode else e.attention_decode
+        self.absorbed_eff = (
+            e.attention_mla_prefill if m.is_mla and e.attention_mla_prefill else e.attention_prefill
+        )
+        # heads split tp ways; per-GPU KV over all layers (a micro-batch visits every stage)
+        all_stages = Parallelism(tp, 1, ep)
+        self.kv_tok_bytes, self.kv_sliding_tok_bytes = kv_bytes_per_token_per_gpu(m, kv_dtype, all_stages)
+        self.pair_flops = m.attn_flops_per_pair / tp
+        self.prefill_pair_flops, self.prefill_ctx_flops = mla_prefill_flops(m, tp)
+        # MLA steps of up to MLA_ABSORBED_STEP_TOKENS tokens run their prompt chunks absorbed (engine.mla)
+        self.absorbed_pair_flops = mla_prefill_flops(m, tp, absorbed=True)[0] if m.is_mla else 0.0
+        # whole fresh prompts of at least fresh[0] tokens take the profile's fresh-prompt kernel, padded to
+        # a multiple of fresh[1] (None: the profile has no such kernel; BatchShape.add_fresh)
+        self.fresh = (
+            (e.fresh_prefill_min_tokens, e.fresh_prefill_bucket)
+            if e.attention_fresh is not None and m.full_attention_layers and not m.is_mla
+            else None
+        )  # (MLA prompts never take the fresh-prompt kernel: engine.mla runs them itself)
+        # per token per layer, bytes of q in / o out of attention kernels
+        self._attn_io_per_token = (
+            ACT_BYTES * (m.num_heads * m.q_head_dim + m.num_heads * (m.v_head_dim or m.head_dim)) / tp
+        )
 
     def _loop_terms(
         self, engine: EngineProfile | None, serving_host: bool, eager_prefill: bool, eager_decode: bool
