@@ -8,8 +8,9 @@ On the H200 the kernel took 83 µs a layer for DeepSeek-V2-Lite's decode at batc
 This times one layer's decode attention (work units as the engine plans them, then the combine) at DeepSeek-V2-
 Lite's shape (16 heads, latent 512 + rope 64) for batch x context in {1 x 4,096, 32 x 1,024, 128 x 1,024,
 8 x 8,192}, every configuration of keys an iteration (block_n), warps and pipeline stages, each checked against
-the engine's default configuration first; writes mla_decode_tiles.json and a table (.md) with each shape's
-fastest configuration and its share of the copy rate.
+the engine's default configuration first and timed by engine.timing.measure (median of 20 calls after warm-up;
+the committed H200 table took the mean of 20 back-to-back calls); writes mla_decode_tiles.json and a table
+(.md) with each shape's fastest configuration and its share of the copy rate.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
+from _gpu_cli import device_args, pick_device  # noqa: E402
 
-from engine import mla  # noqa: E402
+from engine import kernels, mla  # noqa: E402
 from engine.attention import make_layout  # noqa: E402
+from engine.timing import measure  # noqa: E402
 
 SHAPES = [(1, 4096), (32, 1024), (128, 1024), (8, 8192)]
 BLOCK_N, WARPS, STAGES = (16, 32, 64), (4, 8), (1, 2, 3)
@@ -40,47 +43,13 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def copy_rate(dev: str) -> float:
-    """Bytes read + written per second of a 1 GiB device copy."""
-    a = torch.empty(1 << 29, dtype=torch.float16, device=dev)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(10):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    return 2 * a.numel() * 2 * 10 / (time.perf_counter() - t0)
-
-
-def timed(fn, dev: str, repeat: int) -> float:
-    """Mean seconds of `fn` over `repeat` calls (CUDA events; wall time on the CPU)."""
-    fn()
-    if dev == "cpu":
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-    for _ in range(2):
-        fn()
-    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-    ev[0].record()
-    for _ in range(repeat):
-        fn()
-    ev[1].record()
-    torch.cuda.synchronize()
-    return ev[0].elapsed_time(ev[1]) / 1e3 / repeat
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--cpu", action="store_true", help="run on the CPU (Triton interpreted); with --tiny")
-    ap.add_argument("--tiny", action="store_true", help="toy shapes")
+    device_args(ap, "toy shapes")
     args = ap.parse_args(argv)
-    dev = "cpu" if args.cpu else "cuda"
-    if dev == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device; run with --cpu --tiny for the pipeline check", file=sys.stderr)
+    dev = pick_device(args)
+    if dev is None:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     nh, rank, rope = (4, 32, 16) if args.tiny else (16, 512, 64)
@@ -89,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         {"block_n": n, "num_warps": w, "num_stages": s} for n, w, s in itertools.product(BLOCK_N, WARPS, STAGES)
     ]  # fmt: skip
     dtype = torch.float32 if args.cpu else torch.bfloat16
-    rate = copy_rate(dev) if dev == "cuda" else float("nan")
+    rate = float("nan")
+    if dev == "cuda":  # the copy ceiling: bytes read + written a second of a 1 GiB device copy
+        seconds, nbytes = kernels.time_copy(1 << 30, dev)
+        rate = nbytes / seconds
     rec: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
                  "copy_bytes_per_s": rate, "default": mla.DECODE_TILES, "rows": []}  # fmt: skip
     g = torch.Generator(device=dev).manual_seed(0)
@@ -107,14 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["rel_err"] = float((got.float() - ref.float()).abs().max() / ref.float().abs().max())
                 if not row["rel_err"] < 2e-2:
                     raise ValueError(f"disagrees with the default tiles: {row['rel_err']:.3g}")
-                row["us"] = (
-                    timed(
-                        lambda c=cfg, q=qa, kv=pool, ly=lay: mla.mla_decode(q, kv, ly, rank, 0.1, tiles=c),
-                        dev,
-                        20,
-                    )
-                    * 1e6
-                )
+                fn = lambda c=cfg, q=qa, kv=pool, ly=lay: mla.mla_decode(q, kv, ly, rank, 0.1, tiles=c)  # noqa: E731
+                row["us"] = measure(fn, dev, repeat=20) * 1e6
                 row["copy_share"] = nbytes / (row["us"] * 1e-6) / rate if rate == rate else None
             except Exception as exc:  # noqa: BLE001 - a configuration out of resources is a row
                 row["error"] = str(exc).splitlines()[0][:200]

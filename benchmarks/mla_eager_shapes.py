@@ -28,19 +28,14 @@ from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
+from _gpu_cli import device_args, pick_device  # noqa: E402
+from moe_mla_gpu import TINY_DEEPSEEK  # noqa: E402  (the MoE/MLA checks' toy DeepSeek-V2)
 
 from core.model_spec import load_model, spec_from_config  # noqa: E402
 from engine import mla  # noqa: E402
 from engine.model import build_model  # noqa: E402
 from engine.steps import StepRunner  # noqa: E402
 
-TINY_DEEPSEEK = {
-    "model_type": "deepseek_v2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16,
-    "v_head_dim": 16, "q_lora_rank": None, "intermediate_size": 96, "moe_intermediate_size": 32,
-    "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
-    "vocab_size": 97, "max_position_embeddings": 512, "rope_theta": 10000.0, "torch_dtype": "float32",
-}  # fmt: skip
 # prompt chunk lengths as the fidelity run's eager steps had them (1,029-4,094 tokens), 8 decodes of 600
 CHUNKS = [1313, 1315, 2221, 1353, 2584, 1087, 1437, 4085]
 
@@ -63,12 +58,10 @@ def one_step(runner: StepRunner, chunk: int, decodes: list[int], dev: str) -> tu
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--cpu", action="store_true", help="run on the CPU (Triton interpreted); with --tiny")
-    ap.add_argument("--tiny", action="store_true", help="a toy config of the same architecture")
+    device_args(ap, "a toy config of the same architecture")
     args = ap.parse_args(argv)
-    dev = "cpu" if args.cpu else "cuda"
-    if dev == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device; run with --cpu --tiny for the pipeline check", file=sys.stderr)
+    dev = pick_device(args)
+    if dev is None:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     spec = (

@@ -39,6 +39,7 @@ from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
+from _gpu_cli import device_args, pick_device  # noqa: E402
 from moe_mla_gpu import TINY_MIXTRAL, _touched_counter, ceilings, free, log, rel_err  # noqa: E402
 
 import engine.attention as attention  # noqa: E402
@@ -335,16 +336,11 @@ def tables(raw: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for the results (the device's $OUT)")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU (Triton interpreted); with --tiny")
-    p.add_argument("--tiny", action="store_true", help="toy configs of the same architectures")
+    device_args(p, "toy configs of the same architectures")
     p.add_argument("--skip", nargs="*", default=[], choices=["experts", "gemv", "mixtral", "large_decode"])
     args = p.parse_args(argv)
-    if args.cpu != args.tiny:
-        print("error: --cpu and --tiny go together (full-size models need the GPU)", file=sys.stderr)
-        return 2
-    dev = "cpu" if args.cpu else "cuda"
-    if dev == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device; run with --cpu --tiny for the pipeline check", file=sys.stderr)
+    dev = pick_device(args, paired=True)
+    if dev is None:
         return 2
     if args.cpu:
         torch.set_num_threads(1)

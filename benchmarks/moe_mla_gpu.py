@@ -46,6 +46,7 @@ from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
+from _gpu_cli import device_args, pick_device  # noqa: E402
 
 from core.model_spec import ModelSpec, load_model, spec_from_config  # noqa: E402
 from engine import kernels  # noqa: E402
@@ -414,20 +415,15 @@ def large_decode(args, profile: str, ref: str, cpu: bool) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for the raw results (the device's $OUT)")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU (Triton interpreted); with --tiny")
-    p.add_argument("--tiny", action="store_true", help="toy configs of the same architectures")
+    device_args(p, "toy configs of the same architectures")
     p.add_argument("--profile", default="h200", help="the GPU's calibrated profile for the fidelity rows")
     p.add_argument("--duration", type=float, help="seconds of trace per fidelity row (default 20; cpu 2)")
     p.add_argument("--skip-fidelity", action="store_true", help="kernel checks and step bars only")
     p.add_argument("--skip-decode", action="store_true", help="no large-batch decode section")
     p.add_argument("--fresh", action="store_true", help="ignore an existing moe_mla_raw.json in --out")
     args = p.parse_args(argv)
-    if args.cpu != args.tiny:
-        print("error: --cpu and --tiny go together (full-size models need the GPU)", file=sys.stderr)
-        return 2
-    dev = "cpu" if args.cpu else "cuda"
-    if dev == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device; run with --cpu --tiny for the pipeline check", file=sys.stderr)
+    dev = pick_device(args, paired=True)
+    if dev is None:
         return 2
     if args.duration is None:
         args.duration = 2.0 if args.cpu else 20.0

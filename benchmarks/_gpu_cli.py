@@ -1,0 +1,27 @@
+"""The device arguments every GPU script here shares: `--cpu --tiny` runs the same code on toy configs (Triton
+interpreted), and without `--cpu` a machine with no CUDA device gets one line naming that path."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def device_args(p: argparse.ArgumentParser, tiny_help: str) -> None:
+    p.add_argument("--cpu", action="store_true", help="run on the CPU (Triton interpreted); with --tiny")
+    p.add_argument("--tiny", action="store_true", help=tiny_help)
+
+
+def pick_device(args: argparse.Namespace, paired: bool = False) -> str | None:
+    """ "cpu" or "cuda"; None after one line on stderr when the run cannot go ahead (`paired`: --cpu and --tiny
+    must come together, full-size models needing the GPU)."""
+    if paired and args.cpu != args.tiny:
+        print("error: --cpu and --tiny go together (full-size models need the GPU)", file=sys.stderr)
+        return None
+    dev = "cpu" if args.cpu else "cuda"
+    if dev == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device; run with --cpu --tiny for the pipeline check", file=sys.stderr)
+        return None
+    return dev
