@@ -120,6 +120,12 @@ def group_of(cm: CostModel, kind: str, p: dict) -> str:
 
 # the MLA kernels' point kinds and the groups they are fitted in
 MLA_GROUPS = {"mla_decode": "attention_mla_decode", "mla_prefill": "attention_mla_prefill"}
+# the point kind each group that group_of files apart is measured as (python -m calibrate --redo takes kinds)
+KIND_OF = {
+    "attention_fresh": "attention_prefill",
+    "moe_large": "moe",
+    **{g: k for k, g in MLA_GROUPS.items()},
+}
 
 
 def _mla_terms(p: dict) -> tuple[float, float, float]:

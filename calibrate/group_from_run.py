@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from calibrate.accounting import GROUPS, group_of
+from calibrate.accounting import GROUPS, KIND_OF, group_of
 from calibrate.fit import fit_group
 from calibrate.measurements import Store
 from core.cost_model import CostModel
@@ -73,9 +73,7 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
         r for r in store.records.values() if r.seconds is not None and group_of(cm, r.kind, r.params) == group
     ]
     if len(recs) < 4:
-        kinds = {"moe_large": "moe", "attention_fresh": "attention_prefill", "attention_mla_decode": "mla_decode",
-                 "attention_mla_prefill": "mla_prefill"}  # fmt: skip
-        kind = kinds.get(group, group)
+        kind = KIND_OF.get(group, group)
         raise ConfigError(
             f"{path}: {len(recs)} '{group}' points; the run needs that group (rerun with --redo {kind})"
         )

@@ -152,14 +152,10 @@ def _kernel_point(cm: CostModel, p: Point, t: BenchTiming) -> tuple[float, float
         flops, nbytes, peak = WORK["elementwise"](cm, q)
         one = nbytes
         copies, graph, least = _copies(one, t.cpu, 1.5), True, 4
-    elif (
-        p.kind == "moe"
-    ):  # one layer's experts replayed from a graph of one call (calibrate.bench.Bench._moe)
-        flops, nbytes, peak = WORK["moe"](cm, q)
-        one = nbytes
-        copies, graph, least = 1, True, 1
-    elif p.kind in MLA_GROUPS:  # one MLA layer's attention replayed from a graph of one call (Bench._mla)
-        flops, nbytes, peak = WORK[MLA_GROUPS[p.kind]](cm, q)
+    elif p.kind == "moe" or p.kind in MLA_GROUPS:
+        # one MoE layer's experts or one MLA layer's attention, replayed from a graph of one call
+        # (calibrate.bench.Bench._moe / _mla)
+        flops, nbytes, peak = WORK[MLA_GROUPS.get(p.kind, p.kind)](cm, q)
         one = nbytes
         copies, graph, least = 1, True, 1
     else:  # a kind this does not know: its overhead alone, until its own timings correct it
