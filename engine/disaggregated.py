@@ -14,7 +14,7 @@ sequence's region and the sequence joins decoding (`Scheduler.add_prefilled`); t
 the one-GPU engine runs its decode batches (preempted sequences are recomputed locally).
 
 Each transfer is recorded (`Transfer`): bytes, when it was sent, when its header was seen, when its KV had
-landed (one clock: the ranks start together after a barrier), beside the simulator's link forecast for the
+landed (one clock: `distributed.common_origin`), beside the simulator's link forecast for the
 same bytes (latency + bytes / bandwidth).
 """
 
@@ -34,6 +34,7 @@ from core.kv_cache import BlockPool
 from core.requests import Requests
 from core.scheduler import Scheduler, SchedulerConfig, Sequence
 from engine.attention import fresh_rule
+from engine.distributed import common_origin
 from engine.serving import IDLE_SPIN_S, Executor, ServingRun, _Replay, serve
 
 HEADER = 4  # int64: request id (-1: no more), prompt tokens, first token, send time in µs since the start
@@ -121,8 +122,7 @@ def run_prefill(executor: PrefillExecutor, requests: Requests, pool: BlockPool, 
                 max_num_batched_tokens: int, barrier_group=None, **kw) -> ServingRun:  # fmt: skip
     """The prefill rank: serve every request's prompt and first token, sending each prompt's KV on."""
     first_only = Requests(requests.arrival_s, requests.prompt_tokens, np.ones(len(requests), dtype=np.int64))
-    dist.barrier(group=barrier_group)
-    executor.t0 = time.perf_counter()
+    executor.t0 = common_origin(barrier_group)
     run = serve(executor, first_only, pool, max_num_seqs, max_num_batched_tokens, **kw)
     executor.finish()
     return run
@@ -193,8 +193,7 @@ def decode_loop(executor: Executor, requests: Requests, pool: BlockPool, max_num
     config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, True, fresh=fresh_rule(executor.device))
     sched = Scheduler(pool, config)
     run = _Replay(executor, sched, requests, seed)
-    dist.barrier(group=barrier_group)
-    t0 = time.perf_counter()
+    t0 = common_origin(barrier_group)
     inbox = _Inbox(executor, peer, control, data, t0)
     waiting: deque = deque()
     transfers: list[Transfer] = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,21 @@ def follow(executor: Executor, channel: Channel) -> int:
         else:
             Executor.step(executor, msg[1], msg[2])
             steps += 1
+
+
+def common_origin(group=None) -> float:
+    """A `time.perf_counter()` reading that stands for the same instant on every rank of `group`.
+
+    After a barrier, group rank 0's wall clock is broadcast and each rank places it on its own perf counter.
+    A barrier alone does not give one instant: a rank descheduled as it leaves (two busy cores in CI) starts
+    its clock milliseconds late, and a time sent by one rank then lands before an event it caused on the
+    other. On one host the wall clock is the same clock, so the origin is exact to microseconds; across
+    hosts it is as close as their clocks are kept (NTP: about a millisecond)."""
+    dist.barrier(group=group)
+    wall, perf = time.time(), time.perf_counter()
+    sent = torch.tensor([wall], dtype=torch.float64)
+    dist.broadcast(sent, src=0 if group is None else dist.get_global_rank(group, 0), group=group)
+    return perf - (wall - float(sent[0]))
 
 
 def spawn_local(fn, world: int, *args) -> list:

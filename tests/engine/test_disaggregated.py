@@ -59,7 +59,7 @@ def test_prefill_rank_to_decode_rank_gives_the_one_process_tokens():
     assert not run.unfinished and prefill_used == decode_used == 0
     assert (t.generated == req.output_tokens).all()
     # the first token's time is when the prefill rank sent it: right after its step (one clock, both ranks
-    # started after a barrier; serve's own clock starts a little after the executor's)
+    # share one origin, distributed.common_origin; serve's own clock starts a little after the executor's)
     lag = t.first_token_s - np.asarray(ttft)
     assert (lag >= 0).all() and (lag < 0.25).all(), lag
     assert (t.first_token_s < t.finish_s).sum() == (req.output_tokens > 1).sum()
