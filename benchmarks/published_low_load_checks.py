@@ -1,6 +1,7 @@
 """Low-load checks of the published vLLM engine profiles against vLLM's own CI latency runs (issue 12).
 
-    python benchmarks/published_low_load_checks.py   # writes the run files and benchmarks/results/published_low_load_checks.md
+    python benchmarks/published_low_load_checks.py           # the run files and benchmarks/results/published_low_load_checks.md
+    python benchmarks/published_low_load_checks.py --write   # also each profile's validation.loads (after a refit)
 
 Source: vLLM's "Performance Benchmark" Buildkite pipeline, the builds of vllm-project/vllm PR #9768
 ("[perf bench] H200 development", October-November 2024, vLLM 0.6.3-0.6.4 development builds), table
@@ -20,15 +21,23 @@ profile forecasts them on its own GPU, and the table lists the error. The engine
 profiles' (vLLM 0.6.x V0 offline `LLM.generate` here; the profiles were fitted to vLLM 0.11.0 and 0.8.4 API
 servers) and so does the model (the profiles were fitted to Qwen3-14B and DeepSeek-R1): a check of how the
 fitted terms transfer to a light, decode-bound load, not of the fit itself.
+
+With `--write` each row also goes into its profile's `validation.loads` (the run, the mean sequences a step of
+its forecast, its errors): a forecast at about that load then takes its band from this check rather than from the
+full-load held-out rows (simulator/expected_error.py). `calibrate from-benchmark` rewrites a profile's loads with
+its own held-out runs, so run this after a refit.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from itertools import takewhile
 from pathlib import Path
 
 import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 
+from core.engine_profile import LoadCheck, load_engine_profile, write_engine_profile
 from simulator.measured import read_measured
 from simulator.validation import run_workload, validate
 
@@ -99,8 +108,34 @@ def check(gpu: str, path: Path) -> dict:
         "out_tok_s_pct": rows["output_throughput"].error_pct,
         "ttft_ms": rows["mean_ttft_ms"].forecast,
         "tpot_ms": rows["mean_tpot_ms"].forecast,
+        "batch": v.forecast.summary["utilisation"]["mean_batch_seqs"],
+        "errors_pct": {k: round(rows[k].error_pct, 2) for k in COMPARED},
+        "run": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
         "notes": v.notes,
     }
+
+
+COMPARED = ("mean_e2el_ms", "request_throughput", "output_throughput")  # what the published row gives
+
+
+def write_loads(r: dict) -> Path:
+    """Put the row into its profile's validation.loads (replacing an earlier one of the same run); the file's
+    comment header (the command that fitted it) is kept."""
+    profile = load_engine_profile(r["profile"])
+    path = ROOT / "engine_profiles" / f"{r['profile']}.yaml"
+    if profile.validation is None:
+        raise SystemExit(f"{path}: no validation to add a load check to; fit it with held-out runs first")
+    text = path.read_text().splitlines()
+    header = "\n".join(
+        ln[2:] for ln in takewhile(lambda ln: ln.startswith("# "), text)
+    )  # (its comment lines)
+    check = LoadCheck(run=r["run"], batch=round(r["batch"], 3), errors_pct=r["errors_pct"], table=str(TABLE.relative_to(ROOT)),
+                      note="vLLM 0.6.x CI latency run of Llama-3.1-8B, batch 8 (never fitted): "
+                      "python benchmarks/published_low_load_checks.py --write")  # fmt: skip
+    loads = [c for c in profile.validation.loads if c.run != check.run] + [check]
+    v = profile.validation.model_copy(update={"loads": loads})
+    write_engine_profile(profile.model_copy(update={"validation": v}), path, header=header)
+    return path
 
 
 def markdown(results: list[dict]) -> str:
@@ -113,22 +148,31 @@ def markdown(results: list[dict]) -> str:
         "caveats: the docstring of benchmarks/published_low_load_checks.py (vLLM 0.6.x offline runs; the profiles",
         "were fitted to other vLLM versions and models).",
         "",
-        "| GPU | profile | published batch latency (ms) | forecast (ms) | error | forecast TTFT (ms) | forecast TPOT (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| GPU | profile | published batch latency (ms) | forecast (ms) | error | output tok/s error | forecast TTFT (ms) | forecast TPOT (ms) | mean sequences a step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['gpu']} | {r['profile']} | {r['measured_ms']:.1f} | {r['forecast_ms']:.1f} | "
-            f"{r['e2el_pct']:+.1f}% | {r['ttft_ms']:.1f} | {r['tpot_ms']:.2f} |"
+            f"{r['e2el_pct']:+.1f}% | {r['out_tok_s_pct']:+.1f}% | {r['ttft_ms']:.1f} | {r['tpot_ms']:.2f} | "
+            f"{r['batch']:.3g} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="low-load checks of the published vLLM profiles")
+    p.add_argument(
+        "--write", action="store_true", help="also put each row into its profile's validation.loads"
+    )
+    a = p.parse_args(argv)
     paths = write_runs()
     results = [check(gpu, path) for gpu, path in paths.items()]
     TABLE.write_text(markdown(results))
     print(TABLE.read_text())
+    if a.write:
+        for r in results:
+            print(f"wrote the check into {write_loads(r).relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

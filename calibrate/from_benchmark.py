@@ -35,6 +35,7 @@ from core.engine_profile import (
     Figure,
     HostTime,
     Kernels,
+    LoadCheck,
     Measured,
     MetricError,
     Published,
@@ -182,6 +183,7 @@ class Runs:
     def __init__(self, runs: list[MeasuredRun], s: Settings, scratch: Path) -> None:
         self.runs, self.s, self.scratch = runs, s, scratch
         self.calls = 0
+        self.batches: list[float] = []  # the last forecast's mean sequences a step, per run
 
     def forecast(self, values: dict[str, float]) -> list[dict[str, float]]:
         path = self.scratch / f"candidate{self.calls}.yaml"
@@ -189,12 +191,13 @@ class Runs:
         write_engine_profile(
             profile_of(values, self.s, {"start": _START_SOURCE, "scheduling": _START_SOURCE}), path
         )
-        out = []
+        out, self.batches = [], []
         for run in self.runs:
             f = simulate(parse_scenario(scenario_for(run, self.s, str(path)), run.source))
             if not f.fits:
                 raise ConfigError(f"{run.source}: the model does not fit: {f.memory.explain()}")
             out.append(forecast_metrics(f))
+            self.batches.append(float(f.summary["utilisation"]["mean_batch_seqs"]))
         path.unlink()
         return out
 
@@ -244,11 +247,15 @@ def fit(runs: list[MeasuredRun], s: Settings) -> Fit:
 
 
 def errors(
-    runs: list[MeasuredRun], s: Settings, values: dict[str, float]
+    runs: list[MeasuredRun], s: Settings, values: dict[str, float], batches: dict[str, float] | None = None
 ) -> list[tuple[str, str, float, float, float]]:
-    """(run, metric, measured, forecast, error %) of every compared metric of every run."""
+    """(run, metric, measured, forecast, error %) of every compared metric of every run; `batches`, when given,
+    gets each run's mean sequences a step as simulated (the load it was checked at)."""
     with tempfile.TemporaryDirectory(prefix="from-benchmark-") as d:
-        fcs = Runs(runs, s, Path(d)).forecast(values)
+        sim = Runs(runs, s, Path(d))
+        fcs = sim.forecast(values)
+    if batches is not None:
+        batches.update({run.source: b for run, b in zip(runs, sim.batches, strict=True)})
     rows = []
     for run, fc in zip(runs, fcs, strict=True):
         for k in FIT_METRICS:
@@ -259,8 +266,12 @@ def errors(
 
 
 def validation_of(
-    rows: list[tuple[str, str, float, float, float]], fitted_on: list[str], table: str
+    rows: list[tuple[str, str, float, float, float]],
+    fitted_on: list[str],
+    table: str,
+    batches: dict[str, float] | None = None,
 ) -> Validation:
+    """The held-out rows' median and worst errors per metric, and (with `batches`) each held-out run's load."""
     by_metric: dict[str, list[tuple[str, float]]] = {}
     for src, k, _, _, err in rows:
         by_metric.setdefault(k, []).append((src, err))
@@ -271,12 +282,27 @@ def validation_of(
                                    median_abs_pct=round(float(np.median([abs(e) for _, e in errs])), 2),
                                    worst_pct=round(worst[1], 2), worst_row=worst[0]))  # fmt: skip
     held = sorted({r[0] for r in rows})
+    loads = [
+        LoadCheck(
+            run=src,
+            batch=round(batches[src], 3),
+            table=table,
+            errors_pct={k: round(err, 2) for r, k, _, _, err in rows if r == src},
+        )  # fmt: skip
+        for src in held
+        if batches and batches.get(src, 0.0) > 0
+    ]
     return Validation(
-        held_out=f"runs {', '.join(held)}; fitted on {', '.join(fitted_on)}", metrics=metrics, table=table
+        held_out=f"runs {', '.join(held)}; fitted on {', '.join(fitted_on)}",
+        metrics=metrics,
+        table=table,
+        loads=loads,
     )
 
 
-def markdown(s: Settings, f: Fit, train: list[tuple], held: list[tuple], command: str) -> str:
+def markdown(
+    s: Settings, f: Fit, train: list[tuple], held: list[tuple], command: str, batches: dict | None = None
+) -> str:
     lines = [f"# {s.engine}: engine profile fitted to measured runs", "", f"`{command}`", "",
              f"Fitted terms ({f.simulations} simulations, cost {f.cost:.4g}, token budget {f.budget}):", ""]  # fmt: skip
     lines += [f"- {k}: {v:.4g}" for k, v in f.values.items()]
@@ -291,6 +317,9 @@ def markdown(s: Settings, f: Fit, train: list[tuple], held: list[tuple], command
         lines += [f"| {Path(r).name} | {k} | {m:.4g} | {fc:.4g} | {e:+.1f}% |" for r, k, m, fc, e in rows]
         if not rows:
             lines.append("| (none) | | | | |")
+    if batches:  # the load each held-out run checks (a forecast's band names the checks nearest its load)
+        lines += ["", "Held-out runs' load, mean sequences a step as simulated: "
+                  + "; ".join(f"{Path(r).name} {b:.3g}" for r, b in sorted(batches.items()))]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -378,7 +407,8 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
         k: float(f"{x:.4g}") if abs(x) > 1e-12 else 0.0 for k, x in f.values.items()
     }  # 4 digits; 0 at the bound
     train_rows = errors(train, s, shown)  # (the profile's figures as written, so a rerun of it agrees)
-    held_rows = errors(held, s, shown) if held else []
+    batches: dict[str, float] = {}
+    held_rows = errors(held, s, shown, batches) if held else []
     out = Path(a.out or f"engine_profiles/{a.engine}.yaml")
     table = Path(a.table) if a.table else out.with_suffix(".md")
     raw = [r.source for r in train + held]
@@ -389,11 +419,13 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
     )
     sched = Estimated(kind="estimated", why=f"as given on the command line for the runs: policy {s.policy}, "
                       f"max_num_seqs {s.max_num_seqs}, token budget {s.budget} (best of {a.budgets})")  # fmt: skip
-    validation = validation_of(held_rows, [r.source for r in train], str(table)) if held_rows else None
+    validation = (
+        validation_of(held_rows, [r.source for r in train], str(table), batches) if held_rows else None
+    )
     profile = profile_of(shown, s, {"fit": source, "scheduling": sched}, validation, a.notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_engine_profile(profile, out, header=f"{profile.display_name} on {a.gpu}: written by {command}")
-    text = markdown(s, f, train_rows, held_rows, command)
+    text = markdown(s, f, train_rows, held_rows, command, batches)
     table.write_text(text)
     print(text)
     print(f"wrote {out} and {table}")

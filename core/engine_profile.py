@@ -256,12 +256,30 @@ class MetricError(_Strict):
     worst_row: str
 
 
+class LoadCheck(_Strict):
+    """One run the profile was checked on (never fitted), with the load it ran at: a band checked at full load
+    says nothing of a forecast at a few users, where per-step host terms and kernel factors weigh differently."""
+
+    run: str = Field(min_length=1, description="the run checked")
+    batch: float = Field(gt=0, description="mean sequences a step of the run, as simulated with this profile")
+    errors_pct: dict[str, float] = Field(
+        min_length=1, description="signed error per compared metric (vLLM's names), percent"
+    )
+    table: str = Field(min_length=1, description="the file with the run's rows")
+    note: str = ""
+
+
 class Validation(_Strict):
     """How the profile was checked on rows it was not fitted to."""
 
     held_out: str = Field(description="which rows were held out, and what was fitted on")
     metrics: list[MetricError] = Field(min_length=1)
     table: str = Field(description="the file with the row-by-row table")
+    loads: list[LoadCheck] = Field(
+        default_factory=list,
+        description="each checked run with its load (mean sequences a step): the band of a forecast far from "
+        "every one of them is shown as outside the checked load, or taken from the nearest check",
+    )
 
 
 class EngineProfile(_Strict):
@@ -402,6 +420,8 @@ def write_engine_profile(profile: EngineProfile, path: Path, header: str = "") -
     appears whole or not at all (written beside it, then renamed)."""
     check_sources(profile)
     data = profile.model_dump(mode="json", exclude_none=True)
+    if "validation" in data and not data["validation"]["loads"]:
+        del data["validation"]["loads"]  # (no load checks: the file as before they existed)
     text = "".join(f"# {ln}\n" for ln in header.splitlines()) + yaml.safe_dump(
         data, sort_keys=False, width=110, allow_unicode=True
     )

@@ -296,13 +296,24 @@ def cmd_engines(_: argparse.Namespace) -> int:
             if errors
             else "unvalidated"
         )
-        rows.append((name, p.engine, p.version.split(" ")[0], p.scheduling.policy, status, held))
-    head = ("name", "engine", "version", "policy", "status", "held-out median |error|")
-    widths = [max(len(r[i]) for r in [*rows, head]) + 2 for i in range(5)]
+        loads = sorted(c.batch for c in p.validation.loads) if p.validation else []
+        checked = ", ".join(f"{b:.3g}" for b in loads) if loads else "-"
+        rows.append((name, p.engine, p.version.split(" ")[0], p.scheduling.policy, status, checked, held))
+    head = (
+        "name",
+        "engine",
+        "version",
+        "policy",
+        "status",
+        "checked at (seqs/step)",
+        "held-out median |error|",
+    )
+    widths = [max(len(r[i]) for r in [*rows, head]) + 2 for i in range(6)]
     for r in [head, *rows]:
-        print("".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=False)) + r[5])
+        print("".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=False)) + r[6])
     print(
-        "(a scenario names one with `engine: NAME` or a .yaml path; default ours; tables in each profile's validation)"
+        "(a scenario names one with `engine: NAME` or a .yaml path; default ours; tables in each profile's "
+        "validation; checked at: each check's mean sequences a step, a forecast's band comes from those near its load)"
     )
     return 0
 

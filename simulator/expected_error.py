@@ -12,6 +12,14 @@ The evidence, best first:
 Figures are the median |error| of the held-out rows, in percent, per headline quantity (TTFT, TPOT,
 throughput, or step time where only steps were checked); where several checks name one quantity, the
 largest median is shown (the band a reader should expect, not the best case).
+
+Load: an engine profile's checks ran at some load (`validation.loads`: each checked run's mean sequences a
+step). A band checked at hundreds of sequences a step says little of a forecast at a few, where a per-step
+host term or a kernel factor weighs differently (the published vLLM profiles, fitted and checked at full load,
+forecast vLLM's own batch-of-8 latency runs 22-90% slow: benchmarks/results/published_low_load_checks.md). So
+a forecast's band is taken from the checks whose load is within a factor LOAD_SPAN of its mean batch (said
+so); with none that near, the band of every held-out row is shown with the words "outside the checked load"
+and both loads.
 """
 
 from __future__ import annotations
@@ -21,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.engine_profile import EngineProfile, transferred
+from core.engine_profile import EngineProfile, LoadCheck, transferred
 from core.hardware import HardwareProfile
 
 FIDELITY_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 QUANTITIES = ("ttft", "tpot", "throughput", "step_time")
+LOAD_SPAN = 2.0  # a check speaks for loads within this factor of its mean sequences a step
 
 
 def _quantity(metric: str) -> str | None:
@@ -98,10 +107,14 @@ def engine_fidelity(engine: EngineProfile) -> tuple[dict[str, float], str] | Non
     return (_widest(pairs), f"benchmarks/results/{path.name}") if pairs else None
 
 
-def expected_error(engine: EngineProfile, engine_named: bool, gpu: HardwareProfile) -> dict:
+def expected_error(
+    engine: EngineProfile, engine_named: bool, gpu: HardwareProfile, batch: float | None = None
+) -> dict:
     """summary["expected_error"]: status (validated, transferred, unvalidated), the basis in words, the
-    percentages per headline quantity, and the line a terminal, page or report shows."""
+    percentages per headline quantity, and the line a terminal, page or report shows. `batch`: the forecast's
+    mean sequences a step, set beside the loads the engine profile was checked at (`load` in the result)."""
     figures: dict[str, float] = {}
+    load = None
     if engine_named and engine.validation is not None:
         figures = _widest([(m.metric, m.median_abs_pct) for m in engine.validation.metrics])
         moved = transferred(engine, gpu.name)
@@ -113,6 +126,13 @@ def expected_error(engine: EngineProfile, engine_named: bool, gpu: HardwareProfi
             basis += f" and held-out end-to-end rows ({e2e[1]})"
         if moved:
             basis += f", made on {engine.gpu}, not on {gpu.name}"
+        load = load_of(engine.validation.loads, batch)
+        if load is not None and load.get("pct"):  # the band of the checks at this forecast's load
+            figures, basis = load.pop("pct"), f"{load['words']}; profile {engine.name}" + (
+                f", made on {engine.gpu}, not on {gpu.name}" if moved else "")  # fmt: skip
+            missing = [NAMES[q] for q in ("ttft", "tpot", "throughput") if q not in figures]
+            if missing:  # (a band of one quantity must not read as the others being fine)
+                basis += f"; no {' or '.join(missing)} checked at this load"
     elif engine.host.gpu_profile_loop and gpu.is_calibrated:  # our engine on a GPU it was calibrated on
         fid = fidelity_table(gpu.name)
         if fid is not None:
@@ -131,11 +151,40 @@ def expected_error(engine: EngineProfile, engine_named: bool, gpu: HardwareProfi
             if engine_named and not engine.host.gpu_profile_loop
             else f"GPU profile {gpu.name} is not calibrated (datasheet figures, efficiencies transferred)"
         )
+    line = band_line(status, basis, figures)
+    if load is not None and not load["near"]:
+        line += f"; {load['words']}"
     return (
         {"status": status, "basis": basis}
         | {f"{q}_pct": figures.get(q) for q in QUANTITIES}
-        | {"line": band_line(status, basis, figures)}
+        | ({"load": load} if load is not None else {})
+        | {"line": line}
     )
+
+
+def load_of(checks: list[LoadCheck], batch: float | None) -> dict | None:
+    """Where a forecast of `batch` mean sequences a step stands among the loads of the profile's checks: the
+    checks within LOAD_SPAN of it (`near`) and, from them, the band (`pct`: per metric the median |error| over
+    those checks, the widest per quantity); with none near, the words say it is outside the checked load. None
+    without checks or a batch."""
+    if not checks or batch is None or not batch > 0:
+        return None
+    lo, hi = min(c.batch for c in checks), max(c.batch for c in checks)
+    near = [c for c in checks if abs(np.log(c.batch / batch)) <= np.log(LOAD_SPAN)]
+    out = {"forecast_batch": round(float(batch), 3), "checked_batch": [lo, hi], "near": [c.run for c in near]}
+    if not near:
+        return out | {"words": f"outside the checked load: this forecast runs {batch:.3g} sequences a step, "
+                      f"the checks ran {lo:.3g}-{hi:.3g}, so the band may not hold"}  # fmt: skip
+    by_metric: dict[str, list[float]] = {}
+    for c in near:
+        for k, v in c.errors_pct.items():
+            by_metric.setdefault(k, []).append(abs(v))
+    pct = _widest([(k, float(np.median(v))) for k, v in by_metric.items()])
+    runs = ", ".join(f"{Path(c.run).name} at {c.batch:.3g}" for c in near)
+    notes = "; ".join(c.note for c in near if c.note)
+    words = (f"the checks near this forecast's load of {batch:.3g} sequences a step ({runs}; "
+             f"{', '.join(sorted({c.table for c in near}))}{'; ' + notes if notes else ''})")  # fmt: skip
+    return out | {"pct": pct, "words": words}
 
 
 def _step_holdout(gpu: HardwareProfile) -> float | None:

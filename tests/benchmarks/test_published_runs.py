@@ -89,7 +89,7 @@ def test_low_load_checks_are_what_the_script_computes(tmp_path, monkeypatch):
     mod = _script("published_low_load_checks")
     monkeypatch.setattr(mod, "OUT", tmp_path)
     monkeypatch.setattr(mod, "TABLE", tmp_path / "table.md")
-    mod.main()
+    mod.main([])
     committed = RUNS / "vllm_ci_latency_llama8b"
     for gpu in mod.ROWS:
         name = f"latency_llama8b_tp1_{gpu}.json"
@@ -103,3 +103,11 @@ def test_low_load_checks_are_what_the_script_computes(tmp_path, monkeypatch):
     table = (tmp_path / "table.md").read_text()
     assert table == (ROOT / "benchmarks" / "results" / "published_low_load_checks.md").read_text()
     assert table.count("| h200 | vllm-h200 |") == 1 and "| a100-80gb-sxm | vllm-a100-80gb-sxm |" in table
+    # --write put each row into its profile's validation.loads: the committed profiles hold what it computes
+    from core.engine_profile import load_engine_profile
+
+    for gpu, path in mod.write_runs().items():
+        r = mod.check(gpu, path)
+        (load,) = [c for c in load_engine_profile(r["profile"]).validation.loads if c.run.endswith(path.name)]
+        assert load.batch == pytest.approx(r["batch"], abs=1e-3) and load.errors_pct == r["errors_pct"]
+        assert 7.0 < load.batch <= 8.0 and load.errors_pct["output_throughput"] < 0  # forecast too slow

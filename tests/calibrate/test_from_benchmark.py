@@ -50,6 +50,11 @@ def test_runs_simulated_from_a_known_profile_give_back_its_terms(tmp_path, capsy
         assert got[k] == pytest.approx(v, rel=0.05), k
     assert p.validation is not None and "run2.json" in p.validation.held_out
     assert all(m.median_abs_pct < 1.0 for m in p.validation.metrics)  # the held-out run, predicted
+    # its load: 8 closed-loop users, so at most 8 sequences a step (prompt steps run fewer), and its errors
+    (load,) = p.validation.loads
+    assert load.run == held and 1.0 < load.batch <= 8.0
+    assert set(load.errors_pct) >= {"mean_ttft_ms", "output_throughput"}
+    assert all(abs(e) < 2.0 for e in load.errors_pct.values())
     assert p.sources["fit"].raw == [train0, train1, held]
     assert "Held-out runs (never fitted)" in capsys.readouterr().out
 

@@ -176,6 +176,10 @@ def test_engines_lists_every_profile_with_where_it_was_measured_and_its_held_out
         set(rows) == {*(p.stem for p in ENGINE_DIR.glob("*.yaml")), "my-engine"} >= {"ours", "transformers"}
     )
     assert "published on h100-sxm" in rows["tensorrt-llm-h100-sxm"]
+    from core.engine_profile import load_engine_profile
+
+    loads = load_engine_profile("vllm-h100-sxm").validation.loads  # the loads its checks ran at
+    assert loads and ", ".join(f"{b:.3g}" for b in sorted(c.batch for c in loads)) in rows["vllm-h100-sxm"]
     assert "measured on h200" in rows["transformers"] and "over" in rows["transformers"]
     assert "static" in rows["transformers-generate"]
     assert "measured on h100-sxm" in rows["my-engine"] and "unvalidated" in rows["my-engine"]

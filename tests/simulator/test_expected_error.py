@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.engine_profile import load_engine_profile
+from core.engine_profile import LoadCheck, load_engine_profile
 from core.hardware import load_profile
 from simulator.expected_error import FIDELITY_DIR, expected_error, fidelity_table
 from simulator.scenario import parse_scenario
@@ -68,3 +68,48 @@ def test_an_engine_profile_carries_its_held_out_end_to_end_rows(tmp_path, monkey
     med = shipped["bar"]["held_out_median_abs_error"]
     e = expected_error(tf, True, load_profile(tf.gpu))
     assert e["tpot_pct"] >= 100 * med["tpot_p50_s"] - 1e-9 and e["ttft_pct"] >= 100 * med["ttft_p90_s"] - 1e-9
+
+
+def _with_loads(name: str) -> object:
+    """A published profile whose checks ran at two loads: 500 sequences a step (full load) and 8."""
+    p = load_engine_profile(name)
+    loads = [
+        LoadCheck(run="full.json", batch=500.0, table="full.md",
+                  errors_pct={"mean_ttft_ms": -5.0, "mean_tpot_ms": 1.0, "output_throughput": 2.0}),
+        LoadCheck(run="low.json", batch=8.0, table="low.md", note="another vLLM",
+                  errors_pct={"mean_e2el_ms": 90.0, "output_throughput": -47.0, "request_throughput": -47.5}),
+    ]  # fmt: skip
+    return p.model_copy(update={"validation": p.validation.model_copy(update={"loads": loads})})
+
+
+def test_a_forecast_takes_its_band_from_the_checks_at_its_load():
+    p = _with_loads("vllm-h100-sxm")
+    gpu = load_profile(p.gpu)
+    low = expected_error(p, True, gpu, batch=6.0)  # within 2x of the batch-8 check
+    assert low["status"] == "validated" and low["throughput_pct"] == pytest.approx(47.5)
+    assert low["ttft_pct"] is None and low["load"]["near"] == ["low.json"]
+    assert "low.json at 8" in low["line"] and "another vLLM" in low["line"]
+    assert "no TTFT or TPOT checked at this load" in low["line"]
+    full = expected_error(p, True, gpu, batch=400.0)
+    assert full["throughput_pct"] == pytest.approx(2.0) and full["ttft_pct"] == pytest.approx(5.0)
+    # between them, near neither: every held-out row's band, said to be outside the checked load
+    mid = expected_error(p, True, gpu, batch=60.0)
+    plain = expected_error(p, True, gpu)
+    assert mid["ttft_pct"] == plain["ttft_pct"] and mid["load"]["near"] == []
+    assert "outside the checked load" in mid["line"] and "8-500" in mid["line"]
+    assert "load" not in plain and "outside" not in plain["line"]
+    # off its GPU the nearest check's band is still said to be transferred
+    off = expected_error(p, True, load_profile("a100-80gb-sxm"), batch=8.0)
+    assert off["status"] == "transferred" and "not on a100-80gb-sxm" in off["line"]
+
+
+def test_a_forecast_of_a_published_profile_names_its_load():
+    """End to end: a light load on the published vLLM H100 profile is set beside the loads it was checked at."""
+    sc = {"name": "light", "model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm"}, "engine": "vllm-h100-sxm",
+          "workload": {"arrival": {"process": "closed_loop", "concurrency": 2}, "num_requests": 12,
+                       "prompt_tokens": {"dist": "fixed", "value": 256},
+                       "output_tokens": {"dist": "fixed", "value": 32}}}  # fmt: skip
+    e = simulate(parse_scenario(sc)).summary["expected_error"]
+    loads = load_engine_profile("vllm-h100-sxm").validation.loads
+    assert loads and 0 < e["load"]["forecast_batch"] <= 2.0
+    assert e["load"]["checked_batch"] == [min(c.batch for c in loads), max(c.batch for c in loads)]
