@@ -80,6 +80,30 @@ def fidelity_table(gpu: str) -> tuple[dict[str, float], str] | None:
     return (_widest(pairs), f"benchmarks/results/{path.name}") if pairs else None
 
 
+# a fidelity row's figures (benchmarks/fidelity.py's row.json), named as the table's median row names them
+ROW_FIGURES = {"ttft_p50": "TTFT p50", "tpot_p50": "TPOT p50", "output_tokens_per_s": "out tok/s"}
+
+
+def fidelity_loads(gpu: str, table: str) -> list[LoadCheck]:
+    """Our engine's fidelity rows on `gpu` as load checks: each row's mean sequences a step in the engine's run
+    and its errors (benchmarks/results/fidelity/GPU/ROW/row.json, which the table is made from)."""
+    out = []
+    for path in sorted((FIDELITY_DIR / "fidelity" / gpu).glob("*/row.json")):
+        try:
+            r = json.loads(path.read_text())
+            batch = float(r["engine_run"]["mean_batch_seqs"])
+            errs = {
+                name: 100.0 * (r["simulator"][k] / r["engine"][k] - 1.0) for k, name in ROW_FIGURES.items()
+            }
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue
+        if batch > 0:
+            out.append(
+                LoadCheck(run=r.get("row", path.parent.name), batch=batch, errors_pct=errs, table=table)
+            )
+    return out
+
+
 # a fidelity row's figures (benchmarks/fidelity_transformers.py's json) by headline quantity
 ROW_QUANTITY = {"ttft_p50_s": "ttft", "ttft_p90_s": "ttft", "tpot_p50_s": "tpot", "tpot_p90_s": "tpot",
                 "output_tokens_per_s": "throughput", "ttft_s": "ttft", "decode_s_per_token": "tpot"}  # fmt: skip
@@ -138,6 +162,9 @@ def expected_error(
         if fid is not None:
             figures, table = fid
             status, basis = "validated", f"our engine's end-to-end fidelity rows on {gpu.name} ({table})"
+            load = load_of(fidelity_loads(gpu.name, table), batch)
+            if load is not None and load.get("pct"):  # the rows at this forecast's load
+                figures, basis = load.pop("pct"), f"{load['words']}; our engine on {gpu.name}"
         else:
             step = _step_holdout(gpu)
             status = "validated" if step is not None else "unvalidated"
@@ -180,7 +207,8 @@ def load_of(checks: list[LoadCheck], batch: float | None) -> dict | None:
         for k, v in c.errors_pct.items():
             by_metric.setdefault(k, []).append(abs(v))
     pct = _widest([(k, float(np.median(v))) for k, v in by_metric.items()])
-    runs = ", ".join(f"{Path(c.run).name} at {c.batch:.3g}" for c in near)
+    runs = (", ".join(f"{Path(c.run).name} at {c.batch:.3g}" for c in near) if len(near) <= 3 else
+            f"{len(near)} runs at {min(c.batch for c in near):.3g}-{max(c.batch for c in near):.3g}")  # fmt: skip
     notes = "; ".join(c.note for c in near if c.note)
     words = (f"the checks near this forecast's load of {batch:.3g} sequences a step ({runs}; "
              f"{', '.join(sorted({c.table for c in near}))}{'; ' + notes if notes else ''})")  # fmt: skip

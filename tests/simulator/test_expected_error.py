@@ -113,3 +113,23 @@ def test_a_forecast_of_a_published_profile_names_its_load():
     loads = load_engine_profile("vllm-h100-sxm").validation.loads
     assert loads and 0 < e["load"]["forecast_batch"] <= 2.0
     assert e["load"]["checked_batch"] == [min(c.batch for c in loads), max(c.batch for c in loads)]
+
+
+def test_our_engine_takes_its_band_from_the_fidelity_rows_at_the_forecasts_load():
+    import json
+
+    import numpy as np
+
+    rows = [
+        json.loads(p.read_text()) for p in sorted((FIDELITY_DIR / "fidelity" / "h100-sxm").glob("*/row.json"))
+    ]
+    near = [r for r in rows if 4.0 <= r["engine_run"]["mean_batch_seqs"] <= 16.0]  # within 2x of 8
+    assert 2 <= len(near) < len(rows)
+    want = np.median([abs(r["simulator"]["tpot_p50"] / r["engine"]["tpot_p50"] - 1) * 100 for r in near])
+    ours, gpu = load_engine_profile("ours"), load_profile("h100-sxm")
+    e = expected_error(ours, False, gpu, batch=8.0)
+    assert e["status"] == "validated" and e["tpot_pct"] == pytest.approx(want)
+    assert sorted(e["load"]["near"]) == sorted(r["row"] for r in near)
+    far = expected_error(ours, False, gpu, batch=200.0)  # every row ran at 43 sequences a step or fewer
+    assert far["load"]["near"] == [] and "outside the checked load" in far["line"]
+    assert far["tpot_pct"] == expected_error(ours, False, gpu)["tpot_pct"]
