@@ -418,11 +418,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     from simulator.measured import read_measured
     from simulator.results import _clean
-    from simulator.validation import table, validate
+    from simulator.validation import run_workload, table, validate
 
     data, source = _scenario_data(args.scenario)
     data = apply_overrides(data, args.set or [], source)
     runs = read_measured(args.measured)
+    if "workload" not in data:  # (the measured run's workload is what is simulated)
+        data = data | {"workload": run_workload(runs[0])[0]}
     sc = parse_scenario(data, source)
     with _scenario_folder(args.out, f"{sc.output.dir}-validate") as folder:
         checks = [validate(run, data, source, args.force) for run in runs]
@@ -650,7 +652,11 @@ def _search_and_report_verbs(verb: Callable[..., argparse.ArgumentParser]) -> No
     v.add_argument(
         "measured", help="the measured run's file (FILE#K: the K-th benchmark of a GuideLLM report)"
     )
-    v.add_argument("--scenario", help="scenario YAML or an example's name (default: the built-in)")
+    v.add_argument(
+        "--scenario",
+        help="scenario YAML or an example's name (default: the built-in); its workload may be "
+        "left out: the measured run's is simulated",
+    )
     v.add_argument(
         "--out", help="output folder for validation.json (default: the scenario's output.dir-validate)"
     )

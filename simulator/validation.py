@@ -202,11 +202,12 @@ def rows_of(measured: dict[str, float], forecast: dict[str, float]) -> list[Row]
 
 
 def validate(run: MeasuredRun, scenario_data: dict, source: str, force: bool = False) -> Validation:
-    """Simulate `run`'s workload on the scenario's model, GPU and engine and compare."""
-    base = parse_scenario(scenario_data, source)
-    notes = check_model(run, base, force)
+    """Simulate `run`'s workload on the scenario's model, GPU and engine and compare (the scenario's own
+    workload, if it has one, is replaced: it may leave it out)."""
     workload, replay_notes = run_workload(run)
     data = dict(scenario_data) | {"workload": workload}
+    base = parse_scenario(scenario_data if "workload" in scenario_data else data, source)
+    notes = check_model(run, base, force)
     scenario = parse_scenario(data, f"{source} with the workload of {run.source}")
     notes += replay_notes + disagreements(run, scenario)
     f = simulate(scenario)

@@ -65,6 +65,11 @@ def test_validate_verb_prints_and_writes_validation_json(tmp_path, capsys):
     rows = {r["metric"]: r for r in v["rows"]}
     assert rows["p99_ttft_ms"]["error_pct"] == pytest.approx(-50.0)
     assert rows["request_throughput"]["error_pct"] == pytest.approx(0.0, abs=1e-9)
+    # the scenario may leave its workload out: the measured run's is the one simulated, so the same table
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "workload"}))
+    assert main(["validate", str(path), "--scenario", str(bare), "--out", str(tmp_path / "out2")]) == 0
+    assert json.loads((tmp_path / "out2" / "validation.json").read_text())["rows"] == v["rows"]
 
 
 def test_a_run_of_another_model_is_one_line_or_said_above_the_table(tmp_path):
