@@ -11,6 +11,11 @@ Lite's shape (16 heads, latent 512 + rope 64) for batch x context in {1 x 4,096,
 the engine's default configuration first and timed by engine.timing.measure (median of 20 calls after warm-up;
 the committed H200 table took the mean of 20 back-to-back calls); writes mla_decode_tiles.json and a table
 (.md) with each shape's fastest configuration and its share of the copy rate.
+
+`--units` also varies how the keys are cut into work units (engine.attention's UNIT_CTAS_PER_SM, the programs
+an SM is given, and UNIT_MIN_KEYS, the shortest unit), with each configuration's tiles: the sweep above kept the
+engine's units (about two programs an SM), and a program here holds all 16 heads, so fewer, longer units may
+leave the kernel waiting on each block's loads rather than on bandwidth.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
 from _gpu_cli import device_args, pick_device  # noqa: E402
 
-from engine import kernels, mla  # noqa: E402
+from engine import attention, kernels, mla  # noqa: E402
 from engine.attention import make_layout  # noqa: E402
 from engine.timing import measure  # noqa: E402
 
 SHAPES = [(1, 4096), (32, 1024), (128, 1024), (8, 8192)]
 BLOCK_N, WARPS, STAGES = (16, 32, 64), (4, 8), (1, 2, 3)
+UNITS = [(2, 256), (4, 256), (8, 256), (4, 64), (8, 64), (16, 64)]  # --units: (programs an SM, shortest unit)
 
 
 def log(msg: str) -> None:
@@ -47,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
     device_args(ap, "toy shapes")
+    ap.add_argument(
+        "--units", action="store_true", help="also vary the work units (UNITS), each with every tile"
+    )
     args = ap.parse_args(argv)
     dev = pick_device(args)
     if dev is None:
@@ -65,15 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     rec: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
                  "copy_bytes_per_s": rate, "default": mla.DECODE_TILES, "rows": []}  # fmt: skip
     g = torch.Generator(device=dev).manual_seed(0)
-    for b, ctx in shapes:
-        lay = make_layout([1] * b, [ctx - 1] * b, dev, kv_heads=1)
+    engine_units = (attention.UNIT_CTAS_PER_SM, attention.UNIT_MIN_KEYS)
+    cuts = [engine_units] + ([u for u in UNITS if u != engine_units] if args.units else [])
+    if args.tiny and args.units:
+        cuts = [engine_units, (8, 16)]
+    for (b, ctx), (per_sm, min_keys) in itertools.product(shapes, cuts):
+        attention.UNIT_CTAS_PER_SM, attention.UNIT_MIN_KEYS = per_sm, min_keys
+        try:
+            lay = make_layout([1] * b, [ctx - 1] * b, dev, kv_heads=1)
+        finally:
+            attention.UNIT_CTAS_PER_SM, attention.UNIT_MIN_KEYS = engine_units
         pool = torch.randn(int(lay.cu_k[-1]) + 8, 1, rank + rope, device=dev, dtype=dtype, generator=g)
         qa = torch.randn(b, nh, rank + rope, device=dev, dtype=dtype, generator=g)
         ref = mla.mla_decode(qa, pool, lay, rank, 0.1)
         nbytes = b * ctx * (rank + rope) * pool.element_size()
         units = int(lay.units["seq"].shape[0])
         for cfg in [mla.DECODE_TILES] + [c for c in configs if c != mla.DECODE_TILES]:
-            row = {"batch": b, "context": ctx, "units": units, **cfg}
+            row = {"batch": b, "context": ctx, "units": units, "ctas_per_sm": per_sm, "unit_min_keys": min_keys,
+                   **cfg}  # fmt: skip
             try:
                 got = mla.mla_decode(qa, pool, lay, rank, 0.1, tiles=cfg)
                 row["rel_err"] = float((got.float() - ref.float()).abs().max() / ref.float().abs().max())
@@ -89,16 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "mla_decode_tiles.json").write_text(json.dumps(rec, indent=1))
     lines = [f"# MLA decode tiles ({rec['device']}, torch {rec['torch']})", "",
              "`python benchmarks/mla_decode_tiles.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`", "",
-             "| batch x context | units | default µs | best µs | best block_n, warps, stages | best share of copy rate |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "| batch x context | default units | default µs | best µs | best units (programs an SM, shortest) "
+             "| best block_n, warps, stages | best share of copy rate |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for b, ctx in shapes:
         rows = [r for r in rec["rows"] if r["batch"] == b and r["context"] == ctx and "us" in r]
         if not rows:
             continue
         best, dflt = min(rows, key=lambda r: r["us"]), rows[0]
         share = f"{best['copy_share']:.0%}" if best.get("copy_share") else "-"
-        lines.append(f"| {b} x {ctx} | {best['units']} | {dflt['us']:.1f} | {best['us']:.1f} | "
-                     f"{best['block_n']}, {best['num_warps']}, {best['num_stages']} | {share} |")  # fmt: skip
+        lines.append(f"| {b} x {ctx} | {dflt['units']} | {dflt['us']:.1f} | {best['us']:.1f} | {best['units']} "
+                     f"({best['ctas_per_sm']}, {best['unit_min_keys']}) | {best['block_n']}, {best['num_warps']}, "
+                     f"{best['num_stages']} | {share} |")  # fmt: skip
     (args.out / "mla_decode_tiles.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
