@@ -117,6 +117,13 @@ def unit_target(sms: int, kv_heads: int) -> int:
     return max(1, UNIT_CTAS_PER_SM * sms // max(kv_heads, 1))
 
 
+def unit_heads(spec) -> int:
+    """What a step's unit target divides the GPU's programs by: the model's KV heads (one program a unit and KV
+    head), or 1 for MLA, whose decode kernel runs every head of a unit in one program over the shared latent.
+    The serving executor and the calibration runner both plan with it, so they cut a step the same way."""
+    return 1 if spec.is_mla else spec.num_kv_heads
+
+
 def whole_units(n_decode: int, target: int) -> bool:
     """Whether a decode group of `n_decode` sequence slots runs one unit per sequence (no split, no combine)."""
     return n_decode > 0 and n_decode >= WHOLE_UNITS_MIN_FILL * max(target, 1)

@@ -38,6 +38,7 @@ from engine.attention import (
     plan_decode_units,
     prebuild_fresh,
     unit_capacity,
+    unit_heads,
     unit_target,
     whole_units,
 )
@@ -238,7 +239,7 @@ class Executor:
         self.scratch = pool_tokens
         model.allocate_kv(pool_tokens + max(self.max_batch, top), seed=seed)
         self.reset()
-        self.target_heads = 1 if model.spec.is_mla else model.spec.num_kv_heads  # MLA: one latent "head"
+        self.target_heads = unit_heads(model.spec)
         self.target = unit_target(device_sms(self.device), self.target_heads)
         self.use_graphs = cuda_graphs and self.cuda
         # decode steps through the static buffers (without a graph on the CPU, to test the path there)

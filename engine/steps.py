@@ -25,6 +25,7 @@ from engine.attention import (
     plan_layout,
     prefill_count,
     unit_capacity,
+    unit_heads,
     unit_target,
 )
 from engine.model import Transformer
@@ -87,7 +88,7 @@ class StepRunner:
         self.scratch = self.kv_tokens
         if not serving:  # else the executor allocates the pool (with room for both runners' padding)
             model.allocate_kv(self.kv_tokens + graph_max_tokens, seed=seed)
-        self.unit_target = unit_target(device_sms(self.device), model.spec.num_kv_heads)
+        self.unit_target = unit_target(device_sms(self.device), unit_heads(model.spec))
         self.vocab = model.spec.vocab_size
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.graphs: dict[tuple[int, int, int, int], dict] = {}
@@ -231,7 +232,7 @@ class StepRunner:
             return self._prepare_graph(q_lens, prior_lens, tokens, starts)
         self._check(q_lens, prior_lens, 0)
         lay = make_layout(
-            q_lens, prior_lens, self.device, starts=starts, kv_heads=self.model.spec.num_kv_heads
+            q_lens, prior_lens, self.device, starts=starts, kv_heads=unit_heads(self.model.spec)
         )
         toks = tokens.to(self.device) if tokens is not None else self._tokens(t)
         last = (lay.cu_q[1:] - 1).to(torch.int64)

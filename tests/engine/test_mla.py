@@ -287,3 +287,17 @@ def test_executor_caps_mla_mixed_graphs_at_the_absorbed_threshold(monkeypatch):
     assert ex.mixed_sizes[-1] == 256
     monkeypatch.setattr(mla, "ABSORBED_PROMPT_TOKENS", 0)
     assert Executor(m, 512, 4, device="cpu", mixed_graph_tokens=1024).mixed_sizes == []
+
+
+def test_calibration_runner_cuts_mla_decode_units_as_the_serving_executor():
+    """One program runs every head of an MLA unit, so both runners aim at the GPU's programs, not over the 4
+    heads (the calibration runner had divided by them: a quarter of the serving loop's units)."""
+    from engine.attention import unit_heads
+    from engine.serving import Executor
+    from engine.steps import StepRunner
+
+    spec = tiny_deepseek()
+    assert spec.num_kv_heads == 4 and unit_heads(spec) == 1
+    m = build_model(spec, dtype="fp32", device="cpu")
+    runner = StepRunner(m, max_batch=4, max_context=64, device="cpu", cuda_graphs=False)
+    assert runner.unit_target == Executor(m, 512, 4, device="cpu").target
