@@ -390,7 +390,8 @@ PREFILL_TILES = {"rows": 64, "block_n": 64, "num_warps": 8, "num_stages": 2}
 # benchmarks/results/engine_kernels_h200/mla_decode_tiles.md): no configuration of 18 is faster on every shape,
 # the best per shape within 10% of this one except 8 x 8,192 (63 vs 105 µs); all read the latents at 2-37% of
 # the copy rate, so the kernel's structure (a 16 x 512 fp32 accumulator per program), not its tiles, is what
-# holds it back.
+# holds it back. (Those were eager back-to-back calls, 60-100 µs at every shape: near the two kernels' launch
+# cost. The script now times graph replays; the default waits for that table.)
 DECODE_TILES = {"block_n": 32, "num_warps": 8, "num_stages": 2}
 
 
