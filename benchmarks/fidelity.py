@@ -157,13 +157,15 @@ def scenario_for(row: Row, rate: float, duration_s: float, profile: str, model: 
 
 
 def serving_cost_model(profile, spec, sv) -> CostModel:
-    """The cost model of a scenario's serving settings (one GPU: the fidelity rows run on one)."""
+    """The cost model of a scenario's serving settings (one GPU: the fidelity rows run on one), our engine's:
+    its CUDA graphs' padding priced (core/graphs.py)."""
     return CostModel(
         profile,
         spec,
         sv.precision.weight_dtype,
         sv.precision.kv_dtype,
         eager_prefill=sv.cuda_graphs == "decode_only",
+        graph_padding=True,
     )
 
 
@@ -537,7 +539,7 @@ def decode_check(
     from engine.serving import serve
 
     out = []
-    cm = CostModel(profile, spec, weight_dtype, "bf16")
+    cm = CostModel(profile, spec, weight_dtype, "bf16", graph_padding=True)
     for b in sizes:
         prompt, output = (DECODE_PROMPT, DECODE_OUTPUT) if host.executor.cuda else (64, 16)
         reqs = Requests(np.zeros(b), np.full(b, prompt), np.full(b, output))

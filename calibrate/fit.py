@@ -228,7 +228,7 @@ def evaluate_steps(
     profile: HardwareProfile, model: ModelSpec, eff: Efficiencies, steps: list[Record]
 ) -> dict:
     """Whole-step errors of the profile with `eff`, overall ('step') and per step kind."""
-    cm = CostModel(with_efficiency(profile, eff), model, serving_host=False)
+    cm = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=True)
     pred = np.array([cm.step_time(step_shape(cm, r.kind, r.params)) for r in steps])
     t = np.array([r.seconds for r in steps], float)
     hold = np.array([r.holdout for r in steps])
@@ -265,7 +265,7 @@ def fit_all(
     training and held-out points apart.
     """
     base = profile.efficiency
-    cm = CostModel(profile, model, serving_host=False)
+    cm = CostModel(profile, model, serving_host=False, graph_padding=True)
     by: dict[str, list[Record]] = {}
     for r in records:
         if r.status == "ok":
@@ -293,7 +293,7 @@ def fit_all(
     steps = [r for k in STEP_KINDS for r in by.get(k, [])]
     train = [r for r in steps if not r.holdout]
     if len(train) >= 2:
-        cm2 = CostModel(with_efficiency(profile, eff), model, serving_host=False)
+        cm2 = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=True)
         g_s, seqs = step_predictions(cm2, train)
         o, s = fit_overheads(g_s, seqs, np.array([r.seconds for r in train], float))
         eff = eff.model_copy(update={"step_overhead_s": o, "per_sequence_s": s})
@@ -358,7 +358,8 @@ def refine_on_steps(
 
     bw = profile.memory_bandwidth
     peak = profile.peak_flops("bf16")
-    cm0 = CostModel(with_efficiency(profile, eff), model, serving_host=False)  # eff's fresh-prompt rule
+    # eff's fresh-prompt rule
+    cm0 = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=True)
     shapes = [step_shape(cm0, r.kind, r.params) for r in steps]
     t_steps = np.array([r.seconds for r in steps], float)
     # the MoE group is refined only where the steps hold MoE layers (else they say nothing about it)
@@ -405,7 +406,7 @@ def refine_on_steps(
 
     def resid(x):
         thetas, e = unpack(x)
-        cm = CostModel(with_efficiency(profile, e), model, serving_host=False)
+        cm = CostModel(with_efficiency(profile, e), model, serving_host=False, graph_padding=True)
         r = [np.log(np.array([cm.step_time(b) for b in shapes]) / t_steps)]
         for g in groups:
             w = works[g]

@@ -65,8 +65,9 @@ def validation_points(mode: str, limits: Limits) -> list[Point]:
 
 
 def predict(profile: HardwareProfile, spec: ModelSpec, points: list[Point]) -> np.ndarray:
-    """The cost model's time for each whole step (GPU work only: calibration times the GPU)."""
-    cm = CostModel(profile, spec, serving_host=False)
+    """The cost model's time for each whole step (GPU work only: calibration times the GPU), as the serving
+    executor ran it: through its CUDA graphs, padding included."""
+    cm = CostModel(profile, spec, serving_host=False, graph_padding=True)
     return np.array([cm.step_time(step_shape(cm, p.kind, p.params)) for p in points])
 
 

@@ -12,6 +12,11 @@ GPU profile's serving-loop terms unless `gpu_profile_loop`), and with `attention
 attention over the step's packed queries and keys (`packed_attention_time`) in place of the per-sequence
 kernels. Everything is folded into constants at construction; `ours` (factors 1.0, host terms 0, the GPU
 profile's loop) gives exactly the arithmetic of a cost model without an engine.
+
+`graph_padding` prices our engine's CUDA graphs (core/graphs.py): a step it replays on a graph captured at a
+padded size runs the padding rows through every linear layer, MoE layer and element-wise kernel, so those
+groups take the padded row count (logits, attention and collectives keep the real ones). It is for forecasts
+of our engine and fits of its measured steps only; other engines' fits leave it off.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.graphs import MIXED_PREFILL_SEQS, padded_decode_batch, padded_graph_tokens
 from core.hardware import HardwareProfile, OpEfficiency
 from core.kv_cache import padded
 from core.model_spec import ModelSpec, dtype_bytes
@@ -198,8 +204,13 @@ class CostModel:
         serving_host: bool = True,
         engine: EngineProfile | None = None,
         eager_decode: bool = False,
+        graph_padding: bool = False,
     ) -> None:
         self.profile, self.model = profile, model
+        # our engine's CUDA graphs pad a step's rows (`graph_rows`); eager steps run unpadded
+        self.pad_decode = graph_padding and not eager_decode
+        self.pad_mixed = graph_padding and not (eager_prefill or eager_decode)
+        self.graph_padding = self.pad_decode or self.pad_mixed
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
         self.par = Parallelism(tp, pp, ep)
         self.par.check(model)
@@ -334,6 +345,16 @@ class CostModel:
         return total / m.num_layers
 
     # ------------------------------------------------------------------ groups
+    def graph_rows(self, tokens: int, prefill_tokens: int, prefill_seqs: int) -> int:
+        """Token rows a step's GEMMs, MoE and element-wise kernels run: `tokens`, or with graph_padding the size
+        of the CUDA graph our engine replays the step on (decode-only: the next decode size; with prompt tokens,
+        up to MIXED_PREFILL_SEQS chunks: the next mixed size up to MIXED_GRAPH_TOKENS, eager beyond)."""
+        if prefill_tokens:
+            if self.pad_mixed and prefill_seqs <= MIXED_PREFILL_SEQS:
+                return padded_graph_tokens(tokens)
+            return tokens
+        return padded_decode_batch(tokens) if self.pad_decode else tokens
+
     def _weight_gemm(self, slots: float, k: int, n: int, copies: float = 1.0) -> float:
         """One [k, n] weight GEMM over `slots` token rows, spread over `copies` matrices (touched experts)."""
         t = self._weight_gemm_with(self.gemm_eff, slots, k, n, copies)
@@ -359,7 +380,8 @@ class CostModel:
         return (t_c if t_c > t_m else t_m) + e.launch_s
 
     def gemm_time(self, tokens: int, logits_tokens: int) -> float:
-        """Dense GEMMs (per weight matrix), routed experts and LM head for `tokens` tokens, on one GPU."""
+        """Dense GEMMs (per weight matrix) and routed experts for `tokens` token rows, LM head for
+        `logits_tokens`, on one GPU."""
         key = tokens * 65536 + logits_tokens
         t = self._gemm_cache.get(key)
         if t is not None:
@@ -548,11 +570,12 @@ class CostModel:
         """Seconds per operation group for one step."""
         logits = b.logits_tokens if b.logits_tokens >= 0 else b.decode_seqs + b.prefill_seqs
         tokens = b.tokens
+        rows = self.graph_rows(tokens, b.prefill_tokens, b.prefill_seqs)
         out = {
-            "gemm": self.gemm_time(tokens, logits),
+            "gemm": self.gemm_time(rows, logits),
             "attention_prefill": self.attention_prefill_time(b),
             "attention_decode": self.attention_decode_time(b.decode_seqs, b.decode_context_tokens),
-            "elementwise": self.elementwise_time(tokens),
+            "elementwise": self.elementwise_time(rows),
             "communication": self.communication_time(tokens, logits),
             "overhead": self.overhead_time(b.decode_seqs + b.prefill_seqs, b.prefill_tokens > 0)
             if tokens
@@ -579,15 +602,17 @@ class CostModel:
     def step_split(self, b: BatchShape) -> tuple[float, float]:
         """(step seconds, the part spent on prompt tokens): attention by kind, the rest by token share.
 
-        Equal to summing `breakdown`; the context-free groups are cached per (tokens, logits, sequences).
+        Equal to summing `breakdown`; the context-free groups are cached per (tokens, logits, sequences, graph
+        rows): the rows, with graph_padding, also depend on the prompt chunks' count.
         """
         tokens = b.prefill_tokens + b.decode_seqs
         logits = b.logits_tokens if b.logits_tokens >= 0 else b.decode_seqs + b.prefill_seqs
         seqs = b.decode_seqs + b.prefill_seqs
-        key = (tokens, logits, seqs, b.prefill_tokens > 0)
+        rows = self.graph_rows(tokens, b.prefill_tokens, b.prefill_seqs) if self.graph_padding else tokens
+        key = (tokens, logits, seqs, b.prefill_tokens > 0, rows)
         shared = self._shared_cache.get(key)
         if shared is None:
-            shared = self.gemm_time(tokens, logits) + self.elementwise_time(tokens)
+            shared = self.gemm_time(rows, logits) + self.elementwise_time(rows)
             shared += self.communication_time(tokens, logits)
             shared += self.overhead_time(seqs, b.prefill_tokens > 0) if tokens else 0.0
             if len(self._shared_cache) < 200_000:
@@ -613,9 +638,10 @@ class CostModel:
         """The part of a decode-only step of n sequences that does not depend on context."""
         t = self._fixed_cache.get(n)
         if t is None:
+            rows = self.graph_rows(n, 0, 0)
             t = (
-                self.gemm_time(n, n)
-                + self.elementwise_time(n)
+                self.gemm_time(rows, n)
+                + self.elementwise_time(rows)
                 + self.communication_time(n, n)
                 + self.overhead_time(n)
             )

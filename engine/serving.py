@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from core.cost_model import CostModel
+from core.graphs import MIXED_GRAPH_TOKENS, MIXED_PREFILL_SEQS, capture_sizes, mixed_sizes
 from core.kv_cache import BlockPool
 from core.records import RequestTable, StepRecorder, StepStats
 from core.requests import Requests
@@ -46,7 +47,6 @@ from engine.model import Transformer
 from engine.moe import tune_moe
 from engine.quant import tune_model
 from engine.speculative import SpecRun, Speculator
-from engine.steps import capture_sizes
 
 # serve(trace=True), per step: when it ended; seconds in the scheduler, preparing inputs, in the executor
 # (launch, GPU, sampled ids back) and recording; the executor's host seconds until every launch was issued
@@ -58,8 +58,6 @@ TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "la
                 "decode_seqs", "decode_context_tokens", "logits_tokens", "fresh_seqs", "fresh_tokens", "fresh_pairs",
                 "fresh_padded_pairs", "spec_seqs")  # fmt: skip
 IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
-MIXED_GRAPH_TOKENS = 2048  # steps with prompt tokens up to this many tokens replay CUDA graphs (GPU)
-MIXED_PREFILL_SEQS = 8  # prompt chunks a mixed-step graph takes (more: eager)
 
 
 # ---------------------------------------------------------------------------------------------- KV regions
@@ -144,15 +142,6 @@ def wanted_rows(ends: np.ndarray, want: list) -> np.ndarray:
     if not len(w) or (w <= 1).all():
         return ends[w.astype(bool)] - 1 if len(w) else np.zeros(0, dtype=np.int64)
     return np.concatenate([np.arange(e - n, e) for e, n in zip(ends, w)]).astype(np.int64)
-
-
-def mixed_sizes(top: int) -> list[int]:
-    """Padded token counts of mixed-step graphs: vLLM's capture sizes to 512, then every 64, then every 256."""
-    sizes = capture_sizes(min(top, 512))
-    sizes += list(range(576, min(top, 2048) + 1, 64)) + list(range(2304, top + 1, 256))
-    if sizes[-1] < top:
-        sizes.append(top)
-    return sizes
 
 
 @dataclass(slots=True)

@@ -68,7 +68,7 @@ class SpecRun:
     def warmup(self, target, log=None) -> float:
         """Build (on CUDA: capture) the round graphs of every padded batch size up to max_batch that both
         executors' chunk slots and the draft's batch hold, before serving (as `Executor.warmup` does for steps). Returns seconds."""
-        from engine.steps import capture_sizes
+        from core.graphs import capture_sizes
 
         t0 = time.perf_counter()
         if not (target.static_mixed and self.draft.static_mixed and self.draft.static_decode):

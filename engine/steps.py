@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from core.cost_model import BatchShape
+from core.graphs import capture_sizes  # noqa: F401  (engine.steps.capture_sizes: the sizes live in core)
 from engine.attention import (
     StepLayout,
     device_sms,
@@ -30,14 +31,6 @@ from engine.attention import (
 )
 from engine.model import Transformer
 from engine.timing import measure
-
-
-def capture_sizes(max_tokens: int) -> list[int]:
-    """vLLM's default CUDA-graph batch sizes (1, 2, 4, 8, 16, 24, ...) up to `max_tokens`."""
-    sizes = [s for s in (1, 2, 4) if s <= max_tokens] + list(range(8, max_tokens + 1, 8))
-    if sizes[-1] < max_tokens:
-        sizes.append(max_tokens)
-    return sizes
 
 
 def _pow2(n: int) -> int:

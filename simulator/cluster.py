@@ -52,6 +52,12 @@ class Group:
     def gpus(self) -> int:
         return self.par.gpus * self.count
 
+    @property
+    def ours(self) -> bool:
+        """Whether the replicas run our engine (no engine profile, or one of the `ours` family), whose CUDA
+        graphs pad a step's rows (CostModel's graph_padding)."""
+        return self.engine is None or self.engine.engine == "ours"
+
     def cost_model(self, model: ModelSpec, moe_routing_skew: float) -> CostModel:
         sv, p = self.serving, self.par
         return CostModel(
@@ -66,6 +72,7 @@ class Group:
             sv.cuda_graphs != "full",
             engine=self.engine,
             eager_decode=sv.cuda_graphs == "none",
+            graph_padding=self.ours,
         )
 
 

@@ -149,3 +149,19 @@ def test_transformers_is_slower_than_ours_by_its_host_time():
     tpot = {k: f.summary["latency_s"]["tpot"]["p50"] for k, f in (("ours", ours), ("hf", hf), ("gen", gen))}
     assert tpot["hf"] > 5 * tpot["ours"] and tpot["gen"] > 5 * tpot["ours"]
     assert gen.summary["engine"]["name"] == "transformers-generate"
+
+
+@pytest.mark.parametrize(
+    "engine, padded", [(None, True), ("ours", True), ("transformers", False), ("vllm-h200", False)]
+)
+def test_our_engines_cuda_graph_padding_is_priced_for_ours_only(engine, padded):
+    """Our engine's CUDA graphs pad a step's rows (core/graphs.py); another engine's fitted profile is not ours."""
+    from core.model_spec import load_model
+    from simulator.cluster import plan_groups
+
+    model = load_model("llama-3.1-8b")
+    sc = parse_scenario(scenario(**({"engine": engine} if engine else {})))
+    (g,) = plan_groups(sc, model)
+    cm = g.cost_model(model, 0.0)
+    assert g.ours == padded and (cm.pad_decode and cm.pad_mixed) == padded
+    assert cm.graph_rows(37, 0, 0) == (40 if padded else 37)

@@ -1,0 +1,94 @@
+"""Our engine's CUDA-graph sizes: core/graphs.py is what the engine captures, and the cost model's graph_padding
+prices the padded rows in the GEMM, MoE and element-wise groups only, where the engine replays a graph."""
+
+import bisect
+
+import numpy as np
+import pytest
+
+from core.cost_model import BatchShape, CostModel
+from core.graphs import MIXED_GRAPH_TOKENS, MIXED_PREFILL_SEQS, padded_decode_batch, padded_graph_tokens
+from core.hardware import load_profile
+from core.model_spec import load_model
+
+
+def test_padded_sizes_are_the_engines_graphs():
+    from engine import serving, steps
+
+    assert serving.MIXED_GRAPH_TOKENS == MIXED_GRAPH_TOKENS == 2048 and serving.MIXED_PREFILL_SEQS == 8
+    decode = steps.capture_sizes(512)
+    assert decode[:6] == [1, 2, 4, 8, 16, 24]
+    for n in range(1, 513):
+        assert padded_decode_batch(n) == decode[bisect.bisect_left(decode, n)]
+    mixed = serving.mixed_sizes(MIXED_GRAPH_TOKENS)
+    assert mixed[-1] == 2048 and 576 in mixed and 520 not in mixed
+    for t in range(1, 2049):
+        assert padded_graph_tokens(t) == mixed[bisect.bisect_left(mixed, t)]
+    assert padded_graph_tokens(2049) == 2049 and padded_graph_tokens(600) == 640
+    assert padded_graph_tokens(100, top=64) == 100 and padded_graph_tokens(40, top=64) == 40
+
+
+def both(model: str = "llama-3.1-8b", **kw) -> tuple[CostModel, CostModel]:
+    p, m = load_profile("h100-sxm"), load_model(model)
+    return CostModel(p, m, **kw), CostModel(p, m, graph_padding=True, **kw)
+
+
+def test_a_600_token_mixed_step_costs_the_gemms_of_640_tokens():
+    plain, padded = both()
+    b = BatchShape.of([(580, 0)], [900] * 20, fresh=plain.fresh)  # 600 tokens, 21 logits
+    got, ref = padded.breakdown(b), plain.breakdown(b)
+    assert got["gemm"] == plain.gemm_time(640, 21) > ref["gemm"]
+    assert got["elementwise"] == plain.elementwise_time(640) > ref["elementwise"]
+    for k in ("attention_prefill", "attention_decode", "communication", "overhead"):
+        assert got[k] == ref[k]  # attention, collectives and the fixed terms keep the real counts
+    assert padded.step_split(b)[0] == pytest.approx(padded.step_time(b), rel=1e-12)
+
+
+def test_collectives_and_experts_under_tensor_parallelism():
+    plain, padded = both("mixtral-8x7b", tp=2)
+    b = BatchShape.of([(300, 0)], [500] * 3, fresh=plain.fresh)  # 303 tokens: the 304 graph
+    got, ref = padded.breakdown(b), plain.breakdown(b)
+    assert got["gemm"] == plain.gemm_time(304, 4)  # the routed experts run the padding rows too
+    assert got["communication"] == ref["communication"] == plain.communication_time(303, 4)
+
+
+@pytest.mark.parametrize(
+    "shape, kw",
+    [
+        (BatchShape.of([(600, 0)], [800] * 4), {"eager_prefill": True}),  # graphs for decode only
+        (BatchShape.of([(600, 0)], [800] * 4), {"eager_prefill": True, "eager_decode": True}),  # none
+        (BatchShape.of([], [800] * 37), {"eager_prefill": True, "eager_decode": True}),
+        (BatchShape.of([(60, 0)] * (MIXED_PREFILL_SEQS + 1)), {}),  # 9 prompt chunks: eager
+        (BatchShape.of([(1500, 0), (500, 0)], [800] * 60), {}),  # 2,060 tokens: eager
+        (BatchShape.of([(640, 0)]), {}),  # exactly a graph's size
+        (BatchShape.of([], [800] * 40), {}),
+    ],
+)
+def test_steps_without_padding_cost_what_they_did(shape, kw):
+    plain, padded = both(**kw)
+    assert padded.breakdown(shape) == plain.breakdown(shape)
+    assert padded.step_split(shape) == plain.step_split(shape)
+
+
+def test_the_shared_cache_tells_eight_chunks_from_nine():
+    """Same tokens, logits and sequences: 8 chunks and a decode replay the 640 graph, 9 chunks run eagerly."""
+    plain, padded = both()
+    graphed = BatchShape.of([(75, 0)] * 8, [900])
+    eager = BatchShape.of([(67, 0)] * 8 + [(65, 0)])
+    assert (graphed.tokens, graphed.prefill_seqs + graphed.decode_seqs) == (eager.tokens, 9) == (601, 9)
+    for b, rows in ((graphed, 640), (eager, 601), (graphed, 640)):
+        assert padded.breakdown(b)["gemm"] == plain.gemm_time(rows, 9)
+        assert padded.step_split(b)[0] == pytest.approx(padded.step_time(b), rel=1e-12)
+
+
+def test_decode_runs_price_the_padded_batch():
+    plain, padded = both()
+    n, ctx = 37, 37 * (1200 + np.arange(50))
+    steps = [padded.step_time(BatchShape(decode_seqs=n, decode_context_tokens=int(c))) for c in ctx]
+    np.testing.assert_allclose(padded.decode_step_times(n, ctx), steps, rtol=1e-12)
+    assert padded.breakdown(BatchShape(decode_seqs=n, decode_context_tokens=int(ctx[0])))["gemm"] == (
+        plain.gemm_time(40, 37)
+    )
+    a, b = padded.decode_step_line(n, int(ctx[0]), 50)
+    np.testing.assert_allclose(a + b * np.arange(50), steps, rtol=1e-9)
+    assert (padded.decode_step_times(n, ctx) > plain.decode_step_times(n, ctx)).all()
