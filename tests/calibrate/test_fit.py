@@ -49,7 +49,7 @@ def synthetic(eff: Efficiencies, noise: float = 0.0, seed: int = 0) -> list[Reco
     """Measurements the cost model itself would produce with `eff` (kernels and whole steps)."""
     rng = np.random.default_rng(seed)
     prof = PROFILE.model_copy(update={"efficiency": eff})
-    cm = CostModel(prof, SPEC)
+    cm = CostModel(prof, SPEC, graph_padding=True)  # whole steps as the serving executor's graphs run them
     out = []
     for p in PLAN:
         if group_of(cm, p) in GROUPS:
