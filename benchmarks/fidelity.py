@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from core.cost_model import BatchShape, CostModel  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
+from core.graphs import SERVING_GRAPHS  # noqa: E402
 from core.hardware import load_profile, write_profile  # noqa: E402
 from core.kv_cache import BlockPool, blocks_for  # noqa: E402
 from core.model_spec import load_model  # noqa: E402
@@ -165,7 +166,7 @@ def serving_cost_model(profile, spec, sv) -> CostModel:
         sv.precision.weight_dtype,
         sv.precision.kv_dtype,
         eager_prefill=sv.cuda_graphs == "decode_only",
-        graph_padding=True,
+        graph_padding=SERVING_GRAPHS,
     )
 
 
@@ -539,7 +540,7 @@ def decode_check(
     from engine.serving import serve
 
     out = []
-    cm = CostModel(profile, spec, weight_dtype, "bf16", graph_padding=True)
+    cm = CostModel(profile, spec, weight_dtype, "bf16", graph_padding=SERVING_GRAPHS)
     for b in sizes:
         prompt, output = (DECODE_PROMPT, DECODE_OUTPUT) if host.executor.cuda else (64, 16)
         reqs = Requests(np.zeros(b), np.full(b, prompt), np.full(b, output))

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibrate import detect, profile, sweep
+from calibrate.accounting import STEP_KINDS
 from calibrate.fit import FitResult, fit_all
-from calibrate.measurements import Store, describe, identity, model_fingerprint
+from calibrate.measurements import STEP_GRAPHS_NOW, Store, describe, identity, model_fingerprint, step_graphs
 from calibrate.plan import KINDS, Limits, Point, kv_token_budget, make_plan, sweep_ranges
 from calibrate.plots import draw
 from core.errors import ConfigError
@@ -170,7 +171,8 @@ def fit_and_write(
     need_measurements(store)
     # checked again at the end: a profile may have been written there while the sweep ran
     profile.check_overwrite(Path(out_dir) / f"{name}.yaml", provenance.get("gpu", ""), force)
-    result = fit_all(base, spec, records)
+    graphs = step_graphs(store.meta)
+    result = fit_all(base, spec, records, graphs=graphs)
     plots = draw(
         result.groups | {f"gemm_{d}": f for d, f in result.extra_gemm.items()},
         work_dir,
@@ -198,6 +200,8 @@ def fit_and_write(
         },
         "sweep": sweep_ranges(plan if plan is not None else [Point(r.kind, r.params, r.holdout) for r in ok]),
         "fit_errors_pct": result.errors(),
+        # the CUDA graphs the whole steps were priced through, as they ran (measurements.step_graphs)
+        "step_graphs": store.meta.get("step_graphs", "step_runner") if graphs is not None else "eager",
         "ceilings": c,
     }
     if result.extra_gemm:
@@ -263,8 +267,12 @@ def run(opts: Options, log=print) -> Path:
     versions = detect.software_versions()
     ident = identity(gpu.name, "cpu" if cpu else "cuda", spec, versions)
     run_info = {"base": base_name, "mode": mode, "driver": gpu.driver, "device_info": gpu.as_dict(),
-                "model_arg": opts.model}  # fmt: skip
+                "model_arg": opts.model, "step_graphs": STEP_GRAPHS_NOW}  # fmt: skip
     store = Store.open(work_dir / "measurements.jsonl", ident, restart=opts.restart, provenance=run_info)
+    if n := store.steps_through(STEP_GRAPHS_NOW, set(STEP_KINDS)):
+        log(
+            f"{n} stored whole steps were timed on engine/steps.py's own graphs: taken again through the serving loop's"
+        )
     if kinds:
         log(f"--redo: {store.forget(kinds)} stored measurements of {', '.join(sorted(kinds))} to take again")
 

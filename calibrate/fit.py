@@ -17,6 +17,7 @@ import numpy as np
 from calibrate.accounting import GROUPS, STEP_KINDS, Work, group_of, label, step_shape, work
 from calibrate.measurements import Record
 from core.cost_model import CostModel
+from core.graphs import SERVING_GRAPHS, GraphRule
 from core.hardware import Efficiencies, HardwareProfile, OpEfficiency
 from core.model_spec import ModelSpec
 
@@ -225,10 +226,15 @@ def evaluate_group(cm: CostModel, group: str, records: list[Record], eff: OpEffi
 
 
 def evaluate_steps(
-    profile: HardwareProfile, model: ModelSpec, eff: Efficiencies, steps: list[Record]
+    profile: HardwareProfile,
+    model: ModelSpec,
+    eff: Efficiencies,
+    steps: list[Record],
+    graphs: GraphRule | None = SERVING_GRAPHS,
 ) -> dict:
-    """Whole-step errors of the profile with `eff`, overall ('step') and per step kind."""
-    cm = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=True)
+    """Whole-step errors of the profile with `eff`, overall ('step') and per step kind; the steps priced as
+    they ran, through the CUDA graphs of `graphs` (padding included)."""
+    cm = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=graphs)
     pred = np.array([cm.step_time(step_shape(cm, r.kind, r.params)) for r in steps])
     t = np.array([r.seconds for r in steps], float)
     hold = np.array([r.holdout for r in steps])
@@ -257,15 +263,21 @@ def evaluate_steps(
 
 
 def fit_all(
-    profile: HardwareProfile, model: ModelSpec, records: list[Record], refine: bool = True
+    profile: HardwareProfile,
+    model: ModelSpec,
+    records: list[Record],
+    refine: bool = True,
+    graphs: GraphRule | None = SERVING_GRAPHS,
 ) -> FitResult:
-    """All stages over every ok record; groups without data keep the base profile's values.
+    """All stages over every ok record; groups without data keep the base profile's values. The whole steps
+    are priced as they ran: through the CUDA graphs of `graphs` (the store's, measurements.step_graphs; None:
+    eagerly, unpadded).
 
     Errors are those of the final efficiencies: on each group's microbenchmarks and on whole steps,
     training and held-out points apart.
     """
     base = profile.efficiency
-    cm = CostModel(profile, model, serving_host=False, graph_padding=True)
+    cm = CostModel(profile, model, serving_host=False, graph_padding=graphs)
     by: dict[str, list[Record]] = {}
     for r in records:
         if r.status == "ok":
@@ -293,14 +305,14 @@ def fit_all(
     steps = [r for k in STEP_KINDS for r in by.get(k, [])]
     train = [r for r in steps if not r.holdout]
     if len(train) >= 2:
-        cm2 = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=True)
+        cm2 = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=graphs)
         g_s, seqs = step_predictions(cm2, train)
         o, s = fit_overheads(g_s, seqs, np.array([r.seconds for r in train], float))
         eff = eff.model_copy(update={"step_overhead_s": o, "per_sequence_s": s})
     if refine and len(train) >= 8:
         fitted = {g: [r for r in micro[g] if not r.holdout] for g in GROUPS}
         alone = eff.gemm
-        eff = refine_on_steps(profile, model, eff, fitted, train)
+        eff = refine_on_steps(profile, model, eff, fitted, train, graphs=graphs)
         # The whole steps are bf16, so only the bf16 GEMM curve learns how GEMMs run inside a step: the
         # 8-bit GEMMs on this GPU take the same in-step factor on their compute asymptote (sustained
         # tensor-core load lowers the clocks for them as well; memory-bound GEMMs keep their own curve),
@@ -327,7 +339,7 @@ def fit_all(
         g: evaluate_group(cm, g, micro[g], getattr(eff, g)) for g in GROUPS if getattr(eff, g) is not None
     }
     if steps:
-        fits.update(evaluate_steps(profile, model, eff, steps))
+        fits.update(evaluate_steps(profile, model, eff, steps, graphs))
     return FitResult(eff, fits, extra)
 
 
@@ -346,20 +358,22 @@ def refine_on_steps(
     micro: dict[str, list[Record]],
     steps: list[Record],
     prior_weight: float = 0.1,
+    graphs: GraphRule | None = SERVING_GRAPHS,
 ) -> Efficiencies:
     """Refit every group and the overheads jointly on whole steps, the microbenchmarks acting as a prior.
 
     Kernels inside a model step do not run quite as they do alone (clocks under sustained load, L2
     shared with the neighbouring kernels, launch gaps inside CUDA graphs), so the step times get the
     last word; each group's microbenchmarks keep its parameters where the steps say little.
-    `prior_weight` is the microbenchmarks' total weight relative to the steps'.
+    `prior_weight` is the microbenchmarks' total weight relative to the steps'. The steps are priced through
+    the CUDA graphs of `graphs`, as they ran.
     """
     from scipy.optimize import least_squares
 
     bw = profile.memory_bandwidth
     peak = profile.peak_flops("bf16")
     # eff's fresh-prompt rule
-    cm0 = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=True)
+    cm0 = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=graphs)
     shapes = [step_shape(cm0, r.kind, r.params) for r in steps]
     t_steps = np.array([r.seconds for r in steps], float)
     # the MoE group is refined only where the steps hold MoE layers (else they say nothing about it)
@@ -406,7 +420,7 @@ def refine_on_steps(
 
     def resid(x):
         thetas, e = unpack(x)
-        cm = CostModel(with_efficiency(profile, e), model, serving_host=False, graph_padding=True)
+        cm = CostModel(with_efficiency(profile, e), model, serving_host=False, graph_padding=graphs)
         r = [np.log(np.array([cm.step_time(b) for b in shapes]) / t_steps)]
         for g in groups:
             w = works[g]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from calibrate.plan import point_key
 from core.errors import ConfigError
+from core.graphs import SERVING_GRAPHS, STEP_RUNNER_GRAPHS, GraphRule
 from core.model_spec import ModelSpec
 
 # The dtype the engine builds weights and KV in for every step and kernel timed (engine.model's default);
@@ -26,6 +27,22 @@ from core.model_spec import ModelSpec
 ENGINE_DTYPE = "bf16"
 # Identity keys a store written before fingerprints (its meta line only) can be checked on.
 LEGACY_KEYS = ("gpu", "model", "device", "torch", "cuda")
+# The CUDA graphs a store's whole steps ran through, by its meta line's `step_graphs`: engine/steps.py's
+# StepRunner timed them on its own graphs until 2026-12-02 (a store that does not say), through the serving
+# loop's Executor since (calibrate writes "serving"); a fit prices each store's steps by its own rule.
+STEP_GRAPHS = {"step_runner": STEP_RUNNER_GRAPHS, "serving": SERVING_GRAPHS}
+STEP_GRAPHS_NOW = "serving"  # how engine/steps.py's StepRunner times steps today (its default, serving=True)
+
+
+def step_graphs(meta: dict) -> GraphRule | None:
+    """The CUDA-graph rule the whole steps of a store with this meta line ran under (None on the CPU, where
+    every step runs eagerly)."""
+    if meta.get("device") == "cpu":
+        return None
+    name = meta.get("step_graphs", "step_runner")
+    if name not in STEP_GRAPHS:
+        raise ConfigError(f"step_graphs {name!r} in a measurement store: one of {', '.join(STEP_GRAPHS)}")
+    return STEP_GRAPHS[name]
 
 
 def model_fingerprint(spec: ModelSpec) -> str:
@@ -224,6 +241,18 @@ class Store:
             return 0
         for k in drop:
             del self.records[k]
+        self._rewrite()
+        return len(drop)
+
+    def steps_through(self, graphs: str, kinds: set[str]) -> int:
+        """Record that the store's whole steps (`kinds`) are timed through `graphs` (a STEP_GRAPHS name) from
+        now on; the ones it holds from other graphs are dropped, to be measured again. Returns how many."""
+        if self.meta.get("step_graphs", "step_runner") == graphs:
+            return 0
+        drop = [k for k, r in self.records.items() if r.kind in kinds]
+        for k in drop:
+            del self.records[k]
+        self.meta["step_graphs"] = graphs
         self._rewrite()
         return len(drop)
 

@@ -10,12 +10,13 @@ import numpy as np
 from calibrate import detect
 from calibrate.accounting import STEP_KINDS, label, step_shape
 from calibrate.fit import Errors
-from calibrate.measurements import Store, describe, identity, model_fingerprint
+from calibrate.measurements import STEP_GRAPHS_NOW, Store, describe, identity, model_fingerprint, step_graphs
 from calibrate.plan import Limits, Point, make_plan, mixed_lengths
 from calibrate.profile import read
 from calibrate.sweep import run_sweep
 from core.cost_model import CostModel
 from core.errors import ConfigError
+from core.graphs import SERVING_GRAPHS, GraphRule
 from core.hardware import HardwareProfile
 from core.model_spec import ModelSpec, load_model
 
@@ -64,10 +65,12 @@ def validation_points(mode: str, limits: Limits) -> list[Point]:
     return [p for p in pts if fits(p)]
 
 
-def predict(profile: HardwareProfile, spec: ModelSpec, points: list[Point]) -> np.ndarray:
-    """The cost model's time for each whole step (GPU work only: calibration times the GPU), as the serving
-    executor ran it: through its CUDA graphs, padding included."""
-    cm = CostModel(profile, spec, serving_host=False, graph_padding=True)
+def predict(
+    profile: HardwareProfile, spec: ModelSpec, points: list[Point], graphs: GraphRule | None = SERVING_GRAPHS
+) -> np.ndarray:
+    """The cost model's time for each whole step (GPU work only: calibration times the GPU), as it ran: through
+    the CUDA graphs of `graphs` (the store's, measurements.step_graphs), padding included."""
+    cm = CostModel(profile, spec, serving_host=False, graph_padding=graphs)
     return np.array([cm.step_time(step_shape(cm, p.kind, p.params)) for p in points])
 
 
@@ -147,7 +150,10 @@ def validate(
     ident = identity(
         gpu.name if gpu else "?", "cpu" if device == "cpu" else "cuda", spec, detect.software_versions()
     )
-    store = Store.open(wd / "validate.jsonl", ident, provenance={"model_arg": model_name})
+    store = Store.open(
+        wd / "validate.jsonl", ident, provenance={"model_arg": model_name, "step_graphs": STEP_GRAPHS_NOW}
+    )
+    store.steps_through(STEP_GRAPHS_NOW, set(STEP_KINDS))  # steps timed on other graphs: measured again
     limits = device_limits(spec, device)
     sweep_keys = {p.key for p in make_plan(spec, mode, ["bf16"], limits)}
     points = [p for p in validation_points(mode, limits) if p.key not in sweep_keys]
@@ -167,7 +173,7 @@ def _report(
     if not done:
         raise ConfigError("no validation step could be measured (see the warnings above)")
     measured = np.array([store.records[p.key].seconds for p in done])
-    pred = predict(prof, spec, done)
+    pred = predict(prof, spec, done, step_graphs(store.meta))
     rows = [
         {
             "kind": p.kind[5:],

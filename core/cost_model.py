@@ -13,10 +13,11 @@ attention over the step's packed queries and keys (`packed_attention_time`) in p
 kernels. Everything is folded into constants at construction; `ours` (factors 1.0, host terms 0, the GPU
 profile's loop) gives exactly the arithmetic of a cost model without an engine.
 
-`graph_padding` prices our engine's CUDA graphs (core/graphs.py): a step it replays on a graph captured at a
-padded size runs the padding rows through every linear layer, MoE layer and element-wise kernel, so those
-groups take the padded row count (logits, attention and collectives keep the real ones). It is for forecasts
-of our engine and fits of its measured steps only; other engines' fits leave it off.
+`graph_padding` prices a runner's CUDA graphs (core/graphs.py's GraphRule: SERVING_GRAPHS for our engine's
+serving loop): a step replayed on a graph captured at a padded size runs the padding rows through every linear
+layer, MoE layer and element-wise kernel, so those groups take the padded row count (logits, attention and
+collectives keep the real ones). It is for forecasts of our engine and fits of its measured steps (by the rule
+they ran under) only; other engines' forecasts and fits leave it off (None).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.graphs import MIXED_PREFILL_SEQS, padded_decode_batch, padded_graph_tokens
+from core.graphs import GraphRule, padded_decode_batch
 from core.hardware import HardwareProfile, OpEfficiency
 from core.kv_cache import padded
 from core.model_spec import ModelSpec, dtype_bytes
@@ -204,12 +205,13 @@ class CostModel:
         serving_host: bool = True,
         engine: EngineProfile | None = None,
         eager_decode: bool = False,
-        graph_padding: bool = False,
+        graph_padding: GraphRule | None = None,
     ) -> None:
         self.profile, self.model = profile, model
-        # our engine's CUDA graphs pad a step's rows (`graph_rows`); eager steps run unpadded
-        self.pad_decode = graph_padding and not eager_decode
-        self.pad_mixed = graph_padding and not (eager_prefill or eager_decode)
+        # a runner's CUDA graphs pad a step's rows (`graph_rows`); eager steps run unpadded
+        self.graph_rule = graph_padding
+        self.pad_decode = graph_padding is not None and not eager_decode
+        self.pad_mixed = graph_padding is not None and not (eager_prefill or eager_decode)
         self.graph_padding = self.pad_decode or self.pad_mixed
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
         self.par = Parallelism(tp, pp, ep)
@@ -347,12 +349,10 @@ class CostModel:
     # ------------------------------------------------------------------ groups
     def graph_rows(self, tokens: int, prefill_tokens: int, prefill_seqs: int) -> int:
         """Token rows a step's GEMMs, MoE and element-wise kernels run: `tokens`, or with graph_padding the size
-        of the CUDA graph our engine replays the step on (decode-only: the next decode size; with prompt tokens,
-        up to MIXED_PREFILL_SEQS chunks: the next mixed size up to MIXED_GRAPH_TOKENS, eager beyond)."""
+        of the CUDA graph the runner replays the step on (GraphRule.rows: decode-only, the next decode size;
+        with prompt tokens, the next mixed size within the rule's limits, eager beyond)."""
         if prefill_tokens:
-            if self.pad_mixed and prefill_seqs <= MIXED_PREFILL_SEQS:
-                return padded_graph_tokens(tokens)
-            return tokens
+            return self.graph_rule.rows(tokens, prefill_tokens, prefill_seqs) if self.pad_mixed else tokens
         return padded_decode_batch(tokens) if self.pad_decode else tokens
 
     def _weight_gemm(self, slots: float, k: int, n: int, copies: float = 1.0) -> float:
@@ -379,19 +379,22 @@ class CostModel:
         ) + e.memory_ramp_s
         return (t_c if t_c > t_m else t_m) + e.launch_s
 
-    def gemm_time(self, tokens: int, logits_tokens: int) -> float:
-        """Dense GEMMs (per weight matrix) and routed experts for `tokens` token rows, LM head for
-        `logits_tokens`, on one GPU."""
-        key = tokens * 65536 + logits_tokens
+    def gemm_time(self, tokens: int, logits_tokens: int, rows: int = 0) -> float:
+        """Dense GEMMs (per weight matrix) and routed experts for `tokens` tokens run as `rows` token rows (a
+        CUDA graph's padded size, `graph_rows`; 0: `tokens`), LM head for `logits_tokens`, on one GPU."""
+        pad = rows - tokens if rows > tokens else 0
+        key = (
+            tokens * 65536 + logits_tokens
+        ) * 1024 + pad  # a graph pads fewer than 1,024 rows (core/graphs)
         t = self._gemm_cache.get(key)
         if t is not None:
             return t
         t = 0.0
         if tokens:
             for k, n, layers in self._dense:
-                t += layers * self._weight_gemm(tokens, k, n)
+                t += layers * self._weight_gemm(tokens + pad, k, n)
             if self.model.is_moe:
-                t += self.expert_time(tokens)
+                t += self.expert_time(tokens, tokens + pad)
         if logits_tokens:
             k, n = self._lm  # stays in 16-bit
             f = 2.0 * logits_tokens * k * n
@@ -403,19 +406,25 @@ class CostModel:
             self._gemm_cache[key] = t
         return t
 
-    def expert_time(self, tokens: int) -> float:
-        """Routed experts of all MoE layers: each GPU reads the experts it holds that the batch touched and
-        computes the tokens routed to them; the slowest GPU sets the time."""
+    def expert_time(self, tokens: int, rows: int = 0) -> float:
+        """Routed experts of all MoE layers for `tokens` tokens run as `rows` rows (0: `tokens`): each GPU reads
+        the experts it holds that the batch touched and computes the rows routed to them; the slowest GPU sets
+        the time. A graph's padding rows are routed too: like one more token when they are one dummy repeated
+        (GraphRule.alike_padding, the serving loop's), else each like a token of its own."""
+        rows = max(rows, tokens)
+        routed = (
+            rows if rows == tokens or not self.graph_rule or not self.graph_rule.alike_padding else tokens + 1
+        )
         worst = 0.0
         for q in self._expert_q_gpu:
-            touched = expected_touched(q, tokens)
-            slots = tokens * float(q.sum())  # (token, expert) pairs landing on this GPU
+            touched = expected_touched(q, routed)
+            slots = rows * float(q.sum())  # (row, expert) pairs landing on this GPU
             if slots <= 0:
                 continue
             if self.par.ep > 1:
                 # the step waits for the busiest GPU, which is busy: its work given that any of its
                 # experts is touched (at batch 1 a GPU that is hit reads at least one whole expert)
-                busy = 1.0 - float(np.prod((1.0 - q) ** tokens))
+                busy = 1.0 - float(np.prod((1.0 - q) ** routed))
                 touched, slots = touched / busy, slots / busy
             if self.eff.moe is not None and not self.dequant:  # the fitted MoE group: one layer's experts
                 t = self._experts[0][2] * moe_layer_time(self, slots, touched, len(q))
@@ -572,7 +581,7 @@ class CostModel:
         tokens = b.tokens
         rows = self.graph_rows(tokens, b.prefill_tokens, b.prefill_seqs)
         out = {
-            "gemm": self.gemm_time(rows, logits),
+            "gemm": self.gemm_time(tokens, logits, rows),
             "attention_prefill": self.attention_prefill_time(b),
             "attention_decode": self.attention_decode_time(b.decode_seqs, b.decode_context_tokens),
             "elementwise": self.elementwise_time(rows),
@@ -612,7 +621,7 @@ class CostModel:
         key = (tokens, logits, seqs, b.prefill_tokens > 0, rows)
         shared = self._shared_cache.get(key)
         if shared is None:
-            shared = self.gemm_time(rows, logits) + self.elementwise_time(rows)
+            shared = self.gemm_time(tokens, logits, rows) + self.elementwise_time(rows)
             shared += self.communication_time(tokens, logits)
             shared += self.overhead_time(seqs, b.prefill_tokens > 0) if tokens else 0.0
             if len(self._shared_cache) < 200_000:
@@ -640,7 +649,7 @@ class CostModel:
         if t is None:
             rows = self.graph_rows(n, 0, 0)
             t = (
-                self.gemm_time(rows, n)
+                self.gemm_time(n, n, rows)
                 + self.elementwise_time(rows)
                 + self.communication_time(n, n)
                 + self.overhead_time(n)

@@ -4,12 +4,18 @@ The engine (engine/serving.py's Executor, engine/steps.py) replays a decode-only
 graph of the next decode size, and a step with prompt tokens (up to MIXED_GRAPH_TOKENS tokens, at most
 MIXED_PREFILL_SEQS prompt chunks) on the graph of the next mixed size; the padding rows run through every
 linear layer, MoE layer and element-wise kernel. The cost model prices that work with
-`CostModel(..., graph_padding=True)`; both read the sizes from here, so the two cannot disagree.
+`CostModel(..., graph_padding=SERVING_GRAPHS)`; both read the sizes from here, so the two cannot disagree.
+
+A `GraphRule` says which steps a runner replays on graphs. SERVING_GRAPHS is the serving loop's, which every
+forecast of our engine prices; STEP_RUNNER_GRAPHS is engine/steps.py's own graphs, which timed calibration's
+whole steps until 2026-12-02 (the stored H100 and H200 sweeps): a fit prices each store's steps by the rule
+they ran under (calibrate.measurements.step_graphs).
 """
 
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 
 MIXED_GRAPH_TOKENS = 2048  # steps with prompt tokens up to this many tokens replay CUDA graphs (GPU)
 MIXED_PREFILL_SEQS = 8  # prompt chunks a mixed-step graph takes (more: eager)
@@ -40,7 +46,7 @@ def padded_decode_batch(n: int) -> int:
     return -(-n // 8) * 8
 
 
-_MIXED = mixed_sizes(MIXED_GRAPH_TOKENS)
+_MIXED = {MIXED_GRAPH_TOKENS: mixed_sizes(MIXED_GRAPH_TOKENS)}  # mixed_sizes by top, as asked for
 
 
 def padded_graph_tokens(tokens: int, top: int = MIXED_GRAPH_TOKENS) -> int:
@@ -48,5 +54,34 @@ def padded_graph_tokens(tokens: int, top: int = MIXED_GRAPH_TOKENS) -> int:
     captured up to `top` tokens; a larger step runs eagerly, unpadded."""
     if tokens > top or tokens <= 0:
         return tokens
-    sizes = _MIXED if top == MIXED_GRAPH_TOKENS else mixed_sizes(top)
+    sizes = _MIXED.get(top) or _MIXED.setdefault(top, mixed_sizes(top))
     return sizes[bisect.bisect_left(sizes, tokens)]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphRule:
+    """Which steps a runner replays on CUDA graphs: decode-only steps always (the next decode size); steps with
+    prompt tokens up to `mixed_tokens` tokens and `mixed_chunks` prompt chunks (None: any number), on the next
+    of mixed_sizes(mixed_tokens); the others eagerly, unpadded. `alike_padding`: the padding rows are one dummy
+    token repeated (the serving loop's: token 1 at position 0), so a MoE layer routes them like one more token,
+    to the same experts; else they are random tokens, routed independently."""
+
+    mixed_tokens: int = MIXED_GRAPH_TOKENS
+    mixed_chunks: int | None = MIXED_PREFILL_SEQS
+    alike_padding: bool = True
+
+    def rows(self, tokens: int, prefill_tokens: int, prefill_seqs: int) -> int:
+        """Token rows a step of `tokens` tokens (`prefill_tokens` of them in `prefill_seqs` prompt chunks) runs."""
+        if not prefill_tokens:
+            return padded_decode_batch(tokens)
+        if self.mixed_chunks is not None and prefill_seqs > self.mixed_chunks:
+            return tokens
+        return padded_graph_tokens(tokens, self.mixed_tokens)
+
+
+SERVING_GRAPHS = (
+    GraphRule()
+)  # engine/serving.py's Executor: what serve() runs; calibration's steps since 2026-12-02
+# engine/steps.py's StepRunner(serving=False) (graph_max_tokens=512): steps up to 512 tokens, any number of
+# sequences, padded to capture_sizes(512) (= mixed_sizes(512)); how calibration timed whole steps until 2026-12-02
+STEP_RUNNER_GRAPHS = GraphRule(mixed_tokens=512, mixed_chunks=None, alike_padding=False)

@@ -22,6 +22,7 @@ import numpy as np
 from core.cost_model import CostModel
 from core.engine_profile import EngineProfile, load_engine_profile
 from core.errors import ConfigError
+from core.graphs import SERVING_GRAPHS, GraphRule
 from core.hardware import HardwareProfile, kv_format, load_profile, weight_format
 from core.kv_cache import blocks_for
 from core.model_spec import ModelSpec
@@ -58,6 +59,11 @@ class Group:
         graphs pad a step's rows (CostModel's graph_padding)."""
         return self.engine is None or self.engine.engine == "ours"
 
+    @property
+    def graphs(self) -> GraphRule | None:
+        """The CUDA graphs whose padding the replicas' steps pay: our engine's serving loop's; None for others."""
+        return SERVING_GRAPHS if self.ours else None
+
     def cost_model(self, model: ModelSpec, moe_routing_skew: float) -> CostModel:
         sv, p = self.serving, self.par
         return CostModel(
@@ -72,7 +78,7 @@ class Group:
             sv.cuda_graphs != "full",
             engine=self.engine,
             eager_decode=sv.cuda_graphs == "none",
-            graph_padding=self.ours,
+            graph_padding=self.graphs,
         )
 
 

@@ -156,11 +156,11 @@ def _engine(b: _Build, index: int, gi: int, g: Group, max_seqs: int, blocks: int
         draft_cost = None
         if draft is not None:
             draft_cost = CostModel(g.profile, draft, sv.precision.weight_dtype, sv.precision.kv_dtype, g.par.tp,
-                                   engine=g.engine, graph_padding=g.ours)  # fmt: skip
+                                   engine=g.engine, graph_padding=g.graphs)  # fmt: skip
         in_graph = None  # graphed rounds: the draft's steps without host terms (DraftCost)
         if draft is not None and spec.graphed_rounds:
             in_graph = CostModel(g.profile, draft, sv.precision.weight_dtype, sv.precision.kv_dtype, g.par.tp,
-                                 engine=g.engine, serving_host=False, graph_padding=g.ours)  # fmt: skip
+                                 engine=g.engine, serving_host=False, graph_padding=g.graphs)  # fmt: skip
         draft_time = DraftCost(spec, cost, draft_cost, in_graph)
     static = sv.batching.mode == "static"
     phases = g.engine.host.phases if g.engine is not None else None

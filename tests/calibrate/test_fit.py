@@ -7,6 +7,7 @@ from calibrate.fit import _theta_of, fit_all, fit_group
 from calibrate.measurements import Record
 from calibrate.plan import Limits, make_plan
 from core.cost_model import BatchShape, CostModel, op_time
+from core.graphs import SERVING_GRAPHS, STEP_RUNNER_GRAPHS, GraphRule
 from core.hardware import Efficiencies, OpEfficiency, load_profile
 from core.model_spec import load_model
 
@@ -45,11 +46,14 @@ TRUTH = Efficiencies(
 )
 
 
-def synthetic(eff: Efficiencies, noise: float = 0.0, seed: int = 0) -> list[Record]:
-    """Measurements the cost model itself would produce with `eff` (kernels and whole steps)."""
+def synthetic(
+    eff: Efficiencies, noise: float = 0.0, seed: int = 0, graphs: GraphRule = SERVING_GRAPHS
+) -> list[Record]:
+    """Measurements the cost model itself would produce with `eff` (kernels; whole steps as the CUDA graphs of
+    `graphs` run them: the serving executor's unless said)."""
     rng = np.random.default_rng(seed)
     prof = PROFILE.model_copy(update={"efficiency": eff})
-    cm = CostModel(prof, SPEC, graph_padding=True)  # whole steps as the serving executor's graphs run them
+    cm = CostModel(prof, SPEC, graph_padding=graphs)
     out = []
     for p in PLAN:
         if group_of(cm, p) in GROUPS:
@@ -119,6 +123,24 @@ def test_whole_fit_recovers_the_overheads_and_predicts_steps():
     assert res.efficiency.per_sequence_s == pytest.approx(TRUTH.per_sequence_s, rel=0.02)
     close(res.efficiency.gemm, TRUTH.gemm)
     assert res.groups["step"].train.median_pct < 0.5 and res.groups["step"].holdout.median_pct < 0.5
+
+
+def test_steps_are_fitted_through_the_graphs_they_ran_on():
+    """A sweep timed on engine/steps.py's own graphs (up to 512 tokens; the stored H100/H200 sweeps) is fitted
+    exactly when its steps are priced by that rule, not the serving loop's (which pads the mixed steps of
+    513-2,048 tokens that the old runner ran eagerly)."""
+    recs = synthetic(TRUTH, graphs=STEP_RUNNER_GRAPHS)
+    cm = CostModel(PROFILE, SPEC)
+    shapes = [step_shape(cm, r.kind, r.params) for r in recs if r.kind.startswith("step_")]
+    assert any(
+        SERVING_GRAPHS.rows(b.tokens, b.prefill_tokens, b.prefill_seqs)
+        != STEP_RUNNER_GRAPHS.rows(b.tokens, b.prefill_tokens, b.prefill_seqs)
+        for b in shapes
+    )
+    res = fit_all(PROFILE, SPEC, recs, graphs=STEP_RUNNER_GRAPHS)
+    assert res.groups["step"].train.median_pct < 0.5 and res.groups["step"].train.p90_pct < 0.5
+    off = fit_all(PROFILE, SPEC, recs, graphs=SERVING_GRAPHS)
+    assert off.groups["step_mixed"].train.p90_pct > res.groups["step_mixed"].train.p90_pct
 
 
 def test_noisy_measurements_still_give_the_asymptotes():

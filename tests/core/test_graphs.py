@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from core.cost_model import BatchShape, CostModel
-from core.graphs import MIXED_GRAPH_TOKENS, MIXED_PREFILL_SEQS, padded_decode_batch, padded_graph_tokens
+from core.graphs import (
+    MIXED_GRAPH_TOKENS,
+    MIXED_PREFILL_SEQS,
+    SERVING_GRAPHS,
+    STEP_RUNNER_GRAPHS,
+    padded_decode_batch,
+    padded_graph_tokens,
+)
 from core.hardware import load_profile
 from core.model_spec import load_model
 
@@ -30,7 +37,7 @@ def test_padded_sizes_are_the_engines_graphs():
 
 def both(model: str = "llama-3.1-8b", **kw) -> tuple[CostModel, CostModel]:
     p, m = load_profile("h100-sxm"), load_model(model)
-    return CostModel(p, m, **kw), CostModel(p, m, graph_padding=True, **kw)
+    return CostModel(p, m, **kw), CostModel(p, m, graph_padding=SERVING_GRAPHS, **kw)
 
 
 def test_a_600_token_mixed_step_costs_the_gemms_of_640_tokens():
@@ -92,3 +99,40 @@ def test_decode_runs_price_the_padded_batch():
     a, b = padded.decode_step_line(n, int(ctx[0]), 50)
     np.testing.assert_allclose(a + b * np.arange(50), steps, rtol=1e-9)
     assert (padded.decode_step_times(n, ctx) > plain.decode_step_times(n, ctx)).all()
+
+
+def test_the_step_runners_graphs_pad_to_512_tokens_for_any_number_of_sequences():
+    """engine/steps.py's own graphs (StepRunner(serving=False), which timed the stored calibration sweeps)
+    against the serving loop's: a 1,032-token mixed step ran eagerly there, on the 1,088 graph here; ten
+    300-token prompt chunks on the 304 graph there, eagerly here."""
+    import inspect
+
+    from engine.steps import StepRunner
+
+    assert (
+        inspect.signature(StepRunner).parameters["graph_max_tokens"].default
+        == STEP_RUNNER_GRAPHS.mixed_tokens
+    )
+    assert (STEP_RUNNER_GRAPHS.rows(1032, 1024, 1), SERVING_GRAPHS.rows(1032, 1024, 1)) == (1032, 1088)
+    assert (STEP_RUNNER_GRAPHS.rows(301, 301, 10), SERVING_GRAPHS.rows(301, 301, 10)) == (304, 301)
+    for n in (3, 12, 37, 256):  # decode-only steps: the same graph under both
+        assert STEP_RUNNER_GRAPHS.rows(n, 0, 0) == SERVING_GRAPHS.rows(n, 0, 0) == padded_decode_batch(n)
+    p, m = load_profile("h100-sxm"), load_model("llama-3.1-8b")
+    old = CostModel(p, m, graph_padding=STEP_RUNNER_GRAPHS)
+    b = BatchShape.of([(1000, 0)], [900] * 32)
+    assert old.breakdown(b)["gemm"] == CostModel(p, m).breakdown(b)["gemm"]
+
+
+def test_padding_rows_are_one_dummy_token_to_the_experts():
+    """The serving loop's padding rows are one dummy token repeated (engine/serving.py: token 1 at position 0),
+    so a MoE layer routes them to one token's experts: a decode of 5 on the graph of 8 touches the experts of 6
+    tokens and computes 8 rows (the old StepRunner's random padding tokens are routed each on its own)."""
+    p, m = load_profile("h200"), load_model("mixtral-8x7b")
+    alike = CostModel(p, m, graph_padding=SERVING_GRAPHS)
+    apart = CostModel(p, m, graph_padding=STEP_RUNNER_GRAPHS)
+    plain = CostModel(p, m)
+    assert plain.expert_time(5) < alike.expert_time(5, 8) < apart.expert_time(5, 8) == plain.expert_time(8)
+    assert alike.expert_time(3, 4) == plain.expert_time(4)  # one padding row: one more token either way
+    b = BatchShape(decode_seqs=5, decode_context_tokens=5000)
+    assert alike.breakdown(b)["gemm"] < apart.breakdown(b)["gemm"]
+    assert alike.decode_step_times(5, np.array([5000]))[0] == pytest.approx(alike.step_time(b), rel=1e-12)
