@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.cost_model import ACT_BYTES, BatchShape, CostModel, chunk_pairs
+from core.cost_model import ACT_BYTES, BatchShape, CostModel, absorbed_prefill_share, chunk_pairs
 from core.kv_cache import padded
 from core.model_spec import dtype_bytes
 
@@ -153,7 +153,8 @@ def mla_prefill_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
     latents read, the chunk's written (CostModel._chunked_prefill_time's absorbed branch)."""
     pair, kv, io = _mla_terms(p)
     c, prior = p["chunk"], p["prior"]
-    return pair * (c * prior + c * (c + 1) / 2), prior * kv + c * (kv + io), cm.attn_peak
+    share = absorbed_prefill_share(c, p["heads"], cm.profile.sm_count)  # as the cost model prices it
+    return pair * (c * prior + c * (c + 1) / 2) / share, prior * kv + c * (kv + io), cm.attn_peak
 
 
 def moe_touched(tokens: int, experts: int, top_k: int) -> float:

@@ -300,7 +300,21 @@ class CostModel:
         # steps with prompt tokens launched eagerly (serving.cuda_graphs = decode_only; none: every step,
         # `eager_decode`) last at least as long as the host takes to issue their kernels
         eager = (eager_prefill or eager_decode) and own_loop
-        self.eager_floor = model.num_layers * e.eager_launch_s_per_layer if eager else 0.0
+        # an eager step's host launches a layer, fitted on the sweep model's layers (LAUNCHES_SWEEP_MODEL kernels),
+        # scale with the kernels a layer of this model launches
+        per_layer = e.eager_launch_s_per_layer * launches_per_layer(model) / LAUNCHES_SWEEP_MODEL
+        self.eager_floor = model.num_layers * per_layer if eager else 0.0
+        # with CUDA graphs, the steps a graph does not take (GraphRule.graphed) launch eagerly: the same floor
+        self.ungraphed_floor = (
+            model.num_layers * per_layer if own_loop and self.graph_rule is not None and not eager else 0.0
+        )
+        # our engine's small kernels a layer beyond the set calibration's `elementwise` group times: each costs
+        # that group's fixed part over its ELEMENTWISE_SET kernels. Our engine's steps are the ones priced with
+        # its graph rule; another engine's kernels are in its fitted factors (and a GPU-only price of its steps,
+        # as calibrate/engine_fit.py takes, has no rule)
+        ours = own_loop and self.graph_rule is not None
+        extra = small_kernels_per_layer(model) / ELEMENTWISE_SET - 1.0 if ours else 0.0
+        self.small_kernels_s = model.num_layers * e.elementwise.launch_s * extra
         self.eager_decode = self.eager_floor if eager_decode else 0.0
         # a serving loop's host time per step outside the GPU's work (off for calibration, which times the GPU)
         self.host_step = e.serving_step_s if serving_host else 0.0
@@ -509,6 +523,7 @@ class CostModel:
         eff = self.eff.attention_prefill
         if self.absorbed_pair_flops and b.prefill_tokens + b.decode_seqs <= MLA_ABSORBED_STEP_TOKENS:
             flops = self.absorbed_pair_flops * pairs * Lf  # MLA, absorbed: latents scored directly
+            flops /= absorbed_prefill_share(tokens, m.num_heads // self.par.tp, self.profile.sm_count)
             eff = self.absorbed_eff
         else:
             flops = self.prefill_pair_flops * (pairs * Lf + b.sliding_prefill_pairs * Ls)
@@ -544,6 +559,7 @@ class CostModel:
         t = L * op_time(
             self.eff.elementwise, 0.0, tokens * self._elementwise_bytes_per_token, self.attn_peak, self.bw
         )
+        t += self.small_kernels_s
         return t * self.k_elementwise if self.k_elementwise != 1.0 else t
 
     def overhead_time(self, seqs: int, prompt: bool = False) -> float:
@@ -592,11 +608,21 @@ class CostModel:
         }
         if self.host_token:
             out["overhead"] += self.host_token * b.prefill_tokens
-        if self.eager_floor and (b.prefill_tokens or (self.eager_decode and tokens)):
-            out["launch_wait"] = max(0.0, self.eager_floor - sum(out.values()))
+        floor = self._floor(b)
+        if floor:
+            out["launch_wait"] = max(0.0, floor - sum(out.values()))
         if self.host_serial is not None and tokens:
             out["host_overlapped"] = -self._overlapped(sum(out.values()), b)
         return out
+
+    def _floor(self, b: BatchShape) -> float:
+        """The eager launch floor of a step of `b` (0: it replays a CUDA graph, or launches are not priced)."""
+        if self.eager_floor and (b.prefill_tokens or (self.eager_decode and b.tokens)):
+            return self.eager_floor
+        graphed = self.graph_rule is not None and self.graph_rule.graphed(
+            b.tokens, b.prefill_tokens, b.prefill_seqs
+        )
+        return self.ungraphed_floor if self.ungraphed_floor and b.prefill_tokens and not graphed else 0.0
 
     def _overlapped(self, total: float, b: BatchShape) -> float:
         """HostOverlap: the seconds of a step of `total` seconds (GPU + host summed) that its host terms and its
@@ -634,10 +660,10 @@ class CostModel:
         if self.host_token:
             pre += self.host_token * b.prefill_tokens
         total, prompt = shared + pre + dec, shared * frac + pre
-        if self.eager_floor > total and (b.prefill_tokens or (self.eager_decode and tokens)):
-            # the host is still launching: split the wait too
-            prompt += (self.eager_floor - total) * frac
-            total = self.eager_floor
+        floor = self._floor(b)
+        if floor > total:  # the host is still launching: split the wait too
+            prompt += (floor - total) * frac
+            total = floor
         if self.host_serial is not None and tokens:
             hidden = self._overlapped(total, b)
             prompt, total = prompt * (1.0 - hidden / total), total - hidden
@@ -757,6 +783,47 @@ class CostModel:
         return weight_bytes_per_gpu(self.model, self.weight_dtype, par) / self.bw
 
 
+# The small kernels our engine (engine/model.py, engine/moe.py, engine/mla.py) launches a layer beside its GEMMs
+# and attention kernels, counted in torch.profiler traces of decode steps on an H200 (benchmarks/kernel_profile.py;
+# benchmarks/results/engine_kernels_h200/kernel_profile_2026-12-03.json): Qwen2.5-7B 4 (two add+RMSNorm, rope
+# with the KV write, act-mul: the set calibration's `elementwise` group times, ELEMENTWISE_SET); Gemma-3-12B 10
+# (four norms, the q and k norms, the residual adds after its two post-norms); Mixtral-8x7B 10 (ROUTING_KERNELS:
+# the router's softmax, top-k, sort, align, copy and weighted sum); DeepSeek-V2-Lite 40 (MLA_KERNELS in place of
+# rope: the latent norm, rope on q and k in fp32, concatenations, copies and the latent write; the shared
+# expert's act-mul and add). Each count beyond the set costs that group's fixed part over its kernels (1.7 us on
+# the H200, 0.07 ms a DeepSeek-V2-Lite decode step per extra kernel a layer). MLA_KERNELS was counted on the one
+# MLA model the engine runs; a model with features none of these has is counted by the features it shares.
+ELEMENTWISE_SET = 4
+ROUTING_KERNELS = 6
+SHARED_EXPERT_KERNELS = 2
+MLA_KERNELS = 29
+
+
+def small_kernels_per_layer(m: ModelSpec) -> float:
+    """Mean small kernels a layer of `m` launches in our engine (norms, post-norm adds, act-mul, rope or MLA's
+    glue, MoE routing), as counted above."""
+    n = m.norms_per_layer + (2 if m.qk_norm else 0) + max(0, m.norms_per_layer - 2) + 1
+    n += MLA_KERNELS + (1 if m.q_lora_rank else 0) if m.is_mla else 1
+    if m.is_moe:
+        routing = ROUTING_KERNELS + (SHARED_EXPERT_KERNELS if m.num_shared_experts else 0)
+        n += routing * m.moe_layers / m.num_layers
+    return float(n)
+
+
+def launches_per_layer(m: ModelSpec) -> float:
+    """Mean kernels a layer of `m` launches in our engine: its GEMMs (expert GEMMs one launch each), the attention
+    kernel and its combine, and the small kernels above. The calibration sweep model (Llama-3.1-8B) launches
+    LAUNCHES_SWEEP_MODEL = 10; the eager launch floor scales by the ratio (DeepSeek-V2-Lite: 50.6, 5.1x: its
+    eager steps in the H200 fidelity run took a median 85 ms to launch, against 12 ms at Llama's rate a layer, and
+    62 ms by this ratio; its eager decode of 32 sequences in benchmarks/kernel_profile.py took 36 ms, so the ratio
+    is a compromise between its prompt path, which launches more, and its decode path, which launches less)."""
+    gemms = sum(g.layers for g in m.dense_gemms) + sum(g.layers for g in m.expert_gemms)
+    return small_kernels_per_layer(m) + gemms / m.num_layers + 2.0
+
+
+LAUNCHES_SWEEP_MODEL = 10.0
+
+
 # MLA steps of up to this many tokens run every row absorbed on the GPU (engine.mla.ABSORBED_PROMPT_TOKENS):
 # one kernel over device metadata, so they replay as CUDA graphs; larger steps run prompt chunks plain (flash
 # attention over the kv_b-expanded context, eagerly), a third of the absorbed form's FLOPs a pair but an eager
@@ -766,6 +833,26 @@ class CostModel:
 # (benchmarks/moe_mla_gpu.py's fidelity run; benchmarks/mla_eager_shapes.py looks at why): every step up to the
 # mixed graphs' 2,048 tokens stays absorbed.
 MLA_ABSORBED_STEP_TOKENS = 2048
+
+# The absorbed prompt kernel's grid (engine.mla.mla_prefill): a program takes MLA_PREFILL_ROWS query rows, that is
+# MLA_PREFILL_ROWS // (heads padded to a power of two) tokens with all their heads, and walks every key before them
+# itself (keys are not split across programs); one program fits an SM (about 220 KB of shared memory). A short
+# chunk after a long context keeps few SMs busy: calibration's mla_prefill points on an H200 (DeepSeek-V2-Lite,
+# calibration_runs/h200_session11) took 1,144 µs for 128 tokens after 16,384 (32 programs on 132 SMs) and 344 µs
+# for 2,048 fresh tokens, about the same FLOPs. One roofline over the 12 points missed by a median 50% (fitted)
+# / 17% (held out); with the FLOPs divided by `absorbed_prefill_share`, 4.9% / 4.4% (python -m
+# calibrate.group_from_run calibration_runs/h200_session11 --group attention_mla_prefill ...).
+MLA_PREFILL_ROWS = 64
+
+
+def absorbed_prefill_share(tokens: float, heads: int, sm_count: int | None) -> float:
+    """The share of the SMs the absorbed prompt kernel keeps busy over its waves, for `tokens` prompt tokens of
+    `heads` heads a GPU: programs / (waves x SMs) (1.0 where the profile gives no SM count)."""
+    if not sm_count or tokens <= 0:
+        return 1.0
+    h_pad = max(2, 1 << (max(int(heads), 1) - 1).bit_length())
+    programs = math.ceil(tokens / max(1, MLA_PREFILL_ROWS // h_pad))
+    return programs / (math.ceil(programs / sm_count) * sm_count)
 
 
 def mla_prefill_flops(m: ModelSpec, tp: int, absorbed: bool = False) -> tuple[float, float]:

@@ -70,6 +70,14 @@ class GraphRule:
     mixed_chunks: int | None = MIXED_PREFILL_SEQS
     alike_padding: bool = True
 
+    def graphed(self, tokens: int, prefill_tokens: int, prefill_seqs: int) -> bool:
+        """Whether a step of `tokens` tokens (`prefill_tokens` in `prefill_seqs` prompt chunks) replays a graph."""
+        if not prefill_tokens:
+            return True
+        if self.mixed_chunks is not None and prefill_seqs > self.mixed_chunks:
+            return False
+        return tokens <= self.mixed_tokens
+
     def rows(self, tokens: int, prefill_tokens: int, prefill_seqs: int) -> int:
         """Token rows a step of `tokens` tokens (`prefill_tokens` of them in `prefill_seqs` prompt chunks) runs."""
         if not prefill_tokens:

@@ -73,8 +73,31 @@ def test_collectives_and_experts_under_tensor_parallelism():
 )
 def test_steps_without_padding_cost_what_they_did(shape, kw):
     plain, padded = both(**kw)
-    assert padded.breakdown(shape) == plain.breakdown(shape)
-    assert padded.step_split(shape) == plain.step_split(shape)
+    got, ref = padded.breakdown(shape), plain.breakdown(shape)
+    wait = got.pop("launch_wait", 0.0)  # an eager step under a graph rule waits for its launches
+    assert wait == ref.pop("launch_wait", 0.0) or (not kw and wait > 0.0)
+    assert got == ref
+    total = padded.step_split(shape)[0]
+    assert total == pytest.approx(sum(got.values()) + wait, rel=1e-12)
+
+
+def test_a_step_no_graph_takes_lasts_at_least_its_launches():
+    """Nine short prompt chunks run eagerly: with a graph rule the step lasts at least the launch floor (the
+    fitted launch time a layer, scaled by the kernels a layer launches); a graphed step of the same tokens
+    does not wait. DeepSeek-V2-Lite launches about five times Llama's kernels a layer."""
+    from core.cost_model import LAUNCHES_SWEEP_MODEL, launches_per_layer
+
+    plain, padded = both()
+    eager, graphed = BatchShape.of([(60, 0)] * 9), BatchShape.of([(540, 0)])
+    floor = padded.ungraphed_floor
+    assert floor == pytest.approx(32 * padded.eff.eager_launch_s_per_layer)
+    assert padded.step_time(eager) == pytest.approx(max(floor, plain.step_time(eager)))
+    assert padded.step_time(eager) > plain.step_time(
+        eager
+    )  # 540 tokens of GPU work launch slower than they run
+    assert "launch_wait" not in padded.breakdown(graphed) and plain.ungraphed_floor == 0.0
+    assert launches_per_layer(load_model("llama-3.1-8b")) == LAUNCHES_SWEEP_MODEL
+    assert 4.5 < launches_per_layer(load_model("deepseek-v2-lite")) / LAUNCHES_SWEEP_MODEL < 5.5
 
 
 def test_the_shared_cache_tells_eight_chunks_from_nine():

@@ -1,0 +1,64 @@
+"""What a model's architecture adds to our engine's step beyond its GEMMs and attention FLOPs: the small kernels a
+layer launches (counted in H200 kernel profiles) and the absorbed MLA prompt kernel's SM occupancy."""
+
+import pytest
+
+from core.cost_model import (
+    ELEMENTWISE_SET,
+    MLA_PREFILL_ROWS,
+    BatchShape,
+    CostModel,
+    absorbed_prefill_share,
+    small_kernels_per_layer,
+)
+from core.engine_profile import load_engine_profile
+from core.graphs import SERVING_GRAPHS
+from core.hardware import load_profile
+from core.model_spec import load_model
+
+
+@pytest.mark.parametrize(
+    "name, kernels",
+    [("llama-3.1-8b", 4), ("qwen2.5-7b", 4), ("gemma-3-12b", 10), ("mixtral-8x7b", 10)],
+)
+def test_small_kernels_a_layer_are_the_profiled_counts(name, kernels):
+    assert small_kernels_per_layer(load_model(name)) == kernels
+
+
+def test_deepseek_counts_its_one_dense_layer_apart():
+    m = load_model("deepseek-v2-lite")  # 27 layers, the first dense: routing on 26 of them
+    assert small_kernels_per_layer(m) == pytest.approx(32 + 8 * 26 / 27)
+
+
+def test_each_extra_small_kernel_costs_the_calibrated_groups_share():
+    prof = load_profile("h200")
+    gemma, qwen = load_model("gemma-3-12b"), load_model("qwen2.5-7b")
+    launch = prof.efficiency.elementwise.launch_s
+    cm = CostModel(prof, gemma, graph_padding=SERVING_GRAPHS)  # our engine's steps: priced with its graphs
+    assert CostModel(prof, gemma).small_kernels_s == 0.0  # a bare GPU price (another engine's fit) adds none
+    assert cm.small_kernels_s == pytest.approx(gemma.num_layers * launch * (10 / ELEMENTWISE_SET - 1))
+    qwen_cm = CostModel(prof, qwen, graph_padding=SERVING_GRAPHS)
+    assert qwen_cm.small_kernels_s == 0.0  # the calibrated set itself
+    b = BatchShape.of([], [700] * 8)
+    assert cm.breakdown(b)["elementwise"] > cm.elementwise_time(8) - cm.small_kernels_s > 0
+    # another engine's kernels are in its own fitted factors: no count added
+    vllm = CostModel(prof, gemma, engine=load_engine_profile("vllm-h200"), graph_padding=SERVING_GRAPHS)
+    assert vllm.small_kernels_s == 0.0
+
+
+def test_absorbed_prompt_share_counts_programs_in_waves():
+    rows_a_program = MLA_PREFILL_ROWS // 16  # DeepSeek-V2-Lite: 16 heads, 4 tokens a program
+    assert absorbed_prefill_share(128, 16, 132) == pytest.approx(32 / 132)
+    assert absorbed_prefill_share(132 * rows_a_program, 16, 132) == 1.0
+    assert absorbed_prefill_share(2048, 16, 132) == pytest.approx(512 / (4 * 132))
+    assert absorbed_prefill_share(128, 16, None) == 1.0  # a profile without an SM count: no occupancy term
+    assert absorbed_prefill_share(128, 8, 132) == pytest.approx(16 / 132)  # tp 2: 8 tokens a program
+
+
+def test_a_short_chunk_after_a_long_context_costs_more_than_its_flops_say():
+    prof = load_profile("h200")
+    cm = CostModel(prof, load_model("deepseek-v2-lite"))
+    short, fresh = BatchShape.of([(128, 16384)]), BatchShape.of([(2048, 0)])
+    # about the same pairs (2.1M vs 2.1M), a quarter of the SMs for the short chunk
+    assert short.prefill_pairs == pytest.approx(fresh.prefill_pairs, rel=0.01)
+    assert cm.attention_prefill_time(short) > 2.5 * cm.attention_prefill_time(fresh)
