@@ -10,7 +10,15 @@ from pathlib import Path
 from calibrate import detect, profile, sweep
 from calibrate.accounting import STEP_KINDS
 from calibrate.fit import FitResult, fit_all
-from calibrate.measurements import STEP_GRAPHS_NOW, Store, describe, identity, model_fingerprint, step_graphs
+from calibrate.measurements import (
+    STEP_GRAPHS_NOW,
+    Store,
+    describe,
+    identity,
+    model_fingerprint,
+    step_graphs,
+    step_graphs_name,
+)
 from calibrate.plan import KINDS, Limits, Point, kv_token_budget, make_plan, sweep_ranges
 from calibrate.plots import draw
 from core.errors import ConfigError
@@ -201,7 +209,7 @@ def fit_and_write(
         "sweep": sweep_ranges(plan if plan is not None else [Point(r.kind, r.params, r.holdout) for r in ok]),
         "fit_errors_pct": result.errors(),
         # the CUDA graphs the whole steps were priced through, as they ran (measurements.step_graphs)
-        "step_graphs": store.meta.get("step_graphs", "step_runner") if graphs is not None else "eager",
+        "step_graphs": step_graphs_name(store.meta) if graphs is not None else "eager",
         "ceilings": c,
     }
     if result.extra_gemm:

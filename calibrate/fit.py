@@ -351,6 +351,33 @@ def _theta_of(eff: OpEfficiency, peak: float, bw: float) -> list[float]:
     return [eff.compute, eff.memory, a, b]
 
 
+def _parameter_layout(
+    eff: Efficiencies,
+    active: list[str],
+    t_micro: dict[str, np.ndarray],
+    t_step_max: float,
+    peak: float,
+    bw: float,
+) -> tuple[list[float], list[float], list[float], dict]:
+    """refine_on_steps' parameters: per group (c, m, A, Bm), or (m, A, Bm) for memory-only groups, then the step
+    overhead and per-sequence time. Returns (start values, lower and upper bounds, each group's (first index,
+    parameter names, its theta))."""
+    x0, lo, hi, slots = [], [], [], {}
+    for g in active:
+        th = _theta_of(getattr(eff, g), peak, bw)
+        tmin = float(t_micro[g].min()) if g in t_micro else 1e-5
+        names = (1, 2, 3) if g in MEMORY_ONLY else (0, 1, 2, 3)
+        slots[g] = (len(x0), names, th)
+        for i in names:
+            x0.append(th[i])
+            lo.append(1e-4 if i < 2 else 0.0)
+            hi.append(1.0 if i < 2 else 10 * tmin + 1e-3)
+    x0 += [eff.step_overhead_s, eff.per_sequence_s]
+    lo += [0.0, 0.0]
+    hi += [t_step_max, 1e-3]
+    return x0, lo, hi, slots
+
+
 def refine_on_steps(
     profile: HardwareProfile,
     model: ModelSpec,
@@ -389,20 +416,7 @@ def refine_on_steps(
     t_micro = {g: np.array([r.seconds for r in micro[g]], float) for g in groups}
     w_micro = {g: np.sqrt(prior_weight * len(steps) / len(groups) / len(micro[g])) for g in groups}
 
-    # parameter layout: per group (c, m, A, Bm) or (m, A, Bm) for memory-only groups; then (o, s)
-    x0, lo, hi, slots = [], [], [], {}
-    for g in active:
-        th = _theta_of(getattr(eff, g), peak, bw)
-        tmin = float(t_micro[g].min()) if g in t_micro else 1e-5
-        names = (1, 2, 3) if g in MEMORY_ONLY else (0, 1, 2, 3)
-        slots[g] = (len(x0), names, th)
-        for i in names:
-            x0.append(th[i])
-            lo.append(1e-4 if i < 2 else 0.0)
-            hi.append(1.0 if i < 2 else 10 * tmin + 1e-3)
-    x0 += [eff.step_overhead_s, eff.per_sequence_s]
-    lo += [0.0, 0.0]
-    hi += [float(t_steps.max()), 1e-3]
+    x0, lo, hi, slots = _parameter_layout(eff, active, t_micro, float(t_steps.max()), peak, bw)
 
     def unpack(x) -> tuple[dict[str, list[float]], Efficiencies]:
         thetas, new = {}, {}

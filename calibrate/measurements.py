@@ -34,12 +34,17 @@ STEP_GRAPHS = {"step_runner": STEP_RUNNER_GRAPHS, "serving": SERVING_GRAPHS}
 STEP_GRAPHS_NOW = "serving"  # how engine/steps.py's StepRunner times steps today (its default, serving=True)
 
 
+def step_graphs_name(meta: dict) -> str:
+    """The STEP_GRAPHS name a store's meta line records (a store that does not say timed on the step runner's)."""
+    return meta.get("step_graphs", "step_runner")
+
+
 def step_graphs(meta: dict) -> GraphRule | None:
     """The CUDA-graph rule the whole steps of a store with this meta line ran under (None on the CPU, where
     every step runs eagerly)."""
     if meta.get("device") == "cpu":
         return None
-    name = meta.get("step_graphs", "step_runner")
+    name = step_graphs_name(meta)
     if name not in STEP_GRAPHS:
         raise ConfigError(f"step_graphs {name!r} in a measurement store: one of {', '.join(STEP_GRAPHS)}")
     return STEP_GRAPHS[name]
@@ -247,7 +252,7 @@ class Store:
     def steps_through(self, graphs: str, kinds: set[str]) -> int:
         """Record that the store's whole steps (`kinds`) are timed through `graphs` (a STEP_GRAPHS name) from
         now on; the ones it holds from other graphs are dropped, to be measured again. Returns how many."""
-        if self.meta.get("step_graphs", "step_runner") == graphs:
+        if step_graphs_name(self.meta) == graphs:
             return 0
         drop = [k for k, r in self.records.items() if r.kind in kinds]
         for k in drop:

@@ -303,11 +303,10 @@ class CostModel:
         # an eager step's host launches a layer, fitted on the sweep model's layers (LAUNCHES_SWEEP_MODEL kernels),
         # scale with the kernels a layer of this model launches
         per_layer = e.eager_launch_s_per_layer * launches_per_layer(model) / LAUNCHES_SWEEP_MODEL
-        self.eager_floor = model.num_layers * per_layer if eager else 0.0
+        floor = model.num_layers * per_layer
+        self.eager_floor = floor if eager else 0.0
         # with CUDA graphs, the steps a graph does not take (GraphRule.graphed) launch eagerly: the same floor
-        self.ungraphed_floor = (
-            model.num_layers * per_layer if own_loop and self.graph_rule is not None and not eager else 0.0
-        )
+        self.ungraphed_floor = floor if own_loop and self.graph_rule is not None and not eager else 0.0
         # our engine's small kernels a layer beyond the set calibration's `elementwise` group times: each costs
         # that group's fixed part over its ELEMENTWISE_SET kernels. Our engine's steps are the ones priced with
         # its graph rule; another engine's kernels are in its fitted factors (and a GPU-only price of its steps,
@@ -619,10 +618,14 @@ class CostModel:
         """The eager launch floor of a step of `b` (0: it replays a CUDA graph, or launches are not priced)."""
         if self.eager_floor and (b.prefill_tokens or (self.eager_decode and b.tokens)):
             return self.eager_floor
-        graphed = self.graph_rule is not None and self.graph_rule.graphed(
-            b.tokens, b.prefill_tokens, b.prefill_seqs
-        )
-        return self.ungraphed_floor if self.ungraphed_floor and b.prefill_tokens and not graphed else 0.0
+        # (ungraphed_floor is set only with a graph rule; the rule is asked only where a floor could apply)
+        if self.ungraphed_floor and b.prefill_tokens:
+            return (
+                0.0
+                if self.graph_rule.graphed(b.tokens, b.prefill_tokens, b.prefill_seqs)
+                else self.ungraphed_floor
+            )
+        return 0.0
 
     def _overlapped(self, total: float, b: BatchShape) -> float:
         """HostOverlap: the seconds of a step of `total` seconds (GPU + host summed) that its host terms and its

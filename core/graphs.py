@@ -82,14 +82,13 @@ class GraphRule:
         """Token rows a step of `tokens` tokens (`prefill_tokens` of them in `prefill_seqs` prompt chunks) runs."""
         if not prefill_tokens:
             return padded_decode_batch(tokens)
-        if self.mixed_chunks is not None and prefill_seqs > self.mixed_chunks:
+        if not self.graphed(tokens, prefill_tokens, prefill_seqs):
             return tokens
         return padded_graph_tokens(tokens, self.mixed_tokens)
 
 
-SERVING_GRAPHS = (
-    GraphRule()
-)  # engine/serving.py's Executor: what serve() runs; calibration's steps since 2026-12-02
+# engine/serving.py's Executor: what serve() runs; calibration's steps since 2026-12-02
+SERVING_GRAPHS = GraphRule()
 # engine/steps.py's StepRunner(serving=False) (graph_max_tokens=512): steps up to 512 tokens, any number of
 # sequences, padded to capture_sizes(512) (= mixed_sizes(512)); how calibration timed whole steps until 2026-12-02
 STEP_RUNNER_GRAPHS = GraphRule(mixed_tokens=512, mixed_chunks=None, alike_padding=False)
