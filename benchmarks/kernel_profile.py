@@ -38,9 +38,17 @@ CASES = [
     ("mixtral_decode_b1", "mixtral-8x7b", "bf16", "decode", [512]),
     ("mixtral_decode_b8", "mixtral-8x7b", "bf16", "decode", [512] * 8),
     ("mixtral_prefill_4096", "mixtral-8x7b", "bf16", "prefill", [4096]),
+    # the Mixtral fidelity row's small prompt steps, priced 10-15% under (session 11)
+    ("mixtral_mixed_91_2", "mixtral-8x7b", "bf16", "mixed", [(91, 0)] + [(1, 600)] * 2),
+    ("mixtral_mixed_879_1", "mixtral-8x7b", "bf16", "mixed", [(879, 0), (1, 600)]),
     ("deepseek_prefill_2048", "deepseek-v2-lite", "bf16", "prefill", [2048]),
     ("deepseek_prefill_4096", "deepseek-v2-lite", "bf16", "prefill", [4096]),
     ("deepseek_decode_b32", "deepseek-v2-lite", "bf16", "decode", [1024] * 32),
+    # the fidelity row's steps priced furthest off (session 11): a graphed mixed step (a 640-token chunk after
+    # 512 cached + 40 decodes, as the row's mean mixed step), and an eager one (2 chunks of 1,600 after 800 + 45
+    # decodes: the plain prompt form). Mixed shapes are (chunk or 1, tokens cached before it) per sequence.
+    ("deepseek_mixed_640_40", "deepseek-v2-lite", "bf16", "mixed", [(640, 512)] + [(1, 1000)] * 40),
+    ("deepseek_eager_2x1600_45", "deepseek-v2-lite", "bf16", "mixed", [(1600, 800)] * 2 + [(1, 1000)] * 45),
     ("qwen7b_decode_b64", "qwen2.5-7b", "bf16", "decode", [1088] * 64),
     ("qwen7b_decode_b256", "qwen2.5-7b", "bf16", "decode", [1088] * 256),
     ("gemma3_12b_decode_b1", "gemma-3-12b", "bf16", "decode", [700]),  # the fidelity row's decode gap (-11%)
@@ -73,6 +81,8 @@ def _device_us(evt, cpu: bool) -> float:
 def profile_case(runner: StepRunner, kind: str, shape: list[int], repeat: int, cpu: bool) -> dict:
     if kind == "decode":
         q, prior = [1] * len(shape), [c - 1 for c in shape]
+    elif kind == "mixed":
+        q, prior = [a for a, _ in shape], [b for _, b in shape]
     else:
         q, prior = list(shape), [0] * len(shape)
     fn, _ = runner._prepare(q, prior)
@@ -133,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         spec = spec_from_config(TINY, "tiny") if args.tiny else load_model(name)
         if args.tiny:
-            shape = [min(s, 64) for s in shape][:4]
+            shape = [tuple(min(x, 64) for x in s) if kind == "mixed" else min(s, 64) for s in shape][:4]
+        lens = [a + b for a, b in shape] if kind == "mixed" else shape
         t0 = time.perf_counter()
         try:
             if built[0] != (name, dtype):
@@ -148,20 +159,26 @@ def main(argv: list[str] | None = None) -> int:
                     tune_model(model, 16, log=log)
                 built = ((name, dtype), model, None)
             model = built[1]
-            ctx = max(s for s in shape) + 8
+            ctx = max(lens) + 8
             runner = StepRunner(model, len(shape), ctx, device=dev, cuda_graphs=False, serving=False,
-                                kv_tokens=sum(shape) + 64)  # fmt: skip
+                                kv_tokens=sum(lens) + 64)  # fmt: skip
             rec = profile_case(runner, kind, shape, args.repeat, args.cpu)
             graphed = StepRunner(model, len(shape), ctx, device=dev, cuda_graphs=not args.cpu,
-                                 kv_tokens=sum(shape) + 64)  # fmt: skip
-            rec["served_step_s"] = (
-                graphed.decode(shape) if kind == "decode" else graphed.prefill(shape, warmup=2, repeat=5)
-            )
+                                 kv_tokens=sum(lens) + 64)  # fmt: skip
+            if kind == "decode":
+                rec["served_step_s"] = graphed.decode(shape)
+            elif kind == "mixed":
+                chunks = [(a, b) for a, b in shape if a > 1]
+                rec["served_step_s"] = graphed.mixed(
+                    chunks, [b + 1 for a, b in shape if a == 1], warmup=2, repeat=5
+                )
+            else:
+                rec["served_step_s"] = graphed.prefill(shape, warmup=2, repeat=5)
             graphed = runner = None
         except Exception as exc:  # noqa: BLE001 - one case failing does not lose the others
             rec = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             log(f"{case}: {rec['error']}")
-        rec.update(model=name, dtype=dtype, kind=kind, batch=len(shape), length=shape[0],
+        rec.update(model=name, dtype=dtype, kind=kind, batch=len(shape), length=lens[0],
                    wall_s=time.perf_counter() - t0)  # fmt: skip
         if "table" in rec:
             (args.out / f"{case}.txt").write_text(rec.pop("table"))

@@ -33,6 +33,7 @@ from moe_mla_gpu import TINY_DEEPSEEK  # noqa: E402  (the MoE/MLA checks' toy De
 
 from core.model_spec import load_model, spec_from_config  # noqa: E402
 from engine import mla  # noqa: E402
+from engine.attention import make_layout  # noqa: E402
 from engine.model import build_model  # noqa: E402
 from engine.steps import StepRunner  # noqa: E402
 
@@ -55,6 +56,45 @@ def one_step(runner: StepRunner, chunk: int, decodes: list[int], dev: str) -> tu
     return time.perf_counter() - t0, gpu
 
 
+def plain_check(spec, dev: str, dtype: str, tiny: bool) -> dict:
+    """The plain prompt form batched over a step's chunks (engine.mla: one gather, one kv_b GEMM, one varlen
+    flash call) against each chunk alone and, on the GPU, against the absorbed form of the same attention (the
+    Triton prompt kernel): max |difference| over max |value| of one layer's output."""
+    one = spec_from_config(dict(spec.config, num_hidden_layers=1), name=f"{spec.name}-1-layer")
+    m = build_model(one, dtype=dtype, device=dev, seed=5)
+    attn = m.layers[0].attn
+    q, prior, starts = ([20, 14, 6], [0, 30, 80], [0, 22, 68]) if tiny else ([1000, 700, 300], [0, 1500, 4000],
+                                                                            [0, 1100, 3400])  # fmt: skip
+    m.allocate_kv(starts[-1] + prior[-1] + q[-1] + 8, seed=7)
+    pool, rope = m.kv[0][0], m.ropes[attn.rope_base]
+    g = torch.Generator(device=dev).manual_seed(3)
+    x = torch.randn(sum(q), one.hidden_size, device=dev, generator=g, dtype=pool.dtype)
+    old = mla.ABSORBED_PROMPT_TOKENS
+
+    def run(rows, qs, ps, ss):
+        return attn(rows, make_layout(qs, ps, dev, starts=ss, kv_heads=1), rope, pool, pool).float()
+
+    try:
+        mla.ABSORBED_PROMPT_TOKENS = 0
+        batched = run(x, q, prior, starts)
+        alone = torch.cat(
+            [run(x[sum(q[:i]) : sum(q[: i + 1])], [q[i]], [prior[i]], [starts[i]]) for i in range(3)]
+        )
+        mla.ABSORBED_PROMPT_TOKENS = 1 << 30
+        absorbed = run(x, q, prior, starts) if dev == "cuda" else None
+    finally:
+        mla.ABSORBED_PROMPT_TOKENS = old
+    top = alone.abs().max().item()
+    rec = {"chunks": q, "cached_before": prior, "vs_alone": (batched - alone).abs().max().item() / top}
+    if absorbed is not None:
+        rec["vs_absorbed"] = (batched - absorbed).abs().max().item() / top
+    log(
+        "batched plain form, one layer: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in rec.items() if k.startswith("vs"))
+    )
+    return rec
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -69,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     chunks = [c % 40 + 8 for c in CHUNKS] if args.tiny else CHUNKS
     decodes = [20] * 2 if args.tiny else [600] * 8
+    rec_check = plain_check(spec, dev, "fp32" if args.cpu else "bf16", args.tiny)
     model = build_model(spec, dtype="fp32" if args.cpu else "bf16", device=dev)
     old = mla.ABSORBED_PROMPT_TOKENS
     mla.ABSORBED_PROMPT_TOKENS = 0  # every prompt chunk plain, eagerly, as above the threshold
     rec: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
-                 "cases": []}  # fmt: skip
+                 "plain_check": rec_check, "cases": []}  # fmt: skip
     try:
         runner = StepRunner(model, 16, max(chunks) + 1024, device=dev)
         for cudnn in (True, False):

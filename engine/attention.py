@@ -80,6 +80,8 @@ class StepLayout:
     )  # the decode group's work units (device tensors): plan_decode_units
     # one unit per decode sequence (whole_units): the decode kernel writes the output, no combine kernel
     whole_units: bool = False
+    # what the layers work out once a step and share (engine.mla's plain-form gather plan, by name)
+    shared: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_prefill < 0:

@@ -8,6 +8,8 @@ here has a torch reference used on the CPU and by the tests.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +52,34 @@ def rope_cache_ref(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_po
     k_pool[slots] = rope_ref(k, cos, sin).to(k_pool.dtype)
     v_pool[slots] = v.to(v_pool.dtype)
     return q
+
+
+def jit_functions() -> list:
+    """The engine's Triton kernels as imported now: module-level JITFunctions of engine.*, those an autotuner
+    wraps and those kept in module-level lists (engine.quant jits its kernels on first use)."""
+    if triton is None:
+        return []
+    from triton.runtime.jit import JITFunction
+
+    found: dict[int, object] = {}
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("engine.") or mod is None:
+            continue
+        for obj in list(vars(mod).values()):
+            for item in obj if isinstance(obj, (list, tuple)) else (obj,):
+                fn = item if isinstance(item, JITFunction) else getattr(item, "fn", None)  # (an Autotuner's)
+                if isinstance(fn, JITFunction):
+                    found[id(fn)] = fn
+    return list(found.values())
+
+
+def compiled_variants(fns: list) -> int:
+    """How many kernels Triton has compiled for `fns` (jit_functions()) on every device so far; -1 where this
+    Triton keeps its cache some other way. A count that grows during serving is a compile inside a step."""
+    try:
+        return sum(len(c[0]) for fn in fns for c in fn.device_caches.values())
+    except (AttributeError, TypeError, IndexError):
+        return -1
 
 
 # ---------------------------------------------------------------- Triton kernels
@@ -221,7 +251,7 @@ if triton is not None:
             tl.store(OP + base[:, None] * D + d[None, :], o, mask=gmask[:, None])
             tl.store(LP + base, lse, mask=gmask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seq0"])  # a step's prefill count: one compiled kernel for every value
     def _decode_combine_kernel(
         OP, LP, SEQ_U, CU_Q, OUT, seq0, NH: tl.constexpr, D: tl.constexpr, UB: tl.constexpr
     ):

@@ -16,8 +16,9 @@ Two forms of the same attention, as vLLM and SGLang run them:
 The two give the same result (tests/engine/test_mla.py). On CUDA the decode is a Triton
 flash-decoding kernel over the engine's work units (engine.attention.plan_decode_units), merged by
 the engine's combine kernel; on the CPU a per-sequence torch path. The kernel reads only device
-tensors, so decode steps capture in CUDA graphs; prompt chunks read the step's host lists and run
-eagerly (the serving loop keeps MLA models' prompt steps out of its mixed-step graphs).
+tensors, so decode steps capture in CUDA graphs. Steps of up to ABSORBED_PROMPT_TOKENS run their prompt
+chunks absorbed too (one Triton kernel, graph-safe); larger steps run them plain, eagerly, from the step's
+host lists, batched: one gather, one kv_b GEMM and one varlen flash call for all the step's chunks.
 DeepSeek's YaRN rope scaling enters the softmax scale (mscale²) only: the rope tables are the plain
 ones (weights are random, so the rotation's frequencies change no timing).
 """
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,24 +121,55 @@ class MLAttention(nn.Module):
         return self.wo(out.reshape(t, self.nh * self.vd))
 
     def _plain(self, q_nope, q_pe, k_pool, lay, out) -> None:
-        """Prompt chunks, one SDPA call each (host lists, eager): the sequence's cached latents (context and
-        chunk) up-projected through kv_b into per-head keys [k_nope, k_pe] and values, in the activation
-        dtype, the values zero-padded to the 192-wide q/k head so that SDPA's flash kernel takes the call
-        (it needs one head dim for q, k and v); a chunk after cached context masks bottom-right (causal_lower_right,
-        which flash and the memory-efficient kernel run fused), a fresh prompt is plainly causal."""
-        row, dt, n = 0, q_nope.dtype, sum(lay.q_lens[: lay.n_prefill])
+        """Prompt chunks, batched over sequences (host lists, eager). The chunks' cached latents (context and
+        chunk) are gathered in one index, up-projected through kv_b in one GEMM into per-head keys
+        [k_nope, k_pe] and values, in the activation dtype, the values zero-padded to the 192-wide q/k head so
+        that flash attention takes them (it needs one head dim for q, k and v); then one varlen flash call over
+        every chunk (causal, bottom-right aligned: a chunk after cached context sees all of it). Chunks are
+        grouped up to PLAIN_CONTEXT_TOKENS of gathered context, so the expanded keys and values take no more
+        memory than one long sequence did; a step of a few chunks is one group. The gather's plan is made once
+        a step (plain_plan, one copy to the device without a sync) and shared by the layers. On the CPU, the
+        same gathered tensors go to SDPA one chunk at a time."""
+        dt, n = q_nope.dtype, sum(lay.q_lens[: lay.n_prefill])
         q = torch.cat([q_nope[:n], q_pe[:n].to(dt)], -1)
-        for s in range(lay.n_prefill):
-            ql, kl, ks = lay.q_lens[s], lay.k_lens[s], lay.k_starts[s]
-            if not ql:  # an unused chunk slot of a mixed-step graph
+        npf = (
+            lay.n_prefill
+        )  # (a static graph layout is refilled step after step: the plan is kept by its chunks)
+        key = (
+            PLAIN_CONTEXT_TOKENS,
+            tuple(lay.q_lens[:npf]),
+            tuple(lay.k_lens[:npf]),
+            tuple(lay.k_starts[:npf]),
+        )
+        kept = lay.shared.get("mla_plain")
+        if kept is None or kept[0] != key:
+            kept = lay.shared["mla_plain"] = (key, plain_plan(lay, PLAIN_CONTEXT_TOKENS, q.device))
+        plan = kept[1]
+        nope, qd, vd = self.nope, self.qd, self.vd
+        for g in plan:
+            if not g.seqs:
                 continue
-            c = k_pool[ks : ks + kl, 0].to(dt)
-            kv = self.kv_b(c[:, : self.rank]).view(kl, self.nh, self.nope + self.vd)
-            k = torch.cat([kv[..., : self.nope], c[:, None, self.rank :].expand(kl, self.nh, -1)], -1)
-            v = F.pad(kv[..., self.nope :], (0, max(0, self.qd - self.vd)))
-            o = plain_attention(q[row : row + ql], k, v, self.scale)
-            out[row : row + ql] = o[..., : self.vd]
-            row += ql
+            c = k_pool.index_select(0, g.index)[:, 0].to(dt)
+            kv = self.kv_b(c[:, : self.rank]).view(c.shape[0], self.nh, nope + vd)
+            # keys [k_nope | k_pe] and values [v | 0] side by side in one buffer: copies, not torch.cat, whose
+            # kernel moved these strided pieces at ~135 GB/s on an H200 (6 ms of a 2 x 1,600-token step)
+            kvp = torch.empty((c.shape[0], self.nh, 2 * qd), dtype=dt, device=c.device)
+            kvp[..., :nope] = kv[..., :nope]
+            kvp[..., nope:qd] = c[:, None, self.rank :]
+            kvp[..., qd : qd + vd] = kv[..., nope:]
+            kvp[..., qd + vd :] = 0
+            k, v = kvp[..., :qd], kvp[..., qd:]
+            qg = q[g.row : g.row + g.rows]
+            if qg.is_cuda:
+                o = torch.ops.aten._flash_attention_forward(
+                    qg, k, v, g.cu_q, g.cu_k, g.max_q, g.max_k, 0.0, True, False, scale=self.scale
+                )[0]
+            else:
+                o = torch.cat([
+                    plain_attention(qg[a:b], k[c0:c1], v[c0:c1], self.scale)
+                    for a, b, c0, c1 in zip(g.host_q[:-1], g.host_q[1:], g.host_k[:-1], g.host_k[1:], strict=True)
+                ])  # fmt: skip
+            out[g.row : g.row + g.rows] = o[..., :vd]
 
     def absorbed_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor) -> torch.Tensor:
         """[T, nh, rank + rope]: W_UK folded into the no-rope query, the rope query after it."""
@@ -165,6 +199,77 @@ class MLAttention(nn.Module):
         out[dec] = torch.einsum("thr,hvr->thv", o_lat[dec], w_uv).to(out.dtype)
 
 
+# the plain form's gathered context a group at most (tokens): the per-head keys and values it expands to take about
+# 21 KB a token for DeepSeek-V2-Lite, 170 MB for 8,192, what one sequence of that context took when the chunks
+# ran one by one; a longer sequence is a group of its own.
+PLAIN_CONTEXT_TOKENS = 8192
+
+
+@dataclass(slots=True)
+class PlainGroup:
+    """One varlen flash call of the plain form: output rows [row, row + rows), the chunks `seqs` (those with
+    rows), their cumulative query and key offsets (host lists, and device int32 tensors) and gather index."""
+
+    row: int
+    rows: int
+    seqs: list[int]
+    host_q: list[int]
+    host_k: list[int]
+    max_q: int = 0
+    max_k: int = 0
+    cu_q: torch.Tensor | None = None
+    cu_k: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+
+
+def plain_plan(lay, cap: int, device) -> list[PlainGroup]:
+    """The plain form's groups for a step's prompt chunks (plain_groups), their offsets and gather index copied to
+    the device in one go: pinned and asynchronous on CUDA (a pageable copy would make the host wait for the
+    GPU at every layer)."""
+    groups, parts, row = [], [], 0
+    for group in plain_groups(lay.q_lens[: lay.n_prefill], lay.k_lens, cap):
+        seqs = [s for s in group if lay.q_lens[s]]  # (an unused chunk slot of a mixed-step graph has no rows)
+        qls, kls = [lay.q_lens[s] for s in seqs], [lay.k_lens[s] for s in seqs]
+        g = PlainGroup(row, sum(lay.q_lens[s] for s in group), seqs, np.cumsum([0, *qls]).tolist(),
+                       np.cumsum([0, *kls]).tolist(), max(qls, default=0), max(kls, default=0))  # fmt: skip
+        if seqs:
+            parts += [g.host_q, g.host_k]
+            parts += [np.arange(lay.k_starts[s], lay.k_starts[s] + lay.k_lens[s]) for s in seqs]
+        groups.append(g)
+        row += g.rows
+    if not parts:
+        return groups
+    host = torch.from_numpy(np.concatenate(parts).astype(np.int32))
+    dev = torch.device(device)
+    meta = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host
+    o = 0
+    for g in groups:
+        if g.seqs:
+            nq, nk = len(g.host_q), g.host_k[-1]
+            g.cu_q, g.cu_k, g.index = (
+                meta[o : o + nq],
+                meta[o + nq : o + 2 * nq],
+                meta[o + 2 * nq : o + 2 * nq + nk],
+            )
+            o += 2 * nq + nk
+    return groups
+
+
+def plain_groups(q_lens: list[int], k_lens: list[int], cap: int) -> list[list[int]]:
+    """Consecutive runs of the prompt chunks 0..len(q_lens) whose contexts (k_lens) add up to at most `cap`
+    tokens (a chunk whose context alone is longer is a run of its own)."""
+    groups: list[list[int]] = []
+    total = 0
+    for s in range(len(q_lens)):
+        if groups and total + k_lens[s] <= cap:
+            groups[-1].append(s)
+            total += k_lens[s]
+        else:
+            groups.append([s])
+            total = k_lens[s]
+    return groups
+
+
 def _sdpa(q, k, v, scale: float) -> torch.Tensor:
     """q [Q, hq, d], k [K, hk, d], v [K, hk, dv] (hk 1 or hq), the queries the last Q of the K positions."""
     nq, nk = q.shape[0], k.shape[0]
@@ -183,10 +288,13 @@ def _sdpa(q, k, v, scale: float) -> torch.Tensor:
     return o.transpose(0, 1)
 
 
-# SDPA's backends for the plain form: flash first, never cuDNN. cuDNN builds an execution plan per new shape,
-# and a serving loop meets a new prompt length nearly every step: on an H200, DeepSeek-V2-Lite's eager steps of
-# 1.1-4.1k prompt tokens took 99-4,994 ms on a shape's first step against 48-64 ms when repeated; with cuDNN
-# off, 52-75 ms first and 48-70 repeated (benchmarks/mla_eager_shapes.py, benchmarks/results/engine_kernels_h200/).
+# SDPA's backends for plain_attention: flash first, never cuDNN. cuDNN builds an execution plan per new shape, and
+# a serving loop meets a new prompt length nearly every step: on an H200, DeepSeek-V2-Lite's eager steps of 1.1-4.1k
+# prompt tokens took 99-4,994 ms on a shape's first step against 48-64 ms when repeated (session 9). The plain form
+# now calls FA2's varlen kernel itself on CUDA (MLAttention._plain), which has no plans: with the batched form,
+# 54-74 ms on a shape's first step and 52-68 ms repeated (benchmarks/mla_eager_shapes.py, session 12,
+# benchmarks/results/engine_kernels_h200/mla_eager_shapes.log; its cudnn_sdp pass runs first and carries the
+# process's own warm-up).
 PLAIN_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -386,17 +494,17 @@ def mla_prefill(
 PREFILL_TILES = {"rows": MLA_PREFILL_ROWS, "block_n": 64, "num_warps": 8, "num_stages": 2}
 
 
-# the absorbed decode kernel's tiles. benchmarks/mla_decode_tiles.py on an H200 (DeepSeek-V2-Lite's shape,
-# benchmarks/results/engine_kernels_h200/mla_decode_tiles.md): no configuration of 18 is faster on every shape,
-# the best per shape within 10% of this one except 8 x 8,192 (63 vs 105 µs); all read the latents at 2-37% of
-# the copy rate, so the kernel's structure (a 16 x 512 fp32 accumulator per program), not its tiles, is what
-# holds it back. (Those were eager back-to-back calls, 60-100 µs at every shape: near the two kernels' launch
-# cost.) The graphed, L2-rotated table of session 11 (`--units`) puts block_n 64, 8 warps, 3 stages ahead at every
-# shape with these units (18.1 / 22.4 / 64.2 / 43.1 µs against 29.1 / 32.5 / 80.8 / 46.3 at 1 x 4,096, 32 x 1,024,
-# 128 x 1,024, 8 x 8,192; 0.75x the time, geometric mean). Switching waits for a GPU run that takes calibration's
-# mla_decode points and the DeepSeek fidelity row again with it, so the committed measurements keep describing
-# the engine.
-DECODE_TILES = {"block_n": 32, "num_warps": 8, "num_stages": 2}
+# the absorbed decode kernel's tiles: block_n 64, 8 warps, 3 stages. benchmarks/mla_decode_tiles.py --units on an
+# H200 (DeepSeek-V2-Lite's shape, graph replays over latents rotated past the L2, the engine's work units;
+# benchmarks/results/engine_kernels_h200/mla_decode_tiles.md): 18.1 / 22.4 / 64.2 / 43.1 µs a layer at 1 x 4,096,
+# 32 x 1,024, 128 x 1,024 and 8 x 8,192 contexts, against 29.1 / 32.5 / 80.8 / 46.3 for the earlier (32, 8, 2):
+# faster at every shape, 0.75x the time (geometric mean). Calibration's mla_decode points and the DeepSeek fidelity
+# row were taken again with these tiles (session 12).
+DECODE_TILES = {"block_n": 64, "num_warps": 8, "num_stages": 3}
+# sized for the sm90's 227 KB of shared memory a block; where a GPU has less, the kernel's first compile fails
+# (Triton's OutOfResources) and the decode takes these tiles, the earlier default (74 KB of latents in flight)
+SMALL_DECODE_TILES = {"block_n": 32, "num_warps": 8, "num_stages": 2}
+_SMALL_TILES_ON: set[int] = set()  # devices whose shared memory took the small tiles
 
 
 def mla_decode(
@@ -421,31 +529,22 @@ def mla_decode_units(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, sc
     """Each decode work unit's normalised output [units, nh, rank] and log-sum-exp [units, nh] (Triton);
     `tiles` overrides DECODE_TILES (block_n: keys an iteration; num_warps, num_stages)."""
     t, nh, d = qa.shape
-    cfg = {**DECODE_TILES, **(tiles or {})}
+    dev = qa.device.index or 0
+    cfg = {**(SMALL_DECODE_TILES if dev in _SMALL_TILES_ON else DECODE_TILES), **(tiles or {})}
     units = lay.units
     n_units = units["seq"].shape[0]
     qa = qa.to(kv_pool.dtype).contiguous()
     op = torch.empty((n_units, nh, rank), dtype=torch.float32, device=qa.device)
     lp = torch.empty((n_units, nh), dtype=torch.float32, device=qa.device)
-    _mla_decode_kernel[(n_units,)](
-        qa,
-        kv_pool,
-        op,
-        lp,
-        units["seq"],
-        units["lo"],
-        units["hi"],
-        lay.cu_q,
-        lay.cu_k,
-        lay.seqused_k,
-        scale,
-        kv_pool.stride(0),
-        NH=nh,
-        H_PAD=max(16, triton.next_power_of_2(nh)),
-        R=rank,
-        P=d - rank,
-        BLOCK_N=cfg["block_n"],
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
-    )
+    args = (qa, kv_pool, op, lp, units["seq"], units["lo"], units["hi"], lay.cu_q, lay.cu_k, lay.seqused_k, scale,
+            kv_pool.stride(0))  # fmt: skip
+    consts = {"NH": nh, "H_PAD": max(16, triton.next_power_of_2(nh)), "R": rank, "P": d - rank}
+    try:
+        _mla_decode_kernel[(n_units,)](*args, **consts, BLOCK_N=cfg["block_n"], num_warps=cfg["num_warps"],
+                                       num_stages=cfg["num_stages"])  # fmt: skip
+    except triton.runtime.errors.OutOfResources:
+        if tiles or dev in _SMALL_TILES_ON:
+            raise
+        _SMALL_TILES_ON.add(dev)
+        return mla_decode_units(qa, kv_pool, lay, rank, scale)
     return op, lp

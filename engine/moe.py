@@ -110,8 +110,9 @@ def align_rows(pairs: int, num_experts: int, block: int) -> int:
 
 
 if triton is not None:
-
-    @triton.jit
+    # `pairs` and `rows` change with every step's token count: not specialised (Triton would otherwise compile
+    # a kernel again the first time a count is a multiple of 16 or 1, in the middle of serving)
+    @triton.jit(do_not_specialize=["pairs", "rows"])
     def _align_kernel(
         IDS,
         SORTED,
@@ -158,7 +159,7 @@ if triton is not None:
             blk = tl.sum(((pad_end[None, :] <= (bi * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
             tl.store(BLOCK_E + bi, tl.where(blk < E, blk, -1), mask=bi < rows // BM)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["pairs"])
     def _moe_gemm_kernel(
         A,
         W,

@@ -43,6 +43,7 @@ from engine.attention import (
     unit_target,
     whole_units,
 )
+from engine.fused import compiled_variants, jit_functions
 from engine.model import Transformer
 from engine.moe import tune_moe
 from engine.quant import tune_model
@@ -52,11 +53,12 @@ from engine.speculative import SpecRun, Speculator
 # (launch, GPU, sampled ids back) and recording; the executor's host seconds until every launch was issued
 # and its GPU span between CUDA events (NaN on the CPU); how it ran (0 eager, 1 decode graph, 2 mixed-step
 # graph, 3 a speculative round's graph: engine/speculative.py); the batch's BatchShape; the sequences a
-# speculative round verified (0: not a round).
+# speculative round verified (0: not a round); Triton kernels compiled during the step (a JIT compile stalls
+# it for 0.1-1 s; warm-up is meant to leave none; -1: this Triton's cache cannot be counted).
 TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "launch_s", "gpu_s", "graph",
                 "prefill_tokens", "prefill_seqs", "prefill_pairs", "sliding_prefill_pairs", "prefill_context_tokens",
                 "decode_seqs", "decode_context_tokens", "logits_tokens", "fresh_seqs", "fresh_tokens", "fresh_pairs",
-                "fresh_padded_pairs", "spec_seqs")  # fmt: skip
+                "fresh_padded_pairs", "spec_seqs", "compiles")  # fmt: skip
 IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
 
 
@@ -276,6 +278,7 @@ class Executor:
             k_pool, v_pool = self.model.kv[0]
             plans = prebuild_fresh(k_pool, v_pool, self.model.spec.num_heads, min(max_prompt, self.scratch))
         self.eager_launch_s = self.measure_launch()
+        self.warm_eager()
         if log:
             log(f"warm-up: {len(self.graphs)} decode and {len(self.mixed_graphs)} mixed-step graphs, {plans} "
                 f"fresh-prompt lengths, eager launch "
@@ -289,17 +292,40 @@ class Executor:
         mixed-step graphs save. Median of `repeat` after one warm-up; 0 on the CPU, where ops run as issued."""
         if not self.cuda:
             return 0.0
-        chunk = max(1, min(32, self.scratch // 2))
-        n = max(0, min(8, self.max_batch, self.scratch - chunk))
-        toks = np.ones(chunk, dtype=np.int64)
-        dec = (chunk + np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64))
+        n = max(0, min(8, self.max_batch, self.scratch - self._probe_chunk()))
         times = []
         for _ in range(repeat + 1):
             t0 = time.perf_counter()
-            ids = self._eager([(0, 0, chunk, toks, True)], dec if n else None)
+            ids = self._probe_step(n)
             times.append(time.perf_counter() - t0)
             ids.cpu()
         return float(np.median(times[1:]))
+
+    def warm_eager(self) -> int:
+        """Run once the eager step that graph capture and measure_launch leave unseen: a prompt chunk with enough
+        decodes to fill the GPU one work unit each (whole units: the decode kernel writes the output itself,
+        a Triton kernel of its own). Triton compiles a kernel on its first call, for 0.1-1 s; without this the
+        first eager step of that kind compiled in the middle of a run (Qwen2.5-7B on an H200: an eager step of
+        2 chunks and 60 decodes took 288 ms against 52 priced, and the requests queued behind it moved TTFT p90
+        by a fifth). Returns how many steps it ran (0 on the CPU, or when no step the pool allows has them)."""
+        if not self.cuda:
+            return 0
+        n = next((k for k in range(1, self.max_batch + 1) if whole_units(k, self.target)), 0)
+        if not n or self._probe_chunk() + n > self.scratch:
+            return 0
+        self._probe_step(n).cpu()
+        return 1
+
+    def _probe_chunk(self) -> int:
+        return max(1, min(32, self.scratch // 2))
+
+    def _probe_step(self, n: int) -> torch.Tensor:
+        """One eager step at the start of the pool, before any request owns it: a chunk of up to 32 tokens and
+        `n` one-token decodes after it (none when 0); the sampled ids, on the device."""
+        chunk = self._probe_chunk()
+        toks = np.ones(chunk, dtype=np.int64)
+        dec = (chunk + np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64))
+        return self._eager([(0, 0, chunk, toks, True)], dec if n else None)
 
     # ------------------------------------------------------------------ regions
     def reset(self, num_requests: int = 0) -> None:
@@ -847,6 +873,8 @@ def _serve_loop(
     """The serving loop: admit arrivals at step boundaries, schedule, execute, record (with `rows`, one
     trace row per step). Returns (wall seconds, steps, decode-graph steps, busy seconds, idle seconds)."""
     prompt, output = run.prompt, run.output
+    kernels = jit_functions() if rows is not None else []
+    compiled = compiled_variants(kernels)
     nxt = steps = graph_steps = 0
     busy = idle = 0.0
     t0 = time.perf_counter()
@@ -879,11 +907,13 @@ def _serve_loop(
         run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end, kept)
         if rows is not None:
             sh = batch.shape
+            now_compiled = compiled_variants(kernels)
+            compiles, compiled = (now_compiled - compiled if compiled >= 0 else -1), now_compiled
             rows.append((end, start - now, prepared - start, end - prepared, time.perf_counter() - t0 - end,
                          executor.last_launch_s, executor.last_gpu_s, graph, sh.prefill_tokens, sh.prefill_seqs,
                          sh.prefill_pairs, sh.sliding_prefill_pairs, sh.prefill_context_tokens, sh.decode_seqs,
                          sh.decode_context_tokens, sh.logits_tokens, sh.fresh_seqs, sh.fresh_tokens,
-                         sh.fresh_pairs, sh.fresh_padded_pairs, batch.num_decodes if batch.spec_k else 0))  # fmt: skip
+                         sh.fresh_pairs, sh.fresh_padded_pairs, batch.num_decodes if batch.spec_k else 0, compiles))  # fmt: skip
     return time.perf_counter() - t0, steps, graph_steps, busy, idle
 
 

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cpu_tiny_cases(tmp_path):
-    cases = "gemma3_12b_decode_b8,llama8b_int4_prefill_2048"
+    cases = "gemma3_12b_decode_b8,llama8b_int4_prefill_2048,deepseek_mixed_640_40"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_profile.py"), "--out", str(tmp_path), "--cpu", "--tiny",
            "--repeat", "2", "--only", cases]  # fmt: skip
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -20,4 +20,5 @@ def test_cpu_tiny_run(tmp_path):
     rec = json.loads((tmp_path / "eager_shapes.json").read_text())
     assert len(rec["cases"]) == 2 * 8 and {c["cudnn_sdp"] for c in rec["cases"]} == {True, False}
     assert all(c["first_gpu_s"] > 0 and c["again_gpu_s"] > 0 for c in rec["cases"])
+    assert rec["plain_check"]["vs_alone"] < 1e-4  # the batched plain form: each chunk's rows as alone (fp32)
     assert rec["profile_new_shape"] and all(e["calls"] >= 1 for e in rec["profile_new_shape"])

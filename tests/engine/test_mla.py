@@ -301,3 +301,47 @@ def test_calibration_runner_cuts_mla_decode_units_as_the_serving_executor():
     m = build_model(spec, dtype="fp32", device="cpu")
     runner = StepRunner(m, max_batch=4, max_context=64, device="cpu", cuda_graphs=False)
     assert runner.unit_target == Executor(m, 512, 4, device="cpu").target
+
+
+def _layer_with_cache():
+    """The toy DeepSeek's first attention layer over a 64-slot latent pool of random contents: (layer, pool, rope)."""
+    m = build_model(tiny_deepseek(), dtype="fp32", device="cpu", seed=8)
+    attn = m.layers[0].attn
+    m.allocate_kv(64, seed=2)
+    return attn, m.kv[0][0], m.ropes[attn.rope_base]
+
+
+@pytest.mark.parametrize("cap", [10_000, 12, 1])
+def test_plain_chunks_batched_equal_one_chunk_at_a_time(monkeypatch, cap):
+    """A step of three prompt chunks (fresh, after 5 and after 9 cached tokens), gathered and expanded together
+    (in groups of at most `cap` context tokens: one group, two, one a chunk), gives each chunk's rows what the
+    chunk alone gives."""
+    from engine import mla
+
+    monkeypatch.setattr(mla, "PLAIN_CONTEXT_TOKENS", cap)
+    assert mla.plain_groups([3, 4, 2], [3, 9, 11], 12) == [[0, 1], [2]]
+    assert mla.plain_groups([3, 4, 2], [3, 9, 11], 1) == [[0], [1], [2]]
+    attn, pool, rope = _layer_with_cache()
+    x = torch.randn(9, 64)
+    q_lens, prior, starts = [3, 4, 2], [0, 5, 9], [0, 16, 40]
+    both = attn(x, make_layout(q_lens, prior, "cpu", starts=starts), rope, pool, pool)
+    row = 0
+    for ql, p, st in zip(q_lens, prior, starts, strict=True):
+        alone = attn(x[row : row + ql], make_layout([ql], [p], "cpu", starts=[st]), rope, pool, pool)
+        assert torch.allclose(both[row : row + ql], alone, rtol=1e-4, atol=1e-5), (cap, row)
+        row += ql
+    assert both.abs().sum() > 0
+
+
+def test_plain_plan_follows_a_refilled_layout():
+    """A static layout is refilled step after step (the mixed-step buffers): the plain form's gather plan, kept
+    in the layout, is made again when the chunks change, so a second step reads its own contexts."""
+    attn, pool, rope = _layer_with_cache()
+    x = torch.randn(7, 64)
+    first = make_layout([3, 4], [0, 5], "cpu", starts=[0, 16])
+    attn(x, first, rope, pool, pool)
+    second = make_layout([4, 3], [9, 2], "cpu", starts=[30, 50])
+    want = attn(x, second, rope, pool, pool)
+    second.shared = first.shared  # what a refilled layout carries over
+    got = attn(x, second, rope, pool, pool)
+    assert torch.allclose(got, want) and second.shared["mla_plain"][0][1] == (4, 3)

@@ -88,6 +88,9 @@ def test_every_request_finishes_exactly_in_order(model, chunked, static):
     assert ((how == 2).sum() > 0) == static and ((how == 1).sum() > 0) == static
     if static and not chunked:
         assert (how == 0).sum() > 0  # prompts over 32 tokens
+    assert (
+        len(run.step_trace["compiles"]) == run.steps and (run.step_trace["compiles"] == 0).all()
+    )  # no Triton here
     greedy_matches(model, run, req, range(0, len(req), 5) if not static else range(len(req)))
 
 
@@ -253,3 +256,19 @@ def test_busy_time_splits_by_the_cost_model_when_given():
     assert _Replay.prefill_s(replay, batch, 1.0) == 0.25
     replay.cost = None
     assert _Replay.prefill_s(replay, batch, 1.0) == 0.75  # 30 of 40 tokens
+
+
+def test_the_compile_count_finds_the_engines_triton_kernels():
+    """serve(trace=True) counts Triton compiles per step over engine.fused.jit_functions(): every kernel the
+    engine launches is in it (int4's too, jitted on first use into a module list)."""
+    pytest.importorskip("triton")
+    from engine import quant
+    from engine.fused import compiled_variants, jit_functions
+
+    quant._kernels()
+    names = {f.fn.__name__ for f in jit_functions()}
+    want = {"_add_rmsnorm_kernel", "_rope_cache_kernel", "_decode_attn_kernel", "_decode_combine_kernel",
+            "_mla_decode_kernel", "_mla_prefill_kernel", "_moe_gemm_kernel", "_align_kernel", "_w4_kernel"}  # fmt: skip
+    assert want <= names
+    assert compiled_variants(jit_functions()) >= 0
+    assert compiled_variants([object()]) == -1  # a cache this code cannot read: said, not miscounted
