@@ -49,6 +49,10 @@ CASES = [
     # decodes: the plain prompt form). Mixed shapes are (chunk or 1, tokens cached before it) per sequence.
     ("deepseek_mixed_640_40", "deepseek-v2-lite", "bf16", "mixed", [(640, 512)] + [(1, 1000)] * 40),
     ("deepseek_eager_2x1600_45", "deepseek-v2-lite", "bf16", "mixed", [(1600, 800)] * 2 + [(1, 1000)] * 45),
+    # session 12's rows: DeepSeek's fresh 200-500-token prompts (20.0 ms for 374 tokens, 14.3 priced) and
+    # Mixtral's 1-2k-token mixed steps (13-14% over their price)
+    ("deepseek_mixed_374_12", "deepseek-v2-lite", "bf16", "mixed", [(374, 0)] + [(1, 700)] * 12),
+    ("mixtral_mixed_1500_50", "mixtral-8x7b", "bf16", "mixed", [(1500, 500)] + [(1, 800)] * 50),
     ("qwen7b_decode_b64", "qwen2.5-7b", "bf16", "decode", [1088] * 64),
     ("qwen7b_decode_b256", "qwen2.5-7b", "bf16", "decode", [1088] * 256),
     ("gemma3_12b_decode_b1", "gemma-3-12b", "bf16", "decode", [700]),  # the fidelity row's decode gap (-11%)

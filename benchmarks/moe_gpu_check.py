@@ -38,6 +38,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _gpu_cli import device_args, pick_device  # noqa: E402
 from moe_mla_gpu import TINY_MIXTRAL, _touched_counter, ceilings, free, log, rel_err  # noqa: E402
@@ -243,32 +244,49 @@ def mixtral(spec: ModelSpec, dev: str, ceil: dict, tiny: bool, gemv_picks: dict)
     return rec
 
 
+def ragged_contexts(batch: int, mean: int) -> list[int]:
+    """`batch` decode contexts of about `mean` tokens on average, spread as a serving batch's are (lognormal,
+    sigma 1, seeded; the longest several times the mean): where one unit per sequence leaves programs idle
+    while the longest sequence's finishes."""
+    rng = np.random.default_rng(batch)
+    x = rng.lognormal(0.0, 1.0, batch)
+    return [int(v) for v in np.clip(np.round(x / x.mean() * mean), 16, 16 * mean)]
+
+
 def large_decode(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
     """Decode steps at large batch, split (work units + combine) against whole (one unit per sequence)."""
     t0 = time.perf_counter()
     model = build_model(spec, dtype="fp32" if dev == "cpu" else "bf16", device=dev)
     batches, context = ((4, 8), 40) if tiny else (LARGE_BATCHES, LARGE_CONTEXT)
-    runner = StepRunner(model, max(batches), context, device=dev)
+    cases = [(b, sh, [context] * b if sh == "uniform" else ragged_contexts(b, context))
+             for sh in ("uniform", "ragged") for b in batches]  # fmt: skip
+    runner = StepRunner(model, max(batches), max(max(c) for *_, c in cases) + 8, device=dev,
+                        kv_tokens=max(sum(c) for *_, c in cases) + 1024)  # fmt: skip
     log(f"{spec.name}: built in {time.perf_counter() - t0:.0f} s")
     dense, _ = _floor_bytes(model)
     target = unit_target(attention.device_sms(dev), spec.num_kv_heads)
     rec: dict = {"model": spec.name, "dense_bytes": dense, "unit_target": target, "rows": []}
     keep = attention.WHOLE_UNITS_MIN_FILL
+    rule = {
+        b: whole_units(b, target) for b in batches
+    }  # the engine's own rule, before the loop moves its fill
     try:
-        for b in batches:
-            kv = b * context * spec.kv_bytes_per_token("bf16") * (2 if dev == "cpu" else 1)
+        for b, shape, ctx in cases:
+            kv = sum(ctx) * spec.kv_bytes_per_token("bf16") * (2 if dev == "cpu" else 1)
             floor = (dense + kv) / ceil["copy_bytes_per_s"]
-            row = {"batch": b, "context": context, "floor_s": floor, "engine_whole": whole_units(b, target)}
+            row = {"batch": b, "context": context, "shape": shape, "longest": max(ctx), "floor_s": floor,
+                   "engine_whole": rule[b]}  # fmt: skip
             for mode, fill in (("split", float("inf")), ("whole", 0.0)):
                 attention.WHOLE_UNITS_MIN_FILL = fill
                 runner.reset_graphs()  # the graphs' unit grids follow the rule: captured again (new pool)
                 reps = {"warmup": 1, "repeat": 2} if dev == "cpu" else {"warmup": 3, "repeat": 20}
-                row[mode + "_s"] = step = runner.decode([context] * b, **reps)
+                row[mode + "_s"] = step = runner.decode(ctx, **reps)
                 row[mode + "_ratio"] = step / floor
             rec["rows"].append(row)
-            log(f"decode batch {b} x {context}: split {row['split_s'] * 1e3:.2f} ms, whole {row['whole_s'] * 1e3:.2f} "
-                f"ms, roofline {floor * 1e3:.2f} ms ({row['split_ratio']:.2f}x / {row['whole_ratio']:.2f}x, bar "
-                f"{BAR_LARGE}x); engine rule: {'whole' if row['engine_whole'] else 'split'}")  # fmt: skip
+            log(f"decode batch {b} x {context} ({shape}, longest {max(ctx)}): split {row['split_s'] * 1e3:.2f} ms, "
+                f"whole {row['whole_s'] * 1e3:.2f} ms, roofline {floor * 1e3:.2f} ms ({row['split_ratio']:.2f}x / "
+                f"{row['whole_ratio']:.2f}x, bar {BAR_LARGE}x); engine rule: "
+                f"{'whole' if row['engine_whole'] else 'split'}")  # fmt: skip
     finally:
         attention.WHOLE_UNITS_MIN_FILL = keep
     return rec
@@ -324,10 +342,11 @@ def tables(raw: dict) -> str:
         out.append("")
     q = raw.get("large_decode")
     if q:
-        out += ["| decode batch | context | split ms | whole ms | roofline ms | split x | whole x | engine rule |",
-                "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        out += ["| decode batch | context (mean) | contexts | longest | split ms | whole ms | roofline ms | split x | "
+                "whole x | engine rule |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in q["rows"]:
-            out.append(f"| {r['batch']} | {r['context']} | {r['split_s'] * 1e3:.2f} | {r['whole_s'] * 1e3:.2f} | "
+            out.append(f"| {r['batch']} | {r['context']} | {r.get('shape', 'uniform')} | {r.get('longest', r['context'])} | "
+                       f"{r['split_s'] * 1e3:.2f} | {r['whole_s'] * 1e3:.2f} | "
                        f"{r['floor_s'] * 1e3:.2f} | {r['split_ratio']:.2f} | {r['whole_ratio']:.2f} | "
                        f"{'whole' if r['engine_whole'] else 'split'} |")  # fmt: skip
     return "\n".join(out) + "\n"
