@@ -132,19 +132,7 @@ class MLAttention(nn.Module):
         same gathered tensors go to SDPA one chunk at a time."""
         dt, n = q_nope.dtype, sum(lay.q_lens[: lay.n_prefill])
         q = torch.cat([q_nope[:n], q_pe[:n].to(dt)], -1)
-        npf = (
-            lay.n_prefill
-        )  # (a static graph layout is refilled step after step: the plan is kept by its chunks)
-        key = (
-            PLAIN_CONTEXT_TOKENS,
-            tuple(lay.q_lens[:npf]),
-            tuple(lay.k_lens[:npf]),
-            tuple(lay.k_starts[:npf]),
-        )
-        kept = lay.shared.get("mla_plain")
-        if kept is None or kept[0] != key:
-            kept = lay.shared["mla_plain"] = (key, plain_plan(lay, PLAIN_CONTEXT_TOKENS, q.device))
-        plan = kept[1]
+        plan = shared_plain_plan(lay, q.device)
         nope, qd, vd = self.nope, self.qd, self.vd
         for g in plan:
             if not g.seqs:
@@ -253,6 +241,18 @@ def plain_plan(lay, cap: int, device) -> list[PlainGroup]:
             )
             o += 2 * nq + nk
     return groups
+
+
+def shared_plain_plan(lay, device) -> list[PlainGroup]:
+    """The step's plain_plan, made by the first layer and kept in the layout for the others. A static graph
+    layout is refilled step after step, so the plan is kept with the chunks it was made for and made again
+    when they differ."""
+    npf = lay.n_prefill
+    key = (PLAIN_CONTEXT_TOKENS, tuple(lay.q_lens[:npf]), tuple(lay.k_lens[:npf]), tuple(lay.k_starts[:npf]))
+    kept = lay.shared.get("mla_plain")
+    if kept is None or kept[0] != key:
+        kept = lay.shared["mla_plain"] = (key, plain_plan(lay, PLAIN_CONTEXT_TOKENS, device))
+    return kept[1]
 
 
 def plain_groups(q_lens: list[int], k_lens: list[int], cap: int) -> list[list[int]]:
