@@ -284,6 +284,15 @@ def write_steps(path: Path, trace: dict[str, np.ndarray], cm: CostModel) -> None
             w.writerow([f"{trace[k][i]:.6g}" for k in trace] + [f"{pred[i]:.6g}"])
 
 
+def compile_steps(trace: dict[str, np.ndarray]) -> int | None:
+    """Steps of a traced run during which Triton compiled a kernel (the trace's `compiles`); None where the trace
+    has no such column (runs before it) or this Triton's cache could not be counted."""
+    c = trace.get("compiles")
+    if c is None or (c < 0).any():
+        return None
+    return int((c > 0).sum())
+
+
 def alloc_retries(device: str) -> int:
     """How often torch's caching allocator had to free its cache and retry a GPU allocation (0 on the CPU)."""
     if device == "cpu":
@@ -400,6 +409,11 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     retries = alloc_retries(args.device)
     if retries:  # the caching allocator freed and retried (a device sync each): the engine ran short of room
         log(f"  torch allocator: {retries} retries so far (raise --reserve-gib)")
+    compiled = compile_steps(run.step_trace)
+    if compiled:  # a kernel variant the warm-up missed: the step (and the requests behind it) waited 0.1-1 s
+        log(
+            f"  {compiled} steps compiled a Triton kernel during the run (engine.serving.Executor.warm_eager)"
+        )
     setup = Setup(sc, spec, profile, mem)
     eng = summarize(setup, RunRecord(run.table, run.stats, SchedulerCounts.of([run.scheduler]), run.wall_s))
     fc = simulate(sc, requests=reqs)
@@ -425,7 +439,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
         "engine_run": {"wall_s": run.wall_s, "steps": run.steps, "decode_graph_steps": run.decode_graph_steps,
                        "host_s": run.host_s, "idle_s": run.idle_s, "unfinished": len(run.unfinished),
                        "compactions": host.executor.compactions, "busy_fraction": eng["utilisation"]["busy_fraction"],
-                       "mean_batch_seqs": eng["utilisation"]["mean_batch_seqs"]},
+                       "mean_batch_seqs": eng["utilisation"]["mean_batch_seqs"], "compile_steps": compiled},
         "engine_steps": steps,
         "eager_launch_s_per_layer": host.executor.eager_launch_s / spec.num_layers,
         "simulator_run": {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],
@@ -472,6 +486,8 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
         trace = {k: np.asarray(v, dtype=float) for k, v in _columns(steps_csv).items() if k != "model_s"}
         cm = serving_cost_model(profile, spec, sc.serving)
         out["engine_steps"] = step_kinds(trace, cm)
+        if (compiled := compile_steps(trace)) is not None:  # (traces before the column have no count)
+            out["engine_run"] = dict(out["engine_run"], compile_steps=compiled)
         write_steps(steps_csv, trace, cm)
     (row_dir / "row.json").write_text(json.dumps(out, indent=1))
     e, s = out["engine"], out["simulator"]
@@ -480,6 +496,11 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
         f"TPOT p50 {pct(error(s['tpot_p50'], e['tpot_p50']))}"
     )
     return out
+
+
+def _compiled_note(engine_run: dict) -> str:
+    n = engine_run.get("compile_steps")
+    return "" if n is None else f"; {n} steps compiled a Triton kernel during the run"
 
 
 def _columns(path: Path) -> dict[str, list[float]]:
@@ -648,7 +669,7 @@ def table(records: list[dict], profile: str, command: str, decode: list[dict] | 
                   f"{er['steps']} steps ({er['decode_graph_steps']} CUDA-graph decodes), busy "
                   f"{er['busy_fraction']:.0%}, host {er['host_s']:.1f} s, mean batch {er['mean_batch_seqs']:.1f} "
                   f"(simulator {r['simulator_run']['steps']} steps, busy {r['simulator_run']['busy_fraction']:.0%}, "
-                  f"mean batch {r['simulator_run']['mean_batch_seqs']:.1f})", "",
+                  f"mean batch {r['simulator_run']['mean_batch_seqs']:.1f})" + _compiled_note(er), "",
                   "| metric | engine | simulator | error |", "|---|---|---|---|"]  # fmt: skip
         for m, q in METRICS:
             k = f"{m}_{q}"
