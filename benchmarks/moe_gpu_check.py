@@ -267,9 +267,8 @@ def large_decode(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
     target = unit_target(attention.device_sms(dev), spec.num_kv_heads)
     rec: dict = {"model": spec.name, "dense_bytes": dense, "unit_target": target, "rows": []}
     keep = attention.WHOLE_UNITS_MIN_FILL
-    rule = {
-        b: whole_units(b, target) for b in batches
-    }  # the engine's own rule, before the loop moves its fill
+    # the engine's own rule, read before the loop moves its fill
+    rule = {b: whole_units(b, target) for b in batches}
     try:
         for b, shape, ctx in cases:
             kv = sum(ctx) * spec.kv_bytes_per_token("bf16") * (2 if dev == "cpu" else 1)

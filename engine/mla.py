@@ -196,50 +196,55 @@ PLAIN_CONTEXT_TOKENS = 8192
 @dataclass(slots=True)
 class PlainGroup:
     """One varlen flash call of the plain form: output rows [row, row + rows), the chunks `seqs` (those with
-    rows), their cumulative query and key offsets (host lists, and device int32 tensors) and gather index."""
+    rows), their cumulative query and key offsets (host lists, and device int32 tensors) and gather index
+    (device tensors None for a group of empty slots only)."""
 
     row: int
     rows: int
     seqs: list[int]
     host_q: list[int]
     host_k: list[int]
-    max_q: int = 0
-    max_k: int = 0
-    cu_q: torch.Tensor | None = None
-    cu_k: torch.Tensor | None = None
-    index: torch.Tensor | None = None
+    cu_q: torch.Tensor | None
+    cu_k: torch.Tensor | None
+    index: torch.Tensor | None
+
+    @property
+    def max_q(self) -> int:
+        return max(b - a for a, b in zip(self.host_q, self.host_q[1:], strict=False))
+
+    @property
+    def max_k(self) -> int:
+        return max(b - a for a, b in zip(self.host_k, self.host_k[1:], strict=False))
 
 
 def plain_plan(lay, cap: int, device) -> list[PlainGroup]:
     """The plain form's groups for a step's prompt chunks (plain_groups), their offsets and gather index copied to
     the device in one go: pinned and asynchronous on CUDA (a pageable copy would make the host wait for the
     GPU at every layer)."""
-    groups, parts, row = [], [], 0
+    specs, parts, row = [], [], 0
     for group in plain_groups(lay.q_lens[: lay.n_prefill], lay.k_lens, cap):
         seqs = [s for s in group if lay.q_lens[s]]  # (an unused chunk slot of a mixed-step graph has no rows)
-        qls, kls = [lay.q_lens[s] for s in seqs], [lay.k_lens[s] for s in seqs]
-        g = PlainGroup(row, sum(lay.q_lens[s] for s in group), seqs, np.cumsum([0, *qls]).tolist(),
-                       np.cumsum([0, *kls]).tolist(), max(qls, default=0), max(kls, default=0))  # fmt: skip
+        host_q = np.cumsum([0, *(lay.q_lens[s] for s in seqs)]).tolist()
+        host_k = np.cumsum([0, *(lay.k_lens[s] for s in seqs)]).tolist()
         if seqs:
-            parts += [g.host_q, g.host_k]
+            parts += [host_q, host_k]
             parts += [np.arange(lay.k_starts[s], lay.k_starts[s] + lay.k_lens[s]) for s in seqs]
-        groups.append(g)
-        row += g.rows
-    if not parts:
-        return groups
-    host = torch.from_numpy(np.concatenate(parts).astype(np.int32))
-    dev = torch.device(device)
-    meta = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host
-    o = 0
-    for g in groups:
-        if g.seqs:
-            nq, nk = len(g.host_q), g.host_k[-1]
-            g.cu_q, g.cu_k, g.index = (
-                meta[o : o + nq],
-                meta[o + nq : o + 2 * nq],
-                meta[o + 2 * nq : o + 2 * nq + nk],
-            )
+        rows = sum(lay.q_lens[s] for s in group)
+        specs.append((row, rows, seqs, host_q, host_k))
+        row += rows
+    meta = None
+    if parts:
+        host = torch.from_numpy(np.concatenate(parts).astype(np.int32))
+        dev = torch.device(device)
+        meta = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host
+    groups, o = [], 0
+    for row, rows, seqs, host_q, host_k in specs:
+        views = (None, None, None)
+        if seqs:
+            nq, nk = len(host_q), host_k[-1]
+            views = (meta[o : o + nq], meta[o + nq : o + 2 * nq], meta[o + 2 * nq : o + 2 * nq + nk])
             o += 2 * nq + nk
+        groups.append(PlainGroup(row, rows, seqs, host_q, host_k, *views))
     return groups
 
 
@@ -539,12 +544,16 @@ def mla_decode_units(qa: torch.Tensor, kv_pool: torch.Tensor, lay, rank: int, sc
     args = (qa, kv_pool, op, lp, units["seq"], units["lo"], units["hi"], lay.cu_q, lay.cu_k, lay.seqused_k, scale,
             kv_pool.stride(0))  # fmt: skip
     consts = {"NH": nh, "H_PAD": max(16, triton.next_power_of_2(nh)), "R": rank, "P": d - rank}
+
+    def launch(c: dict) -> None:
+        _mla_decode_kernel[(n_units,)](*args, **consts, BLOCK_N=c["block_n"], num_warps=c["num_warps"],
+                                       num_stages=c["num_stages"])  # fmt: skip
+
     try:
-        _mla_decode_kernel[(n_units,)](*args, **consts, BLOCK_N=cfg["block_n"], num_warps=cfg["num_warps"],
-                                       num_stages=cfg["num_stages"])  # fmt: skip
+        launch(cfg)
     except triton.runtime.errors.OutOfResources:
         if tiles or dev in _SMALL_TILES_ON:
             raise
-        _SMALL_TILES_ON.add(dev)
-        return mla_decode_units(qa, kv_pool, lay, rank, scale)
+        _SMALL_TILES_ON.add(dev)  # this GPU takes the small tiles from now on
+        launch(SMALL_DECODE_TILES)
     return op, lp
