@@ -46,7 +46,7 @@ from moe_mla_gpu import TINY_MIXTRAL, _touched_counter, ceilings, free, log, rel
 import engine.attention as attention  # noqa: E402
 import engine.moe as moe  # noqa: E402
 from core.model_spec import ModelSpec, load_model, spec_from_config  # noqa: E402
-from engine.attention import make_layout, unit_target, whole_units  # noqa: E402
+from engine.attention import make_layout, unit_target  # noqa: E402
 from engine.model import MoE, build_model  # noqa: E402
 from engine.steps import StepRunner  # noqa: E402
 from engine.timing import measure_graph  # noqa: E402
@@ -267,14 +267,14 @@ def large_decode(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
     target = unit_target(attention.device_sms(dev), spec.num_kv_heads)
     rec: dict = {"model": spec.name, "dense_bytes": dense, "unit_target": target, "rows": []}
     keep = attention.WHOLE_UNITS_MIN_FILL
-    # the engine's own rule, read before the loop moves its fill
-    rule = {b: whole_units(b, target) for b in batches}
+    # the engine's own rule for each case's contexts, before the loop moves its fill
+    rule = {(b, sh): attention.balanced_units(c, target) for b, sh, c in cases}
     try:
         for b, shape, ctx in cases:
             kv = sum(ctx) * spec.kv_bytes_per_token("bf16") * (2 if dev == "cpu" else 1)
             floor = (dense + kv) / ceil["copy_bytes_per_s"]
             row = {"batch": b, "context": context, "shape": shape, "longest": max(ctx), "floor_s": floor,
-                   "engine_whole": rule[b]}  # fmt: skip
+                   "engine_whole": rule[(b, shape)]}  # fmt: skip
             for mode, fill in (("split", float("inf")), ("whole", 0.0)):
                 attention.WHOLE_UNITS_MIN_FILL = fill
                 runner.reset_graphs()  # the graphs' unit grids follow the rule: captured again (new pool)

@@ -104,6 +104,12 @@ UNIT_CTAS_PER_SM = 2
 # the split at every batch measured, 64 (fill 0.97) / 128 / 256: 5.62 / 6.76 / 10.80 ms against 6.02 / 7.18 /
 # 11.41 ms; fills below 0.97 are not measured, so the rule stays near 1.
 WHOLE_UNITS_MIN_FILL = 0.9
+# ... and only when no sequence is longer than this many times the split plan's share (total keys / target). On
+# an H200 (benchmarks/moe_gpu_check.py, Qwen2.5-7B, mean context 1,088, target 66) one unit each took 5.66 / 6.75 /
+# 10.63 ms at batch 64 / 128 / 256 of equal contexts against 6.04 / 7.20 / 11.30 split, and 11.36 / 10.33 / 20.30
+# against 6.11 / 7.76 / 12.53 with lognormal contexts (longest 9.4 / 6.1 / 16 times the mean): the longest
+# sequence's program set the step. Equal contexts at batch 64 have a longest of 1.03 shares; 1.1 leaves them whole.
+WHOLE_MAX_SHARE = 1.1
 
 
 def prefill_count(q_lens: list[int]) -> int:
@@ -127,8 +133,20 @@ def unit_heads(spec) -> int:
 
 
 def whole_units(n_decode: int, target: int) -> bool:
-    """Whether a decode group of `n_decode` sequence slots runs one unit per sequence (no split, no combine)."""
+    """Whether a decode group of `n_decode` sequence slots may run one unit per sequence (no split, no combine):
+    enough of them to fill the GPU (balanced_units then asks whether their lengths allow it)."""
     return n_decode > 0 and n_decode >= WHOLE_UNITS_MIN_FILL * max(target, 1)
+
+
+def balanced_units(k_lens, target: int) -> bool:
+    """Whether the decode group with contexts `k_lens` runs one unit per sequence: whole_units by count, and no
+    sequence longer than WHOLE_MAX_SHARE of the keys one of `target` units would take in a split plan. With one
+    unit each, the longest sequence's program sets the step's time; a split plan cuts every unit to the
+    average share and pays for a combine kernel and fp32 partials."""
+    k = np.asarray(k_lens, dtype=np.int64).reshape(-1)
+    if not whole_units(len(k), target):
+        return False
+    return int(k.max()) <= WHOLE_MAX_SHARE * int(k.sum()) / max(target, 1)
 
 
 def plan_decode_units(
@@ -147,12 +165,12 @@ def plan_decode_units(
     by sequence; `seq_units[j]:seq_units[j+1]` are sequence j's. `seq` holds global sequence indices
     (seq0 + j); with `cap`, the tables are padded to `cap` units with seq = -1 (idle programs of a
     CUDA graph's fixed grid). Vectorised (no per-sequence Python): the serving loop plans every decode
-    step with it. Lists, or int64 numpy arrays with `arrays`. With `whole` (default: `whole_units` of
-    len(k_lens)), chunk covers the longest sequence: one unit per sequence with keys ("whole" in the result).
+    step with it. Lists, or int64 numpy arrays with `arrays`. With `whole` (default: `balanced_units` of
+    k_lens)), chunk covers the longest sequence: one unit per sequence with keys ("whole" in the result).
     """
     k = np.asarray(k_lens, dtype=np.int64).reshape(-1)
     total = int(k.sum())
-    whole = whole_units(len(k), target) if whole is None else whole
+    whole = balanced_units(k, target) if whole is None else whole
     share = int(k.max()) if whole and len(k) else math.ceil(total / max(target, 1))
     chunk = max(UNIT_MIN_KEYS, math.ceil(share / UNIT_BLOCK) * UNIT_BLOCK)
     per = -(-k // chunk)  # units per sequence (0 for an empty one)
@@ -183,9 +201,11 @@ def plan_decode_units(
     }
 
 
-def unit_capacity(target: int, n_decode: int) -> int:
-    """An upper bound of plan_decode_units' count for n_decode sequences (the fixed grid of a graph)."""
-    return n_decode if whole_units(n_decode, target) else target + n_decode
+def unit_capacity(target: int, n_decode: int, whole: bool | None = None) -> int:
+    """An upper bound of plan_decode_units' count for n_decode sequences (the fixed grid of a graph), one unit
+    each when `whole` (default: whole_units by count)."""
+    whole = whole_units(n_decode, target) if whole is None else whole
+    return n_decode if whole else target + n_decode
 
 
 def plan_layout(
@@ -196,6 +216,7 @@ def plan_layout(
     n_prefill: int | None = None,
     target: int = 64,
     cap: int | None = None,
+    whole: bool | None = None,
 ) -> dict:
     """Host-side layout: regions laid end to end from slot `base` (or at `starts`), new tokens after each prefix.
 
@@ -215,7 +236,7 @@ def plan_layout(
     for q in q_lens:
         cu_q.append(cu_q[-1] + q)
     n_pre = prefill_count(list(q_lens)) if n_prefill is None else n_prefill
-    units = plan_decode_units(k_lens[n_pre:], target, seq0=n_pre, cap=cap)
+    units = plan_decode_units(k_lens[n_pre:], target, seq0=n_pre, cap=cap, whole=whole)
     return {
         "q_lens": list(q_lens),
         "k_lens": k_lens,

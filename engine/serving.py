@@ -33,6 +33,7 @@ from core.scheduler import Batch, Scheduler, SchedulerConfig, Sequence, SpecDeco
 from engine import mla
 from engine.attention import (
     StepLayout,
+    balanced_units,
     device_sms,
     fresh_rule,
     make_layout,
@@ -236,6 +237,8 @@ class Executor:
         # decode steps through the static buffers (without a graph on the CPU, to test the path there)
         self.static_decode = self.use_graphs if static_decode is None else static_decode
         self.graphs: dict[int, _DecodeGraph] = {}
+        # sizes whose graph runs one unit per sequence also get a split graph, for steps of uneven contexts
+        self.split_graphs: dict[int, _DecodeGraph] = {}
         self.mixed_graphs: dict[int, _MixedGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.vocab = model.spec.vocab_size
@@ -270,6 +273,8 @@ class Executor:
         if self.static_decode:
             for size in reversed(self.sizes):
                 self._graph(size)
+                if whole_units(size, self.target):
+                    self._graph(size, whole=False)
         if self.static_mixed:
             for size in reversed(self.mixed_sizes):
                 self._mixed_graph(size)
@@ -280,7 +285,7 @@ class Executor:
         self.eager_launch_s = self.measure_launch()
         self.warm_eager()
         if log:
-            log(f"warm-up: {len(self.graphs)} decode and {len(self.mixed_graphs)} mixed-step graphs, {plans} "
+            log(f"warm-up: {len(self.graphs) + len(self.split_graphs)} decode and {len(self.mixed_graphs)} mixed-step graphs, {plans} "
                 f"fresh-prompt lengths, eager launch "
                 f"{self.eager_launch_s * 1e3:.2f} ms a step ({self.eager_launch_s / self.model.num_layers * 1e6:.0f} "
                 f"µs a layer) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
@@ -310,7 +315,7 @@ class Executor:
         by a fifth). Returns how many steps it ran (0 on the CPU, or when no step the pool allows has them)."""
         if not self.cuda:
             return 0
-        n = next((k for k in range(1, self.max_batch + 1) if whole_units(k, self.target)), 0)
+        n = next((k for k in range(1, self.max_batch + 1) if balanced_units(np.ones(k), self.target)), 0)
         if not n or self._probe_chunk() + n > self.scratch:
             return 0
         self._probe_step(n).cpu()
@@ -445,7 +450,10 @@ class Executor:
 
     def _decode(self, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> torch.Tensor:
         n = len(ctx)
-        g = self._graph(self.sizes[bisect.bisect_left(self.sizes, n)])
+        size = self.sizes[bisect.bisect_left(self.sizes, n)]
+        g = self._graph(size)
+        if g.layout.whole_units and not balanced_units(self._padded_k_lens(size, ctx), self.target):
+            g = self._graph(size, whole=False)  # one sequence much longer than the rest: split units
         self._fill(g, starts, ctx, tokens)
         if g.graph is not None:
             g.graph.replay()
@@ -489,18 +497,23 @@ class Executor:
         pad = size - n
         scratch = self.scratch + np.arange(pad, dtype=np.int64)  # padding: one new token each, in scratch
         all_starts = np.concatenate([starts, scratch])
-        k_lens = np.concatenate([ctx, np.ones(pad, dtype=np.int64)])
+        k_lens = self._padded_k_lens(size, ctx)
         h64 = g.host64.numpy()
         h64[:n] = tokens
         h64[n:size] = 1
         h64[size : 2 * size] = k_lens - 1
         h64[2 * size :] = all_starts + k_lens - 1
-        units = plan_decode_units(k_lens, self.target, cap=cap, arrays=True)
+        units = plan_decode_units(k_lens, self.target, cap=cap, arrays=True, whole=g.layout.whole_units)
         h32 = g.host32.numpy()
         h32[:size] = all_starts
         h32[size] = int((all_starts + k_lens).max())
         h32[size + 1 : 2 * size + 1] = k_lens
         self._upload(g, units, 2 * size + 1)
+
+    @staticmethod
+    def _padded_k_lens(size: int, ctx: np.ndarray) -> np.ndarray:
+        """A decode graph's contexts: the step's, then one key for each padding slot."""
+        return np.concatenate([np.asarray(ctx, dtype=np.int64), np.ones(size - len(ctx), dtype=np.int64)])
 
     def _upload(self, g, units: dict, o: int) -> None:
         """Write the decode work units into a graph's int32 host buffer from offset o (seq, lo, hi: `g.cap`
@@ -588,6 +601,7 @@ class Executor:
         """Drop every captured graph (after changing a kernel rule the graphs baked in), with a new memory pool:
         a private pool whose graphs are all freed cannot take a new capture (PyTorch's allocator asserts)."""
         self.graphs.clear()
+        self.split_graphs.clear()
         self.mixed_graphs.clear()
         if self.use_graphs:
             torch.cuda.synchronize(self.device)
@@ -642,11 +656,15 @@ class Executor:
         self._fill_mixed(g, [], None)
         return g
 
-    def _graph(self, size: int) -> _DecodeGraph:
-        g = self.graphs.get(size)
+    def _graph(self, size: int, whole: bool | None = None) -> _DecodeGraph:
+        """The decode graph of `size` sequences: one unit per sequence where whole_units says they fill the GPU
+        (`whole` None), or split units (`whole` False: its second graph, for steps of uneven contexts)."""
+        split = whole is False and whole_units(size, self.target)
+        graphs = self.split_graphs if split else self.graphs
+        g = graphs.get(size)
         if g is not None:
             return g
-        g = self.decode_buffers(size)
+        g = self.decode_buffers(size, whole=False if split else None)
         if self.use_graphs:
             dev = self.device
             tokens = g.i64[:size]
@@ -660,13 +678,15 @@ class Executor:
             with torch.cuda.graph(graph, pool=self.pool):
                 g.ids = self.model(tokens, g.layout, None).argmax(-1)
             g.graph = graph
-        self.graphs[size] = g
+        graphs[size] = g
         return g
 
-    def decode_buffers(self, size: int) -> _DecodeGraph:
-        """The static buffers and layout of a decode step of `size` sequences (no graph: `_graph` captures one on
-        them; engine/speculative.py's round graphs capture their own)."""
-        dev, cap = self.device, unit_capacity(self.target, size)
+    def decode_buffers(self, size: int, whole: bool | None = None) -> _DecodeGraph:
+        """The static buffers and layout of a decode step of `size` sequences, one work unit per sequence or split
+        (`whole`; default whole_units by count) (no graph: `_graph` captures one on them; engine/speculative.py's
+        round graphs capture their own)."""
+        whole = whole_units(size, self.target) if whole is None else whole
+        dev, cap = self.device, unit_capacity(self.target, size, whole)
         pin = self.cuda
         n32 = 2 * size + 1 + 3 * cap + size + 1
         g = _DecodeGraph(
@@ -700,7 +720,7 @@ class Executor:
             0,
             size,
             units,
-            whole_units(size, self.target),
+            whole,
         )
         # capture on padding only: every sequence a new token in scratch
         self._fill(g, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))

@@ -21,6 +21,7 @@ from core.cost_model import BatchShape
 from core.graphs import capture_sizes  # noqa: F401  (engine.steps.capture_sizes: the sizes live in core)
 from engine.attention import (
     StepLayout,
+    balanced_units,
     device_sms,
     make_layout,
     plan_layout,
@@ -268,7 +269,10 @@ class StepRunner:
                 ),
             )
         )
-        cap = unit_capacity(self.unit_target, sb - n_group)
+        # one unit per decode when they fill the GPU evenly (balanced_units over the group's contexts, dummies too)
+        group_k = [p + q for p, q in zip(list(prior_lens) + [0] * dummies, q_all, strict=True)][n_group:]
+        whole = balanced_units(group_k, self.unit_target) if group_k else False
+        cap = unit_capacity(self.unit_target, sb - n_group, whole)
         pinned = None
         if starts is not None:  # padding goes to scratch, never over another sequence's KV or off the pool
             pinned, off = list(starts), self.scratch
@@ -282,8 +286,9 @@ class StepRunner:
             n_prefill=n_group,
             target=self.unit_target,
             cap=cap,
+            whole=whole,
         )
-        key = (tb, sb, max_q, max_k, n_group)
+        key = (tb, sb, max_q, max_k, n_group, whole)
         g = self.graphs.get(key)
         if g is None:
             g = self._capture(key, plan, tokens, n)

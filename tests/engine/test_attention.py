@@ -161,19 +161,33 @@ def test_vectorised_decode_units_equal_the_per_sequence_split():
         assert arr["seq"].tolist() == loop(k, target, seq0, cap)["seq"]
 
 
-def test_whole_units_once_the_sequences_fill_the_gpu():
+def test_whole_units_once_the_sequences_fill_the_gpu_evenly():
     """From WHOLE_UNITS_MIN_FILL x `target` decode sequences (sequences x KV heads about fill the SMs) each
-    sequence is one unit: the graph grid is the sequence count, and no unit splits a context however uneven."""
-    from engine.attention import WHOLE_UNITS_MIN_FILL, whole_units
+    sequence may be one unit: the graph grid is the sequence count. A plan takes one unit per sequence only when
+    no context is longer than WHOLE_MAX_SHARE of the split plan's share (balanced_units): one 30,000-key
+    sequence among 40-key ones is split, as the H200 measured it faster."""
+    from engine.attention import WHOLE_MAX_SHARE, WHOLE_UNITS_MIN_FILL, balanced_units, whole_units
 
     edge = math.ceil(WHOLE_UNITS_MIN_FILL * 66)  # 60 at the measured 0.9
     assert not whole_units(edge - 1, 66) and whole_units(edge, 66) and not whole_units(0, 1)
     assert unit_capacity(66, edge - 1) == 66 + edge - 1 and unit_capacity(66, 128) == 128
-    u = plan_decode_units([30000, 5, 0, 700] + [40] * 124, 66, seq0=2, cap=unit_capacity(66, 128))
+    assert unit_capacity(66, 128, whole=False) == 66 + 128
+    uneven = [30000, 5, 0, 700] + [40] * 124
+    assert not balanced_units(uneven, 66) and balanced_units([700] * 128, 66)
+    # the share's edge: at 128 x 700 keys a split unit would take 128 * 700 / 66 = 1,358 keys
+    assert balanced_units([700] * 127 + [int(WHOLE_MAX_SHARE * 1358)], 66)
+    assert not balanced_units([700] * 127 + [int(WHOLE_MAX_SHARE * 1358) + 40], 66)
+    u = plan_decode_units(uneven, 66, seq0=2, cap=unit_capacity(66, 128), whole=True)
     assert u["whole"] and u["count"] == 127 and len(u["seq"]) == 128 and u["seq"][-1] == -1
     assert all(lo == 0 for lo in u["lo"]) and u["hi"][0] == 30000 and u["seq_units"][3:5] == [2, 3]
-    split = plan_decode_units([30000, 5, 0, 700] + [40] * 124, 66, whole=False)
-    assert not split["whole"] and split["count"] > 128
+    split = plan_decode_units(uneven, 66)  # the default: split, the long context over several units
+    assert (
+        not split["whole"]
+        and split["count"] > 128
+        and max(h - lo for lo, h in zip(split["lo"], split["hi"])) < 30000
+    )
+    even = plan_decode_units([700] * 128, 66)
+    assert even["whole"] and even["count"] == 128
 
 
 WHOLE_VS_SPLIT = r"""

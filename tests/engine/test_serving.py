@@ -273,3 +273,23 @@ def test_the_compile_count_finds_the_engines_triton_kernels():
     assert want <= names
     assert compiled_variants(jit_functions()) >= 0
     assert compiled_variants([object()]) == -1  # a cache this code cannot read: said, not miscounted
+
+
+def test_uneven_decode_steps_take_the_split_graph(model):
+    """A decode graph size whose sequences fill the GPU one unit each keeps a second, split graph: a step with one
+    context far longer than the others replays it (engine.attention.balanced_units), an even step the whole one."""
+    from engine.attention import whole_units
+
+    ex = Executor(model, 4096, 32, device="cpu", static_decode=True)
+    ex.warmup()
+    size = next(s for s in ex.sizes if whole_units(s, ex.target))
+    assert size in ex.split_graphs and not ex.split_graphs[size].layout.whole_units
+    assert ex.graphs[size].layout.whole_units and ex.split_graphs[size].cap == ex.target + size
+    seen = []
+    fill = ex._fill
+    ex._fill = lambda g, *a: (seen.append(g.layout.whole_units), fill(g, *a))
+    starts = np.arange(size, dtype=np.int64) * 100
+    tokens = np.ones(size, dtype=np.int64)
+    ex._decode(starts, np.full(size, 20, dtype=np.int64), tokens)
+    ex._decode(starts, np.array([90] + [3] * (size - 1), dtype=np.int64), tokens)
+    assert seen == [True, False]
