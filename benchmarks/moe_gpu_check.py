@@ -266,7 +266,7 @@ def large_decode(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
     dense, _ = _floor_bytes(model)
     target = unit_target(attention.device_sms(dev), spec.num_kv_heads)
     rec: dict = {"model": spec.name, "dense_bytes": dense, "unit_target": target, "rows": []}
-    keep = attention.WHOLE_UNITS_MIN_FILL
+    keep = attention.WHOLE_UNITS_MIN_FILL, attention.WHOLE_MAX_SHARE
     # the engine's own rule for each case's contexts, before the loop moves its fill
     rule = {(b, sh): attention.balanced_units(c, target) for b, sh, c in cases}
     try:
@@ -276,7 +276,9 @@ def large_decode(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
             row = {"batch": b, "context": context, "shape": shape, "longest": max(ctx), "floor_s": floor,
                    "engine_whole": rule[(b, shape)]}  # fmt: skip
             for mode, fill in (("split", float("inf")), ("whole", 0.0)):
+                # whole: one unit per sequence whatever the contexts (balanced_units' share test off too)
                 attention.WHOLE_UNITS_MIN_FILL = fill
+                attention.WHOLE_MAX_SHARE = float("inf")
                 runner.reset_graphs()  # the graphs' unit grids follow the rule: captured again (new pool)
                 reps = {"warmup": 1, "repeat": 2} if dev == "cpu" else {"warmup": 3, "repeat": 20}
                 row[mode + "_s"] = step = runner.decode(ctx, **reps)
@@ -287,7 +289,7 @@ def large_decode(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
                 f"{row['whole_ratio']:.2f}x, bar {BAR_LARGE}x); engine rule: "
                 f"{'whole' if row['engine_whole'] else 'split'}")  # fmt: skip
     finally:
-        attention.WHOLE_UNITS_MIN_FILL = keep
+        attention.WHOLE_UNITS_MIN_FILL, attention.WHOLE_MAX_SHARE = keep
     return rec
 
 
