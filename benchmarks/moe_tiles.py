@@ -9,7 +9,8 @@ mixed steps of 768-1,280 tokens run 12-16% longer than priced. This takes the la
 `--tokens`, for Mixtral-8x7B's and DeepSeek-V2-Lite's expert shapes (calibrate.plan.MOE_SHAPES):
 
 - the `align` pass (engine.moe.align: pairs sorted by expert, each expert's run padded to whole row blocks), on
-  its one-program kernel and on the torch path it takes above ALIGN_KERNEL_MAX_PAIRS;
+  the engine's kernels (one program up to ALIGN_ONE_PROGRAM_MAX_PAIRS, then count / scan / place), on the one
+  program at every size, and on the torch path;
 - each grouped GEMM (gate_up, then down with the routing weight) on the Triton kernel under the engine's own
   tile config (engine.moe.kernel_config) and under each of CONFIGS;
 - the whole layer as the engine runs it (engine.moe.routed_experts: route, align, GEMMs, combine) on each
@@ -82,16 +83,21 @@ def one_point(shape: tuple, weights: tuple, tokens: int, dev: str, configs: list
     rec = {"tokens": tokens, "pairs": pairs, "max_rows": int(counts.max()), "min_rows": int(counts.min())}
 
     own_bm = moe.kernel_config(pairs, w_gu.shape[1], e, h)["BM"]
-    kernel_max = moe.ALIGN_KERNEL_MAX_PAIRS
-    for name, limit in (("align_kernel", 1 << 30), ("align_torch", 0)):
-        moe.ALIGN_KERNEL_MAX_PAIRS = limit
+    keep = moe.ALIGN_KERNEL_MAX_PAIRS, moe.ALIGN_ONE_PROGRAM_MAX_PAIRS
+    # the engine's kernels, the one-program kernel at any size, the torch path
+    for name, limits in (
+        ("align_kernel", keep),
+        ("align_one_program", (keep[0], 1 << 62)),
+        ("align_torch", (-1, 0)),
+    ):
+        moe.ALIGN_KERNEL_MAX_PAIRS, moe.ALIGN_ONE_PROGRAM_MAX_PAIRS = limits
         try:
             rec[name] = {
                 bm: timed(lambda bm=bm: moe.align(ids, e, bm), dev, repeat)
                 for bm in sorted({own_bm, 64, 128})
             }
         finally:
-            moe.ALIGN_KERNEL_MAX_PAIRS = kernel_max
+            moe.ALIGN_KERNEL_MAX_PAIRS, moe.ALIGN_ONE_PROGRAM_MAX_PAIRS = keep
 
     flat_w = tw.reshape(-1).float()
     gemms = []
@@ -153,7 +159,7 @@ def table(raw: dict) -> str:
         lines += [
             f"## E={e} top-{k} H={h} I={i}",
             "",
-            "| tokens | rows/expert (max) | align kernel / torch | gate_up engine | gate_up best | down engine | "
+            "| tokens | rows/expert (max) | align engine / one program / torch | gate_up engine | gate_up best | down engine | "
             "down best | layer triton | layer grouped_mm |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -164,7 +170,9 @@ def table(raw: dict) -> str:
             cells = [
                 str(p["tokens"]),
                 f"{p['pairs'] / e:.0f} ({p['max_rows']})",
-                f"{us(p['align_kernel'].get(bm))} / {us(p['align_torch'].get(bm))}",
+                " / ".join(
+                    us(p[a].get(bm)) for a in ("align_kernel", "align_one_program", "align_torch") if a in p
+                ),
             ]
             for gm in ("gate_up", "down"):
                 o = own.get(gm)

@@ -76,11 +76,25 @@ def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor
     if triton is not None and (flat.is_cuda or _interpreted()) and pairs <= ALIGN_KERNEL_MAX_PAIRS:
         sorted_ids = torch.empty(rows, dtype=torch.int32, device=dev)
         block_expert = torch.empty(rows // block, dtype=torch.int32, device=dev)
-        _align_kernel[(1,)](
-            flat.contiguous(), sorted_ids, block_expert, pairs, rows,
-            E=num_experts, E_P2=max(16, triton.next_power_of_2(num_experts)), BM=block, CH=ALIGN_CHUNK,
-            B_CH=64, num_warps=8,
+        e_p2 = max(16, triton.next_power_of_2(num_experts))
+        if pairs <= ALIGN_ONE_PROGRAM_MAX_PAIRS:
+            _align_kernel[(1,)](
+                flat.contiguous(), sorted_ids, block_expert, pairs, rows,
+                E=num_experts, E_P2=e_p2, BM=block, CH=ALIGN_CHUNK, B_CH=64, num_warps=8,
+            )  # fmt: skip
+            return sorted_ids, block_expert
+        chunks = triton.cdiv(pairs, ALIGN_CHUNK)
+        # each chunk's counts per expert, then where its first pair of each expert goes
+        offsets = torch.empty((chunks, e_p2), dtype=torch.int32, device=dev)
+        flat = flat.contiguous()
+        _align_count_kernel[(chunks,)](flat, offsets, pairs, E=num_experts, E_P2=e_p2, CH=ALIGN_CHUNK)
+        _align_scan_kernel[(1,)](
+            offsets, sorted_ids, block_expert, pairs, rows, chunks,
+            E=num_experts, E_P2=e_p2, BM=block, C_CH=ALIGN_SCAN_CHUNKS, R_CH=1024, num_warps=4,
         )  # fmt: skip
+        _align_place_kernel[(chunks,)](
+            flat, offsets, sorted_ids, pairs, E=num_experts, E_P2=e_p2, CH=ALIGN_CHUNK
+        )
         return sorted_ids, block_expert
     counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
     counts.scatter_add_(0, flat, torch.ones_like(flat))
@@ -98,10 +112,18 @@ def align(ids: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor
     return sorted_ids, block_expert
 
 
-# Up to this many (token, expert) pairs `align` is one Triton program (a decode step of 256 sequences with
-# DeepSeek's top-6 has 1,536): the torch path is some 25 small kernels, each a node of a decode graph.
-ALIGN_KERNEL_MAX_PAIRS = 2048
-ALIGN_CHUNK = 128  # pairs the one-program align takes at a time
+# `align` runs as Triton kernels on the GPU (the torch path is some 25 small kernels, a sort among them: 76-128 µs
+# a layer on an H200 at 384-2,048 tokens, benchmarks/moe_tiles.py). Up to ALIGN_ONE_PROGRAM_MAX_PAIRS (token,
+# expert) pairs one program does it all in one launch; it walks the pairs alone, so it grows with them (19 µs at
+# 768 pairs, 74 at 2,304, 378 at 12,288 on the H200). Above, three launches: a program per chunk of pairs counts
+# its experts, one program turns the counts into each expert's padded start and each chunk's place in it, and a
+# program per chunk places its pairs: 10-17 µs at 768-12,288 pairs. ALIGN_KERNEL_MAX_PAIRS: the torch path beyond
+# it (kept as the tests' reference, `align_reference`).
+ALIGN_KERNEL_MAX_PAIRS = 1 << 62
+# decode-size steps keep one graph node; the crossover below 768 pairs is unmeasured
+ALIGN_ONE_PROGRAM_MAX_PAIRS = 512
+ALIGN_CHUNK = 128  # pairs a program takes at a time
+ALIGN_SCAN_CHUNKS = 32  # chunks' counts the scan program takes at a time
 
 
 def align_rows(pairs: int, num_experts: int, block: int) -> int:
@@ -158,6 +180,76 @@ if triton is not None:
             bi = b0 + b
             blk = tl.sum(((pad_end[None, :] <= (bi * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
             tl.store(BLOCK_E + bi, tl.where(blk < E, blk, -1), mask=bi < rows // BM)
+
+    @triton.jit(do_not_specialize=["pairs"])
+    def _align_count_kernel(IDS, COUNTS, pairs, E: tl.constexpr, E_P2: tl.constexpr, CH: tl.constexpr):
+        """COUNTS[chunk, e]: pairs of expert e among this program's CH pairs."""
+        chunk = tl.program_id(0)
+        p = chunk * CH + tl.arange(0, CH)
+        valid = p < pairs
+        e = tl.load(IDS + p, mask=valid, other=E).to(tl.int32)
+        ex = tl.arange(0, E_P2)
+        counts = tl.sum(((ex[:, None] == e[None, :]) & valid[None, :]).to(tl.int32), 1)
+        tl.store(COUNTS + chunk * E_P2 + ex, counts)
+
+    @triton.jit(do_not_specialize=["pairs", "rows", "chunks"])
+    def _align_scan_kernel(
+        OFFSETS,
+        SORTED,
+        BLOCK_E,
+        pairs,
+        rows,
+        chunks,
+        E: tl.constexpr,
+        E_P2: tl.constexpr,
+        BM: tl.constexpr,
+        C_CH: tl.constexpr,
+        R_CH: tl.constexpr,
+    ):
+        """One program: each expert's total and padded start, then OFFSETS[chunk, e] (the chunk's counts in,
+        where the chunk's first pair of expert e goes out), every row set to the padding value `pairs`, and
+        each row block's expert (-1 past the last expert's run)."""
+        ex = tl.arange(0, E_P2)
+        cc = tl.arange(0, C_CH)
+        totals = tl.zeros((E_P2,), tl.int32)
+        for c0 in range(0, chunks, C_CH):
+            m = (c0 + cc) < chunks
+            counts = tl.load(OFFSETS + (c0 + cc)[:, None] * E_P2 + ex[None, :], mask=m[:, None], other=0)
+            totals += tl.sum(counts, 0)
+        padded = (totals + BM - 1) // BM * BM
+        pad_end = tl.cumsum(padded, 0)
+        run = pad_end - padded  # where the next chunk's pairs of each expert start
+        for c0 in range(0, chunks, C_CH):
+            m = (c0 + cc) < chunks
+            ptrs = OFFSETS + (c0 + cc)[:, None] * E_P2 + ex[None, :]
+            counts = tl.load(ptrs, mask=m[:, None], other=0)
+            before = tl.cumsum(counts, 0) - counts  # earlier chunks of this group
+            tl.store(ptrs, run[None, :] + before, mask=m[:, None])
+            run += tl.sum(counts, 0)
+        r = tl.arange(0, R_CH)
+        for r0 in range(0, rows, R_CH):
+            tl.store(SORTED + r0 + r, tl.full((R_CH,), 0, tl.int32) + pairs, mask=(r0 + r) < rows)
+        b = tl.arange(0, 64)
+        for b0 in range(0, rows // BM, 64):
+            bi = b0 + b
+            blk = tl.sum(((pad_end[None, :] <= (bi * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
+            tl.store(BLOCK_E + bi, tl.where(blk < E, blk, -1), mask=bi < rows // BM)
+
+    @triton.jit(do_not_specialize=["pairs"])
+    def _align_place_kernel(
+        IDS, OFFSETS, SORTED, pairs, E: tl.constexpr, E_P2: tl.constexpr, CH: tl.constexpr
+    ):
+        """Each of this program's pairs after its expert's pairs in earlier chunks and earlier in this one (the
+        stable sort's order)."""
+        chunk = tl.program_id(0)
+        c = tl.arange(0, CH)
+        p = chunk * CH + c
+        valid = p < pairs
+        e = tl.load(IDS + p, mask=valid, other=0).to(tl.int32)
+        same = (e[:, None] == e[None, :]) & (c[None, :] < c[:, None]) & valid[None, :]
+        rank = tl.sum(same.to(tl.int32), 1)
+        start = tl.load(OFFSETS + chunk * E_P2 + e, mask=valid, other=0)
+        tl.store(SORTED + start + rank, p, mask=valid)
 
     @triton.jit(do_not_specialize=["pairs"])
     def _moe_gemm_kernel(

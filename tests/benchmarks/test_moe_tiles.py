@@ -26,7 +26,7 @@ def test_cpu_toy_shape(tmp_path):
     (p,) = shape["points"]
     e, k = shape["shape"][:2]
     assert p["tokens"] == 8 and p["pairs"] == 8 * k and p["min_rows"] <= 8 * k / e <= p["max_rows"]
-    for path in ("align_kernel", "align_torch"):
+    for path in ("align_kernel", "align_one_program", "align_torch"):
         assert all(isinstance(s, float) and s > 0 for s in p[path].values())
     # each GEMM under the engine's own config first, then the swept one; every one timed
     for gemm in ("gate_up", "down"):
