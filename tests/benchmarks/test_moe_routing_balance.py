@@ -1,0 +1,39 @@
+"""benchmarks/moe_routing_balance.py on a toy MoE config: every MoE layer's routed rows counted, the statistics
+consistent with each other, and a dense model refused in one line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY = {
+    "model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "intermediate_size": 96, "num_local_experts": 4, "num_experts_per_tok": 2,
+    "vocab_size": 128, "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
+}  # fmt: skip
+
+
+def run(*args, cwd=ROOT):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "moe_routing_balance.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_toy_moe(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TOY))
+    r = run("--config", str(cfg), "--layers", "2", "--inter", "32", "--tokens", "60", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "moe_routing_balance.json").read_text())
+    assert rec["tokens"] == 61 and rec["experts"] == 4 and len(rec["rows"]) == 2
+    assert 0 < rec["uniform_cv"] < 1
+    for row in rec["rows"]:
+        assert row["min_over_mean"] <= 1 <= row["max_over_mean"]
+        # each expert's rows fill whole blocks: at least the rows' share, at most one partial block more each
+        rows = rec["tokens"] * rec["top_k"]
+        assert rows / rec["block"] <= row["row_blocks"] <= rows / rec["block"] + rec["experts"]
+
+
+def test_dense_model_is_refused(tmp_path):
+    r = run("--model", "llama-3.1-8b", "--out", str(tmp_path))
+    assert r.returncode == 2 and "not an MoE model" in r.stdout
