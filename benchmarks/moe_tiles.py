@@ -69,41 +69,30 @@ def timed(fn, dev: str, repeat: int) -> float | str:
         return f"{type(err).__name__}: {str(err)[:100]}"
 
 
-def one_point(shape: tuple, weights: tuple, tokens: int, dev: str, configs: list[dict], repeat: int) -> dict:
-    """Every timing of one layer shape at `tokens` tokens."""
-    e, k, h, _ = shape
-    w_gu, w_d = weights
-    dtype = w_gu.dtype
-    g = torch.Generator(device=dev).manual_seed(tokens)
-    x = torch.randn(tokens, h, device=dev, generator=g).to(dtype)
-    logits = torch.randn(tokens, e, device=dev, generator=g).to(dtype)  # uniform routing on average
-    tw, ids = moe.route(logits, k, True)
-    pairs = ids.numel()
-    counts = torch.bincount(ids.reshape(-1), minlength=e)
-    rec = {"tokens": tokens, "pairs": pairs, "max_rows": int(counts.max()), "min_rows": int(counts.min())}
-
-    own_bm = moe.kernel_config(pairs, w_gu.shape[1], e, h)["BM"]
+def align_times(ids: torch.Tensor, e: int, bms: set[int], dev: str, repeat: int) -> dict:
+    """`align` at each row block in `bms` on the engine's kernels, on the one program at any size, and on the
+    torch path: {path: {block: seconds}}."""
     keep = moe.ALIGN_KERNEL_MAX_PAIRS, moe.ALIGN_ONE_PROGRAM_MAX_PAIRS
-    # the engine's kernels, the one-program kernel at any size, the torch path
-    for name, limits in (
-        ("align_kernel", keep),
-        ("align_one_program", (keep[0], 1 << 62)),
-        ("align_torch", (-1, 0)),
-    ):
+    paths = {"align_kernel": keep, "align_one_program": (keep[0], 1 << 62), "align_torch": (-1, 0)}
+    out = {}
+    for name, limits in paths.items():
         moe.ALIGN_KERNEL_MAX_PAIRS, moe.ALIGN_ONE_PROGRAM_MAX_PAIRS = limits
         try:
-            rec[name] = {
-                bm: timed(lambda bm=bm: moe.align(ids, e, bm), dev, repeat)
-                for bm in sorted({own_bm, 64, 128})
-            }
+            out[name] = {bm: timed(lambda bm=bm: moe.align(ids, e, bm), dev, repeat) for bm in sorted(bms)}
         finally:
             moe.ALIGN_KERNEL_MAX_PAIRS, moe.ALIGN_ONE_PROGRAM_MAX_PAIRS = keep
+    return out
 
+
+def gemm_times(x, weights: tuple, tw, ids, dev: str, configs: list[dict], repeat: int) -> list[dict]:
+    """Each grouped GEMM (gate_up, then down with the routing weights) under the engine's tile config first, then
+    under each other config of `configs`."""
+    w_gu, w_d = weights
+    e, k, pairs = w_gu.shape[0], ids.shape[1], ids.numel()
     flat_w = tw.reshape(-1).float()
-    gemms = []
+    out = []
     for gemm, w in (("gate_up", w_gu), ("down", w_d)):
-        n, kk = w.shape[1], w.shape[2]
-        own = moe.kernel_config(pairs, n, e, kk)
+        own = moe.kernel_config(pairs, w.shape[1], e, w.shape[2])
         own = dict(own, SPLIT_K=own.get("SPLIT_K", 1))
         others = [dict(c, SPLIT_K=c.get("SPLIT_K", 1)) for c in configs]
         for j, cfg in enumerate([own] + [c for c in others if c != own]):
@@ -115,20 +104,43 @@ def one_point(shape: tuple, weights: tuple, tokens: int, dev: str, configs: list
                 fn = lambda c=cfg, s=sorted_ids, b=block_e, a=a: moe.grouped_gemm(  # noqa: E731
                     a, w_d, s, b, 1, pairs, c, weights=flat_w
                 )
-            gemms.append({"gemm": gemm, "config": cfg, "engine": j == 0, "row_blocks": int((block_e >= 0).sum()),
-                          "seconds": timed(fn, dev, repeat)})  # fmt: skip
-    rec["gemms"] = gemms
+            out.append({"gemm": gemm, "config": cfg, "engine": j == 0, "row_blocks": int((block_e >= 0).sum()),
+                        "seconds": timed(fn, dev, repeat)})  # fmt: skip
+    return out
 
-    layer = {}
-    key = (moe.rows_bucket(pairs, e), w_gu.shape[1], h, e)
+
+def layer_times(x, weights: tuple, tw, ids, dev: str, repeat: int) -> dict:
+    """The whole layer as the engine runs it (engine.moe.routed_experts) on each expert backend that runs here."""
+    w_gu, w_d = weights
+    e = w_gu.shape[0]
+    key = (moe.rows_bucket(ids.numel(), e), w_gu.shape[1], w_gu.shape[2], e)
     keep = dict(moe.BACKEND)
+    out = {}
     for backend in moe.BACKENDS if moe.grouped_mm_supported(x) else ("triton",):
         moe.set_backends({**keep, key: backend})
         try:
-            layer[backend] = timed(lambda: moe.routed_experts(x, w_gu, w_d, tw, ids), dev, repeat)
+            out[backend] = timed(lambda: moe.routed_experts(x, w_gu, w_d, tw, ids), dev, repeat)
         finally:
             moe.set_backends(keep)
-    rec["layer"] = layer
+    return out
+
+
+def one_point(shape: tuple, weights: tuple, tokens: int, dev: str, configs: list[dict], repeat: int) -> dict:
+    """Every timing of one layer shape at `tokens` tokens: align, each grouped GEMM per config, the layer."""
+    e, k, h, _ = shape
+    g = torch.Generator(device=dev).manual_seed(tokens)
+    x = torch.randn(tokens, h, device=dev, generator=g).to(weights[0].dtype)
+    logits = torch.randn(tokens, e, device=dev, generator=g).to(
+        weights[0].dtype
+    )  # uniform routing on average
+    tw, ids = moe.route(logits, k, True)
+    pairs = ids.numel()
+    counts = torch.bincount(ids.reshape(-1), minlength=e)
+    rec = {"tokens": tokens, "pairs": pairs, "max_rows": int(counts.max()), "min_rows": int(counts.min())}
+    own_bm = moe.kernel_config(pairs, weights[0].shape[1], e, h)["BM"]
+    rec.update(align_times(ids, e, {own_bm, 64, 128}, dev, repeat))
+    rec["gemms"] = gemm_times(x, weights, tw, ids, dev, configs, repeat)
+    rec["layer"] = layer_times(x, weights, tw, ids, dev, repeat)
     return rec
 
 
