@@ -1,12 +1,19 @@
 """The device arguments every GPU script here shares: `--cpu --tiny` runs the same code on toy configs (Triton
-interpreted), and without `--cpu` a machine with no CUDA device gets one line naming that path."""
+interpreted), and without `--cpu` a machine with no CUDA device gets one line naming that path; and their
+timestamped progress line (`log`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
+
+
+def log(msg: str) -> None:
+    """One progress line, timestamped and flushed (a device run's output arrives as it goes)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def device_args(p: argparse.ArgumentParser, tiny_help: str) -> None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import _checkout  # noqa: F401  (the checkout's root on sys.path)
+from _gpu_cli import log
 
 from calibrate.plan import MOE_SHAPES, MOE_SHAPES_CPU, Limits, Point
 from core.cost_model import CostModel, moe_layer_time
@@ -32,10 +32,6 @@ TINY_MOE = {
     "num_key_value_heads": 2, "intermediate_size": 96, "num_local_experts": 4, "num_experts_per_tok": 2,
     "vocab_size": 128, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
 }  # fmt: skip
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

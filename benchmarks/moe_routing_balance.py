@@ -11,7 +11,7 @@ width changes the experts' output little in scale), runs one eager step of a `--
 one decode (engine.steps.StepRunner) and records each MoE layer's routed rows per expert. Printed per layer: the
 coefficient of variation of the rows per expert beside the uniform routing's (binomial), the busiest and idlest
 expert against the mean, and the row blocks of the engine's grouped GEMMs (engine.moe.kernel_config's BM) beside
-their uniform expectation (core.parallelism-style binomial sum). Writes moe_routing_balance.json under --out.
+their uniform expectation (a binomial sum). Writes moe_routing_balance.json under --out.
 """
 
 from __future__ import annotations
@@ -20,21 +20,18 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import _checkout  # noqa: F401  (the checkout's root on sys.path)
 import numpy as np
 import torch
+from _gpu_cli import log
+from scipy.stats import binom
 
 from core.model_spec import load_model, spec_from_config
 from engine.model import MoE, build_model
 from engine.moe import kernel_config, route
 from engine.steps import StepRunner
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def cut_config(config: dict, layers: int, inter: int) -> dict:
@@ -50,10 +47,8 @@ def cut_config(config: dict, layers: int, inter: int) -> dict:
 
 def uniform_blocks(tokens: int, top_k: int, experts: int, block: int) -> float:
     """Expected row blocks over the experts when each token picks top_k of them uniformly."""
-    p, n = top_k / experts, np.arange(tokens + 1)
-    log_pmf = [math.lgamma(tokens + 1) - math.lgamma(j + 1) - math.lgamma(tokens - j + 1) for j in n]
-    pmf = np.exp(np.array(log_pmf) + n * math.log(p) + (tokens - n) * math.log1p(-p))
-    return experts * float(pmf @ np.ceil(n / block))
+    n = np.arange(tokens + 1)
+    return experts * float(binom.pmf(n, tokens, top_k / experts) @ np.ceil(n / block))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,11 +30,11 @@ if "--cpu" in sys.argv:  # the Triton kernels run in Triton's interpreter on the
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
+from _gpu_cli import log  # noqa: E402
 
 import engine.moe as moe  # noqa: E402
 from calibrate.plan import MOE_SHAPES, MOE_SHAPES_CPU  # noqa: E402
@@ -55,10 +55,6 @@ CONFIGS = [  # beside the engine's own (kernel_config); SPLIT_K 1 unless stated
     {"BM": 128, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3, "SPLIT_K": 2},
     {"BM": 128, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3, "SPLIT_K": 2},
 ]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def timed(fn, dev: str, repeat: int) -> float | str:

@@ -132,6 +132,32 @@ def align_rows(pairs: int, num_experts: int, block: int) -> int:
 
 
 if triton is not None:
+
+    @triton.jit
+    def _pad_rows(SORTED, pairs, rows, R_CH: tl.constexpr):
+        """Every row of the sorted list set to the padding value `pairs` (the pairs are placed over it after)."""
+        r = tl.arange(0, R_CH)
+        for r0 in range(0, rows, R_CH):
+            tl.store(SORTED + r0 + r, tl.full((R_CH,), 0, tl.int32) + pairs, mask=(r0 + r) < rows)
+
+    @triton.jit
+    def _block_experts(BLOCK_E, pad_end, rows, E: tl.constexpr, E_P2: tl.constexpr, BM: tl.constexpr,
+                       B_CH: tl.constexpr):  # fmt: skip
+        """Each row block's expert from the experts' padded ends (-1 past the last expert's run)."""
+        ex = tl.arange(0, E_P2)
+        b = tl.arange(0, B_CH)
+        for b0 in range(0, rows // BM, B_CH):
+            bi = b0 + b
+            blk = tl.sum(((pad_end[None, :] <= (bi * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
+            tl.store(BLOCK_E + bi, tl.where(blk < E, blk, -1), mask=bi < rows // BM)
+
+    @triton.jit
+    def _rank_in_chunk(e, valid, CH: tl.constexpr):
+        """Each pair's rank among the earlier valid pairs of its expert in this chunk (the stable sort's order)."""
+        c = tl.arange(0, CH)
+        same = (e[:, None] == e[None, :]) & (c[None, :] < c[:, None]) & valid[None, :]
+        return tl.sum(same.to(tl.int32), 1)
+
     # `pairs` and `rows` change with every step's token count: not specialised (Triton would otherwise compile
     # a kernel again the first time a count is a multiple of 16 or 1, in the middle of serving)
     @triton.jit(do_not_specialize=["pairs", "rows"])
@@ -147,7 +173,7 @@ if triton is not None:
         CH: tl.constexpr,
         B_CH: tl.constexpr,
     ):
-        """`align` in one program (steps up to ALIGN_KERNEL_MAX_PAIRS pairs): one launch instead of a sort
+        """`align` in one program (steps up to ALIGN_ONE_PROGRAM_MAX_PAIRS pairs): one launch instead of a sort
         and its scans. Pairs are taken CH at a time: a pass counting each expert's pairs, then a pass
         placing each pair after its expert's earlier ones (the stable sort's order)."""
         ex = tl.arange(0, E_P2)
@@ -160,26 +186,19 @@ if triton is not None:
         padded = (counts + BM - 1) // BM * BM
         pad_end = tl.cumsum(padded, 0)
         pad_start = pad_end - padded
-        for r0 in range(0, rows, CH):  # the padding first, then the pairs over it
-            r = r0 + c
-            tl.store(SORTED + r, tl.full((CH,), 0, tl.int32) + pairs, mask=r < rows)
+        _pad_rows(SORTED, pairs, rows, CH)  # the padding first, then the pairs over it
         tl.debug_barrier()
         placed = tl.zeros((E_P2,), tl.int32)  # pairs of each expert placed by earlier chunks
         for c0 in range(0, pairs, CH):
             p = c0 + c
             valid = p < pairs
             e = tl.load(IDS + p, mask=valid, other=E).to(tl.int32)
-            same = (e[:, None] == e[None, :]) & (c[None, :] < c[:, None]) & valid[None, :]
-            rank = tl.sum(same.to(tl.int32), 1)
+            rank = _rank_in_chunk(e, valid, CH)
             hit = (ex[:, None] == e[None, :]) & valid[None, :]  # [E_P2, CH]
             start = tl.sum(tl.where(hit, (pad_start + placed)[:, None], 0), 0)
             tl.store(SORTED + start + rank, p, mask=valid)
             placed += tl.sum(hit.to(tl.int32), 1)
-        b = tl.arange(0, B_CH)
-        for b0 in range(0, rows // BM, B_CH):
-            bi = b0 + b
-            blk = tl.sum(((pad_end[None, :] <= (bi * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
-            tl.store(BLOCK_E + bi, tl.where(blk < E, blk, -1), mask=bi < rows // BM)
+        _block_experts(BLOCK_E, pad_end, rows, E, E_P2, BM, B_CH)
 
     @triton.jit(do_not_specialize=["pairs"])
     def _align_count_kernel(IDS, COUNTS, pairs, E: tl.constexpr, E_P2: tl.constexpr, CH: tl.constexpr):
@@ -226,14 +245,8 @@ if triton is not None:
             before = tl.cumsum(counts, 0) - counts  # earlier chunks of this group
             tl.store(ptrs, run[None, :] + before, mask=m[:, None])
             run += tl.sum(counts, 0)
-        r = tl.arange(0, R_CH)
-        for r0 in range(0, rows, R_CH):
-            tl.store(SORTED + r0 + r, tl.full((R_CH,), 0, tl.int32) + pairs, mask=(r0 + r) < rows)
-        b = tl.arange(0, 64)
-        for b0 in range(0, rows // BM, 64):
-            bi = b0 + b
-            blk = tl.sum(((pad_end[None, :] <= (bi * BM)[:, None]) & (ex[None, :] < E)).to(tl.int32), 1)
-            tl.store(BLOCK_E + bi, tl.where(blk < E, blk, -1), mask=bi < rows // BM)
+        _pad_rows(SORTED, pairs, rows, R_CH)
+        _block_experts(BLOCK_E, pad_end, rows, E, E_P2, BM, 64)
 
     @triton.jit(do_not_specialize=["pairs"])
     def _align_place_kernel(
@@ -242,12 +255,10 @@ if triton is not None:
         """Each of this program's pairs after its expert's pairs in earlier chunks and earlier in this one (the
         stable sort's order)."""
         chunk = tl.program_id(0)
-        c = tl.arange(0, CH)
-        p = chunk * CH + c
+        p = chunk * CH + tl.arange(0, CH)
         valid = p < pairs
         e = tl.load(IDS + p, mask=valid, other=0).to(tl.int32)
-        same = (e[:, None] == e[None, :]) & (c[None, :] < c[:, None]) & valid[None, :]
-        rank = tl.sum(same.to(tl.int32), 1)
+        rank = _rank_in_chunk(e, valid, CH)
         start = tl.load(OFFSETS + chunk * E_P2 + e, mask=valid, other=0)
         tl.store(SORTED + start + rank, p, mask=valid)
 

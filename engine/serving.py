@@ -273,8 +273,7 @@ class Executor:
         if self.static_decode:
             for size in reversed(self.sizes):
                 self._graph(size)
-                if whole_units(size, self.target):
-                    self._graph(size, whole=False)
+                self._graph(size, split=True)  # a second graph only where the first runs one unit each
         if self.static_mixed:
             for size in reversed(self.mixed_sizes):
                 self._mixed_graph(size)
@@ -451,10 +450,10 @@ class Executor:
     def _decode(self, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> torch.Tensor:
         n = len(ctx)
         size = self.sizes[bisect.bisect_left(self.sizes, n)]
-        g = self._graph(size)
-        if g.layout.whole_units and not balanced_units(self._padded_k_lens(size, ctx), self.target):
-            g = self._graph(size, whole=False)  # one sequence much longer than the rest: split units
-        self._fill(g, starts, ctx, tokens)
+        k_lens = self._padded_k_lens(size, ctx)
+        # one sequence much longer than the rest: split units
+        g = self._graph(size, split=not balanced_units(k_lens, self.target))
+        self._fill(g, starts, ctx, tokens, k_lens)
         if g.graph is not None:
             g.graph.replay()
             ids = g.ids
@@ -491,13 +490,21 @@ class Executor:
         self.last_path = path
         return self._finish(t0, out, timed)
 
-    def _fill(self, g: _DecodeGraph, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> None:
-        """Write one decode step's metadata into the graph's host buffers and copy it to the device in one go."""
+    def _fill(
+        self,
+        g: _DecodeGraph,
+        starts: np.ndarray,
+        ctx: np.ndarray,
+        tokens: np.ndarray,
+        k_lens: np.ndarray | None = None,
+    ) -> None:
+        """Write one decode step's metadata into the graph's host buffers and copy it to the device in one go
+        (`k_lens`: the step's _padded_k_lens where the caller has them already)."""
         size, n, cap = g.size, len(ctx), g.cap
         pad = size - n
         scratch = self.scratch + np.arange(pad, dtype=np.int64)  # padding: one new token each, in scratch
         all_starts = np.concatenate([starts, scratch])
-        k_lens = self._padded_k_lens(size, ctx)
+        k_lens = self._padded_k_lens(size, ctx) if k_lens is None else k_lens
         h64 = g.host64.numpy()
         h64[:n] = tokens
         h64[n:size] = 1
@@ -656,10 +663,11 @@ class Executor:
         self._fill_mixed(g, [], None)
         return g
 
-    def _graph(self, size: int, whole: bool | None = None) -> _DecodeGraph:
-        """The decode graph of `size` sequences: one unit per sequence where whole_units says they fill the GPU
-        (`whole` None), or split units (`whole` False: its second graph, for steps of uneven contexts)."""
-        split = whole is False and whole_units(size, self.target)
+    def _graph(self, size: int, split: bool = False) -> _DecodeGraph:
+        """The decode graph of `size` sequences: one unit per sequence where whole_units says they fill the GPU,
+        else split units. With `split`, split units always: for such a size its second graph (steps of uneven
+        contexts); for the others the one graph, split already."""
+        split = split and whole_units(size, self.target)
         graphs = self.split_graphs if split else self.graphs
         g = graphs.get(size)
         if g is not None:

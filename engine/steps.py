@@ -271,7 +271,7 @@ class StepRunner:
         )
         # one unit per decode when they fill the GPU evenly (balanced_units over the group's contexts, dummies too)
         group_k = [p + q for p, q in zip(list(prior_lens) + [0] * dummies, q_all, strict=True)][n_group:]
-        whole = balanced_units(group_k, self.unit_target) if group_k else False
+        whole = balanced_units(group_k, self.unit_target)
         cap = unit_capacity(self.unit_target, sb - n_group, whole)
         pinned = None
         if starts is not None:  # padding goes to scratch, never over another sequence's KV or off the pool
