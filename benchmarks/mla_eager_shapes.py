@@ -56,6 +56,17 @@ def one_step(runner: StepRunner, chunk: int, decodes: list[int], dev: str) -> tu
     return time.perf_counter() - t0, gpu
 
 
+def profile_totals(events) -> dict:
+    """An eager step's host and device totals from the profiler's averages: host self CPU ms over every op, device
+    ms over every kernel and copy (the GPU's busy time, against the step's span), and the kernels launched."""
+    dev_ms = sum(float(getattr(e, "self_device_time_total", 0.0)) for e in events) / 1e3
+    launches = sum(
+        int(e.count) for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernelEx", "cuLaunchKernel")
+    )
+    return {"host_self_cpu_ms": sum(float(e.self_cpu_time_total) for e in events) / 1e3, "device_busy_ms": dev_ms,
+            "launches": launches}  # fmt: skip
+
+
 def plain_check(spec, dev: str, dtype: str, tiny: bool) -> dict:
     """The plain prompt form batched over a step's chunks (engine.mla: one gather, one kv_b GEMM, one varlen
     flash call) against each chunk alone and, on the GPU, against the absorbed form of the same attention (the
@@ -143,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for e in rec["profile_new_shape"]:
             log(f"  host {e['self_cpu_us'] / 1e3:8.2f} ms  x{e['calls']:<5d} {e['name']}")
+        rec["profile_totals"] = profile_totals(prof.key_averages())
+        log("  totals: " + ", ".join(f"{k} {v:.1f}" for k, v in rec["profile_totals"].items()))
     finally:
         mla.ABSORBED_PROMPT_TOKENS = old
     (args.out / "eager_shapes.json").write_text(json.dumps(rec, indent=1))

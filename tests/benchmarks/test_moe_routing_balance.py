@@ -34,6 +34,25 @@ def test_toy_moe(tmp_path):
         assert rows / rec["block"] <= row["row_blocks"] <= rows / rec["block"] + rec["experts"]
 
 
+def test_timed_routing(tmp_path):
+    """--time: every MoE layer timed at each token count under both routings, on the step's own rows."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TOY))
+    r = run("--config", str(cfg), "--tokens", "40", "--time", "8,41", "--cpu", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "moe_routing_balance.json").read_text())
+    assert rec["layers"] == 3 and rec["inter"] == 96  # 0: the model as configured
+    assert [p["tokens"] for p in rec["timed"]] == [8, 41]
+    for p in rec["timed"]:
+        assert len(p["layers"]) == 3
+        for layer in p["layers"]:
+            for name in ("served", "uniform"):
+                assert layer[name]["seconds"]["triton"] > 0 and layer[name]["row_blocks"] >= 1
+        assert p["served_s"] == sum(min(x["served"]["seconds"].values()) for x in p["layers"])
+    r = run("--config", str(cfg), "--tokens", "40", "--time", "42", "--cpu", "--out", str(tmp_path))
+    assert r.returncode == 2 and "--time" in r.stdout
+
+
 def test_dense_model_is_refused(tmp_path):
     r = run("--model", "llama-3.1-8b", "--out", str(tmp_path))
     assert r.returncode == 2 and "not an MoE model" in r.stdout
