@@ -791,13 +791,14 @@ class CostModel:
 # benchmarks/results/engine_kernels_h200/kernel_profile_2026-12-03.json): Qwen2.5-7B 4 (two add+RMSNorm, rope
 # with the KV write, act-mul: the set calibration's `elementwise` group times, ELEMENTWISE_SET); Gemma-3-12B 10
 # (four norms, the q and k norms, the residual adds after its two post-norms); Mixtral-8x7B 10 (ROUTING_KERNELS:
-# the router's softmax, top-k, sort, align, copy and weighted sum); DeepSeek-V2-Lite 40 (MLA_KERNELS in place of
+# the router's softmax, top-k, sort, align, copy and weighted sum; one fewer since the engine's uniform routing,
+# engine.moe.uniform_route, picks and weighs the experts in one kernel); DeepSeek-V2-Lite 40 (MLA_KERNELS in place of
 # rope: the latent norm, rope on q and k in fp32, concatenations, copies and the latent write; the shared
 # expert's act-mul and add). Each count beyond the set costs that group's fixed part over its kernels (1.7 us on
 # the H200, 0.07 ms a DeepSeek-V2-Lite decode step per extra kernel a layer). MLA_KERNELS was counted on the one
 # MLA model the engine runs; a model with features none of these has is counted by the features it shares.
 ELEMENTWISE_SET = 4
-ROUTING_KERNELS = 6
+ROUTING_KERNELS = 5
 SHARED_EXPERT_KERNELS = 2
 MLA_KERNELS = 29
 

@@ -19,7 +19,7 @@ from core.model_spec import ModelSpec
 from engine.attention import StepLayout, varlen_attention
 from engine.fused import act_mul, add_rmsnorm, gemv, rope_and_cache, use_triton
 from engine.mla import MLAttention
-from engine.moe import route, routed_experts
+from engine.moe import ROUTINGS, routed_experts, select_experts
 from engine.quant import Int4Linear
 from engine.quantize import quantize_linears
 
@@ -122,13 +122,18 @@ class MoE(nn.Module):
         self.top_k, self.act, self.num_experts = spec.experts_per_token, act, e
         # Mixtral renormalises the top-k weights; DeepSeek-V2 and Qwen-MoE configs say norm_topk_prob
         self.renormalize = bool(spec.config.get("text_config", spec.config).get("norm_topk_prob", True))
+        self.routing = "uniform"  # engine.moe.ROUTINGS: random weights do not route like a trained router
         self.shared = None
         if spec.num_shared_experts:
             si = spec.shared_expert_intermediate_size or spec.moe_intermediate_size * spec.num_shared_experts
             self.shared = MLP(h, si, act)
 
+    def select(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate weights, expert ids) of the tokens `x`, by `routing`."""
+        return select_experts(self.router(x), self.top_k, self.renormalize, self.routing)
+
     def forward(self, x):
-        weights, ids = route(self.router(x), self.top_k, self.renormalize)
+        weights, ids = self.select(x)
         out = routed_experts(x, self.w_gate_up, self.w_down, weights, ids, self.act)
         if self.shared is not None:
             out = out + self.shared(x)
@@ -213,6 +218,14 @@ class Transformer(nn.Module):
             k = torch.randn(shape, device=dev, dtype=dtype, generator=g)
             v = torch.randn(shape, device=dev, dtype=dtype, generator=g)
             self.kv.append((k, v))
+
+    def set_moe_routing(self, routing: str) -> None:
+        """How every MoE layer picks its experts (engine.moe.ROUTINGS; "uniform" by default)."""
+        if routing not in ROUTINGS:
+            raise ValueError(f"moe routing {routing!r}: pick one of {', '.join(ROUTINGS)}")
+        for m in self.modules():
+            if isinstance(m, MoE):
+                m.routing = routing
 
     def set_gemv(self, on: bool) -> None:
         for m in self.modules():

@@ -49,6 +49,87 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Te
     return torch.topk(probs, top_k, dim=-1)
 
 
+# How a layer picks its experts. "uniform" (the default): each token's top-k drawn uniformly without replacement
+# by a hash of the router's logits, gated by the router's own scores at those experts. "router": the random router's
+# own top-k. A random-weight model's router does not route like a trained one: its hidden states grow alike with
+# depth, so a few experts take most tokens (benchmarks/moe_routing_balance.py: Mixtral-8x7B at full depth, an
+# 881-token step, rows per expert cv up to 1.36 where uniform routing gives 0.06, the busiest expert 3.8x the mean,
+# some experts idle), where trained routers are held near balance by their load-balancing loss or bias. SGLang
+# (SGLANG_SIMULATE_UNIFORM_EXPERTS, sgl-project/sglang#25571) and vLLM (VLLM_MOE_ROUTING_STRATEGY,
+# vllm-project/vllm#21990) force balanced routing for dummy-weight benchmarks for the same reason; calibration's
+# MoE points and the simulator (workload.moe_routing_skew 0) route uniformly too. The hash, not a random draw, so
+# that equal rows (a CUDA graph's padding, one dummy repeated) pick equal experts, and a step is the same on replay.
+ROUTINGS = ("uniform", "router")
+ROUTE_INDEX_BITS = 10  # experts a layer at most: 1,024
+_GOLD, _MIX1, _MIX2, _SALT, _M32 = 0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F, 0xFFFFFFFF
+
+
+def _fmix(h: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding uint32 values."""
+    h = h ^ (h >> 16)
+    h = (h * _MIX1) & _M32
+    h = h ^ (h >> 13)
+    h = (h * _MIX2) & _M32
+    return h ^ (h >> 16)
+
+
+def uniform_keys(logits: torch.Tensor) -> torch.Tensor:
+    """[T, E] int64 keys, unique within a row, whose top-k is a uniform draw of k experts keyed on the row's bf16
+    logits: a row's seed mixes every logit's bits, each expert's key mixes the seed with the expert index, and
+    its low ROUTE_INDEX_BITS hold the index (so keys never tie and the kernel reads the expert back from its
+    key)."""
+    e = logits.shape[-1]
+    bits = logits.to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
+    idx = torch.arange(e, device=logits.device, dtype=torch.int64)
+    seed = _fmix((((bits + 1) * (((idx + 1) * _GOLD) & _M32)) & _M32).sum(-1, keepdim=True) & _M32)
+    return (_fmix(seed ^ ((idx * _SALT) & _M32)) << ROUTE_INDEX_BITS) | idx
+
+
+def uniform_route_reference(
+    logits: torch.Tensor, top_k: int, renormalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`uniform_route` through torch ops: (weights [T, k] fp32, expert ids [T, k] int64)."""
+    ids = torch.topk(uniform_keys(logits), top_k, dim=-1).indices
+    if renormalize:
+        return torch.softmax(logits.float().gather(-1, ids), dim=-1), ids
+    return torch.softmax(logits.float(), dim=-1).gather(-1, ids), ids
+
+
+def uniform_route(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's top-k experts drawn uniformly by a hash of its logits (`ROUTINGS`), weighted like `route`
+    (renormalised over the picks, or the full softmax's probabilities at them): one Triton launch on CUDA
+    (`uniform_route_triton`), the torch path elsewhere; both give the same picks and weights."""
+    e = logits.shape[-1]
+    if e > 1 << ROUTE_INDEX_BITS:
+        raise ValueError(f"uniform routing takes at most {1 << ROUTE_INDEX_BITS} experts a layer, not {e}")
+    if triton is not None and logits.is_cuda and logits.shape[0]:
+        return uniform_route_triton(logits, top_k, renormalize)
+    return uniform_route_reference(logits, top_k, renormalize)
+
+
+def uniform_route_triton(
+    logits: torch.Tensor, top_k: int, renormalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`uniform_route`'s kernel (a program per token; the tests run it under Triton's interpreter)."""
+    t, e = logits.shape
+    lg = logits.to(torch.bfloat16).contiguous()
+    w = torch.empty((t, top_k), dtype=torch.float32, device=lg.device)
+    ids = torch.empty((t, top_k), dtype=torch.int64, device=lg.device)
+    _uniform_route_kernel[(t,)](
+        lg, w, ids, E=e, EP2=triton.next_power_of_2(max(e, 2)), K=top_k, RENORM=renormalize, num_warps=1
+    )
+    return w, ids
+
+
+def select_experts(logits: torch.Tensor, top_k: int, renormalize: bool, routing: str = "uniform"):
+    """(weights, ids) of one MoE layer's tokens under `routing` (ROUTINGS)."""
+    if routing == "router":
+        return route(logits, top_k, renormalize)
+    if routing == "uniform":
+        return uniform_route(logits, top_k, renormalize)
+    raise ValueError(f"moe routing {routing!r}: pick one of {', '.join(ROUTINGS)}")
+
+
 def moe_reference(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:
     """The loop over experts: each expert's tokens through gate_up, act·mul, down, weighted and summed."""
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -332,6 +413,48 @@ if triton is not None:
             tl.atomic_add(c_ptrs, acc, mask=valid[:, None] & nmask[None, :])
 
     @triton.jit
+    def _fmix_tl(h):
+        h = h ^ (h >> 16)
+        h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+        h = h ^ (h >> 13)
+        h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+        return h ^ (h >> 16)
+
+    @triton.jit
+    def _uniform_route_kernel(
+        L, W, IDS, E: tl.constexpr, EP2: tl.constexpr, K: tl.constexpr, RENORM: tl.constexpr
+    ):
+        """One token a program: its keys (uniform_keys), the k largest one by one (the low bits are the expert),
+        then the gate weights over the picks (RENORM) or the full softmax at them."""
+        t = tl.program_id(0)
+        e = tl.arange(0, EP2)
+        valid = e < E
+        raw = tl.load(L + t * E + e, mask=valid, other=0.0)
+        logit = tl.where(valid, raw.to(tl.float32), float("-inf"))
+        bits = raw.to(tl.int16, bitcast=True).to(tl.int64) & 0xFFFF
+        idx = e.to(tl.int64)
+        mult = ((idx + 1) * 0x9E3779B1) & 0xFFFFFFFF
+        seed = _fmix_tl(tl.sum(tl.where(valid, ((bits + 1) * mult) & 0xFFFFFFFF, 0), axis=0) & 0xFFFFFFFF)
+        keys = (_fmix_tl(seed ^ ((idx * 0x27D4EB2F) & 0xFFFFFFFF)) << 10) | idx  # ROUTE_INDEX_BITS
+        keys = tl.where(valid, keys, -1)
+        picked = tl.zeros([EP2], dtype=tl.int1)
+        left = keys
+        for _j in tl.static_range(K):
+            best = tl.max(left, axis=0) & 0x3FF
+            picked = picked | (idx == best)
+            left = tl.where(idx == best, -1, left)
+        over = picked if RENORM else valid
+        top = tl.max(tl.where(over, logit, float("-inf")), axis=0)
+        p = tl.where(over, tl.exp(logit - top), 0.0)
+        p = p / tl.sum(p, axis=0)
+        left = keys
+        for j in tl.static_range(K):
+            best = tl.max(left, axis=0) & 0x3FF
+            tl.store(IDS + t * K + j, best)
+            tl.store(W + t * K + j, tl.sum(tl.where(idx == best, p, 0.0), axis=0))
+            left = tl.where(idx == best, -1, left)
+
+    @triton.jit
     def _moe_combine_kernel(Y, RANK, TW, OUT, H, TOP_K: tl.constexpr, BLOCK: tl.constexpr):
         """OUT[t] = sum over the token's k pairs of routing weight x its row of Y (rows in expert order)."""
         t = tl.program_id(0).to(tl.int64)
@@ -576,7 +699,7 @@ def tune_moe(model, max_tokens: int, log=None, min_rows: int = 16) -> dict:
                 continue
             try:
                 x = torch.randn(tokens, k, device=m.w_gate_up.device, generator=g).to(m.w_gate_up.dtype)
-                w, ids = route(m.router(x), m.top_k, m.renormalize)
+                w, ids = m.select(x)
                 ref = moe_reference(x, m.w_gate_up, m.w_down, w, ids, m.act).float()
             except torch.cuda.OutOfMemoryError:  # larger buckets keep the rule
                 if log:

@@ -27,6 +27,7 @@ def test_toy_moe(tmp_path):
     rec = json.loads((tmp_path / "moe_routing_balance.json").read_text())
     assert rec["tokens"] == 61 and rec["experts"] == 4 and len(rec["rows"]) == 2
     assert 0 < rec["uniform_cv"] < 1
+    assert rec["zipf_skew"] == sum(r["zipf_skew"] for r in rec["rows"]) / 2 and 0 <= rec["zipf_skew"] <= 4
     for row in rec["rows"]:
         assert row["min_over_mean"] <= 1 <= row["max_over_mean"]
         # each expert's rows fill whole blocks: at least the rows' share, at most one partial block more each
@@ -46,9 +47,9 @@ def test_timed_routing(tmp_path):
     for p in rec["timed"]:
         assert len(p["layers"]) == 3
         for layer in p["layers"]:
-            for name in ("served", "uniform"):
+            for name in ("router", "uniform"):
                 assert layer[name]["seconds"]["triton"] > 0 and layer[name]["row_blocks"] >= 1
-        assert p["served_s"] == sum(min(x["served"]["seconds"].values()) for x in p["layers"])
+        assert p["router_s"] == sum(min(x["router"]["seconds"].values()) for x in p["layers"])
     r = run("--config", str(cfg), "--tokens", "40", "--time", "42", "--cpu", "--out", str(tmp_path))
     assert r.returncode == 2 and "--time" in r.stdout
 
@@ -56,3 +57,15 @@ def test_timed_routing(tmp_path):
 def test_dense_model_is_refused(tmp_path):
     r = run("--model", "llama-3.1-8b", "--out", str(tmp_path))
     assert r.returncode == 2 and "not an MoE model" in r.stdout
+
+
+def test_zipf_skew_recovers_the_exponent():
+    """Rows drawn from core.parallelism.expert_inclusion at a known exponent give that exponent back."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from moe_routing_balance import zipf_skew
+
+    from core.parallelism import expert_inclusion
+
+    for e, k, s in ((8, 2, 0.0), (8, 2, 0.3), (64, 6, 0.8)):
+        rows = expert_inclusion(e, k, s) * 100_000
+        assert abs(zipf_skew(rows[::-1], k) - s) < 0.01, (e, k, s)
