@@ -19,3 +19,24 @@ def test_cpu_toy_shape(tmp_path):
         assert row["measured_us"] > 0 and row["priced_us"] > 0
         assert abs(row["error_pct"] - (row["priced_us"] / row["measured_us"] - 1) * 100) < 1e-6
     assert rows[1]["rows_per_expert"] == 64 * 2 / 4
+
+
+def test_reprice_keeps_the_measurements_and_prices_them_again(tmp_path):
+    """--reprice: the stored H200 points priced again; with the profile they were priced with (the committed h200)
+    the prices come back the same; a profile without MoE curves is refused in one line."""
+    stored = ROOT / "benchmarks" / "results" / "engine_kernels_h200" / "moe_knee_session13.json"
+    before = json.loads(stored.read_text())["rows"]
+
+    def run(profile):
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "moe_knee.py"), "--reprice", str(stored), "--profile",
+               profile, "--out", str(tmp_path)]  # fmt: skip
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    r = run("h200")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "median |error|" in r.stdout + r.stderr
+    rows = json.loads((tmp_path / "moe_knee.json").read_text())["rows"]
+    assert [x["measured_us"] for x in rows] == [x["measured_us"] for x in before]
+    assert all(abs(x["priced_us"] - y["priced_us"]) < 1e-6 for x, y in zip(rows, before, strict=True))
+    r = run("h100-sxm")
+    assert r.returncode == 2 and "no fitted MoE curves" in r.stdout and "Traceback" not in r.stderr
