@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -40,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", action="store_true", help="a toy shape on the CPU (tests the pipeline)")
     ap.add_argument("--profile", default="h200", help="the GPU profile whose MoE curves are compared")
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="comma-separated token counts")
+    ap.add_argument(
+        "--reprice",
+        type=Path,
+        help="no device: a stored moe_knee.json priced again with --profile, into --out",
+    )
     args = ap.parse_args(argv)
+    if args.reprice:
+        return reprice(args.reprice, args.profile, args.out)
     from calibrate.bench import Bench
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +77,40 @@ def main(argv: list[str] | None = None) -> int:
     rec = {"device": dev, "profile": args.profile, "rows": rows}
     (args.out / "moe_knee.json").write_text(json.dumps(rec, indent=1))
     log(f"wrote {args.out / 'moe_knee.json'}")
+    return 0
+
+
+def reprice(path: Path, profile_name: str, out: Path) -> int:
+    """The stored measurements of `path` beside `profile_name`'s MoE curves (after a refit), written to
+    out/moe_knee.json; prints the median and p90 |error| per shape."""
+    rec = json.loads(path.read_text())
+    profile = load_profile(profile_name)
+    if profile.efficiency.moe is None:
+        print(
+            f"--profile {profile_name}: no fitted MoE curves (calibration's `moe` group); pick a profile that has them"
+        )
+        return 2
+    models = {}
+    for r in rec["rows"]:
+        shape = (r["experts"], r["top_k"], r["hidden"], r["inter"])
+        if shape not in models:
+            spec = load_model(SHAPE_MODELS[shape])
+            models[shape] = CostModel(profile, spec, "bf16", "bf16")
+        cm = models[shape]
+        priced = moe_layer_time(cm, r["tokens"] * r["top_k"], cm.experts_touched(r["tokens"]), r["experts"])
+        r["priced_us"] = priced * 1e6
+        r["error_pct"] = (priced * 1e6 / r["measured_us"] - 1) * 100
+    rec["profile"] = profile_name
+    for shape in models:
+        errs = [
+            abs(r["error_pct"])
+            for r in rec["rows"]
+            if (r["experts"], r["top_k"], r["hidden"], r["inter"]) == shape
+        ]
+        log(f"E={shape[0]} top-{shape[1]}: {len(errs)} points, median |error| {statistics.median(errs):.1f}%, "
+            f"p90 {statistics.quantiles(errs, n=10)[-1]:.1f}%")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "moe_knee.json").write_text(json.dumps(rec, indent=1))
     return 0
 
 

@@ -22,6 +22,7 @@ the CPU and to check the kernel.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -468,11 +469,10 @@ if triton is not None:
 
 
 # Large steps: 128 x 256 tiles (the H200 sweep of benchmarks/moe_mla_gpu.py: 626 TFLOP/s for one Mixtral
-# layer's grouped GEMMs at 8k tokens against 362 with 64 x 128) once the average touched expert has a whole
-# 128-row block of pairs; below that, 64 x 128 wastes fewer padded rows.
+# layer's grouped GEMMs at 8k tokens against 362 with 64 x 128) once an expert's rows outgrow a 64-row block
+# (kernel_config); below that, 64 x 128 wastes fewer padded rows.
 LARGE_TILE = {"BM": 128, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3}
 MEDIUM_TILE = {"BM": 64, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4}
-LARGE_ROWS_PER_EXPERT = 128
 # Decode steps: programs wanted per SM before K is split (a few touched experts x the column tiles leave
 # most of the SMs idle at batch 1: Mixtral's down projection had 256 programs of 112 K-steps each).
 SPLIT_PROGRAMS_PER_SM = 4
@@ -485,8 +485,9 @@ TUNED: dict[tuple[int, int, int, int], dict] = {}
 
 def kernel_config(pairs: int, n: int, num_experts: int = 8, k: int = 0, sms: int = 0) -> dict:
     """Tile sizes by routed rows: small batches stream weights (16-row blocks, narrow column tiles, K split
-    so that a few touched experts still fill the SMs); middling ones 32 x 64; large ones are GEMMs, 128 x 256
-    once the average expert gets 128 rows. A `TUNED` entry for the shape wins."""
+    so that a few touched experts still fill the SMs); then the smallest of 32, 64 and 128-row blocks that holds
+    an expert's rows whole (`expert_rows_high`), so that no expert's weights are read twice; 128 x 256 tiles
+    from there on, where the GEMMs turn compute-bound. A `TUNED` entry for the shape wins."""
     bucket = rows_bucket(pairs, num_experts)
     tuned = TUNED.get((bucket, n, k, num_experts))
     if tuned is not None:
@@ -496,11 +497,23 @@ def kernel_config(pairs: int, n: int, num_experts: int = 8, k: int = 0, sms: int
                "num_stages": 4}  # fmt: skip
         cfg["SPLIT_K"] = split_k(min(pairs, num_experts) * -(-n // cfg["BN"]), k, cfg["BK"], sms)
         return cfg
-    if pairs <= 512:
-        return {"BM": 32, "BN": 64, "BK": 128, "GROUP": 4, "num_warps": 4, "num_stages": 3, "SPLIT_K": 1}
-    if pairs >= LARGE_ROWS_PER_EXPERT * num_experts:
+    high = expert_rows_high(pairs, num_experts)
+    if high > MEDIUM_TILE["BM"]:
         return dict(LARGE_TILE, SPLIT_K=1)
+    if pairs <= 512 and high <= 32:
+        return {"BM": 32, "BN": 64, "BK": 128, "GROUP": 4, "num_warps": 4, "num_stages": 3, "SPLIT_K": 1}
     return dict(MEDIUM_TILE, SPLIT_K=1)
+
+
+def expert_rows_high(pairs: int, num_experts: int) -> float:
+    """An expert's rows at the high end under uniform routing: the mean plus two of its binomial (about Poisson)
+    spreads. While the layer reads weights, an expert whose rows take two row blocks reads its weights twice: on
+    an H200, Mixtral-8x7B's layer went 688 -> 840-956 us from 96 to 128-192 tokens in 32-row blocks (24 -> 32-48
+    rows an expert, benchmarks/results/engine_kernels_h200/moe_knee_session13.json), and at 384 tokens (96 rows,
+    16 blocks of 64) its GEMMs took 618 + 291 us in 64 x 128 tiles against 479 + 237 in 128 x 256 (moe_tiles.md);
+    DeepSeek-V2-Lite's at 768-1,280 tokens (72-120 rows) 360-433 us against 323-363."""
+    mean = pairs / max(num_experts, 1)
+    return mean + 2.0 * math.sqrt(mean)
 
 
 def rows_bucket(pairs: int, num_experts: int) -> int:

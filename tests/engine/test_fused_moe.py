@@ -144,6 +144,12 @@ def test_kernel_config_splits_k_for_batch_one_and_takes_large_tiles_for_long_ste
     assert {k: big[k] for k in LARGE_TILE} == LARGE_TILE and big["SPLIT_K"] == 1
     # a few hundred tokens over 64 experts (DeepSeek-V2-Lite): too few rows per expert for 128-row blocks
     assert kernel_config(1200, 2816, 64, 2048)["BM"] == 64
+    # the smallest row block that holds an expert's rows whole (mean + 2 spreads): Mixtral at 80 / 96-192 / 256
+    # tokens (20 / 24-48 / 64 rows an expert), DeepSeek-V2-Lite at 768 tokens (72 rows)
+    assert kernel_config(160, 28672, 8, 4096)["BM"] == 32
+    assert {kernel_config(2 * t, 28672, 8, 4096)["BM"] for t in (96, 128, 160, 192)} == {64}
+    assert {k: kernel_config(512, 28672, 8, 4096)[k] for k in LARGE_TILE} == LARGE_TILE
+    assert kernel_config(768 * 6, 2816, 64, 2048)["BM"] == 128
     # a device's own sweep overrides the default for that shape only
     try:
         set_tuned({(2048, 28672, 4096, 8): {"BM": 64, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8,
