@@ -1,0 +1,27 @@
+"""benchmarks/decode_balance.py on the committed H200 store: every large decode step priced, equal and ragged
+points told apart, the table written; a folder without a store refused in one line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "decode_balance.py"
+
+
+def test_committed_store(tmp_path):
+    out = tmp_path / "t.md"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--min-batch", "64"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    body = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| batch")]
+    assert body and all(int(ln.split("|")[1]) >= 64 for ln in body)
+    assert {ln.split("|")[3].strip() for ln in body} == {"equal", "ragged"}
+    assert "equal contexts:" in text and "ragged contexts:" in text
+
+
+def test_missing_store_is_refused(tmp_path):
+    r = subprocess.run([sys.executable, str(SCRIPT), "--run", str(tmp_path), "--out", str(tmp_path / "t.md")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 2 and "no measurements.jsonl" in r.stdout and "Traceback" not in r.stderr
