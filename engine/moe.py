@@ -122,7 +122,9 @@ def uniform_route_triton(
     return w, ids
 
 
-def select_experts(logits: torch.Tensor, top_k: int, renormalize: bool, routing: str = "uniform"):
+def select_experts(
+    logits: torch.Tensor, top_k: int, renormalize: bool, routing: str = "uniform"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights, ids) of one MoE layer's tokens under `routing` (ROUTINGS)."""
     if routing == "router":
         return route(logits, top_k, renormalize)
