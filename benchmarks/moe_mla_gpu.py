@@ -208,11 +208,12 @@ def ceilings(dev: str) -> dict:
 
 
 def _touched_counter(model) -> tuple[list[int], list]:
-    """Forward pre-hooks on the MoE layers that record how many distinct experts each layer's routing picked."""
+    """Forward pre-hooks on the MoE layers that record how many distinct experts each layer's routing picked (the
+    layer's own `select`: the engine's routing, uniform by default)."""
     seen: list[int] = []
 
     def hook(mod: MoE, args) -> None:
-        _, ids = route(mod.router(args[0]), mod.top_k, mod.renormalize)
+        _, ids = mod.select(args[0])
         seen.append(int(ids.unique().numel()))
 
     hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, MoE)]
@@ -320,7 +321,7 @@ def tile_sweep(model, spec: ModelSpec, dev: str, tokens: int) -> list[dict]:
 
     moe = next(m for m in model.modules() if isinstance(m, MoE))
     x = torch.randn(tokens, spec.hidden_size, device=dev, dtype=moe.w_gate_up.dtype)
-    w, ids = route(moe.router(x), moe.top_k, moe.renormalize)
+    w, ids = moe.select(x)
     pairs = ids.numel()
     flops = 2.0 * pairs * 3 * spec.hidden_size * spec.moe_intermediate_size
     out = []
