@@ -90,25 +90,21 @@ def reprice(path: Path, profile_name: str, out: Path) -> int:
             f"--profile {profile_name}: no fitted MoE curves (calibration's `moe` group); pick a profile that has them"
         )
         return 2
-    models = {}
+    by_shape: dict[tuple, list[dict]] = {}
     for r in rec["rows"]:
-        shape = (r["experts"], r["top_k"], r["hidden"], r["inter"])
-        if shape not in models:
-            spec = load_model(SHAPE_MODELS[shape])
-            models[shape] = CostModel(profile, spec, "bf16", "bf16")
-        cm = models[shape]
-        priced = moe_layer_time(cm, r["tokens"] * r["top_k"], cm.experts_touched(r["tokens"]), r["experts"])
-        r["priced_us"] = priced * 1e6
-        r["error_pct"] = (priced * 1e6 / r["measured_us"] - 1) * 100
-    rec["profile"] = profile_name
-    for shape in models:
-        errs = [
-            abs(r["error_pct"])
-            for r in rec["rows"]
-            if (r["experts"], r["top_k"], r["hidden"], r["inter"]) == shape
-        ]
+        by_shape.setdefault((r["experts"], r["top_k"], r["hidden"], r["inter"]), []).append(r)
+    for shape, rows in by_shape.items():
+        cm = CostModel(profile, load_model(SHAPE_MODELS[shape]), "bf16", "bf16")
+        for r in rows:
+            priced = moe_layer_time(
+                cm, r["tokens"] * r["top_k"], cm.experts_touched(r["tokens"]), r["experts"]
+            )
+            r["priced_us"] = priced * 1e6
+            r["error_pct"] = (priced * 1e6 / r["measured_us"] - 1) * 100
+        errs = [abs(r["error_pct"]) for r in rows]
         log(f"E={shape[0]} top-{shape[1]}: {len(errs)} points, median |error| {statistics.median(errs):.1f}%, "
             f"p90 {statistics.quantiles(errs, n=10)[-1]:.1f}%")  # fmt: skip
+    rec["profile"] = profile_name
     out.mkdir(parents=True, exist_ok=True)
     (out / "moe_knee.json").write_text(json.dumps(rec, indent=1))
     return 0

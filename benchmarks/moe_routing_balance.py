@@ -110,17 +110,16 @@ def balance_rows(counts: np.ndarray, bm: int, top_k: int) -> list[dict]:
 
 def layer_seconds(m: MoE, x, w, ids, dev: str, repeat: int) -> dict:
     """{backend: seconds} of one layer's routed experts on these rows, from a CUDA graph."""
-    e, (_, n, k) = m.num_experts, m.w_gate_up.shape
-    key = (moe.rows_bucket(ids.numel(), e), n, k, e)
-    keep, out = dict(moe.BACKEND), {}
-    for backend in moe.BACKENDS if moe.grouped_mm_supported(x) else ("triton",):
-        moe.set_backends({**keep, key: backend})
-        try:
-            fn = lambda: moe.routed_experts(x, m.w_gate_up, m.w_down, w, ids, m.act)  # noqa: E731
-            out[backend] = measure_graph(fn, dev, calls=2, repeat=repeat, warmup=2)
-        finally:
-            moe.set_backends(keep)
-    return out
+    return {
+        backend: measure_graph(
+            lambda: moe.routed_experts(x, m.w_gate_up, m.w_down, w, ids, m.act),
+            dev,
+            calls=2,
+            repeat=repeat,
+            warmup=2,
+        )
+        for backend in moe.forcing_backends(x, m.w_gate_up, ids.numel())
+    }
 
 
 def time_count(moes: list[MoE], seen: list[tuple], t: int, dev: str, repeat: int) -> dict:

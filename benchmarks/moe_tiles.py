@@ -108,17 +108,10 @@ def gemm_times(x, weights: tuple, tw, ids, dev: str, configs: list[dict], repeat
 def layer_times(x, weights: tuple, tw, ids, dev: str, repeat: int) -> dict:
     """The whole layer as the engine runs it (engine.moe.routed_experts) on each expert backend that runs here."""
     w_gu, w_d = weights
-    e = w_gu.shape[0]
-    key = (moe.rows_bucket(ids.numel(), e), w_gu.shape[1], w_gu.shape[2], e)
-    keep = dict(moe.BACKEND)
-    out = {}
-    for backend in moe.BACKENDS if moe.grouped_mm_supported(x) else ("triton",):
-        moe.set_backends({**keep, key: backend})
-        try:
-            out[backend] = timed(lambda: moe.routed_experts(x, w_gu, w_d, tw, ids), dev, repeat)
-        finally:
-            moe.set_backends(keep)
-    return out
+    return {
+        backend: timed(lambda: moe.routed_experts(x, w_gu, w_d, tw, ids), dev, repeat)
+        for backend in moe.forcing_backends(x, w_gu, ids.numel())
+    }
 
 
 def one_point(shape: tuple, weights: tuple, tokens: int, dev: str, configs: list[dict], repeat: int) -> dict:

@@ -19,7 +19,7 @@ from core.model_spec import ModelSpec
 from engine.attention import StepLayout, varlen_attention
 from engine.fused import act_mul, add_rmsnorm, gemv, rope_and_cache, use_triton
 from engine.mla import MLAttention
-from engine.moe import ROUTINGS, routed_experts, select_experts
+from engine.moe import check_routing, routed_experts, select_experts
 from engine.quant import Int4Linear
 from engine.quantize import quantize_linears
 
@@ -221,8 +221,7 @@ class Transformer(nn.Module):
 
     def set_moe_routing(self, routing: str) -> None:
         """How every MoE layer picks its experts (engine.moe.ROUTINGS; "uniform" by default)."""
-        if routing not in ROUTINGS:
-            raise ValueError(f"moe routing {routing!r}: pick one of {', '.join(ROUTINGS)}")
+        check_routing(routing)
         for m in self.modules():
             if isinstance(m, MoE):
                 m.routing = routing

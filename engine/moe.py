@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -117,8 +118,9 @@ def uniform_route_triton(
     w = torch.empty((t, top_k), dtype=torch.float32, device=lg.device)
     ids = torch.empty((t, top_k), dtype=torch.int64, device=lg.device)
     _uniform_route_kernel[(t,)](
-        lg, w, ids, E=e, EP2=triton.next_power_of_2(max(e, 2)), K=top_k, RENORM=renormalize, num_warps=1
-    )
+        lg, w, ids, E=e, EP2=triton.next_power_of_2(max(e, 2)), K=top_k, RENORM=renormalize,
+        IDX_BITS=ROUTE_INDEX_BITS, num_warps=1,
+    )  # fmt: skip
     return w, ids
 
 
@@ -128,9 +130,14 @@ def select_experts(
     """(weights, ids) of one MoE layer's tokens under `routing` (ROUTINGS)."""
     if routing == "router":
         return route(logits, top_k, renormalize)
-    if routing == "uniform":
-        return uniform_route(logits, top_k, renormalize)
-    raise ValueError(f"moe routing {routing!r}: pick one of {', '.join(ROUTINGS)}")
+    check_routing(routing)
+    return uniform_route(logits, top_k, renormalize)
+
+
+def check_routing(routing: str) -> None:
+    """One line naming the routings there are, for a name that is not one (ROUTINGS)."""
+    if routing not in ROUTINGS:
+        raise ValueError(f"moe routing {routing!r}: pick one of {', '.join(ROUTINGS)}")
 
 
 def moe_reference(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.Tensor:
@@ -417,6 +424,7 @@ if triton is not None:
 
     @triton.jit
     def _fmix_tl(h):
+        """`_fmix` (murmur3's 32-bit finaliser) inside a kernel: Triton reads no module-level ints."""
         h = h ^ (h >> 16)
         h = (h * 0x85EBCA6B) & 0xFFFFFFFF
         h = h ^ (h >> 13)
@@ -425,8 +433,9 @@ if triton is not None:
 
     @triton.jit
     def _uniform_route_kernel(
-        L, W, IDS, E: tl.constexpr, EP2: tl.constexpr, K: tl.constexpr, RENORM: tl.constexpr
-    ):
+        L, W, IDS, E: tl.constexpr, EP2: tl.constexpr, K: tl.constexpr, RENORM: tl.constexpr,
+        IDX_BITS: tl.constexpr,
+    ):  # fmt: skip
         """One token a program: its keys (uniform_keys), the k largest one by one (the low bits are the expert),
         then the gate weights over the picks (RENORM) or the full softmax at them."""
         t = tl.program_id(0)
@@ -438,12 +447,12 @@ if triton is not None:
         idx = e.to(tl.int64)
         mult = ((idx + 1) * 0x9E3779B1) & 0xFFFFFFFF
         seed = _fmix_tl(tl.sum(tl.where(valid, ((bits + 1) * mult) & 0xFFFFFFFF, 0), axis=0) & 0xFFFFFFFF)
-        keys = (_fmix_tl(seed ^ ((idx * 0x27D4EB2F) & 0xFFFFFFFF)) << 10) | idx  # ROUTE_INDEX_BITS
+        keys = (_fmix_tl(seed ^ ((idx * 0x27D4EB2F) & 0xFFFFFFFF)) << IDX_BITS) | idx
         keys = tl.where(valid, keys, -1)
         picked = tl.zeros([EP2], dtype=tl.int1)
         left = keys
         for _j in tl.static_range(K):
-            best = tl.max(left, axis=0) & 0x3FF
+            best = tl.max(left, axis=0) & ((1 << IDX_BITS) - 1)
             picked = picked | (idx == best)
             left = tl.where(idx == best, -1, left)
         over = picked if RENORM else valid
@@ -452,7 +461,7 @@ if triton is not None:
         p = p / tl.sum(p, axis=0)
         left = keys
         for j in tl.static_range(K):
-            best = tl.max(left, axis=0) & 0x3FF
+            best = tl.max(left, axis=0) & ((1 << IDX_BITS) - 1)
             tl.store(IDS + t * K + j, best)
             tl.store(W + t * K + j, tl.sum(tl.where(idx == best, p, 0.0), axis=0))
             left = tl.where(idx == best, -1, left)
@@ -615,6 +624,21 @@ def triton_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.T
 GROUPED_MM_MIN_ROWS = 160
 BACKEND: dict[tuple[int, int, int, int], str] = {}
 BACKENDS = ("triton", "grouped_mm")
+
+
+def forcing_backends(x: torch.Tensor, w_gate_up: torch.Tensor, pairs: int) -> Iterator[str]:
+    """Each expert backend that runs here, forced in turn for steps of `pairs` routed rows through `w_gate_up`
+    (its BACKEND entry set while the caller's loop body runs; the entries as they were afterwards): for timing
+    `routed_experts` on every backend."""
+    e, n, k = w_gate_up.shape
+    key = (rows_bucket(pairs, e), n, k, e)
+    keep = dict(BACKEND)
+    try:
+        for backend in BACKENDS if grouped_mm_supported(x) else ("triton",):
+            set_backends({**keep, key: backend})
+            yield backend
+    finally:
+        set_backends(keep)
 
 
 def grouped_mm_supported(x: torch.Tensor) -> bool:

@@ -217,3 +217,21 @@ def test_tune_moe_leaves_the_cpu_alone():
            "num_experts_per_tok": 2, "vocab_size": 50, "max_position_embeddings": 128}  # fmt: skip
     model = build_model(spec_from_config(cfg, name="t"), dtype="fp32", device="cpu")
     assert tune_moe(model, 4096) == {} and BACKEND == {}
+
+
+def test_forcing_backends_restores_the_tuned_picks():
+    """engine.moe.forcing_backends: each backend that runs here forced in turn for the step's key, the entries as
+    they were afterwards (on the CPU only the Triton kernel runs)."""
+    from engine import moe
+
+    x, wgu, _, _, ids = _case()
+    key = (moe.rows_bucket(ids.numel(), wgu.shape[0]), wgu.shape[1], wgu.shape[2], wgu.shape[0])
+    try:
+        moe.set_backends({(1, 2, 3, 4): "grouped_mm"})
+        seen = []
+        for backend in moe.forcing_backends(x, wgu, ids.numel()):
+            seen.append((backend, moe.BACKEND.get(key)))
+        assert seen == [("triton", "triton")]
+        assert moe.BACKEND == {(1, 2, 3, 4): "grouped_mm"}
+    finally:
+        moe.set_backends({})
