@@ -15,6 +15,7 @@ from engine.attention import (
     split_reference,
     unit_capacity,
 )
+from tests.engine.interpreted import run_interpreted
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -221,16 +222,4 @@ for q_lens, prior, window in (([1] * 5, [0, 30, 300, 700, 64], 0), ([7, 1, 1, 1]
 
 
 def test_decode_kernel_gives_the_same_rows_with_and_without_the_split_interpreted():
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
-    r = subprocess.run(
-        [sys.executable, "-c", WHOLE_VS_SPLIT], cwd=root, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("ok ") == 3
+    assert run_interpreted(WHOLE_VS_SPLIT).count("ok ") == 3

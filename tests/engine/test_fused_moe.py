@@ -1,17 +1,11 @@
 """Fused MoE: the expert-sorted layout, the reference loop, and the Triton grouped GEMM (interpreted on CPU)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from engine.fused import act_mul
 from engine.moe import align, moe_reference, route
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.engine.interpreted import run_interpreted
 
 
 def _case(t=7, e=4, k=2, h=32, i=48, seed=0):
@@ -122,13 +116,7 @@ for split in (2, 3):
 
 
 def test_triton_grouped_gemm_matches_reference_interpreted():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run(
-        [sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("ok ") == 17
+    assert run_interpreted(INTERPRETED).count("ok ") == 17
 
 
 def test_kernel_config_splits_k_for_batch_one_and_takes_large_tiles_for_long_steps():

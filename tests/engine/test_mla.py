@@ -1,19 +1,13 @@
 """MLA (DeepSeek-V2): latent cache, absorbed decode equal to the plain form, the Triton decode kernel."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from core.model_spec import load_model, spec_from_config
 from engine.attention import make_layout
 from engine.model import build_model
+from tests.engine.interpreted import run_interpreted
 from tests.engine.test_model import _full_and_incremental
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_deepseek(**over):
@@ -95,13 +89,7 @@ for j, (kl, ks) in enumerate(zip(lay.k_lens[1:], lay.k_starts[1:])):
 
 
 def test_triton_mla_decode_kernel_matches_reference_interpreted():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run(
-        [sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("ok") == 3
+    assert run_interpreted(INTERPRETED).count("ok") == 3
 
 
 def _counted_flops(attn, x, lay, rope, pool) -> float:
@@ -171,14 +159,7 @@ print("ok untouched")
 
 
 def test_triton_mla_prefill_kernel_matches_reference_interpreted():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run(
-        [sys.executable, "-c", PREFILL_INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("ok") == 3
+    assert run_interpreted(PREFILL_INTERPRETED).count("ok") == 3
 
 
 def test_cost_model_prices_absorbed_prompts_in_graph_sized_steps():

@@ -2,19 +2,13 @@
 that they route like a trained, balanced router. Picks distinct and in range, balanced where the router is not,
 equal rows alike, the gate weights the router's own, the Triton kernel identical to the torch path (interpreted)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from core.model_spec import spec_from_config
 from engine.model import MoE, build_model
 from engine.moe import route, select_experts, uniform_route, uniform_route_reference
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.engine.interpreted import run_interpreted
 
 
 def _collapsed(t: int, e: int, seed: int = 0) -> torch.Tensor:
@@ -93,13 +87,7 @@ for t, e, k, renorm in ((1, 8, 2, True), (37, 8, 2, True), (50, 64, 6, False), (
 
 
 def test_triton_kernel_equals_the_torch_path_interpreted():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run(
-        [sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("ok") == 7
+    assert run_interpreted(INTERPRETED).count("ok") == 7
 
 
 def test_reference_is_what_uniform_route_runs_on_the_cpu():

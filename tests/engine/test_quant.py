@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from engine.quant import GROUP, Int4Linear, dequantize, quantize_int4, unpack_int4, w4a16_reference
+from tests.engine.interpreted import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,13 +52,7 @@ def test_reference_and_layer_equal_a_dequantized_matmul():
 def interpret(code: str) -> list[float]:
     """The numbers a script prints, run with Triton's interpreter (a fresh process: it must be set before
     Triton is imported); skipped where Triton is not installed."""
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    return [float(e) for e in r.stdout.split()]
+    return [float(e) for e in run_interpreted(code, timeout=120).split()]
 
 
 KERNEL_CHECK = """
