@@ -110,6 +110,18 @@ WHOLE_UNITS_MIN_FILL = 0.9
 # against 6.11 / 7.76 / 12.53 with lognormal contexts (longest 9.4 / 6.1 / 16 times the mean): the longest
 # sequence's program set the step. Equal contexts at batch 64 have a longest of 1.03 shares; 1.1 leaves them whole.
 WHOLE_MAX_SHARE = 1.1
+# ... and only when no sequence is longer than WHOLE_MAX_OVER_MEAN times the mean context. On an H200
+# (benchmarks/decode_units.py, session 15) one unit each against the best split plan at 32-256 sequences: equal
+# contexts 0.87-1.05x; lognormal contexts with the longest 2.1x the mean 1.04x, 2.3-3.4x the mean 1.07-1.73x,
+# 4-9x the mean 1.2-2.8x (short 128-key contexts aside, where one unit each won up to 3.4x).
+WHOLE_MAX_OVER_MEAN = 1.5
+# Split plans aim at target x waves units, waves the smallest power of two from 2 to SPLIT_WAVES_MAX holding the
+# sequences per unit of the target (`split_waves`): at large batches a unit is then about the mean context, so
+# the longest unit is a small share of what each SM runs and the step does not wait on one program. On an H200
+# (benchmarks/decode_units.py, session 15; Llama-3.1-8B's and Qwen2.5-7B's heads, lognormal contexts of mean
+# 512-4,096, 64-256 sequences) one wave (units up to total / target keys, the rule before) took 1.1-1.45x the
+# best cut; the best was 2 waves at about target sequences, 4 at twice, 4-8 at 4-8 times.
+SPLIT_WAVES_MAX = 8
 
 
 def prefill_count(q_lens: list[int]) -> int:
@@ -132,21 +144,38 @@ def unit_heads(spec) -> int:
     return 1 if spec.is_mla else spec.num_kv_heads
 
 
+def unit_waves(spec) -> int | None:
+    """The `waves` a model's decode steps plan with: 1 for MLA (its decode kernel and tiles were tuned on one wave,
+    benchmarks/mla_decode_tiles.py), else None (`split_waves` of the step's size)."""
+    return 1 if spec.is_mla else None
+
+
 def whole_units(n_decode: int, target: int) -> bool:
     """Whether a decode group of `n_decode` sequence slots may run one unit per sequence (no split, no combine):
     enough of them to fill the GPU (balanced_units then asks whether their lengths allow it)."""
     return n_decode > 0 and n_decode >= WHOLE_UNITS_MIN_FILL * max(target, 1)
 
 
+def split_waves(n_decode: int, target: int) -> int:
+    """Units a split plan of `n_decode` sequences aims at, per unit of the target: the smallest power of two from 2
+    to SPLIT_WAVES_MAX that is at least n_decode / target."""
+    w = 2
+    while w < SPLIT_WAVES_MAX and w * max(target, 1) < n_decode:
+        w *= 2
+    return w
+
+
 def balanced_units(k_lens, target: int) -> bool:
     """Whether the decode group with contexts `k_lens` runs one unit per sequence: whole_units by count, and no
-    sequence longer than WHOLE_MAX_SHARE of the keys one of `target` units would take in a split plan. With one
+    sequence longer than WHOLE_MAX_SHARE of the keys one of `target` units would take in a split plan, nor than
+    WHOLE_MAX_OVER_MEAN times the mean. With one
     unit each, the longest sequence's program sets the step's time; a split plan cuts every unit to the
     average share and pays for a combine kernel and fp32 partials."""
     k = np.asarray(k_lens, dtype=np.int64).reshape(-1)
     if not whole_units(len(k), target):
         return False
-    return int(k.max()) <= WHOLE_MAX_SHARE * int(k.sum()) / max(target, 1)
+    top, total = int(k.max()), int(k.sum())
+    return top <= WHOLE_MAX_SHARE * total / max(target, 1) and top * len(k) <= WHOLE_MAX_OVER_MEAN * total
 
 
 def plan_decode_units(
@@ -156,12 +185,14 @@ def plan_decode_units(
     cap: int | None = None,
     arrays: bool = False,
     whole: bool | None = None,
+    waves: int | None = None,
 ) -> dict:
     """Split each decode sequence's keys [0, k) into units of at most `chunk` keys.
 
-    chunk = max(UNIT_MIN_KEYS, total keys / target) rounded up to the kernel's block, so the units
-    number at most target + len(k_lens) and no unit is longer than the step's average share: the
-    kernel's time follows the total KV bytes, not the longest context. Units are laid out sequence
+    chunk = max(UNIT_MIN_KEYS, total keys / (target · waves)) rounded up to the kernel's block (waves: default
+    `split_waves`; MLA's kernel plans with 1), so the units number at most target · waves + len(k_lens) and no
+    unit is longer than a share of what one SM runs: the kernel's time follows the total KV bytes, not the
+    longest context. Units are laid out sequence
     by sequence; `seq_units[j]:seq_units[j+1]` are sequence j's. `seq` holds global sequence indices
     (seq0 + j); with `cap`, the tables are padded to `cap` units with seq = -1 (idle programs of a
     CUDA graph's fixed grid). Vectorised (no per-sequence Python): the serving loop plans every decode
@@ -171,7 +202,8 @@ def plan_decode_units(
     k = np.asarray(k_lens, dtype=np.int64).reshape(-1)
     total = int(k.sum())
     whole = balanced_units(k, target) if whole is None else whole
-    share = int(k.max()) if whole and len(k) else math.ceil(total / max(target, 1))
+    waves = split_waves(len(k), target) if waves is None else waves
+    share = int(k.max()) if whole and len(k) else math.ceil(total / max(target * waves, 1))
     chunk = max(UNIT_MIN_KEYS, math.ceil(share / UNIT_BLOCK) * UNIT_BLOCK)
     per = -(-k // chunk)  # units per sequence (0 for an empty one)
     seq_units = np.zeros(len(k) + 1, dtype=np.int64)
@@ -201,11 +233,13 @@ def plan_decode_units(
     }
 
 
-def unit_capacity(target: int, n_decode: int, whole: bool | None = None) -> int:
-    """An upper bound of plan_decode_units' count for n_decode sequences (the fixed grid of a graph), one unit
-    each when `whole` (default: whole_units by count)."""
+def unit_capacity(target: int, n_decode: int, whole: bool | None = None, waves: int | None = None) -> int:
+    """An upper bound of plan_decode_units' count for up to n_decode sequences (the fixed grid of a graph), one
+    unit each when `whole` (default: whole_units by count); `waves` as plan_decode_units takes it."""
     whole = whole_units(n_decode, target) if whole is None else whole
-    return n_decode if whole else target + n_decode
+    if whole:
+        return n_decode
+    return target * (split_waves(n_decode, target) if waves is None else waves) + n_decode
 
 
 def plan_layout(
@@ -217,6 +251,7 @@ def plan_layout(
     target: int = 64,
     cap: int | None = None,
     whole: bool | None = None,
+    waves: int | None = None,
 ) -> dict:
     """Host-side layout: regions laid end to end from slot `base` (or at `starts`), new tokens after each prefix.
 
@@ -236,7 +271,7 @@ def plan_layout(
     for q in q_lens:
         cu_q.append(cu_q[-1] + q)
     n_pre = prefill_count(list(q_lens)) if n_prefill is None else n_prefill
-    units = plan_decode_units(k_lens[n_pre:], target, seq0=n_pre, cap=cap, whole=whole)
+    units = plan_decode_units(k_lens[n_pre:], target, seq0=n_pre, cap=cap, whole=whole, waves=waves)
     return {
         "q_lens": list(q_lens),
         "k_lens": k_lens,
@@ -281,9 +316,13 @@ def make_layout(
     max_q: int | None = None,
     max_k: int | None = None,
     kv_heads: int = 8,
+    waves: int | None = None,
 ) -> StepLayout:
-    """A StepLayout with new device tensors (eager steps and tests); `starts` pins each region's first slot."""
-    p = plan_layout(q_lens, prior_lens, base, starts, target=unit_target(device_sms(device), kv_heads))
+    """A StepLayout with new device tensors (eager steps and tests); `starts` pins each region's first slot;
+    `waves` as plan_decode_units takes it (1 for MLA's kernel)."""
+    p = plan_layout(
+        q_lens, prior_lens, base, starts, target=unit_target(device_sms(device), kv_heads), waves=waves
+    )
 
     def i32(v):
         return torch.tensor(v, dtype=torch.int32, device=device)

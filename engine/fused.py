@@ -241,7 +241,10 @@ if triton is not None:
         heads = kvh * G + g
         has = l_i > 0
         o = acc / tl.where(has, l_i, 1.0)[:, None]
-        if DIRECT:  # the sequence's only unit: its output row (idle programs write nothing)
+        # the sequence's only unit (every unit with DIRECT; in a split plan one that covers all its keys): its
+        # output row, and the merge skips the sequence (idle programs write nothing)
+        only = live & (tl.load(U_LO + u) == 0) & (tl.load(U_HI + u) >= k_len)
+        if DIRECT or only:
             dst = OUT + (row * NH + heads)[:, None] * D + d[None, :]
             heads_live = gmask & (tl.zeros((G_PAD,), tl.int32) + tl.load(U_SEQ + u) >= 0)
             tl.store(dst, o.to(OUT.dtype.element_ty), mask=heads_live[:, None])
@@ -253,13 +256,16 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["seq0"])  # a step's prefill count: one compiled kernel for every value
     def _decode_combine_kernel(
-        OP, LP, SEQ_U, CU_Q, OUT, seq0, NH: tl.constexpr, D: tl.constexpr, UB: tl.constexpr
-    ):
+        OP, LP, SEQ_U, CU_Q, OUT, seq0, NH: tl.constexpr, D: tl.constexpr, UB: tl.constexpr,
+        SKIP_ONE: tl.constexpr = False,
+    ):  # fmt: skip
         pid = tl.program_id(0)  # (decode sequence j, head h)
         j = pid // NH
         h = pid % NH
         u0 = tl.load(SEQ_U + j)
         u1 = tl.load(SEQ_U + j + 1)
+        if SKIP_ONE and u1 - u0 == 1:  # the sequence's only unit wrote its row (`_decode_attn_kernel`)
+            return
         s = seq0 + j
         row = tl.load(CU_Q + s).to(tl.int64)
         nq = tl.load(CU_Q + s + 1) - row
@@ -404,9 +410,10 @@ def decode_attention(q, k_pool, v_pool, lay, scale: float, window: int = 0, out:
 
     One program takes one unit (up to `chunk` keys of one sequence, engine.attention.plan_decode_units)
     for one KV head and all the query heads that share it (GQA), so KV bytes are read once per step;
-    a second kernel merges each sequence's units. With lay.whole_units (a step whose sequences alone fill
-    the GPU: one unit each) the first kernel writes the output and there is no second. Writes rows cu_q[s]
-    of `out` (new if None).
+    a second kernel (`_decode_combine_kernel`) merges the units of each sequence that has several; a unit that
+    is its sequence's only one writes the output row itself. With lay.whole_units (a step
+    whose sequences alone fill the GPU: one unit each) there is no second kernel. Writes rows cu_q[s] of `out`
+    (new if None).
     """
     t, nh, d = q.shape
     nkv = k_pool.shape[1]
@@ -452,6 +459,16 @@ def decode_attention(q, k_pool, v_pool, lay, scale: float, window: int = 0, out:
     if direct:
         return out
     _decode_combine_kernel[(n_dec * nh,)](
-        op, lp, units["seq_units"], lay.cu_q, out, lay.n_prefill, NH=nh, D=d, UB=16, num_warps=4
+        op,
+        lp,
+        units["seq_units"],
+        lay.cu_q,
+        out,
+        lay.n_prefill,
+        NH=nh,
+        D=d,
+        UB=16,
+        SKIP_ONE=True,
+        num_warps=4,
     )
     return out

@@ -42,6 +42,7 @@ from engine.attention import (
     unit_capacity,
     unit_heads,
     unit_target,
+    unit_waves,
     whole_units,
 )
 from engine.fused import compiled_variants, jit_functions
@@ -233,6 +234,7 @@ class Executor:
         self.reset()
         self.target_heads = unit_heads(model.spec)
         self.target = unit_target(device_sms(self.device), self.target_heads)
+        self.waves = unit_waves(model.spec)
         self.use_graphs = cuda_graphs and self.cuda
         # decode steps through the static buffers (without a graph on the CPU, to test the path there)
         self.static_decode = self.use_graphs if static_decode is None else static_decode
@@ -442,7 +444,9 @@ class Executor:
             starts += d_starts.tolist()
             parts.append(d_tok)
             want += [True] * n
-        lay = make_layout(q_lens, prior, self.device, starts=starts, kv_heads=self.target_heads)
+        lay = make_layout(
+            q_lens, prior, self.device, starts=starts, kv_heads=self.target_heads, waves=self.waves
+        )
         tokens = torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False)).to(self.device)
         rows = torch.from_numpy(wanted_rows(np.cumsum(q_lens), want)).to(self.device)
         return self.model(tokens, lay, rows).argmax(-1)
@@ -510,7 +514,8 @@ class Executor:
         h64[n:size] = 1
         h64[size : 2 * size] = k_lens - 1
         h64[2 * size :] = all_starts + k_lens - 1
-        units = plan_decode_units(k_lens, self.target, cap=cap, arrays=True, whole=g.layout.whole_units)
+        units = plan_decode_units(k_lens, self.target, cap=cap, arrays=True, whole=g.layout.whole_units,
+                                  waves=self.waves)  # fmt: skip
         h32 = g.host32.numpy()
         h32[:size] = all_starts
         h32[size] = int((all_starts + k_lens).max())
@@ -588,7 +593,7 @@ class Executor:
         h64[2 * size :] = tok_start + pos
         # units of the decode slots that have keys (decodes, dummies); the empty slots after them have none
         units = plan_decode_units(k_lens[npf : a + pad], self.target, seq0=npf, cap=cap, arrays=True,
-                                  whole=g.layout.whole_units)  # fmt: skip
+                                  whole=g.layout.whole_units, waves=self.waves)  # fmt: skip
         units["seq_units"] = np.concatenate([units["seq_units"], np.full(ns - a - pad, units["count"])])
         h32 = g.host32.numpy()
         h32[: ns + 1] = cu_q
@@ -639,7 +644,7 @@ class Executor:
         `_mixed_graph` captures one on them; engine/speculative.py's round graphs capture their own)."""
         dev, npf = self.device, self.mixed_seqs
         ns = npf + size
-        cap = unit_capacity(self.target, size)
+        cap = unit_capacity(self.target, size, waves=self.waves)
         n32 = 3 * ns + 2 + 3 * cap + size + 1
         g = _MixedGraph(
             size=size,
@@ -694,7 +699,7 @@ class Executor:
         (`whole`; default whole_units by count) (no graph: `_graph` captures one on them; engine/speculative.py's
         round graphs capture their own)."""
         whole = whole_units(size, self.target) if whole is None else whole
-        dev, cap = self.device, unit_capacity(self.target, size, whole)
+        dev, cap = self.device, unit_capacity(self.target, size, whole, self.waves)
         pin = self.cuda
         n32 = 2 * size + 1 + 3 * cap + size + 1
         g = _DecodeGraph(

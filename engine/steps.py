@@ -29,6 +29,7 @@ from engine.attention import (
     unit_capacity,
     unit_heads,
     unit_target,
+    unit_waves,
 )
 from engine.model import Transformer
 from engine.timing import measure
@@ -83,6 +84,7 @@ class StepRunner:
         if not serving:  # else the executor allocates the pool (with room for both runners' padding)
             model.allocate_kv(self.kv_tokens + graph_max_tokens, seed=seed)
         self.unit_target = unit_target(device_sms(self.device), unit_heads(model.spec))
+        self.unit_waves = unit_waves(model.spec)
         self.vocab = model.spec.vocab_size
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.graphs: dict[tuple[int, int, int, int], dict] = {}
@@ -226,7 +228,12 @@ class StepRunner:
             return self._prepare_graph(q_lens, prior_lens, tokens, starts)
         self._check(q_lens, prior_lens, 0)
         lay = make_layout(
-            q_lens, prior_lens, self.device, starts=starts, kv_heads=unit_heads(self.model.spec)
+            q_lens,
+            prior_lens,
+            self.device,
+            starts=starts,
+            kv_heads=unit_heads(self.model.spec),
+            waves=self.unit_waves,
         )
         toks = tokens.to(self.device) if tokens is not None else self._tokens(t)
         last = (lay.cu_q[1:] - 1).to(torch.int64)
@@ -272,7 +279,7 @@ class StepRunner:
         # one unit per decode when they fill the GPU evenly (balanced_units over the group's contexts, dummies too)
         group_k = [p + q for p, q in zip(list(prior_lens) + [0] * dummies, q_all, strict=True)][n_group:]
         whole = balanced_units(group_k, self.unit_target)
-        cap = unit_capacity(self.unit_target, sb - n_group, whole)
+        cap = unit_capacity(self.unit_target, sb - n_group, whole, self.unit_waves)
         pinned = None
         if starts is not None:  # padding goes to scratch, never over another sequence's KV or off the pool
             pinned, off = list(starts), self.scratch
@@ -287,6 +294,7 @@ class StepRunner:
             target=self.unit_target,
             cap=cap,
             whole=whole,
+            waves=self.unit_waves,
         )
         key = (tb, sb, max_q, max_k, n_group, whole)
         g = self.graphs.get(key)

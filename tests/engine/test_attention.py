@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from engine.attention import (
+    balanced_units,
     make_layout,
     plan_decode_units,
     plan_layout,
     prefill_count,
     reference_attention,
     split_reference,
+    split_waves,
     unit_capacity,
 )
 from tests.engine.interpreted import run_interpreted
@@ -23,9 +25,9 @@ def test_decode_units_cover_every_context_exactly_once(seed):
     rng = random.Random(seed)
     k_lens = [rng.choice([0, 1, 5, 64, 129, 700, 4096, 30000]) for _ in range(rng.randint(1, 60))]
     target = rng.choice([1, 8, 66, 200])
-    u = plan_decode_units(k_lens, target, seq0=3, cap=unit_capacity(target, len(k_lens)))
-    assert u["count"] <= unit_capacity(target, len(k_lens))
-    assert len(u["seq"]) == unit_capacity(target, len(k_lens))
+    cap = unit_capacity(target, len(k_lens), balanced_units(k_lens, target))  # the graph a serving step takes
+    u = plan_decode_units(k_lens, target, seq0=3, cap=cap)
+    assert u["count"] <= cap and len(u["seq"]) == cap
     cover = [[0] * k for k in k_lens]
     for j in range(len(k_lens)):
         a, b = u["seq_units"][j], u["seq_units"][j + 1]
@@ -38,8 +40,19 @@ def test_decode_units_cover_every_context_exactly_once(seed):
     assert all(s == -1 for s in u["seq"][u["count"] :])  # idle programs of a fixed grid
     if u["whole"]:  # as many sequences as the target's units: one unit each, no split
         assert len(k_lens) >= target and u["count"] == sum(1 for k in k_lens if k)
-    else:  # balanced: no unit longer than the step's average share (or the minimum unit)
-        assert u["chunk"] <= max(256, -(-sum(k_lens) // target) + 63)
+    else:  # balanced: no unit longer than the step's share of a unit of target x waves (or the minimum unit)
+        assert u["chunk"] <= max(256, -(-sum(k_lens) // (target * split_waves(len(k_lens), target))) + 63)
+
+
+def test_split_waves_cut_units_near_the_mean_context_at_large_batches():
+    """2 waves up to twice the target's units in sequences, then the power of two holding the sequences per unit of
+    the target, up to 8."""
+    assert [split_waves(n, 33) for n in (1, 16, 33, 34, 66, 67, 128, 132, 133, 256, 10_000)] == [
+        2, 2, 2, 2, 2, 4, 4, 4, 8, 8, 8,
+    ]  # fmt: skip
+    # 128 sequences of 2,048 keys at target 33: 4 waves, units of 2,048 keys (about the mean context)
+    assert plan_decode_units([2048] * 128, 33, whole=False)["chunk"] == 2048
+    assert plan_decode_units([2048] * 128, 33, whole=False, waves=1)["chunk"] == 8000
 
 
 def test_one_long_context_is_split_like_many_short_ones():
@@ -155,11 +168,12 @@ def test_vectorised_decode_units_equal_the_per_sequence_split():
     rng = random.Random(0)
     for _ in range(200):
         k = [rng.choice([0, 1, 256, 257, rng.randint(0, 9000)]) for _ in range(rng.randint(0, 40))]
-        target, seq0 = rng.choice([1, 7, 66, 264]), rng.randint(0, 3)
-        cap = target + len(k) if rng.random() < 0.5 else None
-        assert plan_decode_units(k, target, seq0, cap, whole=False) == loop(k, target, seq0, cap)
-        arr = plan_decode_units(k, target, seq0, cap, arrays=True, whole=False)
-        assert arr["seq"].tolist() == loop(k, target, seq0, cap)["seq"]
+        target, seq0, w = rng.choice([1, 7, 66, 264]), rng.randint(0, 3), rng.choice([1, 2, 8])
+        cap = target * w + len(k) if rng.random() < 0.5 else None
+        want = loop(k, target * w, seq0, cap)  # w waves: the loop's plan for w times the target
+        assert plan_decode_units(k, target, seq0, cap, whole=False, waves=w) == want
+        arr = plan_decode_units(k, target, seq0, cap, arrays=True, whole=False, waves=w)
+        assert arr["seq"].tolist() == want["seq"]
 
 
 def test_whole_units_once_the_sequences_fill_the_gpu_evenly():
@@ -167,17 +181,27 @@ def test_whole_units_once_the_sequences_fill_the_gpu_evenly():
     sequence may be one unit: the graph grid is the sequence count. A plan takes one unit per sequence only when
     no context is longer than WHOLE_MAX_SHARE of the split plan's share (balanced_units): one 30,000-key
     sequence among 40-key ones is split, as the H200 measured it faster."""
-    from engine.attention import WHOLE_MAX_SHARE, WHOLE_UNITS_MIN_FILL, balanced_units, whole_units
+    from engine.attention import (
+        WHOLE_MAX_OVER_MEAN,
+        WHOLE_MAX_SHARE,
+        WHOLE_UNITS_MIN_FILL,
+        balanced_units,
+        whole_units,
+    )
 
     edge = math.ceil(WHOLE_UNITS_MIN_FILL * 66)  # 60 at the measured 0.9
     assert not whole_units(edge - 1, 66) and whole_units(edge, 66) and not whole_units(0, 1)
-    assert unit_capacity(66, edge - 1) == 66 + edge - 1 and unit_capacity(66, 128) == 128
-    assert unit_capacity(66, 128, whole=False) == 66 + 128
+    assert unit_capacity(66, edge - 1) == 2 * 66 + edge - 1 and unit_capacity(66, 128) == 128
+    assert unit_capacity(66, 128, whole=False) == 2 * 66 + 128  # split_waves(128, 66) = 2
+    assert unit_capacity(66, 256, whole=False) == 4 * 66 + 256
+    assert unit_capacity(66, 128, whole=False, waves=1) == 66 + 128  # MLA's one wave
     uneven = [30000, 5, 0, 700] + [40] * 124
     assert not balanced_units(uneven, 66) and balanced_units([700] * 128, 66)
-    # the share's edge: at 128 x 700 keys a split unit would take 128 * 700 / 66 = 1,358 keys
-    assert balanced_units([700] * 127 + [int(WHOLE_MAX_SHARE * 1358)], 66)
-    assert not balanced_units([700] * 127 + [int(WHOLE_MAX_SHARE * 1358) + 40], 66)
+    # the share's edge: 63 x 700 keys and one of x, target 66: x <= 1.1 (44,100 + x) / 66, so x <= 747
+    assert WHOLE_MAX_SHARE == 1.1 and WHOLE_MAX_OVER_MEAN == 1.5
+    assert balanced_units([700] * 63 + [747], 66) and not balanced_units([700] * 63 + [748], 66)
+    # the mean's edge: 255 x 700 keys and one of x: 256 x <= 1.5 (178,500 + x), so x <= 1,052
+    assert balanced_units([700] * 255 + [1052], 66) and not balanced_units([700] * 255 + [1053], 66)
     u = plan_decode_units(uneven, 66, seq0=2, cap=unit_capacity(66, 128), whole=True)
     assert u["whole"] and u["count"] == 127 and len(u["seq"]) == 128 and u["seq"][-1] == -1
     assert all(lo == 0 for lo in u["lo"]) and u["hi"][0] == 30000 and u["seq_units"][3:5] == [2, 3]
@@ -193,7 +217,7 @@ def test_whole_units_once_the_sequences_fill_the_gpu_evenly():
 
 WHOLE_VS_SPLIT = r"""
 import torch
-from engine.attention import make_layout, plan_decode_units, reference_attention, unit_tensors
+from engine.attention import make_layout, plan_decode_units, reference_attention, unit_capacity, unit_tensors
 from engine.fused import decode_attention
 g = torch.Generator().manual_seed(0)
 nh, nkv, d = 4, 2, 64
@@ -208,7 +232,7 @@ for q_lens, prior, window in (([1] * 5, [0, 30, 300, 700, 64], 0), ([7, 1, 1, 1]
     want = reference_attention(q, k, v, lay, d**-0.5, window)[row:]
     outs = {}
     for whole in (False, True):  # cap past the count: idle programs of a graph's grid write nothing
-        units = plan_decode_units(dec, 3, seq0=lay.n_prefill, cap=len(dec) + 3 + 3 * (not whole), whole=whole)
+        units = plan_decode_units(dec, 3, seq0=lay.n_prefill, cap=unit_capacity(3, len(dec), whole) + 3, whole=whole)
         assert whole or units["count"] > len(dec)  # the split path really splits
         lay.units, lay.whole_units = unit_tensors(units, "cpu"), whole
         out = decode_attention(q, k, v, lay, d**-0.5, window, out=torch.full_like(q, float("nan")))
