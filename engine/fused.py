@@ -210,13 +210,14 @@ if triton is not None:
         u = tl.program_id(0).to(tl.int64)  # one work unit: keys [lo, hi) of one sequence
         kvh = tl.program_id(1)
         s = tl.load(U_SEQ + u)
-        live = s >= 0  # idle programs of a graph's fixed grid have seq -1
-        s = tl.maximum(s, 0)
+        if s < 0:  # an idle program of a graph's fixed grid (seq -1): no loads, no stores
+            return
         k_len = tl.load(SEQUSED + s)
         start = tl.load(CU_K + s).to(tl.int64)
         row = tl.load(CU_Q + s).to(tl.int64)
-        lo = tl.maximum(tl.load(U_LO + u), k_len - window)
-        hi = tl.where(live, tl.load(U_HI + u), lo)
+        u_lo = tl.load(U_LO + u)
+        hi = tl.load(U_HI + u)
+        lo = tl.maximum(u_lo, k_len - window)
         g = tl.arange(0, G_PAD)
         d = tl.arange(0, D)
         gmask = g < G
@@ -241,13 +242,11 @@ if triton is not None:
         heads = kvh * G + g
         has = l_i > 0
         o = acc / tl.where(has, l_i, 1.0)[:, None]
-        # the sequence's only unit (every unit with DIRECT; in a split plan one that covers all its keys): its
-        # output row, and the merge skips the sequence (idle programs write nothing)
-        only = live & (tl.load(U_LO + u) == 0) & (tl.load(U_HI + u) >= k_len)
-        if DIRECT or only:
-            dst = OUT + (row * NH + heads)[:, None] * D + d[None, :]
-            heads_live = gmask & (tl.zeros((G_PAD,), tl.int32) + tl.load(U_SEQ + u) >= 0)
-            tl.store(dst, o.to(OUT.dtype.element_ty), mask=heads_live[:, None])
+        dst = OUT + (row * NH + heads)[:, None] * D + d[None, :]
+        # the sequence's only unit (every unit with DIRECT; in a split plan one that covers all its keys): the output
+        # row, and the combine skips the sequence
+        if DIRECT or ((u_lo == 0) & (hi >= k_len)):
+            tl.store(dst, o.to(OUT.dtype.element_ty), mask=gmask[:, None])
         else:
             lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
             base = u * NH + heads
