@@ -25,3 +25,28 @@ def test_missing_store_is_refused(tmp_path):
     r = subprocess.run([sys.executable, str(SCRIPT), "--run", str(tmp_path), "--out", str(tmp_path / "t.md")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 2 and "no measurements.jsonl" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_large_batch_checks_priced_again(tmp_path):
+    """--large: the serving loop's committed large-batch decode checks priced with the profile, one row each."""
+    import json
+
+    large = ROOT / "benchmarks" / "results" / "engine_kernels_h200" / "large_decode_session15.json"
+    out = tmp_path / "t.md"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--large", str(large)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    section = out.read_text().split("large-batch decode checks")[1]
+    rows = [
+        ln.split("|") for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| model")
+    ]
+    recs = json.loads(large.read_text())
+    assert [(c[1].strip(), int(c[2])) for c in rows] == [(x["model"], x["batch"]) for x in recs]
+    for c, x in zip(
+        rows, recs, strict=True
+    ):  # the measured step is the record's; the error is priced / measured
+        measured, priced, err = float(c[4]), float(c[5]), float(c[6].strip().rstrip("%"))
+        assert measured == round(x["step_ms"], 2) and abs((priced / measured - 1) * 100 - err) < 0.2
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--large", str(tmp_path / "none.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert bad.returncode == 2 and "no such file" in bad.stdout and "Traceback" not in bad.stderr
