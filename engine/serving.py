@@ -340,6 +340,8 @@ class Executor:
         self.region = np.full(num_requests, -1, dtype=np.int64)
         self.length = np.zeros(num_requests, dtype=np.int64)
         self.compactions = 0
+        # models whose KV pools mirror this one's regions (a speculative run's draft): a compaction moves theirs too
+        self.followers: list = []
 
     def place(self, rid: int, tokens: int) -> int:
         """Give request rid a region of `tokens` slots; when the free space is too fragmented, compact first."""
@@ -373,8 +375,9 @@ class Executor:
             )
             dst = np.concatenate([np.arange(a, a + n) for a, n in zip(new[moved], lengths[moved])])
             src_t, dst_t = (torch.from_numpy(x).to(self.device) for x in (src, dst))
-            # each pool once: an MLA layer's value pool is its key pool (a second copy would read moved slots)
-            pools = {id(p): p for kv in self.model.kv for p in kv}
+            # each pool once: an MLA layer's value pool is its key pool (a second copy would read moved slots);
+            # a draft's pools (`followers`) hold its KV at the same slots, so they move with these
+            pools = {id(p): p for m in (self.model, *self.followers) for kv in m.kv for p in kv}
             for pool in pools.values():
                 pool.index_copy_(0, dst_t, pool.index_select(0, src_t))  # gathered first: overlaps are safe
             self.region[live] = new
@@ -808,6 +811,8 @@ class _Replay:
         executor.reset(n)
         self.region = executor.region
         self.spec = Speculator(spec, executor, n, seed) if spec is not None else None
+        if spec is not None:  # the draft's KV sits at the target's region slots: compactions move both
+            executor.followers = [spec.draft.model]
         self.tok_rid: list[np.ndarray] = []  # per step: which requests got a token, and when
         self.tok_time: list[float] = []
 

@@ -32,7 +32,8 @@ buffers run eagerly (the tests).
 
 Regions hold k tokens more than a sequence's final length (the verification writes up to k positions past
 the tokens a sequence keeps). The draft's KV pool mirrors the target's layout: a sequence's draft KV sits at
-the same slots of the draft's pool as its target KV in the target's.
+the same slots of the draft's pool as its target KV in the target's, and when the target's executor compacts its
+regions the draft's KV moves with them (`Executor.followers`, set by the serving loop for a speculative run).
 """
 
 from __future__ import annotations
