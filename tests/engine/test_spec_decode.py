@@ -191,7 +191,9 @@ def test_a_compaction_moves_the_drafts_kv_with_the_targets():
     identical to the target every draft is then still accepted (before session 15 the draft's pool stayed put and
     the drafts of every moved sequence went wrong)."""
     req = workload(seed=2, span_s=0.0)  # all at once: the batches do not depend on timing
-    tokens = 160 + int((req.prompt_tokens + req.output_tokens).max()) + K  # the scheduler's 160 and one region
+    tokens = (
+        160 + int((req.prompt_tokens + req.output_tokens).max()) + K
+    )  # the scheduler's 160 and one region
     kw = {
         "device": "cpu",
         "static_decode": True,
