@@ -3,6 +3,7 @@ calibration's decode shapes, equal and ragged contexts, timed as a decode step r
 
     python benchmarks/decode_units.py --out $OUT/units            # on the GPU (about 3 minutes on an H200)
     python benchmarks/decode_units.py --out /tmp/u --cpu --tiny   # the same code on toy shapes (Triton interpreted)
+    python benchmarks/decode_units.py --compare BEFORE.json AFTER.json --out FILE.md   # two runs, no device
 
 For each shape (the attention_decode points of a calibration store, then large batches of Llama-3.1-8B's and
 Qwen2.5-7B's heads with equal and lognormal contexts), the decode kernel (engine.fused.decode_attention) runs
@@ -29,6 +30,7 @@ if "--cpu" in sys.argv:  # Triton kernels through its interpreter on the CPU (se
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -154,14 +156,72 @@ def markdown(rows: list[dict], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _key(r: dict) -> tuple:
+    return (
+        r["num_heads"],
+        r["num_kv_heads"],
+        r["head_dim"],
+        r["batch"],
+        round(r["mean_context"]),
+        r["max_context"],
+    )
+
+
+def compare(before: dict, after: dict) -> str:
+    """The rule's time per shape after against before (two runs' decode_units.json, shapes matched), summarised by
+    kind of batch, and how close the later rule is to the best plan it was timed against."""
+    old = {_key(r): r["plans"]["rule"]["seconds"] for r in before["rows"]}
+    groups: dict[str, list[float]] = {"ragged, 64-256 sequences (longest over 1.5x the mean)": [],
+                                      "equal or near, 64-256 sequences": [], "1-32 sequences": []}  # fmt: skip
+    near = worst = 0
+    for r in after["rows"]:
+        rule = r["plans"]["rule"]["seconds"]
+        near += rule <= 1.05 * min(p["seconds"] for p in r["plans"].values())
+        worst = max([worst] + [p["rel_err"] for p in r["plans"].values()])
+        if _key(r) not in old:
+            continue
+        g = ("1-32 sequences" if r["batch"] < 64 else "ragged, 64-256 sequences (longest over 1.5x the mean)"
+             if r["max_context"] > 1.5 * r["mean_context"] else "equal or near, 64-256 sequences")  # fmt: skip
+        groups[g].append((rule / old[_key(r)] - 1) * 100)
+    lines = ["| shapes | n | median change | range |", "|---|---|---|---|"]
+    for g, ch in groups.items():
+        if ch:
+            lines.append(
+                f"| {g} | {len(ch)} | {statistics.median(ch):+.1f}% | {min(ch):+.1f}% to {max(ch):+.1f}% |"
+            )
+    n = len(after["rows"])
+    lines += ["", f"The rule's plan within 5% of the best plan timed on {near} of {n} shapes; largest relative error of "
+              f"any plan against the reference {worst:.1e}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--out", type=Path, required=True, help="a folder for a run; with --compare, the summary's file"
+    )
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
+                    help="no device: the rule's time per shape in two runs' decode_units.json, summarised")  # fmt: skip
     ap.add_argument(
         "--store", type=Path, default=STORE, help="a calibration store whose attention_decode shapes to time"
     )
     device_args(ap, "toy shapes")
     args = ap.parse_args(argv)
+    if args.compare:
+        missing = [p for p in args.compare if not p.is_file()]
+        if missing:
+            print(
+                f"error: --compare {missing[0]}: no such file; give two runs' decode_units.json",
+                file=sys.stderr,
+            )
+            return 2
+        before, after = (json.loads(p.read_text()) for p in args.compare)
+        text = compare(before, after)
+        args.out.write_text(f"# Decode units: {args.compare[1].name} against {args.compare[0].name}\n\n"
+                            f"`python benchmarks/decode_units.py --compare {args.compare[0]} {args.compare[1]} --out "
+                            f"{args.out}`\n\n{text}")  # fmt: skip
+        print(text)
+        return 0
     dev = pick_device(args, paired=True)
     if dev is None:
         return 2

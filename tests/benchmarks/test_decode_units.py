@@ -33,3 +33,31 @@ def test_cpu_tiny_run(tmp_path):
     units = [ragged["plans"][f"split{w}"]["units"] for w in (1, 8)]
     assert units[1] > units[0]
     assert (tmp_path / "decode_units.md").read_text().count("| 4/2/64 |") == 2
+
+
+def test_compare_summarises_two_runs(tmp_path):
+    """--compare (no device): the rule's time per matched shape, after against before, by kind of batch."""
+    import json
+
+    def run(rule_s: float, best_s: float) -> dict:
+        heads = {"num_heads": 32, "num_kv_heads": 8, "head_dim": 128}
+        rows = [{**heads, "batch": b, "mean_context": 1000.0, "max_context": m, "plans": {
+            "rule": {"seconds": rule_s, "rel_err": 1e-3}, "split8": {"seconds": best_s, "rel_err": 2e-3}}}
+            for b, m in ((128, 4000), (128, 1000), (8, 1000))]  # fmt: skip
+        return {"device": "x", "rows": rows}
+
+    before, after = tmp_path / "b.json", tmp_path / "a.json"
+    before.write_text(json.dumps(run(2.0, 2.0)))
+    after.write_text(json.dumps(run(1.5, 1.0)))
+    out = tmp_path / "c.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode_units.py"), "--compare", str(before), str(after),
+           "--out", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    for kind in ("ragged, 64-256", "equal or near, 64-256", "1-32 sequences"):
+        assert f"| {kind}" in text and "| 1 | -25.0% |" in text.split(f"| {kind}")[1].splitlines()[0]
+    assert "within 5% of the best plan timed on 0 of 3 shapes" in text and "2.0e-03" in text
+    bad = subprocess.run(cmd[:3] + [str(tmp_path / "none.json"), str(after), "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
