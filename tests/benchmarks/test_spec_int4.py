@@ -36,13 +36,15 @@ def test_cpu_run_and_comparison(tmp_path):
         (a, k, lo) for a in (0.6, 0.8) for k in (2, 4) for lo in (low, high_load)
     }
     for r in rows:
-        assert r["engine"]["finished"] == len(r["requests"]["arrival_s"]) > 0 and r["spec_steps"] > 0
+        assert r["engine"]["finished"] == len(r["requests"]["arrival_s"]) > 0
         assert r["spec_seqs_max"] <= raw["spec_max_batch"]
-        assert 0 < r["spec_stats"]["accepted"] < r["spec_stats"]["drafted"]
     high = [r for r in rows if r["load"] == high_load]
     # (whether a real-time CPU run's batches pass max_batch varies with the machine's load: the switch-off
-    # itself is tested deterministically in tests/engine/test_spec_decode.py)
+    # itself is tested deterministically in tests/engine/test_spec_decode.py. At high load a run may have only a
+    # few rounds, 7 in one run here, so the drafts are counted at low load, where a run has 100-200 rounds)
     lows = [r for r in rows if r["load"] == low]
+    for r in lows:
+        assert r["spec_steps"] > 0 and 0 < r["spec_stats"]["accepted"] < r["spec_stats"]["drafted"]
     assert all(len(r["requests"]["arrival_s"]) > len(lows[0]["requests"]["arrival_s"]) for r in high)
     assert raw["int4_rows"][0]["engine"]["finished"] > 0 and len(raw["seed_shape"]["rows"]) == 3
 
