@@ -48,7 +48,8 @@ from engine.attention import (  # noqa: E402
     unit_tensors,
 )
 from engine.fused import decode_attention  # noqa: E402
-from engine.timing import copies_for_cache, measure_graph, random_like_nonzero, rotating  # noqa: E402
+from engine.kernels import decode_inputs  # noqa: E402
+from engine.timing import measure_graph, rotating  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = ROOT / "calibration_runs" / "h200_session14_moe" / "measurements.jsonl"
@@ -98,7 +99,7 @@ def shapes(tiny: bool, store: Path) -> list[dict]:
 
 
 def time_plans(shape: dict, dev: str, tiny: bool = False) -> dict:
-    """Every plan of one shape: seconds, units, chunk, error against the rule's output."""
+    """Every plan of one shape: seconds, units, chunk, error against the reference attention."""
     ctx = shape["context_lens"]
     h = shape["heads"]
     nh, nkv, d = h["num_heads"], h["num_kv_heads"], h["head_dim"]
@@ -106,23 +107,20 @@ def time_plans(shape: dict, dev: str, tiny: bool = False) -> dict:
     b, total = len(ctx), sum(ctx)
     target = unit_target(device_sms(dev), nkv)
     lay = make_layout([1] * b, [c - 1 for c in ctx], dev, kv_heads=nkv)
-    copies = copies_for_cache(2 * total * nkv * d * 2, dev, factor=1.5)
-    pools = [(random_like_nonzero((total, nkv, d), dtype, dev), random_like_nonzero((total, nkv, d), dtype, dev))
-             for _ in range(copies)]  # fmt: skip
-    qs = [random_like_nonzero((b, nh, d), dtype, dev) for _ in range(copies)]
+    bufs = decode_inputs(ctx, nh, nkv, d, dtype, dev)
+    q0, k0, v0 = bufs[0]
     res = {"batch": b, "mean_context": total / b, "max_context": max(ctx), **h, "target": target,
            "source": shape["source"], "calibration_s": shape.get("calibration_s"), "plans": {}}  # fmt: skip
-    ref = reference_attention(qs[0], pools[0][0], pools[0][1], lay, d**-0.5).float()
+    ref = reference_attention(q0, k0, v0, lay, d**-0.5).float()
     todo = list((plans(b, TINY_WAVES) if tiny else plans(b)).items())
     # the first plan once more, untimed, first: the first timing of a shape read up to 14% slow on an H200
     for name, kw in ([("warm-up", todo[0][1])] if dev != "cpu" else []) + todo:
         units = plan_decode_units(ctx, target, **kw)
         lay.units, lay.whole_units = unit_tensors(units, dev), units["whole"]
-        out = decode_attention(qs[0], pools[0][0], pools[0][1], lay, d**-0.5).float()
+        out = decode_attention(q0, k0, v0, lay, d**-0.5).float()
         err = float((out - ref).abs().max() / ref.abs().max())
-        fn = rotating([(q, k, v) for q, (k, v) in zip(qs, pools, strict=True)],
-                      lambda q, k, v: decode_attention(q, k, v, lay, d**-0.5))  # fmt: skip
-        s = measure_graph(fn, dev, calls=max(copies, 8), repeat=5 if dev != "cpu" else 1, warmup=2)
+        fn = rotating(bufs, lambda q, k, v: decode_attention(q, k, v, lay, d**-0.5))
+        s = measure_graph(fn, dev, calls=max(len(bufs), 8), repeat=5 if dev != "cpu" else 1, warmup=2)
         if name != "warm-up":
             res["plans"][name] = {
                 "seconds": s,

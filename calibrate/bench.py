@@ -165,7 +165,7 @@ class Bench:
             q_lens, prior = [q["chunk"]], [q["prior"]]
         lay = make_layout(
             q_lens, prior, dev, kv_heads=1, waves=1
-        )  # MLA's one wave (engine.attention.unit_waves)
+        )  # MLA's units (engine.attention.unit_waves)
         g = torch.Generator(device=dev).manual_seed(len(q_lens) * 7919 + sum(prior))
         slots = int(lay.cu_k[-1]) + 8
         # as time_attention_decode does: rotate latent pools whose total overflows the L2 1.5 times, since in a

@@ -168,9 +168,8 @@ def split_waves(n_decode: int, target: int) -> int:
 def balanced_units(k_lens, target: int) -> bool:
     """Whether the decode group with contexts `k_lens` runs one unit per sequence: whole_units by count, and no
     sequence longer than WHOLE_MAX_SHARE of the keys one of `target` units would take in a split plan, nor than
-    WHOLE_MAX_OVER_MEAN times the mean. With one
-    unit each, the longest sequence's program sets the step's time; a split plan cuts every unit to the
-    average share and pays for a combine kernel and fp32 partials."""
+    WHOLE_MAX_OVER_MEAN times the mean. With one unit each, the longest sequence's program sets the step's time; a
+    split plan cuts every unit to a share of the keys and pays for a combine kernel and fp32 partials."""
     k = np.asarray(k_lens, dtype=np.int64).reshape(-1)
     if not whole_units(len(k), target):
         return False
@@ -192,8 +191,7 @@ def plan_decode_units(
     chunk = max(UNIT_MIN_KEYS, total keys / (target · waves)) rounded up to the kernel's block (waves: default
     `split_waves`; MLA's kernel plans with 1), so the units number at most target · waves + len(k_lens) and no
     unit is longer than a share of what one SM runs: the kernel's time follows the total KV bytes, not the
-    longest context. Units are laid out sequence
-    by sequence; `seq_units[j]:seq_units[j+1]` are sequence j's. `seq` holds global sequence indices
+    longest context. Units are laid out sequence by sequence; `seq_units[j]:seq_units[j+1]` are sequence j's. `seq` holds global sequence indices
     (seq0 + j); with `cap`, the tables are padded to `cap` units with seq = -1 (idle programs of a
     CUDA graph's fixed grid). Vectorised (no per-sequence Python): the serving loop plans every decode
     step with it. Lists, or int64 numpy arrays with `arrays`. With `whole` (default: `balanced_units` of

@@ -179,15 +179,21 @@ def time_attention_decode(
     if len(ctx) != batch or min(ctx) < 1:
         raise ValueError("context must be a positive int or a list of `batch` positive ints")
     lay = make_layout([1] * batch, [c - 1 for c in ctx], dev, kv_heads=num_kv_heads)
-    copies = copies_for_cache(2 * sum(ctx) * num_kv_heads * head_dim * td.itemsize, dev, factor=1.5)
-    pools = _pools(sum(ctx), num_kv_heads, head_dim, td, dev, copies)
-    qs = [random_like_nonzero((batch, num_heads, head_dim), td, dev) for _ in range(copies)]
+    bufs = decode_inputs(ctx, num_heads, num_kv_heads, head_dim, td, dev)
     scale = head_dim**-0.5
-    fn = rotating(
-        [(q, k, v) for q, (k, v) in zip(qs, pools, strict=True)],
-        lambda q, k, v: varlen_attention(q, k, v, lay, scale, window),
-    )
-    return measure_graph(fn, dev, calls=max(copies, 8), repeat=repeat, warmup=warmup)
+    fn = rotating(bufs, lambda q, k, v: varlen_attention(q, k, v, lay, scale, window))
+    return measure_graph(fn, dev, calls=max(len(bufs), 8), repeat=repeat, warmup=warmup)
+
+
+def decode_inputs(
+    ctx: list[int], num_heads: int, num_kv_heads: int, head_dim: int, dtype, dev
+) -> list[tuple]:
+    """(q, k_pool, v_pool) copies for one decode step over contexts `ctx`, as many as overflow the L2 1.5 times
+    (random, non-zero; the pools first, then the queries)."""
+    copies = copies_for_cache(2 * sum(ctx) * num_kv_heads * head_dim * dtype.itemsize, dev, factor=1.5)
+    pools = _pools(sum(ctx), num_kv_heads, head_dim, dtype, dev, copies)
+    qs = [random_like_nonzero((len(ctx), num_heads, head_dim), dtype, dev) for _ in range(copies)]
+    return [(q, k, v) for q, (k, v) in zip(qs, pools, strict=True)]
 
 
 # ---------------------------------------------------------------- element-wise and copy

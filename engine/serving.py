@@ -340,7 +340,8 @@ class Executor:
         self.region = np.full(num_requests, -1, dtype=np.int64)
         self.length = np.zeros(num_requests, dtype=np.int64)
         self.compactions = 0
-        # models whose KV pools mirror this one's regions (a speculative run's draft): a compaction moves theirs too
+        # models whose KV pools mirror this one's regions (a speculative run's draft, engine.speculative.Speculator):
+        # a compaction moves theirs too
         self.followers: list = []
 
     def place(self, rid: int, tokens: int) -> int:
@@ -811,8 +812,6 @@ class _Replay:
         executor.reset(n)
         self.region = executor.region
         self.spec = Speculator(spec, executor, n, seed) if spec is not None else None
-        if spec is not None:  # the draft's KV sits at the target's region slots: compactions move both
-            executor.followers = [spec.draft.model]
         self.tok_rid: list[np.ndarray] = []  # per step: which requests got a token, and when
         self.tok_time: list[float] = []
 

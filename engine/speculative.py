@@ -33,7 +33,7 @@ buffers run eagerly (the tests).
 Regions hold k tokens more than a sequence's final length (the verification writes up to k positions past
 the tokens a sequence keeps). The draft's KV pool mirrors the target's layout: a sequence's draft KV sits at
 the same slots of the draft's pool as its target KV in the target's, and when the target's executor compacts its
-regions the draft's KV moves with them (`Executor.followers`, set by the serving loop for a speculative run).
+regions the draft's KV moves with them (`Executor.followers`, set when a run's Speculator is made).
 """
 
 from __future__ import annotations
@@ -167,6 +167,9 @@ class Speculator:
             raise ValueError(
                 f"the draft's KV pool ({self.draft.scratch} tokens) must match the target's ({target.scratch})"
             )
+        target.followers = [
+            self.draft.model
+        ]  # the draft's KV sits at the target's region slots: compactions move both
         self.dlen = np.zeros(n, dtype=np.int64)  # positions with the draft's KV, per request
         alpha = np.asarray(spec.alpha, dtype=float)
         self.alpha = np.broadcast_to(alpha, (n,)) if alpha.ndim == 0 else alpha
