@@ -48,6 +48,7 @@ import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
 from _gpu_cli import device_args, pick_device  # noqa: E402
 
+from calibrate.serving import TINY_MLA_CONFIG  # noqa: E402
 from core.model_spec import ModelSpec, load_model, spec_from_config  # noqa: E402
 from engine import kernels  # noqa: E402
 from engine.attention import make_layout  # noqa: E402
@@ -77,14 +78,7 @@ TINY_MIXTRAL = {
     "num_experts_per_tok": 2, "vocab_size": 97, "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
     "rope_theta": 10000.0,
 }  # fmt: skip
-TINY_DEEPSEEK = {
-    "model_type": "deepseek_v2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16,
-    "v_head_dim": 16, "q_lora_rank": None, "intermediate_size": 96, "moe_intermediate_size": 32,
-    "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
-    "norm_topk_prob": False, "vocab_size": 97, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
-    "rope_theta": 10000.0,
-}  # fmt: skip
+TINY_DEEPSEEK = TINY_MLA_CONFIG  # calibrate.serving's toy DeepSeek-V2 (its MLA eager measurement's CPU model)
 
 
 def log(msg: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from calibrate.plan import Limits, Point
@@ -236,7 +238,13 @@ class Bench:
                 self._runner is not None
             ):  # the steps come first in the plan: reuse their model, free their pool
                 model, self._runner = self._runner.model, None
-            self._served = measure_serving(self.spec, self.device, self._quick, model=model)
+            self._served = measure_serving(
+                self.spec,
+                self.device,
+                self._quick,
+                model=model,
+                log=lambda m: print(m, file=sys.stderr, flush=True),
+            )
         return self._served
 
     def recover(self) -> None:

@@ -49,16 +49,16 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
     store = Store.open(path, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     if group == "serving":
         recs = [r for r in store.records.values() if r.kind == group and r.seconds is not None]
-        from calibrate.serving import QUANTITIES
+        from calibrate.serving import OPTIONAL, QUANTITIES
 
         got = {r.params.get("quantity"): float(r.seconds) for r in recs}
-        missing = [q for q in QUANTITIES if q not in got]
+        missing = [q for q in QUANTITIES if q not in got and q not in OPTIONAL]
         if missing:
             raise ConfigError(
                 f"{path}: the run has no serving {', '.join(missing)}; rerun with --redo serving"
             )
         _same_gpu(store, profile_path, path)
-        return {q: got[q] for q in QUANTITIES}, store
+        return {q: got[q] for q in QUANTITIES if q in got}, store
     prof = read_profile(profile_path)
     gpu = (store.identity or {}).get("gpu", "")
     want = (prof.calibration.gpu if prof.calibration else "") or ""
@@ -100,6 +100,10 @@ def write_serving(path: Path, values: dict[str, float], source: dict) -> None:
     lines = _drop(path.read_text().splitlines(keepends=True), "  serving_source:\n", 2)
     for q, v in values.items():
         at = [i for i, ln in enumerate(lines) if ln.startswith(f"  {q}:")]
+        after = [i for i, ln in enumerate(lines) if ln.startswith("  eager_launch_s_per_layer:")]
+        if not at and len(after) == 1:  # a quantity the profile predates: its line after the eager launch's
+            lines.insert(after[0] + 1, f"  {q}: {v!r}\n")
+            continue
         if len(at) != 1:
             raise ConfigError(f"{path}: expected one efficiency.{q} line, found {len(at)}")
         lines[at[0]] = f"  {q}: {v!r}\n"

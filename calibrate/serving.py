@@ -8,7 +8,8 @@ the real loop (engine/serving.py) on a fixed synthetic workload with per-step tr
                              when the step has prompt tokens)
 
 where host = the loop's whole iteration less the step's GPU span (on the CPU: less the executor's
-compute). It also records the executor's measured host time to issue an eager step, per layer.
+compute). It also records the executor's measured host time to issue an eager step, per layer, and
+(measure_mla_eager) the same for an MLA model's eager steps, which launch five times the kernels a layer.
 The workload is fixed (seed 0), so the fit does not depend on any trace it is later validated on.
 """
 
@@ -22,8 +23,17 @@ from core.kv_cache import BlockPool
 from core.model_spec import ModelSpec
 from core.requests import Requests
 
-QUANTITIES = ("serving_step_s", "serving_per_sequence_s", "serving_prompt_step_s", "eager_launch_s_per_layer")
+QUANTITIES = (
+    "serving_step_s",
+    "serving_per_sequence_s",
+    "serving_prompt_step_s",
+    "eager_launch_s_per_layer",
+    "eager_launch_mla_s_per_layer",
+)
+# quantities a store from before they existed may lack (calibrate.group_from_run then keeps the profile's value)
+OPTIONAL = ("eager_launch_mla_s_per_layer",)
 WORKLOAD = "poisson-v1"  # names the synthetic workload below (part of the sweep points' keys)
+SERVING_REPEATS = 3  # runs of the workload on the GPU, their steps fitted together (the CPU: one)
 GPU_RESERVE_BYTES = 6 * 2**30  # graph pools, activations of the largest eager step, cuBLAS workspaces
 
 
@@ -83,16 +93,120 @@ def measure_serving(
     ex = Executor(model, pool_tokens, max_seqs, device=device, max_context=max(4096, longest + 1))
     ex.warmup(log, max_prompt=budget)
     blocks = (pool_tokens - region_headroom(reqs, max_seqs)) // 16
-    run = serve(ex, reqs, BlockPool(blocks, 16), max_seqs, budget, True, trace=True, log=log)
-    out = fit_host(run.step_trace, gpu=not cpu)
+    traces = []
+    for r in range(1 if cpu else SERVING_REPEATS):
+        run = serve(ex, reqs, BlockPool(blocks, 16), max_seqs, budget, True, trace=True, log=log)
+        traces.append(run.step_trace)
+        if log and not cpu:
+            one = fit_host(run.step_trace, gpu=True)
+            log(f"serving run {r + 1}: host {one['serving_step_s'] * 1e6:.0f} µs a step + "
+                f"{one['serving_per_sequence_s'] * 1e6:.1f} µs a sequence (+{one['serving_prompt_step_s'] * 1e6:.0f} µs)")  # fmt: skip
+    # the runs' steps pooled into one fit: the host's speed drifts while a run lasts and between runs (on an H200's
+    # host the per-step term of single runs read 161-409 µs the same day, calibration_runs/h200_session16_serving)
+    out = fit_host({k: np.concatenate([t[k] for t in traces]) for k in traces[0]}, gpu=not cpu)
+    steps = sum(len(t["gpu_s"]) for t in traces)
     out["eager_launch_s_per_layer"] = ex.eager_launch_s / model.num_layers
-    if log:
-        log(f"serving loop: host {out['serving_step_s'] * 1e6:.0f} µs a step + {out['serving_per_sequence_s'] * 1e6:.1f} "
-            f"µs a sequence (+{out['serving_prompt_step_s'] * 1e6:.0f} µs with prompt tokens) over {run.steps} steps; "
-            f"eager launch {out['eager_launch_s_per_layer'] * 1e6:.0f} µs a layer")  # fmt: skip
-    del ex, run
+    del ex, run, traces
     model.kv = []
     gc.collect()
     if not cpu:
         torch.cuda.empty_cache()
+    out["eager_launch_mla_s_per_layer"] = measure_mla_eager(device, log=log)["per_layer_s"]
+    if log:
+        log(f"serving loop: host {out['serving_step_s'] * 1e6:.0f} µs a step + {out['serving_per_sequence_s'] * 1e6:.1f} "
+            f"µs a sequence (+{out['serving_prompt_step_s'] * 1e6:.0f} µs with prompt tokens) over {steps} steps; "
+            f"eager launch {out['eager_launch_s_per_layer'] * 1e6:.0f} µs a layer, MLA "
+            f"{out['eager_launch_mla_s_per_layer'] * 1e6:.0f} µs a layer")  # fmt: skip
     return out
+
+
+# measure_mla_eager: the MLA model (the catalogue's DeepSeek-V2-Lite, whatever model the sweep calibrates; a toy of
+# its architecture on the CPU), two depths (per layer = the slope, so the embedding and logits drop out), and the
+# serving loop's rhythm: each eager step comes after DECODES_BETWEEN decode-graph steps, a fresh prompt chunk
+# longer than the absorbed form's limit (engine.mla.ABSORBED_PROMPT_TOKENS: the plain form, which the serving loop
+# runs eagerly) of a length not seen before, beside the decodes
+MLA_EAGER_DEPTHS = (2, 6)
+MLA_EAGER_STEPS = 16
+DECODES_BETWEEN = 20
+TINY_MLA_CONFIG = {
+    "model_type": "deepseek_v2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16,
+    "v_head_dim": 16, "q_lora_rank": None, "intermediate_size": 96, "moe_intermediate_size": 32,
+    "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
+    "norm_topk_prob": False, "vocab_size": 97, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+}  # fmt: skip
+
+
+def mla_eager_shapes(cpu: bool, depths: int = len(MLA_EAGER_DEPTHS)) -> list[list[tuple[int, int]]]:
+    """Per depth, (prompt chunk, decodes) of each measured eager step: chunks between the absorbed form's limit
+    and twice it, every length seen once over all depths (a new shape, as serving meets), 8-64 decodes (the
+    CPU: four steps of 20-60 tokens and 2-16 decodes)."""
+    from engine import mla
+
+    lo = 20 if cpu else mla.ABSORBED_PROMPT_TOKENS + 1
+    span = 40 if cpu else mla.ABSORBED_PROMPT_TOKENS
+    steps = 4 if cpu else MLA_EAGER_STEPS
+    return [
+        [
+            (lo + ((i * depths + d) * 97) % span, (8, 16, 32, 64)[i % 4] // (4 if cpu else 1))
+            for i in range(steps)
+        ]
+        for d in range(depths)
+    ]
+
+
+def measure_mla_eager(device: str, log=None) -> dict:
+    """Host seconds a layer to issue an MLA model's eager step in the serving loop's rhythm: {"per_layer_s",
+    "median_s" {depth: seconds}, "steps"}. Both depths are built first and take their steps in turns (so that
+    neither meets warmer caches than the other); median launch time of MLA_EAGER_STEPS eager steps at each
+    depth, per layer the slope between them. On the CPU, where ops run as they are issued, the steps run the
+    same code and per_layer_s is 0 (as Executor.measure_launch)."""
+    import torch
+
+    from core.model_spec import load_model, spec_from_config
+    from engine.model import build_model
+    from engine.serving import Executor
+
+    cpu = torch.device(device).type == "cpu"
+    base = spec_from_config(TINY_MLA_CONFIG, name="tiny-mla") if cpu else load_model("deepseek-v2-lite")
+    shapes = mla_eager_shapes(cpu)
+    ctx = 40 if cpu else 1024
+    most = max(n for per in shapes for _, n in per)
+    top = max(c for per in shapes for c, _ in per) + most * (ctx + 1)
+    rng = np.random.default_rng(0)
+    runs = []
+    for depth in MLA_EAGER_DEPTHS:
+        spec = spec_from_config(
+            dict(base.config, num_hidden_layers=depth), name=f"{base.name}-{depth}-layers"
+        )
+        model = build_model(spec, "fp32" if cpu else "bf16", device, max_position=2 * top)
+        ex = Executor(model, top, most, device=device, static_mixed=False)
+        ex.warmup()
+        ex.time_gpu = not cpu
+        runs.append((ex, []))
+    vocab = base.vocab_size
+    for i in range(len(shapes[0])):
+        for k in range(len(runs)) if i % 2 == 0 else reversed(range(len(runs))):
+            ex, times = runs[k]
+            chunk, n = shapes[k][i]
+            starts = chunk + np.arange(n, dtype=np.int64) * (ctx + 1)
+            lens = np.full(n, ctx // 2, dtype=np.int64)
+            for _ in range(3 if cpu else DECODES_BETWEEN):
+                lens += 1
+                ex.step([], (starts, lens, rng.integers(0, vocab, n)))
+            ex.step(
+                [(0, 0, chunk, rng.integers(0, vocab, chunk), True)],
+                (starts, lens + 1, rng.integers(0, vocab, n)),
+            )
+            times.append(ex.last_launch_s)
+    medians = {d: float(np.median(t)) for d, (_, t) in zip(MLA_EAGER_DEPTHS, runs, strict=True)}
+    del runs, ex
+    if not cpu:
+        torch.cuda.empty_cache()
+    (d0, d1) = MLA_EAGER_DEPTHS
+    per_layer = 0.0 if cpu else max(0.0, (medians[d1] - medians[d0]) / (d1 - d0))
+    if log:
+        log(f"MLA eager steps ({base.name}): median launch {', '.join(f'{medians[d] * 1e3:.1f} ms at {d} layers' for d in medians)}: "
+            f"{per_layer * 1e6:.0f} µs a layer")  # fmt: skip
+    return {"per_layer_s": per_layer, "median_s": medians, "steps": sum(len(per) for per in shapes)}

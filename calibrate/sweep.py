@@ -105,6 +105,9 @@ BUILD_S = {"gpu": 0.5, "cpu": 0.8}
 # the serving loop's warm-up (a graph per batch size, cuDNN plans; eager on a CPU) besides its workload:
 # a run took 17-20 s on the H200, 0.7 s with the tiny model on the CPU
 SERVING_WARMUP_S = {"gpu": 8.0, "cpu": 0.5}
+# calibrate.serving.measure_mla_eager after the serving run: two small DeepSeek-V2-Lite builds, their decode graphs and
+# their steps (a guess until a GPU run times it; the CPU's toy took 3.5 s)
+MLA_EAGER_S = {"gpu": 30.0, "cpu": 3.5}
 L2_BYTES = 50 * 2**20  # engine.timing.copies_for_cache's default when the device does not say
 GRAPH_MAX_TOKENS = 512  # engine.kernels.GRAPH_STEP_TOKENS, calibrate.bench.GRAPH_GEMM_MAX_M, StepRunner's
 # StepRunner's warm-up + repeat per step kind
@@ -211,7 +214,11 @@ def _serving_s(cm: CostModel, t: BenchTiming) -> float:
     decode_s = cm.step_time(BatchShape.of([], [ctx] * min(max_seqs, len(reqs.arrival_s)), 0, cm.fresh))
     steps = reqs.output_tokens.sum() / max_seqs + reqs.prompt_tokens.sum() / budget
     tail_s = span_s + float(reqs.output_tokens.max()) * decode_s
-    return SERVING_WARMUP_S["cpu" if t.cpu else "gpu"] + max(tail_s, float(steps) * decode_s)
+    from calibrate.serving import SERVING_REPEATS
+
+    where = "cpu" if t.cpu else "gpu"
+    runs = 1 if t.cpu else SERVING_REPEATS
+    return SERVING_WARMUP_S[where] + runs * max(tail_s, float(steps) * decode_s) + MLA_EAGER_S[where]
 
 
 # A CPU's ceilings before the sweep measures them, for the priors only: a 2-core Xeon's bf16 GEMM

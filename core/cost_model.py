@@ -303,6 +303,8 @@ class CostModel:
         # an eager step's host launches a layer, fitted on the sweep model's layers (LAUNCHES_SWEEP_MODEL kernels),
         # scale with the kernels a layer of this model launches
         per_layer = e.eager_launch_s_per_layer * launches_per_layer(model) / LAUNCHES_SWEEP_MODEL
+        if model.is_mla and e.eager_launch_mla_s_per_layer:  # measured on an MLA model's own eager steps
+            per_layer = e.eager_launch_mla_s_per_layer
         floor = model.num_layers * per_layer
         self.eager_floor = floor if eager else 0.0
         # with CUDA graphs, the steps a graph does not take (GraphRule.graphed) launch eagerly: the same floor

@@ -146,6 +146,13 @@ class Efficiencies(_Strict):
         description="host seconds per layer to issue a step run eagerly (without a CUDA graph): an eager "
         "step takes at least this times the layers (serving.cuda_graphs: decode_only)",
     )
+    eager_launch_mla_s_per_layer: float = Field(
+        0.0,
+        ge=0,
+        description="the same for an MLA model's eager steps (DeepSeek-V2-Lite's plain-form prompt steps in the "
+        "serving loop's rhythm, calibrate.serving.measure_mla_eager); 0: eager_launch_s_per_layer scaled by the "
+        "kernels a layer launches",
+    )
 
 
 class CollectiveFit(_Strict):

@@ -58,7 +58,9 @@ def test_cpu_run_and_comparison(tmp_path):
     assert "## Seed experiment's shape" in md and "## int4 weight-only GEMM" in md and "median" in md
     assert "| qkv | 4 | dequant_mm |" in md  # the per-candidate table
     for r in rows:  # where a round's time went, for the GPU run's look at the gap; rounds as one graph
-        assert r["rounds"]["steps"] == r["spec_steps"] and 0 < r["rounds"]["graph_rounds"] <= r["spec_steps"]
+        # (graphed rounds counted at low load: a high-load CPU run once had 3 rounds, all beside prompt chunks)
+        assert r["rounds"]["steps"] == r["spec_steps"] and 0 <= r["rounds"]["graph_rounds"] <= r["spec_steps"]
+        assert r["rounds"]["graph_rounds"] > 0 or r["load"] == high_load
     assert raw["round_graphs"] and all(r["rounds"]["round_graph"] > 0.3 for r in lows)
     import fit_spec_round  # the round's own cost: engine's mean round vs the simulator's, α = 0.6 rows only
 

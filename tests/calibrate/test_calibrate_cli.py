@@ -109,7 +109,7 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     # the serving loop ran its synthetic workload: host time per step measured and written to the profile
     served = {r.params["quantity"]: r.seconds for r in store.records.values() if r.kind == "serving"}
     assert set(served) == {"serving_step_s", "serving_per_sequence_s", "serving_prompt_step_s",
-                           "eager_launch_s_per_layer"}  # fmt: skip
+                           "eager_launch_s_per_layer", "eager_launch_mla_s_per_layer"}  # fmt: skip
     # on a loaded CPU the fit may put all host time on the per-sequence term (step 0.0 was seen): the sum is > 0
     assert 0 <= prof.efficiency.serving_step_s == served["serving_step_s"] < 0.05
     assert served["serving_step_s"] + served["serving_per_sequence_s"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import shutil
 from pathlib import Path
 
@@ -89,9 +90,33 @@ def test_serving_host_costs_are_taken_as_measured(tmp_path):
         if r.kind == "serving"
     }
     eff = read_profile(prof).efficiency
-    assert {q: getattr(eff, q) for q in QUANTITIES} == {q: measured[q] for q in QUANTITIES}
+    # the session-8 run predates the MLA eager quantity: the profile keeps its own (OPTIONAL)
+    assert "eager_launch_mla_s_per_layer" not in measured
+    kept = [q for q in QUANTITIES if q in measured]
+    assert {q: getattr(eff, q) for q in kept} == {q: measured[q] for q in kept}
     after = prof.read_text().splitlines()
     changed = [a for a, b in zip(after, before, strict=False) if a != b]
     assert len(after) > len(before) and all(ln.split(":")[0].strip() in QUANTITIES for ln in changed[:4])
     assert group_from_run.main(argv) == 0  # a rerun replaces its own source block
     assert prof.read_text().splitlines() == after  # same values, one source block
+
+
+def test_serving_quantity_a_profile_predates_gets_its_line(tmp_path):
+    """A run with the MLA eager quantity written into a profile without that line: the line appears after the
+    eager launch's, with the measured value, and the profile reads back."""
+    run = tmp_path / "run"
+    run.mkdir()
+    text = (RUN / "measurements.jsonl").read_text()
+    rec = {"key": 'serving:{"quantity":"eager_launch_mla_s_per_layer","workload":"poisson-v1"}', "kind": "serving",
+           "params": {"quantity": "eager_launch_mla_s_per_layer", "workload": "poisson-v1"}, "seconds": 0.0031,
+           "status": "ok", "holdout": False, "fingerprint": json.loads(text.splitlines()[0])["fingerprint"]}  # fmt: skip
+    (run / "measurements.jsonl").write_text(text.rstrip("\n") + "\n" + json.dumps(rec) + "\n")
+    prof = bare_h200(tmp_path / "h200.yaml")
+    prof.write_text("".join(ln for ln in prof.read_text().splitlines(True) if "eager_launch_mla" not in ln))
+    assert "eager_launch_mla_s_per_layer" not in prof.read_text()
+    argv = [str(run), "--group", "serving", "--profile", str(prof), "--date", "2026-12-03", "--write"]
+    assert group_from_run.main(argv) == 0
+    lines = prof.read_text().splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("  eager_launch_s_per_layer:"))
+    assert lines[at + 1] == "  eager_launch_mla_s_per_layer: 0.0031"
+    assert read_profile(prof).efficiency.eager_launch_mla_s_per_layer == 0.0031

@@ -8,6 +8,7 @@ import pytest
 from calibrate.measurements import Record, Store
 from calibrate.plan import Limits, Point, make_plan
 from calibrate.progress import Eta, Item, Progress, fit_line
+from calibrate.serving import QUANTITIES
 from calibrate.sweep import BenchTiming, point_costs, prior_cost_model, run_sweep
 from core.hardware import load_profile
 from core.model_spec import load_model
@@ -189,11 +190,11 @@ def test_priors_put_the_work_where_the_sweep_spends_it():
         "step_prefill"
     ]  # the build
     serving = [i.prior_s for p, i in zip(plan, items, strict=True) if p.kind == "serving"]
-    assert serving[0] > 10 and serving[1:] == [0.0] * 3  # one run of the serving loop gives all four
+    assert serving[0] > 10 and serving[1:] == [0.0] * (len(QUANTITIES) - 1)  # one run gives them all
     # resumed among the steps: the first step left builds the model; after them, the serving run does
     k = next(i for i, p in enumerate(plan) if p.kind == "step_decode")
     assert point_costs(plan[k:], cm, BenchTiming(20, 3, cpu=False))[0].one_off_s > 0
-    last = point_costs(plan[-4:], cm, BenchTiming(20, 3, cpu=False))
+    last = point_costs(plan[-len(QUANTITIES) :], cm, BenchTiming(20, 3, cpu=False))
     assert last[0].one_off_s > 0 and last[0].prior_s > serving[0]
 
 

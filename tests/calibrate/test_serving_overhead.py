@@ -51,3 +51,34 @@ def test_cost_model_adds_host_costs_to_serving_steps_only():
     # closed-form decode runs carry the same host cost per step
     a, _ = serving.decode_step_line(10, 10_000, 5)
     assert a == pytest.approx(serving.step_time(dec))
+
+
+def test_mla_eager_floor_takes_the_measured_figure_for_mla_models_only():
+    """An MLA model's eager launch floor is the profile's eager_launch_mla_s_per_layer x its layers where measured,
+    the launch-count scaling of eager_launch_s_per_layer where not; other models never take it."""
+    base = load_profile("h200")
+    eff0 = base.efficiency.model_copy(update={"eager_launch_mla_s_per_layer": 0.0})
+    eff1 = base.efficiency.model_copy(update={"eager_launch_mla_s_per_layer": 5e-3})
+    p0, p1 = (base.model_copy(update={"efficiency": e}) for e in (eff0, eff1))
+    ds, llama = load_model("deepseek-v2-lite"), load_model("llama-3.1-8b")
+
+    def floor(prof, spec):
+        return CostModel(prof, spec, eager_prefill=True).eager_floor
+
+    assert floor(p1, ds) == pytest.approx(5e-3 * ds.num_layers)
+    assert floor(p0, ds) not in (0.0, pytest.approx(5e-3 * ds.num_layers))
+    assert floor(p1, llama) == floor(p0, llama) > 0
+
+
+def test_mla_eager_measurement_runs_its_steps_on_the_cpu():
+    """measure_mla_eager's CPU path: the same steps at both depths (plain-form prompt chunks beside decodes after
+    decode steps) on a toy MLA model; a launch floor of 0 on the CPU, where ops run as issued."""
+    from calibrate.serving import MLA_EAGER_DEPTHS, measure_mla_eager, mla_eager_shapes
+
+    got = measure_mla_eager("cpu")
+    assert got["per_layer_s"] == 0.0 and got["steps"] == sum(len(per) for per in mla_eager_shapes(True)) == 8
+    assert set(got["median_s"]) == set(MLA_EAGER_DEPTHS) and all(v > 0 for v in got["median_s"].values())
+    chunks = [c for per in mla_eager_shapes(False) for c, _ in per]  # every length new
+    from engine import mla
+
+    assert len(set(chunks)) == len(chunks) and min(chunks) > mla.ABSORBED_PROMPT_TOKENS
