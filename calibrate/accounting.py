@@ -113,8 +113,8 @@ def group_of(cm: CostModel, kind: str, p: dict) -> str:
     """The fitted group a measured point of `kind` belongs to (the kinds a second kernel splits)."""
     if kind == "attention_prefill" and is_fresh(cm, p):
         return "attention_fresh"
-    if kind == "moe" and is_moe_large(cm, p):
-        return "moe_large"
+    if kind == "moe" and cm.profile.efficiency.moe_large is not None and is_moe_large(cm, p):
+        return "moe_large"  # (a profile with one blended `moe` curve, OpEfficiency.blend, has no split)
     return MLA_GROUPS.get(kind, kind)
 
 

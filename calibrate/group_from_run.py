@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from calibrate.accounting import GROUPS, KIND_OF, group_of
+from calibrate.accounting import GROUPS, KIND_OF, group_of, is_moe_large
 from calibrate.fit import fit_group
 from calibrate.measurements import Store
 from core.cost_model import CostModel
@@ -36,6 +36,15 @@ from core.model_spec import load_model
 
 # where each section's block ends in a profile as core.hardware.write_profile lays it out
 _EFF_AFTER = "  fresh_prefill_min_tokens:"
+
+
+def _in_group(cm: CostModel, r, group: str) -> bool:
+    """Whether a stored point is fitted in `group`: as calibrate.fit files it (accounting.group_of: with the
+    profile's own moe_large split, or one `moe` curve over all moe points where it has none), except that
+    `--group moe_large` takes the moe points past moe_large_min_rows even where the profile has no split yet."""
+    if group == "moe_large":
+        return r.kind == "moe" and is_moe_large(cm, r.params)
+    return group_of(cm, r.kind, r.params) == group
 
 
 def fit_run(work_dir: Path, group: str, profile_path: Path):
@@ -69,9 +78,7 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
     spec = load_model((store.identity or {}).get("model") or "llama-3.1-8b")
     cm = CostModel(prof, spec, "bf16", "bf16")
     # a group's points as calibrate.fit.fit_all files them (moe_large: moe points past the profile's rule)
-    recs = [
-        r for r in store.records.values() if r.seconds is not None and group_of(cm, r.kind, r.params) == group
-    ]
+    recs = [r for r in store.records.values() if r.seconds is not None and _in_group(cm, r, group)]
     if len(recs) < 4:
         kind = KIND_OF.get(group, group)
         raise ConfigError(
@@ -216,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 source["note"] = "the serving loop's host costs as this run measured them (not fitted)"
                 write_serving(a.profile, fit, source)
             else:
-                eff = {k: float(v) for k, v in fit.eff.model_dump().items()}
+                eff = {k: float(v) for k, v in fit.eff.model_dump(exclude_none=True).items()}
                 write_profile(a.profile, a.group, eff, fit.errors_dict(), source, a.replace)
             print(f"wrote efficiency.{a.group} into {a.profile}")
     except ConfigError as e:

@@ -148,7 +148,15 @@ def op_time(eff: OpEfficiency, flops: float, nbytes: float, peak_flops: float, b
     """Roofline time of one kernel."""
     t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops) + eff.compute_ramp_s
     t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth) + eff.memory_ramp_s
+    if eff.blend:
+        return blend_terms(t_c + eff.launch_s, t_m + eff.launch_s, eff.blend)
     return (t_c if t_c > t_m else t_m) + eff.launch_s
+
+
+def blend_terms(a, b, q: float):
+    """(a^q + b^q)^(1/q) of two positive times (floats or arrays), scaled by their max so that no power underflows."""
+    top = np.maximum(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else max(a, b)
+    return top * ((a / top) ** q + (b / top) ** q) ** (1.0 / q)
 
 
 def op_times(
@@ -157,6 +165,8 @@ def op_times(
     """Roofline time of one kernel over arrays of problem sizes."""
     t_c = (flops + eff.compute_ramp_flops) / (eff.compute * peak_flops) + eff.compute_ramp_s
     t_m = (nbytes + eff.memory_ramp_bytes) / (eff.memory * bandwidth) + eff.memory_ramp_s
+    if eff.blend:
+        return blend_terms(t_c + eff.launch_s, t_m + eff.launch_s, eff.blend)
     return np.maximum(t_c, t_m) + eff.launch_s
 
 

@@ -87,6 +87,7 @@ def transfer_op(
         compute_ramp_s=rc * clocks,
         memory_ramp_s=rm,
         launch_s=e.launch_s,
+        blend=e.blend,
     )
 
 

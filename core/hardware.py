@@ -47,7 +47,8 @@ class OpEfficiency(_Strict):
     """Roofline efficiencies of one operation group.
 
     Time of one kernel with F FLOPs moving B bytes:
-    max(F / (compute · peak) + compute_ramp_s, B / (memory · bandwidth) + memory_ramp_s) + launch_s.
+    max(F / (compute · peak) + compute_ramp_s, B / (memory · bandwidth) + memory_ramp_s) + launch_s
+    (with `blend` q: the q-norm of the two terms, each with launch_s, in place of the max).
     The ramps make efficiency grow smoothly with problem size (a kernel reaches half its asymptotic rate
     when its work takes as long as its ramp). They are stored as time, which carries across GPUs
     (core/gpu_transfer.py), never as a FLOP count, which turns into a fixed time that grows as the
@@ -71,6 +72,14 @@ class OpEfficiency(_Strict):
         0.0, ge=0, description="(older spelling, on the profile's own GPU only) bytes at half the asymptote"
     )
     launch_s: float = Field(0.0, ge=0, description="fixed time per kernel (launch, tail), seconds")
+    blend: float | None = Field(
+        None,
+        ge=1.0,
+        description="where set, the two terms (each with launch_s) combine as (t_c^q + t_m^q)^(1/q) instead of their "
+        "max: a kernel that streams weights and computes at once over a wide range of sizes (the MoE layer's "
+        "grouped GEMMs, whose rows an expert move it from one bound to the other) takes longer than either "
+        "term where they are close; q is fitted (calibrate.fit.BLENDED), large q is the max",
+    )
 
 
 class Efficiencies(_Strict):

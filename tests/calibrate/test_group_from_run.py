@@ -47,6 +47,9 @@ def test_adds_the_group_and_keeps_every_other_line(tmp_path):
     assert ops == {"equal", "insert"}  # lines only added, none removed or changed
     p = read_profile(prof)
     assert p.efficiency.moe is not None and 0 < p.efficiency.moe.compute <= 1
+    assert (
+        p.efficiency.moe.blend is not None and p.efficiency.moe.blend >= 1.0
+    )  # the blended form (fit.BLENDED)
     assert p.calibration.fit_errors_pct["moe"]["holdout"]["n"] > 0
     # a second write is refused; --replace refits in place (same lines count, same values)
     with pytest.raises(ConfigError, match="--replace"):
@@ -54,7 +57,7 @@ def test_adds_the_group_and_keeps_every_other_line(tmp_path):
     assert group_from_run.main(argv + ["--replace"]) == 0
     again = prof.read_text().splitlines()
     assert [ln for ln in again if "command:" not in ln] == [ln for ln in after if "command:" not in ln]
-    # the moe points from moe_large_min_rows rows an expert fit their own curve, added the same way
+    # the moe points from moe_large_min_rows rows an expert can still fit their own curve, added the same way
     large = [str(RUN), "--group", "moe_large", "--profile", str(prof), "--date", "2026-12-02", "--write"]
     assert group_from_run.main(large) == 0
     p = read_profile(prof)

@@ -1,5 +1,6 @@
 """The MoE group: calibrate's `moe` points, their accounting, and the cost model pricing routed experts on it."""
 
+import numpy as np
 import pytest
 
 from calibrate.accounting import moe_touched, moe_work
@@ -9,6 +10,12 @@ from core.hardware import OpEfficiency, load_profile
 from core.model_spec import load_model
 
 MOE = OpEfficiency(compute=0.55, memory=0.78, memory_ramp_s=1.0e-5, launch_s=2.5e-5)
+
+
+def point_of(spec, tokens: int) -> dict:
+    """A `moe` point of `spec`'s expert shape at `tokens`."""
+    return {"tokens": tokens, "experts": spec.num_experts, "top_k": spec.experts_per_token,
+            "hidden": spec.hidden_size, "inter": spec.moe_intermediate_size}  # fmt: skip
 
 
 def with_moe(profile, eff=MOE, large=None):
@@ -51,13 +58,7 @@ def test_moe_large_prices_layers_from_its_rows_an_expert(model):
     e, k = spec.num_experts, spec.experts_per_token
     edge = prof.efficiency.moe_large_min_rows * e // k  # tokens from which a layer is "large"
     for t in (1, edge - 1, edge, 4 * edge):
-        p = {
-            "tokens": t,
-            "experts": e,
-            "top_k": k,
-            "hidden": spec.hidden_size,
-            "inter": spec.moe_intermediate_size,
-        }
+        p = point_of(spec, t)
         is_large = t * k >= prof.efficiency.moe_large_min_rows * e
         assert group_of(cm, "moe", p) == ("moe_large" if is_large else "moe")
         flops, nbytes, peak = moe_work(cm, p)
@@ -121,3 +122,35 @@ def test_moe_points_time_the_backend_the_engine_would_tune_to(monkeypatch):
         assert sorted(seen) == sorted(moe.BACKENDS) and dict(moe.BACKEND) == before
     finally:
         moe.set_backends({})
+
+
+def test_a_blended_curve_prices_the_q_norm_of_its_terms_and_takes_every_moe_point():
+    """OpEfficiency.blend: a layer costs (t_c^q + t_m^q)^(1/q), each term with launch_s, which is at least the
+    max form's time, tends to it as q grows, and is the sum at q = 1; without a moe_large curve every `moe`
+    point is one group's (calibrate.accounting.group_of)."""
+    from calibrate.accounting import group_of
+    from core.cost_model import op_time, op_times
+
+    spec = load_model("mixtral-8x7b")
+    prof = load_profile("h200")
+    llama = CostModel(with_moe(prof), load_model("llama-3.1-8b"))
+    for t in (1, 64, 512, 8192):
+        p = point_of(spec, t)
+        assert group_of(llama, "moe", p) == "moe"
+        flops, nbytes, peak = moe_work(llama, p)
+        t_c = flops / (MOE.compute * peak) + MOE.launch_s
+        t_m = nbytes / (MOE.memory * llama.bw) + MOE.memory_ramp_s + MOE.launch_s
+        times = {}
+        for q in (1.0, 1.2, 8.0, 200.0):
+            eff = MOE.model_copy(update={"blend": q})
+            times[q] = op_time(eff, flops, nbytes, peak, llama.bw)
+            top = max(t_c, t_m)  # (scaled: t^200 underflows)
+            assert times[q] == pytest.approx(
+                top * ((t_c / top) ** q + (t_m / top) ** q) ** (1 / q), rel=1e-12
+            )
+            assert float(
+                op_times(eff, np.array([flops]), np.array([nbytes]), peak, llama.bw)[0]
+            ) == pytest.approx(times[q], rel=1e-12)
+        plain = op_time(MOE, flops, nbytes, peak, llama.bw)
+        assert times[1.0] == pytest.approx(t_c + t_m) and times[1.0] > times[1.2] > times[8.0] >= plain
+        assert times[200.0] == pytest.approx(plain, rel=1e-2)
