@@ -2,26 +2,13 @@
 interpreted), checked against the reference attention and timed."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_cpu_tiny_run(tmp_path):
+def test_cpu_tiny_run(tmp_path, run_benchmark):
     pytest.importorskip("triton")
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "decode_units.py"),
-        "--out",
-        str(tmp_path),
-        "--cpu",
-        "--tiny",
-    ]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = run_benchmark("decode_units.py", "--out", tmp_path, "--cpu", "--tiny")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((tmp_path / "decode_units.json").read_text())["rows"]
     assert [r["batch"] for r in rows] == [4, 8]
@@ -35,9 +22,8 @@ def test_cpu_tiny_run(tmp_path):
     assert (tmp_path / "decode_units.md").read_text().count("| 4/2/64 |") == 2
 
 
-def test_compare_summarises_two_runs(tmp_path):
+def test_compare_summarises_two_runs(tmp_path, run_benchmark):
     """--compare (no device): the rule's time per matched shape, after against before, by kind of batch."""
-    import json
 
     def run(rule_s: float, best_s: float) -> dict:
         heads = {"num_heads": 32, "num_kv_heads": 8, "head_dim": 128}
@@ -50,14 +36,11 @@ def test_compare_summarises_two_runs(tmp_path):
     before.write_text(json.dumps(run(2.0, 2.0)))
     after.write_text(json.dumps(run(1.5, 1.0)))
     out = tmp_path / "c.md"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode_units.py"), "--compare", str(before), str(after),
-           "--out", str(out)]  # fmt: skip
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = run_benchmark("decode_units.py", "--compare", before, after, "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     for kind in ("ragged, 64-256", "equal or near, 64-256", "1-32 sequences"):
         assert f"| {kind}" in text and "| 1 | -25.0% |" in text.split(f"| {kind}")[1].splitlines()[0]
     assert "within 5% of the best plan timed on 0 of 3 shapes" in text and "2.0e-03" in text
-    bad = subprocess.run(cmd[:3] + [str(tmp_path / "none.json"), str(after), "--out", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    bad = run_benchmark("decode_units.py", "--compare", tmp_path / "none.json", after, "--out", out)
     assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr

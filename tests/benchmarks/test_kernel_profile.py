@@ -1,18 +1,13 @@
 """benchmarks/kernel_profile.py's CPU path: each case profiled on the toy model, its top operators written."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_cpu_tiny_cases(tmp_path):
+def test_cpu_tiny_cases(tmp_path, run_benchmark):
     cases = "gemma3_12b_decode_b8,llama8b_int4_prefill_2048,deepseek_mixed_640_40"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_profile.py"), "--out", str(tmp_path), "--cpu", "--tiny",
-           "--repeat", "2", "--only", cases]  # fmt: skip
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = run_benchmark(
+        "kernel_profile.py", "--out", tmp_path, "--cpu", "--tiny", "--repeat", "2", "--only", cases
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     for case in cases.split(","):
         assert (tmp_path / f"{case}.txt").read_text().strip()

@@ -1,27 +1,13 @@
 """benchmarks/mla_decode_tiles.py's CPU path: each shape timed per configuration, checked against the default."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_cpu_tiny_run(tmp_path):
+def test_cpu_tiny_run(tmp_path, run_benchmark):
     pytest.importorskip("triton")
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "mla_decode_tiles.py"),
-        "--out",
-        str(tmp_path),
-        "--cpu",
-        "--tiny",
-        "--units",
-    ]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = run_benchmark("mla_decode_tiles.py", "--out", tmp_path, "--cpu", "--tiny", "--units")
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads((tmp_path / "mla_decode_tiles.json").read_text())
     rows = rec["rows"]

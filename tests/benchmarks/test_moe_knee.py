@@ -1,17 +1,13 @@
 """benchmarks/moe_knee.py's CPU path: the toy MoE layer timed at each token count beside the profile's curve."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_cpu_toy_shape(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "moe_knee.py"), "--out", str(tmp_path), "--cpu",
-           "--tokens", "4,64"]  # fmt: skip
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_cpu_toy_shape(tmp_path, run_benchmark):
+    r = run_benchmark("moe_knee.py", "--out", tmp_path, "--cpu", "--tokens", "4,64")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((tmp_path / "moe_knee.json").read_text())["rows"]
     assert [row["tokens"] for row in rows] == [4, 64]
@@ -21,7 +17,7 @@ def test_cpu_toy_shape(tmp_path):
     assert rows[1]["rows_per_expert"] == 64 * 2 / 4
 
 
-def test_reprice_keeps_the_measurements_and_prices_them_again(tmp_path):
+def test_reprice_keeps_the_measurements_and_prices_them_again(tmp_path, run_benchmark):
     """--reprice: the stored H200 points priced again with a profile's curves (measurements kept, each error the
     price over the measurement); pricing the result again changes nothing; a profile without MoE curves is refused
     in one line."""
@@ -29,9 +25,7 @@ def test_reprice_keeps_the_measurements_and_prices_them_again(tmp_path):
     before = json.loads(stored.read_text())["rows"]
 
     def run(src, profile, out):
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "moe_knee.py"), "--reprice", str(src), "--profile",
-               profile, "--out", str(out)]  # fmt: skip
-        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        return run_benchmark("moe_knee.py", "--reprice", src, "--profile", profile, "--out", out)
 
     r = run(stored, "h200", tmp_path / "a")
     assert r.returncode == 0, r.stderr[-2000:]

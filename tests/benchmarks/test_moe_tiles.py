@@ -2,24 +2,10 @@
 the whole layer), the Triton kernels interpreted."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_cpu_toy_shape(tmp_path):
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "moe_tiles.py"),
-        "--out",
-        str(tmp_path),
-        "--cpu",
-        "--tokens",
-        "8",
-    ]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_cpu_toy_shape(tmp_path, run_benchmark):
+    r = run_benchmark("moe_tiles.py", "--out", tmp_path, "--cpu", "--tokens", "8")
     assert r.returncode == 0, r.stderr[-2000:]
     raw = json.loads((tmp_path / "moe_tiles.json").read_text())
     (shape,) = raw["shapes"]
