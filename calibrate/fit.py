@@ -11,6 +11,7 @@ groups' efficiencies held at their stage-1 values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import product
 
 import numpy as np
 
@@ -116,32 +117,27 @@ def fit_roofline(w: Work, seconds, bw: float, compute_fixed: float | None = None
     def resid(x):
         return np.log(roofline(unpack(x), f, b, p, bw)) - np.log(t)
 
+    qs = (1.5, 4.0) if blend else (None,)
+    # every start from the grid; with the compute efficiency fixed the grid's first (c0 drops out of x0)
+    starts = list(product((c0, 0.9 * c0 + 0.1, 0.5 * c0), (m0, 0.9 * m0 + 0.1), (0.2, 0.8), qs))
+    lb, ub = (lo[1:], hi[1:]) if fixed_c else (lo, hi)
     best = None
-    for cs in (c0, 0.9 * c0 + 0.1, 0.5 * c0):
-        for ms in (m0, 0.9 * m0 + 0.1):
-            for frac in (0.2, 0.8):
-                for q0 in (1.5, 4.0) if blend else (None,):
-                    x0 = [cs, ms, frac * tmin, frac * tmin] + ([q0] if blend else [])
-                    x0 = x0[1:] if fixed_c else x0
-                    lb, ub = (lo[1:], hi[1:]) if fixed_c else (lo, hi)
-                    x0 = np.clip(x0, lb + 1e-12, ub - 1e-12)
-                    r = least_squares(
-                        resid,
-                        x0,
-                        bounds=(lb, ub),
-                        x_scale="jac",
-                        method="trf",
-                        xtol=1e-12,
-                        ftol=1e-12,
-                        gtol=1e-12,
-                        max_nfev=4000,
-                    )
-                    if best is None or r.cost < best.cost:
-                        best = r
-                if fixed_c:
-                    break
-            if fixed_c:
-                break
+    for cs, ms, frac, q0 in starts[: len(qs)] if fixed_c else starts:
+        x0 = [cs, ms, frac * tmin, frac * tmin] + ([q0] if blend else [])
+        x0 = np.clip(x0[1:] if fixed_c else x0, lb + 1e-12, ub - 1e-12)
+        r = least_squares(
+            resid,
+            x0,
+            bounds=(lb, ub),
+            x_scale="jac",
+            method="trf",
+            xtol=1e-12,
+            ftol=1e-12,
+            gtol=1e-12,
+            max_nfev=4000,
+        )
+        if best is None or r.cost < best.cost:
+            best = r
     return np.array(unpack(best.x), float)
 
 

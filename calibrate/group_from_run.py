@@ -104,13 +104,16 @@ def _same_gpu(store: Store, profile_path: Path, path: Path):
 
 def write_serving(path: Path, values: dict[str, float], source: dict) -> None:
     """Replace the efficiency section's serving lines in place and (re)write calibration.serving_source."""
+    from calibrate.serving import OPTIONAL
+
     lines = _drop(path.read_text().splitlines(keepends=True), "  serving_source:\n", 2)
     for q, v in values.items():
         at = [i for i, ln in enumerate(lines) if ln.startswith(f"  {q}:")]
-        after = [i for i, ln in enumerate(lines) if ln.startswith("  eager_launch_s_per_layer:")]
-        if not at and len(after) == 1:  # a quantity the profile predates: its line after the eager launch's
-            lines.insert(after[0] + 1, f"  {q}: {v!r}\n")
-            continue
+        if not at and q in OPTIONAL:  # a quantity the profile predates: its line after the eager launch's
+            at = [i for i, ln in enumerate(lines) if ln.startswith("  eager_launch_s_per_layer:")]
+            if len(at) == 1:
+                lines.insert(at[0] + 1, f"  {q}: {v!r}\n")
+                continue
         if len(at) != 1:
             raise ConfigError(f"{path}: expected one efficiency.{q} line, found {len(at)}")
         lines[at[0]] = f"  {q}: {v!r}\n"

@@ -205,7 +205,7 @@ def _build_s(cm: CostModel, where: str, kv_tokens: int) -> float:
 def _serving_s(cm: CostModel, t: BenchTiming) -> float:
     """calibrate.serving's synthetic workload: its arrivals' span then its longest output at a full batch, or
     all its steps back to back when they take longer (a CPU's)."""
-    from calibrate.serving import synthetic_requests
+    from calibrate.serving import SERVING_REPEATS, synthetic_requests
     from core.cost_model import BatchShape
 
     reqs, max_seqs, budget = synthetic_requests(t.cpu, t.quick)
@@ -214,8 +214,6 @@ def _serving_s(cm: CostModel, t: BenchTiming) -> float:
     decode_s = cm.step_time(BatchShape.of([], [ctx] * min(max_seqs, len(reqs.arrival_s)), 0, cm.fresh))
     steps = reqs.output_tokens.sum() / max_seqs + reqs.prompt_tokens.sum() / budget
     tail_s = span_s + float(reqs.output_tokens.max()) * decode_s
-    from calibrate.serving import SERVING_REPEATS
-
     where = "cpu" if t.cpu else "gpu"
     runs = 1 if t.cpu else SERVING_REPEATS
     return SERVING_WARMUP_S[where] + runs * max(tail_s, float(steps) * decode_s) + MLA_EAGER_S[where]

@@ -312,9 +312,11 @@ class CostModel:
         eager = (eager_prefill or eager_decode) and own_loop
         # an eager step's host launches a layer, fitted on the sweep model's layers (LAUNCHES_SWEEP_MODEL kernels),
         # scale with the kernels a layer of this model launches
-        per_layer = e.eager_launch_s_per_layer * launches_per_layer(model) / LAUNCHES_SWEEP_MODEL
-        if model.is_mla and e.eager_launch_mla_s_per_layer:  # measured on an MLA model's own eager steps
+        # (an MLA model's where the profile measured its own eager steps, calibrate.serving.measure_mla_eager)
+        if model.is_mla and e.eager_launch_mla_s_per_layer:
             per_layer = e.eager_launch_mla_s_per_layer
+        else:
+            per_layer = e.eager_launch_s_per_layer * launches_per_layer(model) / LAUNCHES_SWEEP_MODEL
         floor = model.num_layers * per_layer
         self.eager_floor = floor if eager else 0.0
         # with CUDA graphs, the steps a graph does not take (GraphRule.graphed) launch eagerly: the same floor
