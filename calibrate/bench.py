@@ -156,7 +156,7 @@ class Bench:
         over random latents in a token pool, replayed from a CUDA graph (the kernels read device metadata
         only). On the CPU the engine's reference path: SDPA over the latents per sequence."""
         from engine import mla
-        from engine.attention import make_layout
+        from engine.attention import MLA_UNIT_HEADS, MLA_UNIT_WAVES, make_layout
 
         dev = torch.device(self.device)
         dtype = torch.float32 if self.cpu else torch.bfloat16
@@ -166,8 +166,8 @@ class Bench:
         else:
             q_lens, prior = [q["chunk"]], [q["prior"]]
         lay = make_layout(
-            q_lens, prior, dev, kv_heads=1, waves=1
-        )  # MLA's units (engine.attention.unit_waves)
+            q_lens, prior, dev, kv_heads=MLA_UNIT_HEADS, waves=MLA_UNIT_WAVES
+        )  # as MLA steps cut
         g = torch.Generator(device=dev).manual_seed(len(q_lens) * 7919 + sum(prior))
         slots = int(lay.cu_k[-1]) + 8
         # as time_attention_decode does: rotate latent pools whose total overflows the L2 1.5 times, since in a

@@ -137,17 +137,22 @@ def unit_target(sms: int, kv_heads: int) -> int:
     return max(1, UNIT_CTAS_PER_SM * sms // max(kv_heads, 1))
 
 
+# MLA's decode units (engine.mla's kernel): every head of a unit in one program over the shared latent, and one wave
+# of units (its kernel and tiles were tuned on one wave, benchmarks/mla_decode_tiles.py)
+MLA_UNIT_HEADS = 1
+MLA_UNIT_WAVES = 1
+
+
 def unit_heads(spec) -> int:
     """What a step's unit target divides the GPU's programs by: the model's KV heads (one program a unit and KV
-    head), or 1 for MLA, whose decode kernel runs every head of a unit in one program over the shared latent.
-    The serving executor and the calibration runner both plan with it, so they cut a step the same way."""
-    return 1 if spec.is_mla else spec.num_kv_heads
+    head), or MLA_UNIT_HEADS. The serving executor and the calibration runner both plan with it, so they cut a
+    step the same way."""
+    return MLA_UNIT_HEADS if spec.is_mla else spec.num_kv_heads
 
 
 def unit_waves(spec) -> int | None:
-    """The `waves` a model's decode steps plan with: 1 for MLA (its decode kernel and tiles were tuned on one wave,
-    benchmarks/mla_decode_tiles.py), else None (`split_waves` of the step's size)."""
-    return 1 if spec.is_mla else None
+    """The `waves` a model's decode steps plan with: MLA_UNIT_WAVES, else None (`split_waves` of the step's size)."""
+    return MLA_UNIT_WAVES if spec.is_mla else None
 
 
 def whole_units(n_decode: int, target: int) -> bool:

@@ -167,9 +167,8 @@ class Speculator:
             raise ValueError(
                 f"the draft's KV pool ({self.draft.scratch} tokens) must match the target's ({target.scratch})"
             )
-        target.followers = [
-            self.draft.model
-        ]  # the draft's KV sits at the target's region slots: compactions move both
+        # the draft's KV sits at the target's region slots: compactions move both
+        target.followers = [self.draft.model]
         self.dlen = np.zeros(n, dtype=np.int64)  # positions with the draft's KV, per request
         alpha = np.asarray(spec.alpha, dtype=float)
         self.alpha = np.broadcast_to(alpha, (n,)) if alpha.ndim == 0 else alpha
