@@ -212,6 +212,8 @@ def fit_and_write(
         "step_graphs": step_graphs_name(store.meta) if graphs is not None else "eager",
         "ceilings": c,
     }
+    if result.in_step_compute is not None:  # what curves fitted on kernels alone take (calibrate.fit.in_step)
+        prov["in_step_compute_factor"] = result.in_step_compute
     if result.extra_gemm:
         prov["gemm_by_dtype"] = {d: f.eff.model_dump() for d, f in result.extra_gemm.items() if f.eff}
     header = (

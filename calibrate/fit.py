@@ -64,6 +64,9 @@ class GroupFit:
     train: Errors
     holdout: Errors
     rows: list[dict] = field(default_factory=list)  # label, measured_s, predicted_s, holdout
+    alone: GroupFit | None = (
+        None  # the fit as the points ran alone, where `eff` is its in-step curve (in_step)
+    )
 
     def errors_dict(self) -> dict:
         return {"train": self.train.as_dict(), "holdout": self.holdout.as_dict()}
@@ -212,6 +215,8 @@ class FitResult:
     efficiency: Efficiencies
     groups: dict[str, GroupFit]
     extra_gemm: dict[str, GroupFit] = field(default_factory=dict)  # fp8 / int8 / int4 GEMMs
+    # the bf16 GEMM curve's compute asymptote in whole steps over alone (in_step_compute_factor); None unrefined
+    in_step_compute: float | None = None
 
     def errors(self) -> dict:
         out = {g: f.errors_dict() for g, f in self.groups.items() if f.train.n or f.holdout.n}
@@ -319,6 +324,7 @@ def fit_all(
         g_s, seqs = step_predictions(cm2, train)
         o, s = fit_overheads(g_s, seqs, np.array([r.seconds for r in train], float))
         eff = eff.model_copy(update={"step_overhead_s": o, "per_sequence_s": s})
+    kc = None
     if refine and len(train) >= 8:
         fitted = {g: [r for r in micro[g] if not r.holdout] for g in GROUPS}
         alone = eff.gemm
@@ -330,8 +336,7 @@ def fit_all(
         kc = eff.gemm.compute / alone.compute
         for d, f in extra.items():
             if f.eff is not None:
-                e = f.eff.model_copy(update={"compute": min(1.0, f.eff.compute * kc)})
-                extra[d] = evaluate_group(cm, "gemm", eight_bit[d], e)
+                extra[d] = evaluate_group(cm, "gemm", eight_bit[d], in_step(f.eff, kc))
 
     # the serving loop's host costs are measured, not fitted: the run's, else the base profile's
     from calibrate.serving import QUANTITIES
@@ -350,7 +355,28 @@ def fit_all(
     }
     if steps:
         fits.update(evaluate_steps(profile, model, eff, steps, graphs))
-    return FitResult(eff, fits, extra)
+    return FitResult(eff, fits, extra, kc)
+
+
+# ------------------------------------------------------------------ kernels timed alone, priced in steps
+def in_step(eff: OpEfficiency, factor: float) -> OpEfficiency:
+    """A curve fitted on kernels timed alone, as it runs inside whole steps: its compute asymptote times the
+    profile's in-step factor (the ramps and the memory side as fitted).
+
+    Calibration times a kernel 20 times in a row; a serving step runs tensor-core work back to back for as
+    long as it lasts, and the GPU's clocks fall when its power limit binds (benchmarks/gemm_clocks.py: on an
+    H200 a dense bf16 GEMM runs at 0.86× its first milliseconds' rate once the load has lasted ~0.1 s, with the
+    SM clock at ~1,480 MHz of 1,980; at half the time in GEMMs, not at all). Stage 2 of the fit learns that
+    factor for the bf16 GEMM curve from whole steps; every other curve with a compute side that was fitted
+    on kernels alone (8-bit GEMMs here, `group_from_run`'s groups, `int4_from_run`'s families) takes the same.
+    """
+    return eff.model_copy(update={"compute": min(1.0, eff.compute * factor)})
+
+
+def in_step_factor(profile: HardwareProfile) -> float | None:
+    """The profile's `calibration.in_step_compute_factor` (see `in_step`), or None where it has none."""
+    f = getattr(profile.calibration, "in_step_compute_factor", None) if profile.calibration else None
+    return float(f) if f else None
 
 
 # ------------------------------------------------------------------ stage 3

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from calibrate.accounting import GROUPS, KIND_OF, group_of, is_moe_large
-from calibrate.fit import fit_group
+from calibrate.fit import MEMORY_ONLY, evaluate_group, fit_group, in_step, in_step_factor
 from calibrate.measurements import Store
 from core.cost_model import CostModel
 from core.errors import ConfigError
@@ -36,6 +36,13 @@ from core.model_spec import load_model
 
 # where each section's block ends in a profile as core.hardware.write_profile lays it out
 _EFF_AFTER = "  fresh_prefill_min_tokens:"
+
+
+def _run_model(store: Store):
+    """The model a run measured: its own --model argument (a catalogue name or a config.json path), as
+    `python -m calibrate fit` finds it."""
+    meta = store.meta or {}
+    return load_model(meta.get("model_arg") or (store.identity or {}).get("model") or "llama-3.1-8b")
 
 
 def _in_group(cm: CostModel, r, group: str) -> bool:
@@ -75,7 +82,7 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
         raise ConfigError(
             f"{path}: measured on {gpu}, but {profile_path} is calibrated on {want}; use that GPU's run"
         )
-    spec = load_model((store.identity or {}).get("model") or "llama-3.1-8b")
+    spec = _run_model(store)
     cm = CostModel(prof, spec, "bf16", "bf16")
     # a group's points as calibrate.fit.fit_all files them (moe_large: moe points past the profile's rule)
     recs = [r for r in store.records.values() if r.seconds is not None and _in_group(cm, r, group)]
@@ -85,10 +92,57 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
             f"{path}: {len(recs)} '{group}' points; the run needs that group (rerun with --redo {kind})"
         )
     base = getattr(prof.efficiency, group) or prof.efficiency.gemm
-    fit = fit_group(cm, group, sorted(recs, key=lambda r: r.key), base)
+    recs = sorted(recs, key=lambda r: r.key)
+    fit = fit_group(cm, group, recs, base)
     if fit.eff is None:
         raise ConfigError(f"{path}: too few fitted '{group}' points (need 3 not held out)")
+    factor = in_step_factor(prof)
+    if factor and group not in MEMORY_ONLY:  # priced inside steps: the profile's in-step compute factor
+        alone = fit
+        fit = evaluate_group(cm, group, recs, in_step(fit.eff, factor))
+        fit.alone = alone
     return fit, store
+
+
+def in_step_from_run(work_dir: Path, profile_path: Path):
+    """(factor, the run's bf16 GEMM points fitted alone, store): the profile's in-step compute factor
+    (calibrate.fit.in_step), its bf16 GEMM curve's compute asymptote over the same points' fit alone. The run
+    must be the one the profile was fitted on (`calibration.measurements.file`): the factor compares one
+    curve with its own points."""
+    prof = read_profile(profile_path)
+    own = ((getattr(prof.calibration, "measurements", None) or {}).get("file")) if prof.calibration else None
+    path = Path(work_dir) / "measurements.jsonl"
+    if not own or Path(own).resolve() != path.resolve():
+        raise ConfigError(
+            f"{work_dir}: not the run {profile_path} was fitted on ({own or 'none recorded'}); "
+            "the in-step factor compares the profile's GEMM curve with its own points, so pass that run"
+        )
+    store = Store.open(path, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    spec = _run_model(store)
+    cm = CostModel(prof, spec, "bf16", "bf16")
+    recs = [
+        r
+        for r in store.records.values()
+        if r.seconds is not None and _in_group(cm, r, "gemm") and r.params.get("dtype", "bf16") == "bf16"
+    ]
+    fit = fit_group(cm, "gemm", sorted(recs, key=lambda r: r.key), prof.efficiency.gemm)
+    if fit.eff is None:
+        raise ConfigError(f"{path}: too few bf16 GEMM points to fit (need 3 not held out)")
+    return prof.efficiency.gemm.compute / fit.eff.compute, fit, store
+
+
+def write_in_step(path: Path, factor: float, source: dict) -> None:
+    """(Re)write calibration.in_step_compute_factor and calibration.in_step_source at the profile's end."""
+    text = path.read_text()
+    top = [ln for ln in text.splitlines() if ln and not ln[0].isspace() and not ln.startswith("#")]
+    if not top or top[-1] != "calibration:":  # the profile writer's layout: calibration last
+        raise ConfigError(f"{path}: no calibration section at its end (is it a calibrated profile?)")
+    lines = _drop(text.splitlines(keepends=True), "  in_step_source:\n", 2)
+    lines = [ln for ln in lines if not ln.startswith("  in_step_compute_factor:")]
+    new = "".join(lines + [f"  in_step_compute_factor: {factor!r}\n"] + _block("in_step_source", source, 2))
+    yaml.safe_load(new)
+    path.write_text(new)
+    read_profile(path)
 
 
 def _same_gpu(store: Store, profile_path: Path, path: Path):
@@ -191,6 +245,12 @@ def report(fit) -> str:
     e = fit.errors_dict()
     out.append(f"\nfitted points: median |error| {e['train']['median_pct']}%, p90 {e['train']['p90_pct']}% (n={e['train']['n']}); "
                f"held out: median {e['holdout']['median_pct']}%, p90 {e['holdout']['p90_pct']}% (n={e['holdout']['n']})")  # fmt: skip
+    alone = fit.alone
+    if alone is not None:
+        a = alone.errors_dict()
+        out.append(f"the curve above is the fit with its compute asymptote x {fit.eff.compute / alone.eff.compute:.4f}, "
+                   f"the profile's in-step factor (calibration.in_step_compute_factor); the fit itself: "
+                   f"{a['train']['median_pct']}% / {a['holdout']['median_pct']}% (fitted / held out median)")  # fmt: skip
     return "\n".join(out)
 
 
@@ -201,13 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "work_dir", type=Path, help="a `python -m calibrate` run's --work-dir (measurements.jsonl)"
     )
-    ap.add_argument("--group", required=True, help=f"the group to fit ({', '.join(GROUPS)})")
+    ap.add_argument("--group", help=f"the group to fit ({', '.join(GROUPS + ('serving',))})")
+    ap.add_argument(
+        "--in-step-factor",
+        action="store_true",
+        help="instead of a group: the profile's in-step compute factor from its own run (calibrate.fit.in_step)",
+    )
     ap.add_argument("--profile", required=True, type=Path, help="the profile YAML to add the group to")
     ap.add_argument("--date", required=True, help="date of the GPU run (YYYY-MM-DD)")
     ap.add_argument("--write", action="store_true", help="write the group into --profile (else only report)")
     ap.add_argument("--replace", action="store_true", help="refit a group the profile already has")
     a = ap.parse_args(argv)
+    if (a.group is None) == (not a.in_step_factor):
+        ap.error("pass one of --group GROUP or --in-step-factor")
+    command = "python -m calibrate.group_from_run " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
+        if a.in_step_factor:
+            return _in_step_main(a, command)
         fit, store = fit_run(a.work_dir, a.group, a.profile)
         if a.group == "serving":
             old = read_profile(a.profile).efficiency
@@ -218,10 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.write:
             ident = store.identity or {}
             source = {
-                "command": "python -m calibrate.group_from_run " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "command": command,
                 "date": a.date, "run": str(a.work_dir), "gpu": ident.get("gpu"), "torch": ident.get("torch"),
                 "note": "only this group fitted from this run; the profile's other groups are from its own sweep",
             }  # fmt: skip
+            if a.group != "serving" and fit.alone is not None:
+                source["in_step_compute_factor"] = fit.eff.compute / fit.alone.eff.compute
+                source["fitted_compute"] = fit.alone.eff.compute
             if a.group == "serving":
                 source["note"] = "the serving loop's host costs as this run measured them (not fitted)"
                 write_serving(a.profile, fit, source)
@@ -232,6 +305,28 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _in_step_main(a: argparse.Namespace, command: str) -> int:
+    factor, fit, store = in_step_from_run(a.work_dir, a.profile)
+    e = fit.errors_dict()
+    print(
+        f"bf16 GEMM compute asymptote: {fit.eff.compute:.4f} fitted alone (median |error| {e['train']['median_pct']}% "
+        f"fitted, {e['holdout']['median_pct']}% held out), {fit.eff.compute * factor:.4f} in the profile: "
+        f"in-step compute factor {factor:.4f}"
+    )
+    if a.write:
+        ident = store.identity or {}
+        source = {
+            "command": command, "date": a.date, "run": str(a.work_dir), "gpu": ident.get("gpu"),
+            "torch": ident.get("torch"), "fitted_alone_compute": fit.eff.compute,
+            "note": "the profile's bf16 GEMM compute asymptote (refined on whole steps) over the same run's bf16 "
+            "GEMM points fitted alone; curves fitted on kernels alone take it on their compute side "
+            "(calibrate.fit.in_step; benchmarks/gemm_clocks.py measures the clock drop behind it)",
+        }  # fmt: skip
+        write_in_step(a.profile, factor, source)
+        print(f"wrote calibration.in_step_compute_factor into {a.profile}")
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from calibrate.fit import Errors, GroupFit, fit_group
+from calibrate.fit import Errors, GroupFit, evaluate_group, fit_group, in_step, in_step_factor
 from calibrate.measurements import Record
 from core.cost_model import CostModel
 from core.errors import ConfigError
@@ -84,12 +84,18 @@ def fit_run(run: dict, profile_path: Path) -> tuple[dict[str, GroupFit], list[Re
     model = load_model(run.get("refs", {}).get("int4", "llama-3.1-8b"))
     cm = CostModel(profile, model, serving_host=False)
     recs = records_of(run)
-    fits = {
-        f: fit_group(cm, "gemm", recs, profile.efficiency.gemm) for f, recs in family_records(run).items()
-    }
+    families = family_records(run)
+    fits = {f: fit_group(cm, "gemm", rs, profile.efficiency.gemm) for f, rs in families.items()}
     missing = [f for f, g in fits.items() if g.eff is None]
     if missing or not fits:
         raise ConfigError(f"fewer than 3 fitted int4 points for kernel families {missing}")
+    factor = in_step_factor(profile)
+    if (
+        factor
+    ):  # timed alone, priced inside steps: the profile's in-step compute factor (calibrate.fit.in_step)
+        for f, g in list(fits.items()):
+            fits[f] = evaluate_group(cm, "gemm", families[f], in_step(g.eff, factor))
+            fits[f].alone = g
     first = family(next(r.note for r in recs if r.params["m"] == 1))
     fitted = profile.model_copy(update={"calibration": with_curves(profile, fits, first)})
     cm4 = CostModel(fitted, model, weight_dtype="int4", serving_host=False)
@@ -187,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{', '.join(map(str, HOLDOUT_ROWS))} held out; a GEMM costs the fastest family's curve",
                 "errors_pct_of_chosen_kernel": errors_of(recs, pred),
             }
+            factor = in_step_factor(read_profile(Path(a.profile)))
+            if factor:
+                source["in_step_compute_factor"] = factor
+                source["note"] = (
+                    "each family's fitted compute asymptote times the profile's in-step factor "
+                    "(calibrate.fit.in_step); errors are those of the curves written"
+                )
             write_profile(
                 Path(a.profile),
                 fits[first].eff.model_dump(),

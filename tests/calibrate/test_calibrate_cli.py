@@ -103,6 +103,12 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     assert main(args) == 0
     prof = load_profile(str(out / "cpu-tiny.yaml"))
     assert prof.is_calibrated and prof.calibration.model_extra["fit_errors_pct"]["gemm"]["train"]["n"] > 5
+    # stage 2 refined the GEMM curve on whole steps: the factor that curves fitted on kernels alone take
+    # (calibrate.fit.in_step) is recorded, and is what group_from_run --in-step-factor derives from the run
+    from calibrate.group_from_run import in_step_from_run
+
+    f = prof.calibration.model_extra["in_step_compute_factor"]
+    assert f > 0 and in_step_from_run(work, out / "cpu-tiny.yaml")[0] == pytest.approx(f, rel=1e-6)
     store = Store.open(work / "measurements.jsonl")
     n = len(store.records)
     assert n > 30 and not store.skipped_lines

@@ -1,0 +1,137 @@
+"""Curves fitted on kernels timed alone take the profile's in-step compute factor (calibrate.fit.in_step):
+group_from_run and int4_from_run write them so, --in-step-factor derives the factor from the profile's own run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from calibrate import group_from_run, int4_from_run
+from calibrate.fit import in_step, in_step_factor
+from core.errors import ConfigError
+from core.hardware import OpEfficiency, read_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+H200 = ROOT / "hardware_profiles" / "h200.yaml"
+
+
+def without_factor(src: Path, dst: Path) -> Path:
+    """A copy of the profile without calibration.in_step_compute_factor (and its source)."""
+    lines = src.read_text().splitlines(keepends=True)
+    out, skip = [], False
+    for ln in lines:
+        if ln.startswith("  in_step_compute_factor:") or ln == "  in_step_source:\n":
+            skip = ln == "  in_step_source:\n"
+            continue
+        if skip and ln.startswith("    "):
+            continue
+        skip = False
+        out.append(ln)
+    dst.write_text("".join(out))
+    assert in_step_factor(read_profile(dst)) is None
+    return dst
+
+
+def test_in_step_scales_the_compute_side_only():
+    e = OpEfficiency(compute=0.8, memory=0.9, compute_ramp_s=1e-5, launch_s=2e-6)
+    s = in_step(e, 0.9)
+    assert s.compute == pytest.approx(0.72)
+    assert (s.memory, s.compute_ramp_s, s.launch_s) == (e.memory, e.compute_ramp_s, e.launch_s)
+    assert in_step(e, 1.5).compute == 1.0  # an efficiency stays a share of the peak
+
+
+def test_the_h200_profile_carries_its_factor_from_its_own_run():
+    f = in_step_factor(read_profile(H200))
+    assert f is not None and 0.8 < f < 1.0
+    factor, fit, _ = group_from_run.in_step_from_run(ROOT / "calibration_runs" / "h200", H200)
+    assert factor == pytest.approx(f, rel=1e-9)
+    assert fit.eff.compute * factor == pytest.approx(read_profile(H200).efficiency.gemm.compute)
+
+
+def test_group_from_run_applies_the_factor_where_the_profile_has_one(tmp_path):
+    run = ROOT / "calibration_runs" / "h200_session14_moe"
+    plain = without_factor(H200, tmp_path / "plain.yaml")
+    factored = tmp_path / "factored.yaml"
+    shutil.copy(H200, factored)
+    for p in (plain, factored):
+        argv = [
+            str(run),
+            "--group",
+            "moe",
+            "--profile",
+            str(p),
+            "--date",
+            "2026-12-03",
+            "--replace",
+            "--write",
+        ]
+        assert group_from_run.main(argv) == 0
+    a, b = read_profile(plain).efficiency.moe, read_profile(factored).efficiency.moe
+    f = in_step_factor(read_profile(factored))
+    assert b.compute == pytest.approx(a.compute * f) and b.memory == a.memory and b.blend == a.blend
+    src = yaml.safe_load(factored.read_text())["calibration"]["moe_source"]
+    assert src["in_step_compute_factor"] == pytest.approx(f) and src["fitted_compute"] == pytest.approx(
+        a.compute
+    )
+    assert "in_step_compute_factor" not in yaml.safe_load(plain.read_text())["calibration"]["moe_source"]
+
+
+def test_memory_only_groups_are_left_as_fitted(tmp_path):
+    run = ROOT / "calibration_runs" / "h200_session15_units"
+    plain = without_factor(H200, tmp_path / "plain.yaml")
+    fit_plain, _ = group_from_run.fit_run(run, "attention_decode", plain)
+    fit, _ = group_from_run.fit_run(run, "attention_decode", H200)
+    assert fit.alone is None and fit.eff == fit_plain.eff
+
+
+def test_in_step_factor_needs_the_profiles_own_run(tmp_path, capsys):
+    p = tmp_path / "h200.yaml"
+    shutil.copy(H200, p)
+    other = ROOT / "calibration_runs" / "h200_session16_serving"
+    assert (
+        group_from_run.main([str(other), "--in-step-factor", "--profile", str(p), "--date", "2026-12-03"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not the run" in err
+    with pytest.raises(SystemExit):  # a group and the factor at once: argparse's usage error
+        group_from_run.main(
+            [str(other), "--group", "moe", "--in-step-factor", "--profile", str(p), "--date", "x"]
+        )
+
+
+def test_in_step_factor_is_written_once(tmp_path):
+    p = without_factor(H200, tmp_path / "h200.yaml")
+    argv = [
+        str(ROOT / "calibration_runs" / "h200"),
+        "--in-step-factor",
+        "--profile",
+        str(p),
+        "--date",
+        "2026-11-23",
+    ]
+    assert group_from_run.main(argv + ["--write"]) == 0
+    assert group_from_run.main(argv + ["--write"]) == 0  # again: replaced, not added
+    text = p.read_text()
+    assert text.count("\n  in_step_compute_factor:") == 1 and text.count("\n  in_step_source:") == 1
+    assert in_step_factor(read_profile(p)) == pytest.approx(in_step_factor(read_profile(H200)), rel=1e-9)
+    with pytest.raises(ConfigError, match="calibration"):
+        bare = tmp_path / "bare.yaml"
+        bare.write_text("name: x\n")
+        group_from_run.write_in_step(bare, 0.9, {})
+
+
+def test_int4_curves_take_the_factor(tmp_path):
+    from tests.calibrate.test_int4_from_run import _run
+
+    run = _run()
+    plain = without_factor(H200, tmp_path / "plain.yaml")
+    fits_plain, *_ = int4_from_run.fit_run(run, plain)
+    fits, *_ = int4_from_run.fit_run(run, H200)
+    f = in_step_factor(read_profile(H200))
+    for fam, g in fits.items():
+        assert g.eff.compute == pytest.approx(fits_plain[fam].eff.compute * f)
+        assert g.alone.eff == fits_plain[fam].eff
