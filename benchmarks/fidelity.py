@@ -25,6 +25,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ from simulator.workload import generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10%, throughput within 5%
+# How far a row's errors move when the GPU's FLOP and byte terms are priced this much faster / slower (every
+# --resimulate reports it): TTFT percentiles sit on a discrete schedule (which step a prompt chunk lands in, what
+# waits behind an eager step), so a change of the step prices far below 1% can move them by several points. An
+# error is a finding where it stays outside that band, noise of the schedule where the band spans it.
+SENSITIVITY = (-0.005, -0.0025, 0.0025, 0.005)
 GIB = 2**30
 ENGINE_RESERVE_BYTES = (
     5 * GIB
@@ -454,9 +460,35 @@ def _record(fc: Forecast) -> RunRecord:
     return RunRecord(fc.table, fc.stats, SchedulerCounts.of([e.scheduler for e in fc.engines]), fc.wall_s)
 
 
-def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | None, log) -> dict:
+def perturbed_profile(profile_name: str, eps: float, folder: Path) -> str:
+    """A copy of the profile with its peak FLOP/s and memory bandwidth (1 + eps)×, so that every FLOP and byte term
+    of a step is priced 1/(1 + eps)× (launch times, ramps and host terms as they are); its .yaml path."""
+    prof = load_profile(profile_name)
+    peaks = prof.peak_tflops.model_copy(
+        update={k: v * (1 + eps) for k, v in prof.peak_tflops.model_dump().items() if v}
+    )
+    prof = prof.model_copy(
+        update={"peak_tflops": peaks, "memory_bandwidth_gbps": prof.memory_bandwidth_gbps * (1 + eps)}
+    )
+    path = folder / f"{prof.name}_{eps:+.4f}.yaml"
+    write_profile(prof, path)
+    return str(path)
+
+
+def sensitivity(rec: dict, row_dir: Path, profiles: dict[float, str], model_ref: str | None) -> dict:
+    """The row's simulator figures with each perturbed profile ({eps: figures}); nothing written."""
+    return {
+        eps: resimulate(rec, row_dir, path, model_ref, lambda _m: None, write=False)["simulator"]
+        for eps, path in profiles.items()
+    }
+
+
+def resimulate(
+    rec: dict, row_dir: Path, profile_name: str, model_ref: str | None, log, write: bool = True
+) -> dict:
     """The simulator's side of a stored row again, with the current code and profile, from the engine run's own
-    requests (engine_requests.csv) and steps (engine_steps.csv): no device needed."""
+    requests (engine_requests.csv) and steps (engine_steps.csv): no device needed. `write`: the row's files
+    (simulator_requests.csv, engine_steps.csv's cost model column, row.json) rewritten."""
     with (row_dir / "engine_requests.csv").open() as f:
         rows = list(csv.DictReader(f))
     reqs = Requests(np.array([float(r["arrival_s"]) for r in rows]),
@@ -477,8 +509,10 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
     fc = simulate(sc, requests=reqs)
     censor(fc.table, deadline)
     sim = summarize(setup, _record(fc))
-    write_requests(row_dir / "simulator_requests.csv", fc.table)
     out = dict(rec, simulator=figures(sim))
+    if not write:
+        return out
+    write_requests(row_dir / "simulator_requests.csv", fc.table)
     out["simulator_run"] = {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],
                             "mean_batch_seqs": sim["utilisation"]["mean_batch_seqs"]}  # fmt: skip
     steps_csv = row_dir / "engine_steps.csv"
@@ -496,6 +530,32 @@ def resimulate(rec: dict, row_dir: Path, profile_name: str, model_ref: str | Non
         f"TPOT p50 {pct(error(s['tpot_p50'], e['tpot_p50']))}"
     )
     return out
+
+
+def resimulate_all(args, raw: Path, md: Path, command: str, log) -> int:
+    """--resimulate: every stored row's simulator side again, each with its sensitivity band; the table to `md`."""
+    cpu = args.device == "cpu"
+    if not any(raw.glob("*/row.json")):
+        print(f"error: --resimulate found no stored rows under {raw}; pass the --out-dir that holds "
+              f"fidelity/{raw.name}/<row>/row.json (default benchmarks/results)", file=sys.stderr)  # fmt: skip
+        return 2
+    records = []
+    prof = str(raw / "cpu-serving.yaml") if cpu else args.profile
+    model_ref = str(raw / "tiny_config.json") if cpu else None
+    with tempfile.TemporaryDirectory() as tmp:
+        moved = {eps: perturbed_profile(prof, eps, Path(tmp)) for eps in SENSITIVITY}
+        for saved in sorted(raw.glob("*/row.json")):
+            rec = json.loads(saved.read_text())
+            if "skipped" not in rec and (not args.only or args.only in rec["row"]):
+                rec = resimulate(rec, saved.parent, prof, model_ref, log)
+                rec["sensitivity"] = sensitivity(rec, saved.parent, moved, model_ref)
+            records.append(rec)
+    dpath = raw / "decode_check.json"
+    decode = json.loads(dpath.read_text()) if dpath.exists() else []
+    text = table(records, "CPU, tiny model" if cpu else args.profile, command, decode)
+    md.write_text(text)
+    print(text)
+    return 0
 
 
 def _compiled_note(engine_run: dict) -> str:
@@ -626,6 +686,30 @@ def ms(x: float) -> str:
     return "—" if not math.isfinite(x) else (f"{x * 1e3:.1f}" if x < 10 else f"{x:.1f} s")
 
 
+def sensitivity_table(records: list[dict], keys: list[str]) -> list[str]:
+    """Each error with the range it spans when the step prices move by SENSITIVITY (rows resimulated with it)."""
+    rows = [r for r in records if r.get("sensitivity")]
+    if not rows:
+        return []
+    moves = ", ".join(f"{-e:+.2%}" for e in SENSITIVITY)
+    lines = ["## How far these errors move", "",
+             f"Each row simulated again with the GPU's FLOP and byte terms priced {moves} (`--resimulate` does it; "
+             "launch, ramp and host terms as they are): the error, then its range and median over these and the "
+             "row itself. Where the range spans several points, the schedule, not the cost model, sets the error's "
+             "last points.", "",
+             "| row | TTFT p50 | TTFT p90 | TPOT p50 | TPOT p90 | out tok/s |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        e = r["engine"]
+        cells = []
+        for k in keys:
+            errs = [error(r["simulator"][k], e[k])] + [error(s[k], e[k]) for s in r["sensitivity"].values()]
+            cells.append(
+                f"{pct(errs[0])} ({pct(min(errs))} … {pct(max(errs))}, median {pct(statistics.median(errs))})"
+            )
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def table(records: list[dict], profile: str, command: str, decode: list[dict] | None = None) -> str:
     done = [r for r in records if "skipped" not in r]
     keys = ["ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90", "output_tokens_per_s"]
@@ -658,7 +742,12 @@ def table(records: list[dict], profile: str, command: str, decode: list[dict] | 
         )
         ok = all(med[k] <= BAR_LATENCY for k in keys[:4]) and med[keys[4]] <= BAR_THROUGHPUT
         lines += ["", f"Bar {'met' if ok else 'missed'}."]
-    lines += ["", *steps_table(done), *(decode_table(decode) if decode else [])]
+    lines += [
+        "",
+        *sensitivity_table(done, keys),
+        *steps_table(done),
+        *(decode_table(decode) if decode else []),
+    ]
     lines += ["## Per row: engine | simulator | error", ""]
     for r in done:
         e, s = r["engine"], r["simulator"]
@@ -790,25 +879,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.resimulate:
-            if not any(raw.glob("*/row.json")):
-                print(f"error: --resimulate found no stored rows under {raw}; pass the --out-dir that holds "
-                      f"fidelity/{tag}/<row>/row.json (default benchmarks/results)", file=sys.stderr)  # fmt: skip
-                return 2
-            records = []
-            for saved in sorted(raw.glob("*/row.json")):
-                rec = json.loads(saved.read_text())
-                if "skipped" not in rec and (not args.only or args.only in rec["row"]):
-                    prof = str(raw / "cpu-serving.yaml") if cpu else args.profile
-                    rec = resimulate(
-                        rec, saved.parent, prof, str(raw / "tiny_config.json") if cpu else None, log
-                    )
-                records.append(rec)
-            dpath = raw / "decode_check.json"
-            decode = json.loads(dpath.read_text()) if dpath.exists() else []
-            text = table(records, "CPU, tiny model" if cpu else args.profile, command, decode)
-            (out / f"fidelity_{tag}.md").write_text(text)
-            print(text)
-            return 0
+            return resimulate_all(args, raw, out / f"fidelity_{tag}.md", command, log)
         if cpu:
             model_ref, profile_name = cpu_setup(raw)
         else:

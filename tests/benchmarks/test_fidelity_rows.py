@@ -34,3 +34,24 @@ def test_resimulate_without_stored_rows_is_one_line(tmp_path, capsys):
     assert fidelity.main(["--resimulate", "--profile", "h200", "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--resimulate found no stored rows" in err and "\n" not in err
+
+
+def test_perturbed_profile_moves_the_flop_and_byte_terms_only(tmp_path):
+    import fidelity
+
+    from core.cost_model import BatchShape, CostModel
+    from core.hardware import load_profile
+    from core.model_spec import load_model
+
+    base = load_profile("h200")
+    path = fidelity.perturbed_profile("h200", 0.01, tmp_path)
+    moved = load_profile(path)
+    assert moved.memory_bandwidth_gbps == pytest.approx(base.memory_bandwidth_gbps * 1.01)
+    assert moved.peak_tflops.bf16 == pytest.approx(base.peak_tflops.bf16 * 1.01)
+    assert moved.efficiency == base.efficiency and moved.calibration == base.calibration
+    # a long prompt step is FLOP-bound: priced almost exactly 1 / 1.01 as long
+    spec = load_model("llama-3.1-8b")
+    shape = BatchShape(prefill_tokens=8192, prefill_seqs=1, prefill_pairs=8192 * 8193 / 2)
+    t0 = CostModel(base, spec, serving_host=False).step_time(shape)
+    t1 = CostModel(moved, spec, serving_host=False).step_time(shape)
+    assert t1 / t0 == pytest.approx(1 / 1.01, rel=2e-3)

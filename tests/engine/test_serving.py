@@ -208,6 +208,14 @@ def test_fidelity_cpu_quick_writes_its_table(tmp_path, capsys):
     assert after["simulator"]["output_tokens_per_s"] == pytest.approx(
         before["simulator"]["output_tokens_per_s"]
     )
+    # each row again with the step prices moved by fidelity.SENSITIVITY: its band in the table, nothing written
+    assert "sensitivity" not in after
+    md = (tmp_path / "fidelity_cpu.md").read_text()
+    band = md.split("## How far these errors move")[1].split("## ")[0]
+    assert sum(line.startswith("| tiny-") for line in band.splitlines()) == len(
+        list(raw.parent.glob("*/row.json"))
+    )
+    assert "median" in band and "…" in band
 
     # a row with results is kept unless --rerun; --fresh, its old name, is still taken, with a note
     one = ["--device", "cpu", "--quick", "--duration", "1", "--out-dir", str(tmp_path), "--only", raw.name]
