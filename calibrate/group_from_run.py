@@ -125,7 +125,7 @@ def in_step_from_run(work_dir: Path, profile_path: Path):
         for r in store.records.values()
         if r.seconds is not None and _in_group(cm, r, "gemm") and r.params.get("dtype", "bf16") == "bf16"
     ]
-    fit = fit_group(cm, "gemm", sorted(recs, key=lambda r: r.key), prof.efficiency.gemm)
+    fit = fit_group(cm, "gemm", recs, prof.efficiency.gemm)  # in the store's order, as calibrate.fit.fit_all
     if fit.eff is None:
         raise ConfigError(f"{path}: too few bf16 GEMM points to fit (need 3 not held out)")
     return prof.efficiency.gemm.compute / fit.eff.compute, fit, store

@@ -108,7 +108,7 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     from calibrate.group_from_run import in_step_from_run
 
     f = prof.calibration.model_extra["in_step_compute_factor"]
-    assert f > 0 and in_step_from_run(work, out / "cpu-tiny.yaml")[0] == pytest.approx(f, rel=1e-6)
+    assert f > 0 and in_step_from_run(work, out / "cpu-tiny.yaml")[0] == pytest.approx(f, rel=1e-4)
     store = Store.open(work / "measurements.jsonl")
     n = len(store.records)
     assert n > 30 and not store.skipped_lines

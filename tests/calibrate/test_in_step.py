@@ -47,7 +47,7 @@ def test_the_h200_profile_carries_its_factor_from_its_own_run():
     f = in_step_factor(read_profile(H200))
     assert f is not None and 0.8 < f < 1.0
     factor, fit, _ = group_from_run.in_step_from_run(ROOT / "calibration_runs" / "h200", H200)
-    assert factor == pytest.approx(f, rel=1e-9)
+    assert factor == pytest.approx(f, rel=1e-4)
     assert fit.eff.compute * factor == pytest.approx(read_profile(H200).efficiency.gemm.compute)
 
 
@@ -117,7 +117,7 @@ def test_in_step_factor_is_written_once(tmp_path):
     assert group_from_run.main(argv + ["--write"]) == 0  # again: replaced, not added
     text = p.read_text()
     assert text.count("\n  in_step_compute_factor:") == 1 and text.count("\n  in_step_source:") == 1
-    assert in_step_factor(read_profile(p)) == pytest.approx(in_step_factor(read_profile(H200)), rel=1e-9)
+    assert in_step_factor(read_profile(p)) == pytest.approx(in_step_factor(read_profile(H200)), rel=1e-4)
     with pytest.raises(ConfigError, match="calibration"):
         bare = tmp_path / "bare.yaml"
         bare.write_text("name: x\n")
