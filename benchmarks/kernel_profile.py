@@ -58,6 +58,10 @@ CASES = [
     ("gemma3_12b_decode_b1", "gemma-3-12b", "bf16", "decode", [700]),  # the fidelity row's decode gap (-11%)
     ("gemma3_12b_decode_b8", "gemma-3-12b", "bf16", "decode", [700] * 8),
     ("qwen7b_decode_b8", "qwen2.5-7b", "bf16", "decode", [700] * 8),  # the same shape where the model holds
+    # the per-step GPU time outside the kernels (graph replay gaps), bf16 beside int4 at one sequence (session 17)
+    ("llama8b_decode_b1", "llama-3.1-8b", "bf16", "decode", [1024]),
+    ("llama8b_decode_b64", "llama-3.1-8b", "bf16", "decode", [1088] * 64),
+    ("llama8b_decode_b256", "llama-3.1-8b", "bf16", "decode", [1088] * 256),
     ("llama8b_int4_decode_b1", "llama-3.1-8b", "int4", "decode", [1024]),
     ("llama8b_int4_prefill_2048", "llama-3.1-8b", "int4", "prefill", [2048]),
 ]

@@ -303,6 +303,7 @@ def fit_all(
     extra: dict[str, GroupFit] = {}
     eight_bit: dict[str, list[Record]] = {}  # fp8 / int8 / int4 GEMM points by dtype (int4: weight-only)
     new = {}
+    ran: set[str] = set()  # groups fitted on this run's points (the others keep the base's curve)
     micro: dict[str, list[Record]] = {}
     for g in GROUPS:
         recs = by.get(g, [])
@@ -315,6 +316,8 @@ def fit_all(
         start = getattr(base, g) or base.attention_prefill  # attention_fresh may be new to this profile
         f = fit_group(cm, g, recs, start)
         new[g] = f.eff if f.eff is not None else getattr(base, g)
+        if f.eff is not None:
+            ran.add(g)
 
     eff = base.model_copy(update=new)
     steps = [r for k in STEP_KINDS for r in by.get(k, [])]
@@ -329,14 +332,10 @@ def fit_all(
         fitted = {g: [r for r in micro[g] if not r.holdout] for g in GROUPS}
         alone = eff.gemm
         eff = refine_on_steps(profile, model, eff, fitted, train, graphs=graphs)
-        # The whole steps are bf16, so only the bf16 GEMM curve learns how GEMMs run inside a step: the
-        # 8-bit GEMMs on this GPU take the same in-step factor on their compute asymptote (sustained
-        # tensor-core load lowers the clocks for them as well; memory-bound GEMMs keep their own curve),
-        # and their microbenchmark errors are reported for the curve they get.
+        # The whole steps are bf16, so only the bf16 GEMM curve learns how GEMMs run inside a step; the curves
+        # the steps could not teach take the same factor on their compute asymptote (_take_in_step)
         kc = eff.gemm.compute / alone.compute
-        for d, f in extra.items():
-            if f.eff is not None:
-                extra[d] = evaluate_group(cm, "gemm", eight_bit[d], in_step(f.eff, kc))
+        eff, extra = _take_in_step(cm, model, eff, extra, eight_bit, ran, kc)
 
     # the serving loop's host costs are measured, not fitted: the run's, else the base profile's
     from calibrate.serving import QUANTITIES
@@ -377,6 +376,41 @@ def in_step_factor(profile: HardwareProfile) -> float | None:
     """The profile's `calibration.in_step_compute_factor` (see `in_step`), or None where it has none."""
     f = getattr(profile.calibration, "in_step_compute_factor", None) if profile.calibration else None
     return float(f) if f else None
+
+
+def _take_in_step(
+    cm: CostModel,
+    model: ModelSpec,
+    eff: Efficiencies,
+    extra: dict[str, GroupFit],
+    eight_bit: dict[str, list[Record]],
+    ran: set[str],
+    kc: float,
+) -> tuple[Efficiencies, dict[str, GroupFit]]:
+    """The curves stage 2 could not refine, fitted on kernels alone, with the in-step factor `kc` the bf16 GEMM
+    curve learnt (in_step): the 8-bit GEMMs (the whole steps are bf16; their microbenchmark errors are reported
+    for the curve they get), and this run's groups the model's steps hold none of (a Llama sweep's MoE and MLA
+    points), as group_from_run writes them."""
+    extra = {
+        d: evaluate_group(cm, "gemm", eight_bit[d], in_step(f.eff, kc)) if f.eff is not None else f
+        for d, f in extra.items()
+    }
+    alone = {
+        g: in_step(getattr(eff, g), kc)
+        for g in GROUPS
+        if g in ran and g not in MEMORY_ONLY and not refined_in_steps(g, model)
+    }
+    return eff.model_copy(update=alone), extra
+
+
+def refined_in_steps(group: str, model: ModelSpec) -> bool:
+    """Whether stage 2 refines `group` on the model's whole steps: the MoE group only where the steps hold MoE
+    layers, the MLA groups only where they hold MLA attention (else the steps say nothing about them)."""
+    if group in ("moe", "moe_large"):
+        return model.is_moe
+    if group in ("attention_mla_decode", "attention_mla_prefill"):
+        return model.is_mla
+    return True
 
 
 # ------------------------------------------------------------------ stage 3
@@ -440,13 +474,7 @@ def refine_on_steps(
     shapes = [step_shape(cm0, r.kind, r.params) for r in steps]
     t_steps = np.array([r.seconds for r in steps], float)
     # the MoE group is refined only where the steps hold MoE layers (else they say nothing about it)
-    active = [
-        g
-        for g in GROUPS
-        if getattr(eff, g) is not None
-        and (g not in ("moe", "moe_large") or model.is_moe)
-        and (g not in ("attention_mla_decode", "attention_mla_prefill") or model.is_mla)
-    ]
+    active = [g for g in GROUPS if getattr(eff, g) is not None and refined_in_steps(g, model)]
     groups = [g for g in active if micro.get(g)]
     works = {g: work(cm0, g, [r.params for r in micro[g]]) for g in groups}
     t_micro = {g: np.array([r.seconds for r in micro[g]], float) for g in groups}

@@ -135,3 +135,23 @@ def test_int4_curves_take_the_factor(tmp_path):
     for fam, g in fits.items():
         assert g.eff.compute == pytest.approx(fits_plain[fam].eff.compute * f)
         assert g.alone.eff == fits_plain[fam].eff
+
+
+def test_fit_all_gives_the_groups_its_steps_cannot_refine_the_factor():
+    """A Llama sweep's MoE and MLA points are fitted alone (stage 2 has no such layers to refine them on); the
+    fit writes them with the in-step factor the bf16 GEMM curve learnt, as group_from_run would."""
+    from calibrate.fit import fit_all
+    from calibrate.measurements import Store, step_graphs
+    from core.model_spec import load_model
+
+    store = Store.open(ROOT / "calibration_runs" / "h200_session16_serving" / "measurements.jsonl")
+    records = list(store.records.values())
+    base, spec, graphs = read_profile(H200), load_model("llama-3.1-8b"), step_graphs(store.meta)
+    alone = fit_all(base, spec, records, refine=False, graphs=graphs)
+    assert alone.in_step_compute is None
+    refined = fit_all(base, spec, records, graphs=graphs)
+    kc = refined.in_step_compute
+    assert kc is not None and 0.5 < kc < 1.0
+    for g in ("moe", "attention_mla_decode", "attention_mla_prefill"):
+        a, r = getattr(alone.efficiency, g), getattr(refined.efficiency, g)
+        assert r.compute == pytest.approx(a.compute * kc) and r.memory == a.memory
