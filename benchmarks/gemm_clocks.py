@@ -154,9 +154,8 @@ def ramp(x, w, seconds: float, sampler: Sampler, dev: str) -> dict:
     return {"m": x.shape[0], "k": x.shape[1], "n": w.shape[0], "calls": calls, "windows": rows}
 
 
-def copy_for(seconds: float, dev: str, bw_probe: tuple) -> tuple:
-    """A device copy taking about `seconds` (from the measured copy rate), and its buffers."""
-    rate = bw_probe[0]
+def copy_for(seconds: float, dev: str, rate: float) -> tuple:
+    """A device copy taking about `seconds` at `rate` bytes moved a second, and the bytes it copies."""
     n = max(int(seconds * rate / 2), 1024)  # bytes read + written
     src = torch.empty(n, dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
@@ -189,7 +188,7 @@ def duty_rows(
         alone = measure(fn, dev, warmup=3, repeat=10)
         flops = 2.0 * m * k * n
         for duty in DUTIES:
-            copy, nbytes = (None, 0) if duty >= 1.0 else copy_for(alone * (1 - duty) / duty, dev, (rate,))
+            copy, nbytes = (None, 0) if duty >= 1.0 else copy_for(alone * (1 - duty) / duty, dev, rate)
             idle(0.5 if dev == "cuda" else 0.0, dev)
             t_start = time.perf_counter() - sampler.t0
             calls = timed_calls(fn, copy, window_s, dev)
