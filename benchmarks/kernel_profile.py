@@ -62,6 +62,9 @@ CASES = [
     ("llama8b_decode_b1", "llama-3.1-8b", "bf16", "decode", [1024]),
     ("llama8b_decode_b64", "llama-3.1-8b", "bf16", "decode", [1088] * 64),
     ("llama8b_decode_b256", "llama-3.1-8b", "bf16", "decode", [1088] * 256),
+    # validation shapes whose back-to-back step time (calibration_runs/h200_session17_validate) is above the groups
+    ("llama8b_decode_b192_700", "llama-3.1-8b", "bf16", "decode", [700] * 192),
+    ("llama8b_decode_b3_700", "llama-3.1-8b", "bf16", "decode", [700] * 3),
     ("llama8b_int4_decode_b1", "llama-3.1-8b", "int4", "decode", [1024]),
     ("llama8b_int4_prefill_2048", "llama-3.1-8b", "int4", "prefill", [2048]),
 ]
