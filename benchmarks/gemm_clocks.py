@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import threading
 import time
@@ -125,11 +126,6 @@ def idle(seconds: float, dev: str) -> None:
     time.sleep(seconds)
 
 
-def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    return s[len(s) // 2]
-
-
 def ramp(x, w, seconds: float, sampler: Sampler, dev: str) -> dict:
     idle(1.0 if dev == "cuda" else 0.0, dev)
     t_start = time.perf_counter() - sampler.t0
@@ -146,7 +142,7 @@ def ramp(x, w, seconds: float, sampler: Sampler, dev: str) -> dict:
                     "from_s": lo,
                     "to_s": hi,
                     "calls": len(sel),
-                    "tflops": flops / median(sel) / 1e12,
+                    "tflops": flops / statistics.median_high(sel) / 1e12,
                     "sm_mhz": mhz,
                     "w": watts,
                 }
@@ -164,12 +160,10 @@ def copy_for(seconds: float, dev: str, rate: float) -> tuple:
 
 def copy_rate(dev: str) -> float:
     """Bytes moved (read + written) per second by a 1 GiB device copy (64 KiB on the CPU)."""
-    from engine.timing import measure
+    from engine.kernels import time_copy
 
-    n = (1 << 30) if dev == "cuda" else (1 << 16)
-    a = torch.empty(n, dtype=torch.uint8, device=dev)
-    b = torch.empty_like(a)
-    return 2 * n / measure(lambda: b.copy_(a), dev)
+    seconds, moved = time_copy((1 << 30) if dev == "cuda" else (1 << 16), dev)
+    return moved / seconds
 
 
 def duty_rows(
@@ -195,7 +189,7 @@ def duty_rows(
             times = [s for _, s in calls]
             half = [s for at, s in calls if at >= window_s / 2] or times
             mhz, watts = sampler.between(t_start + window_s / 2, t_start + window_s)
-            burst, steady = median(times[:BURST_CALLS]), median(half)
+            burst, steady = statistics.median_high(times[:BURST_CALLS]), statistics.median_high(half)
             row = {
                 "m": m, "k": k, "n": n, "duty": duty, "copy_bytes": nbytes, "calls": len(calls),
                 "alone_s": alone, "burst_s": burst, "steady_s": steady,

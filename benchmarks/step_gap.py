@@ -26,9 +26,10 @@ from pathlib import Path
 
 import _checkout  # noqa: F401  (the checkout's root on sys.path)
 import numpy as np
-import yaml
 from kernel_profile import CASES
 
+from calibrate.accounting import step_shape
+from calibrate.group_from_run import write_terms
 from core.cost_model import BatchShape, CostModel
 from core.errors import ConfigError
 from core.graphs import SERVING_GRAPHS
@@ -52,13 +53,16 @@ def kernel_group(name: str) -> str:
     return "elementwise"
 
 
-def shape_of(kind: str, shape: list) -> BatchShape:
+def shape_of(cm: CostModel, kind: str, shape: list) -> BatchShape:
+    """A kernel_profile case's step as calibration prices its whole steps (calibrate.accounting.step_shape)."""
     if kind == "decode":
-        return BatchShape(decode_seqs=len(shape), decode_context_tokens=int(sum(shape)))
+        return step_shape(cm, "step_decode", {"context_lens": list(shape)})
     if kind == "prefill":
-        return BatchShape.of([(int(shape[0]), 0)])
-    chunks = [(int(n), int(p)) for n, p in shape if n > 1]
-    return BatchShape.of(chunks, [int(p) for n, p in shape if n == 1])
+        return step_shape(cm, "step_prefill", {"prompt_lens": [int(shape[0])], "prior_lens": [0]})
+    chunks = [[int(n), int(p)] for n, p in shape if n > 1]
+    return step_shape(
+        cm, "step_mixed", {"chunks": chunks, "decode_context_lens": [int(p) for n, p in shape if n == 1]}
+    )
 
 
 def case_rows(run: dict, profile) -> list[dict]:
@@ -77,7 +81,7 @@ def case_rows(run: dict, profile) -> list[dict]:
             by.get("elementwise", 0.0) + (c["kernel_sum_us"] - sum(t["us_per_step"] for t in c["top"])) / 1e3
         )
         cm = CostModel(profile, spec, dtype, "bf16", graph_padding=SERVING_GRAPHS, serving_host=False)
-        parts = cm.breakdown(shape_of(kind, shape))
+        parts = cm.breakdown(shape_of(cm, kind, shape))
         priced = {"gemm": parts["gemm"], "attention": parts["attention_prefill"] + parts["attention_decode"],
                   "elementwise": parts["elementwise"], "overhead": parts.get("overhead", 0.0)}  # fmt: skip
         out.append({"case": name, "model": model, "dtype": dtype, "kind": kind, "seqs": len(shape),
@@ -125,27 +129,6 @@ def table(rows: list[dict], run_file: str, profile_name: str, step_s: float, seq
     return "\n".join(lines) + "\n"
 
 
-def write_profile(path: Path, step_s: float, seq_s: float, source: dict) -> None:
-    """Set efficiency.step_overhead_s / per_sequence_s and (re)write calibration.step_overhead_source."""
-    lines = path.read_text().splitlines(keepends=True)
-    for key, v in (("step_overhead_s", step_s), ("per_sequence_s", seq_s)):
-        at = [i for i, ln in enumerate(lines) if ln.startswith(f"  {key}:")]
-        if len(at) != 1:
-            raise ConfigError(f"{path}: expected one efficiency.{key} line, found {len(at)}")
-        lines[at[0]] = f"  {key}: {v!r}\n"
-    start = next((i for i, ln in enumerate(lines) if ln == "  step_overhead_source:\n"), None)
-    if start is not None:
-        end = start + 1
-        while end < len(lines) and lines[end].startswith("    "):
-            end += 1
-        del lines[start:end]
-    src = yaml.safe_dump({"step_overhead_source": source}, sort_keys=False, width=1000)
-    new = "".join(lines + ["  " + ln + "\n" for ln in src.splitlines()])
-    yaml.safe_load(new)
-    path.write_text(new)
-    read_profile(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python benchmarks/step_gap.py", description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -183,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                       "date": a.date, "gpu": run.get("device", ""), "torch": run.get("torch", ""), "file": a.run,
                       "cases": used, "note": "served CUDA-graph step minus its kernels' device time, least-squares "
                       "line over the sequences in the step (measured, not fitted with the curves)"}  # fmt: skip
-            write_profile(Path(a.profile), step_s, seq_s, source)
+            write_terms(
+                Path(a.profile),
+                {"step_overhead_s": step_s, "per_sequence_s": seq_s},
+                "step_overhead_source",
+                source,
+            )
             print(f"wrote efficiency.step_overhead_s and per_sequence_s into {a.profile}")
     except (ConfigError, OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

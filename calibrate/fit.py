@@ -64,9 +64,8 @@ class GroupFit:
     train: Errors
     holdout: Errors
     rows: list[dict] = field(default_factory=list)  # label, measured_s, predicted_s, holdout
-    alone: GroupFit | None = (
-        None  # the fit as the points ran alone, where `eff` is its in-step curve (in_step)
-    )
+    # the fit as the points ran alone, where `eff` is its in-step curve (in_step_fit)
+    alone: GroupFit | None = None
 
     def errors_dict(self) -> dict:
         return {"train": self.train.as_dict(), "holdout": self.holdout.as_dict()}
@@ -372,6 +371,13 @@ def in_step(eff: OpEfficiency, factor: float) -> OpEfficiency:
     return eff.model_copy(update={"compute": min(1.0, eff.compute * factor)})
 
 
+def in_step_fit(cm: CostModel, group: str, records: list[Record], fit: GroupFit, factor: float) -> GroupFit:
+    """`fit`'s curve as it runs inside steps (in_step), with its errors on the same points; `fit` kept as `alone`."""
+    out = evaluate_group(cm, group, records, in_step(fit.eff, factor))
+    out.alone = fit
+    return out
+
+
 def in_step_factor(profile: HardwareProfile) -> float | None:
     """The profile's `calibration.in_step_compute_factor` (see `in_step`), or None where it has none."""
     f = getattr(profile.calibration, "in_step_compute_factor", None) if profile.calibration else None
@@ -392,8 +398,7 @@ def _take_in_step(
     for the curve they get), and this run's groups the model's steps hold none of (a Llama sweep's MoE and MLA
     points), as group_from_run writes them."""
     extra = {
-        d: evaluate_group(cm, "gemm", eight_bit[d], in_step(f.eff, kc)) if f.eff is not None else f
-        for d, f in extra.items()
+        d: in_step_fit(cm, "gemm", eight_bit[d], f, kc) if f.eff is not None else f for d, f in extra.items()
     }
     alone = {
         g: in_step(getattr(eff, g), kc)

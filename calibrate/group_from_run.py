@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from calibrate.accounting import GROUPS, KIND_OF, group_of, is_moe_large
-from calibrate.fit import MEMORY_ONLY, evaluate_group, fit_group, in_step, in_step_factor
+from calibrate.fit import MEMORY_ONLY, fit_group, in_step_factor, in_step_fit
 from calibrate.measurements import Store
 from core.cost_model import CostModel
 from core.errors import ConfigError
@@ -82,10 +82,7 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
         raise ConfigError(
             f"{path}: measured on {gpu}, but {profile_path} is calibrated on {want}; use that GPU's run"
         )
-    spec = _run_model(store)
-    cm = CostModel(prof, spec, "bf16", "bf16")
-    # a group's points as calibrate.fit.fit_all files them (moe_large: moe points past the profile's rule)
-    recs = [r for r in store.records.values() if r.seconds is not None and _in_group(cm, r, group)]
+    cm, recs = _group_points(store, prof, group)
     if len(recs) < 4:
         kind = KIND_OF.get(group, group)
         raise ConfigError(
@@ -98,10 +95,15 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
         raise ConfigError(f"{path}: too few fitted '{group}' points (need 3 not held out)")
     factor = in_step_factor(prof)
     if factor and group not in MEMORY_ONLY:  # priced inside steps: the profile's in-step compute factor
-        alone = fit
-        fit = evaluate_group(cm, group, recs, in_step(fit.eff, factor))
-        fit.alone = alone
+        fit = in_step_fit(cm, group, recs, fit, factor)
     return fit, store
+
+
+def _group_points(store: Store, prof, group: str) -> tuple[CostModel, list]:
+    """The cost model of the run's model on `prof`, and the run's measured points of `group` in the store's order,
+    as calibrate.fit.fit_all files them (moe_large: the moe points past the profile's rule)."""
+    cm = CostModel(prof, _run_model(store), "bf16", "bf16")
+    return cm, [r for r in store.records.values() if r.seconds is not None and _in_group(cm, r, group)]
 
 
 def in_step_from_run(work_dir: Path, profile_path: Path):
@@ -118,13 +120,8 @@ def in_step_from_run(work_dir: Path, profile_path: Path):
             "the in-step factor compares the profile's GEMM curve with its own points, so pass that run"
         )
     store = Store.open(path, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    spec = _run_model(store)
-    cm = CostModel(prof, spec, "bf16", "bf16")
-    recs = [
-        r
-        for r in store.records.values()
-        if r.seconds is not None and _in_group(cm, r, "gemm") and r.params.get("dtype", "bf16") == "bf16"
-    ]
+    cm, recs = _group_points(store, prof, "gemm")
+    recs = [r for r in recs if r.params.get("dtype", "bf16") == "bf16"]
     fit = fit_group(cm, "gemm", recs, prof.efficiency.gemm)  # in the store's order, as calibrate.fit.fit_all
     if fit.eff is None:
         raise ConfigError(f"{path}: too few bf16 GEMM points to fit (need 3 not held out)")
@@ -160,10 +157,18 @@ def write_serving(path: Path, values: dict[str, float], source: dict) -> None:
     """Replace the efficiency section's serving lines in place and (re)write calibration.serving_source."""
     from calibrate.serving import OPTIONAL
 
-    lines = _drop(path.read_text().splitlines(keepends=True), "  serving_source:\n", 2)
+    write_terms(path, values, "serving_source", source, OPTIONAL)
+
+
+def write_terms(
+    path: Path, values: dict[str, float], source_key: str, source: dict, optional: tuple | set = ()
+) -> None:
+    """Replace efficiency lines (`values`) in place, a quantity in `optional` the profile predates inserted after
+    the eager launch's line, and (re)write calibration.<source_key>; every other line as it was."""
+    lines = _drop(path.read_text().splitlines(keepends=True), f"  {source_key}:\n", 2)
     for q, v in values.items():
         at = [i for i, ln in enumerate(lines) if ln.startswith(f"  {q}:")]
-        if not at and q in OPTIONAL:  # a quantity the profile predates: its line after the eager launch's
+        if not at and q in optional:  # a quantity the profile predates: its line after the eager launch's
             at = [i for i, ln in enumerate(lines) if ln.startswith("  eager_launch_s_per_layer:")]
             if len(at) == 1:
                 lines.insert(at[0] + 1, f"  {q}: {v!r}\n")
@@ -171,7 +176,7 @@ def write_serving(path: Path, values: dict[str, float], source: dict) -> None:
         if len(at) != 1:
             raise ConfigError(f"{path}: expected one efficiency.{q} line, found {len(at)}")
         lines[at[0]] = f"  {q}: {v!r}\n"
-    new = "".join(lines + _block("serving_source", source, 2))
+    new = "".join(lines + _block(source_key, source, 2))
     yaml.safe_load(new)
     path.write_text(new)
     read_profile(path)

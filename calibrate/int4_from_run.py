@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from calibrate.fit import Errors, GroupFit, evaluate_group, fit_group, in_step, in_step_factor
+from calibrate.fit import Errors, GroupFit, fit_group, in_step_factor, in_step_fit
 from calibrate.measurements import Record
 from core.cost_model import CostModel
 from core.errors import ConfigError
@@ -89,13 +89,9 @@ def fit_run(run: dict, profile_path: Path) -> tuple[dict[str, GroupFit], list[Re
     missing = [f for f, g in fits.items() if g.eff is None]
     if missing or not fits:
         raise ConfigError(f"fewer than 3 fitted int4 points for kernel families {missing}")
-    factor = in_step_factor(profile)
-    if (
-        factor
-    ):  # timed alone, priced inside steps: the profile's in-step compute factor (calibrate.fit.in_step)
-        for f, g in list(fits.items()):
-            fits[f] = evaluate_group(cm, "gemm", families[f], in_step(g.eff, factor))
-            fits[f].alone = g
+    factor = in_step_factor(profile)  # timed alone, priced inside steps (calibrate.fit.in_step)
+    if factor:
+        fits = {f: in_step_fit(cm, "gemm", families[f], g, factor) for f, g in fits.items()}
     first = family(next(r.note for r in recs if r.params["m"] == 1))
     fitted = profile.model_copy(update={"calibration": with_curves(profile, fits, first)})
     cm4 = CostModel(fitted, model, weight_dtype="int4", serving_host=False)
