@@ -1,6 +1,8 @@
 """Fidelity against Hugging Face transformers: its measured runs on the H200 replayed through the simulator.
 
     python benchmarks/fidelity.py --engine transformers     # no device: reads the committed raw runs
+    python benchmarks/fidelity_transformers.py --runs DIR --profile P.yaml --generate-profile G.yaml --out /tmp/f
+                                                            # other runs or a trial profile, same table
 
 Every committed trace replay through transformers' continuous-batching manager (calibration_runs/transformers_h200,
 calibrate/transformers_runs.py) is simulated with the `transformers` engine profile: the same requests, arriving
@@ -9,15 +11,21 @@ computed the same way on both sides (calibrate.transformers_runs.served_summary)
 (TTFT per prompt length, decode seconds per token) is simulated with `transformers-generate`, one request alone.
 A row is `fitted` when the profile's host terms were fitted on it (the profile's `sources.fit.raw` and
 `validation.held_out` say which), else `held-out`; only held-out rows count toward the bar. Writes
-benchmarks/results/fidelity_transformers_h200.{md,csv,json}.
+benchmarks/results/fidelity_transformers_h200.{md,csv,json}. Run as a script, `--runs` takes another folder of raw
+runs (one session's, say), `--profile` / `--generate-profile` other profiles (a name or a .yaml path: a trial fit),
+`--held-out-as` marks rows fitted or held out as another profile says (two profiles compared on the same rows),
+`--out` another results folder and `--seeds` how many seeds the spread section draws.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
+import shlex
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from calibrate.engine_fit import alternate_points  # noqa: E402
 from calibrate.transformers_runs import served_summary  # noqa: E402
 from core.engine_profile import EngineProfile, load_engine_profile  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
 from core.requests import Requests  # noqa: E402
 from simulator.scenario import parse_scenario  # noqa: E402
 from simulator.simulation import simulate  # noqa: E402
@@ -43,7 +52,7 @@ GENERATE_KEYS = ("ttft_s", "decode_s_per_token")
 PROFILE_OF = {
     "served": "transformers",
     "generate": "transformers-generate",
-}  # the profile each kind of row runs
+}  # the profile each kind of row runs (by default)
 SPREAD_SEEDS = range(5)  # seeds of the table's seed-spread section (0 is the rows' own)
 
 
@@ -136,10 +145,24 @@ def simulated_records(fc, arrival_s: np.ndarray, deadline_s: float | None) -> li
     return out
 
 
+def _rel(file: Path) -> str:
+    """A raw file's path as a profile's `sources.fit.raw` names it (repository-relative where it can be)."""
+    file = file.resolve()
+    return str(file.relative_to(ROOT)) if file.is_relative_to(ROOT) else str(file)
+
+
 def served_row(
-    profile: EngineProfile, file: Path, model: str, run: str, block: dict, seed: int = 0
+    profile: EngineProfile,
+    file: Path,
+    model: str,
+    run: str,
+    block: dict,
+    seed: int = 0,
+    engine: str = PROFILE_OF["served"],
+    marked_by: EngineProfile | None = None,
 ) -> Compared:
-    """One replay: its requests through the simulator, both sides summarised by served_summary."""
+    """One replay: its requests through the simulator with `engine` (a profile name or .yaml path), both sides
+    summarised by served_summary; fitted or held out as `marked_by` (default `profile`) was fitted."""
     reqs = block["requests"]
     arrival = np.array([float(r["arrival_s"]) for r in reqs])
     prompt = np.array([int(r["prompt_tokens"]) for r in reqs])
@@ -152,7 +175,7 @@ def served_row(
     )
     order = np.argsort(arrival, kind="stable")
     fc = simulate(
-        scenario(model, "transformers", seed=seed),
+        scenario(model, engine, seed=seed),
         requests=Requests(arrival[order], prompt[order], output[order]),
     )
     finished = [r for r in reqs if r.get("finish_s") is not None and r.get("error") is None]
@@ -162,7 +185,7 @@ def served_row(
     sim_recs = simulated_records(fc, arrival[order], deadline)
     measured = block.get("summary") or served_summary(reqs)
     simulated = served_summary(sim_recs)
-    rel = file.relative_to(ROOT)
+    rel = _rel(file)
     folder = file.parent.name
     note = (
         f"partial: {len(finished)}/{len(reqs)} finished in the run; simulator cut at {deadline:.0f} s"
@@ -175,7 +198,7 @@ def served_row(
         run,
         folder,
         f"{len(reqs)} requests",
-        served_fitted(profile, str(rel), model, run, folder),
+        served_fitted(marked_by or profile, rel, model, run, folder),
         {k: float(measured[k]) for k in SERVED_KEYS if measured.get(k) is not None},
         {k: float(simulated[k]) for k in SERVED_KEYS if simulated.get(k) is not None},
         note,
@@ -186,9 +209,17 @@ def served_row(
     )
 
 
-def generate_rows(profile: EngineProfile, file: Path, model: str, points: list[dict]) -> list[Compared]:
-    """Batch-1 generate points: one request alone, TTFT = its prefill, decode per token = its decode steps' mean."""
-    fitted = generate_fitted(profile, str(file.relative_to(ROOT)), points)
+def generate_rows(
+    profile: EngineProfile,
+    file: Path,
+    model: str,
+    points: list[dict],
+    engine: str = PROFILE_OF["generate"],
+    marked_by: EngineProfile | None = None,
+) -> list[Compared]:
+    """Batch-1 generate points: one request alone, TTFT = its prefill, decode per token = its decode steps' mean
+    (simulated with `engine`; fitted or held out as `marked_by`, default `profile`, was fitted)."""
+    fitted = generate_fitted(marked_by or profile, _rel(file), points)
     out = []
     for p in points:
         if p.get("status", "ok") != "ok" or int(p["batch_size"]) != 1 or p.get("decode_s_per_token") is None:
@@ -196,7 +227,7 @@ def generate_rows(profile: EngineProfile, file: Path, model: str, points: list[d
         n, new = int(p["prompt_tokens"]), int(p.get("new_tokens") or 64)
         # T(new + 1 tokens) - T(1 token) over new: the decode steps after the first token
         reqs = Requests(np.zeros(1), np.array([n]), np.array([new + 1]))
-        sc = scenario(model, "transformers-generate", {"max_num_seqs": 1})
+        sc = scenario(model, engine, {"max_num_seqs": 1})
         t = simulate(sc, requests=reqs).table
         ttft = float(t.first_token_s[0] - t.arrival_s[0])
         decode = float(t.finish_s[0] - t.first_token_s[0]) / new
@@ -215,12 +246,32 @@ def generate_rows(profile: EngineProfile, file: Path, model: str, points: list[d
     return out
 
 
-def collect(seed: int = 0, served_only: bool = False) -> list[Compared]:
-    """Every replay and batch-1 generate point of the committed raw runs, compared (the simulator's draws from
-    `seed`; `served_only`: the replays alone)."""
-    served_p, gen_p = load_engine_profile("transformers"), load_engine_profile("transformers-generate")
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What a comparison reads: the raw runs' folder, the profiles simulated (names or .yaml paths) and, if
+    given, the profiles whose fit says which rows are fitted (else the simulated ones)."""
+
+    runs: Path = RUNS
+    served: str = PROFILE_OF["served"]
+    generate: str = PROFILE_OF["generate"]
+    held_out_as: tuple[str, str] | None = None  # (served, generate)
+
+    def marking(self) -> tuple[EngineProfile | None, EngineProfile | None]:
+        if self.held_out_as is None:
+            return None, None
+        return load_engine_profile(self.held_out_as[0]), load_engine_profile(self.held_out_as[1])
+
+
+DEFAULT = Sources()
+
+
+def collect(seed: int = 0, served_only: bool = False, src: Sources = DEFAULT) -> list[Compared]:
+    """Every replay and batch-1 generate point of the raw runs under `src.runs` (default the committed ones),
+    compared (the simulator's draws from `seed`; `served_only`: the replays alone)."""
+    served_p, gen_p = load_engine_profile(src.served), load_engine_profile(src.generate)
+    mark_s, mark_g = src.marking()
     rows: list[Compared] = []
-    for f in sorted(RUNS.rglob("*.json")):
+    for f in sorted(src.runs.rglob("*.json")):
         data = json.loads(f.read_text())
         header = data.get("header") if isinstance(data, dict) else None
         if not isinstance(header, dict) or not header.get("model"):
@@ -231,9 +282,9 @@ def collect(seed: int = 0, served_only: bool = False) -> list[Compared]:
             replays["replay"] = data["replay"]  # the first harness: one replay of the conversation trace
         for run, block in replays.items():
             if block.get("requests"):
-                rows.append(served_row(served_p, f, model, run, block, seed))
+                rows.append(served_row(served_p, f, model, run, block, seed, src.served, mark_s))
         if isinstance(data.get("generate"), list) and not served_only:
-            rows += generate_rows(gen_p, f, model, data["generate"])
+            rows += generate_rows(gen_p, f, model, data["generate"], src.generate, mark_g)
     return rows
 
 
@@ -259,10 +310,10 @@ def _ms(x: float | None) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x * 1e3:.0f}"
 
 
-def seed_spread(seeds: range = SPREAD_SEEDS) -> dict[int, dict[str, float]]:
+def seed_spread(seeds: range = SPREAD_SEEDS, src: Sources = DEFAULT) -> dict[int, dict[str, float]]:
     """The held-out served medians with the simulator's draws from each seed (the profile's host phases are
     random: one seed is one draw of the engine's drift, as one measured run is)."""
-    return {seed: bar(collect(seed, served_only=True))[0] for seed in seeds}
+    return {seed: bar(collect(seed, served_only=True, src=src))[0] for seed in seeds}
 
 
 def _spread_lines(spread: dict[int, dict[str, float]]) -> list[str]:
@@ -284,20 +335,33 @@ def _spread_lines(spread: dict[int, dict[str, float]]) -> list[str]:
     return lines + [""]
 
 
-def table(rows: list[Compared], command: str, spread: dict[int, dict[str, float]] | None = None) -> str:
+def table(
+    rows: list[Compared],
+    command: str,
+    spread: dict[int, dict[str, float]] | None = None,
+    src: Sources = DEFAULT,
+) -> str:
     served = [r for r in rows if r.kind == "served"]
     gen = [r for r in rows if r.kind == "generate"]
     m, ok = bar(rows)
-    sp, gp = load_engine_profile("transformers"), load_engine_profile("transformers-generate")
+    sp, gp = load_engine_profile(src.served), load_engine_profile(src.generate)
+    runs = _rel(src.runs)
+    marked = (
+        ""
+        if src.held_out_as is None
+        else f" Rows are marked fitted or held out as {src.held_out_as[0]} / {src.held_out_as[1]} were fitted."
+    )
     lines = [
         f"# Fidelity: simulator vs Hugging Face transformers {sp.version} ({GPU})",
         "",
         f"`{command}`; error = simulated / measured − 1. Measured: the committed raw runs under "
-        f"{RUNS.relative_to(ROOT)} (calibrate/transformers_runs.py; random weights, bf16, sdpa). Simulated: the same "
+        f"{runs} (calibrate/transformers_runs.py; random weights, bf16, sdpa). Simulated: the same "
         f"requests at the same arrival times with the `{sp.name}` profile (served runs) and `{gp.name}` (batch-1 "
-        "generate). `fitted` rows are ones the profile's host terms were fitted on and are shown for comparison "
+        "generate)"
+        + ("" if src == DEFAULT else f" ({src.served}; {src.generate})")
+        + ". `fitted` rows are ones the profile's host terms were fitted on and are shown for comparison "
         "only; the bar (issue 11: median |error| over rows of TTFT and TPOT p50/p90 within 10%, throughput within "
-        "5%) counts held-out rows only.",
+        f"5%) counts held-out rows only.{marked}",
         "",
         "## Served runs (continuous-batching manager, requests at their trace times)",
         "",
@@ -344,10 +408,14 @@ def table(rows: list[Compared], command: str, spread: dict[int, dict[str, float]
 
 
 def write(
-    rows: list[Compared], command: str, out: Path = RESULTS, spread: dict[int, dict[str, float]] | None = None
+    rows: list[Compared],
+    command: str,
+    out: Path = RESULTS,
+    spread: dict[int, dict[str, float]] | None = None,
+    src: Sources = DEFAULT,
 ) -> str:
     """The table (.md), one line per row and figure (.csv), and every row (.json)."""
-    text = table(rows, command, spread)
+    text = table(rows, command, spread, src)
     stem = out / f"fidelity_transformers_{GPU}"
     stem.with_suffix(".md").write_text(text)
     with stem.with_suffix(".csv").open("w", newline="") as fh:
@@ -366,7 +434,7 @@ def write(
         "bar": {"held_out_median_abs_error": m, "met": ok},
         "seed_spread": {str(k): v for k, v in (spread or {}).items()},
         "rows": [
-            {"kind": r.kind, "profile": PROFILE_OF[r.kind], "model": r.model, "run": r.run, "folder": r.folder, "row": r.label,
+            {"kind": r.kind, "profile": src.served if r.kind == "served" else src.generate, "model": r.model, "run": r.run, "folder": r.folder, "row": r.label,
              "fitted": r.fitted, "measured": r.measured, "simulated": r.simulated, "note": r.note, **r.detail}
             for r in rows
         ],
@@ -375,12 +443,59 @@ def write(
     return text
 
 
-def main(command: str = "python benchmarks/fidelity.py --engine transformers") -> int:
-    text = write(collect(), command, spread=seed_spread())
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/fidelity_transformers.py",
+        description="Simulator vs transformers' measured runs (no device); the defaults are "
+        "`python benchmarks/fidelity.py --engine transformers`.",
+    )
+    p.add_argument(
+        "--runs", default=str(RUNS), help="folder of raw runs, sub-folders too (default: %(default)s)"
+    )
+    p.add_argument("--profile", default=PROFILE_OF["served"], help="served runs' profile: name or .yaml path")
+    p.add_argument(
+        "--generate-profile",
+        default=PROFILE_OF["generate"],
+        help="batch-1 generate's profile: name or .yaml path",
+    )
+    p.add_argument(
+        "--held-out-as",
+        nargs=2,
+        metavar=("SERVED", "GENERATE"),
+        help="mark rows fitted or held out as these profiles were fitted (default: the simulated ones)",
+    )
+    p.add_argument("--out", default=str(RESULTS), help="folder for fidelity_transformers_h200.{md,csv,json}")
+    p.add_argument(
+        "--seeds", type=int, default=len(SPREAD_SEEDS), help="seeds of the spread section (0: none)"
+    )
+    return p
+
+
+def main(
+    command: str = "python benchmarks/fidelity.py --engine transformers", argv: list[str] | None = None
+) -> int:
+    """The defaults when `argv` is None (benchmarks/fidelity.py --engine transformers); else argv's flags."""
+    args = _parser().parse_args([] if argv is None else argv)
+    src = Sources(
+        Path(args.runs),
+        args.profile,
+        args.generate_profile,
+        tuple(args.held_out_as) if args.held_out_as else None,
+    )
+    if not src.runs.is_dir():
+        raise ConfigError(f"--runs {src.runs}: not a folder")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = write(collect(src=src), command, out, seed_spread(range(args.seeds), src), src)
     print(text)
-    print(f"wrote {RESULTS / f'fidelity_transformers_{GPU}'}.{{md,csv,json}}")
+    print(f"wrote {out / f'fidelity_transformers_{GPU}'}.{{md,csv,json}}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _argv = sys.argv[1:]
+    try:
+        raise SystemExit(main(shlex.join(["python", "benchmarks/fidelity_transformers.py", *_argv]), _argv))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

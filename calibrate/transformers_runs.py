@@ -21,6 +21,7 @@ import datetime as dt
 import gc
 import inspect
 import json
+import os
 import platform
 import shlex
 import signal
@@ -1008,12 +1009,30 @@ def load_previous(path: Path, plan: SweepPlan, gpu_name: str) -> dict | None:
     return old
 
 
-def _call_record(args: argparse.Namespace) -> dict:
-    """This invocation: when, the command line, the budget."""
+def _threads(torch: Any) -> dict:
+    """The host's threading as this call ran: torch's intra-op and inter-op pools, the environment that sets them
+    and the CPUs the process may use (the manager's host time depends on the intra-op pool, README)."""
+    try:
+        cpus: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = None
+    return {
+        "torch_intra_op": torch.get_num_threads(),
+        "torch_inter_op": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": cpus,
+    }
+
+
+def _call_record(args: argparse.Namespace, torch: Any) -> dict:
+    """This invocation: when, the command line, the budget, the threads."""
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m calibrate.transformers_runs " + shlex.join(sys.argv[1:]),
         "budget_s": args.budget_s,
+        "threads": _threads(torch),
     }
 
 
@@ -1099,7 +1118,7 @@ def run_model(
     log(
         f"{name}: built {info['model_class']} ({info['parameters'] / 1e9:.2f}B) in {time.perf_counter() - t_build:.1f} s"
     )
-    call = _call_record(args)
+    call = _call_record(args, torch)
     if previous is not None:
         header = previous["header"]
         header.setdefault("continued", []).append(call)

@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -15,6 +17,7 @@ import fidelity_transformers as ft  # noqa: E402
 import seed_experiment as se  # noqa: E402
 
 from core.engine_profile import load_engine_profile  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
 
 LLAMA = ft.RUNS / "session5" / "transformers_llama-3.1-8b_h200.json"
 
@@ -66,3 +69,38 @@ def test_seed_experiment_names_the_engine_and_why_transformers_cannot_run_it():
     assert "no kernels for int4" in other[("transformers-generate", "int4")]
     assert other[("transformers", "fp16")].startswith("does not fit: weights")
     assert "(below)" in se.table(rows)
+
+
+def test_flags_take_other_runs_a_profile_path_and_another_profiles_marking(tmp_path):
+    """--runs one session's folder, --profile / --generate-profile as .yaml paths, --held-out-as: the same
+    simulation, rows marked as the other profile was fitted (here one fitted on no file of these runs)."""
+    served = ROOT / "engine_profiles" / "transformers.yaml"
+    gen = ROOT / "engine_profiles" / "transformers-generate.yaml"
+    fitted_on = "- calibration_runs/transformers_h200/session5/transformers_llama-3.1-8b_h200.json\n"
+    other = {}
+    for p in (served, gen):
+        text = p.read_text()
+        assert fitted_on in text
+        other[p] = tmp_path / p.name
+        other[p].write_text(text.replace(fitted_on, "- calibration_runs/elsewhere.json\n"))
+    out = tmp_path / "out"
+    flags = ["--runs", str(ft.RUNS / "session5"), "--profile", str(served), "--generate-profile", str(gen)]
+    assert ft.main("cmd", [*flags, "--out", str(out), "--seeds", "0"]) == 0
+    rows = json.loads((out / "fidelity_transformers_h200.json").read_text())["rows"]
+    assert {r["folder"] for r in rows} == {"session5"} and {r["profile"] for r in rows} == {
+        str(served),
+        str(gen),
+    }
+    fitted = {(r["model"], r["run"], r["row"]) for r in rows if r["fitted"]}
+    assert ("llama-3.1-8b", "conv_moderate", "70 requests") in fitted
+    assert ("llama-3.1-8b", "generate b1", "prompt 128") in fitted
+    assert not any(m == "qwen2.5-7b" for m, _, _ in fitted)
+    # marked as a profile fitted elsewhere: every row held out, the simulated side unchanged
+    marked = ft.collect(
+        src=ft.Sources(ft.RUNS / "session5", str(served), str(gen), (str(other[served]), str(other[gen])))
+    )
+    assert not any(r.fitted for r in marked)
+    assert [r.simulated for r in marked] == [r["simulated"] for r in rows]
+    assert "marked fitted or held out as" in ft.table(marked, "cmd", src=ft.Sources(held_out_as=("a", "b")))
+    with pytest.raises(ConfigError, match="not a folder"):
+        ft.main("cmd", ["--runs", str(tmp_path / "none"), "--out", str(out)])
