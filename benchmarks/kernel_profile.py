@@ -27,11 +27,20 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.model_spec import load_model, spec_from_config  # noqa: E402
 from engine.model import build_model  # noqa: E402
 from engine.steps import StepRunner  # noqa: E402
+
+
+def ragged(n: int, seed: int, mean: int = 900) -> list[tuple[int, int]]:
+    """n decodes of a mixed shape with lognormal contexts of about `mean` tokens (sigma 0.8, the longest 2-13x the
+    mean, as calibration's and validation's mixed steps have: calibrate.plan), seeded."""
+    ctx = np.random.default_rng(seed).lognormal(np.log(mean) - 0.32, 0.8, n)
+    return [(1, int(c)) for c in np.clip(np.round(ctx), 16, 16_000)]
+
 
 # (case, model, weight dtype, step kind, shape): decode shape = context per sequence × batch; prefill = tokens
 CASES = [
@@ -65,6 +74,18 @@ CASES = [
     # validation shapes whose back-to-back step time (calibration_runs/h200_session17_validate) is above the groups
     ("llama8b_decode_b192_700", "llama-3.1-8b", "bf16", "decode", [700] * 192),
     ("llama8b_decode_b3_700", "llama-3.1-8b", "bf16", "decode", [700] * 3),
+    # session 18: the served step's own kernels (graphed, under the profiler) beside its span, for the
+    # steps whose prices are furthest off: validation's mixed shapes (priced 1.5-4 ms under), Qwen's large batches
+    ("llama8b_mixed_96_40", "llama-3.1-8b", "bf16", "mixed", [(96, 0)] + [(1, 700)] * 40),
+    ("llama8b_mixed_384_16", "llama-3.1-8b", "bf16", "mixed", [(384, 0)] + [(1, 700)] * 16),
+    ("llama8b_mixed_1200_200", "llama-3.1-8b", "bf16", "mixed", [(1200, 0)] + [(1, 700)] * 200),
+    ("llama8b_mixed_768_48", "llama-3.1-8b", "bf16", "mixed", [(768, 500)] + [(1, 700)] * 48),
+    ("qwen7b_decode_b128", "qwen2.5-7b", "bf16", "decode", [1088] * 128),
+    # the same mixed shapes with uneven decode contexts, as validation's are (--mixed-units whole: the rule before)
+    ("llama8b_mixed_96_40_ragged", "llama-3.1-8b", "bf16", "mixed", [(96, 0)] + ragged(40, 1)),
+    ("llama8b_mixed_384_16_ragged", "llama-3.1-8b", "bf16", "mixed", [(384, 0)] + ragged(16, 2)),
+    ("llama8b_mixed_768_48_ragged", "llama-3.1-8b", "bf16", "mixed", [(768, 0)] + ragged(48, 3)),
+    ("llama8b_mixed_1200_200_ragged", "llama-3.1-8b", "bf16", "mixed", [(1200, 0)] + ragged(200, 4)),
     ("llama8b_int4_decode_b1", "llama-3.1-8b", "int4", "decode", [1024]),
     ("llama8b_int4_prefill_2048", "llama-3.1-8b", "int4", "prefill", [2048]),
 ]
@@ -115,15 +136,7 @@ def profile_case(runner: StepRunner, kind: str, shape: list[int], repeat: int, c
             fn()
         if not cpu:
             torch.cuda.synchronize()
-    rows = []
-    for evt in prof.key_averages():
-        us = _device_us(evt, cpu)
-        if us <= 0 or (not cpu and getattr(evt, "device_type", None) != torch.autograd.DeviceType.CUDA):
-            continue
-        rows.append(
-            {"kernel": evt.key[:160], "us_per_step": us / repeat, "calls_per_step": evt.count / repeat}
-        )
-    rows.sort(key=lambda r: -r["us_per_step"])
+    rows = _device_rows(prof, repeat, cpu)
     sort = "self_cuda_time_total" if not cpu else "self_cpu_time_total"
     try:
         table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=100)
@@ -133,6 +146,48 @@ def profile_case(runner: StepRunner, kind: str, shape: list[int], repeat: int, c
             "table": table}  # fmt: skip
 
 
+def _device_rows(prof, repeat: int, cpu: bool) -> list[dict]:
+    """The profiler's device rows (kernels, copies, memsets), per step, longest first."""
+    rows = []
+    for evt in prof.key_averages():
+        us = _device_us(evt, cpu)
+        if us <= 0 or (not cpu and getattr(evt, "device_type", None) != torch.autograd.DeviceType.CUDA):
+            continue
+        rows.append(
+            {"kernel": evt.key[:160], "us_per_step": us / repeat, "calls_per_step": evt.count / repeat}
+        )
+    rows.sort(key=lambda r: -r["us_per_step"])
+    return rows
+
+
+def served_kernels(step, repeat: int, cpu: bool) -> dict:
+    """The served step's own device work: `step(repeat)` (the graphed runner's timed call, its graphs already
+    captured) under the profiler; a CUDA graph's kernels are recorded one by one. Beside the step's span this
+    splits its time into kernels and the GPU's idle time between them."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if not cpu:
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        step(repeat)
+        if not cpu:
+            torch.cuda.synchronize()
+    rows = _device_rows(prof, repeat, cpu)
+    return {"served_kernel_sum_us": sum(r["us_per_step"] for r in rows), "served_top": rows[:25]}
+
+
+def _served(graphed: StepRunner, kind: str, shape: list) -> tuple[float, object]:
+    """(the graphed runner's median step seconds, a callable timing `repeat` more steps of the same shape)."""
+    if kind == "decode":
+        return graphed.decode(shape), lambda n: graphed.decode(shape, warmup=0, repeat=n)
+    if kind == "mixed":
+        chunks = [(a, b) for a, b in shape if a > 1]
+        dec = [b + 1 for a, b in shape if a == 1]
+        return graphed.mixed(chunks, dec, warmup=2, repeat=5), lambda n: graphed.mixed(
+            chunks, dec, warmup=0, repeat=n
+        )
+    return graphed.prefill(shape, warmup=2, repeat=5), lambda n: graphed.prefill(shape, warmup=0, repeat=n)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -140,7 +195,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="one toy model for every case (with --cpu)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument(
+        "--mixed-units",
+        choices=("split", "whole"),
+        default="split",
+        help="whole: mixed steps' decodes one unit each whatever their contexts (engine.serving.SPLIT_MIXED off)",
+    )
+    ap.add_argument(
+        "--max-context",
+        type=int,
+        default=0,
+        help="the graphed runner's max_context (what a mixed graph's attention is captured for; "
+        "calibration's runner has 32,768); default: the case's longest sequence",
+    )
     args = ap.parse_args(argv)
+    if args.mixed_units == "whole":
+        from engine import serving
+
+        serving.SPLIT_MIXED = False
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cpu" if args.cpu else "cuda"
     res_path = args.out / "kernel_profile.json"
@@ -174,17 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             runner = StepRunner(model, len(shape), ctx, device=dev, cuda_graphs=False, serving=False,
                                 kv_tokens=sum(lens) + 64)  # fmt: skip
             rec = profile_case(runner, kind, shape, args.repeat, args.cpu)
-            graphed = StepRunner(model, len(shape), ctx, device=dev, cuda_graphs=not args.cpu,
+            graphed = StepRunner(model, len(shape), max(ctx, args.max_context), device=dev, cuda_graphs=not args.cpu,
                                  kv_tokens=sum(lens) + 64)  # fmt: skip
-            if kind == "decode":
-                rec["served_step_s"] = graphed.decode(shape)
-            elif kind == "mixed":
-                chunks = [(a, b) for a, b in shape if a > 1]
-                rec["served_step_s"] = graphed.mixed(
-                    chunks, [b + 1 for a, b in shape if a == 1], warmup=2, repeat=5
-                )
-            else:
-                rec["served_step_s"] = graphed.prefill(shape, warmup=2, repeat=5)
+            rec["served_step_s"], again = _served(graphed, kind, shape)
+            rec.update(served_kernels(again, args.repeat, args.cpu))
             graphed = runner = None
         except Exception as exc:  # noqa: BLE001 - one case failing does not lose the others
             rec = {"error": f"{type(exc).__name__}: {exc}"[:500]}
@@ -194,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         if "table" in rec:
             (args.out / f"{case}.txt").write_text(rec.pop("table"))
             log(f"{case}: eager {rec['eager_step_s'] * 1e3:.2f} ms, served {rec['served_step_s'] * 1e3:.2f} ms, "
-                f"kernels {rec['kernel_sum_us'] / 1e3:.2f} ms; top: "
+                f"kernels {rec['kernel_sum_us'] / 1e3:.2f} ms (served: {rec['served_kernel_sum_us'] / 1e3:.2f}); top: "
                 + "; ".join(f"{r['kernel'][:50]} {r['us_per_step']:.0f}us" for r in rec["top"][:4]))  # fmt: skip
         res.setdefault("cases", {})[case] = rec
         res_path.write_text(json.dumps(res, indent=1))

@@ -73,20 +73,23 @@ def case_rows(run: dict, profile) -> list[dict]:
             continue
         model, dtype, kind, shape = SHAPES[name]
         spec = load_model(model)
+        # the served (graphed) step's own kernels where the run profiled them (session 18 on), else the eager step's
+        served = "served_kernel_sum_us" in c
+        top, total = (
+            (c["served_top"], c["served_kernel_sum_us"]) if served else (c["top"], c["kernel_sum_us"])
+        )
         by: dict[str, float] = {}
-        for t in c["top"]:
+        for t in top:
             g = kernel_group(t["kernel"])
             by[g] = by.get(g, 0.0) + t["us_per_step"] / 1e3
-        by["elementwise"] = (
-            by.get("elementwise", 0.0) + (c["kernel_sum_us"] - sum(t["us_per_step"] for t in c["top"])) / 1e3
-        )
+        by["elementwise"] = by.get("elementwise", 0.0) + (total - sum(t["us_per_step"] for t in top)) / 1e3
         cm = CostModel(profile, spec, dtype, "bf16", graph_padding=SERVING_GRAPHS, serving_host=False)
         parts = cm.breakdown(shape_of(cm, kind, shape))
         priced = {"gemm": parts["gemm"], "attention": parts["attention_prefill"] + parts["attention_decode"],
                   "elementwise": parts["elementwise"], "overhead": parts.get("overhead", 0.0)}  # fmt: skip
         out.append({"case": name, "model": model, "dtype": dtype, "kind": kind, "seqs": len(shape),
-                    "served_ms": c["served_step_s"] * 1e3, "kernels_ms": c["kernel_sum_us"] / 1e3,
-                    "gap_ms": c["served_step_s"] * 1e3 - c["kernel_sum_us"] / 1e3,
+                    "served_ms": c["served_step_s"] * 1e3, "kernels_ms": total / 1e3, "kernels_of": served,
+                    "gap_ms": c["served_step_s"] * 1e3 - total / 1e3,
                     "measured": by, "priced": {k: v * 1e3 for k, v in priced.items()},
                     "priced_ms": sum(parts.values()) * 1e3,
                     "used": kind == "decode" and not spec.is_moe and not spec.is_mla})  # fmt: skip
@@ -113,7 +116,8 @@ def fit_gap(rows: list[dict]) -> tuple[float, float]:
 def table(rows: list[dict], run_file: str, profile_name: str, step_s: float, seq_s: float) -> str:
     lines = [f"# GPU time of a CUDA-graph step outside its kernels ({profile_name})", "",
              f"`python benchmarks/step_gap.py {run_file} --profile ...`; the served step (CUDA graph) and its "
-             "kernels' device time (eager, torch.profiler) from `benchmarks/kernel_profile.py`; the cost model's "
+             "kernels' device time (torch.profiler: the graph replay's own kernels where the run has them, marked "
+             "g, else the same step run eagerly) from `benchmarks/kernel_profile.py`; the cost model's "
              f"groups with the profile as it was. Fitted on the dense decode cases (used): {step_s * 1e6:.0f} µs a "
              f"step + {seq_s * 1e6:.2f} µs a sequence.", "",
              "| case | seqs | used | served ms | kernels ms | gap ms | GEMMs meas / priced | attention meas / priced "
@@ -123,7 +127,7 @@ def table(rows: list[dict], run_file: str, profile_name: str, step_s: float, seq
         m, p = r["measured"], r["priced"]
         err = r["priced_ms"] / r["served_ms"] - 1
         lines.append(f"| {r['case']} | {r['seqs']} | {'yes' if r['used'] else ''} | {r['served_ms']:.2f} | "
-                     f"{r['kernels_ms']:.2f} | {r['gap_ms']:+.2f} | {m.get('gemm', 0):.2f} / {p['gemm']:.2f} | "
+                     f"{r['kernels_ms']:.2f}{' g' if r['kernels_of'] else ''} | {r['gap_ms']:+.2f} | {m.get('gemm', 0):.2f} / {p['gemm']:.2f} | "
                      f"{m.get('attention', 0):.2f} / {p['attention']:.2f} | {m.get('elementwise', 0):.2f} / "
                      f"{p['elementwise']:.2f} | {p['overhead']:.2f} | {r['priced_ms']:.2f} ({err:+.1%}) |")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -152,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{a.run}: measured on {run['device']}, but {a.profile} is {want}; use that GPU's run"
             )
         rows = case_rows(run, profile)
-        step_s, seq_s = fit_gap(rows)
+        if a.write or sum(r["used"] for r in rows) >= 2:
+            step_s, seq_s = fit_gap(rows)
+        else:  # a run of other cases (mixed steps, MoE): the table alone
+            step_s = seq_s = float("nan")
         text = table(rows, a.run, profile.name, step_s, seq_s)
         out = Path(a.out) if a.out else RESULTS / f"step_gap_{profile.name}.md"
         out.write_text(text)

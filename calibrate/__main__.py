@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 
@@ -92,7 +93,35 @@ def _fit_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--model", help="model whose accounting to use (default: the run's)")
     p.add_argument("--out-dir", default="hardware_profiles")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument(
+        "--step-overhead",
+        metavar="SECONDS[,PER_SEQUENCE]",
+        help="hold step_overhead_s (and per_sequence_s, default 0) at these measured values instead of fitting "
+        "them (benchmarks/step_gap.py measures a served step's GPU time outside its kernels)",
+    )
+    p.add_argument(
+        "--exclude",
+        metavar="KIND[,KIND]",
+        default="",
+        help="leave these kinds of points out of the fit (e.g. step_mixed measured under an engine rule since "
+        "changed); recorded in the profile",
+    )
     return p
+
+
+def _overheads(text: str | None) -> tuple[float, float] | None:
+    """--step-overhead's value: (seconds a step, seconds a sequence), or None."""
+    if not text:
+        return None
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if not 1 <= len(parts) <= 2 or min(parts) < 0 or not all(math.isfinite(x) for x in parts):
+        raise ConfigError(
+            f"--step-overhead {text!r}: give SECONDS or SECONDS,PER_SEQUENCE (>= 0), e.g. 244e-6"
+        )
+    return parts[0], parts[1] if len(parts) == 2 else 0.0
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> int:
@@ -119,7 +148,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m calibrate") -> in
             a = _fit_parser(prog).parse_args(argv[1:])
             from calibrate.calibration import refit
 
-            refit(a.work_dir, a.name, a.out_dir, a.model, force=a.force)
+            kinds = tuple(k for k in a.exclude.split(",") if k)
+            refit(a.work_dir, a.name, a.out_dir, a.model, force=a.force, overheads=_overheads(a.step_overhead),
+                  exclude=kinds, command=command)  # fmt: skip
         else:
             a = _run_parser(prog).parse_args(argv)
             if a.engine:

@@ -173,14 +173,17 @@ def fit_and_write(
     provenance: dict,
     log=print,
     force: bool = False,
+    overheads: tuple[float, float] | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> tuple[Path, FitResult]:
-    """Fit every group, draw the plots, write the profile; returns its path and the fit."""
-    records = list(store.records.values())
+    """Fit every group, draw the plots, write the profile; returns its path and the fit. `overheads`: measured
+    step terms the fit holds (calibrate.fit.fit_all); `exclude`: kinds of points left out (recorded)."""
+    records = [r for r in store.records.values() if r.kind not in exclude]
     need_measurements(store)
     # checked again at the end: a profile may have been written there while the sweep ran
     profile.check_overwrite(Path(out_dir) / f"{name}.yaml", provenance.get("gpu", ""), force)
     graphs = step_graphs(store.meta)
-    result = fit_all(base, spec, records, graphs=graphs)
+    result = fit_all(base, spec, records, graphs=graphs, overheads=overheads)
     plots = draw(
         result.groups | {f"gemm_{d}": f for d, f in result.extra_gemm.items()},
         work_dir,
@@ -212,6 +215,10 @@ def fit_and_write(
         "step_graphs": step_graphs_name(store.meta) if graphs is not None else "eager",
         "ceilings": c,
     }
+    if exclude:
+        prov["excluded_kinds"] = list(exclude)
+    if overheads is not None:
+        prov["held_overheads"] = {"step_overhead_s": overheads[0], "per_sequence_s": overheads[1]}
     if result.in_step_compute is not None:  # what curves fitted on kernels alone take (calibrate.fit.in_step)
         prov["in_step_compute_factor"] = result.in_step_compute
     if result.extra_gemm:
@@ -323,9 +330,18 @@ def run(opts: Options, log=print) -> Path:
 
 
 def refit(
-    work_dir: str, name: str | None, out_dir: str, model: str | None = None, log=print, force: bool = False
+    work_dir: str,
+    name: str | None,
+    out_dir: str,
+    model: str | None = None,
+    log=print,
+    force: bool = False,
+    overheads: tuple[float, float] | None = None,
+    exclude: tuple[str, ...] = (),
+    command: str | None = None,
 ) -> Path:
-    """Fit again from a work dir's measurements, with no device (e.g. after changing the fit)."""
+    """Fit again from a work dir's measurements, with no device (e.g. after changing the fit); `overheads` and
+    `exclude` as fit_and_write takes them, `command` the one recorded (default: the plain refit's)."""
     if Path(work_dir).exists() and not Path(work_dir).is_dir():
         raise ConfigError(
             f"{work_dir}: is a file, not a work dir; pass the folder python -m calibrate measured into "
@@ -342,6 +358,12 @@ def refit(
     damaged: list[str] = []
     store = Store.open(path, warn=damaged.append)
     need_measurements(store)
+    kinds = sorted({r.kind for r in store.records.values()})
+    unknown = [k for k in exclude if k not in kinds]
+    if unknown:
+        raise ConfigError(
+            f"--exclude {','.join(unknown)}: {path} has no such points; its kinds: {', '.join(kinds)}"
+        )
     meta = store.meta
     model_arg = model or meta.get("model_arg") or meta.get("model", "llama-3.1-8b")
     spec = load_model(model_arg)
@@ -359,13 +381,13 @@ def refit(
     base = base_for_run(base_name, store)
     prov = {
         "gpu": meta.get("gpu", ""),
-        "command": f"python -m calibrate fit {work_dir}",
+        "command": command or f"python -m calibrate fit {work_dir}",
         **{k: v for k, v in meta.items() if k in ("torch", "cuda", "driver", "mode")},
         "device": meta.get("device_info", {}),
     }
     prov.setdefault("notes", "refitted from stored measurements")
     out, result = fit_and_write(
-        store, spec, base, name, Path(out_dir), Path(work_dir), None, prov, log, force
+        store, spec, base, name, Path(out_dir), Path(work_dir), None, prov, log, force, overheads, exclude
     )
     log(error_table(result))
     log(f"wrote {out}")

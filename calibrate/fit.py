@@ -31,7 +31,7 @@ MEMORY_ONLY = {"attention_decode", "elementwise"}
 # python -m calibrate.group_from_run calibration_runs/h200_session14_moe --group moe) one blended curve over all 28
 # points misses the 6 held out by a median 3.9% (p90 7.4%, q = 1.2), where the max form needed two curves split at
 # 64 rows an expert and still missed their held-out points by 3.7% / 15.0% (p90 8.9% / 16.4%).
-BLENDED = {"moe", "moe_large"}
+BLENDED = {"gemm", "moe", "moe_large"}
 BLEND_BOUNDS = (1.0, 20.0)
 
 
@@ -282,10 +282,13 @@ def fit_all(
     records: list[Record],
     refine: bool = True,
     graphs: GraphRule | None = SERVING_GRAPHS,
+    overheads: tuple[float, float] | None = None,
 ) -> FitResult:
     """All stages over every ok record; groups without data keep the base profile's values. The whole steps
     are priced as they ran: through the CUDA graphs of `graphs` (the store's, measurements.step_graphs; None:
-    eagerly, unpadded).
+    eagerly, unpadded). `overheads` (step_overhead_s, per_sequence_s), where given, are measured elsewhere
+    (benchmarks/step_gap.py: a served step's GPU time outside its kernels) and held in stages 2 and 3: the
+    steps cannot tell a constant from a bias of the curves at small sizes, and a measured one settles it.
 
     Errors are those of the final efficiencies: on each group's microbenchmarks and on whole steps,
     training and held-out points apart.
@@ -321,7 +324,9 @@ def fit_all(
     eff = base.model_copy(update=new)
     steps = [r for k in STEP_KINDS for r in by.get(k, [])]
     train = [r for r in steps if not r.holdout]
-    if len(train) >= 2:
+    if overheads is not None:
+        eff = eff.model_copy(update={"step_overhead_s": overheads[0], "per_sequence_s": overheads[1]})
+    elif len(train) >= 2:
         cm2 = CostModel(with_efficiency(profile, eff), model, serving_host=False, graph_padding=graphs)
         g_s, seqs = step_predictions(cm2, train)
         o, s = fit_overheads(g_s, seqs, np.array([r.seconds for r in train], float))
@@ -330,30 +335,30 @@ def fit_all(
     if refine and len(train) >= 8:
         fitted = {g: [r for r in micro[g] if not r.holdout] for g in GROUPS}
         alone = eff.gemm
-        eff = refine_on_steps(profile, model, eff, fitted, train, graphs=graphs)
+        eff = refine_on_steps(
+            profile, model, eff, fitted, train, graphs=graphs, hold_overheads=overheads is not None
+        )
         # The whole steps are bf16, so only the bf16 GEMM curve learns how GEMMs run inside a step; the curves
         # the steps could not teach take the same factor on their compute asymptote (_take_in_step)
         kc = eff.gemm.compute / alone.compute
         eff, extra = _take_in_step(cm, model, eff, extra, eight_bit, ran, kc)
 
-    # the serving loop's host costs are measured, not fitted: the run's, else the base profile's
-    from calibrate.serving import QUANTITIES
-
-    serving = {k: getattr(base, k) for k in QUANTITIES}
-    serving.update(
-        {
-            r.params["quantity"]: r.seconds
-            for r in by.get("serving", [])
-            if r.params.get("quantity") in serving
-        }
-    )
-    eff = eff.model_copy(update=serving)
+    eff = eff.model_copy(update=_serving_terms(base, by.get("serving", [])))
     fits = {
         g: evaluate_group(cm, g, micro[g], getattr(eff, g)) for g in GROUPS if getattr(eff, g) is not None
     }
     if steps:
         fits.update(evaluate_steps(profile, model, eff, steps, graphs))
     return FitResult(eff, fits, extra, kc)
+
+
+def _serving_terms(base: Efficiencies, records: list[Record]) -> dict[str, float]:
+    """The serving loop's host costs: measured, not fitted (the run's `serving` points, else the base profile's)."""
+    from calibrate.serving import QUANTITIES
+
+    serving = {k: getattr(base, k) for k in QUANTITIES}
+    serving.update({r.params["quantity"]: r.seconds for r in records if r.params.get("quantity") in serving})
+    return serving
 
 
 # ------------------------------------------------------------------ kernels timed alone, priced in steps
@@ -461,6 +466,7 @@ def refine_on_steps(
     steps: list[Record],
     prior_weight: float = 0.1,
     graphs: GraphRule | None = SERVING_GRAPHS,
+    hold_overheads: bool = False,
 ) -> Efficiencies:
     """Refit every group and the overheads jointly on whole steps, the microbenchmarks acting as a prior.
 
@@ -486,6 +492,9 @@ def refine_on_steps(
     w_micro = {g: np.sqrt(prior_weight * len(steps) / len(groups) / len(micro[g])) for g in groups}
 
     x0, lo, hi, slots = _parameter_layout(eff, active, t_micro, float(t_steps.max()), peak, bw)
+    if hold_overheads:  # measured elsewhere: not parameters
+        x0, lo, hi = x0[:-2], lo[:-2], hi[:-2]
+    held = (eff.step_overhead_s, eff.per_sequence_s)
 
     def unpack(x) -> tuple[dict[str, list[float]], Efficiencies]:
         thetas, new = {}, {}
@@ -498,7 +507,8 @@ def refine_on_steps(
                 th[2] = th[3]
             thetas[g] = th
             new[g] = to_efficiency(th, peak, bw)
-        new.update(step_overhead_s=float(x[-2]), per_sequence_s=float(x[-1]))
+        o, q = held if hold_overheads else (float(x[-2]), float(x[-1]))
+        new.update(step_overhead_s=o, per_sequence_s=q)
         return thetas, eff.model_copy(update=new)
 
     def resid(x):

@@ -89,6 +89,8 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
             f"{path}: {len(recs)} '{group}' points; the run needs that group (rerun with --redo {kind})"
         )
     base = getattr(prof.efficiency, group) or prof.efficiency.gemm
+    if group == "gemm":  # the bf16 curve (fit_all fits each other dtype's points as its own curve)
+        recs = [r for r in recs if r.params.get("dtype", "bf16") == "bf16"]
     recs = sorted(recs, key=lambda r: r.key)
     fit = fit_group(cm, group, recs, base)
     if fit.eff is None:
@@ -134,7 +136,7 @@ def write_in_step(path: Path, factor: float, source: dict) -> None:
     top = [ln for ln in text.splitlines() if ln and not ln[0].isspace() and not ln.startswith("#")]
     if not top or top[-1] != "calibration:":  # the profile writer's layout: calibration last
         raise ConfigError(f"{path}: no calibration section at its end (is it a calibrated profile?)")
-    lines = _drop(text.splitlines(keepends=True), "  in_step_source:\n", 2)
+    lines = drop_block(text.splitlines(keepends=True), "  in_step_source:\n", 2)
     lines = [ln for ln in lines if not ln.startswith("  in_step_compute_factor:")]
     new = "".join(lines + [f"  in_step_compute_factor: {factor!r}\n"] + _block("in_step_source", source, 2))
     yaml.safe_load(new)
@@ -165,7 +167,7 @@ def write_terms(
 ) -> None:
     """Replace efficiency lines (`values`) in place, a quantity in `optional` the profile predates inserted after
     the eager launch's line, and (re)write calibration.<source_key>; every other line as it was."""
-    lines = _drop(path.read_text().splitlines(keepends=True), f"  {source_key}:\n", 2)
+    lines = drop_block(path.read_text().splitlines(keepends=True), f"  {source_key}:\n", 2)
     for q, v in values.items():
         at = [i for i, ln in enumerate(lines) if ln.startswith(f"  {q}:")]
         if not at and q in optional:  # a quantity the profile predates: its line after the eager launch's
@@ -187,7 +189,7 @@ def _block(key: str, value, indent: int) -> list[str]:
     return [" " * indent + ln + "\n" for ln in text.splitlines()]
 
 
-def _drop(lines: list[str], header: str, indent: int) -> list[str]:
+def drop_block(lines: list[str], header: str, indent: int) -> list[str]:
     """`lines` without the block that starts at `header` (its deeper-indented lines included)."""
     if header not in lines:
         return lines
@@ -206,9 +208,11 @@ def write_profile(path: Path, group: str, eff: dict, errors: dict, source: dict,
         raise ConfigError(f"{path}: efficiency.{group} is already there; pass --replace to refit it")
     lines = text.splitlines(keepends=True)
     lines = (
-        _drop(lines, f"  {group}:\n", 2) if (data.get("efficiency") or {}).get(group) is not None else lines
+        drop_block(lines, f"  {group}:\n", 2)
+        if (data.get("efficiency") or {}).get(group) is not None
+        else lines
     )
-    lines = _drop(lines, f"  {group}_source:\n", 2)
+    lines = drop_block(lines, f"  {group}_source:\n", 2)
     fe = "  fit_errors_pct:\n"
     if fe in lines:  # drop an earlier entry for the group inside fit_errors_pct
         start = lines.index(fe)

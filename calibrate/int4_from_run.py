@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from calibrate.fit import Errors, GroupFit, fit_group, in_step_factor, in_step_fit
+from calibrate.group_from_run import drop_block
 from calibrate.measurements import Record
 from core.cost_model import CostModel
 from core.errors import ConfigError
@@ -117,9 +118,11 @@ def errors_of(recs: list[Record], pred: list[float]) -> dict:
     return out
 
 
-def write_profile(path: Path, curve: dict, others: dict, source: dict) -> None:
+def write_profile(path: Path, curve: dict, others: dict, source: dict, replace: bool = False) -> None:
     """Insert the int4 curve at the end of `calibration.gemm_by_dtype` and the other families' curves and the
-    source after it (two-space YAML as the profile writer emits), leaving every other line as it was."""
+    source after it (two-space YAML as the profile writer emits), leaving every other line as it was; with
+    `replace`, an int4 curve already there (a sweep's own int4 points, or an earlier run) and its families and
+    source go first."""
     text = path.read_text()
     lines = text.splitlines(keepends=True)
     try:
@@ -127,7 +130,12 @@ def write_profile(path: Path, curve: dict, others: dict, source: dict) -> None:
     except ValueError:
         raise ConfigError(f"{path}: no calibration.gemm_by_dtype block to add int4 to") from None
     if "int4" in (yaml.safe_load(text).get("calibration", {}).get("gemm_by_dtype") or {}):
-        raise ConfigError(f"{path}: calibration.gemm_by_dtype already has int4")
+        if not replace:
+            raise ConfigError(
+                f"{path}: calibration.gemm_by_dtype already has int4; pass --replace to refit it"
+            )
+        lines = lines[:start] + drop_block(lines[start:], "    int4:\n", 4)
+        lines = drop_block(drop_block(lines, "  int4_kernel_curves:\n", 2), "  int4_source:\n", 2)
     end = start + 1
     while end < len(lines) and lines[end].startswith("    "):
         end += 1
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--date", required=True, help="date of the GPU run (YYYY-MM-DD)")
     ap.add_argument("--write", action="store_true", help="write the curve into --profile (else only report)")
+    ap.add_argument("--replace", action="store_true", help="write over an int4 curve the profile already has")
     a = ap.parse_args(argv)
     try:
         run = json.loads(Path(a.run).read_text())
@@ -178,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{f} curve: {e['train']} fitted, {e['holdout']} held out (its own points)")
         if a.write:
             source = {
-                "command": f"python -m calibrate.int4_from_run {a.run} --profile {a.profile} --date {a.date} --write",
+                "command": f"python -m calibrate.int4_from_run {a.run} --profile {a.profile} --date {a.date} --write"
+                + (" --replace" if a.replace else ""),
                 "run_command": run.get("command", ""),
                 "date": a.date,
                 "gpu": run.get("gpu", ""),
@@ -201,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 fits[first].eff.model_dump(),
                 {f: g.eff.model_dump() for f, g in fits.items() if f != first},
                 source,
+                a.replace,
             )
             print(f"wrote calibration.gemm_by_dtype.int4 into {a.profile}")
     except (ConfigError, OSError, KeyError, ValueError) as e:

@@ -404,6 +404,8 @@ class CostModel:
         t_m = (copies * k * n * self.wbytes + slots * (k + n) * ACT_BYTES + e.memory_ramp_bytes) / (
             e.memory * self.bw
         ) + e.memory_ramp_s
+        if e.blend:  # streams the weights and computes at once: slower than either near the ridge
+            return blend_terms(t_c + e.launch_s, t_m + e.launch_s, e.blend)
         return (t_c if t_c > t_m else t_m) + e.launch_s
 
     def gemm_time(self, tokens: int, logits_tokens: int, rows: int = 0) -> float:

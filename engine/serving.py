@@ -62,6 +62,13 @@ TRACE_FIELDS = ("end_s", "schedule_s", "prepare_s", "execute_s", "record_s", "la
                 "decode_seqs", "decode_context_tokens", "logits_tokens", "fresh_seqs", "fresh_tokens", "fresh_pairs",
                 "fresh_padded_pairs", "spec_seqs", "compiles")  # fmt: skip
 IDLE_SPIN_S = 2e-3  # below this gap to the next arrival, spin instead of sleeping (sleep overshoots ~0.1 ms)
+# A mixed step's decodes take split work units when their contexts are uneven (balanced_units), as a decode step's
+# do: one unit a sequence lets the longest decode set the attention's time. Before session 18 a mixed graph took
+# one unit a sequence whenever its token count filled the GPU (whole_units by count), whatever its decodes'
+# contexts; calibration's and validation's mixed steps, whose decodes have lognormal contexts (the longest 2-13x
+# the mean), then took 1.5-4.5 ms over their price (calibration_runs/h200_session17_validate). False: that rule
+# (benchmarks/kernel_profile.py --mixed-units whole measures it).
+SPLIT_MIXED = True
 
 
 # ---------------------------------------------------------------------------------------------- KV regions
@@ -242,6 +249,8 @@ class Executor:
         # sizes whose graph runs one unit per sequence also get a split graph, for steps of uneven contexts
         self.split_graphs: dict[int, _DecodeGraph] = {}
         self.mixed_graphs: dict[int, _MixedGraph] = {}
+        # ... and so do mixed-step sizes: their decodes take split units when their contexts are uneven
+        self.split_mixed_graphs: dict[int, _MixedGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.vocab = model.spec.vocab_size
         self.graph_pool_bytes = 0
@@ -279,6 +288,8 @@ class Executor:
         if self.static_mixed:
             for size in reversed(self.mixed_sizes):
                 self._mixed_graph(size)
+                if SPLIT_MIXED:
+                    self._mixed_graph(size, split=True)  # where the first runs one unit each
         plans = 0
         if self.cuda and max_prompt and not self.model.spec.is_mla:
             k_pool, v_pool = self.model.kv[0]
@@ -286,7 +297,8 @@ class Executor:
         self.eager_launch_s = self.measure_launch()
         self.warm_eager()
         if log:
-            log(f"warm-up: {len(self.graphs) + len(self.split_graphs)} decode and {len(self.mixed_graphs)} mixed-step graphs, {plans} "
+            log(f"warm-up: {len(self.graphs) + len(self.split_graphs)} decode and "
+                f"{len(self.mixed_graphs) + len(self.split_mixed_graphs)} mixed-step graphs, {plans} "
                 f"fresh-prompt lengths, eager launch "
                 f"{self.eager_launch_s * 1e3:.2f} ms a step ({self.eager_launch_s / self.model.num_layers * 1e6:.0f} "
                 f"µs a layer) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
@@ -546,7 +558,13 @@ class Executor:
     def _mixed(self, prefills, decodes) -> torch.Tensor:
         """A step with prompt chunks through the graph of its padded token count; logits and sampling eager."""
         t = sum(c for _, _, c, _, _ in prefills) + (0 if decodes is None else len(decodes[0]))
-        g = self._mixed_graph(self.mixed_sizes[bisect.bisect_left(self.mixed_sizes, t)])
+        size = self.mixed_sizes[bisect.bisect_left(self.mixed_sizes, t)]
+        split = False
+        if SPLIT_MIXED and decodes is not None and len(decodes[1]):
+            # the decode slots' contexts (decodes, then one-key dummies) as the units are planned over them
+            k_lens = np.concatenate([decodes[1], np.ones(size - t, dtype=np.int64)])
+            split = not balanced_units(k_lens, self.target)
+        g = self._mixed_graph(size, split)
         rows = self._fill_mixed(g, prefills, decodes)
         if g.graph is not None:
             g.graph.replay()
@@ -619,15 +637,20 @@ class Executor:
         self.graphs.clear()
         self.split_graphs.clear()
         self.mixed_graphs.clear()
+        self.split_mixed_graphs.clear()
         if self.use_graphs:
             torch.cuda.synchronize(self.device)
             self.pool = torch.cuda.graph_pool_handle()
 
-    def _mixed_graph(self, size: int) -> _MixedGraph:
-        g = self.mixed_graphs.get(size)
+    def _mixed_graph(self, size: int, split: bool = False) -> _MixedGraph:
+        """The mixed-step graph of `size` tokens; with `split`, for a size whose graph runs one decode unit per
+        sequence, its second graph with split units (steps whose decodes' contexts are uneven), as `_graph`."""
+        split = split and whole_units(size, self.target)
+        graphs = self.split_mixed_graphs if split else self.mixed_graphs
+        g = graphs.get(size)
         if g is not None:
             return g
-        g = self.mixed_buffers(size)
+        g = self.mixed_buffers(size, whole=False if split else None)
         if self.use_graphs:
             tokens = g.i64[:size]
             stream = torch.cuda.Stream(self.device)
@@ -640,15 +663,17 @@ class Executor:
             with torch.cuda.graph(graph, pool=self.pool):
                 g.hidden = self.model.hidden(tokens, g.layout)
             g.graph = graph
-        self.mixed_graphs[size] = g
+        graphs[size] = g
         return g
 
-    def mixed_buffers(self, size: int) -> _MixedGraph:
-        """The static buffers and layout of a step of `size` tokens with up to `mixed_seqs` prompt chunks (no graph:
-        `_mixed_graph` captures one on them; engine/speculative.py's round graphs capture their own)."""
+    def mixed_buffers(self, size: int, whole: bool | None = None) -> _MixedGraph:
+        """The static buffers and layout of a step of `size` tokens with up to `mixed_seqs` prompt chunks, its
+        decodes one unit each (`whole`; default whole_units by count) or split (no graph: `_mixed_graph` captures
+        one on them; engine/speculative.py's round graphs capture their own)."""
         dev, npf = self.device, self.mixed_seqs
         ns = npf + size
-        cap = unit_capacity(self.target, size, waves=self.waves)
+        whole = whole_units(size, self.target) if whole is None else whole
+        cap = unit_capacity(self.target, size, whole, waves=self.waves)
         n32 = 3 * ns + 2 + 3 * cap + size + 1
         g = _MixedGraph(
             size=size,
@@ -665,8 +690,7 @@ class Executor:
                  "seq_units": i32[o + 3 * cap :]}  # fmt: skip
         g.layout = StepLayout(
             [1] * ns, [1] * ns, [0] * ns, i32[: ns + 1], i32[ns + 1 : 2 * ns + 2], i32[2 * ns + 2 : 3 * ns + 2],
-            g.i64[size : 2 * size], g.i64[2 * size :], size, self.max_k, npf, ns, units,
-            whole_units(size, self.target),
+            g.i64[size : 2 * size], g.i64[2 * size :], size, self.max_k, npf, ns, units, whole,
         )  # fmt: skip
         # capture on padding only: one empty chunk slot... every token a one-token dummy in scratch
         self._fill_mixed(g, [], None)

@@ -26,6 +26,7 @@ TRUTH = Efficiencies(
         compute_ramp_s=3.0e9 / (0.74 * PROFILE.peak_flops("bf16")),
         memory_ramp_s=0.0,
         launch_s=4.0e-6,
+        blend=3.0,  # dense GEMMs near the ridge (cuBLAS's tile-size knee): calibrate.fit.BLENDED
     ),
     attention_prefill=OpEfficiency(
         compute=0.42,

@@ -79,3 +79,23 @@ def test_write_keeps_every_other_line_and_the_cost_model_uses_the_curves(tmp_pat
     assert t_slow > 1e-3 > t4  # the fast family's curve wins where it is faster
     with pytest.raises(fr.ConfigError, match="already has int4"):
         fr.write_profile(prof, slow, {}, {})
+
+
+def test_replace_writes_over_the_int4_curve_and_keeps_every_other_line(tmp_path):
+    """--replace: a profile that already has an int4 curve (a sweep's own int4 points, or an earlier run) gets the
+    new curve, families and source in place of the old ones, once each; every other line stays."""
+    prof = tmp_path / "p.yaml"
+    shutil.copy(ROOT / "hardware_profiles/h100-sxm.yaml", prof)
+    before = prof.read_text().splitlines()
+    old = {"compute": 0.01, "memory": 0.01, "launch_s": 1e-3}
+    new = {"compute": 0.5, "memory": 0.6, "launch_s": 2e-6}
+    fr.write_profile(prof, old, {"a": old}, {"date": "2026-12-02"})
+    fr.write_profile(prof, new, {"b": new}, {"date": "2026-12-03"}, replace=True)
+    text = prof.read_text()
+    for key in ("\n    int4:", "\n  int4_kernel_curves:", "\n  int4_source:"):
+        assert text.count(key) == 1, key
+    cal = read_profile(prof).calibration
+    assert cal.gemm_by_dtype["int4"]["compute"] == 0.5 and set(cal.int4_kernel_curves) == {"b"}
+    assert cal.int4_source["date"] == "2026-12-03"
+    after = text.splitlines()
+    assert [ln for ln in after if ln in before] == before

@@ -184,3 +184,32 @@ def test_eager_prompt_steps_wait_for_the_host_to_launch():
     )
     # the calibrated H100 carries the engine's measured launch time (hundreds of µs a layer)
     assert 1e-4 < base.efficiency.eager_launch_s_per_layer < 5e-3
+
+
+def test_a_blended_gemm_curve_prices_the_knee_at_the_ridge():
+    """OpEfficiency.blend on the dense GEMM curve (calibrate.fit.BLENDED): a weight GEMM costs the q-norm of its
+    compute and memory terms, so it is dearest relative to the max form where they are equal (cuBLAS's tile-size
+    knee, 160-192 rows on an H200) and tends to the max form away from it; without `blend`, the max form."""
+    prof = load_profile("h200")
+    plain = prof.efficiency.gemm.model_copy(
+        update={
+            "compute_ramp_s": 0.0,
+            "memory_ramp_s": 0.0,
+            "compute_ramp_flops": 0.0,
+            "memory_ramp_bytes": 0.0,
+            "launch_s": 0.0,
+            "blend": None,
+        }  # fmt: skip
+    )
+    q = 3.0
+    costs = {}
+    for eff in (plain, plain.model_copy(update={"blend": q})):
+        p = prof.model_copy(update={"efficiency": prof.efficiency.model_copy(update={"gemm": eff})})
+        cm = CostModel(p, load_model("llama-3.1-8b"), serving_host=False)
+        costs[eff.blend] = {
+            m: cm._weight_gemm(m, 4096, 4096) for m in (1, 8, 64, 128, 160, 192, 256, 2048, 8192)
+        }
+    ratio = {m: costs[q][m] / costs[None][m] for m in costs[q]}
+    ridge = max(ratio, key=ratio.get)
+    assert ridge in (128, 160, 192, 256) and 1.15 < ratio[ridge] <= 2 ** (1 / q) + 1e-9
+    assert ratio[1] < 1.01 and ratio[8192] < 1.02 and all(r >= 1.0 for r in ratio.values())
