@@ -43,10 +43,15 @@ def test_in_step_scales_the_compute_side_only():
     assert in_step(e, 1.5).compute == 1.0  # an efficiency stays a share of the peak
 
 
+def own_run() -> Path:
+    """The work dir the committed h200 profile was fitted on (its calibration.measurements.file)."""
+    return ROOT / Path(read_profile(H200).calibration.measurements["file"]).parent
+
+
 def test_the_h200_profile_carries_its_factor_from_its_own_run():
     f = in_step_factor(read_profile(H200))
     assert f is not None and 0.8 < f < 1.0
-    factor, fit, _ = group_from_run.in_step_from_run(ROOT / "calibration_runs" / "h200", H200)
+    factor, fit, _ = group_from_run.in_step_from_run(own_run(), H200)
     assert factor == pytest.approx(f, rel=1e-4)
     assert fit.eff.compute * factor == pytest.approx(read_profile(H200).efficiency.gemm.compute)
 
@@ -90,7 +95,7 @@ def test_memory_only_groups_are_left_as_fitted(tmp_path):
 def test_in_step_factor_needs_the_profiles_own_run(tmp_path, capsys):
     p = tmp_path / "h200.yaml"
     shutil.copy(H200, p)
-    other = ROOT / "calibration_runs" / "h200_session16_serving"
+    other = ROOT / "calibration_runs" / "h200"  # not the profile's own run (h200_session16_serving)
     assert (
         group_from_run.main([str(other), "--in-step-factor", "--profile", str(p), "--date", "2026-12-03"])
         == 2
@@ -106,7 +111,7 @@ def test_in_step_factor_needs_the_profiles_own_run(tmp_path, capsys):
 def test_in_step_factor_is_written_once(tmp_path):
     p = without_factor(H200, tmp_path / "h200.yaml")
     argv = [
-        str(ROOT / "calibration_runs" / "h200"),
+        str(own_run()),
         "--in-step-factor",
         "--profile",
         str(p),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.cost_model import BatchShape, CostModel
+from core.cost_model import BatchShape, CostModel, blend_terms
 from core.errors import ConfigError
 from core.gpu_transfer import ramp_times, transfer, transferred_profile
 from core.hardware import load_profile, weight_format
@@ -62,17 +62,29 @@ def test_batch_one_decode_on_a_t4_pays_no_ramp_surcharge(model, dtype, before_ex
 
 
 def test_h100_and_h200_keep_their_own_curves_exactly(h100):
-    """The measured profiles' FLOP ramps add to a zero time ramp: their step times are unchanged bit for bit."""
+    """A measured profile's curve prices a GEMM exactly by its own spelling: the H100's FLOP ramps add to a zero
+    time ramp (max form), the H200's time ramps (since session 18, with its blended GEMM curve) likewise."""
     spec = load_model("llama-3.1-8b")
     b = BatchShape.of([(512, 0)], [700] * 8)
     for name in ("h100-sxm", "h200"):
         p = load_profile(name)
         e = p.efficiency.gemm
-        assert e.compute_ramp_s == 0.0 and e.memory_ramp_s == 0.0
+        assert (e.compute_ramp_s == 0.0 and e.memory_ramp_s == 0.0) or (
+            e.compute_ramp_flops == 0.0 and e.memory_ramp_bytes == 0.0
+        )
         t = CostModel(p, spec, serving_host=False)._weight_gemm(64, 4096, 4096)
-        t_c = (2.0 * 64 * 4096 * 4096 + e.compute_ramp_flops) / (e.compute * p.peak_flops("bf16"))
-        t_m = (4096 * 4096 * 2 + 64 * 8192 * 2.0 + e.memory_ramp_bytes) / (e.memory * p.memory_bandwidth)
-        assert t == max(t_c, t_m) + e.launch_s  # exact
+        t_c = (2.0 * 64 * 4096 * 4096 + e.compute_ramp_flops) / (
+            e.compute * p.peak_flops("bf16")
+        ) + e.compute_ramp_s
+        t_m = (4096 * 4096 * 2 + 64 * 8192 * 2.0 + e.memory_ramp_bytes) / (
+            e.memory * p.memory_bandwidth
+        ) + e.memory_ramp_s
+        want = (
+            blend_terms(t_c + e.launch_s, t_m + e.launch_s, e.blend)
+            if e.blend
+            else max(t_c, t_m) + e.launch_s
+        )
+        assert t == want  # exact
         assert CostModel(p, spec).step_time(b) > 0
 
 
