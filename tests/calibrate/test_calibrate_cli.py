@@ -177,3 +177,18 @@ def test_cpu_quick_end_to_end_then_resume_and_validate(tmp_path, tiny_config, ca
     )
     assert main(["fit", str(work), "--name", "cpu-tiny", "--out-dir", str(out)]) == 0
     assert load_profile(str(out / "cpu-tiny.yaml")).calibration.gpu == "cpu"
+
+    # --step-overhead holds a measured step term through the fit, --exclude leaves a kind out: both recorded;
+    # a bad value or an unknown kind is one clear line
+    fit = ["fit", str(work), "--name", "cpu-tiny", "--out-dir", str(out)]
+    assert main([*fit, "--step-overhead", "3e-4", "--exclude", "step_mixed"]) == 0
+    held = load_profile(str(out / "cpu-tiny.yaml"))
+    assert (held.efficiency.step_overhead_s, held.efficiency.per_sequence_s) == (3e-4, 0.0)
+    cal = held.calibration.model_extra
+    assert cal["excluded_kinds"] == ["step_mixed"] and "--step-overhead 3e-4" in held.calibration.command
+    assert cal["held_overheads"] == {"step_overhead_s": 3e-4, "per_sequence_s": 0.0}
+    capsys.readouterr()
+    assert main([*fit, "--step-overhead", "-1e-4"]) == 2
+    assert "--step-overhead" in one_clear_line(capsys.readouterr().err)
+    assert main([*fit, "--exclude", "step_mixd"]) == 2
+    assert "its kinds" in one_clear_line(capsys.readouterr().err)

@@ -305,3 +305,36 @@ def test_uneven_decode_steps_take_the_split_graph(model):
     ex._decode(starts, np.full(size, 20, dtype=np.int64), tokens)
     ex._decode(starts, np.array([90] + [3] * (size - 1), dtype=np.int64), tokens)
     assert seen == [True, False]
+
+
+def test_uneven_decodes_of_a_mixed_step_take_the_split_graph(model):
+    """A mixed-step size whose graph runs one decode unit per sequence keeps a second, split graph (session 18):
+    a step whose decodes' contexts are uneven replays it, an even one the whole one, and both give the eager
+    step's tokens; engine.serving.SPLIT_MIXED off keeps the one graph."""
+    from engine import serving
+    from engine.attention import whole_units
+
+    ex = Executor(model, 4096, 32, device="cpu", static_mixed=True, mixed_graph_tokens=128)
+    ex.warmup()
+    size = next(s for s in ex.mixed_sizes if whole_units(s - 2, ex.target))
+    assert size in ex.split_mixed_graphs and not ex.split_mixed_graphs[size].layout.whole_units
+    assert ex.mixed_graphs[size].layout.whole_units
+    seen = []
+    fill = ex._fill_mixed
+    ex._fill_mixed = lambda g, *a: (seen.append(g.layout.whole_units), fill(g, *a))[1]
+    n = size - 2  # two prompt tokens and n decodes fill the graph: no dummies
+    starts = np.arange(n, dtype=np.int64) * 40
+    tokens = np.arange(1, n + 1, dtype=np.int64) % 50 + 1
+    chunk = [(n * 40 + 100, 0, 2, np.array([3, 4], dtype=np.int64), True)]
+    for ctx in (np.full(n, 20, dtype=np.int64), np.array([3] * (n - 1) + [90], dtype=np.int64)):
+        ids = ex._mixed(chunk, (starts, ctx, tokens)).cpu().numpy()
+        eager = ex._eager(chunk, (starts, ctx, tokens)).cpu().numpy()
+        assert (ids == eager).all()
+    assert seen == [True, False]
+    serving.SPLIT_MIXED = False
+    try:
+        seen.clear()
+        ex._mixed(chunk, (starts, np.array([3] * (n - 1) + [90], dtype=np.int64), tokens))
+        assert seen == [True]
+    finally:
+        serving.SPLIT_MIXED = True
