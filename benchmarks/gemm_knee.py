@@ -20,8 +20,8 @@ from pathlib import Path
 import _checkout  # noqa: F401  (the checkout's root on sys.path)
 import numpy as np
 
-import calibrate.fit as fit
-from calibrate.group_from_run import _group_points, _run_model
+from calibrate.fit import fit_group
+from calibrate.group_from_run import group_points
 from calibrate.measurements import Store
 from core.errors import ConfigError
 from core.hardware import load_profile
@@ -38,17 +38,11 @@ def fits(run: Path) -> list[dict]:
     store = Store.open(path, warn=lambda m: None)
     base = (store.meta or {}).get("base") or "h100-sxm"
     prof = load_profile(base)
-    _run_model(store)  # the run's model must load (its accounting prices the points)
-    cm, recs = _group_points(store, prof, "gemm")
+    cm, recs = group_points(store, prof, "gemm")
     recs = [r for r in recs if r.params.get("dtype", "bf16") == "bf16"]
     out = []
     for form, blended in (("max", False), ("blended", True)):
-        keep = fit.BLENDED
-        fit.BLENDED = (keep | {"gemm"}) if blended else (keep - {"gemm"})
-        try:
-            g = fit.fit_group(cm, "gemm", recs, prof.efficiency.gemm)
-        finally:
-            fit.BLENDED = keep
+        g = fit_group(cm, "gemm", recs, prof.efficiency.gemm, blend=blended)
         m = np.array([r.params["m"] for r in recs])
         err = np.array([row["predicted_s"] / row["measured_s"] - 1.0 for row in g.rows]) * 100
         bands = {}

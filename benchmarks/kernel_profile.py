@@ -128,14 +128,7 @@ def profile_case(runner: StepRunner, kind: str, shape: list[int], repeat: int, c
     if not cpu:
         torch.cuda.synchronize()
     eager_s = (time.perf_counter() - t0) / repeat
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if not cpu:
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        for _ in range(repeat):
-            fn()
-        if not cpu:
-            torch.cuda.synchronize()
+    prof = _profiled(lambda: [fn() for _ in range(repeat)], cpu)
     rows = _device_rows(prof, repeat, cpu)
     sort = "self_cuda_time_total" if not cpu else "self_cpu_time_total"
     try:
@@ -144,6 +137,18 @@ def profile_case(runner: StepRunner, kind: str, shape: list[int], repeat: int, c
         table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
     return {"eager_step_s": eager_s, "kernel_sum_us": sum(r["us_per_step"] for r in rows), "top": rows[:40],
             "table": table}  # fmt: skip
+
+
+def _profiled(run, cpu: bool):
+    """torch.profiler over `run()` (CUDA activity too on the GPU, synchronised before it stops)."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if not cpu:
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        run()
+        if not cpu:
+            torch.cuda.synchronize()
+    return prof
 
 
 def _device_rows(prof, repeat: int, cpu: bool) -> list[dict]:
@@ -164,14 +169,7 @@ def served_kernels(step, repeat: int, cpu: bool) -> dict:
     """The served step's own device work: `step(repeat)` (the graphed runner's timed call, its graphs already
     captured) under the profiler; a CUDA graph's kernels are recorded one by one. Beside the step's span this
     splits its time into kernels and the GPU's idle time between them."""
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if not cpu:
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        step(repeat)
-        if not cpu:
-            torch.cuda.synchronize()
-    rows = _device_rows(prof, repeat, cpu)
+    rows = _device_rows(_profiled(lambda: step(repeat), cpu), repeat, cpu)
     return {"served_kernel_sum_us": sum(r["us_per_step"] for r in rows), "served_top": rows[:25]}
 
 

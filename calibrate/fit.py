@@ -143,8 +143,11 @@ def fit_roofline(w: Work, seconds, bw: float, compute_fixed: float | None = None
     return np.array(unpack(best.x), float)
 
 
-def fit_group(cm: CostModel, group: str, records: list[Record], base: OpEfficiency) -> GroupFit:
-    """Fit one group's efficiency on its non-held-out points; errors on both sets."""
+def fit_group(
+    cm: CostModel, group: str, records: list[Record], base: OpEfficiency, blend: bool | None = None
+) -> GroupFit:
+    """Fit one group's efficiency on its non-held-out points; errors on both sets. `blend`: the blended form
+    (OpEfficiency.blend) or the max form; default the group's (BLENDED)."""
     train = [r for r in records if not r.holdout]
     if len(train) < 3:
         return GroupFit(group, None, Errors(), Errors())
@@ -154,7 +157,8 @@ def fit_group(cm: CostModel, group: str, records: list[Record], base: OpEfficien
     w_train = Work(w_all.flops[~hold], w_all.nbytes[~hold], w_all.peak[~hold], [])
     bw = cm.bw
     fixed = base.compute if group in MEMORY_ONLY else None
-    theta = fit_roofline(w_train, t_all[~hold], bw, fixed, blend=group in BLENDED and fixed is None)
+    blend = group in BLENDED if blend is None else blend
+    theta = fit_roofline(w_train, t_all[~hold], bw, fixed, blend=blend and fixed is None)
     if group in MEMORY_ONLY:  # the compute term never binds: give it the memory term's constant
         theta[2] = theta[3]
     pred = roofline(theta, w_all.flops, w_all.nbytes, w_all.peak, bw)
@@ -438,10 +442,11 @@ def _parameter_layout(
     t_step_max: float,
     peak: float,
     bw: float,
+    overheads: bool = True,
 ) -> tuple[list[float], list[float], list[float], dict]:
-    """refine_on_steps' parameters: per group (c, m, A, Bm), or (m, A, Bm) for memory-only groups, then the step
-    overhead and per-sequence time. Returns (start values, lower and upper bounds, each group's (first index,
-    parameter names, its theta))."""
+    """refine_on_steps' parameters: per group (c, m, A, Bm), or (m, A, Bm) for memory-only groups, then (unless
+    `overheads` is False: held) the step overhead and per-sequence time. Returns (start values, lower and upper
+    bounds, each group's (first index, parameter names, its theta))."""
     x0, lo, hi, slots = [], [], [], {}
     for g in active:
         th = _theta_of(getattr(eff, g), peak, bw)
@@ -452,9 +457,10 @@ def _parameter_layout(
             x0.append(th[i])
             lo.append(1e-4 if i < 2 else 0.0)
             hi.append(1.0 if i < 2 else 10 * tmin + 1e-3)
-    x0 += [eff.step_overhead_s, eff.per_sequence_s]
-    lo += [0.0, 0.0]
-    hi += [t_step_max, 1e-3]
+    if overheads:
+        x0 += [eff.step_overhead_s, eff.per_sequence_s]
+        lo += [0.0, 0.0]
+        hi += [t_step_max, 1e-3]
     return x0, lo, hi, slots
 
 
@@ -491,10 +497,10 @@ def refine_on_steps(
     t_micro = {g: np.array([r.seconds for r in micro[g]], float) for g in groups}
     w_micro = {g: np.sqrt(prior_weight * len(steps) / len(groups) / len(micro[g])) for g in groups}
 
-    x0, lo, hi, slots = _parameter_layout(eff, active, t_micro, float(t_steps.max()), peak, bw)
-    if hold_overheads:  # measured elsewhere: not parameters
-        x0, lo, hi = x0[:-2], lo[:-2], hi[:-2]
-    held = (eff.step_overhead_s, eff.per_sequence_s)
+    # overheads measured elsewhere (hold_overheads) are not parameters
+    x0, lo, hi, slots = _parameter_layout(
+        eff, active, t_micro, float(t_steps.max()), peak, bw, overheads=not hold_overheads
+    )
 
     def unpack(x) -> tuple[dict[str, list[float]], Efficiencies]:
         thetas, new = {}, {}
@@ -507,8 +513,8 @@ def refine_on_steps(
                 th[2] = th[3]
             thetas[g] = th
             new[g] = to_efficiency(th, peak, bw)
-        o, q = held if hold_overheads else (float(x[-2]), float(x[-1]))
-        new.update(step_overhead_s=o, per_sequence_s=q)
+        if not hold_overheads:
+            new.update(step_overhead_s=float(x[-2]), per_sequence_s=float(x[-1]))
         return thetas, eff.model_copy(update=new)
 
     def resid(x):

@@ -82,7 +82,7 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
         raise ConfigError(
             f"{path}: measured on {gpu}, but {profile_path} is calibrated on {want}; use that GPU's run"
         )
-    cm, recs = _group_points(store, prof, group)
+    cm, recs = group_points(store, prof, group)
     if len(recs) < 4:
         kind = KIND_OF.get(group, group)
         raise ConfigError(
@@ -101,7 +101,7 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
     return fit, store
 
 
-def _group_points(store: Store, prof, group: str) -> tuple[CostModel, list]:
+def group_points(store: Store, prof, group: str) -> tuple[CostModel, list]:
     """The cost model of the run's model on `prof`, and the run's measured points of `group` in the store's order,
     as calibrate.fit.fit_all files them (moe_large: the moe points past the profile's rule)."""
     cm = CostModel(prof, _run_model(store), "bf16", "bf16")
@@ -122,7 +122,7 @@ def in_step_from_run(work_dir: Path, profile_path: Path):
             "the in-step factor compares the profile's GEMM curve with its own points, so pass that run"
         )
     store = Store.open(path, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    cm, recs = _group_points(store, prof, "gemm")
+    cm, recs = group_points(store, prof, "gemm")
     recs = [r for r in recs if r.params.get("dtype", "bf16") == "bf16"]
     fit = fit_group(cm, "gemm", recs, prof.efficiency.gemm)  # in the store's order, as calibrate.fit.fit_all
     if fit.eff is None:

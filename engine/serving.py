@@ -540,7 +540,8 @@ class Executor:
 
     @staticmethod
     def _padded_k_lens(size: int, ctx: np.ndarray) -> np.ndarray:
-        """A decode graph's contexts: the step's, then one key for each padding slot."""
+        """A decode graph's contexts (or a mixed graph's decode slots, `size` of them): the step's, then one key for
+        each padding slot."""
         return np.concatenate([np.asarray(ctx, dtype=np.int64), np.ones(size - len(ctx), dtype=np.int64)])
 
     def _upload(self, g, units: dict, o: int) -> None:
@@ -561,8 +562,8 @@ class Executor:
         size = self.mixed_sizes[bisect.bisect_left(self.mixed_sizes, t)]
         split = False
         if SPLIT_MIXED and decodes is not None and len(decodes[1]):
-            # the decode slots' contexts (decodes, then one-key dummies) as the units are planned over them
-            k_lens = np.concatenate([decodes[1], np.ones(size - t, dtype=np.int64)])
+            # the decode slots' contexts as _fill_mixed plans units over them: the decodes, then the padding dummies
+            k_lens = self._padded_k_lens(len(decodes[1]) + size - t, decodes[1])
             split = not balanced_units(k_lens, self.target)
         g = self._mixed_graph(size, split)
         rows = self._fill_mixed(g, prefills, decodes)
