@@ -43,6 +43,17 @@ from engine.timing import measure_graph  # noqa: E402
 
 TOKENS = [384, 512, 640, 768, 896, 1024, 1152, 1280, 1536, 1792, 2048]
 TOKENS_CPU = [8, 24]
+DECODE_TOKENS = [1, 2, 4, 8]  # --decode: the small steps where a few touched experts' weights are streamed
+# --decode's grid beside the engine's own: 16-row blocks, column tile x K tile x pipeline stages x K slices
+DECODE_CONFIGS = [
+    {"BM": 16, "BN": bn, "BK": bk, "GROUP": 1, "num_warps": w, "num_stages": st, "SPLIT_K": sk}
+    for bn in (32, 64, 128)
+    for bk in (64, 128, 256)
+    for st in (3, 4, 5)
+    for w in ((4, 8) if bn == 128 else (4,))
+    for sk in (1, 2, 4)
+    if bn * bk <= 16384
+]
 CONFIGS = [  # beside the engine's own (kernel_config); SPLIT_K 1 unless stated
     {"BM": 64, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4},
     {"BM": 64, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 4, "num_stages": 4},
@@ -96,7 +107,9 @@ def gemm_times(x, weights: tuple, tw, ids, dev: str, configs: list[dict], repeat
             if gemm == "gate_up":
                 fn = lambda c=cfg, s=sorted_ids, b=block_e: moe.grouped_gemm(x, w_gu, s, b, k, pairs, c)  # noqa: E731
             else:
-                a = act_mul(moe.grouped_gemm(x, w_gu, sorted_ids, block_e, k, pairs, cfg), "silu")
+                # (fp32 under SPLIT_K: cast back to the activations' dtype, as engine.moe.triton_moe does)
+                h1 = moe.grouped_gemm(x, w_gu, sorted_ids, block_e, k, pairs, cfg)
+                a = act_mul(h1.to(x.dtype), "silu")
                 fn = lambda c=cfg, s=sorted_ids, b=block_e, a=a: moe.grouped_gemm(  # noqa: E731
                     a, w_d, s, b, 1, pairs, c, weights=flat_w
                 )
@@ -125,7 +138,13 @@ def one_point(shape: tuple, weights: tuple, tokens: int, dev: str, configs: list
     tw, ids = moe.route(logits, k, True)
     pairs = ids.numel()
     counts = torch.bincount(ids.reshape(-1), minlength=e)
-    rec = {"tokens": tokens, "pairs": pairs, "max_rows": int(counts.max()), "min_rows": int(counts.min())}
+    rec = {
+        "tokens": tokens,
+        "pairs": pairs,
+        "max_rows": int(counts.max()),
+        "min_rows": int(counts.min()),
+        "touched": int((counts > 0).sum()),
+    }
     own_bm = moe.kernel_config(pairs, weights[0].shape[1], e, h)["BM"]
     rec.update(align_times(ids, e, {own_bm, 64, 128}, dev, repeat))
     rec["gemms"] = gemm_times(x, weights, tw, ids, dev, configs, repeat)
@@ -193,11 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", action="store_true", help="a toy shape on the CPU, Triton interpreted")
     ap.add_argument("--tokens", help="comma-separated token counts (default: 384-2,048; --cpu: 8,24)")
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument(
+        "--decode", action="store_true", help="decode-sized steps (1-8 tokens) over DECODE_CONFIGS"
+    )
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     dev = "cpu" if args.cpu else "cuda"
-    tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else TOKENS_CPU if args.cpu else TOKENS
-    configs = CONFIGS[:1] if args.cpu else CONFIGS
+    default = DECODE_TOKENS if args.decode else TOKENS_CPU if args.cpu else TOKENS
+    tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else default
+    grid = DECODE_CONFIGS if args.decode else CONFIGS
+    configs = grid[:1] if args.cpu else grid
     repeat = 1 if args.cpu else args.repeat
     dtype = torch.float32 if args.cpu else torch.bfloat16
     raw: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "shapes": []}
