@@ -88,6 +88,16 @@ CASES = [
     ("llama8b_mixed_1200_200_ragged", "llama-3.1-8b", "bf16", "mixed", [(1200, 0)] + ragged(200, 4)),
     ("llama8b_int4_decode_b1", "llama-3.1-8b", "int4", "decode", [1024]),
     ("llama8b_int4_prefill_2048", "llama-3.1-8b", "int4", "prefill", [2048]),
+    # session 19's H200 fidelity rows: DeepSeek's small decode batches priced 13-27% over, Mixtral's decode steps
+    # and 128-512-token mixed steps 9-25% over, Gemma's 256-2,048-token mixed steps 7-11% over
+    ("deepseek_decode_b1", "deepseek-v2-lite", "bf16", "decode", [700]),
+    ("deepseek_decode_b4", "deepseek-v2-lite", "bf16", "decode", [700] * 4),
+    ("deepseek_decode_b8", "deepseek-v2-lite", "bf16", "decode", [700] * 8),
+    ("mixtral_decode_b1_700", "mixtral-8x7b", "bf16", "decode", [700]),
+    ("mixtral_decode_b64", "mixtral-8x7b", "bf16", "decode", [700] * 64),
+    ("mixtral_mixed_256_24", "mixtral-8x7b", "bf16", "mixed", [(256, 0)] + [(1, 700)] * 24),
+    ("gemma3_12b_mixed_512_4", "gemma-3-12b", "bf16", "mixed", [(512, 0)] + [(1, 700)] * 4),
+    ("gemma3_12b_prefill_1024", "gemma-3-12b", "bf16", "prefill", [1024]),
 ]
 TINY = {
     "model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,

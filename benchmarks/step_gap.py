@@ -113,13 +113,19 @@ def fit_gap(rows: list[dict]) -> tuple[float, float]:
     return max(float(icpt), 0.0), float(slope)
 
 
+def fitted_line(step_s: float, seq_s: float) -> str:
+    """The table's sentence on the fitted gap (none where the run has fewer than two dense decode cases)."""
+    if np.isnan(step_s):
+        return "No line fitted: the run has fewer than two dense decode cases (the profile's step term is priced)."
+    return f"Fitted on the dense decode cases (used): {step_s * 1e6:.0f} µs a step + {seq_s * 1e6:.2f} µs a sequence."
+
+
 def table(rows: list[dict], run_file: str, profile_name: str, step_s: float, seq_s: float) -> str:
     lines = [f"# GPU time of a CUDA-graph step outside its kernels ({profile_name})", "",
              f"`python benchmarks/step_gap.py {run_file} --profile ...`; the served step (CUDA graph) and its "
              "kernels' device time (torch.profiler: the graph replay's own kernels where the run has them, marked "
              "g, else the same step run eagerly) from `benchmarks/kernel_profile.py`; the cost model's "
-             f"groups with the profile as it was. Fitted on the dense decode cases (used): {step_s * 1e6:.0f} µs a "
-             f"step + {seq_s * 1e6:.2f} µs a sequence.", "",
+             f"groups with the profile as it was. {fitted_line(step_s, seq_s)}", "",
              "| case | seqs | used | served ms | kernels ms | gap ms | GEMMs meas / priced | attention meas / priced "
              "| element-wise meas / priced | priced overhead | priced step (no host) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -165,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(text)
         print(text)
         e = profile.efficiency
-        print(f"step_overhead_s {e.step_overhead_s * 1e6:.1f} -> {step_s * 1e6:.1f} µs; "
-              f"per_sequence_s {e.per_sequence_s * 1e6:.2f} -> {seq_s * 1e6:.2f} µs")  # fmt: skip
+        if not np.isnan(step_s):
+            print(f"step_overhead_s {e.step_overhead_s * 1e6:.1f} -> {step_s * 1e6:.1f} µs; "
+                  f"per_sequence_s {e.per_sequence_s * 1e6:.2f} -> {seq_s * 1e6:.2f} µs")  # fmt: skip
         if a.write:
             used = [r["case"] for r in rows if r["used"]]
             source = {"command": f"python benchmarks/step_gap.py {a.run} --profile {a.profile} --date {a.date} --write",

@@ -326,7 +326,12 @@ class CostModel:
         # its graph rule; another engine's kernels are in its fitted factors (and a GPU-only price of its steps,
         # as calibrate/engine_fit.py takes, has no rule)
         ours = own_loop and self.graph_rule is not None
-        extra = small_kernels_per_layer(model) / ELEMENTWISE_SET - 1.0 if ours else 0.0
+        kernels = small_kernels_per_layer(model)
+        # an MoE layer's routing kernels are inside the profile's fitted MoE curve where it has one (its points
+        # time route, align, both expert GEMMs and combine: calibrate.bench.Bench._moe), so not counted twice
+        if e.moe is not None and not gemm_rate(self.profile, self.weight_dtype)[2]:
+            kernels -= routing_kernels_per_layer(model)
+        extra = kernels / ELEMENTWISE_SET - 1.0 if ours else 0.0
         self.small_kernels_s = model.num_layers * e.elementwise.launch_s * extra
         self.eager_decode = self.eager_floor if eager_decode else 0.0
         # a serving loop's host time per step outside the GPU's work (off for calibration, which times the GPU)
@@ -812,7 +817,11 @@ class CostModel:
 # rope: the latent norm, rope on q and k in fp32, concatenations, copies and the latent write; the shared
 # expert's act-mul and add). Each count beyond the set costs that group's fixed part over its kernels (1.7 us on
 # the H200, 0.07 ms a DeepSeek-V2-Lite decode step per extra kernel a layer). MLA_KERNELS was counted on the one
-# MLA model the engine runs; a model with features none of these has is counted by the features it shares.
+# MLA model the engine runs; a model with features none of these has is counted by the features it shares. Where the
+# profile has a fitted MoE curve, whose points time the routing kernels with the experts (calibrate.bench.Bench._moe),
+# those are not priced again as small kernels (CostModel._loop_terms; before session 19 they were priced twice:
+# H200 served decode steps, benchmarks/results/step_gap_h200_session19.md, DeepSeek-V2-Lite at 1 / 4 / 8 sequences
+# +13.4 / +6.0 / +5.2% -> +9.2 / +2.9 / +2.6%, Mixtral-8x7B at 1 / 64 +2.0 / +8.4% -> -1.1 / +7.3%).
 ELEMENTWISE_SET = 4
 ROUTING_KERNELS = 5
 SHARED_EXPERT_KERNELS = 2
@@ -825,9 +834,14 @@ def small_kernels_per_layer(m: ModelSpec) -> float:
     n = m.norms_per_layer + (2 if m.qk_norm else 0) + max(0, m.norms_per_layer - 2) + 1
     n += MLA_KERNELS + (1 if m.q_lora_rank else 0) if m.is_mla else 1
     if m.is_moe:
-        routing = ROUTING_KERNELS + (SHARED_EXPERT_KERNELS if m.num_shared_experts else 0)
-        n += routing * m.moe_layers / m.num_layers
+        shared = SHARED_EXPERT_KERNELS if m.num_shared_experts else 0
+        n += routing_kernels_per_layer(m) + shared * m.moe_layers / m.num_layers
     return float(n)
+
+
+def routing_kernels_per_layer(m: ModelSpec) -> float:
+    """Mean MoE routing kernels a layer of `m` launches (ROUTING_KERNELS in each MoE layer; 0 for a dense model)."""
+    return ROUTING_KERNELS * m.moe_layers / m.num_layers if m.is_moe else 0.0
 
 
 def launches_per_layer(m: ModelSpec) -> float:

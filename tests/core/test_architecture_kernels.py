@@ -6,9 +6,11 @@ import pytest
 from core.cost_model import (
     ELEMENTWISE_SET,
     MLA_PREFILL_ROWS,
+    ROUTING_KERNELS,
     BatchShape,
     CostModel,
     absorbed_prefill_share,
+    routing_kernels_per_layer,
     small_kernels_per_layer,
 )
 from core.engine_profile import load_engine_profile
@@ -49,6 +51,23 @@ def test_each_extra_small_kernel_costs_the_calibrated_groups_share():
     # another engine's kernels are in its own fitted factors: no count added
     vllm = CostModel(prof, gemma, engine=load_engine_profile("vllm-h200"), graph_padding=SERVING_GRAPHS)
     assert vllm.small_kernels_s == 0.0
+
+
+def test_routing_kernels_are_counted_once_where_the_moe_curve_times_them():
+    # the h200 profile's MoE curve is fitted on points that time routing, align and combine with the experts
+    # (calibrate.bench.Bench._moe): those kernels are not small kernels of their own there; on a profile without
+    # the curve (expert GEMMs priced as weight GEMMs) they are
+    mixtral = load_model("mixtral-8x7b")
+    assert routing_kernels_per_layer(mixtral) == ROUTING_KERNELS
+    assert routing_kernels_per_layer(load_model("llama-3.1-8b")) == 0.0
+    h200, h100 = load_profile("h200"), load_profile("h100-sxm")
+    assert h200.efficiency.moe is not None and h100.efficiency.moe is None
+    for prof, kernels in ((h200, 9 - ROUTING_KERNELS), (h100, 9)):
+        cm = CostModel(prof, mixtral, graph_padding=SERVING_GRAPHS)
+        launch = prof.efficiency.elementwise.launch_s
+        assert cm.small_kernels_s == pytest.approx(
+            mixtral.num_layers * launch * (kernels / ELEMENTWISE_SET - 1)
+        )
 
 
 def test_absorbed_prompt_share_counts_programs_in_waves():
