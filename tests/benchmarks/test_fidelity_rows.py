@@ -55,3 +55,24 @@ def test_perturbed_profile_moves_the_flop_and_byte_terms_only(tmp_path):
     t0 = CostModel(base, spec, serving_host=False).step_time(shape)
     t1 = CostModel(moved, spec, serving_host=False).step_time(shape)
     assert t1 / t0 == pytest.approx(1 / 1.01, rel=2e-3)
+
+
+def test_host_band_scales_the_host_terms_only(tmp_path):
+    import fidelity
+
+    from core.hardware import load_profile
+
+    base = load_profile("h200")
+    lo, hi = fidelity.HOST_SPREAD
+    moved = load_profile(fidelity.host_profile("h200", hi, tmp_path))
+    for term in fidelity.HOST_TERMS:
+        assert getattr(moved.efficiency, term) == pytest.approx(getattr(base.efficiency, term) * hi)
+    assert moved.efficiency.gemm == base.efficiency.gemm  # the GPU's curves as they are
+    assert moved.memory_bandwidth_gbps == base.memory_bandwidth_gbps
+    keys = ["ttft_p50", "tpot_p50"]
+    rec = {"row": "r", "engine": {"ttft_p50": 1.0, "tpot_p50": 1.0}, "simulator": {"ttft_p50": 1.1, "tpot_p50": 1.0},
+           "host_band": {lo: {"ttft_p50": 0.9, "tpot_p50": 1.0}, hi: {"ttft_p50": 1.5, "tpot_p50": 1.02}}}  # fmt: skip
+    lines = fidelity.host_band_table([rec], keys)
+    assert lines[0] == "## How far the host moves them"
+    assert "| r | +10.0% (-10.0% … +50.0%) | +0.0% (+0.0% … +2.0%) |" in lines
+    assert fidelity.host_band_table([dict(rec, host_band={})], keys) == []
