@@ -133,3 +133,38 @@ def test_our_engine_takes_its_band_from_the_fidelity_rows_at_the_forecasts_load(
     far = expected_error(ours, False, gpu, batch=200.0)  # every row ran at 43 sequences a step or fewer
     assert far["load"]["near"] == [] and "outside the checked load" in far["line"]
     assert far["tpot_pct"] == expected_error(ours, False, gpu)["tpot_pct"]
+
+
+def test_a_model_with_its_own_fidelity_rows_takes_their_band_p90s_included(tmp_path, monkeypatch):
+    import json
+
+    import simulator.expected_error as ee
+
+    def row(model, batch, ttft90):
+        engine = {
+            "ttft_p50": 1.0,
+            "ttft_p90": 1.0,
+            "tpot_p50": 1.0,
+            "tpot_p90": 1.0,
+            "output_tokens_per_s": 1.0,
+        }
+        sim = dict(engine, ttft_p50=1.02, ttft_p90=1.0 + ttft90)
+        return {"row": f"{model}-row", "row_model": model, "engine_run": {"mean_batch_seqs": batch},
+                "engine": engine, "simulator": sim}  # fmt: skip
+
+    gpu = load_profile("h200")
+    (tmp_path / "fidelity_h200.md").write_text(
+        "| row | TTFT p50 | TTFT p90 | TPOT p50 | TPOT p90 | out tok/s |\n"
+        "| **median \\|error\\|** | 2.0% | 3.0% | 1.0% | 1.0% | 0.1% |\n"
+    )
+    for model, batch, t90 in (("deepseek-v2-lite", 16.0, 0.40), ("llama-3.1-8b", 16.0, 0.03)):
+        (tmp_path / "fidelity" / "h200" / model).mkdir(parents=True)
+        (tmp_path / "fidelity" / "h200" / model / "row.json").write_text(json.dumps(row(model, batch, t90)))
+    monkeypatch.setattr(ee, "FIDELITY_DIR", tmp_path)
+    ours = load_engine_profile("ours")
+    ds = expected_error(ours, False, gpu, 16.0, model="deepseek-v2-lite")
+    assert ds["ttft_pct"] == pytest.approx(40.0) and "deepseek-v2-lite's own rows" in ds["line"]  # its tail
+    far = expected_error(ours, False, gpu, 200.0, model="deepseek-v2-lite")  # its rows, the load said
+    assert far["ttft_pct"] == pytest.approx(40.0) and "outside the checked load" in far["line"]
+    other = expected_error(ours, False, gpu, 16.0, model="qwen2.5-7b")  # no rows of its own: every model's
+    assert other["ttft_pct"] == pytest.approx(21.5) and "own rows" not in other["line"]
