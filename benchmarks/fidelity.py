@@ -42,6 +42,7 @@ from core.hardware import load_profile, write_profile  # noqa: E402
 from core.kv_cache import BlockPool, blocks_for  # noqa: E402
 from core.model_spec import load_model  # noqa: E402
 from core.requests import PrefixKeys, Requests  # noqa: E402
+from core.scheduler import sliding_terms  # noqa: E402
 from simulator.memory import activation_bytes, plan_memory  # noqa: E402
 from simulator.metrics import RunRecord, SchedulerCounts, Setup, summarize  # noqa: E402
 from simulator.scenario import Scenario, parse_scenario  # noqa: E402
@@ -416,9 +417,10 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
         else None
     )
     pool = BlockPool(mem.num_blocks, sv.memory.block_size, prefix_caching=sv.caching.prefix_caching)
+    window, ratio = sliding_terms(spec)  # admission against the same blocks as the simulator's
     run = serve(host.executor, reqs, pool, sv.batching.max_num_seqs,
                 sv.batching.max_num_batched_tokens, sv.batching.chunked_prefill, deadline_s=deadline, log=log, trace=True,
-                block_keys=keys)  # fmt: skip
+                block_keys=keys, sliding_window=window, sliding_ratio=ratio)  # fmt: skip
     assert run.scheduler.pool.used == 0 or run.unfinished, "blocks left in use after a complete run"
     retries = alloc_retries(args.device)
     if retries:  # the caching allocator freed and retried (a device sync each): the engine ran short of room

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.cost_model import ACT_BYTES, BatchShape, CostModel, absorbed_prefill_share, chunk_pairs
+from core.cost_model import (
+    ACT_BYTES,
+    WALK_KV_ELEMS,
+    BatchShape,
+    CostModel,
+    absorbed_prefill_share,
+    chunk_pairs,
+    kv_walk_ratio,
+)
 from core.kv_cache import padded
 from core.model_spec import dtype_bytes
 
@@ -69,10 +77,16 @@ def _heads_terms(cm: CostModel, p: dict) -> tuple[float, float, float]:
 
 
 def attention_prefill_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
+    """The chunked kernel's FLOPs, and its walk over the context and chunk priced as the sweep model's KV bytes a
+    token whatever the point's heads (core.cost_model.WALK_KV_ELEMS), plus the chunk's q and o."""
     pair, kv, io = _heads_terms(cm, p)
+    if p.get("num_kv_heads") and p.get("head_dim"):  # (a point of the model's own heads says so too)
+        walk = kv * WALK_KV_ELEMS / (p["num_kv_heads"] * p["head_dim"])
+    else:
+        walk = kv * kv_walk_ratio(cm.model)
     c, prior = p["chunk"], p["prior"]
     flops = pair * chunk_pairs(prior, c)
-    nbytes = prior * kv + c * kv + c * io
+    nbytes = prior * walk + c * walk + c * io
     return flops, nbytes, cm.attn_peak
 
 

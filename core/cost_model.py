@@ -282,6 +282,12 @@ class CostModel:
         # heads split tp ways; per-GPU KV over all layers (a micro-batch visits every stage)
         all_stages = Parallelism(tp, 1, ep)
         self.kv_tok_bytes, self.kv_sliding_tok_bytes = kv_bytes_per_token_per_gpu(m, kv_dtype, all_stages)
+        # the chunked-prefill kernel's walk over the context, priced per token as the sweep model's KV (WALK_KV_ELEMS)
+        walk = kv_walk_ratio(m)
+        self.walk_tok_bytes, self.walk_sliding_tok_bytes = (
+            self.kv_tok_bytes * walk,
+            self.kv_sliding_tok_bytes * walk,
+        )
         self.pair_flops = m.attn_flops_per_pair / tp
         self.prefill_pair_flops, self.prefill_ctx_flops = mla_prefill_flops(m, tp)
         # MLA steps of up to MLA_ABSORBED_STEP_TOKENS tokens run their prompt chunks absorbed (engine.mla)
@@ -531,10 +537,12 @@ class CostModel:
             b, b.prefill_pairs - b.fresh_pairs, b.prefill_tokens - b.fresh_tokens
         )
 
-    def _chunked_prefill_time(self, b: BatchShape, pairs: float, tokens: int) -> float:
+    def _chunked_prefill_time(self, b: BatchShape, pairs: float, tokens: int, walk: bool = True) -> float:
         """The chunked-prefill kernel over `tokens` new tokens with `pairs` causal pairs in the full-attention
         layers (all of the step's prompt tokens in sliding-window layers): one call per layer that has any,
-        the work divided evenly over them for the efficiency curve."""
+        the work divided evenly over them for the efficiency curve. The context is priced as the varlen kernel's
+        walk over it (WALK_KV_ELEMS), or, `walk` off, as the model's own KV bytes (a packed masked attention,
+        `packed_attention_time`, reads every key of every head)."""
         m = self.model
         Lf, Ls = m.full_attention_layers, m.sliding_layers
         L = (Lf if tokens else 0) + Ls
@@ -549,8 +557,13 @@ class CostModel:
             flops = self.prefill_pair_flops * (pairs * Lf + b.sliding_prefill_pairs * Ls)
             if self.prefill_ctx_flops:  # MLA, plain: the cached context's latents expanded through kv_b first
                 flops += self.prefill_ctx_flops * b.prefill_context_tokens * Lf
-        kv_read = b.prefill_context_tokens * (self.kv_tok_bytes + self.kv_sliding_tok_bytes)
-        kv_write = tokens * self.kv_tok_bytes + b.prefill_tokens * self.kv_sliding_tok_bytes
+        full, sliding = (
+            (self.walk_tok_bytes, self.walk_sliding_tok_bytes)
+            if walk
+            else (self.kv_tok_bytes, self.kv_sliding_tok_bytes)
+        )
+        kv_read = b.prefill_context_tokens * (full + sliding)
+        kv_write = tokens * full + b.prefill_tokens * sliding
         io = (tokens * Lf + b.prefill_tokens * Ls) * self._attn_io_per_token
         return L * op_time(eff, flops / L, (kv_read + kv_write + io) / L, self.attn_peak, self.bw)
 
@@ -828,6 +841,24 @@ SHARED_EXPERT_KERNELS = 2
 MLA_KERNELS = 29
 
 
+# The chunked-prefill attention kernel (varlen flash attention over cached context) runs one program per query block
+# and head, each walking its sequence's keys block by block; with a short chunk after a long context the programs do
+# not fill the GPU and the step takes the walk, flat in the chunk (H200, Llama-3.1-8B's heads: 475-482 µs for
+# 16-512 new tokens after 16,384 cached). That walk does not grow with the KV heads or their width: 512 new tokens
+# after 4,096 took 134.9 µs with Llama's 8 x 128 KV elements a token, 134.7 with Qwen2.5-7B's 4 x 128, 143.6 with
+# Gemma-3-12B's 8 x 256 (calibration_runs/h200_session16_serving). The curve's byte term stands for it, so a token of
+# context is priced as the sweep model's (Llama-3.1-8B: 8 KV heads x 128 = WALK_KV_ELEMS) whatever the heads:
+# priced on the model's own KV bytes it had Gemma's 256-wide heads +48…+127% and Qwen's 4 KV heads −19…−22%.
+WALK_KV_ELEMS = 1024
+
+
+def kv_walk_ratio(m: ModelSpec) -> float:
+    """The chunked-prefill walk's bytes a context token over the model's own KV bytes a token (1 for the sweep
+    model's heads; MLA's latent cache is walked by its own kernels: 1)."""
+    elems = m.num_kv_heads * m.head_dim
+    return 1.0 if m.is_mla or not elems else WALK_KV_ELEMS / elems
+
+
 def small_kernels_per_layer(m: ModelSpec) -> float:
     """Mean small kernels a layer of `m` launches in our engine (norms, post-norm adds, act-mul, rope or MLA's
     glue, MoE routing), as counted above."""
@@ -944,7 +975,7 @@ def packed_attention_time(cm: CostModel, q_tokens: int, kv_tokens: int) -> float
         sliding_prefill_pairs=pairs if cm.model.sliding_layers else 0.0,
         prefill_context_tokens=kv_tokens,
     )
-    return cm._chunked_prefill_time(shape, pairs, q_tokens)
+    return cm._chunked_prefill_time(shape, pairs, q_tokens, walk=False)
 
 
 def step_time(

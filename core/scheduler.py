@@ -30,6 +30,19 @@ import numpy as np
 
 from core.cost_model import BatchShape, chunk_pairs
 from core.kv_cache import BlockPool, blocks_for
+from core.model_spec import ModelSpec
+
+
+def sliding_terms(model: ModelSpec) -> tuple[int, float]:
+    """SchedulerConfig's (sliding_window, sliding_ratio) for `model`: its window, and its sliding-window layers' KV
+    bytes a token over its full layers' (0.0 without sliding layers). The simulator and the engine's serving loop
+    (benchmarks/fidelity.py) both take them from here, so both admit a sequence against the same blocks."""
+    ratio = (
+        model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
+        if model.sliding_layers
+        else 0.0
+    )
+    return model.sliding_window, ratio
 
 
 def accepted(rng: np.random.Generator, alpha: float, k: int) -> int:

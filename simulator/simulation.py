@@ -17,7 +17,7 @@ from core.model_spec import ModelSpec, load_model
 from core.parallelism import virtual_engines
 from core.records import RequestTable, StepStats
 from core.requests import Requests, prefix_keys
-from core.scheduler import Scheduler, SchedulerConfig, SpecDecode
+from core.scheduler import Scheduler, SchedulerConfig, SpecDecode, sliding_terms
 from simulator.autoscaling import Autoscaler
 from simulator.cluster import (
     Group,
@@ -137,14 +137,13 @@ def _engine(b: _Build, index: int, gi: int, g: Group, max_seqs: int, blocks: int
         keys = b.keys.get(sv.memory.block_size)
         if keys is None:
             keys = b.keys[sv.memory.block_size] = prefix_keys(reqs, sv.memory.block_size)
+    window, ratio = sliding_terms(model)
     config = SchedulerConfig(
         max_seqs,
         sv.batching.max_num_batched_tokens,
         sv.batching.chunked_prefill,
-        sliding_window=model.sliding_window,
-        sliding_ratio=model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
-        if model.sliding_layers
-        else 0.0,
+        sliding_window=window,
+        sliding_ratio=ratio,
         max_waiting=sv.admission.max_queue_len,
         timeout_s=sv.admission.queue_timeout_s,
         fresh=cost.fresh,

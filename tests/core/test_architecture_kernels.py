@@ -7,9 +7,11 @@ from core.cost_model import (
     ELEMENTWISE_SET,
     MLA_PREFILL_ROWS,
     ROUTING_KERNELS,
+    WALK_KV_ELEMS,
     BatchShape,
     CostModel,
     absorbed_prefill_share,
+    kv_walk_ratio,
     routing_kernels_per_layer,
     small_kernels_per_layer,
 )
@@ -86,3 +88,27 @@ def test_a_short_chunk_after_a_long_context_costs_more_than_its_flops_say():
     # about the same pairs (2.1M vs 2.1M), a quarter of the SMs for the short chunk
     assert short.prefill_pairs == pytest.approx(fresh.prefill_pairs, rel=0.01)
     assert cm.attention_prefill_time(short) > 2.5 * cm.attention_prefill_time(fresh)
+
+
+def test_the_prompt_kernels_walk_over_context_is_priced_as_the_sweep_models_heads():
+    # a cached token costs the chunked kernel's walk the same whatever the KV heads and their width (WALK_KV_ELEMS:
+    # Llama-3.1-8B's 8 x 128); MLA keeps its own latent bytes
+    llama, qwen, gemma, ds = (
+        load_model(n) for n in ("llama-3.1-8b", "qwen2.5-7b", "gemma-3-12b", "deepseek-v2-lite")
+    )
+    assert kv_walk_ratio(llama) == 1.0 and kv_walk_ratio(ds) == 1.0
+    assert kv_walk_ratio(qwen) == pytest.approx(WALK_KV_ELEMS / (4 * 128))
+    assert kv_walk_ratio(gemma) == pytest.approx(WALK_KV_ELEMS / (8 * 256))
+    prof = load_profile("h200")
+    cms = {m.name: CostModel(prof, m) for m in (llama, qwen, gemma)}
+    for name, cm in cms.items():
+        m = cm.model
+        per_layer = cm.walk_tok_bytes / m.full_attention_layers
+        assert per_layer == pytest.approx(2 * WALK_KV_ELEMS * 2)  # bf16 K and V of the sweep model's heads
+        assert cm.kv_tok_bytes / m.full_attention_layers == pytest.approx(
+            2 * m.num_kv_heads * m.head_dim * 2
+        ), name
+    # a short chunk after a long context: the walk sets its time, the same per layer for Qwen's 4 KV heads as Llama's 8
+    b = BatchShape.of([(16, 16384)])
+    per_layer = {n: cm.attention_prefill_time(b) / cm.model.full_attention_layers for n, cm in cms.items()}
+    assert per_layer["qwen2.5-7b"] == pytest.approx(per_layer["llama-3.1-8b"], rel=0.02)

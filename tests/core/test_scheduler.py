@@ -344,3 +344,17 @@ def test_a_start_shares_its_hits_before_window_blocks_can_evict_them():
         s.add(Sequence(i, p, o))
     drain(s)
     assert not s.has_work() and pool.free == pool.num_blocks
+
+
+def test_sliding_terms_are_the_windowed_layers_share_of_a_tokens_kv():
+    import pytest
+
+    from core.model_spec import load_model
+    from core.scheduler import sliding_terms
+
+    gemma, llama = load_model("gemma-3-12b"), load_model("llama-3.1-8b")
+    window, ratio = sliding_terms(gemma)  # 40 of 48 layers keep 1,024 tokens
+    assert window == gemma.sliding_window > 0
+    assert ratio == pytest.approx(gemma.sliding_kv_bytes_per_token("bf16") / gemma.kv_bytes_per_token("bf16"))
+    assert ratio == pytest.approx(gemma.sliding_layers / gemma.full_attention_layers)
+    assert sliding_terms(llama)[1] == 0.0
