@@ -379,7 +379,7 @@ def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
 
 def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_dir: Path, log) -> dict:
     """Capacity, engine run and simulation of one row; returns its record (also written as row.json)."""
-    from engine.serving import region_headroom, serve
+    from engine.serving import region_headroom
 
     cpu = args.device == "cpu"
     spec = load_model(model_ref)
@@ -411,25 +411,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     log(f"{row.name}: capacity {cap:.2f} req/s, replaying {len(reqs)} requests at {rate:.2f} req/s "
         f"({args.duration:.0f} s), {mem.num_blocks} KV blocks")  # fmt: skip
     deadline = args.duration * 1.5 + (5 if cpu else 20)  # a run past its capacity stops here
-    keys = (
-        PrefixKeys(reqs, sv.memory.block_size)
-        if sv.caching.prefix_caching and reqs.segments is not None
-        else None
-    )
-    pool = BlockPool(mem.num_blocks, sv.memory.block_size, prefix_caching=sv.caching.prefix_caching)
-    window, ratio = sliding_terms(spec)  # admission against the same blocks as the simulator's
-    run = serve(host.executor, reqs, pool, sv.batching.max_num_seqs,
-                sv.batching.max_num_batched_tokens, sv.batching.chunked_prefill, deadline_s=deadline, log=log, trace=True,
-                block_keys=keys, sliding_window=window, sliding_ratio=ratio)  # fmt: skip
-    assert run.scheduler.pool.used == 0 or run.unfinished, "blocks left in use after a complete run"
-    retries = alloc_retries(args.device)
-    if retries:  # the caching allocator freed and retried (a device sync each): the engine ran short of room
-        log(f"  torch allocator: {retries} retries so far (raise --reserve-gib)")
-    compiled = compile_steps(run.step_trace)
-    if compiled:  # a kernel variant the warm-up missed: the step (and the requests behind it) waited 0.1-1 s
-        log(
-            f"  {compiled} steps compiled a Triton kernel during the run (engine.serving.Executor.warm_eager)"
-        )
+    run, compiled = engine_replay(host, reqs, sv, spec, mem.num_blocks, deadline, args.device, log)
     setup = Setup(sc, spec, profile, mem)
     eng = summarize(setup, RunRecord(run.table, run.stats, SchedulerCounts.of([run.scheduler]), run.wall_s))
     fc = simulate(sc, requests=reqs)
@@ -463,6 +445,34 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
     }  # fmt: skip
     (d / "row.json").write_text(json.dumps(rec, indent=1))
     return rec
+
+
+def engine_replay(host, reqs: Requests, sv, spec, blocks: int, deadline: float, device: str, log) -> tuple:
+    """(the engine's serving run of `reqs` under serving settings `sv` over `blocks` KV blocks, steps that compiled a
+    kernel): the simulator's scheduler on the real executor, admitting against the same blocks as the simulator
+    (prefix keys where caching is on, sliding-window KV where the model has it)."""
+    from engine.serving import serve
+
+    keys = (
+        PrefixKeys(reqs, sv.memory.block_size)
+        if sv.caching.prefix_caching and reqs.segments is not None
+        else None
+    )
+    pool = BlockPool(blocks, sv.memory.block_size, prefix_caching=sv.caching.prefix_caching)
+    window, ratio = sliding_terms(spec)
+    run = serve(host.executor, reqs, pool, sv.batching.max_num_seqs,
+                sv.batching.max_num_batched_tokens, sv.batching.chunked_prefill, deadline_s=deadline, log=log, trace=True,
+                block_keys=keys, sliding_window=window, sliding_ratio=ratio)  # fmt: skip
+    assert run.scheduler.pool.used == 0 or run.unfinished, "blocks left in use after a complete run"
+    retries = alloc_retries(device)
+    if retries:  # the caching allocator freed and retried (a device sync each): the engine ran short of room
+        log(f"  torch allocator: {retries} retries so far (raise --reserve-gib)")
+    compiled = compile_steps(run.step_trace)
+    if compiled:  # a kernel variant the warm-up missed: the step (and the requests behind it) waited 0.1-1 s
+        log(
+            f"  {compiled} steps compiled a Triton kernel during the run (engine.serving.Executor.warm_eager)"
+        )
+    return run, compiled
 
 
 def _record(fc: Forecast) -> RunRecord:

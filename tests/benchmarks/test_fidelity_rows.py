@@ -76,3 +76,36 @@ def test_host_band_scales_the_host_terms_only(tmp_path):
     assert lines[0] == "## How far the host moves them"
     assert "| r | +10.0% (-10.0% … +50.0%) | +0.0% (+0.0% … +2.0%) |" in lines
     assert fidelity.host_band_table([dict(rec, host_band={})], keys) == []
+
+
+def test_the_engine_replay_admits_against_the_simulators_sliding_window_blocks(monkeypatch):
+    # the engine's scheduler gets the sliding-window terms the simulator's gets (core.scheduler.sliding_terms):
+    # without them the engine held 62 Gemma-3-12B sequences where the simulator held 33 (H200, session 19)
+    from types import SimpleNamespace
+
+    import fidelity
+    import numpy as np
+
+    import engine.serving
+    from core.model_spec import load_model
+    from core.scheduler import sliding_terms
+    from simulator.scenario import Serving
+
+    seen = {}
+
+    def fake_serve(executor, reqs, pool, *args, **kw):
+        seen.update(kw, blocks=pool.num_blocks)
+        sched = SimpleNamespace(pool=SimpleNamespace(used=0))
+        return SimpleNamespace(scheduler=sched, unfinished=[], step_trace={"compiles": np.zeros(3)})
+
+    monkeypatch.setattr(engine.serving, "serve", fake_serve)
+    monkeypatch.setattr(fidelity, "alloc_retries", lambda device: 0)
+    gemma = load_model("gemma-3-12b")
+    reqs = SimpleNamespace(segments=None)
+    run, compiled = fidelity.engine_replay(
+        SimpleNamespace(executor=None), reqs, Serving(), gemma, 100, 1.0, "cpu", print
+    )
+    assert (seen["sliding_window"], seen["sliding_ratio"]) == sliding_terms(gemma) and seen[
+        "sliding_ratio"
+    ] > 0
+    assert seen["blocks"] == 100 and compiled == 0
