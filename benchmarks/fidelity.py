@@ -740,7 +740,7 @@ def sensitivity_table(records: list[dict], keys: list[str]) -> list[str]:
                 f"{pct(errs[0])} ({pct(min(errs))} … {pct(max(errs))}, median {pct(statistics.median(errs))})"
             )
         lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
-    return lines + [""] + host_band_table(records, keys)
+    return lines + [""]
 
 
 def host_band_table(records: list[dict], keys: list[str]) -> list[str]:
@@ -799,6 +799,7 @@ def table(records: list[dict], profile: str, command: str, decode: list[dict] | 
     lines += [
         "",
         *sensitivity_table(done, keys),
+        *host_band_table(done, keys),
         *steps_table(done),
         *(decode_table(decode) if decode else []),
     ]

@@ -13,12 +13,12 @@ import numpy as np
 
 from core.cost_model import (
     ACT_BYTES,
-    WALK_KV_ELEMS,
     BatchShape,
     CostModel,
     absorbed_prefill_share,
     chunk_pairs,
     kv_walk_ratio,
+    walk_ratio,
 )
 from core.kv_cache import padded
 from core.model_spec import dtype_bytes
@@ -80,10 +80,8 @@ def attention_prefill_work(cm: CostModel, p: dict) -> tuple[float, float, float]
     """The chunked kernel's FLOPs, and its walk over the context and chunk priced as the sweep model's KV bytes a
     token whatever the point's heads (core.cost_model.WALK_KV_ELEMS), plus the chunk's q and o."""
     pair, kv, io = _heads_terms(cm, p)
-    if p.get("num_kv_heads") and p.get("head_dim"):  # (a point of the model's own heads says so too)
-        walk = kv * WALK_KV_ELEMS / (p["num_kv_heads"] * p["head_dim"])
-    else:
-        walk = kv * kv_walk_ratio(cm.model)
+    heads = (p.get("num_kv_heads"), p.get("head_dim"))  # (a point of the model's own heads says so too)
+    walk = kv * (walk_ratio(*heads) if all(heads) else kv_walk_ratio(cm.model))
     c, prior = p["chunk"], p["prior"]
     flops = pair * chunk_pairs(prior, c)
     nbytes = prior * walk + c * walk + c * io

@@ -229,11 +229,13 @@ class CostModel:
         e = profile.efficiency
         self.eff = e
         self.engine = engine
+        self.gemm_eff, self.gemm_peak, self.dequant = gemm_rate(profile, weight_dtype)
+        # routed experts priced on the profile's fitted MoE curve (its points time routing with them)
+        self.moe_curve = e.moe is not None and not self.dequant
         self._loop_terms(engine, serving_host, eager_prefill, eager_decode)
         self.bw = profile.memory_bandwidth
         self.ic = profile.interconnect
         self.attn_peak = profile.peak_flops("bf16")
-        self.gemm_eff, self.gemm_peak, self.dequant = gemm_rate(profile, weight_dtype)
         self.wbytes = dtype_bytes(weight_dtype)
         # a fitted int4 group may come with the curves of the engine's other W4A16 kernels (one per kernel
         # family, calibrate/int4_from_run.py): a GEMM takes the fastest, as the engine's tuner picks per size
@@ -335,7 +337,7 @@ class CostModel:
         kernels = small_kernels_per_layer(model)
         # an MoE layer's routing kernels are inside the profile's fitted MoE curve where it has one (its points
         # time route, align, both expert GEMMs and combine: calibrate.bench.Bench._moe), so not counted twice
-        if e.moe is not None and not gemm_rate(self.profile, self.weight_dtype)[2]:
+        if self.moe_curve:
             kernels -= routing_kernels_per_layer(model)
         extra = kernels / ELEMENTWISE_SET - 1.0 if ours else 0.0
         self.small_kernels_s = model.num_layers * e.elementwise.launch_s * extra
@@ -466,7 +468,7 @@ class CostModel:
                 # experts is touched (at batch 1 a GPU that is hit reads at least one whole expert)
                 busy = 1.0 - float(np.prod((1.0 - q) ** routed))
                 touched, slots = touched / busy, slots / busy
-            if self.eff.moe is not None and not self.dequant:  # the fitted MoE group: one layer's experts
+            if self.moe_curve:  # the fitted MoE group: one layer's experts
                 t = self._experts[0][2] * moe_layer_time(self, slots, touched, len(q))
             else:
                 t = sum(layers * self._weight_gemm(slots, k, n, touched) for k, n, layers in self._experts)
@@ -852,11 +854,16 @@ MLA_KERNELS = 29
 WALK_KV_ELEMS = 1024
 
 
+def walk_ratio(num_kv_heads: int, head_dim: int) -> float:
+    """The chunked-prefill walk's bytes a context token over the KV bytes a token of these heads."""
+    elems = num_kv_heads * head_dim
+    return WALK_KV_ELEMS / elems if elems else 1.0
+
+
 def kv_walk_ratio(m: ModelSpec) -> float:
-    """The chunked-prefill walk's bytes a context token over the model's own KV bytes a token (1 for the sweep
-    model's heads; MLA's latent cache is walked by its own kernels: 1)."""
-    elems = m.num_kv_heads * m.head_dim
-    return 1.0 if m.is_mla or not elems else WALK_KV_ELEMS / elems
+    """`walk_ratio` of the model's own heads (1 for the sweep model's; MLA's latent cache is walked by its own
+    kernels: 1)."""
+    return 1.0 if m.is_mla else walk_ratio(m.num_kv_heads, m.head_dim)
 
 
 def small_kernels_per_layer(m: ModelSpec) -> float:

@@ -29,7 +29,7 @@ from core.graphs import MIXED_GRAPH_TOKENS, MIXED_PREFILL_SEQS, capture_sizes, m
 from core.kv_cache import BlockPool
 from core.records import RequestTable, StepRecorder, StepStats
 from core.requests import Requests
-from core.scheduler import Batch, Scheduler, SchedulerConfig, Sequence, SpecDecode
+from core.scheduler import Batch, Scheduler, SchedulerConfig, Sequence, SpecDecode, sliding_terms
 from engine import mla
 from engine.attention import (
     StepLayout,
@@ -988,8 +988,8 @@ def serve(
     chunked_prefill: bool = True,
     seed: int = 0,
     deadline_s: float | None = None,
-    sliding_window: int = 0,
-    sliding_ratio: float = 0.0,
+    sliding_window: int | None = None,
+    sliding_ratio: float | None = None,
     log=None,
     trace: bool = False,
     block_keys=None,
@@ -1005,6 +1005,8 @@ def serve(
     the step does the work and reads the bytes a real prefix cache would, but a prefix hit's greedy
     tokens are not those of a full forward (timings do not depend on values).
 
+    Sliding-window layers' KV is charged against `pool` as the simulator charges it (`core.scheduler.sliding_terms`
+    of the executor's model, unless `sliding_window` / `sliding_ratio` say otherwise).
     Arrival times are seconds from the start of the replay (requests with NaN arrivals are skipped).
     The run ends when every request has finished, or at `deadline_s` (wall seconds since the start;
     requests still in flight are left unfinished). Call `executor.warmup()` once before the first run.
@@ -1020,8 +1022,13 @@ def serve(
         spec is not None
     ):  # the scheduler's draws stay unused: the engine decides acceptance (Batch.spec_accepted)
         sd = SpecDecode(spec.k, spec.max_batch, [0.0] * len(requests), np.random.default_rng(seed))
-    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=sliding_window,
-                             sliding_ratio=sliding_ratio, fresh=fresh_rule(executor.device), spec=sd)  # fmt: skip
+    window, ratio = sliding_terms(
+        executor.model.spec
+    )  # (None: the model's own, as the simulator's scheduler)
+    window = window if sliding_window is None else sliding_window
+    ratio = ratio if sliding_ratio is None else sliding_ratio
+    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, chunked_prefill, sliding_window=window,
+                             sliding_ratio=ratio, fresh=fresh_rule(executor.device), spec=sd)  # fmt: skip
     sched = Scheduler(pool, config, block_keys=block_keys)
     run = _Replay(executor, sched, requests, seed, cost, spec)
     order = np.flatnonzero(np.isfinite(requests.arrival_s))

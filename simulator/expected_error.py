@@ -87,16 +87,14 @@ ROW_FIGURES = {"ttft_p50": "TTFT p50", "ttft_p90": "TTFT p90", "tpot_p50": "TPOT
                "output_tokens_per_s": "out tok/s"}  # fmt: skip
 
 
-def fidelity_loads(gpu: str, table: str, model: str | None = None) -> list[LoadCheck]:
-    """Our engine's fidelity rows on `gpu` as load checks: each row's mean sequences a step in the engine's run
-    and its errors (benchmarks/results/fidelity/GPU/ROW/row.json, which the table is made from); with `model`,
-    only that catalogue model's rows."""
+def _fidelity_rows(gpu: str, table: str) -> list[tuple[str, LoadCheck]]:
+    """Our engine's fidelity rows on `gpu` as load checks, each with its catalogue model: the row's mean sequences a
+    step in the engine's run and its errors (benchmarks/results/fidelity/GPU/ROW/row.json, which the table is made
+    from)."""
     out = []
     for path in sorted((FIDELITY_DIR / "fidelity" / gpu).glob("*/row.json")):
         try:
             r = json.loads(path.read_text())
-            if model is not None and r.get("row_model", r.get("model")) != model:
-                continue
             batch = float(r["engine_run"]["mean_batch_seqs"])
             errs = {
                 name: 100.0 * (r["simulator"][k] / r["engine"][k] - 1.0) for k, name in ROW_FIGURES.items()
@@ -104,9 +102,8 @@ def fidelity_loads(gpu: str, table: str, model: str | None = None) -> list[LoadC
         except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
             continue
         if batch > 0:
-            out.append(
-                LoadCheck(run=r.get("row", path.parent.name), batch=batch, errors_pct=errs, table=table)
-            )
+            check = LoadCheck(run=r.get("row", path.parent.name), batch=batch, errors_pct=errs, table=table)
+            out.append((r.get("row_model", r.get("model")), check))
     return out
 
 
@@ -174,13 +171,13 @@ def expected_error(
         if fid is not None:
             figures, table = fid
             status, basis = "validated", f"our engine's end-to-end fidelity rows on {gpu.name} ({table})"
-            own = fidelity_loads(gpu.name, table, model) if model else []
-            load = load_of(own or fidelity_loads(gpu.name, table), batch)
+            rows = _fidelity_rows(gpu.name, table)
+            own = [c for m, c in rows if model and m == model]
+            load = load_of(own or [c for _, c in rows], batch)
             if load is not None and load.get("pct"):  # the rows at this forecast's load
                 figures, basis = load.pop("pct"), f"{load['words']}; our engine on {gpu.name}"
             elif own:  # this model's rows, none near this load: their band, and the load said
-                figures = _widest([(k, float(np.median([abs(c.errors_pct[k]) for c in own])))
-                                   for k in own[0].errors_pct])  # fmt: skip
+                figures = _band(own)
                 basis = f"our engine's fidelity rows of {model} on {gpu.name} ({table})"
             if own:
                 basis += f"; {model}'s own rows"
@@ -221,17 +218,22 @@ def load_of(checks: list[LoadCheck], batch: float | None) -> dict | None:
     if not near:
         return out | {"words": f"outside the checked load: this forecast runs {batch:.3g} sequences a step, "
                       f"the checks ran {lo:.3g}-{hi:.3g}, so the band may not hold"}  # fmt: skip
-    by_metric: dict[str, list[float]] = {}
-    for c in near:
-        for k, v in c.errors_pct.items():
-            by_metric.setdefault(k, []).append(abs(v))
-    pct = _widest([(k, float(np.median(v))) for k, v in by_metric.items()])
+    pct = _band(near)
     runs = (", ".join(f"{Path(c.run).name} at {c.batch:.3g}" for c in near) if len(near) <= 3 else
             f"{len(near)} runs at {min(c.batch for c in near):.3g}-{max(c.batch for c in near):.3g}")  # fmt: skip
     notes = "; ".join(c.note for c in near if c.note)
     words = (f"the checks near this forecast's load of {batch:.3g} sequences a step ({runs}; "
              f"{', '.join(sorted({c.table for c in near}))}{'; ' + notes if notes else ''})")  # fmt: skip
     return out | {"pct": pct, "words": words}
+
+
+def _band(checks: list[LoadCheck]) -> dict[str, float]:
+    """Per metric the median |error| over `checks`, the widest per quantity."""
+    by_metric: dict[str, list[float]] = {}
+    for c in checks:
+        for k, v in c.errors_pct.items():
+            by_metric.setdefault(k, []).append(abs(v))
+    return _widest([(k, float(np.median(v))) for k, v in by_metric.items()])
 
 
 def _step_holdout(gpu: HardwareProfile) -> float | None:
