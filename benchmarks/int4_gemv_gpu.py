@@ -165,6 +165,14 @@ def decode_step(bw: float, cpu: bool) -> dict:
     return rec
 
 
+def copy_bandwidth(dev: str) -> float:
+    """Bytes a second of a device copy (read + written; 2 GiB on the GPU, 16 MiB on the CPU): the floors' rate."""
+    from engine.kernels import time_copy
+
+    secs, nbytes = time_copy((16 if dev == "cpu" else 2048) * 2**20, dev)
+    return nbytes / secs
+
+
 def markdown(res: dict) -> str:
     graphs = "CUDA graphs" if res["device"] != "cpu" else "eager"
     lines = [f"# int4 GEMV on {res['device']} (torch {res['torch']})", "",
@@ -196,12 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-step", action="store_true", help="skip the whole decode step")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    from engine.kernels import time_copy
-
     t_start = time.perf_counter()
     dev = "cpu" if args.cpu else "cuda"
-    secs, nbytes = time_copy((16 if args.cpu else 2048) * 2**20, dev)
-    bw = nbytes / secs
+    bw = copy_bandwidth(dev)
     res = {"device": "cpu" if args.cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
            "copy_gb_s": bw / 1e9, "rows": [], "command": " ".join(sys.argv)}  # fmt: skip
     log(f"copy bandwidth {bw / 1e9:.0f} GB/s")

@@ -26,8 +26,10 @@ tiles of tokens, FMAs for a single row), so a decode step reads half a byte per 
   `tl.inline_asm_elementwise`, sm90: ~2.4-2.8 instructions a weight at one row in SASS against ~3.5 that the
   H200's bandwidth allows); 128-bit loads of 4 adjacent columns' words, a thread holding all word rows of its
   columns (row sums in registers), the scale once per chunk; split-K in one launch (the last program of a
-  column tile to arrive sums the fp32 partials in split order: deterministic, graph-capturable). A plain-Triton
-  variant (the 2^23 trick per nibble in fp32) is what the interpreter runs in the tests;
+  column tile to arrive sums the fp32 partials, 8 splits a load (RB): deterministic, graph-capturable). A plain-Triton
+  variant (the 2^23 trick per nibble in fp32) is what the interpreter runs in the tests. On sm90 it can be
+  launched with programmatic dependent launch (PDL: reading nothing an earlier kernel writes before
+  `gdc_wait`), measured and not a candidate by default (`PDL`);
 - torch's own int4 kernel (`aten._weight_int4pack_mm`, tinygemm, as gpt-fast runs it) where this torch has it
   on CUDA, the weight also packed in its layout (`tinygemm_pack`, self-checked once against the reference);
 - from 17 rows, dequantize the weight to 16 bits (`_dequant_kernel`, one pass) and multiply with cuBLAS.
@@ -294,10 +296,23 @@ if triton is not None:
                 acc = tl.where(offs_m[:, None] == m, acc + col[None, :], acc)
         return acc
 
+    @triton.jit
+    def _prefetch_l2(p):
+        """Ask L2 for the lines at pointers p (no registers written, nothing waited for)."""
+        return tl.inline_asm_elementwise(
+            "prefetch.global.L2::evict_last [$1];\n mov.u32 $0, 0;",
+            "=r,l",
+            [p],
+            dtype=tl.int32,
+            is_pure=False,
+            pack=1,
+        )
+
     def _w4_kernel(
         X, QW, S, Y, P, CNT, M, N, K, groups_per_split,
         ROWS: tl.constexpr, BLOCK_N: tl.constexpr, R: tl.constexpr, GROUP_K: tl.constexpr, ASM: tl.constexpr,
-        SPLIT: tl.constexpr, EVEN: tl.constexpr, ACC2: tl.constexpr,
+        SPLIT: tl.constexpr, EVEN: tl.constexpr, ACC2: tl.constexpr, PDL: tl.constexpr = 0,
+        PREFETCH: tl.constexpr = 0, RB: tl.constexpr = 1,
     ):  # fmt: skip
         """One program: up to ROWS token rows x BLOCK_N columns over its K-split's groups, R word rows (8R k) at a
         time: ASM, bf16x2 arithmetic in PTX (`_DEQ_BF16X2` once per word, `_DOT_BF16X2` per row; X read as
@@ -305,7 +320,7 @@ if triton is not None:
         rows of its columns (4 adjacent ones: 128-bit loads; BLOCK_N = 128·warps·c), so the sums over word rows
         stay in its registers, scaled once per chunk and row. EVEN: N is a multiple of BLOCK_N (no column
         masks). SPLIT: the partial sums go to P[split, row, :] and the last program of a column tile to arrive
-        (an atomic counter per tile in CNT, reset by it) adds them in split order and writes Y: one launch,
+        (an atomic counter per tile in CNT, reset by it) adds them, RB splits a load, and writes Y: one launch,
         deterministic, graph-capturable (launches of it must not run concurrently: one stream). ACC2 (with ASM):
         word rows r and r + R/2 summed in one bf16x2 chain (`_DOT2_BF16X2`)."""
         pid_n = tl.program_id(0)
@@ -318,6 +333,19 @@ if triton is not None:
         CPG: tl.constexpr = GROUP_K // 8 // R  # chunks per group
         c0 = split * groups_per_split * CPG
         c1 = tl.minimum(c0 + groups_per_split * CPG, (K // GROUP_K) * CPG)
+        if (
+            PDL > 0
+        ):  # launched with programmatic dependent launch: this kernel reads nothing an earlier kernel
+            # writes (x, the partials, the counters) before gdc_wait; the weights of its first PREFETCH chunks are
+            # asked of L2 meanwhile (one word per 128-byte line). PDL 1: the next kernel may start now; 2: once
+            # every program is past its main loop; 3: as each program ends
+            if PDL == 1:
+                tl.extra.cuda.gdc_launch_dependents()
+            if PREFETCH > 0:
+                lines = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 32) * 32, N - 1)
+                for ch in range(c0, tl.minimum(c1, c0 + PREFETCH)):
+                    _prefetch_l2(QW + (ch * R + tl.arange(0, R))[:, None] * N + lines[None, :])
+            tl.extra.cuda.gdc_wait()
         for ch in range(c0, c1):
             sp = S + (ch // CPG) * N + offs_n
             s = (tl.load(sp) if EVEN else tl.load(sp, mask=mask_n, other=0.0)).to(tl.float32)
@@ -356,6 +384,8 @@ if triton is not None:
                 )
         out = acc
         mask = mask_m[:, None] & mask_n[None, :]
+        if PDL == 2:
+            tl.extra.cuda.gdc_launch_dependents()
         if SPLIT:
             nsplit = tl.num_programs(1)
             tl.store(P + (split * M + offs_m[:, None]) * N + offs_n[None, :], out, mask=mask)
@@ -363,9 +393,14 @@ if triton is not None:
             old = tl.atomic_add(CNT + pid_n, 1, sem="acq_rel")
             if old == nsplit - 1:
                 tot = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
-                for sp in range(0, nsplit):
-                    tot += tl.load(P + (sp * M + offs_m[:, None]) * N + offs_n[None, :], mask=mask, other=0.0,
-                                   cache_modifier=".cg")  # fmt: skip
+                sb = tl.arange(
+                    0, RB
+                )  # RB splits' partials a load (their latencies overlap), summed RB at a time
+                for sp0 in range(0, nsplit, RB):
+                    sps = sp0 + sb
+                    off = (sps[:, None, None] * M + offs_m[None, :, None]) * N + offs_n[None, None, :]
+                    tot += tl.sum(tl.load(P + off, mask=(sps < nsplit)[:, None, None] & mask[None, :, :], other=0.0,
+                                          cache_modifier=".cg"), axis=0)  # fmt: skip
                 tl.store(Y + offs_m[:, None] * N + offs_n[None, :], tot.to(Y.dtype.element_ty), mask=mask)
                 tl.atomic_xchg(CNT + pid_n, 0)
         else:
@@ -514,6 +549,19 @@ W4_ONE = [
 W4_ACC2_ONE = [(1, 256, 16, 2, 2, 2), (1, 512, 16, 2, 2, 2)]
 W4_ACC2_FEW = {4: [(4, 128, 8, 2, 1, 2)], 8: [(8, 128, 8, 2, 1, 2)]}
 _W4_KINDS = {"w4": 0, "w4asm": 1, "w4acc2": 2}
+# w4asm with programmatic dependent launch (a config's 8th entry: chunks of weights prefetched into L2 before the
+# kernel waits on the one before it), sm90+
+# Not a candidate by default: measured on an H200 (benchmarks/int4_chain_gpu.py, int4_chain.md), Llama-3.1-8B's
+# int4 GEMVs back to back ran 1-3% faster with PDL (the next kernel may start once every program is past its
+# main loop) and 13-27% slower with it at once or with weights prefetched into L2 before the wait; the whole
+# batch-1 decode step, where norms, attention and activations sit between the GEMVs, ran 2.9% slower with the
+# tuner's PDL picks (2.718 against 2.641 ms)
+PDL = False
+PDL_VARIANTS = ((0, 2), (4, 2), (0, 3))  # (chunks prefetched, when the next kernel may start)
+# split-K partials the last program of a column tile loads at once (over ROWS; 8 rows: 1): one split a load made
+# that program's reduction a chain of 8-56 dependent loads at one row; 8 a load took Llama-3.1-8B's int4 GEMVs
+# 1-8% faster on an H200 (benchmarks/results/engine_kernels_h200/int4_chain.md)
+RB = 8
 W4_FEW = {4: [(4, 128, 8, 2, 1, 2), (4, 256, 8, 2, 2, 2)], 8: [(8, 128, 4, 2, 1, 2), (8, 256, 4, 2, 2, 2)]}
 # GEMV (one row, I2F conversions): (BLOCK_N, programs per SM of the K-split, warps); the first H200 run's best two
 GEMV_CONFIGS = [(128, 8, 4), (128, 4, 4)]
@@ -551,7 +599,12 @@ def candidates(m: int, x: torch.Tensor, tg: tuple | None) -> list[tuple]:
     if m <= PLANES_MAX_ROWS:  # ROWS: the bucket's top, so every row count of a bucket runs the tuned kernel
         out += [("planes", (_bucket(m), *c)) for c in (PLANES_ONE if m == 1 else PLANES_FEW[_bucket(m)])]
         if x.dtype == torch.bfloat16:
-            out += [("w4asm", c) for c in (W4_ONE if m == 1 else W4_FEW[_bucket(m)])]
+            base = W4_ONE if m == 1 else W4_FEW[_bucket(m)]
+            out += [("w4asm", c) for c in base]
+            if (
+                PDL and torch.cuda.get_device_capability(x.device)[0] >= 9
+            ):  # sm90+: programmatic dependent launch
+                out += [("w4asm", (*c, *v, RB)) for c in base for v in PDL_VARIANTS]
             out += [("w4acc2", c) for c in (W4_ACC2_ONE if m == 1 else W4_ACC2_FEW[_bucket(m)])]
     if m == 1:
         out += [("gemv", c) for c in GEMV_CONFIGS]
@@ -776,7 +829,8 @@ _COUNTERS: dict[int, torch.Tensor] = {}
 def _w4(x, qweight, scales, cfg: tuple) -> torch.Tensor:
     """`_w4_kernel` with cfg (asm: 0 plain Triton, 1 PTX, 2 PTX with two-word chains; ROWS, BLOCK_N, R: word rows a step, programs per SM the K-split aims at (0:
     none), warps, stages)."""
-    asm, rows, bn, r, per_sm, warps, stages = cfg
+    asm, rows, bn, r, per_sm, warps, stages, *more = cfg
+    prefetch, mode, rb = (*more, *(-1, 1, RB)[len(more) :])  # PDL off, early trigger, RB splits a load
     (m, k), n = x.shape, qweight.shape[1]
     rows = min(rows, triton.next_power_of_2(m))  # 2 rows of a bucket of 4 run a kernel for 2
     group, tiles, per, split = _column_grid(x, qweight, scales, bn, per_sm)
@@ -789,8 +843,18 @@ def _w4(x, qweight, scales, cfg: tuple) -> torch.Tensor:
     xa = x.view(torch.int64) if asm else x  # bf16 quads as words (k: a multiple of the group)
     _kernels()[4][(tiles, split)](xa, qweight, scales, y, p, cnt, m, n, k, per, ROWS=rows, BLOCK_N=bn,
                                   R=min(r, group // PACK), GROUP_K=group, ASM=asm >= 1, SPLIT=split > 1,
-                                  EVEN=n % bn == 0, ACC2=asm == 2, num_warps=warps, num_stages=stages)  # fmt: skip
+                                  EVEN=n % bn == 0, ACC2=asm == 2, num_warps=warps, num_stages=stages,
+                                  RB=max(1, rb // rows), **_pdl_args(prefetch, mode))  # fmt: skip
     return y
+
+
+def _pdl_args(prefetch: int, mode: int) -> dict:
+    """Launch arguments of a kernel with programmatic dependent launch (prefetch >= 0: that many chunks of
+    weights asked of L2 before it waits on the kernel before it; mode: when the next kernel may start, 1 at
+    once, 2 past the main loops, 3 as programs end); none for prefetch -1."""
+    if prefetch < 0:
+        return {}
+    return {"PDL": mode, "PREFETCH": prefetch, "launch_pdl": True}
 
 
 def dequant_t(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
