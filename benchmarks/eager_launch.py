@@ -6,6 +6,7 @@ step of the serving executor (engine/serving.py) and prints the functions it spe
 
     python benchmarks/eager_launch.py                    # Llama-3.1-8B on the GPU
     python benchmarks/eager_launch.py --device cpu       # a tiny model (tests the script)
+    python benchmarks/eager_launch.py --model deepseek-v2-lite --chunk 3072   # MLA's plain form (> 2,048 tokens)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--chunk", type=int, default=32, help="prompt tokens in the step (beside 8 decodes)")
     p.add_argument("--out", help="also write the report to this file")
     args = p.parse_args(argv)
     import torch
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(spec, dtype="fp32" if cpu else "bf16", device=args.device, max_position=8192)
     ex = Executor(model, 8192, 16, device=args.device)
     ex.warmup()
-    chunk, n = 32, 8
+    chunk, n = args.chunk, 8
     toks = np.ones(chunk, dtype=np.int64)
     dec = (chunk + np.arange(n, dtype=np.int64), np.full(n, 1, dtype=np.int64), np.ones(n, dtype=np.int64))
 

@@ -9,7 +9,7 @@ the real loop (engine/serving.py) on a fixed synthetic workload with per-step tr
 
 where host = the loop's whole iteration less the step's GPU span (on the CPU: less the executor's
 compute). It also records the executor's measured host time to issue an eager step, per layer, and
-(measure_mla_eager) the same for an MLA model's eager steps, which launch five times the kernels a layer.
+(measure_mla_eager) the same for an MLA model's eager steps, which launch two and a half times the kernels a layer.
 The workload is fixed (seed 0), so the fit does not depend on any trace it is later validated on.
 """
 

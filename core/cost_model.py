@@ -828,9 +828,10 @@ class CostModel:
 # with the KV write, act-mul: the set calibration's `elementwise` group times, ELEMENTWISE_SET); Gemma-3-12B 10
 # (four norms, the q and k norms, the residual adds after its two post-norms); Mixtral-8x7B 10 (ROUTING_KERNELS:
 # the router's softmax, top-k, sort, align, copy and weighted sum; one fewer since the engine's uniform routing,
-# engine.moe.uniform_route, picks and weighs the experts in one kernel); DeepSeek-V2-Lite 40 (MLA_KERNELS in place of
-# rope: the latent norm, rope on q and k in fp32, concatenations, copies and the latent write; the shared
-# expert's act-mul and add). Each count beyond the set costs that group's fixed part over its kernels (1.7 us on
+# engine.moe.uniform_route, picks and weighs the experts in one kernel); DeepSeek-V2-Lite 14 (MLA_KERNELS in place of
+# rope: engine.mla.mla_rope_cache, the latent norm, rope on q and k and the latent write in one kernel since
+# session 20, where torch ops took 26 of the 29 it counted before; the absorbed query's concatenation and the
+# output's casts and copies; the shared expert's act-mul and add). Each count beyond the set costs that group's fixed part over its kernels (1.7 us on
 # the H200, 0.07 ms a DeepSeek-V2-Lite decode step per extra kernel a layer). MLA_KERNELS was counted on the one
 # MLA model the engine runs; a model with features none of these has is counted by the features it shares. Where the
 # profile has a fitted MoE curve, whose points time the routing kernels with the experts (calibrate.bench.Bench._moe),
@@ -840,7 +841,7 @@ class CostModel:
 ELEMENTWISE_SET = 4
 ROUTING_KERNELS = 5
 SHARED_EXPERT_KERNELS = 2
-MLA_KERNELS = 29
+MLA_KERNELS = 4
 
 
 # The chunked-prefill attention kernel (varlen flash attention over cached context) runs one program per query block
@@ -885,10 +886,10 @@ def routing_kernels_per_layer(m: ModelSpec) -> float:
 def launches_per_layer(m: ModelSpec) -> float:
     """Mean kernels a layer of `m` launches in our engine: its GEMMs (expert GEMMs one launch each), the attention
     kernel and its combine, and the small kernels above. The calibration sweep model (Llama-3.1-8B) launches
-    LAUNCHES_SWEEP_MODEL = 10; the eager launch floor scales by the ratio (DeepSeek-V2-Lite: 50.6, 5.1x: its
-    eager steps in the H200 fidelity run took a median 85 ms to launch, against 12 ms at Llama's rate a layer, and
-    62 ms by this ratio; its eager decode of 32 sequences in benchmarks/kernel_profile.py took 36 ms, so the ratio
-    is a compromise between its prompt path, which launches more, and its decode path, which launches less)."""
+    LAUNCHES_SWEEP_MODEL = 10; the eager launch floor scales by the ratio where the profile has no measured MLA
+    term (DeepSeek-V2-Lite: 24.6, 2.5x since its MLA glue is one kernel; 50.6 before, when its eager steps in the
+    H200 fidelity run took a median 85 ms to launch, against 12 ms at Llama's rate a layer, and 62 ms by the
+    ratio; the ratio is a compromise between its prompt path, which launches more, and its decode path)."""
     gemms = sum(g.layers for g in m.dense_gemms) + sum(g.layers for g in m.expert_gemms)
     return small_kernels_per_layer(m) + gemms / m.num_layers + 2.0
 

@@ -98,11 +98,13 @@ class MLAttention(nn.Module):
         q = self.q_b(self.q_a_norm(self.q_a(x))[0]) if self.q_lora else self.wq(x)
         q = q.view(t, self.nh, self.qd)
         kv = self.kv_a(x)
-        latent = self.kv_norm(kv[:, : self.rank].contiguous())[0]
-        cos, sin = rope[0][lay.positions], rope[1][lay.positions]
-        q_pe = rope_ref(q[..., self.nope :], cos, sin)
-        k_pe = rope_ref(kv[:, None, self.rank :], cos, sin)
-        k_pool[lay.slots, 0] = torch.cat([latent, k_pe[:, 0]], -1).to(k_pool.dtype)
+        if use_kernel(q) and self.kv_norm.offset == 0.0:  # one kernel: q's rope part rotated in place
+            mla_rope_cache(q, kv, self.kv_norm, rope, lay.positions, lay.slots, k_pool, self.nope, self.rank)
+            q_pe = q[..., self.nope :]
+        else:
+            q_pe = mla_rope_cache_ref(
+                q, kv, self.kv_norm, rope, lay.positions, lay.slots, k_pool, self.nope, self.rank
+            )
         if use_kernel(q) and (not lay.n_prefill or t <= ABSORBED_PROMPT_TOKENS):  # every row absorbed
             qa = self.absorbed_query(q[..., : self.nope], q_pe)  # (device metadata only: graph-safe)
             o_lat = qa.new_zeros((t, self.nh, self.rank))
@@ -330,7 +332,69 @@ def use_kernel(q: torch.Tensor) -> bool:
     return triton is not None and q.is_cuda
 
 
+def mla_rope_cache(q, kv, norm, rope, positions, slots, k_pool, nope: int, rank: int) -> None:
+    """The glue between MLA's projections and its attention in one kernel: q [T, nh, nope + rope]'s rope part
+    rotated in place, and each token's pool slot given its normalised latent (`norm`: kv_norm, an RMSNorm) and
+    rotated rope key from kv [T, rank + rope] (kv_a's output). The same arithmetic as the torch ops
+    (`mla_rope_cache_ref`), which took some 25 kernels a layer."""
+    t, nh, qd = q.shape
+    half = (qd - nope) // 2
+    _mla_rope_cache_kernel[(t, nh + 1)](
+        q, kv, norm.weight, k_pool, rope[0], rope[1], positions, slots, q.stride(0), kv.stride(0), norm.eps,
+        NH=nh, NOPE=nope, RANK=rank, RANK_P2=triton.next_power_of_2(rank), HALF=half, num_warps=1,
+    )  # fmt: skip
+
+
+def mla_rope_cache_ref(q, kv, norm, rope, positions, slots, k_pool, nope: int, rank: int) -> torch.Tensor:
+    """`mla_rope_cache` in torch ops: returns the rotated rope query (q is left as it was)."""
+    latent = norm(kv[:, :rank].contiguous())[0]
+    cos, sin = rope[0][positions], rope[1][positions]
+    q_pe = rope_ref(q[..., nope:], cos, sin)
+    k_pe = rope_ref(kv[:, None, rank:], cos, sin)
+    k_pool[slots, 0] = torch.cat([latent, k_pe[:, 0]], -1).to(k_pool.dtype)
+    return q_pe
+
+
 if triton is not None:
+
+    @triton.jit
+    def _mla_rope_cache_kernel(
+        Q, KV, W, KP, COS, SIN, POS, SLOT, q_stride, kv_stride, eps,
+        NH: tl.constexpr, NOPE: tl.constexpr, RANK: tl.constexpr, RANK_P2: tl.constexpr, HALF: tl.constexpr,
+    ):  # fmt: skip
+        """One token's MLA glue (`mla_rope_cache`): programs 0..NH-1 rotate their head's rope query in place;
+        program NH normalises the latent, rotates the rope key and writes both to the token's pool slot."""
+        t = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1)
+        d = tl.arange(0, HALF)
+        pos = tl.load(POS + t)
+        cos = tl.load(COS + pos * HALF + d)
+        sin = tl.load(SIN + pos * HALF + d)
+        if h < NH:
+            src = Q + t * q_stride + h * (NOPE + 2 * HALF) + NOPE
+            x1 = tl.load(src + d).to(tl.float32)
+            x2 = tl.load(src + HALF + d).to(tl.float32)
+            tl.store(src + d, (x1 * cos - x2 * sin).to(Q.dtype.element_ty))
+            tl.store(src + HALF + d, (x2 * cos + x1 * sin).to(Q.dtype.element_ty))
+        else:
+            slot = tl.load(SLOT + t)
+            dst = KP + slot * (RANK + 2 * HALF)
+            r = tl.arange(0, RANK_P2)
+            rm = r < RANK
+            c = tl.load(KV + t * kv_stride + r, mask=rm, other=0.0).to(tl.float32)
+            # the latent as RMSNorm's module rounds it (engine.fused.add_rmsnorm: fp32, then the activation dtype)
+            lat = (
+                c
+                * tl.rsqrt(tl.sum(c * c, axis=0) / RANK + eps)
+                * tl.load(W + r, mask=rm, other=0.0).to(tl.float32)
+            )
+            tl.store(dst + r, lat.to(KV.dtype.element_ty).to(KP.dtype.element_ty), mask=rm)
+            x1 = tl.load(KV + t * kv_stride + RANK + d).to(tl.float32)
+            x2 = tl.load(KV + t * kv_stride + RANK + HALF + d).to(tl.float32)
+            k1 = (x1 * cos - x2 * sin).to(KV.dtype.element_ty).to(KP.dtype.element_ty)
+            k2 = (x2 * cos + x1 * sin).to(KV.dtype.element_ty).to(KP.dtype.element_ty)
+            tl.store(dst + RANK + d, k1)
+            tl.store(dst + RANK + HALF + d, k2)
 
     @triton.jit
     def _mla_decode_kernel(

@@ -84,7 +84,8 @@ def test_steps_without_padding_cost_what_they_did(shape, kw):
 def test_a_step_no_graph_takes_lasts_at_least_its_launches():
     """Nine short prompt chunks run eagerly: with a graph rule the step lasts at least the launch floor (the
     fitted launch time a layer, scaled by the kernels a layer launches); a graphed step of the same tokens
-    does not wait. DeepSeek-V2-Lite launches about five times Llama's kernels a layer."""
+    does not wait. DeepSeek-V2-Lite launches about two and a half times Llama's kernels a layer (five before its MLA
+    glue was one kernel, engine.mla.mla_rope_cache)."""
     from core.cost_model import LAUNCHES_SWEEP_MODEL, launches_per_layer
 
     plain, padded = both()
@@ -97,7 +98,7 @@ def test_a_step_no_graph_takes_lasts_at_least_its_launches():
     )  # 540 tokens of GPU work launch slower than they run
     assert "launch_wait" not in padded.breakdown(graphed) and plain.ungraphed_floor == 0.0
     assert launches_per_layer(load_model("llama-3.1-8b")) == LAUNCHES_SWEEP_MODEL
-    assert 4.5 < launches_per_layer(load_model("deepseek-v2-lite")) / LAUNCHES_SWEEP_MODEL < 5.5
+    assert 2.0 < launches_per_layer(load_model("deepseek-v2-lite")) / LAUNCHES_SWEEP_MODEL < 3.0
 
 
 def test_the_shared_cache_tells_eight_chunks_from_nine():

@@ -326,3 +326,41 @@ def test_plain_plan_follows_a_refilled_layout():
     second.shared = first.shared  # what a refilled layout carries over
     got = attn(x, second, rope, pool, pool)
     assert torch.allclose(got, want) and second.shared["mla_plain"][0][1] == (4, 3)
+
+
+ROPE_CACHE = """
+import torch
+from engine.mla import mla_rope_cache, mla_rope_cache_ref
+from engine.model import RMSNorm
+from engine.model import rope_tables
+torch.manual_seed(0)
+# (tokens, heads, nope, rank, rope dim, dtype): a power-of-two rank and one that is not (masked)
+for t, nh, nope, rank, rd, dt in ((5, 4, 16, 32, 16, torch.float32), (3, 2, 8, 24, 8, torch.float32),
+                                  (4, 3, 16, 64, 32, torch.bfloat16)):
+    q = torch.randn(t, nh, nope + rd).to(dt)
+    kv = torch.randn(t, rank + rd).to(dt)
+    norm = RMSNorm(rank, 1e-6, 0.0)
+    torch.nn.init.normal_(norm.weight, 1.0, 0.1)
+    rope = rope_tables(rd, 10000.0, 64, "cpu")
+    positions = torch.tensor([3, 9, 17, 30, 41][:t])
+    slots = torch.tensor([11, 2, 7, 5, 0][:t])
+    pool_ref = torch.zeros(16, 1, rank + rd, dtype=dt)
+    pool = pool_ref.clone()
+    q_pe = mla_rope_cache_ref(q, kv, norm, rope, positions, slots, pool_ref, nope, rank)
+    q2 = q.clone()
+    mla_rope_cache(q2, kv, norm, rope, positions, slots, pool, nope, rank)
+    tol = 1e-5 if dt == torch.float32 else 1e-2
+    assert torch.equal(q2[..., :nope], q[..., :nope])  # the no-rope part left alone
+    # relative to the largest value (bf16: a rounding apart where the reduction order differs)
+    err_q = ((q2[..., nope:].float() - q_pe.float()).abs().max() / q_pe.float().abs().max()).item()
+    err_k = ((pool.float() - pool_ref.float()).abs().max() / pool_ref.float().abs().max()).item()
+    assert err_q < tol and err_k < tol, (t, err_q, err_k)
+    assert pool[slots].abs().sum(-1).min() > 0 and (pool.abs().sum((1, 2)) > 0).sum() == t  # only those slots
+    print("ok", err_q, err_k)
+"""
+
+
+def test_mla_rope_cache_kernel_matches_the_torch_ops_interpreted():
+    """The fused MLA glue kernel (q's rope in place, the normalised latent and rotated rope key into the pool
+    slots) gives what the torch ops give, under Triton's interpreter."""
+    assert run_interpreted(ROPE_CACHE).count("ok") == 3
