@@ -14,6 +14,10 @@ from engine.timing import copies_for_cache, measure_graph, random_like_nonzero, 
 # Below this many rows a GEMM is timed replayed from a CUDA graph, as it runs inside a captured
 # decode step (no host launch gap); larger ones are long enough for per-call events.
 GRAPH_GEMM_MAX_M = 512
+# MoE layers a replay of a `moe` point, each on its own inputs (the graph's launch spread over them, as a step's
+# layers follow each other; one a replay, with the router's torch ops, read 19 µs above the served layer at one
+# token on an H200: session 20)
+MOE_CALLS = 4
 
 
 class Bench:
@@ -110,11 +114,14 @@ class Bench:
 
     def _moe(self, q: dict) -> float:
         """One MoE layer's routed experts as the engine serves them (engine.model.MoE without its router
-        GEMM): route (top-k softmax), sort by expert, two grouped GEMMs, combine; replayed from a CUDA graph
-        on the GPU, as in a captured step, on the faster of the expert-GEMM backends where both run (what
-        the engine's warm-up tuning picks). Weights are built once per shape (bf16; fp32 on the CPU)."""
+        GEMM): its routing (engine.moe.select_experts with the layer's default, uniform: one kernel), sort by
+        expert, two grouped GEMMs, combine; replayed from a CUDA graph on the GPU, as in a captured step, MOE_CALLS
+        layers a replay on as many inputs (each routes to other experts, so no call finds the one before's
+        weights in L2), on the faster of the expert-GEMM backends where both run (what the engine's warm-up
+        tuning picks). Weights are built once per shape (bf16; fp32 on the CPU)."""
         from engine import moe
-        from engine.moe import route, routed_experts
+        from engine.model import MoE
+        from engine.moe import routed_experts, select_experts
 
         e, k, h, i, t = q["experts"], q["top_k"], q["hidden"], q["inter"], q["tokens"]
         dev = torch.device(self.device)
@@ -128,15 +135,24 @@ class Bench:
             self._moe_weights = (key, w_gu, w_d)
         _, w_gu, w_d = self._moe_weights
         g = torch.Generator(device=dev).manual_seed(t)
-        x = torch.randn(t, h, device=dev, generator=g).to(dtype)
-        logits = torch.randn(t, e, device=dev, generator=g).to(dtype)  # uniform routing on average
+        calls = 1 if self.cpu else MOE_CALLS
+        inputs = [
+            (
+                torch.randn(t, h, device=dev, generator=g).to(dtype),
+                torch.randn(t, e, device=dev, generator=g).to(dtype),
+            )
+            for _ in range(calls)
+        ]
+        routing = MoE.routing_default
+        x = inputs[0][0]
 
-        def fn():
-            w, ids = route(logits, k, True)
+        def layer(x, logits):
+            w, ids = select_experts(logits, k, True, routing)
             return routed_experts(x, w_gu, w_d, w, ids)
 
+        fn = rotating(inputs, layer)
         if not moe.grouped_mm_supported(x):  # one backend (the Triton kernel) where grouped_mm does not run
-            return measure_graph(fn, dev, calls=1, repeat=self.repeat, warmup=self.warmup)
+            return measure_graph(fn, dev, calls=calls, repeat=self.repeat, warmup=self.warmup)
         # the serving engine times both backends per rows bucket at warm-up and keeps the faster
         # (engine.moe.tune_moe): the layer as served is the faster of the two here too
         key = (moe.rows_bucket(t * k, e), 2 * i, h, e)
@@ -145,7 +161,7 @@ class Bench:
         try:
             for name in moe.BACKENDS:
                 moe.set_backends({**keep, key: name})
-                times.append(measure_graph(fn, dev, calls=1, repeat=self.repeat, warmup=self.warmup))
+                times.append(measure_graph(fn, dev, calls=calls, repeat=self.repeat, warmup=self.warmup))
         finally:
             moe.set_backends(keep)
         return min(times)

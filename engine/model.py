@@ -113,6 +113,9 @@ class MoE(nn.Module):
     """Top-k routed experts: tokens sorted by expert, one Triton grouped GEMM per projection on CUDA
     (engine.moe), the loop over experts elsewhere."""
 
+    # engine.moe.ROUTINGS: random weights do not route like a trained router (calibrate.bench times this one)
+    routing_default = "uniform"
+
     def __init__(self, spec: ModelSpec, act: str) -> None:
         super().__init__()
         h, i, e = spec.hidden_size, spec.moe_intermediate_size, spec.num_experts
@@ -122,7 +125,7 @@ class MoE(nn.Module):
         self.top_k, self.act, self.num_experts = spec.experts_per_token, act, e
         # Mixtral renormalises the top-k weights; DeepSeek-V2 and Qwen-MoE configs say norm_topk_prob
         self.renormalize = bool(spec.config.get("text_config", spec.config).get("norm_topk_prob", True))
-        self.routing = "uniform"  # engine.moe.ROUTINGS: random weights do not route like a trained router
+        self.routing = self.routing_default
         self.shared = None
         if spec.num_shared_experts:
             si = spec.shared_expert_intermediate_size or spec.moe_intermediate_size * spec.num_shared_experts
