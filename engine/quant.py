@@ -308,6 +308,45 @@ if triton is not None:
             pack=1,
         )
 
+    @triton.jit
+    def _pdl_wait(
+        QW, N, c0, c1, pid_n, R: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr
+    ):  # fmt: skip
+        """`_w4_kernel`'s start under programmatic dependent launch: it reads nothing an earlier kernel writes (x,
+        the partials, the counters) before gdc_wait; the weights of its first PREFETCH chunks are asked of L2
+        meanwhile (one word per 128-byte line). PDL 1: the next kernel may start now (2: once every program is
+        past its main loop; 3: as each program ends)."""
+        if PDL == 1:
+            tl.extra.cuda.gdc_launch_dependents()
+        if PREFETCH > 0:
+            lines = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 32) * 32, N - 1)
+            for ch in range(c0, tl.minimum(c1, c0 + PREFETCH)):
+                _prefetch_l2(QW + (ch * R + tl.arange(0, R))[:, None] * N + lines[None, :])
+        tl.extra.cuda.gdc_wait()
+
+    @triton.jit
+    def _split_k_store(
+        out, Y, P, CNT, M, N, split, pid_n, offs_m, offs_n, mask,
+        ROWS: tl.constexpr, BLOCK_N: tl.constexpr, RB: tl.constexpr,
+    ):  # fmt: skip
+        """`_w4_kernel`'s end with split-K: this split's partial sums to P[split, row, :]; the last program of the
+        column tile to arrive (an atomic counter per tile in CNT, reset by it) adds every split's, RB splits a
+        load (their latencies overlap), and writes Y."""
+        nsplit = tl.num_programs(1)
+        tl.store(P + (split * M + offs_m[:, None]) * N + offs_n[None, :], out, mask=mask)
+        tl.debug_barrier()  # every thread's partial stored before the (release) count
+        old = tl.atomic_add(CNT + pid_n, 1, sem="acq_rel")
+        if old == nsplit - 1:
+            tot = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+            sb = tl.arange(0, RB)
+            for sp0 in range(0, nsplit, RB):
+                sps = sp0 + sb
+                off = (sps[:, None, None] * M + offs_m[None, :, None]) * N + offs_n[None, None, :]
+                tot += tl.sum(tl.load(P + off, mask=(sps < nsplit)[:, None, None] & mask[None, :, :], other=0.0,
+                                      cache_modifier=".cg"), axis=0)  # fmt: skip
+            tl.store(Y + offs_m[:, None] * N + offs_n[None, :], tot.to(Y.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(CNT + pid_n, 0)
+
     def _w4_kernel(
         X, QW, S, Y, P, CNT, M, N, K, groups_per_split,
         ROWS: tl.constexpr, BLOCK_N: tl.constexpr, R: tl.constexpr, GROUP_K: tl.constexpr, ASM: tl.constexpr,
@@ -321,8 +360,9 @@ if triton is not None:
         stay in its registers, scaled once per chunk and row. EVEN: N is a multiple of BLOCK_N (no column
         masks). SPLIT: the partial sums go to P[split, row, :] and the last program of a column tile to arrive
         (an atomic counter per tile in CNT, reset by it) adds them, RB splits a load, and writes Y: one launch,
-        deterministic, graph-capturable (launches of it must not run concurrently: one stream). ACC2 (with ASM):
-        word rows r and r + R/2 summed in one bf16x2 chain (`_DOT2_BF16X2`)."""
+        deterministic, graph-capturable (launches of it must not run concurrently: one stream; `_split_k_store`).
+        ACC2 (with ASM): word rows r and r + R/2 summed in one bf16x2 chain (`_DOT2_BF16X2`). PDL > 0: launched
+        with programmatic dependent launch (`_pdl_wait`; sm90)."""
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -333,19 +373,8 @@ if triton is not None:
         CPG: tl.constexpr = GROUP_K // 8 // R  # chunks per group
         c0 = split * groups_per_split * CPG
         c1 = tl.minimum(c0 + groups_per_split * CPG, (K // GROUP_K) * CPG)
-        if (
-            PDL > 0
-        ):  # launched with programmatic dependent launch: this kernel reads nothing an earlier kernel
-            # writes (x, the partials, the counters) before gdc_wait; the weights of its first PREFETCH chunks are
-            # asked of L2 meanwhile (one word per 128-byte line). PDL 1: the next kernel may start now; 2: once
-            # every program is past its main loop; 3: as each program ends
-            if PDL == 1:
-                tl.extra.cuda.gdc_launch_dependents()
-            if PREFETCH > 0:
-                lines = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 32) * 32, N - 1)
-                for ch in range(c0, tl.minimum(c1, c0 + PREFETCH)):
-                    _prefetch_l2(QW + (ch * R + tl.arange(0, R))[:, None] * N + lines[None, :])
-            tl.extra.cuda.gdc_wait()
+        if PDL > 0:  # launched with programmatic dependent launch
+            _pdl_wait(QW, N, c0, c1, pid_n, R, BLOCK_N, PDL, PREFETCH)
         for ch in range(c0, c1):
             sp = S + (ch // CPG) * N + offs_n
             s = (tl.load(sp) if EVEN else tl.load(sp, mask=mask_n, other=0.0)).to(tl.float32)
@@ -387,22 +416,7 @@ if triton is not None:
         if PDL == 2:
             tl.extra.cuda.gdc_launch_dependents()
         if SPLIT:
-            nsplit = tl.num_programs(1)
-            tl.store(P + (split * M + offs_m[:, None]) * N + offs_n[None, :], out, mask=mask)
-            tl.debug_barrier()  # every thread's partial stored before the (release) count
-            old = tl.atomic_add(CNT + pid_n, 1, sem="acq_rel")
-            if old == nsplit - 1:
-                tot = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
-                sb = tl.arange(
-                    0, RB
-                )  # RB splits' partials a load (their latencies overlap), summed RB at a time
-                for sp0 in range(0, nsplit, RB):
-                    sps = sp0 + sb
-                    off = (sps[:, None, None] * M + offs_m[None, :, None]) * N + offs_n[None, None, :]
-                    tot += tl.sum(tl.load(P + off, mask=(sps < nsplit)[:, None, None] & mask[None, :, :], other=0.0,
-                                          cache_modifier=".cg"), axis=0)  # fmt: skip
-                tl.store(Y + offs_m[:, None] * N + offs_n[None, :], tot.to(Y.dtype.element_ty), mask=mask)
-                tl.atomic_xchg(CNT + pid_n, 0)
+            _split_k_store(out, Y, P, CNT, M, N, split, pid_n, offs_m, offs_n, mask, ROWS, BLOCK_N, RB)
         else:
             tl.store(Y + offs_m[:, None] * N + offs_n[None, :], out.to(Y.dtype.element_ty), mask=mask)
 
