@@ -46,15 +46,8 @@ from int4_gemv_gpu import copy_bandwidth, decode_step, log, reset_tuner  # noqa:
 LAYER = [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096)]
 CPU_LAYER = [("a", 256, 384), ("b", 256, 256), ("c", 256, 768), ("d", 512, 256)]
 LAYERS, CPU_LAYERS = 32, 2
-W4_CFG = (
-    1,
-    1,
-    512,
-    16,
-    4,
-    4,
-    2,
-)  # asm, ROWS, BLOCK_N, R, programs per SM, warps, stages (the tuner's usual pick)
+# asm, ROWS, BLOCK_N, R, programs per SM, warps, stages (the tuner's usual pick at one row)
+W4_CFG = (1, 1, 512, 16, 4, 4, 2)
 CPU_CFG = (0, 1, 64, 16, 2, 2, 2)
 # (name, the config's tail: chunks prefetched (-1: no PDL), when the next kernel may start (1 at once, 2 past
 # the main loops, 3 as programs end), split-K partials a load in the reduction; plain kernels between GEMVs)
@@ -108,21 +101,11 @@ def chain_fn(weights, layer, x0, gemv, gap: bool):
     return run
 
 
-def time_chain(fn, dev: str, repeat: int) -> tuple[float, torch.Tensor]:
-    from engine.timing import measure
+def time_chain(fn, dev: str, repeat: int) -> float:
+    """Seconds of one pass, replayed from a CUDA graph on the GPU (engine.timing.measure_graph); once on the CPU."""
+    from engine.timing import measure_graph
 
-    out = fn()
-    if dev == "cpu":
-        return measure(fn, dev, warmup=0, repeat=1), out
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return measure(graph.replay, dev, warmup=2, repeat=repeat), out
+    return measure_graph(fn, dev, calls=1, repeat=1 if dev == "cpu" else repeat, warmup=1)
 
 
 def chain_rows(args, bw: float, dev: str) -> list[dict]:
@@ -141,7 +124,7 @@ def chain_rows(args, bw: float, dev: str) -> list[dict]:
     rows, ref = [], None
     for name, gemv, gap in variants:
         try:
-            t, out = time_chain(chain_fn(weights, layer, x0, gemv, gap), dev, args.repeat)
+            t = time_chain(chain_fn(weights, layer, x0, gemv, gap), dev, args.repeat)
         except Exception as e:  # noqa: BLE001 - a variant this GPU or Triton cannot run is reported, not fatal
             rows.append({"variant": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})
             log(f"{name}: {rows[-1]['error']}")
@@ -167,7 +150,7 @@ def bf16_row(layer, n_layers: int, dev: str, bw: float, repeat: int) -> dict:
           for _ in range(n_layers)]  # fmt: skip
     nbytes = n_layers * sum(2 * k * n + 2 * (k + n) for _, k, n in layer)
     x0 = torch.randn((1, max(k for _, k, _ in layer)), device=dev).to(torch.bfloat16)
-    t, _ = time_chain(chain_fn(ws, layer, x0, lambda x, w, name: F.linear(x, w), False), dev, repeat)
+    t = time_chain(chain_fn(ws, layer, x0, lambda x, w, name: F.linear(x, w), False), dev, repeat)
     log(f"bf16 (cuBLAS): {t * 1e6:.1f} µs = {t * bw / nbytes:.2f}x its floor {nbytes / bw * 1e6:.1f} µs")
     return {"variant": "bf16", "us": t * 1e6, "floor_us": nbytes / bw * 1e6, "x_floor": t * bw / nbytes,
             "per_layer_us": t * 1e6 / n_layers}  # fmt: skip

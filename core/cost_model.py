@@ -828,11 +828,11 @@ class CostModel:
 # with the KV write, act-mul: the set calibration's `elementwise` group times, ELEMENTWISE_SET); Gemma-3-12B 10
 # (four norms, the q and k norms, the residual adds after its two post-norms); Mixtral-8x7B 10 (ROUTING_KERNELS:
 # the router's softmax, top-k, sort, align, copy and weighted sum; one fewer since the engine's uniform routing,
-# engine.moe.uniform_route, picks and weighs the experts in one kernel); DeepSeek-V2-Lite 14 (MLA_KERNELS in place of
-# rope: engine.mla.mla_rope_cache, the latent norm, rope on q and k and the latent write in one kernel since
-# session 20, where torch ops took 26 of the 29 it counted before; the absorbed query's concatenation and the
-# output's casts and copies; the shared expert's act-mul and add). Each count beyond the set costs that group's fixed part over its kernels (1.7 us on
-# the H200, 0.07 ms a DeepSeek-V2-Lite decode step per extra kernel a layer). MLA_KERNELS was counted on the one
+# engine.moe.uniform_route, picks and weighs the experts in one kernel); DeepSeek-V2-Lite 14 (MLA_KERNELS in
+# place of rope: engine.mla.mla_rope_cache, the latent norm, rope on q and k and the latent write in one kernel
+# since session 20, where torch ops took 26 of the 29 it counted before; the absorbed query's concatenation and
+# the output's casts and copies; the shared expert's act-mul and add). Each count beyond the set costs that
+# group's fixed part over its kernels (1.7 us on the H200, 0.07 ms a DeepSeek-V2-Lite decode step per extra kernel a layer). MLA_KERNELS was counted on the one
 # MLA model the engine runs; a model with features none of these has is counted by the features it shares. Where the
 # profile has a fitted MoE curve, whose points time the routing kernels with the experts (calibrate.bench.Bench._moe),
 # those are not priced again as small kernels (CostModel._loop_terms; before session 19 they were priced twice:

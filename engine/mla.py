@@ -98,7 +98,7 @@ class MLAttention(nn.Module):
         q = self.q_b(self.q_a_norm(self.q_a(x))[0]) if self.q_lora else self.wq(x)
         q = q.view(t, self.nh, self.qd)
         kv = self.kv_a(x)
-        if use_kernel(q) and self.kv_norm.offset == 0.0:  # one kernel: q's rope part rotated in place
+        if use_kernel(q):  # one kernel: q's rope part rotated in place
             mla_rope_cache(q, kv, self.kv_norm, rope, lay.positions, lay.slots, k_pool, self.nope, self.rank)
             q_pe = q[..., self.nope :]
         else:
@@ -336,11 +336,11 @@ def mla_rope_cache(q, kv, norm, rope, positions, slots, k_pool, nope: int, rank:
     """The glue between MLA's projections and its attention in one kernel: q [T, nh, nope + rope]'s rope part
     rotated in place, and each token's pool slot given its normalised latent (`norm`: kv_norm, an RMSNorm) and
     rotated rope key from kv [T, rank + rope] (kv_a's output). The same arithmetic as the torch ops
-    (`mla_rope_cache_ref`), which took some 25 kernels a layer."""
+    (`mla_rope_cache_ref`), which took 26 kernels a layer."""
     t, nh, qd = q.shape
     half = (qd - nope) // 2
     _mla_rope_cache_kernel[(t, nh + 1)](
-        q, kv, norm.weight, k_pool, rope[0], rope[1], positions, slots, q.stride(0), kv.stride(0), norm.eps,
+        q, kv, norm.weight, k_pool, rope[0], rope[1], positions, slots, q.stride(0), kv.stride(0), norm.eps, norm.offset,
         NH=nh, NOPE=nope, RANK=rank, RANK_P2=triton.next_power_of_2(rank), HALF=half, num_warps=1,
     )  # fmt: skip
 
@@ -359,7 +359,7 @@ if triton is not None:
 
     @triton.jit
     def _mla_rope_cache_kernel(
-        Q, KV, W, KP, COS, SIN, POS, SLOT, q_stride, kv_stride, eps,
+        Q, KV, W, KP, COS, SIN, POS, SLOT, q_stride, kv_stride, eps, offset,
         NH: tl.constexpr, NOPE: tl.constexpr, RANK: tl.constexpr, RANK_P2: tl.constexpr, HALF: tl.constexpr,
     ):  # fmt: skip
         """One token's MLA glue (`mla_rope_cache`): programs 0..NH-1 rotate their head's rope query in place;
@@ -386,7 +386,7 @@ if triton is not None:
             lat = (
                 c
                 * tl.rsqrt(tl.sum(c * c, axis=0) / RANK + eps)
-                * tl.load(W + r, mask=rm, other=0.0).to(tl.float32)
+                * (tl.load(W + r, mask=rm, other=0.0).to(tl.float32) + offset)
             )
             tl.store(dst + r, lat.to(KV.dtype.element_ty).to(KP.dtype.element_ty), mask=rm)
             x1 = tl.load(KV + t * kv_stride + RANK + d).to(tl.float32)

@@ -563,13 +563,11 @@ W4_ONE = [
 W4_ACC2_ONE = [(1, 256, 16, 2, 2, 2), (1, 512, 16, 2, 2, 2)]
 W4_ACC2_FEW = {4: [(4, 128, 8, 2, 1, 2)], 8: [(8, 128, 8, 2, 1, 2)]}
 _W4_KINDS = {"w4": 0, "w4asm": 1, "w4acc2": 2}
-# w4asm with programmatic dependent launch (a config's 8th entry: chunks of weights prefetched into L2 before the
-# kernel waits on the one before it), sm90+
-# Not a candidate by default: measured on an H200 (benchmarks/int4_chain_gpu.py, int4_chain.md), Llama-3.1-8B's
-# int4 GEMVs back to back ran 1-3% faster with PDL (the next kernel may start once every program is past its
-# main loop) and 13-27% slower with it at once or with weights prefetched into L2 before the wait; the whole
-# batch-1 decode step, where norms, attention and activations sit between the GEMVs, ran 2.9% slower with the
-# tuner's PDL picks (2.718 against 2.641 ms)
+# w4asm with programmatic dependent launch (sm90+; a config's tail, `_w4`), not a candidate by default: measured on
+# an H200 (benchmarks/int4_chain_gpu.py, int4_chain.md), Llama-3.1-8B's int4 GEMVs back to back ran 1-2% faster
+# with it (the next kernel may start once every program is past its main loop) and 21-26% slower with the next
+# kernel started at once or weights prefetched into L2 before the wait; the whole batch-1 decode step, where norms,
+# attention and activations sit between the GEMVs, ran 1.7-2.9% slower with the tuner's PDL picks in three runs
 PDL = False
 PDL_VARIANTS = ((0, 2), (4, 2), (0, 3))  # (chunks prefetched, when the next kernel may start)
 # split-K partials the last program of a column tile loads at once (over ROWS; 8 rows: 1): one split a load made
@@ -841,8 +839,9 @@ _COUNTERS: dict[int, torch.Tensor] = {}
 
 
 def _w4(x, qweight, scales, cfg: tuple) -> torch.Tensor:
-    """`_w4_kernel` with cfg (asm: 0 plain Triton, 1 PTX, 2 PTX with two-word chains; ROWS, BLOCK_N, R: word rows a step, programs per SM the K-split aims at (0:
-    none), warps, stages)."""
+    """`_w4_kernel` with cfg (asm: 0 plain Triton, 1 PTX, 2 PTX with two-word chains; ROWS, BLOCK_N, R: word rows a
+    step, programs per SM the K-split aims at (0: none), warps, stages), then optionally (chunks prefetched into L2
+    under PDL, -1: no PDL; when the next kernel may start, `_pdl_wait`; split-K partials a load, default RB)."""
     asm, rows, bn, r, per_sm, warps, stages, *more = cfg
     prefetch, mode, rb = (*more, *(-1, 1, RB)[len(more) :])  # PDL off, early trigger, RB splits a load
     (m, k), n = x.shape, qweight.shape[1]
