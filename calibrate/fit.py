@@ -33,6 +33,13 @@ MEMORY_ONLY = {"attention_decode", "elementwise"}
 # 64 rows an expert and still missed their held-out points by 3.7% / 15.0% (p90 8.9% / 16.4%).
 BLENDED = {"gemm", "moe", "moe_large"}
 BLEND_BOUNDS = (1.0, 20.0)
+# groups whose points already run at the clocks of a long step, so the in-step compute factor (`in_step`) is not
+# applied to them: a `moe` point replays MOE_CALLS layers a graph launch, 20 launches (calibrate.bench), a tenth of a
+# second to a second of back-to-back expert GEMMs at prefill sizes. On an H200 (benchmarks/moe_layer_gap.py,
+# benchmarks/results/engine_kernels_h200/moe_layer_gap.md) Mixtral-8x7B's points from 880 tokens ran at an SM clock
+# of 1,500-1,545 MHz, as its layers inside a prefill step did (1,455-1,665), and took what those layers took
+# (point / in step 0.95-1.10); with the factor on top the profile priced the layer 11-22% over its own points.
+SUSTAINED = {"moe", "moe_large"}
 
 
 @dataclass
@@ -375,9 +382,17 @@ def in_step(eff: OpEfficiency, factor: float) -> OpEfficiency:
     H200 a dense bf16 GEMM runs at 0.86× its first milliseconds' rate once the load has lasted ~0.1 s, with the
     SM clock at ~1,480 MHz of 1,980; at half the time in GEMMs, not at all). Stage 2 of the fit learns that
     factor for the bf16 GEMM curve from whole steps; every other curve with a compute side that was fitted
-    on kernels alone (8-bit GEMMs here, `group_from_run`'s groups, `int4_from_run`'s families) takes the same.
+    on kernels alone (8-bit GEMMs here, `group_from_run`'s groups, `int4_from_run`'s families) takes the same,
+    except those whose points ran under that load already (SUSTAINED; `takes_in_step`).
     """
     return eff.model_copy(update={"compute": min(1.0, eff.compute * factor)})
+
+
+def takes_in_step(group: str) -> bool:
+    """Whether a curve of `group` fitted on its points alone takes the in-step compute factor: not where the
+    compute side never binds (MEMORY_ONLY) nor where the points already ran under a step's sustained load
+    (SUSTAINED)."""
+    return group not in MEMORY_ONLY and group not in SUSTAINED
 
 
 def in_step_fit(cm: CostModel, group: str, records: list[Record], fit: GroupFit, factor: float) -> GroupFit:
@@ -412,7 +427,7 @@ def _take_in_step(
     alone = {
         g: in_step(getattr(eff, g), kc)
         for g in GROUPS
-        if g in ran and g not in MEMORY_ONLY and not refined_in_steps(g, model)
+        if g in ran and takes_in_step(g) and not refined_in_steps(g, model)
     }
     return eff.model_copy(update=alone), extra
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from calibrate.accounting import GROUPS, KIND_OF, group_of, is_moe_large
-from calibrate.fit import MEMORY_ONLY, fit_group, in_step_factor, in_step_fit
+from calibrate.fit import SUSTAINED, fit_group, in_step_factor, in_step_fit, takes_in_step
 from calibrate.measurements import Store
 from core.cost_model import CostModel
 from core.errors import ConfigError
@@ -96,7 +96,7 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
     if fit.eff is None:
         raise ConfigError(f"{path}: too few fitted '{group}' points (need 3 not held out)")
     factor = in_step_factor(prof)
-    if factor and group not in MEMORY_ONLY:  # priced inside steps: the profile's in-step compute factor
+    if factor and takes_in_step(group):  # priced inside steps: the profile's in-step compute factor
         fit = in_step_fit(cm, group, recs, fit, factor)
     return fit, store
 
@@ -304,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
             if a.group != "serving" and fit.alone is not None:
                 source["in_step_compute_factor"] = fit.eff.compute / fit.alone.eff.compute
                 source["fitted_compute"] = fit.alone.eff.compute
+            elif a.group in SUSTAINED:
+                source["in_step"] = (
+                    "not applied: the points ran under a step's sustained load (calibrate.fit.SUSTAINED)"
+                )
             if a.group == "serving":
                 source["note"] = "the serving loop's host costs as this run measured them (not fitted)"
                 write_serving(a.profile, fit, source)

@@ -111,7 +111,9 @@ def measure_serving(
     gc.collect()
     if not cpu:
         torch.cuda.empty_cache()
-    out["eager_launch_mla_s_per_layer"] = measure_mla_eager(device, log=log)["per_layer_s"]
+    out["eager_launch_mla_s_per_layer"] = measure_mla_eager(device, log=log, depths=mla_eager_depths(device))[
+        "per_layer_s"
+    ]
     if log:
         log(f"serving loop: host {out['serving_step_s'] * 1e6:.0f} µs a step + {out['serving_per_sequence_s'] * 1e6:.1f} "
             f"µs a sequence (+{out['serving_prompt_step_s'] * 1e6:.0f} µs with prompt tokens) over {steps} steps; "
@@ -126,6 +128,12 @@ def measure_serving(
 # longer than the absorbed form's limit (engine.mla.ABSORBED_PROMPT_TOKENS: the plain form, which the serving loop
 # runs eagerly) of a length not seen before, beside the decodes
 MLA_EAGER_DEPTHS = (2, 6)
+# Where the GPU holds them (MLA_DEEP_MIN_BYTES: 20 layers of DeepSeek-V2-Lite, about 23 GB of bf16 weights, with room
+# for their pools), 6 and 14 layers: the 2-layer build's step ran slower a layer than the deeper ones'. On an H200
+# (benchmarks/mla_eager_depths.py, benchmarks/results/engine_kernels_h200/mla_eager_depths.md) the launch slope read
+# 1.76 ms a layer from 2 to 6 layers, 1.45 from 6 to 14 and 1.49 from 14 to 27 (the model's own depth).
+MLA_EAGER_DEEP_DEPTHS = (6, 14)
+MLA_DEEP_MIN_BYTES = 40 * 2**30
 MLA_EAGER_STEPS = 16
 DECODES_BETWEEN = 20
 TINY_MLA_CONFIG = {
@@ -136,6 +144,17 @@ TINY_MLA_CONFIG = {
     "norm_topk_prob": False, "vocab_size": 97, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
     "rope_theta": 10000.0,
 }  # fmt: skip
+
+
+def mla_eager_depths(device: str) -> tuple[int, int]:
+    """The two depths `measure_mla_eager` builds on `device`: MLA_EAGER_DEEP_DEPTHS where its memory holds them,
+    else MLA_EAGER_DEPTHS (and on the CPU)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.get_device_properties(dev).total_memory >= MLA_DEEP_MIN_BYTES:
+        return MLA_EAGER_DEEP_DEPTHS
+    return MLA_EAGER_DEPTHS
 
 
 def mla_eager_shapes(cpu: bool, depths: int = len(MLA_EAGER_DEPTHS)) -> list[list[tuple[int, int]]]:
@@ -156,12 +175,13 @@ def mla_eager_shapes(cpu: bool, depths: int = len(MLA_EAGER_DEPTHS)) -> list[lis
     ]
 
 
-def measure_mla_eager(device: str, log=None) -> dict:
+def measure_mla_eager(device: str, log=None, depths: tuple[int, ...] = MLA_EAGER_DEPTHS) -> dict:
     """Host seconds a layer to issue an MLA model's eager step in the serving loop's rhythm: {"per_layer_s",
-    "median_s" {depth: seconds}, "steps"}. Both depths are built first and take their steps in turns (so that
-    neither meets warmer caches than the other); median launch time of MLA_EAGER_STEPS eager steps at each
-    depth, per layer the slope between them. On the CPU, where ops run as they are issued, the steps run the
-    same code and per_layer_s is 0 (as Executor.measure_launch)."""
+    "median_s" {depth: seconds}, "gpu_s" {depth: seconds}, "steps"}. Every depth is built first and they take
+    their steps in turns (so that none meets warmer caches than the others); median launch time (and GPU time) of
+    MLA_EAGER_STEPS eager steps at each depth, per layer the slope between the first and last depth. On the CPU,
+    where ops run as they are issued, the steps run the same code and per_layer_s is 0 (as
+    Executor.measure_launch)."""
     import torch
 
     from core.model_spec import load_model, spec_from_config
@@ -170,13 +190,13 @@ def measure_mla_eager(device: str, log=None) -> dict:
 
     cpu = torch.device(device).type == "cpu"
     base = spec_from_config(TINY_MLA_CONFIG, name="tiny-mla") if cpu else load_model("deepseek-v2-lite")
-    shapes = mla_eager_shapes(cpu)
+    shapes = mla_eager_shapes(cpu, len(depths))
     ctx = 40 if cpu else 1024
     most = max(n for per in shapes for _, n in per)
     top = max(c for per in shapes for c, _ in per) + most * (ctx + 1)
     rng = np.random.default_rng(0)
     runs = []
-    for depth in MLA_EAGER_DEPTHS:
+    for depth in depths:
         spec = spec_from_config(
             dict(base.config, num_hidden_layers=depth), name=f"{base.name}-{depth}-layers"
         )
@@ -184,11 +204,11 @@ def measure_mla_eager(device: str, log=None) -> dict:
         ex = Executor(model, top, most, device=device, static_mixed=False)
         ex.warmup()
         ex.time_gpu = not cpu
-        runs.append((ex, []))
+        runs.append((ex, [], []))
     vocab = base.vocab_size
     for i in range(len(shapes[0])):
         for k in range(len(runs)) if i % 2 == 0 else reversed(range(len(runs))):
-            ex, times = runs[k]
+            ex, times, gpu = runs[k]
             chunk, n = shapes[k][i]
             starts = chunk + np.arange(n, dtype=np.int64) * (ctx + 1)
             lens = np.full(n, ctx // 2, dtype=np.int64)
@@ -200,13 +220,20 @@ def measure_mla_eager(device: str, log=None) -> dict:
                 (starts, lens + 1, rng.integers(0, vocab, n)),
             )
             times.append(ex.last_launch_s)
-    medians = {d: float(np.median(t)) for d, (_, t) in zip(MLA_EAGER_DEPTHS, runs, strict=True)}
+            gpu.append(ex.last_gpu_s)
+    medians = {d: float(np.median(t)) for d, (_, t, _) in zip(depths, runs, strict=True)}
+    gpu_s = {d: float(np.median(g)) for d, (_, _, g) in zip(depths, runs, strict=True)}
     del runs, ex
     if not cpu:
         torch.cuda.empty_cache()
-    (d0, d1) = MLA_EAGER_DEPTHS
+    d0, d1 = depths[0], depths[-1]
     per_layer = 0.0 if cpu else max(0.0, (medians[d1] - medians[d0]) / (d1 - d0))
     if log:
         log(f"MLA eager steps ({base.name}): median launch {', '.join(f'{medians[d] * 1e3:.1f} ms at {d} layers' for d in medians)}: "
             f"{per_layer * 1e6:.0f} µs a layer")  # fmt: skip
-    return {"per_layer_s": per_layer, "median_s": medians, "steps": sum(len(per) for per in shapes)}
+    return {
+        "per_layer_s": per_layer,
+        "median_s": medians,
+        "gpu_s": gpu_s,
+        "steps": sum(len(per) for per in shapes),
+    }

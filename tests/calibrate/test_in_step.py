@@ -56,8 +56,8 @@ def test_the_h200_profile_carries_its_factor_from_its_own_run():
     assert fit.eff.compute * factor == pytest.approx(read_profile(H200).efficiency.gemm.compute)
 
 
-def test_group_from_run_applies_the_factor_where_the_profile_has_one(tmp_path):
-    run = ROOT / "calibration_runs" / "h200_session14_moe"
+def _fit_both(tmp_path, run: Path, group: str) -> tuple[Path, Path]:
+    """`group` fitted from `run` into a copy of the H200 profile without its in-step factor and one with it."""
     plain = without_factor(H200, tmp_path / "plain.yaml")
     factored = tmp_path / "factored.yaml"
     shutil.copy(H200, factored)
@@ -65,7 +65,7 @@ def test_group_from_run_applies_the_factor_where_the_profile_has_one(tmp_path):
         argv = [
             str(run),
             "--group",
-            "moe",
+            group,
             "--profile",
             str(p),
             "--date",
@@ -74,14 +74,29 @@ def test_group_from_run_applies_the_factor_where_the_profile_has_one(tmp_path):
             "--write",
         ]
         assert group_from_run.main(argv) == 0
-    a, b = read_profile(plain).efficiency.moe, read_profile(factored).efficiency.moe
+    return plain, factored
+
+
+def test_group_from_run_applies_the_factor_where_the_profile_has_one(tmp_path):
+    group = "attention_mla_prefill"
+    plain, factored = _fit_both(tmp_path, ROOT / "calibration_runs" / "h200_session11", group)
+    a, b = getattr(read_profile(plain).efficiency, group), getattr(read_profile(factored).efficiency, group)
     f = in_step_factor(read_profile(factored))
-    assert b.compute == pytest.approx(a.compute * f) and b.memory == a.memory and b.blend == a.blend
-    src = yaml.safe_load(factored.read_text())["calibration"]["moe_source"]
+    assert b.compute == pytest.approx(a.compute * f) and b.memory == a.memory
+    src = yaml.safe_load(factored.read_text())["calibration"][f"{group}_source"]
     assert src["in_step_compute_factor"] == pytest.approx(f) and src["fitted_compute"] == pytest.approx(
         a.compute
     )
-    assert "in_step_compute_factor" not in yaml.safe_load(plain.read_text())["calibration"]["moe_source"]
+    assert "in_step_compute_factor" not in yaml.safe_load(plain.read_text())["calibration"][f"{group}_source"]
+
+
+def test_moe_points_ran_under_sustained_load_and_keep_their_fit(tmp_path):
+    """A `moe` point replays MOE_CALLS layers a launch, at a step's clocks already (calibrate.fit.SUSTAINED): its
+    curve is written as fitted, with a note saying why, whatever the profile's factor."""
+    plain, factored = _fit_both(tmp_path, ROOT / "calibration_runs" / "h200_session20_moe", "moe")
+    assert read_profile(plain).efficiency.moe == read_profile(factored).efficiency.moe
+    src = yaml.safe_load(factored.read_text())["calibration"]["moe_source"]
+    assert "in_step_compute_factor" not in src and "SUSTAINED" in src["in_step"]
 
 
 def test_memory_only_groups_are_left_as_fitted(tmp_path):
@@ -144,7 +159,8 @@ def test_int4_curves_take_the_factor(tmp_path):
 
 def test_fit_all_gives_the_groups_its_steps_cannot_refine_the_factor():
     """A Llama sweep's MoE and MLA points are fitted alone (stage 2 has no such layers to refine them on); the
-    fit writes them with the in-step factor the bf16 GEMM curve learnt, as group_from_run would."""
+    fit writes the MLA curves with the in-step factor the bf16 GEMM curve learnt, and the MoE curve, whose points
+    ran under sustained load, as fitted, as group_from_run would."""
     from calibrate.fit import fit_all
     from calibrate.measurements import Store, step_graphs
     from core.model_spec import load_model
@@ -157,6 +173,7 @@ def test_fit_all_gives_the_groups_its_steps_cannot_refine_the_factor():
     refined = fit_all(base, spec, records, graphs=graphs)
     kc = refined.in_step_compute
     assert kc is not None and 0.5 < kc < 1.0
-    for g in ("moe", "attention_mla_decode", "attention_mla_prefill"):
+    for g in ("attention_mla_decode", "attention_mla_prefill"):
         a, r = getattr(alone.efficiency, g), getattr(refined.efficiency, g)
         assert r.compute == pytest.approx(a.compute * kc) and r.memory == a.memory
+    assert refined.efficiency.moe == alone.efficiency.moe  # its points ran under sustained load (SUSTAINED)

@@ -82,3 +82,15 @@ def test_mla_eager_measurement_runs_its_steps_on_the_cpu():
     from engine import mla
 
     assert len(set(chunks)) == len(chunks) and min(chunks) > mla.ABSORBED_PROMPT_TOKENS
+    chunks = [c for per in mla_eager_shapes(False, 4) for c, _ in per]  # four depths, still every length new
+    assert len(set(chunks)) == len(chunks) == 4 * len(mla_eager_shapes(False)[0])
+
+
+def test_mla_eager_depths_by_device():
+    """Deep builds where the GPU holds them, the shallow pair on the CPU (and small GPUs)."""
+    from calibrate.serving import MLA_EAGER_DEEP_DEPTHS, MLA_EAGER_DEPTHS, mla_eager_depths
+
+    assert mla_eager_depths("cpu") == MLA_EAGER_DEPTHS
+    assert (
+        MLA_EAGER_DEEP_DEPTHS[0] > MLA_EAGER_DEPTHS[0] and MLA_EAGER_DEEP_DEPTHS[1] > MLA_EAGER_DEEP_DEPTHS[0]
+    )
