@@ -61,7 +61,7 @@ SPEC_MAX_BATCH = 4
 ALPHAS, KS = (0.6, 0.8), (2, 4)
 LOW_LOAD, HIGH_LOAD = 0.2, 0.8  # shares of the simulator's capacity without speculation
 MIN_LOW_REQUESTS = 16  # requests a low-load row replays at least (GPU; its trace grows until it holds them)
-MAX_LOW_DURATION_S = 20.0  # ... up to this long (the whole run fits --budget-s)
+MAX_LOW_DURATION_S = 20.0  # ... up to this long by default (--max-low-duration; the run fits --budget-s)
 BUDGET_S = 290.0  # default --budget-s: the lead's slot for this script on the H200 is about 300 s
 CPU_LOW_LOAD = 0.3  # the tiny CPU rows replay 1.5 s: a few requests at low load
 SEED_PROMPTS = (128, 256, 512, 1024, 2048, 4096, 8192)
@@ -233,7 +233,7 @@ def run_spec_row(row: SpecRow, args, ctx: dict, host: SpecHost, log) -> dict:
     duration = args.duration * (1.0 if row.load < 0.5 else 0.7)
     draft = load_model(draft_ref)
     if row.load < 0.5:  # low load: a longer trace (same rate) until it holds enough requests for percentiles
-        while duration < MAX_LOW_DURATION_S and len(generate(fd.scenario_for(
+        while duration < args.max_low_duration and len(generate(fd.scenario_for(
                 base_row, rate, duration, ctx["profile"], ctx["model_ref"], args.utilization).workload, 0)
         ) < args.min_low_requests:  # fmt: skip
             duration *= 1.04
@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"{BUDGET_S:.0f}): a part or row that would not fit is skipped and listed under 'skipped'")  # fmt: skip
     p.add_argument("--min-low-requests", type=int, help=f"requests per low-load row, at least (default "
                    f"{MIN_LOW_REQUESTS}; cpu 0): its trace is made longer, not denser")  # fmt: skip
+    p.add_argument("--max-low-duration", type=float, default=MAX_LOW_DURATION_S, help="seconds a low-load row's "
+                   f"trace may grow to while it holds fewer than --min-low-requests (default {MAX_LOW_DURATION_S:g})")  # fmt: skip
     args = p.parse_args(argv)
     if args.min_low_requests is None:
         args.min_low_requests = 0 if args.cpu else MIN_LOW_REQUESTS
