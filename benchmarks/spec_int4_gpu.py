@@ -266,6 +266,7 @@ def run_spec_row(row: SpecRow, args, ctx: dict, host: SpecHost, log) -> dict:
                 sv.batching.max_num_batched_tokens, sv.batching.chunked_prefill, seed=sc.seed, deadline_s=deadline,
                 log=log, trace=True, spec=sr)  # fmt: skip
     tr = run.step_trace
+    write_trace(Path(args.out) / f"steps_{row.name}.csv", tr)  # every step, for pricing them one by one later
     sp = tr["spec_seqs"] > 0
     # where a round's time goes (means over speculative steps): the round as one graph (share), drafting of the
     # step-by-step rounds on the host clock, then the verification step or the round's graph (host until
@@ -290,6 +291,15 @@ def run_spec_row(row: SpecRow, args, ctx: dict, host: SpecHost, log) -> dict:
             "engine_run": run_stats(run), "spec_steps": int((tr["spec_seqs"] > 0).sum()), "rounds": rounds,
             "spec_seqs_max": int(tr["spec_seqs"].max(initial=0)),
             "decode_seqs_max": int(tr["decode_seqs"].max(initial=0))}  # fmt: skip
+
+
+def write_trace(path: Path, trace: dict[str, np.ndarray]) -> None:
+    """The serving loop's step trace (engine.serving.serve(trace=True)) as CSV: a column per field, a row per step."""
+    cols = list(trace)
+    lines = [",".join(cols)] + [
+        ",".join(f"{trace[c][i]:.6g}" for c in cols) for i in range(len(trace[cols[0]]))
+    ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _mean_ms(x: np.ndarray) -> float:

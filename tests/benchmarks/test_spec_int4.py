@@ -37,6 +37,10 @@ def test_cpu_run_and_comparison(tmp_path):
     }
     for r in rows:
         assert r["engine"]["finished"] == len(r["requests"]["arrival_s"]) > 0
+        steps = (
+            (tmp_path / f"steps_{r['row']}.csv").read_text().splitlines()
+        )  # the row's step trace, a line a step
+        assert len(steps) == r["engine_run"]["steps"] + 1 and "spec_seqs" in steps[0].split(",")
         assert r["spec_seqs_max"] <= raw["spec_max_batch"]
     high = [r for r in rows if r["load"] == high_load]
     # (whether a real-time CPU run's batches pass max_batch varies with the machine's load: the switch-off
