@@ -98,6 +98,12 @@ CASES = [
     ("mixtral_mixed_256_24", "mixtral-8x7b", "bf16", "mixed", [(256, 0)] + [(1, 700)] * 24),
     ("gemma3_12b_mixed_512_4", "gemma-3-12b", "bf16", "mixed", [(512, 0)] + [(1, 700)] * 4),
     ("gemma3_12b_prefill_1024", "gemma-3-12b", "bf16", "prefill", [1024]),
+    # session 21: a speculative round's verification (k + 1 query tokens after the context) is priced 15-27% under
+    # what the round takes from 2k tokens of context (benchmarks/spec_round_steps.py): the same shapes as steps
+    ("llama8b_verify_3_256", "llama-3.1-8b", "bf16", "mixed", [(3, 256)]),
+    ("llama8b_verify_3_1024", "llama-3.1-8b", "bf16", "mixed", [(3, 1024)]),
+    ("llama8b_verify_3_4096", "llama-3.1-8b", "bf16", "mixed", [(3, 4096)]),
+    ("llama8b_verify_5_4096", "llama-3.1-8b", "bf16", "mixed", [(5, 4096)]),
 ]
 TINY = {
     "model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
