@@ -6,8 +6,9 @@
 `benchmarks/spec_int4_gpu.py` writes each speculation row's step trace (`steps_<row>.csv`, engine.serving's trace:
 a line a step) beside its JSON. This prices every speculative step that verifies nothing but the round's sequences
 (no prompt chunk beside it) as the simulator does, on the same scenario the comparison builds
-(`compare_spec_int4.py`): the verification step (`CostModel.step_time` of the step's own shape, k + 1 query tokens a
-sequence after its context) plus the drafting (`simulator.speculative.DraftCost`: the draft's k steps and the
+(`compare_spec_int4.py`): the verification step (`CostModel.step_time` of the step's own shape: k + 1 decode rows a
+sequence, row j over its context and the j tokens before it, as engine.speculative.verify_rows runs it) plus the
+drafting (`simulator.speculative.DraftCost`: the draft's k steps and the
 profile's `spec_round_s`). It prints, by sequences and context per sequence, the median of the engine's loop time a
 step (schedule, prepare, execute, record) beside that price. No device needed.
 """
@@ -50,21 +51,22 @@ def row_pricer(rec: dict, refs: dict, raw: dict):
     return replica.cost, replica.draft_time
 
 
-def round_steps(path: Path, cost, draft) -> np.ndarray:
-    """[sequences, context a sequence, engine loop s, price s] of the trace's speculative steps without prompts."""
-    out = []
+def round_steps(path: Path, cost, draft, k: int) -> np.ndarray:
+    """[sequences, context a sequence, engine loop s, price s] of the trace's speculative steps without prompts.
+    Their shape is the verification's k + 1 decode rows a sequence (core.scheduler: row j over its context and the
+    j tokens before it), so a sequence's context is recovered from the rows' total."""
+    out, q = [], k + 1
     with path.open() as f:
         for s in csv.DictReader(f):
             n = int(float(s["spec_seqs"]))
-            if not n or int(float(s["prefill_seqs"])) != n:
+            if not n or int(float(s["prefill_seqs"])):
                 continue
-            shape = BatchShape(int(float(s["prefill_tokens"])), n, float(s["prefill_pairs"]),
-                               float(s["sliding_prefill_pairs"]), int(float(s["prefill_context_tokens"])), 0, 0,
-                               int(float(s["logits_tokens"])))  # fmt: skip
+            rows, rows_ctx = int(float(s["decode_seqs"])), int(float(s["decode_context_tokens"]))
+            shape = BatchShape(decode_seqs=rows, decode_context_tokens=rows_ctx, logits_tokens=rows)
             ctx = (
-                int(float(s["prefill_context_tokens"])) + n
-            )  # decode contexts incl. the new token, as drafted
-            loop = sum(float(s[k]) for k in ("schedule_s", "prepare_s", "execute_s", "record_s"))
+                rows_ctx - n * q * (q - 1) // 2
+            ) // q  # the sequences' contexts with their new token, in all
+            loop = sum(float(s[c]) for c in ("schedule_s", "prepare_s", "execute_s", "record_s"))
             out.append((n, ctx / n, loop, cost.step_time(shape) + draft(n, ctx)))
     return np.array(out, float).reshape(-1, 4)
 
@@ -85,7 +87,7 @@ def table(raw: dict, steps_dir: Path, src: str) -> str:
         if not path.exists():
             continue
         cost, draft = row_pricer(rec, refs, raw)
-        a = round_steps(path, cost, draft)
+        a = round_steps(path, cost, draft, rec["k"])
         for n in sorted({int(x) for x in a[:, 0]}):
             for lo, hi in zip(CONTEXT_BINS, CONTEXT_BINS[1:]):
                 m = (a[:, 0] == n) & (a[:, 1] >= lo) & (a[:, 1] < hi)

@@ -558,16 +558,15 @@ class Scheduler:
             if chunk >= fmin and not done:
                 fresh = fresh or []
                 fresh.append(chunk)
-        if b.spec_k:  # verification: k + 1 query tokens per sequence after its cached context
+        if (
+            b.spec_k
+        ):  # verification: k + 1 decode rows a sequence, row j over its context and the j tokens before it
+            # (engine.speculative.verify_rows: the split-KV decode kernel, not a prompt chunk's)
             n, q = b.num_decodes, b.spec_k + 1
-            kv = b.decode_context - n
-            tokens += n * q
-            pairs += q * kv + n * q * (q + 1) / 2
-            if self.window:
-                spairs += n * chunk_pairs(min(kv // n, self.window), q, self.window)
-            ctx += kv
-            logits += n * q - n
-            return BatchShape(tokens, len(b.prefills) + n, pairs, spairs, ctx, 0, 0, logits)
+            rows_ctx = q * b.decode_context + n * q * (q - 1) // 2
+            return BatchShape(
+                tokens, len(b.prefills), pairs, spairs, ctx, n * q, rows_ctx, logits + n * q - n
+            )
         # prefill tokens, seqs, pairs, sliding pairs, context tokens; decode seqs, context tokens; logits
         shape = BatchShape(
             tokens, len(b.prefills), pairs, spairs, ctx, b.num_decodes, b.decode_context, logits

@@ -495,9 +495,10 @@ class Executor:
         if not self.use_graphs:
             self._host_lists(g)
 
-    def fill_mixed(self, g: _MixedGraph, chunks: list) -> np.ndarray:
-        """Write a step of chunks only (`step`'s prefills) into `mixed_buffers`, copy it over; the rows to sample."""
-        return self._fill_mixed(g, chunks, None)
+    def fill_mixed(self, g: _MixedGraph, chunks: list, decodes: tuple | None = None) -> np.ndarray:
+        """Write a step of chunks (`step`'s prefills) and decodes (its `decodes`) into `mixed_buffers`, copy it over;
+        the rows to sample."""
+        return self._fill_mixed(g, chunks, decodes)
 
     def run_static(self, fn, path: int) -> np.ndarray:
         """Run `fn` (a graph's replay, or the same static buffers eagerly on the CPU) as one step, timed as `step`

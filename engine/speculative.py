@@ -86,6 +86,20 @@ class SpecRun:
         return time.perf_counter() - t0
 
 
+def verify_rows(starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The verification of k + 1 positions a sequence as decode rows (the executor's `decodes`: region starts,
+    contexts with the row's token, tokens), sequence by sequence: row j of sequence i attends to its context and
+    the j tokens before it, so the split-KV decode kernel computes the causal chunk exactly. As a prompt chunk
+    instead, FlashAttention-2 ran one program a head over every cached key: on an H200 a 3-token chunk after 4,096
+    cached tokens took 208 µs a layer in the round's graph (benchmarks/results/step_gap_h200_session21_verify.md)."""
+    n, q = tokens.shape
+    return (
+        np.repeat(starts, q),
+        np.repeat(ctx, q) + np.tile(np.arange(q, dtype=np.int64), n),
+        tokens.reshape(-1),
+    )
+
+
 class RoundGraph:
     """One speculative round of up to `size` decoding sequences on static buffers, captured as one CUDA graph
     (the module's docstring): the draft's catch-up step (two tokens a sequence), its k − 1 decode steps, the
@@ -143,12 +157,9 @@ class RoundGraph:
         rows[:n] = self.draft.fill_mixed(self.first, first)
         for j, g in enumerate(self.steps, start=1):
             self.draft.fill_decode(g, starts, ctx + j, np.ones(n, dtype=np.int64))  # tokens: from the device
-        pad = np.zeros(k, dtype=np.int64)
-        verify = [
-            (int(starts[i]), int(ctx[i]) - 1, k + 1, np.concatenate([[last[i]], pad]), k + 1)
-            for i in range(n)
-        ]
-        rows[b : b + n * (k + 1)] = self.target.fill_mixed(self.verify, verify)
+        tokens = np.zeros((n, k + 1), dtype=np.int64)  # the drafts come from the device
+        tokens[:, 0] = last
+        rows[b : b + n * (k + 1)] = self.target.fill_mixed(self.verify, [], verify_rows(starts, ctx, tokens))
         self.host_rows.numpy()[:] = rows
         self.rows.copy_(self.host_rows, non_blocking=True)
         if self.graph is not None:
@@ -223,11 +234,8 @@ class Speculator:
         self._prefilled(batch, prefills)
         self.draft_s += time.perf_counter() - t0
         # 2. the target verifies k + 1 positions per sequence, beside the prompt chunks
-        verify = [
-            (int(starts[i]), int(ctx[i]) - 1, k + 1, np.concatenate([[last[i]], drafts[i]]), k + 1)
-            for i in range(n)
-        ]
-        sampled = self.target.step(list(prefills) + verify, None)
+        tokens = np.concatenate([last[:, None], drafts], axis=1)
+        sampled = self.target.step(list(prefills), verify_rows(starts, ctx, tokens))
         n_first = len(sampled) - n * (k + 1)
         return self._accept(batch, run, drafts, sampled[n_first:].reshape(n, k + 1), ctx, d_rids, d_pos,
                             sampled[:n_first])  # fmt: skip

@@ -18,7 +18,7 @@ def test_committed_run_by_context(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [ln.split("|") for ln in out.read_text().splitlines() if ln.startswith("| spec-")]
     traced = {p.stem.removeprefix("steps_") for p in STEPS.glob("steps_*.csv")}
-    assert {c[1].strip() for c in rows} == traced and len(traced) == 4
+    assert {c[1].strip() for c in rows} == traced and len(traced) == 8  # every speculation row
     for c in rows:
         steps, eng, price = int(c[4]), float(c[5]), float(c[6])
         assert (

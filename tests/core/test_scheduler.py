@@ -292,6 +292,34 @@ def test_step_shape_equals_batch_shape_of_its_chunks(data):
     steps(s, data, check)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_speculative_rounds_verification_is_k_plus_one_decode_rows_a_sequence(data):
+    """A round's shape: its prompt chunks as any step's, and each decoding sequence's verification as k + 1 decode
+    rows, row j over the sequence's context (with its new token) and the j drafted tokens before it, as
+    engine.speculative.verify_rows lays them out for the decode kernel."""
+    from core.cost_model import BatchShape
+
+    s = random_scheduler(data, caching=False, spec=True)
+
+    def check(b) -> None:
+        if b is None or not b.spec_k:
+            return
+        q = b.spec_k + 1
+        want = BatchShape.of([(c, r.computed) for r, c in b.prefills], window=s.window, fresh=(100, 16))
+        assert (b.shape.prefill_tokens, b.shape.prefill_seqs) == (want.prefill_tokens, want.prefill_seqs)
+        assert (b.shape.prefill_pairs, b.shape.prefill_context_tokens) == (
+            want.prefill_pairs,
+            want.prefill_context_tokens,
+        )
+        assert b.shape.decode_seqs == q * b.num_decodes
+        # sum over the rows of (context + j): q contexts a sequence, plus 0 + 1 + ... + k drafted tokens
+        assert b.shape.decode_context_tokens == q * b.decode_context + b.num_decodes * q * (q - 1) // 2
+        assert b.shape.tokens == want.prefill_tokens + q * b.num_decodes
+
+    steps(s, data, check)
+
+
 def test_static_batch_pads_to_the_longest_and_drops_the_newest_until_it_fits():
     pool = BlockPool(20, 16)
     s = Scheduler(pool, SchedulerConfig(4, 8192))

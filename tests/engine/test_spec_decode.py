@@ -207,3 +207,15 @@ def test_a_compaction_moves_the_drafts_kv_with_the_targets():
     run = serve(ex, req, BlockPool(40, 4), 8, 32, True, spec=SpecRun(dex, K, 64, 1.0, "greedy"), seed=3)
     assert not run.unfinished and ex.compactions > 0 and ex.followers == [dex.model]
     assert run.spec["accepted"] == run.spec["drafted"] > 0
+
+
+def test_verify_rows_lay_each_sequences_positions_out_as_decode_rows():
+    """k + 1 rows a sequence, in order: the same region start, the context growing by one a row (row j attends to
+    the sequence's context and the j tokens before it), the row's token."""
+    from engine.speculative import verify_rows
+
+    starts, ctx = np.array([0, 500]), np.array([10, 3])
+    tokens = np.array([[7, 1, 2], [8, 3, 4]])
+    s, c, t = verify_rows(starts, ctx, tokens)
+    assert s.tolist() == [0, 0, 0, 500, 500, 500]
+    assert c.tolist() == [10, 11, 12, 3, 4, 5] and t.tolist() == [7, 1, 2, 8, 3, 4]
