@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                     for k in KS:
                         row = SpecRow(alpha, k, load)
                         need = (
-                            args.duration * 0.7 if load >= 0.5 else min(MAX_LOW_DURATION_S, 2 * args.duration)
+                            args.duration * 0.7 if load >= 0.5 else max(args.max_low_duration, args.duration)
                         ) + 6
                         if row.name in have or not fits(row.name, need if not args.cpu else 0):
                             continue
