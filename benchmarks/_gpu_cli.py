@@ -5,8 +5,10 @@ timestamped progress line (`log`)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,3 +34,14 @@ def pick_device(args: argparse.Namespace, paired: bool = False) -> str | None:
         print("error: no CUDA device; run with --cpu --tiny for the pipeline check", file=sys.stderr)
         return None
     return dev
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command a run was given, for its tables: `python benchmarks/<script>` and its arguments."""
+    return f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+def write_report(out: Path, stem: str, raw: dict, text: str) -> None:
+    """`<stem>.json` (everything measured) and `<stem>.md` (its tables) under `out`."""
+    (out / f"{stem}.json").write_text(json.dumps(raw, indent=1))
+    (out / f"{stem}.md").write_text(text)

@@ -14,13 +14,12 @@ the slope between each pair of neighbours and between the ends. Writes mla_eager
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import _checkout  # noqa: F401  (the checkout's root on sys.path)
 import torch
-from _gpu_cli import device_args, log, pick_device
+from _gpu_cli import command_line, device_args, log, pick_device, write_report
 
 from calibrate.serving import measure_mla_eager
 
@@ -72,12 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     got = measure_mla_eager(dev, log=log, depths=depths)
     raw = {
         "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-        "command": "python benchmarks/mla_eager_depths.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("mla_eager_depths.py", argv),
         **{k: ({str(d): v for d, v in got[k].items()} if isinstance(got[k], dict) else got[k]) for k in got},
     }
-    (args.out / "mla_eager_depths.json").write_text(json.dumps(raw, indent=1))
-    (args.out / "mla_eager_depths.md").write_text(table(raw))
+    write_report(args.out, "mla_eager_depths", raw, table(raw))
     print(table(raw))
     return 0
 

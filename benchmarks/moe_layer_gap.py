@@ -7,8 +7,8 @@ Mixtral-8x7B's prefill-size steps are priced above what they take: a served 879-
 1.02 ms a layer (kernel_profile_2026-12-03c) where calibration's points put the whole layer at 1.1-1.6 ms
 (512-1,024 tokens). This times, at each token count, one layer several ways, so the difference has a name:
 
-- **point**: `calibrate.bench.Bench._moe`, what the sweep records (its own weights and random inputs, MOE_CALLS
-  layers a CUDA-graph replay, the faster backend), and each backend on its own;
+- **point**: `calibrate.bench.Bench.moe_times`, each backend on its own (its own weights and random inputs,
+  MOE_CALLS layers a CUDA-graph replay), and the faster one, what the sweep records (`Bench._moe`);
 - **in step**: the first `--layers` layers of the model (random weights, as served) run one eager prefill step of
   T tokens (engine.steps.StepRunner); every MoE layer's device time between CUDA events recorded by forward
   hooks, the median over layers and repeats;
@@ -24,7 +24,6 @@ moe_layer_gap.json and moe_layer_gap.md under --out, rewritten after each token 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import _checkout  # noqa: F401  (the checkout's root on sys.path)
 import torch
-from _gpu_cli import device_args, log, pick_device
+from _gpu_cli import command_line, device_args, log, pick_device, write_report
 from gemm_clocks import Sampler
 from moe_mla_gpu import TINY_MIXTRAL
 
@@ -98,19 +97,6 @@ def routing_rows(layer: MoE, x: torch.Tensor) -> dict:
     return {"mean": float(counts.mean()), "max": float(counts.max()), "touched": int((counts > 0).sum())}
 
 
-def backend_times(b: cbench.Bench, q: dict) -> dict:
-    """The point (the faster backend, as the sweep keeps) and each backend alone, seconds."""
-    out = {"point": b._moe(q)}
-    keep = moe.BACKENDS
-    try:
-        for name in keep:
-            moe.BACKENDS = (name,)
-            out[name] = b._moe(q)
-    finally:
-        moe.BACKENDS = keep
-    return out
-
-
 def one_count(t: int, model, runner: StepRunner, b: cbench.Bench, dims: dict, dev: str, sampler) -> dict:
     """Every timing of one token count (module docstring), with the clock while each ran."""
     cuda = dev == "cuda"
@@ -124,7 +110,8 @@ def one_count(t: int, model, runner: StepRunner, b: cbench.Bench, dims: dict, de
         return value
 
     q = {"tokens": t, **dims}
-    rec.update(clocked("point", lambda: backend_times(b, q)))
+    times = clocked("point", lambda: b.moe_times(q))  # the point is the faster backend (Bench._moe)
+    rec.update(times, point=min(times.values()))
     ev = LayerEvents(model, cuda)
     try:
         rec["step_s"] = clocked("step", lambda: runner.prefill([t], **reps))
@@ -208,17 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     e, i, h = layer.w_gate_up.shape[0], layer.w_gate_up.shape[1] // 2, layer.w_gate_up.shape[2]
     dims = {"experts": e, "top_k": layer.top_k, "hidden": h, "inter": i}
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
-    command = "python benchmarks/moe_layer_gap.py " + " ".join(argv if argv is not None else sys.argv[1:])
     raw = {"device": name, "torch": torch.__version__, "model": spec.name, "layers": args.layers,
-           "command": command, "rows": []}  # fmt: skip
+           "command": command_line("moe_layer_gap.py", argv), "rows": []}  # fmt: skip
     with Sampler() as sampler:
         for t in tokens:
             raw["rows"].append(one_count(t, model, runner, b, dims, dev, sampler))
             r = raw["rows"][-1]
             log(f"{t} tokens: point {r['point'] * 1e3:.3f} ms, in step {r['in_step'] * 1e3:.3f}, "
                 f"alone {r['alone'] * 1e3:.3f}, alone random {r['alone_random'] * 1e3:.3f}")  # fmt: skip
-            (args.out / "moe_layer_gap.json").write_text(json.dumps(raw, indent=1))
-            (args.out / "moe_layer_gap.md").write_text(table(raw))
+            write_report(args.out, "moe_layer_gap", raw, table(raw))
     print(table(raw))
     return 0
 

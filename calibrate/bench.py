@@ -113,12 +113,17 @@ class Bench:
         return measure_graph(fn, dev, calls=copies, repeat=self.repeat, warmup=self.warmup)
 
     def _moe(self, q: dict) -> float:
-        """One MoE layer's routed experts as the engine serves them (engine.model.MoE without its router
-        GEMM): its routing (engine.moe.select_experts with the layer's default, uniform: one kernel), sort by
-        expert, two grouped GEMMs, combine; replayed from a CUDA graph on the GPU, as in a captured step, MOE_CALLS
-        layers a replay on as many inputs (each routes to other experts, so no call finds the one before's
-        weights in L2), on the faster of the expert-GEMM backends where both run (what the engine's warm-up
-        tuning picks). Weights are built once per shape (bf16; fp32 on the CPU)."""
+        """One MoE layer's routed experts as the engine serves them: `moe_times`' faster backend (what the engine's
+        warm-up tuning, engine.moe.tune_moe, picks per rows bucket)."""
+        return min(self.moe_times(q).values())
+
+    def moe_times(self, q: dict) -> dict[str, float]:
+        """Seconds of one MoE layer's routed experts as the engine serves them (engine.model.MoE without its router
+        GEMM), on each expert-GEMM backend that runs here (engine.moe.forcing_backends): its routing
+        (engine.moe.select_experts with the layer's default, uniform: one kernel), sort by expert, two grouped
+        GEMMs, combine; replayed from a CUDA graph on the GPU, as in a captured step, MOE_CALLS layers a replay on
+        as many inputs (each routes to other experts, so no call finds the one before's weights in L2). Weights
+        are built once per shape (bf16; fp32 on the CPU)."""
         from engine import moe
         from engine.model import MoE
         from engine.moe import routed_experts, select_experts
@@ -144,27 +149,16 @@ class Bench:
             for _ in range(calls)
         ]
         routing = MoE.routing_default
-        x = inputs[0][0]
 
         def layer(x, logits):
             w, ids = select_experts(logits, k, True, routing)
             return routed_experts(x, w_gu, w_d, w, ids)
 
         fn = rotating(inputs, layer)
-        if not moe.grouped_mm_supported(x):  # one backend (the Triton kernel) where grouped_mm does not run
-            return measure_graph(fn, dev, calls=calls, repeat=self.repeat, warmup=self.warmup)
-        # the serving engine times both backends per rows bucket at warm-up and keeps the faster
-        # (engine.moe.tune_moe): the layer as served is the faster of the two here too
-        key = (moe.rows_bucket(t * k, e), 2 * i, h, e)
-        keep = dict(moe.BACKEND)
-        times = []
-        try:
-            for name in moe.BACKENDS:
-                moe.set_backends({**keep, key: name})
-                times.append(measure_graph(fn, dev, calls=calls, repeat=self.repeat, warmup=self.warmup))
-        finally:
-            moe.set_backends(keep)
-        return min(times)
+        return {
+            name: measure_graph(fn, dev, calls=calls, repeat=self.repeat, warmup=self.warmup)
+            for name in moe.forcing_backends(inputs[0][0], w_gu, t * k)
+        }
 
     def _mla(self, q: dict, decode: bool) -> float:
         """One layer's MLA attention in the absorbed form as the engine runs it (engine/mla.py): decode (the

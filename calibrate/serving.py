@@ -111,9 +111,7 @@ def measure_serving(
     gc.collect()
     if not cpu:
         torch.cuda.empty_cache()
-    out["eager_launch_mla_s_per_layer"] = measure_mla_eager(device, log=log, depths=mla_eager_depths(device))[
-        "per_layer_s"
-    ]
+    out["eager_launch_mla_s_per_layer"] = measure_mla_eager(device, log=log)["per_layer_s"]
     if log:
         log(f"serving loop: host {out['serving_step_s'] * 1e6:.0f} µs a step + {out['serving_per_sequence_s'] * 1e6:.1f} "
             f"µs a sequence (+{out['serving_prompt_step_s'] * 1e6:.0f} µs with prompt tokens) over {steps} steps; "
@@ -175,13 +173,13 @@ def mla_eager_shapes(cpu: bool, depths: int = len(MLA_EAGER_DEPTHS)) -> list[lis
     ]
 
 
-def measure_mla_eager(device: str, log=None, depths: tuple[int, ...] = MLA_EAGER_DEPTHS) -> dict:
+def measure_mla_eager(device: str, log=None, depths: tuple[int, ...] | None = None) -> dict:
     """Host seconds a layer to issue an MLA model's eager step in the serving loop's rhythm: {"per_layer_s",
     "median_s" {depth: seconds}, "gpu_s" {depth: seconds}, "steps"}. Every depth is built first and they take
     their steps in turns (so that none meets warmer caches than the others); median launch time (and GPU time) of
-    MLA_EAGER_STEPS eager steps at each depth, per layer the slope between the first and last depth. On the CPU,
-    where ops run as they are issued, the steps run the same code and per_layer_s is 0 (as
-    Executor.measure_launch)."""
+    MLA_EAGER_STEPS eager steps at each depth (default `mla_eager_depths`), per layer the slope between the first
+    and last depth. On the CPU, where ops run as they are issued, the steps run the same code and per_layer_s is 0
+    (as Executor.measure_launch)."""
     import torch
 
     from core.model_spec import load_model, spec_from_config
@@ -189,6 +187,7 @@ def measure_mla_eager(device: str, log=None, depths: tuple[int, ...] = MLA_EAGER
     from engine.serving import Executor
 
     cpu = torch.device(device).type == "cpu"
+    depths = depths or mla_eager_depths(device)
     base = spec_from_config(TINY_MLA_CONFIG, name="tiny-mla") if cpu else load_model("deepseek-v2-lite")
     shapes = mla_eager_shapes(cpu, len(depths))
     ctx = 40 if cpu else 1024

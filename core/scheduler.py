@@ -558,10 +558,9 @@ class Scheduler:
             if chunk >= fmin and not done:
                 fresh = fresh or []
                 fresh.append(chunk)
-        if (
-            b.spec_k
-        ):  # verification: k + 1 decode rows a sequence, row j over its context and the j tokens before it
-            # (engine.speculative.verify_rows: the split-KV decode kernel, not a prompt chunk's)
+        # verification: k + 1 decode rows a sequence, row j over its context and the j tokens before it
+        # (engine.speculative.verify_rows: the split-KV decode kernel, not a prompt chunk's)
+        if b.spec_k:
             n, q = b.num_decodes, b.spec_k + 1
             rows_ctx = q * b.decode_context + n * q * (q - 1) // 2
             return BatchShape(

@@ -613,9 +613,8 @@ def candidates(m: int, x: torch.Tensor, tg: tuple | None) -> list[tuple]:
         if x.dtype == torch.bfloat16:
             base = W4_ONE if m == 1 else W4_FEW[_bucket(m)]
             out += [("w4asm", c) for c in base]
-            if (
-                PDL and torch.cuda.get_device_capability(x.device)[0] >= 9
-            ):  # sm90+: programmatic dependent launch
+            # sm90+: programmatic dependent launch
+            if PDL and torch.cuda.get_device_capability(x.device)[0] >= 9:
                 out += [("w4asm", (*c, *v, RB)) for c in base for v in PDL_VARIANTS]
             out += [("w4acc2", c) for c in (W4_ACC2_ONE if m == 1 else W4_ACC2_FEW[_bucket(m)])]
     if m == 1:
