@@ -378,7 +378,7 @@ def fidelity_rows(models: list[str], refs: list[str], args, profile: str, out: P
 
 
 # ---------------------------------------------------------------------------------------------- 5. decode
-def large_decode(args, profile: str, ref: str, cpu: bool) -> list[dict]:
+def large_decode(args, profile: str, ref: str, cpu: bool, sizes: list[int] | None = None) -> list[dict]:
     """Decode-only serving steps at large batch (fidelity.decode_check) for DECODE_MODEL: the model on an
     executor whose pool holds every sequence's region, its decode graphs captured (no mixed-step graphs:
     the prompts' steps are not what is measured, and capturing them would take a fifth of the budget)."""
@@ -393,7 +393,7 @@ def large_decode(args, profile: str, ref: str, cpu: bool) -> list[dict]:
     t0 = time.perf_counter()
     dev = "cpu" if cpu else "cuda"
     spec = load_model(ref)
-    sizes = [8, 16] if cpu else list(DECODE_BATCHES_LARGE)
+    sizes = sizes or ([8, 16] if cpu else list(DECODE_BATCHES_LARGE))
     prompt, output = (64, 16) if cpu else (fidelity.DECODE_PROMPT, fidelity.DECODE_OUTPUT)
     model = build_model(spec, dtype="fp32" if cpu else "bf16", device=dev)
     ex = Executor(model, max(sizes) * (prompt + output + 16), max(sizes), device=dev, mixed_graph_tokens=0)

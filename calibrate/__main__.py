@@ -62,7 +62,8 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
         "--redo",
         metavar="KINDS",
         help="measure these kinds again, comma-separated (e.g. attention_prefill,step_prefill after an engine "
-        "change); the other stored measurements are kept",
+        "change), or only a kind's points whose parameters match (gemm:m=1:dtype=bf16); the other stored "
+        "measurements are kept",
     )
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     return p

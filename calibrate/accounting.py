@@ -189,6 +189,7 @@ def moe_work(cm: CostModel, p: dict) -> tuple[float, float, float]:
 
 WORK = {
     "gemm": gemm_work,
+    "gemv": gemm_work,
     "attention_prefill": attention_prefill_work,
     "attention_decode": attention_decode_work,
     "elementwise": elementwise_work,
@@ -207,7 +208,7 @@ def work(cm: CostModel, group: str, params: list[dict]) -> Work:
 
 
 def label(kind: str, p: dict) -> str:
-    if kind in ("gemm", "ceiling_gemm"):
+    if kind in ("gemm", "ceiling_gemm", "gemv"):
         return f"{p.get('dtype', 'bf16')} m={p['m']} k={p['k']} n={p['n']}"
     if kind in ("attention_prefill", "attention_fresh"):
         return f"chunk={p['chunk']} prior={p['prior']}"

@@ -35,7 +35,7 @@ class Bench:
     # ------------------------------------------------------------ microbenchmarks
     def measure(self, p: Point) -> float:
         q = p.params
-        if p.kind in ("gemm", "ceiling_gemm"):
+        if p.kind in ("gemm", "ceiling_gemm", "gemv"):
             return self._gemm(q["m"], q["k"], q["n"], q.get("dtype", "bf16"))
         if p.kind == "attention_prefill":
             return kernels.time_attention_prefill(
@@ -104,9 +104,10 @@ class Bench:
             for _ in range(copies)
         ]
         # the engine's Dense layer: a Triton GEMV streams the weight for one row, cuBLAS otherwise
-        if m == 1:
-            from engine.fused import gemv
+        if m == 1:  # with the tile the executor's warm-up picks for this shape (engine.fused.tune_gemv)
+            from engine.fused import gemv, tune_gemv
 
+            tune_gemv([bufs[0][1]])
             fn = rotating(bufs, gemv)
         else:
             fn = rotating(bufs, torch.nn.functional.linear)

@@ -61,10 +61,22 @@ def refuse_unbuildable(spec: ModelSpec) -> None:
         )
 
 
-def redo_kinds(redo: str) -> set[str]:
-    """--redo's comma-separated kinds, each checked."""
-    kinds = {k.strip() for k in redo.split(",") if k.strip()}
-    unknown = kinds - KINDS
+def redo_kinds(redo: str) -> dict[str, list[dict[str, str]]]:
+    """--redo's comma-separated kinds, each checked, with their filters: KIND takes every measurement of the kind
+    again, KIND:PARAM=VALUE (several joined by ':') only those whose parameters match, e.g. gemm:m=1:dtype=bf16
+    after a change to the batch-1 GEMV; a kind named twice takes the points either filter matches."""
+    kinds: dict[str, list[dict[str, str]]] = {}
+    for item in (k.strip() for k in redo.split(",")):
+        if not item:
+            continue
+        kind, *conds = item.split(":")
+        bad = [c for c in conds if c.count("=") != 1 or not c.split("=")[0]]
+        if bad:
+            raise ConfigError(
+                f"--redo {item}: filters are PARAM=VALUE joined by ':' (e.g. gemm:m=1:dtype=bf16)"
+            )
+        kinds.setdefault(kind, []).append(dict(c.split("=") for c in conds))
+    unknown = set(kinds) - KINDS
     if unknown or not kinds:
         raise ConfigError(
             f"--redo {','.join(sorted(unknown)) or repr(redo)}: not a measurement kind; "
@@ -262,7 +274,7 @@ def run(opts: Options, log=print) -> Path:
         raise ConfigError(f"--device {opts.device!r}: use cuda or cpu")
     if opts.name is not None:
         profile.check_name(opts.name)
-    kinds = redo_kinds(opts.redo) if opts.redo is not None else set()
+    kinds = redo_kinds(opts.redo) if opts.redo is not None else {}
     need_torch_device(opts.device)
     if cpu:
         gpu = detect.GpuInfo(name="cpu")
@@ -291,7 +303,7 @@ def run(opts: Options, log=print) -> Path:
             f"{n} stored whole steps were timed on engine/steps.py's own graphs: taken again through the serving loop's"
         )
     if kinds:
-        log(f"--redo: {store.forget(kinds)} stored measurements of {', '.join(sorted(kinds))} to take again")
+        log(f"--redo: {store.forget(kinds)} stored measurements of {opts.redo} to take again")
 
     from calibrate.bench import Bench  # torch and engine from here on
 

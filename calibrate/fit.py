@@ -10,7 +10,7 @@ groups' efficiencies held at their stage-1 values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 
 import numpy as np
@@ -25,7 +25,7 @@ from core.model_spec import ModelSpec
 # Groups whose compute term never binds in practice (decode attention moves ~4 FLOP per KV byte;
 # element-wise kernels are counted with no FLOPs): their compute efficiency is not identifiable
 # and stays at the base profile's value.
-MEMORY_ONLY = {"attention_decode", "elementwise"}
+MEMORY_ONLY = {"attention_decode", "elementwise", "gemv"}
 # groups fitted with the blended roofline (OpEfficiency.blend): the MoE layer, whose grouped GEMMs stream the touched
 # experts' weights and compute at once from a few rows an expert to hundreds. On the H200's `moe` points (session 14,
 # python -m calibrate.group_from_run calibration_runs/h200_session14_moe --group moe) one blended curve over all 28
@@ -180,6 +180,37 @@ def fit_group(
     )
 
 
+def gemv_points(records) -> list[Record]:
+    """The measured bf16 GEMM points of one row (the sweep model's shapes, `gemm`, and smaller ones, `gemv`): what
+    the engine runs through its GEMV (engine.model.Dense)."""
+    return [
+        r
+        for r in records
+        if r.kind in ("gemm", "gemv") and r.seconds is not None and r.params.get("m") == 1
+        and r.params.get("dtype", "bf16") == "bf16"
+    ]  # fmt: skip
+
+
+def fit_gemv(cm: CostModel, records: list[Record], base: OpEfficiency) -> GroupFit:
+    """The GEMV curve (Efficiencies.gemv: memory-bound, its compute asymptote the base's) on `gemv_points`: fitted
+    on those not held out, and their held-out error the plan's held-out points'; where the plan held none out (a
+    store without `gemv` points: five one-row shapes), on all, each point's held-out error that of the curve
+    fitted without it (leave-one-out)."""
+    if any(r.holdout for r in records):
+        fit = fit_group(cm, "gemv", records, base)
+        return fit if fit.eff is not None else GroupFit("gemv", None, Errors(), Errors())
+    recs = [replace(r, holdout=False) for r in records]
+    fit = fit_group(cm, "gemv", recs, base)
+    if fit.eff is None or len(recs) < 4:
+        return GroupFit("gemv", None, Errors(), Errors())
+    loo = []
+    for i, r in enumerate(recs):
+        eff = fit_group(cm, "gemv", recs[:i] + recs[i + 1 :], base).eff
+        loo.append(evaluate_group(cm, "gemv", [r], eff).rows[0]["predicted_s"])
+    fit.holdout = Errors.of(loo, [r.seconds for r in recs])
+    return fit
+
+
 # ------------------------------------------------------------------ stage 2
 def with_efficiency(profile: HardwareProfile, eff: Efficiencies) -> HardwareProfile:
     return profile.model_copy(update={"efficiency": eff})
@@ -332,6 +363,9 @@ def fit_all(
         if f.eff is not None:
             ran.add(g)
 
+    gemv = fit_gemv(cm, gemv_points(by.get("gemm", []) + by.get("gemv", [])), base.gemv or base.gemm)
+    if gemv.eff is not None:  # one-row GEMMs: the engine's GEMV, their own curve
+        new["gemv"] = gemv.eff
     eff = base.model_copy(update=new)
     steps = [r for k in STEP_KINDS for r in by.get(k, [])]
     train = [r for r in steps if not r.holdout]
@@ -358,6 +392,8 @@ def fit_all(
     fits = {
         g: evaluate_group(cm, g, micro[g], getattr(eff, g)) for g in GROUPS if getattr(eff, g) is not None
     }
+    if gemv.eff is not None:
+        fits["gemv"] = gemv
     if steps:
         fits.update(evaluate_steps(profile, model, eff, steps, graphs))
     return FitResult(eff, fits, extra, kc)

@@ -27,13 +27,24 @@ from pathlib import Path
 import yaml
 
 from calibrate.accounting import GROUPS, KIND_OF, group_of, is_moe_large
-from calibrate.fit import SUSTAINED, fit_group, in_step_factor, in_step_fit, takes_in_step
+from calibrate.fit import (
+    SUSTAINED,
+    fit_gemv,
+    fit_group,
+    gemv_points,
+    in_step_factor,
+    in_step_fit,
+    takes_in_step,
+)
 from calibrate.measurements import Store
 from core.cost_model import CostModel
 from core.errors import ConfigError
 from core.hardware import read_profile
 from core.model_spec import load_model
 
+# groups fitted here beside the stage-1 ones: the serving loop's host costs (measured, not fitted) and the GEMV
+# curve (calibrate.fit.fit_gemv, on the gemm points of one row)
+EXTRA_GROUPS = ("serving", "gemv")
 # where each section's block ends in a profile as core.hardware.write_profile lays it out
 _EFF_AFTER = "  fresh_prefill_min_tokens:"
 
@@ -57,8 +68,8 @@ def _in_group(cm: CostModel, r, group: str) -> bool:
 def fit_run(work_dir: Path, group: str, profile_path: Path):
     """(GroupFit, the run's store) for `group`'s points of the run in `work_dir`, priced on the profile's
     peaks and bandwidth (what the cost model will use them with); for `serving`, ({quantity: seconds}, store)."""
-    if group not in GROUPS + ("serving",):
-        raise ConfigError(f"--group {group!r}: one of {', '.join(GROUPS + ('serving',))}")
+    if group not in GROUPS + EXTRA_GROUPS:
+        raise ConfigError(f"--group {group!r}: one of {', '.join(GROUPS + EXTRA_GROUPS)}")
     path = Path(work_dir) / "measurements.jsonl"
     if not path.exists():
         raise ConfigError(f"{path}: no measurements; pass the --work-dir of a `python -m calibrate` run")
@@ -82,6 +93,16 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
         raise ConfigError(
             f"{path}: measured on {gpu}, but {profile_path} is calibrated on {want}; use that GPU's run"
         )
+    if group == "gemv":  # one-row bf16 GEMM points, each held out from its own fit (calibrate.fit.fit_gemv)
+        cm = CostModel(prof, _run_model(store), "bf16", "bf16")
+        fit = fit_gemv(
+            cm, sorted(gemv_points(store.records.values()), key=lambda r: r.key), prof.efficiency.gemm
+        )
+        if fit.eff is None:
+            raise ConfigError(
+                f"{path}: fewer than 4 bf16 GEMM points of one row (rerun with --redo gemm:m=1)"
+            )
+        return fit, store
     cm, recs = group_points(store, prof, group)
     if len(recs) < 4:
         kind = KIND_OF.get(group, group)
@@ -270,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "work_dir", type=Path, help="a `python -m calibrate` run's --work-dir (measurements.jsonl)"
     )
-    ap.add_argument("--group", help=f"the group to fit ({', '.join(GROUPS + ('serving',))})")
+    ap.add_argument("--group", help=f"the group to fit ({', '.join(GROUPS + EXTRA_GROUPS)})")
     ap.add_argument(
         "--in-step-factor",
         action="store_true",

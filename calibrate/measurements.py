@@ -237,11 +237,17 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
 
-    def forget(self, kinds: set[str]) -> int:
-        """Drop every record of these kinds (to measure them again, e.g. after an engine change); the file is
-        rewritten whole and swapped in atomically, so an interruption leaves the old or the new one. Returns
-        how many records were dropped."""
-        drop = [k for k, r in self.records.items() if r.kind in kinds]
+    def forget(self, kinds: set[str] | dict[str, list[dict[str, str]]]) -> int:
+        """Drop every record of these kinds (to measure them again, e.g. after an engine change), or with a dict
+        {kind: [{param: value}, ...]} those whose parameters match any of the kind's filters (values compared as
+        text); the file is rewritten whole and swapped in atomically, so an interruption leaves the old or the new
+        one. Returns how many records were dropped."""
+        where = kinds if isinstance(kinds, dict) else {k: [{}] for k in kinds}
+
+        def match(r: Record) -> bool:
+            return any(all(str(r.params.get(p)) == v for p, v in c.items()) for c in where.get(r.kind, []))
+
+        drop = [k for k, r in self.records.items() if match(r)]
         if not drop:
             return 0
         for k in drop:

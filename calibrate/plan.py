@@ -59,9 +59,11 @@ DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 DECODE_CONTEXTS = [128, 512, 2048, 8192, 32768]
 
 # every kind of point a plan can hold (python -m calibrate --redo takes these)
-KINDS = frozenset({"copy", "ceiling_gemm", "gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce",
+KINDS = frozenset({"copy", "ceiling_gemm", "gemm", "gemv", "attention_prefill", "attention_decode", "elementwise", "allreduce",
                    "moe", "mla_decode", "mla_prefill", "step_prefill", "step_decode", "step_mixed",
                    "serving"})  # fmt: skip
+# (K, N) of the `gemv` points: 32 KiB to 16 MiB of bf16 weights, none of a catalogue model's own shapes
+GEMV_SHAPES = ((4096, 16), (1024, 1024), (2048, 1024), (4096, 1024), (2048, 4096), (8192, 1024))
 FRESH_CHUNKS = [
     2176,
     2600,
@@ -165,6 +167,11 @@ def microbench_plan(model: ModelSpec, mode: Mode, gemm_dtypes: list[str], n_gpus
                 if d != "bf16" and hold and quick:
                     continue
                 pts.append(Point("gemm", {"m": m, "k": k, "n": n, "dtype": d}, hold))
+    # one-row bf16 GEMMs of weights smaller than the sweep model's: the GEMV curve's launch-bound end (a router's
+    # few rows, MLA's and small models' projections; calibrate.fit.fit_gemv), one in three held out
+    if mode == "full" and "bf16" in gemm_dtypes:
+        for i, (k, n) in enumerate(GEMV_SHAPES):
+            pts.append(Point("gemv", {"m": 1, "k": k, "n": n, "dtype": "bf16"}, i % 3 == 2))
 
     heads = {"num_heads": model.num_heads, "num_kv_heads": model.num_kv_heads, "head_dim": model.head_dim}
     chunks = [c for c in PREFILL_CHUNKS if c <= 64] if cpu else PREFILL_CHUNKS

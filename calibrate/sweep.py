@@ -138,7 +138,7 @@ def _kernel_point(cm: CostModel, p: Point, t: BenchTiming) -> tuple[float, float
         return (t.warmup + t.repeat) * 2 * q["nbytes"] / cm.bw, q["nbytes"]
     if p.kind == "allreduce":
         return (t.warmup + t.repeat) * q["nbytes"] / (cm.ic.bandwidth_gbps * 1e9), q["nbytes"]
-    if p.kind in ("gemm", "ceiling_gemm"):
+    if p.kind in ("gemm", "ceiling_gemm", "gemv"):
         flops, nbytes, peak = WORK["gemm"](cm, q)
         one = q["k"] * q["n"] * dtype_bytes(q.get("dtype", "bf16")) + q["m"] * q["k"] * 2
         copies, graph, least = _copies(one, t.cpu, 3.0), q["m"] <= GRAPH_MAX_TOKENS, 4

@@ -230,6 +230,10 @@ class CostModel:
         self.eff = e
         self.engine = engine
         self.gemm_eff, self.gemm_peak, self.dequant = gemm_rate(profile, weight_dtype)
+        # one-row GEMMs on the profile's GEMV curve where it has one: the engine streams a single row's weights
+        # through its Triton GEMV (16-bit weights; the LM head stays 16-bit whatever the weights)
+        self.gemv_eff = e.gemv
+        self.gemv_weights = e.gemv is not None and weight_dtype in ("bf16", "fp16")
         # routed experts priced on the profile's fitted MoE curve (its points time routing with them)
         self.moe_curve = e.moe is not None and not self.dequant
         self._loop_terms(engine, serving_host, eager_prefill, eager_decode)
@@ -397,6 +401,8 @@ class CostModel:
 
     def _weight_gemm(self, slots: float, k: int, n: int, copies: float = 1.0) -> float:
         """One [k, n] weight GEMM over `slots` token rows, spread over `copies` matrices (touched experts)."""
+        if slots == 1 and copies == 1 and self.gemv_weights:
+            return self._weight_gemm_with(self.gemv_eff, 1, k, n, 1)
         t = self._weight_gemm_with(self.gemm_eff, slots, k, n, copies)
         for e in self.gemm_alt:
             t = min(t, self._weight_gemm_with(e, slots, k, n, copies))
@@ -441,7 +447,8 @@ class CostModel:
             k, n = self._lm  # stays in 16-bit
             f = 2.0 * logits_tokens * k * n
             b = k * n * 2.0 + logits_tokens * (k + n) * ACT_BYTES
-            t += op_time(self.eff.gemm, f, b, self.attn_peak, self.bw)
+            one = logits_tokens == 1 and self.gemv_eff is not None
+            t += op_time(self.gemv_eff if one else self.eff.gemm, f, b, self.attn_peak, self.bw)
         if self.k_gemm != 1.0:
             t *= self.k_gemm
         if len(self._gemm_cache) < 200_000:

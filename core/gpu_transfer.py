@@ -30,7 +30,7 @@ from __future__ import annotations
 from core.errors import ConfigError
 from core.hardware import Efficiencies, HardwareProfile, OpEfficiency
 
-GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh")
+GROUPS = ("gemm", "attention_prefill", "attention_decode", "elementwise", "attention_fresh", "gemv")
 
 
 def _ratio(

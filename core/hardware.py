@@ -108,6 +108,12 @@ class Efficiencies(_Strict):
         description="MLA prompt attention in the absorbed form (engine/mla.py's prompt kernel, steps of up to "
         "MLA_ABSORBED_STEP_TOKENS tokens); absent: attention_prefill",
     )
+    gemv: OpEfficiency | None = Field(
+        None,
+        description="single-row weight GEMMs (a batch-1 decode step's projections, a step's one logits row) as the "
+        "engine streams them: its Triton GEMV with the tile its warm-up picks per shape (engine.fused.tune_gemv); "
+        "fitted on calibration's bf16 GEMM points of one row (calibrate.fit.fit_gemv); absent: the gemm curve",
+    )
     moe_large: OpEfficiency | None = Field(
         None,
         description="MoE layers with at least moe_large_min_rows routed rows an expert on average (prefill-size "

@@ -369,10 +369,67 @@ def rope_and_cache(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_po
     return qo
 
 
-# The batch-1 GEMV's tile, (BLOCK_N, BLOCK_K, num_warps): the default, and per-(N, K) picks from a device's sweep
-# (benchmarks/moe_gpu_check.py's gemv section; "cublas": torch's own GEMV for that shape, e.g. a router's few rows)
+# The batch-1 GEMV's tile, (BLOCK_N, BLOCK_K, num_warps): the default, and per-(N, K) picks, timed on the device by
+# the executor's warm-up (tune_gemv) or set from a sweep ("cublas": torch's own GEMV for that shape)
 GEMV_TILE = (4, 512, 4)
 GEMV_TILES: dict[tuple[int, int], tuple[int, int, int] | str] = {}
+# What tune_gemv times beside GEMV_TILE: the tiles that led the H200 sweep of Mixtral-8x7B's dense shapes
+# (benchmarks/moe_gpu_check.py, engine_kernels_h200/moe_gpu_check.md: qkv 6144 x 4096 at 81% of the copy rate
+# with 2 x 1024 against 60% with the default, o 71% against 66%, lm_head 101% against 92%), and cuBLAS.
+GEMV_TUNE_CANDIDATES = ((2, 1024, 4), (1, 1024, 4), (2, 512, 2), (4, 1024, 4), (1, 2048, 8), "cublas")
+GEMV_TUNE_GAIN = 1.03  # a candidate replaces the default for a shape when this much faster
+TUNE_GEMV = True  # off: every shape keeps GEMV_TILE (the before/after check, benchmarks/moe_decode_gpu.py)
+GEMV_TUNED: dict[tuple[int, int], dict] = {}  # tune_gemv's timings per shape, this process (each shape once)
+
+
+def tune_gemv(weights, log=None) -> dict:
+    """Time the batch-1 GEMV of each (N, K) among `weights` (2-D CUDA tensors: the Dense layers that take it)
+    not tuned yet, on GEMV_TILE and each of GEMV_TUNE_CANDIDATES: each checked against F.linear in fp32 first,
+    then replayed from a CUDA graph over copies of the weight that overflow L2, as a decode step's graph runs
+    it. A candidate faster than the default by GEMV_TUNE_GAIN becomes the shape's GEMV_TILES pick. Nothing off
+    CUDA or with TUNE_GEMV off. Returns the shapes tuned now, {(n, k): {tile: seconds or why dropped, "pick":
+    tile}} (GEMV_TUNED keeps them all)."""
+    from engine.timing import copies_for_cache, measure_graph, rotating
+
+    record: dict = {}
+    if not TUNE_GEMV:
+        return record
+    for w in weights:
+        n, k = w.shape
+        if not use_triton(w) or (n, k) in GEMV_TILES or (n, k) in GEMV_TUNED:
+            continue
+        g = torch.Generator(device=w.device).manual_seed(0)
+        x = torch.randn(1, k, device=w.device, generator=g).to(w.dtype)
+        want = F.linear(x.float(), w.float())
+        bufs = [(w,)] + [
+            (w.clone(),) for _ in range(copies_for_cache(w.numel() * w.element_size(), w.device) - 1)
+        ]
+        times: dict = {}
+        for tile in (GEMV_TILE, *GEMV_TUNE_CANDIDATES):
+            try:
+                err = float(
+                    (gemv(x, w, tile=tile).float() - want).abs().max() / want.abs().max().clamp_min(1e-6)
+                )
+                if not err < 2e-2:
+                    times[tile] = f"dropped: error {err:.3g} against F.linear"
+                    continue
+                times[tile] = measure_graph(rotating(bufs, lambda w, t=tile, x=x: gemv(x, w, tile=t)), w.device,
+                                            calls=max(len(bufs), 4), repeat=10)  # fmt: skip
+            except Exception as e:  # noqa: BLE001 - a tile that does not compile or capture is dropped
+                times[tile] = f"dropped: {type(e).__name__}: {str(e)[:120]}"
+        del bufs
+        ok = {t: s for t, s in times.items() if isinstance(s, float)}
+        if ok and GEMV_TILE in ok:
+            best = min(ok, key=ok.get)
+            times["pick"] = best if ok[best] * GEMV_TUNE_GAIN < ok[GEMV_TILE] else GEMV_TILE
+            if times["pick"] != GEMV_TILE:
+                GEMV_TILES[(n, k)] = times["pick"]
+        record[(n, k)] = GEMV_TUNED[(n, k)] = times
+        if log:
+            log(f"gemv tune {n}x{k}: " + ", ".join(f"{t} {v * 1e6:.1f} us" if isinstance(v, float) else f"{t} {v}"
+                                                  for t, v in times.items() if t != "pick")
+                + f"; pick {times.get('pick')}")  # fmt: skip
+    return record
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tile=None) -> torch.Tensor:

@@ -234,6 +234,10 @@ class Transformer(nn.Module):
             if isinstance(m, Dense):
                 m.gemv = on
 
+    def gemv_weights(self) -> list[torch.Tensor]:
+        """The weights a batch-1 step streams through the Triton GEMV (Dense layers with `gemv` on)."""
+        return [m.weight for m in self.modules() if isinstance(m, Dense) and m.gemv]
+
     def forward(self, tokens: torch.Tensor, lay: StepLayout, logits_index: torch.Tensor | None = None):
         x, residual = self.hidden(tokens, lay)
         return self.logits(x, residual, logits_index)

@@ -467,15 +467,23 @@ if triton is not None:
             left = tl.where(idx == best, -1, left)
 
     @triton.jit
-    def _moe_combine_kernel(Y, RANK, TW, OUT, H, TOP_K: tl.constexpr, BLOCK: tl.constexpr):
-        """OUT[t] = sum over the token's k pairs of routing weight x its row of Y (rows in expert order)."""
+    def _moe_combine_kernel(
+        Y, RANK, TW, OUT, H, TOP_K: tl.constexpr, BLOCK: tl.constexpr, IN_ORDER: tl.constexpr = False
+    ):
+        """OUT[t] = sum over the token's k pairs of routing weight x its row of Y (rows in expert order, RANK
+        giving each pair's). IN_ORDER: Y's rows are the pairs in token order with the weights applied already
+        (the Triton path's down GEMM), summed as they are (RANK and TW unread)."""
         t = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = cols < H
         acc = tl.zeros((BLOCK,), tl.float32)
         for j in tl.static_range(TOP_K):
-            r = tl.load(RANK + t * TOP_K + j).to(tl.int64)
-            acc += tl.load(TW + t * TOP_K + j) * tl.load(Y + r * H + cols, mask=m, other=0.0).to(tl.float32)
+            if IN_ORDER:
+                acc += tl.load(Y + (t * TOP_K + j) * H + cols, mask=m, other=0.0).to(tl.float32)
+            else:
+                r = tl.load(RANK + t * TOP_K + j).to(tl.int64)
+                row = tl.load(Y + r * H + cols, mask=m, other=0.0).to(tl.float32)
+                acc += tl.load(TW + t * TOP_K + j) * row
         tl.store(OUT + t * H + cols, acc.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -484,8 +492,16 @@ if triton is not None:
 # (kernel_config); below that, 64 x 128 wastes fewer padded rows.
 LARGE_TILE = {"BM": 128, "BN": 256, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 3}
 MEDIUM_TILE = {"BM": 64, "BN": 128, "BK": 64, "GROUP": 8, "num_warps": 8, "num_stages": 4}
-# Decode steps: programs wanted per SM before K is split (a few touched experts x the column tiles leave
-# most of the SMs idle at batch 1: Mixtral's down projection had 256 programs of 112 K-steps each).
+# Decode steps (up to 64 routed rows): 16-row blocks streaming the touched experts' weights in 64-wide column
+# tiles, K unsplit. From the H200 sweep of one layer at 1-4 tokens (benchmarks/moe_tiles.py --decode,
+# engine_kernels_h200/moe_tiles_decode_2026-12-04.md): Mixtral's gate_up (K 4,096) 113.6 / 164.6 / 269.4 us with
+# BK 256 in 3 stages, its down (K 14,336) 58.2 / 91.7 / 145.3 with BK 256 in 4, DeepSeek-V2-Lite's (K 1,408-2,048)
+# 21.2 / 37.8 / 59.4 and 12.0 / 21.2 / 31.6 with BK 128 in 3, each within 7% of the sweep's best of 90 (gate_up)
+# or 30 (down) configs; the session-13 rule below (32-wide tiles, K split until 4 programs an SM) took 118.6 us
+# for Mixtral's gate_up and about 69 for its down at one token (kernel_profile_2026-12-04: 93.6 us a call).
+# DECODE_SPLIT = True restores that rule, for the before/after check (benchmarks/moe_decode_gpu.py).
+DECODE_SPLIT = False
+# the session-13 rule: programs wanted per SM before K is split, at most MAX_SPLIT_K slices
 SPLIT_PROGRAMS_PER_SM = 4
 MAX_SPLIT_K = 8
 SMS_DEFAULT = 132  # an H100/H200's SMs, where no device is at hand (CPU tests)
@@ -495,8 +511,8 @@ TUNED: dict[tuple[int, int, int, int], dict] = {}
 
 
 def kernel_config(pairs: int, n: int, num_experts: int = 8, k: int = 0, sms: int = 0) -> dict:
-    """Tile sizes by routed rows: small batches stream weights (16-row blocks, narrow column tiles, K split
-    so that a few touched experts still fill the SMs); then the smallest of 32, 64 and 128-row blocks that holds
+    """Tile sizes by routed rows: small batches stream weights (16-row blocks, 64-wide column tiles, long K
+    steps; `DECODE_SPLIT`: narrow tiles with K split so that a few touched experts fill the SMs); then the smallest of 32, 64 and 128-row blocks that holds
     an expert's rows whole (`expert_rows_high`), so that no expert's weights are read twice; 128 x 256 tiles
     from there on, where the GEMMs turn compute-bound. A `TUNED` entry for the shape wins."""
     bucket = rows_bucket(pairs, num_experts)
@@ -504,6 +520,9 @@ def kernel_config(pairs: int, n: int, num_experts: int = 8, k: int = 0, sms: int
     if tuned is not None:
         return dict(tuned, SPLIT_K=1)
     if pairs <= 64:
+        if not DECODE_SPLIT:
+            return {"BM": 16, "BN": 64, "BK": 256 if k >= 4096 else 128, "GROUP": 1, "num_warps": 4,
+                    "num_stages": 4 if k >= 8192 else 3, "SPLIT_K": 1}  # fmt: skip
         cfg = {"BM": 16, "BN": 64 if n >= 16384 else 32, "BK": 128, "GROUP": 1, "num_warps": 4,
                "num_stages": 4}  # fmt: skip
         cfg["SPLIT_K"] = split_k(min(pairs, num_experts) * -(-n // cfg["BN"]), k, cfg["BK"], sms)
@@ -611,7 +630,21 @@ def triton_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> torch.T
         cfg_d = dict(cfg_d, BM=cfg["BM"])
     tw = weights.reshape(-1).float().contiguous()
     y = grouped_gemm(h2, w_down, sorted_ids, block_expert, 1, pairs, cfg_d, weights=tw)
-    return y.view(t, top_k, hidden).sum(1).to(x.dtype)
+    return sum_pairs(y, t, top_k, x.dtype)
+
+
+COMBINE_BLOCK = 1024
+
+
+def sum_pairs(y: torch.Tensor, t: int, top_k: int, dtype: torch.dtype) -> torch.Tensor:
+    """[t, hidden] in `dtype`: each token's top_k rows of y ([t * top_k, hidden], token order, weighted) summed
+    in fp32, in one launch (torch's sum and cast took two, about 5 us at one token on an H200)."""
+    hidden = y.shape[1]
+    out = torch.empty((t, hidden), dtype=dtype, device=y.device)
+    _moe_combine_kernel[(t, triton.cdiv(hidden, COMBINE_BLOCK))](
+        y, y, y, out, hidden, TOP_K=top_k, BLOCK=COMBINE_BLOCK, IN_ORDER=True, num_warps=4
+    )
+    return out
 
 
 # torch._grouped_mm (CUTLASS's grouped GEMM on sm90+, bf16): the expert GEMMs of large steps. Chosen per
@@ -697,9 +730,8 @@ def grouped_mm_moe(x, w_gate_up, w_down, weights, ids, act: str = "silu") -> tor
         rank = torch.empty_like(order)  # where each pair's row sits in expert order
         rank[order] = torch.arange(order.numel(), device=order.device)
         out = torch.empty((t, hidden), dtype=x.dtype, device=x.device)
-        block = 1024
-        _moe_combine_kernel[(t, triton.cdiv(hidden, block))](
-            y, rank, tw, out, hidden, TOP_K=top_k, BLOCK=block, num_warps=4
+        _moe_combine_kernel[(t, triton.cdiv(hidden, COMBINE_BLOCK))](
+            y, rank, tw, out, hidden, TOP_K=top_k, BLOCK=COMBINE_BLOCK, num_warps=4
         )
         return out
     y = y.float() * tw[order][:, None]

@@ -45,7 +45,7 @@ from engine.attention import (
     unit_waves,
     whole_units,
 )
-from engine.fused import compiled_variants, jit_functions
+from engine.fused import compiled_variants, jit_functions, tune_gemv
 from engine.model import Transformer
 from engine.moe import tune_moe
 from engine.quant import tune_model
@@ -281,6 +281,8 @@ class Executor:
         tune_model(self.model, most, log)
         # MoE layers: the Triton grouped GEMM or torch._grouped_mm per rows bucket, timed now (engine/moe.py)
         tune_moe(self.model, most, log)
+        # batch-1 steps' GEMVs: a tile per weight shape, timed now (engine/fused.py)
+        tune_gemv(self.model.gemv_weights(), log)
         if self.static_decode:
             for size in reversed(self.sizes):
                 self._graph(size)

@@ -31,6 +31,7 @@ from engine.attention import (
     unit_target,
     unit_waves,
 )
+from engine.fused import tune_gemv
 from engine.model import Transformer
 from engine.timing import measure
 
@@ -79,6 +80,8 @@ class StepRunner:
         self.kv_tokens = kv_tokens or max_batch * max_context + graph_max_tokens
         # the batch-1 GEMV kernel streams weights faster than cuBLAS on Hopper (benchmarks/engine_bars.py)
         model.set_gemv(self.device.type == "cuda" if gemv is None else gemv)
+        # each shape's GEMV tile, as the executor's warm-up picks it (CUDA only)
+        tune_gemv(model.gemv_weights())
         # the pool's tail, past kv_tokens, is scratch for graph padding when a caller pins its regions
         self.scratch = self.kv_tokens
         if not serving:  # else the executor allocates the pool (with room for both runners' padding)

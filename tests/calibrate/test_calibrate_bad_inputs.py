@@ -148,6 +148,8 @@ ROWS = [
     # flags
     ([*CPU, "--redo", ","], "--redo ',': not a measurement kind"),
     ([*CPU, "--redo", "elementwize"], "--redo elementwize: not a measurement kind"),
+    ([*CPU, "--redo", "gemm:m1"], "--redo gemm:m1: filters are PARAM=VALUE"),
+    ([*CPU, "--redo", "gemz:m=1"], "--redo gemz: not a measurement kind"),
     ([*CPU[2:], "--device", "xpu"], "--device 'xpu': use cuda or cpu"),
     (["--bogus"], "python -m calibrate: unrecognized arguments: --bogus; see python -m calibrate --help"),
     (["fit"], "python -m calibrate fit: the following arguments are required: work_dir"),

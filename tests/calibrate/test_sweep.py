@@ -194,6 +194,15 @@ def test_forget_drops_a_kind_and_the_sweep_measures_only_it_again(tmp_path):
     rep = run_sweep(pts, reread, lambda p: calls.append(p.kind) or 2e-3)
     assert calls == ["elementwise", "elementwise"] and rep.skipped == 6
     assert [r.seconds for r in Store.open(path, META).ok("elementwise")] == [2e-3, 2e-3]
+    # a filter drops only the kind's points whose parameters match (compared as text)
+    store = Store.open(path, META)
+    assert (
+        store.forget({"elementwise": [{"tokens": "8"}, {"tokens": "9"}]}) == 1
+        and store.forget({"elementwise": [{"tokens": "8"}]}) == 0
+    )
+    assert sorted(
+        r.params["tokens"] for r in Store.open(path, META).records.values() if r.kind == "elementwise"
+    ) == [1]
 
 
 CHILD = """
@@ -234,3 +243,38 @@ def test_the_store_survives_sigint_and_two_sigkills_with_no_point_lost(tmp_path)
     now = Store.open(path, META)
     assert len(now.records) == 30 and not (seen & set(measured))  # the rest, each point once
     assert all(r.seconds == 1e-3 * r.params["m"] for r in now.records.values())
+
+
+def test_fit_gemv_holds_points_out_or_leaves_one_out():
+    """calibrate.fit.fit_gemv: the one-row bf16 GEMM points (gemm and gemv kinds; other rows and dtypes left
+    alone), fitted on a memory-bound curve; held-out errors from the plan's held-out points, or leave-one-out."""
+    from calibrate.fit import fit_gemv, gemv_points
+    from calibrate.measurements import Record
+    from core.cost_model import CostModel
+    from core.hardware import load_profile
+    from core.model_spec import load_model
+
+    prof = load_profile("h100-sxm")
+    cm = CostModel(prof, load_model("llama-3.1-8b"), "bf16", "bf16")
+    bw = 0.8 * prof.memory_bandwidth
+
+    def rec(kind, k, n, m=1, dtype="bf16", hold=False):
+        t = (k * n * 2 + m * (k + n) * 2) / bw + 3e-6
+        return Record(
+            f"{kind}{k}x{n}m{m}{dtype}", kind, {"m": m, "k": k, "n": n, "dtype": dtype}, t, holdout=hold
+        )
+
+    shapes = [(4096, 4096), (4096, 6144), (4096, 28672), (14336, 4096), (4096, 128256)]
+    recs = [rec("gemm", k, n) for k, n in shapes] + [
+        rec("gemm", 4096, 4096, m=2),
+        rec("gemm", 4096, 4096, dtype="fp8"),
+    ]
+    pts = gemv_points(recs)
+    assert len(pts) == 5
+    fit = fit_gemv(cm, pts, prof.efficiency.gemm)
+    assert fit.holdout.n == 5 and fit.holdout.median_pct < 1.0  # leave-one-out over an exact line
+    assert abs(fit.eff.memory * prof.memory_bandwidth / bw - 1) < 0.02
+    more = pts + [rec("gemv", 1024, 1024), rec("gemv", 2048, 1024, hold=True), rec("gemv", 4096, 16)]
+    fit2 = fit_gemv(cm, gemv_points(more), prof.efficiency.gemm)
+    assert fit2.holdout.n == 1 and fit2.train.n == 7  # the plan's own held-out point
+    assert fit_gemv(cm, pts[:3], prof.efficiency.gemm).eff is None  # too few to fit and check

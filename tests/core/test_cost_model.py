@@ -213,3 +213,28 @@ def test_a_blended_gemm_curve_prices_the_knee_at_the_ridge():
     ridge = max(ratio, key=ratio.get)
     assert ridge in (128, 160, 192, 256) and 1.15 < ratio[ridge] <= 2 ** (1 / q) + 1e-9
     assert ratio[1] < 1.01 and ratio[8192] < 1.02 and all(r >= 1.0 for r in ratio.values())
+
+
+def test_one_row_gemms_take_the_gemv_curve_where_the_profile_has_one():
+    """A batch-1 step's projections and a single logits row run through the engine's GEMV (engine.fused.gemv):
+    priced on efficiency.gemv where the profile has it, the gemm curve from two rows on and without it."""
+    from core.cost_model import CostModel
+    from core.hardware import OpEfficiency, load_profile
+    from core.model_spec import load_model
+
+    prof = load_profile("h100-sxm")
+    slow = OpEfficiency(compute=0.5, memory=0.1, launch_s=1e-4)  # far from the gemm curve: the switch shows
+    with_gemv = prof.model_copy(update={"efficiency": prof.efficiency.model_copy(update={"gemv": slow})})
+    spec = load_model("llama-3.1-8b")
+    plain, one = CostModel(prof, spec, "bf16", "bf16"), CostModel(with_gemv, spec, "bf16", "bf16")
+    k, n = spec.hidden_size, spec.hidden_size
+    want = (k * n * 2 + (k + n) * 2) / (0.1 * prof.memory_bandwidth) + 1e-4
+    assert abs(one._weight_gemm(1, k, n) - want) / want < 1e-9
+    assert one._weight_gemm(2, k, n) == plain._weight_gemm(2, k, n)  # two rows: cuBLAS, the gemm curve
+    assert one.gemm_time(1, 1) > 10 * plain.gemm_time(1, 1)  # every projection and the LM head
+    assert one.gemm_time(0, 1) > plain.gemm_time(0, 1)  # one logits row of a prompt step too
+    assert one.gemm_time(0, 2) == plain.gemm_time(0, 2)
+    # int4 weights do not stream through the GEMV (engine/quant.py's kernels): only their 16-bit LM head does
+    q_plain, q_one = CostModel(prof, spec, "int4", "bf16"), CostModel(with_gemv, spec, "int4", "bf16")
+    assert q_one._weight_gemm(1, k, n) == q_plain._weight_gemm(1, k, n)
+    assert q_one.gemm_time(1, 1) > q_plain.gemm_time(1, 1)

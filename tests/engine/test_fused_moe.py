@@ -95,6 +95,14 @@ for t, e, k, bm in ((1, 8, 2, 16), (8, 8, 2, 16), (21, 64, 6, 16), (5, 3, 1, 32)
     a, b = align(ids, e, bm), align_reference(ids, e, bm)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (t, e, k, a, b)
     print("ok align", t, e, k)
+# the Triton path's combine: each token's k weighted rows (token order) summed in fp32, cast once
+from engine.moe import sum_pairs
+for t, k, h, dt in ((1, 2, 4096, torch.bfloat16), (5, 6, 1100, torch.float32), (3, 2, 64, torch.bfloat16)):
+    y = torch.randn(t * k, h, generator=g).to(dt)
+    got, want = sum_pairs(y, t, k, dt), y.float().view(t, k, h).sum(1)
+    err = ((got.float() - want).abs() / want.abs().clamp_min(1e-3)).max().item()  # one rounding to bf16 at most
+    assert got.dtype == dt and err < (1e-5 if dt == torch.float32 else 2 ** -7), (t, k, h, err)
+    print("ok sum_pairs", t, k)
 # split-K (small steps): the K slices added atomically into fp32 give the unsplit product
 from engine.moe import grouped_gemm
 for split in (2, 3):
@@ -116,17 +124,28 @@ for split in (2, 3):
 
 
 def test_triton_grouped_gemm_matches_reference_interpreted():
-    assert run_interpreted(INTERPRETED).count("ok ") == 17
+    assert run_interpreted(INTERPRETED).count("ok ") == 20
 
 
-def test_kernel_config_splits_k_for_batch_one_and_takes_large_tiles_for_long_steps():
+def test_kernel_config_streams_decode_steps_and_takes_large_tiles_for_long_steps(monkeypatch):
+    from engine import moe
     from engine.moe import LARGE_TILE, TUNED, kernel_config, set_tuned
 
-    # Mixtral's down projection at batch 1: 2 touched experts x 128 column tiles leave 132 SMs mostly idle
+    # decode steps: 16-row blocks, 64-wide tiles, K unsplit; long K steps where K is long (Mixtral's down)
+    for pairs in (2, 16, 64):
+        down, gate_up = kernel_config(pairs, 4096, 8, 14336, sms=132), kernel_config(pairs, 28672, 8, 4096)
+        shape = tuple(down[key] for key in ("BM", "BN", "BK", "num_stages", "SPLIT_K"))
+        assert shape == (16, 64, 256, 4, 1)
+        assert (gate_up["BK"], gate_up["num_stages"], gate_up["SPLIT_K"]) == (256, 3, 1)
+    assert kernel_config(6, 2048, 64, 1408)["BK"] == 128  # DeepSeek-V2-Lite's down
+    assert kernel_config(66, 4096, 8, 14336)["BM"] == 32  # past 64 rows: the row-block rule
+    # the session-13 rule, kept for the before/after check: Mixtral's down at batch 1 has 2 touched experts x
+    # 128 column tiles, so K is split 4 ways to fill 132 SMs; its gate_up already has 2 x 448 programs
+    monkeypatch.setattr(moe, "DECODE_SPLIT", True)
     small = kernel_config(2, 4096, 8, 14336, sms=132)
     assert small["BM"] == 16 and small["SPLIT_K"] == 4
-    # its gate_up projection already has 2 x 448 programs: no split
     assert kernel_config(2, 28672, 8, 4096, sms=132)["SPLIT_K"] == 1
+    monkeypatch.setattr(moe, "DECODE_SPLIT", False)
     # 8k tokens top-2 over 8 experts: 2,048 rows per expert, the 128 x 256 tile
     big = kernel_config(16384, 28672, 8, 4096)
     assert {k: big[k] for k in LARGE_TILE} == LARGE_TILE and big["SPLIT_K"] == 1
@@ -223,3 +242,21 @@ def test_forcing_backends_restores_the_tuned_picks():
         assert moe.BACKEND == {(1, 2, 3, 4): "grouped_mm"}
     finally:
         moe.set_backends({})
+
+
+def test_tune_gemv_leaves_the_cpu_alone_and_lists_the_gemv_weights():
+    from core.model_spec import spec_from_config
+    from engine import fused
+    from engine.model import build_model
+
+    cfg = {"model_type": "mixtral", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "head_dim": 16, "intermediate_size": 32, "num_local_experts": 4,
+           "num_experts_per_tok": 2, "vocab_size": 50, "max_position_embeddings": 128}  # fmt: skip
+    model = build_model(spec_from_config(cfg, name="t"), dtype="fp32", device="cpu")
+    assert model.gemv_weights() == []  # gemv off: nothing streams through it
+    model.set_gemv(True)
+    weights = model.gemv_weights()
+    # qkv, o, router (MoE) or gate_up / down (dense) per layer, and lm_head: every Dense layer's 2-D weight
+    assert weights and all(w.dim() == 2 for w in weights) and any(w is model.lm_head.weight for w in weights)
+    before = dict(fused.GEMV_TILES)
+    assert fused.tune_gemv(weights) == {} and before == fused.GEMV_TILES  # off CUDA: no timing, no picks
