@@ -4,7 +4,7 @@
     python benchmarks/moe_mla_gpu.py --out /tmp/x --cpu --tiny  # the same code on toy configs (CPU, a few minutes)
 
 1. Checks (first; a failure ends the run with one line naming the kernel): the Triton grouped-GEMM MoE
-   (engine.moe.fused_moe, split-K at batch 1 included) against the loop over experts, at Mixtral's and
+   (engine.moe.fused_moe, its decode tiles at batch 1 included) against the loop over experts, at Mixtral's and
    DeepSeek-V2-Lite's expert shapes and several token counts; the MLA decode and prompt kernels (engine.mla)
    against per-sequence attention.
 2. Ceilings: device copy bandwidth (4 GiB) and the dense bf16 GEMM rate (8192³), as engine_bars.py measures.

@@ -650,7 +650,7 @@ def sum_pairs(y: torch.Tensor, t: int, top_k: int, dtype: torch.dtype) -> torch.
 # torch._grouped_mm (CUTLASS's grouped GEMM on sm90+, bf16): the expert GEMMs of large steps. Chosen per
 # (rows-per-expert bucket, 2I, H, experts) by `tune_moe`'s timing at warm-up (BACKEND), else by this rule: from
 # GROUPED_MM_MIN_ROWS routed rows per expert on average (prefill-size steps); decode-size steps keep the Triton
-# kernel, which streams the touched experts' weights near the copy bandwidth (split-K, 16-row blocks).
+# kernel, which streams the touched experts' weights near the copy bandwidth (16-row blocks, 64-wide tiles).
 # 160 from an H200 (benchmarks/moe_gpu_check.py and the calibration sweep's moe points, ms, Triton vs
 # grouped_mm): Mixtral 128 rows an expert 1.05 vs 1.24 (Triton), 256 rows 1.74 vs 1.62; DeepSeek-V2-Lite
 # 192 rows 0.74 vs 0.62 (grouped_mm).
