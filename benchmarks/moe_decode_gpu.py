@@ -39,13 +39,13 @@ from pathlib import Path  # noqa: E402
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
 from _gpu_cli import command_line, device_args, pick_device, write_report  # noqa: E402
-from moe_gpu_check import _floor_bytes  # noqa: E402
 from moe_mla_gpu import (  # noqa: E402
     TINY_DEEPSEEK,
     TINY_MIXTRAL,
-    _touched_counter,
     ceilings,
     check_moe,
+    decode_floor,
+    floor_bytes,
     free,
     large_decode,
     log,
@@ -54,7 +54,6 @@ from moe_mla_gpu import (  # noqa: E402
 import engine.fused as fused  # noqa: E402
 import engine.moe as moe  # noqa: E402
 from core.model_spec import load_model, spec_from_config  # noqa: E402
-from engine.attention import make_layout  # noqa: E402
 from engine.model import build_model  # noqa: E402
 from engine.steps import StepRunner  # noqa: E402
 
@@ -76,26 +75,13 @@ def set_variant(split: bool, tune: bool, model) -> dict:
     }
 
 
-def floor_s(model, spec, b: int, dense: float, expert: float, copy: float, dev: str) -> tuple[float, float]:
-    """(floor seconds, experts touched a layer) of a decode step of `b` sequences at CONTEXT: the dense
-    weights, the experts an eager run of random tokens routed to (per layer), and the KV, at the copy rate."""
-    seen, hooks = _touched_counter(model)
-    toks = torch.randint(1, spec.vocab_size, (b,), device=dev)
-    with torch.no_grad():
-        model(toks, make_layout([1] * b, [CONTEXT - 1] * b, dev, kv_heads=spec.num_kv_heads))
-    for h in hooks:
-        h.remove()
-    kv = b * CONTEXT * spec.kv_bytes_per_token("bf16") * (2 if dev == "cpu" else 1)
-    return (dense + sum(seen) * expert + kv) / copy, sum(seen) / max(len(seen), 1)
-
-
 def moe_steps(name: str, dev: str, ceil: dict, tiny: bool) -> dict:
     """Decode steps of one MoE model under each of VARIANTS (see the module's docstring, 3)."""
     t0 = time.perf_counter()
     spec = spec_from_config(MOE_MODELS[name], name=f"tiny-{name}") if tiny else load_model(name)
     model = build_model(spec, dtype="fp32" if dev == "cpu" else "bf16", device=dev)
     runner = StepRunner(model, max(BATCHES), CONTEXT + 8, device=dev)
-    dense, expert = _floor_bytes(model)
+    dense, expert = floor_bytes(model)
     log(f"{spec.name}: built in {time.perf_counter() - t0:.0f} s")
     rec: dict = {
         "model": spec.name,
@@ -105,7 +91,9 @@ def moe_steps(name: str, dev: str, ceil: dict, tiny: bool) -> dict:
         "variants": {},
     }
     for b in BATCHES:
-        rec["floors"][b] = floor_s(model, spec, b, dense, expert, ceil["copy_bytes_per_s"], dev)
+        rec["floors"][b] = decode_floor(
+            model, spec, [CONTEXT] * b, dense, expert, ceil["copy_bytes_per_s"], dev
+        )
     reps = {"warmup": 1, "repeat": 2} if dev == "cpu" else {}
     keep = moe.DECODE_SPLIT, fused.TUNE_GEMV
     try:

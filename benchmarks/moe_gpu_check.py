@@ -41,13 +41,13 @@ import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _gpu_cli import device_args, pick_device  # noqa: E402
-from moe_mla_gpu import TINY_MIXTRAL, _touched_counter, ceilings, free, log, rel_err  # noqa: E402
+from moe_mla_gpu import TINY_MIXTRAL, ceilings, decode_floor, floor_bytes, free, log, rel_err  # noqa: E402
 
 import engine.attention as attention  # noqa: E402
 import engine.moe as moe  # noqa: E402
 from core.model_spec import ModelSpec, load_model, spec_from_config  # noqa: E402
-from engine.attention import make_layout, unit_target  # noqa: E402
-from engine.model import MoE, build_model  # noqa: E402
+from engine.attention import unit_target  # noqa: E402
+from engine.model import build_model  # noqa: E402
 from engine.steps import StepRunner  # noqa: E402
 from engine.timing import measure_graph  # noqa: E402
 
@@ -155,27 +155,13 @@ def gemv_sweep(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> tuple[list[
     return rows, picks
 
 
-def _floor_bytes(model) -> tuple[float, float]:
-    """Bytes a decode step reads besides the routed experts (every weight but the embedding table's unread rows
-    and the routed experts), and one expert's bytes in one layer (0 without MoE)."""
-    routed = {id(p) for m in model.modules() if isinstance(m, MoE) for p in (m.w_gate_up, m.w_down)}
-    dense = float(sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in routed))
-    if model.lm_head.weight is not model.embed.weight:
-        dense -= model.embed.weight.numel() * model.embed.weight.element_size()
-    m = next((m for m in model.modules() if isinstance(m, MoE)), None)
-    expert = (
-        0.0 if m is None else float((m.w_gate_up[0].numel() + m.w_down[0].numel()) * m.w_down.element_size())
-    )
-    return dense, expert
-
-
 def mixtral(spec: ModelSpec, dev: str, ceil: dict, tiny: bool, gemv_picks: dict) -> dict:
     t0 = time.perf_counter()
     model = build_model(spec, dtype="fp32" if dev == "cpu" else "bf16", device=dev)
     prefills = (64, 128) if tiny else PREFILL
     runner = StepRunner(model, max(DECODE), max(max(prefills), DECODE_CONTEXT), device=dev)
     log(f"{spec.name}: built in {time.perf_counter() - t0:.0f} s")
-    dense, expert = _floor_bytes(model)
+    dense, expert = floor_bytes(model)
     reps = {"warmup": 1, "repeat": 2} if dev == "cpu" else {"warmup": 2, "repeat": 5}
     rec: dict = {
         "model": spec.name,
@@ -215,16 +201,9 @@ def mixtral(spec: ModelSpec, dev: str, ceil: dict, tiny: bool, gemv_picks: dict)
         def decode(b: int, gemv: str) -> None:
             ctx = [DECODE_CONTEXT] * b
             step = runner.decode(ctx, **({"warmup": 1, "repeat": 2} if dev == "cpu" else {}))
-            seen, hooks = _touched_counter(model)
-            toks = torch.randint(1, spec.vocab_size, (b,), device=dev)
-            with torch.no_grad():
-                model(toks, make_layout([1] * b, [c - 1 for c in ctx], dev, kv_heads=spec.num_kv_heads))
-            for h in hooks:
-                h.remove()
-            kv = sum(ctx) * spec.kv_bytes_per_token("bf16") * (2 if dev == "cpu" else 1)
-            floor = (dense + sum(seen) * expert + kv) / ceil["copy_bytes_per_s"]
+            floor, touched = decode_floor(model, spec, ctx, dense, expert, ceil["copy_bytes_per_s"], dev)
             rec["decode"].append({"batch": b, "context": DECODE_CONTEXT, "gemv": gemv, "step_s": step,
-                                  "floor_s": floor, "experts_touched_per_layer": sum(seen) / len(seen),
+                                  "floor_s": floor, "experts_touched_per_layer": touched,
                                   "ratio": step / floor, "bar": BAR_DECODE, "ok": step / floor <= BAR_DECODE})  # fmt: skip
             log(f"decode batch {b} ({gemv} GEMV tiles): {step * 1e3:.2f} ms, floor {floor * 1e3:.2f} ms: "
                 f"{step / floor:.2f}x (bar {BAR_DECODE}x)")  # fmt: skip
@@ -263,7 +242,7 @@ def large_decode(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
     runner = StepRunner(model, max(batches), max(max(c) for *_, c in cases) + 8, device=dev,
                         kv_tokens=max(sum(c) for *_, c in cases) + 1024)  # fmt: skip
     log(f"{spec.name}: built in {time.perf_counter() - t0:.0f} s")
-    dense, _ = _floor_bytes(model)
+    dense, _ = floor_bytes(model)
     target = unit_target(attention.device_sms(dev), spec.num_kv_heads)
     rec: dict = {"model": spec.name, "dense_bytes": dense, "unit_target": target, "rows": []}
     keep = attention.WHOLE_UNITS_MIN_FILL, attention.WHOLE_MAX_SHARE

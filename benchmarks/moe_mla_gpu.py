@@ -214,10 +214,37 @@ def _touched_counter(model) -> tuple[list[int], list]:
     return seen, hooks
 
 
+def floor_bytes(model) -> tuple[float, float]:
+    """Bytes a decode step reads besides the routed experts (every weight but the embedding table, of which a step
+    reads only its tokens' rows, and the routed experts), and one expert's bytes in one layer (0 without MoE)."""
+    routed = {id(p) for m in model.modules() if isinstance(m, MoE) for p in (m.w_gate_up, m.w_down)}
+    dense = float(sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in routed))
+    if model.lm_head.weight is not model.embed.weight:
+        dense -= model.embed.weight.numel() * model.embed.weight.element_size()
+    m = next((m for m in model.modules() if isinstance(m, MoE)), None)
+    expert = (
+        0.0 if m is None else float((m.w_gate_up[0].numel() + m.w_down[0].numel()) * m.w_down.element_size())
+    )
+    return dense, expert
+
+
+def decode_floor(model, spec, ctx: list[int], dense: float, expert: float, copy: float, dev: str):
+    """(floor seconds, experts touched a layer) of a decode step over contexts `ctx`: the dense weights, the experts an
+    eager run of random tokens routed to (per layer, the layers' own routing), and the KV, at the copy rate."""
+    b = len(ctx)
+    seen, hooks = _touched_counter(model)
+    tokens = torch.randint(1, spec.vocab_size, (b,), device=dev)
+    with torch.no_grad():
+        model(tokens, make_layout([1] * b, [c - 1 for c in ctx], dev, kv_heads=spec.num_kv_heads))
+    for h in hooks:
+        h.remove()
+    kv = sum(ctx) * spec.kv_bytes_per_token("bf16") * (2 if dev == "cpu" else 1)  # fp32 on the CPU
+    return (dense + sum(seen) * expert + kv) / copy, sum(seen) / len(seen)
+
+
 def mixtral_steps(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
     """Decode steps against the touched-weights floor, prefill steps against the GEMM rate."""
     dtype = "fp32" if dev == "cpu" else "bf16"
-    elt = 4 if dev == "cpu" else 2
     t0 = time.perf_counter()
     model = build_model(spec, dtype=dtype, device=dev)
     prefills = (64, 128) if tiny else PREFILL_TOKENS
@@ -225,37 +252,19 @@ def mixtral_steps(spec: ModelSpec, dev: str, ceil: dict, tiny: bool) -> dict:
     pre_reps = reps or {"warmup": 2, "repeat": 5}  # a prefill step of 8k tokens takes ~0.3 s
     runner = StepRunner(model, max(DECODE_BATCHES), max(max(prefills), DECODE_CONTEXT), device=dev)
     log(f"{spec.name}: built in {time.perf_counter() - t0:.0f} s")
-    # bytes every decode step reads besides the routed experts: every weight of the built model but the
-    # embedding table (a step reads only its tokens' rows) and the routed experts; plus the KV it attends to
-    routed = {id(m.w_gate_up) for m in model.modules() if isinstance(m, MoE)}
-    routed |= {id(m.w_down) for m in model.modules() if isinstance(m, MoE)}
-    dense = float(sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in routed))
-    if model.lm_head.weight is not model.embed.weight:
-        dense -= model.embed.weight.numel() * model.embed.weight.element_size()
-    moe = next(m for m in model.modules() if isinstance(m, MoE))
-    expert = (
-        moe.w_gate_up[0].numel() + moe.w_down[0].numel()
-    ) * moe.w_down.element_size()  # one expert, one layer
+    dense, expert = floor_bytes(model)
     rec: dict = {
         "model": spec.name,
         "dense_bytes": dense,
-        "expert_bytes": expert,
+        "expert_bytes": int(expert),  # (an int in the raw file, as before)
         "decode": [],
         "prefill": [],
     }
     for b in DECODE_BATCHES:
         ctx = [DECODE_CONTEXT] * b
         step = runner.decode(ctx, **reps)
-        seen, hooks = _touched_counter(model)
-        tokens = torch.randint(1, spec.vocab_size, (b,), device=dev)
-        with torch.no_grad():
-            model(tokens, make_layout([1] * b, [c - 1 for c in ctx], dev, kv_heads=spec.num_kv_heads))
-        for h in hooks:
-            h.remove()
-        touched = sum(seen)
-        kv = sum(ctx) * spec.kv_bytes_per_token("bf16") * elt / 2
-        floor = (dense + touched * rec["expert_bytes"] + kv) / ceil["copy_bytes_per_s"]
-        r = {"batch": b, "context": DECODE_CONTEXT, "step_s": step, "experts_touched_per_layer": touched / len(seen),
+        floor, touched = decode_floor(model, spec, ctx, dense, expert, ceil["copy_bytes_per_s"], dev)
+        r = {"batch": b, "context": DECODE_CONTEXT, "step_s": step, "experts_touched_per_layer": touched,
              "floor_s": floor, "ratio": step / floor, "bar": BAR_DECODE, "ok": step / floor <= BAR_DECODE}  # fmt: skip
         rec["decode"].append(r)
         log(f"decode batch {b}: {step * 1e3:.2f} ms, {r['experts_touched_per_layer']:.2f} experts/layer touched, "

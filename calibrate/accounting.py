@@ -136,6 +136,7 @@ MLA_GROUPS = {"mla_decode": "attention_mla_decode", "mla_prefill": "attention_ml
 KIND_OF = {
     "attention_fresh": "attention_prefill",
     "moe_large": "moe",
+    "gemv": "gemm:m=1:dtype=bf16,gemv",  # the gemm points of one row and the smaller-weight gemv ones
     **{g: k for k, g in MLA_GROUPS.items()},
 }
 

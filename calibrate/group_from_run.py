@@ -62,6 +62,8 @@ def _in_group(cm: CostModel, r, group: str) -> bool:
     `--group moe_large` takes the moe points past moe_large_min_rows even where the profile has no split yet."""
     if group == "moe_large":
         return r.kind == "moe" and is_moe_large(cm, r.params)
+    if group == "gemv":  # one-row bf16 GEMMs, of the gemm and gemv kinds (calibrate.fit.gemv_points)
+        return bool(gemv_points([r]))
     return group_of(cm, r.kind, r.params) == group
 
 
@@ -93,16 +95,6 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
         raise ConfigError(
             f"{path}: measured on {gpu}, but {profile_path} is calibrated on {want}; use that GPU's run"
         )
-    if group == "gemv":  # one-row bf16 GEMM points, each held out from its own fit (calibrate.fit.fit_gemv)
-        cm = CostModel(prof, _run_model(store), "bf16", "bf16")
-        fit = fit_gemv(
-            cm, sorted(gemv_points(store.records.values()), key=lambda r: r.key), prof.efficiency.gemm
-        )
-        if fit.eff is None:
-            raise ConfigError(
-                f"{path}: fewer than 4 bf16 GEMM points of one row (rerun with --redo gemm:m=1)"
-            )
-        return fit, store
     cm, recs = group_points(store, prof, group)
     if len(recs) < 4:
         kind = KIND_OF.get(group, group)
@@ -113,7 +105,8 @@ def fit_run(work_dir: Path, group: str, profile_path: Path):
     if group == "gemm":  # the bf16 curve (fit_all fits each other dtype's points as its own curve)
         recs = [r for r in recs if r.params.get("dtype", "bf16") == "bf16"]
     recs = sorted(recs, key=lambda r: r.key)
-    fit = fit_group(cm, group, recs, base)
+    # (gemv: the one-row bf16 GEMM points, each held out from its own fit where the plan held none out)
+    fit = fit_gemv(cm, recs, base) if group == "gemv" else fit_group(cm, group, recs, base)
     if fit.eff is None:
         raise ConfigError(f"{path}: too few fitted '{group}' points (need 3 not held out)")
     factor = in_step_factor(prof)

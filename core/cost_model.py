@@ -233,7 +233,7 @@ class CostModel:
         # one-row GEMMs on the profile's GEMV curve where it has one: the engine streams a single row's weights
         # through its Triton GEMV (16-bit weights; the LM head stays 16-bit whatever the weights)
         self.gemv_eff = e.gemv
-        self.gemv_weights = e.gemv is not None and weight_dtype in ("bf16", "fp16")
+        self.gemv_dense = e.gemv is not None and weight_dtype in ("bf16", "fp16")
         # routed experts priced on the profile's fitted MoE curve (its points time routing with them)
         self.moe_curve = e.moe is not None and not self.dequant
         self._loop_terms(engine, serving_host, eager_prefill, eager_decode)
@@ -401,7 +401,7 @@ class CostModel:
 
     def _weight_gemm(self, slots: float, k: int, n: int, copies: float = 1.0) -> float:
         """One [k, n] weight GEMM over `slots` token rows, spread over `copies` matrices (touched experts)."""
-        if slots == 1 and copies == 1 and self.gemv_weights:
+        if slots == 1 and copies == 1 and self.gemv_dense:
             return self._weight_gemm_with(self.gemv_eff, 1, k, n, 1)
         t = self._weight_gemm_with(self.gemm_eff, slots, k, n, copies)
         for e in self.gemm_alt:

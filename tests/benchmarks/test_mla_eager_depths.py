@@ -1,20 +1,13 @@
 """benchmarks/mla_eager_depths.py's CPU path: the MLA eager measurement at each depth asked, with its table."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = str(ROOT / "benchmarks" / "mla_eager_depths.py")
 
-
-def test_cpu_tiny_run(tmp_path):
+def test_cpu_tiny_run(tmp_path, run_benchmark):
     pytest.importorskip("triton")
-    r = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path), "--cpu", "--tiny", "--depths", "1", "2", "3"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    r = run_benchmark("mla_eager_depths.py", "--out", tmp_path, "--cpu", "--tiny", "--depths", 1, 2, 3)
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads((tmp_path / "mla_eager_depths.json").read_text())
     assert sorted(rec["median_s"]) == ["1", "2", "3"] and all(v > 0 for v in rec["median_s"].values())
@@ -23,7 +16,6 @@ def test_cpu_tiny_run(tmp_path):
     assert "| 3 |" in md and "Slope between 1 and 3 layers" in md
 
 
-def test_one_depth_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path), "--cpu", "--tiny", "--depths", "2"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+def test_one_depth_is_one_line(tmp_path, run_benchmark):
+    r = run_benchmark("mla_eager_depths.py", "--out", tmp_path, "--cpu", "--tiny", "--depths", 2)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--depths" in r.stderr

@@ -2,21 +2,10 @@
 records, the tables, and a second call resuming what the first wrote."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = str(ROOT / "benchmarks" / "moe_decode_gpu.py")
 
 
-def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, "--out", str(out), "--cpu", "--tiny", *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
-
-
-def test_cpu_tiny_run_and_resume(tmp_path):
-    r = _run(tmp_path)
+def test_cpu_tiny_run_and_resume(tmp_path, run_benchmark):
+    r = run_benchmark("moe_decode_gpu.py", "--out", tmp_path, "--cpu", "--tiny")
     assert r.returncode == 0, r.stderr[-2000:]
     raw = json.loads((tmp_path / "moe_decode.json").read_text())
     assert all(c["ok"] for c in raw["checks"])
@@ -31,7 +20,7 @@ def test_cpu_tiny_run_and_resume(tmp_path):
     md = (tmp_path / "moe_decode.md").read_text()
     assert "before ms (× floor)" in md and "× per-phase roofline" in md
     # a second call keeps the sections measured (the MoE steps are not taken again)
-    r2 = _run(tmp_path)
+    r2 = run_benchmark("moe_decode_gpu.py", "--out", tmp_path, "--cpu", "--tiny")
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert "built in" not in r2.stdout
     assert json.loads((tmp_path / "moe_decode.json").read_text())["moe"] == raw["moe"]
