@@ -77,11 +77,14 @@ class Row:
     trace: str  # conversation | code | prefix
     load: float  # share of the simulator's capacity
     chunked: bool = True
+    overlap: bool = False  # serving.async_scheduling, on the engine and in the simulator
 
     @property
     def name(self) -> str:
         chunk = "chunked" if self.chunked else "unchunked"
-        return f"{self.model}-{self.weight_dtype}-{self.trace}-{round(self.load * 100)}pct-{chunk}"
+        return f"{self.model}-{self.weight_dtype}-{self.trace}-{round(self.load * 100)}pct-{chunk}" + (
+            "-async" if self.overlap else ""
+        )
 
 
 def rows_for(device: str, quick: bool) -> list[Row]:
@@ -104,11 +107,13 @@ def rows_for(device: str, quick: bool) -> list[Row]:
 
 
 def parse_row(text: str) -> Row:
-    """A --row argument, MODEL[:DTYPE[:TRACE[:LOAD]]]; a bad one raises ConfigError naming the part."""
+    """A --row argument, MODEL[:DTYPE[:TRACE[:LOAD]]][:async]; a bad one raises ConfigError naming the part."""
     parts = text.split(":")
+    overlap = len(parts) > 1 and parts[-1] == "async"
+    parts = parts[:-1] if overlap else parts
     if len(parts) > 4 or not parts[0]:
         raise ConfigError(
-            f"--row {text!r}: expected MODEL[:DTYPE[:TRACE[:LOAD]]], e.g. qwen2.5-7b:bf16:conversation:0.8"
+            f"--row {text!r}: expected MODEL[:DTYPE[:TRACE[:LOAD]]][:async], e.g. qwen2.5-7b:bf16:conversation:0.8"
         )
     model, dtype, trace, load = (parts + ["bf16", "conversation", "0.8"][len(parts) - 1 :])[:4]
     if trace not in ("conversation", "code", "prefix"):
@@ -121,7 +126,7 @@ def parse_row(text: str) -> Row:
         raise ConfigError(
             f"--row {text!r}: load must be a share of capacity in (0, 2], e.g. 0.8 (got {load!r})"
         )
-    return Row(model, dtype, trace, share)
+    return Row(model, dtype, trace, share, overlap=overlap)
 
 
 # ---------------------------------------------------------------------------------------------- scenarios
@@ -149,7 +154,7 @@ PREFIX_LENGTHS = ({"dist": "lognormal", "median": 200, "sigma": 0.8, "max": 2000
 def scenario_for(row: Row, rate: float, duration_s: float, profile: str, model: str, util: float) -> Scenario:
     batching = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "chunked_prefill": row.chunked}
     serving = {"batching": batching, "memory": {"block_size": 16, "gpu_memory_utilization": util},
-               "precision": {"weight_dtype": row.weight_dtype}}  # fmt: skip
+               "precision": {"weight_dtype": row.weight_dtype}, "async_scheduling": row.overlap}  # fmt: skip
     if row.model == "tiny":
         batching |= {"max_num_seqs": 16, "max_num_batched_tokens": 256 if row.chunked else 512}
         serving["precision"] = {"weight_dtype": "bf16"}
@@ -182,6 +187,7 @@ def serving_cost_model(profile, spec, sv) -> CostModel:
         sv.precision.kv_dtype,
         eager_prefill=sv.cuda_graphs == "decode_only",
         graph_padding=SERVING_GRAPHS,
+        async_decode=sv.async_scheduling,
     )
 
 
@@ -430,7 +436,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
             f"GPU {k['gpu_ms']:.2f}, record {k['record_ms']:.2f}), cost model {k['model_ms']:.2f} ms")  # fmt: skip
     rec = {
         "row": row.name, "model": spec.name, "weight_dtype": row.weight_dtype, "trace": row.trace,
-        "load": row.load, "chunked_prefill": row.chunked, "capacity_requests_per_s": cap, "rate_per_s": rate,
+        "load": row.load, "chunked_prefill": row.chunked, "async_scheduling": row.overlap, "capacity_requests_per_s": cap, "rate_per_s": rate,
         "requests": len(reqs), "kv_blocks": mem.num_blocks, "gpu_memory_utilization": util,
         "duration_s": args.duration, "deadline_s": deadline, "row_model": row.model,
         "engine": figures(eng), "simulator": figures(sim),
@@ -462,7 +468,8 @@ def engine_replay(host, reqs: Requests, sv, spec, blocks: int, deadline: float, 
     window, ratio = sliding_terms(spec)
     run = serve(host.executor, reqs, pool, sv.batching.max_num_seqs,
                 sv.batching.max_num_batched_tokens, sv.batching.chunked_prefill, deadline_s=deadline, log=log, trace=True,
-                block_keys=keys, sliding_window=window, sliding_ratio=ratio)  # fmt: skip
+                block_keys=keys, sliding_window=window, sliding_ratio=ratio,
+                async_scheduling=sv.async_scheduling)  # fmt: skip
     assert run.scheduler.pool.used == 0 or run.unfinished, "blocks left in use after a complete run"
     retries = alloc_retries(device)
     if retries:  # the caching allocator freed and retried (a device sync each): the engine ran short of room
@@ -524,7 +531,8 @@ def resimulate(
         rows = list(csv.DictReader(f))
     reqs = Requests(np.array([float(r["arrival_s"]) for r in rows]),
                     np.array([int(r["prompt_tokens"]) for r in rows]), np.array([int(r["output_tokens"]) for r in rows]))  # fmt: skip
-    row = Row(rec["row_model"], rec["weight_dtype"], rec["trace"], rec["load"], rec["chunked_prefill"])
+    row = Row(rec["row_model"], rec["weight_dtype"], rec["trace"], rec["load"], rec["chunked_prefill"],
+              rec.get("async_scheduling", False))  # fmt: skip
     duration, deadline = rec["duration_s"], rec["deadline_s"]
     ref = model_ref or row.model
     sc = scenario_for(row, rec["rate_per_s"], duration, profile_name, ref, rec["gpu_memory_utilization"])
@@ -647,24 +655,30 @@ def decode_host(row: Row, args, profile_name: str, model_ref: str, hosts: dict, 
 
 
 def decode_check(
-    host, spec, profile, sizes: list[int], weight_dtype: str, block_size: int, log
+    host, spec, profile, sizes: list[int], weight_dtype: str, block_size: int, log, overlap: bool = False
 ) -> list[dict]:
     """Decode-only steps at batch B (B requests arrive together, prompt 1024, output 128): the engine's
-    tokens/s from its step cadence beside the roofline and the calibrated cost model for the same steps."""
+    tokens/s from its step cadence beside the roofline and the calibrated cost model for the same steps.
+    With `overlap`, the loop's async scheduling on (and in the cost model): a step is then the time from one
+    step's tokens to the next's (`cadence_ms`, recorded either way), as its iterations overlap."""
     from engine.serving import serve
 
     out = []
-    cm = CostModel(profile, spec, weight_dtype, "bf16", graph_padding=SERVING_GRAPHS)
+    cm = CostModel(profile, spec, weight_dtype, "bf16", graph_padding=SERVING_GRAPHS, async_decode=overlap)
     for b in sizes:
         prompt, output = (DECODE_PROMPT, DECODE_OUTPUT) if host.executor.cuda else (64, 16)
         reqs = Requests(np.zeros(b), np.full(b, prompt), np.full(b, output))
         blocks = b * blocks_for(prompt + output, block_size)
-        run = serve(host.executor, reqs, BlockPool(blocks, block_size), b, 8192, True, trace=True)
+        run = serve(host.executor, reqs, BlockPool(blocks, block_size), b, 8192, True, trace=True,
+                    async_scheduling=overlap)  # fmt: skip
         tr = run.step_trace
         m = (tr["prefill_tokens"] == 0) & (tr["decode_seqs"] == b)  # CUDA graphs on the GPU
         if m.sum() < 4:
             continue
+        both = m[1:] & m[:-1]  # a step and the one before it both such decode steps
+        cadence = np.diff(tr["end_s"])[both][2:]
         loop = (tr["schedule_s"] + tr["prepare_s"] + tr["execute_s"] + tr["record_s"])[m][2:]
+        loop = cadence if overlap else loop
         gpu = tr["gpu_s"][m][2:]
         ctx = float(np.median(tr["decode_context_tokens"][m]))
         shape = BatchShape(decode_seqs=b, decode_context_tokens=int(ctx))
@@ -673,7 +687,8 @@ def decode_check(
         rec = {"batch": b, "steps": int(len(loop)), "mean_context": ctx / b, "step_ms": step * 1e3,
                "gpu_ms": float(np.median(gpu)) * 1e3, "tokens_per_s": b / step, "roofline_tokens_per_s": b / roof,
                "model_tokens_per_s": b / model, "roofline_ratio": step / roof, "model_ratio": step / model,
-               "kernel_roofline_ratio": step / kernel_roofline_s(profile, spec, shape, weight_dtype, "bf16")}  # fmt: skip
+               "kernel_roofline_ratio": step / kernel_roofline_s(profile, spec, shape, weight_dtype, "bf16"),
+               "cadence_ms": float(np.median(cadence)) * 1e3, "async_scheduling": overlap}  # fmt: skip
         log(f"decode at batch {b}: {rec['tokens_per_s']:.0f} tok/s ({rec['step_ms']:.2f} ms/step, GPU "
             f"{rec['gpu_ms']:.2f}), roofline {rec['roofline_tokens_per_s']:.0f} ({rec['roofline_ratio']:.2f}x), "
             f"cost model {rec['model_tokens_per_s']:.0f} ({rec['model_ratio']:.2f}x)")  # fmt: skip
@@ -891,8 +906,8 @@ def main(argv: list[str] | None = None) -> int:
         "--row",
         action="append",
         metavar="MODEL[:DTYPE[:TRACE[:LOAD]]]",
-        help="run this row instead of the preset ones (repeatable; defaults bf16, conversation, 0.8), e.g. "
-        "--row qwen2.5-7b --row gemma-3-12b:bf16:code:0.5",
+        help="run this row instead of the preset ones (repeatable; defaults bf16, conversation, 0.8; a last "
+        "part `async`: serving.async_scheduling on), e.g. --row qwen2.5-7b --row gemma-3-12b:bf16:code:0.5:async",
     )
     p.add_argument("--rerun", action="store_true", help="run rows again that already have results")
     p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)  # --rerun's old name, still taken

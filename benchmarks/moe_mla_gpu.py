@@ -387,10 +387,18 @@ def fidelity_rows(models: list[str], refs: list[str], args, profile: str, out: P
 
 
 # ---------------------------------------------------------------------------------------------- 5. decode
-def large_decode(args, profile: str, ref: str, cpu: bool, sizes: list[int] | None = None) -> list[dict]:
+def large_decode(
+    args,
+    profile: str,
+    ref: str,
+    cpu: bool,
+    sizes: list[int] | None = None,
+    overlaps: tuple[bool, ...] = (False,),
+) -> list[dict]:
     """Decode-only serving steps at large batch (fidelity.decode_check) for DECODE_MODEL: the model on an
     executor whose pool holds every sequence's region, its decode graphs captured (no mixed-step graphs:
-    the prompts' steps are not what is measured, and capturing them would take a fifth of the budget)."""
+    the prompts' steps are not what is measured, and capturing them would take a fifth of the budget); once
+    per entry of `overlaps` (the loop's async scheduling off / on) on the same executor."""
     import types
 
     import fidelity
@@ -408,8 +416,9 @@ def large_decode(args, profile: str, ref: str, cpu: bool, sizes: list[int] | Non
     ex = Executor(model, max(sizes) * (prompt + output + 16), max(sizes), device=dev, mixed_graph_tokens=0)
     ex.warmup(log)
     log(f"{spec.name}: built and warmed up in {time.perf_counter() - t0:.0f} s")
-    recs = fidelity.decode_check(types.SimpleNamespace(executor=ex), spec, load_profile(profile), sizes,
-                                 "fp32" if cpu else "bf16", 16, log)  # fmt: skip
+    recs = [r for overlap in overlaps
+            for r in fidelity.decode_check(types.SimpleNamespace(executor=ex), spec, load_profile(profile), sizes,
+                                           "fp32" if cpu else "bf16", 16, log, overlap)]  # fmt: skip
     ex = model = None
     free()
     return [dict(r, model=spec.name) for r in recs]

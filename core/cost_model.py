@@ -216,6 +216,7 @@ class CostModel:
         engine: EngineProfile | None = None,
         eager_decode: bool = False,
         graph_padding: GraphRule | None = None,
+        async_decode: bool = False,
     ) -> None:
         self.profile, self.model = profile, model
         # a runner's CUDA graphs pad a step's rows (`graph_rows`); eager steps run unpadded
@@ -237,6 +238,14 @@ class CostModel:
         # routed experts priced on the profile's fitted MoE curve (its points time routing with them)
         self.moe_curve = e.moe is not None and not self.dequant
         self._loop_terms(engine, serving_host, eager_prefill, eager_decode)
+        # async scheduling (serving.async_scheduling, engine.serving._Loop): our loop prepares a decode-only step
+        # while the GPU runs the one before, so such a step takes the longer of its GPU work and its host terms
+        self.decode_overlap = (
+            async_decode
+            and bool(self.host_step or self.host_seq)
+            and not eager_decode
+            and self.host_serial is None
+        )
         self.bw = profile.memory_bandwidth
         self.ic = profile.interconnect
         self.attn_peak = profile.peak_flops("bf16")
@@ -655,6 +664,8 @@ class CostModel:
             out["launch_wait"] = max(0.0, floor - sum(out.values()))
         if self.host_serial is not None and tokens:
             out["host_overlapped"] = -self._overlapped(sum(out.values()), b)
+        elif self.decode_overlap and tokens and not b.prefill_tokens:
+            out["host_overlapped"] = -self._decode_hidden(sum(out.values()), b.decode_seqs)
         return out
 
     def _floor(self, b: BatchShape) -> float:
@@ -675,6 +686,20 @@ class CostModel:
         GPU work run side by side: the shorter of the two."""
         h = self.host_time(b) - self.host_serial
         return max(0.0, min(total - h - self.host_serial, h))
+
+    def _decode_hidden(self, total: float, n: int) -> float:
+        """Async scheduling: the seconds of a decode-only step of n sequences and `total` seconds (GPU + host
+        summed) that its host terms hide under the GPU work of the step before: the shorter of the two."""
+        h = self.host_step + n * self.host_seq
+        return max(0.0, min(total - h, h))
+
+    def decode_hidden(self, b: BatchShape) -> float:
+        """Async scheduling: the host seconds a decode-only step of `b` hides under the GPU work of the step before
+        (0 where it hides none). A decode step right after a step the loop waited for has nothing to hide them
+        under and pays them (simulator/replica.py)."""
+        if not (self.decode_overlap and b.tokens and not b.prefill_tokens):
+            return 0.0
+        return -self.breakdown(b)["host_overlapped"]
 
     def step_time(self, b: BatchShape) -> float:
         """Seconds for one step of the batch."""
@@ -713,6 +738,8 @@ class CostModel:
         if self.host_serial is not None and tokens:
             hidden = self._overlapped(total, b)
             prompt, total = prompt * (1.0 - hidden / total), total - hidden
+        elif self.decode_overlap and tokens and not b.prefill_tokens:
+            total -= self._decode_hidden(total, b.decode_seqs)
         return total, prompt
 
     def _decode_fixed(self, n: int) -> float:
@@ -746,6 +773,9 @@ class CostModel:
         if self.host_serial is not None:  # HostOverlap: less the shorter of host terms and GPU work
             h = self.host_step + n * self.host_seq - self.host_serial
             t = t - np.maximum(np.minimum(t - h - self.host_serial, h), 0.0)
+        elif self.decode_overlap:  # async scheduling: the longer of the GPU work and the host terms
+            h = self.host_step + n * self.host_seq
+            t = np.maximum(t - h, h)
         return np.maximum(t, self.eager_decode) if self.eager_decode else t
 
     def _decode_coeffs(self, n: int) -> tuple[float, float, float, float, float, int]:
@@ -817,6 +847,14 @@ class CostModel:
         t0 = c0 if c0 > m0 else m0
         t1 = c1 if c1 > m1 else m1
         a, b = fixed + L * t0, (L * (t1 - t0) / (k - 1) if k > 1 else 0.0)
+        if (
+            self.decode_overlap
+        ):  # async scheduling: max(GPU work, host terms), a line where one side wins throughout
+            h = self.host_step + n * self.host_seq
+            a -= h
+            if a >= h and a + b * (k - 1) >= h:
+                return a, b
+            return (h, 0.0) if a <= h and a + b * (k - 1) <= h else None
         floor = self.eager_decode  # steps launched eagerly last at least the launch floor
         if not floor or (a >= floor and a + b * (k - 1) >= floor):
             return a, b

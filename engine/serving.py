@@ -188,6 +188,18 @@ class _DecodeGraph:
     graph: object = None
 
 
+@dataclass(slots=True)
+class InFlight:
+    """A decode step launched without waiting for its ids (async scheduling, `Executor.launch_decode`)."""
+
+    ids: torch.Tensor  # device: the step's sampled ids [n] (the next step gathers its input tokens from them)
+    host: torch.Tensor  # (pinned) host: where they are being copied
+    copied: object  # CUDA event after the step's inputs left the pinned buffers (None on the CPU)
+    done: object  # CUDA event after the ids' copy (None on the CPU)
+    start: object  # CUDA event at the step's first device work, when timed (else None)
+    launch_s: float  # host seconds to issue it
+
+
 class Executor:
     """Runs scheduler batches on a model: per-sequence KV regions, eager prefill and mixed steps, CUDA-graph
     decode steps for padded batch sizes, greedy sampling. `step` returns the sampled ids on the host.
@@ -267,6 +279,11 @@ class Executor:
             if self.cuda
             else None
         )
+        # async scheduling (launch_decode): two host buffers for ids in flight, used in turn
+        self._ids_out = [
+            torch.zeros(self.max_batch, dtype=torch.int64, pin_memory=self.cuda) for _ in range(2)
+        ]
+        self._flip = 0
 
     # ------------------------------------------------------------------ set-up
     def warmup(self, log=None, max_prompt: int = 0) -> float:
@@ -483,6 +500,63 @@ class Executor:
             self._host_lists(g)
             ids = self.model(g.i64[: g.size], g.layout, None).argmax(-1)
         return ids[:n]
+
+    # ------------------------------------------------------------------ async scheduling
+    def launch_decode(
+        self,
+        starts: np.ndarray,
+        ctx: np.ndarray,
+        tokens: np.ndarray,
+        prev: InFlight | None = None,
+        rows: np.ndarray | None = None,
+    ) -> InFlight:
+        """Launch a decode-only step (`step`'s `decodes`) on its graph and return without waiting for its ids
+        (`wait` takes them): the host goes on to the next step while the GPU runs this one, as vLLM's async
+        scheduling does. With `prev` (a step still in flight), the sequences' input tokens are `prev`'s
+        sampled ids at `rows`, gathered on the device, and `tokens` is not read."""
+        t0 = time.perf_counter()
+        if prev is not None and prev.copied is not None:
+            prev.copied.synchronize()  # its inputs have left the pinned buffers this step writes again
+        n = len(ctx)
+        size = self.sizes[bisect.bisect_left(self.sizes, n)]
+        k_lens = self._padded_k_lens(size, ctx)
+        g = self._graph(size, split=not balanced_units(k_lens, self.target))
+        timed = self.time_gpu and self.cuda
+        start = torch.cuda.Event(enable_timing=True) if timed else None
+        self._timed, self._marked, events = timed, False, self._events
+        if timed:
+            self._events = (start, events[1])  # _upload's _mark records this step's start
+        self._fill(g, starts, ctx, tokens if prev is None else rows, k_lens)
+        self._events = events
+        copied = torch.cuda.Event() if self.cuda else None
+        if copied is not None:
+            copied.record()
+        if prev is not None:  # the input tokens are the last step's ids, still on the device
+            g.i64[:n].copy_(prev.ids.index_select(0, g.i64[:n]))
+        if g.graph is not None:
+            g.graph.replay()
+            ids = g.ids[:n]
+        else:  # CPU: the same static buffers through an eager forward
+            self._host_lists(g)
+            ids = self.model(g.i64[: g.size], g.layout, None).argmax(-1)[:n]
+        host = self._ids_out[self._flip][:n]
+        self._flip ^= 1
+        host.copy_(ids, non_blocking=True)
+        done = torch.cuda.Event(enable_timing=timed) if self.cuda else None
+        if done is not None:
+            done.record()
+        self.last_path = 1
+        return InFlight(ids, host, copied, done, start, time.perf_counter() - t0)
+
+    def wait(self, f: InFlight) -> np.ndarray:
+        """The sampled ids of a step `launch_decode` launched, once they are on the host (`last_gpu_s`: its GPU
+        span when timed, `last_launch_s`: its host seconds to issue)."""
+        if f.done is not None:
+            f.done.synchronize()
+        self.last_launch_s = f.launch_s
+        self.last_gpu_s = f.start.elapsed_time(f.done) / 1e3 if f.start is not None else float("nan")
+        self.last_path = 1
+        return f.host.numpy().copy()
 
     @staticmethod
     def _host_lists(g: _DecodeGraph) -> None:
@@ -868,6 +942,18 @@ class _Replay:
         d_pos = off[d_rids] + ctx  # where each new token goes: right after the ctx tokens it attends to
         return prefills, wants, (region[d_rids], ctx, ids[d_pos - 1]), d_rids, d_pos
 
+    def overlappable(self, batch: Batch) -> bool:
+        """Whether async scheduling may launch `batch` without waiting for it: a decode-only step that replays a
+        decode graph (prompt chunks, speculative rounds and eager steps are waited for)."""
+        ex = self.ex
+        return (
+            not batch.prefills
+            and not batch.spec_k
+            and 0 < batch.num_decodes <= ex.max_batch
+            and ex.static_decode
+            and self.spec is None
+        )
+
     def execute(self, batch: Batch, prefills, dec, d_rids, d_pos):
         """Run the batch: a speculative round (draft, then verification) when the scheduler made it one, else
         one step (and the draft model's prefill of its prompt chunks, when speculating). Returns (sampled ids,
@@ -926,60 +1012,142 @@ class _Replay:
         return [times[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
-def _serve_loop(
-    executor: Executor,
-    sched: Scheduler,
-    run: _Replay,
-    arrivals: list[float],
-    order: list[int],
-    deadline_s: float | None,
-    rows: list[tuple] | None,
-) -> tuple[float, int, int, float, float]:
-    """The serving loop: admit arrivals at step boundaries, schedule, execute, record (with `rows`, one
-    trace row per step). Returns (wall seconds, steps, decode-graph steps, busy seconds, idle seconds)."""
-    prompt, output = run.prompt, run.output
-    kernels = jit_functions() if rows is not None else []
-    compiled = compiled_variants(kernels)
-    nxt = steps = graph_steps = 0
-    busy = idle = 0.0
-    t0 = time.perf_counter()
-    while True:
-        now = time.perf_counter() - t0
-        while nxt < len(order) and arrivals[nxt] <= now:  # arrivals enter at step boundaries
-            rid = order[nxt]
-            sched.add(Sequence(rid, int(prompt[rid]), int(output[rid])))
-            nxt += 1
-        if deadline_s is not None and now > deadline_s:
-            break
-        batch = sched.schedule() if sched.has_work() else None
-        if batch is None:
-            if nxt >= len(order):
-                break  # nothing can run and nothing is to come
-            wait = arrivals[nxt] - (time.perf_counter() - t0)
-            if wait > IDLE_SPIN_S:
-                time.sleep(wait - IDLE_SPIN_S / 2)
-            idle += time.perf_counter() - t0 - now
-            continue
-        start = time.perf_counter() - t0
+@dataclass(slots=True)
+class _Pending:
+    """A decode step in flight (async scheduling): what recording it takes once its ids are on the host."""
+
+    batch: Batch
+    res: object  # the scheduler's StepResult
+    flight: InFlight
+    d_rids: np.ndarray
+    d_pos: np.ndarray
+    now: float  # loop seconds when its iteration began
+    start: float  # ... when its scheduling ended
+    prepared: float  # ... when its inputs were ready
+
+
+class _Loop:
+    """The serving loop: admit arrivals at step boundaries, schedule, execute, record (with `rows`, one trace
+    row per step). With `overlap` (async scheduling), a decode-only step on a graph is launched without waiting
+    for its ids: the host schedules and prepares the next step while the GPU runs it, and records it after
+    launching that next one (its input tokens gathered on the device from the step before). A step of any other
+    kind first waits for the one in flight."""
+
+    def __init__(
+        self, executor: Executor, sched: Scheduler, run: _Replay, rows: list[tuple] | None, overlap: bool
+    ):
+        self.ex, self.sched, self.run, self.rows, self.overlap = executor, sched, run, rows, overlap
+        self.kernels = jit_functions() if rows is not None else []
+        self.compiled = compiled_variants(self.kernels)
+        self.steps = self.graph_steps = 0
+        self.busy = self.idle = self.last_end = 0.0
+        self.t0 = time.perf_counter()
+        self.pending: _Pending | None = None
+        self.row_of = np.full(
+            len(run.table), -1, dtype=np.int64
+        )  # request id -> its row in the step in flight
+
+    def clock(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def run_all(self, arrivals: list[float], order: list[int], deadline_s: float | None) -> tuple:
+        """Returns (wall seconds, steps, decode-graph steps, busy seconds, idle seconds)."""
+        sched, run = self.sched, self.run
+        prompt, output = run.prompt, run.output
+        nxt = 0
+        while True:
+            now = self.clock()
+            while nxt < len(order) and arrivals[nxt] <= now:  # arrivals enter at step boundaries
+                rid = order[nxt]
+                sched.add(Sequence(rid, int(prompt[rid]), int(output[rid])))
+                nxt += 1
+            if deadline_s is not None and now > deadline_s:
+                break
+            batch = sched.schedule() if sched.has_work() else None
+            overlap = batch is not None and self.overlap and run.overlappable(batch)
+            if self.pending is not None and not overlap:
+                self.land()
+            if batch is None:
+                if nxt >= len(order):
+                    break  # nothing can run and nothing is to come
+                wait = arrivals[nxt] - self.clock()
+                if wait > IDLE_SPIN_S:
+                    time.sleep(wait - IDLE_SPIN_S / 2)
+                self.idle += self.clock() - now
+                continue
+            if overlap:
+                self.launch(batch, now)
+            else:
+                self.step(batch, now)
+        if self.pending is not None:
+            self.land()
+        return self.clock(), self.steps, self.graph_steps, self.busy, self.idle
+
+    def step(self, batch: Batch, now: float) -> None:
+        """A step waited for: run, then record."""
+        run, ex = self.run, self.ex
+        start = self.clock()
         prefills, wants, dec, d_rids, d_pos = run.inputs(batch)
-        prepared = time.perf_counter() - t0
+        prepared = self.clock()
         sampled, kept = run.execute(batch, prefills, dec, d_rids, d_pos)
-        graph = executor.last_path
-        graph_steps += graph == 1
-        end = time.perf_counter() - t0
-        steps += 1
-        busy += end - start
-        run.record(batch, sched.complete(batch), sampled, wants, d_rids, d_pos, start, end, kept)
-        if rows is not None:
-            sh = batch.shape
-            now_compiled = compiled_variants(kernels)
-            compiles, compiled = (now_compiled - compiled if compiled >= 0 else -1), now_compiled
-            rows.append((end, start - now, prepared - start, end - prepared, time.perf_counter() - t0 - end,
-                         executor.last_launch_s, executor.last_gpu_s, graph, sh.prefill_tokens, sh.prefill_seqs,
-                         sh.prefill_pairs, sh.sliding_prefill_pairs, sh.prefill_context_tokens, sh.decode_seqs,
-                         sh.decode_context_tokens, sh.logits_tokens, sh.fresh_seqs, sh.fresh_tokens,
-                         sh.fresh_pairs, sh.fresh_padded_pairs, batch.num_decodes if batch.spec_k else 0, compiles))  # fmt: skip
-    return time.perf_counter() - t0, steps, graph_steps, busy, idle
+        self.graph_steps += ex.last_path == 1
+        end = self.clock()
+        self.steps += 1
+        self.busy += end - start
+        self.last_end = end
+        run.record(batch, self.sched.complete(batch), sampled, wants, d_rids, d_pos, start, end, kept)
+        self.trace(batch, now, start, prepared, end)
+
+    def launch(self, batch: Batch, now: float) -> None:
+        """A decode step launched while the one before it (if any) is still in flight; that one is recorded now."""
+        run, ex, p = self.run, self.ex, self.pending
+        start = self.clock()
+        _, _, dec, d_rids, d_pos = run.inputs(batch)
+        prepared = self.clock()
+        rows = None
+        if p is not None:
+            rows = self.row_of[d_rids]
+            if (
+                rows < 0
+            ).any():  # a sequence the step in flight does not decode: its tokens first, from the host
+                self.land()
+                p, rows = None, None
+                dec = (dec[0], dec[1], run.ids[d_pos - 1])
+        flight = ex.launch_decode(*dec, prev=p.flight if p is not None else None, rows=rows)
+        if p is not None:
+            self.land()
+        self.row_of[d_rids] = np.arange(len(d_rids))
+        self.pending = _Pending(
+            batch, self.sched.complete(batch), flight, d_rids, d_pos, now, start, prepared
+        )
+
+    def land(self) -> None:
+        """Wait for the step in flight and record it: its tokens' time is now. Its busy time starts at the later
+        of its own start and the previous step's end (the loop's busy spans do not overlap)."""
+        p, ex = self.pending, self.ex
+        self.pending = None
+        sampled = ex.wait(p.flight)
+        end = self.clock()
+        self.row_of[p.d_rids] = -1
+        start = max(p.start, self.last_end)
+        self.steps += 1
+        self.graph_steps += 1
+        self.busy += end - start
+        self.last_end = end
+        self.run.record(p.batch, p.res, sampled, [], p.d_rids, p.d_pos, start, end)
+        self.trace(p.batch, p.now, p.start, p.prepared, end)
+
+    def trace(self, batch: Batch, now: float, start: float, prepared: float, end: float) -> None:
+        if self.rows is None:
+            return
+        ex, sh = self.ex, batch.shape
+        now_compiled = compiled_variants(self.kernels)
+        compiles, self.compiled = (now_compiled - self.compiled if self.compiled >= 0 else -1), now_compiled
+        self.rows.append((end, start - now, prepared - start, end - prepared, self.clock() - end,
+                          ex.last_launch_s, ex.last_gpu_s, ex.last_path, sh.prefill_tokens, sh.prefill_seqs,
+                          sh.prefill_pairs, sh.sliding_prefill_pairs, sh.prefill_context_tokens, sh.decode_seqs,
+                          sh.decode_context_tokens, sh.logits_tokens, sh.fresh_seqs, sh.fresh_tokens,
+                          sh.fresh_pairs, sh.fresh_padded_pairs, batch.num_decodes if batch.spec_k else 0, compiles))  # fmt: skip
 
 
 def serve(
@@ -998,6 +1166,7 @@ def serve(
     block_keys=None,
     cost: CostModel | None = None,
     spec: SpecRun | None = None,
+    async_scheduling: bool = False,
 ) -> ServingRun:
     """Replay `requests` in real time on `executor` with the simulator's scheduler over `pool`.
 
@@ -1019,7 +1188,13 @@ def serve(
     With `spec`, speculative decoding with a draft model (engine/speculative.py): the scheduler makes a step a
     round of k drafts while at most `spec.max_batch` sequences decode, as the simulator's does; call
     `spec.draft.warmup()` too.
+    With `async_scheduling`, decode-only steps on graphs are launched without waiting for their tokens: the host
+    schedules and prepares the next step while the GPU runs one (`_Loop`; not with `spec`).
     """
+    if async_scheduling and spec is not None:
+        raise ValueError(
+            "serve: async_scheduling with speculative decoding is not built; leave one of them off"
+        )
     sd = None
     if (
         spec is not None
@@ -1038,8 +1213,9 @@ def serve(
     order = order[np.argsort(requests.arrival_s[order], kind="stable")]
     executor.time_gpu = trace
     rows: list[tuple] | None = [] if trace else None
-    wall, steps, graph_steps, busy, idle = _serve_loop(
-        executor, sched, run, requests.arrival_s[order].tolist(), order.tolist(), deadline_s, rows
+    loop = _Loop(executor, sched, run, rows, async_scheduling)
+    wall, steps, graph_steps, busy, idle = loop.run_all(
+        requests.arrival_s[order].tolist(), order.tolist(), deadline_s
     )
     run.table.freeze()
     unfinished = np.flatnonzero(~np.isfinite(run.table.finish_s)).tolist()

@@ -79,6 +79,7 @@ class Group:
             engine=self.engine,
             eager_decode=sv.cuda_graphs == "none",
             graph_padding=self.graphs,
+            async_decode=sv.async_scheduling,
         )
 
 

@@ -94,6 +94,8 @@ def vllm_serve(sc: Scenario) -> ServeCommand:
         argv += ["--scheduling-policy", "priority"]
     if sv.cuda_graphs == "decode_only":
         argv += ["--compilation-config", json.dumps({"cudagraph_mode": "FULL_DECODE_ONLY"})]
+    if sv.async_scheduling:  # (vLLM 0.14 and later turn it on by default; --no-async-scheduling turns it off)
+        argv += ["--async-scheduling"]
     spec = sv.speculative
     if spec is not None:
         if spec.method == "draft":

@@ -87,6 +87,17 @@ def check_runnable(sc: Scenario, profile: EngineProfile | None, source: str) -> 
                 "simulator's static batches are padded to their longest prompt; use continuous batching, or "
                 "an engine whose static batches are padded (transformers-generate)"
             )
+        if sv.async_scheduling and profile is not None and not profile.host.gpu_profile_loop:
+            raise ConfigError(
+                f"{source}: {where}.async_scheduling: modelled for this project's serving loop only (engine "
+                f"{profile.name}'s host terms were fitted on its own runs, whose scheduling they already hold); "
+                "remove it, or use engine: ours"
+            )
+        if sv.async_scheduling and sv.cuda_graphs == "none":
+            raise ConfigError(
+                f"{source}: {where}.async_scheduling: needs decode steps on CUDA graphs (cuda_graphs: full or "
+                "decode_only): an eager step's host is busy launching its kernels"
+            )
         if sv.memory.preemption == "none" and not static:
             raise ConfigError(
                 f"{source}: {where}.memory.preemption: none needs static batching (each batch's KV is held "

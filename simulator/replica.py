@@ -104,6 +104,16 @@ class Replica:
         # the clock catch up with one timeout, so that the simulation can look at it between chunks
         # (nothing else is scheduled: the results are the same).
         self.sync_at = math.inf
+        # async scheduling (CostModel.decode_overlap, engine.serving._Loop): the engine decides the step after a
+        # decode-only one while that one runs, at its start, so a request arriving during it joins a step later
+        # than a loop that waits for each step would take it. Pulling replicas read arrivals up to `_seen`; a
+        # router's arrivals during such a step wait in `_late` until the next decision is made.
+        self.overlap = getattr(cost, "decode_overlap", False)
+        self._seen = 0.0
+        self._late: list[int] = []
+        self._hide_after = math.inf  # a router's arrivals after this time are held (the running step's start)
+        self._last_step_s = 0.0  # the last decode run's last step, seconds
+        self._after_wait = True  # the last step was one the loop waited for (the next decode pays its host)
         self.process = env.process(self._static_loop() if static else self._loop())
 
     def connect(self, hooks: ReplicaHooks) -> None:
@@ -124,7 +134,10 @@ class Replica:
         if self.role == "prefill":  # the prefill replica samples the first token only
             output = 1
         t.replica[rid] = self.index
-        self.scheduler.add(Sequence(rid, prompt, output))
+        if self.env.now > self._hide_after:  # async scheduling: the next step was decided before it came
+            self._late.append(rid)
+        else:
+            self.scheduler.add(Sequence(rid, prompt, output))
         self.outstanding_tokens += prompt + output
         self.ongoing += 1
         if self.wake is not None:
@@ -136,6 +149,19 @@ class Replica:
         self.table.replica[seq.rid] = self.index
         self.scheduler.add_prefilled(seq)
         self.recorder.joined(seq, self.table.first_token_s[seq.rid])
+
+    def _release_late(self) -> None:
+        """A router's arrivals held back during an overlapped decode step enter the queue (the decision they
+        missed is made)."""
+        t = self.table
+        for rid in self._late:
+            output = 1 if self.role == "prefill" else t.output_tokens.item(rid)
+            self.scheduler.add(Sequence(rid, t.prompt_tokens.item(rid), output))
+        self._late.clear()
+
+    def _overlaps(self, batch: Batch) -> bool:
+        """Whether async scheduling overlaps this step's host work: a decode-only step (engine.serving's rule)."""
+        return self.overlap and not batch.prefills and not batch.spec_k and batch.num_decodes > 0
 
     def kick(self) -> None:
         """Wake the replica if it is idle (new work, or blocks freed)."""
@@ -175,25 +201,41 @@ class Replica:
                 if now >= self.sync_at:
                     self.sync_at = math.inf
                     yield env.timeout(now - env.now)
-                if times[src.next] <= now:
-                    src.take(now)
+                seen = min(self._seen, now) if self.overlap else now
+                if times[src.next] <= seen:
+                    src.take(seen)
             elif self.before_step is not None:
                 self.before_step()
             if not (sched.waiting or sched.running):
+                # (async scheduling: arrivals held back since nothing more was decided)
+                if self._late or (pulling and times[src.next] <= now):
+                    self._release_late()
+                    self._seen = now
+                    continue
                 now = yield from (self._wait_arrival(now) if pulling else self._idle())
+                self._seen = now
                 continue
-            run = sched.decode_run(self.run_cap)
+            # (async: a decode step after one the loop waited for is priced alone, its host time not hidden)
+            run = (
+                sched.decode_run(self.run_cap)
+                if not (self._late or (self.overlap and self._after_wait))
+                else None
+            )
             if run is not None and run[0] > 1:
                 if pulling:
                     now += self._decode_ahead(run[0], run[1], now)
                 else:
                     now = yield from self._decode_run(*run)
+                self._seen = now - self._last_step_s if self.overlap else now
+                self._after_wait = False
                 continue
             if sched.timeout_s is not None:
                 sched.expire(now)
             batch = sched.schedule()
+            self._release_late()
             if batch is None:  # waiting work that cannot start until something arrives
                 now = yield from (self._wait_arrival(now) if pulling else self._idle())
+                self._seen = now
                 continue
             dt, prefill_s = cost.step_split(batch.shape)
             if self.draft_time is not None:
@@ -202,14 +244,23 @@ class Replica:
                 extra = self.host_phases.extra(now, cost.host_time(batch.shape), dt)
                 dt, prefill_s = dt + extra, prefill_s * (1.0 + extra / dt) if dt else prefill_s
             start = now
+            overlaps = self.overlap and self._overlaps(batch)
+            if overlaps and self._after_wait:  # nothing ran while its host prepared it
+                dt += cost.decode_hidden(batch.shape)
+            self._after_wait = not overlaps
             if pulling:
                 now += dt
-                if times[src.next] <= now:  # arrivals during the step are queued when it ends
-                    src.take(now)
+                seen = start if overlaps else now
+                if times[src.next] <= seen:  # arrivals during the step are queued when it ends
+                    src.take(seen)
             else:
                 self.step_end = start + dt
+                if overlaps:
+                    self._hide_after = start
                 yield env.timeout(dt)
+                self._hide_after = math.inf
                 now = env.now
+            self._seen = start if overlaps else now
             self._record_step(batch, dt, prefill_s, start, now)
             if self._due and not pulling:
                 self._fire_due()
@@ -282,7 +333,10 @@ class Replica:
         start = self.env.now
         t = self._decode_ahead(k, blocks, start)
         self.step_end = start + t
+        if self.overlap:  # async scheduling: the step after the run is decided at its last step's start
+            self._hide_after = start + t - self._last_step_s
         yield self.env.timeout(t)
+        self._hide_after = math.inf
         self._fire_due()
         return self.env.now
 
@@ -303,7 +357,7 @@ class Replica:
             arrival = next_arrival()
             if not sched.waiting and len(sched.running) < sched.max_seqs and arrival - start - t < horizon:
                 horizon = arrival - start - t
-            m, dt = self._decode_segment(k, blocks, start + t, horizon)
+            m, dt = self._decode_segment(k, blocks, start + t, horizon, pulled=t > 0)
             t += dt
             if m < k or arrival <= start + t or self._due:  # cut short, an arrival, a callback
                 break
@@ -321,9 +375,14 @@ class Replica:
             self.on_finish(rid, t.finish_s[rid])
         self._due.clear()
 
-    def _decode_segment(self, k: int, blocks: int, start: float, horizon: float) -> tuple[int, float]:
+    def _decode_segment(
+        self, k: int, blocks: int, start: float, horizon: float, pulled: bool = False
+    ) -> tuple[int, float]:
         """Commit up to k decode steps of the current batch from time `start`; stops at the step in
-        progress at `horizon` seconds. Returns (steps, seconds)."""
+        progress at `horizon` seconds (async scheduling: at the step after it, the first one decided after the
+        arrival; at the first step when the horizon has passed, unless this segment continues a run, `pulled`).
+        Returns (steps, seconds); `_last_step_s`: the last step's seconds."""
+        late = 1 if self.overlap else 0
         sched, st, pool, rec = self.scheduler, self.stats, self.pool, self.recorder
         n = sched.n_decoding
         context = sched.c_sum + n * sched.dstep
@@ -332,15 +391,22 @@ class Replica:
             times = self.cost.decode_step_times(n, context + n * np.arange(k))
             ends = np.cumsum(times)
             a = float(times[0])
-            m = min(int(np.searchsorted(ends, horizon, side="right")) + 1, k)
+            m = min(int(np.searchsorted(ends, horizon, side="right")) + 1 + late, k)
+            if late and horizon <= 0 and not pulled:
+                m = 1
             done = float(ends[m - 1])
+            self._last_step_s = float(times[m - 1])
         else:
             a, b = line
             done = k * a + b * k * (k - 1) / 2
             m = k
             if horizon < done:
-                m = min(_steps_done(a, b, horizon) + 1, k)
+                if late and horizon <= 0 and not pulled:
+                    m = 1
+                else:
+                    m = min(_steps_done(a, b, horizon) + 1 + late, k)
                 done = m * a + b * m * (m - 1) / 2
+            self._last_step_s = a + b * (m - 1)
         if m < k or blocks < 0:
             blocks = sched.blocks_over(m)
         # _record_step's sums over m decode steps at once, blocks growing evenly over the run; kept equal by

@@ -535,6 +535,12 @@ class Serving(_Spec):
         "eager_launch_s_per_layer times the layers (this project's engine, engine/serving.py); none: every "
         "step does (an engine with its own host terms, e.g. transformers, has its launches in them)",
     )
+    async_scheduling: bool = Field(
+        False,
+        description="prepare the next decode step while the GPU runs this one (vLLM's --async-scheduling; "
+        "engine/serving.py with serve(async_scheduling=True)): a decode-only step takes the longer of its GPU "
+        "work and the loop's host terms instead of their sum; steps with prompt tokens still wait",
+    )
 
     def merged(self, over: Serving) -> Serving:
         """These settings with the fields `over` sets replacing them (a sub-block field by field)."""

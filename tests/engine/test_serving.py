@@ -338,3 +338,41 @@ def test_uneven_decodes_of_a_mixed_step_take_the_split_graph(model):
         assert seen == [True]
     finally:
         serving.SPLIT_MIXED = True
+
+
+@pytest.mark.parametrize("blocks", [500, 20])
+def test_async_scheduling_keeps_every_token_and_record(model, blocks):
+    """Async scheduling (decode steps launched before the one in flight is recorded, their input tokens gathered
+    on the device) yields the very tokens of the loop that waits for each step, with preemption under a tiny
+    pool too, and the same records: every request finishes, blocks balance, ITL samples are each request's gaps."""
+    req = workload(seed=3, span_s=0.0)  # all at once: the batches do not depend on timing
+    runs = []
+    for overlap in (False, True):
+        pool = BlockPool(blocks, 4)
+        ex = Executor(model, physical_tokens(blocks, 4, req, 8), 8, device="cpu", static_decode=True,
+                      mixed_graph_tokens=64, static_mixed=True)  # fmt: skip
+        run = serve(ex, req, pool, 8, 32, True, async_scheduling=overlap, trace=True)
+        check_run(run, req, pool)
+        runs.append(run)
+    sync, over = runs
+    assert (sync.ids == over.ids).all()
+    assert sync.steps == over.steps and sync.scheduler.num_preemptions == over.scheduler.num_preemptions
+    assert blocks > 100 or over.scheduler.num_preemptions > 0
+    tr = over.step_trace
+    decode_graph = (tr["graph"] == 1) & (tr["prefill_tokens"] == 0)
+    assert decode_graph.sum() >= 10  # the overlapped kind of step is most of the run
+    assert (np.diff(tr["end_s"]) >= 0).all()
+    gaps = StepStats(1.0)
+    for times in over.token_times:
+        for gap in np.diff(times).tolist():
+            gaps.add_itl(gap, 1)
+    assert (over.stats.itl_hist == gaps.itl_hist).all()
+
+
+def test_async_scheduling_refuses_speculation(model):
+    from engine.speculative import SpecRun
+
+    req = workload(n=2)
+    ex = Executor(model, 4096, 8, device="cpu", static_decode=True)
+    with pytest.raises(ValueError, match="async_scheduling"):
+        serve(ex, req, BlockPool(100, 4), 8, 32, True, async_scheduling=True, spec=SpecRun.__new__(SpecRun))

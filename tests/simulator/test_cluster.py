@@ -202,3 +202,17 @@ def test_itl_of_two_token_outputs_is_their_tpot():
         # (here p90 can sit in the gap between steps with and without a prefill) lies between them
         lo, hi = np.percentile(tpot, q, method="lower"), np.percentile(tpot, q, method="higher")
         assert 0.98 * lo <= lat["itl"][f"p{q}"] <= 1.02 * hi
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [{"replicas": 3, "router": "least_outstanding"}, {"replicas": 2, "max_ongoing_requests": 4}],
+)
+def test_async_decode_runs_equal_stepping_one_by_one_with_several_replicas(cluster):
+    # async scheduling: a router's arrival during a replica's decode step (or a run's last step) waits for the
+    # decision after the next one, in a run costed ahead as in stepping one by one
+    sc = scenario(cluster=cluster, serving={"async_scheduling": True})
+    fast, slow = simulate(sc), simulate(sc, step_by_step=True)
+    assert all(e.overlap for e in fast.engines)
+    same_run(fast, slow)
+    all_served(fast)

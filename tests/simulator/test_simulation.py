@@ -339,3 +339,51 @@ def test_simulate_is_a_page():
                 assert node.end_lineno - node.lineno < 80, (mod.__name__, node.name)
     tree = ast.parse(inspect.getsource(simulation.simulate))
     assert tree.body[0].end_lineno - tree.body[0].lineno < 50
+
+
+# ---------------------------------------------------------------- async scheduling (serving.async_scheduling)
+ASYNC_CASES = [
+    {},
+    {"batching": {"chunked_prefill": False}},
+    {"memory": {"gpu_memory_utilization": 0.09, "runtime_reserved_gib": 0.0}},  # preemptions
+]
+
+
+@pytest.mark.parametrize("serving", ASYNC_CASES)
+def test_async_decode_runs_equal_stepping_one_by_one(serving):
+    """With async scheduling an arrival during a decode-only step joins one step later; a run of decode steps
+    costed ahead ends where stepping one by one would let it in, and prices each step as stepping does."""
+    sc = scenario(gpu="t4", rate=40.0, n=200, serving=serving | {"async_scheduling": True})
+    fast, slow = simulate(sc), simulate(sc, step_by_step=True)
+    assert fast.engines[0].overlap and slow.engines[0].overlap
+    for col in ("scheduled_s", "first_token_s", "finish_s", "preemptions"):
+        assert np.allclose(
+            getattr(fast.table, col), getattr(slow.table, col), rtol=1e-9, atol=1e-12, equal_nan=True
+        )
+    assert fast.stats.steps == slow.stats.steps
+    check_invariants(fast)
+
+
+@pytest.mark.parametrize("serving", ASYNC_CASES)
+def test_async_pulling_its_arrivals_equals_an_event_per_arrival(serving):
+    sc = scenario(gpu="t4", rate=40.0, n=200, serving=serving | {"async_scheduling": True})
+    pulled, sent = simulate(sc), simulate(sc, pulled=False)
+    assert pulled.engines[0].arrivals is not None and sent.engines[0].arrivals is None
+    for col in ("scheduled_s", "first_token_s", "finish_s", "preemptions"):
+        assert np.allclose(
+            getattr(pulled.table, col), getattr(sent.table, col), rtol=1e-12, atol=0, equal_nan=True
+        )
+    assert pulled.stats.steps == sent.stats.steps
+
+
+def test_async_scheduling_hides_decode_host_time_and_delays_arrivals():
+    """Decode-only steps take the longer of GPU work and host terms (faster decode, TPOT down), and a request
+    arriving while one runs waits a step longer to be scheduled (first steps start later)."""
+    base = {"memory": {"gpu_memory_utilization": 0.9}}
+    waits = simulate(scenario(gpu="t4", rate=4.0, n=200, serving=base))
+    over = simulate(scenario(gpu="t4", rate=4.0, n=200, serving=base | {"async_scheduling": True}))
+    tw, to = waits.table, over.table
+    tpot = lambda t: np.nanmedian((t.finish_s - t.first_token_s) / np.maximum(t.output_tokens - 1, 1))  # noqa: E731
+    assert tpot(to) < tpot(tw) * 0.99
+    wait_w, wait_o = tw.scheduled_s - tw.arrival_s, to.scheduled_s - to.arrival_s
+    assert np.nanmean(wait_o) > np.nanmean(wait_w)
