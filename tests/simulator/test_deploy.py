@@ -63,3 +63,10 @@ def test_checkpoint_formats_and_replicas_are_notes():
 def test_the_command_is_in_the_terminal_summary():
     f = api.forecast({"model": "qwen2.5-0.5b", "hardware": {"gpu": "t4"}, "workload": W})
     assert vllm_serve(f.scenario).line in format_summary(f)  # (the report: tests/simulator/test_report.py)
+
+
+def test_async_scheduling_is_on_the_line_only_when_asked():
+    base = {"model": "llama-3.1-8b", "hardware": {"gpu": "h100-sxm"}, "workload": W}
+    on = vllm_serve(parse_scenario(base | {"serving": {"async_scheduling": True}}))
+    off = vllm_serve(parse_scenario(base))
+    assert "--async-scheduling" in on.argv and "--async-scheduling" not in off.argv

@@ -387,3 +387,14 @@ def test_async_scheduling_hides_decode_host_time_and_delays_arrivals():
     assert tpot(to) < tpot(tw) * 0.99
     wait_w, wait_o = tw.scheduled_s - tw.arrival_s, to.scheduled_s - to.arrival_s
     assert np.nanmean(wait_o) > np.nanmean(wait_w)
+
+
+def test_async_scheduling_is_refused_where_it_is_not_modelled():
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"serving\.async_scheduling: needs decode steps on CUDA graphs"):
+        scenario(serving={"async_scheduling": True, "cuda_graphs": "none"})
+    with pytest.raises(
+        ConfigError, match=r"serving\.async_scheduling: modelled for this project's serving loop only"
+    ):
+        scenario(serving={"async_scheduling": True}, engine="transformers", gpu="h200")
