@@ -238,3 +238,34 @@ def test_one_row_gemms_take_the_gemv_curve_where_the_profile_has_one():
     q_plain, q_one = CostModel(prof, spec, "int4", "bf16"), CostModel(with_gemv, spec, "int4", "bf16")
     assert q_one._weight_gemm(1, k, n) == q_plain._weight_gemm(1, k, n)
     assert q_one.gemm_time(1, 1) > q_plain.gemm_time(1, 1)
+
+
+# ---------------------------------------------------------------- async scheduling (CostModel(async_decode=True))
+def test_async_decode_step_is_the_longer_of_gpu_work_and_host_terms():
+    """A decode-only step under async scheduling costs max(GPU work, host terms); a step with prompt tokens is
+    unchanged; the decode closed forms (per-step times, the run's line) agree with step_time; decode_hidden is
+    what the overlap took off."""
+    from core.graphs import SERVING_GRAPHS
+
+    prof, spec = load_profile("h200"), load_model("llama-3.1-8b")
+    waits = CostModel(prof, spec, graph_padding=SERVING_GRAPHS)
+    over = CostModel(prof, spec, graph_padding=SERVING_GRAPHS, async_decode=True)
+    assert over.decode_overlap and not waits.decode_overlap
+    for n in (1, 64, 256):
+        b = BatchShape(decode_seqs=n, decode_context_tokens=1000 * n)
+        host = waits.host_step + n * waits.host_seq
+        assert host > 0
+        gpu = waits.step_time(b) - host
+        assert over.step_time(b) == pytest.approx(max(gpu, host), rel=1e-12)
+        assert over.decode_hidden(b) == pytest.approx(min(gpu, host), rel=1e-12)
+        assert over.step_split(b)[0] == pytest.approx(over.step_time(b), rel=1e-12)
+        ctx = 1000 * n + n * np.arange(50)
+        times = over.decode_step_times(n, ctx)
+        assert times[0] == pytest.approx(over.step_time(b), rel=1e-9)
+        line = over.decode_step_line(n, float(ctx[0]), 50)
+        if line is not None:
+            a, slope = line
+            assert np.allclose(a + slope * np.arange(50), times, rtol=1e-9)
+    mixed = BatchShape.of([(512, 0)], [1000] * 8)
+    assert over.step_time(mixed) == pytest.approx(waits.step_time(mixed), rel=1e-12)
+    assert over.decode_hidden(mixed) == 0.0
