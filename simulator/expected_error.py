@@ -9,6 +9,10 @@ The evidence, best first:
   its calibration — "validated";
 - nothing — "unvalidated", said plainly: a datasheet GPU profile, or an engine profile without held-out checks.
 
+A forecast with `serving.async_scheduling` on takes our engine's async rows on its GPU where there are some
+(benchmarks/results/fidelity_async/: the same rows run with the loop's async scheduling); where there are none, the
+waiting loop's band, with the words saying so.
+
 Figures are the median |error| of the held-out rows, in percent, per headline quantity (TTFT, TPOT,
 throughput, or step time where only steps were checked); where several checks name one quantity, the
 largest median is shown (the band a reader should expect, not the best case).
@@ -87,14 +91,21 @@ ROW_FIGURES = {"ttft_p50": "TTFT p50", "ttft_p90": "TTFT p90", "tpot_p50": "TPOT
                "output_tokens_per_s": "out tok/s"}  # fmt: skip
 
 
-def _fidelity_rows(gpu: str, table: str) -> list[tuple[str, LoadCheck]]:
+ASYNC_DIR = "fidelity_async"  # under FIDELITY_DIR: benchmarks/fidelity.py --row ...:async --out-dir there
+
+
+def _fidelity_rows(
+    gpu: str, table: str, root: Path | None = None, overlap: bool | None = None
+) -> list[tuple[str, LoadCheck]]:
     """Our engine's fidelity rows on `gpu` as load checks, each with its catalogue model: the row's mean sequences a
-    step in the engine's run and its errors (benchmarks/results/fidelity/GPU/ROW/row.json, which the table is made
-    from)."""
+    step in the engine's run and its errors (ROOT/fidelity/GPU/ROW/row.json, which the table is made from); with
+    `overlap` set, only the rows whose loop had async scheduling on (True) or off (False)."""
     out = []
-    for path in sorted((FIDELITY_DIR / "fidelity" / gpu).glob("*/row.json")):
+    for path in sorted(((root or FIDELITY_DIR) / "fidelity" / gpu).glob("*/row.json")):
         try:
             r = json.loads(path.read_text())
+            if overlap is not None and bool(r.get("async_scheduling", False)) != overlap:
+                continue
             batch = float(r["engine_run"]["mean_batch_seqs"])
             errs = {
                 name: 100.0 * (r["simulator"][k] / r["engine"][k] - 1.0) for k, name in ROW_FIGURES.items()
@@ -140,12 +151,14 @@ def expected_error(
     gpu: HardwareProfile,
     batch: float | None = None,
     model: str | None = None,
+    overlap: bool = False,
 ) -> dict:
     """summary["expected_error"]: status (validated, transferred, unvalidated), the basis in words, the
     percentages per headline quantity, and the line a terminal, page or report shows. `batch`: the forecast's
     mean sequences a step, set beside the loads the engine profile was checked at (`load` in the result).
     `model`: the forecast's catalogue model; where our engine's fidelity rows on this GPU include that model, the
-    band is that model's rows (at this load where some are near it), not every model's."""
+    band is that model's rows (at this load where some are near it), not every model's. `overlap`: the forecast's
+    serving.async_scheduling (our engine's async rows on this GPU, where it has some)."""
     figures: dict[str, float] = {}
     load = None
     if engine_named and engine.validation is not None:
@@ -168,10 +181,16 @@ def expected_error(
                 basis += f"; no {' or '.join(missing)} checked at this load"
     elif engine.host.gpu_profile_loop and gpu.is_calibrated:  # our engine on a GPU it was calibrated on
         fid = fidelity_table(gpu.name)
+        async_table = f"benchmarks/results/fidelity_async/fidelity_{gpu.name}.md"
+        async_rows = (
+            _fidelity_rows(gpu.name, async_table, FIDELITY_DIR / ASYNC_DIR, overlap=True) if overlap else []
+        )
+        if async_rows:
+            fid = (_band([c for _, c in async_rows]), async_table)
         if fid is not None:
             figures, table = fid
             status, basis = "validated", f"our engine's end-to-end fidelity rows on {gpu.name} ({table})"
-            rows = _fidelity_rows(gpu.name, table)
+            rows = async_rows or _fidelity_rows(gpu.name, table)
             own = [c for m, c in rows if model and m == model]
             load = load_of(own or [c for _, c in rows], batch)
             if load is not None and load.get("pct"):  # the rows at this forecast's load
@@ -181,6 +200,12 @@ def expected_error(
                 basis = f"our engine's fidelity rows of {model} on {gpu.name} ({table})"
             if own:
                 basis += f"; {model}'s own rows"
+            if async_rows:
+                basis += "; rows with async scheduling on"
+            elif overlap:
+                basis += (
+                    f"; async scheduling on, but no async rows on {gpu.name}: the band is the waiting loop's"
+                )
         else:
             step = _step_holdout(gpu)
             status = "validated" if step is not None else "unvalidated"

@@ -885,7 +885,8 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
     out |= _cache_sections(sc, tot, counts)
     out |= _vllm_keys(dlat, stats, tot, makespan, slo, qs)
     batch = out["utilisation"]["mean_batch_seqs"]
-    out["expected_error"] = expected_error(engine_profile(sc), named(sc), g.profile, batch, model=sc.model)
+    out["expected_error"] = expected_error(engine_profile(sc), named(sc), g.profile, batch, model=sc.model,
+                                           overlap=sc.serving.async_scheduling)  # fmt: skip
     hold = sum(e.max_seqs for e in engines)
     files = json.loads((d / "plan.json").read_text())["files"]
     out["rejected_reasons"] = plan.reasons | tot.dropped

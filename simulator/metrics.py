@@ -180,7 +180,12 @@ def summarize(setup: Setup, run: RunRecord | None = None) -> dict:
     out |= vllm_keys(table, stats.itl_hist, makespan, ok if slo.model_dump(exclude_none=True) else None)
     batch = out["utilisation"]["mean_batch_seqs"]
     out["expected_error"] = expected_error(
-        engine_profile(scenario), named(scenario), setup.profile, batch, model=scenario.model
+        engine_profile(scenario),
+        named(scenario),
+        setup.profile,
+        batch,
+        model=scenario.model,
+        overlap=scenario.serving.async_scheduling,
     )
     if classes:
         out["classes"] = _class_summaries(classes, slo, table, done, ok, (ttft, tpot, e2e), makespan)

@@ -168,3 +168,15 @@ def test_a_model_with_its_own_fidelity_rows_takes_their_band_p90s_included(tmp_p
     assert far["ttft_pct"] == pytest.approx(40.0) and "outside the checked load" in far["line"]
     other = expected_error(ours, False, gpu, 16.0, model="qwen2.5-7b")  # no rows of its own: every model's
     assert other["ttft_pct"] == pytest.approx(21.5) and "own rows" not in other["line"]
+
+
+def test_async_scheduling_takes_the_async_rows_where_the_gpu_has_them():
+    ours = load_engine_profile("ours")
+    h200, h100 = load_profile("h200"), load_profile("h100-sxm")
+    on = expected_error(ours, False, h200, None, model="llama-3.1-8b", overlap=True)
+    off = expected_error(ours, False, h200, None, model="llama-3.1-8b")
+    assert "fidelity_async" in on["basis"] and "rows with async scheduling on" in on["basis"]
+    assert "fidelity_async" not in off["basis"] and on["ttft_pct"] != off["ttft_pct"]
+    none = expected_error(ours, False, h100, None, model="llama-3.1-8b", overlap=True)
+    assert "no async rows on h100-sxm: the band is the waiting loop's" in none["basis"]
+    assert none["ttft_pct"] == expected_error(ours, False, h100, None, model="llama-3.1-8b")["ttft_pct"]
