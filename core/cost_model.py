@@ -237,15 +237,7 @@ class CostModel:
         self.gemv_dense = e.gemv is not None and weight_dtype in ("bf16", "fp16")
         # routed experts priced on the profile's fitted MoE curve (its points time routing with them)
         self.moe_curve = e.moe is not None and not self.dequant
-        self._loop_terms(engine, serving_host, eager_prefill, eager_decode)
-        # async scheduling (serving.async_scheduling, engine.serving._Loop): our loop prepares a decode-only step
-        # while the GPU runs the one before, so such a step takes the longer of its GPU work and its host terms
-        self.decode_overlap = (
-            async_decode
-            and bool(self.host_step or self.host_seq)
-            and not eager_decode
-            and self.host_serial is None
-        )
+        self._loop_terms(engine, serving_host, eager_prefill, eager_decode, async_decode)
         self.bw = profile.memory_bandwidth
         self.ic = profile.interconnect
         self.attn_peak = profile.peak_flops("bf16")
@@ -320,7 +312,12 @@ class CostModel:
         )
 
     def _loop_terms(
-        self, engine: EngineProfile | None, serving_host: bool, eager_prefill: bool, eager_decode: bool
+        self,
+        engine: EngineProfile | None,
+        serving_host: bool,
+        eager_prefill: bool,
+        eager_decode: bool,
+        async_decode: bool = False,
     ) -> None:
         """The serving loop's host terms, eager-launch floors and kernel factors of a step."""
         e, model = self.eff, self.model
@@ -366,6 +363,14 @@ class CostModel:
         self.packed, self.q_pad, self.kv_pad = False, 1, 1
         if engine is not None:
             self._apply_engine(engine, model.num_layers)
+        # async scheduling (serving.async_scheduling, engine.serving._Loop): our loop prepares a decode-only step
+        # while the GPU runs the one before, so such a step takes the longer of its GPU work and its host terms
+        self.decode_overlap = (
+            async_decode
+            and bool(self.host_step or self.host_seq)
+            and not eager_decode
+            and self.host_serial is None
+        )
 
     def _apply_engine(self, engine: EngineProfile, num_layers: int) -> None:
         """Fold an engine profile's host terms and kernel factors into the constants (terms that are 0 and

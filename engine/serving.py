@@ -1047,6 +1047,14 @@ class _Loop:
             len(run.table), -1, dtype=np.int64
         )  # request id -> its row in the step in flight
 
+    @staticmethod
+    def check(overlap: bool, spec) -> None:
+        """Refuse what async scheduling does not cover, before anything is built."""
+        if overlap and spec is not None:
+            raise ValueError(
+                "serve: async_scheduling with speculative decoding is not built; leave one of them off"
+            )
+
     def clock(self) -> float:
         return time.perf_counter() - self.t0
 
@@ -1188,13 +1196,9 @@ def serve(
     With `spec`, speculative decoding with a draft model (engine/speculative.py): the scheduler makes a step a
     round of k drafts while at most `spec.max_batch` sequences decode, as the simulator's does; call
     `spec.draft.warmup()` too.
-    With `async_scheduling`, decode-only steps on graphs are launched without waiting for their tokens: the host
-    schedules and prepares the next step while the GPU runs one (`_Loop`; not with `spec`).
+    With `async_scheduling`, decode steps are launched without waiting for their tokens (`_Loop`; not with `spec`).
     """
-    if async_scheduling and spec is not None:
-        raise ValueError(
-            "serve: async_scheduling with speculative decoding is not built; leave one of them off"
-        )
+    _Loop.check(async_scheduling, spec)
     sd = None
     if (
         spec is not None

@@ -180,38 +180,7 @@ def expected_error(
             if missing:  # (a band of one quantity must not read as the others being fine)
                 basis += f"; no {' or '.join(missing)} checked at this load"
     elif engine.host.gpu_profile_loop and gpu.is_calibrated:  # our engine on a GPU it was calibrated on
-        fid = fidelity_table(gpu.name)
-        async_table = f"benchmarks/results/fidelity_async/fidelity_{gpu.name}.md"
-        async_rows = (
-            _fidelity_rows(gpu.name, async_table, FIDELITY_DIR / ASYNC_DIR, overlap=True) if overlap else []
-        )
-        if async_rows:
-            fid = (_band([c for _, c in async_rows]), async_table)
-        if fid is not None:
-            figures, table = fid
-            status, basis = "validated", f"our engine's end-to-end fidelity rows on {gpu.name} ({table})"
-            rows = async_rows or _fidelity_rows(gpu.name, table)
-            own = [c for m, c in rows if model and m == model]
-            load = load_of(own or [c for _, c in rows], batch)
-            if load is not None and load.get("pct"):  # the rows at this forecast's load
-                figures, basis = load.pop("pct"), f"{load['words']}; our engine on {gpu.name}"
-            elif own:  # this model's rows, none near this load: their band, and the load said
-                figures = _band(own)
-                basis = f"our engine's fidelity rows of {model} on {gpu.name} ({table})"
-            if own:
-                basis += f"; {model}'s own rows"
-            if async_rows:
-                basis += "; rows with async scheduling on"
-            elif overlap:
-                basis += (
-                    f"; async scheduling on, but no async rows on {gpu.name}: the band is the waiting loop's"
-                )
-        else:
-            step = _step_holdout(gpu)
-            status = "validated" if step is not None else "unvalidated"
-            figures = {"step_time": step} if step is not None else {}
-            basis = f"GPU profile {gpu.name}: held-out step times of its calibration" if step is not None else (
-                f"no held-out checks on {gpu.name}")  # fmt: skip
+        figures, status, basis, load = _ours(gpu, batch, model, overlap)
     else:
         status = "unvalidated"
         basis = (
@@ -228,6 +197,43 @@ def expected_error(
         | ({"load": load} if load is not None else {})
         | {"line": line}
     )
+
+
+def _ours(gpu: HardwareProfile, batch: float | None, model: str | None, overlap: bool) -> tuple:
+    """(figures, status, basis, load) for our engine on a GPU it was calibrated on: its fidelity rows (the async rows
+    with `overlap`, where the GPU has some), else its calibration's held-out step times."""
+    load = None
+    fid = fidelity_table(gpu.name)
+    async_table = f"benchmarks/results/fidelity_async/fidelity_{gpu.name}.md"
+    async_rows = (
+        _fidelity_rows(gpu.name, async_table, FIDELITY_DIR / ASYNC_DIR, overlap=True) if overlap else []
+    )
+    if async_rows:
+        fid = (_band([c for _, c in async_rows]), async_table)
+    if fid is not None:
+        figures, table = fid
+        status, basis = "validated", f"our engine's end-to-end fidelity rows on {gpu.name} ({table})"
+        rows = async_rows or _fidelity_rows(gpu.name, table)
+        own = [c for m, c in rows if model and m == model]
+        load = load_of(own or [c for _, c in rows], batch)
+        if load is not None and load.get("pct"):  # the rows at this forecast's load
+            figures, basis = load.pop("pct"), f"{load['words']}; our engine on {gpu.name}"
+        elif own:  # this model's rows, none near this load: their band, and the load said
+            figures = _band(own)
+            basis = f"our engine's fidelity rows of {model} on {gpu.name} ({table})"
+        if own:
+            basis += f"; {model}'s own rows"
+        if async_rows:
+            basis += "; rows with async scheduling on"
+        elif overlap:
+            basis += f"; async scheduling on, but no async rows on {gpu.name}: the band is the waiting loop's"
+    else:
+        step = _step_holdout(gpu)
+        status = "validated" if step is not None else "unvalidated"
+        figures = {"step_time": step} if step is not None else {}
+        basis = f"GPU profile {gpu.name}: held-out step times of its calibration" if step is not None else (
+            f"no held-out checks on {gpu.name}")  # fmt: skip
+    return figures, status, basis, load
 
 
 def load_of(checks: list[LoadCheck], batch: float | None) -> dict | None:

@@ -179,14 +179,8 @@ def summarize(setup: Setup, run: RunRecord | None = None) -> dict:
     out |= _cache_and_speculation(scenario, table, counts)
     out |= vllm_keys(table, stats.itl_hist, makespan, ok if slo.model_dump(exclude_none=True) else None)
     batch = out["utilisation"]["mean_batch_seqs"]
-    out["expected_error"] = expected_error(
-        engine_profile(scenario),
-        named(scenario),
-        setup.profile,
-        batch,
-        model=scenario.model,
-        overlap=scenario.serving.async_scheduling,
-    )
+    out["expected_error"] = expected_error(engine_profile(scenario), named(scenario), setup.profile, batch,
+                                           model=scenario.model, overlap=scenario.serving.async_scheduling)  # fmt: skip
     if classes:
         out["classes"] = _class_summaries(classes, slo, table, done, ok, (ttft, tpot, e2e), makespan)
     if scenario.hosted_api is not None:
