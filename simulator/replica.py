@@ -109,9 +109,11 @@ class Replica:
         # than a loop that waits for each step would take it. Pulling replicas read arrivals up to `_seen`; a
         # router's arrivals during such a step wait in `_late` until the next decision is made.
         self.overlap = getattr(cost, "decode_overlap", False)
+        self._late_steps = 1 if self.overlap else 0  # how many steps later an arrival joins a decode run
         self._seen = 0.0
         self._late: list[int] = []
         self._hide_after = math.inf  # a router's arrivals after this time are held (the running step's start)
+        self._late_ok = False  # (whether _hide_after is set: env.now is read only then)
         self._last_step_s = 0.0  # the last decode run's last step, seconds
         self._after_wait = True  # the last step was one the loop waited for (the next decode pays its host)
         self.process = env.process(self._static_loop() if static else self._loop())
@@ -134,7 +136,9 @@ class Replica:
         if self.role == "prefill":  # the prefill replica samples the first token only
             output = 1
         t.replica[rid] = self.index
-        if self.env.now > self._hide_after:  # async scheduling: the next step was decided before it came
+        if (
+            self._late_ok and self.env.now > self._hide_after
+        ):  # async: the next step was decided before it came
             self._late.append(rid)
         else:
             self.scheduler.add(Sequence(rid, prompt, output))
@@ -158,6 +162,15 @@ class Replica:
             output = 1 if self.role == "prefill" else t.output_tokens.item(rid)
             self.scheduler.add(Sequence(rid, t.prompt_tokens.item(rid), output))
         self._late.clear()
+
+    def _async_step(self, batch: Batch, dt: float) -> tuple[bool, float]:
+        """Async scheduling: whether the step overlaps the next one's host work (a decode-only step), and its
+        seconds: a decode step right after one the loop waited for pays its host time (nothing ran meanwhile)."""
+        overlaps = self._overlaps(batch)
+        if overlaps and self._after_wait:
+            dt += self.cost.decode_hidden(batch.shape)
+        self._after_wait = not overlaps
+        return overlaps, dt
 
     def _overlaps(self, batch: Batch) -> bool:
         """Whether async scheduling overlaps this step's host work: a decode-only step (engine.serving's rule)."""
@@ -217,22 +230,21 @@ class Replica:
                 continue
             # (async: a decode step after one the loop waited for is priced alone, its host time not hidden)
             run = (
-                sched.decode_run(self.run_cap)
-                if not (self._late or (self.overlap and self._after_wait))
-                else None
+                None if self._late or (self.overlap and self._after_wait) else sched.decode_run(self.run_cap)
             )
             if run is not None and run[0] > 1:
                 if pulling:
                     now += self._decode_ahead(run[0], run[1], now)
                 else:
                     now = yield from self._decode_run(*run)
-                self._seen = now - self._last_step_s if self.overlap else now
-                self._after_wait = False
+                if self.overlap:
+                    self._seen, self._after_wait = now - self._last_step_s, False
                 continue
             if sched.timeout_s is not None:
                 sched.expire(now)
             batch = sched.schedule()
-            self._release_late()
+            if self._late:
+                self._release_late()
             if batch is None:  # waiting work that cannot start until something arrives
                 now = yield from (self._wait_arrival(now) if pulling else self._idle())
                 self._seen = now
@@ -244,10 +256,9 @@ class Replica:
                 extra = self.host_phases.extra(now, cost.host_time(batch.shape), dt)
                 dt, prefill_s = dt + extra, prefill_s * (1.0 + extra / dt) if dt else prefill_s
             start = now
-            overlaps = self.overlap and self._overlaps(batch)
-            if overlaps and self._after_wait:  # nothing ran while its host prepared it
-                dt += cost.decode_hidden(batch.shape)
-            self._after_wait = not overlaps
+            overlaps = False
+            if self.overlap:  # async scheduling (see __init__)
+                overlaps, dt = self._async_step(batch, dt)
             if pulling:
                 now += dt
                 seen = start if overlaps else now
@@ -256,11 +267,13 @@ class Replica:
             else:
                 self.step_end = start + dt
                 if overlaps:
-                    self._hide_after = start
+                    self._hide_after, self._late_ok = start, True
                 yield env.timeout(dt)
-                self._hide_after = math.inf
+                if overlaps:
+                    self._hide_after, self._late_ok = math.inf, False
                 now = env.now
-            self._seen = start if overlaps else now
+            if self.overlap:
+                self._seen = start if overlaps else now
             self._record_step(batch, dt, prefill_s, start, now)
             if self._due and not pulling:
                 self._fire_due()
@@ -334,9 +347,9 @@ class Replica:
         t = self._decode_ahead(k, blocks, start)
         self.step_end = start + t
         if self.overlap:  # async scheduling: the step after the run is decided at its last step's start
-            self._hide_after = start + t - self._last_step_s
+            self._hide_after, self._late_ok = start + t - self._last_step_s, True
         yield self.env.timeout(t)
-        self._hide_after = math.inf
+        self._hide_after, self._late_ok = math.inf, False
         self._fire_due()
         return self.env.now
 
@@ -357,7 +370,7 @@ class Replica:
             arrival = next_arrival()
             if not sched.waiting and len(sched.running) < sched.max_seqs and arrival - start - t < horizon:
                 horizon = arrival - start - t
-            m, dt = self._decode_segment(k, blocks, start + t, horizon, pulled=t > 0)
+            m, dt = self._decode_segment(k, blocks, start + t, horizon, t > 0)
             t += dt
             if m < k or arrival <= start + t or self._due:  # cut short, an arrival, a callback
                 break
@@ -382,7 +395,7 @@ class Replica:
         progress at `horizon` seconds (async scheduling: at the step after it, the first one decided after the
         arrival; at the first step when the horizon has passed, unless this segment continues a run, `pulled`).
         Returns (steps, seconds); `_last_step_s`: the last step's seconds."""
-        late = 1 if self.overlap else 0
+        late = self._late_steps
         sched, st, pool, rec = self.scheduler, self.stats, self.pool, self.recorder
         n = sched.n_decoding
         context = sched.c_sum + n * sched.dstep
@@ -395,7 +408,8 @@ class Replica:
             if late and horizon <= 0 and not pulled:
                 m = 1
             done = float(ends[m - 1])
-            self._last_step_s = float(times[m - 1])
+            if late:
+                self._last_step_s = float(times[m - 1])
         else:
             a, b = line
             done = k * a + b * k * (k - 1) / 2
@@ -406,7 +420,8 @@ class Replica:
                 else:
                     m = min(_steps_done(a, b, horizon) + 1 + late, k)
                 done = m * a + b * m * (m - 1) / 2
-            self._last_step_s = a + b * (m - 1)
+            if late:
+                self._last_step_s = a + b * (m - 1)
         if m < k or blocks < 0:
             blocks = sched.blocks_over(m)
         # _record_step's sums over m decode steps at once, blocks growing evenly over the run; kept equal by
