@@ -1043,9 +1043,8 @@ class _Loop:
         self.busy = self.idle = self.last_end = 0.0
         self.t0 = time.perf_counter()
         self.pending: _Pending | None = None
-        self.row_of = np.full(
-            len(run.table), -1, dtype=np.int64
-        )  # request id -> its row in the step in flight
+        # request id -> its row in the step in flight
+        self.row_of = np.full(len(run.table), -1, dtype=np.int64)
 
     @staticmethod
     def check(overlap: bool, spec) -> None:
