@@ -341,11 +341,19 @@ def test_uneven_decodes_of_a_mixed_step_take_the_split_graph(model):
 
 
 @pytest.mark.parametrize("blocks", [500, 20])
-def test_async_scheduling_keeps_every_token_and_record(model, blocks):
+def test_async_scheduling_keeps_every_token_and_record(model, blocks, monkeypatch):
     """Async scheduling (decode steps launched before the one in flight is recorded, their input tokens gathered
     on the device) yields the very tokens of the loop that waits for each step, with preemption under a tiny
     pool too, and the same records: every request finishes, blocks balance, ITL samples are each request's gaps."""
     req = workload(seed=3, span_s=0.0)  # all at once: the batches do not depend on timing
+    launches = {"gathered": 0, "from_host": 0}
+    launch = Executor.launch_decode
+
+    def counted(self, *args, prev=None, rows=None):
+        launches["gathered" if prev is not None else "from_host"] += 1
+        return launch(self, *args, prev=prev, rows=rows)
+
+    monkeypatch.setattr(Executor, "launch_decode", counted)
     runs = []
     for overlap in (False, True):
         pool = BlockPool(blocks, 4)
@@ -355,6 +363,8 @@ def test_async_scheduling_keeps_every_token_and_record(model, blocks):
         check_run(run, req, pool)
         runs.append(run)
     sync, over = runs
+    # most decode steps took their input tokens from the step in flight, on the device
+    assert launches["gathered"] > 2 * launches["from_host"] > 0
     assert (sync.ids == over.ids).all()
     assert sync.steps == over.steps and sync.scheduler.num_preemptions == over.scheduler.num_preemptions
     assert blocks > 100 or over.scheduler.num_preemptions > 0
