@@ -93,6 +93,11 @@ def check_runnable(sc: Scenario, profile: EngineProfile | None, source: str) -> 
                 f"{profile.name}'s host terms were fitted on its own runs, whose scheduling they already hold); "
                 "remove it, or use engine: ours"
             )
+        if sv.async_scheduling and sv.speculative is not None:
+            raise ConfigError(
+                f"{source}: {where}.async_scheduling: not with speculative decoding (the engine waits for every "
+                "speculative round, and async rounds are not modelled); leave one of them off"
+            )
         if sv.async_scheduling and sv.cuda_graphs == "none":
             raise ConfigError(
                 f"{source}: {where}.async_scheduling: needs decode steps on CUDA graphs (cuda_graphs: full or "

@@ -398,3 +398,6 @@ def test_async_scheduling_is_refused_where_it_is_not_modelled():
         ConfigError, match=r"serving\.async_scheduling: modelled for this project's serving loop only"
     ):
         scenario(serving={"async_scheduling": True}, engine="transformers", gpu="h200")
+    spec = {"method": "self", "num_speculative_tokens": 3, "acceptance_rate": 0.6}
+    with pytest.raises(ConfigError, match=r"serving\.async_scheduling: not with speculative decoding"):
+        scenario(serving={"async_scheduling": True, "speculative": spec})
