@@ -45,3 +45,16 @@ def write_report(out: Path, stem: str, raw: dict, text: str) -> None:
     """`<stem>.json` (everything measured) and `<stem>.md` (its tables) under `out`."""
     (out / f"{stem}.json").write_text(json.dumps(raw, indent=1))
     (out / f"{stem}.md").write_text(text)
+
+
+def open_report(
+    out: Path, stem: str, script: str, argv: list[str] | None, dev: str, fresh: bool
+) -> tuple[Path, dict]:
+    """(the folder, made; the run's record): what an earlier run left in `<stem>.json` there (unless `fresh`), so a
+    resumed run keeps it, stamped with this run's command, torch and device."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.json"
+    raw: dict = json.loads(path.read_text()) if path.exists() and not fresh else {}
+    raw.update(command=command_line(script, argv), torch=torch.__version__,
+               device=torch.cuda.get_device_name() if dev == "cuda" else "cpu")  # fmt: skip
+    return out, raw

@@ -39,7 +39,7 @@ from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
-from _gpu_cli import command_line, device_args, pick_device, write_report  # noqa: E402
+from _gpu_cli import device_args, open_report, pick_device, write_report  # noqa: E402
 from moe_mla_gpu import free, large_decode, log  # noqa: E402
 
 from core.model_spec import load_model  # noqa: E402
@@ -66,19 +66,15 @@ def tables(raw: dict) -> str:
 
 def reprice(path: Path, profile_name: str) -> int:
     """The stored rows' cost-model column again, with the current code and --profile (no device)."""
-    from core.cost_model import BatchShape, CostModel
-    from core.graphs import SERVING_GRAPHS
+    from fidelity import decode_price
+
     from core.hardware import load_profile
 
     raw = json.loads(path.read_text())
     profile = load_profile(profile_name)
     for r in raw["rows"]:
-        b = r["batch"]
-        cm = CostModel(profile, load_model(r["model"]), "bf16", "bf16", graph_padding=SERVING_GRAPHS,
-                       async_decode=r["async_scheduling"])  # fmt: skip
-        priced = cm.step_time(
-            BatchShape(decode_seqs=b, decode_context_tokens=int(round(r["mean_context"] * b)))
-        )
+        b, ctx = r["batch"], int(round(r["mean_context"] * r["batch"]))
+        priced = decode_price(profile, load_model(r["model"]), b, ctx, overlap=r["async_scheduling"])
         r["model_tokens_per_s"], r["model_ratio"] = b / priced, r["step_ms"] / 1e3 / priced
     raw["repriced"] = f"python benchmarks/async_decode_gpu.py --reprice {path} --profile {profile_name}"
     write_report(path.parent, path.stem, raw, tables(raw))
@@ -109,12 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = pick_device(args, paired=True)
     if dev is None:
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, raw = open_report(Path(args.out), "async_decode", "async_decode_gpu.py", argv, dev, args.fresh)
     path = out / "async_decode.json"
-    raw: dict = json.loads(path.read_text()) if path.exists() and not args.fresh else {}
-    raw.update(command=command_line("async_decode_gpu.py", argv), torch=torch.__version__,
-               device=torch.cuda.get_device_name() if dev == "cuda" else "cpu")  # fmt: skip
     t0 = time.perf_counter()
     profile, refs, sizes = args.profile, list(MODELS), list(SIZES)
     if args.cpu:

@@ -24,7 +24,7 @@ from pathlib import Path
 import _checkout  # noqa: F401  (the checkout's root on sys.path)
 
 from calibrate.accounting import step_shape
-from core.cost_model import BatchShape, CostModel
+from core.cost_model import CostModel
 from core.graphs import STEP_RUNNER_GRAPHS
 from core.hardware import load_profile
 from core.model_spec import load_model
@@ -76,13 +76,13 @@ def large_rows(path: Path, profile: str) -> list[dict]:
     """The serving loop's large-batch decode checks (fidelity.decode_check records, as moe_mla_gpu.py stores them)
     priced again with `profile` as decode_check prices them: measured step (the loop's median) against the cost
     model's step time, and the roofline ratio as measured."""
-    from core.graphs import SERVING_GRAPHS
+    from fidelity import decode_price
 
     hw, out = load_profile(profile), []
     for r in json.loads(path.read_text()):
-        cm = CostModel(hw, load_model(r["model"]), "bf16", "bf16", graph_padding=SERVING_GRAPHS)
-        shape = BatchShape(decode_seqs=r["batch"], decode_context_tokens=int(r["mean_context"] * r["batch"]))
-        priced = cm.step_time(shape) * 1e3
+        priced = (
+            decode_price(hw, load_model(r["model"]), r["batch"], int(r["mean_context"] * r["batch"])) * 1e3
+        )
         out.append({"model": r["model"], "batch": r["batch"], "mean_context": r["mean_context"],
                     "measured_ms": r["step_ms"], "priced_ms": priced, "error_pct": (priced / r["step_ms"] - 1) * 100,
                     "roofline_ratio": r["roofline_ratio"]})  # fmt: skip

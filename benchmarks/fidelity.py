@@ -669,6 +669,16 @@ def decode_host(row: Row, args, profile_name: str, model_ref: str, hosts: dict, 
     return host_for(row, args, spec, sv, plan_memory(load_profile(profile_name), spec, sv), hosts, log)
 
 
+def decode_price(
+    profile, spec, batch: int, context_tokens: int, weight_dtype: str = "bf16", overlap: bool = False
+) -> float:
+    """Seconds the cost model gives a decode check's step (`batch` sequences, `context_tokens` in all): our serving
+    loop's CUDA-graph padding and host terms (async scheduling's with `overlap`). decode_check prices with it, and
+    so do the re-pricings of its stored records (decode_balance.py --large, async_decode_gpu.py --reprice)."""
+    cm = CostModel(profile, spec, weight_dtype, "bf16", graph_padding=SERVING_GRAPHS, async_decode=overlap)
+    return cm.step_time(BatchShape(decode_seqs=batch, decode_context_tokens=context_tokens))
+
+
 def decode_check(
     host, spec, profile, sizes: list[int], weight_dtype: str, block_size: int, log, overlap: bool = False
 ) -> list[dict]:
@@ -679,7 +689,6 @@ def decode_check(
     from engine.serving import serve
 
     out = []
-    cm = CostModel(profile, spec, weight_dtype, "bf16", graph_padding=SERVING_GRAPHS, async_decode=overlap)
     for b in sizes:
         prompt, output = (DECODE_PROMPT, DECODE_OUTPUT) if host.executor.cuda else (64, 16)
         reqs = Requests(np.zeros(b), np.full(b, prompt), np.full(b, output))
@@ -697,7 +706,8 @@ def decode_check(
         gpu = tr["gpu_s"][m][2:]
         ctx = float(np.median(tr["decode_context_tokens"][m]))
         shape = BatchShape(decode_seqs=b, decode_context_tokens=int(ctx))
-        roof, model = roofline_s(profile, spec, shape, weight_dtype, "bf16"), cm.step_time(shape)
+        roof = roofline_s(profile, spec, shape, weight_dtype, "bf16")
+        model = decode_price(profile, spec, b, int(ctx), weight_dtype, overlap)
         step = float(np.median(loop))
         rec = {"batch": b, "steps": int(len(loop)), "mean_context": ctx / b, "step_ms": step * 1e3,
                "gpu_ms": float(np.median(gpu)) * 1e3, "tokens_per_s": b / step, "roofline_tokens_per_s": b / roof,

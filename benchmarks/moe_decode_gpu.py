@@ -31,14 +31,13 @@ if "--cpu" in sys.argv:  # the Triton kernels run in Triton's interpreter on the
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
-from _gpu_cli import command_line, device_args, pick_device, write_report  # noqa: E402
+from _gpu_cli import device_args, open_report, pick_device, write_report  # noqa: E402
 from moe_mla_gpu import (  # noqa: E402
     TINY_DEEPSEEK,
     TINY_MIXTRAL,
@@ -165,12 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cpu:
         torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, raw = open_report(Path(args.out), "moe_decode", "moe_decode_gpu.py", argv, dev, args.fresh)
     path = out / "moe_decode.json"
-    raw: dict = json.loads(path.read_text()) if path.exists() and not args.fresh else {}
-    raw.update(command=command_line("moe_decode_gpu.py", argv), torch=torch.__version__,
-               device=torch.cuda.get_device_name() if dev == "cuda" else "cpu")  # fmt: skip
     t0 = time.perf_counter()
 
     def save() -> None:

@@ -695,8 +695,12 @@ class CostModel:
     def _decode_hidden(self, total: float, n: int) -> float:
         """Async scheduling: the seconds of a decode-only step of n sequences and `total` seconds (GPU + host
         summed) that its host terms hide under the GPU work of the step before: the shorter of the two."""
-        h = self.host_step + n * self.host_seq
+        h = self._decode_host(n)
         return max(0.0, min(total - h, h))
+
+    def _decode_host(self, n: int) -> float:
+        """The serving loop's host terms of a decode-only step of n sequences."""
+        return self.host_step + n * self.host_seq
 
     def decode_hidden(self, b: BatchShape) -> float:
         """Async scheduling: the host seconds a decode-only step of `b` hides under the GPU work of the step before
@@ -779,7 +783,7 @@ class CostModel:
             h = self.host_step + n * self.host_seq - self.host_serial
             t = t - np.maximum(np.minimum(t - h - self.host_serial, h), 0.0)
         elif self.decode_overlap:  # async scheduling: the longer of the GPU work and the host terms
-            h = self.host_step + n * self.host_seq
+            h = self._decode_host(n)
             t = np.maximum(t - h, h)
         return np.maximum(t, self.eager_decode) if self.eager_decode else t
 
@@ -855,7 +859,7 @@ class CostModel:
         if (
             self.decode_overlap
         ):  # async scheduling: max(GPU work, host terms), a line where one side wins throughout
-            h = self.host_step + n * self.host_seq
+            h = self._decode_host(n)
             a -= h
             if a >= h and a + b * (k - 1) >= h:
                 return a, b

@@ -487,19 +487,24 @@ class Executor:
         return self.model(tokens, lay, rows).argmax(-1)
 
     def _decode(self, starts: np.ndarray, ctx: np.ndarray, tokens: np.ndarray) -> torch.Tensor:
-        n = len(ctx)
-        size = self.sizes[bisect.bisect_left(self.sizes, n)]
-        k_lens = self._padded_k_lens(size, ctx)
-        # one sequence much longer than the rest: split units
-        g = self._graph(size, split=not balanced_units(k_lens, self.target))
+        g, k_lens = self._decode_graph(ctx)
         self._fill(g, starts, ctx, tokens, k_lens)
+        return self._replay(g)[: len(ctx)]
+
+    def _decode_graph(self, ctx: np.ndarray) -> tuple[_DecodeGraph, np.ndarray]:
+        """The decode graph of a step of these contexts (its padded size; split units where one sequence is much
+        longer than the rest) and the step's padded k_lens."""
+        size = self.sizes[bisect.bisect_left(self.sizes, len(ctx))]
+        k_lens = self._padded_k_lens(size, ctx)
+        return self._graph(size, split=not balanced_units(k_lens, self.target)), k_lens
+
+    def _replay(self, g: _DecodeGraph) -> torch.Tensor:
+        """Run a filled decode graph: its sampled ids (every slot, padding included)."""
         if g.graph is not None:
             g.graph.replay()
-            ids = g.ids
-        else:  # CPU: the same static buffers through an eager forward
-            self._host_lists(g)
-            ids = self.model(g.i64[: g.size], g.layout, None).argmax(-1)
-        return ids[:n]
+            return g.ids
+        self._host_lists(g)  # CPU: the same static buffers through an eager forward
+        return self.model(g.i64[: g.size], g.layout, None).argmax(-1)
 
     # ------------------------------------------------------------------ async scheduling
     def launch_decode(
@@ -518,9 +523,7 @@ class Executor:
         if prev is not None and prev.copied is not None:
             prev.copied.synchronize()  # its inputs have left the pinned buffers this step writes again
         n = len(ctx)
-        size = self.sizes[bisect.bisect_left(self.sizes, n)]
-        k_lens = self._padded_k_lens(size, ctx)
-        g = self._graph(size, split=not balanced_units(k_lens, self.target))
+        g, k_lens = self._decode_graph(ctx)
         timed = self.time_gpu and self.cuda
         start = torch.cuda.Event(enable_timing=True) if timed else None
         self._timed, self._marked, events = timed, False, self._events
@@ -533,12 +536,7 @@ class Executor:
             copied.record()
         if prev is not None:  # the input tokens are the last step's ids, still on the device
             g.i64[:n].copy_(prev.ids.index_select(0, g.i64[:n]))
-        if g.graph is not None:
-            g.graph.replay()
-            ids = g.ids[:n]
-        else:  # CPU: the same static buffers through an eager forward
-            self._host_lists(g)
-            ids = self.model(g.i64[: g.size], g.layout, None).argmax(-1)[:n]
+        ids = self._replay(g)[:n]
         host = self._ids_out[self._flip][:n]
         self._flip ^= 1
         host.copy_(ids, non_blocking=True)
@@ -944,15 +942,9 @@ class _Replay:
 
     def overlappable(self, batch: Batch) -> bool:
         """Whether async scheduling may launch `batch` without waiting for it: a decode-only step that replays a
-        decode graph (prompt chunks, speculative rounds and eager steps are waited for)."""
+        decode graph (prompt chunks and eager steps are waited for; serve refuses it with speculation)."""
         ex = self.ex
-        return (
-            not batch.prefills
-            and not batch.spec_k
-            and 0 < batch.num_decodes <= ex.max_batch
-            and ex.static_decode
-            and self.spec is None
-        )
+        return not batch.prefills and 0 < batch.num_decodes <= ex.max_batch and ex.static_decode
 
     def execute(self, batch: Batch, prefills, dec, d_rids, d_pos):
         """Run the batch: a speculative round (draft, then verification) when the scheduler made it one, else
@@ -1099,9 +1091,7 @@ class _Loop:
         sampled, kept = run.execute(batch, prefills, dec, d_rids, d_pos)
         self.graph_steps += ex.last_path == 1
         end = self.clock()
-        self.steps += 1
-        self.busy += end - start
-        self.last_end = end
+        self.ended(start, end)
         run.record(batch, self.sched.complete(batch), sampled, wants, d_rids, d_pos, start, end, kept)
         self.trace(batch, now, start, prepared, end)
 
@@ -1114,9 +1104,8 @@ class _Loop:
         rows = None
         if p is not None:
             rows = self.row_of[d_rids]
-            if (
-                rows < 0
-            ).any():  # a sequence the step in flight does not decode: its tokens first, from the host
+            # a sequence the step in flight does not decode: that step's tokens first, these from the host
+            if (rows < 0).any():
                 self.land()
                 p, rows = None, None
                 dec = (dec[0], dec[1], run.ids[d_pos - 1])
@@ -1137,12 +1126,16 @@ class _Loop:
         end = self.clock()
         self.row_of[p.d_rids] = -1
         start = max(p.start, self.last_end)
-        self.steps += 1
         self.graph_steps += 1
-        self.busy += end - start
-        self.last_end = end
+        self.ended(start, end)
         self.run.record(p.batch, p.res, sampled, [], p.d_rids, p.d_pos, start, end)
         self.trace(p.batch, p.now, p.start, p.prepared, end)
+
+    def ended(self, start: float, end: float) -> None:
+        """A step's count and busy time."""
+        self.steps += 1
+        self.busy += end - start
+        self.last_end = end
 
     def trace(self, batch: Batch, now: float, start: float, prepared: float, end: float) -> None:
         if self.rows is None:

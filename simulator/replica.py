@@ -111,9 +111,8 @@ class Replica:
         self.overlap = getattr(cost, "decode_overlap", False)
         self._late_steps = 1 if self.overlap else 0  # how many steps later an arrival joins a decode run
         self._seen = 0.0
-        self._late: list[int] = []
+        self._late: list[Sequence] = []
         self._hide_after = math.inf  # a router's arrivals after this time are held (the running step's start)
-        self._late_ok = False  # (whether _hide_after is set: env.now is read only then)
         self._last_step_s = 0.0  # the last decode run's last step, seconds
         self._after_wait = True  # the last step was one the loop waited for (the next decode pays its host)
         self.process = env.process(self._static_loop() if static else self._loop())
@@ -136,12 +135,12 @@ class Replica:
         if self.role == "prefill":  # the prefill replica samples the first token only
             output = 1
         t.replica[rid] = self.index
-        if (
-            self._late_ok and self.env.now > self._hide_after
-        ):  # async: the next step was decided before it came
-            self._late.append(rid)
+        seq = Sequence(rid, prompt, output)
+        # (async scheduling: the next step was decided before it came; env.now read only while that can be)
+        if self._hide_after != math.inf and self.env.now > self._hide_after:
+            self._late.append(seq)
         else:
-            self.scheduler.add(Sequence(rid, prompt, output))
+            self.scheduler.add(seq)
         self.outstanding_tokens += prompt + output
         self.ongoing += 1
         if self.wake is not None:
@@ -157,10 +156,8 @@ class Replica:
     def _release_late(self) -> None:
         """A router's arrivals held back during an overlapped decode step enter the queue (the decision they
         missed is made)."""
-        t = self.table
-        for rid in self._late:
-            output = 1 if self.role == "prefill" else t.output_tokens.item(rid)
-            self.scheduler.add(Sequence(rid, t.prompt_tokens.item(rid), output))
+        for seq in self._late:
+            self.scheduler.add(seq)
         self._late.clear()
 
     def _async_step(self, batch: Batch, dt: float) -> tuple[bool, float]:
@@ -267,10 +264,10 @@ class Replica:
             else:
                 self.step_end = start + dt
                 if overlaps:
-                    self._hide_after, self._late_ok = start, True
+                    self._hide_after = start
                 yield env.timeout(dt)
                 if overlaps:
-                    self._hide_after, self._late_ok = math.inf, False
+                    self._hide_after = math.inf
                 now = env.now
             if self.overlap:
                 self._seen = start if overlaps else now
@@ -347,9 +344,9 @@ class Replica:
         t = self._decode_ahead(k, blocks, start)
         self.step_end = start + t
         if self.overlap:  # async scheduling: the step after the run is decided at its last step's start
-            self._hide_after, self._late_ok = start + t - self._last_step_s, True
+            self._hide_after = start + t - self._last_step_s
         yield self.env.timeout(t)
-        self._hide_after, self._late_ok = math.inf, False
+        self._hide_after = math.inf
         self._fire_due()
         return self.env.now
 
@@ -396,6 +393,9 @@ class Replica:
         arrival; at the first step when the horizon has passed, unless this segment continues a run, `pulled`).
         Returns (steps, seconds); `_last_step_s`: the last step's seconds."""
         late = self._late_steps
+        # async: an arrival before this segment (unseen, not pulled in by an earlier segment of the run) stops it
+        # after its first step
+        first_only = late and horizon <= 0 and not pulled
         sched, st, pool, rec = self.scheduler, self.stats, self.pool, self.recorder
         n = sched.n_decoding
         context = sched.c_sum + n * sched.dstep
@@ -404,9 +404,7 @@ class Replica:
             times = self.cost.decode_step_times(n, context + n * np.arange(k))
             ends = np.cumsum(times)
             a = float(times[0])
-            m = min(int(np.searchsorted(ends, horizon, side="right")) + 1 + late, k)
-            if late and horizon <= 0 and not pulled:
-                m = 1
+            m = 1 if first_only else min(int(np.searchsorted(ends, horizon, side="right")) + 1 + late, k)
             done = float(ends[m - 1])
             if late:
                 self._last_step_s = float(times[m - 1])
@@ -415,10 +413,7 @@ class Replica:
             done = k * a + b * k * (k - 1) / 2
             m = k
             if horizon < done:
-                if late and horizon <= 0 and not pulled:
-                    m = 1
-                else:
-                    m = min(_steps_done(a, b, horizon) + 1 + late, k)
+                m = 1 if first_only else min(_steps_done(a, b, horizon) + 1 + late, k)
                 done = m * a + b * m * (m - 1) / 2
             if late:
                 self._last_step_s = a + b * (m - 1)
