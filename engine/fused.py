@@ -131,36 +131,39 @@ if triton is not None:
         nh,
         nkv,
         HALF: tl.constexpr,
+        NH_PAD: tl.constexpr,
+        NKV_PAD: tl.constexpr,
     ):
+        # one token a program row: program (t, 0) rotates its query heads, (t, 1) its key heads into the pool at
+        # its slot and copies its value heads there, every head of one kind in one [heads, HALF] tile
         t = tl.program_id(0).to(tl.int64)
-        h = tl.program_id(1)
-        d = tl.arange(0, HALF)
+        part = tl.program_id(1)
+        d = tl.arange(0, HALF)[None, :]
         pos = tl.load(POS + t)
-        slot = tl.load(SLOT + t)
-        if h < nh:
-            cos = tl.load(COS + pos * HALF + d)
-            sin = tl.load(SIN + pos * HALF + d)
-            src = Q + t * q_stride + h * 2 * HALF
-            x1 = tl.load(src + d).to(tl.float32)
-            x2 = tl.load(src + HALF + d).to(tl.float32)
-            dst = QO + (t * nh + h) * 2 * HALF
-            tl.store(dst + d, (x1 * cos - x2 * sin).to(QO.dtype.element_ty))
-            tl.store(dst + HALF + d, (x2 * cos + x1 * sin).to(QO.dtype.element_ty))
-        elif h < nh + nkv:
-            cos = tl.load(COS + pos * HALF + d)
-            sin = tl.load(SIN + pos * HALF + d)
-            src = K + t * k_stride + (h - nh) * 2 * HALF
-            x1 = tl.load(src + d).to(tl.float32)
-            x2 = tl.load(src + HALF + d).to(tl.float32)
-            dst = KP + (slot * nkv + (h - nh)) * 2 * HALF
-            tl.store(dst + d, (x1 * cos - x2 * sin).to(KP.dtype.element_ty))
-            tl.store(dst + HALF + d, (x2 * cos + x1 * sin).to(KP.dtype.element_ty))
-        else:
-            hv = h - nh - nkv
-            src = V + t * v_stride + hv * 2 * HALF
-            dst = VP + (slot * nkv + hv) * 2 * HALF
-            tl.store(dst + d, tl.load(src + d).to(VP.dtype.element_ty))
-            tl.store(dst + HALF + d, tl.load(src + HALF + d).to(VP.dtype.element_ty))
+        cos = tl.load(COS + pos * HALF + d)
+        sin = tl.load(SIN + pos * HALF + d)
+        if part == 0:
+            h = tl.arange(0, NH_PAD)[:, None]
+            m = h < nh
+            src = Q + t * q_stride + h * 2 * HALF + d
+            x1 = tl.load(src, mask=m, other=0.0).to(tl.float32)
+            x2 = tl.load(src + HALF, mask=m, other=0.0).to(tl.float32)
+            dst = QO + (t * nh + h) * 2 * HALF + d
+            tl.store(dst, (x1 * cos - x2 * sin).to(QO.dtype.element_ty), mask=m)
+            tl.store(dst + HALF, (x2 * cos + x1 * sin).to(QO.dtype.element_ty), mask=m)
+        else:  # (names of their own: a compiled branch may not retype the other's)
+            slot = tl.load(SLOT + t)
+            hk = tl.arange(0, NKV_PAD)[:, None]
+            mk = hk < nkv
+            ks = K + t * k_stride + hk * 2 * HALF + d
+            k1 = tl.load(ks, mask=mk, other=0.0).to(tl.float32)
+            k2 = tl.load(ks + HALF, mask=mk, other=0.0).to(tl.float32)
+            at = (slot * nkv + hk) * 2 * HALF + d
+            tl.store(KP + at, (k1 * cos - k2 * sin).to(KP.dtype.element_ty), mask=mk)
+            tl.store(KP + at + HALF, (k2 * cos + k1 * sin).to(KP.dtype.element_ty), mask=mk)
+            vs = V + t * v_stride + hk * 2 * HALF + d
+            tl.store(VP + at, tl.load(vs, mask=mk).to(VP.dtype.element_ty), mask=mk)
+            tl.store(VP + at + HALF, tl.load(vs + HALF, mask=mk).to(VP.dtype.element_ty), mask=mk)
 
     @triton.jit
     def _gemv_kernel(X, W, B, Y, N, K, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -344,10 +347,17 @@ def rope_and_cache(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_po
     half = q.shape[-1] // 2
     if not use_triton(q) or half & (half - 1):
         return rope_cache_ref(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_pool)
+    return rope_cache_triton(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_pool)
+
+
+def rope_cache_triton(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_pool):
+    """`rope_and_cache` in its Triton kernel: two programs a token (its query heads; its key and value heads),
+    each taking all its heads in one tile (a program a head took 1.5-2x as long at 128-256 decodes)."""
     t, nh, d = q.shape
     nkv = k.shape[1]
     qo = torch.empty((t, nh, d), dtype=q.dtype, device=q.device)
-    _rope_cache_kernel[(t, nh + 2 * nkv)](
+    nh_pad = triton.next_power_of_2(nh)
+    _rope_cache_kernel[(t, 2)](
         q,
         k,
         v,
@@ -364,7 +374,9 @@ def rope_and_cache(q, k, v, cos_table, sin_table, positions, slots, k_pool, v_po
         nh,
         nkv,
         HALF=d // 2,
-        num_warps=1,
+        NH_PAD=nh_pad,
+        NKV_PAD=triton.next_power_of_2(nkv),
+        num_warps=4 if nh_pad * d >= 4096 else 2,
     )
     return qo
 
@@ -456,6 +468,10 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     return y
 
 
+# The decode kernel's (BLOCK_N keys a loop step, num_warps, num_stages); benchmarks/decode_kernels_gpu.py times others
+DECODE_TILE = (64, 4, 2)
+
+
 def decode_attention_supported(q: torch.Tensor, k_pool: torch.Tensor) -> bool:
     d = q.shape[-1]
     return use_triton(q) and d in (64, 128, 256) and q.dtype == k_pool.dtype and k_pool.stride(-2) == d
@@ -507,10 +523,10 @@ def decode_attention(q, k_pool, v_pool, lay, scale: float, window: int = 0, out:
         G=group,
         G_PAD=max(16, triton.next_power_of_2(group)),
         D=d,
-        BLOCK_N=64,
+        BLOCK_N=DECODE_TILE[0],
         DIRECT=direct,
-        num_warps=4,
-        num_stages=2,
+        num_warps=DECODE_TILE[1],
+        num_stages=DECODE_TILE[2],
     )
     if direct:
         return out
