@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import statistics
@@ -50,6 +51,18 @@ from simulator.simulation import Forecast, simulate  # noqa: E402
 from simulator.workload import generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+def engine_code() -> str:
+    """The engine's source as a row ran it: the first 12 hex digits of a SHA-256 over engine/*.py (names and
+    bytes, sorted). A device run has a copy of the working tree and no git history, so the code, not a commit,
+    is what a row records; a table names the rows whose engine code is not this checkout's."""
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "engine").glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10%, throughput within 5%
 # How far a row's errors move when the GPU's FLOP and byte terms are priced this much faster / slower (every
 # --resimulate reports it): TTFT percentiles sit on a discrete schedule (which step a prompt chunk lands in, what
@@ -446,7 +459,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
                        "mean_batch_seqs": eng["utilisation"]["mean_batch_seqs"], "compile_steps": compiled}
                       | queue_waits(run.table.arrival_s, run.table.scheduled_s),
         "engine_steps": steps,
-        "eager_launch_s_per_layer": host.executor.eager_launch_s / spec.num_layers,
+        "eager_launch_s_per_layer": host.executor.eager_launch_s / spec.num_layers, "engine_code": engine_code(),
         "simulator_run": {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],
                           "mean_batch_seqs": sim["utilisation"]["mean_batch_seqs"]},
     }  # fmt: skip
@@ -804,6 +817,20 @@ def host_band_table(records: list[dict], keys: list[str]) -> list[str]:
     return lines + [""]
 
 
+def engine_code_note(records: list[dict]) -> str:
+    """Which rows ran on engine code other than this checkout's (`engine_code`): their engine side is as it ran
+    then, their simulator side priced with today's code and profile, so an engine change since shows in their
+    errors until they are run again."""
+    now = engine_code()
+    other = [r for r in records if r.get("engine_code") != now]
+    if not other:
+        return f"Engine code: every row ran on this checkout's engine (`engine/*.py` {now})."
+    names = ", ".join(f"{r['row']} ({r.get('engine_code') or 'not recorded'})" for r in other)
+    return (f"Engine code: {len(other)} of {len(records)} rows ran on engine code other than this checkout's "
+            f"(`engine/*.py` {now}); their engine side is as it ran then, their simulator side priced with this "
+            f"checkout's profile: {names}.")  # fmt: skip
+
+
 def table(records: list[dict], profile: str, command: str, decode: list[dict] | None = None) -> str:
     done = [r for r in records if "skipped" not in r]
     keys = ["ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90", "output_tokens_per_s"]
@@ -841,6 +868,7 @@ def table(records: list[dict], profile: str, command: str, decode: list[dict] | 
                   "Engine queue: each request's wait from arrival to its first step in the engine's run. Where it "
                   "reaches seconds, a burst of the trace outran the GPU, and the row's TTFT cells measure the "
                   "throughput error multiplied by that backlog rather than a step's price."]  # fmt: skip
+        lines += ["", engine_code_note(done)]
     lines += [
         "",
         *sensitivity_table(done, keys),

@@ -109,3 +109,29 @@ def test_the_engine_replay_admits_against_the_simulators_sliding_window_blocks(m
         "sliding_ratio"
     ] > 0
     assert seen["blocks"] == 100 and compiled == 0
+
+
+def test_engine_code_names_rows_run_on_other_engine_code(tmp_path, monkeypatch):
+    """A row records the engine's source hash; the table names the rows whose hash is not this checkout's (or
+    that have none), and the hash follows the engine files' bytes."""
+    import fidelity
+
+    now = fidelity.engine_code()
+    assert len(now) == 12 and now == fidelity.engine_code()
+    rows = [{"row": "a", "engine_code": now}, {"row": "b"}, {"row": "c", "engine_code": "0123456789ab"}]
+    assert fidelity.engine_code_note(rows[:1]).startswith(
+        "Engine code: every row ran on this checkout's engine"
+    )
+    note = fidelity.engine_code_note(rows)
+    assert (
+        "2 of 3 rows" in note
+        and "b (not recorded)" in note
+        and "c (0123456789ab)" in note
+        and "a (" not in note
+    )
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "x.py").write_text("a = 1\n")
+    monkeypatch.setattr(fidelity, "ROOT", tmp_path)
+    one = fidelity.engine_code()
+    (tmp_path / "engine" / "x.py").write_text("a = 2\n")
+    assert fidelity.engine_code() != one

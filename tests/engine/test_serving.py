@@ -196,6 +196,7 @@ def test_fidelity_cpu_quick_writes_its_table(tmp_path, capsys):
     assert len(steps) > 10 and steps[0].startswith("end_s,") and steps[0].endswith(",model_s")
     assert "## Where the engine's steps went" in md and "## Decode throughput at large batch" in md
     assert "; 0 steps compiled a Triton kernel during the run" in md  # (the CPU runs no Triton kernel)
+    assert "Engine code: every row ran on this checkout's engine" in md  # each row records engine/*.py's hash
 
     # the simulator's side again from the stored engine runs, no engine: same engine figures, same rows
     import json
