@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import json
 import math
 import statistics
@@ -36,6 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from core import provenance  # noqa: E402
 from core.cost_model import BatchShape, CostModel  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.graphs import SERVING_GRAPHS  # noqa: E402
@@ -54,13 +54,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def engine_code() -> str:
-    """The engine's source as a row ran it: the first 12 hex digits of a SHA-256 over engine/*.py (names and
-    bytes, sorted). A device run has a copy of the working tree and no git history, so the code, not a commit,
-    is what a row records; a table names the rows whose engine code is not this checkout's."""
-    h = hashlib.sha256()
-    for f in sorted((ROOT / "engine").glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
+    """This checkout's engine code as a row records it (core.provenance.engine_code: a device run has the working
+    tree and no git history); a table names the rows whose engine code is not this checkout's."""
+    return provenance.engine_code(ROOT)
 
 
 BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10%, throughput within 5%

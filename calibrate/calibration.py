@@ -24,6 +24,7 @@ from calibrate.plots import draw
 from core.errors import ConfigError
 from core.hardware import HardwareProfile
 from core.model_spec import ModelSpec, load_model
+from core.provenance import engine_code
 
 # Memory kept free beside weights and the KV pool: activations of a 16k-token prefill step (MLP
 # intermediate, qkv, logits of the last tokens), CUDA-graph pools and the allocator's slack.
@@ -265,6 +266,15 @@ def error_table(result: FitResult) -> str:
     return "\n".join(lines)
 
 
+def stale_engine_line(other: dict[str, int]) -> str:
+    """One line on the stored points that ran other engine code than this checkout's (Store.other_engine)."""
+    n = sum(other.values())
+    kinds = ",".join(sorted(other))
+    return (f"{n} stored measurement{'s' * (n > 1)} ({kinds}) ran other engine code than this checkout's "
+            f"(engine/*.py {engine_code()}), or were taken before the store recorded it; they are kept: --redo "
+            f"KINDS measures them again where the engine changed")  # fmt: skip
+
+
 def run(opts: Options, log=print) -> Path:
     """The whole calibration; returns the profile path. Raises ConfigError / NoDevice with one-line messages."""
     spec = load_model(opts.model)
@@ -304,6 +314,9 @@ def run(opts: Options, log=print) -> Path:
         )
     if kinds:
         log(f"--redo: {store.forget(kinds)} stored measurements of {opts.redo} to take again")
+    store.engine = engine_code()
+    if other := store.other_engine(store.engine):
+        log(stale_engine_line(other))
 
     from calibrate.bench import Bench  # torch and engine from here on
 

@@ -67,6 +67,13 @@ def _in_group(cm: CostModel, r, group: str) -> bool:
     return group_of(cm, r.kind, r.params) == group
 
 
+def engine_codes(store: Store, group: str) -> list[str]:
+    """The engine code (core.provenance) the run's points of `group`'s kinds ran, each once ("not recorded" for
+    points stored before they carried it): what `<group>_source` says the curve was measured on."""
+    kinds = {spec.split(":")[0] for spec in KIND_OF.get(group, group).split(",")}
+    return sorted({r.engine or "not recorded" for r in store.records.values() if r.kind in kinds})
+
+
 def fit_run(work_dir: Path, group: str, profile_path: Path):
     """(GroupFit, the run's store) for `group`'s points of the run in `work_dir`, priced on the profile's
     peaks and bandwidth (what the cost model will use them with); for `serving`, ({quantity: seconds}, store)."""
@@ -315,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 "date": a.date, "run": str(a.work_dir), "gpu": ident.get("gpu"), "torch": ident.get("torch"),
                 "note": "only this group fitted from this run; the profile's other groups are from its own sweep",
             }  # fmt: skip
+            source["engine_code"] = engine_codes(store, a.group)
             if a.group != "serving" and fit.alone is not None:
                 source["in_step_compute_factor"] = fit.eff.compute / fit.alone.eff.compute
                 source["fitted_compute"] = fit.alone.eff.compute

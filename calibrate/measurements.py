@@ -102,6 +102,8 @@ class Record:
     note: str = ""
     # of the identity it was measured under; empty in stores written before fingerprints
     fingerprint: str = ""
+    # the engine code it ran (core.provenance.engine_code); empty in stores written before session 24
+    engine: str = ""
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Store:
     identity: dict = field(default_factory=dict)  # what was measured (see `identity()`)
     fingerprint: str = ""
     skipped_lines: int = 0
+    engine: str = ""  # the engine code points added now ran (`add` stamps it); set by the sweep's caller
 
     @classmethod
     def open(
@@ -227,6 +230,7 @@ class Store:
 
     def add(self, rec: Record) -> None:
         rec.fingerprint = rec.fingerprint or self.fingerprint
+        rec.engine = rec.engine or self.engine
         self.records[rec.key] = rec
         self._append(_line(rec))
 
@@ -254,6 +258,14 @@ class Store:
             del self.records[k]
         self._rewrite()
         return len(drop)
+
+    def other_engine(self, code: str) -> dict[str, int]:
+        """Stored points measured on other engine code than `code` (or before points recorded it), by kind."""
+        out: dict[str, int] = {}
+        for r in self.records.values():
+            if r.engine != code:
+                out[r.kind] = out.get(r.kind, 0) + 1
+        return out
 
     def steps_through(self, graphs: str, kinds: set[str]) -> int:
         """Record that the store's whole steps (`kinds`) are timed through `graphs` (a STEP_GRAPHS name) from
@@ -323,6 +335,7 @@ def _record(d: dict) -> Record:
         holdout=d.get("holdout", False),
         note=d.get("note", ""),
         fingerprint=d.get("fingerprint", ""),
+        engine=d.get("engine", ""),
     )
     if not (isinstance(rec.params, dict) and isinstance(rec.key, str) and isinstance(rec.kind, str)):
         raise TypeError("key, kind or params of the wrong type")
@@ -330,8 +343,8 @@ def _record(d: dict) -> Record:
         raise ValueError("key does not match kind and params")
     if rec.status not in ("ok", "oom", "error") or not isinstance(rec.holdout, bool):
         raise ValueError("unknown status")
-    if not isinstance(rec.note, str) or not isinstance(rec.fingerprint, str):
-        raise TypeError("note or fingerprint not a string")
+    if not all(isinstance(x, str) for x in (rec.note, rec.fingerprint, rec.engine)):
+        raise TypeError("note, fingerprint or engine not a string")
     if rec.status == "ok":
         s = rec.seconds
         if not (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)):
@@ -349,4 +362,6 @@ def _line(rec: Record) -> dict:
         d["note"] = rec.note
     if rec.fingerprint:
         d["fingerprint"] = rec.fingerprint
+    if rec.engine:
+        d["engine"] = rec.engine
     return d

@@ -51,6 +51,8 @@ def test_adds_the_group_and_keeps_every_other_line(tmp_path):
         p.efficiency.moe.blend is not None and p.efficiency.moe.blend >= 1.0
     )  # the blended form (fit.BLENDED)
     assert p.calibration.fit_errors_pct["moe"]["holdout"]["n"] > 0
+    # the engine code the group's points ran: this run's points predate the record
+    assert p.calibration.moe_source["engine_code"] == ["not recorded"]
     # a second write is refused; --replace refits in place (same lines count, same values)
     with pytest.raises(ConfigError, match="--replace"):
         group_from_run.write_profile(prof, "moe", {}, {}, {}, replace=False)

@@ -205,6 +205,34 @@ def test_forget_drops_a_kind_and_the_sweep_measures_only_it_again(tmp_path):
     ) == [1]
 
 
+def test_points_record_the_engine_code_they_ran_and_a_store_names_the_others(tmp_path):
+    """Each point added carries the store's engine code (core.provenance.engine_code, set by the sweep's caller);
+    reread, the store says by kind which points ran other code (or none recorded); old lines without it parse."""
+    from calibrate.calibration import stale_engine_line
+
+    path = tmp_path / "m.jsonl"
+    store = Store.open(path, META)
+    store.engine = "aaaaaaaaaaaa"
+    run_sweep(points(3), store, lambda p: 1e-3)
+    store = Store.open(path, META)
+    assert {r.engine for r in store.records.values()} == {"aaaaaaaaaaaa"}
+    store.engine = "bbbbbbbbbbbb"
+    elem = [Point("elementwise", {"tokens": t, "hidden": 64, "intermediate": 128}) for t in (1, 8)]
+    run_sweep(points(3) + elem, store, lambda p: 2e-3)  # the gemm points are kept, the new ones stamped b
+    again = Store.open(path, META)
+    assert again.other_engine("bbbbbbbbbbbb") == {"gemm": 3} and again.other_engine("aaaaaaaaaaaa") == {
+        "elementwise": 2
+    }
+    line = stale_engine_line(again.other_engine("bbbbbbbbbbbb"))
+    assert line.startswith("3 stored measurements (gemm) ran other engine code") and "--redo" in line
+    # a line written before points carried it: no engine, still a valid record, counted as other code
+    rec = Record("gemm:x", "gemm", {}, 1e-3)
+    assert "engine" not in _line(rec)
+    old = _line(Record(points(1)[0].key, "gemm", points(1)[0].params, 1e-3, fingerprint=again.fingerprint))
+    path.write_text(path.read_text().split("\n", 1)[0] + "\n" + json.dumps(old) + "\n")
+    assert Store.open(path, META).other_engine("bbbbbbbbbbbb") == {"gemm": 1}
+
+
 CHILD = """
 import sys, time
 from calibrate.measurements import Store
