@@ -22,12 +22,11 @@ if "--cpu" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
-from _gpu_cli import device_args, pick_device  # noqa: E402
+from _gpu_cli import device_args, open_report, pick_device, write_report  # noqa: E402
 
 ROPE_HEADS = {"qwen2.5-7b": (28, 4, 128), "llama-3.1-8b": (32, 8, 128), "gemma-3-12b": (16, 8, 256)}
 ROPE_TOKENS = (1, 8, 64, 128, 256, 1024, 8192)
@@ -107,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = pick_device(args, paired=True)
     if dev is None:
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "decode_kernels.json"
-    raw = json.loads(path.read_text()) if path.exists() else {}
-    raw.update(torch=torch.__version__, device=torch.cuda.get_device_name() if dev == "cuda" else "cpu")
+    out, raw = open_report(args.out, "decode_kernels", "decode_kernels_gpu.py", argv, dev, fresh=False)
     dtype = torch.float32 if args.cpu else torch.bfloat16
     heads = {"tiny": (4, 2, 16)} if args.tiny else ROPE_HEADS
     for model, (nh, nkv, d) in heads.items():
@@ -121,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for model, nh, nkv, b in (("tiny", 4, 2, 4),) if args.tiny else ATTN_CASES:
         for r in attention_case(nh, nkv, b, dev, args.tiny):
             raw.setdefault("attention", []).append(dict(r, label=args.label, model=model, batch=b))
-    path.write_text(json.dumps(raw, indent=1))
-    (args.out / "decode_kernels.md").write_text(report(raw))
+    write_report(out, "decode_kernels", raw, report(raw))
     print(report(raw))
     return 0
 

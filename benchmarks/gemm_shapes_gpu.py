@@ -30,6 +30,7 @@ import _checkout  # noqa: E402,F401  (the checkout's root on sys.path)
 import torch  # noqa: E402
 from _gpu_cli import device_args, log, open_report, pick_device, write_report  # noqa: E402
 
+from calibrate.fit import in_step, in_step_factor  # noqa: E402
 from core.cost_model import CostModel  # noqa: E402
 from core.hardware import OpEfficiency, load_profile  # noqa: E402
 from core.model_spec import ModelSpec, load_model  # noqa: E402
@@ -52,18 +53,16 @@ def shapes(spec: ModelSpec) -> list[tuple[str, int, int]]:
 
 
 def alone_curve(profile) -> OpEfficiency:
-    """The profile's bf16 GEMM curve as fitted on kernels alone: its compute asymptote over the in-step factor
-    (calibrate.fit.in_step took it on; 1 where the profile has none)."""
-    e = profile.efficiency.gemm
-    f = getattr(profile.calibration, "in_step_compute_factor", None) or 1.0
-    return e.model_copy(update={"compute": min(1.0, e.compute / f)})
+    """The profile's bf16 GEMM curve as fitted on kernels alone: calibrate.fit.in_step undone (its in-step factor
+    divided out; the curve as it is where the profile has none)."""
+    return in_step(profile.efficiency.gemm, 1.0 / (in_step_factor(profile) or 1.0))
 
 
-def priced(cm: CostModel, eff: OpEfficiency, m: int, k: int, n: int) -> float:
-    """Seconds the cost model gives one [k, n] bf16 GEMM of m rows on the curve `eff` (the GEMV curve at one row,
-    as the engine streams a single row through its Triton GEMV)."""
+def priced_alone(cm: CostModel, eff: OpEfficiency, m: int, k: int, n: int) -> float:
+    """Seconds one [k, n] bf16 GEMM of m rows takes on the curve `eff` (the GEMV curve at one row, as the engine
+    streams a single row through its Triton GEMV); the step's own price is cm._weight_gemm."""
     if m == 1 and cm.gemv_dense:
-        return cm._weight_gemm_with(cm.gemv_eff, 1, k, n, 1)
+        return cm._weight_gemm(1, k, n)
     return cm._weight_gemm_with(eff, m, k, n, 1.0)
 
 
@@ -103,24 +102,22 @@ def repeatability(bench, device: str, rounds: int, heat_s: float) -> list[dict]:
     """The same points timed `rounds` times: each round all of REPEAT_CASES as calibration times them, then all
     again each right after `heat_s` of dense GEMMs; then with cuBLASLt preferred (torch's BLAS choice)."""
     out = []
-    for r in range(rounds):
-        for heat in (0.0, heat_s):
-            for model, rows in REPEAT_CASES:
-                for name, k, n in shapes(load_model(model)):
-                    for m in rows:
-                        if heat:
-                            preheat(device, heat)
-                        s = bench._gemm(m, k, n, "bf16")
-                        out.append({"model": model, "name": name, "k": k, "n": n, "m": m, "round": r,
-                                    "heat_s": heat, "blas": "default", "seconds": s})  # fmt: skip
+    cases = [(model, name, k, n, m) for model, rows in REPEAT_CASES for name, k, n in shapes(load_model(model))
+             for m in rows]  # fmt: skip
+
+    def timed(rnd: int, heat: float, blas: str) -> list[dict]:
+        out = []
+        for model, name, k, n, m in cases:
+            if heat:
+                preheat(device, heat)
+            out.append({"model": model, "name": name, "k": k, "n": n, "m": m, "round": rnd, "heat_s": heat,
+                        "blas": blas, "seconds": bench._gemm(m, k, n, "bf16")})  # fmt: skip
+        return out
+
+    out = [rec for r in range(rounds) for heat in (0.0, heat_s) for rec in timed(r, heat, "default")]
     torch.backends.cuda.preferred_blas_library("cublaslt")
     try:
-        for model, rows in REPEAT_CASES:
-            for name, k, n in shapes(load_model(model)):
-                for m in rows:
-                    preheat(device, heat_s)
-                    out.append({"model": model, "name": name, "k": k, "n": n, "m": m, "round": 0, "heat_s": heat_s,
-                                "blas": "cublaslt", "seconds": bench._gemm(m, k, n, "bf16")})  # fmt: skip
+        out += timed(0, heat_s, "cublaslt")
     finally:
         torch.backends.cuda.preferred_blas_library("default")
     return out
@@ -165,7 +162,7 @@ def set_tuning(on: bool, folder: Path) -> None:
 def report(raw: dict, profile_name: str) -> str:
     """The table: per model and shape, measured µs and the curve's error at each row count."""
     prof = load_profile(profile_name)
-    alone, step = alone_curve(prof), prof.efficiency.gemm
+    alone = alone_curve(prof)
     lines = [
         f"# The catalogue's dense GEMM shapes ({raw.get('device')}, torch {raw.get('torch')})",
         "",
@@ -182,7 +179,7 @@ def report(raw: dict, profile_name: str) -> str:
         tuned = {(r["k"], r["n"], r["m"]): r["seconds"] for r in recs if r["tuned"]}
         for r in (r for r in recs if not r["tuned"]):
             k, n, m, s = r["k"], r["n"], r["m"], r["seconds"]
-            a, b = priced(cm, alone, m, k, n) / s - 1, priced(cm, step, m, k, n) / s - 1
+            a, b = priced_alone(cm, alone, m, k, n) / s - 1, cm._weight_gemm(m, k, n) / s - 1
             summary.setdefault(model, []).append(a)
             t = tuned.get((k, n, m))
             lines.append(
@@ -218,12 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     from calibrate.bench import Bench
 
     out, raw = open_report(args.out, "gemm_shapes", "gemm_shapes_gpu.py", argv, dev, args.fresh)
-    raw["tiny"] = bool(args.tiny)
     if args.repeatability and dev == "cuda":
-        from calibrate.bench import Bench as _B
-
-        raw["repeat"] = repeatability(_B(load_model("llama-3.1-8b"), dev, limits=None), dev, args.repeatability,
-                                      args.heat_s)  # fmt: skip
+        bench = Bench(load_model("llama-3.1-8b"), dev, limits=None)
+        raw["repeat"] = repeatability(bench, dev, args.repeatability, args.heat_s)
         (out / "gemm_repeat.md").write_text(repeat_report(raw["repeat"]))
         write_report(out, "gemm_shapes", raw, report(raw, args.profile))
         print(repeat_report(raw["repeat"]))

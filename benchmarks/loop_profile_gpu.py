@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _gpu_cli import device_args, log, open_report, pick_device, write_report  # noqa: E402
 from kernel_profile import _device_rows, _profiled  # noqa: E402
+from moe_mla_gpu import free  # noqa: E402
 
 from core.model_spec import load_model  # noqa: E402
 
@@ -75,6 +76,11 @@ def per_step_kernels(ex, b: int, prompt: int, short: int, long: int, overlap: bo
             rows.append({"kernel": r["kernel"], "us_per_step": us, "calls_per_step": calls})
     rows.sort(key=lambda r: -r["us_per_step"])
     return {"gpu_ms": gpu_ms, "kernel_sum_us": sum(r["us_per_step"] for r in rows), "top": rows[:30]}
+
+
+def case_key(model: str, batch: int, overlap: bool) -> str:
+    """A case's name in the record: model, batch and loop."""
+    return f"{model} b{batch} {'async' if overlap else 'waits'}"
 
 
 def report(raw: dict) -> str:
@@ -126,20 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     done = raw.setdefault("cases", {})
     for model, b in cases:
         spec = load_model(model)
-        todo = [o for o in loops if f"{spec.name} b{b} {'async' if o else 'waits'}" not in done]
+        todo = [o for o in loops if case_key(spec.name, b, o) not in done]
         if not todo:
             continue
         net = build_model(spec, dtype="fp32" if args.cpu else "bf16", device=dev)
         ex = Executor(net, b * (prompt + long + 16), b, device=dev, mixed_graph_tokens=0)
         ex.warmup(log)
         for overlap in todo:
-            key = f"{spec.name} b{b} {'async' if overlap else 'waits'}"
+            key = case_key(spec.name, b, overlap)
             done[key] = per_step_kernels(ex, b, prompt, short, long, overlap, args.cpu)
             log(f"{key}: GPU {done[key]['gpu_ms']:.2f} ms, kernels {done[key]['kernel_sum_us'] / 1e3:.2f} ms")
             write_report(out, "loop_profile", raw, report(raw))
         ex = net = None
-        if dev == "cuda":
-            torch.cuda.empty_cache()
+        free()
     write_report(out, "loop_profile", raw, report(raw))
     return 0
 

@@ -266,12 +266,12 @@ def error_table(result: FitResult) -> str:
     return "\n".join(lines)
 
 
-def stale_engine_line(other: dict[str, int]) -> str:
-    """One line on the stored points that ran other engine code than this checkout's (Store.other_engine)."""
+def stale_engine_line(other: dict[str, int], code: str) -> str:
+    """One line on the stored points that ran other engine code than this checkout's `code` (Store.other_engine)."""
     n = sum(other.values())
     kinds = ",".join(sorted(other))
     return (f"{n} stored measurement{'s' * (n > 1)} ({kinds}) ran other engine code than this checkout's "
-            f"(engine/*.py {engine_code()}), or were taken before the store recorded it; they are kept: --redo "
+            f"(engine/*.py {code}), or were taken before the store recorded it; they are kept: --redo "
             f"KINDS measures them again where the engine changed")  # fmt: skip
 
 
@@ -316,7 +316,7 @@ def run(opts: Options, log=print) -> Path:
         log(f"--redo: {store.forget(kinds)} stored measurements of {opts.redo} to take again")
     store.engine = engine_code()
     if other := store.other_engine(store.engine):
-        log(stale_engine_line(other))
+        log(stale_engine_line(other, store.engine))
 
     from calibrate.bench import Bench  # torch and engine from here on
 

@@ -223,7 +223,7 @@ def test_points_record_the_engine_code_they_ran_and_a_store_names_the_others(tmp
     assert again.other_engine("bbbbbbbbbbbb") == {"gemm": 3} and again.other_engine("aaaaaaaaaaaa") == {
         "elementwise": 2
     }
-    line = stale_engine_line(again.other_engine("bbbbbbbbbbbb"))
+    line = stale_engine_line(again.other_engine("bbbbbbbbbbbb"), "bbbbbbbbbbbb")
     assert line.startswith("3 stored measurements (gemm) ran other engine code") and "--redo" in line
     # a line written before points carried it: no engine, still a valid record, counted as other code
     rec = Record("gemm:x", "gemm", {}, 1e-3)
