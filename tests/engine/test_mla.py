@@ -88,6 +88,22 @@ for j, (kl, ks) in enumerate(zip(lay.k_lens[1:], lay.k_starts[1:])):
 """
 
 
+def test_absorbed_query_and_latent_values_written_in_place_equal_the_einsums():
+    """The absorbed query is built in one buffer (the GEMM writes its rank part in place) and W_UV writes into the
+    heads' layout: both equal the einsum-and-concatenate they replace, for all rows and for a decode-rows slice."""
+    attn = build_model(tiny_deepseek(), dtype="fp32", device="cpu", seed=5).layers[0].attn
+    q = torch.randn(7, attn.nh, attn.qd)
+    w_uk, w_uv = attn._wkv()
+    ref = torch.cat([torch.einsum("thn,hnr->thr", q[..., : attn.nope], w_uk), q[..., attn.nope :]], -1)
+    assert torch.allclose(attn.absorbed_query(q), ref, atol=1e-5)
+    assert torch.allclose(attn.absorbed_query(q, slice(4, None))[4:], ref[4:], atol=1e-5)
+    o_lat = torch.randn(7, attn.nh, attn.rank)
+    out = torch.full((7, attn.nh, attn.vd), float("nan"))
+    attn.latent_values(o_lat[3:], out[3:])
+    assert torch.allclose(out[3:], torch.einsum("thr,hvr->thv", o_lat[3:], w_uv), atol=1e-5)
+    assert out[:3].isnan().all()  # rows outside the slice left alone
+
+
 def test_triton_mla_decode_kernel_matches_reference_interpreted():
     assert run_interpreted(INTERPRETED).count("ok") == 3
 
