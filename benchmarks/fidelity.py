@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import numpy as np
@@ -41,7 +42,7 @@ from core.errors import ConfigError  # noqa: E402
 from core.graphs import SERVING_GRAPHS  # noqa: E402
 from core.hardware import load_profile, write_profile  # noqa: E402
 from core.kv_cache import BlockPool, blocks_for  # noqa: E402
-from core.model_spec import load_model  # noqa: E402
+from core.model_spec import ModelSpec, load_model  # noqa: E402
 from core.requests import PrefixKeys, Requests  # noqa: E402
 from core.scheduler import sliding_terms  # noqa: E402
 from simulator.memory import activation_bytes, plan_memory  # noqa: E402
@@ -53,10 +54,23 @@ from simulator.workload import generate  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def engine_code() -> str:
-    """This checkout's engine code as a row records it (core.provenance.engine_code: a device run has the working
-    tree and no git history); a table names the rows whose engine code is not this checkout's."""
-    return provenance.engine_code(ROOT)
+def engine_code(spec: ModelSpec | SimpleNamespace | None = None) -> str:
+    """This checkout's engine code as a row of `spec`'s model records it (core.provenance.engine_code: a device run
+    has the working tree and no git history; the files of features the model lacks left out); a table names the
+    rows whose engine code is not this checkout's."""
+    return provenance.engine_code(ROOT, spec)
+
+
+def row_engine_code(rec: dict) -> str:
+    """This checkout's engine code for a stored row's model: by the features the row recorded
+    (`engine_features`), else its catalogue model's, else (a model that no longer loads) all the engine's files."""
+    if isinstance(rec.get("engine_features"), dict):
+        return engine_code(SimpleNamespace(**rec["engine_features"]))
+    try:
+        spec = load_model(rec["model"])
+    except (KeyError, ConfigError, OSError, ValueError):
+        spec = None
+    return engine_code(spec)
 
 
 BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10%, throughput within 5%
@@ -455,7 +469,8 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
                        "mean_batch_seqs": eng["utilisation"]["mean_batch_seqs"], "compile_steps": compiled}
                       | queue_waits(run.table.arrival_s, run.table.scheduled_s),
         "engine_steps": steps,
-        "eager_launch_s_per_layer": host.executor.eager_launch_s / spec.num_layers, "engine_code": engine_code(),
+        "eager_launch_s_per_layer": host.executor.eager_launch_s / spec.num_layers, "engine_code": engine_code(spec),
+        "engine_features": provenance.model_features(spec),
         "simulator_run": {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],
                           "mean_batch_seqs": sim["utilisation"]["mean_batch_seqs"]},
     }  # fmt: skip
@@ -814,17 +829,18 @@ def host_band_table(records: list[dict], keys: list[str]) -> list[str]:
 
 
 def engine_code_note(records: list[dict]) -> str:
-    """Which rows ran on engine code other than this checkout's (`engine_code`): their engine side is as it ran
-    then, their simulator side priced with today's code and profile, so an engine change since shows in their
-    errors until they are run again."""
-    now = engine_code()
-    other = [r for r in records if r.get("engine_code") != now]
+    """Which rows ran on engine code other than this checkout's for their model (`row_engine_code`): their engine
+    side is as it ran then, their simulator side priced with today's code and profile, so an engine change since
+    shows in their errors until they are run again."""
+    other = [r for r in records if r.get("engine_code") != row_engine_code(r)]
     if not other:
-        return f"Engine code: every row ran on this checkout's engine (`engine/*.py` {now})."
+        return ("Engine code: every row ran on this checkout's engine code for its model (`engine/*.py`, less the "
+                "files of features the model lacks: core.provenance.FEATURE_FILES).")  # fmt: skip
     names = ", ".join(f"{r['row']} ({r.get('engine_code') or 'not recorded'})" for r in other)
-    return (f"Engine code: {len(other)} of {len(records)} rows ran on engine code other than this checkout's "
-            f"(`engine/*.py` {now}); their engine side is as it ran then, their simulator side priced with this "
-            f"checkout's profile: {names}.")  # fmt: skip
+    return (f"Engine code: {len(other)} of {len(records)} rows ran on engine code other than this checkout's for "
+            f"their model (`engine/*.py`, less the files of features the model lacks: core.provenance.FEATURE_FILES; "
+            f"for a model with every feature, {engine_code()}); their engine side is as it ran then, their "
+            f"simulator side priced with this checkout's profile: {names}.")  # fmt: skip
 
 
 def table(records: list[dict], profile: str, command: str, decode: list[dict] | None = None) -> str:

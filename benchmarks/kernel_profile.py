@@ -2,6 +2,7 @@
 
     python benchmarks/kernel_profile.py --out $OUT              # on the GPU (about 3 minutes on an H200)
     python benchmarks/kernel_profile.py --out /tmp/kp --cpu --tiny   # the same code on toy configs (CPU)
+    python benchmarks/kernel_profile.py --out $OUT --only deepseek_eager_2x1600_45 --host   # and the host's time
 
 Each case builds a catalogue model (random weights) and runs one step shape eagerly (engine.steps.StepRunner
 without the serving executor or CUDA graphs, so every kernel is launched and named), first timed, then under
@@ -126,7 +127,12 @@ def _device_us(evt, cpu: bool) -> float:
     return 0.0
 
 
-def profile_case(runner: StepRunner, kind: str, shape: list[int], repeat: int, cpu: bool) -> dict:
+def profile_case(
+    runner: StepRunner, kind: str, shape: list[int], repeat: int, cpu: bool, host: bool = False
+) -> dict:
+    """The eager step's time, its kernels under torch.profiler and, with `host`, where its host time goes: the
+    seconds to issue a step (`issue_s`: the calls not waited for, the device running behind them), its operators
+    by host time (`cpu_table`) and cProfile's functions (`host_table`)."""
     if kind == "decode":
         q, prior = [1] * len(shape), [c - 1 for c in shape]
     elif kind == "mixed":
@@ -151,8 +157,47 @@ def profile_case(runner: StepRunner, kind: str, shape: list[int], repeat: int, c
         table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=100)
     except Exception:  # noqa: BLE001 - the sort key's name differs across versions
         table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
-    return {"eager_step_s": eager_s, "kernel_sum_us": sum(r["us_per_step"] for r in rows), "top": rows[:40],
-            "table": table}  # fmt: skip
+    out = {"eager_step_s": eager_s, "kernel_sum_us": sum(r["us_per_step"] for r in rows), "top": rows[:40],
+           "table": table}  # fmt: skip
+    if host:
+        out["issue_s"] = _issue_s(fn, repeat, cpu)
+        out["cpu_table"] = prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=60, max_name_column_width=100
+        )
+        out["host_table"] = host_hotspots(fn, repeat, cpu)
+    return out
+
+
+def _issue_s(fn, repeat: int, cpu: bool) -> float:
+    """Host seconds to issue one step: `repeat` calls not waited for (on the GPU the device runs behind them)."""
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    issue = (time.perf_counter() - t0) / repeat
+    if not cpu:
+        torch.cuda.synchronize()
+    return issue
+
+
+def host_hotspots(fn, repeat: int, cpu: bool) -> str:
+    """cProfile over `repeat` steps (not waited for): the host's functions by their own time, then by cumulative
+    time, 40 of each, per the whole run."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(repeat):
+        fn()
+    prof.disable()
+    if not cpu:
+        torch.cuda.synchronize()
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf).strip_dirs()
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(40)
+    return buf.getvalue()
 
 
 def _profiled(run, cpu: bool):
@@ -210,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", default="", help="comma-separated case names")
     ap.add_argument(
+        "--host",
+        action="store_true",
+        help="also where the eager step's host time goes: <case>_cpu.txt "
+        "(operators by host time), <case>_host.txt (cProfile) and issue_s (seconds to issue a step)",
+    )
+    ap.add_argument(
         "--mixed-units",
         choices=("split", "whole"),
         default="split",
@@ -259,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx = max(lens) + 8
             runner = StepRunner(model, len(shape), ctx, device=dev, cuda_graphs=False, serving=False,
                                 kv_tokens=sum(lens) + 64)  # fmt: skip
-            rec = profile_case(runner, kind, shape, args.repeat, args.cpu)
+            rec = profile_case(runner, kind, shape, args.repeat, args.cpu, args.host)
             graphed = StepRunner(model, len(shape), max(ctx, args.max_context), device=dev, cuda_graphs=not args.cpu,
                                  kv_tokens=sum(lens) + 64)  # fmt: skip
             rec["served_step_s"], again = _served(graphed, kind, shape)
@@ -270,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{case}: {rec['error']}")
         rec.update(model=name, dtype=dtype, kind=kind, batch=len(shape), length=lens[0],
                    wall_s=time.perf_counter() - t0)  # fmt: skip
+        for key, suffix in (("cpu_table", "_cpu"), ("host_table", "_host")):
+            if key in rec:
+                (args.out / f"{case}{suffix}.txt").write_text(rec.pop(key))
         if "table" in rec:
             (args.out / f"{case}.txt").write_text(rec.pop("table"))
             log(f"{case}: eager {rec['eager_step_s'] * 1e3:.2f} ms, served {rec['served_step_s'] * 1e3:.2f} ms, "

@@ -3,8 +3,9 @@
 A device run copies the working tree without its git history, so a measurement records the code itself: the
 first 12 hex digits of a SHA-256 over `engine/*.py` (names and bytes, sorted). Fidelity rows
 (benchmarks/fidelity.py) and calibration points (calibrate.measurements) carry it, so a table or a resumed sweep
-can say which of its measurements ran other code than the checkout's. Reading files only: no torch, no import of
-the engine.
+can say which of its measurements ran other code than the checkout's. A fidelity row hashes the code its model
+runs: the files of features the model lacks (FEATURE_FILES) left out, so that a change to MLA's attention does not
+name a dense model's rows. Reading files only: no torch, no import of the engine.
 """
 
 from __future__ import annotations
@@ -15,10 +16,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def engine_code(root: Path | None = None) -> str:
-    """The hash of `root`/engine/*.py (default: this checkout's); "" where there is no engine folder."""
+# engine files whose code only models with a feature run (the ModelSpec property naming it): a model without it
+# imports the module but builds none of its layers (engine.model picks MLAttention for MLA models and MoE layers
+# for MoE ones; the serving loop's MoE tuner finds no MoE layer to time and MLA's step limit applies to MLA only)
+FEATURE_FILES = {"mla.py": "is_mla", "moe.py": "is_moe"}
+
+
+def model_features(model: object) -> dict[str, bool]:
+    """The FEATURE_FILES features `model` (a ModelSpec) has, as a measurement records them beside its code."""
+    return {attr: bool(getattr(model, attr)) for attr in FEATURE_FILES.values()}
+
+
+def engine_code(root: Path | None = None, model: object | None = None) -> str:
+    """The hash of `root`/engine/*.py (default: this checkout's); "" where there is no engine folder. With `model`
+    (a ModelSpec, or anything with its feature attributes: model_features), the code that model runs: the
+    FEATURE_FILES of features it lacks left out."""
     folder = (root or ROOT) / "engine"
-    files = sorted(folder.glob("*.py"))
+    files = [
+        f
+        for f in sorted(folder.glob("*.py"))
+        if model is None or f.name not in FEATURE_FILES or getattr(model, FEATURE_FILES[f.name])
+    ]
     if not files:
         return ""
     h = hashlib.sha256()

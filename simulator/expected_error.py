@@ -11,7 +11,9 @@ The evidence, best first:
 
 A forecast with `serving.async_scheduling` on takes our engine's async rows on its GPU where there are some
 (benchmarks/results/fidelity_async/: the same rows run with the loop's async scheduling); where there are none, the
-waiting loop's band, with the words saying so.
+waiting loop's band, with the words saying so. The waiting loop's band pools the fidelity table's rows with the
+async table's waiting rows: separate runs, often on other lent machines, so a row whose errors move with the
+machine (a host-bound step, a backlog) shows that spread.
 
 Figures are the median |error| of the held-out rows, in percent, per headline quantity (TTFT, TPOT,
 throughput, or step time where only steps were checked); where several checks name one quantity, the
@@ -213,7 +215,14 @@ def _ours(gpu: HardwareProfile, batch: float | None, model: str | None, overlap:
     if fid is not None:
         figures, table = fid
         status, basis = "validated", f"our engine's end-to-end fidelity rows on {gpu.name} ({table})"
-        rows = async_rows or _fidelity_rows(gpu.name, table)
+        # the waiting loop's rows: the fidelity table's and the async table's waiting rows, each a run of its own
+        # (the same row on two lent machines can differ by more than the rows differ: machine spread is in the band)
+        waiting = (
+            []
+            if async_rows
+            else _fidelity_rows(gpu.name, async_table, FIDELITY_DIR / ASYNC_DIR, overlap=False)
+        )
+        rows = async_rows or _fidelity_rows(gpu.name, table) + waiting
         own = [c for m, c in rows if model and m == model]
         load = load_of(own or [c for _, c in rows], batch)
         if load is not None and load.get("pct"):  # the rows at this forecast's load
@@ -223,6 +232,8 @@ def _ours(gpu: HardwareProfile, batch: float | None, model: str | None, overlap:
             basis = f"our engine's fidelity rows of {model} on {gpu.name} ({table})"
         if own:
             basis += f"; {model}'s own rows"
+        if waiting:
+            basis += f"; with the waiting-loop rows of {async_table}"
         if async_rows:
             basis += "; rows with async scheduling on"
         elif overlap:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from core.model_spec import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -122,6 +125,19 @@ def test_engine_code_names_rows_run_on_other_engine_code(tmp_path, monkeypatch):
     assert fidelity.engine_code_note(rows[:1]).startswith(
         "Engine code: every row ran on this checkout's engine"
     )
+    # a catalogue row is compared with the code its model runs: a dense model's leaves out MLA's and MoE's files
+    llama, deepseek = load_model("llama-3.1-8b"), load_model("deepseek-v2-lite")
+    dense = {"row": "d", "model": "llama-3.1-8b", "engine_code": fidelity.engine_code(llama)}
+    assert fidelity.engine_code(llama) != now and fidelity.engine_code(deepseek) == now
+    assert "every row ran" in fidelity.engine_code_note([dense, {**rows[0], "model": "deepseek-v2-lite"}])
+    assert "1 of 1 rows" in fidelity.engine_code_note([{**dense, "model": "deepseek-v2-lite"}])
+    # a model outside the catalogue (the CPU's toy) is compared by the features its row recorded
+    features = {"is_mla": False, "is_moe": False}
+    toy = {"row": "t", "model": "tiny", "engine_features": features, "engine_code": dense["engine_code"]}
+    assert "every row ran" in fidelity.engine_code_note([toy])
+    assert "1 of 1 rows" in fidelity.engine_code_note(
+        [{**toy, "engine_features": {**features, "is_mla": True}}]
+    )
     note = fidelity.engine_code_note(rows)
     assert (
         "2 of 3 rows" in note
@@ -135,3 +151,9 @@ def test_engine_code_names_rows_run_on_other_engine_code(tmp_path, monkeypatch):
     one = fidelity.engine_code()
     (tmp_path / "engine" / "x.py").write_text("a = 2\n")
     assert fidelity.engine_code() != one
+    # a change to MLA's file moves the code of a model with MLA only
+    (tmp_path / "engine" / "mla.py").write_text("b = 1\n")
+    plain, mla = SimpleNamespace(is_mla=False, is_moe=False), SimpleNamespace(is_mla=True, is_moe=False)
+    before = fidelity.engine_code(plain), fidelity.engine_code(mla)
+    (tmp_path / "engine" / "mla.py").write_text("b = 2\n")
+    assert fidelity.engine_code(plain) == before[0] and fidelity.engine_code(mla) != before[1]

@@ -135,33 +135,39 @@ def test_our_engine_takes_its_band_from_the_fidelity_rows_at_the_forecasts_load(
     assert far["tpot_pct"] == expected_error(ours, False, gpu)["tpot_pct"]
 
 
-def test_a_model_with_its_own_fidelity_rows_takes_their_band_p90s_included(tmp_path, monkeypatch):
+def _row(model: str, batch: float, ttft90: float, overlap: bool = False) -> dict:
+    """A fidelity row.json of `model` at `batch` sequences a step, its TTFT p90 off by `ttft90` (TTFT p50 +2%)."""
+    engine = {"ttft_p50": 1.0, "ttft_p90": 1.0, "tpot_p50": 1.0, "tpot_p90": 1.0, "output_tokens_per_s": 1.0}
+    sim = dict(engine, ttft_p50=1.02, ttft_p90=1.0 + ttft90)
+    return {"row": f"{model}-row", "row_model": model, "engine_run": {"mean_batch_seqs": batch},
+            "engine": engine, "simulator": sim, "async_scheduling": overlap}  # fmt: skip
+
+
+def _write_rows(root, rows: dict) -> None:
+    """`rows` {name: row.json} under root/fidelity/h200/."""
     import json
 
+    for name, r in rows.items():
+        (root / "fidelity" / "h200" / name).mkdir(parents=True)
+        (root / "fidelity" / "h200" / name / "row.json").write_text(json.dumps(r))
+
+
+def _fidelity_tables(tmp_path, monkeypatch):
     import simulator.expected_error as ee
 
-    def row(model, batch, ttft90):
-        engine = {
-            "ttft_p50": 1.0,
-            "ttft_p90": 1.0,
-            "tpot_p50": 1.0,
-            "tpot_p90": 1.0,
-            "output_tokens_per_s": 1.0,
-        }
-        sim = dict(engine, ttft_p50=1.02, ttft_p90=1.0 + ttft90)
-        return {"row": f"{model}-row", "row_model": model, "engine_run": {"mean_batch_seqs": batch},
-                "engine": engine, "simulator": sim}  # fmt: skip
-
-    gpu = load_profile("h200")
     (tmp_path / "fidelity_h200.md").write_text(
         "| row | TTFT p50 | TTFT p90 | TPOT p50 | TPOT p90 | out tok/s |\n"
         "| **median \\|error\\|** | 2.0% | 3.0% | 1.0% | 1.0% | 0.1% |\n"
     )
-    for model, batch, t90 in (("deepseek-v2-lite", 16.0, 0.40), ("llama-3.1-8b", 16.0, 0.03)):
-        (tmp_path / "fidelity" / "h200" / model).mkdir(parents=True)
-        (tmp_path / "fidelity" / "h200" / model / "row.json").write_text(json.dumps(row(model, batch, t90)))
+    _write_rows(
+        tmp_path, {m: _row(m, 16.0, t90) for m, t90 in (("deepseek-v2-lite", 0.40), ("llama-3.1-8b", 0.03))}
+    )
     monkeypatch.setattr(ee, "FIDELITY_DIR", tmp_path)
-    ours = load_engine_profile("ours")
+
+
+def test_a_model_with_its_own_fidelity_rows_takes_their_band_p90s_included(tmp_path, monkeypatch):
+    _fidelity_tables(tmp_path, monkeypatch)
+    gpu, ours = load_profile("h200"), load_engine_profile("ours")
     ds = expected_error(ours, False, gpu, 16.0, model="deepseek-v2-lite")
     assert ds["ttft_pct"] == pytest.approx(40.0) and "deepseek-v2-lite's own rows" in ds["line"]  # its tail
     far = expected_error(ours, False, gpu, 200.0, model="deepseek-v2-lite")  # its rows, the load said
@@ -170,13 +176,29 @@ def test_a_model_with_its_own_fidelity_rows_takes_their_band_p90s_included(tmp_p
     assert other["ttft_pct"] == pytest.approx(21.5) and "own rows" not in other["line"]
 
 
+def test_the_waiting_band_pools_the_async_tables_waiting_rows(tmp_path, monkeypatch):
+    """The same waiting row run again for the async table (another machine) joins the model's band; that table's
+    async rows do not."""
+    _fidelity_tables(tmp_path, monkeypatch)
+    _write_rows(tmp_path / "fidelity_async", {
+        "ds": _row("deepseek-v2-lite", 16.0, -0.10), "ds-async": _row("deepseek-v2-lite", 16.0, 0.90, overlap=True)
+    })  # fmt: skip
+    gpu, ours = load_profile("h200"), load_engine_profile("ours")
+    ds = expected_error(ours, False, gpu, 16.0, model="deepseek-v2-lite")
+    assert ds["ttft_pct"] == pytest.approx(25.0)  # median of |+40%| and |-10%|
+    assert "waiting-loop rows of benchmarks/results/fidelity_async/fidelity_h200.md" in ds["basis"]
+    on = expected_error(ours, False, gpu, 16.0, model="deepseek-v2-lite", overlap=True)
+    assert on["ttft_pct"] == pytest.approx(90.0) and "waiting-loop rows" not in on["basis"]
+
+
 def test_async_scheduling_takes_the_async_rows_where_the_gpu_has_them():
     ours = load_engine_profile("ours")
     h200, h100 = load_profile("h200"), load_profile("h100-sxm")
     on = expected_error(ours, False, h200, None, model="llama-3.1-8b", overlap=True)
     off = expected_error(ours, False, h200, None, model="llama-3.1-8b")
     assert "fidelity_async" in on["basis"] and "rows with async scheduling on" in on["basis"]
-    assert "fidelity_async" not in off["basis"] and on["ttft_pct"] != off["ttft_pct"]
+    assert "async scheduling on" not in off["basis"] and on["ttft_pct"] != off["ttft_pct"]
+    assert "waiting-loop rows of benchmarks/results/fidelity_async" in off["basis"]
     none = expected_error(ours, False, h100, None, model="llama-3.1-8b", overlap=True)
     assert "no async rows on h100-sxm: the band is the waiting loop's" in none["basis"]
     assert none["ttft_pct"] == expected_error(ours, False, h100, None, model="llama-3.1-8b")["ttft_pct"]
