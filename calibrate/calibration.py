@@ -19,12 +19,11 @@ from calibrate.measurements import (
     step_graphs,
     step_graphs_name,
 )
-from calibrate.plan import KINDS, Limits, Point, kv_token_budget, make_plan, sweep_ranges
+from calibrate.plan import KINDS, Limits, Point, kind_engine_code, kv_token_budget, make_plan, sweep_ranges
 from calibrate.plots import draw
 from core.errors import ConfigError
 from core.hardware import HardwareProfile
 from core.model_spec import ModelSpec, load_model
-from core.provenance import engine_code
 
 # Memory kept free beside weights and the KV pool: activations of a 16k-token prefill step (MLP
 # intermediate, qkv, logits of the last tokens), CUDA-graph pools and the allocator's slack.
@@ -266,12 +265,15 @@ def error_table(result: FitResult) -> str:
     return "\n".join(lines)
 
 
-def stale_engine_line(other: dict[str, int], code: str) -> str:
-    """One line on the stored points that ran other engine code than this checkout's `code` (Store.other_engine)."""
+def stale_engine_line(other: dict[str, int], code: str | dict[str, str]) -> str:
+    """One line on the stored points that ran other engine code than this checkout's `code`, one code or one per
+    kind (Store.other_engine)."""
     n = sum(other.values())
     kinds = ",".join(sorted(other))
+    now = (f"engine/*.py {code}" if isinstance(code, str) else
+           "engine/*.py less the feature files a kind does not run: calibrate.plan.kind_engine_code")  # fmt: skip
     return (f"{n} stored measurement{'s' * (n > 1)} ({kinds}) ran other engine code than this checkout's "
-            f"(engine/*.py {code}), or were taken before the store recorded it; they are kept: --redo "
+            f"({now}), or were taken before the store recorded it; they are kept: --redo "
             f"KINDS measures them again where the engine changed")  # fmt: skip
 
 
@@ -314,7 +316,7 @@ def run(opts: Options, log=print) -> Path:
         )
     if kinds:
         log(f"--redo: {store.forget(kinds)} stored measurements of {opts.redo} to take again")
-    store.engine = engine_code()
+    store.engine = {kind: kind_engine_code(kind, spec) for kind in KINDS}
     if other := store.other_engine(store.engine):
         log(stale_engine_line(other, store.engine))
 

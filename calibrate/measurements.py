@@ -106,6 +106,11 @@ class Record:
     engine: str = ""
 
 
+def code_for(code: str | dict[str, str], kind: str) -> str:
+    """The engine code of a point of `kind`: `code` itself, or its entry for the kind ("" where it has none)."""
+    return code.get(kind, "") if isinstance(code, dict) else code
+
+
 @dataclass
 class Store:
     """Append-only JSONL store keyed by point key, of one identity."""
@@ -116,7 +121,9 @@ class Store:
     identity: dict = field(default_factory=dict)  # what was measured (see `identity()`)
     fingerprint: str = ""
     skipped_lines: int = 0
-    engine: str = ""  # the engine code points added now ran (`add` stamps it); set by the sweep's caller
+    # the engine code points added now ran (`add` stamps it), one for every kind or one per kind
+    # (calibrate.plan.kind_engine_code); set by the sweep's caller
+    engine: str | dict[str, str] = ""
 
     @classmethod
     def open(
@@ -230,7 +237,7 @@ class Store:
 
     def add(self, rec: Record) -> None:
         rec.fingerprint = rec.fingerprint or self.fingerprint
-        rec.engine = rec.engine or self.engine
+        rec.engine = rec.engine or code_for(self.engine, rec.kind)
         self.records[rec.key] = rec
         self._append(_line(rec))
 
@@ -259,11 +266,12 @@ class Store:
         self._rewrite()
         return len(drop)
 
-    def other_engine(self, code: str) -> dict[str, int]:
-        """Stored points measured on other engine code than `code` (or before points recorded it), by kind."""
+    def other_engine(self, code: str | dict[str, str]) -> dict[str, int]:
+        """Stored points measured on other engine code than `code` (one for every kind, or one per kind), or before
+        points recorded it, by kind."""
         out: dict[str, int] = {}
         for r in self.records.values():
-            if r.engine != code:
+            if r.engine != code_for(code, r.kind):
                 out[r.kind] = out.get(r.kind, 0) + 1
         return out
 

@@ -11,11 +11,14 @@ import json
 import math
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
 
 from core.model_spec import ModelSpec
+from core.provenance import engine_code, model_features
 
 Mode = Literal["quick", "full", "cpu"]
 
@@ -62,6 +65,23 @@ DECODE_CONTEXTS = [128, 512, 2048, 8192, 32768]
 KINDS = frozenset({"copy", "ceiling_gemm", "gemm", "gemv", "attention_prefill", "attention_decode", "elementwise", "allreduce",
                    "moe", "mla_decode", "mla_prefill", "step_prefill", "step_decode", "step_mixed",
                    "serving"})  # fmt: skip
+# the engine's feature files (core.provenance.FEATURE_FILES) each kind's points run beyond the sweep model's own:
+# MoE layers (engine/moe.py), MLA attention (engine/mla.py), and the serving run's eager MLA steps
+# (calibrate.serving.measure_mla_eager: DeepSeek-V2-Lite, MLA with MoE layers). Whole steps and the serving run also
+# run the sweep model's own features; every other kind times the engine's kernels alone.
+KIND_FEATURES = {"moe": ("is_moe",), "mla_decode": ("is_mla",), "mla_prefill": ("is_mla",),
+                 "serving": ("is_mla", "is_moe")}  # fmt: skip
+MODEL_KINDS = frozenset({"step_prefill", "step_decode", "step_mixed", "serving"})
+
+
+def kind_engine_code(kind: str, spec: ModelSpec, root: Path | None = None) -> str:
+    """The engine code (core.provenance.engine_code) a point of `kind` runs with `spec` as the sweep model: the
+    feature files of KIND_FEATURES, and the model's own for whole steps and the serving run."""
+    feats = model_features(spec) if kind in MODEL_KINDS else dict.fromkeys(model_features(spec), False)
+    feats |= dict.fromkeys(KIND_FEATURES.get(kind, ()), True)
+    return engine_code(root, SimpleNamespace(**feats))
+
+
 # (K, N) of the `gemv` points: 32 KiB to 16 MiB of bf16 weights, none of a catalogue model's own shapes
 GEMV_SHAPES = ((4096, 16), (1024, 1024), (2048, 1024), (4096, 1024), (2048, 4096), (8192, 1024))
 FRESH_CHUNKS = [

@@ -233,6 +233,37 @@ def test_points_record_the_engine_code_they_ran_and_a_store_names_the_others(tmp
     assert Store.open(path, META).other_engine("bbbbbbbbbbbb") == {"gemm": 1}
 
 
+def test_points_record_the_engine_code_their_kind_runs(tmp_path):
+    """A store given one code per kind stamps each point with its kind's (calibrate.plan.kind_engine_code): an MLA
+    change moves only the codes of kinds that run MLA (its points, whole steps of an MLA sweep model, the serving
+    run's eager MLA steps), and a resumed store names only those as other code."""
+    from calibrate.plan import KINDS, kind_engine_code
+    from core.model_spec import load_model
+
+    (tmp_path / "engine").mkdir()
+    for name in ("fused.py", "mla.py", "moe.py"):
+        (tmp_path / "engine" / name).write_text(f"# {name}\n")
+    llama, deepseek = load_model("llama-3.1-8b"), load_model("deepseek-v2-lite")
+
+    def codes(spec):
+        return {k: kind_engine_code(k, spec, tmp_path) for k in KINDS}
+
+    before = codes(llama)
+    assert before["gemm"] == before["step_decode"] != before["moe"] != before["mla_decode"]
+    assert codes(deepseek)["step_decode"] == codes(deepseek)["serving"] == before["serving"]
+    (tmp_path / "engine" / "mla.py").write_text("# changed\n")
+    after = codes(llama)
+    assert sorted(k for k in KINDS if after[k] != before[k]) == ["mla_decode", "mla_prefill", "serving"]
+    assert codes(deepseek)["step_decode"] != before["serving"]
+    path = tmp_path / "m.jsonl"
+    store = Store.open(path, META)
+    store.engine = before
+    elem = [Point("elementwise", {"tokens": t, "hidden": 64, "intermediate": 128}) for t in (1, 8)]
+    run_sweep(points(2) + elem, store, lambda p: 1e-3)
+    again = Store.open(path, META)
+    assert {r.engine for r in again.records.values()} == {before["gemm"]} and not again.other_engine(after)
+
+
 CHILD = """
 import sys, time
 from calibrate.measurements import Store
