@@ -94,7 +94,37 @@ def report(grouped: dict[tuple, list[tuple[Path, dict]]], gpu: str, results: Pat
             + f" | {'yes' if len(sims) == 1 else 'no'} |"
         )
     med = " | ".join(f"{np.median(v):.1f}%" for v in spreads.values())
-    return "\n".join(lines + [f"| **median spread** | | {med} | |", ""])
+    return "\n".join(lines + [f"| **median spread** | | {med} | |", ""] + step_lines(reps))
+
+
+MIN_STEPS = 10  # a step kind is compared where every run took at least this many of it
+
+
+def step_lines(reps: dict[tuple, list[tuple[Path, dict]]]) -> list[str]:
+    """Where the runs differ: per step kind each run took at least MIN_STEPS of (the row's `engine_steps`), the
+    loop's mean iteration, its GPU span, the host's share (iteration minus GPU span) and graph or eager launch,
+    per run, beside the cost model's price of the same steps."""
+    out = [
+        "## Where the runs differ, step by step",
+        "",
+        "Per kind of step (the row's `engine_steps`), mean ms per run: the loop's iteration, its GPU span, the host's "
+        "share of the iteration (iteration minus GPU span) and the launch, then the cost model's price of the "
+        "very steps of the first run.",
+        "",
+        "| row | step | iteration | GPU | host | launch | cost model |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (row, *_), runs in reps.items():
+        by_kind = [{s["kind"]: s for s in r.get("engine_steps", [])} for _, r in runs]
+        for kind in by_kind[0]:
+            steps = [k.get(kind) for k in by_kind]
+            if any(s is None or s.get("steps", 0) < MIN_STEPS for s in steps):
+                continue
+            cells = [" / ".join(f"{s[f]:.2f}" for s in steps) for f in ("loop_ms", "gpu_ms")]
+            cells.append(" / ".join(f"{s['loop_ms'] - s['gpu_ms']:.2f}" for s in steps))
+            cells.append(" / ".join(f"{s['launch_ms']:.2f}" for s in steps))
+            out.append(f"| {row} | {kind} | " + " | ".join(cells) + f" | {steps[0]['model_ms']:.2f} |")
+    return out + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
