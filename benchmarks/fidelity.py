@@ -29,7 +29,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import _checkout  # noqa: F401  (first: the checkout's root on sys.path)
 import numpy as np
@@ -54,18 +53,18 @@ from simulator.workload import generate  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def engine_code(spec: ModelSpec | SimpleNamespace | None = None) -> str:
+def engine_code(spec: ModelSpec | None = None) -> str:
     """This checkout's engine code as a row of `spec`'s model records it (core.provenance.engine_code: a device run
     has the working tree and no git history; the files of features the model lacks left out); a table names the
     rows whose engine code is not this checkout's."""
-    return provenance.engine_code(ROOT, spec)
+    return provenance.engine_code(ROOT, provenance.model_features(spec) if spec is not None else None)
 
 
 def row_engine_code(rec: dict) -> str:
     """This checkout's engine code for a stored row's model: by the features the row recorded
     (`engine_features`), else its catalogue model's, else (a model that no longer loads) all the engine's files."""
     if isinstance(rec.get("engine_features"), dict):
-        return engine_code(SimpleNamespace(**rec["engine_features"]))
+        return provenance.engine_code(ROOT, rec["engine_features"])
     try:
         spec = load_model(rec["model"])
     except (KeyError, ConfigError, OSError, ValueError):
@@ -457,6 +456,7 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
         log(f"  {k['kind']}: {k['steps']} steps, loop {k['loop_ms']:.2f} ms (schedule {k['schedule_ms']:.2f}, "
             f"prepare {k['prepare_ms']:.2f}, execute {k['execute_ms']:.2f} of which launch {k['launch_ms']:.2f} and "
             f"GPU {k['gpu_ms']:.2f}, record {k['record_ms']:.2f}), cost model {k['model_ms']:.2f} ms")  # fmt: skip
+    features = provenance.model_features(spec)  # the engine code a row records is its model's (engine_code)
     rec = {
         "row": row.name, "model": spec.name, "weight_dtype": row.weight_dtype, "trace": row.trace,
         "load": row.load, "chunked_prefill": row.chunked, "async_scheduling": row.overlap, "capacity_requests_per_s": cap, "rate_per_s": rate,
@@ -469,8 +469,8 @@ def run_row(row: Row, args, profile_name: str, model_ref: str, hosts: dict, out_
                        "mean_batch_seqs": eng["utilisation"]["mean_batch_seqs"], "compile_steps": compiled}
                       | queue_waits(run.table.arrival_s, run.table.scheduled_s),
         "engine_steps": steps,
-        "eager_launch_s_per_layer": host.executor.eager_launch_s / spec.num_layers, "engine_code": engine_code(spec),
-        "engine_features": provenance.model_features(spec),
+        "eager_launch_s_per_layer": host.executor.eager_launch_s / spec.num_layers,
+        "engine_code": provenance.engine_code(ROOT, features), "engine_features": features,
         "simulator_run": {"steps": fc.stats.steps, "busy_fraction": sim["utilisation"]["busy_fraction"],
                           "mean_batch_seqs": sim["utilisation"]["mean_batch_seqs"]},
     }  # fmt: skip

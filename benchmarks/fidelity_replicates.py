@@ -46,8 +46,9 @@ def groups(results: Path, gpu: str) -> dict[tuple, list[tuple[Path, dict]]]:
                 int(rec["requests"]),
                 float(rec["duration_s"]),
             )
-            rec["engine"][next(iter(FIGURES))]
         except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not set(FIGURES) <= set(rec.get("engine", {})):  # (a run that kept no figures)
             continue
         out[key].append((path, rec))
     return out

@@ -12,7 +12,6 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -77,9 +76,10 @@ MODEL_KINDS = frozenset({"step_prefill", "step_decode", "step_mixed", "serving"}
 def kind_engine_code(kind: str, spec: ModelSpec, root: Path | None = None) -> str:
     """The engine code (core.provenance.engine_code) a point of `kind` runs with `spec` as the sweep model: the
     feature files of KIND_FEATURES, and the model's own for whole steps and the serving run."""
-    feats = model_features(spec) if kind in MODEL_KINDS else dict.fromkeys(model_features(spec), False)
-    feats |= dict.fromkeys(KIND_FEATURES.get(kind, ()), True)
-    return engine_code(root, SimpleNamespace(**feats))
+    feats = (model_features(spec) if kind in MODEL_KINDS else {}) | dict.fromkeys(
+        KIND_FEATURES.get(kind, ()), True
+    )
+    return engine_code(root, feats)
 
 
 # (K, N) of the `gemv` points: 32 KiB to 16 MiB of bf16 weights, none of a catalogue model's own shapes

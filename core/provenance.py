@@ -27,15 +27,15 @@ def model_features(model: object) -> dict[str, bool]:
     return {attr: bool(getattr(model, attr)) for attr in FEATURE_FILES.values()}
 
 
-def engine_code(root: Path | None = None, model: object | None = None) -> str:
-    """The hash of `root`/engine/*.py (default: this checkout's); "" where there is no engine folder. With `model`
-    (a ModelSpec, or anything with its feature attributes: model_features), the code that model runs: the
+def engine_code(root: Path | None = None, features: dict[str, bool] | None = None) -> str:
+    """The hash of `root`/engine/*.py (default: this checkout's); "" where there is no engine folder. With
+    `features` (model_features of a model, or a measurement's record of them), the code such a model runs: the
     FEATURE_FILES of features it lacks left out."""
     folder = (root or ROOT) / "engine"
     files = [
         f
         for f in sorted(folder.glob("*.py"))
-        if model is None or f.name not in FEATURE_FILES or getattr(model, FEATURE_FILES[f.name])
+        if features is None or f.name not in FEATURE_FILES or features.get(FEATURE_FILES[f.name], False)
     ]
     if not files:
         return ""
