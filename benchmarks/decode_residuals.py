@@ -9,9 +9,10 @@ the engine ran: its shape, and the span between CUDA events around it (`gpu_s`).
 from a CUDA graph this is the graph's GPU time, host excluded, so it is compared with the cost model's price of
 that shape without the serving loop's host terms (CostModel(serving_host=False), the profile as committed). The
 residual is span minus price; per row: its mean over all decode steps and per batch bin (% of the price), then
-a least-squares line of the residual on the step's sequences and context tokens (µs a step, a sequence, a
-thousand context tokens) and the attention share of the price. A constant says a fixed cost per step, a slope
-on sequences per-sequence work, one on context tokens the attention's KV walk.
+a least-squares line of the residual (µs a step; a step of two or more sequences, where the dense weights leave
+the engine's GEMV for cuBLAS's GEMMs; a sequence; a thousand context tokens) and the attention share of the price.
+A constant says a fixed cost per step, the second term a cost of the GEMM path (its kernels, or kernels only a
+step of several rows launches), a slope on sequences per-sequence work, one on context tokens the KV walk.
 
 --gemm-shapes RUN (a `benchmarks/gemm_shapes_gpu.py` run: the catalogue's dense weight shapes timed alone at 2-4,096
 rows) adds a counterfactual: each measured shape's GEMMs priced times its own measured slowness relative to the
@@ -38,7 +39,7 @@ from core.model_spec import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-BINS = ((1, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 1 << 20))
+BINS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 1 << 20))
 SWEEP = "llama-3.1-8b"
 # the steps' shape columns BatchShape takes (a decode step: the rest are zero)
 DECODE_FIELDS = ("decode_seqs", "decode_context_tokens", "logits_tokens")
@@ -144,9 +145,14 @@ def residuals(steps: dict[str, np.ndarray], price: np.ndarray, attn: np.ndarray)
         m = (seqs >= lo) & (seqs < hi)
         if m.sum() >= 20:
             out["bins"][lo] = float(100 * r[m].mean() / price[m].mean())
-    x = np.c_[np.ones(len(r)), seqs, steps["decode_context_tokens"] / 1000.0]
+    # a step of two or more sequences runs its dense weights through cuBLAS's GEMMs, one of one sequence through
+    # the engine's GEMV: a term of its own, so that the slopes are not that switch
+    x = np.c_[np.ones(len(r)), seqs >= 2, seqs, steps["decode_context_tokens"] / 1000.0]
     coef, *_ = np.linalg.lstsq(x, r, rcond=None)
-    out["per_step_us"], out["per_seq_us"], out["per_kctx_us"] = (float(c * 1e6) for c in coef)
+    if not (seqs >= 2).any() or (seqs >= 2).all():  # the term is the constant's then: no split
+        coef, *_ = np.linalg.lstsq(x[:, [0, 2, 3]], r, rcond=None)
+        coef = np.insert(coef, 1, 0.0)
+    out["per_step_us"], out["gemm_us"], out["per_seq_us"], out["per_kctx_us"] = (float(c * 1e6) for c in coef)
     return out
 
 
@@ -172,13 +178,18 @@ def analyse(results: Path, gpu: str, shapes: Path | None) -> list[dict]:
 
 def report(rows: list[dict], gpu: str, command: str, shapes: Path | None) -> str:
     bins = " | ".join(f"{lo}-{hi - 1}" if hi < 1 << 20 else f"{lo}+" for lo, hi in BINS)
-    head = f"| table | row | steps | mean seqs | GPU / priced ms | residual | {bins} | per step µs | per seq µs | per 1k ctx µs | attention share |"
+    head = (
+        f"| table | row | steps | mean seqs | GPU / priced ms | residual | {bins} | per step µs | from 2 seqs µs | "
+        "per seq µs | per 1k ctx µs | attention share |"
+    )
     lines = [
         f"# Graphed decode steps: the GPU span against the cost model's GPU price ({gpu})",
         "",
         f"`{command}`. Residual = (engine's GPU span − price) / price, the price without the serving loop's host "
         "terms; per batch bin (sequences in the step) where the bin has 20 steps; then the residual's least-squares "
-        "line over the steps (a step, a sequence, a thousand context tokens) and the attention's share of the price.",
+        "line over the steps (a step; a step of two or more sequences, whose dense weights go through cuBLAS's "
+        "GEMMs where one sequence's go through the engine's GEMV; a sequence; a thousand context tokens) and the "
+        "attention's share of the price.",
         "",
         head + (" with shape factors |" if shapes else ""),
         "|" + "---|" * (head.count("|") - 1 + (1 if shapes else 0)),
@@ -187,7 +198,7 @@ def report(rows: list[dict], gpu: str, command: str, shapes: Path | None) -> str
         cells = [f"{r['bins'][lo]:+.1f}%" if lo in r["bins"] else "" for lo, _ in BINS]
         line = (f"| {r['table']} | {r['row']} | {r['steps']} | {r['mean_seqs']:.1f} | {r['gpu_ms']:.2f} / "
                 f"{r['price_ms']:.2f} | {r['all_pct']:+.1f}% | " + " | ".join(cells) +
-                f" | {r['per_step_us']:+.0f} | {r['per_seq_us']:+.1f} | {r['per_kctx_us']:+.1f} | "
+                f" | {r['per_step_us']:+.0f} | {r['gemm_us']:+.0f} | {r['per_seq_us']:+.1f} | {r['per_kctx_us']:+.1f} | "
                 f"{100 * r['attention_share']:.0f}% |")  # fmt: skip
         lines.append(line + (f" {r['shaped_pct']:+.1f}% |" if shapes else ""))
     med = float(np.median([abs(r["all_pct"]) for r in rows])) if rows else float("nan")
