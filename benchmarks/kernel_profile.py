@@ -158,7 +158,7 @@ def profile_case(
     except Exception:  # noqa: BLE001 - the sort key's name differs across versions
         table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
     out = {"eager_step_s": eager_s, "kernel_sum_us": sum(r["us_per_step"] for r in rows), "top": rows[:40],
-           "table": table}  # fmt: skip
+           "launches_per_step": sum(r["calls_per_step"] for r in rows), "table": table}  # fmt: skip
     if host:
         out["issue_s"] = _issue_s(fn, repeat, cpu)
         out["cpu_table"] = prof.key_averages().table(
@@ -231,7 +231,8 @@ def served_kernels(step, repeat: int, cpu: bool) -> dict:
     captured) under the profiler; a CUDA graph's kernels are recorded one by one. Beside the step's span this
     splits its time into kernels and the GPU's idle time between them."""
     rows = _device_rows(_profiled(lambda: step(repeat), cpu), repeat, cpu)
-    return {"served_kernel_sum_us": sum(r["us_per_step"] for r in rows), "served_top": rows[:25]}
+    return {"served_kernel_sum_us": sum(r["us_per_step"] for r in rows), "served_top": rows[:25],
+            "served_launches_per_step": sum(r["calls_per_step"] for r in rows)}  # fmt: skip
 
 
 def _served(graphed: StepRunner, kind: str, shape: list) -> tuple[float, object]:
