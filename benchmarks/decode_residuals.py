@@ -77,7 +77,11 @@ class ShapedCostModel(CostModel):
     """The cost model with each measured dense weight shape's GEMMs times its factor at the step's rows
     (`shape_factors`); unmeasured shapes, experts and one-row GEMVs as the curve prices them."""
 
-    factors: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    def __init__(
+        self, *args, factors: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.factors = factors  # (k, n) -> (rows, factor): `shape_factors`
 
     def _factor(self, k: int, n: int, rows: float) -> float:
         f = self.factors.get((k, n))
@@ -169,8 +173,7 @@ def analyse(results: Path, gpu: str, shapes: Path | None) -> list[dict]:
         cm = CostModel(*args, serving_host=False, graph_padding=SERVING_GRAPHS)
         row = {"table": table, "row": rec["row"], **residuals(steps, *priced(cm, steps))}
         if factors is not None:
-            shaped = ShapedCostModel(*args, serving_host=False, graph_padding=SERVING_GRAPHS)
-            shaped.factors = factors
+            shaped = ShapedCostModel(*args, factors=factors, serving_host=False, graph_padding=SERVING_GRAPHS)
             row["shaped_pct"] = residuals(steps, *priced(shaped, steps))["all_pct"]
         out.append(row)
     return out

@@ -57,12 +57,11 @@ def test_residual_line_recovers_a_fixed_and_a_per_sequence_cost(tmp_path):
 def test_shape_factors_scale_only_their_shape():
     prof, spec = load_profile("h200"), load_model("llama-3.1-8b")
     plain = CostModel(prof, spec, serving_host=False)
-    shaped = dr.ShapedCostModel(prof, spec, serving_host=False)
-    shaped.factors = {}
+    shaped = dr.ShapedCostModel(prof, spec, factors={}, serving_host=False)
     assert shaped.gemm_time(16, 16) == plain.gemm_time(16, 16)
     k, n = spec.hidden_size, spec.hidden_size  # the o projection
-    shaped = dr.ShapedCostModel(prof, spec, serving_host=False)
-    shaped.factors = {(k, n): (np.array([8.0, 64.0]), np.array([1.5, 1.5]))}
+    factors = {(k, n): (np.array([8.0, 64.0]), np.array([1.5, 1.5]))}
+    shaped = dr.ShapedCostModel(prof, spec, factors=factors, serving_host=False)
     assert abs(shaped._weight_gemm(16, k, n) / plain._weight_gemm(16, k, n) - 1.5) < 1e-9
     assert shaped._weight_gemm(16, k, 4 * n) == plain._weight_gemm(16, k, 4 * n)  # another shape
     assert shaped._weight_gemm(1, k, n) == plain._weight_gemm(1, k, n)  # one row: the GEMV, unscaled
