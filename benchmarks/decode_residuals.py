@@ -24,15 +24,15 @@ decode residuals are the dense GEMMs' shapes; it changes no profile.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 import _checkout  # noqa: F401  (the checkout's root on sys.path)
 import numpy as np
+from fidelity import predicted_steps, step_trace
 
-from core.cost_model import ACT_BYTES, BatchShape, CostModel, op_time
+from core.cost_model import CostModel
 from core.graphs import SERVING_GRAPHS
 from core.hardware import load_profile
 from core.model_spec import load_model
@@ -41,8 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BINS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 1 << 20))
 SWEEP = "llama-3.1-8b"
-# the steps' shape columns BatchShape takes (a decode step: the rest are zero)
-DECODE_FIELDS = ("decode_seqs", "decode_context_tokens", "logits_tokens")
 
 
 def stored_rows(results: Path, gpu: str) -> list[tuple[str, Path, dict]]:
@@ -61,16 +59,13 @@ def stored_rows(results: Path, gpu: str) -> list[tuple[str, Path, dict]]:
 
 
 def decode_steps(path: Path) -> dict[str, np.ndarray]:
-    """The row's decode-only steps replayed from a graph (no prompt tokens, no speculative round)."""
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    keep = [
-        r
-        for r in rows
-        if r["graph"] == "1" and float(r["prefill_tokens"]) == 0 and float(r.get("spec_seqs") or 0) == 0
-    ]
-    cols = ("gpu_s", *DECODE_FIELDS)
-    return {c: np.array([float(r[c]) for r in keep]) for c in cols}
+    """The row's decode-only steps replayed from a graph (no prompt tokens, no speculative round), every column of
+    the engine's step log (fidelity.step_trace)."""
+    trace = step_trace(path)
+    keep = (trace["graph"] == 1) & (trace["prefill_tokens"] == 0)
+    if "spec_seqs" in trace:
+        keep &= trace["spec_seqs"] == 0
+    return {k: v[keep] for k, v in trace.items()}
 
 
 class ShapedCostModel(CostModel):
@@ -98,11 +93,11 @@ class ShapedCostModel(CostModel):
 
     def gemm_time(self, tokens: int, logits_tokens: int, rows: int = 0) -> float:
         t = super().gemm_time(tokens, logits_tokens, rows)
-        if logits_tokens > 1:  # the LM head, priced on the curve directly: its factor on top
+        if (
+            logits_tokens > 1
+        ):  # the LM head, priced on the curve directly (gemm_time of no tokens): its factor on top
             k, n = self._lm
-            f, b = 2.0 * logits_tokens * k * n, k * n * 2.0 + logits_tokens * (k + n) * ACT_BYTES
-            extra = self._factor(k, n, logits_tokens) - 1.0
-            t += extra * op_time(self.eff.gemm, f, b, self.attn_peak, self.bw) * self.k_gemm
+            t += (self._factor(k, n, logits_tokens) - 1.0) * super().gemm_time(0, logits_tokens)
         return t
 
 
@@ -129,13 +124,12 @@ def shape_factors(run: dict, profile) -> dict[tuple[int, int], tuple[np.ndarray,
 
 
 def priced(cm: CostModel, steps: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(GPU price, attention part) of every step, seconds."""
-    total, attn = [], []
-    for n, ctx, logits in zip(*(steps[c] for c in DECODE_FIELDS), strict=True):
-        b = BatchShape(decode_seqs=int(n), decode_context_tokens=int(ctx), logits_tokens=int(logits))
-        total.append(cm.step_time(b))
-        attn.append(cm.attention_decode_time(int(n), float(ctx)))
-    return np.array(total), np.array(attn)
+    """(GPU price, attention part) of every step, seconds: the price as fidelity.py writes it (predicted_steps)."""
+    attn = [
+        cm.attention_decode_time(int(n), float(c))
+        for n, c in zip(steps["decode_seqs"], steps["decode_context_tokens"], strict=True)
+    ]
+    return predicted_steps(steps, cm), np.array(attn)
 
 
 def residuals(steps: dict[str, np.ndarray], price: np.ndarray, attn: np.ndarray) -> dict:

@@ -595,7 +595,7 @@ def resimulate(
                             "mean_batch_seqs": sim["utilisation"]["mean_batch_seqs"]}  # fmt: skip
     steps_csv = row_dir / "engine_steps.csv"
     if steps_csv.exists():
-        trace = {k: np.asarray(v, dtype=float) for k, v in _columns(steps_csv).items() if k != "model_s"}
+        trace = step_trace(steps_csv)
         cm = serving_cost_model(profile, spec, sc.serving)
         out["engine_steps"] = step_kinds(trace, cm)
         if (compiled := compile_steps(trace)) is not None:  # (traces before the column have no count)
@@ -647,6 +647,12 @@ def _columns(path: Path) -> dict[str, list[float]]:
     with path.open() as f:
         rows = list(csv.DictReader(f))
     return {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
+
+
+def step_trace(path: Path) -> dict[str, np.ndarray]:
+    """A row's stored engine_steps.csv as the engine logged it: one array per column, the cost model's price
+    (`model_s`, written beside it) left out."""
+    return {k: np.asarray(v, dtype=float) for k, v in _columns(path).items() if k != "model_s"}
 
 
 # ---------------------------------------------------------------------------------------------- decode at large batch

@@ -36,14 +36,15 @@ def test_residual_line_recovers_a_fixed_and_a_per_sequence_cost(tmp_path):
     rng = np.random.default_rng(0)
     with (d / "engine_steps.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["graph", "prefill_tokens", "spec_seqs", "gpu_s", *dr.DECODE_FIELDS])
+        w.writerow(["end_s", "graph", "prefill_tokens", "spec_seqs", "gpu_s", "decode_seqs", "decode_context_tokens",
+                    "logits_tokens"])  # fmt: skip
         for _ in range(200):
             n = int(rng.integers(1, 100))
             ctx = int(n * rng.integers(100, 3000))
             price = cm.step_time(BatchShape(decode_seqs=n, decode_context_tokens=ctx, logits_tokens=n))
-            w.writerow([1, 0, 0, price + 100e-6 + 5e-6 * n, n, ctx, n])
-        w.writerow([2, 512, 0, 0.05, 4, 4000, 5])  # a mixed step from a graph: not a decode step
-        w.writerow([0, 3000, 0, 0.09, 4, 4000, 5])  # an eager step
+            w.writerow([0.0, 1, 0, 0, price + 100e-6 + 5e-6 * n, n, ctx, n])
+        w.writerow([0.0, 2, 512, 0, 0.05, 4, 4000, 5])  # a mixed step from a graph: not a decode step
+        w.writerow([0.0, 0, 3000, 0, 0.09, 4, 4000, 5])  # an eager step
     (row,) = dr.analyse(tmp_path, "h200", None)
     assert row["steps"] == 200 and row["table"] == "fidelity"
     assert (
