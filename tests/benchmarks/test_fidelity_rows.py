@@ -157,3 +157,40 @@ def test_engine_code_names_rows_run_on_other_engine_code(tmp_path, monkeypatch):
     before = fidelity.engine_code(plain), fidelity.engine_code(mla)
     (tmp_path / "engine" / "mla.py").write_text("b = 2\n")
     assert fidelity.engine_code(plain) == before[0] and fidelity.engine_code(mla) != before[1]
+
+
+def _record(row: str, model: str, **errors: float) -> dict:
+    """A stored row whose simulator side is off by `errors` (column -> share) and exact elsewhere."""
+    import fidelity
+
+    engine = dict.fromkeys(fidelity.COLUMNS, 100.0)
+    return {"row": row, "model": model, "engine": engine,
+            "simulator": {k: 100.0 * (1 + errors.get(k, 0.0)) for k in engine}}  # fmt: skip
+
+
+def test_cell_bar_names_each_cell_and_median_outside_it():
+    import fidelity
+
+    rows = [
+        _record("a", "llama-3.1-8b", ttft_p90=0.104),
+        _record("b", "qwen2.5-7b", output_tokens_per_s=-0.051),
+    ]
+    med = {k: 0.0 for k in fidelity.COLUMNS} | {"ttft_p50": 0.052}
+    note = fidelity.cell_bar_note(rows, med)
+    assert "within 5%): missed." in note
+    assert (
+        "a TTFT p90 +10.4%" in note
+        and "b out tok/s -5.1%" in note
+        and "Medians outside: TTFT p50 5.2%" in note
+    )
+    inside = [_record("a", "llama-3.1-8b", ttft_p90=0.099, output_tokens_per_s=0.049)]
+    assert fidelity.cell_bar_note(inside, dict.fromkeys(fidelity.COLUMNS, 0.05)).endswith(": met.")
+
+
+def test_coverage_names_catalogue_models_that_fit_without_a_row():
+    import fidelity
+
+    note = fidelity.coverage_note([_record("a", "llama-3.1-8b")], "h200")
+    assert "qwen3-14b (bf16)" in note and "llama-3.1-70b (fp8)" in note  # 140 GB of bf16 weights do not fit
+    assert "llama-3.1-8b" not in note and "deepseek-v3" not in note  # has a row; fits no single GPU
+    assert fidelity.coverage_note([], "cpu-tiny") == ""
