@@ -635,8 +635,8 @@ def resimulate_all(args, raw: Path, md: Path, command: str, log) -> int:
                 rec["sensitivity"] = sensitivity(rec, saved.parent, moved, model_ref)
                 rec["host_band"] = sensitivity(rec, saved.parent, hosts, model_ref)
             records.append(rec)
-    dpath = raw / "decode_check.json"
-    decode = json.loads(dpath.read_text()) if dpath.exists() else []
+    first = rows_for(args.device, True)[0]
+    decode = stored_decode(raw / "decode_check.json", prof, model_ref or first.model, first.weight_dtype)
     text = table(records, "CPU, tiny model" if cpu else args.profile, command, decode)
     md.write_text(text)
     print(text)
@@ -740,15 +740,11 @@ def decode_check(
         loop = cadence if overlap else loop
         gpu = tr["gpu_s"][m][2:]
         ctx = float(np.median(tr["decode_context_tokens"][m]))
-        shape = BatchShape(decode_seqs=b, decode_context_tokens=int(ctx))
-        roof = roofline_s(profile, spec, shape, weight_dtype, "bf16")
-        model = decode_price(profile, spec, b, int(ctx), weight_dtype, overlap)
-        step = float(np.median(loop))
-        rec = {"batch": b, "steps": int(len(loop)), "mean_context": ctx / b, "step_ms": step * 1e3,
-               "gpu_ms": float(np.median(gpu)) * 1e3, "tokens_per_s": b / step, "roofline_tokens_per_s": b / roof,
-               "model_tokens_per_s": b / model, "roofline_ratio": step / roof, "model_ratio": step / model,
-               "kernel_roofline_ratio": step / kernel_roofline_s(profile, spec, shape, weight_dtype, "bf16"),
-               "cadence_ms": float(np.median(cadence)) * 1e3, "async_scheduling": overlap}  # fmt: skip
+        rec = {"batch": b, "steps": int(len(loop)), "mean_context": ctx / b, "step_ms": float(np.median(loop)) * 1e3,
+               "gpu_ms": float(np.median(gpu)) * 1e3, "tokens_per_s": b / float(np.median(loop)),
+               "cadence_ms": float(np.median(cadence)) * 1e3, "async_scheduling": overlap, "model": spec.name,
+               "weight_dtype": weight_dtype, "engine_code": engine_code(spec)}  # fmt: skip
+        rec = priced_decode(rec, profile, spec, weight_dtype)
         log(f"decode at batch {b}: {rec['tokens_per_s']:.0f} tok/s ({rec['step_ms']:.2f} ms/step, GPU "
             f"{rec['gpu_ms']:.2f}), roofline {rec['roofline_tokens_per_s']:.0f} ({rec['roofline_ratio']:.2f}x), "
             f"cost model {rec['model_tokens_per_s']:.0f} ({rec['model_ratio']:.2f}x)")  # fmt: skip
@@ -756,7 +752,33 @@ def decode_check(
     return out
 
 
-def decode_table(recs: list[dict]) -> list[str]:
+def priced_decode(rec: dict, profile, spec, weight_dtype: str) -> dict:
+    """A decode check's record with its roofline and cost-model columns priced by `profile` (the engine's columns
+    as measured): decode_check writes them so, and --resimulate prices stored records again with the checkout's
+    profile."""
+    b, step = rec["batch"], rec["step_ms"] / 1e3
+    ctx = int(round(rec["mean_context"] * b, 6))  # the steps' median context, as decode_check priced it
+    shape = BatchShape(decode_seqs=b, decode_context_tokens=ctx)
+    roof = roofline_s(profile, spec, shape, weight_dtype, "bf16")
+    model = decode_price(profile, spec, b, ctx, weight_dtype, bool(rec.get("async_scheduling")))
+    return rec | {"roofline_tokens_per_s": b / roof, "model_tokens_per_s": b / model, "roofline_ratio": step / roof,
+                  "model_ratio": step / model,
+                  "kernel_roofline_ratio": step / kernel_roofline_s(profile, spec, shape, weight_dtype, "bf16")}  # fmt: skip
+
+
+def stored_decode(path: Path, profile_ref: str, model_ref: str, weight_dtype: str) -> list[dict]:
+    """A folder's stored decode check (decode_check.json; [] without one) priced by `profile_ref`'s profile for
+    `model_ref` (the first quick row's model, which the check runs), each record with this checkout's engine code
+    for it beside the one it ran on (`checkout_engine_code`, not stored)."""
+    if not path.exists():
+        return []
+    profile, spec = load_profile(profile_ref), load_model(model_ref)
+    now = engine_code(spec)
+    return [priced_decode(rec, profile, spec, rec.get("weight_dtype", weight_dtype)) | {"checkout_engine_code": now}
+            for rec in json.loads(path.read_text())]  # fmt: skip
+
+
+def decode_table(recs: list[dict], provenance: bool = True) -> list[str]:
     lines = ["## Decode throughput at large batch", "",
              f"Decode-only steps of the serving loop (CUDA graphs) with every request of prompt {DECODE_PROMPT} and "
              f"output {DECODE_OUTPUT} arriving together; step = the loop's median iteration (scheduler, inputs, "
@@ -768,7 +790,22 @@ def decode_table(recs: list[dict]) -> list[str]:
         lines.append(f"| {r['batch']} | {r['mean_context']:.0f} | {r['step_ms']:.2f} | {r['gpu_ms']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | {r['roofline_tokens_per_s']:.0f} | {r['roofline_ratio']:.2f} | "
                      f"{r['model_tokens_per_s']:.0f} | {r['model_ratio']:.2f} |")  # fmt: skip
-    return lines + [""]
+    return lines + (["", decode_provenance(recs), ""] if provenance else [""])
+
+
+def decode_provenance(recs: list[dict]) -> str:
+    """Which model and engine code a decode check measured, and what priced its roofline and cost-model columns."""
+    code = {r.get("engine_code") for r in recs}
+    model = recs[0].get("model") if recs else None
+    if None in code:
+        engine = "engine code not recorded (the check ran before it recorded it; re-run with --rerun --only decode)"
+    else:
+        now = {r["checkout_engine_code"] for r in recs if r.get("checkout_engine_code")}
+        engine = f"engine code {', '.join(sorted(code))}"
+        if now:
+            engine += " (this checkout's)" if code == now else f" (this checkout's: {', '.join(sorted(now))})"
+    return (f"Measured on {model or 'the first quick row’s model (llama-3.1-8b)'}, {engine}; the roofline and "
+            "cost-model columns are priced by this checkout's profile (--resimulate prices them again).")  # fmt: skip
 
 
 def steps_table(records: list[dict]) -> list[str]:
@@ -1119,7 +1156,8 @@ def main(argv: list[str] | None = None) -> int:
             spec = load_model(model_ref or first.model)
             recs = decode_check(host, spec, profile, sizes, first.weight_dtype, 16, log)
             dpath.write_text(json.dumps(recs, indent=1))
-        decode = json.loads(dpath.read_text()) if dpath.exists() else []
+        first = rows_for(args.device, True)[0]
+        decode = stored_decode(dpath, profile_name, model_ref or first.model, first.weight_dtype)
         # the table covers every row with results in the folder, so split runs (--only) add up
         known = {r["row"] for r in records}
         for saved in sorted(raw.glob("*/row.json")):

@@ -194,3 +194,32 @@ def test_coverage_names_catalogue_models_that_fit_without_a_row():
     assert "qwen3-14b (bf16)" in note and "llama-3.1-70b (fp8)" in note  # 140 GB of bf16 weights do not fit
     assert "llama-3.1-8b" not in note and "deepseek-v3" not in note  # has a row; fits no single GPU
     assert fidelity.coverage_note([], "cpu-tiny") == ""
+
+
+def test_a_stored_decode_check_is_priced_by_the_checkouts_profile(tmp_path):
+    """--resimulate prices a stored decode check's roofline and cost-model columns again (they were left as the
+    profile of the day had them), and says which engine code the engine's columns ran on."""
+    import json
+
+    import fidelity
+
+    from core.cost_model import BatchShape
+    from core.hardware import load_profile
+
+    spec = load_model("llama-3.1-8b")
+    stale = {"batch": 64, "mean_context": 1088.390625, "step_ms": 7.2, "gpu_ms": 7.1, "tokens_per_s": 8889.0,
+             "model_tokens_per_s": 1.0, "model_ratio": 99.0, "roofline_tokens_per_s": 1.0, "roofline_ratio": 99.0}  # fmt: skip
+    path = tmp_path / "decode_check.json"
+    path.write_text(json.dumps([stale, stale | {"engine_code": fidelity.engine_code(spec), "batch": 128}]))
+    old, now = fidelity.stored_decode(path, "h200", "llama-3.1-8b", "bf16")
+    price = fidelity.decode_price(load_profile("h200"), spec, 64, 69657)  # 64 x 1,088.39 tokens of context
+    assert old["model_ratio"] == pytest.approx(0.0072 / price) and old["model_tokens_per_s"] == pytest.approx(
+        64 / price
+    )
+    roof = fidelity.roofline_s(
+        load_profile("h200"), spec, BatchShape(decode_seqs=64, decode_context_tokens=69657), "bf16", "bf16"
+    )
+    assert old["roofline_ratio"] == pytest.approx(0.0072 / roof)
+    assert "engine code not recorded" in fidelity.decode_provenance([old, now])
+    assert "(this checkout's)" in fidelity.decode_provenance([now])
+    assert fidelity.stored_decode(tmp_path / "none.json", "h200", "llama-3.1-8b", "bf16") == []
