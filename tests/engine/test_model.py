@@ -8,7 +8,7 @@ from tests.engine.conftest import shrink, tiny_config
 
 ARCHS = [
     n
-    for n in ("llama-3.1-8b", "qwen2.5-0.5b", "mistral-7b", "gemma-3-12b", "mixtral-8x7b")
+    for n in ("llama-3.1-8b", "qwen2.5-0.5b", "mistral-7b", "gemma-3-12b", "mixtral-8x7b", "qwen3-14b")
     if n in catalogue_names()
 ]
 
