@@ -232,6 +232,8 @@ def _ours(gpu: HardwareProfile, batch: float | None, model: str | None, overlap:
             basis = f"our engine's fidelity rows of {model} on {gpu.name} ({table})"
         if own:
             basis += f"; {model}'s own rows"
+        elif model:  # a model nobody ran in the engine on this GPU: the band is the other models' (said so)
+            basis += f"; no row of {model}: the band is other models' rows"
         if waiting:
             basis += f"; with the waiting-loop rows of {async_table}"
         if async_rows:

@@ -174,6 +174,8 @@ def test_a_model_with_its_own_fidelity_rows_takes_their_band_p90s_included(tmp_p
     assert far["ttft_pct"] == pytest.approx(40.0) and "outside the checked load" in far["line"]
     other = expected_error(ours, False, gpu, 16.0, model="qwen2.5-7b")  # no rows of its own: every model's
     assert other["ttft_pct"] == pytest.approx(21.5) and "own rows" not in other["line"]
+    assert "no row of qwen2.5-7b: the band is other models' rows" in other["line"]
+    assert "no row of" not in ds["line"] and "no row of" not in far["line"]
 
 
 def test_the_waiting_band_pools_the_async_tables_waiting_rows(tmp_path, monkeypatch):
