@@ -6,7 +6,9 @@
 
 Reads DIR/moe_mla_raw.json (and the per-row CSVs beside it), writes <results>/moe_bars_<profile>.md, and
 files each fidelity row as benchmarks/fidelity.py files its own (<results>/fidelity/<profile>/<row>/row.json
-plus its engine CSVs), then rewrites <results>/fidelity_<profile>.md over every row in that folder.
+plus its engine CSVs), then rewrites <results>/fidelity_<profile>.md over every row in that folder. A row already
+there is kept (a later run of it, by fidelity.py or a newer raw run) unless --replace-rows: the bars table
+regenerates from the committed raw run without putting its older rows back.
 No device, no simulation: the raw file holds both sides of each row.
 """
 
@@ -152,15 +154,22 @@ def bars_markdown(raw: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def file_fidelity_rows(raw: dict, raw_dir: Path, results: Path) -> Path | None:
-    """Each fidelity row where fidelity.py keeps its rows, then that profile's fidelity table over all of them."""
+def file_fidelity_rows(raw: dict, raw_dir: Path, results: Path, replace: bool = False) -> Path | None:
+    """Each fidelity row where fidelity.py keeps its rows (one already there kept, unless `replace`), then that
+    profile's fidelity table over all of them; None where no row was filed."""
     import fidelity
 
     recs = [r for r in raw.get("fidelity", []) if "error" not in r]
-    if not recs:
-        return None
     tag = "cpu-tiny" if raw.get("tiny") else raw["profile"]
     folder = results / "fidelity" / tag
+    kept = [r["row"] for r in recs if (folder / r["row"] / "row.json").exists() and not replace]
+    if kept:
+        print(
+            f"kept the rows already in {folder} (--replace-rows files this run's over them): {', '.join(kept)}"
+        )
+    recs = [r for r in recs if r["row"] not in kept]
+    if not recs:
+        return None
     for r in recs:
         d = folder / r["row"]
         d.mkdir(parents=True, exist_ok=True)
@@ -181,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--raw", default=str(RESULTS / "moe_mla" / "h200"), help="folder with moe_mla_raw.json")
     p.add_argument("--results", default=str(RESULTS), help="results folder (default benchmarks/results)")
+    p.add_argument(
+        "--replace-rows", action="store_true", help="file the run's fidelity rows over rows already there"
+    )
     args = p.parse_args(argv)
     raw_dir, results = Path(args.raw), Path(args.results)
     path = raw_dir / "moe_mla_raw.json"
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     text = bars_markdown(raw)
     md.write_text(text)
     print(text)
-    fmd = file_fidelity_rows(raw, raw_dir, results)
+    fmd = file_fidelity_rows(raw, raw_dir, results, args.replace_rows)
     print(f"wrote {md}" + (f" and {fmd}" if fmd else ""))
     return 0
 

@@ -66,6 +66,15 @@ def test_cpu_tiny_run_and_tables(tmp_path):
         "tiny-mixtral-tiny-fp32-conversation-80pct-chunked",
     ]
     assert "tiny-deepseek-tiny-fp32" in (res / "fidelity_cpu-tiny.md").read_text()
+    # the tables again: a row already filed (say, run again since by fidelity.py) is kept, unless --replace-rows
+    filed = res / "fidelity" / "cpu-tiny" / rows[0] / "row.json"
+    filed.write_text(json.dumps(json.loads(filed.read_text()) | {"newer": True}))
+    tables = [sys.executable, "benchmarks/moe_mla_tables.py", "--raw", str(out), "--results", str(res)]
+    r = subprocess.run(tables, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "kept the rows already in" in r.stdout
+    assert json.loads(filed.read_text()).get("newer") is True
+    r = subprocess.run(tables + ["--replace-rows"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "newer" not in json.loads(filed.read_text())
 
 
 def test_tables_refuse_a_folder_without_a_run(tmp_path):
