@@ -123,6 +123,11 @@ class BenchTiming:
     cpu: bool
     quick: bool = False
     kv_tokens: int = 0  # the step runner's KV pool, filled once with the model
+    # what the serving point runs (calibrate.serving.measure_serving): its workload's runs (0: this sweep's,
+    # SERVING_REPEATS on a GPU, one on a CPU) and the MLA eager measure after them; a replay of a sweep recorded
+    # before either (benchmarks/calibration_eta.py) says what that sweep ran
+    serving_runs: int = 0
+    mla_eager: bool = True
 
 
 def _copies(one_bytes: float, cpu: bool, factor: float) -> int:
@@ -215,8 +220,9 @@ def _serving_s(cm: CostModel, t: BenchTiming) -> float:
     steps = reqs.output_tokens.sum() / max_seqs + reqs.prompt_tokens.sum() / budget
     tail_s = span_s + float(reqs.output_tokens.max()) * decode_s
     where = "cpu" if t.cpu else "gpu"
-    runs = 1 if t.cpu else SERVING_REPEATS
-    return SERVING_WARMUP_S[where] + runs * max(tail_s, float(steps) * decode_s) + MLA_EAGER_S[where]
+    runs = t.serving_runs or (1 if t.cpu else SERVING_REPEATS)
+    mla = MLA_EAGER_S[where] if t.mla_eager else 0.0
+    return SERVING_WARMUP_S[where] + runs * max(tail_s, float(steps) * decode_s) + mla
 
 
 # A CPU's ceilings before the sweep measures them, for the priors only: a 2-core Xeon's bf16 GEMM

@@ -179,3 +179,18 @@ def test_t4_to_a100_ratios_follow_the_sustained_ceilings():
     assert 0.75 * tensor < ratio(BatchShape.of([(2048, 0)], []), "bf16") < tensor
     # at batch 1 the A100's step is partly fixed per-kernel latency, the same seconds on both: a smaller ratio
     assert 3.5 < ratio(BatchShape.of([], [512])) < bw
+
+
+def test_the_committed_table_is_current(tmp_path):
+    """benchmarks/results/gpu_transfer.md is what benchmarks/gpu_transfer.py writes today (it went stale once, the
+    cost model changed under it; a change that moves it fails this until the table is regenerated)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "t.md"
+    r = subprocess.run([sys.executable, "benchmarks/gpu_transfer.py", "--out", str(out)], cwd=root,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.read_text() == (root / "benchmarks" / "results" / "gpu_transfer.md").read_text()
