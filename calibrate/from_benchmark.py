@@ -362,9 +362,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str], prog: str = "python -m calibrate") -> int:
+def parse(
+    argv: list[str], prog: str = "python -m calibrate"
+) -> tuple[argparse.Namespace, tuple, tuple, dict]:
+    """A from-benchmark command line's arguments, checked: (args, terms, weight formats, scenario overrides)."""
     a = _parser(prog).parse_args(argv)
-    command = f"{prog} from-benchmark " + shlex.join(argv)
     terms = tuple(t.strip() for t in a.terms.split(",") if t.strip())
     bad = [t for t in terms if t not in TERMS]
     if bad or not terms:
@@ -377,9 +379,6 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
     known = ("bf16", "fp16", "fp8", "int8", "int4")
     if not weights or any(w not in known for w in weights):
         raise ConfigError(f"--weights {a.weights!r}: give some of {', '.join(known)}, comma-separated")
-    budgets = [int(b) for b in a.budgets.split(",")]
-    train = [r for path in a.runs for r in read_measured(path)]
-    held = [r for path in a.hold_out for r in read_measured(path)]
     over = {"hardware": {"gpus_per_replica": a.tp}} if a.tp > 1 else {}
     for item in a.set:
         key, eq, value = item.partition("=")
@@ -392,12 +391,26 @@ def main(argv: list[str], prog: str = "python -m calibrate") -> int:
         for b in blocks:
             node = node.setdefault(b, {})
         node[name] = yaml.safe_load(value)
+    return a, terms, weights, over
+
+
+def settings(a: argparse.Namespace, terms: tuple, weights: tuple, over: dict, budget: int) -> Settings:
+    """The fit's Settings of parsed arguments at one token budget."""
+    return Settings(
+        a.engine, a.family, a.version, a.gpu, a.model, a.policy, a.max_num_seqs, budget, over, terms,
+        a.cuda_graphs, a.per_layer, a.model_dir, weights,
+    )  # fmt: skip
+
+
+def main(argv: list[str], prog: str = "python -m calibrate") -> int:
+    a, terms, weights, over = parse(argv, prog)
+    command = f"{prog} from-benchmark " + shlex.join(argv)
+    budgets = [int(b) for b in a.budgets.split(",")]
+    train = [r for path in a.runs for r in read_measured(path)]
+    held = [r for path in a.hold_out for r in read_measured(path)]
     best = None
     for budget in budgets:
-        s = Settings(
-            a.engine, a.family, a.version, a.gpu, a.model, a.policy, a.max_num_seqs, budget, over, terms,
-            a.cuda_graphs, a.per_layer, a.model_dir, weights,
-        )  # fmt: skip
+        s = settings(a, terms, weights, over, budget)
         f = fit(train, s)
         print(f"budget {budget}: cost {f.cost:.4g} after {f.simulations} simulations", flush=True)
         if best is None or f.cost < best[1].cost:
