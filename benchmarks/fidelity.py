@@ -44,6 +44,7 @@ from core.kv_cache import BlockPool, blocks_for  # noqa: E402
 from core.model_spec import ModelSpec, load_model  # noqa: E402
 from core.requests import PrefixKeys, Requests  # noqa: E402
 from core.scheduler import sliding_terms  # noqa: E402
+from simulator.expected_error import ROW_FIGURES  # noqa: E402
 from simulator.memory import activation_bytes, plan_memory  # noqa: E402
 from simulator.metrics import RunRecord, SchedulerCounts, Setup, summarize  # noqa: E402
 from simulator.scenario import Scenario, parse_scenario  # noqa: E402
@@ -76,8 +77,7 @@ BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10
 # issue 13's, cell by cell: every row's TTFT/TPOT p50/p90 within BAR_LATENCY and throughput within BAR_THROUGHPUT,
 # and each column's median |error| within BAR_MEDIAN
 BAR_MEDIAN = 0.05
-COLUMNS = {"ttft_p50": "TTFT p50", "ttft_p90": "TTFT p90", "tpot_p50": "TPOT p50", "tpot_p90": "TPOT p90",
-           "output_tokens_per_s": "out tok/s"}  # fmt: skip
+COLUMNS = ROW_FIGURES  # a row's figures and the table's column names for them
 # How far a row's errors move when the GPU's FLOP and byte terms are priced this much faster / slower (every
 # --resimulate reports it): TTFT percentiles sit on a discrete schedule (which step a prompt chunk lands in, what
 # waits behind an eager step), so a change of the step prices far below 1% can move them by several points. An
@@ -635,8 +635,7 @@ def resimulate_all(args, raw: Path, md: Path, command: str, log) -> int:
                 rec["sensitivity"] = sensitivity(rec, saved.parent, moved, model_ref)
                 rec["host_band"] = sensitivity(rec, saved.parent, hosts, model_ref)
             records.append(rec)
-    first = rows_for(args.device, True)[0]
-    decode = stored_decode(raw / "decode_check.json", prof, model_ref or first.model, first.weight_dtype)
+    decode = stored_decode(raw, args.device, prof, model_ref)
     text = table(records, "CPU, tiny model" if cpu else args.profile, command, decode)
     md.write_text(text)
     print(text)
@@ -739,9 +738,9 @@ def decode_check(
         loop = (tr["schedule_s"] + tr["prepare_s"] + tr["execute_s"] + tr["record_s"])[m][2:]
         loop = cadence if overlap else loop
         gpu = tr["gpu_s"][m][2:]
-        ctx = float(np.median(tr["decode_context_tokens"][m]))
-        rec = {"batch": b, "steps": int(len(loop)), "mean_context": ctx / b, "step_ms": float(np.median(loop)) * 1e3,
-               "gpu_ms": float(np.median(gpu)) * 1e3, "tokens_per_s": b / float(np.median(loop)),
+        ctx, step = float(np.median(tr["decode_context_tokens"][m])), float(np.median(loop))
+        rec = {"batch": b, "steps": int(len(loop)), "mean_context": ctx / b, "step_ms": step * 1e3,
+               "gpu_ms": float(np.median(gpu)) * 1e3, "tokens_per_s": b / step,
                "cadence_ms": float(np.median(cadence)) * 1e3, "async_scheduling": overlap, "model": spec.name,
                "weight_dtype": weight_dtype, "engine_code": engine_code(spec)}  # fmt: skip
         rec = priced_decode(rec, profile, spec, weight_dtype)
@@ -766,16 +765,18 @@ def priced_decode(rec: dict, profile, spec, weight_dtype: str) -> dict:
                   "kernel_roofline_ratio": step / kernel_roofline_s(profile, spec, shape, weight_dtype, "bf16")}  # fmt: skip
 
 
-def stored_decode(path: Path, profile_ref: str, model_ref: str, weight_dtype: str) -> list[dict]:
-    """A folder's stored decode check (decode_check.json; [] without one) priced by `profile_ref`'s profile for
-    `model_ref` (the first quick row's model, which the check runs), each record with this checkout's engine code
-    for it beside the one it ran on (`checkout_engine_code`, not stored)."""
+def stored_decode(raw: Path, device: str, profile_ref: str, model_ref: str | None) -> list[dict]:
+    """A folder's stored decode check (raw/decode_check.json; [] without one) priced by `profile_ref`'s profile for
+    the model it runs (the first quick row's, or `model_ref`), each record with this checkout's engine code for it
+    beside the one it ran on (`checkout_engine_code`, not stored)."""
+    path = raw / "decode_check.json"
     if not path.exists():
         return []
-    profile, spec = load_profile(profile_ref), load_model(model_ref)
+    first = rows_for(device, True)[0]
+    profile, spec = load_profile(profile_ref), load_model(model_ref or first.model)
     now = engine_code(spec)
-    return [priced_decode(rec, profile, spec, rec.get("weight_dtype", weight_dtype)) | {"checkout_engine_code": now}
-            for rec in json.loads(path.read_text())]  # fmt: skip
+    return [priced_decode(rec, profile, spec, rec.get("weight_dtype", first.weight_dtype))
+            | {"checkout_engine_code": now} for rec in json.loads(path.read_text())]  # fmt: skip
 
 
 def decode_table(recs: list[dict], provenance: bool = True) -> list[str]:
@@ -935,7 +936,7 @@ def coverage_note(done: list[dict], profile: str) -> str:
 
 def table(records: list[dict], profile: str, command: str, decode: list[dict] | None = None) -> str:
     done = [r for r in records if "skipped" not in r]
-    keys = ["ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90", "output_tokens_per_s"]
+    keys = list(COLUMNS)
     lines = [f"# Fidelity: simulator vs real continuous batching ({profile})", "",
              f"`{command}`; latencies in ms; error = (simulator − engine) / engine. "
              f"Bar (issue 5): median over rows of TTFT and TPOT p50/p90 within ±{BAR_LATENCY:.0%}, "
@@ -1156,8 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = load_model(model_ref or first.model)
             recs = decode_check(host, spec, profile, sizes, first.weight_dtype, 16, log)
             dpath.write_text(json.dumps(recs, indent=1))
-        first = rows_for(args.device, True)[0]
-        decode = stored_decode(dpath, profile_name, model_ref or first.model, first.weight_dtype)
+        decode = stored_decode(raw, args.device, profile_name, model_ref)
         # the table covers every row with results in the folder, so split runs (--only) add up
         known = {r["row"] for r in records}
         for saved in sorted(raw.glob("*/row.json")):

@@ -129,9 +129,8 @@ def bars_markdown(raw: dict) -> str:
         if raw.get("decode_large_error"):
             lines.append(f"Failed: {raw['decode_large_error']}")
         else:
-            lines += fidelity.decode_table(dec, provenance=False)[
-                4:-1
-            ]  # the table without its heading and caption
+            table = fidelity.decode_table(dec, provenance=False)
+            lines += table[4:-1]  # the table without its heading and caption
             lines += [
                 "",
                 "Bar (issue 13): within 1.3× of the roofline and the cost model within 5% at batch 64-256.",

@@ -24,7 +24,6 @@ import _checkout  # noqa: F401  (the checkout's root on sys.path)
 import yaml
 
 from calibrate import from_benchmark as fb
-from simulator.measured import read_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "published_profiles_current.md"
@@ -67,8 +66,7 @@ def check(path: Path, args: list[str]) -> dict:
     profile = yaml.safe_load(path.read_text())
     s = fb.settings(a, terms, weights, over, int(profile["scheduling"]["max_num_batched_tokens"]))
     values = terms_of(profile, terms)
-    train = [r for p in a.runs for r in read_measured(p)]
-    held = [r for p in a.hold_out for r in read_measured(p)]
+    train, held = fb.measured_runs(a)
     rows = fb.errors(train + held, s, values)
     then = recorded(ROOT / a.table)
     moved = [

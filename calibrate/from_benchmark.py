@@ -402,12 +402,16 @@ def settings(a: argparse.Namespace, terms: tuple, weights: tuple, over: dict, bu
     )  # fmt: skip
 
 
+def measured_runs(a: argparse.Namespace) -> tuple[list[MeasuredRun], list[MeasuredRun]]:
+    """(fitted runs, held-out runs) that parsed arguments name."""
+    return [r for p in a.runs for r in read_measured(p)], [r for p in a.hold_out for r in read_measured(p)]
+
+
 def main(argv: list[str], prog: str = "python -m calibrate") -> int:
     a, terms, weights, over = parse(argv, prog)
     command = f"{prog} from-benchmark " + shlex.join(argv)
     budgets = [int(b) for b in a.budgets.split(",")]
-    train = [r for path in a.runs for r in read_measured(path)]
-    held = [r for path in a.hold_out for r in read_measured(path)]
+    train, held = measured_runs(a)
     best = None
     for budget in budgets:
         s = settings(a, terms, weights, over, budget)

@@ -52,13 +52,12 @@ def test_large_batch_checks_priced_again(tmp_path):
     assert bad.returncode == 2 and "no such file" in bad.stdout and "Traceback" not in bad.stderr
 
 
-def test_the_committed_table_is_current(tmp_path):
+def test_the_committed_table_is_current(tmp_path, run_benchmark):
     """decode_balance_h200.md is what the script writes today: priced by the committed profile and cost model (it
     went stale once, its priced column two profile refits old; a profile or cost-model change fails this until the
     table is regenerated with `python benchmarks/decode_balance.py --large LARGE`, LARGE session 22's checks)."""
     out = tmp_path / "t.md"
     large = ROOT / "benchmarks" / "results" / "engine_kernels_h200" / "large_decode_session22.json"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--large", str(large)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    r = run_benchmark("decode_balance.py", "--out", out, "--large", large)
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_text() == (ROOT / "benchmarks" / "results" / "decode_balance_h200.md").read_text()

@@ -211,7 +211,7 @@ def test_a_stored_decode_check_is_priced_by_the_checkouts_profile(tmp_path):
              "model_tokens_per_s": 1.0, "model_ratio": 99.0, "roofline_tokens_per_s": 1.0, "roofline_ratio": 99.0}  # fmt: skip
     path = tmp_path / "decode_check.json"
     path.write_text(json.dumps([stale, stale | {"engine_code": fidelity.engine_code(spec), "batch": 128}]))
-    old, now = fidelity.stored_decode(path, "h200", "llama-3.1-8b", "bf16")
+    old, now = fidelity.stored_decode(tmp_path, "cuda", "h200", None)  # the check runs llama-3.1-8b bf16
     price = fidelity.decode_price(load_profile("h200"), spec, 64, 69657)  # 64 x 1,088.39 tokens of context
     assert old["model_ratio"] == pytest.approx(0.0072 / price) and old["model_tokens_per_s"] == pytest.approx(
         64 / price
@@ -222,4 +222,4 @@ def test_a_stored_decode_check_is_priced_by_the_checkouts_profile(tmp_path):
     assert old["roofline_ratio"] == pytest.approx(0.0072 / roof)
     assert "engine code not recorded" in fidelity.decode_provenance([old, now])
     assert "(this checkout's)" in fidelity.decode_provenance([now])
-    assert fidelity.stored_decode(tmp_path / "none.json", "h200", "llama-3.1-8b", "bf16") == []
+    assert fidelity.stored_decode(tmp_path / "none", "cuda", "h200", None) == []

@@ -85,14 +85,11 @@ def test_tables_refuse_a_folder_without_a_run(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "moe_mla_raw.json" in r.stderr
 
 
-def test_the_committed_bars_table_is_current(tmp_path):
+def test_the_committed_bars_table_is_current(tmp_path, run_benchmark):
     """moe_bars_h200.md is what moe_mla_tables.py writes today from the committed raw run (its "cost model now"
     column went stale once; a profile or cost-model change fails this until `python benchmarks/moe_mla_tables.py`
     regenerates it, which leaves the fidelity rows filed since as they are)."""
-    r = subprocess.run(
-        [sys.executable, "benchmarks/moe_mla_tables.py", "--results", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = run_benchmark("moe_mla_tables.py", "--results", tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     committed = ROOT / "benchmarks" / "results" / "moe_bars_h200.md"
     assert (tmp_path / "moe_bars_h200.md").read_text() == committed.read_text()

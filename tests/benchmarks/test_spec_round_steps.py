@@ -32,7 +32,7 @@ def test_no_traces_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--steps" in r.stderr
 
 
-def test_the_committed_table_is_current(tmp_path):
+def test_the_committed_table_is_current(tmp_path, run_benchmark):
     """spec_rounds_h200.md is what its own command line writes today (priced by the committed profile; it went
     stale once, a profile refit behind)."""
     committed = ROOT / "benchmarks" / "results" / "spec_rounds_h200.md"
@@ -40,7 +40,6 @@ def test_the_committed_table_is_current(tmp_path):
         committed.read_text().split("`")[1].split()
     )  # python benchmarks/spec_round_steps.py RAW --steps DIR
     out = tmp_path / "rounds.md"
-    r = subprocess.run([sys.executable, SCRIPT, *command[2:], "--out", str(out)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)  # fmt: skip
+    r = run_benchmark("spec_round_steps.py", *command[2:], "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_text() == committed.read_text()
