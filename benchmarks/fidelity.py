@@ -386,6 +386,18 @@ class EngineHost:
             f"engine KV pool {pool_tokens} tokens")  # fmt: skip
 
 
+def free_device_memory(device: str) -> None:
+    """Collect what the dropped engine host still held through reference cycles (its executor's graphs and
+    buffers) and hand the cached blocks back to the GPU, so the next model's pool is sized on what is free."""
+    import gc
+
+    gc.collect()
+    if device != "cpu":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
     """The row model's engine host, built on first use (one model on the device at a time). On the GPU its
     KV pool takes the memory the weights and a step's activations leave; on the CPU, the scheduler's
@@ -393,8 +405,9 @@ def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
     host = hosts.get(row.model)
     if host is not None:
         return host
-    for old in list(hosts):
-        del hosts[old]
+    if hosts:  # the last model's weights, KV pool and graphs go before the next is built (two may not fit)
+        hosts.clear()
+        free_device_memory(args.device)
     reserve = activation_bytes(spec, sv) + (
         args.reserve_gib * 2**30 if args.reserve_gib is not None else ENGINE_RESERVE_BYTES
     )
