@@ -1,7 +1,7 @@
 """Every committed table and fitted engine profile that a GPU profile, the cost model or the simulator feeds, written
 again from the stored runs, in the order they feed each other. No device.
 
-    python benchmarks/regenerate.py            # all steps (about 25 minutes on two cores)
+    python benchmarks/regenerate.py            # all steps (about 4 minutes on one core)
     python benchmarks/regenerate.py --list     # the steps and what each writes
     python benchmarks/regenerate.py --from validate_h200   # from that step on
     python benchmarks/regenerate.py --resume   # after a failure or an interrupt: from the step that did not finish
