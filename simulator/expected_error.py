@@ -154,15 +154,19 @@ def expected_error(
     batch: float | None = None,
     model: str | None = None,
     overlap: bool = False,
+    settings: dict[str, str] | None = None,
 ) -> dict:
     """summary["expected_error"]: status (validated, transferred, unvalidated), the basis in words, the
     percentages per headline quantity, and the line a terminal, page or report shows. `batch`: the forecast's
     mean sequences a step, set beside the loads the engine profile was checked at (`load` in the result).
     `model`: the forecast's catalogue model; where our engine's fidelity rows on this GPU include that model, the
     band is that model's rows (at this load where some are near it), not every model's. `overlap`: the forecast's
-    serving.async_scheduling (our engine's async rows on this GPU, where it has some)."""
+    serving.async_scheduling (our engine's async rows on this GPU, where it has some). `settings`: the forecast's
+    settings beyond what every fidelity row ran (`forecast_settings`); those no row on this GPU ran are named
+    (`unexercised` in the result), since the band says nothing of them."""
     figures: dict[str, float] = {}
     load = None
+    unexercised: list[str] = []
     if engine_named and engine.validation is not None:
         figures = _widest([(m.metric, m.median_abs_pct) for m in engine.validation.metrics])
         moved = transferred(engine, gpu.name)
@@ -183,6 +187,9 @@ def expected_error(
                 basis += f"; no {' or '.join(missing)} checked at this load"
     elif engine.host.gpu_profile_loop and gpu.is_calibrated:  # our engine on a GPU it was calibrated on
         figures, status, basis, load = _ours(gpu, batch, model, overlap)
+        unexercised = unexercised_settings(gpu.name, settings or {}) if figures else []
+        if unexercised:
+            basis += f"; not run by any row on {gpu.name}: {', '.join(unexercised)}"
     else:
         status = "unvalidated"
         basis = (
@@ -197,8 +204,73 @@ def expected_error(
         {"status": status, "basis": basis}
         | {f"{q}_pct": figures.get(q) for q in QUANTITIES}
         | ({"load": load} if load is not None else {})
+        | ({"unexercised": unexercised} if status != "unvalidated" and unexercised else {})
         | {"line": line}
     )
+
+
+def forecast_settings(scenario) -> dict[str, str]:
+    """A scenario's settings that our engine's fidelity rows may not have run (key: what a row records of it, value:
+    the words a band names it by): its weights' and KV cache's types always, and every departure from one GPU,
+    continuous chunked batching without speculation, prefix caching or disaggregation."""
+    hw, sv = scenario.hardware, scenario.serving
+    tp = hw.gpus_per_replica // hw.pipeline_parallel
+    out = {f"weights:{sv.precision.weight_dtype}": f"{sv.precision.weight_dtype} weights",
+           f"kv:{sv.precision.kv_dtype}": f"{sv.precision.kv_dtype} KV cache"}  # fmt: skip
+    if tp > 1:
+        out["tensor_parallel"] = f"{tp}-way tensor parallel" + (
+            " with expert parallel" if hw.expert_parallel else ""
+        )
+    if hw.pipeline_parallel > 1:
+        out["pipeline_parallel"] = f"{hw.pipeline_parallel} pipeline stages"
+    if sv.speculative is not None:
+        out["speculative"] = "speculative decoding"
+    if sv.caching.prefix_caching:
+        out["prefix_caching"] = "prefix caching"
+    if sv.batching.mode == "static":
+        out["static"] = "static batching"
+    elif not sv.batching.chunked_prefill:
+        out["unchunked"] = "unchunked prompts"
+    if getattr(scenario, "disaggregation", None) is not None:
+        out["disaggregation"] = "disaggregated prefill and decode"
+    return out
+
+
+def row_settings(row: dict) -> set[str]:
+    """The `forecast_settings` keys one stored fidelity row (its row.json) ran: one GPU, continuous batching, a bf16
+    KV cache, no speculation; its weights; prefix caching in a `prefix` trace row; unchunked where it says so."""
+    out = {f"weights:{row.get('weight_dtype', 'bf16')}", "kv:bf16"}
+    if row.get("trace") == "prefix":
+        out.add("prefix_caching")
+    if row.get("chunked_prefill") is False:
+        out.add("unchunked")
+    return out
+
+
+# checks our engine ran apart from the fidelity tables, per GPU: their table and the settings its rows ran (the
+# speculation rows and the int4 row of benchmarks/compare_spec_int4.py; not in any band, so named where they exist)
+APART = {"fidelity_spec_int4_{gpu}.md": {"speculative", "weights:int4"}}
+
+
+def unexercised_settings(gpu: str, settings: dict[str, str]) -> list[str]:
+    """The words of `settings` that no fidelity row of our engine on `gpu` ran (waiting and async tables alike);
+    where a table apart checked one (APART), it says where. None where the GPU has no rows."""
+    ran: set[str] = set()
+    for root in (FIDELITY_DIR, FIDELITY_DIR / ASYNC_DIR):
+        for path in sorted((root / "fidelity" / gpu).glob("*/row.json")):
+            try:
+                ran |= row_settings(json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue
+    if not ran:  # no rows: the band is not theirs (a calibration's step times), so there is nothing to set beside
+        return []
+    apart = {key: name.format(gpu=gpu) for name, keys in APART.items() for key in keys
+             if (FIDELITY_DIR / name.format(gpu=gpu)).is_file()}  # fmt: skip
+    return [
+        words + (f" (checked apart: benchmarks/results/{apart[key]})" if key in apart else "")
+        for key, words in settings.items()
+        if key not in ran
+    ]
 
 
 def _ours(gpu: HardwareProfile, batch: float | None, model: str | None, overlap: bool) -> tuple:

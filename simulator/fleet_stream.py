@@ -840,7 +840,7 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
     """summary.json's sections from the shards' partials, as metrics.summarize and
     simulation.summarize_run write them (percentiles sketched: summary["percentiles"])."""
     from simulator.engines import engine_profile, named
-    from simulator.expected_error import expected_error
+    from simulator.expected_error import expected_error, forecast_settings
     from simulator.metrics import _cost
     from simulator.simulation import _cluster
 
@@ -886,7 +886,8 @@ def _summarize(sc: Scenario, model, groups, plan: Plan, partials: list[Partial],
     out |= _vllm_keys(dlat, stats, tot, makespan, slo, qs)
     batch = out["utilisation"]["mean_batch_seqs"]
     out["expected_error"] = expected_error(engine_profile(sc), named(sc), g.profile, batch, model=sc.model,
-                                           overlap=sc.serving.async_scheduling)  # fmt: skip
+                                           overlap=sc.serving.async_scheduling,
+                                           settings=forecast_settings(sc))  # fmt: skip
     hold = sum(e.max_seqs for e in engines)
     files = json.loads((d / "plan.json").read_text())["files"]
     out["rejected_reasons"] = plan.reasons | tot.dropped

@@ -18,7 +18,7 @@ from core.model_spec import ModelSpec
 from core.records import ITL_BINS_PER_DECADE, ITL_LO, RequestTable, StepStats, itl_percentiles
 from core.scheduler import Scheduler
 from simulator.engines import engine_profile, engine_summary, named
-from simulator.expected_error import expected_error
+from simulator.expected_error import expected_error, forecast_settings
 from simulator.memory import MemoryPlan
 from simulator.scenario import HostedApi, Scenario
 
@@ -180,7 +180,8 @@ def summarize(setup: Setup, run: RunRecord | None = None) -> dict:
     out |= vllm_keys(table, stats.itl_hist, makespan, ok if slo.model_dump(exclude_none=True) else None)
     batch = out["utilisation"]["mean_batch_seqs"]
     out["expected_error"] = expected_error(engine_profile(scenario), named(scenario), setup.profile, batch,
-                                           model=scenario.model, overlap=scenario.serving.async_scheduling)  # fmt: skip
+                                           model=scenario.model, overlap=scenario.serving.async_scheduling,
+                                           settings=forecast_settings(scenario))  # fmt: skip
     if classes:
         out["classes"] = _class_summaries(classes, slo, table, done, ok, (ttft, tpot, e2e), makespan)
     if scenario.hosted_api is not None:

@@ -204,3 +204,63 @@ def test_async_scheduling_takes_the_async_rows_where_the_gpu_has_them():
     none = expected_error(ours, False, h100, None, model="llama-3.1-8b", overlap=True)
     assert "no async rows on h100-sxm: the band is the waiting loop's" in none["basis"]
     assert none["ttft_pct"] == expected_error(ours, False, h100, None, model="llama-3.1-8b")["ttft_pct"]
+
+
+def test_settings_no_row_ran_are_named_beside_the_band(tmp_path, monkeypatch):
+    """A forecast with settings none of our engine's rows on its GPU ran (tensor parallel, fp8 weights) says so; a row
+    that ran one (an fp8 row, a prefix-caching row) takes it off the list; a table apart is pointed to."""
+    import simulator.expected_error as ee
+    from simulator.expected_error import forecast_settings
+
+    _fidelity_tables(tmp_path, monkeypatch)
+    sc = parse_scenario({"name": "tp", "model": "llama-3.1-8b", "hardware": {"gpu": "h200", "gpus_per_replica": 2},
+                         "serving": {"precision": {"weight_dtype": "fp8"}, "caching": {"prefix_caching": True},
+                                     "speculative": {"method": "self", "num_speculative_tokens": 2}},
+                         "workload": {"num_requests": 4, "arrival": {"rate_per_s": 1.0}}})  # fmt: skip
+    settings = forecast_settings(sc)
+    assert set(settings) == {"weights:fp8", "kv:bf16", "tensor_parallel", "prefix_caching", "speculative"}
+    gpu, ours = load_profile("h200"), load_engine_profile("ours")
+    e = expected_error(ours, False, gpu, 16.0, model="llama-3.1-8b", settings=settings)
+    assert e["unexercised"] == [
+        "fp8 weights",
+        "2-way tensor parallel",
+        "speculative decoding",
+        "prefix caching",
+    ]
+    assert (
+        "not run by any row on h200: fp8 weights, 2-way tensor parallel, speculative decoding, prefix"
+        in e["line"]
+    )
+    _write_rows(
+        tmp_path, {"fp8": _row("llama-3.1-8b", 16.0, 0.0) | {"weight_dtype": "fp8", "trace": "prefix"}}
+    )
+    (tmp_path / "fidelity_spec_int4_h200.md").write_text("a table apart\n")
+    e = expected_error(ours, False, gpu, 16.0, model="llama-3.1-8b", settings=settings)
+    assert e["unexercised"] == [
+        "2-way tensor parallel",
+        "speculative decoding (checked apart: benchmarks/results/fidelity_spec_int4_h200.md)",
+    ]
+    plain = forecast_settings(
+        parse_scenario(
+            {
+                "name": "p",
+                "model": "llama-3.1-8b",
+                "workload": {"num_requests": 4, "arrival": {"rate_per_s": 1.0}},
+            }
+        )
+    )
+    assert "unexercised" not in expected_error(ours, False, gpu, 16.0, settings=plain)
+    monkeypatch.setattr(
+        ee, "FIDELITY_DIR", tmp_path / "none"
+    )  # no fidelity rows: no list (nothing was checked)
+    assert "unexercised" not in expected_error(ours, False, gpu, 16.0, settings=settings)
+
+
+def test_a_tensor_parallel_forecast_on_the_h200_names_what_its_band_did_not_check():
+    sc = {"name": "tp2", "model": "llama-3.1-8b", "hardware": {"gpu": "h200", "gpus_per_replica": 2},
+          "workload": {"num_requests": 20, "arrival": {"process": "poisson", "rate_per_s": 5.0},
+                       "prompt_tokens": {"dist": "fixed", "value": 256},
+                       "output_tokens": {"dist": "fixed", "value": 32}}}  # fmt: skip
+    e = simulate(parse_scenario(sc)).summary["expected_error"]
+    assert e["status"] == "validated" and e["unexercised"] == ["2-way tensor parallel"]
+    assert "not run by any row on h200: 2-way tensor parallel" in e["line"]
