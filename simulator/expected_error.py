@@ -262,7 +262,7 @@ def unexercised_settings(gpu: str, settings: dict[str, str]) -> list[str]:
                 ran |= row_settings(json.loads(path.read_text()))
             except (OSError, ValueError, TypeError, AttributeError):
                 continue
-    if not ran:  # no rows: the band is not theirs (a calibration's step times), so there is nothing to set beside
+    if not ran:  # no rows: the band is a calibration's step times, nothing to set beside
         return []
     apart = {key: name.format(gpu=gpu) for name, keys in APART.items() for key in keys
              if (FIDELITY_DIR / name.format(gpu=gpu)).is_file()}  # fmt: skip
