@@ -204,7 +204,7 @@ def expected_error(
         {"status": status, "basis": basis}
         | {f"{q}_pct": figures.get(q) for q in QUANTITIES}
         | ({"load": load} if load is not None else {})
-        | ({"unexercised": unexercised} if status != "unvalidated" and unexercised else {})
+        | ({"unexercised": unexercised} if unexercised else {})
         | {"line": line}
     )
 
@@ -231,7 +231,7 @@ def forecast_settings(scenario) -> dict[str, str]:
         out["static"] = "static batching"
     elif not sv.batching.chunked_prefill:
         out["unchunked"] = "unchunked prompts"
-    if getattr(scenario, "disaggregation", None) is not None:
+    if scenario.disaggregation is not None:
         out["disaggregation"] = "disaggregated prefill and decode"
     return out
 
