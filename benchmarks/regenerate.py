@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -104,7 +105,7 @@ def run_step(step: Step, log) -> tuple[int, str]:
     """Run one step from the checkout's root: (return code, the last lines of its output)."""
     if step.argv == ("refit-stale",):
         for name, args in stale_published():
-            log(f"  refit {name}: python -m calibrate from-benchmark {' '.join(args)}")
+            log(f"  refit {name}: python -m calibrate from-benchmark {shlex.join(args)}")
             rc, tail = _run([sys.executable, "-m", "calibrate", "from-benchmark", *args])
             if rc:
                 return rc, tail
