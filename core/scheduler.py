@@ -36,13 +36,25 @@ from core.model_spec import ModelSpec
 def sliding_terms(model: ModelSpec) -> tuple[int, float]:
     """SchedulerConfig's (sliding_window, sliding_ratio) for `model`: its window, and its sliding-window layers' KV
     bytes a token over its full layers' (0.0 without sliding layers). The simulator and the engine's serving loop
-    (benchmarks/fidelity.py) both take them from here, so both admit a sequence against the same blocks."""
+    (benchmarks/fidelity.py) both take them from here, so both admit a sequence against the same blocks.
+
+    A model whose every layer slides (Mistral-7B v0.1's config: a 4,096-token window on all 32) has no full layers
+    to measure blocks in: its blocks are its sliding layers' (`pool_kv_bytes_per_token`), charged for every token
+    as full attention's are (ratio 0.0), exact up to the window and more than an engine that frees the blocks
+    leaving the window holds past it. The window still prices its prompt chunks' attention."""
     ratio = (
         model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
-        if model.sliding_layers
+        if model.sliding_layers and model.full_attention_layers
         else 0.0
     )
     return model.sliding_window, ratio
+
+
+def pool_kv_bytes_per_token(full: float, sliding: float) -> float:
+    """KV bytes a token of a block holds, from the (full, sliding) bytes a token (core.parallelism's
+    kv_bytes_per_token_per_gpu): the full layers', or a model's whose every layer slides, its sliding layers'
+    (`sliding_terms`)."""
+    return full if full > 0 else sliding
 
 
 def accepted(rng: np.random.Generator, alpha: float, k: int) -> int:

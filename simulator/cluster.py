@@ -28,6 +28,7 @@ from core.kv_cache import blocks_for
 from core.model_spec import ModelSpec
 from core.parallelism import Parallelism, virtual_engines
 from core.records import StepStats
+from core.scheduler import sliding_terms
 from simulator.memory import MemoryPlan, plan_memory
 from simulator.replica import Replica, ReplicaHooks
 from simulator.scenario import Hardware, ReplicaGroup, Scenario, Serving
@@ -140,10 +141,10 @@ def plan_groups(scenario: Scenario, model: ModelSpec) -> list[Group]:
 # ---------------------------------------------------------------- which requests a replica can take
 def window_blocks(model: ModelSpec, tokens: np.ndarray, block_size: int) -> np.ndarray | int:
     """Scheduler.window_blocks over an array: sliding-window layers' blocks for sequences of `tokens`."""
-    if not model.sliding_layers:
+    window, ratio = sliding_terms(model)
+    if not ratio:
         return 0
-    ratio = model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
-    w = np.floor(np.minimum(tokens, model.sliding_window) * ratio).astype(np.int64)
+    w = np.floor(np.minimum(tokens, window) * ratio).astype(np.int64)
     return blocks_for(w, block_size)
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from core.hardware import HardwareProfile
 from core.model_spec import ModelSpec
 from core.parallelism import Parallelism, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
+from core.scheduler import pool_kv_bytes_per_token
 from simulator.scenario import Serving
 
 GIB = 2**30
@@ -29,6 +30,7 @@ class MemoryPlan:
     max_model_len: int
 
     block_size: int
+    note: str = ""  # how the KV is charged where that is not plain (a model whose every layer slides)
 
     @property
     def fits(self) -> bool:
@@ -47,6 +49,7 @@ class MemoryPlan:
             f"weights {g(self.weight_bytes)} + activations {g(self.activation_bytes)} + runtime {g(self.reserved_bytes)}"
             f" of {g(self.usable_bytes)} usable ({g(self.capacity_bytes)} × utilisation) per GPU; "
             f"KV room left {g(self.kv_bytes)} = {self.num_blocks} blocks"
+            + (f"; {self.note}" if self.note else "")
         )
 
     def as_dict(self) -> dict:
@@ -79,7 +82,8 @@ def plan_memory(
     over `ep` GPUs); the fullest stage sets the number of blocks, which every stage then allocates.
 
     Blocks are sized by the full-attention layers' KV; sliding-window layers draw from the same pool
-    (see `Scheduler.window_blocks`), as vLLM's hybrid allocator does.
+    (see `Scheduler.window_blocks`), as vLLM's hybrid allocator does. A model whose every layer slides has its
+    blocks sized by those layers' KV, charged for every token (core.scheduler.sliding_terms).
     """
     par = Parallelism(tp, pp, ep)
     capacity = profile.memory_bytes
@@ -89,8 +93,8 @@ def plan_memory(
     reserved = serving.memory.runtime_reserved_gib * GIB
     max_len = serving.memory.max_model_len or model.max_position_embeddings or 32768
     kv = usable - weights - acts - reserved
-    block_bytes = (
-        serving.memory.block_size * kv_bytes_per_token_per_gpu(model, serving.precision.kv_dtype, par)[0]
+    block_bytes = serving.memory.block_size * pool_kv_bytes_per_token(
+        *kv_bytes_per_token_per_gpu(model, serving.precision.kv_dtype, par)
     )
     blocks = int(kv // block_bytes) if kv > 0 and block_bytes > 0 else 0
     return MemoryPlan(
@@ -104,4 +108,11 @@ def plan_memory(
         num_blocks=blocks,
         max_model_len=max_len,
         block_size=serving.memory.block_size,
+        note=(
+            f"every layer slides ({model.sliding_window}-token window): its KV charged for every token, as full "
+            "attention's (exact up to the window; past it, an engine that frees the blocks leaving the window "
+            "holds more sequences)"
+            if model.sliding_layers and not model.full_attention_layers
+            else ""
+        ),
     )

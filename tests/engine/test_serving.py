@@ -387,3 +387,51 @@ def test_async_scheduling_refuses_speculation(model):
     ex = Executor(model, 4096, 8, device="cpu", static_decode=True)
     with pytest.raises(ValueError, match="async_scheduling"):
         serve(ex, req, BlockPool(100, 4), 8, 32, True, async_scheduling=True, spec=SpecRun.__new__(SpecRun))
+
+
+def _catalogue_cases() -> list:
+    from core.model_spec import catalogue_names
+
+    cases = [pytest.param(n, "fp32", id=n) for n in catalogue_names()]
+    # the coverage rows' one 8-bit format (Llama-3.1-70B fits one H200 in fp8 only)
+    # Mistral-7B v0.1's config: a sliding window on every layer (no full layer to size blocks by: sliding_terms)
+    return cases + [
+        pytest.param("llama-3.1-70b", "fp8", id="llama-3.1-70b-fp8"),
+        pytest.param("mistral-7b", "fp32", id="mistral-7b-every-layer-sliding"),
+    ]
+
+
+# layers a toy model keeps: enough for Gemma 3's first global layer (every sixth) and DeepSeek-V3's first MoE layer
+# (after first_k_dense_replace dense ones)
+TOY_LAYERS = {"gemma-3-12b": 6, "deepseek-v3": 4}
+
+
+@pytest.mark.parametrize("name,dtype", _catalogue_cases())
+def test_every_catalogue_architecture_serves_its_requests_exactly(name, dtype):
+    """Each catalogue model at toy size (tests/engine/conftest.shrink: its structure, tiny widths) through the
+    serving loop on the CPU: chunked prompts beside decodes, a pool small enough to preempt, every request
+    finishing with the tokens a full forward of its stream picks (MoE routing, MLA, sliding windows, q/k norms,
+    tied embeddings and 8-bit layers on the paths the fidelity rows' models take)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec_ = importlib.util.spec_from_file_location("engine_conftest", Path(__file__).parent / "conftest.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    spec = mod.shrink(name, TOY_LAYERS.get(name, 2))
+    if name == "mistral-7b":
+        from core.model_spec import spec_from_config
+
+        spec = spec_from_config(dict(spec.config, sliding_window=8), name="tiny-mistral-v0.1")
+        assert spec.sliding_layers == spec.num_layers and spec.sliding_window == 8
+    m = build_model(spec, dtype=dtype, device="cpu", seed=1)
+    if m.spec.is_moe:
+        m.set_moe_routing(
+            "router"
+        )  # what the model's router picks, so the full forward picks the same experts
+    req = workload(12, seed=3)
+    pool = BlockPool(60, 4)
+    ex = Executor(m, physical_tokens(60, 4, req, 6), 6, device="cpu")
+    run = serve(ex, req, pool, 6, 24, True)
+    check_run(run, req, pool)
+    greedy_matches(m, run, req, range(len(req)))

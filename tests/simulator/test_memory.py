@@ -55,3 +55,27 @@ def test_utilisation_and_sliding_window_blocks():
         BlockPool(1000, 16), SchedulerConfig(8, 8192, sliding_window=m.sliding_window, sliding_ratio=ratio)
     )
     assert s.window_blocks(100) == 32 and s.window_blocks(5000) == 320
+
+
+def test_a_model_whose_every_layer_slides_is_charged_as_full_attention():
+    """Mistral-7B v0.1's config puts a 4,096-token window on all 32 layers: there are no full layers to size blocks
+    by. Its blocks are its sliding layers' (as many as v0.3's, the same layers without a window), charged for every
+    token, and the memory line says so; its attention is still priced over the window. (It read 0 blocks, "DOES NOT
+    FIT", and the scheduler divided by zero.)"""
+    import numpy as np
+
+    from core.cost_model import BatchShape, CostModel
+    from core.model_spec import spec_from_config
+    from core.scheduler import sliding_terms
+    from simulator.cluster import window_blocks
+
+    v03, p = load_model("mistral-7b"), load_profile("h100-sxm")
+    v01 = spec_from_config(dict(v03.config, sliding_window=4096), name="mistral-7b-v0.1")
+    assert v01.sliding_layers == v01.num_layers == 32 and v01.full_attention_layers == 0
+    a, b = plan_memory(p, v01, Serving()), plan_memory(p, v03, Serving())
+    assert a.fits and a.num_blocks == b.num_blocks > 0 and a.block_bytes == b.block_bytes
+    assert "every layer slides (4096-token window)" in a.explain() and not b.note
+    assert sliding_terms(v01) == (4096, 0.0)  # charged for every token, no window blocks beside
+    assert window_blocks(v01, np.array([100, 10_000]), 16) == 0
+    long = BatchShape.of([], [16_000] * 8)  # decode at 16k tokens: v0.1's attention reads its window only
+    assert CostModel(p, v01).step_time(long) < 0.9 * CostModel(p, v03).step_time(long)
