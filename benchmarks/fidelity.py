@@ -77,7 +77,6 @@ BAR_LATENCY, BAR_THROUGHPUT = 0.10, 0.05  # issue 5: TTFT/TPOT p50/p90 within 10
 # issue 13's, cell by cell: every row's TTFT/TPOT p50/p90 within BAR_LATENCY and throughput within BAR_THROUGHPUT,
 # and each column's median |error| within BAR_MEDIAN
 BAR_MEDIAN = 0.05
-COLUMNS = ROW_FIGURES  # a row's figures and the table's column names for them
 # How far a row's errors move when the GPU's FLOP and byte terms are priced this much faster / slower (every
 # --resimulate reports it): TTFT percentiles sit on a discrete schedule (which step a prompt chunk lands in, what
 # waits behind an eager step), so a change of the step prices far below 1% can move them by several points. An
@@ -386,18 +385,6 @@ class EngineHost:
             f"engine KV pool {pool_tokens} tokens")  # fmt: skip
 
 
-def free_device_memory(device: str) -> None:
-    """Collect what the dropped engine host still held through reference cycles (its executor's graphs and
-    buffers) and hand the cached blocks back to the GPU, so the next model's pool is sized on what is free."""
-    import gc
-
-    gc.collect()
-    if device != "cpu":
-        import torch
-
-        torch.cuda.empty_cache()
-
-
 def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
     """The row model's engine host, built on first use (one model on the device at a time). On the GPU its
     KV pool takes the memory the weights and a step's activations leave; on the CPU, the scheduler's
@@ -406,8 +393,10 @@ def host_for(row: Row, args, spec, sv, mem, hosts: dict, log) -> EngineHost:
     if host is not None:
         return host
     if hosts:  # the last model's weights, KV pool and graphs go before the next is built (two may not fit)
+        from calibrate.bench import release_device_memory
+
         hosts.clear()
-        free_device_memory(args.device)
+        release_device_memory()
     reserve = activation_bytes(spec, sv) + (
         args.reserve_gib * 2**30 if args.reserve_gib is not None else ENGINE_RESERVE_BYTES
     )
@@ -910,11 +899,11 @@ def cell_bar_note(done: list[dict], med: dict[str, float]) -> str:
     whose median is."""
     out = []
     for r in done:
-        for k, label in COLUMNS.items():
+        for k, label in ROW_FIGURES.items():
             err = error(r["simulator"][k], r["engine"][k])
             if not abs(err) <= (BAR_THROUGHPUT if k == "output_tokens_per_s" else BAR_LATENCY):
                 out.append(f"{r['row']} {label} {pct(err)}")
-    high = [f"{label} {med[k] * 100:.1f}%" for k, label in COLUMNS.items() if not med[k] <= BAR_MEDIAN]
+    high = [f"{label} {med[k] * 100:.1f}%" for k, label in ROW_FIGURES.items() if not med[k] <= BAR_MEDIAN]
     text = (f"Per-cell bar (issue 13: every row's TTFT and TPOT p50/p90 within ±{BAR_LATENCY:.0%}, throughput "
             f"within ±{BAR_THROUGHPUT:.0%}, each column's median |error| within {BAR_MEDIAN:.0%}): "
             f"{'missed' if out or high else 'met'}.")  # fmt: skip
@@ -949,7 +938,7 @@ def coverage_note(done: list[dict], profile: str) -> str:
 
 def table(records: list[dict], profile: str, command: str, decode: list[dict] | None = None) -> str:
     done = [r for r in records if "skipped" not in r]
-    keys = list(COLUMNS)
+    keys = list(ROW_FIGURES)
     lines = [f"# Fidelity: simulator vs real continuous batching ({profile})", "",
              f"`{command}`; latencies in ms; error = (simulator − engine) / engine. "
              f"Bar (issue 5): median over rows of TTFT and TPOT p50/p90 within ±{BAR_LATENCY:.0%}, "

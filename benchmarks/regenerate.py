@@ -98,7 +98,7 @@ def stale_published() -> list[tuple[str, list[str]]]:
     import published_profiles_current as ppc
 
     found = ppc.fitted_profiles(ROOT / "engine_profiles")
-    return [(p.stem, a) for p, a in found if ppc.check(p, a)["largest"] >= 5e-4]
+    return [(p.stem, a) for p, a in found if ppc.stale(ppc.check(p, a))]
 
 
 def run_step(step: Step, log) -> tuple[int, str]:

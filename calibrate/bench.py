@@ -260,8 +260,14 @@ class Bench:
 
     def recover(self) -> None:
         """After an out-of-memory point: drop cached blocks so the next point starts clean."""
-        import gc
+        release_device_memory()
 
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+
+def release_device_memory() -> None:
+    """Collect what reference cycles still hold (a dropped model's graphs and buffers) and hand torch's cached blocks
+    back to the GPU, so what is measured or sized next sees the memory as free."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -44,17 +44,21 @@ def sliding_terms(model: ModelSpec) -> tuple[int, float]:
     leaving the window holds past it. The window still prices its prompt chunks' attention."""
     ratio = (
         model.sliding_kv_bytes_per_token("bf16") / model.kv_bytes_per_token("bf16")
-        if model.sliding_layers and model.full_attention_layers
+        if model.sliding_layers and not every_layer_slides(model)
         else 0.0
     )
     return model.sliding_window, ratio
 
 
-def pool_kv_bytes_per_token(full: float, sliding: float) -> float:
-    """KV bytes a token of a block holds, from the (full, sliding) bytes a token (core.parallelism's
-    kv_bytes_per_token_per_gpu): the full layers', or a model's whose every layer slides, its sliding layers'
-    (`sliding_terms`)."""
-    return full if full > 0 else sliding
+def every_layer_slides(model: ModelSpec) -> bool:
+    """Whether `model` has sliding-window layers and no full-attention one (`sliding_terms`)."""
+    return bool(model.sliding_layers) and not model.full_attention_layers
+
+
+def pool_kv_bytes_per_token(model: ModelSpec, full: float, sliding: float) -> float:
+    """KV bytes a token of a block holds, from the (full, sliding) bytes a token of `model` (core.parallelism's
+    kv_bytes_per_token_per_gpu): the full layers', or where every layer slides, the sliding layers' (`sliding_terms`)."""
+    return sliding if every_layer_slides(model) else full
 
 
 def accepted(rng: np.random.Generator, alpha: float, k: int) -> int:

@@ -96,26 +96,37 @@ ROW_FIGURES = {"ttft_p50": "TTFT p50", "ttft_p90": "TTFT p90", "tpot_p50": "TPOT
 ASYNC_DIR = "fidelity_async"  # under FIDELITY_DIR: benchmarks/fidelity.py --row ...:async --out-dir there
 
 
-def _fidelity_rows(
-    gpu: str, table: str, root: Path | None = None, overlap: bool | None = None
-) -> list[tuple[str, LoadCheck]]:
-    """Our engine's fidelity rows on `gpu` as load checks, each with its catalogue model: the row's mean sequences a
-    step in the engine's run and its errors (ROOT/fidelity/GPU/ROW/row.json, which the table is made from); with
-    `overlap` set, only the rows whose loop had async scheduling on (True) or off (False)."""
+def stored_rows(gpu: str, root: Path | None = None) -> list[tuple[str, dict]]:
+    """(folder name, its row.json) of our engine's stored fidelity rows on `gpu` (ROOT/fidelity/GPU/ROW/row.json,
+    ROOT FIDELITY_DIR by default): read once per forecast, for the band and for what the rows ran."""
     out = []
     for path in sorted(((root or FIDELITY_DIR) / "fidelity" / gpu).glob("*/row.json")):
         try:
-            r = json.loads(path.read_text())
+            out.append((path.parent.name, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _fidelity_rows(
+    rows: list[tuple[str, dict]], table: str, overlap: bool | None = None
+) -> list[tuple[str, LoadCheck]]:
+    """Stored rows (`stored_rows`) as load checks, each with its catalogue model: the row's mean sequences a step in
+    the engine's run and its errors (the row.json the table is made from); with `overlap` set, only the rows whose
+    loop had async scheduling on (True) or off (False)."""
+    out = []
+    for folder, r in rows:
+        try:
             if overlap is not None and bool(r.get("async_scheduling", False)) != overlap:
                 continue
             batch = float(r["engine_run"]["mean_batch_seqs"])
             errs = {
                 name: 100.0 * (r["simulator"][k] / r["engine"][k] - 1.0) for k, name in ROW_FIGURES.items()
             }
-        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        except (ValueError, KeyError, TypeError, ZeroDivisionError):
             continue
         if batch > 0:
-            check = LoadCheck(run=r.get("row", path.parent.name), batch=batch, errors_pct=errs, table=table)
+            check = LoadCheck(run=r.get("row", folder), batch=batch, errors_pct=errs, table=table)
             out.append((r.get("row_model", r.get("model")), check))
     return out
 
@@ -186,8 +197,9 @@ def expected_error(
             if missing:  # (a band of one quantity must not read as the others being fine)
                 basis += f"; no {' or '.join(missing)} checked at this load"
     elif engine.host.gpu_profile_loop and gpu.is_calibrated:  # our engine on a GPU it was calibrated on
-        figures, status, basis, load = _ours(gpu, batch, model, overlap)
-        unexercised = unexercised_settings(gpu.name, settings or {}) if figures else []
+        main, waiting = stored_rows(gpu.name), stored_rows(gpu.name, FIDELITY_DIR / ASYNC_DIR)
+        figures, status, basis, load = _ours(gpu, batch, model, overlap, main, waiting)
+        unexercised = unexercised_settings(gpu.name, settings or {}, main + waiting) if figures else []
         if unexercised:
             basis += f"; not run by any row on {gpu.name}: {', '.join(unexercised)}"
     else:
@@ -252,16 +264,15 @@ def row_settings(row: dict) -> set[str]:
 APART = {"fidelity_spec_int4_{gpu}.md": {"speculative", "weights:int4"}}
 
 
-def unexercised_settings(gpu: str, settings: dict[str, str]) -> list[str]:
-    """The words of `settings` that no fidelity row of our engine on `gpu` ran (waiting and async tables alike);
-    where a table apart checked one (APART), it says where. None where the GPU has no rows."""
+def unexercised_settings(gpu: str, settings: dict[str, str], rows: list[tuple[str, dict]]) -> list[str]:
+    """The words of `settings` that none of our engine's fidelity `rows` on `gpu` ran (`stored_rows` of the waiting
+    and async tables alike); where a table apart checked one (APART), it says where. None where there are no rows."""
     ran: set[str] = set()
-    for root in (FIDELITY_DIR, FIDELITY_DIR / ASYNC_DIR):
-        for path in sorted((root / "fidelity" / gpu).glob("*/row.json")):
-            try:
-                ran |= row_settings(json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError, AttributeError):
-                continue
+    for _, r in rows:
+        try:
+            ran |= row_settings(r)
+        except (TypeError, AttributeError):
+            continue
     if not ran:  # no rows: the band is a calibration's step times, nothing to set beside
         return []
     apart = {key: name.format(gpu=gpu) for name, keys in APART.items() for key in keys
@@ -273,15 +284,21 @@ def unexercised_settings(gpu: str, settings: dict[str, str]) -> list[str]:
     ]
 
 
-def _ours(gpu: HardwareProfile, batch: float | None, model: str | None, overlap: bool) -> tuple:
-    """(figures, status, basis, load) for our engine on a GPU it was calibrated on: its fidelity rows (the async rows
-    with `overlap`, where the GPU has some), else its calibration's held-out step times."""
+def _ours(
+    gpu: HardwareProfile,
+    batch: float | None,
+    model: str | None,
+    overlap: bool,
+    main: list[tuple[str, dict]],
+    more: list[tuple[str, dict]],
+) -> tuple:
+    """(figures, status, basis, load) for our engine on a GPU it was calibrated on: its fidelity rows (`stored_rows`
+    of the fidelity table's folder, `main`, and of the async table's, `more`: the async rows with `overlap`, where the
+    GPU has some), else its calibration's held-out step times."""
     load = None
     fid = fidelity_table(gpu.name)
     async_table = f"benchmarks/results/fidelity_async/fidelity_{gpu.name}.md"
-    async_rows = (
-        _fidelity_rows(gpu.name, async_table, FIDELITY_DIR / ASYNC_DIR, overlap=True) if overlap else []
-    )
+    async_rows = _fidelity_rows(more, async_table, overlap=True) if overlap else []
     if async_rows:
         fid = (_band([c for _, c in async_rows]), async_table)
     if fid is not None:
@@ -289,12 +306,8 @@ def _ours(gpu: HardwareProfile, batch: float | None, model: str | None, overlap:
         status, basis = "validated", f"our engine's end-to-end fidelity rows on {gpu.name} ({table})"
         # the waiting loop's rows: the fidelity table's and the async table's waiting rows, each a run of its own
         # (the same row on two lent machines can differ by more than the rows differ: machine spread is in the band)
-        waiting = (
-            []
-            if async_rows
-            else _fidelity_rows(gpu.name, async_table, FIDELITY_DIR / ASYNC_DIR, overlap=False)
-        )
-        rows = async_rows or _fidelity_rows(gpu.name, table) + waiting
+        waiting = [] if async_rows else _fidelity_rows(more, async_table, overlap=False)
+        rows = async_rows or _fidelity_rows(main, table) + waiting
         own = [c for m, c in rows if model and m == model]
         load = load_of(own or [c for _, c in rows], batch)
         if load is not None and load.get("pct"):  # the rows at this forecast's load

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from core.hardware import HardwareProfile
 from core.model_spec import ModelSpec
 from core.parallelism import Parallelism, kv_bytes_per_token_per_gpu, weight_bytes_per_gpu
-from core.scheduler import pool_kv_bytes_per_token
+from core.scheduler import every_layer_slides, pool_kv_bytes_per_token
 from simulator.scenario import Serving
 
 GIB = 2**30
@@ -94,7 +94,7 @@ def plan_memory(
     max_len = serving.memory.max_model_len or model.max_position_embeddings or 32768
     kv = usable - weights - acts - reserved
     block_bytes = serving.memory.block_size * pool_kv_bytes_per_token(
-        *kv_bytes_per_token_per_gpu(model, serving.precision.kv_dtype, par)
+        model, *kv_bytes_per_token_per_gpu(model, serving.precision.kv_dtype, par)
     )
     blocks = int(kv // block_bytes) if kv > 0 and block_bytes > 0 else 0
     return MemoryPlan(
@@ -112,7 +112,7 @@ def plan_memory(
             f"every layer slides ({model.sliding_window}-token window): its KV charged for every token, as full "
             "attention's (exact up to the window; past it, an engine that frees the blocks leaving the window "
             "holds more sequences)"
-            if model.sliding_layers and not model.full_attention_layers
+            if every_layer_slides(model)
             else ""
         ),
     )

@@ -163,7 +163,7 @@ def _record(row: str, model: str, **errors: float) -> dict:
     """A stored row whose simulator side is off by `errors` (column -> share) and exact elsewhere."""
     import fidelity
 
-    engine = dict.fromkeys(fidelity.COLUMNS, 100.0)
+    engine = dict.fromkeys(fidelity.ROW_FIGURES, 100.0)
     return {"row": row, "model": model, "engine": engine,
             "simulator": {k: 100.0 * (1 + errors.get(k, 0.0)) for k in engine}}  # fmt: skip
 
@@ -175,7 +175,7 @@ def test_cell_bar_names_each_cell_and_median_outside_it():
         _record("a", "llama-3.1-8b", ttft_p90=0.104),
         _record("b", "qwen2.5-7b", output_tokens_per_s=-0.051),
     ]
-    med = {k: 0.0 for k in fidelity.COLUMNS} | {"ttft_p50": 0.052}
+    med = {k: 0.0 for k in fidelity.ROW_FIGURES} | {"ttft_p50": 0.052}
     note = fidelity.cell_bar_note(rows, med)
     assert "within 5%): missed." in note
     assert (
@@ -184,7 +184,7 @@ def test_cell_bar_names_each_cell_and_median_outside_it():
         and "Medians outside: TTFT p50 5.2%" in note
     )
     inside = [_record("a", "llama-3.1-8b", ttft_p90=0.099, output_tokens_per_s=0.049)]
-    assert fidelity.cell_bar_note(inside, dict.fromkeys(fidelity.COLUMNS, 0.05)).endswith(": met.")
+    assert fidelity.cell_bar_note(inside, dict.fromkeys(fidelity.ROW_FIGURES, 0.05)).endswith(": met.")
 
 
 def test_coverage_names_catalogue_models_that_fit_without_a_row():
