@@ -23,18 +23,24 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def model():
+def engine_conftest():
+    """This folder's conftest, by path: another folder's conftest may already be imported as `conftest`."""
     import importlib.util
     from pathlib import Path
 
-    from core.model_spec import spec_from_config
-
-    # this folder's conftest by path: another folder's conftest may already be imported as `conftest`
     spec = importlib.util.spec_from_file_location("engine_conftest", Path(__file__).parent / "conftest.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return build_model(spec_from_config(mod.tiny_config(), name="tiny-llama"), dtype="fp32", device="cpu")
+    return mod
+
+
+@pytest.fixture(scope="module")
+def model():
+    from core.model_spec import spec_from_config
+
+    return build_model(
+        spec_from_config(engine_conftest().tiny_config(), name="tiny-llama"), dtype="fp32", device="cpu"
+    )
 
 
 def workload(n: int = 24, seed: int = 0, span_s: float = 0.3) -> Requests:
@@ -412,12 +418,7 @@ def test_every_catalogue_architecture_serves_its_requests_exactly(name, dtype):
     serving loop on the CPU: chunked prompts beside decodes, a pool small enough to preempt, every request
     finishing with the tokens a full forward of its stream picks (MoE routing, MLA, sliding windows, q/k norms,
     tied embeddings and 8-bit layers on the paths the fidelity rows' models take)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec_ = importlib.util.spec_from_file_location("engine_conftest", Path(__file__).parent / "conftest.py")
-    mod = importlib.util.module_from_spec(spec_)
-    spec_.loader.exec_module(mod)
+    mod = engine_conftest()
     spec = mod.shrink(name, TOY_LAYERS.get(name, 2))
     if name == "mistral-7b":
         from core.model_spec import spec_from_config
@@ -425,10 +426,8 @@ def test_every_catalogue_architecture_serves_its_requests_exactly(name, dtype):
         spec = spec_from_config(dict(spec.config, sliding_window=8), name="tiny-mistral-v0.1")
         assert spec.sliding_layers == spec.num_layers and spec.sliding_window == 8
     m = build_model(spec, dtype=dtype, device="cpu", seed=1)
-    if m.spec.is_moe:
-        m.set_moe_routing(
-            "router"
-        )  # what the model's router picks, so the full forward picks the same experts
+    if m.spec.is_moe:  # what the model's router picks, so the full forward picks the same experts
+        m.set_moe_routing("router")
     req = workload(12, seed=3)
     pool = BlockPool(60, 4)
     ex = Executor(m, physical_tokens(60, 4, req, 6), 6, device="cpu")
